@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::warn;
 
 use crate::config::Config;
@@ -19,22 +19,23 @@ use crate::sender::{Sender, Writer};
 use crate::stream::{check_hello, reject_ack};
 use crate::wire::{self, Hello};
 
-/// Dials waiting for a listener's `accept`.
+/// Connections waiting for a listener's `accept`.
 const BACKLOG: usize = 128;
 
 /// Listeners of this process by name.
-static LISTENERS: LazyLock<Mutex<HashMap<String, mpsc::Sender<Dial>>>> =
-    LazyLock::new(Default::default);
+static LISTENERS: LazyLock<Mutex<HashMap<String, Arc<Entry>>>> = LazyLock::new(Default::default);
 
-fn listeners() -> std::sync::MutexGuard<'static, HashMap<String, mpsc::Sender<Dial>>> {
-    // A map of channel handles stays valid after a panic elsewhere.
+fn listeners() -> std::sync::MutexGuard<'static, HashMap<String, Arc<Entry>>> {
+    // A map of handles stays valid after a panic elsewhere.
     LISTENERS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A client's request to connect.
-struct Dial {
-    hello: Hello,
-    reply: oneshot::Sender<Result<Connection>>,
+/// What a client needs to connect without waiting for `accept`, as a
+/// kernel's listen backlog allows for sockets.
+struct Entry {
+    arrivals: mpsc::Sender<Result<Connection>>,
+    permits: Arc<Semaphore>,
+    config: Config,
 }
 
 /// A message and the byte credit it holds until the peer takes it.
@@ -105,83 +106,39 @@ fn endpoint(
 /// when this is dropped.
 pub(crate) struct InprocListener {
     name: String,
-    dials: mpsc::Receiver<Dial>,
-    registered: mpsc::Sender<Dial>,
-    permits: Arc<Semaphore>,
-    config: Config,
+    entry: Arc<Entry>,
+    arrivals: mpsc::Receiver<Result<Connection>>,
 }
 
 impl InprocListener {
     pub(crate) fn bind(name: &str, config: &Config) -> Result<Self> {
         let mut listeners = listeners();
-        if listeners.get(name).is_some_and(|tx| !tx.is_closed()) {
+        if listeners.contains_key(name) {
             return Err(TransportError::AddrInUse {
                 addr: format!("inproc://{name}"),
             });
         }
-        let (registered, dials) = mpsc::channel(BACKLOG);
-        listeners.insert(name.to_string(), registered.clone());
-        Ok(InprocListener {
-            name: name.to_string(),
-            dials,
-            registered,
+        let (tx, arrivals) = mpsc::channel(BACKLOG);
+        let entry = Arc::new(Entry {
+            arrivals: tx,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config: config.clone(),
+        });
+        listeners.insert(name.to_string(), entry.clone());
+        Ok(InprocListener {
+            name: name.to_string(),
+            entry,
+            arrivals,
         })
     }
 
     /// The next connection, or the typed reason a client was refused.
     pub(crate) async fn accept(&mut self) -> Result<Connection> {
-        loop {
-            let Some(dial) = self.dials.recv().await else {
-                return Err(TransportError::ListenerClosed {
-                    addr: format!("inproc://{}", self.name),
-                });
-            };
-            let client = dial.hello.name.clone();
-            if let Err(source) = check_hello(&dial.hello, self.config.token_bytes()) {
-                let reason = reject_ack(&source).map_or_else(|| source.to_string(), |ack| ack.text);
-                let _ = dial.reply.send(Err(TransportError::Rejected {
-                    peer: format!("inproc://{}", self.name),
-                    reason,
-                    retryable: false,
-                }));
-                return Err(TransportError::Handshake {
-                    peer: client,
-                    source,
-                });
-            }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                warn!(listener = %self.name, client, "refusing inproc connection: at the connection limit");
-                let _ = dial.reply.send(Err(TransportError::Rejected {
-                    peer: format!("inproc://{}", self.name),
-                    reason: format!(
-                        "busy: at the limit of {} connections",
-                        self.config.max_connections
-                    ),
-                    retryable: true,
-                }));
-                continue;
-            };
-            let (to_client, from_server) = channel(&self.config);
-            let (to_server, from_client) = channel(&self.config);
-            let ours = endpoint(
-                Peer::new(client.clone(), format!("inproc://{}", self.name)),
-                to_client,
-                from_client,
-                Some(permit),
-            );
-            let theirs = endpoint(
-                Peer::new(self.config.name.clone(), format!("inproc://{}", self.name)),
-                to_server,
-                from_server,
-                None,
-            );
-            // A client that gave up in the meantime is simply not served.
-            if dial.reply.send(Ok(theirs)).is_ok() {
-                return Ok(ours);
-            }
-        }
+        self.arrivals.recv().await.unwrap_or_else(|| {
+            Err(TransportError::ListenerClosed {
+                addr: format!("inproc://{}", self.name),
+            })
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -194,17 +151,18 @@ impl Drop for InprocListener {
         let mut listeners = listeners();
         if listeners
             .get(&self.name)
-            .is_some_and(|tx| tx.same_channel(&self.registered))
+            .is_some_and(|entry| Arc::ptr_eq(entry, &self.entry))
         {
             listeners.remove(&self.name);
         }
     }
 }
 
-/// Connects to the listener registered under `name`.
+/// Connects to the listener registered under `name`: checks the hello
+/// against the listener's settings and queues the server's end for its
+/// `accept`.
 pub(crate) async fn connect(name: &str, config: &Config) -> Result<Connection> {
     let addr = format!("inproc://{name}");
-    let dials = listeners().get(name).cloned();
     let refused = || TransportError::Io {
         peer: addr.clone(),
         source: std::io::Error::new(
@@ -212,16 +170,59 @@ pub(crate) async fn connect(name: &str, config: &Config) -> Result<Connection> {
             "no listener by this name",
         ),
     };
-    let dials = dials.ok_or_else(refused)?;
-    let (reply, answer) = oneshot::channel();
+    let entry = listeners().get(name).cloned().ok_or_else(refused)?;
+    let server = &entry.config;
     let hello = Hello {
         version: wire::PROTOCOL_VERSION,
         token: config.token_bytes().to_vec(),
         name: config.name.clone(),
     };
-    dials
-        .send(Dial { hello, reply })
+    if let Err(source) = check_hello(&hello, server.token_bytes()) {
+        let reason = reject_ack(&source).map_or_else(|| source.to_string(), |ack| ack.text);
+        // The listener hears of it too, as a socket listener would.
+        let _ = entry.arrivals.try_send(Err(TransportError::Handshake {
+            peer: hello.name,
+            source,
+        }));
+        return Err(TransportError::Rejected {
+            peer: addr,
+            reason,
+            retryable: false,
+        });
+    }
+    let Ok(permit) = entry.permits.clone().try_acquire_owned() else {
+        warn!(
+            listener = name,
+            client = hello.name,
+            "refusing inproc connection: at the connection limit"
+        );
+        return Err(TransportError::Rejected {
+            peer: addr,
+            reason: format!(
+                "busy: at the limit of {} connections",
+                server.max_connections
+            ),
+            retryable: true,
+        });
+    };
+    let (to_client, from_server) = channel(server);
+    let (to_server, from_client) = channel(config);
+    let ours = endpoint(
+        Peer::new(server.name.clone(), addr.clone()),
+        to_server,
+        from_server,
+        None,
+    );
+    let theirs = endpoint(
+        Peer::new(hello.name, addr.clone()),
+        to_client,
+        from_client,
+        Some(permit),
+    );
+    entry
+        .arrivals
+        .send(Ok(theirs))
         .await
         .map_err(|_| refused())?;
-    answer.await.map_err(|_| refused())?
+    Ok(ours)
 }

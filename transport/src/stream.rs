@@ -16,9 +16,9 @@ use crate::pool::{BufferPool, PooledBuf};
 use crate::wire::{self, Ack, Hello, Limits, Status, WireError};
 
 /// A boxed read half of a stream.
-pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
 /// A boxed write half of a stream.
-pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 
 /// Large enough to take a small message in one system call; larger reads
 /// bypass it and land straight in the frame buffers.
@@ -319,10 +319,13 @@ impl StreamReceiver {
                 })
                 .await?
             } else {
-                reader
-                    .read(target)
-                    .await
-                    .map_err(|e| io_error(&peer.to_string(), e))?
+                match reader.read(target).await {
+                    Ok(read) => read,
+                    // TLS peers that close without a close_notify: harmless
+                    // between messages, since our framing marks their ends.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    Err(e) => return Err(io_error(&peer.to_string(), e)),
+                }
             };
             if read == 0 {
                 return if started {

@@ -178,7 +178,7 @@ async fn admit<S>(
     permits: Arc<Semaphore>,
 ) -> Result<Option<Connection>>
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
     match permits.try_acquire_owned() {
         Ok(permit) => finish(stream, addr, config, Some(permit), Side::Server)
@@ -211,7 +211,7 @@ async fn finish<S>(
     side: Side,
 ) -> Result<Connection>
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
     let name = match side {
         Side::Client => stream::client_handshake(&mut stream, config, addr).await?,
