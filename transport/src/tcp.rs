@@ -253,7 +253,18 @@ pub(crate) async fn connect(addr: &Address, config: &Config) -> Result<Connectio
                     peer: peer.clone(),
                     source,
                 })?;
-            finish(stream, &peer, config, None, Side::Client).await
+            // TLS 1.3 reports a refused client certificate only after the
+            // handshake, as an alert our first read receives.
+            finish(stream, &peer, config, None, Side::Client)
+                .await
+                .map_err(|error| match error {
+                    TransportError::Io { peer, source }
+                        if source.kind() == std::io::ErrorKind::InvalidData =>
+                    {
+                        TransportError::Tls { peer, source }
+                    }
+                    other => other,
+                })
         }
         _ => finish(stream, &peer, config, None, Side::Client).await,
     }
