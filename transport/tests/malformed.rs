@@ -267,7 +267,8 @@ async fn inproc_checks_tokens_too() {
 #[tokio::test]
 async fn oversized_announcements() {
     let (mut listener, addr) = tcp_server().await;
-    let cases: Vec<(Vec<u8>, fn(&WireError) -> bool)> = vec![
+    type Expect = fn(&WireError) -> bool;
+    let cases: Vec<(Vec<u8>, Expect)> = vec![
         (
             prelude(1 << 62, 0),
             |e| matches!(e, WireError::HeaderTooLarge { len, .. } if *len == 1 << 62),
