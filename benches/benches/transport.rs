@@ -21,12 +21,19 @@ fn runtime() -> tokio::runtime::Runtime {
 fn throughput(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("transport/one_way");
-    for (addr, size) in [("tcp://127.0.0.1:0", 64 << 20), ("inproc://bench-1m", 1 << 20), ("inproc://bench-64m", 64 << 20)] {
+    for (addr, size) in [
+        ("tcp://127.0.0.1:0", 64 << 20),
+        ("inproc://bench-1m", 1 << 20),
+        ("inproc://bench-64m", 64 << 20),
+    ] {
         let (client, mut server) = rt.block_on(pair(addr)).unwrap();
         let frame = Bytes::from(vec![1u8; size]);
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(format!("{}_{}MiB", &addr[..addr.find(':').unwrap()], size >> 20), |b| {
-            b.iter_custom(|iters| rt.block_on(one_way(&client, &mut server, &frame, iters as usize)).unwrap())
+            b.iter_custom(|iters| {
+                rt.block_on(one_way(&client, &mut server, &frame, iters as usize))
+                    .unwrap()
+            })
         });
     }
     group.finish();
@@ -37,7 +44,11 @@ fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("transport/round_trip_64B");
     let (mut client, mut server) = rt.block_on(pair("tcp://127.0.0.1:0")).unwrap();
     group.bench_function("weft_tcp", |b| {
-        b.iter_custom(|iters| rt.block_on(ping_pong(&mut client, &mut server, 64, iters as usize)).unwrap() * iters as u32)
+        b.iter_custom(|iters| {
+            rt.block_on(ping_pong(&mut client, &mut server, 64, iters as usize))
+                .unwrap()
+                * iters as u32
+        })
     });
     group.bench_function("raw_tokio_tcp", |b| {
         b.iter_custom(|iters| rt.block_on(raw_ping_pong(64, iters as usize)).unwrap() * iters as u32)

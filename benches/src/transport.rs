@@ -28,7 +28,8 @@ pub async fn one_way(
     let start = Instant::now();
     let send = async {
         for _ in 0..count {
-            tx.send(Message::new(Bytes::new(), vec![Frame::host(frame.clone())])).await?;
+            tx.send(Message::new(Bytes::new(), vec![Frame::host(frame.clone())]))
+                .await?;
         }
         Ok::<_, TransportError>(())
     };

@@ -84,9 +84,9 @@ impl FromStr for Address {
             addr: addr.to_string(),
             reason: reason.to_string(),
         };
-        let (scheme, location) = addr.split_once("://").ok_or_else(|| {
-            invalid("expected SCHEME://..., e.g. tcp://127.0.0.1:8786 or inproc://scheduler")
-        })?;
+        let (scheme, location) = addr
+            .split_once("://")
+            .ok_or_else(|| invalid("expected SCHEME://..., e.g. tcp://127.0.0.1:8786 or inproc://scheduler"))?;
         let scheme = match scheme {
             "inproc" => Scheme::Inproc,
             "tcp" => Scheme::Tcp,
@@ -98,9 +98,7 @@ impl FromStr for Address {
             return Err(invalid("empty name or host"));
         }
         if scheme != Scheme::Inproc {
-            let (host, port) = location
-                .rsplit_once(':')
-                .ok_or_else(|| invalid("expected HOST:PORT"))?;
+            let (host, port) = location.rsplit_once(':').ok_or_else(|| invalid("expected HOST:PORT"))?;
             if host.is_empty() {
                 return Err(invalid("empty host"));
             }
@@ -134,10 +132,7 @@ mod tests {
         assert_eq!((a.scheme(), a.host()), (Scheme::Tls, "::1"));
         let a: Address = "inproc://scheduler".parse().unwrap();
         assert_eq!((a.scheme(), a.location()), (Scheme::Inproc, "scheduler"));
-        assert_eq!(
-            "ucx://node1:13337".parse::<Address>().unwrap().scheme(),
-            Scheme::Ucx
-        );
+        assert_eq!("ucx://node1:13337".parse::<Address>().unwrap().scheme(), Scheme::Ucx);
     }
 
     #[test]
@@ -152,10 +147,7 @@ mod tests {
             "inproc://",
         ] {
             let err = bad.parse::<Address>().unwrap_err();
-            assert!(
-                matches!(err, TransportError::InvalidAddress { .. }),
-                "{bad}: {err}"
-            );
+            assert!(matches!(err, TransportError::InvalidAddress { .. }), "{bad}: {err}");
             assert!(err.to_string().contains(bad), "{err}");
         }
     }

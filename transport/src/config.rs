@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use crate::pool::BufferPool;
 use crate::tls::TlsConfig;
-use crate::wire::Limits;
+use crate::wire::{Hello, Limits, PROTOCOL_VERSION};
 
 /// How an endpoint listens, connects and bounds what it accepts.
 ///
 /// The defaults suit a cluster on one trusted network; set `token` (or
 /// TLS with client certificates) anywhere else.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Our name in handshakes, shown in the peer's logs and errors.
     pub name: String,
@@ -66,9 +66,34 @@ impl Default for Config {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Everything but the secret, which must not reach logs.
+        f.debug_struct("Config")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Config {
     /// The token bytes to send and expect (empty when there is none).
     pub(crate) fn token_bytes(&self) -> &[u8] {
         self.token.as_deref().unwrap_or_default()
+    }
+
+    /// The hello a client with these settings says.
+    pub(crate) fn hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            token: self.token_bytes().to_vec(),
+            name: self.name.clone(),
+        }
     }
 }

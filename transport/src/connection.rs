@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::addr::{Address, Scheme};
 use crate::config::Config;
@@ -127,7 +127,7 @@ impl Receiver {
             RecvBackend::Inproc(inproc) => Ok(inproc.recv().await),
         };
         if let Err(error) = &result {
-            debug!(peer = %self.shared.peer, %error, "closing connection");
+            warn!(peer = %self.shared.peer, %error, "closing connection");
             self.failed = true;
             self.shared.abort();
         }
@@ -172,12 +172,8 @@ impl Listener {
 pub async fn listen(addr: &str, config: &Config) -> Result<Listener> {
     let addr: Address = addr.parse()?;
     let backend = match addr.scheme() {
-        Scheme::Inproc => {
-            ListenBackend::Inproc(Box::new(InprocListener::bind(addr.location(), config)?))
-        }
-        Scheme::Tcp | Scheme::Tls => {
-            ListenBackend::Stream(StreamListener::bind(&addr, config).await?)
-        }
+        Scheme::Inproc => ListenBackend::Inproc(Box::new(InprocListener::bind(addr.location(), config)?)),
+        Scheme::Tcp | Scheme::Tls => ListenBackend::Stream(StreamListener::bind(&addr, config).await?),
         Scheme::Ucx => return Err(ucx_unsupported()),
     };
     Ok(Listener { backend })

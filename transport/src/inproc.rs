@@ -17,7 +17,6 @@ use crate::error::{Result, TransportError};
 use crate::frame::Message;
 use crate::sender::{Sender, Writer};
 use crate::stream::{check_hello, reject_ack};
-use crate::wire::{self, Hello};
 
 /// Connections waiting for a listener's `accept`.
 const BACKLOG: usize = 128;
@@ -51,9 +50,7 @@ pub(crate) struct InprocTx {
 impl InprocTx {
     /// Waits for byte credit and queue room, then hands the message over.
     pub(crate) async fn send(&self, message: Message, peer: &Peer) -> Result<()> {
-        let closed = || TransportError::Closed {
-            peer: peer.to_string(),
-        };
+        let closed = || TransportError::Closed { peer: peer.to_string() };
         // A message larger than the whole budget waits for all of it.
         let cost = message.payload_len().min(self.max_credit);
         let permit = self
@@ -80,9 +77,7 @@ impl InprocRx {
 
 fn channel(config: &Config) -> (InprocTx, InprocRx) {
     let (tx, rx) = mpsc::channel(config.inproc_queue.max(1));
-    let max_credit = config
-        .inproc_max_in_flight_bytes
-        .clamp(1, u32::MAX as usize);
+    let max_credit = config.inproc_max_in_flight_bytes.clamp(1, u32::MAX as usize);
     let tx = InprocTx {
         tx,
         credit: Arc::new(Semaphore::new(max_credit)),
@@ -91,12 +86,7 @@ fn channel(config: &Config) -> (InprocTx, InprocRx) {
     (tx, InprocRx { rx })
 }
 
-fn endpoint(
-    peer: Peer,
-    tx: InprocTx,
-    rx: InprocRx,
-    permit: Option<OwnedSemaphorePermit>,
-) -> Connection {
+fn endpoint(peer: Peer, tx: InprocTx, rx: InprocRx, permit: Option<OwnedSemaphorePermit>) -> Connection {
     let sender = Sender::new(Arc::new(peer), Writer::Inproc(Some(tx)), permit);
     let receiver = Receiver::inproc(rx, &sender);
     Connection::new(sender, receiver)
@@ -165,18 +155,11 @@ pub(crate) async fn connect(name: &str, config: &Config) -> Result<Connection> {
     let addr = format!("inproc://{name}");
     let refused = || TransportError::Io {
         peer: addr.clone(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "no listener by this name",
-        ),
+        source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no listener by this name"),
     };
     let entry = listeners().get(name).cloned().ok_or_else(refused)?;
     let server = &entry.config;
-    let hello = Hello {
-        version: wire::PROTOCOL_VERSION,
-        token: config.token_bytes().to_vec(),
-        name: config.name.clone(),
-    };
+    let hello = config.hello();
     if let Err(source) = check_hello(&hello, server.token_bytes()) {
         let reason = reject_ack(&source).map_or_else(|| source.to_string(), |ack| ack.text);
         // The listener hears of it too, as a socket listener would.
@@ -198,10 +181,7 @@ pub(crate) async fn connect(name: &str, config: &Config) -> Result<Connection> {
         );
         return Err(TransportError::Rejected {
             peer: addr,
-            reason: format!(
-                "busy: at the limit of {} connections",
-                server.max_connections
-            ),
+            reason: format!("busy: at the limit of {} connections", server.max_connections),
             retryable: true,
         });
     };
@@ -219,10 +199,6 @@ pub(crate) async fn connect(name: &str, config: &Config) -> Result<Connection> {
         from_client,
         Some(permit),
     );
-    entry
-        .arrivals
-        .send(Ok(theirs))
-        .await
-        .map_err(|_| refused())?;
+    entry.arrivals.send(Ok(theirs)).await.map_err(|_| refused())?;
     Ok(ours)
 }

@@ -126,9 +126,7 @@ impl Default for BufferPool {
 
 impl std::fmt::Debug for BufferPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BufferPool")
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("BufferPool").field("stats", &self.stats()).finish()
     }
 }
 

@@ -51,18 +51,11 @@ pub(crate) enum Writer {
 }
 
 impl Sender {
-    pub(crate) fn new(
-        peer: Arc<Peer>,
-        writer: Writer,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub(crate) fn new(peer: Arc<Peer>, writer: Writer, permit: Option<OwnedSemaphorePermit>) -> Self {
         Sender {
             shared: Arc::new(Shared {
                 peer,
-                writer: Mutex::new(WriteState {
-                    writer,
-                    closed: false,
-                }),
+                writer: Mutex::new(WriteState { writer, closed: false }),
                 aborted: AtomicBool::new(false),
                 abort_notify: Notify::new(),
                 _permit: permit,
@@ -116,9 +109,7 @@ impl Sender {
         }
         state.closed = true;
         match &mut state.writer {
-            Writer::Stream(writer, io_timeout) => {
-                stream::shutdown(writer, *io_timeout, &shared.peer).await
-            }
+            Writer::Stream(writer, io_timeout) => stream::shutdown(writer, *io_timeout, &shared.peer).await,
             Writer::Inproc(tx) => {
                 tx.take();
                 Ok(())
@@ -164,12 +155,8 @@ impl Shared {
 
 async fn write(writer: &mut Writer, peer: &Peer, message: Message) -> Result<()> {
     match writer {
-        Writer::Stream(writer, io_timeout) => {
-            stream::write_message(writer, &message, *io_timeout, peer).await
-        }
+        Writer::Stream(writer, io_timeout) => stream::write_message(writer, &message, *io_timeout, peer).await,
         Writer::Inproc(Some(tx)) => tx.send(message, peer).await,
-        Writer::Inproc(None) => Err(TransportError::Closed {
-            peer: peer.to_string(),
-        }),
+        Writer::Inproc(None) => Err(TransportError::Closed { peer: peer.to_string() }),
     }
 }

@@ -26,31 +26,19 @@ const READ_BUFFER: usize = 64 << 10;
 
 /// Client side of the handshake: says hello, reads the ack, and returns
 /// the server's name.
-pub(crate) async fn client_handshake<S>(
-    stream: &mut S,
-    config: &Config,
-    addr: &str,
-) -> Result<String>
+pub(crate) async fn client_handshake<S>(stream: &mut S, config: &Config, addr: &str) -> Result<String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hello = Hello {
-        version: wire::PROTOCOL_VERSION,
-        token: config.token_bytes().to_vec(),
-        name: config.name.clone(),
-    };
+    let hello = config.hello();
     let handshake = async {
         let mut out = Vec::new();
         wire::encode_hello(&hello, &mut out).map_err(|source| handshake_error(addr, source))?;
-        stream
-            .write_all(&out)
-            .await
-            .map_err(|e| io_error(addr, e))?;
+        stream.write_all(&out).await.map_err(|e| io_error(addr, e))?;
         stream.flush().await.map_err(|e| io_error(addr, e))?;
         let mut fixed = [0u8; wire::ACK_FIXED_LEN];
         read_exact(stream, &mut fixed, addr, "handshake").await?;
-        let text_len =
-            wire::ack_text_len(&fixed).map_err(|source| handshake_error(addr, source))?;
+        let text_len = wire::ack_text_len(&fixed).map_err(|source| handshake_error(addr, source))?;
         let mut text = vec![0u8; text_len];
         read_exact(stream, &mut text, addr, "handshake").await?;
         wire::decode_ack(&fixed, &text).map_err(|source| handshake_error(addr, source))
@@ -76,11 +64,7 @@ where
 /// Server side of the handshake: reads the hello, checks version and
 /// token, and answers. Returns the client's name. A client we refuse is
 /// told why before the connection closes.
-pub(crate) async fn server_handshake<S>(
-    stream: &mut S,
-    config: &Config,
-    addr: &str,
-) -> Result<String>
+pub(crate) async fn server_handshake<S>(stream: &mut S, config: &Config, addr: &str) -> Result<String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -99,10 +83,7 @@ where
         if let Some(ack) = ack {
             let mut out = Vec::new();
             wire::encode_ack(&ack, &mut out);
-            stream
-                .write_all(&out)
-                .await
-                .map_err(|e| io_error(addr, e))?;
+            stream.write_all(&out).await.map_err(|e| io_error(addr, e))?;
             stream.flush().await.map_err(|e| io_error(addr, e))?;
         }
         verdict
@@ -133,10 +114,7 @@ where
             },
             &mut out,
         );
-        stream
-            .write_all(&out)
-            .await
-            .map_err(|e| io_error(addr, e))?;
+        stream.write_all(&out).await.map_err(|e| io_error(addr, e))?;
         stream.shutdown().await.map_err(|e| io_error(addr, e))
     };
     let _ = with_timeout(Duration::from_secs(1), addr, "handshake", refuse).await;
@@ -218,32 +196,20 @@ pub(crate) async fn write_message(
         })
         .await?;
         if written == 0 {
-            return Err(TransportError::Closed {
-                peer: peer.to_string(),
-            });
+            return Err(TransportError::Closed { peer: peer.to_string() });
         }
         IoSlice::advance_slices(&mut slices, written);
     }
     with_timeout(io_timeout, &peer.to_string(), "message", async {
-        writer
-            .flush()
-            .await
-            .map_err(|e| io_error(&peer.to_string(), e))
+        writer.flush().await.map_err(|e| io_error(&peer.to_string(), e))
     })
     .await
 }
 
 /// Flushes and shuts down the write side: the peer reads end-of-stream.
-pub(crate) async fn shutdown(
-    writer: &mut BoxWrite,
-    io_timeout: Duration,
-    peer: &Peer,
-) -> Result<()> {
+pub(crate) async fn shutdown(writer: &mut BoxWrite, io_timeout: Duration, peer: &Peer) -> Result<()> {
     with_timeout(io_timeout, &peer.to_string(), "shutdown", async {
-        writer
-            .shutdown()
-            .await
-            .map_err(|e| io_error(&peer.to_string(), e))
+        writer.shutdown().await.map_err(|e| io_error(&peer.to_string(), e))
     })
     .await
 }
@@ -299,12 +265,10 @@ impl StreamReceiver {
                 Partial::Parts { current, .. } => &mut current.as_mut_slice()[self.filled..],
             };
             if target.is_empty() {
-                if let Some(message) =
-                    self.advance().map_err(|source| TransportError::Malformed {
-                        peer: peer.to_string(),
-                        source,
-                    })?
-                {
+                if let Some(message) = self.advance().map_err(|source| TransportError::Malformed {
+                    peer: peer.to_string(),
+                    source,
+                })? {
                     return Ok(Some(message));
                 }
                 continue;
@@ -312,10 +276,7 @@ impl StreamReceiver {
             let reader = &mut self.reader;
             let read = if started {
                 with_timeout(self.io_timeout, &peer.to_string(), "message", async {
-                    reader
-                        .read(target)
-                        .await
-                        .map_err(|e| io_error(&peer.to_string(), e))
+                    reader.read(target).await.map_err(|e| io_error(&peer.to_string(), e))
                 })
                 .await?
             } else {
@@ -364,11 +325,7 @@ impl StreamReceiver {
                     current,
                 };
             }
-            Partial::Parts {
-                lens,
-                done,
-                current,
-            } => {
+            Partial::Parts { lens, done, current } => {
                 let next = lens.get(done.len() + 1).map(|&len| self.pool.take(len));
                 let filled = std::mem::replace(current, next.unwrap_or_else(|| self.pool.take(0)));
                 done.push(filled.freeze());

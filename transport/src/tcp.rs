@@ -46,9 +46,7 @@ impl StreamListener {
         };
         let socket = TcpListener::bind(addr.location()).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
-                TransportError::AddrInUse {
-                    addr: addr.to_string(),
-                }
+                TransportError::AddrInUse { addr: addr.to_string() }
             } else {
                 TransportError::Listen {
                     addr: addr.to_string(),
@@ -56,20 +54,14 @@ impl StreamListener {
                 }
             }
         })?;
-        let local = socket
-            .local_addr()
-            .map_err(|source| TransportError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let local = socket.local_addr().map_err(|source| TransportError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
         let addr = addr.with_location(local.to_string());
         let (tx, accepted) = mpsc::channel(ACCEPTED_QUEUE);
         let task = tokio::spawn(accept_loop(socket, acceptor, config.clone(), tx));
-        Ok(StreamListener {
-            accepted,
-            task,
-            addr,
-        })
+        Ok(StreamListener { accepted, task, addr })
     }
 
     pub(crate) async fn accept(&mut self) -> Result<Connection> {
@@ -94,9 +86,7 @@ impl Drop for StreamListener {
 fn tls_acceptor(config: &Config) -> Result<TlsAcceptor> {
     let server = config.tls.as_ref().and_then(|tls| tls.server.clone());
     let server = server.ok_or_else(|| {
-        TransportError::TlsConfig(
-            "listening on tls:// needs a certificate and its key (TlsFiles::cert, key)".into(),
-        )
+        TransportError::TlsConfig("listening on tls:// needs a certificate and its key (TlsFiles::cert, key)".into())
     })?;
     Ok(TlsAcceptor::from(server))
 }
@@ -171,19 +161,12 @@ async fn serve(
 }
 
 /// Takes a connection slot and handshakes, or refuses the client as busy.
-async fn admit<S>(
-    mut stream: S,
-    addr: &str,
-    config: &Config,
-    permits: Arc<Semaphore>,
-) -> Result<Option<Connection>>
+async fn admit<S>(mut stream: S, addr: &str, config: &Config, permits: Arc<Semaphore>) -> Result<Option<Connection>>
 where
     S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
     match permits.try_acquire_owned() {
-        Ok(permit) => finish(stream, addr, config, Some(permit), Side::Server)
-            .await
-            .map(Some),
+        Ok(permit) => finish(stream, addr, config, Some(permit), Side::Server).await.map(Some),
         Err(_) => {
             warn!(
                 addr,
@@ -220,11 +203,7 @@ where
     debug!(peer = name, addr, "connected");
     let (read, write) = tokio::io::split(stream);
     let peer = Arc::new(Peer::new(name, addr.to_string()));
-    let sender = Sender::new(
-        peer,
-        Writer::Stream(Box::new(write), config.io_timeout),
-        permit,
-    );
+    let sender = Sender::new(peer, Writer::Stream(Box::new(write), config.io_timeout), permit);
     let receiver = Receiver::stream(StreamReceiver::new(Box::new(read), config), &sender);
     Ok(Connection::new(sender, receiver))
 }
@@ -241,9 +220,10 @@ pub(crate) async fn connect(addr: &Address, config: &Config) -> Result<Connectio
     tune(&stream);
     match addr.scheme() {
         Scheme::Tls => {
-            let tls = config.tls.as_ref().ok_or_else(|| {
-                TransportError::TlsConfig("connecting to tls:// needs a TLS configuration".into())
-            })?;
+            let tls = config
+                .tls
+                .as_ref()
+                .ok_or_else(|| TransportError::TlsConfig("connecting to tls:// needs a TLS configuration".into()))?;
             let connector = TlsConnector::from(tls.client.clone());
             let server_name = TlsConfig::server_name(addr.host())?;
             let stream = connector
@@ -258,9 +238,7 @@ pub(crate) async fn connect(addr: &Address, config: &Config) -> Result<Connectio
             finish(stream, &peer, config, None, Side::Client)
                 .await
                 .map_err(|error| match error {
-                    TransportError::Io { peer, source }
-                        if source.kind() == std::io::ErrorKind::InvalidData =>
-                    {
+                    TransportError::Io { peer, source } if source.kind() == std::io::ErrorKind::InvalidData => {
                         TransportError::Tls { peer, source }
                     }
                     other => other,

@@ -46,9 +46,7 @@ impl TlsConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for cert in read_certs(&files.ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| tls_error(&files.ca, &e.to_string()))?;
+            roots.add(cert).map_err(|e| tls_error(&files.ca, &e.to_string()))?;
         }
         let roots = Arc::new(roots);
         let identity = match (&files.cert, &files.key) {
@@ -101,9 +99,8 @@ impl TlsConfig {
     /// The name a server's certificate must carry: an IP address or a DNS
     /// name, taken from the host of the address we connect to.
     pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, TransportError> {
-        ServerName::try_from(host.to_string()).map_err(|e| {
-            TransportError::TlsConfig(format!("{host:?} is not a valid server name: {e}"))
-        })
+        ServerName::try_from(host.to_string())
+            .map_err(|e| TransportError::TlsConfig(format!("{host:?} is not a valid server name: {e}")))
     }
 }
 

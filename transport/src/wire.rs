@@ -285,10 +285,7 @@ pub fn decode_ack(fixed: &[u8; ACK_FIXED_LEN], text: &[u8]) -> Result<Ack, WireE
 
 /// Encodes a message's prelude and frame table for a header of
 /// `header_len` bytes and frames of `frame_lens` bytes.
-pub fn encode_layout(
-    header_len: usize,
-    frame_lens: impl ExactSizeIterator<Item = usize>,
-) -> Vec<u8> {
+pub fn encode_layout(header_len: usize, frame_lens: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
     let count = frame_lens.len();
     let mut out = Vec::with_capacity(PRELUDE_LEN + count * 8);
     out.extend_from_slice(&(header_len as u64).to_le_bytes());
@@ -301,10 +298,7 @@ pub fn encode_layout(
 
 /// Reads a prelude: returns the header length and the frame count, both
 /// checked against `limits`.
-pub fn decode_prelude(
-    prelude: &[u8; PRELUDE_LEN],
-    limits: &Limits,
-) -> Result<(usize, u32), WireError> {
+pub fn decode_prelude(prelude: &[u8; PRELUDE_LEN], limits: &Limits) -> Result<(usize, u32), WireError> {
     let header_len = u64::from_le_bytes(array_at(prelude, 0));
     let frame_count = u32::from_le_bytes(array_at(prelude, 8));
     if header_len > limits.max_header_bytes {
@@ -325,11 +319,7 @@ pub fn decode_prelude(
 
 /// Reads a frame table (`8 * frame_count` bytes) after a prelude that
 /// announced `header_len`, checking every frame and the running total.
-pub fn decode_frame_table(
-    header_len: usize,
-    table: &[u8],
-    limits: &Limits,
-) -> Result<Layout, WireError> {
+pub fn decode_frame_table(header_len: usize, table: &[u8], limits: &Limits) -> Result<Layout, WireError> {
     let mut total = header_len as u64;
     let mut frame_lens = Vec::with_capacity(table.len() / 8);
     for (index, chunk) in table.chunks_exact(8).enumerate() {
@@ -345,10 +335,7 @@ pub fn decode_frame_table(
         check_total(total, limits)?;
         frame_lens.push(usize_from(len));
     }
-    Ok(Layout {
-        header_len,
-        frame_lens,
-    })
+    Ok(Layout { header_len, frame_lens })
 }
 
 /// Decodes one whole message from the front of `buf`, for transports that
@@ -473,10 +460,7 @@ mod tests {
         let mut bytes = hello(b"", "x");
         bytes[0] = b'X';
         let fixed = *bytes.first_chunk::<HELLO_FIXED_LEN>().unwrap();
-        assert_eq!(
-            hello_rest_len(&fixed),
-            Err(WireError::BadMagic { found: *b"XEFT" })
-        );
+        assert_eq!(hello_rest_len(&fixed), Err(WireError::BadMagic { found: *b"XEFT" }));
 
         let mut bytes = hello(b"", "x");
         bytes[4] = 9;
@@ -528,10 +512,7 @@ mod tests {
         };
         assert_eq!(
             decode_prelude(&prelude(1 << 62, 0), &limits),
-            Err(WireError::HeaderTooLarge {
-                len: 1 << 62,
-                max: 100
-            })
+            Err(WireError::HeaderTooLarge { len: 1 << 62, max: 100 })
         );
         assert_eq!(
             decode_prelude(&prelude(0, 5), &limits),
@@ -540,10 +521,7 @@ mod tests {
         let table = encode_layout(0, [1000usize, 1000].into_iter());
         assert_eq!(
             decode_frame_table(10, &table[PRELUDE_LEN..], &limits),
-            Err(WireError::MessageTooLarge {
-                total: 2010,
-                max: 1500
-            })
+            Err(WireError::MessageTooLarge { total: 2010, max: 1500 })
         );
         let table = encode_layout(0, [1001usize].into_iter());
         assert_eq!(

@@ -2,11 +2,12 @@
 //! bounded time with a clear error.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, echo, message};
+use common::{config, echo, hello, message};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weft_transport::{Config, Message, TransportError, connect, listen};
@@ -28,9 +29,7 @@ async fn many_clients(listen_addr: &str, clients: usize, messages: u64) {
     for client in 0..clients as u64 {
         let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
-            let mut connection = connect(&addr, &config(&format!("client-{client}")))
-                .await
-                .unwrap();
+            let mut connection = connect(&addr, &config(&format!("client-{client}"))).await.unwrap();
             for i in 0..messages {
                 let sent = message(client * 1000 + i, 32, &[(i as usize * 131) % 5000, 17]);
                 connection.send(sent.clone()).await.unwrap();
@@ -100,45 +99,30 @@ async fn connect_gives_up_at_the_deadline() {
     match &err {
         TransportError::Connect { attempts, last, .. } => {
             assert!(*attempts > 1, "{err}");
-            assert!(matches!(**last, TransportError::Io { .. }), "{err}");
+            assert_matches!(**last, TransportError::Io { .. });
         }
         _ => panic!("{err}"),
     }
     assert!(waited < Duration::from_secs(2), "gave up after {waited:?}");
-    assert!(
-        err.to_string().contains(&format!("127.0.0.1:{port}")),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
 #[tokio::test]
 async fn bad_addresses_and_ports_in_use() {
-    let err = connect("tcp://localhost", &config("c"))
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, TransportError::InvalidAddress { .. }),
-        "{err}"
-    );
-    let err = listen("ucx://127.0.0.1:0", &config("c"))
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, TransportError::Unsupported { scheme: "ucx", .. }),
-        "{err}"
-    );
+    let err = connect("tcp://localhost", &config("c")).await.err().unwrap();
+    assert_matches!(err, TransportError::InvalidAddress { .. });
+    let err = listen("ucx://127.0.0.1:0", &config("c")).await.err().unwrap();
+    assert_matches!(err, TransportError::Unsupported { scheme: "ucx", .. });
 
     let first = listen("tcp://127.0.0.1:0", &config("s")).await.unwrap();
     let taken = first.local_addr().to_string();
     let err = listen(&taken, &config("s")).await.err().unwrap();
-    assert!(matches!(err, TransportError::AddrInUse { .. }), "{err}");
+    assert_matches!(err, TransportError::AddrInUse { .. });
     assert!(err.to_string().contains(&taken), "{err}");
 
     let _inproc = listen("inproc://taken", &config("s")).await.unwrap();
     let err = listen("inproc://taken", &config("s")).await.err().unwrap();
-    assert!(matches!(err, TransportError::AddrInUse { .. }), "{err}");
+    assert_matches!(err, TransportError::AddrInUse { .. });
 }
 
 #[tokio::test]
@@ -155,7 +139,7 @@ async fn inproc_name_is_free_again_after_the_listener_drops() {
     .await
     .err()
     .unwrap();
-    assert!(matches!(err, TransportError::Connect { .. }), "{err}");
+    assert_matches!(err, TransportError::Connect { .. });
     let _again = listen("inproc://reused", &config("s")).await.unwrap();
 }
 
@@ -233,7 +217,7 @@ async fn close_drains(listen_addr: &str) {
     let sent = futures_ok(sends).await;
     assert_eq!(received, sent, "every send that succeeded arrived");
     let err = sender.send(Message::default()).await.err().unwrap();
-    assert!(matches!(err, TransportError::Closed { .. }), "{err}");
+    assert_matches!(err, TransportError::Closed { .. });
 }
 
 /// Counts the sends that succeeded; the others must have failed as closed.
@@ -288,10 +272,7 @@ async fn abort_fails_pending_sends() {
         let mut aborted = 0;
         for task in sends {
             if let Err(err) = task.await.unwrap() {
-                assert!(
-                    matches!(err, TransportError::Aborted { .. }),
-                    "{addr}: {err}"
-                );
+                assert!(matches!(err, TransportError::Aborted { .. }), "{addr}: {err}");
                 aborted += 1;
             }
         }
@@ -304,9 +285,7 @@ async fn abort_fails_pending_sends() {
 /// instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_reader_times_out_the_sender() {
-    let mut listener = listen("tcp://127.0.0.1:0", &config("server"))
-        .await
-        .unwrap();
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
     let client = Config {
         io_timeout: Duration::from_millis(300),
@@ -315,21 +294,8 @@ async fn stalled_reader_times_out_the_sender() {
     let connection = connect(&addr, &client).await.unwrap();
     let _never_reads = listener.accept().await.unwrap();
     let started = Instant::now();
-    let err = connection
-        .send(message(1, 8, &[64 << 20]))
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Timeout {
-                during: "message",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = connection.send(message(1, 8, &[64 << 20])).await.err().unwrap();
+    assert_matches!(err, TransportError::Timeout { during: "message", .. });
     assert!(started.elapsed() < Duration::from_secs(5));
     let err = connection.send(Message::default()).await.err().unwrap();
     assert!(
@@ -342,9 +308,7 @@ async fn stalled_reader_times_out_the_sender() {
 /// with half a message written): the receiver errors promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_vanishing_mid_send() {
-    let mut listener = listen("tcp://127.0.0.1:0", &config("server"))
-        .await
-        .unwrap();
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
     let client_config = config("client");
     let (client, accepted) = tokio::join!(connect(&addr, &client_config), listener.accept());
@@ -357,16 +321,7 @@ async fn peer_vanishing_mid_send() {
     let started = Instant::now();
     send.abort();
     let err = receive.await.unwrap().err().unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Truncated {
-                during: "message",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_matches!(err, TransportError::Truncated { during: "message", .. });
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -384,20 +339,11 @@ async fn silent_peer_mid_message_times_out() {
     };
     let mut listener = listen("tcp://127.0.0.1:0", &server).await.unwrap();
     let addr = listener.local_addr().to_string();
-    let mut socket = TcpStream::connect(addr.split_once("://").unwrap().1)
+    let mut socket = TcpStream::connect(addr.split_once("://").unwrap().1).await.unwrap();
+    socket
+        .write_all(&hello(weft_transport::wire::PROTOCOL_VERSION, b"", "silent"))
         .await
         .unwrap();
-    let mut hello = Vec::new();
-    weft_transport::wire::encode_hello(
-        &weft_transport::wire::Hello {
-            version: weft_transport::wire::PROTOCOL_VERSION,
-            token: Vec::new(),
-            name: "silent".into(),
-        },
-        &mut hello,
-    )
-    .unwrap();
-    socket.write_all(&hello).await.unwrap();
     let mut accepted = listener.accept().await.unwrap();
     let mut partial = 4u64.to_le_bytes().to_vec();
     partial.extend_from_slice(&0u32.to_le_bytes());
@@ -405,16 +351,7 @@ async fn silent_peer_mid_message_times_out() {
     socket.write_all(&partial).await.unwrap();
     let started = Instant::now();
     let err = accepted.recv().await.err().unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Timeout {
-                during: "message",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_matches!(err, TransportError::Timeout { during: "message", .. });
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(socket);
 }
@@ -422,9 +359,7 @@ async fn silent_peer_mid_message_times_out() {
 /// Dropping a `recv` future mid-message loses nothing.
 #[tokio::test]
 async fn recv_is_cancel_safe() {
-    let mut listener = listen("tcp://127.0.0.1:0", &config("server"))
-        .await
-        .unwrap();
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
     let client = connect(&addr, &config("client")).await.unwrap();
     let mut server = listener.accept().await.unwrap();

@@ -3,16 +3,17 @@
 //! still serves a good client afterwards.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pki, config, message};
+use common::{Pki, config, hello, message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weft_transport::wire::{self, Hello, Status};
+use weft_transport::wire::{self, Status};
 use weft_transport::{Config, Limits, Listener, TransportError, WireError, connect, listen};
 
 /// Records the largest single allocation of this test binary.
@@ -47,10 +48,7 @@ static ALLOCATOR: PeakAllocation = PeakAllocation;
 /// No test here legitimately allocates more than a few MiB at once.
 fn assert_no_huge_allocation() {
     let largest = LARGEST.load(Ordering::Relaxed);
-    assert!(
-        largest < 64 << 20,
-        "an allocation of {largest} bytes happened"
-    );
+    assert!(largest < 64 << 20, "an allocation of {largest} bytes happened");
 }
 
 const TOKEN: &[u8] = b"s3cret";
@@ -95,20 +93,6 @@ fn socket_addr(addr: &str) -> &str {
     addr.split_once("://").unwrap().1
 }
 
-fn hello(version: u16, token: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    wire::encode_hello(
-        &Hello {
-            version,
-            token: token.to_vec(),
-            name: "raw".into(),
-        },
-        &mut out,
-    )
-    .unwrap();
-    out
-}
-
 /// Reads an ack from a raw socket: its status and text.
 async fn read_ack(socket: &mut TcpStream) -> (Status, String) {
     let mut fixed = [0u8; wire::ACK_FIXED_LEN];
@@ -123,7 +107,7 @@ async fn read_ack(socket: &mut TcpStream) -> (Status, String) {
 async fn handshaken(addr: &str) -> TcpStream {
     let mut socket = TcpStream::connect(socket_addr(addr)).await.unwrap();
     socket
-        .write_all(&hello(wire::PROTOCOL_VERSION, TOKEN))
+        .write_all(&hello(wire::PROTOCOL_VERSION, TOKEN, "raw"))
         .await
         .unwrap();
     assert_eq!(read_ack(&mut socket).await.0, Status::Accepted);
@@ -150,19 +134,10 @@ fn prelude(header_len: u64, frame_count: u32) -> Vec<u8> {
 async fn wrong_magic() {
     let (mut listener, addr) = tcp_server().await;
     let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
-    socket
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let err = listener.accept().await.err().unwrap();
-    assert!(
-        matches!(&err, TransportError::Handshake { source: WireError::BadMagic { found }, .. } if found == b"GET "),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("127.0.0.1"),
-        "error names the peer: {err}"
-    );
+    assert_matches!(&err, TransportError::Handshake { source: WireError::BadMagic { found }, .. } if found == b"GET ");
+    assert!(err.to_string().contains("127.0.0.1"), "error names the peer: {err}");
     assert_closed_by_peer(&mut socket).await;
     assert_still_serves(&mut listener, &addr, &client_config()).await;
     assert_no_huge_allocation();
@@ -172,23 +147,17 @@ async fn wrong_magic() {
 async fn wrong_version() {
     let (mut listener, addr) = tcp_server().await;
     let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
-    socket.write_all(&hello(99, TOKEN)).await.unwrap();
+    socket.write_all(&hello(99, TOKEN, "raw")).await.unwrap();
     let (status, text) = read_ack(&mut socket).await;
     assert_eq!(status, Status::VersionMismatch);
     assert!(text.contains("we speak 1, the peer speaks 99"), "{text}");
     let err = listener.accept().await.err().unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Handshake {
-                source: WireError::VersionMismatch {
-                    ours: 1,
-                    theirs: 99
-                },
-                ..
-            }
-        ),
-        "{err}"
+    assert_matches!(
+        err,
+        TransportError::Handshake {
+            source: WireError::VersionMismatch { ours: 1, theirs: 99 },
+            ..
+        }
     );
     assert_still_serves(&mut listener, &addr, &client_config()).await;
 }
@@ -203,24 +172,15 @@ async fn wrong_or_missing_token_fails_at_once() {
         };
         let started = Instant::now();
         let err = connect(&addr, &client).await.err().unwrap();
-        assert!(
-            matches!(&err, TransportError::Rejected { retryable: false, reason, .. } if reason.contains("token")),
-            "{err}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "no retries on a refusal"
-        );
+        assert_matches!(&err, TransportError::Rejected { retryable: false, reason, .. } if reason.contains("token"));
+        assert!(started.elapsed() < Duration::from_secs(2), "no retries on a refusal");
         let err = listener.accept().await.err().unwrap();
-        assert!(
-            matches!(
-                err,
-                TransportError::Handshake {
-                    source: WireError::BadToken,
-                    ..
-                }
-            ),
-            "{err}"
+        assert_matches!(
+            err,
+            TransportError::Handshake {
+                source: WireError::BadToken,
+                ..
+            }
         );
     }
     assert_still_serves(&mut listener, &addr, &client_config()).await;
@@ -228,37 +188,20 @@ async fn wrong_or_missing_token_fails_at_once() {
 
 #[tokio::test]
 async fn inproc_checks_tokens_too() {
-    let mut listener = listen("inproc://malformed-token", &server_config())
-        .await
-        .unwrap();
+    let mut listener = listen("inproc://malformed-token", &server_config()).await.unwrap();
     let client = Config {
         token: Some(b"nope".to_vec()),
         ..config("intruder")
     };
-    let err = connect("inproc://malformed-token", &client)
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Rejected {
-                retryable: false,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = connect("inproc://malformed-token", &client).await.err().unwrap();
+    assert_matches!(err, TransportError::Rejected { retryable: false, .. });
     let err = listener.accept().await.err().unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Handshake {
-                source: WireError::BadToken,
-                ..
-            }
-        ),
-        "{err}"
+    assert_matches!(
+        err,
+        TransportError::Handshake {
+            source: WireError::BadToken,
+            ..
+        }
     );
     assert_still_serves(&mut listener, "inproc://malformed-token", &client_config()).await;
 }
@@ -276,9 +219,7 @@ async fn oversized_announcements() {
         (prelude(0, 65), |e| {
             matches!(e, WireError::TooManyFrames { count: 65, max: 64 })
         }),
-        (prelude(0, u32::MAX), |e| {
-            matches!(e, WireError::TooManyFrames { .. })
-        }),
+        (prelude(0, u32::MAX), |e| matches!(e, WireError::TooManyFrames { .. })),
         (
             [
                 prelude(0, 2),
@@ -310,10 +251,7 @@ async fn oversized_announcements() {
             }
             _ => panic!("unexpected: {err}"),
         }
-        assert!(matches!(
-            server.recv().await,
-            Err(TransportError::Closed { .. })
-        ));
+        assert!(matches!(server.recv().await, Err(TransportError::Closed { .. })));
         drop(server);
         assert_closed_by_peer(&mut socket).await;
     }
@@ -334,16 +272,7 @@ async fn connection_cut_mid_frame() {
     drop(socket);
     let started = Instant::now();
     let err = server.recv().await.err().unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Truncated {
-                during: "message",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_matches!(err, TransportError::Truncated { during: "message", .. });
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_still_serves(&mut listener, &addr, &client_config()).await;
 }
@@ -353,20 +282,17 @@ async fn connection_cut_mid_handshake() {
     let (mut listener, addr) = tcp_server().await;
     let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
     socket
-        .write_all(&hello(wire::PROTOCOL_VERSION, TOKEN)[..7])
+        .write_all(&hello(wire::PROTOCOL_VERSION, TOKEN, "raw")[..7])
         .await
         .unwrap();
     drop(socket);
     let err = listener.accept().await.err().unwrap();
-    assert!(
-        matches!(
-            err,
-            TransportError::Truncated {
-                during: "handshake",
-                ..
-            }
-        ),
-        "{err}"
+    assert_matches!(
+        err,
+        TransportError::Truncated {
+            during: "handshake",
+            ..
+        }
     );
     assert_still_serves(&mut listener, &addr, &client_config()).await;
 }
@@ -415,7 +341,7 @@ async fn untrusted_certificates_are_refused() {
     };
     let started = Instant::now();
     let err = connect(&addr, &distrustful).await.err().unwrap();
-    assert!(matches!(err, TransportError::Tls { .. }), "{err}");
+    assert_matches!(err, TransportError::Tls { .. });
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "no retries on a TLS failure"
@@ -432,7 +358,7 @@ async fn untrusted_certificates_are_refused() {
     };
     let started = Instant::now();
     let err = connect(&addr, &anonymous).await.err().unwrap();
-    assert!(matches!(err, TransportError::Tls { .. }), "{err}");
+    assert_matches!(err, TransportError::Tls { .. });
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "no retries on a TLS failure"
@@ -445,7 +371,7 @@ async fn untrusted_certificates_are_refused() {
     // Plain TCP bytes at a TLS listener.
     let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
     socket
-        .write_all(&hello(wire::PROTOCOL_VERSION, b""))
+        .write_all(&hello(wire::PROTOCOL_VERSION, b"", "raw"))
         .await
         .unwrap();
     assert!(matches!(

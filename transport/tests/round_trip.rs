@@ -11,9 +11,7 @@ const MIB: usize = 1 << 20;
 
 /// The messages every backend must carry.
 fn messages() -> Vec<Message> {
-    let many: Vec<usize> = (0..64)
-        .map(|i| if i % 9 == 0 { 0 } else { i * 997 + 13 })
-        .collect();
+    let many: Vec<usize> = (0..64).map(|i| if i % 9 == 0 { 0 } else { i * 997 + 13 }).collect();
     vec![
         message(1, 0, &[]),
         message(2, 300, &[]),
@@ -52,10 +50,7 @@ async fn round_trip(listen_addr: &str, server: Config, client: Config) {
         }
     }
     connection.close().await.unwrap();
-    assert!(
-        connection.recv().await.unwrap().is_none(),
-        "server closes after us"
-    );
+    assert!(connection.recv().await.unwrap().is_none(), "server closes after us");
     server_task.await.unwrap();
 }
 
@@ -103,30 +98,16 @@ async fn tokens_that_match_are_accepted() {
         token: Some(b"s3cret".to_vec()),
         ..config(name)
     };
-    round_trip(
-        "tcp://127.0.0.1:0",
-        with_token("server"),
-        with_token("client"),
-    )
-    .await;
-    round_trip(
-        "inproc://with-token",
-        with_token("server"),
-        with_token("client"),
-    )
-    .await;
+    round_trip("tcp://127.0.0.1:0", with_token("server"), with_token("client")).await;
+    round_trip("inproc://with-token", with_token("server"), with_token("client")).await;
 }
 
 /// In process, frames are passed by reference: the receiver sees the very
 /// buffer the sender made.
 #[tokio::test]
 async fn inproc_passes_frames_without_copying() {
-    let mut listener = listen("inproc://zero-copy", &config("server"))
-        .await
-        .unwrap();
-    let client = connect("inproc://zero-copy", &config("client"))
-        .await
-        .unwrap();
+    let mut listener = listen("inproc://zero-copy", &config("server")).await.unwrap();
+    let client = connect("inproc://zero-copy", &config("client")).await.unwrap();
     let mut server = listener.accept().await.unwrap();
     let sent = message(9, 10, &[MIB, 0, 7]);
     client.send(sent.clone()).await.unwrap();
@@ -141,9 +122,7 @@ async fn inproc_passes_frames_without_copying() {
 /// receive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halves_send_and_receive_concurrently() {
-    let mut listener = listen("tcp://127.0.0.1:0", &config("server"))
-        .await
-        .unwrap();
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
     let client = connect(&addr, &config("client")).await.unwrap();
     let server = listener.accept().await.unwrap();
@@ -152,9 +131,7 @@ async fn halves_send_and_receive_concurrently() {
     let n = 200u64;
     let send = |tx: weft_transport::Sender| async move {
         for i in 0..n {
-            tx.send(message(i, 8, &[(i as usize) * 4099]))
-                .await
-                .unwrap();
+            tx.send(message(i, 8, &[(i as usize) * 4099])).await.unwrap();
         }
         tx.close().await.unwrap();
     };
@@ -166,10 +143,5 @@ async fn halves_send_and_receive_concurrently() {
         }
         assert_eq!(i, n);
     };
-    tokio::join!(
-        send(client_tx),
-        send(server_tx),
-        recv(client_rx),
-        recv(server_rx)
-    );
+    tokio::join!(send(client_tx), send(server_tx), recv(client_rx), recv(server_rx));
 }

@@ -29,7 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "(a) tcp 64 MiB frames: {tcp:.2} GB/s; iperf3 single stream: {iperf:.2} GB/s; ratio {:.0}%",
             100.0 * tcp / iperf
         ),
-        None => println!("(a) tcp 64 MiB frames: {tcp:.2} GB/s; iperf3 not installed (benches/transport.sh installs it)"),
+        None => {
+            println!("(a) tcp 64 MiB frames: {tcp:.2} GB/s; iperf3 not installed (benches/transport.sh installs it)")
+        }
     }
     let (ours, raw) = (figures.rtt_us, figures.raw_rtt_us);
     println!(
@@ -110,10 +112,18 @@ async fn measure() -> Result<Figures, Box<dyn std::error::Error>> {
 /// Median of three single-stream `iperf3` runs on loopback, in GB/s, or
 /// `None` when iperf3 is not installed.
 fn iperf3_loopback() -> Result<Option<f64>, Box<dyn std::error::Error>> {
-    if Command::new("iperf3").arg("--version").stdout(Stdio::null()).status().is_err() {
+    if Command::new("iperf3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
         return Ok(None);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
     let mut runs = Vec::new();
     for _ in 0..3 {
         let mut server = Command::new("iperf3")

@@ -7,6 +7,30 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use weft_transport::{Config, Connection, Frame, Message, TlsConfig, TlsFiles};
 
+/// Asserts that a value matches a pattern, showing the value if not.
+#[macro_export]
+macro_rules! assert_matches {
+    ($value:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
+        let value = &$value;
+        assert!(matches!(value, $pattern $(if $guard)?), "unexpected: {value}");
+    }};
+}
+
+/// The bytes of a hello with this version and token.
+pub fn hello(version: u16, token: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    weft_transport::wire::encode_hello(
+        &weft_transport::wire::Hello {
+            version,
+            token: token.to_vec(),
+            name: name.into(),
+        },
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
 /// Deterministic bytes that differ with `seed` and position.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
@@ -37,10 +61,7 @@ pub fn assert_same(got: &Message, want: &Message) {
     assert_eq!(got.frames.len(), want.frames.len(), "frame count differs");
     for (i, (g, w)) in got.frames.iter().zip(&want.frames).enumerate() {
         assert_eq!(g.len(), w.len(), "frame {i} length differs");
-        assert!(
-            g.as_host().unwrap() == w.as_host().unwrap(),
-            "frame {i} bytes differ"
-        );
+        assert!(g.as_host().unwrap() == w.as_host().unwrap(), "frame {i} bytes differ");
     }
 }
 
@@ -72,17 +93,11 @@ impl Pki {
         let ca = Issuer::new(ca_params, ca_key);
         write(dir.path(), "ca.pem", &ca_cert.pem());
         for (name, sans) in [
-            (
-                "server",
-                vec!["localhost".to_string(), "127.0.0.1".to_string()],
-            ),
+            ("server", vec!["localhost".to_string(), "127.0.0.1".to_string()]),
             ("client", vec!["client".to_string()]),
         ] {
             let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(sans)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
+            let cert = CertificateParams::new(sans).unwrap().signed_by(&key, &ca).unwrap();
             write(dir.path(), &format!("{name}.pem"), &cert.pem());
             write(dir.path(), &format!("{name}.key"), &key.serialize_pem());
         }
