@@ -324,6 +324,17 @@ async fn random_garbage() {
     assert_no_huge_allocation();
 }
 
+/// Both sides fail with a TLS error, at once rather than after retries.
+async fn assert_tls_refused(listener: &mut Listener, addr: &str, client: &Config) {
+    let started = Instant::now();
+    assert_matches!(connect(addr, client).await.err().unwrap(), TransportError::Tls { .. });
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no retries on a TLS failure"
+    );
+    assert_matches!(listener.accept().await.err().unwrap(), TransportError::Tls { .. });
+}
+
 #[tokio::test]
 async fn untrusted_certificates_are_refused() {
     let pki = Pki::new();
@@ -339,34 +350,14 @@ async fn untrusted_certificates_are_refused() {
         tls: Some(pki.tls(Some("client"), "other-ca.pem", false)),
         ..config("client")
     };
-    let started = Instant::now();
-    let err = connect(&addr, &distrustful).await.err().unwrap();
-    assert_matches!(err, TransportError::Tls { .. });
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no retries on a TLS failure"
-    );
-    assert!(matches!(
-        listener.accept().await.err().unwrap(),
-        TransportError::Tls { .. }
-    ));
+    assert_tls_refused(&mut listener, &addr, &distrustful).await;
 
     // The server demands a client certificate that this client lacks.
     let anonymous = Config {
         tls: Some(pki.tls(None, "ca.pem", false)),
         ..config("client")
     };
-    let started = Instant::now();
-    let err = connect(&addr, &anonymous).await.err().unwrap();
-    assert_matches!(err, TransportError::Tls { .. });
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no retries on a TLS failure"
-    );
-    assert!(matches!(
-        listener.accept().await.err().unwrap(),
-        TransportError::Tls { .. }
-    ));
+    assert_tls_refused(&mut listener, &addr, &anonymous).await;
 
     // Plain TCP bytes at a TLS listener.
     let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
