@@ -1,0 +1,125 @@
+// The launcher behind emu.h: kernel registry, grid loop and block barrier.
+#include "emu.h"
+
+namespace weft_emu {
+thread_local uint3 thread_idx;
+thread_local uint3 block_idx;
+dim3 block_dim;
+dim3 grid_dim;
+
+namespace {
+struct Entry {
+    void (*kernel)();
+    Invoker invoker;
+};
+
+std::map<std::string, Entry> &registry() {
+    static std::map<std::string, Entry> r;
+    return r;
+}
+
+// __syncthreads among the threads of a block that are still running the
+// kernel: a thread that returns drops out, so an early return does not hang
+// the others (as on Volta and later GPUs).
+struct BlockBarrier {
+    std::mutex m;
+    std::condition_variable cv;
+    unsigned active = 0;
+    unsigned waiting = 0;
+    unsigned long generation = 0;
+
+    void release_locked() {
+        waiting = 0;
+        ++generation;
+        cv.notify_all();
+    }
+    void sync() {
+        std::unique_lock<std::mutex> lk(m);
+        unsigned long g = generation;
+        if (++waiting == active) {
+            release_locked();
+        } else {
+            cv.wait(lk, [&] { return generation != g; });
+        }
+    }
+    void drop() {
+        std::unique_lock<std::mutex> lk(m);
+        --active;
+        if (waiting > 0 && waiting == active) release_locked();
+    }
+};
+
+// Separates blocks: the last thread to finish a block resets the block
+// barrier before anyone starts the next block.
+struct EndBarrier {
+    std::mutex m;
+    std::condition_variable cv;
+    unsigned count = 0;
+    unsigned arrived = 0;
+    unsigned long generation = 0;
+
+    template <typename F>
+    void arrive_and_wait(F on_last) {
+        std::unique_lock<std::mutex> lk(m);
+        unsigned long g = generation;
+        if (++arrived == count) {
+            on_last();
+            arrived = 0;
+            ++generation;
+            cv.notify_all();
+        } else {
+            cv.wait(lk, [&] { return generation != g; });
+        }
+    }
+};
+
+thread_local BlockBarrier *current_barrier = nullptr;
+std::mutex launch_mutex;
+}  // namespace
+
+void register_kernel(const char *name, void (*k)(), Invoker invoker) { registry()[name] = Entry{k, invoker}; }
+
+void syncthreads() { current_barrier->sync(); }
+}  // namespace weft_emu
+
+// Runs kernel `name` over the grid; `args` is laid out as for cuLaunchKernel
+// (one pointer per parameter, pointing at its value). Returns 0 on success,
+// 1 when no kernel has that name. (Failing to start a thread aborts.)
+extern "C" int weft_emu_launch(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                               unsigned by, unsigned bz, void **args) {
+    using namespace weft_emu;
+    auto it = registry().find(name);
+    if (it == registry().end()) return 1;
+    Entry entry = it->second;
+    // One launch at a time: grid and block dimensions and every kernel's
+    // shared memory are process-wide.
+    std::lock_guard<std::mutex> guard(launch_mutex);
+    grid_dim = dim3{gx, gy, gz};
+    block_dim = dim3{bx, by, bz};
+    const unsigned nthreads = bx * by * bz;
+    const unsigned long nblocks = (unsigned long)gx * gy * gz;
+    if (nthreads == 0 || nblocks == 0) return 0;
+    BlockBarrier barrier;
+    barrier.active = nthreads;
+    EndBarrier end;
+    end.count = nthreads;
+    std::vector<std::thread> threads;
+    threads.reserve(nthreads);
+    for (unsigned t = 0; t < nthreads; ++t) {
+            threads.emplace_back([&, t] {
+                thread_idx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
+                current_barrier = &barrier;
+                for (unsigned long b = 0; b < nblocks; ++b) {
+                    block_idx = uint3{(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / ((unsigned long)gx * gy))};
+                    entry.invoker(entry.kernel, args);
+                    barrier.drop();
+                    end.arrive_and_wait([&] {
+                        barrier.active = nthreads;
+                        barrier.waiting = 0;
+                    });
+                }
+            });
+    }
+    for (auto &th : threads) th.join();
+    return 0;
+}
