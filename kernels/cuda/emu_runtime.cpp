@@ -75,8 +75,58 @@ struct EndBarrier {
 
 thread_local BlockBarrier *current_barrier = nullptr;
 std::mutex launch_mutex;
-}  // namespace
 
+// Worker threads kept across launches (starting 256 threads per launch
+// dominated the cost of small launches). Leaked on purpose: joinable
+// threads must not be destroyed at exit.
+struct Workers {
+    std::mutex m;
+    std::condition_variable start;
+    std::condition_variable done;
+    unsigned long generation = 0;
+    unsigned running = 0;
+    unsigned wanted = 0;
+    std::function<void(unsigned)> job;
+    unsigned started = 0;
+
+    void worker(unsigned t) {
+        unsigned long seen = 0;
+        std::unique_lock<std::mutex> lk(m);
+        for (;;) {
+            start.wait(lk, [&] { return generation != seen; });
+            seen = generation;
+            if (t >= wanted) continue;
+            std::function<void(unsigned)> f = job;
+            lk.unlock();
+            f(t);
+            lk.lock();
+            if (--running == 0) done.notify_all();
+        }
+    }
+
+    // Runs f(0) .. f(n - 1) on n threads at once and waits for all of them.
+    // A launch cannot finish without every one of its n threads, so no
+    // worker below n misses a generation.
+    void run(unsigned n, std::function<void(unsigned)> f) {
+        std::unique_lock<std::mutex> lk(m);
+        while (started < n) {
+            unsigned t = started++;
+            std::thread([this, t] { worker(t); }).detach();
+        }
+        job = std::move(f);
+        wanted = n;
+        running = n;
+        ++generation;
+        start.notify_all();
+        done.wait(lk, [&] { return running == 0; });
+    }
+};
+
+Workers &workers() {
+    static Workers *w = new Workers();
+    return *w;
+}
+}  // namespace
 void register_kernel(const char *name, void (*k)(), Invoker invoker) { registry()[name] = Entry{k, invoker}; }
 
 void syncthreads() { current_barrier->sync(); }
@@ -103,23 +153,18 @@ extern "C" int weft_emu_launch(const char *name, unsigned gx, unsigned gy, unsig
     barrier.active = nthreads;
     EndBarrier end;
     end.count = nthreads;
-    std::vector<std::thread> threads;
-    threads.reserve(nthreads);
-    for (unsigned t = 0; t < nthreads; ++t) {
-            threads.emplace_back([&, t] {
-                thread_idx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
-                current_barrier = &barrier;
-                for (unsigned long b = 0; b < nblocks; ++b) {
-                    block_idx = uint3{(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / ((unsigned long)gx * gy))};
-                    entry.invoker(entry.kernel, args);
-                    barrier.drop();
-                    end.arrive_and_wait([&] {
-                        barrier.active = nthreads;
-                        barrier.waiting = 0;
-                    });
-                }
+    workers().run(nthreads, [&](unsigned t) {
+        thread_idx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
+        current_barrier = &barrier;
+        for (unsigned long b = 0; b < nblocks; ++b) {
+            block_idx = uint3{(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / ((unsigned long)gx * gy))};
+            entry.invoker(entry.kernel, args);
+            barrier.drop();
+            end.arrive_and_wait([&] {
+                barrier.active = nthreads;
+                barrier.waiting = 0;
             });
-    }
-    for (auto &th : threads) th.join();
+        }
+    });
     return 0;
 }

@@ -20,14 +20,14 @@ WEFT_KERNEL(radix_keys_f64, const double *x, u64 n, u64 *keys) {
     }
 }
 
-// Digit of the row at position i of the current order `perm`.
+// Digit of the row at position i of the current order `perm` (null: identity).
 WEFT_KERNEL(radix_digits, const u64 *keys, const u32 *perm, u64 n, u32 shift, u32 *digits) {
-    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) digits[i] = (u32)(keys[perm[i]] >> shift) & 0xffu;
+    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) digits[i] = (u32)(keys[perm ? perm[i] : i] >> shift) & 0xffu;
 }
 
 // The null pass: digit 0 for valid rows, 1 for nulls.
 WEFT_KERNEL(radix_null_digits, const u32 *validity, const u32 *perm, u64 n, u32 *digits) {
-    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) digits[i] = weft_valid(validity, perm[i]) ? 0u : 1u;
+    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) digits[i] = weft_valid(validity, perm ? perm[i] : i) ? 0u : 1u;
 }
 
 WEFT_KERNEL(count_hist, const u32 *digits, u64 n, u32 radix, u64 chunk, u32 *hist) {
