@@ -52,7 +52,7 @@ fn main() {
     std::fs::write(&unit_path, unit).expect("write emulation unit");
     cc::Build::new()
         .cpp(true)
-        .std("c++17")
+        .std("c++20")
         .opt_level(2)
         .flag_if_supported("-pthread")
         .flag_if_supported("-Wno-unused-parameter")

@@ -1,6 +1,8 @@
 // The launcher behind emu.h: kernel registry, grid loop and block barrier.
 #include "emu.h"
 
+#include <atomic>
+
 namespace weft_emu {
 thread_local uint3 thread_idx;
 thread_local uint3 block_idx;
@@ -20,32 +22,37 @@ std::map<std::string, Entry> &registry() {
 
 // __syncthreads among the threads of a block that are still running the
 // kernel: a thread that returns drops out, so an early return does not hang
-// the others (as on Volta and later GPUs).
+// the others (as on Volta and later GPUs). Counting is under a mutex;
+// waiting is on the generation word (a futex), so a release does not make
+// all the block's threads fight for the mutex.
 struct BlockBarrier {
     std::mutex m;
-    std::condition_variable cv;
     unsigned active = 0;
     unsigned waiting = 0;
-    unsigned long generation = 0;
+    std::atomic<unsigned> generation{0};
 
-    void release_locked() {
-        waiting = 0;
-        ++generation;
-        cv.notify_all();
-    }
     void sync() {
-        std::unique_lock<std::mutex> lk(m);
-        unsigned long g = generation;
-        if (++waiting == active) {
-            release_locked();
-        } else {
-            cv.wait(lk, [&] { return generation != g; });
+        unsigned g;
+        {
+            std::lock_guard<std::mutex> lk(m);
+            g = generation.load();
+            if (++waiting == active) {
+                waiting = 0;
+                generation.store(g + 1);
+                generation.notify_all();
+                return;
+            }
         }
+        while (generation.load() == g) generation.wait(g);
     }
     void drop() {
-        std::unique_lock<std::mutex> lk(m);
+        std::lock_guard<std::mutex> lk(m);
         --active;
-        if (waiting > 0 && waiting == active) release_locked();
+        if (waiting > 0 && waiting == active) {
+            waiting = 0;
+            generation.fetch_add(1);
+            generation.notify_all();
+        }
     }
 };
 
@@ -53,23 +60,25 @@ struct BlockBarrier {
 // barrier before anyone starts the next block.
 struct EndBarrier {
     std::mutex m;
-    std::condition_variable cv;
     unsigned count = 0;
     unsigned arrived = 0;
-    unsigned long generation = 0;
+    std::atomic<unsigned> generation{0};
 
     template <typename F>
     void arrive_and_wait(F on_last) {
-        std::unique_lock<std::mutex> lk(m);
-        unsigned long g = generation;
-        if (++arrived == count) {
-            on_last();
-            arrived = 0;
-            ++generation;
-            cv.notify_all();
-        } else {
-            cv.wait(lk, [&] { return generation != g; });
+        unsigned g;
+        {
+            std::lock_guard<std::mutex> lk(m);
+            g = generation.load();
+            if (++arrived == count) {
+                on_last();
+                arrived = 0;
+                generation.store(g + 1);
+                generation.notify_all();
+                return;
+            }
         }
+        while (generation.load() == g) generation.wait(g);
     }
 };
 

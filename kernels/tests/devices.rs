@@ -142,69 +142,74 @@ const CMP: [CmpOp; 6] = [
     CmpOp::Ge,
 ];
 
+fn elementwise_case<T: Num>(d: &Dut, a: &[Option<T>], b: &[Option<T>]) {
+    let n = a.len();
+    let (ca, cb) = (column(a), column(b));
+    for op in BINARY {
+        let want: Vec<Option<V>> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| {
+                x.zip(*y)
+                    .and_then(|(x, y)| T::ref_binary(x, y, op))
+                    .map(wrap)
+            })
+            .collect();
+        check(
+            d,
+            &format!("{op:?} {:?} n={n}", T::DTYPE),
+            &[&ca, &cb],
+            |c| binary(&c[0], &c[1], op).unwrap(),
+            &want,
+            0.0,
+        );
+    }
+    for op in CMP {
+        let want: Vec<Option<V>> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| x.zip(*y).map(|(x, y)| V::B(op.apply(x, y))))
+            .collect();
+        check(
+            d,
+            &format!("{op:?} {:?} n={n}", T::DTYPE),
+            &[&ca, &cb],
+            |c| compare(&c[0], &c[1], op).unwrap(),
+            &want,
+            0.0,
+        );
+    }
+    for op in [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Sqrt] {
+        if T::ref_unary(T::default(), op).is_none() {
+            assert!(
+                unary(&d.put(&ca), op).is_err(),
+                "{op:?} on {:?} is refused",
+                T::DTYPE
+            );
+            continue;
+        }
+        let want: Vec<Option<V>> = a
+            .iter()
+            .map(|x| x.and_then(|x| T::ref_unary(x, op)).map(wrap))
+            .collect();
+        check(
+            d,
+            &format!("{op:?} {:?} n={n}", T::DTYPE),
+            &[&ca],
+            |c| unary(&c[0], op).unwrap(),
+            &want,
+            0.0,
+        );
+    }
+}
+
 fn elementwise_for<T: Num>(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
             let a = random_options::<T>(&mut rng, n, nulls);
-            let b = random_options::<T>(&mut rng, n, Nulls::None);
-            let (ca, cb) = (column(&a), column(&b));
-            for op in BINARY {
-                let want: Vec<Option<V>> = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| {
-                        x.zip(*y)
-                            .and_then(|(x, y)| T::ref_binary(x, y, op))
-                            .map(wrap)
-                    })
-                    .collect();
-                check(
-                    d,
-                    &format!("{op:?} {:?} n={n} {nulls:?}", T::DTYPE),
-                    &[&ca, &cb],
-                    |c| binary(&c[0], &c[1], op).unwrap(),
-                    &want,
-                    0.0,
-                );
-            }
-            for op in CMP {
-                let want: Vec<Option<V>> = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| x.zip(*y).map(|(x, y)| V::B(op.apply(x, y))))
-                    .collect();
-                check(
-                    d,
-                    &format!("{op:?} {:?} n={n} {nulls:?}", T::DTYPE),
-                    &[&ca, &cb],
-                    |c| compare(&c[0], &c[1], op).unwrap(),
-                    &want,
-                    0.0,
-                );
-            }
-            for op in [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Sqrt] {
-                if T::ref_unary(T::default(), op).is_none() {
-                    assert!(
-                        unary(&d.put(&ca), op).is_err(),
-                        "{op:?} on {:?} is refused",
-                        T::DTYPE
-                    );
-                    continue;
-                }
-                let want: Vec<Option<V>> = a
-                    .iter()
-                    .map(|x| x.and_then(|x| T::ref_unary(x, op)).map(wrap))
-                    .collect();
-                check(
-                    d,
-                    &format!("{op:?} {:?} n={n} {nulls:?}", T::DTYPE),
-                    &[&ca],
-                    |c| unary(&c[0], op).unwrap(),
-                    &want,
-                    0.0,
-                );
-            }
+            let b = random_options::<T>(&mut rng, n, Nulls::Some);
+            elementwise_case(d, &a, &b);
         }
     }
 }
@@ -216,71 +221,73 @@ fn elementwise(d: &Dut) {
     elementwise_for::<f64>(d);
 }
 
+fn reductions_case<T: Num>(d: &Dut, a: &[Option<T>]) {
+    let n = a.len();
+    let c = column(a);
+    let valid: Vec<V> = a.iter().flatten().map(|v| wrap(*v)).collect();
+    let (count, sum, min, max) = valid.iter().fold(
+        (0u64, None::<V>, None::<V>, None::<V>),
+        |(c, s, lo, hi), v| {
+            let add = |x: Option<V>| match (x, v) {
+                (None, v) => *v,
+                (Some(V::I(a)), V::I(b)) => V::I(a.wrapping_add(*b)),
+                (Some(V::F(a)), V::F(b)) => V::F(a + b),
+                _ => unreachable!(),
+            };
+            let pick = |x: Option<V>, less: bool| match (x, v) {
+                (None, v) => *v,
+                (Some(V::I(a)), V::I(b)) => V::I(if less { a.min(*b) } else { a.max(*b) }),
+                (Some(V::F(a)), V::F(b)) => V::F(if less { a.min(*b) } else { a.max(*b) }),
+                _ => unreachable!(),
+            };
+            (
+                c + 1,
+                Some(add(s)),
+                Some(pick(lo, true)),
+                Some(pick(hi, false)),
+            )
+        },
+    );
+    let what = format!("reduce {:?} n={n}", T::DTYPE);
+    let to_v = |s: Scalar| match s {
+        Scalar::Int(v) => V::I(v),
+        Scalar::Float(v) => V::F(v),
+    };
+    let zero = wrap(T::default());
+    let want = vec![Some(V::U(count)), Some(sum.unwrap_or(zero)), min, max];
+    let summary = |c: &Column| {
+        let s = reduce(c).unwrap();
+        let mean_ok = match s.mean() {
+            None => s.count == 0,
+            Some(m) => (m - s.sum.as_f64() / s.count as f64).abs() < 1e-9 * m.abs().max(1.0),
+        };
+        assert!(mean_ok, "{what}: mean");
+        vec![
+            Some(V::U(s.count)),
+            Some(to_v(s.sum)),
+            s.min.map(to_v),
+            s.max.map(to_v),
+        ]
+    };
+    let cpu = summary(&c);
+    assert_rows(&format!("{what} cpu vs reference"), &cpu, &want, 1e-9);
+    assert_rows(
+        &format!("{what} device vs cpu"),
+        &summary(&d.put(&c)),
+        &cpu,
+        1e-9,
+    );
+    if c.validity().is_none() {
+        let s = weft_kernels::reduce::sum(&d.put(&c)).unwrap();
+        assert_rows(&format!("{what} sum"), &[Some(to_v(s))], &want[1..2], 1e-9);
+    }
+}
+
 fn reductions_for<T: Num>(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
-            let a = random_options::<T>(&mut rng, n, nulls);
-            let c = column(&a);
-            let valid: Vec<V> = a.iter().flatten().map(|v| wrap(*v)).collect();
-            let (count, sum, min, max) = valid.iter().fold(
-                (0u64, None::<V>, None::<V>, None::<V>),
-                |(c, s, lo, hi), v| {
-                    let add = |x: Option<V>| match (x, v) {
-                        (None, v) => *v,
-                        (Some(V::I(a)), V::I(b)) => V::I(a.wrapping_add(*b)),
-                        (Some(V::F(a)), V::F(b)) => V::F(a + b),
-                        _ => unreachable!(),
-                    };
-                    let pick = |x: Option<V>, less: bool| match (x, v) {
-                        (None, v) => *v,
-                        (Some(V::I(a)), V::I(b)) => V::I(if less { a.min(*b) } else { a.max(*b) }),
-                        (Some(V::F(a)), V::F(b)) => V::F(if less { a.min(*b) } else { a.max(*b) }),
-                        _ => unreachable!(),
-                    };
-                    (
-                        c + 1,
-                        Some(add(s)),
-                        Some(pick(lo, true)),
-                        Some(pick(hi, false)),
-                    )
-                },
-            );
-            let what = format!("reduce {:?} n={n} {nulls:?}", T::DTYPE);
-            let to_v = |s: Scalar| match s {
-                Scalar::Int(v) => V::I(v),
-                Scalar::Float(v) => V::F(v),
-            };
-            let zero = wrap(T::default());
-            let want = vec![Some(V::U(count)), Some(sum.unwrap_or(zero)), min, max];
-            let summary = |c: &Column| {
-                let s = reduce(c).unwrap();
-                let mean_ok = match s.mean() {
-                    None => s.count == 0,
-                    Some(m) => {
-                        (m - s.sum.as_f64() / s.count as f64).abs() < 1e-9 * m.abs().max(1.0)
-                    }
-                };
-                assert!(mean_ok, "{what}: mean");
-                vec![
-                    Some(V::U(s.count)),
-                    Some(to_v(s.sum)),
-                    s.min.map(to_v),
-                    s.max.map(to_v),
-                ]
-            };
-            let cpu = summary(&c);
-            assert_rows(&format!("{what} cpu vs reference"), &cpu, &want, 1e-9);
-            assert_rows(
-                &format!("{what} device vs cpu"),
-                &summary(&d.put(&c)),
-                &cpu,
-                1e-9,
-            );
-            if nulls == Nulls::None {
-                let s = weft_kernels::reduce::sum(&d.put(&c)).unwrap();
-                assert_rows(&format!("{what} sum"), &[Some(to_v(s))], &want[1..2], 1e-9);
-            }
+            reductions_case(d, &random_options::<T>(&mut rng, n, nulls));
         }
     }
 }
@@ -406,51 +413,87 @@ fn random_strings(rng: &mut fastrand::Rng, n: usize, nulls: Nulls) -> Vec<Option
         .collect()
 }
 
+fn hash_case(d: &Dut, ints: &[Option<i64>], strings: &[Option<String>], seed: u64) {
+    let n = ints.len();
+    let want: Vec<Option<V>> = ints
+        .iter()
+        .map(|v| {
+            Some(V::U(
+                v.map_or(hash::hash_null(seed), |x| hash::hash_i64(x, seed)),
+            ))
+        })
+        .collect();
+    check(
+        d,
+        &format!("hash i64 n={n}"),
+        &[&column(ints)],
+        |c| hash::hash(&c[0], seed).unwrap(),
+        &want,
+        0.0,
+    );
+    let arr = arrow_array::StringArray::from(strings.to_vec());
+    let col = Column::from_arrow(&arr).unwrap();
+    let want: Vec<Option<V>> = strings
+        .iter()
+        .map(|s| {
+            Some(V::U(s.as_ref().map_or(hash::hash_null(seed), |s| {
+                reference_hash_bytes(s.as_bytes(), seed)
+            })))
+        })
+        .collect();
+    check(
+        d,
+        &format!("hash utf8 n={}", strings.len()),
+        &[&col],
+        |c| hash::hash(&c[0], seed).unwrap(),
+        &want,
+        0.0,
+    );
+}
+
 fn hashing(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
             for seed in [0u64, 42] {
                 let ints = random_options::<i64>(&mut rng, n, nulls);
-                let want: Vec<Option<V>> = ints
-                    .iter()
-                    .map(|v| {
-                        Some(V::U(
-                            v.map_or(hash::hash_null(seed), |x| hash::hash_i64(x, seed)),
-                        ))
-                    })
-                    .collect();
-                check(
-                    d,
-                    &format!("hash i64 n={n} {nulls:?}"),
-                    &[&column(&ints)],
-                    |c| hash::hash(&c[0], seed).unwrap(),
-                    &want,
-                    0.0,
-                );
-
                 let strings = random_strings(&mut rng, n, nulls);
-                let arr = arrow_array::StringArray::from(strings.clone());
-                let col = Column::from_arrow(&arr).unwrap();
-                let want: Vec<Option<V>> = strings
-                    .iter()
-                    .map(|s| {
-                        Some(V::U(s.as_ref().map_or(hash::hash_null(seed), |s| {
-                            reference_hash_bytes(s.as_bytes(), seed)
-                        })))
-                    })
-                    .collect();
-                check(
-                    d,
-                    &format!("hash utf8 n={n} {nulls:?}"),
-                    &[&col],
-                    |c| hash::hash(&c[0], seed).unwrap(),
-                    &want,
-                    0.0,
-                );
+                hash_case(d, &ints, &strings, seed);
             }
         }
     }
+}
+
+fn partition_case(d: &Dut, ints: &[Option<i64>], parts: u32) {
+    let n = ints.len();
+    let col = column(ints);
+    let hashes: Vec<u64> = ints
+        .iter()
+        .map(|v| v.map_or(hash::hash_null(9), |x| hash::hash_i64(x, 9)))
+        .collect();
+    let ids: Vec<u32> = hashes.iter().map(|h| hash::bucket(*h, parts)).collect();
+    let mut rows_want: Vec<u32> = (0..n as u32).collect();
+    rows_want.sort_by_key(|r| ids[*r as usize]);
+    let offsets: Vec<u32> = (0..=parts)
+        .map(|p| ids.iter().filter(|i| **i < p).count() as u32)
+        .collect();
+    let u = |v: &[u32]| {
+        v.iter()
+            .map(|x| Some(V::U(u64::from(*x))))
+            .collect::<Vec<_>>()
+    };
+    let what = format!("hash_partition n={n} parts={parts}");
+    let run = |c: &Column| {
+        let p = hash::hash_partition(c, parts, 9).unwrap();
+        (rows(&p.ids), rows(&p.offsets), rows(&p.rows))
+    };
+    let cpu = run(&col);
+    assert_eq!(
+        cpu,
+        (u(&ids), u(&offsets), u(&rows_want)),
+        "{what} cpu vs reference"
+    );
+    assert_eq!(run(&d.put(&col)), cpu, "{what} device vs cpu");
 }
 
 fn partitioning(d: &Dut) {
@@ -458,72 +501,36 @@ fn partitioning(d: &Dut) {
     for &n in SIZES {
         for &nulls in NULLS {
             for parts in [1u32, 7, 64] {
-                let ints = random_options::<i64>(&mut rng, n, nulls);
-                let col = column(&ints);
-                let hashes: Vec<u64> = ints
-                    .iter()
-                    .map(|v| v.map_or(hash::hash_null(9), |x| hash::hash_i64(x, 9)))
-                    .collect();
-                let ids: Vec<u32> = hashes.iter().map(|h| hash::bucket(*h, parts)).collect();
-                let mut rows_want: Vec<u32> = (0..n as u32).collect();
-                rows_want.sort_by_key(|r| ids[*r as usize]);
-                let offsets: Vec<u32> = (0..=parts)
-                    .map(|p| ids.iter().filter(|i| **i < p).count() as u32)
-                    .collect();
-                let u = |v: &[u32]| {
-                    v.iter()
-                        .map(|x| Some(V::U(u64::from(*x))))
-                        .collect::<Vec<_>>()
-                };
-                let what = format!("hash_partition n={n} {nulls:?} parts={parts}");
-                let run = |c: &Column| {
-                    let p = hash::hash_partition(c, parts, 9).unwrap();
-                    (rows(&p.ids), rows(&p.offsets), rows(&p.rows))
-                };
-                let cpu = run(&col);
-                assert_eq!(
-                    cpu,
-                    (u(&ids), u(&offsets), u(&rows_want)),
-                    "{what} cpu vs reference"
-                );
-                assert_eq!(run(&d.put(&col)), cpu, "{what} device vs cpu");
+                partition_case(d, &random_options::<i64>(&mut rng, n, nulls), parts);
             }
         }
     }
+    assert!(hash::hash_partition(&Column::from_vec(vec![1i64]), 0, 0).is_err());
+}
+
+fn take_case<T: Num>(d: &Dut, vals: &[Option<T>], idx: &[u32]) {
+    let want: Vec<Option<V>> = idx.iter().map(|i| vals[*i as usize].map(wrap)).collect();
+    let (cv, ci) = (column(vals), Column::from_vec(idx.to_vec()));
+    check(
+        d,
+        &format!("take {:?} n={}", T::DTYPE, vals.len()),
+        &[&cv, &ci],
+        |c| take::take(&c[0], &c[1]).unwrap(),
+        &want,
+        0.0,
+    );
 }
 
 fn gather(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
-            let vals = random_options::<f64>(&mut rng, n, nulls);
             let m = if n == 0 { 0 } else { n + 5 };
             let idx: Vec<u32> = (0..m).map(|_| rng.u32(0..n.max(1) as u32)).collect();
-            let want: Vec<Option<V>> = idx.iter().map(|i| vals[*i as usize].map(V::F)).collect();
-            let (cv, ci) = (column(&vals), Column::from_vec(idx));
-            check(
-                d,
-                &format!("take n={n} {nulls:?}"),
-                &[&cv, &ci],
-                |c| take::take(&c[0], &c[1]).unwrap(),
-                &want,
-                0.0,
-            );
-            let ints = random_options::<i32>(&mut rng, n, nulls);
-            let idx: Vec<u32> = (0..m).map(|_| rng.u32(0..n.max(1) as u32)).collect();
-            let want: Vec<Option<V>> = idx
-                .iter()
-                .map(|i| ints[*i as usize].map(|x| V::I(i64::from(x))))
-                .collect();
-            let (cv, ci) = (column(&ints), Column::from_vec(idx));
-            check(
-                d,
-                &format!("take i32 n={n} {nulls:?}"),
-                &[&cv, &ci],
-                |c| take::take(&c[0], &c[1]).unwrap(),
-                &want,
-                0.0,
-            );
+            take_case(d, &random_options::<f64>(&mut rng, n, nulls), &idx);
+            take_case(d, &random_options::<i32>(&mut rng, n, nulls), &idx);
+            take_case(d, &random_options::<i64>(&mut rng, n, nulls), &idx);
+            take_case(d, &random_options::<f32>(&mut rng, n, nulls), &idx);
         }
     }
     let x = d.put(&Column::from_vec(vec![1i64, 2, 3]));
@@ -534,12 +541,29 @@ fn gather(d: &Dut) {
     ));
 }
 
+fn filter_case<T: Num>(d: &Dut, vals: &[Option<T>], mask: &[Option<bool>]) {
+    let want: Vec<Option<V>> = vals
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m == Some(true))
+        .map(|(v, _)| v.map(wrap))
+        .collect();
+    let cm = Column::from_arrow(&arrow_array::BooleanArray::from(mask.to_vec())).unwrap();
+    check(
+        d,
+        &format!("filter {:?} n={}", T::DTYPE, vals.len()),
+        &[&column(vals), &cm],
+        |c| filter::filter(&c[0], &c[1]).unwrap(),
+        &want,
+        0.0,
+    );
+}
+
 fn filtering(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
             for density in [0u8, 3, 10] {
-                let vals = random_options::<i64>(&mut rng, n, nulls);
                 let mask: Vec<Option<bool>> = (0..n)
                     .map(|_| {
                         if rng.u8(0..10) == 0 {
@@ -549,46 +573,64 @@ fn filtering(d: &Dut) {
                         }
                     })
                     .collect();
-                let want: Vec<Option<V>> = vals
-                    .iter()
-                    .zip(&mask)
-                    .filter(|(_, m)| **m == Some(true))
-                    .map(|(v, _)| v.map(V::I))
-                    .collect();
-                let cm = Column::from_arrow(&arrow_array::BooleanArray::from(mask)).unwrap();
-                check(
-                    d,
-                    &format!("filter n={n} {nulls:?} density={density}"),
-                    &[&column(&vals), &cm],
-                    |c| filter::filter(&c[0], &c[1]).unwrap(),
-                    &want,
-                    0.0,
-                );
+                filter_case(d, &random_options::<i64>(&mut rng, n, nulls), &mask);
+                if density == 3 {
+                    filter_case(d, &random_options::<i32>(&mut rng, n, nulls), &mask);
+                    filter_case(d, &random_options::<f32>(&mut rng, n, nulls), &mask);
+                    filter_case(d, &random_options::<f64>(&mut rng, n, nulls), &mask);
+                }
             }
         }
     }
+    // Past 4 blocks x 256 words x 32 rows, each block walks several tiles.
+    let n = 33_000;
+    let mask: Vec<Option<bool>> = (0..n)
+        .map(|_| (rng.u8(0..10) != 0).then(|| rng.bool()))
+        .collect();
+    filter_case(d, &random_options::<i64>(&mut rng, n, Nulls::Some), &mask);
+}
+
+fn sort_i64_case(d: &Dut, ints: &[Option<i64>]) {
+    let n = ints.len();
+    let mut want: Vec<u32> = (0..n as u32).collect();
+    want.sort_by(|a, b| match (ints[*a as usize], ints[*b as usize]) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (x, y) => x.is_none().cmp(&y.is_none()),
+    });
+    let want_v: Vec<Option<V>> = want.iter().map(|i| Some(V::U(u64::from(*i)))).collect();
+    check(
+        d,
+        &format!("argsort i64 n={n}"),
+        &[&column(ints)],
+        |c| sort::argsort(&c[0]).unwrap(),
+        &want_v,
+        0.0,
+    );
+}
+
+fn sort_f64_case(d: &Dut, floats: &[Option<f64>]) {
+    let n = floats.len();
+    let mut want: Vec<u32> = (0..n as u32).collect();
+    want.sort_by(|a, b| match (floats[*a as usize], floats[*b as usize]) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (x, y) => x.is_none().cmp(&y.is_none()),
+    });
+    let want_v: Vec<Option<V>> = want.iter().map(|i| Some(V::U(u64::from(*i)))).collect();
+    check(
+        d,
+        &format!("argsort f64 n={n}"),
+        &[&column(floats)],
+        |c| sort::argsort(&c[0]).unwrap(),
+        &want_v,
+        0.0,
+    );
 }
 
 fn sorting(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
-            let ints = random_options::<i64>(&mut rng, n, nulls);
-            let mut want: Vec<u32> = (0..n as u32).collect();
-            want.sort_by(|a, b| match (ints[*a as usize], ints[*b as usize]) {
-                (Some(x), Some(y)) => x.cmp(&y),
-                (x, y) => x.is_none().cmp(&y.is_none()),
-            });
-            let want_v: Vec<Option<V>> = want.iter().map(|i| Some(V::U(u64::from(*i)))).collect();
-            check(
-                d,
-                &format!("argsort i64 n={n} {nulls:?}"),
-                &[&column(&ints)],
-                |c| sort::argsort(&c[0]).unwrap(),
-                &want_v,
-                0.0,
-            );
-
+            sort_i64_case(d, &random_options::<i64>(&mut rng, n, nulls));
             let mut floats = random_options::<f64>(&mut rng, n, nulls);
             for (i, f) in floats.iter_mut().enumerate() {
                 // Ties, signed zeros, infinities and NaNs.
@@ -599,24 +641,12 @@ fn sorting(d: &Dut) {
                         2 => 0.0,
                         3 => f64::NEG_INFINITY,
                         4 if i % 2 == 0 => f64::NAN,
+                        5 if i % 2 == 1 => -f64::NAN,
                         _ => *v,
                     };
                 }
             }
-            let mut want: Vec<u32> = (0..n as u32).collect();
-            want.sort_by(|a, b| match (floats[*a as usize], floats[*b as usize]) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                (x, y) => x.is_none().cmp(&y.is_none()),
-            });
-            let want_v: Vec<Option<V>> = want.iter().map(|i| Some(V::U(u64::from(*i)))).collect();
-            check(
-                d,
-                &format!("argsort f64 n={n} {nulls:?}"),
-                &[&column(&floats)],
-                |c| sort::argsort(&c[0]).unwrap(),
-                &want_v,
-                0.0,
-            );
+            sort_f64_case(d, &floats);
         }
     }
 }
@@ -678,3 +708,84 @@ test_device!(
     sorting,
     matmul
 );
+
+/// Property tests: every CPU kernel against the plain references above.
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::option::of;
+    use proptest::prelude::*;
+
+    fn cfg() -> ProptestConfig {
+        ProptestConfig {
+            cases: 48,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(cfg())]
+
+        #[test]
+        fn elementwise_i64(a in vec(of(any::<i64>()), 0..80), b in vec(of(-3i64..3), 80)) {
+            elementwise_case(&Dut::Cpu, &a, &b[..a.len()]);
+        }
+
+        #[test]
+        fn elementwise_i32(a in vec(of(any::<i32>()), 0..80), b in vec(of(-3i32..3), 80)) {
+            elementwise_case(&Dut::Cpu, &a, &b[..a.len()]);
+        }
+
+        #[test]
+        fn elementwise_f64(a in vec(of(-1e6f64..1e6), 0..80), b in vec(of(-1e6f64..1e6), 80)) {
+            elementwise_case(&Dut::Cpu, &a, &b[..a.len()]);
+        }
+
+        #[test]
+        fn elementwise_f32(a in vec(of(-1e3f32..1e3), 0..80), b in vec(of(-1e3f32..1e3), 80)) {
+            elementwise_case(&Dut::Cpu, &a, &b[..a.len()]);
+        }
+
+        #[test]
+        fn reductions_all_types(a in vec(of(any::<i64>()), 0..200), f in vec(of(-1e9f64..1e9), 0..200),
+                                i in vec(of(any::<i32>()), 0..200), g in vec(of(-1e3f32..1e3), 0..200)) {
+            reductions_case(&Dut::Cpu, &a);
+            reductions_case(&Dut::Cpu, &f);
+            reductions_case(&Dut::Cpu, &i);
+            reductions_case(&Dut::Cpu, &g);
+        }
+
+        #[test]
+        fn hashes(ints in vec(of(any::<i64>()), 0..100), strings in vec(of("\\PC{0,24}"), 0..100), seed in any::<u64>()) {
+            hash_case(&Dut::Cpu, &ints, &strings, seed);
+        }
+
+        #[test]
+        fn partitions(ints in vec(of(any::<i64>()), 0..200), parts in 1u32..100) {
+            partition_case(&Dut::Cpu, &ints, parts);
+        }
+
+        #[test]
+        fn takes(vals in vec(of(any::<i64>()), 1..100), picks in vec(any::<prop::sample::Index>(), 0..150)) {
+            let idx: Vec<u32> = picks.iter().map(|p| p.index(vals.len()) as u32).collect();
+            take_case(&Dut::Cpu, &vals, &idx);
+        }
+
+        #[test]
+        fn filters(vals in vec(of(any::<i32>()), 0..200), mask in vec(of(any::<bool>()), 200)) {
+            filter_case(&Dut::Cpu, &vals, &mask[..vals.len()]);
+        }
+
+        #[test]
+        fn sorts_i64(ints in vec(of(any::<i64>()), 0..300)) {
+            sort_i64_case(&Dut::Cpu, &ints);
+        }
+
+        #[test]
+        fn sorts_f64(bits in vec(of(any::<u64>()), 0..300)) {
+            // Raw bit patterns: every NaN, infinity, subnormal and zero.
+            let floats: Vec<Option<f64>> = bits.iter().map(|b| b.map(f64::from_bits)).collect();
+            sort_f64_case(&Dut::Cpu, &floats);
+        }
+    }
+}
