@@ -112,6 +112,14 @@ fn sort_keys(c: &mut Criterion) {
     g.bench_function("slice_sort_unstable", |b| {
         b.iter_batched_ref(|| k.clone(), |v| v.sort_unstable(), BatchSize::LargeInput)
     });
+    // The like-for-like baseline: a permutation, as argsort returns.
+    g.bench_function("argsort_by_sort_unstable_by_key", |b| {
+        b.iter(|| {
+            let mut perm: Vec<u32> = (0..N as u32).collect();
+            perm.sort_unstable_by_key(|i| (k[*i as usize], *i));
+            black_box(perm)
+        })
+    });
     g.finish();
 }
 

@@ -192,8 +192,17 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
     let u32col = |len: usize, d: Data| Column::new(DType::U32, len, d, None, None);
     match target("hash_partition", &[x])? {
         Target::Cpu => {
-            let hashes = cpu_hashes(x, seed)?;
-            let (ids, offsets, rows) = cpu_partition(&hashes, parts);
+            let (ids, offsets, rows) = match (x.dtype(), x.validity()) {
+                // The common case in one pass: hash, bucket and count together.
+                (DType::I64, None) => partition_ids(
+                    x.host_values::<i64>()?
+                        .iter()
+                        .map(|v| bucket(hash_i64(*v, seed), parts)),
+                    n,
+                    parts,
+                ),
+                _ => cpu_partition(&cpu_hashes(x, seed)?, parts),
+            };
             Ok(Partitioned {
                 ids: u32col(n, Data::Host(Buffer::from_vec(ids)))?,
                 offsets: u32col(parts as usize + 1, Data::Host(Buffer::from_vec(offsets)))?,
@@ -240,16 +249,27 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
 
 /// Partition ids, offsets and grouped rows of precomputed hashes.
 pub fn cpu_partition(hashes: &[u64], parts: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-    let ids: Vec<u32> = hashes.iter().map(|h| bucket(*h, parts)).collect();
+    partition_ids(
+        hashes.iter().map(|h| bucket(*h, parts)),
+        hashes.len(),
+        parts,
+    )
+}
+
+/// Collects `n` partition ids while counting them, then groups the rows.
+fn partition_ids(
+    ids: impl Iterator<Item = u32>,
+    n: usize,
+    parts: u32,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let mut offsets = vec![0u32; parts as usize + 1];
-    for id in &ids {
-        offsets[*id as usize + 1] += 1;
-    }
+    let ids: Vec<u32> = ids.inspect(|id| offsets[*id as usize + 1] += 1).collect();
+    debug_assert_eq!(ids.len(), n);
     for p in 0..parts as usize {
         offsets[p + 1] += offsets[p];
     }
-    let mut next = offsets.clone();
-    let mut rows = vec![0u32; ids.len()];
+    let mut next = offsets[..parts as usize].to_vec();
+    let mut rows = vec![0u32; n];
     for (i, id) in ids.iter().enumerate() {
         let slot = &mut next[*id as usize];
         rows[*slot as usize] = i as u32;

@@ -22,24 +22,107 @@ pub fn key_f64(v: f64) -> u64 {
     if b >> 63 == 1 { !b } else { b | (1 << 63) }
 }
 
-/// Stable LSD radix sort of `keys`, returning the permutation `rows` put in
-/// key order (`rows[k]` is the row with the k-th smallest key).
+/// Stable radix sort of `keys`, returning the permutation `rows` put in key
+/// order (`rows[k]` is the row with the k-th smallest key).
 pub fn radix_argsort(keys: &[u64], rows: Vec<u32>) -> Vec<u32> {
-    let n = keys.len();
-    debug_assert_eq!(n, rows.len());
-    // All eight histograms in one read; passes where every key has the same
-    // digit move nothing and are skipped.
-    let mut hist = vec![[0u32; 256]; 8];
-    for k in keys {
-        for (p, h) in hist.iter_mut().enumerate() {
-            h[((k >> (8 * p)) & 0xff) as usize] += 1;
+    debug_assert_eq!(keys.len(), rows.len());
+    msd_then_lsd(keys.len(), |i| keys[i], |i| rows[i])
+}
+
+/// The sort behind [`radix_argsort`]: one pass over memory splits the rows
+/// by the top byte of their key; each of those 256 buckets is then small
+/// enough to finish in cache with an LSD sort of the other seven bytes, the
+/// buckets shared among the cores. Both steps are stable, so the sort is.
+fn msd_then_lsd(n: usize, key: impl Fn(usize) -> u64, row: impl Fn(usize) -> u32) -> Vec<u32> {
+    if n <= 1 {
+        return (0..n).map(&row).collect();
+    }
+    let mut starts = [0usize; 257];
+    for i in 0..n {
+        starts[(key(i) >> 56) as usize + 1] += 1;
+    }
+    for d in 0..256 {
+        starts[d + 1] += starts[d];
+    }
+    let mut k1 = vec![0u64; n];
+    let mut r1 = vec![0u32; n];
+    let mut next = starts;
+    for i in 0..n {
+        let k = key(i);
+        let d = (k >> 56) as usize;
+        k1[next[d]] = k;
+        r1[next[d]] = row(i);
+        next[d] += 1;
+    }
+    // Split the buckets into one contiguous run per thread of about equal size.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, 8);
+    let mut bounds = vec![0usize];
+    for t in 1..threads {
+        let target = n * t / threads;
+        let b = starts.iter().copied().find(|s| *s >= target).unwrap_or(n);
+        if b > *bounds.last().unwrap_or(&0) && b < n {
+            bounds.push(b);
         }
     }
-    let mut k = keys.to_vec();
-    let mut ix = rows;
-    let mut k2 = vec![0u64; n];
-    let mut ix2 = vec![0u32; n];
-    for (p, h) in hist.iter().enumerate() {
+    bounds.push(n);
+    let sort_run = |base: usize, k: &mut [u64], r: &mut [u32]| {
+        let end = base + k.len();
+        let largest = (0..256)
+            .map(|d| starts[d + 1].min(end).saturating_sub(starts[d].max(base)))
+            .max()
+            .unwrap_or(0);
+        let mut ks = vec![0u64; largest];
+        let mut rs = vec![0u32; largest];
+        for d in 0..256 {
+            let (s, e) = (starts[d].max(base), starts[d + 1].min(end));
+            if e > s + 1 {
+                let (s, e) = (s - base, e - base);
+                lsd_bytes(
+                    &mut k[s..e],
+                    &mut r[s..e],
+                    &mut ks[..e - s],
+                    &mut rs[..e - s],
+                    7,
+                );
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let (mut k_rest, mut r_rest) = (&mut k1[..], &mut r1[..]);
+        for w in bounds.windows(2) {
+            let len = w[1] - w[0];
+            let (k, kr) = std::mem::take(&mut k_rest).split_at_mut(len);
+            let (r, rr) = std::mem::take(&mut r_rest).split_at_mut(len);
+            (k_rest, r_rest) = (kr, rr);
+            let base = w[0];
+            let sort_run = &sort_run;
+            if w[1] == n {
+                sort_run(base, k, r);
+            } else {
+                scope.spawn(move || sort_run(base, k, r));
+            }
+        }
+    });
+    r1
+}
+
+/// Stable LSD sort of `k` (carrying `r`) by its low `bytes` bytes; `ks` and
+/// `rs` are scratch of the same length. Passes where every key has the same
+/// digit move nothing and are skipped.
+fn lsd_bytes(k: &mut [u64], r: &mut [u32], ks: &mut [u64], rs: &mut [u32], bytes: usize) {
+    let n = k.len();
+    let mut hist = [[0u32; 256]; 8];
+    for key in k.iter() {
+        for (p, h) in hist.iter_mut().enumerate().take(bytes) {
+            h[((key >> (8 * p)) & 0xff) as usize] += 1;
+        }
+    }
+    // Ping-pong between (k, r) and the scratch; `in_scratch` says where the
+    // current order is.
+    let mut in_scratch = false;
+    for (p, h) in hist.iter().enumerate().take(bytes) {
         if h.iter().any(|c| *c as usize == n) {
             continue;
         }
@@ -50,27 +133,44 @@ pub fn radix_argsort(keys: &[u64], rows: Vec<u32>) -> Vec<u32> {
             run += c;
         }
         let shift = 8 * p;
-        for (key, row) in k.iter().zip(&ix) {
+        let (src_k, src_r, dst_k, dst_r) = if in_scratch {
+            (&*ks, &*rs, &mut *k, &mut *r)
+        } else {
+            (&*k, &*r, &mut *ks, &mut *rs)
+        };
+        for (key, row) in src_k.iter().zip(src_r.iter()) {
             let d = ((key >> shift) & 0xff) as usize;
             let slot = off[d] as usize;
             off[d] += 1;
-            k2[slot] = *key;
-            ix2[slot] = *row;
+            dst_k[slot] = *key;
+            dst_r[slot] = *row;
         }
-        std::mem::swap(&mut k, &mut k2);
-        std::mem::swap(&mut ix, &mut ix2);
+        in_scratch = !in_scratch;
     }
-    ix
+    if in_scratch {
+        k.copy_from_slice(ks);
+        r.copy_from_slice(rs);
+    }
 }
 
 fn cpu_argsort(x: &Column) -> Result<Vec<u32>, KernelError> {
+    let n = x.len();
+    // Without nulls the keys are made on the fly from the values.
+    match (x.dtype(), x.host_validity()?) {
+        (DType::I64, None) => {
+            let v = x.host_values::<i64>()?;
+            return Ok(msd_then_lsd(n, |i| key_i64(v[i]), |i| i as u32));
+        }
+        (DType::F64, None) => {
+            let v = x.host_values::<f64>()?;
+            return Ok(msd_then_lsd(n, |i| key_f64(v[i]), |i| i as u32));
+        }
+        _ => {}
+    }
     let valid = x.host_validity()?;
     let is_valid = |i: usize| valid.is_none_or(|b| arrow_buffer::bit_util::get_bit(b, i));
-    let (mut keys, mut rows, mut nulls) = (
-        Vec::with_capacity(x.len()),
-        Vec::with_capacity(x.len()),
-        Vec::new(),
-    );
+    let (mut keys, mut rows, mut nulls) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
     let mut push = |i: usize, key: u64| {
         if is_valid(i) {
             keys.push(key);
@@ -252,5 +352,44 @@ pub fn argsort(x: &Column) -> Result<Column, KernelError> {
             exec.finish()?;
             Column::new(DType::U32, n, Data::Device(perm), None, None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(keys: &[u64]) {
+        let perm = radix_argsort(keys, (0..keys.len() as u32).collect());
+        let mut want: Vec<u32> = (0..keys.len() as u32).collect();
+        want.sort_by_key(|i| keys[*i as usize]);
+        assert_eq!(perm, want);
+    }
+
+    #[test]
+    fn large_inputs_split_across_threads_stay_stable() {
+        let mut x = 7u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let random: Vec<u64> = (0..200_000).map(|_| next()).collect();
+        check(&random);
+        // Few distinct values: long runs of equal keys test stability.
+        check(&random.iter().map(|k| k % 5).collect::<Vec<_>>());
+        // One top byte holds everything: a single bucket, one thread.
+        check(&random.iter().map(|k| k >> 8).collect::<Vec<_>>());
+        // Skewed: half the keys in one bucket.
+        check(
+            &random
+                .iter()
+                .enumerate()
+                .map(|(i, k)| if i % 2 == 0 { *k } else { k >> 8 })
+                .collect::<Vec<_>>(),
+        );
+        assert!(key_i64(-1) < key_i64(0) && key_i64(i64::MAX) > key_i64(i64::MIN));
+        assert!(key_f64(-0.0) < key_f64(0.0) && key_f64(f64::NEG_INFINITY) < key_f64(-1e300));
     }
 }
