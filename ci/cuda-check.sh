@@ -42,11 +42,16 @@ fail=0
 for ptx in "$OUT"/*.compute_*.ptx; do
     base="${ptx%.ptx}"
     arch="${base##*.compute_}"
-    if "$PTXAS" -arch="sm_$arch" -O3 -o "$base.sm_$arch.cubin" "$ptx"; then
+    stem="${base%.compute_*}"
+    # <stem>.sm_<arch>.cubin is what WEFT_CUBIN_DIR serves at run time.
+    if "$PTXAS" -arch="sm_$arch" -O3 -o "$stem.sm_$arch.cubin" "$ptx"; then
         echo "ptxas ok    sm_$arch $(basename "$ptx")"
     else
         echo "ptxas FAIL  sm_$arch $(basename "$ptx")" >&2
         fail=1
     fi
 done
+if [ "$fail" = 0 ]; then
+    echo "all kernels compile for sm_80 and sm_90; cubins in $OUT"
+fi
 exit "$fail"

@@ -81,11 +81,6 @@ impl DeviceBuffer {
     pub fn device_ptr(&self) -> u64 {
         self.alloc.ptr
     }
-
-    /// True when both handles share the same memory.
-    pub fn same_memory(&self, other: &DeviceBuffer) -> bool {
-        Arc::ptr_eq(&self.alloc, &other.alloc)
-    }
 }
 
 enum PinnedKind {
