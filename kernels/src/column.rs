@@ -411,18 +411,14 @@ impl Column {
 
     /// Views a host column as an arrow array, without copying.
     pub fn to_arrow(&self) -> Result<ArrayRef, KernelError> {
-        let nulls = self
-            .host_validity()?
-            .map(|_| -> Result<NullBuffer, KernelError> {
-                let b = self
-                    .validity
-                    .as_ref()
-                    .map(|v| v.host().cloned())
-                    .transpose()?;
-                let b = b.unwrap_or_else(|| Buffer::from_vec(Vec::<u8>::new()));
-                Ok(NullBuffer::new(BooleanBuffer::new(b, 0, self.len)))
-            })
-            .transpose()?;
+        let nulls = match &self.validity {
+            None => None,
+            Some(v) => Some(NullBuffer::new(BooleanBuffer::new(
+                v.host()?.clone(),
+                0,
+                self.len,
+            ))),
+        };
         let values = self.values.host()?.clone();
         fn prim<T: arrow_array::ArrowPrimitiveType>(
             values: Buffer,

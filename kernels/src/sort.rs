@@ -33,31 +33,81 @@ pub fn radix_argsort(keys: &[u64], rows: Vec<u32>) -> Vec<u32> {
 /// by the top byte of their key; each of those 256 buckets is then small
 /// enough to finish in cache with an LSD sort of the other seven bytes, the
 /// buckets shared among the cores. Both steps are stable, so the sort is.
-fn msd_then_lsd(n: usize, key: impl Fn(usize) -> u64, row: impl Fn(usize) -> u32) -> Vec<u32> {
+fn msd_then_lsd(
+    n: usize,
+    key: impl Fn(usize) -> u64 + Sync,
+    row: impl Fn(usize) -> u32 + Sync,
+) -> Vec<u32> {
     if n <= 1 {
         return (0..n).map(&row).collect();
     }
-    let mut starts = [0usize; 257];
-    for i in 0..n {
-        starts[(key(i) >> 56) as usize + 1] += 1;
-    }
-    for d in 0..256 {
-        starts[d + 1] += starts[d];
-    }
-    let mut k1 = vec![0u64; n];
-    let mut r1 = vec![0u32; n];
-    let mut next = starts;
-    for i in 0..n {
-        let k = key(i);
-        let d = (k >> 56) as usize;
-        k1[next[d]] = k;
-        r1[next[d]] = row(i);
-        next[d] += 1;
-    }
-    // Split the buckets into one contiguous run per thread of about equal size.
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
-        .clamp(1, 8);
+        .clamp(1, 8)
+        .min(n.div_ceil(1 << 16));
+    // Each thread histograms, then scatters, its own contiguous share of the
+    // input; within a bucket, thread t's rows go after thread t-1's, so the
+    // split is stable.
+    let share = n.div_ceil(threads);
+    let ranges: Vec<(usize, usize)> = (0..threads)
+        .map(|t| (t * share, ((t + 1) * share).min(n)))
+        .collect();
+    let hists: Vec<[usize; 256]> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                let key = &key;
+                scope.spawn(move || {
+                    let mut h = [0usize; 256];
+                    for i in lo..hi {
+                        h[(key(i) >> 56) as usize] += 1;
+                    }
+                    h
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut starts = [0usize; 257];
+    let mut next: Vec<[usize; 256]> = vec![[0; 256]; threads];
+    let mut run = 0;
+    for d in 0..256 {
+        starts[d] = run;
+        for t in 0..threads {
+            next[t][d] = run;
+            run += hists[t][d];
+        }
+    }
+    starts[256] = run;
+    let mut k1 = vec![0u64; n];
+    let mut r1 = vec![0u32; n];
+    let (kp, rp) = (SharedOut(k1.as_mut_ptr()), SharedOut(r1.as_mut_ptr()));
+    std::thread::scope(|scope| {
+        for (&(lo, hi), mut next) in ranges.iter().zip(next) {
+            let (key, row, kp, rp) = (&key, &row, &kp, &rp);
+            scope.spawn(move || {
+                for i in lo..hi {
+                    let k = key(i);
+                    let d = (k >> 56) as usize;
+                    let slot = next[d];
+                    next[d] += 1;
+                    // SAFETY: thread t's slots for bucket d run from its
+                    // offset up to the next thread's (or bucket's) start,
+                    // one per key it counted, so every slot is below `n`
+                    // and written by exactly one thread; k1 and r1 outlive
+                    // the scope.
+                    unsafe {
+                        *kp.0.add(slot) = k;
+                        *rp.0.add(slot) = row(i);
+                    }
+                }
+            });
+        }
+    });
+    // Split the buckets into one contiguous run per thread of about equal size.
     let mut bounds = vec![0usize];
     for t in 1..threads {
         let target = n * t / threads;
@@ -108,9 +158,15 @@ fn msd_then_lsd(n: usize, key: impl Fn(usize) -> u64, row: impl Fn(usize) -> u32
     r1
 }
 
-/// Stable LSD sort of `k` (carrying `r`) by its low `bytes` bytes; `ks` and
-/// `rs` are scratch of the same length. Passes where every key has the same
-/// digit move nothing and are skipped.
+/// Output slices written from several threads at disjoint indices.
+struct SharedOut<T>(*mut T);
+// SAFETY: only used inside a thread scope while the owning Vec is alive and
+// not otherwise accessed; each index is written by one thread.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+/// Stable LSD sort of the rows `r` by the low `bytes` bytes of their keys
+/// `k` (left scrambled); `ks` and `rs` are scratch of the same length.
+/// Passes where every key has the same digit move nothing and are skipped.
 fn lsd_bytes(k: &mut [u64], r: &mut [u32], ks: &mut [u64], rs: &mut [u32], bytes: usize) {
     let n = k.len();
     let mut hist = [[0u32; 256]; 8];
@@ -119,16 +175,18 @@ fn lsd_bytes(k: &mut [u64], r: &mut [u32], ks: &mut [u64], rs: &mut [u32], bytes
             h[((key >> (8 * p)) & 0xff) as usize] += 1;
         }
     }
+    let passes: Vec<usize> = (0..bytes)
+        .filter(|p| hist[*p].iter().all(|c| (*c as usize) < n))
+        .collect();
     // Ping-pong between (k, r) and the scratch; `in_scratch` says where the
-    // current order is.
+    // current order is. Only the rows are wanted at the end, so the last
+    // pass does not move the keys.
     let mut in_scratch = false;
-    for (p, h) in hist.iter().enumerate().take(bytes) {
-        if h.iter().any(|c| *c as usize == n) {
-            continue;
-        }
+    for (i, &p) in passes.iter().enumerate() {
+        let last = i + 1 == passes.len();
         let mut off = [0u32; 256];
         let mut run = 0;
-        for (o, c) in off.iter_mut().zip(h) {
+        for (o, c) in off.iter_mut().zip(&hist[p]) {
             *o = run;
             run += c;
         }
@@ -138,18 +196,41 @@ fn lsd_bytes(k: &mut [u64], r: &mut [u32], ks: &mut [u64], rs: &mut [u32], bytes
         } else {
             (&*k, &*r, &mut *ks, &mut *rs)
         };
-        for (key, row) in src_k.iter().zip(src_r.iter()) {
-            let d = ((key >> shift) & 0xff) as usize;
-            let slot = off[d] as usize;
-            off[d] += 1;
-            dst_k[slot] = *key;
-            dst_r[slot] = *row;
+        if last {
+            scatter::<false>(src_k, src_r, dst_k, dst_r, &mut off, shift);
+        } else {
+            scatter::<true>(src_k, src_r, dst_k, dst_r, &mut off, shift);
         }
         in_scratch = !in_scratch;
     }
     if in_scratch {
-        k.copy_from_slice(ks);
         r.copy_from_slice(rs);
+    }
+}
+
+/// One LSD pass: rows (and, if `KEYS`, keys) to the slots `off` gives their digit.
+#[inline(always)]
+fn scatter<const KEYS: bool>(
+    src_k: &[u64],
+    src_r: &[u32],
+    dst_k: &mut [u64],
+    dst_r: &mut [u32],
+    off: &mut [u32; 256],
+    shift: usize,
+) {
+    for (key, row) in src_k.iter().zip(src_r) {
+        let d = ((key >> shift) & 0xff) as usize;
+        let slot = off[d] as usize;
+        off[d] += 1;
+        // SAFETY: `off` holds the prefix sums of this pass's digit counts
+        // over these same keys, so every slot is below their count, the
+        // length of both destination slices.
+        unsafe {
+            if KEYS {
+                *dst_k.get_unchecked_mut(slot) = *key;
+            }
+            *dst_r.get_unchecked_mut(slot) = *row;
+        }
     }
 }
 
