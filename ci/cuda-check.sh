@@ -15,7 +15,7 @@ NVCC_VERSION="${WEFT_NVCC_VERSION:-12.9.86}"
 if [ ! -x "$VENV/bin/python" ]; then
     if ! python3 -m venv "$VENV" 2>/dev/null; then
         # Debian splits venv out of python3.
-        apt-get install -y python3-venv >/dev/null
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
         python3 -m venv "$VENV"
     fi
 fi

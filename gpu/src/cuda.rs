@@ -118,6 +118,20 @@ impl CudaGpu {
         Ok(unsafe { PinnedBuffer::from_cuda(self.ctx.clone(), ptr.cast(), len) })
     }
 
+    /// Lets this context read and write `other`'s memory directly, where
+    /// the hardware allows. Returns whether peer access is on.
+    pub(crate) fn enable_peer_access(&self, other: &CudaGpu) -> bool {
+        if !self.can_access_peer(other) || self.ctx.bind_to_thread().is_err() {
+            return false;
+        }
+        // SAFETY: this context is current and `other`'s context is live.
+        let r = unsafe { sys::cuCtxEnablePeerAccess(other.ctx.cu_ctx(), 0) };
+        matches!(
+            r,
+            CUresult::CUDA_SUCCESS | CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+        )
+    }
+
     pub(crate) fn can_access_peer(&self, other: &CudaGpu) -> bool {
         let mut can = 0;
         // SAFETY: both devices are valid handles from opened contexts.

@@ -147,10 +147,10 @@ impl GpuBackend {
     }
 
     /// Frees a block from `raw_alloc`. Never panics: failures are recorded.
-    pub(crate) fn raw_free(&self, ptr: u64, bytes: usize) {
+    pub(crate) fn raw_free(&self, ptr: u64) {
         match self {
             GpuBackend::Cuda(g) => g.raw_free(ptr),
-            GpuBackend::Emulated(g) => g.raw_free(ptr, bytes),
+            GpuBackend::Emulated(g) => g.raw_free(ptr),
         }
     }
 
@@ -273,8 +273,20 @@ impl Devices {
             CudaProbe::none("CUDA disabled by configuration (WEFT_DISABLE_CUDA)")
         };
         let mut gpus = Vec::new();
-        for ordinal in 0..cuda.count {
-            let gpu = CudaGpu::open(ordinal)?;
+        let cuda_gpus = (0..cuda.count)
+            .map(CudaGpu::open)
+            .collect::<Result<Vec<_>>>()?;
+        // Peer access is turned on once, for every pair that supports it;
+        // copy_peer then goes device to device, and stages through pinned
+        // host memory between the others.
+        for a in &cuda_gpus {
+            for b in &cuda_gpus {
+                if !std::ptr::eq(a, b) {
+                    a.enable_peer_access(b);
+                }
+            }
+        }
+        for (ordinal, gpu) in (0..).zip(cuda_gpus) {
             gpus.push(Gpu::new(Device::Cuda(ordinal), GpuBackend::Cuda(gpu)));
         }
         for ordinal in 0..config.emulated_gpus {

@@ -133,12 +133,11 @@ impl EmulatedGpu {
         Ok(ptr as u64)
     }
 
-    pub(crate) fn raw_free(&self, ptr: u64, bytes: usize) {
+    pub(crate) fn raw_free(&self, ptr: u64) {
         let mut blocks = self.lock();
         // A pointer this device did not hand out is ignored rather than freed:
         // a drop handler must not panic, and freeing it would be unsound.
         if let Some(size) = blocks.live.remove(&ptr) {
-            debug_assert_eq!(size, bytes);
             blocks.used -= size;
             if let Ok(layout) = Layout::from_size_align(size.max(1), ALIGN) {
                 // SAFETY: `ptr` was allocated by `raw_alloc` with this layout

@@ -137,7 +137,7 @@ impl Pool {
     fn trim_locked(st: &mut State, backend: &GpuBackend) {
         for (class, list) in std::mem::take(&mut st.free) {
             for ptr in list {
-                backend.raw_free(ptr, class);
+                backend.raw_free(ptr);
                 st.stats.reserved -= class;
                 st.stats.free -= class;
                 st.stats.device_frees += 1;
