@@ -303,7 +303,13 @@ fn axis_for<T: Num>(d: &Dut) {
     let mut rng = rng();
     for (rows_n, cols_n) in [(0, 3), (1, 1), (7, 300), (300, 7), (33, 65)] {
         let a: Vec<T> = (0..rows_n * cols_n).map(|_| T::random(&mut rng)).collect();
-        let c = Column::from_vec(a.clone());
+        axis_case(d, rows_n, cols_n, &a);
+    }
+}
+
+fn axis_case<T: Num>(d: &Dut, rows_n: usize, cols_n: usize, a: &[T]) {
+    {
+        let c = Column::from_vec(a.to_vec());
         for axis in [0, 1] {
             for op in [AxisOp::Sum, AxisOp::Min, AxisOp::Max, AxisOp::Mean] {
                 let (outputs, len) = if axis == 0 {
@@ -656,6 +662,12 @@ fn matmul(d: &Dut) {
     for (m, k, n) in [(1, 1, 1), (17, 33, 5), (40, 1, 70), (0, 4, 3), (64, 64, 64)] {
         let a: Vec<f64> = (0..m * k).map(|_| rng.f64() - 0.5).collect();
         let b: Vec<f64> = (0..k * n).map(|_| rng.f64() - 0.5).collect();
+        gemm_case(d, m, k, n, &a, &b);
+    }
+}
+
+fn gemm_case(d: &Dut, m: usize, k: usize, n: usize, a: &[f64], b: &[f64]) {
+    {
         let want: Vec<Option<V>> = (0..m * n)
             .map(|ij| {
                 Some(V::F(
@@ -665,7 +677,7 @@ fn matmul(d: &Dut) {
                 ))
             })
             .collect();
-        let (ca, cb) = (Column::from_vec(a.clone()), Column::from_vec(b.clone()));
+        let (ca, cb) = (Column::from_vec(a.to_vec()), Column::from_vec(b.to_vec()));
         check(
             d,
             &format!("gemm f64 {m}x{k}x{n}"),
@@ -774,6 +786,20 @@ mod props {
         #[test]
         fn filters(vals in vec(of(any::<i32>()), 0..200), mask in vec(of(any::<bool>()), 200)) {
             filter_case(&Dut::Cpu, &vals, &mask[..vals.len()]);
+        }
+
+        #[test]
+        fn axis_reductions((rows, cols, a) in (0usize..20, 0usize..20).prop_flat_map(|(r, c)| (Just(r), Just(c), vec(-1e6f64..1e6, r * c))),
+                           ints in vec(any::<i32>(), 0..60)) {
+            axis_case(&Dut::Cpu, rows, cols, &a);
+            axis_case(&Dut::Cpu, ints.len() / 6, 6, &ints[..ints.len() / 6 * 6]);
+        }
+
+        #[test]
+        fn matrix_products((m, k, n, a, b) in (0usize..12, 0usize..12, 0usize..12).prop_flat_map(|(m, k, n)| {
+            (Just(m), Just(k), Just(n), vec(-10f64..10.0, m * k), vec(-10f64..10.0, k * n))
+        })) {
+            gemm_case(&Dut::Cpu, m, k, n, &a, &b);
         }
 
         #[test]
