@@ -11,6 +11,8 @@ use weft_gpu::{Device, DeviceBuffer, Gpu, GpuBackend, Stream};
 use crate::KernelError;
 use crate::column::Data;
 
+// SAFETY: the declaration matches `weft_emu_launch` in cuda/emu_runtime.cpp,
+// which build.rs compiles and links into this crate.
 unsafe extern "C" {
     /// In `cuda/emu_runtime.cpp`: runs kernel `name` over the grid with
     /// `cuLaunchKernel`-style arguments; 0 on success, 1 for an unknown name.
