@@ -1,0 +1,143 @@
+//! The CUDA backend: the driver API through cudarc, loaded at run time.
+//!
+//! cudarc panics when asked for a driver function and `libcuda.so` is
+//! missing, so [`probe_cuda`] checks for the library before touching it.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUresult;
+use cudarc::driver::{CudaContext, DriverError, result, sys};
+
+use crate::buffer::PinnedBuffer;
+use crate::{Device, GpuError, Result};
+
+/// How many CUDA GPUs there are, or why there are none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaProbe {
+    /// Number of usable CUDA devices.
+    pub count: u32,
+    /// Why `count` is zero, when it is.
+    pub reason: Option<String>,
+}
+
+impl CudaProbe {
+    pub(crate) fn none(reason: impl Into<String>) -> Self {
+        CudaProbe {
+            count: 0,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+/// Looks for CUDA GPUs without ever panicking.
+pub fn probe_cuda() -> CudaProbe {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return CudaProbe::none("CUDA driver library (libcuda.so) not found");
+    }
+    if let Err(e) = result::init() {
+        return CudaProbe::none(format!("cuInit failed: {e}"));
+    }
+    match result::device::get_count() {
+        Ok(0) => CudaProbe::none("the CUDA driver reports no devices"),
+        Ok(n) => CudaProbe {
+            count: u32::try_from(n).unwrap_or(0),
+            reason: None,
+        },
+        Err(e) => CudaProbe::none(format!("cuDeviceGetCount failed: {e}")),
+    }
+}
+
+/// Whether NVRTC (the run-time CUDA compiler) can be loaded, without panicking.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the NVRTC library by its usual names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// An opened CUDA device: its primary context.
+#[derive(Debug)]
+pub struct CudaGpu {
+    ctx: Arc<CudaContext>,
+    total: usize,
+}
+
+fn driver(device: Device, op: &'static str) -> impl FnOnce(DriverError) -> GpuError {
+    move |source| GpuError::Driver { device, op, source }
+}
+
+impl CudaGpu {
+    pub(crate) fn open(ordinal: u32) -> Result<Self> {
+        let device = Device::Cuda(ordinal);
+        let ctx = CudaContext::new(ordinal as usize).map_err(driver(device, "open context"))?;
+        let total = ctx.total_mem().map_err(driver(device, "query memory"))?;
+        Ok(CudaGpu { ctx, total })
+    }
+
+    /// The cudarc context, for kernel launchers and cuBLAS.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn total_memory(&self) -> usize {
+        self.total
+    }
+
+    pub(crate) fn raw_alloc(&self, device: Device, bytes: usize) -> Result<u64> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver(device, "bind context"))?;
+        // SAFETY: the context is current; the pool owns the block and frees it
+        // exactly once through `raw_free`.
+        match unsafe { result::malloc_sync(bytes) } {
+            Ok(ptr) => Ok(ptr),
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => Err(GpuError::OutOfMemory {
+                device,
+                requested: bytes,
+                in_use: 0,
+                capacity: self.total,
+            }),
+            Err(e) => Err(driver(device, "cuMemAlloc")(e)),
+        }
+    }
+
+    pub(crate) fn raw_free(&self, ptr: u64) {
+        self.ctx.record_err(self.ctx.bind_to_thread());
+        // SAFETY: `ptr` came from `raw_alloc` on this context and the pool
+        // frees each block once.
+        self.ctx.record_err(unsafe { result::free_sync(ptr) });
+    }
+
+    pub(crate) fn alloc_pinned(&self, device: Device, len: usize) -> Result<PinnedBuffer> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver(device, "bind context"))?;
+        // SAFETY: the context is current; the buffer frees it with cuMemFreeHost.
+        let ptr = unsafe { result::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .map_err(driver(device, "cuMemHostAlloc"))?;
+        // SAFETY: `ptr` is a fresh pinned allocation of at least `len` bytes.
+        Ok(unsafe { PinnedBuffer::from_cuda(self.ctx.clone(), ptr.cast(), len) })
+    }
+
+    /// Lets this context read and write `other`'s memory directly, where
+    /// the hardware allows. Returns whether peer access is on.
+    pub(crate) fn enable_peer_access(&self, other: &CudaGpu) -> bool {
+        if !self.can_access_peer(other) || self.ctx.bind_to_thread().is_err() {
+            return false;
+        }
+        // SAFETY: this context is current and `other`'s context is live.
+        let r = unsafe { sys::cuCtxEnablePeerAccess(other.ctx.cu_ctx(), 0) };
+        matches!(
+            r,
+            CUresult::CUDA_SUCCESS | CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+        )
+    }
+
+    pub(crate) fn can_access_peer(&self, other: &CudaGpu) -> bool {
+        let mut can = 0;
+        // SAFETY: both devices are valid handles from opened contexts.
+        let r = unsafe {
+            sys::cuDeviceCanAccessPeer(&mut can, self.ctx.cu_device(), other.ctx.cu_device())
+        };
+        r == CUresult::CUDA_SUCCESS && can != 0
+    }
+}

@@ -1,0 +1,332 @@
+//! Device names, configuration, and opened GPUs.
+//!
+//! [`Device`] is a plain value naming where data lives. [`Gpu`] is an opened
+//! device: an enum over the backends ([`GpuBackend`]) plus the device's memory
+//! pool. [`Devices`] opens every GPU the configuration asks for.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::buffer::{DeviceBuffer, PinnedBuffer};
+use crate::cuda::{CudaGpu, CudaProbe, probe_cuda};
+use crate::emulated::EmulatedGpu;
+use crate::pool::{Pool, PoolStats};
+use crate::stream::Stream;
+use crate::{GpuError, Result};
+
+/// Where data lives and where kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Device {
+    /// Host memory and CPU kernels.
+    Cpu,
+    /// A CUDA GPU, by driver ordinal.
+    Cuda(u32),
+    /// An emulated GPU: host memory in its own address space, kernels run by
+    /// the CPU emulation of the CUDA grid.
+    Emulated(u32),
+}
+
+impl Device {
+    /// True for devices whose memory the host cannot read directly.
+    pub fn is_gpu(self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Emulated(i) => write!(f, "emulated:{i}"),
+        }
+    }
+}
+
+/// Which devices to open and how large emulated ones are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Number of emulated GPUs (`WEFT_EMULATED_GPUS`).
+    pub emulated_gpus: u32,
+    /// Memory of each emulated GPU in bytes (`WEFT_EMULATED_GPU_MEMORY`).
+    pub emulated_memory: usize,
+    /// Whether emulated GPUs can access each other's memory directly
+    /// (`WEFT_EMULATED_PEER_ACCESS`); without it peer copies are staged
+    /// through pinned host memory, as on GPUs without peer access.
+    pub emulated_peer_access: bool,
+    /// Whether to look for CUDA GPUs at all (`WEFT_DISABLE_CUDA=1` turns it off).
+    pub use_cuda: bool,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            emulated_gpus: 0,
+            emulated_memory: 1 << 30,
+            emulated_peer_access: true,
+            use_cuda: true,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// Reads the `WEFT_*` variables over the defaults.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`DeviceConfig::from_env`] with an injected lookup, for tests.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut config = DeviceConfig::default();
+        if let Some(v) = lookup("WEFT_EMULATED_GPUS") {
+            config.emulated_gpus = v.trim().parse().map_err(|_| GpuError::Config {
+                name: "WEFT_EMULATED_GPUS",
+                value: v.clone(),
+                reason: "expected a count",
+            })?;
+        }
+        if let Some(v) = lookup("WEFT_EMULATED_GPU_MEMORY") {
+            config.emulated_memory = parse_bytes(&v).ok_or(GpuError::Config {
+                name: "WEFT_EMULATED_GPU_MEMORY",
+                value: v.clone(),
+                reason: "expected bytes, optionally with a K, M or G suffix",
+            })?;
+        }
+        if let Some(v) = lookup("WEFT_EMULATED_PEER_ACCESS") {
+            config.emulated_peer_access = parse_bool(&v).ok_or(GpuError::Config {
+                name: "WEFT_EMULATED_PEER_ACCESS",
+                value: v.clone(),
+                reason: "expected 0 or 1",
+            })?;
+        }
+        if let Some(v) = lookup("WEFT_DISABLE_CUDA") {
+            config.use_cuda = !parse_bool(&v).ok_or(GpuError::Config {
+                name: "WEFT_DISABLE_CUDA",
+                value: v.clone(),
+                reason: "expected 0 or 1",
+            })?;
+        }
+        Ok(config)
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Some(true),
+        "0" | "false" | "no" | "" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_bytes(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<usize>().ok()?.checked_mul(1 << shift)
+}
+
+/// The backend behind an opened GPU.
+#[derive(Debug)]
+pub enum GpuBackend {
+    /// A CUDA device through the driver API.
+    Cuda(CudaGpu),
+    /// An emulated device in host memory.
+    Emulated(EmulatedGpu),
+}
+
+impl GpuBackend {
+    pub(crate) fn raw_alloc(&self, device: Device, bytes: usize) -> Result<u64> {
+        match self {
+            GpuBackend::Cuda(g) => g.raw_alloc(device, bytes),
+            GpuBackend::Emulated(g) => g.raw_alloc(device, bytes),
+        }
+    }
+
+    /// Frees a block from `raw_alloc`. Never panics: failures are recorded.
+    pub(crate) fn raw_free(&self, ptr: u64) {
+        match self {
+            GpuBackend::Cuda(g) => g.raw_free(ptr),
+            GpuBackend::Emulated(g) => g.raw_free(ptr),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        match self {
+            GpuBackend::Cuda(g) => g.total_memory(),
+            GpuBackend::Emulated(g) => g.capacity(),
+        }
+    }
+}
+
+/// An opened GPU: its backend and its memory pool.
+#[derive(Debug)]
+pub struct Gpu {
+    device: Device,
+    backend: GpuBackend,
+    pool: Pool,
+}
+
+impl Gpu {
+    fn new(device: Device, backend: GpuBackend) -> Arc<Self> {
+        Arc::new(Gpu {
+            device,
+            backend,
+            pool: Pool::new(),
+        })
+    }
+
+    /// Opens a lone emulated GPU, outside any [`Devices`] set.
+    pub fn emulated(ordinal: u32, capacity: usize, peer_access: bool) -> Arc<Self> {
+        Gpu::new(
+            Device::Emulated(ordinal),
+            GpuBackend::Emulated(EmulatedGpu::new(ordinal, capacity, peer_access)),
+        )
+    }
+
+    /// Which device this is.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The backend, for code (kernel launchers) that must tell them apart.
+    pub fn backend(&self) -> &GpuBackend {
+        &self.backend
+    }
+
+    /// Bytes of device memory in all.
+    pub fn capacity(&self) -> usize {
+        self.backend.capacity()
+    }
+
+    /// Allocates `len` bytes from this device's pool. The contents are
+    /// unspecified (reused blocks keep old data).
+    pub fn alloc(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer> {
+        let (ptr, class) = self.pool.alloc(&self.backend, self.device, len)?;
+        Ok(DeviceBuffer::new(self.clone(), ptr, len, class))
+    }
+
+    pub(crate) fn release(&self, ptr: u64, class: usize, len: usize) {
+        self.pool.release(ptr, class, len);
+    }
+
+    /// Pinned (page-locked) host memory for staging copies to and from this
+    /// device. Emulated devices get ordinary host memory.
+    pub fn alloc_pinned(&self, len: usize) -> Result<PinnedBuffer> {
+        match &self.backend {
+            GpuBackend::Cuda(g) => g.alloc_pinned(self.device, len),
+            GpuBackend::Emulated(_) => Ok(PinnedBuffer::host(len)),
+        }
+    }
+
+    /// Statistics of this device's pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Gives every cached free block back to the device.
+    pub fn trim(&self) {
+        self.pool.trim(&self.backend);
+    }
+
+    /// A new stream on this device.
+    pub fn stream(self: &Arc<Self>) -> Result<Stream> {
+        Stream::new(self.clone())
+    }
+
+    /// Whether this device can read and write `other`'s memory directly.
+    pub fn can_access_peer(&self, other: &Gpu) -> bool {
+        match (&self.backend, &other.backend) {
+            (GpuBackend::Cuda(a), GpuBackend::Cuda(b)) => a.can_access_peer(b),
+            (GpuBackend::Emulated(a), GpuBackend::Emulated(b)) => {
+                a.peer_access() && b.peer_access()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // Every buffer holds an Arc to its Gpu, so only cached blocks remain.
+        self.pool.trim(&self.backend);
+    }
+}
+
+/// Every GPU opened under one configuration, plus what the CUDA probe said.
+#[derive(Debug)]
+pub struct Devices {
+    gpus: Vec<Arc<Gpu>>,
+    cuda: CudaProbe,
+}
+
+impl Devices {
+    /// Opens the CUDA GPUs the driver reports (never panicking when there is
+    /// no driver) followed by the configured emulated GPUs.
+    pub fn open(config: &DeviceConfig) -> Result<Self> {
+        let cuda = if config.use_cuda {
+            probe_cuda()
+        } else {
+            CudaProbe::none("CUDA disabled by configuration (WEFT_DISABLE_CUDA)")
+        };
+        let mut gpus = Vec::new();
+        let cuda_gpus = (0..cuda.count)
+            .map(CudaGpu::open)
+            .collect::<Result<Vec<_>>>()?;
+        // Peer access is turned on once, for every pair that supports it;
+        // copy_peer then goes device to device, and stages through pinned
+        // host memory between the others.
+        for a in &cuda_gpus {
+            for b in &cuda_gpus {
+                if !std::ptr::eq(a, b) {
+                    a.enable_peer_access(b);
+                }
+            }
+        }
+        for (ordinal, gpu) in (0..).zip(cuda_gpus) {
+            gpus.push(Gpu::new(Device::Cuda(ordinal), GpuBackend::Cuda(gpu)));
+        }
+        for ordinal in 0..config.emulated_gpus {
+            gpus.push(Gpu::emulated(
+                ordinal,
+                config.emulated_memory,
+                config.emulated_peer_access,
+            ));
+        }
+        Ok(Devices { gpus, cuda })
+    }
+
+    /// Opens what the `WEFT_*` environment asks for.
+    pub fn from_env() -> Result<Self> {
+        Self::open(&DeviceConfig::from_env()?)
+    }
+
+    /// The opened GPUs, CUDA ones first.
+    pub fn gpus(&self) -> &[Arc<Gpu>] {
+        &self.gpus
+    }
+
+    /// The CUDA probe's result: how many GPUs, or why none.
+    pub fn cuda(&self) -> &CudaProbe {
+        &self.cuda
+    }
+
+    /// The opened GPU named `device`.
+    pub fn get(&self, device: Device) -> Result<Arc<Gpu>> {
+        self.gpus
+            .iter()
+            .find(|g| g.device() == device)
+            .cloned()
+            .ok_or(GpuError::NoSuchDevice(device))
+    }
+
+    /// Every device, the CPU first.
+    pub fn devices(&self) -> Vec<Device> {
+        std::iter::once(Device::Cpu)
+            .chain(self.gpus.iter().map(|g| g.device()))
+            .collect()
+    }
+}

@@ -1,0 +1,65 @@
+//! The error type of `weft-gpu`.
+
+use crate::Device;
+
+/// Errors from devices, pools, streams and copies.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// The device could not satisfy an allocation, even after the pool gave
+    /// back its cached blocks. Callers react to this (by spilling, say).
+    #[error(
+        "out of memory on {device}: requested {requested} bytes, {in_use} in use of {capacity} bytes"
+    )]
+    OutOfMemory {
+        /// The device that ran out.
+        device: Device,
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes handed out by the pool at the time.
+        in_use: usize,
+        /// Capacity of the device (or of its pool limit).
+        capacity: usize,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error on {device} during {op}: {source}")]
+    Driver {
+        /// The device the call was made for.
+        device: Device,
+        /// What was being done.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    /// A buffer or stream was used with a device it does not belong to.
+    #[error("{what} lives on {found}, expected {expected}")]
+    WrongDevice {
+        /// What was misplaced.
+        what: &'static str,
+        /// The device it should be on.
+        expected: Device,
+        /// The device it is on.
+        found: Device,
+    },
+    /// Source and destination of a copy differ in length.
+    #[error("copy length mismatch: source {src} bytes, destination {dst} bytes")]
+    LengthMismatch {
+        /// Source length in bytes.
+        src: usize,
+        /// Destination length in bytes.
+        dst: usize,
+    },
+    /// No such device was opened.
+    #[error("no device {0}")]
+    NoSuchDevice(Device),
+    /// A configuration value could not be parsed.
+    #[error("bad configuration {name}={value:?}: {reason}")]
+    Config {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+}

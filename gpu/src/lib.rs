@@ -1,0 +1,29 @@
+//! Devices, pooled device memory, streams and copies for Weft.
+//!
+//! A [`Device`] names where data lives: the host CPU, a real CUDA GPU, or an
+//! emulated GPU (host memory posing as a separate device, for CI). A [`Gpu`]
+//! is an opened device; its memory comes from a per-device [`pool`], and its
+//! [`Stream`]s carry copies between host, device and peer devices. The CUDA
+//! driver is loaded at run time: without it, [`probe_cuda`] reports zero GPUs
+//! and a reason, and everything still works on the CPU and emulated devices.
+
+#![warn(missing_docs)]
+
+mod buffer;
+mod cuda;
+mod device;
+mod emulated;
+mod error;
+pub mod pool;
+mod stream;
+
+pub use buffer::{DeviceBuffer, PinnedBuffer};
+pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
+pub use device::{Device, DeviceConfig, Devices, Gpu, GpuBackend};
+pub use emulated::{CopyCounters, EmulatedGpu};
+pub use error::GpuError;
+pub use pool::PoolStats;
+pub use stream::{Event, Stream};
+
+/// Result type of this crate.
+pub type Result<T, E = GpuError> = std::result::Result<T, E>;

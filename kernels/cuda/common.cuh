@@ -1,0 +1,87 @@
+// Shared by every kernel source. NVRTC gets it prepended to each .cu file; the
+// CPU emulation includes it after emu.h. No system headers: NVRTC has none.
+#pragma once
+
+typedef int i32;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+// Every kernel is launched with this many threads per block (shared arrays
+// are sized by it). gemm uses 16 x 16 = 256 as well.
+#define WEFT_BLOCK 256
+
+#ifndef WEFT_KERNEL
+#define WEFT_KERNEL(name, ...) extern "C" __global__ void name(__VA_ARGS__)
+#endif
+
+// Validity bitmaps are Arrow's (LSB first), read as little-endian 32-bit
+// words; a null pointer means "no nulls".
+__device__ __forceinline__ bool weft_valid(const u32 *validity, u64 i) {
+    return validity == 0 || ((validity[i >> 5] >> (i & 31)) & 1u);
+}
+
+__device__ __forceinline__ u32 weft_word(const u32 *validity, u64 w) {
+    return validity == 0 ? 0xffffffffu : validity[w];
+}
+
+// Bits of word `w` that are inside a column of `n` rows.
+__device__ __forceinline__ u32 weft_tail_mask(u64 n, u64 w) {
+    u64 start = w * 32;
+    if (start + 32 <= n) return 0xffffffffu;
+    if (start >= n) return 0u;
+    return (1u << (u32)(n - start)) - 1u;
+}
+
+__device__ __forceinline__ u64 weft_global_id() {
+    return (u64)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ u64 weft_grid_size() {
+    return (u64)gridDim.x * blockDim.x;
+}
+
+// The hash of the partitioning kernels: the same bits on CPU (weft-kernels'
+// hash.rs) and GPU. murmur3's 64-bit finaliser over a golden-ratio mix.
+#define WEFT_GOLDEN 0x9E3779B97F4A7C15ULL
+#define WEFT_NULL_HASH_SALT 0xA5A5A5A5A5A5A5A5ULL
+
+__device__ __forceinline__ u64 weft_fmix64(u64 k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+__device__ __forceinline__ u64 weft_hash_i64(i64 v, u64 seed) {
+    return weft_fmix64((u64)v ^ (seed * WEFT_GOLDEN));
+}
+
+__device__ __forceinline__ u64 weft_hash_null(u64 seed) {
+    return weft_fmix64(seed ^ WEFT_NULL_HASH_SALT);
+}
+
+__device__ __forceinline__ u64 weft_hash_bytes(const unsigned char *p, u64 len, u64 seed) {
+    u64 h = (seed * WEFT_GOLDEN) ^ (len * 0xff51afd7ed558ccdULL);
+    u64 i = 0;
+    for (; i + 8 <= len; i += 8) {
+        u64 chunk = 0;
+        for (int b = 7; b >= 0; --b) chunk = (chunk << 8) | p[i + b];
+        h = (h ^ weft_fmix64(chunk)) * WEFT_GOLDEN;
+        h ^= h >> 29;
+    }
+    if (i < len) {
+        u64 chunk = 0;
+        for (u64 b = len; b > i; --b) chunk = (chunk << 8) | p[b - 1];
+        h = (h ^ weft_fmix64(chunk)) * WEFT_GOLDEN;
+        h ^= h >> 29;
+    }
+    return weft_fmix64(h ^ len);
+}
+
+// Partition of a hash into `parts` buckets: the high half of hash * parts.
+__device__ __forceinline__ u32 weft_bucket(u64 h, u32 parts) {
+    return (u32)__umul64hi(h, (u64)parts);
+}

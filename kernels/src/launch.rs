@@ -1,0 +1,237 @@
+//! Running a kernel on a GPU: the CPU emulation for emulated devices, NVRTC
+//! modules (compiled once per device and source file) for CUDA devices.
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
+use weft_gpu::{Device, DeviceBuffer, Gpu, GpuBackend, Stream};
+
+use crate::KernelError;
+use crate::column::Data;
+
+// SAFETY: the declaration matches `weft_emu_launch` in cuda/emu_runtime.cpp,
+// which build.rs compiles and links into this crate.
+unsafe extern "C" {
+    /// In `cuda/emu_runtime.cpp`: runs kernel `name` over the grid with
+    /// `cuLaunchKernel`-style arguments; 0 on success, 1 for an unknown name.
+    fn weft_emu_launch(
+        name: *const c_char,
+        gx: u32,
+        gy: u32,
+        gz: u32,
+        bx: u32,
+        by: u32,
+        bz: u32,
+        args: *mut *mut c_void,
+    ) -> c_int;
+}
+
+/// Threads per block of every kernel (`WEFT_BLOCK` in common.cuh).
+pub(crate) const BLOCK: u32 = 256;
+
+/// A kernel argument. Pointers and integers travel as 64-bit slots; a 32-bit
+/// parameter reads the low half, which on little-endian hosts and GPUs is
+/// the value itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg {
+    /// A device pointer (0 for null).
+    Ptr(u64),
+    /// A 64-bit integer.
+    U64(u64),
+    /// A 32-bit integer.
+    U32(u32),
+}
+
+impl Arg {
+    fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) | Arg::U64(p) => p,
+            Arg::U32(v) => u64::from(v),
+        }
+    }
+}
+
+/// Pointer argument for a buffer.
+pub(crate) fn ptr(b: &DeviceBuffer) -> Arg {
+    Arg::Ptr(b.device_ptr())
+}
+
+/// Pointer argument for an optional device-side column buffer (null when absent).
+pub(crate) fn opt_ptr(d: Option<&Data>) -> Result<Arg, KernelError> {
+    Ok(Arg::Ptr(match d {
+        Some(d) => d.dev()?.device_ptr(),
+        None => 0,
+    }))
+}
+
+type ModuleKey = (u32, &'static str);
+
+fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
+    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>> = OnceLock::new();
+    MODULES.get_or_init(Mutex::default)
+}
+
+/// A device, a stream on it, and the kernels' launch rules.
+pub(crate) struct Exec {
+    pub(crate) gpu: Arc<Gpu>,
+    pub(crate) stream: Stream,
+}
+
+impl Exec {
+    pub(crate) fn new(gpu: &Arc<Gpu>) -> Result<Self, KernelError> {
+        Ok(Exec {
+            gpu: gpu.clone(),
+            stream: gpu.stream()?,
+        })
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        self.gpu.device()
+    }
+
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, KernelError> {
+        Ok(self.gpu.alloc(bytes)?)
+    }
+
+    pub(crate) fn zeroed(&self, bytes: usize) -> Result<DeviceBuffer, KernelError> {
+        let b = self.gpu.alloc(bytes)?;
+        self.stream.memset_zero(&b, bytes)?;
+        Ok(b)
+    }
+
+    pub(crate) fn download<T: arrow_buffer::ArrowNativeType>(
+        &self,
+        b: &DeviceBuffer,
+        len: usize,
+    ) -> Result<Vec<T>, KernelError> {
+        let mut out = vec![T::default(); len];
+        let bytes = len * std::mem::size_of::<T>();
+        // SAFETY: `out` holds `len` plain-old-data values, `bytes` long in all.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes) };
+        self.stream.copy_d2h(b, dst)?;
+        Ok(out)
+    }
+
+    /// Blocks for a grid-stride kernel over `items` work items: enough to
+    /// cover them, capped (emulated devices run at most 4 blocks, which still
+    /// exercises the cross-block paths while keeping CI fast).
+    pub(crate) fn grid(&self, items: u64) -> u32 {
+        let cap: u64 = match self.gpu.backend() {
+            GpuBackend::Emulated(_) => 4,
+            GpuBackend::Cuda(_) => 1024,
+        };
+        items.div_ceil(u64::from(BLOCK)).clamp(1, cap) as u32
+    }
+
+    pub(crate) fn launch(
+        &self,
+        file: &'static str,
+        kernel: &str,
+        grid: (u32, u32),
+        block: (u32, u32),
+        args: &[Arg],
+    ) -> Result<(), KernelError> {
+        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        match self.gpu.backend() {
+            GpuBackend::Emulated(_) => {
+                let name =
+                    CString::new(kernel).map_err(|_| KernelError::NoSuchKernel(kernel.into()))?;
+                let mut ptrs: Vec<*mut c_void> = slots
+                    .iter_mut()
+                    .map(|s| (s as *mut u64).cast::<c_void>())
+                    .collect();
+                // SAFETY: every pointer argument is a live allocation of this
+                // emulated device (host memory) sized by the caller for the
+                // kernel; `ptrs` points at `slots`, which outlive the call,
+                // and the launch is synchronous.
+                let r = unsafe {
+                    weft_emu_launch(
+                        name.as_ptr(),
+                        grid.0,
+                        grid.1,
+                        1,
+                        block.0,
+                        block.1,
+                        1,
+                        ptrs.as_mut_ptr(),
+                    )
+                };
+                if r != 0 {
+                    return Err(KernelError::NoSuchKernel(kernel.into()));
+                }
+                Ok(())
+            }
+            GpuBackend::Cuda(cuda) => {
+                let device = self.device();
+                let ordinal = match device {
+                    Device::Cuda(o) => o,
+                    _ => 0,
+                };
+                let drv = |op: &'static str| {
+                    let kernel = kernel.to_string();
+                    move |source| KernelError::Driver {
+                        kernel,
+                        device,
+                        op,
+                        source,
+                    }
+                };
+                let ctx = cuda.context();
+                let module = {
+                    let mut map = modules().lock().unwrap_or_else(|e| e.into_inner());
+                    match map.get(&(ordinal, file)) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let (major, minor) =
+                                ctx.compute_capability().map_err(drv("query arch"))?;
+                            let ptx = crate::nvrtc::compile_ptx(file, (major * 10 + minor) as u32)?;
+                            let m = ctx
+                                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                                .map_err(drv("load module"))?;
+                            map.insert((ordinal, file), m.clone());
+                            m
+                        }
+                    }
+                };
+                let func = module.load_function(kernel).map_err(drv("load function"))?;
+                let stream = self
+                    .stream
+                    .cuda_stream()
+                    .ok_or(KernelError::NoSuchKernel(kernel.into()))?;
+                let mut builder = stream.launch_builder(&func);
+                for s in &slots {
+                    builder.arg(s);
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (grid.0, grid.1, 1),
+                    block_dim: (block.0, block.1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the arguments match the kernel's parameters (each
+                // caller passes them in the order of the .cu signature), and
+                // every buffer they point to is kept alive by the caller until
+                // `finish` has synchronised the stream.
+                unsafe { builder.launch(cfg) }.map_err(drv("launch"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// One-dimensional launch of `kernel` with `grid` blocks.
+    pub(crate) fn launch1(
+        &self,
+        file: &'static str,
+        kernel: &str,
+        grid: u32,
+        args: &[Arg],
+    ) -> Result<(), KernelError> {
+        self.launch(file, kernel, (grid, 1), (BLOCK, 1), args)
+    }
+
+    /// Waits for everything launched; kernels return only finished results.
+    pub(crate) fn finish(&self) -> Result<(), KernelError> {
+        Ok(self.stream.synchronize()?)
+    }
+}

@@ -1,0 +1,31 @@
+//! Compute kernels over Arrow-layout columns.
+//!
+//! Each kernel has a CPU implementation (plain Rust, or a well-kept crate for
+//! GEMM) and a CUDA C source in `kernels/cuda/*.cu`, and runs where its
+//! inputs live: host columns on the CPU, device columns on their GPU. On a
+//! CUDA device the source is compiled by NVRTC at run time (cached on disk
+//! per source hash and architecture, see [`nvrtc`]); on an emulated device
+//! the same source, compiled as C++ by the build script with `cuda/emu.h`,
+//! runs block by block with one OS thread per CUDA thread.
+#![warn(missing_docs)]
+
+mod column;
+mod dispatch;
+pub mod elementwise;
+mod error;
+pub mod filter;
+pub mod gemm;
+pub mod hash;
+mod launch;
+pub mod nvrtc;
+pub mod reduce;
+pub mod sort;
+pub mod take;
+
+pub use column::{Column, DType, Data, Native, bitmap_bytes};
+pub use error::KernelError;
+
+/// Kernel sources, embedded by the build script.
+pub mod sources {
+    include!(concat!(env!("OUT_DIR"), "/sources.rs"));
+}

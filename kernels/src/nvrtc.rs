@@ -1,0 +1,135 @@
+//! Compiling the CUDA sources with NVRTC, cached on disk.
+//!
+//! The cache key is a hash of the source text (with the shared header), the
+//! compile options and the NVRTC version, so an edited kernel or a different
+//! compiler never reuses stale PTX. The cache lives in `WEFT_KERNEL_CACHE`,
+//! else `$XDG_CACHE_HOME/weft/kernels`, else `~/.cache/weft/kernels`; a cache
+//! that cannot be written is skipped, not an error.
+
+use std::path::PathBuf;
+
+use crate::KernelError;
+use crate::sources::{COMMON, SOURCES};
+
+/// Options every kernel is compiled with, besides the architecture.
+const OPTIONS: &[&str] = &["--std=c++17", "--fmad=false"];
+
+/// The full text NVRTC compiles for `stem`: the shared header, then the file.
+pub fn full_source(stem: &str) -> Option<String> {
+    SOURCES
+        .iter()
+        .find(|(s, _)| *s == stem)
+        .map(|(_, src)| format!("{COMMON}\n#line 1 \"{stem}.cu\"\n{src}"))
+}
+
+/// FNV-1a, 64-bit: stable across runs and platforms, enough to key a cache.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf29ce484222325u64;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The directory of the on-disk PTX cache.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WEFT_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("weft").join("kernels"))
+}
+
+fn nvrtc_version() -> Result<(i32, i32), String> {
+    let mut major = 0;
+    let mut minor = 0;
+    // SAFETY: plain out-parameters; only called after the library was found.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        Ok((major, minor))
+    } else {
+        Err(format!("nvrtcVersion failed: {r:?}"))
+    }
+}
+
+/// Compiles `stem.cu` to PTX for `compute_<arch>`, using the disk cache.
+pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
+    let err = |log: String| KernelError::Nvrtc {
+        file: stem.to_string(),
+        arch,
+        log,
+    };
+    let src = full_source(stem).ok_or_else(|| err("no such kernel source".into()))?;
+    if !weft_gpu::nvrtc_present() {
+        return Err(err("NVRTC library (libnvrtc.so) not found".into()));
+    }
+    let (major, minor) = nvrtc_version().map_err(err)?;
+    let arch_opt = format!("--gpu-architecture=compute_{arch}");
+    let version = format!("{major}.{minor}");
+    let mut key_parts: Vec<&[u8]> = vec![src.as_bytes(), arch_opt.as_bytes(), version.as_bytes()];
+    key_parts.extend(OPTIONS.iter().map(|o| o.as_bytes()));
+    let key = fnv1a(&key_parts);
+    let path = cache_dir().map(|d| d.join(format!("{stem}-{key:016x}-compute_{arch}.ptx")));
+    if let Some(ptx) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        return Ok(ptx);
+    }
+    let mut options: Vec<String> = OPTIONS.iter().map(|o| o.to_string()).collect();
+    options.push(arch_opt);
+    let opts = cudarc::nvrtc::CompileOptions {
+        options,
+        name: Some(format!("{stem}.cu")),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            err(log.to_string_lossy().into_owned())
+        }
+        other => err(format!("{other:?}")),
+    })?;
+    let text = ptx.to_src();
+    if let Some(path) = path {
+        // Write then rename, so a concurrent reader never sees half a file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&tmp, &text))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_is_listed_with_the_header() {
+        assert!(SOURCES.len() >= 8);
+        for (stem, _) in SOURCES {
+            let full = full_source(stem).unwrap();
+            assert!(full.starts_with(COMMON));
+            assert!(full.contains("WEFT_KERNEL("));
+        }
+        assert!(full_source("nope").is_none());
+    }
+
+    #[test]
+    fn cache_key_changes_with_any_part() {
+        let a = fnv1a(&[b"src", b"compute_80"]);
+        assert_ne!(a, fnv1a(&[b"src", b"compute_90"]));
+        assert_ne!(a, fnv1a(&[b"src ", b"compute_80"]));
+        assert_ne!(a, fnv1a(&[b"srccompute_80"]));
+    }
+}

@@ -1,0 +1,476 @@
+//! Sorting int64 and f64 keys into a permutation: stable, ascending, nulls
+//! last, floats in `f64::total_cmp` order. Both CPU and GPU run an LSD radix
+//! sort over 8-bit digits of order-preserving u64 keys; the GPU does one
+//! stable counting-sort pass per digit (shared with hash partitioning).
+
+use arrow_buffer::Buffer;
+use weft_gpu::DeviceBuffer;
+
+use crate::column::Data;
+use crate::dispatch::{Target, target};
+use crate::launch::{Arg, BLOCK, Exec, ptr};
+use crate::{Column, DType, KernelError};
+
+/// Order-preserving key of an int64.
+pub fn key_i64(v: i64) -> u64 {
+    (v as u64) ^ (1 << 63)
+}
+
+/// Order-preserving key of an f64 (the order of `f64::total_cmp`).
+pub fn key_f64(v: f64) -> u64 {
+    let b = v.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+/// Stable radix sort of `keys`, returning the permutation `rows` put in key
+/// order (`rows[k]` is the row with the k-th smallest key).
+pub fn radix_argsort(keys: &[u64], rows: Vec<u32>) -> Vec<u32> {
+    debug_assert_eq!(keys.len(), rows.len());
+    msd_then_lsd(keys.len(), |i| keys[i], |i| rows[i])
+}
+
+/// The sort behind [`radix_argsort`]: one pass over memory splits the rows
+/// by the top byte of their key; each of those 256 buckets is then small
+/// enough to finish in cache with an LSD sort of the other seven bytes, the
+/// buckets shared among the cores. Both steps are stable, so the sort is.
+fn msd_then_lsd(
+    n: usize,
+    key: impl Fn(usize) -> u64 + Sync,
+    row: impl Fn(usize) -> u32 + Sync,
+) -> Vec<u32> {
+    if n <= 1 {
+        return (0..n).map(&row).collect();
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, 8)
+        .min(n.div_ceil(1 << 16));
+    // Each thread histograms, then scatters, its own contiguous share of the
+    // input; within a bucket, thread t's rows go after thread t-1's, so the
+    // split is stable.
+    let share = n.div_ceil(threads);
+    let ranges: Vec<(usize, usize)> = (0..threads)
+        .map(|t| (t * share, ((t + 1) * share).min(n)))
+        .collect();
+    let hists: Vec<[usize; 256]> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                let key = &key;
+                scope.spawn(move || {
+                    let mut h = [0usize; 256];
+                    for i in lo..hi {
+                        h[(key(i) >> 56) as usize] += 1;
+                    }
+                    h
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut starts = [0usize; 257];
+    let mut next: Vec<[usize; 256]> = vec![[0; 256]; threads];
+    let mut run = 0;
+    for d in 0..256 {
+        starts[d] = run;
+        for t in 0..threads {
+            next[t][d] = run;
+            run += hists[t][d];
+        }
+    }
+    starts[256] = run;
+    let mut k1 = vec![0u64; n];
+    let mut r1 = vec![0u32; n];
+    let (kp, rp) = (SharedOut(k1.as_mut_ptr()), SharedOut(r1.as_mut_ptr()));
+    std::thread::scope(|scope| {
+        for (&(lo, hi), mut next) in ranges.iter().zip(next) {
+            let (key, row, kp, rp) = (&key, &row, &kp, &rp);
+            scope.spawn(move || {
+                for i in lo..hi {
+                    let k = key(i);
+                    let d = (k >> 56) as usize;
+                    let slot = next[d];
+                    next[d] += 1;
+                    // SAFETY: thread t's slots for bucket d run from its
+                    // offset up to the next thread's (or bucket's) start,
+                    // one per key it counted, so every slot is below `n`
+                    // and written by exactly one thread; k1 and r1 outlive
+                    // the scope.
+                    unsafe {
+                        *kp.0.add(slot) = k;
+                        *rp.0.add(slot) = row(i);
+                    }
+                }
+            });
+        }
+    });
+    // Split the buckets into one contiguous run per thread of about equal size.
+    let mut bounds = vec![0usize];
+    for t in 1..threads {
+        let target = n * t / threads;
+        let b = starts.iter().copied().find(|s| *s >= target).unwrap_or(n);
+        if b > *bounds.last().unwrap_or(&0) && b < n {
+            bounds.push(b);
+        }
+    }
+    bounds.push(n);
+    let sort_run = |base: usize, k: &mut [u64], r: &mut [u32]| {
+        let end = base + k.len();
+        let largest = (0..256)
+            .map(|d| starts[d + 1].min(end).saturating_sub(starts[d].max(base)))
+            .max()
+            .unwrap_or(0);
+        let mut ks = vec![0u64; largest];
+        let mut rs = vec![0u32; largest];
+        for d in 0..256 {
+            let (s, e) = (starts[d].max(base), starts[d + 1].min(end));
+            if e > s + 1 {
+                let (s, e) = (s - base, e - base);
+                lsd_bytes(
+                    &mut k[s..e],
+                    &mut r[s..e],
+                    &mut ks[..e - s],
+                    &mut rs[..e - s],
+                    7,
+                );
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let (mut k_rest, mut r_rest) = (&mut k1[..], &mut r1[..]);
+        for w in bounds.windows(2) {
+            let len = w[1] - w[0];
+            let (k, kr) = std::mem::take(&mut k_rest).split_at_mut(len);
+            let (r, rr) = std::mem::take(&mut r_rest).split_at_mut(len);
+            (k_rest, r_rest) = (kr, rr);
+            let base = w[0];
+            let sort_run = &sort_run;
+            if w[1] == n {
+                sort_run(base, k, r);
+            } else {
+                scope.spawn(move || sort_run(base, k, r));
+            }
+        }
+    });
+    r1
+}
+
+/// Output slices written from several threads at disjoint indices.
+struct SharedOut<T>(*mut T);
+// SAFETY: only used inside a thread scope while the owning Vec is alive and
+// not otherwise accessed; each index is written by one thread.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+/// Stable LSD sort of the rows `r` by the low `bytes` bytes of their keys
+/// `k` (left scrambled); `ks` and `rs` are scratch of the same length.
+/// Passes where every key has the same digit move nothing and are skipped.
+fn lsd_bytes(k: &mut [u64], r: &mut [u32], ks: &mut [u64], rs: &mut [u32], bytes: usize) {
+    let n = k.len();
+    let mut hist = [[0u32; 256]; 8];
+    for key in k.iter() {
+        for (p, h) in hist.iter_mut().enumerate().take(bytes) {
+            h[((key >> (8 * p)) & 0xff) as usize] += 1;
+        }
+    }
+    let passes: Vec<usize> = (0..bytes)
+        .filter(|p| hist[*p].iter().all(|c| (*c as usize) < n))
+        .collect();
+    // Ping-pong between (k, r) and the scratch; `in_scratch` says where the
+    // current order is. Only the rows are wanted at the end, so the last
+    // pass does not move the keys.
+    let mut in_scratch = false;
+    for (i, &p) in passes.iter().enumerate() {
+        let last = i + 1 == passes.len();
+        let mut off = [0u32; 256];
+        let mut run = 0;
+        for (o, c) in off.iter_mut().zip(&hist[p]) {
+            *o = run;
+            run += c;
+        }
+        let shift = 8 * p;
+        let (src_k, src_r, dst_k, dst_r) = if in_scratch {
+            (&*ks, &*rs, &mut *k, &mut *r)
+        } else {
+            (&*k, &*r, &mut *ks, &mut *rs)
+        };
+        if last {
+            scatter::<false>(src_k, src_r, dst_k, dst_r, &mut off, shift);
+        } else {
+            scatter::<true>(src_k, src_r, dst_k, dst_r, &mut off, shift);
+        }
+        in_scratch = !in_scratch;
+    }
+    if in_scratch {
+        r.copy_from_slice(rs);
+    }
+}
+
+/// One LSD pass: rows (and, if `KEYS`, keys) to the slots `off` gives their digit.
+#[inline(always)]
+fn scatter<const KEYS: bool>(
+    src_k: &[u64],
+    src_r: &[u32],
+    dst_k: &mut [u64],
+    dst_r: &mut [u32],
+    off: &mut [u32; 256],
+    shift: usize,
+) {
+    for (key, row) in src_k.iter().zip(src_r) {
+        let d = ((key >> shift) & 0xff) as usize;
+        let slot = off[d] as usize;
+        off[d] += 1;
+        // SAFETY: `off` holds the prefix sums of this pass's digit counts
+        // over these same keys, so every slot is below their count, the
+        // length of both destination slices.
+        unsafe {
+            if KEYS {
+                *dst_k.get_unchecked_mut(slot) = *key;
+            }
+            *dst_r.get_unchecked_mut(slot) = *row;
+        }
+    }
+}
+
+fn cpu_argsort(x: &Column) -> Result<Vec<u32>, KernelError> {
+    let n = x.len();
+    // Without nulls the keys are made on the fly from the values.
+    match (x.dtype(), x.host_validity()?) {
+        (DType::I64, None) => {
+            let v = x.host_values::<i64>()?;
+            return Ok(msd_then_lsd(n, |i| key_i64(v[i]), |i| i as u32));
+        }
+        (DType::F64, None) => {
+            let v = x.host_values::<f64>()?;
+            return Ok(msd_then_lsd(n, |i| key_f64(v[i]), |i| i as u32));
+        }
+        _ => {}
+    }
+    let valid = x.host_validity()?;
+    let is_valid = |i: usize| valid.is_none_or(|b| arrow_buffer::bit_util::get_bit(b, i));
+    let (mut keys, mut rows, mut nulls) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+    let mut push = |i: usize, key: u64| {
+        if is_valid(i) {
+            keys.push(key);
+            rows.push(i as u32);
+        } else {
+            nulls.push(i as u32);
+        }
+    };
+    match x.dtype() {
+        DType::I64 => x
+            .host_values::<i64>()?
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| push(i, key_i64(*v))),
+        DType::F64 => x
+            .host_values::<f64>()?
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| push(i, key_f64(*v))),
+        other => {
+            return Err(KernelError::UnsupportedType {
+                kernel: "argsort",
+                dtype: other,
+            });
+        }
+    }
+    let mut perm = radix_argsort(&keys, rows);
+    perm.extend(nulls);
+    Ok(perm)
+}
+
+/// One stable counting-sort pass on the GPU, after its histogram and scan.
+pub(crate) struct CountingPass<'a> {
+    digits: &'a DeviceBuffer,
+    perm_in: Option<&'a DeviceBuffer>,
+    n: usize,
+    chunk: u64,
+    grid: u32,
+    /// The exclusive scan of the digit-major histogram.
+    pub(crate) scanned: DeviceBuffer,
+}
+
+/// Histogram and scan of `digits` (each below `radix`) for a counting pass
+/// over the rows in order `perm_in` (identity when None).
+pub(crate) fn counting_pass<'a>(
+    exec: &Exec,
+    digits: &'a DeviceBuffer,
+    perm_in: Option<&'a DeviceBuffer>,
+    n: usize,
+    radix: u32,
+    grid: u32,
+) -> Result<CountingPass<'a>, KernelError> {
+    let threads = u64::from(grid) * u64::from(BLOCK);
+    let chunk = (n as u64).div_ceil(threads).max(1);
+    let entries = u64::from(radix) * threads;
+    let hist = exec.alloc(entries as usize * 4)?;
+    exec.launch1(
+        "sort",
+        "count_hist",
+        grid,
+        &[
+            ptr(digits),
+            Arg::U64(n as u64),
+            Arg::U32(radix),
+            Arg::U64(chunk),
+            ptr(&hist),
+        ],
+    )?;
+    let total = exec.alloc(4)?;
+    exec.launch1(
+        "scan",
+        "scan_exclusive_u32",
+        1,
+        &[ptr(&hist), Arg::U64(entries), ptr(&total)],
+    )?;
+    Ok(CountingPass {
+        digits,
+        perm_in,
+        n,
+        chunk,
+        grid,
+        scanned: hist,
+    })
+}
+
+impl CountingPass<'_> {
+    /// Scatters the rows into their stable sorted order.
+    pub(crate) fn scatter(self, exec: &Exec) -> Result<DeviceBuffer, KernelError> {
+        let out = exec.alloc(self.n * 4)?;
+        exec.launch1(
+            "sort",
+            "count_scatter",
+            self.grid,
+            &[
+                ptr(self.digits),
+                Arg::Ptr(self.perm_in.map_or(0, |p| p.device_ptr())),
+                Arg::U64(self.n as u64),
+                Arg::U64(self.chunk),
+                ptr(&self.scanned),
+                ptr(&out),
+            ],
+        )?;
+        Ok(out)
+    }
+}
+
+/// The permutation that sorts an int64 or f64 column: stable, ascending,
+/// nulls last (a U32 column).
+pub fn argsort(x: &Column) -> Result<Column, KernelError> {
+    let n = x.len();
+    match target("argsort", &[x])? {
+        Target::Cpu => {
+            let perm = cpu_argsort(x)?;
+            Column::new(
+                DType::U32,
+                n,
+                Data::Host(Buffer::from_vec(perm)),
+                None,
+                None,
+            )
+        }
+        Target::Gpu(exec) => {
+            let keys_kernel = match x.dtype() {
+                DType::I64 => "radix_keys_i64",
+                DType::F64 => "radix_keys_f64",
+                other => {
+                    return Err(KernelError::UnsupportedType {
+                        kernel: "argsort",
+                        dtype: other,
+                    });
+                }
+            };
+            let grid = exec.grid(n as u64).min(16);
+            let keys = exec.alloc(n * 8)?;
+            let x_ptr = crate::launch::opt_ptr(Some(x.values()))?;
+            exec.launch1(
+                "sort",
+                keys_kernel,
+                exec.grid(n as u64),
+                &[x_ptr, Arg::U64(n as u64), ptr(&keys)],
+            )?;
+            let digits = exec.alloc(n * 4)?;
+            let mut perm: Option<DeviceBuffer> = None;
+            for shift in (0..64).step_by(8) {
+                exec.launch1(
+                    "sort",
+                    "radix_digits",
+                    exec.grid(n as u64),
+                    &[
+                        ptr(&keys),
+                        Arg::Ptr(perm.as_ref().map_or(0, |p| p.device_ptr())),
+                        Arg::U64(n as u64),
+                        Arg::U32(shift),
+                        ptr(&digits),
+                    ],
+                )?;
+                let next =
+                    counting_pass(&exec, &digits, perm.as_ref(), n, 256, grid)?.scatter(&exec)?;
+                perm = Some(next);
+            }
+            let mut perm = perm.ok_or(KernelError::InvalidArgument {
+                kernel: "argsort",
+                reason: "no radix pass ran".into(),
+            })?;
+            if let Some(v) = x.validity() {
+                exec.launch1(
+                    "sort",
+                    "radix_null_digits",
+                    exec.grid(n as u64),
+                    &[
+                        crate::launch::opt_ptr(Some(v))?,
+                        ptr(&perm),
+                        Arg::U64(n as u64),
+                        ptr(&digits),
+                    ],
+                )?;
+                perm = counting_pass(&exec, &digits, Some(&perm), n, 2, grid)?.scatter(&exec)?;
+            }
+            exec.finish()?;
+            Column::new(DType::U32, n, Data::Device(perm), None, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(keys: &[u64]) {
+        let perm = radix_argsort(keys, (0..keys.len() as u32).collect());
+        let mut want: Vec<u32> = (0..keys.len() as u32).collect();
+        want.sort_by_key(|i| keys[*i as usize]);
+        assert_eq!(perm, want);
+    }
+
+    #[test]
+    fn large_inputs_split_across_threads_stay_stable() {
+        let mut x = 7u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let random: Vec<u64> = (0..200_000).map(|_| next()).collect();
+        check(&random);
+        // Few distinct values: long runs of equal keys test stability.
+        check(&random.iter().map(|k| k % 5).collect::<Vec<_>>());
+        // One top byte holds everything: a single bucket, one thread.
+        check(&random.iter().map(|k| k >> 8).collect::<Vec<_>>());
+        // Skewed: half the keys in one bucket.
+        check(
+            &random
+                .iter()
+                .enumerate()
+                .map(|(i, k)| if i % 2 == 0 { *k } else { k >> 8 })
+                .collect::<Vec<_>>(),
+        );
+        assert!(key_i64(-1) < key_i64(0) && key_i64(i64::MAX) > key_i64(i64::MIN));
+        assert!(key_f64(-0.0) < key_f64(0.0) && key_f64(f64::NEG_INFINITY) < key_f64(-1e300));
+    }
+}
