@@ -1,0 +1,1527 @@
+//! The sans-IO scheduler.
+//!
+//! A [`Scheduler`] is a plain struct driven by [`Scheduler::handle`]: the
+//! reactor decodes a message into an [`Event`], calls `handle`, and carries
+//! out what the scheduler wrote into its [`Comm`] (messages to workers and
+//! clients). No sockets, clocks or threads inside: durations arrive in the
+//! events ([`FromWorker::Finished::compute_us`]) and periodic work (stealing)
+//! runs when the reactor sends [`Event::Balance`].
+//!
+//! Task states and transitions (see [`TaskState`]):
+//!
+//! ```text
+//! released -> waiting -> queued -> processing -> memory -> released -> forgotten
+//!                    \______________/     |  \-> erred ------------------^
+//!   (lost results: memory -> released -> waiting again, from lineage)
+//! ```
+//!
+//! Per-task work is O(1) amortized plus O(edges); placement looks at the
+//! workers that hold a task's inputs (at most [`MAX_CANDIDATES`]) or takes
+//! the next unsaturated worker in round-robin order. The root-task queue is a
+//! binary heap (O(log queued)); stealing scans all workers once per
+//! `Balance`.
+
+mod check;
+mod place;
+mod task;
+mod worker;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::graph::{self, Graph};
+use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
+use crate::protocol::{
+    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError,
+    ToClient, ToWorker, WorkerInfo,
+};
+
+pub use check::InvariantError;
+pub use task::TaskState;
+use task::{QueueKind, Restrictions, Task, Tasks};
+use worker::{NOT_LISTED, Worker, WorkerList};
+
+/// Most candidate workers placement weighs for one task.
+pub const MAX_CANDIDATES: usize = 32;
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A task that was running on more than this many workers that died
+    /// fails (Dask's `allowed-failures`, default 2: the third death fails it).
+    pub allowed_failures: u32,
+    /// Root tasks are held in the scheduler once every worker has
+    /// `ceil(nthreads * saturation)` tasks; `None` sends them all at once.
+    pub worker_saturation: Option<f64>,
+    /// Duration estimate of an op never seen finishing, in seconds.
+    pub unknown_duration: f64,
+    /// Assumed network bandwidth between workers, bytes per second.
+    pub bandwidth: f64,
+    /// Steal a task only when moving its inputs costs at most this many times
+    /// its estimated compute time.
+    pub steal_ratio: f64,
+    /// Record the tasks each event touched (for incremental invariant
+    /// checks; see [`Scheduler::take_touched`]).
+    pub record_touched: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            allowed_failures: 2,
+            worker_saturation: Some(1.1),
+            unknown_duration: 0.5,
+            bandwidth: 100e6,
+            steal_ratio: 2.0,
+            record_touched: false,
+        }
+    }
+}
+
+/// Something the reactor tells the scheduler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A worker connected and registered. The reactor numbers workers and
+    /// never reuses a number.
+    WorkerJoined {
+        /// The reactor's id for it.
+        worker: WorkerId,
+        /// What it offers.
+        info: WorkerInfo,
+    },
+    /// A worker's connection dropped or its heartbeats stopped.
+    WorkerLost {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A message from a worker.
+    Worker {
+        /// The sender.
+        worker: WorkerId,
+        /// The message.
+        msg: FromWorker,
+    },
+    /// A client connected.
+    ClientConnected {
+        /// The reactor's id for it.
+        client: ClientId,
+    },
+    /// A client went away; its futures are released.
+    ClientDisconnected {
+        /// The client.
+        client: ClientId,
+    },
+    /// A message from a client.
+    Client {
+        /// The sender.
+        client: ClientId,
+        /// The message.
+        msg: FromClient,
+    },
+    /// Periodic balancing (work stealing); the reactor sends it on a timer
+    /// (Dask uses 100 ms).
+    Balance,
+}
+
+/// Where the scheduler writes its output. The reactor implements it over its
+/// connections; tests record.
+pub trait Comm {
+    /// Send to a worker.
+    fn to_worker(&mut self, worker: WorkerId, msg: ToWorker);
+    /// Send to a client.
+    fn to_client(&mut self, client: ClientId, msg: ToClient);
+}
+
+/// One output of the scheduler, for callers that want a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send to a worker.
+    ToWorker(WorkerId, ToWorker),
+    /// Send to a client.
+    ToClient(ClientId, ToClient),
+}
+
+impl Comm for Vec<Command> {
+    fn to_worker(&mut self, worker: WorkerId, msg: ToWorker) {
+        self.push(Command::ToWorker(worker, msg));
+    }
+    fn to_client(&mut self, client: ClientId, msg: ToClient) {
+        self.push(Command::ToClient(client, msg));
+    }
+}
+
+/// Counters for benchmarks and dashboards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Task state transitions so far.
+    pub transitions: u64,
+    /// Events handled.
+    pub events: u64,
+    /// Messages ignored as malformed, stale or out of order.
+    pub ignored: u64,
+    /// Steal requests sent.
+    pub steal_requests: u64,
+    /// Steals that moved a task.
+    pub steals: u64,
+    /// Results recomputed after they were lost.
+    pub recomputed: u64,
+}
+
+#[derive(Debug)]
+struct OpStats {
+    name: SharedStr,
+    /// Exponential moving average of durations, seconds.
+    avg: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    /// Keys this client wanted at some point; entries whose task no longer
+    /// lists the client are stale (compacted like `Worker::has_what`).
+    wants: Vec<TaskId>,
+    n_wants: u32,
+}
+
+/// The scheduler state machine. See the module docs.
+pub struct Scheduler {
+    config: Config,
+    tasks: Tasks,
+    keys: FxHashMap<Key, TaskId>,
+    workers: FxHashMap<WorkerId, Worker>,
+    /// Live workers by name and by address (restrictions use either).
+    names: FxHashMap<SharedStr, WorkerId>,
+    all: WorkerList,
+    unsat: WorkerList,
+    resource_workers: Vec<WorkerId>,
+    clients: FxHashMap<ClientId, Client>,
+    ops: Vec<OpStats>,
+    op_ids: FxHashMap<SharedStr, OpId>,
+    res_names: Vec<SharedStr>,
+    res_ids: FxHashMap<SharedStr, ResourceId>,
+    requests: Vec<Box<[(ResourceId, u32)]>>,
+    request_ids: FxHashMap<Box<[(ResourceId, u32)]>, u32>,
+    errors: FxHashMap<TaskId, TaskError>,
+    /// Pending steals: task -> thief.
+    stealing: FxHashMap<TaskId, WorkerId>,
+    root_queue: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    unrunnable: Vec<TaskId>,
+    next_seq: u64,
+    // Work lists, drained at the end of each event.
+    ready: Vec<TaskId>,
+    recheck: Vec<TaskId>,
+    freed: Vec<WorkerId>,
+    touched: Vec<TaskId>,
+    cand: Vec<(WorkerId, u64)>,
+    stats: Stats,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with no workers, clients or tasks.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            tasks: Tasks::default(),
+            keys: FxHashMap::default(),
+            workers: FxHashMap::default(),
+            names: FxHashMap::default(),
+            all: WorkerList::default(),
+            unsat: WorkerList::default(),
+            resource_workers: Vec::new(),
+            clients: FxHashMap::default(),
+            ops: Vec::new(),
+            op_ids: FxHashMap::default(),
+            res_names: Vec::new(),
+            res_ids: FxHashMap::default(),
+            requests: vec![Box::default()],
+            request_ids: FxHashMap::default(),
+            errors: FxHashMap::default(),
+            stealing: FxHashMap::default(),
+            root_queue: BinaryHeap::new(),
+            unrunnable: Vec::new(),
+            next_seq: 0,
+            ready: Vec::new(),
+            recheck: Vec::new(),
+            freed: Vec::new(),
+            touched: Vec::new(),
+            cand: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Tasks known (not forgotten).
+    pub fn n_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Live workers.
+    pub fn n_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The state of a key (`Forgotten` when unknown).
+    pub fn state_of_key(&self, key: &str) -> TaskState {
+        self.keys
+            .get(key)
+            .map_or(TaskState::Forgotten, |&id| self.tasks[id].state)
+    }
+
+    /// The state of a task id (`Forgotten` when stale or unknown).
+    pub fn state_of(&self, id: TaskId) -> TaskState {
+        self.tasks.get(id).map_or(TaskState::Forgotten, |t| t.state)
+    }
+
+    /// The interned id of a key.
+    pub fn task_id(&self, key: &str) -> Option<TaskId> {
+        self.keys.get(key).copied()
+    }
+
+    /// The key of a task id.
+    pub fn key_of(&self, id: TaskId) -> Option<&Key> {
+        self.tasks.get(id).map(|t| &t.key)
+    }
+
+    /// Workers holding a key's result.
+    pub fn who_has(&self, key: &str) -> &[WorkerId] {
+        self.keys
+            .get(key)
+            .map_or(&[], |&id| self.tasks[id].who_has.as_slice())
+    }
+
+    /// The error of an erred key.
+    pub fn error_of(&self, key: &str) -> Option<&TaskError> {
+        self.keys.get(key).and_then(|id| self.errors.get(id))
+    }
+
+    /// Tasks processing on a worker.
+    pub fn processing_on(&self, worker: WorkerId) -> &[TaskId] {
+        self.workers
+            .get(&worker)
+            .map_or(&[], |w| w.processing.as_slice())
+    }
+
+    /// The learned duration estimate of an op, in seconds.
+    pub fn op_estimate(&self, op: &str) -> Option<f64> {
+        let id = self.op_ids.get(op)?;
+        let s = &self.ops[id.index()];
+        (s.count > 0).then_some(s.avg)
+    }
+
+    /// Moves the ids of tasks touched since the last call into `out` (only
+    /// with [`Config::record_touched`]). May hold duplicates and ids of
+    /// tasks forgotten since.
+    pub fn take_touched(&mut self, out: &mut Vec<TaskId>) {
+        out.append(&mut self.touched);
+    }
+
+    /// Handles one event, writing the resulting messages into `comm`.
+    pub fn handle(&mut self, event: Event, comm: &mut impl Comm) {
+        self.stats.events += 1;
+        match event {
+            Event::WorkerJoined { worker, info } => self.worker_joined(worker, info, comm),
+            Event::WorkerLost { worker } => self.worker_lost(worker, comm),
+            Event::Worker { worker, msg } => {
+                if !self.workers.contains_key(&worker) {
+                    tracing::warn!(%worker, ?msg, "message from an unknown worker; ignored");
+                    self.stats.ignored += 1;
+                    return;
+                }
+                match msg {
+                    FromWorker::Finished {
+                        task,
+                        nbytes,
+                        compute_us,
+                    } => self.task_finished(worker, task, nbytes, compute_us, comm),
+                    FromWorker::Failed { task, message } => {
+                        self.task_failed(worker, task, message, comm)
+                    }
+                    FromWorker::StealResponse { task, stolen } => {
+                        self.steal_response(worker, task, stolen, comm)
+                    }
+                    FromWorker::MissingData { task, dep, tried } => {
+                        self.missing_data(worker, task, dep, tried, comm)
+                    }
+                    FromWorker::Acquired { task, nbytes } => {
+                        self.acquired(worker, task, nbytes, comm)
+                    }
+                }
+            }
+            Event::ClientConnected { client } => {
+                if let std::collections::hash_map::Entry::Vacant(e) = self.clients.entry(client) {
+                    e.insert(Client::default());
+                } else {
+                    tracing::warn!(%client, "duplicate client registration; ignored");
+                    self.stats.ignored += 1;
+                }
+            }
+            Event::ClientDisconnected { client } => self.client_gone(client),
+            Event::Client { client, msg } => {
+                if !self.clients.contains_key(&client) {
+                    tracing::warn!(%client, "message from an unknown client; ignored");
+                    self.stats.ignored += 1;
+                    return;
+                }
+                match msg {
+                    FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
+                    FromClient::Release { keys } => self.client_release(client, keys),
+                }
+            }
+            Event::Balance => self.balance(comm),
+        }
+        self.drain(comm);
+    }
+
+    /// [`Scheduler::handle`] returning the messages as a list.
+    pub fn handle_to_vec(&mut self, event: Event) -> Vec<Command> {
+        let mut out = Vec::new();
+        self.handle(event, &mut out);
+        out
+    }
+
+    // ---- state bookkeeping -------------------------------------------------
+
+    /// The one place a task's state changes. Keeps the inputs' `waiters`
+    /// counts in step with whether this task is active.
+    fn set_state(&mut self, id: TaskId, new: TaskState) {
+        let t = &mut self.tasks[id];
+        let old = t.state;
+        t.state = new;
+        self.stats.transitions += 1;
+        tracing::trace!(task = %t.key, ?old, ?new, "transition");
+        let record = self.config.record_touched;
+        if record {
+            self.touched.push(id);
+        }
+        let (was, now) = (old.is_active(), new.is_active());
+        if was != now {
+            let deps = std::mem::take(&mut t.deps);
+            for &d in deps.iter() {
+                let dt = &mut self.tasks[d];
+                if now {
+                    dt.waiters += 1;
+                } else {
+                    dt.waiters -= 1;
+                    if dt.waiters == 0 {
+                        self.recheck.push(d);
+                    }
+                }
+                if record {
+                    self.touched.push(d);
+                }
+            }
+            self.tasks[id].deps = deps;
+        }
+    }
+
+    fn touch(&mut self, id: TaskId) {
+        if self.config.record_touched {
+            self.touched.push(id);
+        }
+    }
+
+    fn estimate(&self, op: OpId) -> f64 {
+        let s = &self.ops[op.index()];
+        if s.count > 0 {
+            s.avg
+        } else {
+            self.config.unknown_duration
+        }
+    }
+
+    /// Makes a released task needed: it and, transitively, its released
+    /// inputs become waiting; those with all inputs in memory become ready.
+    fn need(&mut self, root: TaskId, comm: &mut impl Comm) {
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            let t = &self.tasks[id];
+            if t.state != TaskState::Released {
+                continue;
+            }
+            let mut missing = 0;
+            let mut failed = None;
+            for &d in t.deps.iter() {
+                match self.tasks[d].state {
+                    TaskState::Memory => {}
+                    TaskState::Erred => failed = Some(d),
+                    TaskState::Released => {
+                        missing += 1;
+                        stack.push(d);
+                    }
+                    _ => missing += 1,
+                }
+            }
+            if let Some(d) = failed {
+                let cause = self.errors[&d].root_cause().clone();
+                let key = self.tasks[id].key.clone();
+                self.set_state(id, TaskState::Waiting);
+                self.fail(
+                    id,
+                    TaskError::DependencyFailed {
+                        key,
+                        cause: Box::new(cause),
+                    },
+                    comm,
+                );
+                continue;
+            }
+            self.tasks[id].waiting_on = missing;
+            self.set_state(id, TaskState::Waiting);
+            if missing == 0 {
+                self.ready.push(id);
+            }
+        }
+    }
+
+    /// Errs a task and every active task downstream of it.
+    fn fail(&mut self, id: TaskId, error: TaskError, comm: &mut impl Comm) {
+        let mut stack = vec![(id, error)];
+        while let Some((id, error)) = stack.pop() {
+            let state = self.tasks[id].state;
+            match state {
+                TaskState::Processing(w) => {
+                    self.unassign(id);
+                    comm.to_worker(w, ToWorker::Cancel { task: id });
+                }
+                TaskState::Erred | TaskState::Memory => continue,
+                _ => {}
+            }
+            self.tasks[id].queue = QueueKind::None;
+            self.set_state(id, TaskState::Erred);
+            let t = &self.tasks[id];
+            tracing::debug!(task = %t.key, %error, "task erred");
+            for &c in &t.who_wants {
+                comm.to_client(
+                    c,
+                    ToClient::Erred {
+                        key: t.key.clone(),
+                        error: error.clone(),
+                    },
+                );
+            }
+            let root = error.root_cause();
+            for &d in &t.dependents {
+                if let Some(dt) = self.tasks.get(d)
+                    && dt.state.is_active()
+                {
+                    stack.push((
+                        d,
+                        TaskError::DependencyFailed {
+                            key: dt.key.clone(),
+                            cause: Box::new(root.clone()),
+                        },
+                    ));
+                }
+            }
+            self.errors.insert(id, error);
+            self.recheck.push(id);
+        }
+    }
+
+    /// Takes a processing task off its worker's books (its state is set by
+    /// the caller right after).
+    fn unassign(&mut self, id: TaskId) -> WorkerId {
+        let t = &mut self.tasks[id];
+        let TaskState::Processing(w) = t.state else {
+            panic!("internal error: unassign of {:?} in {:?}", id, t.state);
+        };
+        let idx = t.proc_idx;
+        t.proc_idx = NOT_LISTED;
+        let est = t.est as f64;
+        let wk = self
+            .workers
+            .get_mut(&w)
+            .expect("internal error: processing on a dead worker");
+        let was_saturated = wk.saturated();
+        wk.processing.swap_remove(idx as usize);
+        if let Some(&moved) = wk.processing.get(idx as usize) {
+            self.tasks[moved].proc_idx = idx;
+        }
+        wk.occupancy = if wk.processing.is_empty() {
+            0.0
+        } else {
+            (wk.occupancy - est).max(0.0)
+        };
+        if was_saturated && !wk.saturated() {
+            wk.unsat_idx = self.unsat.push(w);
+            self.freed.push(w);
+        }
+        if !self.stealing.is_empty() {
+            self.stealing.remove(&id);
+        }
+        w
+    }
+
+    fn assign(&mut self, id: TaskId, w: WorkerId, comm: &mut impl Comm) {
+        let est = self.estimate(self.tasks[id].op);
+        let wk = self
+            .workers
+            .get_mut(&w)
+            .expect("internal error: assign to a dead worker");
+        let t = &mut self.tasks[id];
+        t.proc_idx = wk.processing.len() as u32;
+        t.est = est as f32;
+        t.queue = QueueKind::None;
+        wk.processing.push(id);
+        wk.occupancy += est;
+        if wk.saturated() && wk.unsat_idx != NOT_LISTED {
+            let idx = wk.unsat_idx;
+            wk.unsat_idx = NOT_LISTED;
+            if let Some(moved) = self.unsat.swap_remove(idx) {
+                self.workers
+                    .get_mut(&moved)
+                    .expect("internal error: unsat list")
+                    .unsat_idx = idx;
+            }
+        }
+        self.set_state(id, TaskState::Processing(w));
+        let t = &self.tasks[id];
+        let deps = t
+            .deps
+            .iter()
+            .map(|&d| {
+                let dt = &self.tasks[d];
+                DepInfo {
+                    task: d,
+                    nbytes: dt.nbytes,
+                    who_has: dt
+                        .who_has
+                        .iter()
+                        .map(|h| Peer {
+                            worker: *h,
+                            address: self.workers[h].info.address.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let resources = self.requests[t.request as usize]
+            .iter()
+            .map(|&(r, amount)| ResourceAmount {
+                name: self.res_names[r.index()].clone(),
+                amount,
+            })
+            .collect();
+        comm.to_worker(
+            w,
+            ToWorker::Compute(Box::new(ComputeRequest {
+                task: id,
+                key: t.key.clone(),
+                op: self.ops[t.op.index()].name.clone(),
+                args: t.args.clone(),
+                priority: t.priority,
+                resources,
+                deps,
+            })),
+        );
+    }
+
+    /// Places a ready task, queues it, or parks it as unrunnable.
+    fn schedule(&mut self, id: TaskId, comm: &mut impl Comm) {
+        let t = &self.tasks[id];
+        let rootish = t.deps.is_empty() && t.restrictions.is_none() && t.request == 0;
+        if rootish && self.config.worker_saturation.is_some() {
+            if let Some(w) = self.unsat.next() {
+                self.assign(id, w, comm);
+            } else {
+                let prio = t.priority;
+                self.tasks[id].queue = QueueKind::Root;
+                self.root_queue.push(Reverse((prio, id)));
+                self.set_state(id, TaskState::Queued);
+            }
+            return;
+        }
+        match self.decide_worker(id) {
+            Some(w) => self.assign(id, w, comm),
+            None => {
+                tracing::debug!(task = %self.tasks[id].key, "no worker can run this task now");
+                self.tasks[id].queue = QueueKind::Unrunnable;
+                self.unrunnable.push(id);
+                self.set_state(id, TaskState::Queued);
+            }
+        }
+    }
+
+    /// Fills an unsaturated worker from the root queue.
+    fn fill_worker(&mut self, w: WorkerId, comm: &mut impl Comm) {
+        loop {
+            match self.workers.get(&w) {
+                Some(wk) if !wk.saturated() => {}
+                _ => return,
+            }
+            let Some(Reverse((_, id))) = self.root_queue.pop() else {
+                return;
+            };
+            match self.tasks.get(id) {
+                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Root => {
+                    self.assign(id, w, comm)
+                }
+                _ => {} // stale entry
+            }
+        }
+    }
+
+    /// Releases what nobody needs any more, and forgets what nobody can.
+    fn check_release(&mut self, id: TaskId, comm: &mut impl Comm) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if t.waiters > 0 || t.wanted() {
+            return;
+        }
+        match t.state {
+            TaskState::Memory => {
+                let holders = std::mem::take(&mut t.who_has);
+                let nbytes = t.nbytes;
+                for w in holders {
+                    if let Some(wk) = self.workers.get_mut(&w) {
+                        wk.n_held -= 1;
+                        wk.nbytes_held = wk.nbytes_held.saturating_sub(nbytes);
+                    }
+                    comm.to_worker(w, ToWorker::Free { task: id });
+                }
+                self.set_state(id, TaskState::Released);
+            }
+            TaskState::Processing(w) => {
+                self.unassign(id);
+                comm.to_worker(w, ToWorker::Cancel { task: id });
+                self.set_state(id, TaskState::Released);
+            }
+            TaskState::Waiting | TaskState::Queued => {
+                self.tasks[id].queue = QueueKind::None;
+                self.set_state(id, TaskState::Released);
+            }
+            TaskState::Released | TaskState::Erred => {}
+            TaskState::Forgotten => unreachable!("forgotten tasks are not stored"),
+        }
+        if self.tasks[id].live_dependents == 0 {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.remove(id) else {
+            return;
+        };
+        tracing::trace!(task = %t.key, "forgotten");
+        self.stats.transitions += 1;
+        self.keys.remove(&t.key);
+        if t.state == TaskState::Erred {
+            self.errors.remove(&id);
+        }
+        for &d in t.deps.iter() {
+            let Some(dt) = self.tasks.get_mut(d) else {
+                continue;
+            };
+            dt.live_dependents -= 1;
+            let live = dt.live_dependents as usize;
+            if dt.dependents.len() > 8 && live * 2 < dt.dependents.len() {
+                let mut deps = std::mem::take(&mut dt.dependents);
+                deps.retain(|&x| self.tasks.contains(x));
+                self.tasks[d].dependents = deps;
+            }
+            self.recheck.push(d);
+            self.touch(d);
+        }
+    }
+
+    /// Runs the work lists until nothing is left.
+    fn drain(&mut self, comm: &mut impl Comm) {
+        loop {
+            let mut progressed = false;
+            if !self.ready.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.ready);
+                for &id in &batch {
+                    if let Some(t) = self.tasks.get(id)
+                        && t.state == TaskState::Waiting
+                        && t.waiting_on == 0
+                    {
+                        self.schedule(id, comm);
+                    }
+                }
+                batch.clear();
+                if self.ready.is_empty() {
+                    self.ready = batch;
+                }
+            }
+            if !self.recheck.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.recheck);
+                for &id in &batch {
+                    self.check_release(id, comm);
+                }
+                batch.clear();
+                if self.recheck.is_empty() {
+                    self.recheck = batch;
+                }
+            }
+            if !self.freed.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.freed);
+                for &w in &batch {
+                    self.fill_worker(w, comm);
+                }
+                batch.clear();
+                if self.freed.is_empty() {
+                    self.freed = batch;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    // ---- workers -------------------------------------------------------
+
+    fn worker_joined(&mut self, worker: WorkerId, info: WorkerInfo, comm: &mut impl Comm) {
+        if self.workers.contains_key(&worker) {
+            tracing::warn!(%worker, "duplicate worker registration; ignored");
+            self.stats.ignored += 1;
+            return;
+        }
+        if self.names.contains_key(&info.name) || self.names.contains_key(&info.address) {
+            tracing::warn!(%worker, name = %info.name, address = %info.address,
+                "a live worker already has this name or address; registration refused");
+            self.stats.ignored += 1;
+            comm.to_worker(
+                worker,
+                ToWorker::Rejected {
+                    reason: format!(
+                        "a live worker already has name {} or address {}",
+                        info.name, info.address
+                    ),
+                },
+            );
+            return;
+        }
+        let mut resources = Vec::new();
+        for r in &info.resources {
+            let rid = self.intern_resource(&r.name);
+            if resources.len() <= rid.index() {
+                resources.resize(rid.index() + 1, 0);
+            }
+            resources[rid.index()] += r.amount;
+        }
+        let slots = match self.config.worker_saturation {
+            Some(f) => ((info.nthreads as f64 * f).ceil() as u32).max(1),
+            None => u32::MAX,
+        };
+        if resources.iter().any(|&a| a > 0) {
+            self.resource_workers.push(worker);
+        }
+        self.names.insert(info.name.clone(), worker);
+        self.names.insert(info.address.clone(), worker);
+        let all_idx = self.all.push(worker);
+        let unsat_idx = self.unsat.push(worker);
+        tracing::debug!(%worker, name = %info.name, nthreads = info.nthreads, "worker joined");
+        self.workers.insert(
+            worker,
+            Worker {
+                id: worker,
+                info,
+                resources,
+                processing: Vec::new(),
+                has_what: Vec::new(),
+                n_held: 0,
+                nbytes_held: 0,
+                occupancy: 0.0,
+                unsat_idx,
+                all_idx,
+                slots,
+            },
+        );
+        comm.to_worker(worker, ToWorker::Registered { worker });
+        self.freed.push(worker);
+        // A new worker may be able to run what nobody could.
+        let parked = std::mem::take(&mut self.unrunnable);
+        for id in parked {
+            match self.tasks.get(id) {
+                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Unrunnable => {}
+                _ => continue,
+            }
+            match self.decide_worker(id) {
+                Some(w) => self.assign(id, w, comm),
+                None => self.unrunnable.push(id),
+            }
+        }
+    }
+
+    fn worker_lost(&mut self, worker: WorkerId, comm: &mut impl Comm) {
+        let Some(wk) = self.workers.remove(&worker) else {
+            tracing::warn!(%worker, "loss of an unknown worker; ignored");
+            self.stats.ignored += 1;
+            return;
+        };
+        tracing::info!(%worker, name = %wk.info.name, running = wk.processing.len(),
+            held = wk.n_held, "worker lost");
+        self.names.remove(&wk.info.name);
+        self.names.remove(&wk.info.address);
+        if let Some(moved) = self.all.swap_remove(wk.all_idx) {
+            self.workers
+                .get_mut(&moved)
+                .expect("internal error: worker list")
+                .all_idx = wk.all_idx;
+        }
+        if wk.unsat_idx != NOT_LISTED
+            && let Some(moved) = self.unsat.swap_remove(wk.unsat_idx)
+        {
+            self.workers
+                .get_mut(&moved)
+                .expect("internal error: unsat list")
+                .unsat_idx = wk.unsat_idx;
+        }
+        self.resource_workers.retain(|&w| w != worker);
+        // Steals towards this worker resolve on the victim's answer.
+
+        // 1. Its tasks go back to waiting (ready again unless an input is
+        //    lost below); the ones it has now killed too often fail.
+        let allowed = self.config.allowed_failures;
+        let mut killed = Vec::new();
+        for &id in &wk.processing {
+            let t = &mut self.tasks[id];
+            t.proc_idx = NOT_LISTED;
+            t.deaths = t.deaths.saturating_add(1);
+            t.waiting_on = 0;
+            let deaths = t.deaths as u32;
+            if !self.stealing.is_empty() {
+                self.stealing.remove(&id);
+            }
+            self.set_state(id, TaskState::Waiting);
+            if deaths > allowed {
+                killed.push((id, deaths));
+            } else {
+                self.ready.push(id);
+            }
+        }
+        for (id, deaths) in killed {
+            let t = &self.tasks[id];
+            let error = TaskError::KilledWorkers {
+                key: t.key.clone(),
+                op: self.ops[t.op.index()].name.clone(),
+                deaths,
+                allowed,
+                last_worker: wk.info.name.clone(),
+            };
+            self.fail(id, error, comm);
+        }
+        // 2. Results that lived only there are lost; recompute the needed
+        //    ones from lineage.
+        for &id in &wk.has_what {
+            let Some(t) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            let Some(pos) = t.who_has.iter().position(|&w| w == worker) else {
+                continue; // stale entry
+            };
+            t.who_has.swap_remove(pos);
+            let lost = t.who_has.is_empty() && t.state == TaskState::Memory;
+            self.touch(id);
+            if lost {
+                self.lost(id, comm);
+            }
+        }
+    }
+
+    /// A result in memory lost its last holder.
+    fn lost(&mut self, id: TaskId, comm: &mut impl Comm) {
+        self.set_state(id, TaskState::Released);
+        let dependents = std::mem::take(&mut self.tasks[id].dependents);
+        for &d in &dependents {
+            let Some(dt) = self.tasks.get_mut(d) else {
+                continue;
+            };
+            match dt.state {
+                TaskState::Waiting => {
+                    dt.waiting_on += 1;
+                    self.touch(d);
+                }
+                TaskState::Queued => {
+                    dt.queue = QueueKind::None;
+                    dt.waiting_on = 1;
+                    self.set_state(d, TaskState::Waiting);
+                }
+                TaskState::Processing(w) => {
+                    self.unassign(d);
+                    comm.to_worker(w, ToWorker::Cancel { task: d });
+                    self.tasks[d].waiting_on = 1;
+                    self.set_state(d, TaskState::Waiting);
+                }
+                _ => {}
+            }
+        }
+        self.tasks[id].dependents = dependents;
+        let t = &self.tasks[id];
+        if t.waiters > 0 || t.wanted() {
+            tracing::debug!(task = %t.key, "result lost; recomputing");
+            self.stats.recomputed += 1;
+            self.need(id, comm);
+        } else {
+            self.recheck.push(id);
+        }
+    }
+
+    /// Looks up a task a worker reports on; `None` (after logging) when the
+    /// id is stale or the task is not processing on that worker.
+    fn processing_task(&mut self, worker: WorkerId, id: TaskId, what: &str) -> Option<&Task> {
+        match self.tasks.get(id) {
+            Some(t) if t.state == TaskState::Processing(worker) => self.tasks.get(id),
+            Some(t) => {
+                tracing::warn!(%worker, task = %t.key, state = ?t.state,
+                    "{what} for a task not processing on this worker; ignored");
+                self.stats.ignored += 1;
+                None
+            }
+            None => {
+                tracing::warn!(%worker, task = ?id, "{what} for an unknown task; ignored");
+                self.stats.ignored += 1;
+                None
+            }
+        }
+    }
+
+    fn task_finished(
+        &mut self,
+        worker: WorkerId,
+        id: TaskId,
+        nbytes: u64,
+        compute_us: u64,
+        comm: &mut impl Comm,
+    ) {
+        if self.processing_task(worker, id, "finished").is_none() {
+            // The worker may hold a result nobody tracks: let it drop it.
+            comm.to_worker(worker, ToWorker::Free { task: id });
+            return;
+        }
+        self.unassign(id);
+        let t = &mut self.tasks[id];
+        let op = &mut self.ops[t.op.index()];
+        let secs = compute_us as f64 * 1e-6;
+        op.avg = if op.count == 0 {
+            secs
+        } else {
+            0.5 * op.avg + 0.5 * secs
+        };
+        op.count += 1;
+        t.nbytes = nbytes;
+        t.who_has.push(worker);
+        let wk = self
+            .workers
+            .get_mut(&worker)
+            .expect("internal error: checked above");
+        wk.has_what.push(id);
+        wk.n_held += 1;
+        wk.nbytes_held += nbytes;
+        Self::compact_has_what(wk, &self.tasks);
+        self.set_state(id, TaskState::Memory);
+        let t = &self.tasks[id];
+        if !t.who_wants.is_empty() {
+            let who_has = vec![Peer {
+                worker,
+                address: self.workers[&worker].info.address.clone(),
+            }];
+            for &c in &t.who_wants {
+                comm.to_client(
+                    c,
+                    ToClient::InMemory {
+                        key: t.key.clone(),
+                        nbytes,
+                        who_has: who_has.clone(),
+                    },
+                );
+            }
+        }
+        let dependents = std::mem::take(&mut self.tasks[id].dependents);
+        for &d in &dependents {
+            if let Some(dt) = self.tasks.get_mut(d)
+                && dt.state == TaskState::Waiting
+            {
+                dt.waiting_on -= 1;
+                if dt.waiting_on == 0 {
+                    self.ready.push(d);
+                }
+                self.touch(d);
+            }
+        }
+        self.tasks[id].dependents = dependents;
+        self.recheck.push(id);
+    }
+
+    fn compact_has_what(wk: &mut Worker, tasks: &Tasks) {
+        if wk.has_what.len() > 16 && wk.has_what.len() > 2 * wk.n_held as usize {
+            let w = wk.id;
+            wk.has_what
+                .retain(|&id| tasks.get(id).is_some_and(|t| t.who_has.contains(&w)));
+            // A task freed and re-acquired may appear twice.
+            wk.has_what.sort_unstable();
+            wk.has_what.dedup();
+        }
+    }
+
+    fn task_failed(&mut self, worker: WorkerId, id: TaskId, message: String, comm: &mut impl Comm) {
+        if self.processing_task(worker, id, "failure").is_none() {
+            return;
+        }
+        self.unassign(id);
+        let t = &mut self.tasks[id];
+        if t.retries_left > 0 {
+            t.retries_left -= 1;
+            t.waiting_on = 0;
+            tracing::debug!(task = %t.key, %message, left = t.retries_left, "task failed; retrying");
+            self.set_state(id, TaskState::Waiting);
+            self.ready.push(id);
+            return;
+        }
+        let error = TaskError::OpFailed {
+            key: t.key.clone(),
+            op: self.ops[t.op.index()].name.clone(),
+            worker: self.workers[&worker].info.name.clone(),
+            message,
+        };
+        self.set_state(id, TaskState::Waiting);
+        self.fail(id, error, comm);
+    }
+
+    fn steal_response(&mut self, worker: WorkerId, id: TaskId, stolen: bool, comm: &mut impl Comm) {
+        let Some(&thief) = self.stealing.get(&id) else {
+            tracing::debug!(%worker, task = ?id, "steal response without a pending steal; ignored");
+            self.stats.ignored += 1;
+            return;
+        };
+        if self.processing_task(worker, id, "steal response").is_none() {
+            return;
+        }
+        self.stealing.remove(&id);
+        if !stolen {
+            return;
+        }
+        self.stats.steals += 1;
+        self.unassign(id);
+        let valid = self.workers.contains_key(&thief) && self.valid_worker(id, thief, true);
+        if valid {
+            self.assign(id, thief, comm);
+        } else {
+            self.tasks[id].waiting_on = 0;
+            self.set_state(id, TaskState::Waiting);
+            self.ready.push(id);
+        }
+    }
+
+    fn missing_data(
+        &mut self,
+        worker: WorkerId,
+        id: TaskId,
+        dep: TaskId,
+        tried: Vec<WorkerId>,
+        comm: &mut impl Comm,
+    ) {
+        let Some(t) = self.processing_task(worker, id, "missing data") else {
+            return;
+        };
+        if !t.deps.contains(&dep) {
+            tracing::warn!(%worker, task = %t.key, "missing data for a key that is not an input; ignored");
+            self.stats.ignored += 1;
+            return;
+        }
+        let dt = &mut self.tasks[dep];
+        let nbytes = dt.nbytes;
+        for w in tried {
+            if let Some(pos) = dt.who_has.iter().position(|&h| h == w) {
+                dt.who_has.swap_remove(pos);
+                if let Some(wk) = self.workers.get_mut(&w) {
+                    wk.n_held -= 1;
+                    wk.nbytes_held = wk.nbytes_held.saturating_sub(nbytes);
+                }
+            }
+        }
+        self.touch(dep);
+        if self.tasks[dep].who_has.is_empty() && self.tasks[dep].state == TaskState::Memory {
+            // Moves `id` back to waiting too.
+            self.lost(dep, comm);
+        } else if self.tasks[id].state == TaskState::Processing(worker) {
+            self.unassign(id);
+            comm.to_worker(worker, ToWorker::Cancel { task: id });
+            self.tasks[id].waiting_on = 0;
+            self.set_state(id, TaskState::Waiting);
+            self.ready.push(id);
+        }
+    }
+
+    fn acquired(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, comm: &mut impl Comm) {
+        match self.tasks.get_mut(id) {
+            Some(t) if t.state == TaskState::Memory => {
+                if t.who_has.contains(&worker) {
+                    return;
+                }
+                t.who_has.push(worker);
+                let wk = self
+                    .workers
+                    .get_mut(&worker)
+                    .expect("internal error: checked by handle");
+                wk.has_what.push(id);
+                wk.n_held += 1;
+                wk.nbytes_held += nbytes;
+                Self::compact_has_what(wk, &self.tasks);
+                self.touch(id);
+            }
+            _ => {
+                // Released meanwhile (or never known): the replica is garbage.
+                comm.to_worker(worker, ToWorker::Free { task: id });
+            }
+        }
+    }
+
+    // ---- clients -------------------------------------------------------
+
+    fn client_gone(&mut self, client: ClientId) {
+        let Some(c) = self.clients.remove(&client) else {
+            tracing::warn!(%client, "disconnect of an unknown client; ignored");
+            self.stats.ignored += 1;
+            return;
+        };
+        for id in c.wants {
+            if let Some(t) = self.tasks.get_mut(id)
+                && let Some(pos) = t.who_wants.iter().position(|&x| x == client)
+            {
+                t.who_wants.swap_remove(pos);
+                self.recheck.push(id);
+                self.touch(id);
+            }
+        }
+    }
+
+    fn client_release(&mut self, client: ClientId, keys: Vec<Key>) {
+        for key in keys {
+            let Some(&id) = self.keys.get(&key) else {
+                tracing::warn!(%client, %key, "release of an unknown key; ignored");
+                self.stats.ignored += 1;
+                continue;
+            };
+            let t = &mut self.tasks[id];
+            let Some(pos) = t.who_wants.iter().position(|&x| x == client) else {
+                tracing::warn!(%client, %key, "release of a key this client does not hold; ignored");
+                self.stats.ignored += 1;
+                continue;
+            };
+            t.who_wants.swap_remove(pos);
+            let c = self
+                .clients
+                .get_mut(&client)
+                .expect("internal error: checked by handle");
+            c.n_wants -= 1;
+            self.recheck.push(id);
+            self.touch(id);
+        }
+        self.compact_wants(client);
+    }
+
+    fn compact_wants(&mut self, client: ClientId) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if c.wants.len() > 16 && c.wants.len() > 2 * c.n_wants as usize {
+            c.wants.retain(|&id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| t.who_wants.contains(&client))
+            });
+            c.wants.sort_unstable();
+            c.wants.dedup();
+        }
+    }
+
+    fn intern_op(&mut self, name: &SharedStr) -> OpId {
+        if let Some(&id) = self.op_ids.get(name) {
+            return id;
+        }
+        let id = OpId::new(self.ops.len() as u32);
+        self.ops.push(OpStats {
+            name: name.clone(),
+            avg: 0.0,
+            count: 0,
+        });
+        self.op_ids.insert(name.clone(), id);
+        id
+    }
+
+    fn intern_resource(&mut self, name: &SharedStr) -> ResourceId {
+        if let Some(&id) = self.res_ids.get(name) {
+            return id;
+        }
+        let id = ResourceId::new(self.res_names.len() as u16);
+        self.res_names.push(name.clone());
+        self.res_ids.insert(name.clone(), id);
+        id
+    }
+
+    fn intern_request(&mut self, req: &[ResourceAmount]) -> u32 {
+        if req.iter().all(|r| r.amount == 0) {
+            return 0;
+        }
+        let mut v: Vec<(ResourceId, u32)> = req
+            .iter()
+            .filter(|r| r.amount > 0)
+            .map(|r| (self.intern_resource(&r.name), r.amount))
+            .collect();
+        v.sort_unstable();
+        let v = v.into_boxed_slice();
+        if let Some(&id) = self.request_ids.get(&v) {
+            return id;
+        }
+        let id = self.requests.len() as u32;
+        self.requests.push(v.clone());
+        self.request_ids.insert(v, id);
+        id
+    }
+
+    fn reject_graph(client: ClientId, comm: &mut impl Comm, reason: String) {
+        tracing::warn!(%client, %reason, "graph rejected");
+        comm.to_client(client, ToClient::GraphRejected { reason });
+    }
+
+    /// Accepts a graph: culls what is known or not needed, orders the rest,
+    /// and starts computing the outputs the client asked for.
+    fn submit(&mut self, client: ClientId, graph: Graph, comm: &mut impl Comm) {
+        let Graph {
+            tasks: specs,
+            outputs,
+        } = graph;
+        let n = specs.len();
+        let mut local: FxHashMap<&str, u32> = FxHashMap::default();
+        local.reserve(n);
+        for (i, s) in specs.iter().enumerate() {
+            if local.insert(s.key.as_str(), i as u32).is_some() {
+                return Self::reject_graph(
+                    client,
+                    comm,
+                    format!("duplicate key {} in graph", s.key),
+                );
+            }
+        }
+        // Which new tasks the outputs need.
+        let mut include = vec![false; n];
+        let mut stack = Vec::new();
+        for key in &outputs {
+            if self.keys.contains_key(key.as_str()) {
+                continue;
+            }
+            match local.get(key.as_str()) {
+                Some(&i) => {
+                    if !include[i as usize] {
+                        include[i as usize] = true;
+                        stack.push(i);
+                    }
+                }
+                None => {
+                    return Self::reject_graph(
+                        client,
+                        comm,
+                        format!("output {key} is neither in the graph nor known"),
+                    );
+                }
+            }
+        }
+        while let Some(i) = stack.pop() {
+            for dk in &specs[i as usize].deps {
+                if self.keys.contains_key(dk.as_str()) {
+                    continue;
+                }
+                match local.get(dk.as_str()) {
+                    Some(&j) => {
+                        if !include[j as usize] {
+                            include[j as usize] = true;
+                            stack.push(j);
+                        }
+                    }
+                    None => {
+                        return Self::reject_graph(
+                            client,
+                            comm,
+                            format!("task {} depends on unknown key {dk}", specs[i as usize].key),
+                        );
+                    }
+                }
+            }
+        }
+        let included: Vec<u32> = (0..n as u32).filter(|&i| include[i as usize]).collect();
+        let m = included.len();
+        let mut new_of = vec![u32::MAX; n];
+        for (j, &i) in included.iter().enumerate() {
+            new_of[i as usize] = j as u32;
+        }
+        let sinks: Vec<u32> = outputs
+            .iter()
+            .filter_map(|k| local.get(k.as_str()))
+            .filter(|&&i| include[i as usize])
+            .map(|&i| new_of[i as usize])
+            .collect();
+        let pos = match graph::order(m, sinks, |j, out| {
+            for dk in &specs[included[j as usize] as usize].deps {
+                if !self.keys.contains_key(dk.as_str())
+                    && let Some(&i) = local.get(dk.as_str())
+                {
+                    out.push(new_of[i as usize]);
+                }
+            }
+        }) {
+            Ok(pos) => pos,
+            Err(graph::Cycle(j)) => {
+                let key = &specs[included[j as usize] as usize].key;
+                return Self::reject_graph(
+                    client,
+                    comm,
+                    format!("graph has a cycle through {key}"),
+                );
+            }
+        };
+        // Valid: from here on nothing is rejected.
+        let ids: Vec<TaskId> = (0..m).map(|_| self.tasks.reserve()).collect();
+        let mut dep_ids: Vec<Vec<TaskId>> = Vec::with_capacity(m);
+        for &i in &included {
+            dep_ids.push(
+                specs[i as usize]
+                    .deps
+                    .iter()
+                    .map(|dk| match self.keys.get(dk.as_str()) {
+                        Some(&id) => id,
+                        None => ids[new_of[local[dk.as_str()] as usize] as usize],
+                    })
+                    .collect(),
+            );
+        }
+        drop(local);
+        let seq0 = self.next_seq;
+        self.next_seq += m as u64;
+        let mut specs: Vec<Option<crate::graph::TaskSpec>> = specs.into_iter().map(Some).collect();
+        for (j, deps) in dep_ids.into_iter().enumerate() {
+            let spec = specs[included[j] as usize]
+                .take()
+                .expect("internal error: each spec used once");
+            let id = ids[j];
+            let op = self.intern_op(&spec.op);
+            let request = self.intern_request(&spec.annotations.resources);
+            let a = spec.annotations;
+            let restrictions = (!a.workers.is_empty()).then(|| {
+                Box::new(Restrictions {
+                    workers: a.workers,
+                    allow_other: a.allow_other_workers,
+                })
+            });
+            self.keys.insert(spec.key.clone(), id);
+            self.tasks.insert(Task {
+                id,
+                key: spec.key,
+                args: spec.args,
+                deps: deps.into_boxed_slice(),
+                dependents: Vec::new(),
+                who_has: Vec::new(),
+                who_wants: Vec::new(),
+                restrictions,
+                priority: Priority {
+                    user: a.priority,
+                    seq: seq0 + pos[j] as u64,
+                },
+                nbytes: 0,
+                state: TaskState::Released,
+                op,
+                request,
+                waiting_on: 0,
+                waiters: 0,
+                live_dependents: 0,
+                proc_idx: NOT_LISTED,
+                est: 0.0,
+                retries_left: a.retries,
+                deaths: 0,
+                queue: QueueKind::None,
+            });
+            self.touch(id);
+        }
+        // Dependents edges, now that every new task is in the table.
+        for &id in &ids {
+            let deps = std::mem::take(&mut self.tasks[id].deps);
+            for &d in deps.iter() {
+                let dt = &mut self.tasks[d];
+                dt.dependents.push(id);
+                dt.live_dependents += 1;
+            }
+            self.tasks[id].deps = deps;
+        }
+        // Futures for the client.
+        let mut wanted = Vec::with_capacity(outputs.len());
+        for key in &outputs {
+            let id = self.keys[key.as_str()];
+            let t = &mut self.tasks[id];
+            if t.who_wants.contains(&client) {
+                continue;
+            }
+            t.who_wants.push(client);
+            wanted.push(id);
+        }
+        {
+            let c = self
+                .clients
+                .get_mut(&client)
+                .expect("internal error: checked by handle");
+            c.n_wants += wanted.len() as u32;
+            c.wants.extend_from_slice(&wanted);
+        }
+        comm.to_client(
+            client,
+            ToClient::GraphAccepted {
+                new_tasks: m as u64,
+                culled: (n - m) as u64,
+            },
+        );
+        for id in wanted {
+            let t = &self.tasks[id];
+            match t.state {
+                TaskState::Memory => {
+                    let who_has = t
+                        .who_has
+                        .iter()
+                        .map(|h| Peer {
+                            worker: *h,
+                            address: self.workers[h].info.address.clone(),
+                        })
+                        .collect();
+                    comm.to_client(
+                        client,
+                        ToClient::InMemory {
+                            key: t.key.clone(),
+                            nbytes: t.nbytes,
+                            who_has,
+                        },
+                    );
+                }
+                TaskState::Erred => comm.to_client(
+                    client,
+                    ToClient::Erred {
+                        key: t.key.clone(),
+                        error: self.errors[&id].clone(),
+                    },
+                ),
+                TaskState::Released => self.need(id, comm),
+                _ => {}
+            }
+        }
+        let tasks = &self.tasks;
+        self.ready
+            .sort_by_key(|&id| tasks.get(id).map(|t| t.priority));
+    }
+}

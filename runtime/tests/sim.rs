@@ -1,0 +1,84 @@
+//! Simulation tests: the scheduler driven by virtual workers, with faults.
+
+use weft_runtime::scheduler::Config;
+use weft_runtime::sim::{CheckMode, GenConfig, Sim, SimConfig, WorkerSpec, random_graph};
+
+fn workers(sim: &mut Sim, n: u32, seed: u64) {
+    let mut rng = weft_runtime::sim::Rng::new(seed);
+    for i in 0..n {
+        sim.add_worker(WorkerSpec {
+            nthreads: rng.range(1, 4) as u32,
+            gpus: u32::from(i % 10 == 0),
+        })
+        .expect("worker joins");
+    }
+}
+
+fn names(n: u32) -> Vec<weft_runtime::SharedStr> {
+    (0..n).map(|i| format!("w{i}").into()).collect()
+}
+
+#[test]
+fn small_graph_no_faults() {
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            check: CheckMode {
+                incremental: true,
+                full_every: 50,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, 20, 3);
+    let mut gen_cfg = GenConfig::new(3_000, 7);
+    gen_cfg.worker_names = names(20);
+    let g = random_graph(&gen_cfg);
+    let outputs = g.expected.len() as u64;
+    sim.submit(g).unwrap();
+    sim.run().unwrap();
+    let s = &sim.stats;
+    assert_eq!(s.outputs_ok + s.outputs_erred + s.outputs_killed, outputs);
+    assert_eq!(s.outputs_killed, 0);
+    assert!(s.outputs_ok > 0);
+}
+
+#[test]
+fn random_faults_medium() {
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            seed: 11,
+            check: CheckMode {
+                incremental: true,
+                full_every: 2_000,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, 200, 5);
+    let mut gen_cfg = GenConfig::new(30_000, 9);
+    gen_cfg.worker_names = names(200);
+    let g = random_graph(&gen_cfg);
+    let outputs = g.expected.len() as u64;
+    sim.submit(g).unwrap();
+    let mut rng = weft_runtime::sim::Rng::new(99);
+    for _ in 0..60 {
+        let at = rng.range(0, 400_000);
+        sim.kill_random_at(at);
+        let at = rng.range(0, 400_000);
+        sim.add_at(
+            at,
+            WorkerSpec {
+                nthreads: 2,
+                gpus: 1,
+            },
+        );
+    }
+    sim.run().unwrap();
+    let s = &sim.stats;
+    eprintln!("{s:?}\n{:?}", sim.sched.stats());
+    assert_eq!(s.outputs_ok + s.outputs_erred + s.outputs_killed, outputs);
+    assert!(s.kills >= 50, "{s:?}");
+    assert!(sim.sched.stats().recomputed > 0);
+}
