@@ -764,6 +764,13 @@ impl Sim {
 
     fn route(&mut self, out: &mut Vec<Command>) -> Result<(), SimError> {
         let lat = self.cfg.latency_us;
+        let cancelled: Vec<(WorkerId, TaskId)> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::ToWorker(w, ToWorker::Cancel { task }) => Some((*w, *task)),
+                _ => None,
+            })
+            .collect();
         for cmd in out.drain(..) {
             match cmd {
                 Command::ToWorker(w, msg) => {
@@ -774,6 +781,8 @@ impl Sim {
                     if let ToWorker::Compute(req) = &msg {
                         match self.sched.state_of(req.task) {
                             TaskState::Processing(p) if p == w => {}
+                            // Placed and taken back within one event.
+                            _ if cancelled.contains(&(w, req.task)) => {}
                             s => {
                                 return self.err(format!(
                                     "compute of {} sent to {w} while {s:?}",

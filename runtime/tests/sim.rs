@@ -82,3 +82,63 @@ fn random_faults_medium() {
     assert!(s.kills >= 50, "{s:?}");
     assert!(sim.sched.stats().recomputed > 0);
 }
+
+/// The scale test of issue 3: one scheduler, 10,000 virtual workers, a
+/// random DAG of at least 1,000,000 tasks, workers killed and added at
+/// random moments, invariants checked after every event (incrementally; a
+/// full sweep every `full_every` events and at the end).
+///
+/// `WEFT_SIM_TASKS` overrides the size (for quick local runs).
+#[test]
+fn million_tasks_ten_thousand_workers_with_faults() {
+    let target: usize = std::env::var("WEFT_SIM_TASKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let n_workers = 10_000;
+    let t0 = std::time::Instant::now();
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            seed: 2026,
+            check: CheckMode {
+                incremental: true,
+                full_every: 1_000_000,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, n_workers, 17);
+    let mut gen_cfg = GenConfig::new(target, 4242);
+    gen_cfg.worker_names = names(n_workers);
+    let g = random_graph(&gen_cfg);
+    let n_tasks = g.graph.tasks.len();
+    assert!(n_tasks >= target);
+    let outputs = g.expected.len() as u64;
+    let t_gen = t0.elapsed();
+    sim.submit(g).unwrap();
+    let mut rng = weft_runtime::sim::Rng::new(7);
+    for _ in 0..300 {
+        sim.kill_random_at(rng.range(0, 300_000));
+        sim.add_at(
+            rng.range(0, 300_000),
+            WorkerSpec {
+                nthreads: rng.range(1, 4) as u32,
+                gpus: u32::from(rng.chance(0.1)),
+            },
+        );
+    }
+    sim.run().unwrap();
+    let s = &sim.stats;
+    eprintln!(
+        "{n_tasks} tasks, {outputs} outputs, {n_workers} workers: generated in {t_gen:?}, \
+         total {:?}, logical makespan {} ms\n{s:?}\n{:?}",
+        t0.elapsed(),
+        sim.now() / 1000,
+        sim.sched.stats()
+    );
+    assert_eq!(s.outputs_ok + s.outputs_erred + s.outputs_killed, outputs);
+    assert!(s.outputs_ok > outputs / 2);
+    assert_eq!(s.kills, 300);
+    assert!(sim.sched.stats().recomputed > 0);
+}

@@ -740,10 +740,22 @@ impl Scheduler {
         }
     }
 
-    /// Runs the work lists until nothing is left.
+    /// Runs the work lists until nothing is left. Releases go first, so a
+    /// ready task that stopped being needed in the same event is not sent.
     fn drain(&mut self, comm: &mut impl Comm) {
         loop {
             let mut progressed = false;
+            if !self.recheck.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.recheck);
+                for &id in &batch {
+                    self.check_release(id, comm);
+                }
+                batch.clear();
+                if self.recheck.is_empty() {
+                    self.recheck = batch;
+                }
+            }
             if !self.ready.is_empty() {
                 progressed = true;
                 let mut batch = std::mem::take(&mut self.ready);
@@ -758,17 +770,6 @@ impl Scheduler {
                 batch.clear();
                 if self.ready.is_empty() {
                     self.ready = batch;
-                }
-            }
-            if !self.recheck.is_empty() {
-                progressed = true;
-                let mut batch = std::mem::take(&mut self.recheck);
-                for &id in &batch {
-                    self.check_release(id, comm);
-                }
-                batch.clear();
-                if self.recheck.is_empty() {
-                    self.recheck = batch;
                 }
             }
             if !self.freed.is_empty() {
