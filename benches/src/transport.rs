@@ -1,0 +1,113 @@
+//! Transport workloads: one-way throughput, small-message ping-pong, and
+//! the raw tokio ping-pong they are compared with.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_transport::{Config, Connection, Frame, Message, TransportError, connect, listen};
+
+/// A connected pair over `addr` (port 0 or an inproc name).
+pub async fn pair(addr: &str) -> Result<(Connection, Connection), TransportError> {
+    let config = Config::default();
+    let mut listener = listen(addr, &config).await?;
+    let target = listener.local_addr().to_string();
+    let (client, server) = tokio::join!(connect(&target, &config), listener.accept());
+    Ok((client?, server?))
+}
+
+/// Sends `count` messages with one frame of `frame` each from `tx` and
+/// returns the time until `rx` has received them all.
+pub async fn one_way(
+    tx: &Connection,
+    rx: &mut Connection,
+    frame: &Bytes,
+    count: usize,
+) -> Result<Duration, TransportError> {
+    let start = Instant::now();
+    let send = async {
+        for _ in 0..count {
+            tx.send(Message::new(Bytes::new(), vec![Frame::host(frame.clone())]))
+                .await?;
+        }
+        Ok::<_, TransportError>(())
+    };
+    let receive = async {
+        for _ in 0..count {
+            let message = rx.recv().await?.ok_or_else(|| closed("receiver"))?;
+            debug_assert_eq!(message.frames[0].len(), frame.len());
+        }
+        Ok::<_, TransportError>(())
+    };
+    let (sent, received) = tokio::join!(send, receive);
+    sent?;
+    received?;
+    Ok(start.elapsed())
+}
+
+/// `rounds` round trips of a `size`-byte header-only message; returns
+/// the time per round trip.
+pub async fn ping_pong(
+    client: &mut Connection,
+    server: &mut Connection,
+    size: usize,
+    rounds: usize,
+) -> Result<Duration, TransportError> {
+    let header = Bytes::from(vec![7u8; size]);
+    let echo = async {
+        for _ in 0..rounds {
+            let message = server.recv().await?.ok_or_else(|| closed("server"))?;
+            server.send(message).await?;
+        }
+        Ok::<_, TransportError>(())
+    };
+    let start = Instant::now();
+    let drive = async {
+        for _ in 0..rounds {
+            client.send(Message::new(header.clone(), Vec::new())).await?;
+            client.recv().await?.ok_or_else(|| closed("client"))?;
+        }
+        Ok::<_, TransportError>(start.elapsed())
+    };
+    let (echoed, elapsed) = tokio::join!(echo, drive);
+    echoed?;
+    Ok(elapsed? / rounds as u32)
+}
+
+/// The same ping-pong on bare tokio sockets with `TCP_NODELAY`: the floor
+/// a framed transport is measured against.
+pub async fn raw_ping_pong(size: usize, rounds: usize) -> std::io::Result<Duration> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (mut client, (mut server, _)) = (client?, server?);
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let echo = async {
+        let mut buf = vec![0u8; size];
+        for _ in 0..rounds {
+            server.read_exact(&mut buf).await?;
+            server.write_all(&buf).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let start = Instant::now();
+    let drive = async {
+        let mut buf = vec![7u8; size];
+        for _ in 0..rounds {
+            client.write_all(&buf).await?;
+            client.read_exact(&mut buf).await?;
+        }
+        Ok::<_, std::io::Error>(start.elapsed())
+    };
+    let (echoed, elapsed) = tokio::join!(echo, drive);
+    echoed?;
+    Ok(elapsed? / rounds as u32)
+}
+
+fn closed(side: &str) -> TransportError {
+    TransportError::Closed {
+        peer: format!("benchmark {side}"),
+    }
+}

@@ -1,0 +1,384 @@
+//! Connecting, limits, shutdown and vanishing peers: every wait ends in
+//! bounded time with a clear error.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, echo, hello, message};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use weft_transport::{Config, Message, TransportError, connect, listen};
+
+/// Many clients at once on one listener, each exchanging messages.
+async fn many_clients(listen_addr: &str, clients: usize, messages: u64) {
+    let mut listener = listen(listen_addr, &config("server")).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let server = tokio::spawn(async move {
+        let mut served = Vec::new();
+        for _ in 0..clients {
+            served.push(tokio::spawn(echo(listener.accept().await.unwrap())));
+        }
+        for task in served {
+            task.await.unwrap();
+        }
+    });
+    let mut tasks = Vec::new();
+    for client in 0..clients as u64 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut connection = connect(&addr, &config(&format!("client-{client}"))).await.unwrap();
+            for i in 0..messages {
+                let sent = message(client * 1000 + i, 32, &[(i as usize * 131) % 5000, 17]);
+                connection.send(sent.clone()).await.unwrap();
+                assert_eq!(connection.recv().await.unwrap().unwrap(), sent);
+            }
+            connection.close().await.unwrap();
+            assert!(connection.recv().await.unwrap().is_none());
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    server.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_tcp_connections() {
+    many_clients("tcp://127.0.0.1:0", 200, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_inproc_connections() {
+    many_clients("inproc://many-clients", 200, 20).await;
+}
+
+#[tokio::test]
+async fn connect_retries_until_the_listener_appears() {
+    // Reserve a free port, release it, and listen on it only later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let late = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut listener = listen(&addr, &config("server")).await.unwrap();
+            echo(listener.accept().await.unwrap()).await;
+        })
+    };
+    let mut connection = connect(&addr, &config("client")).await.unwrap();
+    connection.send(message(1, 4, &[])).await.unwrap();
+    assert!(connection.recv().await.unwrap().is_some());
+    connection.close().await.unwrap();
+    late.await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_gives_up_at_the_deadline() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = Config {
+        connect_timeout: Duration::from_millis(400),
+        ..config("client")
+    };
+    let started = Instant::now();
+    let err = connect(&format!("tcp://127.0.0.1:{port}"), &client)
+        .await
+        .err()
+        .unwrap();
+    let waited = started.elapsed();
+    match &err {
+        TransportError::Connect { attempts, last, .. } => {
+            assert!(*attempts > 1, "{err}");
+            assert_matches!(**last, TransportError::Io { .. });
+        }
+        _ => panic!("{err}"),
+    }
+    assert!(waited < Duration::from_secs(2), "gave up after {waited:?}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test]
+async fn bad_addresses_and_ports_in_use() {
+    let err = connect("tcp://localhost", &config("c")).await.err().unwrap();
+    assert_matches!(err, TransportError::InvalidAddress { .. });
+    let err = listen("ucx://127.0.0.1:0", &config("c")).await.err().unwrap();
+    assert_matches!(err, TransportError::Unsupported { scheme: "ucx", .. });
+
+    let first = listen("tcp://127.0.0.1:0", &config("s")).await.unwrap();
+    let taken = first.local_addr().to_string();
+    let err = listen(&taken, &config("s")).await.err().unwrap();
+    assert_matches!(err, TransportError::AddrInUse { .. });
+    assert!(err.to_string().contains(&taken), "{err}");
+
+    let _inproc = listen("inproc://taken", &config("s")).await.unwrap();
+    let err = listen("inproc://taken", &config("s")).await.err().unwrap();
+    assert_matches!(err, TransportError::AddrInUse { .. });
+}
+
+#[tokio::test]
+async fn inproc_name_is_free_again_after_the_listener_drops() {
+    let listener = listen("inproc://reused", &config("s")).await.unwrap();
+    drop(listener);
+    let err = connect(
+        "inproc://reused",
+        &Config {
+            connect_timeout: Duration::from_millis(100),
+            ..config("c")
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_matches!(err, TransportError::Connect { .. });
+    let _again = listen("inproc://reused", &config("s")).await.unwrap();
+}
+
+/// At its connection limit a listener refuses clients as busy; they retry
+/// and get in once a slot frees up.
+async fn connection_limit(listen_addr: &str) {
+    let server = Config {
+        max_connections: 1,
+        ..config("server")
+    };
+    let mut listener = listen(listen_addr, &server).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let first = connect(&addr, &config("first")).await.unwrap();
+    let held = listener.accept().await.unwrap();
+
+    let impatient = Config {
+        connect_timeout: Duration::from_millis(300),
+        ..config("second")
+    };
+    let err = connect(&addr, &impatient).await.err().unwrap();
+    match &err {
+        TransportError::Connect { last, .. } => assert!(
+            matches!(&**last, TransportError::Rejected { retryable: true, reason, .. } if reason.contains("busy")),
+            "{err}"
+        ),
+        _ => panic!("{err}"),
+    }
+
+    let patient = tokio::spawn({
+        let addr = addr.clone();
+        async move { connect(&addr, &config("third")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop((first, held));
+    let third = patient.await.unwrap().unwrap();
+    assert_eq!(listener.accept().await.unwrap().peer().name, "third");
+    drop(third);
+}
+
+#[tokio::test]
+async fn tcp_connection_limit() {
+    connection_limit("tcp://127.0.0.1:0").await;
+}
+
+#[tokio::test]
+async fn inproc_connection_limit() {
+    connection_limit("inproc://limited").await;
+}
+
+/// `close` lets queued sends finish first; the peer sees them all, then
+/// the end of the stream.
+async fn close_drains(listen_addr: &str) {
+    let mut listener = listen(listen_addr, &config("server")).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let client = connect(&addr, &config("client")).await.unwrap();
+    let mut server = listener.accept().await.unwrap();
+    let (sender, _receiver) = client.split();
+    let sends: Vec<_> = (0..10)
+        .map(|i| {
+            let sender = sender.clone();
+            tokio::spawn(async move { sender.send(message(i, 8, &[300_000])).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let closing = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.close().await }
+    });
+    let mut received = 0;
+    while let Some(got) = server.recv().await.unwrap() {
+        assert_eq!(got.frames[0].len(), 300_000);
+        received += 1;
+    }
+    closing.await.unwrap().unwrap();
+    let sent = futures_ok(sends).await;
+    assert_eq!(received, sent, "every send that succeeded arrived");
+    let err = sender.send(Message::default()).await.err().unwrap();
+    assert_matches!(err, TransportError::Closed { .. });
+}
+
+/// Counts the sends that succeeded; the others must have failed as closed.
+async fn futures_ok(tasks: Vec<tokio::task::JoinHandle<Result<(), TransportError>>>) -> usize {
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(err) => assert!(matches!(err, TransportError::Closed { .. }), "{err}"),
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_close_drains_pending_sends() {
+    close_drains("tcp://127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inproc_close_drains_pending_sends() {
+    close_drains("inproc://drain").await;
+}
+
+/// `abort` fails sends that wait for a peer that does not read, at once
+/// and with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_fails_pending_sends() {
+    for addr in ["tcp://127.0.0.1:0", "inproc://abort"] {
+        let server_config = Config {
+            inproc_queue: 1,
+            inproc_max_in_flight_bytes: 1 << 20,
+            ..config("server")
+        };
+        let mut listener = listen(addr, &server_config).await.unwrap();
+        let addr = listener.local_addr().to_string();
+        let client = connect(&addr, &server_config).await.unwrap();
+        let _stalled_server = listener.accept().await.unwrap();
+        let (sender, _receiver) = client.split();
+        // Never read: the pipe fills and sends block.
+        let sends: Vec<_> = (0..4)
+            .map(|i| {
+                let sender = sender.clone();
+                tokio::spawn(async move { sender.send(message(i, 8, &[16 << 20])).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        sender.abort();
+        // In process the first message fits the queue; every other send
+        // is still waiting and must fail.
+        let mut aborted = 0;
+        for task in sends {
+            if let Err(err) = task.await.unwrap() {
+                assert!(matches!(err, TransportError::Aborted { .. }), "{addr}: {err}");
+                aborted += 1;
+            }
+        }
+        assert!(aborted >= 3, "{addr}: only {aborted} sends aborted");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
+/// A peer that stops reading: the sender fails after `io_timeout`
+/// instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reader_times_out_the_sender() {
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let client = Config {
+        io_timeout: Duration::from_millis(300),
+        ..config("client")
+    };
+    let connection = connect(&addr, &client).await.unwrap();
+    let _never_reads = listener.accept().await.unwrap();
+    let started = Instant::now();
+    let err = connection.send(message(1, 8, &[64 << 20])).await.err().unwrap();
+    assert_matches!(err, TransportError::Timeout { during: "message", .. });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let err = connection.send(Message::default()).await.err().unwrap();
+    assert!(
+        matches!(err, TransportError::Closed { .. }),
+        "a half-written connection is closed: {err}"
+    );
+}
+
+/// A peer that vanishes mid-send (its process dies: the socket closes
+/// with half a message written): the receiver errors promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_vanishing_mid_send() {
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let client_config = config("client");
+    let (client, accepted) = tokio::join!(connect(&addr, &client_config), listener.accept());
+    let (client, mut accepted) = (client.unwrap(), accepted.unwrap());
+    let big = message(3, 8, &[256 << 20]);
+    let send = tokio::spawn(async move { client.send(big).await });
+    // Start receiving, then kill the sender while its write is under way.
+    let receive = tokio::spawn(async move { accepted.recv().await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    send.abort();
+    let err = receive.await.unwrap().err().unwrap();
+    assert_matches!(err, TransportError::Truncated { during: "message", .. });
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A raw peer that sends half a message and then nothing, keeping the
+/// socket open: the receiver times out.
+#[tokio::test]
+async fn silent_peer_mid_message_times_out() {
+    let server = Config {
+        io_timeout: Duration::from_millis(300),
+        ..config("server")
+    };
+    let mut listener = listen("tcp://127.0.0.1:0", &server).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let mut socket = TcpStream::connect(addr.split_once("://").unwrap().1).await.unwrap();
+    socket
+        .write_all(&hello(weft_transport::wire::PROTOCOL_VERSION, b"", "silent"))
+        .await
+        .unwrap();
+    let mut accepted = listener.accept().await.unwrap();
+    let mut partial = 4u64.to_le_bytes().to_vec();
+    partial.extend_from_slice(&0u32.to_le_bytes());
+    partial.extend_from_slice(b"he");
+    socket.write_all(&partial).await.unwrap();
+    let started = Instant::now();
+    let err = accepted.recv().await.err().unwrap();
+    assert_matches!(err, TransportError::Timeout { during: "message", .. });
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(socket);
+}
+
+/// Dropping a `recv` future mid-message loses nothing.
+#[tokio::test]
+async fn recv_is_cancel_safe() {
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let client = connect(&addr, &config("client")).await.unwrap();
+    let mut server = listener.accept().await.unwrap();
+    let sent = message(5, 100, &[8 << 20, 3]);
+    let sending = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            client.send(sent).await.unwrap();
+            client
+        }
+    });
+    let mut cancelled = 0;
+    let got = loop {
+        match tokio::time::timeout(Duration::from_micros(200), server.recv()).await {
+            Ok(result) => break result.unwrap().unwrap(),
+            Err(_) => cancelled += 1,
+        }
+    };
+    assert_eq!(got, sent);
+    assert!(cancelled > 0, "the receive was interrupted at least once");
+    drop(sending.await.unwrap());
+}

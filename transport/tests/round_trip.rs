@@ -1,0 +1,147 @@
+//! Messages of 0 to 64 frames, 0 bytes to 64 MiB, round-trip over every
+//! backend and come back byte for byte.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Pki, assert_same, config, echo, message};
+use weft_transport::{Config, Message, connect, listen};
+
+const MIB: usize = 1 << 20;
+
+/// The messages every backend must carry.
+fn messages() -> Vec<Message> {
+    let many: Vec<usize> = (0..64).map(|i| if i % 9 == 0 { 0 } else { i * 997 + 13 }).collect();
+    vec![
+        message(1, 0, &[]),
+        message(2, 300, &[]),
+        message(3, 0, &[0]),
+        message(4, 17, &[1]),
+        message(5, 64, &many),
+        message(6, 128, &[64 * MIB]),
+        message(7, 5, &[3, 5 * MIB + 1, 0, MIB + 3, 65_536]),
+        message(8, 70_000, &[200_000; 7]),
+    ]
+}
+
+/// Sends each message through an echo server and checks what comes back.
+async fn round_trip(listen_addr: &str, server: Config, client: Config) {
+    let mut listener = listen(listen_addr, &server).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let server_task = tokio::spawn(async move {
+        let connection = listener.accept().await.unwrap();
+        assert_eq!(connection.peer().name, "client");
+        echo(connection).await;
+    });
+    let mut connection = connect(&addr, &client).await.unwrap();
+    assert_eq!(connection.peer().name, "server");
+    for want in messages() {
+        connection.send(want.clone()).await.unwrap();
+        let got = connection.recv().await.unwrap().expect("echo");
+        assert_same(&got, &want);
+        if !addr.starts_with("inproc") {
+            for frame in got.frames.iter().filter(|f| f.len() >= 64) {
+                assert_eq!(
+                    frame.as_host().unwrap().as_ptr() as usize % 64,
+                    0,
+                    "frames land 64-byte aligned"
+                );
+            }
+        }
+    }
+    connection.close().await.unwrap();
+    assert!(connection.recv().await.unwrap().is_none(), "server closes after us");
+    server_task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inproc_round_trip() {
+    round_trip("inproc://round-trip", config("server"), config("client")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_round_trip() {
+    round_trip("tcp://127.0.0.1:0", config("server"), config("client")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_round_trip() {
+    let pki = Pki::new();
+    let server = Config {
+        tls: Some(pki.tls(Some("server"), "ca.pem", false)),
+        ..config("server")
+    };
+    let client = Config {
+        tls: Some(pki.tls(None, "ca.pem", false)),
+        ..config("client")
+    };
+    round_trip("tls://127.0.0.1:0", server, client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_round_trip() {
+    let pki = Pki::new();
+    let server = Config {
+        tls: Some(pki.tls(Some("server"), "ca.pem", true)),
+        ..config("server")
+    };
+    let client = Config {
+        tls: Some(pki.tls(Some("client"), "ca.pem", false)),
+        ..config("client")
+    };
+    round_trip("tls://127.0.0.1:0", server, client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_that_match_are_accepted() {
+    let with_token = |name: &str| Config {
+        token: Some(b"s3cret".to_vec()),
+        ..config(name)
+    };
+    round_trip("tcp://127.0.0.1:0", with_token("server"), with_token("client")).await;
+    round_trip("inproc://with-token", with_token("server"), with_token("client")).await;
+}
+
+/// In process, frames are passed by reference: the receiver sees the very
+/// buffer the sender made.
+#[tokio::test]
+async fn inproc_passes_frames_without_copying() {
+    let mut listener = listen("inproc://zero-copy", &config("server")).await.unwrap();
+    let client = connect("inproc://zero-copy", &config("client")).await.unwrap();
+    let mut server = listener.accept().await.unwrap();
+    let sent = message(9, 10, &[MIB, 0, 7]);
+    client.send(sent.clone()).await.unwrap();
+    let got = server.recv().await.unwrap().unwrap();
+    assert_eq!(got.header.as_ptr(), sent.header.as_ptr());
+    for (g, s) in got.frames.iter().zip(&sent.frames) {
+        assert_eq!(g.as_host().unwrap().as_ptr(), s.as_host().unwrap().as_ptr());
+    }
+}
+
+/// Halves work from separate tasks at once: both sides send while they
+/// receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halves_send_and_receive_concurrently() {
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let client = connect(&addr, &config("client")).await.unwrap();
+    let server = listener.accept().await.unwrap();
+    let (client_tx, client_rx) = client.split();
+    let (server_tx, server_rx) = server.split();
+    let n = 200u64;
+    let send = |tx: weft_transport::Sender| async move {
+        for i in 0..n {
+            tx.send(message(i, 8, &[(i as usize) * 4099])).await.unwrap();
+        }
+        tx.close().await.unwrap();
+    };
+    let recv = |mut rx: weft_transport::Receiver| async move {
+        let mut i = 0;
+        while let Some(got) = rx.recv().await.unwrap() {
+            assert_same(&got, &message(i, 8, &[(i as usize) * 4099]));
+            i += 1;
+        }
+        assert_eq!(i, n);
+    };
+    tokio::join!(send(client_tx), send(server_tx), recv(client_rx), recv(server_rx));
+}
