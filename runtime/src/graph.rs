@@ -160,15 +160,7 @@ mod tests {
     #[test]
     fn inputs_come_before_their_users() {
         // 0,1 -> 4; 2,3 -> 5; 4,5 -> 6
-        let deps = vec![
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![0, 1],
-            vec![2, 3],
-            vec![4, 5],
-        ];
+        let deps = vec![vec![], vec![], vec![], vec![], vec![0, 1], vec![2, 3], vec![4, 5]];
         let pos = run(7, &[6], &deps).unwrap();
         for (i, ds) in deps.iter().enumerate() {
             for &d in ds {

@@ -8,7 +8,11 @@
 //! - [`sim`]: virtual workers on a logical clock with fault injection, used by
 //!   the tests and the benchmark.
 //!
-//! Nothing here does I/O, reads a clock or spawns a thread.
+//! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
+//!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
+//!   workers run and what tasks produce.
+//!
+//! The state machines do no I/O, read no clock and spawn no thread.
 
 #![warn(missing_docs)]
 
@@ -22,3 +26,23 @@ pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 pub use protocol::{FromClient, FromWorker, TaskError, ToClient, ToWorker, WorkerInfo};
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
+
+// The reactors around the core: they own sockets, clocks and threads.
+pub mod client;
+pub mod codec;
+pub mod data;
+pub mod error;
+pub mod executor;
+pub mod local;
+pub mod ops;
+pub mod server;
+pub mod value;
+pub mod worker;
+
+pub use client::{Client, TaskFuture};
+pub use error::RuntimeError;
+pub use local::{LocalCluster, LocalOptions, WorkerMode, worker_main};
+pub use ops::Registry;
+pub use server::{SchedulerHandle, SchedulerOptions, start_scheduler};
+pub use value::Value;
+pub use worker::{WorkerOptions, run_worker};

@@ -29,10 +29,7 @@ pub struct Priority {
 
 impl Ord for Priority {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other
-            .user
-            .cmp(&self.user)
-            .then_with(|| self.seq.cmp(&other.seq))
+        other.user.cmp(&self.user).then_with(|| self.seq.cmp(&other.seq))
     }
 }
 

@@ -28,8 +28,7 @@ use bytes::Bytes;
 use crate::graph::{Annotations, Graph, TaskSpec};
 use crate::ids::{ClientId, FxHashMap, Key, SharedStr, TaskId, WorkerId};
 use crate::protocol::{
-    ComputeRequest, FromClient, FromWorker, Priority, ResourceAmount, TaskError, ToClient,
-    ToWorker, WorkerInfo,
+    ComputeRequest, FromClient, FromWorker, Priority, ResourceAmount, TaskError, ToClient, ToWorker, WorkerInfo,
 };
 use crate::scheduler::{Command, Config, Event, Scheduler, TaskState};
 
@@ -290,15 +289,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                     );
                     let (op, a) = ann(&mut rng);
                     let (d, s) = (dur(&mut rng), size(&mut rng));
-                    let y = b.task(
-                        format!("map{comp}-{i}"),
-                        op,
-                        rng.next_u64(),
-                        d,
-                        s,
-                        vec![x],
-                        a,
-                    );
+                    let y = b.task(format!("map{comp}-{i}"), op, rng.next_u64(), d, s, vec![x], a);
                     b.output(&y);
                     if rng.chance(0.05) {
                         pool.push(y);
@@ -366,15 +357,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                 for j in 0..n {
                     let (op, a) = ann(&mut rng);
                     let (d, s) = (dur(&mut rng), size(&mut rng) / 16 + 8);
-                    let y = b.task(
-                        format!("sout{comp}-{j}"),
-                        op,
-                        rng.next_u64(),
-                        d,
-                        s,
-                        inputs.clone(),
-                        a,
-                    );
+                    let y = b.task(format!("sout{comp}-{j}"), op, rng.next_u64(), d, s, inputs.clone(), a);
                     b.output(&y);
                     if rng.chance(0.1) {
                         pool.push(y);
@@ -391,15 +374,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                     for i in 0..len {
                         let (op, a) = ann(&mut rng);
                         let (d, s) = (dur(&mut rng), size(&mut rng));
-                        let k = b.task(
-                            format!("chain{comp}-{c}-{i}"),
-                            op,
-                            rng.next_u64(),
-                            d,
-                            s,
-                            prev,
-                            a,
-                        );
+                        let k = b.task(format!("chain{comp}-{c}-{i}"), op, rng.next_u64(), d, s, prev, a);
                         prev = vec![k.clone()];
                         last = Some(k);
                     }
@@ -489,11 +464,7 @@ enum SimEvent {
     ToWorker(WorkerId, ToWorker),
     ToScheduler(WorkerId, FromWorker),
     FromClient(FromClient),
-    Done {
-        worker: WorkerId,
-        task: TaskId,
-        token: u64,
-    },
+    Done { worker: WorkerId, task: TaskId, token: u64 },
     Kill(WorkerId),
     KillRandom,
     Add(WorkerSpec),
@@ -632,11 +603,7 @@ impl Sim {
 
     fn push(&mut self, at: u64, ev: SimEvent) {
         self.seq += 1;
-        self.queue.push(Reverse(Timed {
-            at,
-            seq: self.seq,
-            ev,
-        }));
+        self.queue.push(Reverse(Timed { at, seq: self.seq, ev }));
     }
 
     fn err<T>(&self, message: String) -> Result<T, SimError> {
@@ -784,10 +751,7 @@ impl Sim {
                             // Placed and taken back within one event.
                             _ if cancelled.contains(&(w, req.task)) => {}
                             s => {
-                                return self.err(format!(
-                                    "compute of {} sent to {w} while {s:?}",
-                                    req.key
-                                ));
+                                return self.err(format!("compute of {} sent to {w} while {s:?}", req.key));
                             }
                         }
                     }
@@ -811,16 +775,10 @@ impl Sim {
                 };
                 let value = who_has.iter().find_map(|p| {
                     let vw = &self.workers[p.worker.index()];
-                    if vw.alive {
-                        vw.store.get(&id).copied()
-                    } else {
-                        None
-                    }
+                    if vw.alive { vw.store.get(&id).copied() } else { None }
                 });
                 let Some(value) = value else {
-                    return self.err(format!(
-                        "{key} reported in memory but no listed holder has it"
-                    ));
+                    return self.err(format!("{key} reported in memory but no listed holder has it"));
                 };
                 match self.expected.get(&key) {
                     Some(Expected::Value(v)) if *v == value => self.stats.outputs_ok += 1,
@@ -838,9 +796,7 @@ impl Sim {
             }
             ToClient::Erred { key, error } => {
                 match (self.expected.get(&key), error.root_cause()) {
-                    (Some(Expected::Error), TaskError::OpFailed { message, .. })
-                        if message == "sim op fail failed" =>
-                    {
+                    (Some(Expected::Error), TaskError::OpFailed { message, .. }) if message == "sim op fail failed" => {
                         self.stats.outputs_erred += 1
                     }
                     (Some(_), TaskError::KilledWorkers { .. }) => self.stats.outputs_killed += 1,
@@ -861,10 +817,7 @@ impl Sim {
     }
 
     fn send_to_sched(&mut self, w: WorkerId, msg: FromWorker) {
-        self.push(
-            self.now + self.cfg.latency_us,
-            SimEvent::ToScheduler(w, msg),
-        );
+        self.push(self.now + self.cfg.latency_us, SimEvent::ToScheduler(w, msg));
     }
 
     fn worker_receive(&mut self, w: WorkerId, msg: ToWorker) -> Result<(), SimError> {
@@ -928,10 +881,7 @@ impl Sim {
             }
             let gpus = gpus_of(&p.req);
             if gpus > vw.gpus {
-                let msg = format!(
-                    "{} (gpu={gpus}) placed on {w} with {} gpus",
-                    p.req.key, vw.gpus
-                );
+                let msg = format!("{} (gpu={gpus}) placed on {w} with {} gpus", p.req.key, vw.gpus);
                 return self.err(msg);
             }
             if gpus > vw.free_gpus {
@@ -1053,10 +1003,7 @@ impl Sim {
                 match vw.store.get(&d.task) {
                     Some(&v) => inputs.push(v),
                     None => {
-                        return self.err(format!(
-                            "{}: input {:?} freed while running",
-                            p.req.key, d.task
-                        ));
+                        return self.err(format!("{}: input {:?} freed while running", p.req.key, d.task));
                     }
                 }
             }
@@ -1099,17 +1046,11 @@ impl Sim {
                         msg,
                     })?;
                 }
-                SimEvent::Done {
-                    worker,
-                    task,
-                    token,
-                } => self.done(worker, task, token)?,
+                SimEvent::Done { worker, task, token } => self.done(worker, task, token)?,
                 SimEvent::Kill(w) => self.kill_worker(w)?,
                 SimEvent::KillRandom => {
                     if self.n_alive > 1 {
-                        let alive: Vec<usize> = (0..self.workers.len())
-                            .filter(|&i| self.workers[i].alive)
-                            .collect();
+                        let alive: Vec<usize> = (0..self.workers.len()).filter(|&i| self.workers[i].alive).collect();
                         let i = alive[self.rng.below(alive.len() as u64) as usize];
                         self.kill_worker(WorkerId::new(i as u32))?;
                     }

@@ -67,13 +67,7 @@ fn random_faults_medium() {
         let at = rng.range(0, 400_000);
         sim.kill_random_at(at);
         let at = rng.range(0, 400_000);
-        sim.add_at(
-            at,
-            WorkerSpec {
-                nthreads: 2,
-                gpus: 1,
-            },
-        );
+        sim.add_at(at, WorkerSpec { nthreads: 2, gpus: 1 });
     }
     sim.run().unwrap();
     let s = &sim.stats;

@@ -91,10 +91,7 @@ impl Scheduler {
             }
         }
         for c in &t.who_wants {
-            ensure!(
-                self.clients.contains_key(c),
-                "{key}: wanted by unknown client {c}"
-            );
+            ensure!(self.clients.contains_key(c), "{key}: wanted by unknown client {c}");
         }
         ensure!(
             !t.state.is_active() || t.waiters > 0 || t.wanted(),
@@ -105,11 +102,7 @@ impl Scheduler {
             ensure!(t.who_has.is_empty(), "{key}: {:?} with holders", t.state);
         }
         if !matches!(t.state, TaskState::Processing(_)) {
-            ensure!(
-                t.proc_idx == NOT_LISTED,
-                "{key}: proc_idx set while {:?}",
-                t.state
-            );
+            ensure!(t.proc_idx == NOT_LISTED, "{key}: proc_idx set while {:?}", t.state);
             ensure!(
                 !self.stealing.contains_key(&id),
                 "{key}: steal pending while {:?}",
@@ -117,11 +110,7 @@ impl Scheduler {
             );
         }
         if t.state != TaskState::Queued {
-            ensure!(
-                t.queue == QueueKind::None,
-                "{key}: queue mark while {:?}",
-                t.state
-            );
+            ensure!(t.queue == QueueKind::None, "{key}: queue mark while {:?}", t.state);
         }
         ensure!(
             (t.state == TaskState::Erred) == self.errors.contains_key(&id),
@@ -131,11 +120,7 @@ impl Scheduler {
         match t.state {
             TaskState::Released => {
                 ensure!(!t.wanted(), "{key}: released while a client holds a future");
-                ensure!(
-                    t.waiters == 0,
-                    "{key}: released while {} tasks need it",
-                    t.waiters
-                );
+                ensure!(t.waiters == 0, "{key}: released while {} tasks need it", t.waiters);
             }
             TaskState::Waiting => {
                 ensure!(
@@ -146,10 +131,7 @@ impl Scheduler {
                 );
             }
             TaskState::Queued => {
-                ensure!(
-                    not_in_memory == 0,
-                    "{key}: queued with inputs not in memory"
-                );
+                ensure!(not_in_memory == 0, "{key}: queued with inputs not in memory");
                 ensure!(t.queue != QueueKind::None, "{key}: queued without a queue");
                 if t.queue == QueueKind::Root {
                     ensure!(
@@ -160,14 +142,9 @@ impl Scheduler {
                 }
             }
             TaskState::Processing(w) => {
-                ensure!(
-                    not_in_memory == 0,
-                    "{key}: processing with inputs not in memory"
-                );
+                ensure!(not_in_memory == 0, "{key}: processing with inputs not in memory");
                 let Some(wk) = self.workers.get(&w) else {
-                    return Err(InvariantError(format!(
-                        "{key}: processing on dead worker {w}"
-                    )));
+                    return Err(InvariantError(format!("{key}: processing on dead worker {w}")));
                 };
                 ensure!(
                     wk.processing.get(t.proc_idx as usize) == Some(&id),
@@ -177,19 +154,10 @@ impl Scheduler {
             TaskState::Memory => {
                 ensure!(!t.who_has.is_empty(), "{key}: in memory with no holder");
                 for (i, h) in t.who_has.iter().enumerate() {
-                    ensure!(
-                        self.workers.contains_key(h),
-                        "{key}: held by dead worker {h}"
-                    );
-                    ensure!(
-                        !t.who_has[..i].contains(h),
-                        "{key}: holder {h} listed twice"
-                    );
+                    ensure!(self.workers.contains_key(h), "{key}: held by dead worker {h}");
+                    ensure!(!t.who_has[..i].contains(h), "{key}: holder {h} listed twice");
                 }
-                ensure!(
-                    t.waiters > 0 || t.wanted(),
-                    "{key}: in memory but nothing needs it"
-                );
+                ensure!(t.waiters > 0 || t.wanted(), "{key}: in memory but nothing needs it");
             }
             TaskState::Erred => {}
             TaskState::Forgotten => {
@@ -229,11 +197,7 @@ impl Scheduler {
                 TaskState::Processing(_) => processing += 1,
                 TaskState::Queued if t.queue == QueueKind::Root => root_queued += 1,
                 TaskState::Queued => {
-                    ensure!(
-                        self.unrunnable.contains(&t.id),
-                        "{}: unrunnable but not parked",
-                        t.key
-                    );
+                    ensure!(self.unrunnable.contains(&t.id), "{}: unrunnable but not parked", t.key);
                 }
                 _ => {}
             }
@@ -263,9 +227,7 @@ impl Scheduler {
             for (i, &id) in wk.processing.iter().enumerate() {
                 let t = &self.tasks.get(id);
                 ensure!(
-                    t.is_some_and(
-                        |t| t.state == TaskState::Processing(w) && t.proc_idx as usize == i
-                    ),
+                    t.is_some_and(|t| t.state == TaskState::Processing(w) && t.proc_idx as usize == i),
                     "worker {w}: processing list entry {id:?} is wrong"
                 );
                 occ += t.map_or(0.0, |t| t.est as f64);
@@ -288,10 +250,7 @@ impl Scheduler {
                 "worker {w}: not at its place in the worker list"
             );
             if wk.saturated() {
-                ensure!(
-                    wk.unsat_idx == NOT_LISTED,
-                    "worker {w}: saturated but listed free"
-                );
+                ensure!(wk.unsat_idx == NOT_LISTED, "worker {w}: saturated but listed free");
             } else {
                 unsat += 1;
                 ensure!(
@@ -300,10 +259,7 @@ impl Scheduler {
                 );
             }
         }
-        ensure!(
-            listed == processing,
-            "{processing} tasks processing, {listed} listed"
-        );
+        ensure!(listed == processing, "{processing} tasks processing, {listed} listed");
         ensure!(self.all.len() == self.workers.len(), "worker list size");
         ensure!(self.unsat.len() == unsat, "unsaturated list size");
         for (&id, &thief) in &self.stealing {

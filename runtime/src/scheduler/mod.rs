@@ -32,8 +32,8 @@ use std::collections::BinaryHeap;
 use crate::graph::{self, Graph};
 use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{
-    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError,
-    ToClient, ToWorker, WorkerInfo,
+    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError, ToClient, ToWorker,
+    WorkerInfo,
 };
 
 pub use check::InvariantError;
@@ -299,9 +299,7 @@ impl Scheduler {
 
     /// Workers holding a key's result.
     pub fn who_has(&self, key: &str) -> &[WorkerId] {
-        self.keys
-            .get(key)
-            .map_or(&[], |&id| self.tasks[id].who_has.as_slice())
+        self.keys.get(key).map_or(&[], |&id| self.tasks[id].who_has.as_slice())
     }
 
     /// The error of an erred key.
@@ -311,9 +309,7 @@ impl Scheduler {
 
     /// Tasks processing on a worker.
     pub fn processing_on(&self, worker: WorkerId) -> &[TaskId] {
-        self.workers
-            .get(&worker)
-            .map_or(&[], |w| w.processing.as_slice())
+        self.workers.get(&worker).map_or(&[], |w| w.processing.as_slice())
     }
 
     /// The learned duration estimate of an op, in seconds.
@@ -348,18 +344,10 @@ impl Scheduler {
                         nbytes,
                         compute_us,
                     } => self.task_finished(worker, task, nbytes, compute_us, comm),
-                    FromWorker::Failed { task, message } => {
-                        self.task_failed(worker, task, message, comm)
-                    }
-                    FromWorker::StealResponse { task, stolen } => {
-                        self.steal_response(worker, task, stolen, comm)
-                    }
-                    FromWorker::MissingData { task, dep, tried } => {
-                        self.missing_data(worker, task, dep, tried, comm)
-                    }
-                    FromWorker::Acquired { task, nbytes } => {
-                        self.acquired(worker, task, nbytes, comm)
-                    }
+                    FromWorker::Failed { task, message } => self.task_failed(worker, task, message, comm),
+                    FromWorker::StealResponse { task, stolen } => self.steal_response(worker, task, stolen, comm),
+                    FromWorker::MissingData { task, dep, tried } => self.missing_data(worker, task, dep, tried, comm),
+                    FromWorker::Acquired { task, nbytes } => self.acquired(worker, task, nbytes, comm),
                 }
             }
             Event::ClientConnected { client } => {
@@ -668,9 +656,7 @@ impl Scheduler {
                 return;
             };
             match self.tasks.get(id) {
-                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Root => {
-                    self.assign(id, w, comm)
-                }
+                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Root => self.assign(id, w, comm),
                 _ => {} // stale entry
             }
         }
@@ -997,14 +983,7 @@ impl Scheduler {
         }
     }
 
-    fn task_finished(
-        &mut self,
-        worker: WorkerId,
-        id: TaskId,
-        nbytes: u64,
-        compute_us: u64,
-        comm: &mut impl Comm,
-    ) {
+    fn task_finished(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, compute_us: u64, comm: &mut impl Comm) {
         if self.processing_task(worker, id, "finished").is_none() {
             // The worker may hold a result nobody tracks: let it drop it.
             comm.to_worker(worker, ToWorker::Free { task: id });
@@ -1014,18 +993,11 @@ impl Scheduler {
         let t = &mut self.tasks[id];
         let op = &mut self.ops[t.op.index()];
         let secs = compute_us as f64 * 1e-6;
-        op.avg = if op.count == 0 {
-            secs
-        } else {
-            0.5 * op.avg + 0.5 * secs
-        };
+        op.avg = if op.count == 0 { secs } else { 0.5 * op.avg + 0.5 * secs };
         op.count += 1;
         t.nbytes = nbytes;
         t.who_has.push(worker);
-        let wk = self
-            .workers
-            .get_mut(&worker)
-            .expect("internal error: checked above");
+        let wk = self.workers.get_mut(&worker).expect("internal error: checked above");
         wk.has_what.push(id);
         wk.n_held += 1;
         wk.nbytes_held += nbytes;
@@ -1124,14 +1096,7 @@ impl Scheduler {
         }
     }
 
-    fn missing_data(
-        &mut self,
-        worker: WorkerId,
-        id: TaskId,
-        dep: TaskId,
-        tried: Vec<WorkerId>,
-        comm: &mut impl Comm,
-    ) {
+    fn missing_data(&mut self, worker: WorkerId, id: TaskId, dep: TaskId, tried: Vec<WorkerId>, comm: &mut impl Comm) {
         let Some(t) = self.processing_task(worker, id, "missing data") else {
             return;
         };
@@ -1237,11 +1202,8 @@ impl Scheduler {
             return;
         };
         if c.wants.len() > 16 && c.wants.len() > 2 * c.n_wants as usize {
-            c.wants.retain(|&id| {
-                self.tasks
-                    .get(id)
-                    .is_some_and(|t| t.who_wants.contains(&client))
-            });
+            c.wants
+                .retain(|&id| self.tasks.get(id).is_some_and(|t| t.who_wants.contains(&client)));
             c.wants.sort_unstable();
             c.wants.dedup();
         }
@@ -1299,20 +1261,13 @@ impl Scheduler {
     /// Accepts a graph: culls what is known or not needed, orders the rest,
     /// and starts computing the outputs the client asked for.
     fn submit(&mut self, client: ClientId, graph: Graph, comm: &mut impl Comm) {
-        let Graph {
-            tasks: specs,
-            outputs,
-        } = graph;
+        let Graph { tasks: specs, outputs } = graph;
         let n = specs.len();
         let mut local: FxHashMap<&str, u32> = FxHashMap::default();
         local.reserve(n);
         for (i, s) in specs.iter().enumerate() {
             if local.insert(s.key.as_str(), i as u32).is_some() {
-                return Self::reject_graph(
-                    client,
-                    comm,
-                    format!("duplicate key {} in graph", s.key),
-                );
+                return Self::reject_graph(client, comm, format!("duplicate key {} in graph", s.key));
             }
         }
         // Which new tasks the outputs need.
@@ -1330,11 +1285,7 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    return Self::reject_graph(
-                        client,
-                        comm,
-                        format!("output {key} is neither in the graph nor known"),
-                    );
+                    return Self::reject_graph(client, comm, format!("output {key} is neither in the graph nor known"));
                 }
             }
         }
@@ -1384,11 +1335,7 @@ impl Scheduler {
             Ok(pos) => pos,
             Err(graph::Cycle(j)) => {
                 let key = &specs[included[j as usize] as usize].key;
-                return Self::reject_graph(
-                    client,
-                    comm,
-                    format!("graph has a cycle through {key}"),
-                );
+                return Self::reject_graph(client, comm, format!("graph has a cycle through {key}"));
             }
         };
         // Valid: from here on nothing is rejected.
@@ -1522,7 +1469,6 @@ impl Scheduler {
             }
         }
         let tasks = &self.tasks;
-        self.ready
-            .sort_by_key(|&id| tasks.get(id).map(|t| t.priority));
+        self.ready.sort_by_key(|&id| tasks.get(id).map(|t| t.priority));
     }
 }

@@ -24,10 +24,9 @@ impl Scheduler {
             }
         }
         match &t.restrictions {
-            Some(r) if strict || !r.allow_other => r
-                .workers
-                .iter()
-                .any(|n| *n == wk.info.name || *n == wk.info.address),
+            Some(r) if strict || !r.allow_other => {
+                r.workers.iter().any(|n| *n == wk.info.name || *n == wk.info.address)
+            }
             _ => true,
         }
     }
@@ -39,11 +38,7 @@ impl Scheduler {
             .iter()
             .map(|&d| {
                 let dt = &self.tasks[d];
-                if dt.who_has.contains(&w) {
-                    0
-                } else {
-                    dt.nbytes
-                }
+                if dt.who_has.contains(&w) { 0 } else { dt.nbytes }
             })
             .sum()
     }

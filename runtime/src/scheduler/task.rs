@@ -32,10 +32,7 @@ impl TaskState {
     /// Waiting, queued or processing: the task still needs its inputs.
     #[inline]
     pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            TaskState::Waiting | TaskState::Queued | TaskState::Processing(_)
-        )
+        matches!(self, TaskState::Waiting | TaskState::Queued | TaskState::Processing(_))
     }
 }
 
