@@ -21,6 +21,9 @@ use crate::ids::Key;
 use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient};
 use crate::value::Value;
 
+/// Keys asked of one worker in one request when gathering.
+const GATHER_BATCH: usize = 4096;
+
 /// A connection to a scheduler. Cloning shares it.
 #[derive(Clone)]
 pub struct Client {
@@ -182,12 +185,16 @@ impl Client {
             }
             let mut requests = JoinSet::new();
             for (address, indices) in asks {
-                let keys = indices.iter().map(|&i| futures[i].key.clone()).collect();
-                let peers = self.inner.peers.clone();
-                requests.spawn(async move {
-                    let reply = peers.request(&address, &DataRequest::Keys(keys)).await;
-                    (address, indices, reply)
-                });
+                // Bounded requests: a reply's frames stay far below the
+                // transport's limits.
+                for indices in indices.chunks(GATHER_BATCH) {
+                    let keys = indices.iter().map(|&i| futures[i].key.clone()).collect();
+                    let (peers, address, indices) = (self.inner.peers.clone(), address.clone(), indices.to_vec());
+                    requests.spawn(async move {
+                        let reply = peers.request(&address, &DataRequest::Keys(keys)).await;
+                        (address, indices, reply)
+                    });
+                }
             }
             while let Some(joined) = requests.join_next().await {
                 let Ok((address, indices, reply)) = joined else {

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use weft_transport::{Frame, Message};
@@ -76,13 +77,13 @@ pub enum DataRequest {
     Keys(Vec<Key>),
 }
 
-/// The answer of a data server: for each requested item in order, the
-/// number of frames of its value (`None` when it does not hold it). The
-/// values follow as frames: each value's header, then its own frames.
+/// The answer of a data server, item by item in the order asked: `None`
+/// when it does not hold it, else the value's header inline and the count
+/// of its frames, which follow the envelope as transport frames.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataReply {
-    /// Per item: `Some(frame count)` or `None` when missing.
-    pub items: Vec<Option<u32>>,
+    /// Per item: the value's header and frame count, or `None`.
+    pub items: Vec<Option<(Bytes, u32)>>,
 }
 
 /// Encodes an envelope as a transport message without frames.
@@ -106,13 +107,10 @@ pub fn decode<T: DeserializeOwned>(message: &Message) -> Result<T, String> {
 pub fn encode_reply(values: &[Option<Arc<Value>>]) -> Result<Message, String> {
     let items = values
         .iter()
-        .map(|v| v.as_ref().map(|v| v.frames.len() as u32))
+        .map(|v| v.as_ref().map(|v| (v.header.clone(), v.frames.len() as u32)))
         .collect();
     let mut message = encode(&DataReply { items })?;
-    for value in values.iter().flatten() {
-        message.frames.push(Frame::host(value.header.clone()));
-        message.frames.extend(value.frames.iter().cloned());
-    }
+    message.frames = values.iter().flatten().flat_map(|v| v.frames.iter().cloned()).collect();
     Ok(message)
 }
 
@@ -124,11 +122,7 @@ pub fn decode_reply(message: Message) -> Result<Vec<Option<Value>>, String> {
     for item in reply.items {
         values.push(match item {
             None => None,
-            Some(count) => {
-                let header = frames
-                    .next()
-                    .and_then(|f| f.as_host().cloned())
-                    .ok_or("data reply has fewer frames than it announces")?;
+            Some((header, count)) => {
                 let own: Vec<Frame> = frames.by_ref().take(count as usize).collect();
                 if own.len() != count as usize {
                     return Err("data reply has fewer frames than it announces".into());
@@ -146,7 +140,6 @@ pub fn decode_reply(message: Message) -> Result<Vec<Option<Value>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn replies_round_trip_with_missing_items() {

@@ -33,6 +33,7 @@ pub mod codec;
 pub mod data;
 pub mod error;
 pub mod executor;
+pub mod graphs;
 pub mod local;
 pub mod ops;
 pub mod server;

@@ -157,6 +157,17 @@ impl LocalCluster {
         Client::connect(self.address(), &TransportConfig::default()).await
     }
 
+    /// Process ids of the worker processes (none for in-process workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers
+            .iter()
+            .filter_map(|w| match w {
+                Worker::Process(child) => child.id(),
+                Worker::Task { .. } => None,
+            })
+            .collect()
+    }
+
     /// Workers registered with the scheduler right now.
     pub fn workers_registered(&self) -> usize {
         self.scheduler.workers_registered()

@@ -97,7 +97,7 @@ pub mod builtin {
     /// | `sum` | `i64` offset | `i64`s | offset plus the sum of the inputs |
     /// | `fail` | `String` | any | an error with that message |
     /// | `panic` | `String` | any | panics with that message |
-    /// | `sleep` | `u64` milliseconds | any | the sleep length, after sleeping |
+    /// | `delay` | `(u64, i64)`: milliseconds, value | `i64`s | value plus the sum of the inputs, after sleeping |
     pub fn register(registry: &mut Registry) {
         registry
             .op("const", |value: i64, _: Vec<()>| Ok(value))
@@ -111,9 +111,9 @@ pub mod builtin {
             .op("panic", |message: String, _: Vec<()>| -> Result<(), String> {
                 panic!("{message}")
             })
-            .op("sleep", |ms: u64, _: Vec<()>| {
+            .op("delay", |(ms, value): (u64, i64), inputs: Vec<i64>| {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
-                Ok(ms)
+                Ok(value + inputs.iter().sum::<i64>())
             });
     }
 }
@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn bad_arguments_are_errors_not_panics() {
         let registry = Registry::builtin();
-        let err = call(&registry, "sleep", bytes::Bytes::new(), &[]).unwrap_err();
-        assert!(err.contains("u64"), "{err}");
+        let err = call(&registry, "delay", bytes::Bytes::new(), &[]).unwrap_err();
+        assert!(err.contains("(u64, i64)"), "{err}");
     }
 }

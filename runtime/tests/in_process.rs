@@ -19,45 +19,6 @@ async fn cluster(workers: usize) -> LocalCluster {
     LocalCluster::start(options).await.unwrap()
 }
 
-/// A binary tree reduction over `leaves` leaves, as a raw graph.
-fn tree(prefix: &str, leaves: usize) -> (Graph, String) {
-    let mut tasks = Vec::new();
-    let mut level: Vec<String> = (0..leaves)
-        .map(|i| {
-            let key = format!("{prefix}-leaf-{i}");
-            tasks.push(TaskSpec::new(
-                key.as_str(),
-                "const",
-                args(&(i as i64)).unwrap(),
-                Vec::new(),
-            ));
-            key
-        })
-        .collect();
-    let mut depth = 0;
-    while level.len() > 1 {
-        depth += 1;
-        level = level
-            .chunks(2)
-            .enumerate()
-            .map(|(i, pair)| {
-                let key = format!("{prefix}-sum-{depth}-{i}");
-                let deps = pair.iter().map(|k| k.as_str().into()).collect();
-                tasks.push(TaskSpec::new(key.as_str(), "sum", args(&0i64).unwrap(), deps));
-                key
-            })
-            .collect();
-    }
-    let root = level.pop().unwrap();
-    (
-        Graph {
-            tasks,
-            outputs: vec![root.as_str().into()],
-        },
-        root,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn map_and_gather() {
     let cluster = cluster(2).await;
@@ -74,7 +35,7 @@ async fn map_and_gather() {
 async fn tree_reduction_moves_data_between_workers() {
     let cluster = cluster(2).await;
     let client = cluster.client().await.unwrap();
-    let (graph, _) = tree("t", 1024);
+    let graph = weft_runtime::graphs::tree("t", 1024);
     let futures = client.compute(graph).await.unwrap();
     let root = futures[0].result().await.unwrap().decode::<i64>().unwrap();
     assert_eq!(root, 1024 * 1023 / 2);
@@ -157,7 +118,7 @@ async fn rejected_graphs_and_lost_schedulers_are_clear_errors() {
     let err = client.compute(graph).await.unwrap_err();
     assert!(matches!(err, RuntimeError::GraphRejected(_)), "{err}");
     let slow = client
-        .submit(TaskSpec::new("slow", "sleep", args(&10_000u64).unwrap(), vec![]))
+        .submit(TaskSpec::new("slow", "delay", args(&(10_000u64, 0i64)).unwrap(), vec![]))
         .await
         .unwrap();
     cluster.stop().await;
