@@ -132,6 +132,9 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
     }
 }
 
+/// How long a fetch keeps trying to reach a peer.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Connections to data servers, one per address, reused across requests.
 #[derive(Clone)]
 pub struct PeerPool {
@@ -143,10 +146,15 @@ pub struct PeerPool {
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
 impl PeerPool {
-    /// A pool that connects with these settings.
+    /// A pool that connects with these settings, except that it gives up
+    /// on a peer after [`PEER_CONNECT_TIMEOUT`]: a peer named as a holder
+    /// is up, or dead and then better asked of another holder at once.
     pub fn new(config: Config) -> Self {
         PeerPool {
-            config,
+            config: Config {
+                connect_timeout: config.connect_timeout.min(PEER_CONNECT_TIMEOUT),
+                ..config
+            },
             connections: Arc::default(),
         }
     }

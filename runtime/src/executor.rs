@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc::UnboundedSender;
 
-use crate::data::Store;
 use crate::ids::{Key, SharedStr, TaskId};
 use crate::ops::Registry;
 use crate::value::Value;
-use crate::worker::WorkerEvent;
 
 /// One op to run.
 pub struct Job {
+    /// The scheduler session it belongs to (see [`Done::session`]).
+    pub session: u64,
     /// The task.
     pub task: TaskId,
     /// Its key.
@@ -28,6 +27,22 @@ pub struct Job {
     pub inputs: Vec<Arc<Value>>,
 }
 
+/// A finished job.
+pub struct Done {
+    /// The session of its job: results of a session that ended (the
+    /// scheduler went away meanwhile) are dropped, since task ids restart
+    /// with a new scheduler.
+    pub session: u64,
+    /// The task.
+    pub task: TaskId,
+    /// Its key.
+    pub key: Key,
+    /// The result, or the failure as the client will read it.
+    pub outcome: Result<Value, String>,
+    /// How long the op ran.
+    pub compute_us: u64,
+}
+
 /// A fixed pool of compute threads. Dropping it lets each thread finish
 /// its current op and exit; nothing waits for them, so a long op never
 /// holds up a shutdown.
@@ -36,33 +51,32 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Starts `nthreads` threads that run ops from `registry`, keep each
-    /// result in `store`, and report to `events`.
+    /// Starts `nthreads` threads that run ops from `registry` and hand
+    /// each finished job to `report`, which returns false once nobody
+    /// listens any more.
     pub fn start(
         nthreads: usize,
         worker: String,
         registry: Arc<Registry>,
-        store: Arc<Store>,
-        events: UnboundedSender<WorkerEvent>,
+        report: impl Fn(Done) -> bool + Send + Clone + 'static,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         for i in 0..nthreads.max(1) {
-            let (queue, registry, store, events) = (queue.clone(), registry.clone(), store.clone(), events.clone());
-            let worker = worker.clone();
+            let (queue, registry, report, worker) = (queue.clone(), registry.clone(), report.clone(), worker.clone());
             std::thread::Builder::new()
                 .name(format!("weft-compute-{i}"))
                 .spawn(move || {
                     for job in queue {
-                        let task = job.task;
                         let started = Instant::now();
-                        let outcome = run(&registry, &worker, job, &store);
-                        let compute_us = started.elapsed().as_micros() as u64;
-                        let executed = WorkerEvent::Executed {
-                            task,
+                        let outcome = run(&registry, &worker, &job);
+                        let finished = Done {
+                            session: job.session,
+                            task: job.task,
+                            key: job.key,
                             outcome,
-                            compute_us,
+                            compute_us: started.elapsed().as_micros() as u64,
                         };
-                        if events.send(executed).is_err() {
+                        if !report(finished) {
                             return; // the worker is shutting down
                         }
                     }
@@ -79,9 +93,8 @@ impl Executor {
     }
 }
 
-/// Runs one op, storing its result; the size, or the failure as the
-/// client will read it.
-fn run(registry: &Registry, worker: &str, job: Job, store: &Store) -> Result<u64, String> {
+/// Runs one op; a panic becomes an error naming it.
+fn run(registry: &Registry, worker: &str, job: &Job) -> Result<Value, String> {
     let Some(op) = registry.get(&job.op) else {
         return Err(format!(
             "unknown op {:?} on worker {worker} (it has: {})",
@@ -89,14 +102,8 @@ fn run(registry: &Registry, worker: &str, job: Job, store: &Store) -> Result<u64
             registry.names().join(", ")
         ));
     };
-    let result = catch_unwind(AssertUnwindSafe(|| op(&job.args, &job.inputs)));
-    match result {
-        Ok(Ok(value)) => {
-            let nbytes = value.nbytes();
-            store.insert(job.task, Some(job.key), Arc::new(value));
-            Ok(nbytes)
-        }
-        Ok(Err(message)) => Err(message),
+    match catch_unwind(AssertUnwindSafe(|| op(&job.args, &job.inputs))) {
+        Ok(result) => result,
         Err(payload) => {
             let message = payload
                 .downcast_ref::<&str>()

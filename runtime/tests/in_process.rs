@@ -118,7 +118,12 @@ async fn rejected_graphs_and_lost_schedulers_are_clear_errors() {
     let err = client.compute(graph).await.unwrap_err();
     assert!(matches!(err, RuntimeError::GraphRejected(_)), "{err}");
     let slow = client
-        .submit(TaskSpec::new("slow", "delay", args(&(10_000u64, 0i64)).unwrap(), vec![]))
+        .submit(TaskSpec::new(
+            "slow",
+            "delay",
+            args(&(10_000u64, 0i64)).unwrap(),
+            vec![],
+        ))
         .await
         .unwrap();
     cluster.stop().await;

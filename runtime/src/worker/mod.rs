@@ -16,10 +16,11 @@ pub use state::{WorkerCommand, WorkerEvent, WorkerState};
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
 use crate::data::{PeerPool, Store, serve};
 use crate::error::{Result, RuntimeError};
-use crate::executor::{Executor, Job};
-use crate::ids::{TaskId, WorkerId};
+use crate::executor::{self, Executor, Job};
+use crate::ids::{Key, TaskId, WorkerId};
 use crate::ops::Registry;
 use crate::protocol::{FromWorker, ResourceAmount, ToWorker, WorkerInfo};
+use crate::value::Value;
 
 /// Concurrent fetches from peers, across all of them.
 const MAX_FETCHES: usize = 16;
@@ -79,18 +80,31 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
     let store = Arc::new(Store::default());
     let server = tokio::spawn(serve(listener, store.clone()));
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let executor = Executor::start(
-        options.nthreads,
-        name.clone(),
-        options.registry.clone(),
-        store.clone(),
-        events_tx.clone(),
-    )
-    .map_err(|source| RuntimeError::Process {
-        what: "cannot start compute threads".into(),
-        source,
-    })?;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let report = {
+        let done_tx = done_tx.clone();
+        move |job: executor::Done| {
+            let what = Completed::Executed {
+                task: job.task,
+                key: job.key,
+                outcome: job.outcome,
+                compute_us: job.compute_us,
+            };
+            done_tx
+                .send(Done {
+                    session: job.session,
+                    what,
+                })
+                .is_ok()
+        }
+    };
+    let executor =
+        Executor::start(options.nthreads, name.clone(), options.registry.clone(), report).map_err(|source| {
+            RuntimeError::Process {
+                what: "cannot start compute threads".into(),
+                source,
+            }
+        })?;
     let info = WorkerInfo {
         name: name.clone().into(),
         address: address.clone().into(),
@@ -104,7 +118,8 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         executor,
         peers: PeerPool::new(options.transport.clone()),
         fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
-        events_tx,
+        done_tx,
+        session: 0,
     };
     tokio::pin!(shutdown);
     let result = loop {
@@ -118,12 +133,13 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         };
         info!(worker = %name, %id, %address, scheduler = %options.scheduler, "registered");
         let (sender, mut receiver) = connection.split();
+        link.session += 1;
         tokio::select! {
             () = &mut shutdown => {
                 let _ = sender.close().await;
                 break Ok(());
             }
-            lost = link.serve(&sender, &mut receiver, &mut events) => {
+            lost = link.serve(&sender, &mut receiver, &mut done) => {
                 warn!(worker = %name, reason = %lost, "lost the scheduler; reconnecting");
                 link.store.clear();
             }
@@ -140,7 +156,10 @@ struct Link<'a> {
     executor: Executor,
     peers: PeerPool,
     fetches: Arc<Semaphore>,
-    events_tx: mpsc::UnboundedSender<WorkerEvent>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    /// Numbers the connections to a scheduler; work of an earlier one is
+    /// void once it ends.
+    session: u64,
 }
 
 impl Link<'_> {
@@ -179,7 +198,7 @@ impl Link<'_> {
         &mut self,
         sender: &Sender,
         receiver: &mut Receiver,
-        events: &mut mpsc::UnboundedReceiver<WorkerEvent>,
+        done: &mut mpsc::UnboundedReceiver<Done>,
     ) -> String {
         let scheduler = self.options.scheduler.clone();
         let mut state = WorkerState::new(self.options.nthreads);
@@ -203,11 +222,11 @@ impl Link<'_> {
                         state.handle(WorkerEvent::Scheduler(message), &mut commands);
                     }
                 }
-                Some(event) = events.recv() => {
-                    state.handle(event, &mut commands);
+                Some(finished) = done.recv() => {
+                    self.complete(finished, &mut state, &mut commands);
                     // Take whatever else is ready, to answer in one batch.
-                    while let Ok(event) = events.try_recv() {
-                        state.handle(event, &mut commands);
+                    while let Ok(finished) = done.try_recv() {
+                        self.complete(finished, &mut state, &mut commands);
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -237,6 +256,43 @@ impl Link<'_> {
         }
     }
 
+    /// Stores what a job or fetch of this session produced and tells the
+    /// state machine; drops what an earlier session left behind.
+    fn complete(&self, done: Done, state: &mut WorkerState, commands: &mut Vec<WorkerCommand>) {
+        if done.session != self.session {
+            return;
+        }
+        let event = match done.what {
+            Completed::Executed {
+                task,
+                key,
+                outcome,
+                compute_us,
+            } => WorkerEvent::Executed {
+                task,
+                outcome: outcome.map(|value| {
+                    let nbytes = value.nbytes();
+                    self.store.insert(task, Some(key), Arc::new(value));
+                    nbytes
+                }),
+                compute_us,
+            },
+            Completed::Fetched { peer, got, missing } => WorkerEvent::Fetched {
+                peer,
+                got: got
+                    .into_iter()
+                    .map(|(task, value)| {
+                        let nbytes = value.nbytes();
+                        self.store.insert(task, None, Arc::new(value));
+                        (task, nbytes)
+                    })
+                    .collect(),
+                missing,
+            },
+        };
+        state.handle(event, commands);
+    }
+
     fn carry_out(&self, command: WorkerCommand, outbox: &mut Vec<FromWorker>) {
         match command {
             WorkerCommand::Send(message) => outbox.push(message),
@@ -249,8 +305,10 @@ impl Link<'_> {
                 inputs,
             } => {
                 let inputs: Option<Vec<_>> = inputs.iter().map(|t| self.store.get(*t)).collect();
+                let session = self.session;
                 match inputs {
                     Some(inputs) => self.executor.submit(Job {
+                        session,
                         task,
                         key,
                         op,
@@ -258,47 +316,69 @@ impl Link<'_> {
                         inputs,
                     }),
                     None => {
-                        let _ = self.events_tx.send(WorkerEvent::Executed {
-                            task,
-                            outcome: Err("an input vanished from the store before the op ran".into()),
-                            compute_us: 0,
+                        let _ = self.done_tx.send(Done {
+                            session,
+                            what: Completed::Executed {
+                                task,
+                                key,
+                                outcome: Err("an input vanished from the store before the op ran".into()),
+                                compute_us: 0,
+                            },
                         });
                     }
                 }
             }
             WorkerCommand::Fetch { peer, address, tasks } => {
-                let (peers, store, events) = (self.peers.clone(), self.store.clone(), self.events_tx.clone());
+                let (peers, done, session) = (self.peers.clone(), self.done_tx.clone(), self.session);
                 let permits = self.fetches.clone();
                 tokio::spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    let event = fetch(&peers, &store, peer, &address, tasks).await;
-                    let _ = events.send(event);
+                    let what = fetch(&peers, peer, &address, tasks).await;
+                    let _ = done.send(Done { session, what });
                 });
             }
         }
     }
 }
 
-/// Fetches results from one peer into the store.
-async fn fetch(peers: &PeerPool, store: &Store, peer: WorkerId, address: &str, tasks: Vec<TaskId>) -> WorkerEvent {
+/// What finished, for [`Link::complete`].
+enum Completed {
+    Executed {
+        task: TaskId,
+        key: Key,
+        outcome: Result<Value, String>,
+        compute_us: u64,
+    },
+    Fetched {
+        peer: WorkerId,
+        got: Vec<(TaskId, Value)>,
+        missing: Vec<TaskId>,
+    },
+}
+
+/// A job or fetch that finished, tagged with its session.
+struct Done {
+    session: u64,
+    what: Completed,
+}
+
+/// Fetches results from one peer.
+async fn fetch(peers: &PeerPool, peer: WorkerId, address: &str, tasks: Vec<TaskId>) -> Completed {
     match peers.request(address, &DataRequest::Tasks(tasks.clone())).await {
         Ok(values) => {
             let (mut got, mut missing) = (Vec::new(), Vec::new());
             for (task, value) in tasks.into_iter().zip(values) {
                 match value {
-                    Some(value) => {
-                        got.push((task, value.nbytes()));
-                        store.insert(task, None, Arc::new(value));
-                    }
+                    Some(value) => got.push((task, value)),
                     None => missing.push(task),
                 }
             }
-            WorkerEvent::Fetched { peer, got, missing }
+            Completed::Fetched { peer, got, missing }
         }
         Err(error) => {
             debug!(%peer, address, %error, "fetch failed");
             peers.forget(address);
-            WorkerEvent::Fetched {
+            Completed::Fetched {
                 peer,
                 got: Vec::new(),
                 missing: tasks,
