@@ -114,13 +114,17 @@ pub struct SimGraph {
     pub expected: FxHashMap<Key, Expected>,
 }
 
+/// A task added to a [`GraphBuilder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node(u32);
+
 /// Incrementally builds a [`SimGraph`] in topological order, evaluating the
 /// reference as it goes.
 #[derive(Default)]
 pub struct GraphBuilder {
     g: SimGraph,
-    /// Reference outcome per key (`None` = erred).
-    values: FxHashMap<Key, Option<u64>>,
+    /// Reference outcome per node (`None` = erred).
+    values: Vec<Option<u64>>,
 }
 
 impl GraphBuilder {
@@ -132,8 +136,7 @@ impl GraphBuilder {
     // The arguments are the sim's task fields one for one; a struct would
     // only rename them.
     #[allow(clippy::too_many_arguments)]
-    /// Adds a task whose inputs were added before (or are given in
-    /// `known`). Returns its key.
+    /// Adds a task whose inputs were added before.
     pub fn task(
         &mut self,
         key: impl Into<Key>,
@@ -141,38 +144,48 @@ impl GraphBuilder {
         seed: u64,
         duration_us: u32,
         nbytes: u32,
-        deps: Vec<Key>,
+        deps: &[Node],
         annotations: Annotations,
-    ) -> Key {
-        let key = key.into();
+    ) -> Node {
         let mut inputs = Vec::with_capacity(deps.len());
         let mut ok = true;
-        for d in &deps {
-            match self.values.get(d) {
-                Some(Some(v)) => inputs.push(*v),
-                Some(None) => ok = false,
-                None => panic!("sim graph: {d} used before it was added"),
+        for d in deps {
+            match self.values[d.0 as usize] {
+                Some(v) => inputs.push(v),
+                None => ok = false,
             }
         }
         let value = (ok && op != "fail").then(|| value_of(seed, inputs));
-        self.values.insert(key.clone(), value);
+        self.values.push(value);
+        let tasks = &self.g.graph.tasks;
+        let deps = deps
+            .iter()
+            .map(|d| tasks[d.0 as usize].key.clone())
+            .collect();
         self.g.graph.tasks.push(TaskSpec {
-            key: key.clone(),
+            key: key.into(),
             op: op.into(),
             args: sim_args(seed, duration_us, nbytes),
             deps,
             annotations,
         });
-        key
+        Node((self.values.len() - 1) as u32)
     }
 
-    /// Marks a key as an output.
-    pub fn output(&mut self, key: &Key) {
-        let v = self.values[key];
+    /// Marks a node as an output.
+    pub fn output(&mut self, node: Node) {
+        let v = self.values[node.0 as usize];
+        let key = self.g.graph.tasks[node.0 as usize].key.clone();
         self.g.graph.outputs.push(key.clone());
         self.g
             .expected
-            .insert(key.clone(), v.map_or(Expected::Error, Expected::Value));
+            .insert(key, v.map_or(Expected::Error, Expected::Value));
+    }
+
+    /// True when the reference says the node computes (no failing task in
+    /// its lineage).
+    pub fn computes(&self, node: Node) -> bool {
+        self.values[node.0 as usize].is_some()
     }
 
     /// Tasks added so far.
@@ -232,7 +245,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
     let mut rng = Rng::new(cfg.seed);
     let mut b = GraphBuilder::new();
     // Keys a later shape may take as inputs.
-    let mut pool: Vec<Key> = Vec::new();
+    let mut pool: Vec<Node> = Vec::new();
     let mut comp = 0u64;
     while b.len() < cfg.target_tasks {
         comp += 1;
@@ -263,9 +276,9 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
             }
             (op, a)
         };
-        let source = |rng: &mut Rng, pool: &Vec<Key>| -> Vec<Key> {
+        let source = |rng: &mut Rng, pool: &Vec<Node>| -> Vec<Node> {
             if !pool.is_empty() && rng.chance(0.3) {
-                vec![pool[rng.below(pool.len() as u64) as usize].clone()]
+                vec![pool[rng.below(pool.len() as u64) as usize]]
             } else {
                 Vec::new()
             }
@@ -285,22 +298,14 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                         rng.next_u64(),
                         d,
                         s,
-                        deps,
+                        &deps,
                         Annotations::default(),
                     );
                     let (op, a) = ann(&mut rng);
                     let (d, s) = (dur(&mut rng), size(&mut rng));
-                    let y = b.task(
-                        format!("map{comp}-{i}"),
-                        op,
-                        rng.next_u64(),
-                        d,
-                        s,
-                        vec![x],
-                        a,
-                    );
-                    b.output(&y);
-                    if rng.chance(0.05) {
+                    let y = b.task(format!("map{comp}-{i}"), op, rng.next_u64(), d, s, &[x], a);
+                    b.output(y);
+                    if rng.chance(0.05) && b.computes(y) {
                         pool.push(y);
                     }
                 }
@@ -309,7 +314,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                 // tree reduction
                 let leaves = rng.range(2, 4_096).min(left as u64 / 2 + 2);
                 let fanin = rng.range(2, 8) as usize;
-                let mut level: Vec<Key> = Vec::new();
+                let mut level: Vec<Node> = Vec::new();
                 for i in 0..leaves {
                     let deps = source(&mut rng, &pool);
                     let (d, s) = (dur(&mut rng), size(&mut rng));
@@ -319,7 +324,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                         rng.next_u64(),
                         d,
                         s,
-                        deps,
+                        &deps,
                         Annotations::default(),
                     ));
                 }
@@ -336,19 +341,21 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                             rng.next_u64(),
                             d,
                             s,
-                            group.to_vec(),
+                            group,
                             a,
                         ));
                     }
                     level = next;
                 }
-                b.output(&level[0]);
-                pool.push(level[0].clone());
+                b.output(level[0]);
+                if b.computes(level[0]) {
+                    pool.push(level[0]);
+                }
             }
             2 => {
                 // shuffle-like all-to-all
                 let n = rng.range(2, 48);
-                let inputs: Vec<Key> = (0..n)
+                let inputs: Vec<Node> = (0..n)
                     .map(|i| {
                         let deps = source(&mut rng, &pool);
                         let (d, s) = (dur(&mut rng), size(&mut rng));
@@ -358,7 +365,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                             rng.next_u64(),
                             d,
                             s,
-                            deps,
+                            &deps,
                             Annotations::default(),
                         )
                     })
@@ -372,11 +379,11 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                         rng.next_u64(),
                         d,
                         s,
-                        inputs.clone(),
+                        &inputs,
                         a,
                     );
-                    b.output(&y);
-                    if rng.chance(0.1) {
+                    b.output(y);
+                    if rng.chance(0.1) && b.computes(y) {
                         pool.push(y);
                     }
                 }
@@ -397,15 +404,17 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                             rng.next_u64(),
                             d,
                             s,
-                            prev,
+                            &prev,
                             a,
                         );
-                        prev = vec![k.clone()];
+                        prev = vec![k];
                         last = Some(k);
                     }
                     if let Some(k) = last {
-                        b.output(&k);
-                        pool.push(k);
+                        b.output(k);
+                        if b.computes(k) {
+                            pool.push(k);
+                        }
                     }
                 }
             }
@@ -500,29 +509,6 @@ enum SimEvent {
     Balance,
 }
 
-struct Timed {
-    at: u64,
-    seq: u64,
-    ev: SimEvent,
-}
-
-impl PartialEq for Timed {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Timed {}
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timed {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
 struct Pending {
     req: Box<ComputeRequest>,
     /// Set while running: the token of its `Done` event.
@@ -571,7 +557,11 @@ pub struct Sim {
     cfg: SimConfig,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<Timed>>,
+    /// Pending events by (time, sequence), pointing into `events`: the heap
+    /// moves small entries, the events stay put.
+    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    events: Vec<Option<SimEvent>>,
+    free_events: Vec<u32>,
     workers: Vec<VWorker>,
     /// The scheduler's view: joined and not yet reported lost.
     sched_alive: Vec<bool>,
@@ -583,6 +573,8 @@ pub struct Sim {
     rng: Rng,
     out: Vec<Command>,
     touched: Vec<TaskId>,
+    marks: Vec<(u64, TaskId)>,
+    epoch: u64,
     token: u64,
     balance_armed: bool,
     /// Counters.
@@ -601,6 +593,8 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_events: Vec::new(),
             workers: Vec::new(),
             sched_alive: Vec::new(),
             n_alive: 0,
@@ -610,6 +604,8 @@ impl Sim {
             flaky_runs: FxHashMap::default(),
             out: Vec::new(),
             touched: Vec::new(),
+            marks: Vec::new(),
+            epoch: 0,
             token: 0,
             balance_armed: false,
             stats: SimStats::default(),
@@ -632,11 +628,17 @@ impl Sim {
 
     fn push(&mut self, at: u64, ev: SimEvent) {
         self.seq += 1;
-        self.queue.push(Reverse(Timed {
-            at,
-            seq: self.seq,
-            ev,
-        }));
+        let idx = match self.free_events.pop() {
+            Some(i) => {
+                self.events[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                (self.events.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((at, self.seq, idx)));
     }
 
     fn err<T>(&self, message: String) -> Result<T, SimError> {
@@ -737,8 +739,23 @@ impl Sim {
             let mut touched = std::mem::take(&mut self.touched);
             touched.clear();
             self.sched.take_touched(&mut touched);
-            touched.sort_unstable();
-            touched.dedup();
+            // Dedup by slot with an epoch mark (cheaper than sorting).
+            self.epoch += 1;
+            let epoch = self.epoch;
+            let marks = &mut self.marks;
+            touched.retain(|id| {
+                let slot = id.slot() as usize;
+                if marks.len() <= slot {
+                    marks.resize(slot + 1, (0, TaskId::default()));
+                }
+                let m = &mut marks[slot];
+                if m.0 == epoch && m.1 == *id {
+                    false
+                } else {
+                    *m = (epoch, *id);
+                    true
+                }
+            });
             self.stats.task_checks += touched.len() as u64;
             let r = self.sched.check_tasks(&touched);
             self.touched = touched;
@@ -948,7 +965,11 @@ impl Sim {
     /// Fetches inputs and starts a task (or reports missing data).
     fn start(&mut self, w: WorkerId, id: TaskId) -> Result<(), SimError> {
         self.stats.runs += 1;
-        let req = self.workers[w.index()].pending[&id].req.clone();
+        // Taken out while its inputs are fetched, put back when it runs.
+        let Some(mut p) = self.workers[w.index()].pending.remove(&id) else {
+            return Ok(());
+        };
+        let req = &p.req;
         let mut fetched = 0u64;
         for dep in &req.deps {
             if self.workers[w.index()].store.contains_key(&dep.task) {
@@ -975,7 +996,6 @@ impl Sim {
                     );
                 }
                 None => {
-                    self.workers[w.index()].pending.remove(&id);
                     let tried = dep.who_has.iter().map(|p| p.worker).collect();
                     self.send_to_sched(
                         w,
@@ -1001,10 +1021,9 @@ impl Sim {
         let token = self.token;
         let vw = &mut self.workers[w.index()];
         vw.free_threads -= 1;
-        vw.free_gpus -= gpus_of(&req);
-        if let Some(p) = vw.pending.get_mut(&id) {
-            p.running = Some(token);
-        }
+        vw.free_gpus -= gpus_of(req);
+        p.running = Some(token);
+        vw.pending.insert(id, p);
         self.push(
             at,
             SimEvent::Done {
@@ -1079,10 +1098,14 @@ impl Sim {
             self.balance_armed = true;
             self.push(self.now + self.cfg.balance_every_us, SimEvent::Balance);
         }
-        while let Some(Reverse(t)) = self.queue.pop() {
-            self.now = t.at;
+        while let Some(Reverse((at, _, idx))) = self.queue.pop() {
+            self.now = at;
             self.stats.sim_events += 1;
-            match t.ev {
+            let ev = self.events[idx as usize]
+                .take()
+                .expect("internal error: queued event present");
+            self.free_events.push(idx);
+            match ev {
                 SimEvent::ToWorker(w, msg) => self.worker_receive(w, msg)?,
                 SimEvent::ToScheduler(w, msg) => {
                     if !self.workers[w.index()].alive {

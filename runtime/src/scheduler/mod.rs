@@ -1315,15 +1315,28 @@ impl Scheduler {
                 );
             }
         }
+        // Known keys are culled: the graph's definition is ignored.
+        let known: Vec<Option<TaskId>> = specs
+            .iter()
+            .map(|s| self.keys.get(s.key.as_str()).copied())
+            .collect();
+        // Inputs resolved once per edge, for the included tasks only:
+        // `Ok(existing)` or `Err(local index)`.
+        let mut edges: Vec<Result<TaskId, u32>> = Vec::new();
+        let mut span = vec![(0u32, 0u32); n];
+        let resolve = |key: &str| -> Option<Result<TaskId, u32>> {
+            match local.get(key) {
+                Some(&j) => Some(known[j as usize].ok_or(j)),
+                None => self.keys.get(key).map(|&id| Ok(id)),
+            }
+        };
         // Which new tasks the outputs need.
         let mut include = vec![false; n];
         let mut stack = Vec::new();
         for key in &outputs {
-            if self.keys.contains_key(key.as_str()) {
-                continue;
-            }
-            match local.get(key.as_str()) {
-                Some(&i) => {
+            match resolve(key.as_str()) {
+                Some(Ok(_)) => {}
+                Some(Err(i)) => {
                     if !include[i as usize] {
                         include[i as usize] = true;
                         stack.push(i);
@@ -1339,26 +1352,24 @@ impl Scheduler {
             }
         }
         while let Some(i) = stack.pop() {
+            let start = edges.len() as u32;
             for dk in &specs[i as usize].deps {
-                if self.keys.contains_key(dk.as_str()) {
-                    continue;
-                }
-                match local.get(dk.as_str()) {
-                    Some(&j) => {
-                        if !include[j as usize] {
-                            include[j as usize] = true;
-                            stack.push(j);
-                        }
-                    }
-                    None => {
-                        return Self::reject_graph(
-                            client,
-                            comm,
-                            format!("task {} depends on unknown key {dk}", specs[i as usize].key),
-                        );
-                    }
+                let Some(r) = resolve(dk.as_str()) else {
+                    return Self::reject_graph(
+                        client,
+                        comm,
+                        format!("task {} depends on unknown key {dk}", specs[i as usize].key),
+                    );
+                };
+                edges.push(r);
+                if let Err(j) = r
+                    && !include[j as usize]
+                {
+                    include[j as usize] = true;
+                    stack.push(j);
                 }
             }
+            span[i as usize] = (start, edges.len() as u32);
         }
         let included: Vec<u32> = (0..n as u32).filter(|&i| include[i as usize]).collect();
         let m = included.len();
@@ -1373,11 +1384,10 @@ impl Scheduler {
             .map(|&i| new_of[i as usize])
             .collect();
         let pos = match graph::order(m, sinks, |j, out| {
-            for dk in &specs[included[j as usize] as usize].deps {
-                if !self.keys.contains_key(dk.as_str())
-                    && let Some(&i) = local.get(dk.as_str())
-                {
-                    out.push(new_of[i as usize]);
+            let (a, b) = span[included[j as usize] as usize];
+            for e in &edges[a as usize..b as usize] {
+                if let Err(i) = e {
+                    out.push(new_of[*i as usize]);
                 }
             }
         }) {
@@ -1395,13 +1405,13 @@ impl Scheduler {
         let ids: Vec<TaskId> = (0..m).map(|_| self.tasks.reserve()).collect();
         let mut dep_ids: Vec<Vec<TaskId>> = Vec::with_capacity(m);
         for &i in &included {
+            let (a, b) = span[i as usize];
             dep_ids.push(
-                specs[i as usize]
-                    .deps
+                edges[a as usize..b as usize]
                     .iter()
-                    .map(|dk| match self.keys.get(dk.as_str()) {
-                        Some(&id) => id,
-                        None => ids[new_of[local[dk.as_str()] as usize] as usize],
+                    .map(|e| match *e {
+                        Ok(id) => id,
+                        Err(l) => ids[new_of[l as usize] as usize],
                     })
                     .collect(),
             );
