@@ -142,3 +142,37 @@ fn million_tasks_ten_thousand_workers_with_faults() {
     assert_eq!(s.kills, 300);
     assert!(sim.sched.stats().recomputed > 0);
 }
+
+#[test]
+fn task_that_crashes_its_workers_errs_with_killed_workers() {
+    use weft_runtime::graph::Annotations;
+    use weft_runtime::sim::GraphBuilder;
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            check: CheckMode {
+                incremental: true,
+                full_every: 1,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, 8, 1);
+    let mut b = GraphBuilder::new();
+    let ok = b.task("ok", "f", 1, 100, 8, &[], Annotations::default());
+    b.output(ok);
+    let boom = b.task("boom", "crash", 2, 100, 8, &[], Annotations::default());
+    b.output(boom);
+    let mut g = b.finish();
+    // The reference cannot know about crashes: the sim accepts a
+    // KilledWorkers error for any output and counts it.
+    g.expected
+        .insert("boom".into(), weft_runtime::sim::Expected::Error);
+    sim.submit(g).unwrap();
+    sim.run().unwrap();
+    assert_eq!(sim.stats.outputs_killed, 1);
+    assert_eq!(sim.stats.outputs_ok, 1);
+    assert_eq!(sim.stats.kills, 3);
+    let err = sim.outcomes()["boom"].clone().unwrap_err();
+    assert!(err.to_string().contains("3 workers that died"), "{err}");
+}

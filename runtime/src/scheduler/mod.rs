@@ -24,6 +24,8 @@
 mod check;
 mod place;
 mod task;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::cmp::Reverse;
