@@ -1,1 +1,2 @@
+//! Transport benchmarks (placeholder until the transport issue lands them).
 fn main() {}

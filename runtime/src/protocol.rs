@@ -118,7 +118,8 @@ pub enum ToWorker {
         /// Why.
         reason: String,
     },
-    /// Run a task.
+    /// Run a task. A worker that still holds the task's result (computed
+    /// before, then cancelled) answers [`FromWorker::Finished`] at once.
     Compute(Box<ComputeRequest>),
     /// Drop a result (or a replica) from the store.
     Free {

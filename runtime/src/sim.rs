@@ -453,6 +453,10 @@ pub struct SimConfig {
     /// Deliver messages that a worker sent before it died (the scheduler
     /// must ignore them).
     pub deliver_from_dead: bool,
+    /// Keep a copy of every event fed to the scheduler (for replay in
+    /// benchmarks: the scheduler is deterministic, so replaying the events
+    /// into a fresh one repeats the run without the simulator's cost).
+    pub record_events: bool,
 }
 
 impl Default for SimConfig {
@@ -468,6 +472,7 @@ impl Default for SimConfig {
             },
             release_on_receipt: true,
             deliver_from_dead: true,
+            record_events: false,
         }
     }
 }
@@ -577,6 +582,7 @@ pub struct Sim {
     epoch: u64,
     token: u64,
     balance_armed: bool,
+    recorded: Vec<Event>,
     /// Counters.
     pub stats: SimStats,
 }
@@ -608,6 +614,7 @@ impl Sim {
             epoch: 0,
             token: 0,
             balance_armed: false,
+            recorded: Vec::new(),
             stats: SimStats::default(),
         };
         let client = sim.client;
@@ -619,6 +626,12 @@ impl Sim {
     /// Logical time, microseconds.
     pub fn now(&self) -> u64 {
         self.now
+    }
+
+    /// The events fed to the scheduler so far (with
+    /// [`SimConfig::record_events`]).
+    pub fn take_recorded(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.recorded)
     }
 
     /// Outcomes gathered by the client so far.
@@ -730,6 +743,9 @@ impl Sim {
     /// Feeds the scheduler one event, routes its output and checks.
     fn sched_event(&mut self, event: Event) -> Result<(), SimError> {
         let mut out = std::mem::take(&mut self.out);
+        if self.cfg.record_events {
+            self.recorded.push(event.clone());
+        }
         self.sched.handle(event, &mut out);
         let r = self.route(&mut out);
         out.clear();
@@ -893,8 +909,22 @@ impl Sim {
             ToWorker::Registered { .. } | ToWorker::Rejected { .. } => {}
             ToWorker::Compute(req) => {
                 let id = req.task;
-                if vw.pending.contains_key(&id) || vw.store.contains_key(&id) {
+                if vw.pending.contains_key(&id) {
                     return self.err(format!("{} sent twice to {w}", req.key));
+                }
+                if vw.store.contains_key(&id) {
+                    // Computed here before (then cancelled, then wanted
+                    // again): the result is at hand.
+                    let (_, dur, nbytes) = parse_args(&req.args).unwrap_or_default();
+                    self.send_to_sched(
+                        w,
+                        FromWorker::Finished {
+                            task: id,
+                            nbytes: nbytes as u64,
+                            compute_us: dur as u64,
+                        },
+                    );
+                    return Ok(());
                 }
                 vw.ready.push(Reverse((req.priority, id)));
                 vw.pending.insert(id, Pending { req, running: None });

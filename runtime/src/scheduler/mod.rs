@@ -1008,8 +1008,15 @@ impl Scheduler {
         comm: &mut impl Comm,
     ) {
         if self.processing_task(worker, id, "finished").is_none() {
-            // The worker may hold a result nobody tracks: let it drop it.
-            comm.to_worker(worker, ToWorker::Free { task: id });
+            // The worker may hold a result nobody tracks: let it drop it
+            // (unless it is a holder we know of).
+            let holder = self
+                .tasks
+                .get(id)
+                .is_some_and(|t| t.who_has.contains(&worker));
+            if !holder {
+                comm.to_worker(worker, ToWorker::Free { task: id });
+            }
             return;
         }
         self.unassign(id);
