@@ -189,7 +189,8 @@ pub enum FromWorker {
 pub enum FromClient {
     /// Submit a graph; the client gets futures on `graph.outputs`.
     SubmitGraph(Graph),
-    /// Drop the client's futures on these keys.
+    /// Drop the client's futures on these keys (a client holds at most one
+    /// future per key).
     Release {
         /// The keys.
         keys: Vec<Key>,

@@ -1199,6 +1199,12 @@ impl Sim {
                 self.n_alive
             ));
         }
+        // Nothing may be left half done: every task that was needed ended in
+        // memory or erred (and was then released, or kept as lineage).
+        let stuck = self.sched.count_active();
+        if stuck != 0 {
+            return self.err(format!("{stuck} tasks still waiting, queued or processing"));
+        }
         if self.cfg.release_on_receipt {
             if self.sched.n_tasks() != 0 {
                 return self.err(format!(

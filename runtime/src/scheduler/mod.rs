@@ -15,6 +15,24 @@
 //!   (lost results: memory -> released -> waiting again, from lineage)
 //! ```
 //!
+//! What a reactor does around it:
+//!
+//! - number workers and clients (never reusing a number) and feed
+//!   [`Event::WorkerJoined`] after a worker's handshake, [`Event::WorkerLost`]
+//!   when its connection drops or its heartbeats stop, and
+//!   [`Event::ClientConnected`] / [`Event::ClientDisconnected`];
+//! - decode each message into [`Event::Worker`] / [`Event::Client`], keeping
+//!   each connection's order;
+//! - send [`Event::Balance`] on a timer (100 ms);
+//! - deliver what `handle` wrote, per destination in order, and close a
+//!   worker's connection after [`ToWorker::Rejected`]. Messages to a worker
+//!   that has just gone can be dropped: the scheduler already knows.
+//!
+//! Malformed or out-of-order input (unknown or stale ids, reports from the
+//! wrong worker, duplicate registrations, unknown keys) is logged with
+//! `tracing` and ignored, counted in [`Stats::ignored`]; it never changes
+//! task state.
+//!
 //! Per-task work is O(1) amortized plus O(edges); placement looks at the
 //! workers that hold a task's inputs (at most [`MAX_CANDIDATES`]) or takes
 //! the next unsaturated worker in round-robin order. The root-task queue is a
@@ -270,6 +288,11 @@ impl Scheduler {
     /// Tasks known (not forgotten).
     pub fn n_tasks(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Tasks waiting, queued or processing (O(tasks); for tests).
+    pub fn count_active(&self) -> usize {
+        self.tasks.iter().filter(|t| t.state.is_active()).count()
     }
 
     /// Live workers.
@@ -1426,6 +1449,7 @@ impl Scheduler {
             );
         }
         drop(local);
+        self.keys.reserve(m);
         let seq0 = self.next_seq;
         self.next_seq += m as u64;
         let mut specs: Vec<Option<crate::graph::TaskSpec>> = specs.into_iter().map(Some).collect();
