@@ -1190,7 +1190,7 @@ impl Sim {
         for key in self.expected.keys() {
             if !self.outcomes.contains_key(key) {
                 missing += 1;
-                example.get_or_insert_with(|| (key.clone(), self.sched.state_of_key(key)));
+                example.get_or_insert_with(|| self.sched.explain(key));
             }
         }
         if missing > 0 {

@@ -176,3 +176,72 @@ fn task_that_crashes_its_workers_errs_with_killed_workers() {
     let err = sim.outcomes()["boom"].clone().unwrap_err();
     assert!(err.to_string().contains("3 workers that died"), "{err}");
 }
+
+/// Many small runs with heavy fault rates and varied settings, full sweeps
+/// every few events: where rare interleavings show up.
+#[test]
+fn many_seeds_small_clusters_heavy_faults() {
+    let seeds: u64 = std::env::var("WEFT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    for seed in 0..seeds {
+        let sched_cfg = Config {
+            worker_saturation: if seed % 3 == 0 { None } else { Some(1.1) },
+            steal_ratio: if seed % 2 == 0 { 2.0 } else { 100.0 },
+            unknown_duration: 0.001,
+            ..Config::default()
+        };
+        let mut sim = Sim::new(
+            sched_cfg,
+            SimConfig {
+                seed,
+                latency_us: 10 + seed * 37 % 300,
+                balance_every_us: 5_000,
+                check: CheckMode {
+                    incremental: true,
+                    full_every: 20,
+                },
+                release_on_receipt: seed % 4 != 1,
+                deliver_from_dead: seed % 5 != 2,
+                ..SimConfig::default()
+            },
+        );
+        let n = 6 + (seed % 10) as u32;
+        workers(&mut sim, n, seed);
+        let mut gen_cfg = GenConfig::new(1_500, seed * 7 + 1);
+        gen_cfg.worker_names = names(n);
+        gen_cfg.fail_fraction = 0.01;
+        gen_cfg.flaky_fraction = 0.05;
+        gen_cfg.gpu_fraction = 0.05;
+        gen_cfg.restrict_fraction = 0.05;
+        let g = random_graph(&gen_cfg);
+        let outputs = g.expected.len() as u64;
+        sim.submit(g).unwrap();
+        let mut rng = weft_runtime::sim::Rng::new(seed);
+        for _ in 0..(n / 2 + 3) {
+            sim.kill_random_at(rng.range(0, 150_000));
+            sim.add_at(
+                rng.range(0, 150_000),
+                WorkerSpec {
+                    nthreads: rng.range(1, 3) as u32,
+                    gpus: u32::from(rng.chance(0.5)),
+                },
+            );
+        }
+        // Random kills may take every gpu worker; tasks that need one wait
+        // (queued as unrunnable) until this one joins.
+        sim.add_at(200_000, WorkerSpec { nthreads: 1, gpus: 1 });
+        if let Err(e) = sim.run() {
+            panic!("seed {seed}: {e}");
+        }
+        // Outputs kept in memory may be lost, recomputed and reported again:
+        // count keys, not reports.
+        assert_eq!(
+            sim.outcomes().len() as u64,
+            outputs,
+            "seed {seed}: {:?}",
+            sim.stats
+        );
+    }
+}

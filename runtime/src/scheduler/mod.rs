@@ -295,6 +295,39 @@ impl Scheduler {
         self.tasks.iter().filter(|t| t.state.is_active()).count()
     }
 
+    /// A one-line account of a key and, for a waiting task, of the input
+    /// it waits on, down to something not waiting (for stall reports).
+    pub fn explain(&self, key: &str) -> String {
+        let mut lines = Vec::new();
+        let mut cur = self.keys.get(key).copied();
+        let mut hops = 0;
+        while let Some(id) = cur {
+            let t = &self.tasks[id];
+            lines.push(format!(
+                "{} {:?} waiting_on={} waiters={} wanted={} deaths={}; ",
+                t.key,
+                t.state,
+                t.waiting_on,
+                t.waiters,
+                t.wanted(),
+                t.deaths
+            ));
+            cur = None;
+            if t.state == TaskState::Waiting && hops < 100_000 {
+                cur = t
+                    .deps
+                    .iter()
+                    .copied()
+                    .find(|&d| self.tasks[d].state != TaskState::Memory);
+                hops += 1;
+            }
+        }
+        if lines.len() > 4 {
+            lines.drain(1..lines.len() - 3);
+        }
+        lines.concat()
+    }
+
     /// Live workers.
     pub fn n_workers(&self) -> usize {
         self.workers.len()
