@@ -231,7 +231,13 @@ fn many_seeds_small_clusters_heavy_faults() {
         }
         // Random kills may take every gpu worker; tasks that need one wait
         // (queued as unrunnable) until this one joins.
-        sim.add_at(200_000, WorkerSpec { nthreads: 1, gpus: 1 });
+        sim.add_at(
+            200_000,
+            WorkerSpec {
+                nthreads: 1,
+                gpus: 1,
+            },
+        );
         if let Err(e) = sim.run() {
             panic!("seed {seed}: {e}");
         }
