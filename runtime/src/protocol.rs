@@ -189,6 +189,16 @@ pub enum FromWorker {
 pub enum FromClient {
     /// Submit a graph; the client gets futures on `graph.outputs`.
     SubmitGraph(Graph),
+    /// The client put data on a worker itself (scatter): register the keys
+    /// as in memory there, with a future for the client. Scattered data has
+    /// no lineage: if its last holder dies it errs with
+    /// [`TaskError::DataLost`].
+    Scatter {
+        /// The worker that holds the data.
+        worker: WorkerId,
+        /// Keys and their sizes.
+        data: Vec<(Key, u64)>,
+    },
     /// Drop the client's futures on these keys (a client holds at most one
     /// future per key).
     Release {
@@ -262,6 +272,12 @@ pub enum TaskError {
         allowed: u32,
         /// The last of them.
         last_worker: SharedStr,
+    },
+    /// Scattered data lost its last holder; it has no lineage to recompute.
+    #[error("scattered key {key} was lost (no worker holds it) and cannot be recomputed")]
+    DataLost {
+        /// The scattered key.
+        key: Key,
     },
     /// An input failed.
     #[error("task {key} not run: its dependency failed: {cause}")]

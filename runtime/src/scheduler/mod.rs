@@ -47,6 +47,8 @@ mod tests;
 mod worker;
 
 use std::cmp::Reverse;
+
+use bytes::Bytes;
 use std::collections::BinaryHeap;
 
 use crate::graph::{self, Graph};
@@ -438,6 +440,7 @@ impl Scheduler {
                 match msg {
                     FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
                     FromClient::Release { keys } => self.client_release(client, keys),
+                    FromClient::Scatter { worker, data } => self.scatter(client, worker, data),
                 }
             }
             Event::Balance => self.balance(comm),
@@ -509,6 +512,11 @@ impl Scheduler {
         while let Some(id) = stack.pop() {
             let t = &self.tasks[id];
             if t.state != TaskState::Released {
+                continue;
+            }
+            if t.scattered {
+                let key = t.key.clone();
+                self.fail(id, TaskError::DataLost { key }, comm);
                 continue;
             }
             let mut missing = 0;
@@ -1027,7 +1035,10 @@ impl Scheduler {
         }
         self.tasks[id].dependents = dependents;
         let t = &self.tasks[id];
-        if t.waiters > 0 || t.wanted() {
+        if t.scattered && (t.waiters > 0 || t.wanted()) {
+            let key = t.key.clone();
+            self.fail(id, TaskError::DataLost { key }, comm);
+        } else if t.waiters > 0 || t.wanted() {
             tracing::debug!(task = %t.key, "result lost; recomputing");
             self.stats.recomputed += 1;
             self.need(id, comm);
@@ -1312,6 +1323,67 @@ impl Scheduler {
         }
     }
 
+    /// Registers data a client put on a worker.
+    fn scatter(&mut self, client: ClientId, worker: WorkerId, data: Vec<(Key, u64)>) {
+        if !self.workers.contains_key(&worker) {
+            tracing::warn!(%client, %worker, "scatter to an unknown worker; ignored");
+            self.stats.ignored += 1;
+            return;
+        }
+        let op = self.intern_op(&SharedStr::from("<scattered>"));
+        for (key, nbytes) in data {
+            if self.keys.contains_key(key.as_str()) {
+                tracing::warn!(%client, %key, "scatter of a key already known; ignored");
+                self.stats.ignored += 1;
+                continue;
+            }
+            let id = self.tasks.reserve();
+            self.keys.insert(key.clone(), id);
+            self.tasks.insert(Task {
+                id,
+                key,
+                args: Bytes::new(),
+                deps: Box::default(),
+                dependents: Vec::new(),
+                who_has: vec![worker],
+                who_wants: vec![client],
+                restrictions: None,
+                priority: Priority {
+                    user: 0,
+                    seq: self.next_seq,
+                },
+                nbytes,
+                state: TaskState::Released,
+                op,
+                request: 0,
+                waiting_on: 0,
+                waiters: 0,
+                live_dependents: 0,
+                proc_idx: NOT_LISTED,
+                est: 0.0,
+                retries_left: 0,
+                deaths: 0,
+                queue: QueueKind::None,
+                scattered: true,
+            });
+            self.next_seq += 1;
+            self.set_state(id, TaskState::Memory);
+            let wk = self
+                .workers
+                .get_mut(&worker)
+                .expect("internal error: checked above");
+            wk.has_what.push(id);
+            wk.n_held += 1;
+            wk.nbytes_held += nbytes;
+            let c = self
+                .clients
+                .get_mut(&client)
+                .expect("internal error: checked by handle");
+            c.wants.push(id);
+            c.n_wants += 1;
+        }
+    }
+
     fn intern_op(&mut self, name: &SharedStr) -> OpId {
         if let Some(&id) = self.op_ids.get(name) {
             return id;
@@ -1526,6 +1598,7 @@ impl Scheduler {
                 retries_left: a.retries,
                 deaths: 0,
                 queue: QueueKind::None,
+                scattered: false,
             });
             self.touch(id);
         }

@@ -91,6 +91,8 @@ pub(crate) struct Task {
     /// Workers that died while running this task.
     pub deaths: u8,
     pub queue: QueueKind,
+    /// Put in memory by a client (scatter): no lineage.
+    pub scattered: bool,
 }
 
 // The per-task memory budget rests on this; grow it only on purpose.

@@ -589,3 +589,51 @@ fn annotations_default_is_unconstrained() {
     let a = Annotations::default();
     assert!(a.workers.is_empty() && a.resources.is_empty() && a.retries == 0);
 }
+
+#[test]
+fn scattered_data_is_used_in_place_and_errs_when_lost() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Scatter {
+            worker: w(2),
+            data: vec![("s".into(), 1 << 20)],
+        },
+    });
+    assert_eq!(h.state("s"), TaskState::Memory);
+    assert_eq!(h.s.who_has("s"), &[w(2)]);
+    let out = h.submit(vec![spec("b", &["s"])], &["b"]);
+    assert_eq!(computes(&out), vec![(w(2), "b".to_string())]);
+    // The only holder dies before `b` finishes: no lineage, so both err.
+    let out = h.ev(Event::WorkerLost { worker: w(2) });
+    assert_eq!(h.state("s"), TaskState::Erred);
+    assert_eq!(h.state("b"), TaskState::Erred);
+    let msgs = client_msgs(&out);
+    assert_eq!(msgs.len(), 2, "{out:?}");
+    for m in msgs {
+        let ToClient::Erred { error, .. } = m else {
+            panic!("{m:?}");
+        };
+        assert!(matches!(error.root_cause(), TaskError::DataLost { key } if key.as_str() == "s"));
+    }
+    // Scatter to an unknown worker, or of a known key, is ignored.
+    let before = h.s.stats().ignored;
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Scatter {
+            worker: w(9),
+            data: vec![("t".into(), 1)],
+        },
+    });
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Scatter {
+            worker: w(1),
+            data: vec![("s".into(), 1)],
+        },
+    });
+    assert_eq!(h.s.stats().ignored, before + 2);
+    assert_eq!(h.state("t"), TaskState::Forgotten);
+}
