@@ -42,6 +42,18 @@ impl PartialOrd for Priority {
     }
 }
 
+/// Where a result lives on its worker.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Tier {
+    /// GPU memory.
+    Device,
+    /// Host memory.
+    #[default]
+    Host,
+    /// Spilled to disk.
+    Disk,
+}
+
 /// An amount of a named resource (`gpu = 1`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourceAmount {
@@ -150,6 +162,8 @@ pub enum FromWorker {
         nbytes: u64,
         /// How long the op ran, in microseconds (measured by the worker).
         compute_us: u64,
+        /// Where the result is kept.
+        tier: Tier,
     },
     /// The op returned an error or panicked.
     Failed {

@@ -27,6 +27,7 @@ use bytes::Bytes;
 
 use crate::graph::{Annotations, Graph, TaskSpec};
 use crate::ids::{ClientId, FxHashMap, Key, SharedStr, TaskId, WorkerId};
+use crate::protocol::Tier;
 use crate::protocol::{
     ComputeRequest, FromClient, FromWorker, Priority, ResourceAmount, TaskError, ToClient,
     ToWorker, WorkerInfo,
@@ -922,6 +923,7 @@ impl Sim {
                             task: id,
                             nbytes: nbytes as u64,
                             compute_us: dur as u64,
+                            tier: Tier::Host,
                         },
                     );
                     return Ok(());
@@ -1115,6 +1117,7 @@ impl Sim {
                 task: id,
                 nbytes: nbytes as u64,
                 compute_us: dur as u64,
+                tier: Tier::Host,
             }
         };
         self.send_to_sched(w, msg);

@@ -55,7 +55,7 @@ use crate::graph::{self, Graph};
 use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{
     ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError,
-    ToClient, ToWorker, WorkerInfo,
+    Tier, ToClient, ToWorker, WorkerInfo,
 };
 
 pub use check::InvariantError;
@@ -364,6 +364,12 @@ impl Scheduler {
             .map_or(&[], |&id| self.tasks[id].who_has.as_slice())
     }
 
+    /// Where a key's result lives (as its computing worker reported).
+    pub fn tier_of(&self, key: &str) -> Option<Tier> {
+        let t = &self.tasks[*self.keys.get(key)?];
+        (t.state == TaskState::Memory).then_some(t.tier)
+    }
+
     /// The error of an erred key.
     pub fn error_of(&self, key: &str) -> Option<&TaskError> {
         self.keys.get(key).and_then(|id| self.errors.get(id))
@@ -407,7 +413,8 @@ impl Scheduler {
                         task,
                         nbytes,
                         compute_us,
-                    } => self.task_finished(worker, task, nbytes, compute_us, comm),
+                        tier,
+                    } => self.task_finished(worker, task, nbytes, compute_us, tier, comm),
                     FromWorker::Failed { task, message } => {
                         self.task_failed(worker, task, message, comm)
                     }
@@ -1072,6 +1079,7 @@ impl Scheduler {
         id: TaskId,
         nbytes: u64,
         compute_us: u64,
+        tier: Tier,
         comm: &mut impl Comm,
     ) {
         if self.processing_task(worker, id, "finished").is_none() {
@@ -1097,6 +1105,7 @@ impl Scheduler {
         };
         op.count += 1;
         t.nbytes = nbytes;
+        t.tier = tier;
         t.who_has.push(worker);
         let wk = self
             .workers
@@ -1365,6 +1374,7 @@ impl Scheduler {
                 deaths: 0,
                 queue: QueueKind::None,
                 scattered: true,
+                tier: Tier::Host,
             });
             self.next_seq += 1;
             self.set_state(id, TaskState::Memory);
@@ -1599,6 +1609,7 @@ impl Scheduler {
                 deaths: 0,
                 queue: QueueKind::None,
                 scattered: false,
+                tier: Tier::Host,
             });
             self.touch(id);
         }

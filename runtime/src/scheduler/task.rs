@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::ids::{ClientId, Key, OpId, SharedStr, TaskId, WorkerId};
-use crate::protocol::Priority;
+use crate::protocol::{Priority, Tier};
 
 /// Where a task is in its life. A task is in exactly one state; the variant
 /// is the only place that says so.
@@ -93,10 +93,12 @@ pub(crate) struct Task {
     pub queue: QueueKind,
     /// Put in memory by a client (scatter): no lineage.
     pub scattered: bool,
+    /// Where the result lives (Memory only).
+    pub tier: Tier,
 }
 
 // The per-task memory budget rests on this; grow it only on purpose.
-const _: () = assert!(std::mem::size_of::<Task>() == 216);
+const _: () = assert!(std::mem::size_of::<Task>() == 224);
 
 impl Task {
     #[inline]

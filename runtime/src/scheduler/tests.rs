@@ -113,6 +113,7 @@ impl H {
                 task,
                 nbytes,
                 compute_us: 1_000,
+                tier: Tier::Host,
             },
         )
     }
@@ -262,6 +263,7 @@ fn lost_results_are_recomputed_and_dependents_wait_again() {
             task: c,
             nbytes: 1,
             compute_us: 1,
+            tier: Tier::Host,
         },
     );
     assert!(out.is_empty());
@@ -358,6 +360,7 @@ fn malformed_and_out_of_order_messages_are_ignored() {
             task: a,
             nbytes: 1,
             compute_us: 1,
+            tier: Tier::Host,
         },
     );
     assert_eq!(frees(&out), vec![(w(other), a)]);
@@ -373,6 +376,7 @@ fn malformed_and_out_of_order_messages_are_ignored() {
                 task,
                 nbytes: 1,
                 compute_us: 1,
+                tier: Tier::Host,
             },
         );
         h.worker_msg(
@@ -579,7 +583,7 @@ fn client_disconnect_releases_its_keys() {
 
 #[test]
 fn hot_structs_stay_small() {
-    assert_eq!(std::mem::size_of::<task::Task>(), 216);
+    assert_eq!(std::mem::size_of::<task::Task>(), 224);
     assert_eq!(std::mem::size_of::<TaskState>(), 8);
     assert_eq!(std::mem::size_of::<TaskId>(), 8);
 }
