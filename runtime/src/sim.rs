@@ -216,6 +216,9 @@ pub struct GenConfig {
     pub fail_fraction: f64,
     /// Fraction of tasks that fail once and have one retry.
     pub flaky_fraction: f64,
+    /// Fraction of tasks whose op kills the worker that runs it (they end
+    /// in a KilledWorkers error, and take some bystanders with them).
+    pub crash_fraction: f64,
     /// Fraction of tasks that need `gpu = 1`.
     pub gpu_fraction: f64,
     /// Fraction of tasks restricted to a named worker (with
@@ -233,6 +236,7 @@ impl GenConfig {
             seed,
             fail_fraction: 0.0005,
             flaky_fraction: 0.002,
+            crash_fraction: 0.0,
             gpu_fraction: 0.002,
             restrict_fraction: 0.001,
             worker_names: Vec::new(),
@@ -255,6 +259,8 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
             let mut a = Annotations::default();
             let op = if rng.chance(cfg.fail_fraction) {
                 "fail"
+            } else if rng.chance(cfg.crash_fraction) {
+                "crash"
             } else if rng.chance(cfg.flaky_fraction) {
                 a.retries = 1;
                 "flaky"
@@ -554,6 +560,8 @@ pub struct SimStats {
     pub runs: u64,
     /// Messages from dead workers delivered anyway.
     pub from_dead: u64,
+    /// Workers killed by `crash` tasks.
+    pub crashes: u64,
 }
 
 /// The simulator. See the module docs.
@@ -1045,6 +1053,7 @@ impl Sim {
             return self.err(format!("{}: bad sim args", req.key));
         };
         if req.op.as_str() == "crash" {
+            self.stats.crashes += 1;
             self.push(self.now, SimEvent::Kill(w));
         }
         let jitter = self.rng.range(0, dur as u64 / 4 + 1);

@@ -215,6 +215,12 @@ fn many_seeds_small_clusters_heavy_faults() {
         gen_cfg.flaky_fraction = 0.05;
         gen_cfg.gpu_fraction = 0.05;
         gen_cfg.restrict_fraction = 0.05;
+        if seed % 4 == 3 {
+            // Crashing tasks may kill every gpu worker at any time, leaving
+            // gpu tasks unrunnable for good: no gpu tasks in these runs.
+            gen_cfg.crash_fraction = 0.001;
+            gen_cfg.gpu_fraction = 0.0;
+        }
         let g = random_graph(&gen_cfg);
         let outputs = g.expected.len() as u64;
         sim.submit(g).unwrap();
@@ -238,8 +244,21 @@ fn many_seeds_small_clusters_heavy_faults() {
                 gpus: 1,
             },
         );
+        if gen_cfg.crash_fraction > 0.0 {
+            // Each crashing task kills up to allowed_failures + 1 workers:
+            // keep some coming so that the cluster never runs dry.
+            for i in 1..=40 {
+                sim.add_at(
+                    i * 100_000,
+                    WorkerSpec {
+                        nthreads: 1,
+                        gpus: 0,
+                    },
+                );
+            }
+        }
         if let Err(e) = sim.run() {
-            panic!("seed {seed}: {e}");
+            panic!("seed {seed}: {e}\n{:?}", sim.stats);
         }
         // Outputs kept in memory may be lost, recomputed and reported again:
         // count keys, not reports.

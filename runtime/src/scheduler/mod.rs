@@ -306,9 +306,18 @@ impl Scheduler {
         while let Some(id) = cur {
             let t = &self.tasks[id];
             lines.push(format!(
-                "{} {:?} waiting_on={} waiters={} wanted={} deaths={}; ",
+                "{} {:?}{} waiting_on={} waiters={} wanted={} deaths={}; ",
                 t.key,
                 t.state,
+                match t.queue {
+                    QueueKind::None => String::new(),
+                    QueueKind::Root => " (root queue)".into(),
+                    QueueKind::Unrunnable => format!(
+                        " (no valid worker; needs {:?}, restricted to {:?})",
+                        self.requests[t.request as usize],
+                        t.restrictions.as_ref().map(|r| (&r.workers, r.allow_other))
+                    ),
+                },
                 t.waiting_on,
                 t.waiters,
                 t.wanted(),
