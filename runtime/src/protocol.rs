@@ -189,6 +189,12 @@ pub enum FromWorker {
         /// The peers that failed to serve it.
         tried: Vec<WorkerId>,
     },
+    /// The worker paused (memory pressure: it takes no new tasks) or
+    /// resumed. Tasks it already has stay with it.
+    Paused {
+        /// True when paused.
+        paused: bool,
+    },
     /// The worker now holds a replica of `task`'s result (after a fetch).
     Acquired {
         /// The result's task.

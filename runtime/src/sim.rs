@@ -517,6 +517,7 @@ enum SimEvent {
     },
     Kill(WorkerId),
     KillRandom,
+    TogglePauseRandom,
     Add(WorkerSpec),
     Balance,
 }
@@ -529,6 +530,7 @@ struct Pending {
 
 struct VWorker {
     alive: bool,
+    paused: bool,
     free_threads: u32,
     gpus: u32,
     free_gpus: u32,
@@ -676,6 +678,7 @@ impl Sim {
         let id = WorkerId::new(self.workers.len() as u32);
         self.workers.push(VWorker {
             alive: true,
+            paused: false,
             free_threads: spec.nthreads,
             gpus: spec.gpus,
             free_gpus: spec.gpus,
@@ -733,6 +736,13 @@ impl Sim {
     /// would leave no worker).
     pub fn kill_random_at(&mut self, at: u64) {
         self.push(at, SimEvent::KillRandom);
+    }
+
+    /// Schedules a random live worker to pause, or resume if paused, at
+    /// time `at` (it tells the scheduler like a real worker would; it keeps
+    /// running the tasks it has).
+    pub fn toggle_pause_random_at(&mut self, at: u64) {
+        self.push(at, SimEvent::TogglePauseRandom);
     }
 
     /// Schedules a new worker at time `at`.
@@ -1177,6 +1187,18 @@ impl Sim {
                             .collect();
                         let i = alive[self.rng.below(alive.len() as u64) as usize];
                         self.kill_worker(WorkerId::new(i as u32))?;
+                    }
+                }
+                SimEvent::TogglePauseRandom => {
+                    let alive: Vec<usize> = (0..self.workers.len())
+                        .filter(|&i| self.workers[i].alive)
+                        .collect();
+                    if !alive.is_empty() {
+                        let i = alive[self.rng.below(alive.len() as u64) as usize];
+                        let vw = &mut self.workers[i];
+                        vw.paused = !vw.paused;
+                        let paused = vw.paused;
+                        self.send_to_sched(WorkerId::new(i as u32), FromWorker::Paused { paused });
                     }
                 }
                 SimEvent::Add(spec) => {

@@ -128,6 +128,9 @@ fn million_tasks_ten_thousand_workers_with_faults() {
             },
         );
     }
+    for _ in 0..100 {
+        sim.toggle_pause_random_at(rng.range(0, 300_000));
+    }
     sim.run().unwrap();
     let s = &sim.stats;
     eprintln!(
@@ -234,6 +237,9 @@ fn many_seeds_small_clusters_heavy_faults() {
                     gpus: u32::from(rng.chance(0.5)),
                 },
             );
+        }
+        for _ in 0..4 {
+            sim.toggle_pause_random_at(rng.range(0, 150_000));
         }
         // Random kills may take every gpu worker; tasks that need one wait
         // (queued as unrunnable) until this one joins.

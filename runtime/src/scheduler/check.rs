@@ -297,10 +297,10 @@ impl Scheduler {
                 self.all.items.get(wk.all_idx as usize) == Some(&w),
                 "worker {w}: not at its place in the worker list"
             );
-            if wk.saturated() {
+            if !wk.open() {
                 ensure!(
                     wk.unsat_idx == NOT_LISTED,
-                    "worker {w}: saturated but listed free"
+                    "worker {w}: saturated or paused but listed free"
                 );
             } else {
                 unsat += 1;

@@ -436,6 +436,7 @@ impl Scheduler {
                     FromWorker::Acquired { task, nbytes } => {
                         self.acquired(worker, task, nbytes, comm)
                     }
+                    FromWorker::Paused { paused } => self.worker_paused(worker, paused, comm),
                 }
             }
             Event::ClientConnected { client } => {
@@ -629,7 +630,7 @@ impl Scheduler {
             .workers
             .get_mut(&w)
             .expect("internal error: processing on a dead worker");
-        let was_saturated = wk.saturated();
+        let was_open = wk.open();
         wk.processing.swap_remove(idx as usize);
         if let Some(&moved) = wk.processing.get(idx as usize) {
             self.tasks[moved].proc_idx = idx;
@@ -639,7 +640,7 @@ impl Scheduler {
         } else {
             (wk.occupancy - est).max(0.0)
         };
-        if was_saturated && !wk.saturated() {
+        if !was_open && wk.open() {
             wk.unsat_idx = self.unsat.push(w);
             self.freed.push(w);
         }
@@ -661,7 +662,7 @@ impl Scheduler {
         t.queue = QueueKind::None;
         wk.processing.push(id);
         wk.occupancy += est;
-        if wk.saturated() && wk.unsat_idx != NOT_LISTED {
+        if !wk.open() && wk.unsat_idx != NOT_LISTED {
             let idx = wk.unsat_idx;
             wk.unsat_idx = NOT_LISTED;
             if let Some(moved) = self.unsat.swap_remove(idx) {
@@ -743,7 +744,7 @@ impl Scheduler {
     fn fill_worker(&mut self, w: WorkerId, comm: &mut impl Comm) {
         loop {
             match self.workers.get(&w) {
-                Some(wk) if !wk.saturated() => {}
+                Some(wk) if wk.open() => {}
                 _ => return,
             }
             let Some(Reverse((_, id))) = self.root_queue.pop() else {
@@ -928,11 +929,48 @@ impl Scheduler {
                 unsat_idx,
                 all_idx,
                 slots,
+                paused: false,
             },
         );
         comm.to_worker(worker, ToWorker::Registered { worker });
         self.freed.push(worker);
         // A new worker may be able to run what nobody could.
+        self.retry_unrunnable(comm);
+    }
+
+    fn worker_paused(&mut self, worker: WorkerId, paused: bool, comm: &mut impl Comm) {
+        let wk = self
+            .workers
+            .get_mut(&worker)
+            .expect("internal error: checked by handle");
+        if wk.paused == paused {
+            return;
+        }
+        tracing::info!(%worker, paused, "worker pause state changed");
+        wk.paused = paused;
+        if paused {
+            if wk.unsat_idx != NOT_LISTED {
+                let idx = wk.unsat_idx;
+                wk.unsat_idx = NOT_LISTED;
+                if let Some(moved) = self.unsat.swap_remove(idx) {
+                    self.workers
+                        .get_mut(&moved)
+                        .expect("internal error: unsat list")
+                        .unsat_idx = idx;
+                }
+            }
+            return;
+        }
+        if wk.open() {
+            wk.unsat_idx = self.unsat.push(worker);
+            self.freed.push(worker);
+        }
+        self.retry_unrunnable(comm);
+    }
+
+    /// Tries to place the tasks no worker could run (after a worker joined
+    /// or resumed). O(parked tasks).
+    fn retry_unrunnable(&mut self, comm: &mut impl Comm) {
         let parked = std::mem::take(&mut self.unrunnable);
         for id in parked {
             match self.tasks.get(id) {

@@ -17,6 +17,9 @@ impl Scheduler {
         let Some(wk) = self.workers.get(&w) else {
             return false;
         };
+        if wk.paused {
+            return false;
+        }
         let t = &self.tasks[id];
         for &(r, amount) in self.requests[t.request as usize].iter() {
             if wk.resources.get(r.index()).copied().unwrap_or(0) < amount {
@@ -112,9 +115,22 @@ impl Scheduler {
         if let Some(w) = self.unsat.next() {
             return Some(w);
         }
-        // Everyone is saturated: the less loaded of the next two.
-        let a = self.all.next()?;
-        let b = self.all.next().unwrap_or(a);
+        // Everyone is saturated (or paused): the less loaded of the next
+        // two that are not paused.
+        let mut picks = [None, None];
+        let mut found = 0;
+        for _ in 0..self.all.len() {
+            let w = self.all.next()?;
+            if !self.workers[&w].paused {
+                picks[found] = Some(w);
+                found += 1;
+                if found == 2 {
+                    break;
+                }
+            }
+        }
+        let a = picks[0]?;
+        let b = picks[1].unwrap_or(a);
         let la = self.workers[&a].load();
         let lb = self.workers[&b].load();
         Some(if lb < la { b } else { a })
@@ -135,7 +151,7 @@ impl Scheduler {
             let wk = &self.workers[&w];
             let n = wk.processing.len();
             let threads = wk.info.nthreads.max(1) as usize;
-            if n < threads {
+            if n < threads && !wk.paused {
                 thieves.push((wk.load(), w, threads - n));
             } else if n > threads {
                 victims.push((wk.load(), w, n - threads));

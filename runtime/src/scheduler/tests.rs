@@ -641,3 +641,29 @@ fn scattered_data_is_used_in_place_and_errs_when_lost() {
     assert_eq!(h.s.stats().ignored, before + 2);
     assert_eq!(h.state("t"), TaskState::Forgotten);
 }
+
+#[test]
+fn paused_workers_get_no_new_tasks() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    let TaskState::Processing(on) = h.state("a") else {
+        panic!()
+    };
+    h.finish(on.0, "a", 1 << 30);
+    let other = if on == w(1) { 2 } else { 1 };
+    h.worker_msg(on.0, FromWorker::Paused { paused: true });
+    // Even with its big input there, `b` goes to the other worker.
+    let tasks: Vec<_> = (0..4).map(|i| spec(&format!("r{i}"), &[])).collect();
+    let out = h.submit(
+        [vec![spec("b", &["a"])], tasks].concat(),
+        &["b", "r0", "r1", "r2", "r3"],
+    );
+    let placed = computes(&out);
+    assert!(placed.iter().all(|p| p.0 == w(other)), "{placed:?}");
+    assert_eq!(h.state("r3"), TaskState::Queued);
+    let out = h.worker_msg(on.0, FromWorker::Paused { paused: false });
+    assert!(!computes(&out).is_empty());
+    assert!(computes(&out).iter().all(|p| p.0 == on));
+}
