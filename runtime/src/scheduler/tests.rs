@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::graph::{Annotations, TaskSpec};
+use crate::graph::{Annotations, Graph, TaskSpec};
 
 const C: ClientId = ClientId(0);
 
