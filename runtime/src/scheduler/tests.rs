@@ -667,3 +667,43 @@ fn paused_workers_get_no_new_tasks() {
     assert!(!computes(&out).is_empty());
     assert!(computes(&out).iter().all(|p| p.0 == on));
 }
+
+#[test]
+fn order_is_depth_first_and_user_priority_wins() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    // Tree: (l0 l1) -> n0, (l2 l3) -> n1, (n0 n1) -> root.
+    let mut urgent = spec("urgent", &[]);
+    urgent.annotations.priority = 5;
+    let out = h.submit(
+        vec![
+            spec("l0", &[]),
+            spec("l1", &[]),
+            spec("l2", &[]),
+            spec("l3", &[]),
+            spec("n0", &["l0", "l1"]),
+            spec("n1", &["l2", "l3"]),
+            spec("root", &["n0", "n1"]),
+            urgent,
+        ],
+        &["root", "urgent"],
+    );
+    // Two slots: the urgent root task first, then the first leaf.
+    let placed: Vec<String> = computes(&out).into_iter().map(|p| p.1).collect();
+    assert_eq!(placed, vec!["urgent", "l0"]);
+    let out = h.finish(1, "urgent", 1);
+    assert_eq!(computes(&out)[0].1, "l1");
+    let out = h.finish(1, "l0", 1);
+    assert_eq!(computes(&out)[0].1, "l2");
+    // The reduction of l0, l1 outranks the next leaves (depth first).
+    let out = h.finish(1, "l1", 1);
+    let prio = |cmds: &[Command], key: &str| {
+        cmds.iter().find_map(|c| match c {
+            Command::ToWorker(_, ToWorker::Compute(r)) if r.key.as_str() == key => Some(r.priority),
+            _ => None,
+        })
+    };
+    let n0 = prio(&out, "n0").expect("n0 sent when its inputs are done");
+    let l2 = h.s.tasks[h.id("l2")].priority;
+    assert!(n0 < l2, "{n0:?} vs {l2:?}");
+}
