@@ -707,3 +707,172 @@ fn order_is_depth_first_and_user_priority_wins() {
     let l2 = h.s.tasks[h.id("l2")].priority;
     assert!(n0 < l2, "{n0:?} vs {l2:?}");
 }
+
+/// Random, mostly nonsensical input: reports for random (live, stale or
+/// made-up) tasks from random (live, dead or unknown) workers, joins,
+/// losses, pauses, releases, graphs with unknown inputs, disconnects. The
+/// scheduler must never panic and every invariant must hold after every
+/// event.
+#[test]
+fn random_garbage_never_corrupts_state() {
+    use crate::sim::Rng;
+    let seeds: u64 = std::env::var("WEFT_FUZZ_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    for seed in 0..seeds {
+        let mut rng = Rng::new(seed);
+        let mut h = H::new(Config::default());
+        let mut next_worker = 0u32;
+        let mut ids: Vec<TaskId> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut sent: Vec<(WorkerId, TaskId)> = Vec::new();
+        for step in 0..3_000u32 {
+            let pick_worker = |rng: &mut Rng| w(rng.below(next_worker as u64 + 3) as u32);
+            let pick_task = |rng: &mut Rng, ids: &Vec<TaskId>| {
+                if ids.is_empty() || rng.chance(0.1) {
+                    TaskId::from_parts(rng.below(50) as u32, rng.below(3) as u32)
+                } else {
+                    ids[rng.below(ids.len() as u64) as usize]
+                }
+            };
+            let ev = match rng.below(14) {
+                0 => {
+                    next_worker += 1;
+                    Event::WorkerJoined {
+                        worker: w(next_worker),
+                        // Now and then a name that is taken.
+                        info: info(
+                            &if rng.chance(0.1) {
+                                format!("w{}", rng.below(next_worker as u64))
+                            } else {
+                                format!("w{next_worker}")
+                            },
+                            2,
+                        ),
+                    }
+                }
+                1 if rng.chance(0.3) => Event::WorkerLost {
+                    worker: pick_worker(&mut rng),
+                },
+                2 => {
+                    // A small graph, sometimes with an unknown input.
+                    let n = rng.range(1, 5);
+                    let mut tasks = Vec::new();
+                    let mut outs = Vec::new();
+                    for i in 0..n {
+                        let key = format!("k{step}-{i}");
+                        let mut deps: Vec<Key> = Vec::new();
+                        if !keys.is_empty() && rng.chance(0.5) {
+                            // A recent key: likely still known.
+                            let recent = rng.below(keys.len().min(8) as u64) as usize;
+                            deps.push(keys[keys.len() - 1 - recent].as_str().into());
+                        }
+                        if i > 0 && rng.chance(0.5) {
+                            deps.push(format!("k{step}-{}", i - 1).into());
+                        }
+                        if rng.chance(0.05) {
+                            deps.push("nowhere".into());
+                        }
+                        let mut t = TaskSpec::new(key.as_str(), "op", Bytes::new(), deps);
+                        t.annotations.retries = rng.below(2) as u8;
+                        tasks.push(t);
+                        outs.push(Key::from(key.as_str()));
+                        keys.push(key);
+                    }
+                    Event::Client {
+                        client: C,
+                        msg: FromClient::SubmitGraph(Graph {
+                            tasks,
+                            outputs: outs,
+                        }),
+                    }
+                }
+                3 if !keys.is_empty() => Event::Client {
+                    client: C,
+                    msg: FromClient::Release {
+                        keys: vec![keys[rng.below(keys.len() as u64) as usize].as_str().into()],
+                    },
+                },
+                4 => Event::Balance,
+                5 if rng.chance(0.1) => Event::ClientDisconnected {
+                    client: ClientId(rng.below(2) as u32),
+                },
+                6 => Event::ClientConnected {
+                    client: ClientId(rng.below(2) as u32),
+                },
+                7 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Failed {
+                        task: pick_task(&mut rng, &ids),
+                        message: "x".into(),
+                    },
+                },
+                8 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::StealResponse {
+                        task: pick_task(&mut rng, &ids),
+                        stolen: rng.chance(0.5),
+                    },
+                },
+                9 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::MissingData {
+                        task: pick_task(&mut rng, &ids),
+                        dep: pick_task(&mut rng, &ids),
+                        tried: vec![pick_worker(&mut rng)],
+                    },
+                },
+                10 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Acquired {
+                        task: pick_task(&mut rng, &ids),
+                        nbytes: 5,
+                    },
+                },
+                11 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Paused {
+                        paused: rng.chance(0.5),
+                    },
+                },
+                _ if !sent.is_empty() && rng.chance(0.7) => {
+                    // A genuine report (possibly stale by now).
+                    let (worker, task) = sent.swap_remove(rng.below(sent.len() as u64) as usize);
+                    Event::Worker {
+                        worker,
+                        msg: FromWorker::Finished {
+                            task,
+                            nbytes: rng.below(1000),
+                            compute_us: rng.below(1000),
+                            tier: Tier::Host,
+                        },
+                    }
+                }
+                _ => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Finished {
+                        task: pick_task(&mut rng, &ids),
+                        nbytes: rng.below(1000),
+                        compute_us: rng.below(1000),
+                        tier: Tier::Host,
+                    },
+                },
+            };
+            // Compute messages tell us the live ids to aim at.
+            let out = h.ev(ev);
+            for c in &out {
+                if let Command::ToWorker(to, ToWorker::Compute(r)) = c {
+                    ids.push(r.task);
+                    sent.push((*to, r.task));
+                }
+            }
+            if ids.len() > 200 {
+                ids.drain(..100);
+            }
+        }
+        let st = h.s.stats();
+        assert!(st.ignored > 100, "{st:?}");
+        assert!(st.transitions > 100, "{st:?}");
+    }
+}
