@@ -103,7 +103,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
             seed: 2026,
             check: CheckMode {
                 incremental: true,
-                full_every: 300_000,
+                full_every: 500_000,
             },
             ..SimConfig::default()
         },
