@@ -251,14 +251,16 @@ impl Scheduler {
     ) -> Option<&Task> {
         match self.tasks.get(id) {
             Some(t) if t.state == TaskState::Processing(worker) => self.tasks.get(id),
+            // Both are routine races (a report crossing a cancel, a steal or
+            // a release), so they log at debug level.
             Some(t) => {
-                tracing::warn!(%worker, task = %t.key, state = ?t.state,
+                tracing::debug!(%worker, task = %t.key, state = ?t.state,
                     "{what} for a task not processing on this worker; ignored");
                 self.stats.ignored += 1;
                 None
             }
             None => {
-                tracing::warn!(%worker, task = ?id, "{what} for an unknown task; ignored");
+                tracing::debug!(%worker, task = ?id, "{what} for an unknown task; ignored");
                 self.stats.ignored += 1;
                 None
             }
