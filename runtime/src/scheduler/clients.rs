@@ -287,29 +287,35 @@ impl Scheduler {
             }
         };
         // Valid: from here on nothing is rejected.
+        self.tasks.reserve_capacity(m);
         let ids: Vec<TaskId> = (0..m).map(|_| self.tasks.reserve()).collect();
-        let mut dep_ids: Vec<Vec<TaskId>> = Vec::with_capacity(m);
+        // Exact dependents capacity for the new tasks (one entry per edge).
+        let mut n_dependents = vec![0u32; m];
         for &i in &included {
             let (a, b) = span[i as usize];
-            dep_ids.push(
-                edges[a as usize..b as usize]
-                    .iter()
-                    .map(|e| match *e {
-                        Ok(id) => id,
-                        Err(l) => ids[new_of[l as usize] as usize],
-                    })
-                    .collect(),
-            );
+            for e in &edges[a as usize..b as usize] {
+                if let Err(l) = e {
+                    n_dependents[new_of[*l as usize] as usize] += 1;
+                }
+            }
         }
         drop(local);
         self.keys.reserve(m);
         let seq0 = self.next_seq;
         self.next_seq += m as u64;
         let mut specs: Vec<Option<crate::graph::TaskSpec>> = specs.into_iter().map(Some).collect();
-        for (j, deps) in dep_ids.into_iter().enumerate() {
-            let spec = specs[included[j] as usize]
+        for (j, &i) in included.iter().enumerate() {
+            let spec = specs[i as usize]
                 .take()
                 .expect("internal error: each spec used once");
+            let (a, b) = span[i as usize];
+            let deps: Box<[TaskId]> = edges[a as usize..b as usize]
+                .iter()
+                .map(|e| match *e {
+                    Ok(id) => id,
+                    Err(l) => ids[new_of[l as usize] as usize],
+                })
+                .collect();
             let id = ids[j];
             let op = self.intern_op(&spec.op);
             let request = self.intern_request(&spec.annotations.resources);
@@ -325,8 +331,8 @@ impl Scheduler {
                 id,
                 key: spec.key,
                 args: spec.args,
-                deps: deps.into_boxed_slice(),
-                dependents: Vec::new(),
+                deps,
+                dependents: Vec::with_capacity(n_dependents[j] as usize),
                 who_has: Vec::new(),
                 who_wants: Vec::new(),
                 restrictions,
@@ -421,6 +427,6 @@ impl Scheduler {
         }
         let tasks = &self.tasks;
         self.ready
-            .sort_by_key(|&id| tasks.get(id).map(|t| t.priority));
+            .sort_by_cached_key(|&id| tasks.get(id).map(|t| t.priority));
     }
 }

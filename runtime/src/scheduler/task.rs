@@ -136,6 +136,11 @@ impl Tasks {
         }
     }
 
+    /// Makes room for `n` more tasks.
+    pub fn reserve_capacity(&mut self, n: usize) {
+        self.slots.reserve(n.saturating_sub(self.free.len()));
+    }
+
     /// Fills a reserved slot.
     pub fn insert(&mut self, task: Task) {
         let s = &mut self.slots[task.id.slot() as usize];
