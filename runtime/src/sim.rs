@@ -1,6 +1,6 @@
 //! A simulator for the scheduler: virtual workers on a logical clock, one
-//! virtual client, message latency, fault injection (kill and add workers at
-//! chosen or seeded-random moments) and invariant checks.
+//! virtual client, message latency, fault injection (kill, add, pause and
+//! resume workers at chosen or seeded-random moments) and invariant checks.
 //!
 //! Virtual workers run the sim ops below for real on `u64` values, so the
 //! outputs can be checked against a reference evaluation of the graph:
@@ -552,7 +552,8 @@ pub struct SimStats {
     pub kills: u64,
     /// Workers added.
     pub adds: u64,
-    /// Outputs gathered with the right value.
+    /// Output reports gathered with the right value (an output lost and
+    /// recomputed while the client holds it is reported again).
     pub outputs_ok: u64,
     /// Outputs erred as the reference says.
     pub outputs_erred: u64,
