@@ -1,4 +1,4 @@
-//! Compact ids as newtypes, all made by [`define_id!`], plus the shared string
+//! Compact ids as newtypes, all made by [`define_id!`](crate::define_id), plus the shared string
 //! type used for user-visible names (keys, op names, addresses) and a small
 //! fast hasher for the scheduler's few hash maps.
 //!

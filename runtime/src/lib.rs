@@ -24,7 +24,7 @@ pub mod sim;
 
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
-pub use protocol::{FromClient, FromWorker, TaskError, ToClient, ToWorker, WorkerInfo};
+pub use protocol::{FromClient, FromWorker, TaskError, Tier, ToClient, ToWorker, WorkerInfo};
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 
 // The reactors around the core: they own sockets, clocks and threads.

@@ -39,6 +39,18 @@ impl PartialOrd for Priority {
     }
 }
 
+/// Where a result lives on its worker.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Tier {
+    /// GPU memory.
+    Device,
+    /// Host memory.
+    #[default]
+    Host,
+    /// Spilled to disk.
+    Disk,
+}
+
 /// An amount of a named resource (`gpu = 1`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourceAmount {
@@ -115,7 +127,8 @@ pub enum ToWorker {
         /// Why.
         reason: String,
     },
-    /// Run a task.
+    /// Run a task. A worker that still holds the task's result (computed
+    /// before, then cancelled) answers [`FromWorker::Finished`] at once.
     Compute(Box<ComputeRequest>),
     /// Drop a result (or a replica) from the store.
     Free {
@@ -146,6 +159,8 @@ pub enum FromWorker {
         nbytes: u64,
         /// How long the op ran, in microseconds (measured by the worker).
         compute_us: u64,
+        /// Where the result is kept.
+        tier: Tier,
     },
     /// The op returned an error or panicked.
     Failed {
@@ -171,6 +186,12 @@ pub enum FromWorker {
         /// The peers that failed to serve it.
         tried: Vec<WorkerId>,
     },
+    /// The worker paused (memory pressure: it takes no new tasks) or
+    /// resumed. Tasks it already has stay with it.
+    Paused {
+        /// True when paused.
+        paused: bool,
+    },
     /// The worker now holds a replica of `task`'s result (after a fetch).
     Acquired {
         /// The result's task.
@@ -185,7 +206,18 @@ pub enum FromWorker {
 pub enum FromClient {
     /// Submit a graph; the client gets futures on `graph.outputs`.
     SubmitGraph(Graph),
-    /// Drop the client's futures on these keys.
+    /// The client put data on a worker itself (scatter): register the keys
+    /// as in memory there, with a future for the client. Scattered data has
+    /// no lineage: if its last holder dies it errs with
+    /// [`TaskError::DataLost`].
+    Scatter {
+        /// The worker that holds the data.
+        worker: WorkerId,
+        /// Keys and their sizes.
+        data: Vec<(Key, u64)>,
+    },
+    /// Drop the client's futures on these keys (a client holds at most one
+    /// future per key).
     Release {
         /// The keys.
         keys: Vec<Key>,
@@ -257,6 +289,12 @@ pub enum TaskError {
         allowed: u32,
         /// The last of them.
         last_worker: SharedStr,
+    },
+    /// Scattered data lost its last holder; it has no lineage to recompute.
+    #[error("scattered key {key} was lost (no worker holds it) and cannot be recomputed")]
+    DataLost {
+        /// The scattered key.
+        key: Key,
     },
     /// An input failed.
     #[error("task {key} not run: its dependency failed: {cause}")]

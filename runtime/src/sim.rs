@@ -1,6 +1,6 @@
 //! A simulator for the scheduler: virtual workers on a logical clock, one
-//! virtual client, message latency, fault injection (kill and add workers at
-//! chosen or seeded-random moments) and invariant checks.
+//! virtual client, message latency, fault injection (kill, add, pause and
+//! resume workers at chosen or seeded-random moments) and invariant checks.
 //!
 //! Virtual workers run the sim ops below for real on `u64` values, so the
 //! outputs can be checked against a reference evaluation of the graph:
@@ -27,6 +27,7 @@ use bytes::Bytes;
 
 use crate::graph::{Annotations, Graph, TaskSpec};
 use crate::ids::{ClientId, FxHashMap, Key, SharedStr, TaskId, WorkerId};
+use crate::protocol::Tier;
 use crate::protocol::{
     ComputeRequest, FromClient, FromWorker, Priority, ResourceAmount, TaskError, ToClient, ToWorker, WorkerInfo,
 };
@@ -113,13 +114,17 @@ pub struct SimGraph {
     pub expected: FxHashMap<Key, Expected>,
 }
 
+/// A task added to a [`GraphBuilder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node(u32);
+
 /// Incrementally builds a [`SimGraph`] in topological order, evaluating the
 /// reference as it goes.
 #[derive(Default)]
 pub struct GraphBuilder {
     g: SimGraph,
-    /// Reference outcome per key (`None` = erred).
-    values: FxHashMap<Key, Option<u64>>,
+    /// Reference outcome per node (`None` = erred).
+    values: Vec<Option<u64>>,
 }
 
 impl GraphBuilder {
@@ -131,8 +136,7 @@ impl GraphBuilder {
     // The arguments are the sim's task fields one for one; a struct would
     // only rename them.
     #[allow(clippy::too_many_arguments)]
-    /// Adds a task whose inputs were added before (or are given in
-    /// `known`). Returns its key.
+    /// Adds a task whose inputs were added before.
     pub fn task(
         &mut self,
         key: impl Into<Key>,
@@ -140,38 +144,43 @@ impl GraphBuilder {
         seed: u64,
         duration_us: u32,
         nbytes: u32,
-        deps: Vec<Key>,
+        deps: &[Node],
         annotations: Annotations,
-    ) -> Key {
-        let key = key.into();
+    ) -> Node {
         let mut inputs = Vec::with_capacity(deps.len());
         let mut ok = true;
-        for d in &deps {
-            match self.values.get(d) {
-                Some(Some(v)) => inputs.push(*v),
-                Some(None) => ok = false,
-                None => panic!("sim graph: {d} used before it was added"),
+        for d in deps {
+            match self.values[d.0 as usize] {
+                Some(v) => inputs.push(v),
+                None => ok = false,
             }
         }
         let value = (ok && op != "fail").then(|| value_of(seed, inputs));
-        self.values.insert(key.clone(), value);
+        self.values.push(value);
+        let tasks = &self.g.graph.tasks;
+        let deps = deps.iter().map(|d| tasks[d.0 as usize].key.clone()).collect();
         self.g.graph.tasks.push(TaskSpec {
-            key: key.clone(),
+            key: key.into(),
             op: op.into(),
             args: sim_args(seed, duration_us, nbytes),
             deps,
             annotations,
         });
-        key
+        Node((self.values.len() - 1) as u32)
     }
 
-    /// Marks a key as an output.
-    pub fn output(&mut self, key: &Key) {
-        let v = self.values[key];
+    /// Marks a node as an output.
+    pub fn output(&mut self, node: Node) {
+        let v = self.values[node.0 as usize];
+        let key = self.g.graph.tasks[node.0 as usize].key.clone();
         self.g.graph.outputs.push(key.clone());
-        self.g
-            .expected
-            .insert(key.clone(), v.map_or(Expected::Error, Expected::Value));
+        self.g.expected.insert(key, v.map_or(Expected::Error, Expected::Value));
+    }
+
+    /// True when the reference says the node computes (no failing task in
+    /// its lineage).
+    pub fn computes(&self, node: Node) -> bool {
+        self.values[node.0 as usize].is_some()
     }
 
     /// Tasks added so far.
@@ -201,6 +210,9 @@ pub struct GenConfig {
     pub fail_fraction: f64,
     /// Fraction of tasks that fail once and have one retry.
     pub flaky_fraction: f64,
+    /// Fraction of tasks whose op kills the worker that runs it (they end
+    /// in a KilledWorkers error, and take some bystanders with them).
+    pub crash_fraction: f64,
     /// Fraction of tasks that need `gpu = 1`.
     pub gpu_fraction: f64,
     /// Fraction of tasks restricted to a named worker (with
@@ -218,6 +230,7 @@ impl GenConfig {
             seed,
             fail_fraction: 0.0005,
             flaky_fraction: 0.002,
+            crash_fraction: 0.0,
             gpu_fraction: 0.002,
             restrict_fraction: 0.001,
             worker_names: Vec::new(),
@@ -231,7 +244,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
     let mut rng = Rng::new(cfg.seed);
     let mut b = GraphBuilder::new();
     // Keys a later shape may take as inputs.
-    let mut pool: Vec<Key> = Vec::new();
+    let mut pool: Vec<Node> = Vec::new();
     let mut comp = 0u64;
     while b.len() < cfg.target_tasks {
         comp += 1;
@@ -240,6 +253,8 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
             let mut a = Annotations::default();
             let op = if rng.chance(cfg.fail_fraction) {
                 "fail"
+            } else if rng.chance(cfg.crash_fraction) {
+                "crash"
             } else if rng.chance(cfg.flaky_fraction) {
                 a.retries = 1;
                 "flaky"
@@ -262,9 +277,9 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
             }
             (op, a)
         };
-        let source = |rng: &mut Rng, pool: &Vec<Key>| -> Vec<Key> {
+        let source = |rng: &mut Rng, pool: &Vec<Node>| -> Vec<Node> {
             if !pool.is_empty() && rng.chance(0.3) {
-                vec![pool[rng.below(pool.len() as u64) as usize].clone()]
+                vec![pool[rng.below(pool.len() as u64) as usize]]
             } else {
                 Vec::new()
             }
@@ -284,14 +299,14 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                         rng.next_u64(),
                         d,
                         s,
-                        deps,
+                        &deps,
                         Annotations::default(),
                     );
                     let (op, a) = ann(&mut rng);
                     let (d, s) = (dur(&mut rng), size(&mut rng));
-                    let y = b.task(format!("map{comp}-{i}"), op, rng.next_u64(), d, s, vec![x], a);
-                    b.output(&y);
-                    if rng.chance(0.05) {
+                    let y = b.task(format!("map{comp}-{i}"), op, rng.next_u64(), d, s, &[x], a);
+                    b.output(y);
+                    if rng.chance(0.05) && b.computes(y) {
                         pool.push(y);
                     }
                 }
@@ -300,7 +315,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                 // tree reduction
                 let leaves = rng.range(2, 4_096).min(left as u64 / 2 + 2);
                 let fanin = rng.range(2, 8) as usize;
-                let mut level: Vec<Key> = Vec::new();
+                let mut level: Vec<Node> = Vec::new();
                 for i in 0..leaves {
                     let deps = source(&mut rng, &pool);
                     let (d, s) = (dur(&mut rng), size(&mut rng));
@@ -310,7 +325,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                         rng.next_u64(),
                         d,
                         s,
-                        deps,
+                        &deps,
                         Annotations::default(),
                     ));
                 }
@@ -321,25 +336,19 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                     for (i, group) in level.chunks(fanin).enumerate() {
                         let (op, a) = ann(&mut rng);
                         let (d, s) = (dur(&mut rng), size(&mut rng));
-                        next.push(b.task(
-                            format!("red{comp}-{depth}-{i}"),
-                            op,
-                            rng.next_u64(),
-                            d,
-                            s,
-                            group.to_vec(),
-                            a,
-                        ));
+                        next.push(b.task(format!("red{comp}-{depth}-{i}"), op, rng.next_u64(), d, s, group, a));
                     }
                     level = next;
                 }
-                b.output(&level[0]);
-                pool.push(level[0].clone());
+                b.output(level[0]);
+                if b.computes(level[0]) {
+                    pool.push(level[0]);
+                }
             }
             2 => {
                 // shuffle-like all-to-all
                 let n = rng.range(2, 48);
-                let inputs: Vec<Key> = (0..n)
+                let inputs: Vec<Node> = (0..n)
                     .map(|i| {
                         let deps = source(&mut rng, &pool);
                         let (d, s) = (dur(&mut rng), size(&mut rng));
@@ -349,7 +358,7 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                             rng.next_u64(),
                             d,
                             s,
-                            deps,
+                            &deps,
                             Annotations::default(),
                         )
                     })
@@ -357,9 +366,9 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                 for j in 0..n {
                     let (op, a) = ann(&mut rng);
                     let (d, s) = (dur(&mut rng), size(&mut rng) / 16 + 8);
-                    let y = b.task(format!("sout{comp}-{j}"), op, rng.next_u64(), d, s, inputs.clone(), a);
-                    b.output(&y);
-                    if rng.chance(0.1) {
+                    let y = b.task(format!("sout{comp}-{j}"), op, rng.next_u64(), d, s, &inputs, a);
+                    b.output(y);
+                    if rng.chance(0.1) && b.computes(y) {
                         pool.push(y);
                     }
                 }
@@ -374,13 +383,15 @@ pub fn random_graph(cfg: &GenConfig) -> SimGraph {
                     for i in 0..len {
                         let (op, a) = ann(&mut rng);
                         let (d, s) = (dur(&mut rng), size(&mut rng));
-                        let k = b.task(format!("chain{comp}-{c}-{i}"), op, rng.next_u64(), d, s, prev, a);
-                        prev = vec![k.clone()];
+                        let k = b.task(format!("chain{comp}-{c}-{i}"), op, rng.next_u64(), d, s, &prev, a);
+                        prev = vec![k];
                         last = Some(k);
                     }
                     if let Some(k) = last {
-                        b.output(&k);
-                        pool.push(k);
+                        b.output(k);
+                        if b.computes(k) {
+                            pool.push(k);
+                        }
                     }
                 }
             }
@@ -419,6 +430,10 @@ pub struct SimConfig {
     /// Deliver messages that a worker sent before it died (the scheduler
     /// must ignore them).
     pub deliver_from_dead: bool,
+    /// Keep a copy of every event fed to the scheduler (for replay in
+    /// benchmarks: the scheduler is deterministic, so replaying the events
+    /// into a fresh one repeats the run without the simulator's cost).
+    pub record_events: bool,
 }
 
 impl Default for SimConfig {
@@ -434,6 +449,7 @@ impl Default for SimConfig {
             },
             release_on_receipt: true,
             deliver_from_dead: true,
+            record_events: false,
         }
     }
 }
@@ -467,31 +483,9 @@ enum SimEvent {
     Done { worker: WorkerId, task: TaskId, token: u64 },
     Kill(WorkerId),
     KillRandom,
+    TogglePauseRandom,
     Add(WorkerSpec),
     Balance,
-}
-
-struct Timed {
-    at: u64,
-    seq: u64,
-    ev: SimEvent,
-}
-
-impl PartialEq for Timed {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Timed {}
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timed {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
 }
 
 struct Pending {
@@ -502,6 +496,7 @@ struct Pending {
 
 struct VWorker {
     alive: bool,
+    paused: bool,
     free_threads: u32,
     gpus: u32,
     free_gpus: u32,
@@ -523,7 +518,8 @@ pub struct SimStats {
     pub kills: u64,
     /// Workers added.
     pub adds: u64,
-    /// Outputs gathered with the right value.
+    /// Output reports gathered with the right value (an output lost and
+    /// recomputed while the client holds it is reported again).
     pub outputs_ok: u64,
     /// Outputs erred as the reference says.
     pub outputs_erred: u64,
@@ -533,6 +529,8 @@ pub struct SimStats {
     pub runs: u64,
     /// Messages from dead workers delivered anyway.
     pub from_dead: u64,
+    /// Workers killed by `crash` tasks.
+    pub crashes: u64,
 }
 
 /// The simulator. See the module docs.
@@ -542,7 +540,11 @@ pub struct Sim {
     cfg: SimConfig,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<Timed>>,
+    /// Pending events by (time, sequence), pointing into `events`: the heap
+    /// moves small entries, the events stay put.
+    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    events: Vec<Option<SimEvent>>,
+    free_events: Vec<u32>,
     workers: Vec<VWorker>,
     /// The scheduler's view: joined and not yet reported lost.
     sched_alive: Vec<bool>,
@@ -554,8 +556,11 @@ pub struct Sim {
     rng: Rng,
     out: Vec<Command>,
     touched: Vec<TaskId>,
+    marks: Vec<(u64, TaskId)>,
+    epoch: u64,
     token: u64,
     balance_armed: bool,
+    recorded: Vec<Event>,
     /// Counters.
     pub stats: SimStats,
 }
@@ -572,6 +577,8 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_events: Vec::new(),
             workers: Vec::new(),
             sched_alive: Vec::new(),
             n_alive: 0,
@@ -581,8 +588,11 @@ impl Sim {
             flaky_runs: FxHashMap::default(),
             out: Vec::new(),
             touched: Vec::new(),
+            marks: Vec::new(),
+            epoch: 0,
             token: 0,
             balance_armed: false,
+            recorded: Vec::new(),
             stats: SimStats::default(),
         };
         let client = sim.client;
@@ -596,6 +606,12 @@ impl Sim {
         self.now
     }
 
+    /// The events fed to the scheduler so far (with
+    /// [`SimConfig::record_events`]).
+    pub fn take_recorded(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.recorded)
+    }
+
     /// Outcomes gathered by the client so far.
     pub fn outcomes(&self) -> &FxHashMap<Key, Result<u64, TaskError>> {
         &self.outcomes
@@ -603,7 +619,17 @@ impl Sim {
 
     fn push(&mut self, at: u64, ev: SimEvent) {
         self.seq += 1;
-        self.queue.push(Reverse(Timed { at, seq: self.seq, ev }));
+        let idx = match self.free_events.pop() {
+            Some(i) => {
+                self.events[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                (self.events.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((at, self.seq, idx)));
     }
 
     fn err<T>(&self, message: String) -> Result<T, SimError> {
@@ -619,6 +645,7 @@ impl Sim {
         let id = WorkerId::new(self.workers.len() as u32);
         self.workers.push(VWorker {
             alive: true,
+            paused: false,
             free_threads: spec.nthreads,
             gpus: spec.gpus,
             free_gpus: spec.gpus,
@@ -678,6 +705,13 @@ impl Sim {
         self.push(at, SimEvent::KillRandom);
     }
 
+    /// Schedules a random live worker to pause, or resume if paused, at
+    /// time `at` (it tells the scheduler like a real worker would; it keeps
+    /// running the tasks it has).
+    pub fn toggle_pause_random_at(&mut self, at: u64) {
+        self.push(at, SimEvent::TogglePauseRandom);
+    }
+
     /// Schedules a new worker at time `at`.
     pub fn add_at(&mut self, at: u64, spec: WorkerSpec) {
         self.push(at, SimEvent::Add(spec));
@@ -695,6 +729,9 @@ impl Sim {
     /// Feeds the scheduler one event, routes its output and checks.
     fn sched_event(&mut self, event: Event) -> Result<(), SimError> {
         let mut out = std::mem::take(&mut self.out);
+        if self.cfg.record_events {
+            self.recorded.push(event.clone());
+        }
         self.sched.handle(event, &mut out);
         let r = self.route(&mut out);
         out.clear();
@@ -704,8 +741,23 @@ impl Sim {
             let mut touched = std::mem::take(&mut self.touched);
             touched.clear();
             self.sched.take_touched(&mut touched);
-            touched.sort_unstable();
-            touched.dedup();
+            // Dedup by slot with an epoch mark (cheaper than sorting).
+            self.epoch += 1;
+            let epoch = self.epoch;
+            let marks = &mut self.marks;
+            touched.retain(|id| {
+                let slot = id.slot() as usize;
+                if marks.len() <= slot {
+                    marks.resize(slot + 1, (0, TaskId::default()));
+                }
+                let m = &mut marks[slot];
+                if m.0 == epoch && m.1 == *id {
+                    false
+                } else {
+                    *m = (epoch, *id);
+                    true
+                }
+            });
             self.stats.task_checks += touched.len() as u64;
             let r = self.sched.check_tasks(&touched);
             self.touched = touched;
@@ -829,8 +881,23 @@ impl Sim {
             ToWorker::Registered { .. } | ToWorker::Rejected { .. } => {}
             ToWorker::Compute(req) => {
                 let id = req.task;
-                if vw.pending.contains_key(&id) || vw.store.contains_key(&id) {
+                if vw.pending.contains_key(&id) {
                     return self.err(format!("{} sent twice to {w}", req.key));
+                }
+                if vw.store.contains_key(&id) {
+                    // Computed here before (then cancelled, then wanted
+                    // again): the result is at hand.
+                    let (_, dur, nbytes) = parse_args(&req.args).unwrap_or_default();
+                    self.send_to_sched(
+                        w,
+                        FromWorker::Finished {
+                            task: id,
+                            nbytes: nbytes as u64,
+                            compute_us: dur as u64,
+                            tier: Tier::Host,
+                        },
+                    );
+                    return Ok(());
                 }
                 vw.ready.push(Reverse((req.priority, id)));
                 vw.pending.insert(id, Pending { req, running: None });
@@ -898,7 +965,11 @@ impl Sim {
     /// Fetches inputs and starts a task (or reports missing data).
     fn start(&mut self, w: WorkerId, id: TaskId) -> Result<(), SimError> {
         self.stats.runs += 1;
-        let req = self.workers[w.index()].pending[&id].req.clone();
+        // Taken out while its inputs are fetched, put back when it runs.
+        let Some(mut p) = self.workers[w.index()].pending.remove(&id) else {
+            return Ok(());
+        };
+        let req = &p.req;
         let mut fetched = 0u64;
         for dep in &req.deps {
             if self.workers[w.index()].store.contains_key(&dep.task) {
@@ -925,7 +996,6 @@ impl Sim {
                     );
                 }
                 None => {
-                    self.workers[w.index()].pending.remove(&id);
                     let tried = dep.who_has.iter().map(|p| p.worker).collect();
                     self.send_to_sched(
                         w,
@@ -943,6 +1013,7 @@ impl Sim {
             return self.err(format!("{}: bad sim args", req.key));
         };
         if req.op.as_str() == "crash" {
+            self.stats.crashes += 1;
             self.push(self.now, SimEvent::Kill(w));
         }
         let jitter = self.rng.range(0, dur as u64 / 4 + 1);
@@ -951,10 +1022,9 @@ impl Sim {
         let token = self.token;
         let vw = &mut self.workers[w.index()];
         vw.free_threads -= 1;
-        vw.free_gpus -= gpus_of(&req);
-        if let Some(p) = vw.pending.get_mut(&id) {
-            p.running = Some(token);
-        }
+        vw.free_gpus -= gpus_of(req);
+        p.running = Some(token);
+        vw.pending.insert(id, p);
         self.push(
             at,
             SimEvent::Done {
@@ -1013,6 +1083,7 @@ impl Sim {
                 task: id,
                 nbytes: nbytes as u64,
                 compute_us: dur as u64,
+                tier: Tier::Host,
             }
         };
         self.send_to_sched(w, msg);
@@ -1026,10 +1097,14 @@ impl Sim {
             self.balance_armed = true;
             self.push(self.now + self.cfg.balance_every_us, SimEvent::Balance);
         }
-        while let Some(Reverse(t)) = self.queue.pop() {
-            self.now = t.at;
+        while let Some(Reverse((at, _, idx))) = self.queue.pop() {
+            self.now = at;
             self.stats.sim_events += 1;
-            match t.ev {
+            let ev = self.events[idx as usize]
+                .take()
+                .expect("internal error: queued event present");
+            self.free_events.push(idx);
+            match ev {
                 SimEvent::ToWorker(w, msg) => self.worker_receive(w, msg)?,
                 SimEvent::ToScheduler(w, msg) => {
                     if !self.workers[w.index()].alive {
@@ -1055,6 +1130,16 @@ impl Sim {
                         self.kill_worker(WorkerId::new(i as u32))?;
                     }
                 }
+                SimEvent::TogglePauseRandom => {
+                    let alive: Vec<usize> = (0..self.workers.len()).filter(|&i| self.workers[i].alive).collect();
+                    if !alive.is_empty() {
+                        let i = alive[self.rng.below(alive.len() as u64) as usize];
+                        let vw = &mut self.workers[i];
+                        vw.paused = !vw.paused;
+                        let paused = vw.paused;
+                        self.send_to_sched(WorkerId::new(i as u32), FromWorker::Paused { paused });
+                    }
+                }
                 SimEvent::Add(spec) => {
                     self.add_worker(spec)?;
                 }
@@ -1078,7 +1163,7 @@ impl Sim {
         for key in self.expected.keys() {
             if !self.outcomes.contains_key(key) {
                 missing += 1;
-                example.get_or_insert_with(|| (key.clone(), self.sched.state_of_key(key)));
+                example.get_or_insert_with(|| self.sched.explain(key));
             }
         }
         if missing > 0 {
@@ -1086,6 +1171,12 @@ impl Sim {
                 "{missing} outputs never finished (e.g. {example:?}); {} workers alive",
                 self.n_alive
             ));
+        }
+        // Nothing may be left half done: every task that was needed ended in
+        // memory or erred (and was then released, or kept as lineage).
+        let stuck = self.sched.count_active();
+        if stuck != 0 {
+            return self.err(format!("{stuck} tasks still waiting, queued or processing"));
         }
         if self.cfg.release_on_receipt {
             if self.sched.n_tasks() != 0 {

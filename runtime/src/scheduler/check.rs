@@ -42,10 +42,6 @@ impl Scheduler {
         };
         let key = &t.key;
         ensure!(t.id == id, "{key}: id {:?} stored as {:?}", id, t.id);
-        ensure!(
-            self.keys.get(key.as_str()) == Some(&id),
-            "{key}: key map does not point at {id:?}"
-        );
         // Waiters: the active dependents (counted per edge), which must be
         // live; live_dependents counts the live ones.
         let mut active = 0;
@@ -104,7 +100,7 @@ impl Scheduler {
         if !matches!(t.state, TaskState::Processing(_)) {
             ensure!(t.proc_idx == NOT_LISTED, "{key}: proc_idx set while {:?}", t.state);
             ensure!(
-                !self.stealing.contains_key(&id),
+                self.stealing.is_empty() || !self.stealing.contains_key(&id),
                 "{key}: steal pending while {:?}",
                 t.state
             );
@@ -112,11 +108,9 @@ impl Scheduler {
         if t.state != TaskState::Queued {
             ensure!(t.queue == QueueKind::None, "{key}: queue mark while {:?}", t.state);
         }
-        ensure!(
-            (t.state == TaskState::Erred) == self.errors.contains_key(&id),
-            "{key}: error record does not match state {:?}",
-            t.state
-        );
+        if t.state == TaskState::Erred {
+            ensure!(self.errors.contains_key(&id), "{key}: erred without an error");
+        }
         match t.state {
             TaskState::Released => {
                 ensure!(!t.wanted(), "{key}: released while a client holds a future");
@@ -188,8 +182,20 @@ impl Scheduler {
         let mut processing = 0usize;
         let mut root_queued = 0usize;
         let mut held: crate::ids::FxHashMap<crate::ids::WorkerId, u32> = Default::default();
+        ensure!(
+            self.errors
+                .keys()
+                .all(|id| self.tasks.get(*id).is_some_and(|t| t.state == TaskState::Erred)),
+            "error records for tasks not erred"
+        );
         for t in self.tasks.iter() {
             self.check_task(t.id)?;
+            ensure!(
+                self.keys.get(t.key.as_str()) == Some(&t.id),
+                "{}: key map does not point at {:?}",
+                t.key,
+                t.id
+            );
             for &w in &t.who_has {
                 *held.entry(w).or_default() += 1;
             }
@@ -249,8 +255,11 @@ impl Scheduler {
                 self.all.items.get(wk.all_idx as usize) == Some(&w),
                 "worker {w}: not at its place in the worker list"
             );
-            if wk.saturated() {
-                ensure!(wk.unsat_idx == NOT_LISTED, "worker {w}: saturated but listed free");
+            if !wk.open() {
+                ensure!(
+                    wk.unsat_idx == NOT_LISTED,
+                    "worker {w}: saturated or paused but listed free"
+                );
             } else {
                 unsat += 1;
                 ensure!(

@@ -15,6 +15,24 @@
 //!   (lost results: memory -> released -> waiting again, from lineage)
 //! ```
 //!
+//! What a reactor does around it:
+//!
+//! - number workers and clients (never reusing a number) and feed
+//!   [`Event::WorkerJoined`] after a worker's handshake, [`Event::WorkerLost`]
+//!   when its connection drops or its heartbeats stop, and
+//!   [`Event::ClientConnected`] / [`Event::ClientDisconnected`];
+//! - decode each message into [`Event::Worker`] / [`Event::Client`], keeping
+//!   each connection's order;
+//! - send [`Event::Balance`] on a timer (100 ms);
+//! - deliver what `handle` wrote, per destination in order, and close a
+//!   worker's connection after [`ToWorker::Rejected`]. Messages to a worker
+//!   that has just gone can be dropped: the scheduler already knows.
+//!
+//! Malformed or out-of-order input (unknown or stale ids, reports from the
+//! wrong worker, duplicate registrations, unknown keys) is logged with
+//! `tracing` and ignored, counted in [`Stats::ignored`]; it never changes
+//! task state.
+//!
 //! Per-task work is O(1) amortized plus O(edges); placement looks at the
 //! workers that hold a task's inputs (at most [`MAX_CANDIDATES`]) or takes
 //! the next unsaturated worker in round-robin order. The root-task queue is a
@@ -22,23 +40,26 @@
 //! `Balance`.
 
 mod check;
+mod clients;
 mod place;
 mod task;
+#[cfg(test)]
+mod tests;
 mod worker;
+mod workers;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::graph::{self, Graph};
 use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{
-    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError, ToClient, ToWorker,
-    WorkerInfo,
+    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError, Tier, ToClient,
+    ToWorker, WorkerInfo,
 };
 
 pub use check::InvariantError;
 pub use task::TaskState;
-use task::{QueueKind, Restrictions, Task, Tasks};
+use task::{QueueKind, Tasks};
 use worker::{NOT_LISTED, Worker, WorkerList};
 
 /// Most candidate workers placement weighs for one task.
@@ -270,6 +291,53 @@ impl Scheduler {
         self.tasks.len()
     }
 
+    /// Tasks waiting, queued or processing (O(tasks); for tests).
+    pub fn count_active(&self) -> usize {
+        self.tasks.iter().filter(|t| t.state.is_active()).count()
+    }
+
+    /// A one-line account of a key and, for a waiting task, of the input
+    /// it waits on, down to something not waiting (for stall reports).
+    pub fn explain(&self, key: &str) -> String {
+        let mut lines = Vec::new();
+        let mut cur = self.keys.get(key).copied();
+        let mut hops = 0;
+        while let Some(id) = cur {
+            let t = &self.tasks[id];
+            lines.push(format!(
+                "{} {:?}{} waiting_on={} waiters={} wanted={} deaths={}; ",
+                t.key,
+                t.state,
+                match t.queue {
+                    QueueKind::None => String::new(),
+                    QueueKind::Root => " (root queue)".into(),
+                    QueueKind::Unrunnable => format!(
+                        " (no valid worker; needs {:?}, restricted to {:?})",
+                        self.requests[t.request as usize],
+                        t.restrictions.as_ref().map(|r| (&r.workers, r.allow_other))
+                    ),
+                },
+                t.waiting_on,
+                t.waiters,
+                t.wanted(),
+                t.deaths
+            ));
+            cur = None;
+            if t.state == TaskState::Waiting && hops < 100_000 {
+                cur = t
+                    .deps
+                    .iter()
+                    .copied()
+                    .find(|&d| self.tasks[d].state != TaskState::Memory);
+                hops += 1;
+            }
+        }
+        if lines.len() > 4 {
+            lines.drain(1..lines.len() - 3);
+        }
+        lines.concat()
+    }
+
     /// Live workers.
     pub fn n_workers(&self) -> usize {
         self.workers.len()
@@ -300,6 +368,12 @@ impl Scheduler {
     /// Workers holding a key's result.
     pub fn who_has(&self, key: &str) -> &[WorkerId] {
         self.keys.get(key).map_or(&[], |&id| self.tasks[id].who_has.as_slice())
+    }
+
+    /// Where a key's result lives (as its computing worker reported).
+    pub fn tier_of(&self, key: &str) -> Option<Tier> {
+        let t = &self.tasks[*self.keys.get(key)?];
+        (t.state == TaskState::Memory).then_some(t.tier)
     }
 
     /// The error of an erred key.
@@ -343,11 +417,13 @@ impl Scheduler {
                         task,
                         nbytes,
                         compute_us,
-                    } => self.task_finished(worker, task, nbytes, compute_us, comm),
+                        tier,
+                    } => self.task_finished(worker, task, nbytes, compute_us, tier, comm),
                     FromWorker::Failed { task, message } => self.task_failed(worker, task, message, comm),
                     FromWorker::StealResponse { task, stolen } => self.steal_response(worker, task, stolen, comm),
                     FromWorker::MissingData { task, dep, tried } => self.missing_data(worker, task, dep, tried, comm),
                     FromWorker::Acquired { task, nbytes } => self.acquired(worker, task, nbytes, comm),
+                    FromWorker::Paused { paused } => self.worker_paused(worker, paused, comm),
                 }
             }
             Event::ClientConnected { client } => {
@@ -368,6 +444,7 @@ impl Scheduler {
                 match msg {
                     FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
                     FromClient::Release { keys } => self.client_release(client, keys),
+                    FromClient::Scatter { worker, data } => self.scatter(client, worker, data),
                 }
             }
             Event::Balance => self.balance(comm),
@@ -439,6 +516,11 @@ impl Scheduler {
         while let Some(id) = stack.pop() {
             let t = &self.tasks[id];
             if t.state != TaskState::Released {
+                continue;
+            }
+            if t.scattered {
+                let key = t.key.clone();
+                self.fail(id, TaskError::DataLost { key }, comm);
                 continue;
             }
             let mut missing = 0;
@@ -535,7 +617,7 @@ impl Scheduler {
             .workers
             .get_mut(&w)
             .expect("internal error: processing on a dead worker");
-        let was_saturated = wk.saturated();
+        let was_open = wk.open();
         wk.processing.swap_remove(idx as usize);
         if let Some(&moved) = wk.processing.get(idx as usize) {
             self.tasks[moved].proc_idx = idx;
@@ -545,7 +627,7 @@ impl Scheduler {
         } else {
             (wk.occupancy - est).max(0.0)
         };
-        if was_saturated && !wk.saturated() {
+        if !was_open && wk.open() {
             wk.unsat_idx = self.unsat.push(w);
             self.freed.push(w);
         }
@@ -567,7 +649,7 @@ impl Scheduler {
         t.queue = QueueKind::None;
         wk.processing.push(id);
         wk.occupancy += est;
-        if wk.saturated() && wk.unsat_idx != NOT_LISTED {
+        if !wk.open() && wk.unsat_idx != NOT_LISTED {
             let idx = wk.unsat_idx;
             wk.unsat_idx = NOT_LISTED;
             if let Some(moved) = self.unsat.swap_remove(idx) {
@@ -649,7 +731,7 @@ impl Scheduler {
     fn fill_worker(&mut self, w: WorkerId, comm: &mut impl Comm) {
         loop {
             match self.workers.get(&w) {
-                Some(wk) if !wk.saturated() => {}
+                Some(wk) if wk.open() => {}
                 _ => return,
             }
             let Some(Reverse((_, id))) = self.root_queue.pop() else {
@@ -773,702 +855,5 @@ impl Scheduler {
                 return;
             }
         }
-    }
-
-    // ---- workers -------------------------------------------------------
-
-    fn worker_joined(&mut self, worker: WorkerId, info: WorkerInfo, comm: &mut impl Comm) {
-        if self.workers.contains_key(&worker) {
-            tracing::warn!(%worker, "duplicate worker registration; ignored");
-            self.stats.ignored += 1;
-            return;
-        }
-        if self.names.contains_key(&info.name) || self.names.contains_key(&info.address) {
-            tracing::warn!(%worker, name = %info.name, address = %info.address,
-                "a live worker already has this name or address; registration refused");
-            self.stats.ignored += 1;
-            comm.to_worker(
-                worker,
-                ToWorker::Rejected {
-                    reason: format!(
-                        "a live worker already has name {} or address {}",
-                        info.name, info.address
-                    ),
-                },
-            );
-            return;
-        }
-        let mut resources = Vec::new();
-        for r in &info.resources {
-            let rid = self.intern_resource(&r.name);
-            if resources.len() <= rid.index() {
-                resources.resize(rid.index() + 1, 0);
-            }
-            resources[rid.index()] += r.amount;
-        }
-        let slots = match self.config.worker_saturation {
-            Some(f) => ((info.nthreads as f64 * f).ceil() as u32).max(1),
-            None => u32::MAX,
-        };
-        if resources.iter().any(|&a| a > 0) {
-            self.resource_workers.push(worker);
-        }
-        self.names.insert(info.name.clone(), worker);
-        self.names.insert(info.address.clone(), worker);
-        let all_idx = self.all.push(worker);
-        let unsat_idx = self.unsat.push(worker);
-        tracing::debug!(%worker, name = %info.name, nthreads = info.nthreads, "worker joined");
-        self.workers.insert(
-            worker,
-            Worker {
-                id: worker,
-                info,
-                resources,
-                processing: Vec::new(),
-                has_what: Vec::new(),
-                n_held: 0,
-                nbytes_held: 0,
-                occupancy: 0.0,
-                unsat_idx,
-                all_idx,
-                slots,
-            },
-        );
-        comm.to_worker(worker, ToWorker::Registered { worker });
-        self.freed.push(worker);
-        // A new worker may be able to run what nobody could.
-        let parked = std::mem::take(&mut self.unrunnable);
-        for id in parked {
-            match self.tasks.get(id) {
-                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Unrunnable => {}
-                _ => continue,
-            }
-            match self.decide_worker(id) {
-                Some(w) => self.assign(id, w, comm),
-                None => self.unrunnable.push(id),
-            }
-        }
-    }
-
-    fn worker_lost(&mut self, worker: WorkerId, comm: &mut impl Comm) {
-        let Some(wk) = self.workers.remove(&worker) else {
-            tracing::warn!(%worker, "loss of an unknown worker; ignored");
-            self.stats.ignored += 1;
-            return;
-        };
-        tracing::info!(%worker, name = %wk.info.name, running = wk.processing.len(),
-            held = wk.n_held, "worker lost");
-        self.names.remove(&wk.info.name);
-        self.names.remove(&wk.info.address);
-        if let Some(moved) = self.all.swap_remove(wk.all_idx) {
-            self.workers
-                .get_mut(&moved)
-                .expect("internal error: worker list")
-                .all_idx = wk.all_idx;
-        }
-        if wk.unsat_idx != NOT_LISTED
-            && let Some(moved) = self.unsat.swap_remove(wk.unsat_idx)
-        {
-            self.workers
-                .get_mut(&moved)
-                .expect("internal error: unsat list")
-                .unsat_idx = wk.unsat_idx;
-        }
-        self.resource_workers.retain(|&w| w != worker);
-        // Steals towards this worker resolve on the victim's answer.
-
-        // 1. Its tasks go back to waiting (ready again unless an input is
-        //    lost below); the ones it has now killed too often fail.
-        let allowed = self.config.allowed_failures;
-        let mut killed = Vec::new();
-        for &id in &wk.processing {
-            let t = &mut self.tasks[id];
-            t.proc_idx = NOT_LISTED;
-            t.deaths = t.deaths.saturating_add(1);
-            t.waiting_on = 0;
-            let deaths = t.deaths as u32;
-            if !self.stealing.is_empty() {
-                self.stealing.remove(&id);
-            }
-            self.set_state(id, TaskState::Waiting);
-            if deaths > allowed {
-                killed.push((id, deaths));
-            } else {
-                self.ready.push(id);
-            }
-        }
-        for (id, deaths) in killed {
-            let t = &self.tasks[id];
-            let error = TaskError::KilledWorkers {
-                key: t.key.clone(),
-                op: self.ops[t.op.index()].name.clone(),
-                deaths,
-                allowed,
-                last_worker: wk.info.name.clone(),
-            };
-            self.fail(id, error, comm);
-        }
-        // 2. Results that lived only there are lost; recompute the needed
-        //    ones from lineage.
-        for &id in &wk.has_what {
-            let Some(t) = self.tasks.get_mut(id) else {
-                continue;
-            };
-            let Some(pos) = t.who_has.iter().position(|&w| w == worker) else {
-                continue; // stale entry
-            };
-            t.who_has.swap_remove(pos);
-            let lost = t.who_has.is_empty() && t.state == TaskState::Memory;
-            self.touch(id);
-            if lost {
-                self.lost(id, comm);
-            }
-        }
-    }
-
-    /// A result in memory lost its last holder.
-    fn lost(&mut self, id: TaskId, comm: &mut impl Comm) {
-        self.set_state(id, TaskState::Released);
-        let dependents = std::mem::take(&mut self.tasks[id].dependents);
-        for &d in &dependents {
-            let Some(dt) = self.tasks.get_mut(d) else {
-                continue;
-            };
-            match dt.state {
-                TaskState::Waiting => {
-                    dt.waiting_on += 1;
-                    self.touch(d);
-                }
-                TaskState::Queued => {
-                    dt.queue = QueueKind::None;
-                    dt.waiting_on = 1;
-                    self.set_state(d, TaskState::Waiting);
-                }
-                TaskState::Processing(w) => {
-                    self.unassign(d);
-                    comm.to_worker(w, ToWorker::Cancel { task: d });
-                    self.tasks[d].waiting_on = 1;
-                    self.set_state(d, TaskState::Waiting);
-                }
-                _ => {}
-            }
-        }
-        self.tasks[id].dependents = dependents;
-        let t = &self.tasks[id];
-        if t.waiters > 0 || t.wanted() {
-            tracing::debug!(task = %t.key, "result lost; recomputing");
-            self.stats.recomputed += 1;
-            self.need(id, comm);
-        } else {
-            self.recheck.push(id);
-        }
-    }
-
-    /// Looks up a task a worker reports on; `None` (after logging) when the
-    /// id is stale or the task is not processing on that worker.
-    fn processing_task(&mut self, worker: WorkerId, id: TaskId, what: &str) -> Option<&Task> {
-        match self.tasks.get(id) {
-            Some(t) if t.state == TaskState::Processing(worker) => self.tasks.get(id),
-            Some(t) => {
-                tracing::warn!(%worker, task = %t.key, state = ?t.state,
-                    "{what} for a task not processing on this worker; ignored");
-                self.stats.ignored += 1;
-                None
-            }
-            None => {
-                tracing::warn!(%worker, task = ?id, "{what} for an unknown task; ignored");
-                self.stats.ignored += 1;
-                None
-            }
-        }
-    }
-
-    fn task_finished(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, compute_us: u64, comm: &mut impl Comm) {
-        if self.processing_task(worker, id, "finished").is_none() {
-            // The worker may hold a result nobody tracks: let it drop it.
-            comm.to_worker(worker, ToWorker::Free { task: id });
-            return;
-        }
-        self.unassign(id);
-        let t = &mut self.tasks[id];
-        let op = &mut self.ops[t.op.index()];
-        let secs = compute_us as f64 * 1e-6;
-        op.avg = if op.count == 0 { secs } else { 0.5 * op.avg + 0.5 * secs };
-        op.count += 1;
-        t.nbytes = nbytes;
-        t.who_has.push(worker);
-        let wk = self.workers.get_mut(&worker).expect("internal error: checked above");
-        wk.has_what.push(id);
-        wk.n_held += 1;
-        wk.nbytes_held += nbytes;
-        Self::compact_has_what(wk, &self.tasks);
-        self.set_state(id, TaskState::Memory);
-        let t = &self.tasks[id];
-        if !t.who_wants.is_empty() {
-            let who_has = vec![Peer {
-                worker,
-                address: self.workers[&worker].info.address.clone(),
-            }];
-            for &c in &t.who_wants {
-                comm.to_client(
-                    c,
-                    ToClient::InMemory {
-                        key: t.key.clone(),
-                        nbytes,
-                        who_has: who_has.clone(),
-                    },
-                );
-            }
-        }
-        let dependents = std::mem::take(&mut self.tasks[id].dependents);
-        for &d in &dependents {
-            if let Some(dt) = self.tasks.get_mut(d)
-                && dt.state == TaskState::Waiting
-            {
-                dt.waiting_on -= 1;
-                if dt.waiting_on == 0 {
-                    self.ready.push(d);
-                }
-                self.touch(d);
-            }
-        }
-        self.tasks[id].dependents = dependents;
-        self.recheck.push(id);
-    }
-
-    fn compact_has_what(wk: &mut Worker, tasks: &Tasks) {
-        if wk.has_what.len() > 16 && wk.has_what.len() > 2 * wk.n_held as usize {
-            let w = wk.id;
-            wk.has_what
-                .retain(|&id| tasks.get(id).is_some_and(|t| t.who_has.contains(&w)));
-            // A task freed and re-acquired may appear twice.
-            wk.has_what.sort_unstable();
-            wk.has_what.dedup();
-        }
-    }
-
-    fn task_failed(&mut self, worker: WorkerId, id: TaskId, message: String, comm: &mut impl Comm) {
-        if self.processing_task(worker, id, "failure").is_none() {
-            return;
-        }
-        self.unassign(id);
-        let t = &mut self.tasks[id];
-        if t.retries_left > 0 {
-            t.retries_left -= 1;
-            t.waiting_on = 0;
-            tracing::debug!(task = %t.key, %message, left = t.retries_left, "task failed; retrying");
-            self.set_state(id, TaskState::Waiting);
-            self.ready.push(id);
-            return;
-        }
-        let error = TaskError::OpFailed {
-            key: t.key.clone(),
-            op: self.ops[t.op.index()].name.clone(),
-            worker: self.workers[&worker].info.name.clone(),
-            message,
-        };
-        self.set_state(id, TaskState::Waiting);
-        self.fail(id, error, comm);
-    }
-
-    fn steal_response(&mut self, worker: WorkerId, id: TaskId, stolen: bool, comm: &mut impl Comm) {
-        let Some(&thief) = self.stealing.get(&id) else {
-            tracing::debug!(%worker, task = ?id, "steal response without a pending steal; ignored");
-            self.stats.ignored += 1;
-            return;
-        };
-        if self.processing_task(worker, id, "steal response").is_none() {
-            return;
-        }
-        self.stealing.remove(&id);
-        if !stolen {
-            return;
-        }
-        self.stats.steals += 1;
-        self.unassign(id);
-        let valid = self.workers.contains_key(&thief) && self.valid_worker(id, thief, true);
-        if valid {
-            self.assign(id, thief, comm);
-        } else {
-            self.tasks[id].waiting_on = 0;
-            self.set_state(id, TaskState::Waiting);
-            self.ready.push(id);
-        }
-    }
-
-    fn missing_data(&mut self, worker: WorkerId, id: TaskId, dep: TaskId, tried: Vec<WorkerId>, comm: &mut impl Comm) {
-        let Some(t) = self.processing_task(worker, id, "missing data") else {
-            return;
-        };
-        if !t.deps.contains(&dep) {
-            tracing::warn!(%worker, task = %t.key, "missing data for a key that is not an input; ignored");
-            self.stats.ignored += 1;
-            return;
-        }
-        let dt = &mut self.tasks[dep];
-        let nbytes = dt.nbytes;
-        for w in tried {
-            if let Some(pos) = dt.who_has.iter().position(|&h| h == w) {
-                dt.who_has.swap_remove(pos);
-                if let Some(wk) = self.workers.get_mut(&w) {
-                    wk.n_held -= 1;
-                    wk.nbytes_held = wk.nbytes_held.saturating_sub(nbytes);
-                }
-            }
-        }
-        self.touch(dep);
-        if self.tasks[dep].who_has.is_empty() && self.tasks[dep].state == TaskState::Memory {
-            // Moves `id` back to waiting too.
-            self.lost(dep, comm);
-        } else if self.tasks[id].state == TaskState::Processing(worker) {
-            self.unassign(id);
-            comm.to_worker(worker, ToWorker::Cancel { task: id });
-            self.tasks[id].waiting_on = 0;
-            self.set_state(id, TaskState::Waiting);
-            self.ready.push(id);
-        }
-    }
-
-    fn acquired(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, comm: &mut impl Comm) {
-        match self.tasks.get_mut(id) {
-            Some(t) if t.state == TaskState::Memory => {
-                if t.who_has.contains(&worker) {
-                    return;
-                }
-                t.who_has.push(worker);
-                let wk = self
-                    .workers
-                    .get_mut(&worker)
-                    .expect("internal error: checked by handle");
-                wk.has_what.push(id);
-                wk.n_held += 1;
-                wk.nbytes_held += nbytes;
-                Self::compact_has_what(wk, &self.tasks);
-                self.touch(id);
-            }
-            _ => {
-                // Released meanwhile (or never known): the replica is garbage.
-                comm.to_worker(worker, ToWorker::Free { task: id });
-            }
-        }
-    }
-
-    // ---- clients -------------------------------------------------------
-
-    fn client_gone(&mut self, client: ClientId) {
-        let Some(c) = self.clients.remove(&client) else {
-            tracing::warn!(%client, "disconnect of an unknown client; ignored");
-            self.stats.ignored += 1;
-            return;
-        };
-        for id in c.wants {
-            if let Some(t) = self.tasks.get_mut(id)
-                && let Some(pos) = t.who_wants.iter().position(|&x| x == client)
-            {
-                t.who_wants.swap_remove(pos);
-                self.recheck.push(id);
-                self.touch(id);
-            }
-        }
-    }
-
-    fn client_release(&mut self, client: ClientId, keys: Vec<Key>) {
-        for key in keys {
-            let Some(&id) = self.keys.get(&key) else {
-                tracing::warn!(%client, %key, "release of an unknown key; ignored");
-                self.stats.ignored += 1;
-                continue;
-            };
-            let t = &mut self.tasks[id];
-            let Some(pos) = t.who_wants.iter().position(|&x| x == client) else {
-                tracing::warn!(%client, %key, "release of a key this client does not hold; ignored");
-                self.stats.ignored += 1;
-                continue;
-            };
-            t.who_wants.swap_remove(pos);
-            let c = self
-                .clients
-                .get_mut(&client)
-                .expect("internal error: checked by handle");
-            c.n_wants -= 1;
-            self.recheck.push(id);
-            self.touch(id);
-        }
-        self.compact_wants(client);
-    }
-
-    fn compact_wants(&mut self, client: ClientId) {
-        let Some(c) = self.clients.get_mut(&client) else {
-            return;
-        };
-        if c.wants.len() > 16 && c.wants.len() > 2 * c.n_wants as usize {
-            c.wants
-                .retain(|&id| self.tasks.get(id).is_some_and(|t| t.who_wants.contains(&client)));
-            c.wants.sort_unstable();
-            c.wants.dedup();
-        }
-    }
-
-    fn intern_op(&mut self, name: &SharedStr) -> OpId {
-        if let Some(&id) = self.op_ids.get(name) {
-            return id;
-        }
-        let id = OpId::new(self.ops.len() as u32);
-        self.ops.push(OpStats {
-            name: name.clone(),
-            avg: 0.0,
-            count: 0,
-        });
-        self.op_ids.insert(name.clone(), id);
-        id
-    }
-
-    fn intern_resource(&mut self, name: &SharedStr) -> ResourceId {
-        if let Some(&id) = self.res_ids.get(name) {
-            return id;
-        }
-        let id = ResourceId::new(self.res_names.len() as u16);
-        self.res_names.push(name.clone());
-        self.res_ids.insert(name.clone(), id);
-        id
-    }
-
-    fn intern_request(&mut self, req: &[ResourceAmount]) -> u32 {
-        if req.iter().all(|r| r.amount == 0) {
-            return 0;
-        }
-        let mut v: Vec<(ResourceId, u32)> = req
-            .iter()
-            .filter(|r| r.amount > 0)
-            .map(|r| (self.intern_resource(&r.name), r.amount))
-            .collect();
-        v.sort_unstable();
-        let v = v.into_boxed_slice();
-        if let Some(&id) = self.request_ids.get(&v) {
-            return id;
-        }
-        let id = self.requests.len() as u32;
-        self.requests.push(v.clone());
-        self.request_ids.insert(v, id);
-        id
-    }
-
-    fn reject_graph(client: ClientId, comm: &mut impl Comm, reason: String) {
-        tracing::warn!(%client, %reason, "graph rejected");
-        comm.to_client(client, ToClient::GraphRejected { reason });
-    }
-
-    /// Accepts a graph: culls what is known or not needed, orders the rest,
-    /// and starts computing the outputs the client asked for.
-    fn submit(&mut self, client: ClientId, graph: Graph, comm: &mut impl Comm) {
-        let Graph { tasks: specs, outputs } = graph;
-        let n = specs.len();
-        let mut local: FxHashMap<&str, u32> = FxHashMap::default();
-        local.reserve(n);
-        for (i, s) in specs.iter().enumerate() {
-            if local.insert(s.key.as_str(), i as u32).is_some() {
-                return Self::reject_graph(client, comm, format!("duplicate key {} in graph", s.key));
-            }
-        }
-        // Which new tasks the outputs need.
-        let mut include = vec![false; n];
-        let mut stack = Vec::new();
-        for key in &outputs {
-            if self.keys.contains_key(key.as_str()) {
-                continue;
-            }
-            match local.get(key.as_str()) {
-                Some(&i) => {
-                    if !include[i as usize] {
-                        include[i as usize] = true;
-                        stack.push(i);
-                    }
-                }
-                None => {
-                    return Self::reject_graph(client, comm, format!("output {key} is neither in the graph nor known"));
-                }
-            }
-        }
-        while let Some(i) = stack.pop() {
-            for dk in &specs[i as usize].deps {
-                if self.keys.contains_key(dk.as_str()) {
-                    continue;
-                }
-                match local.get(dk.as_str()) {
-                    Some(&j) => {
-                        if !include[j as usize] {
-                            include[j as usize] = true;
-                            stack.push(j);
-                        }
-                    }
-                    None => {
-                        return Self::reject_graph(
-                            client,
-                            comm,
-                            format!("task {} depends on unknown key {dk}", specs[i as usize].key),
-                        );
-                    }
-                }
-            }
-        }
-        let included: Vec<u32> = (0..n as u32).filter(|&i| include[i as usize]).collect();
-        let m = included.len();
-        let mut new_of = vec![u32::MAX; n];
-        for (j, &i) in included.iter().enumerate() {
-            new_of[i as usize] = j as u32;
-        }
-        let sinks: Vec<u32> = outputs
-            .iter()
-            .filter_map(|k| local.get(k.as_str()))
-            .filter(|&&i| include[i as usize])
-            .map(|&i| new_of[i as usize])
-            .collect();
-        let pos = match graph::order(m, sinks, |j, out| {
-            for dk in &specs[included[j as usize] as usize].deps {
-                if !self.keys.contains_key(dk.as_str())
-                    && let Some(&i) = local.get(dk.as_str())
-                {
-                    out.push(new_of[i as usize]);
-                }
-            }
-        }) {
-            Ok(pos) => pos,
-            Err(graph::Cycle(j)) => {
-                let key = &specs[included[j as usize] as usize].key;
-                return Self::reject_graph(client, comm, format!("graph has a cycle through {key}"));
-            }
-        };
-        // Valid: from here on nothing is rejected.
-        let ids: Vec<TaskId> = (0..m).map(|_| self.tasks.reserve()).collect();
-        let mut dep_ids: Vec<Vec<TaskId>> = Vec::with_capacity(m);
-        for &i in &included {
-            dep_ids.push(
-                specs[i as usize]
-                    .deps
-                    .iter()
-                    .map(|dk| match self.keys.get(dk.as_str()) {
-                        Some(&id) => id,
-                        None => ids[new_of[local[dk.as_str()] as usize] as usize],
-                    })
-                    .collect(),
-            );
-        }
-        drop(local);
-        let seq0 = self.next_seq;
-        self.next_seq += m as u64;
-        let mut specs: Vec<Option<crate::graph::TaskSpec>> = specs.into_iter().map(Some).collect();
-        for (j, deps) in dep_ids.into_iter().enumerate() {
-            let spec = specs[included[j] as usize]
-                .take()
-                .expect("internal error: each spec used once");
-            let id = ids[j];
-            let op = self.intern_op(&spec.op);
-            let request = self.intern_request(&spec.annotations.resources);
-            let a = spec.annotations;
-            let restrictions = (!a.workers.is_empty()).then(|| {
-                Box::new(Restrictions {
-                    workers: a.workers,
-                    allow_other: a.allow_other_workers,
-                })
-            });
-            self.keys.insert(spec.key.clone(), id);
-            self.tasks.insert(Task {
-                id,
-                key: spec.key,
-                args: spec.args,
-                deps: deps.into_boxed_slice(),
-                dependents: Vec::new(),
-                who_has: Vec::new(),
-                who_wants: Vec::new(),
-                restrictions,
-                priority: Priority {
-                    user: a.priority,
-                    seq: seq0 + pos[j] as u64,
-                },
-                nbytes: 0,
-                state: TaskState::Released,
-                op,
-                request,
-                waiting_on: 0,
-                waiters: 0,
-                live_dependents: 0,
-                proc_idx: NOT_LISTED,
-                est: 0.0,
-                retries_left: a.retries,
-                deaths: 0,
-                queue: QueueKind::None,
-            });
-            self.touch(id);
-        }
-        // Dependents edges, now that every new task is in the table.
-        for &id in &ids {
-            let deps = std::mem::take(&mut self.tasks[id].deps);
-            for &d in deps.iter() {
-                let dt = &mut self.tasks[d];
-                dt.dependents.push(id);
-                dt.live_dependents += 1;
-            }
-            self.tasks[id].deps = deps;
-        }
-        // Futures for the client.
-        let mut wanted = Vec::with_capacity(outputs.len());
-        for key in &outputs {
-            let id = self.keys[key.as_str()];
-            let t = &mut self.tasks[id];
-            if t.who_wants.contains(&client) {
-                continue;
-            }
-            t.who_wants.push(client);
-            wanted.push(id);
-        }
-        {
-            let c = self
-                .clients
-                .get_mut(&client)
-                .expect("internal error: checked by handle");
-            c.n_wants += wanted.len() as u32;
-            c.wants.extend_from_slice(&wanted);
-        }
-        comm.to_client(
-            client,
-            ToClient::GraphAccepted {
-                new_tasks: m as u64,
-                culled: (n - m) as u64,
-            },
-        );
-        for id in wanted {
-            let t = &self.tasks[id];
-            match t.state {
-                TaskState::Memory => {
-                    let who_has = t
-                        .who_has
-                        .iter()
-                        .map(|h| Peer {
-                            worker: *h,
-                            address: self.workers[h].info.address.clone(),
-                        })
-                        .collect();
-                    comm.to_client(
-                        client,
-                        ToClient::InMemory {
-                            key: t.key.clone(),
-                            nbytes: t.nbytes,
-                            who_has,
-                        },
-                    );
-                }
-                TaskState::Erred => comm.to_client(
-                    client,
-                    ToClient::Erred {
-                        key: t.key.clone(),
-                        error: self.errors[&id].clone(),
-                    },
-                ),
-                TaskState::Released => self.need(id, comm),
-                _ => {}
-            }
-        }
-        let tasks = &self.tasks;
-        self.ready.sort_by_key(|&id| tasks.get(id).map(|t| t.priority));
     }
 }

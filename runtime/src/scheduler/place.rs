@@ -17,6 +17,9 @@ impl Scheduler {
         let Some(wk) = self.workers.get(&w) else {
             return false;
         };
+        if wk.paused {
+            return false;
+        }
         let t = &self.tasks[id];
         for &(r, amount) in self.requests[t.request as usize].iter() {
             if wk.resources.get(r.index()).copied().unwrap_or(0) < amount {
@@ -107,9 +110,22 @@ impl Scheduler {
         if let Some(w) = self.unsat.next() {
             return Some(w);
         }
-        // Everyone is saturated: the less loaded of the next two.
-        let a = self.all.next()?;
-        let b = self.all.next().unwrap_or(a);
+        // Everyone is saturated (or paused): the less loaded of the next
+        // two that are not paused.
+        let mut picks = [None, None];
+        let mut found = 0;
+        for _ in 0..self.all.len() {
+            let w = self.all.next()?;
+            if !self.workers[&w].paused {
+                picks[found] = Some(w);
+                found += 1;
+                if found == 2 {
+                    break;
+                }
+            }
+        }
+        let a = picks[0]?;
+        let b = picks[1].unwrap_or(a);
         let la = self.workers[&a].load();
         let lb = self.workers[&b].load();
         Some(if lb < la { b } else { a })
@@ -130,7 +146,7 @@ impl Scheduler {
             let wk = &self.workers[&w];
             let n = wk.processing.len();
             let threads = wk.info.nthreads.max(1) as usize;
-            if n < threads {
+            if n < threads && !wk.paused {
                 thieves.push((wk.load(), w, threads - n));
             } else if n > threads {
                 victims.push((wk.load(), w, n - threads));
@@ -143,52 +159,54 @@ impl Scheduler {
         victims.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
         let bw = self.config.bandwidth;
         let ratio = self.config.steal_ratio;
-        let mut vi = 0;
-        'thieves: for (thief_load, thief, mut free) in thieves {
-            let mut thief_load = thief_load;
-            let thief_threads = self.workers[&thief].info.nthreads.max(1) as f64;
-            while free > 0 {
-                // Skip victims with nothing left to give.
-                while vi < victims.len() && victims[vi].2 == 0 {
-                    vi += 1;
-                }
-                if vi >= victims.len() {
-                    break 'thieves;
-                }
-                let (victim_load, victim, _) = victims[vi];
-                let vk = &self.workers[&victim];
-                let victim_threads = vk.info.nthreads.max(1) as f64;
-                let mut chosen = None;
-                for &id in vk.processing.iter().rev().take(STEAL_SCAN) {
-                    if self.stealing.contains_key(&id) || !self.valid_worker(id, thief, true) {
-                        continue;
-                    }
-                    let est = self.tasks[id].est as f64;
-                    let transfer = self.missing_bytes(id, thief) as f64 / bw;
-                    if transfer > est * ratio {
-                        continue;
-                    }
-                    let after_victim = victim_load - est / victim_threads;
-                    let after_thief = thief_load + (est + transfer) / thief_threads;
-                    if after_thief < after_victim {
-                        chosen = Some((id, est, transfer));
-                        break;
-                    }
-                }
-                let Some((id, est, transfer)) = chosen else {
-                    // Nothing worth moving from this victim to this thief;
-                    // less loaded victims will not do better.
-                    continue 'thieves;
-                };
-                debug_assert_eq!(self.tasks[id].state, TaskState::Processing(victim));
-                self.stealing.insert(id, thief);
-                self.stats.steal_requests += 1;
-                comm.to_worker(victim, ToWorker::Steal { task: id });
-                victims[vi].0 -= est / victim_threads;
-                victims[vi].2 -= 1;
-                thief_load += (est + transfer) / thief_threads;
-                free -= 1;
+        // One pass: thieves from least loaded, victims from most loaded. A
+        // victim that has nothing worth moving to the current thief is
+        // skipped for good (the following thieves are more loaded), so a
+        // pass costs O(workers + victims * STEAL_SCAN).
+        let (mut ti, mut vi) = (0, 0);
+        while ti < thieves.len() && vi < victims.len() {
+            let (thief_load, thief, free) = thieves[ti];
+            if free == 0 {
+                ti += 1;
+                continue;
             }
+            let (victim_load, victim, spare) = victims[vi];
+            if spare == 0 {
+                vi += 1;
+                continue;
+            }
+            let thief_threads = self.workers[&thief].info.nthreads.max(1) as f64;
+            let vk = &self.workers[&victim];
+            let victim_threads = vk.info.nthreads.max(1) as f64;
+            let mut chosen = None;
+            for &id in vk.processing.iter().rev().take(STEAL_SCAN) {
+                if self.stealing.contains_key(&id) || !self.valid_worker(id, thief, true) {
+                    continue;
+                }
+                let est = self.tasks[id].est as f64;
+                let transfer = self.missing_bytes(id, thief) as f64 / bw;
+                if transfer > est * ratio {
+                    continue;
+                }
+                let after_victim = victim_load - est / victim_threads;
+                let after_thief = thief_load + (est + transfer) / thief_threads;
+                if after_thief < after_victim {
+                    chosen = Some((id, est, transfer));
+                    break;
+                }
+            }
+            let Some((id, est, transfer)) = chosen else {
+                vi += 1;
+                continue;
+            };
+            debug_assert_eq!(self.tasks[id].state, TaskState::Processing(victim));
+            self.stealing.insert(id, thief);
+            self.stats.steal_requests += 1;
+            comm.to_worker(victim, ToWorker::Steal { task: id });
+            victims[vi].0 -= est / victim_threads;
+            victims[vi].2 -= 1;
+            thieves[ti].0 += (est + transfer) / thief_threads;
+            thieves[ti].2 -= 1;
         }
     }
 }

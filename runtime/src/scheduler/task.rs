@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::ids::{ClientId, Key, OpId, SharedStr, TaskId, WorkerId};
-use crate::protocol::Priority;
+use crate::protocol::{Priority, Tier};
 
 /// Where a task is in its life. A task is in exactly one state; the variant
 /// is the only place that says so.
@@ -88,10 +88,14 @@ pub(crate) struct Task {
     /// Workers that died while running this task.
     pub deaths: u8,
     pub queue: QueueKind,
+    /// Put in memory by a client (scatter): no lineage.
+    pub scattered: bool,
+    /// Where the result lives (Memory only).
+    pub tier: Tier,
 }
 
 // The per-task memory budget rests on this; grow it only on purpose.
-const _: () = assert!(std::mem::size_of::<Task>() <= 224);
+const _: () = assert!(std::mem::size_of::<Task>() == 224);
 
 impl Task {
     #[inline]
@@ -127,6 +131,11 @@ impl Tasks {
             });
             TaskId::from_parts(slot, 0)
         }
+    }
+
+    /// Makes room for `n` more tasks.
+    pub fn reserve_capacity(&mut self, n: usize) {
+        self.slots.reserve(n.saturating_sub(self.free.len()));
     }
 
     /// Fills a reserved slot.

@@ -28,6 +28,8 @@ pub(crate) struct Worker {
     pub all_idx: u32,
     /// Task slots before the worker counts as saturated for root tasks.
     pub slots: u32,
+    /// Paused by the worker (memory pressure): gets no new tasks.
+    pub paused: bool,
 }
 
 impl Worker {
@@ -40,6 +42,13 @@ impl Worker {
     #[inline]
     pub fn saturated(&self) -> bool {
         self.processing.len() as u32 >= self.slots
+    }
+
+    /// Takes root tasks now: not paused and not saturated. Exactly these
+    /// workers are in the scheduler's unsaturated list.
+    #[inline]
+    pub fn open(&self) -> bool {
+        !self.paused && !self.saturated()
     }
 }
 

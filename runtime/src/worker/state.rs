@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::ids::{Key, SharedStr, TaskId, WorkerId};
-use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, ToWorker};
+use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, Tier, ToWorker};
 
 /// Something that happened to the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +166,7 @@ impl WorkerState {
                                 task,
                                 nbytes,
                                 compute_us,
+                                tier: Tier::Host,
                             }));
                         }
                         Err(message) => out.push(WorkerCommand::Send(FromWorker::Failed { task, message })),
@@ -192,7 +193,20 @@ impl WorkerState {
         out: &mut Vec<WorkerCommand>,
     ) {
         match message {
-            ToWorker::Compute(request) => self.compute(request, fetches),
+            ToWorker::Compute(request) => {
+                // A result still held (a replica, or one the scheduler lost
+                // track of) answers at once.
+                if let Some(&nbytes) = self.memory.get(&request.task) {
+                    out.push(WorkerCommand::Send(FromWorker::Finished {
+                        task: request.task,
+                        nbytes,
+                        compute_us: 0,
+                        tier: Tier::Host,
+                    }));
+                } else {
+                    self.compute(request, fetches);
+                }
+            }
             ToWorker::Free { task } => {
                 if self.memory.remove(&task).is_some() {
                     out.push(WorkerCommand::Release(task));
@@ -226,7 +240,7 @@ impl WorkerState {
 
     fn compute(&mut self, request: Box<ComputeRequest>, fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>) {
         let task = request.task;
-        if self.tasks.contains_key(&task) || self.memory.contains_key(&task) {
+        if self.tasks.contains_key(&task) {
             debug!(%task, "duplicate compute request ignored");
             return;
         }
