@@ -21,12 +21,19 @@ impl Drop for Proc {
 
 fn weft(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-    command.args(args).env("WEFT_LOG", "warn");
+    command.args(args);
     command
 }
 
+/// A background process; its logs show with `WEFT_LOG=debug` (or any level)
+/// set for the test run, and are dropped otherwise.
 fn spawn(args: &[&str]) -> Proc {
-    Proc(weft(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    let logs = if std::env::var_os("WEFT_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    Proc(weft(args).stdout(Stdio::null()).stderr(logs).spawn().unwrap())
 }
 
 fn free_address() -> String {

@@ -127,7 +127,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
             () = &mut shutdown => break Ok(()),
             session = link.register(&info) => session,
         };
-        let (connection, id) = match session {
+        let (connection, id, early) = match session {
             Ok(session) => session,
             Err(error) => break Err(error),
         };
@@ -139,7 +139,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
                 let _ = sender.close().await;
                 break Ok(());
             }
-            lost = link.serve(&sender, &mut receiver, &mut done) => {
+            lost = link.serve(&sender, &mut receiver, early, &mut done) => {
                 warn!(worker = %name, reason = %lost, "lost the scheduler; reconnecting");
                 link.store.clear();
             }
@@ -164,7 +164,9 @@ struct Link<'a> {
 
 impl Link<'_> {
     /// Connects to the scheduler and registers.
-    async fn register(&self, info: &WorkerInfo) -> Result<(Connection, WorkerId)> {
+    /// Returns the connection, our id, and what else the scheduler sent in
+    /// the same batch (work queued before we joined).
+    async fn register(&self, info: &WorkerInfo) -> Result<(Connection, WorkerId, WorkerDown)> {
         let transport = TransportConfig {
             connect_timeout: self.options.reconnect_timeout,
             ..self.options.transport.clone()
@@ -178,13 +180,15 @@ impl Link<'_> {
             scheduler: scheduler.clone(),
             reason: "closed the connection during registration".into(),
         })?;
-        let batch: WorkerDown = codec::decode(&reply).map_err(|reason| RuntimeError::protocol(scheduler, reason))?;
-        match batch.first() {
-            Some(ToWorker::Registered { worker }) => Ok((connection, *worker)),
+        let mut batch: WorkerDown =
+            codec::decode(&reply).map_err(|reason| RuntimeError::protocol(scheduler, reason))?;
+        let first = (!batch.is_empty()).then(|| batch.remove(0));
+        match first {
+            Some(ToWorker::Registered { worker }) => Ok((connection, worker, batch)),
             Some(ToWorker::Rejected { reason }) => Err(RuntimeError::Refused {
                 scheduler: scheduler.clone(),
                 role: "worker",
-                reason: reason.clone(),
+                reason,
             }),
             other => Err(RuntimeError::protocol(
                 scheduler,
@@ -198,6 +202,7 @@ impl Link<'_> {
         &mut self,
         sender: &Sender,
         receiver: &mut Receiver,
+        early: WorkerDown,
         done: &mut mpsc::UnboundedReceiver<Done>,
     ) -> String {
         let scheduler = self.options.scheduler.clone();
@@ -206,7 +211,25 @@ impl Link<'_> {
         let mut outbox: Vec<FromWorker> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         let mut quiet = true;
+        for message in early {
+            state.handle(WorkerEvent::Scheduler(message), &mut commands);
+        }
         loop {
+            // Carry out what the last step decided; answers go in one batch.
+            for command in commands.drain(..) {
+                self.carry_out(command, &mut outbox);
+            }
+            if !outbox.is_empty() {
+                quiet = false;
+                let batch = WorkerUp::Batch(std::mem::take(&mut outbox));
+                let message = match codec::encode(&batch) {
+                    Ok(message) => message,
+                    Err(reason) => return reason,
+                };
+                if let Err(error) = sender.send(message).await {
+                    return error.to_string();
+                }
+            }
             tokio::select! {
                 message = receiver.recv() => {
                     let message = match message {
@@ -237,20 +260,6 @@ impl Link<'_> {
                         }
                     }
                     quiet = true;
-                }
-            }
-            for command in commands.drain(..) {
-                self.carry_out(command, &mut outbox);
-            }
-            if !outbox.is_empty() {
-                quiet = false;
-                let batch = WorkerUp::Batch(std::mem::take(&mut outbox));
-                let message = match codec::encode(&batch) {
-                    Ok(message) => message,
-                    Err(reason) => return reason,
-                };
-                if let Err(error) = sender.send(message).await {
-                    return error.to_string();
                 }
             }
         }
