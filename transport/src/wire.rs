@@ -57,7 +57,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_header_bytes: 512 << 20,
-            max_frames: 4096,
+            max_frames: 65_536,
             max_frame_bytes: 8 << 30,
             max_message_bytes: 16 << 30,
         }

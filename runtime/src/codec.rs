@@ -1,0 +1,168 @@
+//! How the protocol's messages ride on transport messages: each header is
+//! one postcard-encoded envelope, and values travel as frames beside it.
+//!
+//! Messages are batched: one transport message carries every protocol
+//! message a side had queued, so a burst of ten thousand task assignments
+//! costs a handful of system calls.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use weft_transport::{Frame, Message};
+
+use crate::ids::{Key, TaskId};
+use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, WorkerInfo};
+use crate::value::Value;
+
+/// The first message on a connection to the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Hello {
+    /// A worker joins.
+    Worker {
+        /// [`PROTOCOL_VERSION`] of the worker.
+        version: u32,
+        /// What it offers.
+        info: WorkerInfo,
+    },
+    /// A client connects.
+    Client {
+        /// [`PROTOCOL_VERSION`] of the client.
+        version: u32,
+        /// Its name, for logs.
+        name: String,
+    },
+}
+
+impl Hello {
+    /// The version the peer speaks.
+    pub fn version(&self) -> u32 {
+        match self {
+            Hello::Worker { version, .. } | Hello::Client { version, .. } => *version,
+        }
+    }
+
+    /// A worker's hello at our version.
+    pub fn worker(info: WorkerInfo) -> Self {
+        Hello::Worker {
+            version: PROTOCOL_VERSION,
+            info,
+        }
+    }
+}
+
+/// Worker to scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerUp {
+    /// Protocol messages, in order.
+    Batch(Vec<FromWorker>),
+    /// Still alive; sent when nothing else was.
+    Heartbeat,
+}
+
+/// Scheduler to worker: protocol messages in order.
+pub type WorkerDown = Vec<ToWorker>;
+/// Client to scheduler: protocol messages in order.
+pub type ClientUp = Vec<FromClient>;
+/// Scheduler to client: protocol messages in order.
+pub type ClientDown = Vec<ToClient>;
+
+/// A request to a worker's data server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Results by task id (peers fetching inputs).
+    Tasks(Vec<TaskId>),
+    /// Results by key (clients gathering).
+    Keys(Vec<Key>),
+}
+
+/// The answer of a data server, item by item in the order asked: `None`
+/// when it does not hold it, else the value's header inline and the count
+/// of its frames, which follow the envelope as transport frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataReply {
+    /// Per item: the value's header and frame count, or `None`.
+    pub items: Vec<Option<(Bytes, u32)>>,
+}
+
+/// Encodes an envelope as a transport message without frames.
+pub fn encode<T: Serialize>(envelope: &T) -> Result<Message, String> {
+    let header = postcard::to_stdvec(envelope).map_err(|e| format!("cannot encode a message: {e}"))?;
+    Ok(Message::new(header, Vec::new()))
+}
+
+/// Decodes the envelope in a transport message's header.
+pub fn decode<T: DeserializeOwned>(message: &Message) -> Result<T, String> {
+    postcard::from_bytes(&message.header).map_err(|e| {
+        format!(
+            "malformed {} ({} bytes): {e}",
+            std::any::type_name::<T>(),
+            message.header.len()
+        )
+    })
+}
+
+/// A data reply carrying `values` (a missing one as `None`).
+pub fn encode_reply(values: &[Option<Arc<Value>>]) -> Result<Message, String> {
+    let items = values
+        .iter()
+        .map(|v| v.as_ref().map(|v| (v.header.clone(), v.frames.len() as u32)))
+        .collect();
+    let mut message = encode(&DataReply { items })?;
+    message.frames = values.iter().flatten().flat_map(|v| v.frames.iter().cloned()).collect();
+    Ok(message)
+}
+
+/// Splits a data reply back into values; checks that the frames add up.
+pub fn decode_reply(message: Message) -> Result<Vec<Option<Value>>, String> {
+    let reply: DataReply = decode(&message)?;
+    let mut frames = message.frames.into_iter();
+    let mut values = Vec::with_capacity(reply.items.len());
+    for item in reply.items {
+        values.push(match item {
+            None => None,
+            Some((header, count)) => {
+                let own: Vec<Frame> = frames.by_ref().take(count as usize).collect();
+                if own.len() != count as usize {
+                    return Err("data reply has fewer frames than it announces".into());
+                }
+                Some(Value { header, frames: own })
+            }
+        });
+    }
+    if frames.next().is_some() {
+        return Err("data reply has more frames than it announces".into());
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_round_trip_with_missing_items() {
+        let a = Arc::new(Value {
+            header: Bytes::from_static(b"a"),
+            frames: vec![Frame::host(vec![1u8; 10]), Frame::host(vec![2u8; 3])],
+        });
+        let b = Arc::new(Value::encode(&5u32).unwrap());
+        let message = encode_reply(&[Some(a.clone()), None, Some(b.clone())]).unwrap();
+        let values = decode_reply(message).unwrap();
+        assert_eq!(values, vec![Some((*a).clone()), None, Some((*b).clone())]);
+    }
+
+    #[test]
+    fn inconsistent_replies_are_errors() {
+        let mut message = encode(&DataReply {
+            items: vec![Some((Bytes::new(), 2))],
+        })
+        .unwrap();
+        message.frames.push(Frame::host(vec![0u8]));
+        assert!(decode_reply(message.clone()).is_err(), "too few frames");
+        message.frames.extend([Frame::host(vec![1u8]), Frame::host(vec![2u8])]);
+        assert!(decode_reply(message).is_err(), "too many frames");
+        assert!(decode::<DataReply>(&Message::new(vec![0xffu8; 3], Vec::new())).is_err());
+    }
+}

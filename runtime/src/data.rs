@@ -1,0 +1,218 @@
+//! The data plane: a worker's store of results, the server that hands them
+//! to peers and clients, and the pool of connections used to fetch them.
+//!
+//! Results never pass through the scheduler: a worker fetches its inputs
+//! straight from the workers that hold them, and a client gathers from the
+//! workers the scheduler names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::{debug, warn};
+use weft_transport::{Config, Connection, Listener, TransportError, connect};
+
+use crate::codec::{self, DataRequest};
+use crate::error::{Result, RuntimeError};
+use crate::ids::{Key, TaskId};
+use crate::value::Value;
+
+/// A worker's results, by task and by key.
+#[derive(Default)]
+pub struct Store {
+    inner: Mutex<StoreInner>,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    values: HashMap<TaskId, (Option<Key>, Arc<Value>)>,
+    by_key: HashMap<Key, TaskId>,
+    bytes: u64,
+}
+
+impl Store {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        // Maps of shared values stay consistent across a panic elsewhere:
+        // every update below is a single insert or remove pair.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps a result; `key` indexes it for clients (replicas fetched
+    /// from peers come without one).
+    pub fn insert(&self, task: TaskId, key: Option<Key>, value: Arc<Value>) {
+        let mut inner = self.lock();
+        inner.bytes += value.nbytes();
+        if let Some(key) = &key {
+            inner.by_key.insert(key.clone(), task);
+        }
+        if let Some((_, old)) = inner.values.insert(task, (key, value)) {
+            inner.bytes -= old.nbytes();
+            debug!(%task, "result replaced");
+        }
+    }
+
+    /// Drops a result.
+    pub fn remove(&self, task: TaskId) {
+        let mut inner = self.lock();
+        if let Some((key, value)) = inner.values.remove(&task) {
+            inner.bytes -= value.nbytes();
+            if let Some(key) = key
+                && inner.by_key.get(&key) == Some(&task)
+            {
+                inner.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// A result by task.
+    pub fn get(&self, task: TaskId) -> Option<Arc<Value>> {
+        self.lock().values.get(&task).map(|(_, v)| v.clone())
+    }
+
+    /// A result by key.
+    pub fn get_key(&self, key: &str) -> Option<Arc<Value>> {
+        let inner = self.lock();
+        let task = inner.by_key.get(key)?;
+        inner.values.get(task).map(|(_, v)| v.clone())
+    }
+
+    /// Drops everything (the scheduler that knew of it is gone).
+    pub fn clear(&self) {
+        *self.lock() = StoreInner::default();
+    }
+
+    /// Results held and their total size.
+    pub fn usage(&self) -> (usize, u64) {
+        let inner = self.lock();
+        (inner.values.len(), inner.bytes)
+    }
+}
+
+/// Serves results from `store` to every peer that connects to `listener`,
+/// until the listener is dropped with the task.
+pub async fn serve(mut listener: Listener, store: Arc<Store>) {
+    loop {
+        match listener.accept().await {
+            Ok(connection) => {
+                tokio::spawn(serve_connection(connection, store.clone()));
+            }
+            Err(TransportError::ListenerClosed { .. }) => return,
+            Err(error) => debug!(%error, "data connection refused"),
+        }
+    }
+}
+
+async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
+    loop {
+        let message = match connection.recv().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(error) => {
+                debug!(%error, "data connection closed");
+                return;
+            }
+        };
+        let values: Vec<Option<Arc<Value>>> = match codec::decode::<DataRequest>(&message) {
+            Ok(DataRequest::Tasks(tasks)) => tasks.into_iter().map(|t| store.get(t)).collect(),
+            Ok(DataRequest::Keys(keys)) => keys.iter().map(|k| store.get_key(k)).collect(),
+            Err(reason) => {
+                warn!(peer = %connection.peer(), reason, "malformed data request; closing");
+                return;
+            }
+        };
+        let reply = match codec::encode_reply(&values) {
+            Ok(reply) => reply,
+            Err(reason) => {
+                warn!(reason, "cannot encode a data reply");
+                return;
+            }
+        };
+        if connection.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a fetch keeps trying to reach a peer.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Connections to data servers, one per address, reused across requests.
+#[derive(Clone)]
+pub struct PeerPool {
+    config: Config,
+    connections: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+/// One address's connection, once made; requests over it take turns.
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+impl PeerPool {
+    /// A pool that connects with these settings, except that it gives up
+    /// on a peer after [`PEER_CONNECT_TIMEOUT`]: a peer named as a holder
+    /// is up, or dead and then better asked of another holder at once.
+    pub fn new(config: Config) -> Self {
+        PeerPool {
+            config: Config {
+                connect_timeout: config.connect_timeout.min(PEER_CONNECT_TIMEOUT),
+                ..config
+            },
+            connections: Arc::default(),
+        }
+    }
+
+    /// Asks the data server at `address`; `None` for each item it lacks.
+    /// Requests to one address go one at a time over one connection; a
+    /// failed connection is dropped and the next request reconnects.
+    pub async fn request(&self, address: &str, request: &DataRequest) -> Result<Vec<Option<Value>>> {
+        let slot = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(address.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let result = self.exchange(&mut slot, address, request).await;
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        slot: &mut Option<Connection>,
+        address: &str,
+        request: &DataRequest,
+    ) -> Result<Vec<Option<Value>>> {
+        let connection = match slot {
+            Some(connection) => connection,
+            None => slot.insert(connect(address, &self.config).await?),
+        };
+        let message = codec::encode(request).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        connection.send(message).await?;
+        let reply = connection
+            .recv()
+            .await?
+            .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))?;
+        let values = codec::decode_reply(reply).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let asked = match request {
+            DataRequest::Tasks(tasks) => tasks.len(),
+            DataRequest::Keys(keys) => keys.len(),
+        };
+        if values.len() != asked {
+            return Err(RuntimeError::protocol(
+                address,
+                format!("answered {} items for {asked}", values.len()),
+            ));
+        }
+        Ok(values)
+    }
+
+    /// Forgets the connection to `address` (its worker is gone).
+    pub fn forget(&self, address: &str) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(address);
+    }
+}

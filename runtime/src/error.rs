@@ -1,0 +1,87 @@
+//! Errors of the runtime's reactors, client and local cluster.
+
+use thiserror::Error;
+use weft_transport::TransportError;
+
+use crate::ids::Key;
+use crate::protocol::TaskError;
+
+/// What can go wrong outside the task graph's own failures.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Connecting, listening or talking to a peer failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A peer sent something that does not decode, or breaks the protocol.
+    #[error("protocol error with {peer}: {reason}")]
+    Protocol {
+        /// The peer.
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The scheduler refused us.
+    #[error("the scheduler at {scheduler} refused this {role}: {reason}")]
+    Refused {
+        /// Its address.
+        scheduler: String,
+        /// "worker" or "client".
+        role: &'static str,
+        /// Its reason.
+        reason: String,
+    },
+    /// The graph was refused as a whole.
+    #[error("graph rejected: {0}")]
+    GraphRejected(String),
+    /// A task failed; the error names the key, the op and the worker.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// A future was cancelled before its result arrived.
+    #[error("{key} was cancelled")]
+    Cancelled {
+        /// The key.
+        key: Key,
+    },
+    /// The connection to the scheduler is gone.
+    #[error("lost the connection to the scheduler at {scheduler}: {reason}")]
+    SchedulerLost {
+        /// Its address.
+        scheduler: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No worker could deliver a result that the scheduler said was in
+    /// memory.
+    #[error("could not gather {key}: {reason}")]
+    Gather {
+        /// The key.
+        key: Key,
+        /// What each holder said.
+        reason: String,
+    },
+    /// Spawning or running a process (local cluster) failed.
+    #[error("{what}: {source}")]
+    Process {
+        /// What was attempted.
+        what: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// Invalid settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl RuntimeError {
+    /// A protocol error with `peer`.
+    pub fn protocol(peer: &str, reason: impl Into<String>) -> Self {
+        RuntimeError::Protocol {
+            peer: peer.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Shorthand for results of this crate's reactors.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -1,0 +1,256 @@
+//! Compact ids as newtypes, all made by [`define_id!`](crate::define_id), plus the shared string
+//! type used for user-visible names (keys, op names, addresses) and a small
+//! fast hasher for the scheduler's few hash maps.
+//!
+//! Keys are strings on the client side only: the scheduler interns each key to
+//! a [`TaskId`] and the worker protocol carries the id.
+
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Defines a `Copy` newtype id over an unsigned integer, with conversions,
+/// `Display` and serde support. Every id type in the runtime comes from here.
+#[macro_export]
+macro_rules! define_id {
+    ($(#[$meta:meta])* $name:ident, $ty:ty) => {
+        $(#[$meta])*
+        #[derive(
+            Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+            ::serde::Serialize, ::serde::Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub $ty);
+
+        impl $name {
+            /// Wraps a raw number.
+            #[inline]
+            pub const fn new(raw: $ty) -> Self {
+                Self(raw)
+            }
+            /// The raw number.
+            #[inline]
+            pub const fn as_num(self) -> $ty {
+                self.0
+            }
+            /// The raw number as an index.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+
+        impl ::std::convert::From<$ty> for $name {
+            #[inline]
+            fn from(raw: $ty) -> Self {
+                Self(raw)
+            }
+        }
+
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                ::std::fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+define_id!(
+    /// A worker, as numbered by the reactor when the worker connects. Never
+    /// reused within one scheduler's life.
+    WorkerId,
+    u32
+);
+define_id!(
+    /// A client connection, as numbered by the reactor.
+    ClientId,
+    u32
+);
+define_id!(
+    /// An interned op name.
+    OpId,
+    u32
+);
+define_id!(
+    /// An interned resource name (such as `gpu`).
+    ResourceId,
+    u16
+);
+define_id!(
+    /// A task: the interned form of a key. The low 32 bits are a slot in the
+    /// scheduler's task table, the high 32 bits that slot's generation, so an id
+    /// that outlives its task (a late message about a forgotten key) never
+    /// aliases the slot's next occupant.
+    TaskId,
+    u64
+);
+
+impl TaskId {
+    /// Builds an id from a slot and its generation.
+    #[inline]
+    pub const fn from_parts(slot: u32, generation: u32) -> Self {
+        Self(((generation as u64) << 32) | slot as u64)
+    }
+    /// The slot in the task table.
+    #[inline]
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+    /// The generation of the slot this id was minted for.
+    #[inline]
+    pub const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// An immutable, cheaply cloned string: keys, op names, worker names and
+/// addresses. Serialized as a plain string.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedStr(Arc<str>);
+
+impl SharedStr {
+    /// The string.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
+/// A user-visible task key.
+pub type Key = SharedStr;
+
+/// FxHash (as in rustc): a multiply-rotate hash. The scheduler's maps are keyed
+/// by data it controls or by keys from authenticated clients, so HashDoS
+/// resistance is not worth SipHash's cost here.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FxHashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_parts_round_trip() {
+        let id = TaskId::from_parts(7, 3);
+        assert_eq!(id.slot(), 7);
+        assert_eq!(id.generation(), 3);
+        assert_ne!(id, TaskId::from_parts(7, 4));
+    }
+
+    #[test]
+    fn shared_str_borrows_as_str() {
+        let mut m: FxHashMap<SharedStr, u32> = FxHashMap::default();
+        m.insert("a-1".into(), 1);
+        assert_eq!(m.get("a-1"), Some(&1));
+        assert_eq!(m.get("a-2"), None);
+    }
+}

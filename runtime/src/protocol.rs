@@ -1,0 +1,317 @@
+//! The messages between scheduler, workers and clients.
+//!
+//! These are plain serde enums: the reactor picks the codec and the framing.
+//! Workers talk in [`TaskId`]s (compact interned keys); clients talk in keys,
+//! since keys are what users name. Data never passes through here: a worker
+//! learns from [`ComputeRequest::deps`] which peers hold its inputs and fetches
+//! them itself.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::graph::Graph;
+use crate::ids::{Key, SharedStr, TaskId, WorkerId};
+
+/// Bump on any incompatible change to these messages; the reactor checks it in
+/// its handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Scheduling priority: smaller runs first. Higher user priority wins, then
+/// the submission sequence (earlier graphs first, then `dask.order`-style
+/// position within a graph).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Priority {
+    /// User priority from the task's annotations; larger is more urgent.
+    pub user: i32,
+    /// Global submission order.
+    pub seq: u64,
+}
+
+impl Ord for Priority {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.user.cmp(&self.user).then_with(|| self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for Priority {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Where a result lives on its worker.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Tier {
+    /// GPU memory.
+    Device,
+    /// Host memory.
+    #[default]
+    Host,
+    /// Spilled to disk.
+    Disk,
+}
+
+/// An amount of a named resource (`gpu = 1`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResourceAmount {
+    /// Resource name, such as `gpu`.
+    pub name: SharedStr,
+    /// Whole units.
+    pub amount: u32,
+}
+
+/// What a worker tells the scheduler when it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Unique name; task restrictions refer to workers by name or address.
+    pub name: SharedStr,
+    /// Where peers fetch data from (a transport URL).
+    pub address: SharedStr,
+    /// Compute threads.
+    pub nthreads: u32,
+    /// Memory limit in bytes (0 = none).
+    pub memory_limit: u64,
+    /// Resources this worker provides, such as `gpu = 1`.
+    pub resources: Vec<ResourceAmount>,
+}
+
+/// A peer that holds some data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's id.
+    pub worker: WorkerId,
+    /// The peer's data address.
+    pub address: SharedStr,
+}
+
+/// An input of a task and where to fetch it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepInfo {
+    /// The input's id.
+    pub task: TaskId,
+    /// Its size as reported by the worker that computed it.
+    pub nbytes: u64,
+    /// Workers that hold it (at least one).
+    pub who_has: Vec<Peer>,
+}
+
+/// Everything a worker needs to run a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeRequest {
+    /// The task.
+    pub task: TaskId,
+    /// Its key, for logs and error messages.
+    pub key: Key,
+    /// The op to run (a name in the worker's registry).
+    pub op: SharedStr,
+    /// Serialized arguments.
+    pub args: Bytes,
+    /// Worker-side ordering of ready tasks.
+    pub priority: Priority,
+    /// Resources the task holds while running.
+    pub resources: Vec<ResourceAmount>,
+    /// Inputs, in the order the op receives them.
+    pub deps: Vec<DepInfo>,
+}
+
+/// Scheduler to worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Registration accepted.
+    Registered {
+        /// The id the scheduler knows this worker by.
+        worker: WorkerId,
+    },
+    /// Registration refused (such as a duplicate name); the reactor closes.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// Run a task. A worker that still holds the task's result (computed
+    /// before, then cancelled) answers [`FromWorker::Finished`] at once.
+    Compute(Box<ComputeRequest>),
+    /// Drop a result (or a replica) from the store.
+    Free {
+        /// The result's task.
+        task: TaskId,
+    },
+    /// Forget a task sent earlier; if it is running, discard its result.
+    Cancel {
+        /// The task.
+        task: TaskId,
+    },
+    /// Give a task back if it has not started; answer with
+    /// [`FromWorker::StealResponse`].
+    Steal {
+        /// The task.
+        task: TaskId,
+    },
+}
+
+/// Worker to scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// A task ran and its result is in this worker's store.
+    Finished {
+        /// The task.
+        task: TaskId,
+        /// Size of the result.
+        nbytes: u64,
+        /// How long the op ran, in microseconds (measured by the worker).
+        compute_us: u64,
+        /// Where the result is kept.
+        tier: Tier,
+    },
+    /// The op returned an error or panicked.
+    Failed {
+        /// The task.
+        task: TaskId,
+        /// The op's message (or panic payload).
+        message: String,
+    },
+    /// Answer to [`ToWorker::Steal`].
+    StealResponse {
+        /// The task.
+        task: TaskId,
+        /// True when the worker dropped the task; false when it had started
+        /// (or finished) it.
+        stolen: bool,
+    },
+    /// The worker could not fetch an input of `task` from any of `tried`.
+    MissingData {
+        /// The task that needed the input.
+        task: TaskId,
+        /// The input.
+        dep: TaskId,
+        /// The peers that failed to serve it.
+        tried: Vec<WorkerId>,
+    },
+    /// The worker paused (memory pressure: it takes no new tasks) or
+    /// resumed. Tasks it already has stay with it.
+    Paused {
+        /// True when paused.
+        paused: bool,
+    },
+    /// The worker now holds a replica of `task`'s result (after a fetch).
+    Acquired {
+        /// The result's task.
+        task: TaskId,
+        /// Its size.
+        nbytes: u64,
+    },
+}
+
+/// Client to scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromClient {
+    /// Submit a graph; the client gets futures on `graph.outputs`.
+    SubmitGraph(Graph),
+    /// The client put data on a worker itself (scatter): register the keys
+    /// as in memory there, with a future for the client. Scattered data has
+    /// no lineage: if its last holder dies it errs with
+    /// [`TaskError::DataLost`].
+    Scatter {
+        /// The worker that holds the data.
+        worker: WorkerId,
+        /// Keys and their sizes.
+        data: Vec<(Key, u64)>,
+    },
+    /// Drop the client's futures on these keys (a client holds at most one
+    /// future per key).
+    Release {
+        /// The keys.
+        keys: Vec<Key>,
+    },
+}
+
+/// Scheduler to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToClient {
+    /// The graph was accepted.
+    GraphAccepted {
+        /// Tasks added.
+        new_tasks: u64,
+        /// Tasks dropped: already known to the scheduler or not needed for the
+        /// outputs.
+        culled: u64,
+    },
+    /// The graph was refused as a whole; nothing of it was kept.
+    GraphRejected {
+        /// Why (duplicate key, unknown dependency, cycle...).
+        reason: String,
+    },
+    /// A wanted key is in memory.
+    InMemory {
+        /// The key.
+        key: Key,
+        /// Its size.
+        nbytes: u64,
+        /// Where to gather it from.
+        who_has: Vec<Peer>,
+    },
+    /// A wanted key failed.
+    Erred {
+        /// The key.
+        key: Key,
+        /// The failure.
+        error: TaskError,
+    },
+}
+
+/// Why a task failed. Crosses the wire intact to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TaskError {
+    /// The op returned an error or panicked.
+    #[error("task {key} (op {op}) failed on worker {worker}: {message}")]
+    OpFailed {
+        /// The failing task.
+        key: Key,
+        /// Its op.
+        op: SharedStr,
+        /// Where it ran.
+        worker: SharedStr,
+        /// The op's message.
+        message: String,
+    },
+    /// Workers kept dying while running the task.
+    #[error(
+        "task {key} (op {op}) was running on {deaths} workers that died \
+         (allowed_failures = {allowed}); last one: {last_worker}"
+    )]
+    KilledWorkers {
+        /// The task.
+        key: Key,
+        /// Its op.
+        op: SharedStr,
+        /// How many workers died while running it.
+        deaths: u32,
+        /// The configured `allowed_failures`.
+        allowed: u32,
+        /// The last of them.
+        last_worker: SharedStr,
+    },
+    /// Scattered data lost its last holder; it has no lineage to recompute.
+    #[error("scattered key {key} was lost (no worker holds it) and cannot be recomputed")]
+    DataLost {
+        /// The scattered key.
+        key: Key,
+    },
+    /// An input failed.
+    #[error("task {key} not run: its dependency failed: {cause}")]
+    DependencyFailed {
+        /// The task.
+        key: Key,
+        /// The original failure.
+        cause: Box<TaskError>,
+    },
+}
+
+impl TaskError {
+    /// The failure at the root of a chain of [`TaskError::DependencyFailed`].
+    pub fn root_cause(&self) -> &TaskError {
+        match self {
+            TaskError::DependencyFailed { cause, .. } => cause.root_cause(),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! What the scheduler does on client messages: graph submission (culling
+//! and ordering), scatter, releases and disconnects; plus interning of op
+//! and resource names.
+
+use bytes::Bytes;
+
+use crate::graph::{self, Graph};
+use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
+use crate::protocol::{Peer, Priority, ResourceAmount, Tier, ToClient};
+
+use super::task::{QueueKind, Restrictions, Task};
+use super::worker::NOT_LISTED;
+use super::{Comm, OpStats, Scheduler, TaskState};
+
+impl Scheduler {
+    pub(super) fn client_gone(&mut self, client: ClientId) {
+        let Some(c) = self.clients.remove(&client) else {
+            tracing::warn!(%client, "disconnect of an unknown client; ignored");
+            self.stats.ignored += 1;
+            return;
+        };
+        for id in c.wants {
+            if let Some(t) = self.tasks.get_mut(id)
+                && let Some(pos) = t.who_wants.iter().position(|&x| x == client)
+            {
+                t.who_wants.swap_remove(pos);
+                self.recheck.push(id);
+                self.touch(id);
+            }
+        }
+    }
+
+    pub(super) fn client_release(&mut self, client: ClientId, keys: Vec<Key>) {
+        for key in keys {
+            let Some(&id) = self.keys.get(&key) else {
+                tracing::warn!(%client, %key, "release of an unknown key; ignored");
+                self.stats.ignored += 1;
+                continue;
+            };
+            let t = &mut self.tasks[id];
+            let Some(pos) = t.who_wants.iter().position(|&x| x == client) else {
+                tracing::warn!(%client, %key, "release of a key this client does not hold; ignored");
+                self.stats.ignored += 1;
+                continue;
+            };
+            t.who_wants.swap_remove(pos);
+            let c = self
+                .clients
+                .get_mut(&client)
+                .expect("internal error: checked by handle");
+            c.n_wants -= 1;
+            self.recheck.push(id);
+            self.touch(id);
+        }
+        self.compact_wants(client);
+    }
+
+    pub(super) fn compact_wants(&mut self, client: ClientId) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if c.wants.len() > 16 && c.wants.len() > 2 * c.n_wants as usize {
+            c.wants
+                .retain(|&id| self.tasks.get(id).is_some_and(|t| t.who_wants.contains(&client)));
+            c.wants.sort_unstable();
+            c.wants.dedup();
+        }
+    }
+
+    /// Registers data a client put on a worker.
+    pub(super) fn scatter(&mut self, client: ClientId, worker: WorkerId, data: Vec<(Key, u64)>) {
+        if !self.workers.contains_key(&worker) {
+            tracing::warn!(%client, %worker, "scatter to an unknown worker; ignored");
+            self.stats.ignored += 1;
+            return;
+        }
+        let op = self.intern_op(&SharedStr::from("<scattered>"));
+        for (key, nbytes) in data {
+            if self.keys.contains_key(key.as_str()) {
+                tracing::warn!(%client, %key, "scatter of a key already known; ignored");
+                self.stats.ignored += 1;
+                continue;
+            }
+            let id = self.tasks.reserve();
+            self.keys.insert(key.clone(), id);
+            self.tasks.insert(Task {
+                id,
+                key,
+                args: Bytes::new(),
+                deps: Box::default(),
+                dependents: Vec::new(),
+                who_has: vec![worker],
+                who_wants: vec![client],
+                restrictions: None,
+                priority: Priority {
+                    user: 0,
+                    seq: self.next_seq,
+                },
+                nbytes,
+                state: TaskState::Released,
+                op,
+                request: 0,
+                waiting_on: 0,
+                waiters: 0,
+                live_dependents: 0,
+                proc_idx: NOT_LISTED,
+                est: 0.0,
+                retries_left: 0,
+                deaths: 0,
+                queue: QueueKind::None,
+                scattered: true,
+                tier: Tier::Host,
+            });
+            self.next_seq += 1;
+            self.set_state(id, TaskState::Memory);
+            let wk = self.workers.get_mut(&worker).expect("internal error: checked above");
+            wk.has_what.push(id);
+            wk.n_held += 1;
+            wk.nbytes_held += nbytes;
+            let c = self
+                .clients
+                .get_mut(&client)
+                .expect("internal error: checked by handle");
+            c.wants.push(id);
+            c.n_wants += 1;
+        }
+    }
+
+    pub(super) fn intern_op(&mut self, name: &SharedStr) -> OpId {
+        if let Some(&id) = self.op_ids.get(name) {
+            return id;
+        }
+        let id = OpId::new(self.ops.len() as u32);
+        self.ops.push(OpStats {
+            name: name.clone(),
+            avg: 0.0,
+            count: 0,
+        });
+        self.op_ids.insert(name.clone(), id);
+        id
+    }
+
+    pub(super) fn intern_resource(&mut self, name: &SharedStr) -> ResourceId {
+        if let Some(&id) = self.res_ids.get(name) {
+            return id;
+        }
+        let id = ResourceId::new(self.res_names.len() as u16);
+        self.res_names.push(name.clone());
+        self.res_ids.insert(name.clone(), id);
+        id
+    }
+
+    pub(super) fn intern_request(&mut self, req: &[ResourceAmount]) -> u32 {
+        if req.iter().all(|r| r.amount == 0) {
+            return 0;
+        }
+        let mut v: Vec<(ResourceId, u32)> = req
+            .iter()
+            .filter(|r| r.amount > 0)
+            .map(|r| (self.intern_resource(&r.name), r.amount))
+            .collect();
+        v.sort_unstable();
+        let v = v.into_boxed_slice();
+        if let Some(&id) = self.request_ids.get(&v) {
+            return id;
+        }
+        let id = self.requests.len() as u32;
+        self.requests.push(v.clone());
+        self.request_ids.insert(v, id);
+        id
+    }
+
+    pub(super) fn reject_graph(client: ClientId, comm: &mut impl Comm, reason: String) {
+        tracing::warn!(%client, %reason, "graph rejected");
+        comm.to_client(client, ToClient::GraphRejected { reason });
+    }
+
+    /// Accepts a graph: culls what is known or not needed, orders the rest,
+    /// and starts computing the outputs the client asked for.
+    pub(super) fn submit(&mut self, client: ClientId, graph: Graph, comm: &mut impl Comm) {
+        let Graph { tasks: specs, outputs } = graph;
+        let n = specs.len();
+        let mut local: FxHashMap<&str, u32> = FxHashMap::default();
+        local.reserve(n);
+        for (i, s) in specs.iter().enumerate() {
+            if local.insert(s.key.as_str(), i as u32).is_some() {
+                return Self::reject_graph(client, comm, format!("duplicate key {} in graph", s.key));
+            }
+        }
+        // Known keys are culled: the graph's definition is ignored.
+        let known: Vec<Option<TaskId>> = specs.iter().map(|s| self.keys.get(s.key.as_str()).copied()).collect();
+        // Inputs resolved once per edge, for the included tasks only:
+        // `Ok(existing)` or `Err(local index)`.
+        let mut edges: Vec<Result<TaskId, u32>> = Vec::new();
+        let mut span = vec![(0u32, 0u32); n];
+        let resolve = |key: &str| -> Option<Result<TaskId, u32>> {
+            match local.get(key) {
+                Some(&j) => Some(known[j as usize].ok_or(j)),
+                None => self.keys.get(key).map(|&id| Ok(id)),
+            }
+        };
+        // Which new tasks the outputs need.
+        let mut include = vec![false; n];
+        let mut stack = Vec::new();
+        for key in &outputs {
+            match resolve(key.as_str()) {
+                Some(Ok(_)) => {}
+                Some(Err(i)) => {
+                    if !include[i as usize] {
+                        include[i as usize] = true;
+                        stack.push(i);
+                    }
+                }
+                None => {
+                    return Self::reject_graph(client, comm, format!("output {key} is neither in the graph nor known"));
+                }
+            }
+        }
+        while let Some(i) = stack.pop() {
+            let start = edges.len() as u32;
+            for dk in &specs[i as usize].deps {
+                let Some(r) = resolve(dk.as_str()) else {
+                    return Self::reject_graph(
+                        client,
+                        comm,
+                        format!("task {} depends on unknown key {dk}", specs[i as usize].key),
+                    );
+                };
+                edges.push(r);
+                if let Err(j) = r
+                    && !include[j as usize]
+                {
+                    include[j as usize] = true;
+                    stack.push(j);
+                }
+            }
+            span[i as usize] = (start, edges.len() as u32);
+        }
+        let included: Vec<u32> = (0..n as u32).filter(|&i| include[i as usize]).collect();
+        let m = included.len();
+        let mut new_of = vec![u32::MAX; n];
+        for (j, &i) in included.iter().enumerate() {
+            new_of[i as usize] = j as u32;
+        }
+        let sinks: Vec<u32> = outputs
+            .iter()
+            .filter_map(|k| local.get(k.as_str()))
+            .filter(|&&i| include[i as usize])
+            .map(|&i| new_of[i as usize])
+            .collect();
+        let pos = match graph::order(m, sinks, |j, out| {
+            let (a, b) = span[included[j as usize] as usize];
+            for e in &edges[a as usize..b as usize] {
+                if let Err(i) = e {
+                    out.push(new_of[*i as usize]);
+                }
+            }
+        }) {
+            Ok(pos) => pos,
+            Err(graph::Cycle(j)) => {
+                let key = &specs[included[j as usize] as usize].key;
+                return Self::reject_graph(client, comm, format!("graph has a cycle through {key}"));
+            }
+        };
+        // Valid: from here on nothing is rejected.
+        self.tasks.reserve_capacity(m);
+        let ids: Vec<TaskId> = (0..m).map(|_| self.tasks.reserve()).collect();
+        // Exact dependents capacity for the new tasks (one entry per edge).
+        let mut n_dependents = vec![0u32; m];
+        for &i in &included {
+            let (a, b) = span[i as usize];
+            for e in &edges[a as usize..b as usize] {
+                if let Err(l) = e {
+                    n_dependents[new_of[*l as usize] as usize] += 1;
+                }
+            }
+        }
+        drop(local);
+        self.keys.reserve(m);
+        let seq0 = self.next_seq;
+        self.next_seq += m as u64;
+        let mut specs: Vec<Option<crate::graph::TaskSpec>> = specs.into_iter().map(Some).collect();
+        for (j, &i) in included.iter().enumerate() {
+            let spec = specs[i as usize].take().expect("internal error: each spec used once");
+            let (a, b) = span[i as usize];
+            let deps: Box<[TaskId]> = edges[a as usize..b as usize]
+                .iter()
+                .map(|e| match *e {
+                    Ok(id) => id,
+                    Err(l) => ids[new_of[l as usize] as usize],
+                })
+                .collect();
+            let id = ids[j];
+            let op = self.intern_op(&spec.op);
+            let request = self.intern_request(&spec.annotations.resources);
+            let a = spec.annotations;
+            let restrictions = (!a.workers.is_empty()).then(|| {
+                Box::new(Restrictions {
+                    workers: a.workers,
+                    allow_other: a.allow_other_workers,
+                })
+            });
+            self.keys.insert(spec.key.clone(), id);
+            self.tasks.insert(Task {
+                id,
+                key: spec.key,
+                args: spec.args,
+                deps,
+                dependents: Vec::with_capacity(n_dependents[j] as usize),
+                who_has: Vec::new(),
+                who_wants: Vec::new(),
+                restrictions,
+                priority: Priority {
+                    user: a.priority,
+                    seq: seq0 + pos[j] as u64,
+                },
+                nbytes: 0,
+                state: TaskState::Released,
+                op,
+                request,
+                waiting_on: 0,
+                waiters: 0,
+                live_dependents: 0,
+                proc_idx: NOT_LISTED,
+                est: 0.0,
+                retries_left: a.retries,
+                deaths: 0,
+                queue: QueueKind::None,
+                scattered: false,
+                tier: Tier::Host,
+            });
+            self.touch(id);
+        }
+        // Dependents edges, now that every new task is in the table.
+        for &id in &ids {
+            let deps = std::mem::take(&mut self.tasks[id].deps);
+            for &d in deps.iter() {
+                let dt = &mut self.tasks[d];
+                dt.dependents.push(id);
+                dt.live_dependents += 1;
+            }
+            self.tasks[id].deps = deps;
+        }
+        // Futures for the client.
+        let mut wanted = Vec::with_capacity(outputs.len());
+        for key in &outputs {
+            let id = self.keys[key.as_str()];
+            let t = &mut self.tasks[id];
+            if t.who_wants.contains(&client) {
+                continue;
+            }
+            t.who_wants.push(client);
+            wanted.push(id);
+        }
+        {
+            let c = self
+                .clients
+                .get_mut(&client)
+                .expect("internal error: checked by handle");
+            c.n_wants += wanted.len() as u32;
+            c.wants.extend_from_slice(&wanted);
+        }
+        comm.to_client(
+            client,
+            ToClient::GraphAccepted {
+                new_tasks: m as u64,
+                culled: (n - m) as u64,
+            },
+        );
+        for id in wanted {
+            let t = &self.tasks[id];
+            match t.state {
+                TaskState::Memory => {
+                    let who_has = t
+                        .who_has
+                        .iter()
+                        .map(|h| Peer {
+                            worker: *h,
+                            address: self.workers[h].info.address.clone(),
+                        })
+                        .collect();
+                    comm.to_client(
+                        client,
+                        ToClient::InMemory {
+                            key: t.key.clone(),
+                            nbytes: t.nbytes,
+                            who_has,
+                        },
+                    );
+                }
+                TaskState::Erred => comm.to_client(
+                    client,
+                    ToClient::Erred {
+                        key: t.key.clone(),
+                        error: self.errors[&id].clone(),
+                    },
+                ),
+                TaskState::Released => self.need(id, comm),
+                _ => {}
+            }
+        }
+        let tasks = &self.tasks;
+        self.ready.sort_by_cached_key(|&id| tasks.get(id).map(|t| t.priority));
+    }
+}

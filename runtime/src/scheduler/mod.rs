@@ -1,0 +1,859 @@
+//! The sans-IO scheduler.
+//!
+//! A [`Scheduler`] is a plain struct driven by [`Scheduler::handle`]: the
+//! reactor decodes a message into an [`Event`], calls `handle`, and carries
+//! out what the scheduler wrote into its [`Comm`] (messages to workers and
+//! clients). No sockets, clocks or threads inside: durations arrive in the
+//! events ([`FromWorker::Finished::compute_us`]) and periodic work (stealing)
+//! runs when the reactor sends [`Event::Balance`].
+//!
+//! Task states and transitions (see [`TaskState`]):
+//!
+//! ```text
+//! released -> waiting -> queued -> processing -> memory -> released -> forgotten
+//!                    \______________/     |  \-> erred ------------------^
+//!   (lost results: memory -> released -> waiting again, from lineage)
+//! ```
+//!
+//! What a reactor does around it:
+//!
+//! - number workers and clients (never reusing a number) and feed
+//!   [`Event::WorkerJoined`] after a worker's handshake, [`Event::WorkerLost`]
+//!   when its connection drops or its heartbeats stop, and
+//!   [`Event::ClientConnected`] / [`Event::ClientDisconnected`];
+//! - decode each message into [`Event::Worker`] / [`Event::Client`], keeping
+//!   each connection's order;
+//! - send [`Event::Balance`] on a timer (100 ms);
+//! - deliver what `handle` wrote, per destination in order, and close a
+//!   worker's connection after [`ToWorker::Rejected`]. Messages to a worker
+//!   that has just gone can be dropped: the scheduler already knows.
+//!
+//! Malformed or out-of-order input (unknown or stale ids, reports from the
+//! wrong worker, duplicate registrations, unknown keys) is logged with
+//! `tracing` and ignored, counted in [`Stats::ignored`]; it never changes
+//! task state.
+//!
+//! Per-task work is O(1) amortized plus O(edges); placement looks at the
+//! workers that hold a task's inputs (at most [`MAX_CANDIDATES`]) or takes
+//! the next unsaturated worker in round-robin order. The root-task queue is a
+//! binary heap (O(log queued)); stealing scans all workers once per
+//! `Balance`.
+
+mod check;
+mod clients;
+mod place;
+mod task;
+#[cfg(test)]
+mod tests;
+mod worker;
+mod workers;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
+use crate::protocol::{
+    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError, Tier, ToClient,
+    ToWorker, WorkerInfo,
+};
+
+pub use check::InvariantError;
+pub use task::TaskState;
+use task::{QueueKind, Tasks};
+use worker::{NOT_LISTED, Worker, WorkerList};
+
+/// Most candidate workers placement weighs for one task.
+pub const MAX_CANDIDATES: usize = 32;
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A task that was running on more than this many workers that died
+    /// fails (Dask's `allowed-failures`, default 2: the third death fails it).
+    pub allowed_failures: u32,
+    /// Root tasks are held in the scheduler once every worker has
+    /// `ceil(nthreads * saturation)` tasks; `None` sends them all at once.
+    pub worker_saturation: Option<f64>,
+    /// Duration estimate of an op never seen finishing, in seconds.
+    pub unknown_duration: f64,
+    /// Assumed network bandwidth between workers, bytes per second.
+    pub bandwidth: f64,
+    /// Steal a task only when moving its inputs costs at most this many times
+    /// its estimated compute time.
+    pub steal_ratio: f64,
+    /// Record the tasks each event touched (for incremental invariant
+    /// checks; see [`Scheduler::take_touched`]).
+    pub record_touched: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            allowed_failures: 2,
+            worker_saturation: Some(1.1),
+            unknown_duration: 0.5,
+            bandwidth: 100e6,
+            steal_ratio: 2.0,
+            record_touched: false,
+        }
+    }
+}
+
+/// Something the reactor tells the scheduler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A worker connected and registered. The reactor numbers workers and
+    /// never reuses a number.
+    WorkerJoined {
+        /// The reactor's id for it.
+        worker: WorkerId,
+        /// What it offers.
+        info: WorkerInfo,
+    },
+    /// A worker's connection dropped or its heartbeats stopped.
+    WorkerLost {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A message from a worker.
+    Worker {
+        /// The sender.
+        worker: WorkerId,
+        /// The message.
+        msg: FromWorker,
+    },
+    /// A client connected.
+    ClientConnected {
+        /// The reactor's id for it.
+        client: ClientId,
+    },
+    /// A client went away; its futures are released.
+    ClientDisconnected {
+        /// The client.
+        client: ClientId,
+    },
+    /// A message from a client.
+    Client {
+        /// The sender.
+        client: ClientId,
+        /// The message.
+        msg: FromClient,
+    },
+    /// Periodic balancing (work stealing); the reactor sends it on a timer
+    /// (Dask uses 100 ms).
+    Balance,
+}
+
+/// Where the scheduler writes its output. The reactor implements it over its
+/// connections; tests record.
+pub trait Comm {
+    /// Send to a worker.
+    fn to_worker(&mut self, worker: WorkerId, msg: ToWorker);
+    /// Send to a client.
+    fn to_client(&mut self, client: ClientId, msg: ToClient);
+}
+
+/// One output of the scheduler, for callers that want a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Send to a worker.
+    ToWorker(WorkerId, ToWorker),
+    /// Send to a client.
+    ToClient(ClientId, ToClient),
+}
+
+impl Comm for Vec<Command> {
+    fn to_worker(&mut self, worker: WorkerId, msg: ToWorker) {
+        self.push(Command::ToWorker(worker, msg));
+    }
+    fn to_client(&mut self, client: ClientId, msg: ToClient) {
+        self.push(Command::ToClient(client, msg));
+    }
+}
+
+/// Counters for benchmarks and dashboards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Task state transitions so far.
+    pub transitions: u64,
+    /// Events handled.
+    pub events: u64,
+    /// Messages ignored as malformed, stale or out of order.
+    pub ignored: u64,
+    /// Steal requests sent.
+    pub steal_requests: u64,
+    /// Steals that moved a task.
+    pub steals: u64,
+    /// Results recomputed after they were lost.
+    pub recomputed: u64,
+}
+
+#[derive(Debug)]
+struct OpStats {
+    name: SharedStr,
+    /// Exponential moving average of durations, seconds.
+    avg: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    /// Keys this client wanted at some point; entries whose task no longer
+    /// lists the client are stale (compacted like `Worker::has_what`).
+    wants: Vec<TaskId>,
+    n_wants: u32,
+}
+
+/// The scheduler state machine. See the module docs.
+pub struct Scheduler {
+    config: Config,
+    tasks: Tasks,
+    keys: FxHashMap<Key, TaskId>,
+    workers: FxHashMap<WorkerId, Worker>,
+    /// Live workers by name and by address (restrictions use either).
+    names: FxHashMap<SharedStr, WorkerId>,
+    all: WorkerList,
+    unsat: WorkerList,
+    resource_workers: Vec<WorkerId>,
+    clients: FxHashMap<ClientId, Client>,
+    ops: Vec<OpStats>,
+    op_ids: FxHashMap<SharedStr, OpId>,
+    res_names: Vec<SharedStr>,
+    res_ids: FxHashMap<SharedStr, ResourceId>,
+    requests: Vec<Box<[(ResourceId, u32)]>>,
+    request_ids: FxHashMap<Box<[(ResourceId, u32)]>, u32>,
+    errors: FxHashMap<TaskId, TaskError>,
+    /// Pending steals: task -> thief.
+    stealing: FxHashMap<TaskId, WorkerId>,
+    root_queue: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    unrunnable: Vec<TaskId>,
+    next_seq: u64,
+    // Work lists, drained at the end of each event.
+    ready: Vec<TaskId>,
+    recheck: Vec<TaskId>,
+    freed: Vec<WorkerId>,
+    touched: Vec<TaskId>,
+    cand: Vec<(WorkerId, u64)>,
+    stats: Stats,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with no workers, clients or tasks.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            tasks: Tasks::default(),
+            keys: FxHashMap::default(),
+            workers: FxHashMap::default(),
+            names: FxHashMap::default(),
+            all: WorkerList::default(),
+            unsat: WorkerList::default(),
+            resource_workers: Vec::new(),
+            clients: FxHashMap::default(),
+            ops: Vec::new(),
+            op_ids: FxHashMap::default(),
+            res_names: Vec::new(),
+            res_ids: FxHashMap::default(),
+            requests: vec![Box::default()],
+            request_ids: FxHashMap::default(),
+            errors: FxHashMap::default(),
+            stealing: FxHashMap::default(),
+            root_queue: BinaryHeap::new(),
+            unrunnable: Vec::new(),
+            next_seq: 0,
+            ready: Vec::new(),
+            recheck: Vec::new(),
+            freed: Vec::new(),
+            touched: Vec::new(),
+            cand: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Tasks known (not forgotten).
+    pub fn n_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Tasks waiting, queued or processing (O(tasks); for tests).
+    pub fn count_active(&self) -> usize {
+        self.tasks.iter().filter(|t| t.state.is_active()).count()
+    }
+
+    /// A one-line account of a key and, for a waiting task, of the input
+    /// it waits on, down to something not waiting (for stall reports).
+    pub fn explain(&self, key: &str) -> String {
+        let mut lines = Vec::new();
+        let mut cur = self.keys.get(key).copied();
+        let mut hops = 0;
+        while let Some(id) = cur {
+            let t = &self.tasks[id];
+            lines.push(format!(
+                "{} {:?}{} waiting_on={} waiters={} wanted={} deaths={}; ",
+                t.key,
+                t.state,
+                match t.queue {
+                    QueueKind::None => String::new(),
+                    QueueKind::Root => " (root queue)".into(),
+                    QueueKind::Unrunnable => format!(
+                        " (no valid worker; needs {:?}, restricted to {:?})",
+                        self.requests[t.request as usize],
+                        t.restrictions.as_ref().map(|r| (&r.workers, r.allow_other))
+                    ),
+                },
+                t.waiting_on,
+                t.waiters,
+                t.wanted(),
+                t.deaths
+            ));
+            cur = None;
+            if t.state == TaskState::Waiting && hops < 100_000 {
+                cur = t
+                    .deps
+                    .iter()
+                    .copied()
+                    .find(|&d| self.tasks[d].state != TaskState::Memory);
+                hops += 1;
+            }
+        }
+        if lines.len() > 4 {
+            lines.drain(1..lines.len() - 3);
+        }
+        lines.concat()
+    }
+
+    /// Live workers.
+    pub fn n_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The state of a key (`Forgotten` when unknown).
+    pub fn state_of_key(&self, key: &str) -> TaskState {
+        self.keys
+            .get(key)
+            .map_or(TaskState::Forgotten, |&id| self.tasks[id].state)
+    }
+
+    /// The state of a task id (`Forgotten` when stale or unknown).
+    pub fn state_of(&self, id: TaskId) -> TaskState {
+        self.tasks.get(id).map_or(TaskState::Forgotten, |t| t.state)
+    }
+
+    /// The interned id of a key.
+    pub fn task_id(&self, key: &str) -> Option<TaskId> {
+        self.keys.get(key).copied()
+    }
+
+    /// The key of a task id.
+    pub fn key_of(&self, id: TaskId) -> Option<&Key> {
+        self.tasks.get(id).map(|t| &t.key)
+    }
+
+    /// Workers holding a key's result.
+    pub fn who_has(&self, key: &str) -> &[WorkerId] {
+        self.keys.get(key).map_or(&[], |&id| self.tasks[id].who_has.as_slice())
+    }
+
+    /// Where a key's result lives (as its computing worker reported).
+    pub fn tier_of(&self, key: &str) -> Option<Tier> {
+        let t = &self.tasks[*self.keys.get(key)?];
+        (t.state == TaskState::Memory).then_some(t.tier)
+    }
+
+    /// The error of an erred key.
+    pub fn error_of(&self, key: &str) -> Option<&TaskError> {
+        self.keys.get(key).and_then(|id| self.errors.get(id))
+    }
+
+    /// Tasks processing on a worker.
+    pub fn processing_on(&self, worker: WorkerId) -> &[TaskId] {
+        self.workers.get(&worker).map_or(&[], |w| w.processing.as_slice())
+    }
+
+    /// The learned duration estimate of an op, in seconds.
+    pub fn op_estimate(&self, op: &str) -> Option<f64> {
+        let id = self.op_ids.get(op)?;
+        let s = &self.ops[id.index()];
+        (s.count > 0).then_some(s.avg)
+    }
+
+    /// Moves the ids of tasks touched since the last call into `out` (only
+    /// with [`Config::record_touched`]). May hold duplicates and ids of
+    /// tasks forgotten since.
+    pub fn take_touched(&mut self, out: &mut Vec<TaskId>) {
+        out.append(&mut self.touched);
+    }
+
+    /// Handles one event, writing the resulting messages into `comm`.
+    pub fn handle(&mut self, event: Event, comm: &mut impl Comm) {
+        self.stats.events += 1;
+        match event {
+            Event::WorkerJoined { worker, info } => self.worker_joined(worker, info, comm),
+            Event::WorkerLost { worker } => self.worker_lost(worker, comm),
+            Event::Worker { worker, msg } => {
+                if !self.workers.contains_key(&worker) {
+                    tracing::warn!(%worker, ?msg, "message from an unknown worker; ignored");
+                    self.stats.ignored += 1;
+                    return;
+                }
+                match msg {
+                    FromWorker::Finished {
+                        task,
+                        nbytes,
+                        compute_us,
+                        tier,
+                    } => self.task_finished(worker, task, nbytes, compute_us, tier, comm),
+                    FromWorker::Failed { task, message } => self.task_failed(worker, task, message, comm),
+                    FromWorker::StealResponse { task, stolen } => self.steal_response(worker, task, stolen, comm),
+                    FromWorker::MissingData { task, dep, tried } => self.missing_data(worker, task, dep, tried, comm),
+                    FromWorker::Acquired { task, nbytes } => self.acquired(worker, task, nbytes, comm),
+                    FromWorker::Paused { paused } => self.worker_paused(worker, paused, comm),
+                }
+            }
+            Event::ClientConnected { client } => {
+                if let std::collections::hash_map::Entry::Vacant(e) = self.clients.entry(client) {
+                    e.insert(Client::default());
+                } else {
+                    tracing::warn!(%client, "duplicate client registration; ignored");
+                    self.stats.ignored += 1;
+                }
+            }
+            Event::ClientDisconnected { client } => self.client_gone(client),
+            Event::Client { client, msg } => {
+                if !self.clients.contains_key(&client) {
+                    tracing::warn!(%client, "message from an unknown client; ignored");
+                    self.stats.ignored += 1;
+                    return;
+                }
+                match msg {
+                    FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
+                    FromClient::Release { keys } => self.client_release(client, keys),
+                    FromClient::Scatter { worker, data } => self.scatter(client, worker, data),
+                }
+            }
+            Event::Balance => self.balance(comm),
+        }
+        self.drain(comm);
+    }
+
+    /// [`Scheduler::handle`] returning the messages as a list.
+    pub fn handle_to_vec(&mut self, event: Event) -> Vec<Command> {
+        let mut out = Vec::new();
+        self.handle(event, &mut out);
+        out
+    }
+
+    // ---- state bookkeeping -------------------------------------------------
+
+    /// The one place a task's state changes. Keeps the inputs' `waiters`
+    /// counts in step with whether this task is active.
+    fn set_state(&mut self, id: TaskId, new: TaskState) {
+        let t = &mut self.tasks[id];
+        let old = t.state;
+        t.state = new;
+        self.stats.transitions += 1;
+        tracing::trace!(task = %t.key, ?old, ?new, "transition");
+        let record = self.config.record_touched;
+        if record {
+            self.touched.push(id);
+        }
+        let (was, now) = (old.is_active(), new.is_active());
+        if was != now {
+            let deps = std::mem::take(&mut t.deps);
+            for &d in deps.iter() {
+                let dt = &mut self.tasks[d];
+                if now {
+                    dt.waiters += 1;
+                } else {
+                    dt.waiters -= 1;
+                    if dt.waiters == 0 {
+                        self.recheck.push(d);
+                    }
+                }
+                if record {
+                    self.touched.push(d);
+                }
+            }
+            self.tasks[id].deps = deps;
+        }
+    }
+
+    fn touch(&mut self, id: TaskId) {
+        if self.config.record_touched {
+            self.touched.push(id);
+        }
+    }
+
+    fn estimate(&self, op: OpId) -> f64 {
+        let s = &self.ops[op.index()];
+        if s.count > 0 {
+            s.avg
+        } else {
+            self.config.unknown_duration
+        }
+    }
+
+    /// Makes a released task needed: it and, transitively, its released
+    /// inputs become waiting; those with all inputs in memory become ready.
+    fn need(&mut self, root: TaskId, comm: &mut impl Comm) {
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            let t = &self.tasks[id];
+            if t.state != TaskState::Released {
+                continue;
+            }
+            if t.scattered {
+                let key = t.key.clone();
+                self.fail(id, TaskError::DataLost { key }, comm);
+                continue;
+            }
+            let mut missing = 0;
+            let mut failed = None;
+            for &d in t.deps.iter() {
+                match self.tasks[d].state {
+                    TaskState::Memory => {}
+                    TaskState::Erred => failed = Some(d),
+                    TaskState::Released => {
+                        missing += 1;
+                        stack.push(d);
+                    }
+                    _ => missing += 1,
+                }
+            }
+            if let Some(d) = failed {
+                let cause = self.errors[&d].root_cause().clone();
+                let key = self.tasks[id].key.clone();
+                self.set_state(id, TaskState::Waiting);
+                self.fail(
+                    id,
+                    TaskError::DependencyFailed {
+                        key,
+                        cause: Box::new(cause),
+                    },
+                    comm,
+                );
+                continue;
+            }
+            self.tasks[id].waiting_on = missing;
+            self.set_state(id, TaskState::Waiting);
+            if missing == 0 {
+                self.ready.push(id);
+            }
+        }
+    }
+
+    /// Errs a task and every active task downstream of it.
+    fn fail(&mut self, id: TaskId, error: TaskError, comm: &mut impl Comm) {
+        let mut stack = vec![(id, error)];
+        while let Some((id, error)) = stack.pop() {
+            let state = self.tasks[id].state;
+            match state {
+                TaskState::Processing(w) => {
+                    self.unassign(id);
+                    comm.to_worker(w, ToWorker::Cancel { task: id });
+                }
+                TaskState::Erred | TaskState::Memory => continue,
+                _ => {}
+            }
+            self.tasks[id].queue = QueueKind::None;
+            self.set_state(id, TaskState::Erred);
+            let t = &self.tasks[id];
+            tracing::debug!(task = %t.key, %error, "task erred");
+            for &c in &t.who_wants {
+                comm.to_client(
+                    c,
+                    ToClient::Erred {
+                        key: t.key.clone(),
+                        error: error.clone(),
+                    },
+                );
+            }
+            let root = error.root_cause();
+            for &d in &t.dependents {
+                if let Some(dt) = self.tasks.get(d)
+                    && dt.state.is_active()
+                {
+                    stack.push((
+                        d,
+                        TaskError::DependencyFailed {
+                            key: dt.key.clone(),
+                            cause: Box::new(root.clone()),
+                        },
+                    ));
+                }
+            }
+            self.errors.insert(id, error);
+            self.recheck.push(id);
+        }
+    }
+
+    /// Takes a processing task off its worker's books (its state is set by
+    /// the caller right after).
+    fn unassign(&mut self, id: TaskId) -> WorkerId {
+        let t = &mut self.tasks[id];
+        let TaskState::Processing(w) = t.state else {
+            panic!("internal error: unassign of {:?} in {:?}", id, t.state);
+        };
+        let idx = t.proc_idx;
+        t.proc_idx = NOT_LISTED;
+        let est = t.est as f64;
+        let wk = self
+            .workers
+            .get_mut(&w)
+            .expect("internal error: processing on a dead worker");
+        let was_open = wk.open();
+        wk.processing.swap_remove(idx as usize);
+        if let Some(&moved) = wk.processing.get(idx as usize) {
+            self.tasks[moved].proc_idx = idx;
+        }
+        wk.occupancy = if wk.processing.is_empty() {
+            0.0
+        } else {
+            (wk.occupancy - est).max(0.0)
+        };
+        if !was_open && wk.open() {
+            wk.unsat_idx = self.unsat.push(w);
+            self.freed.push(w);
+        }
+        if !self.stealing.is_empty() {
+            self.stealing.remove(&id);
+        }
+        w
+    }
+
+    fn assign(&mut self, id: TaskId, w: WorkerId, comm: &mut impl Comm) {
+        let est = self.estimate(self.tasks[id].op);
+        let wk = self
+            .workers
+            .get_mut(&w)
+            .expect("internal error: assign to a dead worker");
+        let t = &mut self.tasks[id];
+        t.proc_idx = wk.processing.len() as u32;
+        t.est = est as f32;
+        t.queue = QueueKind::None;
+        wk.processing.push(id);
+        wk.occupancy += est;
+        if !wk.open() && wk.unsat_idx != NOT_LISTED {
+            let idx = wk.unsat_idx;
+            wk.unsat_idx = NOT_LISTED;
+            if let Some(moved) = self.unsat.swap_remove(idx) {
+                self.workers
+                    .get_mut(&moved)
+                    .expect("internal error: unsat list")
+                    .unsat_idx = idx;
+            }
+        }
+        self.set_state(id, TaskState::Processing(w));
+        let t = &self.tasks[id];
+        let deps = t
+            .deps
+            .iter()
+            .map(|&d| {
+                let dt = &self.tasks[d];
+                DepInfo {
+                    task: d,
+                    nbytes: dt.nbytes,
+                    who_has: dt
+                        .who_has
+                        .iter()
+                        .map(|h| Peer {
+                            worker: *h,
+                            address: self.workers[h].info.address.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let resources = self.requests[t.request as usize]
+            .iter()
+            .map(|&(r, amount)| ResourceAmount {
+                name: self.res_names[r.index()].clone(),
+                amount,
+            })
+            .collect();
+        comm.to_worker(
+            w,
+            ToWorker::Compute(Box::new(ComputeRequest {
+                task: id,
+                key: t.key.clone(),
+                op: self.ops[t.op.index()].name.clone(),
+                args: t.args.clone(),
+                priority: t.priority,
+                resources,
+                deps,
+            })),
+        );
+    }
+
+    /// Places a ready task, queues it, or parks it as unrunnable.
+    fn schedule(&mut self, id: TaskId, comm: &mut impl Comm) {
+        let t = &self.tasks[id];
+        let rootish = t.deps.is_empty() && t.restrictions.is_none() && t.request == 0;
+        if rootish && self.config.worker_saturation.is_some() {
+            if let Some(w) = self.unsat.next() {
+                self.assign(id, w, comm);
+            } else {
+                let prio = t.priority;
+                self.tasks[id].queue = QueueKind::Root;
+                self.root_queue.push(Reverse((prio, id)));
+                self.set_state(id, TaskState::Queued);
+            }
+            return;
+        }
+        match self.decide_worker(id) {
+            Some(w) => self.assign(id, w, comm),
+            None => {
+                tracing::debug!(task = %self.tasks[id].key, "no worker can run this task now");
+                self.tasks[id].queue = QueueKind::Unrunnable;
+                self.unrunnable.push(id);
+                self.set_state(id, TaskState::Queued);
+            }
+        }
+    }
+
+    /// Fills an unsaturated worker from the root queue.
+    fn fill_worker(&mut self, w: WorkerId, comm: &mut impl Comm) {
+        loop {
+            match self.workers.get(&w) {
+                Some(wk) if wk.open() => {}
+                _ => return,
+            }
+            let Some(Reverse((_, id))) = self.root_queue.pop() else {
+                return;
+            };
+            match self.tasks.get(id) {
+                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Root => self.assign(id, w, comm),
+                _ => {} // stale entry
+            }
+        }
+    }
+
+    /// Releases what nobody needs any more, and forgets what nobody can.
+    fn check_release(&mut self, id: TaskId, comm: &mut impl Comm) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if t.waiters > 0 || t.wanted() {
+            return;
+        }
+        match t.state {
+            TaskState::Memory => {
+                let holders = std::mem::take(&mut t.who_has);
+                let nbytes = t.nbytes;
+                for w in holders {
+                    if let Some(wk) = self.workers.get_mut(&w) {
+                        wk.n_held -= 1;
+                        wk.nbytes_held = wk.nbytes_held.saturating_sub(nbytes);
+                    }
+                    comm.to_worker(w, ToWorker::Free { task: id });
+                }
+                self.set_state(id, TaskState::Released);
+            }
+            TaskState::Processing(w) => {
+                self.unassign(id);
+                comm.to_worker(w, ToWorker::Cancel { task: id });
+                self.set_state(id, TaskState::Released);
+            }
+            TaskState::Waiting | TaskState::Queued => {
+                self.tasks[id].queue = QueueKind::None;
+                self.set_state(id, TaskState::Released);
+            }
+            TaskState::Released | TaskState::Erred => {}
+            TaskState::Forgotten => unreachable!("forgotten tasks are not stored"),
+        }
+        if self.tasks[id].live_dependents == 0 {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.remove(id) else {
+            return;
+        };
+        tracing::trace!(task = %t.key, "forgotten");
+        self.stats.transitions += 1;
+        self.keys.remove(&t.key);
+        if t.state == TaskState::Erred {
+            self.errors.remove(&id);
+        }
+        for &d in t.deps.iter() {
+            let Some(dt) = self.tasks.get_mut(d) else {
+                continue;
+            };
+            dt.live_dependents -= 1;
+            let live = dt.live_dependents as usize;
+            if dt.dependents.len() > 8 && live * 2 < dt.dependents.len() {
+                let mut deps = std::mem::take(&mut dt.dependents);
+                deps.retain(|&x| self.tasks.contains(x));
+                self.tasks[d].dependents = deps;
+            }
+            self.recheck.push(d);
+            self.touch(d);
+        }
+    }
+
+    /// Runs the work lists until nothing is left. Releases go first, so a
+    /// ready task that stopped being needed in the same event is not sent.
+    fn drain(&mut self, comm: &mut impl Comm) {
+        loop {
+            let mut progressed = false;
+            if !self.recheck.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.recheck);
+                for &id in &batch {
+                    self.check_release(id, comm);
+                }
+                batch.clear();
+                if self.recheck.is_empty() {
+                    self.recheck = batch;
+                }
+            }
+            if !self.ready.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.ready);
+                for &id in &batch {
+                    if let Some(t) = self.tasks.get(id)
+                        && t.state == TaskState::Waiting
+                        && t.waiting_on == 0
+                    {
+                        self.schedule(id, comm);
+                    }
+                }
+                batch.clear();
+                if self.ready.is_empty() {
+                    self.ready = batch;
+                }
+            }
+            if !self.freed.is_empty() {
+                progressed = true;
+                let mut batch = std::mem::take(&mut self.freed);
+                for &w in &batch {
+                    self.fill_worker(w, comm);
+                }
+                batch.clear();
+                if self.freed.is_empty() {
+                    self.freed = batch;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Placement (which worker runs a ready task) and work stealing.
+
+use std::cmp::Ordering;
+
+use super::{MAX_CANDIDATES, Scheduler, TaskState};
+use crate::ids::{TaskId, WorkerId};
+use crate::protocol::ToWorker;
+
+/// Most tasks looked at per victim when stealing.
+const STEAL_SCAN: usize = 8;
+
+impl Scheduler {
+    /// Can `w` run task `id`? Resources are checked against capacity (the
+    /// worker enforces concurrency); restrictions are binding when `strict`
+    /// or when the task does not allow other workers.
+    pub(super) fn valid_worker(&self, id: TaskId, w: WorkerId, strict: bool) -> bool {
+        let Some(wk) = self.workers.get(&w) else {
+            return false;
+        };
+        if wk.paused {
+            return false;
+        }
+        let t = &self.tasks[id];
+        for &(r, amount) in self.requests[t.request as usize].iter() {
+            if wk.resources.get(r.index()).copied().unwrap_or(0) < amount {
+                return false;
+            }
+        }
+        match &t.restrictions {
+            Some(r) if strict || !r.allow_other => {
+                r.workers.iter().any(|n| *n == wk.info.name || *n == wk.info.address)
+            }
+            _ => true,
+        }
+    }
+
+    /// Bytes of `id`'s inputs that `w` would have to fetch.
+    fn missing_bytes(&self, id: TaskId, w: WorkerId) -> u64 {
+        self.tasks[id]
+            .deps
+            .iter()
+            .map(|&d| {
+                let dt = &self.tasks[d];
+                if dt.who_has.contains(&w) { 0 } else { dt.nbytes }
+            })
+            .sum()
+    }
+
+    /// Picks the worker for a ready task: the one minimising occupancy per
+    /// thread plus the time to fetch missing inputs, among the workers that
+    /// hold inputs, else the allowed workers, else any (round robin over
+    /// unsaturated workers first). `None` when no live worker may run it.
+    pub(super) fn decide_worker(&mut self, id: TaskId) -> Option<WorkerId> {
+        let bw = self.config.bandwidth;
+        let mut cand = std::mem::take(&mut self.cand);
+        cand.clear();
+        let mut total = 0u64;
+        for &d in self.tasks[id].deps.iter() {
+            let dt = &self.tasks[d];
+            total += dt.nbytes;
+            for &w in &dt.who_has {
+                if let Some(e) = cand.iter_mut().find(|e| e.0 == w) {
+                    e.1 += dt.nbytes;
+                } else if cand.len() < MAX_CANDIDATES {
+                    cand.push((w, dt.nbytes));
+                }
+            }
+        }
+        let mut best: Option<(f64, WorkerId)> = None;
+        let consider = |cost: f64, w: WorkerId, best: &mut Option<(f64, WorkerId)>| {
+            if best.is_none_or(|(c, bw_)| cost < c || (cost == c && w < bw_)) {
+                *best = Some((cost, w));
+            }
+        };
+        for &(w, local) in &cand {
+            if self.valid_worker(id, w, true) {
+                let cost = self.workers[&w].load() + (total - local) as f64 / bw;
+                consider(cost, w, &mut best);
+            }
+        }
+        self.cand = cand;
+        if let Some((_, w)) = best {
+            return Some(w);
+        }
+        let t = &self.tasks[id];
+        if let Some(r) = &t.restrictions {
+            for name in &r.workers {
+                if let Some(&w) = self.names.get(name)
+                    && self.valid_worker(id, w, true)
+                {
+                    consider(self.workers[&w].load() + total as f64 / bw, w, &mut best);
+                }
+            }
+            if let Some((_, w)) = best {
+                return Some(w);
+            }
+            if !r.allow_other {
+                return None;
+            }
+        }
+        if t.request != 0 {
+            for &w in &self.resource_workers {
+                if self.valid_worker(id, w, false) {
+                    let cost = self.workers[&w].load() + self.missing_bytes(id, w) as f64 / bw;
+                    consider(cost, w, &mut best);
+                }
+            }
+            return best.map(|(_, w)| w);
+        }
+        if let Some(w) = self.unsat.next() {
+            return Some(w);
+        }
+        // Everyone is saturated (or paused): the less loaded of the next
+        // two that are not paused.
+        let mut picks = [None, None];
+        let mut found = 0;
+        for _ in 0..self.all.len() {
+            let w = self.all.next()?;
+            if !self.workers[&w].paused {
+                picks[found] = Some(w);
+                found += 1;
+                if found == 2 {
+                    break;
+                }
+            }
+        }
+        let a = picks[0]?;
+        let b = picks[1].unwrap_or(a);
+        let la = self.workers[&a].load();
+        let lb = self.workers[&b].load();
+        Some(if lb < la { b } else { a })
+    }
+
+    /// Work stealing: moves tasks that have not started from workers with
+    /// more tasks than threads to workers with idle threads, when the move
+    /// pays (the thief finishes it sooner, transfer included) and the
+    /// transfer is cheap relative to the compute (`steal_ratio`). Sends
+    /// [`ToWorker::Steal`]; the task moves on the victim's confirmation.
+    pub(super) fn balance(&mut self, comm: &mut impl super::Comm) {
+        if self.workers.len() < 2 {
+            return;
+        }
+        let mut thieves = Vec::new();
+        let mut victims = Vec::new();
+        for &w in &self.all.items {
+            let wk = &self.workers[&w];
+            let n = wk.processing.len();
+            let threads = wk.info.nthreads.max(1) as usize;
+            if n < threads && !wk.paused {
+                thieves.push((wk.load(), w, threads - n));
+            } else if n > threads {
+                victims.push((wk.load(), w, n - threads));
+            }
+        }
+        if thieves.is_empty() || victims.is_empty() {
+            return;
+        }
+        thieves.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+        victims.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
+        let bw = self.config.bandwidth;
+        let ratio = self.config.steal_ratio;
+        // One pass: thieves from least loaded, victims from most loaded. A
+        // victim that has nothing worth moving to the current thief is
+        // skipped for good (the following thieves are more loaded), so a
+        // pass costs O(workers + victims * STEAL_SCAN).
+        let (mut ti, mut vi) = (0, 0);
+        while ti < thieves.len() && vi < victims.len() {
+            let (thief_load, thief, free) = thieves[ti];
+            if free == 0 {
+                ti += 1;
+                continue;
+            }
+            let (victim_load, victim, spare) = victims[vi];
+            if spare == 0 {
+                vi += 1;
+                continue;
+            }
+            let thief_threads = self.workers[&thief].info.nthreads.max(1) as f64;
+            let vk = &self.workers[&victim];
+            let victim_threads = vk.info.nthreads.max(1) as f64;
+            let mut chosen = None;
+            for &id in vk.processing.iter().rev().take(STEAL_SCAN) {
+                if self.stealing.contains_key(&id) || !self.valid_worker(id, thief, true) {
+                    continue;
+                }
+                let est = self.tasks[id].est as f64;
+                let transfer = self.missing_bytes(id, thief) as f64 / bw;
+                if transfer > est * ratio {
+                    continue;
+                }
+                let after_victim = victim_load - est / victim_threads;
+                let after_thief = thief_load + (est + transfer) / thief_threads;
+                if after_thief < after_victim {
+                    chosen = Some((id, est, transfer));
+                    break;
+                }
+            }
+            let Some((id, est, transfer)) = chosen else {
+                vi += 1;
+                continue;
+            };
+            debug_assert_eq!(self.tasks[id].state, TaskState::Processing(victim));
+            self.stealing.insert(id, thief);
+            self.stats.steal_requests += 1;
+            comm.to_worker(victim, ToWorker::Steal { task: id });
+            victims[vi].0 -= est / victim_threads;
+            victims[vi].2 -= 1;
+            thieves[ti].0 += (est + transfer) / thief_threads;
+            thieves[ti].2 -= 1;
+        }
+    }
+}

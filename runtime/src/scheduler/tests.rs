@@ -1,0 +1,844 @@
+//! Scheduler unit tests: a few events each, full invariant sweep after every
+//! event.
+
+use bytes::Bytes;
+
+use super::*;
+use crate::graph::{Annotations, Graph, TaskSpec};
+
+const C: ClientId = ClientId(0);
+
+fn w(i: u32) -> WorkerId {
+    WorkerId::new(i)
+}
+
+fn info(name: &str, nthreads: u32) -> WorkerInfo {
+    WorkerInfo {
+        name: name.into(),
+        address: format!("tcp://{name}:1").into(),
+        nthreads,
+        memory_limit: 0,
+        resources: Vec::new(),
+    }
+}
+
+fn spec(key: &str, deps: &[&str]) -> TaskSpec {
+    TaskSpec::new(key, "op", Bytes::new(), deps.iter().map(|d| Key::from(*d)).collect())
+}
+
+fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(v: &T) -> T {
+    let text = serde_json::to_string(v).expect("encodes");
+    serde_json::from_str(&text).expect("decodes")
+}
+
+struct H {
+    s: Scheduler,
+}
+
+impl H {
+    fn new(config: Config) -> Self {
+        let mut h = Self {
+            s: Scheduler::new(config),
+        };
+        h.ev(Event::ClientConnected { client: C });
+        h
+    }
+
+    /// Handles an event, round-tripping every wire message through a codec
+    /// (JSON here) the way a reactor would, and sweeps the invariants.
+    fn ev(&mut self, e: Event) -> Vec<Command> {
+        let e = match e {
+            Event::Worker { worker, msg } => Event::Worker {
+                worker,
+                msg: round_trip(&msg),
+            },
+            Event::Client { client, msg } => Event::Client {
+                client,
+                msg: round_trip(&msg),
+            },
+            Event::WorkerJoined { worker, info } => Event::WorkerJoined {
+                worker,
+                info: round_trip(&info),
+            },
+            e => e,
+        };
+        let out = self.s.handle_to_vec(e);
+        for c in &out {
+            match c {
+                Command::ToWorker(_, m) => assert_eq!(&round_trip(m), m),
+                Command::ToClient(_, m) => assert_eq!(&round_trip(m), m),
+            }
+        }
+        if let Err(e) = self.s.check_all() {
+            panic!("{e}");
+        }
+        out
+    }
+
+    fn join(&mut self, i: u32, nthreads: u32) -> Vec<Command> {
+        self.ev(Event::WorkerJoined {
+            worker: w(i),
+            info: info(&format!("w{i}"), nthreads),
+        })
+    }
+
+    fn submit(&mut self, tasks: Vec<TaskSpec>, outputs: &[&str]) -> Vec<Command> {
+        self.ev(Event::Client {
+            client: C,
+            msg: FromClient::SubmitGraph(Graph {
+                tasks,
+                outputs: outputs.iter().map(|k| Key::from(*k)).collect(),
+            }),
+        })
+    }
+
+    fn id(&self, key: &str) -> TaskId {
+        self.s.task_id(key).expect("known key")
+    }
+
+    fn worker_msg(&mut self, i: u32, msg: FromWorker) -> Vec<Command> {
+        self.ev(Event::Worker { worker: w(i), msg })
+    }
+
+    fn finish(&mut self, i: u32, key: &str, nbytes: u64) -> Vec<Command> {
+        let task = self.id(key);
+        self.worker_msg(
+            i,
+            FromWorker::Finished {
+                task,
+                nbytes,
+                compute_us: 1_000,
+                tier: Tier::Host,
+            },
+        )
+    }
+
+    fn state(&self, key: &str) -> TaskState {
+        self.s.state_of_key(key)
+    }
+}
+
+/// (worker, key) of each Compute.
+fn computes(cmds: &[Command]) -> Vec<(WorkerId, String)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(w, ToWorker::Compute(r)) => Some((*w, r.key.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn frees(cmds: &[Command]) -> Vec<(WorkerId, TaskId)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(w, ToWorker::Free { task }) => Some((*w, *task)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn client_msgs(cmds: &[Command]) -> Vec<&ToClient> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ToClient(_, m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn chain_runs_and_releases_intermediates() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    let out = h.submit(vec![spec("a", &[]), spec("b", &["a"]), spec("c", &["b"])], &["c"]);
+    assert_eq!(computes(&out), vec![(w(1), "a".to_string())]);
+    assert_eq!(h.state("b"), TaskState::Waiting);
+    let a = h.id("a");
+    let out = h.finish(1, "a", 10);
+    assert_eq!(computes(&out), vec![(w(1), "b".to_string())]);
+    let out = h.finish(1, "b", 10);
+    assert_eq!(computes(&out), vec![(w(1), "c".to_string())]);
+    // `a` is no longer needed by anyone: freed and released (kept as
+    // lineage of `c`).
+    assert_eq!(frees(&out), vec![(w(1), a)]);
+    assert_eq!(h.state("a"), TaskState::Released);
+    let out = h.finish(1, "c", 10);
+    assert!(matches!(client_msgs(&out)[..], [ToClient::InMemory { key, .. }] if key.as_str() == "c"));
+    assert_eq!(h.state("b"), TaskState::Released);
+    let out = h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Release { keys: vec!["c".into()] },
+    });
+    assert_eq!(frees(&out).len(), 1);
+    assert_eq!(h.s.n_tasks(), 0, "everything forgotten");
+    assert_eq!(h.s.op_estimate("op"), Some(0.001));
+}
+
+#[test]
+fn placement_follows_the_bytes() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    let out = h.submit(vec![spec("x", &[]), spec("y", &[])], &["x", "y"]);
+    let placed = computes(&out);
+    assert_eq!(placed.len(), 2);
+    let wx = placed.iter().find(|p| p.1 == "x").expect("x placed").0;
+    let wy = placed.iter().find(|p| p.1 == "y").expect("y placed").0;
+    assert_ne!(wx, wy);
+    h.finish(wx.0, "x", 1 << 30);
+    h.finish(wy.0, "y", 10);
+    let out = h.submit(vec![spec("z", &["x", "y"])], &["z"]);
+    assert_eq!(computes(&out), vec![(wx, "z".to_string())]);
+    // The Compute tells where the inputs are.
+    let Some(Command::ToWorker(_, ToWorker::Compute(req))) = out.last() else {
+        panic!("{out:?}");
+    };
+    assert_eq!(req.deps.len(), 2);
+    assert_eq!(req.deps[1].who_has[0].worker, wy);
+    assert_eq!(req.deps[0].nbytes, 1 << 30);
+}
+
+#[test]
+fn root_tasks_are_queued_past_saturation() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    let tasks: Vec<_> = (0..10).map(|i| spec(&format!("r{i}"), &[])).collect();
+    let keys: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let out = h.submit(tasks, &key_refs);
+    // ceil(1 thread * 1.1) = 2 slots; submission order is priority order.
+    assert_eq!(computes(&out), vec![(w(1), "r0".to_string()), (w(1), "r1".to_string())]);
+    assert_eq!(h.state("r2"), TaskState::Queued);
+    let out = h.finish(1, "r0", 1);
+    assert_eq!(computes(&out), vec![(w(1), "r2".to_string())]);
+    // A new worker takes from the queue at once.
+    let out = h.join(2, 2);
+    assert_eq!(computes(&out).len(), 3);
+}
+
+#[test]
+fn lost_results_are_recomputed_and_dependents_wait_again() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[]), spec("b", &[])], &["a", "b"]);
+    h.finish(1, "a", 10);
+    h.finish(1, "b", 10);
+    h.join(2, 1);
+    let out = h.submit(vec![spec("c", &["a", "b"])], &["c"]);
+    assert_eq!(computes(&out), vec![(w(1), "c".to_string())]);
+    // Worker 1 dies with a, b and the running c.
+    let out = h.ev(Event::WorkerLost { worker: w(1) });
+    let mut placed = computes(&out);
+    placed.sort();
+    assert_eq!(placed, vec![(w(2), "a".to_string()), (w(2), "b".to_string())]);
+    assert_eq!(h.state("c"), TaskState::Waiting);
+    assert_eq!(h.s.stats().recomputed, 2);
+    h.finish(2, "a", 10);
+    let out = h.finish(2, "b", 10);
+    assert_eq!(computes(&out), vec![(w(2), "c".to_string())]);
+    // Messages from the dead worker are ignored.
+    let c = h.id("c");
+    let before = h.s.stats().ignored;
+    let out = h.worker_msg(
+        1,
+        FromWorker::Finished {
+            task: c,
+            nbytes: 1,
+            compute_us: 1,
+            tier: Tier::Host,
+        },
+    );
+    assert!(out.is_empty());
+    assert_eq!(h.s.stats().ignored, before + 1);
+    assert_eq!(h.state("c"), TaskState::Processing(w(2)));
+}
+
+#[test]
+fn task_that_kills_three_workers_fails_saying_so() {
+    let mut h = H::new(Config::default());
+    for i in 1..=4 {
+        h.join(i, 1);
+    }
+    h.submit(vec![spec("boom", &[])], &["boom"]);
+    for _ in 0..3 {
+        let TaskState::Processing(on) = h.state("boom") else {
+            panic!("not processing: {:?}", h.state("boom"));
+        };
+        let out = h.ev(Event::WorkerLost { worker: on });
+        if h.state("boom") == TaskState::Erred {
+            let msgs = client_msgs(&out);
+            let [ToClient::Erred { error, .. }] = msgs[..] else {
+                panic!("{out:?}");
+            };
+            let text = error.to_string();
+            assert!(text.contains("3 workers that died"), "{text}");
+            assert!(text.contains("allowed_failures = 2"), "{text}");
+            return;
+        }
+    }
+    panic!("boom never erred: {:?}", h.state("boom"));
+}
+
+#[test]
+fn retries_then_error_with_op_and_worker() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    let mut t = spec("t", &[]);
+    t.annotations.retries = 1;
+    h.submit(vec![t, spec("u", &["t"])], &["u"]);
+    let id = h.id("t");
+    let out = h.worker_msg(
+        1,
+        FromWorker::Failed {
+            task: id,
+            message: "bad input".into(),
+        },
+    );
+    assert_eq!(computes(&out), vec![(w(1), "t".to_string())]);
+    let out = h.worker_msg(
+        1,
+        FromWorker::Failed {
+            task: id,
+            message: "bad input".into(),
+        },
+    );
+    assert_eq!(h.state("t"), TaskState::Erred);
+    assert_eq!(h.state("u"), TaskState::Erred);
+    let msgs = client_msgs(&out);
+    let [ToClient::Erred { key, error }] = msgs[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(key.as_str(), "u");
+    let text = error.to_string();
+    assert!(text.contains("task t (op op) failed on worker w1: bad input"), "{text}");
+    // A later graph on an erred key errs at once.
+    let out = h.submit(vec![spec("v", &["t"])], &["v"]);
+    assert!(
+        client_msgs(&out)
+            .iter()
+            .any(|m| matches!(m, ToClient::Erred { key, .. } if key.as_str() == "v"))
+    );
+}
+
+#[test]
+fn malformed_and_out_of_order_messages_are_ignored() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.submit(vec![spec("a", &[]), spec("b", &["a"])], &["b"]);
+    let TaskState::Processing(on) = h.state("a") else {
+        panic!()
+    };
+    let other = if on == w(1) { 2 } else { 1 };
+    let a = h.id("a");
+    let ignored = h.s.stats().ignored;
+    // Finished from the wrong worker: ignored, and that worker told to drop it.
+    let out = h.worker_msg(
+        other,
+        FromWorker::Finished {
+            task: a,
+            nbytes: 1,
+            compute_us: 1,
+            tier: Tier::Host,
+        },
+    );
+    assert_eq!(frees(&out), vec![(w(other), a)]);
+    assert_eq!(h.state("a"), TaskState::Processing(on));
+    // Unknown task ids, stale generations, failures and steal answers for
+    // tasks not there.
+    let bogus = TaskId::from_parts(999, 0);
+    let stale = TaskId::from_parts(a.slot(), a.generation() + 1);
+    for task in [bogus, stale] {
+        h.worker_msg(
+            on.0,
+            FromWorker::Finished {
+                task,
+                nbytes: 1,
+                compute_us: 1,
+                tier: Tier::Host,
+            },
+        );
+        h.worker_msg(
+            on.0,
+            FromWorker::Failed {
+                task,
+                message: String::new(),
+            },
+        );
+        h.worker_msg(on.0, FromWorker::StealResponse { task, stolen: true });
+        h.worker_msg(
+            on.0,
+            FromWorker::MissingData {
+                task,
+                dep: a,
+                tried: vec![w(1)],
+            },
+        );
+    }
+    // Duplicate registrations: same id, and a new id with a taken name.
+    h.join(1, 8);
+    let out = h.ev(Event::WorkerJoined {
+        worker: w(3),
+        info: info("w1", 1),
+    });
+    assert!(matches!(out[..], [Command::ToWorker(x, ToWorker::Rejected { .. })] if x == w(3)));
+    assert_eq!(h.s.n_workers(), 2);
+    // Unknown senders and keys.
+    h.ev(Event::Worker {
+        worker: w(77),
+        msg: FromWorker::Acquired { task: a, nbytes: 1 },
+    });
+    h.ev(Event::Client {
+        client: ClientId(9),
+        msg: FromClient::Release { keys: vec![] },
+    });
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Release {
+            keys: vec!["nope".into(), "a".into()],
+        },
+    });
+    h.ev(Event::WorkerLost { worker: w(55) });
+    h.ev(Event::ClientConnected { client: C });
+    assert!(h.s.stats().ignored >= ignored + 12, "{:?}", h.s.stats());
+    assert_eq!(h.state("a"), TaskState::Processing(on));
+    // The real report still works.
+    let out = h.finish(on.0, "a", 1);
+    assert_eq!(computes(&out).len(), 1);
+}
+
+#[test]
+fn bad_graphs_are_rejected_whole() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    let cases = vec![
+        (vec![spec("a", &[]), spec("a", &[])], vec!["a"], "duplicate key"),
+        (vec![spec("a", &["zz"])], vec!["a"], "unknown key zz"),
+        (vec![spec("a", &[])], vec!["q"], "output q"),
+        (
+            vec![spec("a", &["c"]), spec("b", &["a"]), spec("c", &["b"])],
+            vec!["c"],
+            "cycle",
+        ),
+    ];
+    for (tasks, outputs, reason) in cases {
+        let out = h.submit(tasks, &outputs);
+        let msgs = client_msgs(&out);
+        let [ToClient::GraphRejected { reason: r }] = msgs[..] else {
+            panic!("{out:?}");
+        };
+        assert!(r.contains(reason), "{r}");
+        assert_eq!(h.s.n_tasks(), 0);
+    }
+}
+
+#[test]
+fn known_keys_are_culled() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    h.finish(1, "a", 5);
+    let out = h.submit(vec![spec("a", &[]), spec("b", &["a"]), spec("unused", &[])], &["b"]);
+    assert!(client_msgs(&out).contains(&&ToClient::GraphAccepted {
+        new_tasks: 1,
+        culled: 2
+    }));
+    assert_eq!(computes(&out), vec![(w(1), "b".to_string())]);
+}
+
+#[test]
+fn resources_and_restrictions_constrain_placement() {
+    let mut h = H::new(Config::default());
+    h.join(1, 4);
+    let mut g = spec("g", &[]);
+    g.annotations.resources.push(ResourceAmount {
+        name: "gpu".into(),
+        amount: 1,
+    });
+    let mut r = spec("r", &[]);
+    r.annotations.workers.push("w3".into());
+    let mut loose = spec("loose", &[]);
+    loose.annotations.workers.push("w3".into());
+    loose.annotations.allow_other_workers = true;
+    let out = h.submit(vec![g, r, loose], &["g", "r", "loose"]);
+    assert_eq!(computes(&out), vec![(w(1), "loose".to_string())]);
+    assert_eq!(h.state("g"), TaskState::Queued);
+    assert_eq!(h.state("r"), TaskState::Queued);
+    let mut gi = info("gpu-box", 1);
+    gi.resources.push(ResourceAmount {
+        name: "gpu".into(),
+        amount: 1,
+    });
+    let out = h.ev(Event::WorkerJoined { worker: w(2), info: gi });
+    assert_eq!(computes(&out), vec![(w(2), "g".to_string())]);
+    let out = h.join(3, 1);
+    assert_eq!(computes(&out), vec![(w(3), "r".to_string())]);
+}
+
+#[test]
+fn idle_workers_steal_queued_work() {
+    let mut h = H::new(Config {
+        worker_saturation: None,
+        ..Config::default()
+    });
+    h.join(1, 1);
+    let tasks: Vec<_> = (0..8).map(|i| spec(&format!("t{i}"), &[])).collect();
+    let keys: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let out = h.submit(tasks, &key_refs);
+    assert_eq!(computes(&out).len(), 8);
+    h.join(2, 1);
+    let out = h.ev(Event::Balance);
+    let steals: Vec<TaskId> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(x, ToWorker::Steal { task }) if *x == w(1) => Some(*task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steals.len(), 1, "one idle thread on the thief: {out:?}");
+    let out = h.worker_msg(
+        1,
+        FromWorker::StealResponse {
+            task: steals[0],
+            stolen: true,
+        },
+    );
+    assert_eq!(computes(&out).len(), 1);
+    assert_eq!(computes(&out)[0].0, w(2));
+    assert_eq!(h.s.stats().steals, 1);
+}
+
+#[test]
+fn missing_data_drops_the_holder_and_recomputes() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    h.finish(1, "a", 10);
+    h.join(2, 1);
+    // Keep w1 busy so `b` is not forced onto it... it holds `a`, so it wins.
+    let out = h.submit(vec![spec("b", &["a"])], &["b"]);
+    let (on, _) = computes(&out)[0].clone();
+    let (a, b) = (h.id("a"), h.id("b"));
+    let out = h.worker_msg(
+        on.0,
+        FromWorker::MissingData {
+            task: b,
+            dep: a,
+            tried: vec![w(1)],
+        },
+    );
+    // `a` had no other holder: recomputed, `b` waits for it.
+    assert_eq!(h.state("b"), TaskState::Waiting);
+    assert_eq!(computes(&out).len(), 1);
+    assert_eq!(computes(&out)[0].1, "a");
+}
+
+#[test]
+fn client_disconnect_releases_its_keys() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[]), spec("b", &["a"])], &["a", "b"]);
+    h.finish(1, "a", 1);
+    let out = h.ev(Event::ClientDisconnected { client: C });
+    // `b` was processing: cancelled; `a` freed; all forgotten.
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::ToWorker(_, ToWorker::Cancel { .. })))
+    );
+    assert_eq!(frees(&out).len(), 1);
+    assert_eq!(h.s.n_tasks(), 0);
+}
+
+#[test]
+fn hot_structs_stay_small() {
+    assert_eq!(std::mem::size_of::<task::Task>(), 224);
+    assert_eq!(std::mem::size_of::<TaskState>(), 8);
+    assert_eq!(std::mem::size_of::<TaskId>(), 8);
+}
+
+#[test]
+fn annotations_default_is_unconstrained() {
+    let a = Annotations::default();
+    assert!(a.workers.is_empty() && a.resources.is_empty() && a.retries == 0);
+}
+
+#[test]
+fn scattered_data_is_used_in_place_and_errs_when_lost() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Scatter {
+            worker: w(2),
+            data: vec![("s".into(), 1 << 20)],
+        },
+    });
+    assert_eq!(h.state("s"), TaskState::Memory);
+    assert_eq!(h.s.who_has("s"), &[w(2)]);
+    let out = h.submit(vec![spec("b", &["s"])], &["b"]);
+    assert_eq!(computes(&out), vec![(w(2), "b".to_string())]);
+    // The only holder dies before `b` finishes: no lineage, so both err.
+    let out = h.ev(Event::WorkerLost { worker: w(2) });
+    assert_eq!(h.state("s"), TaskState::Erred);
+    assert_eq!(h.state("b"), TaskState::Erred);
+    let msgs = client_msgs(&out);
+    assert_eq!(msgs.len(), 2, "{out:?}");
+    for m in msgs {
+        let ToClient::Erred { error, .. } = m else {
+            panic!("{m:?}");
+        };
+        assert!(matches!(error.root_cause(), TaskError::DataLost { key } if key.as_str() == "s"));
+    }
+    // Scatter to an unknown worker, or of a known key, is ignored.
+    let before = h.s.stats().ignored;
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Scatter {
+            worker: w(9),
+            data: vec![("t".into(), 1)],
+        },
+    });
+    h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Scatter {
+            worker: w(1),
+            data: vec![("s".into(), 1)],
+        },
+    });
+    assert_eq!(h.s.stats().ignored, before + 2);
+    assert_eq!(h.state("t"), TaskState::Forgotten);
+}
+
+#[test]
+fn paused_workers_get_no_new_tasks() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    let TaskState::Processing(on) = h.state("a") else {
+        panic!()
+    };
+    h.finish(on.0, "a", 1 << 30);
+    let other = if on == w(1) { 2 } else { 1 };
+    h.worker_msg(on.0, FromWorker::Paused { paused: true });
+    // Even with its big input there, `b` goes to the other worker.
+    let tasks: Vec<_> = (0..4).map(|i| spec(&format!("r{i}"), &[])).collect();
+    let out = h.submit(
+        [vec![spec("b", &["a"])], tasks].concat(),
+        &["b", "r0", "r1", "r2", "r3"],
+    );
+    let placed = computes(&out);
+    assert!(placed.iter().all(|p| p.0 == w(other)), "{placed:?}");
+    assert_eq!(h.state("r3"), TaskState::Queued);
+    let out = h.worker_msg(on.0, FromWorker::Paused { paused: false });
+    assert!(!computes(&out).is_empty());
+    assert!(computes(&out).iter().all(|p| p.0 == on));
+}
+
+#[test]
+fn order_is_depth_first_and_user_priority_wins() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    // Tree: (l0 l1) -> n0, (l2 l3) -> n1, (n0 n1) -> root.
+    let mut urgent = spec("urgent", &[]);
+    urgent.annotations.priority = 5;
+    let out = h.submit(
+        vec![
+            spec("l0", &[]),
+            spec("l1", &[]),
+            spec("l2", &[]),
+            spec("l3", &[]),
+            spec("n0", &["l0", "l1"]),
+            spec("n1", &["l2", "l3"]),
+            spec("root", &["n0", "n1"]),
+            urgent,
+        ],
+        &["root", "urgent"],
+    );
+    // Two slots: the urgent root task first, then the first leaf.
+    let placed: Vec<String> = computes(&out).into_iter().map(|p| p.1).collect();
+    assert_eq!(placed, vec!["urgent", "l0"]);
+    let out = h.finish(1, "urgent", 1);
+    assert_eq!(computes(&out)[0].1, "l1");
+    let out = h.finish(1, "l0", 1);
+    assert_eq!(computes(&out)[0].1, "l2");
+    // The reduction of l0, l1 outranks the next leaves (depth first).
+    let out = h.finish(1, "l1", 1);
+    let prio = |cmds: &[Command], key: &str| {
+        cmds.iter().find_map(|c| match c {
+            Command::ToWorker(_, ToWorker::Compute(r)) if r.key.as_str() == key => Some(r.priority),
+            _ => None,
+        })
+    };
+    let n0 = prio(&out, "n0").expect("n0 sent when its inputs are done");
+    let l2 = h.s.tasks[h.id("l2")].priority;
+    assert!(n0 < l2, "{n0:?} vs {l2:?}");
+}
+
+/// Random, mostly nonsensical input: reports for random (live, stale or
+/// made-up) tasks from random (live, dead or unknown) workers, joins,
+/// losses, pauses, releases, graphs with unknown inputs, disconnects. The
+/// scheduler must never panic and every invariant must hold after every
+/// event.
+#[test]
+fn random_garbage_never_corrupts_state() {
+    use crate::sim::Rng;
+    let seeds: u64 = std::env::var("WEFT_FUZZ_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    for seed in 0..seeds {
+        let mut rng = Rng::new(seed);
+        let mut h = H::new(Config::default());
+        let mut next_worker = 0u32;
+        let mut ids: Vec<TaskId> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut sent: Vec<(WorkerId, TaskId)> = Vec::new();
+        for step in 0..3_000u32 {
+            let pick_worker = |rng: &mut Rng| w(rng.below(next_worker as u64 + 3) as u32);
+            let pick_task = |rng: &mut Rng, ids: &Vec<TaskId>| {
+                if ids.is_empty() || rng.chance(0.1) {
+                    TaskId::from_parts(rng.below(50) as u32, rng.below(3) as u32)
+                } else {
+                    ids[rng.below(ids.len() as u64) as usize]
+                }
+            };
+            let ev = match rng.below(14) {
+                0 => {
+                    next_worker += 1;
+                    Event::WorkerJoined {
+                        worker: w(next_worker),
+                        // Now and then a name that is taken.
+                        info: info(
+                            &if rng.chance(0.1) {
+                                format!("w{}", rng.below(next_worker as u64))
+                            } else {
+                                format!("w{next_worker}")
+                            },
+                            2,
+                        ),
+                    }
+                }
+                1 if rng.chance(0.3) => Event::WorkerLost {
+                    worker: pick_worker(&mut rng),
+                },
+                2 => {
+                    // A small graph, sometimes with an unknown input.
+                    let n = rng.range(1, 5);
+                    let mut tasks = Vec::new();
+                    let mut outs = Vec::new();
+                    for i in 0..n {
+                        let key = format!("k{step}-{i}");
+                        let mut deps: Vec<Key> = Vec::new();
+                        if !keys.is_empty() && rng.chance(0.5) {
+                            // A recent key: likely still known.
+                            let recent = rng.below(keys.len().min(8) as u64) as usize;
+                            deps.push(keys[keys.len() - 1 - recent].as_str().into());
+                        }
+                        if i > 0 && rng.chance(0.5) {
+                            deps.push(format!("k{step}-{}", i - 1).into());
+                        }
+                        if rng.chance(0.05) {
+                            deps.push("nowhere".into());
+                        }
+                        let mut t = TaskSpec::new(key.as_str(), "op", Bytes::new(), deps);
+                        t.annotations.retries = rng.below(2) as u8;
+                        tasks.push(t);
+                        outs.push(Key::from(key.as_str()));
+                        keys.push(key);
+                    }
+                    Event::Client {
+                        client: C,
+                        msg: FromClient::SubmitGraph(Graph { tasks, outputs: outs }),
+                    }
+                }
+                3 if !keys.is_empty() => Event::Client {
+                    client: C,
+                    msg: FromClient::Release {
+                        keys: vec![keys[rng.below(keys.len() as u64) as usize].as_str().into()],
+                    },
+                },
+                4 => Event::Balance,
+                5 if rng.chance(0.1) => Event::ClientDisconnected {
+                    client: ClientId(rng.below(2) as u32),
+                },
+                6 => Event::ClientConnected {
+                    client: ClientId(rng.below(2) as u32),
+                },
+                7 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Failed {
+                        task: pick_task(&mut rng, &ids),
+                        message: "x".into(),
+                    },
+                },
+                8 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::StealResponse {
+                        task: pick_task(&mut rng, &ids),
+                        stolen: rng.chance(0.5),
+                    },
+                },
+                9 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::MissingData {
+                        task: pick_task(&mut rng, &ids),
+                        dep: pick_task(&mut rng, &ids),
+                        tried: vec![pick_worker(&mut rng)],
+                    },
+                },
+                10 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Acquired {
+                        task: pick_task(&mut rng, &ids),
+                        nbytes: 5,
+                    },
+                },
+                11 => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Paused {
+                        paused: rng.chance(0.5),
+                    },
+                },
+                _ if !sent.is_empty() && rng.chance(0.7) => {
+                    // A genuine report (possibly stale by now).
+                    let (worker, task) = sent.swap_remove(rng.below(sent.len() as u64) as usize);
+                    Event::Worker {
+                        worker,
+                        msg: FromWorker::Finished {
+                            task,
+                            nbytes: rng.below(1000),
+                            compute_us: rng.below(1000),
+                            tier: Tier::Host,
+                        },
+                    }
+                }
+                _ => Event::Worker {
+                    worker: pick_worker(&mut rng),
+                    msg: FromWorker::Finished {
+                        task: pick_task(&mut rng, &ids),
+                        nbytes: rng.below(1000),
+                        compute_us: rng.below(1000),
+                        tier: Tier::Host,
+                    },
+                },
+            };
+            // Compute messages tell us the live ids to aim at.
+            let out = h.ev(ev);
+            for c in &out {
+                if let Command::ToWorker(to, ToWorker::Compute(r)) = c {
+                    ids.push(r.task);
+                    sent.push((*to, r.task));
+                }
+            }
+            if ids.len() > 200 {
+                ids.drain(..100);
+            }
+        }
+        let st = h.s.stats();
+        assert!(st.ignored > 100, "{st:?}");
+        assert!(st.transitions > 100, "{st:?}");
+    }
+}

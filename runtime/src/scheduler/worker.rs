@@ -1,0 +1,91 @@
+//! The scheduler's record of one worker.
+
+use crate::ids::{TaskId, WorkerId};
+use crate::protocol::WorkerInfo;
+
+/// Marks "not in this list" for the intrusive list positions below.
+pub(crate) const NOT_LISTED: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub id: WorkerId,
+    pub info: WorkerInfo,
+    /// Resource capacity, indexed by `ResourceId`.
+    pub resources: Vec<u32>,
+    /// Tasks in `Processing(self.id)`; each task knows its position.
+    pub processing: Vec<TaskId>,
+    /// Results this worker held at some point. Entries whose task no longer
+    /// lists this worker in `who_has` are stale; they are skipped and
+    /// compacted once they outnumber the live ones (`n_held`).
+    pub has_what: Vec<TaskId>,
+    pub n_held: u32,
+    pub nbytes_held: u64,
+    /// Sum of the duration estimates of `processing`, in seconds.
+    pub occupancy: f64,
+    /// Position in the scheduler's list of unsaturated workers.
+    pub unsat_idx: u32,
+    /// Position in the scheduler's list of all workers.
+    pub all_idx: u32,
+    /// Task slots before the worker counts as saturated for root tasks.
+    pub slots: u32,
+    /// Paused by the worker (memory pressure): gets no new tasks.
+    pub paused: bool,
+}
+
+impl Worker {
+    /// Occupancy per thread, in seconds.
+    #[inline]
+    pub fn load(&self) -> f64 {
+        self.occupancy / self.info.nthreads.max(1) as f64
+    }
+
+    #[inline]
+    pub fn saturated(&self) -> bool {
+        self.processing.len() as u32 >= self.slots
+    }
+
+    /// Takes root tasks now: not paused and not saturated. Exactly these
+    /// workers are in the scheduler's unsaturated list.
+    #[inline]
+    pub fn open(&self) -> bool {
+        !self.paused && !self.saturated()
+    }
+}
+
+/// An unordered set of workers with O(1) insert, remove and round-robin pick;
+/// each worker stores its own position (`pos` picks which field).
+#[derive(Default, Debug)]
+pub(crate) struct WorkerList {
+    pub items: Vec<WorkerId>,
+    cursor: usize,
+}
+
+impl WorkerList {
+    pub fn push(&mut self, w: WorkerId) -> u32 {
+        self.items.push(w);
+        (self.items.len() - 1) as u32
+    }
+
+    /// Removes the entry at `idx`; returns the worker that moved into it.
+    pub fn swap_remove(&mut self, idx: u32) -> Option<WorkerId> {
+        self.items.swap_remove(idx as usize);
+        self.items.get(idx as usize).copied()
+    }
+
+    /// The next worker in round-robin order.
+    pub fn next(&mut self) -> Option<WorkerId> {
+        if self.items.is_empty() {
+            return None;
+        }
+        if self.cursor >= self.items.len() {
+            self.cursor = 0;
+        }
+        let w = self.items[self.cursor];
+        self.cursor += 1;
+        Some(w)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+}

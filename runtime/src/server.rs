@@ -1,0 +1,376 @@
+//! The scheduler's reactor: accepts workers and clients, feeds their
+//! messages to the sans-IO [`Scheduler`] as events, and routes what it
+//! says back to them, batched per peer.
+//!
+//! One task owns the scheduler; each connection has a reader task that
+//! forwards decoded batches to it and a writer task that drains that
+//! peer's outbox. Workers that stay silent longer than the heartbeat
+//! timeout are declared lost, as are those whose connection drops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use weft_transport::{Config as TransportConfig, Connection, Listener, Sender, TransportError, listen};
+
+use crate::codec::{self, ClientDown, ClientUp, Hello, WorkerDown, WorkerUp};
+use crate::error::Result;
+use crate::ids::{ClientId, WorkerId};
+use crate::protocol::{PROTOCOL_VERSION, ToClient, ToWorker};
+use crate::scheduler::{self, Comm, Event, Scheduler};
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Where to listen, such as `tcp://0.0.0.0:8786`.
+    pub listen: String,
+    /// Transport settings (token, TLS, limits).
+    pub transport: TransportConfig,
+    /// The scheduling policy.
+    pub scheduler: scheduler::Config,
+    /// A worker silent for this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// Interval of work-stealing rounds.
+    pub balance_interval: Duration,
+}
+
+impl SchedulerOptions {
+    /// Defaults for a scheduler listening on `listen`.
+    pub fn new(listen: impl Into<String>) -> Self {
+        SchedulerOptions {
+            listen: listen.into(),
+            transport: TransportConfig::default(),
+            scheduler: scheduler::Config::default(),
+            heartbeat_timeout: Duration::from_secs(10),
+            balance_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A running scheduler.
+pub struct SchedulerHandle {
+    address: String,
+    workers: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl SchedulerHandle {
+    /// The address workers and clients connect to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Workers registered right now.
+    pub fn workers_registered(&self) -> usize {
+        self.workers.load(Ordering::Relaxed)
+    }
+
+    /// Stops the scheduler and waits for it; its connections close.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a scheduler on the current tokio runtime.
+pub async fn start_scheduler(options: SchedulerOptions) -> Result<SchedulerHandle> {
+    let listener = listen(&options.listen, &options.transport).await?;
+    let address = listener.local_addr().to_string();
+    info!(%address, "scheduler listening");
+    let (stop, stopped) = oneshot::channel();
+    let workers = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(run(listener, options, stopped, workers.clone()));
+    Ok(SchedulerHandle {
+        address,
+        workers,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// What connection tasks tell the scheduler's task.
+enum Inbound {
+    WorkerJoined {
+        worker: WorkerId,
+        info: crate::protocol::WorkerInfo,
+        outbox: mpsc::UnboundedSender<WorkerDown>,
+    },
+    Worker(WorkerId, WorkerUp),
+    WorkerGone(WorkerId),
+    ClientJoined {
+        client: ClientId,
+        outbox: mpsc::UnboundedSender<ClientDown>,
+    },
+    Client(ClientId, ClientUp),
+    ClientGone(ClientId),
+}
+
+/// Routes the scheduler's output into per-peer batches.
+#[derive(Default)]
+struct Router {
+    workers: HashMap<WorkerId, Peer<ToWorker>>,
+    clients: HashMap<ClientId, Peer<ToClient>>,
+}
+
+struct Peer<T> {
+    outbox: mpsc::UnboundedSender<Vec<T>>,
+    pending: Vec<T>,
+    last_seen: Instant,
+}
+
+impl<T> Peer<T> {
+    fn new(outbox: mpsc::UnboundedSender<Vec<T>>) -> Self {
+        Peer {
+            outbox,
+            pending: Vec::new(),
+            last_seen: Instant::now(),
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            // A closed outbox means the connection is going; its reader
+            // reports the loss.
+            let _ = self.outbox.send(std::mem::take(&mut self.pending));
+        }
+    }
+}
+
+impl Comm for Router {
+    fn to_worker(&mut self, worker: WorkerId, msg: ToWorker) {
+        match self.workers.get_mut(&worker) {
+            Some(peer) => peer.pending.push(msg),
+            None => debug!(%worker, "message for a worker that is gone; dropped"),
+        }
+    }
+
+    fn to_client(&mut self, client: ClientId, msg: ToClient) {
+        match self.clients.get_mut(&client) {
+            Some(peer) => peer.pending.push(msg),
+            None => debug!(%client, "message for a client that is gone; dropped"),
+        }
+    }
+}
+
+impl Router {
+    fn flush(&mut self) {
+        self.workers.values_mut().for_each(Peer::flush);
+        self.clients.values_mut().for_each(Peer::flush);
+    }
+}
+
+async fn run(
+    listener: Listener,
+    options: SchedulerOptions,
+    mut stopped: oneshot::Receiver<()>,
+    registered: Arc<AtomicUsize>,
+) {
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    let acceptor = tokio::spawn(accept(listener, inbound_tx));
+    let mut scheduler = Scheduler::new(options.scheduler.clone());
+    let mut router = Router::default();
+    let mut balance = tokio::time::interval(options.balance_interval);
+    let mut liveness = tokio::time::interval(options.heartbeat_timeout / 4);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            Some(message) = inbound.recv() => {
+                handle(&mut scheduler, &mut router, message);
+                // Drain what else has arrived, so replies go out in batches.
+                while let Ok(message) = inbound.try_recv() {
+                    handle(&mut scheduler, &mut router, message);
+                }
+            }
+            _ = balance.tick() => scheduler.handle(Event::Balance, &mut router),
+            _ = liveness.tick() => {
+                let silent: Vec<WorkerId> = router
+                    .workers
+                    .iter()
+                    .filter(|(_, peer)| peer.last_seen.elapsed() > options.heartbeat_timeout)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for worker in silent {
+                    warn!(%worker, timeout = ?options.heartbeat_timeout, "no heartbeat; worker lost");
+                    router.workers.remove(&worker);
+                    scheduler.handle(Event::WorkerLost { worker }, &mut router);
+                }
+            }
+        }
+        router.flush();
+        registered.store(scheduler.n_workers(), Ordering::Relaxed);
+    }
+    acceptor.abort();
+}
+
+fn handle(scheduler: &mut Scheduler, router: &mut Router, message: Inbound) {
+    match message {
+        Inbound::WorkerJoined { worker, info, outbox } => {
+            info!(%worker, name = %info.name, address = %info.address, nthreads = info.nthreads, "worker joined");
+            router.workers.insert(worker, Peer::new(outbox));
+            scheduler.handle(Event::WorkerJoined { worker, info }, router);
+        }
+        Inbound::Worker(worker, up) => {
+            let Some(peer) = router.workers.get_mut(&worker) else {
+                return; // declared lost already; its late messages are void
+            };
+            peer.last_seen = Instant::now();
+            if let WorkerUp::Batch(batch) = up {
+                for msg in batch {
+                    scheduler.handle(Event::Worker { worker, msg }, router);
+                }
+            }
+        }
+        Inbound::WorkerGone(worker) => {
+            if router.workers.remove(&worker).is_some() {
+                info!(%worker, "worker left");
+                scheduler.handle(Event::WorkerLost { worker }, router);
+            }
+        }
+        Inbound::ClientJoined { client, outbox } => {
+            router.clients.insert(client, Peer::new(outbox));
+            scheduler.handle(Event::ClientConnected { client }, router);
+        }
+        Inbound::Client(client, batch) => {
+            for msg in batch {
+                scheduler.handle(Event::Client { client, msg }, router);
+            }
+        }
+        Inbound::ClientGone(client) => {
+            if router.clients.remove(&client).is_some() {
+                scheduler.handle(Event::ClientDisconnected { client }, router);
+            }
+        }
+    }
+}
+
+async fn accept(mut listener: Listener, inbound: mpsc::UnboundedSender<Inbound>) {
+    let mut next_worker = 0u32;
+    let mut next_client = 0u32;
+    loop {
+        let connection = match listener.accept().await {
+            Ok(connection) => connection,
+            Err(TransportError::ListenerClosed { .. }) => return,
+            Err(error) => {
+                warn!(%error, "refused a connection");
+                continue;
+            }
+        };
+        let inbound = inbound.clone();
+        let (worker, client) = (WorkerId::new(next_worker), ClientId::new(next_client));
+        // Numbers are never reused; one of the two goes unused per peer.
+        next_worker += 1;
+        next_client += 1;
+        tokio::spawn(async move {
+            if let Err(reason) = serve_peer(connection, worker, client, inbound).await {
+                warn!(reason, "peer dropped");
+            }
+        });
+    }
+}
+
+/// Reads a peer's hello, then forwards its messages until it goes.
+async fn serve_peer(
+    mut connection: Connection,
+    worker: WorkerId,
+    client: ClientId,
+    inbound: mpsc::UnboundedSender<Inbound>,
+) -> std::result::Result<(), String> {
+    let peer = connection.peer().to_string();
+    let first = connection
+        .recv()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("closed before saying hello")?;
+    let hello: Hello = codec::decode(&first)?;
+    if hello.version() != PROTOCOL_VERSION {
+        let reason = format!(
+            "runtime protocol version mismatch: the scheduler speaks {PROTOCOL_VERSION}, this peer {}",
+            hello.version()
+        );
+        // A worker is told why; a client learns from the closed connection.
+        if matches!(hello, Hello::Worker { .. }) {
+            let refusal: WorkerDown = vec![ToWorker::Rejected { reason: reason.clone() }];
+            if let Ok(message) = codec::encode(&refusal) {
+                let _ = connection.send(message).await;
+            }
+        }
+        return Err(format!("{peer}: {reason}"));
+    }
+    let (sender, mut receiver) = connection.split();
+    match hello {
+        Hello::Worker { info, .. } => {
+            let (outbox, queue) = mpsc::unbounded_channel();
+            let writer = tokio::spawn(write_batches(sender, queue));
+            let joined = Inbound::WorkerJoined { worker, info, outbox };
+            inbound.send(joined).map_err(|_| "scheduler stopped")?;
+            let result = forward(&mut receiver, |up: WorkerUp| Inbound::Worker(worker, up), &inbound).await;
+            let _ = inbound.send(Inbound::WorkerGone(worker));
+            writer.abort();
+            result
+        }
+        Hello::Client { name, .. } => {
+            debug!(%client, name, "client connected");
+            let (outbox, queue) = mpsc::unbounded_channel();
+            let writer = tokio::spawn(write_batches(sender, queue));
+            inbound
+                .send(Inbound::ClientJoined { client, outbox })
+                .map_err(|_| "scheduler stopped")?;
+            let result = forward(&mut receiver, |up: ClientUp| Inbound::Client(client, up), &inbound).await;
+            let _ = inbound.send(Inbound::ClientGone(client));
+            writer.abort();
+            result
+        }
+    }
+}
+
+/// Decodes each message of a peer and hands it to the scheduler's task.
+async fn forward<T: serde::de::DeserializeOwned>(
+    receiver: &mut weft_transport::Receiver,
+    wrap: impl Fn(T) -> Inbound,
+    inbound: &mpsc::UnboundedSender<Inbound>,
+) -> std::result::Result<(), String> {
+    let peer = receiver.peer().to_string();
+    loop {
+        match receiver.recv().await {
+            Ok(Some(message)) => {
+                let decoded = codec::decode::<T>(&message).map_err(|reason| format!("{peer}: {reason}"))?;
+                inbound.send(wrap(decoded)).map_err(|_| "scheduler stopped")?;
+            }
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// Sends a peer's batches, merging those that queued up meanwhile.
+async fn write_batches<T: serde::Serialize>(sender: Sender, mut queue: mpsc::UnboundedReceiver<Vec<T>>) {
+    while let Some(mut batch) = queue.recv().await {
+        while let Ok(more) = queue.try_recv() {
+            batch.extend(more);
+        }
+        let message = match codec::encode(&batch) {
+            Ok(message) => message,
+            Err(reason) => {
+                warn!(reason, "cannot encode a batch");
+                return;
+            }
+        };
+        if sender.send(message).await.is_err() {
+            return;
+        }
+    }
+    let _ = sender.close().await;
+}

@@ -1,0 +1,527 @@
+//! The worker's logic as a state machine (sans-IO): which tasks wait for
+//! inputs, which are ready, which run; what to fetch from which peer; what
+//! to tell the scheduler. The reactor owns the store, the sockets and the
+//! compute threads, feeds [`WorkerEvent`]s in and carries out the
+//! [`WorkerCommand`]s that come out.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, hash_map::Entry};
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::ids::{Key, SharedStr, TaskId, WorkerId};
+use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, Tier, ToWorker};
+
+/// Something that happened to the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerEvent {
+    /// A message from the scheduler.
+    Scheduler(ToWorker),
+    /// A fetch from `peer` ended: `got` are now in the store (with their
+    /// sizes); the peer did not have, or could not send, `missing`.
+    Fetched {
+        /// The peer asked.
+        peer: WorkerId,
+        /// Results now in the store, with their sizes.
+        got: Vec<(TaskId, u64)>,
+        /// Results the peer did not deliver.
+        missing: Vec<TaskId>,
+    },
+    /// An op finished: its result is in the store (`Ok(nbytes)`), or it
+    /// failed with a message.
+    Executed {
+        /// The task.
+        task: TaskId,
+        /// Size of the stored result, or the op's error.
+        outcome: Result<u64, String>,
+        /// How long the op ran.
+        compute_us: u64,
+    },
+}
+
+/// Something the reactor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerCommand {
+    /// Run an op on a compute thread; its inputs are in the store.
+    Execute {
+        /// The task.
+        task: TaskId,
+        /// Its key, for the store's by-key index and for errors.
+        key: Key,
+        /// The op.
+        op: SharedStr,
+        /// Its serialized arguments.
+        args: Bytes,
+        /// Input results, in the op's order.
+        inputs: Vec<TaskId>,
+    },
+    /// Fetch results from a peer into the store, then report
+    /// [`WorkerEvent::Fetched`].
+    Fetch {
+        /// The peer.
+        peer: WorkerId,
+        /// Its data address.
+        address: SharedStr,
+        /// The results to fetch.
+        tasks: Vec<TaskId>,
+    },
+    /// Drop a result from the store.
+    Release(TaskId),
+    /// Tell the scheduler.
+    Send(FromWorker),
+}
+
+#[derive(Debug)]
+struct Task {
+    request: Box<ComputeRequest>,
+    /// Inputs not yet in the store.
+    missing: usize,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Ready,
+    Running,
+    /// Running, but its result is no longer wanted.
+    Cancelled,
+}
+
+/// An input being fetched for one or more tasks.
+#[derive(Debug)]
+struct Transfer {
+    waiters: Vec<TaskId>,
+    /// Holders not tried yet.
+    candidates: Vec<Peer>,
+    tried: Vec<WorkerId>,
+}
+
+/// The worker's state.
+#[derive(Debug)]
+pub struct WorkerState {
+    nthreads: usize,
+    running: usize,
+    tasks: HashMap<TaskId, Task>,
+    ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    /// Results in the store and their sizes.
+    memory: HashMap<TaskId, u64>,
+    transfers: HashMap<TaskId, Transfer>,
+}
+
+impl WorkerState {
+    /// A worker that runs up to `nthreads` ops at once.
+    pub fn new(nthreads: usize) -> Self {
+        WorkerState {
+            nthreads: nthreads.max(1),
+            running: 0,
+            tasks: HashMap::new(),
+            ready: BinaryHeap::new(),
+            memory: HashMap::new(),
+            transfers: HashMap::new(),
+        }
+    }
+
+    /// Tasks assigned and not yet finished.
+    pub fn n_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Results held.
+    pub fn n_results(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// Handles one event, appending what to do to `out`.
+    pub fn handle(&mut self, event: WorkerEvent, out: &mut Vec<WorkerCommand>) {
+        let mut fetches: HashMap<WorkerId, (SharedStr, Vec<TaskId>)> = HashMap::new();
+        match event {
+            WorkerEvent::Scheduler(message) => self.scheduler_message(message, &mut fetches, out),
+            WorkerEvent::Fetched { peer, got, missing } => {
+                for (task, nbytes) in got {
+                    self.memory.insert(task, nbytes);
+                    out.push(WorkerCommand::Send(FromWorker::Acquired { task, nbytes }));
+                    if let Some(transfer) = self.transfers.remove(&task) {
+                        for waiter in transfer.waiters {
+                            self.input_arrived(waiter);
+                        }
+                    }
+                }
+                for task in missing {
+                    self.retry_transfer(task, peer, &mut fetches, out);
+                }
+            }
+            WorkerEvent::Executed {
+                task,
+                outcome,
+                compute_us,
+            } => {
+                self.running = self.running.saturating_sub(1);
+                match self.tasks.remove(&task).map(|t| t.phase) {
+                    Some(Phase::Running) => match outcome {
+                        Ok(nbytes) => {
+                            self.memory.insert(task, nbytes);
+                            out.push(WorkerCommand::Send(FromWorker::Finished {
+                                task,
+                                nbytes,
+                                compute_us,
+                                tier: Tier::Host,
+                            }));
+                        }
+                        Err(message) => out.push(WorkerCommand::Send(FromWorker::Failed { task, message })),
+                    },
+                    // Cancelled while running, or unknown: drop the result.
+                    _ => {
+                        if outcome.is_ok() {
+                            out.push(WorkerCommand::Release(task));
+                        }
+                    }
+                }
+            }
+        }
+        for (peer, (address, tasks)) in fetches {
+            out.push(WorkerCommand::Fetch { peer, address, tasks });
+        }
+        self.dispatch(out);
+    }
+
+    fn scheduler_message(
+        &mut self,
+        message: ToWorker,
+        fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>,
+        out: &mut Vec<WorkerCommand>,
+    ) {
+        match message {
+            ToWorker::Compute(request) => {
+                // A result still held (a replica, or one the scheduler lost
+                // track of) answers at once.
+                if let Some(&nbytes) = self.memory.get(&request.task) {
+                    out.push(WorkerCommand::Send(FromWorker::Finished {
+                        task: request.task,
+                        nbytes,
+                        compute_us: 0,
+                        tier: Tier::Host,
+                    }));
+                } else {
+                    self.compute(request, fetches);
+                }
+            }
+            ToWorker::Free { task } => {
+                if self.memory.remove(&task).is_some() {
+                    out.push(WorkerCommand::Release(task));
+                }
+            }
+            ToWorker::Cancel { task } => {
+                if let Entry::Occupied(mut entry) = self.tasks.entry(task) {
+                    match entry.get().phase {
+                        Phase::Running | Phase::Cancelled => entry.get_mut().phase = Phase::Cancelled,
+                        Phase::Waiting | Phase::Ready => {
+                            entry.remove();
+                        }
+                    }
+                }
+            }
+            ToWorker::Steal { task } => {
+                let stolen = match self.tasks.get(&task).map(|t| t.phase) {
+                    Some(Phase::Waiting | Phase::Ready) => {
+                        self.tasks.remove(&task);
+                        true
+                    }
+                    _ => false,
+                };
+                out.push(WorkerCommand::Send(FromWorker::StealResponse { task, stolen }));
+            }
+            ToWorker::Registered { .. } | ToWorker::Rejected { .. } => {
+                debug!(?message, "registration message reached the worker state; ignored");
+            }
+        }
+    }
+
+    fn compute(&mut self, request: Box<ComputeRequest>, fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>) {
+        let task = request.task;
+        if self.tasks.contains_key(&task) {
+            debug!(%task, "duplicate compute request ignored");
+            return;
+        }
+        let mut missing = 0;
+        for dep in &request.deps {
+            if self.memory.contains_key(&dep.task) {
+                continue;
+            }
+            missing += 1;
+            match self.transfers.entry(dep.task) {
+                Entry::Occupied(mut entry) => entry.get_mut().waiters.push(task),
+                Entry::Vacant(entry) => {
+                    let mut candidates = dep.who_has.clone();
+                    candidates.reverse(); // pop() then tries them in the given order
+                    let transfer = entry.insert(Transfer {
+                        waiters: vec![task],
+                        candidates,
+                        tried: Vec::new(),
+                    });
+                    if let Some(peer) = transfer.candidates.pop() {
+                        fetches
+                            .entry(peer.worker)
+                            .or_insert_with(|| (peer.address.clone(), Vec::new()))
+                            .1
+                            .push(dep.task);
+                    }
+                }
+            }
+        }
+        let phase = if missing == 0 { Phase::Ready } else { Phase::Waiting };
+        if phase == Phase::Ready {
+            self.ready.push(Reverse((request.priority, task)));
+        }
+        self.tasks.insert(
+            task,
+            Task {
+                request,
+                missing,
+                phase,
+            },
+        );
+    }
+
+    fn input_arrived(&mut self, task: TaskId) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.missing = t.missing.saturating_sub(1);
+            if t.missing == 0 && t.phase == Phase::Waiting {
+                t.phase = Phase::Ready;
+                self.ready.push(Reverse((t.request.priority, task)));
+            }
+        }
+    }
+
+    /// `peer` did not deliver `dep`: try its next holder, or give up and
+    /// tell the scheduler, which reassigns the waiting tasks.
+    fn retry_transfer(
+        &mut self,
+        dep: TaskId,
+        peer: WorkerId,
+        fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>,
+        out: &mut Vec<WorkerCommand>,
+    ) {
+        let Some(transfer) = self.transfers.get_mut(&dep) else {
+            return;
+        };
+        transfer.tried.push(peer);
+        if let Some(next) = transfer.candidates.pop() {
+            fetches
+                .entry(next.worker)
+                .or_insert_with(|| (next.address.clone(), Vec::new()))
+                .1
+                .push(dep);
+            return;
+        }
+        let Some(transfer) = self.transfers.remove(&dep) else {
+            return;
+        };
+        for waiter in transfer.waiters {
+            if self.tasks.remove(&waiter).is_some() {
+                out.push(WorkerCommand::Send(FromWorker::MissingData {
+                    task: waiter,
+                    dep,
+                    tried: transfer.tried.clone(),
+                }));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<WorkerCommand>) {
+        while self.running < self.nthreads {
+            let Some(Reverse((_, task))) = self.ready.pop() else {
+                return;
+            };
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue; // cancelled or stolen while ready
+            };
+            if t.phase != Phase::Ready {
+                continue;
+            }
+            t.phase = Phase::Running;
+            self.running += 1;
+            let request = &t.request;
+            out.push(WorkerCommand::Execute {
+                task,
+                key: request.key.clone(),
+                op: request.op.clone(),
+                args: request.args.clone(),
+                inputs: request.deps.iter().map(|d| d.task).collect(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DepInfo;
+
+    fn request(task: u64, deps: &[(u64, &[u32])]) -> ToWorker {
+        ToWorker::Compute(Box::new(ComputeRequest {
+            task: TaskId::new(task),
+            key: format!("t{task}").into(),
+            op: "sum".into(),
+            args: Bytes::new(),
+            priority: Priority { user: 0, seq: task },
+            resources: Vec::new(),
+            deps: deps
+                .iter()
+                .map(|(dep, holders)| DepInfo {
+                    task: TaskId::new(*dep),
+                    nbytes: 8,
+                    who_has: holders
+                        .iter()
+                        .map(|w| Peer {
+                            worker: WorkerId::new(*w),
+                            address: format!("tcp://w{w}:1").into(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    fn run(state: &mut WorkerState, event: WorkerEvent) -> Vec<WorkerCommand> {
+        let mut out = Vec::new();
+        state.handle(event, &mut out);
+        out
+    }
+
+    fn executed(task: u64) -> WorkerEvent {
+        WorkerEvent::Executed {
+            task: TaskId::new(task),
+            outcome: Ok(8),
+            compute_us: 5,
+        }
+    }
+
+    #[test]
+    fn runs_in_priority_order_up_to_nthreads() {
+        let mut state = WorkerState::new(1);
+        let out = run(&mut state, WorkerEvent::Scheduler(request(2, &[])));
+        assert!(matches!(&out[..], [WorkerCommand::Execute { task, .. }] if *task == TaskId::new(2)));
+        assert!(run(&mut state, WorkerEvent::Scheduler(request(9, &[]))).is_empty());
+        assert!(run(&mut state, WorkerEvent::Scheduler(request(5, &[]))).is_empty());
+        let out = run(&mut state, executed(2));
+        assert!(matches!(&out[0], WorkerCommand::Send(FromWorker::Finished { task, .. }) if *task == TaskId::new(2)));
+        assert!(matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(5)));
+    }
+
+    #[test]
+    fn fetches_missing_inputs_batched_per_peer_and_falls_back() {
+        let mut state = WorkerState::new(2);
+        let out = run(
+            &mut state,
+            WorkerEvent::Scheduler(request(10, &[(1, &[7, 8]), (2, &[7])])),
+        );
+        let [WorkerCommand::Fetch { peer, tasks, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((*peer, tasks.len()), (WorkerId::new(7), 2));
+        // Peer 7 had only task 2; task 1 is asked from peer 8 next.
+        let out = run(
+            &mut state,
+            WorkerEvent::Fetched {
+                peer: WorkerId::new(7),
+                got: vec![(TaskId::new(2), 8)],
+                missing: vec![TaskId::new(1)],
+            },
+        );
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, WorkerCommand::Fetch { peer, .. } if *peer == WorkerId::new(8)))
+        );
+        let out = run(
+            &mut state,
+            WorkerEvent::Fetched {
+                peer: WorkerId::new(8),
+                got: vec![(TaskId::new(1), 8)],
+                missing: vec![],
+            },
+        );
+        assert!(matches!(out.last(), Some(WorkerCommand::Execute { inputs, .. }) if inputs.len() == 2));
+    }
+
+    #[test]
+    fn gives_up_after_every_holder_failed() {
+        let mut state = WorkerState::new(1);
+        run(&mut state, WorkerEvent::Scheduler(request(10, &[(1, &[7])])));
+        let out = run(
+            &mut state,
+            WorkerEvent::Fetched {
+                peer: WorkerId::new(7),
+                got: vec![],
+                missing: vec![TaskId::new(1)],
+            },
+        );
+        assert_eq!(
+            out,
+            vec![WorkerCommand::Send(FromWorker::MissingData {
+                task: TaskId::new(10),
+                dep: TaskId::new(1),
+                tried: vec![WorkerId::new(7)],
+            })]
+        );
+        assert_eq!(state.n_tasks(), 0);
+    }
+
+    #[test]
+    fn steal_cancel_and_free() {
+        let mut state = WorkerState::new(1);
+        run(&mut state, WorkerEvent::Scheduler(request(1, &[])));
+        run(&mut state, WorkerEvent::Scheduler(request(2, &[])));
+        let steal = |task| {
+            WorkerEvent::Scheduler(ToWorker::Steal {
+                task: TaskId::new(task),
+            })
+        };
+        let out = run(&mut state, steal(1));
+        assert!(matches!(
+            &out[..],
+            [WorkerCommand::Send(FromWorker::StealResponse { stolen: false, .. })]
+        ));
+        let out = run(&mut state, steal(2));
+        assert!(matches!(
+            &out[..],
+            [WorkerCommand::Send(FromWorker::StealResponse { stolen: true, .. })]
+        ));
+        run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Cancel { task: TaskId::new(1) }),
+        );
+        let out = run(&mut state, executed(1));
+        assert_eq!(
+            out,
+            vec![WorkerCommand::Release(TaskId::new(1))],
+            "cancelled result dropped"
+        );
+        assert_eq!(state.n_results(), 0);
+        run(&mut state, WorkerEvent::Scheduler(request(3, &[])));
+        run(&mut state, executed(3));
+        let out = run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Free { task: TaskId::new(3) }),
+        );
+        assert_eq!(out, vec![WorkerCommand::Release(TaskId::new(3))]);
+    }
+
+    #[test]
+    fn failures_are_reported_and_free_the_thread() {
+        let mut state = WorkerState::new(1);
+        run(&mut state, WorkerEvent::Scheduler(request(1, &[])));
+        run(&mut state, WorkerEvent::Scheduler(request(2, &[])));
+        let out = run(
+            &mut state,
+            WorkerEvent::Executed {
+                task: TaskId::new(1),
+                outcome: Err("boom".into()),
+                compute_us: 1,
+            },
+        );
+        assert!(matches!(&out[0], WorkerCommand::Send(FromWorker::Failed { message, .. }) if message == "boom"));
+        assert!(matches!(&out[1], WorkerCommand::Execute { .. }));
+    }
+}

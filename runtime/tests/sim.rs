@@ -1,0 +1,254 @@
+//! Simulation tests: the scheduler driven by virtual workers, with faults.
+
+use weft_runtime::scheduler::Config;
+use weft_runtime::sim::{CheckMode, GenConfig, Sim, SimConfig, WorkerSpec, random_graph};
+
+fn workers(sim: &mut Sim, n: u32, seed: u64) {
+    let mut rng = weft_runtime::sim::Rng::new(seed);
+    for i in 0..n {
+        sim.add_worker(WorkerSpec {
+            nthreads: rng.range(1, 4) as u32,
+            gpus: u32::from(i % 10 == 0),
+        })
+        .expect("worker joins");
+    }
+}
+
+fn names(n: u32) -> Vec<weft_runtime::SharedStr> {
+    (0..n).map(|i| format!("w{i}").into()).collect()
+}
+
+#[test]
+fn small_graph_no_faults() {
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            check: CheckMode {
+                incremental: true,
+                full_every: 50,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, 20, 3);
+    let mut gen_cfg = GenConfig::new(3_000, 7);
+    gen_cfg.worker_names = names(20);
+    let g = random_graph(&gen_cfg);
+    let outputs = g.expected.len() as u64;
+    sim.submit(g).unwrap();
+    sim.run().unwrap();
+    let s = &sim.stats;
+    assert_eq!(s.outputs_ok + s.outputs_erred + s.outputs_killed, outputs);
+    assert_eq!(s.outputs_killed, 0);
+    assert!(s.outputs_ok > 0);
+}
+
+#[test]
+fn random_faults_medium() {
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            seed: 11,
+            check: CheckMode {
+                incremental: true,
+                full_every: 2_000,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, 200, 5);
+    let mut gen_cfg = GenConfig::new(30_000, 9);
+    gen_cfg.worker_names = names(200);
+    let g = random_graph(&gen_cfg);
+    let outputs = g.expected.len() as u64;
+    sim.submit(g).unwrap();
+    let mut rng = weft_runtime::sim::Rng::new(99);
+    for _ in 0..60 {
+        let at = rng.range(0, 400_000);
+        sim.kill_random_at(at);
+        let at = rng.range(0, 400_000);
+        sim.add_at(at, WorkerSpec { nthreads: 2, gpus: 1 });
+    }
+    sim.run().unwrap();
+    let s = &sim.stats;
+    eprintln!("{s:?}\n{:?}", sim.sched.stats());
+    assert_eq!(s.outputs_ok + s.outputs_erred + s.outputs_killed, outputs);
+    assert!(s.kills >= 50, "{s:?}");
+    assert!(sim.sched.stats().recomputed > 0);
+}
+
+/// The scale test of issue 3: one scheduler, 10,000 virtual workers, a
+/// random DAG of at least 1,000,000 tasks, workers killed and added at
+/// random moments, invariants checked after every event (incrementally; a
+/// full sweep every `full_every` events and at the end).
+///
+/// `WEFT_SIM_TASKS` overrides the size (for quick local runs).
+#[test]
+fn million_tasks_ten_thousand_workers_with_faults() {
+    let target: usize = std::env::var("WEFT_SIM_TASKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let n_workers = 10_000;
+    let t0 = std::time::Instant::now();
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            seed: 2026,
+            check: CheckMode {
+                incremental: true,
+                full_every: 500_000,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, n_workers, 17);
+    let mut gen_cfg = GenConfig::new(target, 4242);
+    gen_cfg.worker_names = names(n_workers);
+    let g = random_graph(&gen_cfg);
+    let n_tasks = g.graph.tasks.len();
+    assert!(n_tasks >= target);
+    let outputs = g.expected.len() as u64;
+    let t_gen = t0.elapsed();
+    sim.submit(g).unwrap();
+    let mut rng = weft_runtime::sim::Rng::new(7);
+    for _ in 0..300 {
+        sim.kill_random_at(rng.range(0, 300_000));
+        sim.add_at(
+            rng.range(0, 300_000),
+            WorkerSpec {
+                nthreads: rng.range(1, 4) as u32,
+                gpus: u32::from(rng.chance(0.1)),
+            },
+        );
+    }
+    for _ in 0..100 {
+        sim.toggle_pause_random_at(rng.range(0, 300_000));
+    }
+    sim.run().unwrap();
+    let s = &sim.stats;
+    eprintln!(
+        "{n_tasks} tasks, {outputs} outputs, {n_workers} workers: generated in {t_gen:?}, \
+         total {:?}, logical makespan {} ms\n{s:?}\n{:?}",
+        t0.elapsed(),
+        sim.now() / 1000,
+        sim.sched.stats()
+    );
+    assert_eq!(s.outputs_ok + s.outputs_erred + s.outputs_killed, outputs);
+    assert!(s.outputs_ok > outputs / 2);
+    assert_eq!(s.kills, 300);
+    assert!(sim.sched.stats().recomputed > 0);
+}
+
+#[test]
+fn task_that_crashes_its_workers_errs_with_killed_workers() {
+    use weft_runtime::graph::Annotations;
+    use weft_runtime::sim::GraphBuilder;
+    let mut sim = Sim::new(
+        Config::default(),
+        SimConfig {
+            check: CheckMode {
+                incremental: true,
+                full_every: 1,
+            },
+            ..SimConfig::default()
+        },
+    );
+    workers(&mut sim, 8, 1);
+    let mut b = GraphBuilder::new();
+    let ok = b.task("ok", "f", 1, 100, 8, &[], Annotations::default());
+    b.output(ok);
+    let boom = b.task("boom", "crash", 2, 100, 8, &[], Annotations::default());
+    b.output(boom);
+    let mut g = b.finish();
+    // The reference cannot know about crashes: the sim accepts a
+    // KilledWorkers error for any output and counts it.
+    g.expected.insert("boom".into(), weft_runtime::sim::Expected::Error);
+    sim.submit(g).unwrap();
+    sim.run().unwrap();
+    assert_eq!(sim.stats.outputs_killed, 1);
+    assert_eq!(sim.stats.outputs_ok, 1);
+    assert_eq!(sim.stats.kills, 3);
+    let err = sim.outcomes()["boom"].clone().unwrap_err();
+    assert!(err.to_string().contains("3 workers that died"), "{err}");
+}
+
+/// Many small runs with heavy fault rates and varied settings, full sweeps
+/// every few events: where rare interleavings show up.
+#[test]
+fn many_seeds_small_clusters_heavy_faults() {
+    let seeds: u64 = std::env::var("WEFT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    for seed in 0..seeds {
+        let sched_cfg = Config {
+            worker_saturation: if seed % 3 == 0 { None } else { Some(1.1) },
+            steal_ratio: if seed % 2 == 0 { 2.0 } else { 100.0 },
+            unknown_duration: 0.001,
+            ..Config::default()
+        };
+        let mut sim = Sim::new(
+            sched_cfg,
+            SimConfig {
+                seed,
+                latency_us: 10 + seed * 37 % 300,
+                balance_every_us: 5_000,
+                check: CheckMode {
+                    incremental: true,
+                    full_every: 20,
+                },
+                release_on_receipt: seed % 4 != 1,
+                deliver_from_dead: seed % 5 != 2,
+                ..SimConfig::default()
+            },
+        );
+        let n = 6 + (seed % 10) as u32;
+        workers(&mut sim, n, seed);
+        let mut gen_cfg = GenConfig::new(1_500, seed * 7 + 1);
+        gen_cfg.worker_names = names(n);
+        gen_cfg.fail_fraction = 0.01;
+        gen_cfg.flaky_fraction = 0.05;
+        gen_cfg.gpu_fraction = 0.05;
+        gen_cfg.restrict_fraction = 0.05;
+        if seed % 4 == 3 {
+            // Crashing tasks may kill every gpu worker at any time, leaving
+            // gpu tasks unrunnable for good: no gpu tasks in these runs.
+            gen_cfg.crash_fraction = 0.001;
+            gen_cfg.gpu_fraction = 0.0;
+        }
+        let g = random_graph(&gen_cfg);
+        let outputs = g.expected.len() as u64;
+        sim.submit(g).unwrap();
+        let mut rng = weft_runtime::sim::Rng::new(seed);
+        for _ in 0..(n / 2 + 3) {
+            sim.kill_random_at(rng.range(0, 150_000));
+            sim.add_at(
+                rng.range(0, 150_000),
+                WorkerSpec {
+                    nthreads: rng.range(1, 3) as u32,
+                    gpus: u32::from(rng.chance(0.5)),
+                },
+            );
+        }
+        for _ in 0..4 {
+            sim.toggle_pause_random_at(rng.range(0, 150_000));
+        }
+        // Random kills may take every gpu worker; tasks that need one wait
+        // (queued as unrunnable) until this one joins.
+        sim.add_at(200_000, WorkerSpec { nthreads: 1, gpus: 1 });
+        if gen_cfg.crash_fraction > 0.0 {
+            // Each crashing task kills up to allowed_failures + 1 workers:
+            // keep some coming so that the cluster never runs dry.
+            for i in 1..=40 {
+                sim.add_at(i * 100_000, WorkerSpec { nthreads: 1, gpus: 0 });
+            }
+        }
+        if let Err(e) = sim.run() {
+            panic!("seed {seed}: {e}\n{:?}", sim.stats);
+        }
+        // Outputs kept in memory may be lost, recomputed and reported again:
+        // count keys, not reports.
+        assert_eq!(sim.outcomes().len() as u64, outputs, "seed {seed}: {:?}", sim.stats);
+    }
+}

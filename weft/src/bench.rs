@@ -1,0 +1,282 @@
+//! `weft bench`: the workloads of `../shared/peers`, on a local cluster of
+//! worker processes, printed as one JSON line in the peers' schema.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::{Value as Json, json};
+use weft::{Client, Graph, LocalCluster, LocalOptions, WorkerMode, graphs};
+
+/// Arguments of `weft bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// noop, tree or chain.
+    workload: String,
+    /// Print the JSON line (always printed; kept for the peers' command line).
+    #[arg(long)]
+    json: bool,
+    /// noop and chain: number of tasks.
+    #[arg(long)]
+    n: Option<usize>,
+    /// tree: number of leaves.
+    #[arg(long)]
+    leaves: Option<usize>,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Hard limit in seconds for the whole run.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Worker processes (the peers use 2).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Threads per worker (the peers use 1).
+    #[arg(long, default_value_t = 1)]
+    nthreads: usize,
+}
+
+/// One task workload: its size parameter and default.
+struct Workload {
+    name: &'static str,
+    param: &'static str,
+    default: usize,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "noop",
+        param: "n",
+        default: 10_000,
+    },
+    Workload {
+        name: "tree",
+        param: "leaves",
+        default: 16_384,
+    },
+    Workload {
+        name: "chain",
+        param: "n",
+        default: 5_000,
+    },
+];
+
+/// The JSON line, filled in as the run goes.
+struct Report {
+    line: serde_json::Map<String, Json>,
+    times: Vec<f64>,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let Some(workload) = WORKLOADS.iter().find(|w| w.name == args.workload) else {
+        bail!(
+            "unknown or not yet supported workload {:?}; weft bench runs {}",
+            args.workload,
+            WORKLOADS.map(|w| w.name).join(", ")
+        );
+    };
+    let size = match (workload.param, args.n, args.leaves) {
+        ("n", n, None) => n.unwrap_or(workload.default),
+        ("leaves", None, leaves) => leaves.unwrap_or(workload.default),
+        _ => bail!("{} takes --{} only", workload.name, workload.param),
+    };
+    let work = if workload.name == "tree" { 2 * size - 1 } else { size };
+    let mut report = Report::new(workload, size, args.reps, work);
+    let limit = Duration::from_secs_f64(args.timeout);
+    let outcome = tokio::time::timeout(limit, measure(&args, workload.name, size, &mut report)).await;
+    let code = match outcome {
+        Ok(Ok(check)) => {
+            report.finish(check);
+            if report.line["check"] == "ok" { 0 } else { 1 }
+        }
+        Ok(Err(error)) => {
+            report.finish(format!("error: {error:#}"));
+            1
+        }
+        Err(_) => {
+            report.finish("timeout".into());
+            3
+        }
+    };
+    println!("{}", Json::Object(report.line));
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+impl Report {
+    fn new(workload: &Workload, size: usize, reps: usize, work: usize) -> Self {
+        let mut line = serde_json::Map::new();
+        line.insert("system".into(), json!("weft"));
+        line.insert("workload".into(), json!(workload.name));
+        line.insert("params".into(), json!({ workload.param: size }));
+        line.insert("reps".into(), json!(reps));
+        for field in ["median_s", "min_s", "max_s"] {
+            line.insert(field.into(), Json::Null);
+        }
+        line.insert("all_s".into(), json!([]));
+        line.insert("work".into(), json!(work));
+        line.insert("unit".into(), json!("tasks"));
+        line.insert("rate".into(), Json::Null);
+        line.insert("startup_s".into(), Json::Null);
+        line.insert("check".into(), json!("not run"));
+        line.insert("foreign_cpu_s".into(), Json::Null);
+        Report {
+            line,
+            times: Vec::new(),
+        }
+    }
+
+    fn finish(&mut self, check: String) {
+        if !self.times.is_empty() {
+            let mut sorted = self.times.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = if sorted.len() % 2 == 1 {
+                sorted[sorted.len() / 2]
+            } else {
+                (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+            };
+            let work = self.line["work"].as_f64().unwrap_or(0.0);
+            self.line.insert("median_s".into(), json!(median));
+            self.line.insert("min_s".into(), json!(sorted[0]));
+            self.line.insert("max_s".into(), json!(sorted[sorted.len() - 1]));
+            self.line.insert("all_s".into(), json!(self.times));
+            self.line.insert("rate".into(), json!(work / median));
+        }
+        self.line.insert("check".into(), json!(check));
+        self.line.insert(
+            "versions".into(),
+            json!({
+                "weft": env!("CARGO_PKG_VERSION"),
+                "machine": std::env::consts::ARCH,
+                "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            }),
+        );
+    }
+}
+
+/// Starts the cluster, warms up, times the repetitions; returns the check.
+async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) -> Result<String> {
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = args.workers;
+    options.nthreads = args.nthreads;
+    options.mode = WorkerMode::Processes { program: None };
+    let started = Instant::now();
+    let cluster = LocalCluster::start(options).await?;
+    let client = cluster.client().await?;
+    report
+        .line
+        .insert("startup_s".into(), json!(started.elapsed().as_secs_f64()));
+
+    execute(&client, build(&client, workload, "warm", size.min(200))).await?;
+    let window = CpuWindow::open(&cluster.worker_pids());
+    let mut last = 0;
+    for rep in 0..args.reps {
+        let graph = build(&client, workload, &format!("rep{rep}"), size);
+        let started = Instant::now();
+        last = execute(&client, graph).await?;
+        report.times.push(started.elapsed().as_secs_f64());
+    }
+    report.line.insert("foreign_cpu_s".into(), json!(window.foreign()));
+    drop(client);
+    cluster.stop().await;
+
+    let expected = match workload {
+        "chain" => size as i64,
+        _ => (size as i64) * (size as i64 - 1) / 2,
+    };
+    Ok(if last == expected {
+        "ok".into()
+    } else {
+        format!("mismatch: got {last}, expected {expected}")
+    })
+}
+
+/// The workload's graph, with keys no other run uses (built untimed, as
+/// the peers build theirs).
+fn build(client: &Client, workload: &str, tag: &str, size: usize) -> Graph {
+    let prefix = client.unique_key(&format!("{workload}-{tag}"));
+    match workload {
+        "noop" => graphs::map(&prefix, size),
+        "tree" => graphs::tree(&prefix, size),
+        _ => graphs::chain(&prefix, size),
+    }
+}
+
+/// Hands the graph over and gathers its outputs; returns their sum.
+async fn execute(client: &Client, graph: Graph) -> Result<i64> {
+    let futures = client.compute(graph).await?;
+    let values = client.gather(&futures).await?;
+    let mut sum = 0i64;
+    for value in values {
+        sum += value.decode::<i64>().map_err(anyhow::Error::msg)?;
+    }
+    Ok(sum)
+}
+
+/// CPU used on the machine by anything other than this process and its
+/// workers, over a window (the peers' `foreign_cpu_s`).
+struct CpuWindow {
+    pids: Vec<u32>,
+    busy: f64,
+    own: f64,
+}
+
+/// Linux reports CPU times in clock ticks of 1/100 s (USER_HZ, fixed by
+/// the kernel's ABI).
+const TICKS_PER_S: f64 = 100.0;
+
+impl CpuWindow {
+    fn open(worker_pids: &[u32]) -> Self {
+        let mut pids = vec![std::process::id()];
+        pids.extend_from_slice(worker_pids);
+        let own = own_cpu_s(&pids);
+        CpuWindow {
+            pids,
+            busy: busy_cpu_s(),
+            own,
+        }
+    }
+
+    fn foreign(&self) -> Option<f64> {
+        let busy = busy_cpu_s() - self.busy;
+        let own = own_cpu_s(&self.pids) - self.own;
+        (busy.is_finite() && own.is_finite()).then(|| ((busy - own).max(0.0) * 100.0).round() / 100.0)
+    }
+}
+
+/// Busy CPU seconds of the whole machine: all but idle and iowait.
+fn busy_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return f64::NAN;
+    };
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    if fields.len() < 8 {
+        return f64::NAN;
+    }
+    (fields.iter().sum::<f64>() - fields[3] - fields[4]) / TICKS_PER_S
+}
+
+/// User plus system CPU seconds of these processes.
+fn own_cpu_s(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesised command name; utime and stime
+            // are the 14th and 15th of the whole line.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / TICKS_PER_S)
+        })
+        .sum()
+}

@@ -1,0 +1,35 @@
+//! Weft: distributed execution for GPU clusters.
+//!
+//! This facade re-exports what a program needs: a [`Client`] to submit
+//! graphs, a [`LocalCluster`], the [`Registry`] of ops, and
+//! [`worker_main`], which a program that spawns local workers calls first
+//! thing in `main`:
+//!
+//! ```no_run
+//! use weft::{LocalCluster, LocalOptions, Registry, worker_main};
+//!
+//! fn registry() -> Registry {
+//!     let mut registry = Registry::builtin();
+//!     registry.op("square", |x: i64, _: Vec<()>| Ok(x * x));
+//!     registry
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), weft::RuntimeError> {
+//!     worker_main(registry()); // returns at once unless this process is a worker
+//!     let cluster = LocalCluster::start(LocalOptions::for_this_machine()).await?;
+//!     let client = cluster.client().await?;
+//!     let squares = client.map("square", (0..10i64).map(|i| weft::ops::args(&i).unwrap())).await?;
+//!     let values = client.gather(&squares).await?;
+//!     println!("{:?}", values.iter().map(|v| v.decode::<i64>()).collect::<Vec<_>>());
+//!     Ok(())
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+pub use weft_runtime::{
+    Client, Graph, LocalCluster, LocalOptions, Registry, RuntimeError, SchedulerOptions, TaskFuture, TaskSpec, Value,
+    WorkerMode, WorkerOptions, graphs, ops, worker_main,
+};
+pub use weft_transport as transport;

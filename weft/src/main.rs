@@ -1,0 +1,160 @@
+//! The `weft` command: run a scheduler, a worker, a local cluster, the
+//! demo, or the benchmarks shared with the peer comparison scripts.
+
+mod bench;
+mod demo;
+mod size;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
+use weft_runtime::local::run_worker_process;
+
+/// Weft: distributed execution for GPU clusters.
+#[derive(Parser)]
+#[command(name = "weft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scheduler.
+    Scheduler {
+        /// Address to listen on.
+        #[arg(long, default_value = "tcp://0.0.0.0:8786")]
+        listen: String,
+    },
+    /// Run a worker that joins the scheduler at ADDR.
+    Worker {
+        /// The scheduler's address, such as tcp://10.0.0.1:8786.
+        scheduler: String,
+        /// Compute threads (default: every core).
+        #[arg(long)]
+        nthreads: Option<usize>,
+        /// Memory limit, such as 8GiB or 500MB (default: none).
+        #[arg(long, value_parser = size::parse)]
+        memory_limit: Option<u64>,
+        /// Unique worker name (default: from its address).
+        #[arg(long)]
+        name: Option<String>,
+        /// Address to serve results on (port 0: any free port).
+        #[arg(long, default_value = "tcp://127.0.0.1:0")]
+        listen: String,
+        /// Give up when the scheduler cannot be reached for this many
+        /// seconds (at start or after losing it).
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Start a scheduler and workers on this machine; runs until Ctrl-C.
+    Local {
+        /// Scheduler address.
+        #[arg(long, default_value = "tcp://127.0.0.1:8786")]
+        listen: String,
+        /// Workers (default: from the machine's cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Threads per worker (default: from the machine's cores).
+        #[arg(long)]
+        nthreads: Option<usize>,
+    },
+    /// Run the demo on a local cluster: a map of 100,000 tasks and a tree
+    /// reduction over 65,536 leaves.
+    Demo {
+        /// Workers (default: from the machine's cores).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Run a benchmark workload and print one JSON line in the schema of
+    /// the peer scripts (../shared/peers).
+    Bench(bench::Args),
+}
+
+fn main() {
+    worker_main(Registry::builtin());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "warn,weft=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if let Err(error) = run(Cli::parse().command) {
+        eprintln!("weft: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Worker {
+            scheduler,
+            nthreads,
+            memory_limit,
+            name,
+            listen,
+            timeout,
+        } => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut options = WorkerOptions::new(scheduler, nthreads.unwrap_or(cores));
+            options.memory_limit = memory_limit.unwrap_or(0);
+            options.name = name;
+            options.listen = listen;
+            options.reconnect_timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;
+            Ok(run_worker_process(options)?)
+        }
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(run_async(command))
+        }
+    }
+}
+
+async fn run_async(command: Command) -> Result<()> {
+    match command {
+        Command::Scheduler { listen } => {
+            let scheduler = weft_runtime::start_scheduler(SchedulerOptions::new(listen)).await?;
+            println!("scheduler at {}", scheduler.address());
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            scheduler.stop().await;
+        }
+        Command::Local {
+            listen,
+            workers,
+            nthreads,
+        } => {
+            let mut options = local_options(workers, nthreads);
+            options.scheduler = SchedulerOptions::new(listen);
+            let cluster = LocalCluster::start(options).await?;
+            println!(
+                "scheduler at {} with {} workers; Ctrl-C stops",
+                cluster.address(),
+                cluster.workers_registered()
+            );
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            cluster.stop().await;
+        }
+        Command::Demo { workers } => demo::run(local_options(workers, None)).await?,
+        Command::Bench(args) => bench::run(args).await?,
+        Command::Worker { .. } => unreachable!("workers run on their own runtime"),
+    }
+    Ok(())
+}
+
+/// The machine's default layout, with overrides.
+fn local_options(workers: Option<usize>, nthreads: Option<usize>) -> LocalOptions {
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = workers.unwrap_or(options.workers);
+    options.nthreads = nthreads.unwrap_or(options.nthreads);
+    options.registry = Arc::new(Registry::builtin());
+    options.startup_timeout = Duration::from_secs(60);
+    options
+}

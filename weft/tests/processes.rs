@@ -1,0 +1,238 @@
+//! Real `weft` processes on TCP: a scheduler and workers started from the
+//! command line, killed with SIGKILL, restarted, and fed bad settings.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use weft::ops::args;
+use weft::transport::Config;
+use weft::{Client, Graph, RuntimeError, TaskSpec, graphs};
+
+/// A child process killed when the test is done with it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn weft(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command.args(args);
+    command
+}
+
+/// A background process; its logs show with `WEFT_LOG=debug` (or any level)
+/// set for the test run, and are dropped otherwise.
+fn spawn(args: &[&str]) -> Proc {
+    let logs = if std::env::var_os("WEFT_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    Proc(weft(args).stdout(Stdio::null()).stderr(logs).spawn().unwrap())
+}
+
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+/// A scheduler and `workers` single-threaded worker processes.
+fn cluster(workers: usize) -> (String, Proc, Vec<Proc>) {
+    let address = free_address();
+    let scheduler = spawn(&["scheduler", "--listen", &address]);
+    let workers = (0..workers)
+        .map(|i| {
+            spawn(&[
+                "worker",
+                &address,
+                "--nthreads",
+                "1",
+                "--name",
+                &format!("w{i}"),
+                "--timeout",
+                "30",
+            ])
+        })
+        .collect();
+    (address, scheduler, workers)
+}
+
+async fn client(address: &str) -> Client {
+    Client::connect(address, &Config::default()).await.unwrap()
+}
+
+async fn root(client: &Client, graph: Graph) -> Result<i64, RuntimeError> {
+    let futures = client.compute(graph).await?;
+    Ok(futures[0].result().await?.decode::<i64>().unwrap())
+}
+
+/// A tree reduction whose leaves each take `ms` milliseconds.
+fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
+    let mut graph = graphs::tree(prefix, leaves);
+    for (i, task) in graph.tasks.iter_mut().take(leaves).enumerate() {
+        task.op = "delay".into();
+        task.args = args(&(ms, i as i64)).unwrap();
+    }
+    graph
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tasks_over_processes() {
+    let (address, _scheduler, _workers) = cluster(2);
+    let client = client(&address).await;
+    let leaves = 5000;
+    assert_eq!(
+        root(&client, graphs::tree("big", leaves)).await.unwrap(),
+        (leaves * (leaves - 1) / 2) as i64
+    );
+    let chain = graphs::chain("chain", 1000);
+    assert_eq!(root(&client, chain).await.unwrap(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_run_still_gives_the_right_answer() {
+    let (address, _scheduler, mut workers) = cluster(3);
+    let client = client(&address).await;
+    let leaves = 600;
+    let futures = client.compute(slow_tree("resilient", leaves, 4)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    workers[0].0.kill().unwrap(); // SIGKILL: no goodbye
+    let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
+    assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_op_fails_only_its_task() {
+    let (address, _scheduler, mut workers) = cluster(1);
+    let client = client(&address).await;
+    let panic = client
+        .submit(TaskSpec::new("explode", "panic", args("kaboom").unwrap(), vec![]))
+        .await
+        .unwrap();
+    let err = panic.result().await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("explode") && text.contains("panic") && text.contains("kaboom") && text.contains("w0"),
+        "{text}"
+    );
+    assert!(
+        workers[0].0.try_wait().unwrap().is_none(),
+        "the worker process lives on"
+    );
+    assert_eq!(root(&client, graphs::tree("after", 64)).await.unwrap(), 64 * 63 / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_has_its_keys_released() {
+    let (address, _scheduler, _workers) = cluster(1);
+    let first = client(&address).await;
+    let x = first
+        .submit(TaskSpec::new("x", "const", args(&1i64).unwrap(), vec![]))
+        .await
+        .unwrap();
+    x.wait().await.unwrap();
+    drop(x);
+    drop(first);
+    // Once the scheduler has released "x", a graph that depends on it is
+    // refused as naming an unknown key.
+    let second = client(&address).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        assert!(Instant::now() < deadline, "x was never released");
+        let graph = Graph {
+            tasks: vec![TaskSpec::new(
+                format!("y{attempt}"),
+                "sum",
+                args(&0i64).unwrap(),
+                vec!["x".into()],
+            )],
+            outputs: vec![format!("y{attempt}").into()],
+        };
+        match second.compute(graph).await {
+            Err(RuntimeError::GraphRejected(reason)) => {
+                assert!(reason.contains('x'), "{reason}");
+                break;
+            }
+            Ok(futures) => {
+                futures[0].wait().await.unwrap();
+                drop(futures);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_is_reported_and_workers_come_back() {
+    let (address, mut scheduler, _workers) = cluster(1);
+    let client = client(&address).await;
+    assert_eq!(root(&client, graphs::tree("before", 16)).await.unwrap(), 120);
+    let slow = client
+        .submit(TaskSpec::new("slow", "delay", args(&(5_000u64, 0i64)).unwrap(), vec![]))
+        .await
+        .unwrap();
+    scheduler.0.kill().unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), slow.wait())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::SchedulerLost { .. }), "{err}");
+    assert!(err.to_string().contains(&address), "{err}");
+
+    let _restarted = spawn(&["scheduler", "--listen", &address]);
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(client) = Client::connect(&address, &Config::default()).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // The worker reconnected on its own: work gets done again.
+    let answer = tokio::time::timeout(Duration::from_secs(20), root(&again, graphs::tree("after", 16))).await;
+    assert_eq!(answer.unwrap().unwrap(), 120);
+}
+
+fn run_to_end(args: &[&str], limit: Duration) -> Output {
+    let mut child = weft(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < limit, "weft {args:?} still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn clear_errors_for_bad_settings() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", taken.local_addr().unwrap());
+    let cases: [(&[&str], &str); 4] = [
+        (&["scheduler", "--listen", &address], "already in use"),
+        (&["worker", "localhost:8786"], "invalid address"),
+        (&["worker", &free_address(), "--timeout", "1"], "cannot connect"),
+        (&["worker", &address, "--memory-limit", "lots"], "is not a size"),
+    ];
+    for (args, expected) in cases {
+        let output = run_to_end(args, Duration::from_secs(15));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "weft {args:?} succeeded");
+        assert!(stderr.contains(expected), "weft {args:?}: {stderr}");
+    }
+}
