@@ -41,9 +41,7 @@ fn sum_vs_memcpy(c: &mut Criterion) {
     g.bench_function("weft_sum", |b| {
         b.iter(|| black_box(reduce::sum(black_box(&col)).expect("kernel")))
     });
-    g.bench_function("memcpy", |b| {
-        b.iter(|| dst.copy_from_slice(black_box(&values)))
-    });
+    g.bench_function("memcpy", |b| b.iter(|| dst.copy_from_slice(black_box(&values))));
     g.finish();
 }
 
@@ -125,14 +123,8 @@ fn sort_keys(c: &mut Criterion) {
 
 fn gemm_2048(c: &mut Criterion) {
     const N: usize = 2048;
-    let a: Vec<f64> = keys(N * N, 3)
-        .iter()
-        .map(|v| (*v % 1000) as f64 / 1000.0)
-        .collect();
-    let b: Vec<f64> = keys(N * N, 4)
-        .iter()
-        .map(|v| (*v % 1000) as f64 / 1000.0)
-        .collect();
+    let a: Vec<f64> = keys(N * N, 3).iter().map(|v| (*v % 1000) as f64 / 1000.0).collect();
+    let b: Vec<f64> = keys(N * N, 4).iter().map(|v| (*v % 1000) as f64 / 1000.0).collect();
     let (ca, cb) = (Column::from_vec(a), Column::from_vec(b));
     let mut g = c.benchmark_group("gemm_f64_2048");
     g.sample_size(10)

@@ -41,12 +41,7 @@ impl std::fmt::Debug for DeviceBuffer {
 impl DeviceBuffer {
     pub(crate) fn new(gpu: Arc<Gpu>, ptr: u64, len: usize, class: usize) -> Self {
         DeviceBuffer {
-            alloc: Arc::new(Allocation {
-                gpu,
-                ptr,
-                len,
-                class,
-            }),
+            alloc: Arc::new(Allocation { gpu, ptr, len, class }),
         }
     }
 
@@ -114,8 +109,7 @@ impl PinnedBuffer {
     /// Zeroed host memory standing in for pinned memory.
     pub fn host(len: usize) -> Self {
         // 4 KiB alignment like page-locked memory; size at least 1 for the allocator.
-        let layout =
-            Layout::from_size_align(len.max(1), 4096).unwrap_or_else(|_| Layout::new::<u8>());
+        let layout = Layout::from_size_align(len.max(1), 4096).unwrap_or_else(|_| Layout::new::<u8>());
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {

@@ -83,9 +83,7 @@ impl CudaGpu {
     }
 
     pub(crate) fn raw_alloc(&self, device: Device, bytes: usize) -> Result<u64> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver(device, "bind context"))?;
+        self.ctx.bind_to_thread().map_err(driver(device, "bind context"))?;
         // SAFETY: the context is current; the pool owns the block and frees it
         // exactly once through `raw_free`.
         match unsafe { result::malloc_sync(bytes) } {
@@ -108,9 +106,7 @@ impl CudaGpu {
     }
 
     pub(crate) fn alloc_pinned(&self, device: Device, len: usize) -> Result<PinnedBuffer> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver(device, "bind context"))?;
+        self.ctx.bind_to_thread().map_err(driver(device, "bind context"))?;
         // SAFETY: the context is current; the buffer frees it with cuMemFreeHost.
         let ptr = unsafe { result::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
             .map_err(driver(device, "cuMemHostAlloc"))?;
@@ -135,9 +131,7 @@ impl CudaGpu {
     pub(crate) fn can_access_peer(&self, other: &CudaGpu) -> bool {
         let mut can = 0;
         // SAFETY: both devices are valid handles from opened contexts.
-        let r = unsafe {
-            sys::cuDeviceCanAccessPeer(&mut can, self.ctx.cu_device(), other.ctx.cu_device())
-        };
+        let r = unsafe { sys::cuDeviceCanAccessPeer(&mut can, self.ctx.cu_device(), other.ctx.cu_device()) };
         r == CUresult::CUDA_SUCCESS && can != 0
     }
 }

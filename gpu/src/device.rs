@@ -241,9 +241,7 @@ impl Gpu {
     pub fn can_access_peer(&self, other: &Gpu) -> bool {
         match (&self.backend, &other.backend) {
             (GpuBackend::Cuda(a), GpuBackend::Cuda(b)) => a.can_access_peer(b),
-            (GpuBackend::Emulated(a), GpuBackend::Emulated(b)) => {
-                a.peer_access() && b.peer_access()
-            }
+            (GpuBackend::Emulated(a), GpuBackend::Emulated(b)) => a.peer_access() && b.peer_access(),
             _ => false,
         }
     }
@@ -273,9 +271,7 @@ impl Devices {
             CudaProbe::none("CUDA disabled by configuration (WEFT_DISABLE_CUDA)")
         };
         let mut gpus = Vec::new();
-        let cuda_gpus = (0..cuda.count)
-            .map(CudaGpu::open)
-            .collect::<Result<Vec<_>>>()?;
+        let cuda_gpus = (0..cuda.count).map(CudaGpu::open).collect::<Result<Vec<_>>>()?;
         // Peer access is turned on once, for every pair that supports it;
         // copy_peer then goes device to device, and stages through pinned
         // host memory between the others.

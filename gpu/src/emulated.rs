@@ -111,13 +111,12 @@ impl EmulatedGpu {
                 capacity: self.capacity,
             });
         }
-        let layout =
-            Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| GpuError::OutOfMemory {
-                device,
-                requested: bytes,
-                in_use: blocks.used,
-                capacity: self.capacity,
-            })?;
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| GpuError::OutOfMemory {
+            device,
+            requested: bytes,
+            in_use: blocks.used,
+            capacity: self.capacity,
+        })?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {

@@ -7,9 +7,7 @@ use crate::Device;
 pub enum GpuError {
     /// The device could not satisfy an allocation, even after the pool gave
     /// back its cached blocks. Callers react to this (by spilling, say).
-    #[error(
-        "out of memory on {device}: requested {requested} bytes, {in_use} in use of {capacity} bytes"
-    )]
+    #[error("out of memory on {device}: requested {requested} bytes, {in_use} in use of {capacity} bytes")]
     OutOfMemory {
         /// The device that ran out.
         device: Device,

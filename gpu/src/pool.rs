@@ -75,12 +75,7 @@ impl Pool {
     }
 
     /// Returns the device pointer and the class size of a block of at least `len` bytes.
-    pub(crate) fn alloc(
-        &self,
-        backend: &GpuBackend,
-        device: Device,
-        len: usize,
-    ) -> Result<(u64, usize)> {
+    pub(crate) fn alloc(&self, backend: &GpuBackend, device: Device, len: usize) -> Result<(u64, usize)> {
         let class = size_class(len);
         let mut st = self.lock();
         let cached = st.free.get_mut(&class).and_then(|list| list.pop());

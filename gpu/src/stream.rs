@@ -31,9 +31,7 @@ pub struct Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream")
-            .field("device", &self.gpu.device())
-            .finish()
+        f.debug_struct("Stream").field("device", &self.gpu.device()).finish()
     }
 }
 
@@ -93,11 +91,7 @@ fn check(what: &'static str, expected: Device, found: Device) -> Result<()> {
     if expected == found {
         Ok(())
     } else {
-        Err(GpuError::WrongDevice {
-            what,
-            expected,
-            found,
-        })
+        Err(GpuError::WrongDevice { what, expected, found })
     }
 }
 
@@ -112,17 +106,11 @@ fn fits(src: usize, dst: usize) -> Result<()> {
 impl Stream {
     pub(crate) fn new(gpu: Arc<Gpu>) -> Result<Self> {
         let inner = match gpu.backend() {
-            GpuBackend::Cuda(c) => {
-                Inner::Cuda(
-                    c.context()
-                        .new_stream()
-                        .map_err(|source| GpuError::Driver {
-                            device: gpu.device(),
-                            op: "create stream",
-                            source,
-                        })?,
-                )
-            }
+            GpuBackend::Cuda(c) => Inner::Cuda(c.context().new_stream().map_err(|source| GpuError::Driver {
+                device: gpu.device(),
+                op: "create stream",
+                source,
+            })?),
             GpuBackend::Emulated(_) => Inner::Emulated,
         };
         Ok(Stream { gpu, inner })
@@ -172,9 +160,7 @@ impl Stream {
 
     fn record_guarding(&self, keep_alive: Vec<DeviceBuffer>) -> Result<Event> {
         let inner = match &self.inner {
-            Inner::Cuda(s) => {
-                EventInner::Cuda(s.record_event(None).map_err(self.driver("record event"))?)
-            }
+            Inner::Cuda(s) => EventInner::Cuda(s.record_event(None).map_err(self.driver("record event"))?),
             Inner::Emulated => EventInner::Done,
         };
         Ok(Event { inner, keep_alive })
@@ -203,9 +189,7 @@ impl Stream {
         fits(src.len(), dst.len())?;
         match &self.inner {
             Inner::Cuda(s) => {
-                s.context()
-                    .bind_to_thread()
-                    .map_err(self.driver("bind context"))?;
+                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: `dst` holds at least `src.len()` bytes on this
                 // device; the stream is synchronised before `src`'s borrow ends.
                 unsafe { result::memcpy_htod_async(dst.device_ptr(), src, s.cu_stream()) }
@@ -215,13 +199,7 @@ impl Stream {
             Inner::Emulated => {
                 // SAFETY: `dst` is a live emulated allocation of at least
                 // `src.len()` bytes, distinct from host memory in `src`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.as_ptr(),
-                        dst.device_ptr() as *mut u8,
-                        src.len(),
-                    )
-                };
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.device_ptr() as *mut u8, src.len()) };
             }
         }
         self.count(CopyKind::H2d, src.len());
@@ -234,9 +212,7 @@ impl Stream {
         fits(dst.len(), src.len())?;
         match &self.inner {
             Inner::Cuda(s) => {
-                s.context()
-                    .bind_to_thread()
-                    .map_err(self.driver("bind context"))?;
+                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: `src` holds at least `dst.len()` bytes on this
                 // device; the stream is synchronised before `dst`'s borrow ends.
                 unsafe { result::memcpy_dtoh_async(dst, src.device_ptr(), s.cu_stream()) }
@@ -246,13 +222,7 @@ impl Stream {
             Inner::Emulated => {
                 // SAFETY: `src` is a live emulated allocation of at least
                 // `dst.len()` bytes, distinct from `dst`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.device_ptr() as *const u8,
-                        dst.as_mut_ptr(),
-                        dst.len(),
-                    )
-                };
+                unsafe { std::ptr::copy_nonoverlapping(src.device_ptr() as *const u8, dst.as_mut_ptr(), dst.len()) };
             }
         }
         self.count(CopyKind::D2h, dst.len());
@@ -272,9 +242,7 @@ impl Stream {
         fits(len, dst.len())?;
         match &self.inner {
             Inner::Cuda(s) => {
-                s.context()
-                    .bind_to_thread()
-                    .map_err(self.driver("bind context"))?;
+                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: `dst` holds at least `len` bytes on this device and
                 // stays allocated: pool reuse happens only after the buffer is
                 // dropped, and callers synchronise before dropping.
@@ -296,31 +264,16 @@ impl Stream {
         fits(src.len(), dst.len())?;
         match &self.inner {
             Inner::Cuda(s) => {
-                s.context()
-                    .bind_to_thread()
-                    .map_err(self.driver("bind context"))?;
+                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: both buffers are on this device and big enough; the
                 // returned event keeps them alive until the copy is done.
-                unsafe {
-                    result::memcpy_dtod_async(
-                        dst.device_ptr(),
-                        src.device_ptr(),
-                        src.len(),
-                        s.cu_stream(),
-                    )
-                }
-                .map_err(self.driver("cuMemcpyDtoDAsync"))?;
+                unsafe { result::memcpy_dtod_async(dst.device_ptr(), src.device_ptr(), src.len(), s.cu_stream()) }
+                    .map_err(self.driver("cuMemcpyDtoDAsync"))?;
             }
             Inner::Emulated => {
                 // SAFETY: both are live allocations of this device, big
                 // enough; `copy` allows them to be the same buffer.
-                unsafe {
-                    std::ptr::copy(
-                        src.device_ptr() as *const u8,
-                        dst.device_ptr() as *mut u8,
-                        src.len(),
-                    )
-                };
+                unsafe { std::ptr::copy(src.device_ptr() as *const u8, dst.device_ptr() as *mut u8, src.len()) };
             }
         }
         self.count(CopyKind::D2d, src.len());
@@ -339,9 +292,7 @@ impl Stream {
         let peer = self.gpu.can_access_peer(dst.gpu());
         match (&self.inner, dst.gpu().backend(), peer) {
             (Inner::Cuda(s), GpuBackend::Cuda(d), true) => {
-                s.context()
-                    .bind_to_thread()
-                    .map_err(self.driver("bind context"))?;
+                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: both buffers are live on their devices, big enough;
                 // the event keeps them alive until the copy is done.
                 unsafe {
@@ -361,11 +312,7 @@ impl Stream {
                 // SAFETY: distinct live allocations of two emulated devices,
                 // both at least `src.len()` bytes.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.device_ptr() as *const u8,
-                        dst.device_ptr() as *mut u8,
-                        src.len(),
-                    )
+                    std::ptr::copy_nonoverlapping(src.device_ptr() as *const u8, dst.device_ptr() as *mut u8, src.len())
                 };
                 self.count(CopyKind::Peer, src.len());
                 self.record()

@@ -6,9 +6,7 @@
 use weft_gpu::{Device, DeviceConfig, Devices, Gpu, GpuError, probe_cuda};
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 #[test]
@@ -19,14 +17,7 @@ fn no_cuda_driver_reports_zero_gpus_with_a_reason() {
     };
     let devices = Devices::open(&config).unwrap();
     assert_eq!(devices.cuda().count, 0);
-    assert!(
-        devices
-            .cuda()
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("disabled")
-    );
+    assert!(devices.cuda().reason.as_deref().unwrap().contains("disabled"));
     assert_eq!(devices.devices(), vec![Device::Cpu]);
     // The real probe must not panic whatever the machine has, and must give
     // a reason exactly when it finds nothing.
@@ -187,17 +178,12 @@ fn peer_copy(peer_access: bool) {
     let src = s0.upload(&data).unwrap();
     let dst = g1.alloc(data.len()).unwrap();
     // Buffers are tied to their device.
-    assert!(matches!(
-        s0.copy_h2d(&data, &dst),
-        Err(GpuError::WrongDevice { .. })
-    ));
+    assert!(matches!(s0.copy_h2d(&data, &dst), Err(GpuError::WrongDevice { .. })));
     let ev = s0.copy_peer(&src, &dst).unwrap();
     ev.synchronize().unwrap();
     let s1 = g1.stream().unwrap();
     assert_eq!(s1.download(&dst).unwrap(), data);
-    let (weft_gpu::GpuBackend::Emulated(e0), weft_gpu::GpuBackend::Emulated(e1)) =
-        (g0.backend(), g1.backend())
-    else {
+    let (weft_gpu::GpuBackend::Emulated(e0), weft_gpu::GpuBackend::Emulated(e1)) = (g0.backend(), g1.backend()) else {
         panic!("emulated devices expected");
     };
     let (c0, c1) = (e0.copies(), e1.copies());
@@ -233,11 +219,7 @@ fn pinned_buffers_hold_bytes() {
 #[test]
 fn cuda_round_trip_when_a_gpu_is_present() {
     let devices = Devices::open(&DeviceConfig::default()).unwrap();
-    let Some(gpu) = devices
-        .gpus()
-        .iter()
-        .find(|g| matches!(g.device(), Device::Cuda(_)))
-    else {
+    let Some(gpu) = devices.gpus().iter().find(|g| matches!(g.device(), Device::Cuda(_))) else {
         println!(
             "skipping CUDA test: {}",
             devices.cuda().reason.as_deref().unwrap_or("no CUDA GPU")

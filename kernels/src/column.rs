@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, PrimitiveArray, StringArray};
-use arrow_buffer::{
-    ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer,
-};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use weft_gpu::{Device, DeviceBuffer, Gpu};
 
 use crate::KernelError;
@@ -337,11 +335,7 @@ impl Column {
                 .as_ref()
                 .map(|v| down(v, bitmap_bytes(self.len)))
                 .transpose()?,
-            offsets: self
-                .offsets
-                .as_ref()
-                .map(|o| down(o, (self.len + 1) * 4))
-                .transpose()?,
+            offsets: self.offsets.as_ref().map(|o| down(o, (self.len + 1) * 4)).transpose()?,
         })
     }
 
@@ -369,10 +363,7 @@ impl Column {
         let validity = data.nulls().filter(|n| n.null_count() > 0).map(|n| {
             let bits = n.inner();
             if bits.offset().is_multiple_of(8) {
-                Data::Host(
-                    bits.inner()
-                        .slice_with_length(bits.offset() / 8, bitmap_bytes(len)),
-                )
+                Data::Host(bits.inner().slice_with_length(bits.offset() / 8, bitmap_bytes(len)))
             } else {
                 Data::Host(bits.sliced())
             }
@@ -381,20 +372,20 @@ impl Column {
             DType::Bool => {
                 let bits = BooleanBuffer::new(data.buffers()[0].clone(), data.offset(), len);
                 let buf = if data.offset().is_multiple_of(8) {
-                    bits.inner()
-                        .slice_with_length(data.offset() / 8, bitmap_bytes(len))
+                    bits.inner().slice_with_length(data.offset() / 8, bitmap_bytes(len))
                 } else {
                     bits.sliced()
                 };
                 (Data::Host(buf), None)
             }
             DType::Utf8 => {
-                let strings = array.as_any().downcast_ref::<StringArray>().ok_or(
-                    KernelError::InvalidArgument {
+                let strings = array
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or(KernelError::InvalidArgument {
                         kernel: "from_arrow",
                         reason: "utf8 array is not a StringArray".into(),
-                    },
-                )?;
+                    })?;
                 (
                     Data::Host(strings.values().clone()),
                     Some(Data::Host(strings.offsets().inner().inner().clone())),
@@ -413,11 +404,7 @@ impl Column {
     pub fn to_arrow(&self) -> Result<ArrayRef, KernelError> {
         let nulls = match &self.validity {
             None => None,
-            Some(v) => Some(NullBuffer::new(BooleanBuffer::new(
-                v.host()?.clone(),
-                0,
-                self.len,
-            ))),
+            Some(v) => Some(NullBuffer::new(BooleanBuffer::new(v.host()?.clone(), 0, self.len))),
         };
         let values = self.values.host()?.clone();
         fn prim<T: arrow_array::ArrowPrimitiveType>(

@@ -78,12 +78,6 @@ pub(crate) fn and_validity(a: Option<&[u8]>, b: Option<&[u8]>, len: usize) -> Op
     match (a, b) {
         (None, None) => None,
         (Some(x), None) | (None, Some(x)) => Some(x[..bytes].to_vec()),
-        (Some(x), Some(y)) => Some(
-            x[..bytes]
-                .iter()
-                .zip(&y[..bytes])
-                .map(|(p, q)| p & q)
-                .collect(),
-        ),
+        (Some(x), Some(y)) => Some(x[..bytes].iter().zip(&y[..bytes]).map(|(p, q)| p & q).collect()),
     }
 }

@@ -243,9 +243,7 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
         Target::Gpu(exec) => with_numeric!("binary", a.dtype(), |T| {
             let out = exec.alloc(n * std::mem::size_of::<T>())?;
             let want_valid = int_div || a.validity().is_some() || b.validity().is_some();
-            let out_valid = want_valid
-                .then(|| exec.alloc(n.div_ceil(32) * 4))
-                .transpose()?;
+            let out_valid = want_valid.then(|| exec.alloc(n.div_ceil(32) * 4)).transpose()?;
             let kernel = format!("binary_{}_{}", op.name(), T::SUFFIX);
             exec.launch1(
                 "elementwise",
@@ -262,13 +260,7 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
                 ],
             )?;
             exec.finish()?;
-            Column::new(
-                a.dtype(),
-                n,
-                Data::Device(out),
-                out_valid.map(Data::Device),
-                None,
-            )
+            Column::new(a.dtype(), n, Data::Device(out), out_valid.map(Data::Device), None)
         }),
     }
 }
@@ -302,13 +294,7 @@ pub fn compare(a: &Column, b: &Column, op: CmpOp) -> Result<Column, KernelError>
             let out_valid = want_valid.then(|| exec.alloc(words * 4)).transpose()?;
             let kernel = format!("cmp_{}_{}", op.name(), T::SUFFIX);
             launch_cmp(&exec, &kernel, a, b, &out, out_valid.as_ref(), n)?;
-            Column::new(
-                DType::Bool,
-                n,
-                Data::Device(out),
-                out_valid.map(Data::Device),
-                None,
-            )
+            Column::new(DType::Bool, n, Data::Device(out), out_valid.map(Data::Device), None)
         }),
     }
 }

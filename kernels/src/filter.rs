@@ -31,13 +31,7 @@ fn cpu_filter<T: Native>(x: &Column, mask: &Column) -> Result<Column, KernelErro
         }
         Data::Host(Buffer::from_vec(b))
     });
-    Column::new(
-        T::DTYPE,
-        out.len(),
-        Data::Host(Buffer::from_vec(out)),
-        validity,
-        None,
-    )
+    Column::new(T::DTYPE, out.len(), Data::Host(Buffer::from_vec(out)), validity, None)
 }
 
 /// Keeps the rows of `x` where `mask` (a boolean column of the same length) is true.
@@ -62,13 +56,7 @@ pub fn filter(x: &Column, mask: &Column) -> Result<Column, KernelError> {
                 "filter",
                 "filter_count",
                 blocks,
-                &[
-                    m,
-                    mv,
-                    Arg::U64(n as u64),
-                    Arg::U64(words_per_block),
-                    ptr(&counts),
-                ],
+                &[m, mv, Arg::U64(n as u64), Arg::U64(words_per_block), ptr(&counts)],
             )?;
             let total = exec.alloc(4)?;
             exec.launch1(
@@ -80,10 +68,7 @@ pub fn filter(x: &Column, mask: &Column) -> Result<Column, KernelError> {
             exec.finish()?;
             let kept = exec.download::<u32>(&total, 1)?[0] as usize;
             let out = exec.alloc(kept * std::mem::size_of::<T>())?;
-            let out_valid = x
-                .validity()
-                .map(|_| exec.zeroed(kept.div_ceil(32) * 4))
-                .transpose()?;
+            let out_valid = x.validity().map(|_| exec.zeroed(kept.div_ceil(32) * 4)).transpose()?;
             exec.launch1(
                 "filter",
                 &format!("filter_{}", T::SUFFIX),
@@ -101,13 +86,7 @@ pub fn filter(x: &Column, mask: &Column) -> Result<Column, KernelError> {
                 ],
             )?;
             exec.finish()?;
-            Column::new(
-                x.dtype(),
-                kept,
-                Data::Device(out),
-                out_valid.map(Data::Device),
-                None,
-            )
+            Column::new(x.dtype(), kept, Data::Device(out), out_valid.map(Data::Device), None)
         }),
     }
 }

@@ -14,10 +14,7 @@ use crate::{Column, DType, KernelError};
 /// Multiplies `a` (`m x k`) by `b` (`k x n`), both row-major, into an
 /// `m x n` row-major column of the same type.
 pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Column, KernelError> {
-    let bad = |reason: String| KernelError::InvalidArgument {
-        kernel: "gemm",
-        reason,
-    };
+    let bad = |reason: String| KernelError::InvalidArgument { kernel: "gemm", reason };
     if a.dtype() != b.dtype() || !matches!(a.dtype(), DType::F32 | DType::F64) {
         return Err(KernelError::UnsupportedType {
             kernel: "gemm",
@@ -25,11 +22,7 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
         });
     }
     if a.len() != m * k || b.len() != k * n {
-        return Err(bad(format!(
-            "{} and {} values for {m}x{k} * {k}x{n}",
-            a.len(),
-            b.len()
-        )));
+        return Err(bad(format!("{} and {} values for {m}x{k} * {k}x{n}", a.len(), b.len())));
     }
     if a.validity().is_some() || b.validity().is_some() {
         return Err(bad("matrices have no nulls".into()));
@@ -96,10 +89,7 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
                     exec.launch(
                         "gemm",
                         if f64s { "gemm_f64" } else { "gemm_f32" },
-                        (
-                            (n.div_ceil(16)).max(1) as u32,
-                            (m.div_ceil(16)).max(1) as u32,
-                        ),
+                        ((n.div_ceil(16)).max(1) as u32, (m.div_ceil(16)).max(1) as u32),
                         (16, 16),
                         &[
                             ptr(da),

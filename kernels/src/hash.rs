@@ -149,13 +149,7 @@ pub fn hash(x: &Column, seed: u64) -> Result<Column, KernelError> {
     match target("hash", &[x])? {
         Target::Cpu => {
             let h = cpu_hashes(x, seed)?;
-            Column::new(
-                DType::U64,
-                x.len(),
-                Data::Host(Buffer::from_vec(h)),
-                None,
-                None,
-            )
+            Column::new(DType::U64, x.len(), Data::Host(Buffer::from_vec(h)), None, None)
         }
         Target::Gpu(exec) => {
             let out = gpu_hashes(&exec, x, seed)?;
@@ -249,19 +243,11 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
 
 /// Partition ids, offsets and grouped rows of precomputed hashes.
 pub fn cpu_partition(hashes: &[u64], parts: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-    partition_ids(
-        hashes.iter().map(|h| bucket(*h, parts)),
-        hashes.len(),
-        parts,
-    )
+    partition_ids(hashes.iter().map(|h| bucket(*h, parts)), hashes.len(), parts)
 }
 
 /// Collects `n` partition ids while counting them, then groups the rows.
-fn partition_ids(
-    ids: impl Iterator<Item = u32>,
-    n: usize,
-    parts: u32,
-) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+fn partition_ids(ids: impl Iterator<Item = u32>, n: usize, parts: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let mut offsets = vec![0u32; parts as usize + 1];
     let ids: Vec<u32> = ids.inspect(|id| offsets[*id as usize + 1] += 1).collect();
     debug_assert_eq!(ids.len(), n);

@@ -136,27 +136,14 @@ impl Exec {
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         match self.gpu.backend() {
             GpuBackend::Emulated(_) => {
-                let name =
-                    CString::new(kernel).map_err(|_| KernelError::NoSuchKernel(kernel.into()))?;
-                let mut ptrs: Vec<*mut c_void> = slots
-                    .iter_mut()
-                    .map(|s| (s as *mut u64).cast::<c_void>())
-                    .collect();
+                let name = CString::new(kernel).map_err(|_| KernelError::NoSuchKernel(kernel.into()))?;
+                let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
                 // SAFETY: every pointer argument is a live allocation of this
                 // emulated device (host memory) sized by the caller for the
                 // kernel; `ptrs` points at `slots`, which outlive the call,
                 // and the launch is synchronous.
                 let r = unsafe {
-                    weft_emu_launch(
-                        name.as_ptr(),
-                        grid.0,
-                        grid.1,
-                        1,
-                        block.0,
-                        block.1,
-                        1,
-                        ptrs.as_mut_ptr(),
-                    )
+                    weft_emu_launch(name.as_ptr(), grid.0, grid.1, 1, block.0, block.1, 1, ptrs.as_mut_ptr())
                 };
                 if r != 0 {
                     return Err(KernelError::NoSuchKernel(kernel.into()));
@@ -184,8 +171,7 @@ impl Exec {
                     match map.get(&(ordinal, file)) {
                         Some(m) => m.clone(),
                         None => {
-                            let (major, minor) =
-                                ctx.compute_capability().map_err(drv("query arch"))?;
+                            let (major, minor) = ctx.compute_capability().map_err(drv("query arch"))?;
                             let ptx = crate::nvrtc::compile_ptx(file, (major * 10 + minor) as u32)?;
                             let m = ctx
                                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
@@ -220,13 +206,7 @@ impl Exec {
     }
 
     /// One-dimensional launch of `kernel` with `grid` blocks.
-    pub(crate) fn launch1(
-        &self,
-        file: &'static str,
-        kernel: &str,
-        grid: u32,
-        args: &[Arg],
-    ) -> Result<(), KernelError> {
+    pub(crate) fn launch1(&self, file: &'static str, kernel: &str, grid: u32, args: &[Arg]) -> Result<(), KernelError> {
         self.launch(file, kernel, (grid, 1), (BLOCK, 1), args)
     }
 

@@ -88,9 +88,7 @@ pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-            err(log.to_string_lossy().into_owned())
-        }
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => err(log.to_string_lossy().into_owned()),
         other => err(format!("{other:?}")),
     })?;
     let text = ptx.to_src();

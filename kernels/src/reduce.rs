@@ -216,8 +216,7 @@ pub fn sum_f64(v: &[f64]) -> f64 {
             *a += x;
         }
     }
-    let mut total =
-        ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    let mut total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     for x in rest {
         total += x;
     }
@@ -251,13 +250,7 @@ impl AxisOp {
 /// Reduces a row-major `rows x cols` block (a column without nulls) along
 /// `axis`: 0 gives one value per column, 1 one per row. Integer blocks give
 /// I64 for sum/min/max; everything else gives F64.
-pub fn reduce_axis(
-    x: &Column,
-    rows: usize,
-    cols: usize,
-    axis: usize,
-    op: AxisOp,
-) -> Result<Column, KernelError> {
+pub fn reduce_axis(x: &Column, rows: usize, cols: usize, axis: usize, op: AxisOp) -> Result<Column, KernelError> {
     let bad = |reason: String| KernelError::InvalidArgument {
         kernel: "reduce_axis",
         reason,
@@ -277,11 +270,7 @@ pub fn reduce_axis(
     } else {
         DType::F64
     };
-    let (outputs, len, stride) = if axis == 0 {
-        (cols, rows, cols)
-    } else {
-        (rows, cols, 1)
-    };
+    let (outputs, len, stride) = if axis == 0 { (cols, rows, cols) } else { (rows, cols, 1) };
     match target("reduce_axis", &[x])? {
         Target::Cpu => with_numeric!("reduce_axis", x.dtype(), |T| {
             let v = x.host_values::<T>()?;

@@ -33,11 +33,7 @@ pub fn radix_argsort(keys: &[u64], rows: Vec<u32>) -> Vec<u32> {
 /// by the top byte of their key; each of those 256 buckets is then small
 /// enough to finish in cache with an LSD sort of the other seven bytes, the
 /// buckets shared among the cores. Both steps are stable, so the sort is.
-fn msd_then_lsd(
-    n: usize,
-    key: impl Fn(usize) -> u64 + Sync,
-    row: impl Fn(usize) -> u32 + Sync,
-) -> Vec<u32> {
+fn msd_then_lsd(n: usize, key: impl Fn(usize) -> u64 + Sync, row: impl Fn(usize) -> u32 + Sync) -> Vec<u32> {
     if n <= 1 {
         return (0..n).map(&row).collect();
     }
@@ -49,9 +45,7 @@ fn msd_then_lsd(
     // input; within a bucket, thread t's rows go after thread t-1's, so the
     // split is stable.
     let share = n.div_ceil(threads);
-    let ranges: Vec<(usize, usize)> = (0..threads)
-        .map(|t| (t * share, ((t + 1) * share).min(n)))
-        .collect();
+    let ranges: Vec<(usize, usize)> = (0..threads).map(|t| (t * share, ((t + 1) * share).min(n))).collect();
     let hists: Vec<[usize; 256]> = std::thread::scope(|scope| {
         let handles: Vec<_> = ranges
             .iter()
@@ -129,13 +123,7 @@ fn msd_then_lsd(
             let (s, e) = (starts[d].max(base), starts[d + 1].min(end));
             if e > s + 1 {
                 let (s, e) = (s - base, e - base);
-                lsd_bytes(
-                    &mut k[s..e],
-                    &mut r[s..e],
-                    &mut ks[..e - s],
-                    &mut rs[..e - s],
-                    7,
-                );
+                lsd_bytes(&mut k[s..e], &mut r[s..e], &mut ks[..e - s], &mut rs[..e - s], 7);
             }
         }
     };
@@ -250,8 +238,7 @@ fn cpu_argsort(x: &Column) -> Result<Vec<u32>, KernelError> {
     }
     let valid = x.host_validity()?;
     let is_valid = |i: usize| valid.is_none_or(|b| arrow_buffer::bit_util::get_bit(b, i));
-    let (mut keys, mut rows, mut nulls) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+    let (mut keys, mut rows, mut nulls) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
     let mut push = |i: usize, key: u64| {
         if is_valid(i) {
             keys.push(key);
@@ -365,13 +352,7 @@ pub fn argsort(x: &Column) -> Result<Column, KernelError> {
     match target("argsort", &[x])? {
         Target::Cpu => {
             let perm = cpu_argsort(x)?;
-            Column::new(
-                DType::U32,
-                n,
-                Data::Host(Buffer::from_vec(perm)),
-                None,
-                None,
-            )
+            Column::new(DType::U32, n, Data::Host(Buffer::from_vec(perm)), None, None)
         }
         Target::Gpu(exec) => {
             let keys_kernel = match x.dtype() {
@@ -408,8 +389,7 @@ pub fn argsort(x: &Column) -> Result<Column, KernelError> {
                         ptr(&digits),
                     ],
                 )?;
-                let next =
-                    counting_pass(&exec, &digits, perm.as_ref(), n, 256, grid)?.scatter(&exec)?;
+                let next = counting_pass(&exec, &digits, perm.as_ref(), n, 256, grid)?.scatter(&exec)?;
                 perm = Some(next);
             }
             let mut perm = perm.ok_or(KernelError::InvalidArgument {

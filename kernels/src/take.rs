@@ -15,9 +15,7 @@ fn cpu_take<T: Native>(x: &Column, idx: &[u32]) -> Result<Column, KernelError> {
     let mut bits = valid.map(|_| vec![0u8; bitmap_bytes(idx.len())]);
     for (i, j) in idx.iter().enumerate() {
         let j = *j as usize;
-        let v = *vals
-            .get(j)
-            .ok_or(KernelError::IndexOutOfBounds { len: x.len() })?;
+        let v = *vals.get(j).ok_or(KernelError::IndexOutOfBounds { len: x.len() })?;
         out.push(v);
         if let (Some(valid), Some(bits)) = (valid, bits.as_mut())
             && get_bit(valid, j)

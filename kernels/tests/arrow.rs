@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
-};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
 use weft_kernels::{Column, DType, Data};
 
 fn host_ptr(d: &Data) -> *const u8 {
@@ -24,19 +22,13 @@ fn primitive_round_trip_shares_buffers() {
     let back = col.to_arrow().unwrap();
     assert_eq!(back.as_ref(), &arr as &dyn Array);
     let back = back.as_any().downcast_ref::<Int64Array>().unwrap();
-    assert_eq!(
-        back.values().inner().as_ptr(),
-        arr.values().inner().as_ptr()
-    );
+    assert_eq!(back.values().inner().as_ptr(), arr.values().inner().as_ptr());
 
     // A slice starts mid-buffer; the column points into the same memory.
     let sliced = arr.slice(1, 3);
     let col = Column::from_arrow(&sliced).unwrap();
     assert_eq!(col.len(), 3);
-    assert_eq!(
-        host_ptr(col.values()),
-        arr.values().inner().as_ptr().wrapping_add(8)
-    );
+    assert_eq!(host_ptr(col.values()), arr.values().inner().as_ptr().wrapping_add(8));
     assert_eq!(col.to_arrow().unwrap().as_ref(), &sliced as &dyn Array);
 }
 
@@ -45,18 +37,8 @@ fn other_types_round_trip() {
     let arrays: Vec<ArrayRef> = vec![
         Arc::new(Int32Array::from(vec![Some(7), None])),
         Arc::new(Float64Array::from(vec![1.5, -2.0, f64::INFINITY])),
-        Arc::new(BooleanArray::from(vec![
-            Some(true),
-            None,
-            Some(false),
-            Some(true),
-        ])),
-        Arc::new(StringArray::from(vec![
-            Some("weft"),
-            None,
-            Some(""),
-            Some("grid"),
-        ])),
+        Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true)])),
+        Arc::new(StringArray::from(vec![Some("weft"), None, Some(""), Some("grid")])),
         Arc::new(Int32Array::from(vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).slice(3, 5)),
     ];
     for arr in arrays {
@@ -75,8 +57,5 @@ fn device_columns_refuse_host_views_and_come_back_intact() {
     let col = Column::from_arrow(&arr).unwrap().to_device(&gpu).unwrap();
     assert!(col.to_arrow().is_err());
     assert!(col.to_device(&gpu).is_err());
-    assert_eq!(
-        col.to_host().unwrap().to_arrow().unwrap().as_ref(),
-        &arr as &dyn Array
-    );
+    assert_eq!(col.to_host().unwrap().to_arrow().unwrap().as_ref(), &arr as &dyn Array);
 }

@@ -49,25 +49,14 @@ impl From<f64> for Wide {
 
 /// Runs `kernel` on the CPU and on `d`; checks CPU against `want` and the
 /// device against the CPU.
-fn check(
-    d: &Dut,
-    what: &str,
-    inputs: &[&Column],
-    kernel: impl Fn(&[Column]) -> Column,
-    want: &[Option<V>],
-    rel: f64,
-) {
+fn check(d: &Dut, what: &str, inputs: &[&Column], kernel: impl Fn(&[Column]) -> Column, want: &[Option<V>], rel: f64) {
     let host: Vec<Column> = inputs.iter().map(|c| (*c).clone()).collect();
     let cpu = rows(&kernel(&host));
     assert_rows(&format!("{what} cpu vs reference"), &cpu, want, rel);
     let dev_in: Vec<Column> = inputs.iter().map(|c| d.put(c)).collect();
     let out = kernel(&dev_in);
     if let Dut::Gpu(g) = d {
-        assert_eq!(
-            out.device(),
-            g.device(),
-            "{what}: result stays on the device"
-        );
+        assert_eq!(out.device(), g.device(), "{what}: result stays on the device");
     }
     assert_rows(&format!("{what} device vs cpu"), &rows(&out), &cpu, rel);
 }
@@ -133,14 +122,7 @@ const BINARY: [BinaryOp; 6] = [
     BinaryOp::Min,
     BinaryOp::Max,
 ];
-const CMP: [CmpOp; 6] = [
-    CmpOp::Eq,
-    CmpOp::Ne,
-    CmpOp::Lt,
-    CmpOp::Le,
-    CmpOp::Gt,
-    CmpOp::Ge,
-];
+const CMP: [CmpOp; 6] = [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge];
 
 fn elementwise_case<T: Num>(d: &Dut, a: &[Option<T>], b: &[Option<T>]) {
     let n = a.len();
@@ -149,11 +131,7 @@ fn elementwise_case<T: Num>(d: &Dut, a: &[Option<T>], b: &[Option<T>]) {
         let want: Vec<Option<V>> = a
             .iter()
             .zip(b)
-            .map(|(x, y)| {
-                x.zip(*y)
-                    .and_then(|(x, y)| T::ref_binary(x, y, op))
-                    .map(wrap)
-            })
+            .map(|(x, y)| x.zip(*y).and_then(|(x, y)| T::ref_binary(x, y, op)).map(wrap))
             .collect();
         check(
             d,
@@ -181,11 +159,7 @@ fn elementwise_case<T: Num>(d: &Dut, a: &[Option<T>], b: &[Option<T>]) {
     }
     for op in [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Sqrt] {
         if T::ref_unary(T::default(), op).is_none() {
-            assert!(
-                unary(&d.put(&ca), op).is_err(),
-                "{op:?} on {:?} is refused",
-                T::DTYPE
-            );
+            assert!(unary(&d.put(&ca), op).is_err(), "{op:?} on {:?} is refused", T::DTYPE);
             continue;
         }
         let want: Vec<Option<V>> = a
@@ -225,9 +199,9 @@ fn reductions_case<T: Num>(d: &Dut, a: &[Option<T>]) {
     let n = a.len();
     let c = column(a);
     let valid: Vec<V> = a.iter().flatten().map(|v| wrap(*v)).collect();
-    let (count, sum, min, max) = valid.iter().fold(
-        (0u64, None::<V>, None::<V>, None::<V>),
-        |(c, s, lo, hi), v| {
+    let (count, sum, min, max) = valid
+        .iter()
+        .fold((0u64, None::<V>, None::<V>, None::<V>), |(c, s, lo, hi), v| {
             let add = |x: Option<V>| match (x, v) {
                 (None, v) => *v,
                 (Some(V::I(a)), V::I(b)) => V::I(a.wrapping_add(*b)),
@@ -240,14 +214,8 @@ fn reductions_case<T: Num>(d: &Dut, a: &[Option<T>]) {
                 (Some(V::F(a)), V::F(b)) => V::F(if less { a.min(*b) } else { a.max(*b) }),
                 _ => unreachable!(),
             };
-            (
-                c + 1,
-                Some(add(s)),
-                Some(pick(lo, true)),
-                Some(pick(hi, false)),
-            )
-        },
-    );
+            (c + 1, Some(add(s)), Some(pick(lo, true)), Some(pick(hi, false)))
+        });
     let what = format!("reduce {:?} n={n}", T::DTYPE);
     let to_v = |s: Scalar| match s {
         Scalar::Int(v) => V::I(v),
@@ -262,21 +230,11 @@ fn reductions_case<T: Num>(d: &Dut, a: &[Option<T>]) {
             Some(m) => (m - s.sum.as_f64() / s.count as f64).abs() < 1e-9 * m.abs().max(1.0),
         };
         assert!(mean_ok, "{what}: mean");
-        vec![
-            Some(V::U(s.count)),
-            Some(to_v(s.sum)),
-            s.min.map(to_v),
-            s.max.map(to_v),
-        ]
+        vec![Some(V::U(s.count)), Some(to_v(s.sum)), s.min.map(to_v), s.max.map(to_v)]
     };
     let cpu = summary(&c);
     assert_rows(&format!("{what} cpu vs reference"), &cpu, &want, 1e-9);
-    assert_rows(
-        &format!("{what} device vs cpu"),
-        &summary(&d.put(&c)),
-        &cpu,
-        1e-9,
-    );
+    assert_rows(&format!("{what} device vs cpu"), &summary(&d.put(&c)), &cpu, 1e-9);
     if c.validity().is_none() {
         let s = weft_kernels::reduce::sum(&d.put(&c)).unwrap();
         assert_rows(&format!("{what} sum"), &[Some(to_v(s))], &want[1..2], 1e-9);
@@ -312,11 +270,7 @@ fn axis_case<T: Num>(d: &Dut, rows_n: usize, cols_n: usize, a: &[T]) {
         let c = Column::from_vec(a.to_vec());
         for axis in [0, 1] {
             for op in [AxisOp::Sum, AxisOp::Min, AxisOp::Max, AxisOp::Mean] {
-                let (outputs, len) = if axis == 0 {
-                    (cols_n, rows_n)
-                } else {
-                    (rows_n, cols_n)
-                };
+                let (outputs, len) = if axis == 0 { (cols_n, rows_n) } else { (rows_n, cols_n) };
                 let want: Vec<Option<V>> = (0..outputs)
                     .map(|j| {
                         let line = (0..len).map(|i| {
@@ -343,15 +297,10 @@ fn axis_case<T: Num>(d: &Dut, rows_n: usize, cols_n: usize, a: &[T]) {
                                     AxisOp::Max => f.fold(f64::NEG_INFINITY, f64::max),
                                     _ => f.sum::<f64>(),
                                 };
-                                if op == AxisOp::Mean && matches!(T::DTYPE, DType::I32 | DType::I64)
-                                {
-                                    let s = vals.iter().fold(0i64, |s, v| {
-                                        if let V::I(x) = v {
-                                            s.wrapping_add(*x)
-                                        } else {
-                                            s
-                                        }
-                                    });
+                                if op == AxisOp::Mean && matches!(T::DTYPE, DType::I32 | DType::I64) {
+                                    let s = vals
+                                        .iter()
+                                        .fold(0i64, |s, v| if let V::I(x) = v { s.wrapping_add(*x) } else { s });
                                     V::F(s as f64 / len as f64)
                                 } else if op == AxisOp::Mean {
                                     V::F(folded / len as f64)
@@ -371,10 +320,7 @@ fn axis_case<T: Num>(d: &Dut, rows_n: usize, cols_n: usize, a: &[T]) {
                         Some(r)
                     })
                     .collect();
-                let what = format!(
-                    "reduce_axis {:?} {rows_n}x{cols_n} axis {axis} {op:?}",
-                    T::DTYPE
-                );
+                let what = format!("reduce_axis {:?} {rows_n}x{cols_n} axis {axis} {op:?}", T::DTYPE);
                 // Lines are summed in order on both sides; the reference's
                 // float sum may associate differently, hence the tolerance
                 // against it but bit equality between devices.
@@ -423,11 +369,7 @@ fn hash_case(d: &Dut, ints: &[Option<i64>], strings: &[Option<String>], seed: u6
     let n = ints.len();
     let want: Vec<Option<V>> = ints
         .iter()
-        .map(|v| {
-            Some(V::U(
-                v.map_or(hash::hash_null(seed), |x| hash::hash_i64(x, seed)),
-            ))
-        })
+        .map(|v| Some(V::U(v.map_or(hash::hash_null(seed), |x| hash::hash_i64(x, seed)))))
         .collect();
     check(
         d,
@@ -483,22 +425,14 @@ fn partition_case(d: &Dut, ints: &[Option<i64>], parts: u32) {
     let offsets: Vec<u32> = (0..=parts)
         .map(|p| ids.iter().filter(|i| **i < p).count() as u32)
         .collect();
-    let u = |v: &[u32]| {
-        v.iter()
-            .map(|x| Some(V::U(u64::from(*x))))
-            .collect::<Vec<_>>()
-    };
+    let u = |v: &[u32]| v.iter().map(|x| Some(V::U(u64::from(*x)))).collect::<Vec<_>>();
     let what = format!("hash_partition n={n} parts={parts}");
     let run = |c: &Column| {
         let p = hash::hash_partition(c, parts, 9).unwrap();
         (rows(&p.ids), rows(&p.offsets), rows(&p.rows))
     };
     let cpu = run(&col);
-    assert_eq!(
-        cpu,
-        (u(&ids), u(&offsets), u(&rows_want)),
-        "{what} cpu vs reference"
-    );
+    assert_eq!(cpu, (u(&ids), u(&offsets), u(&rows_want)), "{what} cpu vs reference");
     assert_eq!(run(&d.put(&col)), cpu, "{what} device vs cpu");
 }
 
@@ -590,9 +524,7 @@ fn filtering(d: &Dut) {
     }
     // Past 4 blocks x 256 words x 32 rows, each block walks several tiles.
     let n = 33_000;
-    let mask: Vec<Option<bool>> = (0..n)
-        .map(|_| (rng.u8(0..10) != 0).then(|| rng.bool()))
-        .collect();
+    let mask: Vec<Option<bool>> = (0..n).map(|_| (rng.u8(0..10) != 0).then(|| rng.bool())).collect();
     filter_case(d, &random_options::<i64>(&mut rng, n, Nulls::Some), &mask);
 }
 
@@ -669,13 +601,7 @@ fn matmul(d: &Dut) {
 fn gemm_case(d: &Dut, m: usize, k: usize, n: usize, a: &[f64], b: &[f64]) {
     {
         let want: Vec<Option<V>> = (0..m * n)
-            .map(|ij| {
-                Some(V::F(
-                    (0..k)
-                        .map(|p| a[(ij / n) * k + p] * b[p * n + ij % n])
-                        .sum(),
-                ))
-            })
+            .map(|ij| Some(V::F((0..k).map(|p| a[(ij / n) * k + p] * b[p * n + ij % n]).sum())))
             .collect();
         let (ca, cb) = (Column::from_vec(a.to_vec()), Column::from_vec(b.to_vec()));
         check(
@@ -691,9 +617,7 @@ fn gemm_case(d: &Dut, m: usize, k: usize, n: usize, a: &[f64], b: &[f64]) {
         let want: Vec<Option<V>> = (0..m * n)
             .map(|ij| {
                 Some(V::F(f64::from(
-                    (0..k)
-                        .map(|p| af[(ij / n) * k + p] * bf[p * n + ij % n])
-                        .sum::<f32>(),
+                    (0..k).map(|p| af[(ij / n) * k + p] * bf[p * n + ij % n]).sum::<f32>(),
                 )))
             })
             .collect();

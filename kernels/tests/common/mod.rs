@@ -32,8 +32,7 @@ impl Dut {
 /// The emulated GPU the tests share.
 pub fn emulated() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::emulated(0, 512 << 20, true))
-        .clone()
+    GPU.get_or_init(|| Gpu::emulated(0, 512 << 20, true)).clone()
 }
 
 /// The first CUDA GPU, or why there is none.
@@ -44,13 +43,7 @@ pub fn cuda() -> Result<Arc<Gpu>, String> {
         .iter()
         .find(|g| matches!(g.device(), Device::Cuda(_)))
         .cloned()
-        .ok_or_else(|| {
-            devices
-                .cuda()
-                .reason
-                .clone()
-                .unwrap_or_else(|| "no CUDA GPU".into())
-        })
+        .ok_or_else(|| devices.cuda().reason.clone().unwrap_or_else(|| "no CUDA GPU".into()))
 }
 
 /// Generates `cpu`, `emulated` and `cuda` tests from `fn name(&Dut)`; the
@@ -125,11 +118,7 @@ impl Random for f64 {
     }
 }
 
-pub fn random_options<T: Random>(
-    rng: &mut fastrand::Rng,
-    n: usize,
-    nulls: Nulls,
-) -> Vec<Option<T>> {
+pub fn random_options<T: Random>(rng: &mut fastrand::Rng, n: usize, nulls: Nulls) -> Vec<Option<T>> {
     (0..n)
         .map(|_| match nulls {
             Nulls::None => Some(T::random(rng)),
