@@ -65,6 +65,13 @@ use worker::{NOT_LISTED, Worker, WorkerList};
 /// Most candidate workers placement weighs for one task.
 pub const MAX_CANDIDATES: usize = 32;
 
+/// Seconds of short root tasks to keep queued on each thread of a worker,
+/// covering the round trip to the scheduler (see `adapt_slots`).
+pub const QUEUE_TARGET_S: f64 = 0.002;
+
+/// Most root-task slots per thread, however short the tasks.
+pub const MAX_SLOTS_PER_THREAD: f64 = 256.0;
+
 /// Scheduler settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -637,6 +644,38 @@ impl Scheduler {
         w
     }
 
+    /// Puts a worker on the unsaturated list or takes it off, to match
+    /// [`Worker::open`]; a worker that opens up is also queued for filling.
+    pub(super) fn relist(&mut self, w: WorkerId) {
+        let wk = self
+            .workers
+            .get_mut(&w)
+            .expect("internal error: relist of a dead worker");
+        match (wk.open(), wk.unsat_idx != NOT_LISTED) {
+            (true, false) => {
+                wk.unsat_idx = self.unsat.push(w);
+                self.freed.push(w);
+            }
+            (false, true) => {
+                let idx = wk.unsat_idx;
+                wk.unsat_idx = NOT_LISTED;
+                self.unlist_at(idx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the unsaturated list's entry at `idx`, fixing the position
+    /// of the worker that moves into it.
+    pub(super) fn unlist_at(&mut self, idx: u32) {
+        if let Some(moved) = self.unsat.swap_remove(idx) {
+            self.workers
+                .get_mut(&moved)
+                .expect("internal error: unsat list")
+                .unsat_idx = idx;
+        }
+    }
+
     fn assign(&mut self, id: TaskId, w: WorkerId, comm: &mut impl Comm) {
         let est = self.estimate(self.tasks[id].op);
         let wk = self
@@ -650,14 +689,7 @@ impl Scheduler {
         wk.processing.push(id);
         wk.occupancy += est;
         if !wk.open() && wk.unsat_idx != NOT_LISTED {
-            let idx = wk.unsat_idx;
-            wk.unsat_idx = NOT_LISTED;
-            if let Some(moved) = self.unsat.swap_remove(idx) {
-                self.workers
-                    .get_mut(&moved)
-                    .expect("internal error: unsat list")
-                    .unsat_idx = idx;
-            }
+            self.relist(w);
         }
         self.set_state(id, TaskState::Processing(w));
         let t = &self.tasks[id];

@@ -28,6 +28,9 @@ pub(crate) struct Worker {
     pub all_idx: u32,
     /// Task slots before the worker counts as saturated for root tasks.
     pub slots: u32,
+    /// Moving average of its task durations in seconds (negative: none
+    /// finished yet); sets `slots`.
+    pub avg_task_s: f64,
     /// Paused by the worker (memory pressure): gets no new tasks.
     pub paused: bool,
 }

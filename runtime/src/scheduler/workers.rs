@@ -6,7 +6,7 @@ use crate::protocol::{Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo};
 
 use super::task::{QueueKind, Task, Tasks};
 use super::worker::{NOT_LISTED, Worker};
-use super::{Comm, Scheduler, TaskState};
+use super::{Comm, MAX_SLOTS_PER_THREAD, QUEUE_TARGET_S, Scheduler, TaskState};
 
 impl Scheduler {
     pub(super) fn worker_joined(&mut self, worker: WorkerId, info: WorkerInfo, comm: &mut impl Comm) {
@@ -64,6 +64,7 @@ impl Scheduler {
                 unsat_idx,
                 all_idx,
                 slots,
+                avg_task_s: -1.0,
                 paused: false,
             },
         );
@@ -83,24 +84,41 @@ impl Scheduler {
         }
         tracing::info!(%worker, paused, "worker pause state changed");
         wk.paused = paused;
-        if paused {
-            if wk.unsat_idx != NOT_LISTED {
-                let idx = wk.unsat_idx;
-                wk.unsat_idx = NOT_LISTED;
-                if let Some(moved) = self.unsat.swap_remove(idx) {
-                    self.workers
-                        .get_mut(&moved)
-                        .expect("internal error: unsat list")
-                        .unsat_idx = idx;
-                }
-            }
+        self.relist(worker);
+        if !paused {
+            self.retry_unrunnable(comm);
+        }
+    }
+
+    /// Root tasks that take far less than a round trip to the scheduler
+    /// would leave a worker idle between assignments if it held only
+    /// `ceil(nthreads * saturation)` of them. So the slot count follows
+    /// the worker's recent task durations: enough to keep about
+    /// [`QUEUE_TARGET_S`] of work queued per thread, never fewer than the
+    /// saturation gives and at most [`MAX_SLOTS_PER_THREAD`] per thread.
+    /// Tasks that take longer than the target get exactly the saturation
+    /// limit, as in Dask.
+    fn adapt_slots(&mut self, worker: WorkerId, secs: f64) {
+        let Some(saturation) = self.config.worker_saturation else {
             return;
+        };
+        let wk = self
+            .workers
+            .get_mut(&worker)
+            .expect("internal error: checked by caller");
+        wk.avg_task_s = if wk.avg_task_s < 0.0 {
+            secs
+        } else {
+            0.8 * wk.avg_task_s + 0.2 * secs
+        };
+        let threads = wk.info.nthreads.max(1) as f64;
+        let base = (threads * saturation).ceil().max(1.0);
+        let wanted = (threads * QUEUE_TARGET_S / wk.avg_task_s.max(1e-7)).min(threads * MAX_SLOTS_PER_THREAD);
+        let slots = base.max(wanted.ceil()) as u32;
+        if slots != wk.slots {
+            wk.slots = slots;
+            self.relist(worker);
         }
-        if wk.open() {
-            wk.unsat_idx = self.unsat.push(worker);
-            self.freed.push(worker);
-        }
-        self.retry_unrunnable(comm);
     }
 
     /// Tries to place the tasks no worker could run (after a worker joined
@@ -135,13 +153,8 @@ impl Scheduler {
                 .expect("internal error: worker list")
                 .all_idx = wk.all_idx;
         }
-        if wk.unsat_idx != NOT_LISTED
-            && let Some(moved) = self.unsat.swap_remove(wk.unsat_idx)
-        {
-            self.workers
-                .get_mut(&moved)
-                .expect("internal error: unsat list")
-                .unsat_idx = wk.unsat_idx;
+        if wk.unsat_idx != NOT_LISTED {
+            self.unlist_at(wk.unsat_idx);
         }
         self.resource_workers.retain(|&w| w != worker);
         // Steals towards this worker resolve on the victim's answer.
@@ -275,10 +288,11 @@ impl Scheduler {
             }
             return;
         }
+        let secs = compute_us as f64 * 1e-6;
+        self.adapt_slots(worker, secs);
         self.unassign(id);
         let t = &mut self.tasks[id];
         let op = &mut self.ops[t.op.index()];
-        let secs = compute_us as f64 * 1e-6;
         op.avg = if op.count == 0 { secs } else { 0.5 * op.avg + 0.5 * secs };
         op.count += 1;
         t.nbytes = nbytes;
