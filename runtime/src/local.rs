@@ -179,7 +179,8 @@ impl LocalCluster {
         while self.workers_registered() < n {
             if Instant::now() > deadline {
                 return Err(RuntimeError::Config(format!(
-                    "only {} of {n} workers registered within {timeout:?}",
+                    "only {} of {n} workers registered within {timeout:?} (worker processes run this \
+                     program again: does its main call weft::worker_main first?)",
                     self.workers_registered()
                 )));
             }
