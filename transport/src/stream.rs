@@ -188,7 +188,7 @@ pub(crate) async fn write_message(
     slices.extend(parts.filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)));
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
-        let written = with_timeout(io_timeout, &peer.to_string(), "message", async {
+        let written = with_timeout(io_timeout, peer, "message", async {
             writer
                 .write_vectored(slices)
                 .await
@@ -200,7 +200,7 @@ pub(crate) async fn write_message(
         }
         IoSlice::advance_slices(&mut slices, written);
     }
-    with_timeout(io_timeout, &peer.to_string(), "message", async {
+    with_timeout(io_timeout, peer, "message", async {
         writer.flush().await.map_err(|e| io_error(&peer.to_string(), e))
     })
     .await
@@ -208,7 +208,7 @@ pub(crate) async fn write_message(
 
 /// Flushes and shuts down the write side: the peer reads end-of-stream.
 pub(crate) async fn shutdown(writer: &mut BoxWrite, io_timeout: Duration, peer: &Peer) -> Result<()> {
-    with_timeout(io_timeout, &peer.to_string(), "shutdown", async {
+    with_timeout(io_timeout, peer, "shutdown", async {
         writer.shutdown().await.map_err(|e| io_error(&peer.to_string(), e))
     })
     .await
@@ -275,7 +275,7 @@ impl StreamReceiver {
             }
             let reader = &mut self.reader;
             let read = if started {
-                with_timeout(self.io_timeout, &peer.to_string(), "message", async {
+                with_timeout(self.io_timeout, peer, "message", async {
                     reader.read(target).await.map_err(|e| io_error(&peer.to_string(), e))
                 })
                 .await?
@@ -357,9 +357,10 @@ async fn read_exact<S: AsyncRead + Unpin>(
     }
 }
 
+/// Runs `work` with a deadline; `peer` is only formatted if it passes.
 async fn with_timeout<T>(
     limit: Duration,
-    peer: &str,
+    peer: &(impl std::fmt::Display + ?Sized),
     during: &'static str,
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
