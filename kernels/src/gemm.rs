@@ -6,7 +6,7 @@ use arrow_buffer::Buffer;
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use weft_gpu::{DeviceBuffer, GpuBackend};
 
-use crate::column::Data;
+use crate::column::{Data, Native};
 use crate::dispatch::{Target, target};
 use crate::launch::{Arg, Exec, ptr};
 use crate::{Column, DType, KernelError};
@@ -31,52 +31,9 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
     match target("gemm", &[a, b])? {
         Target::Cpu => {
             let values = if f64s {
-                let mut c = vec![0f64; m * n];
-                let (x, y) = (a.host_values::<f64>()?, b.host_values::<f64>()?);
-                // SAFETY: x is m*k, y is k*n, c is m*n, all row-major with the
-                // strides given; c does not alias x or y.
-                unsafe {
-                    matrixmultiply::dgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        x.as_ptr(),
-                        k as isize,
-                        1,
-                        y.as_ptr(),
-                        n as isize,
-                        1,
-                        0.0,
-                        c.as_mut_ptr(),
-                        n as isize,
-                        1,
-                    )
-                };
-                Buffer::from_vec(c)
+                cpu_gemm::<f64>(a, b, m, k, n)?
             } else {
-                let mut c = vec![0f32; m * n];
-                let (x, y) = (a.host_values::<f32>()?, b.host_values::<f32>()?);
-                // SAFETY: as above, for f32.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        x.as_ptr(),
-                        k as isize,
-                        1,
-                        y.as_ptr(),
-                        n as isize,
-                        1,
-                        0.0,
-                        c.as_mut_ptr(),
-                        n as isize,
-                        1,
-                    )
-                };
-                Buffer::from_vec(c)
+                cpu_gemm::<f32>(a, b, m, k, n)?
             };
             Column::new(a.dtype(), m * n, Data::Host(values), None, None)
         }
@@ -107,6 +64,42 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
             Column::new(a.dtype(), m * n, Data::Device(c), None, None)
         }
     }
+}
+
+/// The `matrixmultiply` routine of one element type.
+trait CpuGemm: Native + Default {
+    /// `matrixmultiply::{s,d}gemm` with row-major strides.
+    ///
+    /// # Safety
+    /// `x` is `m*k`, `y` is `k*n` and `c` is `m*n` elements, row-major;
+    /// `c` does not alias `x` or `y`.
+    unsafe fn gemm(m: usize, k: usize, n: usize, x: *const Self, y: *const Self, c: *mut Self);
+}
+
+impl CpuGemm for f64 {
+    unsafe fn gemm(m: usize, k: usize, n: usize, x: *const f64, y: *const f64, c: *mut f64) {
+        let (k_, n_) = (k as isize, n as isize);
+        // SAFETY: the caller's contract, with the strides of row-major data.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, x, k_, 1, y, n_, 1, 0.0, c, n_, 1) }
+    }
+}
+
+impl CpuGemm for f32 {
+    unsafe fn gemm(m: usize, k: usize, n: usize, x: *const f32, y: *const f32, c: *mut f32) {
+        let (k_, n_) = (k as isize, n as isize);
+        // SAFETY: the caller's contract, with the strides of row-major data.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, x, k_, 1, y, n_, 1, 0.0, c, n_, 1) }
+    }
+}
+
+/// `a * b` on the CPU, into a new buffer.
+fn cpu_gemm<T: CpuGemm>(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Buffer, KernelError> {
+    let mut c = vec![T::default(); m * n];
+    let (x, y) = (a.host_values::<T>()?, b.host_values::<T>()?);
+    // SAFETY: the length checks in `gemm` make x m*k and y k*n; c is m*n
+    // and freshly allocated, so it aliases neither.
+    unsafe { T::gemm(m, k, n, x.as_ptr(), y.as_ptr(), c.as_mut_ptr()) };
+    Ok(Buffer::from_vec(c))
 }
 
 #[allow(clippy::too_many_arguments)]
