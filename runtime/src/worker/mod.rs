@@ -5,7 +5,7 @@
 mod state;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
@@ -24,6 +24,13 @@ use crate::value::Value;
 
 /// Concurrent fetches from peers, across all of them.
 const MAX_FETCHES: usize = 16;
+
+/// Longest a report to the scheduler waits for others to join its batch
+/// while ops are still running.
+const LINGER: Duration = Duration::from_micros(500);
+
+/// Reports that go out at once whatever else is running.
+const MAX_BATCH: usize = 1024;
 
 /// How a worker runs.
 #[derive(Clone)]
@@ -214,13 +221,20 @@ impl Link<'_> {
         for message in early {
             state.handle(WorkerEvent::Scheduler(message), &mut commands);
         }
+        // When the batch in `outbox` must go out at the latest.
+        let mut flush_by: Option<Instant> = None;
         loop {
-            // Carry out what the last step decided; answers go in one batch.
+            // Carry out what the last step decided. Answers go out at once
+            // when no op is running (the scheduler may be waiting on them:
+            // a chain's next link), else they linger up to `LINGER` so a
+            // stream of short tasks costs one message per batch, not per task.
             for command in commands.drain(..) {
                 self.carry_out(command, &mut outbox);
             }
-            if !outbox.is_empty() {
+            let due = flush_by.is_some_and(|t| t <= Instant::now());
+            if !outbox.is_empty() && (state.running() == 0 || outbox.len() >= MAX_BATCH || due) {
                 quiet = false;
+                flush_by = None;
                 let batch = WorkerUp::Batch(std::mem::take(&mut outbox));
                 let message = match codec::encode(&batch) {
                     Ok(message) => message,
@@ -229,8 +243,17 @@ impl Link<'_> {
                 if let Err(error) = sender.send(message).await {
                     return error.to_string();
                 }
+            } else if !outbox.is_empty() && flush_by.is_none() {
+                flush_by = Some(Instant::now() + LINGER);
             }
+            let linger = async {
+                match flush_by {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = linger => {}
                 message = receiver.recv() => {
                     let message = match message {
                         Ok(Some(message)) => message,

@@ -128,6 +128,11 @@ impl WorkerState {
         self.tasks.len()
     }
 
+    /// Ops handed to the compute threads and not yet finished.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
     /// Results held.
     pub fn n_results(&self) -> usize {
         self.memory.len()
