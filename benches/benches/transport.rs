@@ -26,13 +26,16 @@ fn throughput(c: &mut Criterion) {
         ("inproc://bench-1m", 1 << 20),
         ("inproc://bench-64m", 64 << 20),
     ] {
-        let (client, mut server) = rt.block_on(pair(addr)).unwrap();
+        let (client, server) = rt.block_on(pair(addr)).unwrap();
+        let mut server = Some(server);
         let frame = Bytes::from(vec![1u8; size]);
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(format!("{}_{}MiB", &addr[..addr.find(':').unwrap()], size >> 20), |b| {
             b.iter_custom(|iters| {
-                rt.block_on(one_way(&client, &mut server, &frame, iters as usize))
-                    .unwrap()
+                let rx = server.take().unwrap();
+                let (elapsed, rx) = rt.block_on(one_way(&client, rx, &frame, iters as usize)).unwrap();
+                server = Some(rx);
+                elapsed
             })
         });
     }

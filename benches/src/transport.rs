@@ -17,33 +17,31 @@ pub async fn pair(addr: &str) -> Result<(Connection, Connection), TransportError
     Ok((client?, server?))
 }
 
-/// Sends `count` messages with one frame of `frame` each from `tx` and
-/// returns the time until `rx` has received them all.
+/// Sends `count` messages with one frame of `frame` each from `tx` to
+/// `rx` and returns the time until `rx` has received them all, with `rx`
+/// back. The receiver runs as its own task, so sending and receiving can
+/// use two cores, as iperf3's two processes do.
 pub async fn one_way(
     tx: &Connection,
-    rx: &mut Connection,
+    mut rx: Connection,
     frame: &Bytes,
     count: usize,
-) -> Result<Duration, TransportError> {
+) -> Result<(Duration, Connection), TransportError> {
     let start = Instant::now();
-    let send = async {
-        for _ in 0..count {
-            tx.send(Message::new(Bytes::new(), vec![Frame::host(frame.clone())]))
-                .await?;
-        }
-        Ok::<_, TransportError>(())
-    };
-    let receive = async {
+    let expected = frame.len();
+    let receive = tokio::spawn(async move {
         for _ in 0..count {
             let message = rx.recv().await?.ok_or_else(|| closed("receiver"))?;
-            debug_assert_eq!(message.frames[0].len(), frame.len());
+            debug_assert_eq!(message.frames[0].len(), expected);
         }
-        Ok::<_, TransportError>(())
-    };
-    let (sent, received) = tokio::join!(send, receive);
-    sent?;
-    received?;
-    Ok(start.elapsed())
+        Ok::<_, TransportError>(rx)
+    });
+    for _ in 0..count {
+        tx.send(Message::new(Bytes::new(), vec![Frame::host(frame.clone())]))
+            .await?;
+    }
+    let rx = receive.await.map_err(|_| closed("receiver task"))??;
+    Ok((start.elapsed(), rx))
 }
 
 /// `rounds` round trips of a `size`-byte header-only message; returns

@@ -70,10 +70,11 @@ async fn measure() -> Result<Figures, Box<dyn std::error::Error>> {
     let (client, mut server) = pair("tcp://127.0.0.1:0").await?;
     let frame = Bytes::from(vec![1u8; 64 * MIB]);
     let count = 16;
-    one_way(&client, &mut server, &frame, 4).await?; // warm the pool
+    (_, server) = one_way(&client, server, &frame, 4).await?; // warm the pool
     let mut tcp = Vec::new();
     for _ in 0..REPS {
-        let elapsed = one_way(&client, &mut server, &frame, count).await?;
+        let elapsed;
+        (elapsed, server) = one_way(&client, server, &frame, count).await?;
         tcp.push(gbps(count * frame.len(), elapsed));
     }
 
@@ -95,7 +96,8 @@ async fn measure() -> Result<Figures, Box<dyn std::error::Error>> {
         let count = 20_000;
         let mut rates = Vec::new();
         for _ in 0..REPS {
-            let elapsed = one_way(&client, &mut server, &frame, count).await?;
+            let elapsed;
+            (elapsed, server) = one_way(&client, server, &frame, count).await?;
             rates.push(count as f64 / elapsed.as_secs_f64());
         }
         let rate = median(&mut rates);
