@@ -6,7 +6,6 @@ mod demo;
 mod size;
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -154,7 +153,6 @@ fn local_options(workers: Option<usize>, nthreads: Option<usize>) -> LocalOption
     let mut options = LocalOptions::for_this_machine();
     options.workers = workers.unwrap_or(options.workers);
     options.nthreads = nthreads.unwrap_or(options.nthreads);
-    options.registry = Arc::new(Registry::builtin());
     options.startup_timeout = Duration::from_secs(60);
     options
 }
