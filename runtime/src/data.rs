@@ -1,5 +1,5 @@
-//! The data plane: a worker's store of results, the server that hands them
-//! to peers and clients, and the pool of connections used to fetch them.
+//! The data plane: the server that hands a worker's results to peers and
+//! clients, and the pool of connections used to fetch them.
 //!
 //! Results never pass through the scheduler: a worker fetches its inputs
 //! straight from the workers that hold them, and a client gathers from the
@@ -13,79 +13,8 @@ use weft_transport::{Config, Connection, Listener, TransportError, connect};
 
 use crate::codec::{self, DataRequest};
 use crate::error::{Result, RuntimeError};
-use crate::ids::{Key, TaskId};
+use crate::store::{Lookup, Store};
 use crate::value::Value;
-
-/// A worker's results, by task and by key.
-#[derive(Default)]
-pub struct Store {
-    inner: Mutex<StoreInner>,
-}
-
-#[derive(Default)]
-struct StoreInner {
-    values: HashMap<TaskId, (Option<Key>, Arc<Value>)>,
-    by_key: HashMap<Key, TaskId>,
-    bytes: u64,
-}
-
-impl Store {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
-        // Maps of shared values stay consistent across a panic elsewhere:
-        // every update below is a single insert or remove pair.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Keeps a result; `key` indexes it for clients (replicas fetched
-    /// from peers come without one).
-    pub fn insert(&self, task: TaskId, key: Option<Key>, value: Arc<Value>) {
-        let mut inner = self.lock();
-        inner.bytes += value.nbytes();
-        if let Some(key) = &key {
-            inner.by_key.insert(key.clone(), task);
-        }
-        if let Some((_, old)) = inner.values.insert(task, (key, value)) {
-            inner.bytes -= old.nbytes();
-            debug!(%task, "result replaced");
-        }
-    }
-
-    /// Drops a result.
-    pub fn remove(&self, task: TaskId) {
-        let mut inner = self.lock();
-        if let Some((key, value)) = inner.values.remove(&task) {
-            inner.bytes -= value.nbytes();
-            if let Some(key) = key
-                && inner.by_key.get(&key) == Some(&task)
-            {
-                inner.by_key.remove(&key);
-            }
-        }
-    }
-
-    /// A result by task.
-    pub fn get(&self, task: TaskId) -> Option<Arc<Value>> {
-        self.lock().values.get(&task).map(|(_, v)| v.clone())
-    }
-
-    /// A result by key.
-    pub fn get_key(&self, key: &str) -> Option<Arc<Value>> {
-        let inner = self.lock();
-        let task = inner.by_key.get(key)?;
-        inner.values.get(task).map(|(_, v)| v.clone())
-    }
-
-    /// Drops everything (the scheduler that knew of it is gone).
-    pub fn clear(&self) {
-        *self.lock() = StoreInner::default();
-    }
-
-    /// Results held and their total size.
-    pub fn usage(&self) -> (usize, u64) {
-        let inner = self.lock();
-        (inner.values.len(), inner.bytes)
-    }
-}
 
 /// Serves results from `store` to every peer that connects to `listener`,
 /// until the listener is dropped with the task.
@@ -112,8 +41,8 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
             }
         };
         let values: Vec<Option<Arc<Value>>> = match codec::decode::<DataRequest>(&message) {
-            Ok(DataRequest::Tasks(tasks)) => tasks.into_iter().map(|t| store.get(t)).collect(),
-            Ok(DataRequest::Keys(keys)) => keys.iter().map(|k| store.get_key(k)).collect(),
+            Ok(DataRequest::Tasks(tasks)) => store.load_all(tasks.into_iter().map(Lookup::Task)).await,
+            Ok(DataRequest::Keys(keys)) => store.load_all(keys.into_iter().map(Lookup::Key)).await,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "malformed data request; closing");
                 return;

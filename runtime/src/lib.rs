@@ -37,6 +37,7 @@ pub mod graphs;
 pub mod local;
 pub mod ops;
 pub mod server;
+pub mod store;
 pub mod value;
 pub mod worker;
 

@@ -14,11 +14,12 @@ use weft_transport::{Config as TransportConfig, Connection, Receiver, Sender, co
 pub use state::{WorkerCommand, WorkerEvent, WorkerState};
 
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
-use crate::data::{PeerPool, Store, serve};
+use crate::data::{PeerPool, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{Key, TaskId, WorkerId};
 use crate::ops::Registry;
+use crate::store::Store;
 use crate::protocol::{FromWorker, ResourceAmount, ToWorker, WorkerInfo};
 use crate::value::Value;
 
