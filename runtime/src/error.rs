@@ -68,6 +68,17 @@ pub enum RuntimeError {
         /// The system's reason.
         source: std::io::Error,
     },
+    /// The worker's process passed the terminate fraction of its memory
+    /// limit (what spilling could not prevent).
+    #[error(
+        "worker {worker} stopped: its process used more than the terminate fraction of its {limit}-byte memory limit"
+    )]
+    OutOfMemory {
+        /// The worker.
+        worker: String,
+        /// Its limit in bytes.
+        limit: u64,
+    },
     /// Invalid settings.
     #[error("invalid configuration: {0}")]
     Config(String),

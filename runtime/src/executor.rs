@@ -45,7 +45,8 @@ pub struct Done {
 
 /// A fixed pool of compute threads. Dropping it lets each thread finish
 /// its current op and exit; nothing waits for them, so a long op never
-/// holds up a shutdown.
+/// holds up a shutdown. Clones share the threads.
+#[derive(Clone)]
 pub struct Executor {
     jobs: crossbeam_channel::Sender<Job>,
 }

@@ -16,12 +16,15 @@ use crate::client::Client;
 use crate::error::{Result, RuntimeError};
 use crate::ops::Registry;
 use crate::server::{SchedulerHandle, SchedulerOptions, start_scheduler};
+use crate::store::{MemoryConfig, MemorySnapshot, MemoryStats, machine_memory};
 use crate::worker::{WorkerOptions, run_worker};
 
 /// Environment variables that make [`worker_main`] run a worker.
 const ENV_SCHEDULER: &str = "WEFT_WORKER_SCHEDULER";
 const ENV_NAME: &str = "WEFT_WORKER_NAME";
 const ENV_NTHREADS: &str = "WEFT_WORKER_NTHREADS";
+const ENV_MEMORY_LIMIT: &str = "WEFT_WORKER_MEMORY_LIMIT";
+const ENV_SPILL_DIR: &str = "WEFT_WORKER_SPILL_DIR";
 
 /// Where the workers of a local cluster run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,10 @@ pub struct LocalOptions {
     pub scheduler: SchedulerOptions,
     /// How long to wait for every worker to register.
     pub startup_timeout: Duration,
+    /// Each worker's memory limit and spilling; `watch_process` is set
+    /// for worker processes and cleared for in-process workers, which
+    /// share their process.
+    pub memory: MemoryConfig,
 }
 
 impl LocalOptions {
@@ -68,6 +75,10 @@ impl LocalOptions {
             registry: Arc::new(Registry::builtin()),
             scheduler: SchedulerOptions::new("tcp://127.0.0.1:0"),
             startup_timeout: Duration::from_secs(30),
+            memory: MemoryConfig {
+                limit: machine_memory() / workers as u64,
+                ..MemoryConfig::default()
+            },
         }
     }
 }
@@ -94,6 +105,8 @@ enum Worker {
 pub struct LocalCluster {
     scheduler: SchedulerHandle,
     workers: Vec<Worker>,
+    /// Memory figures of in-process workers.
+    memory: Vec<Arc<MemoryStats>>,
 }
 
 impl LocalCluster {
@@ -103,6 +116,7 @@ impl LocalCluster {
         let scheduler = start_scheduler(options.scheduler.clone()).await?;
         let address = scheduler.address().to_string();
         let mut workers = Vec::with_capacity(options.workers);
+        let mut memory = Vec::new();
         for i in 0..options.workers {
             let name = format!("local-{i}");
             workers.push(match &options.mode {
@@ -118,6 +132,8 @@ impl LocalCluster {
                         .env(ENV_SCHEDULER, &address)
                         .env(ENV_NAME, &name)
                         .env(ENV_NTHREADS, options.nthreads.to_string())
+                        .env(ENV_MEMORY_LIMIT, options.memory.limit.to_string())
+                        .env(ENV_SPILL_DIR, &options.memory.spill_dir)
                         .kill_on_drop(true)
                         .spawn()
                         .map_err(|source| RuntimeError::Process {
@@ -131,6 +147,11 @@ impl LocalCluster {
                     worker.name = Some(name);
                     worker.registry = options.registry.clone();
                     worker.transport = options.scheduler.transport.clone();
+                    worker.memory = MemoryConfig {
+                        watch_process: false,
+                        ..options.memory.clone()
+                    };
+                    memory.push(worker.memory_stats.clone());
                     let (stop, stopped) = oneshot::channel::<()>();
                     let task = tokio::spawn(run_worker(worker, async {
                         let _ = stopped.await;
@@ -139,12 +160,22 @@ impl LocalCluster {
                 }
             });
         }
-        let cluster = LocalCluster { scheduler, workers };
+        let cluster = LocalCluster {
+            scheduler,
+            workers,
+            memory,
+        };
         cluster
             .wait_for_workers(options.workers, options.startup_timeout)
             .await?;
         info!(%address, workers = options.workers, nthreads = options.nthreads, "local cluster up");
         Ok(cluster)
+    }
+
+    /// Memory figures of each in-process worker (none for processes, which
+    /// log theirs).
+    pub fn memory(&self) -> Vec<MemorySnapshot> {
+        self.memory.iter().map(|m| m.snapshot()).collect()
     }
 
     /// The scheduler's address.
@@ -240,6 +271,13 @@ pub fn worker_main(registry: Registry) {
     let mut options = WorkerOptions::new(scheduler, nthreads);
     options.name = std::env::var(ENV_NAME).ok();
     options.registry = Arc::new(registry);
+    if let Some(limit) = std::env::var(ENV_MEMORY_LIMIT).ok().and_then(|l| l.parse().ok()) {
+        options.memory.limit = limit;
+    }
+    if let Some(dir) = std::env::var_os(ENV_SPILL_DIR) {
+        options.memory.spill_dir = dir.into();
+    }
+    options.memory.watch_process = true;
     // A worker of a local cluster does not outlive its scheduler by long.
     options.reconnect_timeout = Duration::from_secs(5);
     let code = match run_worker_process(options) {

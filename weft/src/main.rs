@@ -36,9 +36,14 @@ enum Command {
         /// Compute threads (default: every core).
         #[arg(long)]
         nthreads: Option<usize>,
-        /// Memory limit, such as 8GiB or 500MB (default: none).
+        /// Memory limit for results, such as 8GiB or 500MB; past 60% of it
+        /// results spill to disk, past 80% the worker pauses (default: the
+        /// machine's memory; 0: no limit).
         #[arg(long, value_parser = size::parse)]
         memory_limit: Option<u64>,
+        /// Where to spill results (default: the system's temporary directory).
+        #[arg(long)]
+        spill_dir: Option<std::path::PathBuf>,
         /// Unique worker name (default: from its address).
         #[arg(long)]
         name: Option<String>,
@@ -95,13 +100,18 @@ fn run(command: Command) -> Result<()> {
             scheduler,
             nthreads,
             memory_limit,
+            spill_dir,
             name,
             listen,
             timeout,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut options = WorkerOptions::new(scheduler, nthreads.unwrap_or(cores));
-            options.memory_limit = memory_limit.unwrap_or(0);
+            options.memory.limit = memory_limit.unwrap_or_else(weft_runtime::store::machine_memory);
+            options.memory.watch_process = true;
+            if let Some(dir) = spill_dir {
+                options.memory.spill_dir = dir;
+            }
             options.name = name;
             options.listen = listen;
             options.reconnect_timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;

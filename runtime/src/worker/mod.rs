@@ -19,8 +19,8 @@ use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{Key, TaskId, WorkerId};
 use crate::ops::Registry;
-use crate::store::Store;
 use crate::protocol::{FromWorker, ResourceAmount, ToWorker, WorkerInfo};
+use crate::store::{Lookup, MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
 
 /// Concurrent fetches from peers, across all of them.
@@ -32,6 +32,9 @@ const LINGER: Duration = Duration::from_micros(500);
 
 /// Reports that go out at once whatever else is running.
 const MAX_BATCH: usize = 1024;
+
+/// How often a worker with a memory limit checks its memory.
+const MEMORY_CHECK: Duration = Duration::from_millis(50);
 
 /// How a worker runs.
 #[derive(Clone)]
@@ -45,8 +48,10 @@ pub struct WorkerOptions {
     pub name: Option<String>,
     /// Compute threads.
     pub nthreads: usize,
-    /// Memory limit in bytes, reported to the scheduler (0: none).
-    pub memory_limit: u64,
+    /// Memory limit, thresholds and spill directory.
+    pub memory: MemoryConfig,
+    /// Where the worker publishes its memory figures.
+    pub memory_stats: Arc<MemoryStats>,
     /// Resources offered, such as `gpu = 1`.
     pub resources: Vec<ResourceAmount>,
     /// The ops this worker can run.
@@ -68,7 +73,8 @@ impl WorkerOptions {
             listen: "tcp://127.0.0.1:0".into(),
             name: None,
             nthreads,
-            memory_limit: 0,
+            memory: MemoryConfig::default(),
+            memory_stats: Arc::default(),
             resources: Vec::new(),
             registry: Arc::new(Registry::builtin()),
             transport: TransportConfig::default(),
@@ -86,7 +92,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let listener = listen(&options.listen, &options.transport).await?;
     let address = listener.local_addr().to_string();
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
-    let store = Arc::new(Store::default());
+    let store = Store::new(options.memory.clone(), &name, options.memory_stats.clone());
     let server = tokio::spawn(serve(listener, store.clone()));
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
@@ -117,11 +123,12 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         name: name.clone().into(),
         address: address.clone().into(),
         nthreads: options.nthreads as u32,
-        memory_limit: options.memory_limit,
+        memory_limit: options.memory.limit,
         resources: options.resources.clone(),
     };
     let mut link = Link {
         options: &options,
+        name: name.clone(),
         store,
         executor,
         peers: PeerPool::new(options.transport.clone()),
@@ -147,9 +154,12 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
                 let _ = sender.close().await;
                 break Ok(());
             }
-            lost = link.serve(&sender, &mut receiver, early, &mut done) => {
-                warn!(worker = %name, reason = %lost, "lost the scheduler; reconnecting");
-                link.store.clear();
+            lost = link.serve(&sender, &mut receiver, early, &mut done) => match lost {
+                Ok(reason) => {
+                    warn!(worker = %name, %reason, "lost the scheduler; reconnecting");
+                    link.store.clear();
+                }
+                Err(error) => break Err(error),
             }
         }
     };
@@ -160,6 +170,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
 /// What a worker keeps across connections to the scheduler.
 struct Link<'a> {
     options: &'a WorkerOptions,
+    name: String,
     store: Arc<Store>,
     executor: Executor,
     peers: PeerPool,
@@ -205,19 +216,22 @@ impl Link<'_> {
         }
     }
 
-    /// Works for the scheduler until the connection ends; returns why.
+    /// Works for the scheduler until the connection ends; returns why, or
+    /// an error when the worker must stop (out of memory).
     async fn serve(
         &mut self,
         sender: &Sender,
         receiver: &mut Receiver,
         early: WorkerDown,
         done: &mut mpsc::UnboundedReceiver<Done>,
-    ) -> String {
+    ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
         let mut state = WorkerState::new(self.options.nthreads);
         let mut commands = Vec::new();
         let mut outbox: Vec<FromWorker> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
+        let mut memory_check = tokio::time::interval(MEMORY_CHECK);
+        let limited = self.options.memory.limit > 0;
         let mut quiet = true;
         for message in early {
             state.handle(WorkerEvent::Scheduler(message), &mut commands);
@@ -239,10 +253,10 @@ impl Link<'_> {
                 let batch = WorkerUp::Batch(std::mem::take(&mut outbox));
                 let message = match codec::encode(&batch) {
                     Ok(message) => message,
-                    Err(reason) => return reason,
+                    Err(reason) => return Ok(reason),
                 };
                 if let Err(error) = sender.send(message).await {
-                    return error.to_string();
+                    return Ok(error.to_string());
                 }
             } else if !outbox.is_empty() && flush_by.is_none() {
                 flush_by = Some(Instant::now() + LINGER);
@@ -258,12 +272,12 @@ impl Link<'_> {
                 message = receiver.recv() => {
                     let message = match message {
                         Ok(Some(message)) => message,
-                        Ok(None) => return "the scheduler closed the connection".into(),
-                        Err(error) => return error.to_string(),
+                        Ok(None) => return Ok("the scheduler closed the connection".into()),
+                        Err(error) => return Ok(error.to_string()),
                     };
                     let batch: WorkerDown = match codec::decode(&message) {
                         Ok(batch) => batch,
-                        Err(reason) => return format!("malformed message from {scheduler}: {reason}"),
+                        Err(reason) => return Ok(format!("malformed message from {scheduler}: {reason}")),
                     };
                     for message in batch {
                         state.handle(WorkerEvent::Scheduler(message), &mut commands);
@@ -280,10 +294,27 @@ impl Link<'_> {
                     if quiet {
                         let Ok(message) = codec::encode(&WorkerUp::Heartbeat) else { continue };
                         if let Err(error) = sender.send(message).await {
-                            return error.to_string();
+                            return Ok(error.to_string());
                         }
                     }
                     quiet = true;
+                }
+                _ = memory_check.tick(), if limited => {
+                    let pressure = self.store.pressure();
+                    if pressure == Pressure::Terminate {
+                        return Err(RuntimeError::OutOfMemory {
+                            worker: self.name.clone(),
+                            limit: self.options.memory.limit,
+                        });
+                    }
+                    let paused = pressure == Pressure::Pause;
+                    if paused && !state.paused() {
+                        self.store.stats().paused();
+                        warn!(worker = %self.name, "memory past the pause threshold; no new tasks until it falls");
+                    } else if !paused && state.paused() {
+                        info!(worker = %self.name, "memory fell; taking tasks again");
+                    }
+                    state.handle(WorkerEvent::Paused(paused), &mut commands);
                 }
             }
         }
@@ -337,26 +368,36 @@ impl Link<'_> {
                 args,
                 inputs,
             } => {
-                let inputs: Option<Vec<_>> = inputs.iter().map(|t| self.store.get(*t)).collect();
-                let session = self.session;
-                match inputs {
-                    Some(inputs) => self.executor.submit(Job {
-                        session,
-                        task,
-                        key,
-                        op,
-                        args,
-                        inputs,
-                    }),
+                let job = Job {
+                    session: self.session,
+                    task,
+                    key,
+                    op,
+                    args,
+                    inputs: Vec::new(),
+                };
+                // Inputs in memory go straight to a compute thread; one on
+                // disk is read back first, off the event loop.
+                match inputs.iter().map(|t| self.store.get(*t)).collect() {
+                    Some(values) => self.executor.submit(Job { inputs: values, ..job }),
                     None => {
-                        let _ = self.done_tx.send(Done {
-                            session,
-                            what: Completed::Executed {
-                                task,
-                                key,
-                                outcome: Err("an input vanished from the store before the op ran".into()),
-                                compute_us: 0,
-                            },
+                        let (store, executor, done) = (self.store.clone(), self.executor.clone(), self.done_tx.clone());
+                        tokio::spawn(async move {
+                            let values = store.load_all(inputs.into_iter().map(Lookup::Task)).await;
+                            match values.into_iter().collect() {
+                                Some(values) => executor.submit(Job { inputs: values, ..job }),
+                                None => {
+                                    let _ = done.send(Done {
+                                        session: job.session,
+                                        what: Completed::Executed {
+                                            task: job.task,
+                                            key: job.key,
+                                            outcome: Err("an input vanished from the store before the op ran".into()),
+                                            compute_us: 0,
+                                        },
+                                    });
+                                }
+                            }
                         });
                     }
                 }

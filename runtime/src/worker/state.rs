@@ -38,6 +38,8 @@ pub enum WorkerEvent {
         /// How long the op ran.
         compute_us: u64,
     },
+    /// Memory crossed the pause threshold (true) or fell back below it.
+    Paused(bool),
 }
 
 /// Something the reactor must do.
@@ -108,6 +110,8 @@ pub struct WorkerState {
     /// Results in the store and their sizes.
     memory: HashMap<TaskId, u64>,
     transfers: HashMap<TaskId, Transfer>,
+    /// Memory is short: start no ops until it is not.
+    paused: bool,
 }
 
 impl WorkerState {
@@ -120,7 +124,13 @@ impl WorkerState {
             ready: BinaryHeap::new(),
             memory: HashMap::new(),
             transfers: HashMap::new(),
+            paused: false,
         }
+    }
+
+    /// Whether the worker starts no new ops for lack of memory.
+    pub fn paused(&self) -> bool {
+        self.paused
     }
 
     /// Tasks assigned and not yet finished.
@@ -182,6 +192,12 @@ impl WorkerState {
                             out.push(WorkerCommand::Release(task));
                         }
                     }
+                }
+            }
+            WorkerEvent::Paused(paused) => {
+                if self.paused != paused {
+                    self.paused = paused;
+                    out.push(WorkerCommand::Send(FromWorker::Paused { paused }));
                 }
             }
         }
@@ -335,7 +351,7 @@ impl WorkerState {
     }
 
     fn dispatch(&mut self, out: &mut Vec<WorkerCommand>) {
-        while self.running < self.nthreads {
+        while self.running < self.nthreads && !self.paused {
             let Some(Reverse((_, task))) = self.ready.pop() else {
                 return;
             };
@@ -511,6 +527,24 @@ mod tests {
             WorkerEvent::Scheduler(ToWorker::Free { task: TaskId::new(3) }),
         );
         assert_eq!(out, vec![WorkerCommand::Release(TaskId::new(3))]);
+    }
+
+    #[test]
+    fn a_paused_worker_starts_nothing_until_it_resumes() {
+        let mut state = WorkerState::new(1);
+        let out = run(&mut state, WorkerEvent::Paused(true));
+        assert_eq!(out, vec![WorkerCommand::Send(FromWorker::Paused { paused: true })]);
+        assert!(
+            run(&mut state, WorkerEvent::Paused(true)).is_empty(),
+            "no news, no message"
+        );
+        assert!(
+            run(&mut state, WorkerEvent::Scheduler(request(1, &[]))).is_empty(),
+            "queued, not started"
+        );
+        let out = run(&mut state, WorkerEvent::Paused(false));
+        assert_eq!(out[0], WorkerCommand::Send(FromWorker::Paused { paused: false }));
+        assert!(matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(1)));
     }
 
     #[test]
