@@ -55,18 +55,22 @@ impl Executor {
     /// Starts `nthreads` threads that run ops from `registry` and hand
     /// each finished job to `report`, which returns false once nobody
     /// listens any more.
+    /// Each thread first calls `setup` (which binds it to the worker's GPU).
     pub fn start(
         nthreads: usize,
         worker: String,
         registry: Arc<Registry>,
+        setup: impl Fn() + Send + Clone + 'static,
         report: impl Fn(Done) -> bool + Send + Clone + 'static,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         for i in 0..nthreads.max(1) {
             let (queue, registry, report, worker) = (queue.clone(), registry.clone(), report.clone(), worker.clone());
+            let setup = setup.clone();
             std::thread::Builder::new()
                 .name(format!("weft-compute-{i}"))
                 .spawn(move || {
+                    setup();
                     for job in queue {
                         let started = Instant::now();
                         let outcome = run(&registry, &worker, &job);

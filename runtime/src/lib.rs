@@ -31,6 +31,7 @@ pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 pub mod client;
 pub mod codec;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod executor;
 pub mod graphs;

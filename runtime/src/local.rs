@@ -10,11 +10,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+use weft_gpu::{DeviceConfig, Devices, Gpu, probe_cuda};
 use weft_transport::Config as TransportConfig;
 
 use crate::client::Client;
 use crate::error::{Result, RuntimeError};
 use crate::ops::Registry;
+use crate::protocol::ResourceAmount;
 use crate::server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 use crate::store::{MemoryConfig, MemorySnapshot, MemoryStats, machine_memory};
 use crate::worker::{WorkerOptions, run_worker};
@@ -25,6 +27,7 @@ const ENV_NAME: &str = "WEFT_WORKER_NAME";
 const ENV_NTHREADS: &str = "WEFT_WORKER_NTHREADS";
 const ENV_MEMORY_LIMIT: &str = "WEFT_WORKER_MEMORY_LIMIT";
 const ENV_SPILL_DIR: &str = "WEFT_WORKER_SPILL_DIR";
+const ENV_GPU: &str = "WEFT_WORKER_GPU";
 
 /// Where the workers of a local cluster run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,15 +62,32 @@ pub struct LocalOptions {
     /// for worker processes and cleared for in-process workers, which
     /// share their process.
     pub memory: MemoryConfig,
+    /// GPUs to pin worker processes to, one each: the first `gpus`
+    /// workers open the devices of the `WEFT_*` environment and take
+    /// theirs by index.
+    pub gpus: usize,
+    /// GPUs to pin in-process workers to, one each, in order.
+    pub in_process_gpus: Vec<Arc<Gpu>>,
+    /// Where in-process workers serve results: `tcp://127.0.0.1:0`, or
+    /// `inproc://` (a name is added per worker), which passes device
+    /// buffers between them by reference.
+    pub worker_listen: String,
 }
 
 impl LocalOptions {
     /// The default layout for this machine: one worker per core up to
     /// four cores, beyond that about the square root of the cores with the
     /// rest as threads (as Dask's `LocalCluster` splits them).
+    ///
+    /// With GPUs (real, or emulated through `WEFT_EMULATED_GPUS`), one
+    /// worker per GPU with the cores shared among them.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (workers, nthreads) = split_cores(cores);
+        let gpus = gpu_count();
+        let (workers, nthreads) = match gpus {
+            0 => split_cores(cores),
+            n => (n, (cores / n).max(1)),
+        };
         LocalOptions {
             workers,
             nthreads,
@@ -79,6 +99,9 @@ impl LocalOptions {
                 limit: machine_memory() / workers as u64,
                 ..MemoryConfig::default()
             },
+            gpus,
+            in_process_gpus: Vec::new(),
+            worker_listen: "tcp://127.0.0.1:0".into(),
         }
     }
 }
@@ -134,6 +157,7 @@ impl LocalCluster {
                         .env(ENV_NTHREADS, options.nthreads.to_string())
                         .env(ENV_MEMORY_LIMIT, options.memory.limit.to_string())
                         .env(ENV_SPILL_DIR, &options.memory.spill_dir)
+                        .envs((i < options.gpus).then(|| (ENV_GPU, i.to_string())))
                         .kill_on_drop(true)
                         .spawn()
                         .map_err(|source| RuntimeError::Process {
@@ -144,7 +168,7 @@ impl LocalCluster {
                 }
                 WorkerMode::InProcess => {
                     let mut worker = WorkerOptions::new(address.clone(), options.nthreads);
-                    worker.name = Some(name);
+                    worker.name = Some(name.clone());
                     worker.registry = options.registry.clone();
                     worker.transport = options.scheduler.transport.clone();
                     worker.memory = MemoryConfig {
@@ -152,6 +176,14 @@ impl LocalCluster {
                         ..options.memory.clone()
                     };
                     memory.push(worker.memory_stats.clone());
+                    worker.gpu = options.in_process_gpus.get(i).cloned();
+                    if worker.gpu.is_some() {
+                        worker.resources.push(gpu_resource());
+                    }
+                    worker.listen = match options.worker_listen.as_str() {
+                        "inproc://" => format!("inproc://weft-{}-{name}-{:08x}", std::process::id(), fastrand::u32(..)),
+                        other => other.to_string(),
+                    };
                     let (stop, stopped) = oneshot::channel::<()>();
                     let task = tokio::spawn(run_worker(worker, async {
                         let _ = stopped.await;
@@ -278,6 +310,16 @@ pub fn worker_main(registry: Registry) {
         options.memory.spill_dir = dir.into();
     }
     options.memory.watch_process = true;
+    if let Some(index) = std::env::var(ENV_GPU).ok().and_then(|i| i.parse::<usize>().ok()) {
+        match Devices::from_env().map(|d| d.gpus().get(index).cloned()) {
+            Ok(Some(gpu)) => {
+                options.gpu = Some(gpu);
+                options.resources.push(gpu_resource());
+            }
+            Ok(None) => eprintln!("weft worker: GPU {index} is gone; running on the CPU"),
+            Err(error) => eprintln!("weft worker: cannot open GPU {index} ({error}); running on the CPU"),
+        }
+    }
     // A worker of a local cluster does not outlive its scheduler by long.
     options.reconnect_timeout = Duration::from_secs(5);
     let code = match run_worker_process(options) {
@@ -288,6 +330,28 @@ pub fn worker_main(registry: Registry) {
         }
     };
     std::process::exit(code);
+}
+
+/// GPUs here, real and emulated, counted without opening them.
+fn gpu_count() -> usize {
+    match DeviceConfig::from_env() {
+        Ok(config) => {
+            let cuda = if config.use_cuda { probe_cuda().count } else { 0 };
+            (cuda + config.emulated_gpus) as usize
+        }
+        Err(error) => {
+            warn!(%error, "ignoring the GPU settings; workers run on the CPU");
+            0
+        }
+    }
+}
+
+/// What a GPU worker offers: `gpu = 1`.
+fn gpu_resource() -> ResourceAmount {
+    ResourceAmount {
+        name: "gpu".into(),
+        amount: 1,
+    }
 }
 
 /// Runs a worker on its own runtime until Ctrl-C or until its scheduler

@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weft_transport::Frame;
 
+use crate::protocol::Tier;
+
 /// A task's result (or an op's input).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Value {
@@ -34,6 +36,15 @@ impl Value {
                 self.header.len()
             )
         })
+    }
+
+    /// Where the value lives: on a device when any of its frames is.
+    pub fn tier(&self) -> Tier {
+        if self.frames.iter().any(|f| f.as_device().is_some()) {
+            Tier::Device
+        } else {
+            Tier::Host
+        }
     }
 
     /// Bytes held: header plus frames.

@@ -86,19 +86,7 @@ async fn check_blobs(client: &weft_runtime::Client, futures: &[TaskFuture], len:
 }
 
 fn total(cluster: &LocalCluster) -> MemorySnapshot {
-    cluster
-        .memory()
-        .iter()
-        .fold(MemorySnapshot::default(), |a, m| MemorySnapshot {
-            spilled: a.spilled + m.spilled,
-            spilled_bytes: a.spilled_bytes + m.spilled_bytes,
-            unspilled: a.unspilled + m.unspilled,
-            unspilled_bytes: a.unspilled_bytes + m.unspilled_bytes,
-            spill_errors: a.spill_errors + m.spill_errors,
-            pauses: a.pauses + m.pauses,
-            on_disk: a.on_disk + m.on_disk,
-            in_memory: a.in_memory + m.in_memory,
-        })
+    cluster.memory().into_iter().sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

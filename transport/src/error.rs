@@ -132,6 +132,15 @@ pub enum TransportError {
         /// The peer.
         peer: String,
     },
+    /// A device frame could not be staged through host memory for a
+    /// transport that writes host bytes only.
+    #[error("cannot stage a device frame for {peer}: {source}")]
+    Device {
+        /// The peer.
+        peer: String,
+        /// The device's error.
+        source: weft_gpu::GpuError,
+    },
     /// The listener was closed.
     #[error("listener {addr} is closed")]
     ListenerClosed {

@@ -2,6 +2,7 @@
 //! into it.
 
 use bytes::Bytes;
+use weft_gpu::{Device, DeviceBuffer};
 
 /// Where a frame's bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,23 +10,43 @@ use bytes::Bytes;
 pub enum Location {
     /// Ordinary (host) memory.
     Host,
+    /// Memory of a GPU (real or emulated).
+    Device(Device),
 }
 
 /// One data buffer of a message, reference-counted: cloning or sending it
-/// over `inproc://` shares the bytes, and stream transports write it with
+/// over `inproc://` shares the buffer, and stream transports write it with
 /// vectored I/O straight from where it lies.
 ///
-/// Frames are host memory today; device buffers join as another location
-/// without changing this API.
-#[derive(Clone, PartialEq, Eq)]
+/// A frame is host bytes or a device buffer. In-process, a device frame
+/// passes by reference; a transport that writes host bytes only (TCP,
+/// TLS) stages it through host memory.
+#[derive(Clone)]
 pub struct Frame {
     data: FrameData,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum FrameData {
     Host(Bytes),
+    Device(DeviceBuffer),
 }
+
+impl PartialEq for Frame {
+    /// Host frames compare by content, device frames by identity (the same
+    /// device memory).
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.data, &other.data) {
+            (FrameData::Host(a), FrameData::Host(b)) => a == b,
+            (FrameData::Device(a), FrameData::Device(b)) => {
+                a.device() == b.device() && a.device_ptr() == b.device_ptr() && a.len() == b.len()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// A frame over host bytes.
@@ -35,10 +56,18 @@ impl Frame {
         }
     }
 
+    /// A frame over device memory.
+    pub fn device(buffer: DeviceBuffer) -> Self {
+        Frame {
+            data: FrameData::Device(buffer),
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         match &self.data {
             FrameData::Host(bytes) => bytes.len(),
+            FrameData::Device(buffer) => buffer.len(),
         }
     }
 
@@ -51,13 +80,7 @@ impl Frame {
     pub fn location(&self) -> Location {
         match &self.data {
             FrameData::Host(_) => Location::Host,
-        }
-    }
-
-    /// The host bytes a stream backend writes.
-    pub(crate) fn bytes(&self) -> &Bytes {
-        match &self.data {
-            FrameData::Host(bytes) => bytes,
+            FrameData::Device(buffer) => Location::Device(buffer.device()),
         }
     }
 
@@ -65,6 +88,24 @@ impl Frame {
     pub fn as_host(&self) -> Option<&Bytes> {
         match &self.data {
             FrameData::Host(bytes) => Some(bytes),
+            FrameData::Device(_) => None,
+        }
+    }
+
+    /// The device buffer, if the frame is in device memory.
+    pub fn as_device(&self) -> Option<&DeviceBuffer> {
+        match &self.data {
+            FrameData::Host(_) => None,
+            FrameData::Device(buffer) => Some(buffer),
+        }
+    }
+
+    /// The bytes in host memory: shared for a host frame, copied from the
+    /// device (synchronously, on a stream of its own) for a device frame.
+    pub fn to_host(&self) -> Result<Bytes, weft_gpu::GpuError> {
+        match &self.data {
+            FrameData::Host(bytes) => Ok(bytes.clone()),
+            FrameData::Device(buffer) => Ok(buffer.gpu().stream()?.download(buffer)?.into()),
         }
     }
 }
@@ -109,5 +150,19 @@ impl Message {
     /// Header plus frame bytes.
     pub fn payload_len(&self) -> usize {
         self.header.len() + self.frames.iter().map(Frame::len).sum::<usize>()
+    }
+
+    /// Every frame in host memory, device frames staged through a copy, for
+    /// a transport that writes host bytes only.
+    pub(crate) fn host_frames(&self, peer: &str) -> crate::Result<Vec<Bytes>> {
+        self.frames
+            .iter()
+            .map(|f| {
+                f.to_host().map_err(|source| crate::TransportError::Device {
+                    peer: peer.to_string(),
+                    source,
+                })
+            })
+            .collect()
     }
 }

@@ -174,17 +174,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Writes one message with vectored I/O: the prelude and frame table,
-/// the header and every frame, straight from where they lie.
+/// the header and every frame, straight from where they lie (`frames` are
+/// the message's frames in host memory, see [`Message::host_frames`]).
 pub(crate) async fn write_message(
     writer: &mut BoxWrite,
     message: &Message,
+    frames: &[Bytes],
     io_timeout: Duration,
     peer: &Peer,
 ) -> Result<()> {
-    let layout = wire::encode_layout(message.header.len(), message.frames.iter().map(|f| f.len()));
+    let layout = wire::encode_layout(message.header.len(), frames.iter().map(Bytes::len));
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(message.frames.len() + 2);
     slices.push(IoSlice::new(&layout));
-    let parts = std::iter::once(&message.header).chain(message.frames.iter().map(|f| f.bytes()));
+    let parts = std::iter::once(&message.header).chain(frames);
     slices.extend(parts.filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)));
     let mut slices = &mut slices[..];
     while !slices.is_empty() {

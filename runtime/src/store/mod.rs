@@ -1,7 +1,10 @@
-//! A worker's store of results, with its memory manager: results live in
-//! memory until the worker's host memory passes the target fraction of its
-//! limit, then the least recently used ones are written to disk on a
-//! spill thread and read back, off the event loop, when asked for.
+//! A worker's store of results, with its memory manager. Results live where
+//! their op made them: device memory on a GPU worker, host memory on a CPU
+//! worker. Past the target fraction of the device limit the least recently
+//! used device results move to host memory; past the target fraction of
+//! the host limit the least recently used host results go to disk. Both
+//! moves happen on a spill thread, and results come back from disk off
+//! the event loop when asked for.
 //!
 //! The thresholds follow Dask ([`MemoryConfig`]): spill past `target` of
 //! the limit (managed memory) or `spill` (the process's memory), pause
@@ -17,11 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tracing::{debug, error, info};
-use weft_transport::BufferPool;
+use weft_transport::{BufferPool, Frame};
 
 pub use spill::{SpillDir, SpillFile};
 
 use crate::ids::{Key, TaskId};
+use crate::protocol::Tier;
 use crate::value::Value;
 
 /// Idle read buffers kept for results coming back from disk.
@@ -33,6 +37,9 @@ pub struct MemoryConfig {
     /// Host memory for this worker in bytes; 0 turns spilling and pausing
     /// off.
     pub limit: u64,
+    /// Device memory for results in bytes (a GPU worker's default is 80%
+    /// of its GPU); 0 for none.
+    pub device_limit: u64,
     /// Spill least recently used results until managed memory is below
     /// this fraction of the limit (0.6).
     pub target: f64,
@@ -55,6 +62,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             limit: 0,
+            device_limit: 0,
             target: 0.6,
             spill: 0.7,
             pause: 0.8,
@@ -70,11 +78,24 @@ impl MemoryConfig {
     fn bytes(&self, fraction: f64) -> u64 {
         (self.limit as f64 * fraction) as u64
     }
+
+    /// Bytes a tier may hold before its results move down a tier.
+    fn target_of(&self, tier: Tier) -> u64 {
+        let limit = if tier == Tier::Device {
+            self.device_limit
+        } else {
+            self.limit
+        };
+        (limit as f64 * self.target) as u64
+    }
 }
 
 /// Counters of a worker's memory manager, shared with whoever watches it.
 #[derive(Debug, Default)]
 pub struct MemoryStats {
+    on_device: AtomicU64,
+    device_spilled: AtomicU64,
+    device_spilled_bytes: AtomicU64,
     in_memory: AtomicU64,
     on_disk: AtomicU64,
     spilled: AtomicU64,
@@ -88,7 +109,13 @@ pub struct MemoryStats {
 /// A copy of [`MemoryStats`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemorySnapshot {
-    /// Bytes of results in memory.
+    /// Bytes of results in device memory.
+    pub on_device: u64,
+    /// Results moved from device to host memory so far.
+    pub device_spilled: u64,
+    /// Their bytes.
+    pub device_spilled_bytes: u64,
+    /// Bytes of results in host memory.
     pub in_memory: u64,
     /// Bytes of results on disk.
     pub on_disk: u64,
@@ -106,11 +133,33 @@ pub struct MemorySnapshot {
     pub pauses: u64,
 }
 
+impl std::iter::Sum for MemorySnapshot {
+    /// Figures of several workers added up.
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(MemorySnapshot::default(), |a, b| MemorySnapshot {
+            on_device: a.on_device + b.on_device,
+            device_spilled: a.device_spilled + b.device_spilled,
+            device_spilled_bytes: a.device_spilled_bytes + b.device_spilled_bytes,
+            in_memory: a.in_memory + b.in_memory,
+            on_disk: a.on_disk + b.on_disk,
+            spilled: a.spilled + b.spilled,
+            spilled_bytes: a.spilled_bytes + b.spilled_bytes,
+            unspilled: a.unspilled + b.unspilled,
+            unspilled_bytes: a.unspilled_bytes + b.unspilled_bytes,
+            spill_errors: a.spill_errors + b.spill_errors,
+            pauses: a.pauses + b.pauses,
+        })
+    }
+}
+
 impl MemoryStats {
     /// The counters now.
     pub fn snapshot(&self) -> MemorySnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MemorySnapshot {
+            on_device: get(&self.on_device),
+            device_spilled: get(&self.device_spilled),
+            device_spilled_bytes: get(&self.device_spilled_bytes),
             in_memory: get(&self.in_memory),
             on_disk: get(&self.on_disk),
             spilled: get(&self.spilled),
@@ -163,19 +212,38 @@ pub struct Store {
 struct Inner {
     entries: HashMap<TaskId, Entry>,
     by_key: HashMap<Key, TaskId>,
-    /// Results in memory by last use, oldest first (with a limit only).
-    lru: BTreeMap<u64, TaskId>,
     clock: u64,
-    /// Bytes in memory, including results being written out.
-    in_memory: u64,
-    /// Of those, bytes being written out.
-    spilling: u64,
+    device: Level,
+    host: Level,
     on_disk: u64,
+}
+
+/// Results in one memory tier.
+#[derive(Default)]
+struct Level {
+    /// By last use, oldest first (with a limit only).
+    lru: BTreeMap<u64, TaskId>,
+    /// Bytes held, including results on their way down a tier.
+    bytes: u64,
+    /// Of those, bytes on their way down.
+    leaving: u64,
+}
+
+impl Inner {
+    fn level(&mut self, tier: Tier) -> &mut Level {
+        if tier == Tier::Device {
+            &mut self.device
+        } else {
+            &mut self.host
+        }
+    }
 }
 
 struct Entry {
     key: Option<Key>,
     nbytes: u64,
+    /// Where the value in memory is: device or host.
+    tier: Tier,
     /// Its place in the LRU order while in memory.
     used: u64,
     place: Place,
@@ -183,7 +251,7 @@ struct Entry {
 
 enum Place {
     Memory(Arc<Value>),
-    /// In memory and being written to disk.
+    /// In memory and on its way down a tier.
     Spilling(Arc<Value>),
     Disk(Arc<SpillFile>),
 }
@@ -203,7 +271,7 @@ impl Store {
             fastrand::u32(..)
         )));
         Arc::new_cyclic(|store: &Weak<Store>| {
-            let spiller = (config.limit > 0).then(|| {
+            let spiller = (config.limit > 0 || config.device_limit > 0).then(|| {
                 let (jobs, queue) = crossbeam_channel::unbounded();
                 let store = store.clone();
                 let started = std::thread::Builder::new()
@@ -249,30 +317,27 @@ impl Store {
     }
 
     /// Keeps a result; `key` indexes it for clients (replicas fetched
-    /// from peers come without one). May send older results to disk.
+    /// from peers come without one). May send older results down a tier.
     pub fn insert(&self, task: TaskId, key: Option<Key>, value: Arc<Value>) {
         let mut inner = self.lock();
-        let nbytes = value.nbytes();
         if let Some(key) = &key {
             inner.by_key.insert(key.clone(), task);
         }
-        let used = self.touch(&mut inner, task);
-        inner.in_memory += nbytes;
-        let old = inner.entries.insert(
-            task,
-            Entry {
-                key,
-                nbytes,
-                used,
-                place: Place::Memory(value),
-            },
-        );
-        if let Some(old) = old {
+        let (nbytes, tier) = (value.nbytes(), value.tier());
+        let used = self.touch(&mut inner, task, tier);
+        inner.level(tier).bytes += nbytes;
+        let entry = Entry {
+            key,
+            nbytes,
+            tier,
+            used,
+            place: Place::Memory(value),
+        };
+        if let Some(old) = inner.entries.insert(task, entry) {
             debug!(%task, "result replaced");
             Self::forget(&mut inner, &old);
         }
-        self.publish(&inner);
-        self.spill_excess(&mut inner, 0);
+        self.settle(&mut inner);
     }
 
     /// Drops a result, wherever it is.
@@ -291,15 +356,16 @@ impl Store {
 
     /// Takes an entry's bytes out of the totals and the LRU order.
     fn forget(inner: &mut Inner, entry: &Entry) {
+        let level = inner.level(entry.tier);
         match entry.place {
-            Place::Memory(_) => inner.in_memory -= entry.nbytes,
+            Place::Memory(_) => level.bytes -= entry.nbytes,
             Place::Spilling(_) => {
-                inner.in_memory -= entry.nbytes;
-                inner.spilling -= entry.nbytes;
+                level.bytes -= entry.nbytes;
+                level.leaving -= entry.nbytes;
             }
             Place::Disk(_) => inner.on_disk -= entry.nbytes,
         }
-        inner.lru.remove(&entry.used);
+        inner.level(entry.tier).lru.remove(&entry.used);
     }
 
     /// A result by task if it is in memory (marking it used).
@@ -316,13 +382,14 @@ impl Store {
     }
 
     fn get_locked(&self, inner: &mut Inner, task: TaskId) -> Option<Arc<Value>> {
-        let old = inner.entries.get(&task)?.used;
-        let value = match &inner.entries.get(&task)?.place {
+        let entry = inner.entries.get(&task)?;
+        let (old, tier) = (entry.used, entry.tier);
+        let value = match &entry.place {
             Place::Memory(v) | Place::Spilling(v) => v.clone(),
             Place::Disk(_) => return None,
         };
-        if self.spiller.is_some() && inner.lru.remove(&old).is_some() {
-            let used = self.touch(inner, task);
+        if self.spiller.is_some() && inner.level(tier).lru.remove(&old).is_some() {
+            let used = self.touch(inner, task, tier);
             if let Some(entry) = inner.entries.get_mut(&task) {
                 entry.used = used;
             }
@@ -400,18 +467,17 @@ impl Store {
             return; // read twice at once, or replaced meanwhile
         }
         let nbytes = entry.nbytes;
-        let used = self.touch(&mut inner, task);
+        let used = self.touch(&mut inner, task, Tier::Host);
         if let Some(entry) = inner.entries.get_mut(&task) {
             entry.used = used;
             entry.place = Place::Memory(value);
         }
         inner.on_disk -= nbytes;
-        inner.in_memory += nbytes;
+        inner.host.bytes += nbytes;
         self.stats.unspilled.fetch_add(1, Ordering::Relaxed);
         self.stats.unspilled_bytes.fetch_add(nbytes, Ordering::Relaxed);
-        self.publish(&inner);
         // Keep the value just read: spill others first.
-        self.spill_excess(&mut inner, 0);
+        self.settle(&mut inner);
     }
 
     /// Drops everything (the scheduler that knew of it is gone).
@@ -421,10 +487,10 @@ impl Store {
         self.publish(&inner);
     }
 
-    /// Results held and the bytes of those in memory.
+    /// Results held and the bytes of those in host memory.
     pub fn usage(&self) -> (usize, u64) {
         let inner = self.lock();
-        (inner.entries.len(), inner.in_memory)
+        (inner.entries.len(), inner.host.bytes)
     }
 
     /// What memory asks of the worker now. With `watch_process`, also
@@ -439,9 +505,9 @@ impl Store {
             // Memory the allocator holds is not ours to free: spill what
             // the process holds above the target, counted in results.
             let excess = process - self.config.bytes(self.config.target);
-            self.spill_excess(&mut inner, excess);
+            self.spill(&mut inner, Tier::Host, excess);
         }
-        let managed = inner.in_memory - inner.spilling;
+        let managed = inner.host.bytes - inner.host.leaving;
         if process > self.config.bytes(self.config.terminate) {
             Pressure::Terminate
         } else if managed.max(process) > self.config.bytes(self.config.pause) {
@@ -451,31 +517,65 @@ impl Store {
         }
     }
 
-    fn touch(&self, inner: &mut Inner, task: TaskId) -> u64 {
-        inner.clock += 1;
-        if self.spiller.is_some() {
-            inner.lru.insert(inner.clock, task);
+    /// Moves device results to host memory on the calling thread until
+    /// `bytes` are freed or none is left: what an op whose allocation
+    /// failed asks before it tries again.
+    pub fn free_device(&self, bytes: u64) {
+        let victims = self.spill(&mut self.lock(), Tier::Device, bytes);
+        for (task, value) in victims {
+            let moved = to_host(&value);
+            drop(value);
+            self.moved(task, moved);
         }
-        inner.clock
+    }
+
+    fn touch(&self, inner: &mut Inner, task: TaskId, tier: Tier) -> u64 {
+        inner.clock += 1;
+        let used = inner.clock;
+        if self.spiller.is_some() {
+            inner.level(tier).lru.insert(used, task);
+        }
+        used
     }
 
     fn publish(&self, inner: &Inner) {
-        self.stats.in_memory.store(inner.in_memory, Ordering::Relaxed);
+        self.stats.on_device.store(inner.device.bytes, Ordering::Relaxed);
+        self.stats.in_memory.store(inner.host.bytes, Ordering::Relaxed);
         self.stats.on_disk.store(inner.on_disk, Ordering::Relaxed);
     }
 
-    /// Sends least recently used results to the spill thread until managed
-    /// memory is below the target, or at least `excess` bytes are on
-    /// their way out.
-    fn spill_excess(&self, inner: &mut Inner, excess: u64) {
-        let Some(spiller) = &self.spiller else {
-            return;
-        };
-        let target = self.config.bytes(self.config.target);
+    /// Sends results down a tier while a tier is past its target, then
+    /// publishes the totals.
+    fn settle(&self, inner: &mut Inner) {
+        for tier in [Tier::Device, Tier::Host] {
+            for job in self.spill(inner, tier, 0) {
+                if let Some(spiller) = &self.spiller
+                    && spiller.send(job).is_err()
+                {
+                    break; // the spill thread is gone with the store
+                }
+            }
+        }
+        self.publish(inner);
+    }
+
+    /// Marks least recently used results of `tier` as leaving it until the
+    /// tier is below its target and at least `excess` bytes are leaving;
+    /// returns them for whoever moves them.
+    fn spill(&self, inner: &mut Inner, tier: Tier, excess: u64) -> Vec<(TaskId, Arc<Value>)> {
+        let mut victims = Vec::new();
+        if self.spiller.is_none() {
+            return victims;
+        }
+        let target = self.config.target_of(tier);
         let mut freed = 0;
-        while inner.in_memory - inner.spilling > target || freed < excess {
-            let Some((_, task)) = inner.lru.pop_first() else {
-                return;
+        loop {
+            let level = inner.level(tier);
+            if level.bytes - level.leaving <= target && freed >= excess {
+                break;
+            }
+            let Some((_, task)) = level.lru.pop_first() else {
+                break;
             };
             let Some(entry) = inner.entries.get_mut(&task) else {
                 continue;
@@ -485,15 +585,49 @@ impl Store {
             };
             let value = value.clone();
             entry.place = Place::Spilling(value.clone());
-            inner.spilling += entry.nbytes;
-            freed += entry.nbytes;
-            if spiller.send((task, value)).is_err() {
-                return; // the spill thread is gone with the store
-            }
+            let nbytes = entry.nbytes;
+            inner.level(tier).leaving += nbytes;
+            freed += nbytes;
+            victims.push((task, value));
         }
+        victims
     }
 
-    /// The spill thread wrote `task` (or failed to).
+    /// A device result moved to host memory (or failed to).
+    fn moved(&self, task: TaskId, moved: Result<Value, String>) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(entry) = inner.entries.get_mut(&task) else {
+            return;
+        };
+        let Place::Spilling(value) = &entry.place else {
+            return;
+        };
+        let nbytes = entry.nbytes;
+        inner.device.leaving -= nbytes;
+        inner.device.bytes -= nbytes;
+        inner.clock += 1;
+        entry.used = inner.clock;
+        match moved {
+            Ok(host) => {
+                entry.place = Place::Memory(Arc::new(host));
+                entry.tier = Tier::Host;
+                inner.host.bytes += nbytes;
+                self.stats.device_spilled.fetch_add(1, Ordering::Relaxed);
+                self.stats.device_spilled_bytes.fetch_add(nbytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                entry.place = Place::Memory(value.clone());
+                inner.device.bytes += nbytes;
+                self.spill_failed(task, &e);
+            }
+        }
+        let (tier, used) = (entry.tier, entry.used);
+        inner.level(tier).lru.insert(used, task);
+        self.settle(inner);
+    }
+
+    /// The spill thread wrote `task` to disk (or failed to).
     fn spilled(&self, task: TaskId, written: std::io::Result<SpillFile>) {
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -504,11 +638,11 @@ impl Store {
             return;
         };
         let nbytes = entry.nbytes;
-        inner.spilling -= nbytes;
+        inner.host.leaving -= nbytes;
         match written {
             Ok(file) => {
                 entry.place = Place::Disk(Arc::new(file));
-                inner.in_memory -= nbytes;
+                inner.host.bytes -= nbytes;
                 inner.on_disk += nbytes;
                 self.stats.spilled.fetch_add(1, Ordering::Relaxed);
                 self.stats.spilled_bytes.fetch_add(nbytes, Ordering::Relaxed);
@@ -519,15 +653,19 @@ impl Store {
                 entry.place = Place::Memory(value.clone());
                 inner.clock += 1;
                 entry.used = inner.clock;
-                inner.lru.insert(inner.clock, task);
-                let errors = self.stats.spill_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                if errors.is_power_of_two() {
-                    error!(%task, dir = %self.dir.path().display(), error = %e, errors,
-                        "cannot spill a result to disk; it stays in memory");
-                }
+                inner.host.lru.insert(inner.clock, task);
+                self.spill_failed(task, &e.to_string());
             }
         }
         self.publish(inner);
+    }
+
+    fn spill_failed(&self, task: TaskId, reason: &str) {
+        let errors = self.stats.spill_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if errors.is_power_of_two() {
+            error!(%task, dir = %self.dir.path().display(), error = reason, errors,
+                "cannot spill a result; it stays where it was");
+        }
     }
 
     /// Whether `nbytes` more fit under the spill quota.
@@ -537,12 +675,32 @@ impl Store {
     }
 }
 
+/// A copy of `value` in host memory.
+fn to_host(value: &Value) -> Result<Value, String> {
+    let frames = value
+        .frames
+        .iter()
+        .map(|f| f.to_host().map(Frame::host))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot copy a result off its device: {e}"))?;
+    Ok(Value {
+        header: value.header.clone(),
+        frames,
+    })
+}
+
 /// Writes results handed over by the store until it is dropped.
 fn spill_loop(store: &Weak<Store>, queue: &crossbeam_channel::Receiver<(TaskId, Arc<Value>)>) {
     for (task, value) in queue {
         let Some(store) = store.upgrade() else {
             return;
         };
+        if value.tier() == Tier::Device {
+            let moved = to_host(&value);
+            drop(value);
+            store.moved(task, moved);
+            continue;
+        }
         let written = if store.quota_allows(value.nbytes()) {
             store.dir.write(&value)
         } else {

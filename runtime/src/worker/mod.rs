@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
-use weft_transport::{Config as TransportConfig, Connection, Receiver, Sender, connect, listen};
+use weft_gpu::Gpu;
+use weft_transport::{Config as TransportConfig, Connection, Frame, Receiver, Sender, connect, listen};
 
 pub use state::{WorkerCommand, WorkerEvent, WorkerState};
 
@@ -19,7 +20,7 @@ use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{Key, TaskId, WorkerId};
 use crate::ops::Registry;
-use crate::protocol::{FromWorker, ResourceAmount, ToWorker, WorkerInfo};
+use crate::protocol::{FromWorker, ResourceAmount, Tier, ToWorker, WorkerInfo};
 use crate::store::{Lookup, MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
 
@@ -50,6 +51,8 @@ pub struct WorkerOptions {
     pub nthreads: usize,
     /// Memory limit, thresholds and spill directory.
     pub memory: MemoryConfig,
+    /// The GPU this worker is pinned to; `None` for a CPU worker.
+    pub gpu: Option<Arc<Gpu>>,
     /// Where the worker publishes its memory figures.
     pub memory_stats: Arc<MemoryStats>,
     /// Resources offered, such as `gpu = 1`.
@@ -74,6 +77,7 @@ impl WorkerOptions {
             name: None,
             nthreads,
             memory: MemoryConfig::default(),
+            gpu: None,
             memory_stats: Arc::default(),
             resources: Vec::new(),
             registry: Arc::new(Registry::builtin()),
@@ -92,7 +96,21 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let listener = listen(&options.listen, &options.transport).await?;
     let address = listener.local_addr().to_string();
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
-    let store = Store::new(options.memory.clone(), &name, options.memory_stats.clone());
+    let mut memory = options.memory.clone();
+    if let Some(gpu) = &options.gpu
+        && memory.device_limit == 0
+    {
+        memory.device_limit = gpu.capacity() as u64 / 5 * 4;
+    }
+    let store = Store::new(memory, &name, options.memory_stats.clone());
+    let setup = {
+        let (gpu, store) = (options.gpu.clone(), Arc::downgrade(&store));
+        move || {
+            if let Some(gpu) = &gpu {
+                crate::device::bind(gpu.clone(), store.clone());
+            }
+        }
+    };
     let server = tokio::spawn(serve(listener, store.clone()));
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
@@ -113,7 +131,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         }
     };
     let executor =
-        Executor::start(options.nthreads, name.clone(), options.registry.clone(), report).map_err(|source| {
+        Executor::start(options.nthreads, name.clone(), options.registry.clone(), setup, report).map_err(|source| {
             RuntimeError::Process {
                 what: "cannot start compute threads".into(),
                 source,
@@ -335,9 +353,9 @@ impl Link<'_> {
             } => WorkerEvent::Executed {
                 task,
                 outcome: outcome.map(|value| {
-                    let nbytes = value.nbytes();
+                    let placed = (value.nbytes(), value.tier());
                     self.store.insert(task, Some(key), Arc::new(value));
-                    nbytes
+                    placed
                 }),
                 compute_us,
             },
@@ -404,15 +422,36 @@ impl Link<'_> {
             }
             WorkerCommand::Fetch { peer, address, tasks } => {
                 let (peers, done, session) = (self.peers.clone(), self.done_tx.clone(), self.session);
-                let permits = self.fetches.clone();
+                let (permits, gpu) = (self.fetches.clone(), self.options.gpu.clone());
                 tokio::spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    let what = fetch(&peers, peer, &address, tasks).await;
+                    let what = fetch(&peers, peer, &address, tasks, gpu).await;
                     let _ = done.send(Done { session, what });
                 });
             }
         }
     }
+}
+
+/// Moves every device frame of `values` to `gpu` (peer copies), or to host
+/// memory on a worker without one.
+fn localize(values: Vec<(TaskId, Value)>, gpu: Option<&Arc<Gpu>>) -> std::result::Result<Vec<(TaskId, Value)>, String> {
+    values
+        .into_iter()
+        .map(|(task, value)| {
+            let frames = value
+                .frames
+                .iter()
+                .map(|frame| match (frame.as_device(), gpu) {
+                    (None, _) => Ok(frame.clone()),
+                    (Some(_), Some(gpu)) => crate::device::to_gpu(frame, gpu),
+                    (Some(_), None) => frame.to_host().map(Frame::host),
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| format!("{task}: {e}"))?;
+            Ok((task, Value { frames, ..value }))
+        })
+        .collect()
 }
 
 /// What finished, for [`Link::complete`].
@@ -436,8 +475,15 @@ struct Done {
     what: Completed,
 }
 
-/// Fetches results from one peer.
-async fn fetch(peers: &PeerPool, peer: WorkerId, address: &str, tasks: Vec<TaskId>) -> Completed {
+/// Fetches results from one peer; device frames that arrive by reference
+/// (in-process peers) are copied to this worker's own device.
+async fn fetch(
+    peers: &PeerPool,
+    peer: WorkerId,
+    address: &str,
+    tasks: Vec<TaskId>,
+    gpu: Option<Arc<Gpu>>,
+) -> Completed {
     match peers.request(address, &DataRequest::Tasks(tasks.clone())).await {
         Ok(values) => {
             let (mut got, mut missing) = (Vec::new(), Vec::new());
@@ -446,6 +492,21 @@ async fn fetch(peers: &PeerPool, peer: WorkerId, address: &str, tasks: Vec<TaskI
                     Some(value) => got.push((task, value)),
                     None => missing.push(task),
                 }
+            }
+            if got.iter().any(|(_, v)| v.tier() == Tier::Device) {
+                let fetched: Vec<TaskId> = got.iter().map(|(t, _)| *t).collect();
+                let localized = tokio::task::spawn_blocking(move || localize(got, gpu.as_ref()))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                got = match localized {
+                    Ok(local) => local,
+                    Err(error) => {
+                        warn!(%peer, %error, "cannot copy fetched device results to this worker's memory");
+                        missing.extend(fetched);
+                        Vec::new()
+                    }
+                };
             }
             Completed::Fetched { peer, got, missing }
         }

@@ -28,13 +28,13 @@ pub enum WorkerEvent {
         /// Results the peer did not deliver.
         missing: Vec<TaskId>,
     },
-    /// An op finished: its result is in the store (`Ok(nbytes)`), or it
-    /// failed with a message.
+    /// An op finished: its result is in the store (`Ok((nbytes, tier))`),
+    /// or it failed with a message.
     Executed {
         /// The task.
         task: TaskId,
-        /// Size of the stored result, or the op's error.
-        outcome: Result<u64, String>,
+        /// Size and tier of the stored result, or the op's error.
+        outcome: Result<(u64, Tier), String>,
         /// How long the op ran.
         compute_us: u64,
     },
@@ -175,13 +175,13 @@ impl WorkerState {
                 self.running = self.running.saturating_sub(1);
                 match self.tasks.remove(&task).map(|t| t.phase) {
                     Some(Phase::Running) => match outcome {
-                        Ok(nbytes) => {
+                        Ok((nbytes, tier)) => {
                             self.memory.insert(task, nbytes);
                             out.push(WorkerCommand::Send(FromWorker::Finished {
                                 task,
                                 nbytes,
                                 compute_us,
-                                tier: Tier::Host,
+                                tier,
                             }));
                         }
                         Err(message) => out.push(WorkerCommand::Send(FromWorker::Failed { task, message })),
@@ -414,7 +414,7 @@ mod tests {
     fn executed(task: u64) -> WorkerEvent {
         WorkerEvent::Executed {
             task: TaskId::new(task),
-            outcome: Ok(8),
+            outcome: Ok((8, Tier::Host)),
             compute_us: 5,
         }
     }

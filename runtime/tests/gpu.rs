@@ -1,0 +1,178 @@
+//! Results on emulated GPUs: they stay in device memory where their op
+//! made them, move device to device between GPU workers of one process,
+//! and spill device -> host -> disk when device memory is the bottleneck.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use weft_gpu::{CopyCounters, Gpu, GpuBackend};
+use weft_runtime::ops::args;
+use weft_runtime::store::{MemoryConfig, MemorySnapshot};
+use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, TaskSpec, Tier, Value, WorkerMode, device};
+use weft_transport::{Frame, Location};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+fn byte(seed: u64, i: usize) -> u8 {
+    (i as u64).wrapping_mul(13).wrapping_add(seed) as u8
+}
+
+/// `gpu_fill (seed, len)`: a device buffer made on the worker's GPU.
+/// `gpu_copy`: its input copied into a new buffer on this worker's GPU.
+/// `gpu_sum`: the sum of every byte of its inputs, wherever they are.
+fn registry() -> Registry {
+    let mut registry = Registry::builtin();
+    registry
+        .raw_op("gpu_fill", |a, _| {
+            let (seed, len): (u64, usize) = postcard::from_bytes(a).map_err(|e| e.to_string())?;
+            let host: Vec<u8> = (0..len).map(|i| byte(seed, i)).collect();
+            let gpu = device::current_gpu().ok_or("not a GPU worker")?;
+            let buffer = device::alloc(len)?;
+            let stream = gpu.stream().map_err(|e| e.to_string())?;
+            stream.copy_h2d(&host, &buffer).map_err(|e| e.to_string())?;
+            stream.synchronize().map_err(|e| e.to_string())?;
+            Ok(Value {
+                header: Default::default(),
+                frames: vec![Frame::device(buffer)],
+            })
+        })
+        .raw_op("gpu_copy", |_, inputs| {
+            let src = device::to_current(&inputs[0].frames[0])?;
+            let dst = device::alloc(src.len())?;
+            let stream = src.gpu().stream().map_err(|e| e.to_string())?;
+            stream.copy_d2d(&src, &dst).map_err(|e| e.to_string())?;
+            stream.synchronize().map_err(|e| e.to_string())?;
+            Ok(Value {
+                header: Default::default(),
+                frames: vec![Frame::device(dst)],
+            })
+        })
+        .raw_op("gpu_sum", |_, inputs| {
+            let mut sum = 0u64;
+            for frame in inputs.iter().flat_map(|v| v.frames.iter()) {
+                let bytes = frame.to_host().map_err(|e| e.to_string())?;
+                sum += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+            }
+            Value::encode(&sum)
+        });
+    registry
+}
+
+fn sum_of(seed: u64, len: usize) -> u64 {
+    (0..len).map(|i| u64::from(byte(seed, i))).sum()
+}
+
+async fn cluster(gpus: &[Arc<Gpu>], memory: MemoryConfig) -> LocalCluster {
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = gpus.len();
+    options.nthreads = 1;
+    options.mode = WorkerMode::InProcess;
+    options.registry = Arc::new(registry());
+    options.in_process_gpus = gpus.to_vec();
+    options.worker_listen = "inproc://".into();
+    options.memory = memory;
+    LocalCluster::start(options).await.unwrap()
+}
+
+fn copies(gpus: &[Arc<Gpu>]) -> Vec<CopyCounters> {
+    gpus.iter()
+        .map(|g| match g.backend() {
+            GpuBackend::Emulated(e) => e.copies(),
+            GpuBackend::Cuda(_) => unreachable!("emulated GPUs only"),
+        })
+        .collect()
+}
+
+fn on(worker: usize, mut task: TaskSpec) -> TaskSpec {
+    task.annotations.workers = vec![format!("local-{worker}").into()];
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_gpu_tasks_moves_device_to_device_between_workers() {
+    let gpus: Vec<Arc<Gpu>> = (0..4).map(|i| Gpu::emulated(i, 64 << 20, true)).collect();
+    let cluster = cluster(&gpus, MemoryConfig::default()).await;
+    let client = cluster.client().await.unwrap();
+    let len = MIB;
+    let mut tasks = vec![on(
+        0,
+        TaskSpec::new("link-0", "gpu_fill", args(&(5u64, len)).unwrap(), vec![]),
+    )];
+    for i in 1..8 {
+        let dep = format!("link-{}", i - 1);
+        tasks.push(on(
+            i % 4,
+            TaskSpec::new(format!("link-{i}"), "gpu_copy", args(&()).unwrap(), vec![dep.into()]),
+        ));
+    }
+    let graph = Graph {
+        tasks,
+        outputs: vec!["link-7".into()],
+    };
+    let last = client.compute(graph).await.unwrap().pop().unwrap();
+    let value = last.result().await.unwrap();
+    // In process, the client gets the device buffer itself, on GPU 3.
+    assert_eq!(value.tier(), Tier::Device);
+    assert_eq!(value.frames[0].location(), Location::Device(gpus[3].device()));
+    let bytes = value.frames[0].to_host().unwrap();
+    assert!(bytes.iter().enumerate().all(|(i, &b)| b == byte(5, i)));
+    let counts = copies(&gpus);
+    let total = |f: fn(&CopyCounters) -> u64| counts.iter().map(f).sum::<u64>();
+    println!("{counts:?}");
+    assert_eq!(total(|c| c.peer), 7, "each hop is one peer copy");
+    assert_eq!(total(|c| c.staged), 0, "no hop went through host memory");
+    assert_eq!(total(|c| c.h2d), 1, "only the fill came from the host");
+    assert_eq!(total(|c| c.d2h), 1, "only the final read went to the host");
+    assert_eq!(total(|c| c.d2d), 7, "each copy op ran on its own device");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_memory_as_the_bottleneck_spills_to_host_and_disk() {
+    // Two GPUs of 4 MiB (device limit 80%: 3.2 MiB), 4 MiB of host memory
+    // each; 24 results of 512 KiB are 12 MiB, three times the device
+    // memory and more than host and device together.
+    let gpus: Vec<Arc<Gpu>> = (0..2).map(|i| Gpu::emulated(i, 4 * MIB, true)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let memory = MemoryConfig {
+        limit: 4 * MIB as u64,
+        spill_dir: dir.path().into(),
+        ..MemoryConfig::default()
+    };
+    let cluster = cluster(&gpus, memory).await;
+    let client = cluster.client().await.unwrap();
+    let (n, len) = (24u64, 512 * KIB);
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| {
+            on(
+                i as usize % 2,
+                TaskSpec::new(format!("b-{i}"), "gpu_fill", args(&(i, len)).unwrap(), vec![]),
+            )
+        })
+        .collect();
+    let keys: Vec<_> = tasks.iter().map(|t| t.key.clone()).collect();
+    let blobs = client
+        .compute(Graph {
+            tasks,
+            outputs: keys.clone(),
+        })
+        .await
+        .unwrap();
+    client.wait(&blobs).await;
+    let sum = client
+        .submit(TaskSpec::new("sum", "gpu_sum", args(&()).unwrap(), keys))
+        .await
+        .unwrap();
+    let expected: u64 = (0..n).map(|i| sum_of(i, len)).sum();
+    assert_eq!(sum.result().await.unwrap().decode::<u64>().unwrap(), expected);
+    let stats: MemorySnapshot = cluster.memory().into_iter().sum();
+    println!("{stats:?}");
+    assert!(stats.device_spilled > 0, "device results moved to the host: {stats:?}");
+    assert!(stats.spilled > 0, "and on to disk: {stats:?}");
+    for gpu in &gpus {
+        assert!(gpu.pool_stats().in_use as u64 <= 4 * MIB as u64);
+    }
+    drop(blobs);
+    cluster.stop().await;
+}
