@@ -14,7 +14,7 @@ use crate::ids::{Key, SharedStr, TaskId, WorkerId};
 
 /// Bump on any incompatible change to these messages; the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
@@ -191,6 +191,14 @@ pub enum FromWorker {
     Paused {
         /// True when paused.
         paused: bool,
+    },
+    /// A result moved between memory tiers on this worker: spilled to
+    /// host memory or disk, or read back.
+    Moved {
+        /// The result's task.
+        task: TaskId,
+        /// Where it is now.
+        tier: Tier,
     },
     /// The worker now holds a replica of `task`'s result (after a fetch).
     Acquired {

@@ -430,6 +430,7 @@ impl Scheduler {
                     FromWorker::StealResponse { task, stolen } => self.steal_response(worker, task, stolen, comm),
                     FromWorker::MissingData { task, dep, tried } => self.missing_data(worker, task, dep, tried, comm),
                     FromWorker::Acquired { task, nbytes } => self.acquired(worker, task, nbytes, comm),
+                    FromWorker::Moved { task, tier } => self.moved(worker, task, tier),
                     FromWorker::Paused { paused } => self.worker_paused(worker, paused, comm),
                 }
             }

@@ -41,7 +41,11 @@ impl Scheduler {
             .iter()
             .map(|&d| {
                 let dt = &self.tasks[d];
-                if dt.who_has.contains(&w) { 0 } else { dt.nbytes }
+                if dt.who_has.contains(&w) {
+                    0
+                } else {
+                    dt.transfer_bytes()
+                }
             })
             .sum()
     }
@@ -57,12 +61,13 @@ impl Scheduler {
         let mut total = 0u64;
         for &d in self.tasks[id].deps.iter() {
             let dt = &self.tasks[d];
-            total += dt.nbytes;
+            let bytes = dt.transfer_bytes();
+            total += bytes;
             for &w in &dt.who_has {
                 if let Some(e) = cand.iter_mut().find(|e| e.0 == w) {
-                    e.1 += dt.nbytes;
+                    e.1 += bytes;
                 } else if cand.len() < MAX_CANDIDATES {
-                    cand.push((w, dt.nbytes));
+                    cand.push((w, bytes));
                 }
             }
         }

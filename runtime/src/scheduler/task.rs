@@ -102,6 +102,16 @@ impl Task {
     pub fn wanted(&self) -> bool {
         !self.who_wants.is_empty()
     }
+
+    /// Bytes that moving the result to another worker costs: a result on
+    /// disk is read on its holder before it is sent, so it counts twice.
+    pub fn transfer_bytes(&self) -> u64 {
+        if self.tier == Tier::Disk {
+            self.nbytes.saturating_mul(2)
+        } else {
+            self.nbytes
+        }
+    }
 }
 
 struct Slot {

@@ -842,3 +842,47 @@ fn random_garbage_never_corrupts_state() {
         assert!(st.transitions > 100, "{st:?}");
     }
 }
+
+#[test]
+fn tiers_follow_the_holders_reports_and_weigh_in_placement() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    let out = h.submit(vec![spec("x", &[]), spec("y", &[])], &["x", "y"]);
+    let placed = computes(&out);
+    let wx = placed.iter().find(|p| p.1 == "x").expect("x placed").0;
+    let wy = placed.iter().find(|p| p.1 == "y").expect("y placed").0;
+    h.finish(wx.0, "x", 1000);
+    h.finish(wy.0, "y", 1500);
+    let (x, y) = (h.id("x"), h.id("y"));
+    // A worker that does not hold x cannot move it.
+    h.worker_msg(
+        wy.0,
+        FromWorker::Moved {
+            task: x,
+            tier: Tier::Disk,
+        },
+    );
+    assert_eq!(h.s.tier_of("x"), Some(Tier::Host));
+    h.worker_msg(
+        wx.0,
+        FromWorker::Moved {
+            task: x,
+            tier: Tier::Disk,
+        },
+    );
+    assert_eq!(h.s.tier_of("x"), Some(Tier::Disk));
+    // 1000 bytes on disk weigh more than 1500 in memory: z goes to x's
+    // holder; once y is on disk too, the larger input wins again.
+    let out = h.submit(vec![spec("z", &["x", "y"])], &["z"]);
+    assert_eq!(computes(&out), vec![(wx, "z".to_string())]);
+    h.worker_msg(
+        wy.0,
+        FromWorker::Moved {
+            task: y,
+            tier: Tier::Disk,
+        },
+    );
+    let out = h.submit(vec![spec("u", &["x", "y"])], &["u"]);
+    assert_eq!(computes(&out), vec![(wy, "u".to_string())]);
+}

@@ -437,6 +437,18 @@ impl Scheduler {
         }
     }
 
+    /// A holder moved a result between tiers. The task keeps one tier, the
+    /// one its holders reported last.
+    pub(super) fn moved(&mut self, worker: WorkerId, id: TaskId, tier: Tier) {
+        match self.tasks.get_mut(id) {
+            Some(t) if t.state == TaskState::Memory && t.who_has.contains(&worker) => t.tier = tier,
+            _ => {
+                tracing::debug!(%worker, task = %id, ?tier, "tier of a result this worker does not hold; ignored");
+                self.stats.ignored += 1;
+            }
+        }
+    }
+
     pub(super) fn acquired(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, comm: &mut impl Comm) {
         match self.tasks.get_mut(id) {
             Some(t) if t.state == TaskState::Memory => {

@@ -206,6 +206,8 @@ pub struct Store {
     pool: BufferPool,
     /// Results for the spill thread (when there is a limit).
     spiller: Option<crossbeam_channel::Sender<(TaskId, Arc<Value>)>>,
+    /// Told of every move between tiers.
+    on_move: Box<dyn Fn(TaskId, Tier) + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -257,10 +259,16 @@ enum Place {
 }
 
 impl Store {
-    /// A store managed by `config`, counting into `stats`; spilled results
-    /// go to a directory of their own under `config.spill_dir`, named after
-    /// `worker`.
-    pub fn new(config: MemoryConfig, worker: &str, stats: Arc<MemoryStats>) -> Arc<Store> {
+    /// A store managed by `config`, counting into `stats` and calling
+    /// `on_move` (without blocking) whenever a result changes tier; spilled
+    /// results go to a directory of their own under `config.spill_dir`,
+    /// named after `worker`.
+    pub fn new(
+        config: MemoryConfig,
+        worker: &str,
+        stats: Arc<MemoryStats>,
+        on_move: impl Fn(TaskId, Tier) + Send + Sync + 'static,
+    ) -> Arc<Store> {
         let safe: String = worker
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
@@ -292,13 +300,14 @@ impl Store {
                 stats,
                 pool: BufferPool::new(UNSPILL_POOL_BYTES),
                 spiller: spiller.flatten(),
+                on_move: Box::new(on_move),
             }
         })
     }
 
     /// A store without a limit (nothing is ever spilled).
     pub fn unlimited() -> Arc<Store> {
-        Store::new(MemoryConfig::default(), "unlimited", Arc::default())
+        Store::new(MemoryConfig::default(), "unlimited", Arc::default(), |_, _| {})
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -474,6 +483,7 @@ impl Store {
         }
         inner.on_disk -= nbytes;
         inner.host.bytes += nbytes;
+        (self.on_move)(task, Tier::Host);
         self.stats.unspilled.fetch_add(1, Ordering::Relaxed);
         self.stats.unspilled_bytes.fetch_add(nbytes, Ordering::Relaxed);
         // Keep the value just read: spill others first.
@@ -613,6 +623,7 @@ impl Store {
                 entry.place = Place::Memory(Arc::new(host));
                 entry.tier = Tier::Host;
                 inner.host.bytes += nbytes;
+                (self.on_move)(task, Tier::Host);
                 self.stats.device_spilled.fetch_add(1, Ordering::Relaxed);
                 self.stats.device_spilled_bytes.fetch_add(nbytes, Ordering::Relaxed);
             }
@@ -643,6 +654,7 @@ impl Store {
             Ok(file) => {
                 entry.place = Place::Disk(Arc::new(file));
                 inner.host.bytes -= nbytes;
+                (self.on_move)(task, Tier::Disk);
                 inner.on_disk += nbytes;
                 self.stats.spilled.fetch_add(1, Ordering::Relaxed);
                 self.stats.spilled_bytes.fetch_add(nbytes, Ordering::Relaxed);

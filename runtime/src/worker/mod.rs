@@ -102,7 +102,10 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     {
         memory.device_limit = gpu.capacity() as u64 / 5 * 4;
     }
-    let store = Store::new(memory, &name, options.memory_stats.clone());
+    let (moved_tx, mut moved) = mpsc::unbounded_channel();
+    let store = Store::new(memory, &name, options.memory_stats.clone(), move |task, tier| {
+        let _ = moved_tx.send((task, tier));
+    });
     let setup = {
         let (gpu, store) = (options.gpu.clone(), Arc::downgrade(&store));
         move || {
@@ -172,7 +175,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
                 let _ = sender.close().await;
                 break Ok(());
             }
-            lost = link.serve(&sender, &mut receiver, early, &mut done) => match lost {
+            lost = link.serve(&sender, &mut receiver, early, &mut done, &mut moved) => match lost {
                 Ok(reason) => {
                     warn!(worker = %name, %reason, "lost the scheduler; reconnecting");
                     link.store.clear();
@@ -242,6 +245,7 @@ impl Link<'_> {
         receiver: &mut Receiver,
         early: WorkerDown,
         done: &mut mpsc::UnboundedReceiver<Done>,
+        moved: &mut mpsc::UnboundedReceiver<(TaskId, Tier)>,
     ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
         let mut state = WorkerState::new(self.options.nthreads);
@@ -300,6 +304,9 @@ impl Link<'_> {
                     for message in batch {
                         state.handle(WorkerEvent::Scheduler(message), &mut commands);
                     }
+                }
+                Some((task, tier)) = moved.recv() => {
+                    state.handle(WorkerEvent::Moved { task, tier }, &mut commands);
                 }
                 Some(finished) = done.recv() => {
                     self.complete(finished, &mut state, &mut commands);

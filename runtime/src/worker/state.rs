@@ -40,6 +40,13 @@ pub enum WorkerEvent {
     },
     /// Memory crossed the pause threshold (true) or fell back below it.
     Paused(bool),
+    /// The store moved a result between tiers.
+    Moved {
+        /// The result's task.
+        task: TaskId,
+        /// Where it is now.
+        tier: Tier,
+    },
 }
 
 /// Something the reactor must do.
@@ -192,6 +199,11 @@ impl WorkerState {
                             out.push(WorkerCommand::Release(task));
                         }
                     }
+                }
+            }
+            WorkerEvent::Moved { task, tier } => {
+                if self.memory.contains_key(&task) {
+                    out.push(WorkerCommand::Send(FromWorker::Moved { task, tier }));
                 }
             }
             WorkerEvent::Paused(paused) => {
