@@ -492,6 +492,9 @@ struct Pending {
     req: Box<ComputeRequest>,
     /// Set while running: the token of its `Done` event.
     running: Option<u64>,
+    /// Inputs still being computed on this worker (a chain link sent
+    /// ahead); the task is ready when this is zero.
+    local_inputs: u32,
 }
 
 struct VWorker {
@@ -503,6 +506,8 @@ struct VWorker {
     pending: FxHashMap<TaskId, Pending>,
     ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
     store: FxHashMap<TaskId, u64>,
+    /// Tasks waiting for a task pending here, by that task.
+    local_waiters: FxHashMap<TaskId, Vec<TaskId>>,
 }
 
 /// Counters of a run.
@@ -650,6 +655,7 @@ impl Sim {
             gpus: spec.gpus,
             free_gpus: spec.gpus,
             pending: FxHashMap::default(),
+            local_waiters: FxHashMap::default(),
             ready: BinaryHeap::new(),
             store: FxHashMap::default(),
         });
@@ -688,6 +694,7 @@ impl Sim {
         vw.pending.clear();
         vw.ready.clear();
         vw.store.clear();
+        vw.local_waiters.clear();
         self.sched_alive[w.index()] = false;
         self.n_alive -= 1;
         self.stats.kills += 1;
@@ -899,15 +906,33 @@ impl Sim {
                     );
                     return Ok(());
                 }
-                vw.ready.push(Reverse((req.priority, id)));
-                vw.pending.insert(id, Pending { req, running: None });
+                let mut local_inputs = 0;
+                for dep in &req.deps {
+                    if !vw.store.contains_key(&dep.task) && vw.pending.contains_key(&dep.task) {
+                        local_inputs += 1;
+                        vw.local_waiters.entry(dep.task).or_default().push(id);
+                    }
+                }
+                if local_inputs == 0 {
+                    vw.ready.push(Reverse((req.priority, id)));
+                }
+                vw.pending.insert(
+                    id,
+                    Pending {
+                        req,
+                        running: None,
+                        local_inputs,
+                    },
+                );
                 self.try_start(w)?;
             }
             ToWorker::Free { task } => {
                 vw.store.remove(&task);
             }
             ToWorker::Cancel { task } => {
-                // A running task's result is discarded when it ends.
+                // A running task's result is discarded when it ends; tasks
+                // that waited on it here are cancelled too.
+                vw.local_waiters.remove(&task);
                 if let Some(p) = vw.pending.remove(&task)
                     && p.running.is_some()
                 {
@@ -1061,6 +1086,8 @@ impl Sim {
             _ => false,
         };
         let msg = if fail {
+            // The scheduler cancels what waited on it here.
+            vw.local_waiters.remove(&id);
             FromWorker::Failed {
                 task: id,
                 message: format!("sim op {} failed", p.req.op),
@@ -1079,6 +1106,14 @@ impl Sim {
             }
             let vw = &mut self.workers[w.index()];
             vw.store.insert(id, value_of(seed, inputs));
+            for waiter in vw.local_waiters.remove(&id).unwrap_or_default() {
+                if let Some(p) = vw.pending.get_mut(&waiter) {
+                    p.local_inputs -= 1;
+                    if p.local_inputs == 0 && p.running.is_none() {
+                        vw.ready.push(Reverse((p.req.priority, waiter)));
+                    }
+                }
+            }
             FromWorker::Finished {
                 task: id,
                 nbytes: nbytes as u64,

@@ -136,7 +136,20 @@ impl Scheduler {
                 }
             }
             TaskState::Processing(w) => {
-                ensure!(not_in_memory == 0, "{key}: processing with inputs not in memory");
+                // Only a link sent ahead waits, on inputs running there.
+                for &d in t.deps.iter() {
+                    let dt = self.tasks.get(d).map(|d| d.state);
+                    ensure!(
+                        dt == Some(TaskState::Memory) || dt == Some(TaskState::Processing(w)),
+                        "{key}: processing on {w} with an input {dt:?}"
+                    );
+                }
+                ensure!(
+                    t.waiting_on == not_in_memory,
+                    "{key}: processing, waiting_on {} with {} inputs not in memory",
+                    t.waiting_on,
+                    not_in_memory
+                );
                 let Some(wk) = self.workers.get(&w) else {
                     return Err(InvariantError(format!("{key}: processing on dead worker {w}")));
                 };

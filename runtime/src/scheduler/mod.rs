@@ -91,6 +91,9 @@ pub struct Config {
     /// Record the tasks each event touched (for incremental invariant
     /// checks; see [`Scheduler::take_touched`]).
     pub record_touched: bool,
+    /// Send the rest of a linear chain to the worker of its first link at
+    /// once (see `pipeline`), so each link starts without a round trip.
+    pub pipeline_chains: bool,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             bandwidth: 100e6,
             steal_ratio: 2.0,
             record_touched: false,
+            pipeline_chains: true,
         }
     }
 }
@@ -191,6 +195,8 @@ pub struct Stats {
     pub steal_requests: u64,
     /// Steals that moved a task.
     pub steals: u64,
+    /// Links of chains sent to a worker ahead of their input.
+    pub pipelined: u64,
     /// Results recomputed after they were lost.
     pub recomputed: u64,
 }
@@ -734,6 +740,80 @@ impl Scheduler {
         );
     }
 
+    /// Sends the links of a linear chain that follow `id` (just assigned
+    /// to `w`) to `w` as well: each next link whose only input not in
+    /// memory is the previous one, which has no other dependent. The
+    /// worker starts a link as soon as the one before it finishes there,
+    /// without waiting for the scheduler; the scheduler never steals a
+    /// link sent ahead (nor the task it waits on).
+    fn pipeline(&mut self, mut id: TaskId, w: WorkerId, comm: &mut impl Comm) {
+        if !self.config.pipeline_chains {
+            return;
+        }
+        loop {
+            let t = &self.tasks[id];
+            let [next] = t.dependents[..] else {
+                return;
+            };
+            match self.tasks.get(next) {
+                Some(n) if n.state == TaskState::Waiting && n.waiting_on == 1 => {}
+                _ => return,
+            }
+            if !self.valid_worker(next, w, true) {
+                return;
+            }
+            self.assign(next, w, comm);
+            self.stats.pipelined += 1;
+            id = next;
+        }
+    }
+
+    /// Whether `id` is a link sent ahead, or the task such a link waits on:
+    /// neither may move to another worker.
+    pub(super) fn pipelined(&self, id: TaskId) -> bool {
+        let t = &self.tasks[id];
+        t.waiting_on > 0
+            || matches!(t.dependents[..], [d] if self.tasks.get(d).is_some_and(|d| matches!(d.state, TaskState::Processing(_))))
+    }
+
+    /// Calls back the links sent ahead behind `id`, which stopped
+    /// processing without a result: they wait again, for its next run.
+    pub(super) fn recall_links(&mut self, mut id: TaskId, comm: &mut impl Comm) {
+        loop {
+            let [next] = self.tasks[id].dependents[..] else {
+                return;
+            };
+            let Some(n) = self.tasks.get(next) else {
+                return;
+            };
+            let TaskState::Processing(w) = n.state else {
+                return;
+            };
+            if n.waiting_on == 0 {
+                return;
+            }
+            self.unassign(next);
+            comm.to_worker(w, ToWorker::Cancel { task: next });
+            self.requeue(next);
+            id = next;
+        }
+    }
+
+    /// Puts a task that stopped processing back to waiting, ready when all
+    /// its inputs are in memory.
+    pub(super) fn requeue(&mut self, id: TaskId) {
+        let missing = self.tasks[id]
+            .deps
+            .iter()
+            .filter(|&&d| self.tasks.get(d).is_none_or(|d| d.state != TaskState::Memory))
+            .count();
+        self.tasks[id].waiting_on = missing as u32;
+        self.set_state(id, TaskState::Waiting);
+        if missing == 0 {
+            self.ready.push(id);
+        }
+    }
+
     /// Places a ready task, queues it, or parks it as unrunnable.
     fn schedule(&mut self, id: TaskId, comm: &mut impl Comm) {
         let t = &self.tasks[id];
@@ -741,6 +821,7 @@ impl Scheduler {
         if rootish && self.config.worker_saturation.is_some() {
             if let Some(w) = self.unsat.next() {
                 self.assign(id, w, comm);
+                self.pipeline(id, w, comm);
             } else {
                 let prio = t.priority;
                 self.tasks[id].queue = QueueKind::Root;
@@ -750,7 +831,10 @@ impl Scheduler {
             return;
         }
         match self.decide_worker(id) {
-            Some(w) => self.assign(id, w, comm),
+            Some(w) => {
+                self.assign(id, w, comm);
+                self.pipeline(id, w, comm);
+            }
             None => {
                 tracing::debug!(task = %self.tasks[id].key, "no worker can run this task now");
                 self.tasks[id].queue = QueueKind::Unrunnable;
@@ -771,7 +855,10 @@ impl Scheduler {
                 return;
             };
             match self.tasks.get(id) {
-                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Root => self.assign(id, w, comm),
+                Some(t) if t.state == TaskState::Queued && t.queue == QueueKind::Root => {
+                    self.assign(id, w, comm);
+                    self.pipeline(id, w, comm);
+                }
                 _ => {} // stale entry
             }
         }
@@ -801,6 +888,7 @@ impl Scheduler {
             TaskState::Processing(w) => {
                 self.unassign(id);
                 comm.to_worker(w, ToWorker::Cancel { task: id });
+                self.recall_links(id, comm);
                 self.set_state(id, TaskState::Released);
             }
             TaskState::Waiting | TaskState::Queued => {

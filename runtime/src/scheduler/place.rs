@@ -185,7 +185,7 @@ impl Scheduler {
             let victim_threads = vk.info.nthreads.max(1) as f64;
             let mut chosen = None;
             for &id in vk.processing.iter().rev().take(STEAL_SCAN) {
-                if self.stealing.contains_key(&id) || !self.valid_worker(id, thief, true) {
+                if self.stealing.contains_key(&id) || self.pipelined(id) || !self.valid_worker(id, thief, true) {
                     continue;
                 }
                 let est = self.tasks[id].est as f64;

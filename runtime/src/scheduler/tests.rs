@@ -151,13 +151,17 @@ fn chain_runs_and_releases_intermediates() {
     let mut h = H::new(Config::default());
     h.join(1, 1);
     let out = h.submit(vec![spec("a", &[]), spec("b", &["a"]), spec("c", &["b"])], &["c"]);
-    assert_eq!(computes(&out), vec![(w(1), "a".to_string())]);
-    assert_eq!(h.state("b"), TaskState::Waiting);
+    // The whole chain goes to the worker at once: each link starts there
+    // when the one before it finishes.
+    let chain: Vec<_> = ["a", "b", "c"].iter().map(|k| (w(1), k.to_string())).collect();
+    assert_eq!(computes(&out), chain);
+    assert_eq!(h.state("b"), TaskState::Processing(w(1)));
+    assert_eq!(h.s.stats().pipelined, 2);
     let a = h.id("a");
     let out = h.finish(1, "a", 10);
-    assert_eq!(computes(&out), vec![(w(1), "b".to_string())]);
+    assert!(computes(&out).is_empty());
     let out = h.finish(1, "b", 10);
-    assert_eq!(computes(&out), vec![(w(1), "c".to_string())]);
+    assert!(computes(&out).is_empty());
     // `a` is no longer needed by anyone: freed and released (kept as
     // lineage of `c`).
     assert_eq!(frees(&out), vec![(w(1), a)]);
@@ -322,7 +326,10 @@ fn retries_then_error_with_op_and_worker() {
 
 #[test]
 fn malformed_and_out_of_order_messages_are_ignored() {
-    let mut h = H::new(Config::default());
+    let mut h = H::new(Config {
+        pipeline_chains: false,
+        ..Config::default()
+    });
     h.join(1, 1);
     h.join(2, 1);
     h.submit(vec![spec("a", &[]), spec("b", &["a"])], &["b"]);
@@ -528,10 +535,11 @@ fn missing_data_drops_the_holder_and_recomputes() {
             tried: vec![w(1)],
         },
     );
-    // `a` had no other holder: recomputed, `b` waits for it.
-    assert_eq!(h.state("b"), TaskState::Waiting);
-    assert_eq!(computes(&out).len(), 1);
-    assert_eq!(computes(&out)[0].1, "a");
+    // `a` had no other holder: recomputed, with `b` sent along to wait
+    // for it on the same worker.
+    let sent = computes(&out);
+    assert_eq!(sent.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(h.state("b"), TaskState::Processing(sent[0].0));
 }
 
 #[test]
@@ -885,4 +893,53 @@ fn tiers_follow_the_holders_reports_and_weigh_in_placement() {
     );
     let out = h.submit(vec![spec("u", &["x", "y"])], &["u"]);
     assert_eq!(computes(&out), vec![(wy, "u".to_string())]);
+}
+
+#[test]
+fn pipelined_links_follow_their_input_through_failure_and_worker_loss() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    let chain = |p: &str| {
+        vec![
+            spec(&format!("{p}a"), &[]),
+            spec(&format!("{p}b"), &[&format!("{p}a")]),
+            spec(&format!("{p}c"), &[&format!("{p}b")]),
+        ]
+    };
+    // The head fails: the links sent ahead are cancelled and err.
+    let out = h.submit(chain("x"), &["xc"]);
+    assert_eq!(computes(&out).len(), 3);
+    let xa = h.id("xa");
+    let out = h.worker_msg(
+        1,
+        FromWorker::Failed {
+            task: xa,
+            message: "boom".into(),
+        },
+    );
+    let cancelled = out
+        .iter()
+        .filter(|c| matches!(c, Command::ToWorker(_, ToWorker::Cancel { .. })))
+        .count();
+    assert_eq!(cancelled, 2, "{out:?}");
+    assert_eq!(h.state("xc"), TaskState::Erred);
+    // The worker dies mid-chain: the finished part is lost with it, the
+    // head is ready again and the links wait for it.
+    h.submit(chain("y"), &["yc"]);
+    h.finish(1, "ya", 10);
+    h.join(2, 1);
+    h.ev(Event::WorkerLost { worker: w(1) });
+    let sent: Vec<String> = computes(&h.ev(Event::Balance)).into_iter().map(|c| c.1).collect();
+    assert!(sent.is_empty() || sent == ["ya", "yb", "yc"], "{sent:?}");
+    assert!(matches!(h.state("ya"), TaskState::Processing(x) if x == w(2)));
+    assert_eq!(h.state("yc"), TaskState::Processing(w(2)));
+    h.s.check_all().unwrap();
+    // Nothing sent ahead is stolen: a busy chain on w2, an idle w3.
+    h.join(3, 1);
+    let out = h.ev(Event::Balance);
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::ToWorker(_, ToWorker::Steal { .. }))),
+        "{out:?}"
+    );
 }

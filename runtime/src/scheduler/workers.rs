@@ -166,17 +166,21 @@ impl Scheduler {
         for &id in &wk.processing {
             let t = &mut self.tasks[id];
             t.proc_idx = NOT_LISTED;
-            t.deaths = t.deaths.saturating_add(1);
-            t.waiting_on = 0;
+            // A link sent ahead had not started: its input was still running.
+            let started = t.waiting_on == 0;
+            if started {
+                t.deaths = t.deaths.saturating_add(1);
+            }
             let deaths = t.deaths as u32;
             if !self.stealing.is_empty() {
                 self.stealing.remove(&id);
             }
-            self.set_state(id, TaskState::Waiting);
-            if deaths > allowed {
+            if started && deaths > allowed {
+                self.tasks[id].waiting_on = 0;
+                self.set_state(id, TaskState::Waiting);
                 killed.push((id, deaths));
             } else {
-                self.ready.push(id);
+                self.requeue(id);
             }
         }
         for (id, deaths) in killed {
@@ -229,8 +233,8 @@ impl Scheduler {
                 TaskState::Processing(w) => {
                     self.unassign(d);
                     comm.to_worker(w, ToWorker::Cancel { task: d });
-                    self.tasks[d].waiting_on = 1;
-                    self.set_state(d, TaskState::Waiting);
+                    self.requeue(d);
+                    self.recall_links(d, comm);
                 }
                 _ => {}
             }
@@ -323,14 +327,23 @@ impl Scheduler {
         }
         let dependents = std::mem::take(&mut self.tasks[id].dependents);
         for &d in &dependents {
-            if let Some(dt) = self.tasks.get_mut(d)
-                && dt.state == TaskState::Waiting
-            {
-                dt.waiting_on -= 1;
-                if dt.waiting_on == 0 {
-                    self.ready.push(d);
+            let Some(dt) = self.tasks.get_mut(d) else {
+                continue;
+            };
+            match dt.state {
+                TaskState::Waiting => {
+                    dt.waiting_on -= 1;
+                    if dt.waiting_on == 0 {
+                        self.ready.push(d);
+                    }
+                    self.touch(d);
                 }
-                self.touch(d);
+                // A link sent ahead: its input is now in memory.
+                TaskState::Processing(_) if dt.waiting_on > 0 => {
+                    dt.waiting_on -= 1;
+                    self.touch(d);
+                }
+                _ => {}
             }
         }
         self.tasks[id].dependents = dependents;
@@ -360,6 +373,7 @@ impl Scheduler {
             tracing::debug!(task = %t.key, %message, left = t.retries_left, "task failed; retrying");
             self.set_state(id, TaskState::Waiting);
             self.ready.push(id);
+            self.recall_links(id, comm);
             return;
         }
         let error = TaskError::OpFailed {
@@ -391,9 +405,8 @@ impl Scheduler {
         if valid {
             self.assign(id, thief, comm);
         } else {
-            self.tasks[id].waiting_on = 0;
-            self.set_state(id, TaskState::Waiting);
-            self.ready.push(id);
+            self.requeue(id);
+            self.recall_links(id, comm);
         }
     }
 
@@ -431,9 +444,8 @@ impl Scheduler {
         } else if self.tasks[id].state == TaskState::Processing(worker) {
             self.unassign(id);
             comm.to_worker(worker, ToWorker::Cancel { task: id });
-            self.tasks[id].waiting_on = 0;
-            self.set_state(id, TaskState::Waiting);
-            self.ready.push(id);
+            self.requeue(id);
+            self.recall_links(id, comm);
         }
     }
 

@@ -117,6 +117,9 @@ pub struct WorkerState {
     /// Results in the store and their sizes.
     memory: HashMap<TaskId, u64>,
     transfers: HashMap<TaskId, Transfer>,
+    /// Tasks waiting for the result of a task assigned here (links of a
+    /// chain sent ahead), by that task.
+    local_waiters: HashMap<TaskId, Vec<TaskId>>,
     /// Memory is short: start no ops until it is not.
     paused: bool,
 }
@@ -131,6 +134,7 @@ impl WorkerState {
             ready: BinaryHeap::new(),
             memory: HashMap::new(),
             transfers: HashMap::new(),
+            local_waiters: HashMap::new(),
             paused: false,
         }
     }
@@ -180,10 +184,16 @@ impl WorkerState {
                 compute_us,
             } => {
                 self.running = self.running.saturating_sub(1);
+                // Those waiting here start now, or are cancelled by the
+                // scheduler if this failed.
+                let waiters = self.local_waiters.remove(&task).unwrap_or_default();
                 match self.tasks.remove(&task).map(|t| t.phase) {
                     Some(Phase::Running) => match outcome {
                         Ok((nbytes, tier)) => {
                             self.memory.insert(task, nbytes);
+                            for waiter in waiters {
+                                self.input_arrived(waiter);
+                            }
                             out.push(WorkerCommand::Send(FromWorker::Finished {
                                 task,
                                 nbytes,
@@ -237,7 +247,7 @@ impl WorkerState {
                         tier: Tier::Host,
                     }));
                 } else {
-                    self.compute(request, fetches);
+                    self.compute(request, fetches, out);
                 }
             }
             ToWorker::Free { task } => {
@@ -271,7 +281,12 @@ impl WorkerState {
         }
     }
 
-    fn compute(&mut self, request: Box<ComputeRequest>, fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>) {
+    fn compute(
+        &mut self,
+        request: Box<ComputeRequest>,
+        fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>,
+        out: &mut Vec<WorkerCommand>,
+    ) {
         let task = request.task;
         if self.tasks.contains_key(&task) {
             debug!(%task, "duplicate compute request ignored");
@@ -281,6 +296,21 @@ impl WorkerState {
         for dep in &request.deps {
             if self.memory.contains_key(&dep.task) {
                 continue;
+            }
+            if self.tasks.contains_key(&dep.task) {
+                // A chain link sent ahead: its input is computed here.
+                missing += 1;
+                self.local_waiters.entry(dep.task).or_default().push(task);
+                continue;
+            }
+            if dep.who_has.is_empty() && !self.transfers.contains_key(&dep.task) {
+                // Neither here nor anywhere: the scheduler must sort it out.
+                out.push(WorkerCommand::Send(FromWorker::MissingData {
+                    task,
+                    dep: dep.task,
+                    tried: Vec::new(),
+                }));
+                return;
             }
             missing += 1;
             match self.transfers.entry(dep.task) {
@@ -539,6 +569,51 @@ mod tests {
             WorkerEvent::Scheduler(ToWorker::Free { task: TaskId::new(3) }),
         );
         assert_eq!(out, vec![WorkerCommand::Release(TaskId::new(3))]);
+    }
+
+    #[test]
+    fn chain_links_sent_ahead_start_when_their_input_is_done_here() {
+        let mut state = WorkerState::new(1);
+        assert!(matches!(
+            &run(&mut state, WorkerEvent::Scheduler(request(1, &[])))[..],
+            [WorkerCommand::Execute { .. }]
+        ));
+        // `2` waits on `1`, which runs here: no fetch, no message.
+        assert!(run(&mut state, WorkerEvent::Scheduler(request(2, &[(1, &[])]))).is_empty());
+        assert!(run(&mut state, WorkerEvent::Scheduler(request(3, &[(2, &[])]))).is_empty());
+        let out = run(&mut state, executed(1));
+        assert!(
+            matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(2)),
+            "{out:?}"
+        );
+        let out = run(&mut state, executed(2));
+        assert!(
+            matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(3)),
+            "{out:?}"
+        );
+        // A failed link leaves its waiter to the scheduler's cancel.
+        run(&mut state, WorkerEvent::Scheduler(request(4, &[])));
+        run(&mut state, WorkerEvent::Scheduler(request(5, &[(4, &[])])));
+        let out = run(
+            &mut state,
+            WorkerEvent::Executed {
+                task: TaskId::new(4),
+                outcome: Err("boom".into()),
+                compute_us: 1,
+            },
+        );
+        assert!(
+            !out.iter().any(|c| matches!(c, WorkerCommand::Execute { .. })),
+            "{out:?}"
+        );
+        run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Cancel { task: TaskId::new(5) }),
+        );
+        assert_eq!(state.n_tasks(), 1, "only 3 is left, running");
+        // An input that is nowhere is reported at once.
+        let out = run(&mut state, WorkerEvent::Scheduler(request(6, &[(99, &[])])));
+        assert!(matches!(&out[..], [WorkerCommand::Send(FromWorker::MissingData { tried, .. })] if tried.is_empty()));
     }
 
     #[test]
