@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{debug, warn};
-use weft_transport::{Config, Connection, Listener, TransportError, connect};
+use weft_transport::{Config, Connection, Listener, Message, TransportError, connect};
 
-use crate::codec::{self, DataRequest};
+use crate::codec::{self, DataAck, DataRequest};
 use crate::error::{Result, RuntimeError};
 use crate::ids::{Key, TaskId};
 use crate::value::Value;
@@ -26,6 +26,9 @@ pub struct Store {
 struct StoreInner {
     values: HashMap<TaskId, (Option<Key>, Arc<Value>)>,
     by_key: HashMap<Key, TaskId>,
+    /// Values clients pushed (scatter) that the scheduler has not yet
+    /// named a task for.
+    staged: HashMap<Key, Arc<Value>>,
     bytes: u64,
 }
 
@@ -63,6 +66,44 @@ impl Store {
         }
     }
 
+    /// Keeps a value a client pushed under `key` until it is adopted or
+    /// discarded.
+    pub fn stage(&self, key: Key, value: Arc<Value>) {
+        let mut inner = self.lock();
+        inner.bytes += value.nbytes();
+        if let Some(old) = inner.staged.insert(key, value) {
+            inner.bytes -= old.nbytes();
+        }
+    }
+
+    /// Makes the value staged under `key` the result of `task`; false when
+    /// nothing is staged under it.
+    pub fn adopt(&self, key: &Key, task: TaskId) -> bool {
+        let value = {
+            let mut inner = self.lock();
+            let Some(value) = inner.staged.remove(key) else {
+                return false;
+            };
+            inner.bytes -= value.nbytes();
+            value
+        };
+        self.insert(task, Some(key.clone()), value);
+        true
+    }
+
+    /// Drops staged values; returns how many there were.
+    pub fn discard(&self, keys: &[Key]) -> usize {
+        let mut inner = self.lock();
+        let mut dropped = 0;
+        for key in keys {
+            if let Some(value) = inner.staged.remove(key) {
+                inner.bytes -= value.nbytes();
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// A result by task.
     pub fn get(&self, task: TaskId) -> Option<Arc<Value>> {
         self.lock().values.get(&task).map(|(_, v)| v.clone())
@@ -80,10 +121,10 @@ impl Store {
         *self.lock() = StoreInner::default();
     }
 
-    /// Results held and their total size.
+    /// Results held (staged values included) and their total size.
     pub fn usage(&self) -> (usize, u64) {
         let inner = self.lock();
-        (inner.values.len(), inner.bytes)
+        (inner.values.len() + inner.staged.len(), inner.bytes)
     }
 }
 
@@ -111,24 +152,35 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
                 return;
             }
         };
-        let values: Vec<Option<Arc<Value>>> = match codec::decode::<DataRequest>(&message) {
-            Ok(DataRequest::Tasks(tasks)) => tasks.into_iter().map(|t| store.get(t)).collect(),
-            Ok(DataRequest::Keys(keys)) => keys.iter().map(|k| store.get_key(k)).collect(),
-            Err(reason) => {
-                warn!(peer = %connection.peer(), reason, "malformed data request; closing");
-                return;
-            }
-        };
-        let reply = match codec::encode_reply(&values) {
+        let reply = match answer(message, &store) {
             Ok(reply) => reply,
             Err(reason) => {
-                warn!(reason, "cannot encode a data reply");
+                warn!(peer = %connection.peer(), reason, "bad data request; closing");
                 return;
             }
         };
         if connection.send(reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// The reply to one request, or why the request is refused.
+fn answer(message: Message, store: &Store) -> std::result::Result<Message, String> {
+    match codec::decode::<DataRequest>(&message)? {
+        DataRequest::Tasks(tasks) => codec::encode_reply(&tasks.into_iter().map(|t| store.get(t)).collect::<Vec<_>>()),
+        DataRequest::Keys(keys) => codec::encode_reply(&keys.iter().map(|k| store.get_key(k)).collect::<Vec<_>>()),
+        DataRequest::Put(items) => {
+            let values = codec::split_put(items, message.frames)?;
+            let items = values.len() as u32;
+            for (key, value) in values {
+                store.stage(key, Arc::new(value));
+            }
+            codec::encode(&DataAck { items })
+        }
+        DataRequest::Discard(keys) => codec::encode(&DataAck {
+            items: store.discard(&keys) as u32,
+        }),
     }
 }
 
@@ -163,6 +215,44 @@ impl PeerPool {
     /// Requests to one address go one at a time over one connection; a
     /// failed connection is dropped and the next request reconnects.
     pub async fn request(&self, address: &str, request: &DataRequest) -> Result<Vec<Option<Value>>> {
+        let message = codec::encode(request).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let reply = self.round_trip(address, message).await?;
+        let values = codec::decode_reply(reply).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        if values.len() != request.len() {
+            return Err(RuntimeError::protocol(
+                address,
+                format!("answered {} items for {}", values.len(), request.len()),
+            ));
+        }
+        Ok(values)
+    }
+
+    /// Pushes values to the data server at `address`, which keeps them
+    /// aside under their keys until the scheduler names their tasks.
+    pub async fn put(&self, address: &str, values: &[(Key, Value)]) -> Result<()> {
+        let message = codec::encode_put(values).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let ack = self.round_trip(address, message).await?;
+        let ack: DataAck = codec::decode(&ack).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        if ack.items as usize != values.len() {
+            return Err(RuntimeError::protocol(
+                address,
+                format!("stored {} of {} values", ack.items, values.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops values put aside by [`PeerPool::put`] and never adopted.
+    pub async fn discard(&self, address: &str, keys: Vec<Key>) -> Result<()> {
+        let message =
+            codec::encode(&DataRequest::Discard(keys)).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let ack = self.round_trip(address, message).await?;
+        codec::decode::<DataAck>(&ack).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        Ok(())
+    }
+
+    /// Sends one message to `address` and returns its reply.
+    async fn round_trip(&self, address: &str, message: Message) -> Result<Message> {
         let slot = self
             .connections
             .lock()
@@ -171,41 +261,23 @@ impl PeerPool {
             .or_default()
             .clone();
         let mut slot = slot.lock().await;
-        let result = self.exchange(&mut slot, address, request).await;
+        let result = self.exchange(&mut slot, address, message).await;
         if result.is_err() {
             *slot = None;
         }
         result
     }
 
-    async fn exchange(
-        &self,
-        slot: &mut Option<Connection>,
-        address: &str,
-        request: &DataRequest,
-    ) -> Result<Vec<Option<Value>>> {
+    async fn exchange(&self, slot: &mut Option<Connection>, address: &str, message: Message) -> Result<Message> {
         let connection = match slot {
             Some(connection) => connection,
             None => slot.insert(connect(address, &self.config).await?),
         };
-        let message = codec::encode(request).map_err(|reason| RuntimeError::protocol(address, reason))?;
         connection.send(message).await?;
-        let reply = connection
+        connection
             .recv()
             .await?
-            .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))?;
-        let values = codec::decode_reply(reply).map_err(|reason| RuntimeError::protocol(address, reason))?;
-        let asked = match request {
-            DataRequest::Tasks(tasks) => tasks.len(),
-            DataRequest::Keys(keys) => keys.len(),
-        };
-        if values.len() != asked {
-            return Err(RuntimeError::protocol(
-                address,
-                format!("answered {} items for {asked}", values.len()),
-            ));
-        }
-        Ok(values)
+            .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))
     }
 
     /// Forgets the connection to `address` (its worker is gone).

@@ -86,7 +86,10 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let address = listener.local_addr().to_string();
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
     let store = Arc::new(Store::default());
-    let server = tokio::spawn(serve(listener, store.clone()));
+    // In a set, so that the server stops with this future even when it is
+    // dropped (an in-process worker aborted as if killed), not only at the end.
+    let mut server = tokio::task::JoinSet::new();
+    server.spawn(serve(listener, store.clone()));
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
         let done_tx = done_tx.clone();
@@ -152,7 +155,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
             }
         }
     };
-    server.abort();
+    server.abort_all();
     result
 }
 
@@ -329,6 +332,13 @@ impl Link<'_> {
         match command {
             WorkerCommand::Send(message) => outbox.push(message),
             WorkerCommand::Release(task) => self.store.remove(task),
+            WorkerCommand::Adopt { task, key } => {
+                // Only a bug or a store cleared meanwhile gets here; peers
+                // asking for it then hear that it is missing.
+                if !self.store.adopt(&key, task) {
+                    warn!(%key, %task, "told to adopt a scattered value that was never pushed here");
+                }
+            }
             WorkerCommand::Execute {
                 task,
                 key,
