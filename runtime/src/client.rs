@@ -172,7 +172,7 @@ impl Client {
     /// Submits a graph and returns futures on its outputs, in order.
     pub async fn compute(&self, graph: Graph) -> Result<Vec<TaskFuture>> {
         let (accepted, answer) = oneshot::channel();
-        let futures = {
+        let (futures, sent) = {
             let mut state = self.inner.lock();
             if let Some(reason) = &state.lost {
                 return Err(self.inner.lost(reason));
@@ -184,12 +184,13 @@ impl Client {
                 .collect();
             state.submissions.push_back(accepted);
             // Sent under the lock, so answers pair with submissions in order.
-            self.inner
-                .outbound
-                .send(FromClient::SubmitGraph(graph))
-                .map_err(|_| self.inner.lost("the connection writer stopped"))?;
-            futures
+            let sent = self.inner.outbound.send(FromClient::SubmitGraph(graph)).is_ok();
+            (futures, sent)
         };
+        // Checked once the lock is free: dropping the futures takes it.
+        if !sent {
+            return Err(self.inner.lost("the connection writer stopped"));
+        }
         match answer.await {
             Ok(Ok(())) => Ok(futures),
             Ok(Err(reason)) => Err(RuntimeError::GraphRejected(reason)),
@@ -317,32 +318,31 @@ impl Client {
                 reason: format!("pushing the values failed: {reason}"),
             });
         }
-        // 2. The keys to the scheduler, one message per worker.
-        let futures = {
+        // 2. The keys to the scheduler, one message per worker, sent under
+        // the lock so that the answers find the futures.
+        let mut data: Vec<Vec<(Key, u64)>> = vec![Vec::new(); workers.len()];
+        for (key, nbytes, i) in &keys {
+            data[*i].push((key.clone(), *nbytes));
+        }
+        let registered = {
             let mut state = self.inner.lock();
-            if let Some(reason) = &state.lost {
-                let error = self.inner.lost(reason);
-                drop(state);
+            state.lost.is_none().then(|| {
+                let futures: Vec<TaskFuture> = keys.iter().map(|(key, ..)| self.inner.want(&mut state, key)).collect();
+                let sent = pushed.iter().all(|&i| {
+                    let data = std::mem::take(&mut data[i]);
+                    let worker = workers[i].worker;
+                    self.inner.outbound.send(FromClient::Scatter { worker, data }).is_ok()
+                });
+                (futures, sent)
+            })
+        };
+        // Futures are dropped (and released) only once the lock is free.
+        let futures = match registered {
+            Some((futures, true)) => futures,
+            _ => {
                 self.discard(workers, &keys, &pushed).await;
-                return Err(error);
+                return Err(self.inner.lost_now());
             }
-            let futures: Vec<TaskFuture> = keys.iter().map(|(key, ..)| self.inner.want(&mut state, key)).collect();
-            for &i in &pushed {
-                let data = keys
-                    .iter()
-                    .filter(|k| k.2 == i)
-                    .map(|(key, nbytes, _)| (key.clone(), *nbytes))
-                    .collect();
-                let message = FromClient::Scatter {
-                    worker: workers[i].worker,
-                    data,
-                };
-                self.inner
-                    .outbound
-                    .send(message)
-                    .map_err(|_| self.inner.lost("the connection writer stopped"))?;
-            }
-            futures
         };
         // 3. Each key registered, or the call fails and what was registered
         // is released as the futures drop.
