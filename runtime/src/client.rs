@@ -525,7 +525,6 @@ impl Client {
                 out = &mut work => {
                     if let Some(bar) = bar {
                         let bar: indicatif::ProgressBar = bar;
-                        bar.set_position(meter.total());
                         bar.finish_with_message(meter.status(meter.total(), Instant::now()));
                     }
                     return out;
@@ -534,9 +533,7 @@ impl Client {
                     let now = Instant::now();
                     if meter.should_draw(now) {
                         let done = done + (self.inner.lock().resolved - resolved);
-                        let bar = bar.get_or_insert_with(|| progress::bar(meter.total()));
-                        bar.set_position(done.min(meter.total()));
-                        bar.set_message(meter.status(done, now));
+                        bar.get_or_insert_with(progress::bar).set_message(meter.status(done, now));
                     }
                 }
             }

@@ -19,8 +19,12 @@ pub const DELAY: Duration = Duration::from_millis(500);
 /// Shortest time between two draws: at most 10 per second.
 pub const INTERVAL: Duration = Duration::from_millis(100);
 
-/// How the bar looks; `{msg}` is [`Meter::status`].
-const TEMPLATE: &str = "[{bar:30}] {msg}";
+/// How the bar looks: all of it is [`Meter::status`], so that one update
+/// is one draw.
+const TEMPLATE: &str = "{msg}";
+
+/// Width of the bar, in characters.
+const BAR_WIDTH: usize = 30;
 
 /// The environment variable that turns progress bars off with `0`.
 pub const ENV: &str = "WEFT_PROGRESS";
@@ -91,27 +95,44 @@ impl Meter {
     }
 
     /// What the bar says with `done` tasks done at `now`:
-    /// `1,234/5,000 tasks · 812/s · ETA 5s`, or `... · done in 6.1s` at the end.
+    /// `[=====>    ] 1,234/5,000 tasks · 812/s · ETA 5s`; while nothing has
+    /// finished yet, how long it has waited; at the end, how long it took.
     pub fn status(&self, done: u64, now: Instant) -> String {
         let done = done.min(self.total);
         let elapsed = now.saturating_duration_since(self.started);
-        let counted = format!("{}/{} tasks", thousands(done), thousands(self.total));
+        let counted = format!(
+            "{} {}/{} tasks",
+            bar_text(done, self.total),
+            thousands(done),
+            thousands(self.total)
+        );
         if done == self.total {
             return format!("{counted} · done in {}", duration(elapsed));
         }
         let secs = elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            (done - self.base) as f64 / secs
-        } else {
-            0.0
-        };
-        let eta = if rate > 0.0 {
-            duration(Duration::from_secs_f64((self.total - done) as f64 / rate))
-        } else {
-            "?".to_string()
-        };
+        if done == self.base || secs <= 0.0 {
+            return format!("{counted} · waiting {}", duration(elapsed));
+        }
+        let rate = (done - self.base) as f64 / secs;
+        let eta = duration(Duration::from_secs_f64((self.total - done) as f64 / rate));
         format!("{counted} · {}/s · ETA {eta}", rate_text(rate))
     }
+}
+
+/// `[=========>      ]`: `done` of `total` in [`BAR_WIDTH`] characters.
+pub fn bar_text(done: u64, total: u64) -> String {
+    let filled = if total == 0 {
+        BAR_WIDTH
+    } else {
+        (done.min(total) as u128 * BAR_WIDTH as u128 / total as u128) as usize
+    };
+    let head = usize::from(filled < BAR_WIDTH);
+    format!(
+        "[{}{}{}]",
+        "=".repeat(filled),
+        ">".repeat(head),
+        " ".repeat(BAR_WIDTH - filled - head)
+    )
 }
 
 /// `1234567` as `1,234,567`.
@@ -148,13 +169,14 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
-/// A bar on stderr drawing at most every [`INTERVAL`].
-pub fn bar(total: u64) -> ProgressBar {
+/// A bar on stderr, drawn when its message is set (by [`Meter`]'s
+/// schedule), and never more than [`INTERVAL`] allows.
+pub fn bar() -> ProgressBar {
     let hz = (1000 / INTERVAL.as_millis()).clamp(1, 20) as u8;
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(hz));
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(hz));
     // A fixed template: a typo in it would be ours and caught by the tests.
     if let Ok(style) = ProgressStyle::with_template(TEMPLATE) {
-        bar.set_style(style.progress_chars("=> "));
+        bar.set_style(style);
     }
     bar
 }
@@ -191,18 +213,34 @@ mod tests {
         let meter = Meter::new(101_000, 1_000, t0);
         assert_eq!(
             meter.status(21_000, at(t0, 2_000)),
-            "21,000/101,000 tasks · 10.0k/s · ETA 8.0s"
+            "[======>                       ] 21,000/101,000 tasks · 10.0k/s · ETA 8.0s"
         );
-        assert_eq!(meter.status(1_000, at(t0, 0)), "1,000/101,000 tasks · 0.0/s · ETA ?");
+        assert_eq!(
+            meter.status(1_000, at(t0, 4_200)),
+            "[>                             ] 1,000/101,000 tasks · waiting 4.2s"
+        );
         assert_eq!(
             meter.status(101_000, at(t0, 6_100)),
-            "101,000/101,000 tasks · done in 6.1s"
+            "[==============================] 101,000/101,000 tasks · done in 6.1s"
         );
         // More than the total (a miscount) reads as done.
-        assert_eq!(
-            meter.status(200_000, at(t0, 61_000)),
-            "101,000/101,000 tasks · done in 1m01s"
+        assert!(
+            meter
+                .status(200_000, at(t0, 61_000))
+                .ends_with("101,000/101,000 tasks · done in 1m01s")
         );
+        // A single output (a reduction) says how long it has waited.
+        let one = Meter::new(1, 0, t0);
+        assert!(one.status(0, at(t0, 3_000)).ends_with("0/1 tasks · waiting 3.0s"));
+    }
+
+    #[test]
+    fn the_bar_fills_in_proportion() {
+        assert_eq!(bar_text(0, 10), format!("[>{}]", " ".repeat(29)));
+        assert_eq!(bar_text(5, 10), format!("[{}>{}]", "=".repeat(15), " ".repeat(14)));
+        assert_eq!(bar_text(10, 10), format!("[{}]", "=".repeat(30)));
+        assert_eq!(bar_text(0, 0), format!("[{}]", "=".repeat(30)));
+        assert_eq!(bar_text(u64::MAX - 1, u64::MAX).len(), 32);
     }
 
     #[test]
@@ -236,7 +274,6 @@ mod tests {
     #[test]
     fn the_bar_template_is_valid() {
         assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
-        let bar = bar(10);
-        assert_eq!(bar.length(), Some(10));
+        assert_eq!(bar().length(), None);
     }
 }
