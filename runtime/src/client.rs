@@ -309,7 +309,10 @@ impl Client {
             }
         }
         if let Some((i, reason)) = failure {
-            self.discard(workers, &keys, &pushed).await;
+            // Not on the worker whose connection just failed: it is most
+            // likely gone, and trying would only add a connect timeout.
+            let landed: Vec<usize> = pushed.iter().copied().filter(|&j| j != i).collect();
+            self.discard(workers, &keys, &landed).await;
             let worker = workers
                 .get(i)
                 .map_or_else(|| names(workers, &pushed), |w| w.name.to_string());

@@ -24,7 +24,7 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 const TEMPLATE: &str = "{msg}";
 
 /// Width of the bar, in characters.
-const BAR_WIDTH: usize = 30;
+pub const BAR_WIDTH: usize = 30;
 
 /// The environment variable that turns progress bars off with `0`.
 pub const ENV: &str = "WEFT_PROGRESS";
