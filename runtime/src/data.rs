@@ -3,10 +3,13 @@
 //!
 //! Results never pass through the scheduler: a worker fetches its inputs
 //! straight from the workers that hold them, and a client gathers from the
-//! workers the scheduler names.
+//! workers the scheduler names. Clients scattering data push it here too:
+//! it waits aside, by key, until the scheduler has the worker adopt it as a
+//! task's result (or the client discards it, or it expires).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 use weft_transport::{Config, Connection, Listener, Message, TransportError, connect};
@@ -27,8 +30,8 @@ struct StoreInner {
     values: HashMap<TaskId, (Option<Key>, Arc<Value>)>,
     by_key: HashMap<Key, TaskId>,
     /// Values clients pushed (scatter) that the scheduler has not yet
-    /// named a task for.
-    staged: HashMap<Key, Arc<Value>>,
+    /// named a task for, with when they came.
+    staged: HashMap<Key, (Instant, Arc<Value>)>,
     bytes: u64,
 }
 
@@ -68,10 +71,10 @@ impl Store {
 
     /// Keeps a value a client pushed under `key` until it is adopted or
     /// discarded.
-    pub fn stage(&self, key: Key, value: Arc<Value>) {
+    pub fn stage(&self, key: Key, value: Arc<Value>, now: Instant) {
         let mut inner = self.lock();
         inner.bytes += value.nbytes();
-        if let Some(old) = inner.staged.insert(key, value) {
+        if let Some((_, old)) = inner.staged.insert(key, (now, value)) {
             inner.bytes -= old.nbytes();
         }
     }
@@ -81,7 +84,7 @@ impl Store {
     pub fn adopt(&self, key: &Key, task: TaskId) -> bool {
         let value = {
             let mut inner = self.lock();
-            let Some(value) = inner.staged.remove(key) else {
+            let Some((_, value)) = inner.staged.remove(key) else {
                 return false;
             };
             inner.bytes -= value.nbytes();
@@ -96,12 +99,30 @@ impl Store {
         let mut inner = self.lock();
         let mut dropped = 0;
         for key in keys {
-            if let Some(value) = inner.staged.remove(key) {
+            if let Some((_, value)) = inner.staged.remove(key) {
                 inner.bytes -= value.nbytes();
                 dropped += 1;
             }
         }
         dropped
+    }
+
+    /// Drops values staged before `now - ttl`: their scatter never
+    /// completed (the client died between pushing and registering them).
+    /// Returns how many.
+    pub fn expire_staged(&self, now: Instant, ttl: Duration) -> usize {
+        let mut inner = self.lock();
+        let before = inner.staged.len();
+        let mut freed = 0;
+        inner.staged.retain(|_, (at, value)| {
+            let keep = now.saturating_duration_since(*at) < ttl;
+            if !keep {
+                freed += value.nbytes();
+            }
+            keep
+        });
+        inner.bytes -= freed;
+        before - inner.staged.len()
     }
 
     /// A result by task.
@@ -173,8 +194,9 @@ fn answer(message: Message, store: &Store) -> std::result::Result<Message, Strin
         DataRequest::Put(items) => {
             let values = codec::split_put(items, message.frames)?;
             let items = values.len() as u32;
+            let now = Instant::now();
             for (key, value) in values {
-                store.stage(key, Arc::new(value));
+                store.stage(key, Arc::new(value), now);
             }
             codec::encode(&DataAck { items })
         }
@@ -185,7 +207,12 @@ fn answer(message: Message, store: &Store) -> std::result::Result<Message, Strin
 }
 
 /// How long a fetch keeps trying to reach a peer.
-pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a value pushed by a client waits to be adopted before it is
+/// dropped. A scatter registers its values right after pushing them, so
+/// only a client that died in between leaves any to expire.
+pub const STAGED_TTL: Duration = Duration::from_secs(300);
 
 /// Connections to data servers, one per address, reused across requests.
 #[derive(Clone)]
@@ -286,5 +313,43 @@ impl PeerPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(address);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_values_are_adopted_discarded_or_expire() {
+        let store = Store::default();
+        let t0 = Instant::now();
+        let value = |i: u64| Arc::new(Value::encode(&i).unwrap());
+        let size = value(1).nbytes();
+        store.stage("a".into(), value(1), t0);
+        store.stage("b".into(), value(2), t0);
+        store.stage("c".into(), value(3), t0 + Duration::from_secs(10));
+        assert_eq!(store.usage(), (3, 3 * size));
+        // Staged values are not results yet.
+        assert!(store.get_key("a").is_none());
+        assert!(store.adopt(&"a".into(), TaskId::new(1)));
+        assert_eq!(store.get(TaskId::new(1)), Some(value(1)));
+        assert_eq!(store.get_key("a"), Some(value(1)));
+        assert!(!store.adopt(&"a".into(), TaskId::new(2)), "adopted once");
+        assert_eq!(store.discard(&["b".into(), "zz".into()]), 1);
+        assert_eq!(store.usage(), (2, 2 * size));
+        // Only what waited longer than the TTL expires.
+        assert_eq!(
+            store.expire_staged(t0 + STAGED_TTL + Duration::from_secs(1), STAGED_TTL),
+            0
+        );
+        assert_eq!(
+            store.expire_staged(t0 + STAGED_TTL + Duration::from_secs(10), STAGED_TTL),
+            1
+        );
+        assert!(!store.adopt(&"c".into(), TaskId::new(3)));
+        assert_eq!(store.usage(), (1, size));
+        store.remove(TaskId::new(1));
+        assert_eq!(store.usage(), (0, 0));
     }
 }

@@ -14,7 +14,7 @@ use weft_transport::{Config as TransportConfig, Connection, Receiver, Sender, co
 pub use state::{WorkerCommand, WorkerEvent, WorkerState};
 
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
-use crate::data::{PeerPool, Store, serve};
+use crate::data::{PeerPool, STAGED_TTL, Store, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{Key, TaskId, WorkerId};
@@ -279,6 +279,10 @@ impl Link<'_> {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    let expired = self.store.expire_staged(Instant::now(), STAGED_TTL);
+                    if expired > 0 {
+                        warn!(expired, "dropped scattered values never registered (their client went away?)");
+                    }
                     if quiet {
                         let Ok(message) = codec::encode(&WorkerUp::Heartbeat) else { continue };
                         if let Err(error) = sender.send(message).await {
