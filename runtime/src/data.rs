@@ -352,4 +352,37 @@ mod tests {
         store.remove(TaskId::new(1));
         assert_eq!(store.usage(), (0, 0));
     }
+
+    #[test]
+    fn the_server_answers_puts_and_refuses_bad_ones() {
+        use weft_transport::Frame;
+        let store = Store::default();
+        let framed = Value {
+            header: bytes::Bytes::from_static(b"h"),
+            frames: vec![Frame::host(vec![7u8; 16])],
+        };
+        let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
+        let ack: DataAck = codec::decode(&answer(put.clone(), &store).unwrap()).unwrap();
+        assert_eq!(ack, DataAck { items: 1 });
+        // Put aside: not served by key until adopted.
+        let keys = codec::encode(&DataRequest::Keys(vec!["k".into()])).unwrap();
+        assert_eq!(
+            codec::decode_reply(answer(keys.clone(), &store).unwrap()).unwrap(),
+            vec![None]
+        );
+        assert!(store.adopt(&"k".into(), TaskId::new(4)));
+        assert_eq!(
+            codec::decode_reply(answer(keys, &store).unwrap()).unwrap(),
+            vec![Some(framed)]
+        );
+        // Frames that do not add up, unknown requests, garbage: refused.
+        let mut short = put;
+        short.frames.clear();
+        assert!(answer(short, &store).is_err());
+        assert!(answer(Message::new(vec![42u8, 0], Vec::new()), &store).is_err());
+        assert!(answer(Message::new(Vec::<u8>::new(), Vec::new()), &store).is_err());
+        let discard = codec::encode(&DataRequest::Discard(vec!["k".into()])).unwrap();
+        let ack: DataAck = codec::decode(&answer(discard, &store).unwrap()).unwrap();
+        assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
+    }
 }
