@@ -4,9 +4,21 @@
 //! A [`TaskFuture`] keeps its key wanted: when the last clone of it is
 //! dropped the client tells the scheduler, which may then release the
 //! result. Errors carry the key, the op and the remote message.
+//!
+//! Scatter works as in Dask: the client asks the scheduler for its workers,
+//! pushes the values straight to the chosen workers' data servers (which
+//! keep them aside), then tells the scheduler, which registers the keys and
+//! has each worker adopt its values. A push or a registration that fails
+//! fails the whole call, and what was put aside is dropped.
+//!
+//! [`gather`](Client::gather) and [`wait`](Client::wait) show a progress
+//! bar on a terminal (see [`crate::progress`]); the blocking facade is in
+//! [`crate::blocking`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -18,11 +30,44 @@ use crate::data::PeerPool;
 use crate::error::{Result, RuntimeError};
 use crate::graph::{Graph, TaskSpec};
 use crate::ids::Key;
-use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient};
+use crate::progress::{self, Meter};
+use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient, WorkerStatus};
 use crate::value::Value;
 
-/// Keys asked of one worker in one request when gathering.
+/// Keys asked of one worker in one request when gathering, and values
+/// pushed in one request when scattering.
 const GATHER_BATCH: usize = 4096;
+
+/// Most bytes and frames pushed in one scatter request: far below the
+/// transport's limits on one message.
+const PUT_BYTES: u64 = 1 << 30;
+const PUT_FRAMES: usize = 32_768;
+
+/// How a client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Transport settings (token, TLS, timeouts).
+    pub transport: TransportConfig,
+    /// Show a progress bar on stderr during long calls when stderr is a
+    /// terminal (default: on, unless `WEFT_PROGRESS=0`).
+    pub progress: bool,
+}
+
+impl ClientOptions {
+    /// Defaults with these transport settings.
+    pub fn new(transport: TransportConfig) -> Self {
+        ClientOptions {
+            transport,
+            progress: progress::enabled_by_env(),
+        }
+    }
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self::new(TransportConfig::default())
+    }
+}
 
 /// A connection to a scheduler. Cloning shares it.
 #[derive(Clone)]
@@ -37,6 +82,8 @@ struct Inner {
     peers: PeerPool,
     /// Prefix that keeps generated keys unique across clients.
     prefix: String,
+    /// Whether long calls may show a progress bar.
+    progress: AtomicBool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -50,9 +97,14 @@ impl Drop for Inner {
 struct State {
     keys: HashMap<Key, Entry>,
     submissions: VecDeque<oneshot::Sender<std::result::Result<(), String>>>,
+    /// Queries sent, by request number, waiting for their answer.
+    queries: HashMap<u64, oneshot::Sender<ToClient>>,
+    next_query: u64,
     /// Why the scheduler connection ended, once it has.
     lost: Option<String>,
     generated: u64,
+    /// Futures that left `Pending`, ever: progress bars count with it.
+    resolved: u64,
 }
 
 struct Entry {
@@ -67,11 +119,30 @@ enum Status {
     Memory(Vec<Peer>),
     Erred(TaskError),
     Cancelled,
+    /// A scatter the scheduler refused: it never knew the key.
+    Rejected {
+        worker: String,
+        reason: String,
+    },
+}
+
+impl Status {
+    /// Whether the scheduler holds no future of ours on the key (so a
+    /// release would be void).
+    fn unknown_to_scheduler(&self) -> bool {
+        matches!(self, Status::Cancelled | Status::Rejected { .. })
+    }
 }
 
 impl Client {
     /// Connects to the scheduler at `address`.
     pub async fn connect(address: &str, transport: &TransportConfig) -> Result<Client> {
+        Self::connect_with(address, &ClientOptions::new(transport.clone())).await
+    }
+
+    /// Connects to the scheduler at `address` with these options.
+    pub async fn connect_with(address: &str, options: &ClientOptions) -> Result<Client> {
+        let transport = &options.transport;
         let connection = connect(address, transport).await?;
         let hello = Hello::Client {
             version: PROTOCOL_VERSION,
@@ -91,6 +162,7 @@ impl Client {
                 state: Mutex::new(State::default()),
                 peers: PeerPool::new(transport.clone()),
                 prefix: format!("{:016x}", fastrand::u64(..)),
+                progress: AtomicBool::new(options.progress),
                 tasks: vec![writer, reader],
             }
         });
@@ -100,7 +172,7 @@ impl Client {
     /// Submits a graph and returns futures on its outputs, in order.
     pub async fn compute(&self, graph: Graph) -> Result<Vec<TaskFuture>> {
         let (accepted, answer) = oneshot::channel();
-        let futures = {
+        let (futures, sent) = {
             let mut state = self.inner.lock();
             if let Some(reason) = &state.lost {
                 return Err(self.inner.lost(reason));
@@ -112,19 +184,213 @@ impl Client {
                 .collect();
             state.submissions.push_back(accepted);
             // Sent under the lock, so answers pair with submissions in order.
-            self.inner
-                .outbound
-                .send(FromClient::SubmitGraph(graph))
-                .map_err(|_| self.inner.lost("the connection writer stopped"))?;
-            futures
+            let sent = self.inner.outbound.send(FromClient::SubmitGraph(graph)).is_ok();
+            (futures, sent)
         };
+        // Checked once the lock is free: dropping the futures takes it.
+        if !sent {
+            return Err(self.inner.lost("the connection writer stopped"));
+        }
         match answer.await {
             Ok(Ok(())) => Ok(futures),
             Ok(Err(reason)) => Err(RuntimeError::GraphRejected(reason)),
-            Err(_) => Err(self
-                .inner
-                .lost(self.inner.lock().lost.as_deref().unwrap_or("connection lost"))),
+            Err(_) => Err(self.inner.lost_now()),
         }
+    }
+
+    /// Turns progress bars of long calls on or off (see [`ClientOptions`]).
+    pub fn set_progress(&self, on: bool) {
+        self.inner.progress.store(on, Ordering::Relaxed);
+    }
+
+    /// The scheduler's live workers, by id.
+    pub async fn workers(&self) -> Result<Vec<WorkerStatus>> {
+        match self.ask(|request| FromClient::Workers { request }).await? {
+            ToClient::Workers { workers, .. } => Ok(workers),
+            other => Err(self.inner.unexpected(&other)),
+        }
+    }
+
+    /// The workers holding each key, in order (none for a key that is not
+    /// in memory or not known).
+    pub async fn who_has(&self, keys: &[Key]) -> Result<Vec<Vec<Peer>>> {
+        let keys = keys.to_vec();
+        match self.ask(move |request| FromClient::WhoHas { request, keys }).await? {
+            ToClient::WhoHas { who_has, .. } => Ok(who_has),
+            other => Err(self.inner.unexpected(&other)),
+        }
+    }
+
+    /// Sends a query numbered by `make`'s argument and waits for its answer.
+    async fn ask(&self, make: impl FnOnce(u64) -> FromClient) -> Result<ToClient> {
+        let (answered, answer) = oneshot::channel();
+        {
+            let mut state = self.inner.lock();
+            if let Some(reason) = &state.lost {
+                return Err(self.inner.lost(reason));
+            }
+            state.next_query += 1;
+            let request = state.next_query;
+            state.queries.insert(request, answered);
+            self.inner
+                .outbound
+                .send(make(request))
+                .map_err(|_| self.inner.lost("the connection writer stopped"))?;
+        }
+        answer.await.map_err(|_| self.inner.lost_now())
+    }
+
+    /// Puts values into the workers' memory and returns futures on them,
+    /// in order, under generated keys (`scatter-PREFIX-N`). Each value goes
+    /// to the worker holding the fewest bytes so far (counting the values
+    /// already placed), so equal values spread round-robin. Scattered
+    /// values are inputs like any result, are gathered like any result,
+    /// and are released when their futures are dropped; they have no
+    /// lineage, so a value whose worker dies is lost
+    /// ([`TaskError::DataLost`]).
+    pub async fn scatter(&self, values: impl IntoIterator<Item = Value>) -> Result<Vec<TaskFuture>> {
+        let values: Vec<Value> = values.into_iter().collect();
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let workers = self.workers().await?;
+        if workers.is_empty() {
+            return Err(RuntimeError::Scatter {
+                worker: "any worker".into(),
+                reason: format!("the scheduler at {} has no workers", self.inner.scheduler),
+            });
+        }
+        let sizes: Vec<u64> = values.iter().map(Value::nbytes).collect();
+        let placement = place(&workers, &sizes);
+        self.scatter_placed(&workers, values.into_iter().zip(placement).collect())
+            .await
+    }
+
+    /// Puts values into one worker's memory (one of [`Client::workers`]);
+    /// see [`Client::scatter`].
+    pub async fn scatter_to(
+        &self,
+        worker: &WorkerStatus,
+        values: impl IntoIterator<Item = Value>,
+    ) -> Result<Vec<TaskFuture>> {
+        let values = values.into_iter().map(|value| (value, 0)).collect();
+        self.scatter_placed(std::slice::from_ref(worker), values).await
+    }
+
+    /// Scatters each value to `workers[i]` for its `i`.
+    async fn scatter_placed(&self, workers: &[WorkerStatus], values: Vec<(Value, usize)>) -> Result<Vec<TaskFuture>> {
+        // Keys in the caller's order; values grouped per worker.
+        let mut keys = Vec::with_capacity(values.len());
+        let mut groups: Vec<Vec<(Key, Value)>> = vec![Vec::new(); workers.len()];
+        for (value, i) in values {
+            let key = self.unique_key("scatter");
+            keys.push((key.clone(), value.nbytes(), i));
+            groups[i].push((key, value));
+        }
+        let pushed: Vec<usize> = (0..workers.len()).filter(|&i| !groups[i].is_empty()).collect();
+        // 1. The values to the workers, every worker at once.
+        let mut pushes = JoinSet::new();
+        for (i, group) in groups.into_iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            let (peers, address) = (self.inner.peers.clone(), workers[i].address.to_string());
+            pushes.spawn(async move {
+                for batch in put_batches(group) {
+                    if let Err(error) = peers.put(&address, &batch).await {
+                        return Err((i, error.to_string()));
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut failure = None;
+        while let Some(joined) = pushes.join_next().await {
+            let outcome = joined.unwrap_or_else(|error| Err((usize::MAX, error.to_string())));
+            if let (Err(failed), None) = (outcome, &failure) {
+                failure = Some(failed);
+            }
+        }
+        if let Some((i, reason)) = failure {
+            // Not on the worker whose connection just failed: it is most
+            // likely gone, and trying would only add a connect timeout.
+            let landed: Vec<usize> = pushed.iter().copied().filter(|&j| j != i).collect();
+            self.discard(workers, &keys, &landed).await;
+            let worker = workers
+                .get(i)
+                .map_or_else(|| names(workers, &pushed), |w| w.name.to_string());
+            return Err(RuntimeError::Scatter {
+                worker,
+                reason: format!("pushing the values failed: {reason}"),
+            });
+        }
+        // 2. The keys to the scheduler, one message per worker, sent under
+        // the lock so that the answers find the futures.
+        let mut data: Vec<Vec<(Key, u64)>> = vec![Vec::new(); workers.len()];
+        for (key, nbytes, i) in &keys {
+            data[*i].push((key.clone(), *nbytes));
+        }
+        let registered = {
+            let mut state = self.inner.lock();
+            state.lost.is_none().then(|| {
+                let futures: Vec<TaskFuture> = keys.iter().map(|(key, ..)| self.inner.want(&mut state, key)).collect();
+                let sent = pushed.iter().all(|&i| {
+                    let data = std::mem::take(&mut data[i]);
+                    let worker = workers[i].worker;
+                    self.inner.outbound.send(FromClient::Scatter { worker, data }).is_ok()
+                });
+                (futures, sent)
+            })
+        };
+        // Futures are dropped (and released) only once the lock is free.
+        let futures = match registered {
+            Some((futures, true)) => futures,
+            _ => {
+                self.discard(workers, &keys, &pushed).await;
+                return Err(self.inner.lost_now());
+            }
+        };
+        // 3. Each key registered, or the call fails and what was registered
+        // is released as the futures drop.
+        let mut refused = Vec::new();
+        let mut first_error = None;
+        for (future, (_, _, i)) in futures.iter().zip(&keys) {
+            match future.wait().await {
+                Ok(_) => {}
+                Err(RuntimeError::Scatter { reason, .. }) => {
+                    if !refused.contains(i) {
+                        refused.push(*i);
+                    }
+                    first_error.get_or_insert(RuntimeError::Scatter {
+                        worker: workers[*i].name.to_string(),
+                        reason,
+                    });
+                }
+                Err(other) => {
+                    first_error.get_or_insert(other);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(futures),
+            Some(error) => {
+                drop(futures);
+                self.discard(workers, &keys, &refused).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Best effort: drops what a failed scatter put aside on `which` workers.
+    async fn discard(&self, workers: &[WorkerStatus], keys: &[(Key, u64, usize)], which: &[usize]) {
+        let mut discards = JoinSet::new();
+        for &i in which {
+            let mine: Vec<Key> = keys.iter().filter(|k| k.2 == i).map(|k| k.0.clone()).collect();
+            let (peers, address) = (self.inner.peers.clone(), workers[i].address.to_string());
+            discards.spawn(async move {
+                if let Err(error) = peers.discard(&address, mine).await {
+                    debug!(address, %error, "could not drop the values of a failed scatter");
+                }
+            });
+        }
+        while discards.join_next().await.is_some() {}
     }
 
     /// Submits one task.
@@ -164,10 +430,14 @@ impl Client {
     /// Waits for every future and fetches the results from the workers
     /// that hold them, in the order given.
     pub async fn gather(&self, futures: &[TaskFuture]) -> Result<Vec<Value>> {
-        let mut holders = Vec::with_capacity(futures.len());
-        for future in futures {
-            holders.push(future.wait().await?);
-        }
+        let waiting = async {
+            let mut holders = Vec::with_capacity(futures.len());
+            for future in futures {
+                holders.push(future.wait().await?);
+            }
+            Ok::<_, RuntimeError>(holders)
+        };
+        let holders = self.with_progress(futures, waiting).await?;
         let mut results: Vec<Option<Value>> = vec![None; futures.len()];
         // Ask each holder in turn, first holders first, for what is still
         // missing, batching the keys per worker.
@@ -224,8 +494,52 @@ impl Client {
 
     /// Waits until every future has a result or an error.
     pub async fn wait(&self, futures: &[TaskFuture]) {
-        for future in futures {
-            let _ = future.wait().await;
+        let waiting = async {
+            for future in futures {
+                let _ = future.wait().await;
+            }
+        };
+        self.with_progress(futures, waiting).await;
+    }
+
+    /// Runs `work` (waiting on `futures`), with a progress bar on a
+    /// terminal when progress is on; else just runs it.
+    async fn with_progress<T>(&self, futures: &[TaskFuture], work: impl Future<Output = T>) -> T {
+        if !progress::wanted(self.inner.progress.load(Ordering::Relaxed), futures.len()) {
+            return work.await;
+        }
+        // One pass now; afterwards the client's count of resolved futures
+        // tells how many more are done.
+        let (done, resolved) = {
+            let state = self.inner.lock();
+            let done = futures
+                .iter()
+                .filter(|f| !matches!(state.keys.get(&f.key).map(|e| &e.status), Some(Status::Pending)))
+                .count() as u64;
+            (done, state.resolved)
+        };
+        let mut meter = Meter::new(futures.len() as u64, done, Instant::now());
+        let mut bar = None;
+        let mut tick = tokio::time::interval(progress::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => {
+                    if let Some(bar) = bar {
+                        let bar: indicatif::ProgressBar = bar;
+                        bar.finish_with_message(meter.status(meter.total(), Instant::now()));
+                    }
+                    return out;
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if meter.should_draw(now) {
+                        let done = done + (self.inner.lock().resolved - resolved);
+                        bar.get_or_insert_with(progress::bar).set_message(meter.status(done, now));
+                    }
+                }
+            }
         }
     }
 
@@ -247,15 +561,18 @@ impl Client {
     pub fn cancel(&self, futures: &[TaskFuture]) {
         let mut state = self.inner.lock();
         let mut keys = Vec::new();
+        let mut resolved = 0;
         for future in futures {
             if let Some(entry) = state.keys.get_mut(&future.key)
-                && !matches!(entry.status, Status::Cancelled)
+                && !entry.status.unknown_to_scheduler()
             {
+                resolved += u64::from(matches!(entry.status, Status::Pending));
                 entry.status = Status::Cancelled;
                 entry.changed.notify_waiters();
                 keys.push(future.key.clone());
             }
         }
+        state.resolved += resolved;
         if !keys.is_empty() {
             let _ = self.inner.outbound.send(FromClient::Release { keys });
         }
@@ -273,6 +590,15 @@ impl Inner {
             scheduler: self.scheduler.clone(),
             reason: reason.to_string(),
         }
+    }
+
+    /// The loss of the connection, once a waiter found its answer gone.
+    fn lost_now(&self) -> RuntimeError {
+        self.lost(self.lock().lost.as_deref().unwrap_or("connection lost"))
+    }
+
+    fn unexpected(&self, answer: &ToClient) -> RuntimeError {
+        RuntimeError::protocol(&self.scheduler, format!("unexpected answer {answer:?}"))
     }
 
     fn want(self: &Arc<Self>, state: &mut State, key: &Key) -> TaskFuture {
@@ -310,6 +636,12 @@ impl TaskFuture {
                 match entry.map(|e| &e.status) {
                     Some(Status::Memory(holders)) => return Ok(holders.clone()),
                     Some(Status::Erred(error)) => return Err(RuntimeError::Task(error.clone())),
+                    Some(Status::Rejected { worker, reason }) => {
+                        return Err(RuntimeError::Scatter {
+                            worker: worker.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
                     Some(Status::Cancelled) | None => return Err(RuntimeError::Cancelled { key: self.key.clone() }),
                     Some(Status::Pending) => {}
                 }
@@ -369,9 +701,9 @@ impl Drop for TaskFuture {
         };
         entry.refs = entry.refs.saturating_sub(1);
         if entry.refs == 0 {
-            let cancelled = matches!(entry.status, Status::Cancelled);
+            let unknown = entry.status.unknown_to_scheduler();
             state.keys.remove(&self.key);
-            if !cancelled {
+            if !unknown {
                 let _ = self.client.outbound.send(FromClient::Release {
                     keys: vec![self.key.clone()],
                 });
@@ -422,6 +754,7 @@ async fn read(mut receiver: Receiver, inner: std::sync::Weak<Inner>) {
     let mut state = inner.lock();
     state.lost = Some(reason);
     state.submissions.clear();
+    state.queries.clear();
     for entry in state.keys.values() {
         entry.changed.notify_waiters();
     }
@@ -441,14 +774,126 @@ fn apply(state: &mut State, message: ToClient) {
         }
         ToClient::InMemory { key, who_has, .. } => set(state, &key, Status::Memory(who_has)),
         ToClient::Erred { key, error } => set(state, &key, Status::Erred(error)),
+        ToClient::ScatterRejected { worker, keys, reason } => {
+            for key in keys {
+                let status = Status::Rejected {
+                    worker: format!("id {worker}"),
+                    reason: reason.clone(),
+                };
+                set(state, &key, status);
+            }
+        }
+        ToClient::Workers { request, .. } | ToClient::WhoHas { request, .. } => {
+            if let Some(waiter) = state.queries.remove(&request) {
+                let _ = waiter.send(message);
+            }
+        }
     }
 }
 
 fn set(state: &mut State, key: &Key, status: Status) {
-    if let Some(entry) = state.keys.get_mut(key)
-        && !matches!(entry.status, Status::Cancelled)
-    {
-        entry.status = status;
-        entry.changed.notify_waiters();
+    let Some(entry) = state.keys.get_mut(key) else {
+        return;
+    };
+    if matches!(entry.status, Status::Cancelled) {
+        return;
+    }
+    let first = matches!(entry.status, Status::Pending);
+    entry.status = status;
+    entry.changed.notify_waiters();
+    state.resolved += u64::from(first);
+}
+
+/// The names of `which` workers, for errors.
+fn names(workers: &[WorkerStatus], which: &[usize]) -> String {
+    let names: Vec<&str> = which.iter().map(|&i| workers[i].name.as_str()).collect();
+    names.join(", ")
+}
+
+/// For each value (by size), the index of the worker that gets it: the one
+/// with the fewest bytes held plus placed so far; ties go to the one given
+/// the fewest values, then to the first, so equal values go round-robin.
+fn place(workers: &[WorkerStatus], sizes: &[u64]) -> Vec<usize> {
+    let mut loads: BinaryHeap<std::cmp::Reverse<(u64, u64, usize)>> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| std::cmp::Reverse((w.nbytes_held, 0, i)))
+        .collect();
+    sizes
+        .iter()
+        .filter_map(|&size| {
+            let std::cmp::Reverse((bytes, count, i)) = loads.pop()?;
+            loads.push(std::cmp::Reverse((bytes.saturating_add(size), count + 1, i)));
+            Some(i)
+        })
+        .collect()
+}
+
+/// Splits values into requests within [`GATHER_BATCH`] values,
+/// [`PUT_BYTES`] and [`PUT_FRAMES`] (a single larger value goes alone).
+fn put_batches(values: Vec<(Key, Value)>) -> Vec<Vec<(Key, Value)>> {
+    let mut batches = Vec::new();
+    let (mut batch, mut bytes, mut frames) = (Vec::new(), 0u64, 0usize);
+    for (key, value) in values {
+        let (b, f) = (value.nbytes(), value.frames.len());
+        if !batch.is_empty() && (batch.len() >= GATHER_BATCH || bytes + b > PUT_BYTES || frames + f > PUT_FRAMES) {
+            batches.push(std::mem::take(&mut batch));
+            (bytes, frames) = (0, 0);
+        }
+        batch.push((key, value));
+        (bytes, frames) = (bytes + b, frames + f);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::WorkerId;
+
+    fn worker(i: u32, nbytes_held: u64) -> WorkerStatus {
+        WorkerStatus {
+            worker: WorkerId::new(i),
+            name: format!("w{i}").into(),
+            address: format!("tcp://w{i}:1").into(),
+            nthreads: 1,
+            n_held: 0,
+            nbytes_held,
+            processing: 0,
+        }
+    }
+
+    #[test]
+    fn placement_fills_the_least_loaded_first_then_goes_round_robin() {
+        let workers = [worker(0, 300), worker(1, 0), worker(2, 100)];
+        assert_eq!(place(&workers, &[100, 100, 100, 100, 100, 100]), vec![1, 2, 1, 2, 1, 0]);
+        let even = [worker(0, 0), worker(1, 0)];
+        assert_eq!(place(&even, &[0, 0, 0, 0, 0]), vec![0, 1, 0, 1, 0]);
+        assert!(place(&[], &[1, 2]).is_empty());
+    }
+
+    #[test]
+    fn puts_are_split_by_count_bytes_and_frames() {
+        let small = |i: usize| {
+            (
+                Key::from(format!("k{i}")),
+                Value::encode(&(i as u64)).unwrap_or_default(),
+            )
+        };
+        let batches = put_batches((0..GATHER_BATCH + 1).map(small).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![GATHER_BATCH, 1]);
+        let framed = |i: usize| {
+            let value = Value {
+                header: bytes::Bytes::new(),
+                frames: vec![weft_transport::Frame::host(vec![0u8; 1]); PUT_FRAMES / 2 + 1],
+            };
+            (Key::from(format!("f{i}")), value)
+        };
+        let batches = put_batches((0..3).map(framed).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
+        assert!(put_batches(Vec::new()).is_empty());
     }
 }

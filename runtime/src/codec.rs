@@ -75,6 +75,38 @@ pub enum DataRequest {
     Tasks(Vec<TaskId>),
     /// Results by key (clients gathering).
     Keys(Vec<Key>),
+    /// Values a client scatters: per key, the value's header and frame
+    /// count, the frames following the envelope. The server keeps them
+    /// aside until the scheduler says which task each is
+    /// ([`crate::protocol::ToWorker::Adopt`]); answered with a [`DataAck`].
+    Put(Vec<(Key, Bytes, u32)>),
+    /// Drop values put aside by [`DataRequest::Put`] and never adopted (a
+    /// scatter that failed); answered with a [`DataAck`].
+    Discard(Vec<Key>),
+}
+
+impl DataRequest {
+    /// Items asked, for checking the answer.
+    pub fn len(&self) -> usize {
+        match self {
+            DataRequest::Tasks(tasks) => tasks.len(),
+            DataRequest::Keys(keys) | DataRequest::Discard(keys) => keys.len(),
+            DataRequest::Put(items) => items.len(),
+        }
+    }
+
+    /// True when it asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The answer to [`DataRequest::Put`] and [`DataRequest::Discard`]: how
+/// many items the server took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataAck {
+    /// Items stored or dropped.
+    pub items: u32,
 }
 
 /// The answer of a data server, item by item in the order asked: `None`
@@ -118,23 +150,55 @@ pub fn encode_reply(values: &[Option<Arc<Value>>]) -> Result<Message, String> {
 pub fn decode_reply(message: Message) -> Result<Vec<Option<Value>>, String> {
     let reply: DataReply = decode(&message)?;
     let mut frames = message.frames.into_iter();
-    let mut values = Vec::with_capacity(reply.items.len());
-    for item in reply.items {
-        values.push(match item {
-            None => None,
-            Some((header, count)) => {
-                let own: Vec<Frame> = frames.by_ref().take(count as usize).collect();
-                if own.len() != count as usize {
-                    return Err("data reply has fewer frames than it announces".into());
-                }
-                Some(Value { header, frames: own })
-            }
-        });
-    }
-    if frames.next().is_some() {
-        return Err("data reply has more frames than it announces".into());
-    }
+    let values = reply
+        .items
+        .into_iter()
+        .map(|item| {
+            item.map(|(header, count)| take_value(header, count, &mut frames))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    no_frames_left(frames)?;
     Ok(values)
+}
+
+/// A [`DataRequest::Put`] of `values` under their keys.
+pub fn encode_put(values: &[(Key, Value)]) -> Result<Message, String> {
+    let items = values
+        .iter()
+        .map(|(key, v)| (key.clone(), v.header.clone(), v.frames.len() as u32))
+        .collect();
+    let mut message = encode(&DataRequest::Put(items))?;
+    message.frames = values.iter().flat_map(|(_, v)| v.frames.iter().cloned()).collect();
+    Ok(message)
+}
+
+/// The values of a [`DataRequest::Put`] whose envelope was decoded already
+/// (its items) and whose frames are `frames`; checks that they add up.
+pub fn split_put(items: Vec<(Key, Bytes, u32)>, frames: Vec<Frame>) -> Result<Vec<(Key, Value)>, String> {
+    let mut frames = frames.into_iter();
+    let values = items
+        .into_iter()
+        .map(|(key, header, count)| Ok((key, take_value(header, count, &mut frames)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    no_frames_left(frames)?;
+    Ok(values)
+}
+
+/// The next value of a message: its header and its `count` frames.
+fn take_value(header: Bytes, count: u32, frames: &mut std::vec::IntoIter<Frame>) -> Result<Value, String> {
+    let own: Vec<Frame> = frames.by_ref().take(count as usize).collect();
+    if own.len() != count as usize {
+        return Err("message has fewer frames than it announces".into());
+    }
+    Ok(Value { header, frames: own })
+}
+
+fn no_frames_left(mut frames: std::vec::IntoIter<Frame>) -> Result<(), String> {
+    match frames.next() {
+        Some(_) => Err("message has more frames than it announces".into()),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -164,5 +228,32 @@ mod tests {
         message.frames.extend([Frame::host(vec![1u8]), Frame::host(vec![2u8])]);
         assert!(decode_reply(message).is_err(), "too many frames");
         assert!(decode::<DataReply>(&Message::new(vec![0xffu8; 3], Vec::new())).is_err());
+    }
+
+    #[test]
+    fn puts_round_trip_and_inconsistent_puts_are_errors() {
+        let a = Value {
+            header: Bytes::from_static(b"a"),
+            frames: vec![Frame::host(vec![1u8; 10])],
+        };
+        let b = Value::encode(&5u32).unwrap();
+        let values = vec![(Key::from("ka"), a), (Key::from("kb"), b)];
+        let message = encode_put(&values).unwrap();
+        let Ok(DataRequest::Put(items)) = decode::<DataRequest>(&message) else {
+            panic!("not a put")
+        };
+        assert_eq!(split_put(items.clone(), message.frames.clone()).unwrap(), values);
+        assert!(split_put(items.clone(), Vec::new()).is_err(), "too few frames");
+        let mut extra = message.frames.clone();
+        extra.push(Frame::host(vec![0u8]));
+        assert!(split_put(items, extra).is_err(), "too many frames");
+    }
+
+    #[test]
+    fn unknown_data_requests_are_refused() {
+        // A variant index past the last one, as a newer peer might send.
+        assert!(decode::<DataRequest>(&Message::new(vec![9u8, 0], Vec::new())).is_err());
+        let ack = encode(&DataAck { items: 3 }).unwrap();
+        assert_eq!(decode::<DataAck>(&ack).unwrap(), DataAck { items: 3 });
     }
 }

@@ -79,6 +79,24 @@ pub enum RuntimeError {
         /// Its limit in bytes.
         limit: u64,
     },
+    /// Scattering values to workers failed; none of them were kept.
+    #[error("could not scatter to worker {worker}: {reason}")]
+    Scatter {
+        /// The worker (its name; or its scheduler id when only that is known).
+        worker: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A blocking call was made on a thread that runs an async runtime,
+    /// which it would stall (or deadlock).
+    #[error(
+        "blocking {call} called from inside an async runtime, which it would stall; \
+         use the async weft_runtime::Client there"
+    )]
+    InsideRuntime {
+        /// The call.
+        call: &'static str,
+    },
     /// Invalid settings.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -10,7 +10,8 @@
 //!
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
-//!   workers run and what tasks produce.
+//!   workers run and what tasks produce; [`blocking`]: the client for code
+//!   without an async runtime; [`progress`]: progress bars of long calls.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
 
@@ -24,10 +25,11 @@ pub mod sim;
 
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
-pub use protocol::{FromClient, FromWorker, TaskError, Tier, ToClient, ToWorker, WorkerInfo};
+pub use protocol::{FromClient, FromWorker, Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo, WorkerStatus};
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 
 // The reactors around the core: they own sockets, clocks and threads.
+pub mod blocking;
 pub mod client;
 pub mod codec;
 pub mod data;
@@ -37,12 +39,13 @@ pub mod executor;
 pub mod graphs;
 pub mod local;
 pub mod ops;
+pub mod progress;
 pub mod server;
 pub mod store;
 pub mod value;
 pub mod worker;
 
-pub use client::{Client, TaskFuture};
+pub use client::{Client, ClientOptions, TaskFuture};
 pub use error::RuntimeError;
 pub use local::{LocalCluster, LocalOptions, WorkerMode, worker_main};
 pub use ops::Registry;

@@ -146,6 +146,17 @@ pub enum ToWorker {
         /// The task.
         task: TaskId,
     },
+    /// A client put a value into this worker's data server under `key`
+    /// (scatter) and the scheduler registered it: keep it as the result of
+    /// `task` from now on.
+    Adopt {
+        /// The id the scheduler gave the scattered key.
+        task: TaskId,
+        /// The key the client pushed the value under.
+        key: Key,
+        /// Its size, as the client measured it.
+        nbytes: u64,
+    },
 }
 
 /// Worker to scheduler.
@@ -215,8 +226,11 @@ pub enum FromClient {
     /// Submit a graph; the client gets futures on `graph.outputs`.
     SubmitGraph(Graph),
     /// The client put data on a worker itself (scatter): register the keys
-    /// as in memory there, with a future for the client. Scattered data has
-    /// no lineage: if its last holder dies it errs with
+    /// as in memory there, with a future for the client, and tell the worker
+    /// ([`ToWorker::Adopt`]). All or nothing: an unknown worker or a known
+    /// key refuses the whole message with [`ToClient::ScatterRejected`];
+    /// else each key is answered with [`ToClient::InMemory`]. Scattered
+    /// data has no lineage: if its last holder dies it errs with
     /// [`TaskError::DataLost`].
     Scatter {
         /// The worker that holds the data.
@@ -230,6 +244,48 @@ pub enum FromClient {
         /// The keys.
         keys: Vec<Key>,
     },
+    /// Which workers are there? Answered by [`ToClient::Workers`].
+    Workers {
+        /// Echoed in the answer.
+        request: u64,
+    },
+    /// Which workers hold these keys? Answered by [`ToClient::WhoHas`].
+    WhoHas {
+        /// Echoed in the answer.
+        request: u64,
+        /// The keys.
+        keys: Vec<Key>,
+    },
+}
+
+/// A live worker as the scheduler sees it, for clients (scatter placement,
+/// diagnostics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The scheduler's id for it.
+    pub worker: WorkerId,
+    /// Its unique name.
+    pub name: SharedStr,
+    /// Its data address.
+    pub address: SharedStr,
+    /// Compute threads.
+    pub nthreads: u32,
+    /// Results it holds, by the scheduler's books.
+    pub n_held: u64,
+    /// Their total size.
+    pub nbytes_held: u64,
+    /// Tasks assigned to it and not finished.
+    pub processing: u64,
+}
+
+impl WorkerStatus {
+    /// Where peers and clients reach it.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            worker: self.worker,
+            address: self.address.clone(),
+        }
+    }
 }
 
 /// Scheduler to client.
@@ -263,6 +319,31 @@ pub enum ToClient {
         key: Key,
         /// The failure.
         error: TaskError,
+    },
+    /// A [`FromClient::Scatter`] was refused as a whole; none of its keys
+    /// were registered.
+    ScatterRejected {
+        /// The worker named in it.
+        worker: WorkerId,
+        /// Its keys.
+        keys: Vec<Key>,
+        /// Why (unknown worker, key already known...).
+        reason: String,
+    },
+    /// Answer to [`FromClient::Workers`]: the live workers, by id.
+    Workers {
+        /// The request's number.
+        request: u64,
+        /// The workers.
+        workers: Vec<WorkerStatus>,
+    },
+    /// Answer to [`FromClient::WhoHas`]: per key asked, in order, the
+    /// workers holding it (none when it is unknown or not in memory).
+    WhoHas {
+        /// The request's number.
+        request: u64,
+        /// Holders per key.
+        who_has: Vec<Vec<Peer>>,
     },
 }
 

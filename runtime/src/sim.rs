@@ -828,6 +828,11 @@ impl Sim {
             ToClient::GraphRejected { reason } => {
                 return self.err(format!("graph rejected: {reason}"));
             }
+            ToClient::ScatterRejected { reason, .. } => {
+                return self.err(format!("scatter rejected: {reason}"));
+            }
+            // Answers to queries the virtual client never makes.
+            ToClient::Workers { .. } | ToClient::WhoHas { .. } => {}
             ToClient::InMemory { key, who_has, .. } => {
                 let Some(id) = self.sched.task_id(&key) else {
                     return self.err(format!("{key} reported in memory but unknown"));
@@ -928,6 +933,10 @@ impl Sim {
             }
             ToWorker::Free { task } => {
                 vw.store.remove(&task);
+            }
+            ToWorker::Adopt { task, nbytes, .. } => {
+                // A virtual client's scatter: the value is there already.
+                vw.store.insert(task, nbytes);
             }
             ToWorker::Cancel { task } => {
                 // A running task's result is discarded when it ends; tasks

@@ -1,12 +1,16 @@
 //! A scheduler and workers in one process, over real TCP: graphs give the
-//! right answers, failures reach the client with the key, op and worker.
+//! right answers, failures reach the client with the key, op and worker;
+//! scattered values are inputs, gather back and are released; the blocking
+//! client does the same without an async runtime.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use weft_runtime::ops::args;
-use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, RuntimeError, TaskError, TaskSpec, WorkerMode};
+use weft_runtime::{
+    Client, Graph, Key, LocalCluster, LocalOptions, Registry, RuntimeError, TaskError, TaskSpec, Value, WorkerMode,
+};
 
 async fn cluster(workers: usize) -> LocalCluster {
     let mut options = LocalOptions::for_this_machine();
@@ -132,4 +136,199 @@ async fn rejected_graphs_and_lost_schedulers_are_clear_errors() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, RuntimeError::SchedulerLost { .. }), "{err}");
+}
+
+fn values(range: std::ops::RangeInclusive<i64>) -> Vec<Value> {
+    range.map(|i| Value::encode(&i).unwrap()).collect()
+}
+
+/// Waits until the scheduler lists `n` workers (a condition, polled).
+async fn until_workers(client: &Client, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while client.workers().await.unwrap().len() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_values_are_inputs_and_gather_back() {
+    let cluster = cluster(2).await;
+    let client = cluster.client().await.unwrap();
+    let scattered = client.scatter(values(1..=10)).await.unwrap();
+    assert_eq!(scattered.len(), 10);
+    assert!(scattered[0].key().starts_with("scatter-"), "{}", scattered[0].key());
+    // Gathered back in order.
+    let back: Vec<i64> = client
+        .gather(&scattered)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.decode().unwrap())
+        .collect();
+    assert_eq!(back, (1..=10).collect::<Vec<_>>());
+    // Spread over both workers.
+    let keys: Vec<Key> = scattered.iter().map(|f| f.key().clone()).collect();
+    let holders: std::collections::BTreeSet<_> = client
+        .who_has(&keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|peers| {
+            assert_eq!(peers.len(), 1);
+            peers[0].worker
+        })
+        .collect();
+    assert_eq!(holders.len(), 2);
+    // Tasks use them as inputs, wherever they run.
+    let total = client
+        .submit(TaskSpec::new("total", "sum", args(&100i64).unwrap(), keys.clone()))
+        .await
+        .unwrap();
+    assert_eq!(total.result().await.unwrap().decode::<i64>().unwrap(), 155);
+    let doubled = client
+        .submit(TaskSpec::new(
+            "doubled",
+            "double",
+            args(&()).unwrap(),
+            vec![keys[6].clone()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(doubled.result().await.unwrap().decode::<i64>().unwrap(), 14);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_scattered_future_releases_it() {
+    let cluster = cluster(1).await;
+    let client = cluster.client().await.unwrap();
+    let mut scattered = client.scatter(values(1..=2)).await.unwrap();
+    let kept = scattered.pop().unwrap();
+    let dropped = scattered.pop().unwrap();
+    let key = dropped.key().clone();
+    assert_eq!(client.who_has(std::slice::from_ref(&key)).await.unwrap()[0].len(), 1);
+    assert_eq!(client.workers().await.unwrap()[0].n_held, 2);
+    // A clone keeps it wanted; the last drop releases it. The release and the
+    // query travel in order on one connection, so the answer sees the release.
+    let clone = dropped.clone();
+    drop(dropped);
+    assert_eq!(client.workers().await.unwrap()[0].n_held, 2);
+    drop(clone);
+    assert!(client.who_has(std::slice::from_ref(&key)).await.unwrap()[0].is_empty());
+    let status = &client.workers().await.unwrap()[0];
+    let kept_bytes = Value::encode(&2i64).unwrap().nbytes();
+    assert_eq!((status.n_held, status.nbytes_held), (1, kept_bytes));
+    // The scheduler forgot it: a graph naming it is refused.
+    let graph = Graph {
+        tasks: vec![TaskSpec::new("late", "sum", args(&0i64).unwrap(), vec![key.clone()])],
+        outputs: vec!["late".into()],
+    };
+    let err = client.compute(graph).await.unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::GraphRejected(reason) if reason.contains(key.as_str())),
+        "{err}"
+    );
+    assert_eq!(kept.result().await.unwrap().decode::<i64>().unwrap(), 2);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scatter_to_a_dead_or_unknown_worker_is_an_error_and_keeps_nothing() {
+    let mut cluster = cluster(2).await;
+    let client = cluster.client().await.unwrap();
+    let workers = client.workers().await.unwrap();
+    let by_name = |name: &str| workers.iter().find(|w| w.name.as_str() == name).unwrap();
+    let (live, dead) = (by_name("local-0"), by_name("local-1"));
+    // A worker id the scheduler does not know, at a live address: the push
+    // lands, the scheduler refuses, the client drops what it pushed.
+    let mut stranger = live.clone();
+    stranger.worker = weft_runtime::WorkerId::new(9_999);
+    let err = client.scatter_to(&stranger, values(1..=3)).await.unwrap_err();
+    let RuntimeError::Scatter { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.contains("not (or no longer) registered"), "{err}");
+    // A worker that died: its data server is gone.
+    cluster.kill_worker(1).await.unwrap();
+    until_workers(&client, 1).await;
+    let err = client.scatter_to(dead, values(1..=3)).await.unwrap_err();
+    let RuntimeError::Scatter { worker, reason } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(worker, "local-1");
+    assert!(reason.contains("pushing the values failed"), "{err}");
+    // Nothing was registered anywhere, and scatter still works.
+    let status = client.workers().await.unwrap();
+    assert_eq!(status.iter().map(|w| w.n_held).sum::<u64>(), 0);
+    let again = client.scatter(values(5..=5)).await.unwrap();
+    assert_eq!(client.gather(&again).await.unwrap()[0].decode::<i64>().unwrap(), 5);
+    cluster.stop().await;
+}
+
+#[test]
+fn the_blocking_client_round_trips_and_refuses_to_run_inside_a_runtime() {
+    use weft_runtime::blocking;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster = runtime.block_on(cluster(2));
+    let client = blocking::Client::connect(cluster.address(), &Default::default()).unwrap();
+    assert_eq!(client.workers().unwrap().len(), 2);
+    let scattered = client.scatter(values(1..=4)).unwrap();
+    let keys: Vec<Key> = scattered.iter().map(|f| f.key().clone()).collect();
+    let total = client
+        .submit(TaskSpec::new("total", "sum", args(&0i64).unwrap(), keys))
+        .unwrap();
+    assert_eq!(client.result(&total).unwrap().decode::<i64>().unwrap(), 10);
+    let mapped = client.map("const", (0..20i64).map(|i| args(&i).unwrap())).unwrap();
+    client.wait(&mapped).unwrap();
+    let sum: i64 = client
+        .gather(&mapped)
+        .unwrap()
+        .iter()
+        .map(|v| v.decode::<i64>().unwrap())
+        .sum();
+    assert_eq!(sum, 190);
+    let completed: Vec<_> = client
+        .as_completed(mapped.clone())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(completed.len(), 20);
+    let graph = weft_runtime::graphs::tree("bt", 16);
+    let root = client.compute(graph).unwrap();
+    assert_eq!(client.gather(&root).unwrap()[0].decode::<i64>().unwrap(), 120);
+    let slow = client
+        .submit(TaskSpec::new(
+            "slow",
+            "delay",
+            args(&(10_000u64, 0i64)).unwrap(),
+            vec![],
+        ))
+        .unwrap();
+    client.cancel(std::slice::from_ref(&slow));
+    assert!(matches!(client.result(&slow), Err(RuntimeError::Cancelled { .. })));
+
+    // Inside a runtime every blocking call is a clear error, never a stall.
+    runtime.block_on(async {
+        let err = client.workers().unwrap_err();
+        assert!(matches!(err, RuntimeError::InsideRuntime { call: "workers" }), "{err}");
+        assert!(err.to_string().contains("async"), "{err}");
+        assert!(matches!(client.gather(&root), Err(RuntimeError::InsideRuntime { .. })));
+        let mut iter = client.as_completed(Vec::new()).err().into_iter();
+        assert!(matches!(iter.next(), Some(RuntimeError::InsideRuntime { .. })));
+        let err = blocking::Client::connect(cluster.address(), &Default::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, RuntimeError::InsideRuntime { call: "connect" }), "{err}");
+        // Its async half works there.
+        assert_eq!(client.as_async().workers().await.unwrap().len(), 2);
+    });
+    // Dropping one inside a runtime neither blocks nor panics.
+    let other = blocking::Client::connect(cluster.address(), &Default::default()).unwrap();
+    runtime.block_on(async move { drop(other) });
+    drop((scattered, total, mapped, completed, root, slow));
+    drop(client);
+    runtime.block_on(cluster.stop());
 }

@@ -164,6 +164,8 @@ async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) 
     let started = Instant::now();
     let cluster = LocalCluster::start(options).await?;
     let client = cluster.client().await?;
+    // Timings only: no progress bar drawing beside them.
+    client.set_progress(false);
     report
         .line
         .insert("startup_s".into(), json!(started.elapsed().as_secs_f64()));

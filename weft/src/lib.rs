@@ -1,7 +1,8 @@
 //! Weft: distributed execution for GPU clusters.
 //!
 //! This facade re-exports what a program needs: a [`Client`] to submit
-//! graphs, a [`LocalCluster`], the [`Registry`] of ops, and
+//! graphs and scatter data (or [`blocking::Client`] for code without an
+//! async runtime), a [`LocalCluster`], the [`Registry`] of ops, and
 //! [`worker_main`], which a program that spawns local workers calls first
 //! thing in `main`:
 //!
@@ -29,7 +30,7 @@
 #![warn(missing_docs)]
 
 pub use weft_runtime::{
-    Client, Graph, LocalCluster, LocalOptions, Registry, RuntimeError, SchedulerOptions, TaskFuture, TaskSpec, Value,
-    WorkerMode, WorkerOptions, graphs, ops, worker_main,
+    Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, Peer, Registry, RuntimeError, SchedulerOptions,
+    TaskFuture, TaskSpec, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking, graphs, ops, worker_main,
 };
 pub use weft_transport as transport;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use weft::ops::args;
 use weft::transport::Config;
-use weft::{Client, Graph, RuntimeError, TaskSpec, graphs};
+use weft::{Client, Graph, Key, RuntimeError, TaskSpec, Value, graphs};
 
 /// A child process killed when the test is done with it.
 struct Proc(Child);
@@ -235,4 +235,65 @@ fn clear_errors_for_bad_settings() {
         assert!(!output.status.success(), "weft {args:?} succeeded");
         assert!(stderr.contains(expected), "weft {args:?}: {stderr}");
     }
+}
+
+/// Waits until `n` workers have joined the scheduler.
+async fn joined(client: &Client, n: usize) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while client.workers().await.unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_data_feeds_tasks_over_tcp() {
+    let (address, _scheduler, _workers) = cluster(2);
+    let client = client(&address).await;
+    joined(&client, 2).await;
+    let values: Vec<Value> = (1..=1000i64).map(|i| Value::encode(&i).unwrap()).collect();
+    let scattered = client.scatter(values).await.unwrap();
+    let keys: Vec<Key> = scattered.iter().map(|f| f.key().clone()).collect();
+    let held: Vec<u64> = client.workers().await.unwrap().iter().map(|w| w.n_held).collect();
+    assert_eq!(held, vec![500, 500], "spread evenly");
+    // One task on every value: half of them come from the other worker.
+    let total = client
+        .submit(TaskSpec::new("total", "sum", args(&0i64).unwrap(), keys.clone()))
+        .await
+        .unwrap();
+    assert_eq!(total.result().await.unwrap().decode::<i64>().unwrap(), 500_500);
+    let back = client.gather(&scattered[..3]).await.unwrap();
+    assert_eq!(
+        back.iter().map(|v| v.decode::<i64>().unwrap()).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    drop(scattered);
+    drop(total);
+    assert!(
+        client.who_has(&keys).await.unwrap().iter().all(Vec::is_empty),
+        "released"
+    );
+}
+
+#[test]
+fn the_blocking_client_scatters_and_computes_over_tcp() {
+    let (address, _scheduler, _workers) = cluster(1);
+    let client = weft::blocking::Client::connect(&address, &Config::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.workers().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no worker joined");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let scattered = client.scatter([Value::encode(&20i64).unwrap()]).unwrap();
+    let y = client
+        .submit(TaskSpec::new(
+            "y",
+            "sum",
+            args(&1i64).unwrap(),
+            vec![scattered[0].key().clone()],
+        ))
+        .unwrap();
+    assert_eq!(client.result(&y).unwrap().decode::<i64>().unwrap(), 21);
 }

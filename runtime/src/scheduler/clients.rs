@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::graph::{self, Graph};
 use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
-use crate::protocol::{Peer, Priority, ResourceAmount, Tier, ToClient};
+use crate::protocol::{Peer, Priority, ResourceAmount, Tier, ToClient, ToWorker, WorkerStatus};
 
 use super::task::{QueueKind, Restrictions, Task};
 use super::worker::NOT_LISTED;
@@ -67,22 +67,55 @@ impl Scheduler {
         }
     }
 
-    /// Registers data a client put on a worker.
-    pub(super) fn scatter(&mut self, client: ClientId, worker: WorkerId, data: Vec<(Key, u64)>) {
-        if !self.workers.contains_key(&worker) {
-            tracing::warn!(%client, %worker, "scatter to an unknown worker; ignored");
+    /// Registers data a client put on a worker, all or nothing: the
+    /// worker adopts the values it holds under those keys, the client gets
+    /// `InMemory` per key, or `ScatterRejected` and nothing is kept.
+    pub(super) fn scatter(&mut self, client: ClientId, worker: WorkerId, data: Vec<(Key, u64)>, comm: &mut impl Comm) {
+        let refusal = if !self.workers.contains_key(&worker) {
+            Some(format!("worker {worker} is not (or no longer) registered"))
+        } else {
+            let mut seen = FxHashMap::default();
+            data.iter().find_map(|(key, _)| {
+                if self.keys.contains_key(key.as_str()) {
+                    Some(format!("key {key} is already known to the scheduler"))
+                } else if seen.insert(key.as_str(), ()).is_some() {
+                    Some(format!("key {key} appears twice"))
+                } else {
+                    None
+                }
+            })
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(%client, %worker, %reason, "scatter refused");
             self.stats.ignored += 1;
+            let keys = data.into_iter().map(|(key, _)| key).collect();
+            comm.to_client(client, ToClient::ScatterRejected { worker, keys, reason });
             return;
         }
         let op = self.intern_op(&SharedStr::from("<scattered>"));
+        let address = self.workers[&worker].info.address.clone();
         for (key, nbytes) in data {
-            if self.keys.contains_key(key.as_str()) {
-                tracing::warn!(%client, %key, "scatter of a key already known; ignored");
-                self.stats.ignored += 1;
-                continue;
-            }
             let id = self.tasks.reserve();
             self.keys.insert(key.clone(), id);
+            comm.to_worker(
+                worker,
+                ToWorker::Adopt {
+                    task: id,
+                    key: key.clone(),
+                    nbytes,
+                },
+            );
+            comm.to_client(
+                client,
+                ToClient::InMemory {
+                    key: key.clone(),
+                    nbytes,
+                    who_has: vec![Peer {
+                        worker,
+                        address: address.clone(),
+                    }],
+                },
+            );
             self.tasks.insert(Task {
                 id,
                 key,
@@ -124,6 +157,46 @@ impl Scheduler {
             c.wants.push(id);
             c.n_wants += 1;
         }
+    }
+
+    /// The live workers, by id, for a client.
+    pub(super) fn worker_statuses(&self) -> Vec<WorkerStatus> {
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .values()
+            .map(|wk| WorkerStatus {
+                worker: wk.id,
+                name: wk.info.name.clone(),
+                address: wk.info.address.clone(),
+                nthreads: wk.info.nthreads,
+                n_held: wk.n_held as u64,
+                nbytes_held: wk.nbytes_held,
+                processing: wk.processing.len() as u64,
+            })
+            .collect();
+        workers.sort_unstable_by_key(|w| w.worker);
+        workers
+    }
+
+    /// Holders of each key, in order; none for unknown keys and keys not
+    /// in memory.
+    pub(super) fn who_has_peers(&self, keys: &[Key]) -> Vec<Vec<Peer>> {
+        keys.iter()
+            .map(|key| {
+                let Some(t) = self.keys.get(key.as_str()).and_then(|&id| self.tasks.get(id)) else {
+                    return Vec::new();
+                };
+                t.who_has
+                    .iter()
+                    .filter_map(|w| {
+                        self.workers.get(w).map(|wk| Peer {
+                            worker: *w,
+                            address: wk.info.address.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     pub(super) fn intern_op(&mut self, name: &SharedStr) -> OpId {

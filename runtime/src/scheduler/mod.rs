@@ -458,7 +458,15 @@ impl Scheduler {
                 match msg {
                     FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
                     FromClient::Release { keys } => self.client_release(client, keys),
-                    FromClient::Scatter { worker, data } => self.scatter(client, worker, data),
+                    FromClient::Scatter { worker, data } => self.scatter(client, worker, data, comm),
+                    FromClient::Workers { request } => {
+                        let workers = self.worker_statuses();
+                        comm.to_client(client, ToClient::Workers { request, workers });
+                    }
+                    FromClient::WhoHas { request, keys } => {
+                        let who_has = self.who_has_peers(&keys);
+                        comm.to_client(client, ToClient::WhoHas { request, who_has });
+                    }
                 }
             }
             Event::Balance => self.balance(comm),

@@ -298,7 +298,9 @@ fn retries_then_error_with_op_and_worker() {
             message: "bad input".into(),
         },
     );
-    assert_eq!(computes(&out), vec![(w(1), "t".to_string())]);
+    // Retried, with `u` (sent ahead behind it) recalled and sent again.
+    let sent: Vec<_> = ["t", "u"].iter().map(|k| (w(1), k.to_string())).collect();
+    assert_eq!(computes(&out), sent);
     let out = h.worker_msg(
         1,
         FromWorker::Failed {
@@ -576,7 +578,7 @@ fn scattered_data_is_used_in_place_and_errs_when_lost() {
     let mut h = H::new(Config::default());
     h.join(1, 1);
     h.join(2, 1);
-    h.ev(Event::Client {
+    let out = h.ev(Event::Client {
         client: C,
         msg: FromClient::Scatter {
             worker: w(2),
@@ -585,6 +587,32 @@ fn scattered_data_is_used_in_place_and_errs_when_lost() {
     });
     assert_eq!(h.state("s"), TaskState::Memory);
     assert_eq!(h.s.who_has("s"), &[w(2)]);
+    // The worker adopts the value under the new id; the client's future resolves.
+    let id = h.id("s");
+    assert_eq!(
+        out,
+        vec![
+            Command::ToWorker(
+                w(2),
+                ToWorker::Adopt {
+                    task: id,
+                    key: "s".into(),
+                    nbytes: 1 << 20
+                }
+            ),
+            Command::ToClient(
+                C,
+                ToClient::InMemory {
+                    key: "s".into(),
+                    nbytes: 1 << 20,
+                    who_has: vec![Peer {
+                        worker: w(2),
+                        address: "tcp://w2:1".into()
+                    }]
+                }
+            ),
+        ]
+    );
     let out = h.submit(vec![spec("b", &["s"])], &["b"]);
     assert_eq!(computes(&out), vec![(w(2), "b".to_string())]);
     // The only holder dies before `b` finishes: no lineage, so both err.
@@ -599,24 +627,95 @@ fn scattered_data_is_used_in_place_and_errs_when_lost() {
         };
         assert!(matches!(error.root_cause(), TaskError::DataLost { key } if key.as_str() == "s"));
     }
-    // Scatter to an unknown worker, or of a known key, is ignored.
+    // Scatter to an unknown worker, or of a known key, or of a key twice, is
+    // refused as a whole: nothing is registered and the client is told.
     let before = h.s.stats().ignored;
-    h.ev(Event::Client {
-        client: C,
-        msg: FromClient::Scatter {
-            worker: w(9),
-            data: vec![("t".into(), 1)],
-        },
-    });
+    let cases: [(u32, &[&str], &str); 3] = [
+        (9, &["t"], "not (or no longer) registered"),
+        (1, &["t", "s"], "already known"),
+        (1, &["t", "t"], "appears twice"),
+    ];
+    for (worker, keys, expected) in cases {
+        let out = h.ev(Event::Client {
+            client: C,
+            msg: FromClient::Scatter {
+                worker: w(worker),
+                data: keys.iter().map(|k| (Key::from(*k), 1)).collect(),
+            },
+        });
+        let [
+            Command::ToClient(
+                C,
+                ToClient::ScatterRejected {
+                    worker: named,
+                    keys: refused,
+                    reason,
+                },
+            ),
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*named, w(worker));
+        assert_eq!(refused.len(), keys.len());
+        assert!(reason.contains(expected), "{reason}");
+    }
+    assert_eq!(h.s.stats().ignored, before + 3);
+    assert_eq!(h.state("t"), TaskState::Forgotten);
+}
+
+#[test]
+fn scattered_data_is_freed_on_release_and_queries_answer() {
+    let mut h = H::new(Config::default());
+    h.join(1, 2);
+    h.join(2, 1);
     h.ev(Event::Client {
         client: C,
         msg: FromClient::Scatter {
             worker: w(1),
-            data: vec![("s".into(), 1)],
+            data: vec![("a".into(), 10), ("b".into(), 20)],
         },
     });
-    assert_eq!(h.s.stats().ignored, before + 2);
-    assert_eq!(h.state("t"), TaskState::Forgotten);
+    let out = h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Workers { request: 7 },
+    });
+    let [Command::ToClient(C, ToClient::Workers { request: 7, workers })] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let summary: Vec<_> = workers
+        .iter()
+        .map(|s| (s.worker, s.name.as_str(), s.nthreads, s.n_held, s.nbytes_held))
+        .collect();
+    assert_eq!(summary, vec![(w(1), "w1", 2, 2, 30), (w(2), "w2", 1, 0, 0)]);
+    let ask = |h: &mut H, request| {
+        let out = h.ev(Event::Client {
+            client: C,
+            msg: FromClient::WhoHas {
+                request,
+                keys: vec!["a".into(), "nope".into()],
+            },
+        });
+        let [Command::ToClient(C, ToClient::WhoHas { request: r, who_has })] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*r, request);
+        who_has
+            .iter()
+            .map(|peers| peers.iter().map(|p| p.worker).collect())
+            .collect::<Vec<Vec<_>>>()
+    };
+    assert_eq!(ask(&mut h, 8), vec![vec![w(1)], vec![]]);
+    // Released: the worker frees it and the scheduler forgets it.
+    let a = h.id("a");
+    let out = h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Release { keys: vec!["a".into()] },
+    });
+    assert_eq!(out, vec![Command::ToWorker(w(1), ToWorker::Free { task: a })]);
+    assert_eq!(h.state("a"), TaskState::Forgotten);
+    assert_eq!(h.state("b"), TaskState::Memory);
+    assert_eq!(ask(&mut h, 9), vec![vec![], vec![]]);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 use weft_transport::{BufferPool, Frame};
@@ -218,6 +219,10 @@ struct Inner {
     device: Level,
     host: Level,
     on_disk: u64,
+    /// Values clients pushed (scatter) that the scheduler has not yet
+    /// named a task for, with when they came; counted in host memory,
+    /// never spilled.
+    staged: HashMap<Key, (Instant, Arc<Value>)>,
 }
 
 /// Results in one memory tier.
@@ -406,6 +411,65 @@ impl Store {
         Some(value)
     }
 
+    /// Keeps a value a client pushed under `key` until it is adopted or
+    /// discarded.
+    pub fn stage(&self, key: Key, value: Arc<Value>, now: Instant) {
+        let mut inner = self.lock();
+        inner.host.bytes += value.nbytes();
+        if let Some((_, old)) = inner.staged.insert(key, (now, value)) {
+            inner.host.bytes -= old.nbytes();
+        }
+        self.publish(&inner);
+    }
+
+    /// Makes the value staged under `key` the result of `task`; false when
+    /// nothing is staged under it.
+    pub fn adopt(&self, key: &Key, task: TaskId) -> bool {
+        let value = {
+            let mut inner = self.lock();
+            let Some((_, value)) = inner.staged.remove(key) else {
+                return false;
+            };
+            inner.host.bytes -= value.nbytes();
+            value
+        };
+        self.insert(task, Some(key.clone()), value);
+        true
+    }
+
+    /// Drops staged values; returns how many there were.
+    pub fn discard(&self, keys: &[Key]) -> usize {
+        let mut inner = self.lock();
+        let mut dropped = 0;
+        for key in keys {
+            if let Some((_, value)) = inner.staged.remove(key) {
+                inner.host.bytes -= value.nbytes();
+                dropped += 1;
+            }
+        }
+        self.publish(&inner);
+        dropped
+    }
+
+    /// Drops values staged before `now - ttl`: their scatter never
+    /// completed (the client died between pushing and registering them).
+    /// Returns how many.
+    pub fn expire_staged(&self, now: Instant, ttl: Duration) -> usize {
+        let mut inner = self.lock();
+        let before = inner.staged.len();
+        let mut freed = 0;
+        inner.staged.retain(|_, (at, value)| {
+            let keep = now.saturating_duration_since(*at) < ttl;
+            if !keep {
+                freed += value.nbytes();
+            }
+            keep
+        });
+        inner.host.bytes -= freed;
+        self.publish(&inner);
+        before - inner.staged.len()
+    }
+
     /// Whether the store holds `task`'s result, in memory or on disk.
     pub fn contains(&self, task: TaskId) -> bool {
         self.lock().entries.contains_key(&task)
@@ -497,10 +561,11 @@ impl Store {
         self.publish(&inner);
     }
 
-    /// Results held and the bytes of those in host memory.
+    /// Results held (staged values included) and the bytes of those in
+    /// host memory.
     pub fn usage(&self) -> (usize, u64) {
         let inner = self.lock();
-        (inner.entries.len(), inner.host.bytes)
+        (inner.entries.len() + inner.staged.len(), inner.host.bytes)
     }
 
     /// What memory asks of the worker now. With `watch_process`, also
@@ -757,4 +822,43 @@ pub fn process_memory() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::STAGED_TTL;
+
+    #[test]
+    fn staged_values_are_adopted_discarded_or_expire() {
+        let store = Store::unlimited();
+        let t0 = Instant::now();
+        let value = |i: u64| Arc::new(Value::encode(&i).unwrap());
+        let size = value(1).nbytes();
+        store.stage("a".into(), value(1), t0);
+        store.stage("b".into(), value(2), t0);
+        store.stage("c".into(), value(3), t0 + Duration::from_secs(10));
+        assert_eq!(store.usage(), (3, 3 * size));
+        // Staged values are not results yet.
+        assert!(store.get_key("a").is_none());
+        assert!(store.adopt(&"a".into(), TaskId::new(1)));
+        assert_eq!(store.get(TaskId::new(1)), Some(value(1)));
+        assert_eq!(store.get_key("a"), Some(value(1)));
+        assert!(!store.adopt(&"a".into(), TaskId::new(2)), "adopted once");
+        assert_eq!(store.discard(&["b".into(), "zz".into()]), 1);
+        assert_eq!(store.usage(), (2, 2 * size));
+        // Only what waited longer than the TTL expires.
+        assert_eq!(
+            store.expire_staged(t0 + STAGED_TTL + Duration::from_secs(1), STAGED_TTL),
+            0
+        );
+        assert_eq!(
+            store.expire_staged(t0 + STAGED_TTL + Duration::from_secs(10), STAGED_TTL),
+            1
+        );
+        assert!(!store.adopt(&"c".into(), TaskId::new(3)));
+        assert_eq!(store.usage(), (1, size));
+        store.remove(TaskId::new(1));
+        assert_eq!(store.usage(), (0, 0));
+    }
 }

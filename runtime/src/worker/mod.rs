@@ -15,7 +15,7 @@ use weft_transport::{Config as TransportConfig, Connection, Frame, Receiver, Sen
 pub use state::{WorkerCommand, WorkerEvent, WorkerState};
 
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
-use crate::data::{PeerPool, serve};
+use crate::data::{PeerPool, STAGED_TTL, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{Key, TaskId, WorkerId};
@@ -114,7 +114,10 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
             }
         }
     };
-    let server = tokio::spawn(serve(listener, store.clone()));
+    // In a set, so that the server stops with this future even when it is
+    // dropped (an in-process worker aborted as if killed), not only at the end.
+    let mut server = tokio::task::JoinSet::new();
+    server.spawn(serve(listener, store.clone()));
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
         let done_tx = done_tx.clone();
@@ -184,7 +187,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
             }
         }
     };
-    server.abort();
+    server.abort_all();
     result
 }
 
@@ -316,6 +319,10 @@ impl Link<'_> {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    let expired = self.store.expire_staged(Instant::now(), STAGED_TTL);
+                    if expired > 0 {
+                        warn!(expired, "dropped scattered values never registered (their client went away?)");
+                    }
                     if quiet {
                         let Ok(message) = codec::encode(&WorkerUp::Heartbeat) else { continue };
                         if let Err(error) = sender.send(message).await {
@@ -386,6 +393,13 @@ impl Link<'_> {
         match command {
             WorkerCommand::Send(message) => outbox.push(message),
             WorkerCommand::Release(task) => self.store.remove(task),
+            WorkerCommand::Adopt { task, key } => {
+                // Only a bug or a store cleared meanwhile gets here; peers
+                // asking for it then hear that it is missing.
+                if !self.store.adopt(&key, task) {
+                    warn!(%key, %task, "told to adopt a scattered value that was never pushed here");
+                }
+            }
             WorkerCommand::Execute {
                 task,
                 key,

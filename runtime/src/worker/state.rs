@@ -77,6 +77,13 @@ pub enum WorkerCommand {
     },
     /// Drop a result from the store.
     Release(TaskId),
+    /// Keep the value a client pushed under `key` as `task`'s result.
+    Adopt {
+        /// The task.
+        task: TaskId,
+        /// The key it was pushed under.
+        key: Key,
+    },
     /// Tell the scheduler.
     Send(FromWorker),
 }
@@ -254,6 +261,10 @@ impl WorkerState {
                 if self.memory.remove(&task).is_some() {
                     out.push(WorkerCommand::Release(task));
                 }
+            }
+            ToWorker::Adopt { task, key, nbytes } => {
+                self.memory.insert(task, nbytes);
+                out.push(WorkerCommand::Adopt { task, key });
             }
             ToWorker::Cancel { task } => {
                 if let Entry::Occupied(mut entry) = self.tasks.entry(task) {
@@ -459,6 +470,32 @@ mod tests {
             outcome: Ok((8, Tier::Host)),
             compute_us: 5,
         }
+    }
+
+    #[test]
+    fn adopted_scattered_values_are_inputs_and_are_freed() {
+        let mut state = WorkerState::new(1);
+        let adopt = ToWorker::Adopt {
+            task: TaskId::new(7),
+            key: "s".into(),
+            nbytes: 8,
+        };
+        let out = run(&mut state, WorkerEvent::Scheduler(adopt));
+        assert_eq!(
+            out,
+            vec![WorkerCommand::Adopt {
+                task: TaskId::new(7),
+                key: "s".into()
+            }]
+        );
+        // A task on it runs at once: nothing to fetch.
+        let out = run(&mut state, WorkerEvent::Scheduler(request(8, &[(7, &[1])])));
+        assert!(matches!(&out[..], [WorkerCommand::Execute { inputs, .. }] if inputs == &[TaskId::new(7)]));
+        let out = run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Free { task: TaskId::new(7) }),
+        );
+        assert_eq!(out, vec![WorkerCommand::Release(TaskId::new(7))]);
     }
 
     #[test]
