@@ -29,8 +29,10 @@
 
 #![warn(missing_docs)]
 
+pub use weft_gpu as gpu;
 pub use weft_runtime::{
     Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, Peer, Registry, RuntimeError, SchedulerOptions,
-    TaskFuture, TaskSpec, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking, graphs, ops, worker_main,
+    TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking, device, graphs, ops, store,
+    worker_main,
 };
 pub use weft_transport as transport;
