@@ -176,3 +176,51 @@ async fn device_memory_as_the_bottleneck_spills_to_host_and_disk() {
     drop(blobs);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_out_of_device_memory_spills_and_retries_once() {
+    // A 4 MiB GPU and no device limit below it: nothing moves off the
+    // device until an allocation fails.
+    let gpus = vec![Gpu::emulated(0, 4 * MIB, true)];
+    let memory = MemoryConfig {
+        device_limit: u64::MAX / 2,
+        limit: 1 << 30,
+        ..MemoryConfig::default()
+    };
+    let cluster = cluster(&gpus, memory).await;
+    let client = cluster.client().await.unwrap();
+    let (n, len) = (12u64, 512 * KIB);
+    let mut blobs = Vec::new();
+    for i in 0..n {
+        let task = TaskSpec::new(format!("b-{i}"), "gpu_fill", args(&(i, len)).unwrap(), vec![]);
+        let blob = client.submit(task).await.unwrap();
+        blob.wait().await.unwrap();
+        blobs.push(blob);
+    }
+    let stats: MemorySnapshot = cluster.memory().into_iter().sum();
+    assert!(
+        stats.device_spilled > 0,
+        "full device: results moved to the host: {stats:?}"
+    );
+    for (i, value) in client.gather(&blobs).await.unwrap().iter().enumerate() {
+        let bytes = value.frames[0].to_host().unwrap();
+        assert!(
+            bytes.iter().enumerate().all(|(j, &b)| b == byte(i as u64, j)),
+            "blob {i}"
+        );
+    }
+    // Larger than the device: the retry fails too, and the task says why.
+    let huge = client
+        .submit(TaskSpec::new(
+            "huge",
+            "gpu_fill",
+            args(&(0u64, 8 * MIB)).unwrap(),
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let err = huge.result().await.unwrap_err().to_string();
+    assert!(err.contains("out of memory"), "{err}");
+    drop(blobs);
+    cluster.stop().await;
+}
