@@ -23,6 +23,12 @@ async fn cluster(workers: usize) -> LocalCluster {
     LocalCluster::start(options).await.unwrap()
 }
 
+/// Submits one task and waits for its `i64` result.
+async fn run(client: &weft_runtime::Client, key: &str, op: &str, a: bytes::Bytes, deps: Vec<weft_runtime::Key>) -> i64 {
+    let future = client.submit(TaskSpec::new(key, op, a, deps)).await.unwrap();
+    future.result().await.unwrap().decode::<i64>().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn map_and_gather() {
     let cluster = cluster(2).await;
@@ -103,11 +109,7 @@ async fn failures_name_key_op_and_worker_and_spare_the_worker() {
     let err = after.wait().await.unwrap_err();
     assert!(err.to_string().contains("root cause"), "{err}");
     // The worker still runs tasks.
-    let ok = client
-        .submit(TaskSpec::new("ok", "const", args(&5i64).unwrap(), vec![]))
-        .await
-        .unwrap();
-    assert_eq!(ok.result().await.unwrap().decode::<i64>().unwrap(), 5);
+    assert_eq!(run(&client, "ok", "const", args(&5i64).unwrap(), vec![]).await, 5);
     cluster.stop().await;
 }
 
@@ -183,21 +185,14 @@ async fn scattered_values_are_inputs_and_gather_back() {
         .collect();
     assert_eq!(holders.len(), 2);
     // Tasks use them as inputs, wherever they run.
-    let total = client
-        .submit(TaskSpec::new("total", "sum", args(&100i64).unwrap(), keys.clone()))
-        .await
-        .unwrap();
-    assert_eq!(total.result().await.unwrap().decode::<i64>().unwrap(), 155);
-    let doubled = client
-        .submit(TaskSpec::new(
-            "doubled",
-            "double",
-            args(&()).unwrap(),
-            vec![keys[6].clone()],
-        ))
-        .await
-        .unwrap();
-    assert_eq!(doubled.result().await.unwrap().decode::<i64>().unwrap(), 14);
+    assert_eq!(
+        run(&client, "total", "sum", args(&100i64).unwrap(), keys.clone()).await,
+        155
+    );
+    assert_eq!(
+        run(&client, "doubled", "double", args(&()).unwrap(), vec![keys[6].clone()]).await,
+        14
+    );
     cluster.stop().await;
 }
 
