@@ -750,7 +750,8 @@ impl Scheduler {
 
     /// Sends the links of a linear chain that follow `id` (just assigned
     /// to `w`) to `w` as well: each next link whose only input not in
-    /// memory is the previous one, which has no other dependent. The
+    /// memory is the previous one, which has no other dependent, and whose
+    /// other inputs are on `w`. The
     /// worker starts a link as soon as the one before it finishes there,
     /// without waiting for the scheduler; the scheduler never steals a
     /// link sent ahead (nor the task it waits on).
@@ -767,7 +768,13 @@ impl Scheduler {
                 Some(n) if n.state == TaskState::Waiting && n.waiting_on == 1 => {}
                 _ => return,
             }
-            if !self.valid_worker(next, w, true) {
+            // Only where its other inputs already are: a link sent ahead
+            // must not pull data away from where placement would run it.
+            let local = self.tasks[next]
+                .deps
+                .iter()
+                .all(|&d| d == id || self.tasks[d].who_has.contains(&w));
+            if !local || !self.valid_worker(next, w, true) {
                 return;
             }
             self.assign(next, w, comm);
