@@ -29,7 +29,7 @@ use crate::codec::{self, ClientDown, ClientUp, DataRequest, Hello};
 use crate::data::PeerPool;
 use crate::error::{Result, RuntimeError};
 use crate::graph::{Graph, TaskSpec};
-use crate::ids::Key;
+use crate::ids::{FxHashMap, Key};
 use crate::progress::{self, Meter};
 use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient, WorkerStatus};
 use crate::value::Value;
@@ -95,7 +95,7 @@ impl Drop for Inner {
 
 #[derive(Default)]
 struct State {
-    keys: HashMap<Key, Entry>,
+    keys: FxHashMap<Key, Entry>,
     submissions: VecDeque<oneshot::Sender<std::result::Result<(), String>>>,
     /// Queries sent, by request number, waiting for their answer.
     queries: HashMap<u64, oneshot::Sender<ToClient>>,

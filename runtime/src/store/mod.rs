@@ -14,7 +14,7 @@
 
 mod spill;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -25,7 +25,7 @@ use weft_transport::{BufferPool, Frame};
 
 pub use spill::{SpillDir, SpillFile};
 
-use crate::ids::{Key, TaskId};
+use crate::ids::{FxHashMap, Key, TaskId};
 use crate::protocol::Tier;
 use crate::value::Value;
 
@@ -213,8 +213,8 @@ pub struct Store {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<TaskId, Entry>,
-    by_key: HashMap<Key, TaskId>,
+    entries: FxHashMap<TaskId, Entry>,
+    by_key: FxHashMap<Key, TaskId>,
     clock: u64,
     device: Level,
     host: Level,
@@ -222,7 +222,7 @@ struct Inner {
     /// Values clients pushed (scatter) that the scheduler has not yet
     /// named a task for, with when they came; counted in host memory,
     /// never spilled.
-    staged: HashMap<Key, (Instant, Arc<Value>)>,
+    staged: FxHashMap<Key, (Instant, Arc<Value>)>,
 }
 
 /// Results in one memory tier.

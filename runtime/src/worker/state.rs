@@ -10,7 +10,7 @@ use std::collections::{BinaryHeap, HashMap, hash_map::Entry};
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::ids::{Key, SharedStr, TaskId, WorkerId};
+use crate::ids::{FxHashMap, Key, SharedStr, TaskId, WorkerId};
 use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, Tier, ToWorker};
 
 /// Something that happened to the worker.
@@ -119,14 +119,14 @@ struct Transfer {
 pub struct WorkerState {
     nthreads: usize,
     running: usize,
-    tasks: HashMap<TaskId, Task>,
+    tasks: FxHashMap<TaskId, Task>,
     ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
     /// Results in the store and their sizes.
-    memory: HashMap<TaskId, u64>,
-    transfers: HashMap<TaskId, Transfer>,
+    memory: FxHashMap<TaskId, u64>,
+    transfers: FxHashMap<TaskId, Transfer>,
     /// Tasks waiting for the result of a task assigned here (links of a
     /// chain sent ahead), by that task.
-    local_waiters: HashMap<TaskId, Vec<TaskId>>,
+    local_waiters: FxHashMap<TaskId, Vec<TaskId>>,
     /// Memory is short: start no ops until it is not.
     paused: bool,
 }
@@ -137,11 +137,11 @@ impl WorkerState {
         WorkerState {
             nthreads: nthreads.max(1),
             running: 0,
-            tasks: HashMap::new(),
+            tasks: FxHashMap::default(),
             ready: BinaryHeap::new(),
-            memory: HashMap::new(),
-            transfers: HashMap::new(),
-            local_waiters: HashMap::new(),
+            memory: FxHashMap::default(),
+            transfers: FxHashMap::default(),
+            local_waiters: FxHashMap::default(),
             paused: false,
         }
     }
