@@ -4,15 +4,22 @@
 //! Results never pass through the scheduler: a worker fetches its inputs
 //! straight from the workers that hold them, and a client gathers from the
 //! workers the scheduler names.
+//!
+//! Between processes on one host, frames that lie in shared memory (see
+//! [`crate::shm`]) are not sent at all: every request carries the asker's
+//! host identity, and a server on the same host describes such frames so
+//! that the asker maps them. Where mapping fails the pool asks again for
+//! the bytes, once per address, so the choice is automatic and invisible.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{debug, warn};
 use weft_transport::{Config, Connection, Listener, TransportError, connect};
 
-use crate::codec::{self, DataRequest};
+use crate::codec::{self, DataAsk, DataRequest, ReplyError};
 use crate::error::{Result, RuntimeError};
+use crate::shm::{self, HostId};
 use crate::store::{Lookup, Store};
 use crate::value::Value;
 
@@ -31,6 +38,9 @@ pub async fn serve(mut listener: Listener, store: Arc<Store>) {
 }
 
 async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
+    // Values whose shared frames the asker may still be mapping: kept (so
+    // their regions stay unreused) until it asks again or hangs up.
+    let mut lent: Vec<Arc<Value>> = Vec::new();
     loop {
         let message = match connection.recv().await {
             Ok(Some(message)) => message,
@@ -40,21 +50,30 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
                 return;
             }
         };
-        let values: Vec<Option<Arc<Value>>> = match codec::decode::<DataRequest>(&message) {
-            Ok(DataRequest::Tasks(tasks)) => store.load_all(tasks.into_iter().map(Lookup::Task)).await,
-            Ok(DataRequest::Keys(keys)) => store.load_all(keys.into_iter().map(Lookup::Key)).await,
+        lent.clear();
+        let ask = match codec::decode::<DataAsk>(&message) {
+            Ok(ask) => ask,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "malformed data request; closing");
                 return;
             }
         };
-        let reply = match codec::encode_reply(&values) {
+        let values: Vec<Option<Arc<Value>>> = match ask.request {
+            DataRequest::Tasks(tasks) => store.load_all(tasks.into_iter().map(Lookup::Task)).await,
+            DataRequest::Keys(keys) => store.load_all(keys.into_iter().map(Lookup::Key)).await,
+        };
+        let same_host = ask.host.is_some() && ask.host == shm::host_id();
+        let share = |frame: &weft_transport::Frame| frame.as_host().filter(|_| same_host).and_then(shm::export);
+        let reply = match codec::encode_reply(&values, share) {
             Ok(reply) => reply,
             Err(reason) => {
                 warn!(reason, "cannot encode a data reply");
                 return;
             }
         };
+        if same_host {
+            lent.extend(values.into_iter().flatten());
+        }
         if connection.send(reply).await.is_err() {
             return;
         }
@@ -69,6 +88,10 @@ pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_
 pub struct PeerPool {
     config: Config,
     connections: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Our host, sent with requests so a same-host server shares memory.
+    host: Option<HostId>,
+    /// Addresses whose shared memory we could not map: asked for bytes.
+    unmappable: Arc<Mutex<HashSet<String>>>,
 }
 
 /// One address's connection, once made; requests over it take turns.
@@ -85,6 +108,8 @@ impl PeerPool {
                 ..config
             },
             connections: Arc::default(),
+            host: shm::host_id(),
+            unmappable: Arc::default(),
         }
     }
 
@@ -117,13 +142,23 @@ impl PeerPool {
             Some(connection) => connection,
             None => slot.insert(connect(address, &self.config).await?),
         };
-        let message = codec::encode(request).map_err(|reason| RuntimeError::protocol(address, reason))?;
-        connection.send(message).await?;
-        let reply = connection
-            .recv()
-            .await?
-            .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))?;
-        let values = codec::decode_reply(reply).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let mappable = self.host.is_some() && !self.lock_unmappable().contains(address);
+        let mut ask = DataAsk {
+            request: request.clone(),
+            host: if mappable { self.host.clone() } else { None },
+        };
+        let values = match codec::decode_reply(round_trip(connection, address, &ask).await?, shm::import) {
+            Ok(values) => values,
+            Err(ReplyError::Unmapped(reason)) => {
+                if self.lock_unmappable().insert(address.to_string()) {
+                    debug!(address, reason, "cannot map a same-host peer's memory; its data comes over the socket");
+                }
+                ask.host = None;
+                codec::decode_reply(round_trip(connection, address, &ask).await?, shm::import)
+                    .map_err(|error| RuntimeError::protocol(address, error.to_string()))?
+            }
+            Err(error) => return Err(RuntimeError::protocol(address, error.to_string())),
+        };
         let asked = match request {
             DataRequest::Tasks(tasks) => tasks.len(),
             DataRequest::Keys(keys) => keys.len(),
@@ -137,6 +172,11 @@ impl PeerPool {
         Ok(values)
     }
 
+    fn lock_unmappable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A set updated by single inserts: valid after a panic elsewhere.
+        self.unmappable.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Forgets the connection to `address` (its worker is gone).
     pub fn forget(&self, address: &str) {
         self.connections
@@ -144,4 +184,14 @@ impl PeerPool {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(address);
     }
+}
+
+/// Sends one request and waits for its reply.
+async fn round_trip(connection: &mut Connection, address: &str, ask: &DataAsk) -> Result<weft_transport::Message> {
+    let message = codec::encode(ask).map_err(|reason| RuntimeError::protocol(address, reason))?;
+    connection.send(message).await?;
+    connection
+        .recv()
+        .await?
+        .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))
 }

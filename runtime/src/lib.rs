@@ -10,7 +10,8 @@
 //!
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
-//!   workers run and what tasks produce.
+//!   workers run and what tasks produce; [`shm`]: large host buffers in
+//!   shared memory, which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
 
@@ -37,6 +38,7 @@ pub mod graphs;
 pub mod local;
 pub mod ops;
 pub mod server;
+pub mod shm;
 pub mod store;
 pub mod value;
 pub mod worker;
