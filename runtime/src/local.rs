@@ -52,6 +52,9 @@ pub struct LocalOptions {
     pub scheduler: SchedulerOptions,
     /// How long to wait for every worker to register.
     pub startup_timeout: Duration,
+    /// Environment variables set for worker processes (such as
+    /// `WEFT_SAME_HOST_SHM=0`), beside what they inherit.
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalOptions {
@@ -68,6 +71,7 @@ impl LocalOptions {
             registry: Arc::new(Registry::builtin()),
             scheduler: SchedulerOptions::new("tcp://127.0.0.1:0"),
             startup_timeout: Duration::from_secs(30),
+            env: Vec::new(),
         }
     }
 }
@@ -118,6 +122,7 @@ impl LocalCluster {
                         .env(ENV_SCHEDULER, &address)
                         .env(ENV_NAME, &name)
                         .env(ENV_NTHREADS, options.nthreads.to_string())
+                        .envs(options.env.iter().map(|(k, v)| (k, v)))
                         .kill_on_drop(true)
                         .spawn()
                         .map_err(|source| RuntimeError::Process {

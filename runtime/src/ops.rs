@@ -106,8 +106,14 @@ pub mod builtin {
     /// | `delay` | `(u64, i64)`: milliseconds, value | `i64`s | value plus the sum of the inputs, after sleeping |
     /// | `arange_f64` | `u64` n | none | the float64s 0, 1, .., n-1 as one frame (in shared memory when large); header: n |
     /// | `sum_f64` | none | one value whose first frame is float64s | their sum as an `f64` |
+    /// | `nbytes` | none | any | the inputs' total size as a `u64`, reading none of their frames |
     pub fn register(registry: &mut Registry) {
-        registry.raw_op("arange_f64", arange_f64).raw_op("sum_f64", sum_f64);
+        registry
+            .raw_op("arange_f64", arange_f64)
+            .raw_op("sum_f64", sum_f64)
+            .raw_op("nbytes", |_, inputs| {
+                Value::encode(&inputs.iter().map(|v| v.nbytes()).sum::<u64>())
+            });
         registry
             .op("const", |value: i64, _: Vec<()>| Ok(value))
             .op("sum", |offset: i64, inputs: Vec<i64>| {
@@ -238,6 +244,9 @@ mod tests {
             shifted[1..].copy_from_slice(bytes);
             assert_eq!(builtin::sum(&shifted[1..]), expected);
         }
+        let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&10u64).unwrap(), &[]).unwrap());
+        let nbytes = registry.get("nbytes").unwrap()(&[], &[array.clone()]).unwrap();
+        assert_eq!(nbytes.decode::<u64>().unwrap(), array.nbytes());
         let err = registry.get("sum_f64").unwrap()(&[], &[]).unwrap_err();
         assert!(err.contains("one input"), "{err}");
     }
