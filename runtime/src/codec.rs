@@ -171,7 +171,9 @@ pub fn decode_reply(
         values.push(Some(Value { header, frames }));
     }
     if inline.next().is_some() || shared.next().is_some() {
-        return Err(ReplyError::Malformed("data reply has more frames than it announces".into()));
+        return Err(ReplyError::Malformed(
+            "data reply has more frames than it announces".into(),
+        ));
     }
     Ok(values)
 }

@@ -151,7 +151,10 @@ impl PeerPool {
             Ok(values) => values,
             Err(ReplyError::Unmapped(reason)) => {
                 if self.lock_unmappable().insert(address.to_string()) {
-                    debug!(address, reason, "cannot map a same-host peer's memory; its data comes over the socket");
+                    debug!(
+                        address,
+                        reason, "cannot map a same-host peer's memory; its data comes over the socket"
+                    );
                 }
                 ask.host = None;
                 codec::decode_reply(round_trip(connection, address, &ask).await?, shm::import)

@@ -128,9 +128,10 @@ pub fn alloc(len: usize) -> HostBuffer {
         match Pool::global().take(len) {
             Ok(region) => Kind::Shared(region),
             Err(error) => {
-                log_once(&FALLBACK_LOGGED, || {
-                    debug!(%error, "shared memory unavailable; large buffers are private")
-                });
+                log_once(
+                    &FALLBACK_LOGGED,
+                    || debug!(%error, "shared memory unavailable; large buffers are private"),
+                );
                 Kind::Plain(plain_pool().take(len))
             }
         }
@@ -237,11 +238,15 @@ impl Region {
         let ino = sys::inode(&file)?;
         let map = sys::map(&file, 0, HEADER + capacity, true, false)?;
         let region = Region { file, map, capacity };
-        Registry::global().insert(region.data_start(), capacity, Export {
-            fd: sys::raw_fd(&region.file),
-            ino,
-            header: region.map.ptr.as_ptr() as usize,
-        });
+        Registry::global().insert(
+            region.data_start(),
+            capacity,
+            Export {
+                fd: sys::raw_fd(&region.file),
+                ino,
+                header: region.map.ptr.as_ptr() as usize,
+            },
+        );
         Ok(region)
     }
 
@@ -497,11 +502,15 @@ impl Cache {
         }
         let remote = Arc::new(Remote::open(frame)?);
         let data = &remote.data;
-        Registry::global().insert(data.ptr.as_ptr() as usize, data.len, Export {
-            fd: sys::raw_fd(&remote.file),
-            ino: frame.ino,
-            header: remote.header.ptr.as_ptr() as usize,
-        });
+        Registry::global().insert(
+            data.ptr.as_ptr() as usize,
+            data.len,
+            Export {
+                fd: sys::raw_fd(&remote.file),
+                ino: frame.ino,
+                header: remote.header.ptr.as_ptr() as usize,
+            },
+        );
         inner.remotes.insert(key, remote.clone());
         inner.bytes = inner.remotes.values().map(|r| r.data.len).sum();
         Ok(remote)

@@ -65,12 +65,12 @@ fn cluster_with(workers: usize, env: &[(&str, &str)]) -> (String, Proc, Vec<Proc
         .map(|i| {
             spawn_with(
                 &[
-                "worker",
-                &address,
-                "--nthreads",
-                "1",
-                "--name",
-                &format!("w{i}"),
+                    "worker",
+                    &address,
+                    "--nthreads",
+                    "1",
+                    "--name",
+                    &format!("w{i}"),
                     "--timeout",
                     "30",
                 ],
@@ -222,12 +222,24 @@ async fn a_restarted_scheduler_is_reported_and_workers_come_back() {
 
 /// A task on `w0` making `n` float64s, and a task on `w1` summing them.
 async fn make_and_sum(client: &Client, tag: &str, n: u64, producer_anywhere: bool) -> (TaskFuture, TaskSpec) {
+    // Both workers are up before anything is placed (a task held strictly
+    // to a worker waits for it).
+    for worker in ["w0", "w1"] {
+        let mut up = TaskSpec::new(format!("{tag}-{worker}-up"), "const", args(&0i64).unwrap(), vec![]);
+        up.annotations.workers = vec![worker.into()];
+        client.submit(up).await.unwrap().wait().await.unwrap();
+    }
     let mut make = TaskSpec::new(format!("{tag}-make"), "arange_f64", args(&n).unwrap(), vec![]);
     make.annotations.workers = vec!["w0".into()];
     make.annotations.allow_other_workers = producer_anywhere;
     let made = client.submit(make).await.unwrap();
     made.wait().await.unwrap();
-    let mut sum = TaskSpec::new(format!("{tag}-sum"), "sum_f64", Default::default(), vec![made.key().clone()]);
+    let mut sum = TaskSpec::new(
+        format!("{tag}-sum"),
+        "sum_f64",
+        Default::default(),
+        vec![made.key().clone()],
+    );
     sum.annotations.workers = vec!["w1".into()];
     (made, sum)
 }
@@ -277,6 +289,7 @@ async fn a_peer_killed_mid_transfer_has_its_result_recomputed() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     workers[0].0.kill().unwrap(); // SIGKILL: the socket closes mid-reply
+    eprintln!("killed the producer after {received} bytes had arrived");
     assert!(received < 8 * n, "killed after {received} of {} bytes", 8 * n);
     // The fetch fails, the scheduler hears the holder is gone and recomputes
     // the array on the survivor, and the sum is right.

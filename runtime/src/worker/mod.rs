@@ -19,8 +19,8 @@ use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{Key, TaskId, WorkerId};
 use crate::ops::Registry;
-use crate::store::Store;
 use crate::protocol::{FromWorker, ResourceAmount, ToWorker, WorkerInfo};
+use crate::store::Store;
 use crate::value::Value;
 
 /// Concurrent fetches from peers, across all of them.

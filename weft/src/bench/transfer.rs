@@ -148,7 +148,12 @@ impl Pair<'_> {
         make.annotations.workers = vec![WORKER_A.into()];
         let made = self.client.submit(make).await?;
         let producers = made.wait().await?;
-        let mut consume = TaskSpec::new(self.client.unique_key(op), op, Default::default(), vec![made.key().clone()]);
+        let mut consume = TaskSpec::new(
+            self.client.unique_key(op),
+            op,
+            Default::default(),
+            vec![made.key().clone()],
+        );
         consume.annotations.workers = vec![WORKER_B.into()];
 
         let started = Instant::now();
@@ -157,10 +162,16 @@ impl Pair<'_> {
         let seconds = started.elapsed().as_secs_f64();
 
         let consumers = done.wait().await?;
-        let verdict = if consumers.iter().any(|c| producers.iter().any(|p| p.address == c.address)) {
+        let verdict = if consumers
+            .iter()
+            .any(|c| producers.iter().any(|p| p.address == c.address))
+        {
             format!("consumer ran on the producer's worker {WORKER_A}, not on worker B")
         } else if op == "sum_f64" {
-            let (got, expected) = (value.decode::<f64>().map_err(anyhow::Error::msg)?, (n * n.saturating_sub(1) / 2) as f64);
+            let (got, expected) = (
+                value.decode::<f64>().map_err(anyhow::Error::msg)?,
+                (n * n.saturating_sub(1) / 2) as f64,
+            );
             if got == expected {
                 "ok".to_string()
             } else {
@@ -168,7 +179,11 @@ impl Pair<'_> {
             }
         } else {
             let got = value.decode::<u64>().map_err(anyhow::Error::msg)?;
-            if got >= 8 * n { "ok".to_string() } else { format!("mismatch: moved {got} bytes of {}", 8 * n) }
+            if got >= 8 * n {
+                "ok".to_string()
+            } else {
+                format!("mismatch: moved {got} bytes of {}", 8 * n)
+            }
         };
         drop((done, made));
         tokio::time::sleep(SETTLE).await;
