@@ -235,7 +235,7 @@ mod tests {
             let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&n).unwrap(), &[]).unwrap());
             assert_eq!(array.decode::<u64>().unwrap(), n);
             assert_eq!(array.frames[0].len() as u64, 8 * n);
-            let total = registry.get("sum_f64").unwrap()(&[], &[array.clone()]).unwrap();
+            let total = registry.get("sum_f64").unwrap()(&[], std::slice::from_ref(&array)).unwrap();
             let expected = (n * n.saturating_sub(1) / 2) as f64;
             assert_eq!(total.decode::<f64>().unwrap(), expected);
             // The same bytes one byte off alignment.
@@ -245,7 +245,7 @@ mod tests {
             assert_eq!(builtin::sum(&shifted[1..]), expected);
         }
         let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&10u64).unwrap(), &[]).unwrap());
-        let nbytes = registry.get("nbytes").unwrap()(&[], &[array.clone()]).unwrap();
+        let nbytes = registry.get("nbytes").unwrap()(&[], std::slice::from_ref(&array)).unwrap();
         assert_eq!(nbytes.decode::<u64>().unwrap(), array.nbytes());
         let err = registry.get("sum_f64").unwrap()(&[], &[]).unwrap_err();
         assert!(err.contains("one input"), "{err}");
