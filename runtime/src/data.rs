@@ -38,9 +38,6 @@ pub async fn serve(mut listener: Listener, store: Arc<Store>) {
 }
 
 async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
-    // Values whose shared frames the asker may still be mapping: kept (so
-    // their regions stay unreused) until it asks again or hangs up.
-    let mut lent: Vec<Arc<Value>> = Vec::new();
     loop {
         let message = match connection.recv().await {
             Ok(Some(message)) => message,
@@ -50,7 +47,6 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
                 return;
             }
         };
-        lent.clear();
         let ask = match codec::decode::<DataAsk>(&message) {
             Ok(ask) => ask,
             Err(reason) => {
@@ -71,9 +67,6 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
                 return;
             }
         };
-        if same_host {
-            lent.extend(values.into_iter().flatten());
-        }
         if connection.send(reply).await.is_err() {
             return;
         }

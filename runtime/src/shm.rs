@@ -18,12 +18,14 @@
 //! Regions are pooled so producers write into pages already faulted in,
 //! which a consumer may still be reading. Each region therefore starts with
 //! a header page holding one atomic word that every process mapping it
-//! shares: the count of imported views, a generation and a retired bit. A
-//! producer reuses a freed region only by moving it, atomically, from
-//! (generation g, no views) to (g + 1, no views); an importer takes a view
-//! only while the generation is still the one it was told. Consumers keep
+//! shares: the count of views handed to peers, a generation and a retired
+//! bit. Exporting a frame takes a view on the peer's behalf (the server
+//! need not keep anything alive after replying); the peer's import takes it
+//! over and its drop gives it back. A producer reuses a freed region only
+//! by moving it, atomically, from (generation g, no views) to (g + 1, no
+//! views), and an import checks the generation it was told. Consumers keep
 //! their mappings of a producer's regions (dropping those retired), so
-//! fetching into a region seen before costs no system call at all.
+//! fetching from a region seen before costs no system call at all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -354,8 +356,11 @@ impl Registry {
 }
 
 /// Describes `bytes` for a peer on this host, if they lie in a shared
-/// region (whether created here or mapped from another process). The caller
-/// keeps `bytes` alive until the peer has imported them.
+/// region (whether created here or mapped from another process), and hands
+/// the peer one view of them: from here on the region is not reused until
+/// the peer's [`import`] of this description has been dropped. A
+/// description never imported (the peer failed or died first) keeps its
+/// region from being reused, never from being freed.
 pub fn export(bytes: &Bytes) -> Option<ShmRef> {
     if bytes.len() < MIN_SHARED || !sys::SUPPORTED {
         return None;
@@ -365,28 +370,47 @@ pub fn export(bytes: &Bytes) -> Option<ShmRef> {
     // SAFETY: the registry holds only live header mappings, and `bytes`
     // keeps the region (and so its header mapping) alive.
     let state = unsafe { &*(export.header as *const AtomicU64) };
-    Some(ShmRef {
+    // `bytes` keeps the region from being reclaimed, so its generation is
+    // the current one.
+    let generation = generation(state.load(Ordering::Acquire));
+    acquire(state, generation).then_some(ShmRef {
         pid: std::process::id(),
         fd: export.fd,
         ino: export.ino,
-        generation: generation(state.load(Ordering::Acquire)),
+        generation,
         capacity: capacity as u64,
         offset: (ptr - start) as u64,
         len: bytes.len() as u64,
     })
 }
 
-/// Maps a frame a same-host peer exported, without copying it. Fails (and
-/// the caller asks for the bytes instead) when the region cannot be opened
-/// or was reused meanwhile.
+/// Takes one view of a region while it is at generation `want`.
+fn acquire(state: &AtomicU64, want: u32) -> bool {
+    let mut current = state.load(Ordering::Acquire);
+    loop {
+        if current & RETIRED != 0 || generation(current) != want || current & REFS == REFS {
+            return false;
+        }
+        match state.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => current = now,
+        }
+    }
+}
+
+/// Maps a frame a same-host peer [`export`]ed, without copying it, taking
+/// over the view the export handed out (so each description is imported
+/// at most once). Fails, and the caller asks for the bytes instead, when
+/// the region cannot be opened or is not the one described.
 pub fn import(frame: &ShmRef) -> Result<Bytes, String> {
     let end = frame.offset.checked_add(frame.len);
     if end.is_none_or(|end| end > frame.capacity) {
         return Err(format!("a shared frame of {} bytes overruns its region", frame.len));
     }
     let remote = Cache::global().get_or_map(frame)?;
-    if !remote.acquire(frame.generation) {
-        return Err("the shared region was reused before it could be mapped".into());
+    let state = remote.header.state().load(Ordering::Acquire);
+    if generation(state) != frame.generation || state & REFS == 0 {
+        return Err("the shared region is not the one described".into());
     }
     Ok(Bytes::from_owner(View {
         remote,
@@ -420,21 +444,6 @@ impl Remote {
         let header = sys::map(&file, 0, HEADER, true, false).map_err(|e| format!("cannot map {path}: {e}"))?;
         let data = sys::map(&file, HEADER, capacity, false, true).map_err(|e| format!("cannot map {path}: {e}"))?;
         Ok(Remote { file, header, data })
-    }
-
-    /// Takes a view while the region is at `generation`.
-    fn acquire(&self, want: u32) -> bool {
-        let state = self.header.state();
-        let mut current = state.load(Ordering::Acquire);
-        loop {
-            if current & RETIRED != 0 || generation(current) != want || current & REFS == REFS {
-                return false;
-            }
-            match state.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => current = now,
-            }
-        }
     }
 
     fn retired(&self) -> bool {
@@ -501,6 +510,7 @@ impl Cache {
             inner.remotes.retain(|_, r| Arc::strong_count(r) > 1);
         }
         let remote = Arc::new(Remote::open(frame)?);
+        debug!(pid = frame.pid, fd = frame.fd, bytes = frame.capacity, "mapped a peer's shared region");
         let data = &remote.data;
         Registry::global().insert(
             data.ptr.as_ptr() as usize,
@@ -563,6 +573,7 @@ impl Pool {
             LIVE_REGIONS.fetch_sub(1, Ordering::Relaxed);
             return Err(std::io::Error::other("too many shared regions open"));
         }
+        debug!(bytes = class, "new shared region");
         Region::create(class).inspect_err(|_| {
             LIVE_REGIONS.fetch_sub(1, Ordering::Relaxed);
         })
@@ -820,6 +831,20 @@ mod tests {
     }
 
     #[test]
+    fn an_export_never_imported_blocks_reuse_but_not_freeing() {
+        if !sys::SUPPORTED {
+            return;
+        }
+        let len = 5 * MIN_SHARED + 3;
+        let bytes = filled(len, 1);
+        let first = bytes.as_ptr();
+        let _lost = export(&bytes).expect("shared");
+        drop(bytes);
+        let next = filled(len, 2);
+        assert_ne!(next.as_ptr(), first, "the region a peer may still map is not reused");
+    }
+
+    #[test]
     fn the_view_of_a_region_already_mapped_costs_no_new_mapping() {
         if !sys::SUPPORTED {
             return;
@@ -827,7 +852,7 @@ mod tests {
         let bytes = filled(2 * MIN_SHARED, 4);
         let frame = export(&bytes).expect("shared");
         let a = import(&frame).expect("imports");
-        let b = import(&frame).expect("imports again");
+        let b = import(&export(&bytes).expect("shared again")).expect("imports again");
         assert_eq!(a.as_ptr(), b.as_ptr(), "one cached mapping");
         // An imported frame can be exported on, naming this process.
         let on = export(&a).expect("re-exported");
