@@ -161,15 +161,25 @@ pub mod builtin {
         Value::encode(&sum(frame))
     }
 
+    /// How far ahead [`sum`] prefetches, in float64s (8 KiB): enough to hide
+    /// memory latency, and across the 4 KiB page boundaries where hardware
+    /// prefetchers stop (shared memory comes in small pages). Measured on a
+    /// 256 MiB mapped region: 17.5 ms instead of 23 ms.
+    const PREFETCH_AHEAD: usize = 1024;
+
     /// The sum of little-endian float64s, in eight interleaved partial sums
     /// (so the additions pipeline and vectorize; exact for integers below
     /// 2^53 whatever the order). Bytes not aligned for f64 are read through
     /// a copy of each block.
     pub fn sum(bytes: &[u8]) -> f64 {
+        // Eight float64s: one cache line of an aligned frame.
         const LANES: usize = 8;
         fn add(acc: &mut [f64; LANES], values: &[f64]) {
             let mut blocks = values.chunks_exact(LANES);
-            for block in &mut blocks {
+            for (i, block) in (&mut blocks).enumerate() {
+                if let Some(ahead) = values.get(i * LANES + PREFETCH_AHEAD) {
+                    prefetch(ahead);
+                }
                 for (a, x) in acc.iter_mut().zip(block) {
                     *a += x;
                 }
@@ -192,6 +202,19 @@ pub mod builtin {
         }
         acc.iter().sum()
     }
+
+    /// Asks for the cache line holding `value` ahead of its use.
+    #[cfg(target_arch = "x86_64")]
+    fn prefetch(value: &f64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is a hint that never faults, of an address
+        // that is valid anyway; SSE is part of every x86_64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast()) }
+    }
+
+    /// Elsewhere the hardware's prefetching has to do.
+    #[cfg(not(target_arch = "x86_64"))]
+    fn prefetch(_: &f64) {}
 }
 
 #[cfg(test)]

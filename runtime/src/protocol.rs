@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::graph::Graph;
 use crate::ids::{Key, SharedStr, TaskId, WorkerId};
 
-/// Bump on any incompatible change to these messages; the reactor checks it in
+/// Bump on any incompatible change to these messages (or to the data plane's,
+/// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
