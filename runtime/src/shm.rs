@@ -43,12 +43,16 @@ pub const MIN_SHARED: usize = 1 << 20;
 /// Idle regions a process keeps for reuse, in bytes.
 const MAX_IDLE_BYTES: usize = 1 << 30;
 
-/// Regions freed while a peer still maps them, waiting to be reclaimed.
-const MAX_LENT: usize = 256;
+/// Regions freed while a peer may still map them, kept for reuse once it
+/// lets go, in bytes. Past this the oldest is closed: its memory lives on
+/// while a peer maps it and goes back to the system after.
+const MAX_LENT_BYTES: usize = 1 << 30;
 
-/// Mappings of other processes' regions a process keeps, in bytes of
-/// address space (the memory is the producers').
-const MAX_CACHED_BYTES: usize = 16 << 30;
+/// Mappings of other processes' regions a process keeps while it does not
+/// use them, in bytes. A region its producer has since closed stays in
+/// memory while mapped here, until the next import drops it; this bounds
+/// that too.
+const MAX_CACHED_BYTES: usize = 2 << 30;
 
 /// The header page before a region's data: one shared state word.
 const HEADER: usize = 4096;
@@ -510,7 +514,12 @@ impl Cache {
             inner.remotes.retain(|_, r| Arc::strong_count(r) > 1);
         }
         let remote = Arc::new(Remote::open(frame)?);
-        debug!(pid = frame.pid, fd = frame.fd, bytes = frame.capacity, "mapped a peer's shared region");
+        debug!(
+            pid = frame.pid,
+            fd = frame.fd,
+            bytes = frame.capacity,
+            "mapped a peer's shared region"
+        );
         let data = &remote.data;
         Registry::global().insert(
             data.ptr.as_ptr() as usize,
@@ -585,7 +594,7 @@ impl Pool {
             inner.keep(region);
         } else {
             inner.lent.push(region);
-            if inner.lent.len() > MAX_LENT {
+            while inner.lent.iter().map(|r| r.capacity).sum::<usize>() > MAX_LENT_BYTES {
                 inner.lent.remove(0);
             }
         }
