@@ -118,7 +118,9 @@ pub(super) async fn measure(args: &Args, mib: usize, report: &mut Report) -> Res
             "socket_move_vs_iperf3": move_rate.zip(iperf3).map(|(ours, theirs)| ours / theirs),
         }),
     );
-    report.line.insert("socket".into(), Json::Object(socket));
+    if !socket.is_empty() {
+        report.line.insert("socket".into(), Json::Object(socket));
+    }
     let gbps = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.2} GB/s", x / 1e9));
     eprintln!(
         "weft transfer: socket move {} (iperf3 single stream {}); memcpy warm {}, into fresh pages {}",
