@@ -191,3 +191,74 @@ async fn round_trip(connection: &mut Connection, address: &str, ask: &DataAsk) -
         .await?
         .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use weft_transport::{Frame, listen};
+
+    use super::*;
+    use crate::codec::DataReply;
+    use crate::ids::TaskId;
+    use crate::shm::ShmRef;
+
+    #[tokio::test]
+    async fn an_unmappable_shared_frame_is_fetched_as_bytes_instead() {
+        if shm::host_id().is_none() {
+            return; // no shared memory here: nothing to fall back from
+        }
+        let config = Config::default();
+        let mut listener = listen("tcp://127.0.0.1:0", &config).await.unwrap();
+        let address = listener.local_addr().to_string();
+        // A server on "this host" whose shared frames cannot be mapped (a
+        // process that does not exist), but whose bytes can be sent.
+        let server = tokio::spawn(async move {
+            let mut connection = listener.accept().await.unwrap();
+            let mut asked_with_host = Vec::new();
+            while let Ok(Some(message)) = connection.recv().await {
+                let ask: DataAsk = codec::decode(&message).unwrap();
+                asked_with_host.push(ask.host.is_some());
+                let header = Bytes::from_static(b"h");
+                let reply = if ask.host.is_some() {
+                    let unreachable = ShmRef {
+                        pid: u32::MAX - 1,
+                        fd: 3,
+                        ino: 1,
+                        generation: 0,
+                        capacity: 8,
+                        offset: 0,
+                        len: 8,
+                    };
+                    codec::encode(&DataReply {
+                        items: vec![Some((header, 1))],
+                        shared: vec![(0, unreachable)],
+                    })
+                    .unwrap()
+                } else {
+                    let value = Value {
+                        header,
+                        frames: vec![Frame::host(vec![7u8; 8])],
+                    };
+                    codec::encode_reply(&[Some(Arc::new(value))], |_| None).unwrap()
+                };
+                connection.send(reply).await.unwrap();
+            }
+            asked_with_host
+        });
+        let pool = PeerPool::new(config);
+        for _ in 0..2 {
+            let values = pool
+                .request(&address, &DataRequest::Tasks(vec![TaskId::new(1)]))
+                .await
+                .unwrap();
+            let value = values[0].as_ref().expect("delivered");
+            assert_eq!(value.frames[0].as_host().unwrap()[..], [7u8; 8]);
+        }
+        drop(pool);
+        assert_eq!(
+            server.await.unwrap(),
+            vec![true, false, false],
+            "asks for the bytes once mapping failed, and from then on"
+        );
+    }
+}
