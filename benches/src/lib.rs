@@ -2,6 +2,7 @@
 //! and driven both by the criterion benches and by the report binaries
 //! that print Weft next to a peer measured in the same run.
 
+pub mod baseline;
 pub mod transport;
 
 /// The median of some measurements (sorted in place).

@@ -14,6 +14,7 @@ use weft_transport::{Frame, Message};
 
 use crate::ids::{Key, TaskId};
 use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, WorkerInfo};
+use crate::shm::{HostId, ShmRef};
 use crate::value::Value;
 
 /// The first message on a connection to the scheduler.
@@ -109,13 +110,28 @@ pub struct DataAck {
     pub items: u32,
 }
 
+/// What a data server is sent: a request, and where the asker runs. An
+/// asker on the server's own host (equal [`HostId`]s) gets frames that lie
+/// in shared memory as descriptions to map instead of bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataAsk {
+    /// What is asked for.
+    pub request: DataRequest,
+    /// The asker's host, if it can map this host's shared memory.
+    pub host: Option<HostId>,
+}
+
 /// The answer of a data server, item by item in the order asked: `None`
 /// when it does not hold it, else the value's header inline and the count
-/// of its frames, which follow the envelope as transport frames.
+/// of its frames. Frames listed in `shared` (by their index among all the
+/// reply's frames) are described there; the others follow the envelope as
+/// transport frames, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataReply {
     /// Per item: the value's header and frame count, or `None`.
     pub items: Vec<Option<(Bytes, u32)>>,
+    /// Frames passed as shared memory, by index, in increasing order.
+    pub shared: Vec<(u32, ShmRef)>,
 }
 
 /// Encodes an envelope as a transport message without frames.
@@ -135,40 +151,93 @@ pub fn decode<T: DeserializeOwned>(message: &Message) -> Result<T, String> {
     })
 }
 
-/// A data reply carrying `values` (a missing one as `None`).
-pub fn encode_reply(values: &[Option<Arc<Value>>]) -> Result<Message, String> {
+/// A data reply carrying `values` (a missing one as `None`); each frame
+/// that `share` describes goes as that description instead of its bytes.
+pub fn encode_reply(
+    values: &[Option<Arc<Value>>],
+    mut share: impl FnMut(&Frame) -> Option<ShmRef>,
+) -> Result<Message, String> {
     let items = values
         .iter()
         .map(|v| v.as_ref().map(|v| (v.header.clone(), v.frames.len() as u32)))
         .collect();
-    let mut message = encode(&DataReply { items })?;
-    message.frames = values.iter().flatten().flat_map(|v| v.frames.iter().cloned()).collect();
+    let (mut shared, mut frames) = (Vec::new(), Vec::new());
+    for (i, frame) in values.iter().flatten().flat_map(|v| v.frames.iter()).enumerate() {
+        match share(frame) {
+            Some(description) => shared.push((i as u32, description)),
+            None => frames.push(frame.clone()),
+        }
+    }
+    let mut message = encode(&DataReply { items, shared })?;
+    message.frames = frames;
     Ok(message)
 }
 
-/// Splits a data reply back into values; checks that the frames add up.
-pub fn decode_reply(message: Message) -> Result<Vec<Option<Value>>, String> {
-    let reply: DataReply = decode(&message)?;
-    let mut frames = message.frames.into_iter();
-    let values = reply
-        .items
-        .into_iter()
-        .map(|item| {
-            item.map(|(header, count)| take_value(header, count, &mut frames))
-                .transpose()
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    no_frames_left(frames)?;
+/// Splits a data reply back into values, turning shared frames into bytes
+/// with `import`; checks that the frames add up.
+pub fn decode_reply(
+    message: Message,
+    mut import: impl FnMut(&ShmRef) -> Result<Bytes, String>,
+) -> Result<Vec<Option<Value>>, ReplyError> {
+    let reply: DataReply = decode(&message).map_err(ReplyError::Malformed)?;
+    let mut inline = message.frames.into_iter();
+    let mut shared = reply.shared.iter().peekable();
+    let mut index = 0u32;
+    let mut values = Vec::with_capacity(reply.items.len());
+    for item in reply.items {
+        let Some((header, count)) = item else {
+            values.push(None);
+            continue;
+        };
+        let mut frames = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let frame = match shared.next_if(|(at, _)| *at == index) {
+                Some((_, description)) => Frame::host(import(description).map_err(ReplyError::Unmapped)?),
+                None => inline
+                    .next()
+                    .ok_or_else(|| ReplyError::Malformed("data reply has fewer frames than it announces".into()))?,
+            };
+            frames.push(frame);
+            index += 1;
+        }
+        values.push(Some(Value { header, frames }));
+    }
+    if inline.next().is_some() || shared.next().is_some() {
+        return Err(ReplyError::Malformed(
+            "data reply has more frames than it announces".into(),
+        ));
+    }
     Ok(values)
 }
 
-/// A [`DataRequest::Put`] of `values` under their keys.
+/// Why a data reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// It breaks the format: the server is at fault.
+    Malformed(String),
+    /// A shared frame could not be mapped here: ask for the bytes instead.
+    Unmapped(String),
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::Malformed(reason) => f.write_str(reason),
+            ReplyError::Unmapped(reason) => write!(f, "cannot map a shared frame: {reason}"),
+        }
+    }
+}
+
+/// A [`DataRequest::Put`] of `values` under their keys, ready to send.
 pub fn encode_put(values: &[(Key, Value)]) -> Result<Message, String> {
     let items = values
         .iter()
         .map(|(key, v)| (key.clone(), v.header.clone(), v.frames.len() as u32))
         .collect();
-    let mut message = encode(&DataRequest::Put(items))?;
+    let mut message = encode(&DataAsk {
+        request: DataRequest::Put(items),
+        host: None,
+    })?;
     message.frames = values.iter().flat_map(|(_, v)| v.frames.iter().cloned()).collect();
     Ok(message)
 }
@@ -205,6 +274,10 @@ fn no_frames_left(mut frames: std::vec::IntoIter<Frame>) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn no_import(_: &ShmRef) -> Result<Bytes, String> {
+        Err("no shared frames expected".into())
+    }
+
     #[test]
     fn replies_round_trip_with_missing_items() {
         let a = Arc::new(Value {
@@ -212,21 +285,50 @@ mod tests {
             frames: vec![Frame::host(vec![1u8; 10]), Frame::host(vec![2u8; 3])],
         });
         let b = Arc::new(Value::encode(&5u32).unwrap());
-        let message = encode_reply(&[Some(a.clone()), None, Some(b.clone())]).unwrap();
-        let values = decode_reply(message).unwrap();
+        let message = encode_reply(&[Some(a.clone()), None, Some(b.clone())], |_| None).unwrap();
+        let values = decode_reply(message, no_import).unwrap();
         assert_eq!(values, vec![Some((*a).clone()), None, Some((*b).clone())]);
+    }
+
+    #[test]
+    fn shared_frames_travel_as_descriptions_in_place() {
+        let frames = [vec![1u8; 10], vec![2u8; 20], vec![3u8; 30]];
+        let a = Arc::new(Value {
+            header: Bytes::from_static(b"a"),
+            frames: frames.iter().cloned().map(Frame::host).collect(),
+        });
+        // The second frame is "shared": described by its length.
+        let describe = |frame: &Frame| {
+            (frame.len() == 20).then_some(ShmRef {
+                pid: 1,
+                fd: 3,
+                ino: 4,
+                generation: 0,
+                capacity: 20,
+                offset: 0,
+                len: 20,
+            })
+        };
+        let message = encode_reply(&[None, Some(a.clone())], describe).unwrap();
+        assert_eq!(message.frames.len(), 2, "only the other frames go inline");
+        let values = decode_reply(message.clone(), |d| Ok(Bytes::from(vec![2u8; d.len as usize]))).unwrap();
+        assert_eq!(values, vec![None, Some((*a).clone())]);
+        let failed = decode_reply(message, |_| Err("gone".into())).unwrap_err();
+        assert_eq!(failed, ReplyError::Unmapped("gone".into()));
     }
 
     #[test]
     fn inconsistent_replies_are_errors() {
         let mut message = encode(&DataReply {
             items: vec![Some((Bytes::new(), 2))],
+            shared: Vec::new(),
         })
         .unwrap();
         message.frames.push(Frame::host(vec![0u8]));
-        assert!(decode_reply(message.clone()).is_err(), "too few frames");
+        let malformed = |result| matches!(result, Err(ReplyError::Malformed(_)));
+        assert!(malformed(decode_reply(message.clone(), no_import)), "too few frames");
         message.frames.extend([Frame::host(vec![1u8]), Frame::host(vec![2u8])]);
-        assert!(decode_reply(message).is_err(), "too many frames");
+        assert!(malformed(decode_reply(message, no_import)), "too many frames");
         assert!(decode::<DataReply>(&Message::new(vec![0xffu8; 3], Vec::new())).is_err());
     }
 
@@ -239,7 +341,11 @@ mod tests {
         let b = Value::encode(&5u32).unwrap();
         let values = vec![(Key::from("ka"), a), (Key::from("kb"), b)];
         let message = encode_put(&values).unwrap();
-        let Ok(DataRequest::Put(items)) = decode::<DataRequest>(&message) else {
+        let Ok(DataAsk {
+            request: DataRequest::Put(items),
+            ..
+        }) = decode::<DataAsk>(&message)
+        else {
             panic!("not a put")
         };
         assert_eq!(split_put(items.clone(), message.frames.clone()).unwrap(), values);

@@ -6,17 +6,24 @@
 //! workers the scheduler names. Clients scattering data push it here too:
 //! it waits aside, by key, until the scheduler has the worker adopt it as a
 //! task's result (or the client discards it, or it expires).
+//!
+//! Between processes on one host, frames that lie in shared memory (see
+//! [`crate::shm`]) are not sent at all: every request carries the asker's
+//! host identity, and a server on the same host describes such frames so
+//! that the asker maps them. Where mapping fails the pool asks again for
+//! the bytes, once per address, so the choice is automatic and invisible.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
-use weft_transport::{Config, Connection, Listener, Message, TransportError, connect};
+use weft_transport::{Config, Connection, Frame, Listener, Message, TransportError, connect};
 
-use crate::codec::{self, DataAck, DataRequest};
+use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError};
 use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
+use crate::shm::{self, HostId};
 use crate::store::{Lookup, Store};
 use crate::value::Value;
 
@@ -58,11 +65,17 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
 }
 
 /// The reply to one request, or why the request is refused. Results on
-/// disk are read back first.
+/// disk are read back first; an asker on this host gets frames in shared
+/// memory as descriptions to map.
 async fn answer(message: Message, store: &Arc<Store>) -> std::result::Result<Message, String> {
-    match codec::decode::<DataRequest>(&message)? {
-        DataRequest::Tasks(tasks) => codec::encode_reply(&store.load_all(tasks.into_iter().map(Lookup::Task)).await),
-        DataRequest::Keys(keys) => codec::encode_reply(&store.load_all(keys.into_iter().map(Lookup::Key)).await),
+    let ask: DataAsk = codec::decode(&message)?;
+    let same_host = ask.host.is_some() && ask.host == shm::host_id();
+    let share = |frame: &Frame| frame.as_host().filter(|_| same_host).and_then(shm::export);
+    match ask.request {
+        DataRequest::Tasks(tasks) => {
+            codec::encode_reply(&store.load_all(tasks.into_iter().map(Lookup::Task)).await, share)
+        }
+        DataRequest::Keys(keys) => codec::encode_reply(&store.load_all(keys.into_iter().map(Lookup::Key)).await, share),
         DataRequest::Put(items) => {
             let values = codec::split_put(items, message.frames)?;
             let items = values.len() as u32;
@@ -91,6 +104,10 @@ pub const STAGED_TTL: Duration = Duration::from_secs(300);
 pub struct PeerPool {
     config: Config,
     connections: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Our host, sent with requests so a same-host server shares memory.
+    host: Option<HostId>,
+    /// Addresses whose shared memory we could not map: asked for bytes.
+    unmappable: Arc<Mutex<HashSet<String>>>,
 }
 
 /// One address's connection, once made; requests over it take turns.
@@ -107,6 +124,8 @@ impl PeerPool {
                 ..config
             },
             connections: Arc::default(),
+            host: shm::host_id(),
+            unmappable: Arc::default(),
         }
     }
 
@@ -114,9 +133,26 @@ impl PeerPool {
     /// Requests to one address go one at a time over one connection; a
     /// failed connection is dropped and the next request reconnects.
     pub async fn request(&self, address: &str, request: &DataRequest) -> Result<Vec<Option<Value>>> {
-        let message = codec::encode(request).map_err(|reason| RuntimeError::protocol(address, reason))?;
-        let reply = self.round_trip(address, message).await?;
-        let values = codec::decode_reply(reply).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let mappable = self.host.is_some() && !self.lock_unmappable().contains(address);
+        let mut ask = DataAsk {
+            request: request.clone(),
+            host: if mappable { self.host.clone() } else { None },
+        };
+        let values = match codec::decode_reply(self.ask(address, &ask).await?, shm::import) {
+            Ok(values) => values,
+            Err(ReplyError::Unmapped(reason)) => {
+                if self.lock_unmappable().insert(address.to_string()) {
+                    debug!(
+                        address,
+                        reason, "cannot map a same-host peer's memory; its data comes over the socket"
+                    );
+                }
+                ask.host = None;
+                codec::decode_reply(self.ask(address, &ask).await?, shm::import)
+                    .map_err(|error| RuntimeError::protocol(address, error.to_string()))?
+            }
+            Err(error) => return Err(RuntimeError::protocol(address, error.to_string())),
+        };
         if values.len() != request.len() {
             return Err(RuntimeError::protocol(
                 address,
@@ -143,11 +179,19 @@ impl PeerPool {
 
     /// Drops values put aside by [`PeerPool::put`] and never adopted.
     pub async fn discard(&self, address: &str, keys: Vec<Key>) -> Result<()> {
-        let message =
-            codec::encode(&DataRequest::Discard(keys)).map_err(|reason| RuntimeError::protocol(address, reason))?;
-        let ack = self.round_trip(address, message).await?;
+        let ask = DataAsk {
+            request: DataRequest::Discard(keys),
+            host: None,
+        };
+        let ack = self.ask(address, &ask).await?;
         codec::decode::<DataAck>(&ack).map_err(|reason| RuntimeError::protocol(address, reason))?;
         Ok(())
+    }
+
+    /// Sends `ask` to `address` and returns the reply.
+    async fn ask(&self, address: &str, ask: &DataAsk) -> Result<Message> {
+        let message = codec::encode(ask).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        self.round_trip(address, message).await
     }
 
     /// Sends one message to `address` and returns its reply.
@@ -179,6 +223,11 @@ impl PeerPool {
             .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))
     }
 
+    fn lock_unmappable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // A set updated by single inserts: valid after a panic elsewhere.
+        self.unmappable.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Forgets the connection to `address` (its worker is gone).
     pub fn forget(&self, address: &str) {
         self.connections
@@ -190,12 +239,80 @@ impl PeerPool {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use weft_transport::{Frame, listen};
+
     use super::*;
+    use crate::codec::DataReply;
     use crate::ids::TaskId;
+    use crate::shm::ShmRef;
+
+    #[tokio::test]
+    async fn an_unmappable_shared_frame_is_fetched_as_bytes_instead() {
+        if shm::host_id().is_none() {
+            return; // no shared memory here: nothing to fall back from
+        }
+        let config = Config::default();
+        let mut listener = listen("tcp://127.0.0.1:0", &config).await.unwrap();
+        let address = listener.local_addr().to_string();
+        // A server on "this host" whose shared frames cannot be mapped (a
+        // process that does not exist), but whose bytes can be sent.
+        let server = tokio::spawn(async move {
+            let mut connection = listener.accept().await.unwrap();
+            let mut asked_with_host = Vec::new();
+            while let Ok(Some(message)) = connection.recv().await {
+                let ask: DataAsk = codec::decode(&message).unwrap();
+                asked_with_host.push(ask.host.is_some());
+                let header = Bytes::from_static(b"h");
+                let reply = if ask.host.is_some() {
+                    let unreachable = ShmRef {
+                        pid: u32::MAX - 1,
+                        fd: 3,
+                        ino: 1,
+                        generation: 0,
+                        capacity: 8,
+                        offset: 0,
+                        len: 8,
+                    };
+                    codec::encode(&DataReply {
+                        items: vec![Some((header, 1))],
+                        shared: vec![(0, unreachable)],
+                    })
+                    .unwrap()
+                } else {
+                    let value = Value {
+                        header,
+                        frames: vec![Frame::host(vec![7u8; 8])],
+                    };
+                    codec::encode_reply(&[Some(Arc::new(value))], |_| None).unwrap()
+                };
+                connection.send(reply).await.unwrap();
+            }
+            asked_with_host
+        });
+        let pool = PeerPool::new(config);
+        for _ in 0..2 {
+            let values = pool
+                .request(&address, &DataRequest::Tasks(vec![TaskId::new(1)]))
+                .await
+                .unwrap();
+            let value = values[0].as_ref().expect("delivered");
+            assert_eq!(value.frames[0].as_host().unwrap()[..], [7u8; 8]);
+        }
+        drop(pool);
+        assert_eq!(
+            server.await.unwrap(),
+            vec![true, false, false],
+            "asks for the bytes once mapping failed, and from then on"
+        );
+    }
+
+    fn ask(request: DataRequest) -> DataAsk {
+        DataAsk { request, host: None }
+    }
 
     #[tokio::test]
     async fn the_server_answers_puts_and_refuses_bad_ones() {
-        use weft_transport::Frame;
         let store = Store::unlimited();
         let framed = Value {
             header: bytes::Bytes::from_static(b"h"),
@@ -205,14 +322,14 @@ mod tests {
         let ack: DataAck = codec::decode(&answer(put.clone(), &store).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 1 });
         // Put aside: not served by key until adopted.
-        let keys = codec::encode(&DataRequest::Keys(vec!["k".into()])).unwrap();
+        let keys = codec::encode(&ask(DataRequest::Keys(vec!["k".into()]))).unwrap();
         assert_eq!(
-            codec::decode_reply(answer(keys.clone(), &store).await.unwrap()).unwrap(),
+            codec::decode_reply(answer(keys.clone(), &store).await.unwrap(), shm::import).unwrap(),
             vec![None]
         );
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
-            codec::decode_reply(answer(keys, &store).await.unwrap()).unwrap(),
+            codec::decode_reply(answer(keys, &store).await.unwrap(), shm::import).unwrap(),
             vec![Some(framed)]
         );
         // Frames that do not add up, unknown requests, garbage: refused.
@@ -225,7 +342,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        let discard = codec::encode(&DataRequest::Discard(vec!["k".into()])).unwrap();
+        let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
         let ack: DataAck = codec::decode(&answer(discard, &store).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
     }

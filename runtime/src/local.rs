@@ -72,6 +72,9 @@ pub struct LocalOptions {
     /// `inproc://` (a name is added per worker), which passes device
     /// buffers between them by reference.
     pub worker_listen: String,
+    /// Environment variables set for worker processes (such as
+    /// `WEFT_SAME_HOST_SHM=0`), beside what they inherit.
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalOptions {
@@ -102,6 +105,7 @@ impl LocalOptions {
             gpus,
             in_process_gpus: Vec::new(),
             worker_listen: "tcp://127.0.0.1:0".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -158,6 +162,7 @@ impl LocalCluster {
                         .env(ENV_MEMORY_LIMIT, options.memory.limit.to_string())
                         .env(ENV_SPILL_DIR, &options.memory.spill_dir)
                         .envs((i < options.gpus).then(|| (ENV_GPU, i.to_string())))
+                        .envs(options.env.iter().map(|(k, v)| (k, v)))
                         .kill_on_drop(true)
                         .spawn()
                         .map_err(|source| RuntimeError::Process {

@@ -87,7 +87,13 @@ pub fn args<T: Serialize + ?Sized>(args: &T) -> Result<bytes::Bytes, String> {
 
 /// The ops every worker has.
 pub mod builtin {
+    use std::sync::Arc;
+
+    use weft_transport::Frame;
+
     use super::Registry;
+    use crate::shm;
+    use crate::value::Value;
 
     /// Registers the built-in ops:
     ///
@@ -98,7 +104,16 @@ pub mod builtin {
     /// | `fail` | `String` | any | an error with that message |
     /// | `panic` | `String` | any | panics with that message |
     /// | `delay` | `(u64, i64)`: milliseconds, value | `i64`s | value plus the sum of the inputs, after sleeping |
+    /// | `arange_f64` | `u64` n | none | the float64s 0, 1, .., n-1 as one frame (in shared memory when large); header: n |
+    /// | `sum_f64` | none | one value whose first frame is float64s | their sum as an `f64` |
+    /// | `nbytes` | none | any | the inputs' total size as a `u64`, reading none of their frames |
     pub fn register(registry: &mut Registry) {
+        registry
+            .raw_op("arange_f64", arange_f64)
+            .raw_op("sum_f64", sum_f64)
+            .raw_op("nbytes", |_, inputs| {
+                Value::encode(&inputs.iter().map(|v| v.nbytes()).sum::<u64>())
+            });
         registry
             .op("const", |value: i64, _: Vec<()>| Ok(value))
             .op("sum", |offset: i64, inputs: Vec<i64>| {
@@ -116,6 +131,90 @@ pub mod builtin {
                 Ok(value + inputs.iter().sum::<i64>())
             });
     }
+
+    fn arange_f64(args: &[u8], _: &[Arc<Value>]) -> Result<Value, String> {
+        let n: u64 = postcard::from_bytes(args).map_err(|e| format!("cannot read the arguments as u64: {e}"))?;
+        let len = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(8))
+            .ok_or_else(|| format!("{n} float64s do not fit in memory"))?;
+        let mut buf = shm::alloc(len);
+        // Buffers start 64-byte aligned, so the cast cannot fail.
+        let values: &mut [f64] = bytemuck::try_cast_slice_mut(buf.as_mut_slice()).map_err(|e| e.to_string())?;
+        for (i, x) in values.iter_mut().enumerate() {
+            *x = i as f64;
+        }
+        let mut value = Value::encode(&n)?;
+        value.frames.push(Frame::host(buf.freeze()));
+        Ok(value)
+    }
+
+    fn sum_f64(_: &[u8], inputs: &[Arc<Value>]) -> Result<Value, String> {
+        let frame = inputs
+            .first()
+            .and_then(|v| v.frames.first())
+            .and_then(Frame::as_host)
+            .ok_or("sum_f64 takes one input with a frame of float64s")?;
+        if frame.len() % 8 != 0 {
+            return Err(format!("a frame of {} bytes is not float64s", frame.len()));
+        }
+        Value::encode(&sum(frame))
+    }
+
+    /// How far ahead [`sum`] prefetches, in float64s (8 KiB): enough to hide
+    /// memory latency, and across the 4 KiB page boundaries where hardware
+    /// prefetchers stop (shared memory comes in small pages). Measured on a
+    /// 256 MiB mapped region: 17.5 ms instead of 23 ms.
+    const PREFETCH_AHEAD: usize = 1024;
+
+    /// The sum of little-endian float64s, in eight interleaved partial sums
+    /// (so the additions pipeline and vectorize; exact for integers below
+    /// 2^53 whatever the order). Bytes not aligned for f64 are read through
+    /// a copy of each block.
+    pub fn sum(bytes: &[u8]) -> f64 {
+        // Eight float64s: one cache line of an aligned frame.
+        const LANES: usize = 8;
+        fn add(acc: &mut [f64; LANES], values: &[f64]) {
+            let mut blocks = values.chunks_exact(LANES);
+            for (i, block) in (&mut blocks).enumerate() {
+                if let Some(ahead) = values.get(i * LANES + PREFETCH_AHEAD) {
+                    prefetch(ahead);
+                }
+                for (a, x) in acc.iter_mut().zip(block) {
+                    *a += x;
+                }
+            }
+            for (a, x) in acc.iter_mut().zip(blocks.remainder()) {
+                *a += x;
+            }
+        }
+        let mut acc = [0.0; LANES];
+        match bytemuck::try_cast_slice::<u8, f64>(bytes) {
+            Ok(values) => add(&mut acc, values),
+            Err(_) => {
+                let mut block = [0f64; 512];
+                for chunk in bytes.chunks(block.len() * 8) {
+                    let n = chunk.len() / 8;
+                    bytemuck::cast_slice_mut::<f64, u8>(&mut block[..n]).copy_from_slice(&chunk[..n * 8]);
+                    add(&mut acc, &block[..n]);
+                }
+            }
+        }
+        acc.iter().sum()
+    }
+
+    /// Asks for the cache line holding `value` ahead of its use.
+    #[cfg(target_arch = "x86_64")]
+    fn prefetch(value: &f64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is a hint that never faults, of an address
+        // that is valid anyway; SSE is part of every x86_64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast()) }
+    }
+
+    /// Elsewhere the hardware's prefetching has to do.
+    #[cfg(not(target_arch = "x86_64"))]
+    fn prefetch(_: &f64) {}
 }
 
 #[cfg(test)]
@@ -150,6 +249,29 @@ mod tests {
                 .unwrap_err()
                 .contains("overflow")
         );
+    }
+
+    #[test]
+    fn arange_and_sum_agree_with_the_closed_form_aligned_or_not() {
+        let registry = Registry::builtin();
+        for n in [0u64, 3, 1000, (crate::shm::MIN_SHARED / 8) as u64 + 5] {
+            let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&n).unwrap(), &[]).unwrap());
+            assert_eq!(array.decode::<u64>().unwrap(), n);
+            assert_eq!(array.frames[0].len() as u64, 8 * n);
+            let total = registry.get("sum_f64").unwrap()(&[], std::slice::from_ref(&array)).unwrap();
+            let expected = (n * n.saturating_sub(1) / 2) as f64;
+            assert_eq!(total.decode::<f64>().unwrap(), expected);
+            // The same bytes one byte off alignment.
+            let bytes = array.frames[0].as_host().unwrap();
+            let mut shifted = vec![0u8; bytes.len() + 1];
+            shifted[1..].copy_from_slice(bytes);
+            assert_eq!(builtin::sum(&shifted[1..]), expected);
+        }
+        let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&10u64).unwrap(), &[]).unwrap());
+        let nbytes = registry.get("nbytes").unwrap()(&[], std::slice::from_ref(&array)).unwrap();
+        assert_eq!(nbytes.decode::<u64>().unwrap(), array.nbytes());
+        let err = registry.get("sum_f64").unwrap()(&[], &[]).unwrap_err();
+        assert!(err.contains("one input"), "{err}");
     }
 
     #[test]

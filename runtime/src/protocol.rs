@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::graph::Graph;
 use crate::ids::{Key, SharedStr, TaskId, WorkerId};
 
-/// Bump on any incompatible change to these messages; the reactor checks it in
+/// Bump on any incompatible change to these messages (or to the data plane's,
+/// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
 pub const PROTOCOL_VERSION: u32 = 2;
 

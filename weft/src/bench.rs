@@ -1,6 +1,8 @@
 //! `weft bench`: the workloads of `../shared/peers`, on a local cluster of
 //! worker processes, printed as one JSON line in the peers' schema.
 
+mod transfer;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -10,7 +12,7 @@ use weft::{Client, Graph, LocalCluster, LocalOptions, WorkerMode, graphs};
 /// Arguments of `weft bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// noop, tree or chain.
+    /// noop, tree, chain or transfer.
     workload: String,
     /// Print the JSON line (always printed; kept for the peers' command line).
     #[arg(long)]
@@ -21,6 +23,17 @@ pub struct Args {
     /// tree: number of leaves.
     #[arg(long)]
     leaves: Option<usize>,
+    /// transfer: MiB of float64s moved from worker A to worker B.
+    #[arg(long)]
+    mib: Option<usize>,
+    /// transfer: move over the socket even between workers on this host
+    /// (as WEFT_SAME_HOST_SHM=0 does), and skip the same-run socket figures.
+    #[arg(long)]
+    no_shm: bool,
+    /// transfer: skip the same-run figures beside the main one (the socket
+    /// path, iperf3 and memcpy).
+    #[arg(long)]
+    no_baselines: bool,
     /// Timed repetitions.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -66,23 +79,53 @@ struct Report {
     times: Vec<f64>,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+/// What a run measures.
+enum Plan {
+    /// A task workload of this size.
+    Tasks(&'static Workload, usize),
+    /// `transfer` of this many MiB.
+    Transfer(usize),
+}
+
+fn plan(args: &Args) -> Result<Plan> {
+    if args.workload == "transfer" {
+        if args.n.is_some() || args.leaves.is_some() {
+            bail!("transfer takes --mib only");
+        }
+        return Ok(Plan::Transfer(args.mib.unwrap_or(transfer::DEFAULT_MIB)));
+    }
     let Some(workload) = WORKLOADS.iter().find(|w| w.name == args.workload) else {
         bail!(
-            "unknown or not yet supported workload {:?}; weft bench runs {}",
+            "unknown or not yet supported workload {:?}; weft bench runs {}, transfer",
             args.workload,
             WORKLOADS.map(|w| w.name).join(", ")
         );
     };
-    let size = match (workload.param, args.n, args.leaves) {
-        ("n", n, None) => n.unwrap_or(workload.default),
-        ("leaves", None, leaves) => leaves.unwrap_or(workload.default),
+    let size = match (workload.param, args.n, args.leaves, args.mib) {
+        ("n", n, None, None) => n.unwrap_or(workload.default),
+        ("leaves", None, leaves, None) => leaves.unwrap_or(workload.default),
         _ => bail!("{} takes --{} only", workload.name, workload.param),
     };
-    let work = if workload.name == "tree" { 2 * size - 1 } else { size };
-    let mut report = Report::new(workload, size, args.reps, work);
+    Ok(Plan::Tasks(workload, size))
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let plan = plan(&args)?;
+    let mut report = match &plan {
+        Plan::Transfer(mib) => Report::new("transfer", json!({ "mib": mib }), args.reps, mib << 20, "bytes"),
+        Plan::Tasks(workload, size) => {
+            let work = if workload.name == "tree" { 2 * size - 1 } else { *size };
+            Report::new(workload.name, json!({ workload.param: size }), args.reps, work, "tasks")
+        }
+    };
     let limit = Duration::from_secs_f64(args.timeout);
-    let outcome = tokio::time::timeout(limit, measure(&args, workload.name, size, &mut report)).await;
+    let outcome = tokio::time::timeout(limit, async {
+        match plan {
+            Plan::Transfer(mib) => transfer::measure(&args, mib, &mut report).await,
+            Plan::Tasks(workload, size) => measure(&args, workload.name, size, &mut report).await,
+        }
+    })
+    .await;
     let code = match outcome {
         Ok(Ok(check)) => {
             report.finish(check);
@@ -105,18 +148,18 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 impl Report {
-    fn new(workload: &Workload, size: usize, reps: usize, work: usize) -> Self {
+    fn new(workload: &str, params: Json, reps: usize, work: usize, unit: &str) -> Self {
         let mut line = serde_json::Map::new();
         line.insert("system".into(), json!("weft"));
-        line.insert("workload".into(), json!(workload.name));
-        line.insert("params".into(), json!({ workload.param: size }));
+        line.insert("workload".into(), json!(workload));
+        line.insert("params".into(), params);
         line.insert("reps".into(), json!(reps));
         for field in ["median_s", "min_s", "max_s"] {
             line.insert(field.into(), Json::Null);
         }
         line.insert("all_s".into(), json!([]));
         line.insert("work".into(), json!(work));
-        line.insert("unit".into(), json!("tasks"));
+        line.insert("unit".into(), json!(unit));
         line.insert("rate".into(), Json::Null);
         line.insert("startup_s".into(), Json::Null);
         line.insert("check".into(), json!("not run"));
@@ -155,12 +198,14 @@ impl Report {
     }
 }
 
-/// Starts the cluster, warms up, times the repetitions; returns the check.
-async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) -> Result<String> {
+/// Starts a local cluster of the run's workers (with `env` set for them)
+/// and a client; records the startup time.
+async fn start(args: &Args, env: Vec<(String, String)>, report: &mut Report) -> Result<(LocalCluster, Client)> {
     let mut options = LocalOptions::for_this_machine();
     options.workers = args.workers;
     options.nthreads = args.nthreads;
     options.mode = WorkerMode::Processes { program: None };
+    options.env = env;
     let started = Instant::now();
     let cluster = LocalCluster::start(options).await?;
     let client = cluster.client().await?;
@@ -169,6 +214,12 @@ async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) 
     report
         .line
         .insert("startup_s".into(), json!(started.elapsed().as_secs_f64()));
+    Ok((cluster, client))
+}
+
+/// Starts the cluster, warms up, times the repetitions; returns the check.
+async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) -> Result<String> {
+    let (cluster, client) = start(args, Vec::new(), report).await?;
 
     execute(&client, build(&client, workload, "warm", size.min(200))).await?;
     let window = CpuWindow::open(&cluster.worker_pids());

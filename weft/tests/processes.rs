@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use weft::ops::args;
 use weft::transport::Config;
-use weft::{Client, Graph, Key, RuntimeError, TaskSpec, Value, graphs};
+use weft::{Client, Graph, Key, RuntimeError, TaskFuture, TaskSpec, Value, graphs};
 
 /// A child process killed when the test is done with it.
 struct Proc(Child);
@@ -28,12 +28,19 @@ fn weft(args: &[&str]) -> Command {
 /// A background process; its logs show with `WEFT_LOG=debug` (or any level)
 /// set for the test run, and are dropped otherwise.
 fn spawn(args: &[&str]) -> Proc {
+    spawn_with(args, &[])
+}
+
+/// [`spawn`] with environment variables set.
+fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let logs = if std::env::var_os("WEFT_LOG").is_some() {
         Stdio::inherit()
     } else {
         Stdio::null()
     };
-    Proc(weft(args).stdout(Stdio::null()).stderr(logs).spawn().unwrap())
+    let mut command = weft(args);
+    command.envs(env.iter().copied());
+    Proc(command.stdout(Stdio::null()).stderr(logs).spawn().unwrap())
 }
 
 fn free_address() -> String {
@@ -47,20 +54,28 @@ fn free_address() -> String {
 
 /// A scheduler and `workers` single-threaded worker processes.
 fn cluster(workers: usize) -> (String, Proc, Vec<Proc>) {
+    cluster_with(workers, &[])
+}
+
+/// [`cluster`] with environment variables set for the workers.
+fn cluster_with(workers: usize, env: &[(&str, &str)]) -> (String, Proc, Vec<Proc>) {
     let address = free_address();
     let scheduler = spawn(&["scheduler", "--listen", &address]);
     let workers = (0..workers)
         .map(|i| {
-            spawn(&[
-                "worker",
-                &address,
-                "--nthreads",
-                "1",
-                "--name",
-                &format!("w{i}"),
-                "--timeout",
-                "30",
-            ])
+            spawn_with(
+                &[
+                    "worker",
+                    &address,
+                    "--nthreads",
+                    "1",
+                    "--name",
+                    &format!("w{i}"),
+                    "--timeout",
+                    "30",
+                ],
+                env,
+            )
         })
         .collect();
     (address, scheduler, workers)
@@ -203,6 +218,86 @@ async fn a_restarted_scheduler_is_reported_and_workers_come_back() {
     // The worker reconnected on its own: work gets done again.
     let answer = tokio::time::timeout(Duration::from_secs(20), root(&again, graphs::tree("after", 16))).await;
     assert_eq!(answer.unwrap().unwrap(), 120);
+}
+
+/// A task on `w0` making `n` float64s, and a task on `w1` summing them.
+async fn make_and_sum(client: &Client, tag: &str, n: u64, producer_anywhere: bool) -> (TaskFuture, TaskSpec) {
+    // Both workers are up before anything is placed (a task held strictly
+    // to a worker waits for it).
+    for worker in ["w0", "w1"] {
+        let mut up = TaskSpec::new(format!("{tag}-{worker}-up"), "const", args(&0i64).unwrap(), vec![]);
+        up.annotations.workers = vec![worker.into()];
+        client.submit(up).await.unwrap().wait().await.unwrap();
+    }
+    let mut make = TaskSpec::new(format!("{tag}-make"), "arange_f64", args(&n).unwrap(), vec![]);
+    make.annotations.workers = vec!["w0".into()];
+    make.annotations.allow_other_workers = producer_anywhere;
+    let made = client.submit(make).await.unwrap();
+    made.wait().await.unwrap();
+    let mut sum = TaskSpec::new(
+        format!("{tag}-sum"),
+        "sum_f64",
+        Default::default(),
+        vec![made.key().clone()],
+    );
+    sum.annotations.workers = vec!["w1".into()];
+    (made, sum)
+}
+
+/// A field of /proc/PID/status in bytes, such as `RssShmem`.
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_one_host_share_a_large_result_without_copying() {
+    let (address, _scheduler, workers) = cluster(2);
+    let client = client(&address).await;
+    let n = 8u64 << 20; // 64 MiB
+    let (_made, sum) = make_and_sum(&client, "shared", n, false).await;
+    let consumer = workers[1].0.id();
+    let before = status_bytes(consumer, "RssShmem");
+    let total = client.submit(sum).await.unwrap().result().await.unwrap();
+    assert_eq!(total.decode::<f64>().unwrap(), (n * (n - 1) / 2) as f64);
+    // The consumer mapped the producer's pages rather than receiving a copy.
+    let mapped = status_bytes(consumer, "RssShmem") - before;
+    assert!(mapped >= 8 * n, "worker w1 maps {mapped} bytes of shared memory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_transfer_has_its_result_recomputed() {
+    // Over the socket: a mapping of shared memory outlives its producer, so
+    // there would be no transfer to cut.
+    let (address, _scheduler, mut workers) = cluster_with(2, &[("WEFT_SAME_HOST_SHM", "0")]);
+    let client = client(&address).await;
+    let n = 64u64 << 20; // 512 MiB, a transfer of a good fraction of a second
+    let (_made, sum) = make_and_sum(&client, "cut", n, true).await;
+    let consumer = workers[1].0.id();
+    let before = status_bytes(consumer, "RssAnon");
+    let total = client.submit(sum).await.unwrap();
+    // The consumer's receive buffer is fresh memory: its resident size grows
+    // as the bytes arrive. Kill the producer once they have started to.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let received = loop {
+        let received = status_bytes(consumer, "RssAnon").saturating_sub(before);
+        if received >= 16 << 20 {
+            break received;
+        }
+        assert!(Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    workers[0].0.kill().unwrap(); // SIGKILL: the socket closes mid-reply
+    eprintln!("killed the producer after {received} bytes had arrived");
+    assert!(received < 8 * n, "killed after {received} of {} bytes", 8 * n);
+    // The fetch fails, the scheduler hears the holder is gone and recomputes
+    // the array on the survivor, and the sum is right.
+    let value = tokio::time::timeout(Duration::from_secs(60), total.result())
+        .await
+        .expect("recovered in time")
+        .unwrap();
+    assert_eq!(value.decode::<f64>().unwrap(), (n * (n - 1) / 2) as f64);
 }
 
 fn run_to_end(args: &[&str], limit: Duration) -> Output {

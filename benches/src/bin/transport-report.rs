@@ -5,11 +5,11 @@
 //!
 //! `benches/transport.sh` installs iperf3 and runs this in release mode.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
+use weft_benches::baseline::iperf3_loopback;
 use weft_benches::median;
 use weft_benches::transport::{one_way, pair, ping_pong, raw_ping_pong};
 
@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let iperf = iperf3_loopback()?;
+    let iperf = iperf3_loopback(3, 3)?.map(|bytes_per_s| bytes_per_s / 1e9);
     let figures = runtime.block_on(measure())?;
     let tcp = figures.tcp_gbps;
     match iperf {
@@ -109,42 +109,6 @@ async fn measure() -> Result<Figures, Box<dyn std::error::Error>> {
         raw_rtt_us: median(&mut raw),
         inproc,
     })
-}
-
-/// Median of three single-stream `iperf3` runs on loopback, in GB/s, or
-/// `None` when iperf3 is not installed.
-fn iperf3_loopback() -> Result<Option<f64>, Box<dyn std::error::Error>> {
-    if Command::new("iperf3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        return Ok(None);
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port()
-        .to_string();
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let mut server = Command::new("iperf3")
-            .args(["-s", "-1", "-p", &port])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(300));
-        let output = Command::new("iperf3")
-            .args(["-c", "127.0.0.1", "-p", &port, "-t", "3", "-J"])
-            .output()?;
-        server.wait()?;
-        let report: Value = serde_json::from_slice(&output.stdout)?;
-        let bits = report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .ok_or("iperf3 printed no end.sum_received.bits_per_second")?;
-        runs.push(bits / 8.0 / 1e9);
-    }
-    Ok(Some(median(&mut runs)))
 }
 
 fn gbps(bytes: usize, elapsed: Duration) -> f64 {

@@ -93,6 +93,10 @@ impl WorkerOptions {
 /// scheduler that restarts knows none of them, so they are dropped and
 /// the worker registers afresh.
 pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // Shared-memory regions hold a descriptor each (see `shm`).
+    if let Some(limit) = crate::shm::raise_fd_limit() {
+        debug!(limit, "open file limit");
+    }
     let listener = listen(&options.listen, &options.transport).await?;
     let address = listener.local_addr().to_string();
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
