@@ -17,6 +17,7 @@ use crate::error::{Result, TransportError};
 use crate::frame::Message;
 use crate::inproc::InprocTx;
 use crate::stream::{self, BoxWrite};
+use crate::ucx::UcxWriter;
 
 /// Sends messages to one peer. Cloning shares the connection.
 #[derive(Clone)]
@@ -48,6 +49,9 @@ pub(crate) enum Writer {
     Stream(BoxWrite, std::time::Duration),
     /// A same-process channel; `None` once closed.
     Inproc(Option<InprocTx>),
+    /// A UCX endpoint (only UCX builds make one).
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    Ucx(UcxWriter),
 }
 
 impl Sender {
@@ -114,6 +118,7 @@ impl Sender {
                 tx.take();
                 Ok(())
             }
+            Writer::Ucx(writer) => writer.close(&shared.peer).await,
         }
     }
 
@@ -158,5 +163,6 @@ async fn write(writer: &mut Writer, peer: &Peer, message: Message) -> Result<()>
         Writer::Stream(writer, io_timeout) => stream::write_message(writer, &message, *io_timeout, peer).await,
         Writer::Inproc(Some(tx)) => tx.send(message, peer).await,
         Writer::Inproc(None) => Err(TransportError::Closed { peer: peer.to_string() }),
+        Writer::Ucx(writer) => writer.send(&message, peer).await,
     }
 }

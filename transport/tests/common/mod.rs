@@ -16,6 +16,27 @@ macro_rules! assert_matches {
     }};
 }
 
+/// One test per socket scheme this build has: `tcp` always and `ucx` with
+/// the `ucx` feature, each in a module named after the test and each
+/// calling the async function with a listen address of its scheme.
+#[macro_export]
+macro_rules! socket_tests {
+    ($($name:ident => $body:ident;)*) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$body("tcp://127.0.0.1:0").await;
+            }
+
+            #[cfg(feature = "ucx")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ucx() {
+                super::$body("ucx://127.0.0.1:0").await;
+            }
+        }
+    )*};
+}
+
 /// The bytes of a hello with this version and token.
 pub fn hello(version: u16, token: &[u8], name: &str) -> Vec<u8> {
     let mut out = Vec::new();

@@ -1,0 +1,51 @@
+//! `ucx://HOST:PORT`: connections over UCX (shared memory, TCP, and with a
+//! suitable UCX build InfiniBand, NVLink and GPU memory), behind the `ucx`
+//! feature. Without it this module still compiles and reports
+//! [`crate::TransportError::Unsupported`], so the rest of the crate never
+//! needs a `cfg`.
+//!
+//! Design, in short (details in each submodule):
+//!
+//! - One UCP context per process, created on first use from the `UCX_*`
+//!   environment (`UCX_TLS` chooses the transports); one UCP worker per
+//!   connection and per listener. A worker per connection keeps tag
+//!   matching private to the connection and lets each connection be
+//!   progressed, timed out and torn down on its own.
+//! - UCP tagged messages, one tag: a message is its head (prelude, frame
+//!   table, small header) and a datagram per large header and non-empty
+//!   frame, the datagram form of [`crate::wire`]. Large parts go by UCX's
+//!   rendezvous protocol, straight from the sender's frame into the
+//!   receiver's pooled, 64-byte aligned buffer.
+//! - Progress is event-driven: a driver task per worker waits on the
+//!   worker's event fd through tokio's `AsyncFd` (`ucp_worker_arm` before
+//!   each wait) and wakes the sends and receives of that connection.
+//! - The same handshake, busy refusal, limits and timeouts as `tcp://`; a
+//!   peer that vanishes fails the endpoint through UCX's peer error
+//!   handling, which ends a message in progress as truncated.
+//! - Frames are host memory today. A device frame would be handed to UCX
+//!   as CUDA memory where `State::send` posts a part (`memory_type`), which
+//!   works when UCX is built with CUDA (see the README).
+
+#[cfg(feature = "ucx")]
+mod context;
+#[cfg(not(feature = "ucx"))]
+mod disabled;
+#[cfg(feature = "ucx")]
+mod link;
+#[cfg(feature = "ucx")]
+mod listener;
+#[cfg(feature = "ucx")]
+mod message;
+#[cfg(feature = "ucx")]
+mod raw;
+
+#[cfg(not(feature = "ucx"))]
+pub(crate) use disabled::{UcxListener, UcxReceiver, UcxWriter, connect};
+#[cfg(not(feature = "ucx"))]
+pub use disabled::RawPeer;
+#[cfg(feature = "ucx")]
+pub(crate) use listener::{UcxListener, connect};
+#[cfg(feature = "ucx")]
+pub(crate) use message::{UcxReceiver, UcxWriter};
+#[cfg(feature = "ucx")]
+pub use raw::RawPeer;
