@@ -491,15 +491,18 @@ pub fn decode_head(head: &[u8], limits: &Limits) -> Result<Head, WireError> {
     let table_end = PRELUDE_LEN + frame_table_len(frame_count);
     let inline = header_len <= INLINE_HEADER_MAX;
     let expected = table_end + if inline { header_len } else { 0 };
+    let wrong_length = || WireError::PartLength {
+        part: Part::Head,
+        found: head.len() as u64,
+        min: expected as u64,
+        max: expected as u64,
+    };
+    // The limits first, as a stream reader meets them, then the length.
+    let table = head.get(PRELUDE_LEN..table_end).ok_or_else(wrong_length)?;
+    let layout = decode_frame_table(header_len, table, limits)?;
     if head.len() != expected {
-        return Err(WireError::PartLength {
-            part: Part::Head,
-            found: head.len() as u64,
-            min: expected as u64,
-            max: expected as u64,
-        });
+        return Err(wrong_length());
     }
-    let layout = decode_frame_table(header_len, &head[PRELUDE_LEN..table_end], limits)?;
     Ok(Head {
         layout,
         inline_header: inline.then_some(table_end..expected),
