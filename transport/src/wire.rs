@@ -741,15 +741,34 @@ mod tests {
         long.push(0);
         assert!(matches!(
             decode_head(&long, &limits),
-            Err(WireError::PartLength { part: Part::Head, found: 27, min: 26, max: 26 })
+            Err(WireError::PartLength {
+                part: Part::Head,
+                found: 27,
+                min: 26,
+                max: 26
+            })
         ));
         assert!(matches!(
             decode_head(&[0; 3], &limits),
-            Err(WireError::PartLength { part: Part::Head, found: 3, .. })
+            Err(WireError::PartLength {
+                part: Part::Head,
+                found: 3,
+                ..
+            })
         ));
-        assert!(decode_head(&long, &limits).unwrap_err().to_string().contains("expected 26"));
+        assert!(
+            decode_head(&long, &limits)
+                .unwrap_err()
+                .to_string()
+                .contains("expected 26")
+        );
         assert_eq!(check_part(Part::Frame(2), 4, 4), Ok(()));
-        assert!(check_part(Part::Frame(2), 3, 4).unwrap_err().to_string().contains("frame 2 of 3 bytes"));
+        assert!(
+            check_part(Part::Frame(2), 3, 4)
+                .unwrap_err()
+                .to_string()
+                .contains("frame 2 of 3 bytes")
+        );
     }
 
     #[test]

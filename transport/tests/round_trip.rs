@@ -72,7 +72,11 @@ async fn tokens_that_match_are_accepted(addr: &str) {
     round_trip(addr, with_token("server"), with_token("client")).await;
 }
 
-socket_tests!(socket_round_trip, tokens_that_match_are_accepted, halves_send_and_receive_concurrently);
+socket_tests!(
+    socket_round_trip,
+    tokens_that_match_are_accepted,
+    halves_send_and_receive_concurrently
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_round_trip() {

@@ -88,7 +88,10 @@ mod tests {
         let (mut major, mut minor, mut release) = (0, 0, 0);
         // SAFETY: three writable integers.
         unsafe { ucp_get_version(&mut major, &mut minor, &mut release) };
-        assert!(major >= 1 && (major > 1 || minor >= 12), "UCX {major}.{minor}.{release}");
+        assert!(
+            major >= 1 && (major > 1 || minor >= 12),
+            "UCX {major}.{minor}.{release}"
+        );
         // SAFETY: UCS_ERR_BUSY is a valid status; the string is static.
         let text = unsafe { std::ffi::CStr::from_ptr(ucs_status_string(UCS_ERR_BUSY)) };
         assert!(!text.to_bytes().is_empty());

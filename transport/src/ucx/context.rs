@@ -33,10 +33,13 @@ static CONTEXT: OnceLock<Result<Context, String>> = OnceLock::new();
 /// The context, created on first use; an error (kept for later calls) if
 /// UCX cannot start, e.g. when `UCX_TLS` names no usable transport.
 pub(crate) fn context(addr: &str) -> Result<&'static Context, TransportError> {
-    CONTEXT.get_or_init(Context::create).as_ref().map_err(|reason| TransportError::Io {
-        peer: addr.to_string(),
-        source: io::Error::other(format!("cannot initialise UCX: {reason}")),
-    })
+    CONTEXT
+        .get_or_init(Context::create)
+        .as_ref()
+        .map_err(|reason| TransportError::Io {
+            peer: addr.to_string(),
+            source: io::Error::other(format!("cannot initialise UCX: {reason}")),
+        })
 }
 
 impl Context {

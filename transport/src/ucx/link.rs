@@ -63,6 +63,8 @@ pub(crate) struct State {
     parked: Vec<Op>,
     /// A send was abandoned half-way: close without flushing.
     torn: bool,
+    /// The endpoint's close, while it is under way.
+    closing: Option<Request>,
 }
 
 // SAFETY: the endpoint handle is only used under the lock, with its worker.
@@ -179,6 +181,7 @@ impl Link {
             ep,
             parked: Vec::new(),
             torn: false,
+            closing: None,
         };
         let fd = fd.map_err(|source| io_error(&addr, source))?;
         let link = Arc::new(Link {
@@ -232,7 +235,9 @@ impl Link {
         let op = {
             let mut state = self.lock();
             let (ptr, len) = (bytes.as_ptr(), bytes.len());
-            state.send(ptr, len, Keep::Vec(bytes)).map_err(|e| io_error(&self.addr, e))?
+            state
+                .send(ptr, len, Keep::Vec(bytes))
+                .map_err(|e| io_error(&self.addr, e))?
         };
         Ops::new(self, vec![op]).finish(timeout, &self.addr, during).await
     }
@@ -247,7 +252,9 @@ impl Link {
     ) -> Result<Datagram, tokio::time::error::Elapsed> {
         let mut op = None;
         let result = self
-            .wait(deadline, |state| state.next_datagram(&mut op, max, pool, self.failure().is_some()))
+            .wait(deadline, |state| {
+                state.next_datagram(&mut op, max, pool, self.failure().is_some())
+            })
             .await;
         if let Some(op) = op {
             self.park(op, true);
@@ -368,22 +375,7 @@ impl State {
 
     /// Whether `op` is done: `Ok` when it succeeded.
     pub(crate) fn poll(&mut self, op: &mut Op) -> Poll<io::Result<()>> {
-        let Some(request) = &op.request else {
-            return Poll::Ready(Ok(()));
-        };
-        // SAFETY: a live request of this worker, under the lock.
-        let status = unsafe { sys::ucp_request_check_status(request.0.as_ptr()) };
-        if status == sys::UCS_INPROGRESS {
-            return Poll::Pending;
-        }
-        // SAFETY: a completed request, freed once (it is taken out).
-        unsafe { sys::ucp_request_free(request.0.as_ptr()) };
-        op.request = None;
-        Poll::Ready(if status == sys::UCS_OK {
-            Ok(())
-        } else {
-            Err(status_error(status))
-        })
+        poll_op(op)
     }
 
     pub(crate) fn park(&mut self, mut op: Op, cancel: bool) {
@@ -406,18 +398,16 @@ impl State {
             return true;
         };
         worker.progress();
-        let mut parked = std::mem::take(&mut self.parked);
-        parked.retain_mut(|op| self.poll(op).is_pending());
-        self.parked = parked;
+        self.parked.retain_mut(|op| poll_op(op).is_pending());
         self.worker.as_mut().is_none_or(Worker::arm)
     }
 
     /// Starts closing the endpoint: flushing what was sent, or at once when
     /// a send was abandoned half-way (the peer must not see half a message
     /// complete).
-    fn start_close(&mut self) -> Option<Request> {
+    fn start_close(&mut self) {
         if self.ep.is_null() {
-            return None;
+            return;
         }
         // SAFETY: all-zero parameters are valid.
         let mut param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
@@ -428,61 +418,96 @@ impl State {
         // SAFETY: a live endpoint, closed once (the handle is cleared).
         let request = unsafe { sys::ucp_ep_close_nbx(self.ep, &param) };
         self.ep = ptr::null_mut();
-        match sys::ucs_ptr_status(request) {
-            sys::UCS_INPROGRESS => NonNull::new(request).map(Request),
-            _ => None,
+        if sys::ucs_ptr_status(request) == sys::UCS_INPROGRESS {
+            self.closing = NonNull::new(request).map(Request);
         }
     }
 
-    /// Whether a close started by [`State::start_close`] is over.
-    fn close_done(&mut self, request: &Request) -> bool {
+    /// Whether the close started by [`State::start_close`] is over; frees
+    /// its request when it is.
+    fn close_done(&mut self) -> bool {
+        let Some(request) = &self.closing else {
+            return true;
+        };
         // SAFETY: a live request of this worker, under the lock.
-        unsafe { sys::ucp_request_check_status(request.0.as_ptr()) != sys::UCS_INPROGRESS }
+        if unsafe { sys::ucp_request_check_status(request.0.as_ptr()) } == sys::UCS_INPROGRESS {
+            return false;
+        }
+        // SAFETY: a completed request, freed once (it is taken out).
+        unsafe { sys::ucp_request_free(request.0.as_ptr()) };
+        self.closing = None;
+        true
     }
 }
 
 impl Drop for State {
-    /// Closes the endpoint by force if the driver did not close it, and
-    /// destroys the worker before the memory of parked requests is freed.
+    /// Closes the endpoint by force if the driver did not finish closing
+    /// it (a runtime shutting down drops drivers), and destroys the worker
+    /// before the memory of parked requests is freed.
     fn drop(&mut self) {
+        if self.worker.is_none() {
+            return;
+        }
+        self.torn = true;
+        self.start_close();
         let Some(mut worker) = self.worker.take() else {
             return;
         };
-        self.torn = true;
-        self.worker = Some(worker);
-        let close = self.start_close();
-        worker = match self.worker.take() {
-            Some(worker) => worker,
-            None => return,
-        };
-        if let Some(request) = close {
-            // Bounded: this runs in a drop, at worst when a runtime shuts
-            // down with connections open.
-            let deadline = std::time::Instant::now() + Duration::from_millis(200);
-            while std::time::Instant::now() < deadline {
-                worker.progress();
-                // SAFETY: a live request of this worker.
-                if unsafe { sys::ucp_request_check_status(request.0.as_ptr()) } != sys::UCS_INPROGRESS {
-                    break;
-                }
-            }
-            // SAFETY: freed once; UCX releases it when done if it is not.
-            unsafe { sys::ucp_request_free(request.0.as_ptr()) };
-        }
         for op in &self.parked {
             if let Some(request) = &op.request {
                 // SAFETY: a live request of this worker; cancelling a send
-                // is a no-op, and freeing releases it when it completes.
-                unsafe {
-                    sys::ucp_request_cancel(worker.handle, request.0.as_ptr());
-                    sys::ucp_request_free(request.0.as_ptr());
-                }
+                // is a no-op (the forced close fails it).
+                unsafe { sys::ucp_request_cancel(worker.handle, request.0.as_ptr()) };
             }
         }
+        // Bounded: this runs in a drop.
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            worker.progress();
+            self.parked.retain_mut(|op| poll_op(op).is_pending());
+            let closing = self.closing.as_ref().is_some_and(|request| {
+                // SAFETY: a live request of this worker.
+                unsafe { sys::ucp_request_check_status(request.0.as_ptr()) == sys::UCS_INPROGRESS }
+            });
+            if (!closing && self.parked.is_empty()) || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        let requests = self
+            .closing
+            .take()
+            .into_iter()
+            .chain(self.parked.iter_mut().filter_map(|op| op.request.take()));
+        for request in requests {
+            // SAFETY: freed once; UCX releases one still in flight when it
+            // completes or with the worker.
+            unsafe { sys::ucp_request_free(request.0.as_ptr()) };
+        }
         drop(worker);
-        // Only now, with the worker gone, can nothing write into these.
+        // Only now, with the worker gone, can nothing use these.
         self.parked.clear();
     }
+}
+
+/// Whether `op` is done: `Ok` when it succeeded. Its request is freed
+/// once done. Call it under the lock of the op's worker.
+fn poll_op(op: &mut Op) -> Poll<io::Result<()>> {
+    let Some(request) = &op.request else {
+        return Poll::Ready(Ok(()));
+    };
+    // SAFETY: a live request of this worker, under the lock.
+    let status = unsafe { sys::ucp_request_check_status(request.0.as_ptr()) };
+    if status == sys::UCS_INPROGRESS {
+        return Poll::Pending;
+    }
+    // SAFETY: a completed request, freed once (it is taken out).
+    unsafe { sys::ucp_request_free(request.0.as_ptr()) };
+    op.request = None;
+    Poll::Ready(if status == sys::UCS_OK {
+        Ok(())
+    } else {
+        Err(status_error(status))
+    })
 }
 
 /// The driver's own: the event fd is deregistered (dropped first) before
@@ -515,33 +540,29 @@ async fn drive(driver: Driver) {
             },
         }
     }
-    let close = link.lock().start_close();
-    if let Some(request) = close {
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        loop {
-            let (done, armed) = {
-                let mut state = link.lock();
-                let armed = state.progress_and_arm();
-                (state.close_done(&request), armed)
-            };
-            if done {
-                break;
-            }
-            if armed {
-                match tokio::time::timeout_at(deadline, fd.readable()).await {
-                    Ok(Ok(mut guard)) => guard.clear_ready(),
-                    _ => break,
-                }
-            } else if Instant::now() > deadline {
-                break;
-            } else {
-                tokio::task::yield_now().await;
-            }
+    link.lock().start_close();
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    loop {
+        let (done, armed) = {
+            let mut state = link.lock();
+            let armed = state.progress_and_arm();
+            (state.close_done(), armed)
+        };
+        if done {
+            break;
         }
-        // SAFETY: freed once; if the close is still under way, UCX
-        // releases the request with the worker.
-        unsafe { sys::ucp_request_free(request.0.as_ptr()) };
+        if armed {
+            match tokio::time::timeout_at(deadline, fd.readable()).await {
+                Ok(Ok(mut guard)) => guard.clear_ready(),
+                _ => break,
+            }
+        } else if Instant::now() > deadline {
+            break;
+        } else {
+            tokio::task::yield_now().await;
+        }
     }
+    // A close still under way is finished by force when the link drops.
 }
 
 /// Operations of one send, parked with the link if the send is dropped

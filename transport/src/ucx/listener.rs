@@ -91,7 +91,8 @@ impl UcxListener {
         let sockaddr = SockAddr::from(local);
         // SAFETY: all-zero parameters are valid; the mask names what is set.
         let mut params: sys::ucp_listener_params_t = unsafe { std::mem::zeroed() };
-        params.field_mask = (sys::UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | sys::UCP_LISTENER_PARAM_FIELD_CONN_HANDLER) as u64;
+        params.field_mask =
+            (sys::UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | sys::UCP_LISTENER_PARAM_FIELD_CONN_HANDLER) as u64;
         params.sockaddr = ucs_sock_addr(&sockaddr);
         params.conn_handler = sys::ucp_listener_conn_handler_t {
             cb: Some(on_conn_request),
@@ -197,7 +198,9 @@ impl Listening {
         attr.field_mask = sys::UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR as u64;
         // SAFETY: a request not yet accepted or rejected, and a writable block.
         let status = unsafe { sys::ucp_conn_request_query(request.0, &mut attr) };
-        let addr = (status == sys::UCS_OK).then(|| socket_addr(&attr.client_address)).flatten();
+        let addr = (status == sys::UCS_OK)
+            .then(|| socket_addr(&attr.client_address))
+            .flatten();
         addr.map_or_else(|| "unknown UCX client".to_string(), |addr| addr.to_string())
     }
 
@@ -249,15 +252,15 @@ async fn accept_loop(mut listening: Listening, config: Config, accepted: mpsc::S
 }
 
 /// Takes a connection slot and handshakes, or refuses the client as busy.
-async fn admit(
-    link: Arc<Handle>,
-    addr: &str,
-    config: &Config,
-    permits: Arc<Semaphore>,
-) -> Result<Option<Connection>> {
+async fn admit(link: Arc<Handle>, addr: &str, config: &Config, permits: Arc<Semaphore>) -> Result<Option<Connection>> {
     match permits.try_acquire_owned() {
         Ok(permit) => {
-            let name = with_timeout(config.handshake_timeout, addr, "handshake", server_handshake(&link, config, addr));
+            let name = with_timeout(
+                config.handshake_timeout,
+                addr,
+                "handshake",
+                server_handshake(&link, config, addr),
+            );
             let name = name.await?;
             Ok(Some(connection(link, name, addr, config, Some(permit))))
         }

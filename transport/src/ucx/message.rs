@@ -40,18 +40,25 @@ impl UcxWriter {
         let large_header = (header.len() > wire::INLINE_HEADER_MAX).then(|| header.clone());
         // Frames go straight from where they lie. A device frame would be
         // passed here as CUDA memory (see `State::send`).
-        let frames = message.frames.iter().filter(|f| !f.is_empty()).map(|f| f.bytes().clone());
+        let frames = message
+            .frames
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| f.bytes().clone());
         let mut ops = Ops::new(&self.link, Vec::with_capacity(message.frames.len() + 2));
         let posted = {
             let mut state = self.link.lock();
             let (ptr, len) = (head.as_ptr(), head.len());
-            state.send(ptr, len, Keep::Vec(head)).map(|op| ops.push(op)).and_then(|()| {
-                for bytes in large_header.into_iter().chain(frames) {
-                    let (ptr, len) = (bytes.as_ptr(), bytes.len());
-                    ops.push(state.send(ptr, len, Keep::Bytes(bytes))?);
-                }
-                Ok(())
-            })
+            state
+                .send(ptr, len, Keep::Vec(head))
+                .map(|op| ops.push(op))
+                .and_then(|()| {
+                    for bytes in large_header.into_iter().chain(frames) {
+                        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+                        ops.push(state.send(ptr, len, Keep::Bytes(bytes))?);
+                    }
+                    Ok(())
+                })
         };
         let peer = peer.to_string();
         posted.map_err(|source| TransportError::Io {
@@ -137,7 +144,10 @@ impl UcxReceiver {
         }
         loop {
             let (part, max) = match &mut self.message {
-                None => (Part::Head, usize::try_from(wire::max_head_len(&self.limits)).unwrap_or(usize::MAX)),
+                None => (
+                    Part::Head,
+                    usize::try_from(wire::max_head_len(&self.limits)).unwrap_or(usize::MAX),
+                ),
                 Some(partial) => match partial.next_part() {
                     Some(next) => next,
                     None => return Ok(self.message.take().map(Partial::finish)),

@@ -40,9 +40,9 @@ mod message;
 mod raw;
 
 #[cfg(not(feature = "ucx"))]
-pub(crate) use disabled::{UcxListener, UcxReceiver, UcxWriter, connect};
-#[cfg(not(feature = "ucx"))]
 pub use disabled::RawPeer;
+#[cfg(not(feature = "ucx"))]
+pub(crate) use disabled::{UcxListener, UcxReceiver, UcxWriter, connect};
 #[cfg(feature = "ucx")]
 pub(crate) use listener::{UcxListener, connect};
 #[cfg(feature = "ucx")]
