@@ -201,6 +201,7 @@ pub async fn connect(addr: &str, config: &Config) -> Result<Connection> {
     let deadline = start + config.connect_timeout;
     let mut delay = config.initial_backoff;
     let mut attempts = 0;
+    let mut previous: Option<TransportError> = None;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -209,11 +210,13 @@ pub async fn connect(addr: &str, config: &Config) -> Result<Connection> {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) if !error.is_retryable() => return Err(error),
             Ok(Err(error)) => error,
-            Err(_) => TransportError::Timeout {
+            // An attempt cut short by the deadline says less than the one
+            // before it (the peer was busy, say).
+            Err(_) => previous.take().unwrap_or_else(|| TransportError::Timeout {
                 peer: address.to_string(),
                 after: remaining,
                 during: "connection attempt",
-            },
+            }),
         };
         let pause = delay.mul_f64(0.5 + fastrand::f64());
         if Instant::now() + pause >= deadline {
@@ -225,6 +228,7 @@ pub async fn connect(addr: &str, config: &Config) -> Result<Connection> {
             });
         }
         debug!(addr = %address, %error, ?pause, "connect failed; retrying");
+        previous = Some(error);
         tokio::time::sleep(pause).await;
         delay = (delay * 2).min(config.max_backoff);
     }

@@ -319,8 +319,11 @@ async fn stalled_reader_times_out_the_sender(addr: &str) {
     );
 }
 
-/// A peer that vanishes mid-send (its process dies: the socket closes
-/// with half a message written): the receiver errors promptly.
+/// A peer that vanishes mid-send (its process dies: the connection closes
+/// with half a message sent): the receiver gets a clean error, never the
+/// message. The sender dies while its write waits for the reader (256 MiB
+/// fit in no socket buffer and are fetched by UCX only when received), so
+/// how fast the transport moves data does not matter.
 async fn peer_vanishing_mid_send(addr: &str) {
     let mut listener = listen(addr, &config("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
@@ -329,12 +332,11 @@ async fn peer_vanishing_mid_send(addr: &str) {
     let (client, mut accepted) = (client.unwrap(), accepted.unwrap());
     let big = message(3, 8, &[256 << 20]);
     let send = tokio::spawn(async move { client.send(big).await });
-    // Start receiving, then kill the sender while its write is under way.
-    let receive = tokio::spawn(async move { accepted.recv().await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     send.abort();
-    let err = receive.await.unwrap().err().unwrap();
+    assert!(send.await.unwrap_err().is_cancelled());
+    let started = Instant::now();
+    let err = accepted.recv().await.err().unwrap();
     assert_matches!(err, TransportError::Truncated { during: "message", .. });
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -374,7 +376,7 @@ async fn recv_is_cancel_safe(addr: &str) {
     let addr = listener.local_addr().to_string();
     let client = connect(&addr, &config("client")).await.unwrap();
     let mut server = listener.accept().await.unwrap();
-    let sent = message(5, 100, &[8 << 20, 3]);
+    let sent = message(5, 100, &[64 << 20, 3]);
     let sending = tokio::spawn({
         let sent = sent.clone();
         async move {

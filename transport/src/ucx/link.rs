@@ -159,7 +159,11 @@ impl Link {
         // SAFETY: all-zero parameters are valid; the mask names what is set.
         let mut params: sys::ucp_ep_params_t = unsafe { std::mem::zeroed() };
         params.field_mask = (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64;
-        params.err_mode = sys::UCP_ERR_HANDLING_MODE_PEER;
+        // Not UCP_ERR_HANDLING_MODE_PEER: UCX 1.13 leaves shared memory out
+        // of endpoints that ask for it (only TCP and the like remain). A
+        // peer that closes or dies is still reported to `on_error`, by the
+        // connection manager whose socket the client-server setup keeps.
+        params.err_mode = sys::UCP_ERR_HANDLING_MODE_NONE;
         params.err_handler = sys::ucp_err_handler_t {
             cb: Some(on_error),
             arg: Arc::as_ptr(&failure).cast_mut().cast(),
@@ -229,6 +233,31 @@ impl Link {
         }
     }
 
+    /// Waits until the endpoint is wired up: UCX 1.13 replays sends that
+    /// were queued during wire-up with the protocol chosen for the lanes
+    /// of before (TCP), which the final lanes (shared memory) may refuse
+    /// ("Invalid am_short length"). Flushing completes once the endpoint
+    /// is connected, so nothing is sent before that.
+    pub(crate) async fn wired_up(&self, timeout: Duration, during: &'static str) -> Result<()> {
+        let op = {
+            let mut state = self.lock();
+            state.flush().map_err(|e| io_error(&self.addr, e))?
+        };
+        Ops::new(self, vec![op]).finish(timeout, &self.addr, during).await
+    }
+
+    /// The error for a peer that went away during a handshake or message:
+    /// refused (never there), or the exchange was cut short.
+    pub(crate) fn gone(&self, during: &'static str) -> TransportError {
+        match self.failure() {
+            Some(source) if source.kind() == io::ErrorKind::ConnectionRefused => io_error(&self.addr, source),
+            _ => TransportError::Truncated {
+                peer: self.addr.clone(),
+                during,
+            },
+        }
+    }
+
     /// Sends one datagram and waits until it is out (`io_timeout` without
     /// completion fails it).
     pub(crate) async fn send_datagram(&self, bytes: Vec<u8>, timeout: Duration, during: &'static str) -> Result<()> {
@@ -293,6 +322,19 @@ impl State {
         // `Op`, or parked with the link until then).
         let request = unsafe { sys::ucp_tag_send_nbx(self.ep, ptr.cast(), len, TAG, &param) };
         self.started(request, keep)
+    }
+
+    /// Starts flushing the endpoint.
+    fn flush(&mut self) -> io::Result<Op> {
+        self.worker()?;
+        if self.ep.is_null() {
+            return Err(status_error(sys::UCS_ERR_CANCELED));
+        }
+        // SAFETY: all-zero parameters are valid.
+        let param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a live endpoint under the lock.
+        let request = unsafe { sys::ucp_ep_flush_nbx(self.ep, &param) };
+        self.started(request, Keep::Vec(Vec::new()))
     }
 
     /// The length of the next datagram, if one has arrived.

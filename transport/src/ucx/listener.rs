@@ -284,6 +284,13 @@ async fn admit(link: Arc<Handle>, addr: &str, config: &Config, permits: Arc<Sema
 
 /// Server side: reads the hello, checks it, answers; the client's name.
 async fn server_handshake(link: &Link, config: &Config, addr: &str) -> Result<String> {
+    // A client that leaves before saying anything cut its handshake short.
+    link.wired_up(config.handshake_timeout, "handshake")
+        .await
+        .map_err(|error| match error {
+            TransportError::Io { .. } => link.gone("handshake"),
+            other => other,
+        })?;
     let bytes = recv_handshake(link, config, wire::MAX_HELLO_LEN, Part::Hello, addr).await?;
     let verdict = wire::decode_hello_datagram(&bytes)
         .and_then(|hello| check_hello(&hello, config.token_bytes()).map(|()| hello.name))
@@ -300,6 +307,7 @@ async fn server_handshake(link: &Link, config: &Config, addr: &str) -> Result<St
 async fn client_handshake(link: &Link, config: &Config, addr: &str) -> Result<String> {
     let mut hello = Vec::new();
     wire::encode_hello(&config.hello(), &mut hello).map_err(|source| handshake_error(addr, source))?;
+    link.wired_up(config.handshake_timeout, "handshake").await?;
     link.send_datagram(hello, config.handshake_timeout, "handshake").await?;
     let bytes = recv_handshake(link, config, wire::MAX_ACK_LEN, Part::Ack, addr).await?;
     let ack = wire::decode_ack_datagram(&bytes).map_err(|source| handshake_error(addr, source))?;
@@ -320,14 +328,7 @@ async fn recv_handshake(link: &Link, config: &Config, max: usize, part: Part, ad
                 max: max as u64,
             },
         )),
-        Ok(Datagram::Gone) => Err(match link.failure() {
-            // The peer was never there.
-            Some(source) if source.kind() == std::io::ErrorKind::ConnectionRefused => io_error(addr, source),
-            _ => TransportError::Truncated {
-                peer: addr.to_string(),
-                during: "handshake",
-            },
-        }),
+        Ok(Datagram::Gone) => Err(link.gone("handshake")),
         Err(_) => Err(TransportError::Timeout {
             peer: addr.to_string(),
             after: config.handshake_timeout,

@@ -30,8 +30,10 @@ impl RawPeer {
                 reason: "a raw UCX peer needs a ucx:// address".into(),
             });
         }
+        let link = super::listener::dial(&addr).await?;
+        link.wired_up(Duration::from_secs(10), "handshake").await?;
         Ok(RawPeer {
-            link: super::listener::dial(&addr).await?,
+            link,
             pool: BufferPool::new(0),
         })
     }

@@ -197,7 +197,10 @@ impl Raw {
     pub async fn send(&mut self, bytes: &[u8]) {
         match self {
             Raw::Tcp(socket) => socket.write_all(bytes).await.unwrap(),
-            Raw::Ucx(peer) => peer.send(bytes).await.unwrap(),
+            Raw::Ucx(peer) => peer
+                .send(bytes)
+                .await
+                .unwrap_or_else(|e| panic!("send of {} bytes: {e}", bytes.len())),
         }
     }
 
