@@ -189,7 +189,10 @@ fn ucx_child(tls: &str) -> Result<f64, Box<dyn std::error::Error>> {
     if !output.status.success() {
         return Err(format!("the UCX measurement under UCX_TLS={tls} failed: {}", output.status).into());
     }
-    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+    // UCX logs to stdout too: the figure is the last line that is one.
+    let stdout = String::from_utf8(output.stdout)?;
+    let figure = stdout.lines().rev().find_map(|line| line.trim().parse().ok());
+    figure.ok_or_else(|| format!("the UCX measurement under UCX_TLS={tls} printed no figure: {stdout}").into())
 }
 
 /// Median of three `ucx_perftest -t tag_bw` runs of 64 MiB messages on
