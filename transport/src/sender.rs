@@ -78,7 +78,9 @@ impl Sender {
 
     /// Sends one message, waiting for earlier sends on this connection
     /// and for room at the peer. Returns once the message is handed to
-    /// the operating system (or, in process, to the peer's queue).
+    /// the operating system (in process, to the peer's queue; over UCX,
+    /// once UCX is done with its buffers, which for large frames means the
+    /// peer has received them).
     ///
     /// Cancelling this future half-way through a write closes the
     /// connection, since the peer would otherwise see half a message.

@@ -212,7 +212,10 @@ fn ucx_perftest_tag_bw(tls: &str) -> Result<Option<f64>, Box<dyn std::error::Err
     let common = ["-t", "tag_bw", "-s", &size, "-n", "100", "-w", "10"];
     let mut runs = Vec::new();
     for _ in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+            .to_string();
         let mut server = Command::new("ucx_perftest")
             .args(["-p", &port])
             .args(common)
