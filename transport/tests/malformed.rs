@@ -100,7 +100,7 @@ fn prelude(header_len: u64, frame_count: u32) -> Vec<u8> {
 }
 
 socket_tests!(
-    wrong_magic,
+    one_thread: wrong_magic,
     wrong_version,
     wrong_or_missing_token_fails_at_once,
     oversized_announcements,

@@ -65,6 +65,8 @@ pub(crate) struct State {
     torn: bool,
     /// The endpoint's close, while it is under way.
     closing: Option<Request>,
+    /// The endpoint finished wiring up (see [`Link::wired_up`]).
+    wired: bool,
 }
 
 // SAFETY: the endpoint handle is only used under the lock, with its worker.
@@ -125,6 +127,9 @@ pub(crate) enum Keep {
 pub(crate) struct Op {
     request: Option<Request>,
     keep: Keep,
+    /// An endpoint flush: its endpoint cannot be destroyed while it is
+    /// pending (see `State::drop`).
+    flush: bool,
 }
 
 impl Op {
@@ -186,6 +191,7 @@ impl Link {
             parked: Vec::new(),
             torn: false,
             closing: None,
+            wired: false,
         };
         let fd = fd.map_err(|source| io_error(&addr, source))?;
         let link = Arc::new(Link {
@@ -243,7 +249,9 @@ impl Link {
             let mut state = self.lock();
             state.flush().map_err(|e| io_error(&self.addr, e))?
         };
-        Ops::new(self, vec![op]).finish(timeout, &self.addr, during).await
+        Ops::new(self, vec![op]).finish(timeout, &self.addr, during).await?;
+        self.lock().wired = true;
+        Ok(())
     }
 
     /// The error for a peer that went away during a handshake or message:
@@ -334,7 +342,9 @@ impl State {
         let param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
         // SAFETY: a live endpoint under the lock.
         let request = unsafe { sys::ucp_ep_flush_nbx(self.ep, &param) };
-        self.started(request, Keep::Vec(Vec::new()))
+        let mut op = self.started(request, Keep::Vec(Vec::new()))?;
+        op.flush = true;
+        Ok(op)
     }
 
     /// The length of the next datagram, if one has arrived.
@@ -399,7 +409,11 @@ impl State {
 
     fn started(&mut self, request: sys::ucs_status_ptr_t, keep: Keep) -> io::Result<Op> {
         match sys::ucs_ptr_status(request) {
-            sys::UCS_OK => Ok(Op { request: None, keep }),
+            sys::UCS_OK => Ok(Op {
+                request: None,
+                keep,
+                flush: false,
+            }),
             sys::UCS_INPROGRESS => {
                 // The driver progresses what is left; wake it, since posting
                 // need not have made the event fd readable.
@@ -409,6 +423,7 @@ impl State {
                 Ok(Op {
                     request: NonNull::new(request).map(Request),
                     keep,
+                    flush: false,
                 })
             }
             status => Err(status_error(status)),
@@ -447,13 +462,18 @@ impl State {
     /// Starts closing the endpoint: flushing what was sent, or at once when
     /// a send was abandoned half-way (the peer must not see half a message
     /// complete).
-    fn start_close(&mut self) {
+    ///
+    /// An endpoint that never finished wiring up, or whose peer is gone, is
+    /// closed at once too: a flush could only wait for a peer that will not
+    /// answer, and UCX 1.13 aborts the process if a worker is destroyed
+    /// while such a flush is pending.
+    fn start_close(&mut self, failed: bool) {
         if self.ep.is_null() {
             return;
         }
         // SAFETY: all-zero parameters are valid.
         let mut param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
-        if self.torn {
+        if self.torn || failed || !self.wired {
             param.op_attr_mask = sys::UCP_OP_ATTR_FIELD_FLAGS;
             param.flags = sys::UCP_EP_CLOSE_FLAG_FORCE;
         }
@@ -490,8 +510,7 @@ impl Drop for State {
         if self.worker.is_none() {
             return;
         }
-        self.torn = true;
-        self.start_close();
+        self.start_close(true);
         let Some(mut worker) = self.worker.take() else {
             return;
         };
@@ -511,9 +530,29 @@ impl Drop for State {
                 // SAFETY: a live request of this worker.
                 unsafe { sys::ucp_request_check_status(request.0.as_ptr()) == sys::UCS_INPROGRESS }
             });
-            if (!closing && self.parked.is_empty()) || std::time::Instant::now() > deadline {
+            if !closing && self.parked.is_empty() {
                 break;
             }
+            if std::time::Instant::now() < deadline {
+                continue;
+            }
+            if closing || self.parked.iter().any(|op| op.flush) {
+                // UCX 1.13 aborts the process when a worker is destroyed
+                // with an endpoint's flush pending (`ucp_ep_flush_progress_
+                // pending ... should have been flushed`), and UCX may still
+                // use the parked buffers: leak both rather than crash.
+                debug!(
+                    closing,
+                    parked = self.parked.len(),
+                    "UCX endpoint did not close in time; leaking its worker"
+                );
+                std::mem::forget(worker);
+                std::mem::forget(std::mem::take(&mut self.parked));
+                self.closing = None;
+                return;
+            }
+            // The endpoint is gone; requests left over die with the worker.
+            break;
         }
         let requests = self
             .closing
@@ -582,29 +621,24 @@ async fn drive(driver: Driver) {
             },
         }
     }
-    link.lock().start_close();
+    let failed = link.failure().is_some();
+    link.lock().start_close(failed);
+    // Closing is driven by progress callbacks as much as by events, so poll
+    // (briefly: a close takes a round trip, or nothing when forced).
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     loop {
-        let (done, armed) = {
+        let done = {
             let mut state = link.lock();
-            let armed = state.progress_and_arm();
-            (state.close_done(), armed)
+            state.progress_and_arm();
+            state.close_done()
         };
-        if done {
+        if done || Instant::now() > deadline {
             break;
         }
-        if armed {
-            match tokio::time::timeout_at(deadline, fd.readable()).await {
-                Ok(Ok(mut guard)) => guard.clear_ready(),
-                _ => break,
-            }
-        } else if Instant::now() > deadline {
-            break;
-        } else {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    // A close still under way is finished by force when the link drops.
+    // A close still under way is finished, or its worker leaked, when the
+    // link drops.
 }
 
 /// Operations of one send, parked with the link if the send is dropped

@@ -22,23 +22,31 @@ macro_rules! assert_matches {
 
 /// One test per socket scheme this build has, for each async function
 /// named: `NAME::tcp` always and `NAME::ucx` with the `ucx` feature, each
-/// calling `NAME` with a listen address of its scheme (port 0).
+/// calling `NAME` with a listen address of its scheme (port 0). They run on
+/// two runtime threads, or with `one_thread:` first on one, for tests that
+/// rely on the sender and the receiver taking turns.
 #[macro_export]
 macro_rules! socket_tests {
-    ($($name:ident),* $(,)?) => {$(
+    (one_thread: $($name:ident),* $(,)?) => {
+        $crate::socket_tests!(@each (flavor = "current_thread") $($name),*);
+    };
+    (@each $flavor:tt $($name:ident),*) => {$(
         mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test $flavor]
             async fn tcp() {
                 super::$name("tcp://127.0.0.1:0").await;
             }
 
             #[cfg(feature = "ucx")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test $flavor]
             async fn ucx() {
                 super::$name("ucx://127.0.0.1:0").await;
             }
         }
     )*};
+    ($($name:ident),* $(,)?) => {
+        $crate::socket_tests!(@each (flavor = "multi_thread", worker_threads = 2) $($name),*);
+    };
 }
 
 /// The bytes of a hello with this version and token.
