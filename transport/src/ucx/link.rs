@@ -42,6 +42,8 @@ const TAG: sys::ucp_tag_t = 0x5745_4654_0000_0001;
 const TAG_MASK: sys::ucp_tag_t = u64::MAX;
 /// How long closing an endpoint may wait for its last sends to flush.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the memory of abandoned sends outlives their connection.
+const ABANDONED_GRACE: Duration = Duration::from_secs(30);
 
 /// A connection's worker and endpoint, shared by its halves and its driver.
 pub(crate) struct Link {
@@ -67,6 +69,11 @@ pub(crate) struct State {
     closing: Option<Request>,
     /// The endpoint finished wiring up (see [`Link::wired_up`]).
     wired: bool,
+    /// Memory of sends abandoned half-way. Over shared memory the peer may
+    /// still copy a large part straight out of it (CMA) after this side
+    /// has closed, so it is freed only [`ABANDONED_GRACE`] after the worker
+    /// is gone, never while the peer could read it as a message.
+    abandoned: Vec<Keep>,
 }
 
 // SAFETY: the endpoint handle is only used under the lock, with its worker.
@@ -192,6 +199,7 @@ impl Link {
             torn: false,
             closing: None,
             wired: false,
+            abandoned: Vec::new(),
         };
         let fd = fd.map_err(|source| io_error(&addr, source))?;
         let link = Arc::new(Link {
@@ -442,8 +450,12 @@ impl State {
         if cancel && let (Some(worker), Some(request)) = (&self.worker, &op.request) {
             // SAFETY: a live request of this live worker, under the lock.
             unsafe { sys::ucp_request_cancel(worker.handle, request.0.as_ptr()) };
-        } else {
+        } else if !op.flush {
+            // An abandoned send: its memory outlives the request (see
+            // `abandoned`).
             self.torn = true;
+            self.abandoned
+                .push(std::mem::replace(&mut op.keep, Keep::Vec(Vec::new())));
         }
         self.parked.push(op);
     }
@@ -548,6 +560,7 @@ impl Drop for State {
                 );
                 std::mem::forget(worker);
                 std::mem::forget(std::mem::take(&mut self.parked));
+                std::mem::forget(std::mem::take(&mut self.abandoned));
                 self.closing = None;
                 return;
             }
@@ -567,6 +580,19 @@ impl Drop for State {
         drop(worker);
         // Only now, with the worker gone, can nothing use these.
         self.parked.clear();
+        let abandoned = std::mem::take(&mut self.abandoned);
+        if !abandoned.is_empty() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(ABANDONED_GRACE).await;
+                        drop(abandoned);
+                    });
+                }
+                // No runtime to time it: keep it for good.
+                Err(_) => std::mem::forget(abandoned),
+            }
+        }
     }
 }
 
