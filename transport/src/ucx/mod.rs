@@ -19,9 +19,17 @@
 //! - Progress is event-driven: a driver task per worker waits on the
 //!   worker's event fd through tokio's `AsyncFd` (`ucp_worker_arm` before
 //!   each wait) and wakes the sends and receives of that connection.
-//! - The same handshake, busy refusal, limits and timeouts as `tcp://`; a
-//!   peer that vanishes fails the endpoint through UCX's peer error
-//!   handling, which ends a message in progress as truncated.
+//! - The same handshake, busy refusal, limits and timeouts as `tcp://`. A
+//!   peer that closes or vanishes is reported by the endpoint's error
+//!   callback (fed by the socket of UCX's connection manager), which ends
+//!   a message in progress as truncated and a connection between messages
+//!   as closed. Endpoints do not ask for `UCP_ERR_HANDLING_MODE_PEER`:
+//!   UCX 1.13 then leaves shared memory out of them.
+//! - Workarounds for UCX 1.13: nothing is sent before the endpoint is
+//!   wired up (sends queued during wire-up can be replayed with a protocol
+//!   the final shared-memory lanes refuse), and a worker is never destroyed
+//!   while one of its endpoints has a flush pending (UCX aborts the
+//!   process); such a worker is leaked instead.
 //! - Frames are host memory today. A device frame would be handed to UCX
 //!   as CUDA memory where `State::send` posts a part (`memory_type`), which
 //!   works when UCX is built with CUDA (see the README).
