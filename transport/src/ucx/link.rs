@@ -150,6 +150,11 @@ impl Op {
 }
 
 /// Runs as the endpoint's error handler, inside `ucp_worker_progress`.
+///
+/// # Safety
+///
+/// `arg` must point to a live `Failure`: UCX passes back the argument
+/// `Link::open` registered, which the link keeps alive.
 unsafe extern "C" fn on_error(arg: *mut c_void, _ep: sys::ucp_ep_h, status: sys::ucs_status_t) {
     // SAFETY: `arg` is the `Failure` the link keeps alive (in an `Arc` its
     // state outlives) until the endpoint is closed.

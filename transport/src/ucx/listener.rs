@@ -76,6 +76,11 @@ fn lock(requests: &Requests) -> std::sync::MutexGuard<'_, Vec<ConnRequest>> {
 }
 
 /// Runs inside the listener worker's progress when a client connects.
+///
+/// # Safety
+///
+/// `arg` must point to a live `Requests` queue: UCX passes back the
+/// argument `UcxListener::bind` registered, which `Listening` keeps alive.
 unsafe extern "C" fn on_conn_request(request: sys::ucp_conn_request_h, arg: *mut c_void) {
     // SAFETY: `arg` is the queue the `Listening` keeps alive (an `Arc`)
     // as long as the listener exists.
