@@ -8,7 +8,7 @@ mod common;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use common::{Raw, config, echo, message};
+use common::{Raw, accept_ok, config, echo, message};
 use weft_transport::{Config, Message, TransportError, connect, listen};
 
 /// Many clients at once on one listener, each exchanging messages.
@@ -18,7 +18,7 @@ async fn many_clients(listen_addr: &str, clients: usize, messages: u64) {
     let server = tokio::spawn(async move {
         let mut served = Vec::new();
         for _ in 0..clients {
-            served.push(tokio::spawn(echo(listener.accept().await.unwrap())));
+            served.push(tokio::spawn(echo(accept_ok(&mut listener).await)));
         }
         for task in served {
             task.await.unwrap();
@@ -201,7 +201,7 @@ async fn connection_limit(listen_addr: &str) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop((first, held));
     let third = patient.await.unwrap().unwrap();
-    assert_eq!(listener.accept().await.unwrap().peer().name, "third");
+    assert_eq!(accept_ok(&mut listener).await.peer().name, "third");
     drop(third);
 }
 

@@ -24,12 +24,8 @@ use crate::connection::{Connection, Peer, Receiver};
 use crate::error::{Result, TransportError};
 use crate::sender::{Sender, Writer};
 use crate::stream::{ack_verdict, answer, busy_ack, check_hello, handshake_error, with_timeout};
+use crate::tcp::{ACCEPTED_QUEUE, MAX_HANDSHAKES, hand_over};
 use crate::wire::{self, Part, WireError};
-
-/// Finished handshakes waiting for `accept`.
-const ACCEPTED_QUEUE: usize = 64;
-/// Handshakes in progress at once; beyond that, requests are rejected.
-const MAX_HANDSHAKES: usize = 256;
 
 /// A `ucx://` listener.
 pub(crate) struct UcxListener {
@@ -241,16 +237,9 @@ async fn accept_loop(mut listening: Listening, config: Config, accepted: mpsc::S
                     continue;
                 }
             };
-            let (permits, config, accepted) = (permits.clone(), config.clone(), accepted.clone());
-            tokio::spawn(async move {
-                let result = admit(link, &remote, &config, permits).await;
-                drop(slot);
-                if let Err(error) = &result {
-                    warn!(%remote, %error, "refused a connection");
-                }
-                if let Some(result) = result.transpose() {
-                    let _ = accepted.send(result).await;
-                }
+            let (permits, config) = (permits.clone(), config.clone());
+            hand_over(remote.clone(), slot, accepted.clone(), async move {
+                admit(link, &remote, &config, permits).await
             });
         }
     }

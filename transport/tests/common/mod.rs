@@ -166,6 +166,18 @@ fn write(dir: &Path, file: &str, contents: &str) {
     std::fs::write(dir.join(file), contents).unwrap();
 }
 
+/// The next connection a listener accepts, skipping attempts that clients
+/// gave up (on a loaded machine a stalled attempt is retried, and the one
+/// abandoned shows up at `accept` as a typed, retryable error).
+pub async fn accept_ok(listener: &mut weft_transport::Listener) -> Connection {
+    loop {
+        match listener.accept().await {
+            Ok(connection) => return connection,
+            Err(error) => assert!(error.is_retryable(), "{error}"),
+        }
+    }
+}
+
 /// Echoes every message back until the peer closes, then closes too.
 pub async fn echo(mut connection: Connection) {
     while let Ok(Some(message)) = connection.recv().await {
