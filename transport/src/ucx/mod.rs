@@ -30,6 +30,12 @@
 //!   the final shared-memory lanes refuse), and a worker is never destroyed
 //!   while one of its endpoints has a flush pending (UCX aborts the
 //!   process); such a worker is leaked instead.
+//! - Bounds: a sender waits until UCX is done with each message (for large
+//!   parts, until the receiver fetched them), so a well-behaved peer has at
+//!   most one message's small parts queued at the receiver. UCX itself,
+//!   unlike a TCP window, buffers eager datagrams that arrive before they
+//!   are received without limit, so a hostile peer could make a receiver
+//!   buffer more: use `tls://` with peers you do not trust.
 //! - Frames are host memory today. A device frame would be handed to UCX
 //!   as CUDA memory where `State::send` posts a part (`memory_type`), which
 //!   works when UCX is built with CUDA (see the README).
