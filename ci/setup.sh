@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the build needs that cargo cannot fetch: a C compiler (ring
-# builds C) and the toolchain components the test command uses. Safe to run
-# again; does nothing when all is there.
+# builds C), pkg-config and UCX's headers and libraries (libucx-dev, for
+# the `ucx` feature of weft-transport), and the toolchain components the
+# test command uses. Safe to run again; does nothing when all is there.
 set -euo pipefail
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo=(sudo)
+fi
 missing=()
 command -v cc >/dev/null || missing+=(gcc)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+dpkg -s libucx-dev >/dev/null 2>&1 || missing+=(libucx-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then

@@ -51,6 +51,22 @@ pub async fn one_way(
     Ok((start.elapsed(), rx))
 }
 
+/// One-way throughput over `addr` (port 0) in GB/s: the median of `reps`
+/// runs of `count` messages of one `frame_len`-byte frame each, after a
+/// warm-up that fills the receiver's buffer pool.
+pub async fn one_way_gbps(addr: &str, frame_len: usize, count: usize, reps: usize) -> Result<f64, TransportError> {
+    let (client, mut server) = pair(addr).await?;
+    let frame = Bytes::from(vec![1u8; frame_len]);
+    (_, server) = one_way(&client, server, &frame, 4).await?;
+    let mut runs = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let elapsed;
+        (elapsed, server) = one_way(&client, server, &frame, count).await?;
+        runs.push((count * frame_len) as f64 / elapsed.as_secs_f64() / 1e9);
+    }
+    Ok(crate::median(&mut runs))
+}
+
 /// `rounds` round trips of a `size`-byte header-only message; returns
 /// the time per round trip.
 pub async fn ping_pong(

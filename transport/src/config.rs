@@ -34,7 +34,8 @@ pub struct Config {
     /// How long a connection may make no progress in the middle of a
     /// message, sending or receiving, before it is failed. Idle time
     /// between messages is not limited here; liveness between messages is
-    /// the runtime's heartbeat.
+    /// the runtime's heartbeat. Over `ucx://`, where a frame arrives whole
+    /// or not at all, progress is counted in whole parts (head, frames).
     pub io_timeout: Duration,
     /// Messages an `inproc://` connection buffers in each direction.
     pub inproc_queue: usize,

@@ -14,6 +14,7 @@ use crate::inproc::{self, InprocListener, InprocRx};
 use crate::sender::{Sender, Shared};
 use crate::stream::StreamReceiver;
 use crate::tcp::{self, StreamListener};
+use crate::ucx::{self, UcxListener, UcxReceiver};
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub struct Receiver {
 enum RecvBackend {
     Stream(Box<StreamReceiver>),
     Inproc(InprocRx),
+    // Only UCX builds make one.
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    Ucx(Box<UcxReceiver>),
 }
 
 impl Receiver {
@@ -94,6 +98,11 @@ impl Receiver {
 
     pub(crate) fn inproc(receiver: InprocRx, sender: &Sender) -> Self {
         Self::with(RecvBackend::Inproc(receiver), sender)
+    }
+
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    pub(crate) fn ucx(receiver: UcxReceiver, sender: &Sender) -> Self {
+        Self::with(RecvBackend::Ucx(Box::new(receiver)), sender)
     }
 
     fn with(backend: RecvBackend, sender: &Sender) -> Self {
@@ -125,6 +134,7 @@ impl Receiver {
         let result = match &mut self.backend {
             RecvBackend::Stream(stream) => stream.recv(&self.shared.peer).await,
             RecvBackend::Inproc(inproc) => Ok(inproc.recv().await),
+            RecvBackend::Ucx(ucx) => ucx.recv(&self.shared.peer).await,
         };
         if let Err(error) = &result {
             warn!(peer = %self.shared.peer, %error, "closing connection");
@@ -143,6 +153,7 @@ pub struct Listener {
 enum ListenBackend {
     Stream(StreamListener),
     Inproc(Box<InprocListener>),
+    Ucx(UcxListener),
 }
 
 impl Listener {
@@ -152,6 +163,7 @@ impl Listener {
         match &self.backend {
             ListenBackend::Stream(listener) => listener.addr().clone(),
             ListenBackend::Inproc(listener) => Address::inproc(listener.name()),
+            ListenBackend::Ucx(listener) => listener.addr().clone(),
         }
     }
 
@@ -163,18 +175,19 @@ impl Listener {
         match &mut self.backend {
             ListenBackend::Stream(listener) => listener.accept().await,
             ListenBackend::Inproc(listener) => listener.accept().await,
+            ListenBackend::Ucx(listener) => listener.accept().await,
         }
     }
 }
 
-/// Listens on `addr` (`inproc://NAME`, `tcp://HOST:PORT`, `tls://HOST:PORT`;
-/// port 0 picks a free one). Stops listening when the listener is dropped.
+/// Listens on `addr` (`inproc://NAME`, `tcp://HOST:PORT`, `tls://HOST:PORT`,
+/// `ucx://HOST:PORT` with the `ucx` feature; port 0 picks a free one). Stops listening when the listener is dropped.
 pub async fn listen(addr: &str, config: &Config) -> Result<Listener> {
     let addr: Address = addr.parse()?;
     let backend = match addr.scheme() {
         Scheme::Inproc => ListenBackend::Inproc(Box::new(InprocListener::bind(addr.location(), config)?)),
         Scheme::Tcp | Scheme::Tls => ListenBackend::Stream(StreamListener::bind(&addr, config).await?),
-        Scheme::Ucx => return Err(ucx_unsupported()),
+        Scheme::Ucx => ListenBackend::Ucx(UcxListener::bind(&addr, config).await?),
     };
     Ok(Listener { backend })
 }
@@ -188,6 +201,7 @@ pub async fn connect(addr: &str, config: &Config) -> Result<Connection> {
     let deadline = start + config.connect_timeout;
     let mut delay = config.initial_backoff;
     let mut attempts = 0;
+    let mut previous: Option<TransportError> = None;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -196,11 +210,13 @@ pub async fn connect(addr: &str, config: &Config) -> Result<Connection> {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) if !error.is_retryable() => return Err(error),
             Ok(Err(error)) => error,
-            Err(_) => TransportError::Timeout {
+            // An attempt cut short by the deadline says less than the one
+            // before it (the peer was busy, say).
+            Err(_) => previous.take().unwrap_or_else(|| TransportError::Timeout {
                 peer: address.to_string(),
                 after: remaining,
                 during: "connection attempt",
-            },
+            }),
         };
         let pause = delay.mul_f64(0.5 + fastrand::f64());
         if Instant::now() + pause >= deadline {
@@ -212,6 +228,7 @@ pub async fn connect(addr: &str, config: &Config) -> Result<Connection> {
             });
         }
         debug!(addr = %address, %error, ?pause, "connect failed; retrying");
+        previous = Some(error);
         tokio::time::sleep(pause).await;
         delay = (delay * 2).min(config.max_backoff);
     }
@@ -221,13 +238,6 @@ async fn connect_once(addr: &Address, config: &Config) -> Result<Connection> {
     match addr.scheme() {
         Scheme::Inproc => inproc::connect(addr.location(), config).await,
         Scheme::Tcp | Scheme::Tls => tcp::connect(addr, config).await,
-        Scheme::Ucx => Err(ucx_unsupported()),
-    }
-}
-
-fn ucx_unsupported() -> TransportError {
-    TransportError::Unsupported {
-        scheme: "ucx",
-        reason: "this build has no UCX backend yet; use tcp:// or tls://",
+        Scheme::Ucx => ucx::connect(addr, config).await,
     }
 }

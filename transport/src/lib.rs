@@ -3,9 +3,10 @@
 //!
 //! Addresses are URLs: `inproc://NAME` (same process; frames passed by
 //! reference), `tcp://HOST:PORT` and `tls://HOST:PORT` (rustls, optionally
-//! mutual). `ucx://` is parsed and reserved for the UCX backend, which
-//! plugs in beside the others: [`Listener`] and [`Receiver`] dispatch over
-//! a backend enum, and the sending half ([`Sender`]) over a writer enum.
+//! mutual), and `ucx://HOST:PORT` (UCX: shared memory, TCP, InfiniBand;
+//! behind the `ucx` feature, see [`ucx`]). [`Listener`] and [`Receiver`]
+//! dispatch over a backend enum, and the sending half ([`Sender`]) over a
+//! writer enum.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), weft_transport::TransportError> {
@@ -54,6 +55,7 @@ mod sender;
 mod stream;
 mod tcp;
 mod tls;
+pub mod ucx;
 pub mod wire;
 
 pub use addr::{Address, Scheme};

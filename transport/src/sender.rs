@@ -17,6 +17,7 @@ use crate::error::{Result, TransportError};
 use crate::frame::Message;
 use crate::inproc::InprocTx;
 use crate::stream::{self, BoxWrite};
+use crate::ucx::UcxWriter;
 
 /// Sends messages to one peer. Cloning shares the connection.
 #[derive(Clone)]
@@ -48,6 +49,9 @@ pub(crate) enum Writer {
     Stream(BoxWrite, std::time::Duration),
     /// A same-process channel; `None` once closed.
     Inproc(Option<InprocTx>),
+    /// A UCX endpoint (only UCX builds make one).
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    Ucx(UcxWriter),
 }
 
 impl Sender {
@@ -74,7 +78,9 @@ impl Sender {
 
     /// Sends one message, waiting for earlier sends on this connection
     /// and for room at the peer. Returns once the message is handed to
-    /// the operating system (or, in process, to the peer's queue).
+    /// the operating system (in process, to the peer's queue; over UCX,
+    /// once UCX is done with its buffers, which for large frames means the
+    /// peer has received them).
     ///
     /// Cancelling this future half-way through a write closes the
     /// connection, since the peer would otherwise see half a message.
@@ -114,6 +120,7 @@ impl Sender {
                 tx.take();
                 Ok(())
             }
+            Writer::Ucx(writer) => writer.close(&shared.peer).await,
         }
     }
 
@@ -161,5 +168,6 @@ async fn write(writer: &mut Writer, peer: &Peer, message: Message) -> Result<()>
         }
         Writer::Inproc(Some(tx)) => tx.send(message, peer).await,
         Writer::Inproc(None) => Err(TransportError::Closed { peer: peer.to_string() }),
+        Writer::Ucx(writer) => writer.send(&message, peer).await,
     }
 }

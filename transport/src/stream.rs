@@ -44,6 +44,12 @@ where
         wire::decode_ack(&fixed, &text).map_err(|source| handshake_error(addr, source))
     };
     let ack = with_timeout(config.handshake_timeout, addr, "handshake", handshake).await?;
+    ack_verdict(ack, addr)
+}
+
+/// What a client makes of the server's ack: the server's name, or why it
+/// refused us. Shared by every backend whose handshake travels as bytes.
+pub(crate) fn ack_verdict(ack: Ack, addr: &str) -> Result<String> {
     match ack.status {
         Status::Accepted if ack.version == wire::PROTOCOL_VERSION => Ok(ack.text),
         Status::Accepted => Err(handshake_error(
@@ -75,12 +81,7 @@ where
                 .map_err(|source| handshake_error(addr, source)),
             Err(e) => Err(e),
         };
-        let ack = match &verdict {
-            Ok(_) => Some(accept_ack(config)),
-            Err(TransportError::Handshake { source, .. }) => reject_ack(source),
-            Err(_) => None,
-        };
-        if let Some(ack) = ack {
+        if let Some(ack) = answer(&verdict, config) {
             let mut out = Vec::new();
             wire::encode_ack(&ack, &mut out);
             stream.write_all(&out).await.map_err(|e| io_error(addr, e))?;
@@ -96,6 +97,26 @@ where
     result
 }
 
+/// The ack a server sends after checking a hello: acceptance, the reason
+/// of a refusal a client can be told, or nothing (the client broke the
+/// format or vanished).
+pub(crate) fn answer(verdict: &Result<String>, config: &Config) -> Option<Ack> {
+    match verdict {
+        Ok(_) => Some(accept_ack(config)),
+        Err(TransportError::Handshake { source, .. }) => reject_ack(source),
+        Err(_) => None,
+    }
+}
+
+/// The ack that refuses a client because the listener is full.
+pub(crate) fn busy_ack(max_connections: usize) -> Ack {
+    Ack {
+        version: wire::PROTOCOL_VERSION,
+        status: Status::Busy,
+        text: format!("busy: at the limit of {max_connections} connections"),
+    }
+}
+
 /// Refuses a client while the listener is at its connection limit.
 pub(crate) async fn refuse_busy<S>(stream: &mut S, addr: &str, max_connections: usize)
 where
@@ -106,14 +127,7 @@ where
         // connection before the client reads our answer.
         read_hello(stream, addr).await?;
         let mut out = Vec::new();
-        wire::encode_ack(
-            &Ack {
-                version: wire::PROTOCOL_VERSION,
-                status: Status::Busy,
-                text: format!("busy: at the limit of {max_connections} connections"),
-            },
-            &mut out,
-        );
+        wire::encode_ack(&busy_ack(max_connections), &mut out);
         stream.write_all(&out).await.map_err(|e| io_error(addr, e))?;
         stream.shutdown().await.map_err(|e| io_error(addr, e))
     };
@@ -360,7 +374,7 @@ async fn read_exact<S: AsyncRead + Unpin>(
 }
 
 /// Runs `work` with a deadline; `peer` is only formatted if it passes.
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     limit: Duration,
     peer: &(impl std::fmt::Display + ?Sized),
     during: &'static str,
@@ -382,7 +396,7 @@ fn io_error(peer: &str, source: std::io::Error) -> TransportError {
     }
 }
 
-fn handshake_error(peer: &str, source: WireError) -> TransportError {
+pub(crate) fn handshake_error(peer: &str, source: WireError) -> TransportError {
     TransportError::Handshake {
         peer: peer.to_string(),
         source,

@@ -25,11 +25,11 @@ use crate::sender::{Sender, Writer};
 use crate::stream::{self, StreamReceiver};
 use crate::tls::TlsConfig;
 
-/// Finished handshakes waiting for `accept`.
-const ACCEPTED_QUEUE: usize = 64;
+/// Finished handshakes waiting for `accept` (every socket-like listener).
+pub(crate) const ACCEPTED_QUEUE: usize = 64;
 /// Handshakes (and busy refusals) in progress at once; beyond that, new
-/// sockets are closed unanswered so a flood cannot exhaust memory.
-const MAX_HANDSHAKES: usize = 256;
+/// clients are turned away unanswered so a flood cannot exhaust memory.
+pub(crate) const MAX_HANDSHAKES: usize = 256;
 
 /// A TCP or TLS listener.
 pub(crate) struct StreamListener {
@@ -117,18 +117,33 @@ async fn accept_loop(
         tune(&stream);
         let (acceptor, permits) = (acceptor.clone(), permits.clone());
         let (config, accepted) = (config.clone(), accepted.clone());
-        tokio::spawn(async move {
-            let result = serve(stream, remote, acceptor, &config, permits).await;
-            drop(slot);
-            if let Err(error) = &result {
-                warn!(%remote, %error, "refused a connection");
-            }
-            if let Some(result) = result.transpose() {
-                // Nobody listening any more: the connection is dropped.
-                let _ = accepted.send(result).await;
-            }
+        hand_over(remote.to_string(), slot, accepted, async move {
+            serve(stream, remote, acceptor, &config, permits).await
         });
     }
+}
+
+/// Runs a client's handshake on a task of its own and queues the
+/// connection (or the reason it was refused) for `accept`; `Ok(None)`: the
+/// client was told the listener is busy. `slot` is a handshake slot, held
+/// until the handshake is over.
+pub(crate) fn hand_over(
+    remote: String,
+    slot: OwnedSemaphorePermit,
+    accepted: mpsc::Sender<Result<Connection>>,
+    handshake: impl Future<Output = Result<Option<Connection>>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let result = handshake.await;
+        drop(slot);
+        if let Err(error) = &result {
+            warn!(%remote, %error, "refused a connection");
+        }
+        if let Some(result) = result.transpose() {
+            // Nobody listening any more: the connection is dropped.
+            let _ = accepted.send(result).await;
+        }
+    });
 }
 
 /// Handshakes an accepted socket, with TLS first when configured.

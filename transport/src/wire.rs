@@ -20,6 +20,19 @@
 //!
 //! Lengths are checked against [`Limits`] before anything of the announced
 //! size is allocated.
+//!
+//! # Message-oriented transports
+//!
+//! UCX carries datagrams (tagged messages) rather than a byte stream, so a
+//! message travels there as its *head* — the prelude and frame table above,
+//! followed by the header when it is at most [`INLINE_HEADER_MAX`] bytes —
+//! and then one datagram per part that is not inline and not empty: a
+//! larger header, then each non-empty frame in order. A datagram of zero
+//! bytes where a head would start closes the connection gracefully. The
+//! hello and the ack are one datagram each, with the layout above. The
+//! receiver learns each datagram's length before receiving it, and
+//! [`decode_head`], [`decode_hello_datagram`], [`decode_ack_datagram`] and
+//! [`check_part`] refuse any length that differs from the announced one.
 
 use thiserror::Error;
 
@@ -35,6 +48,15 @@ pub const ACK_FIXED_LEN: usize = 10;
 pub const PRELUDE_LEN: usize = 12;
 /// Longest token or peer name a handshake may carry.
 pub const MAX_HANDSHAKE_FIELD: usize = 4096;
+
+/// Largest header carried inside a message-oriented transport's head;
+/// larger headers travel as a datagram of their own, so they land aligned
+/// and without a copy.
+pub const INLINE_HEADER_MAX: usize = 64 << 10;
+/// Longest hello datagram: the fixed part and the longest token and name.
+pub const MAX_HELLO_LEN: usize = HELLO_FIXED_LEN + 2 * MAX_HANDSHAKE_FIELD;
+/// Longest ack datagram.
+pub const MAX_ACK_LEN: usize = ACK_FIXED_LEN + MAX_HANDSHAKE_FIELD;
 
 /// Sizes a receiver accepts; anything larger closes the connection before
 /// a byte of it is allocated.
@@ -122,6 +144,19 @@ pub enum WireError {
         /// The limit.
         max: u64,
     },
+    /// A datagram whose length is not what the handshake format or the
+    /// message's head announced (message-oriented transports only).
+    #[error("{part} of {found} bytes, expected {}", expected_len(*.min, *.max))]
+    PartLength {
+        /// Which datagram.
+        part: Part,
+        /// Its length.
+        found: u64,
+        /// Shortest length allowed.
+        min: u64,
+        /// Longest length allowed.
+        max: u64,
+    },
     /// Header plus frames above [`Limits::max_message_bytes`].
     #[error("message of {total} bytes or more exceeds the limit of {max}")]
     MessageTooLarge {
@@ -130,6 +165,41 @@ pub enum WireError {
         /// The limit.
         max: u64,
     },
+}
+
+/// Which datagram of a message-oriented transport an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The client's hello.
+    Hello,
+    /// The server's ack.
+    Ack,
+    /// A message's head: prelude, frame table and inline header.
+    Head,
+    /// A header too large to be inline.
+    Header,
+    /// The data frame at this position of its message.
+    Frame(usize),
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::Hello => f.write_str("hello"),
+            Part::Ack => f.write_str("ack"),
+            Part::Head => f.write_str("message head"),
+            Part::Header => f.write_str("header"),
+            Part::Frame(index) => write!(f, "frame {index}"),
+        }
+    }
+}
+
+fn expected_len(min: u64, max: u64) -> String {
+    if min == max {
+        min.to_string()
+    } else {
+        format!("{min} to {max}")
+    }
 }
 
 /// What a client says first.
@@ -379,6 +449,116 @@ pub struct Decoded {
     pub consumed: usize,
 }
 
+/// Encodes a message's head for a message-oriented transport: the
+/// prelude and frame table, and the header itself when it is at most
+/// [`INLINE_HEADER_MAX`] bytes.
+pub fn encode_head(header: &[u8], frame_lens: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
+    let mut head = encode_layout(header.len(), frame_lens);
+    if header.len() <= INLINE_HEADER_MAX {
+        head.extend_from_slice(header);
+    }
+    head
+}
+
+/// Longest head [`decode_head`] accepts under `limits`: check a datagram's
+/// length against it before allocating room for it.
+pub fn max_head_len(limits: &Limits) -> u64 {
+    let inline = limits.max_header_bytes.min(INLINE_HEADER_MAX as u64);
+    (PRELUDE_LEN + frame_table_len(limits.max_frames)) as u64 + inline
+}
+
+/// A decoded head: the message's layout, and where its header lies in the
+/// head if it is inline (else it follows as a datagram of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Lengths of the header and of each frame.
+    pub layout: Layout,
+    /// Byte range of the header within the head, if it is inline.
+    pub inline_header: Option<std::ops::Range<usize>>,
+}
+
+/// Decodes a whole head datagram, checking the limits and that its length
+/// is exactly what its prelude announces.
+pub fn decode_head(head: &[u8], limits: &Limits) -> Result<Head, WireError> {
+    let too_short = || WireError::PartLength {
+        part: Part::Head,
+        found: head.len() as u64,
+        min: PRELUDE_LEN as u64,
+        max: max_head_len(limits),
+    };
+    let prelude = head.first_chunk::<PRELUDE_LEN>().ok_or_else(too_short)?;
+    let (header_len, frame_count) = decode_prelude(prelude, limits)?;
+    let table_end = PRELUDE_LEN + frame_table_len(frame_count);
+    let inline = header_len <= INLINE_HEADER_MAX;
+    let expected = table_end + if inline { header_len } else { 0 };
+    let wrong_length = || WireError::PartLength {
+        part: Part::Head,
+        found: head.len() as u64,
+        min: expected as u64,
+        max: expected as u64,
+    };
+    // The limits first, as a stream reader meets them, then the length.
+    let table = head.get(PRELUDE_LEN..table_end).ok_or_else(wrong_length)?;
+    let layout = decode_frame_table(header_len, table, limits)?;
+    if head.len() != expected {
+        return Err(wrong_length());
+    }
+    Ok(Head {
+        layout,
+        inline_header: inline.then_some(table_end..expected),
+    })
+}
+
+/// Checks that a datagram carrying `part` is exactly `expected` bytes long.
+pub fn check_part(part: Part, found: usize, expected: usize) -> Result<(), WireError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(WireError::PartLength {
+            part,
+            found: found as u64,
+            min: expected as u64,
+            max: expected as u64,
+        })
+    }
+}
+
+/// Decodes a hello that arrived as one datagram.
+pub fn decode_hello_datagram(bytes: &[u8]) -> Result<Hello, WireError> {
+    let length_error = |min: usize, max: usize| WireError::PartLength {
+        part: Part::Hello,
+        found: bytes.len() as u64,
+        min: min as u64,
+        max: max as u64,
+    };
+    let fixed = bytes
+        .first_chunk::<HELLO_FIXED_LEN>()
+        .ok_or_else(|| length_error(HELLO_FIXED_LEN, MAX_HELLO_LEN))?;
+    let rest = hello_rest_len(fixed)?;
+    if bytes.len() != HELLO_FIXED_LEN + rest {
+        return Err(length_error(HELLO_FIXED_LEN + rest, HELLO_FIXED_LEN + rest));
+    }
+    decode_hello(fixed, &bytes[HELLO_FIXED_LEN..])
+}
+
+/// Decodes an ack that arrived as one datagram.
+pub fn decode_ack_datagram(bytes: &[u8]) -> Result<Ack, WireError> {
+    let length_error = |min: usize, max: usize| WireError::PartLength {
+        part: Part::Ack,
+        found: bytes.len() as u64,
+        min: min as u64,
+        max: max as u64,
+    };
+    let fixed = bytes
+        .first_chunk::<ACK_FIXED_LEN>()
+        .ok_or_else(|| length_error(ACK_FIXED_LEN, MAX_ACK_LEN))?;
+    let text = ack_text_len(fixed)?;
+    if bytes.len() != ACK_FIXED_LEN + text {
+        return Err(length_error(ACK_FIXED_LEN + text, ACK_FIXED_LEN + text));
+    }
+    decode_ack(fixed, &bytes[ACK_FIXED_LEN..])
+}
+
 fn check_magic(fixed: &[u8]) -> Result<(), WireError> {
     let found: [u8; 4] = array_at(fixed, 0);
     if found == MAGIC {
@@ -543,7 +723,94 @@ mod tests {
         out
     }
 
+    #[test]
+    fn heads_carry_small_headers_inline_and_check_their_length() {
+        let limits = Limits::default();
+        let head = encode_head(b"header", [5usize, 0].into_iter());
+        let decoded = decode_head(&head, &limits).unwrap();
+        assert_eq!(decoded.layout.frame_lens, vec![5, 0]);
+        assert_eq!(&head[decoded.inline_header.unwrap()], b"header");
+
+        let big = vec![1u8; INLINE_HEADER_MAX + 1];
+        let head = encode_head(&big, [].into_iter());
+        assert_eq!(head.len(), PRELUDE_LEN);
+        let decoded = decode_head(&head, &limits).unwrap();
+        assert_eq!((decoded.layout.header_len, decoded.inline_header), (big.len(), None));
+
+        let mut long = encode_head(b"header", [5usize].into_iter());
+        long.push(0);
+        assert!(matches!(
+            decode_head(&long, &limits),
+            Err(WireError::PartLength {
+                part: Part::Head,
+                found: 27,
+                min: 26,
+                max: 26
+            })
+        ));
+        assert!(matches!(
+            decode_head(&[0; 3], &limits),
+            Err(WireError::PartLength {
+                part: Part::Head,
+                found: 3,
+                ..
+            })
+        ));
+        assert!(
+            decode_head(&long, &limits)
+                .unwrap_err()
+                .to_string()
+                .contains("expected 26")
+        );
+        assert_eq!(check_part(Part::Frame(2), 4, 4), Ok(()));
+        assert!(
+            check_part(Part::Frame(2), 3, 4)
+                .unwrap_err()
+                .to_string()
+                .contains("frame 2 of 3 bytes")
+        );
+    }
+
+    #[test]
+    fn handshake_datagrams_must_be_whole() {
+        let bytes = hello(b"tok", "name");
+        assert_eq!(decode_hello_datagram(&bytes).unwrap().name, "name");
+        assert!(matches!(
+            decode_hello_datagram(&bytes[..bytes.len() - 1]),
+            Err(WireError::PartLength { part: Part::Hello, .. })
+        ));
+        let mut ack = Vec::new();
+        encode_ack(
+            &Ack {
+                version: PROTOCOL_VERSION,
+                status: Status::Busy,
+                text: "busy".into(),
+            },
+            &mut ack,
+        );
+        assert_eq!(decode_ack_datagram(&ack).unwrap().status, Status::Busy);
+        ack.push(b'!');
+        assert!(matches!(
+            decode_ack_datagram(&ack),
+            Err(WireError::PartLength { part: Part::Ack, .. })
+        ));
+        assert!(max_head_len(&Limits::default()) > INLINE_HEADER_MAX as u64);
+    }
+
     proptest! {
+        /// Random datagrams never panic the head and handshake decoders, and
+        /// a head that decodes announces only what the limits allow.
+        #[test]
+        fn garbage_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let limits = Limits { max_header_bytes: 64, max_frames: 8, max_frame_bytes: 64, max_message_bytes: 256 };
+            if let Ok(head) = decode_head(&bytes, &limits) {
+                prop_assert!(head.layout.frame_lens.len() <= 8);
+                prop_assert!(bytes.len() as u64 <= max_head_len(&limits));
+            }
+            let _ = decode_hello_datagram(&bytes);
+            let _ = decode_ack_datagram(&bytes);
+        }
+
         #[test]
         fn message_round_trip(
             header in proptest::collection::vec(any::<u8>(), 0..64),

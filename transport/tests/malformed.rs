@@ -10,8 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pki, config, hello, message};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{Pki, Raw, config, hello, message};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weft_transport::wire::{self, Status};
 use weft_transport::{Config, Limits, Listener, TransportError, WireError, connect, listen};
@@ -71,8 +71,8 @@ fn client_config() -> Config {
     }
 }
 
-async fn tcp_server() -> (Listener, String) {
-    let listener = listen("tcp://127.0.0.1:0", &server_config()).await.unwrap();
+async fn server(addr: &str) -> (Listener, String) {
+    let listener = listen(addr, &server_config()).await.unwrap();
     let addr = listener.local_addr().to_string();
     (listener, addr)
 }
@@ -93,62 +93,39 @@ fn socket_addr(addr: &str) -> &str {
     addr.split_once("://").unwrap().1
 }
 
-/// Reads an ack from a raw socket: its status and text.
-async fn read_ack(socket: &mut TcpStream) -> (Status, String) {
-    let mut fixed = [0u8; wire::ACK_FIXED_LEN];
-    socket.read_exact(&mut fixed).await.unwrap();
-    let mut text = vec![0u8; wire::ack_text_len(&fixed).unwrap()];
-    socket.read_exact(&mut text).await.unwrap();
-    let ack = wire::decode_ack(&fixed, &text).unwrap();
-    (ack.status, ack.text)
-}
-
-/// A raw socket that passed the handshake.
-async fn handshaken(addr: &str) -> TcpStream {
-    let mut socket = TcpStream::connect(socket_addr(addr)).await.unwrap();
-    socket
-        .write_all(&hello(wire::PROTOCOL_VERSION, TOKEN, "raw"))
-        .await
-        .unwrap();
-    assert_eq!(read_ack(&mut socket).await.0, Status::Accepted);
-    socket
-}
-
-/// The socket reaches end of stream (the server closed it) in bounded time.
-async fn assert_closed_by_peer(socket: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "connection still open: {read:?}"
-    );
-}
-
 fn prelude(header_len: u64, frame_count: u32) -> Vec<u8> {
     let mut out = header_len.to_le_bytes().to_vec();
     out.extend_from_slice(&frame_count.to_le_bytes());
     out
 }
 
-#[tokio::test]
-async fn wrong_magic() {
-    let (mut listener, addr) = tcp_server().await;
-    let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
-    socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+socket_tests!(
+    one_thread: wrong_magic,
+    wrong_version,
+    wrong_or_missing_token_fails_at_once,
+    oversized_announcements,
+    connection_cut_mid_frame,
+    connection_cut_mid_handshake,
+    random_garbage,
+);
+
+async fn wrong_magic(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
+    let mut raw = Raw::connect(&addr).await;
+    raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let err = listener.accept().await.err().unwrap();
     assert_matches!(&err, TransportError::Handshake { source: WireError::BadMagic { found }, .. } if found == b"GET ");
     assert!(err.to_string().contains("127.0.0.1"), "error names the peer: {err}");
-    assert_closed_by_peer(&mut socket).await;
+    raw.assert_closed_by_peer().await;
     assert_still_serves(&mut listener, &addr, &client_config()).await;
     assert_no_huge_allocation();
 }
 
-#[tokio::test]
-async fn wrong_version() {
-    let (mut listener, addr) = tcp_server().await;
-    let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
-    socket.write_all(&hello(99, TOKEN, "raw")).await.unwrap();
-    let (status, text) = read_ack(&mut socket).await;
+async fn wrong_version(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
+    let mut raw = Raw::connect(&addr).await;
+    raw.send(&hello(99, TOKEN, "raw")).await;
+    let (status, text) = raw.read_ack().await;
     assert_eq!(status, Status::VersionMismatch);
     assert!(text.contains("we speak 1, the peer speaks 99"), "{text}");
     let err = listener.accept().await.err().unwrap();
@@ -162,9 +139,8 @@ async fn wrong_version() {
     assert_still_serves(&mut listener, &addr, &client_config()).await;
 }
 
-#[tokio::test]
-async fn wrong_or_missing_token_fails_at_once() {
-    let (mut listener, addr) = tcp_server().await;
+async fn wrong_or_missing_token_fails_at_once(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
     for token in [Some(b"nope".to_vec()), None] {
         let client = Config {
             token,
@@ -207,9 +183,8 @@ async fn inproc_checks_tokens_too() {
 }
 
 /// Lengths that would exhaust memory if believed.
-#[tokio::test]
-async fn oversized_announcements() {
-    let (mut listener, addr) = tcp_server().await;
+async fn oversized_announcements(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
     type Expect = fn(&WireError) -> bool;
     let cases: Vec<(Vec<u8>, Expect)> = vec![
         (
@@ -240,9 +215,9 @@ async fn oversized_announcements() {
         ),
     ];
     for (bytes, expected) in cases {
-        let mut socket = handshaken(&addr).await;
+        let mut raw = Raw::handshaken(&addr, TOKEN).await;
         let mut server = listener.accept().await.unwrap();
-        socket.write_all(&bytes).await.unwrap();
+        raw.send(&bytes).await;
         let err = server.recv().await.err().unwrap();
         match &err {
             TransportError::Malformed { source, peer } => {
@@ -253,23 +228,22 @@ async fn oversized_announcements() {
         }
         assert!(matches!(server.recv().await, Err(TransportError::Closed { .. })));
         drop(server);
-        assert_closed_by_peer(&mut socket).await;
+        raw.assert_closed_by_peer().await;
     }
     assert_still_serves(&mut listener, &addr, &client_config()).await;
     assert_no_huge_allocation();
 }
 
-#[tokio::test]
-async fn connection_cut_mid_frame() {
-    let (mut listener, addr) = tcp_server().await;
-    let mut socket = handshaken(&addr).await;
+async fn connection_cut_mid_frame(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
+    let mut raw = Raw::handshaken(&addr, TOKEN).await;
     let mut server = listener.accept().await.unwrap();
-    let mut bytes = prelude(4, 1);
-    bytes.extend_from_slice(&(1u64 << 20).to_le_bytes());
-    bytes.extend_from_slice(b"head");
-    bytes.extend_from_slice(&[7u8; 1000]);
-    socket.write_all(&bytes).await.unwrap();
-    drop(socket);
+    let mut head = prelude(4, 1);
+    head.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    head.extend_from_slice(b"head");
+    raw.send(&head).await;
+    raw.send_torn(&[7u8; 1000]).await;
+    drop(raw);
     let started = Instant::now();
     let err = server.recv().await.err().unwrap();
     assert_matches!(err, TransportError::Truncated { during: "message", .. });
@@ -277,15 +251,11 @@ async fn connection_cut_mid_frame() {
     assert_still_serves(&mut listener, &addr, &client_config()).await;
 }
 
-#[tokio::test]
-async fn connection_cut_mid_handshake() {
-    let (mut listener, addr) = tcp_server().await;
-    let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
-    socket
-        .write_all(&hello(wire::PROTOCOL_VERSION, TOKEN, "raw")[..7])
-        .await
-        .unwrap();
-    drop(socket);
+async fn connection_cut_mid_handshake(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
+    let mut raw = Raw::connect(&addr).await;
+    raw.send_torn(&hello(wire::PROTOCOL_VERSION, TOKEN, "raw")[..7]).await;
+    drop(raw);
     let err = listener.accept().await.err().unwrap();
     assert_matches!(
         err,
@@ -299,22 +269,21 @@ async fn connection_cut_mid_handshake() {
 
 /// Seeded random bytes instead of a handshake, and instead of messages
 /// after one: always an error, never a panic or a hang.
-#[tokio::test]
-async fn random_garbage() {
-    let (mut listener, addr) = tcp_server().await;
+async fn random_garbage(addr: &str) {
+    let (mut listener, addr) = server(addr).await;
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..20 {
         let garbage: Vec<u8> = (0..rng.usize(1..512)).map(|_| rng.u8(..)).collect();
         if round % 2 == 0 {
-            let mut socket = TcpStream::connect(socket_addr(&addr)).await.unwrap();
-            socket.write_all(&garbage).await.unwrap();
-            drop(socket);
+            let mut raw = Raw::connect(&addr).await;
+            raw.send(&garbage).await;
+            drop(raw);
             assert!(listener.accept().await.is_err());
         } else {
-            let mut socket = handshaken(&addr).await;
+            let mut raw = Raw::handshaken(&addr, TOKEN).await;
             let mut server = listener.accept().await.unwrap();
-            socket.write_all(&garbage).await.unwrap();
-            drop(socket);
+            raw.send(&garbage).await;
+            drop(raw);
             // Either a typed error, or (rarely) garbage that parses as
             // small messages, followed by an error or the end of stream.
             while let Ok(Some(_)) = server.recv().await {}

@@ -2,6 +2,7 @@
 //! backend and come back byte for byte.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use common::{Pki, assert_same, config, echo, message};
@@ -59,10 +60,23 @@ async fn inproc_round_trip() {
     round_trip("inproc://round-trip", config("server"), config("client")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_round_trip() {
-    round_trip("tcp://127.0.0.1:0", config("server"), config("client")).await;
+async fn socket_round_trip(addr: &str) {
+    round_trip(addr, config("server"), config("client")).await;
 }
+
+async fn tokens_that_match_are_accepted(addr: &str) {
+    let with_token = |name: &str| Config {
+        token: Some(b"s3cret".to_vec()),
+        ..config(name)
+    };
+    round_trip(addr, with_token("server"), with_token("client")).await;
+}
+
+socket_tests!(
+    socket_round_trip,
+    tokens_that_match_are_accepted,
+    halves_send_and_receive_concurrently
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_round_trip() {
@@ -93,13 +107,8 @@ async fn mutual_tls_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_that_match_are_accepted() {
-    let with_token = |name: &str| Config {
-        token: Some(b"s3cret".to_vec()),
-        ..config(name)
-    };
-    round_trip("tcp://127.0.0.1:0", with_token("server"), with_token("client")).await;
-    round_trip("inproc://with-token", with_token("server"), with_token("client")).await;
+async fn inproc_tokens_that_match_are_accepted() {
+    tokens_that_match_are_accepted("inproc://with-token").await;
 }
 
 /// In process, frames are passed by reference: the receiver sees the very
@@ -120,9 +129,8 @@ async fn inproc_passes_frames_without_copying() {
 
 /// Halves work from separate tasks at once: both sides send while they
 /// receive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn halves_send_and_receive_concurrently() {
-    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
+async fn halves_send_and_receive_concurrently(addr: &str) {
+    let mut listener = listen(addr, &config("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
     let client = connect(&addr, &config("client")).await.unwrap();
     let server = listener.accept().await.unwrap();
