@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Pki, assert_same, config, echo, message};
-use weft_transport::{Config, Message, connect, listen};
+use weft_transport::{Config, Frame, Message, connect, listen};
 
 const MIB: usize = 1 << 20;
 
@@ -72,10 +72,31 @@ async fn tokens_that_match_are_accepted(addr: &str) {
     round_trip(addr, with_token("server"), with_token("client")).await;
 }
 
+/// A device frame goes by reference in process; a socket backend stages it
+/// through host memory (emulated GPUs are never handed to UCX as CUDA
+/// memory), so its bytes arrive.
+async fn device_frames_arrive_as_their_bytes(addr: &str) {
+    let gpu = weft_gpu::Gpu::emulated(0, 16 * MIB, true);
+    let bytes: Vec<u8> = (0..3 * MIB + 5).map(|i| (i % 251) as u8).collect();
+    let buffer = gpu.stream().unwrap().upload(&bytes).unwrap();
+    let mut listener = listen(addr, &config("server")).await.unwrap();
+    let at = listener.local_addr().to_string();
+    let server = tokio::spawn(async move { echo(listener.accept().await.unwrap()).await });
+    let mut connection = connect(&at, &config("client")).await.unwrap();
+    let sent = Message::new(&b"device"[..], vec![Frame::device(buffer), Frame::host(vec![1u8; 10])]);
+    connection.send(sent).await.unwrap();
+    let got = connection.recv().await.unwrap().expect("echo");
+    assert_eq!(got.frames[0].as_host().expect("staged to host")[..], bytes[..]);
+    assert_eq!(got.frames[1].as_host().unwrap()[..], [1u8; 10]);
+    connection.close().await.unwrap();
+    server.await.unwrap();
+}
+
 socket_tests!(
     socket_round_trip,
     tokens_that_match_are_accepted,
-    halves_send_and_receive_concurrently
+    halves_send_and_receive_concurrently,
+    device_frames_arrive_as_their_bytes
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

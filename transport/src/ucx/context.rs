@@ -18,8 +18,9 @@ use ucx_sys as sys;
 
 use crate::error::TransportError;
 
-/// The process-wide UCP context.
-pub(crate) struct Context(sys::ucp_context_h);
+/// The process-wide UCP context, and whether its UCX can read CUDA device
+/// memory (a UCX built with CUDA support, such as the libucx-cu12 wheel's).
+pub(crate) struct Context(sys::ucp_context_h, bool);
 
 // SAFETY: the context is created with `mt_workers_shared`, which makes UCX
 // guard it with its own lock, so workers may be created and destroyed from
@@ -61,7 +62,18 @@ impl Context {
         // SAFETY: `config` came from `ucp_config_read` and is released once.
         unsafe { sys::ucp_config_release(config) };
         check(status).map_err(|e| e.to_string())?;
-        Ok(Context(context))
+        // SAFETY: all-zero attributes with the mask naming what to fill.
+        let mut attr: sys::ucp_context_attr_t = unsafe { std::mem::zeroed() };
+        attr.field_mask = sys::UCP_ATTR_FIELD_MEMORY_TYPES as u64;
+        // SAFETY: a live context and a writable attribute block.
+        let cuda = check(unsafe { sys::ucp_context_query(context, &mut attr) }).is_ok()
+            && attr.memory_types & (1 << sys::UCS_MEMORY_TYPE_CUDA) != 0;
+        Ok(Context(context, cuda))
+    }
+
+    /// Whether UCX here moves CUDA device memory itself.
+    pub(crate) fn cuda(&self) -> bool {
+        self.1
     }
 }
 

@@ -128,6 +128,8 @@ pub(crate) enum Keep {
     Bytes(#[expect(dead_code, reason = "held, not read: UCX reads it")] Bytes),
     /// An encoded head or handshake being sent.
     Vec(#[expect(dead_code, reason = "held, not read: UCX reads it")] Vec<u8>),
+    /// Device memory being sent by a UCX that reads CUDA memory.
+    Device(#[expect(dead_code, reason = "held, not read: UCX reads it")] weft_gpu::DeviceBuffer),
 }
 
 /// A send or receive, finished or in flight, with its memory.

@@ -38,13 +38,7 @@ impl UcxWriter {
         let header = &message.header;
         let head = wire::encode_head(header, message.frames.iter().map(Frame::len));
         let large_header = (header.len() > wire::INLINE_HEADER_MAX).then(|| header.clone());
-        // Host frames go straight from where they lie; device frames are
-        // staged through host memory for now. With a CUDA-enabled UCX they
-        // would be passed here as CUDA memory (see `State::send`).
-        let frames = message
-            .host_frames(&peer.to_string())?
-            .into_iter()
-            .filter(|b| !b.is_empty());
+        let frames = parts(message, peer)?;
         let mut ops = Ops::new(&self.link, Vec::with_capacity(message.frames.len() + 2));
         let posted = {
             let mut state = self.link.lock();
@@ -53,9 +47,9 @@ impl UcxWriter {
                 .send(ptr, len, Keep::Vec(head))
                 .map(|op| ops.push(op))
                 .and_then(|()| {
-                    for bytes in large_header.into_iter().chain(frames) {
-                        let (ptr, len) = (bytes.as_ptr(), bytes.len());
-                        ops.push(state.send(ptr, len, Keep::Bytes(bytes))?);
+                    let header = large_header.map(|b| (b.as_ptr(), b.len(), Keep::Bytes(b)));
+                    for (ptr, len, keep) in header.into_iter().chain(frames) {
+                        ops.push(state.send(ptr, len, keep)?);
                     }
                     Ok(())
                 })
@@ -73,6 +67,35 @@ impl UcxWriter {
         let _ = peer;
         self.link.send_datagram(Vec::new(), self.io_timeout, "shutdown").await
     }
+}
+
+/// The non-empty frames of `message` as (address, length, owner): host
+/// frames straight from where they lie; CUDA device frames likewise when
+/// this process's UCX reads CUDA memory (it finds their memory type
+/// itself), else staged through host memory, as device frames of other
+/// kinds (emulated GPUs) always are.
+fn parts(message: &Message, peer: &Peer) -> Result<Vec<(*const u8, usize, Keep)>> {
+    let cuda = super::context::context(&peer.to_string())?.cuda();
+    let mut parts = Vec::with_capacity(message.frames.len());
+    for frame in message.frames.iter().filter(|f| !f.is_empty()) {
+        match frame.as_device() {
+            Some(buffer) if cuda && matches!(buffer.device(), weft_gpu::Device::Cuda(_)) => {
+                parts.push((
+                    buffer.device_ptr() as *const u8,
+                    buffer.len(),
+                    Keep::Device(buffer.clone()),
+                ));
+            }
+            _ => {
+                let bytes = frame.to_host().map_err(|source| TransportError::Device {
+                    peer: peer.to_string(),
+                    source,
+                })?;
+                parts.push((bytes.as_ptr(), bytes.len(), Keep::Bytes(bytes)));
+            }
+        }
+    }
+    Ok(parts)
 }
 
 /// The receiving half's state: what has arrived of the message in
