@@ -13,8 +13,8 @@ use crate::frame::Message;
 use crate::inproc::{self, InprocListener, InprocRx};
 use crate::sender::{Sender, Shared};
 use crate::stream::StreamReceiver;
-use crate::tcp::{self, StreamListener};
-use crate::ucx::{self, UcxListener, UcxReceiver};
+use crate::tcp::{self, AcceptQueue};
+use crate::ucx::{self, UcxReceiver};
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,9 +151,9 @@ pub struct Listener {
 }
 
 enum ListenBackend {
-    Stream(StreamListener),
+    /// TCP, TLS and UCX: an accept task feeding a queue.
+    Queue(AcceptQueue),
     Inproc(Box<InprocListener>),
-    Ucx(UcxListener),
 }
 
 impl Listener {
@@ -161,9 +161,8 @@ impl Listener {
     /// when listening on port 0.
     pub fn local_addr(&self) -> Address {
         match &self.backend {
-            ListenBackend::Stream(listener) => listener.addr().clone(),
+            ListenBackend::Queue(listener) => listener.addr().clone(),
             ListenBackend::Inproc(listener) => Address::inproc(listener.name()),
-            ListenBackend::Ucx(listener) => listener.addr().clone(),
         }
     }
 
@@ -173,9 +172,8 @@ impl Listener {
     /// [`TransportError::ListenerClosed`] means no more connections.
     pub async fn accept(&mut self) -> Result<Connection> {
         match &mut self.backend {
-            ListenBackend::Stream(listener) => listener.accept().await,
+            ListenBackend::Queue(listener) => listener.accept().await,
             ListenBackend::Inproc(listener) => listener.accept().await,
-            ListenBackend::Ucx(listener) => listener.accept().await,
         }
     }
 }
@@ -186,8 +184,8 @@ pub async fn listen(addr: &str, config: &Config) -> Result<Listener> {
     let addr: Address = addr.parse()?;
     let backend = match addr.scheme() {
         Scheme::Inproc => ListenBackend::Inproc(Box::new(InprocListener::bind(addr.location(), config)?)),
-        Scheme::Tcp | Scheme::Tls => ListenBackend::Stream(StreamListener::bind(&addr, config).await?),
-        Scheme::Ucx => ListenBackend::Ucx(UcxListener::bind(&addr, config).await?),
+        Scheme::Tcp | Scheme::Tls => ListenBackend::Queue(tcp::bind(&addr, config).await?),
+        Scheme::Ucx => ListenBackend::Queue(ucx::bind(&addr, config).await?),
     };
     Ok(Listener { backend })
 }

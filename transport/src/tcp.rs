@@ -31,37 +31,25 @@ pub(crate) const ACCEPTED_QUEUE: usize = 64;
 /// clients are turned away unanswered so a flood cannot exhaust memory.
 pub(crate) const MAX_HANDSHAKES: usize = 256;
 
-/// A TCP or TLS listener.
-pub(crate) struct StreamListener {
+/// Connections a listener's accept task has handed over, waiting for
+/// `accept`; the task stops when this is dropped. TCP, TLS and UCX
+/// listeners are each one of these around their own accept loop.
+pub(crate) struct AcceptQueue {
     accepted: mpsc::Receiver<Result<Connection>>,
     task: JoinHandle<()>,
     addr: Address,
 }
 
-impl StreamListener {
-    pub(crate) async fn bind(addr: &Address, config: &Config) -> Result<Self> {
-        let acceptor = match addr.scheme() {
-            Scheme::Tls => Some(tls_acceptor(config)?),
-            _ => None,
-        };
-        let socket = TcpListener::bind(addr.location()).await.map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                TransportError::AddrInUse { addr: addr.to_string() }
-            } else {
-                TransportError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                }
-            }
-        })?;
-        let local = socket.local_addr().map_err(|source| TransportError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let addr = addr.with_location(local.to_string());
+impl AcceptQueue {
+    /// Spawns `accept_loop`, which hands connections to the sender it is
+    /// given, for the listener bound at `addr`.
+    pub(crate) fn spawn<F>(addr: Address, accept_loop: impl FnOnce(mpsc::Sender<Result<Connection>>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let (tx, accepted) = mpsc::channel(ACCEPTED_QUEUE);
-        let task = tokio::spawn(accept_loop(socket, acceptor, config.clone(), tx));
-        Ok(StreamListener { accepted, task, addr })
+        let task = tokio::spawn(accept_loop(tx));
+        AcceptQueue { accepted, task, addr }
     }
 
     pub(crate) async fn accept(&mut self) -> Result<Connection> {
@@ -77,10 +65,35 @@ impl StreamListener {
     }
 }
 
-impl Drop for StreamListener {
+impl Drop for AcceptQueue {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Listens on a `tcp://` or `tls://` address.
+pub(crate) async fn bind(addr: &Address, config: &Config) -> Result<AcceptQueue> {
+    let acceptor = match addr.scheme() {
+        Scheme::Tls => Some(tls_acceptor(config)?),
+        _ => None,
+    };
+    let socket = TcpListener::bind(addr.location()).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            TransportError::AddrInUse { addr: addr.to_string() }
+        } else {
+            TransportError::Listen {
+                addr: addr.to_string(),
+                source,
+            }
+        }
+    })?;
+    let local = socket.local_addr().map_err(|source| TransportError::Listen {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let addr = addr.with_location(local.to_string());
+    let config = config.clone();
+    Ok(AcceptQueue::spawn(addr, |tx| accept_loop(socket, acceptor, config, tx)))
 }
 
 fn tls_acceptor(config: &Config) -> Result<TlsAcceptor> {

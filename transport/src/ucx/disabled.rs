@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::connection::{Connection, Peer};
 use crate::error::{Result, TransportError};
 use crate::frame::Message;
+use crate::tcp::AcceptQueue;
 
 fn unsupported() -> TransportError {
     TransportError::Unsupported {
@@ -19,21 +20,9 @@ fn unsupported() -> TransportError {
     }
 }
 
-/// Never exists in this build.
-pub(crate) struct UcxListener(Infallible);
-
-impl UcxListener {
-    pub(crate) async fn bind(_addr: &Address, _config: &Config) -> Result<Self> {
-        Err(unsupported())
-    }
-
-    pub(crate) async fn accept(&mut self) -> Result<Connection> {
-        match self.0 {}
-    }
-
-    pub(crate) fn addr(&self) -> &Address {
-        match self.0 {}
-    }
+/// Listening on `ucx://` is not supported in this build.
+pub(crate) async fn bind(_addr: &Address, _config: &Config) -> Result<AcceptQueue> {
+    Err(unsupported())
 }
 
 /// Never exists in this build.

@@ -10,7 +10,6 @@ use std::time::Duration;
 use socket2::SockAddr;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use ucx_sys as sys;
@@ -24,15 +23,8 @@ use crate::connection::{Connection, Peer, Receiver};
 use crate::error::{Result, TransportError};
 use crate::sender::{Sender, Writer};
 use crate::stream::{ack_verdict, answer, busy_ack, check_hello, handshake_error, with_timeout};
-use crate::tcp::{ACCEPTED_QUEUE, MAX_HANDSHAKES, hand_over};
+use crate::tcp::{AcceptQueue, MAX_HANDSHAKES, hand_over};
 use crate::wire::{self, Part, WireError};
-
-/// A `ucx://` listener.
-pub(crate) struct UcxListener {
-    accepted: mpsc::Receiver<Result<Connection>>,
-    task: JoinHandle<()>,
-    addr: Address,
-}
 
 /// Connection requests that the listener's callback queued during progress.
 type Requests = Mutex<Vec<ConnRequest>>;
@@ -84,78 +76,57 @@ unsafe extern "C" fn on_conn_request(request: sys::ucp_conn_request_h, arg: *mut
     lock(requests).push(ConnRequest(request));
 }
 
-impl UcxListener {
-    pub(crate) async fn bind(addr: &Address, config: &Config) -> Result<Self> {
-        let local = resolve(addr).await?;
-        let worker = Worker::new(&addr.to_string())?;
-        let requests = Arc::new(Requests::default());
-        let sockaddr = SockAddr::from(local);
-        // SAFETY: all-zero parameters are valid; the mask names what is set.
-        let mut params: sys::ucp_listener_params_t = unsafe { std::mem::zeroed() };
-        params.field_mask =
-            (sys::UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | sys::UCP_LISTENER_PARAM_FIELD_CONN_HANDLER) as u64;
-        params.sockaddr = ucs_sock_addr(&sockaddr);
-        params.conn_handler = sys::ucp_listener_conn_handler_t {
-            cb: Some(on_conn_request),
-            arg: Arc::as_ptr(&requests).cast_mut().cast(),
-        };
-        let mut listener = std::ptr::null_mut();
-        // SAFETY: a live worker; the address outlives the call, the queue
-        // the listener (see `Listening`); a writable out-pointer.
-        let status = unsafe { sys::ucp_listener_create(worker.handle, &params, &mut listener) };
-        match status {
-            sys::UCS_OK => {}
-            sys::UCS_ERR_BUSY => return Err(TransportError::AddrInUse { addr: addr.to_string() }),
-            status => {
-                return Err(TransportError::Listen {
-                    addr: addr.to_string(),
-                    source: status_error(status),
-                });
-            }
+/// Listens on a `ucx://` address.
+pub(crate) async fn bind(addr: &Address, config: &Config) -> Result<AcceptQueue> {
+    let local = resolve(addr).await?;
+    let worker = Worker::new(&addr.to_string())?;
+    let requests = Arc::new(Requests::default());
+    let sockaddr = SockAddr::from(local);
+    // SAFETY: all-zero parameters are valid; the mask names what is set.
+    let mut params: sys::ucp_listener_params_t = unsafe { std::mem::zeroed() };
+    params.field_mask = (sys::UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | sys::UCP_LISTENER_PARAM_FIELD_CONN_HANDLER) as u64;
+    params.sockaddr = ucs_sock_addr(&sockaddr);
+    params.conn_handler = sys::ucp_listener_conn_handler_t {
+        cb: Some(on_conn_request),
+        arg: Arc::as_ptr(&requests).cast_mut().cast(),
+    };
+    let mut listener = std::ptr::null_mut();
+    // SAFETY: a live worker; the address outlives the call, the queue
+    // the listener (see `Listening`); a writable out-pointer.
+    let status = unsafe { sys::ucp_listener_create(worker.handle, &params, &mut listener) };
+    match status {
+        sys::UCS_OK => {}
+        sys::UCS_ERR_BUSY => return Err(TransportError::AddrInUse { addr: addr.to_string() }),
+        status => {
+            return Err(TransportError::Listen {
+                addr: addr.to_string(),
+                source: status_error(status),
+            });
         }
-        // SAFETY: `Listening` drops the fd (its first field) before the
-        // worker (its last).
-        let fd = match unsafe { worker.watch() } {
-            Ok(fd) => fd,
-            Err(source) => {
-                // SAFETY: the listener just created, destroyed once.
-                unsafe { sys::ucp_listener_destroy(listener) };
-                return Err(TransportError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                });
-            }
-        };
-        let listening = Listening {
-            fd,
-            listener,
-            requests,
-            worker,
-        };
-        let bound = listening.local_addr().unwrap_or(local);
-        let addr = addr.with_location(bound.to_string());
-        let (tx, accepted) = mpsc::channel(ACCEPTED_QUEUE);
-        let task = tokio::spawn(accept_loop(listening, config.clone(), tx));
-        Ok(UcxListener { accepted, task, addr })
     }
-
-    pub(crate) async fn accept(&mut self) -> Result<Connection> {
-        self.accepted.recv().await.unwrap_or_else(|| {
-            Err(TransportError::ListenerClosed {
-                addr: self.addr.to_string(),
-            })
-        })
-    }
-
-    pub(crate) fn addr(&self) -> &Address {
-        &self.addr
-    }
-}
-
-impl Drop for UcxListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    // SAFETY: `Listening` drops the fd (its first field) before the
+    // worker (its last).
+    let fd = match unsafe { worker.watch() } {
+        Ok(fd) => fd,
+        Err(source) => {
+            // SAFETY: the listener just created, destroyed once.
+            unsafe { sys::ucp_listener_destroy(listener) };
+            return Err(TransportError::Listen {
+                addr: addr.to_string(),
+                source,
+            });
+        }
+    };
+    let listening = Listening {
+        fd,
+        listener,
+        requests,
+        worker,
+    };
+    let bound = listening.local_addr().unwrap_or(local);
+    let addr = addr.with_location(bound.to_string());
+    let config = config.clone();
+    Ok(AcceptQueue::spawn(addr, |tx| accept_loop(listening, config, tx)))
 }
 
 impl Listening {

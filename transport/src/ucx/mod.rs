@@ -56,9 +56,9 @@ mod raw;
 #[cfg(not(feature = "ucx"))]
 pub use disabled::RawPeer;
 #[cfg(not(feature = "ucx"))]
-pub(crate) use disabled::{UcxListener, UcxReceiver, UcxWriter, connect};
+pub(crate) use disabled::{UcxReceiver, UcxWriter, bind, connect};
 #[cfg(feature = "ucx")]
-pub(crate) use listener::{UcxListener, connect};
+pub(crate) use listener::{bind, connect};
 #[cfg(feature = "ucx")]
 pub(crate) use message::{UcxReceiver, UcxWriter};
 #[cfg(feature = "ucx")]
