@@ -525,38 +525,35 @@ pub fn check_part(part: Part, found: usize, expected: usize) -> Result<(), WireE
 
 /// Decodes a hello that arrived as one datagram.
 pub fn decode_hello_datagram(bytes: &[u8]) -> Result<Hello, WireError> {
-    let length_error = |min: usize, max: usize| WireError::PartLength {
-        part: Part::Hello,
-        found: bytes.len() as u64,
-        min: min as u64,
-        max: max as u64,
-    };
-    let fixed = bytes
-        .first_chunk::<HELLO_FIXED_LEN>()
-        .ok_or_else(|| length_error(HELLO_FIXED_LEN, MAX_HELLO_LEN))?;
-    let rest = hello_rest_len(fixed)?;
-    if bytes.len() != HELLO_FIXED_LEN + rest {
-        return Err(length_error(HELLO_FIXED_LEN + rest, HELLO_FIXED_LEN + rest));
-    }
-    decode_hello(fixed, &bytes[HELLO_FIXED_LEN..])
+    decode_datagram(bytes, Part::Hello, MAX_HELLO_LEN, hello_rest_len, decode_hello)
 }
 
 /// Decodes an ack that arrived as one datagram.
 pub fn decode_ack_datagram(bytes: &[u8]) -> Result<Ack, WireError> {
+    decode_datagram(bytes, Part::Ack, MAX_ACK_LEN, ack_text_len, decode_ack)
+}
+
+/// Decodes a handshake part sent as one datagram: its fixed-size start,
+/// which gives the length of the rest, then exactly that rest.
+fn decode_datagram<const FIXED: usize, T>(
+    bytes: &[u8],
+    part: Part,
+    max: usize,
+    rest_len: fn(&[u8; FIXED]) -> Result<usize, WireError>,
+    decode: fn(&[u8; FIXED], &[u8]) -> Result<T, WireError>,
+) -> Result<T, WireError> {
     let length_error = |min: usize, max: usize| WireError::PartLength {
-        part: Part::Ack,
+        part,
         found: bytes.len() as u64,
         min: min as u64,
         max: max as u64,
     };
-    let fixed = bytes
-        .first_chunk::<ACK_FIXED_LEN>()
-        .ok_or_else(|| length_error(ACK_FIXED_LEN, MAX_ACK_LEN))?;
-    let text = ack_text_len(fixed)?;
-    if bytes.len() != ACK_FIXED_LEN + text {
-        return Err(length_error(ACK_FIXED_LEN + text, ACK_FIXED_LEN + text));
+    let fixed = bytes.first_chunk::<FIXED>().ok_or_else(|| length_error(FIXED, max))?;
+    let rest = rest_len(fixed)?;
+    if bytes.len() != FIXED + rest {
+        return Err(length_error(FIXED + rest, FIXED + rest));
     }
-    decode_ack(fixed, &bytes[ACK_FIXED_LEN..])
+    decode(fixed, &bytes[FIXED..])
 }
 
 fn check_magic(fixed: &[u8]) -> Result<(), WireError> {
