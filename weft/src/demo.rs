@@ -11,8 +11,15 @@ use weft::{LocalCluster, LocalOptions, TaskSpec, Value, graphs, ops};
 
 pub async fn run(options: LocalOptions) -> Result<()> {
     let started = Instant::now();
+    let devices = match options.gpus {
+        0 => match weft::gpu::probe_cuda().reason {
+            Some(reason) => format!("CPU only: {reason}"),
+            None => "CPU only".to_string(),
+        },
+        n => format!("{n} of them on a GPU each"),
+    };
     println!(
-        "starting a local cluster: {} workers x {} threads (CPU only: no GPU support in this build yet)",
+        "starting a local cluster: {} workers x {} threads ({devices})",
         options.workers, options.nthreads
     );
     let cluster = LocalCluster::start(options).await?;
