@@ -284,27 +284,15 @@ impl Store {
             fastrand::u32(..)
         )));
         Arc::new_cyclic(|store: &Weak<Store>| {
-            let spiller = (config.limit > 0 || config.device_limit > 0).then(|| {
-                let (jobs, queue) = crossbeam_channel::unbounded();
-                let store = store.clone();
-                let started = std::thread::Builder::new()
-                    .name("weft-spill".into())
-                    .spawn(move || spill_loop(&store, &queue));
-                match started {
-                    Ok(_) => Some(jobs),
-                    Err(e) => {
-                        error!(error = %e, "cannot start the spill thread; results stay in memory");
-                        None
-                    }
-                }
-            });
+            let limited = config.limit > 0 || config.device_limit > 0;
+            let spiller = limited.then(|| start_spill_thread(store.clone())).flatten();
             Store {
                 inner: Mutex::default(),
                 config,
                 dir,
                 stats,
                 pool: BufferPool::new(UNSPILL_POOL_BYTES),
-                spiller: spiller.flatten(),
+                spiller,
                 on_move: Box::new(on_move),
             }
         })
@@ -574,13 +562,14 @@ impl Store {
         if self.config.limit == 0 {
             return Pressure::Normal;
         }
-        let mut inner = self.lock();
         let process = if self.config.watch_process { process_memory() } else { 0 };
+        let mut inner = self.lock();
         if process > self.config.bytes(self.config.spill) {
             // Memory the allocator holds is not ours to free: spill what
             // the process holds above the target, counted in results.
             let excess = process - self.config.bytes(self.config.target);
-            self.spill(&mut inner, Tier::Host, excess);
+            let victims = self.spill(&mut inner, Tier::Host, excess);
+            self.hand_to_spiller(victims);
         }
         let managed = inner.host.bytes - inner.host.leaving;
         if process > self.config.bytes(self.config.terminate) {
@@ -623,15 +612,22 @@ impl Store {
     /// publishes the totals.
     fn settle(&self, inner: &mut Inner) {
         for tier in [Tier::Device, Tier::Host] {
-            for job in self.spill(inner, tier, 0) {
-                if let Some(spiller) = &self.spiller
-                    && spiller.send(job).is_err()
-                {
-                    break; // the spill thread is gone with the store
-                }
-            }
+            let victims = self.spill(inner, tier, 0);
+            self.hand_to_spiller(victims);
         }
         self.publish(inner);
+    }
+
+    /// Gives results marked as leaving their tier to the spill thread.
+    fn hand_to_spiller(&self, victims: Vec<(TaskId, Arc<Value>)>) {
+        let Some(spiller) = &self.spiller else {
+            return;
+        };
+        for job in victims {
+            if spiller.send(job).is_err() {
+                return; // the spill thread is gone with the store
+            }
+        }
     }
 
     /// Marks least recently used results of `tier` as leaving it until the
@@ -766,6 +762,22 @@ fn to_host(value: &Value) -> Result<Value, String> {
     })
 }
 
+/// Starts the thread that moves results for `store`; `None` (logged) when
+/// it cannot start, and results then stay where they are.
+fn start_spill_thread(store: Weak<Store>) -> Option<crossbeam_channel::Sender<(TaskId, Arc<Value>)>> {
+    let (jobs, queue) = crossbeam_channel::unbounded();
+    let started = std::thread::Builder::new()
+        .name("weft-spill".into())
+        .spawn(move || spill_loop(&store, &queue));
+    match started {
+        Ok(_) => Some(jobs),
+        Err(e) => {
+            error!(error = %e, "cannot start the spill thread; results stay in memory");
+            None
+        }
+    }
+}
+
 /// Writes results handed over by the store until it is dropped.
 fn spill_loop(store: &Weak<Store>, queue: &crossbeam_channel::Receiver<(TaskId, Arc<Value>)>) {
     for (task, value) in queue {
@@ -828,6 +840,34 @@ pub fn process_memory() -> u64 {
 mod tests {
     use super::*;
     use crate::data::STAGED_TTL;
+
+    #[test]
+    fn a_process_past_the_spill_fraction_sends_results_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 MiB for a test process that holds far more: the process is past
+        // every threshold while its results (100 KB) are below the target.
+        let config = MemoryConfig {
+            limit: 1 << 20,
+            spill_dir: dir.path().into(),
+            watch_process: true,
+            ..MemoryConfig::default()
+        };
+        let stats = Arc::new(MemoryStats::default());
+        let store = Store::new(config, "w", stats.clone(), |_, _| {});
+        store.insert(
+            TaskId::new(1),
+            None,
+            Arc::new(Value::encode(&vec![7u8; 100_000]).unwrap()),
+        );
+        assert_eq!(stats.snapshot().spilled, 0, "below the target");
+        assert_eq!(store.pressure(), Pressure::Terminate);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.snapshot().spilled == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stats.snapshot().spilled, 1, "handed to the spill thread and written");
+        assert_eq!(stats.snapshot().in_memory, 0);
+    }
 
     #[test]
     fn staged_values_are_adopted_discarded_or_expire() {
