@@ -1,7 +1,9 @@
 //! Sorting int64 and f64 keys into a permutation: stable, ascending, nulls
-//! last, floats in `f64::total_cmp` order. Both CPU and GPU run an LSD radix
-//! sort over 8-bit digits of order-preserving u64 keys; the GPU does one
-//! stable counting-sort pass per digit (shared with hash partitioning).
+//! last, floats in `f64::total_cmp` order. Both radix sort 8-bit digits of
+//! order-preserving u64 keys. The CPU splits by the top byte in one pass over
+//! memory and finishes each bucket in cache (see [`radix_argsort`]); the GPU
+//! does one stable LSD counting-sort pass per digit (shared with hash
+//! partitioning).
 
 use arrow_buffer::Buffer;
 use weft_gpu::DeviceBuffer;
@@ -114,17 +116,11 @@ fn msd_then_lsd(n: usize, key: impl Fn(usize) -> u64 + Sync, row: impl Fn(usize)
     bounds.push(n);
     let sort_run = |base: usize, k: &mut [u64], r: &mut [u32]| {
         let end = base + k.len();
-        let largest = (0..256)
-            .map(|d| starts[d + 1].min(end).saturating_sub(starts[d].max(base)))
-            .max()
-            .unwrap_or(0);
-        let mut ks = vec![0u64; largest];
-        let mut rs = vec![0u32; largest];
+        let mut scratch = BucketScratch::default();
         for d in 0..256 {
-            let (s, e) = (starts[d].max(base), starts[d + 1].min(end));
+            let (s, e) = (starts[d].max(base) - base, starts[d + 1].min(end).saturating_sub(base));
             if e > s + 1 {
-                let (s, e) = (s - base, e - base);
-                lsd_bytes(&mut k[s..e], &mut r[s..e], &mut ks[..e - s], &mut rs[..e - s], 7);
+                sort_bucket(&mut k[s..e], &mut r[s..e], 7, &mut scratch);
             }
         }
     };
@@ -191,73 +187,118 @@ struct SharedOut<T>(*mut T);
 // not otherwise accessed; each index is written by one thread.
 unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-/// Stable LSD sort of the rows `r` by the low `bytes` bytes of their keys
-/// `k` (left scrambled); `ks` and `rs` are scratch of the same length.
-/// Passes where every key has the same digit move nothing and are skipped.
-fn lsd_bytes(k: &mut [u64], r: &mut [u32], ks: &mut [u64], rs: &mut [u32], bytes: usize) {
+/// Most rows [`lsd_packed`] sorts at once: a row's index among them fits 16 bits.
+const PACKED_ROWS: usize = 1 << 16;
+
+/// Scratch of one thread's bucket sorts, grown to the largest bucket.
+#[derive(Default)]
+struct BucketScratch {
+    rows: Vec<u32>,
+    a: Vec<u64>,
+    b: Vec<u64>,
+}
+
+/// Stable sort of the rows `r` by the low `bytes` bytes of their keys `k`
+/// (left scrambled). Buckets too big for [`lsd_packed`] are split by their
+/// highest remaining byte first.
+fn sort_bucket(k: &mut [u64], r: &mut [u32], bytes: usize, scratch: &mut BucketScratch) {
     let n = k.len();
-    let mut hist = [[0u32; 256]; 8];
+    if n <= 1 || bytes == 0 {
+        return;
+    }
+    if n <= PACKED_ROWS {
+        return lsd_packed(k, r, bytes, scratch);
+    }
+    let shift = 8 * (bytes - 1);
+    let mut starts = [0usize; 257];
     for key in k.iter() {
+        starts[((key >> shift) & 0xff) as usize + 1] += 1;
+    }
+    for d in 0..256 {
+        starts[d + 1] += starts[d];
+    }
+    let (ks, rs) = (k.to_vec(), r.to_vec());
+    let mut next = starts;
+    for (key, row) in ks.into_iter().zip(rs) {
+        let d = ((key >> shift) & 0xff) as usize;
+        k[next[d]] = key;
+        r[next[d]] = row;
+        next[d] += 1;
+    }
+    for d in 0..256 {
+        sort_bucket(
+            &mut k[starts[d]..starts[d + 1]],
+            &mut r[starts[d]..starts[d + 1]],
+            bytes - 1,
+            scratch,
+        );
+    }
+}
+
+/// Stable LSD sort of at most [`PACKED_ROWS`] rows `r` by the low `bytes`
+/// bytes of their keys `k`. The first pass sorts by byte 0 and packs bytes
+/// 1 to 6 with the row's index among these rows into one u64, so the passes
+/// after it move 8 bytes a row instead of 12; the last pass writes the rows
+/// those indices name. Passes where every key has the same digit are skipped.
+fn lsd_packed(k: &[u64], r: &mut [u32], bytes: usize, scratch: &mut BucketScratch) {
+    let n = k.len();
+    debug_assert!(n <= PACKED_ROWS && (1..=7).contains(&bytes));
+    let mut hist = [[0u32; 256]; 7];
+    for key in k {
         for (p, h) in hist.iter_mut().enumerate().take(bytes) {
             h[((key >> (8 * p)) & 0xff) as usize] += 1;
         }
     }
-    let passes: Vec<usize> = (0..bytes)
-        .filter(|p| hist[*p].iter().all(|c| (*c as usize) < n))
-        .collect();
-    // Ping-pong between (k, r) and the scratch; `in_scratch` says where the
-    // current order is. Only the rows are wanted at the end, so the last
-    // pass does not move the keys.
-    let mut in_scratch = false;
-    for (i, &p) in passes.iter().enumerate() {
-        let last = i + 1 == passes.len();
+    let offsets = |h: &[u32; 256]| {
         let mut off = [0u32; 256];
         let mut run = 0;
-        for (o, c) in off.iter_mut().zip(&hist[p]) {
+        for (o, c) in off.iter_mut().zip(h) {
             *o = run;
             run += c;
         }
-        let shift = 8 * p;
-        let (src_k, src_r, dst_k, dst_r) = if in_scratch {
-            (&*ks, &*rs, &mut *k, &mut *r)
-        } else {
-            (&*k, &*r, &mut *ks, &mut *rs)
-        };
-        if last {
-            scatter::<false>(src_k, src_r, dst_k, dst_r, &mut off, shift);
-        } else {
-            scatter::<true>(src_k, src_r, dst_k, dst_r, &mut off, shift);
-        }
-        in_scratch = !in_scratch;
+        off
+    };
+    if scratch.a.len() < n {
+        scratch.a.resize(n, 0);
+        scratch.b.resize(n, 0);
+        scratch.rows.resize(n, 0);
     }
-    if in_scratch {
-        r.copy_from_slice(rs);
-    }
-}
-
-/// One LSD pass: rows (and, if `KEYS`, keys) to the slots `off` gives their digit.
-#[inline(always)]
-fn scatter<const KEYS: bool>(
-    src_k: &[u64],
-    src_r: &[u32],
-    dst_k: &mut [u64],
-    dst_r: &mut [u32],
-    off: &mut [u32; 256],
-    shift: usize,
-) {
-    for (key, row) in src_k.iter().zip(src_r) {
-        let d = ((key >> shift) & 0xff) as usize;
-        let slot = off[d] as usize;
+    let (mut src, mut dst) = (&mut scratch.a[..n], &mut scratch.b[..n]);
+    let rows = &mut scratch.rows[..n];
+    rows.copy_from_slice(r);
+    let mut off = offsets(&hist[0]);
+    for (i, key) in k.iter().enumerate() {
+        let d = (key & 0xff) as usize;
+        // SAFETY: `off` holds the prefix sums of these keys' byte-0 counts,
+        // so every slot is below n, the length of `src`.
+        unsafe { *src.get_unchecked_mut(off[d] as usize) = ((key >> 8) << 16) | i as u64 };
         off[d] += 1;
-        // SAFETY: `off` holds the prefix sums of this pass's digit counts
-        // over these same keys, so every slot is below their count, the
-        // length of both destination slices.
-        unsafe {
-            if KEYS {
-                *dst_k.get_unchecked_mut(slot) = *key;
-            }
-            *dst_r.get_unchecked_mut(slot) = *row;
+    }
+    let passes: Vec<usize> = (1..bytes)
+        .filter(|p| hist[*p].iter().all(|c| (*c as usize) < n))
+        .collect();
+    let Some((&last, middle)) = passes.split_last() else {
+        for (row, packed) in r.iter_mut().zip(src.iter()) {
+            *row = rows[(packed & 0xffff) as usize];
         }
+        return;
+    };
+    for &p in middle {
+        let (shift, mut off) = (8 * p + 8, offsets(&hist[p]));
+        for packed in src.iter() {
+            let d = ((packed >> shift) & 0xff) as usize;
+            // SAFETY: as above, for this pass's digit counts.
+            unsafe { *dst.get_unchecked_mut(off[d] as usize) = *packed };
+            off[d] += 1;
+        }
+        std::mem::swap(&mut src, &mut dst);
+    }
+    let (shift, mut off) = (8 * last + 8, offsets(&hist[last]));
+    for packed in src.iter() {
+        let d = ((packed >> shift) & 0xff) as usize;
+        // SAFETY: as above; the index in the low 16 bits is below n.
+        unsafe { *r.get_unchecked_mut(off[d] as usize) = *rows.get_unchecked((packed & 0xffff) as usize) };
+        off[d] += 1;
     }
 }
 
