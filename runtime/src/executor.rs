@@ -37,6 +37,8 @@ pub struct Done {
     pub task: TaskId,
     /// Its key.
     pub key: Key,
+    /// The op that ran.
+    pub op: SharedStr,
     /// The result, or the failure as the client will read it.
     pub outcome: Result<Value, String>,
     /// How long the op ran.
@@ -72,16 +74,7 @@ impl Executor {
                 .spawn(move || {
                     setup();
                     for job in queue {
-                        let started = Instant::now();
-                        let outcome = run(&registry, &worker, &job);
-                        let finished = Done {
-                            session: job.session,
-                            task: job.task,
-                            key: job.key,
-                            outcome,
-                            compute_us: started.elapsed().as_micros() as u64,
-                        };
-                        if !report(finished) {
+                        if !report(run(&registry, &worker, job)) {
                             return; // the worker is shutting down
                         }
                     }
@@ -98,8 +91,22 @@ impl Executor {
     }
 }
 
+/// Runs one job on this thread, timing it.
+pub fn run(registry: &Registry, worker: &str, job: Job) -> Done {
+    let started = Instant::now();
+    let outcome = run_op(registry, worker, &job);
+    Done {
+        session: job.session,
+        task: job.task,
+        key: job.key,
+        op: job.op,
+        outcome,
+        compute_us: started.elapsed().as_micros() as u64,
+    }
+}
+
 /// Runs one op; a panic becomes an error naming it.
-fn run(registry: &Registry, worker: &str, job: &Job) -> Result<Value, String> {
+fn run_op(registry: &Registry, worker: &str, job: &Job) -> Result<Value, String> {
     let Some(op) = registry.get(&job.op) else {
         return Err(format!(
             "unknown op {:?} on worker {worker} (it has: {})",

@@ -19,6 +19,12 @@ async fn cluster(workers: usize) -> LocalCluster {
     options.mode = WorkerMode::InProcess;
     let mut registry = Registry::builtin();
     registry.op("double", |_: (), inputs: Vec<i64>| Ok(inputs[0] * 2));
+    // 1 when it ran on a compute thread, 0 elsewhere; panics when asked.
+    registry.op("where", |panic: bool, _: Vec<i64>| {
+        assert!(!panic, "asked to panic");
+        let name = std::thread::current().name().map(str::to_owned).unwrap_or_default();
+        Ok(i64::from(name.starts_with("weft-compute")))
+    });
     options.registry = Arc::new(registry);
     LocalCluster::start(options).await.unwrap()
 }
@@ -110,6 +116,44 @@ async fn failures_name_key_op_and_worker_and_spare_the_worker() {
     assert!(err.to_string().contains("root cause"), "{err}");
     // The worker still runs tasks.
     assert_eq!(run(&client, "ok", "const", args(&5i64).unwrap(), vec![]).await, 5);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_ops_move_to_the_event_loop_and_still_fail_alone() {
+    let cluster = cluster(1).await;
+    let client = cluster.client().await.unwrap();
+    // The first runs of an op go to a compute thread; once it has shown
+    // itself short it runs on the worker's event loop. Batches until then
+    // (a run preempted often enough could delay it on a busy machine).
+    let (mut pooled, mut inline) = (0, 0);
+    for _ in 0..50 {
+        let futures = client
+            .map("where", (0..100).map(|_| args(&false).unwrap()))
+            .await
+            .unwrap();
+        for value in client.gather(&futures).await.unwrap() {
+            match value.decode::<i64>().unwrap() {
+                1 => pooled += 1,
+                _ => inline += 1,
+            }
+        }
+        if inline > 0 {
+            break;
+        }
+    }
+    assert!(
+        pooled >= 3 && inline > 0,
+        "{pooled} runs on compute threads, {inline} inline"
+    );
+    // A panic there fails its task with the message, and only that task.
+    let future = client
+        .submit(TaskSpec::new("boom", "where", args(&true).unwrap(), vec![]))
+        .await
+        .unwrap();
+    let err = future.result().await.unwrap_err();
+    assert!(err.to_string().contains("asked to panic"), "{err}");
+    assert!(run(&client, "fine", "where", args(&false).unwrap(), vec![]).await <= 1);
     cluster.stop().await;
 }
 

@@ -85,6 +85,11 @@ pub struct Config {
     pub unknown_duration: f64,
     /// Assumed network bandwidth between workers, bytes per second.
     pub bandwidth: f64,
+    /// Assumed cost of fetching a task's inputs from other workers beyond
+    /// their bytes (a round trip and the wake-ups on both ends), in
+    /// seconds. Keeps stealing from moving tasks whose inputs take longer
+    /// to ask for than they take to compute.
+    pub fetch_latency: f64,
     /// Steal a task only when moving its inputs costs at most this many times
     /// its estimated compute time.
     pub steal_ratio: f64,
@@ -103,6 +108,7 @@ impl Default for Config {
             worker_saturation: Some(1.1),
             unknown_duration: 0.5,
             bandwidth: 100e6,
+            fetch_latency: 0.001,
             steal_ratio: 2.0,
             record_touched: false,
             pipeline_chains: true,
@@ -834,7 +840,8 @@ impl Scheduler {
         let t = &self.tasks[id];
         let rootish = t.deps.is_empty() && t.restrictions.is_none() && t.request == 0;
         if rootish && self.config.worker_saturation.is_some() {
-            if let Some(w) = self.unsat.next() {
+            let (workers, saturation) = (&self.workers, self.config.worker_saturation.unwrap_or(1.0));
+            if let Some(w) = self.unsat.next_in_runs(|w| workers[&w].root_run(saturation)) {
                 self.assign(id, w, comm);
                 self.pipeline(id, w, comm);
             } else {

@@ -34,20 +34,22 @@ impl Scheduler {
         }
     }
 
-    /// Bytes of `id`'s inputs that `w` would have to fetch.
-    fn missing_bytes(&self, id: TaskId, w: WorkerId) -> u64 {
-        self.tasks[id]
-            .deps
-            .iter()
-            .map(|&d| {
-                let dt = &self.tasks[d];
-                if dt.who_has.contains(&w) {
-                    0
-                } else {
-                    dt.transfer_bytes()
-                }
-            })
-            .sum()
+    /// Seconds `w` would spend fetching the inputs of `id` it lacks: their
+    /// bytes over the bandwidth, plus the fetch latency if it lacks any.
+    fn fetch_time(&self, id: TaskId, w: WorkerId) -> f64 {
+        let (mut missing, mut bytes) = (false, 0);
+        for &d in &self.tasks[id].deps {
+            let dt = &self.tasks[d];
+            if !dt.who_has.contains(&w) {
+                missing = true;
+                bytes += dt.transfer_bytes();
+            }
+        }
+        if missing {
+            bytes as f64 / self.config.bandwidth + self.config.fetch_latency
+        } else {
+            0.0
+        }
     }
 
     /// Picks the worker for a ready task: the one minimising occupancy per
@@ -106,7 +108,7 @@ impl Scheduler {
         if t.request != 0 {
             for &w in &self.resource_workers {
                 if self.valid_worker(id, w, false) {
-                    let cost = self.workers[&w].load() + self.missing_bytes(id, w) as f64 / bw;
+                    let cost = self.workers[&w].load() + self.fetch_time(id, w);
                     consider(cost, w, &mut best);
                 }
             }
@@ -162,7 +164,6 @@ impl Scheduler {
         }
         thieves.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
         victims.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
-        let bw = self.config.bandwidth;
         let ratio = self.config.steal_ratio;
         // One pass: thieves from least loaded, victims from most loaded. A
         // victim that has nothing worth moving to the current thief is
@@ -189,7 +190,7 @@ impl Scheduler {
                     continue;
                 }
                 let est = self.tasks[id].est as f64;
-                let transfer = self.missing_bytes(id, thief) as f64 / bw;
+                let transfer = self.fetch_time(id, thief);
                 if transfer > est * ratio {
                     continue;
                 }

@@ -221,6 +221,37 @@ fn root_tasks_are_queued_past_saturation() {
 }
 
 #[test]
+fn short_root_tasks_go_out_in_runs_per_worker_long_ones_one_each() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    let keys: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let submit = |h: &mut H, tag: &str| {
+        let keys: Vec<String> = keys.iter().map(|k| format!("{tag}{k}")).collect();
+        let refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        let out = h.submit(keys.iter().map(|k| spec(k, &[])).collect(), &refs);
+        computes(&out).into_iter().map(|(w, _)| w.0).collect::<Vec<_>>()
+    };
+    // Durations unknown: two slots each, dealt out in turn.
+    assert_eq!(submit(&mut h, "a"), vec![1, 2, 1, 2]);
+    // Each worker finishes a task in 10 µs: 200 slots, and a run of the
+    // leaves under one reduction stays on one worker.
+    for (worker, key) in [(1, "ar0"), (2, "ar1")] {
+        let task = h.id(key);
+        h.worker_msg(
+            worker,
+            FromWorker::Finished {
+                task,
+                nbytes: 8,
+                compute_us: 10,
+                tier: Tier::Host,
+            },
+        );
+    }
+    assert_eq!(submit(&mut h, "b"), vec![2; 8], "the run goes on where it was");
+}
+
+#[test]
 fn lost_results_are_recomputed_and_dependents_wait_again() {
     let mut h = H::new(Config::default());
     h.join(1, 1);

@@ -47,6 +47,19 @@ impl Worker {
         self.processing.len() as u32 >= self.slots
     }
 
+    /// Root-task slots it has whatever the length of its tasks.
+    pub fn base_slots(&self, saturation: f64) -> u32 {
+        (self.info.nthreads.max(1) as f64 * saturation).ceil().max(1.0) as u32
+    }
+
+    /// Root tasks it takes in a row before the next worker gets any: its
+    /// slots for short tasks beyond the base ones, so neighbouring root
+    /// tasks (the leaves under one reduction) share a worker, while long
+    /// tasks (base slots only) are dealt out one at a time.
+    pub fn root_run(&self, saturation: f64) -> u32 {
+        self.slots.saturating_sub(self.base_slots(saturation)).max(1)
+    }
+
     /// Takes root tasks now: not paused and not saturated. Exactly these
     /// workers are in the scheduler's unsaturated list.
     #[inline]
@@ -61,6 +74,10 @@ impl Worker {
 pub(crate) struct WorkerList {
     pub items: Vec<WorkerId>,
     cursor: usize,
+    /// The worker of the current run of [`WorkerList::next_in_runs`], and
+    /// its picks so far.
+    run_of: Option<WorkerId>,
+    picks: u32,
 }
 
 impl WorkerList {
@@ -85,6 +102,28 @@ impl WorkerList {
         }
         let w = self.items[self.cursor];
         self.cursor += 1;
+        Some(w)
+    }
+
+    /// Round robin in runs: the worker at the cursor is picked `run(w)`
+    /// times in a row (while it stays listed), then the next one.
+    pub fn next_in_runs(&mut self, run: impl Fn(WorkerId) -> u32) -> Option<WorkerId> {
+        if self.items.is_empty() {
+            return None;
+        }
+        if self.cursor >= self.items.len() {
+            self.cursor = 0;
+        }
+        let w = self.items[self.cursor];
+        if self.run_of != Some(w) {
+            self.run_of = Some(w);
+            self.picks = 0;
+        }
+        self.picks += 1;
+        if self.picks >= run(w) {
+            self.cursor += 1;
+            self.run_of = None;
+        }
         Some(w)
     }
 

@@ -112,9 +112,8 @@ impl Scheduler {
             0.8 * wk.avg_task_s + 0.2 * secs
         };
         let threads = wk.info.nthreads.max(1) as f64;
-        let base = (threads * saturation).ceil().max(1.0);
         let wanted = (threads * QUEUE_TARGET_S / wk.avg_task_s.max(1e-7)).min(threads * MAX_SLOTS_PER_THREAD);
-        let slots = base.max(wanted.ceil()) as u32;
+        let slots = wk.base_slots(saturation).max(wanted.ceil() as u32);
         if slots != wk.slots {
             wk.slots = slots;
             self.relist(worker);

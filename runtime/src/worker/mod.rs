@@ -2,6 +2,7 @@
 //! connects it to the scheduler, serves its results to peers, fetches its
 //! inputs from them and runs ops on a pool of compute threads.
 
+mod quick;
 mod state;
 
 use std::sync::Arc;
@@ -18,11 +19,12 @@ use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
 use crate::data::{PeerPool, STAGED_TTL, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
-use crate::ids::{Key, TaskId, WorkerId};
+use crate::ids::{Key, SharedStr, TaskId, WorkerId};
 use crate::ops::Registry;
 use crate::protocol::{FromWorker, ResourceAmount, Tier, ToWorker, WorkerInfo};
 use crate::store::{Lookup, MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
+use quick::QuickOps;
 
 /// Concurrent fetches from peers, across all of them.
 const MAX_FETCHES: usize = 16;
@@ -125,20 +127,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
         let done_tx = done_tx.clone();
-        move |job: executor::Done| {
-            let what = Completed::Executed {
-                task: job.task,
-                key: job.key,
-                outcome: job.outcome,
-                compute_us: job.compute_us,
-            };
-            done_tx
-                .send(Done {
-                    session: job.session,
-                    what,
-                })
-                .is_ok()
-        }
+        move |job: executor::Done| done_tx.send(Done::executed(job)).is_ok()
     };
     let executor =
         Executor::start(options.nthreads, name.clone(), options.registry.clone(), setup, report).map_err(|source| {
@@ -163,6 +152,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
         done_tx,
         session: 0,
+        quick: QuickOps::default(),
     };
     tokio::pin!(shutdown);
     let result = loop {
@@ -207,6 +197,8 @@ struct Link<'a> {
     /// Numbers the connections to a scheduler; work of an earlier one is
     /// void once it ends.
     session: u64,
+    /// Run times of ops, to run the shortest inline.
+    quick: QuickOps,
 }
 
 impl Link<'_> {
@@ -358,7 +350,7 @@ impl Link<'_> {
 
     /// Stores what a job or fetch of this session produced and tells the
     /// state machine; drops what an earlier session left behind.
-    fn complete(&self, done: Done, state: &mut WorkerState, commands: &mut Vec<WorkerCommand>) {
+    fn complete(&mut self, done: Done, state: &mut WorkerState, commands: &mut Vec<WorkerCommand>) {
         if done.session != self.session {
             return;
         }
@@ -366,17 +358,21 @@ impl Link<'_> {
             Completed::Executed {
                 task,
                 key,
+                op,
                 outcome,
                 compute_us,
-            } => WorkerEvent::Executed {
-                task,
-                outcome: outcome.map(|value| {
-                    let placed = (value.nbytes(), value.tier());
-                    self.store.insert(task, Some(key), Arc::new(value));
-                    placed
-                }),
-                compute_us,
-            },
+            } => {
+                self.quick.record(&op, compute_us);
+                WorkerEvent::Executed {
+                    task,
+                    outcome: outcome.map(|value| {
+                        let placed = (value.nbytes(), value.tier());
+                        self.store.insert(task, Some(key), Arc::new(value));
+                        placed
+                    }),
+                    compute_us,
+                }
+            }
             Completed::Fetched { peer, got, missing } => WorkerEvent::Fetched {
                 peer,
                 got: got
@@ -419,9 +415,16 @@ impl Link<'_> {
                     args,
                     inputs: Vec::new(),
                 };
-                // Inputs in memory go straight to a compute thread; one on
+                // Inputs in memory go straight to a compute thread (or run
+                // here, for a quick op on a worker without a GPU); one on
                 // disk is read back first, off the event loop.
                 match inputs.iter().map(|t| self.store.get(*t)).collect() {
+                    Some(values) if self.options.gpu.is_none() && self.quick.is_quick(&job.op) => {
+                        let job = Job { inputs: values, ..job };
+                        let done = executor::run(&self.options.registry, &self.name, job);
+                        // Handled with the others on the next turn of the loop.
+                        let _ = self.done_tx.send(Done::executed(done));
+                    }
                     Some(values) => self.executor.submit(Job { inputs: values, ..job }),
                     None => {
                         let (store, executor, done) = (self.store.clone(), self.executor.clone(), self.done_tx.clone());
@@ -435,6 +438,7 @@ impl Link<'_> {
                                         what: Completed::Executed {
                                             task: job.task,
                                             key: job.key,
+                                            op: job.op,
                                             outcome: Err("an input vanished from the store before the op ran".into()),
                                             compute_us: 0,
                                         },
@@ -484,6 +488,7 @@ enum Completed {
     Executed {
         task: TaskId,
         key: Key,
+        op: SharedStr,
         outcome: Result<Value, String>,
         compute_us: u64,
     },
@@ -498,6 +503,21 @@ enum Completed {
 struct Done {
     session: u64,
     what: Completed,
+}
+
+impl Done {
+    fn executed(job: executor::Done) -> Self {
+        Done {
+            session: job.session,
+            what: Completed::Executed {
+                task: job.task,
+                key: job.key,
+                op: job.op,
+                outcome: job.outcome,
+                compute_us: job.compute_us,
+            },
+        }
+    }
 }
 
 /// Fetches results from one peer; device frames that arrive by reference
