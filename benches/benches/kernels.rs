@@ -131,7 +131,7 @@ fn gemm_2048(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
     g.throughput(Throughput::Elements((2 * N * N * N) as u64));
-    g.bench_function("weft_matrixmultiply", |bch| {
+    g.bench_function("weft_gemm", |bch| {
         bch.iter(|| black_box(gemm::gemm(&ca, &cb, N, N, N).expect("kernel")))
     });
     g.finish();
