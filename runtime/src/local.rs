@@ -21,6 +21,10 @@ use crate::server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 use crate::store::{MemoryConfig, MemorySnapshot, MemoryStats, machine_memory};
 use crate::worker::{WorkerOptions, run_worker};
 
+/// How long a worker process has to stop after Ctrl-C's signal before it
+/// is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Environment variables that make [`worker_main`] run a worker.
 const ENV_SCHEDULER: &str = "WEFT_WORKER_SCHEDULER";
 const ENV_NAME: &str = "WEFT_WORKER_NAME";
@@ -273,14 +277,22 @@ impl LocalCluster {
         }
     }
 
-    /// Stops the workers, then the scheduler.
+    /// Stops the workers (a process gets SIGINT, as Ctrl-C sends, and
+    /// two seconds to close its connections before it is killed), then
+    /// the scheduler.
     pub async fn stop(mut self) {
+        // Processes are asked first, all at once, and killed if they
+        // linger; tasks stop when told.
+        let mut processes = Vec::new();
         for worker in self.workers.drain(..) {
             match worker {
-                Worker::Process(mut child) => {
-                    if let Err(error) = child.kill().await {
-                        warn!(%error, "cannot stop a worker process");
+                Worker::Process(child) => {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: kill(2) with a pid of our own child and a
+                        // signal number; it touches no memory of ours.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
                     }
+                    processes.push(child);
                 }
                 Worker::Task { mut stop, task } => {
                     if let Some(stop) = stop.take() {
@@ -288,6 +300,13 @@ impl LocalCluster {
                     }
                     let _ = task.await;
                 }
+            }
+        }
+        for mut child in processes {
+            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err()
+                && let Err(error) = child.kill().await
+            {
+                warn!(%error, "cannot stop a worker process");
             }
         }
         self.scheduler.stop().await;
