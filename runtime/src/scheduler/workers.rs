@@ -143,7 +143,7 @@ impl Scheduler {
             return;
         };
         tracing::info!(%worker, name = %wk.info.name, running = wk.processing.len(),
-            held = wk.n_held, "worker lost");
+            held = wk.n_held, "worker removed (its running tasks are rescheduled)");
         self.names.remove(&wk.info.name);
         self.names.remove(&wk.info.address);
         if let Some(moved) = self.all.swap_remove(wk.all_idx) {
