@@ -1,6 +1,7 @@
 //! The worker: a state machine ([`WorkerState`]) plus the reactor that
 //! connects it to the scheduler, serves its results to peers, fetches its
-//! inputs from them and runs ops on a pool of compute threads.
+//! inputs from them and runs ops on a pool of compute threads (or, for ops
+//! it has seen to be short, on its own event loop: see `quick`).
 
 mod quick;
 mod state;
