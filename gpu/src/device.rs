@@ -11,6 +11,7 @@ use crate::buffer::{DeviceBuffer, PinnedBuffer};
 use crate::cuda::{CudaGpu, CudaProbe, probe_cuda};
 use crate::emulated::EmulatedGpu;
 use crate::pool::{Pool, PoolStats};
+use crate::staging::{StagingBuffer, StagingPool, StagingStats};
 use crate::stream::Stream;
 use crate::{GpuError, Result};
 
@@ -168,6 +169,7 @@ pub struct Gpu {
     device: Device,
     backend: GpuBackend,
     pool: Pool,
+    staging: StagingPool,
 }
 
 impl Gpu {
@@ -176,6 +178,7 @@ impl Gpu {
             device,
             backend,
             pool: Pool::new(),
+            staging: StagingPool::default(),
         })
     }
 
@@ -220,6 +223,22 @@ impl Gpu {
             GpuBackend::Cuda(g) => g.alloc_pinned(self.device, len),
             GpuBackend::Emulated(_) => Ok(PinnedBuffer::host(len)),
         }
+    }
+
+    /// A pinned host buffer of `len` bytes from this device's staging pool,
+    /// for copies to and from the device; it goes back to the pool when
+    /// dropped.
+    pub fn staging(self: &Arc<Self>, len: usize) -> Result<StagingBuffer> {
+        StagingPool::take(self, len)
+    }
+
+    /// Counters of this device's staging pool.
+    pub fn staging_stats(&self) -> StagingStats {
+        self.staging.stats()
+    }
+
+    pub(crate) fn staging_pool(&self) -> &StagingPool {
+        &self.staging
     }
 
     /// Statistics of this device's pool.

@@ -2,7 +2,8 @@
 //!
 //! A [`Device`] names where data lives: the host CPU, a real CUDA GPU, or an
 //! emulated GPU (host memory posing as a separate device, for CI). A [`Gpu`]
-//! is an opened device; its memory comes from a per-device [`pool`], and its
+//! is an opened device; its memory comes from a per-device [`pool`], host
+//! buffers for staging copies from a pool of pinned memory beside it, and its
 //! [`Stream`]s carry copies between host, device and peer devices. The CUDA
 //! driver is loaded at run time: without it, [`probe_cuda`] reports zero GPUs
 //! and a reason, and everything still works on the CPU and emulated devices.
@@ -15,6 +16,7 @@ mod device;
 mod emulated;
 mod error;
 pub mod pool;
+mod staging;
 mod stream;
 
 pub use buffer::{DeviceBuffer, PinnedBuffer};
@@ -23,6 +25,7 @@ pub use device::{Device, DeviceConfig, Devices, Gpu, GpuBackend};
 pub use emulated::{CopyCounters, EmulatedGpu};
 pub use error::GpuError;
 pub use pool::PoolStats;
+pub use staging::{StagingBuffer, StagingStats};
 pub use stream::{Event, Stream};
 
 /// Result type of this crate.

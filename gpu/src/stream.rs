@@ -318,7 +318,7 @@ impl Stream {
                 self.record()
             }
             _ => {
-                let mut staging = self.gpu.alloc_pinned(src.len())?;
+                let mut staging = self.gpu.staging(src.len())?;
                 self.copy_d2h(src, staging.as_mut_slice())?;
                 let dst_stream = dst.gpu().stream()?;
                 dst_stream.copy_h2d(staging.as_slice(), dst)?;

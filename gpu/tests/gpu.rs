@@ -191,6 +191,9 @@ fn peer_copy(peer_access: bool) {
         assert_eq!((c0.peer, c0.staged, c0.d2h, c1.h2d), (1, 0, 0, 0));
     } else {
         assert_eq!((c0.peer, c0.staged, c0.d2h, c1.h2d), (0, 1, 1, 1));
+        // Through a buffer of the staging pool, returned when done.
+        let staging = g0.staging_stats();
+        assert_eq!((staging.allocated, staging.in_use), (1, 0));
     }
     // Separate address spaces: each device accounts for its own memory only.
     assert_eq!(e0.used(), g0.pool_stats().reserved);
@@ -214,6 +217,41 @@ fn pinned_buffers_hold_bytes() {
     assert!(!p.is_pinned());
     p.as_mut_slice().copy_from_slice(&pattern(100, 1));
     assert_eq!(p.as_slice(), pattern(100, 1));
+}
+
+#[test]
+fn staging_buffers_come_back_to_their_pool_and_are_reused() {
+    let gpu = Gpu::emulated(0, 1 << 20, true);
+    let mut first = gpu.staging(3000).unwrap();
+    assert_eq!(first.len(), 3000);
+    first.as_mut_slice().copy_from_slice(&pattern(3000, 4));
+    assert_eq!(first.as_ref(), pattern(3000, 4));
+    let stats = gpu.staging_stats();
+    assert_eq!((stats.allocated, stats.reused, stats.cached), (1, 0, 0));
+    assert!(stats.in_use >= 3000);
+    drop(first);
+    assert_eq!(gpu.staging_stats().in_use, 0);
+    // Same size class: the same buffer, not a new allocation.
+    let second = gpu.staging(2900).unwrap();
+    assert_eq!(second.len(), 2900);
+    let stats = gpu.staging_stats();
+    assert_eq!((stats.allocated, stats.reused, stats.cached), (1, 1, 0));
+    // Two at once need two buffers; both are kept once returned.
+    let third = gpu.staging(2900).unwrap();
+    drop((second, third));
+    let stats = gpu.staging_stats();
+    assert_eq!(stats.allocated, 2);
+    assert_eq!(stats.cached, 2 * weft_gpu::pool::size_class(3000));
+}
+
+#[test]
+fn the_staging_pool_frees_what_it_cannot_keep() {
+    let gpu = Gpu::emulated(0, 1 << 20, true);
+    // Three of 128 MiB: the pool keeps 256 MiB and frees the third.
+    let buffers: Vec<_> = (0..3).map(|_| gpu.staging(128 << 20).unwrap()).collect();
+    drop(buffers);
+    let stats = gpu.staging_stats();
+    assert_eq!((stats.allocated, stats.in_use, stats.cached), (3, 0, 256 << 20));
 }
 
 #[test]

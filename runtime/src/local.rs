@@ -320,6 +320,9 @@ pub fn worker_main(registry: Registry) {
     let Ok(scheduler) = std::env::var(ENV_SCHEDULER) else {
         return;
     };
+    // The worker's logs go to the stderr it shares with the program that
+    // started the cluster.
+    install_logging("warn");
     let nthreads = std::env::var(ENV_NTHREADS)
         .ok()
         .and_then(|n| n.parse().ok())
@@ -354,6 +357,19 @@ pub fn worker_main(registry: Registry) {
         }
     };
     std::process::exit(code);
+}
+
+/// Logs to stderr, filtered by `WEFT_LOG` (a `tracing` filter such as
+/// `info` or `weft_runtime=debug`) or else by `default`. Does nothing when
+/// the process already has a subscriber.
+pub fn install_logging(default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 /// GPUs here, real and emulated, counted without opening them.

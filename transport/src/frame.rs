@@ -101,11 +101,18 @@ impl Frame {
     }
 
     /// The bytes in host memory: shared for a host frame, copied from the
-    /// device (synchronously, on a stream of its own) for a device frame.
+    /// device (synchronously, on a stream of its own) into a pinned buffer
+    /// of the device's staging pool for a device frame.
     pub fn to_host(&self) -> Result<Bytes, weft_gpu::GpuError> {
         match &self.data {
             FrameData::Host(bytes) => Ok(bytes.clone()),
-            FrameData::Device(buffer) => Ok(buffer.gpu().stream()?.download(buffer)?.into()),
+            FrameData::Device(buffer) => {
+                // Pinned memory from the device's staging pool, back there
+                // when the last `Bytes` over it drops.
+                let mut staged = buffer.gpu().staging(buffer.len())?;
+                buffer.gpu().stream()?.copy_d2h(buffer, staged.as_mut_slice())?;
+                Ok(Bytes::from_owner(staged))
+            }
         }
     }
 }

@@ -73,8 +73,9 @@ async fn tokens_that_match_are_accepted(addr: &str) {
 }
 
 /// A device frame goes by reference in process; a socket backend stages it
-/// through host memory (emulated GPUs are never handed to UCX as CUDA
-/// memory), so its bytes arrive.
+/// through a pinned buffer of the device's staging pool (emulated GPUs are
+/// never handed to UCX as CUDA memory), so its bytes arrive, and the buffer
+/// is back in the pool once sent.
 async fn device_frames_arrive_as_their_bytes(addr: &str) {
     let gpu = weft_gpu::Gpu::emulated(0, 16 * MIB, true);
     let bytes: Vec<u8> = (0..3 * MIB + 5).map(|i| (i % 251) as u8).collect();
@@ -90,6 +91,8 @@ async fn device_frames_arrive_as_their_bytes(addr: &str) {
     assert_eq!(got.frames[1].as_host().unwrap()[..], [1u8; 10]);
     connection.close().await.unwrap();
     server.await.unwrap();
+    let staging = gpu.staging_stats();
+    assert_eq!((staging.allocated, staging.in_use), (1, 0), "{staging:?}");
 }
 
 socket_tests!(

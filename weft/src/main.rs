@@ -5,13 +5,12 @@ mod bench;
 mod demo;
 mod size;
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
-use weft_runtime::local::run_worker_process;
+use weft_runtime::local::{install_logging, run_worker_process};
 
 /// Weft: distributed execution for GPU clusters.
 #[derive(Parser)]
@@ -81,13 +80,7 @@ enum Command {
 
 fn main() {
     worker_main(Registry::builtin());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "warn,weft=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    install_logging("warn,weft=info");
     if let Err(error) = run(Cli::parse().command) {
         eprintln!("weft: {error:#}");
         std::process::exit(1);

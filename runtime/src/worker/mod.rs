@@ -9,12 +9,12 @@ mod state;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use weft_gpu::Gpu;
 use weft_transport::{Config as TransportConfig, Connection, Frame, Receiver, Sender, connect, listen};
 
-pub use state::{WorkerCommand, WorkerEvent, WorkerState};
+pub use state::{TransferLimits, WorkerCommand, WorkerEvent, WorkerState};
 
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
 use crate::data::{PeerPool, STAGED_TTL, serve};
@@ -26,9 +26,6 @@ use crate::protocol::{FromWorker, ResourceAmount, Tier, ToWorker, WorkerInfo};
 use crate::store::{Lookup, MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
 use quick::QuickOps;
-
-/// Concurrent fetches from peers, across all of them.
-const MAX_FETCHES: usize = 16;
 
 /// Longest a report to the scheduler waits for others to join its batch
 /// while ops are still running.
@@ -150,7 +147,6 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         store,
         executor,
         peers: PeerPool::new(options.transport.clone()),
-        fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
         done_tx,
         session: 0,
         quick: QuickOps::default(),
@@ -193,7 +189,6 @@ struct Link<'a> {
     store: Arc<Store>,
     executor: Executor,
     peers: PeerPool,
-    fetches: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Done>,
     /// Numbers the connections to a scheduler; work of an earlier one is
     /// void once it ends.
@@ -248,7 +243,8 @@ impl Link<'_> {
         moved: &mut mpsc::UnboundedReceiver<(TaskId, Tier)>,
     ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
-        let mut state = WorkerState::new(self.options.nthreads);
+        let limits = TransferLimits::for_memory(self.options.memory.limit);
+        let mut state = WorkerState::new(self.options.nthreads, limits);
         let mut commands = Vec::new();
         let mut outbox: Vec<FromWorker> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
@@ -452,9 +448,8 @@ impl Link<'_> {
             }
             WorkerCommand::Fetch { peer, address, tasks } => {
                 let (peers, done, session) = (self.peers.clone(), self.done_tx.clone(), self.session);
-                let (permits, gpu) = (self.fetches.clone(), self.options.gpu.clone());
+                let gpu = self.options.gpu.clone();
                 tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
                     let what = fetch(&peers, peer, &address, tasks, gpu).await;
                     let _ = done.send(Done { session, what });
                 });

@@ -5,7 +5,7 @@
 //! [`WorkerCommand`]s that come out.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, hash_map::Entry};
+use std::collections::{BinaryHeap, VecDeque, hash_map::Entry};
 
 use bytes::Bytes;
 use tracing::debug;
@@ -105,9 +105,41 @@ enum Phase {
     Cancelled,
 }
 
+/// How much a worker fetches from its peers at once (Dask's
+/// `transfer_incoming_count_limit`, `transfer_message_bytes_limit` and
+/// `transfer_incoming_bytes_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferLimits {
+    /// Fetches in flight, across all peers.
+    pub fetches: usize,
+    /// Bytes asked of one peer in one fetch (a larger result goes alone).
+    pub message_bytes: u64,
+    /// Bytes in flight, across all fetches (one result larger than this
+    /// still moves, alone).
+    pub incoming_bytes: u64,
+}
+
+impl TransferLimits {
+    /// Defaults for a worker with `memory_limit` bytes of host memory (0:
+    /// no limit): 16 fetches, 50 MiB a message, a tenth of the memory in
+    /// flight (at least 64 MiB; 1 GiB without a limit).
+    pub fn for_memory(memory_limit: u64) -> Self {
+        TransferLimits {
+            fetches: 16,
+            message_bytes: 50 << 20,
+            incoming_bytes: match memory_limit {
+                0 => 1 << 30,
+                limit => (limit / 10).max(64 << 20),
+            },
+        }
+    }
+}
+
 /// An input being fetched for one or more tasks.
 #[derive(Debug)]
 struct Transfer {
+    /// Its size as the scheduler reported it.
+    nbytes: u64,
     waiters: Vec<TaskId>,
     /// Holders not tried yet.
     candidates: Vec<Peer>,
@@ -129,11 +161,22 @@ pub struct WorkerState {
     local_waiters: FxHashMap<TaskId, Vec<TaskId>>,
     /// Memory is short: start no ops until it is not.
     paused: bool,
+    limits: TransferLimits,
+    /// Inputs to fetch, by the peer to ask, in the order they were wanted;
+    /// `queued_peers` takes turns among the peers.
+    queued: FxHashMap<WorkerId, (SharedStr, VecDeque<TaskId>)>,
+    queued_peers: VecDeque<WorkerId>,
+    /// Inputs being fetched and their sizes; `fetches` and `in_flight_bytes`
+    /// count them against `limits`.
+    in_flight: FxHashMap<TaskId, u64>,
+    fetches: usize,
+    in_flight_bytes: u64,
 }
 
 impl WorkerState {
-    /// A worker that runs up to `nthreads` ops at once.
-    pub fn new(nthreads: usize) -> Self {
+    /// A worker that runs up to `nthreads` ops at once and fetches within
+    /// `limits`.
+    pub fn new(nthreads: usize, limits: TransferLimits) -> Self {
         WorkerState {
             nthreads: nthreads.max(1),
             running: 0,
@@ -143,6 +186,12 @@ impl WorkerState {
             transfers: FxHashMap::default(),
             local_waiters: FxHashMap::default(),
             paused: false,
+            limits,
+            queued: FxHashMap::default(),
+            queued_peers: VecDeque::new(),
+            in_flight: FxHashMap::default(),
+            fetches: 0,
+            in_flight_bytes: 0,
         }
     }
 
@@ -166,12 +215,22 @@ impl WorkerState {
         self.memory.len()
     }
 
+    /// Bytes being fetched from peers now.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_bytes
+    }
+
     /// Handles one event, appending what to do to `out`.
     pub fn handle(&mut self, event: WorkerEvent, out: &mut Vec<WorkerCommand>) {
-        let mut fetches: HashMap<WorkerId, (SharedStr, Vec<TaskId>)> = HashMap::new();
         match event {
-            WorkerEvent::Scheduler(message) => self.scheduler_message(message, &mut fetches, out),
+            WorkerEvent::Scheduler(message) => self.scheduler_message(message, out),
             WorkerEvent::Fetched { peer, got, missing } => {
+                self.fetches = self.fetches.saturating_sub(1);
+                for task in got.iter().map(|(t, _)| t).chain(&missing) {
+                    if let Some(nbytes) = self.in_flight.remove(task) {
+                        self.in_flight_bytes -= nbytes;
+                    }
+                }
                 for (task, nbytes) in got {
                     self.memory.insert(task, nbytes);
                     out.push(WorkerCommand::Send(FromWorker::Acquired { task, nbytes }));
@@ -182,7 +241,7 @@ impl WorkerState {
                     }
                 }
                 for task in missing {
-                    self.retry_transfer(task, peer, &mut fetches, out);
+                    self.retry_transfer(task, peer, out);
                 }
             }
             WorkerEvent::Executed {
@@ -230,18 +289,11 @@ impl WorkerState {
                 }
             }
         }
-        for (peer, (address, tasks)) in fetches {
-            out.push(WorkerCommand::Fetch { peer, address, tasks });
-        }
+        self.start_fetches(out);
         self.dispatch(out);
     }
 
-    fn scheduler_message(
-        &mut self,
-        message: ToWorker,
-        fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>,
-        out: &mut Vec<WorkerCommand>,
-    ) {
+    fn scheduler_message(&mut self, message: ToWorker, out: &mut Vec<WorkerCommand>) {
         match message {
             ToWorker::Compute(request) => {
                 // A result still held (a replica, or one the scheduler lost
@@ -254,7 +306,7 @@ impl WorkerState {
                         tier: Tier::Host,
                     }));
                 } else {
-                    self.compute(request, fetches, out);
+                    self.compute(request, out);
                 }
             }
             ToWorker::Free { task } => {
@@ -292,12 +344,7 @@ impl WorkerState {
         }
     }
 
-    fn compute(
-        &mut self,
-        request: Box<ComputeRequest>,
-        fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>,
-        out: &mut Vec<WorkerCommand>,
-    ) {
+    fn compute(&mut self, request: Box<ComputeRequest>, out: &mut Vec<WorkerCommand>) {
         let task = request.task;
         if self.tasks.contains_key(&task) {
             debug!(%task, "duplicate compute request ignored");
@@ -330,16 +377,13 @@ impl WorkerState {
                     let mut candidates = dep.who_has.clone();
                     candidates.reverse(); // pop() then tries them in the given order
                     let transfer = entry.insert(Transfer {
+                        nbytes: dep.nbytes,
                         waiters: vec![task],
                         candidates,
                         tried: Vec::new(),
                     });
                     if let Some(peer) = transfer.candidates.pop() {
-                        fetches
-                            .entry(peer.worker)
-                            .or_insert_with(|| (peer.address.clone(), Vec::new()))
-                            .1
-                            .push(dep.task);
+                        self.queue_fetch(peer, dep.task);
                     }
                 }
             }
@@ -370,23 +414,13 @@ impl WorkerState {
 
     /// `peer` did not deliver `dep`: try its next holder, or give up and
     /// tell the scheduler, which reassigns the waiting tasks.
-    fn retry_transfer(
-        &mut self,
-        dep: TaskId,
-        peer: WorkerId,
-        fetches: &mut HashMap<WorkerId, (SharedStr, Vec<TaskId>)>,
-        out: &mut Vec<WorkerCommand>,
-    ) {
+    fn retry_transfer(&mut self, dep: TaskId, peer: WorkerId, out: &mut Vec<WorkerCommand>) {
         let Some(transfer) = self.transfers.get_mut(&dep) else {
             return;
         };
         transfer.tried.push(peer);
         if let Some(next) = transfer.candidates.pop() {
-            fetches
-                .entry(next.worker)
-                .or_insert_with(|| (next.address.clone(), Vec::new()))
-                .1
-                .push(dep);
+            self.queue_fetch(next, dep);
             return;
         }
         let Some(transfer) = self.transfers.remove(&dep) else {
@@ -400,6 +434,64 @@ impl WorkerState {
                     tried: transfer.tried.clone(),
                 }));
             }
+        }
+    }
+
+    /// Queues `dep` to be fetched from `peer` once the limits allow.
+    fn queue_fetch(&mut self, peer: Peer, dep: TaskId) {
+        let (_, queue) = self.queued.entry(peer.worker).or_insert_with(|| {
+            self.queued_peers.push_back(peer.worker);
+            (peer.address, VecDeque::new())
+        });
+        queue.push_back(dep);
+    }
+
+    /// Starts fetches of queued inputs, taking turns among peers, each
+    /// fetch up to `message_bytes`, while fewer than `limits.fetches` are
+    /// in flight and their bytes stay within `incoming_bytes`. A result
+    /// larger than a limit moves alone, when nothing else is in flight.
+    fn start_fetches(&mut self, out: &mut Vec<WorkerCommand>) {
+        while self.fetches < self.limits.fetches {
+            let Some(peer) = self.queued_peers.pop_front() else {
+                return;
+            };
+            let Some((address, queue)) = self.queued.get_mut(&peer) else {
+                continue;
+            };
+            let (mut tasks, mut bytes) = (Vec::new(), 0u64);
+            while let Some(&task) = queue.front() {
+                // Wanted no more (its waiters were cancelled or it arrived).
+                let Some(transfer) = self.transfers.get(&task) else {
+                    queue.pop_front();
+                    continue;
+                };
+                let nbytes = transfer.nbytes;
+                let over_message = !tasks.is_empty() && bytes + nbytes > self.limits.message_bytes;
+                let total = self.in_flight_bytes + bytes;
+                if over_message || (total > 0 && total + nbytes > self.limits.incoming_bytes) {
+                    break;
+                }
+                queue.pop_front();
+                self.in_flight.insert(task, nbytes);
+                tasks.push(task);
+                bytes += nbytes;
+            }
+            let address = address.clone();
+            if queue.is_empty() {
+                self.queued.remove(&peer);
+            } else if tasks.is_empty() {
+                // Out of byte budget: wait for a fetch to end.
+                self.queued_peers.push_front(peer);
+                return;
+            } else {
+                self.queued_peers.push_back(peer);
+            }
+            if tasks.is_empty() {
+                continue;
+            }
+            self.fetches += 1;
+            self.in_flight_bytes += bytes;
+            out.push(WorkerCommand::Fetch { peer, address, tasks });
         }
     }
 
@@ -474,7 +566,7 @@ mod tests {
 
     #[test]
     fn adopted_scattered_values_are_inputs_and_are_freed() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         let adopt = ToWorker::Adopt {
             task: TaskId::new(7),
             key: "s".into(),
@@ -500,7 +592,7 @@ mod tests {
 
     #[test]
     fn runs_in_priority_order_up_to_nthreads() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         let out = run(&mut state, WorkerEvent::Scheduler(request(2, &[])));
         assert!(matches!(&out[..], [WorkerCommand::Execute { task, .. }] if *task == TaskId::new(2)));
         assert!(run(&mut state, WorkerEvent::Scheduler(request(9, &[]))).is_empty());
@@ -510,9 +602,74 @@ mod tests {
         assert!(matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(5)));
     }
 
+    fn fetches(out: &[WorkerCommand]) -> Vec<(u32, Vec<u64>)> {
+        out.iter()
+            .filter_map(|c| match c {
+                WorkerCommand::Fetch { peer, tasks, .. } => {
+                    Some((peer.as_num(), tasks.iter().map(|t| t.as_num()).collect()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fetched(peer: u32, got: &[u64], nbytes: u64) -> WorkerEvent {
+        WorkerEvent::Fetched {
+            peer: WorkerId::new(peer),
+            got: got.iter().map(|&t| (TaskId::new(t), nbytes)).collect(),
+            missing: vec![],
+        }
+    }
+
+    #[test]
+    fn fetches_stay_within_the_message_count_and_byte_limits() {
+        let limits = TransferLimits {
+            fetches: 2,
+            message_bytes: 100,
+            incoming_bytes: 250,
+        };
+        let mut state = WorkerState::new(1, limits);
+        // Six 40-byte inputs on peer 7, one of 1,000 bytes on peer 8.
+        let ToWorker::Compute(mut compute) = request(
+            10,
+            &[
+                (1, &[7]),
+                (2, &[7]),
+                (3, &[7]),
+                (4, &[7]),
+                (5, &[7]),
+                (6, &[7]),
+                (7, &[8]),
+            ],
+        ) else {
+            unreachable!()
+        };
+        for dep in &mut compute.deps {
+            dep.nbytes = if dep.task.as_num() == 7 { 1000 } else { 40 };
+        }
+        let out = run(&mut state, WorkerEvent::Scheduler(ToWorker::Compute(compute)));
+        // 100 bytes a message; the large one waits until nothing is in flight.
+        assert_eq!(fetches(&out), vec![(7, vec![1, 2])]);
+        assert_eq!(state.in_flight_bytes(), 80);
+        let out = run(&mut state, fetched(7, &[1, 2], 40));
+        assert_eq!(fetches(&out), vec![(8, vec![7])], "alone, though over the byte limit");
+        assert_eq!(state.in_flight_bytes(), 1000);
+        let out = run(&mut state, fetched(8, &[7], 1000));
+        assert_eq!(fetches(&out), vec![(7, vec![3, 4]), (7, vec![5, 6])]);
+        assert_eq!(state.in_flight_bytes(), 160);
+        let out = run(&mut state, fetched(7, &[3, 4], 40));
+        assert!(
+            !out.iter()
+                .any(|c| matches!(c, WorkerCommand::Fetch { .. } | WorkerCommand::Execute { .. }))
+        );
+        let out = run(&mut state, fetched(7, &[5, 6], 40));
+        assert!(matches!(&out[..], [.., WorkerCommand::Execute { inputs, .. }] if inputs.len() == 7));
+        assert_eq!(state.in_flight_bytes(), 0);
+    }
+
     #[test]
     fn fetches_missing_inputs_batched_per_peer_and_falls_back() {
-        let mut state = WorkerState::new(2);
+        let mut state = WorkerState::new(2, TransferLimits::for_memory(0));
         let out = run(
             &mut state,
             WorkerEvent::Scheduler(request(10, &[(1, &[7, 8]), (2, &[7])])),
@@ -547,7 +704,7 @@ mod tests {
 
     #[test]
     fn gives_up_after_every_holder_failed() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         run(&mut state, WorkerEvent::Scheduler(request(10, &[(1, &[7])])));
         let out = run(
             &mut state,
@@ -570,7 +727,7 @@ mod tests {
 
     #[test]
     fn steal_cancel_and_free() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         run(&mut state, WorkerEvent::Scheduler(request(1, &[])));
         run(&mut state, WorkerEvent::Scheduler(request(2, &[])));
         let steal = |task| {
@@ -610,7 +767,7 @@ mod tests {
 
     #[test]
     fn chain_links_sent_ahead_start_when_their_input_is_done_here() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         assert!(matches!(
             &run(&mut state, WorkerEvent::Scheduler(request(1, &[])))[..],
             [WorkerCommand::Execute { .. }]
@@ -655,7 +812,7 @@ mod tests {
 
     #[test]
     fn a_paused_worker_starts_nothing_until_it_resumes() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         let out = run(&mut state, WorkerEvent::Paused(true));
         assert_eq!(out, vec![WorkerCommand::Send(FromWorker::Paused { paused: true })]);
         assert!(
@@ -673,7 +830,7 @@ mod tests {
 
     #[test]
     fn failures_are_reported_and_free_the_thread() {
-        let mut state = WorkerState::new(1);
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
         run(&mut state, WorkerEvent::Scheduler(request(1, &[])));
         run(&mut state, WorkerEvent::Scheduler(request(2, &[])));
         let out = run(
