@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use weft::ops::args;
@@ -43,13 +44,18 @@ fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
     Proc(command.stdout(Stdio::null()).stderr(logs).spawn().unwrap())
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up by
+/// default), so that no worker's port-0 listener can take it over while a
+/// test has its scheduler down.
 fn free_address() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("tcp://127.0.0.1:{port}")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() * 7;
+    loop {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return format!("tcp://127.0.0.1:{port}");
+        }
+    }
 }
 
 /// A scheduler and `workers` single-threaded worker processes.
