@@ -13,7 +13,7 @@ use weft_transport::{Config, Message, TransportError, connect, listen};
 
 /// Many clients at once on one listener, each exchanging messages.
 async fn many_clients(listen_addr: &str, clients: usize, messages: u64) {
-    let mut listener = listen(listen_addr, &config("server")).await.unwrap();
+    let mut listener = listen(listen_addr, &patient("server")).await.unwrap();
     let addr = listener.local_addr().to_string();
     let server = tokio::spawn(async move {
         let mut served = Vec::new();
@@ -28,7 +28,7 @@ async fn many_clients(listen_addr: &str, clients: usize, messages: u64) {
     for client in 0..clients as u64 {
         let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
-            let mut connection = connect(&addr, &config(&format!("client-{client}"))).await.unwrap();
+            let mut connection = connect(&addr, &patient(&format!("client-{client}"))).await.unwrap();
             for i in 0..messages {
                 let sent = message(client * 1000 + i, 32, &[(i as usize * 131) % 5000, 17]);
                 connection.send(sent.clone()).await.unwrap();
@@ -42,6 +42,19 @@ async fn many_clients(listen_addr: &str, clients: usize, messages: u64) {
         task.await.unwrap();
     }
     server.await.unwrap();
+}
+
+/// Timeouts long enough for the listener to set up two hundred connections
+/// one after another on a loaded machine (each UCX connection creates a UCP
+/// worker, about 20 ms here and several times that under CI load): these
+/// tests are about concurrency; the timeout tests are below.
+fn patient(name: &str) -> Config {
+    Config {
+        connect_timeout: Duration::from_secs(120),
+        handshake_timeout: Duration::from_secs(60),
+        io_timeout: Duration::from_secs(60),
+        ..config(name)
+    }
 }
 
 async fn two_hundred_concurrent_connections(addr: &str) {

@@ -30,6 +30,13 @@
 //!   the final shared-memory lanes refuse), and a worker is never destroyed
 //!   while one of its endpoints has a flush pending (UCX aborts the
 //!   process); such a worker is leaked instead.
+//! - A known UCX 1.13 limit: with shared memory, an endpoint starts on a
+//!   TCP lane and moves to shared memory once wired up. If one side gives
+//!   up (a handshake timeout) and destroys its worker while the other
+//!   side's TCP lane is still connecting to it, UCX on the other side can
+//!   abort the process (`uct_tcp_ep_pending_purge`, seen in CI with 200
+//!   connections at once under load and 5 s handshake timeouts). Keep
+//!   handshake timeouts at their defaults or longer under such loads.
 //! - Bounds: a sender waits until UCX is done with each message (for large
 //!   parts, until the receiver fetched them), so a well-behaved peer has at
 //!   most one message's small parts queued at the receiver. UCX itself,
