@@ -189,7 +189,7 @@ impl Scheduler {
             "work lists not drained"
         );
         ensure!(
-            self.keys.len() == self.tasks.len(),
+            self.tasks.n_keys() == self.tasks.len(),
             "key map and task table differ in size"
         );
         let mut processing = 0usize;
@@ -204,7 +204,7 @@ impl Scheduler {
         for t in self.tasks.iter() {
             self.check_task(t.id)?;
             ensure!(
-                self.keys.get(t.key.as_str()) == Some(&t.id),
+                t.key_hash == super::task::key_hash(&t.key) && self.tasks.find(&t.key) == Some(t.id),
                 "{}: key map does not point at {:?}",
                 t.key,
                 t.id

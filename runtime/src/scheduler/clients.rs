@@ -3,12 +3,13 @@
 //! and resource names.
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 
 use crate::graph::{self, Graph};
 use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{Peer, Priority, ResourceAmount, Tier, ToClient, ToWorker, WorkerStatus};
 
-use super::task::{QueueKind, Restrictions, Task};
+use super::task::{QueueKind, Restrictions, Task, key_hash};
 use super::worker::NOT_LISTED;
 use super::{Comm, OpStats, Scheduler, TaskState};
 
@@ -32,7 +33,7 @@ impl Scheduler {
 
     pub(super) fn client_release(&mut self, client: ClientId, keys: Vec<Key>) {
         for key in keys {
-            let Some(&id) = self.keys.get(&key) else {
+            let Some(id) = self.tasks.find(&key) else {
                 tracing::warn!(%client, %key, "release of an unknown key; ignored");
                 self.stats.ignored += 1;
                 continue;
@@ -76,7 +77,7 @@ impl Scheduler {
         } else {
             let mut seen = FxHashMap::default();
             data.iter().find_map(|(key, _)| {
-                if self.keys.contains_key(key.as_str()) {
+                if self.tasks.find(key).is_some() {
                     Some(format!("key {key} is already known to the scheduler"))
                 } else if seen.insert(key.as_str(), ()).is_some() {
                     Some(format!("key {key} appears twice"))
@@ -96,7 +97,6 @@ impl Scheduler {
         let address = self.workers[&worker].info.address.clone();
         for (key, nbytes) in data {
             let id = self.tasks.reserve();
-            self.keys.insert(key.clone(), id);
             comm.to_worker(
                 worker,
                 ToWorker::Adopt {
@@ -118,6 +118,7 @@ impl Scheduler {
             );
             self.tasks.insert(Task {
                 id,
+                key_hash: key_hash(&key),
                 key,
                 args: Bytes::new(),
                 deps: Box::default(),
@@ -183,7 +184,7 @@ impl Scheduler {
     pub(super) fn who_has_peers(&self, keys: &[Key]) -> Vec<Vec<Peer>> {
         keys.iter()
             .map(|key| {
-                let Some(t) = self.keys.get(key.as_str()).and_then(|&id| self.tasks.get(id)) else {
+                let Some(t) = self.tasks.find(key).map(|id| &self.tasks[id]) else {
                     return Vec::new();
                 };
                 t.who_has
@@ -253,23 +254,40 @@ impl Scheduler {
     pub(super) fn submit(&mut self, client: ClientId, graph: Graph, comm: &mut impl Comm) {
         let Graph { tasks: specs, outputs } = graph;
         let n = specs.len();
-        let mut local: FxHashMap<&str, u32> = FxHashMap::default();
-        local.reserve(n);
+        // Each key is hashed once: the same hash finds it in the graph and
+        // among the known tasks, and files the new task under it.
+        let hashes: Vec<u64> = specs.iter().map(|s| key_hash(&s.key)).collect();
+        let mut local: HashTable<u32> = HashTable::with_capacity(n);
         for (i, s) in specs.iter().enumerate() {
-            if local.insert(s.key.as_str(), i as u32).is_some() {
-                return Self::reject_graph(client, comm, format!("duplicate key {} in graph", s.key));
+            let h = hashes[i];
+            match local.entry(h, |&j| specs[j as usize].key == s.key, |&j| hashes[j as usize]) {
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    return Self::reject_graph(client, comm, format!("duplicate key {} in graph", s.key));
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(i as u32);
+                }
             }
         }
         // Known keys are culled: the graph's definition is ignored.
-        let known: Vec<Option<TaskId>> = specs.iter().map(|s| self.keys.get(s.key.as_str()).copied()).collect();
+        let known: Vec<Option<TaskId>> = if self.tasks.len() == 0 {
+            vec![None; n]
+        } else {
+            specs
+                .iter()
+                .zip(&hashes)
+                .map(|(s, &h)| self.tasks.find_hashed(&s.key, h))
+                .collect()
+        };
         // Inputs resolved once per edge, for the included tasks only:
         // `Ok(existing)` or `Err(local index)`.
         let mut edges: Vec<Result<TaskId, u32>> = Vec::new();
         let mut span = vec![(0u32, 0u32); n];
         let resolve = |key: &str| -> Option<Result<TaskId, u32>> {
-            match local.get(key) {
+            let h = key_hash(key);
+            match local.find(h, |&j| specs[j as usize].key.as_str() == key) {
                 Some(&j) => Some(known[j as usize].ok_or(j)),
-                None => self.keys.get(key).map(|&id| Ok(id)),
+                None => self.tasks.find_hashed(key, h).map(Ok),
             }
         };
         // Which new tasks the outputs need.
@@ -317,7 +335,7 @@ impl Scheduler {
         }
         let sinks: Vec<u32> = outputs
             .iter()
-            .filter_map(|k| local.get(k.as_str()))
+            .filter_map(|k| local.find(key_hash(k), |&j| specs[j as usize].key == *k))
             .filter(|&&i| include[i as usize])
             .map(|&i| new_of[i as usize])
             .collect();
@@ -349,7 +367,6 @@ impl Scheduler {
             }
         }
         drop(local);
-        self.keys.reserve(m);
         let seq0 = self.next_seq;
         self.next_seq += m as u64;
         let mut specs: Vec<Option<crate::graph::TaskSpec>> = specs.into_iter().map(Some).collect();
@@ -373,9 +390,9 @@ impl Scheduler {
                     allow_other: a.allow_other_workers,
                 })
             });
-            self.keys.insert(spec.key.clone(), id);
             self.tasks.insert(Task {
                 id,
+                key_hash: hashes[i as usize],
                 key: spec.key,
                 args: spec.args,
                 deps,
@@ -417,7 +434,10 @@ impl Scheduler {
         // Futures for the client.
         let mut wanted = Vec::with_capacity(outputs.len());
         for key in &outputs {
-            let id = self.keys[key.as_str()];
+            let id = self
+                .tasks
+                .find(key)
+                .expect("internal error: an output without its task");
             let t = &mut self.tasks[id];
             if t.who_wants.contains(&client) {
                 continue;

@@ -227,7 +227,6 @@ struct Client {
 pub struct Scheduler {
     config: Config,
     tasks: Tasks,
-    keys: FxHashMap<Key, TaskId>,
     workers: FxHashMap<WorkerId, Worker>,
     /// Live workers by name and by address (restrictions use either).
     names: FxHashMap<SharedStr, WorkerId>,
@@ -268,7 +267,6 @@ impl Scheduler {
         Self {
             config,
             tasks: Tasks::default(),
-            keys: FxHashMap::default(),
             workers: FxHashMap::default(),
             names: FxHashMap::default(),
             all: WorkerList::default(),
@@ -319,7 +317,7 @@ impl Scheduler {
     /// it waits on, down to something not waiting (for stall reports).
     pub fn explain(&self, key: &str) -> String {
         let mut lines = Vec::new();
-        let mut cur = self.keys.get(key).copied();
+        let mut cur = self.tasks.find(key);
         let mut hops = 0;
         while let Some(id) = cur {
             let t = &self.tasks[id];
@@ -364,9 +362,9 @@ impl Scheduler {
 
     /// The state of a key (`Forgotten` when unknown).
     pub fn state_of_key(&self, key: &str) -> TaskState {
-        self.keys
-            .get(key)
-            .map_or(TaskState::Forgotten, |&id| self.tasks[id].state)
+        self.tasks
+            .find(key)
+            .map_or(TaskState::Forgotten, |id| self.tasks[id].state)
     }
 
     /// The state of a task id (`Forgotten` when stale or unknown).
@@ -376,7 +374,7 @@ impl Scheduler {
 
     /// The interned id of a key.
     pub fn task_id(&self, key: &str) -> Option<TaskId> {
-        self.keys.get(key).copied()
+        self.tasks.find(key)
     }
 
     /// The key of a task id.
@@ -386,18 +384,18 @@ impl Scheduler {
 
     /// Workers holding a key's result.
     pub fn who_has(&self, key: &str) -> &[WorkerId] {
-        self.keys.get(key).map_or(&[], |&id| self.tasks[id].who_has.as_slice())
+        self.tasks.find(key).map_or(&[], |id| self.tasks[id].who_has.as_slice())
     }
 
     /// Where a key's result lives (as its computing worker reported).
     pub fn tier_of(&self, key: &str) -> Option<Tier> {
-        let t = &self.tasks[*self.keys.get(key)?];
+        let t = &self.tasks[self.tasks.find(key)?];
         (t.state == TaskState::Memory).then_some(t.tier)
     }
 
     /// The error of an erred key.
     pub fn error_of(&self, key: &str) -> Option<&TaskError> {
-        self.keys.get(key).and_then(|id| self.errors.get(id))
+        self.tasks.find(key).and_then(|id| self.errors.get(&id))
     }
 
     /// Tasks processing on a worker.
@@ -931,7 +929,6 @@ impl Scheduler {
         };
         tracing::trace!(task = %t.key, "forgotten");
         self.stats.transitions += 1;
-        self.keys.remove(&t.key);
         if t.state == TaskState::Erred {
             self.errors.remove(&id);
         }

@@ -1,9 +1,13 @@
 //! The scheduler's record of one task, its states, and the slot table that
-//! holds them (ids carry a generation, so stale ids are detected, not aliased).
+//! holds them (ids carry a generation, so stale ids are detected, not aliased)
+//! and finds them by key.
+
+use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 
-use crate::ids::{ClientId, Key, OpId, SharedStr, TaskId, WorkerId};
+use crate::ids::{ClientId, FxHasher, Key, OpId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{Priority, Tier};
 
 /// Where a task is in its life. A task is in exactly one state; the variant
@@ -58,6 +62,8 @@ pub(crate) struct Restrictions {
 pub(crate) struct Task {
     pub id: TaskId,
     pub key: Key,
+    /// [`key_hash`] of `key`, for the key index.
+    pub key_hash: u64,
     pub args: Bytes,
     pub deps: Box<[TaskId]>,
     /// Tasks that depend on this one; may hold ids of forgotten tasks, which
@@ -95,7 +101,7 @@ pub(crate) struct Task {
 }
 
 // The per-task memory budget rests on this; grow it only on purpose.
-const _: () = assert!(std::mem::size_of::<Task>() == 224);
+const _: () = assert!(std::mem::size_of::<Task>() == 232);
 
 impl Task {
     #[inline]
@@ -119,12 +125,34 @@ struct Slot {
     task: Option<Task>,
 }
 
+/// The key hash of the live task `id`, for rehashing the key index.
+fn hash_of(slots: &[Slot], id: TaskId) -> u64 {
+    slots[id.slot() as usize]
+        .task
+        .as_ref()
+        .expect("internal error: the key index holds a dead task")
+        .key_hash
+}
+
+/// The hash of a task key in the key index.
+#[inline]
+pub(crate) fn key_hash(key: &str) -> u64 {
+    let mut h = FxHasher::default();
+    key.hash(&mut h);
+    h.finish()
+}
+
 /// Slot table of tasks. Slots are reused; each reuse bumps the generation.
+/// Live tasks are also found by key.
 #[derive(Default)]
 pub(crate) struct Tasks {
     slots: Vec<Slot>,
     free: Vec<u32>,
     len: usize,
+    /// Ids of the live tasks, hashed by `Task::key_hash`: 8 bytes a task,
+    /// the key itself stays in the task, and removing a task compares ids,
+    /// not strings.
+    by_key: HashTable<TaskId>,
 }
 
 impl Tasks {
@@ -146,14 +174,21 @@ impl Tasks {
     /// Makes room for `n` more tasks.
     pub fn reserve_capacity(&mut self, n: usize) {
         self.slots.reserve(n.saturating_sub(self.free.len()));
+        let slots = &self.slots;
+        self.by_key.reserve(n, |&id| hash_of(slots, id));
     }
 
-    /// Fills a reserved slot.
+    /// Fills a reserved slot. The caller makes sure no live task has the
+    /// same key.
     pub fn insert(&mut self, task: Task) {
-        let s = &mut self.slots[task.id.slot() as usize];
-        debug_assert!(s.task.is_none() && s.generation == task.id.generation());
+        let (id, hash) = (task.id, task.key_hash);
+        debug_assert!(self.find(&task.key).is_none(), "duplicate key {}", task.key);
+        let s = &mut self.slots[id.slot() as usize];
+        debug_assert!(s.task.is_none() && s.generation == id.generation());
         s.task = Some(task);
         self.len += 1;
+        let slots = &self.slots;
+        self.by_key.insert_unique(hash, id, |&id| hash_of(slots, id));
     }
 
     pub fn remove(&mut self, id: TaskId) -> Option<Task> {
@@ -165,7 +200,29 @@ impl Tasks {
         s.generation = s.generation.wrapping_add(1);
         self.free.push(id.slot());
         self.len -= 1;
+        if let Ok(entry) = self.by_key.find_entry(t.key_hash, |&x| x == id) {
+            entry.remove();
+        }
         Some(t)
+    }
+
+    /// The live task with this key.
+    pub fn find(&self, key: &str) -> Option<TaskId> {
+        self.find_hashed(key, key_hash(key))
+    }
+
+    /// [`Tasks::find`] with the key's [`key_hash`] already computed.
+    #[inline]
+    pub fn find_hashed(&self, key: &str, hash: u64) -> Option<TaskId> {
+        if self.len == 0 {
+            return None;
+        }
+        self.by_key.find(hash, |&id| self[id].key.as_str() == key).copied()
+    }
+
+    /// Entries of the key index (equal to `len` unless it is corrupt).
+    pub fn n_keys(&self) -> usize {
+        self.by_key.len()
     }
 
     #[inline]

@@ -593,7 +593,7 @@ fn client_disconnect_releases_its_keys() {
 
 #[test]
 fn hot_structs_stay_small() {
-    assert_eq!(std::mem::size_of::<task::Task>(), 224);
+    assert_eq!(std::mem::size_of::<task::Task>(), 232);
     assert_eq!(std::mem::size_of::<TaskState>(), 8);
     assert_eq!(std::mem::size_of::<TaskId>(), 8);
 }
