@@ -18,6 +18,60 @@ use crate::value::Value;
 /// values, in the order of the task's dependencies.
 pub type OpFn = Arc<dyn Fn(&[u8], &[Arc<Value>]) -> Result<Value, String> + Send + Sync>;
 
+/// Defines typed ops as plain functions, and a function that registers them
+/// in a [`Registry`], each under its function's name or under a name given
+/// before it (`"name" => fn ...`, for names that are not identifiers). An
+/// op takes its deserialized arguments and inputs and returns its result
+/// or an error message, as [`Registry::op`] describes.
+///
+/// ```
+/// use weft_runtime::{Registry, define_ops};
+///
+/// define_ops! {
+///     /// Registers this program's ops.
+///     pub fn register_math;
+///
+///     /// `x * x`.
+///     fn square(x: i64, _inputs: Vec<()>) -> Result<i64, String> {
+///         Ok(x * x)
+///     }
+///
+///     /// The sum of the inputs, as the op `add-all`.
+///     "add-all" => fn add_all(_args: (), inputs: Vec<f64>) -> Result<f64, String> {
+///         Ok(inputs.iter().sum())
+///     }
+/// }
+///
+/// let mut registry = Registry::builtin();
+/// register_math(&mut registry);
+/// assert!(registry.get("square").is_some() && registry.get("add-all").is_some());
+/// assert_eq!(square(3, Vec::new()), Ok(9));
+/// ```
+#[macro_export]
+macro_rules! define_ops {
+    ($(#[$rm:meta])* $rvis:vis fn $register:ident; $($ops:tt)*) => {
+        $crate::define_ops!(@ops [$(#[$rm])* $rvis fn $register] [] $($ops)*);
+    };
+    (@ops $head:tt [$($done:tt)*]
+        $(#[$m:meta])* $op:literal => $vis:vis fn $name:ident ($($params:tt)*) -> $ret:ty $body:block
+        $($ops:tt)*) => {
+        $(#[$m])* $vis fn $name($($params)*) -> $ret $body
+        $crate::define_ops!(@ops $head [$($done)* ($op, $name)] $($ops)*);
+    };
+    (@ops $head:tt [$($done:tt)*]
+        $(#[$m:meta])* $vis:vis fn $name:ident ($($params:tt)*) -> $ret:ty $body:block
+        $($ops:tt)*) => {
+        $(#[$m])* $vis fn $name($($params)*) -> $ret $body
+        $crate::define_ops!(@ops $head [$($done)* (stringify!($name), $name)] $($ops)*);
+    };
+    (@ops [$(#[$rm:meta])* $rvis:vis fn $register:ident] [$(($op:expr, $name:ident))*]) => {
+        $(#[$rm])* $rvis fn $register(registry: &mut $crate::Registry) -> &mut $crate::Registry {
+            $(registry.op($op, $name);)*
+            registry
+        }
+    };
+}
+
 /// Ops by name.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -114,22 +168,36 @@ pub mod builtin {
             .raw_op("nbytes", |_, inputs| {
                 Value::encode(&inputs.iter().map(|v| v.nbytes()).sum::<u64>())
             });
-        registry
-            .op("const", |value: i64, _: Vec<()>| Ok(value))
-            .op("sum", |offset: i64, inputs: Vec<i64>| {
-                inputs
-                    .iter()
-                    .try_fold(offset, |acc, x| acc.checked_add(*x))
-                    .ok_or_else(|| "sum overflows i64".to_string())
-            })
-            .op("fail", |message: String, _: Vec<()>| Err::<(), _>(message))
-            .op("panic", |message: String, _: Vec<()>| -> Result<(), String> {
-                panic!("{message}")
-            })
-            .op("delay", |(ms, value): (u64, i64), inputs: Vec<i64>| {
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-                Ok(value + inputs.iter().sum::<i64>())
-            });
+        register_typed(registry);
+    }
+
+    crate::define_ops! {
+        /// Registers the built-in ops that take and return typed values.
+        fn register_typed;
+
+        "const" => fn constant(value: i64, _: Vec<()>) -> Result<i64, String> {
+            Ok(value)
+        }
+
+        "sum" => fn sum_i64(offset: i64, inputs: Vec<i64>) -> Result<i64, String> {
+            inputs
+                .iter()
+                .try_fold(offset, |acc, x| acc.checked_add(*x))
+                .ok_or_else(|| "sum overflows i64".to_string())
+        }
+
+        fn fail(message: String, _: Vec<()>) -> Result<(), String> {
+            Err(message)
+        }
+
+        "panic" => fn panics(message: String, _: Vec<()>) -> Result<(), String> {
+            panic!("{message}")
+        }
+
+        fn delay((ms, value): (u64, i64), inputs: Vec<i64>) -> Result<i64, String> {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(value + inputs.iter().sum::<i64>())
+        }
     }
 
     fn arange_f64(args: &[u8], _: &[Arc<Value>]) -> Result<Value, String> {
@@ -267,6 +335,10 @@ mod tests {
     #[test]
     fn builtin_ops_compute() {
         let registry = Registry::builtin();
+        assert_eq!(
+            registry.names(),
+            ["arange_f64", "const", "delay", "fail", "nbytes", "panic", "sum", "sum_f64"]
+        );
         assert_eq!(
             call(&registry, "const", args(&7i64).unwrap(), &[])
                 .unwrap()

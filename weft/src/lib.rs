@@ -9,9 +9,19 @@
 //! ```no_run
 //! use weft::{LocalCluster, LocalOptions, Registry, worker_main};
 //!
+//! weft::define_ops! {
+//!     /// Registers this program's ops.
+//!     fn register_ops;
+//!
+//!     /// `x * x`, as the op `square`.
+//!     fn square(x: i64, _inputs: Vec<()>) -> Result<i64, String> {
+//!         Ok(x * x)
+//!     }
+//! }
+//!
 //! fn registry() -> Registry {
 //!     let mut registry = Registry::builtin();
-//!     registry.op("square", |x: i64, _: Vec<()>| Ok(x * x));
+//!     register_ops(&mut registry);
 //!     registry
 //! }
 //!
@@ -32,7 +42,7 @@
 pub use weft_gpu as gpu;
 pub use weft_runtime::{
     Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, Peer, Registry, RuntimeError, SchedulerOptions,
-    TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking, device, graphs, ops, store,
-    worker_main,
+    TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking, define_ops, device, graphs,
+    ops, store, worker_main,
 };
 pub use weft_transport as transport;
