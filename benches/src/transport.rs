@@ -56,7 +56,11 @@ pub async fn one_way(
 /// warm-up that fills the receiver's buffer pool.
 pub async fn one_way_gbps(addr: &str, frame_len: usize, count: usize, reps: usize) -> Result<f64, TransportError> {
     let (client, mut server) = pair(addr).await?;
-    let frame = Bytes::from(vec![1u8; frame_len]);
+    // The frame is pooled memory, as a received result is, so both ends
+    // use the pages a received result lands in.
+    let mut buf = weft_transport::BufferPool::default().take(frame_len);
+    buf.as_mut_slice().fill(1);
+    let frame = buf.freeze();
     (_, server) = one_way(&client, server, &frame, 4).await?;
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {

@@ -337,7 +337,16 @@ mod tests {
         let registry = Registry::builtin();
         assert_eq!(
             registry.names(),
-            ["arange_f64", "const", "delay", "fail", "nbytes", "panic", "sum", "sum_f64"]
+            [
+                "arange_f64",
+                "const",
+                "delay",
+                "fail",
+                "nbytes",
+                "panic",
+                "sum",
+                "sum_f64"
+            ]
         );
         assert_eq!(
             call(&registry, "const", args(&7i64).unwrap(), &[])
