@@ -81,6 +81,8 @@ fn msd_then_lsd(n: usize, key: impl Fn(usize) -> u64 + Sync, row: impl Fn(usize)
     let mut scratch = KeyScratch::take(n);
     let k1 = scratch.slice(n);
     let mut r1 = vec![0u32; n];
+    // The permutation is returned, so it is fresh memory every time.
+    weft_gpu::advise_huge_pages(&r1);
     let (kp, rp) = (SharedOut(k1.as_mut_ptr()), SharedOut(r1.as_mut_ptr()));
     std::thread::scope(|scope| {
         for (&(lo, hi), mut next) in ranges.iter().zip(next) {

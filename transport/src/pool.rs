@@ -96,7 +96,7 @@ impl BufferPool {
                     state.stats.largest_allocation = state.stats.largest_allocation.max(class);
                     drop(state);
                     let lines = vec![Line::zeroed(); class / 64];
-                    huge_pages(&lines);
+                    weft_gpu::advise_huge_pages(&lines);
                     lines
                 }
             }
@@ -138,27 +138,6 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
-
-/// Asks the kernel to back a fresh, untouched buffer with transparent huge
-/// pages (where it allows them only on request, as with
-/// `transparent_hugepage=madvise`): fewer page faults on first use, fewer
-/// TLB misses, and cheaper page pinning when UCX copies between processes.
-/// Only the 2 MiB-aligned interior is advised; failure is harmless.
-#[cfg(target_os = "linux")]
-fn huge_pages(lines: &[Line]) {
-    const HUGE: usize = 2 << 20;
-    let start = lines.as_ptr() as usize;
-    let end = start + std::mem::size_of_val(lines);
-    let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-    if hi > lo {
-        // SAFETY: the range lies inside `lines`' allocation; MADV_HUGEPAGE
-        // only changes how the kernel backs it, never its contents.
-        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn huge_pages(_: &[Line]) {}
 
 /// The class a request of `len` bytes is served from, or 0 for buffers the
 /// pool leaves to the allocator.
