@@ -56,8 +56,8 @@ pub async fn one_way(
 /// warm-up that fills the receiver's buffer pool.
 pub async fn one_way_gbps(addr: &str, frame_len: usize, count: usize, reps: usize) -> Result<f64, TransportError> {
     let (client, mut server) = pair(addr).await?;
-    // The frame is pooled memory, as a received result is, so both ends
-    // use the pages a received result lands in.
+    // A pooled frame, as a received result is: both ends then have the
+    // same kind of pages.
     let mut buf = weft_transport::BufferPool::default().take(frame_len);
     buf.as_mut_slice().fill(1);
     let frame = buf.freeze();

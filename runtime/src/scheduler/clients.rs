@@ -335,9 +335,10 @@ impl Scheduler {
         }
         let sinks: Vec<u32> = outputs
             .iter()
-            .filter_map(|k| local.find(key_hash(k), |&j| specs[j as usize].key == *k))
-            .filter(|&&i| include[i as usize])
-            .map(|&i| new_of[i as usize])
+            .filter_map(|k| match resolve(k) {
+                Some(Err(i)) if include[i as usize] => Some(new_of[i as usize]),
+                _ => None,
+            })
             .collect();
         let pos = match graph::order(m, sinks, |j, out| {
             let (a, b) = span[included[j as usize] as usize];
