@@ -8,12 +8,17 @@
 //! returns [`RuntimeError::InsideRuntime`] instead: there, await the async
 //! client ([`Client::as_async`]).
 //!
-//! ```no_run
+//! ```
 //! use weft_runtime::blocking::Client;
 //! use weft_runtime::{Value, ops::args};
 //!
 //! # fn main() -> Result<(), weft_runtime::RuntimeError> {
-//! let client = Client::connect("tcp://127.0.0.1:8786", &Default::default())?;
+//! # let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+//! # let mut options = weft_runtime::LocalOptions::for_this_machine();
+//! # options.mode = weft_runtime::WorkerMode::InProcess;
+//! # let cluster = runtime.block_on(weft_runtime::LocalCluster::start(options))?;
+//! # let address = cluster.address().to_string();
+//! let client = Client::connect(&address, &Default::default())?;
 //! let inputs = client.scatter([Value::encode(&20i64).unwrap()])?;
 //! let task = weft_runtime::TaskSpec::new("y", "sum", args(&1i64).unwrap(), vec![inputs[0].key().clone()]);
 //! let y = client.submit(task)?;

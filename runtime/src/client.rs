@@ -29,7 +29,7 @@ use crate::codec::{self, ClientDown, ClientUp, DataRequest, Hello};
 use crate::data::PeerPool;
 use crate::error::{Result, RuntimeError};
 use crate::graph::{Graph, TaskSpec};
-use crate::ids::{FxHashMap, Key};
+use crate::ids::{FxHashMap, Key, TaskId};
 use crate::progress::{self, Meter};
 use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient, WorkerStatus};
 use crate::value::Value;
@@ -37,6 +37,11 @@ use crate::value::Value;
 /// Keys asked of one worker in one request when gathering, and values
 /// pushed in one request when scattering.
 const GATHER_BATCH: usize = 4096;
+
+/// How often one gather reports the same key missing before it gives up
+/// on it: each report has the scheduler recompute the key, so only a key
+/// whose new holders keep failing too reaches this.
+pub const MAX_MISSING_REPORTS: u32 = 16;
 
 /// Most bytes and frames pushed in one scatter request: far below the
 /// transport's limits on one message.
@@ -116,7 +121,10 @@ struct Entry {
 #[derive(Clone)]
 enum Status {
     Pending,
-    Memory(Vec<Peer>),
+    /// Was in memory, then lost every holder: being recomputed.
+    Lost,
+    /// In memory: its task (what holders serve it by) and its holders.
+    Memory(TaskId, Vec<Peer>),
     Erred(TaskError),
     Cancelled,
     /// A scatter the scheduler refused: it never knew the key.
@@ -429,25 +437,78 @@ impl Client {
 
     /// Waits for every future and fetches the results from the workers
     /// that hold them, in the order given.
+    ///
+    /// A result that none of its holders can deliver (its worker died) is
+    /// reported to the scheduler, which recomputes it from its lineage; the
+    /// call waits for it and tries again. It fails only for what cannot be
+    /// recomputed (a task error, a scattered value whose last copy died),
+    /// or for a key reported missing [`MAX_MISSING_REPORTS`] times.
     pub async fn gather(&self, futures: &[TaskFuture]) -> Result<Vec<Value>> {
-        let waiting = async {
-            let mut holders = Vec::with_capacity(futures.len());
-            for future in futures {
-                holders.push(future.wait().await?);
-            }
-            Ok::<_, RuntimeError>(holders)
-        };
-        let holders = self.with_progress(futures, waiting).await?;
         let mut results: Vec<Option<Value>> = vec![None; futures.len()];
-        // Ask each holder in turn, first holders first, for what is still
-        // missing, batching the keys per worker.
+        let mut reports = vec![0u32; futures.len()];
+        let mut todo: Vec<usize> = (0..futures.len()).collect();
+        let mut reported: HashMap<usize, Vec<Peer>> = HashMap::new();
+        let mut first = true;
+        while !todo.is_empty() {
+            let waiting = async {
+                let mut holders = Vec::with_capacity(todo.len());
+                for &i in &todo {
+                    holders.push(futures[i].held().await?);
+                }
+                Ok::<_, RuntimeError>(holders)
+            };
+            let holders = if first {
+                self.with_progress(futures, waiting).await?
+            } else {
+                waiting.await?
+            };
+            first = false;
+            // A holder named again after it was reported has delivered a
+            // result since: it is alive, whatever failed before.
+            for (&i, (_, peers)) in todo.iter().zip(&holders) {
+                for peer in peers.iter().filter(|p| reported.get(&i).is_some_and(|r| r.contains(p))) {
+                    self.inner.peers.retry(&peer.address);
+                }
+            }
+            let failed = self.fetch(&todo, &holders, &mut results).await;
+            for &(i, ref tried) in &failed {
+                reports[i] += 1;
+                if reports[i] >= MAX_MISSING_REPORTS {
+                    let tried: Vec<&str> = tried.iter().map(|p| p.address.as_str()).collect();
+                    return Err(RuntimeError::Gather {
+                        key: futures[i].key.clone(),
+                        reason: format!(
+                            "reported missing {MAX_MISSING_REPORTS} times; the last holders ({}) could not deliver it",
+                            tried.join(", ")
+                        ),
+                    });
+                }
+            }
+            self.report_missing(futures, &failed);
+            todo = failed.iter().map(|(i, _)| *i).collect();
+            reported = failed.into_iter().collect();
+        }
+        Ok(results.into_iter().map(|v| v.unwrap_or_default()).collect())
+    }
+
+    /// Fetches the results of `futures[todo[j]]` (task `holders[j].0`)
+    /// from `holders[j].1`, each holder in turn (first holders first),
+    /// batching the tasks per worker; returns the indices that no holder
+    /// delivered, with those holders.
+    async fn fetch(
+        &self,
+        todo: &[usize],
+        holders: &[(TaskId, Vec<Peer>)],
+        results: &mut [Option<Value>],
+    ) -> Vec<(usize, Vec<Peer>)> {
+        let task_of: HashMap<usize, TaskId> = todo.iter().zip(holders).map(|(&i, (task, _))| (i, *task)).collect();
         for round in 0.. {
             let mut asks: HashMap<String, Vec<usize>> = HashMap::new();
-            for (i, peers) in holders.iter().enumerate() {
-                if results[i].is_none()
+            for (j, (_, peers)) in holders.iter().enumerate() {
+                if results[todo[j]].is_none()
                     && let Some(peer) = peers.get(round)
                 {
-                    asks.entry(peer.address.to_string()).or_default().push(i);
+                    asks.entry(peer.address.to_string()).or_default().push(todo[j]);
                 }
             }
             if asks.is_empty() {
@@ -458,10 +519,10 @@ impl Client {
                 // Bounded requests: a reply's frames stay far below the
                 // transport's limits.
                 for indices in indices.chunks(GATHER_BATCH) {
-                    let keys = indices.iter().map(|&i| futures[i].key.clone()).collect();
+                    let tasks = indices.iter().map(|i| task_of[i]).collect();
                     let (peers, address, indices) = (self.inner.peers.clone(), address.clone(), indices.to_vec());
                     requests.spawn(async move {
-                        let reply = peers.request(&address, &DataRequest::Keys(keys)).await;
+                        let reply = peers.request(&address, &DataRequest::Tasks(tasks)).await;
                         (address, indices, reply)
                     });
                 }
@@ -480,16 +541,36 @@ impl Client {
                 }
             }
         }
-        results
-            .into_iter()
-            .zip(futures)
-            .map(|(value, future)| {
-                value.ok_or_else(|| RuntimeError::Gather {
-                    key: future.key.clone(),
-                    reason: "no worker that was said to hold it could deliver it".into(),
-                })
-            })
+        todo.iter()
+            .zip(holders)
+            .filter(|(i, _)| results[**i].is_none())
+            .map(|(&i, (_, peers))| (i, peers.clone()))
             .collect()
+    }
+
+    /// Tells the scheduler that these results could not be had from the
+    /// holders tried, and waits for them again: a status that still names
+    /// those holders becomes [`Status::Lost`] until the scheduler answers.
+    fn report_missing(&self, futures: &[TaskFuture], failed: &[(usize, Vec<Peer>)]) {
+        if failed.is_empty() {
+            return;
+        }
+        let mut state = self.inner.lock();
+        let mut keys = Vec::with_capacity(failed.len());
+        for (i, tried) in failed {
+            let key = &futures[*i].key;
+            if let Some(entry) = state.keys.get_mut(key)
+                && matches!(&entry.status, Status::Memory(_, holders) if holders == tried)
+            {
+                entry.status = Status::Lost;
+            }
+            keys.push((key.clone(), tried.iter().map(|p| p.worker).collect()));
+        }
+        debug!(
+            keys = keys.len(),
+            "results missing from their holders; asking the scheduler to recompute them"
+        );
+        let _ = self.inner.outbound.send(FromClient::MissingData { keys });
     }
 
     /// Waits until every future has a result or an error.
@@ -629,12 +710,17 @@ impl TaskFuture {
 
     /// Waits for the task: the workers holding its result, or its error.
     pub async fn wait(&self) -> Result<Vec<Peer>> {
+        Ok(self.held().await?.1)
+    }
+
+    /// Waits for the task: its id and the workers holding its result.
+    async fn held(&self) -> Result<(TaskId, Vec<Peer>)> {
         loop {
             let changed = {
                 let state = self.client.lock();
                 let entry = state.keys.get(&self.key);
                 match entry.map(|e| &e.status) {
-                    Some(Status::Memory(holders)) => return Ok(holders.clone()),
+                    Some(Status::Memory(task, holders)) => return Ok((*task, holders.clone())),
                     Some(Status::Erred(error)) => return Err(RuntimeError::Task(error.clone())),
                     Some(Status::Rejected { worker, reason }) => {
                         return Err(RuntimeError::Scatter {
@@ -643,7 +729,7 @@ impl TaskFuture {
                         });
                     }
                     Some(Status::Cancelled) | None => return Err(RuntimeError::Cancelled { key: self.key.clone() }),
-                    Some(Status::Pending) => {}
+                    Some(Status::Pending | Status::Lost) => {}
                 }
                 if let Some(reason) = &state.lost {
                     return Err(self.client.lost(reason));
@@ -664,7 +750,11 @@ impl TaskFuture {
 
     fn is_pending(&self) -> bool {
         let state = self.client.lock();
-        state.lost.is_none() && matches!(state.keys.get(&self.key).map(|e| &e.status), Some(Status::Pending))
+        state.lost.is_none()
+            && matches!(
+                state.keys.get(&self.key).map(|e| &e.status),
+                Some(Status::Pending | Status::Lost)
+            )
     }
 
     /// Waits for the task and fetches its result.
@@ -772,8 +862,9 @@ fn apply(state: &mut State, message: ToClient) {
                 let _ = waiter.send(Err(reason));
             }
         }
-        ToClient::InMemory { key, who_has, .. } => set(state, &key, Status::Memory(who_has)),
+        ToClient::InMemory { key, task, who_has, .. } => set(state, &key, Status::Memory(task, who_has)),
         ToClient::Erred { key, error } => set(state, &key, Status::Erred(error)),
+        ToClient::Lost { key } => set(state, &key, Status::Lost),
         ToClient::ScatterRejected { worker, keys, reason } => {
             for key in keys {
                 let status = Status::Rejected {

@@ -72,10 +72,8 @@ pub type ClientDown = Vec<ToClient>;
 /// A request to a worker's data server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataRequest {
-    /// Results by task id (peers fetching inputs).
+    /// Results by task id (peers fetching inputs, clients gathering).
     Tasks(Vec<TaskId>),
-    /// Results by key (clients gathering).
-    Keys(Vec<Key>),
     /// Values a client scatters: per key, the value's header and frame
     /// count, the frames following the envelope. The server keeps them
     /// aside until the scheduler says which task each is
@@ -91,7 +89,7 @@ impl DataRequest {
     pub fn len(&self) -> usize {
         match self {
             DataRequest::Tasks(tasks) => tasks.len(),
-            DataRequest::Keys(keys) | DataRequest::Discard(keys) => keys.len(),
+            DataRequest::Discard(keys) => keys.len(),
             DataRequest::Put(items) => items.len(),
         }
     }

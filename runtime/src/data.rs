@@ -24,7 +24,7 @@ use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError};
 use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
 use crate::shm::{self, HostId};
-use crate::store::{Lookup, Store};
+use crate::store::Store;
 use crate::value::Value;
 
 /// Serves results from `store` to every peer that connects to `listener`,
@@ -72,10 +72,7 @@ async fn answer(message: Message, store: &Arc<Store>) -> std::result::Result<Mes
     let same_host = ask.host.is_some() && ask.host == shm::host_id();
     let share = |frame: &Frame| frame.as_host().filter(|_| same_host).and_then(shm::export);
     match ask.request {
-        DataRequest::Tasks(tasks) => {
-            codec::encode_reply(&store.load_all(tasks.into_iter().map(Lookup::Task)).await, share)
-        }
-        DataRequest::Keys(keys) => codec::encode_reply(&store.load_all(keys.into_iter().map(Lookup::Key)).await, share),
+        DataRequest::Tasks(tasks) => codec::encode_reply(&store.load_all(tasks).await, share),
         DataRequest::Put(items) => {
             let values = codec::split_put(items, message.frames)?;
             let items = values.len() as u32;
@@ -99,11 +96,18 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// only a client that died in between leaves any to expire.
 pub const STAGED_TTL: Duration = Duration::from_secs(300);
 
+/// How long a data server that could not be connected to is taken for
+/// dead: requests to it fail at once meanwhile, so that reading many
+/// results of a dead worker pays one connect timeout, not one per key.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
 /// Connections to data servers, one per address, reused across requests.
 #[derive(Clone)]
 pub struct PeerPool {
     config: Config,
     connections: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Addresses a connection to failed lately: when, and why.
+    unreachable: Arc<Mutex<HashMap<String, (Instant, String)>>>,
     /// Our host, sent with requests so a same-host server shares memory.
     host: Option<HostId>,
     /// Addresses whose shared memory we could not map: asked for bytes.
@@ -124,6 +128,7 @@ impl PeerPool {
                 ..config
             },
             connections: Arc::default(),
+            unreachable: Arc::default(),
             host: shm::host_id(),
             unmappable: Arc::default(),
         }
@@ -194,8 +199,11 @@ impl PeerPool {
         self.round_trip(address, message).await
     }
 
-    /// Sends one message to `address` and returns its reply.
+    /// Sends one message to `address` and returns its reply. An address
+    /// that could not be connected to within [`UNREACHABLE_FOR`] fails at
+    /// once.
     async fn round_trip(&self, address: &str, message: Message) -> Result<Message> {
+        self.check_reachable(address)?;
         let slot = self
             .connections
             .lock()
@@ -214,13 +222,56 @@ impl PeerPool {
     async fn exchange(&self, slot: &mut Option<Connection>, address: &str, message: Message) -> Result<Message> {
         let connection = match slot {
             Some(connection) => connection,
-            None => slot.insert(connect(address, &self.config).await?),
+            None => {
+                // Another request may have found it dead while we queued.
+                self.check_reachable(address)?;
+                match connect(address, &self.config).await {
+                    Ok(connection) => slot.insert(connection),
+                    Err(error) => {
+                        warn!(address, %error, "cannot reach a worker's data server; taken for dead for {UNREACHABLE_FOR:?}");
+                        self.lock_unreachable()
+                            .insert(address.to_string(), (Instant::now(), error.to_string()));
+                        return Err(error.into());
+                    }
+                }
+            }
         };
         connection.send(message).await?;
         connection
             .recv()
             .await?
             .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))
+    }
+
+    /// Tries `address` again at the next request, even if connecting to
+    /// it failed lately (it was seen alive since).
+    pub fn retry(&self, address: &str) {
+        self.lock_unreachable().remove(address);
+    }
+
+    /// Fails with [`RuntimeError::Unreachable`] when connecting to
+    /// `address` failed less than [`UNREACHABLE_FOR`] ago.
+    fn check_reachable(&self, address: &str) -> Result<()> {
+        let mut unreachable = self.lock_unreachable();
+        let Some((at, reason)) = unreachable.get(address) else {
+            return Ok(());
+        };
+        let ago = at.elapsed();
+        if ago >= UNREACHABLE_FOR {
+            unreachable.remove(address);
+            return Ok(());
+        }
+        Err(RuntimeError::Unreachable {
+            peer: address.to_string(),
+            ago,
+            reason: reason.clone(),
+        })
+    }
+
+    fn lock_unreachable(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, String)>> {
+        // A map updated by single inserts and removals: valid after a panic
+        // elsewhere.
+        self.unreachable.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_unmappable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -307,6 +358,42 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_dead_peer_costs_one_connect_timeout_not_one_per_request() {
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("tcp://127.0.0.1:{port}");
+        let config = Config {
+            connect_timeout: Duration::from_millis(300),
+            ..Config::default()
+        };
+        let pool = PeerPool::new(config);
+        let request = DataRequest::Tasks(vec![TaskId::new(1)]);
+        let started = Instant::now();
+        let first = pool.request(&address, &request).await.unwrap_err();
+        assert!(matches!(first, RuntimeError::Transport(_)), "{first}");
+        let paid = started.elapsed();
+        // Every request after it fails at once, saying why.
+        let started = Instant::now();
+        for _ in 0..20 {
+            let error = pool.request(&address, &request).await.unwrap_err();
+            assert!(matches!(error, RuntimeError::Unreachable { .. }), "{error}");
+        }
+        assert!(
+            started.elapsed() < paid,
+            "{:?} for 20 requests, {paid:?} for the first",
+            started.elapsed()
+        );
+        // Once seen alive elsewhere, it is tried again.
+        pool.retry(&address);
+        let again = pool.request(&address, &request).await.unwrap_err();
+        assert!(matches!(again, RuntimeError::Transport(_)), "{again}");
+    }
+
     fn ask(request: DataRequest) -> DataAsk {
         DataAsk { request, host: None }
     }
@@ -321,8 +408,8 @@ mod tests {
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
         let ack: DataAck = codec::decode(&answer(put.clone(), &store).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 1 });
-        // Put aside: not served by key until adopted.
-        let keys = codec::encode(&ask(DataRequest::Keys(vec!["k".into()]))).unwrap();
+        // Put aside: not served until adopted as a task's result.
+        let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
             codec::decode_reply(answer(keys.clone(), &store).await.unwrap(), shm::import).unwrap(),
             vec![None]

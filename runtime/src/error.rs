@@ -60,6 +60,18 @@ pub enum RuntimeError {
         /// What each holder said.
         reason: String,
     },
+    /// A data server could not be reached a moment ago, so it is not
+    /// tried again for a while (see `data::UNREACHABLE_FOR`): each dead
+    /// worker costs one connect timeout, not one per key.
+    #[error("worker at {peer} is unreachable (connecting failed {ago:?} ago: {reason})")]
+    Unreachable {
+        /// Its data address.
+        peer: String,
+        /// How long ago the connection failed.
+        ago: std::time::Duration,
+        /// Why it failed.
+        reason: String,
+    },
     /// Spawning or running a process (local cluster) failed.
     #[error("{what}: {source}")]
     Process {

@@ -135,6 +135,7 @@ enum Worker {
 /// A running local cluster; dropping it stops everything.
 pub struct LocalCluster {
     scheduler: SchedulerHandle,
+    options: LocalOptions,
     workers: Vec<Worker>,
     /// Memory figures of in-process workers.
     memory: Vec<Arc<MemoryStats>>,
@@ -146,71 +147,98 @@ impl LocalCluster {
     pub async fn start(options: LocalOptions) -> Result<LocalCluster> {
         let scheduler = start_scheduler(options.scheduler.clone()).await?;
         let address = scheduler.address().to_string();
-        let mut workers = Vec::with_capacity(options.workers);
-        let mut memory = Vec::new();
-        for i in 0..options.workers {
-            let name = format!("local-{i}");
-            workers.push(match &options.mode {
-                WorkerMode::Processes { program } => {
-                    let program = match program {
-                        Some(program) => program.clone(),
-                        None => std::env::current_exe().map_err(|source| RuntimeError::Process {
-                            what: "cannot find the current executable".into(),
-                            source,
-                        })?,
-                    };
-                    let child = Command::new(&program)
-                        .env(ENV_SCHEDULER, &address)
-                        .env(ENV_NAME, &name)
-                        .env(ENV_NTHREADS, options.nthreads.to_string())
-                        .env(ENV_MEMORY_LIMIT, options.memory.limit.to_string())
-                        .env(ENV_SPILL_DIR, &options.memory.spill_dir)
-                        .envs((i < options.gpus).then(|| (ENV_GPU, i.to_string())))
-                        .envs(options.env.iter().map(|(k, v)| (k, v)))
-                        .kill_on_drop(true)
-                        .spawn()
-                        .map_err(|source| RuntimeError::Process {
-                            what: format!("cannot start worker {} from {}", name, program.display()),
-                            source,
-                        })?;
-                    Worker::Process(child)
-                }
-                WorkerMode::InProcess => {
-                    let mut worker = WorkerOptions::new(address.clone(), options.nthreads);
-                    worker.name = Some(name.clone());
-                    worker.registry = options.registry.clone();
-                    worker.transport = options.scheduler.transport.clone();
-                    worker.memory = MemoryConfig {
-                        watch_process: false,
-                        ..options.memory.clone()
-                    };
-                    memory.push(worker.memory_stats.clone());
-                    worker.gpu = options.in_process_gpus.get(i).cloned();
-                    if worker.gpu.is_some() {
-                        worker.resources.push(gpu_resource());
-                    }
-                    worker.listen = match options.worker_listen.as_str() {
-                        "inproc://" => format!("inproc://weft-{}-{name}-{:08x}", std::process::id(), fastrand::u32(..)),
-                        other => other.to_string(),
-                    };
-                    let (stop, stopped) = oneshot::channel::<()>();
-                    let task = tokio::spawn(run_worker(worker, async {
-                        let _ = stopped.await;
-                    }));
-                    Worker::Task { stop: Some(stop), task }
-                }
-            });
-        }
-        let cluster = LocalCluster {
+        let mut cluster = LocalCluster {
             scheduler,
-            workers,
-            memory,
+            workers: Vec::with_capacity(options.workers),
+            memory: Vec::new(),
+            options,
         };
-        cluster
-            .wait_for_workers(options.workers, options.startup_timeout)
-            .await?;
-        info!(%address, workers = options.workers, nthreads = options.nthreads, "local cluster up");
+        for _ in 0..cluster.options.workers {
+            cluster.spawn_worker()?;
+        }
+        let (n, timeout) = (cluster.options.workers, cluster.options.startup_timeout);
+        cluster.wait_for_workers(n, timeout).await?;
+        info!(%address, workers = n, nthreads = cluster.options.nthreads, "local cluster up");
         Ok(cluster)
+    }
+
+    /// Starts one more worker, laid out as the others (without a GPU of
+    /// its own once the GPUs are taken), and waits until it has
+    /// registered. Returns its index, for [`LocalCluster::kill_worker`].
+    pub async fn add_worker(&mut self) -> Result<usize> {
+        let joined = self.scheduler.workers_joined();
+        let i = self.spawn_worker()?;
+        let deadline = Instant::now() + self.options.startup_timeout;
+        while self.scheduler.workers_joined() == joined {
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Config(format!(
+                    "worker {i} did not register within {:?}",
+                    self.options.startup_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(i)
+    }
+
+    /// Spawns worker number `self.workers.len()`; returns its index.
+    fn spawn_worker(&mut self) -> Result<usize> {
+        let options = &self.options;
+        let address = self.scheduler.address().to_string();
+        let i = self.workers.len();
+        let name = format!("local-{i}");
+        let worker = match &options.mode {
+            WorkerMode::Processes { program } => {
+                let program = match program {
+                    Some(program) => program.clone(),
+                    None => std::env::current_exe().map_err(|source| RuntimeError::Process {
+                        what: "cannot find the current executable".into(),
+                        source,
+                    })?,
+                };
+                let child = Command::new(&program)
+                    .env(ENV_SCHEDULER, &address)
+                    .env(ENV_NAME, &name)
+                    .env(ENV_NTHREADS, options.nthreads.to_string())
+                    .env(ENV_MEMORY_LIMIT, options.memory.limit.to_string())
+                    .env(ENV_SPILL_DIR, &options.memory.spill_dir)
+                    .envs((i < options.gpus).then(|| (ENV_GPU, i.to_string())))
+                    .envs(options.env.iter().map(|(k, v)| (k, v)))
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|source| RuntimeError::Process {
+                        what: format!("cannot start worker {} from {}", name, program.display()),
+                        source,
+                    })?;
+                Worker::Process(child)
+            }
+            WorkerMode::InProcess => {
+                let mut worker = WorkerOptions::new(address, options.nthreads);
+                worker.name = Some(name.clone());
+                worker.registry = options.registry.clone();
+                worker.transport = options.scheduler.transport.clone();
+                worker.memory = MemoryConfig {
+                    watch_process: false,
+                    ..options.memory.clone()
+                };
+                self.memory.push(worker.memory_stats.clone());
+                worker.gpu = options.in_process_gpus.get(i).cloned();
+                if worker.gpu.is_some() {
+                    worker.resources.push(gpu_resource());
+                }
+                worker.listen = match options.worker_listen.as_str() {
+                    "inproc://" => format!("inproc://weft-{}-{name}-{:08x}", std::process::id(), fastrand::u32(..)),
+                    other => other.to_string(),
+                };
+                let (stop, stopped) = oneshot::channel::<()>();
+                let task = tokio::spawn(run_worker(worker, async {
+                    let _ = stopped.await;
+                }));
+                Worker::Task { stop: Some(stop), task }
+            }
+        };
+        self.workers.push(worker);
+        Ok(i)
     }
 
     /// Memory figures of each in-process worker (none for processes, which
@@ -316,6 +344,8 @@ impl LocalCluster {
 /// Call first thing in `main` of any program that starts a local cluster
 /// of processes: in a process the cluster spawned as a worker, this runs
 /// the worker with `registry` and exits; anywhere else it returns at once.
+/// It may be called from a plain `main` or from an async one
+/// (`#[tokio::main]`): the worker runs on a thread of its own.
 pub fn worker_main(registry: Registry) {
     let Ok(scheduler) = std::env::var(ENV_SCHEDULER) else {
         return;
@@ -349,7 +379,22 @@ pub fn worker_main(registry: Registry) {
     }
     // A worker of a local cluster does not outlive its scheduler by long.
     options.reconnect_timeout = Duration::from_secs(5);
-    let code = match run_worker_process(options) {
+    // On a thread of its own, so that a `main` already inside an async
+    // runtime (`#[tokio::main]`) can call this too: the worker's runtime
+    // cannot start on a thread that runs another.
+    let outcome = std::thread::Builder::new()
+        .name("weft-worker".into())
+        .spawn(move || run_worker_process(options))
+        .map_err(|source| RuntimeError::Process {
+            what: "cannot start the worker's thread".into(),
+            source,
+        })
+        .and_then(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(RuntimeError::Config("the worker panicked".into())))
+        });
+    let code = match outcome {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("weft worker: {error}");

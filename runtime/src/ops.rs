@@ -102,8 +102,7 @@ impl Registry {
         F: Fn(A, Vec<I>) -> Result<O, String> + Send + Sync + 'static,
     {
         self.raw_op(name, move |args, inputs| {
-            let args: A = postcard::from_bytes(args)
-                .map_err(|e| format!("cannot read the arguments as {}: {e}", std::any::type_name::<A>()))?;
+            let args: A = decode_args(args)?;
             let inputs = inputs.iter().map(|v| v.decode::<I>()).collect::<Result<Vec<_>, _>>()?;
             Value::encode(&f(args, inputs)?)
         })
@@ -130,6 +129,11 @@ impl Registry {
         names.sort_unstable();
         names
     }
+}
+
+/// Reads op arguments serialized by [`args`].
+pub fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, String> {
+    postcard::from_bytes(args).map_err(|e| format!("cannot read the arguments as {}: {e}", std::any::type_name::<A>()))
 }
 
 /// Serializes op arguments the way [`Registry::op`] reads them.
@@ -201,7 +205,7 @@ pub mod builtin {
     }
 
     fn arange_f64(args: &[u8], _: &[Arc<Value>]) -> Result<Value, String> {
-        let n: u64 = postcard::from_bytes(args).map_err(|e| format!("cannot read the arguments as u64: {e}"))?;
+        let n: u64 = super::decode_args(args)?;
         let len = usize::try_from(n)
             .ok()
             .and_then(|n| n.checked_mul(8))

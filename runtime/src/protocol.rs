@@ -15,7 +15,7 @@ use crate::ids::{Key, SharedStr, TaskId, WorkerId};
 /// Bump on any incompatible change to these messages (or to the data plane's,
 /// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
@@ -250,6 +250,17 @@ pub enum FromClient {
         /// Echoed in the answer.
         request: u64,
     },
+    /// The client could not gather these keys from the workers said to
+    /// hold them (Dask's `missing-data`): each with the workers it tried.
+    /// The scheduler forgets those replicas, recomputes a key that has
+    /// none left from its lineage, and answers each key with its current
+    /// status: [`ToClient::InMemory`] with the holders left,
+    /// [`ToClient::Lost`] while it is being recomputed (`InMemory`
+    /// follows), or [`ToClient::Erred`].
+    MissingData {
+        /// The keys, each with the workers that failed to deliver it.
+        keys: Vec<(Key, Vec<WorkerId>)>,
+    },
     /// Which workers hold these keys? Answered by [`ToClient::WhoHas`].
     WhoHas {
         /// Echoed in the answer.
@@ -309,10 +320,21 @@ pub enum ToClient {
     InMemory {
         /// The key.
         key: Key,
+        /// Its task, by which its holders serve it (a replica fetched by a
+        /// peer is held by task only).
+        task: TaskId,
         /// Its size.
         nbytes: u64,
         /// Where to gather it from.
         who_has: Vec<Peer>,
+    },
+    /// A wanted key that was in memory lost its last holder (a worker
+    /// died, or a client reported it missing) and is being recomputed from
+    /// its lineage: wait for [`ToClient::InMemory`] (or
+    /// [`ToClient::Erred`]) again.
+    Lost {
+        /// The key.
+        key: Key,
     },
     /// A wanted key failed.
     Erred {

@@ -54,7 +54,7 @@ impl SchedulerOptions {
 /// A running scheduler.
 pub struct SchedulerHandle {
     address: String,
-    workers: Arc<AtomicUsize>,
+    workers: Arc<WorkerCounts>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -67,7 +67,13 @@ impl SchedulerHandle {
 
     /// Workers registered right now.
     pub fn workers_registered(&self) -> usize {
-        self.workers.load(Ordering::Relaxed)
+        self.workers.registered.load(Ordering::Relaxed)
+    }
+
+    /// Workers whose registration was accepted since the start, those
+    /// gone since included.
+    pub fn workers_joined(&self) -> usize {
+        self.workers.joined.load(Ordering::Relaxed)
     }
 
     /// Stops the scheduler and waits for it; its connections close.
@@ -85,13 +91,20 @@ impl Drop for SchedulerHandle {
     }
 }
 
+/// Worker counts the reactor publishes to its handle.
+#[derive(Default)]
+struct WorkerCounts {
+    registered: AtomicUsize,
+    joined: AtomicUsize,
+}
+
 /// Starts a scheduler on the current tokio runtime.
 pub async fn start_scheduler(options: SchedulerOptions) -> Result<SchedulerHandle> {
     let listener = listen(&options.listen, &options.transport).await?;
     let address = listener.local_addr().to_string();
     info!(%address, "scheduler listening");
     let (stop, stopped) = oneshot::channel();
-    let workers = Arc::new(AtomicUsize::new(0));
+    let workers = Arc::new(WorkerCounts::default());
     let task = tokio::spawn(run(listener, options, stopped, workers.clone()));
     Ok(SchedulerHandle {
         address,
@@ -176,7 +189,7 @@ async fn run(
     listener: Listener,
     options: SchedulerOptions,
     mut stopped: oneshot::Receiver<()>,
-    registered: Arc<AtomicUsize>,
+    counts: Arc<WorkerCounts>,
 ) {
     let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
     let acceptor = tokio::spawn(accept(listener, inbound_tx));
@@ -188,10 +201,10 @@ async fn run(
         tokio::select! {
             _ = &mut stopped => break,
             Some(message) = inbound.recv() => {
-                handle(&mut scheduler, &mut router, message);
+                handle(&mut scheduler, &mut router, &counts, message);
                 // Drain what else has arrived, so replies go out in batches.
                 while let Ok(message) = inbound.try_recv() {
-                    handle(&mut scheduler, &mut router, message);
+                    handle(&mut scheduler, &mut router, &counts, message);
                 }
             }
             _ = balance.tick() => scheduler.handle(Event::Balance, &mut router),
@@ -210,17 +223,21 @@ async fn run(
             }
         }
         router.flush();
-        registered.store(scheduler.n_workers(), Ordering::Relaxed);
+        counts.registered.store(scheduler.n_workers(), Ordering::Relaxed);
     }
     acceptor.abort();
 }
 
-fn handle(scheduler: &mut Scheduler, router: &mut Router, message: Inbound) {
+fn handle(scheduler: &mut Scheduler, router: &mut Router, counts: &WorkerCounts, message: Inbound) {
     match message {
         Inbound::WorkerJoined { worker, info, outbox } => {
             info!(%worker, name = %info.name, address = %info.address, nthreads = info.nthreads, "worker joined");
             router.workers.insert(worker, Peer::new(outbox));
+            let before = scheduler.n_workers();
             scheduler.handle(Event::WorkerJoined { worker, info }, router);
+            if scheduler.n_workers() > before {
+                counts.joined.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Inbound::Worker(worker, up) => {
             let Some(peer) = router.workers.get_mut(&worker) else {

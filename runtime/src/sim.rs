@@ -430,6 +430,10 @@ pub struct SimConfig {
     /// Deliver messages that a worker sent before it died (the scheduler
     /// must ignore them).
     pub deliver_from_dead: bool,
+    /// How long after a kill the scheduler learns of it, microseconds (0:
+    /// at once). Meanwhile peers and the client find the worker's results
+    /// missing and say so first.
+    pub detect_loss_us: u64,
     /// Keep a copy of every event fed to the scheduler (for replay in
     /// benchmarks: the scheduler is deterministic, so replaying the events
     /// into a fresh one repeats the run without the simulator's cost).
@@ -449,6 +453,7 @@ impl Default for SimConfig {
             },
             release_on_receipt: true,
             deliver_from_dead: true,
+            detect_loss_us: 0,
             record_events: false,
         }
     }
@@ -480,8 +485,16 @@ enum SimEvent {
     ToWorker(WorkerId, ToWorker),
     ToScheduler(WorkerId, FromWorker),
     FromClient(FromClient),
-    Done { worker: WorkerId, task: TaskId, token: u64 },
+    Done {
+        worker: WorkerId,
+        task: TaskId,
+        token: u64,
+    },
     Kill(WorkerId),
+    /// The scheduler learns that a killed worker is gone.
+    LossDetected(WorkerId),
+    /// The client reads an output it holds, from the holders it was told.
+    Gather(Key, Vec<WorkerId>),
     KillRandom,
     TogglePauseRandom,
     Add(WorkerSpec),
@@ -526,6 +539,11 @@ pub struct SimStats {
     /// Output reports gathered with the right value (an output lost and
     /// recomputed while the client holds it is reported again).
     pub outputs_ok: u64,
+    /// Outputs the client had seen in memory that were lost and recomputed.
+    pub outputs_lost: u64,
+    /// Outputs the client could not read from the holders it was told
+    /// (reported to the scheduler as missing data).
+    pub outputs_missing: u64,
     /// Outputs erred as the reference says.
     pub outputs_erred: u64,
     /// Outputs erred because workers died under them (KilledWorkers).
@@ -695,9 +713,17 @@ impl Sim {
         vw.ready.clear();
         vw.store.clear();
         vw.local_waiters.clear();
-        self.sched_alive[w.index()] = false;
         self.n_alive -= 1;
         self.stats.kills += 1;
+        if self.cfg.detect_loss_us > 0 {
+            self.push(self.now + self.cfg.detect_loss_us, SimEvent::LossDetected(w));
+            return Ok(());
+        }
+        self.loss_detected(w)
+    }
+
+    fn loss_detected(&mut self, w: WorkerId) -> Result<(), SimError> {
+        self.sched_alive[w.index()] = false;
         self.sched_event(Event::WorkerLost { worker: w })
     }
 
@@ -833,30 +859,17 @@ impl Sim {
             }
             // Answers to queries the virtual client never makes.
             ToClient::Workers { .. } | ToClient::WhoHas { .. } => {}
+            // Gathered before, now being recomputed: wanted again (unless
+            // the client released it already, its release in flight).
+            ToClient::Lost { key } => {
+                if !self.cfg.release_on_receipt {
+                    self.outcomes.remove(&key);
+                    self.stats.outputs_lost += 1;
+                }
+            }
             ToClient::InMemory { key, who_has, .. } => {
-                let Some(id) = self.sched.task_id(&key) else {
-                    return self.err(format!("{key} reported in memory but unknown"));
-                };
-                let value = who_has.iter().find_map(|p| {
-                    let vw = &self.workers[p.worker.index()];
-                    if vw.alive { vw.store.get(&id).copied() } else { None }
-                });
-                let Some(value) = value else {
-                    return self.err(format!("{key} reported in memory but no listed holder has it"));
-                };
-                match self.expected.get(&key) {
-                    Some(Expected::Value(v)) if *v == value => self.stats.outputs_ok += 1,
-                    e => {
-                        return self.err(format!("{key}: gathered {value:#x}, expected {e:?}"));
-                    }
-                }
-                self.outcomes.insert(key.clone(), Ok(value));
-                if self.cfg.release_on_receipt {
-                    self.push(
-                        self.now + self.cfg.latency_us,
-                        SimEvent::FromClient(FromClient::Release { keys: vec![key] }),
-                    );
-                }
+                let holders: Vec<WorkerId> = who_has.iter().map(|p| p.worker).collect();
+                self.gather(key, &holders, true)?;
             }
             ToClient::Erred { key, error } => {
                 match (self.expected.get(&key), error.root_cause()) {
@@ -876,6 +889,47 @@ impl Sim {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The client reads `key` from `holders`: a live one that has it gives
+    /// the value, checked against the reference (`reported`: on an
+    /// `InMemory`, counted, released or read again later); with none, the
+    /// client reports missing data, as the real one does, and waits.
+    fn gather(&mut self, key: Key, holders: &[WorkerId], reported: bool) -> Result<(), SimError> {
+        let Some(id) = self.sched.task_id(&key) else {
+            return self.err(format!("{key} reported in memory but unknown"));
+        };
+        let value = holders.iter().find_map(|w| {
+            let vw = &self.workers[w.index()];
+            if vw.alive { vw.store.get(&id).copied() } else { None }
+        });
+        let Some(value) = value else {
+            self.stats.outputs_missing += 1;
+            self.outcomes.remove(&key);
+            let keys = vec![(key, holders.to_vec())];
+            self.push(
+                self.now + self.cfg.latency_us,
+                SimEvent::FromClient(FromClient::MissingData { keys }),
+            );
+            return Ok(());
+        };
+        match self.expected.get(&key) {
+            Some(Expected::Value(v)) if *v == value => {}
+            e => return self.err(format!("{key}: gathered {value:#x}, expected {e:?}")),
+        }
+        if !reported {
+            return Ok(());
+        }
+        self.stats.outputs_ok += 1;
+        self.outcomes.insert(key.clone(), Ok(value));
+        if self.cfg.release_on_receipt {
+            let release = FromClient::Release { keys: vec![key] };
+            self.push(self.now + self.cfg.latency_us, SimEvent::FromClient(release));
+        } else {
+            let later = self.now + self.rng.range(1, 50) * self.cfg.latency_us.max(1);
+            self.push(later, SimEvent::Gather(key, holders.to_vec()));
         }
         Ok(())
     }
@@ -1167,6 +1221,13 @@ impl Sim {
                 }
                 SimEvent::Done { worker, task, token } => self.done(worker, task, token)?,
                 SimEvent::Kill(w) => self.kill_worker(w)?,
+                SimEvent::LossDetected(w) => self.loss_detected(w)?,
+                SimEvent::Gather(key, holders) => {
+                    // Read again later: only while it is still held.
+                    if self.outcomes.get(&key).is_some_and(Result::is_ok) {
+                        self.gather(key, &holders, false)?;
+                    }
+                }
                 SimEvent::KillRandom => {
                     if self.n_alive > 1 {
                         let alive: Vec<usize> = (0..self.workers.len()).filter(|&i| self.workers[i].alive).collect();
@@ -1215,6 +1276,19 @@ impl Sim {
                 "{missing} outputs never finished (e.g. {example:?}); {} workers alive",
                 self.n_alive
             ));
+        }
+        // Outputs the client still holds are in memory on a live worker.
+        if !self.cfg.release_on_receipt {
+            for (key, outcome) in &self.outcomes {
+                let Ok(value) = outcome else { continue };
+                let held = self.sched.who_has(key).iter().any(|w| {
+                    let vw = &self.workers[w.index()];
+                    vw.alive && vw.store.get(&self.sched.task_id(key).expect("held")) == Some(value)
+                });
+                if !held {
+                    return self.err(format!("{key} is held by the client but by no live worker"));
+                }
+            }
         }
         // Nothing may be left half done: every task that was needed ended in
         // memory or erred (and was then released, or kept as lineage).

@@ -200,6 +200,7 @@ fn many_seeds_small_clusters_heavy_faults() {
                 },
                 release_on_receipt: seed % 4 != 1,
                 deliver_from_dead: seed % 5 != 2,
+                detect_loss_us: if seed % 3 == 1 { 2_000 } else { 0 },
                 ..SimConfig::default()
             },
         );
@@ -251,4 +252,65 @@ fn many_seeds_small_clusters_heavy_faults() {
         // count keys, not reports.
         assert_eq!(sim.outcomes().len() as u64, outputs, "seed {seed}: {:?}", sim.stats);
     }
+}
+
+/// Outputs the client keeps (never released) while workers die at random
+/// moments, during the run and after it, each death learned by the
+/// scheduler only later: the client and the workers find results missing
+/// first and say so. Every output must end in memory on a live worker with
+/// its reference value, however often it was lost and recomputed.
+#[test]
+fn held_outputs_are_recomputed_whenever_their_holders_die() {
+    let seeds: u64 = std::env::var("WEFT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let (mut lost, mut missing) = (0, 0);
+    for seed in 0..seeds {
+        let mut sim = Sim::new(
+            Config::default(),
+            SimConfig {
+                seed,
+                latency_us: 20 + seed * 13 % 200,
+                balance_every_us: 5_000,
+                check: CheckMode {
+                    incremental: true,
+                    full_every: 50,
+                },
+                release_on_receipt: false,
+                detect_loss_us: [0, 300, 5_000][(seed % 3) as usize],
+                ..SimConfig::default()
+            },
+        );
+        let n = 4 + (seed % 5) as u32;
+        workers(&mut sim, n, seed);
+        let mut gen_cfg = GenConfig::new(1_000, seed * 3 + 2);
+        gen_cfg.worker_names = names(n);
+        // Only results that can be lost: no failing ops, no GPU tasks that
+        // the kills could leave without a worker.
+        (gen_cfg.fail_fraction, gen_cfg.gpu_fraction) = (0.0, 0.0);
+        let g = random_graph(&gen_cfg);
+        let outputs = g.expected.len();
+        sim.submit(g).unwrap();
+        let mut rng = weft_runtime::sim::Rng::new(seed);
+        // Kills spread over the run and well after it (the run takes
+        // roughly 50-150 ms of logical time), each followed by a new worker.
+        for _ in 0..n {
+            let at = rng.range(0, 400_000);
+            sim.kill_random_at(at);
+            sim.add_at(at + rng.range(0, 20_000), WorkerSpec { nthreads: 2, gpus: 0 });
+        }
+        if let Err(e) = sim.run() {
+            panic!("seed {seed}: {e}\n{:?}", sim.stats);
+        }
+        assert_eq!(sim.outcomes().len(), outputs, "seed {seed}: {:?}", sim.stats);
+        assert!(
+            sim.outcomes().values().all(Result::is_ok),
+            "seed {seed}: no op fails here"
+        );
+        lost += sim.stats.outputs_lost;
+        missing += sim.stats.outputs_missing;
+    }
+    // The faults did hit held outputs, both ways.
+    assert!(lost > 0 && missing > 0, "lost {lost}, reported missing {missing}");
 }

@@ -4,9 +4,10 @@
 //! graphs and scatter data (or [`blocking::Client`] for code without an
 //! async runtime), a [`LocalCluster`], the [`Registry`] of ops, and
 //! [`worker_main`], which a program that spawns local workers calls first
-//! thing in `main`:
+//! thing in `main`, plain or async (this example runs as a doc test, its
+//! workers being the test's own executable run again):
 //!
-//! ```no_run
+//! ```rust,standalone_crate
 //! use weft::{LocalCluster, LocalOptions, Registry, worker_main};
 //!
 //! weft::define_ops! {
@@ -38,6 +39,11 @@
 //! ```
 
 #![warn(missing_docs)]
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeExamples;
 
 pub use weft_gpu as gpu;
 pub use weft_runtime::{

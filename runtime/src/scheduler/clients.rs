@@ -109,6 +109,7 @@ impl Scheduler {
                 client,
                 ToClient::InMemory {
                     key: key.clone(),
+                    task: id,
                     nbytes,
                     who_has: vec![Peer {
                         worker,
@@ -157,6 +158,61 @@ impl Scheduler {
                 .expect("internal error: checked by handle");
             c.wants.push(id);
             c.n_wants += 1;
+        }
+    }
+
+    /// A client could not gather `keys` from the workers it names: those
+    /// replicas are forgotten, keys left without one are recomputed, and
+    /// each key is answered with its status now (see
+    /// [`FromClient::MissingData`](crate::protocol::FromClient::MissingData)).
+    pub(super) fn client_missing_data(
+        &mut self,
+        client: ClientId,
+        keys: Vec<(Key, Vec<WorkerId>)>,
+        comm: &mut impl Comm,
+    ) {
+        for (key, tried) in keys {
+            let Some(id) = self.tasks.find(&key) else {
+                tracing::warn!(%client, %key, "missing data for an unknown key; ignored");
+                self.stats.ignored += 1;
+                continue;
+            };
+            if !self.tasks[id].who_wants.contains(&client) {
+                tracing::warn!(%client, %key, "missing data for a key this client does not hold; ignored");
+                self.stats.ignored += 1;
+                continue;
+            }
+            tracing::debug!(%client, %key, ?tried, "a client could not gather a result");
+            if self.drop_replicas(id, &tried, comm) {
+                continue; // `lost` told the client
+            }
+            let t = &self.tasks[id];
+            let answer = match t.state {
+                TaskState::Memory => self.in_memory(t),
+                TaskState::Erred => ToClient::Erred {
+                    key,
+                    error: self.errors[&id].clone(),
+                },
+                _ => ToClient::Lost { key },
+            };
+            comm.to_client(client, answer);
+        }
+    }
+
+    /// The message that tells a client where `t`, in memory, is held.
+    pub(super) fn in_memory(&self, t: &Task) -> ToClient {
+        ToClient::InMemory {
+            key: t.key.clone(),
+            task: t.id,
+            nbytes: t.nbytes,
+            who_has: t
+                .who_has
+                .iter()
+                .map(|h| Peer {
+                    worker: *h,
+                    address: self.workers[h].info.address.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -464,24 +520,7 @@ impl Scheduler {
         for id in wanted {
             let t = &self.tasks[id];
             match t.state {
-                TaskState::Memory => {
-                    let who_has = t
-                        .who_has
-                        .iter()
-                        .map(|h| Peer {
-                            worker: *h,
-                            address: self.workers[h].info.address.clone(),
-                        })
-                        .collect();
-                    comm.to_client(
-                        client,
-                        ToClient::InMemory {
-                            key: t.key.clone(),
-                            nbytes: t.nbytes,
-                            who_has,
-                        },
-                    );
-                }
+                TaskState::Memory => comm.to_client(client, self.in_memory(t)),
                 TaskState::Erred => comm.to_client(
                     client,
                     ToClient::Erred {

@@ -463,6 +463,7 @@ impl Scheduler {
                     FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
                     FromClient::Release { keys } => self.client_release(client, keys),
                     FromClient::Scatter { worker, data } => self.scatter(client, worker, data, comm),
+                    FromClient::MissingData { keys } => self.client_missing_data(client, keys, comm),
                     FromClient::Workers { request } => {
                         let workers = self.worker_statuses();
                         comm.to_client(client, ToClient::Workers { request, workers });

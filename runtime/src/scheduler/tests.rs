@@ -575,6 +575,84 @@ fn missing_data_drops_the_holder_and_recomputes() {
     assert_eq!(h.state("b"), TaskState::Processing(sent[0].0));
 }
 
+/// What a client is told about `key`, in order: "memory@w1,w2", "lost",
+/// "erred".
+fn told(cmds: &[Command], key: &str) -> Vec<String> {
+    client_msgs(cmds)
+        .into_iter()
+        .filter_map(|m| match m {
+            ToClient::InMemory { key: k, who_has, .. } if k.as_str() == key => {
+                let holders: Vec<String> = who_has.iter().map(|p| p.worker.to_string()).collect();
+                Some(format!("memory@{}", holders.join(",")))
+            }
+            ToClient::Lost { key: k } if k.as_str() == key => Some("lost".into()),
+            ToClient::Erred { key: k, .. } if k.as_str() == key => Some("erred".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_that_cannot_gather_has_the_result_recomputed_or_told_where_else() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    h.finish(1, "a", 10);
+    h.join(2, 1);
+    // w2 fetched a replica of `a` (held by task id only).
+    let a = h.id("a");
+    h.worker_msg(2, FromWorker::Acquired { task: a, nbytes: 10 });
+    assert_eq!(h.s.who_has("a"), [w(1), w(2)]);
+    let missing = |key: &str, tried: Vec<WorkerId>| Event::Client {
+        client: C,
+        msg: FromClient::MissingData {
+            keys: vec![(Key::from(key), tried)],
+        },
+    };
+    // One of two holders failed: the client is told the other at once.
+    let out = h.ev(missing("a", vec![w(1)]));
+    assert_eq!(told(&out, "a"), [format!("memory@{}", w(2))]);
+    assert!(computes(&out).is_empty());
+    // The last holder failed: recomputed; the client hears it is lost,
+    // then in memory again.
+    let out = h.ev(missing("a", vec![w(2)]));
+    assert_eq!(told(&out, "a"), ["lost"]);
+    let [(again, _)] = computes(&out)[..] else {
+        panic!("recomputed once: {out:?}");
+    };
+    let out = h.finish(again.index() as u32, "a", 10);
+    assert_eq!(told(&out, "a"), [format!("memory@{again}")]);
+    // A report that crosses the new result (it names holders no longer
+    // listed) is answered with where the result is now.
+    let out = h.ev(missing("a", vec![w(1)]));
+    assert_eq!(told(&out, "a"), [format!("memory@{again}")]);
+    // Reports for keys the client does not hold change nothing.
+    let ignored = h.s.stats().ignored;
+    assert!(h.ev(missing("nope", vec![w(1)])).is_empty());
+    assert_eq!(h.s.stats().ignored, ignored + 1);
+}
+
+#[test]
+fn a_dead_workers_results_are_reported_lost_to_the_clients_holding_them() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    h.finish(1, "a", 10);
+    h.join(2, 1);
+    let out = h.ev(Event::WorkerLost { worker: w(1) });
+    assert_eq!(told(&out, "a"), ["lost"]);
+    assert_eq!(computes(&out), [(w(2), "a".to_string())]);
+    let out = h.finish(2, "a", 10);
+    assert_eq!(told(&out, "a"), [format!("memory@{}", w(2))]);
+    // With a replica left, the client hears of the holders left.
+    h.join(3, 1);
+    let a = h.id("a");
+    h.worker_msg(3, FromWorker::Acquired { task: a, nbytes: 10 });
+    let out = h.ev(Event::WorkerLost { worker: w(2) });
+    assert_eq!(told(&out, "a"), [format!("memory@{}", w(3))]);
+    assert!(computes(&out).is_empty());
+}
+
 #[test]
 fn client_disconnect_releases_its_keys() {
     let mut h = H::new(Config::default());
@@ -635,6 +713,7 @@ fn scattered_data_is_used_in_place_and_errs_when_lost() {
                 C,
                 ToClient::InMemory {
                     key: "s".into(),
+                    task: id,
                     nbytes: 1 << 20,
                     who_has: vec![Peer {
                         worker: w(2),

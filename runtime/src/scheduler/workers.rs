@@ -2,7 +2,7 @@
 //! recomputation from lineage) and task reports.
 
 use crate::ids::{TaskId, WorkerId};
-use crate::protocol::{Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo};
+use crate::protocol::{TaskError, Tier, ToClient, ToWorker, WorkerInfo};
 
 use super::task::{QueueKind, Task, Tasks};
 use super::worker::{NOT_LISTED, Worker};
@@ -203,10 +203,19 @@ impl Scheduler {
                 continue; // stale entry
             };
             t.who_has.swap_remove(pos);
-            let lost = t.who_has.is_empty() && t.state == TaskState::Memory;
+            let in_memory = t.state == TaskState::Memory;
+            let (lost, wanted) = (in_memory && t.who_has.is_empty(), in_memory && !t.who_wants.is_empty());
             self.touch(id);
             if lost {
                 self.lost(id, comm);
+            } else if wanted {
+                // Clients holding it hear of the holders left, so they do
+                // not try the dead one.
+                let t = &self.tasks[id];
+                let message = self.in_memory(t);
+                for &c in &t.who_wants {
+                    comm.to_client(c, message.clone());
+                }
             }
         }
     }
@@ -245,6 +254,9 @@ impl Scheduler {
             self.fail(id, TaskError::DataLost { key }, comm);
         } else if t.waiters > 0 || t.wanted() {
             tracing::debug!(task = %t.key, "result lost; recomputing");
+            for &c in &t.who_wants {
+                comm.to_client(c, ToClient::Lost { key: t.key.clone() });
+            }
             self.stats.recomputed += 1;
             self.need(id, comm);
         } else {
@@ -309,19 +321,9 @@ impl Scheduler {
         self.set_state(id, TaskState::Memory);
         let t = &self.tasks[id];
         if !t.who_wants.is_empty() {
-            let who_has = vec![Peer {
-                worker,
-                address: self.workers[&worker].info.address.clone(),
-            }];
+            let message = self.in_memory(t);
             for &c in &t.who_wants {
-                comm.to_client(
-                    c,
-                    ToClient::InMemory {
-                        key: t.key.clone(),
-                        nbytes,
-                        who_has: who_has.clone(),
-                    },
-                );
+                comm.to_client(c, message.clone());
             }
         }
         let dependents = std::mem::take(&mut self.tasks[id].dependents);
@@ -425,27 +427,37 @@ impl Scheduler {
             self.stats.ignored += 1;
             return;
         }
-        let dt = &mut self.tasks[dep];
-        let nbytes = dt.nbytes;
-        for w in tried {
-            if let Some(pos) = dt.who_has.iter().position(|&h| h == w) {
-                dt.who_has.swap_remove(pos);
-                if let Some(wk) = self.workers.get_mut(&w) {
-                    wk.n_held -= 1;
-                    wk.nbytes_held = wk.nbytes_held.saturating_sub(nbytes);
-                }
-            }
-        }
-        self.touch(dep);
-        if self.tasks[dep].who_has.is_empty() && self.tasks[dep].state == TaskState::Memory {
-            // Moves `id` back to waiting too.
-            self.lost(dep, comm);
+        if self.drop_replicas(dep, &tried, comm) {
+            // `lost` moved `id` back to waiting too.
         } else if self.tasks[id].state == TaskState::Processing(worker) {
             self.unassign(id);
             comm.to_worker(worker, ToWorker::Cancel { task: id });
             self.requeue(id);
             self.recall_links(id, comm);
         }
+    }
+
+    /// Forgets the replicas of `id` on `tried` (they could not deliver
+    /// it); when none is left the result is lost and recomputed if needed.
+    /// Returns whether it was lost.
+    pub(super) fn drop_replicas(&mut self, id: TaskId, tried: &[WorkerId], comm: &mut impl Comm) -> bool {
+        let t = &mut self.tasks[id];
+        let nbytes = t.nbytes;
+        for w in tried {
+            if let Some(pos) = t.who_has.iter().position(|h| h == w) {
+                t.who_has.swap_remove(pos);
+                if let Some(wk) = self.workers.get_mut(w) {
+                    wk.n_held -= 1;
+                    wk.nbytes_held = wk.nbytes_held.saturating_sub(nbytes);
+                }
+            }
+        }
+        let lost = t.who_has.is_empty() && t.state == TaskState::Memory;
+        self.touch(id);
+        if lost {
+            self.lost(id, comm);
+        }
+        lost
     }
 
     /// A holder moved a result between tiers. The task keeps one tier, the

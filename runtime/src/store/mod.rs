@@ -178,15 +178,6 @@ impl MemoryStats {
     }
 }
 
-/// What to look a result up by.
-#[derive(Debug, Clone)]
-pub enum Lookup {
-    /// Its task (peers fetching inputs).
-    Task(TaskId),
-    /// Its key (clients gathering).
-    Key(Key),
-}
-
 /// What memory asks of the worker, from [`Store::pressure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pressure {
@@ -198,7 +189,7 @@ pub enum Pressure {
     Terminate,
 }
 
-/// A worker's results, by task and by key.
+/// A worker's results, by task.
 pub struct Store {
     inner: Mutex<Inner>,
     config: MemoryConfig,
@@ -214,7 +205,6 @@ pub struct Store {
 #[derive(Default)]
 struct Inner {
     entries: FxHashMap<TaskId, Entry>,
-    by_key: FxHashMap<Key, TaskId>,
     clock: u64,
     device: Level,
     host: Level,
@@ -247,7 +237,6 @@ impl Inner {
 }
 
 struct Entry {
-    key: Option<Key>,
     nbytes: u64,
     /// Where the value in memory is: device or host.
     tier: Tier,
@@ -318,18 +307,14 @@ impl Store {
         &self.stats
     }
 
-    /// Keeps a result; `key` indexes it for clients (replicas fetched
-    /// from peers come without one). May send older results down a tier.
-    pub fn insert(&self, task: TaskId, key: Option<Key>, value: Arc<Value>) {
+    /// Keeps a result (computed here, fetched from a peer or adopted from
+    /// a client). May send older results down a tier.
+    pub fn insert(&self, task: TaskId, value: Arc<Value>) {
         let mut inner = self.lock();
-        if let Some(key) = &key {
-            inner.by_key.insert(key.clone(), task);
-        }
         let (nbytes, tier) = (value.nbytes(), value.tier());
         let used = self.touch(&mut inner, task, tier);
         inner.level(tier).bytes += nbytes;
         let entry = Entry {
-            key,
             nbytes,
             tier,
             used,
@@ -347,11 +332,6 @@ impl Store {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.remove(&task) {
             Self::forget(&mut inner, &entry);
-            if let Some(key) = &entry.key
-                && inner.by_key.get(key) == Some(&task)
-            {
-                inner.by_key.remove(key);
-            }
             self.publish(&inner);
         }
     }
@@ -373,13 +353,6 @@ impl Store {
     /// A result by task if it is in memory (marking it used).
     pub fn get(&self, task: TaskId) -> Option<Arc<Value>> {
         let mut inner = self.lock();
-        self.get_locked(&mut inner, task)
-    }
-
-    /// A result by key if it is in memory.
-    pub fn get_key(&self, key: &str) -> Option<Arc<Value>> {
-        let mut inner = self.lock();
-        let task = *inner.by_key.get(key)?;
         self.get_locked(&mut inner, task)
     }
 
@@ -421,7 +394,7 @@ impl Store {
             inner.host.bytes -= value.nbytes();
             value
         };
-        self.insert(task, Some(key.clone()), value);
+        self.insert(task, value);
         true
     }
 
@@ -463,19 +436,12 @@ impl Store {
         self.lock().entries.contains_key(&task)
     }
 
-    /// Results by task or key, in order, `None` for those not held; a
-    /// result spilled to disk is read back first, off the caller's thread.
-    pub async fn load_all(self: &Arc<Self>, items: impl IntoIterator<Item = Lookup>) -> Vec<Option<Arc<Value>>> {
+    /// Results by task, in order, `None` for those not held; a result
+    /// spilled to disk is read back first, off the caller's thread.
+    pub async fn load_all(self: &Arc<Self>, tasks: impl IntoIterator<Item = TaskId>) -> Vec<Option<Arc<Value>>> {
         let mut values = Vec::new();
-        for item in items {
-            let task = match item {
-                Lookup::Task(task) => Some(task),
-                Lookup::Key(key) => self.lock().by_key.get(&key).copied(),
-            };
-            values.push(match task {
-                Some(task) => self.load(task).await,
-                None => None,
-            });
+        for task in tasks {
+            values.push(self.load(task).await);
         }
         values
     }
@@ -854,11 +820,7 @@ mod tests {
         };
         let stats = Arc::new(MemoryStats::default());
         let store = Store::new(config, "w", stats.clone(), |_, _| {});
-        store.insert(
-            TaskId::new(1),
-            None,
-            Arc::new(Value::encode(&vec![7u8; 100_000]).unwrap()),
-        );
+        store.insert(TaskId::new(1), Arc::new(Value::encode(&vec![7u8; 100_000]).unwrap()));
         assert_eq!(stats.snapshot().spilled, 0, "below the target");
         assert_eq!(store.pressure(), Pressure::Terminate);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -879,11 +841,10 @@ mod tests {
         store.stage("b".into(), value(2), t0);
         store.stage("c".into(), value(3), t0 + Duration::from_secs(10));
         assert_eq!(store.usage(), (3, 3 * size));
-        // Staged values are not results yet.
-        assert!(store.get_key("a").is_none());
+        // Staged values are not results until adopted.
+        assert!(store.get(TaskId::new(1)).is_none());
         assert!(store.adopt(&"a".into(), TaskId::new(1)));
         assert_eq!(store.get(TaskId::new(1)), Some(value(1)));
-        assert_eq!(store.get_key("a"), Some(value(1)));
         assert!(!store.adopt(&"a".into(), TaskId::new(2)), "adopted once");
         assert_eq!(store.discard(&["b".into(), "zz".into()]), 1);
         assert_eq!(store.usage(), (2, 2 * size));

@@ -20,10 +20,10 @@ use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
 use crate::data::{PeerPool, STAGED_TTL, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
-use crate::ids::{Key, SharedStr, TaskId, WorkerId};
+use crate::ids::{SharedStr, TaskId, WorkerId};
 use crate::ops::Registry;
 use crate::protocol::{FromWorker, ResourceAmount, Tier, ToWorker, WorkerInfo};
-use crate::store::{Lookup, MemoryConfig, MemoryStats, Pressure, Store};
+use crate::store::{MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
 use quick::QuickOps;
 
@@ -354,7 +354,6 @@ impl Link<'_> {
         let event = match done.what {
             Completed::Executed {
                 task,
-                key,
                 op,
                 outcome,
                 compute_us,
@@ -364,7 +363,7 @@ impl Link<'_> {
                     task,
                     outcome: outcome.map(|value| {
                         let placed = (value.nbytes(), value.tier());
-                        self.store.insert(task, Some(key), Arc::new(value));
+                        self.store.insert(task, Arc::new(value));
                         placed
                     }),
                     compute_us,
@@ -376,7 +375,7 @@ impl Link<'_> {
                     .into_iter()
                     .map(|(task, value)| {
                         let nbytes = value.nbytes();
-                        self.store.insert(task, None, Arc::new(value));
+                        self.store.insert(task, Arc::new(value));
                         (task, nbytes)
                     })
                     .collect(),
@@ -426,7 +425,7 @@ impl Link<'_> {
                     None => {
                         let (store, executor, done) = (self.store.clone(), self.executor.clone(), self.done_tx.clone());
                         tokio::spawn(async move {
-                            let values = store.load_all(inputs.into_iter().map(Lookup::Task)).await;
+                            let values = store.load_all(inputs).await;
                             match values.into_iter().collect() {
                                 Some(values) => executor.submit(Job { inputs: values, ..job }),
                                 None => {
@@ -434,7 +433,6 @@ impl Link<'_> {
                                         session: job.session,
                                         what: Completed::Executed {
                                             task: job.task,
-                                            key: job.key,
                                             op: job.op,
                                             outcome: Err("an input vanished from the store before the op ran".into()),
                                             compute_us: 0,
@@ -483,7 +481,6 @@ fn localize(values: Vec<(TaskId, Value)>, gpu: Option<&Arc<Gpu>>) -> std::result
 enum Completed {
     Executed {
         task: TaskId,
-        key: Key,
         op: SharedStr,
         outcome: Result<Value, String>,
         compute_us: u64,
@@ -507,7 +504,6 @@ impl Done {
             session: job.session,
             what: Completed::Executed {
                 task: job.task,
-                key: job.key,
                 op: job.op,
                 outcome: job.outcome,
                 compute_us: job.compute_us,
