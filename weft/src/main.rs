@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
-use weft_runtime::local::{install_logging, run_worker_process};
+use weft_runtime::local::{install_logging, open_gpu, run_worker_process};
+use weft_runtime::protocol::ResourceAmount;
 
 /// Weft: distributed execution for GPU clusters.
 #[derive(Parser)]
@@ -49,6 +50,16 @@ enum Command {
         /// Address to serve results on (port 0: any free port).
         #[arg(long, default_value = "tcp://127.0.0.1:0")]
         listen: String,
+        /// Pin the worker to GPU N of this machine (CUDA's numbering;
+        /// emulated GPUs count too): its results live there, and it offers
+        /// `gpu = 1`, so tasks that ask for a GPU run one at a time.
+        #[arg(long)]
+        gpu: Option<usize>,
+        /// Resources this worker offers besides its GPU, such as
+        /// `licence=1,scratch=4`: a task that asks for some runs only while
+        /// they are free.
+        #[arg(long, value_parser = parse_resources)]
+        resources: Option<Resources>,
         /// Give up when the scheduler cannot be reached for this many
         /// seconds (at start or after losing it).
         #[arg(long, default_value_t = 60.0)]
@@ -96,6 +107,8 @@ fn run(command: Command) -> Result<()> {
             spill_dir,
             name,
             listen,
+            gpu,
+            resources,
             timeout,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -107,6 +120,10 @@ fn run(command: Command) -> Result<()> {
             }
             options.name = name;
             options.listen = listen;
+            if let Some(index) = gpu {
+                options.pin_gpu(open_gpu(index).context("--gpu")?);
+            }
+            options.resources.extend(resources.map(|r| r.0).unwrap_or_default());
             options.reconnect_timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;
             Ok(run_worker_process(options)?)
         }
@@ -149,6 +166,35 @@ async fn run_async(command: Command) -> Result<()> {
         Command::Worker { .. } => unreachable!("workers run on their own runtime"),
     }
     Ok(())
+}
+
+/// Resources from the command line.
+#[derive(Clone, Debug)]
+struct Resources(Vec<ResourceAmount>);
+
+/// Parses `name=amount[,name=amount...]`.
+fn parse_resources(text: &str) -> Result<Resources, String> {
+    let parsed = text
+        .split(',')
+        .map(|item| {
+            let (name, amount) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not NAME=AMOUNT (such as gpu=1)"))?;
+            let amount = amount
+                .trim()
+                .parse()
+                .map_err(|_| format!("the amount of {name:?} ({amount:?}) is not a whole number"))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(format!("{item:?} names no resource"));
+            }
+            Ok(ResourceAmount {
+                name: name.into(),
+                amount,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Resources(parsed))
 }
 
 /// The machine's default layout, with overrides.

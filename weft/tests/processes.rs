@@ -124,11 +124,25 @@ async fn killing_a_worker_mid_run_still_gives_the_right_answer() {
     let (address, _scheduler, mut workers) = cluster(3);
     let client = client(&address).await;
     let leaves = 600;
+    joined(&client, 3).await;
     let futures = client.compute(slow_tree("resilient", leaves, 4)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The kill must land while w0 has work, or the test proves nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses = client.workers().await.unwrap();
+        let w0 = statuses.iter().find(|w| w.name.as_str() == "w0").expect("w0 registered");
+        if w0.processing > 0 && w0.n_held > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "w0 never got work: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     workers[0].0.kill().unwrap(); // SIGKILL: no goodbye
     let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
     assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
+    let mut left: Vec<String> = client.workers().await.unwrap().iter().map(|w| w.name.to_string()).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["w1", "w2"], "the scheduler saw the kill");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,3 +412,44 @@ fn the_blocking_client_scatters_and_computes_over_tcp() {
         .unwrap();
     assert_eq!(client.result(&y).unwrap().decode::<i64>().unwrap(), 21);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads() {
+    let address = free_address();
+    let _scheduler = spawn(&["scheduler", "--listen", &address]);
+    let _worker = spawn(&[
+        "worker", &address, "--nthreads", "8", "--name", "gpu-worker", "--resources", "gpu=1", "--timeout", "30",
+    ]);
+    let client = client(&address).await;
+    joined(&client, 1).await;
+    let gpu = |mut task: TaskSpec| {
+        task.annotations.resources = vec![weft::ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        }];
+        task
+    };
+    let (n, ms) = (6u64, 150u64);
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| gpu(TaskSpec::new(format!("gpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![])))
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    let started = Instant::now();
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    for (i, future) in futures.iter().enumerate() {
+        assert_eq!(future.result().await.unwrap().decode::<i64>().unwrap(), i as i64);
+    }
+    // One at a time: at least n x ms, though eight threads were idle.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(n * ms), "{n} GPU tasks of {ms} ms took {took:?}");
+    // Tasks that need no GPU still run side by side.
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| TaskSpec::new(format!("cpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]))
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    let started = Instant::now();
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    client.wait(&futures).await;
+    assert!(started.elapsed() < Duration::from_millis(n * ms), "plain tasks ran in parallel");
+}
+

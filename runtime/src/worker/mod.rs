@@ -86,6 +86,17 @@ impl WorkerOptions {
             reconnect_timeout: Duration::from_secs(60),
         }
     }
+
+    /// Pins the worker to `gpu`: its results and ops live there, and it
+    /// offers `gpu = 1` to tasks that ask for one (they run one at a
+    /// time, whatever its threads).
+    pub fn pin_gpu(&mut self, gpu: Arc<Gpu>) {
+        self.gpu = Some(gpu);
+        self.resources.push(ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        });
+    }
 }
 
 /// Runs a worker until `shutdown` resolves (or the scheduler stays away
@@ -244,7 +255,7 @@ impl Link<'_> {
     ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
         let limits = TransferLimits::for_memory(self.options.memory.limit);
-        let mut state = WorkerState::new(self.options.nthreads, limits);
+        let mut state = WorkerState::new(self.options.nthreads, limits).with_resources(&self.options.resources);
         let mut commands = Vec::new();
         let mut outbox: Vec<FromWorker> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
