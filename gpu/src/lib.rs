@@ -19,6 +19,7 @@ mod host;
 pub mod pool;
 mod staging;
 mod stream;
+pub mod testing;
 
 pub use buffer::{DeviceBuffer, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};

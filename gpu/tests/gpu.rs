@@ -258,10 +258,8 @@ fn the_staging_pool_frees_what_it_cannot_keep() {
 fn cuda_round_trip_when_a_gpu_is_present() {
     let devices = Devices::open(&DeviceConfig::default()).unwrap();
     let Some(gpu) = devices.gpus().iter().find(|g| matches!(g.device(), Device::Cuda(_))) else {
-        println!(
-            "skipping CUDA test: {}",
-            devices.cuda().reason.as_deref().unwrap_or("no CUDA GPU")
-        );
+        let reason = devices.cuda().reason.as_deref().unwrap_or("no CUDA GPU");
+        weft_gpu::testing::skip_without_cuda("cuda_round_trip_when_a_gpu_is_present", reason);
         return;
     };
     let stream = gpu.stream().unwrap();
