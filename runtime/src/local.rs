@@ -416,7 +416,8 @@ pub fn install_logging(default: &str) {
 /// [`WorkerOptions::pin_gpu`]); `weft worker --gpu` and the workers of a
 /// local cluster both start so.
 pub fn open_gpu(index: usize) -> Result<Arc<Gpu>> {
-    let devices = Devices::from_env().map_err(|error| RuntimeError::Config(format!("cannot open GPU {index}: {error}")))?;
+    let devices =
+        Devices::from_env().map_err(|error| RuntimeError::Config(format!("cannot open GPU {index}: {error}")))?;
     let found = devices.gpus().len();
     devices.gpus().get(index).cloned().ok_or_else(|| {
         RuntimeError::Config(format!(
@@ -431,7 +432,7 @@ pub fn open_gpu(index: usize) -> Result<Arc<Gpu>> {
 }
 
 /// GPUs here, real and emulated, counted without opening them.
-fn gpu_count() -> usize {
+pub fn gpu_count() -> usize {
     match DeviceConfig::from_env() {
         Ok(config) => {
             let cuda = if config.use_cuda { probe_cuda().count } else { 0 };

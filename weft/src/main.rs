@@ -53,8 +53,12 @@ enum Command {
         /// Pin the worker to GPU N of this machine (CUDA's numbering;
         /// emulated GPUs count too): its results live there, and it offers
         /// `gpu = 1`, so tasks that ask for a GPU run one at a time.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "gpus")]
         gpu: Option<usize>,
+        /// One worker process per GPU: `all`, or a list such as `0,2`; each
+        /// is this command again with `--gpu I` (and `--name NAME-gpuI`).
+        #[arg(long)]
+        gpus: Option<String>,
         /// Resources this worker offers besides its GPU, such as
         /// `licence=1,scratch=4`: a task that asks for some runs only while
         /// they are free.
@@ -100,6 +104,7 @@ fn main() {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Worker { gpus: Some(which), .. } => one_worker_per_gpu(&which),
         Command::Worker {
             scheduler,
             nthreads,
@@ -108,6 +113,7 @@ fn run(command: Command) -> Result<()> {
             name,
             listen,
             gpu,
+            gpus: None,
             resources,
             timeout,
         } => {
@@ -166,6 +172,86 @@ async fn run_async(command: Command) -> Result<()> {
         Command::Worker { .. } => unreachable!("workers run on their own runtime"),
     }
     Ok(())
+}
+
+/// `weft worker --gpus WHICH`: runs this command again once per GPU, with
+/// `--gpu I` instead of `--gpus` (and the name, if any, suffixed), and
+/// waits for them all; the first that fails makes this fail. On Linux the
+/// workers stop when this process dies.
+fn one_worker_per_gpu(which: &str) -> Result<()> {
+    let gpus: Vec<usize> = if which == "all" {
+        (0..weft_runtime::local::gpu_count()).collect()
+    } else {
+        which
+            .split(',')
+            .map(|i| {
+                i.trim()
+                    .parse()
+                    .with_context(|| format!("--gpus {which}: {i:?} is not a GPU number"))
+            })
+            .collect::<Result<_>>()?
+    };
+    anyhow::ensure!(
+        !gpus.is_empty(),
+        "--gpus {which}: no GPU found (CUDA, or WEFT_EMULATED_GPUS)"
+    );
+    // This command's arguments less `--gpus`, `--gpu` and `--name`.
+    let mut rest = Vec::new();
+    let mut name = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "--gpus" | "--gpu" | "--name" => {
+                let value = inline.or_else(|| args.next());
+                if flag == "--name" {
+                    name = value;
+                }
+            }
+            _ => rest.push(arg),
+        }
+    }
+    let program = std::env::current_exe().context("cannot find the weft executable")?;
+    let mut children = Vec::new();
+    for gpu in gpus {
+        let mut command = std::process::Command::new(&program);
+        command.args(&rest).args(["--gpu", &gpu.to_string()]);
+        if let Some(name) = &name {
+            command.args(["--name", &format!("{name}-gpu{gpu}")]);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(2) with constant arguments, between fork and
+            // exec: async-signal-safe, touches no memory of ours.
+            unsafe {
+                command.pre_exec(|| {
+                    // Stop (as on Ctrl-C) when this process dies.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                    Ok(())
+                });
+            }
+        }
+        children.push((
+            gpu,
+            command
+                .spawn()
+                .with_context(|| format!("cannot start the worker of GPU {gpu}"))?,
+        ));
+    }
+    let mut failed = None;
+    for (gpu, mut child) in children {
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for the worker of GPU {gpu}"))?;
+        if !status.success() && failed.is_none() {
+            failed = Some(format!("the worker of GPU {gpu} stopped with {status}"));
+        }
+    }
+    failed.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
 }
 
 /// Resources from the command line.

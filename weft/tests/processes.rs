@@ -130,7 +130,10 @@ async fn killing_a_worker_mid_run_still_gives_the_right_answer() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let statuses = client.workers().await.unwrap();
-        let w0 = statuses.iter().find(|w| w.name.as_str() == "w0").expect("w0 registered");
+        let w0 = statuses
+            .iter()
+            .find(|w| w.name.as_str() == "w0")
+            .expect("w0 registered");
         if w0.processing > 0 && w0.n_held > 0 {
             break;
         }
@@ -140,7 +143,13 @@ async fn killing_a_worker_mid_run_still_gives_the_right_answer() {
     workers[0].0.kill().unwrap(); // SIGKILL: no goodbye
     let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
     assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
-    let mut left: Vec<String> = client.workers().await.unwrap().iter().map(|w| w.name.to_string()).collect();
+    let mut left: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
     left.sort_unstable();
     assert_eq!(left, ["w1", "w2"], "the scheduler saw the kill");
 }
@@ -418,7 +427,16 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
     let address = free_address();
     let _scheduler = spawn(&["scheduler", "--listen", &address]);
     let _worker = spawn(&[
-        "worker", &address, "--nthreads", "8", "--name", "gpu-worker", "--resources", "gpu=1", "--timeout", "30",
+        "worker",
+        &address,
+        "--nthreads",
+        "8",
+        "--name",
+        "gpu-worker",
+        "--resources",
+        "gpu=1",
+        "--timeout",
+        "30",
     ]);
     let client = client(&address).await;
     joined(&client, 1).await;
@@ -431,7 +449,14 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
     };
     let (n, ms) = (6u64, 150u64);
     let tasks: Vec<TaskSpec> = (0..n)
-        .map(|i| gpu(TaskSpec::new(format!("gpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![])))
+        .map(|i| {
+            gpu(TaskSpec::new(
+                format!("gpu-{i}"),
+                "delay",
+                args(&(ms, i as i64)).unwrap(),
+                vec![],
+            ))
+        })
         .collect();
     let outputs = tasks.iter().map(|t| t.key.clone()).collect();
     let started = Instant::now();
@@ -441,7 +466,10 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
     }
     // One at a time: at least n x ms, though eight threads were idle.
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(n * ms), "{n} GPU tasks of {ms} ms took {took:?}");
+    assert!(
+        took >= Duration::from_millis(n * ms),
+        "{n} GPU tasks of {ms} ms took {took:?}"
+    );
     // Tasks that need no GPU still run side by side.
     let tasks: Vec<TaskSpec> = (0..n)
         .map(|i| TaskSpec::new(format!("cpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]))
@@ -450,6 +478,65 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
     let started = Instant::now();
     let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
     client.wait(&futures).await;
-    assert!(started.elapsed() < Duration::from_millis(n * ms), "plain tasks ran in parallel");
+    assert!(
+        started.elapsed() < Duration::from_millis(n * ms),
+        "plain tasks ran in parallel"
+    );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
+    let address = free_address();
+    let _scheduler = spawn(&["scheduler", "--listen", &address]);
+    let emulated = [("WEFT_EMULATED_GPUS", "2"), ("WEFT_EMULATED_GPU_MEMORY", "64M")];
+    let _workers = spawn_with(
+        &[
+            "worker",
+            &address,
+            "--gpus",
+            "all",
+            "--nthreads",
+            "4",
+            "--name",
+            "g",
+            "--timeout",
+            "30",
+        ],
+        &emulated,
+    );
+    let client = client(&address).await;
+    joined(&client, 2).await;
+    let mut names: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["g-gpu0", "g-gpu1"]);
+    // Four GPU tasks of 150 ms on two one-GPU workers: two rounds at least.
+    let (n, ms) = (4u64, 150u64);
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| {
+            let mut task = TaskSpec::new(format!("on-gpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]);
+            task.annotations.resources = vec![weft::ResourceAmount {
+                name: "gpu".into(),
+                amount: 1,
+            }];
+            task
+        })
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    let started = Instant::now();
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    client.wait(&futures).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2 * ms),
+        "{:?}",
+        started.elapsed()
+    );
+    for (i, future) in futures.iter().enumerate() {
+        assert_eq!(future.result().await.unwrap().decode::<i64>().unwrap(), i as i64);
+    }
+}

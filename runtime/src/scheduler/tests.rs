@@ -534,7 +534,10 @@ fn resources_in_use_are_counted_and_spread_the_tasks_that_need_them() {
         }];
         s
     };
-    let out = h.submit((0..4).map(|i| gpu_task(&format!("g{i}"))).collect(), &["g0", "g1", "g2", "g3"]);
+    let out = h.submit(
+        (0..4).map(|i| gpu_task(&format!("g{i}"))).collect(),
+        &["g0", "g1", "g2", "g3"],
+    );
     let mut per_worker = [0, 0];
     for (wk, _) in computes(&out) {
         per_worker[wk.index() - 1] += 1;

@@ -218,7 +218,10 @@ impl WorkerState {
 
     /// How much of `name` running tasks hold now.
     pub fn resource_in_use(&self, name: &str) -> u32 {
-        self.resources.iter().find(|(n, ..)| n.as_str() == name).map_or(0, |r| r.2)
+        self.resources
+            .iter()
+            .find(|(n, ..)| n.as_str() == name)
+            .map_or(0, |r| r.2)
     }
 
     /// Whether the worker starts no new ops for lack of memory.
@@ -567,7 +570,11 @@ impl WorkerState {
     fn hold(&mut self, needs: &[ResourceAmount], take: bool) {
         for r in needs {
             if let Some((_, _, used)) = self.resources.iter_mut().find(|(n, ..)| *n == r.name) {
-                *used = if take { *used + r.amount } else { used.saturating_sub(r.amount) };
+                *used = if take {
+                    *used + r.amount
+                } else {
+                    used.saturating_sub(r.amount)
+                };
             }
         }
     }
@@ -611,7 +618,10 @@ impl WorkerState {
             let Some(task) = self.next_ready() else {
                 return;
             };
-            let t = self.tasks.get_mut(&task).expect("internal error: checked by next_ready");
+            let t = self
+                .tasks
+                .get_mut(&task)
+                .expect("internal error: checked by next_ready");
             t.phase = Phase::Running;
             self.running += 1;
             if !t.request.resources.is_empty() {
