@@ -520,7 +520,8 @@ impl Client {
                 // transport's limits.
                 for positions in positions.chunks(GATHER_BATCH) {
                     let tasks = positions.iter().map(|&j| holders[j].0).collect();
-                    let (peers, address, positions) = (self.inner.peers.clone(), address.to_string(), positions.to_vec());
+                    let (peers, address, positions) =
+                        (self.inner.peers.clone(), address.to_string(), positions.to_vec());
                     requests.spawn(async move {
                         let reply = peers.request(&address, &DataRequest::Tasks(tasks)).await;
                         (address, positions, reply)
