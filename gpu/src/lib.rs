@@ -22,7 +22,7 @@ mod stream;
 
 pub use buffer::{DeviceBuffer, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
-pub use device::{Device, DeviceConfig, Devices, Gpu, GpuBackend};
+pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend};
 pub use emulated::{CopyCounters, EmulatedGpu};
 pub use error::GpuError;
 pub use host::advise_huge_pages;

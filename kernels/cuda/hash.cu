@@ -4,7 +4,7 @@
 
 WEFT_KERNEL(hash_i64, const i64 *x, const u32 *xv, u64 n, u64 seed, u64 *out) {
     for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {
-        out[i] = weft_valid(xv, i) ? weft_hash_i64(x[i], seed) : weft_hash_null(seed);
+        weft_store(&out[i], weft_valid(xv, i) ? weft_hash_i64(weft_load(&x[i]), seed) : weft_hash_null(seed));
     }
 }
 
@@ -24,6 +24,6 @@ WEFT_KERNEL(hash_utf8, const i32 *offsets, const unsigned char *data, const u32 
 // Partition id of each row from its hash.
 WEFT_KERNEL(hash_bucket, const u64 *hashes, u64 n, u32 parts, u32 *ids) {
     for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {
-        ids[i] = weft_bucket(hashes[i], parts);
+        weft_store(&ids[i], weft_bucket(weft_load(&hashes[i]), parts));
     }
 }

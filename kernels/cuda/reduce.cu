@@ -62,7 +62,7 @@ __device__ void reduce_partials(const T *x, const u32 *xv, u64 n, typename R::Ac
     u64 cnt = 0;
     for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {
         if (weft_valid(xv, i)) {
-            Acc v = (Acc)x[i];
+            Acc v = (Acc)weft_load(&x[i]);
             sum = R::add(sum, v);
             mn = R::lo(mn, v);
             mx = R::hi(mx, v);

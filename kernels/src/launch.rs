@@ -25,7 +25,54 @@ unsafe extern "C" {
         by: u32,
         bz: u32,
         args: *mut *mut c_void,
+        bytes: *mut u64,
     ) -> c_int;
+}
+
+/// One kernel launch, as recorded by [`record_launches`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchRecord {
+    /// The kernel's name.
+    pub kernel: String,
+    /// Blocks in the grid.
+    pub blocks: u64,
+    /// Threads per block.
+    pub threads_per_block: u32,
+    /// Bytes of global memory the launch read, counted by the CPU emulation
+    /// (None on a real GPU, where nothing counts them).
+    pub bytes_read: Option<u64>,
+    /// Bytes of global memory the launch wrote (likewise).
+    pub bytes_written: Option<u64>,
+}
+
+thread_local! {
+    static LAUNCHES: std::cell::RefCell<Option<Vec<LaunchRecord>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns what it returned with every kernel it launched from
+/// this thread, in order: the proof, without a GPU, of how many passes a
+/// kernel makes and how many bytes it moves per row. Launches are
+/// synchronous on emulated devices, so the counts are complete when `f`
+/// returns.
+pub fn record_launches<R>(f: impl FnOnce() -> R) -> (R, Vec<LaunchRecord>) {
+    let outer = LAUNCHES.with(|l| l.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let got = LAUNCHES.with(|l| std::mem::replace(&mut *l.borrow_mut(), outer));
+    (r, got.unwrap_or_default())
+}
+
+fn note_launch(kernel: &str, grid: (u32, u32), block: (u32, u32), bytes: Option<[u64; 2]>) {
+    LAUNCHES.with(|l| {
+        if let Some(log) = l.borrow_mut().as_mut() {
+            log.push(LaunchRecord {
+                kernel: kernel.to_string(),
+                blocks: u64::from(grid.0) * u64::from(grid.1),
+                threads_per_block: block.0 * block.1,
+                bytes_read: bytes.map(|b| b[0]),
+                bytes_written: bytes.map(|b| b[1]),
+            });
+        }
+    });
 }
 
 /// Threads per block of every kernel (`WEFT_BLOCK` in common.cuh).
@@ -138,16 +185,28 @@ impl Exec {
             GpuBackend::Emulated(_) => {
                 let name = CString::new(kernel).map_err(|_| KernelError::NoSuchKernel(kernel.into()))?;
                 let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
+                let mut bytes = [0u64; 2];
                 // SAFETY: every pointer argument is a live allocation of this
                 // emulated device (host memory) sized by the caller for the
-                // kernel; `ptrs` points at `slots`, which outlive the call,
-                // and the launch is synchronous.
+                // kernel; `ptrs` points at `slots` and `bytes` at two u64s,
+                // all of which outlive the call, and the launch is synchronous.
                 let r = unsafe {
-                    weft_emu_launch(name.as_ptr(), grid.0, grid.1, 1, block.0, block.1, 1, ptrs.as_mut_ptr())
+                    weft_emu_launch(
+                        name.as_ptr(),
+                        grid.0,
+                        grid.1,
+                        1,
+                        block.0,
+                        block.1,
+                        1,
+                        ptrs.as_mut_ptr(),
+                        bytes.as_mut_ptr(),
+                    )
                 };
                 if r != 0 {
                     return Err(KernelError::NoSuchKernel(kernel.into()));
                 }
+                note_launch(kernel, grid, block, Some(bytes));
                 Ok(())
             }
             GpuBackend::Cuda(cuda) => {
@@ -200,6 +259,7 @@ impl Exec {
                 // every buffer they point to is kept alive by the caller until
                 // `finish` has synchronised the stream.
                 unsafe { builder.launch(cfg) }.map_err(drv("launch"))?;
+                note_launch(kernel, grid, block, None);
                 Ok(())
             }
         }

@@ -24,6 +24,7 @@ pub mod take;
 
 pub use column::{Column, DType, Data, Native, bitmap_bytes};
 pub use error::KernelError;
+pub use launch::{LaunchRecord, record_launches};
 
 /// Kernel sources, embedded by the build script.
 pub mod sources {
