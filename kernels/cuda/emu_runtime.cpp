@@ -1,6 +1,9 @@
 // The launcher behind emu.h: kernel registry, grid loop and block barrier.
 #include "emu.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <atomic>
 
 namespace weft_emu {
@@ -85,14 +88,14 @@ struct EndBarrier {
 };
 
 // A barrier among the threads of one warp named in a mask, with the slots
-// the warp intrinsics exchange values through. The second wait in
-// exchange() keeps a fast thread from overwriting its slot before the
-// others have read the round's values.
+// the warp intrinsics exchange values through. Exchanges alternate between
+// two sets of slots: a thread cannot write a set again before every other
+// thread has passed the next exchange's barrier, hence read this one's.
 struct WarpState {
     std::mutex m;
     unsigned waiting = 0;
     std::atomic<unsigned> generation{0};
-    unsigned long long slots[32];
+    unsigned long long slots[2][32];
 
     void sync(unsigned count) {
         unsigned g;
@@ -172,15 +175,34 @@ void syncthreads() { current_barrier->sync(); }
 
 unsigned lane_id() { return current_lane; }
 
-void warp_sync(unsigned mask) { current_warp->sync((unsigned)__builtin_popcount(mask)); }
+static void whole_warp(unsigned mask);
+
+void warp_sync(unsigned mask) {
+    whole_warp(mask);
+    current_warp->sync(32);
+}
+
+thread_local unsigned current_parity = 0;
+
+// The emulation supports warp intrinsics of whole warps only (every lane
+// in the mask, as all of our kernels use them): the two sets of slots
+// alternate per exchange, which holds when all lanes take part in each.
+static void whole_warp(unsigned mask) {
+    if (mask != 0xffffffffu) {
+        fprintf(stderr, "weft emulation: warp intrinsic with mask %08x (only whole warps are emulated)\n", mask);
+        abort();
+    }
+}
 
 void warp_exchange(unsigned mask, unsigned long long v, unsigned long long *slots) {
+    whole_warp(mask);
     WarpState &w = *current_warp;
-    unsigned count = (unsigned)__builtin_popcount(mask);
-    w.slots[current_lane] = v;
+    unsigned count = 32;
+    unsigned long long *set = w.slots[current_parity];
+    current_parity ^= 1;
+    set[current_lane] = v;
     w.sync(count);
-    memcpy(slots, w.slots, sizeof w.slots);
-    w.sync(count);
+    memcpy(slots, set, sizeof w.slots[0]);
 }
 }  // namespace weft_emu
 
@@ -219,6 +241,7 @@ extern "C" int weft_emu_launch(const char *name, unsigned gx, unsigned gy, unsig
         bytes_written = 0;
         for (unsigned long b = 0; b < nblocks; ++b) {
             block_idx = uint3{(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / ((unsigned long)gx * gy))};
+            current_parity = 0;
             entry.invoker(entry.kernel, args);
             barrier.drop();
             end.arrive_and_wait([&] {

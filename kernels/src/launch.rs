@@ -161,15 +161,24 @@ impl Exec {
         Ok(out)
     }
 
+    /// A device copy of `values` (done when this returns).
+    pub(crate) fn upload<T: arrow_buffer::ArrowNativeType>(&self, values: &[T]) -> Result<DeviceBuffer, KernelError> {
+        let bytes = std::mem::size_of_val(values);
+        // SAFETY: plain-old-data values, `bytes` long in all.
+        let src = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), bytes) };
+        let b = self.gpu.alloc(bytes)?;
+        self.stream.copy_h2d(src, &b)?;
+        Ok(b)
+    }
+
     /// Blocks for a grid-stride kernel over `items` work items: enough to
-    /// cover them, capped (emulated devices run at most 4 blocks, which still
-    /// exercises the cross-block paths while keeping CI fast).
+    /// cover them, at most what the device holds at once (from its
+    /// multiprocessor count and threads per multiprocessor; an emulated
+    /// device reports 2 x 512 threads, so 4 blocks, which still exercises
+    /// the cross-block paths while keeping CI fast).
     pub(crate) fn grid(&self, items: u64) -> u32 {
-        let cap: u64 = match self.gpu.backend() {
-            GpuBackend::Emulated(_) => 4,
-            GpuBackend::Cuda(_) => 1024,
-        };
-        items.div_ceil(u64::from(BLOCK)).clamp(1, cap) as u32
+        let resident = self.gpu.geometry().resident_blocks(BLOCK);
+        items.div_ceil(u64::from(BLOCK)).clamp(1, u64::from(resident)) as u32
     }
 
     pub(crate) fn launch(

@@ -22,6 +22,7 @@ impl Traffic {
     }
 
     fn count(&self, kernel: &str) -> usize {
+        // Kernel names are exact; prefixes name a family.
         self.launches.iter().filter(|l| l.kernel.starts_with(kernel)).count()
     }
 
@@ -59,57 +60,108 @@ fn random_i64(n: usize, seed: u64) -> Vec<i64> {
     (0..n).map(|_| rng.i64(..)).collect()
 }
 
+/// Rows of the traffic tests: ten of the GPU's 4096-row sort tiles, so the
+/// per-tile costs (look-back status words, bin starts) weigh as on a GPU.
+const N: usize = 40_960;
+
+/// Bytes per row a histogram may move besides reading the keys: each block
+/// adds its shared counts (8 x 256 of them) to the global ones atomically.
+const HIST_OVERHEAD: f64 = 2.0;
+
+/// Bytes per row a onesweep pass may move besides its (key, row) pairs:
+/// per 4096-row tile, 256 status words written twice and read by the next
+/// tile, 256 bin starts and the tile counter (about 1.8 bytes per row).
+const TILE_OVERHEAD: f64 = 3.0;
+
+/// A sort or partition: one histogram launch, then onesweep passes only,
+/// each within `pass_bytes` per row (its pairs plus the tile overhead).
+fn check_passes(t: &Traffic, what: &str, max_passes: usize, hist_bytes: f64, pass_bytes: f64) {
+    let hist = t.count("radix_histogram") + t.count("partition_histogram");
+    let passes = t.count("onesweep_pass_16");
+    assert_eq!(hist, 1, "{what}: one histogram launch");
+    assert_eq!(t.launches.len(), 1 + passes, "{what}: nothing but the histogram and the passes");
+    assert!((1..=max_passes).contains(&passes), "{what}: {passes} passes");
+    let per_row = |l: &LaunchRecord| (l.bytes_read.unwrap() + l.bytes_written.unwrap()) as f64 / t.rows as f64;
+    let h = per_row(&t.launches[0]);
+    assert!(h <= hist_bytes, "{what}: histogram moves {h:.2} bytes/row");
+    for l in &t.launches[1..] {
+        let b = per_row(l);
+        assert!(b <= pass_bytes, "{what}: a pass moves {b:.2} bytes/row");
+    }
+}
+
 #[test]
 fn argsort_i64_traffic() {
     let gpu = common::emulated();
-    let n = 6000;
-    let x = Column::from_vec(random_i64(n, 1)).to_device(&gpu).unwrap();
-    let t = Traffic::of(n, || {
+    let x = Column::from_vec(random_i64(N, 1)).to_device(&gpu).unwrap();
+    let t = Traffic::of(N, || {
         sort::argsort(&x).unwrap();
     });
     t.report("argsort i64, no nulls");
+    // The histogram reads each key once (8 bytes); a pass reads and writes
+    // (key, row) = 12 bytes each way, the last one writes no keys.
+    check_passes(&t, "argsort i64", 8, 8.0 + HIST_OVERHEAD, 24.0 + TILE_OVERHEAD);
+    assert_eq!(t.count("onesweep_pass_16"), 8, "random keys differ in every byte");
+    assert!(t.bytes_per_row() <= 8.0 + HIST_OVERHEAD + 8.0 * (24.0 + TILE_OVERHEAD));
 
-    let opts: Vec<Option<i64>> = random_i64(n, 2)
+    let opts: Vec<Option<i64>> = random_i64(N, 2)
         .into_iter()
         .enumerate()
         .map(|(i, v)| (i % 7 != 0).then_some(v))
         .collect();
     let x = Column::from_options(&opts).to_device(&gpu).unwrap();
-    let t = Traffic::of(n, || {
+    let t = Traffic::of(N, || {
         sort::argsort(&x).unwrap();
     });
     t.report("argsort i64, 1/7 null");
+    // Plus the null pass: rows (4 bytes) in and out.
+    check_passes(&t, "argsort i64 with nulls", 9, 8.0 + HIST_OVERHEAD, 24.0 + TILE_OVERHEAD);
+    let null_pass = t.launches.last().unwrap();
+    let b = (null_pass.bytes_read.unwrap() + null_pass.bytes_written.unwrap()) as f64 / N as f64;
+    assert!(b <= 8.0 + TILE_OVERHEAD, "the null pass moves {b:.2} bytes/row");
 
-    let small: Vec<i64> = random_i64(n, 3).into_iter().map(|v| v & 0xffff).collect();
+    let small: Vec<i64> = random_i64(N, 3).into_iter().map(|v| v & 0xffff).collect();
     let x = Column::from_vec(small).to_device(&gpu).unwrap();
-    let t = Traffic::of(n, || {
+    let t = Traffic::of(N, || {
         sort::argsort(&x).unwrap();
     });
     t.report("argsort i64 in [0, 65536)");
+    check_passes(&t, "argsort of 16-bit keys", 2, 8.0 + HIST_OVERHEAD, 24.0 + TILE_OVERHEAD);
+    assert_eq!(t.count("onesweep_pass_16"), 2, "six digit positions are skipped");
 }
 
 #[test]
 fn partition_traffic() {
     let gpu = common::emulated();
-    let n = 6000;
-    let x = Column::from_vec(random_i64(n, 4)).to_device(&gpu).unwrap();
-    for parts in [64, 1000] {
-        let t = Traffic::of(n, || {
-            hash::hash_partition(&x, parts, 7).unwrap();
-        });
-        t.report(&format!("hash_partition i64 into {parts}"));
-    }
+    let x = Column::from_vec(random_i64(N, 4)).to_device(&gpu).unwrap();
+    let t = Traffic::of(N, || {
+        hash::hash_partition(&x, 64, 7).unwrap();
+    });
+    t.report("hash_partition i64 into 64");
+    // Hash, id and count in one read (8 in, 4 out), then one pass that
+    // reads the id and writes the row number once (4 in, 4 out).
+    check_passes(&t, "partition into 64", 1, 12.0 + HIST_OVERHEAD, 8.0 + TILE_OVERHEAD);
+    assert!(t.bytes_per_row() <= 24.0);
+
+    let t = Traffic::of(N, || {
+        hash::hash_partition(&x, 1000, 7).unwrap();
+    });
+    t.report("hash_partition i64 into 1000");
+    // Past 256 parts, two passes: the first carries the id as a key.
+    check_passes(&t, "partition into 1000", 2, 12.0 + HIST_OVERHEAD, 24.0 + TILE_OVERHEAD);
+    assert_eq!(t.count("onesweep_pass_16"), 2);
 }
 
 #[test]
 fn sum_traffic() {
     let gpu = common::emulated();
-    let n = 6000;
-    let x = Column::from_vec((0..n).map(|i| i as f64).collect::<Vec<_>>())
+    let x = Column::from_vec((0..N).map(|i| i as f64).collect::<Vec<_>>())
         .to_device(&gpu)
         .unwrap();
-    let t = Traffic::of(n, || {
+    let t = Traffic::of(N, || {
         reduce::sum(&x).unwrap();
     });
     t.report("sum f64");
+    assert!(t.launches.len() <= 2, "partials, then one block combining them");
+    assert!(t.bytes_per_row() <= 8.0 + 0.1, "each value read once");
 }
