@@ -293,7 +293,11 @@ fn gpu_partition(
             *s = run;
             run += c;
         }
-        let source = if passes.is_empty() { KeySource::U32 } else { KeySource::Buffer };
+        let source = if passes.is_empty() {
+            KeySource::U32
+        } else {
+            KeySource::Buffer
+        };
         passes.push(Pass { source, shift, starts });
     }
     let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), &passes)?;

@@ -115,6 +115,14 @@ pub(crate) fn opt_ptr(d: Option<&Data>) -> Result<Arg, KernelError> {
 
 type ModuleKey = (u32, &'static str);
 
+/// `$WEFT_CUBIN_DIR/<stem>.sm_<major><minor>.cubin`, as `ci/cuda-check.sh`
+/// builds them, when that file exists: SASS for the device's architecture
+/// loads without NVRTC and without JIT.
+fn prebuilt_cubin(stem: &str, major: i32, minor: i32) -> Option<Vec<u8>> {
+    let dir = std::env::var_os("WEFT_CUBIN_DIR")?;
+    std::fs::read(std::path::Path::new(&dir).join(format!("{stem}.sm_{major}{minor}.cubin"))).ok()
+}
+
 fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
     static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>> = OnceLock::new();
     MODULES.get_or_init(Mutex::default)
@@ -240,10 +248,14 @@ impl Exec {
                         Some(m) => m.clone(),
                         None => {
                             let (major, minor) = ctx.compute_capability().map_err(drv("query arch"))?;
-                            let ptx = crate::nvrtc::compile_ptx(file, (major * 10 + minor) as u32)?;
-                            let m = ctx
-                                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                                .map_err(drv("load module"))?;
+                            let image = match prebuilt_cubin(file, major, minor) {
+                                Some(cubin) => cudarc::nvrtc::Ptx::from_binary(cubin),
+                                None => cudarc::nvrtc::Ptx::from_src(crate::nvrtc::compile_ptx(
+                                    file,
+                                    (major * 10 + minor) as u32,
+                                )?),
+                            };
+                            let m = ctx.load_module(image).map_err(drv("load module"))?;
                             map.insert((ordinal, file), m.clone());
                             m
                         }

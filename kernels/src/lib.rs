@@ -9,6 +9,7 @@
 //! runs block by block with one OS thread per CUDA thread.
 #![warn(missing_docs)]
 
+pub mod bench;
 mod column;
 mod dispatch;
 pub mod elementwise;

@@ -79,7 +79,11 @@ fn check_passes(t: &Traffic, what: &str, max_passes: usize, hist_bytes: f64, pas
     let hist = t.count("radix_histogram") + t.count("partition_histogram");
     let passes = t.count("onesweep_pass_16");
     assert_eq!(hist, 1, "{what}: one histogram launch");
-    assert_eq!(t.launches.len(), 1 + passes, "{what}: nothing but the histogram and the passes");
+    assert_eq!(
+        t.launches.len(),
+        1 + passes,
+        "{what}: nothing but the histogram and the passes"
+    );
     assert!((1..=max_passes).contains(&passes), "{what}: {passes} passes");
     let per_row = |l: &LaunchRecord| (l.bytes_read.unwrap() + l.bytes_written.unwrap()) as f64 / t.rows as f64;
     let h = per_row(&t.launches[0]);
@@ -115,7 +119,13 @@ fn argsort_i64_traffic() {
     });
     t.report("argsort i64, 1/7 null");
     // Plus the null pass: rows (4 bytes) in and out.
-    check_passes(&t, "argsort i64 with nulls", 9, 8.0 + HIST_OVERHEAD, 24.0 + TILE_OVERHEAD);
+    check_passes(
+        &t,
+        "argsort i64 with nulls",
+        9,
+        8.0 + HIST_OVERHEAD,
+        24.0 + TILE_OVERHEAD,
+    );
     let null_pass = t.launches.last().unwrap();
     let b = (null_pass.bytes_read.unwrap() + null_pass.bytes_written.unwrap()) as f64 / N as f64;
     assert!(b <= 8.0 + TILE_OVERHEAD, "the null pass moves {b:.2} bytes/row");
@@ -126,7 +136,13 @@ fn argsort_i64_traffic() {
         sort::argsort(&x).unwrap();
     });
     t.report("argsort i64 in [0, 65536)");
-    check_passes(&t, "argsort of 16-bit keys", 2, 8.0 + HIST_OVERHEAD, 24.0 + TILE_OVERHEAD);
+    check_passes(
+        &t,
+        "argsort of 16-bit keys",
+        2,
+        8.0 + HIST_OVERHEAD,
+        24.0 + TILE_OVERHEAD,
+    );
     assert_eq!(t.count("onesweep_pass_16"), 2, "six digit positions are skipped");
 }
 
