@@ -73,7 +73,26 @@ __device__ void reduce_partials(const T *x, const u32 *xv, u64 n, typename R::Ac
         const u32 W = 16 / sizeof(T);
         const Vec16<T> *xs = (const Vec16<T> *)x;
         u64 nv = n / W;
-        for (u64 i = weft_global_id(); i < nv; i += weft_grid_size()) {
+        const u64 g = weft_grid_size();
+        // Four loads in flight per thread before any is used.
+        u64 i = weft_global_id();
+        for (; i + 3 * g < nv; i += 4 * g) {
+            Vec16<T> v[4];
+#pragma unroll
+            for (u32 u = 0; u < 4; ++u) v[u] = weft_load(&xs[i + u * g]);
+#pragma unroll
+            for (u32 u = 0; u < 4; ++u) {
+#pragma unroll
+                for (u32 k = 0; k < W; ++k) {
+                    Acc a = (Acc)v[u].v[k];
+                    sum = R::add(sum, a);
+                    mn = R::lo(mn, a);
+                    mx = R::hi(mx, a);
+                }
+            }
+            cnt += 4 * W;
+        }
+        for (; i < nv; i += g) {
             Vec16<T> v = weft_load(&xs[i]);
 #pragma unroll
             for (u32 k = 0; k < W; ++k) {

@@ -296,3 +296,16 @@ WEFT_KERNEL(partition_histogram, u32 mode, const void *src, const u32 *xv, u64 n
         }
     }
 }
+
+// Bin starts of a one-pass partition (parts <= RADIX), on the device so the
+// host need not wait for the counts: starts[d] = rows in partitions below d
+// (n past `parts`), offsets[0..=parts] the same with n last. One block.
+WEFT_KERNEL(partition_starts, const u32 *hist, u32 parts, u64 n, u32 *starts, u32 *offsets) {
+    __shared__ u32 sums[SORT_WARPS];
+    u32 d = threadIdx.x;
+    u32 c = d < parts ? weft_load(&hist[d]) : 0;
+    u32 s = block_exclusive_sum(c, sums);
+    weft_store(&starts[d], d < parts ? s : (u32)n);
+    if (d < parts) weft_store(&offsets[d], s);
+    if (d == 0) weft_store(&offsets[parts], (u32)n);
+}

@@ -9,7 +9,7 @@ use crate::dispatch::{Target, target};
 use weft_gpu::DeviceBuffer;
 
 use crate::launch::{Arg, Exec, opt_ptr, ptr};
-use crate::sort::{KeySource, Pass};
+use crate::sort::{KeySource, Pass, Starts};
 use crate::{Column, DType, KernelError};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -218,9 +218,10 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
 }
 
 /// Hash partitioning on the GPU: one kernel hashes each row, writes its
-/// partition id and counts the partitions; the host scans the counts into
-/// offsets; then one onesweep pass on the id (two for more than 256 parts,
-/// low byte then high byte) writes each row number once into its place.
+/// partition id and counts the partitions; a one-block kernel scans the
+/// counts into offsets; then one onesweep pass on the id writes each row
+/// number once into its place. Past 256 parts the host scans the counts
+/// and two passes (low byte, then high byte of the id) move the rows.
 fn gpu_partition(
     exec: &Exec,
     x: &Column,
@@ -266,6 +267,33 @@ fn gpu_partition(
             ],
         )?;
     }
+    // Up to 256 parts, one pass whose bin starts (and the offsets) are
+    // scanned on the device: nothing waits for the counts.
+    if parts <= 256 {
+        let offsets = exec.alloc((parts as usize + 1) * 4)?;
+        let starts = exec.alloc(256 * 4)?;
+        exec.launch1(
+            "sort",
+            "partition_starts",
+            1,
+            &[
+                ptr(&hist),
+                Arg::U32(parts),
+                Arg::U64(n as u64),
+                ptr(&starts),
+                ptr(&offsets),
+            ],
+        )?;
+        let pass = Pass {
+            source: KeySource::U32,
+            shift: 0,
+            starts: Starts::Device(starts.device_ptr()),
+        };
+        let passes: &[Pass] = if parts > 1 { &[pass] } else { &[] };
+        let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), passes)?;
+        exec.finish()?;
+        return Ok((ids, offsets, rows));
+    }
     let counts: Vec<u32> = exec.download(&hist, parts as usize)?;
     let mut offsets = Vec::with_capacity(parts as usize + 1);
     let mut run = 0u32;
@@ -274,12 +302,9 @@ fn gpu_partition(
         run += c;
     }
     offsets.push(run);
-    // The id's digits, low byte first; a digit all rows share is skipped.
+    // The id's two digits, low byte first; a digit all rows share is skipped.
     let mut passes = Vec::new();
     for shift in [0u32, 8] {
-        if shift > 0 && parts <= 256 {
-            break;
-        }
         let mut digit_counts = [0u32; 256];
         for (id, c) in counts.iter().enumerate() {
             digit_counts[(id >> shift) & 0xff] += c;
@@ -298,7 +323,11 @@ fn gpu_partition(
         } else {
             KeySource::Buffer
         };
-        passes.push(Pass { source, shift, starts });
+        passes.push(Pass {
+            source,
+            shift,
+            starts: Starts::Host(starts),
+        });
     }
     let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), &passes)?;
     let offsets = exec.upload(&offsets)?;

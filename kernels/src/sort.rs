@@ -406,7 +406,16 @@ pub(crate) struct Pass {
     /// The digit is `(key >> shift) & 0xff`.
     pub(crate) shift: u32,
     /// Where each digit's bin starts in the output (256 entries).
-    pub(crate) starts: [u32; RADIX],
+    pub(crate) starts: Starts,
+}
+
+/// The bin starts of a pass: computed on the host, or already on the device.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Starts {
+    /// Uploaded with the other passes' starts.
+    Host([u32; RADIX]),
+    /// A device pointer to 256 u32 (kept alive by the caller).
+    Device(u64),
 }
 
 /// The onesweep passes of one sort over `n` rows: each moves (key, row)
@@ -442,8 +451,14 @@ pub(crate) fn onesweep(
     // Status words of every tile and digit, then one tile counter per pass.
     let status_bytes = tiles * RADIX * 8;
     let status = exec.zeroed(status_bytes + passes.len() * 4)?;
-    let starts: Vec<u32> = passes.iter().flat_map(|p| p.starts).collect();
-    let starts = exec.upload(&starts)?;
+    let host_starts: Vec<u32> = passes
+        .iter()
+        .flat_map(|p| match p.starts {
+            Starts::Host(s) => s,
+            Starts::Device(_) => [0; RADIX],
+        })
+        .collect();
+    let uploaded = exec.upload(&host_starts)?;
     // Only the passes followed by a digit pass of the keys write keys.
     let needs_keys = |k: usize| passes.get(k + 1).is_some_and(|p| p.source == KeySource::Buffer);
     let key_bufs = if (0..passes.len()).any(needs_keys) {
@@ -478,7 +493,10 @@ pub(crate) fn onesweep(
                 rows_in,
                 Arg::U64(n as u64),
                 Arg::U32(pass.shift),
-                Arg::Ptr(starts.device_ptr() + (k * RADIX * 4) as u64),
+                Arg::Ptr(match pass.starts {
+                    Starts::Host(_) => uploaded.device_ptr() + (k * RADIX * 4) as u64,
+                    Starts::Device(p) => p,
+                }),
                 ptr(&status),
                 Arg::Ptr(status.device_ptr() + (status_bytes + k * 4) as u64),
                 Arg::U32(k as u32 + 1),
@@ -548,7 +566,7 @@ fn gpu_argsort(exec: &Exec, x: &Column) -> Result<DeviceBuffer, KernelError> {
         passes.push(Pass {
             source,
             shift: 8 * p as u32,
-            starts,
+            starts: Starts::Host(starts),
         });
     }
     if nulls > 0 && nulls < n {
@@ -558,7 +576,7 @@ fn gpu_argsort(exec: &Exec, x: &Column) -> Result<DeviceBuffer, KernelError> {
         passes.push(Pass {
             source: KeySource::Nulls,
             shift: 0,
-            starts,
+            starts: Starts::Host(starts),
         });
     }
     onesweep(exec, n, x_ptr, validity, &passes)

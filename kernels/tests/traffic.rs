@@ -7,7 +7,7 @@
 
 mod common;
 
-use weft_kernels::{Column, LaunchRecord, hash, record_launches, reduce, sort};
+use weft_kernels::{Column, LaunchRecord, filter, hash, record_launches, reduce, sort};
 
 /// Launches and bytes per row of one kernel call.
 struct Traffic {
@@ -79,10 +79,13 @@ fn check_passes(t: &Traffic, what: &str, max_passes: usize, hist_bytes: f64, pas
     let hist = t.count("radix_histogram") + t.count("partition_histogram");
     let passes = t.count("onesweep_pass_16");
     assert_eq!(hist, 1, "{what}: one histogram launch");
+    // A partition into at most 256 parts scans its counts on the device.
+    let scans = t.count("partition_starts");
+    assert!(scans <= 1, "{what}: {scans} scans");
     assert_eq!(
         t.launches.len(),
-        1 + passes,
-        "{what}: nothing but the histogram and the passes"
+        1 + scans + passes,
+        "{what}: nothing but the histogram, the scan and the passes"
     );
     assert!((1..=max_passes).contains(&passes), "{what}: {passes} passes");
     let per_row = |l: &LaunchRecord| (l.bytes_read.unwrap() + l.bytes_written.unwrap()) as f64 / t.rows as f64;
@@ -180,4 +183,25 @@ fn sum_traffic() {
     t.report("sum f64");
     assert!(t.launches.len() <= 2, "partials, then one block combining them");
     assert!(t.bytes_per_row() <= 8.0 + 0.1, "each value read once");
+}
+
+#[test]
+fn filter_traffic() {
+    let gpu = common::emulated();
+    let x = Column::from_vec(random_i64(N, 5)).to_device(&gpu).unwrap();
+    let keep: Vec<bool> = (0..N).map(|i| (i * 7919) % 3 != 0).collect();
+    let kept = keep.iter().filter(|k| **k).count();
+    let mask = Column::from_arrow(&arrow_array::BooleanArray::from(keep))
+        .unwrap()
+        .to_device(&gpu)
+        .unwrap();
+    let t = Traffic::of(N, || {
+        filter::filter(&x, &mask).unwrap();
+    });
+    t.report("filter i64, 2/3 kept");
+    // Count, scan of the per-block counts, write; values are read only
+    // where selected and written once (the mask's bits are not counted).
+    assert_eq!(t.launches.len(), 3);
+    let moved = (16 * kept) as f64 / N as f64;
+    assert!(t.bytes_per_row() <= moved + 0.1, "{:.2} bytes/row", t.bytes_per_row());
 }
