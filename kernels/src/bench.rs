@@ -64,7 +64,7 @@ impl Line<'_> {
                 "\"copy_bytes\": {}, \"device\": \"{}\"}}, \"reps\": {}, \"median_s\": {}, \"min_s\": {}, ",
                 "\"max_s\": {}, \"all_s\": [{}], \"work\": {}, \"unit\": \"{}\", \"rate\": {}, ",
                 "\"startup_s\": null, \"check\": \"{}\", \"foreign_cpu_s\": null, ",
-                "\"versions\": {{\"weft\": \"{}\", \"machine\": \"{}\"}}}}"
+                "\"versions\": {{\"weft\": \"{}\", \"machine\": \"{}\", \"nvrtc\": \"{}\"}}}}"
             ),
             self.workload,
             self.opts.rows,
@@ -82,6 +82,11 @@ impl Line<'_> {
             self.check.replace('"', "'"),
             env!("CARGO_PKG_VERSION"),
             std::env::consts::ARCH,
+            if self.opts.device == "cuda" {
+                crate::cudalibs::nvrtc_library().unwrap_or_else(|e| e.replace('"', "'"))
+            } else {
+                String::new()
+            },
         )
     }
 }

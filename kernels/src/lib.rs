@@ -11,6 +11,7 @@
 
 pub mod bench;
 mod column;
+pub mod cudalibs;
 mod dispatch;
 pub mod elementwise;
 mod error;

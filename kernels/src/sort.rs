@@ -410,7 +410,9 @@ pub(crate) struct Pass {
 }
 
 /// The bin starts of a pass: computed on the host, or already on the device.
+/// (A sort holds at most nine, so the array's size does not matter.)
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Starts {
     /// Uploaded with the other passes' starts.
     Host([u32; RADIX]),
@@ -443,6 +445,7 @@ pub(crate) fn onesweep(
     }
     let items = tile_items(exec, n);
     let tile = BLOCK as usize * items as usize;
+    let kernel = format!("onesweep_pass_{items}");
     let tiles = n.div_ceil(tile);
     let tiles_u32 = u32::try_from(tiles).map_err(|_| KernelError::InvalidArgument {
         kernel: "argsort",
@@ -467,7 +470,6 @@ pub(crate) fn onesweep(
         None
     };
     let rows = [exec.alloc(n * 4)?, exec.alloc(n * 4)?];
-    let kernel = format!("onesweep_pass_{items}");
     for (k, pass) in passes.iter().enumerate() {
         let (src, rows_in) = if k == 0 {
             (first_src, Arg::Ptr(0))
