@@ -87,8 +87,8 @@ struct EndBarrier {
     }
 };
 
-// A barrier among the threads of one warp named in a mask, with the slots
-// the warp intrinsics exchange values through. Exchanges alternate between
+// A barrier among the 32 threads of one warp, with the slots the warp
+// intrinsics exchange values through. Exchanges alternate between
 // two sets of slots: a thread cannot write a set again before every other
 // thread has passed the next exchange's barrier, hence read this one's.
 struct WarpState {
@@ -175,15 +175,6 @@ void syncthreads() { current_barrier->sync(); }
 
 unsigned lane_id() { return current_lane; }
 
-static void whole_warp(unsigned mask);
-
-void warp_sync(unsigned mask) {
-    whole_warp(mask);
-    current_warp->sync(32);
-}
-
-thread_local unsigned current_parity = 0;
-
 // The emulation supports warp intrinsics of whole warps only (every lane
 // in the mask, as all of our kernels use them): the two sets of slots
 // alternate per exchange, which holds when all lanes take part in each.
@@ -194,14 +185,20 @@ static void whole_warp(unsigned mask) {
     }
 }
 
+void warp_sync(unsigned mask) {
+    whole_warp(mask);
+    current_warp->sync(32);
+}
+
+thread_local unsigned current_parity = 0;
+
 void warp_exchange(unsigned mask, unsigned long long v, unsigned long long *slots) {
     whole_warp(mask);
     WarpState &w = *current_warp;
-    unsigned count = 32;
     unsigned long long *set = w.slots[current_parity];
     current_parity ^= 1;
     set[current_lane] = v;
-    w.sync(count);
+    w.sync(32);
     memcpy(slots, set, sizeof w.slots[0]);
 }
 }  // namespace weft_emu
