@@ -47,9 +47,15 @@ enum Command {
         /// Unique worker name (default: from its address).
         #[arg(long)]
         name: Option<String>,
-        /// Address to serve results on (port 0: any free port).
-        #[arg(long, default_value = "tcp://127.0.0.1:0")]
+        /// Address to serve results on (port 0: any free port); by default
+        /// every interface, advertised as this host's address on the route
+        /// to the scheduler.
+        #[arg(long, default_value = "tcp://0.0.0.0:0")]
         listen: String,
+        /// The address to give peers and clients instead (behind NAT, or a
+        /// name they resolve), such as tcp://node7.example:40000.
+        #[arg(long)]
+        contact_address: Option<String>,
         /// Pin the worker to GPU N of this machine (CUDA's numbering;
         /// emulated GPUs count too): its results live there, and it offers
         /// `gpu = 1`, so tasks that ask for a GPU run one at a time.
@@ -116,6 +122,7 @@ fn run(command: Command) -> Result<()> {
             gpus: None,
             resources,
             timeout,
+            contact_address,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut options = WorkerOptions::new(scheduler, nthreads.unwrap_or(cores));
@@ -126,6 +133,7 @@ fn run(command: Command) -> Result<()> {
             }
             options.name = name;
             options.listen = listen;
+            options.contact = contact_address;
             if let Some(index) = gpu {
                 options.pin_gpu(open_gpu(index).context("--gpu")?);
             }
