@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod security;
 mod size;
 
 use std::time::Duration;
@@ -25,14 +26,18 @@ struct Cli {
 enum Command {
     /// Run a scheduler.
     Scheduler {
-        /// Address to listen on.
+        /// Address to listen on (`tls://` with the TLS flags).
         #[arg(long, default_value = "tcp://0.0.0.0:8786")]
         listen: String,
+        #[command(flatten)]
+        security: security::Security,
     },
     /// Run a worker that joins the scheduler at ADDR.
     Worker {
         /// The scheduler's address, such as tcp://10.0.0.1:8786.
         scheduler: String,
+        #[command(flatten)]
+        security: security::Security,
         /// Compute threads (default: every core).
         #[arg(long)]
         nthreads: Option<usize>,
@@ -123,6 +128,7 @@ fn run(command: Command) -> Result<()> {
             resources,
             timeout,
             contact_address,
+            security,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut options = WorkerOptions::new(scheduler, nthreads.unwrap_or(cores));
@@ -134,6 +140,7 @@ fn run(command: Command) -> Result<()> {
             options.name = name;
             options.listen = listen;
             options.contact = contact_address;
+            security.apply(&mut options.transport)?;
             if let Some(index) = gpu {
                 options.pin_gpu(open_gpu(index).context("--gpu")?);
             }
@@ -153,8 +160,10 @@ fn run(command: Command) -> Result<()> {
 
 async fn run_async(command: Command) -> Result<()> {
     match command {
-        Command::Scheduler { listen } => {
-            let scheduler = weft_runtime::start_scheduler(SchedulerOptions::new(listen)).await?;
+        Command::Scheduler { listen, security } => {
+            let mut options = SchedulerOptions::new(listen);
+            security.apply(&mut options.transport)?;
+            let scheduler = weft_runtime::start_scheduler(options).await?;
             println!("scheduler at {}", scheduler.address());
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
             scheduler.stop().await;

@@ -540,3 +540,59 @@ async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
         assert_eq!(future.result().await.unwrap().decode::<i64>().unwrap(), i as i64);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_token_refuses_peers_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("token"), dir.path().join("wrong"));
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&bad, "guess").unwrap();
+    let (good, bad) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    let address = free_address();
+    let _scheduler = spawn(&["scheduler", "--listen", &address, "--token-file", good]);
+    let _worker = spawn(&[
+        "worker",
+        &address,
+        "--name",
+        "member",
+        "--token-file",
+        good,
+        "--timeout",
+        "30",
+    ]);
+    // A worker with the wrong secret is refused at the handshake and says
+    // so; it never joins.
+    let output = run_to_end(
+        &[
+            "worker",
+            &address,
+            "--name",
+            "intruder",
+            "--token-file",
+            bad,
+            "--timeout",
+            "30",
+        ],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.to_lowercase().contains("token"), "{stderr}");
+    // So is a client without it; one with it computes.
+    assert!(Client::connect(&address, &Config::default()).await.is_err());
+    let config = Config {
+        token: Some(b"s3cret".to_vec()),
+        ..Config::default()
+    };
+    let client = Client::connect(&address, &config).await.unwrap();
+    joined(&client, 1).await;
+    let names: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
+    assert_eq!(names, ["member"]);
+    assert_eq!(root(&client, graphs::tree("secured", 64)).await.unwrap(), 64 * 63 / 2);
+}
