@@ -53,10 +53,11 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// Address to serve results on (port 0: any free port); by default
-        /// every interface, advertised as this host's address on the route
-        /// to the scheduler.
-        #[arg(long, default_value = "tcp://0.0.0.0:0")]
-        listen: String,
+        /// every interface (over the scheduler address's scheme: tcp, tls
+        /// or ucx), advertised as this host's address on the route to the
+        /// scheduler.
+        #[arg(long)]
+        listen: Option<String>,
         /// The address to give peers and clients instead (behind NAT, or a
         /// name they resolve), such as tcp://node7.example:40000.
         #[arg(long)]
@@ -99,6 +100,11 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Certificates for a cluster with mutual TLS.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Run a benchmark workload and print one JSON line in the schema of
     /// the peer scripts (../shared/peers).
     Bench(bench::Args),
@@ -116,6 +122,22 @@ fn main() {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Worker { gpus: Some(which), .. } => one_worker_per_gpu(&which),
+        Command::Tls {
+            command: TlsCommand::Generate { dir, hosts },
+        } => {
+            let hosts = if hosts.is_empty() {
+                security::default_hosts()
+            } else {
+                hosts
+            };
+            security::generate(&dir, &hosts)?;
+            println!(
+                "wrote ca.pem and scheduler, worker and client certificates for {} into {}",
+                hosts.join(", "),
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Worker {
             scheduler,
             nthreads,
@@ -138,7 +160,10 @@ fn run(command: Command) -> Result<()> {
                 options.memory.spill_dir = dir;
             }
             options.name = name;
-            options.listen = listen;
+            options.listen = listen.unwrap_or_else(|| {
+                let scheme = options.scheduler.split_once("://").map_or("tcp", |(scheme, _)| scheme);
+                format!("{scheme}://0.0.0.0:0")
+            });
             options.contact = contact_address;
             security.apply(&mut options.transport)?;
             if let Some(index) = gpu {
@@ -186,7 +211,7 @@ async fn run_async(command: Command) -> Result<()> {
         }
         Command::Demo { workers } => demo::run(local_options(workers, None)).await?,
         Command::Bench(args) => bench::run(args).await?,
-        Command::Worker { .. } => unreachable!("workers run on their own runtime"),
+        Command::Worker { .. } | Command::Tls { .. } => unreachable!("run without the async runtime"),
     }
     Ok(())
 }
@@ -269,6 +294,22 @@ fn one_worker_per_gpu(which: &str) -> Result<()> {
         }
     }
     failed.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
+}
+
+/// `weft tls ...`.
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a certificate authority (ca.pem, ca.key) and scheduler, worker
+    /// and client certificates signed by it (ROLE.pem, ROLE.key) into DIR.
+    Generate {
+        /// Where to write them (created if missing; existing files are
+        /// never overwritten).
+        dir: std::path::PathBuf,
+        /// Host names and addresses the certificates are valid for
+        /// (default: this host's name, localhost, 127.0.0.1 and ::1).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
 }
 
 /// Resources from the command line.

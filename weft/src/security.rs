@@ -55,3 +55,52 @@ impl Security {
         Ok(())
     }
 }
+
+/// `weft tls generate DIR`: a certificate authority and certificates for
+/// the scheduler, the workers and clients, signed by it, as PEM files
+/// (`ca.pem`, `ROLE.pem`, `ROLE.key`), for a quick start. Each certificate
+/// names `hosts` (the names and addresses peers dial it at).
+pub fn generate(dir: &std::path::Path, hosts: &[String]) -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, pem: &str, secret: bool| -> Result<()> {
+        let path = dir.join(name);
+        anyhow::ensure!(!path.exists(), "{} exists already; not overwritten", path.display());
+        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let _ = secret;
+        Ok(())
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    write("ca.pem", &ca_cert.pem(), false)?;
+    write("ca.key", &ca_key.serialize_pem(), true)?;
+    let ca = Issuer::new(ca_params, ca_key);
+    for role in ["scheduler", "worker", "client"] {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(hosts.to_vec())?.signed_by(&key, &ca)?;
+        write(&format!("{role}.pem"), &cert.pem(), false)?;
+        write(&format!("{role}.key"), &key.serialize_pem(), true)?;
+    }
+    Ok(())
+}
+
+/// The default names in generated certificates: this host's name,
+/// `localhost` and the loopback addresses.
+pub fn default_hosts() -> Vec<String> {
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(name) = std::fs::read_to_string("/etc/hostname") {
+        let name = name.trim();
+        if !name.is_empty() && !hosts.iter().any(|h| h == name) {
+            hosts.push(name.to_string());
+        }
+    }
+    hosts
+}

@@ -596,3 +596,67 @@ async fn a_cluster_with_a_token_refuses_peers_without_it() {
     assert_eq!(names, ["member"]);
     assert_eq!(root(&client, graphs::tree("secured", 64)).await.unwrap(), 64 * 63 / 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_mutual_tls_from_generated_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output = run_to_end(&["tls", "generate", pki.to_str().unwrap()], Duration::from_secs(20));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let file = |name: &str| pki.join(name).to_str().unwrap().to_string();
+    let tls = |role: &str| {
+        vec![
+            "--tls-ca-file".to_string(),
+            file("ca.pem"),
+            "--tls-cert".to_string(),
+            file(&format!("{role}.pem")),
+            "--tls-key".to_string(),
+            file(&format!("{role}.key")),
+        ]
+    };
+    let address = free_address().replace("tcp://", "tls://");
+    let mut args = vec!["scheduler".to_string(), "--listen".to_string(), address.clone()];
+    args.extend(tls("scheduler"));
+    let _scheduler = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = vec![
+        "worker".to_string(),
+        address.clone(),
+        "--name".to_string(),
+        "tls-worker".to_string(),
+    ];
+    args.extend(tls("worker"));
+    let _worker = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // A client without a certificate is refused; one with it computes,
+    // gathering from the worker over TLS too.
+    let no_cert = Config {
+        tls: Some(
+            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
+                ca: file("ca.pem").into(),
+                cert: None,
+                key: None,
+                require_client_cert: true,
+            })
+            .unwrap(),
+        ),
+        ..Config::default()
+    };
+    let refused = Client::connect(&address, &no_cert).await;
+    assert!(refused.is_err());
+    let config = Config {
+        tls: Some(
+            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
+                ca: file("ca.pem").into(),
+                cert: Some(file("client.pem").into()),
+                key: Some(file("client.key").into()),
+                require_client_cert: true,
+            })
+            .unwrap(),
+        ),
+        ..Config::default()
+    };
+    let client = Client::connect(&address, &config).await.unwrap();
+    joined(&client, 1).await;
+    let workers = client.workers().await.unwrap();
+    assert!(workers[0].address.starts_with("tls://"), "{workers:?}");
+    assert_eq!(root(&client, graphs::tree("tls", 64)).await.unwrap(), 64 * 63 / 2);
+}
