@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
 use weft_runtime::local::{install_logging, run_worker_process};
+use weft_runtime::observe::{ObserveConfig, Observer};
 
 /// Weft: distributed execution for GPU clusters.
 #[derive(Parser)]
@@ -27,6 +28,8 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "tcp://0.0.0.0:8786")]
         listen: String,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Run a worker that joins the scheduler at ADDR.
     Worker {
@@ -65,6 +68,8 @@ enum Command {
         /// Threads per worker (default: from the machine's cores).
         #[arg(long)]
         nthreads: Option<usize>,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Run the demo on a local cluster: a map of 100,000 tasks and a tree
     /// reduction over 65,536 leaves.
@@ -72,10 +77,45 @@ enum Command {
         /// Workers (default: from the machine's cores).
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Run a benchmark workload and print one JSON line in the schema of
     /// the peer scripts (../shared/peers).
     Bench(bench::Args),
+}
+
+/// Where the scheduler's dashboard listens.
+#[derive(clap::Args)]
+struct DashboardArgs {
+    /// Address of the dashboard (pages, /metrics, /api/state, /health):
+    /// HOST:PORT, or :PORT for every interface.
+    #[arg(long, default_value = weft_dashboard::DEFAULT_ADDRESS)]
+    dashboard_address: String,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+}
+
+impl DashboardArgs {
+    /// What the scheduler should publish for it.
+    fn observe(&self) -> Option<ObserveConfig> {
+        (!self.no_dashboard).then(ObserveConfig::default)
+    }
+
+    /// Serves the dashboard over `observer` (if there is one) and says where.
+    async fn serve(&self, observer: Option<Observer>) -> Result<Option<weft_dashboard::Dashboard>> {
+        let Some(observer) = observer else {
+            return Ok(None);
+        };
+        let options = weft_dashboard::DashboardOptions {
+            address: self.dashboard_address.clone(),
+            ..Default::default()
+        };
+        let dashboard = weft_dashboard::serve(observer, options).await?;
+        println!("dashboard at {}", dashboard.url());
+        Ok(Some(dashboard))
+    }
 }
 
 fn main() {
@@ -122,29 +162,57 @@ fn run(command: Command) -> Result<()> {
 
 async fn run_async(command: Command) -> Result<()> {
     match command {
-        Command::Scheduler { listen } => {
-            let scheduler = weft_runtime::start_scheduler(SchedulerOptions::new(listen)).await?;
+        Command::Scheduler { listen, dashboard } => {
+            let mut options = SchedulerOptions::new(listen);
+            options.observe = dashboard.observe();
+            let scheduler = weft_runtime::start_scheduler(options).await?;
             println!("scheduler at {}", scheduler.address());
+            let board = match dashboard.serve(scheduler.observer()).await {
+                Ok(board) => board,
+                Err(error) => {
+                    scheduler.stop().await;
+                    return Err(error);
+                }
+            };
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            if let Some(board) = board {
+                board.stop().await;
+            }
             scheduler.stop().await;
         }
         Command::Local {
             listen,
             workers,
             nthreads,
+            dashboard,
         } => {
             let mut options = local_options(workers, nthreads);
             options.scheduler = SchedulerOptions::new(listen);
+            options.scheduler.observe = dashboard.observe();
             let cluster = LocalCluster::start(options).await?;
             println!(
                 "scheduler at {} with {} workers; Ctrl-C stops",
                 cluster.address(),
                 cluster.workers_registered()
             );
+            let board = match dashboard.serve(cluster.observer()).await {
+                Ok(board) => board,
+                Err(error) => {
+                    cluster.stop().await;
+                    return Err(error);
+                }
+            };
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            if let Some(board) = board {
+                board.stop().await;
+            }
             cluster.stop().await;
         }
-        Command::Demo { workers } => demo::run(local_options(workers, None)).await?,
+        Command::Demo { workers, dashboard } => {
+            let mut options = local_options(workers, None);
+            options.scheduler.observe = dashboard.observe();
+            demo::run(options, |observer| dashboard.serve(observer)).await?
+        }
         Command::Bench(args) => bench::run(args).await?,
         Command::Worker { .. } => unreachable!("workers run on their own runtime"),
     }
