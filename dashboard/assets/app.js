@@ -49,13 +49,17 @@ function workerName(id) {
 // ---- the feed -----------------------------------------------------------
 
 function place(ev) {
-  // Lay bars of one worker into lanes (one per thread when durations are
-  // accurate): the first lane free at the bar's start.
+  // Lay bars of one worker into its threads' lanes: the first lane free at
+  // the bar's start, else (reports arrive in batches, so bars overlap a
+  // little) the lane that frees first.
   let ends = lanes.get(ev.worker);
   if (!ends) { ends = []; lanes.set(ev.worker, ends); }
+  const w = state && state.workers.find(w => w.id === ev.worker);
+  const threads = Math.max(1, w ? w.nthreads : 1);
   let lane = ends.findIndex(e => e <= ev.start_ms + 0.01);
-  if (lane < 0) { lane = ends.length; ends.push(0); }
-  ends[lane] = ev.end_ms;
+  if (lane < 0 && ends.length < threads) { lane = ends.length; ends.push(0); }
+  if (lane < 0) { lane = ends.indexOf(Math.min(...ends)); }
+  ends[lane] = Math.max(ends[lane], ev.end_ms);
   return lane;
 }
 
@@ -103,7 +107,7 @@ function renderStream() {
   const rowsOf = new Map();
   let rows = 0;
   for (const w of workers) {
-    const n = Math.max(w.nthreads, (lanes.get(w.id) || []).length, 1);
+    const n = Math.max(w.nthreads, 1);
     rowsOf.set(w.id, { first: rows, n, name: w.name });
     rows += n;
   }
@@ -128,7 +132,7 @@ function renderStream() {
     ctx.fillRect(labelW, (r.first + r.n) * rowH - 1, width - labelW, 1);
     ctx.fillStyle = "#6b7080";
   }
-  let drawn = 0;
+  let drawn = 0, failed = 0;
   const ops = new Set();
   for (const b of bars) {
     if (b.e < t0 || b.s > now) continue;
@@ -139,7 +143,7 @@ function renderStream() {
       const y = (r.first + Math.min(b.lane, r.n - 1)) * rowH;
       ctx.fillStyle = b.kind === "failed" ? "#d64545" : colorOf(b.op);
       ctx.fillRect(x0, y + 1, x1 - x0, rowH - 2);
-      if (b.kind === "task") ops.add(b.op);
+      if (b.kind === "task") ops.add(b.op); else failed++;
     } else {
       // Transfers (red) and spills (orange; back: teal) as ticks over the worker's rows.
       ctx.fillStyle = b.kind === "transfer" ? "#e0245e" : b.kind === "spill" ? "#e09a2b" : "#1aa3a3";
@@ -155,6 +159,7 @@ function renderStream() {
     ctx.fillText(`-${((now + panMs - t) / 1000).toFixed(0)}s`, Math.min(x(t), width - 30), height - 6);
   }
   canvas.dataset.bars = String(drawn);
+  canvas.dataset.failed = String(failed);
   document.getElementById("stream-note").textContent =
     (thinned > 1 ? `(1 bar in ${thinned} shown) ` : "") + (panMs > 0 ? `(${(panMs / 1000).toFixed(0)} s back)` : "");
   document.getElementById("stream-legend").innerHTML =

@@ -196,6 +196,9 @@ struct Shared {
     wanted: AtomicBool,
     /// Open [`Watch`]es: while any, observations flow continuously.
     watchers: AtomicUsize,
+    /// Someone subscribed to events since the recorder last looked: it
+    /// starts collecting at once, not at its next tick.
+    subscribed: AtomicBool,
 }
 
 /// The reading end: latest observations and event batches. Cheap to clone.
@@ -254,7 +257,9 @@ impl Observer {
     /// Batches of events from now on. A reader that falls behind by more
     /// than [`ObserveConfig::event_batches`] batches loses the oldest.
     pub fn events(&self) -> broadcast::Receiver<Arc<Vec<ObsEvent>>> {
-        self.events.subscribe()
+        let rx = self.events.subscribe();
+        self.shared.subscribed.store(true, Ordering::Relaxed);
+        rx
     }
 
     /// The shortest time between two observations.
@@ -328,6 +333,7 @@ impl Recorder {
         let shared = Arc::new(Shared {
             wanted: AtomicBool::new(false),
             watchers: AtomicUsize::new(0),
+            subscribed: AtomicBool::new(false),
         });
         let observer = Observer {
             observations: rx,
@@ -360,7 +366,11 @@ impl Recorder {
 
     fn push(&mut self, event: impl FnOnce() -> ObsEvent) {
         if !self.collecting {
-            return;
+            if !self.shared.subscribed.load(Ordering::Relaxed) {
+                return;
+            }
+            self.shared.subscribed.store(false, Ordering::Relaxed);
+            self.collecting = true;
         }
         if self.pending.len() < self.config.max_events {
             self.pending.push(event());
@@ -506,7 +516,7 @@ impl Recorder {
             // No subscriber: the batch is dropped, which is fine.
             let _ = self.events.send(Arc::new(batch));
         }
-        self.collecting = self.events.receiver_count() > 0;
+        self.collecting = self.events.receiver_count() > 0 || self.shared.subscribed.swap(false, Ordering::Relaxed);
 
         let looked_at = self.shared.watchers.load(Ordering::Relaxed) > 0 || self.shared.wanted.load(Ordering::Relaxed);
         let due = self
