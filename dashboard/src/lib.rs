@@ -22,6 +22,7 @@
 pub mod metrics;
 pub mod state;
 mod stream;
+pub mod viewer;
 
 use std::io;
 use std::net::SocketAddr;

@@ -28,10 +28,14 @@ fn time_of(event: &ObsEvent) -> f64 {
     }
 }
 
-/// The last minute of events, shared by the feeds.
+/// Batches of events as the scheduler published them.
+type Batch = Arc<Vec<ObsEvent>>;
+
+/// The last minute of events, shared by the feeds. Batches are kept as
+/// published (shared, never copied event by event).
 #[derive(Clone, Default)]
 pub struct History {
-    events: Arc<Mutex<VecDeque<ObsEvent>>>,
+    batches: Arc<Mutex<VecDeque<Batch>>>,
 }
 
 impl History {
@@ -39,41 +43,58 @@ impl History {
     pub fn start(observer: &Observer) -> (History, JoinHandle<()>) {
         let history = History::default();
         let mut rx = observer.events();
-        let events = history.events.clone();
+        let batches = history.batches.clone();
         let task = tokio::spawn(async move {
+            let mut kept = 0usize;
             loop {
                 let batch = match rx.recv().await {
                     Ok(batch) => batch,
                     Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => return,
                 };
-                let Ok(mut events) = events.lock() else {
+                let Ok(mut batches) = batches.lock() else {
                     return;
                 };
-                events.extend(batch.iter().cloned());
-                let newest = events.back().map_or(0.0, time_of);
-                while events.len() > HISTORY_MAX || events.front().is_some_and(|e| time_of(e) < newest - HISTORY_MS) {
-                    events.pop_front();
+                let newest = batch.last().map_or(0.0, time_of);
+                kept += batch.len();
+                batches.push_back(batch);
+                while let Some(oldest) = batches.front() {
+                    let old = oldest.last().is_none_or(|e| time_of(e) < newest - HISTORY_MS);
+                    if !(old || kept > HISTORY_MAX) || batches.len() == 1 {
+                        break;
+                    }
+                    kept -= oldest.len();
+                    batches.pop_front();
                 }
             }
         });
         (history, task)
     }
 
-    /// A copy of what is kept.
-    pub fn recent(&self) -> Vec<ObsEvent> {
-        self.events
+    /// The batches kept.
+    pub(crate) fn recent(&self) -> Vec<Batch> {
+        self.batches
             .lock()
-            .map(|e| e.iter().cloned().collect())
+            .map(|b| b.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Events kept.
+    pub fn len(&self) -> usize {
+        self.batches.lock().map_or(0, |b| b.iter().map(|b| b.len()).sum())
+    }
+
+    /// Whether no event is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// One page's event stream.
 pub(crate) struct Feed {
     watch: Watch,
-    events: Receiver<Arc<Vec<ObsEvent>>>,
-    history: Option<Vec<ObsEvent>>,
+    events: Receiver<Batch>,
+    history: Option<Vec<Batch>>,
 }
 
 impl Feed {
@@ -89,7 +110,7 @@ impl Feed {
 
     /// The next message (JSON text); `None` when the scheduler stopped.
     pub(crate) async fn next(&mut self) -> Option<String> {
-        let (observation, mut events, mut lost) = match self.history.take() {
+        let (observation, mut batches) = match self.history.take() {
             Some(history) => {
                 let latest = self.watch.latest();
                 let observation = if latest.seq == 0 {
@@ -97,18 +118,19 @@ impl Feed {
                 } else {
                     latest
                 };
-                (observation, history, 0u64)
+                (observation, history)
             }
-            None => (self.watch.next().await?, Vec::new(), 0u64),
+            None => (self.watch.next().await?, Vec::new()),
         };
+        let mut lost = 0u64;
         loop {
             match self.events.try_recv() {
-                Ok(batch) => events.extend(batch.iter().cloned()),
+                Ok(batch) => batches.push(batch),
                 Err(TryRecvError::Lagged(n)) => lost += n,
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
-        let (events, thinned) = thin(events);
+        let (events, thinned) = thin(&batches);
         let message = serde_json::json!({
             "state": crate::state::to_json(&observation),
             "events": events,
@@ -121,14 +143,14 @@ impl Feed {
 
 /// Keeps at most [`MAX_TASKS_PER_MESSAGE`] task bars (every k-th) and
 /// [`MAX_OTHER_PER_MESSAGE`] other events (the latest); returns k.
-fn thin(events: Vec<ObsEvent>) -> (Vec<ObsEvent>, usize) {
-    let tasks = events.iter().filter(|e| matches!(e, ObsEvent::Task { .. })).count();
-    let others = events.len() - tasks;
+fn thin(batches: &[Batch]) -> (Vec<&ObsEvent>, usize) {
+    let all = || batches.iter().flat_map(|b| b.iter());
+    let tasks = all().filter(|e| matches!(e, ObsEvent::Task { .. })).count();
+    let others = all().count() - tasks;
     let k = tasks.div_ceil(MAX_TASKS_PER_MESSAGE).max(1);
     let skip_others = others.saturating_sub(MAX_OTHER_PER_MESSAGE);
     let (mut t, mut o) = (0usize, 0usize);
-    let kept = events
-        .into_iter()
+    let kept = all()
         .filter(|e| {
             if matches!(e, ObsEvent::Task { .. }) {
                 t += 1;
@@ -168,11 +190,12 @@ mod tests {
             nbytes: 10,
             at_ms: 1.0,
         });
-        let (kept, k) = thin(events);
+        let batches = vec![Arc::new(events)];
+        let (kept, k) = thin(&batches);
         assert_eq!(k, 3);
         assert_eq!(kept.len(), 5000usize.div_ceil(3) + 1);
         assert!(matches!(kept.last(), Some(ObsEvent::Transfer { .. })));
-        let (kept, k) = thin((0..10).map(task).collect());
+        let (kept, k) = thin(&[Arc::new((0..10).map(task).collect())]);
         assert_eq!((kept.len(), k), (10, 1));
     }
 }

@@ -86,7 +86,9 @@ impl Browser {
         .expect("chromium's DevTools address within 60 s");
         // Keep draining stderr so chromium never blocks on it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("DevTools connects");
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("DevTools connects");
         let mut browser = Browser {
             child,
             ws,
@@ -94,9 +96,7 @@ impl Browser {
             next_id: 0,
             _profile: profile,
         };
-        let target = browser
-            .call("Target.createTarget", json!({"url": "about:blank"}))
-            .await;
+        let target = browser.call("Target.createTarget", json!({"url": "about:blank"})).await;
         let target_id = target["targetId"].as_str().expect("targetId").to_string();
         let attached = browser
             .call("Target.attachToTarget", json!({"targetId": target_id, "flatten": true}))
@@ -138,9 +138,16 @@ impl Browser {
 
     async fn eval(&mut self, expression: &str) -> Value {
         let result = self
-            .call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}))
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
             .await;
-        assert!(result.get("exceptionDetails").is_none(), "{expression}: {}", result["exceptionDetails"]);
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {}",
+            result["exceptionDetails"]
+        );
         result["result"]["value"].clone()
     }
 
@@ -160,13 +167,20 @@ impl Browser {
     async fn open(&mut self, url: &str) {
         self.call("Page.enable", json!({})).await;
         self.call("Page.navigate", json!({"url": url})).await;
-        self.wait_for("document.readyState === 'complete'", "page loaded", "document.readyState")
-            .await;
+        self.wait_for(
+            "document.readyState === 'complete'",
+            "page loaded",
+            "document.readyState",
+        )
+        .await;
     }
 
     async fn screenshot(&mut self, name: &str) -> PathBuf {
         let shot = self
-            .call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true}))
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
             .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("data"))
@@ -188,7 +202,9 @@ impl Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_the_cluster_in_chromium() {
     let Some(binary) = chromium() else {
-        println!("skipping: no chromium binary on PATH (ci/setup.sh installs Debian's chromium; WEFT_CHROMIUM names one)");
+        println!(
+            "skipping: no chromium binary on PATH (ci/setup.sh installs Debian's chromium; WEFT_CHROMIUM names one)"
+        );
         return;
     };
     let (cluster, dashboard) = cluster(Duration::from_millis(250)).await;
@@ -225,7 +241,10 @@ async fn every_page_shows_the_cluster_in_chromium() {
     // Bars of every op, the first tasks of the run included, and the failure.
     let legend = browser.eval("document.getElementById('stream-legend').innerText").await;
     for op in ["const", "arange_f64", "sum_f64"] {
-        assert!(legend.as_str().is_some_and(|l| l.contains(op)), "{op} not in the stream: {legend}");
+        assert!(
+            legend.as_str().is_some_and(|l| l.contains(op)),
+            "{op} not in the stream: {legend}"
+        );
     }
     let failed = browser
         .eval("Number(document.getElementById('task-stream').dataset.failed)")
@@ -278,7 +297,15 @@ async fn every_page_shows_the_cluster_in_chromium() {
             "document.body.innerText",
         )
         .await;
-    for s in ["waiting", "queued", "processing", "memory", "erred", "released", "total"] {
+    for s in [
+        "waiting",
+        "queued",
+        "processing",
+        "memory",
+        "erred",
+        "released",
+        "total",
+    ] {
         let shown = browser
             .eval(&format!("document.getElementById('count-{s}').textContent"))
             .await;
@@ -287,7 +314,10 @@ async fn every_page_shows_the_cluster_in_chromium() {
     assert_eq!(state["tasks"]["memory"], MAP_TASKS as u64 + 1);
     assert_eq!(state["tasks"]["erred"], 1);
     let erred = browser.eval("document.getElementById('erred-list').innerText").await;
-    assert!(erred.as_str().is_some_and(|t| t.contains(BOOM) && t.contains("boom-1")), "{erred}");
+    assert!(
+        erred.as_str().is_some_and(|t| t.contains(BOOM) && t.contains("boom-1")),
+        "{erred}"
+    );
     shots.push(browser.screenshot("tasks").await);
 
     // Graph: one box per group, the transfer's two groups joined by an edge.
@@ -300,11 +330,17 @@ async fn every_page_shows_the_cluster_in_chromium() {
             "document.querySelectorAll('#graph g.group').length",
         )
         .await;
-    let edges = browser.eval("document.querySelectorAll('#graph path[marker-end]').length").await;
+    let edges = browser
+        .eval("document.querySelectorAll('#graph path[marker-end]').length")
+        .await;
     assert_eq!(edges, json!(state["group_edges"].as_array().map_or(0, Vec::len)));
     assert!(edges.as_u64().is_some_and(|e| e >= 1));
     let boxes = browser.eval("document.getElementById('graph').textContent").await;
-    assert!(boxes.as_str().is_some_and(|t| t.contains("load") && t.contains("big") && t.contains("total")));
+    assert!(
+        boxes
+            .as_str()
+            .is_some_and(|t| t.contains("load") && t.contains("big") && t.contains("total"))
+    );
     shots.push(browser.screenshot("graph").await);
 
     for shot in &shots {

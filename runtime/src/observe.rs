@@ -9,7 +9,7 @@
 //! the reactor never waits) and, while someone looks, an [`Observation`]
 //! (a [`Snapshot`] plus the counters) through a `watch` channel, at most
 //! every [`ObserveConfig::interval`] and never more often than keeps the
-//! snapshots under about 2% of the reactor's time.
+//! snapshots under about 3% of the reactor's time.
 //!
 //! The other end is an [`Observer`]: cheap to clone, it never blocks the
 //! reactor. The runtime knows nothing of HTTP; `weft-dashboard` serves
@@ -24,15 +24,16 @@ use tokio::sync::{broadcast, watch};
 
 use crate::ids::{FxHashMap, Key, SharedStr, WorkerId};
 use crate::protocol::{FromWorker, Tier};
-use crate::scheduler::{Scheduler, Snapshot, TaskState, TierBytes};
+use crate::scheduler::{Scheduler, Snapshot, SnapshotCache, TaskState, TierBytes};
 
 /// Upper bounds of the task-duration histogram buckets, in seconds
 /// (a last, infinite bucket is implied).
 pub const DURATION_BUCKETS_S: [f64; 12] = [1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0];
 
 /// A snapshot taken in time T waits at least this many times T before the
-/// next one: snapshots cost at most about 2% of the reactor's time.
-const SNAPSHOT_COST_FACTOR: u32 = 50;
+/// next one: snapshots cost at most about 3% of the reactor's time while
+/// someone looks (10^5 tasks take about 10 ms: 2-3 updates a second).
+const SNAPSHOT_COST_FACTOR: u32 = 30;
 
 /// How the reactor publishes what it sees.
 #[derive(Clone, Debug)]
@@ -318,6 +319,7 @@ pub struct Recorder {
     pending: Vec<ObsEvent>,
     totals: Totals,
     workers: FxHashMap<WorkerId, WorkerTotals>,
+    cache: SnapshotCache,
     seq: u64,
     last_publish: Option<Instant>,
     gap: Duration,
@@ -351,6 +353,7 @@ impl Recorder {
             pending: Vec::new(),
             totals: Totals::default(),
             workers: FxHashMap::default(),
+            cache: SnapshotCache::default(),
             seq: 0,
             last_publish: None,
             lag: 0.0,
@@ -530,7 +533,7 @@ impl Recorder {
 
     fn publish(&mut self, scheduler: &Scheduler, now: Instant, last_seen: impl Iterator<Item = (WorkerId, Instant)>) {
         let started = Instant::now();
-        let snapshot = scheduler.snapshot();
+        let snapshot = scheduler.snapshot_with(&mut self.cache);
         let mut workers: Vec<(WorkerId, WorkerTotals)> = self.workers.iter().map(|(w, t)| (*w, *t)).collect();
         workers.sort_unstable_by_key(|(w, _)| *w);
         let mut last_seen: Vec<(WorkerId, f64)> = last_seen

@@ -60,8 +60,8 @@ use crate::protocol::{
 
 pub use check::InvariantError;
 pub use snapshot::{
-    ErredTask, GroupSnapshot, OpSnapshot, Snapshot, StateCounts, StatsSnapshot, TaskView, TierBytes, WorkerSnapshot,
-    key_prefix,
+    ErredTask, GroupSnapshot, OpSnapshot, Snapshot, SnapshotCache, StateCounts, StatsSnapshot, TaskView, TierBytes,
+    WorkerSnapshot, key_prefix,
 };
 pub use task::TaskState;
 use task::{QueueKind, Tasks};
