@@ -2,7 +2,8 @@
 # Installs what the build needs that cargo cannot fetch: a C compiler (ring
 # builds C), pkg-config and UCX's headers and libraries (libucx-dev, for
 # the `ucx` feature of weft-transport), headless Chromium (the dashboard's
-# browser test), and the toolchain components the test command uses. Safe to run again; does nothing when all is there.
+# browser test), and the toolchain components the test command uses.
+# Safe to run again; does nothing when all is there.
 set -euo pipefail
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -37,8 +37,10 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 function colorOf(op) {
-  let h = 0;
-  for (const c of String(op)) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  // FNV-1a, then mixed: names that differ in one letter get far-apart hues.
+  let h = 2166136261;
+  for (const c of String(op)) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+  h = Math.imul(h ^ (h >>> 15), 2246822507) >>> 0;
   return `hsl(${h % 360}, 62%, 52%)`;
 }
 function workerName(id) {

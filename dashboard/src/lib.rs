@@ -11,7 +11,8 @@
 //!   entries;
 //! - `/api/state`: the aggregated state as JSON ([`state`]);
 //! - `/metrics`: Prometheus text format ([`metrics`]);
-//! - `/health`: `ok`, for load balancers and probes.
+//! - `/health`: `ok`, for load balancers and probes;
+//! - `/report`: a performance report of the last minute ([`report`]).
 //!
 //! Connections are capped ([`DashboardOptions::max_connections`]); a
 //! malformed request is answered by hyper with a 4xx and costs the
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod metrics;
+pub mod report;
 pub mod state;
 mod stream;
 pub mod viewer;
@@ -212,6 +214,7 @@ fn router(app: App) -> Router {
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
         .route("/health", get(health))
+        .route("/report", get(report_page))
         .route("/metrics", get(metrics_text))
         .route("/api/state", get(api_state))
         .route("/api/events", get(events))
@@ -257,6 +260,18 @@ async fn metrics_text(State(app): State<App>) -> Response {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn report_page(State(app): State<App>) -> Response {
+    let observation = app.observer.fresh(FRESH_TIMEOUT).await;
+    let events = app.history.recent().iter().flat_map(|b| b.iter().cloned()).collect();
+    let html = report::Report::new(events, vec![observation]).to_html();
+    let mut response = html.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
     );
     response
 }

@@ -154,7 +154,7 @@ fn thin(batches: &[Batch]) -> (Vec<&ObsEvent>, usize) {
         .filter(|e| {
             if matches!(e, ObsEvent::Task { .. }) {
                 t += 1;
-                (t - 1) % k == 0
+                (t - 1).is_multiple_of(k)
             } else {
                 o += 1;
                 o > skip_others
@@ -195,7 +195,8 @@ mod tests {
         assert_eq!(k, 3);
         assert_eq!(kept.len(), 5000usize.div_ceil(3) + 1);
         assert!(matches!(kept.last(), Some(ObsEvent::Transfer { .. })));
-        let (kept, k) = thin(&[Arc::new((0..10).map(task).collect())]);
+        let few = [Arc::new((0..10).map(task).collect())];
+        let (kept, k) = thin(&few);
         assert_eq!((kept.len(), k), (10, 1));
     }
 }

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use weft_dashboard::report::PerformanceReport;
 
 fn chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("WEFT_CHROMIUM") {
@@ -209,7 +210,13 @@ async fn every_page_shows_the_cluster_in_chromium() {
     };
     let (cluster, dashboard) = cluster(Duration::from_millis(250)).await;
     let client = cluster.client().await.expect("client");
+    let observer = cluster.observer().expect("observer");
+    let recording = PerformanceReport::start(&observer);
     let outcome = workload(&client).await;
+    let report = recording.finish().await;
+    let report_path = screenshot_dir().join("report.html");
+    std::fs::create_dir_all(screenshot_dir()).expect("dir");
+    report.write(&report_path).expect("report written");
     let base = dashboard.url();
     let state: Value = serde_json::from_str(&get(dashboard.local_addr(), "/api/state").await.body).expect("JSON");
     let workers = client.workers().await.expect("workers");
@@ -342,6 +349,31 @@ async fn every_page_shows_the_cluster_in_chromium() {
             .is_some_and(|t| t.contains("load") && t.contains("big") && t.contains("total"))
     );
     shots.push(browser.screenshot("graph").await);
+
+    // The performance report, opened from its file.
+    browser.open(&format!("file://{}", report_path.display())).await;
+    let const_row = browser
+        .eval("[...document.querySelectorAll('#ops tr[data-op=const] td')].map(td => td.textContent)")
+        .await;
+    assert_eq!(const_row[1], json!(MAP_TASKS.to_string()), "{const_row}");
+    let fail_row = browser
+        .eval("[...document.querySelectorAll('#ops tr[data-op=fail] td')].map(td => td.textContent)")
+        .await;
+    assert_eq!(fail_row[2], json!("1"), "{fail_row}");
+    let failures = browser.eval("document.getElementById('failures').innerText").await;
+    assert!(failures.as_str().is_some_and(|f| f.contains(BOOM)), "{failures}");
+    let transfers = browser.eval("document.getElementById('transfers').innerText").await;
+    assert!(
+        transfers
+            .as_str()
+            .is_some_and(|t| t.contains("local-0\tlocal-1\t8.0 MiB")),
+        "{transfers}"
+    );
+    let bars = browser
+        .eval("Number(document.getElementById('stream').dataset.bars)")
+        .await;
+    assert!(bars.as_u64().is_some_and(|b| b >= MAP_TASKS as u64 + 3), "{bars}");
+    shots.push(browser.screenshot("report").await);
 
     for shot in &shots {
         println!("screenshot: {}", shot.display());
