@@ -12,7 +12,8 @@
 //! - `/api/state`: the aggregated state as JSON ([`state`]);
 //! - `/metrics`: Prometheus text format ([`metrics`]);
 //! - `/health`: `ok`, for load balancers and probes;
-//! - `/report`: a performance report of the last minute ([`report`]).
+//! - `/report?seconds=N`: a performance report of the last N seconds (at
+//!   most the last minute; [`report`]).
 //!
 //! Connections are capped ([`DashboardOptions::max_connections`]); a
 //! malformed request is answered by hyper with a 4xx and costs the
@@ -264,9 +265,23 @@ async fn metrics_text(State(app): State<App>) -> Response {
     response
 }
 
-async fn report_page(State(app): State<App>) -> Response {
+/// `/report?seconds=N`: the last N seconds (at most the minute kept).
+async fn report_page(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    let seconds = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seconds=")))
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0);
     let observation = app.observer.fresh(FRESH_TIMEOUT).await;
-    let events = app.history.recent().iter().flat_map(|b| b.iter().cloned()).collect();
+    let since = seconds.map_or(f64::NEG_INFINITY, |s| observation.unix_ms - s * 1e3);
+    let events = app
+        .history
+        .recent()
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter(|e| stream::time_of(e) >= since)
+        .cloned()
+        .collect();
     let html = report::Report::new(events, vec![observation]).to_html();
     let mut response = html.into_response();
     response.headers_mut().insert(

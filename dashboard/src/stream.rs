@@ -21,7 +21,8 @@ const HISTORY_MAX: usize = 50_000;
 const MAX_TASKS_PER_MESSAGE: usize = 2_000;
 const MAX_OTHER_PER_MESSAGE: usize = 2_000;
 
-fn time_of(event: &ObsEvent) -> f64 {
+/// When an event happened (its end, for a task).
+pub(crate) fn time_of(event: &ObsEvent) -> f64 {
     match event {
         ObsEvent::Task { end_ms, .. } => *end_ms,
         ObsEvent::Failed { at_ms, .. } | ObsEvent::Transfer { at_ms, .. } | ObsEvent::Moved { at_ms, .. } => *at_ms,

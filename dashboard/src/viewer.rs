@@ -90,6 +90,14 @@ async fn open_events(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// GETs `path` and returns the status (reads the whole response).
 async fn get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    Ok(fetch(addr, path).await?.0)
+}
+
+/// GETs `path` from the dashboard at `addr` (HTTP/1.1, `Connection:
+/// close`): the status and the body. The body of a chunked answer is not
+/// decoded; the dashboard's pages, `/metrics`, `/api/state` and
+/// `/report` are not chunked.
+pub async fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
@@ -101,7 +109,11 @@ async fn get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
             .and_then(|s| std::str::from_utf8(s).ok())
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
-        Ok(status)
+        let body = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or_else(Vec::new, |at| response[at + 4..].to_vec());
+        Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await

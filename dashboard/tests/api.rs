@@ -221,6 +221,23 @@ async fn metrics_parse_and_match_the_run() {
         .sum();
     assert_eq!(threads, 2.0);
     assert!(value(&samples, "weft_scheduler_event_loop_lag_seconds", &[]) >= 0.0);
+
+    // The performance report of the last minute holds the same run.
+    let report = get(dashboard.local_addr(), "/report?seconds=60").await;
+    assert_eq!(report.status, 200);
+    assert!(
+        report.body.contains(&format!(
+            "<tr data-op=\"const\"><td>const</td><td class=\"n\">{MAP_TASKS}</td>"
+        )),
+        "{}",
+        report.body
+    );
+    assert!(report.body.contains(BOOM));
+    assert!(
+        report
+            .body
+            .contains("<td>local-0</td><td>local-1</td><td class=\"n\">8.0 MiB</td>")
+    );
     drop(outcome);
     drop(client);
     dashboard.stop().await;

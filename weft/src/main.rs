@@ -83,15 +83,30 @@ enum Command {
     /// Run a benchmark workload and print one JSON line in the schema of
     /// the peer scripts (../shared/peers).
     Bench(bench::Args),
+    /// Write a performance report (one standalone HTML file) of the last
+    /// seconds of a running scheduler, from its dashboard.
+    Report {
+        /// The dashboard's address, HOST:PORT (as served by `weft
+        /// scheduler` or `weft local`).
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        dashboard: String,
+        /// Seconds back from now (the dashboard keeps the last minute).
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// The file to write.
+        #[arg(long, short, default_value = "weft-report.html")]
+        output: std::path::PathBuf,
+    },
 }
 
 /// Where the scheduler's dashboard listens.
 #[derive(clap::Args)]
 struct DashboardArgs {
     /// Address of the dashboard (pages, /metrics, /api/state, /health):
-    /// HOST:PORT, or :PORT for every interface.
-    #[arg(long, default_value = weft_dashboard::DEFAULT_ADDRESS)]
-    dashboard_address: String,
+    /// HOST:PORT, or :PORT for every interface [default: :8787, or a free
+    /// port when that is taken].
+    #[arg(long)]
+    dashboard_address: Option<String>,
     /// Serve no dashboard.
     #[arg(long)]
     no_dashboard: bool,
@@ -108,11 +123,32 @@ impl DashboardArgs {
         let Some(observer) = observer else {
             return Ok(None);
         };
+        let address = self
+            .dashboard_address
+            .clone()
+            .unwrap_or_else(|| weft_dashboard::DEFAULT_ADDRESS.to_string());
         let options = weft_dashboard::DashboardOptions {
-            address: self.dashboard_address.clone(),
+            address: address.clone(),
             ..Default::default()
         };
-        let dashboard = weft_dashboard::serve(observer, options).await?;
+        let dashboard = match weft_dashboard::serve(observer.clone(), options.clone()).await {
+            // The default port taken (another cluster here?): like Dask,
+            // serve on a free port and say so. A port asked for is an error.
+            Err(weft_dashboard::DashboardError::Bind { source, .. }) if self.dashboard_address.is_none() => {
+                let fallback = weft_dashboard::DashboardOptions {
+                    address: ":0".into(),
+                    ..options
+                };
+                let dashboard = weft_dashboard::serve(observer, fallback).await?;
+                eprintln!(
+                    "weft: the dashboard's port {address} is taken ({source}); serving it on port {} instead \
+                     (choose one with --dashboard-address, or turn it off with --no-dashboard)",
+                    dashboard.local_addr().port()
+                );
+                dashboard
+            }
+            other => other?,
+        };
         println!("dashboard at {}", dashboard.url());
         Ok(Some(dashboard))
     }
@@ -214,6 +250,20 @@ async fn run_async(command: Command) -> Result<()> {
             demo::run(options, |observer| dashboard.serve(observer)).await?
         }
         Command::Bench(args) => bench::run(args).await?,
+        Command::Report {
+            dashboard,
+            seconds,
+            output,
+        } => {
+            let host = dashboard.trim_start_matches("http://").trim_end_matches('/');
+            let addr = weft_dashboard::parse_address(host)?;
+            let (status, body) = weft_dashboard::viewer::fetch(addr, &format!("/report?seconds={seconds}"))
+                .await
+                .with_context(|| format!("cannot reach the dashboard at {host}"))?;
+            anyhow::ensure!(status == 200, "the dashboard at {host} answered {status}");
+            std::fs::write(&output, body).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("report written to {}", output.display());
+        }
         Command::Worker { .. } => unreachable!("workers run on their own runtime"),
     }
     Ok(())
