@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the build needs that cargo cannot fetch: a C compiler (ring
 # builds C), pkg-config and UCX's headers and libraries (libucx-dev, for
-# the `ucx` feature of weft-transport), and the toolchain components the
-# test command uses. Safe to run again; does nothing when all is there.
+# the `ucx` feature of weft-transport), headless Chromium and Prometheus
+# (the dashboard's browser and scrape tests), and the toolchain components
+# the test command uses.
+# Safe to run again; does nothing when all is there.
 set -euo pipefail
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -12,6 +14,10 @@ missing=()
 command -v cc >/dev/null || missing+=(gcc)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libucx-dev >/dev/null 2>&1 || missing+=(libucx-dev)
+# headless Chromium for the dashboard's browser test (weft-dashboard/tests/browser.rs)
+command -v chromium >/dev/null || missing+=(chromium)
+# a real Prometheus for the dashboard's scrape test (weft-dashboard/tests/prometheus.rs)
+command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   "${sudo[@]}" apt-get update -qq

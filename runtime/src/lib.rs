@@ -12,7 +12,8 @@
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
 //!   workers run and what tasks produce; [`blocking`]: the client for code
 //!   without an async runtime; [`progress`]: progress bars of long calls; [`shm`]: large host buffers in
-//!   shared memory, which a worker on the same host maps instead of copying.
+//!   shared memory, which a worker on the same host maps instead of copying; [`observe`]: snapshots
+//!   and events of a running scheduler for dashboards.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
 
@@ -40,6 +41,7 @@ pub mod error;
 pub mod executor;
 pub mod graphs;
 pub mod local;
+pub mod observe;
 pub mod ops;
 pub mod progress;
 pub mod server;

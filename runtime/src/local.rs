@@ -245,6 +245,12 @@ impl LocalCluster {
         self.memory.iter().map(|m| m.snapshot()).collect()
     }
 
+    /// What a dashboard reads, when the scheduler's options ask for it
+    /// ([`SchedulerOptions::observe`]).
+    pub fn observer(&self) -> Option<crate::observe::Observer> {
+        self.scheduler.observer()
+    }
+
     /// The scheduler's address.
     pub fn address(&self) -> &str {
         self.scheduler.address()

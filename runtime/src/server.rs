@@ -20,6 +20,7 @@ use weft_transport::{Config as TransportConfig, Connection, Listener, Sender, Tr
 use crate::codec::{self, ClientDown, ClientUp, Hello, WorkerDown, WorkerUp};
 use crate::error::Result;
 use crate::ids::{ClientId, WorkerId};
+use crate::observe::{ObserveConfig, Observer, Recorder};
 use crate::protocol::{PROTOCOL_VERSION, ToClient, ToWorker};
 use crate::scheduler::{self, Comm, Event, Scheduler};
 
@@ -36,6 +37,9 @@ pub struct SchedulerOptions {
     pub heartbeat_timeout: Duration,
     /// Interval of work-stealing rounds.
     pub balance_interval: Duration,
+    /// Publish snapshots and events for a dashboard (see
+    /// [`SchedulerHandle::observer`]); `None` (the default) records nothing.
+    pub observe: Option<ObserveConfig>,
 }
 
 impl SchedulerOptions {
@@ -47,6 +51,7 @@ impl SchedulerOptions {
             scheduler: scheduler::Config::default(),
             heartbeat_timeout: Duration::from_secs(10),
             balance_interval: Duration::from_millis(100),
+            observe: None,
         }
     }
 }
@@ -55,6 +60,7 @@ impl SchedulerOptions {
 pub struct SchedulerHandle {
     address: String,
     workers: Arc<WorkerCounts>,
+    observer: Option<Observer>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -74,6 +80,11 @@ impl SchedulerHandle {
     /// gone since included.
     pub fn workers_joined(&self) -> usize {
         self.workers.joined.load(Ordering::Relaxed)
+    }
+
+    /// What a dashboard reads, when [`SchedulerOptions::observe`] is set.
+    pub fn observer(&self) -> Option<Observer> {
+        self.observer.clone()
     }
 
     /// Stops the scheduler and waits for it; its connections close.
@@ -105,10 +116,12 @@ pub async fn start_scheduler(options: SchedulerOptions) -> Result<SchedulerHandl
     info!(%address, "scheduler listening");
     let (stop, stopped) = oneshot::channel();
     let workers = Arc::new(WorkerCounts::default());
-    let task = tokio::spawn(run(listener, options, stopped, workers.clone()));
+    let (recorder, observer) = options.observe.clone().map(Recorder::new).unzip();
+    let task = tokio::spawn(run(listener, options, stopped, workers.clone(), recorder));
     Ok(SchedulerHandle {
         address,
         workers,
+        observer,
         stop: Some(stop),
         task,
     })
@@ -190,6 +203,7 @@ async fn run(
     options: SchedulerOptions,
     mut stopped: oneshot::Receiver<()>,
     counts: Arc<WorkerCounts>,
+    mut recorder: Option<Recorder>,
 ) {
     let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
     let acceptor = tokio::spawn(accept(listener, inbound_tx));
@@ -197,14 +211,26 @@ async fn run(
     let mut router = Router::default();
     let mut balance = tokio::time::interval(options.balance_interval);
     let mut liveness = tokio::time::interval(options.heartbeat_timeout / 4);
+    let mut observe = tokio::time::interval(
+        recorder
+            .as_ref()
+            .map_or(Duration::from_secs(3600), Recorder::tick_interval),
+    );
+    observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stopped => break,
             Some(message) = inbound.recv() => {
-                handle(&mut scheduler, &mut router, &counts, message);
+                handle(&mut scheduler, &mut router, &counts, &mut recorder, message);
                 // Drain what else has arrived, so replies go out in batches.
                 while let Ok(message) = inbound.try_recv() {
-                    handle(&mut scheduler, &mut router, &counts, message);
+                    handle(&mut scheduler, &mut router, &counts, &mut recorder, message);
+                }
+            }
+            due = observe.tick(), if recorder.is_some() => {
+                if let Some(recorder) = &mut recorder {
+                    let last_seen = router.workers.iter().map(|(w, peer)| (*w, peer.last_seen));
+                    recorder.tick(&scheduler, due.into_std(), last_seen);
                 }
             }
             _ = balance.tick() => scheduler.handle(Event::Balance, &mut router),
@@ -228,7 +254,13 @@ async fn run(
     acceptor.abort();
 }
 
-fn handle(scheduler: &mut Scheduler, router: &mut Router, counts: &WorkerCounts, message: Inbound) {
+fn handle(
+    scheduler: &mut Scheduler,
+    router: &mut Router,
+    counts: &WorkerCounts,
+    recorder: &mut Option<Recorder>,
+    message: Inbound,
+) {
     match message {
         Inbound::WorkerJoined { worker, info, outbox } => {
             info!(%worker, name = %info.name, address = %info.address, nthreads = info.nthreads, "worker joined");
@@ -246,6 +278,9 @@ fn handle(scheduler: &mut Scheduler, router: &mut Router, counts: &WorkerCounts,
             peer.last_seen = Instant::now();
             if let WorkerUp::Batch(batch) = up {
                 for msg in batch {
+                    if let Some(recorder) = recorder {
+                        recorder.before(scheduler, worker, &msg);
+                    }
                     scheduler.handle(Event::Worker { worker, msg }, router);
                 }
             }

@@ -61,6 +61,11 @@ pub struct Args {
     /// kernels: skip the CuPy lines on a CUDA device.
     #[arg(long)]
     no_cupy: bool,
+    /// Task workloads: serve the dashboard, keep its live page's event
+    /// stream open and scrape /metrics every second while timing (to
+    /// measure what watching costs).
+    #[arg(long)]
+    dashboard: bool,
 }
 
 /// `weft bench kernels`: one JSON line per kernel (and CuPy's, on CUDA).
@@ -242,6 +247,9 @@ async fn start(args: &Args, env: Vec<(String, String)>, report: &mut Report) -> 
     options.nthreads = args.nthreads;
     options.mode = WorkerMode::Processes { program: None };
     options.env = env;
+    if args.dashboard {
+        options.scheduler.observe = Some(weft_runtime::observe::ObserveConfig::default());
+    }
     let started = Instant::now();
     let cluster = LocalCluster::start(options).await?;
     let client = cluster.client().await?;
@@ -256,6 +264,18 @@ async fn start(args: &Args, env: Vec<(String, String)>, report: &mut Report) -> 
 /// Starts the cluster, warms up, times the repetitions; returns the check.
 async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) -> Result<String> {
     let (cluster, client) = start(args, Vec::new(), report).await?;
+    let watching = match cluster.observer().filter(|_| args.dashboard) {
+        Some(observer) => {
+            let options = weft::dashboard::DashboardOptions {
+                address: "127.0.0.1:0".into(),
+                ..Default::default()
+            };
+            let board = weft::dashboard::serve(observer, options).await?;
+            let viewer = weft::dashboard::viewer::Viewer::start(board.local_addr(), Duration::from_secs(1));
+            Some((board, viewer))
+        }
+        None => None,
+    };
 
     execute(&client, build(&client, workload, "warm", size.min(200))).await?;
     let window = CpuWindow::open(&cluster.worker_pids());
@@ -267,6 +287,14 @@ async fn measure(args: &Args, workload: &str, size: usize, report: &mut Report) 
         report.times.push(started.elapsed().as_secs_f64());
     }
     report.line.insert("foreign_cpu_s".into(), json!(window.foreign()));
+    if let Some((board, viewer)) = watching {
+        let seen = viewer.stop().await;
+        board.stop().await;
+        report.line.insert(
+            "dashboard".into(),
+            json!({ "messages": seen.messages, "scrapes": seen.scrapes, "failed_scrapes": seen.failures }),
+        );
+    }
     drop(client);
     cluster.stop().await;
 

@@ -9,7 +9,15 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use weft::{LocalCluster, LocalOptions, TaskSpec, Value, graphs, ops};
 
-pub async fn run(options: LocalOptions) -> Result<()> {
+/// Runs the demo; `dashboard` serves the cluster's dashboard (and says
+/// where) once the cluster is up.
+pub async fn run<F, D>(
+    options: LocalOptions,
+    dashboard: impl FnOnce(Option<weft_runtime::observe::Observer>) -> F,
+) -> Result<()>
+where
+    F: std::future::Future<Output = Result<Option<D>>>,
+{
     let started = Instant::now();
     let devices = match options.gpus {
         0 => match weft::gpu::probe_cuda().reason {
@@ -23,6 +31,8 @@ pub async fn run(options: LocalOptions) -> Result<()> {
         options.workers, options.nthreads
     );
     let cluster = LocalCluster::start(options).await?;
+    // Kept alive until the demo ends.
+    let _dashboard = dashboard(cluster.observer()).await?;
     let client = cluster.client().await?;
     println!(
         "cluster up at {} in {:.2} s",

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
 use weft_runtime::local::{install_logging, open_gpu, run_worker_process};
+use weft_runtime::observe::{ObserveConfig, Observer};
 use weft_runtime::protocol::ResourceAmount;
 
 /// Weft: distributed execution for GPU clusters.
@@ -31,6 +32,8 @@ enum Command {
         listen: String,
         #[command(flatten)]
         security: security::Security,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Run a worker that joins the scheduler at ADDR.
     Worker {
@@ -92,6 +95,8 @@ enum Command {
         /// Threads per worker (default: from the machine's cores).
         #[arg(long)]
         nthreads: Option<usize>,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Run the demo on a local cluster: a map of 100,000 tasks and a tree
     /// reduction over 65,536 leaves.
@@ -99,6 +104,8 @@ enum Command {
         /// Workers (default: from the machine's cores).
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Certificates for a cluster with mutual TLS.
     Tls {
@@ -108,6 +115,75 @@ enum Command {
     /// Run a benchmark workload and print one JSON line in the schema of
     /// the peer scripts (../shared/peers).
     Bench(bench::Args),
+    /// Write a performance report (one standalone HTML file) of the last
+    /// seconds of a running scheduler, from its dashboard.
+    Report {
+        /// The dashboard's address, HOST:PORT (as served by `weft
+        /// scheduler` or `weft local`).
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        dashboard: String,
+        /// Seconds back from now (the dashboard keeps the last minute).
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// The file to write.
+        #[arg(long, short, default_value = "weft-report.html")]
+        output: std::path::PathBuf,
+    },
+}
+
+/// Where the scheduler's dashboard listens.
+#[derive(clap::Args)]
+struct DashboardArgs {
+    /// Address of the dashboard (pages, /metrics, /api/state, /health):
+    /// HOST:PORT, or :PORT for every interface [default: :8787, or a free
+    /// port when that is taken].
+    #[arg(long)]
+    dashboard_address: Option<String>,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+}
+
+impl DashboardArgs {
+    /// What the scheduler should publish for it.
+    fn observe(&self) -> Option<ObserveConfig> {
+        (!self.no_dashboard).then(ObserveConfig::default)
+    }
+
+    /// Serves the dashboard over `observer` (if there is one) and says where.
+    async fn serve(&self, observer: Option<Observer>) -> Result<Option<weft_dashboard::Dashboard>> {
+        let Some(observer) = observer else {
+            return Ok(None);
+        };
+        let address = self
+            .dashboard_address
+            .clone()
+            .unwrap_or_else(|| weft_dashboard::DEFAULT_ADDRESS.to_string());
+        let options = weft_dashboard::DashboardOptions {
+            address: address.clone(),
+            ..Default::default()
+        };
+        let dashboard = match weft_dashboard::serve(observer.clone(), options.clone()).await {
+            // The default port taken (another cluster here?): like Dask,
+            // serve on a free port and say so. A port asked for is an error.
+            Err(weft_dashboard::DashboardError::Bind { source, .. }) if self.dashboard_address.is_none() => {
+                let fallback = weft_dashboard::DashboardOptions {
+                    address: ":0".into(),
+                    ..options
+                };
+                let dashboard = weft_dashboard::serve(observer, fallback).await?;
+                eprintln!(
+                    "weft: the dashboard's port {address} is taken ({source}); serving it on port {} instead \
+                     (choose one with --dashboard-address, or turn it off with --no-dashboard)",
+                    dashboard.local_addr().port()
+                );
+                dashboard
+            }
+            other => other?,
+        };
+        println!("dashboard at {}", dashboard.url());
+        Ok(Some(dashboard))
+    }
 }
 
 fn main() {
@@ -185,32 +261,77 @@ fn run(command: Command) -> Result<()> {
 
 async fn run_async(command: Command) -> Result<()> {
     match command {
-        Command::Scheduler { listen, security } => {
+        Command::Scheduler {
+            listen,
+            security,
+            dashboard,
+        } => {
             let mut options = SchedulerOptions::new(listen);
             security.apply(&mut options.transport)?;
+            options.observe = dashboard.observe();
             let scheduler = weft_runtime::start_scheduler(options).await?;
             println!("scheduler at {}", scheduler.address());
+            let board = match dashboard.serve(scheduler.observer()).await {
+                Ok(board) => board,
+                Err(error) => {
+                    scheduler.stop().await;
+                    return Err(error);
+                }
+            };
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            if let Some(board) = board {
+                board.stop().await;
+            }
             scheduler.stop().await;
         }
         Command::Local {
             listen,
             workers,
             nthreads,
+            dashboard,
         } => {
             let mut options = local_options(workers, nthreads);
             options.scheduler = SchedulerOptions::new(listen);
+            options.scheduler.observe = dashboard.observe();
             let cluster = LocalCluster::start(options).await?;
             println!(
                 "scheduler at {} with {} workers; Ctrl-C stops",
                 cluster.address(),
                 cluster.workers_registered()
             );
+            let board = match dashboard.serve(cluster.observer()).await {
+                Ok(board) => board,
+                Err(error) => {
+                    cluster.stop().await;
+                    return Err(error);
+                }
+            };
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            if let Some(board) = board {
+                board.stop().await;
+            }
             cluster.stop().await;
         }
-        Command::Demo { workers } => demo::run(local_options(workers, None)).await?,
+        Command::Demo { workers, dashboard } => {
+            let mut options = local_options(workers, None);
+            options.scheduler.observe = dashboard.observe();
+            demo::run(options, |observer| dashboard.serve(observer)).await?
+        }
         Command::Bench(args) => bench::run(args).await?,
+        Command::Report {
+            dashboard,
+            seconds,
+            output,
+        } => {
+            let host = dashboard.trim_start_matches("http://").trim_end_matches('/');
+            let addr = weft_dashboard::parse_address(host)?;
+            let (status, body) = weft_dashboard::viewer::fetch(addr, &format!("/report?seconds={seconds}"))
+                .await
+                .with_context(|| format!("cannot reach the dashboard at {host}"))?;
+            anyhow::ensure!(status == 200, "the dashboard at {host} answered {status}");
+            std::fs::write(&output, body).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("report written to {}", output.display());
+        }
         Command::Worker { .. } | Command::Tls { .. } => unreachable!("run without the async runtime"),
     }
     Ok(())

@@ -42,6 +42,7 @@
 mod check;
 mod clients;
 mod place;
+mod snapshot;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,10 @@ use crate::protocol::{
 };
 
 pub use check::InvariantError;
+pub use snapshot::{
+    ErredTask, GroupSnapshot, OpSnapshot, Snapshot, SnapshotCache, StateCounts, StatsSnapshot, TaskView, TierBytes,
+    WorkerSnapshot, key_prefix,
+};
 pub use task::TaskState;
 use task::{QueueKind, Tasks};
 use worker::{NOT_LISTED, Worker, WorkerList};
