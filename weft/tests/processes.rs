@@ -143,14 +143,7 @@ async fn killing_a_worker_mid_run_still_gives_the_right_answer() {
     workers[0].0.kill().unwrap(); // SIGKILL: no goodbye
     let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
     assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
-    let mut left: Vec<String> = client
-        .workers()
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.name.to_string())
-        .collect();
-    left.sort_unstable();
+    let left = worker_names(&client).await;
     assert_eq!(left, ["w1", "w2"], "the scheduler saw the kill");
 }
 
@@ -361,6 +354,19 @@ fn clear_errors_for_bad_settings() {
     }
 }
 
+/// The names of the scheduler's workers, sorted.
+async fn worker_names(client: &Client) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 /// Waits until `n` workers have joined the scheduler.
 async fn joined(client: &Client, n: usize) {
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -506,14 +512,7 @@ async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
     );
     let client = client(&address).await;
     joined(&client, 2).await;
-    let mut names: Vec<String> = client
-        .workers()
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.name.to_string())
-        .collect();
-    names.sort_unstable();
+    let names = worker_names(&client).await;
     assert_eq!(names, ["g-gpu0", "g-gpu1"]);
     // Four GPU tasks of 150 ms on two one-GPU workers: two rounds at least.
     let (n, ms) = (4u64, 150u64);
@@ -586,14 +585,7 @@ async fn a_cluster_with_a_token_refuses_peers_without_it() {
     };
     let client = Client::connect(&address, &config).await.unwrap();
     joined(&client, 1).await;
-    let names: Vec<String> = client
-        .workers()
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.name.to_string())
-        .collect();
-    assert_eq!(names, ["member"]);
+    assert_eq!(worker_names(&client).await, ["member"]);
     assert_eq!(root(&client, graphs::tree("secured", 64)).await.unwrap(), 64 * 63 / 2);
 }
 

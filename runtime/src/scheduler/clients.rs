@@ -205,15 +205,19 @@ impl Scheduler {
             key: t.key.clone(),
             task: t.id,
             nbytes: t.nbytes,
-            who_has: t
-                .who_has
-                .iter()
-                .map(|h| Peer {
-                    worker: *h,
-                    address: self.workers[h].info.address.clone(),
-                })
-                .collect(),
+            who_has: self.peers(&t.who_has),
         }
+    }
+
+    /// Holders as peers (id and data address); each must be live.
+    pub(super) fn peers(&self, holders: &[WorkerId]) -> Vec<Peer> {
+        holders
+            .iter()
+            .map(|h| Peer {
+                worker: *h,
+                address: self.workers[h].info.address.clone(),
+            })
+            .collect()
     }
 
     /// The live workers, by id, for a client.

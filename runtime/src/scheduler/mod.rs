@@ -54,8 +54,8 @@ use std::collections::BinaryHeap;
 
 use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{
-    ComputeRequest, DepInfo, FromClient, FromWorker, Peer, Priority, ResourceAmount, TaskError, Tier, ToClient,
-    ToWorker, WorkerInfo,
+    ComputeRequest, DepInfo, FromClient, FromWorker, Priority, ResourceAmount, TaskError, Tier, ToClient, ToWorker,
+    WorkerInfo,
 };
 
 pub use check::InvariantError;
@@ -736,14 +736,7 @@ impl Scheduler {
                 DepInfo {
                     task: d,
                     nbytes: dt.nbytes,
-                    who_has: dt
-                        .who_has
-                        .iter()
-                        .map(|h| Peer {
-                            worker: *h,
-                            address: self.workers[h].info.address.clone(),
-                        })
-                        .collect(),
+                    who_has: self.peers(&dt.who_has),
                 }
             })
             .collect();

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::graph::{Annotations, Graph, TaskSpec};
+use crate::protocol::Peer;
 
 const C: ClientId = ClientId(0);
 
