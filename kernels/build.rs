@@ -40,6 +40,7 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-variable")
         .flag_if_supported("-Wno-unused-but-set-variable")
+        .flag_if_supported("-Wno-unknown-pragmas")
         .include(&cuda)
         .file(&unit_path)
         .compile("weft_cuda_emu");

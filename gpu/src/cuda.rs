@@ -9,6 +9,7 @@ use cudarc::driver::sys::CUresult;
 use cudarc::driver::{CudaContext, DriverError, result, sys};
 
 use crate::buffer::PinnedBuffer;
+use crate::device::Geometry;
 use crate::{Device, GpuError, Result};
 
 /// How many CUDA GPUs there are, or why there are none.
@@ -59,6 +60,7 @@ pub fn nvrtc_present() -> bool {
 pub struct CudaGpu {
     ctx: Arc<CudaContext>,
     total: usize,
+    geometry: Geometry,
 }
 
 fn driver(device: Device, op: &'static str) -> impl FnOnce(DriverError) -> GpuError {
@@ -70,7 +72,18 @@ impl CudaGpu {
         let device = Device::Cuda(ordinal);
         let ctx = CudaContext::new(ordinal as usize).map_err(driver(device, "open context"))?;
         let total = ctx.total_mem().map_err(driver(device, "query memory"))?;
-        Ok(CudaGpu { ctx, total })
+        let attr = |a| ctx.attribute(a).map_err(driver(device, "cuDeviceGetAttribute"));
+        let geometry = Geometry {
+            multiprocessors: u32::try_from(attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?)
+                .unwrap_or(1)
+                .max(1),
+            max_threads_per_multiprocessor: u32::try_from(attr(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
+            )?)
+            .unwrap_or(1024)
+            .max(32),
+        };
+        Ok(CudaGpu { ctx, total, geometry })
     }
 
     /// The cudarc context, for kernel launchers and cuBLAS.
@@ -80,6 +93,10 @@ impl CudaGpu {
 
     pub(crate) fn total_memory(&self) -> usize {
         self.total
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     pub(crate) fn raw_alloc(&self, device: Device, bytes: usize) -> Result<u64> {

@@ -163,6 +163,32 @@ impl GpuBackend {
     }
 }
 
+/// What kernel launchers size their grids from: the device's
+/// multiprocessors and how many threads each can hold at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Streaming multiprocessors (`CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`).
+    pub multiprocessors: u32,
+    /// Resident threads per multiprocessor
+    /// (`CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR`).
+    pub max_threads_per_multiprocessor: u32,
+}
+
+impl Geometry {
+    /// Emulated devices report a small fixed device (2 multiprocessors of
+    /// 512 threads): enough blocks to exercise the cross-block paths, few
+    /// enough OS threads to keep CI fast.
+    pub const EMULATED: Geometry = Geometry {
+        multiprocessors: 2,
+        max_threads_per_multiprocessor: 512,
+    };
+
+    /// Blocks of `threads_per_block` threads resident on the whole device at once.
+    pub fn resident_blocks(&self, threads_per_block: u32) -> u32 {
+        self.multiprocessors * (self.max_threads_per_multiprocessor / threads_per_block.max(1)).max(1)
+    }
+}
+
 /// An opened GPU: its backend and its memory pool.
 #[derive(Debug)]
 pub struct Gpu {
@@ -198,6 +224,14 @@ impl Gpu {
     /// The backend, for code (kernel launchers) that must tell them apart.
     pub fn backend(&self) -> &GpuBackend {
         &self.backend
+    }
+
+    /// Multiprocessors and threads per multiprocessor, for launch geometry.
+    pub fn geometry(&self) -> Geometry {
+        match &self.backend {
+            GpuBackend::Cuda(g) => g.geometry(),
+            GpuBackend::Emulated(_) => Geometry::EMULATED,
+        }
     }
 
     /// Bytes of device memory in all.

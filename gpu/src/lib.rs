@@ -19,13 +19,14 @@ mod host;
 pub mod pool;
 mod staging;
 mod stream;
+pub mod testing;
 
 pub use buffer::{DeviceBuffer, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
-pub use device::{Device, DeviceConfig, Devices, Gpu, GpuBackend};
+pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend};
 pub use emulated::{CopyCounters, EmulatedGpu};
 pub use error::GpuError;
-pub use host::advise_huge_pages;
+pub use host::{advise_huge_pages, zeroed_words};
 pub use pool::PoolStats;
 pub use staging::{StagingBuffer, StagingStats};
 pub use stream::{Event, Stream};

@@ -103,7 +103,93 @@ fn fits(src: usize, dst: usize) -> Result<()> {
     }
 }
 
+/// Host copies at least this large go through pinned staging buffers.
+const STAGED_MIN: usize = 8 << 20;
+
+/// Bytes per staged chunk: large enough that each DMA runs near full
+/// speed, small enough that two of them stay in the staging pool.
+const STAGE_CHUNK: usize = 16 << 20;
+
+/// Copies `src` into `dst` (same length) on several threads: the copy
+/// between pageable and pinned memory is the host half of a staged copy,
+/// and one core cannot keep up with the DMA (nor fault fresh pages in fast
+/// enough).
+fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    const PER_THREAD: usize = 2 << 20;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(src.len().div_ceil(PER_THREAD));
+    if threads <= 1 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let part = src.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
+            scope.spawn(move || d.copy_from_slice(s));
+        }
+    });
+}
+
 impl Stream {
+    /// A large host-to-device copy through two pinned staging buffers: while
+    /// the DMA of one chunk runs, the host fills the other. Done on return.
+    fn h2d_staged(&self, s: &Arc<CudaStream>, src: &[u8], dst: u64) -> Result<()> {
+        s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+        let mut bufs = [self.gpu.staging(STAGE_CHUNK)?, self.gpu.staging(STAGE_CHUNK)?];
+        let mut in_flight: [Option<Event>; 2] = [None, None];
+        for (k, chunk) in src.chunks(STAGE_CHUNK).enumerate() {
+            let b = k % 2;
+            // The DMA that last read this buffer must be done before it is refilled.
+            if let Some(e) = in_flight[b].take() {
+                e.synchronize()?;
+            }
+            let staged = &mut bufs[b].as_mut_slice()[..chunk.len()];
+            parallel_copy(staged, chunk);
+            // SAFETY: the device range lies inside the destination (the
+            // caller checked the lengths); the pinned chunk is not written
+            // again before the event recorded after this copy completes,
+            // and the stream is synchronised before the buffers drop.
+            unsafe { result::memcpy_htod_async(dst + (k * STAGE_CHUNK) as u64, &*staged, s.cu_stream()) }
+                .map_err(self.driver("cuMemcpyHtoDAsync"))?;
+            in_flight[b] = Some(self.record()?);
+        }
+        s.synchronize().map_err(self.driver("stream synchronize"))
+    }
+
+    /// A large device-to-host copy through two pinned staging buffers: while
+    /// the DMA fills one, the host empties the other. Done on return.
+    fn d2h_staged(&self, s: &Arc<CudaStream>, src: u64, dst: &mut [u8]) -> Result<()> {
+        s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+        let mut bufs = [self.gpu.staging(STAGE_CHUNK)?, self.gpu.staging(STAGE_CHUNK)?];
+        let mut pending: Option<(Event, usize, usize)> = None;
+        let chunks = dst.len().div_ceil(STAGE_CHUNK);
+        for k in 0..=chunks {
+            if k < chunks {
+                let (off, len) = (k * STAGE_CHUNK, STAGE_CHUNK.min(dst.len() - k * STAGE_CHUNK));
+                let staged = &mut bufs[k % 2].as_mut_slice()[..len];
+                // SAFETY: the source range lies inside the source buffer;
+                // the host reads this chunk only after the event recorded
+                // after the copy, and writes the buffer again only after
+                // emptying it, so the DMA never races the host.
+                unsafe { result::memcpy_dtoh_async(staged, src + off as u64, s.cu_stream()) }
+                    .map_err(self.driver("cuMemcpyDtoHAsync"))?;
+                let done = self.record()?;
+                if let Some((e, prev, plen)) = pending.replace((done, k, len)) {
+                    e.synchronize()?;
+                    let from = &bufs[prev % 2].as_slice()[..plen];
+                    parallel_copy(&mut dst[prev * STAGE_CHUNK..prev * STAGE_CHUNK + plen], from);
+                }
+            } else if let Some((e, prev, plen)) = pending.take() {
+                e.synchronize()?;
+                let from = &bufs[prev % 2].as_slice()[..plen];
+                parallel_copy(&mut dst[prev * STAGE_CHUNK..prev * STAGE_CHUNK + plen], from);
+            }
+        }
+        s.synchronize().map_err(self.driver("stream synchronize"))
+    }
+
     pub(crate) fn new(gpu: Arc<Gpu>) -> Result<Self> {
         let inner = match gpu.backend() {
             GpuBackend::Cuda(c) => Inner::Cuda(c.context().new_stream().map_err(|source| GpuError::Driver {
@@ -188,6 +274,7 @@ impl Stream {
         check("copy destination", self.device(), dst.device())?;
         fits(src.len(), dst.len())?;
         match &self.inner {
+            Inner::Cuda(s) if src.len() >= STAGED_MIN => self.h2d_staged(s, src, dst.device_ptr())?,
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: `dst` holds at least `src.len()` bytes on this
@@ -211,6 +298,7 @@ impl Stream {
         check("copy source", self.device(), src.device())?;
         fits(dst.len(), src.len())?;
         match &self.inner {
+            Inner::Cuda(s) if dst.len() >= STAGED_MIN => self.d2h_staged(s, src.device_ptr(), dst)?,
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: `src` holds at least `dst.len()` bytes on this

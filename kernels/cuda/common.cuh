@@ -15,6 +15,46 @@ typedef unsigned long long u64;
 #define WEFT_KERNEL(name, ...) extern "C" __global__ void name(__VA_ARGS__)
 #endif
 
+// Global memory reads and writes of the streaming kernels go through these,
+// so the CPU emulation can count the bytes each launch moves (tests bound
+// them per row). On a GPU they are plain loads and stores.
+template <typename T>
+__device__ __forceinline__ T weft_load(const T *p) {
+#ifdef WEFT_EMU
+    weft_emu::bytes_read += sizeof(T);
+#endif
+    return *p;
+}
+
+template <typename T>
+__device__ __forceinline__ void weft_store(T *p, T v) {
+#ifdef WEFT_EMU
+    weft_emu::bytes_written += sizeof(T);
+#endif
+    *p = v;
+}
+
+// Status words that other blocks poll (decoupled look-back): a 64-bit
+// store or load that is never cached in a register or torn, counted as
+// global traffic too.
+__device__ __forceinline__ u64 weft_load_volatile(const u64 *p) {
+#ifdef WEFT_EMU
+    weft_emu::bytes_read += 8;
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+#else
+    return *(const volatile u64 *)p;
+#endif
+}
+
+__device__ __forceinline__ void weft_store_volatile(u64 *p, u64 v) {
+#ifdef WEFT_EMU
+    weft_emu::bytes_written += 8;
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+#else
+    *(volatile u64 *)p = v;
+#endif
+}
+
 // Validity bitmaps are Arrow's (LSB first), read as little-endian 32-bit
 // words; a null pointer means "no nulls".
 __device__ __forceinline__ bool weft_valid(const u32 *validity, u64 i) {

@@ -1,10 +1,11 @@
-// Row hashes of int64 and utf8 columns, and hash-partition ids.
+// Row hashes of int64 and utf8 columns (hash partitioning hashes inline, in
+// sort.cu's partition_histogram).
 // The hash functions live in common.cuh and are mirrored bit for bit by the
 // CPU implementation.
 
 WEFT_KERNEL(hash_i64, const i64 *x, const u32 *xv, u64 n, u64 seed, u64 *out) {
     for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {
-        out[i] = weft_valid(xv, i) ? weft_hash_i64(x[i], seed) : weft_hash_null(seed);
+        weft_store(&out[i], weft_valid(xv, i) ? weft_hash_i64(weft_load(&x[i]), seed) : weft_hash_null(seed));
     }
 }
 
@@ -18,12 +19,5 @@ WEFT_KERNEL(hash_utf8, const i32 *offsets, const unsigned char *data, const u32 
         } else {
             out[i] = weft_hash_null(seed);
         }
-    }
-}
-
-// Partition id of each row from its hash.
-WEFT_KERNEL(hash_bucket, const u64 *hashes, u64 n, u32 parts, u32 *ids) {
-    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {
-        ids[i] = weft_bucket(hashes[i], parts);
     }
 }

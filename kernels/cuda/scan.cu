@@ -10,7 +10,7 @@ WEFT_KERNEL(scan_exclusive_u32, u32 *data, u64 n, u32 *total) {
     u64 begin = t * seg < n ? t * seg : n;
     u64 end = begin + seg < n ? begin + seg : n;
     u32 s = 0;
-    for (u64 i = begin; i < end; ++i) s += data[i];
+    for (u64 i = begin; i < end; ++i) s += weft_load(&data[i]);
     sums[t] = s;
     __syncthreads();
     // Hillis-Steele inclusive scan of the segment sums.
@@ -22,8 +22,8 @@ WEFT_KERNEL(scan_exclusive_u32, u32 *data, u64 n, u32 *total) {
     }
     u32 run = t == 0 ? 0 : sums[t - 1];
     for (u64 i = begin; i < end; ++i) {
-        u32 c = data[i];
-        data[i] = run;
+        u32 c = weft_load(&data[i]);
+        weft_store(&data[i], run);
         run += c;
     }
     if (t == blockDim.x - 1) *total = sums[t];

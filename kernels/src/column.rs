@@ -317,9 +317,11 @@ impl Column {
         };
         let stream = values.gpu().stream()?;
         let down = |d: &Data, bytes: usize| -> Result<Data, KernelError> {
-            let mut out = arrow_buffer::MutableBuffer::from_len_zeroed(bytes);
-            stream.copy_d2h(d.dev()?, out.as_slice_mut())?;
-            Ok(Data::Host(out.into()))
+            let mut words = weft_gpu::zeroed_words(bytes.div_ceil(8));
+            // SAFETY: the words are initialised, and `bytes` fits in them.
+            let out = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes) };
+            stream.copy_d2h(d.dev()?, out)?;
+            Ok(Data::Host(Buffer::from_vec(words).slice_with_length(0, bytes)))
         };
         let value_bytes = match (self.dtype.width(), &self.offsets) {
             (Some(w), _) => self.len * w,

@@ -6,7 +6,10 @@ use arrow_buffer::Buffer;
 
 use crate::column::Data;
 use crate::dispatch::{Target, target};
-use crate::launch::{Arg, BLOCK, Exec, opt_ptr, ptr};
+use weft_gpu::DeviceBuffer;
+
+use crate::launch::{Arg, Exec, opt_ptr, ptr};
+use crate::sort::{KeySource, Pass, Starts};
 use crate::{Column, DType, KernelError};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -204,34 +207,7 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
             })
         }
         Target::Gpu(exec) => {
-            let hashes = gpu_hashes(&exec, x, seed)?;
-            let ids = exec.alloc(n * 4)?;
-            exec.launch1(
-                "hash",
-                "hash_bucket",
-                exec.grid(n as u64),
-                &[ptr(&hashes), Arg::U64(n as u64), Arg::U32(parts), ptr(&ids)],
-            )?;
-            // Fewer threads for many parts: the histogram is parts x threads.
-            let cap = ((1usize << 22) / parts as usize / BLOCK as usize).max(1) as u32;
-            let grid = exec.grid(n as u64).min(cap);
-            let hist = crate::sort::counting_pass(&exec, &ids, None, n, parts, grid)?;
-            let offsets = exec.alloc((parts as usize + 1) * 4)?;
-            let threads = u64::from(grid) * u64::from(BLOCK);
-            exec.launch1(
-                "sort",
-                "partition_offsets",
-                exec.grid(u64::from(parts) + 1),
-                &[
-                    ptr(&hist.scanned),
-                    Arg::U32(parts),
-                    Arg::U64(threads),
-                    Arg::U64(n as u64),
-                    ptr(&offsets),
-                ],
-            )?;
-            let rows = hist.scatter(&exec)?;
-            exec.finish()?;
+            let (ids, offsets, rows) = gpu_partition(&exec, x, parts, seed)?;
             Ok(Partitioned {
                 ids: u32col(n, Data::Device(ids))?,
                 offsets: u32col(parts as usize + 1, Data::Device(offsets))?,
@@ -239,6 +215,124 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
             })
         }
     }
+}
+
+/// Hash partitioning on the GPU: one kernel hashes each row, writes its
+/// partition id and counts the partitions; a one-block kernel scans the
+/// counts into offsets; then one onesweep pass on the id writes each row
+/// number once into its place. Past 256 parts the host scans the counts
+/// and two passes (low byte, then high byte of the id) move the rows.
+fn gpu_partition(
+    exec: &Exec,
+    x: &Column,
+    parts: u32,
+    seed: u64,
+) -> Result<(DeviceBuffer, DeviceBuffer, DeviceBuffer), KernelError> {
+    let n = x.len();
+    if u32::try_from(n).is_err() {
+        return Err(KernelError::InvalidArgument {
+            kernel: "hash_partition",
+            reason: format!("{n} rows do not fit u32 row numbers"),
+        });
+    }
+    let ids = exec.alloc(n * 4)?;
+    let hist = exec.zeroed(parts as usize * 4)?;
+    let (mode, src, xv, _hashes) = match x.dtype() {
+        DType::I64 => (0u32, opt_ptr(Some(x.values()))?, opt_ptr(x.validity())?, None),
+        DType::Utf8 => {
+            let h = gpu_hashes(exec, x, seed)?;
+            (1, ptr(&h), Arg::Ptr(0), Some(h))
+        }
+        other => {
+            return Err(KernelError::UnsupportedType {
+                kernel: "hash",
+                dtype: other,
+            });
+        }
+    };
+    if n > 0 {
+        exec.launch1(
+            "sort",
+            "partition_histogram",
+            exec.grid(n as u64),
+            &[
+                Arg::U32(mode),
+                src,
+                xv,
+                Arg::U64(n as u64),
+                Arg::U64(seed),
+                Arg::U32(parts),
+                ptr(&ids),
+                ptr(&hist),
+            ],
+        )?;
+    }
+    // Up to 256 parts, one pass whose bin starts (and the offsets) are
+    // scanned on the device: nothing waits for the counts.
+    if parts <= 256 {
+        let offsets = exec.alloc((parts as usize + 1) * 4)?;
+        let starts = exec.alloc(256 * 4)?;
+        exec.launch1(
+            "sort",
+            "partition_starts",
+            1,
+            &[
+                ptr(&hist),
+                Arg::U32(parts),
+                Arg::U64(n as u64),
+                ptr(&starts),
+                ptr(&offsets),
+            ],
+        )?;
+        let pass = Pass {
+            source: KeySource::U32,
+            shift: 0,
+            starts: Starts::Device(starts.device_ptr()),
+        };
+        let passes: &[Pass] = if parts > 1 { &[pass] } else { &[] };
+        let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), passes)?;
+        exec.finish()?;
+        return Ok((ids, offsets, rows));
+    }
+    let counts: Vec<u32> = exec.download(&hist, parts as usize)?;
+    let mut offsets = Vec::with_capacity(parts as usize + 1);
+    let mut run = 0u32;
+    for c in &counts {
+        offsets.push(run);
+        run += c;
+    }
+    offsets.push(run);
+    // The id's two digits, low byte first; a digit all rows share is skipped.
+    let mut passes = Vec::new();
+    for shift in [0u32, 8] {
+        let mut digit_counts = [0u32; 256];
+        for (id, c) in counts.iter().enumerate() {
+            digit_counts[(id >> shift) & 0xff] += c;
+        }
+        if digit_counts.iter().any(|c| *c as usize == n) {
+            continue;
+        }
+        let mut starts = [0u32; 256];
+        let mut run = 0u32;
+        for (s, c) in starts.iter_mut().zip(digit_counts) {
+            *s = run;
+            run += c;
+        }
+        let source = if passes.is_empty() {
+            KeySource::U32
+        } else {
+            KeySource::Buffer
+        };
+        passes.push(Pass {
+            source,
+            shift,
+            starts: Starts::Host(starts),
+        });
+    }
+    let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), &passes)?;
+    let offsets = exec.upload(&offsets)?;
+    exec.finish()?;
+    Ok((ids, offsets, rows))
 }
 
 /// Partition ids, offsets and grouped rows of precomputed hashes.

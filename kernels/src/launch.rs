@@ -25,7 +25,54 @@ unsafe extern "C" {
         by: u32,
         bz: u32,
         args: *mut *mut c_void,
+        bytes: *mut u64,
     ) -> c_int;
+}
+
+/// One kernel launch, as recorded by [`record_launches`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchRecord {
+    /// The kernel's name.
+    pub kernel: String,
+    /// Blocks in the grid.
+    pub blocks: u64,
+    /// Threads per block.
+    pub threads_per_block: u32,
+    /// Bytes of global memory the launch read, counted by the CPU emulation
+    /// (None on a real GPU, where nothing counts them).
+    pub bytes_read: Option<u64>,
+    /// Bytes of global memory the launch wrote (likewise).
+    pub bytes_written: Option<u64>,
+}
+
+thread_local! {
+    static LAUNCHES: std::cell::RefCell<Option<Vec<LaunchRecord>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns what it returned with every kernel it launched from
+/// this thread, in order: the proof, without a GPU, of how many passes a
+/// kernel makes and how many bytes it moves per row. Launches are
+/// synchronous on emulated devices, so the counts are complete when `f`
+/// returns.
+pub fn record_launches<R>(f: impl FnOnce() -> R) -> (R, Vec<LaunchRecord>) {
+    let outer = LAUNCHES.with(|l| l.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let got = LAUNCHES.with(|l| std::mem::replace(&mut *l.borrow_mut(), outer));
+    (r, got.unwrap_or_default())
+}
+
+fn note_launch(kernel: &str, grid: (u32, u32), block: (u32, u32), bytes: Option<[u64; 2]>) {
+    LAUNCHES.with(|l| {
+        if let Some(log) = l.borrow_mut().as_mut() {
+            log.push(LaunchRecord {
+                kernel: kernel.to_string(),
+                blocks: u64::from(grid.0) * u64::from(grid.1),
+                threads_per_block: block.0 * block.1,
+                bytes_read: bytes.map(|b| b[0]),
+                bytes_written: bytes.map(|b| b[1]),
+            });
+        }
+    });
 }
 
 /// Threads per block of every kernel (`WEFT_BLOCK` in common.cuh).
@@ -67,6 +114,14 @@ pub(crate) fn opt_ptr(d: Option<&Data>) -> Result<Arg, KernelError> {
 }
 
 type ModuleKey = (u32, &'static str);
+
+/// `$WEFT_CUBIN_DIR/<stem>.sm_<major><minor>.cubin`, as `ci/cuda-check.sh`
+/// builds them, when that file exists: SASS for the device's architecture
+/// loads without NVRTC and without JIT.
+fn prebuilt_cubin(stem: &str, major: i32, minor: i32) -> Option<Vec<u8>> {
+    let dir = std::env::var_os("WEFT_CUBIN_DIR")?;
+    std::fs::read(std::path::Path::new(&dir).join(format!("{stem}.sm_{major}{minor}.cubin"))).ok()
+}
 
 fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
     static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>> = OnceLock::new();
@@ -114,15 +169,24 @@ impl Exec {
         Ok(out)
     }
 
+    /// A device copy of `values` (done when this returns).
+    pub(crate) fn upload<T: arrow_buffer::ArrowNativeType>(&self, values: &[T]) -> Result<DeviceBuffer, KernelError> {
+        let bytes = std::mem::size_of_val(values);
+        // SAFETY: plain-old-data values, `bytes` long in all.
+        let src = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), bytes) };
+        let b = self.gpu.alloc(bytes)?;
+        self.stream.copy_h2d(src, &b)?;
+        Ok(b)
+    }
+
     /// Blocks for a grid-stride kernel over `items` work items: enough to
-    /// cover them, capped (emulated devices run at most 4 blocks, which still
-    /// exercises the cross-block paths while keeping CI fast).
+    /// cover them, at most what the device holds at once (from its
+    /// multiprocessor count and threads per multiprocessor; an emulated
+    /// device reports 2 x 512 threads, so 4 blocks, which still exercises
+    /// the cross-block paths while keeping CI fast).
     pub(crate) fn grid(&self, items: u64) -> u32 {
-        let cap: u64 = match self.gpu.backend() {
-            GpuBackend::Emulated(_) => 4,
-            GpuBackend::Cuda(_) => 1024,
-        };
-        items.div_ceil(u64::from(BLOCK)).clamp(1, cap) as u32
+        let resident = self.gpu.geometry().resident_blocks(BLOCK);
+        items.div_ceil(u64::from(BLOCK)).clamp(1, u64::from(resident)) as u32
     }
 
     pub(crate) fn launch(
@@ -138,16 +202,28 @@ impl Exec {
             GpuBackend::Emulated(_) => {
                 let name = CString::new(kernel).map_err(|_| KernelError::NoSuchKernel(kernel.into()))?;
                 let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
+                let mut bytes = [0u64; 2];
                 // SAFETY: every pointer argument is a live allocation of this
                 // emulated device (host memory) sized by the caller for the
-                // kernel; `ptrs` points at `slots`, which outlive the call,
-                // and the launch is synchronous.
+                // kernel; `ptrs` points at `slots` and `bytes` at two u64s,
+                // all of which outlive the call, and the launch is synchronous.
                 let r = unsafe {
-                    weft_emu_launch(name.as_ptr(), grid.0, grid.1, 1, block.0, block.1, 1, ptrs.as_mut_ptr())
+                    weft_emu_launch(
+                        name.as_ptr(),
+                        grid.0,
+                        grid.1,
+                        1,
+                        block.0,
+                        block.1,
+                        1,
+                        ptrs.as_mut_ptr(),
+                        bytes.as_mut_ptr(),
+                    )
                 };
                 if r != 0 {
                     return Err(KernelError::NoSuchKernel(kernel.into()));
                 }
+                note_launch(kernel, grid, block, Some(bytes));
                 Ok(())
             }
             GpuBackend::Cuda(cuda) => {
@@ -172,10 +248,14 @@ impl Exec {
                         Some(m) => m.clone(),
                         None => {
                             let (major, minor) = ctx.compute_capability().map_err(drv("query arch"))?;
-                            let ptx = crate::nvrtc::compile_ptx(file, (major * 10 + minor) as u32)?;
-                            let m = ctx
-                                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                                .map_err(drv("load module"))?;
+                            let image = match prebuilt_cubin(file, major, minor) {
+                                Some(cubin) => cudarc::nvrtc::Ptx::from_binary(cubin),
+                                None => cudarc::nvrtc::Ptx::from_src(crate::nvrtc::compile_ptx(
+                                    file,
+                                    (major * 10 + minor) as u32,
+                                )?),
+                            };
+                            let m = ctx.load_module(image).map_err(drv("load module"))?;
                             map.insert((ordinal, file), m.clone());
                             m
                         }
@@ -200,6 +280,7 @@ impl Exec {
                 // every buffer they point to is kept alive by the caller until
                 // `finish` has synchronised the stream.
                 unsafe { builder.launch(cfg) }.map_err(drv("launch"))?;
+                note_launch(kernel, grid, block, None);
                 Ok(())
             }
         }

@@ -9,7 +9,9 @@
 //! runs block by block with one OS thread per CUDA thread.
 #![warn(missing_docs)]
 
+pub mod bench;
 mod column;
+pub mod cudalibs;
 mod dispatch;
 pub mod elementwise;
 mod error;
@@ -24,6 +26,7 @@ pub mod take;
 
 pub use column::{Column, DType, Data, Native, bitmap_bytes};
 pub use error::KernelError;
+pub use launch::{LaunchRecord, record_launches};
 
 /// Kernel sources, embedded by the build script.
 pub mod sources {

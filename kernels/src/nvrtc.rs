@@ -47,18 +47,6 @@ pub fn cache_dir() -> Option<PathBuf> {
     Some(base.join("weft").join("kernels"))
 }
 
-fn nvrtc_version() -> Result<(i32, i32), String> {
-    let mut major = 0;
-    let mut minor = 0;
-    // SAFETY: plain out-parameters; only called after the library was found.
-    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    if r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-        Ok((major, minor))
-    } else {
-        Err(format!("nvrtcVersion failed: {r:?}"))
-    }
-}
-
 /// Compiles `stem.cu` to PTX for `compute_<arch>`, using the disk cache.
 pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
     let err = |log: String| KernelError::Nvrtc {
@@ -67,10 +55,8 @@ pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
         log,
     };
     let src = full_source(stem).ok_or_else(|| err("no such kernel source".into()))?;
-    if !weft_gpu::nvrtc_present() {
-        return Err(err("NVRTC library (libnvrtc.so) not found".into()));
-    }
-    let (major, minor) = nvrtc_version().map_err(err)?;
+    let lib = crate::cudalibs::nvrtc().map_err(err)?;
+    let (major, minor) = lib.version().map_err(err)?;
     let arch_opt = format!("--gpu-architecture=compute_{arch}");
     let version = format!("{major}.{minor}");
     let mut key_parts: Vec<&[u8]> = vec![src.as_bytes(), arch_opt.as_bytes(), version.as_bytes()];
@@ -82,16 +68,7 @@ pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
     }
     let mut options: Vec<String> = OPTIONS.iter().map(|o| o.to_string()).collect();
     options.push(arch_opt);
-    let opts = cudarc::nvrtc::CompileOptions {
-        options,
-        name: Some(format!("{stem}.cu")),
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => err(log.to_string_lossy().into_owned()),
-        other => err(format!("{other:?}")),
-    })?;
-    let text = ptx.to_src();
+    let text = lib.compile(&src, &format!("{stem}.cu"), &options).map_err(err)?;
     if let Some(path) = path {
         // Write then rename, so a concurrent reader never sees half a file.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));

@@ -2,8 +2,11 @@
 //! last, floats in `f64::total_cmp` order. Both radix sort 8-bit digits of
 //! order-preserving u64 keys. The CPU splits by the top byte in one pass over
 //! memory and finishes each bucket in cache (see [`radix_argsort`]); the GPU
-//! does one stable LSD counting-sort pass per digit (shared with hash
-//! partitioning).
+//! runs an LSD radix sort in the style of CUB's onesweep (see
+//! `cuda/sort.cu`): one histogram of every digit in a single read of the
+//! keys, then one pass per digit position that moves (key, row) pairs
+//! together, each tile finding its place by decoupled look-back. Hash
+//! partitioning is one such pass, on the partition id.
 
 use arrow_buffer::Buffer;
 use weft_gpu::DeviceBuffer;
@@ -352,79 +355,233 @@ fn cpu_argsort(x: &Column) -> Result<Vec<u32>, KernelError> {
     Ok(perm)
 }
 
-/// One stable counting-sort pass on the GPU, after its histogram and scan.
-pub(crate) struct CountingPass<'a> {
-    digits: &'a DeviceBuffer,
-    perm_in: Option<&'a DeviceBuffer>,
-    n: usize,
-    chunk: u64,
-    grid: u32,
-    /// The exclusive scan of the digit-major histogram.
-    pub(crate) scanned: DeviceBuffer,
+/// Where a onesweep pass reads its keys (`KEY_*` in cuda/sort.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeySource {
+    /// u64 keys written by the previous pass.
+    Buffer = 0,
+    /// An int64 column (the first pass).
+    I64 = 1,
+    /// A float64 column (the first pass).
+    F64 = 2,
+    /// u32 values (partition ids).
+    U32 = 3,
+    /// 0 for a valid row, 1 for a null one: the last pass of a sort with nulls.
+    Nulls = 4,
 }
 
-/// Histogram and scan of `digits` (each below `radix`) for a counting pass
-/// over the rows in order `perm_in` (identity when None).
-pub(crate) fn counting_pass<'a>(
+/// Digits per key position, and the positions of a u64 key.
+const RADIX: usize = 256;
+const KEY_DIGITS: usize = 8;
+
+/// Rows per thread of a onesweep tile: 16 on a GPU (the tile is 4096 rows);
+/// on an emulated device 2 for small inputs, so the tests' sizes span many
+/// tiles and the look-back between them, and 16 past 8192 rows, so the GPU's
+/// tile runs in the emulation too.
+fn tile_items(exec: &Exec, n: usize) -> u32 {
+    match exec.gpu.backend() {
+        weft_gpu::GpuBackend::Emulated(_) if n < 8192 => 2,
+        _ => 16,
+    }
+}
+
+/// Exclusive prefix sums of digit counts: where each digit's bin starts.
+fn bin_starts(counts: &[u32]) -> Vec<u32> {
+    let mut run = 0u32;
+    counts
+        .iter()
+        .map(|c| {
+            let s = run;
+            run = run.wrapping_add(*c);
+            s
+        })
+        .collect()
+}
+
+/// One pass of a [`Onesweep`] sort.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pass {
+    /// Where the keys come from.
+    pub(crate) source: KeySource,
+    /// The digit is `(key >> shift) & 0xff`.
+    pub(crate) shift: u32,
+    /// Where each digit's bin starts in the output (256 entries).
+    pub(crate) starts: Starts,
+}
+
+/// The bin starts of a pass: computed on the host, or already on the device.
+/// (A sort holds at most nine, so the array's size does not matter.)
+#[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Starts {
+    /// Uploaded with the other passes' starts.
+    Host([u32; RADIX]),
+    /// A device pointer to 256 u32 (kept alive by the caller).
+    Device(u64),
+}
+
+/// The onesweep passes of one sort over `n` rows: each moves (key, row)
+/// pairs into stable order by one digit, the first reading keys from
+/// `first_src` (a column, or the u32 ids of a partition), the rest from the
+/// keys the pass before wrote. Returns the rows in their final order.
+pub(crate) fn onesweep(
     exec: &Exec,
-    digits: &'a DeviceBuffer,
-    perm_in: Option<&'a DeviceBuffer>,
     n: usize,
-    radix: u32,
-    grid: u32,
-) -> Result<CountingPass<'a>, KernelError> {
-    let threads = u64::from(grid) * u64::from(BLOCK);
-    let chunk = (n as u64).div_ceil(threads).max(1);
-    let entries = u64::from(radix) * threads;
-    let hist = exec.alloc(entries as usize * 4)?;
+    first_src: Arg,
+    validity: Arg,
+    passes: &[Pass],
+) -> Result<DeviceBuffer, KernelError> {
+    if passes.is_empty() || n == 0 {
+        let out = exec.alloc(n * 4)?;
+        if n > 0 {
+            exec.launch1(
+                "sort",
+                "sort_iota",
+                exec.grid(n as u64),
+                &[Arg::U64(n as u64), ptr(&out)],
+            )?;
+        }
+        return Ok(out);
+    }
+    let items = tile_items(exec, n);
+    let tile = BLOCK as usize * items as usize;
+    let kernel = format!("onesweep_pass_{items}");
+    let tiles = n.div_ceil(tile);
+    let tiles_u32 = u32::try_from(tiles).map_err(|_| KernelError::InvalidArgument {
+        kernel: "argsort",
+        reason: format!("{n} rows is too many tiles"),
+    })?;
+    // Status words of every tile and digit, then one tile counter per pass.
+    let status_bytes = tiles * RADIX * 8;
+    let status = exec.zeroed(status_bytes + passes.len() * 4)?;
+    let host_starts: Vec<u32> = passes
+        .iter()
+        .flat_map(|p| match p.starts {
+            Starts::Host(s) => s,
+            Starts::Device(_) => [0; RADIX],
+        })
+        .collect();
+    let uploaded = exec.upload(&host_starts)?;
+    // Only the passes followed by a digit pass of the keys write keys.
+    let needs_keys = |k: usize| passes.get(k + 1).is_some_and(|p| p.source == KeySource::Buffer);
+    let key_bufs = if (0..passes.len()).any(needs_keys) {
+        Some([exec.alloc(n * 8)?, exec.alloc(n * 8)?])
+    } else {
+        None
+    };
+    let rows = [exec.alloc(n * 4)?, exec.alloc(n * 4)?];
+    for (k, pass) in passes.iter().enumerate() {
+        let (src, rows_in) = if k == 0 {
+            (first_src, Arg::Ptr(0))
+        } else {
+            let src = match (pass.source, &key_bufs) {
+                (KeySource::Buffer, Some(b)) => ptr(&b[(k - 1) % 2]),
+                _ => first_src,
+            };
+            (src, ptr(&rows[(k - 1) % 2]))
+        };
+        let keys_out = match (&key_bufs, needs_keys(k)) {
+            (Some(b), true) => ptr(&b[k % 2]),
+            _ => Arg::Ptr(0),
+        };
+        exec.launch1(
+            "sort",
+            &kernel,
+            tiles_u32,
+            &[
+                Arg::U32(pass.source as u32),
+                src,
+                validity,
+                rows_in,
+                Arg::U64(n as u64),
+                Arg::U32(pass.shift),
+                Arg::Ptr(match pass.starts {
+                    Starts::Host(_) => uploaded.device_ptr() + (k * RADIX * 4) as u64,
+                    Starts::Device(p) => p,
+                }),
+                ptr(&status),
+                Arg::Ptr(status.device_ptr() + (status_bytes + k * 4) as u64),
+                Arg::U32(k as u32 + 1),
+                keys_out,
+                ptr(&rows[k % 2]),
+            ],
+        )?;
+    }
+    // Everything above is queued on one stream; the buffers it reads must
+    // live until it has run.
+    exec.finish()?;
+    let [a, b] = rows;
+    Ok(if passes.len() % 2 == 1 { a } else { b })
+}
+
+/// The GPU argsort: one histogram of all eight digits, then one onesweep
+/// pass per digit position where the keys differ, then the null pass.
+fn gpu_argsort(exec: &Exec, x: &Column) -> Result<DeviceBuffer, KernelError> {
+    let n = x.len();
+    let source = match x.dtype() {
+        DType::I64 => KeySource::I64,
+        DType::F64 => KeySource::F64,
+        other => {
+            return Err(KernelError::UnsupportedType {
+                kernel: "argsort",
+                dtype: other,
+            });
+        }
+    };
+    if u32::try_from(n).is_err() {
+        return Err(KernelError::InvalidArgument {
+            kernel: "argsort",
+            reason: format!("{n} rows do not fit u32 row numbers"),
+        });
+    }
+    if n == 0 {
+        return onesweep(exec, 0, Arg::Ptr(0), Arg::Ptr(0), &[]);
+    }
+    let x_ptr = crate::launch::opt_ptr(Some(x.values()))?;
+    let validity = crate::launch::opt_ptr(x.validity())?;
+    let hist = exec.zeroed((KEY_DIGITS * RADIX + 1) * 4)?;
     exec.launch1(
         "sort",
-        "count_hist",
-        grid,
+        "radix_histogram",
+        exec.grid(n as u64),
         &[
-            ptr(digits),
+            Arg::U32(source as u32),
+            x_ptr,
+            validity,
             Arg::U64(n as u64),
-            Arg::U32(radix),
-            Arg::U64(chunk),
+            Arg::U32(KEY_DIGITS as u32),
             ptr(&hist),
         ],
     )?;
-    let total = exec.alloc(4)?;
-    exec.launch1(
-        "scan",
-        "scan_exclusive_u32",
-        1,
-        &[ptr(&hist), Arg::U64(entries), ptr(&total)],
-    )?;
-    Ok(CountingPass {
-        digits,
-        perm_in,
-        n,
-        chunk,
-        grid,
-        scanned: hist,
-    })
-}
-
-impl CountingPass<'_> {
-    /// Scatters the rows into their stable sorted order.
-    pub(crate) fn scatter(self, exec: &Exec) -> Result<DeviceBuffer, KernelError> {
-        let out = exec.alloc(self.n * 4)?;
-        exec.launch1(
-            "sort",
-            "count_scatter",
-            self.grid,
-            &[
-                ptr(self.digits),
-                Arg::Ptr(self.perm_in.map_or(0, |p| p.device_ptr())),
-                Arg::U64(self.n as u64),
-                Arg::U64(self.chunk),
-                ptr(&self.scanned),
-                ptr(&out),
-            ],
-        )?;
-        Ok(out)
+    let counts: Vec<u32> = exec.download(&hist, KEY_DIGITS * RADIX + 1)?;
+    let nulls = counts[KEY_DIGITS * RADIX] as usize;
+    let mut passes = Vec::new();
+    for p in 0..KEY_DIGITS {
+        let c = &counts[p * RADIX..(p + 1) * RADIX];
+        // A digit every row shares leaves the order as it is.
+        if c.iter().any(|c| *c as usize == n) {
+            continue;
+        }
+        let mut starts = [0u32; RADIX];
+        starts.copy_from_slice(&bin_starts(c));
+        let source = if passes.is_empty() { source } else { KeySource::Buffer };
+        passes.push(Pass {
+            source,
+            shift: 8 * p as u32,
+            starts: Starts::Host(starts),
+        });
     }
+    if nulls > 0 && nulls < n {
+        let mut starts = [n as u32; RADIX];
+        starts[0] = 0;
+        starts[1] = (n - nulls) as u32;
+        passes.push(Pass {
+            source: KeySource::Nulls,
+            shift: 0,
+            starts: Starts::Host(starts),
+        });
+    }
+    onesweep(exec, n, x_ptr, validity, &passes)
 }
 
 /// The permutation that sorts an int64 or f64 column: stable, ascending,
@@ -437,61 +594,7 @@ pub fn argsort(x: &Column) -> Result<Column, KernelError> {
             Column::new(DType::U32, n, Data::Host(Buffer::from_vec(perm)), None, None)
         }
         Target::Gpu(exec) => {
-            let keys_kernel = match x.dtype() {
-                DType::I64 => "radix_keys_i64",
-                DType::F64 => "radix_keys_f64",
-                other => {
-                    return Err(KernelError::UnsupportedType {
-                        kernel: "argsort",
-                        dtype: other,
-                    });
-                }
-            };
-            let grid = exec.grid(n as u64).min(16);
-            let keys = exec.alloc(n * 8)?;
-            let x_ptr = crate::launch::opt_ptr(Some(x.values()))?;
-            exec.launch1(
-                "sort",
-                keys_kernel,
-                exec.grid(n as u64),
-                &[x_ptr, Arg::U64(n as u64), ptr(&keys)],
-            )?;
-            let digits = exec.alloc(n * 4)?;
-            let mut perm: Option<DeviceBuffer> = None;
-            for shift in (0..64).step_by(8) {
-                exec.launch1(
-                    "sort",
-                    "radix_digits",
-                    exec.grid(n as u64),
-                    &[
-                        ptr(&keys),
-                        Arg::Ptr(perm.as_ref().map_or(0, |p| p.device_ptr())),
-                        Arg::U64(n as u64),
-                        Arg::U32(shift),
-                        ptr(&digits),
-                    ],
-                )?;
-                let next = counting_pass(&exec, &digits, perm.as_ref(), n, 256, grid)?.scatter(&exec)?;
-                perm = Some(next);
-            }
-            let mut perm = perm.ok_or(KernelError::InvalidArgument {
-                kernel: "argsort",
-                reason: "no radix pass ran".into(),
-            })?;
-            if let Some(v) = x.validity() {
-                exec.launch1(
-                    "sort",
-                    "radix_null_digits",
-                    exec.grid(n as u64),
-                    &[
-                        crate::launch::opt_ptr(Some(v))?,
-                        ptr(&perm),
-                        Arg::U64(n as u64),
-                        ptr(&digits),
-                    ],
-                )?;
-                perm = counting_pass(&exec, &digits, Some(&perm), n, 2, grid)?.scatter(&exec)?;
-            }
+            let perm = gpu_argsort(&exec, x)?;
             exec.finish()?;
             Column::new(DType::U32, n, Data::Device(perm), None, None)
         }

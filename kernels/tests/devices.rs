@@ -440,7 +440,8 @@ fn partitioning(d: &Dut) {
     let mut rng = rng();
     for &n in SIZES {
         for &nulls in NULLS {
-            for parts in [1u32, 7, 64] {
+            // 1000 parts take two passes (low byte, high byte of the id).
+            for parts in [1u32, 7, 64, 1000] {
                 partition_case(d, &random_options::<i64>(&mut rng, n, nulls), parts);
             }
         }
@@ -587,6 +588,18 @@ fn sorting(d: &Dut) {
             sort_f64_case(d, &floats);
         }
     }
+    // Past 8192 rows the emulation runs the GPU's tile of 4096 rows too.
+    sort_i64_case(d, &random_options::<i64>(&mut rng, 20_000, Nulls::Some));
+    let mut floats = random_options::<f64>(&mut rng, 9000, Nulls::None);
+    floats[17] = Some(f64::NAN);
+    floats[4000] = Some(-0.0);
+    sort_f64_case(d, &floats);
+    // Keys in [0, 1000): six of eight digit positions are skipped.
+    let narrow: Vec<Option<i64>> = (0..3000).map(|i| Some(i * 7919 % 1000)).collect();
+    sort_i64_case(d, &narrow);
+    // One key everywhere: no digit pass at all; with nulls, only theirs.
+    sort_i64_case(d, &vec![Some(42); 1000]);
+    sort_i64_case(d, &(0..1000).map(|i| (i % 3 != 0).then_some(-7)).collect::<Vec<_>>());
 }
 
 fn matmul(d: &Dut) {

@@ -501,40 +501,41 @@ impl Client {
         holders: &[(TaskId, Vec<Peer>)],
         results: &mut [Option<Value>],
     ) -> Vec<(usize, Vec<Peer>)> {
-        let task_of: HashMap<usize, TaskId> = todo.iter().zip(holders).map(|(&i, (task, _))| (i, *task)).collect();
         for round in 0.. {
-            let mut asks: HashMap<String, Vec<usize>> = HashMap::new();
+            // Positions in `todo`, by the holder asked this round.
+            let mut asks: HashMap<&str, Vec<usize>> = HashMap::new();
             for (j, (_, peers)) in holders.iter().enumerate() {
                 if results[todo[j]].is_none()
                     && let Some(peer) = peers.get(round)
                 {
-                    asks.entry(peer.address.to_string()).or_default().push(todo[j]);
+                    asks.entry(peer.address.as_str()).or_default().push(j);
                 }
             }
             if asks.is_empty() {
                 break;
             }
             let mut requests = JoinSet::new();
-            for (address, indices) in asks {
+            for (address, positions) in asks {
                 // Bounded requests: a reply's frames stay far below the
                 // transport's limits.
-                for indices in indices.chunks(GATHER_BATCH) {
-                    let tasks = indices.iter().map(|i| task_of[i]).collect();
-                    let (peers, address, indices) = (self.inner.peers.clone(), address.clone(), indices.to_vec());
+                for positions in positions.chunks(GATHER_BATCH) {
+                    let tasks = positions.iter().map(|&j| holders[j].0).collect();
+                    let (peers, address, positions) =
+                        (self.inner.peers.clone(), address.to_string(), positions.to_vec());
                     requests.spawn(async move {
                         let reply = peers.request(&address, &DataRequest::Tasks(tasks)).await;
-                        (address, indices, reply)
+                        (address, positions, reply)
                     });
                 }
             }
             while let Some(joined) = requests.join_next().await {
-                let Ok((address, indices, reply)) = joined else {
+                let Ok((address, positions, reply)) = joined else {
                     continue;
                 };
                 match reply {
                     Ok(values) => {
-                        for (i, value) in indices.into_iter().zip(values) {
-                            results[i] = value;
+                        for (j, value) in positions.into_iter().zip(values) {
+                            results[todo[j]] = value;
                         }
                     }
                     Err(error) => debug!(address, %error, "gather from a holder failed; trying others"),

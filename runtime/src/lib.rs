@@ -34,6 +34,7 @@ pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 pub mod blocking;
 pub mod client;
 pub mod codec;
+pub mod contact;
 pub mod data;
 pub mod device;
 pub mod error;

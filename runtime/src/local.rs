@@ -16,7 +16,6 @@ use weft_transport::Config as TransportConfig;
 use crate::client::Client;
 use crate::error::{Result, RuntimeError};
 use crate::ops::Registry;
-use crate::protocol::ResourceAmount;
 use crate::server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 use crate::store::{MemoryConfig, MemorySnapshot, MemoryStats, machine_memory};
 use crate::worker::{WorkerOptions, run_worker};
@@ -222,9 +221,8 @@ impl LocalCluster {
                     ..options.memory.clone()
                 };
                 self.memory.push(worker.memory_stats.clone());
-                worker.gpu = options.in_process_gpus.get(i).cloned();
-                if worker.gpu.is_some() {
-                    worker.resources.push(gpu_resource());
+                if let Some(gpu) = options.in_process_gpus.get(i) {
+                    worker.pin_gpu(gpu.clone());
                 }
                 worker.listen = match options.worker_listen.as_str() {
                     "inproc://" => format!("inproc://weft-{}-{name}-{:08x}", std::process::id(), fastrand::u32(..)),
@@ -374,13 +372,9 @@ pub fn worker_main(registry: Registry) {
     }
     options.memory.watch_process = true;
     if let Some(index) = std::env::var(ENV_GPU).ok().and_then(|i| i.parse::<usize>().ok()) {
-        match Devices::from_env().map(|d| d.gpus().get(index).cloned()) {
-            Ok(Some(gpu)) => {
-                options.gpu = Some(gpu);
-                options.resources.push(gpu_resource());
-            }
-            Ok(None) => eprintln!("weft worker: GPU {index} is gone; running on the CPU"),
-            Err(error) => eprintln!("weft worker: cannot open GPU {index} ({error}); running on the CPU"),
+        match open_gpu(index) {
+            Ok(gpu) => options.pin_gpu(gpu),
+            Err(error) => eprintln!("weft worker: {error}; running on the CPU"),
         }
     }
     // A worker of a local cluster does not outlive its scheduler by long.
@@ -423,8 +417,28 @@ pub fn install_logging(default: &str) {
         .try_init();
 }
 
+/// Opens GPU `index` of this machine, real or emulated (as the `WEFT_*`
+/// environment says), for a worker to pin (see
+/// [`WorkerOptions::pin_gpu`]); `weft worker --gpu` and the workers of a
+/// local cluster both start so.
+pub fn open_gpu(index: usize) -> Result<Arc<Gpu>> {
+    let devices =
+        Devices::from_env().map_err(|error| RuntimeError::Config(format!("cannot open GPU {index}: {error}")))?;
+    let found = devices.gpus().len();
+    devices.gpus().get(index).cloned().ok_or_else(|| {
+        RuntimeError::Config(format!(
+            "there is no GPU {index}: {found} found{}",
+            devices
+                .cuda()
+                .reason
+                .as_deref()
+                .map_or_else(String::new, |why| format!(" (CUDA: {why})"))
+        ))
+    })
+}
+
 /// GPUs here, real and emulated, counted without opening them.
-fn gpu_count() -> usize {
+pub fn gpu_count() -> usize {
     match DeviceConfig::from_env() {
         Ok(config) => {
             let cuda = if config.use_cuda { probe_cuda().count } else { 0 };
@@ -434,14 +448,6 @@ fn gpu_count() -> usize {
             warn!(%error, "ignoring the GPU settings; workers run on the CPU");
             0
         }
-    }
-}
-
-/// What a GPU worker offers: `gpu = 1`.
-fn gpu_resource() -> ResourceAmount {
-    ResourceAmount {
-        name: "gpu".into(),
-        amount: 1,
     }
 }
 

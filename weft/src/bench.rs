@@ -12,7 +12,7 @@ use weft::{Client, Graph, LocalCluster, LocalOptions, WorkerMode, graphs};
 /// Arguments of `weft bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// noop, tree, chain or transfer.
+    /// noop, tree, chain, transfer or kernels.
     workload: String,
     /// Print the JSON line (always printed; kept for the peers' command line).
     #[arg(long)]
@@ -46,11 +46,44 @@ pub struct Args {
     /// Threads per worker (the peers use 1).
     #[arg(long, default_value_t = 1)]
     nthreads: usize,
+    /// kernels: cpu, emulated or cuda.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// kernels: rows of the sum, argsort and partition inputs.
+    #[arg(long)]
+    rows: Option<usize>,
+    /// kernels: partitions of the hash partition.
+    #[arg(long)]
+    parts: Option<u32>,
+    /// kernels: MiB of the host<->device copies (0: none).
+    #[arg(long)]
+    copy_mib: Option<usize>,
+    /// kernels: skip the CuPy lines on a CUDA device.
+    #[arg(long)]
+    no_cupy: bool,
     /// Task workloads: serve the dashboard, keep its live page's event
     /// stream open and scrape /metrics every second while timing (to
     /// measure what watching costs).
     #[arg(long)]
     dashboard: bool,
+}
+
+/// `weft bench kernels`: one JSON line per kernel (and CuPy's, on CUDA).
+fn kernels(args: &Args) -> Result<()> {
+    let defaults = weft_kernels::bench::BenchOptions::default();
+    let opts = weft_kernels::bench::BenchOptions {
+        device: args.device.clone(),
+        rows: args.rows.unwrap_or(defaults.rows),
+        parts: args.parts.unwrap_or(defaults.parts),
+        copy_bytes: args.copy_mib.map_or(defaults.copy_bytes, |m| m << 20),
+        reps: args.reps,
+        cupy: !args.no_cupy,
+    };
+    let lines = weft_kernels::bench::run(&opts).map_err(anyhow::Error::msg)?;
+    for line in &lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// One task workload: its size parameter and default.
@@ -115,6 +148,9 @@ fn plan(args: &Args) -> Result<Plan> {
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    if args.workload == "kernels" {
+        return kernels(&args);
+    }
     let plan = plan(&args)?;
     let mut report = match &plan {
         Plan::Transfer(mib) => Report::new("transfer", json!({ "mib": mib }), args.reps, mib << 20, "bytes"),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod security;
 mod size;
 
 use std::time::Duration;
@@ -10,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
-use weft_runtime::local::{install_logging, run_worker_process};
+use weft_runtime::local::{install_logging, open_gpu, run_worker_process};
 use weft_runtime::observe::{ObserveConfig, Observer};
+use weft_runtime::protocol::ResourceAmount;
 
 /// Weft: distributed execution for GPU clusters.
 #[derive(Parser)]
@@ -25,9 +27,11 @@ struct Cli {
 enum Command {
     /// Run a scheduler.
     Scheduler {
-        /// Address to listen on.
+        /// Address to listen on (`tls://` with the TLS flags).
         #[arg(long, default_value = "tcp://0.0.0.0:8786")]
         listen: String,
+        #[command(flatten)]
+        security: security::Security,
         #[command(flatten)]
         dashboard: DashboardArgs,
     },
@@ -35,6 +39,8 @@ enum Command {
     Worker {
         /// The scheduler's address, such as tcp://10.0.0.1:8786.
         scheduler: String,
+        #[command(flatten)]
+        security: security::Security,
         /// Compute threads (default: every core).
         #[arg(long)]
         nthreads: Option<usize>,
@@ -49,9 +55,30 @@ enum Command {
         /// Unique worker name (default: from its address).
         #[arg(long)]
         name: Option<String>,
-        /// Address to serve results on (port 0: any free port).
-        #[arg(long, default_value = "tcp://127.0.0.1:0")]
-        listen: String,
+        /// Address to serve results on (port 0: any free port); by default
+        /// every interface (over the scheduler address's scheme: tcp, tls
+        /// or ucx), advertised as this host's address on the route to the
+        /// scheduler.
+        #[arg(long)]
+        listen: Option<String>,
+        /// The address to give peers and clients instead (behind NAT, or a
+        /// name they resolve), such as tcp://node7.example:40000.
+        #[arg(long)]
+        contact_address: Option<String>,
+        /// Pin the worker to GPU N of this machine (CUDA's numbering;
+        /// emulated GPUs count too): its results live there, and it offers
+        /// `gpu = 1`, so tasks that ask for a GPU run one at a time.
+        #[arg(long, conflicts_with = "gpus")]
+        gpu: Option<usize>,
+        /// One worker process per GPU: `all`, or a list such as `0,2`; each
+        /// is this command again with `--gpu I` (and `--name NAME-gpuI`).
+        #[arg(long)]
+        gpus: Option<String>,
+        /// Resources this worker offers besides its GPU, such as
+        /// `licence=1,scratch=4`: a task that asks for some runs only while
+        /// they are free.
+        #[arg(long, value_parser = parse_resources)]
+        resources: Option<Resources>,
         /// Give up when the scheduler cannot be reached for this many
         /// seconds (at start or after losing it).
         #[arg(long, default_value_t = 60.0)]
@@ -79,6 +106,11 @@ enum Command {
         workers: Option<usize>,
         #[command(flatten)]
         dashboard: DashboardArgs,
+    },
+    /// Certificates for a cluster with mutual TLS.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
     },
     /// Run a benchmark workload and print one JSON line in the schema of
     /// the peer scripts (../shared/peers).
@@ -165,6 +197,23 @@ fn main() {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Worker { gpus: Some(which), .. } => one_worker_per_gpu(&which),
+        Command::Tls {
+            command: TlsCommand::Generate { dir, hosts },
+        } => {
+            let hosts = if hosts.is_empty() {
+                security::default_hosts()
+            } else {
+                hosts
+            };
+            security::generate(&dir, &hosts)?;
+            println!(
+                "wrote ca.pem and scheduler, worker and client certificates for {} into {}",
+                hosts.join(", "),
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Worker {
             scheduler,
             nthreads,
@@ -172,7 +221,12 @@ fn run(command: Command) -> Result<()> {
             spill_dir,
             name,
             listen,
+            gpu,
+            gpus: None,
+            resources,
             timeout,
+            contact_address,
+            security,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut options = WorkerOptions::new(scheduler, nthreads.unwrap_or(cores));
@@ -182,7 +236,16 @@ fn run(command: Command) -> Result<()> {
                 options.memory.spill_dir = dir;
             }
             options.name = name;
-            options.listen = listen;
+            options.listen = listen.unwrap_or_else(|| {
+                let scheme = options.scheduler.split_once("://").map_or("tcp", |(scheme, _)| scheme);
+                format!("{scheme}://0.0.0.0:0")
+            });
+            options.contact = contact_address;
+            security.apply(&mut options.transport)?;
+            if let Some(index) = gpu {
+                options.pin_gpu(open_gpu(index).context("--gpu")?);
+            }
+            options.resources.extend(resources.map(|r| r.0).unwrap_or_default());
             options.reconnect_timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;
             Ok(run_worker_process(options)?)
         }
@@ -198,8 +261,13 @@ fn run(command: Command) -> Result<()> {
 
 async fn run_async(command: Command) -> Result<()> {
     match command {
-        Command::Scheduler { listen, dashboard } => {
+        Command::Scheduler {
+            listen,
+            security,
+            dashboard,
+        } => {
             let mut options = SchedulerOptions::new(listen);
+            security.apply(&mut options.transport)?;
             options.observe = dashboard.observe();
             let scheduler = weft_runtime::start_scheduler(options).await?;
             println!("scheduler at {}", scheduler.address());
@@ -264,9 +332,134 @@ async fn run_async(command: Command) -> Result<()> {
             std::fs::write(&output, body).with_context(|| format!("cannot write {}", output.display()))?;
             println!("report written to {}", output.display());
         }
-        Command::Worker { .. } => unreachable!("workers run on their own runtime"),
+        Command::Worker { .. } | Command::Tls { .. } => unreachable!("run without the async runtime"),
     }
     Ok(())
+}
+
+/// `weft worker --gpus WHICH`: runs this command again once per GPU, with
+/// `--gpu I` instead of `--gpus` (and the name, if any, suffixed), and
+/// waits for them all; the first that fails makes this fail. On Linux the
+/// workers stop when this process dies.
+fn one_worker_per_gpu(which: &str) -> Result<()> {
+    let gpus: Vec<usize> = if which == "all" {
+        (0..weft_runtime::local::gpu_count()).collect()
+    } else {
+        which
+            .split(',')
+            .map(|i| {
+                i.trim()
+                    .parse()
+                    .with_context(|| format!("--gpus {which}: {i:?} is not a GPU number"))
+            })
+            .collect::<Result<_>>()?
+    };
+    anyhow::ensure!(
+        !gpus.is_empty(),
+        "--gpus {which}: no GPU found (CUDA, or WEFT_EMULATED_GPUS)"
+    );
+    // This command's arguments less `--gpus`, `--gpu` and `--name`.
+    let mut rest = Vec::new();
+    let mut name = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "--gpus" | "--gpu" | "--name" => {
+                let value = inline.or_else(|| args.next());
+                if flag == "--name" {
+                    name = value;
+                }
+            }
+            _ => rest.push(arg),
+        }
+    }
+    let program = std::env::current_exe().context("cannot find the weft executable")?;
+    let mut children = Vec::new();
+    for gpu in gpus {
+        let mut command = std::process::Command::new(&program);
+        command.args(&rest).args(["--gpu", &gpu.to_string()]);
+        if let Some(name) = &name {
+            command.args(["--name", &format!("{name}-gpu{gpu}")]);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(2) with constant arguments, between fork and
+            // exec: async-signal-safe, touches no memory of ours.
+            unsafe {
+                command.pre_exec(|| {
+                    // Stop (as on Ctrl-C) when this process dies.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                    Ok(())
+                });
+            }
+        }
+        children.push((
+            gpu,
+            command
+                .spawn()
+                .with_context(|| format!("cannot start the worker of GPU {gpu}"))?,
+        ));
+    }
+    let mut failed = None;
+    for (gpu, mut child) in children {
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for the worker of GPU {gpu}"))?;
+        if !status.success() && failed.is_none() {
+            failed = Some(format!("the worker of GPU {gpu} stopped with {status}"));
+        }
+    }
+    failed.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
+}
+
+/// `weft tls ...`.
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a certificate authority (ca.pem, ca.key) and scheduler, worker
+    /// and client certificates signed by it (ROLE.pem, ROLE.key) into DIR.
+    Generate {
+        /// Where to write them (created if missing; existing files are
+        /// never overwritten).
+        dir: std::path::PathBuf,
+        /// Host names and addresses the certificates are valid for
+        /// (default: this host's name, localhost, 127.0.0.1 and ::1).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+}
+
+/// Resources from the command line.
+#[derive(Clone, Debug)]
+struct Resources(Vec<ResourceAmount>);
+
+/// Parses `name=amount[,name=amount...]`.
+fn parse_resources(text: &str) -> Result<Resources, String> {
+    let parsed = text
+        .split(',')
+        .map(|item| {
+            let (name, amount) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not NAME=AMOUNT (such as gpu=1)"))?;
+            let amount = amount
+                .trim()
+                .parse()
+                .map_err(|_| format!("the amount of {name:?} ({amount:?}) is not a whole number"))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(format!("{item:?} names no resource"));
+            }
+            Ok(ResourceAmount {
+                name: name.into(),
+                amount,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Resources(parsed))
 }
 
 /// The machine's default layout, with overrides.

@@ -124,11 +124,34 @@ async fn killing_a_worker_mid_run_still_gives_the_right_answer() {
     let (address, _scheduler, mut workers) = cluster(3);
     let client = client(&address).await;
     let leaves = 600;
+    joined(&client, 3).await;
     let futures = client.compute(slow_tree("resilient", leaves, 4)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The kill must land while w0 has work, or the test proves nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses = client.workers().await.unwrap();
+        let w0 = statuses
+            .iter()
+            .find(|w| w.name.as_str() == "w0")
+            .expect("w0 registered");
+        if w0.processing > 0 && w0.n_held > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "w0 never got work: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     workers[0].0.kill().unwrap(); // SIGKILL: no goodbye
     let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
     assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
+    let mut left: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, ["w1", "w2"], "the scheduler saw the kill");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,4 +420,243 @@ fn the_blocking_client_scatters_and_computes_over_tcp() {
         ))
         .unwrap();
     assert_eq!(client.result(&y).unwrap().decode::<i64>().unwrap(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads() {
+    let address = free_address();
+    let _scheduler = spawn(&["scheduler", "--listen", &address]);
+    let _worker = spawn(&[
+        "worker",
+        &address,
+        "--nthreads",
+        "8",
+        "--name",
+        "gpu-worker",
+        "--resources",
+        "gpu=1",
+        "--timeout",
+        "30",
+    ]);
+    let client = client(&address).await;
+    joined(&client, 1).await;
+    let gpu = |mut task: TaskSpec| {
+        task.annotations.resources = vec![weft::ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        }];
+        task
+    };
+    let (n, ms) = (6u64, 150u64);
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| {
+            gpu(TaskSpec::new(
+                format!("gpu-{i}"),
+                "delay",
+                args(&(ms, i as i64)).unwrap(),
+                vec![],
+            ))
+        })
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    let started = Instant::now();
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    for (i, future) in futures.iter().enumerate() {
+        assert_eq!(future.result().await.unwrap().decode::<i64>().unwrap(), i as i64);
+    }
+    // One at a time: at least n x ms, though eight threads were idle.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(n * ms),
+        "{n} GPU tasks of {ms} ms took {took:?}"
+    );
+    // Tasks that need no GPU still run side by side.
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| TaskSpec::new(format!("cpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]))
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    let started = Instant::now();
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    client.wait(&futures).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(n * ms),
+        "plain tasks ran in parallel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
+    let address = free_address();
+    let _scheduler = spawn(&["scheduler", "--listen", &address]);
+    let emulated = [("WEFT_EMULATED_GPUS", "2"), ("WEFT_EMULATED_GPU_MEMORY", "64M")];
+    let _workers = spawn_with(
+        &[
+            "worker",
+            &address,
+            "--gpus",
+            "all",
+            "--nthreads",
+            "4",
+            "--name",
+            "g",
+            "--timeout",
+            "30",
+        ],
+        &emulated,
+    );
+    let client = client(&address).await;
+    joined(&client, 2).await;
+    let mut names: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["g-gpu0", "g-gpu1"]);
+    // Four GPU tasks of 150 ms on two one-GPU workers: two rounds at least.
+    let (n, ms) = (4u64, 150u64);
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| {
+            let mut task = TaskSpec::new(format!("on-gpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]);
+            task.annotations.resources = vec![weft::ResourceAmount {
+                name: "gpu".into(),
+                amount: 1,
+            }];
+            task
+        })
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    let started = Instant::now();
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    client.wait(&futures).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2 * ms),
+        "{:?}",
+        started.elapsed()
+    );
+    for (i, future) in futures.iter().enumerate() {
+        assert_eq!(future.result().await.unwrap().decode::<i64>().unwrap(), i as i64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_token_refuses_peers_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("token"), dir.path().join("wrong"));
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&bad, "guess").unwrap();
+    let (good, bad) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    let address = free_address();
+    let _scheduler = spawn(&["scheduler", "--listen", &address, "--token-file", good]);
+    let _worker = spawn(&[
+        "worker",
+        &address,
+        "--name",
+        "member",
+        "--token-file",
+        good,
+        "--timeout",
+        "30",
+    ]);
+    // A worker with the wrong secret is refused at the handshake and says
+    // so; it never joins.
+    let output = run_to_end(
+        &[
+            "worker",
+            &address,
+            "--name",
+            "intruder",
+            "--token-file",
+            bad,
+            "--timeout",
+            "30",
+        ],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.to_lowercase().contains("token"), "{stderr}");
+    // So is a client without it; one with it computes.
+    assert!(Client::connect(&address, &Config::default()).await.is_err());
+    let config = Config {
+        token: Some(b"s3cret".to_vec()),
+        ..Config::default()
+    };
+    let client = Client::connect(&address, &config).await.unwrap();
+    joined(&client, 1).await;
+    let names: Vec<String> = client
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.name.to_string())
+        .collect();
+    assert_eq!(names, ["member"]);
+    assert_eq!(root(&client, graphs::tree("secured", 64)).await.unwrap(), 64 * 63 / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_mutual_tls_from_generated_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output = run_to_end(&["tls", "generate", pki.to_str().unwrap()], Duration::from_secs(20));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let file = |name: &str| pki.join(name).to_str().unwrap().to_string();
+    let tls = |role: &str| {
+        vec![
+            "--tls-ca-file".to_string(),
+            file("ca.pem"),
+            "--tls-cert".to_string(),
+            file(&format!("{role}.pem")),
+            "--tls-key".to_string(),
+            file(&format!("{role}.key")),
+        ]
+    };
+    let address = free_address().replace("tcp://", "tls://");
+    let mut args = vec!["scheduler".to_string(), "--listen".to_string(), address.clone()];
+    args.extend(tls("scheduler"));
+    let _scheduler = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = vec![
+        "worker".to_string(),
+        address.clone(),
+        "--name".to_string(),
+        "tls-worker".to_string(),
+    ];
+    args.extend(tls("worker"));
+    let _worker = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // A client without a certificate is refused; one with it computes,
+    // gathering from the worker over TLS too.
+    let no_cert = Config {
+        tls: Some(
+            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
+                ca: file("ca.pem").into(),
+                cert: None,
+                key: None,
+                require_client_cert: true,
+            })
+            .unwrap(),
+        ),
+        ..Config::default()
+    };
+    let refused = Client::connect(&address, &no_cert).await;
+    assert!(refused.is_err());
+    let config = Config {
+        tls: Some(
+            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
+                ca: file("ca.pem").into(),
+                cert: Some(file("client.pem").into()),
+                key: Some(file("client.key").into()),
+                require_client_cert: true,
+            })
+            .unwrap(),
+        ),
+        ..Config::default()
+    };
+    let client = Client::connect(&address, &config).await.unwrap();
+    joined(&client, 1).await;
+    let workers = client.workers().await.unwrap();
+    assert!(workers[0].address.starts_with("tls://"), "{workers:?}");
+    assert_eq!(root(&client, graphs::tree("tls", 64)).await.unwrap(), 64 * 63 / 2);
 }

@@ -65,7 +65,7 @@ macro_rules! test_device {
             fn cuda() {
                 match super::common::cuda() {
                     Ok(g) => super::$name(&Dut::Gpu(g)),
-                    Err(reason) => println!("skipping {}::cuda: {reason}", stringify!($name)),
+                    Err(reason) => weft_gpu::testing::skip_without_cuda(concat!(stringify!($name), "::cuda"), &reason),
                 }
             }
         }

@@ -251,6 +251,19 @@ impl Scheduler {
                 );
                 occ += t.map_or(0.0, |t| t.est as f64);
             }
+            let mut used = vec![0u32; wk.used.len()];
+            for &id in &wk.processing {
+                for &(r, amount) in self.requests[self.tasks[id].request as usize].iter() {
+                    if let Some(u) = used.get_mut(r.index()) {
+                        *u += amount;
+                    }
+                }
+            }
+            ensure!(
+                used == wk.used,
+                "worker {w}: resources in use {:?} but its tasks ask for {used:?}",
+                wk.used
+            );
             let tolerance = 1e-6 * (1.0 + occ.abs()) + 1e-9 * wk.processing.len() as f64;
             let close = (occ - wk.occupancy).abs() <= tolerance;
             ensure!(

@@ -644,7 +644,7 @@ impl Scheduler {
         };
         let idx = t.proc_idx;
         t.proc_idx = NOT_LISTED;
-        let est = t.est as f64;
+        let (est, request) = (t.est as f64, t.request);
         let wk = self
             .workers
             .get_mut(&w)
@@ -659,6 +659,11 @@ impl Scheduler {
         } else {
             (wk.occupancy - est).max(0.0)
         };
+        for &(r, amount) in self.requests[request as usize].iter() {
+            if let Some(used) = wk.used.get_mut(r.index()) {
+                *used -= amount;
+            }
+        }
         if !was_open && wk.open() {
             wk.unsat_idx = self.unsat.push(w);
             self.freed.push(w);
@@ -713,6 +718,11 @@ impl Scheduler {
         t.queue = QueueKind::None;
         wk.processing.push(id);
         wk.occupancy += est;
+        for &(r, amount) in self.requests[t.request as usize].iter() {
+            if let Some(used) = wk.used.get_mut(r.index()) {
+                *used += amount;
+            }
+        }
         if !wk.open() && wk.unsat_idx != NOT_LISTED {
             self.relist(w);
         }

@@ -34,6 +34,25 @@ impl Scheduler {
         }
     }
 
+    /// Seconds task `id` would wait on `w` for the resources it asks for:
+    /// the requests queued there beyond the capacity, per unit of capacity,
+    /// each taking about as long as this task is estimated to.
+    fn resource_wait(&self, id: TaskId, w: WorkerId) -> f64 {
+        let t = &self.tasks[id];
+        if t.request == 0 {
+            return 0.0;
+        }
+        let wk = &self.workers[&w];
+        let mut ahead = 0.0f64;
+        for &(r, amount) in self.requests[t.request as usize].iter() {
+            let capacity = wk.resources.get(r.index()).copied().unwrap_or(0).max(1);
+            let used = wk.used.get(r.index()).copied().unwrap_or(0);
+            let over = (used + amount).saturating_sub(capacity);
+            ahead = ahead.max(over as f64 / capacity as f64);
+        }
+        ahead * self.estimate(t.op)
+    }
+
     /// Seconds `w` would spend fetching the inputs of `id` it lacks: their
     /// bytes over the bandwidth, plus the fetch latency if it lacks any.
     fn fetch_time(&self, id: TaskId, w: WorkerId) -> f64 {
@@ -81,7 +100,7 @@ impl Scheduler {
         };
         for &(w, local) in &cand {
             if self.valid_worker(id, w, true) {
-                let cost = self.workers[&w].load() + (total - local) as f64 / bw;
+                let cost = self.workers[&w].load() + (total - local) as f64 / bw + self.resource_wait(id, w);
                 consider(cost, w, &mut best);
             }
         }
@@ -108,7 +127,7 @@ impl Scheduler {
         if t.request != 0 {
             for &w in &self.resource_workers {
                 if self.valid_worker(id, w, false) {
-                    let cost = self.workers[&w].load() + self.fetch_time(id, w);
+                    let cost = self.workers[&w].load() + self.fetch_time(id, w) + self.resource_wait(id, w);
                     consider(cost, w, &mut best);
                 }
             }

@@ -516,6 +516,40 @@ fn resources_and_restrictions_constrain_placement() {
 }
 
 #[test]
+fn resources_in_use_are_counted_and_spread_the_tasks_that_need_them() {
+    let mut h = H::new(Config::default());
+    for i in 1..=2 {
+        let mut wi = info(&format!("w{i}"), 8);
+        wi.resources = vec![ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        }];
+        h.ev(Event::WorkerJoined { worker: w(i), info: wi });
+    }
+    let gpu_task = |key: &str| {
+        let mut s = spec(key, &[]);
+        s.annotations.resources = vec![ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        }];
+        s
+    };
+    let out = h.submit(
+        (0..4).map(|i| gpu_task(&format!("g{i}"))).collect(),
+        &["g0", "g1", "g2", "g3"],
+    );
+    let mut per_worker = [0, 0];
+    for (wk, _) in computes(&out) {
+        per_worker[wk.index() - 1] += 1;
+    }
+    // Eight threads each, but one GPU each: two tasks apiece, not four on one.
+    assert_eq!(per_worker, [2, 2]);
+    assert_eq!(h.s.workers[&w(1)].used, [2]);
+    h.finish(1, "g0", 8);
+    assert_eq!(h.s.workers[&w(1)].used, [1], "released when it finishes");
+}
+
+#[test]
 fn idle_workers_steal_queued_work() {
     let mut h = H::new(Config {
         worker_saturation: None,

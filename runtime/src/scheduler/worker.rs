@@ -12,6 +12,9 @@ pub(crate) struct Worker {
     pub info: WorkerInfo,
     /// Resource capacity, indexed by `ResourceId`.
     pub resources: Vec<u32>,
+    /// Resources its processing tasks ask for, indexed by `ResourceId`
+    /// (the worker runs them as these free up).
+    pub used: Vec<u32>,
     /// Tasks in `Processing(self.id)`; each task knows its position.
     pub processing: Vec<TaskId>,
     /// Results this worker held at some point. Entries whose task no longer

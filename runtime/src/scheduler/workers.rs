@@ -55,6 +55,7 @@ impl Scheduler {
             Worker {
                 id: worker,
                 info,
+                used: vec![0; resources.len()],
                 resources,
                 processing: Vec::new(),
                 has_what: Vec::new(),

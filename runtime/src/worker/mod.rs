@@ -43,8 +43,13 @@ pub struct WorkerOptions {
     /// The scheduler's address.
     pub scheduler: String,
     /// Where to serve results to peers and clients (`tcp://HOST:0` picks a
-    /// port).
+    /// port; `tcp://0.0.0.0:PORT` listens on every interface).
     pub listen: String,
+    /// The address peers and clients are given (default: the listening
+    /// address, its host being this host's address on the route to the
+    /// scheduler when it listens on every interface; see
+    /// [`crate::contact`]).
+    pub contact: Option<String>,
     /// Unique name (default: from the data address).
     pub name: Option<String>,
     /// Compute threads.
@@ -74,6 +79,7 @@ impl WorkerOptions {
         WorkerOptions {
             scheduler: scheduler.into(),
             listen: "tcp://127.0.0.1:0".into(),
+            contact: None,
             name: None,
             nthreads,
             memory: MemoryConfig::default(),
@@ -85,6 +91,17 @@ impl WorkerOptions {
             heartbeat: Duration::from_secs(1),
             reconnect_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Pins the worker to `gpu`: its results and ops live there, and it
+    /// offers `gpu = 1` to tasks that ask for one (they run one at a
+    /// time, whatever its threads).
+    pub fn pin_gpu(&mut self, gpu: Arc<Gpu>) {
+        self.gpu = Some(gpu);
+        self.resources.push(ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        });
     }
 }
 
@@ -98,7 +115,8 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         debug!(limit, "open file limit");
     }
     let listener = listen(&options.listen, &options.transport).await?;
-    let address = listener.local_addr().to_string();
+    let address =
+        crate::contact::contact_address(&listener.local_addr(), &options.scheduler, options.contact.as_deref())?;
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
     let mut memory = options.memory.clone();
     if let Some(gpu) = &options.gpu
@@ -244,7 +262,7 @@ impl Link<'_> {
     ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
         let limits = TransferLimits::for_memory(self.options.memory.limit);
-        let mut state = WorkerState::new(self.options.nthreads, limits);
+        let mut state = WorkerState::new(self.options.nthreads, limits).with_resources(&self.options.resources);
         let mut commands = Vec::new();
         let mut outbox: Vec<FromWorker> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);

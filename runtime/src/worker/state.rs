@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::ids::{FxHashMap, Key, SharedStr, TaskId, WorkerId};
-use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, Tier, ToWorker};
+use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, ResourceAmount, Tier, ToWorker};
 
 /// Something that happened to the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +152,14 @@ pub struct WorkerState {
     nthreads: usize,
     running: usize,
     tasks: FxHashMap<TaskId, Task>,
+    /// Ready tasks that need no resources.
     ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    /// Ready tasks that need resources (Dask's "constrained"): the first
+    /// starts when what it asks for is free.
+    constrained: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    /// Resources this worker offers, and how much of each running tasks
+    /// hold.
+    resources: Vec<(SharedStr, u32, u32)>,
     /// Results in the store and their sizes.
     memory: FxHashMap<TaskId, u64>,
     transfers: FxHashMap<TaskId, Transfer>,
@@ -182,6 +189,8 @@ impl WorkerState {
             running: 0,
             tasks: FxHashMap::default(),
             ready: BinaryHeap::new(),
+            constrained: BinaryHeap::new(),
+            resources: Vec::new(),
             memory: FxHashMap::default(),
             transfers: FxHashMap::default(),
             local_waiters: FxHashMap::default(),
@@ -193,6 +202,26 @@ impl WorkerState {
             fetches: 0,
             in_flight_bytes: 0,
         }
+    }
+
+    /// The worker offers these resources (`gpu = 1`): a task that asks for
+    /// some runs only while they are free, whatever threads are idle.
+    pub fn with_resources(mut self, resources: &[ResourceAmount]) -> Self {
+        for r in resources {
+            match self.resources.iter_mut().find(|(name, ..)| *name == r.name) {
+                Some((_, total, _)) => *total += r.amount,
+                None => self.resources.push((r.name.clone(), r.amount, 0)),
+            }
+        }
+        self
+    }
+
+    /// How much of `name` running tasks hold now.
+    pub fn resource_in_use(&self, name: &str) -> u32 {
+        self.resources
+            .iter()
+            .find(|(n, ..)| n.as_str() == name)
+            .map_or(0, |r| r.2)
     }
 
     /// Whether the worker starts no new ops for lack of memory.
@@ -253,7 +282,11 @@ impl WorkerState {
                 // Those waiting here start now, or are cancelled by the
                 // scheduler if this failed.
                 let waiters = self.local_waiters.remove(&task).unwrap_or_default();
-                match self.tasks.remove(&task).map(|t| t.phase) {
+                let finished = self.tasks.remove(&task);
+                if let Some(t) = &finished {
+                    self.hold(&t.request.resources, false);
+                }
+                match finished.map(|t| t.phase) {
                     Some(Phase::Running) => match outcome {
                         Ok((nbytes, tier)) => {
                             self.memory.insert(task, nbytes);
@@ -388,9 +421,17 @@ impl WorkerState {
                 }
             }
         }
+        if let Some(short) = self.lacking(&request.resources) {
+            // The scheduler placed it where it can never run.
+            out.push(WorkerCommand::Send(FromWorker::Failed {
+                task,
+                message: format!("needs {short}, which this worker does not have"),
+            }));
+            return;
+        }
         let phase = if missing == 0 { Phase::Ready } else { Phase::Waiting };
         if phase == Phase::Ready {
-            self.ready.push(Reverse((request.priority, task)));
+            self.make_ready(request.priority, !request.resources.is_empty(), task);
         }
         self.tasks.insert(
             task,
@@ -407,7 +448,8 @@ impl WorkerState {
             t.missing = t.missing.saturating_sub(1);
             if t.missing == 0 && t.phase == Phase::Waiting {
                 t.phase = Phase::Ready;
-                self.ready.push(Reverse((t.request.priority, task)));
+                let (priority, constrained) = (t.request.priority, !t.request.resources.is_empty());
+                self.make_ready(priority, constrained, task);
             }
         }
     }
@@ -495,20 +537,98 @@ impl WorkerState {
         }
     }
 
+    /// Queues a task whose inputs are all here; one that needs resources
+    /// (`constrained`) waits for them apart.
+    fn make_ready(&mut self, priority: Priority, constrained: bool, task: TaskId) {
+        let entry = Reverse((priority, task));
+        if constrained {
+            self.constrained.push(entry);
+        } else {
+            self.ready.push(entry);
+        }
+    }
+
+    /// The first of `needs` this worker lacks altogether, as `name = n`.
+    fn lacking(&self, needs: &[ResourceAmount]) -> Option<String> {
+        needs.iter().find_map(|r| {
+            let total = self.resources.iter().find(|(n, ..)| *n == r.name).map_or(0, |x| x.1);
+            (total < r.amount).then(|| format!("{} = {} (it has {total})", r.name, r.amount))
+        })
+    }
+
+    /// Whether `needs` are free now.
+    fn free(&self, needs: &[ResourceAmount]) -> bool {
+        needs.iter().all(|r| {
+            self.resources
+                .iter()
+                .find(|(n, ..)| *n == r.name)
+                .is_some_and(|(_, total, used)| used + r.amount <= *total)
+        })
+    }
+
+    /// Takes (`take`) or gives back what a task holds while it runs.
+    fn hold(&mut self, needs: &[ResourceAmount], take: bool) {
+        for r in needs {
+            if let Some((_, _, used)) = self.resources.iter_mut().find(|(n, ..)| *n == r.name) {
+                *used = if take {
+                    *used + r.amount
+                } else {
+                    used.saturating_sub(r.amount)
+                };
+            }
+        }
+    }
+
+    /// Whether `task` is still ready to start (not cancelled, stolen or
+    /// started since it was queued).
+    fn still_ready(&self, task: TaskId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| t.phase == Phase::Ready)
+    }
+
+    /// The next task to start: the more urgent of the first ready task and
+    /// the first constrained one, if its resources are free.
+    fn next_ready(&mut self) -> Option<TaskId> {
+        while let Some(&Reverse((_, task))) = self.ready.peek()
+            && !self.still_ready(task)
+        {
+            self.ready.pop();
+        }
+        while let Some(&Reverse((_, task))) = self.constrained.peek()
+            && !self.still_ready(task)
+        {
+            self.constrained.pop();
+        }
+        let constrained = self
+            .constrained
+            .peek()
+            .filter(|Reverse((_, task))| self.free(&self.tasks[task].request.resources))
+            .copied();
+        let heap = match (self.ready.peek(), constrained) {
+            // Reversed: the greater entry is the more urgent task.
+            (Some(r), Some(c)) if c > *r => &mut self.constrained,
+            (Some(_), _) => &mut self.ready,
+            (None, Some(_)) => &mut self.constrained,
+            (None, None) => return None,
+        };
+        heap.pop().map(|Reverse((_, task))| task)
+    }
+
     fn dispatch(&mut self, out: &mut Vec<WorkerCommand>) {
         while self.running < self.nthreads && !self.paused {
-            let Some(Reverse((_, task))) = self.ready.pop() else {
+            let Some(task) = self.next_ready() else {
                 return;
             };
-            let Some(t) = self.tasks.get_mut(&task) else {
-                continue; // cancelled or stolen while ready
-            };
-            if t.phase != Phase::Ready {
-                continue;
-            }
+            let t = self
+                .tasks
+                .get_mut(&task)
+                .expect("internal error: checked by next_ready");
             t.phase = Phase::Running;
             self.running += 1;
-            let request = &t.request;
+            if !t.request.resources.is_empty() {
+                let needs = t.request.resources.clone();
+                self.hold(&needs, true);
+            }
+            let request = &self.tasks[&task].request;
             out.push(WorkerCommand::Execute {
                 task,
                 key: request.key.clone(),
@@ -588,6 +708,63 @@ mod tests {
             WorkerEvent::Scheduler(ToWorker::Free { task: TaskId::new(7) }),
         );
         assert_eq!(out, vec![WorkerCommand::Release(TaskId::new(7))]);
+    }
+
+    fn gpu_request(task: u64) -> ToWorker {
+        let ToWorker::Compute(mut r) = request(task, &[]) else {
+            unreachable!()
+        };
+        r.resources = vec![ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        }];
+        ToWorker::Compute(r)
+    }
+
+    fn started(out: &[WorkerCommand]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|c| match c {
+                WorkerCommand::Execute { task, .. } => Some(task.as_num()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tasks_that_need_a_gpu_run_one_at_a_time_beside_the_others() {
+        let gpu = ResourceAmount {
+            name: "gpu".into(),
+            amount: 1,
+        };
+        let mut state = WorkerState::new(8, TransferLimits::for_memory(0)).with_resources(&[gpu]);
+        let mut out = Vec::new();
+        for t in 1..=3 {
+            out.extend(run(&mut state, WorkerEvent::Scheduler(gpu_request(t))));
+        }
+        for t in 4..=5 {
+            out.extend(run(&mut state, WorkerEvent::Scheduler(request(t, &[]))));
+        }
+        // One GPU task at a time; plain tasks use the idle threads.
+        assert_eq!(started(&out), [1, 4, 5]);
+        assert_eq!(state.resource_in_use("gpu"), 1);
+        assert_eq!(started(&run(&mut state, executed(4))), Vec::<u64>::new());
+        assert_eq!(started(&run(&mut state, executed(1))), [2]);
+        // A cancelled GPU task holds the GPU until its op returns.
+        run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Cancel { task: TaskId::new(2) }),
+        );
+        assert_eq!(state.resource_in_use("gpu"), 1);
+        assert_eq!(started(&run(&mut state, executed(2))), [3]);
+        run(&mut state, executed(3));
+        assert_eq!(state.resource_in_use("gpu"), 0);
+        // A worker without the resource refuses the task with a reason.
+        let mut cpu = WorkerState::new(8, TransferLimits::for_memory(0));
+        let out = run(&mut cpu, WorkerEvent::Scheduler(gpu_request(9)));
+        assert!(
+            matches!(&out[..], [WorkerCommand::Send(FromWorker::Failed { message, .. })] if message.contains("gpu = 1")),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -327,11 +327,9 @@ impl State {
         self.worker.as_mut().ok_or_else(|| status_error(sys::UCS_ERR_CANCELED))
     }
 
-    /// Starts sending `len` bytes at `ptr`, which `keep` holds alive.
-    ///
-    /// Device frames would be sent here too, with `memory_type` set to
-    /// `UCS_MEMORY_TYPE_CUDA` in the request parameters when UCX is built
-    /// with CUDA; frames are host memory today.
+    /// Starts sending `len` bytes at `ptr`, which `keep` holds alive:
+    /// host memory, or CUDA device memory when the context reports CUDA
+    /// support (no `memory_type` is set: UCX detects it from the pointer).
     pub(crate) fn send(&mut self, ptr: *const u8, len: usize, keep: Keep) -> io::Result<Op> {
         self.worker()?;
         if self.ep.is_null() {

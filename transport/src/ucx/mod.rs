@@ -43,9 +43,12 @@
 //!   unlike a TCP window, buffers eager datagrams that arrive before they
 //!   are received without limit, so a hostile peer could make a receiver
 //!   buffer more: use `tls://` with peers you do not trust.
-//! - Frames are host memory today. A device frame would be handed to UCX
-//!   as CUDA memory where `State::send` posts a part (`memory_type`), which
-//!   works when UCX is built with CUDA (see the README).
+//! - Sending: a CUDA device frame is handed to UCX as it is when this
+//!   process's UCX context reports CUDA memory support (UCX finds the
+//!   pointer's memory type itself; see `message::parts` and the README);
+//!   otherwise, and for emulated GPUs, it is staged through host memory.
+//!   Receiving: every frame lands in host memory (the pool's buffers),
+//!   device frames included.
 
 #[cfg(feature = "ucx")]
 mod context;

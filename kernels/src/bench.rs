@@ -1,0 +1,360 @@
+//! `weft bench kernels`: the kernels at sizes given on the command line, on
+//! one device, one JSON line each in the schema of the peers kit
+//! (`shared/peers/README.md`), `check` against the CPU result. On a CUDA
+//! device the same operations also run through CuPy, when `python3` can
+//! import it, so the ratio comes from one run on one device.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use weft_gpu::{DeviceConfig, Devices, Gpu};
+
+use crate::{Column, KernelError, hash, reduce, sort};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// "cpu", "emulated" or "cuda".
+    pub device: String,
+    /// Rows of the sum, argsort and partition inputs.
+    pub rows: usize,
+    /// Partitions of the hash partition.
+    pub parts: u32,
+    /// Bytes of the host<->device copies (0: none).
+    pub copy_bytes: usize,
+    /// Timed repetitions of each (after one untimed warm-up).
+    pub reps: usize,
+    /// Also run the CuPy equivalents when the device is CUDA.
+    pub cupy: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            device: "cuda".into(),
+            rows: 1 << 25,
+            parts: 64,
+            copy_bytes: 1 << 30,
+            reps: 10,
+            cupy: true,
+        }
+    }
+}
+
+/// One timed operation, printed as one JSON line.
+struct Line<'a> {
+    opts: &'a BenchOptions,
+    workload: &'static str,
+    work: f64,
+    unit: &'static str,
+    times: Vec<f64>,
+    check: String,
+}
+
+impl Line<'_> {
+    fn json(&self) -> String {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        let median = t.get(t.len() / 2).copied();
+        let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.9}"));
+        let all: Vec<String> = self.times.iter().map(|v| format!("{v:.9}")).collect();
+        format!(
+            concat!(
+                "{{\"system\": \"weft\", \"workload\": \"{}\", \"params\": {{\"rows\": {}, \"parts\": {}, ",
+                "\"copy_bytes\": {}, \"device\": \"{}\"}}, \"reps\": {}, \"median_s\": {}, \"min_s\": {}, ",
+                "\"max_s\": {}, \"all_s\": [{}], \"work\": {}, \"unit\": \"{}\", \"rate\": {}, ",
+                "\"startup_s\": null, \"check\": \"{}\", \"foreign_cpu_s\": null, ",
+                "\"versions\": {{\"weft\": \"{}\", \"machine\": \"{}\", \"nvrtc\": \"{}\"}}}}"
+            ),
+            self.workload,
+            self.opts.rows,
+            self.opts.parts,
+            self.opts.copy_bytes,
+            self.opts.device,
+            self.opts.reps,
+            num(median),
+            num(t.first().copied()),
+            num(t.last().copied()),
+            all.join(", "),
+            self.work,
+            self.unit,
+            num(median.map(|m| self.work / m)),
+            self.check.replace('"', "'"),
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            if self.opts.device == "cuda" {
+                crate::cudalibs::nvrtc_library().unwrap_or_else(|e| e.replace('"', "'"))
+            } else {
+                String::new()
+            },
+        )
+    }
+}
+
+fn time<R>(reps: usize, mut f: impl FnMut() -> Result<R, KernelError>) -> Result<(Vec<f64>, R), KernelError> {
+    let mut last = f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        last = f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((times, last))
+}
+
+fn open(device: &str) -> Result<Option<Arc<Gpu>>, String> {
+    match device {
+        "cpu" => Ok(None),
+        "emulated" => Ok(Some(Gpu::emulated(0, 8 << 30, true))),
+        "cuda" => {
+            let devices = Devices::open(&DeviceConfig::default()).map_err(|e| e.to_string())?;
+            devices
+                .gpus()
+                .iter()
+                .find(|g| matches!(g.device(), weft_gpu::Device::Cuda(_)))
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| devices.cuda().reason.clone().unwrap_or_else(|| "no CUDA GPU".into()))
+        }
+        other => Err(format!("unknown device {other:?} (cpu, emulated or cuda)")),
+    }
+}
+
+/// Full-range random i64 from a xorshift of `seed` (the CuPy side draws its
+/// own; both are uniform over all 64 bits).
+fn random_i64(n: usize, seed: u64) -> Vec<i64> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as i64
+        })
+        .collect()
+}
+
+/// Runs every kernel benchmark and returns the JSON lines (Weft's, then
+/// CuPy's when asked for and available).
+pub fn run(opts: &BenchOptions) -> Result<Vec<String>, String> {
+    let gpu = open(&opts.device)?;
+    let e = |e: KernelError| e.to_string();
+    let put = |c: Column| -> Result<Column, String> {
+        match &gpu {
+            Some(g) => c.to_device(g).map_err(e),
+            None => Ok(c),
+        }
+    };
+    let n = opts.rows;
+    let reps = opts.reps.max(1);
+    let mut lines = Vec::new();
+
+    // sum of n f64.
+    let values: Vec<f64> = (0..n).map(|i| (i % 1000) as f64 * 0.5).collect();
+    let want: f64 = values.iter().sum();
+    let x = put(Column::from_vec(values))?;
+    let (times, got) = time(reps, || reduce::sum(&x)).map_err(e)?;
+    let got = got.as_f64();
+    let check = if (got - want).abs() <= 1e-9 * want.abs().max(1.0) {
+        "ok".to_string()
+    } else {
+        format!("mismatch: {got} vs {want}")
+    };
+    lines.push(
+        Line {
+            opts,
+            workload: "kernel_sum_f64",
+            work: (n * 8) as f64,
+            unit: "bytes",
+            times,
+            check,
+        }
+        .json(),
+    );
+    drop(x);
+
+    // argsort of n full-range i64.
+    let keys = Column::from_vec(random_i64(n, 0x5eed));
+    let want = sort::argsort(&keys).map_err(e)?;
+    let want = want.host_values::<u32>().map_err(e)?.to_vec();
+    let x = put(keys.clone())?;
+    let (times, got) = time(reps, || sort::argsort(&x)).map_err(e)?;
+    let got = got.to_host().map_err(e)?;
+    let check = if got.host_values::<u32>().map_err(e)? == want.as_slice() {
+        "ok".to_string()
+    } else {
+        "mismatch: permutation differs from the CPU's".to_string()
+    };
+    lines.push(
+        Line {
+            opts,
+            workload: "kernel_argsort_i64",
+            work: n as f64,
+            unit: "rows",
+            times,
+            check,
+        }
+        .json(),
+    );
+
+    // hash partition of the same keys.
+    let want = hash::hash_partition(&keys, opts.parts, 7).map_err(e)?;
+    let (times, got) = time(reps, || hash::hash_partition(&x, opts.parts, 7)).map_err(e)?;
+    let same = |a: &Column, b: &Column| -> Result<bool, String> {
+        let a = a.to_host().map_err(e)?;
+        let b = b.to_host().map_err(e)?;
+        Ok(a.host_values::<u32>().map_err(e)? == b.host_values::<u32>().map_err(e)?)
+    };
+    let ok = same(&got.rows, &want.rows)? && same(&got.offsets, &want.offsets)? && same(&got.ids, &want.ids)?;
+    lines.push(
+        Line {
+            opts,
+            workload: "kernel_hash_partition_i64",
+            work: n as f64,
+            unit: "rows",
+            times,
+            check: if ok {
+                "ok".into()
+            } else {
+                "mismatch: partition differs from the CPU's".into()
+            },
+        }
+        .json(),
+    );
+    drop((x, got));
+
+    if let (Some(g), true) = (&gpu, opts.copy_bytes > 0) {
+        let words = opts.copy_bytes / 8;
+        let host = Column::from_vec((0..words as u64).collect::<Vec<u64>>());
+        let (times, dev) = time(reps, || host.to_device(g)).map_err(e)?;
+        lines.push(
+            Line {
+                opts,
+                workload: "copy_h2d",
+                work: (words * 8) as f64,
+                unit: "bytes",
+                times,
+                check: "ok".into(),
+            }
+            .json(),
+        );
+        let (times, back) = time(reps, || dev.to_host()).map_err(e)?;
+        let ok = back.host_values::<u64>().map_err(e)? == host.host_values::<u64>().map_err(e)?;
+        lines.push(
+            Line {
+                opts,
+                workload: "copy_d2h",
+                work: (words * 8) as f64,
+                unit: "bytes",
+                times,
+                check: if ok {
+                    "ok".into()
+                } else {
+                    "mismatch: bytes differ".into()
+                },
+            }
+            .json(),
+        );
+        // The device's own copy bandwidth, the ceiling of the kernels above
+        // (bytes read plus bytes written).
+        let stream = g.stream().map_err(|e| e.to_string())?;
+        let src = match dev.values() {
+            crate::Data::Device(b) => b,
+            crate::Data::Host(_) => return Err("copy source not on the device".into()),
+        };
+        let dst = g.alloc(src.len()).map_err(|e| e.to_string())?;
+        let (times, ()) = time(reps, || {
+            stream.copy_d2d(src, &dst)?.synchronize()?;
+            Ok(())
+        })
+        .map_err(e)?;
+        lines.push(
+            Line {
+                opts,
+                workload: "copy_d2d",
+                work: (words * 16) as f64,
+                unit: "bytes",
+                times,
+                check: "ok".into(),
+            }
+            .json(),
+        );
+    }
+
+    if opts.cupy && opts.device == "cuda" {
+        lines.extend(cupy_lines(opts));
+    }
+    Ok(lines)
+}
+
+/// The CuPy script: the same operations on the same device, same sizes.
+const CUPY: &str = r#"
+import json, sys, time, platform
+import numpy as np, cupy as cp
+rows, parts, copy_bytes, reps = (int(a) for a in sys.argv[1:5])
+def line(workload, work, unit, times, check="ok"):
+    t = sorted(times); med = t[len(t) // 2]
+    print(json.dumps({"system": "cupy", "workload": workload,
+        "params": {"rows": rows, "parts": parts, "copy_bytes": copy_bytes, "device": "cuda"},
+        "reps": reps, "median_s": med, "min_s": t[0], "max_s": t[-1], "all_s": times,
+        "work": work, "unit": unit, "rate": work / med, "startup_s": None, "check": check,
+        "foreign_cpu_s": None, "versions": {"cupy": cp.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "machine": platform.machine()}}), flush=True)
+def timed(f):
+    f(); cp.cuda.runtime.deviceSynchronize()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter(); r = f(); cp.cuda.runtime.deviceSynchronize()
+        out.append(time.perf_counter() - t)
+    return out
+x = cp.asarray((np.arange(rows) % 1000) * 0.5)
+# float(): Weft's sum returns the value on the host, so CuPy's fetches it too.
+line("kernel_sum_f64", rows * 8, "bytes", timed(lambda: float(x.sum())))
+del x
+rng = np.random.default_rng(1)
+k = cp.asarray(rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, rows, dtype=np.int64))
+line("kernel_argsort_i64", rows, "rows", timed(lambda: cp.argsort(k)))
+fmix = cp.ElementwiseKernel("int64 v, uint64 seed, uint32 parts", "uint32 id", """
+unsigned long long h = ((unsigned long long)v) ^ (seed * 0x9E3779B97F4A7C15ULL);
+h ^= h >> 33; h *= 0xff51afd7ed558ccdULL; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL; h ^= h >> 33;
+id = (unsigned int)__umul64hi(h, (unsigned long long)parts);
+""", "weft_bucket")
+def partition():
+    ids = fmix(k, cp.uint64(7), cp.uint32(parts))
+    return ids, cp.argsort(ids), cp.bincount(ids, minlength=parts)
+line("kernel_hash_partition_i64", rows, "rows", timed(partition))
+del k
+if copy_bytes > 0:
+    h = np.arange(copy_bytes // 8, dtype=np.uint64)
+    line("copy_h2d", h.nbytes, "bytes", timed(lambda: cp.asarray(h)))
+    d = cp.asarray(h)
+    line("copy_d2h", h.nbytes, "bytes", timed(lambda: cp.asnumpy(d)))
+    e = cp.empty_like(d)
+    line("copy_d2d", 2 * h.nbytes, "bytes", timed(lambda: e.__setitem__(Ellipsis, d)))
+"#;
+
+/// CuPy's lines, or one line saying why there are none.
+fn cupy_lines(opts: &BenchOptions) -> Vec<String> {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(CUPY)
+        .arg(opts.rows.to_string())
+        .arg(opts.parts.to_string())
+        .arg(opts.copy_bytes.to_string())
+        .arg(opts.reps.max(1).to_string())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect(),
+        Ok(o) => vec![format!(
+            "{{\"system\": \"cupy\", \"check\": \"error: {}\"}}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .replace(['"', '\\'], "'")
+        )],
+        Err(err) => vec![format!(
+            "{{\"system\": \"cupy\", \"check\": \"not applicable: {err}\"}}"
+        )],
+    }
+}
