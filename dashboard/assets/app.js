@@ -71,7 +71,8 @@ function ingest(msg) {
   thinned = msg.thinned || 1;
   for (const ev of msg.events) {
     if (ev.kind === "task") {
-      bars.push({ w: ev.worker, op: ev.op, s: ev.start_ms, e: ev.end_ms, lane: place(ev), kind: "task" });
+      const op = state.ops[ev.op] ? state.ops[ev.op].name : "op " + ev.op;
+      bars.push({ w: ev.worker, op, s: ev.start_ms, e: ev.end_ms, lane: place(ev), kind: "task" });
     } else if (ev.kind === "failed") {
       bars.push({ w: ev.worker, op: ev.op, s: ev.at_ms - 1, e: ev.at_ms, lane: 0, kind: "failed" });
     } else if (ev.kind === "transfer") {

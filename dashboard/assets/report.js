@@ -12,7 +12,7 @@
   let drawn = 0;
   for (const e of DATA.events) {
     const row = workers.indexOf(e.worker ?? e.to);
-    if (e.kind === "task") { ctx.fillStyle = color(e.op); ctx.fillRect(x(e.start_ms), row * rowH + 1, Math.max(1, x(e.end_ms) - x(e.start_ms)), rowH - 2); }
+    if (e.kind === "task") { ctx.fillStyle = color(DATA.ops[e.op]); ctx.fillRect(x(e.start_ms), row * rowH + 1, Math.max(1, x(e.end_ms) - x(e.start_ms)), rowH - 2); }
     else { ctx.fillStyle = e.kind === "failed" ? "#d64545" : e.kind === "transfer" ? "#e0245e" : "#e09a2b"; ctx.fillRect(x(e.at_ms), row * rowH, 2, rowH); }
     drawn++;
   }

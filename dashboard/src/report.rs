@@ -134,6 +134,8 @@ impl Report {
             .map(|w| (w.id.as_num(), w.name.to_string()))
             .collect();
         let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("worker {id}"));
+        let op_names = op_names_of(&samples);
+        let op_name = |i: u32| op_names.get(i as usize).cloned().unwrap_or_else(|| format!("op {i}"));
         let mut report = Report {
             events: Vec::new(),
             samples: Vec::new(),
@@ -152,7 +154,7 @@ impl Report {
                     nbytes,
                     ..
                 } => {
-                    let f = report.ops.entry(op.to_string()).or_default();
+                    let f = report.ops.entry(op_name(*op)).or_default();
                     f.finished += 1;
                     f.compute_s += (end_ms - start_ms) / 1e3;
                     f.nbytes += nbytes;
@@ -313,7 +315,7 @@ impl Report {
                 json!({"t": o.unix_ms, "workers": workers})
             })
             .collect();
-        let data = json!({"events": bars, "memory": memory, "span": [self.span_ms.0, self.span_ms.1]});
+        let data = json!({"events": bars, "memory": memory, "span": [self.span_ms.0, self.span_ms.1], "ops": op_names_of(&self.samples)});
         // `</` cannot end the script early.
         let data = data.to_string().replace("</", "<\\/");
         let _ = write!(html, "<script>const DATA = {data};\n{SCRIPT}</script></body></html>");
@@ -324,6 +326,14 @@ impl Report {
     pub fn write(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
         std::fs::write(path, self.to_html())
     }
+}
+
+/// Op names by index, as the last observation has them.
+fn op_names_of(samples: &[Arc<Observation>]) -> Vec<String> {
+    samples
+        .last()
+        .map(|o| o.snapshot.ops.iter().map(|op| op.name.to_string()).collect())
+        .unwrap_or_default()
 }
 
 fn bytes(n: u64) -> String {

@@ -173,8 +173,7 @@ mod tests {
     fn task(i: usize) -> ObsEvent {
         ObsEvent::Task {
             worker: WorkerId::new(0),
-            key: format!("t-{i}").into(),
-            op: "op".into(),
+            op: 0,
             start_ms: i as f64,
             end_ms: i as f64 + 1.0,
             nbytes: 0,

@@ -64,15 +64,14 @@ impl Default for ObserveConfig {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ObsEvent {
-    /// A task finished; it started `compute` earlier (as the worker
-    /// measured it).
+    /// A task finished; it started its compute time earlier (as the
+    /// worker measured it). The most frequent event, so it is small: its
+    /// op by index (the op's name is `Snapshot::ops[op]`), no key.
     Task {
         /// Where it ran.
         worker: WorkerId,
-        /// Its key.
-        key: Key,
-        /// Its op.
-        op: SharedStr,
+        /// Its op's index in [`Snapshot::ops`].
+        op: u32,
         /// When it started (its end less its compute time).
         start_ms: f64,
         /// When the scheduler heard it finished.
@@ -406,13 +405,12 @@ impl Recorder {
                 op.buckets[bucket] += 1;
                 op.finished += 1;
                 op.duration_sum_s += secs;
-                let (key, op, nbytes) = (t.key, t.op, *nbytes);
+                let (op, nbytes) = (t.op_index as u32, *nbytes);
                 self.push(|| {
                     let end_ms = unix_ms();
                     ObsEvent::Task {
                         worker,
-                        key: key.clone(),
-                        op: op.clone(),
+                        op,
                         start_ms: end_ms - secs * 1e3,
                         end_ms,
                         nbytes,
