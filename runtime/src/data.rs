@@ -200,10 +200,9 @@ impl PeerPool {
     }
 
     /// Sends one message to `address` and returns its reply. An address
-    /// that could not be connected to within [`UNREACHABLE_FOR`] fails at
-    /// once.
+    /// without a connection that could not be connected to within
+    /// [`UNREACHABLE_FOR`] fails at once (see `exchange`).
     async fn round_trip(&self, address: &str, message: Message) -> Result<Message> {
-        self.check_reachable(address)?;
         let slot = self
             .connections
             .lock()
@@ -223,7 +222,7 @@ impl PeerPool {
         let connection = match slot {
             Some(connection) => connection,
             None => {
-                // Another request may have found it dead while we queued.
+                // Found dead lately (perhaps by a request we queued behind).
                 self.check_reachable(address)?;
                 match connect(address, &self.config).await {
                     Ok(connection) => slot.insert(connection),

@@ -167,16 +167,13 @@ impl LocalCluster {
     pub async fn add_worker(&mut self) -> Result<usize> {
         let joined = self.scheduler.workers_joined();
         let i = self.spawn_worker()?;
-        let deadline = Instant::now() + self.options.startup_timeout;
-        while self.scheduler.workers_joined() == joined {
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Config(format!(
-                    "worker {i} did not register within {:?}",
-                    self.options.startup_timeout
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let timeout = self.options.startup_timeout;
+        self.wait_until(
+            timeout,
+            |cluster| cluster.scheduler.workers_joined() > joined,
+            |_| format!("worker {i} did not register within {timeout:?}"),
+        )
+        .await?;
         Ok(i)
     }
 
@@ -279,14 +276,31 @@ impl LocalCluster {
 
     /// Waits until `n` workers are registered.
     pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.workers_registered() < n {
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Config(format!(
+        self.wait_until(
+            timeout,
+            |cluster| cluster.workers_registered() >= n,
+            |cluster| {
+                format!(
                     "only {} of {n} workers registered within {timeout:?} (worker processes run this \
                      program again: does its main call weft::worker_main first?)",
-                    self.workers_registered()
-                )));
+                    cluster.workers_registered()
+                )
+            },
+        )
+        .await
+    }
+
+    /// Polls `done` until it holds, or fails with `why` after `timeout`.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&Self) -> bool,
+        why: impl FnOnce(&Self) -> String,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Config(why(self)));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

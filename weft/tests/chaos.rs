@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft::transport::Frame;
-use weft::{Graph, Key, LocalCluster, LocalOptions, Registry, TaskSpec, Value, WorkerMode, worker_main};
+use weft::{Graph, Key, LocalCluster, LocalOptions, Registry, TaskSpec, Value, worker_main};
 
 /// Seeds run by default (CI).
 const DEFAULT_SEEDS: &[u64] = &[1, 2, 3];
@@ -207,7 +207,6 @@ fn random_graph(seed: u64, target: usize) -> (Graph, Vec<(Key, u64)>) {
         tasks.push(TaskSpec::new(format!("chaos-{seed}-{i}"), "blob", args, keys));
         i
     };
-    let pick = |rng: &mut Rng, n: usize| rng.below(n);
     while tasks.len() < target {
         let n = tasks.len();
         match rng.below(5) {
@@ -234,14 +233,14 @@ fn random_graph(seed: u64, target: usize) -> (Graph, Vec<(Key, u64)>) {
             // A layer over random earlier tasks.
             2 if n > 0 => {
                 for _ in 0..rng.range(3, 10) {
-                    let deps = (0..rng.range(1, 3)).map(|_| pick(&mut rng, n)).collect();
+                    let deps = (0..rng.range(1, 3)).map(|_| rng.below(n)).collect();
                     add(&mut rng, deps, &mut tasks);
                 }
             }
             // A chain from a random earlier task (or a new root).
             3 => {
                 let mut last = if n > 0 {
-                    pick(&mut rng, n)
+                    rng.below(n)
                 } else {
                     add(&mut rng, vec![], &mut tasks)
                 };
@@ -282,7 +281,6 @@ async fn run(seed: u64, target: usize) -> Result<String, String> {
     let mut options = LocalOptions::for_this_machine();
     options.workers = WORKERS;
     options.nthreads = 1;
-    options.mode = WorkerMode::Processes { program: None };
     options.memory.limit = weft::store::machine_memory() / (WORKERS as u64 + 1);
     let mut cluster = LocalCluster::start(options).await.map_err(|e| e.to_string())?;
     let client = cluster.client().await.map_err(|e| e.to_string())?;

@@ -106,6 +106,25 @@ fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
     graph
 }
 
+/// `n` independent `delay` tasks of `ms` milliseconds (task `i` gives
+/// `i`), each asking for `gpus` GPUs.
+fn delays(prefix: &str, n: u64, ms: u64, gpus: u32) -> Graph {
+    let tasks: Vec<TaskSpec> = (0..n)
+        .map(|i| {
+            let mut task = TaskSpec::new(format!("{prefix}-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]);
+            if gpus > 0 {
+                task.annotations.resources = vec![weft::ResourceAmount {
+                    name: "gpu".into(),
+                    amount: gpus,
+                }];
+            }
+            task
+        })
+        .collect();
+    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
+    Graph { tasks, outputs }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks_over_processes() {
     let (address, _scheduler, _workers) = cluster(2);
@@ -446,27 +465,9 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
     ]);
     let client = client(&address).await;
     joined(&client, 1).await;
-    let gpu = |mut task: TaskSpec| {
-        task.annotations.resources = vec![weft::ResourceAmount {
-            name: "gpu".into(),
-            amount: 1,
-        }];
-        task
-    };
     let (n, ms) = (6u64, 150u64);
-    let tasks: Vec<TaskSpec> = (0..n)
-        .map(|i| {
-            gpu(TaskSpec::new(
-                format!("gpu-{i}"),
-                "delay",
-                args(&(ms, i as i64)).unwrap(),
-                vec![],
-            ))
-        })
-        .collect();
-    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
     let started = Instant::now();
-    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    let futures = client.compute(delays("gpu", n, ms, 1)).await.unwrap();
     for (i, future) in futures.iter().enumerate() {
         assert_eq!(future.result().await.unwrap().decode::<i64>().unwrap(), i as i64);
     }
@@ -477,12 +478,8 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
         "{n} GPU tasks of {ms} ms took {took:?}"
     );
     // Tasks that need no GPU still run side by side.
-    let tasks: Vec<TaskSpec> = (0..n)
-        .map(|i| TaskSpec::new(format!("cpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]))
-        .collect();
-    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
     let started = Instant::now();
-    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    let futures = client.compute(delays("cpu", n, ms, 0)).await.unwrap();
     client.wait(&futures).await;
     assert!(
         started.elapsed() < Duration::from_millis(n * ms),
@@ -516,19 +513,8 @@ async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
     assert_eq!(names, ["g-gpu0", "g-gpu1"]);
     // Four GPU tasks of 150 ms on two one-GPU workers: two rounds at least.
     let (n, ms) = (4u64, 150u64);
-    let tasks: Vec<TaskSpec> = (0..n)
-        .map(|i| {
-            let mut task = TaskSpec::new(format!("on-gpu-{i}"), "delay", args(&(ms, i as i64)).unwrap(), vec![]);
-            task.annotations.resources = vec![weft::ResourceAmount {
-                name: "gpu".into(),
-                amount: 1,
-            }];
-            task
-        })
-        .collect();
-    let outputs = tasks.iter().map(|t| t.key.clone()).collect();
     let started = Instant::now();
-    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    let futures = client.compute(delays("on-gpu", n, ms, 1)).await.unwrap();
     client.wait(&futures).await;
     assert!(
         started.elapsed() >= Duration::from_millis(2 * ms),

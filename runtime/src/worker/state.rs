@@ -586,13 +586,10 @@ impl WorkerState {
     }
 
     /// The next task to start: the more urgent of the first ready task and
-    /// the first constrained one, if its resources are free.
+    /// the first constrained one, if its resources are free. A ready entry
+    /// may be stale (cancelled, stolen or started since): the caller skips
+    /// it. Constrained entries are checked here, to look at their needs.
     fn next_ready(&mut self) -> Option<TaskId> {
-        while let Some(&Reverse((_, task))) = self.ready.peek()
-            && !self.still_ready(task)
-        {
-            self.ready.pop();
-        }
         while let Some(&Reverse((_, task))) = self.constrained.peek()
             && !self.still_ready(task)
         {
@@ -618,17 +615,15 @@ impl WorkerState {
             let Some(task) = self.next_ready() else {
                 return;
             };
-            let t = self
-                .tasks
-                .get_mut(&task)
-                .expect("internal error: checked by next_ready");
-            t.phase = Phase::Running;
-            self.running += 1;
-            if !t.request.resources.is_empty() {
-                let needs = t.request.resources.clone();
-                self.hold(&needs, true);
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue; // cancelled or stolen while ready
+            };
+            if t.phase != Phase::Ready {
+                continue;
             }
-            let request = &self.tasks[&task].request;
+            t.phase = Phase::Running;
+            let request = &t.request;
+            let needs = (!request.resources.is_empty()).then(|| request.resources.clone());
             out.push(WorkerCommand::Execute {
                 task,
                 key: request.key.clone(),
@@ -636,6 +631,10 @@ impl WorkerState {
                 args: request.args.clone(),
                 inputs: request.deps.iter().map(|d| d.task).collect(),
             });
+            self.running += 1;
+            if let Some(needs) = needs {
+                self.hold(&needs, true);
+            }
         }
     }
 }
