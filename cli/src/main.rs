@@ -4,7 +4,6 @@
 mod bench;
 mod demo;
 mod security;
-mod size;
 
 use std::time::Duration;
 
@@ -47,7 +46,7 @@ enum Command {
         /// Memory limit for results, such as 8GiB or 500MB; past 60% of it
         /// results spill to disk, past 80% the worker pauses (default: the
         /// machine's memory; 0: no limit).
-        #[arg(long, value_parser = size::parse)]
+        #[arg(long, value_parser = weft_gpu::units::parse_size)]
         memory_limit: Option<u64>,
         /// Where to spill results (default: the system's temporary directory).
         #[arg(long)]

@@ -491,7 +491,7 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
 async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
     let address = free_address();
     let _scheduler = spawn(&["scheduler", "--listen", &address]);
-    let emulated = [("WEFT_EMULATED_GPUS", "2"), ("WEFT_EMULATED_GPU_MEMORY", "64M")];
+    let emulated = [("WEFT_EMULATED_GPUS", "2"), ("WEFT_EMULATED_GPU_MEMORY", "64MiB")];
     let _workers = spawn_with(
         &[
             "worker",
