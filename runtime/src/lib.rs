@@ -11,9 +11,9 @@
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
 //!   workers run and what tasks produce; [`blocking`]: the client for code
-//!   without an async runtime; [`progress`]: progress bars of long calls; [`shm`]: large host buffers in
-//!   shared memory, which a worker on the same host maps instead of copying; [`observe`]: snapshots
-//!   and events of a running scheduler for dashboards.
+//!   without an async runtime; [`progress`]: progress bars of long calls; [`observe`]: snapshots
+//!   and events of a running scheduler for dashboards. Large host buffers live in shared memory
+//!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
 
@@ -47,7 +47,6 @@ pub mod observe;
 pub mod ops;
 pub mod progress;
 pub mod server;
-pub mod shm;
 pub mod store;
 pub mod value;
 pub mod worker;

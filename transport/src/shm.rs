@@ -32,10 +32,10 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use crate::{BufferPool, PooledBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
-use weft_transport::{BufferPool, PooledBuf};
 
 /// Buffers from this size up are allocated in shared memory.
 pub const MIN_SHARED: usize = 1 << 20;
