@@ -80,11 +80,6 @@ impl Meter {
         true
     }
 
-    /// Whether anything was drawn (and so needs a final line).
-    pub fn drawn(&self) -> bool {
-        self.last_draw.is_some()
-    }
-
     /// The total.
     pub fn total(&self) -> u64 {
         self.total
@@ -191,9 +186,7 @@ mod tests {
         let mut meter = Meter::new(100, 0, t0);
         assert!(!meter.should_draw(at(t0, 0)));
         assert!(!meter.should_draw(at(t0, 499)), "quick calls show nothing");
-        assert!(!meter.drawn());
         assert!(meter.should_draw(at(t0, 500)));
-        assert!(meter.drawn());
         assert!(!meter.should_draw(at(t0, 550)));
         assert!(!meter.should_draw(at(t0, 599)));
         assert!(meter.should_draw(at(t0, 600)));
