@@ -1,10 +1,10 @@
 //! Simulation tests: the scheduler driven by virtual workers, with faults.
 
 use weft_runtime::scheduler::Config;
-use weft_runtime::sim::{CheckMode, GenConfig, Sim, SimConfig, WorkerSpec, random_graph};
+use weft_sim::{CheckMode, GenConfig, Sim, SimConfig, WorkerSpec, random_graph};
 
 fn workers(sim: &mut Sim, n: u32, seed: u64) {
-    let mut rng = weft_runtime::sim::Rng::new(seed);
+    let mut rng = weft_sim::Rng::new(seed);
     for i in 0..n {
         sim.add_worker(WorkerSpec {
             nthreads: rng.range(1, 4) as u32,
@@ -62,7 +62,7 @@ fn random_faults_medium() {
     let g = random_graph(&gen_cfg);
     let outputs = g.expected.len() as u64;
     sim.submit(g).unwrap();
-    let mut rng = weft_runtime::sim::Rng::new(99);
+    let mut rng = weft_sim::Rng::new(99);
     for _ in 0..60 {
         let at = rng.range(0, 400_000);
         sim.kill_random_at(at);
@@ -111,7 +111,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
     let outputs = g.expected.len() as u64;
     let t_gen = t0.elapsed();
     sim.submit(g).unwrap();
-    let mut rng = weft_runtime::sim::Rng::new(7);
+    let mut rng = weft_sim::Rng::new(7);
     for _ in 0..300 {
         sim.kill_random_at(rng.range(0, 300_000));
         sim.add_at(
@@ -123,7 +123,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
         );
     }
     for _ in 0..100 {
-        sim.toggle_pause_random_at(rng.range(0, 300_000));
+        sim.pause_random_at(rng.range(0, 300_000));
     }
     sim.run().unwrap();
     let s = &sim.stats;
@@ -143,7 +143,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
 #[test]
 fn task_that_crashes_its_workers_errs_with_killed_workers() {
     use weft_runtime::graph::Annotations;
-    use weft_runtime::sim::GraphBuilder;
+    use weft_sim::GraphBuilder;
     let mut sim = Sim::new(
         Config::default(),
         SimConfig {
@@ -163,7 +163,7 @@ fn task_that_crashes_its_workers_errs_with_killed_workers() {
     let mut g = b.finish();
     // The reference cannot know about crashes: the sim accepts a
     // KilledWorkers error for any output and counts it.
-    g.expected.insert("boom".into(), weft_runtime::sim::Expected::Error);
+    g.expected.insert("boom".into(), weft_sim::Expected::Error);
     sim.submit(g).unwrap();
     sim.run().unwrap();
     assert_eq!(sim.stats.outputs_killed, 1);
@@ -221,7 +221,7 @@ fn many_seeds_small_clusters_heavy_faults() {
         let g = random_graph(&gen_cfg);
         let outputs = g.expected.len() as u64;
         sim.submit(g).unwrap();
-        let mut rng = weft_runtime::sim::Rng::new(seed);
+        let mut rng = weft_sim::Rng::new(seed);
         for _ in 0..(n / 2 + 3) {
             sim.kill_random_at(rng.range(0, 150_000));
             sim.add_at(
@@ -233,7 +233,7 @@ fn many_seeds_small_clusters_heavy_faults() {
             );
         }
         for _ in 0..4 {
-            sim.toggle_pause_random_at(rng.range(0, 150_000));
+            sim.pause_random_at(rng.range(0, 150_000));
         }
         // Random kills may take every gpu worker; tasks that need one wait
         // (queued as unrunnable) until this one joins.
@@ -267,8 +267,15 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
         .unwrap_or(16);
     let (mut lost, mut missing) = (0, 0);
     for seed in 0..seeds {
+        // Every kill here is an accident to recover from, not a sign of a
+        // task that kills its workers: a task queued on three workers that
+        // die must not err.
+        let sched_cfg = Config {
+            allowed_failures: 1_000,
+            ..Config::default()
+        };
         let mut sim = Sim::new(
-            Config::default(),
+            sched_cfg,
             SimConfig {
                 seed,
                 latency_us: 20 + seed * 13 % 200,
@@ -292,7 +299,7 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
         let g = random_graph(&gen_cfg);
         let outputs = g.expected.len();
         sim.submit(g).unwrap();
-        let mut rng = weft_runtime::sim::Rng::new(seed);
+        let mut rng = weft_sim::Rng::new(seed);
         // Kills spread over the run and well after it (the run takes
         // roughly 50-150 ms of logical time), each followed by a new worker.
         for _ in 0..n {
@@ -304,10 +311,8 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
             panic!("seed {seed}: {e}\n{:?}", sim.stats);
         }
         assert_eq!(sim.outcomes().len(), outputs, "seed {seed}: {:?}", sim.stats);
-        assert!(
-            sim.outcomes().values().all(Result::is_ok),
-            "seed {seed}: no op fails here"
-        );
+        let erred: Vec<_> = sim.outcomes().iter().filter(|(_, o)| o.is_err()).take(3).collect();
+        assert!(erred.is_empty(), "seed {seed}: no op fails here, yet {erred:?}");
         lost += sim.stats.outputs_lost;
         missing += sim.stats.outputs_missing;
     }
