@@ -67,6 +67,8 @@ pub struct Sim {
     client: ClientId,
     expected: FxHashMap<Key, Expected>,
     outcomes: FxHashMap<Key, Result<u64, TaskError>>,
+    /// When the client last gathered each output.
+    arrivals: FxHashMap<Key, u64>,
     flaky_runs: FxHashMap<TaskId, u32>,
     rng: Rng,
     out: Vec<Command>,
@@ -101,6 +103,7 @@ impl Sim {
             client: ClientId::new(0),
             expected: FxHashMap::default(),
             outcomes: FxHashMap::default(),
+            arrivals: FxHashMap::default(),
             flaky_runs: FxHashMap::default(),
             out: Vec::new(),
             worker_out: Vec::new(),
@@ -322,7 +325,7 @@ impl Sim {
             }
         }
         for (w, batch) in batch_by_worker(to_workers) {
-            self.wire.to_worker(w, &batch).or_else(|e| self.err(e))?;
+            self.wire.post_down(w, &batch).or_else(|e| self.err(e))?;
             self.push(self.now + lat, SimEvent::Deliver(Link::Down(w)));
         }
         if !to_client.is_empty() {
@@ -408,6 +411,7 @@ impl Sim {
             return Ok(());
         }
         self.stats.outputs_ok += 1;
+        self.arrivals.insert(key.clone(), self.now);
         self.outcomes.insert(key.clone(), Ok(value));
         if self.cfg.release_on_receipt {
             self.client_send(FromClient::Release { keys: vec![key] })?;
@@ -455,7 +459,7 @@ impl Sim {
         self.worker_out = out;
         r?;
         if !sends.is_empty() {
-            self.wire.from_worker(w, sends).or_else(|e| self.err(e))?;
+            self.wire.post_up(w, sends).or_else(|e| self.err(e))?;
             self.push(self.now + self.cfg.latency_us, SimEvent::Deliver(Link::Up(w)));
         }
         Ok(())
@@ -585,7 +589,7 @@ impl Sim {
 
     /// The client sends `msg` to the scheduler, arriving after the latency.
     fn client_send(&mut self, msg: FromClient) -> Result<(), SimError> {
-        self.wire.from_client(&vec![msg]).or_else(|e| self.err(e))?;
+        self.wire.post_client(&vec![msg]).or_else(|e| self.err(e))?;
         self.push(self.now + self.cfg.latency_us, SimEvent::Deliver(Link::ClientUp));
         Ok(())
     }
@@ -593,11 +597,21 @@ impl Sim {
     /// Runs until nothing is left to do, checking as configured; then checks
     /// the outcome of every output.
     pub fn run(&mut self) -> Result<(), SimError> {
+        self.run_until(u64::MAX)?;
+        self.finish_checks()
+    }
+
+    /// Runs the events up to time `until` (checking as configured), then
+    /// sets the clock there.
+    pub fn run_until(&mut self, until: u64) -> Result<(), SimError> {
         if self.cfg.balance_every_us > 0 && !self.balance_armed {
             self.balance_armed = true;
             self.push(self.now + self.cfg.balance_every_us, SimEvent::Balance);
         }
-        while let Some(Reverse((at, _, idx))) = self.queue.pop() {
+        while let Some(&Reverse((at, _, idx))) = self.queue.peek()
+            && at <= until
+        {
+            self.queue.pop();
             self.now = at;
             self.stats.sim_events += 1;
             let ev = self.events[idx as usize]
@@ -656,7 +670,24 @@ impl Sim {
                 }
             }
         }
-        self.finish_checks()
+        if until != u64::MAX {
+            self.now = self.now.max(until);
+        }
+        Ok(())
+    }
+
+    /// The client releases `keys` now (their outcomes are no longer
+    /// expected).
+    pub fn release(&mut self, keys: Vec<Key>) -> Result<(), SimError> {
+        for key in &keys {
+            self.expected.remove(key);
+        }
+        self.client_send(FromClient::Release { keys })
+    }
+
+    /// When the client last gathered `key` (logical time, microseconds).
+    pub fn arrived_at(&self, key: &str) -> Option<u64> {
+        self.arrivals.get(key).copied()
     }
 
     fn finish_checks(&mut self) -> Result<(), SimError> {

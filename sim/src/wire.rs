@@ -55,21 +55,21 @@ impl Wire {
     }
 
     /// Encodes a batch for a worker into its mailbox.
-    pub fn to_worker(&mut self, w: WorkerId, batch: &WorkerDown) -> Result<(), String> {
+    pub fn post_down(&mut self, w: WorkerId, batch: &WorkerDown) -> Result<(), String> {
         let message = codec::encode(batch)?;
         self.post(Link::Down(w), message);
         Ok(())
     }
 
     /// Encodes a worker's reports into its mailbox to the scheduler.
-    pub fn from_worker(&mut self, w: WorkerId, batch: Vec<FromWorker>) -> Result<(), String> {
+    pub fn post_up(&mut self, w: WorkerId, batch: Vec<FromWorker>) -> Result<(), String> {
         let message = codec::encode(&WorkerUp::Batch(batch))?;
         self.post(Link::Up(w), message);
         Ok(())
     }
 
     /// Encodes a client message into the client's mailbox to the scheduler.
-    pub fn from_client(&mut self, batch: &ClientUp) -> Result<(), String> {
+    pub fn post_client(&mut self, batch: &ClientUp) -> Result<(), String> {
         let message = codec::encode(batch)?;
         self.post(Link::ClientUp, message);
         Ok(())

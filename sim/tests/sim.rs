@@ -319,3 +319,35 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
     // The faults did hit held outputs, both ways.
     assert!(lost > 0 && missing > 0, "lost {lost}, reported missing {missing}");
 }
+
+/// When `short` arrives after `long` (10 ms on one worker of `nthreads`)
+/// was released while running: the real worker cannot stop an op, so a
+/// cancelled task keeps its thread until its op returns.
+fn short_after_cancelled_long(nthreads: u32) -> u64 {
+    use weft_runtime::graph::Annotations;
+    use weft_sim::GraphBuilder;
+    let mut sim = Sim::new(Config::default(), SimConfig::default());
+    sim.add_worker(WorkerSpec { nthreads, gpus: 0 }).unwrap();
+    let mut b = GraphBuilder::new();
+    let long = b.task("long", "f", 1, 10_000, 8, &[], Annotations::default());
+    b.output(long);
+    sim.submit(b.finish()).unwrap();
+    sim.run_until(2_000).unwrap();
+    sim.release(vec!["long".into()]).unwrap();
+    sim.run_until(3_000).unwrap();
+    let mut b = GraphBuilder::new();
+    let short = b.task("short", "f", 2, 100, 8, &[], Annotations::default());
+    b.output(short);
+    sim.submit(b.finish()).unwrap();
+    sim.run().unwrap();
+    assert_eq!(sim.outcomes().len(), 1, "only short is gathered");
+    sim.arrived_at("short").unwrap()
+}
+
+#[test]
+fn a_cancelled_task_holds_its_thread_until_its_op_returns() {
+    let one = short_after_cancelled_long(1);
+    assert!(one > 10_000, "short ran beside the cancelled op, at {one} us");
+    let two = short_after_cancelled_long(2);
+    assert!(two < 4_000, "with a second thread short runs at once, not at {two} us");
+}
