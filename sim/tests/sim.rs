@@ -327,21 +327,21 @@ fn short_after_cancelled_long(nthreads: u32) -> u64 {
     use weft_runtime::graph::Annotations;
     use weft_sim::GraphBuilder;
     let mut sim = Sim::new(Config::default(), SimConfig::default());
-    sim.add_worker(WorkerSpec { nthreads, gpus: 0 }).unwrap();
+    sim.add_worker(WorkerSpec { nthreads, gpus: 0 }).expect("worker joins");
     let mut b = GraphBuilder::new();
     let long = b.task("long", "f", 1, 10_000, 8, &[], Annotations::default());
     b.output(long);
-    sim.submit(b.finish()).unwrap();
-    sim.run_until(2_000).unwrap();
-    sim.release(vec!["long".into()]).unwrap();
-    sim.run_until(3_000).unwrap();
+    sim.submit(b.finish()).expect("sim checks pass");
+    sim.run_until(2_000).expect("sim checks pass");
+    sim.release(vec!["long".into()]).expect("sim checks pass");
+    sim.run_until(3_000).expect("sim checks pass");
     let mut b = GraphBuilder::new();
     let short = b.task("short", "f", 2, 100, 8, &[], Annotations::default());
     b.output(short);
-    sim.submit(b.finish()).unwrap();
-    sim.run().unwrap();
+    sim.submit(b.finish()).expect("sim checks pass");
+    sim.run().expect("sim checks pass");
     assert_eq!(sim.outcomes().len(), 1, "only short is gathered");
-    sim.arrived_at("short").unwrap()
+    sim.arrived_at("short").expect("short gathered")
 }
 
 #[test]
