@@ -1,10 +1,11 @@
 //! The simulator: one real scheduler, virtual workers that are the real
-//! worker state machine ([`crate::worker`]), one virtual client, all on a
-//! logical clock, with message latency, fault injection (kill, add and
-//! pause workers at chosen or seeded-random moments) and invariant checks.
-//! Every message crosses the production codec ([`crate::wire`]).
+//! worker state machine (`crate::worker`), one virtual client (`client`),
+//! all on a logical clock, with message latency, fault injection (kill, add
+//! and pause workers at chosen or seeded-random moments) and invariant
+//! checks. Workers' effects and message delivery are in `effects`; every
+//! message crosses the production codec (`crate::wire`).
 //!
-//! Checks ([`CheckMode`]): after every scheduler event the tasks it touched
+//! Checks ([`crate::CheckMode`]): after every scheduler event the tasks it touched
 //! ([`Scheduler::take_touched`]) are checked against their neighbours
 //! (incremental, O(degree) each), and every `full_every` events the whole
 //! state is swept ([`Scheduler::check_all`], O(tasks + edges)). Independently
@@ -19,15 +20,18 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use weft_runtime::ids::{ClientId, FxHashMap, Key, TaskId, WorkerId};
-use weft_runtime::protocol::{FromClient, TaskError, ToClient, ToWorker, WorkerInfo};
+use weft_runtime::protocol::{TaskError, ToWorker, WorkerInfo};
 use weft_runtime::scheduler::{Command, Config, Event, Scheduler, TaskState};
 use weft_runtime::worker::{WorkerCommand, WorkerEvent};
 
 use crate::config::{SimConfig, SimError, SimStats, WorkerSpec};
-use crate::reference::{Expected, SimGraph, parse_args, value_of};
+use crate::reference::Expected;
 use crate::rng::Rng;
 use crate::wire::{Link, Wire, batch_by_worker};
-use crate::worker::{Effect, Stored, VWorker, resources};
+use crate::worker::{Effect, VWorker, resources};
+
+mod client;
+mod effects;
 
 #[derive(Debug)]
 enum SimEvent {
@@ -226,17 +230,6 @@ impl Sim {
         self.push(at, SimEvent::Add(spec));
     }
 
-    /// Submits a graph from the client now.
-    pub fn submit(&mut self, g: SimGraph) -> Result<(), SimError> {
-        self.expected.extend(g.expected);
-        let msg = self
-            .wire
-            .round_trip_client_up(FromClient::SubmitGraph(g.graph))
-            .or_else(|e| self.err(e))?;
-        let client = self.client;
-        self.sched_event(Event::Client { client, msg })
-    }
-
     /// Feeds the scheduler one event, routes its output and checks.
     fn sched_event(&mut self, event: Event) -> Result<(), SimError> {
         let mut out = std::mem::take(&mut self.out);
@@ -337,263 +330,6 @@ impl Sim {
         Ok(())
     }
 
-    fn client_receive(&mut self, msg: ToClient) -> Result<(), SimError> {
-        match msg {
-            ToClient::GraphAccepted { .. } => {}
-            ToClient::GraphRejected { reason } => {
-                return self.err(format!("graph rejected: {reason}"));
-            }
-            ToClient::ScatterRejected { reason, .. } => {
-                return self.err(format!("scatter rejected: {reason}"));
-            }
-            // Answers to queries the virtual client never makes.
-            msg @ (ToClient::Workers { .. } | ToClient::WhoHas { .. }) => {
-                return self.err(format!("unexpected message to the client: {msg:?}"));
-            }
-            // Gathered before, now being recomputed: wanted again (unless
-            // the client released it already, its release in flight).
-            ToClient::Lost { key } => {
-                if !self.cfg.release_on_receipt {
-                    self.outcomes.remove(&key);
-                    self.stats.outputs_lost += 1;
-                }
-            }
-            ToClient::InMemory { key, who_has, .. } => {
-                let holders: Vec<WorkerId> = who_has.iter().map(|p| p.worker).collect();
-                self.gather(key, &holders, true)?;
-            }
-            ToClient::Erred { key, error } => {
-                match (self.expected.get(&key), error.root_cause()) {
-                    (Some(Expected::Error), TaskError::OpFailed { message, .. }) if message == "sim op fail failed" => {
-                        self.stats.outputs_erred += 1
-                    }
-                    (Some(_), TaskError::KilledWorkers { .. }) => self.stats.outputs_killed += 1,
-                    (e, _) => {
-                        return self.err(format!("{key} erred ({error}) but expected {e:?}"));
-                    }
-                }
-                self.outcomes.insert(key.clone(), Err(error));
-                if self.cfg.release_on_receipt {
-                    self.client_send(FromClient::Release { keys: vec![key] })?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The client reads `key` from `holders`: a live one that has it gives
-    /// the value, checked against the reference (`reported`: on an
-    /// `InMemory`, counted, released or read again later); with none, the
-    /// client reports missing data, as the real one does, and waits.
-    fn gather(&mut self, key: Key, holders: &[WorkerId], reported: bool) -> Result<(), SimError> {
-        let Some(id) = self.sched.task_id(&key) else {
-            return self.err(format!("{key} reported in memory but unknown"));
-        };
-        let value = holders.iter().find_map(|w| {
-            let vw = &self.workers[w.index()];
-            if vw.alive {
-                vw.store.get(&id).map(|s| s.value)
-            } else {
-                None
-            }
-        });
-        let Some(value) = value else {
-            self.stats.outputs_missing += 1;
-            self.outcomes.remove(&key);
-            let keys = vec![(key, holders.to_vec())];
-            return self.client_send(FromClient::MissingData { keys });
-        };
-        match self.expected.get(&key) {
-            Some(Expected::Value(v)) if *v == value => {}
-            e => return self.err(format!("{key}: gathered {value:#x}, expected {e:?}")),
-        }
-        if !reported {
-            return Ok(());
-        }
-        self.stats.outputs_ok += 1;
-        self.arrivals.insert(key.clone(), self.now);
-        self.outcomes.insert(key.clone(), Ok(value));
-        if self.cfg.release_on_receipt {
-            self.client_send(FromClient::Release { keys: vec![key] })?;
-        } else {
-            let later = self.now + self.rng.range(1, 50) * self.cfg.latency_us.max(1);
-            self.push(later, SimEvent::Gather(key, holders.to_vec()));
-        }
-        Ok(())
-    }
-
-    /// Feeds worker `w` one event and carries out what its state machine
-    /// asks: reports go to the scheduler in one batch, ops and fetches
-    /// start on virtual time.
-    fn worker_event(&mut self, w: WorkerId, event: WorkerEvent) -> Result<(), SimError> {
-        let mut out = std::mem::take(&mut self.worker_out);
-        self.workers[w.index()].state.handle(event, &mut out);
-        let mut sends = Vec::new();
-        let mut r = Ok(());
-        for cmd in out.drain(..) {
-            r = r.and_then(|()| match cmd {
-                WorkerCommand::Send(msg) => {
-                    sends.push(msg);
-                    Ok(())
-                }
-                WorkerCommand::Execute {
-                    task,
-                    key,
-                    op,
-                    args,
-                    inputs,
-                } => self.execute(w, task, &key, &op, &args, &inputs),
-                WorkerCommand::Fetch { peer, tasks, .. } => {
-                    self.fetch(w, peer, tasks);
-                    Ok(())
-                }
-                WorkerCommand::Release(task) => {
-                    self.workers[w.index()].store.remove(&task);
-                    Ok(())
-                }
-                WorkerCommand::Adopt { key, .. } => {
-                    self.err(format!("adopt of {key}, but the virtual client never scatters"))
-                }
-            });
-        }
-        self.worker_out = out;
-        r?;
-        if !sends.is_empty() {
-            self.wire.post_up(w, sends).or_else(|e| self.err(e))?;
-            self.push(self.now + self.cfg.latency_us, SimEvent::Deliver(Link::Up(w)));
-        }
-        Ok(())
-    }
-
-    /// Runs a sim op: its value comes from inputs in the store now, its
-    /// report after the op's duration (with jitter).
-    fn execute(
-        &mut self,
-        w: WorkerId,
-        task: TaskId,
-        key: &Key,
-        op: &str,
-        args: &[u8],
-        inputs: &[TaskId],
-    ) -> Result<(), SimError> {
-        self.stats.runs += 1;
-        let Some((seed, dur, nbytes)) = parse_args(args) else {
-            return self.err(format!("{key}: bad sim args"));
-        };
-        let fail = match op {
-            "fail" => true,
-            "flaky" => {
-                let runs = self.flaky_runs.entry(task).or_default();
-                *runs += 1;
-                *runs == 1
-            }
-            "crash" => {
-                self.stats.crashes += 1;
-                self.push(self.now, SimEvent::Kill(w));
-                false
-            }
-            _ => false,
-        };
-        let outcome = if fail {
-            Err(format!("sim op {op} failed"))
-        } else {
-            let store = &self.workers[w.index()].store;
-            let mut values = Vec::with_capacity(inputs.len());
-            for input in inputs {
-                match store.get(input) {
-                    Some(stored) => values.push(stored.value),
-                    None => return self.err(format!("{key} started without its input {input:?} in the store")),
-                }
-            }
-            Ok(Stored {
-                value: value_of(seed, values),
-                nbytes: u64::from(nbytes),
-            })
-        };
-        let jitter = self.rng.range(0, u64::from(dur) / 4 + 1);
-        let effect = Effect::Executed {
-            task,
-            outcome,
-            compute_us: u64::from(dur),
-        };
-        self.push(self.now + u64::from(dur) + jitter, SimEvent::Effect(w, effect));
-        Ok(())
-    }
-
-    /// Fetches from `peer` what it holds now of `tasks`; the transfer takes
-    /// a round trip plus its bytes over the bandwidth.
-    fn fetch(&mut self, w: WorkerId, peer: WorkerId, tasks: Vec<TaskId>) {
-        let (mut got, mut missing, mut bytes) = (Vec::new(), Vec::new(), 0);
-        let holder = self.workers.get(peer.index()).filter(|p| p.alive);
-        for task in tasks {
-            match holder.and_then(|p| p.store.get(&task)) {
-                Some(&stored) => {
-                    bytes += stored.nbytes;
-                    got.push((task, stored));
-                }
-                None => missing.push(task),
-            }
-        }
-        let at = self.now + 2 * self.cfg.latency_us + bytes / self.cfg.bytes_per_us.max(1);
-        self.push(at, SimEvent::Effect(w, Effect::Fetched { peer, got, missing }));
-    }
-
-    /// Delivers the oldest message on `link`.
-    fn deliver(&mut self, link: Link) -> Result<(), SimError> {
-        match link {
-            Link::Down(w) => {
-                let batch = self.wire.deliver_down(w).or_else(|e| self.err(e))?;
-                let Some(batch) = batch else {
-                    return self.err(format!("delivery on {link:?} found its mailbox empty"));
-                };
-                if !self.workers[w.index()].alive {
-                    return Ok(()); // the connection is gone
-                }
-                for msg in batch {
-                    match msg {
-                        // The reactor's part of the handshake.
-                        ToWorker::Registered { .. } => {}
-                        ToWorker::Rejected { reason } => return self.err(format!("{w} rejected: {reason}")),
-                        msg => self.worker_event(w, WorkerEvent::Scheduler(msg))?,
-                    }
-                }
-            }
-            Link::Up(w) => {
-                let batch = self.wire.deliver_up(w).or_else(|e| self.err(e))?;
-                let Some(batch) = batch else {
-                    return self.err(format!("delivery on {link:?} found its mailbox empty"));
-                };
-                if !self.workers[w.index()].alive {
-                    if !self.cfg.deliver_from_dead {
-                        return Ok(());
-                    }
-                    self.stats.from_dead += 1;
-                }
-                for msg in batch {
-                    self.sched_event(Event::Worker { worker: w, msg })?;
-                }
-            }
-            Link::ClientUp => {
-                let batch = self.wire.deliver_client_up().or_else(|e| self.err(e))?;
-                let Some(batch) = batch else {
-                    return self.err("delivery from the client found its mailbox empty".into());
-                };
-                for msg in batch {
-                    let client = self.client;
-                    self.sched_event(Event::Client { client, msg })?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The client sends `msg` to the scheduler, arriving after the latency.
-    fn client_send(&mut self, msg: FromClient) -> Result<(), SimError> {
-        self.wire.post_client(&vec![msg]).or_else(|e| self.err(e))?;
-        self.push(self.now + self.cfg.latency_us, SimEvent::Deliver(Link::ClientUp));
-        Ok(())
-    }
-
     /// Runs until nothing is left to do, checking as configured; then checks
     /// the outcome of every output.
     pub fn run(&mut self) -> Result<(), SimError> {
@@ -674,20 +410,6 @@ impl Sim {
             self.now = self.now.max(until);
         }
         Ok(())
-    }
-
-    /// The client releases `keys` now (their outcomes are no longer
-    /// expected).
-    pub fn release(&mut self, keys: Vec<Key>) -> Result<(), SimError> {
-        for key in &keys {
-            self.expected.remove(key);
-        }
-        self.client_send(FromClient::Release { keys })
-    }
-
-    /// When the client last gathered `key` (logical time, microseconds).
-    pub fn arrived_at(&self, key: &str) -> Option<u64> {
-        self.arrivals.get(key).copied()
     }
 
     fn finish_checks(&mut self) -> Result<(), SimError> {
