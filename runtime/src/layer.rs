@@ -129,7 +129,18 @@ impl LayerArgs {
     /// `shared` followed by the task's index (`u32`, little-endian), for
     /// each of `n` tasks: ops that find their block from their index.
     pub fn with_index(shared: &[u8], n: u32) -> Self {
-        LayerArgs::per_task((0..n).map(|i| [shared, &i.to_le_bytes()].concat()))
+        let mut data = BytesMut::with_capacity((shared.len() + 4) * n as usize);
+        let ends = (0..n)
+            .map(|i| {
+                data.put_slice(shared);
+                data.put_u32_le(i);
+                data.len() as u32
+            })
+            .collect();
+        LayerArgs::Packed {
+            data: data.freeze(),
+            ends,
+        }
     }
 
     /// Checks that there are arguments for `n` tasks, within the buffer.
@@ -265,5 +276,57 @@ impl LayerGraph {
                 return format!("{source}-0").into();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deps(p: &Pattern, i: u32, m: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        p.deps(i, m, &mut out);
+        out
+    }
+
+    #[test]
+    fn patterns_give_each_task_its_inputs() {
+        assert_eq!(deps(&Pattern::Blockwise, 3, 5), [3]);
+        assert_eq!(deps(&Pattern::AllToAll, 0, 3), [0, 1, 2]);
+        assert_eq!(deps(&Pattern::FanIn(4), 1, 10), [4, 5, 6, 7]);
+        assert_eq!(deps(&Pattern::FanIn(4), 2, 10), [8, 9]);
+        assert_eq!(deps(&Pattern::Explicit(vec![vec![], vec![2, 0]]), 1, 3), [2, 0]);
+        assert!(Pattern::FanIn(4).check(3, 10).is_ok());
+        assert!(Pattern::FanIn(4).check(2, 10).is_err());
+        assert!(Pattern::FanIn(0).check(0, 0).is_err());
+        assert!(Pattern::Blockwise.check(2, 3).is_err());
+        assert!(Pattern::Explicit(vec![vec![3]]).check(1, 3).is_err());
+    }
+
+    #[test]
+    fn packed_arguments_are_views_of_one_buffer() {
+        let args = LayerArgs::per_task(["a", "", "bcd"]);
+        assert!(args.check(3).is_ok() && args.check(2).is_err());
+        assert_eq!(
+            (0..3).map(|i| args.get(i)).collect::<Vec<_>>(),
+            [&b"a"[..], b"", b"bcd"]
+        );
+        let indexed = LayerArgs::with_index(b"s", 2);
+        assert_eq!(indexed.get(1), Bytes::from_static(b"s\x01\0\0\0"));
+        let bad = LayerArgs::Packed {
+            data: Bytes::from_static(b"ab"),
+            ends: vec![3],
+        };
+        assert!(bad.check(1).is_err(), "past the buffer");
+    }
+
+    #[test]
+    fn a_tree_reduces_to_one_task() {
+        let mut graph = LayerGraph::default();
+        graph.layers.push(Layer::new("x", "const", 100));
+        let root = graph.tree("t", "sum", Bytes::new(), "x", 10);
+        assert_eq!(root.as_str(), "t.1-0");
+        assert_eq!(graph.layers.iter().map(|l| l.n).collect::<Vec<_>>(), [100, 10, 1]);
+        assert_eq!(graph.layers[1].key(3).as_str(), "t.0-3");
     }
 }
