@@ -1,12 +1,13 @@
 //! Weft's runtime core: the graph model, the protocol messages, the sans-IO
-//! scheduler and a simulator to drive it.
+//! scheduler and worker state machines (driven by the reactors here and by
+//! the simulator in `weft-sim`).
 //!
 //! - [`graph`]: tasks, annotations, graphs, and the `dask.order`-style ordering.
+//! - [`layer`]: compact graphs for collections: layers of tasks keyed
+//!   `name-i`, made by dependency patterns.
 //! - [`protocol`]: scheduler<->worker and scheduler<->client messages (serde).
 //! - [`scheduler`]: the state machine; a reactor feeds it [`scheduler::Event`]s
 //!   and carries out what it writes into a [`scheduler::Comm`].
-//! - [`sim`]: virtual workers on a logical clock with fault injection, used by
-//!   the tests and the benchmark.
 //!
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
@@ -21,9 +22,9 @@
 
 pub mod graph;
 pub mod ids;
+pub mod layer;
 pub mod protocol;
 pub mod scheduler;
-pub mod sim;
 
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
