@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
+use weft::{LocalCluster, LocalOptions, SchedulerOptions, WorkerOptions, worker_main};
 use weft_runtime::local::{install_logging, open_gpu, run_worker_process};
 use weft_runtime::observe::{ObserveConfig, Observer};
 use weft_runtime::protocol::ResourceAmount;
@@ -187,7 +187,7 @@ impl DashboardArgs {
 }
 
 fn main() {
-    worker_main(Registry::builtin());
+    worker_main(weft::registry());
     install_logging("warn,weft=info");
     if let Err(error) = run(Cli::parse().command) {
         eprintln!("weft: {error:#}");
