@@ -14,6 +14,7 @@ use arrow_array::{Float64Array, Int64Array, RecordBatch};
 use arrow_ord::sort::{SortColumn, SortOptions, lexsort_to_indices};
 use arrow_schema::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
+use weft_runtime::ops::OpError;
 use weft_runtime::{Registry, Value};
 
 use crate::error::{FrameError, Result};
@@ -31,16 +32,31 @@ pub const PIECE_OP: &str = "frame.piece";
 /// Registers the frame's ops.
 pub fn register(registry: &mut Registry) -> &mut Registry {
     registry
-        .raw_op(TASK_OP, |args, inputs| {
+        .raw_op(TASK_OP, |_, args, inputs| {
             let args: TaskArgs = weft_runtime::ops::decode_args(args)?;
-            let pieces = run(&args, inputs).map_err(|e| e.to_string())?;
-            partition::encode(&pieces).map_err(|e| e.to_string())
+            let pieces = run(&args, inputs).map_err(op_error)?;
+            partition::encode(&pieces).map_err(op_error)
         })
-        .raw_op(PIECE_OP, |args, inputs| {
+        .raw_op(PIECE_OP, |_, args, inputs| {
             let i: u32 = weft_runtime::ops::decode_args(args)?;
-            let input = inputs.first().ok_or("frame.piece takes one input")?;
-            partition::piece(input, i as usize).map_err(|e| e.to_string())
+            let input = inputs
+                .first()
+                .ok_or_else(|| OpError::BadInput("frame.piece takes one input".into()))?;
+            partition::piece(input, i as usize).map_err(op_error)
         })
+}
+
+/// A frame error as the runtime reports it: plan and input errors are
+/// bad input, the rest failures.
+fn op_error(e: FrameError) -> OpError {
+    match e {
+        FrameError::ColumnNotFound { .. }
+        | FrameError::TypeMismatch { .. }
+        | FrameError::Unsupported { .. }
+        | FrameError::Plan(_)
+        | FrameError::Partition(_) => OpError::BadInput(e.to_string()),
+        other => OpError::Failed(other.to_string()),
+    }
 }
 
 /// Where a task's first batch comes from.
@@ -368,20 +384,23 @@ mod tests {
                 n: 4,
             }],
         };
+        let site = weft_runtime::ops::Site::default();
+        let key = weft_runtime::Key::from("t");
+        let ctx = weft_runtime::ops::OpContext::new(&site, &key);
         let op = registry.get(TASK_OP).unwrap();
-        let split = Arc::new(op(&weft_runtime::ops::args(&args).unwrap(), &[]).unwrap());
-        assert_eq!(partition::header(&split).unwrap().rows.iter().sum::<u64>(), 100);
+        let split = Arc::new(op(&ctx, &weft_runtime::ops::args(&args).unwrap(), &[]).unwrap());
+        assert_eq!(partition::header(&split).unwrap().rows().iter().sum::<u64>(), 100);
         let piece = registry.get(PIECE_OP).unwrap();
-        let p0 = Arc::new(piece(&weft_runtime::ops::args(&0u32).unwrap(), &[split.clone()]).unwrap());
-        let p1 = Arc::new(piece(&weft_runtime::ops::args(&1u32).unwrap(), &[split]).unwrap());
+        let p0 = Arc::new(piece(&ctx, &weft_runtime::ops::args(&0u32).unwrap(), &[split.clone()]).unwrap());
+        let p1 = Arc::new(piece(&ctx, &weft_runtime::ops::args(&1u32).unwrap(), &[split]).unwrap());
         let concat = TaskArgs {
             input: Input::Deps,
             steps: vec![],
         };
-        let both = op(&weft_runtime::ops::args(&concat).unwrap(), &[p0.clone(), p1.clone()]).unwrap();
-        let rows = |v: &Value| partition::header(v).unwrap().rows.iter().sum::<u64>();
+        let both = op(&ctx, &weft_runtime::ops::args(&concat).unwrap(), &[p0.clone(), p1.clone()]).unwrap();
+        let rows = |v: &Value| partition::header(v).unwrap().rows().iter().sum::<u64>();
         assert_eq!(rows(&both), rows(&p0) + rows(&p1));
-        let bad = op(&weft_runtime::ops::args(&concat).unwrap(), &[]).unwrap_err();
-        assert!(bad.contains("no partitions"), "{bad}");
+        let bad = op(&ctx, &weft_runtime::ops::args(&concat).unwrap(), &[]).unwrap_err();
+        assert!(bad.to_string().contains("no partitions"), "{bad}");
     }
 }

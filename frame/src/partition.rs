@@ -1,60 +1,60 @@
 //! How a partition travels as a task result: a [`Value`] whose header
-//! counts the pieces and their rows, and one frame per piece holding an
-//! Arrow IPC stream of one batch. A shuffle's split result has one piece
-//! per output partition; [`piece`] picks one without copying.
-//!
-//! This is the one place that knows the layout; it moves to the runtime's
-//! zero-copy batch codec when that lands.
+//! lists its pieces (rows, the codec's batch header, how many frames),
+//! and whose frames are the pieces' Arrow buffers one after the other
+//! (`weft_kernels::codec`: every Arrow buffer is a frame, nothing is
+//! serialised). A shuffle's split result has one piece per output
+//! partition; [`piece`] picks one without copying.
 
 use arrow_array::RecordBatch;
-use arrow_buffer::Buffer;
-use arrow_ipc::reader::StreamDecoder;
-use arrow_ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 use weft_runtime::Value;
-use weft_transport::Frame;
 
 use crate::error::{FrameError, Result};
+
+/// One piece of a partition value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// Its rows.
+    pub rows: u64,
+    /// The codec's header of the batch.
+    pub batch: Vec<u8>,
+    /// How many of the value's frames are its buffers.
+    pub frames: u32,
+}
 
 /// The header of a partition value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
+    /// The pieces, in order.
+    pub pieces: Vec<Piece>,
+}
+
+impl Header {
     /// Rows of each piece.
-    pub rows: Vec<u64>,
-}
-
-/// One batch as an IPC stream.
-fn encode_batch(batch: &RecordBatch) -> Result<bytes::Bytes> {
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
-    let mut writer = StreamWriter::try_new(&mut out, batch.schema_ref())?;
-    writer.write(batch)?;
-    writer.finish()?;
-    drop(writer);
-    Ok(out.into())
-}
-
-fn decode_batch(bytes: &bytes::Bytes) -> Result<RecordBatch> {
-    let mut decoder = StreamDecoder::new();
-    let mut buffer = Buffer::from(bytes.clone());
-    let mut batch = None;
-    while !buffer.is_empty() {
-        if let Some(b) = decoder.decode(&mut buffer)? {
-            batch = Some(b);
-        }
+    pub fn rows(&self) -> Vec<u64> {
+        self.pieces.iter().map(|p| p.rows).collect()
     }
-    decoder.finish()?;
-    batch.ok_or_else(|| FrameError::Partition("an IPC stream without a batch".into()))
 }
 
-/// A value holding `pieces`, one frame each.
+fn codec(e: weft_kernels::KernelError) -> FrameError {
+    FrameError::Partition(e.to_string())
+}
+
+/// A value holding `pieces`.
 pub fn encode(pieces: &[RecordBatch]) -> Result<Value> {
-    let header = Header {
-        rows: pieces.iter().map(|b| b.num_rows() as u64).collect(),
-    };
-    let mut value = Value::encode(&header).map_err(FrameError::Partition)?;
+    let mut header = Header { pieces: Vec::new() };
+    let mut frames = Vec::new();
     for batch in pieces {
-        value.frames.push(Frame::host(encode_batch(batch)?));
+        let (h, f) = weft_kernels::codec::encode_batch(batch).map_err(codec)?;
+        header.pieces.push(Piece {
+            rows: batch.num_rows() as u64,
+            batch: h.to_vec(),
+            frames: f.len() as u32,
+        });
+        frames.extend(f);
     }
+    let mut value = Value::encode(&header).map_err(FrameError::Partition)?;
+    value.frames = frames;
     Ok(value)
 }
 
@@ -65,29 +65,37 @@ pub fn header(value: &Value) -> Result<Header> {
 
 /// Every piece of a partition value, in order.
 pub fn decode(value: &Value) -> Result<Vec<RecordBatch>> {
-    value
-        .frames
-        .iter()
-        .map(|f| {
-            let bytes = f
-                .as_host()
-                .ok_or_else(|| FrameError::Partition("a partition frame in device memory".into()))?;
-            decode_batch(bytes)
-        })
-        .collect()
+    let h = header(value)?;
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(h.pieces.len());
+    for p in &h.pieces {
+        let end = at + p.frames as usize;
+        let frames = value
+            .frames
+            .get(at..end)
+            .ok_or_else(|| FrameError::Partition(format!("{} frames, a piece needs {at}..{end}", value.frames.len())))?;
+        out.push(weft_kernels::codec::decode_batch(&p.batch, frames).map_err(codec)?);
+        at = end;
+    }
+    Ok(out)
 }
 
 /// Piece `i` of a split value, as a value of its own (no copy).
 pub fn piece(value: &Value, i: usize) -> Result<Value> {
     let h = header(value)?;
-    let (Some(rows), Some(frame)) = (h.rows.get(i), value.frames.get(i)) else {
+    let Some(p) = h.pieces.get(i) else {
         return Err(FrameError::Partition(format!(
             "piece {i} of a value with {} pieces",
-            h.rows.len()
+            h.pieces.len()
         )));
     };
-    let mut out = Value::encode(&Header { rows: vec![*rows] }).map_err(FrameError::Partition)?;
-    out.frames.push(frame.clone());
+    let at: usize = h.pieces[..i].iter().map(|p| p.frames as usize).sum();
+    let frames = value
+        .frames
+        .get(at..at + p.frames as usize)
+        .ok_or_else(|| FrameError::Partition(format!("a value of {} frames", value.frames.len())))?;
+    let mut out = Value::encode(&Header { pieces: vec![p.clone()] }).map_err(FrameError::Partition)?;
+    out.frames = frames.to_vec();
     Ok(out)
 }
 
@@ -114,7 +122,7 @@ mod tests {
         .unwrap();
         let empty = RecordBatch::new_empty(schema);
         let value = encode(&[a.clone(), empty.clone()]).unwrap();
-        assert_eq!(header(&value).unwrap().rows, [2, 0]);
+        assert_eq!(header(&value).unwrap().rows(), [2, 0]);
         assert_eq!(decode(&value).unwrap(), [a.clone(), empty.clone()]);
         assert_eq!(decode(&piece(&value, 1).unwrap()).unwrap(), [empty]);
         assert!(piece(&value, 2).unwrap_err().to_string().contains("2 pieces"));

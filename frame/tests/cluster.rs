@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use weft_frame::{Frames, JoinType, col, len, lit, lit_date, when};
 use weft_runtime::{LocalCluster, LocalOptions, Registry, WorkerMode};
@@ -126,7 +126,8 @@ async fn filter_join_group_by_sort_match_a_reference() {
     let mut expected: Vec<_> = reference.into_iter().collect();
     expected.sort_by(|a, b| a.0.0.cmp(b.0.0).then(b.0.1.cmp(a.0.1)));
     assert_eq!(out.num_rows(), expected.len());
-    let names: Vec<&str> = out.schema().fields().iter().map(|f| f.name().as_str()).collect();
+    let schema = out.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["region", "status", "total", "n", "top", "avg"]);
     for (i, ((reg, st), (total, n, top))) in expected.iter().enumerate() {
         assert_eq!(out.column(0).as_string::<i32>().value(i), *reg);

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
-use weft_transport::{BufferPool, Frame};
+use weft_transport::{Buffer, BufferPool};
 
 pub use spill::{SpillDir, SpillFile};
 
@@ -548,15 +548,19 @@ impl Store {
     }
 
     /// Moves device results to host memory on the calling thread until
-    /// `bytes` are freed or none is left: what an op whose allocation
-    /// failed asks before it tries again.
-    pub fn free_device(&self, bytes: u64) {
+    /// `bytes` are freed or none is left, and returns the bytes moved:
+    /// what an allocation that found the device full asks before it tries
+    /// again.
+    pub fn free_device(&self, bytes: u64) -> u64 {
         let victims = self.spill(&mut self.lock(), Tier::Device, bytes);
+        let mut freed = 0;
         for (task, value) in victims {
+            freed += value.nbytes();
             let moved = to_host(&value);
             drop(value);
             self.moved(task, moved);
         }
+        freed
     }
 
     fn touch(&self, inner: &mut Inner, task: TaskId, tier: Tier) -> u64 {
@@ -719,7 +723,7 @@ fn to_host(value: &Value) -> Result<Value, String> {
     let frames = value
         .frames
         .iter()
-        .map(|f| f.to_host().map(Frame::host))
+        .map(|f| f.to_host().map(Buffer::host))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot copy a result off its device: {e}"))?;
     Ok(Value {
