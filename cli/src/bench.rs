@@ -49,12 +49,23 @@ pub struct Args {
     /// kernels: cpu, emulated or cuda.
     #[arg(long, default_value = "cuda")]
     device: String,
-    /// kernels: rows of the sum, argsort and partition inputs.
+    /// kernels: rows of the sum, argsort and partition inputs; groupby,
+    /// join, shuffle: rows of the frame.
     #[arg(long)]
     rows: Option<usize>,
-    /// kernels: partitions of the hash partition.
+    /// kernels: partitions of the hash partition; groupby, join, shuffle:
+    /// partitions of the frame.
     #[arg(long)]
     parts: Option<u32>,
+    /// groupby, join, shuffle: distinct keys.
+    #[arg(long)]
+    keys: Option<i64>,
+    /// join: rows of the right frame.
+    #[arg(long = "right_rows")]
+    right_rows: Option<u64>,
+    /// tpch_*: scale factor.
+    #[arg(long)]
+    sf: Option<f64>,
     /// kernels: MiB of the host<->device copies (0: none).
     #[arg(long)]
     copy_mib: Option<usize>,
@@ -151,6 +162,16 @@ pub async fn run(args: Args) -> Result<()> {
     if args.workload == "kernels" {
         return kernels(&args);
     }
+    if let Some(workload) = weft::frame::bench::Workload::new(
+        &args.workload,
+        args.rows.map(|r| r as u64),
+        args.parts.map(|p| p as usize),
+        args.keys,
+        args.right_rows,
+        args.sf,
+    ) {
+        return frames(&args, workload).await;
+    }
     let plan = plan(&args)?;
     let mut report = match &plan {
         Plan::Transfer(mib) => Report::new("transfer", json!({ "mib": mib }), args.reps, mib << 20, "bytes"),
@@ -171,6 +192,55 @@ pub async fn run(args: Args) -> Result<()> {
         Ok(Ok(check)) => {
             report.finish(check);
             if report.line["check"] == "ok" { 0 } else { 1 }
+        }
+        Ok(Err(error)) => {
+            report.finish(format!("error: {error:#}"));
+            1
+        }
+        Err(_) => {
+            report.finish("timeout".into());
+            3
+        }
+    };
+    println!("{}", Json::Object(report.line));
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// A dataframe workload (`weft_frame::bench`), in the peers' schema.
+async fn frames(args: &Args, workload: weft::frame::bench::Workload) -> Result<()> {
+    let params: serde_json::Map<String, Json> = workload
+        .params()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), if v.fract() == 0.0 { json!(v as i64) } else { json!(v) }))
+        .collect();
+    let mut report = Report::new(
+        &workload.name,
+        Json::Object(params),
+        args.reps,
+        workload.work() as usize,
+        "rows",
+    );
+    let limit = Duration::from_secs_f64(args.timeout);
+    let outcome = tokio::time::timeout(limit, async {
+        let (cluster, client) = start(args, Vec::new(), &mut report).await?;
+        let window = CpuWindow::open(&cluster.worker_pids());
+        let frames = weft::frame::Frames::new(client.clone());
+        let outcome = weft::frame::bench::measure(&frames, &workload, args.reps).await;
+        report.line.insert("foreign_cpu_s".into(), json!(window.foreign()));
+        drop(frames);
+        drop(client);
+        cluster.stop().await;
+        Ok::<_, anyhow::Error>(outcome?)
+    })
+    .await;
+    let code = match outcome {
+        Ok(Ok(outcome)) => {
+            report.times = outcome.times;
+            report.finish(outcome.check);
+            if outcome.agrees { 0 } else { 1 }
         }
         Ok(Err(error)) => {
             report.finish(format!("error: {error:#}"));

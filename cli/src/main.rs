@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use config::Settings;
-use weft::{LocalCluster, LocalOptions, Registry, SchedulerOptions, WorkerOptions, worker_main};
+use weft::{LocalCluster, LocalOptions, SchedulerOptions, WorkerOptions, worker_main};
 use weft_runtime::local::{open_gpu, run_worker_process};
 use weft_runtime::observe::{ObserveConfig, Observer};
 use weft_runtime::protocol::ResourceAmount;
@@ -222,7 +222,7 @@ impl DashboardArgs {
 }
 
 fn main() {
-    worker_main(Registry::builtin());
+    worker_main(weft::registry());
     let cli = Cli::parse();
     let result = Settings::load(cli.config.as_deref()).and_then(|mut settings| {
         record_flags(&cli.command, &mut settings)?;

@@ -46,6 +46,7 @@
 pub struct ReadmeExamples;
 
 pub use weft_dashboard as dashboard;
+pub use weft_frame as frame;
 pub use weft_gpu as gpu;
 pub use weft_runtime::protocol::ResourceAmount;
 pub use weft_runtime::{
@@ -54,3 +55,11 @@ pub use weft_runtime::{
     define_ops, graphs, layer, ops, store, worker_main,
 };
 pub use weft_transport as transport;
+
+/// The built-in ops plus the dataframe's ([`frame::register`]): what the
+/// `weft` binary's workers run.
+pub fn registry() -> Registry {
+    let mut registry = Registry::builtin();
+    weft_frame::register(&mut registry);
+    registry
+}

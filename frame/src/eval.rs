@@ -1,0 +1,523 @@
+//! Evaluating expressions on a `RecordBatch` with arrow-rs compute, and
+//! the type rules they follow: integers widen to int64; arithmetic with a
+//! float or decimal is done in float64 (decimal products would overflow
+//! decimal128's precision in a few steps); a literal compared with a
+//! column takes the column's type when it converts back unchanged.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar as ArrowScalar, new_null_array};
+use arrow_schema::DataType;
+
+use crate::error::{FrameError, Result};
+use crate::expr::{BinaryOp, Expr, Scalar, StringOp};
+
+/// A value during evaluation: a column or one value for every row.
+#[derive(Debug, Clone)]
+pub enum Columnar {
+    /// One value per row.
+    Array(ArrayRef),
+    /// One value (an array of length one) standing for every row.
+    Scalar(ArrayRef),
+}
+
+impl Columnar {
+    fn data_type(&self) -> &DataType {
+        match self {
+            Columnar::Array(a) | Columnar::Scalar(a) => a.data_type(),
+        }
+    }
+
+    fn datum(&self) -> Box<dyn Datum + '_> {
+        match self {
+            Columnar::Array(a) => Box::new(a),
+            Columnar::Scalar(a) => Box::new(ArrowScalar::new(a)),
+        }
+    }
+
+    /// As an array of `rows` rows.
+    pub fn into_array(self, rows: usize) -> Result<ArrayRef> {
+        match self {
+            Columnar::Array(a) => Ok(a),
+            Columnar::Scalar(a) => {
+                if a.is_null(0) {
+                    return Ok(new_null_array(a.data_type(), rows));
+                }
+                let indices = arrow_array::UInt32Array::from(vec![0u32; rows]);
+                Ok(arrow_select::take::take(&a, &indices, None)?)
+            }
+        }
+    }
+
+    fn cast(self, to: &DataType) -> Result<Columnar> {
+        if self.data_type() == to {
+            return Ok(self);
+        }
+        Ok(match self {
+            Columnar::Array(a) => Columnar::Array(arrow_cast::cast(&a, to)?),
+            Columnar::Scalar(a) => Columnar::Scalar(arrow_cast::cast(&a, to)?),
+        })
+    }
+}
+
+/// Evaluates `expr` on `batch` to an array of the batch's length.
+pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<ArrayRef> {
+    eval(expr, batch)?.into_array(batch.num_rows())
+}
+
+/// Evaluates a predicate to a boolean mask (nulls count as false in filters).
+pub fn predicate(expr: &Expr, batch: &RecordBatch) -> Result<BooleanArray> {
+    let array = evaluate(expr, batch)?;
+    array
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| FrameError::TypeMismatch {
+            op: format!("filter {expr}"),
+            left: array.data_type().clone(),
+            right: DataType::Boolean,
+        })
+}
+
+/// The batch's rows where `expr` is true.
+pub fn filter(batch: &RecordBatch, expr: &Expr) -> Result<RecordBatch> {
+    let mask = predicate(expr, batch)?;
+    if mask.null_count() == 0 && mask.true_count() == mask.len() {
+        return Ok(batch.clone());
+    }
+    Ok(arrow_select::filter::filter_record_batch(batch, &mask)?)
+}
+
+fn scalar_array(s: &Scalar) -> ArrayRef {
+    use arrow_array::{Date32Array, Float64Array, Int64Array, StringArray};
+    match s {
+        Scalar::Null => new_null_array(&DataType::Null, 1),
+        Scalar::Boolean(b) => Arc::new(BooleanArray::from(vec![*b])),
+        Scalar::Int64(i) => Arc::new(Int64Array::from(vec![*i])),
+        Scalar::Float64(x) => Arc::new(Float64Array::from(vec![*x])),
+        Scalar::Utf8(x) => Arc::new(StringArray::from(vec![x.as_str()])),
+        Scalar::Date32(d) => Arc::new(Date32Array::from(vec![*d])),
+    }
+}
+
+fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Columnar> {
+    Ok(match expr {
+        Expr::Column(name) => {
+            let i = batch
+                .schema_ref()
+                .index_of(name)
+                .map_err(|_| FrameError::ColumnNotFound {
+                    name: name.clone(),
+                    schema: batch.schema_ref().as_ref().clone(),
+                })?;
+            Columnar::Array(batch.column(i).clone())
+        }
+        Expr::Literal(s) => Columnar::Scalar(scalar_array(s)),
+        Expr::Alias(e, _) => eval(e, batch)?,
+        Expr::Binary { left, op, right } => binary(eval(left, batch)?, *op, eval(right, batch)?, batch.num_rows())?,
+        Expr::Not(e) => {
+            let v = eval(e, batch)?;
+            let a = bool_array(v, batch.num_rows(), "not")?;
+            Columnar::Array(Arc::new(arrow_arith::boolean::not(&a)?))
+        }
+        Expr::IsNull(e) => {
+            let a = eval(e, batch)?.into_array(batch.num_rows())?;
+            Columnar::Array(Arc::new(arrow_arith::boolean::is_null(&a)?))
+        }
+        Expr::IsNotNull(e) => {
+            let a = eval(e, batch)?.into_array(batch.num_rows())?;
+            Columnar::Array(Arc::new(arrow_arith::boolean::is_not_null(&a)?))
+        }
+        Expr::Cast(e, to) => eval(e, batch)?.cast(to)?,
+        Expr::Year(e) => {
+            let a = eval(e, batch)?.into_array(batch.num_rows())?;
+            Columnar::Array(arrow_arith::temporal::date_part(
+                &a,
+                arrow_arith::temporal::DatePart::Year,
+            )?)
+        }
+        Expr::Str(e, op, pattern) => {
+            let v = eval(e, batch)?.cast(&DataType::Utf8)?;
+            let a = v.into_array(batch.num_rows())?;
+            let p = arrow_array::StringArray::new_scalar(pattern.as_str());
+            let out = match op {
+                StringOp::StartsWith => arrow_string::like::starts_with(&a, &p)?,
+                StringOp::EndsWith => arrow_string::like::ends_with(&a, &p)?,
+                StringOp::Contains => arrow_string::like::contains(&a, &p)?,
+            };
+            Columnar::Array(Arc::new(out))
+        }
+        Expr::When { cases, otherwise } => {
+            let schema = batch.schema();
+            let out_type = expr.data_type(&schema)?;
+            let rows = batch.num_rows();
+            let mut result = eval(otherwise, batch)?.cast(&out_type)?.into_array(rows)?;
+            for (cond, value) in cases.iter().rev() {
+                let mask = bool_array(eval(cond, batch)?, rows, "when")?;
+                let v = eval(value, batch)?.cast(&out_type)?.into_array(rows)?;
+                result = arrow_select::zip::zip(&mask, &v, &result)?;
+            }
+            Columnar::Array(result)
+        }
+        Expr::Agg(..) => {
+            return Err(FrameError::Plan(format!(
+                "the aggregate {expr} can only be used in group_by().agg() or a select of aggregates"
+            )));
+        }
+    })
+}
+
+fn bool_array(v: Columnar, rows: usize, op: &str) -> Result<BooleanArray> {
+    let t = v.data_type().clone();
+    let v = if t == DataType::Null {
+        v.cast(&DataType::Boolean)?
+    } else {
+        v
+    };
+    let a = v.into_array(rows)?;
+    a.as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or(FrameError::TypeMismatch {
+            op: op.into(),
+            left: t,
+            right: DataType::Boolean,
+        })
+}
+
+fn is_int(t: &DataType) -> bool {
+    t.is_integer()
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// The type two operands are brought to before `op` compares or combines
+/// them; an error names both.
+pub fn common_type(op: &str, l: &DataType, r: &DataType) -> Result<DataType> {
+    if l == r {
+        return Ok(l.clone());
+    }
+    if *l == DataType::Null {
+        return Ok(r.clone());
+    }
+    if *r == DataType::Null {
+        return Ok(l.clone());
+    }
+    if is_int(l) && is_int(r) {
+        return Ok(DataType::Int64);
+    }
+    if is_numeric(l) && is_numeric(r) {
+        return Ok(DataType::Float64);
+    }
+    if is_string(l) && is_string(r) {
+        return Ok(DataType::Utf8);
+    }
+    // Dates against date strings.
+    if matches!(l, DataType::Date32) && is_string(r) || matches!(r, DataType::Date32) && is_string(l) {
+        return Ok(DataType::Date32);
+    }
+    Err(FrameError::TypeMismatch {
+        op: op.into(),
+        left: l.clone(),
+        right: r.clone(),
+    })
+}
+
+/// The result type of `l op r`.
+pub fn binary_type(op: BinaryOp, l: &DataType, r: &DataType) -> Result<DataType> {
+    let name = format!("{op:?}");
+    match op {
+        BinaryOp::And | BinaryOp::Or => {
+            for t in [l, r] {
+                if !matches!(t, DataType::Boolean | DataType::Null) {
+                    return Err(FrameError::TypeMismatch {
+                        op: name,
+                        left: l.clone(),
+                        right: r.clone(),
+                    });
+                }
+            }
+            Ok(DataType::Boolean)
+        }
+        op if op.is_comparison() => common_type(&name, l, r).map(|_| DataType::Boolean),
+        _ => {
+            let t = common_type(&name, l, r)?;
+            if !is_numeric(&t) && t != DataType::Null {
+                return Err(FrameError::TypeMismatch {
+                    op: name,
+                    left: l.clone(),
+                    right: r.clone(),
+                });
+            }
+            Ok(match t {
+                DataType::Decimal128(..) | DataType::Decimal256(..) => DataType::Float64,
+                t if t.is_integer() => DataType::Int64,
+                t if t.is_floating() => DataType::Float64,
+                t => t,
+            })
+        }
+    }
+}
+
+/// A literal cast to `to` when it converts back to the same value (so
+/// `decimal < 24` compares decimals, not floats).
+fn literal_as(lit: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    let cast = arrow_cast::cast(lit, to).ok()?;
+    if cast.is_null(0) != lit.is_null(0) {
+        return None;
+    }
+    let back = arrow_cast::cast(&cast, lit.data_type()).ok()?;
+    (back.to_data() == lit.to_data()).then_some(cast)
+}
+
+fn binary(l: Columnar, op: BinaryOp, r: Columnar, rows: usize) -> Result<Columnar> {
+    let name = format!("{op:?}");
+    if matches!(op, BinaryOp::And | BinaryOp::Or) {
+        let (a, b) = (bool_array(l, rows, &name)?, bool_array(r, rows, &name)?);
+        let out = if op == BinaryOp::And {
+            arrow_arith::boolean::and_kleene(&a, &b)?
+        } else {
+            arrow_arith::boolean::or_kleene(&a, &b)?
+        };
+        return Ok(Columnar::Array(Arc::new(out)));
+    }
+    let (lt, rt) = (l.data_type().clone(), r.data_type().clone());
+    // A literal against a column: the literal takes the column's type where exact.
+    let (l, r) = match (&l, &r) {
+        (Columnar::Array(_), Columnar::Scalar(s)) if lt != rt && op.is_comparison() => match literal_as(s, &lt) {
+            Some(s) => (l, Columnar::Scalar(s)),
+            None => (l, r),
+        },
+        (Columnar::Scalar(s), Columnar::Array(_)) if lt != rt && op.is_comparison() => match literal_as(s, &rt) {
+            Some(s) => (Columnar::Scalar(s), r),
+            None => (l, r),
+        },
+        _ => (l, r),
+    };
+    let (lt, rt) = (l.data_type().clone(), r.data_type().clone());
+    let target = if op.is_comparison() {
+        common_type(&name, &lt, &rt)?
+    } else {
+        binary_type(op, &lt, &rt)?
+    };
+    let (l, r) = (l.cast(&target)?, r.cast(&target)?);
+    let both_scalar = matches!((&l, &r), (Columnar::Scalar(_), Columnar::Scalar(_)));
+    let (ld, rd) = (l.datum(), r.datum());
+    let (ld, rd) = (ld.as_ref(), rd.as_ref());
+    use arrow_ord::cmp;
+    let out: ArrayRef = match op {
+        BinaryOp::Eq => Arc::new(cmp::eq(ld, rd)?),
+        BinaryOp::NotEq => Arc::new(cmp::neq(ld, rd)?),
+        BinaryOp::Lt => Arc::new(cmp::lt(ld, rd)?),
+        BinaryOp::LtEq => Arc::new(cmp::lt_eq(ld, rd)?),
+        BinaryOp::Gt => Arc::new(cmp::gt(ld, rd)?),
+        BinaryOp::GtEq => Arc::new(cmp::gt_eq(ld, rd)?),
+        BinaryOp::Add => arrow_arith::numeric::add(ld, rd)?,
+        BinaryOp::Sub => arrow_arith::numeric::sub(ld, rd)?,
+        BinaryOp::Mul => arrow_arith::numeric::mul(ld, rd)?,
+        BinaryOp::Div => arrow_arith::numeric::div(ld, rd)?,
+        BinaryOp::Rem => arrow_arith::numeric::rem(ld, rd)?,
+        BinaryOp::And | BinaryOp::Or => unreachable!("handled above"),
+    };
+    Ok(if both_scalar {
+        Columnar::Scalar(out)
+    } else {
+        Columnar::Array(out)
+    })
+}
+
+/// Days since the epoch of a `YYYY-MM-DD` date.
+pub fn parse_date(s: &str) -> Option<i32> {
+    let mut parts = s.split('-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    i32::try_from(days_from_civil(y, m, d)).ok()
+}
+
+/// `YYYY-MM-DD` of days since the epoch.
+pub fn format_date(days: i32) -> String {
+    let (y, m, d) = civil_from_days(i64::from(days));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+// Howard Hinnant's algorithms for the proleptic Gregorian calendar.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{col, lit, lit_date, when};
+    use arrow_array::{Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
+    use arrow_schema::{Field, Schema};
+
+    fn batch() -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("i", DataType::Int32, true),
+            Field::new("d", DataType::Decimal128(15, 2), false),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("t", DataType::Date32, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(3), Some(4)])),
+                Arc::new(
+                    Decimal128Array::from(vec![5, 6, 7, 2400])
+                        .with_precision_and_scale(15, 2)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from(vec![
+                    Some("apple"),
+                    Some("banana"),
+                    None,
+                    Some("cherry"),
+                ])),
+                Arc::new(Date32Array::from(vec![
+                    parse_date("1994-01-01").unwrap(),
+                    parse_date("1994-12-31").unwrap(),
+                    parse_date("1995-01-01").unwrap(),
+                    parse_date("1998-09-02").unwrap(),
+                ])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn bools(e: Expr) -> Vec<Option<bool>> {
+        predicate(&e, &batch()).unwrap().iter().collect()
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for s in ["1970-01-01", "1994-01-01", "1998-09-02", "2000-02-29", "1969-12-31"] {
+            assert_eq!(format_date(parse_date(s).unwrap()), s);
+        }
+        assert_eq!(parse_date("1970-01-02"), Some(1));
+        assert_eq!(parse_date("1994-13-01"), None);
+    }
+
+    #[test]
+    fn arithmetic_and_comparisons_coerce() {
+        let a = evaluate(&(col("i") + lit(1)), &batch()).unwrap();
+        let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(a.iter().collect::<Vec<_>>(), [Some(2), None, Some(4), Some(5)]);
+        let p = evaluate(&(col("d") * (lit(1) - col("d"))), &batch()).unwrap();
+        let p = p.as_any().downcast_ref::<Float64Array>().unwrap();
+        assert!((p.value(0) - 0.05 * 0.95).abs() < 1e-12);
+        assert_eq!(
+            bools(col("d").is_between(lit(0.05), lit(0.07))),
+            [Some(true), Some(true), Some(true), Some(false)]
+        );
+        assert_eq!(
+            bools(col("d").lt(lit(24))),
+            [Some(true), Some(true), Some(true), Some(false)]
+        );
+        assert_eq!(
+            bools(col("i").gt(lit(1.5))),
+            [Some(false), None, Some(true), Some(true)]
+        );
+    }
+
+    #[test]
+    fn dates_strings_and_nulls() {
+        let t = col("t");
+        assert_eq!(
+            bools(
+                t.clone()
+                    .gt_eq(lit_date("1994-01-01").unwrap())
+                    .and(t.clone().lt(lit_date("1995-01-01").unwrap()))
+            ),
+            [Some(true), Some(true), Some(false), Some(false)]
+        );
+        assert_eq!(
+            bools(t.clone().year().eq(lit(1994))),
+            [Some(true), Some(true), Some(false), Some(false)]
+        );
+        assert_eq!(
+            bools(t.lt_eq(lit("1994-12-31"))),
+            [Some(true), Some(true), Some(false), Some(false)]
+        );
+        assert_eq!(
+            bools(col("s").starts_with("b")),
+            [Some(false), Some(true), None, Some(false)]
+        );
+        assert_eq!(
+            bools(col("s").ends_with("y")),
+            [Some(false), Some(false), None, Some(true)]
+        );
+        assert_eq!(
+            bools(col("s").contains("an")),
+            [Some(false), Some(true), None, Some(false)]
+        );
+        assert_eq!(
+            bools(col("s").eq(lit("apple"))),
+            [Some(true), Some(false), None, Some(false)]
+        );
+        assert_eq!(
+            bools(col("i").is_null()),
+            [Some(false), Some(true), Some(false), Some(false)]
+        );
+        assert_eq!(
+            bools(col("i").is_null().not().and(col("s").is_not_null())),
+            [Some(true), Some(false), Some(false), Some(true)]
+        );
+        let f = filter(&batch(), &col("i").gt(lit(1))).unwrap();
+        assert_eq!(f.num_rows(), 2);
+    }
+
+    #[test]
+    fn when_then_otherwise_and_cast() {
+        let e = when(col("i").gt(lit(2)))
+            .then(lit("big"))
+            .when(col("i").is_null())
+            .then(lit("none"))
+            .otherwise(lit("small"));
+        let a = evaluate(&e, &batch()).unwrap();
+        let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [Some("small"), Some("none"), Some("big"), Some("big")]
+        );
+        let c = evaluate(&col("d").cast(DataType::Float64), &batch()).unwrap();
+        assert_eq!(c.as_any().downcast_ref::<Float64Array>().unwrap().value(3), 24.0);
+    }
+
+    #[test]
+    fn errors_name_columns_and_types() {
+        let err = evaluate(&col("zz"), &batch()).unwrap_err().to_string();
+        assert!(err.contains("zz") && err.contains("i: Int32"), "{err}");
+        let err = evaluate(&(col("s") + lit(1)), &batch()).unwrap_err().to_string();
+        assert!(err.contains("Utf8") && err.contains("Int64"), "{err}");
+    }
+}

@@ -1,0 +1,475 @@
+//! Hash group-by aggregation on one batch, and how an aggregation splits
+//! into a partial step per partition, a merge of partial results and a
+//! final projection (so it runs as a tree or after a shuffle).
+//!
+//! Groups are numbered in order of first appearance: a single integer key
+//! goes through a table of `i64`s, any other key through arrow-row's
+//! byte encoding of the key columns.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Decimal128Type, Float64Type, Int64Type};
+use arrow_array::{
+    Array, ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{DataType, Field, Schema};
+use hashbrown::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FrameError, Result};
+use crate::eval::evaluate;
+use crate::expr::{AggFunc, Expr, col};
+
+/// One aggregate of a group-by: `func(input) as name`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AggSpec {
+    /// The function.
+    pub func: AggFunc,
+    /// What it aggregates (ignored by `Len`).
+    pub input: Expr,
+    /// The output column.
+    pub name: String,
+}
+
+impl AggSpec {
+    /// Reads `expr.sum().alias("x")` and the like; anything else is an error.
+    pub fn from_expr(expr: &Expr) -> Result<AggSpec> {
+        match expr.unaliased() {
+            Expr::Agg(func, input) if !input.has_agg() => Ok(AggSpec {
+                func: *func,
+                input: (**input).clone(),
+                name: expr.output_name(),
+            }),
+            _ => Err(FrameError::Plan(format!(
+                "{expr} is not an aggregate such as col(\"x\").sum().alias(\"total\")"
+            ))),
+        }
+    }
+}
+
+/// The type `func` gives for an input of type `input`.
+pub fn agg_type(func: AggFunc, input: &DataType) -> Result<DataType> {
+    let unsupported = || FrameError::Unsupported {
+        op: format!("{func:?}"),
+        data_type: input.clone(),
+    };
+    Ok(match func {
+        AggFunc::Count | AggFunc::Len | AggFunc::NUnique => DataType::Int64,
+        AggFunc::Mean if input.is_numeric() || matches!(input, DataType::Null) => DataType::Float64,
+        AggFunc::Sum | AggFunc::Min | AggFunc::Max => match input {
+            t if t.is_integer() || *t == DataType::Null => DataType::Int64,
+            t if t.is_floating() => DataType::Float64,
+            DataType::Decimal128(_, s) if func == AggFunc::Sum => DataType::Decimal128(38, *s),
+            DataType::Decimal128(..) | DataType::Date32 | DataType::Utf8 if func != AggFunc::Sum => input.clone(),
+            _ => return Err(unsupported()),
+        },
+        AggFunc::Mean => return Err(unsupported()),
+    })
+}
+
+/// Group numbers of each row and, per group, the first row holding it.
+pub struct Groups {
+    /// The group of each row.
+    pub ids: Vec<u32>,
+    /// The first row of each group.
+    pub firsts: Vec<u32>,
+}
+
+impl Groups {
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.firsts.len()
+    }
+
+    /// No groups.
+    pub fn is_empty(&self) -> bool {
+        self.firsts.is_empty()
+    }
+}
+
+/// Numbers the distinct key tuples of `keys` (all of `rows` rows).
+pub fn group_rows(keys: &[ArrayRef], rows: usize) -> Result<Groups> {
+    if keys.is_empty() {
+        return Ok(Groups {
+            ids: vec![0; rows],
+            firsts: vec![0],
+        });
+    }
+    let mut ids = Vec::with_capacity(rows);
+    let mut firsts = Vec::new();
+    if let [key] = keys
+        && (key.data_type().is_integer() || *key.data_type() == DataType::Date32)
+    {
+        let ints = arrow_cast::cast(key, &DataType::Int64)?;
+        let ints = ints.as_primitive::<Int64Type>();
+        let mut table: HashMap<i64, u32> = HashMap::with_capacity(1024);
+        let mut null_group = None;
+        for (row, v) in ints.iter().enumerate() {
+            let id = match v {
+                Some(v) => *table.entry(v).or_insert_with(|| {
+                    firsts.push(row as u32);
+                    (firsts.len() - 1) as u32
+                }),
+                None => *null_group.get_or_insert_with(|| {
+                    firsts.push(row as u32);
+                    (firsts.len() - 1) as u32
+                }),
+            };
+            ids.push(id);
+        }
+        return Ok(Groups { ids, firsts });
+    }
+    let converter = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
+    let encoded = converter.convert_columns(keys)?;
+    let mut table: HashMap<&[u8], u32> = HashMap::with_capacity(1024);
+    for row in 0..rows {
+        let bytes = encoded.row(row).data();
+        let id = *table.entry(bytes).or_insert_with(|| {
+            firsts.push(row as u32);
+            (firsts.len() - 1) as u32
+        });
+        ids.push(id);
+    }
+    Ok(Groups { ids, firsts })
+}
+
+/// `group_by(keys).agg(aggs)` of one batch: the key columns (first row of
+/// each group, in order of first appearance) then one column per aggregate.
+pub fn aggregate(batch: &RecordBatch, keys: &[Expr], aggs: &[AggSpec]) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let key_arrays = keys.iter().map(|k| evaluate(k, batch)).collect::<Result<Vec<_>>>()?;
+    let groups = group_rows(&key_arrays, rows)?;
+    let firsts = UInt32Array::from(groups.firsts.clone());
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (k, a) in keys.iter().zip(&key_arrays) {
+        fields.push(Field::new(k.output_name(), a.data_type().clone(), true));
+        columns.push(if keys.is_empty() {
+            a.clone()
+        } else {
+            arrow_select::take::take(a, &firsts, None)?
+        });
+    }
+    for agg in aggs {
+        let out = if agg.func == AggFunc::Len {
+            let mut counts = vec![0i64; groups.len()];
+            for &g in &groups.ids {
+                counts[g as usize] += 1;
+            }
+            Arc::new(Int64Array::from(counts)) as ArrayRef
+        } else {
+            let input = evaluate(&agg.input, batch)?;
+            accumulate(agg.func, &input, &groups)?
+        };
+        fields.push(Field::new(agg.name.clone(), out.data_type().clone(), true));
+        columns.push(out);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+fn accumulate(func: AggFunc, input: &ArrayRef, groups: &Groups) -> Result<ArrayRef> {
+    let n = groups.len();
+    let ids = &groups.ids;
+    let out_type = agg_type(func, input.data_type())?;
+    match func {
+        AggFunc::Count => {
+            let mut counts = vec![0i64; n];
+            for (row, &g) in ids.iter().enumerate() {
+                counts[g as usize] += i64::from(input.is_valid(row));
+            }
+            Ok(Arc::new(Int64Array::from(counts)))
+        }
+        AggFunc::Len => unreachable!("counted from the groups"),
+        AggFunc::NUnique => {
+            let converter = RowConverter::new(vec![SortField::new(input.data_type().clone())])?;
+            let rows = converter.convert_columns(std::slice::from_ref(input))?;
+            let mut seen: HashSet<(u32, &[u8])> = HashSet::new();
+            let mut counts = vec![0i64; n];
+            for (row, &g) in ids.iter().enumerate() {
+                if seen.insert((g, rows.row(row).data())) {
+                    counts[g as usize] += 1;
+                }
+            }
+            Ok(Arc::new(Int64Array::from(counts)))
+        }
+        AggFunc::Mean => {
+            let values = arrow_cast::cast(input, &DataType::Float64)?;
+            let values = values.as_primitive::<Float64Type>();
+            let (mut sums, mut counts) = (vec![0f64; n], vec![0u64; n]);
+            fold(values, ids, |g, v| {
+                sums[g] += v;
+                counts[g] += 1;
+            });
+            Ok(Arc::new(Float64Array::from_iter(
+                sums.iter().zip(&counts).map(|(s, &c)| (c > 0).then(|| s / c as f64)),
+            )))
+        }
+        AggFunc::Sum | AggFunc::Min | AggFunc::Max => match &out_type {
+            DataType::Int64 => {
+                let values = arrow_cast::cast(input, &DataType::Int64)?;
+                let acc = reduce(values.as_primitive::<Int64Type>(), ids, n, func);
+                Ok(Arc::new(Int64Array::from(acc)))
+            }
+            DataType::Float64 => {
+                let values = arrow_cast::cast(input, &DataType::Float64)?;
+                let acc = reduce(values.as_primitive::<Float64Type>(), ids, n, func);
+                Ok(Arc::new(Float64Array::from(acc)))
+            }
+            DataType::Decimal128(p, s) => {
+                let acc = reduce(input.as_primitive::<Decimal128Type>(), ids, n, func);
+                Ok(Arc::new(Decimal128Array::from(acc).with_precision_and_scale(*p, *s)?))
+            }
+            DataType::Date32 => {
+                let acc = reduce(input.as_primitive::<Date32Type>(), ids, n, func);
+                Ok(Arc::new(Date32Array::from(acc)))
+            }
+            DataType::Utf8 => {
+                let values = arrow_cast::cast(input, &DataType::Utf8)?;
+                let values = values.as_string::<i32>();
+                let mut acc: Vec<Option<&str>> = vec![None; n];
+                for (row, &g) in ids.iter().enumerate() {
+                    if values.is_valid(row) {
+                        let v = values.value(row);
+                        let slot = &mut acc[g as usize];
+                        let better = match slot {
+                            None => true,
+                            Some(cur) => (func == AggFunc::Min) == (v < *cur),
+                        };
+                        if better {
+                            *slot = Some(v);
+                        }
+                    }
+                }
+                Ok(Arc::new(StringArray::from(acc)))
+            }
+            other => Err(FrameError::Unsupported {
+                op: format!("{func:?}"),
+                data_type: other.clone(),
+            }),
+        },
+    }
+}
+
+fn fold<T: arrow_array::ArrowPrimitiveType>(
+    values: &arrow_array::PrimitiveArray<T>,
+    ids: &[u32],
+    mut f: impl FnMut(usize, T::Native),
+) {
+    let raw = values.values();
+    match values.nulls().filter(|n| n.null_count() > 0) {
+        None => {
+            for (&g, &v) in ids.iter().zip(raw.iter()) {
+                f(g as usize, v);
+            }
+        }
+        Some(nulls) => {
+            for (row, (&g, &v)) in ids.iter().zip(raw.iter()).enumerate() {
+                if nulls.is_valid(row) {
+                    f(g as usize, v);
+                }
+            }
+        }
+    }
+}
+
+/// Sum, min or max per group (None where a group has no values).
+fn reduce<T>(values: &arrow_array::PrimitiveArray<T>, ids: &[u32], n: usize, func: AggFunc) -> Vec<Option<T::Native>>
+where
+    T: arrow_array::ArrowPrimitiveType,
+    T::Native: arrow_array::ArrowNativeTypeOp + PartialOrd,
+{
+    use arrow_array::ArrowNativeTypeOp;
+    let mut acc: Vec<Option<T::Native>> = vec![None; n];
+    match func {
+        AggFunc::Sum => fold(values, ids, |g, v| {
+            let slot = &mut acc[g];
+            *slot = Some(slot.map_or(v, |s| s.add_wrapping(v)));
+        }),
+        AggFunc::Min => fold(values, ids, |g, v| {
+            let slot = &mut acc[g];
+            if slot.is_none_or(|s| v < s) {
+                *slot = Some(v);
+            }
+        }),
+        _ => fold(values, ids, |g, v| {
+            let slot = &mut acc[g];
+            if slot.is_none_or(|s| v > s) {
+                *slot = Some(v);
+            }
+        }),
+    }
+    acc
+}
+
+/// An aggregation split for distributed execution: `partial` runs on each
+/// partition, `merge` on concatenated partial results (any number of
+/// times, as in a tree), and `finals` projects the merged states to the
+/// requested columns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TwoPhase {
+    /// Aggregates of the raw rows.
+    pub partial: Vec<AggSpec>,
+    /// Aggregates of partial states (keys are the key columns' names).
+    pub merge: Vec<AggSpec>,
+    /// The output columns, over the merged states.
+    pub finals: Vec<Expr>,
+}
+
+/// Splits `aggs` in two phases; `None` when one of them (`n_unique`) does
+/// not decompose.
+pub fn two_phase(key_names: &[String], aggs: &[AggSpec]) -> Option<TwoPhase> {
+    let mut out = TwoPhase {
+        partial: Vec::new(),
+        merge: Vec::new(),
+        finals: key_names.iter().map(col).collect(),
+    };
+    for agg in aggs {
+        let state = |func, name: &str| AggSpec {
+            func,
+            input: agg.input.clone(),
+            name: name.to_string(),
+        };
+        let merge = |func, name: &str| AggSpec {
+            func,
+            input: col(name),
+            name: name.to_string(),
+        };
+        match agg.func {
+            AggFunc::NUnique => return None,
+            AggFunc::Mean => {
+                let (s, c) = (format!("{}__sum", agg.name), format!("{}__count", agg.name));
+                out.partial.push(state(AggFunc::Sum, &s));
+                out.partial.push(state(AggFunc::Count, &c));
+                out.merge.push(merge(AggFunc::Sum, &s));
+                out.merge.push(merge(AggFunc::Sum, &c));
+                out.finals
+                    .push((col(&s).cast(DataType::Float64) / col(&c).cast(DataType::Float64)).alias(agg.name.clone()));
+            }
+            func => {
+                let merge_func = match func {
+                    AggFunc::Count | AggFunc::Len => AggFunc::Sum,
+                    f => f,
+                };
+                out.partial.push(state(func, &agg.name));
+                out.merge.push(merge(merge_func, &agg.name));
+                out.finals.push(col(&agg.name));
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::lit;
+    use std::collections::BTreeMap;
+
+    fn batch(keys: Vec<Option<i64>>, names: Vec<&str>, values: Vec<Option<f64>>) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int64, true),
+                Field::new("n", DataType::Utf8, true),
+                Field::new("v", DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(keys)),
+                Arc::new(StringArray::from(names)),
+                Arc::new(Float64Array::from(values)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn specs() -> Vec<AggSpec> {
+        [
+            col("v").sum().alias("s"),
+            col("v").mean().alias("m"),
+            col("v").count().alias("c"),
+            crate::expr::len().alias("l"),
+            col("v").min().alias("lo"),
+            col("v").max().alias("hi"),
+            col("n").n_unique().alias("u"),
+        ]
+        .iter()
+        .map(|e| AggSpec::from_expr(e).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn aggregates_match_a_reference() {
+        let keys = vec![Some(1), Some(2), Some(1), None, Some(2), Some(1)];
+        let names = vec!["a", "b", "a", "c", "x", "z"];
+        let values = vec![Some(1.0), Some(2.0), None, Some(4.0), Some(5.0), Some(6.0)];
+        let b = batch(keys.clone(), names, values.clone());
+        let out = aggregate(&b, &[col("k")], &specs()).unwrap();
+        assert_eq!(out.num_rows(), 3);
+        let k = out.column(0).as_primitive::<Int64Type>();
+        assert_eq!(k.iter().collect::<Vec<_>>(), [Some(1), Some(2), None]);
+        let f = |i: usize| out.column(i).as_primitive::<Float64Type>().iter().collect::<Vec<_>>();
+        let n = |i: usize| out.column(i).as_primitive::<Int64Type>().iter().collect::<Vec<_>>();
+        assert_eq!(f(1), [Some(7.0), Some(7.0), Some(4.0)]);
+        assert_eq!(f(2), [Some(3.5), Some(3.5), Some(4.0)]);
+        assert_eq!(n(3), [Some(2), Some(2), Some(1)]);
+        assert_eq!(n(4), [Some(3), Some(2), Some(1)]);
+        assert_eq!(f(5), [Some(1.0), Some(2.0), Some(4.0)]);
+        assert_eq!(f(6), [Some(6.0), Some(5.0), Some(4.0)]);
+        assert_eq!(n(7), [Some(2), Some(2), Some(1)]);
+    }
+
+    #[test]
+    fn two_phases_agree_with_one() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let batches: Vec<RecordBatch> = (0..4)
+            .map(|_| {
+                let n = rng.usize(0..50);
+                let keys = (0..n).map(|_| (rng.u8(..) > 20).then(|| rng.i64(0..6))).collect();
+                let values = (0..n)
+                    .map(|_| (rng.u8(..) > 30).then(|| f64::from(rng.u8(0..100))))
+                    .collect();
+                batch(keys, vec!["s"; n], values)
+            })
+            .collect();
+        let aggs: Vec<AggSpec> = specs().into_iter().filter(|a| a.func != AggFunc::NUnique).collect();
+        let whole = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let reference = aggregate(&whole, &[col("k")], &aggs).unwrap();
+        let phases = two_phase(&["k".into()], &aggs).unwrap();
+        let partials: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| aggregate(b, &[col("k")], &phases.partial).unwrap())
+            .collect();
+        let merged = aggregate(
+            &arrow_select::concat::concat_batches(&partials[0].schema(), &partials).unwrap(),
+            &[col("k")],
+            &phases.merge,
+        )
+        .unwrap();
+        let finals: Vec<ArrayRef> = phases.finals.iter().map(|e| evaluate(e, &merged).unwrap()).collect();
+        // Compare as maps keyed by the group key (orders differ).
+        let as_map = |cols: &[ArrayRef]| {
+            let mut m = BTreeMap::new();
+            for row in 0..cols[0].len() {
+                let key = cols[0].as_primitive::<Int64Type>().iter().nth(row).unwrap();
+                let rest: Vec<String> = cols[1..]
+                    .iter()
+                    .map(|c| arrow_cast::display::array_value_to_string(c, row).unwrap())
+                    .collect();
+                m.insert(key, rest);
+            }
+            m
+        };
+        assert_eq!(as_map(&finals), as_map(reference.columns()));
+        let _ = lit(1);
+    }
+
+    #[test]
+    fn global_aggregates_of_nothing_give_one_row() {
+        let b = batch(vec![], vec![], vec![]);
+        let out = aggregate(&b, &[], &specs()).unwrap();
+        assert_eq!(out.num_rows(), 1);
+        assert!(out.column(0).is_null(0));
+        assert_eq!(out.column(2).as_primitive::<Int64Type>().value(0), 0);
+    }
+}

@@ -1,0 +1,397 @@
+//! Files: listing a path or glob, Parquet metadata and row-group pruning
+//! (client side, at plan time), reading a Parquet row group range or a
+//! CSV file into one batch and writing a partition as a Parquet file
+//! (worker side).
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::{Field, Schema, SchemaRef};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::file::metadata::ParquetMetaData;
+
+use crate::error::{FrameError, Result};
+use crate::expr::{BinaryOp, Expr};
+
+/// The files a path names: the file itself, the files of a directory with
+/// the extension `ext`, or the files matching a `*` pattern in the last
+/// component; sorted.
+pub fn list_files(pattern: &str, ext: &str) -> Result<Vec<String>> {
+    let path = Path::new(pattern);
+    let (dir, matcher): (&Path, Box<dyn Fn(&str) -> bool>) = if pattern.contains('*') {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| FrameError::file(pattern, "not a file pattern"))?
+            .to_string();
+        (dir, Box::new(move |f: &str| glob_match(&name, f)))
+    } else if path.is_dir() {
+        let ext = ext.to_string();
+        (path, Box::new(move |f: &str| f.ends_with(&ext)))
+    } else if path.is_file() {
+        return Ok(vec![pattern.to_string()]);
+    } else {
+        return Err(FrameError::file(pattern, "no such file or directory"));
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| FrameError::file(dir.display().to_string(), e))?;
+    let mut files: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .filter(|e| e.file_name().to_str().is_some_and(&matcher))
+        .map(|e| e.path().display().to_string())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(FrameError::file(pattern, "matches no files"));
+    }
+    Ok(files)
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return pattern == name;
+    };
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    for m in middle {
+        match rest.find(m) {
+            Some(i) => rest = &rest[i + m.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A schema without field or schema metadata (so schemas from files and
+/// from computed batches compare equal).
+pub fn plain_schema(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), f.is_nullable()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// One Parquet file as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct ParquetFile {
+    /// Its path.
+    pub path: String,
+    /// Its footer.
+    pub metadata: Arc<ParquetMetaData>,
+}
+
+/// A set of Parquet files with one schema.
+#[derive(Debug, Clone)]
+pub struct ParquetDataset {
+    /// The path or pattern it was opened with.
+    pub pattern: String,
+    /// The files, sorted.
+    pub files: Vec<ParquetFile>,
+    /// The common schema.
+    pub schema: SchemaRef,
+}
+
+/// Reads the footers of the files `pattern` names.
+pub fn open_parquet(pattern: &str) -> Result<ParquetDataset> {
+    let mut files = Vec::new();
+    let mut schema: Option<SchemaRef> = None;
+    for path in list_files(pattern, ".parquet")? {
+        let file = File::open(&path).map_err(|e| FrameError::file(&path, e))?;
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| FrameError::file(&path, format!("not a readable Parquet file: {e}")))?;
+        let this = Arc::new(plain_schema(meta.schema()));
+        match &schema {
+            None => schema = Some(this),
+            Some(s) if s.fields() != this.fields() => {
+                return Err(FrameError::file(
+                    &path,
+                    format!("its schema {this:?} differs from the first file's {s:?}"),
+                ));
+            }
+            Some(_) => {}
+        }
+        files.push(ParquetFile {
+            path,
+            metadata: meta.metadata().clone(),
+        });
+    }
+    let schema = schema.ok_or_else(|| FrameError::file(pattern, "matches no files"))?;
+    Ok(ParquetDataset {
+        pattern: pattern.into(),
+        files,
+        schema,
+    })
+}
+
+/// A conjunct the statistics can decide: `column op literal`.
+fn stat_condition(e: &Expr) -> Option<(&str, BinaryOp, &Expr)> {
+    let Expr::Binary { left, op, right } = e else {
+        return None;
+    };
+    if !op.is_comparison() || *op == BinaryOp::NotEq {
+        return None;
+    }
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), lit @ Expr::Literal(_)) => Some((c, *op, lit)),
+        (lit @ Expr::Literal(_), Expr::Column(c)) => Some((c, op.swapped(), lit)),
+        _ => None,
+    }
+}
+
+/// The row groups of `file` that may hold rows where all `conjuncts`
+/// hold, judged by their min/max statistics (kept when unknown).
+pub fn prune_row_groups(file: &ParquetFile, schema: &Schema, conjuncts: &[Expr]) -> Vec<usize> {
+    let groups = file.metadata.row_groups();
+    let mut keep = vec![true; groups.len()];
+    for c in conjuncts {
+        let Some((column, op, literal)) = stat_condition(c) else {
+            continue;
+        };
+        let Ok(converter) = StatisticsConverter::try_new(column, schema, file.metadata.file_metadata().schema_descr())
+        else {
+            continue;
+        };
+        let (Ok(mins), Ok(maxs)) = (converter.row_group_mins(groups), converter.row_group_maxes(groups)) else {
+            continue;
+        };
+        let stats = match RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("min", mins.data_type().clone(), true),
+                Field::new("max", maxs.data_type().clone(), true),
+            ])),
+            vec![mins, maxs],
+        ) {
+            Ok(b) => b,
+            Err(_) => continue,
+        };
+        let (min, max) = (crate::expr::col("min"), crate::expr::col("max"));
+        let lit = literal.clone();
+        let test = match op {
+            BinaryOp::Eq => min.lt_eq(lit.clone()).and(max.gt_eq(lit)),
+            BinaryOp::Lt => min.lt(lit),
+            BinaryOp::LtEq => min.lt_eq(lit),
+            BinaryOp::Gt => max.gt(lit),
+            BinaryOp::GtEq => max.gt_eq(lit),
+            _ => continue,
+        };
+        let Ok(mask) = crate::eval::predicate(&test, &stats) else {
+            continue;
+        };
+        for (i, k) in keep.iter_mut().enumerate() {
+            // Unknown statistics (null) keep the group.
+            *k &= !mask.is_valid(i) || mask.value(i);
+        }
+    }
+    (0..groups.len()).filter(|&i| keep[i]).collect()
+}
+
+/// Reads row groups `row_groups` of the Parquet file at `path`: the
+/// `columns` (all when `None`) plus those `predicate` reads, the rows
+/// where it holds, then only `columns`.
+pub fn read_parquet(
+    path: &str,
+    row_groups: &[usize],
+    columns: Option<&[String]>,
+    predicate: Option<&Expr>,
+) -> Result<RecordBatch> {
+    let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| FrameError::file(path, format!("not a readable Parquet file: {e}")))?;
+    let file_schema = builder.schema().clone();
+    let mut wanted: Vec<String> = match columns {
+        Some(c) => c.to_vec(),
+        None => file_schema.fields().iter().map(|f| f.name().clone()).collect(),
+    };
+    if let Some(p) = predicate {
+        for c in p.columns() {
+            if !wanted.contains(&c) {
+                wanted.push(c);
+            }
+        }
+    }
+    let mut indices = Vec::with_capacity(wanted.len());
+    for name in &wanted {
+        indices.push(file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
+            name: name.clone(),
+            schema: plain_schema(&file_schema),
+        })?);
+    }
+    let rows: i64 = row_groups
+        .iter()
+        .filter_map(|&g| builder.metadata().row_groups().get(g))
+        .map(|g| g.num_rows())
+        .sum();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(row_groups.to_vec())
+        .with_batch_size(usize::try_from(rows).unwrap_or(1 << 20).clamp(1, 1 << 20))
+        .build()
+        .map_err(|e| FrameError::file(path, e))?;
+    let schema = Arc::new(plain_schema(&arrow_array::RecordBatchReader::schema(&reader)));
+    let batches = reader
+        .map(|b| b.map_err(|e| FrameError::file(path, e)))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = match batches.len() {
+        1 => RecordBatch::try_new(schema.clone(), batches[0].columns().to_vec())?,
+        _ => arrow_select::concat::concat_batches(&schema, &batches)?,
+    };
+    let batch = match predicate {
+        Some(p) => crate::eval::filter(&batch, p)?,
+        None => batch,
+    };
+    match columns {
+        Some(c) => project_names(&batch, c),
+        None => Ok(batch),
+    }
+}
+
+/// The named columns of `batch`, in that order.
+pub fn project_names(batch: &RecordBatch, names: &[String]) -> Result<RecordBatch> {
+    let mut indices = Vec::with_capacity(names.len());
+    for n in names {
+        indices.push(batch.schema_ref().index_of(n).map_err(|_| FrameError::ColumnNotFound {
+            name: n.clone(),
+            schema: batch.schema_ref().as_ref().clone(),
+        })?);
+    }
+    Ok(batch.project(&indices)?)
+}
+
+/// The schema of a CSV file with a header row, inferred from its first
+/// 1000 rows.
+pub fn infer_csv_schema(path: &str) -> Result<Schema> {
+    let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
+    let (schema, _) = arrow_csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(file, Some(1000))
+        .map_err(|e| FrameError::file(path, e))?;
+    Ok(schema)
+}
+
+/// Reads a CSV file with a header row as `schema`.
+pub fn read_csv(path: &str, schema: SchemaRef) -> Result<RecordBatch> {
+    let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
+    let reader = arrow_csv::ReaderBuilder::new(schema.clone())
+        .with_header(true)
+        .with_batch_size(1 << 16)
+        .build(file)
+        .map_err(|e| FrameError::file(path, e))?;
+    let batches = reader
+        .map(|b| b.map_err(|e| FrameError::file(path, e)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+/// Writes `batch` as the Parquet file `path` (snappy), creating its
+/// directory; returns the rows written.
+pub fn write_parquet(batch: &RecordBatch, path: &str) -> Result<u64> {
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir).map_err(|e| FrameError::file(dir.display().to_string(), e))?;
+    }
+    let file = File::create(path).map_err(|e| FrameError::file(path, e))?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))
+        .map_err(|e| FrameError::file(path, e))?;
+    writer.write(batch).map_err(|e| FrameError::file(path, e))?;
+    writer.close().map_err(|e| FrameError::file(path, e))?;
+    Ok(batch.num_rows() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{col, lit};
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::DataType;
+
+    fn batch(range: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("a", DataType::Int64, false),
+                Field::new("s", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from_iter_values(range.clone())),
+                Arc::new(StringArray::from_iter_values(range.map(|i| format!("v{i}")))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn globs_match() {
+        assert!(glob_match("*.parquet", "a.1.parquet"));
+        assert!(glob_match("a.*.parquet", "a.1.parquet"));
+        assert!(!glob_match("b*", "a.1.parquet"));
+        assert!(glob_match("x", "x"));
+    }
+
+    #[test]
+    fn parquet_round_trips_with_projection_predicate_and_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet").display().to_string();
+        // Three row groups: 0..100, 100..200, 200..300.
+        let file = File::create(&path).unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_size(100)
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch(0..1).schema(), Some(props)).unwrap();
+        w.write(&batch(0..300)).unwrap();
+        w.close().unwrap();
+        let ds = open_parquet(&dir.path().join("*.parquet").display().to_string()).unwrap();
+        assert_eq!(ds.files.len(), 1);
+        assert_eq!(ds.files[0].metadata.num_row_groups(), 3);
+        let keep = prune_row_groups(
+            &ds.files[0],
+            &ds.schema,
+            &[col("a").gt_eq(lit(150)), lit(250).gt(col("a"))],
+        );
+        assert_eq!(keep, [1, 2]);
+        assert_eq!(
+            prune_row_groups(&ds.files[0], &ds.schema, &[col("a").eq(lit(1000))]),
+            Vec::<usize>::new()
+        );
+        let pred = col("a").gt_eq(lit(150));
+        let b = read_parquet(&path, &keep, Some(&["s".to_string()]), Some(&pred)).unwrap();
+        assert_eq!(b.num_columns(), 1);
+        assert_eq!(b.num_rows(), 150);
+        let err = read_parquet(&path, &[0], Some(&["zz".to_string()]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zz") && err.contains("a: Int64"), "{err}");
+        let missing = open_parquet("/nonexistent/x.parquet").unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/x.parquet"), "{missing}");
+        std::fs::write(dir.path().join("bad.parquet"), b"not parquet").unwrap();
+        let bad = open_parquet(&dir.path().join("bad.parquet").display().to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("bad.parquet") && bad.contains("Parquet"), "{bad}");
+    }
+
+    #[test]
+    fn csv_reads_with_inference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv").display().to_string();
+        std::fs::write(&path, "a,s\n1,x\n2,y\n").unwrap();
+        let schema = Arc::new(infer_csv_schema(&path).unwrap());
+        assert_eq!(schema.field(0).data_type(), &DataType::Int64);
+        assert_eq!(read_csv(&path, schema).unwrap().num_rows(), 2);
+    }
+}

@@ -1,0 +1,391 @@
+//! Hash join of two batches: a table over the build side's keys, probed
+//! row by row. One integer key goes through a table of `i64`s; any other
+//! key through arrow-row's encoding of both sides (converted with one
+//! converter, so equal keys encode equally). Null keys never match.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FrameError, Result};
+
+/// Which rows a join keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinType {
+    /// Pairs of matching rows.
+    Inner,
+    /// Every left row, with the right columns null where nothing matches.
+    Left,
+    /// Left rows with a match (left columns only).
+    Semi,
+    /// Left rows without a match (left columns only).
+    Anti,
+}
+
+/// What to join on and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// Key columns of the left side.
+    pub left_on: Vec<String>,
+    /// Key columns of the right side, pairwise with `left_on`.
+    pub right_on: Vec<String>,
+    /// Rows kept.
+    pub how: JoinType,
+    /// Build the table on the left side instead of the right (inner joins
+    /// whose left side is the smaller); the output is the same.
+    pub build_left: bool,
+}
+
+/// The output schema: left columns, then the right columns other than its
+/// keys (a name the left side has gets the suffix `_right`); semi and anti
+/// joins keep the left columns only.
+pub fn join_schema(left: &Schema, right: &Schema, spec: &JoinSpec) -> Result<Schema> {
+    if spec.left_on.len() != spec.right_on.len() || spec.left_on.is_empty() {
+        return Err(FrameError::Plan(format!(
+            "a join needs as many left keys as right keys, at least one: {:?} and {:?}",
+            spec.left_on, spec.right_on
+        )));
+    }
+    for (l, r) in spec.left_on.iter().zip(&spec.right_on) {
+        let lt = field(left, l)?.data_type();
+        let rt = field(right, r)?.data_type();
+        crate::eval::common_type(&format!("join key {l} = {r}"), lt, rt)?;
+    }
+    let mut fields: Vec<Field> = left.fields().iter().map(|f| f.as_ref().clone()).collect();
+    if matches!(spec.how, JoinType::Inner | JoinType::Left) {
+        for f in right.fields() {
+            if spec.right_on.contains(f.name()) {
+                continue;
+            }
+            let name = if left.field_with_name(f.name()).is_ok() {
+                format!("{}_right", f.name())
+            } else {
+                f.name().clone()
+            };
+            fields.push(Field::new(name, f.data_type().clone(), true));
+        }
+    }
+    Ok(Schema::new(fields))
+}
+
+fn field<'a>(schema: &'a Schema, name: &str) -> Result<&'a Field> {
+    schema.field_with_name(name).map_err(|_| FrameError::ColumnNotFound {
+        name: name.into(),
+        schema: schema.clone(),
+    })
+}
+
+fn key_columns(batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>> {
+    names
+        .iter()
+        .map(|n| {
+            batch
+                .column_by_name(n)
+                .cloned()
+                .ok_or_else(|| FrameError::ColumnNotFound {
+                    name: n.clone(),
+                    schema: batch.schema_ref().as_ref().clone(),
+                })
+        })
+        .collect()
+}
+
+/// Key columns of both sides brought to common types.
+fn unify(left: Vec<ArrayRef>, right: Vec<ArrayRef>) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+    let mut l_out = Vec::new();
+    let mut r_out = Vec::new();
+    for (l, r) in left.into_iter().zip(right) {
+        let t = crate::eval::common_type("join key", l.data_type(), r.data_type())?;
+        let t = if t == DataType::Date32 || t.is_integer() {
+            DataType::Int64
+        } else {
+            t
+        };
+        l_out.push(arrow_cast::cast(&l, &t)?);
+        r_out.push(arrow_cast::cast(&r, &t)?);
+    }
+    Ok((l_out, r_out))
+}
+
+/// A chained hash table over the build rows: `heads[key]` is the last row
+/// with that key, `next[row]` the previous one (`u32::MAX` ends a chain).
+struct Table<K> {
+    heads: HashMap<K, u32>,
+    next: Vec<u32>,
+}
+
+impl<K: std::hash::Hash + Eq> Table<K> {
+    fn build(keys: impl Iterator<Item = Option<K>>, rows: usize) -> Self {
+        let mut heads = HashMap::with_capacity(rows);
+        let mut next = vec![u32::MAX; rows];
+        for (row, key) in keys.enumerate() {
+            if let Some(key) = key {
+                let prev = heads.insert(key, row as u32);
+                next[row] = prev.unwrap_or(u32::MAX);
+            }
+        }
+        Table { heads, next }
+    }
+
+    /// Calls `f(build_row)` for each build row matching `key`.
+    fn probe(&self, key: &K, mut f: impl FnMut(u32)) {
+        let mut row = self.heads.get(key).copied().unwrap_or(u32::MAX);
+        while row != u32::MAX {
+            f(row);
+            row = self.next[row as usize];
+        }
+    }
+}
+
+/// Matching (probe row, build row) pairs.
+fn matches(build: &[ArrayRef], probe: &[ArrayRef]) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (mut p_idx, mut b_idx) = (Vec::new(), Vec::new());
+    if let ([b], [p]) = (build, probe)
+        && *b.data_type() == DataType::Int64
+    {
+        let (b, p) = (b.as_primitive::<Int64Type>(), p.as_primitive::<Int64Type>());
+        let table = Table::build(b.iter(), b.len());
+        for (row, key) in p.iter().enumerate() {
+            if let Some(key) = key {
+                table.probe(&key, |m| {
+                    p_idx.push(row as u32);
+                    b_idx.push(m);
+                });
+            }
+        }
+        return Ok((p_idx, b_idx));
+    }
+    let converter = RowConverter::new(build.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
+    let b_rows = converter.convert_columns(build)?;
+    let p_rows = converter.convert_columns(probe)?;
+    let valid = |cols: &[ArrayRef], row: usize| cols.iter().all(|c| c.is_valid(row));
+    let b_len = build.first().map_or(0, |c| c.len());
+    let table = Table::build(
+        (0..b_len).map(|row| valid(build, row).then(|| b_rows.row(row).data())),
+        b_len,
+    );
+    let p_len = probe.first().map_or(0, |c| c.len());
+    for row in 0..p_len {
+        if valid(probe, row) {
+            table.probe(&p_rows.row(row).data(), |m| {
+                p_idx.push(row as u32);
+                b_idx.push(m);
+            });
+        }
+    }
+    Ok((p_idx, b_idx))
+}
+
+/// Joins two batches as `spec` says, into `schema` (from [`join_schema`]).
+pub fn hash_join(left: &RecordBatch, right: &RecordBatch, spec: &JoinSpec, schema: SchemaRef) -> Result<RecordBatch> {
+    let (lk, rk) = unify(key_columns(left, &spec.left_on)?, key_columns(right, &spec.right_on)?)?;
+    let build_left = spec.build_left && spec.how == JoinType::Inner;
+    let (l_idx, r_idx): (Vec<u32>, Vec<Option<u32>>) = if build_left {
+        let (r, l) = matches(&lk, &rk)?;
+        (l, r.into_iter().map(Some).collect())
+    } else {
+        let (l, r) = matches(&rk, &lk)?;
+        match spec.how {
+            JoinType::Inner => (l, r.into_iter().map(Some).collect()),
+            JoinType::Left => {
+                // Matches come in probe order: fill in the left rows without one.
+                let mut li = Vec::with_capacity(l.len());
+                let mut ri = Vec::with_capacity(l.len());
+                let mut next = 0usize;
+                for row in 0..left.num_rows() as u32 {
+                    let mut any = false;
+                    while next < l.len() && l[next] == row {
+                        li.push(row);
+                        ri.push(Some(r[next]));
+                        next += 1;
+                        any = true;
+                    }
+                    if !any {
+                        li.push(row);
+                        ri.push(None);
+                    }
+                }
+                (li, ri)
+            }
+            JoinType::Semi | JoinType::Anti => {
+                let mut hit = vec![false; left.num_rows()];
+                for &row in &l {
+                    hit[row as usize] = true;
+                }
+                let keep = spec.how == JoinType::Semi;
+                let rows: Vec<u32> = (0..left.num_rows() as u32)
+                    .filter(|&r| hit[r as usize] == keep)
+                    .collect();
+                let idx = UInt32Array::from(rows);
+                let columns = left
+                    .columns()
+                    .iter()
+                    .map(|c| arrow_select::take::take(c, &idx, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                return Ok(RecordBatch::try_new(schema, columns)?);
+            }
+        }
+    };
+    let l_idx = UInt32Array::from(l_idx);
+    let r_idx = UInt32Array::from(r_idx);
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for c in left.columns() {
+        columns.push(arrow_select::take::take(c, &l_idx, None)?);
+    }
+    for (f, c) in right.schema_ref().fields().iter().zip(right.columns()) {
+        if !spec.right_on.contains(f.name()) {
+            columns.push(arrow_select::take::take(c, &r_idx, None)?);
+        }
+    }
+    let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(l_idx.len()));
+    Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
+}
+
+/// [`hash_join`] computing the schema itself.
+pub fn join_batches(left: &RecordBatch, right: &RecordBatch, spec: &JoinSpec) -> Result<RecordBatch> {
+    let schema = Arc::new(join_schema(left.schema_ref(), right.schema_ref(), spec)?);
+    hash_join(left, right, spec, schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int32Array, Int64Array, StringArray};
+
+    fn left() -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int64, true),
+                Field::new("s", DataType::Utf8, true),
+                Field::new("v", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(3), Some(1)])),
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d", "a"])),
+                Arc::new(Int64Array::from(vec![10, 20, 30, 40, 50])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn right() -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("rk", DataType::Int32, true),
+                Field::new("rs", DataType::Utf8, true),
+                Field::new("v", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(Int32Array::from(vec![Some(1), Some(1), Some(3), None, Some(9)])),
+                Arc::new(StringArray::from(vec!["a", "x", "d", "c", "z"])),
+                Arc::new(Int64Array::from(vec![100, 200, 300, 400, 500])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn spec(how: JoinType, keys: &[(&str, &str)]) -> JoinSpec {
+        JoinSpec {
+            left_on: keys.iter().map(|k| k.0.to_string()).collect(),
+            right_on: keys.iter().map(|k| k.1.to_string()).collect(),
+            how,
+            build_left: false,
+        }
+    }
+
+    /// Every (left v, right v) pair, sorted, by nested loops.
+    fn reference(keys: &[(&str, &str)], l: &RecordBatch, r: &RecordBatch) -> Vec<(i64, i64)> {
+        let cell = |b: &RecordBatch, c: &str, row: usize| {
+            let a = b.column_by_name(c).unwrap();
+            (!a.is_null(row)).then(|| arrow_cast::display::array_value_to_string(a, row).unwrap())
+        };
+        let mut out = Vec::new();
+        for i in 0..l.num_rows() {
+            for j in 0..r.num_rows() {
+                if keys.iter().all(|(a, b)| {
+                    let (x, y) = (cell(l, a, i), cell(r, b, j));
+                    x.is_some() && x == y
+                }) {
+                    out.push((
+                        l.column_by_name("v").unwrap().as_primitive::<Int64Type>().value(i),
+                        r.column_by_name("v").unwrap().as_primitive::<Int64Type>().value(j),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn pairs(b: &RecordBatch) -> Vec<(i64, i64)> {
+        let l = b.column_by_name("v").unwrap().as_primitive::<Int64Type>();
+        let r = b.column_by_name("v_right").unwrap().as_primitive::<Int64Type>();
+        let mut out: Vec<(i64, i64)> = l
+            .iter()
+            .zip(r.iter())
+            .map(|(a, b)| (a.unwrap(), b.unwrap_or(-1)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn inner_joins_match_nested_loops_on_one_and_two_keys() {
+        for keys in [vec![("k", "rk")], vec![("k", "rk"), ("s", "rs")]] {
+            for build_left in [false, true] {
+                let mut s = spec(JoinType::Inner, &keys);
+                s.build_left = build_left;
+                let out = join_batches(&left(), &right(), &s).unwrap();
+                assert_eq!(
+                    pairs(&out),
+                    reference(&keys, &left(), &right()),
+                    "{keys:?} {build_left}"
+                );
+                assert_eq!(out.schema().field(0).name(), "k");
+                assert!(out.schema().field_with_name("rk").is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn left_semi_and_anti() {
+        let keys = [("k", "rk")];
+        let out = join_batches(&left(), &right(), &spec(JoinType::Left, &keys)).unwrap();
+        assert_eq!(
+            pairs(&out),
+            [
+                (10, 100),
+                (10, 200),
+                (20, -1),
+                (30, -1),
+                (40, 300),
+                (50, 100),
+                (50, 200)
+            ]
+        );
+        let semi = join_batches(&left(), &right(), &spec(JoinType::Semi, &keys)).unwrap();
+        let v = |b: &RecordBatch| b.column(2).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(v(&semi), [10, 40, 50]);
+        let anti = join_batches(&left(), &right(), &spec(JoinType::Anti, &keys)).unwrap();
+        assert_eq!(v(&anti), [20, 30]);
+        assert_eq!(anti.num_columns(), 3);
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let err = join_batches(&left(), &right(), &spec(JoinType::Inner, &[("k", "nope")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope") && err.contains("rk"), "{err}");
+        let err = join_batches(&left(), &right(), &spec(JoinType::Inner, &[("k", "rs")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Int64") && err.contains("Utf8"), "{err}");
+    }
+}

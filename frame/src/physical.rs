@@ -1,0 +1,645 @@
+//! Lowering an optimised logical plan to one task graph. Per-partition
+//! operators fuse into the task that makes the partition (a scan, its
+//! filter, projection and partial aggregation are one task); exchanges
+//! between partitions are patterns of tasks: a tree of merges, a gather
+//! into one partition, a broadcast of a small side, or a hash shuffle
+//! (split tasks, one `frame.piece` task per (split, output) pair, concat
+//! tasks: Dask's task shuffle, kept behind [`Lowering::exchange`] so a
+//! peer-to-peer shuffle service can take its place).
+
+use std::fmt::Write as _;
+
+use weft_runtime::{Graph, Key, TaskSpec};
+
+use crate::error::{FrameError, Result};
+use crate::expr::{Expr, col};
+use crate::groupby::{AggSpec, two_phase};
+use crate::join::{JoinSpec, JoinType};
+use crate::ops::{Input, PIECE_OP, Step, TASK_OP, TaskArgs};
+use crate::plan::{LogicalPlan, Source};
+
+/// Choices the planner makes.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// A join side with at most this many rows (estimated from file
+    /// metadata, an upper bound) is broadcast to every partition of the other.
+    pub broadcast_rows: u64,
+    /// Partial results merged per task in a tree reduction.
+    pub fan_in: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            broadcast_rows: 2_000_000,
+            fan_in: 8,
+        }
+    }
+}
+
+/// A task being built: more steps can still fuse into it.
+#[derive(Debug, Clone)]
+struct Pending {
+    args: TaskArgs,
+    deps: Vec<Key>,
+}
+
+/// One partition of an operator's output.
+#[derive(Debug, Clone)]
+enum Part {
+    /// A task already in the graph (or a persisted partition).
+    Done(Key),
+    /// A task still open for fusion.
+    Pending(Pending),
+}
+
+impl Part {
+    fn with_step(self, step: Step) -> Part {
+        match self {
+            Part::Done(key) => Part::Pending(Pending {
+                args: TaskArgs {
+                    input: Input::Deps,
+                    steps: vec![step],
+                },
+                deps: vec![key],
+            }),
+            Part::Pending(mut p) => {
+                p.args.steps.push(step);
+                Part::Pending(p)
+            }
+        }
+    }
+
+    fn into_pending(self) -> Pending {
+        match self {
+            Part::Pending(p) => p,
+            Part::Done(key) => Pending {
+                args: TaskArgs {
+                    input: Input::Deps,
+                    steps: Vec::new(),
+                },
+                deps: vec![key],
+            },
+        }
+    }
+}
+
+/// A plan lowered to tasks.
+#[derive(Debug, Default)]
+pub struct Lowering {
+    prefix: String,
+    options: PlanOptions,
+    tasks: Vec<TaskSpec>,
+    stages: Vec<String>,
+}
+
+/// A lowered plan: the graph and a description of its stages.
+#[derive(Debug)]
+pub struct Lowered {
+    /// The tasks; `outputs` names the final partitions.
+    pub graph: Graph,
+    /// One line per stage of tasks, for `explain`.
+    pub stages: Vec<String>,
+}
+
+/// What to do with the final partitions.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Gather into one partition.
+    Collect,
+    /// Keep every partition (persist).
+    Partitions,
+    /// Count the rows into one partition holding `count`.
+    Count,
+    /// Write each partition to `dir/part-NNNNN.parquet`; one partition holds the rows written.
+    WriteParquet(String),
+}
+
+impl Lowering {
+    /// Lowers `plan` (optimised) with keys starting `prefix`.
+    pub fn lower(plan: &LogicalPlan, prefix: &str, options: PlanOptions, action: Action) -> Result<Lowered> {
+        let mut l = Lowering {
+            prefix: prefix.to_string(),
+            options,
+            ..Default::default()
+        };
+        let parts = l.plan(plan)?;
+        let parts = match action {
+            Action::Collect => vec![l.gather(parts, "collect")?],
+            Action::Partitions => parts,
+            Action::Count => {
+                let len = [AggSpec {
+                    func: crate::expr::AggFunc::Len,
+                    input: Expr::Literal(crate::expr::Scalar::Null),
+                    name: "count".into(),
+                }];
+                l.aggregate(parts, &[], &len, None)?
+            }
+            Action::WriteParquet(dir) => {
+                let written: Vec<Part> = parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| p.with_step(Step::WriteParquet(format!("{dir}/part-{i:05}.parquet"))))
+                    .collect();
+                let sum = [AggSpec {
+                    func: crate::expr::AggFunc::Sum,
+                    input: col("rows"),
+                    name: "rows".into(),
+                }];
+                l.aggregate(written, &[], &sum, None)?
+            }
+        };
+        let outputs = l.emit(parts, "output")?;
+        Ok(Lowered {
+            graph: Graph {
+                tasks: l.tasks,
+                outputs,
+            },
+            stages: l.stages,
+        })
+    }
+
+    fn describe(p: &Pending) -> String {
+        let mut s = match &p.args.input {
+            Input::Deps => format!("concat({} inputs)", p.deps.len()),
+            Input::Parquet { path, .. } => format!("parquet({path})"),
+            Input::Csv { path, .. } => format!("csv({path})"),
+            Input::Random { .. } => "random".into(),
+            Input::Join {
+                probe,
+                probe_deps,
+                spec,
+                ..
+            } => format!(
+                "hash join {:?} of [{}] with {} build inputs",
+                spec.how,
+                Self::describe(&Pending {
+                    args: (**probe).clone(),
+                    deps: p.deps[..*probe_deps].to_vec(),
+                }),
+                p.deps.len() - probe_deps
+            ),
+        };
+        for step in &p.args.steps {
+            let _ = write!(
+                s,
+                " | {}",
+                match step {
+                    Step::Filter(e) => format!("filter {e}"),
+                    Step::Select(e) => format!("select {} columns", e.len()),
+                    Step::WithColumns(e) => format!("with {} columns", e.len()),
+                    Step::Aggregate { keys, aggs } =>
+                        format!("aggregate {} keys, {} aggregates", keys.len(), aggs.len()),
+                    Step::Sort { limit, .. } => format!("sort (limit {limit:?})"),
+                    Step::Limit(n) => format!("limit {n}"),
+                    Step::HashSplit { n, .. } => format!("hash split {n}"),
+                    Step::SliceSplit(n) => format!("slice split {n}"),
+                    Step::WriteParquet(_) => "write parquet".into(),
+                }
+            );
+        }
+        s
+    }
+
+    /// Puts the pending parts into the graph; returns every part's key.
+    fn emit(&mut self, parts: Vec<Part>, name: &str) -> Result<Vec<Key>> {
+        let stage = self.stages.len();
+        let mut keys = Vec::with_capacity(parts.len());
+        let mut described = None;
+        let mut count = 0;
+        for (i, part) in parts.into_iter().enumerate() {
+            match part {
+                Part::Done(key) => keys.push(key),
+                Part::Pending(p) => {
+                    if described.is_none() {
+                        described = Some(Self::describe(&p));
+                    }
+                    count += 1;
+                    let key: Key = format!("{}-{stage}-{name}-{i}", self.prefix).into();
+                    let args = weft_runtime::ops::args(&p.args).map_err(FrameError::Plan)?;
+                    self.tasks.push(TaskSpec::new(key.clone(), TASK_OP, args, p.deps));
+                    keys.push(key);
+                }
+            }
+        }
+        if let Some(d) = described {
+            self.stages.push(format!("stage {stage} {name}: {count} tasks: {d}"));
+        }
+        Ok(keys)
+    }
+
+    /// One partition holding all of `parts`.
+    fn gather(&mut self, parts: Vec<Part>, name: &str) -> Result<Part> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        let deps = self.emit(parts, name)?;
+        Ok(Part::Pending(Pending {
+            args: TaskArgs {
+                input: Input::Deps,
+                steps: Vec::new(),
+            },
+            deps,
+        }))
+    }
+
+    /// Splits every part with `split` (n pieces each) and routes piece j of
+    /// every part to output j.
+    fn exchange(&mut self, parts: Vec<Part>, split: Step, n: usize, name: &str) -> Result<Vec<Part>> {
+        let parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(split.clone())).collect();
+        let splits = self.emit(parts, &format!("{name}-split"))?;
+        let stage = self.stages.len();
+        let mut outputs = vec![Vec::with_capacity(splits.len()); n];
+        for (i, s) in splits.iter().enumerate() {
+            for (j, out) in outputs.iter_mut().enumerate() {
+                let key: Key = format!("{}-{stage}-{name}-piece-{i}-{j}", self.prefix).into();
+                let args = weft_runtime::ops::args(&(j as u32)).map_err(FrameError::Plan)?;
+                self.tasks
+                    .push(TaskSpec::new(key.clone(), PIECE_OP, args, vec![s.clone()]));
+                out.push(key);
+            }
+        }
+        self.stages.push(format!(
+            "stage {stage} {name}-pieces: {} tasks: piece j of each split goes to output j",
+            splits.len() * n
+        ));
+        Ok(outputs
+            .into_iter()
+            .map(|deps| {
+                Part::Pending(Pending {
+                    args: TaskArgs {
+                        input: Input::Deps,
+                        steps: Vec::new(),
+                    },
+                    deps,
+                })
+            })
+            .collect())
+    }
+
+    fn plan(&mut self, plan: &LogicalPlan) -> Result<Vec<Part>> {
+        match plan {
+            LogicalPlan::Scan {
+                source,
+                schema,
+                projection,
+                filters,
+            } => self.scan(source, schema, projection, filters),
+            LogicalPlan::Filter { input, predicate } => Ok(self
+                .plan(input)?
+                .into_iter()
+                .map(|p| p.with_step(Step::Filter(predicate.clone())))
+                .collect()),
+            LogicalPlan::Select { input, exprs } => Ok(self
+                .plan(input)?
+                .into_iter()
+                .map(|p| p.with_step(Step::Select(exprs.clone())))
+                .collect()),
+            LogicalPlan::WithColumns { input, exprs } => Ok(self
+                .plan(input)?
+                .into_iter()
+                .map(|p| p.with_step(Step::WithColumns(exprs.clone())))
+                .collect()),
+            LogicalPlan::Aggregate {
+                input,
+                keys,
+                aggs,
+                split_out,
+            } => {
+                let parts = self.plan(input)?;
+                self.aggregate(parts, keys, aggs, *split_out)
+            }
+            LogicalPlan::Distinct { input } => {
+                let schema = input.schema()?;
+                let keys: Vec<Expr> = schema.fields().iter().map(|f| col(f.name())).collect();
+                let parts = self.plan(input)?;
+                self.aggregate(parts, &keys, &[], None)
+            }
+            LogicalPlan::Join { left, right, spec } => self.join(plan, left, right, spec),
+            LogicalPlan::Sort { input, by, descending } => {
+                let parts = self.plan(input)?;
+                let one = self.gather(parts, "sort-gather")?;
+                Ok(vec![one.with_step(Step::Sort {
+                    by: by.clone(),
+                    descending: descending.clone(),
+                    limit: None,
+                })])
+            }
+            LogicalPlan::Limit { input, n } => {
+                // Top-k: a limited sort per partition, then of their union.
+                let (inner, sort) = match input.as_ref() {
+                    LogicalPlan::Sort { input, by, descending } => (
+                        input,
+                        Some(Step::Sort {
+                            by: by.clone(),
+                            descending: descending.clone(),
+                            limit: Some(*n),
+                        }),
+                    ),
+                    _ => (input, None),
+                };
+                let step = sort.unwrap_or(Step::Limit(*n));
+                let parts: Vec<Part> = self
+                    .plan(inner)?
+                    .into_iter()
+                    .map(|p| p.with_step(step.clone()))
+                    .collect();
+                let one = self.gather(parts, "limit-gather")?;
+                Ok(vec![one.with_step(step)])
+            }
+            LogicalPlan::Concat { inputs } => {
+                let mut parts = Vec::new();
+                for i in inputs {
+                    parts.extend(self.plan(i)?);
+                }
+                Ok(parts)
+            }
+            LogicalPlan::Repartition { input, n } => {
+                let parts = self.plan(input)?;
+                self.repartition(parts, (*n).max(1))
+            }
+            LogicalPlan::Shuffle { input, keys, n } => {
+                let parts = self.plan(input)?;
+                let split = Step::HashSplit {
+                    keys: keys.clone(),
+                    n: *n,
+                };
+                self.exchange(parts, split, *n, "shuffle")
+            }
+        }
+    }
+
+    fn scan(
+        &mut self,
+        source: &Source,
+        schema: &arrow_schema::SchemaRef,
+        projection: &Option<Vec<String>>,
+        filters: &[Expr],
+    ) -> Result<Vec<Part>> {
+        let predicate = Expr::conjunction(filters.iter().cloned());
+        let after = |part: Part, with_filter: bool| {
+            let mut part = part;
+            if with_filter && let Some(p) = &predicate {
+                part = part.with_step(Step::Filter(p.clone()));
+            }
+            if let Some(cols) = projection {
+                part = part.with_step(Step::Select(cols.iter().map(col).collect()));
+            }
+            part
+        };
+        let pending = |input| {
+            Part::Pending(Pending {
+                args: TaskArgs {
+                    input,
+                    steps: Vec::new(),
+                },
+                deps: Vec::new(),
+            })
+        };
+        Ok(match source {
+            Source::Parquet { dataset, per_file } => {
+                let mut parts = Vec::new();
+                for file in &dataset.files {
+                    let groups = crate::io::prune_row_groups(file, schema, filters);
+                    let read = |row_groups: Vec<usize>| {
+                        pending(Input::Parquet {
+                            path: file.path.clone(),
+                            row_groups,
+                            columns: projection.clone(),
+                            predicate: predicate.clone(),
+                        })
+                    };
+                    if *per_file {
+                        if !groups.is_empty() {
+                            parts.push(read(groups));
+                        }
+                    } else {
+                        parts.extend(groups.into_iter().map(|g| read(vec![g])));
+                    }
+                }
+                if parts.is_empty() {
+                    // Every row group pruned: one empty partition keeps the schema.
+                    let file = dataset
+                        .files
+                        .first()
+                        .ok_or_else(|| FrameError::Plan("a dataset of no files".into()))?;
+                    parts.push(pending(Input::Parquet {
+                        path: file.path.clone(),
+                        row_groups: Vec::new(),
+                        columns: projection.clone(),
+                        predicate: predicate.clone(),
+                    }));
+                }
+                parts
+            }
+            Source::Csv { files } => files
+                .iter()
+                .map(|f| {
+                    after(
+                        pending(Input::Csv {
+                            path: f.clone(),
+                            schema: schema.as_ref().clone(),
+                        }),
+                        true,
+                    )
+                })
+                .collect(),
+            Source::Partitions { keys, .. } => {
+                let narrow = predicate.is_some() || projection.is_some();
+                keys.iter()
+                    .map(|k| {
+                        let part = Part::Done(k.clone());
+                        if narrow { after(part, true) } else { part }
+                    })
+                    .collect()
+            }
+            Source::Random { rows, parts, keys } => (0..*parts)
+                .map(|i| {
+                    let n = *parts as u64;
+                    let rows = rows / n + u64::from((i as u64) < rows % n);
+                    let narrow = predicate.is_some() || projection.is_some();
+                    let part = pending(Input::Random {
+                        rows,
+                        keys: *keys,
+                        seed: i as u64,
+                    });
+                    if narrow { after(part, true) } else { part }
+                })
+                .collect(),
+        })
+    }
+
+    fn aggregate(
+        &mut self,
+        parts: Vec<Part>,
+        keys: &[Expr],
+        aggs: &[AggSpec],
+        split_out: Option<usize>,
+    ) -> Result<Vec<Part>> {
+        let key_names: Vec<String> = keys.iter().map(Expr::output_name).collect();
+        let key_cols: Vec<Expr> = key_names.iter().map(col).collect();
+        let split_out = split_out.unwrap_or(1).max(1);
+        let Some(phases) = two_phase(&key_names, aggs) else {
+            // Not decomposable: all rows of a group in one partition first.
+            let full = Step::Aggregate {
+                keys: keys.to_vec(),
+                aggs: aggs.to_vec(),
+            };
+            if split_out == 1 {
+                return Ok(vec![self.gather(parts, "agg-gather")?.with_step(full)]);
+            }
+            let split = Step::HashSplit {
+                keys: keys.to_vec(),
+                n: split_out,
+            };
+            let outs = self.exchange(parts, split, split_out, "agg-shuffle")?;
+            return Ok(outs.into_iter().map(|p| p.with_step(full.clone())).collect());
+        };
+        let partial = Step::Aggregate {
+            keys: keys.to_vec(),
+            aggs: phases.partial.clone(),
+        };
+        let merge = Step::Aggregate {
+            keys: key_cols.clone(),
+            aggs: phases.merge.clone(),
+        };
+        let finals = Step::Select(phases.finals.clone());
+        let mut parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(partial.clone())).collect();
+        if split_out > 1 {
+            let split = Step::HashSplit {
+                keys: key_cols,
+                n: split_out,
+            };
+            let outs = self.exchange(parts, split, split_out, "agg-shuffle")?;
+            return Ok(outs
+                .into_iter()
+                .map(|p| p.with_step(merge.clone()).with_step(finals.clone()))
+                .collect());
+        }
+        // A tree: fan_in partial results per merge task.
+        let fan_in = self.options.fan_in.max(2);
+        let mut level = 0;
+        while parts.len() > fan_in {
+            let keys = self.emit(parts, &format!("agg-level{level}"))?;
+            parts = keys
+                .chunks(fan_in)
+                .map(|group| {
+                    Part::Pending(Pending {
+                        args: TaskArgs {
+                            input: Input::Deps,
+                            steps: vec![merge.clone()],
+                        },
+                        deps: group.to_vec(),
+                    })
+                })
+                .collect();
+            level += 1;
+        }
+        let one = self.gather(parts, "agg-final")?;
+        Ok(vec![one.with_step(merge).with_step(finals)])
+    }
+
+    fn join(
+        &mut self,
+        plan: &LogicalPlan,
+        left: &LogicalPlan,
+        right: &LogicalPlan,
+        spec: &JoinSpec,
+    ) -> Result<Vec<Part>> {
+        let schema = plan.schema()?.as_ref().clone();
+        let (l_rows, r_rows) = (left.estimate_rows(), right.estimate_rows());
+        let limit = self.options.broadcast_rows;
+        let lparts = self.plan(left)?;
+        let rparts = self.plan(right)?;
+        let probe = |p: Part, build: &Key, probe_is_left: bool, spec: &JoinSpec| {
+            let p = p.into_pending();
+            let probe_deps = p.deps.len();
+            let mut deps = p.deps;
+            deps.push(build.clone());
+            Part::Pending(Pending {
+                args: TaskArgs {
+                    input: Input::Join {
+                        probe: Box::new(p.args),
+                        probe_deps,
+                        probe_is_left,
+                        spec: spec.clone(),
+                        schema: schema.clone(),
+                    },
+                    steps: Vec::new(),
+                },
+                deps,
+            })
+        };
+        // Broadcast the right side, or the left one of an inner join.
+        let broadcast_left = spec.how == JoinType::Inner && l_rows < r_rows && l_rows <= limit;
+        if broadcast_left || r_rows <= limit || rparts.len() == 1 && !broadcast_left {
+            let (build_parts, probe_parts, probe_is_left) = if broadcast_left {
+                (lparts, rparts, false)
+            } else {
+                (rparts, lparts, true)
+            };
+            let mut spec = spec.clone();
+            spec.build_left = !probe_is_left;
+            let built = self.gather(build_parts, "join-build")?;
+            let built = self.emit(vec![built], "join-build")?.remove(0);
+            return Ok(probe_parts
+                .into_iter()
+                .map(|p| probe(p, &built, probe_is_left, &spec))
+                .collect());
+        }
+        // Shuffle both sides on the keys; join partition j with partition j.
+        let n = lparts.len().max(rparts.len());
+        let lkeys: Vec<Expr> = spec.left_on.iter().map(col).collect();
+        let rkeys: Vec<Expr> = spec.right_on.iter().map(col).collect();
+        let louts = self.exchange(lparts, Step::HashSplit { keys: lkeys, n }, n, "join-left")?;
+        let routs = self.exchange(rparts, Step::HashSplit { keys: rkeys, n }, n, "join-right")?;
+        let mut out = Vec::with_capacity(n);
+        for (l, r) in louts.into_iter().zip(routs) {
+            let r = self.emit(vec![r], "join-right-concat")?.remove(0);
+            out.push(probe(l, &r, true, spec));
+        }
+        Ok(out)
+    }
+
+    fn repartition(&mut self, parts: Vec<Part>, n: usize) -> Result<Vec<Part>> {
+        let p = parts.len();
+        if n == p {
+            return Ok(parts);
+        }
+        if n < p {
+            let keys = self.emit(parts, "repartition")?;
+            return Ok((0..n)
+                .map(|j| {
+                    Part::Pending(Pending {
+                        args: TaskArgs {
+                            input: Input::Deps,
+                            steps: Vec::new(),
+                        },
+                        deps: keys[j * p / n..(j + 1) * p / n].to_vec(),
+                    })
+                })
+                .collect());
+        }
+        // More partitions: slice each input in about n / p pieces.
+        let counts: Vec<usize> = (0..p).map(|i| n / p + usize::from(i < n % p)).collect();
+        let parts: Vec<Part> = parts
+            .into_iter()
+            .zip(&counts)
+            .map(|(part, &k)| part.with_step(Step::SliceSplit(k)))
+            .collect();
+        let splits = self.emit(parts, "repartition-split")?;
+        let stage = self.stages.len();
+        let mut out = Vec::with_capacity(n);
+        for (i, (s, &k)) in splits.iter().zip(&counts).enumerate() {
+            for j in 0..k {
+                let key: Key = format!("{}-{stage}-repartition-piece-{i}-{j}", self.prefix).into();
+                let args = weft_runtime::ops::args(&(j as u32)).map_err(FrameError::Plan)?;
+                self.tasks
+                    .push(TaskSpec::new(key.clone(), PIECE_OP, args, vec![s.clone()]));
+                out.push(Part::Done(key));
+            }
+        }
+        self.stages.push(format!("stage {stage} repartition-pieces: {n} tasks"));
+        Ok(out)
+    }
+}
