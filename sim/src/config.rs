@@ -18,7 +18,7 @@ pub struct SimConfig {
     pub latency_us: u64,
     /// Worker<->worker bandwidth, bytes per microsecond.
     pub bytes_per_us: u64,
-    /// Period of [`Event::Balance`], microseconds (0: never).
+    /// Period of [`Event::Balance`](weft_runtime::scheduler::Event::Balance), microseconds (0: never).
     pub balance_every_us: u64,
     /// Checks.
     pub check: CheckMode,

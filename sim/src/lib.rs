@@ -5,7 +5,7 @@
 //! invariant checks. What it shows holds for the product.
 //!
 //! - [`rng`]: the seeded generator the runs are reproducible from.
-//! - [`reference`]: sim tasks (seed, duration, size) and the reference value
+//! - [`reference`](mod@reference): sim tasks (seed, duration, size) and the reference value
 //!   of every output; [`GraphBuilder`] builds a graph and evaluates it.
 //! - [`generate`]: random graphs of maps, trees, shuffles and chains.
 //! - [`config`]: run settings, counters and the error a failed check gives.

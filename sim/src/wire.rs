@@ -158,3 +158,21 @@ pub(crate) fn batch_by_worker(msgs: Vec<(WorkerId, ToWorker)>) -> Vec<(WorkerId,
     }
     batches
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_runtime::ids::TaskId;
+
+    #[test]
+    fn a_message_not_delivered_is_left_over_and_delivery_decodes_it() {
+        let mut wire = Wire::default();
+        let w = WorkerId::new(2);
+        let free = ToWorker::Free { task: TaskId::new(1) };
+        wire.post_down(w, &vec![free.clone()]).expect("encodes");
+        assert_eq!(wire.leftover(), (1, Some(Link::Down(w))));
+        assert_eq!(wire.deliver_down(w), Ok(Some(vec![free])));
+        assert_eq!(wire.leftover(), (0, None));
+        assert_eq!(wire.deliver_down(w), Ok(None), "nothing more on that link");
+    }
+}
