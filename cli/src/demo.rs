@@ -95,7 +95,66 @@ where
         started.elapsed().as_secs_f64()
     );
     drop(scattered);
+
+    dataframe(&client).await?;
     drop(client);
     cluster.stop().await;
     Ok(())
+}
+
+/// A dataframe made on the workers, grouped and aggregated, sorted and
+/// collected; then the same for a filtered part of it, which must agree
+/// with the first answer row by row.
+async fn dataframe(client: &weft::Client) -> Result<()> {
+    use weft::frame::{Frames, col, len, lit};
+    let (rows, parts, keys) = (4_000_000u64, 8, 1_000i64);
+    println!("dataframe: {rows} rows (key, value) in {parts} partitions made on the workers; group by key ...");
+    let started = Instant::now();
+    let frames = Frames::new(client.clone());
+    let data = frames.random(rows, parts, keys);
+    let by_key = |frame: &weft::frame::LazyFrame| {
+        frame
+            .group_by([col("key")])
+            .agg([col("value").sum().alias("total"), len().alias("rows")])
+            .sort([col("key")], &[false])
+    };
+    let all = by_key(&data).collect().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let counts = column::<arrow_array::types::Int64Type>(&all, "rows")?;
+    ensure!(
+        all.num_rows() as i64 == keys,
+        "dataframe: {} groups, expected {keys}",
+        all.num_rows()
+    );
+    let held: i64 = counts.iter().sum();
+    ensure!(
+        held as u64 == rows,
+        "dataframe: the groups hold {held} rows, expected {rows}"
+    );
+    println!(
+        "dataframe: {keys} groups holding all {rows} rows (correct) in {seconds:.2} s, {:.1}M rows/s",
+        rows as f64 / seconds / 1e6
+    );
+    let few = by_key(&data.filter(col("key").lt(lit(10i64)))).collect().await?;
+    ensure!(
+        few == all.slice(0, 10),
+        "dataframe: filtering first changed the groups' answers"
+    );
+    println!("dataframe: filter then group by agrees with group by then filter (correct)");
+    Ok(())
+}
+
+/// Column `name` of `batch` as values of type `T`.
+fn column<T: arrow_array::ArrowPrimitiveType>(batch: &arrow_array::RecordBatch, name: &str) -> Result<Vec<T::Native>> {
+    let array = batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<arrow_array::PrimitiveArray<T>>())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no {} column {name} in {:?}",
+                std::any::type_name::<T>(),
+                batch.schema()
+            )
+        })?;
+    Ok(array.values().to_vec())
 }
