@@ -1,0 +1,323 @@
+//! The fused blockwise task on a worker: one program (see [`crate::expr`])
+//! over one output chunk, reading strided views of its input chunks
+//! (transposes and broadcasts cost no copy) and generators (random, arange)
+//! in place of inputs, optionally followed by the chunk's part of a
+//! reduction. One task per chunk, one pass over it.
+
+use serde::{Deserialize, Serialize};
+use weft_runtime::Value;
+
+use crate::block::{Buf, Data, Out, View, decode_one};
+use crate::chunks::{strides, unravel};
+use crate::dtype::DType;
+use crate::error::{ArrayError, Result};
+use crate::expr::{Program, Source, convert, run};
+use crate::reduce::{Place, ReduceArgs, Running, partial};
+use crate::with_typed;
+
+/// Values computed from the position alone, in place of an input chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Gen {
+    /// Uniform float64s in `[low, high)` from the chunk's stream.
+    Uniform {
+        /// The array's seed.
+        seed: u64,
+        /// Lower bound.
+        low: f64,
+        /// Upper bound (excluded).
+        high: f64,
+    },
+    /// Normal float64s from the chunk's stream.
+    Normal {
+        /// The array's seed.
+        seed: u64,
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        std: f64,
+    },
+    /// `start + step * i` at position `i` of a 1-d array, as float64.
+    RangeF64 {
+        /// First value.
+        start: f64,
+        /// Increment.
+        step: f64,
+    },
+    /// `start + step * i` at position `i` of a 1-d array, as int64.
+    RangeI64 {
+        /// First value.
+        start: i64,
+        /// Increment.
+        step: i64,
+    },
+}
+
+impl Gen {
+    /// The type of what it generates.
+    pub fn dtype(self) -> DType {
+        match self {
+            Gen::RangeI64 { .. } => DType::I64,
+            _ => DType::F64,
+        }
+    }
+}
+
+/// The seed of chunk `block`'s stream: a SplitMix64 mix of the array's
+/// seed and the chunk's number, so a chunk's values depend on the seed and
+/// its place in the chunk grid only (not on the worker or the order).
+pub fn chunk_seed(seed: u64, block: u64) -> u64 {
+    splitmix(seed ^ splitmix(block.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A leaf of a fused task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LeafArg {
+    /// Input chunk `dep`; its axis `a` runs along output axis `axes[a]`
+    /// (an axis of length 1 broadcasts).
+    Input {
+        /// Index among the task's inputs.
+        dep: u32,
+        /// Output axis of each input axis.
+        axes: Vec<usize>,
+    },
+    /// Generated values over the output chunk.
+    Gen(Gen),
+}
+
+/// The arguments of `array.fused`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FusedArgs {
+    /// What to compute per element.
+    pub program: Program,
+    /// Its leaves.
+    pub leaves: Vec<LeafArg>,
+    /// The output chunk's shape.
+    pub shape: Vec<usize>,
+    /// The output chunk's flat number in the grid (random streams).
+    pub block: u64,
+    /// Where the chunk starts in the array.
+    pub offset: Vec<usize>,
+    /// The whole array's shape.
+    pub global: Vec<usize>,
+    /// A reduction of the result, if any.
+    pub reduce: Option<ReduceArgs>,
+}
+
+/// A strided view of an input chunk over the output chunk.
+struct Strided<'a> {
+    data: &'a Data<'a>,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl Source for Strided<'_> {
+    fn load(&mut self, start: usize, out: &mut Buf, len: usize) {
+        with_typed!(Buf, out, o => with_typed!(Data, self.data, d => gather(d, &self.shape, &self.strides, start, &mut o[..len])))
+    }
+}
+
+/// Copies elements `start..start + out.len()` of a strided view into `out`,
+/// converting types as `as` does.
+fn gather<S: crate::Element, T: crate::Element>(d: &[S], shape: &[usize], st: &[usize], start: usize, out: &mut [T]) {
+    let nd = shape.len();
+    if nd == 0 {
+        let n = out.len().min(1);
+        convert(&d[..n], &mut out[..n]);
+        return;
+    }
+    let mut idx = unravel(start, shape);
+    let last = nd - 1;
+    let mut done = 0;
+    while done < out.len() {
+        let seg = (shape[last] - idx[last]).min(out.len() - done);
+        let base: usize = idx.iter().zip(st).map(|(i, s)| i * s).sum();
+        let dst = &mut out[done..done + seg];
+        match st[last] {
+            1 => convert(&d[base..base + seg], dst),
+            0 => {
+                let x = [d[base]];
+                for o in dst.iter_mut() {
+                    convert(&x, std::slice::from_mut(o));
+                }
+            }
+            s => {
+                for (k, o) in dst.iter_mut().enumerate() {
+                    convert(&d[base + k * s..base + k * s + 1], std::slice::from_mut(o));
+                }
+            }
+        }
+        done += seg;
+        idx[last] += seg;
+        for a in (1..nd).rev() {
+            if idx[a] >= shape[a] {
+                idx[a] = 0;
+                idx[a - 1] += 1;
+            }
+        }
+    }
+}
+
+/// A generator's stream over the output chunk, in order.
+struct Generated {
+    generator: Gen,
+    rng: fastrand::Rng,
+    spare: Option<f64>,
+    offset: usize,
+}
+
+impl Source for Generated {
+    fn load(&mut self, start: usize, out: &mut Buf, len: usize) {
+        match (self.generator, out) {
+            (Gen::Uniform { low, high, .. }, Buf::F64(o)) => {
+                for x in &mut o[..len] {
+                    *x = low + (high - low) * self.rng.f64();
+                }
+            }
+            (Gen::Normal { mean, std, .. }, Buf::F64(o)) => {
+                for x in &mut o[..len] {
+                    let z = match self.spare.take() {
+                        Some(z) => z,
+                        None => {
+                            // Box-Muller: two uniforms give two normals.
+                            let u1: f64 = 1.0 - self.rng.f64();
+                            let u2 = self.rng.f64();
+                            let r = (-2.0 * u1.ln()).sqrt();
+                            let t = std::f64::consts::TAU * u2;
+                            self.spare = Some(r * t.sin());
+                            r * t.cos()
+                        }
+                    };
+                    *x = mean + std * z;
+                }
+            }
+            (Gen::RangeF64 { start: a, step }, Buf::F64(o)) => {
+                for (k, x) in o[..len].iter_mut().enumerate() {
+                    *x = a + step * (self.offset + start + k) as f64;
+                }
+            }
+            (Gen::RangeI64 { start: a, step }, Buf::I64(o)) => {
+                for (k, x) in o[..len].iter_mut().enumerate() {
+                    *x = a.wrapping_add(step.wrapping_mul((self.offset + start + k) as i64));
+                }
+            }
+            // The program types a generator's register by `Gen::dtype`.
+            _ => {}
+        }
+    }
+}
+
+/// Runs a fused task: the chunk (or its partial reduction) as a value.
+pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<Value> {
+    let views: Vec<View<'_>> = inputs.iter().map(|v| decode_one(v)).collect::<Result<_>>()?;
+    let n: usize = args.shape.iter().product();
+    let mut leaves: Vec<Box<dyn Source + '_>> = Vec::with_capacity(args.leaves.len());
+    for leaf in &args.leaves {
+        match leaf {
+            LeafArg::Input { dep, axes } => {
+                let view = views
+                    .get(*dep as usize)
+                    .ok_or_else(|| ArrayError::Data(format!("a fused task reads input {dep} of {}", views.len())))?;
+                if axes.len() != view.shape.len() {
+                    return Err(ArrayError::Data(format!(
+                        "an input chunk of shape {:?} read along {} axes",
+                        view.shape,
+                        axes.len()
+                    )));
+                }
+                let cs = strides(&view.shape);
+                let mut st = vec![0; args.shape.len()];
+                for (a, &k) in axes.iter().enumerate() {
+                    let len = view.shape[a];
+                    if len != 1 {
+                        if args.shape.get(k) != Some(&len) {
+                            return Err(ArrayError::Data(format!(
+                                "an input chunk of shape {:?} does not fit the output chunk {:?}",
+                                view.shape, args.shape
+                            )));
+                        }
+                        st[k] = cs[a];
+                    }
+                }
+                leaves.push(Box::new(Strided {
+                    data: &view.data,
+                    shape: args.shape.clone(),
+                    strides: st,
+                }));
+            }
+            LeafArg::Gen(generator) => {
+                let seed = match *generator {
+                    Gen::Uniform { seed, .. } | Gen::Normal { seed, .. } => chunk_seed(seed, args.block),
+                    _ => 0,
+                };
+                leaves.push(Box::new(Generated {
+                    generator: *generator,
+                    rng: fastrand::Rng::with_seed(seed),
+                    spare: None,
+                    offset: args.offset.first().copied().unwrap_or(0),
+                }));
+            }
+        }
+    }
+    let dtype = args.program.dtype();
+    match &args.reduce {
+        None => {
+            let mut out = Out::new(dtype, &args.shape);
+            crate::with_dtype!(dtype, T => {
+                let dst = out.as_mut::<T>()?;
+                run(&args.program, &mut leaves, n, |start, tile| {
+                    let src = tile.as_slice::<T>().ok_or_else(|| ArrayError::Data("a tile of the wrong type".into()))?;
+                    dst[start..start + src.len()].copy_from_slice(src);
+                    Ok(())
+                })?;
+            });
+            out.finish()
+        }
+        Some(reduce) if reduce.axes.len() == args.shape.len() && Running::supports(reduce.op) => {
+            let mut acc = Running::new(reduce.op);
+            run(&args.program, &mut leaves, n, |_, tile| {
+                acc.add(tile);
+                Ok(())
+            })?;
+            acc.finish(dtype)
+        }
+        Some(reduce) => {
+            let mut buf = Buf::zeros(dtype, n);
+            with_typed!(Buf, &mut buf, dst => {
+                run(&args.program, &mut leaves, n, |start, tile| {
+                    with_typed!(Buf, tile, src => convert(src, &mut dst[start..start + src.len()]));
+                    Ok(())
+                })?;
+            });
+            let place = Place {
+                shape: &args.shape,
+                offset: &args.offset,
+                global: &args.global,
+            };
+            partial(reduce.op, &buf, &place, &reduce.axes)
+        }
+    }
+}
+
+/// A chunk from host data carried in the task's arguments (`from_slice`).
+pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Value> {
+    let n: usize = shape.iter().product();
+    if bytes.len() != n * dtype.size() {
+        return Err(ArrayError::Data(format!(
+            "{} bytes for a {dtype} chunk of shape {shape:?}",
+            bytes.len()
+        )));
+    }
+    let mut out = Out::new(dtype, shape);
+    crate::with_dtype!(dtype, T => {
+        let dst = out.as_mut::<T>()?;
+        bytemuck::cast_slice_mut::<T, u8>(dst).copy_from_slice(bytes);
+    });
+    out.finish()
+}

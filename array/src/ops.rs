@@ -1,0 +1,53 @@
+//! The array's worker ops, registered into a runtime [`Registry`]:
+//!
+//! | op | args | inputs | result |
+//! |---|---|---|---|
+//! | `array.fused` | [`FusedArgs`] | chunks the program reads | a chunk, or its partial reduction |
+//! | `array.combine` | [`CombineArgs`] | partials | a merged partial, or the final chunk |
+//! | `array.from_bytes` | [`FromBytes`] | none | the chunk in the arguments |
+//! | `array.matmul` | [`MatmulArgs`] | blocks of A and B | the sum of their products |
+
+use std::sync::Arc;
+
+use weft_runtime::ops::decode_args;
+use weft_runtime::{Registry, Value};
+
+use crate::block::decode;
+use crate::create::FromBytes;
+use crate::fuse::{FusedArgs, from_bytes, run_fused};
+use crate::matmul::{MatmulArgs, run_matmul};
+use crate::reduce::combine;
+use crate::tree::CombineArgs;
+
+/// Registers the array's ops.
+pub fn register(registry: &mut Registry) -> &mut Registry {
+    registry
+        .raw_op("array.fused", |a: &[u8], inputs: &[Arc<Value>]| {
+            let args: FusedArgs = decode_args(a)?;
+            run_fused(&args, inputs).map_err(|e| e.to_string())
+        })
+        .raw_op("array.combine", |a: &[u8], inputs: &[Arc<Value>]| {
+            let args: CombineArgs = decode_args(a)?;
+            let parts = inputs
+                .iter()
+                .map(|v| decode(v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            combine(args.op, args.dtype, &parts, args.last).map_err(|e| e.to_string())
+        })
+        .raw_op("array.from_bytes", |a: &[u8], _: &[Arc<Value>]| {
+            let args: FromBytes = decode_args(a)?;
+            from_bytes(args.dtype, &args.shape, &args.bytes).map_err(|e| e.to_string())
+        })
+        .raw_op("array.matmul", |a: &[u8], inputs: &[Arc<Value>]| {
+            let args: MatmulArgs = decode_args(a)?;
+            run_matmul(&args, inputs).map_err(|e| e.to_string())
+        })
+}
+
+/// The built-in runtime ops plus the array's.
+pub fn registry() -> Registry {
+    let mut registry = Registry::builtin();
+    register(&mut registry);
+    registry
+}
