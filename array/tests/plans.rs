@@ -143,7 +143,7 @@ fn random_elementwise_chains_with_broadcasting_match_loops() {
 }
 
 /// A reference reduction of one group.
-type Reference = Box<dyn Fn(&[f64]) -> f64>;
+type Reference<'a> = Box<dyn Fn(&[f64]) -> f64 + 'a>;
 
 /// Reference reduction of `values` of `shape` over `axes` with `f` over
 /// each group (in C order).
@@ -176,7 +176,7 @@ fn reductions_over_random_axis_subsets_match_loops() {
             let m = mean(g);
             (g.iter().map(|x| (x - m).powi(2)).sum::<f64>() / g.len() as f64).sqrt()
         };
-        let cases: Vec<(ReduceOp, Reference)> = vec![
+        let cases: Vec<(ReduceOp, Reference<'_>)> = vec![
             (ReduceOp::Sum, Box::new(|g: &[f64]| g.iter().sum())),
             (
                 ReduceOp::Min,
