@@ -17,22 +17,36 @@ use crate::expr::{BinaryOp, Program, UnaryOp};
 use crate::fuse::{FusedArgs, Gen, LeafArg};
 use crate::with_typed;
 
-/// A layer of tasks: one per chunk of some array (keys `{name}-{i}` for flat
-/// chunk `i`), plus any intermediate tasks, and the layers it reads.
+/// A layer of tasks: the keys of an array's chunks (flat chunk order;
+/// usually `{name}-{i}`, but a concatenation names its inputs' chunks), the
+/// tasks that compute them and any intermediate ones, and the layers read.
 #[derive(Debug)]
 pub struct Layer {
     /// The key prefix, unique per layer.
     pub name: String,
     /// The tasks.
     pub tasks: Vec<TaskSpec>,
-    /// The layers whose chunks these tasks read.
+    /// The layers whose chunks these tasks read (or whose chunks this is).
     pub deps: Vec<Arc<Layer>>,
+    /// The key of each chunk, in flat chunk order.
+    pub keys: Vec<Key>,
 }
 
 impl Layer {
+    /// A layer whose chunk `i` is `{name}-{i}`, for `n` chunks.
+    pub fn new(name: String, tasks: Vec<TaskSpec>, deps: Vec<Arc<Layer>>, n: usize) -> Arc<Layer> {
+        let keys = (0..n).map(|i| chunk_key(&name, i)).collect();
+        Arc::new(Layer {
+            name,
+            tasks,
+            deps,
+            keys,
+        })
+    }
+
     /// The key of flat chunk `i`.
     pub fn key(&self, i: usize) -> Key {
-        chunk_key(&self.name, i)
+        self.keys[i].clone()
     }
 }
 
@@ -366,30 +380,43 @@ impl Array {
                 }
             }
         }
+        // Chunks per axis: the first operand's that spans it; operands
+        // chunked otherwise are rechunked to them (Dask's unify_chunks).
         let mut chunks: Vec<Option<Vec<usize>>> = vec![None; ndim];
-        let mut leaves: Vec<Leaf> = Vec::new();
-        let mut parts = Vec::with_capacity(arrays.len());
         for a in arrays {
             let pad = ndim - a.ndim();
             for (k, &n) in a.shape.iter().enumerate() {
-                if n == shape[pad + k] && n != 1 {
-                    let mine = a.chunks.axis(k).to_vec();
-                    match &chunks[pad + k] {
-                        Some(c) if *c != mine => {
-                            return Err(ArrayError::Chunks {
-                                op,
-                                left: c.clone(),
-                                right: mine,
-                            });
-                        }
-                        _ => chunks[pad + k] = Some(mine),
-                    }
+                if n == shape[pad + k] && n != 1 && chunks[pad + k].is_none() {
+                    chunks[pad + k] = Some(a.chunks.axis(k).to_vec());
                 }
             }
+        }
+        let mut aligned = Vec::with_capacity(arrays.len());
+        for a in arrays {
+            let pad = ndim - a.ndim();
+            let want: Vec<Vec<usize>> = a
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| match &chunks[pad + k] {
+                    Some(c) if n == shape[pad + k] && n != 1 => c.clone(),
+                    _ => a.chunks.axis(k).to_vec(),
+                })
+                .collect();
+            aligned.push(if want == a.chunks.0 {
+                (*a).clone()
+            } else {
+                a.rechunk_to(Chunks(want), crate::rechunk::DEFAULT_MAX_FANIN)?
+            });
+        }
+        let mut leaves: Vec<Leaf> = Vec::new();
+        let mut parts = Vec::with_capacity(arrays.len());
+        for a in &aligned {
+            let pad = ndim - a.ndim();
             let (program, mut own) = if a.shape != shape { a.view_expr() } else { a.expr() };
             for leaf in &mut own {
                 if let Leaf::Input { axes, .. } = leaf {
-                    for x in axes.iter_mut() {
+                    for x in axes.iter_mut().filter(|x| **x != crate::fuse::DROPPED) {
                         *x += pad;
                     }
                 }
@@ -518,7 +545,7 @@ impl Array {
         let (program, mut leaves) = self.view_expr();
         for leaf in &mut leaves {
             if let Leaf::Input { axes, .. } = leaf {
-                for x in axes.iter_mut() {
+                for x in axes.iter_mut().filter(|x| **x != crate::fuse::DROPPED) {
                     *x = inv[*x];
                 }
             }
@@ -652,5 +679,6 @@ pub(crate) fn lower(
         ));
         keys.push(key);
     }
-    (Arc::new(Layer { name, tasks, deps }), keys)
+    let n_keys = if reduce.is_some() { 0 } else { n };
+    (Layer::new(name, tasks, deps, n_keys), keys)
 }

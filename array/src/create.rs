@@ -2,8 +2,6 @@
 //! Constants and generators are fused leaves: `random(..).sum()` generates
 //! and sums each chunk in one task without storing it.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use weft_runtime::{TaskSpec, ops::args};
 
@@ -150,11 +148,7 @@ pub(crate) fn from_chunks_of<T: Element>(data: &[T], shape: &[usize], chunks: Ch
             )
         })
         .collect();
-    let layer = Arc::new(Layer {
-        name,
-        tasks,
-        deps: Vec::new(),
-    });
+    let layer = Layer::new(name, tasks, Vec::new(), chunks.nblocks());
     Array::from_layer(layer, T::DTYPE, shape.to_vec(), chunks)
 }
 

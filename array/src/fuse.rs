@@ -76,6 +76,10 @@ fn splitmix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// In [`LeafArg::Input`]'s `axes`: an input axis of length 1 that the
+/// output does not have (squeezed away).
+pub const DROPPED: usize = usize::MAX;
+
 /// A leaf of a fused task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeafArg {

@@ -40,8 +40,8 @@ fn operand(x: &Array, dtype: DType) -> (Arc<Layer>, bool, Chunks) {
 }
 
 impl Array {
-    /// The matrix product of two 2-d arrays; A's column chunks must match
-    /// B's row chunks. Integers are multiplied as float64.
+    /// The matrix product of two 2-d arrays (B is rechunked so its row
+    /// chunks match A's column chunks). Integers are multiplied as float64.
     pub fn matmul(&self, other: &Array) -> Result<Array> {
         self.matmul_with(other, DEFAULT_SPLIT_EVERY)
     }
@@ -60,13 +60,15 @@ impl Array {
                 right: other.shape.clone(),
             });
         }
-        if self.chunks.axis(1) != other.chunks.axis(0) {
-            return Err(ArrayError::Chunks {
-                op: "matmul",
-                left: self.chunks.axis(1).to_vec(),
-                right: other.chunks.axis(0).to_vec(),
-            });
-        }
+        // B's row chunks follow A's column chunks.
+        let rechunked;
+        let other = if self.chunks.axis(1) != other.chunks.axis(0) {
+            let want = Chunks(vec![self.chunks.axis(1).to_vec(), other.chunks.axis(1).to_vec()]);
+            rechunked = other.rechunk_to(want, crate::rechunk::DEFAULT_MAX_FANIN)?;
+            &rechunked
+        } else {
+            other
+        };
         let dtype = self.dtype.promote(other.dtype).to_float();
         let (la, ta, ca) = operand(self, dtype);
         let (lb, tb, cb) = operand(other, dtype);
@@ -142,7 +144,7 @@ impl Array {
         if lb.name != la.name {
             deps.push(lb);
         }
-        let layer = Arc::new(Layer { name, tasks, deps });
+        let layer = Layer::new(name, tasks, deps, gm * gn);
         let chunks = Chunks(vec![ca.axis(0).to_vec(), cb.axis(1).to_vec()]);
         Ok(Array::from_layer(
             layer,

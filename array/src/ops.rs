@@ -6,6 +6,10 @@
 //! | `array.combine` | [`CombineArgs`] | partials | a merged partial, or the final chunk |
 //! | `array.from_bytes` | [`FromBytes`] | none | the chunk in the arguments |
 //! | `array.matmul` | [`MatmulArgs`] | blocks of A and B | the sum of their products |
+//! | `array.assemble` | [`AssembleArgs`] | chunks holding the pieces | the chunk they make up |
+//! | `array.reshape` | [`ReshapeArgs`] | one chunk | the same frame under a new shape |
+//! | `array.write_npy` | [`WriteNpy`] | one chunk | writes it as a `.npy` file; its byte count |
+//! | `array.read_npy` | [`ReadNpy`] | none | the chunk read from a `.npy` file |
 
 use std::sync::Arc;
 
@@ -16,7 +20,10 @@ use crate::block::decode;
 use crate::create::FromBytes;
 use crate::fuse::{FusedArgs, from_bytes, run_fused};
 use crate::matmul::{MatmulArgs, run_matmul};
+use crate::npy::{ReadNpy, WriteNpy};
+use crate::rechunk::{AssembleArgs, run_assemble};
 use crate::reduce::combine;
+use crate::reshape::{ReshapeArgs, run_reshape};
 use crate::tree::CombineArgs;
 
 /// Registers the array's ops.
@@ -42,6 +49,24 @@ pub fn register(registry: &mut Registry) -> &mut Registry {
         .raw_op("array.matmul", |a: &[u8], inputs: &[Arc<Value>]| {
             let args: MatmulArgs = decode_args(a)?;
             run_matmul(&args, inputs).map_err(|e| e.to_string())
+        })
+        .raw_op("array.assemble", |a: &[u8], inputs: &[Arc<Value>]| {
+            let args: AssembleArgs = decode_args(a)?;
+            run_assemble(&args, inputs).map_err(|e| e.to_string())
+        })
+        .raw_op("array.reshape", |a: &[u8], inputs: &[Arc<Value>]| {
+            let args: ReshapeArgs = decode_args(a)?;
+            let input = inputs.first().ok_or("reshape takes one chunk")?;
+            run_reshape(&args, input).map_err(|e| e.to_string())
+        })
+        .raw_op("array.write_npy", |a: &[u8], inputs: &[Arc<Value>]| {
+            let args: WriteNpy = decode_args(a)?;
+            let input = inputs.first().ok_or("write_npy takes one chunk")?;
+            args.run(input).map_err(|e| e.to_string())
+        })
+        .raw_op("array.read_npy", |a: &[u8], _: &[Arc<Value>]| {
+            let args: ReadNpy = decode_args(a)?;
+            args.run().map_err(|e| e.to_string())
         })
 }
 

@@ -3,8 +3,6 @@
 //! tasks merge at most `split_every` partials each, level by level, until
 //! one per output chunk is left; that last combine finalises.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use weft_runtime::{Key, TaskSpec, ops::args};
 
@@ -117,11 +115,7 @@ impl Array {
                     .collect();
             }
         }
-        let layer = Arc::new(Layer {
-            name: out_name,
-            tasks,
-            deps: vec![partials],
-        });
+        let layer = Layer::new(out_name, tasks, vec![partials], outputs);
         let shape: Vec<usize> = kept.iter().map(|&a| self.shape[a]).collect();
         let chunks = Chunks(kept.iter().map(|&a| self.chunks.axis(a).to_vec()).collect());
         Ok(Array::from_layer(layer, op.out_dtype(self.dtype), shape, chunks))

@@ -324,10 +324,15 @@ fn bad_input_is_a_clear_error_at_build_time() {
     );
     let err = a.sum(Some(&[2])).unwrap_err();
     assert!(matches!(err, ArrayError::Axis { axis: 2, ndim: 2, .. }), "{err}");
+    // Operands chunked differently are rechunked to the first's chunks.
     let c = full(&[3, 4], &[3, 4], 1.0, DType::F64).unwrap();
-    let err = (&a + &c).unwrap_err().to_string();
+    let sum = (&a + &c).unwrap();
+    assert_eq!(sum.chunks(), a.chunks());
+    assert_eq!(host(&sum), vec![2.0; 12]);
+    // Concatenation does not rechunk: an error names both chunkings.
+    let err = weft_array::concatenate(&[&a, &c], 0).unwrap_err().to_string();
     assert!(
-        err.contains("chunks") && err.contains("[2, 1]") && err.contains("[3]"),
+        err.contains("chunks") && err.contains("[2, 2]") && err.contains("[4]"),
         "{err}"
     );
     let bools = a.cmp_scalar(BinaryOp::Gt, 0.0).unwrap();
@@ -337,4 +342,175 @@ fn bad_input_is_a_clear_error_at_build_time() {
     assert!(err.contains("matmul") && err.contains("[3, 4]"), "{err}");
     assert!(from_slice(&[1.0f64; 5], &[2, 3], &[1, 1]).is_err());
     assert!(a.permute(&[0, 0]).is_err());
+}
+
+#[test]
+fn slices_and_integer_indices_match_loops() {
+    use weft_array::Ix;
+    let mut rng = fastrand::Rng::with_seed(6);
+    let shape = [7, 6, 5];
+    let values = data(&mut rng, &shape);
+    let x = from_slice(&values, &shape, &[3, 4, 2]).unwrap();
+    let y = x
+        .index(&[
+            Ix::Range {
+                start: Some(1),
+                stop: Some(-1),
+                step: 2,
+            },
+            Ix::At(-2),
+            Ix::range(1, 5),
+        ])
+        .unwrap();
+    assert_eq!(y.shape(), &[3, 4]);
+    let mut expected = Vec::new();
+    for i in (1..6).step_by(2) {
+        for k in 1..5 {
+            expected.push(values[ravel(&[i, 4, k], &shape)]);
+        }
+    }
+    assert_eq!(host(&y), expected);
+    // Each output chunk is cut from one input chunk.
+    assert!(y.graph().tasks.iter().all(|t| t.deps.len() <= 1));
+    // Indexing composes with arithmetic and reductions.
+    let s = (&y * 2.0).unwrap().sum(Some(&[1])).unwrap();
+    close(
+        &host(&s),
+        &expected
+            .chunks(4)
+            .map(|r| 2.0 * r.iter().sum::<f64>())
+            .collect::<Vec<_>>(),
+    );
+    let err = x.index(&[Ix::At(7)]).unwrap_err().to_string();
+    assert!(
+        err.contains("index 7") && err.contains("axis 0") && err.contains("length 7"),
+        "{err}"
+    );
+    assert!(x.index(&[Ix::All, Ix::All, Ix::All, Ix::All]).is_err());
+    // An empty slice.
+    assert_eq!(host(&x.index(&[Ix::range(3, 3)]).unwrap()).len(), 0);
+}
+
+#[test]
+fn rechunk_moves_pieces_with_bounded_fan_in() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let shape = [23, 17];
+    let values = data(&mut rng, &shape);
+    let x = from_slice(&values, &shape, &[2, 17]).unwrap();
+    // Row blocks to column blocks: each output chunk reads 12 row blocks.
+    let y = x.rechunk(&[23, 3]).unwrap();
+    assert_eq!(y.chunks().0, vec![vec![23], vec![3, 3, 3, 3, 3, 2]]);
+    assert_eq!(host(&y), values);
+    let bounded = x
+        .rechunk_to(weft_array::Chunks::regular(&shape, &[23, 3]).unwrap(), 4)
+        .unwrap();
+    assert!(bounded.graph().tasks.iter().all(|t| t.deps.len() <= 4));
+    assert_eq!(host(&bounded), values);
+    // Ragged to ragged, and the result feeds fused arithmetic.
+    let z = x.rechunk(&[5, 4]).unwrap();
+    close(
+        &host(&(&z + &z).unwrap()),
+        &values.iter().map(|v| 2.0 * v).collect::<Vec<_>>(),
+    );
+    assert!(x.rechunk(&[5]).is_err());
+}
+
+#[test]
+fn concatenate_and_stack_relabel_chunks() {
+    use weft_array::{concatenate, stack};
+    let a = from_slice(&[1.0f64, 2., 3., 4., 5., 6.], &[2, 3], &[1, 2]).unwrap();
+    let b = from_slice(&[7i64, 8, 9], &[1, 3], &[1, 2]).unwrap();
+    let c = concatenate(&[&a, &b], 0).unwrap();
+    assert_eq!(c.shape(), &[3, 3]);
+    assert_eq!(c.dtype(), DType::F64);
+    assert_eq!(host(&c), vec![1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+    let s = stack(&[&a, &a], -1).unwrap();
+    assert_eq!(s.shape(), &[2, 3, 2]);
+    assert_eq!(host(&s), vec![1., 1., 2., 2., 3., 3., 4., 4., 5., 5., 6., 6.]);
+    let err = concatenate(&[&a, &b.t()], 0).unwrap_err().to_string();
+    assert!(err.contains("[2, 3]") && err.contains("[3, 1]"), "{err}");
+    let sq = b.squeeze(&[0]).unwrap();
+    assert_eq!(sq.shape(), &[3]);
+    assert_eq!(host(&(&sq + &a).unwrap()), vec![8., 10., 12., 11., 13., 15.]);
+}
+
+#[test]
+fn reshape_keeps_whole_chunks_or_says_what_to_rechunk() {
+    let values: Vec<f64> = (0..120).map(f64::from).collect();
+    let x = from_slice(&values, &[4, 5, 6], &[2, 5, 6]).unwrap();
+    let y = x.reshape(&[20, 6]).unwrap();
+    assert_eq!(y.chunks().0, vec![vec![10, 10], vec![6]]);
+    assert_eq!(host(&y), values);
+    let z = x.reshape(&[2, 2, 30]).unwrap();
+    assert_eq!(host(&z), values);
+    assert_eq!(host(&x.reshape(&[120]).unwrap()), values);
+    assert_eq!(host(&x.reshape(&[1, 4, 30, 1]).unwrap()), values);
+    let err = from_slice(&values, &[4, 5, 6], &[2, 2, 6])
+        .unwrap()
+        .reshape(&[20, 6])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("axis 1") && err.contains("rechunk"), "{err}");
+    let err = x.reshape(&[7, 7]).unwrap_err().to_string();
+    assert!(err.contains("[4, 5, 6]") && err.contains("[7, 7]"), "{err}");
+}
+
+#[test]
+fn map_blocks_runs_a_user_op_per_chunk() {
+    use weft_array::block::{Out, decode_one};
+    let mut reg = registry();
+    reg.raw_op("negate", |_, inputs| {
+        let view = decode_one(&inputs[0]).map_err(|e| e.to_string())?;
+        let mut out = Out::new(DType::F64, &view.shape);
+        let dst = out.as_mut::<f64>().map_err(|e| e.to_string())?;
+        for (d, s) in dst.iter_mut().zip(view.data.as_slice::<f64>().unwrap()) {
+            *d = -s;
+        }
+        out.finish().map_err(|e| e.to_string())
+    });
+    let x = from_slice(&[1.0f64, 2.0, 3.0], &[3], &[2]).unwrap();
+    let y = x.map_blocks("negate", bytes::Bytes::new(), DType::F64);
+    let s = (&y * 2.0).unwrap();
+    assert_eq!(s.compute_local(&reg).unwrap().to_f64(), vec![-2.0, -4.0, -6.0]);
+}
+
+#[test]
+fn npy_files_round_trip_whole_and_per_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<i32> = (0..35).collect();
+    let x = from_slice(&values, &[5, 7], &[2, 3]).unwrap();
+    let host_x = x.compute_local(&registry()).unwrap();
+    let file = dir.path().join("x.npy");
+    weft_array::npy::write(&file, &host_x).unwrap();
+    let head = std::fs::read(&file).unwrap();
+    assert_eq!(&head[..6], b"\x93NUMPY");
+    assert_eq!((head.len() - 35 * 4) % 64, 0);
+    // Read back by chunks other than the written ones.
+    let back = weft_array::from_npy(&file, &[3, 4]).unwrap();
+    assert_eq!(
+        back.compute_local(&registry()).unwrap().into_vec::<i32>().unwrap(),
+        values
+    );
+    // A directory of chunk files, written by the ops the workers run.
+    let chunks = dir.path().join("chunks");
+    std::fs::create_dir(&chunks).unwrap();
+    let graph = x.npy_dir_graph(&chunks);
+    let reg = registry();
+    let mut done = std::collections::HashMap::new();
+    for t in &graph.tasks {
+        let inputs: Vec<_> = t.deps.iter().map(|d| std::sync::Arc::clone(&done[d])).collect();
+        let v = reg.get(&t.op).unwrap()(&t.args, &inputs).unwrap();
+        done.insert(t.key.clone(), std::sync::Arc::new(v));
+    }
+    assert!(chunks.join("2.2.npy").exists());
+    let back = weft_array::from_npy_dir(&chunks).unwrap();
+    assert_eq!(back.chunks(), x.chunks());
+    assert_eq!(
+        back.compute_local(&registry()).unwrap().into_vec::<i32>().unwrap(),
+        values
+    );
+    let err = weft_array::from_npy(&dir.path().join("missing.npy"), &[1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.npy"), "{err}");
 }

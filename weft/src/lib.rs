@@ -45,6 +45,7 @@
 #[cfg(doctest)]
 pub struct ReadmeExamples;
 
+pub use weft_array as array;
 pub use weft_dashboard as dashboard;
 pub use weft_gpu as gpu;
 pub use weft_runtime::protocol::ResourceAmount;
