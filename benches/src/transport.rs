@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_transport::{Config, Connection, Frame, Message, TransportError, connect, listen};
+use weft_transport::{Buffer, Config, Connection, Message, TransportError, connect, listen};
 
 /// A connected pair over `addr` (port 0 or an inproc name).
 ///
@@ -44,7 +44,7 @@ pub async fn one_way(
         Ok::<_, TransportError>(rx)
     });
     for _ in 0..count {
-        tx.send(Message::new(Bytes::new(), vec![Frame::host(frame.clone())]))
+        tx.send(Message::new(Bytes::new(), vec![Buffer::host(frame.clone())]))
             .await?;
     }
     let rx = receive.await.map_err(|_| closed("receiver task"))??;

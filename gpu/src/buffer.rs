@@ -1,11 +1,13 @@
-//! Device buffers (pooled, knowing their device) and pinned host buffers.
+//! Buffers: device memory (pooled, knowing its device), pinned host
+//! memory, and [`Buffer`], which holds either, or ordinary host bytes.
 
 use std::alloc::Layout;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cudarc::driver::{CudaContext, result};
 
-use crate::{Device, Gpu};
+use crate::{Device, Gpu, Result};
 
 struct Allocation {
     gpu: Arc<Gpu>,
@@ -174,5 +176,238 @@ impl Drop for PinnedBuffer {
             // SAFETY: allocated in `host` with this layout.
             PinnedKind::Host(layout) => unsafe { std::alloc::dealloc(self.ptr, *layout) },
         }
+    }
+}
+
+impl AsRef<[u8]> for PinnedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// Bytes in host memory (ordinary or pinned) or in a device's memory: the
+/// one buffer type that transport frames, kernel columns and the store
+/// hold. Cloning shares the memory; nothing is copied unless a method
+/// says so.
+///
+/// ```
+/// use weft_gpu::{Buffer, Device};
+///
+/// let b = Buffer::from_vec(vec![1.5f64, 2.5]);
+/// assert_eq!((b.len(), b.location()), (16, Device::Cpu));
+/// let arrow = b.to_arrow().unwrap(); // the same memory, as an arrow buffer
+/// assert_eq!(arrow.typed_data::<f64>(), &[1.5, 2.5]);
+/// ```
+#[derive(Clone)]
+pub struct Buffer {
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    Host { bytes: Bytes, pinned: bool },
+    Device(DeviceBuffer),
+}
+
+/// Keeps a vector of plain values alive behind a [`Bytes`].
+struct PodVec<T>(Vec<T>);
+
+impl<T: bytemuck::Pod> AsRef<[u8]> for PodVec<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// Keeps an arrow buffer alive behind a [`Bytes`].
+struct ArrowOwner(arrow_buffer::Buffer);
+
+impl AsRef<[u8]> for ArrowOwner {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// Alignment a host buffer must have to be read as any arrow type in place
+/// (`i128` and the 128-bit decimals need 16 bytes).
+pub const HOST_ALIGN: usize = 16;
+
+impl Buffer {
+    /// Ordinary host memory.
+    pub fn host(bytes: impl Into<Bytes>) -> Self {
+        Buffer {
+            repr: Repr::Host {
+                bytes: bytes.into(),
+                pinned: false,
+            },
+        }
+    }
+
+    /// Page-locked host memory (stays pinned while any clone lives).
+    pub fn pinned(buffer: PinnedBuffer) -> Self {
+        let pinned = buffer.is_pinned();
+        Buffer {
+            repr: Repr::Host {
+                bytes: Bytes::from_owner(buffer),
+                pinned,
+            },
+        }
+    }
+
+    /// Device memory.
+    pub fn device(buffer: DeviceBuffer) -> Self {
+        Buffer {
+            repr: Repr::Device(buffer),
+        }
+    }
+
+    /// Host memory taking over a vector of plain values (no copy; aligned
+    /// for `T`).
+    pub fn from_vec<T: bytemuck::Pod + Send>(values: Vec<T>) -> Self {
+        Buffer::host(Bytes::from_owner(PodVec(values)))
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            Repr::Host { bytes, .. } => bytes.len(),
+            Repr::Device(buffer) => buffer.len(),
+        }
+    }
+
+    /// True when the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the bytes live: [`Device::Cpu`] for host memory.
+    pub fn location(&self) -> Device {
+        match &self.repr {
+            Repr::Host { .. } => Device::Cpu,
+            Repr::Device(buffer) => buffer.device(),
+        }
+    }
+
+    /// True for page-locked host memory.
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.repr, Repr::Host { pinned: true, .. })
+    }
+
+    /// The bytes, if they are in host memory.
+    pub fn as_host(&self) -> Option<&Bytes> {
+        match &self.repr {
+            Repr::Host { bytes, .. } => Some(bytes),
+            Repr::Device(_) => None,
+        }
+    }
+
+    /// The device memory, if the bytes are on a device.
+    pub fn as_device(&self) -> Option<&DeviceBuffer> {
+        match &self.repr {
+            Repr::Host { .. } => None,
+            Repr::Device(buffer) => Some(buffer),
+        }
+    }
+
+    /// The bytes in host memory: shared for host memory, copied from the
+    /// device (synchronously, on a stream of its own) into a pinned buffer
+    /// of the device's staging pool for device memory.
+    pub fn to_host(&self) -> Result<Bytes> {
+        match &self.repr {
+            Repr::Host { bytes, .. } => Ok(bytes.clone()),
+            Repr::Device(buffer) => {
+                // Pinned memory from the device's staging pool, back there
+                // when the last `Bytes` over it drops.
+                let mut staged = buffer.gpu().staging(buffer.len())?;
+                buffer.gpu().stream()?.copy_d2h(buffer, staged.as_mut_slice())?;
+                Ok(Bytes::from_owner(staged))
+            }
+        }
+    }
+
+    /// The host bytes as an arrow buffer: the same memory when it is
+    /// aligned to [`HOST_ALIGN`] (as memory from an allocator is), one
+    /// aligned copy when not (bytes received at an odd offset), so arrow
+    /// can read any type from it in place. `None` for device memory.
+    pub fn to_arrow(&self) -> Option<arrow_buffer::Buffer> {
+        let bytes = self.as_host()?;
+        if (bytes.as_ptr() as usize).is_multiple_of(HOST_ALIGN) {
+            return Some(arrow_buffer::Buffer::from(bytes.clone()));
+        }
+        // `u128` words are 16-byte aligned; a vector of them holds the copy.
+        let mut words = vec![0u128; bytes.len().div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Some(arrow_buffer::Buffer::from_vec(words).slice_with_length(0, bytes.len()))
+    }
+}
+
+impl From<arrow_buffer::Buffer> for Buffer {
+    /// Host memory shared with arrow (no copy).
+    fn from(buffer: arrow_buffer::Buffer) -> Self {
+        Buffer::host(Bytes::from_owner(ArrowOwner(buffer)))
+    }
+}
+
+impl From<Bytes> for Buffer {
+    fn from(bytes: Bytes) -> Self {
+        Buffer::host(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Buffer {
+    fn from(bytes: Vec<u8>) -> Self {
+        Buffer::host(bytes)
+    }
+}
+
+impl PartialEq for Buffer {
+    /// Host buffers compare by content, device buffers by identity (the
+    /// same device memory).
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.repr, &other.repr) {
+            (Repr::Host { bytes: a, .. }, Repr::Host { bytes: b, .. }) => a == b,
+            (Repr::Device(a), Repr::Device(b)) => {
+                a.device() == b.device() && a.device_ptr() == b.device_ptr() && a.len() == b.len()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Buffer {}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pinned = if self.is_pinned() { ", pinned" } else { "" };
+        write!(f, "Buffer({:?}{pinned}, {} bytes)", self.location(), self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_memory_is_shared_with_arrow_both_ways() {
+        let b = Buffer::from_vec(vec![7i64, 8, 9]);
+        let arrow = b.to_arrow().expect("host");
+        assert_eq!(arrow.as_ptr(), b.as_host().expect("host").as_ptr());
+        let back = Buffer::from(arrow.clone());
+        assert_eq!(back.as_host().expect("host").as_ptr(), arrow.as_ptr());
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn misaligned_host_bytes_are_copied_once_into_aligned_memory() {
+        let whole = Buffer::from_vec(vec![0u64; 5]);
+        let odd = Buffer::host(whole.as_host().expect("host").slice(1..33));
+        let arrow = odd.to_arrow().expect("host");
+        assert!((arrow.as_ptr() as usize).is_multiple_of(HOST_ALIGN));
+        assert_eq!(arrow.as_slice(), &odd.as_host().expect("host")[..]);
+    }
+
+    #[test]
+    fn pinned_memory_says_so_only_when_the_driver_locked_it() {
+        let b = Buffer::pinned(PinnedBuffer::host(64));
+        assert_eq!((b.len(), b.is_pinned(), b.location()), (64, false, Device::Cpu));
     }
 }

@@ -21,7 +21,7 @@ mod staging;
 mod stream;
 pub mod testing;
 
-pub use buffer::{DeviceBuffer, PinnedBuffer};
+pub use buffer::{Buffer, DeviceBuffer, HOST_ALIGN, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
 pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend};
 pub use emulated::{CopyCounters, EmulatedGpu};

@@ -258,10 +258,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<String>, String> {
         // The device's own copy bandwidth, the ceiling of the kernels above
         // (bytes read plus bytes written).
         let stream = g.stream().map_err(|e| e.to_string())?;
-        let src = match dev.values() {
-            crate::Data::Device(b) => b,
-            crate::Data::Host(_) => return Err("copy source not on the device".into()),
-        };
+        let src = dev.values().as_device().ok_or("copy source not on the device")?;
         let dst = g.alloc(src.len()).map_err(|e| e.to_string())?;
         let (times, ()) = time(reps, || {
             stream.copy_d2d(src, &dst)?.synchronize()?;

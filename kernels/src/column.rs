@@ -3,21 +3,21 @@
 //! A column is a type, a length and up to three buffers, exactly as Arrow
 //! lays them out: values (bit-packed for booleans, bytes for utf8), an
 //! optional validity bitmap (LSB first, 1 = valid), and i32 offsets for utf8.
-//! Host buffers are `arrow_buffer::Buffer`s, so host columns convert to and
-//! from `arrow` arrays without copying; device buffers are pooled
-//! [`DeviceBuffer`]s on one device.
+//! Every buffer is a [`Buffer`] (host memory shared with arrow without
+//! copying, or pooled device memory on one device), the same type a
+//! task's `Value` frames hold.
 
 use std::sync::Arc;
 
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, PrimitiveArray, StringArray};
-use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use weft_gpu::{Device, DeviceBuffer, Gpu};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use weft_gpu::{Buffer, Device, DeviceBuffer, Gpu};
 
 use crate::KernelError;
 
 /// The element types kernels handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
     /// Booleans, bit-packed.
     Bool,
@@ -49,7 +49,7 @@ impl DType {
 }
 
 /// A fixed-width Rust type with a column type.
-pub trait Native: ArrowNativeType + PartialOrd + Send + Sync + 'static {
+pub trait Native: ArrowNativeType + bytemuck::Pod + PartialOrd + Send + Sync + 'static {
     /// The column type.
     const DTYPE: DType;
     /// Suffix of the CUDA kernels for this type (`add_f64`).
@@ -73,55 +73,52 @@ native! {
     u64 => U64, "u64";
 }
 
-/// One buffer of a column, on the host or on a device.
-#[derive(Clone, Debug)]
-pub enum Data {
-    /// Host memory shared with arrow.
-    Host(Buffer),
-    /// Device memory from the device's pool.
-    Device(DeviceBuffer),
+/// Where a column buffer must be for a kernel: on the host or on a device.
+pub(crate) trait Place {
+    /// The host bytes, or an error naming the device they are on.
+    fn host(&self) -> Result<&[u8], KernelError>;
+    /// The host bytes as values of `T` (aligned, as buffers from an
+    /// allocator or from [`Buffer::to_arrow`] are).
+    fn typed<T: bytemuck::Pod>(&self) -> Result<&[T], KernelError>;
+    /// The device memory, or an error saying the bytes are on the host.
+    fn dev(&self) -> Result<&DeviceBuffer, KernelError>;
+    /// The host bytes as an arrow buffer (no copy when aligned).
+    fn arrow(&self) -> Result<arrow_buffer::Buffer, KernelError>;
 }
 
-impl Data {
-    /// Where the bytes are.
-    pub fn device(&self) -> Device {
-        match self {
-            Data::Host(_) => Device::Cpu,
-            Data::Device(d) => d.device(),
-        }
+impl Place for Buffer {
+    fn host(&self) -> Result<&[u8], KernelError> {
+        self.as_host().map(|b| &b[..]).ok_or(KernelError::WrongPlace {
+            what: "host access",
+            device: self.location(),
+        })
     }
 
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        match self {
-            Data::Host(b) => b.len(),
-            Data::Device(d) => d.len(),
-        }
+    fn typed<T: bytemuck::Pod>(&self) -> Result<&[T], KernelError> {
+        let bytes = self.host()?;
+        let whole = &bytes[..bytes.len() / size_of::<T>() * size_of::<T>()];
+        bytemuck::try_cast_slice(whole).map_err(|e| KernelError::InvalidArgument {
+            kernel: "column",
+            reason: format!(
+                "host buffer of {} bytes cannot be read as {}: {e}",
+                bytes.len(),
+                std::any::type_name::<T>()
+            ),
+        })
     }
 
-    /// True when there are no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn dev(&self) -> Result<&DeviceBuffer, KernelError> {
+        self.as_device().ok_or(KernelError::WrongPlace {
+            what: "device access",
+            device: Device::Cpu,
+        })
     }
 
-    pub(crate) fn host(&self) -> Result<&Buffer, KernelError> {
-        match self {
-            Data::Host(b) => Ok(b),
-            Data::Device(d) => Err(KernelError::WrongPlace {
-                what: "host access",
-                device: d.device(),
-            }),
-        }
-    }
-
-    pub(crate) fn dev(&self) -> Result<&DeviceBuffer, KernelError> {
-        match self {
-            Data::Device(d) => Ok(d),
-            Data::Host(_) => Err(KernelError::WrongPlace {
-                what: "device access",
-                device: Device::Cpu,
-            }),
-        }
+    fn arrow(&self) -> Result<arrow_buffer::Buffer, KernelError> {
+        self.to_arrow().ok_or(KernelError::WrongPlace {
+            what: "host access",
+            device: self.location(),
+        })
     }
 }
 
@@ -130,9 +127,9 @@ impl Data {
 pub struct Column {
     dtype: DType,
     len: usize,
-    values: Data,
-    validity: Option<Data>,
-    offsets: Option<Data>,
+    values: Buffer,
+    validity: Option<Buffer>,
+    offsets: Option<Buffer>,
 }
 
 /// Bytes of a validity bitmap (or boolean values) for `len` rows.
@@ -145,9 +142,9 @@ impl Column {
     pub fn new(
         dtype: DType,
         len: usize,
-        values: Data,
-        validity: Option<Data>,
-        offsets: Option<Data>,
+        values: Buffer,
+        validity: Option<Buffer>,
+        offsets: Option<Buffer>,
     ) -> Result<Self, KernelError> {
         let bad = |reason: String| KernelError::InvalidArgument {
             kernel: "column",
@@ -177,13 +174,13 @@ impl Column {
             (Some(_), _) => return Err(bad("offsets on a fixed-width column".into())),
             (None, _) => {}
         }
-        let device = values.device();
+        let device = values.location();
         for b in validity.iter().chain(offsets.iter()) {
-            if b.device() != device {
+            if b.location() != device {
                 return Err(KernelError::DeviceMismatch {
                     kernel: "column",
                     a: device,
-                    b: b.device(),
+                    b: b.location(),
                 });
             }
         }
@@ -202,7 +199,7 @@ impl Column {
         Column {
             dtype: T::DTYPE,
             len,
-            values: Data::Host(Buffer::from_vec(values)),
+            values: Buffer::from_vec(values),
             validity: None,
             offsets: None,
         }
@@ -213,7 +210,7 @@ impl Column {
         let nulls = NullBuffer::from_iter(values.iter().map(Option::is_some));
         let vals: Vec<T> = values.iter().map(|v| v.unwrap_or_default()).collect();
         let mut c = Self::from_vec(vals);
-        c.validity = Some(Data::Host(nulls.into_inner().into_inner()));
+        c.validity = Some(Buffer::from(nulls.into_inner().into_inner()));
         c
     }
 
@@ -234,21 +231,21 @@ impl Column {
 
     /// Where the column lives.
     pub fn device(&self) -> Device {
-        self.values.device()
+        self.values.location()
     }
 
     /// The values buffer.
-    pub fn values(&self) -> &Data {
+    pub fn values(&self) -> &Buffer {
         &self.values
     }
 
     /// The validity bitmap, if the column may have nulls.
-    pub fn validity(&self) -> Option<&Data> {
+    pub fn validity(&self) -> Option<&Buffer> {
         self.validity.as_ref()
     }
 
     /// The utf8 offsets.
-    pub fn offsets(&self) -> Option<&Data> {
+    pub fn offsets(&self) -> Option<&Buffer> {
         self.offsets.as_ref()
     }
 
@@ -260,16 +257,12 @@ impl Column {
                 dtype: self.dtype,
             });
         }
-        let buf = self.values.host()?;
-        Ok(&buf.typed_data::<T>()[..self.len])
+        Ok(&self.values.typed::<T>()?[..self.len])
     }
 
     /// Host validity bytes, if any.
     pub fn host_validity(&self) -> Result<Option<&[u8]>, KernelError> {
-        self.validity
-            .as_ref()
-            .map(|v| v.host().map(|b| b.as_slice()))
-            .transpose()
+        self.validity.as_ref().map(|v| v.host()).transpose()
     }
 
     /// Whether row `i` is valid (host columns).
@@ -292,12 +285,12 @@ impl Column {
     /// Copies the column to `gpu`.
     pub fn to_device(&self, gpu: &Arc<Gpu>) -> Result<Column, KernelError> {
         let stream = gpu.stream()?;
-        let up = |d: &Data| -> Result<Data, KernelError> {
-            match d {
-                Data::Host(b) => Ok(Data::Device(stream.upload(b.as_slice())?)),
-                Data::Device(_) => Err(KernelError::WrongPlace {
+        let up = |d: &Buffer| -> Result<Buffer, KernelError> {
+            match d.as_host() {
+                Some(b) => Ok(Buffer::device(stream.upload(b)?)),
+                None => Err(KernelError::WrongPlace {
                     what: "to_device",
-                    device: d.device(),
+                    device: d.location(),
                 }),
             }
         };
@@ -312,16 +305,15 @@ impl Column {
 
     /// Copies the column to the host (a no-op clone for host columns).
     pub fn to_host(&self) -> Result<Column, KernelError> {
-        let Data::Device(values) = &self.values else {
+        let Some(values) = self.values.as_device() else {
             return Ok(self.clone());
         };
         let stream = values.gpu().stream()?;
-        let down = |d: &Data, bytes: usize| -> Result<Data, KernelError> {
+        let down = |d: &Buffer, bytes: usize| -> Result<Buffer, KernelError> {
             let mut words = weft_gpu::zeroed_words(bytes.div_ceil(8));
-            // SAFETY: the words are initialised, and `bytes` fits in them.
-            let out = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes) };
+            let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes];
             stream.copy_d2h(d.dev()?, out)?;
-            Ok(Data::Host(Buffer::from_vec(words).slice_with_length(0, bytes)))
+            Ok(Buffer::host(Buffer::from_vec(words).to_host()?.slice(..bytes)))
         };
         let value_bytes = match (self.dtype.width(), &self.offsets) {
             (Some(w), _) => self.len * w,
@@ -365,9 +357,9 @@ impl Column {
         let validity = data.nulls().filter(|n| n.null_count() > 0).map(|n| {
             let bits = n.inner();
             if bits.offset().is_multiple_of(8) {
-                Data::Host(bits.inner().slice_with_length(bits.offset() / 8, bitmap_bytes(len)))
+                Buffer::from(bits.inner().slice_with_length(bits.offset() / 8, bitmap_bytes(len)))
             } else {
-                Data::Host(bits.sliced())
+                Buffer::from(bits.sliced())
             }
         });
         let (values, offsets) = match dtype {
@@ -378,7 +370,7 @@ impl Column {
                 } else {
                     bits.sliced()
                 };
-                (Data::Host(buf), None)
+                (Buffer::from(buf), None)
             }
             DType::Utf8 => {
                 let strings = array
@@ -389,14 +381,14 @@ impl Column {
                         reason: "utf8 array is not a StringArray".into(),
                     })?;
                 (
-                    Data::Host(strings.values().clone()),
-                    Some(Data::Host(strings.offsets().inner().inner().clone())),
+                    Buffer::from(strings.values().clone()),
+                    Some(Buffer::from(strings.offsets().inner().inner().clone())),
                 )
             }
             _ => {
                 let w = dtype.width().unwrap_or(1);
                 let buf = data.buffers()[0].slice_with_length(data.offset() * w, len * w);
-                (Data::Host(buf), None)
+                (Buffer::from(buf), None)
             }
         };
         Column::new(dtype, len, values, validity, offsets)
@@ -406,11 +398,11 @@ impl Column {
     pub fn to_arrow(&self) -> Result<ArrayRef, KernelError> {
         let nulls = match &self.validity {
             None => None,
-            Some(v) => Some(NullBuffer::new(BooleanBuffer::new(v.host()?.clone(), 0, self.len))),
+            Some(v) => Some(NullBuffer::new(BooleanBuffer::new(v.arrow()?, 0, self.len))),
         };
-        let values = self.values.host()?.clone();
+        let values = self.values.arrow()?;
         fn prim<T: arrow_array::ArrowPrimitiveType>(
-            values: Buffer,
+            values: arrow_buffer::Buffer,
             len: usize,
             nulls: Option<NullBuffer>,
         ) -> Result<ArrayRef, KernelError> {
@@ -436,8 +428,7 @@ impl Column {
                         kernel: "to_arrow",
                         reason: "utf8 column without offsets".into(),
                     })?
-                    .host()?
-                    .clone();
+                    .arrow()?;
                 let offsets = OffsetBuffer::new(ScalarBuffer::<i32>::new(offsets, 0, self.len + 1));
                 Ok(Arc::new(StringArray::try_new(offsets, values, nulls)?))
             }

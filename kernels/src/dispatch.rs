@@ -2,6 +2,7 @@
 
 use weft_gpu::Device;
 
+use crate::column::Place;
 use crate::launch::Exec;
 use crate::{Column, KernelError};
 

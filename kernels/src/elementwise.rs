@@ -4,10 +4,10 @@
 //! arithmetic wraps; integer division by zero gives null. Float min/max
 //! prefer a number to a NaN.
 
-use arrow_buffer::Buffer;
 use arrow_buffer::bit_util::{set_bit, unset_bit};
+use weft_gpu::Buffer;
 
-use crate::column::{Data, bitmap_bytes};
+use crate::column::bitmap_bytes;
 use crate::dispatch::{Target, and_validity, same_len, target, with_numeric};
 use crate::launch::{Arg, Exec, opt_ptr, ptr};
 use crate::{Column, DType, KernelError, Native};
@@ -183,13 +183,7 @@ pub fn unary(x: &Column, op: UnaryOp) -> Result<Column, KernelError> {
                 .iter()
                 .map(|v| v.unary(op).unwrap_or_default())
                 .collect();
-            Column::new(
-                x.dtype(),
-                x.len(),
-                Data::Host(Buffer::from_vec(vals)),
-                x.validity().cloned(),
-                None,
-            )
+            Column::new(x.dtype(), x.len(), Buffer::from_vec(vals), x.validity().cloned(), None)
         }),
         Target::Gpu(exec) => with_numeric!("unary", x.dtype(), |T| {
             let n = x.len();
@@ -202,7 +196,7 @@ pub fn unary(x: &Column, op: UnaryOp) -> Result<Column, KernelError> {
                 &[opt_ptr(Some(x.values()))?, ptr(&out), Arg::U64(n as u64)],
             )?;
             exec.finish()?;
-            Column::new(x.dtype(), n, Data::Device(out), x.validity().cloned(), None)
+            Column::new(x.dtype(), n, Buffer::device(out), x.validity().cloned(), None)
         }),
     }
 }
@@ -235,8 +229,8 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
             Column::new(
                 a.dtype(),
                 n,
-                Data::Host(Buffer::from_vec(vals)),
-                valid.map(|v| Data::Host(Buffer::from_vec(v))),
+                Buffer::from_vec(vals),
+                valid.map(Buffer::from_vec),
                 None,
             )
         }),
@@ -260,7 +254,7 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
                 ],
             )?;
             exec.finish()?;
-            Column::new(a.dtype(), n, Data::Device(out), out_valid.map(Data::Device), None)
+            Column::new(a.dtype(), n, Buffer::device(out), out_valid.map(Buffer::device), None)
         }),
     }
 }
@@ -282,8 +276,8 @@ pub fn compare(a: &Column, b: &Column, op: CmpOp) -> Result<Column, KernelError>
             Column::new(
                 DType::Bool,
                 n,
-                Data::Host(Buffer::from_vec(bits)),
-                valid.map(|v| Data::Host(Buffer::from_vec(v))),
+                Buffer::from_vec(bits),
+                valid.map(Buffer::from_vec),
                 None,
             )
         }),
@@ -294,7 +288,7 @@ pub fn compare(a: &Column, b: &Column, op: CmpOp) -> Result<Column, KernelError>
             let out_valid = want_valid.then(|| exec.alloc(words * 4)).transpose()?;
             let kernel = format!("cmp_{}_{}", op.name(), T::SUFFIX);
             launch_cmp(&exec, &kernel, a, b, &out, out_valid.as_ref(), n)?;
-            Column::new(DType::Bool, n, Data::Device(out), out_valid.map(Data::Device), None)
+            Column::new(DType::Bool, n, Buffer::device(out), out_valid.map(Buffer::device), None)
         }),
     }
 }

@@ -1,17 +1,17 @@
 //! filter: the rows of a column where a boolean mask is true (a null mask
 //! row counts as false). On the GPU, stream compaction via a prefix sum.
 
-use arrow_buffer::Buffer;
 use arrow_buffer::bit_util::{get_bit, set_bit};
+use weft_gpu::Buffer;
 
-use crate::column::{Data, bitmap_bytes};
+use crate::column::{Place, bitmap_bytes};
 use crate::dispatch::{Target, same_len, target, with_numeric};
 use crate::launch::{Arg, opt_ptr, ptr};
 use crate::{Column, DType, KernelError, Native};
 
 fn cpu_filter<T: Native>(x: &Column, mask: &Column) -> Result<Column, KernelError> {
     let vals = x.host_values::<T>()?;
-    let bits = mask.values().host()?.as_slice();
+    let bits = mask.values().host()?;
     let mvalid = mask.host_validity()?;
     let xvalid = x.host_validity()?;
     let mut out = Vec::new();
@@ -29,9 +29,9 @@ fn cpu_filter<T: Native>(x: &Column, mask: &Column) -> Result<Column, KernelErro
                 set_bit(&mut b, i);
             }
         }
-        Data::Host(Buffer::from_vec(b))
+        Buffer::from_vec(b)
     });
-    Column::new(T::DTYPE, out.len(), Data::Host(Buffer::from_vec(out)), validity, None)
+    Column::new(T::DTYPE, out.len(), Buffer::from_vec(out), validity, None)
 }
 
 /// Keeps the rows of `x` where `mask` (a boolean column of the same length) is true.
@@ -86,7 +86,13 @@ pub fn filter(x: &Column, mask: &Column) -> Result<Column, KernelError> {
                 ],
             )?;
             exec.finish()?;
-            Column::new(x.dtype(), kept, Data::Device(out), out_valid.map(Data::Device), None)
+            Column::new(
+                x.dtype(),
+                kept,
+                Buffer::device(out),
+                out_valid.map(Buffer::device),
+                None,
+            )
         }),
     }
 }

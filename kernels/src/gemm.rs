@@ -2,11 +2,11 @@
 //! the `gemm` crate (threaded, AVX-512 where the CPU has it). CUDA: cuBLAS. Emulated GPUs: the tiled
 //! kernel in `gemm.cu`.
 
-use arrow_buffer::Buffer;
 use cudarc::cublas::{result as blas, sys as blas_sys};
+use weft_gpu::Buffer;
 use weft_gpu::{DeviceBuffer, GpuBackend};
 
-use crate::column::{Data, Native};
+use crate::column::{Native, Place};
 use crate::dispatch::{Target, target};
 use crate::launch::{Arg, Exec, ptr};
 use crate::{Column, DType, KernelError};
@@ -35,7 +35,7 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
             } else {
                 cpu_gemm(a, b, m, k, n, 1.0f32)?
             };
-            Column::new(a.dtype(), m * n, Data::Host(values), None, None)
+            Column::new(a.dtype(), m * n, values, None, None)
         }
         Target::Gpu(exec) => {
             let width = if f64s { 8 } else { 4 };
@@ -61,7 +61,7 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
                 GpuBackend::Cuda(_) => cublas_gemm(&exec, f64s, da, db, &c, m, k, n)?,
             }
             exec.finish()?;
-            Column::new(a.dtype(), m * n, Data::Device(c), None, None)
+            Column::new(a.dtype(), m * n, Buffer::device(c), None, None)
         }
     }
 }

@@ -2,9 +2,9 @@
 //! partitioning into P parts (partition ids, offsets, and the rows grouped
 //! by partition in their original order).
 
-use arrow_buffer::Buffer;
+use weft_gpu::Buffer;
 
-use crate::column::Data;
+use crate::column::Place;
 use crate::dispatch::{Target, target};
 use weft_gpu::DeviceBuffer;
 
@@ -86,9 +86,8 @@ fn cpu_hashes(x: &Column, seed: u64) -> Result<Vec<u64>, KernelError> {
                     kernel: "hash",
                     reason: "utf8 without offsets".into(),
                 })?
-                .host()?
-                .typed_data::<i32>();
-            let data = x.values().host()?.as_slice();
+                .typed::<i32>()?;
+            let data = x.values().host()?;
             Ok((0..x.len())
                 .map(|i| {
                     if is_valid(i) {
@@ -152,12 +151,12 @@ pub fn hash(x: &Column, seed: u64) -> Result<Column, KernelError> {
     match target("hash", &[x])? {
         Target::Cpu => {
             let h = cpu_hashes(x, seed)?;
-            Column::new(DType::U64, x.len(), Data::Host(Buffer::from_vec(h)), None, None)
+            Column::new(DType::U64, x.len(), Buffer::from_vec(h), None, None)
         }
         Target::Gpu(exec) => {
             let out = gpu_hashes(&exec, x, seed)?;
             exec.finish()?;
-            Column::new(DType::U64, x.len(), Data::Device(out), None, None)
+            Column::new(DType::U64, x.len(), Buffer::device(out), None, None)
         }
     }
 }
@@ -186,7 +185,7 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
         });
     }
     let n = x.len();
-    let u32col = |len: usize, d: Data| Column::new(DType::U32, len, d, None, None);
+    let u32col = |len: usize, d: Buffer| Column::new(DType::U32, len, d, None, None);
     match target("hash_partition", &[x])? {
         Target::Cpu => {
             let (ids, offsets, rows) = match (x.dtype(), x.validity()) {
@@ -201,17 +200,17 @@ pub fn hash_partition(x: &Column, parts: u32, seed: u64) -> Result<Partitioned, 
                 _ => cpu_partition(&cpu_hashes(x, seed)?, parts),
             };
             Ok(Partitioned {
-                ids: u32col(n, Data::Host(Buffer::from_vec(ids)))?,
-                offsets: u32col(parts as usize + 1, Data::Host(Buffer::from_vec(offsets)))?,
-                rows: u32col(n, Data::Host(Buffer::from_vec(rows)))?,
+                ids: u32col(n, Buffer::from_vec(ids))?,
+                offsets: u32col(parts as usize + 1, Buffer::from_vec(offsets))?,
+                rows: u32col(n, Buffer::from_vec(rows))?,
             })
         }
         Target::Gpu(exec) => {
             let (ids, offsets, rows) = gpu_partition(&exec, x, parts, seed)?;
             Ok(Partitioned {
-                ids: u32col(n, Data::Device(ids))?,
-                offsets: u32col(parts as usize + 1, Data::Device(offsets))?,
-                rows: u32col(n, Data::Device(rows))?,
+                ids: u32col(n, Buffer::device(ids))?,
+                offsets: u32col(parts as usize + 1, Buffer::device(offsets))?,
+                rows: u32col(n, Buffer::device(rows))?,
             })
         }
     }

@@ -9,7 +9,8 @@ use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
 use weft_gpu::{Device, DeviceBuffer, Gpu, GpuBackend, Stream};
 
 use crate::KernelError;
-use crate::column::Data;
+use crate::column::Place;
+use weft_gpu::Buffer;
 
 // SAFETY: the declaration matches `weft_emu_launch` in cuda/emu_runtime.cpp,
 // which build.rs compiles and links into this crate.
@@ -106,7 +107,7 @@ pub(crate) fn ptr(b: &DeviceBuffer) -> Arg {
 }
 
 /// Pointer argument for an optional device-side column buffer (null when absent).
-pub(crate) fn opt_ptr(d: Option<&Data>) -> Result<Arg, KernelError> {
+pub(crate) fn opt_ptr(d: Option<&Buffer>) -> Result<Arg, KernelError> {
     Ok(Arg::Ptr(match d {
         Some(d) => d.dev()?.device_ptr(),
         None => 0,

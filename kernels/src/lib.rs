@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod codec;
 mod column;
 pub mod cudalibs;
 mod dispatch;
@@ -24,9 +25,10 @@ pub mod reduce;
 pub mod sort;
 pub mod take;
 
-pub use column::{Column, DType, Data, Native, bitmap_bytes};
+pub use column::{Column, DType, Native, bitmap_bytes};
 pub use error::KernelError;
 pub use launch::{LaunchRecord, record_launches};
+pub use weft_gpu::Buffer;
 
 /// Kernel sources, embedded by the build script.
 pub mod sources {

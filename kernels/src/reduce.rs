@@ -5,9 +5,8 @@
 //! GPU sums of floats agree up to rounding (their orders differ), while
 //! axis reductions walk each line in order on both and agree exactly.
 
-use arrow_buffer::Buffer;
+use weft_gpu::Buffer;
 
-use crate::column::Data;
 use crate::dispatch::{Target, target, with_numeric};
 use crate::launch::{Arg, BLOCK, opt_ptr, ptr};
 use crate::{Column, DType, KernelError, Native};
@@ -300,7 +299,7 @@ pub fn reduce_axis(x: &Column, rows: usize, cols: usize, axis: usize, op: AxisOp
             } else {
                 Buffer::from_vec(floats)
             };
-            Column::new(out_type, outputs, Data::Host(values), None, None)
+            Column::new(out_type, outputs, values, None, None)
         }),
         Target::Gpu(exec) => with_numeric!("reduce_axis", x.dtype(), |T| {
             let out = exec.alloc(outputs * 8)?;
@@ -318,7 +317,7 @@ pub fn reduce_axis(x: &Column, rows: usize, cols: usize, axis: usize, op: AxisOp
                 ],
             )?;
             exec.finish()?;
-            Column::new(out_type, outputs, Data::Device(out), None, None)
+            Column::new(out_type, outputs, Buffer::device(out), None, None)
         }),
     }
 }

@@ -8,10 +8,9 @@
 //! together, each tile finding its place by decoupled look-back. Hash
 //! partitioning is one such pass, on the partition id.
 
-use arrow_buffer::Buffer;
+use weft_gpu::Buffer;
 use weft_gpu::DeviceBuffer;
 
-use crate::column::Data;
 use crate::dispatch::{Target, target};
 use crate::launch::{Arg, BLOCK, Exec, ptr};
 use crate::{Column, DType, KernelError};
@@ -591,12 +590,12 @@ pub fn argsort(x: &Column) -> Result<Column, KernelError> {
     match target("argsort", &[x])? {
         Target::Cpu => {
             let perm = cpu_argsort(x)?;
-            Column::new(DType::U32, n, Data::Host(Buffer::from_vec(perm)), None, None)
+            Column::new(DType::U32, n, Buffer::from_vec(perm), None, None)
         }
         Target::Gpu(exec) => {
             let perm = gpu_argsort(&exec, x)?;
             exec.finish()?;
-            Column::new(DType::U32, n, Data::Device(perm), None, None)
+            Column::new(DType::U32, n, Buffer::device(perm), None, None)
         }
     }
 }

@@ -1,9 +1,9 @@
 //! take / gather: `out[i] = x[indices[i]]`, nulls following their rows.
 
-use arrow_buffer::Buffer;
 use arrow_buffer::bit_util::{get_bit, set_bit};
+use weft_gpu::Buffer;
 
-use crate::column::{Data, bitmap_bytes};
+use crate::column::bitmap_bytes;
 use crate::dispatch::{Target, target};
 use crate::launch::{Arg, opt_ptr, ptr};
 use crate::{Column, DType, KernelError, Native};
@@ -26,8 +26,8 @@ fn cpu_take<T: Native>(x: &Column, idx: &[u32]) -> Result<Column, KernelError> {
     Column::new(
         T::DTYPE,
         idx.len(),
-        Data::Host(Buffer::from_vec(out)),
-        bits.map(|b| Data::Host(Buffer::from_vec(b))),
+        Buffer::from_vec(out),
+        bits.map(Buffer::from_vec),
         None,
     )
 }
@@ -96,8 +96,8 @@ pub fn take(x: &Column, indices: &Column) -> Result<Column, KernelError> {
                 return Err(KernelError::IndexOutOfBounds { len: x.len() });
             }
             // The kernel always writes validity; keep it only if x had nulls.
-            let validity = x.validity().map(|_| Data::Device(out_valid));
-            Column::new(x.dtype(), n, Data::Device(out), validity, None)
+            let validity = x.validity().map(|_| Buffer::device(out_valid));
+            Column::new(x.dtype(), n, Buffer::device(out), validity, None)
         }
     }
 }

@@ -3,13 +3,10 @@
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
-use weft_kernels::{Column, DType, Data};
+use weft_kernels::{Buffer, Column, DType};
 
-fn host_ptr(d: &Data) -> *const u8 {
-    match d {
-        Data::Host(b) => b.as_ptr(),
-        Data::Device(_) => panic!("host column expected"),
-    }
+fn host_ptr(d: &Buffer) -> *const u8 {
+    d.as_host().expect("a host column").as_ptr()
 }
 
 #[test]

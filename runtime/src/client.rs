@@ -980,7 +980,7 @@ mod tests {
         let framed = |i: usize| {
             let value = Value {
                 header: bytes::Bytes::new(),
-                frames: vec![weft_transport::Frame::host(vec![0u8; 1]); PUT_FRAMES / 2 + 1],
+                frames: vec![weft_transport::Buffer::host(vec![0u8; 1]); PUT_FRAMES / 2 + 1],
             };
             (Key::from(format!("f{i}")), value)
         };

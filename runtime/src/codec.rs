@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use weft_transport::{Frame, Message};
+use weft_transport::{Buffer, Message};
 
 use crate::ids::{Key, TaskId};
 use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, WorkerInfo};
@@ -153,7 +153,7 @@ pub fn decode<T: DeserializeOwned>(message: &Message) -> Result<T, String> {
 /// that `share` describes goes as that description instead of its bytes.
 pub fn encode_reply(
     values: &[Option<Arc<Value>>],
-    mut share: impl FnMut(&Frame) -> Option<ShmRef>,
+    mut share: impl FnMut(&Buffer) -> Option<ShmRef>,
 ) -> Result<Message, String> {
     let items = values
         .iter()
@@ -190,7 +190,7 @@ pub fn decode_reply(
         let mut frames = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let frame = match shared.next_if(|(at, _)| *at == index) {
-                Some((_, description)) => Frame::host(import(description).map_err(ReplyError::Unmapped)?),
+                Some((_, description)) => Buffer::host(import(description).map_err(ReplyError::Unmapped)?),
                 None => inline
                     .next()
                     .ok_or_else(|| ReplyError::Malformed("data reply has fewer frames than it announces".into()))?,
@@ -242,7 +242,7 @@ pub fn encode_put(values: &[(Key, Value)]) -> Result<Message, String> {
 
 /// The values of a [`DataRequest::Put`] whose envelope was decoded already
 /// (its items) and whose frames are `frames`; checks that they add up.
-pub fn split_put(items: Vec<(Key, Bytes, u32)>, frames: Vec<Frame>) -> Result<Vec<(Key, Value)>, String> {
+pub fn split_put(items: Vec<(Key, Bytes, u32)>, frames: Vec<Buffer>) -> Result<Vec<(Key, Value)>, String> {
     let mut frames = frames.into_iter();
     let values = items
         .into_iter()
@@ -253,15 +253,15 @@ pub fn split_put(items: Vec<(Key, Bytes, u32)>, frames: Vec<Frame>) -> Result<Ve
 }
 
 /// The next value of a message: its header and its `count` frames.
-fn take_value(header: Bytes, count: u32, frames: &mut std::vec::IntoIter<Frame>) -> Result<Value, String> {
-    let own: Vec<Frame> = frames.by_ref().take(count as usize).collect();
+fn take_value(header: Bytes, count: u32, frames: &mut std::vec::IntoIter<Buffer>) -> Result<Value, String> {
+    let own: Vec<Buffer> = frames.by_ref().take(count as usize).collect();
     if own.len() != count as usize {
         return Err("message has fewer frames than it announces".into());
     }
     Ok(Value { header, frames: own })
 }
 
-fn no_frames_left(mut frames: std::vec::IntoIter<Frame>) -> Result<(), String> {
+fn no_frames_left(mut frames: std::vec::IntoIter<Buffer>) -> Result<(), String> {
     match frames.next() {
         Some(_) => Err("message has more frames than it announces".into()),
         None => Ok(()),
@@ -280,7 +280,7 @@ mod tests {
     fn replies_round_trip_with_missing_items() {
         let a = Arc::new(Value {
             header: Bytes::from_static(b"a"),
-            frames: vec![Frame::host(vec![1u8; 10]), Frame::host(vec![2u8; 3])],
+            frames: vec![Buffer::host(vec![1u8; 10]), Buffer::host(vec![2u8; 3])],
         });
         let b = Arc::new(Value::encode(&5u32).unwrap());
         let message = encode_reply(&[Some(a.clone()), None, Some(b.clone())], |_| None).unwrap();
@@ -293,10 +293,10 @@ mod tests {
         let frames = [vec![1u8; 10], vec![2u8; 20], vec![3u8; 30]];
         let a = Arc::new(Value {
             header: Bytes::from_static(b"a"),
-            frames: frames.iter().cloned().map(Frame::host).collect(),
+            frames: frames.iter().cloned().map(Buffer::host).collect(),
         });
         // The second frame is "shared": described by its length.
-        let describe = |frame: &Frame| {
+        let describe = |frame: &Buffer| {
             (frame.len() == 20).then_some(ShmRef {
                 pid: 1,
                 fd: 3,
@@ -322,10 +322,12 @@ mod tests {
             shared: Vec::new(),
         })
         .unwrap();
-        message.frames.push(Frame::host(vec![0u8]));
+        message.frames.push(Buffer::host(vec![0u8]));
         let malformed = |result| matches!(result, Err(ReplyError::Malformed(_)));
         assert!(malformed(decode_reply(message.clone(), no_import)), "too few frames");
-        message.frames.extend([Frame::host(vec![1u8]), Frame::host(vec![2u8])]);
+        message
+            .frames
+            .extend([Buffer::host(vec![1u8]), Buffer::host(vec![2u8])]);
         assert!(malformed(decode_reply(message, no_import)), "too many frames");
         assert!(decode::<DataReply>(&Message::new(vec![0xffu8; 3], Vec::new())).is_err());
     }
@@ -334,7 +336,7 @@ mod tests {
     fn puts_round_trip_and_inconsistent_puts_are_errors() {
         let a = Value {
             header: Bytes::from_static(b"a"),
-            frames: vec![Frame::host(vec![1u8; 10])],
+            frames: vec![Buffer::host(vec![1u8; 10])],
         };
         let b = Value::encode(&5u32).unwrap();
         let values = vec![(Key::from("ka"), a), (Key::from("kb"), b)];
@@ -349,7 +351,7 @@ mod tests {
         assert_eq!(split_put(items.clone(), message.frames.clone()).unwrap(), values);
         assert!(split_put(items.clone(), Vec::new()).is_err(), "too few frames");
         let mut extra = message.frames.clone();
-        extra.push(Frame::host(vec![0u8]));
+        extra.push(Buffer::host(vec![0u8]));
         assert!(split_put(items, extra).is_err(), "too many frames");
     }
 

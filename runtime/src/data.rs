@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
-use weft_transport::{Config, Connection, Frame, Listener, Message, TransportError, connect};
+use weft_transport::{Buffer, Config, Connection, Listener, Message, TransportError, connect};
 
 use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError};
 use crate::error::{Result, RuntimeError};
@@ -70,7 +70,7 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
 async fn answer(message: Message, store: &Arc<Store>) -> std::result::Result<Message, String> {
     let ask: DataAsk = codec::decode(&message)?;
     let same_host = ask.host.is_some() && ask.host == shm::host_id();
-    let share = |frame: &Frame| frame.as_host().filter(|_| same_host).and_then(shm::export);
+    let share = |frame: &Buffer| frame.as_host().filter(|_| same_host).and_then(shm::export);
     match ask.request {
         DataRequest::Tasks(tasks) => codec::encode_reply(&store.load_all(tasks).await, share),
         DataRequest::Put(items) => {
@@ -290,7 +290,7 @@ impl PeerPool {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use weft_transport::{Frame, listen};
+    use weft_transport::{Buffer, listen};
 
     use super::*;
     use crate::codec::DataReply;
@@ -332,7 +332,7 @@ mod tests {
                 } else {
                     let value = Value {
                         header,
-                        frames: vec![Frame::host(vec![7u8; 8])],
+                        frames: vec![Buffer::host(vec![7u8; 8])],
                     };
                     codec::encode_reply(&[Some(Arc::new(value))], |_| None).unwrap()
                 };
@@ -402,7 +402,7 @@ mod tests {
         let store = Store::unlimited();
         let framed = Value {
             header: bytes::Bytes::from_static(b"h"),
-            frames: vec![Frame::host(vec![7u8; 16])],
+            frames: vec![Buffer::host(vec![7u8; 16])],
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
         let ack: DataAck = codec::decode(&answer(put.clone(), &store).await.unwrap()).unwrap();

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 use weft_gpu::{DeviceBuffer, Gpu, GpuError};
-use weft_transport::Frame;
+use weft_transport::Buffer;
 
 use crate::store::Store;
 
@@ -53,7 +53,7 @@ pub fn alloc(len: usize) -> Result<DeviceBuffer, String> {
 /// `frame` in the memory of `gpu`: shared when it is there already, copied
 /// from a peer device (directly where peers have access) or uploaded from
 /// the host otherwise.
-pub fn to_gpu(frame: &Frame, gpu: &Arc<Gpu>) -> Result<Frame, GpuError> {
+pub fn to_gpu(frame: &Buffer, gpu: &Arc<Gpu>) -> Result<Buffer, GpuError> {
     let copy = match frame.as_device() {
         Some(src) if src.device() == gpu.device() => return Ok(frame.clone()),
         Some(src) => {
@@ -68,12 +68,12 @@ pub fn to_gpu(frame: &Frame, gpu: &Arc<Gpu>) -> Result<Frame, GpuError> {
             dst
         }
     };
-    Ok(Frame::device(copy))
+    Ok(Buffer::device(copy))
 }
 
 /// `frame` on the device of the current op's worker (see [`to_gpu`]), for
 /// ops that take input from anywhere.
-pub fn to_current(frame: &Frame) -> Result<DeviceBuffer, String> {
+pub fn to_current(frame: &Buffer) -> Result<DeviceBuffer, String> {
     let gpu = current_gpu().ok_or("device input asked for on a worker without a GPU")?;
     let frame = to_gpu(frame, &gpu).map_err(|e| e.to_string())?;
     frame

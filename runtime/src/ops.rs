@@ -147,7 +147,7 @@ pub fn args<T: Serialize + ?Sized>(args: &T) -> Result<bytes::Bytes, String> {
 pub mod builtin {
     use std::sync::Arc;
 
-    use weft_transport::Frame;
+    use weft_transport::Buffer;
 
     use super::Registry;
     use crate::shm;
@@ -217,7 +217,7 @@ pub mod builtin {
             *x = i as f64;
         }
         let mut value = Value::encode(&n)?;
-        value.frames.push(Frame::host(buf.freeze()));
+        value.frames.push(Buffer::host(buf.freeze()));
         Ok(value)
     }
 
@@ -225,7 +225,7 @@ pub mod builtin {
         let frame = inputs
             .first()
             .and_then(|v| v.frames.first())
-            .and_then(Frame::as_host)
+            .and_then(Buffer::as_host)
             .ok_or("sum_f64 takes one input with a frame of float64s")?;
         if frame.len() % 8 != 0 {
             return Err(format!("a frame of {} bytes is not float64s", frame.len()));

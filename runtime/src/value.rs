@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use weft_transport::Frame;
+use weft_transport::Buffer;
 
 use crate::protocol::Tier;
 
@@ -14,7 +14,7 @@ pub struct Value {
     /// Serialized small part (postcard).
     pub header: Bytes,
     /// Large buffers, moved without copying.
-    pub frames: Vec<Frame>,
+    pub frames: Vec<Buffer>,
 }
 
 impl Value {
@@ -49,7 +49,7 @@ impl Value {
 
     /// Bytes held: header plus frames.
     pub fn nbytes(&self) -> u64 {
-        (self.header.len() + self.frames.iter().map(Frame::len).sum::<usize>()) as u64
+        (self.header.len() + self.frames.iter().map(Buffer::len).sum::<usize>()) as u64
     }
 }
 

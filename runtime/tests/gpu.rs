@@ -9,7 +9,7 @@ use weft_gpu::{CopyCounters, Gpu, GpuBackend};
 use weft_runtime::ops::args;
 use weft_runtime::store::{MemoryConfig, MemorySnapshot};
 use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, TaskSpec, Tier, Value, WorkerMode, device};
-use weft_transport::{Frame, Location};
+use weft_transport::Buffer;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -34,7 +34,7 @@ fn registry() -> Registry {
             stream.synchronize().map_err(|e| e.to_string())?;
             Ok(Value {
                 header: Default::default(),
-                frames: vec![Frame::device(buffer)],
+                frames: vec![Buffer::device(buffer)],
             })
         })
         .raw_op("gpu_copy", |_, inputs| {
@@ -45,7 +45,7 @@ fn registry() -> Registry {
             stream.synchronize().map_err(|e| e.to_string())?;
             Ok(Value {
                 header: Default::default(),
-                frames: vec![Frame::device(dst)],
+                frames: vec![Buffer::device(dst)],
             })
         })
         .raw_op("gpu_sum", |_, inputs| {
@@ -114,7 +114,7 @@ async fn a_chain_of_gpu_tasks_moves_device_to_device_between_workers() {
     let value = last.result().await.unwrap();
     // In process, the client gets the device buffer itself, on GPU 3.
     assert_eq!(value.tier(), Tier::Device);
-    assert_eq!(value.frames[0].location(), Location::Device(gpus[3].device()));
+    assert_eq!(value.frames[0].location(), gpus[3].device());
     let bytes = value.frames[0].to_host().unwrap();
     assert!(bytes.iter().enumerate().all(|(i, &b)| b == byte(5, i)));
     let counts = copies(&gpus);

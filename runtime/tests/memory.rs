@@ -11,7 +11,7 @@ use std::time::Duration;
 use weft_runtime::ops::args;
 use weft_runtime::store::{MemoryConfig, MemorySnapshot};
 use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, TaskFuture, TaskSpec, Value, WorkerMode};
-use weft_transport::Frame;
+use weft_transport::Buffer;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -32,7 +32,7 @@ fn registry() -> Registry {
         let data: Vec<u8> = (0..len).map(|i| byte(seed, i)).collect();
         Ok(Value {
             header: Default::default(),
-            frames: vec![Frame::host(data)],
+            frames: vec![Buffer::host(data)],
         })
     });
     registry.raw_op("checksum", |_, inputs| {

@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::config::Config;
 use crate::connection::{Connection, Peer, Receiver};
 use crate::error::{Result, TransportError};
-use crate::frame::Message;
+use crate::message::Message;
 use crate::sender::{Sender, Writer};
 use crate::stream::{check_hello, reject_ack};
 

@@ -10,13 +10,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), weft_transport::TransportError> {
-//! use weft_transport::{Config, Frame, Message, connect, listen};
+//! use weft_transport::{Config, Buffer, Message, connect, listen};
 //! let config = Config::default();
 //! let mut listener = listen("tcp://127.0.0.1:0", &config).await?;
 //! let addr = listener.local_addr().to_string();
 //! let client = connect(&addr, &config).await?;
 //! let mut server = listener.accept().await?;
-//! client.send(Message::new(&b"hello"[..], vec![Frame::host(vec![0u8; 1 << 20])])).await?;
+//! client.send(Message::new(&b"hello"[..], vec![Buffer::host(vec![0u8; 1 << 20])])).await?;
 //! let message = server.recv().await?.expect("a message");
 //! assert_eq!(message.frames[0].len(), 1 << 20);
 //! # Ok(()) }
@@ -48,8 +48,8 @@ mod addr;
 mod config;
 mod connection;
 mod error;
-mod frame;
 mod inproc;
+mod message;
 mod pool;
 mod sender;
 mod stream;
@@ -62,8 +62,9 @@ pub use addr::{Address, Scheme};
 pub use config::Config;
 pub use connection::{Connection, Listener, Peer, Receiver, connect, listen};
 pub use error::{Result, TransportError};
-pub use frame::{Frame, Location, Message};
+pub use message::Message;
 pub use pool::{BufferPool, PoolStats, PooledBuf};
 pub use sender::Sender;
 pub use tls::{TlsConfig, TlsFiles};
+pub use weft_gpu::Buffer;
 pub use wire::{Limits, WireError};

@@ -14,8 +14,8 @@ use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit};
 
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
-use crate::frame::Message;
 use crate::inproc::InprocTx;
+use crate::message::Message;
 use crate::stream::{self, BoxWrite};
 use crate::ucx::UcxWriter;
 

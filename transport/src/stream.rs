@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use crate::config::Config;
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
-use crate::frame::Message;
+use crate::message::Message;
 use crate::pool::{BufferPool, PooledBuf};
 use crate::wire::{self, Ack, Hello, Limits, Status, WireError};
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Pki, assert_same, config, echo, message};
-use weft_transport::{Config, Frame, Message, connect, listen};
+use weft_transport::{Buffer, Config, Message, connect, listen};
 
 const MIB: usize = 1 << 20;
 
@@ -84,7 +84,10 @@ async fn device_frames_arrive_as_their_bytes(addr: &str) {
     let at = listener.local_addr().to_string();
     let server = tokio::spawn(async move { echo(listener.accept().await.unwrap()).await });
     let mut connection = connect(&at, &config("client")).await.unwrap();
-    let sent = Message::new(&b"device"[..], vec![Frame::device(buffer), Frame::host(vec![1u8; 10])]);
+    let sent = Message::new(
+        &b"device"[..],
+        vec![Buffer::device(buffer), Buffer::host(vec![1u8; 10])],
+    );
     connection.send(sent).await.unwrap();
     let got = connection.recv().await.unwrap().expect("echo");
     assert_eq!(got.frames[0].as_host().expect("staged to host")[..], bytes[..]);

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft::transport::Frame;
+use weft::transport::Buffer;
 use weft::{Graph, Key, LocalCluster, LocalOptions, Registry, TaskSpec, Value, worker_main};
 
 /// Seeds run by default (CI).
@@ -145,7 +145,7 @@ fn blob(args: &[u8], inputs: &[Arc<Value>]) -> Result<Value, String> {
         chunk.copy_from_slice(&word(d, i).to_le_bytes());
     }
     let mut value = Value::encode(&(d, args.nbytes))?;
-    value.frames.push(Frame::host(bytes));
+    value.frames.push(Buffer::host(bytes));
     Ok(value)
 }
 

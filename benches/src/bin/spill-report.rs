@@ -14,7 +14,7 @@ use serde_json::json;
 use weft_benches::median;
 use weft_runtime::Value;
 use weft_runtime::store::SpillDir;
-use weft_transport::{BufferPool, Frame};
+use weft_transport::{Buffer, BufferPool};
 
 const REPS: usize = 7;
 const BLOCK: usize = 64 << 20;
@@ -56,7 +56,7 @@ fn measure(root: &Path) -> Result<(f64, f64, f64, f64), Box<dyn std::error::Erro
     let data: Vec<u8> = (0..BLOCK).map(|i| i as u8).collect();
     let value = Value {
         header: Default::default(),
-        frames: vec![Frame::host(data)],
+        frames: vec![Buffer::host(data)],
     };
     let pool = BufferPool::new(2 * BLOCK);
     let (mut write, mut read, mut dd_write, mut dd_read) = (vec![], vec![], vec![], vec![]);

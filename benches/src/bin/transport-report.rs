@@ -25,7 +25,7 @@ use weft_benches::transport::{one_way, one_way_gbps, pair, ping_pong, raw_ping_p
 
 const REPS: usize = 5;
 const MIB: usize = 1 << 20;
-/// Frame size of the throughput figures, and message size of ucx_perftest.
+/// Buffer size of the throughput figures, and message size of ucx_perftest.
 const BIG: usize = 64 * MIB;
 /// The UCX transport selections measured: TCP, and shared memory (with TCP
 /// for the connection setup, which UCX 1.13's sockaddr listener needs).
@@ -103,7 +103,7 @@ struct Figures {
     tcp_gbps: f64,
     rtt_us: f64,
     raw_rtt_us: f64,
-    /// Frame size, GB/s and messages per second.
+    /// Buffer size, GB/s and messages per second.
     inproc: Vec<(usize, f64, f64)>,
 }
 

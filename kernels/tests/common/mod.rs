@@ -170,10 +170,7 @@ pub fn rows(c: &Column) -> Vec<Option<V>> {
 }
 
 fn host_bytes(c: &Column) -> &[u8] {
-    match c.values() {
-        weft_kernels::Data::Host(b) => b.as_slice(),
-        weft_kernels::Data::Device(_) => panic!("on device"),
-    }
+    c.values().as_host().expect("a host column")
 }
 
 /// Row-wise equality; floats within `rel` relative error (0: bit-exact, NaN equal).

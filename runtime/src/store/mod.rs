@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
-use weft_transport::{BufferPool, Frame};
+use weft_transport::{Buffer, BufferPool};
 
 pub use spill::{SpillDir, SpillFile};
 
@@ -719,7 +719,7 @@ fn to_host(value: &Value) -> Result<Value, String> {
     let frames = value
         .frames
         .iter()
-        .map(|f| f.to_host().map(Frame::host))
+        .map(|f| f.to_host().map(Buffer::host))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot copy a result off its device: {e}"))?;
     Ok(Value {

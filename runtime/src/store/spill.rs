@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tracing::warn;
-use weft_transport::{BufferPool, Frame};
+use weft_transport::{Buffer, BufferPool};
 
 use crate::value::Value;
 
@@ -188,7 +188,7 @@ fn read_value(path: &Path, pool: &BufferPool) -> io::Result<Value> {
     for len in lengths {
         let mut buf = pool.take(len as usize);
         file.read_exact(buf.as_mut_slice())?;
-        frames.push(Frame::host(buf.freeze()));
+        frames.push(Buffer::host(buf.freeze()));
     }
     Ok(Value {
         header: Bytes::from(header),
@@ -207,9 +207,9 @@ mod tests {
         let value = Value {
             header: Bytes::from_static(b"head"),
             frames: vec![
-                Frame::host(vec![7u8; 100_000]),
-                Frame::host(Vec::new()),
-                Frame::host(vec![1u8; 3]),
+                Buffer::host(vec![7u8; 100_000]),
+                Buffer::host(Vec::new()),
+                Buffer::host(vec![1u8; 3]),
             ],
         };
         let file = dir.write(&value).unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use weft_gpu::Gpu;
-use weft_transport::{Config as TransportConfig, Connection, Frame, Receiver, Sender, connect, listen};
+use weft_transport::{Buffer, Config as TransportConfig, Connection, Receiver, Sender, connect, listen};
 
 pub use state::{TransferLimits, WorkerCommand, WorkerEvent, WorkerState};
 
@@ -486,7 +486,7 @@ fn localize(values: Vec<(TaskId, Value)>, gpu: Option<&Arc<Gpu>>) -> std::result
                 .map(|frame| match (frame.as_device(), gpu) {
                     (None, _) => Ok(frame.clone()),
                     (Some(_), Some(gpu)) => crate::device::to_gpu(frame, gpu),
-                    (Some(_), None) => frame.to_host().map(Frame::host),
+                    (Some(_), None) => frame.to_host().map(Buffer::host),
                 })
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| format!("{task}: {e}"))?;

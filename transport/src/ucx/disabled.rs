@@ -9,7 +9,7 @@ use crate::addr::Address;
 use crate::config::Config;
 use crate::connection::{Connection, Peer};
 use crate::error::{Result, TransportError};
-use crate::frame::Message;
+use crate::message::Message;
 use crate::tcp::AcceptQueue;
 
 fn unsupported() -> TransportError {

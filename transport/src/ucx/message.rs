@@ -13,9 +13,9 @@ use super::link::{Datagram, Handle, Keep, Op, Ops};
 use crate::config::Config;
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
-use crate::frame::{Frame, Message};
 use crate::pool::{BufferPool, PooledBuf};
 use crate::wire::{self, Limits, Part, WireError};
+use crate::{Buffer, Message};
 
 /// The sending half's writer.
 pub(crate) struct UcxWriter {
@@ -36,7 +36,7 @@ impl UcxWriter {
     /// parts: until the peer has fetched them).
     pub(crate) async fn send(&self, message: &Message, peer: &Peer) -> Result<()> {
         let header = &message.header;
-        let head = wire::encode_head(header, message.frames.iter().map(Frame::len));
+        let head = wire::encode_head(header, message.frames.iter().map(Buffer::len));
         let large_header = (header.len() > wire::INLINE_HEADER_MAX).then(|| header.clone());
         let frames = parts(message, peer)?;
         let mut ops = Ops::new(&self.link, Vec::with_capacity(message.frames.len() + 2));
@@ -141,7 +141,7 @@ impl Partial {
     fn finish(self) -> Message {
         Message::new(
             self.header.unwrap_or_default(),
-            self.frames.into_iter().map(Frame::host).collect(),
+            self.frames.into_iter().map(Buffer::host).collect(),
         )
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_transport::ucx::RawPeer;
 use weft_transport::wire::{self, Status};
-use weft_transport::{Config, Connection, Frame, Message, TlsConfig, TlsFiles};
+use weft_transport::{Buffer, Config, Connection, Message, TlsConfig, TlsFiles};
 
 /// Asserts that a value matches a pattern, showing the value if not.
 #[macro_export]
@@ -83,7 +83,7 @@ pub fn message(seed: u64, header_len: usize, frame_lens: &[usize]) -> Message {
     let frames = frame_lens
         .iter()
         .enumerate()
-        .map(|(i, &len)| Frame::host(pattern(len, seed * 1000 + i as u64)))
+        .map(|(i, &len)| Buffer::host(pattern(len, seed * 1000 + i as u64)))
         .collect();
     Message::new(pattern(header_len, seed), frames)
 }
