@@ -9,9 +9,9 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use weft_gpu::Buffer;
 use weft_runtime::Value;
 use weft_runtime::shm;
-use weft_transport::Frame;
 
 use crate::dtype::{DType, Element};
 use crate::error::{ArrayError, Result};
@@ -148,8 +148,8 @@ impl Buf {
     }
 
     /// A frame holding these elements, without copying them.
-    pub fn into_frame(self) -> Frame {
-        Frame::host(Bytes::from_owner(Owned(self)))
+    pub fn into_frame(self) -> Buffer {
+        Buffer::host(Bytes::from_owner(Owned(self)))
     }
 }
 
@@ -340,7 +340,7 @@ impl Out {
     /// The finished chunk value.
     pub fn finish(self) -> Result<Value> {
         let mut value = Value::encode(&vec![self.meta]).map_err(ArrayError::Data)?;
-        value.frames.push(Frame::host(self.buf.freeze()));
+        value.frames.push(Buffer::host(self.buf.freeze()));
         Ok(value)
     }
 }
@@ -362,14 +362,14 @@ mod tests {
         let shifted = Bytes::from(shifted).slice(1..);
         let moved = Value {
             header: value.header.clone(),
-            frames: vec![Frame::host(shifted)],
+            frames: vec![Buffer::host(shifted)],
         };
         let view = decode_one(&moved).unwrap();
         assert_eq!(view.data.as_slice::<f64>().unwrap(), &[1., 2., 3., 4., 5., 6.]);
         // A frame of the wrong length is an error naming the shape.
         let bad = Value {
             header: value.header.clone(),
-            frames: vec![Frame::host(Bytes::from(vec![0u8; 8]))],
+            frames: vec![Buffer::host(Bytes::from(vec![0u8; 8]))],
         };
         let err = decode_one(&bad).unwrap_err().to_string();
         assert!(err.contains("[2, 3]"), "{err}");
