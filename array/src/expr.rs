@@ -367,37 +367,108 @@ arith_int!(i32, i32::wrapping_abs);
 arith_int!(i64, i64::wrapping_abs);
 arith_int!(u8, |a: u8| a);
 
-/// Where a leaf's elements come from, one tile at a time.
-pub trait Source {
-    /// Writes elements `start..start + out.len()` (flat, C order over the
-    /// task's output chunk) into `out`, whose type is the leaf's.
-    fn load(&mut self, start: usize, out: &mut crate::block::Buf, len: usize);
+/// A tile of a chunk: `rows` runs of `cols` elements, run `r` starting at
+/// flat position `start + r * row_stride` (C order). A flat tile is one
+/// run, which may cross rows of the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tile {
+    /// Flat position of the first element.
+    pub start: usize,
+    /// Runs.
+    pub rows: usize,
+    /// Elements per run.
+    pub cols: usize,
+    /// Flat distance between runs.
+    pub row_stride: usize,
 }
 
-/// Runs a program over `n` elements in tiles, calling `sink(start, tile)`
-/// with each tile of the result. Tiles come in order.
+impl Tile {
+    /// Elements in the tile.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each run's flat start and its offset in the tile.
+    pub fn runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.rows).map(|r| (self.start + r * self.row_stride, r * self.cols))
+    }
+}
+
+/// Side of the square tiles used when a leaf is read across its rows (a
+/// transpose): 32 x 32 elements touch 128 cache lines of each input, which
+/// stay in L1 while the tile is read.
+pub const SQUARE: usize = 32;
+
+/// The tiles covering a chunk of `shape`: flat runs of [`TILE`] elements, or
+/// with `square`, [`SQUARE`]-sided squares over the last two axes.
+pub fn tiles(shape: &[usize], square: bool) -> Vec<Tile> {
+    let n: usize = shape.iter().product();
+    let nd = shape.len();
+    if !square || nd < 2 {
+        return (0..n)
+            .step_by(TILE)
+            .map(|start| Tile {
+                start,
+                rows: 1,
+                cols: TILE.min(n - start),
+                row_stride: 0,
+            })
+            .collect();
+    }
+    let (rows, cols) = (shape[nd - 2], shape[nd - 1]);
+    let plane = rows * cols;
+    let mut out = Vec::new();
+    for lead in 0..n.checked_div(plane).unwrap_or(0) {
+        for r0 in (0..rows).step_by(SQUARE) {
+            for c0 in (0..cols).step_by(SQUARE) {
+                out.push(Tile {
+                    start: lead * plane + r0 * cols + c0,
+                    rows: SQUARE.min(rows - r0),
+                    cols: SQUARE.min(cols - c0),
+                    row_stride: cols,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Where a leaf's elements come from, one tile at a time.
+pub trait Source {
+    /// Writes the tile's elements (runs one after another) into `out`,
+    /// whose type is the leaf's.
+    fn load(&mut self, tile: &Tile, out: &mut crate::block::Buf);
+}
+
+/// Runs a program over the tiles of a chunk, calling `sink(tile, result)`
+/// for each, in the order given.
 pub fn run(
     program: &Program,
     leaves: &mut [Box<dyn Source + '_>],
-    n: usize,
-    mut sink: impl FnMut(usize, &crate::block::Buf) -> Result<()>,
+    tiles: &[Tile],
+    mut sink: impl FnMut(&Tile, &crate::block::Buf) -> Result<()>,
 ) -> Result<()> {
     use crate::block::Buf;
-    let tile = TILE.min(n.max(1));
+    let tile = tiles.iter().map(Tile::len).max().unwrap_or(0).max(1);
     let mut regs: Vec<Buf> = program.dtypes.iter().map(|&d| Buf::zeros(d, tile)).collect();
     let mut filled = vec![false; regs.len()];
-    let mut start = 0;
-    while start < n {
-        let len = tile.min(n - start);
+    for t in tiles {
+        let len = t.len();
         for (i, instr) in program.instrs.iter().enumerate() {
             let (before, after) = regs.split_at_mut(i);
             let out = &mut after[0];
             match *instr {
                 Instr::Leaf(l) => {
+                    let count = leaves.len();
                     let leaf = leaves
                         .get_mut(l as usize)
-                        .ok_or_else(|| ArrayError::Data(format!("the program reads leaf {l}, the task has {}", 0)))?;
-                    leaf.load(start, out, len);
+                        .ok_or_else(|| ArrayError::Data(format!("the program reads leaf {l}, the task has {count}")))?;
+                    leaf.load(t, out);
                 }
                 Instr::Const(value, _) => {
                     // Constants are the same in every tile.
@@ -415,8 +486,7 @@ pub fn run(
             }
         }
         let result = regs.last().ok_or_else(|| ArrayError::Data("an empty program".into()))?;
-        sink(start, &truncated(result, len))?;
-        start += len;
+        sink(t, &truncated(result, len))?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::block::{Buf, Data, Out, View, decode_one};
 use crate::chunks::{strides, unravel};
 use crate::dtype::DType;
 use crate::error::{ArrayError, Result};
-use crate::expr::{Program, Source, convert, run};
+use crate::expr::{Program, Source, Tile, convert, run, tiles};
 use crate::reduce::{Place, ReduceArgs, Running, partial};
 use crate::with_typed;
 
@@ -122,8 +122,12 @@ struct Strided<'a> {
 }
 
 impl Source for Strided<'_> {
-    fn load(&mut self, start: usize, out: &mut Buf, len: usize) {
-        with_typed!(Buf, out, o => with_typed!(Data, self.data, d => gather(d, &self.shape, &self.strides, start, &mut o[..len])))
+    fn load(&mut self, tile: &Tile, out: &mut Buf) {
+        with_typed!(Buf, out, o => with_typed!(Data, self.data, d => {
+            for (start, at) in tile.runs() {
+                gather(d, &self.shape, &self.strides, start, &mut o[at..at + tile.cols]);
+            }
+        }))
     }
 }
 
@@ -177,7 +181,9 @@ struct Generated {
 }
 
 impl Source for Generated {
-    fn load(&mut self, start: usize, out: &mut Buf, len: usize) {
+    fn load(&mut self, tile: &Tile, out: &mut Buf) {
+        // Generators only get flat tiles, in order (see `run_fused`).
+        let (start, len) = (tile.start, tile.len());
         match (self.generator, out) {
             (Gen::Uniform { low, high, .. }, Buf::F64(o)) => {
                 for x in &mut o[..len] {
@@ -270,14 +276,32 @@ pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<V
         }
     }
     let dtype = args.program.dtype();
+    // Square tiles when a leaf is read across its rows (a transpose) and
+    // no generator needs the elements in order.
+    let square = args.shape.len() >= 2
+        && args.leaves.iter().all(|l| matches!(l, LeafArg::Input { .. }))
+        && args.leaves.iter().any(|l| match l {
+            LeafArg::Input { axes, .. } => axes.last().is_some_and(|&k| k + 1 != args.shape.len()),
+            LeafArg::Gen(_) => false,
+        });
+    let tiles = tiles(&args.shape, square);
+    let write = |dst: &mut Buf, tile: &Tile, src: &Buf| {
+        with_typed!(Buf, dst, d => with_typed!(Buf, src, s => {
+            for (start, at) in tile.runs() {
+                convert(&s[at..at + tile.cols], &mut d[start..start + tile.cols]);
+            }
+        }))
+    };
     match &args.reduce {
         None => {
             let mut out = Out::new(dtype, &args.shape);
             crate::with_dtype!(dtype, T => {
                 let dst = out.as_mut::<T>()?;
-                run(&args.program, &mut leaves, n, |start, tile| {
-                    let src = tile.as_slice::<T>().ok_or_else(|| ArrayError::Data("a tile of the wrong type".into()))?;
-                    dst[start..start + src.len()].copy_from_slice(src);
+                run(&args.program, &mut leaves, &tiles, |tile, result| {
+                    let src = result.as_slice::<T>().ok_or_else(|| ArrayError::Data("a tile of the wrong type".into()))?;
+                    for (start, at) in tile.runs() {
+                        dst[start..start + tile.cols].copy_from_slice(&src[at..at + tile.cols]);
+                    }
                     Ok(())
                 })?;
             });
@@ -285,20 +309,18 @@ pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<V
         }
         Some(reduce) if reduce.axes.len() == args.shape.len() && Running::supports(reduce.op) => {
             let mut acc = Running::new(reduce.op);
-            run(&args.program, &mut leaves, n, |_, tile| {
-                acc.add(tile);
+            run(&args.program, &mut leaves, &tiles, |_, result| {
+                acc.add(result);
                 Ok(())
             })?;
             acc.finish(dtype)
         }
         Some(reduce) => {
             let mut buf = Buf::zeros(dtype, n);
-            with_typed!(Buf, &mut buf, dst => {
-                run(&args.program, &mut leaves, n, |start, tile| {
-                    with_typed!(Buf, tile, src => convert(src, &mut dst[start..start + src.len()]));
-                    Ok(())
-                })?;
-            });
+            run(&args.program, &mut leaves, &tiles, |tile, result| {
+                write(&mut buf, tile, result);
+                Ok(())
+            })?;
             let place = Place {
                 shape: &args.shape,
                 offset: &args.offset,

@@ -514,3 +514,23 @@ fn npy_files_round_trip_whole_and_per_chunk() {
         .to_string();
     assert!(err.contains("missing.npy"), "{err}");
 }
+
+#[test]
+fn transposed_reads_in_square_tiles_match_loops() {
+    let mut rng = fastrand::Rng::with_seed(8);
+    let (m, n) = (70, 45);
+    let va = data(&mut rng, &[m, n]);
+    let vb = data(&mut rng, &[n, m]);
+    // Chunks larger than a 32 x 32 tile, with ragged edges.
+    let a = from_slice(&va, &[m, n], &[50, 40]).unwrap();
+    let b = from_slice(&vb, &[n, m], &[40, 50]).unwrap();
+    let y = (&(&a * 3.0).unwrap() - &b.t()).unwrap();
+    let expected: Vec<f64> = (0..m * n).map(|i| 3.0 * va[i] - vb[(i % n) * m + i / n]).collect();
+    close(&host(&y), &expected);
+    close(&host(&y.sum(None).unwrap()), &[expected.iter().sum()]);
+    let cols = y.max(Some(&[0])).unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|j| (0..m).map(|i| expected[i * n + j]).fold(f64::NEG_INFINITY, f64::max))
+        .collect();
+    close(&host(&cols), &want);
+}
