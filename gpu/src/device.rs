@@ -4,8 +4,9 @@
 //! device: an enum over the backends ([`GpuBackend`]) plus the device's memory
 //! pool. [`Devices`] opens every GPU the configuration asks for.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::buffer::{DeviceBuffer, PinnedBuffer};
 use crate::cuda::{CudaGpu, CudaProbe, probe_cuda};
@@ -189,13 +190,34 @@ impl Geometry {
     }
 }
 
+/// What a device out of memory calls (see [`Gpu::on_out_of_memory`]).
+pub type Reclaim = Arc<dyn Fn(usize) -> bool + Send + Sync>;
+
+/// How many times one allocation asks the reclaim callback for memory.
+const RECLAIM_TRIES: usize = 4;
+
+thread_local! {
+    /// Each thread's stream per device (see [`Gpu::thread_stream`]).
+    static THREAD_STREAMS: RefCell<Vec<Stream>> = const { RefCell::new(Vec::new()) };
+}
+
 /// An opened GPU: its backend and its memory pool.
-#[derive(Debug)]
 pub struct Gpu {
     device: Device,
     backend: GpuBackend,
     pool: Pool,
     staging: StagingPool,
+    reclaim: RwLock<Option<Reclaim>>,
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gpu")
+            .field("device", &self.device)
+            .field("backend", &self.backend)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gpu {
@@ -205,6 +227,7 @@ impl Gpu {
             backend,
             pool: Pool::new(),
             staging: StagingPool::default(),
+            reclaim: RwLock::new(None),
         })
     }
 
@@ -240,10 +263,34 @@ impl Gpu {
     }
 
     /// Allocates `len` bytes from this device's pool. The contents are
-    /// unspecified (reused blocks keep old data).
+    /// unspecified (reused blocks keep old data). When the device is full,
+    /// the [`on_out_of_memory`](Self::on_out_of_memory) callback frees what
+    /// it can and the allocation is tried again (a few times at most), as
+    /// RMM's failure-callback adaptor does; every allocation (kernels',
+    /// copies', ops') goes through here.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer> {
-        let (ptr, class) = self.pool.alloc(&self.backend, self.device, len)?;
-        Ok(DeviceBuffer::new(self.clone(), ptr, len, class))
+        let mut tries = 0;
+        loop {
+            match self.pool.alloc(&self.backend, self.device, len) {
+                Ok((ptr, class)) => return Ok(DeviceBuffer::new(self.clone(), ptr, len, class)),
+                Err(GpuError::OutOfMemory { .. }) if tries < RECLAIM_TRIES && self.reclaim(len) => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sets what to call when an allocation finds the device full: it gets
+    /// the bytes wanted, frees what it can (a worker spills results to host
+    /// memory) and returns whether it freed anything. Replaces an earlier
+    /// callback.
+    pub fn on_out_of_memory(&self, reclaim: impl Fn(usize) -> bool + Send + Sync + 'static) {
+        *self.reclaim.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(reclaim));
+    }
+
+    fn reclaim(&self, len: usize) -> bool {
+        // Cloned out, so the callback runs without the lock held.
+        let reclaim = self.reclaim.read().unwrap_or_else(|e| e.into_inner()).clone();
+        reclaim.is_some_and(|reclaim| reclaim(len))
     }
 
     pub(crate) fn release(&self, ptr: u64, class: usize, len: usize) {
@@ -288,6 +335,21 @@ impl Gpu {
     /// A new stream on this device.
     pub fn stream(self: &Arc<Self>) -> Result<Stream> {
         Stream::new(self.clone())
+    }
+
+    /// The calling thread's stream on this device, made on first use and
+    /// the same queue after: an op's kernels and copies on one compute
+    /// thread queue in order on it, without creating a stream per call.
+    pub fn thread_stream(self: &Arc<Self>) -> Result<Stream> {
+        THREAD_STREAMS.with(|streams| {
+            let mut streams = streams.borrow_mut();
+            if let Some(s) = streams.iter().find(|s| Arc::ptr_eq(s.gpu(), self)) {
+                return Ok(s.clone());
+            }
+            let stream = self.stream()?;
+            streams.push(stream.clone());
+            Ok(stream)
+        })
     }
 
     /// Whether this device can read and write `other`'s memory directly.

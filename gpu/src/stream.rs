@@ -18,12 +18,14 @@ use crate::device::GpuBackend;
 use crate::emulated::CopyKind;
 use crate::{Device, DeviceBuffer, Gpu, GpuError, Result};
 
+#[derive(Clone)]
 enum Inner {
     Cuda(Arc<CudaStream>),
     Emulated,
 }
 
-/// An ordered queue of work on one device.
+/// An ordered queue of work on one device. Clones are the same queue.
+#[derive(Clone)]
 pub struct Stream {
     gpu: Arc<Gpu>,
     inner: Inner,

@@ -277,3 +277,38 @@ fn cuda_round_trip_when_a_gpu_is_present() {
     let d = stream.upload(&big).unwrap();
     assert_eq!(stream.download(&d).unwrap(), big);
 }
+
+#[test]
+fn a_full_device_asks_its_reclaim_callback_and_tries_again() {
+    use std::sync::{Arc, Mutex};
+    let gpu = Gpu::emulated(0, 64 << 10, false);
+    // What the callback may free: one block another owner (a result store) holds.
+    let held = Arc::new(Mutex::new(Some(gpu.alloc(48 << 10).unwrap())));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let (h, a) = (held.clone(), asked.clone());
+    gpu.on_out_of_memory(move |bytes| {
+        a.lock().unwrap().push(bytes);
+        h.lock().unwrap().take().is_some()
+    });
+    let b = gpu.alloc(40 << 10).expect("room made by the callback");
+    assert_eq!(*asked.lock().unwrap(), vec![40 << 10]);
+    // Nothing left to free: the callback says so and the error stands.
+    assert!(matches!(gpu.alloc(40 << 10), Err(GpuError::OutOfMemory { .. })));
+    assert_eq!(asked.lock().unwrap().len(), 2);
+    drop(b);
+}
+
+#[test]
+fn each_thread_has_a_stream_per_device() {
+    let (g0, g1) = (Gpu::emulated(0, 1 << 20, true), Gpu::emulated(1, 1 << 20, true));
+    for _ in 0..2 {
+        assert_eq!(g0.thread_stream().unwrap().device(), Device::Emulated(0));
+        assert_eq!(g1.thread_stream().unwrap().device(), Device::Emulated(1));
+    }
+    let b = std::thread::scope(|s| {
+        s.spawn(|| g1.thread_stream().unwrap().upload(&[1, 2, 3]).unwrap())
+            .join()
+            .unwrap()
+    });
+    assert_eq!(g1.thread_stream().unwrap().download(&b).unwrap(), vec![1, 2, 3]);
+}

@@ -226,13 +226,7 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
                     unset_bit(bits, i);
                 }
             }
-            Column::new(
-                a.dtype(),
-                n,
-                Buffer::from_vec(vals),
-                valid.map(Buffer::from_vec),
-                None,
-            )
+            Column::new(a.dtype(), n, Buffer::from_vec(vals), valid.map(Buffer::from_vec), None)
         }),
         Target::Gpu(exec) => with_numeric!("binary", a.dtype(), |T| {
             let out = exec.alloc(n * std::mem::size_of::<T>())?;

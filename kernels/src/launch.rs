@@ -139,7 +139,7 @@ impl Exec {
     pub(crate) fn new(gpu: &Arc<Gpu>) -> Result<Self, KernelError> {
         Ok(Exec {
             gpu: gpu.clone(),
-            stream: gpu.stream()?,
+            stream: gpu.thread_stream()?,
         })
     }
 

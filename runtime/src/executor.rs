@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::ids::{Key, SharedStr, TaskId};
-use crate::ops::Registry;
+use crate::ops::{OpContext, OpError, Registry, Site};
 use crate::value::Value;
 
 /// One op to run.
@@ -40,7 +40,7 @@ pub struct Done {
     /// The op that ran.
     pub op: SharedStr,
     /// The result, or the failure as the client will read it.
-    pub outcome: Result<Value, String>,
+    pub outcome: Result<Value, OpError>,
     /// How long the op ran.
     pub compute_us: u64,
 }
@@ -54,27 +54,23 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Starts `nthreads` threads that run ops from `registry` and hand
-    /// each finished job to `report`, which returns false once nobody
-    /// listens any more.
-    /// Each thread first calls `setup` (which binds it to the worker's GPU).
+    /// Starts `nthreads` threads that run ops from `registry` on `site`
+    /// and hand each finished job to `report`, which returns false once
+    /// nobody listens any more.
     pub fn start(
         nthreads: usize,
-        worker: String,
+        site: Arc<Site>,
         registry: Arc<Registry>,
-        setup: impl Fn() + Send + Clone + 'static,
         report: impl Fn(Done) -> bool + Send + Clone + 'static,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         for i in 0..nthreads.max(1) {
-            let (queue, registry, report, worker) = (queue.clone(), registry.clone(), report.clone(), worker.clone());
-            let setup = setup.clone();
+            let (queue, registry, report, site) = (queue.clone(), registry.clone(), report.clone(), site.clone());
             std::thread::Builder::new()
                 .name(format!("weft-compute-{i}"))
                 .spawn(move || {
-                    setup();
                     for job in queue {
-                        if !report(run(&registry, &worker, job)) {
+                        if !report(run(&registry, &site, job)) {
                             return; // the worker is shutting down
                         }
                     }
@@ -92,9 +88,9 @@ impl Executor {
 }
 
 /// Runs one job on this thread, timing it.
-pub fn run(registry: &Registry, worker: &str, job: Job) -> Done {
+pub fn run(registry: &Registry, site: &Site, job: Job) -> Done {
     let started = Instant::now();
-    let outcome = run_op(registry, worker, &job);
+    let outcome = run_op(registry, site, &job);
     Done {
         session: job.session,
         task: job.task,
@@ -106,15 +102,17 @@ pub fn run(registry: &Registry, worker: &str, job: Job) -> Done {
 }
 
 /// Runs one op; a panic becomes an error naming it.
-fn run_op(registry: &Registry, worker: &str, job: &Job) -> Result<Value, String> {
+fn run_op(registry: &Registry, site: &Site, job: &Job) -> Result<Value, OpError> {
     let Some(op) = registry.get(&job.op) else {
-        return Err(format!(
-            "unknown op {:?} on worker {worker} (it has: {})",
+        return Err(OpError::Failed(format!(
+            "unknown op {:?} on worker {} (it has: {})",
             job.op.as_str(),
+            site.worker,
             registry.names().join(", ")
-        ));
+        )));
     };
-    match catch_unwind(AssertUnwindSafe(|| op(&job.args, &job.inputs))) {
+    let context = OpContext::new(site, &job.key);
+    match catch_unwind(AssertUnwindSafe(|| op(&context, &job.args, &job.inputs))) {
         Ok(result) => result,
         Err(payload) => {
             let message = payload
@@ -122,7 +120,7 @@ fn run_op(registry: &Registry, worker: &str, job: &Job) -> Result<Value, String>
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic with a non-string payload".into());
-            Err(format!("op panicked: {message}"))
+            Err(OpError::Failed(format!("op panicked: {message}")))
         }
     }
 }

@@ -27,7 +27,9 @@ pub mod sim;
 
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
-pub use protocol::{FromClient, FromWorker, Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo, WorkerStatus};
+pub use protocol::{
+    FromClient, FromWorker, OpError, Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo, WorkerStatus,
+};
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 
 // The reactors around the core: they own sockets, clocks and threads.

@@ -417,7 +417,7 @@ impl Recorder {
                     }
                 });
             }
-            FromWorker::Failed { task, message } => {
+            FromWorker::Failed { task, error } => {
                 let Some(t) = scheduler.task_view(*task) else {
                     return;
                 };
@@ -431,7 +431,7 @@ impl Recorder {
                     key: key.clone(),
                     op: op.clone(),
                     at_ms: unix_ms(),
-                    message: message.clone(),
+                    message: error.to_string(),
                 });
             }
             FromWorker::Acquired { task, nbytes } => {

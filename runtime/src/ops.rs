@@ -11,18 +11,139 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weft_gpu::{Buffer, Device, DeviceBuffer, Gpu, GpuError, Stream};
 
+use crate::ids::Key;
+pub use crate::protocol::OpError;
 use crate::value::Value;
 
-/// An op as the executor calls it: serialized arguments and the input
-/// values, in the order of the task's dependencies.
-pub type OpFn = Arc<dyn Fn(&[u8], &[Arc<Value>]) -> Result<Value, String> + Send + Sync>;
+/// An op as the executor calls it: its context, serialized arguments and
+/// the input values, in the order of the task's dependencies.
+pub type OpFn = Arc<dyn Fn(&OpContext, &[u8], &[Arc<Value>]) -> Result<Value, OpError> + Send + Sync>;
+
+/// Where an op runs and what it may use there: the worker's GPU (if it has
+/// one) with this compute thread's stream on it, and the worker's memory
+/// limits. Device memory taken through [`alloc`](Self::alloc) (or by
+/// kernels, which allocate from the same pool) spills other results off
+/// the device when it is full, so an op sees out-of-memory only when
+/// spilling could not make room.
+///
+/// ```
+/// use std::sync::Arc;
+/// use weft_runtime::ops::{OpContext, OpError};
+/// use weft_runtime::{Registry, Value};
+///
+/// let mut registry = Registry::empty();
+/// registry.raw_op("zeros_on_device", |ctx: &OpContext, args: &[u8], _inputs: &[Arc<Value>]| {
+///     let len: usize = weft_runtime::ops::decode_args(args)?;
+///     let buffer = ctx.alloc(len)?; // the worker's GPU, or an error on a CPU worker
+///     ctx.stream()?.memset_zero(&buffer, len)?;
+///     Ok(Value { header: Default::default(), frames: vec![weft_gpu::Buffer::device(buffer)] })
+/// });
+/// ```
+pub struct OpContext<'a> {
+    site: &'a Site,
+    key: &'a Key,
+}
+
+/// What every op on one worker shares: see [`OpContext`].
+#[derive(Clone, Debug, Default)]
+pub struct Site {
+    /// The worker's name.
+    pub worker: String,
+    /// The worker's GPU, if it has one.
+    pub gpu: Option<Arc<Gpu>>,
+    /// Host memory the worker may use, in bytes (0: no limit).
+    pub memory_limit: u64,
+    /// Device memory the worker keeps results in, in bytes (0: none).
+    pub device_limit: u64,
+}
+
+impl<'a> OpContext<'a> {
+    /// The context of the task `key` on `site`.
+    pub fn new(site: &'a Site, key: &'a Key) -> Self {
+        OpContext { site, key }
+    }
+
+    /// The task's key.
+    pub fn key(&self) -> &Key {
+        self.key
+    }
+
+    /// The worker's name.
+    pub fn worker(&self) -> &str {
+        &self.site.worker
+    }
+
+    /// The worker's GPU; `None` on a CPU worker.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.site.gpu.as_ref()
+    }
+
+    /// Where the op's results belong: the worker's GPU, or the CPU.
+    pub fn device(&self) -> Device {
+        self.gpu().map_or(Device::Cpu, |g| g.device())
+    }
+
+    /// Host memory the worker may use, in bytes (0: no limit).
+    pub fn memory_limit(&self) -> u64 {
+        self.site.memory_limit
+    }
+
+    /// Device memory the worker keeps results in, in bytes (0: no GPU).
+    pub fn device_limit(&self) -> u64 {
+        self.site.device_limit
+    }
+
+    fn need_gpu(&self) -> Result<&Arc<Gpu>, OpError> {
+        self.gpu().ok_or_else(|| {
+            OpError::BadInput(format!(
+                "task {} needs a GPU and worker {} has none (give the task a `gpu` resource)",
+                self.key,
+                self.worker()
+            ))
+        })
+    }
+
+    /// This compute thread's stream on the worker's GPU: an op's kernels
+    /// and copies queue on it in order.
+    pub fn stream(&self) -> Result<Stream, OpError> {
+        Ok(self.need_gpu()?.thread_stream()?)
+    }
+
+    /// `len` bytes of the worker's device memory (spilling other results
+    /// to the host first when the device is full).
+    pub fn alloc(&self, len: usize) -> Result<DeviceBuffer, OpError> {
+        Ok(self.need_gpu()?.alloc(len)?)
+    }
+
+    /// `buffer` in the worker's device memory: shared when it is there
+    /// already, copied from a peer device or uploaded from the host.
+    pub fn to_device(&self, buffer: &Buffer) -> Result<DeviceBuffer, OpError> {
+        let moved = crate::device::to_gpu(buffer, self.need_gpu()?)?;
+        moved
+            .as_device()
+            .cloned()
+            .ok_or_else(|| OpError::Failed("a buffer did not reach the device".into()))
+    }
+}
+
+impl From<GpuError> for OpError {
+    /// A full device is [`OpError::OutOfMemory`]; other device errors fail the op.
+    fn from(error: GpuError) -> Self {
+        match error {
+            GpuError::OutOfMemory { .. } => OpError::OutOfMemory(error.to_string()),
+            other => OpError::Failed(other.to_string()),
+        }
+    }
+}
 
 /// Defines typed ops as plain functions, and a function that registers them
 /// in a [`Registry`], each under its function's name or under a name given
 /// before it (`"name" => fn ...`, for names that are not identifiers). An
 /// op takes its deserialized arguments and inputs and returns its result
-/// or an error message, as [`Registry::op`] describes.
+/// or an error: anything that converts into an [`OpError`] (a `String` is
+/// an op failure), as [`Registry::op`] describes.
 ///
 /// ```
 /// use weft_runtime::{Registry, define_ops};
@@ -66,7 +187,7 @@ macro_rules! define_ops {
     };
     (@ops [$(#[$rm:meta])* $rvis:vis fn $register:ident] [$(($op:expr, $name:ident))*]) => {
         $(#[$rm])* $rvis fn $register(registry: &mut $crate::Registry) -> &mut $crate::Registry {
-            $(registry.op($op, $name);)*
+            $(registry.op($op, |args, inputs| $name(args, inputs).map_err(::std::convert::Into::into));)*
             registry
         }
     };
@@ -92,27 +213,33 @@ impl Registry {
     }
 
     /// Registers a typed op: `f(args, inputs)`, where the arguments and
-    /// every input are decoded from their serialized form and the output
-    /// is encoded. Replaces an op of the same name.
+    /// every input are decoded from their serialized form (a value that
+    /// does not decode is [`OpError::BadInput`]) and the output is
+    /// encoded. Replaces an op of the same name.
     pub fn op<A, I, O, F>(&mut self, name: &str, f: F) -> &mut Self
     where
         A: DeserializeOwned,
         I: DeserializeOwned,
         O: Serialize,
-        F: Fn(A, Vec<I>) -> Result<O, String> + Send + Sync + 'static,
+        F: Fn(A, Vec<I>) -> Result<O, OpError> + Send + Sync + 'static,
     {
-        self.raw_op(name, move |args, inputs| {
+        self.raw_op(name, move |_: &OpContext, args: &[u8], inputs: &[Arc<Value>]| {
             let args: A = decode_args(args)?;
-            let inputs = inputs.iter().map(|v| v.decode::<I>()).collect::<Result<Vec<_>, _>>()?;
-            Value::encode(&f(args, inputs)?)
+            let inputs = inputs
+                .iter()
+                .map(|v| v.decode::<I>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(OpError::BadInput)?;
+            Ok(Value::encode(&f(args, inputs)?)?)
         })
     }
 
     /// Registers an op that works on raw values (to produce or consume
-    /// data frames). Replaces an op of the same name.
+    /// data frames) with its [`OpContext`]. Replaces an op of the same
+    /// name.
     pub fn raw_op<F>(&mut self, name: &str, f: F) -> &mut Self
     where
-        F: Fn(&[u8], &[Arc<Value>]) -> Result<Value, String> + Send + Sync + 'static,
+        F: Fn(&OpContext, &[u8], &[Arc<Value>]) -> Result<Value, OpError> + Send + Sync + 'static,
     {
         self.ops.insert(name.to_string(), Arc::new(f));
         self
@@ -131,9 +258,15 @@ impl Registry {
     }
 }
 
-/// Reads op arguments serialized by [`args`].
-pub fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, String> {
-    postcard::from_bytes(args).map_err(|e| format!("cannot read the arguments as {}: {e}", std::any::type_name::<A>()))
+/// Reads op arguments serialized by [`args`] (a mismatch is
+/// [`OpError::BadInput`]).
+pub fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, OpError> {
+    postcard::from_bytes(args).map_err(|e| {
+        OpError::BadInput(format!(
+            "cannot read the arguments as {}: {e}",
+            std::any::type_name::<A>()
+        ))
+    })
 }
 
 /// Serializes op arguments the way [`Registry::op`] reads them.
@@ -147,9 +280,9 @@ pub fn args<T: Serialize + ?Sized>(args: &T) -> Result<bytes::Bytes, String> {
 pub mod builtin {
     use std::sync::Arc;
 
-    use weft_transport::Buffer;
+    use weft_gpu::Buffer;
 
-    use super::Registry;
+    use super::{OpContext, OpError, Registry};
     use crate::shm;
     use crate::value::Value;
 
@@ -169,8 +302,8 @@ pub mod builtin {
         registry
             .raw_op("arange_f64", arange_f64)
             .raw_op("sum_f64", sum_f64)
-            .raw_op("nbytes", |_, inputs| {
-                Value::encode(&inputs.iter().map(|v| v.nbytes()).sum::<u64>())
+            .raw_op("nbytes", |_: &OpContext, _: &[u8], inputs: &[Arc<Value>]| {
+                Ok(Value::encode(&inputs.iter().map(|v| v.nbytes()).sum::<u64>())?)
             });
         register_typed(registry);
     }
@@ -204,12 +337,12 @@ pub mod builtin {
         }
     }
 
-    fn arange_f64(args: &[u8], _: &[Arc<Value>]) -> Result<Value, String> {
+    fn arange_f64(_: &OpContext, args: &[u8], _: &[Arc<Value>]) -> Result<Value, OpError> {
         let n: u64 = super::decode_args(args)?;
         let len = usize::try_from(n)
             .ok()
             .and_then(|n| n.checked_mul(8))
-            .ok_or_else(|| format!("{n} float64s do not fit in memory"))?;
+            .ok_or_else(|| OpError::OutOfMemory(format!("{n} float64s do not fit in memory")))?;
         let mut buf = shm::alloc(len);
         // Buffers start 64-byte aligned, so the cast cannot fail.
         let values: &mut [f64] = bytemuck::try_cast_slice_mut(buf.as_mut_slice()).map_err(|e| e.to_string())?;
@@ -221,16 +354,17 @@ pub mod builtin {
         Ok(value)
     }
 
-    fn sum_f64(_: &[u8], inputs: &[Arc<Value>]) -> Result<Value, String> {
+    fn sum_f64(_: &OpContext, _: &[u8], inputs: &[Arc<Value>]) -> Result<Value, OpError> {
+        let bad = |m: String| OpError::BadInput(m);
         let frame = inputs
             .first()
             .and_then(|v| v.frames.first())
             .and_then(Buffer::as_host)
-            .ok_or("sum_f64 takes one input with a frame of float64s")?;
+            .ok_or_else(|| bad("sum_f64 takes one input with a frame of float64s".into()))?;
         if frame.len() % 8 != 0 {
-            return Err(format!("a frame of {} bytes is not float64s", frame.len()));
+            return Err(bad(format!("a frame of {} bytes is not float64s", frame.len())));
         }
-        Value::encode(&sum(frame))
+        Ok(Value::encode(&sum(frame))?)
     }
 
     /// How far ahead [`sum`] prefetches, in float64s (16 KiB), into L2: enough
@@ -331,9 +465,14 @@ pub mod builtin {
 mod tests {
     use super::*;
 
-    fn call(registry: &Registry, op: &str, a: bytes::Bytes, inputs: &[i64]) -> Result<Value, String> {
+    fn call(registry: &Registry, op: &str, a: bytes::Bytes, inputs: &[i64]) -> Result<Value, OpError> {
         let inputs: Vec<Arc<Value>> = inputs.iter().map(|x| Arc::new(Value::encode(x).unwrap())).collect();
-        registry.get(op).unwrap()(&a, &inputs)
+        call_raw(registry, op, &a, &inputs)
+    }
+
+    fn call_raw(registry: &Registry, op: &str, a: &[u8], inputs: &[Arc<Value>]) -> Result<Value, OpError> {
+        let (site, key) = (Site::default(), Key::from("t"));
+        registry.get(op).unwrap()(&OpContext::new(&site, &key), a, inputs)
     }
 
     #[test]
@@ -366,10 +505,14 @@ mod tests {
                 .unwrap(),
             6
         );
-        assert_eq!(call(&registry, "fail", args("boom").unwrap(), &[]).unwrap_err(), "boom");
+        assert_eq!(
+            call(&registry, "fail", args("boom").unwrap(), &[]).unwrap_err(),
+            OpError::Failed("boom".into())
+        );
         assert!(
             call(&registry, "sum", args(&1i64).unwrap(), &[i64::MAX])
                 .unwrap_err()
+                .to_string()
                 .contains("overflow")
         );
     }
@@ -378,10 +521,10 @@ mod tests {
     fn arange_and_sum_agree_with_the_closed_form_aligned_or_not() {
         let registry = Registry::builtin();
         for n in [0u64, 3, 1000, (crate::shm::MIN_SHARED / 8) as u64 + 5] {
-            let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&n).unwrap(), &[]).unwrap());
+            let array = Arc::new(call_raw(&registry, "arange_f64", &args(&n).unwrap(), &[]).unwrap());
             assert_eq!(array.decode::<u64>().unwrap(), n);
             assert_eq!(array.frames[0].len() as u64, 8 * n);
-            let total = registry.get("sum_f64").unwrap()(&[], std::slice::from_ref(&array)).unwrap();
+            let total = call_raw(&registry, "sum_f64", &[], std::slice::from_ref(&array)).unwrap();
             let expected = (n * n.saturating_sub(1) / 2) as f64;
             assert_eq!(total.decode::<f64>().unwrap(), expected);
             // The same bytes one byte off alignment.
@@ -390,17 +533,24 @@ mod tests {
             shifted[1..].copy_from_slice(bytes);
             assert_eq!(builtin::sum(&shifted[1..]), expected);
         }
-        let array = Arc::new(registry.get("arange_f64").unwrap()(&args(&10u64).unwrap(), &[]).unwrap());
-        let nbytes = registry.get("nbytes").unwrap()(&[], std::slice::from_ref(&array)).unwrap();
+        let array = Arc::new(call_raw(&registry, "arange_f64", &args(&10u64).unwrap(), &[]).unwrap());
+        let nbytes = call_raw(&registry, "nbytes", &[], std::slice::from_ref(&array)).unwrap();
         assert_eq!(nbytes.decode::<u64>().unwrap(), array.nbytes());
-        let err = registry.get("sum_f64").unwrap()(&[], &[]).unwrap_err();
-        assert!(err.contains("one input"), "{err}");
+        let err = call_raw(&registry, "sum_f64", &[], &[]).unwrap_err();
+        assert!(matches!(&err, OpError::BadInput(m) if m.contains("one input")), "{err}");
     }
 
     #[test]
     fn bad_arguments_are_errors_not_panics() {
         let registry = Registry::builtin();
         let err = call(&registry, "delay", bytes::Bytes::new(), &[]).unwrap_err();
-        assert!(err.contains("(u64, i64)"), "{err}");
+        assert!(
+            matches!(&err, OpError::BadInput(m) if m.contains("(u64, i64)")),
+            "{err}"
+        );
+        // An input of the wrong type is bad input too.
+        let empty = Arc::new(Value::default());
+        let err = call_raw(&registry, "sum", &args(&0i64).unwrap(), &[empty]).unwrap_err();
+        assert!(matches!(err, OpError::BadInput(_)), "{err}");
     }
 }

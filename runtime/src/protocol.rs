@@ -178,8 +178,8 @@ pub enum FromWorker {
     Failed {
         /// The task.
         task: TaskId,
-        /// The op's message (or panic payload).
-        message: String,
+        /// What the op said (a panic is an [`OpError::Failed`]).
+        error: OpError,
     },
     /// Answer to [`ToWorker::Steal`].
     StealResponse {
@@ -370,11 +370,38 @@ pub enum ToClient {
     },
 }
 
+/// Why an op failed, typed so that callers tell a full device from bad
+/// input without reading messages. Crosses the wire intact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    /// Memory could not be had, even after spilling other results.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The arguments or inputs are not what the op takes.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The op failed (or panicked) with this message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for OpError {
+    fn from(message: String) -> Self {
+        OpError::Failed(message)
+    }
+}
+
+impl From<&str> for OpError {
+    fn from(message: &str) -> Self {
+        OpError::Failed(message.to_string())
+    }
+}
+
 /// Why a task failed. Crosses the wire intact to the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
     /// The op returned an error or panicked.
-    #[error("task {key} (op {op}) failed on worker {worker}: {message}")]
+    #[error("task {key} (op {op}) failed on worker {worker}: {error}")]
     OpFailed {
         /// The failing task.
         key: Key,
@@ -382,8 +409,8 @@ pub enum TaskError {
         op: SharedStr,
         /// Where it ran.
         worker: SharedStr,
-        /// The op's message.
-        message: String,
+        /// What the op said.
+        error: OpError,
     },
     /// Workers kept dying while running the task.
     #[error(

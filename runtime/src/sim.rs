@@ -873,7 +873,9 @@ impl Sim {
             }
             ToClient::Erred { key, error } => {
                 match (self.expected.get(&key), error.root_cause()) {
-                    (Some(Expected::Error), TaskError::OpFailed { message, .. }) if message == "sim op fail failed" => {
+                    (Some(Expected::Error), TaskError::OpFailed { error, .. })
+                        if error.to_string() == "sim op fail failed" =>
+                    {
                         self.stats.outputs_erred += 1
                     }
                     (Some(_), TaskError::KilledWorkers { .. }) => self.stats.outputs_killed += 1,
@@ -1153,7 +1155,7 @@ impl Sim {
             vw.local_waiters.remove(&id);
             FromWorker::Failed {
                 task: id,
-                message: format!("sim op {} failed", p.req.op),
+                error: format!("sim op {} failed", p.req.op).into(),
             }
         } else {
             // Inputs are in the store (fetched at start, and the scheduler

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
+use weft_gpu::Buffer;
 use weft_gpu::{CopyCounters, Gpu, GpuBackend};
-use weft_runtime::ops::args;
+use weft_runtime::ops::{args, decode_args};
 use weft_runtime::store::{MemoryConfig, MemorySnapshot};
-use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, TaskSpec, Tier, Value, WorkerMode, device};
-use weft_transport::Buffer;
+use weft_runtime::{
+    Graph, LocalCluster, LocalOptions, OpError, Registry, RuntimeError, TaskError, TaskSpec, Tier, Value, WorkerMode,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -24,37 +26,36 @@ fn byte(seed: u64, i: usize) -> u8 {
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
     registry
-        .raw_op("gpu_fill", |a, _| {
-            let (seed, len): (u64, usize) = postcard::from_bytes(a).map_err(|e| e.to_string())?;
+        .raw_op("gpu_fill", |ctx, a, _| {
+            let (seed, len): (u64, usize) = decode_args(a)?;
             let host: Vec<u8> = (0..len).map(|i| byte(seed, i)).collect();
-            let gpu = device::current_gpu().ok_or("not a GPU worker")?;
-            let buffer = device::alloc(len)?;
-            let stream = gpu.stream().map_err(|e| e.to_string())?;
-            stream.copy_h2d(&host, &buffer).map_err(|e| e.to_string())?;
-            stream.synchronize().map_err(|e| e.to_string())?;
+            let buffer = ctx.alloc(len)?;
+            let stream = ctx.stream()?;
+            stream.copy_h2d(&host, &buffer)?;
+            stream.synchronize()?;
             Ok(Value {
                 header: Default::default(),
                 frames: vec![Buffer::device(buffer)],
             })
         })
-        .raw_op("gpu_copy", |_, inputs| {
-            let src = device::to_current(&inputs[0].frames[0])?;
-            let dst = device::alloc(src.len())?;
-            let stream = src.gpu().stream().map_err(|e| e.to_string())?;
-            stream.copy_d2d(&src, &dst).map_err(|e| e.to_string())?;
-            stream.synchronize().map_err(|e| e.to_string())?;
+        .raw_op("gpu_copy", |ctx, _, inputs| {
+            let src = ctx.to_device(&inputs[0].frames[0])?;
+            let dst = ctx.alloc(src.len())?;
+            let stream = ctx.stream()?;
+            stream.copy_d2d(&src, &dst)?;
+            stream.synchronize()?;
             Ok(Value {
                 header: Default::default(),
                 frames: vec![Buffer::device(dst)],
             })
         })
-        .raw_op("gpu_sum", |_, inputs| {
+        .raw_op("gpu_sum", |_, _, inputs| {
             let mut sum = 0u64;
             for frame in inputs.iter().flat_map(|v| v.frames.iter()) {
-                let bytes = frame.to_host().map_err(|e| e.to_string())?;
+                let bytes = frame.to_host()?;
                 sum += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
             }
-            Value::encode(&sum)
+            Ok(Value::encode(&sum)?)
         });
     registry
 }
@@ -219,8 +220,17 @@ async fn an_op_out_of_device_memory_spills_and_retries_once() {
         ))
         .await
         .unwrap();
-    let err = huge.result().await.unwrap_err().to_string();
-    assert!(err.contains("out of memory"), "{err}");
+    let err = huge.result().await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RuntimeError::Task(TaskError::OpFailed {
+                error: OpError::OutOfMemory(_),
+                ..
+            })
+        ),
+        "{err}"
+    );
     drop(blobs);
     cluster.stop().await;
 }

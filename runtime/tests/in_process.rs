@@ -95,13 +95,13 @@ async fn failures_name_key_op_and_worker_and_spare_the_worker() {
             key: k,
             op: o,
             worker,
-            message,
+            error,
         }) = &err
         else {
             panic!("{err}")
         };
         assert_eq!((k.as_str(), o.as_str(), worker.as_str()), (key, op, "local-0"));
-        assert!(message.contains(expected), "{message}");
+        assert!(error.to_string().contains(expected), "{error}");
     }
     // Dependents of a failed task fail with the cause.
     let graph = Graph {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_runtime::ops::args;
+use weft_runtime::ops::{args, decode_args};
 use weft_runtime::store::{MemoryConfig, MemorySnapshot};
 use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, TaskFuture, TaskSpec, Value, WorkerMode};
 use weft_transport::Buffer;
@@ -27,21 +27,21 @@ fn checksum(seed: u64, len: u64) -> u64 {
 
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
-    registry.raw_op("blob", |a, _| {
-        let (seed, len): (u64, u64) = postcard::from_bytes(a).map_err(|e| e.to_string())?;
+    registry.raw_op("blob", |_, a, _| {
+        let (seed, len): (u64, u64) = decode_args(a)?;
         let data: Vec<u8> = (0..len).map(|i| byte(seed, i)).collect();
         Ok(Value {
             header: Default::default(),
             frames: vec![Buffer::host(data)],
         })
     });
-    registry.raw_op("checksum", |_, inputs| {
+    registry.raw_op("checksum", |_, _, inputs| {
         let sum: u64 = inputs
             .iter()
             .flat_map(|v| v.frames.iter())
             .map(|f| f.as_host().map_or(0, |b| b.iter().map(|&x| u64::from(x)).sum::<u64>()))
             .sum();
-        Value::encode(&sum)
+        Ok(Value::encode(&sum)?)
     });
     registry
 }

@@ -50,8 +50,8 @@ pub use weft_dashboard as dashboard;
 pub use weft_gpu as gpu;
 pub use weft_runtime::protocol::ResourceAmount;
 pub use weft_runtime::{
-    Annotations, Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, Peer, Registry, RuntimeError,
-    SchedulerOptions, TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking, define_ops,
-    device, graphs, ops, store, worker_main,
+    Annotations, Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, OpError, Peer, Registry, RuntimeError,
+    SchedulerOptions, TaskError, TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking,
+    define_ops, device, graphs, ops, store, worker_main,
 };
 pub use weft_transport as transport;

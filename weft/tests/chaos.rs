@@ -133,7 +133,7 @@ fn check(value: &Value) -> Result<u64, String> {
 
 /// `blob`: checks its inputs, then writes `nbytes` of words derived from
 /// its digest.
-fn blob(args: &[u8], inputs: &[Arc<Value>]) -> Result<Value, String> {
+fn blob(_: &weft::ops::OpContext, args: &[u8], inputs: &[Arc<Value>]) -> Result<Value, weft::OpError> {
     let args: Blob = weft::ops::decode_args(args)?;
     let digests = inputs.iter().map(|v| check(v)).collect::<Result<Vec<u64>, String>>()?;
     let d = digest(args.seed, digests);

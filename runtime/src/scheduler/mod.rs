@@ -441,7 +441,7 @@ impl Scheduler {
                         compute_us,
                         tier,
                     } => self.task_finished(worker, task, nbytes, compute_us, tier, comm),
-                    FromWorker::Failed { task, message } => self.task_failed(worker, task, message, comm),
+                    FromWorker::Failed { task, error } => self.task_failed(worker, task, error, comm),
                     FromWorker::StealResponse { task, stolen } => self.steal_response(worker, task, stolen, comm),
                     FromWorker::MissingData { task, dep, tried } => self.missing_data(worker, task, dep, tried, comm),
                     FromWorker::Acquired { task, nbytes } => self.acquired(worker, task, nbytes, comm),

@@ -605,7 +605,7 @@ mod tests {
             worker: bw,
             msg: FromWorker::Failed {
                 task: boom_id,
-                message: "no such file: input.parquet".into(),
+                error: "no such file: input.parquet".into(),
             },
         });
         let snap = s.snapshot();

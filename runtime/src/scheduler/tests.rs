@@ -327,7 +327,7 @@ fn retries_then_error_with_op_and_worker() {
         1,
         FromWorker::Failed {
             task: id,
-            message: "bad input".into(),
+            error: "bad input".into(),
         },
     );
     // Retried, with `u` (sent ahead behind it) recalled and sent again.
@@ -337,7 +337,7 @@ fn retries_then_error_with_op_and_worker() {
         1,
         FromWorker::Failed {
             task: id,
-            message: "bad input".into(),
+            error: "bad input".into(),
         },
     );
     assert_eq!(h.state("t"), TaskState::Erred);
@@ -403,7 +403,7 @@ fn malformed_and_out_of_order_messages_are_ignored() {
             on.0,
             FromWorker::Failed {
                 task,
-                message: String::new(),
+                error: String::new().into(),
             },
         );
         h.worker_msg(on.0, FromWorker::StealResponse { task, stolen: true });
@@ -1023,7 +1023,7 @@ fn random_garbage_never_corrupts_state() {
                     worker: pick_worker(&mut rng),
                     msg: FromWorker::Failed {
                         task: pick_task(&mut rng, &ids),
-                        message: "x".into(),
+                        error: "x".into(),
                     },
                 },
                 8 => Event::Worker {
@@ -1158,7 +1158,7 @@ fn pipelined_links_follow_their_input_through_failure_and_worker_loss() {
         1,
         FromWorker::Failed {
             task: xa,
-            message: "boom".into(),
+            error: "boom".into(),
         },
     );
     let cancelled = out

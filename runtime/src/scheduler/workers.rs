@@ -2,7 +2,7 @@
 //! recomputation from lineage) and task reports.
 
 use crate::ids::{TaskId, WorkerId};
-use crate::protocol::{TaskError, Tier, ToClient, ToWorker, WorkerInfo};
+use crate::protocol::{OpError, TaskError, Tier, ToClient, ToWorker, WorkerInfo};
 
 use super::task::{QueueKind, Task, Tasks};
 use super::worker::{NOT_LISTED, Worker};
@@ -363,7 +363,7 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn task_failed(&mut self, worker: WorkerId, id: TaskId, message: String, comm: &mut impl Comm) {
+    pub(super) fn task_failed(&mut self, worker: WorkerId, id: TaskId, error: OpError, comm: &mut impl Comm) {
         if self.processing_task(worker, id, "failure").is_none() {
             return;
         }
@@ -372,7 +372,7 @@ impl Scheduler {
         if t.retries_left > 0 {
             t.retries_left -= 1;
             t.waiting_on = 0;
-            tracing::debug!(task = %t.key, %message, left = t.retries_left, "task failed; retrying");
+            tracing::debug!(task = %t.key, %error, left = t.retries_left, "task failed; retrying");
             self.set_state(id, TaskState::Waiting);
             self.ready.push(id);
             self.recall_links(id, comm);
@@ -382,7 +382,7 @@ impl Scheduler {
             key: t.key.clone(),
             op: self.ops[t.op.index()].name.clone(),
             worker: self.workers[&worker].info.name.clone(),
-            message,
+            error,
         };
         self.set_state(id, TaskState::Waiting);
         self.fail(id, error, comm);

@@ -548,15 +548,19 @@ impl Store {
     }
 
     /// Moves device results to host memory on the calling thread until
-    /// `bytes` are freed or none is left: what an op whose allocation
-    /// failed asks before it tries again.
-    pub fn free_device(&self, bytes: u64) {
+    /// `bytes` are freed or none is left, and returns the bytes moved:
+    /// what an allocation that found the device full asks before it tries
+    /// again.
+    pub fn free_device(&self, bytes: u64) -> u64 {
         let victims = self.spill(&mut self.lock(), Tier::Device, bytes);
+        let mut freed = 0;
         for (task, value) in victims {
+            freed += value.nbytes();
             let moved = to_host(&value);
             drop(value);
             self.moved(task, moved);
         }
+        freed
     }
 
     fn touch(&self, inner: &mut Inner, task: TaskId, tier: Tier) -> u64 {

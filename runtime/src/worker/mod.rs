@@ -21,8 +21,8 @@ use crate::data::{PeerPool, STAGED_TTL, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{SharedStr, TaskId, WorkerId};
-use crate::ops::Registry;
-use crate::protocol::{FromWorker, ResourceAmount, Tier, ToWorker, WorkerInfo};
+use crate::ops::{Registry, Site};
+use crate::protocol::{FromWorker, OpError, ResourceAmount, Tier, ToWorker, WorkerInfo};
 use crate::store::{MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
 use quick::QuickOps;
@@ -125,17 +125,21 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         memory.device_limit = gpu.capacity() as u64 / 5 * 4;
     }
     let (moved_tx, mut moved) = mpsc::unbounded_channel();
+    let site = Arc::new(Site {
+        worker: name.clone(),
+        gpu: options.gpu.clone(),
+        memory_limit: memory.limit,
+        device_limit: memory.device_limit,
+    });
     let store = Store::new(memory, &name, options.memory_stats.clone(), move |task, tier| {
         let _ = moved_tx.send((task, tier));
     });
-    let setup = {
-        let (gpu, store) = (options.gpu.clone(), Arc::downgrade(&store));
-        move || {
-            if let Some(gpu) = &gpu {
-                crate::device::bind(gpu.clone(), store.clone());
-            }
-        }
-    };
+    if let Some(gpu) = &options.gpu {
+        // Every allocation on the GPU (ops', kernels', copies') that finds
+        // it full spills device results to host memory and tries again.
+        let store = Arc::downgrade(&store);
+        gpu.on_out_of_memory(move |bytes| store.upgrade().is_some_and(|s| s.free_device(bytes as u64) > 0));
+    }
     // In a set, so that the server stops with this future even when it is
     // dropped (an in-process worker aborted as if killed), not only at the end.
     let mut server = tokio::task::JoinSet::new();
@@ -146,7 +150,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         move |job: executor::Done| done_tx.send(Done::executed(job)).is_ok()
     };
     let executor =
-        Executor::start(options.nthreads, name.clone(), options.registry.clone(), setup, report).map_err(|source| {
+        Executor::start(options.nthreads, site.clone(), options.registry.clone(), report).map_err(|source| {
             RuntimeError::Process {
                 what: "cannot start compute threads".into(),
                 source,
@@ -162,6 +166,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let mut link = Link {
         options: &options,
         name: name.clone(),
+        site,
         store,
         executor,
         peers: PeerPool::new(options.transport.clone()),
@@ -204,6 +209,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
 struct Link<'a> {
     options: &'a WorkerOptions,
     name: String,
+    site: Arc<Site>,
     store: Arc<Store>,
     executor: Executor,
     peers: PeerPool,
@@ -435,7 +441,7 @@ impl Link<'_> {
                 match inputs.iter().map(|t| self.store.get(*t)).collect() {
                     Some(values) if self.options.gpu.is_none() && self.quick.is_quick(&job.op) => {
                         let job = Job { inputs: values, ..job };
-                        let done = executor::run(&self.options.registry, &self.name, job);
+                        let done = executor::run(&self.options.registry, &self.site, job);
                         // Handled with the others on the next turn of the loop.
                         let _ = self.done_tx.send(Done::executed(done));
                     }
@@ -452,7 +458,9 @@ impl Link<'_> {
                                         what: Completed::Executed {
                                             task: job.task,
                                             op: job.op,
-                                            outcome: Err("an input vanished from the store before the op ran".into()),
+                                            outcome: Err(OpError::Failed(
+                                                "an input vanished from the store before the op ran".into(),
+                                            )),
                                             compute_us: 0,
                                         },
                                     });
@@ -500,7 +508,7 @@ enum Completed {
     Executed {
         task: TaskId,
         op: SharedStr,
-        outcome: Result<Value, String>,
+        outcome: Result<Value, OpError>,
         compute_us: u64,
     },
     Fetched {

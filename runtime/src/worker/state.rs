@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::ids::{FxHashMap, Key, SharedStr, TaskId, WorkerId};
-use crate::protocol::{ComputeRequest, FromWorker, Peer, Priority, ResourceAmount, Tier, ToWorker};
+use crate::protocol::{ComputeRequest, FromWorker, OpError, Peer, Priority, ResourceAmount, Tier, ToWorker};
 
 /// Something that happened to the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,7 @@ pub enum WorkerEvent {
         /// The task.
         task: TaskId,
         /// Size and tier of the stored result, or the op's error.
-        outcome: Result<(u64, Tier), String>,
+        outcome: Result<(u64, Tier), OpError>,
         /// How long the op ran.
         compute_us: u64,
     },
@@ -300,7 +300,7 @@ impl WorkerState {
                                 tier,
                             }));
                         }
-                        Err(message) => out.push(WorkerCommand::Send(FromWorker::Failed { task, message })),
+                        Err(error) => out.push(WorkerCommand::Send(FromWorker::Failed { task, error })),
                     },
                     // Cancelled while running, or unknown: drop the result.
                     _ => {
@@ -425,7 +425,7 @@ impl WorkerState {
             // The scheduler placed it where it can never run.
             out.push(WorkerCommand::Send(FromWorker::Failed {
                 task,
-                message: format!("needs {short}, which this worker does not have"),
+                error: OpError::Failed(format!("needs {short}, which this worker does not have")),
             }));
             return;
         }
@@ -761,7 +761,7 @@ mod tests {
         let mut cpu = WorkerState::new(8, TransferLimits::for_memory(0));
         let out = run(&mut cpu, WorkerEvent::Scheduler(gpu_request(9)));
         assert!(
-            matches!(&out[..], [WorkerCommand::Send(FromWorker::Failed { message, .. })] if message.contains("gpu = 1")),
+            matches!(&out[..], [WorkerCommand::Send(FromWorker::Failed { error, .. })] if error.to_string().contains("gpu = 1")),
             "{out:?}"
         );
     }
@@ -1017,7 +1017,9 @@ mod tests {
                 compute_us: 1,
             },
         );
-        assert!(matches!(&out[0], WorkerCommand::Send(FromWorker::Failed { message, .. }) if message == "boom"));
+        assert!(
+            matches!(&out[0], WorkerCommand::Send(FromWorker::Failed { error, .. }) if error.to_string() == "boom")
+        );
         assert!(matches!(&out[1], WorkerCommand::Execute { .. }));
     }
 }
