@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use weft_runtime::ops::{OpContext, Site};
 use weft_runtime::{Key, Registry, Value};
 
 use crate::array::{Array, HostArray};
@@ -44,7 +45,9 @@ impl Array {
                 if inputs.len() != spec.deps.len() {
                     return Err(ArrayError::Data(format!("the inputs of {key} are missing (a cycle?)")));
                 }
-                let value = op(&spec.args, &inputs).map_err(|e| ArrayError::Data(format!("{key}: {e}")))?;
+                let site = Site::default();
+                let ctx = OpContext::new(&site, &key);
+                let value = op(&ctx, &spec.args, &inputs).map_err(|e| ArrayError::Data(format!("{key}: {e}")))?;
                 done.insert(key, Arc::new(value));
             }
         }

@@ -13,11 +13,12 @@
 
 use std::sync::Arc;
 
-use weft_runtime::ops::decode_args;
+use weft_runtime::ops::{OpContext, OpError, decode_args};
 use weft_runtime::{Registry, Value};
 
 use crate::block::decode;
 use crate::create::FromBytes;
+use crate::error::ArrayError;
 use crate::fuse::{FusedArgs, from_bytes, run_fused};
 use crate::matmul::{MatmulArgs, run_matmul};
 use crate::npy::{ReadNpy, WriteNpy};
@@ -29,45 +30,60 @@ use crate::tree::CombineArgs;
 /// Registers the array's ops.
 pub fn register(registry: &mut Registry) -> &mut Registry {
     registry
-        .raw_op("array.fused", |a: &[u8], inputs: &[Arc<Value>]| {
+        .raw_op("array.fused", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: FusedArgs = decode_args(a)?;
-            run_fused(&args, inputs).map_err(|e| e.to_string())
+            Ok(run_fused(&args, inputs)?)
         })
-        .raw_op("array.combine", |a: &[u8], inputs: &[Arc<Value>]| {
+        .raw_op("array.combine", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: CombineArgs = decode_args(a)?;
-            let parts = inputs
-                .iter()
-                .map(|v| decode(v))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            combine(args.op, args.dtype, &parts, args.last).map_err(|e| e.to_string())
+            let parts = inputs.iter().map(|v| decode(v)).collect::<Result<Vec<_>, _>>()?;
+            Ok(combine(args.op, args.dtype, &parts, args.last)?)
         })
-        .raw_op("array.from_bytes", |a: &[u8], _: &[Arc<Value>]| {
+        .raw_op("array.from_bytes", |_: &OpContext<'_>, a: &[u8], _: &[Arc<Value>]| {
             let args: FromBytes = decode_args(a)?;
-            from_bytes(args.dtype, &args.shape, &args.bytes).map_err(|e| e.to_string())
+            Ok(from_bytes(args.dtype, &args.shape, &args.bytes)?)
         })
-        .raw_op("array.matmul", |a: &[u8], inputs: &[Arc<Value>]| {
+        .raw_op("array.matmul", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: MatmulArgs = decode_args(a)?;
-            run_matmul(&args, inputs).map_err(|e| e.to_string())
+            Ok(run_matmul(&args, inputs)?)
         })
-        .raw_op("array.assemble", |a: &[u8], inputs: &[Arc<Value>]| {
-            let args: AssembleArgs = decode_args(a)?;
-            run_assemble(&args, inputs).map_err(|e| e.to_string())
-        })
-        .raw_op("array.reshape", |a: &[u8], inputs: &[Arc<Value>]| {
+        .raw_op(
+            "array.assemble",
+            |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
+                let args: AssembleArgs = decode_args(a)?;
+                Ok(run_assemble(&args, inputs)?)
+            },
+        )
+        .raw_op("array.reshape", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: ReshapeArgs = decode_args(a)?;
-            let input = inputs.first().ok_or("reshape takes one chunk")?;
-            run_reshape(&args, input).map_err(|e| e.to_string())
+            let input = inputs
+                .first()
+                .ok_or(OpError::BadInput("reshape takes one chunk".into()))?;
+            Ok(run_reshape(&args, input)?)
         })
-        .raw_op("array.write_npy", |a: &[u8], inputs: &[Arc<Value>]| {
-            let args: WriteNpy = decode_args(a)?;
-            let input = inputs.first().ok_or("write_npy takes one chunk")?;
-            args.run(input).map_err(|e| e.to_string())
-        })
-        .raw_op("array.read_npy", |a: &[u8], _: &[Arc<Value>]| {
+        .raw_op(
+            "array.write_npy",
+            |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
+                let args: WriteNpy = decode_args(a)?;
+                let input = inputs
+                    .first()
+                    .ok_or(OpError::BadInput("write_npy takes one chunk".into()))?;
+                Ok(args.run(input)?)
+            },
+        )
+        .raw_op("array.read_npy", |_: &OpContext<'_>, a: &[u8], _: &[Arc<Value>]| {
             let args: ReadNpy = decode_args(a)?;
-            args.run().map_err(|e| e.to_string())
+            Ok(args.run()?)
         })
+}
+
+impl From<ArrayError> for OpError {
+    fn from(error: ArrayError) -> Self {
+        match error {
+            ArrayError::Io { .. } | ArrayError::Runtime(_) => OpError::Failed(error.to_string()),
+            other => OpError::BadInput(other.to_string()),
+        }
+    }
 }
 
 /// The built-in runtime ops plus the array's.

@@ -459,14 +459,14 @@ fn reshape_keeps_whole_chunks_or_says_what_to_rechunk() {
 fn map_blocks_runs_a_user_op_per_chunk() {
     use weft_array::block::{Out, decode_one};
     let mut reg = registry();
-    reg.raw_op("negate", |_, inputs| {
+    reg.raw_op("negate", |_, _, inputs| {
         let view = decode_one(&inputs[0]).map_err(|e| e.to_string())?;
         let mut out = Out::new(DType::F64, &view.shape);
         let dst = out.as_mut::<f64>().map_err(|e| e.to_string())?;
         for (d, s) in dst.iter_mut().zip(view.data.as_slice::<f64>().unwrap()) {
             *d = -s;
         }
-        out.finish().map_err(|e| e.to_string())
+        Ok(out.finish().map_err(|e| e.to_string())?)
     });
     let x = from_slice(&[1.0f64, 2.0, 3.0], &[3], &[2]).unwrap();
     let y = x.map_blocks("negate", bytes::Bytes::new(), DType::F64);
@@ -499,7 +499,9 @@ fn npy_files_round_trip_whole_and_per_chunk() {
     let mut done = std::collections::HashMap::new();
     for t in &graph.tasks {
         let inputs: Vec<_> = t.deps.iter().map(|d| std::sync::Arc::clone(&done[d])).collect();
-        let v = reg.get(&t.op).unwrap()(&t.args, &inputs).unwrap();
+        let site = weft_runtime::ops::Site::default();
+        let ctx = weft_runtime::ops::OpContext::new(&site, &t.key);
+        let v = reg.get(&t.op).unwrap()(&ctx, &t.args, &inputs).unwrap();
         done.insert(t.key.clone(), std::sync::Arc::new(v));
     }
     assert!(chunks.join("2.2.npy").exists());
