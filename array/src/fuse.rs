@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use weft_runtime::Value;
 
 use crate::block::{Buf, Data, Out, View, decode_one};
-use crate::chunks::{strides, unravel};
+use crate::chunks::strides;
 use crate::dtype::DType;
 use crate::error::{ArrayError, Result};
 use crate::expr::{Program, Source, Tile, convert, run, tiles};
@@ -132,7 +132,8 @@ impl Source for Strided<'_> {
 }
 
 /// Copies elements `start..start + out.len()` of a strided view into `out`,
-/// converting types as `as` does.
+/// converting types as `as` does. Allocation-free: the position of each
+/// row's first element is found by division.
 fn gather<S: crate::Element, T: crate::Element>(d: &[S], shape: &[usize], st: &[usize], start: usize, out: &mut [T]) {
     let nd = shape.len();
     if nd == 0 {
@@ -140,35 +141,42 @@ fn gather<S: crate::Element, T: crate::Element>(d: &[S], shape: &[usize], st: &[
         convert(&d[..n], &mut out[..n]);
         return;
     }
-    let mut idx = unravel(start, shape);
     let last = nd - 1;
-    let mut done = 0;
+    let row = shape[last].max(1);
+    let (s_last, mut done, mut pos) = (st[last], 0, start);
     while done < out.len() {
-        let seg = (shape[last] - idx[last]).min(out.len() - done);
-        let base: usize = idx.iter().zip(st).map(|(i, s)| i * s).sum();
+        let col = pos % row;
+        let seg = (row - col).min(out.len() - done);
+        // Offset of (row of `pos`, col), from the digits of `pos / row`.
+        let mut rest = pos / row;
+        let mut base = col * s_last;
+        for a in (0..last).rev() {
+            base += (rest % shape[a]) * st[a];
+            rest /= shape[a];
+        }
         let dst = &mut out[done..done + seg];
-        match st[last] {
+        match s_last {
             1 => convert(&d[base..base + seg], dst),
-            0 => {
-                let x = [d[base]];
-                for o in dst.iter_mut() {
-                    convert(&x, std::slice::from_mut(o));
-                }
-            }
+            0 => dst.fill(cast1(d[base])),
             s => {
-                for (k, o) in dst.iter_mut().enumerate() {
-                    convert(&d[base + k * s..base + k * s + 1], std::slice::from_mut(o));
+                let src = &d[base..base + (seg - 1) * s + 1];
+                for (o, x) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                    *o = cast1(*x);
                 }
             }
         }
         done += seg;
-        idx[last] += seg;
-        for a in (1..nd).rev() {
-            if idx[a] >= shape[a] {
-                idx[a] = 0;
-                idx[a - 1] += 1;
-            }
-        }
+        pos += seg;
+    }
+}
+
+/// One element converted as `as` converts (bool: nonzero is true).
+#[inline(always)]
+fn cast1<S: crate::Element, T: crate::Element>(x: S) -> T {
+    if T::DTYPE.is_float() || S::DTYPE.is_float() && T::DTYPE == DType::Bool {
+        T::from_f64(x.to_f64())
+    } else {
+        T::from_i64(x.to_i64())
     }
 }
 
