@@ -76,10 +76,12 @@ pub fn linspace(start: f64, stop: f64, num: usize, chunk: usize) -> Result<Array
     generated(Gen::RangeF64 { start, step }, &[num], &[chunk])
 }
 
-/// Seeded random arrays. Each chunk draws from its own stream, seeded from
-/// the seed and the chunk's number in the grid, so the same seed, shape and
-/// chunks give the same array on any cluster, in any order; a different
-/// chunking gives different (equally random) values.
+/// Seeded random arrays. Each chunk has its own seed, mixed from the
+/// array's seed and the chunk's number in the grid, and element `k` of a
+/// chunk is a counter-based draw (SplitMix64) from that seed and `k`; so the
+/// same seed, shape and chunks give the same array on any cluster, in any
+/// order. The values depend on the chunking: a different chunking gives
+/// different (equally random) values.
 pub mod random {
     use super::*;
 

@@ -180,53 +180,107 @@ fn cast1<S: crate::Element, T: crate::Element>(x: S) -> T {
     }
 }
 
-/// A generator's stream over the output chunk, in order.
+/// Generated values over the output chunk. Random values are
+/// counter-based: element `k` of a chunk is a function of the chunk's seed
+/// and `k` alone (SplitMix64 of `seed + (k + 1) * GAMMA`), so any tile can be
+/// generated in any order, and the loop vectorises.
 struct Generated {
     generator: Gen,
-    rng: fastrand::Rng,
-    spare: Option<f64>,
+    seed: u64,
     offset: usize,
+}
+
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Uniform in `[0, 1)`: 52 random mantissa bits.
+#[inline(always)]
+fn unit(seed: u64, k: usize) -> f64 {
+    let x = mix(seed.wrapping_add((k as u64).wrapping_add(1).wrapping_mul(GAMMA)));
+    f64::from_bits(0x3ff0_0000_0000_0000 | (x >> 12)) - 1.0
+}
+
+#[inline(always)]
+fn fill_uniform(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
+    let scale = high - low;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = low + scale * unit(seed, start + i);
+    }
+}
+
+/// [`fill_uniform`] compiled for AVX-512 (64-bit vector multiplies).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn fill_uniform_avx512(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
+    fill_uniform(out, seed, start, low, high);
+}
+
+/// [`fill_uniform`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fill_uniform_avx2(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
+    fill_uniform(out, seed, start, low, high);
+}
+
+fn uniform_into(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the processor supports AVX-512F and DQ, checked just above.
+            return unsafe { fill_uniform_avx512(out, seed, start, low, high) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor supports AVX2, checked just above.
+            return unsafe { fill_uniform_avx2(out, seed, start, low, high) };
+        }
+    }
+    fill_uniform(out, seed, start, low, high);
+}
+
+/// Standard normal at position `k`: Box-Muller on the pair of uniforms
+/// of `k`'s pair, the cosine for even `k`, the sine for odd.
+#[inline(always)]
+fn normal(seed: u64, k: usize) -> f64 {
+    let pair = k & !1;
+    let u1 = 1.0 - unit(seed, pair);
+    let u2 = unit(seed, pair + 1);
+    let r = (-2.0 * u1.ln()).sqrt();
+    let t = std::f64::consts::TAU * u2;
+    if k & 1 == 0 { r * t.cos() } else { r * t.sin() }
 }
 
 impl Source for Generated {
     fn load(&mut self, tile: &Tile, out: &mut Buf) {
-        // Generators only get flat tiles, in order (see `run_fused`).
-        let (start, len) = (tile.start, tile.len());
-        match (self.generator, out) {
-            (Gen::Uniform { low, high, .. }, Buf::F64(o)) => {
-                for x in &mut o[..len] {
-                    *x = low + (high - low) * self.rng.f64();
+        for (start, at) in tile.runs() {
+            let len = tile.cols;
+            match (self.generator, &mut *out) {
+                (Gen::Uniform { low, high, .. }, Buf::F64(o)) => {
+                    uniform_into(&mut o[at..at + len], self.seed, start, low, high)
                 }
-            }
-            (Gen::Normal { mean, std, .. }, Buf::F64(o)) => {
-                for x in &mut o[..len] {
-                    let z = match self.spare.take() {
-                        Some(z) => z,
-                        None => {
-                            // Box-Muller: two uniforms give two normals.
-                            let u1: f64 = 1.0 - self.rng.f64();
-                            let u2 = self.rng.f64();
-                            let r = (-2.0 * u1.ln()).sqrt();
-                            let t = std::f64::consts::TAU * u2;
-                            self.spare = Some(r * t.sin());
-                            r * t.cos()
-                        }
-                    };
-                    *x = mean + std * z;
+                (Gen::Normal { mean, std, .. }, Buf::F64(o)) => {
+                    for (i, x) in o[at..at + len].iter_mut().enumerate() {
+                        *x = mean + std * normal(self.seed, start + i);
+                    }
                 }
-            }
-            (Gen::RangeF64 { start: a, step }, Buf::F64(o)) => {
-                for (k, x) in o[..len].iter_mut().enumerate() {
-                    *x = a + step * (self.offset + start + k) as f64;
+                (Gen::RangeF64 { start: a, step }, Buf::F64(o)) => {
+                    for (k, x) in o[at..at + len].iter_mut().enumerate() {
+                        *x = a + step * (self.offset + start + k) as f64;
+                    }
                 }
-            }
-            (Gen::RangeI64 { start: a, step }, Buf::I64(o)) => {
-                for (k, x) in o[..len].iter_mut().enumerate() {
-                    *x = a.wrapping_add(step.wrapping_mul((self.offset + start + k) as i64));
+                (Gen::RangeI64 { start: a, step }, Buf::I64(o)) => {
+                    for (k, x) in o[at..at + len].iter_mut().enumerate() {
+                        *x = a.wrapping_add(step.wrapping_mul((self.offset + start + k) as i64));
+                    }
                 }
+                // The program types a generator's register by `Gen::dtype`.
+                _ => {}
             }
-            // The program types a generator's register by `Gen::dtype`.
-            _ => {}
         }
     }
 }
@@ -276,18 +330,15 @@ pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<V
                 };
                 leaves.push(Box::new(Generated {
                     generator: *generator,
-                    rng: fastrand::Rng::with_seed(seed),
-                    spare: None,
+                    seed,
                     offset: args.offset.first().copied().unwrap_or(0),
                 }));
             }
         }
     }
     let dtype = args.program.dtype();
-    // Square tiles when a leaf is read across its rows (a transpose) and
-    // no generator needs the elements in order.
+    // Square tiles when a leaf is read across its rows (a transpose).
     let square = args.shape.len() >= 2
-        && args.leaves.iter().all(|l| matches!(l, LeafArg::Input { .. }))
         && args.leaves.iter().any(|l| match l {
             LeafArg::Input { axes, .. } => axes.last().is_some_and(|&k| k + 1 != args.shape.len()),
             LeafArg::Gen(_) => false,
