@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weft_gpu::Buffer;
 use weft_runtime::Value;
-use weft_runtime::shm;
+use weft_transport::shm;
 
 use crate::dtype::{DType, Element};
 use crate::error::{ArrayError, Result};
