@@ -17,9 +17,12 @@ pub struct Args {
     /// Print the JSON line (always printed; kept for the peers' command line).
     #[arg(long)]
     json: bool,
-    /// noop and chain: number of tasks.
+    /// noop and chain: number of tasks; array workloads: the side n.
     #[arg(long)]
     n: Option<usize>,
+    /// array_sum, array_add_t, matmul: the chunks' side.
+    #[arg(long)]
+    chunk: Option<usize>,
     /// tree: number of leaves.
     #[arg(long)]
     leaves: Option<usize>,
@@ -171,6 +174,9 @@ pub async fn run(args: Args) -> Result<()> {
         args.sf,
     ) {
         return frames(&args, workload).await;
+    }
+    if weft::array::bench::WORKLOADS.contains(&args.workload.as_str()) {
+        return arrays(&args).await;
     }
     let plan = plan(&args)?;
     let mut report = match &plan {
@@ -329,6 +335,55 @@ async fn start(args: &Args, env: Vec<(String, String)>, report: &mut Report) -> 
         .line
         .insert("startup_s".into(), json!(started.elapsed().as_secs_f64()));
     Ok((cluster, client))
+}
+
+/// `weft bench array_sum|array_add_t|matmul` (the workload code lives in
+/// `weft::array::bench`).
+async fn arrays(args: &Args) -> Result<()> {
+    let (n0, c0) = weft::array::bench::defaults(&args.workload);
+    let (n, chunk) = (args.n.unwrap_or(n0), args.chunk.unwrap_or(c0));
+    let (work, unit) = weft::array::bench::work(&args.workload, n);
+    let mut report = Report::new(&args.workload, json!({ "n": n, "chunk": chunk }), args.reps, 0, unit);
+    // Whole numbers, as the peers print them (2 * 8000^3 fits a u64).
+    report.line.insert("work".into(), json!(work as u64));
+    let outcome = tokio::time::timeout(Duration::from_secs_f64(args.timeout), async {
+        let started = Instant::now();
+        let mut bench =
+            weft::array::bench::ArrayBench::start(&args.workload, n, chunk, args.workers, args.nthreads).await?;
+        report
+            .line
+            .insert("startup_s".into(), json!(started.elapsed().as_secs_f64()));
+        bench.warm().await?;
+        let window = CpuWindow::open(&[]);
+        for rep in 0..args.reps {
+            let t = bench.rep(rep).await?;
+            report.times.push(t);
+        }
+        report.line.insert("foreign_cpu_s".into(), json!(window.foreign()));
+        let check = bench.check().await?;
+        bench.stop().await;
+        Ok::<_, weft::array::ArrayError>(check)
+    })
+    .await;
+    let code = match outcome {
+        Ok(Ok(check)) => {
+            report.finish(check);
+            if report.line["check"] == "ok" { 0 } else { 1 }
+        }
+        Ok(Err(error)) => {
+            report.finish(format!("error: {error}"));
+            1
+        }
+        Err(_) => {
+            report.finish("timeout".into());
+            3
+        }
+    };
+    println!("{}", Json::Object(report.line));
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 /// Starts the cluster, warms up, times the repetitions; returns the check.

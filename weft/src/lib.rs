@@ -45,6 +45,7 @@
 #[cfg(doctest)]
 pub struct ReadmeExamples;
 
+pub use weft_array as array;
 pub use weft_dashboard as dashboard;
 pub use weft_frame as frame;
 pub use weft_gpu as gpu;
@@ -56,10 +57,13 @@ pub use weft_runtime::{
 };
 pub use weft_transport as transport;
 
-/// The built-in ops plus the dataframe's ([`frame::register`]): what the
-/// `weft` binary's workers run.
+/// Every op Weft ships: the built-in ones, the dataframe's
+/// ([`frame::register`]) and the array's ([`array::register`]). `weft
+/// worker`, `weft local` and their worker processes all run with it; a
+/// program with its own ops adds them to it before `worker_main`.
 pub fn registry() -> Registry {
     let mut registry = Registry::builtin();
     weft_frame::register(&mut registry);
+    weft_array::register(&mut registry);
     registry
 }

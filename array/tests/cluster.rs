@@ -1,0 +1,79 @@
+//! End to end on a local cluster (in-process workers over TCP): creation,
+//! fused elementwise chains and reductions, matmul and gathering, with the
+//! same answers as computing in this process, whatever the number of
+//! workers.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use weft_array::{Array, DType, arange, from_slice, random, registry};
+use weft_runtime::{LocalCluster, LocalOptions, WorkerMode};
+
+async fn cluster(workers: usize) -> LocalCluster {
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = workers;
+    options.nthreads = 1;
+    options.mode = WorkerMode::InProcess;
+    options.registry = Arc::new(registry());
+    LocalCluster::start(options).await.unwrap()
+}
+
+fn pipeline() -> Vec<Array> {
+    let x = random::random(11, &[60, 60], &[16, 25]).unwrap();
+    let xt = x.t();
+    let y = (&(&x + &xt).unwrap() * 0.5).unwrap();
+    let z = random::normal(12, &[60, 60], &[16, 25], 0.0, 1.0).unwrap();
+    let i = arange(0i64, 60i64, 1i64, 25).unwrap().astype(DType::F64);
+    vec![
+        y.sum(None).unwrap(),
+        y.mean(Some(&[1])).unwrap(),
+        (&y - &z).unwrap().std(Some(&[0]), 1).unwrap(),
+        (&z * &i).unwrap().max(Some(&[0])).unwrap(),
+        z.argmin(None).unwrap(),
+        y.matmul(&z.t()).unwrap(),
+        x.clone(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
+    let local: Vec<Vec<f64>> = pipeline()
+        .iter()
+        .map(|a| a.compute_local(&registry()).unwrap().to_f64())
+        .collect();
+    for workers in [1, 3] {
+        let cluster = cluster(workers).await;
+        let client = cluster.client().await.unwrap();
+        for (i, a) in pipeline().iter().enumerate() {
+            let host = a.to_host(&client).await.unwrap();
+            assert_eq!(host.shape, a.shape());
+            let got = host.to_f64();
+            for (x, y) in got.iter().zip(&local[i]) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                    "result {i} on {workers} workers: {x} vs {y}"
+                );
+            }
+        }
+        drop(client);
+        cluster.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_plus_x_t_sum_runs_as_one_task_per_chunk_plus_the_tree() {
+    let cluster = cluster(2).await;
+    let client = cluster.client().await.unwrap();
+    let n = 40;
+    let values: Vec<f64> = (0..n * n).map(|i| i as f64).collect();
+    let x = from_slice(&values, &[n, n], &[10, 10]).unwrap();
+    let s = (&x + &x.t()).unwrap().sum(None).unwrap();
+    let graph = s.graph();
+    // 16 input chunks, 16 fused tasks, combines 16 -> 2 -> 1.
+    assert_eq!(graph.tasks.len(), 16 + 16 + 3);
+    assert_eq!(graph.tasks.iter().filter(|t| &*t.op == "array.fused").count(), 16);
+    let host = s.to_host(&client).await.unwrap();
+    assert_eq!(host.to_f64(), vec![2.0 * values.iter().sum::<f64>()]);
+    drop(client);
+    cluster.stop().await;
+}
