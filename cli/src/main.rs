@@ -347,6 +347,7 @@ fn run(command: Command, settings: Settings) -> Result<()> {
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut options = WorkerOptions::new(scheduler, settings.count("worker.nthreads").unwrap_or(cores));
+            options.registry = std::sync::Arc::new(weft::registry());
             let memory = &mut options.memory;
             memory.limit = settings
                 .size("worker.memory-limit")
@@ -591,6 +592,7 @@ fn parse_resources(text: &str) -> Result<Resources, String> {
 /// The machine's default layout, with overrides.
 fn local_options(workers: Option<usize>, nthreads: Option<usize>) -> LocalOptions {
     let mut options = LocalOptions::for_this_machine();
+    options.registry = std::sync::Arc::new(weft::registry());
     options.workers = workers.unwrap_or(options.workers);
     options.nthreads = nthreads.unwrap_or(options.nthreads);
     options.startup_timeout = Duration::from_secs(60);

@@ -674,3 +674,15 @@ fn config_show_names_each_value_and_its_source_and_unknown_keys_stop_the_command
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_worker_processes_run_dataframe_and_array_ops() {
+    let (address, _scheduler, _workers) = cluster(2);
+    let client = client(&address).await;
+    let frames = weft::frame::Frames::new(client.clone());
+    let rows = frames.random(10_000, 4, 10).count().await.unwrap();
+    assert_eq!(rows, 10_000);
+    let x = weft::array::ones(&[300, 300], &[100, 100], weft::array::DType::F64).unwrap();
+    let total = x.sum(None).unwrap().to_host(&client).await.unwrap().to_f64()[0];
+    assert_eq!(total, 90_000.0);
+}
