@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+pub use weft_gpu::units::parse_duration;
 use weft_gpu::units::{parse_bool, parse_size};
 
 /// What a setting holds, which says how its text is read.
@@ -328,30 +329,6 @@ fn check(key: &Key, text: &str) -> Result<(), String> {
     }
 }
 
-/// Parses a duration: a number and `ms`, `s`, `m` or `h` (bare: seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 2m"))?;
-    let seconds = match unit.trim() {
-        "ms" => number / 1e3,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
-}
-
 /// The config file to read: `--config`, else `WEFT_CONFIG` (both must
 /// exist), else the user's `weft/weft.toml` if there is one.
 fn config_file(flag: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<PathBuf>> {
@@ -604,13 +581,5 @@ mod tests {
         assert_eq!(s.fraction("worker.memory-spill"), memory.spill);
         assert_eq!(s.fraction("worker.memory-pause"), memory.pause);
         assert_eq!(s.fraction("worker.memory-terminate"), memory.terminate);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5 fortnights").is_err());
     }
 }

@@ -13,15 +13,8 @@
 /// assert_eq!(parse_size("4096"), Ok(4096));
 /// ```
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 8GiB, 500MB or 4096"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (text, number, unit) = split_number(text, "a size such as 8GiB, 500MB or 4096")?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
         "m" | "mb" => 1e6,
@@ -42,6 +35,43 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err(format!("{text:?} is more bytes than fit in 64 bits"));
     }
     Ok(bytes as u64)
+}
+
+/// Parses a duration: a number (fractions allowed) and `ms`, `s`, `m` or
+/// `h`; a bare number is seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft_gpu::units::parse_duration;
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// ```
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (text, number, unit) = split_number(text, "a duration such as 30s, 500ms or 2m")?;
+    let seconds = match unit {
+        "ms" => number / 1e3,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// The trimmed text, its leading number and the unit after it (trimmed);
+/// an error says the text is not `what`.
+fn split_number<'a>(text: &'a str, what: &str) -> Result<(&'a str, f64, &'a str), String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number = number.parse().map_err(|_| format!("{text:?} is not {what}"))?;
+    Ok((text, number, unit.trim()))
 }
 
 /// Parses a switch: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off`
@@ -69,6 +99,19 @@ mod tests {
         assert!(parse_size("12XB").unwrap_err().contains("unknown size unit"));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1e30TB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 3 h "), Ok(Duration::from_secs(3 * 3600)));
+        assert!(
+            parse_duration("5 fortnights")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]
