@@ -300,7 +300,11 @@ pub fn select(batch: &RecordBatch, exprs: &[Expr]) -> Result<RecordBatch> {
     for e in exprs {
         let a = evaluate(e, batch)?;
         let nullable = match e.unaliased() {
-            Expr::Column(c) => batch.schema_ref().field_with_name(c).map_or(true, |f| f.is_nullable()),
+            Expr::Column(c) => batch
+                .schema_ref()
+                .field_with_name(c)
+                .map(|f| f.is_nullable())
+                .unwrap_or(true),
             _ => true,
         };
         fields.push(Field::new(e.output_name(), a.data_type().clone(), nullable));
@@ -397,7 +401,12 @@ mod tests {
             input: Input::Deps,
             steps: vec![],
         };
-        let both = op(&ctx, &weft_runtime::ops::args(&concat).unwrap(), &[p0.clone(), p1.clone()]).unwrap();
+        let both = op(
+            &ctx,
+            &weft_runtime::ops::args(&concat).unwrap(),
+            &[p0.clone(), p1.clone()],
+        )
+        .unwrap();
         let rows = |v: &Value| partition::header(v).unwrap().rows().iter().sum::<u64>();
         assert_eq!(rows(&both), rows(&p0) + rows(&p1));
         let bad = op(&ctx, &weft_runtime::ops::args(&concat).unwrap(), &[]).unwrap_err();

@@ -70,10 +70,9 @@ pub fn decode(value: &Value) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::with_capacity(h.pieces.len());
     for p in &h.pieces {
         let end = at + p.frames as usize;
-        let frames = value
-            .frames
-            .get(at..end)
-            .ok_or_else(|| FrameError::Partition(format!("{} frames, a piece needs {at}..{end}", value.frames.len())))?;
+        let frames = value.frames.get(at..end).ok_or_else(|| {
+            FrameError::Partition(format!("{} frames, a piece needs {at}..{end}", value.frames.len()))
+        })?;
         out.push(weft_kernels::codec::decode_batch(&p.batch, frames).map_err(codec)?);
         at = end;
     }
@@ -94,7 +93,10 @@ pub fn piece(value: &Value, i: usize) -> Result<Value> {
         .frames
         .get(at..at + p.frames as usize)
         .ok_or_else(|| FrameError::Partition(format!("a value of {} frames", value.frames.len())))?;
-    let mut out = Value::encode(&Header { pieces: vec![p.clone()] }).map_err(FrameError::Partition)?;
+    let mut out = Value::encode(&Header {
+        pieces: vec![p.clone()],
+    })
+    .map_err(FrameError::Partition)?;
     out.frames = frames.to_vec();
     Ok(out)
 }

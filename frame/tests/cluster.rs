@@ -224,7 +224,7 @@ async fn parquet_and_csv_round_trip_with_pruning() {
     // Files hold ids in ranges: a filter on id prunes whole files' row groups.
     let q = back.filter(col("id").lt(lit(500))).select([col("amount")]);
     let explain = q.explain().unwrap();
-    assert!(explain.contains("stage 0 collect: 1 tasks"), "{explain}");
+    assert!(explain.contains("physical plan (1 tasks)"), "{explain}");
     let total: f64 = q
         .collect()
         .await
