@@ -168,7 +168,7 @@ async fn filter_join_group_by_sort_match_a_reference() {
         left.filter(col("region").is_null()).count().await.unwrap(),
         5000 - with_customer
     );
-    assert_eq!(o.concat(&[o.clone()]).count().await.unwrap(), 10_000);
+    assert_eq!(o.concat(std::slice::from_ref(&o)).count().await.unwrap(), 10_000);
     assert_eq!(o.repartition(3).count().await.unwrap(), 5000);
     assert_eq!(o.repartition(20).count().await.unwrap(), 5000);
     let shuffled = o.shuffle([col("cust")], 4).persist().await.unwrap();
