@@ -23,8 +23,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use weft_runtime::ids::{ClientId, WorkerId};
 use weft_runtime::protocol::{ToClient, ToWorker, WorkerInfo};
 use weft_runtime::scheduler::{Comm, Config, Event, Scheduler};
-use weft_runtime::sim::{CheckMode, GenConfig, Rng, Sim, SimConfig, WorkerSpec, random_graph};
 use weft_runtime::{FromClient, graph::Graph};
+use weft_sim::{CheckMode, GenConfig, Rng, Sim, SimConfig, WorkerSpec, random_graph};
 
 struct Counting;
 

@@ -14,6 +14,7 @@ use crate::emulated::EmulatedGpu;
 use crate::pool::{Pool, PoolStats};
 use crate::staging::{StagingBuffer, StagingPool, StagingStats};
 use crate::stream::Stream;
+use crate::units::{parse_bool, parse_size};
 use crate::{GpuError, Result};
 
 /// Where data lives and where kernels run.
@@ -88,47 +89,32 @@ impl DeviceConfig {
             })?;
         }
         if let Some(v) = lookup("WEFT_EMULATED_GPU_MEMORY") {
-            config.emulated_memory = parse_bytes(&v).ok_or(GpuError::Config {
-                name: "WEFT_EMULATED_GPU_MEMORY",
-                value: v.clone(),
-                reason: "expected bytes, optionally with a K, M or G suffix",
-            })?;
+            config.emulated_memory =
+                parse_size(&v)
+                    .ok()
+                    .and_then(|b| usize::try_from(b).ok())
+                    .ok_or(GpuError::Config {
+                        name: "WEFT_EMULATED_GPU_MEMORY",
+                        value: v.clone(),
+                        reason: "expected a size such as 512MiB, 2GB or 4096",
+                    })?;
         }
         if let Some(v) = lookup("WEFT_EMULATED_PEER_ACCESS") {
-            config.emulated_peer_access = parse_bool(&v).ok_or(GpuError::Config {
+            config.emulated_peer_access = parse_bool(&v).map_err(|_| GpuError::Config {
                 name: "WEFT_EMULATED_PEER_ACCESS",
                 value: v.clone(),
-                reason: "expected 0 or 1",
+                reason: "expected 1/true/yes/on or 0/false/no/off",
             })?;
         }
         if let Some(v) = lookup("WEFT_DISABLE_CUDA") {
-            config.use_cuda = !parse_bool(&v).ok_or(GpuError::Config {
+            config.use_cuda = !parse_bool(&v).map_err(|_| GpuError::Config {
                 name: "WEFT_DISABLE_CUDA",
                 value: v.clone(),
-                reason: "expected 0 or 1",
+                reason: "expected 1/true/yes/on or 0/false/no/off",
             })?;
         }
         Ok(config)
     }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" => Some(true),
-        "0" | "false" | "no" | "" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_bytes(v: &str) -> Option<usize> {
-    let v = v.trim();
-    let (digits, shift) = match v.as_bytes().last()? {
-        b'k' | b'K' => (&v[..v.len() - 1], 10),
-        b'm' | b'M' => (&v[..v.len() - 1], 20),
-        b'g' | b'G' => (&v[..v.len() - 1], 30),
-        _ => (v, 0),
-    };
-    digits.trim().parse::<usize>().ok()?.checked_mul(1 << shift)
 }
 
 /// The backend behind an opened GPU.

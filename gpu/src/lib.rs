@@ -20,6 +20,7 @@ pub mod pool;
 mod staging;
 mod stream;
 pub mod testing;
+pub mod units;
 
 pub use buffer::{Buffer, DeviceBuffer, HOST_ALIGN, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};

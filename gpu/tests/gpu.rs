@@ -32,7 +32,7 @@ fn no_cuda_driver_reports_zero_gpus_with_a_reason() {
 fn config_reads_the_environment_variables() {
     let config = DeviceConfig::from_lookup(|k| match k {
         "WEFT_EMULATED_GPUS" => Some("3".into()),
-        "WEFT_EMULATED_GPU_MEMORY" => Some("64M".into()),
+        "WEFT_EMULATED_GPU_MEMORY" => Some("64MiB".into()),
         "WEFT_EMULATED_PEER_ACCESS" => Some("0".into()),
         "WEFT_DISABLE_CUDA" => Some("1".into()),
         _ => None,

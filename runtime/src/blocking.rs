@@ -36,6 +36,7 @@ use crate::client::{Client as AsyncClient, ClientOptions, TaskFuture};
 use crate::error::{Result, RuntimeError};
 use crate::graph::{Graph, TaskSpec};
 use crate::ids::Key;
+use crate::layer::LayerGraph;
 use crate::protocol::{Peer, WorkerStatus};
 use crate::value::Value;
 
@@ -113,6 +114,11 @@ impl Client {
     /// Submits a graph; see [`AsyncClient::compute`].
     pub fn compute(&self, graph: Graph) -> Result<Vec<TaskFuture>> {
         self.block("compute", self.client.compute(graph))
+    }
+
+    /// Submits a graph of specs and layers; see [`AsyncClient::compute_layers`].
+    pub fn compute_layers(&self, graph: LayerGraph) -> Result<Vec<TaskFuture>> {
+        self.block("compute", self.client.compute_layers(graph))
     }
 
     /// Submits one task; see [`AsyncClient::submit`].

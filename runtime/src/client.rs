@@ -30,6 +30,7 @@ use crate::data::PeerPool;
 use crate::error::{Result, RuntimeError};
 use crate::graph::{Graph, TaskSpec};
 use crate::ids::{FxHashMap, Key, TaskId};
+use crate::layer::LayerGraph;
 use crate::progress::{self, Meter};
 use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient, WorkerStatus};
 use crate::value::Value;
@@ -179,20 +180,39 @@ impl Client {
 
     /// Submits a graph and returns futures on its outputs, in order.
     pub async fn compute(&self, graph: Graph) -> Result<Vec<TaskFuture>> {
+        let outputs = graph.outputs.clone();
+        self.send_graph(&outputs, FromClient::SubmitGraph(graph)).await
+    }
+
+    /// Submits a graph of specs and layers ([`crate::layer`]) and returns
+    /// futures on its `outputs`, then on every task of each of its
+    /// `output_layers`, in order.
+    pub async fn compute_layers(&self, graph: LayerGraph) -> Result<Vec<TaskFuture>> {
+        let mut outputs = graph.outputs.clone();
+        for name in &graph.output_layers {
+            let Some(layer) = graph.layers.iter().find(|l| l.name == *name) else {
+                return Err(RuntimeError::GraphRejected(format!(
+                    "output layer {name} is not in the graph"
+                )));
+            };
+            outputs.extend(layer.keys());
+        }
+        self.send_graph(&outputs, FromClient::SubmitLayers(graph)).await
+    }
+
+    /// Sends a graph submission and returns futures on `outputs` once the
+    /// scheduler accepted it.
+    async fn send_graph(&self, outputs: &[Key], message: FromClient) -> Result<Vec<TaskFuture>> {
         let (accepted, answer) = oneshot::channel();
         let (futures, sent) = {
             let mut state = self.inner.lock();
             if let Some(reason) = &state.lost {
                 return Err(self.inner.lost(reason));
             }
-            let futures: Vec<TaskFuture> = graph
-                .outputs
-                .iter()
-                .map(|key| self.inner.want(&mut state, key))
-                .collect();
+            let futures: Vec<TaskFuture> = outputs.iter().map(|key| self.inner.want(&mut state, key)).collect();
             state.submissions.push_back(accepted);
             // Sent under the lock, so answers pair with submissions in order.
-            let sent = self.inner.outbound.send(FromClient::SubmitGraph(graph)).is_ok();
+            let sent = self.inner.outbound.send(message).is_ok();
             (futures, sent)
         };
         // Checked once the lock is free: dropping the futures takes it.

@@ -14,8 +14,8 @@ use weft_transport::{Buffer, Message};
 
 use crate::ids::{Key, TaskId};
 use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, WorkerInfo};
-use crate::shm::{HostId, ShmRef};
 use crate::value::Value;
+use weft_transport::shm::{HostId, ShmRef};
 
 /// The first message on a connection to the scheduler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

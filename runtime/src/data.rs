@@ -23,9 +23,9 @@ use weft_transport::{Buffer, Config, Connection, Listener, Message, TransportErr
 use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError};
 use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
-use crate::shm::{self, HostId};
 use crate::store::Store;
 use crate::value::Value;
+use weft_transport::shm::{self, HostId};
 
 /// Serves results from `store` to every peer that connects to `listener`,
 /// until the listener is dropped with the task.
@@ -295,7 +295,7 @@ mod tests {
     use super::*;
     use crate::codec::DataReply;
     use crate::ids::TaskId;
-    use crate::shm::ShmRef;
+    use weft_transport::shm::ShmRef;
 
     #[tokio::test]
     async fn an_unmappable_shared_frame_is_fetched_as_bytes_instead() {

@@ -35,8 +35,6 @@ pub struct Done {
     pub session: u64,
     /// The task.
     pub task: TaskId,
-    /// Its key.
-    pub key: Key,
     /// The op that ran.
     pub op: SharedStr,
     /// The result, or the failure as the client will read it.
@@ -94,7 +92,6 @@ pub fn run(registry: &Registry, site: &Site, job: Job) -> Done {
     Done {
         session: job.session,
         task: job.task,
-        key: job.key,
         op: job.op,
         outcome,
         compute_us: started.elapsed().as_micros() as u64,

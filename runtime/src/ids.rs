@@ -112,58 +112,149 @@ impl TaskId {
 }
 
 /// An immutable, cheaply cloned string: keys, op names, worker names and
-/// addresses. Serialized as a plain string.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SharedStr(Arc<str>);
+/// addresses. Serialized as a plain string. Several may share one buffer
+/// ([`SharedStr::indexed`]): the keys of a layer cost one allocation, which
+/// lives as long as any of them.
+#[derive(Clone)]
+pub struct SharedStr {
+    buf: Arc<str>,
+    /// The string's range in `buf`; `end == WHOLE` for all of it.
+    start: u32,
+    end: u32,
+}
+
+/// `SharedStr::end` of a string that is its whole buffer.
+const WHOLE: u32 = u32::MAX;
 
 impl SharedStr {
     /// The string.
     #[inline]
     pub fn as_str(&self) -> &str {
-        &self.0
+        if self.end == WHOLE {
+            &self.buf
+        } else {
+            // In bounds and on character boundaries: set by `indexed` only.
+            &self.buf[self.start as usize..self.end as usize]
+        }
+    }
+
+    /// The keys `name-0 .. name-{n-1}` of a layer, in one buffer.
+    pub fn indexed(name: &str, n: u32) -> Vec<SharedStr> {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(n as usize * (name.len() + 8));
+        let mut ends = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{name}-{i}");
+            ends.push(text.len());
+        }
+        if text.len() >= WHOLE as usize {
+            // Past what a range holds: one buffer each.
+            let mut start = 0;
+            return ends
+                .into_iter()
+                .map(|end| {
+                    let key = SharedStr::from(&text[start..end]);
+                    start = end;
+                    key
+                })
+                .collect();
+        }
+        let buf: Arc<str> = Arc::from(text);
+        let mut start = 0u32;
+        ends.into_iter()
+            .map(|end| {
+                let key = SharedStr {
+                    buf: buf.clone(),
+                    start,
+                    end: end as u32,
+                };
+                start = end as u32;
+                key
+            })
+            .collect()
+    }
+}
+
+impl PartialEq for SharedStr {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SharedStr {}
+
+impl PartialOrd for SharedStr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SharedStr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for SharedStr {
+    // As `str` hashes, so that maps keyed by it are looked up by `&str`.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::hash::Hash::hash(self.as_str(), state)
     }
 }
 
 impl std::ops::Deref for SharedStr {
     type Target = str;
+    #[inline]
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl std::borrow::Borrow<str> for SharedStr {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl From<&str> for SharedStr {
     fn from(s: &str) -> Self {
-        Self(Arc::from(s))
+        Self::whole(Arc::from(s))
     }
 }
 
 impl From<String> for SharedStr {
     fn from(s: String) -> Self {
-        Self(Arc::from(s))
+        Self::whole(Arc::from(s))
+    }
+}
+
+impl SharedStr {
+    fn whole(buf: Arc<str>) -> Self {
+        SharedStr {
+            buf,
+            start: 0,
+            end: WHOLE,
+        }
     }
 }
 
 impl fmt::Debug for SharedStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for SharedStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        fmt::Display::fmt(self.as_str(), f)
     }
 }
 
 impl Serialize for SharedStr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -252,5 +343,18 @@ mod tests {
         m.insert("a-1".into(), 1);
         assert_eq!(m.get("a-1"), Some(&1));
         assert_eq!(m.get("a-2"), None);
+    }
+
+    #[test]
+    fn indexed_keys_share_one_buffer_and_act_as_strings() {
+        let keys = SharedStr::indexed("x", 12);
+        assert_eq!(keys[0].as_str(), "x-0");
+        assert_eq!(keys[11], SharedStr::from("x-11"));
+        assert!(Arc::ptr_eq(&keys[3].buf, &keys[10].buf));
+        let mut m: FxHashMap<SharedStr, u32> = FxHashMap::default();
+        m.insert(keys[5].clone(), 5);
+        assert_eq!(m.get("x-5"), Some(&5));
+        assert_eq!(format!("{:?}", keys[7]), "\"x-7\"");
+        assert!(keys[1] < keys[2] && keys[10] < keys[2], "ordered as strings");
     }
 }

@@ -1,19 +1,20 @@
 //! Weft's runtime core: the graph model, the protocol messages, the sans-IO
-//! scheduler and a simulator to drive it.
+//! scheduler and worker state machines (driven by the reactors here and by
+//! the simulator in `weft-sim`).
 //!
 //! - [`graph`]: tasks, annotations, graphs, and the `dask.order`-style ordering.
+//! - [`layer`]: compact graphs for collections: layers of tasks keyed
+//!   `name-i`, made by dependency patterns.
 //! - [`protocol`]: scheduler<->worker and scheduler<->client messages (serde).
 //! - [`scheduler`]: the state machine; a reactor feeds it [`scheduler::Event`]s
 //!   and carries out what it writes into a [`scheduler::Comm`].
-//! - [`sim`]: virtual workers on a logical clock with fault injection, used by
-//!   the tests and the benchmark.
 //!
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
 //!   workers run and what tasks produce; [`blocking`]: the client for code
-//!   without an async runtime; [`progress`]: progress bars of long calls; [`shm`]: large host buffers in
-//!   shared memory, which a worker on the same host maps instead of copying; [`observe`]: snapshots
-//!   and events of a running scheduler for dashboards.
+//!   without an async runtime; [`progress`]: progress bars of long calls; [`observe`]: snapshots
+//!   and events of a running scheduler for dashboards. Large host buffers live in shared memory
+//!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
 
@@ -21,9 +22,9 @@
 
 pub mod graph;
 pub mod ids;
+pub mod layer;
 pub mod protocol;
 pub mod scheduler;
-pub mod sim;
 
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
@@ -36,18 +37,17 @@ pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 pub mod blocking;
 pub mod client;
 pub mod codec;
-pub mod contact;
-pub mod data;
-pub mod device;
+pub(crate) mod contact;
+pub(crate) mod data;
+pub(crate) mod device;
 pub mod error;
-pub mod executor;
+pub(crate) mod executor;
 pub mod graphs;
 pub mod local;
 pub mod observe;
 pub mod ops;
-pub mod progress;
+pub(crate) mod progress;
 pub mod server;
-pub mod shm;
 pub mod store;
 pub mod value;
 pub mod worker;

@@ -283,8 +283,8 @@ pub mod builtin {
     use weft_gpu::Buffer;
 
     use super::{OpContext, OpError, Registry};
-    use crate::shm;
     use crate::value::Value;
+    use weft_transport::shm;
 
     /// Registers the built-in ops:
     ///
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn arange_and_sum_agree_with_the_closed_form_aligned_or_not() {
         let registry = Registry::builtin();
-        for n in [0u64, 3, 1000, (crate::shm::MIN_SHARED / 8) as u64 + 5] {
+        for n in [0u64, 3, 1000, (weft_transport::shm::MIN_SHARED / 8) as u64 + 5] {
             let array = Arc::new(call_raw(&registry, "arange_f64", &args(&n).unwrap(), &[]).unwrap());
             assert_eq!(array.decode::<u64>().unwrap(), n);
             assert_eq!(array.frames[0].len() as u64, 8 * n);

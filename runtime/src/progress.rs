@@ -32,11 +32,7 @@ pub const ENV: &str = "WEFT_PROGRESS";
 /// Whether progress bars are on by default: unless `WEFT_PROGRESS` says
 /// `0`, `false`, `no` or `off`.
 pub fn enabled_by_env() -> bool {
-    std::env::var(ENV).map_or(true, |value| !is_off(&value))
-}
-
-fn is_off(value: &str) -> bool {
-    matches!(value.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off")
+    std::env::var(ENV).map_or(true, |value| weft_gpu::units::parse_bool(&value).unwrap_or(true))
 }
 
 /// Whether a call over `total` tasks shows a bar: progress on, something
@@ -82,11 +78,6 @@ impl Meter {
         }
         self.last_draw = Some(now);
         true
-    }
-
-    /// Whether anything was drawn (and so needs a final line).
-    pub fn drawn(&self) -> bool {
-        self.last_draw.is_some()
     }
 
     /// The total.
@@ -195,9 +186,7 @@ mod tests {
         let mut meter = Meter::new(100, 0, t0);
         assert!(!meter.should_draw(at(t0, 0)));
         assert!(!meter.should_draw(at(t0, 499)), "quick calls show nothing");
-        assert!(!meter.drawn());
         assert!(meter.should_draw(at(t0, 500)));
-        assert!(meter.drawn());
         assert!(!meter.should_draw(at(t0, 550)));
         assert!(!meter.should_draw(at(t0, 599)));
         assert!(meter.should_draw(at(t0, 600)));
@@ -260,13 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_turns_it_off() {
-        for off in ["0", "false", "OFF", " no "] {
-            assert!(is_off(off), "{off}");
-        }
-        for on in ["1", "yes", ""] {
-            assert!(!is_off(on), "{on}");
-        }
+    fn nothing_to_count_or_switched_off_shows_no_bar() {
         assert!(!wanted(false, 10));
         assert!(!wanted(true, 0));
     }

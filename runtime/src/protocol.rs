@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::Graph;
 use crate::ids::{Key, SharedStr, TaskId, WorkerId};
+use crate::layer::LayerGraph;
 
 /// Bump on any incompatible change to these messages (or to the data plane's,
 /// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
@@ -226,6 +227,9 @@ pub enum FromWorker {
 pub enum FromClient {
     /// Submit a graph; the client gets futures on `graph.outputs`.
     SubmitGraph(Graph),
+    /// Submit a graph of task specs and layers; the client gets futures
+    /// on `outputs` and on every task of `output_layers`.
+    SubmitLayers(LayerGraph),
     /// The client put data on a worker itself (scatter): register the keys
     /// as in memory there, with a future for the client, and tell the worker
     /// ([`ToWorker::Adopt`]). All or nothing: an unknown worker or a known

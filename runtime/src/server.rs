@@ -198,6 +198,9 @@ impl Router {
     }
 }
 
+/// Messages from peers waiting for the scheduler, at most.
+const INBOUND_CAPACITY: usize = 4096;
+
 async fn run(
     listener: Listener,
     options: SchedulerOptions,
@@ -205,7 +208,9 @@ async fn run(
     counts: Arc<WorkerCounts>,
     mut recorder: Option<Recorder>,
 ) {
-    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    // Bounded: a peer that sends faster than the scheduler handles waits
+    // (its connection stops being read) instead of growing this queue.
+    let (inbound_tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
     let acceptor = tokio::spawn(accept(listener, inbound_tx));
     let mut scheduler = Scheduler::new(options.scheduler.clone());
     let mut router = Router::default();
@@ -308,7 +313,7 @@ fn handle(
     }
 }
 
-async fn accept(mut listener: Listener, inbound: mpsc::UnboundedSender<Inbound>) {
+async fn accept(mut listener: Listener, inbound: mpsc::Sender<Inbound>) {
     let mut next_worker = 0u32;
     let mut next_client = 0u32;
     loop {
@@ -338,7 +343,7 @@ async fn serve_peer(
     mut connection: Connection,
     worker: WorkerId,
     client: ClientId,
-    inbound: mpsc::UnboundedSender<Inbound>,
+    inbound: mpsc::Sender<Inbound>,
 ) -> std::result::Result<(), String> {
     let peer = connection.peer().to_string();
     let first = connection
@@ -367,9 +372,9 @@ async fn serve_peer(
             let (outbox, queue) = mpsc::unbounded_channel();
             let writer = tokio::spawn(write_batches(sender, queue));
             let joined = Inbound::WorkerJoined { worker, info, outbox };
-            inbound.send(joined).map_err(|_| "scheduler stopped")?;
+            inbound.send(joined).await.map_err(|_| "scheduler stopped")?;
             let result = forward(&mut receiver, |up: WorkerUp| Inbound::Worker(worker, up), &inbound).await;
-            let _ = inbound.send(Inbound::WorkerGone(worker));
+            let _ = inbound.send(Inbound::WorkerGone(worker)).await;
             writer.abort();
             result
         }
@@ -379,9 +384,10 @@ async fn serve_peer(
             let writer = tokio::spawn(write_batches(sender, queue));
             inbound
                 .send(Inbound::ClientJoined { client, outbox })
+                .await
                 .map_err(|_| "scheduler stopped")?;
             let result = forward(&mut receiver, |up: ClientUp| Inbound::Client(client, up), &inbound).await;
-            let _ = inbound.send(Inbound::ClientGone(client));
+            let _ = inbound.send(Inbound::ClientGone(client)).await;
             writer.abort();
             result
         }
@@ -392,14 +398,14 @@ async fn serve_peer(
 async fn forward<T: serde::de::DeserializeOwned>(
     receiver: &mut weft_transport::Receiver,
     wrap: impl Fn(T) -> Inbound,
-    inbound: &mpsc::UnboundedSender<Inbound>,
+    inbound: &mpsc::Sender<Inbound>,
 ) -> std::result::Result<(), String> {
     let peer = receiver.peer().to_string();
     loop {
         match receiver.recv().await {
             Ok(Some(message)) => {
                 let decoded = codec::decode::<T>(&message).map_err(|reason| format!("{peer}: {reason}"))?;
-                inbound.send(wrap(decoded)).map_err(|_| "scheduler stopped")?;
+                inbound.send(wrap(decoded)).await.map_err(|_| "scheduler stopped")?;
             }
             Ok(None) => return Ok(()),
             Err(error) => return Err(error.to_string()),

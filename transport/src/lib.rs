@@ -52,6 +52,7 @@ mod inproc;
 mod message;
 mod pool;
 mod sender;
+pub mod shm;
 mod stream;
 mod tcp;
 mod tls;

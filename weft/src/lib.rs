@@ -52,7 +52,7 @@ pub use weft_runtime::protocol::ResourceAmount;
 pub use weft_runtime::{
     Annotations, Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, OpError, Peer, Registry, RuntimeError,
     SchedulerOptions, TaskError, TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking,
-    define_ops, device, graphs, ops, store, worker_main,
+    define_ops, graphs, layer, ops, store, worker_main,
 };
 pub use weft_transport as transport;
 

@@ -43,6 +43,7 @@ mod check;
 mod clients;
 mod place;
 mod snapshot;
+mod submit;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -465,7 +466,8 @@ impl Scheduler {
                     return;
                 }
                 match msg {
-                    FromClient::SubmitGraph(graph) => self.submit(client, graph, comm),
+                    FromClient::SubmitGraph(graph) => self.submit(client, graph.into(), comm),
+                    FromClient::SubmitLayers(graph) => self.submit(client, graph, comm),
                     FromClient::Release { keys } => self.client_release(client, keys),
                     FromClient::Scatter { worker, data } => self.scatter(client, worker, data, comm),
                     FromClient::MissingData { keys } => self.client_missing_data(client, keys, comm),

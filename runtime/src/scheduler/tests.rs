@@ -706,7 +706,7 @@ fn client_disconnect_releases_its_keys() {
 
 #[test]
 fn hot_structs_stay_small() {
-    assert_eq!(std::mem::size_of::<task::Task>(), 232);
+    assert_eq!(std::mem::size_of::<task::Task>(), 240);
     assert_eq!(std::mem::size_of::<TaskState>(), 8);
     assert_eq!(std::mem::size_of::<TaskId>(), 8);
 }
@@ -936,36 +936,37 @@ fn order_is_depth_first_and_user_priority_wins() {
 /// event.
 #[test]
 fn random_garbage_never_corrupts_state() {
-    use crate::sim::Rng;
+    // fastrand's seeded generator: reproducible per seed.
+    use fastrand::Rng;
     let seeds: u64 = std::env::var("WEFT_FUZZ_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     for seed in 0..seeds {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::with_seed(seed);
         let mut h = H::new(Config::default());
         let mut next_worker = 0u32;
         let mut ids: Vec<TaskId> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         let mut sent: Vec<(WorkerId, TaskId)> = Vec::new();
         for step in 0..3_000u32 {
-            let pick_worker = |rng: &mut Rng| w(rng.below(next_worker as u64 + 3) as u32);
+            let pick_worker = |rng: &mut Rng| w(rng.u64(..next_worker as u64 + 3) as u32);
             let pick_task = |rng: &mut Rng, ids: &Vec<TaskId>| {
-                if ids.is_empty() || rng.chance(0.1) {
-                    TaskId::from_parts(rng.below(50) as u32, rng.below(3) as u32)
+                if ids.is_empty() || rng.f64() < 0.1 {
+                    TaskId::from_parts(rng.u64(..50) as u32, rng.u64(..3) as u32)
                 } else {
-                    ids[rng.below(ids.len() as u64) as usize]
+                    ids[rng.u64(..ids.len() as u64) as usize]
                 }
             };
-            let ev = match rng.below(14) {
+            let ev = match rng.u64(..14) {
                 0 => {
                     next_worker += 1;
                     Event::WorkerJoined {
                         worker: w(next_worker),
                         // Now and then a name that is taken.
                         info: info(
-                            &if rng.chance(0.1) {
-                                format!("w{}", rng.below(next_worker as u64))
+                            &if rng.f64() < 0.1 {
+                                format!("w{}", rng.u64(..next_worker as u64))
                             } else {
                                 format!("w{next_worker}")
                             },
@@ -973,30 +974,30 @@ fn random_garbage_never_corrupts_state() {
                         ),
                     }
                 }
-                1 if rng.chance(0.3) => Event::WorkerLost {
+                1 if rng.f64() < 0.3 => Event::WorkerLost {
                     worker: pick_worker(&mut rng),
                 },
                 2 => {
                     // A small graph, sometimes with an unknown input.
-                    let n = rng.range(1, 5);
+                    let n = rng.u64(1..=5);
                     let mut tasks = Vec::new();
                     let mut outs = Vec::new();
                     for i in 0..n {
                         let key = format!("k{step}-{i}");
                         let mut deps: Vec<Key> = Vec::new();
-                        if !keys.is_empty() && rng.chance(0.5) {
+                        if !keys.is_empty() && rng.f64() < 0.5 {
                             // A recent key: likely still known.
-                            let recent = rng.below(keys.len().min(8) as u64) as usize;
+                            let recent = rng.u64(..keys.len().min(8) as u64) as usize;
                             deps.push(keys[keys.len() - 1 - recent].as_str().into());
                         }
-                        if i > 0 && rng.chance(0.5) {
+                        if i > 0 && rng.f64() < 0.5 {
                             deps.push(format!("k{step}-{}", i - 1).into());
                         }
-                        if rng.chance(0.05) {
+                        if rng.f64() < 0.05 {
                             deps.push("nowhere".into());
                         }
                         let mut t = TaskSpec::new(key.as_str(), "op", Bytes::new(), deps);
-                        t.annotations.retries = rng.below(2) as u8;
+                        t.annotations.retries = rng.u64(..2) as u8;
                         tasks.push(t);
                         outs.push(Key::from(key.as_str()));
                         keys.push(key);
@@ -1009,15 +1010,15 @@ fn random_garbage_never_corrupts_state() {
                 3 if !keys.is_empty() => Event::Client {
                     client: C,
                     msg: FromClient::Release {
-                        keys: vec![keys[rng.below(keys.len() as u64) as usize].as_str().into()],
+                        keys: vec![keys[rng.u64(..keys.len() as u64) as usize].as_str().into()],
                     },
                 },
                 4 => Event::Balance,
-                5 if rng.chance(0.1) => Event::ClientDisconnected {
-                    client: ClientId(rng.below(2) as u32),
+                5 if rng.f64() < 0.1 => Event::ClientDisconnected {
+                    client: ClientId(rng.u64(..2) as u32),
                 },
                 6 => Event::ClientConnected {
-                    client: ClientId(rng.below(2) as u32),
+                    client: ClientId(rng.u64(..2) as u32),
                 },
                 7 => Event::Worker {
                     worker: pick_worker(&mut rng),
@@ -1030,7 +1031,7 @@ fn random_garbage_never_corrupts_state() {
                     worker: pick_worker(&mut rng),
                     msg: FromWorker::StealResponse {
                         task: pick_task(&mut rng, &ids),
-                        stolen: rng.chance(0.5),
+                        stolen: rng.f64() < 0.5,
                     },
                 },
                 9 => Event::Worker {
@@ -1051,18 +1052,18 @@ fn random_garbage_never_corrupts_state() {
                 11 => Event::Worker {
                     worker: pick_worker(&mut rng),
                     msg: FromWorker::Paused {
-                        paused: rng.chance(0.5),
+                        paused: rng.f64() < 0.5,
                     },
                 },
-                _ if !sent.is_empty() && rng.chance(0.7) => {
+                _ if !sent.is_empty() && rng.f64() < 0.7 => {
                     // A genuine report (possibly stale by now).
-                    let (worker, task) = sent.swap_remove(rng.below(sent.len() as u64) as usize);
+                    let (worker, task) = sent.swap_remove(rng.u64(..sent.len() as u64) as usize);
                     Event::Worker {
                         worker,
                         msg: FromWorker::Finished {
                             task,
-                            nbytes: rng.below(1000),
-                            compute_us: rng.below(1000),
+                            nbytes: rng.u64(..1000),
+                            compute_us: rng.u64(..1000),
                             tier: Tier::Host,
                         },
                     }
@@ -1071,8 +1072,8 @@ fn random_garbage_never_corrupts_state() {
                     worker: pick_worker(&mut rng),
                     msg: FromWorker::Finished {
                         task: pick_task(&mut rng, &ids),
-                        nbytes: rng.below(1000),
-                        compute_us: rng.below(1000),
+                        nbytes: rng.u64(..1000),
+                        compute_us: rng.u64(..1000),
                         tier: Tier::Host,
                     },
                 },

@@ -111,7 +111,7 @@ impl WorkerOptions {
 /// the worker registers afresh.
 pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // Shared-memory regions hold a descriptor each (see `shm`).
-    if let Some(limit) = crate::shm::raise_fd_limit() {
+    if let Some(limit) = weft_transport::shm::raise_fd_limit() {
         debug!(limit, "open file limit");
     }
     let listener = listen(&options.listen, &options.transport).await?;

@@ -32,10 +32,10 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use crate::{BufferPool, PooledBuf};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
-use weft_transport::{BufferPool, PooledBuf};
 
 /// Buffers from this size up are allocated in shared memory.
 pub const MIN_SHARED: usize = 1 << 20;
@@ -76,7 +76,16 @@ fn generation(state: u64) -> u32 {
 /// `WEFT_SAME_HOST_SHM=0`, and only where the system supports it.
 pub fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var(ENV_SAME_HOST_SHM).map_or(true, |v| v.trim() != "0") && sys::SUPPORTED)
+    *ENABLED.get_or_init(|| {
+        let wanted = match std::env::var(ENV_SAME_HOST_SHM) {
+            Err(_) => true,
+            Ok(v) => weft_gpu::units::parse_bool(&v).unwrap_or_else(|e| {
+                tracing::warn!("{ENV_SAME_HOST_SHM}: {e}; shared memory stays on");
+                true
+            }),
+        };
+        wanted && sys::SUPPORTED
+    })
 }
 
 /// Which host and pid namespace a process runs in: two processes with equal

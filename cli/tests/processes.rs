@@ -491,7 +491,7 @@ async fn a_worker_with_one_gpu_runs_gpu_tasks_one_at_a_time_whatever_its_threads
 async fn gpus_all_starts_one_worker_per_gpu_each_offering_one() {
     let address = free_address();
     let _scheduler = spawn(&["scheduler", "--listen", &address]);
-    let emulated = [("WEFT_EMULATED_GPUS", "2"), ("WEFT_EMULATED_GPU_MEMORY", "64M")];
+    let emulated = [("WEFT_EMULATED_GPUS", "2"), ("WEFT_EMULATED_GPU_MEMORY", "64MiB")];
     let _workers = spawn_with(
         &[
             "worker",
@@ -637,4 +637,40 @@ async fn a_cluster_with_mutual_tls_from_generated_certificates() {
     let workers = client.workers().await.unwrap();
     assert!(workers[0].address.starts_with("tls://"), "{workers:?}");
     assert_eq!(root(&client, graphs::tree("tls", 64)).await.unwrap(), 64 * 63 / 2);
+}
+
+#[test]
+fn config_show_names_each_value_and_its_source_and_unknown_keys_stop_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weft.toml");
+    std::fs::write(&file, "[worker]\nnthreads = 3\nmemory-limit = \"2GiB\"\n").unwrap();
+    let out = weft(&["config", "show", "--config", file.to_str().unwrap()])
+        .env("WEFT_SCHEDULER_HEARTBEAT_TIMEOUT", "25s")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("nthreads = \"3\"").contains(file.to_str().unwrap()), "{shown}");
+    assert!(
+        line("heartbeat-timeout = \"25s\"").contains("$WEFT_SCHEDULER_HEARTBEAT_TIMEOUT"),
+        "{shown}"
+    );
+    assert!(line("max-frame").contains("# default"), "{shown}");
+    std::fs::write(&file, "[worker]\nthreads = 3\n").unwrap();
+    let out = weft(&["scheduler", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("unknown key `worker.threads`") && err.contains("weft.toml"),
+        "{err}"
+    );
 }

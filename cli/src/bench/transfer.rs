@@ -19,7 +19,7 @@ use weft::ops::args;
 use weft::{Client, TaskSpec};
 use weft_benches::baseline;
 use weft_benches::median;
-use weft_runtime::shm::ENV_SAME_HOST_SHM;
+use weft_transport::shm::ENV_SAME_HOST_SHM;
 
 use super::{Args, CpuWindow, Report, start};
 
@@ -64,7 +64,7 @@ pub(super) async fn measure(args: &Args, mib: usize, report: &mut Report) -> Res
     report.line.insert("foreign_cpu_s".into(), json!(window.foreign()));
     drop(client);
     cluster.stop().await;
-    let path = if args.no_shm || !weft_runtime::shm::enabled() {
+    let path = if args.no_shm || !weft_transport::shm::enabled() {
         "socket"
     } else {
         "shared memory"

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use weft::transport::{Config, TlsConfig, TlsFiles};
 
+use crate::config::Settings;
+
 /// TLS and token flags, shared by `weft scheduler` and `weft worker`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct Security {
@@ -27,33 +29,52 @@ pub struct Security {
 }
 
 impl Security {
-    /// Sets the token and TLS of `config` from the flags (and `WEFT_TOKEN`).
-    pub fn apply(&self, config: &mut Config) -> Result<()> {
-        let token = match &self.token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("--token-file {}", path.display()))?;
-                Some(text.trim().to_string())
-            }
-            None => std::env::var("WEFT_TOKEN").ok(),
-        };
-        if let Some(token) = token {
-            anyhow::ensure!(
-                !token.is_empty(),
-                "the shared secret (--token-file or WEFT_TOKEN) is empty"
-            );
-            config.token = Some(token.into_bytes());
-        }
-        if let Some(ca) = &self.tls_ca_file {
-            let files = TlsFiles {
-                ca: ca.clone(),
-                cert: self.tls_cert.clone(),
-                key: self.tls_key.clone(),
-                require_client_cert: true,
-            };
-            config.tls = Some(TlsConfig::load(&files)?);
-        }
-        Ok(())
+    /// Records the flags in `settings`.
+    pub fn record(&self, settings: &mut Settings) -> Result<()> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        settings.flag("security.tls-ca-file", "--tls-ca-file", path(&self.tls_ca_file))?;
+        settings.flag("security.tls-cert", "--tls-cert", path(&self.tls_cert))?;
+        settings.flag("security.tls-key", "--tls-key", path(&self.tls_key))?;
+        settings.flag("security.token-file", "--token-file", path(&self.token_file))
     }
+}
+
+/// Sets the token and TLS of `config` from `settings` (and `WEFT_TOKEN`).
+pub fn apply(settings: &Settings, config: &mut Config) -> Result<()> {
+    let token = match settings.get("security.token-file") {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("token file {path}"))?;
+            Some(text.trim().to_string())
+        }
+        None => std::env::var("WEFT_TOKEN").ok(),
+    };
+    if let Some(token) = token {
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the shared secret (--token-file or WEFT_TOKEN) is empty"
+        );
+        config.token = Some(token.into_bytes());
+    }
+    let (cert, key) = (settings.get("security.tls-cert"), settings.get("security.tls-key"));
+    anyhow::ensure!(
+        cert.is_some() == key.is_some(),
+        "a TLS certificate needs its key and the reverse (--tls-cert and --tls-key)"
+    );
+    if let Some(ca) = settings.get("security.tls-ca-file") {
+        let files = TlsFiles {
+            ca: ca.into(),
+            cert: cert.map(Into::into),
+            key: key.map(Into::into),
+            require_client_cert: true,
+        };
+        config.tls = Some(TlsConfig::load(&files)?);
+    } else {
+        anyhow::ensure!(
+            cert.is_none(),
+            "a TLS certificate needs the CA that signed it (--tls-ca-file)"
+        );
+    }
+    Ok(())
 }
 
 /// `weft tls generate DIR`: a certificate authority and certificates for

@@ -1,10 +1,10 @@
 //! Simulation tests: the scheduler driven by virtual workers, with faults.
 
 use weft_runtime::scheduler::Config;
-use weft_runtime::sim::{CheckMode, GenConfig, Sim, SimConfig, WorkerSpec, random_graph};
+use weft_sim::{CheckMode, GenConfig, Sim, SimConfig, WorkerSpec, random_graph};
 
 fn workers(sim: &mut Sim, n: u32, seed: u64) {
-    let mut rng = weft_runtime::sim::Rng::new(seed);
+    let mut rng = weft_sim::Rng::new(seed);
     for i in 0..n {
         sim.add_worker(WorkerSpec {
             nthreads: rng.range(1, 4) as u32,
@@ -62,7 +62,7 @@ fn random_faults_medium() {
     let g = random_graph(&gen_cfg);
     let outputs = g.expected.len() as u64;
     sim.submit(g).unwrap();
-    let mut rng = weft_runtime::sim::Rng::new(99);
+    let mut rng = weft_sim::Rng::new(99);
     for _ in 0..60 {
         let at = rng.range(0, 400_000);
         sim.kill_random_at(at);
@@ -111,7 +111,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
     let outputs = g.expected.len() as u64;
     let t_gen = t0.elapsed();
     sim.submit(g).unwrap();
-    let mut rng = weft_runtime::sim::Rng::new(7);
+    let mut rng = weft_sim::Rng::new(7);
     for _ in 0..300 {
         sim.kill_random_at(rng.range(0, 300_000));
         sim.add_at(
@@ -123,7 +123,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
         );
     }
     for _ in 0..100 {
-        sim.toggle_pause_random_at(rng.range(0, 300_000));
+        sim.pause_random_at(rng.range(0, 300_000));
     }
     sim.run().unwrap();
     let s = &sim.stats;
@@ -143,7 +143,7 @@ fn million_tasks_ten_thousand_workers_with_faults() {
 #[test]
 fn task_that_crashes_its_workers_errs_with_killed_workers() {
     use weft_runtime::graph::Annotations;
-    use weft_runtime::sim::GraphBuilder;
+    use weft_sim::GraphBuilder;
     let mut sim = Sim::new(
         Config::default(),
         SimConfig {
@@ -163,7 +163,7 @@ fn task_that_crashes_its_workers_errs_with_killed_workers() {
     let mut g = b.finish();
     // The reference cannot know about crashes: the sim accepts a
     // KilledWorkers error for any output and counts it.
-    g.expected.insert("boom".into(), weft_runtime::sim::Expected::Error);
+    g.expected.insert("boom".into(), weft_sim::Expected::Error);
     sim.submit(g).unwrap();
     sim.run().unwrap();
     assert_eq!(sim.stats.outputs_killed, 1);
@@ -221,7 +221,7 @@ fn many_seeds_small_clusters_heavy_faults() {
         let g = random_graph(&gen_cfg);
         let outputs = g.expected.len() as u64;
         sim.submit(g).unwrap();
-        let mut rng = weft_runtime::sim::Rng::new(seed);
+        let mut rng = weft_sim::Rng::new(seed);
         for _ in 0..(n / 2 + 3) {
             sim.kill_random_at(rng.range(0, 150_000));
             sim.add_at(
@@ -233,7 +233,7 @@ fn many_seeds_small_clusters_heavy_faults() {
             );
         }
         for _ in 0..4 {
-            sim.toggle_pause_random_at(rng.range(0, 150_000));
+            sim.pause_random_at(rng.range(0, 150_000));
         }
         // Random kills may take every gpu worker; tasks that need one wait
         // (queued as unrunnable) until this one joins.
@@ -267,8 +267,15 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
         .unwrap_or(16);
     let (mut lost, mut missing) = (0, 0);
     for seed in 0..seeds {
+        // Every kill here is an accident to recover from, not a sign of a
+        // task that kills its workers: a task queued on three workers that
+        // die must not err.
+        let sched_cfg = Config {
+            allowed_failures: 1_000,
+            ..Config::default()
+        };
         let mut sim = Sim::new(
-            Config::default(),
+            sched_cfg,
             SimConfig {
                 seed,
                 latency_us: 20 + seed * 13 % 200,
@@ -292,7 +299,7 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
         let g = random_graph(&gen_cfg);
         let outputs = g.expected.len();
         sim.submit(g).unwrap();
-        let mut rng = weft_runtime::sim::Rng::new(seed);
+        let mut rng = weft_sim::Rng::new(seed);
         // Kills spread over the run and well after it (the run takes
         // roughly 50-150 ms of logical time), each followed by a new worker.
         for _ in 0..n {
@@ -304,13 +311,43 @@ fn held_outputs_are_recomputed_whenever_their_holders_die() {
             panic!("seed {seed}: {e}\n{:?}", sim.stats);
         }
         assert_eq!(sim.outcomes().len(), outputs, "seed {seed}: {:?}", sim.stats);
-        assert!(
-            sim.outcomes().values().all(Result::is_ok),
-            "seed {seed}: no op fails here"
-        );
+        let erred: Vec<_> = sim.outcomes().iter().filter(|(_, o)| o.is_err()).take(3).collect();
+        assert!(erred.is_empty(), "seed {seed}: no op fails here, yet {erred:?}");
         lost += sim.stats.outputs_lost;
         missing += sim.stats.outputs_missing;
     }
     // The faults did hit held outputs, both ways.
     assert!(lost > 0 && missing > 0, "lost {lost}, reported missing {missing}");
+}
+
+/// When `short` arrives after `long` (10 ms on one worker of `nthreads`)
+/// was released while running: the real worker cannot stop an op, so a
+/// cancelled task keeps its thread until its op returns.
+fn short_after_cancelled_long(nthreads: u32) -> u64 {
+    use weft_runtime::graph::Annotations;
+    use weft_sim::GraphBuilder;
+    let mut sim = Sim::new(Config::default(), SimConfig::default());
+    sim.add_worker(WorkerSpec { nthreads, gpus: 0 }).expect("worker joins");
+    let mut b = GraphBuilder::new();
+    let long = b.task("long", "f", 1, 10_000, 8, &[], Annotations::default());
+    b.output(long);
+    sim.submit(b.finish()).expect("sim checks pass");
+    sim.run_until(2_000).expect("sim checks pass");
+    sim.release(vec!["long".into()]).expect("sim checks pass");
+    sim.run_until(3_000).expect("sim checks pass");
+    let mut b = GraphBuilder::new();
+    let short = b.task("short", "f", 2, 100, 8, &[], Annotations::default());
+    b.output(short);
+    sim.submit(b.finish()).expect("sim checks pass");
+    sim.run().expect("sim checks pass");
+    assert_eq!(sim.outcomes().len(), 1, "only short is gathered");
+    sim.arrived_at("short").expect("short gathered")
+}
+
+#[test]
+fn a_cancelled_task_holds_its_thread_until_its_op_returns() {
+    let one = short_after_cancelled_long(1);
+    assert!(one > 10_000, "short ran beside the cancelled op, at {one} us");
+    let two = short_after_cancelled_long(2);
+    assert!(two < 4_000, "with a second thread short runs at once, not at {two} us");
 }

@@ -2,16 +2,18 @@
 //! demo, or the benchmarks shared with the peer comparison scripts.
 
 mod bench;
+mod config;
 mod demo;
+mod logging;
 mod security;
-mod size;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use config::Settings;
 use weft::{LocalCluster, LocalOptions, SchedulerOptions, WorkerOptions, worker_main};
-use weft_runtime::local::{install_logging, open_gpu, run_worker_process};
+use weft_runtime::local::{open_gpu, run_worker_process};
 use weft_runtime::observe::{ObserveConfig, Observer};
 use weft_runtime::protocol::ResourceAmount;
 
@@ -19,6 +21,11 @@ use weft_runtime::protocol::ResourceAmount;
 #[derive(Parser)]
 #[command(name = "weft", version, about)]
 struct Cli {
+    /// Settings file (TOML) [default: $WEFT_CONFIG, else
+    /// ~/.config/weft/weft.toml when it exists]; `weft config show` lists
+    /// every setting.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,9 +34,10 @@ struct Cli {
 enum Command {
     /// Run a scheduler.
     Scheduler {
-        /// Address to listen on (`tls://` with the TLS flags).
-        #[arg(long, default_value = "tcp://0.0.0.0:8786")]
-        listen: String,
+        /// Address to listen on (`tls://` with the TLS flags) [default:
+        /// tcp://0.0.0.0:8786].
+        #[arg(long)]
+        listen: Option<String>,
         #[command(flatten)]
         security: security::Security,
         #[command(flatten)]
@@ -47,7 +55,7 @@ enum Command {
         /// Memory limit for results, such as 8GiB or 500MB; past 60% of it
         /// results spill to disk, past 80% the worker pauses (default: the
         /// machine's memory; 0: no limit).
-        #[arg(long, value_parser = size::parse)]
+        #[arg(long, value_parser = weft_gpu::units::parse_size)]
         memory_limit: Option<u64>,
         /// Where to spill results (default: the system's temporary directory).
         #[arg(long)]
@@ -79,16 +87,16 @@ enum Command {
         /// they are free.
         #[arg(long, value_parser = parse_resources)]
         resources: Option<Resources>,
-        /// Give up when the scheduler cannot be reached for this many
-        /// seconds (at start or after losing it).
-        #[arg(long, default_value_t = 60.0)]
-        timeout: f64,
+        /// Give up when the scheduler cannot be reached for this long (at
+        /// start or after losing it), such as 60s or 5m [default: 60s].
+        #[arg(long, value_parser = config::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// Start a scheduler and workers on this machine; runs until Ctrl-C.
     Local {
-        /// Scheduler address.
-        #[arg(long, default_value = "tcp://127.0.0.1:8786")]
-        listen: String,
+        /// Scheduler address [default: tcp://127.0.0.1:8786].
+        #[arg(long)]
+        listen: Option<String>,
         /// Workers (default: from the machine's cores).
         #[arg(long)]
         workers: Option<usize>,
@@ -106,6 +114,11 @@ enum Command {
         workers: Option<usize>,
         #[command(flatten)]
         dashboard: DashboardArgs,
+    },
+    /// The effective settings (file, `WEFT_*` variables, defaults).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Certificates for a cluster with mutual TLS.
     Tls {
@@ -145,6 +158,28 @@ struct DashboardArgs {
 }
 
 impl DashboardArgs {
+    /// Records the flags in `settings`.
+    fn record(&self, settings: &mut Settings) -> Result<()> {
+        settings.flag(
+            "dashboard.address",
+            "--dashboard-address",
+            self.dashboard_address.as_ref(),
+        )?;
+        settings.flag(
+            "dashboard.enabled",
+            "--no-dashboard",
+            self.no_dashboard.then_some(false),
+        )
+    }
+
+    /// The dashboard as `settings` say, for the commands that serve one.
+    fn from_settings(settings: &Settings) -> Self {
+        DashboardArgs {
+            dashboard_address: settings.get("dashboard.address"),
+            no_dashboard: !settings.switch("dashboard.enabled"),
+        }
+    }
+
     /// What the scheduler should publish for it.
     fn observe(&self) -> Option<ObserveConfig> {
         (!self.no_dashboard).then(ObserveConfig::default)
@@ -188,15 +223,103 @@ impl DashboardArgs {
 
 fn main() {
     worker_main(weft::registry());
-    install_logging("warn,weft=info");
-    if let Err(error) = run(Cli::parse().command) {
+    let cli = Cli::parse();
+    let result = Settings::load(cli.config.as_deref()).and_then(|mut settings| {
+        record_flags(&cli.command, &mut settings)?;
+        logging::install(&settings)?;
+        run(cli.command, settings)
+    });
+    if let Err(error) = result {
         eprintln!("weft: {error:#}");
         std::process::exit(1);
     }
 }
 
-fn run(command: Command) -> Result<()> {
+/// Puts the flags given to `command` over the file's and the variables'
+/// settings.
+fn record_flags(command: &Command, settings: &mut Settings) -> Result<()> {
     match command {
+        Command::Scheduler {
+            listen,
+            security,
+            dashboard,
+        } => {
+            settings.flag("scheduler.listen", "--listen", listen.as_ref())?;
+            security.record(settings)?;
+            dashboard.record(settings)
+        }
+        Command::Worker {
+            security,
+            nthreads,
+            memory_limit,
+            spill_dir,
+            listen,
+            contact_address,
+            timeout,
+            ..
+        } => {
+            security.record(settings)?;
+            settings.flag("worker.nthreads", "--nthreads", nthreads.as_ref())?;
+            settings.flag("worker.memory-limit", "--memory-limit", memory_limit.as_ref())?;
+            settings.flag(
+                "worker.spill-dir",
+                "--spill-dir",
+                spill_dir.as_ref().map(|d| d.display()),
+            )?;
+            settings.flag("worker.listen", "--listen", listen.as_ref())?;
+            settings.flag("worker.contact-address", "--contact-address", contact_address.as_ref())?;
+            let timeout = timeout.map(|t| format!("{}ms", t.as_millis()));
+            settings.flag("worker.reconnect-timeout", "--timeout", timeout)
+        }
+        Command::Local { listen, dashboard, .. } => {
+            settings.flag("local.listen", "--listen", listen.as_ref())?;
+            dashboard.record(settings)
+        }
+        Command::Demo { dashboard, .. } => dashboard.record(settings),
+        _ => Ok(()),
+    }
+}
+
+/// The transport's settings: timeouts and limits from `settings`, then the
+/// TLS files and shared secret.
+fn transport(settings: &Settings) -> Result<weft::transport::Config> {
+    let mut config = weft::transport::Config {
+        connect_timeout: settings.duration("transport.connect-timeout"),
+        handshake_timeout: settings.duration("transport.handshake-timeout"),
+        io_timeout: settings.duration("transport.io-timeout"),
+        ..Default::default()
+    };
+    if let Some(max) = settings.count("transport.max-connections") {
+        config.max_connections = max;
+    }
+    if let Some(max) = settings.size("transport.max-frame") {
+        config.limits.max_frame_bytes = max;
+    }
+    if let Some(max) = settings.size("transport.max-message") {
+        config.limits.max_message_bytes = max;
+    }
+    security::apply(settings, &mut config)?;
+    Ok(config)
+}
+
+/// The scheduler's options from `settings`, listening on `listen`.
+fn scheduler_options(settings: &Settings, listen: String) -> Result<SchedulerOptions> {
+    let mut options = SchedulerOptions::new(listen);
+    options.transport = transport(settings)?;
+    options.heartbeat_timeout = settings.duration("scheduler.heartbeat-timeout");
+    options.balance_interval = settings.duration("scheduler.balance-interval");
+    options.observe = DashboardArgs::from_settings(settings).observe();
+    Ok(options)
+}
+
+fn run(command: Command, settings: Settings) -> Result<()> {
+    match command {
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => {
+            print!("{}", settings.show());
+            Ok(())
+        }
         Command::Worker { gpus: Some(which), .. } => one_worker_per_gpu(&which),
         Command::Tls {
             command: TlsCommand::Generate { dir, hosts },
@@ -216,37 +339,40 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Worker {
             scheduler,
-            nthreads,
-            memory_limit,
-            spill_dir,
             name,
-            listen,
             gpu,
             gpus: None,
             resources,
-            timeout,
-            contact_address,
-            security,
+            ..
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut options = WorkerOptions::new(scheduler, nthreads.unwrap_or(cores));
-            options.memory.limit = memory_limit.unwrap_or_else(weft_runtime::store::machine_memory);
-            options.memory.watch_process = true;
-            if let Some(dir) = spill_dir {
-                options.memory.spill_dir = dir;
+            let mut options = WorkerOptions::new(scheduler, settings.count("worker.nthreads").unwrap_or(cores));
+            let memory = &mut options.memory;
+            memory.limit = settings
+                .size("worker.memory-limit")
+                .unwrap_or_else(weft_runtime::store::machine_memory);
+            memory.device_limit = settings.size("worker.device-memory-limit").unwrap_or(0);
+            memory.target = settings.fraction("worker.memory-target");
+            memory.spill = settings.fraction("worker.memory-spill");
+            memory.pause = settings.fraction("worker.memory-pause");
+            memory.terminate = settings.fraction("worker.memory-terminate");
+            memory.watch_process = true;
+            if let Some(dir) = settings.get("worker.spill-dir") {
+                memory.spill_dir = dir.into();
             }
             options.name = name;
-            options.listen = listen.unwrap_or_else(|| {
+            options.listen = settings.get("worker.listen").unwrap_or_else(|| {
                 let scheme = options.scheduler.split_once("://").map_or("tcp", |(scheme, _)| scheme);
                 format!("{scheme}://0.0.0.0:0")
             });
-            options.contact = contact_address;
-            security.apply(&mut options.transport)?;
+            options.contact = settings.get("worker.contact-address");
+            options.transport = transport(&settings)?;
             if let Some(index) = gpu {
                 options.pin_gpu(open_gpu(index).context("--gpu")?);
             }
             options.resources.extend(resources.map(|r| r.0).unwrap_or_default());
-            options.reconnect_timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;
+            options.heartbeat = settings.duration("worker.heartbeat");
+            options.reconnect_timeout = settings.duration("worker.reconnect-timeout");
             Ok(run_worker_process(options)?)
         }
         command => {
@@ -254,21 +380,17 @@ fn run(command: Command) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(run_async(command))
+            runtime.block_on(run_async(command, settings))
         }
     }
 }
 
-async fn run_async(command: Command) -> Result<()> {
+async fn run_async(command: Command, settings: Settings) -> Result<()> {
+    let dashboard = DashboardArgs::from_settings(&settings);
     match command {
-        Command::Scheduler {
-            listen,
-            security,
-            dashboard,
-        } => {
-            let mut options = SchedulerOptions::new(listen);
-            security.apply(&mut options.transport)?;
-            options.observe = dashboard.observe();
+        Command::Scheduler { .. } => {
+            let listen = settings.get("scheduler.listen").context("scheduler.listen is empty")?;
+            let options = scheduler_options(&settings, listen)?;
             let scheduler = weft_runtime::start_scheduler(options).await?;
             println!("scheduler at {}", scheduler.address());
             let board = match dashboard.serve(scheduler.observer()).await {
@@ -284,15 +406,10 @@ async fn run_async(command: Command) -> Result<()> {
             }
             scheduler.stop().await;
         }
-        Command::Local {
-            listen,
-            workers,
-            nthreads,
-            dashboard,
-        } => {
+        Command::Local { workers, nthreads, .. } => {
             let mut options = local_options(workers, nthreads);
-            options.scheduler = SchedulerOptions::new(listen);
-            options.scheduler.observe = dashboard.observe();
+            let listen = settings.get("local.listen").context("local.listen is empty")?;
+            options.scheduler = scheduler_options(&settings, listen)?;
             let cluster = LocalCluster::start(options).await?;
             println!(
                 "scheduler at {} with {} workers; Ctrl-C stops",
@@ -312,7 +429,7 @@ async fn run_async(command: Command) -> Result<()> {
             }
             cluster.stop().await;
         }
-        Command::Demo { workers, dashboard } => {
+        Command::Demo { workers, .. } => {
             let mut options = local_options(workers, None);
             options.scheduler.observe = dashboard.observe();
             demo::run(options, |observer| dashboard.serve(observer)).await?
@@ -332,7 +449,9 @@ async fn run_async(command: Command) -> Result<()> {
             std::fs::write(&output, body).with_context(|| format!("cannot write {}", output.display()))?;
             println!("report written to {}", output.display());
         }
-        Command::Worker { .. } | Command::Tls { .. } => unreachable!("run without the async runtime"),
+        Command::Worker { .. } | Command::Tls { .. } | Command::Config { .. } => {
+            unreachable!("run without the async runtime")
+        }
     }
     Ok(())
 }
@@ -415,6 +534,13 @@ fn one_worker_per_gpu(which: &str) -> Result<()> {
         }
     }
     failed.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
+}
+
+/// `weft config ...`.
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every setting, its value and where that came from.
+    Show,
 }
 
 /// `weft tls ...`.
