@@ -489,7 +489,7 @@ mod tests {
             [Some(false), Some(true), Some(false), Some(false)]
         );
         assert_eq!(
-            bools(col("i").is_null().not().and(col("s").is_not_null())),
+            bools((!col("i").is_null()).and(col("s").is_not_null())),
             [Some(true), Some(false), Some(false), Some(true)]
         );
         let f = filter(&batch(), &col("i").gt(lit(1))).unwrap();

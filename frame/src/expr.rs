@@ -403,11 +403,6 @@ impl Expr {
         Expr::IsNotNull(Box::new(self))
     }
 
-    /// Logical not.
-    pub fn not(self) -> Expr {
-        Expr::Not(Box::new(self))
-    }
-
     /// Converts to `to`.
     pub fn cast(self, to: DataType) -> Expr {
         Expr::Cast(Box::new(self), to)

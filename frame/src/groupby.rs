@@ -146,11 +146,7 @@ pub fn aggregate(batch: &RecordBatch, keys: &[Expr], aggs: &[AggSpec]) -> Result
     let mut columns = Vec::new();
     for (k, a) in keys.iter().zip(&key_arrays) {
         fields.push(Field::new(k.output_name(), a.data_type().clone(), true));
-        columns.push(if keys.is_empty() {
-            a.clone()
-        } else {
-            arrow_select::take::take(a, &firsts, None)?
-        });
+        columns.push(arrow_select::take::take(a, &firsts, None)?);
     }
     for agg in aggs {
         let out = if agg.func == AggFunc::Len {

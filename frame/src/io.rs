@@ -17,12 +17,15 @@ use parquet::file::metadata::ParquetMetaData;
 use crate::error::{FrameError, Result};
 use crate::expr::{BinaryOp, Expr};
 
+/// Which file names a pattern takes.
+type Matcher = Box<dyn Fn(&str) -> bool>;
+
 /// The files a path names: the file itself, the files of a directory with
 /// the extension `ext`, or the files matching a `*` pattern in the last
 /// component; sorted.
 pub fn list_files(pattern: &str, ext: &str) -> Result<Vec<String>> {
     let path = Path::new(pattern);
-    let (dir, matcher): (&Path, Box<dyn Fn(&str) -> bool>) = if pattern.contains('*') {
+    let (dir, matcher): (&Path, Matcher) = if pattern.contains('*') {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = path
             .file_name()
@@ -58,9 +61,6 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     let [first, middle @ .., last] = parts.as_slice() else {
         return pattern == name;
     };
-    if parts.len() == 1 {
-        return pattern == name;
-    }
     let Some(mut rest) = name.strip_prefix(first) else {
         return false;
     };

@@ -1,4 +1,30 @@
-//! Weft's distributed dataframe.
+//! Weft's distributed dataframe: a lazy, Polars-style API over Arrow
+//! partitions that live on the workers.
+//!
+//! A [`LazyFrame`] builds a [`plan::LogicalPlan`]; an action (`collect`,
+//! `count`, `write_parquet`, `persist`) runs the [`optimize`] passes
+//! (constant folding, filter and projection pushdown into scans with
+//! row-group pruning), lowers the plan to one graph ([`physical`]) and
+//! submits it in one message. Workers run the ops of [`register`]: fused
+//! per-partition steps ([`ops`]) on arrow-rs compute, with our own hash
+//! group-by ([`groupby`]), hash join ([`join`]) and hash partitioning
+//! ([`shuffle`]); partitions travel as [`partition`] values.
+//!
+//! ```rust,no_run
+//! # async fn example(client: weft_runtime::Client) -> weft_frame::Result<()> {
+//! use weft_frame::{Frames, col, lit, lit_date};
+//! let frames = Frames::new(client); // workers registered weft_frame::register
+//! let lineitem = frames.read_parquet("tpch/sf1/lineitem/*.parquet")?;
+//! let q = lineitem
+//!     .filter(col("l_shipdate").lt_eq(lit_date("1998-09-02")?))
+//!     .group_by([col("l_returnflag")])
+//!     .agg([col("l_quantity").sum().alias("qty"), (col("l_extendedprice") * (lit(1) - col("l_discount"))).sum().alias("rev")])
+//!     .sort([col("l_returnflag")], &[false]);
+//! println!("{}", q.explain()?);
+//! let batch = q.collect().await?;
+//! # let _ = batch; Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod bench;

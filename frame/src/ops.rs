@@ -300,7 +300,11 @@ pub fn select(batch: &RecordBatch, exprs: &[Expr]) -> Result<RecordBatch> {
     for e in exprs {
         let a = evaluate(e, batch)?;
         let nullable = match e.unaliased() {
-            Expr::Column(c) => batch.schema_ref().field_with_name(c).map_or(true, |f| f.is_nullable()),
+            Expr::Column(c) => batch
+                .schema_ref()
+                .field_with_name(c)
+                .map(|f| f.is_nullable())
+                .unwrap_or(true),
             _ => true,
         };
         fields.push(Field::new(e.output_name(), a.data_type().clone(), nullable));
@@ -391,7 +395,14 @@ mod tests {
         let split = Arc::new(op(&ctx, &weft_runtime::ops::args(&args).unwrap(), &[]).unwrap());
         assert_eq!(partition::header(&split).unwrap().rows().iter().sum::<u64>(), 100);
         let piece = registry.get(PIECE_OP).unwrap();
-        let p0 = Arc::new(piece(&ctx, &weft_runtime::ops::args(&0u32).unwrap(), &[split.clone()]).unwrap());
+        let p0 = Arc::new(
+            piece(
+                &ctx,
+                &weft_runtime::ops::args(&0u32).unwrap(),
+                std::slice::from_ref(&split),
+            )
+            .unwrap(),
+        );
         let p1 = Arc::new(piece(&ctx, &weft_runtime::ops::args(&1u32).unwrap(), &[split]).unwrap());
         let concat = TaskArgs {
             input: Input::Deps,

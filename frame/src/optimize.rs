@@ -444,7 +444,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(filters, &[col("a").gt(lit(1)), col("a").lt(lit(9))]);
+        assert_eq!(filters, &[col("a").lt(lit(9)), col("a").gt(lit(1))]);
         assert_eq!(projection.as_deref(), Some(&["a".to_string(), "b".to_string()][..]));
         assert_eq!(out.schema().unwrap(), plan.schema().unwrap());
     }

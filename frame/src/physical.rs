@@ -572,7 +572,7 @@ impl Lowering {
         };
         // Broadcast the right side, or the left one of an inner join.
         let broadcast_left = spec.how == JoinType::Inner && l_rows < r_rows && l_rows <= limit;
-        if broadcast_left || r_rows <= limit || rparts.len() == 1 && !broadcast_left {
+        if broadcast_left || r_rows <= limit || rparts.len() == 1 {
             let (build_parts, probe_parts, probe_is_left) = if broadcast_left {
                 (lparts, rparts, false)
             } else {
@@ -641,5 +641,83 @@ impl Lowering {
         }
         self.stages.push(format!("stage {stage} repartition-pieces: {n} tasks"));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::lit;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn random(parts: usize) -> Arc<LogicalPlan> {
+        Arc::new(LogicalPlan::Scan {
+            source: Source::Random {
+                rows: parts as u64 * 100,
+                parts,
+                keys: 10,
+            },
+            schema: crate::ops::random_batch(0, 1, 0).schema(),
+            projection: None,
+            filters: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn ten_thousand_partitions_lower_in_milliseconds() {
+        let plan = LogicalPlan::Aggregate {
+            input: Arc::new(LogicalPlan::Filter {
+                input: random(10_000),
+                predicate: col("value").gt(lit(0.5)),
+            }),
+            keys: vec![col("key")],
+            aggs: vec![AggSpec::from_expr(&col("value").sum().alias("s")).unwrap()],
+            split_out: None,
+        };
+        let t = Instant::now();
+        let lowered = Lowering::lower(&plan, "p", PlanOptions::default(), Action::Collect).unwrap();
+        let took = t.elapsed();
+        // 10^4 fused scan+filter+partial tasks, then a tree of 8-way merges.
+        assert_eq!(lowered.graph.tasks.len(), 10_000 + 1250 + 157 + 20 + 3 + 1);
+        assert_eq!(lowered.graph.outputs.len(), 1);
+        println!(
+            "lowered 10^4 partitions into {} tasks in {took:?}",
+            lowered.graph.tasks.len()
+        );
+        assert!(took.as_millis() < 2000, "{took:?}");
+    }
+
+    #[test]
+    fn joins_broadcast_the_small_side_and_shuffle_otherwise() {
+        let spec = JoinSpec {
+            left_on: vec!["key".into()],
+            right_on: vec!["key".into()],
+            how: JoinType::Inner,
+            build_left: false,
+        };
+        let join = |l, r| LogicalPlan::Join {
+            left: random(l),
+            right: random(r),
+            spec: spec.clone(),
+        };
+        let options = PlanOptions {
+            broadcast_rows: 1000,
+            fan_in: 8,
+        };
+        let small = Lowering::lower(&join(20, 4), "p", options.clone(), Action::Partitions).unwrap();
+        assert!(
+            small.stages.iter().any(|s| s.contains("join-build")),
+            "{:?}",
+            small.stages
+        );
+        assert_eq!(small.graph.outputs.len(), 20);
+        let big = Lowering::lower(&join(20, 30), "p", options, Action::Partitions).unwrap();
+        assert!(
+            big.stages.iter().any(|s| s.contains("join-left-pieces")),
+            "{:?}",
+            big.stages
+        );
+        assert_eq!(big.graph.outputs.len(), 30);
     }
 }
