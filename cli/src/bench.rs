@@ -194,25 +194,13 @@ pub async fn run(args: Args) -> Result<()> {
         }
     })
     .await;
-    let code = match outcome {
-        Ok(Ok(check)) => {
-            report.finish(check);
-            if report.line["check"] == "ok" { 0 } else { 1 }
-        }
-        Ok(Err(error)) => {
-            report.finish(format!("error: {error:#}"));
-            1
-        }
-        Err(_) => {
-            report.finish("timeout".into());
-            3
-        }
-    };
-    println!("{}", Json::Object(report.line));
-    if code != 0 {
-        std::process::exit(code);
-    }
-    Ok(())
+    report.conclude(outcome.map(|run| run.map(passed)))
+}
+
+/// A check and whether it passed (the peers' checks say `ok`).
+fn passed(check: String) -> (String, bool) {
+    let ok = check == "ok";
+    (check, ok)
 }
 
 /// A dataframe workload (`weft_frame::bench`), in the peers' schema.
@@ -242,26 +230,13 @@ async fn frames(args: &Args, workload: weft::frame::bench::Workload) -> Result<(
         Ok::<_, anyhow::Error>(outcome?)
     })
     .await;
-    let code = match outcome {
-        Ok(Ok(outcome)) => {
+    let outcome = outcome.map(|run| {
+        run.map(|outcome| {
             report.times = outcome.times;
-            report.finish(outcome.check);
-            if outcome.agrees { 0 } else { 1 }
-        }
-        Ok(Err(error)) => {
-            report.finish(format!("error: {error:#}"));
-            1
-        }
-        Err(_) => {
-            report.finish("timeout".into());
-            3
-        }
-    };
-    println!("{}", Json::Object(report.line));
-    if code != 0 {
-        std::process::exit(code);
-    }
-    Ok(())
+            (outcome.check, outcome.agrees)
+        })
+    });
+    report.conclude(outcome)
 }
 
 impl Report {
@@ -285,6 +260,35 @@ impl Report {
             line,
             times: Vec::new(),
         }
+    }
+
+    /// Finishes the line from a run's outcome (its check, an error, or a
+    /// timeout), prints it and exits with the peers' status: 0 ok, 1 check
+    /// failed or error, 3 timeout.
+    /// `outcome` holds the check and whether it passed.
+    fn conclude<E: std::fmt::Display>(
+        mut self,
+        outcome: std::result::Result<std::result::Result<(String, bool), E>, tokio::time::error::Elapsed>,
+    ) -> Result<()> {
+        let code = match outcome {
+            Ok(Ok((check, passed))) => {
+                self.finish(check);
+                if passed { 0 } else { 1 }
+            }
+            Ok(Err(error)) => {
+                self.finish(format!("error: {error:#}"));
+                1
+            }
+            Err(_) => {
+                self.finish("timeout".into());
+                3
+            }
+        };
+        println!("{}", Json::Object(self.line));
+        if code != 0 {
+            std::process::exit(code);
+        }
+        Ok(())
     }
 
     fn finish(&mut self, check: String) {
@@ -365,25 +369,7 @@ async fn arrays(args: &Args) -> Result<()> {
         Ok::<_, weft::array::ArrayError>(check)
     })
     .await;
-    let code = match outcome {
-        Ok(Ok(check)) => {
-            report.finish(check);
-            if report.line["check"] == "ok" { 0 } else { 1 }
-        }
-        Ok(Err(error)) => {
-            report.finish(format!("error: {error}"));
-            1
-        }
-        Err(_) => {
-            report.finish("timeout".into());
-            3
-        }
-    };
-    println!("{}", Json::Object(report.line));
-    if code != 0 {
-        std::process::exit(code);
-    }
-    Ok(())
+    report.conclude(outcome.map(|run| run.map(passed)))
 }
 
 /// Starts the cluster, warms up, times the repetitions; returns the check.
