@@ -15,7 +15,7 @@ use crate::chunks::Chunks;
 use crate::dtype::DType;
 use crate::error::{ArrayError, Result};
 use crate::reduce::ReduceOp;
-use crate::tree::{CombineArgs, DEFAULT_SPLIT_EVERY};
+use crate::tree::{DEFAULT_SPLIT_EVERY, combine_tree};
 
 /// The arguments of `array.matmul`: the inputs are `pairs` blocks of A,
 /// then `pairs` blocks of B.
@@ -111,32 +111,8 @@ impl Array {
                     ));
                     level.push(k);
                 }
-                let mut depth = 0;
-                if single {
-                    continue;
-                }
-                loop {
-                    let last = level.len() <= split_every;
-                    let c = CombineArgs {
-                        op: ReduceOp::Sum,
-                        dtype,
-                        last,
-                    };
-                    let bytes = args(&c).unwrap_or_default();
-                    if last {
-                        tasks.push(TaskSpec::new(chunk_key(&name, o), "array.combine", bytes, level));
-                        break;
-                    }
-                    depth += 1;
-                    level = level
-                        .chunks(split_every)
-                        .enumerate()
-                        .map(|(g, group)| {
-                            let k = Key::from(format!("{name}-c{depth}-{o}-{g}"));
-                            tasks.push(TaskSpec::new(k.clone(), "array.combine", bytes.clone(), group.to_vec()));
-                            k
-                        })
-                        .collect();
+                if !single {
+                    combine_tree(&mut tasks, &name, o, level, split_every, ReduceOp::Sum, dtype);
                 }
             }
         }

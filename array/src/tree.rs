@@ -72,7 +72,7 @@ impl Array {
         let mut tasks: Vec<TaskSpec> = Vec::new();
         for o in 0..outputs {
             let ko = unravel(o, &kept_grid);
-            let mut level: Vec<Key> = (0..per_output)
+            let level: Vec<Key> = (0..per_output)
                 .map(|r| {
                     let ro = unravel(r, &red_grid);
                     let mut b = vec![0; self.ndim()];
@@ -85,35 +85,7 @@ impl Array {
                     keys[ravel(&b, &grid)].clone()
                 })
                 .collect();
-            let mut depth = 0;
-            loop {
-                let last = level.len() <= split_every;
-                let combine = CombineArgs {
-                    op,
-                    dtype: self.dtype,
-                    last,
-                };
-                let bytes = args(&combine).unwrap_or_default();
-                if last {
-                    tasks.push(TaskSpec::new(chunk_key(&out_name, o), "array.combine", bytes, level));
-                    break;
-                }
-                depth += 1;
-                level = level
-                    .chunks(split_every)
-                    .enumerate()
-                    .map(|(g, group)| {
-                        let key = Key::from(format!("{out_name}-c{depth}-{o}-{g}"));
-                        tasks.push(TaskSpec::new(
-                            key.clone(),
-                            "array.combine",
-                            bytes.clone(),
-                            group.to_vec(),
-                        ));
-                        key
-                    })
-                    .collect();
-            }
+            combine_tree(&mut tasks, &out_name, o, level, split_every, op, self.dtype);
         }
         let layer = Layer::new(out_name, tasks, vec![partials], outputs);
         let shape: Vec<usize> = kept.iter().map(|&a| self.shape[a]).collect();
@@ -167,5 +139,43 @@ impl Array {
             axis.as_ref().map(std::slice::from_ref),
             DEFAULT_SPLIT_EVERY,
         )
+    }
+}
+
+/// Combines `level` (the partial results of output chunk `o`) in a tree of
+/// `array.combine` tasks of at most `split_every` inputs each, appended to
+/// `tasks`; the root is output chunk `o` of `name`.
+pub(crate) fn combine_tree(
+    tasks: &mut Vec<TaskSpec>,
+    name: &str,
+    o: usize,
+    mut level: Vec<Key>,
+    split_every: usize,
+    op: ReduceOp,
+    dtype: DType,
+) {
+    let mut depth = 0;
+    loop {
+        let last = level.len() <= split_every;
+        let bytes = args(&CombineArgs { op, dtype, last }).unwrap_or_default();
+        if last {
+            tasks.push(TaskSpec::new(chunk_key(name, o), "array.combine", bytes, level));
+            return;
+        }
+        depth += 1;
+        level = level
+            .chunks(split_every)
+            .enumerate()
+            .map(|(g, group)| {
+                let key = Key::from(format!("{name}-c{depth}-{o}-{g}"));
+                tasks.push(TaskSpec::new(
+                    key.clone(),
+                    "array.combine",
+                    bytes.clone(),
+                    group.to_vec(),
+                ));
+                key
+            })
+            .collect();
     }
 }

@@ -11,22 +11,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use weft_frame::{Frames, JoinType, col, len, lit, lit_date, when};
-use weft_runtime::{LocalCluster, LocalOptions, Registry, WorkerMode};
+use weft_frame::{JoinType, col, len, lit, lit_date, when};
 
-async fn cluster() -> (LocalCluster, Frames) {
-    let mut options = LocalOptions::for_this_machine();
-    options.workers = 2;
-    options.nthreads = 1;
-    options.mode = WorkerMode::InProcess;
-    let mut registry = Registry::builtin();
-    weft_frame::register(&mut registry);
-    options.registry = Arc::new(registry);
-    let cluster = LocalCluster::start(options).await.unwrap();
-    let client = cluster.client().await.unwrap();
-    client.set_progress(false);
-    (cluster, Frames::new(client))
-}
+mod common;
+use common::cluster;
 
 struct Order {
     id: i64,

@@ -6,11 +6,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 
-use weft_frame::Frames;
 use weft_frame::tpch::{QUERIES, checksum, query, same_answer};
-use weft_runtime::{LocalCluster, LocalOptions, Registry, WorkerMode};
+
+mod common;
 
 fn kit() -> Option<(PathBuf, PathBuf)> {
     let venv = std::env::var("WEFT_PEERS_VENV")
@@ -53,17 +52,7 @@ async fn tpch_queries_match_duckdb_at_sf_0_01() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let answers = String::from_utf8(out.stdout).unwrap();
 
-    let mut options = LocalOptions::for_this_machine();
-    options.workers = 2;
-    options.nthreads = 1;
-    options.mode = WorkerMode::InProcess;
-    let mut registry = Registry::builtin();
-    weft_frame::register(&mut registry);
-    options.registry = Arc::new(registry);
-    let cluster = LocalCluster::start(options).await.unwrap();
-    let client = cluster.client().await.unwrap();
-    client.set_progress(false);
-    let frames = Frames::new(client);
+    let (cluster, frames) = common::cluster().await;
     for line in answers.lines() {
         let (q, reference) = line.split_once('=').unwrap();
         let result = query(&frames, &d, q).unwrap().collect().await.unwrap();

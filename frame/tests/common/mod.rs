@@ -1,0 +1,22 @@
+//! What the frame's integration tests share.
+
+use std::sync::Arc;
+
+use weft_frame::Frames;
+use weft_runtime::{LocalCluster, LocalOptions, Registry, WorkerMode};
+
+/// Two single-threaded in-process workers with the frame's ops, and frames
+/// over a client of theirs (progress bars off).
+pub async fn cluster() -> (LocalCluster, Frames) {
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = 2;
+    options.nthreads = 1;
+    options.mode = WorkerMode::InProcess;
+    let mut registry = Registry::builtin();
+    weft_frame::register(&mut registry);
+    options.registry = Arc::new(registry);
+    let cluster = LocalCluster::start(options).await.expect("a local cluster");
+    let client = cluster.client().await.expect("a client");
+    client.set_progress(false);
+    (cluster, Frames::new(client))
+}
