@@ -245,17 +245,23 @@ async fn a_restarted_scheduler_is_reported_and_workers_come_back() {
     assert!(matches!(err, RuntimeError::SchedulerLost { .. }), "{err}");
     assert!(err.to_string().contains(&address), "{err}");
 
-    let _restarted = spawn(&["scheduler", "--listen", &address]);
-    let again = tokio::time::timeout(Duration::from_secs(10), async {
+    let mut restarted = spawn(&["scheduler", "--listen", &address]);
+    let again = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if let Ok(client) = Client::connect(&address, &Config::default()).await {
                 return client;
+            }
+            // The freed port can be taken meanwhile as another test's
+            // ephemeral port, and the scheduler then exits (address in
+            // use): start it again until it holds the port.
+            if matches!(restarted.0.try_wait(), Ok(Some(_))) {
+                restarted = spawn(&["scheduler", "--listen", &address]);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .unwrap();
+    .expect("the restarted scheduler accepts clients");
     // The worker reconnected on its own: work gets done again.
     let answer = tokio::time::timeout(Duration::from_secs(20), root(&again, graphs::tree("after", 16))).await;
     assert_eq!(answer.unwrap().unwrap(), 120);
