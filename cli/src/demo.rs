@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
+use arrow_array::cast::AsArray;
 use weft::{LocalCluster, LocalOptions, TaskSpec, Value, graphs, ops};
 
 /// Runs the demo; `dashboard` serves the cluster's dashboard (and says
@@ -122,7 +123,11 @@ async fn dataframe(client: &weft::Client) -> Result<()> {
     };
     let all = by_key(&data).collect().await?;
     let seconds = started.elapsed().as_secs_f64();
-    let counts = column::<arrow_array::types::Int64Type>(&all, "rows")?;
+    let counts = all
+        .column_by_name("rows")
+        .and_then(|c| c.as_primitive_opt::<arrow_array::types::Int64Type>())
+        .ok_or_else(|| anyhow::anyhow!("no int64 column rows in {:?}", all.schema()))?
+        .values();
     ensure!(
         all.num_rows() as i64 == keys,
         "dataframe: {} groups, expected {keys}",
@@ -167,19 +172,4 @@ async fn array(client: &weft::Client) -> Result<()> {
         (n * n) as f64 / seconds / 1e6
     );
     Ok(())
-}
-
-/// Column `name` of `batch` as values of type `T`.
-fn column<T: arrow_array::ArrowPrimitiveType>(batch: &arrow_array::RecordBatch, name: &str) -> Result<Vec<T::Native>> {
-    let array = batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<arrow_array::PrimitiveArray<T>>())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no {} column {name} in {:?}",
-                std::any::type_name::<T>(),
-                batch.schema()
-            )
-        })?;
-    Ok(array.values().to_vec())
 }

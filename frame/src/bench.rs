@@ -165,14 +165,7 @@ pub async fn measure(frames: &Frames, w: &Workload, reps: usize) -> Result<Outco
             let q = crate::tpch::query(frames, &dir, &w.name)?;
             q.collect().await
         };
-        run().await?;
-        let mut times = Vec::new();
-        let mut last = None;
-        for _ in 0..reps {
-            let t = Instant::now();
-            last = Some(run().await?);
-            times.push(t.elapsed().as_secs_f64());
-        }
+        let (times, last) = timed(reps, run).await?;
         let check = match &last {
             Some(b) => crate::tpch::checksum(b)?,
             None => "no repetitions".into(),
@@ -213,14 +206,7 @@ pub async fn measure(frames: &Frames, w: &Workload, reps: usize) -> Result<Outco
             _ => Answer::Rows(left.shuffle([col("key")], w.parts).count().await?),
         })
     };
-    run().await?;
-    let mut times = Vec::new();
-    let mut last = None;
-    for _ in 0..reps {
-        let t = Instant::now();
-        last = Some(run().await?);
-        times.push(t.elapsed().as_secs_f64());
-    }
+    let (times, last) = timed(reps, run).await?;
     let check = match last {
         None => "no repetitions".to_string(),
         Some(Answer::Rows(n)) => {
@@ -246,4 +232,22 @@ pub async fn measure(frames: &Frames, w: &Workload, reps: usize) -> Result<Outco
     };
     let agrees = check == "ok";
     Ok(Outcome { times, check, agrees })
+}
+
+/// One untimed warm-up run, then `reps` timed ones: their seconds and the
+/// last answer (`None` when `reps` is 0).
+async fn timed<T, F, Fut>(reps: usize, run: F) -> Result<(Vec<f64>, Option<T>)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    run().await?;
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        last = Some(run().await?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((times, last))
 }
