@@ -81,19 +81,18 @@ pub struct LocalOptions {
 }
 
 impl LocalOptions {
-    /// The default layout for this machine: one worker per core up to
-    /// four cores, beyond that about the square root of the cores with the
-    /// rest as threads (as Dask's `LocalCluster` splits them).
+    /// The default layout for this machine (see [`layout`]): one worker
+    /// per core up to four cores, beyond that about the square root of the
+    /// cores with the rest as threads (as Dask's `LocalCluster` splits
+    /// them).
     ///
-    /// With GPUs (real, or emulated through `WEFT_EMULATED_GPUS`), one
-    /// worker per GPU with the cores shared among them.
+    /// With GPUs (real, or emulated through `WEFT_EMULATED_GPUS`), at
+    /// least one worker per GPU, the first ones pinned to them, the others
+    /// a CPU pool.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let gpus = gpu_count();
-        let (workers, nthreads) = match gpus {
-            0 => split_cores(cores),
-            n => (n, (cores / n).max(1)),
-        };
+        let (workers, nthreads) = layout(cores, gpus);
         LocalOptions {
             workers,
             nthreads,
@@ -113,14 +112,22 @@ impl LocalOptions {
     }
 }
 
-/// Workers and threads per worker for `cores` cores.
-pub fn split_cores(cores: usize) -> (usize, usize) {
+/// Workers and threads per worker for `cores` cores and `gpus` GPUs. As
+/// many workers as the cores call for (one per core up to four, beyond
+/// that about the square root of the cores), and at least one per GPU; the
+/// first `gpus` of them are GPU workers, the rest a CPU pool beside them
+/// (as dask-cuda users run). Tiny-task throughput grows with workers (each
+/// has its own reactor), not with the threads of one worker: a 16-core
+/// node with one GPU gets 4 workers of 4 threads, not one of 16.
+pub fn layout(cores: usize, gpus: usize) -> (usize, usize) {
     let cores = cores.max(1);
-    if cores <= 4 {
-        return (cores, 1);
-    }
-    let workers = (cores as f64).sqrt().ceil() as usize;
-    (workers, cores / workers)
+    let workers = if cores <= 4 {
+        cores
+    } else {
+        (cores as f64).sqrt().ceil() as usize
+    };
+    let workers = workers.max(gpus);
+    (workers, (cores / workers).max(1))
 }
 
 enum Worker {
@@ -471,4 +478,26 @@ pub fn run_worker_process(options: WorkerOptions) -> Result<()> {
     runtime.block_on(run_worker(options, async {
         let _ = tokio::signal::ctrl_c().await;
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout;
+
+    #[test]
+    fn workers_grow_with_cores_and_gpus_get_one_each_beside_a_cpu_pool() {
+        // Without GPUs: a worker per core up to four, then about √cores.
+        assert_eq!(layout(0, 0), (1, 1));
+        assert_eq!(layout(2, 0), (2, 1));
+        assert_eq!(layout(4, 0), (4, 1));
+        assert_eq!(layout(16, 0), (4, 4));
+        assert_eq!(layout(64, 0), (8, 8));
+        // A 16-core node with one GPU: a GPU worker and three CPU workers
+        // of 4 threads each, not one worker of 16 threads.
+        assert_eq!(layout(16, 1), (4, 4));
+        // More GPUs than that many workers: one per GPU, cores shared.
+        assert_eq!(layout(16, 8), (8, 2));
+        assert_eq!(layout(128, 8), (12, 10));
+        assert_eq!(layout(2, 4), (4, 1));
+    }
 }
