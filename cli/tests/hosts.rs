@@ -7,13 +7,15 @@
 //! `nftables`); without `nft` that test skips likewise.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use weft::ops::args;
+use common::{client, root, slow_tree};
 use weft::transport::Config;
-use weft::{Client, Graph, graphs};
+use weft::{Client, graphs};
 
 /// Hosts on a private network, torn down when dropped.
 struct Net {
@@ -217,10 +219,6 @@ async fn delaying_relay(listen: &str, target: String, delay: Duration) -> tokio:
     })
 }
 
-async fn client(address: &str) -> Client {
-    Client::connect(address, &Config::default()).await.unwrap()
-}
-
 /// Waits until exactly the workers `names` are registered.
 async fn workers_are(client: &Client, names: &[&str], within: Duration) -> Duration {
     let start = Instant::now();
@@ -239,21 +237,6 @@ async fn workers_are(client: &Client, names: &[&str], within: Duration) -> Durat
         assert!(start.elapsed() < within, "workers {now:?}, waited for {names:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A tree reduction whose leaves each take `ms` milliseconds.
-fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
-    let mut graph = graphs::tree(prefix, leaves);
-    for (i, task) in graph.tasks.iter_mut().take(leaves).enumerate() {
-        task.op = "delay".into();
-        task.args = args(&(ms, i as i64)).unwrap();
-    }
-    graph
-}
-
-async fn root(client: &Client, graph: Graph) -> i64 {
-    let futures = client.compute(graph).await.unwrap();
-    futures[0].result().await.unwrap().decode::<i64>().unwrap()
 }
 
 /// Waits until worker `name` runs a task and holds a result, so that a
@@ -298,10 +281,10 @@ async fn results_move_between_workers_on_different_hosts() {
     // A tree over three hosts moves partial sums between them.
     let leaves = 3000;
     assert_eq!(
-        root(&client, graphs::tree("hosts", leaves)).await,
+        root(&client, graphs::tree("hosts", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
-    assert_eq!(root(&client, slow_tree("spread", 300, 2)).await, 300 * 299 / 2);
+    assert_eq!(root(&client, slow_tree("spread", 300, 2)).await.unwrap(), 300 * 299 / 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +336,7 @@ async fn a_partitioned_host_rejoins_when_healed_and_answers_stay_right() {
     );
     let leaves = 3000;
     assert_eq!(
-        root(&client, graphs::tree("after", leaves)).await,
+        root(&client, graphs::tree("after", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
 }
@@ -387,7 +370,7 @@ async fn links_that_drop_one_packet_in_a_hundred_and_lag_still_give_right_answer
     workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(30)).await;
     let leaves = 2000;
     assert_eq!(
-        root(&client, graphs::tree("lossy", leaves)).await,
+        root(&client, graphs::tree("lossy", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
     // Results of a few MiB each cross the lossy links too.
@@ -478,7 +461,7 @@ async fn mutual_tls_across_hosts_and_a_worker_with_a_foreign_certificate_is_refu
     }
     let leaves = 500;
     assert_eq!(
-        root(&client, graphs::tree("tls-hosts", leaves)).await,
+        root(&client, graphs::tree("tls-hosts", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
 }

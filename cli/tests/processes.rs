@@ -2,61 +2,15 @@
 //! command line, killed with SIGKILL, restarted, and fed bad settings.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Proc, client, free_address, joined, root, slow_tree, spawn, spawn_with, weft, worker_names};
 use weft::ops::args;
 use weft::transport::Config;
 use weft::{Client, Graph, Key, RuntimeError, TaskFuture, TaskSpec, Value, graphs};
-
-/// A child process killed when the test is done with it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn weft(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-    command.args(args);
-    command
-}
-
-/// A background process; its logs show with `WEFT_LOG=debug` (or any level)
-/// set for the test run, and are dropped otherwise.
-fn spawn(args: &[&str]) -> Proc {
-    spawn_with(args, &[])
-}
-
-/// [`spawn`] with environment variables set.
-fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let logs = if std::env::var_os("WEFT_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    let mut command = weft(args);
-    command.envs(env.iter().copied());
-    Proc(command.stdout(Stdio::null()).stderr(logs).spawn().unwrap())
-}
-
-/// A free port below the kernel's ephemeral range (32768 and up by
-/// default), so that no worker's port-0 listener can take it over while a
-/// test has its scheduler down.
-fn free_address() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id() * 7;
-    loop {
-        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-}
 
 /// A scheduler and `workers` single-threaded worker processes.
 fn cluster(workers: usize) -> (String, Proc, Vec<Proc>) {
@@ -85,25 +39,6 @@ fn cluster_with(workers: usize, env: &[(&str, &str)]) -> (String, Proc, Vec<Proc
         })
         .collect();
     (address, scheduler, workers)
-}
-
-async fn client(address: &str) -> Client {
-    Client::connect(address, &Config::default()).await.unwrap()
-}
-
-async fn root(client: &Client, graph: Graph) -> Result<i64, RuntimeError> {
-    let futures = client.compute(graph).await?;
-    Ok(futures[0].result().await?.decode::<i64>().unwrap())
-}
-
-/// A tree reduction whose leaves each take `ms` milliseconds.
-fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
-    let mut graph = graphs::tree(prefix, leaves);
-    for (i, task) in graph.tasks.iter_mut().take(leaves).enumerate() {
-        task.op = "delay".into();
-        task.args = args(&(ms, i as i64)).unwrap();
-    }
-    graph
 }
 
 /// `n` independent `delay` tasks of `ms` milliseconds (task `i` gives
@@ -377,30 +312,6 @@ fn clear_errors_for_bad_settings() {
         assert!(!output.status.success(), "weft {args:?} succeeded");
         assert!(stderr.contains(expected), "weft {args:?}: {stderr}");
     }
-}
-
-/// The names of the scheduler's workers, sorted.
-async fn worker_names(client: &Client) -> Vec<String> {
-    let mut names: Vec<String> = client
-        .workers()
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.name.to_string())
-        .collect();
-    names.sort_unstable();
-    names
-}
-
-/// Waits until `n` workers have joined the scheduler.
-async fn joined(client: &Client, n: usize) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while client.workers().await.unwrap().len() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
