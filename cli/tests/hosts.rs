@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{client, root, slow_tree};
+use common::{client, root, slow_tree, worker_names};
 use weft::transport::Config;
-use weft::{Client, graphs};
+use weft::{Client, TaskFuture, graphs};
 
 /// Hosts on a private network, torn down when dropped.
 struct Net {
@@ -223,14 +223,7 @@ async fn delaying_relay(listen: &str, target: String, delay: Duration) -> tokio:
 async fn workers_are(client: &Client, names: &[&str], within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let mut now: Vec<String> = client
-            .workers()
-            .await
-            .unwrap()
-            .iter()
-            .map(|w| w.name.to_string())
-            .collect();
-        now.sort_unstable();
+        let now = worker_names(client).await;
         if now == names {
             return start.elapsed();
         }
@@ -287,43 +280,46 @@ async fn results_move_between_workers_on_different_hosts() {
     assert_eq!(root(&client, slow_tree("spread", 300, 2)).await.unwrap(), 300 * 299 / 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_cut_off_mid_run_is_declared_dead_and_its_results_recomputed() {
-    let Some(mut net) = Net::new(4) else { return };
+/// A scheduler with a 3 s heartbeat timeout and three workers running a
+/// slow tree of `leaves` (keys `tag`), with host `host` cut off while its
+/// worker computes: the client, the tree's root, when the link went down,
+/// and how long the scheduler took to declare the host dead.
+async fn cut_mid_run(net: &mut Net, host: usize, tag: &str, leaves: usize) -> (Client, TaskFuture, Instant, Duration) {
     let address = net.cluster("3s");
     let client = client(&address).await;
     workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(20)).await;
-    let leaves = 600;
-    let futures = client.compute(slow_tree("cut", leaves, 5)).await.unwrap();
-    busy(&client, "h1").await;
-    net.link(1, false);
+    let futures = client.compute(slow_tree(tag, leaves, 5)).await.unwrap();
+    busy(&client, &format!("h{host}")).await;
+    net.link(host, false);
+    let cut = Instant::now();
+    let others: Vec<String> = (1..4).filter(|&i| i != host).map(|i| format!("h{i}")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
     // Declared dead within the heartbeat timeout (3 s), plus one liveness
     // check (a quarter of it) and slack for this busy machine.
-    let lost_after = workers_are(&client, &["h2", "h3"], Duration::from_secs(10)).await;
+    let lost_after = workers_are(&client, &others, Duration::from_secs(10)).await;
+    let root = futures.into_iter().next().unwrap();
+    assert_eq!(
+        root.result().await.unwrap().decode::<i64>().unwrap(),
+        (leaves * (leaves - 1) / 2) as i64
+    );
+    (client, root, cut, lost_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_mid_run_is_declared_dead_and_its_results_recomputed() {
+    let Some(mut net) = Net::new(4) else { return };
+    let (_, _, _, lost_after) = cut_mid_run(&mut net, 1, "cut", 600).await;
     println!("cut-off host declared dead after {lost_after:?}");
-    let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
-    assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_host_rejoins_when_healed_and_answers_stay_right() {
     let Some(mut net) = Net::new(4) else { return };
-    let address = net.cluster("3s");
-    let client = client(&address).await;
-    workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(20)).await;
     let leaves = 400;
-    let futures = client.compute(slow_tree("part", leaves, 5)).await.unwrap();
-    busy(&client, "h2").await;
-    net.link(2, false);
-    workers_are(&client, &["h1", "h3"], Duration::from_secs(10)).await;
-    assert_eq!(
-        futures[0].result().await.unwrap().decode::<i64>().unwrap(),
-        (leaves * (leaves - 1) / 2) as i64
-    );
+    let (client, _, partitioned, _) = cut_mid_run(&mut net, 2, "part", leaves).await;
     // Healed after 30 s: the host's worker finds its old connection dead,
     // registers afresh, and works again; nothing it held from before the
     // partition is taken for current.
-    let partitioned = Instant::now();
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(partitioned.elapsed())).await;
     net.link(2, true);
     let rejoined = workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(60)).await;
