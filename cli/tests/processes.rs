@@ -492,68 +492,107 @@ async fn a_cluster_with_a_token_refuses_peers_without_it() {
     assert_eq!(root(&client, graphs::tree("secured", 64)).await.unwrap(), 64 * 63 / 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_with_mutual_tls_from_generated_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    let output = run_to_end(&["tls", "generate", pki.to_str().unwrap()], Duration::from_secs(20));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let file = |name: &str| pki.join(name).to_str().unwrap().to_string();
-    let tls = |role: &str| {
+/// Certificates from `weft tls generate` in a temporary directory.
+struct Pki(tempfile::TempDir);
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let output = run_to_end(
+            &["tls", "generate", dir.path().to_str().unwrap()],
+            Duration::from_secs(20),
+        );
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        Pki(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// The TLS flags of a node with `role`'s certificate.
+    fn flags(&self, role: &str) -> Vec<String> {
         vec![
             "--tls-ca-file".to_string(),
-            file("ca.pem"),
+            self.file("ca.pem"),
             "--tls-cert".to_string(),
-            file(&format!("{role}.pem")),
+            self.file(&format!("{role}.pem")),
             "--tls-key".to_string(),
-            file(&format!("{role}.key")),
+            self.file(&format!("{role}.key")),
         ]
-    };
+    }
+
+    /// A client's settings: the CA, and the client certificate if `cert`.
+    fn client(&self, cert: bool) -> Config {
+        let files = weft::transport::TlsFiles {
+            ca: self.file("ca.pem").into(),
+            cert: cert.then(|| self.file("client.pem").into()),
+            key: cert.then(|| self.file("client.key").into()),
+            require_client_cert: true,
+        };
+        Config {
+            tls: Some(weft::transport::TlsConfig::load(&files).unwrap()),
+            ..Config::default()
+        }
+    }
+}
+
+fn spawn_owned(args: Vec<String>) -> Proc {
+    spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_mutual_tls_from_generated_certificates() {
+    let pki = Pki::generate();
     let address = free_address().replace("tcp://", "tls://");
     let mut args = vec!["scheduler".to_string(), "--listen".to_string(), address.clone()];
-    args.extend(tls("scheduler"));
-    let _scheduler = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    args.extend(pki.flags("scheduler"));
+    let _scheduler = spawn_owned(args);
     let mut args = vec![
         "worker".to_string(),
         address.clone(),
         "--name".to_string(),
         "tls-worker".to_string(),
     ];
-    args.extend(tls("worker"));
-    let _worker = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    args.extend(pki.flags("worker"));
+    let _worker = spawn_owned(args);
     // A client without a certificate is refused; one with it computes,
     // gathering from the worker over TLS too.
-    let no_cert = Config {
-        tls: Some(
-            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
-                ca: file("ca.pem").into(),
-                cert: None,
-                key: None,
-                require_client_cert: true,
-            })
-            .unwrap(),
-        ),
-        ..Config::default()
-    };
-    let refused = Client::connect(&address, &no_cert).await;
-    assert!(refused.is_err());
-    let config = Config {
-        tls: Some(
-            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
-                ca: file("ca.pem").into(),
-                cert: Some(file("client.pem").into()),
-                key: Some(file("client.key").into()),
-                require_client_cert: true,
-            })
-            .unwrap(),
-        ),
-        ..Config::default()
-    };
-    let client = Client::connect(&address, &config).await.unwrap();
+    assert!(Client::connect(&address, &pki.client(false)).await.is_err());
+    let client = Client::connect(&address, &pki.client(true)).await.unwrap();
     joined(&client, 1).await;
     let workers = client.workers().await.unwrap();
     assert!(workers[0].address.starts_with("tls://"), "{workers:?}");
     assert_eq!(root(&client, graphs::tree("tls", 64)).await.unwrap(), 64 * 63 / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_local_with_mutual_tls_gives_its_worker_processes_the_certificates() {
+    let pki = Pki::generate();
+    let address = free_address().replace("tcp://", "tls://");
+    let mut args = [
+        "local",
+        "--listen",
+        &address,
+        "--workers",
+        "2",
+        "--nthreads",
+        "1",
+        "--no-dashboard",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(pki.flags("scheduler"));
+    let _local = spawn_owned(args);
+    let client = Client::connect(&address, &pki.client(true)).await.unwrap();
+    joined(&client, 2).await;
+    for worker in client.workers().await.unwrap() {
+        assert!(worker.address.starts_with("tls://"), "{worker:?}");
+    }
+    assert_eq!(
+        root(&client, graphs::tree("tls-local", 200)).await.unwrap(),
+        200 * 199 / 2
+    );
 }
 
 #[test]
