@@ -1,17 +1,22 @@
 //! End to end on a local cluster (in-process workers over TCP): creation,
 //! fused elementwise chains and reductions, matmul and gathering, with the
 //! same answers as computing in this process, whatever the number of
-//! workers.
+//! workers, and whether they compute on the CPU or on (emulated) GPUs.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
 use weft_array::{Array, DType, arange, from_slice, random, registry};
+use weft_gpu::Gpu;
 use weft_runtime::{LocalCluster, LocalOptions, WorkerMode};
 
-async fn cluster(workers: usize) -> LocalCluster {
+/// `workers` CPU workers, or with `gpus` one worker per emulated GPU.
+async fn cluster(workers: usize, gpus: bool) -> LocalCluster {
     let mut options = LocalOptions::for_this_machine();
     options.workers = workers;
+    if gpus {
+        options.in_process_gpus = (0..workers as u32).map(|i| Gpu::emulated(i, 256 << 20, true)).collect();
+    }
     options.nthreads = 1;
     options.mode = WorkerMode::InProcess;
     options.registry = Arc::new(registry());
@@ -41,8 +46,8 @@ async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
         .iter()
         .map(|a| a.compute_local(&registry()).unwrap().to_f64())
         .collect();
-    for workers in [1, 3] {
-        let cluster = cluster(workers).await;
+    for (workers, gpus) in [(1, false), (3, false), (2, true)] {
+        let cluster = cluster(workers, gpus).await;
         let client = cluster.client().await.unwrap();
         for (i, a) in pipeline().iter().enumerate() {
             let host = a.to_host(&client).await.unwrap();
@@ -51,7 +56,7 @@ async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
             for (x, y) in got.iter().zip(&local[i]) {
                 assert!(
                     (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
-                    "result {i} on {workers} workers: {x} vs {y}"
+                    "result {i} on {workers} workers (GPUs: {gpus}): {x} vs {y}"
                 );
             }
         }
@@ -62,7 +67,7 @@ async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_plus_x_t_sum_runs_as_one_task_per_chunk_plus_the_tree() {
-    let cluster = cluster(2).await;
+    let cluster = cluster(2, false).await;
     let client = cluster.client().await.unwrap();
     let n = 40;
     let values: Vec<f64> = (0..n * n).map(|i| i as f64).collect();

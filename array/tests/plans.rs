@@ -1,14 +1,18 @@
 //! Arrays computed in this process (`compute_local`, the workers' ops
-//! without a cluster) against plain-loop references: creation, elementwise
+//! without a cluster; on the CPU and on GPUs, see `common`) against plain-loop references: creation, elementwise
 //! with broadcasting, reductions over axis subsets, transposes, matmul,
 //! fusion's task counts, and the errors of bad input.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use weft_array::chunks::{ravel, strides, unravel};
 use weft_array::{Array, ArrayError, BinaryOp, DType, ReduceOp, arange, from_slice, full, linspace, random, registry};
 
+/// Computed on the CPU and on GPUs (emulated, and CUDA when present),
+/// which must agree.
 fn host(a: &Array) -> Vec<f64> {
-    a.compute_local(&registry()).unwrap().to_f64()
+    common::compute(a).to_f64()
 }
 
 fn close(a: &[f64], b: &[f64]) {
@@ -39,17 +43,11 @@ fn creation_matches_numpy() {
     assert_eq!(host(&full(&[2, 3], &[1, 2], 2.5, DType::F64).unwrap()), vec![2.5; 6]);
     let a = arange(3i64, 20i64, 4i64, 2).unwrap();
     assert_eq!(a.dtype(), DType::I64);
-    assert_eq!(
-        a.compute_local(&registry()).unwrap().into_vec::<i64>().unwrap(),
-        vec![3, 7, 11, 15, 19]
-    );
+    assert_eq!(common::compute(&a).into_vec::<i64>().unwrap(), vec![3, 7, 11, 15, 19]);
     close(&host(&arange(0.5, 2.0, 0.5, 2).unwrap()), &[0.5, 1.0, 1.5]);
     close(&host(&linspace(0.0, 1.0, 5, 2).unwrap()), &[0.0, 0.25, 0.5, 0.75, 1.0]);
     let z = weft_array::zeros(&[3], &[2], DType::I32).unwrap();
-    assert_eq!(
-        z.compute_local(&registry()).unwrap().into_vec::<i32>().unwrap(),
-        vec![0; 3]
-    );
+    assert_eq!(common::compute(&z).into_vec::<i32>().unwrap(), vec![0; 3]);
 }
 
 #[test]
@@ -84,7 +82,7 @@ fn from_slice_round_trips_in_any_chunking() {
     }
     let ints: Vec<i32> = (0..12).collect();
     let a = from_slice(&ints, &[3, 4], &[2, 3]).unwrap();
-    assert_eq!(a.compute_local(&registry()).unwrap().into_vec::<i32>().unwrap(), ints);
+    assert_eq!(common::compute(&a).into_vec::<i32>().unwrap(), ints);
 }
 
 /// Reference broadcasting: the flat index into an operand of `shape` of
@@ -284,10 +282,7 @@ fn matmul_of_ragged_non_square_blocks_matches_loops() {
     let a = from_slice(&[1f32, 2., 3., 4.], &[2, 2], &[1, 1]).unwrap();
     let p = a.matmul(&a).unwrap();
     assert_eq!(p.dtype(), DType::F32);
-    assert_eq!(
-        p.compute_local(&registry()).unwrap().into_vec::<f32>().unwrap(),
-        vec![7., 10., 15., 22.]
-    );
+    assert_eq!(common::compute(&p).into_vec::<f32>().unwrap(), vec![7., 10., 15., 22.]);
 }
 
 #[test]
