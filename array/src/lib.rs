@@ -44,6 +44,7 @@ pub mod ops;
 pub mod rechunk;
 pub mod reduce;
 pub mod reshape;
+pub mod scatter;
 pub mod tree;
 
 pub use array::{Array, HostArray};
@@ -57,3 +58,4 @@ pub use join::{concatenate, stack};
 pub use npy::{from_npy, from_npy_dir};
 pub use ops::{register, registry};
 pub use reduce::ReduceOp;
+pub use scatter::scatter;

@@ -82,3 +82,35 @@ async fn x_plus_x_t_sum_runs_as_one_task_per_chunk_plus_the_tree() {
     drop(client);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scattered_buffer_is_chunks_in_the_workers_memory() {
+    let cluster = cluster(2, false).await;
+    let client = cluster.client().await.unwrap();
+    let values: Vec<f32> = (0..30 * 20).map(|i| i as f32 * 0.5).collect();
+    let x = weft_array::scatter(&client, &values, &[30, 20], &[8, 7]).await.unwrap();
+    assert_eq!(x.chunks().nblocks(), 4 * 3);
+    // No task makes them: they are on the workers already, spread over both.
+    let graph = x.graph();
+    assert!(graph.tasks.is_empty());
+    let holders: std::collections::BTreeSet<_> = client
+        .who_has(&graph.outputs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|peers| peers[0].worker)
+        .collect();
+    assert_eq!(holders.len(), 2);
+    // Gathered back as they were, and read by tasks like any chunk.
+    assert_eq!(x.to_host(&client).await.unwrap().into_vec::<f32>().unwrap(), values);
+    let total = (&x + &x.t().t()).unwrap().sum(None).unwrap();
+    let want: f64 = values.iter().map(|&v| 2.0 * f64::from(v)).sum();
+    assert_eq!(total.to_host(&client).await.unwrap().to_f64(), vec![want]);
+    // The data must fit the shape.
+    let err = weft_array::scatter(&client, &values, &[30, 21], &[8, 7])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("[30, 21]"), "{err}");
+    drop(client);
+    cluster.stop().await;
+}
