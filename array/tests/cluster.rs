@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use weft_array::{Array, DType, arange, from_slice, random, registry};
 use weft_gpu::Gpu;
+use weft_runtime::store::{MemoryConfig, MemorySnapshot};
 use weft_runtime::{LocalCluster, LocalOptions, WorkerMode};
 
 /// `workers` CPU workers, or with `gpus` one worker per emulated GPU.
@@ -111,6 +112,34 @@ async fn a_scattered_buffer_is_chunks_in_the_workers_memory() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("[30, 21]"), "{err}");
+    drop(client);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rechunk_larger_than_a_workers_memory_spills_and_completes() {
+    // 1024 x 1024 float64s are 8 MiB: twice one worker's 4 MiB limit, as
+    // much as both hold, before counting the column blocks being built.
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = 2;
+    options.nthreads = 1;
+    options.mode = WorkerMode::InProcess;
+    options.registry = Arc::new(registry());
+    options.memory = MemoryConfig {
+        limit: 4 << 20,
+        spill_dir: dir.path().into(),
+        ..MemoryConfig::default()
+    };
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let x = random::random(21, &[1024, 1024], &[64, 1024]).unwrap();
+    let y = x.rechunk(&[1024, 64]).unwrap();
+    assert_eq!(y.chunks().0, vec![vec![1024], vec![64; 16]]);
+    let got = y.to_host(&client).await.unwrap();
+    assert_eq!(got.to_f64(), x.compute_local(&registry()).unwrap().to_f64());
+    let stats: MemorySnapshot = cluster.memory().into_iter().sum();
+    assert!(stats.spilled > 0 && stats.spilled_bytes >= 4 << 20, "{stats:?}");
     drop(client);
     cluster.stop().await;
 }
