@@ -12,7 +12,8 @@
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
 //!   workers run and what tasks produce; [`blocking`]: the client for code
-//!   without an async runtime; [`progress`]: progress bars of long calls; [`observe`]: snapshots
+//!   without an async runtime; `progress`: progress bars of long calls (feature
+//!   `progress-bar`); [`observe`]: snapshots
 //!   and events of a running scheduler for dashboards. Large host buffers live in shared memory
 //!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
@@ -46,6 +47,7 @@ pub mod graphs;
 pub mod local;
 pub mod observe;
 pub mod ops;
+#[cfg(feature = "progress-bar")]
 pub(crate) mod progress;
 pub mod server;
 pub mod store;

@@ -359,18 +359,22 @@ impl LocalCluster {
     }
 }
 
+/// Whether this process was spawned by a local cluster to be a worker
+/// (and [`worker_main`] will run it).
+pub fn is_worker_process() -> bool {
+    std::env::var_os(ENV_SCHEDULER).is_some()
+}
+
 /// Call first thing in `main` of any program that starts a local cluster
 /// of processes: in a process the cluster spawned as a worker, this runs
 /// the worker with `registry` and exits; anywhere else it returns at once.
 /// It may be called from a plain `main` or from an async one
-/// (`#[tokio::main]`): the worker runs on a thread of its own.
+/// (`#[tokio::main]`): the worker runs on a thread of its own. It installs
+/// no logger: `weft::worker_main` logs to stderr first.
 pub fn worker_main(registry: Registry) {
     let Ok(scheduler) = std::env::var(ENV_SCHEDULER) else {
         return;
     };
-    // The worker's logs go to the stderr it shares with the program that
-    // started the cluster.
-    install_logging("warn");
     let nthreads = std::env::var(ENV_NTHREADS)
         .ok()
         .and_then(|n| n.parse().ok())
@@ -385,6 +389,7 @@ pub fn worker_main(registry: Registry) {
         options.memory.spill_dir = dir.into();
     }
     options.memory.watch_process = true;
+    options.transport.shared_memory = weft_transport::shm::allowed_by_env();
     if let Some(index) = std::env::var(ENV_GPU).ok().and_then(|i| i.parse::<usize>().ok()) {
         match open_gpu(index) {
             Ok(gpu) => options.pin_gpu(gpu),
@@ -416,19 +421,6 @@ pub fn worker_main(registry: Registry) {
         }
     };
     std::process::exit(code);
-}
-
-/// Logs to stderr, filtered by `WEFT_LOG` (a `tracing` filter such as
-/// `info` or `weft_runtime=debug`) or else by `default`. Does nothing when
-/// the process already has a subscriber.
-pub fn install_logging(default: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 /// Opens GPU `index` of this machine, real or emulated (as the `WEFT_*`

@@ -143,7 +143,11 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     // In a set, so that the server stops with this future even when it is
     // dropped (an in-process worker aborted as if killed), not only at the end.
     let mut server = tokio::task::JoinSet::new();
-    server.spawn(serve(listener, store.clone()));
+    server.spawn(serve(
+        listener,
+        store.clone(),
+        weft_transport::shm::offered(&options.transport),
+    ));
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
         let done_tx = done_tx.clone();
