@@ -101,19 +101,23 @@ impl Val {
     }
 
     fn write(self, bytes: &mut [u8], at: usize) -> Result<()> {
-        let le: Vec<u8> = match self {
-            Val::F32(x) => x.to_le_bytes().to_vec(),
-            Val::F64(x) => x.to_le_bytes().to_vec(),
-            Val::I32(x) => x.to_le_bytes().to_vec(),
-            Val::I64(x) => x.to_le_bytes().to_vec(),
-            Val::Bool(x) => vec![x],
-        };
-        let len = bytes.len();
-        bytes
-            .get_mut(at * le.len()..(at + 1) * le.len())
-            .ok_or_else(|| ArrayError::Data(format!("emulated kernel: writes element {at} of a {len}-byte buffer")))?
-            .copy_from_slice(&le);
-        Ok(())
+        fn put<const N: usize>(bytes: &mut [u8], at: usize, le: [u8; N]) -> Result<()> {
+            let len = bytes.len();
+            bytes
+                .get_mut(at * N..(at + 1) * N)
+                .ok_or_else(|| {
+                    ArrayError::Data(format!("emulated kernel: writes element {at} of a {len}-byte buffer"))
+                })?
+                .copy_from_slice(&le);
+            Ok(())
+        }
+        match self {
+            Val::F32(x) => put(bytes, at, x.to_le_bytes()),
+            Val::F64(x) => put(bytes, at, x.to_le_bytes()),
+            Val::I32(x) => put(bytes, at, x.to_le_bytes()),
+            Val::I64(x) => put(bytes, at, x.to_le_bytes()),
+            Val::Bool(x) => put(bytes, at, [x]),
+        }
     }
 }
 

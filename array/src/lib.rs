@@ -7,7 +7,10 @@
 //! operations (with NumPy broadcasting and promotion), transposes and the
 //! reduction after them fuse into one task per chunk ([`fuse`], [`expr`]),
 //! reductions finish in a tree ([`tree`]), and `matmul` is blocked
-//! ([`matmul`]). Workers need the ops of [`ops::register`].
+//! ([`matmul`]). Workers need the ops of [`ops::register`]. On a worker
+//! with a GPU, chunks live in device memory and a fused task is one
+//! generated kernel per chunk ([`grid`] lowers it, [`cuda`] prints its
+//! source for NVRTC, [`emulate`] runs it on emulated GPUs).
 //!
 //! ```no_run
 //! # async fn demo(client: &weft_runtime::Client) -> weft_array::Result<()> {

@@ -99,13 +99,6 @@ fn every_reduction_agrees_with_the_cpu_on_every_type() {
             .unwrap();
         for op in ops {
             for axes in [None, Some(&[0isize][..]), Some(&[1isize][..])] {
-                if op == ReduceOp::ArgMin || op == ReduceOp::ArgMax {
-                    if axes.is_none_or(|a| a.len() == 1) {
-                        let r = x.reduce(op, axes, 2).unwrap();
-                        common::compute(&r);
-                    }
-                    continue;
-                }
                 common::compute(&x.reduce(op, axes, 2).unwrap());
             }
         }
@@ -131,7 +124,7 @@ fn chunks_stay_on_the_device_between_fused_tasks() {
         GpuBackend::Cuda(_) => unreachable!("an emulated GPU"),
     };
     let values: Vec<f64> = (0..400).map(f64::from).collect();
-    // 4 host chunks; a matmul of the fused result leaves device chunks that
+    // 2 host chunks; a matmul of the fused result leaves device chunks that
     // the next fused chain reads in place.
     let x = from_slice(&values, &[20, 20], &[10, 20]).unwrap();
     let y = (&x * 2.0).unwrap();
@@ -141,11 +134,27 @@ fn chunks_stay_on_the_device_between_fused_tasks() {
     let after = counters();
     assert_eq!(host.to_f64(), z.compute_local(&registry()).unwrap().to_f64());
     let z_chunks = z.chunks().nblocks() as u64;
-    // Uploads: only the 2 input chunks (each read by both matmul operands,
-    // uploaded once per task that reads it from the host).
-    assert!(
-        after.h2d - before.h2d <= 2 * 2 * z_chunks + 2,
-        "{before:?} -> {after:?}"
+    // Uploads: one per fused task reading a host chunk (y and the
+    // transposed operand each read both); the matmul and the chain after
+    // it read device chunks in place.
+    let graph = z.graph();
+    let host_chunks: std::collections::HashSet<_> = graph
+        .tasks
+        .iter()
+        .filter(|t| &*t.op == "array.from_bytes")
+        .map(|t| t.key.clone())
+        .collect();
+    let uploads = graph
+        .tasks
+        .iter()
+        .filter(|t| &*t.op == "array.fused")
+        .flat_map(|t| t.deps.iter())
+        .filter(|d| host_chunks.contains(*d))
+        .count() as u64;
+    assert_eq!(after.h2d - before.h2d, uploads, "{before:?} -> {after:?}");
+    assert_eq!(
+        after.d2d + after.peer + after.staged,
+        before.d2d + before.peer + before.staged
     );
     // Downloads: only the final chunks, once each.
     assert_eq!(after.d2h - before.d2h, z_chunks, "{before:?} -> {after:?}");
@@ -190,11 +199,14 @@ fn generated_sources_compile_with_nvrtc() {
     for a in &arrays {
         for plan in plans(a) {
             let src = source(&plan);
-            weft_kernels::nvrtc::compile_text("array_fused_test", &src, 80).unwrap_or_else(|e| panic!("{e}\n{src}"));
-            compiled += 1;
+            for arch in [80, 90] {
+                weft_kernels::nvrtc::compile_text("array_fused_test", &src, arch)
+                    .unwrap_or_else(|e| panic!("{e}\n{src}"));
+                compiled += 1;
+            }
         }
     }
-    assert!(compiled > 40, "{compiled}");
+    assert!(compiled > 80, "{compiled}");
 }
 
 /// The grid plans of an array's fused tasks (inputs as the graph makes them).
