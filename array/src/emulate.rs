@@ -356,9 +356,27 @@ impl Acc {
     }
 }
 
+thread_local! {
+    static LAUNCHES: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` and returns what it returned with the number of emulated
+/// kernels launched from this thread meanwhile: the proof, without a GPU,
+/// that a fused chain is one kernel per chunk.
+pub fn count_launches<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let outer = LAUNCHES.with(|l| l.replace(Some(0)));
+    let r = f();
+    let counted = LAUNCHES.with(|l| l.replace(outer)).unwrap_or(0);
+    if let Some(n) = outer {
+        LAUNCHES.with(|l| l.set(Some(n + counted)));
+    }
+    (r, counted)
+}
+
 /// Runs the kernel of `plan` over `blocks` blocks of [`BLOCK`] threads:
 /// `slots` per leaf, `outs` the output buffers of [`GridPlan::outputs`].
 pub fn run(plan: &GridPlan, params: &Params, blocks: usize, slots: &[Slot<'_>], outs: &mut [&mut [u8]]) -> Result<()> {
+    LAUNCHES.with(|l| l.set(l.get().map(|n| n + 1)));
     let mut eval = Eval {
         plan,
         params,

@@ -161,6 +161,31 @@ fn chunks_stay_on_the_device_between_fused_tasks() {
 }
 
 #[test]
+fn a_fused_chain_is_one_generated_kernel_per_chunk() {
+    let site = Site {
+        gpu: Some(Gpu::emulated(0, 256 << 20, true)),
+        ..Site::default()
+    };
+    let n = 40;
+    let values: Vec<f64> = (0..n * n).map(|i| i as f64).collect();
+    let x = from_slice(&values, &[n, n], &[10, 10]).unwrap();
+    // (x + x.T).sum(): 16 fused tasks, one kernel each (the tree's
+    // combines merge small partials on the host).
+    let s = (&x + &x.t()).unwrap().sum(None).unwrap();
+    let (host, launches) = weft_array::emulate::count_launches(|| s.compute_on(&registry(), &site).unwrap());
+    assert_eq!(host.to_f64(), vec![2.0 * values.iter().sum::<f64>()]);
+    assert_eq!(launches, 16);
+    // A 5-op chain with a broadcast row: one kernel per chunk.
+    let row = from_slice(&values[..n], &[n], &[10]).unwrap();
+    let chain = (&(&(&(&x * 2.0).unwrap() + &row).unwrap().exp().unwrap() - 1.0).unwrap() / &x.t())
+        .unwrap()
+        .sqrt()
+        .unwrap();
+    let (_, launches) = weft_array::emulate::count_launches(|| common::compute(&chain));
+    assert_eq!(launches, 16, "one kernel per chunk on the emulated GPU");
+}
+
+#[test]
 fn generated_sources_compile_with_nvrtc() {
     let nvrtc = match weft_kernels::cudalibs::nvrtc_library() {
         Ok(path) => path,
