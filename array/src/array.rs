@@ -30,6 +30,20 @@ pub struct Layer {
     pub deps: Vec<Arc<Layer>>,
     /// The key of each chunk, in flat chunk order.
     pub keys: Vec<Key>,
+    /// Chunks put into the workers' memory by [`crate::scatter()`], kept
+    /// there while this layer lives.
+    pub held: Held,
+}
+
+/// Futures on scattered chunks: the workers keep a scattered value while a
+/// future on it lives.
+#[derive(Default)]
+pub struct Held(pub Vec<weft_runtime::TaskFuture>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} scattered chunks", self.0.len())
+    }
 }
 
 impl Layer {
@@ -41,6 +55,7 @@ impl Layer {
             tasks,
             deps,
             keys,
+            held: Held::default(),
         })
     }
 

@@ -54,17 +54,28 @@ fn seed(workload: &str, tag: &str) -> u64 {
 }
 
 impl ArrayBench {
-    /// Starts `workers` in-process workers of `nthreads` threads with the
+    /// Starts `workers` workers of `nthreads` threads: worker processes
+    /// (`mode`'s program, or this executable, which must register the
+    /// array's ops in its `worker_main`), or in this process with the
     /// array's ops.
-    pub async fn start(workload: &str, n: usize, chunk: usize, workers: usize, nthreads: usize) -> Result<ArrayBench> {
+    pub async fn start(
+        workload: &str,
+        (n, chunk): (usize, usize),
+        workers: usize,
+        nthreads: usize,
+        mode: WorkerMode,
+    ) -> Result<ArrayBench> {
         if !WORKLOADS.contains(&workload) {
             return Err(ArrayError::Invalid(format!("unknown array workload {workload:?}")));
         }
         let mut options = LocalOptions::for_this_machine();
         options.workers = workers;
         options.nthreads = nthreads;
-        options.mode = WorkerMode::InProcess;
+        options.mode = mode;
         options.registry = Arc::new(crate::registry());
+        if workers > 0 {
+            options.memory.limit = weft_runtime::store::machine_memory() / workers as u64;
+        }
         let cluster = LocalCluster::start(options).await?;
         let client = cluster.client().await?;
         client.set_progress(false);
@@ -76,6 +87,11 @@ impl ArrayBench {
             client,
             last: None,
         })
+    }
+
+    /// The worker processes' ids (none for in-process workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.cluster.worker_pids()
     }
 
     fn input(&self, seed: u64, n: usize) -> Result<Array> {

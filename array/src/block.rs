@@ -147,6 +147,27 @@ impl Buf {
         }).collect())
     }
 
+    /// Elements of `dtype` from little-endian bytes (a trailing partial
+    /// element is ignored).
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Buf {
+        crate::with_dtype!(dtype, T => cast::<T>(&bytes[..bytes.len() / dtype.size() * dtype.size()]).into_owned().into_buf())
+    }
+
+    /// Elements `range`, borrowed as a frame of `shape`.
+    pub fn view(&self, range: std::ops::Range<usize>, shape: &[usize]) -> View<'_> {
+        let data = match self {
+            Buf::F32(v) => Data::F32(Cow::Borrowed(&v[range])),
+            Buf::F64(v) => Data::F64(Cow::Borrowed(&v[range])),
+            Buf::I32(v) => Data::I32(Cow::Borrowed(&v[range])),
+            Buf::I64(v) => Data::I64(Cow::Borrowed(&v[range])),
+            Buf::Bool(v) => Data::Bool(Cow::Borrowed(&v[range])),
+        };
+        View {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
     /// A frame holding these elements, without copying them.
     pub fn into_frame(self) -> Buffer {
         Buffer::host(Bytes::from_owner(Owned(self)))
@@ -204,6 +225,28 @@ impl Data<'_> {
         with_typed!(Data, self, v => bytemuck::try_cast_slice(v.as_ref()).ok())
     }
 
+    /// Typed elements over `bytes` (copied only when misaligned).
+    fn borrowed(dtype: DType, bytes: &[u8]) -> Data<'_> {
+        match dtype {
+            DType::F32 => Data::F32(cast(bytes)),
+            DType::F64 => Data::F64(cast(bytes)),
+            DType::I32 => Data::I32(cast(bytes)),
+            DType::I64 => Data::I64(cast(bytes)),
+            DType::Bool => Data::Bool(cast(bytes)),
+        }
+    }
+
+    /// The same elements, owned (no longer borrowing a frame).
+    fn into_owned(self) -> Data<'static> {
+        match self {
+            Data::F32(v) => Data::F32(Cow::Owned(v.into_owned())),
+            Data::F64(v) => Data::F64(Cow::Owned(v.into_owned())),
+            Data::I32(v) => Data::I32(Cow::Owned(v.into_owned())),
+            Data::I64(v) => Data::I64(Cow::Owned(v.into_owned())),
+            Data::Bool(v) => Data::Bool(Cow::Owned(v.into_owned())),
+        }
+    }
+
     /// An owned copy.
     pub fn to_buf(&self) -> Buf {
         with_typed!(Data, self, v => v.to_vec().into_buf())
@@ -252,26 +295,29 @@ pub fn decode(value: &Value) -> Result<Vec<View<'_>>> {
         .into_iter()
         .zip(&value.frames)
         .map(|(meta, frame)| {
-            let bytes: &[u8] = match frame.as_host() {
-                Some(bytes) => bytes,
-                None => return Err(ArrayError::Data("a chunk in device memory reached a CPU op".into())),
+            // A device chunk reaching a CPU op is copied to the host once.
+            let copied = match frame.as_host() {
+                Some(_) => None,
+                None => Some(
+                    frame
+                        .to_host()
+                        .map_err(|e| ArrayError::Data(format!("copying a chunk off {}: {e}", frame.location())))?,
+                ),
             };
+            let got = copied.as_ref().map_or(frame.len(), |c| c.len());
             let len: usize = meta.shape.iter().product();
-            if bytes.len() != len * meta.dtype.size() {
+            if got != len * meta.dtype.size() {
                 return Err(ArrayError::Data(format!(
-                    "a {} chunk of shape {:?} needs {} bytes, its frame has {}",
+                    "a {} chunk of shape {:?} needs {} bytes, its frame has {got}",
                     meta.dtype,
                     meta.shape,
                     len * meta.dtype.size(),
-                    bytes.len()
                 )));
             }
-            let data = match meta.dtype {
-                DType::F32 => Data::F32(cast(bytes)),
-                DType::F64 => Data::F64(cast(bytes)),
-                DType::I32 => Data::I32(cast(bytes)),
-                DType::I64 => Data::I64(cast(bytes)),
-                DType::Bool => Data::Bool(cast(bytes)),
+            let data = match (frame.as_host(), &copied) {
+                (Some(bytes), _) => Data::borrowed(meta.dtype, bytes),
+                (None, Some(bytes)) => Data::borrowed(meta.dtype, bytes).into_owned(),
+                (None, None) => return Err(ArrayError::Data("a frame neither on the host nor copied".into())),
             };
             Ok(View {
                 shape: meta.shape,

@@ -44,8 +44,8 @@ pub enum ArrayError {
         /// The second array's chunks along the axis.
         right: Vec<usize>,
     },
-    /// An index or slice outside the array.
-    #[error("{op}: index {index} is out of bounds for axis {axis} of length {len}")]
+    /// An index outside the array.
+    #[error("{op}: index {index} is out of bounds for axis {axis} of an array of shape {shape:?}")]
     Index {
         /// The operation.
         op: &'static str,
@@ -53,8 +53,8 @@ pub enum ArrayError {
         index: isize,
         /// The axis.
         axis: usize,
-        /// The axis length.
-        len: usize,
+        /// The array's shape.
+        shape: Vec<usize>,
     },
     /// Another bad argument.
     #[error("{0}")]

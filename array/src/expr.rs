@@ -521,6 +521,16 @@ fn cast_into(src: &Buf, out: &mut Buf, len: usize) {
     with_typed!(Buf, out, o => with_typed!(Buf, src, s => convert(&s[..len], &mut o[..len])))
 }
 
+/// One element converted as `as` converts (bool: nonzero is true).
+#[inline(always)]
+pub fn cast_one<S: Element, T: Element>(x: S) -> T {
+    if T::DTYPE.is_float() || S::DTYPE.is_float() && T::DTYPE == crate::DType::Bool {
+        T::from_f64(x.to_f64())
+    } else {
+        T::from_i64(x.to_i64())
+    }
+}
+
 /// Converts as `as` does (bool: nonzero is true).
 #[inline]
 pub fn convert<S: Element, T: Element>(src: &[S], out: &mut [T]) {

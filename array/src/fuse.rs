@@ -11,7 +11,7 @@ use crate::block::{Buf, Data, Out, View, decode_one};
 use crate::chunks::strides;
 use crate::dtype::DType;
 use crate::error::{ArrayError, Result};
-use crate::expr::{Program, Source, Tile, convert, run, tiles};
+use crate::expr::{Program, Source, Tile, cast_one, convert, run, tiles};
 use crate::reduce::{Place, ReduceArgs, Running, partial};
 use crate::with_typed;
 
@@ -157,26 +157,16 @@ fn gather<S: crate::Element, T: crate::Element>(d: &[S], shape: &[usize], st: &[
         let dst = &mut out[done..done + seg];
         match s_last {
             1 => convert(&d[base..base + seg], dst),
-            0 => dst.fill(cast1(d[base])),
+            0 => dst.fill(cast_one(d[base])),
             s => {
                 let src = &d[base..base + (seg - 1) * s + 1];
                 for (o, x) in dst.iter_mut().zip(src.iter().step_by(s)) {
-                    *o = cast1(*x);
+                    *o = cast_one(*x);
                 }
             }
         }
         done += seg;
         pos += seg;
-    }
-}
-
-/// One element converted as `as` converts (bool: nonzero is true).
-#[inline(always)]
-fn cast1<S: crate::Element, T: crate::Element>(x: S) -> T {
-    if T::DTYPE.is_float() || S::DTYPE.is_float() && T::DTYPE == DType::Bool {
-        T::from_f64(x.to_f64())
-    } else {
-        T::from_i64(x.to_i64())
     }
 }
 
@@ -201,7 +191,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// Uniform in `[0, 1)`: 52 random mantissa bits.
 #[inline(always)]
-fn unit(seed: u64, k: usize) -> f64 {
+pub(crate) fn unit(seed: u64, k: usize) -> f64 {
     let x = mix(seed.wrapping_add((k as u64).wrapping_add(1).wrapping_mul(GAMMA)));
     f64::from_bits(0x3ff0_0000_0000_0000 | (x >> 12)) - 1.0
 }
@@ -246,7 +236,7 @@ fn uniform_into(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
 /// Standard normal at position `k`: Box-Muller on the pair of uniforms
 /// of `k`'s pair, the cosine for even `k`, the sine for odd.
 #[inline(always)]
-fn normal(seed: u64, k: usize) -> f64 {
+pub(crate) fn normal(seed: u64, k: usize) -> f64 {
     let pair = k & !1;
     let u1 = 1.0 - unit(seed, pair);
     let u2 = unit(seed, pair + 1);

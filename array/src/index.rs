@@ -1,14 +1,17 @@
-//! Basic indexing: slices with positive steps and integer indices per
-//! axis (NumPy's basic indexing), `squeeze` and `expand_dims`. A slice
-//! keeps the source's chunk boundaries, so each output chunk is cut from
-//! one input chunk; an integer index is a slice of one then a squeeze, a
-//! view of no cost.
+//! Indexing: slices with steps of either sign and integer indices per axis
+//! (NumPy's basic indexing), integer arrays along one axis ([`Array::take`],
+//! NumPy's `take`), `squeeze` and `expand_dims`. A slice keeps the
+//! source's chunk boundaries, so each output chunk is cut from one input
+//! chunk; an integer index is a slice of one then a squeeze, a view of no
+//! cost. An integer array gathers runs of its positions from the chunks
+//! that hold them, through the same assemble tasks as rechunking.
 
 use crate::array::{Array, Leaf};
 use crate::chunks::Chunks;
+use crate::chunks::split;
 use crate::error::{ArrayError, Result};
 use crate::fuse::DROPPED;
-use crate::rechunk::{DEFAULT_MAX_FANIN, axis_pieces, remap};
+use crate::rechunk::{AxisMap, DEFAULT_MAX_FANIN, axis_runs, remap};
 
 /// One axis of an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +21,15 @@ pub enum Ix {
     /// One position (negative counts from the end); the axis goes away.
     At(isize),
     /// `start:stop:step` (negative bounds count from the end, as in NumPy;
-    /// bounds out of range are clipped; the step is at least 1).
+    /// bounds out of range are clipped; a negative step walks backwards,
+    /// from the end by default; the step is not 0).
     Range {
         /// First position (`None`: 0).
         start: Option<isize>,
         /// End, excluded (`None`: the length).
         stop: Option<isize>,
         /// Step.
-        step: usize,
+        step: isize,
     },
 }
 
@@ -40,11 +44,22 @@ impl Ix {
     }
 }
 
-fn clip(i: Option<isize>, default: usize, n: usize) -> usize {
-    match i {
+/// NumPy's `slice.indices`: the first position, the step and the count.
+fn slice_of(start: Option<isize>, stop: Option<isize>, step: isize, n: usize) -> (usize, isize, usize) {
+    let n = n as isize;
+    // Bounds from the end, then clipped to [lo, hi].
+    let bound = |i: Option<isize>, default: isize, lo: isize, hi: isize| match i {
         None => default,
-        Some(i) if i < 0 => (i + n as isize).max(0) as usize,
-        Some(i) => (i as usize).min(n),
+        Some(i) if i < 0 => (i + n).max(lo),
+        Some(i) => i.min(hi),
+    };
+    if step > 0 {
+        let (s, e) = (bound(start, 0, 0, n), bound(stop, n, 0, n));
+        (s as usize, step, ((e - s).max(0) as usize).div_ceil(step as usize))
+    } else {
+        let (s, e) = (bound(start, n - 1, -1, n - 1), bound(stop, -1, -1, n - 1));
+        let len = if s > e { (s - e - 1) / -step + 1 } else { 0 };
+        (s.max(0) as usize, step, len as usize)
     }
 }
 
@@ -64,42 +79,36 @@ impl Array {
         let mut drop = Vec::new();
         for a in 0..self.ndim() {
             let n = self.shape[a];
-            let (start, len, step) = match ix.get(a).copied().unwrap_or(Ix::All) {
-                Ix::All => (0, n, 1),
+            let (start, step, len) = match ix.get(a).copied().unwrap_or(Ix::All) {
+                Ix::All => (0, 1, n),
                 Ix::At(i) => {
-                    let j = if i < 0 { i + n as isize } else { i };
-                    if j < 0 || j >= n as isize {
-                        return Err(ArrayError::Index {
-                            op: "index",
-                            index: i,
-                            axis: a,
-                            len: n,
-                        });
-                    }
                     drop.push(a);
-                    (j as usize, 1, 1)
+                    (self.position(i, a, "index")?, 1, 1)
                 }
                 Ix::Range { start, stop, step } => {
                     if step == 0 {
-                        return Err(ArrayError::Invalid(format!("index: a step of 0 on axis {a}")));
+                        return Err(ArrayError::Invalid(format!(
+                            "index: a step of 0 on axis {a} of shape {:?}",
+                            self.shape
+                        )));
                     }
-                    let (s, e) = (clip(start, 0, n), clip(stop, n, n));
-                    (s, e.saturating_sub(s).div_ceil(step), step)
+                    slice_of(start, stop, step, n)
                 }
             };
-            let lens: Vec<usize> = axis_pieces(self.chunks.axis(a), start, step, 0, len)
+            let axis = AxisMap::Step { start, step };
+            let lens: Vec<usize> = axis_runs(self.chunks.axis(a), &axis, 0, len)
                 .iter()
-                .map(|p| p.3)
+                .map(|r| r.len)
                 .collect();
             chunks.push(if lens.is_empty() { vec![0] } else { lens });
-            map.push((start, step));
+            map.push(axis);
             shape.push(len);
         }
         let whole = map
             .iter()
             .zip(&self.shape)
             .zip(&shape)
-            .all(|((&(s, st), &n), &l)| s == 0 && st == 1 && l == n);
+            .all(|((m, &n), &l)| *m == AxisMap::ALL && l == n);
         let sliced = if whole {
             self.clone()
         } else {
@@ -109,6 +118,41 @@ impl Array {
             return Ok(sliced);
         }
         sliced.squeeze(&drop.iter().map(|&a| a as isize).collect::<Vec<_>>())
+    }
+
+    /// Position `i` of axis `a` (negative counts from the end), or an error
+    /// naming the array's shape.
+    fn position(&self, i: isize, a: usize, op: &'static str) -> Result<usize> {
+        let n = self.shape[a];
+        let j = if i < 0 { i + n as isize } else { i };
+        if j < 0 || j >= n as isize {
+            return Err(ArrayError::Index {
+                op,
+                index: i,
+                axis: a,
+                shape: self.shape.clone(),
+            });
+        }
+        Ok(j as usize)
+    }
+
+    /// The elements at `indices` along `axis` (NumPy's `take`; negative
+    /// indices count from the end, repeats and any order allowed). The
+    /// axis is cut into chunks as long as the source's longest along it.
+    pub fn take(&self, indices: &[isize], axis: isize) -> Result<Array> {
+        let ax = self.axis(axis, "take")?;
+        let positions = indices
+            .iter()
+            .map(|&i| self.position(i, ax, "take"))
+            .collect::<Result<Vec<_>>>()?;
+        let longest = self.chunks.axis(ax).iter().copied().max().unwrap_or(1).max(1);
+        let mut shape = self.shape.clone();
+        shape[ax] = positions.len();
+        let mut chunks = self.chunks.0.clone();
+        chunks[ax] = split(positions.len(), longest);
+        let mut map = vec![AxisMap::ALL; self.ndim()];
+        map[ax] = AxisMap::Take(std::sync::Arc::new(positions));
+        Ok(remap(self, &map, shape, Chunks(chunks), DEFAULT_MAX_FANIN, "take"))
     }
 
     /// The array without the given axes, each of length 1 (a view).

@@ -83,6 +83,7 @@ pub fn concatenate(arrays: &[&Array], axis: isize) -> Result<Array> {
         tasks: Vec::new(),
         deps: layers,
         keys,
+        held: Default::default(),
     });
     Ok(Array::from_layer(layer, dtype, shape, chunks))
 }

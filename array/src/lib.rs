@@ -7,7 +7,10 @@
 //! operations (with NumPy broadcasting and promotion), transposes and the
 //! reduction after them fuse into one task per chunk ([`fuse`], [`expr`]),
 //! reductions finish in a tree ([`tree`]), and `matmul` is blocked
-//! ([`matmul`]). Workers need the ops of [`ops::register`].
+//! ([`matmul`]). Workers need the ops of [`ops::register`]. On a worker
+//! with a GPU, chunks live in device memory and a fused task is one
+//! generated kernel per chunk ([`grid`] lowers it, [`cuda`] prints its
+//! source for NVRTC, [`emulate`] runs it on emulated GPUs).
 //!
 //! ```no_run
 //! # async fn demo(client: &weft_runtime::Client) -> weft_array::Result<()> {
@@ -26,10 +29,14 @@ pub mod bench;
 pub mod block;
 pub mod chunks;
 pub mod create;
+pub mod cuda;
+mod device;
 pub mod dtype;
+pub mod emulate;
 pub mod error;
 pub mod expr;
 pub mod fuse;
+pub mod grid;
 pub mod index;
 pub mod join;
 mod local;
@@ -40,6 +47,7 @@ pub mod ops;
 pub mod rechunk;
 pub mod reduce;
 pub mod reshape;
+pub mod scatter;
 pub mod tree;
 
 pub use array::{Array, HostArray};
@@ -53,3 +61,4 @@ pub use join::{concatenate, stack};
 pub use npy::{from_npy, from_npy_dir};
 pub use ops::{register, registry};
 pub use reduce::ReduceOp;
+pub use scatter::scatter;

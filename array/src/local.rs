@@ -15,6 +15,12 @@ impl Array {
     /// Computes the array here, with the ops of `registry` (see
     /// [`crate::registry`]), and gathers it.
     pub fn compute_local(&self, registry: &Registry) -> Result<HostArray> {
+        self.compute_on(registry, &Site::default())
+    }
+
+    /// Computes the array here as a worker of `site` would (on its GPU,
+    /// when it has one), and gathers it.
+    pub fn compute_on(&self, registry: &Registry, site: &Site) -> Result<HostArray> {
         let graph = self.graph();
         let specs: HashMap<&Key, &weft_runtime::TaskSpec> = graph.tasks.iter().map(|t| (&t.key, t)).collect();
         let mut done: HashMap<Key, Arc<Value>> = HashMap::new();
@@ -45,8 +51,7 @@ impl Array {
                 if inputs.len() != spec.deps.len() {
                     return Err(ArrayError::Data(format!("the inputs of {key} are missing (a cycle?)")));
                 }
-                let site = Site::default();
-                let ctx = OpContext::new(&site, &key);
+                let ctx = OpContext::new(site, &key);
                 let value = op(&ctx, &spec.args, &inputs).map_err(|e| ArrayError::Data(format!("{key}: {e}")))?;
                 done.insert(key, Arc::new(value));
             }

@@ -1,4 +1,7 @@
-//! The array's worker ops, registered into a runtime [`Registry`]:
+//! The array's worker ops, registered into a runtime [`Registry`]. On a
+//! worker with a GPU, `array.fused` and `array.matmul` run there and leave
+//! their chunks in device memory (see [`crate::device`]); the others read
+//! device chunks through a copy to the host.
 //!
 //! | op | args | inputs | result |
 //! |---|---|---|---|
@@ -18,6 +21,7 @@ use weft_runtime::{Registry, Value};
 
 use crate::block::decode;
 use crate::create::FromBytes;
+use crate::device;
 use crate::error::ArrayError;
 use crate::fuse::{FusedArgs, from_bytes, run_fused};
 use crate::matmul::{MatmulArgs, run_matmul};
@@ -30,9 +34,12 @@ use crate::tree::CombineArgs;
 /// Registers the array's ops.
 pub fn register(registry: &mut Registry) -> &mut Registry {
     registry
-        .raw_op("array.fused", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
+        .raw_op("array.fused", |ctx: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: FusedArgs = decode_args(a)?;
-            Ok(run_fused(&args, inputs)?)
+            match ctx.gpu() {
+                Some(_) => device::fused(ctx, &args, inputs),
+                None => Ok(run_fused(&args, inputs)?),
+            }
         })
         .raw_op("array.combine", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: CombineArgs = decode_args(a)?;
@@ -43,10 +50,16 @@ pub fn register(registry: &mut Registry) -> &mut Registry {
             let args: FromBytes = decode_args(a)?;
             Ok(from_bytes(args.dtype, &args.shape, &args.bytes)?)
         })
-        .raw_op("array.matmul", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
-            let args: MatmulArgs = decode_args(a)?;
-            Ok(run_matmul(&args, inputs)?)
-        })
+        .raw_op(
+            "array.matmul",
+            |ctx: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
+                let args: MatmulArgs = decode_args(a)?;
+                match ctx.gpu() {
+                    Some(_) => device::matmul(ctx, &args, inputs),
+                    None => Ok(run_matmul(&args, inputs)?),
+                }
+            },
+        )
         .raw_op(
             "array.assemble",
             |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {

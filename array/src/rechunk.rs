@@ -25,8 +25,9 @@ pub struct Piece {
     pub dep: u32,
     /// Where the region starts in the input chunk.
     pub src: Vec<usize>,
-    /// The step between the elements taken, per axis (at least 1).
-    pub step: Vec<usize>,
+    /// The step between the elements taken, per axis: negative reads
+    /// backwards from `src`, 0 repeats one element.
+    pub step: Vec<isize>,
     /// Where it goes in the output chunk.
     pub dst: Vec<usize>,
     /// Its shape.
@@ -56,10 +57,16 @@ pub fn run_assemble(args: &AssembleArgs, inputs: &[Arc<Value>]) -> Result<Value>
             let view = views.get(p.dep as usize).ok_or_else(|| ArrayError::Data("assemble: a missing input".into()))?;
             let src = view.data.as_slice::<T>().ok_or_else(|| ArrayError::Data(format!("assemble: a {} input for a {} chunk", view.dtype(), args.dtype)))?;
             let ist = strides(&view.shape);
+            // The last element a piece reads along axis `a` (the first, for
+            // a negative step) must be inside the input chunk.
             let fits = p.size.iter().enumerate().all(|(a, &n)| {
-                n == 0 || (p.src[a] + (n - 1) * p.step[a] < view.shape[a] && p.dst[a] + n <= args.shape[a])
+                let last = p.src.get(a).map(|&s| s as isize + (n as isize - 1) * p.step.get(a).copied().unwrap_or(1));
+                n == 0
+                    || (last.is_some_and(|l| (l as usize) < view.shape[a] && l >= 0)
+                        && p.src[a] < view.shape[a]
+                        && p.dst[a] + n <= args.shape[a])
             });
-            if p.src.len() != nd || view.shape.len() != nd || !fits {
+            if p.src.len() != nd || p.step.len() != nd || view.shape.len() != nd || !fits {
                 return Err(ArrayError::Data(format!("assemble: a piece {p:?} outside {:?} or {:?}", view.shape, args.shape)));
             }
             let n: usize = p.size.iter().product();
@@ -74,18 +81,20 @@ pub fn run_assemble(args: &AssembleArgs, inputs: &[Arc<Value>]) -> Result<Value>
             let rows = &p.size[..nd - 1];
             for r in 0..n / row {
                 let idx = unravel(r, rows);
-                let mut so = (p.src[nd - 1]) * ist[nd - 1];
+                // Signed: a negative step walks back from `src`.
+                let mut so = (p.src[nd - 1] * ist[nd - 1]) as isize;
                 let mut d = p.dst[nd - 1];
                 for a in 0..nd - 1 {
-                    so += (p.src[a] + idx[a] * p.step[a]) * ist[a];
+                    so += (p.src[a] as isize + idx[a] as isize * p.step[a]) * ist[a] as isize;
                     d += (p.dst[a] + idx[a]) * ost[a];
                 }
-                let s = p.step[nd - 1];
+                let s = p.step[nd - 1] * ist[nd - 1] as isize;
                 if s == 1 {
+                    let so = so as usize;
                     dst[d..d + row].copy_from_slice(&src[so..so + row]);
                 } else {
                     for (k, x) in dst[d..d + row].iter_mut().enumerate() {
-                        *x = src[so + k * s];
+                        *x = src[(so + k as isize * s) as usize];
                     }
                 }
             }
@@ -94,36 +103,88 @@ pub fn run_assemble(args: &AssembleArgs, inputs: &[Arc<Value>]) -> Result<Value>
     out.finish()
 }
 
-/// The pieces of one axis: output positions `a..b` read source positions
-/// `start + j * step`; per source chunk that holds some, `(chunk, local
-/// start in it, output offset from a, count)`.
-pub(crate) fn axis_pieces(
-    src: &[usize],
-    start: usize,
-    step: usize,
-    a: usize,
-    b: usize,
-) -> Vec<(usize, usize, usize, usize)> {
-    let mut out = Vec::new();
-    let mut lo = 0;
-    for (k, &len) in src.iter().enumerate() {
-        let hi = lo + len;
-        let first = if lo > start { (lo - start).div_ceil(step) } else { 0 };
-        let end = if hi > start { (hi - start).div_ceil(step) } else { 0 };
-        let (j0, j1) = (first.max(a), end.min(b));
-        if j0 < j1 {
-            out.push((k, start + j0 * step - lo, j0 - a, j1 - j0));
+/// Which source position each output position of one axis reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AxisMap {
+    /// Output position `j` reads `start + j * step` (`step` of any sign).
+    Step {
+        /// The source position of output position 0.
+        start: usize,
+        /// The distance between the positions read.
+        step: isize,
+    },
+    /// Output position `j` reads `positions[j]`.
+    Take(Arc<Vec<usize>>),
+}
+
+impl AxisMap {
+    /// The whole axis, in order.
+    pub(crate) const ALL: AxisMap = AxisMap::Step { start: 0, step: 1 };
+
+    fn at(&self, j: usize) -> usize {
+        match self {
+            AxisMap::Step { start, step } => (*start as isize + j as isize * step) as usize,
+            AxisMap::Take(positions) => positions[j],
         }
-        lo = hi;
     }
-    out
+}
+
+/// One run of an axis: output positions `dst..dst + len` (relative to the
+/// region) read positions `src, src + step, ...` of source chunk `chunk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) chunk: usize,
+    pub(crate) src: usize,
+    pub(crate) dst: usize,
+    pub(crate) len: usize,
+    pub(crate) step: isize,
+}
+
+/// The runs of output positions `a..b` of one axis over the source chunks
+/// `src` (lengths): maximal stretches within one source chunk at a
+/// constant step.
+pub(crate) fn axis_runs(src: &[usize], map: &AxisMap, a: usize, b: usize) -> Vec<Run> {
+    let bounds: Vec<usize> = src
+        .iter()
+        .scan(0, |end, &len| {
+            *end += len;
+            Some(*end)
+        })
+        .collect();
+    let locate = |p: usize| bounds.partition_point(|&end| end <= p);
+    let mut runs: Vec<Run> = Vec::new();
+    for j in a..b {
+        let p = map.at(j);
+        let chunk = locate(p);
+        let local = p - (bounds[chunk] - src[chunk]);
+        if let Some(last) = runs.last_mut()
+            && last.chunk == chunk
+        {
+            let step = local as isize - last.src as isize;
+            if last.len == 1 || last.src as isize + last.len as isize * last.step == local as isize {
+                if last.len == 1 {
+                    last.step = step;
+                }
+                last.len += 1;
+                continue;
+            }
+        }
+        runs.push(Run {
+            chunk,
+            src: local,
+            dst: j - a,
+            len: 1,
+            step: 1,
+        });
+    }
+    runs
 }
 
 /// Builds output chunks from regions of `source`: output position `j` of
-/// axis `ax` reads source position `map[ax].0 + j * map[ax].1`.
+/// axis `ax` reads source position `map[ax]` of `j`.
 pub(crate) fn remap(
     source: &Array,
-    map: &[(usize, usize)],
+    map: &[AxisMap],
     shape: Vec<usize>,
     chunks: Chunks,
     max_fanin: usize,
@@ -158,7 +219,7 @@ pub(crate) fn remap(
 struct Ctx<'a> {
     source: &'a Array,
     src: &'a Arc<Layer>,
-    map: &'a [(usize, usize)],
+    map: &'a [AxisMap],
     tasks: &'a mut Vec<TaskSpec>,
     max_fanin: usize,
 }
@@ -167,11 +228,8 @@ struct Ctx<'a> {
 /// splitting it while it needs more than `max_fanin` pieces.
 fn region(cx: &mut Ctx<'_>, key: Key, start: &[usize], size: &[usize]) {
     let nd = size.len();
-    let per_axis: Vec<Vec<(usize, usize, usize, usize)>> = (0..nd)
-        .map(|a| {
-            let (s, step) = cx.map[a];
-            axis_pieces(cx.source.chunks.axis(a), s, step, start[a], start[a] + size[a])
-        })
+    let per_axis: Vec<Vec<Run>> = (0..nd)
+        .map(|a| axis_runs(cx.source.chunks.axis(a), &cx.map[a], start[a], start[a] + size[a]))
         .collect();
     let count: usize = per_axis.iter().map(Vec::len).product();
     if count > cx.max_fanin {
@@ -182,7 +240,7 @@ fn region(cx: &mut Ctx<'_>, key: Key, start: &[usize], size: &[usize]) {
             .max_by_key(|(_, p)| p.len())
             .map(|(a, p)| (a, p.clone()))
             .unwrap_or_default();
-        let cut = pieces[pieces.len() / 2].2;
+        let cut = pieces[pieces.len() / 2].dst;
         let mut halves = Vec::new();
         for (h, (s, n)) in [(0, cut), (cut, size[axis] - cut)].into_iter().enumerate() {
             let mut hs = start.to_vec();
@@ -223,15 +281,15 @@ fn region(cx: &mut Ctx<'_>, key: Key, start: &[usize], size: &[usize]) {
     let mut pieces = Vec::with_capacity(count);
     for c in 0..count {
         let idx = unravel(c, &grid);
-        let parts: Vec<&(usize, usize, usize, usize)> = idx.iter().enumerate().map(|(a, &i)| &per_axis[a][i]).collect();
-        let block: Vec<usize> = parts.iter().map(|p| p.0).collect();
+        let parts: Vec<&Run> = idx.iter().enumerate().map(|(a, &i)| &per_axis[a][i]).collect();
+        let block: Vec<usize> = parts.iter().map(|p| p.chunk).collect();
         deps.push(cx.src.key(cx.source.chunks.ravel(&block)));
         pieces.push(Piece {
             dep: c as u32,
-            src: parts.iter().map(|p| p.1).collect(),
-            step: (0..nd).map(|a| cx.map[a].1).collect(),
-            dst: parts.iter().map(|p| p.2).collect(),
-            size: parts.iter().map(|p| p.3).collect(),
+            src: parts.iter().map(|p| p.src).collect(),
+            step: parts.iter().map(|p| p.step).collect(),
+            dst: parts.iter().map(|p| p.dst).collect(),
+            size: parts.iter().map(|p| p.len).collect(),
         });
     }
     let a = AssembleArgs {
@@ -263,7 +321,7 @@ impl Array {
         if chunks == self.chunks {
             return Ok(self.clone());
         }
-        let map = vec![(0, 1); self.ndim()];
+        let map = vec![AxisMap::ALL; self.ndim()];
         Ok(remap(self, &map, self.shape.clone(), chunks, max_fanin, "rechunk"))
     }
 }

@@ -239,7 +239,7 @@ fn bytemuck_vec<T: Element>(v: Vec<T>) -> Buf {
 }
 
 /// Whether float `x` beats `best` (NaN beats everything but an earlier NaN).
-fn better_f(max: bool, x: f64, best: f64) -> bool {
+pub(crate) fn better_f(max: bool, x: f64, best: f64) -> bool {
     if best.is_nan() {
         return false;
     }
@@ -277,7 +277,7 @@ fn moments<T: Element>(values: impl Iterator<Item = T> + Clone) -> (f64, f64, f6
 }
 
 /// Chan's merge of two (count, mean, m2) triples.
-fn merge_moments(a: (f64, f64, f64), b: (f64, f64, f64)) -> (f64, f64, f64) {
+pub(crate) fn merge_moments(a: (f64, f64, f64), b: (f64, f64, f64)) -> (f64, f64, f64) {
     let n = a.0 + b.0;
     if n == 0.0 {
         return (0.0, 0.0, 0.0);

@@ -1,17 +1,23 @@
 //! End to end on a local cluster (in-process workers over TCP): creation,
 //! fused elementwise chains and reductions, matmul and gathering, with the
 //! same answers as computing in this process, whatever the number of
-//! workers.
+//! workers, and whether they compute on the CPU or on (emulated) GPUs.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
 use weft_array::{Array, DType, arange, from_slice, random, registry};
+use weft_gpu::Gpu;
+use weft_runtime::store::{MemoryConfig, MemorySnapshot};
 use weft_runtime::{LocalCluster, LocalOptions, WorkerMode};
 
-async fn cluster(workers: usize) -> LocalCluster {
+/// `workers` CPU workers, or with `gpus` one worker per emulated GPU.
+async fn cluster(workers: usize, gpus: bool) -> LocalCluster {
     let mut options = LocalOptions::for_this_machine();
     options.workers = workers;
+    if gpus {
+        options.in_process_gpus = (0..workers as u32).map(|i| Gpu::emulated(i, 256 << 20, true)).collect();
+    }
     options.nthreads = 1;
     options.mode = WorkerMode::InProcess;
     options.registry = Arc::new(registry());
@@ -41,8 +47,8 @@ async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
         .iter()
         .map(|a| a.compute_local(&registry()).unwrap().to_f64())
         .collect();
-    for workers in [1, 3] {
-        let cluster = cluster(workers).await;
+    for (workers, gpus) in [(1, false), (3, false), (2, true)] {
+        let cluster = cluster(workers, gpus).await;
         let client = cluster.client().await.unwrap();
         for (i, a) in pipeline().iter().enumerate() {
             let host = a.to_host(&client).await.unwrap();
@@ -51,7 +57,7 @@ async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
             for (x, y) in got.iter().zip(&local[i]) {
                 assert!(
                     (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
-                    "result {i} on {workers} workers: {x} vs {y}"
+                    "result {i} on {workers} workers (GPUs: {gpus}): {x} vs {y}"
                 );
             }
         }
@@ -62,7 +68,7 @@ async fn a_pipeline_gives_the_same_answers_on_any_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_plus_x_t_sum_runs_as_one_task_per_chunk_plus_the_tree() {
-    let cluster = cluster(2).await;
+    let cluster = cluster(2, false).await;
     let client = cluster.client().await.unwrap();
     let n = 40;
     let values: Vec<f64> = (0..n * n).map(|i| i as f64).collect();
@@ -74,6 +80,66 @@ async fn x_plus_x_t_sum_runs_as_one_task_per_chunk_plus_the_tree() {
     assert_eq!(graph.tasks.iter().filter(|t| &*t.op == "array.fused").count(), 16);
     let host = s.to_host(&client).await.unwrap();
     assert_eq!(host.to_f64(), vec![2.0 * values.iter().sum::<f64>()]);
+    drop(client);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scattered_buffer_is_chunks_in_the_workers_memory() {
+    let cluster = cluster(2, false).await;
+    let client = cluster.client().await.unwrap();
+    let values: Vec<f32> = (0..30 * 20).map(|i| i as f32 * 0.5).collect();
+    let x = weft_array::scatter(&client, &values, &[30, 20], &[8, 7]).await.unwrap();
+    assert_eq!(x.chunks().nblocks(), 4 * 3);
+    // No task makes them: they are on the workers already, spread over both.
+    let graph = x.graph();
+    assert!(graph.tasks.is_empty());
+    let holders: std::collections::BTreeSet<_> = client
+        .who_has(&graph.outputs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|peers| peers[0].worker)
+        .collect();
+    assert_eq!(holders.len(), 2);
+    // Gathered back as they were, and read by tasks like any chunk.
+    assert_eq!(x.to_host(&client).await.unwrap().into_vec::<f32>().unwrap(), values);
+    let total = (&x + &x.t().t()).unwrap().sum(None).unwrap();
+    let want: f64 = values.iter().map(|&v| 2.0 * f64::from(v)).sum();
+    assert_eq!(total.to_host(&client).await.unwrap().to_f64(), vec![want]);
+    // The data must fit the shape.
+    let err = weft_array::scatter(&client, &values, &[30, 21], &[8, 7])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("[30, 21]"), "{err}");
+    drop(client);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rechunk_larger_than_a_workers_memory_spills_and_completes() {
+    // 1024 x 1024 float64s are 8 MiB: twice one worker's 4 MiB limit, as
+    // much as both hold, before counting the column blocks being built.
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::for_this_machine();
+    options.workers = 2;
+    options.nthreads = 1;
+    options.mode = WorkerMode::InProcess;
+    options.registry = Arc::new(registry());
+    options.memory = MemoryConfig {
+        limit: 4 << 20,
+        spill_dir: dir.path().into(),
+        ..MemoryConfig::default()
+    };
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let x = random::random(21, &[1024, 1024], &[64, 1024]).unwrap();
+    let y = x.rechunk(&[1024, 64]).unwrap();
+    assert_eq!(y.chunks().0, vec![vec![1024], vec![64; 16]]);
+    let got = y.to_host(&client).await.unwrap();
+    assert_eq!(got.to_f64(), x.compute_local(&registry()).unwrap().to_f64());
+    let stats: MemorySnapshot = cluster.memory().into_iter().sum();
+    assert!(stats.spilled > 0 && stats.spilled_bytes >= 4 << 20, "{stats:?}");
     drop(client);
     cluster.stop().await;
 }

@@ -1,14 +1,18 @@
 //! Arrays computed in this process (`compute_local`, the workers' ops
-//! without a cluster) against plain-loop references: creation, elementwise
+//! without a cluster; on the CPU and on GPUs, see `common`) against plain-loop references: creation, elementwise
 //! with broadcasting, reductions over axis subsets, transposes, matmul,
 //! fusion's task counts, and the errors of bad input.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use weft_array::chunks::{ravel, strides, unravel};
 use weft_array::{Array, ArrayError, BinaryOp, DType, ReduceOp, arange, from_slice, full, linspace, random, registry};
 
+/// Computed on the CPU and on GPUs (emulated, and CUDA when present),
+/// which must agree.
 fn host(a: &Array) -> Vec<f64> {
-    a.compute_local(&registry()).unwrap().to_f64()
+    common::compute(a).to_f64()
 }
 
 fn close(a: &[f64], b: &[f64]) {
@@ -39,17 +43,11 @@ fn creation_matches_numpy() {
     assert_eq!(host(&full(&[2, 3], &[1, 2], 2.5, DType::F64).unwrap()), vec![2.5; 6]);
     let a = arange(3i64, 20i64, 4i64, 2).unwrap();
     assert_eq!(a.dtype(), DType::I64);
-    assert_eq!(
-        a.compute_local(&registry()).unwrap().into_vec::<i64>().unwrap(),
-        vec![3, 7, 11, 15, 19]
-    );
+    assert_eq!(common::compute(&a).into_vec::<i64>().unwrap(), vec![3, 7, 11, 15, 19]);
     close(&host(&arange(0.5, 2.0, 0.5, 2).unwrap()), &[0.5, 1.0, 1.5]);
     close(&host(&linspace(0.0, 1.0, 5, 2).unwrap()), &[0.0, 0.25, 0.5, 0.75, 1.0]);
     let z = weft_array::zeros(&[3], &[2], DType::I32).unwrap();
-    assert_eq!(
-        z.compute_local(&registry()).unwrap().into_vec::<i32>().unwrap(),
-        vec![0; 3]
-    );
+    assert_eq!(common::compute(&z).into_vec::<i32>().unwrap(), vec![0; 3]);
 }
 
 #[test]
@@ -84,7 +82,7 @@ fn from_slice_round_trips_in_any_chunking() {
     }
     let ints: Vec<i32> = (0..12).collect();
     let a = from_slice(&ints, &[3, 4], &[2, 3]).unwrap();
-    assert_eq!(a.compute_local(&registry()).unwrap().into_vec::<i32>().unwrap(), ints);
+    assert_eq!(common::compute(&a).into_vec::<i32>().unwrap(), ints);
 }
 
 /// Reference broadcasting: the flat index into an operand of `shape` of
@@ -284,10 +282,7 @@ fn matmul_of_ragged_non_square_blocks_matches_loops() {
     let a = from_slice(&[1f32, 2., 3., 4.], &[2, 2], &[1, 1]).unwrap();
     let p = a.matmul(&a).unwrap();
     assert_eq!(p.dtype(), DType::F32);
-    assert_eq!(
-        p.compute_local(&registry()).unwrap().into_vec::<f32>().unwrap(),
-        vec![7., 10., 15., 22.]
-    );
+    assert_eq!(common::compute(&p).into_vec::<f32>().unwrap(), vec![7., 10., 15., 22.]);
 }
 
 #[test]
@@ -383,12 +378,132 @@ fn slices_and_integer_indices_match_loops() {
     );
     let err = x.index(&[Ix::At(7)]).unwrap_err().to_string();
     assert!(
-        err.contains("index 7") && err.contains("axis 0") && err.contains("length 7"),
+        err.contains("index 7") && err.contains("axis 0") && err.contains("shape [7, 6, 5]"),
         "{err}"
     );
     assert!(x.index(&[Ix::All, Ix::All, Ix::All, Ix::All]).is_err());
     // An empty slice.
     assert_eq!(host(&x.index(&[Ix::range(3, 3)]).unwrap()).len(), 0);
+}
+
+#[test]
+fn negative_steps_and_integer_arrays_match_loops() {
+    use weft_array::Ix;
+    let mut rng = fastrand::Rng::with_seed(16);
+    let shape = [9, 7];
+    let values = data(&mut rng, &shape);
+    let x = from_slice(&values, &shape, &[4, 3]).unwrap();
+    let at = |i: usize, j: usize| values[ravel(&[i, j], &shape)];
+    // NumPy's x[::-1, 5:0:-2] and x[-2::-3, ::-1].
+    let cases: [([Ix; 2], Vec<usize>, Vec<usize>); 3] = [
+        (
+            [
+                Ix::Range {
+                    start: None,
+                    stop: None,
+                    step: -1,
+                },
+                Ix::Range {
+                    start: Some(5),
+                    stop: Some(0),
+                    step: -2,
+                },
+            ],
+            (0..9).rev().collect(),
+            vec![5, 3, 1],
+        ),
+        (
+            [
+                Ix::Range {
+                    start: Some(-2),
+                    stop: None,
+                    step: -3,
+                },
+                Ix::Range {
+                    start: None,
+                    stop: None,
+                    step: -1,
+                },
+            ],
+            vec![7, 4, 1],
+            (0..7).rev().collect(),
+        ),
+        (
+            [
+                Ix::Range {
+                    start: Some(100),
+                    stop: Some(-100),
+                    step: -4,
+                },
+                Ix::All,
+            ],
+            vec![8, 4, 0],
+            (0..7).collect(),
+        ),
+    ];
+    for (ix, rows, cols) in cases {
+        let y = x.index(&ix).unwrap();
+        assert_eq!(y.shape(), &[rows.len(), cols.len()], "{ix:?}");
+        let want: Vec<f64> = rows.iter().flat_map(|&i| cols.iter().map(move |&j| at(i, j))).collect();
+        assert_eq!(host(&y), want, "{ix:?}");
+    }
+    // An empty backwards slice.
+    assert_eq!(
+        host(
+            &x.index(&[Ix::Range {
+                start: Some(2),
+                stop: Some(5),
+                step: -1
+            }])
+            .unwrap()
+        )
+        .len(),
+        0
+    );
+    // Integer arrays: any order, repeats, negative positions, both axes.
+    let rows: Vec<isize> = vec![3, -1, 0, 0, 8, 2, 7, 6, 5, 4, 1];
+    let y = x.take(&rows, 0).unwrap();
+    assert_eq!(y.shape(), &[11, 7]);
+    assert_eq!(y.chunks().axis(0), &[4, 4, 3]);
+    let r = |i: isize| if i < 0 { (i + 9) as usize } else { i as usize };
+    let want: Vec<f64> = rows.iter().flat_map(|&i| (0..7).map(move |j| at(r(i), j))).collect();
+    assert_eq!(host(&y), want);
+    let cols: Vec<isize> = (0..40).map(|k| (k * 5 % 7) as isize).collect();
+    let z = x.take(&cols, -1).unwrap();
+    let want: Vec<f64> = (0..9)
+        .flat_map(|i| cols.iter().map(move |&j| at(i, j as usize)))
+        .collect();
+    assert_eq!(host(&z), want);
+    // Fan-in stays bounded however scattered the positions are.
+    assert!(z.graph().tasks.iter().all(|t| t.deps.len() <= 32));
+    // Composes with arithmetic and reductions.
+    close(
+        &host(&(&y * 2.0).unwrap().sum(None).unwrap()),
+        &[2.0 * want_sum(&x, &rows)],
+    );
+    // Out of bounds: the index, the axis and the shape.
+    let err = x.take(&[0, 9], 0).unwrap_err().to_string();
+    assert!(
+        err.contains("take: index 9") && err.contains("axis 0") && err.contains("[9, 7]"),
+        "{err}"
+    );
+    let err = x.take(&[-8], 1).unwrap_err().to_string();
+    assert!(
+        err.contains("index -8") && err.contains("axis 1") && err.contains("[9, 7]"),
+        "{err}"
+    );
+    assert!(x.take(&[0], 2).unwrap_err().to_string().contains("axis 2"));
+}
+
+/// The sum of rows `rows` of `x`.
+fn want_sum(x: &Array, rows: &[isize]) -> f64 {
+    let all = host(x);
+    rows.iter()
+        .map(|&i| {
+            let i = if i < 0 { i + 9 } else { i } as usize;
+            all[i * 7..(i + 1) * 7].iter().sum::<f64>()
+        })
+        .sum()
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! Random expression trees (elementwise chains with broadcasting, scalars,
 //! transposes and slices of larger arrays, then reductions over random
 //! axis subsets) on random shapes and chunkings, against a dense
-//! evaluation in plain loops.
+//! evaluation in plain loops, on the CPU and on GPUs (see `common`).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use weft_array::chunks::{ravel, unravel};
-use weft_array::{Array, Ix, ReduceOp, from_slice, registry};
+use weft_array::{Array, Ix, ReduceOp, from_slice};
 
 /// A dense array for the reference.
 #[derive(Clone, Debug)]
@@ -162,7 +164,6 @@ fn reduce_ref(d: &Dense, axes: &[usize], op: ReduceOp) -> Vec<f64> {
 
 #[test]
 fn random_expression_trees_match_a_dense_evaluation() {
-    let registry = registry();
     for seed in 0..60 {
         let mut g = Gen {
             rng: fastrand::Rng::with_seed(seed),
@@ -186,7 +187,7 @@ fn random_expression_trees_match_a_dense_evaluation() {
             let all: Vec<usize> = (0..a.ndim()).collect();
             (r, reduce_ref(&dense, if axes.is_empty() { &all } else { &axes }, op))
         };
-        let got = result.compute_local(&registry).unwrap().to_f64();
+        let got = common::compute(&result).to_f64();
         assert_eq!(got.len(), want.len(), "seed {seed}");
         for (i, (x, y)) in got.iter().zip(&want).enumerate() {
             assert!(

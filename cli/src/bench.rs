@@ -352,13 +352,16 @@ async fn arrays(args: &Args) -> Result<()> {
     report.line.insert("work".into(), json!(work as u64));
     let outcome = tokio::time::timeout(Duration::from_secs_f64(args.timeout), async {
         let started = Instant::now();
+        // Worker processes of this executable, as the other benches run.
+        let mode = WorkerMode::Processes { program: None };
         let mut bench =
-            weft::array::bench::ArrayBench::start(&args.workload, n, chunk, args.workers, args.nthreads).await?;
+            weft::array::bench::ArrayBench::start(&args.workload, (n, chunk), args.workers, args.nthreads, mode)
+                .await?;
         report
             .line
             .insert("startup_s".into(), json!(started.elapsed().as_secs_f64()));
         bench.warm().await?;
-        let window = CpuWindow::open(&[]);
+        let window = CpuWindow::open(&bench.worker_pids());
         for rep in 0..args.reps {
             let t = bench.rep(rep).await?;
             report.times.push(t);

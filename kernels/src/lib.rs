@@ -18,6 +18,7 @@ pub mod elementwise;
 mod error;
 pub mod filter;
 pub mod gemm;
+pub mod generated;
 pub mod hash;
 mod launch;
 pub mod nvrtc;

@@ -49,12 +49,23 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// Compiles `stem.cu` to PTX for `compute_<arch>`, using the disk cache.
 pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
-    let err = |log: String| KernelError::Nvrtc {
+    let src = full_source(stem).ok_or_else(|| KernelError::Nvrtc {
         file: stem.to_string(),
+        arch,
+        log: "no such kernel source".into(),
+    })?;
+    compile_text(stem, &src, arch)
+}
+
+/// Compiles the CUDA C text `src` (called `name` in messages and cache
+/// file names) to PTX for `compute_<arch>`, using the disk cache: the
+/// entry point for sources generated at run time (see [`crate::generated`]).
+pub fn compile_text(name: &str, src: &str, arch: u32) -> Result<String, KernelError> {
+    let err = |log: String| KernelError::Nvrtc {
+        file: name.to_string(),
         arch,
         log,
     };
-    let src = full_source(stem).ok_or_else(|| err("no such kernel source".into()))?;
     let lib = crate::cudalibs::nvrtc().map_err(err)?;
     let (major, minor) = lib.version().map_err(err)?;
     let arch_opt = format!("--gpu-architecture=compute_{arch}");
@@ -62,13 +73,13 @@ pub fn compile_ptx(stem: &str, arch: u32) -> Result<String, KernelError> {
     let mut key_parts: Vec<&[u8]> = vec![src.as_bytes(), arch_opt.as_bytes(), version.as_bytes()];
     key_parts.extend(OPTIONS.iter().map(|o| o.as_bytes()));
     let key = fnv1a(&key_parts);
-    let path = cache_dir().map(|d| d.join(format!("{stem}-{key:016x}-compute_{arch}.ptx")));
+    let path = cache_dir().map(|d| d.join(format!("{name}-{key:016x}-compute_{arch}.ptx")));
     if let Some(ptx) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         return Ok(ptx);
     }
     let mut options: Vec<String> = OPTIONS.iter().map(|o| o.to_string()).collect();
     options.push(arch_opt);
-    let text = lib.compile(&src, &format!("{stem}.cu"), &options).map_err(err)?;
+    let text = lib.compile(src, &format!("{name}.cu"), &options).map_err(err)?;
     if let Some(path) = path {
         // Write then rename, so a concurrent reader never sees half a file.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
