@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use weft_transport::{Buffer, Message};
 
 use crate::ids::{Key, TaskId};
-use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, WorkerInfo};
+use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, Vitals, WorkerInfo};
 use crate::value::Value;
 use weft_transport::shm::{HostId, ShmRef};
 
@@ -58,8 +58,8 @@ impl Hello {
 pub enum WorkerUp {
     /// Protocol messages, in order.
     Batch(Vec<FromWorker>),
-    /// Still alive; sent when nothing else was.
-    Heartbeat,
+    /// Still alive, and how busy; sent every heartbeat interval.
+    Heartbeat(Vitals),
 }
 
 /// Scheduler to worker: protocol messages in order.

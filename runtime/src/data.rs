@@ -25,15 +25,17 @@ use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
 use crate::store::Store;
 use crate::value::Value;
+use crate::worker::probe::TransferCounters;
 use weft_transport::shm::{self, HostId};
 
 /// Serves results from `store` to every peer that connects to `listener`,
-/// until the listener is dropped with the task.
-pub async fn serve(mut listener: Listener, store: Arc<Store>) {
+/// until the listener is dropped with the task; counts what it served in
+/// `served`.
+pub(crate) async fn serve(mut listener: Listener, store: Arc<Store>, served: Arc<TransferCounters>) {
     loop {
         match listener.accept().await {
             Ok(connection) => {
-                tokio::spawn(serve_connection(connection, store.clone()));
+                tokio::spawn(serve_connection(connection, store.clone(), served.clone()));
             }
             Err(TransportError::ListenerClosed { .. }) => return,
             Err(error) => debug!(%error, "data connection refused"),
@@ -41,7 +43,7 @@ pub async fn serve(mut listener: Listener, store: Arc<Store>) {
     }
 }
 
-async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
+async fn serve_connection(mut connection: Connection, store: Arc<Store>, served: Arc<TransferCounters>) {
     loop {
         let message = match connection.recv().await {
             Ok(Some(message)) => message,
@@ -51,7 +53,7 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
                 return;
             }
         };
-        let reply = match answer(message, &store).await {
+        let reply = match answer(message, &store, &served).await {
             Ok(reply) => reply,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "bad data request; closing");
@@ -67,12 +69,21 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>) {
 /// The reply to one request, or why the request is refused. Results on
 /// disk are read back first; an asker on this host gets frames in shared
 /// memory as descriptions to map.
-async fn answer(message: Message, store: &Arc<Store>) -> std::result::Result<Message, String> {
+async fn answer(
+    message: Message,
+    store: &Arc<Store>,
+    served: &TransferCounters,
+) -> std::result::Result<Message, String> {
     let ask: DataAsk = codec::decode(&message)?;
     let same_host = ask.host.is_some() && ask.host == shm::host_id();
     let share = |frame: &Buffer| frame.as_host().filter(|_| same_host).and_then(shm::export);
     match ask.request {
-        DataRequest::Tasks(tasks) => codec::encode_reply(&store.load_all(tasks).await, share),
+        DataRequest::Tasks(tasks) => {
+            let values = store.load_all(tasks).await;
+            let found = values.iter().flatten();
+            served.served(found.clone().count(), found.map(|v| v.nbytes()).sum());
+            codec::encode_reply(&values, share)
+        }
         DataRequest::Put(items) => {
             let values = codec::split_put(items, message.frames)?;
             let items = values.len() as u32;
@@ -400,36 +411,41 @@ mod tests {
     #[tokio::test]
     async fn the_server_answers_puts_and_refuses_bad_ones() {
         let store = Store::unlimited();
+        let served = TransferCounters::default();
         let framed = Value {
             header: bytes::Bytes::from_static(b"h"),
             frames: vec![Buffer::host(vec![7u8; 16])],
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
-        let ack: DataAck = codec::decode(&answer(put.clone(), &store).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(&answer(put.clone(), &store, &served).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 1 });
         // Put aside: not served until adopted as a task's result.
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
-            codec::decode_reply(answer(keys.clone(), &store).await.unwrap(), shm::import).unwrap(),
+            codec::decode_reply(answer(keys.clone(), &store, &served).await.unwrap(), shm::import).unwrap(),
             vec![None]
         );
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
-            codec::decode_reply(answer(keys, &store).await.unwrap(), shm::import).unwrap(),
+            codec::decode_reply(answer(keys, &store, &served).await.unwrap(), shm::import).unwrap(),
             vec![Some(framed)]
         );
         // Frames that do not add up, unknown requests, garbage: refused.
         let mut short = put;
         short.frames.clear();
-        assert!(answer(short, &store).await.is_err());
-        assert!(answer(Message::new(vec![42u8, 0], Vec::new()), &store).await.is_err());
+        assert!(answer(short, &store, &served).await.is_err());
         assert!(
-            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store)
+            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &served)
+                .await
+                .is_err()
+        );
+        assert!(
+            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &served)
                 .await
                 .is_err()
         );
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
-        let ack: DataAck = codec::decode(&answer(discard, &store).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(&answer(discard, &store, &served).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
     }
 }

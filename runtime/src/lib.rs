@@ -13,7 +13,7 @@
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
 //!   workers run and what tasks produce; [`blocking`]: the client for code
 //!   without an async runtime; [`progress`]: progress bars of long calls; [`observe`]: snapshots
-//!   and events of a running scheduler for dashboards. Large host buffers live in shared memory
+//!   and events of a running scheduler for dashboards; [`recording`]: a client's recording of them over a block of work. Large host buffers live in shared memory
 //!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
@@ -29,7 +29,7 @@ pub mod scheduler;
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 pub use protocol::{
-    FromClient, FromWorker, OpError, Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo, WorkerStatus,
+    FromClient, FromWorker, OpError, Peer, TaskError, Tier, ToClient, ToWorker, Vitals, WorkerInfo, WorkerStatus,
 };
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 
@@ -47,6 +47,7 @@ pub mod local;
 pub mod observe;
 pub mod ops;
 pub(crate) mod progress;
+pub mod recording;
 pub mod server;
 pub mod store;
 pub mod value;
@@ -56,6 +57,7 @@ pub use client::{Client, ClientOptions, TaskFuture};
 pub use error::RuntimeError;
 pub use local::{LocalCluster, LocalOptions, WorkerMode, worker_main};
 pub use ops::Registry;
+pub use recording::{Recorded, Recording};
 pub use server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 pub use value::Value;
 pub use worker::{WorkerOptions, run_worker};

@@ -18,7 +18,7 @@ use crate::error::{Result, RuntimeError};
 use crate::ops::Registry;
 use crate::server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 use crate::store::{MemoryConfig, MemorySnapshot, MemoryStats, machine_memory};
-use crate::worker::{WorkerOptions, run_worker};
+use crate::worker::{WorkerDashboard, WorkerOptions, run_worker};
 
 /// How long a worker process has to stop after Ctrl-C's signal before it
 /// is killed.
@@ -78,6 +78,8 @@ pub struct LocalOptions {
     /// Environment variables set for worker processes (such as
     /// `WEFT_SAME_HOST_SHM=0`), beside what they inherit.
     pub env: Vec<(String, String)>,
+    /// The status page of each in-process worker (processes serve none).
+    pub worker_dashboard: Option<WorkerDashboard>,
 }
 
 impl LocalOptions {
@@ -109,6 +111,7 @@ impl LocalOptions {
             in_process_gpus: Vec::new(),
             worker_listen: "tcp://127.0.0.1:0".into(),
             env: Vec::new(),
+            worker_dashboard: None,
         }
     }
 }
@@ -218,6 +221,7 @@ impl LocalCluster {
                     ..options.memory.clone()
                 };
                 self.memory.push(worker.memory_stats.clone());
+                worker.dashboard = options.worker_dashboard.clone();
                 if let Some(gpu) = options.in_process_gpus.get(i) {
                     worker.pin_gpu(gpu.clone());
                 }
