@@ -2,7 +2,8 @@
 # Installs what the build needs that cargo cannot fetch: a C compiler (ring
 # builds C), pkg-config and UCX's headers and libraries (libucx-dev, for
 # the `ucx` feature of weft-transport), headless Chromium and Prometheus
-# (the dashboard's browser and scrape tests), and the toolchain components
+# (the dashboard's browser and scrape tests), iproute2 and nftables (the
+# many-hosts tests in network namespaces), and the toolchain components
 # the test command uses.
 # Safe to run again; does nothing when all is there.
 set -euo pipefail
@@ -18,6 +19,9 @@ dpkg -s libucx-dev >/dev/null 2>&1 || missing+=(libucx-dev)
 command -v chromium >/dev/null || missing+=(chromium)
 # a real Prometheus for the dashboard's scrape test (weft-dashboard/tests/prometheus.rs)
 command -v prometheus >/dev/null || missing+=(prometheus)
+# network namespaces, veth links and packet loss for the many-hosts tests (cli/tests/hosts.rs)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   "${sudo[@]}" apt-get update -qq

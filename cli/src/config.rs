@@ -239,6 +239,13 @@ const KEYS: &[Key] = &[
         "connections a listener keeps at once",
     ),
     key(
+        "transport.same-host-shm",
+        "WEFT_SAME_HOST_SHM",
+        Kind::Switch,
+        "true",
+        "peers on one host map large host frames through shared memory",
+    ),
+    key(
         "security.tls-ca-file",
         "WEFT_SECURITY_TLS_CA_FILE",
         Kind::Text,
@@ -579,6 +586,7 @@ mod tests {
         assert_eq!(s.duration("transport.handshake-timeout"), transport.handshake_timeout);
         assert_eq!(s.duration("transport.io-timeout"), transport.io_timeout);
         assert_eq!(s.count("transport.max-connections"), Some(transport.max_connections));
+        assert_eq!(s.switch("transport.same-host-shm"), transport.shared_memory);
         assert_eq!(s.size("transport.max-frame"), Some(transport.limits.max_frame_bytes));
         assert_eq!(
             s.size("transport.max-message"),

@@ -303,6 +303,7 @@ fn transport(settings: &Settings) -> Result<weft::transport::Config> {
         connect_timeout: settings.duration("transport.connect-timeout"),
         handshake_timeout: settings.duration("transport.handshake-timeout"),
         io_timeout: settings.duration("transport.io-timeout"),
+        shared_memory: settings.switch("transport.same-host-shm"),
         ..Default::default()
     };
     if let Some(max) = settings.count("transport.max-connections") {

@@ -12,13 +12,12 @@
 //! fails the whole call, and what was put aside is dropped.
 //!
 //! [`gather`](Client::gather) and [`wait`](Client::wait) show a progress
-//! bar on a terminal (see [`crate::progress`]); the blocking facade is in
+//! bar on a terminal (with the `progress-bar` feature); the blocking facade is in
 //! [`crate::blocking`].
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -31,6 +30,7 @@ use crate::error::{Result, RuntimeError};
 use crate::graph::{Graph, TaskSpec};
 use crate::ids::{FxHashMap, Key, TaskId};
 use crate::layer::LayerGraph;
+#[cfg(feature = "progress-bar")]
 use crate::progress::{self, Meter};
 use crate::protocol::{FromClient, PROTOCOL_VERSION, Peer, TaskError, ToClient, WorkerStatus};
 use crate::value::Value;
@@ -55,7 +55,8 @@ pub struct ClientOptions {
     /// Transport settings (token, TLS, timeouts).
     pub transport: TransportConfig,
     /// Show a progress bar on stderr during long calls when stderr is a
-    /// terminal (default: on, unless `WEFT_PROGRESS=0`).
+    /// terminal (default: on, unless `WEFT_PROGRESS=0`; only with the
+    /// `progress-bar` feature, which the `weft` facade turns on).
     pub progress: bool,
 }
 
@@ -64,9 +65,18 @@ impl ClientOptions {
     pub fn new(transport: TransportConfig) -> Self {
         ClientOptions {
             transport,
-            progress: progress::enabled_by_env(),
+            progress: progress_by_env(),
         }
     }
+}
+
+/// The environment variable that turns progress bars off with `0`.
+pub const PROGRESS_ENV: &str = "WEFT_PROGRESS";
+
+/// Whether progress bars are on by default: unless `WEFT_PROGRESS` says
+/// `0`, `false`, `no` or `off`.
+fn progress_by_env() -> bool {
+    std::env::var(PROGRESS_ENV).map_or(true, |value| weft_gpu::units::parse_bool(&value).unwrap_or(true))
 }
 
 impl Default for ClientOptions {
@@ -639,9 +649,18 @@ impl Client {
     /// Runs `work` (waiting on `futures`), with a progress bar on a
     /// terminal when progress is on; else just runs it.
     async fn with_progress<T>(&self, futures: &[TaskFuture], work: impl Future<Output = T>) -> T {
-        if !progress::wanted(self.inner.progress.load(Ordering::Relaxed), futures.len()) {
-            return work.await;
+        #[cfg(not(feature = "progress-bar"))]
+        let _ = futures;
+        #[cfg(feature = "progress-bar")]
+        if progress::wanted(self.inner.progress.load(Ordering::Relaxed), futures.len()) {
+            return self.drawn(futures, work).await;
         }
+        work.await
+    }
+
+    /// Runs `work` (waiting on `futures`) under a progress bar.
+    #[cfg(feature = "progress-bar")]
+    async fn drawn<T>(&self, futures: &[TaskFuture], work: impl Future<Output = T>) -> T {
         // One pass now; afterwards the client's count of resolved futures
         // tells how many more are done.
         let (done, resolved) = {
@@ -652,29 +671,9 @@ impl Client {
                 .count() as u64;
             (done, state.resolved)
         };
-        let mut meter = Meter::new(futures.len() as u64, done, Instant::now());
-        let mut bar = None;
-        let mut tick = tokio::time::interval(progress::INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => {
-                    if let Some(bar) = bar {
-                        let bar: indicatif::ProgressBar = bar;
-                        bar.finish_with_message(meter.status(meter.total(), Instant::now()));
-                    }
-                    return out;
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    if meter.should_draw(now) {
-                        let done = done + (self.inner.lock().resolved - resolved);
-                        bar.get_or_insert_with(progress::bar).set_message(meter.status(done, now));
-                    }
-                }
-            }
-        }
+        let meter = Meter::new(futures.len() as u64, done, std::time::Instant::now());
+        let inner = &self.inner;
+        progress::draw_while(meter, || done + (inner.lock().resolved - resolved), work).await
     }
 
     /// Yields the futures as they complete (with a result or an error).

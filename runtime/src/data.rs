@@ -29,21 +29,39 @@ use crate::worker::probe::TransferCounters;
 use weft_transport::shm::{self, HostId};
 
 /// Serves results from `store` to every peer that connects to `listener`,
-/// until the listener is dropped with the task; counts what it served in
-/// `served`.
-pub(crate) async fn serve(mut listener: Listener, store: Arc<Store>, served: Arc<TransferCounters>) {
+/// until the listener is dropped with the task. Peers that say they run on
+/// `host` (this one's, or `None` where shared memory is off) get host
+/// frames in shared memory. Connections are served by tasks this future
+/// owns: dropping it (a worker that stops, or is aborted as if killed)
+/// ends them too. What it serves is counted in `served`.
+pub(crate) async fn serve(
+    mut listener: Listener,
+    store: Arc<Store>,
+    host: Option<HostId>,
+    served: Arc<TransferCounters>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok(connection) => {
-                tokio::spawn(serve_connection(connection, store.clone(), served.clone()));
-            }
-            Err(TransportError::ListenerClosed { .. }) => return,
-            Err(error) => debug!(%error, "data connection refused"),
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => {
+                    connections.spawn(serve_connection(connection, store.clone(), host.clone(), served.clone()));
+                }
+                Err(TransportError::ListenerClosed { .. }) => return,
+                Err(error) => debug!(%error, "data connection refused"),
+            },
+            // Finished connections are reaped as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }
 
-async fn serve_connection(mut connection: Connection, store: Arc<Store>, served: Arc<TransferCounters>) {
+async fn serve_connection(
+    mut connection: Connection,
+    store: Arc<Store>,
+    host: Option<HostId>,
+    served: Arc<TransferCounters>,
+) {
     loop {
         let message = match connection.recv().await {
             Ok(Some(message)) => message,
@@ -53,7 +71,7 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>, served:
                 return;
             }
         };
-        let reply = match answer(message, &store, &served).await {
+        let reply = match answer(message, &store, &host, &served).await {
             Ok(reply) => reply,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "bad data request; closing");
@@ -72,14 +90,15 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>, served:
 async fn answer(
     message: Message,
     store: &Arc<Store>,
+    host: &Option<HostId>,
     served: &TransferCounters,
 ) -> std::result::Result<Message, String> {
     let ask: DataAsk = codec::decode(&message)?;
-    let same_host = ask.host.is_some() && ask.host == shm::host_id();
+    let same_host = ask.host.is_some() && ask.host == *host;
     let share = |frame: &Buffer| frame.as_host().filter(|_| same_host).and_then(shm::export);
     match ask.request {
         DataRequest::Tasks(tasks) => {
-            let values = store.load_all(tasks).await;
+            let values = store.load_all_adopting(tasks, ADOPT_PATIENCE).await;
             let found = values.iter().flatten();
             served.served(found.clone().count(), found.map(|v| v.nbytes()).sum());
             codec::encode_reply(&values, share)
@@ -98,6 +117,10 @@ async fn answer(
         }),
     }
 }
+
+/// How long a request for results waits for scattered values on their way
+/// to adoption (see [`Store::load_all_adopting`]).
+pub const ADOPT_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How long a fetch keeps trying to reach a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -133,6 +156,7 @@ impl PeerPool {
     /// on a peer after [`PEER_CONNECT_TIMEOUT`]: a peer named as a holder
     /// is up, or dead and then better asked of another holder at once.
     pub fn new(config: Config) -> Self {
+        let host = shm::offered(&config);
         PeerPool {
             config: Config {
                 connect_timeout: config.connect_timeout.min(PEER_CONNECT_TIMEOUT),
@@ -140,7 +164,7 @@ impl PeerPool {
             },
             connections: Arc::default(),
             unreachable: Arc::default(),
-            host: shm::host_id(),
+            host,
             unmappable: Arc::default(),
         }
     }
@@ -417,35 +441,44 @@ mod tests {
             frames: vec![Buffer::host(vec![7u8; 16])],
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
-        let ack: DataAck = codec::decode(&answer(put.clone(), &store, &served).await.unwrap()).unwrap();
+        let ack: DataAck =
+            codec::decode(&answer(put.clone(), &store, &shm::host_id(), &served).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 1 });
         // Put aside: not served until adopted as a task's result.
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
-            codec::decode_reply(answer(keys.clone(), &store, &served).await.unwrap(), shm::import).unwrap(),
+            codec::decode_reply(
+                answer(keys.clone(), &store, &shm::host_id(), &served).await.unwrap(),
+                shm::import
+            )
+            .unwrap(),
             vec![None]
         );
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
-            codec::decode_reply(answer(keys, &store, &served).await.unwrap(), shm::import).unwrap(),
+            codec::decode_reply(
+                answer(keys, &store, &shm::host_id(), &served).await.unwrap(),
+                shm::import
+            )
+            .unwrap(),
             vec![Some(framed)]
         );
         // Frames that do not add up, unknown requests, garbage: refused.
         let mut short = put;
         short.frames.clear();
-        assert!(answer(short, &store, &served).await.is_err());
+        assert!(answer(short, &store, &shm::host_id(), &served).await.is_err());
         assert!(
-            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &served)
+            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None, &served)
                 .await
                 .is_err()
         );
         assert!(
-            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &served)
+            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None, &served)
                 .await
                 .is_err()
         );
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
-        let ack: DataAck = codec::decode(&answer(discard, &store, &served).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(&answer(discard, &store, &shm::host_id(), &served).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
     }
 }

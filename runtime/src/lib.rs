@@ -12,8 +12,10 @@
 //! - [`worker`], [`server`], [`client`], [`local`]: the reactors around the
 //!   state machines, over `weft-transport`; [`ops`] and [`value`]: what
 //!   workers run and what tasks produce; [`blocking`]: the client for code
-//!   without an async runtime; [`progress`]: progress bars of long calls; [`observe`]: snapshots
-//!   and events of a running scheduler for dashboards; [`recording`]: a client's recording of them over a block of work. Large host buffers live in shared memory
+//!   without an async runtime; `progress`: progress bars of long calls (feature
+//!   `progress-bar`); [`observe`]: snapshots
+//!   and events of a running scheduler for dashboards; [`recording`]: a client's
+//!   recording of them over a block of work. Large host buffers live in shared memory
 //!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
@@ -46,6 +48,7 @@ pub mod graphs;
 pub mod local;
 pub mod observe;
 pub mod ops;
+#[cfg(feature = "progress-bar")]
 pub(crate) mod progress;
 pub mod recording;
 pub mod server;

@@ -83,19 +83,18 @@ pub struct LocalOptions {
 }
 
 impl LocalOptions {
-    /// The default layout for this machine: one worker per core up to
-    /// four cores, beyond that about the square root of the cores with the
-    /// rest as threads (as Dask's `LocalCluster` splits them).
+    /// The default layout for this machine (see [`layout`]): one worker
+    /// per core up to four cores, beyond that about the square root of the
+    /// cores with the rest as threads (as Dask's `LocalCluster` splits
+    /// them).
     ///
-    /// With GPUs (real, or emulated through `WEFT_EMULATED_GPUS`), one
-    /// worker per GPU with the cores shared among them.
+    /// With GPUs (real, or emulated through `WEFT_EMULATED_GPUS`), at
+    /// least one worker per GPU, the first ones pinned to them, the others
+    /// a CPU pool.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let gpus = gpu_count();
-        let (workers, nthreads) = match gpus {
-            0 => split_cores(cores),
-            n => (n, (cores / n).max(1)),
-        };
+        let (workers, nthreads) = layout(cores, gpus);
         LocalOptions {
             workers,
             nthreads,
@@ -116,14 +115,22 @@ impl LocalOptions {
     }
 }
 
-/// Workers and threads per worker for `cores` cores.
-pub fn split_cores(cores: usize) -> (usize, usize) {
+/// Workers and threads per worker for `cores` cores and `gpus` GPUs. As
+/// many workers as the cores call for (one per core up to four, beyond
+/// that about the square root of the cores), and at least one per GPU; the
+/// first `gpus` of them are GPU workers, the rest a CPU pool beside them
+/// (as dask-cuda users run). Tiny-task throughput grows with workers (each
+/// has its own reactor), not with the threads of one worker: a 16-core
+/// node with one GPU gets 4 workers of 4 threads, not one of 16.
+pub fn layout(cores: usize, gpus: usize) -> (usize, usize) {
     let cores = cores.max(1);
-    if cores <= 4 {
-        return (cores, 1);
-    }
-    let workers = (cores as f64).sqrt().ceil() as usize;
-    (workers, cores / workers)
+    let workers = if cores <= 4 {
+        cores
+    } else {
+        (cores as f64).sqrt().ceil() as usize
+    };
+    let workers = workers.max(gpus);
+    (workers, (cores / workers).max(1))
 }
 
 enum Worker {
@@ -363,18 +370,22 @@ impl LocalCluster {
     }
 }
 
+/// Whether this process was spawned by a local cluster to be a worker
+/// (and [`worker_main`] will run it).
+pub fn is_worker_process() -> bool {
+    std::env::var_os(ENV_SCHEDULER).is_some()
+}
+
 /// Call first thing in `main` of any program that starts a local cluster
 /// of processes: in a process the cluster spawned as a worker, this runs
 /// the worker with `registry` and exits; anywhere else it returns at once.
 /// It may be called from a plain `main` or from an async one
-/// (`#[tokio::main]`): the worker runs on a thread of its own.
+/// (`#[tokio::main]`): the worker runs on a thread of its own. It installs
+/// no logger: `weft::worker_main` logs to stderr first.
 pub fn worker_main(registry: Registry) {
     let Ok(scheduler) = std::env::var(ENV_SCHEDULER) else {
         return;
     };
-    // The worker's logs go to the stderr it shares with the program that
-    // started the cluster.
-    install_logging("warn");
     let nthreads = std::env::var(ENV_NTHREADS)
         .ok()
         .and_then(|n| n.parse().ok())
@@ -389,6 +400,7 @@ pub fn worker_main(registry: Registry) {
         options.memory.spill_dir = dir.into();
     }
     options.memory.watch_process = true;
+    options.transport.shared_memory = weft_transport::shm::allowed_by_env();
     if let Some(index) = std::env::var(ENV_GPU).ok().and_then(|i| i.parse::<usize>().ok()) {
         match open_gpu(index) {
             Ok(gpu) => options.pin_gpu(gpu),
@@ -420,19 +432,6 @@ pub fn worker_main(registry: Registry) {
         }
     };
     std::process::exit(code);
-}
-
-/// Logs to stderr, filtered by `WEFT_LOG` (a `tracing` filter such as
-/// `info` or `weft_runtime=debug`) or else by `default`. Does nothing when
-/// the process already has a subscriber.
-pub fn install_logging(default: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 /// Opens GPU `index` of this machine, real or emulated (as the `WEFT_*`
@@ -483,4 +482,26 @@ pub fn run_worker_process(options: WorkerOptions) -> Result<()> {
     runtime.block_on(run_worker(options, async {
         let _ = tokio::signal::ctrl_c().await;
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout;
+
+    #[test]
+    fn workers_grow_with_cores_and_gpus_get_one_each_beside_a_cpu_pool() {
+        // Without GPUs: a worker per core up to four, then about √cores.
+        assert_eq!(layout(0, 0), (1, 1));
+        assert_eq!(layout(2, 0), (2, 1));
+        assert_eq!(layout(4, 0), (4, 1));
+        assert_eq!(layout(16, 0), (4, 4));
+        assert_eq!(layout(64, 0), (8, 8));
+        // A 16-core node with one GPU: a GPU worker and three CPU workers
+        // of 4 threads each, not one worker of 16 threads.
+        assert_eq!(layout(16, 1), (4, 4));
+        // More GPUs than that many workers: one per GPU, cores shared.
+        assert_eq!(layout(16, 8), (8, 2));
+        assert_eq!(layout(128, 8), (12, 10));
+        assert_eq!(layout(2, 4), (4, 1));
+    }
 }

@@ -11,8 +11,6 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
 /// A call shorter than this shows no bar at all (no flicker on quick calls).
 pub const DELAY: Duration = Duration::from_millis(500);
 
@@ -25,15 +23,6 @@ const TEMPLATE: &str = "{msg}";
 
 /// Width of the bar, in characters.
 pub const BAR_WIDTH: usize = 30;
-
-/// The environment variable that turns progress bars off with `0`.
-pub const ENV: &str = "WEFT_PROGRESS";
-
-/// Whether progress bars are on by default: unless `WEFT_PROGRESS` says
-/// `0`, `false`, `no` or `off`.
-pub fn enabled_by_env() -> bool {
-    std::env::var(ENV).map_or(true, |value| weft_gpu::units::parse_bool(&value).unwrap_or(true))
-}
 
 /// Whether a call over `total` tasks shows a bar: progress on, something
 /// to count, and stderr a terminal.
@@ -160,9 +149,36 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// Runs `work` while a bar on stderr shows `meter`'s status, `done()`
+/// telling how many tasks are done, drawn on `meter`'s schedule; at the
+/// end the bar says how long the call took.
+pub(crate) async fn draw_while<T>(mut meter: Meter, done: impl Fn() -> u64, work: impl Future<Output = T>) -> T {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                if let Some(bar) = bar {
+                    bar.finish_with_message(meter.status(meter.total(), Instant::now()));
+                }
+                return out;
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if meter.should_draw(now) {
+                    bar.get_or_insert_with(bar_on_stderr).set_message(meter.status(done(), now));
+                }
+            }
+        }
+    }
+}
+
 /// A bar on stderr, drawn when its message is set (by [`Meter`]'s
 /// schedule), and never more than [`INTERVAL`] allows.
-pub fn bar() -> ProgressBar {
+fn bar_on_stderr() -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let hz = (1000 / INTERVAL.as_millis()).clamp(1, 20) as u8;
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(hz));
     // A fixed template: a typo in it would be ours and caught by the tests.
@@ -256,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_bar_template_is_valid() {
-        assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
-        assert_eq!(bar().length(), None);
+        assert!(indicatif::ProgressStyle::with_template(TEMPLATE).is_ok());
+        assert_eq!(bar_on_stderr().length(), None);
     }
 }

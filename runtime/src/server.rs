@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use weft_transport::{Config as TransportConfig, Connection, Listener, Sender, TransportError, listen};
 
-use crate::codec::{self, ClientDown, ClientUp, Hello, WorkerDown, WorkerUp};
+use crate::codec::{self, ClientUp, Hello, WorkerDown, WorkerUp};
 use crate::error::Result;
 use crate::ids::{ClientId, WorkerId};
 use crate::observe::{ObserveConfig, Observer, Recorder, stream_to_client};
@@ -40,6 +40,11 @@ pub struct SchedulerOptions {
     /// Publish snapshots and events for a dashboard (see
     /// [`SchedulerHandle::observer`]); `None` (the default) records nothing.
     pub observe: Option<ObserveConfig>,
+    /// Messages waiting to be written to one peer, at most: a worker or
+    /// client that stops reading until this many pile up is taken for
+    /// stalled and disconnected (a worker's tasks go elsewhere), so no peer
+    /// can make the scheduler's memory grow without bound.
+    pub max_queued_messages: usize,
 }
 
 impl SchedulerOptions {
@@ -52,9 +57,14 @@ impl SchedulerOptions {
             heartbeat_timeout: Duration::from_secs(10),
             balance_interval: Duration::from_millis(100),
             observe: None,
+            max_queued_messages: MAX_QUEUED_MESSAGES,
         }
     }
 }
+
+/// The default of [`SchedulerOptions::max_queued_messages`]: some hundreds
+/// of megabytes of messages, far more than a reading peer ever has queued.
+pub const MAX_QUEUED_MESSAGES: usize = 1 << 21;
 
 /// A running scheduler.
 pub struct SchedulerHandle {
@@ -139,29 +149,67 @@ enum Inbound {
     WorkerJoined {
         worker: WorkerId,
         info: crate::protocol::WorkerInfo,
-        outbox: mpsc::UnboundedSender<WorkerDown>,
+        outbox: Outbox<ToWorker>,
     },
     Worker(WorkerId, WorkerUp),
     WorkerGone(WorkerId),
     ClientJoined {
         client: ClientId,
-        outbox: mpsc::UnboundedSender<ClientDown>,
+        outbox: Outbox<ToClient>,
     },
     Client(ClientId, ClientUp),
     ClientGone(ClientId),
 }
 
+/// Batches on their way to one peer's writer task, and how many messages
+/// they hold: the writer subtracts what it has written.
+struct Outbox<T> {
+    batches: mpsc::UnboundedSender<Vec<T>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl<T> Outbox<T> {
+    /// An outbox and the end its writer drains.
+    fn new() -> (Self, mpsc::UnboundedReceiver<Vec<T>>, Arc<AtomicUsize>) {
+        let (batches, queue) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            Outbox {
+                batches,
+                queued: queued.clone(),
+            },
+            queue,
+            queued,
+        )
+    }
+
+    /// Sends single messages beside the reactor's batches (from another
+    /// task), counted against the peer's queue alike; `false` once the
+    /// connection is gone.
+    fn sender(&self) -> impl Fn(T) -> bool + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let (batches, queued) = (self.batches.clone(), self.queued.clone());
+        move |message| {
+            queued.fetch_add(1, Ordering::Relaxed);
+            batches.send(vec![message]).is_ok()
+        }
+    }
+}
+
 /// Routes the scheduler's output into per-peer batches.
-#[derive(Default)]
 struct Router {
     workers: HashMap<WorkerId, Peer<ToWorker>>,
     clients: HashMap<ClientId, Peer<ToClient>>,
+    /// Messages queued for one peer, at most.
+    max_queued: usize,
     /// Clients streaming the task stream, each with its stream's stop.
     observing: HashMap<ClientId, oneshot::Sender<()>>,
 }
 
 struct Peer<T> {
-    outbox: mpsc::UnboundedSender<Vec<T>>,
+    outbox: Outbox<T>,
     pending: Vec<T>,
     last_seen: Instant,
     /// What a worker's last heartbeat said.
@@ -169,7 +217,7 @@ struct Peer<T> {
 }
 
 impl<T> Peer<T> {
-    fn new(outbox: mpsc::UnboundedSender<Vec<T>>) -> Self {
+    fn new(outbox: Outbox<T>) -> Self {
         Peer {
             outbox,
             pending: Vec::new(),
@@ -178,13 +226,25 @@ impl<T> Peer<T> {
         }
     }
 
-    fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            // A closed outbox means the connection is going; its reader
-            // reports the loss.
-            let _ = self.outbox.send(std::mem::take(&mut self.pending));
+    /// Hands what is pending to the writer; `false` when the peer has
+    /// more than `max_queued` messages unwritten: it has stopped reading.
+    fn flush(&mut self, max_queued: usize) -> bool {
+        if self.pending.is_empty() {
+            return true;
         }
+        let queued = self.outbox.queued.fetch_add(self.pending.len(), Ordering::Relaxed) + self.pending.len();
+        // A closed outbox means the connection is going; its reader
+        // reports the loss.
+        let _ = self.outbox.batches.send(std::mem::take(&mut self.pending));
+        queued <= max_queued
     }
+}
+
+/// A peer that stopped reading its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stalled {
+    Worker(WorkerId),
+    Client(ClientId),
 }
 
 impl Comm for Router {
@@ -204,9 +264,55 @@ impl Comm for Router {
 }
 
 impl Router {
-    fn flush(&mut self) {
-        self.workers.values_mut().for_each(Peer::flush);
-        self.clients.values_mut().for_each(Peer::flush);
+    fn new(max_queued: usize) -> Self {
+        Router {
+            workers: HashMap::new(),
+            clients: HashMap::new(),
+            max_queued,
+            observing: HashMap::new(),
+        }
+    }
+
+    /// Hands every peer's pending messages to its writer; returns the
+    /// peers that have stopped reading.
+    fn flush(&mut self) -> Vec<Stalled> {
+        let max = self.max_queued;
+        let workers = self.workers.iter_mut();
+        let mut stalled: Vec<Stalled> = workers
+            .filter_map(|(w, p)| (!p.flush(max)).then_some(Stalled::Worker(*w)))
+            .collect();
+        let clients = self.clients.iter_mut();
+        stalled.extend(clients.filter_map(|(c, p)| (!p.flush(max)).then_some(Stalled::Client(*c))));
+        stalled
+    }
+
+    /// Flushes, disconnecting peers that stopped reading (their outboxes
+    /// dropped, so their writers end once the socket gives way) and
+    /// telling the scheduler, until nothing more is stalled.
+    fn flush_all(&mut self, scheduler: &mut Scheduler) {
+        loop {
+            let stalled = self.flush();
+            if stalled.is_empty() {
+                return;
+            }
+            for peer in stalled {
+                warn!(
+                    ?peer,
+                    max = self.max_queued,
+                    "peer stopped reading its messages; disconnected"
+                );
+                match peer {
+                    Stalled::Worker(worker) => {
+                        self.workers.remove(&worker);
+                        scheduler.handle(Event::WorkerLost { worker }, self);
+                    }
+                    Stalled::Client(client) => {
+                        self.clients.remove(&client);
+                        scheduler.handle(Event::ClientDisconnected { client }, self);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -226,7 +332,7 @@ async fn run(
     let (inbound_tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
     let acceptor = tokio::spawn(accept(listener, inbound_tx));
     let mut scheduler = Scheduler::new(options.scheduler.clone());
-    let mut router = Router::default();
+    let mut router = Router::new(options.max_queued_messages);
     let mut balance = tokio::time::interval(options.balance_interval);
     let mut liveness = tokio::time::interval(options.heartbeat_timeout / 4);
     let mut observe = tokio::time::interval(
@@ -267,7 +373,7 @@ async fn run(
                 }
             }
         }
-        router.flush();
+        router.flush_all(&mut scheduler);
         counts.registered.store(scheduler.n_workers(), Ordering::Relaxed);
     }
     acceptor.abort();
@@ -345,7 +451,7 @@ fn observe(router: &mut Router, observer: Option<&Observer>, client: ClientId, o
         }
         return;
     }
-    let Some(outbox) = router.clients.get(&client).map(|peer| peer.outbox.clone()) else {
+    let Some(send) = router.clients.get(&client).map(|peer| peer.outbox.sender()) else {
         return;
     };
     let Some(observer) = observer else {
@@ -360,9 +466,7 @@ fn observe(router: &mut Router, observer: Option<&Observer>, client: ClientId, o
     }
     let (stop, stopped) = oneshot::channel();
     router.observing.insert(client, stop);
-    tokio::spawn(stream_to_client(observer.clone(), stopped, move |message| {
-        outbox.send(vec![message]).is_ok()
-    }));
+    tokio::spawn(stream_to_client(observer.clone(), stopped, send));
 }
 
 async fn accept(mut listener: Listener, inbound: mpsc::Sender<Inbound>) {
@@ -421,8 +525,8 @@ async fn serve_peer(
     let (sender, mut receiver) = connection.split();
     match hello {
         Hello::Worker { info, .. } => {
-            let (outbox, queue) = mpsc::unbounded_channel();
-            let writer = tokio::spawn(write_batches(sender, queue));
+            let (outbox, queue, queued) = Outbox::new();
+            let writer = tokio::spawn(write_batches(sender, queue, queued));
             let joined = Inbound::WorkerJoined { worker, info, outbox };
             inbound.send(joined).await.map_err(|_| "scheduler stopped")?;
             let result = forward(&mut receiver, |up: WorkerUp| Inbound::Worker(worker, up), &inbound).await;
@@ -432,8 +536,8 @@ async fn serve_peer(
         }
         Hello::Client { name, .. } => {
             debug!(%client, name, "client connected");
-            let (outbox, queue) = mpsc::unbounded_channel();
-            let writer = tokio::spawn(write_batches(sender, queue));
+            let (outbox, queue, queued) = Outbox::new();
+            let writer = tokio::spawn(write_batches(sender, queue, queued));
             inbound
                 .send(Inbound::ClientJoined { client, outbox })
                 .await
@@ -466,7 +570,12 @@ async fn forward<T: serde::de::DeserializeOwned>(
 }
 
 /// Sends a peer's batches, merging those that queued up meanwhile.
-async fn write_batches<T: serde::Serialize>(sender: Sender, mut queue: mpsc::UnboundedReceiver<Vec<T>>) {
+/// Counts down `queued` by what it has written.
+async fn write_batches<T: serde::Serialize>(
+    sender: Sender,
+    mut queue: mpsc::UnboundedReceiver<Vec<T>>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some(mut batch) = queue.recv().await {
         while let Ok(more) = queue.try_recv() {
             batch.extend(more);
@@ -481,6 +590,57 @@ async fn write_batches<T: serde::Serialize>(sender: Sender, mut queue: mpsc::Unb
         if sender.send(message).await.is_err() {
             return;
         }
+        queued.fetch_sub(batch.len(), Ordering::Relaxed);
     }
     let _ = sender.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted() -> ToClient {
+        ToClient::GraphAccepted {
+            new_tasks: 1,
+            culled: 0,
+        }
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_disconnected_at_the_bound() {
+        let mut scheduler = Scheduler::new(scheduler::Config::default());
+        let mut router = Router::new(3);
+        let client = ClientId::new(7);
+        let (outbox, mut queue, queued) = Outbox::new();
+        router.clients.insert(client, Peer::new(outbox));
+        scheduler.handle(Event::ClientConnected { client }, &mut router);
+
+        // Three messages unwritten: at the bound, still connected.
+        for _ in 0..3 {
+            router.to_client(client, accepted());
+        }
+        router.flush_all(&mut scheduler);
+        assert!(router.clients.contains_key(&client));
+        assert_eq!(queued.load(Ordering::Relaxed), 3);
+
+        // Its writer writes them: room again for three.
+        let mut written = 0;
+        while let Ok(batch) = queue.try_recv() {
+            written += batch.len();
+        }
+        queued.fetch_sub(written, Ordering::Relaxed);
+        for _ in 0..3 {
+            router.to_client(client, accepted());
+        }
+        router.flush_all(&mut scheduler);
+        assert!(router.clients.contains_key(&client), "a reading peer stays");
+
+        // A fourth unwritten message: it has stopped reading.
+        router.to_client(client, accepted());
+        router.flush_all(&mut scheduler);
+        assert!(!router.clients.contains_key(&client), "a stalled peer is dropped");
+        // Its outbox is closed: its writer ends after what is queued.
+        while queue.try_recv().is_ok() {}
+        assert!(queue.is_closed());
+    }
 }

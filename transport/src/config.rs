@@ -45,6 +45,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where received frames are allocated.
     pub pool: BufferPool,
+    /// Whether peers on this host exchange large host frames through
+    /// shared memory (mapped, not copied) instead of the socket.
+    pub shared_memory: bool,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             inproc_max_in_flight_bytes: 1 << 30,
             tls: None,
             pool: BufferPool::default(),
+            shared_memory: true,
         }
     }
 }
@@ -79,6 +83,7 @@ impl std::fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("io_timeout", &self.io_timeout)
             .field("tls", &self.tls)
+            .field("shared_memory", &self.shared_memory)
             .finish_non_exhaustive()
     }
 }

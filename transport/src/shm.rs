@@ -72,20 +72,19 @@ fn generation(state: u64) -> u32 {
     ((state >> GEN_SHIFT) & GEN_MASK) as u32
 }
 
-/// Whether same-host fetches may map shared memory: yes unless
-/// `WEFT_SAME_HOST_SHM=0`, and only where the system supports it.
-pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        let wanted = match std::env::var(ENV_SAME_HOST_SHM) {
-            Err(_) => true,
-            Ok(v) => weft_gpu::units::parse_bool(&v).unwrap_or_else(|e| {
-                tracing::warn!("{ENV_SAME_HOST_SHM}: {e}; shared memory stays on");
-                true
-            }),
-        };
-        wanted && sys::SUPPORTED
-    })
+/// Whether this process's environment allows same-host shared memory:
+/// yes unless `WEFT_SAME_HOST_SHM` says `0`, `false`, `no` or `off` (a
+/// malformed value is logged and leaves it on). Read once where a process
+/// starts, into [`Config::shared_memory`](crate::Config::shared_memory);
+/// nothing deeper reads the environment.
+pub fn allowed_by_env() -> bool {
+    match std::env::var(ENV_SAME_HOST_SHM) {
+        Err(_) => true,
+        Ok(v) => weft_gpu::units::parse_bool(&v).unwrap_or_else(|e| {
+            tracing::warn!("{ENV_SAME_HOST_SHM}: {e}; shared memory stays on");
+            true
+        }),
+    }
 }
 
 /// Which host and pid namespace a process runs in: two processes with equal
@@ -98,10 +97,18 @@ pub struct HostId {
     pub pid_ns: u64,
 }
 
-/// This process's host identity, or `None` where shared memory is off.
+/// This process's host identity, or `None` where the system has no shared
+/// memory to offer.
 pub fn host_id() -> Option<HostId> {
     static HOST: OnceLock<Option<HostId>> = OnceLock::new();
-    HOST.get_or_init(|| enabled().then(sys::host_id).flatten()).clone()
+    HOST.get_or_init(|| if sys::SUPPORTED { sys::host_id() } else { None })
+        .clone()
+}
+
+/// The host identity to offer peers under `config`: [`host_id`] where
+/// shared memory is wanted, else `None`.
+pub fn offered(config: &crate::Config) -> Option<HostId> {
+    config.shared_memory.then(host_id).flatten()
 }
 
 /// A frame in a region of another process, as a data server describes it.
@@ -901,10 +908,16 @@ mod tests {
     }
 
     #[test]
-    fn the_host_is_identified_when_enabled() {
-        if enabled() {
+    fn the_host_is_identified_and_offered_only_when_wanted() {
+        if sys::SUPPORTED {
             let host = host_id().expect("linux has a boot id");
             assert!(!host.boot.is_empty());
+            assert_eq!(offered(&crate::Config::default()), Some(host));
         }
+        let off = crate::Config {
+            shared_memory: false,
+            ..Default::default()
+        };
+        assert_eq!(offered(&off), None);
     }
 }

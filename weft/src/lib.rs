@@ -56,9 +56,29 @@ pub use weft_runtime::protocol::ResourceAmount;
 pub use weft_runtime::{
     Annotations, Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, OpError, Peer, Registry, RuntimeError,
     SchedulerOptions, TaskError, TaskFuture, TaskSpec, Tier, Value, WorkerMode, WorkerOptions, WorkerStatus, blocking,
-    define_ops, graphs, layer, ops, store, worker_main,
+    define_ops, graphs, layer, ops, store,
 };
 pub use weft_transport as transport;
+
+pub mod logging;
+
+/// Call first thing in `main` of any program that starts a local cluster
+/// of processes: in a process the cluster spawned as a worker, this logs to
+/// stderr (filtered by `WEFT_LOG`, warnings by default), runs the worker
+/// with `registry` and exits; anywhere else it returns at once. It may be
+/// called from a plain `main` or from an async one (`#[tokio::main]`).
+pub fn worker_main(registry: Registry) {
+    if weft_runtime::local::is_worker_process() {
+        // The worker's logs go to the stderr it shares with the program
+        // that started the cluster; a bad WEFT_LOG falls back to warnings.
+        let filter = logging::filter_from_env("warn");
+        if let Err(error) = logging::install(&filter, logging::Format::Text) {
+            eprintln!("weft worker: {error}; logging warnings only");
+            let _ = logging::install("warn", logging::Format::Text);
+        }
+    }
+    weft_runtime::worker_main(registry);
+}
 
 /// Every op Weft ships: the built-in ones, the dataframe's
 /// ([`frame::register`]) and the array's ([`array::register`]). `weft

@@ -64,7 +64,7 @@ pub(super) async fn measure(args: &Args, mib: usize, report: &mut Report) -> Res
     report.line.insert("foreign_cpu_s".into(), json!(window.foreign()));
     drop(client);
     cluster.stop().await;
-    let path = if args.no_shm || !weft_transport::shm::enabled() {
+    let path = if args.no_shm || !weft_transport::shm::allowed_by_env() || weft_transport::shm::host_id().is_none() {
         "socket"
     } else {
         "shared memory"

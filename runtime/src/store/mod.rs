@@ -200,6 +200,8 @@ pub struct Store {
     spiller: Option<crossbeam_channel::Sender<(TaskId, Arc<Value>)>>,
     /// Told of every move between tiers.
     on_move: Box<dyn Fn(TaskId, Tier) + Send + Sync>,
+    /// Woken at every adoption of a staged value.
+    adopted: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -283,6 +285,7 @@ impl Store {
                 pool: BufferPool::new(UNSPILL_POOL_BYTES),
                 spiller,
                 on_move: Box::new(on_move),
+                adopted: tokio::sync::Notify::new(),
             }
         })
     }
@@ -395,6 +398,7 @@ impl Store {
             value
         };
         self.insert(task, value);
+        self.adopted.notify_waiters();
         true
     }
 
@@ -434,6 +438,37 @@ impl Store {
     /// Whether the store holds `task`'s result, in memory or on disk.
     pub fn contains(&self, task: TaskId) -> bool {
         self.lock().entries.contains_key(&task)
+    }
+
+    /// [`Store::load_all`], except that tasks not held while scattered
+    /// values wait here for adoption are waited for, up to `patience`: the
+    /// scheduler tells a client (or a peer) that a scattered value is here
+    /// at the moment it sends this worker the `Adopt` that names it, so a
+    /// request can overtake the adoption.
+    pub async fn load_all_adopting(
+        self: &Arc<Self>,
+        tasks: Vec<TaskId>,
+        patience: Duration,
+    ) -> Vec<Option<Arc<Value>>> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut values = self.load_all(tasks.iter().copied()).await;
+        loop {
+            // Listening before looking, so that no adoption is missed.
+            let adopted = self.adopted.notified();
+            tokio::pin!(adopted);
+            adopted.as_mut().enable();
+            for (task, value) in tasks.iter().zip(values.iter_mut()) {
+                if value.is_none() {
+                    *value = self.load(*task).await;
+                }
+            }
+            if values.iter().all(Option::is_some) || self.lock().staged.is_empty() {
+                return values;
+            }
+            if tokio::time::timeout_at(deadline, adopted).await.is_err() {
+                return values;
+            }
+        }
     }
 
     /// Results by task, in order, `None` for those not held; a result
@@ -833,6 +868,33 @@ mod tests {
         }
         assert_eq!(stats.snapshot().spilled, 1, "handed to the spill thread and written");
         assert_eq!(stats.snapshot().in_memory, 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_overtakes_an_adoption_waits_for_it() {
+        let store = Store::unlimited();
+        let value = Arc::new(Value::encode(&7u64).unwrap());
+        let patience = Duration::from_secs(10);
+        // Nothing staged: what is not held is answered missing at once.
+        let started = Instant::now();
+        assert!(store.load_all_adopting(vec![TaskId::new(1)], patience).await[0].is_none());
+        assert!(started.elapsed() < patience);
+        // Staged, its `Adopt` still on its way: the request waits for it.
+        store.stage("s".into(), value.clone(), Instant::now());
+        let adopter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(store.adopt(&"s".into(), TaskId::new(1)));
+            })
+        };
+        let got = store.load_all_adopting(vec![TaskId::new(1)], patience).await;
+        assert_eq!(got[0], Some(value));
+        adopter.await.unwrap();
+        // Staged but never adopted under this task: missing after the wait.
+        store.stage("t".into(), Arc::new(Value::encode(&8u64).unwrap()), Instant::now());
+        let short = Duration::from_millis(30);
+        assert!(store.load_all_adopting(vec![TaskId::new(2)], short).await[0].is_none());
     }
 
     #[test]

@@ -167,7 +167,12 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     // In a set, so that the server stops with this future even when it is
     // dropped (an in-process worker aborted as if killed), not only at the end.
     let mut server = tokio::task::JoinSet::new();
-    server.spawn(serve(listener, store.clone(), transfers.clone()));
+    server.spawn(serve(
+        listener,
+        store.clone(),
+        weft_transport::shm::offered(&options.transport),
+        transfers.clone(),
+    ));
     let dashboard = match &options.dashboard {
         Some(dashboard) => {
             let (listener, url) = bind_dashboard(dashboard, &options.listen, &address).await?;
