@@ -13,7 +13,10 @@
 //!
 //! The other end is an [`Observer`]: cheap to clone, it never blocks the
 //! reactor. The runtime knows nothing of HTTP; `weft-dashboard` serves
-//! these.
+//! these. A client may also ask for the event stream over its own
+//! connection (`stream_to_client`, for performance reports): a task beside
+//! the reactor forwards it as [`ObservedBatch`]es with a
+//! [`ReportSample`] each.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
