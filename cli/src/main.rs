@@ -113,6 +113,9 @@ enum Command {
         nthreads: Option<usize>,
         #[command(flatten)]
         dashboard: DashboardArgs,
+        /// The scheduler's and the workers' (one certificate for all).
+        #[command(flatten)]
+        security: security::Security,
     },
     /// Run the demo on a local cluster: a map of 100,000 tasks and a tree
     /// reduction over 65,536 leaves.
@@ -287,8 +290,14 @@ fn record_flags(command: &Command, settings: &mut Settings) -> Result<()> {
             let timeout = timeout.map(|t| format!("{}ms", t.as_millis()));
             settings.flag("worker.reconnect-timeout", "--timeout", timeout)
         }
-        Command::Local { listen, dashboard, .. } => {
+        Command::Local {
+            listen,
+            dashboard,
+            security,
+            ..
+        } => {
             settings.flag("local.listen", "--listen", listen.as_ref())?;
+            security.record(settings)?;
             dashboard.record(settings)
         }
         Command::Demo { dashboard, .. } => dashboard.record(settings),
@@ -431,6 +440,7 @@ async fn run_async(command: Command, settings: Settings) -> Result<()> {
             let mut options = local_options(workers, nthreads);
             let listen = settings.get("local.listen").context("local.listen is empty")?;
             options.scheduler = scheduler_options(&settings, listen)?;
+            options.tls_files = security::files(&settings);
             let cluster = LocalCluster::start(options).await?;
             println!(
                 "scheduler at {} with {} workers; Ctrl-C stops",

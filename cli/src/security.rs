@@ -8,7 +8,8 @@ use weft::transport::{Config, TlsConfig, TlsFiles};
 
 use crate::config::Settings;
 
-/// TLS and token flags, shared by `weft scheduler` and `weft worker`.
+/// TLS and token flags, shared by `weft scheduler`, `weft worker` and
+/// `weft local`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct Security {
     /// PEM file of the certificate authority that signs every node's
@@ -39,6 +40,16 @@ impl Security {
     }
 }
 
+/// The TLS files `settings` name, if any.
+pub fn files(settings: &Settings) -> Option<TlsFiles> {
+    Some(TlsFiles {
+        ca: settings.get("security.tls-ca-file")?.into(),
+        cert: settings.get("security.tls-cert").map(Into::into),
+        key: settings.get("security.tls-key").map(Into::into),
+        require_client_cert: true,
+    })
+}
+
 /// Sets the token and TLS of `config` from `settings` (and `WEFT_TOKEN`).
 pub fn apply(settings: &Settings, config: &mut Config) -> Result<()> {
     let token = match settings.get("security.token-file") {
@@ -60,13 +71,7 @@ pub fn apply(settings: &Settings, config: &mut Config) -> Result<()> {
         cert.is_some() == key.is_some(),
         "a TLS certificate needs its key and the reverse (--tls-cert and --tls-key)"
     );
-    if let Some(ca) = settings.get("security.tls-ca-file") {
-        let files = TlsFiles {
-            ca: ca.into(),
-            cert: cert.map(Into::into),
-            key: key.map(Into::into),
-            require_client_cert: true,
-        };
+    if let Some(files) = files(settings) {
         config.tls = Some(TlsConfig::load(&files)?);
     } else {
         anyhow::ensure!(

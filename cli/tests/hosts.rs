@@ -7,13 +7,15 @@
 //! `nftables`); without `nft` that test skips likewise.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use weft::ops::args;
+use common::{client, root, slow_tree, worker_names};
 use weft::transport::Config;
-use weft::{Client, Graph, graphs};
+use weft::{Client, TaskFuture, graphs};
 
 /// Hosts on a private network, torn down when dropped.
 struct Net {
@@ -217,43 +219,17 @@ async fn delaying_relay(listen: &str, target: String, delay: Duration) -> tokio:
     })
 }
 
-async fn client(address: &str) -> Client {
-    Client::connect(address, &Config::default()).await.unwrap()
-}
-
 /// Waits until exactly the workers `names` are registered.
 async fn workers_are(client: &Client, names: &[&str], within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let mut now: Vec<String> = client
-            .workers()
-            .await
-            .unwrap()
-            .iter()
-            .map(|w| w.name.to_string())
-            .collect();
-        now.sort_unstable();
+        let now = worker_names(client).await;
         if now == names {
             return start.elapsed();
         }
         assert!(start.elapsed() < within, "workers {now:?}, waited for {names:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A tree reduction whose leaves each take `ms` milliseconds.
-fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
-    let mut graph = graphs::tree(prefix, leaves);
-    for (i, task) in graph.tasks.iter_mut().take(leaves).enumerate() {
-        task.op = "delay".into();
-        task.args = args(&(ms, i as i64)).unwrap();
-    }
-    graph
-}
-
-async fn root(client: &Client, graph: Graph) -> i64 {
-    let futures = client.compute(graph).await.unwrap();
-    futures[0].result().await.unwrap().decode::<i64>().unwrap()
 }
 
 /// Waits until worker `name` runs a task and holds a result, so that a
@@ -298,49 +274,52 @@ async fn results_move_between_workers_on_different_hosts() {
     // A tree over three hosts moves partial sums between them.
     let leaves = 3000;
     assert_eq!(
-        root(&client, graphs::tree("hosts", leaves)).await,
+        root(&client, graphs::tree("hosts", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
-    assert_eq!(root(&client, slow_tree("spread", 300, 2)).await, 300 * 299 / 2);
+    assert_eq!(root(&client, slow_tree("spread", 300, 2)).await.unwrap(), 300 * 299 / 2);
+}
+
+/// A scheduler with a 3 s heartbeat timeout and three workers running a
+/// slow tree of `leaves` (keys `tag`), with host `host` cut off while its
+/// worker computes: the client, the tree's root, when the link went down,
+/// and how long the scheduler took to declare the host dead.
+async fn cut_mid_run(net: &mut Net, host: usize, tag: &str, leaves: usize) -> (Client, TaskFuture, Instant, Duration) {
+    let address = net.cluster("3s");
+    let client = client(&address).await;
+    workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(20)).await;
+    let futures = client.compute(slow_tree(tag, leaves, 5)).await.unwrap();
+    busy(&client, &format!("h{host}")).await;
+    net.link(host, false);
+    let cut = Instant::now();
+    let others: Vec<String> = (1..4).filter(|&i| i != host).map(|i| format!("h{i}")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    // Declared dead within the heartbeat timeout (3 s), plus one liveness
+    // check (a quarter of it) and slack for this busy machine.
+    let lost_after = workers_are(&client, &others, Duration::from_secs(10)).await;
+    let root = futures.into_iter().next().unwrap();
+    assert_eq!(
+        root.result().await.unwrap().decode::<i64>().unwrap(),
+        (leaves * (leaves - 1) / 2) as i64
+    );
+    (client, root, cut, lost_after)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_off_mid_run_is_declared_dead_and_its_results_recomputed() {
     let Some(mut net) = Net::new(4) else { return };
-    let address = net.cluster("3s");
-    let client = client(&address).await;
-    workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(20)).await;
-    let leaves = 600;
-    let futures = client.compute(slow_tree("cut", leaves, 5)).await.unwrap();
-    busy(&client, "h1").await;
-    net.link(1, false);
-    // Declared dead within the heartbeat timeout (3 s), plus one liveness
-    // check (a quarter of it) and slack for this busy machine.
-    let lost_after = workers_are(&client, &["h2", "h3"], Duration::from_secs(10)).await;
+    let (_, _, _, lost_after) = cut_mid_run(&mut net, 1, "cut", 600).await;
     println!("cut-off host declared dead after {lost_after:?}");
-    let value = futures[0].result().await.unwrap().decode::<i64>().unwrap();
-    assert_eq!(value, (leaves * (leaves - 1) / 2) as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_host_rejoins_when_healed_and_answers_stay_right() {
     let Some(mut net) = Net::new(4) else { return };
-    let address = net.cluster("3s");
-    let client = client(&address).await;
-    workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(20)).await;
     let leaves = 400;
-    let futures = client.compute(slow_tree("part", leaves, 5)).await.unwrap();
-    busy(&client, "h2").await;
-    net.link(2, false);
-    workers_are(&client, &["h1", "h3"], Duration::from_secs(10)).await;
-    assert_eq!(
-        futures[0].result().await.unwrap().decode::<i64>().unwrap(),
-        (leaves * (leaves - 1) / 2) as i64
-    );
+    let (client, _, partitioned, _) = cut_mid_run(&mut net, 2, "part", leaves).await;
     // Healed after 30 s: the host's worker finds its old connection dead,
     // registers afresh, and works again; nothing it held from before the
     // partition is taken for current.
-    let partitioned = Instant::now();
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(partitioned.elapsed())).await;
     net.link(2, true);
     let rejoined = workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(60)).await;
@@ -353,7 +332,7 @@ async fn a_partitioned_host_rejoins_when_healed_and_answers_stay_right() {
     );
     let leaves = 3000;
     assert_eq!(
-        root(&client, graphs::tree("after", leaves)).await,
+        root(&client, graphs::tree("after", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
 }
@@ -387,7 +366,7 @@ async fn links_that_drop_one_packet_in_a_hundred_and_lag_still_give_right_answer
     workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(30)).await;
     let leaves = 2000;
     assert_eq!(
-        root(&client, graphs::tree("lossy", leaves)).await,
+        root(&client, graphs::tree("lossy", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
     // Results of a few MiB each cross the lossy links too.
@@ -478,7 +457,7 @@ async fn mutual_tls_across_hosts_and_a_worker_with_a_foreign_certificate_is_refu
     }
     let leaves = 500;
     assert_eq!(
-        root(&client, graphs::tree("tls-hosts", leaves)).await,
+        root(&client, graphs::tree("tls-hosts", leaves)).await.unwrap(),
         (leaves * (leaves - 1) / 2) as i64
     );
 }

@@ -2,61 +2,15 @@
 //! command line, killed with SIGKILL, restarted, and fed bad settings.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Proc, client, free_address, joined, root, slow_tree, spawn, spawn_with, weft, worker_names};
 use weft::ops::args;
 use weft::transport::Config;
 use weft::{Client, Graph, Key, RuntimeError, TaskFuture, TaskSpec, Value, graphs};
-
-/// A child process killed when the test is done with it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn weft(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-    command.args(args);
-    command
-}
-
-/// A background process; its logs show with `WEFT_LOG=debug` (or any level)
-/// set for the test run, and are dropped otherwise.
-fn spawn(args: &[&str]) -> Proc {
-    spawn_with(args, &[])
-}
-
-/// [`spawn`] with environment variables set.
-fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let logs = if std::env::var_os("WEFT_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    let mut command = weft(args);
-    command.envs(env.iter().copied());
-    Proc(command.stdout(Stdio::null()).stderr(logs).spawn().unwrap())
-}
-
-/// A free port below the kernel's ephemeral range (32768 and up by
-/// default), so that no worker's port-0 listener can take it over while a
-/// test has its scheduler down.
-fn free_address() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id() * 7;
-    loop {
-        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-}
 
 /// A scheduler and `workers` single-threaded worker processes.
 fn cluster(workers: usize) -> (String, Proc, Vec<Proc>) {
@@ -85,25 +39,6 @@ fn cluster_with(workers: usize, env: &[(&str, &str)]) -> (String, Proc, Vec<Proc
         })
         .collect();
     (address, scheduler, workers)
-}
-
-async fn client(address: &str) -> Client {
-    Client::connect(address, &Config::default()).await.unwrap()
-}
-
-async fn root(client: &Client, graph: Graph) -> Result<i64, RuntimeError> {
-    let futures = client.compute(graph).await?;
-    Ok(futures[0].result().await?.decode::<i64>().unwrap())
-}
-
-/// A tree reduction whose leaves each take `ms` milliseconds.
-fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
-    let mut graph = graphs::tree(prefix, leaves);
-    for (i, task) in graph.tasks.iter_mut().take(leaves).enumerate() {
-        task.op = "delay".into();
-        task.args = args(&(ms, i as i64)).unwrap();
-    }
-    graph
 }
 
 /// `n` independent `delay` tasks of `ms` milliseconds (task `i` gives
@@ -379,30 +314,6 @@ fn clear_errors_for_bad_settings() {
     }
 }
 
-/// The names of the scheduler's workers, sorted.
-async fn worker_names(client: &Client) -> Vec<String> {
-    let mut names: Vec<String> = client
-        .workers()
-        .await
-        .unwrap()
-        .iter()
-        .map(|w| w.name.to_string())
-        .collect();
-    names.sort_unstable();
-    names
-}
-
-/// Waits until `n` workers have joined the scheduler.
-async fn joined(client: &Client, n: usize) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while client.workers().await.unwrap().len() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scattered_data_feeds_tasks_over_tcp() {
     let (address, _scheduler, _workers) = cluster(2);
@@ -581,68 +492,107 @@ async fn a_cluster_with_a_token_refuses_peers_without_it() {
     assert_eq!(root(&client, graphs::tree("secured", 64)).await.unwrap(), 64 * 63 / 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_with_mutual_tls_from_generated_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    let output = run_to_end(&["tls", "generate", pki.to_str().unwrap()], Duration::from_secs(20));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let file = |name: &str| pki.join(name).to_str().unwrap().to_string();
-    let tls = |role: &str| {
+/// Certificates from `weft tls generate` in a temporary directory.
+struct Pki(tempfile::TempDir);
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let output = run_to_end(
+            &["tls", "generate", dir.path().to_str().unwrap()],
+            Duration::from_secs(20),
+        );
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        Pki(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// The TLS flags of a node with `role`'s certificate.
+    fn flags(&self, role: &str) -> Vec<String> {
         vec![
             "--tls-ca-file".to_string(),
-            file("ca.pem"),
+            self.file("ca.pem"),
             "--tls-cert".to_string(),
-            file(&format!("{role}.pem")),
+            self.file(&format!("{role}.pem")),
             "--tls-key".to_string(),
-            file(&format!("{role}.key")),
+            self.file(&format!("{role}.key")),
         ]
-    };
+    }
+
+    /// A client's settings: the CA, and the client certificate if `cert`.
+    fn client(&self, cert: bool) -> Config {
+        let files = weft::transport::TlsFiles {
+            ca: self.file("ca.pem").into(),
+            cert: cert.then(|| self.file("client.pem").into()),
+            key: cert.then(|| self.file("client.key").into()),
+            require_client_cert: true,
+        };
+        Config {
+            tls: Some(weft::transport::TlsConfig::load(&files).unwrap()),
+            ..Config::default()
+        }
+    }
+}
+
+fn spawn_owned(args: Vec<String>) -> Proc {
+    spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_mutual_tls_from_generated_certificates() {
+    let pki = Pki::generate();
     let address = free_address().replace("tcp://", "tls://");
     let mut args = vec!["scheduler".to_string(), "--listen".to_string(), address.clone()];
-    args.extend(tls("scheduler"));
-    let _scheduler = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    args.extend(pki.flags("scheduler"));
+    let _scheduler = spawn_owned(args);
     let mut args = vec![
         "worker".to_string(),
         address.clone(),
         "--name".to_string(),
         "tls-worker".to_string(),
     ];
-    args.extend(tls("worker"));
-    let _worker = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    args.extend(pki.flags("worker"));
+    let _worker = spawn_owned(args);
     // A client without a certificate is refused; one with it computes,
     // gathering from the worker over TLS too.
-    let no_cert = Config {
-        tls: Some(
-            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
-                ca: file("ca.pem").into(),
-                cert: None,
-                key: None,
-                require_client_cert: true,
-            })
-            .unwrap(),
-        ),
-        ..Config::default()
-    };
-    let refused = Client::connect(&address, &no_cert).await;
-    assert!(refused.is_err());
-    let config = Config {
-        tls: Some(
-            weft::transport::TlsConfig::load(&weft::transport::TlsFiles {
-                ca: file("ca.pem").into(),
-                cert: Some(file("client.pem").into()),
-                key: Some(file("client.key").into()),
-                require_client_cert: true,
-            })
-            .unwrap(),
-        ),
-        ..Config::default()
-    };
-    let client = Client::connect(&address, &config).await.unwrap();
+    assert!(Client::connect(&address, &pki.client(false)).await.is_err());
+    let client = Client::connect(&address, &pki.client(true)).await.unwrap();
     joined(&client, 1).await;
     let workers = client.workers().await.unwrap();
     assert!(workers[0].address.starts_with("tls://"), "{workers:?}");
     assert_eq!(root(&client, graphs::tree("tls", 64)).await.unwrap(), 64 * 63 / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_local_with_mutual_tls_gives_its_worker_processes_the_certificates() {
+    let pki = Pki::generate();
+    let address = free_address().replace("tcp://", "tls://");
+    let mut args = [
+        "local",
+        "--listen",
+        &address,
+        "--workers",
+        "2",
+        "--nthreads",
+        "1",
+        "--no-dashboard",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(pki.flags("scheduler"));
+    let _local = spawn_owned(args);
+    let client = Client::connect(&address, &pki.client(true)).await.unwrap();
+    joined(&client, 2).await;
+    for worker in client.workers().await.unwrap() {
+        assert!(worker.address.starts_with("tls://"), "{worker:?}");
+    }
+    assert_eq!(
+        root(&client, graphs::tree("tls-local", 200)).await.unwrap(),
+        200 * 199 / 2
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use weft_gpu::{DeviceConfig, Devices, Gpu, probe_cuda};
-use weft_transport::Config as TransportConfig;
+use weft_transport::{Config as TransportConfig, TlsConfig, TlsFiles};
 
 use crate::client::Client;
 use crate::error::{Result, RuntimeError};
@@ -31,6 +31,12 @@ const ENV_NTHREADS: &str = "WEFT_WORKER_NTHREADS";
 const ENV_MEMORY_LIMIT: &str = "WEFT_WORKER_MEMORY_LIMIT";
 const ENV_SPILL_DIR: &str = "WEFT_WORKER_SPILL_DIR";
 const ENV_GPU: &str = "WEFT_WORKER_GPU";
+/// The TLS files and shared secret of a local cluster's worker processes
+/// (the `weft` command's own names for them).
+const ENV_TLS_CA: &str = "WEFT_SECURITY_TLS_CA_FILE";
+const ENV_TLS_CERT: &str = "WEFT_SECURITY_TLS_CERT";
+const ENV_TLS_KEY: &str = "WEFT_SECURITY_TLS_KEY";
+const ENV_TOKEN: &str = "WEFT_TOKEN";
 
 /// Where the workers of a local cluster run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,10 @@ pub struct LocalOptions {
     pub env: Vec<(String, String)>,
     /// The status page of each in-process worker (processes serve none).
     pub worker_dashboard: Option<WorkerDashboard>,
+    /// The files the scheduler's TLS settings came from, for worker
+    /// processes to load (in-process workers share the scheduler's
+    /// transport settings, token included; processes get the token too).
+    pub tls_files: Option<TlsFiles>,
 }
 
 impl LocalOptions {
@@ -111,6 +121,7 @@ impl LocalOptions {
             worker_listen: "tcp://127.0.0.1:0".into(),
             env: Vec::new(),
             worker_dashboard: None,
+            tls_files: None,
         }
     }
 }
@@ -209,7 +220,8 @@ impl LocalCluster {
                     .env(ENV_MEMORY_LIMIT, options.memory.limit.to_string())
                     .env(ENV_SPILL_DIR, &options.memory.spill_dir)
                     .envs((i < options.gpus).then(|| (ENV_GPU, i.to_string())))
-                    .envs(options.env.iter().map(|(k, v)| (k, v)))
+                    .envs(security_env(options))
+                    .envs(options.env.iter().map(|(k, v)| (k.clone(), v.clone())))
                     .kill_on_drop(true)
                     .spawn()
                     .map_err(|source| RuntimeError::Process {
@@ -370,6 +382,42 @@ impl LocalCluster {
     }
 }
 
+/// What a worker process needs to join a scheduler with TLS or a token:
+/// the files and the secret, as variables.
+fn security_env(options: &LocalOptions) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if let Some(files) = &options.tls_files {
+        env.push((ENV_TLS_CA.to_string(), files.ca.display().to_string()));
+        for (name, path) in [(ENV_TLS_CERT, &files.cert), (ENV_TLS_KEY, &files.key)] {
+            if let Some(path) = path {
+                env.push((name.to_string(), path.display().to_string()));
+            }
+        }
+    }
+    if let Some(token) = options.scheduler.transport.token.as_ref() {
+        env.push((ENV_TOKEN.to_string(), String::from_utf8_lossy(token).into_owned()));
+    }
+    env
+}
+
+/// The TLS and token settings of a worker process, from the variables
+/// [`security_env`] set.
+fn security_from_env(transport: &mut TransportConfig) -> Result<()> {
+    if let Some(ca) = std::env::var_os(ENV_TLS_CA) {
+        let files = TlsFiles {
+            ca: ca.into(),
+            cert: std::env::var_os(ENV_TLS_CERT).map(Into::into),
+            key: std::env::var_os(ENV_TLS_KEY).map(Into::into),
+            require_client_cert: true,
+        };
+        transport.tls = Some(TlsConfig::load(&files)?);
+    }
+    if let Ok(token) = std::env::var(ENV_TOKEN) {
+        transport.token = Some(token.into_bytes());
+    }
+    Ok(())
+}
+
 /// Whether this process was spawned by a local cluster to be a worker
 /// (and [`worker_main`] will run it).
 pub fn is_worker_process() -> bool {
@@ -390,7 +438,14 @@ pub fn worker_main(registry: Registry) {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    // Results are served on loopback, over the scheduler's scheme (TLS
+    // for a TLS cluster).
+    let scheme = scheduler
+        .split_once("://")
+        .map_or("tcp", |(scheme, _)| scheme)
+        .to_string();
     let mut options = WorkerOptions::new(scheduler, nthreads);
+    options.listen = format!("{scheme}://127.0.0.1:0");
     options.name = std::env::var(ENV_NAME).ok();
     options.registry = Arc::new(registry);
     if let Some(limit) = std::env::var(ENV_MEMORY_LIMIT).ok().and_then(|l| l.parse().ok()) {
@@ -401,6 +456,10 @@ pub fn worker_main(registry: Registry) {
     }
     options.memory.watch_process = true;
     options.transport.shared_memory = weft_transport::shm::allowed_by_env();
+    if let Err(error) = security_from_env(&mut options.transport) {
+        eprintln!("weft worker: {error}");
+        std::process::exit(1);
+    }
     if let Some(index) = std::env::var(ENV_GPU).ok().and_then(|i| i.parse::<usize>().ok()) {
         match open_gpu(index) {
             Ok(gpu) => options.pin_gpu(gpu),
