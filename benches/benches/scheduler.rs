@@ -179,6 +179,7 @@ fn report_memory() {
                     nthreads: 2,
                     memory_limit: 0,
                     resources: Vec::new(),
+                    dashboard: None,
                 },
             },
             &mut sink,

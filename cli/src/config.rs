@@ -169,6 +169,20 @@ const KEYS: &[Key] = &[
         "address given to peers instead of the one found",
     ),
     key(
+        "worker.dashboard",
+        "WEFT_WORKER_DASHBOARD",
+        Kind::Switch,
+        "true",
+        "serve the worker's own status page and /metrics",
+    ),
+    key(
+        "worker.dashboard-address",
+        "WEFT_WORKER_DASHBOARD_ADDRESS",
+        Kind::Text,
+        "",
+        "HOST:PORT of the worker's page (empty: a free port on the host it listens on)",
+    ),
+    key(
         "worker.heartbeat",
         "WEFT_WORKER_HEARTBEAT",
         Kind::Duration,

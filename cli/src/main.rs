@@ -91,6 +91,14 @@ enum Command {
         /// start or after losing it), such as 60s or 5m [default: 60s].
         #[arg(long, value_parser = config::parse_duration)]
         timeout: Option<Duration>,
+        /// Address of the worker's own status page and /metrics: HOST:PORT,
+        /// or :PORT for every interface [default: a free port on the host
+        /// it listens on]; the scheduler's dashboard links it.
+        #[arg(long)]
+        dashboard_address: Option<String>,
+        /// Serve no status page.
+        #[arg(long, conflicts_with = "dashboard_address")]
+        no_dashboard: bool,
     },
     /// Start a scheduler and workers on this machine; runs until Ctrl-C.
     Local {
@@ -259,9 +267,17 @@ fn record_flags(command: &Command, settings: &mut Settings) -> Result<()> {
             listen,
             contact_address,
             timeout,
+            dashboard_address,
+            no_dashboard,
             ..
         } => {
             security.record(settings)?;
+            settings.flag("worker.dashboard", "--no-dashboard", no_dashboard.then_some(false))?;
+            settings.flag(
+                "worker.dashboard-address",
+                "--dashboard-address",
+                dashboard_address.as_ref(),
+            )?;
             settings.flag("worker.nthreads", "--nthreads", nthreads.as_ref())?;
             settings.flag("worker.memory-limit", "--memory-limit", memory_limit.as_ref())?;
             settings.flag(
@@ -383,6 +399,9 @@ fn run(command: Command, settings: Settings) -> Result<()> {
             }
             options.resources.extend(resources.map(|r| r.0).unwrap_or_default());
             options.heartbeat = settings.duration("worker.heartbeat");
+            options.dashboard = settings
+                .switch("worker.dashboard")
+                .then(|| weft_dashboard::worker_dashboard(settings.get("worker.dashboard-address")));
             options.reconnect_timeout = settings.duration("worker.reconnect-timeout");
             Ok(run_worker_process(options)?)
         }

@@ -1,5 +1,7 @@
 //! `weft scheduler` with its dashboard: served where asked, a taken
-//! address asked for is a clear error, `--no-dashboard` serves nothing.
+//! address asked for is a clear error, `--no-dashboard` serves nothing;
+//! `weft worker` serves its own page where asked, linked from the
+//! scheduler's, or none with `--no-dashboard`.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,4 +101,86 @@ fn no_dashboard_serves_nothing() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().all(|l| !l.starts_with("dashboard at")), "{rest:?}");
     let _ = child.wait();
+}
+
+/// GETs `path` from `address` (HOST:PORT); the body of a 200 answer.
+fn get(address: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// Kills the process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_worker_serves_its_page_where_asked_and_the_scheduler_links_it() {
+    let board = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = weft(&[
+        "scheduler",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--dashboard-address",
+        &board,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    // Kept open: a scheduler whose stdout is closed dies on its next line.
+    let mut stdout = BufReader::new(scheduler.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    let _scheduler = Killed(scheduler);
+    let address = first.strip_prefix("scheduler at ").expect("its address").to_string();
+    let page = format!("127.0.0.1:{}", free_port());
+    let worker = |name: &str, flags: &[&str]| {
+        let mut args = vec![
+            "worker",
+            &address,
+            "--nthreads",
+            "1",
+            "--name",
+            name,
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ];
+        args.extend_from_slice(flags);
+        Killed(weft(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    };
+    let _w0 = worker("w0", &["--dashboard-address", &page]);
+    let _w1 = worker("w1", &["--no-dashboard"]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let workers = loop {
+        let state = get(&board, "/api/state").unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        if let Some(workers) = state["workers"].as_array().filter(|w| w.len() == 2) {
+            break workers.clone();
+        }
+        assert!(Instant::now() < deadline, "two workers within 30 s: {state}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let linked = |name: &str| workers.iter().find(|w| w["name"] == name).unwrap()["dashboard"].clone();
+    assert_eq!(linked("w0"), format!("http://{page}"));
+    assert!(linked("w1").is_null(), "{workers:?}");
+    let metrics = get(&page, "/metrics").expect("the worker's /metrics");
+    assert!(metrics.contains("weft_worker_info{worker=\"w0\""), "{metrics}");
+    assert!(
+        metrics.contains("weft_worker_cpu_seconds_total{worker=\"w0\"}"),
+        "{metrics}"
+    );
+    let own = get(&page, "/").expect("the worker's page");
+    assert!(own.contains("<title>Weft worker</title>"));
 }

@@ -234,19 +234,22 @@ function workerRows() {
   return state.workers.map(w => ({
     name: w.name, address: w.address, gpu: w.resources.filter(r => r.startsWith("gpu")).join(",") || "–",
     nthreads: w.nthreads, processing: w.processing, held: w.held, device: w.memory.device, host: w.memory.host,
-    disk: w.memory.disk, memory_limit: w.memory_limit, bytes_in: w.bytes_in, bytes_out: w.bytes_out,
-    last_seen_s: w.last_seen_s, status: w.paused ? "paused" : "running",
+    disk: w.memory.disk, memory_limit: w.memory_limit, cpu: w.cpu_percent, bytes_in: w.bytes_in, bytes_out: w.bytes_out,
+    last_seen_s: w.last_seen_s, status: w.paused ? "paused" : "running", dashboard: w.dashboard,
   }));
 }
 function renderWorkers() {
   const rows = workerRows().sort((a, b) => (a[sortKey] < b[sortKey] ? -1 : a[sortKey] > b[sortKey] ? 1 : 0) * sortDir);
   const bytes = new Set(["device", "host", "disk", "memory_limit", "bytes_in", "bytes_out"]);
   document.querySelector("#workers-table tbody").innerHTML = rows.map(r => "<tr>" +
-    ["name", "address", "gpu", "nthreads", "processing", "held", "device", "host", "disk", "memory_limit", "bytes_in", "bytes_out", "last_seen_s", "status"]
+    ["name", "address", "gpu", "nthreads", "processing", "held", "device", "host", "disk", "memory_limit", "cpu", "bytes_in", "bytes_out", "last_seen_s", "status"]
       .map(k => {
         const v = r[k];
-        const text = bytes.has(k) ? fmtBytes(v) : k === "last_seen_s" ? (v == null ? "–" : v.toFixed(1) + " s ago") : v;
-        return `<td class="${typeof v === "number" ? "n" : ""}" data-key="${k}">${esc(text)}</td>`;
+        const text = bytes.has(k) ? fmtBytes(v) : k === "last_seen_s" ? (v == null ? "–" : v.toFixed(1) + " s ago")
+          : k === "cpu" ? (v == null ? "–" : v.toFixed(0) + " %") : v;
+        // A worker's name links its own page, when it serves one.
+        const cell = k === "name" && r.dashboard ? `<a class="worker-page" href="${esc(r.dashboard)}/">${esc(text)}</a>` : esc(text);
+        return `<td class="${typeof v === "number" ? "n" : ""}" data-key="${k}">${cell}</td>`;
       }).join("") + "</tr>").join("");
   document.querySelectorAll("#workers-table th").forEach(th => {
     th.classList.toggle("asc", th.dataset.key === sortKey && sortDir > 0);

@@ -18,14 +18,20 @@
 //! Connections are capped ([`DashboardOptions::max_connections`]); a
 //! malformed request is answered by hyper with a 4xx and costs the
 //! scheduler nothing.
+//!
+//! Each worker serves a page of its own ([`worker`]), which the
+//! scheduler's pages link; [`PerformanceReports::performance_report`]
+//! records a block of work from a client into a report file.
 
 #![warn(missing_docs)]
 
+mod client_report;
 pub mod metrics;
 pub mod report;
 pub mod state;
 mod stream;
 pub mod viewer;
+pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
@@ -46,7 +52,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use weft_runtime::observe::Observer;
 
+pub use client_report::{ClientReport, PerformanceReports, ReportError};
 pub use stream::History;
+pub use worker::{WorkerPage, worker_dashboard};
 
 /// The dashboard's default address (Dask's port).
 pub const DEFAULT_ADDRESS: &str = ":8787";
@@ -183,10 +191,7 @@ pub async fn serve(observer: Observer, options: DashboardOptions) -> Result<Dash
     let (history, history_task) = History::start(&observer);
     let app = App { observer, history };
     let router = router(app);
-    let listener = Capped {
-        listener,
-        permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
-    };
+    let listener = Capped::new(listener, options.max_connections);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, router).with_graceful_shutdown(async {
@@ -227,7 +232,7 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");
 
-fn with_type(body: &'static str, content_type: &'static str) -> Response {
+pub(crate) fn with_type(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
     response
         .headers_mut()
@@ -243,15 +248,15 @@ async fn script() -> Response {
     with_type(APP_JS, "text/javascript; charset=utf-8")
 }
 
-async fn style() -> Response {
+pub(crate) async fn style() -> Response {
     with_type(STYLE_CSS, "text/css; charset=utf-8")
 }
 
-async fn health() -> &'static str {
+pub(crate) async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn not_found() -> (StatusCode, &'static str) {
+pub(crate) async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "not found\n")
 }
 
@@ -279,10 +284,10 @@ async fn report_page(State(app): State<App>, uri: axum::http::Uri) -> Response {
         .recent()
         .iter()
         .flat_map(|b| b.iter())
-        .filter(|e| stream::time_of(e) >= since)
+        .filter(|e| e.at_ms() >= since)
         .cloned()
         .collect();
-    let html = report::Report::new(events, vec![observation]).to_html();
+    let html = report::Report::new(events, vec![observation.report_sample()]).to_html();
     let mut response = html.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -310,9 +315,19 @@ async fn events(State(app): State<App>) -> impl IntoResponse {
 }
 
 /// A listener that serves at most a fixed number of connections at once.
-struct Capped {
+pub(crate) struct Capped {
     listener: TcpListener,
     permits: Arc<Semaphore>,
+}
+
+impl Capped {
+    /// `listener`, serving at most `max` connections at once.
+    pub(crate) fn new(listener: TcpListener, max: usize) -> Capped {
+        Capped {
+            listener,
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
 }
 
 impl axum::serve::Listener for Capped {
@@ -352,7 +367,7 @@ impl axum::serve::Listener for Capped {
 }
 
 /// A connection holding its slot until it closes.
-struct CappedStream {
+pub(crate) struct CappedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
 }

@@ -125,13 +125,30 @@ fn num(v: f64) -> String {
     }
 }
 
-struct Out {
+/// A Prometheus text being written, over a list of families.
+pub(crate) struct Out {
     text: String,
+    families: &'static [(&'static str, &'static str, &'static str)],
 }
 
 impl Out {
-    fn family(&mut self, name: &str) {
-        let (_, kind, help) = FAMILIES
+    /// An empty text whose families are described in `families`.
+    pub(crate) fn new(families: &'static [(&'static str, &'static str, &'static str)]) -> Out {
+        Out {
+            text: String::new(),
+            families,
+        }
+    }
+
+    /// The text.
+    pub(crate) fn finish(self) -> String {
+        self.text
+    }
+
+    /// Starts family `name`: its `# HELP` and `# TYPE`.
+    pub(crate) fn family(&mut self, name: &str) {
+        let (_, kind, help) = self
+            .families
             .iter()
             .find(|(n, _, _)| *n == name)
             .copied()
@@ -140,7 +157,8 @@ impl Out {
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    /// One sample.
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');
@@ -155,7 +173,8 @@ impl Out {
         let _ = writeln!(self.text, " {}", num(value));
     }
 
-    fn one(&mut self, name: &str, value: f64) {
+    /// A family of one unlabelled sample.
+    pub(crate) fn one(&mut self, name: &str, value: f64) {
         self.family(name);
         self.sample(name, &[], value);
     }
@@ -165,7 +184,7 @@ impl Out {
 pub fn encode(o: &Observation) -> String {
     let s = &o.snapshot;
     let t = &o.totals;
-    let mut out = Out { text: String::new() };
+    let mut out = Out::new(FAMILIES);
 
     out.family("weft_tasks");
     for (state, n) in s.tasks.pairs() {
@@ -291,7 +310,7 @@ pub fn encode(o: &Observation) -> String {
     out.one("weft_scheduler_event_loop_lag_seconds", o.loop_lag_s);
     out.one("weft_scheduler_event_loop_lag_max_seconds", o.loop_lag_max_s);
     out.one("weft_dashboard_events_dropped_total", t.events_dropped as f64);
-    out.text
+    out.finish()
 }
 
 #[cfg(test)]

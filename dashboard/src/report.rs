@@ -9,7 +9,9 @@
 //! report.finish().await.write("report.html")?;
 //! ```
 //!
-//! The dashboard serves the same for its recent history at `/report`.
+//! The dashboard serves the same for its recent history at `/report`, and
+//! a client records one over its own connection with
+//! [`crate::PerformanceReports::performance_report`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,7 +22,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_runtime::observe::{ObsEvent, Observation, Observer};
+use weft_runtime::observe::{ObsEvent, Observation, Observer, ReportSample};
 
 /// Task bars drawn at most (thinned evenly beyond).
 const MAX_BARS: usize = 20_000;
@@ -86,7 +88,7 @@ impl PerformanceReport {
         let mut recorded = (&mut self.task).await.unwrap_or_default();
         recorded.samples.push(last);
         let events: Vec<ObsEvent> = recorded.batches.iter().flat_map(|b| b.iter().cloned()).collect();
-        Report::new(events, recorded.samples)
+        Report::new(events, recorded.samples.iter().map(|o| o.report_sample()).collect())
     }
 }
 
@@ -112,7 +114,7 @@ pub struct OpFigures {
 /// A finished report.
 pub struct Report {
     events: Vec<ObsEvent>,
-    samples: Vec<Arc<Observation>>,
+    samples: Vec<ReportSample>,
     /// Figures per op, by name.
     pub ops: BTreeMap<String, OpFigures>,
     /// Bytes moved between workers: (from, to) names to bytes and count.
@@ -123,14 +125,25 @@ pub struct Report {
     pub failures: Vec<(String, String, String, String)>,
     /// First and last event, milliseconds since the epoch.
     pub span_ms: (f64, f64),
+    /// Events of the block left out (a recording's bound, or the
+    /// scheduler's buffer), and batches of them lost on the way.
+    pub dropped: (u64, u64),
 }
 
 impl Report {
-    /// A report of `events`, with `samples` for memory over time.
-    pub fn new(events: Vec<ObsEvent>, samples: Vec<Arc<Observation>>) -> Report {
+    /// A report of what a client recorded
+    /// ([`weft_runtime::Client::record`]), with what it could not keep.
+    pub fn recorded(recorded: weft_runtime::recording::Recorded) -> Report {
+        let mut report = Report::new(recorded.events, recorded.samples);
+        report.dropped = (recorded.dropped_events, recorded.lost_batches);
+        report
+    }
+
+    /// A report of `events`, with `samples` for names and memory over time.
+    pub fn new(events: Vec<ObsEvent>, samples: Vec<ReportSample>) -> Report {
         let names: BTreeMap<u32, String> = samples
             .iter()
-            .flat_map(|o| o.snapshot.workers.iter())
+            .flat_map(|o| o.workers.iter())
             .map(|w| (w.id.as_num(), w.name.to_string()))
             .collect();
         let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("worker {id}"));
@@ -144,6 +157,7 @@ impl Report {
             spilled: (0, 0),
             failures: Vec::new(),
             span_ms: (f64::INFINITY, f64::NEG_INFINITY),
+            dropped: (0, 0),
         };
         for e in &events {
             let (start, end) = match e {
@@ -240,6 +254,14 @@ impl Report {
             bytes(self.spilled.0),
             bytes(self.spilled.1),
         );
+        if self.dropped != (0, 0) {
+            let _ = write!(
+                html,
+                "<p id=\"dropped\"><strong>{} events dropped</strong> (past the recording's bound or the \
+                 scheduler's buffer) and {} batches of events lost: the figures below miss them.</p>",
+                self.dropped.0, self.dropped.1
+            );
+        }
         html.push_str("<h2>Task stream</h2><canvas id=\"stream\" width=\"1200\" height=\"200\"></canvas>");
         html.push_str("<h2>Per op</h2><table id=\"ops\"><tr><th>op</th><th>finished</th><th>failed</th><th>compute</th><th>mean</th><th>result bytes</th></tr>");
         for (op, f) in &self.ops {
@@ -307,7 +329,6 @@ impl Report {
             .iter()
             .map(|o| {
                 let workers: BTreeMap<String, u64> = o
-                    .snapshot
                     .workers
                     .iter()
                     .map(|w| (w.name.to_string(), w.memory.total()))
@@ -328,11 +349,11 @@ impl Report {
     }
 }
 
-/// Op names by index, as the last observation has them.
-fn op_names_of(samples: &[Arc<Observation>]) -> Vec<String> {
+/// Op names by index, as the last sample has them.
+fn op_names_of(samples: &[ReportSample]) -> Vec<String> {
     samples
         .last()
-        .map(|o| o.snapshot.ops.iter().map(|op| op.name.to_string()).collect())
+        .map(|o| o.ops.iter().map(|op| op.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -356,3 +377,23 @@ th,td{padding:3px 10px;border-bottom:1px solid #dde0e6;text-align:left}td.n{text
 canvas{border:1px solid #dde0e6;max-width:100%}h2{font-size:15px;margin-top:22px}code{background:#f3f3f5}";
 
 const SCRIPT: &str = include_str!("../assets/report.js");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_runtime::recording::Recorded;
+
+    #[test]
+    fn a_recording_that_lost_events_says_how_many() {
+        let recorded = Recorded {
+            dropped_events: 42,
+            lost_batches: 2,
+            ..Recorded::default()
+        };
+        let html = Report::recorded(recorded).to_html();
+        assert!(html.contains("<strong>42 events dropped</strong>"), "{html}");
+        assert!(html.contains("2 batches of events lost"));
+        let whole = Report::recorded(Recorded::default()).to_html();
+        assert!(!whole.contains("id=\"dropped\""));
+    }
+}

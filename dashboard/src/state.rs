@@ -5,7 +5,8 @@
 //!   "tasks": {released, waiting, queued, processing, memory, erred, total},
 //!   "workers": [{id, name, address, nthreads, memory_limit, resources,
 //!                processing, held, memory: {device, host, disk}, paused,
-//!                last_seen_s, bytes_in, bytes_out}],
+//!                last_seen_s, bytes_in, bytes_out, cpu_percent, rss_bytes,
+//!                dashboard}],   // dashboard: the worker's own page, or null
 //!   "thresholds": {target, spill, pause, terminate},   // fractions of memory_limit
 //!   "groups": [{name, op, states: {...}, nbytes}], "group_edges": [[from, to]],
 //!   "ops": [{name, finished, failed, avg_duration_s, duration_sum_s}],
@@ -26,6 +27,7 @@ pub fn to_json(o: &Observation) -> Value {
         .iter()
         .map(|w| {
             let last_seen = o.last_seen_s.iter().find(|(id, _)| *id == w.id).map(|(_, s)| *s);
+            let vitals = o.vitals.iter().find(|(id, _)| *id == w.id).map(|(_, v)| *v);
             let io = o
                 .totals
                 .workers
@@ -47,6 +49,9 @@ pub fn to_json(o: &Observation) -> Value {
                 "last_seen_s": last_seen,
                 "bytes_in": io.bytes_in,
                 "bytes_out": io.bytes_out,
+                "cpu_percent": vitals.map(|v| v.cpu_percent),
+                "rss_bytes": vitals.map(|v| v.rss_bytes),
+                "dashboard": w.dashboard,
             })
         })
         .collect();

@@ -21,14 +21,6 @@ const HISTORY_MAX: usize = 50_000;
 const MAX_TASKS_PER_MESSAGE: usize = 2_000;
 const MAX_OTHER_PER_MESSAGE: usize = 2_000;
 
-/// When an event happened (its end, for a task).
-pub(crate) fn time_of(event: &ObsEvent) -> f64 {
-    match event {
-        ObsEvent::Task { end_ms, .. } => *end_ms,
-        ObsEvent::Failed { at_ms, .. } | ObsEvent::Transfer { at_ms, .. } | ObsEvent::Moved { at_ms, .. } => *at_ms,
-    }
-}
-
 /// Batches of events as the scheduler published them.
 type Batch = Arc<Vec<ObsEvent>>;
 
@@ -56,11 +48,11 @@ impl History {
                 let Ok(mut batches) = batches.lock() else {
                     return;
                 };
-                let newest = batch.last().map_or(0.0, time_of);
+                let newest = batch.last().map_or(0.0, ObsEvent::at_ms);
                 kept += batch.len();
                 batches.push_back(batch);
                 while let Some(oldest) = batches.front() {
-                    let old = oldest.last().is_none_or(|e| time_of(e) < newest - HISTORY_MS);
+                    let old = oldest.last().is_none_or(|e| e.at_ms() < newest - HISTORY_MS);
                     if !(old || kept > HISTORY_MAX) || batches.len() == 1 {
                         break;
                     }

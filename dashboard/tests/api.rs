@@ -2,13 +2,15 @@
 //! parses and its values match the run, `/api/state` matches the
 //! scheduler's books, `/health` answers under load, the event stream
 //! updates at least twice a second, and malformed requests change nothing.
+//! Each worker's own page and `/metrics`, linked from the scheduler's
+//! state, agree with the scheduler about the run.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{BOOM, MAP_TASKS, TRANSFER_BYTES, cluster, get, raw, workload};
+use common::{BOOM, MAP_TASKS, TRANSFER_BYTES, cluster, get, raw, worker_pages, workload};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -238,6 +240,181 @@ async fn metrics_parse_and_match_the_run() {
             .body
             .contains("<td>local-0</td><td>local-1</td><td class=\"n\">8.0 MiB</td>")
     );
+    drop(outcome);
+    drop(client);
+    dashboard.stop().await;
+    cluster.stop().await;
+}
+
+/// A worker's `/metrics`, parsed strictly.
+async fn worker_metrics(addr: std::net::SocketAddr) -> Vec<Sample> {
+    let response = get(addr, "/metrics").await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4"))
+    );
+    let samples = parse_strict(&response.body);
+    let lines = response.body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("prometheus-parse reads it");
+    assert_eq!(scrape.samples.len(), samples.len());
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_metrics_parse_and_match_the_run() {
+    let (cluster, dashboard) = cluster(Duration::from_millis(100)).await;
+    let client = cluster.client().await.expect("client");
+    let outcome = workload(&client).await;
+    let scheduler = parse_strict(&get(dashboard.local_addr(), "/metrics").await.body);
+    let pages = worker_pages(dashboard.local_addr()).await;
+    assert_eq!(pages.len(), 2);
+    let by_name: HashMap<String, Vec<Sample>> = {
+        let mut by_name = HashMap::new();
+        for (name, addr) in &pages {
+            by_name.insert(name.clone(), worker_metrics(*addr).await);
+        }
+        by_name
+    };
+    let sum = |name: &str, labels: &[(&str, &str)]| -> f64 { by_name.values().map(|s| value(s, name, labels)).sum() };
+
+    // Every op run is counted once, on the worker that ran it, as the
+    // scheduler counted it: the map, the big input, its sum; one failure.
+    let finished_by_scheduler: f64 = scheduler
+        .iter()
+        .filter(|(n, _, _)| n == "weft_tasks_finished_total")
+        .map(|s| s.2)
+        .sum();
+    assert_eq!(finished_by_scheduler, MAP_TASKS as f64 + 2.0);
+    let finished = sum("weft_worker_tasks_executed_total", &[("outcome", "finished")]);
+    assert_eq!(finished, finished_by_scheduler);
+    assert_eq!(sum("weft_worker_tasks_executed_total", &[("outcome", "failed")]), 1.0);
+    assert_eq!(sum("weft_worker_task_states", &[("state", "running")]), 0.0);
+    assert_eq!(sum("weft_worker_task_states", &[("state", "waiting")]), 0.0);
+
+    // The one transfer: local-1 fetched what the scheduler saw it fetch,
+    // from local-0, which served at least that (clients gather from both).
+    let moved = value(
+        &scheduler,
+        "weft_worker_transfer_bytes_total",
+        &[("worker", "local-1"), ("direction", "in")],
+    );
+    assert!(moved >= TRANSFER_BYTES as f64, "{moved}");
+    let local0 = &by_name["local-0"];
+    let local1 = &by_name["local-1"];
+    assert_eq!(
+        value(local1, "weft_worker_received_bytes_total", &[("worker", "local-1")]),
+        moved
+    );
+    assert_eq!(
+        value(local1, "weft_worker_received_results_total", &[("worker", "local-1")]),
+        1.0
+    );
+    assert_eq!(
+        value(local0, "weft_worker_received_bytes_total", &[("worker", "local-0")]),
+        0.0
+    );
+    let sent = value(local0, "weft_worker_sent_bytes_total", &[("worker", "local-0")]);
+    assert!(sent >= moved, "local-0 sent {sent}, local-1 fetched {moved}");
+
+    // Results held, as the scheduler's books have them (the released big
+    // input leaves local-0's store when its free arrives).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (name, addr) in &pages {
+        loop {
+            let samples = worker_metrics(*addr).await;
+            let held = value(
+                &samples,
+                "weft_worker_task_states",
+                &[("worker", name), ("state", "memory")],
+            );
+            let stored = value(
+                &samples,
+                "weft_worker_stored_bytes",
+                &[("worker", name), ("tier", "host")],
+            );
+            let books = parse_strict(&get(dashboard.local_addr(), "/metrics").await.body);
+            let booked = value(
+                &books,
+                "weft_worker_memory_bytes",
+                &[("worker", name), ("tier", "host")],
+            );
+            let booked_held = value(&books, "weft_worker_tasks", &[("worker", name), ("state", "memory")]);
+            if held == booked_held && stored == booked {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: holds {held} results of {stored} B; the scheduler says {booked_held} of {booked} B"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let samples = worker_metrics(*addr).await;
+        assert_eq!(value(&samples, "weft_worker_compute_threads", &[("worker", name)]), 1.0);
+        assert_eq!(
+            value(
+                &samples,
+                "weft_worker_stored_limit_bytes",
+                &[("worker", name), ("tier", "host")]
+            ),
+            (1u64 << 30) as f64
+        );
+        assert!(value(&samples, "weft_worker_cpu_seconds_total", &[("worker", name)]) > 0.0);
+        assert!(value(&samples, "weft_worker_resident_memory_bytes", &[("worker", name)]) > 0.0);
+        assert_eq!(value(&samples, "weft_worker_paused", &[("worker", name)]), 0.0);
+        let info = samples
+            .iter()
+            .find(|(n, _, _)| n == "weft_worker_info")
+            .expect("weft_worker_info");
+        assert!(info.1["address"].starts_with("tcp://127.0.0.1:"), "{info:?}");
+        assert_eq!(info.1["worker"], *name);
+    }
+    drop(outcome);
+    drop(client);
+    dashboard.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_state_links_each_worker_page() {
+    let (cluster, dashboard) = cluster(Duration::from_millis(100)).await;
+    let client = cluster.client().await.expect("client");
+    let outcome = workload(&client).await;
+    let pages = worker_pages(dashboard.local_addr()).await;
+    let names: HashSet<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, HashSet::from(["local-0", "local-1"]));
+    let mut finished = 0;
+    for (name, addr) in &pages {
+        let page = get(*addr, "/").await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("<title>Weft worker</title>"), "{}", page.body);
+        assert_eq!(get(*addr, "/static/style.css").await.status, 200);
+        assert_eq!(get(*addr, "/health").await.body, "ok\n");
+        assert_eq!(get(*addr, "/nowhere").await.status, 404);
+        let state: Value = serde_json::from_str(&get(*addr, "/api/state").await.body).expect("JSON");
+        assert_eq!(state["worker"]["name"], name.as_str());
+        assert_eq!(state["worker"]["scheduler"], cluster.address());
+        assert_eq!(state["worker"]["nthreads"], 1);
+        let tasks = &state["figures"]["tasks"];
+        assert_eq!(tasks["running"], 0, "{state}");
+        finished += tasks["finished"].as_u64().expect("finished");
+    }
+    assert_eq!(finished, MAP_TASKS as u64 + 2);
+
+    // Each heartbeat (every second) carries the worker's CPU use and
+    // resident memory to the scheduler's state.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state: Value = serde_json::from_str(&get(dashboard.local_addr(), "/api/state").await.body).expect("JSON");
+        let workers = state["workers"].as_array().expect("workers");
+        if workers.iter().all(|w| w["cpu_percent"].is_number()) {
+            assert!(workers.iter().all(|w| w["rss_bytes"].as_u64().is_some_and(|b| b > 0)));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no CPU figures: {workers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(outcome);
     drop(client);
     dashboard.stop().await;

@@ -2,7 +2,8 @@
 //! protocol (a small client over a WebSocket). A local cluster runs a graph
 //! with a failing task and a large transfer; each page is loaded, the test
 //! waits for the live data and checks the DOM against the scheduler, and
-//! saves a screenshot per page under `target/dashboard-screenshots/`.
+//! saves a screenshot per page under `target/dashboard-screenshots/`; then
+//! a worker's own page, reached by the link on the workers page.
 //!
 //! Skips, saying why, when no Chromium is installed (`ci/setup.sh`
 //! installs Debian's `chromium`); `WEFT_CHROMIUM` names another binary.
@@ -349,6 +350,58 @@ async fn every_page_shows_the_cluster_in_chromium() {
             .is_some_and(|t| t.contains("load") && t.contains("big") && t.contains("total"))
     );
     shots.push(browser.screenshot("graph").await);
+
+    // A worker's own page, by the link on the scheduler's workers page.
+    browser.open(&format!("{base}/workers")).await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#workers-table a.worker-page').length === 2",
+            "both workers link their pages",
+            "document.querySelector('#workers-table tbody').innerHTML",
+        )
+        .await;
+    let cpu = browser
+        .eval("[...document.querySelectorAll('#workers-table td[data-key=cpu]')].map(td => td.textContent)")
+        .await;
+    assert_eq!(cpu.as_array().map(Vec::len), Some(2), "{cpu}");
+    let link = browser
+        .eval("[...document.querySelectorAll('#workers-table a.worker-page')].find(a => a.textContent === 'local-1').href")
+        .await;
+    let link = link.as_str().expect("a link").to_string();
+    let page = link
+        .trim_end_matches('/')
+        .trim_start_matches("http://")
+        .parse()
+        .expect("HOST:PORT");
+    let own: Value = serde_json::from_str(&get(page, "/api/state").await.body).expect("JSON");
+    let finished = own["figures"]["tasks"]["finished"].as_u64().expect("finished");
+    assert!(finished >= 1, "local-1 ran the sum at least: {own}");
+    browser.open(&link).await;
+    browser
+        .wait_for(
+            "document.getElementById('worker-name').textContent === 'local-1'",
+            "the worker's name",
+            "document.getElementById('worker-name').textContent",
+        )
+        .await;
+    browser
+        .wait_for(
+            &format!("document.querySelector('#tasks tr[data-key=finished] td.n')?.textContent === '{finished}'"),
+            "its finished tasks",
+            "document.getElementById('tasks').innerText",
+        )
+        .await;
+    let tiers = browser
+        .eval("[...document.querySelectorAll('#memory tbody tr')].map(tr => tr.dataset.key)")
+        .await;
+    assert_eq!(tiers, json!(["device", "host", "disk"]));
+    let received = browser
+        .eval("document.querySelector('#process tr[data-key=bytes_in] td.n').textContent")
+        .await;
+    assert_eq!(received, json!("8.0 MiB"), "local-1 fetched the large input");
+    let live = browser.eval("document.getElementById('live').className").await;
+    assert_eq!(live, json!("live on"));
+    shots.push(browser.screenshot("worker").await);
 
     // The performance report, opened from its file.
     browser.open(&format!("file://{}", report_path.display())).await;

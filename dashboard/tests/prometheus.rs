@@ -1,5 +1,6 @@
-//! A real Prometheus scrapes the scheduler's `/metrics` during a run; its
-//! query API then returns the `weft_` series with the run's values.
+//! A real Prometheus scrapes the scheduler's `/metrics` and one worker's
+//! during a run; its query API then returns the `weft_` series of both
+//! with the run's values.
 //! Skips, saying why, without a `prometheus` binary (`ci/setup.sh`
 //! installs Debian's; `WEFT_PROMETHEUS` names another).
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{MAP_TASKS, TRANSFER_BYTES, cluster, get, workload};
+use common::{MAP_TASKS, TRANSFER_BYTES, cluster, get, worker_pages, workload};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -42,12 +43,19 @@ async fn prometheus_scrapes_the_run() {
         return;
     };
     let (cluster, dashboard) = cluster(Duration::from_millis(100)).await;
+    // local-1: the worker that fetches the large input.
+    let worker = worker_pages(dashboard.local_addr())
+        .await
+        .into_iter()
+        .find(|(name, _)| name == "local-1")
+        .map(|(_, addr)| addr)
+        .expect("local-1 serves its page");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: weft-scheduler\n    static_configs:\n      - targets: ['{}']\n",
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: weft-scheduler\n    static_configs:\n      - targets: ['{}']\n  - job_name: weft-worker\n    static_configs:\n      - targets: ['{worker}']\n",
             dashboard.local_addr()
         ),
     )
@@ -118,6 +126,34 @@ async fn prometheus_scrapes_the_run() {
     // The scrape target is healthy.
     let up = value_of(prom, r#"up{job="weft-scheduler"}"#, |v| v > 0.0).await;
     assert_eq!(up, 1.0);
+
+    // The worker's own series: what it fetched is what the scheduler saw
+    // it fetch; its ops, counted by both, agree.
+    let up = value_of(prom, r#"up{job="weft-worker"}"#, |v| v > 0.0).await;
+    assert_eq!(up, 1.0);
+    let received = value_of(
+        prom,
+        r#"weft_worker_received_bytes_total{job="weft-worker",worker="local-1"}"#,
+        |v| v > 0.0,
+    )
+    .await;
+    let booked = value_of(
+        prom,
+        r#"weft_worker_transfer_bytes_total{job="weft-scheduler",worker="local-1",direction="in"}"#,
+        |v| v > 0.0,
+    )
+    .await;
+    assert_eq!(received, booked);
+    assert!(received >= TRANSFER_BYTES as f64, "{received}");
+    let ran = value_of(
+        prom,
+        r#"weft_worker_tasks_executed_total{job="weft-worker",outcome="finished"}"#,
+        |v| v > 0.0,
+    )
+    .await;
+    assert!(ran >= 1.0 && ran <= MAP_TASKS as f64 + 2.0, "{ran}");
+    let cpu = value_of(prom, r#"weft_worker_cpu_seconds_total{job="weft-worker"}"#, |v| v > 0.0).await;
+    assert!(cpu > 0.0);
     assert_eq!(get(dashboard.local_addr(), "/health").await.status, 200);
 
     let _ = server.kill().await;

@@ -121,6 +121,8 @@ struct State {
     generated: u64,
     /// Futures that left `Pending`, ever: progress bars count with it.
     resolved: u64,
+    /// Where the task stream goes while the client records it.
+    observed: Option<mpsc::UnboundedSender<ToClient>>,
 }
 
 struct Entry {
@@ -257,6 +259,36 @@ impl Client {
             ToClient::WhoHas { who_has, .. } => Ok(who_has),
             other => Err(self.inner.unexpected(&other)),
         }
+    }
+
+    /// The scheduler's address.
+    pub(crate) fn scheduler_address(&self) -> &str {
+        &self.inner.scheduler
+    }
+
+    /// Asks the scheduler for its task stream: [`ToClient::Observed`] and
+    /// [`ToClient::ObserveRefused`] messages arrive on the receiver (see
+    /// `crate::recording`); a stream already being received is replaced.
+    pub(crate) fn observe(&self) -> Result<mpsc::UnboundedReceiver<ToClient>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.inner.lock();
+        if let Some(reason) = &state.lost {
+            return Err(self.inner.lost(reason));
+        }
+        state.observed = Some(tx);
+        self.inner
+            .outbound
+            .send(FromClient::Observe { on: true })
+            .map_err(|_| self.inner.lost("the connection writer stopped"))?;
+        Ok(rx)
+    }
+
+    /// Asks the scheduler to end the task stream (with one last batch).
+    pub(crate) fn stop_observing(&self) -> Result<()> {
+        self.inner
+            .outbound
+            .send(FromClient::Observe { on: false })
+            .map_err(|_| self.inner.lost("the connection writer stopped"))
     }
 
     /// Sends a query numbered by `make`'s argument and waits for its answer.
@@ -897,6 +929,13 @@ fn apply(state: &mut State, message: ToClient) {
         ToClient::Workers { request, .. } | ToClient::WhoHas { request, .. } => {
             if let Some(waiter) = state.queries.remove(&request) {
                 let _ = waiter.send(message);
+            }
+        }
+        ToClient::Observed { .. } | ToClient::ObserveRefused { .. } => {
+            if let Some(observed) = &state.observed
+                && observed.send(message).is_err()
+            {
+                state.observed = None;
             }
         }
     }

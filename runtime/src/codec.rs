@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use weft_transport::{Buffer, Message};
 
 use crate::ids::{Key, TaskId};
-use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, WorkerInfo};
+use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, Vitals, WorkerInfo};
 use crate::value::Value;
 use weft_transport::shm::{HostId, ShmRef};
 
@@ -58,8 +58,8 @@ impl Hello {
 pub enum WorkerUp {
     /// Protocol messages, in order.
     Batch(Vec<FromWorker>),
-    /// Still alive; sent when nothing else was.
-    Heartbeat,
+    /// Still alive, and how busy; sent every heartbeat interval.
+    Heartbeat(Vitals),
 }
 
 /// Scheduler to worker: protocol messages in order.
@@ -274,6 +274,56 @@ mod tests {
 
     fn no_import(_: &ShmRef) -> Result<Bytes, String> {
         Err("no shared frames expected".into())
+    }
+
+    #[test]
+    fn heartbeats_observe_requests_and_task_stream_batches_round_trip() {
+        use crate::observe::{ObsEvent, ObservedBatch};
+        use crate::protocol::Vitals;
+
+        let up = WorkerUp::Heartbeat(Vitals {
+            cpu_percent: 187.5,
+            rss_bytes: 3 << 30,
+        });
+        assert_eq!(decode::<WorkerUp>(&encode(&up).unwrap()).unwrap(), up);
+        let ask: ClientUp = vec![FromClient::Observe { on: true }, FromClient::Observe { on: false }];
+        assert_eq!(decode::<ClientUp>(&encode(&ask).unwrap()).unwrap(), ask);
+        // The batch itself is JSON inside the message: its events are
+        // tagged by kind, which postcard could not read back.
+        let batch = ObservedBatch {
+            events: vec![ObsEvent::Failed {
+                worker: crate::ids::WorkerId::new(3),
+                key: "boom-1".into(),
+                op: "fail".into(),
+                at_ms: 1.5,
+                message: "boom".into(),
+            }],
+            events_dropped: 7,
+            ..ObservedBatch::default()
+        };
+        let down: ClientDown = vec![
+            ToClient::Observed {
+                json: serde_json::to_string(&batch).unwrap(),
+                last: true,
+            },
+            ToClient::ObserveRefused { reason: "none".into() },
+        ];
+        let decoded = decode::<ClientDown>(&encode(&down).unwrap()).unwrap();
+        assert_eq!(decoded, down);
+        let ToClient::Observed { json, .. } = &decoded[0] else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!(serde_json::from_str::<ObservedBatch>(json).unwrap(), batch);
+        let info = WorkerInfo {
+            name: "w".into(),
+            address: "tcp://10.0.0.1:4000".into(),
+            nthreads: 2,
+            memory_limit: 0,
+            resources: Vec::new(),
+            dashboard: Some("http://10.0.0.1:41234".into()),
+        };
+        let hello = Hello::worker(info);
+        assert_eq!(decode::<Hello>(&encode(&hello).unwrap()).unwrap(), hello);
     }
 
     #[test]

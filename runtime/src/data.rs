@@ -25,6 +25,7 @@ use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
 use crate::store::Store;
 use crate::value::Value;
+use crate::worker::probe::TransferCounters;
 use weft_transport::shm::{self, HostId};
 
 /// Serves results from `store` to every peer that connects to `listener`,
@@ -32,14 +33,19 @@ use weft_transport::shm::{self, HostId};
 /// `host` (this one's, or `None` where shared memory is off) get host
 /// frames in shared memory. Connections are served by tasks this future
 /// owns: dropping it (a worker that stops, or is aborted as if killed)
-/// ends them too.
-pub async fn serve(mut listener: Listener, store: Arc<Store>, host: Option<HostId>) {
+/// ends them too. What it serves is counted in `served`.
+pub(crate) async fn serve(
+    mut listener: Listener,
+    store: Arc<Store>,
+    host: Option<HostId>,
+    served: Arc<TransferCounters>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(connection) => {
-                    connections.spawn(serve_connection(connection, store.clone(), host.clone()));
+                    connections.spawn(serve_connection(connection, store.clone(), host.clone(), served.clone()));
                 }
                 Err(TransportError::ListenerClosed { .. }) => return,
                 Err(error) => debug!(%error, "data connection refused"),
@@ -50,7 +56,12 @@ pub async fn serve(mut listener: Listener, store: Arc<Store>, host: Option<HostI
     }
 }
 
-async fn serve_connection(mut connection: Connection, store: Arc<Store>, host: Option<HostId>) {
+async fn serve_connection(
+    mut connection: Connection,
+    store: Arc<Store>,
+    host: Option<HostId>,
+    served: Arc<TransferCounters>,
+) {
     loop {
         let message = match connection.recv().await {
             Ok(Some(message)) => message,
@@ -60,7 +71,7 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>, host: O
                 return;
             }
         };
-        let reply = match answer(message, &store, &host).await {
+        let reply = match answer(message, &store, &host, &served).await {
             Ok(reply) => reply,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "bad data request; closing");
@@ -76,12 +87,22 @@ async fn serve_connection(mut connection: Connection, store: Arc<Store>, host: O
 /// The reply to one request, or why the request is refused. Results on
 /// disk are read back first; an asker on this host gets frames in shared
 /// memory as descriptions to map.
-async fn answer(message: Message, store: &Arc<Store>, host: &Option<HostId>) -> std::result::Result<Message, String> {
+async fn answer(
+    message: Message,
+    store: &Arc<Store>,
+    host: &Option<HostId>,
+    served: &TransferCounters,
+) -> std::result::Result<Message, String> {
     let ask: DataAsk = codec::decode(&message)?;
     let same_host = ask.host.is_some() && ask.host == *host;
     let share = |frame: &Buffer| frame.as_host().filter(|_| same_host).and_then(shm::export);
     match ask.request {
-        DataRequest::Tasks(tasks) => codec::encode_reply(&store.load_all_adopting(tasks, ADOPT_PATIENCE).await, share),
+        DataRequest::Tasks(tasks) => {
+            let values = store.load_all_adopting(tasks, ADOPT_PATIENCE).await;
+            let found = values.iter().flatten();
+            served.served(found.clone().count(), found.map(|v| v.nbytes()).sum());
+            codec::encode_reply(&values, share)
+        }
         DataRequest::Put(items) => {
             let values = codec::split_put(items, message.frames)?;
             let items = values.len() as u32;
@@ -414,18 +435,20 @@ mod tests {
     #[tokio::test]
     async fn the_server_answers_puts_and_refuses_bad_ones() {
         let store = Store::unlimited();
+        let served = TransferCounters::default();
         let framed = Value {
             header: bytes::Bytes::from_static(b"h"),
             frames: vec![Buffer::host(vec![7u8; 16])],
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
-        let ack: DataAck = codec::decode(&answer(put.clone(), &store, &shm::host_id()).await.unwrap()).unwrap();
+        let ack: DataAck =
+            codec::decode(&answer(put.clone(), &store, &shm::host_id(), &served).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 1 });
         // Put aside: not served until adopted as a task's result.
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
             codec::decode_reply(
-                answer(keys.clone(), &store, &shm::host_id()).await.unwrap(),
+                answer(keys.clone(), &store, &shm::host_id(), &served).await.unwrap(),
                 shm::import
             )
             .unwrap(),
@@ -433,25 +456,29 @@ mod tests {
         );
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
-            codec::decode_reply(answer(keys, &store, &shm::host_id()).await.unwrap(), shm::import).unwrap(),
+            codec::decode_reply(
+                answer(keys, &store, &shm::host_id(), &served).await.unwrap(),
+                shm::import
+            )
+            .unwrap(),
             vec![Some(framed)]
         );
         // Frames that do not add up, unknown requests, garbage: refused.
         let mut short = put;
         short.frames.clear();
-        assert!(answer(short, &store, &shm::host_id()).await.is_err());
+        assert!(answer(short, &store, &shm::host_id(), &served).await.is_err());
         assert!(
-            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None)
+            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None, &served)
                 .await
                 .is_err()
         );
         assert!(
-            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None)
+            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None, &served)
                 .await
                 .is_err()
         );
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
-        let ack: DataAck = codec::decode(&answer(discard, &store, &shm::host_id()).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(&answer(discard, &store, &shm::host_id(), &served).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
     }
 }

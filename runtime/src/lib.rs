@@ -14,7 +14,8 @@
 //!   workers run and what tasks produce; [`blocking`]: the client for code
 //!   without an async runtime; `progress`: progress bars of long calls (feature
 //!   `progress-bar`); [`observe`]: snapshots
-//!   and events of a running scheduler for dashboards. Large host buffers live in shared memory
+//!   and events of a running scheduler for dashboards; [`recording`]: a client's
+//!   recording of them over a block of work. Large host buffers live in shared memory
 //!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
@@ -30,7 +31,7 @@ pub mod scheduler;
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 pub use protocol::{
-    FromClient, FromWorker, OpError, Peer, TaskError, Tier, ToClient, ToWorker, WorkerInfo, WorkerStatus,
+    FromClient, FromWorker, OpError, Peer, TaskError, Tier, ToClient, ToWorker, Vitals, WorkerInfo, WorkerStatus,
 };
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 
@@ -49,6 +50,7 @@ pub mod observe;
 pub mod ops;
 #[cfg(feature = "progress-bar")]
 pub(crate) mod progress;
+pub mod recording;
 pub mod server;
 pub mod store;
 pub mod value;
@@ -58,6 +60,7 @@ pub use client::{Client, ClientOptions, TaskFuture};
 pub use error::RuntimeError;
 pub use local::{LocalCluster, LocalOptions, WorkerMode, worker_main};
 pub use ops::Registry;
+pub use recording::{Recorded, Recording};
 pub use server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 pub use value::Value;
 pub use worker::{WorkerOptions, run_worker};

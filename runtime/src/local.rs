@@ -18,7 +18,7 @@ use crate::error::{Result, RuntimeError};
 use crate::ops::Registry;
 use crate::server::{SchedulerHandle, SchedulerOptions, start_scheduler};
 use crate::store::{MemoryConfig, MemorySnapshot, MemoryStats, machine_memory};
-use crate::worker::{WorkerOptions, run_worker};
+use crate::worker::{WorkerDashboard, WorkerOptions, run_worker};
 
 /// How long a worker process has to stop after Ctrl-C's signal before it
 /// is killed.
@@ -84,6 +84,8 @@ pub struct LocalOptions {
     /// Environment variables set for worker processes (such as
     /// `WEFT_SAME_HOST_SHM=0`), beside what they inherit.
     pub env: Vec<(String, String)>,
+    /// The status page of each in-process worker (processes serve none).
+    pub worker_dashboard: Option<WorkerDashboard>,
     /// The files the scheduler's TLS settings came from, for worker
     /// processes to load (in-process workers share the scheduler's
     /// transport settings, token included; processes get the token too).
@@ -118,6 +120,7 @@ impl LocalOptions {
             in_process_gpus: Vec::new(),
             worker_listen: "tcp://127.0.0.1:0".into(),
             env: Vec::new(),
+            worker_dashboard: None,
             tls_files: None,
         }
     }
@@ -237,6 +240,7 @@ impl LocalCluster {
                     ..options.memory.clone()
                 };
                 self.memory.push(worker.memory_stats.clone());
+                worker.dashboard = options.worker_dashboard.clone();
                 if let Some(gpu) = options.in_process_gpus.get(i) {
                     worker.pin_gpu(gpu.clone());
                 }

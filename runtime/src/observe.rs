@@ -13,17 +13,21 @@
 //!
 //! The other end is an [`Observer`]: cheap to clone, it never blocks the
 //! reactor. The runtime knows nothing of HTTP; `weft-dashboard` serves
-//! these.
+//! these. A client may also ask for the event stream over its own
+//! connection (`stream_to_client`, for performance reports): a task beside
+//! the reactor forwards it as [`ObservedBatch`]es with a
+//! [`ReportSample`] each.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::ids::{FxHashMap, Key, SharedStr, WorkerId};
-use crate::protocol::{FromWorker, Tier};
+use crate::protocol::{FromWorker, Tier, ToClient, Vitals};
 use crate::scheduler::{Scheduler, Snapshot, SnapshotCache, TaskState, TierBytes};
 
 /// Upper bounds of the task-duration histogram buckets, in seconds
@@ -61,7 +65,7 @@ impl Default for ObserveConfig {
 
 /// Something that happened on a worker, for task streams and reports.
 /// Times are milliseconds since the Unix epoch, as the scheduler saw them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ObsEvent {
     /// A task finished; it started its compute time earlier (as the
@@ -120,6 +124,17 @@ pub enum ObsEvent {
         /// When the scheduler heard of it.
         at_ms: f64,
     },
+}
+
+impl ObsEvent {
+    /// When it happened (its end, for a task), milliseconds since the
+    /// Unix epoch.
+    pub fn at_ms(&self) -> f64 {
+        match self {
+            ObsEvent::Task { end_ms, .. } => *end_ms,
+            ObsEvent::Failed { at_ms, .. } | ObsEvent::Transfer { at_ms, .. } | ObsEvent::Moved { at_ms, .. } => *at_ms,
+        }
+    }
 }
 
 /// Exact counters of one op since the scheduler started.
@@ -182,6 +197,9 @@ pub struct Observation {
     pub totals: Totals,
     /// Seconds since each live worker was last heard from, by id.
     pub last_seen_s: Vec<(WorkerId, f64)>,
+    /// What each live worker's last heartbeat said (CPU, resident memory),
+    /// by id; missing for one that sent none yet.
+    pub vitals: Vec<(WorkerId, Vitals)>,
     /// Event-loop lag: how late the reactor's timer fired last, seconds.
     pub loop_lag_s: f64,
     /// The largest such lag since the previous observation, seconds.
@@ -293,7 +311,7 @@ impl Drop for Watch {
     }
 }
 
-fn unix_ms() -> f64 {
+pub(crate) fn unix_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1e3)
@@ -505,9 +523,14 @@ impl Recorder {
 
     /// Called on the reactor's timer, which was due at `due`: measures the
     /// loop's lag, publishes buffered events, and an observation when one
-    /// is wanted and due. `last_seen` lists the live workers with when
-    /// each was last heard from.
-    pub fn tick(&mut self, scheduler: &Scheduler, due: Instant, last_seen: impl Iterator<Item = (WorkerId, Instant)>) {
+    /// is wanted and due. `workers` lists the live workers with when each
+    /// was last heard from and what its last heartbeat said.
+    pub fn tick(
+        &mut self,
+        scheduler: &Scheduler,
+        due: Instant,
+        workers: impl Iterator<Item = (WorkerId, Instant, Option<Vitals>)>,
+    ) {
         let now = Instant::now();
         self.lag = now.saturating_duration_since(due).as_secs_f64();
         self.lag_max = self.lag_max.max(self.lag);
@@ -525,19 +548,27 @@ impl Recorder {
             .is_none_or(|last| now.duration_since(last) >= self.gap);
         if looked_at && due {
             self.shared.wanted.store(false, Ordering::Relaxed);
-            self.publish(scheduler, now, last_seen);
+            self.publish(scheduler, now, workers);
         }
     }
 
-    fn publish(&mut self, scheduler: &Scheduler, now: Instant, last_seen: impl Iterator<Item = (WorkerId, Instant)>) {
+    fn publish(
+        &mut self,
+        scheduler: &Scheduler,
+        now: Instant,
+        live: impl Iterator<Item = (WorkerId, Instant, Option<Vitals>)>,
+    ) {
         let started = Instant::now();
         let snapshot = scheduler.snapshot_with(&mut self.cache);
         let mut workers: Vec<(WorkerId, WorkerTotals)> = self.workers.iter().map(|(w, t)| (*w, *t)).collect();
         workers.sort_unstable_by_key(|(w, _)| *w);
-        let mut last_seen: Vec<(WorkerId, f64)> = last_seen
-            .map(|(w, at)| (w, now.saturating_duration_since(at).as_secs_f64()))
-            .collect();
+        let (mut last_seen, mut vitals) = (Vec::new(), Vec::new());
+        for (w, at, v) in live {
+            last_seen.push((w, now.saturating_duration_since(at).as_secs_f64()));
+            vitals.extend(v.map(|v| (w, v)));
+        }
         last_seen.sort_unstable_by_key(|(w, _)| *w);
+        vitals.sort_unstable_by_key(|(w, _)| *w);
         self.seq += 1;
         let cost = started.elapsed();
         let observation = Observation {
@@ -549,6 +580,7 @@ impl Recorder {
                 ..self.totals.clone()
             },
             last_seen_s: last_seen,
+            vitals,
             loop_lag_s: self.lag,
             loop_lag_max_s: self.lag_max,
             snapshot_s: cost.as_secs_f64(),
@@ -557,5 +589,148 @@ impl Recorder {
         self.observations.send_replace(Arc::new(observation));
         self.gap = self.config.interval.max(cost * SNAPSHOT_COST_FACTOR);
         self.last_publish = Some(now);
+    }
+}
+
+/// One live worker in a [`ReportSample`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleWorker {
+    /// The scheduler's id for it.
+    pub id: WorkerId,
+    /// Its name.
+    pub name: SharedStr,
+    /// Its results' bytes by tier.
+    pub memory: TierBytes,
+}
+
+/// What a performance report keeps of an observation: names of workers
+/// and ops (events refer to them by id and index) and memory per worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportSample {
+    /// When it was taken, milliseconds since the Unix epoch.
+    pub unix_ms: f64,
+    /// The live workers.
+    pub workers: Vec<SampleWorker>,
+    /// Op names by index ([`ObsEvent::Task::op`]).
+    pub ops: Vec<SharedStr>,
+}
+
+impl Observation {
+    /// What a performance report keeps of it.
+    pub fn report_sample(&self) -> ReportSample {
+        ReportSample {
+            unix_ms: self.unix_ms,
+            workers: self
+                .snapshot
+                .workers
+                .iter()
+                .map(|w| SampleWorker {
+                    id: w.id,
+                    name: w.name.clone(),
+                    memory: w.memory,
+                })
+                .collect(),
+            ops: self.snapshot.ops.iter().map(|op| op.name.clone()).collect(),
+        }
+    }
+}
+
+/// A batch of the task stream as a client receives it
+/// ([`ToClient::Observed`]): the events since the previous batch and the
+/// observation that closed it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObservedBatch {
+    /// The events, in order.
+    pub events: Vec<ObsEvent>,
+    /// Names and memory as of this batch.
+    pub sample: ReportSample,
+    /// Event batches the client's stream fell behind by and lost, so far.
+    pub lost_batches: u64,
+    /// Events the scheduler dropped for a full buffer since it started
+    /// (all subscribers' loss; compare two batches).
+    pub events_dropped: u64,
+}
+
+/// How long the last batch after a stop waits for the scheduler's next
+/// observation (which publishes the events before it).
+const LAST_BATCH_WAIT: Duration = Duration::from_secs(2);
+
+/// Streams `observer`'s events to a client through `send`, one
+/// [`ToClient::Observed`] per observation, until `stop` fires (then one
+/// last batch with what the scheduler heard before) or `send` fails.
+/// Subscribes now, so the stream starts with the reactor's next message;
+/// the returned future runs beside the reactor, never in it. Events
+/// heard before now or after the stop are left out (they may share the
+/// recorder's buffer with those of the block).
+pub(crate) fn stream_to_client(
+    observer: Observer,
+    stop: oneshot::Receiver<()>,
+    send: impl Fn(ToClient) -> bool + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let events = observer.events();
+    let watch = observer.watch();
+    let since = unix_ms();
+    stream(observer, events, watch, since, stop, send)
+}
+
+async fn stream(
+    observer: Observer,
+    mut events: broadcast::Receiver<Arc<Vec<ObsEvent>>>,
+    mut watch: Watch,
+    since: f64,
+    mut stop: oneshot::Receiver<()>,
+    send: impl Fn(ToClient) -> bool,
+) {
+    let mut pending: Vec<ObsEvent> = Vec::new();
+    let mut lost = 0u64;
+    let mut until = f64::INFINITY;
+    let batch = |mut events: Vec<ObsEvent>, o: &Observation, lost: u64, last: bool, until: f64| {
+        events.retain(|e| (since..=until).contains(&e.at_ms()));
+        let batch = ObservedBatch {
+            events,
+            sample: o.report_sample(),
+            lost_batches: lost,
+            events_dropped: o.totals.events_dropped,
+        };
+        match serde_json::to_string(&batch) {
+            Ok(json) => ToClient::Observed { json, last },
+            Err(error) => ToClient::ObserveRefused {
+                reason: format!("cannot encode the task stream: {error}"),
+            },
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                until = unix_ms();
+                break;
+            }
+            received = events.recv() => match received {
+                Ok(b) => pending.extend(b.iter().cloned()),
+                Err(RecvError::Lagged(n)) => lost += n,
+                Err(RecvError::Closed) => break,
+            },
+            observation = watch.next() => {
+                let Some(o) = observation else { break };
+                drain(&mut events, &mut pending, &mut lost);
+                if !send(batch(std::mem::take(&mut pending), &o, lost, false, until)) {
+                    return;
+                }
+            }
+        }
+    }
+    let last = observer.fresh(LAST_BATCH_WAIT).await;
+    drain(&mut events, &mut pending, &mut lost);
+    send(batch(pending, &last, lost, true, until));
+}
+
+/// Moves what `events` holds into `pending`, counting lost batches.
+fn drain(events: &mut broadcast::Receiver<Arc<Vec<ObsEvent>>>, pending: &mut Vec<ObsEvent>, lost: &mut u64) {
+    loop {
+        match events.try_recv() {
+            Ok(batch) => pending.extend(batch.iter().cloned()),
+            Err(TryRecvError::Lagged(n)) => *lost += n,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        }
     }
 }

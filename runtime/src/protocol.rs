@@ -16,7 +16,7 @@ use crate::layer::LayerGraph;
 /// Bump on any incompatible change to these messages (or to the data plane's,
 /// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
@@ -75,6 +75,18 @@ pub struct WorkerInfo {
     pub memory_limit: u64,
     /// Resources this worker provides, such as `gpu = 1`.
     pub resources: Vec<ResourceAmount>,
+    /// The URL of its own status page and `/metrics`, if it serves one.
+    pub dashboard: Option<SharedStr>,
+}
+
+/// How busy a worker's process is, sent with each heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vitals {
+    /// CPU time used over the last heartbeat interval, in percent of one
+    /// core (400 for four busy cores).
+    pub cpu_percent: f32,
+    /// Resident memory of the process, bytes.
+    pub rss_bytes: u64,
 }
 
 /// A peer that holds some data.
@@ -272,6 +284,14 @@ pub enum FromClient {
         /// The keys.
         keys: Vec<Key>,
     },
+    /// Start (`true`) or stop sending this client the scheduler's task
+    /// stream as [`ToClient::Observed`] batches (for performance reports);
+    /// a scheduler that records nothing answers
+    /// [`ToClient::ObserveRefused`].
+    Observe {
+        /// Start or stop.
+        on: bool,
+    },
 }
 
 /// A live worker as the scheduler sees it, for clients (scatter placement,
@@ -371,6 +391,21 @@ pub enum ToClient {
         request: u64,
         /// Holders per key.
         who_has: Vec<Vec<Peer>>,
+    },
+    /// A batch of the task stream a client asked for with
+    /// [`FromClient::Observe`]: an [`crate::observe::ObservedBatch`] as
+    /// JSON (its events are tagged by kind, as the dashboard's pages read
+    /// them, which postcard cannot decode).
+    Observed {
+        /// The batch, JSON.
+        json: String,
+        /// The last batch, sent after a stop.
+        last: bool,
+    },
+    /// [`FromClient::Observe`] refused.
+    ObserveRefused {
+        /// Why.
+        reason: String,
     },
 }
 

@@ -20,8 +20,8 @@ use weft_transport::{Config as TransportConfig, Connection, Listener, Sender, Tr
 use crate::codec::{self, ClientUp, Hello, WorkerDown, WorkerUp};
 use crate::error::Result;
 use crate::ids::{ClientId, WorkerId};
-use crate::observe::{ObserveConfig, Observer, Recorder};
-use crate::protocol::{PROTOCOL_VERSION, ToClient, ToWorker};
+use crate::observe::{ObserveConfig, Observer, Recorder, stream_to_client};
+use crate::protocol::{FromClient, PROTOCOL_VERSION, ToClient, ToWorker, Vitals};
 use crate::scheduler::{self, Comm, Event, Scheduler};
 
 /// How the scheduler runs.
@@ -127,7 +127,14 @@ pub async fn start_scheduler(options: SchedulerOptions) -> Result<SchedulerHandl
     let (stop, stopped) = oneshot::channel();
     let workers = Arc::new(WorkerCounts::default());
     let (recorder, observer) = options.observe.clone().map(Recorder::new).unzip();
-    let task = tokio::spawn(run(listener, options, stopped, workers.clone(), recorder));
+    let task = tokio::spawn(run(
+        listener,
+        options,
+        stopped,
+        workers.clone(),
+        recorder,
+        observer.clone(),
+    ));
     Ok(SchedulerHandle {
         address,
         workers,
@@ -175,6 +182,20 @@ impl<T> Outbox<T> {
             queued,
         )
     }
+
+    /// Sends single messages beside the reactor's batches (from another
+    /// task), counted against the peer's queue alike; `false` once the
+    /// connection is gone.
+    fn sender(&self) -> impl Fn(T) -> bool + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let (batches, queued) = (self.batches.clone(), self.queued.clone());
+        move |message| {
+            queued.fetch_add(1, Ordering::Relaxed);
+            batches.send(vec![message]).is_ok()
+        }
+    }
 }
 
 /// Routes the scheduler's output into per-peer batches.
@@ -183,12 +204,16 @@ struct Router {
     clients: HashMap<ClientId, Peer<ToClient>>,
     /// Messages queued for one peer, at most.
     max_queued: usize,
+    /// Clients streaming the task stream, each with its stream's stop.
+    observing: HashMap<ClientId, oneshot::Sender<()>>,
 }
 
 struct Peer<T> {
     outbox: Outbox<T>,
     pending: Vec<T>,
     last_seen: Instant,
+    /// What a worker's last heartbeat said.
+    vitals: Option<Vitals>,
 }
 
 impl<T> Peer<T> {
@@ -197,6 +222,7 @@ impl<T> Peer<T> {
             outbox,
             pending: Vec::new(),
             last_seen: Instant::now(),
+            vitals: None,
         }
     }
 
@@ -243,6 +269,7 @@ impl Router {
             workers: HashMap::new(),
             clients: HashMap::new(),
             max_queued,
+            observing: HashMap::new(),
         }
     }
 
@@ -298,6 +325,7 @@ async fn run(
     mut stopped: oneshot::Receiver<()>,
     counts: Arc<WorkerCounts>,
     mut recorder: Option<Recorder>,
+    observer: Option<Observer>,
 ) {
     // Bounded: a peer that sends faster than the scheduler handles waits
     // (its connection stops being read) instead of growing this queue.
@@ -317,16 +345,17 @@ async fn run(
         tokio::select! {
             _ = &mut stopped => break,
             Some(message) = inbound.recv() => {
-                handle(&mut scheduler, &mut router, &counts, &mut recorder, message);
+                let observer = observer.as_ref();
+                handle(&mut scheduler, &mut router, &counts, &mut recorder, observer, message);
                 // Drain what else has arrived, so replies go out in batches.
                 while let Ok(message) = inbound.try_recv() {
-                    handle(&mut scheduler, &mut router, &counts, &mut recorder, message);
+                    handle(&mut scheduler, &mut router, &counts, &mut recorder, observer, message);
                 }
             }
             due = observe.tick(), if recorder.is_some() => {
                 if let Some(recorder) = &mut recorder {
-                    let last_seen = router.workers.iter().map(|(w, peer)| (*w, peer.last_seen));
-                    recorder.tick(&scheduler, due.into_std(), last_seen);
+                    let workers = router.workers.iter().map(|(w, peer)| (*w, peer.last_seen, peer.vitals));
+                    recorder.tick(&scheduler, due.into_std(), workers);
                 }
             }
             _ = balance.tick() => scheduler.handle(Event::Balance, &mut router),
@@ -355,6 +384,7 @@ fn handle(
     router: &mut Router,
     counts: &WorkerCounts,
     recorder: &mut Option<Recorder>,
+    observer: Option<&Observer>,
     message: Inbound,
 ) {
     match message {
@@ -372,13 +402,16 @@ fn handle(
                 return; // declared lost already; its late messages are void
             };
             peer.last_seen = Instant::now();
-            if let WorkerUp::Batch(batch) = up {
-                for msg in batch {
-                    if let Some(recorder) = recorder {
-                        recorder.before(scheduler, worker, &msg);
+            match up {
+                WorkerUp::Batch(batch) => {
+                    for msg in batch {
+                        if let Some(recorder) = recorder {
+                            recorder.before(scheduler, worker, &msg);
+                        }
+                        scheduler.handle(Event::Worker { worker, msg }, router);
                     }
-                    scheduler.handle(Event::Worker { worker, msg }, router);
                 }
+                WorkerUp::Heartbeat(vitals) => peer.vitals = Some(vitals),
             }
         }
         Inbound::WorkerGone(worker) => {
@@ -393,15 +426,47 @@ fn handle(
         }
         Inbound::Client(client, batch) => {
             for msg in batch {
-                scheduler.handle(Event::Client { client, msg }, router);
+                match msg {
+                    // The reactor's business: the scheduler knows nothing of it.
+                    FromClient::Observe { on } => observe(router, observer, client, on),
+                    msg => scheduler.handle(Event::Client { client, msg }, router),
+                }
             }
         }
         Inbound::ClientGone(client) => {
+            router.observing.remove(&client);
             if router.clients.remove(&client).is_some() {
                 scheduler.handle(Event::ClientDisconnected { client }, router);
             }
         }
     }
+}
+
+/// Starts or stops streaming the task stream to `client`, beside the
+/// reactor (see [`stream_to_client`]).
+fn observe(router: &mut Router, observer: Option<&Observer>, client: ClientId, on: bool) {
+    if !on {
+        if let Some(stop) = router.observing.remove(&client) {
+            let _ = stop.send(());
+        }
+        return;
+    }
+    let Some(send) = router.clients.get(&client).map(|peer| peer.outbox.sender()) else {
+        return;
+    };
+    let Some(observer) = observer else {
+        let reason = "this scheduler records no task stream: it runs without a dashboard \
+                          (--no-dashboard, or SchedulerOptions::observe unset)"
+            .to_string();
+        router.to_client(client, ToClient::ObserveRefused { reason });
+        return;
+    };
+    if router.observing.contains_key(&client) {
+        return;
+    }
+    let (stop, stopped) = oneshot::channel();
+    router.observing.insert(client, stop);
+    tokio::spawn(stream_to_client(observer.clone(), stopped, send));
 }
 
 async fn accept(mut listener: Listener, inbound: mpsc::Sender<Inbound>) {

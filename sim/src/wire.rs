@@ -90,7 +90,7 @@ impl Wire {
             .transpose()?
         {
             Some(WorkerUp::Batch(batch)) => Ok(Some(batch)),
-            Some(WorkerUp::Heartbeat) => Ok(Some(Vec::new())),
+            Some(WorkerUp::Heartbeat(_)) => Ok(Some(Vec::new())),
             None => Ok(None),
         }
     }

@@ -47,6 +47,9 @@ pub struct ReadmeExamples;
 
 pub use weft_array as array;
 pub use weft_dashboard as dashboard;
+/// `client.performance_report(path)`: a report of a block of work (see
+/// [`dashboard::PerformanceReports`]).
+pub use weft_dashboard::PerformanceReports;
 pub use weft_frame as frame;
 pub use weft_gpu as gpu;
 pub use weft_runtime::protocol::ResourceAmount;

@@ -25,14 +25,16 @@ pub const BOOM: &str = "boom: the input file is corrupt";
 /// Tasks of the map in the workload.
 pub const MAP_TASKS: usize = 200;
 
-/// Two in-process workers of one thread each, their scheduler publishing
-/// every `interval`, and a dashboard on a free loopback port.
+/// Two in-process workers of one thread each (each serving its own page
+/// on a free loopback port), their scheduler publishing every `interval`,
+/// and a dashboard on a free loopback port.
 pub async fn cluster(interval: Duration) -> (LocalCluster, Dashboard) {
     let mut options = LocalOptions::for_this_machine();
     options.workers = 2;
     options.nthreads = 1;
     options.mode = WorkerMode::InProcess;
     options.memory.limit = 1 << 30;
+    options.worker_dashboard = Some(weft_dashboard::worker_dashboard(None));
     options.scheduler.observe = Some(ObserveConfig {
         interval,
         ..ObserveConfig::default()
@@ -180,4 +182,23 @@ fn dechunk(mut body: &str) -> Option<String> {
         out.push_str(rest.get(..size)?);
         body = rest.get(size + 2..)?;
     }
+}
+
+/// Each worker's name and the address of its own page, as the
+/// scheduler's `/api/state` links them.
+pub async fn worker_pages(dashboard: SocketAddr) -> Vec<(String, SocketAddr)> {
+    let state: serde_json::Value = serde_json::from_str(&get(dashboard, "/api/state").await.body).expect("JSON state");
+    state["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| {
+            let url = w["dashboard"].as_str().unwrap_or_else(|| panic!("no page linked: {w}"));
+            let addr = url
+                .strip_prefix("http://")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("not http://HOST:PORT: {url}"));
+            (w["name"].as_str().expect("name").to_string(), addr)
+        })
+        .collect()
 }

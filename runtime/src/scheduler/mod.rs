@@ -479,6 +479,12 @@ impl Scheduler {
                         let who_has = self.who_has_peers(&keys);
                         comm.to_client(client, ToClient::WhoHas { request, who_has });
                     }
+                    // The task stream is the reactor's (see `observe`); one
+                    // that passes this on serves none.
+                    FromClient::Observe { .. } => {
+                        let reason = "this scheduler's reactor serves no task stream".to_string();
+                        comm.to_client(client, ToClient::ObserveRefused { reason });
+                    }
                 }
             }
             Event::Balance => self.balance(comm),

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{FxHashMap, FxHasher, Key, SharedStr, TaskId, WorkerId};
 use crate::protocol::Tier;
@@ -82,7 +82,7 @@ impl StateCounts {
 }
 
 /// Bytes per memory tier.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierBytes {
     /// GPU memory.
     pub device: u64,
@@ -131,6 +131,8 @@ pub struct WorkerSnapshot {
     pub memory: TierBytes,
     /// Paused for memory pressure.
     pub paused: bool,
+    /// The URL of its own status page, if it serves one.
+    pub dashboard: Option<SharedStr>,
 }
 
 /// Tasks that share a key prefix and an op (Dask's task prefix).
@@ -352,6 +354,7 @@ impl Scheduler {
                 held: wk.n_held as u64,
                 memory: TierBytes::default(),
                 paused: wk.paused,
+                dashboard: wk.info.dashboard.clone(),
             })
             .collect();
         workers.sort_unstable_by_key(|w| w.id);
@@ -521,6 +524,7 @@ mod tests {
             nthreads: 1,
             memory_limit: 1000,
             resources: Vec::new(),
+            dashboard: None,
         }
     }
 

@@ -20,6 +20,7 @@ fn info(name: &str, nthreads: u32) -> WorkerInfo {
         nthreads,
         memory_limit: 0,
         resources: Vec::new(),
+        dashboard: None,
     }
 }
 

@@ -108,7 +108,7 @@ pub struct MemoryStats {
 }
 
 /// A copy of [`MemoryStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemorySnapshot {
     /// Bytes of results in device memory.
     pub on_device: u64,

@@ -3,17 +3,21 @@
 //! inputs from them and runs ops on a pool of compute threads (or, for ops
 //! it has seen to be short, on its own event loop: see `quick`).
 
+pub(crate) mod probe;
 mod quick;
 mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use weft_gpu::Gpu;
 use weft_transport::{Buffer, Config as TransportConfig, Connection, Receiver, Sender, connect, listen};
 
+pub use probe::{
+    StatusPage, TaskCounts, WorkerDashboard, WorkerDescription, WorkerFigures, WorkerProbe, process_cpu_seconds,
+};
 pub use state::{TransferLimits, WorkerCommand, WorkerEvent, WorkerState};
 
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
@@ -25,6 +29,7 @@ use crate::ops::{Registry, Site};
 use crate::protocol::{FromWorker, OpError, ResourceAmount, Tier, ToWorker, WorkerInfo};
 use crate::store::{MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
+use probe::{CpuMeter, TransferCounters};
 use quick::QuickOps;
 
 /// Longest a report to the scheduler waits for others to join its batch
@@ -71,6 +76,11 @@ pub struct WorkerOptions {
     /// How long to keep trying to reach a scheduler that went away before
     /// giving up.
     pub reconnect_timeout: Duration,
+    /// The worker's own status page and `/metrics`, reported to the
+    /// scheduler so its dashboard links it; `None` (the default here:
+    /// the runtime serves no HTTP) for none. `weft worker` serves
+    /// `weft-dashboard`'s on a free port unless told otherwise.
+    pub dashboard: Option<WorkerDashboard>,
 }
 
 impl WorkerOptions {
@@ -90,6 +100,7 @@ impl WorkerOptions {
             transport: TransportConfig::default(),
             heartbeat: Duration::from_secs(1),
             reconnect_timeout: Duration::from_secs(60),
+            dashboard: None,
         }
     }
 
@@ -131,6 +142,19 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         memory_limit: memory.limit,
         device_limit: memory.device_limit,
     });
+    let (probe, mut count_requests, transfers) = WorkerProbe::new(
+        WorkerDescription {
+            name: name.clone(),
+            address: address.clone(),
+            scheduler: options.scheduler.clone(),
+            nthreads: options.nthreads,
+            memory_limit: memory.limit,
+            device_limit: memory.device_limit,
+            spill: memory.spill,
+            pause: memory.pause,
+        },
+        options.memory_stats.clone(),
+    );
     let store = Store::new(memory, &name, options.memory_stats.clone(), move |task, tier| {
         let _ = moved_tx.send((task, tier));
     });
@@ -147,7 +171,17 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         listener,
         store.clone(),
         weft_transport::shm::offered(&options.transport),
+        transfers.clone(),
     ));
+    let dashboard = match &options.dashboard {
+        Some(dashboard) => {
+            let (listener, url) = bind_dashboard(dashboard, &options.listen, &address).await?;
+            server.spawn(dashboard.server.serve(listener, probe.clone()));
+            info!(worker = %name, %url, "worker dashboard listening");
+            Some(url.into())
+        }
+        None => None,
+    };
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let report = {
         let done_tx = done_tx.clone();
@@ -166,6 +200,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         nthreads: options.nthreads as u32,
         memory_limit: options.memory.limit,
         resources: options.resources.clone(),
+        dashboard,
     };
     let mut link = Link {
         options: &options,
@@ -177,6 +212,9 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         done_tx,
         session: 0,
         quick: QuickOps::default(),
+        probe,
+        transfers,
+        cpu: CpuMeter::default(),
     };
     tokio::pin!(shutdown);
     let result = loop {
@@ -196,7 +234,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
                 let _ = sender.close().await;
                 break Ok(());
             }
-            lost = link.serve(&sender, &mut receiver, early, &mut done, &mut moved) => match lost {
+            lost = link.serve(&sender, &mut receiver, early, &mut done, &mut moved, &mut count_requests) => match lost {
                 Ok(reason) => {
                     warn!(worker = %name, %reason, "lost the scheduler; reconnecting");
                     link.store.clear();
@@ -223,6 +261,10 @@ struct Link<'a> {
     session: u64,
     /// Run times of ops, to run the shortest inline.
     quick: QuickOps,
+    /// What the status page reads.
+    probe: WorkerProbe,
+    transfers: Arc<TransferCounters>,
+    cpu: CpuMeter,
 }
 
 impl Link<'_> {
@@ -269,6 +311,7 @@ impl Link<'_> {
         early: WorkerDown,
         done: &mut mpsc::UnboundedReceiver<Done>,
         moved: &mut mpsc::UnboundedReceiver<(TaskId, Tier)>,
+        count_requests: &mut mpsc::Receiver<oneshot::Sender<TaskCounts>>,
     ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
         let limits = TransferLimits::for_memory(self.options.memory.limit);
@@ -278,7 +321,6 @@ impl Link<'_> {
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         let mut memory_check = tokio::time::interval(MEMORY_CHECK);
         let limited = self.options.memory.limit > 0;
-        let mut quiet = true;
         for message in early {
             state.handle(WorkerEvent::Scheduler(message), &mut commands);
         }
@@ -294,7 +336,6 @@ impl Link<'_> {
             }
             let due = flush_by.is_some_and(|t| t <= Instant::now());
             if !outbox.is_empty() && (state.running() == 0 || outbox.len() >= MAX_BATCH || due) {
-                quiet = false;
                 flush_by = None;
                 let batch = WorkerUp::Batch(std::mem::take(&mut outbox));
                 let message = match codec::encode(&batch) {
@@ -344,13 +385,15 @@ impl Link<'_> {
                     if expired > 0 {
                         warn!(expired, "dropped scattered values never registered (their client went away?)");
                     }
-                    if quiet {
-                        let Ok(message) = codec::encode(&WorkerUp::Heartbeat) else { continue };
-                        if let Err(error) = sender.send(message).await {
-                            return Ok(error.to_string());
-                        }
+                    let vitals = self.cpu.sample();
+                    self.probe.set_vitals(vitals);
+                    let Ok(message) = codec::encode(&WorkerUp::Heartbeat(vitals)) else { continue };
+                    if let Err(error) = sender.send(message).await {
+                        return Ok(error.to_string());
                     }
-                    quiet = true;
+                }
+                Some(reply) = count_requests.recv() => {
+                    let _ = reply.send(state.counts());
                 }
                 _ = memory_check.tick(), if limited => {
                     let pressure = self.store.pressure();
@@ -397,18 +440,18 @@ impl Link<'_> {
                     compute_us,
                 }
             }
-            Completed::Fetched { peer, got, missing } => WorkerEvent::Fetched {
-                peer,
-                got: got
+            Completed::Fetched { peer, got, missing } => {
+                let got: Vec<(TaskId, u64)> = got
                     .into_iter()
                     .map(|(task, value)| {
                         let nbytes = value.nbytes();
                         self.store.insert(task, Arc::new(value));
                         (task, nbytes)
                     })
-                    .collect(),
-                missing,
-            },
+                    .collect();
+                self.transfers.fetched(got.len(), got.iter().map(|(_, n)| n).sum());
+                WorkerEvent::Fetched { peer, got, missing }
+            }
         };
         state.handle(event, commands);
     }
@@ -483,6 +526,56 @@ impl Link<'_> {
                 });
             }
         }
+    }
+}
+
+/// Binds the worker's dashboard: at its address, or on a free port of the
+/// host the data server listens on. Returns the listener and the URL the
+/// scheduler is told (with the host peers reach this worker at when it
+/// listens on every interface).
+async fn bind_dashboard(
+    dashboard: &WorkerDashboard,
+    listen: &str,
+    contact: &str,
+) -> Result<(tokio::net::TcpListener, String)> {
+    let address = match &dashboard.address {
+        Some(address) => match address.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => address.clone(),
+        },
+        None => format!("{}:0", url_host(listen)),
+    };
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|source| RuntimeError::Process {
+            what: format!(
+                "cannot serve the worker's dashboard on {address} (choose another with --dashboard-address, \
+                 or turn it off with --no-dashboard)"
+            ),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RuntimeError::Process {
+        what: format!("the worker's dashboard listener on {address} has no address"),
+        source,
+    })?;
+    let host = if bound.ip().is_unspecified() {
+        url_host(contact)
+    } else {
+        match bound.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    Ok((listener, format!("http://{host}:{}", bound.port())))
+}
+
+/// The host of a transport URL such as `tcp://10.0.0.7:40000`
+/// (`127.0.0.1` for an in-process one, which has none).
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+        _ => "127.0.0.1".to_string(),
     }
 }
 

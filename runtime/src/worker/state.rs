@@ -146,11 +146,35 @@ struct Transfer {
     tried: Vec<WorkerId>,
 }
 
+/// A worker's tasks by state, for its status page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TaskCounts {
+    /// Assigned, waiting for inputs.
+    pub waiting: u64,
+    /// Inputs here, waiting for a thread (or a resource).
+    pub ready: u64,
+    /// Running on a compute thread.
+    pub running: u64,
+    /// Inputs being fetched from peers.
+    pub fetching: u64,
+    /// Results held.
+    pub memory: u64,
+    /// Tasks finished since the worker registered.
+    pub finished: u64,
+    /// Runs failed since the worker registered.
+    pub failed: u64,
+    /// Whether it starts no new ops for lack of memory.
+    pub paused: bool,
+}
+
 /// The worker's state.
 #[derive(Debug)]
 pub struct WorkerState {
     nthreads: usize,
     running: usize,
+    /// Ops finished and failed (for the status page).
+    finished: u64,
+    failed: u64,
     tasks: FxHashMap<TaskId, Task>,
     /// Ready tasks that need no resources.
     ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
@@ -187,6 +211,8 @@ impl WorkerState {
         WorkerState {
             nthreads: nthreads.max(1),
             running: 0,
+            finished: 0,
+            failed: 0,
             tasks: FxHashMap::default(),
             ready: BinaryHeap::new(),
             constrained: BinaryHeap::new(),
@@ -249,6 +275,26 @@ impl WorkerState {
         self.in_flight_bytes
     }
 
+    /// Tasks by state and the totals; O(tasks), for a page being read.
+    pub fn counts(&self) -> TaskCounts {
+        let mut counts = TaskCounts {
+            fetching: self.transfers.len() as u64,
+            memory: self.memory.len() as u64,
+            finished: self.finished,
+            failed: self.failed,
+            paused: self.paused,
+            ..TaskCounts::default()
+        };
+        for task in self.tasks.values() {
+            match task.phase {
+                Phase::Waiting => counts.waiting += 1,
+                Phase::Ready => counts.ready += 1,
+                Phase::Running | Phase::Cancelled => counts.running += 1,
+            }
+        }
+        counts
+    }
+
     /// Handles one event, appending what to do to `out`.
     pub fn handle(&mut self, event: WorkerEvent, out: &mut Vec<WorkerCommand>) {
         match event {
@@ -289,6 +335,7 @@ impl WorkerState {
                 match finished.map(|t| t.phase) {
                     Some(Phase::Running) => match outcome {
                         Ok((nbytes, tier)) => {
+                            self.finished += 1;
                             self.memory.insert(task, nbytes);
                             for waiter in waiters {
                                 self.input_arrived(waiter);
@@ -300,7 +347,10 @@ impl WorkerState {
                                 tier,
                             }));
                         }
-                        Err(error) => out.push(WorkerCommand::Send(FromWorker::Failed { task, error })),
+                        Err(error) => {
+                            self.failed += 1;
+                            out.push(WorkerCommand::Send(FromWorker::Failed { task, error }));
+                        }
                     },
                     // Cancelled while running, or unknown: drop the result.
                     _ => {

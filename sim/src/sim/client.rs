@@ -33,7 +33,10 @@ impl Sim {
                 return self.err(format!("scatter rejected: {reason}"));
             }
             // Answers to queries the virtual client never makes.
-            msg @ (ToClient::Workers { .. } | ToClient::WhoHas { .. }) => {
+            msg @ (ToClient::Workers { .. }
+            | ToClient::WhoHas { .. }
+            | ToClient::Observed { .. }
+            | ToClient::ObserveRefused { .. }) => {
                 return self.err(format!("unexpected message to the client: {msg:?}"));
             }
             // Gathered before, now being recomputed: wanted again (unless

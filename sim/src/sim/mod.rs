@@ -177,6 +177,7 @@ impl Sim {
             nthreads: spec.nthreads,
             memory_limit: 0,
             resources: resources(&spec),
+            dashboard: None,
         };
         self.sched_event(Event::WorkerJoined { worker: id, info })?;
         Ok(id)
