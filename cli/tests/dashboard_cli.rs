@@ -184,3 +184,45 @@ fn a_worker_serves_its_page_where_asked_and_the_scheduler_links_it() {
     let own = get(&page, "/").expect("the worker's page");
     assert!(own.contains("<title>Weft worker</title>"));
 }
+
+#[test]
+fn the_worker_processes_of_weft_local_serve_their_pages_too() {
+    let board = format!("127.0.0.1:{}", free_port());
+    let local = weft(&[
+        "local",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--workers",
+        "2",
+        "--nthreads",
+        "1",
+        "--dashboard-address",
+        &board,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let _local = Killed(local);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let links: Vec<String> = loop {
+        let state = get(&board, "/api/state").unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        let links: Vec<String> = state["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["dashboard"].as_str().map(String::from))
+            .collect();
+        if links.len() == 2 {
+            break links;
+        }
+        assert!(Instant::now() < deadline, "two linked workers within 30 s: {state}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for link in links {
+        let address = link.strip_prefix("http://").expect("an http link");
+        let metrics = get(address, "/metrics").expect("the worker's /metrics");
+        assert!(metrics.contains("weft_worker_info{worker=\"local-"), "{metrics}");
+    }
+}

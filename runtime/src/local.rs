@@ -431,6 +431,12 @@ pub fn is_worker_process() -> bool {
 /// (`#[tokio::main]`): the worker runs on a thread of its own. It installs
 /// no logger: `weft::worker_main` logs to stderr first.
 pub fn worker_main(registry: Registry) {
+    worker_main_with(registry, None);
+}
+
+/// [`worker_main`], the worker serving its own status page and metrics
+/// through `dashboard` (on a free port of its host unless it says where).
+pub fn worker_main_with(registry: Registry, dashboard: Option<WorkerDashboard>) {
     let Ok(scheduler) = std::env::var(ENV_SCHEDULER) else {
         return;
     };
@@ -455,6 +461,7 @@ pub fn worker_main(registry: Registry) {
         options.memory.spill_dir = dir.into();
     }
     options.memory.watch_process = true;
+    options.dashboard = dashboard;
     options.transport.shared_memory = weft_transport::shm::allowed_by_env();
     if let Err(error) = security_from_env(&mut options.transport) {
         eprintln!("weft worker: {error}");

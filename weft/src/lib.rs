@@ -65,7 +65,9 @@ pub mod logging;
 /// Call first thing in `main` of any program that starts a local cluster
 /// of processes: in a process the cluster spawned as a worker, this logs to
 /// stderr (filtered by `WEFT_LOG`, warnings by default), runs the worker
-/// with `registry` and exits; anywhere else it returns at once. It may be
+/// with `registry` (serving its own status page and metrics on a free
+/// port, which the scheduler's dashboard links) and exits; anywhere else it
+/// returns at once. It may be
 /// called from a plain `main` or from an async one (`#[tokio::main]`).
 pub fn worker_main(registry: Registry) {
     if weft_runtime::local::is_worker_process() {
@@ -77,7 +79,7 @@ pub fn worker_main(registry: Registry) {
             let _ = logging::install("warn", logging::Format::Text);
         }
     }
-    weft_runtime::worker_main(registry);
+    weft_runtime::local::worker_main_with(registry, Some(weft_dashboard::worker_dashboard(None)));
 }
 
 /// Every op Weft ships: the built-in ones, the dataframe's
