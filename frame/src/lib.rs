@@ -7,8 +7,9 @@
 //! row-group pruning), lowers the plan to one graph ([`physical`]) and
 //! submits it in one message. Workers run the ops of [`register`]: fused
 //! per-partition steps ([`ops`]) on arrow-rs compute, with our own hash
-//! group-by ([`groupby`]), hash join ([`join`]) and hash partitioning
-//! ([`shuffle`]); partitions travel as [`partition`] values.
+//! group-by ([`groupby`]), hash join ([`join`]), hash partitioning
+//! ([`shuffle`]) and the range partitioning of sorts ([`range`]);
+//! partitions travel as [`partition`] values.
 //!
 //! ```rust,no_run
 //! # async fn example(client: weft_runtime::Client) -> weft_frame::Result<()> {
@@ -39,6 +40,7 @@ pub mod optimize;
 pub mod partition;
 pub mod physical;
 pub mod plan;
+pub mod range;
 pub mod shuffle;
 pub mod tpch;
 

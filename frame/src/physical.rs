@@ -194,6 +194,9 @@ impl Lowering {
                     Step::Limit(n) => format!("limit {n}"),
                     Step::HashSplit { n, .. } => format!("hash split {n}"),
                     Step::SliceSplit(n) => format!("slice split {n}"),
+                    Step::SortSample { rows, .. } => format!("sample {rows} sort keys"),
+                    Step::SortBoundaries { n, .. } => format!("boundaries of {n} ranges"),
+                    Step::RangeSplit { n, .. } => format!("range split {n} (the last input the boundaries)"),
                     Step::WriteParquet(_) => "write parquet".into(),
                 }
             );
@@ -247,7 +250,13 @@ impl Lowering {
     /// every part to output j.
     fn exchange(&mut self, parts: Vec<Part>, split: Step, n: usize, name: &str) -> Result<Vec<Part>> {
         let parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(split.clone())).collect();
-        let splits = self.emit(parts, &format!("{name}-split"))?;
+        self.route(parts, n, name)
+    }
+
+    /// Routes piece j of every split (parts ending in a split step of `n`
+    /// pieces) to output j.
+    fn route(&mut self, splits: Vec<Part>, n: usize, name: &str) -> Result<Vec<Part>> {
+        let splits = self.emit(splits, &format!("{name}-split"))?;
         let stage = self.stages.len();
         let mut outputs = vec![Vec::with_capacity(splits.len()); n];
         for (i, s) in splits.iter().enumerate() {
@@ -318,12 +327,16 @@ impl Lowering {
             LogicalPlan::Join { left, right, spec } => self.join(plan, left, right, spec),
             LogicalPlan::Sort { input, by, descending } => {
                 let parts = self.plan(input)?;
-                let one = self.gather(parts, "sort-gather")?;
-                Ok(vec![one.with_step(Step::Sort {
+                let local = Step::Sort {
                     by: by.clone(),
                     descending: descending.clone(),
                     limit: None,
-                })])
+                };
+                let parts = match parts.len() {
+                    1 => parts,
+                    _ => self.range_partition(parts, by, descending)?,
+                };
+                Ok(parts.into_iter().map(|p| p.with_step(local.clone())).collect())
             }
             LogicalPlan::Limit { input, n } => {
                 // Top-k: a limited sort per partition, then of their union.
@@ -601,6 +614,44 @@ impl Lowering {
         Ok(out)
     }
 
+    /// As many partitions as `parts`, partition j holding the j-th range
+    /// of the sort keys (see [`crate::range`]): each part is sampled, one
+    /// task picks the boundaries, each part splits by them.
+    fn range_partition(&mut self, parts: Vec<Part>, by: &[Expr], descending: &[bool]) -> Result<Vec<Part>> {
+        let n = parts.len();
+        let inputs = self.emit(parts, "sort-input")?;
+        let deps = |deps: Vec<Key>, step: Step| {
+            Part::Pending(Pending {
+                args: TaskArgs {
+                    input: Input::Deps,
+                    steps: vec![step],
+                },
+                deps,
+            })
+        };
+        let sample = Step::SortSample {
+            by: by.to_vec(),
+            rows: crate::range::SAMPLE_ROWS,
+        };
+        let samples: Vec<Part> = inputs.iter().map(|k| deps(vec![k.clone()], sample.clone())).collect();
+        let samples = self.emit(samples, "sort-sample")?;
+        let bounds = Step::SortBoundaries {
+            descending: descending.to_vec(),
+            n,
+        };
+        let bounds = self.emit(vec![deps(samples, bounds)], "sort-boundaries")?.remove(0);
+        let split = Step::RangeSplit {
+            by: by.to_vec(),
+            descending: descending.to_vec(),
+            n,
+        };
+        let splits = inputs
+            .into_iter()
+            .map(|k| deps(vec![k, bounds.clone()], split.clone()))
+            .collect();
+        self.route(splits, n, "sort")
+    }
+
     fn repartition(&mut self, parts: Vec<Part>, n: usize) -> Result<Vec<Part>> {
         let p = parts.len();
         if n == p {
@@ -686,6 +737,33 @@ mod tests {
             lowered.graph.tasks.len()
         );
         assert!(took.as_millis() < 2000, "{took:?}");
+    }
+
+    #[test]
+    fn sorts_range_partition_and_keep_the_partition_count() {
+        let plan = LogicalPlan::Sort {
+            input: random(6),
+            by: vec![col("key"), col("value")],
+            descending: vec![true, false],
+        };
+        let lowered = Lowering::lower(&plan, "p", PlanOptions::default(), Action::Partitions).unwrap();
+        assert_eq!(lowered.graph.outputs.len(), 6);
+        for stage in ["sort-sample", "sort-boundaries", "sort-pieces"] {
+            assert!(
+                lowered.stages.iter().any(|s| s.contains(stage)),
+                "{stage}: {:?}",
+                lowered.stages
+            );
+        }
+        // Inputs, samples, one boundaries task, splits, 6 x 6 pieces, sorted outputs.
+        assert_eq!(lowered.graph.tasks.len(), 6 + 6 + 1 + 6 + 36 + 6);
+        let one = LogicalPlan::Sort {
+            input: random(1),
+            by: vec![col("key")],
+            descending: vec![false],
+        };
+        let lowered = Lowering::lower(&one, "p", PlanOptions::default(), Action::Partitions).unwrap();
+        assert_eq!(lowered.graph.tasks.len(), 1);
     }
 
     #[test]
