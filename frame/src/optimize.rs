@@ -22,7 +22,7 @@ pub fn optimize(plan: &Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
 }
 
 /// A node with its inputs replaced (in the order of [`LogicalPlan::inputs`]).
-fn with_inputs(plan: &LogicalPlan, mut new: Vec<Arc<LogicalPlan>>) -> LogicalPlan {
+pub(crate) fn with_inputs(plan: &LogicalPlan, mut new: Vec<Arc<LogicalPlan>>) -> LogicalPlan {
     let mut next = || new.remove(0);
     match plan.clone() {
         LogicalPlan::Scan { .. } => plan.clone(),

@@ -26,6 +26,11 @@ pub struct PlanOptions {
     pub broadcast_rows: u64,
     /// Partial results merged per task in a tree reduction.
     pub fan_in: usize,
+    /// A group-by without `split_out` merges its partial results in a tree
+    /// when they hold at most this many rows in all, else shuffles them
+    /// on the keys into partitions of about this many rows (see
+    /// [`crate::adaptive`]).
+    pub group_rows: u64,
 }
 
 impl Default for PlanOptions {
@@ -33,6 +38,7 @@ impl Default for PlanOptions {
         PlanOptions {
             broadcast_rows: 2_000_000,
             fan_in: 8,
+            group_rows: 1_000_000,
         }
     }
 }
@@ -127,14 +133,7 @@ impl Lowering {
         let parts = match action {
             Action::Collect => vec![l.gather(parts, "collect")?],
             Action::Partitions => parts,
-            Action::Count => {
-                let len = [AggSpec {
-                    func: crate::expr::AggFunc::Len,
-                    input: Expr::Literal(crate::expr::Scalar::Null),
-                    name: "count".into(),
-                }];
-                l.aggregate(parts, &[], &len, None)?
-            }
+            Action::Count => l.count(parts)?,
             Action::WriteParquet(dir) => {
                 let written: Vec<Part> = parts
                     .into_iter()
@@ -149,13 +148,55 @@ impl Lowering {
                 l.aggregate(written, &[], &sum, None)?
             }
         };
-        let outputs = l.emit(parts, "output")?;
+        l.finish(parts)
+    }
+
+    /// The first stage of a group-by whose strategy is chosen when it
+    /// runs: `group_by(keys)` of the `partial` aggregates on each partition
+    /// of `input`, every one an output, then one more output counting
+    /// their rows in all.
+    pub fn lower_partials(
+        input: &LogicalPlan,
+        keys: &[Expr],
+        partial: &[AggSpec],
+        prefix: &str,
+        options: PlanOptions,
+    ) -> Result<Lowered> {
+        let mut l = Lowering {
+            prefix: prefix.to_string(),
+            options,
+            ..Default::default()
+        };
+        let step = Step::Aggregate {
+            keys: keys.to_vec(),
+            aggs: partial.to_vec(),
+        };
+        let parts: Vec<Part> = l.plan(input)?.into_iter().map(|p| p.with_step(step.clone())).collect();
+        let partials = l.emit(parts, "partial")?;
+        let count = l.count(partials.iter().cloned().map(Part::Done).collect())?;
+        let mut outputs: Vec<Part> = partials.into_iter().map(Part::Done).collect();
+        outputs.extend(count);
+        l.finish(outputs)
+    }
+
+    /// One partition holding `count`, the rows of `parts`.
+    fn count(&mut self, parts: Vec<Part>) -> Result<Vec<Part>> {
+        let len = [AggSpec {
+            func: crate::expr::AggFunc::Len,
+            input: Expr::Literal(crate::expr::Scalar::Null),
+            name: "count".into(),
+        }];
+        self.aggregate(parts, &[], &len, None)
+    }
+
+    fn finish(mut self, parts: Vec<Part>) -> Result<Lowered> {
+        let outputs = self.emit(parts, "output")?;
         Ok(Lowered {
             graph: Graph {
-                tasks: l.tasks,
+                tasks: self.tasks,
                 outputs,
             },
-            stages: l.stages,
+            stages: self.stages,
         })
     }
 
@@ -781,7 +822,7 @@ mod tests {
         };
         let options = PlanOptions {
             broadcast_rows: 1000,
-            fan_in: 8,
+            ..PlanOptions::default()
         };
         let small = Lowering::lower(&join(20, 4), "p", options.clone(), Action::Partitions).unwrap();
         assert!(
