@@ -235,7 +235,8 @@ impl LogicalPlan {
                 let s = input.schema()?;
                 let mut fields = fields_of(keys, &s)?;
                 for a in aggs {
-                    let t = crate::groupby::agg_type(a.func, &a.input.data_type(&s)?)?;
+                    let t = crate::groupby::agg_type(a.func, &a.input.data_type(&s)?)
+                        .map_err(|e| e.in_expr(&crate::expr::Expr::Agg(a.func, Box::new(a.input.clone()))))?;
                     if fields.iter().any(|f| f.name() == &a.name) {
                         return Err(FrameError::Plan(format!("the column name {:?} appears twice", a.name)));
                     }

@@ -121,23 +121,38 @@ async fn missing_columns_and_mismatched_types_fail_at_plan_time() {
         assert_eq!(frame.count().await.unwrap_err().to_string(), err, "{i}");
     }
 
-    // Types that do not fit: the error names both.
+    // Types that do not fit: the error names the expression (so its
+    // columns) and the types.
     let mismatched = [
-        (f.select([col("s") + lit(1)]), ["Utf8", "Int64"]),
-        (f.filter(col("k")), ["Int64", "Boolean"]),
-        (f.filter(col("s").gt(lit(3))), ["Utf8", "Int64"]),
-        (f.filter(col("k").starts_with("a")), ["StartsWith", "Int64"]),
-        (f.join(&other, &["k"], &["s"], JoinType::Inner), ["Int64", "Utf8"]),
-        (f.group_by([col("k")]).agg([col("s").sum()]), ["Sum", "Utf8"]),
-        (f.group_by([col("k")]).agg([col("s").mean()]), ["Mean", "Utf8"]),
+        (f.select([col("s") + lit(1)]), ["(col(s) + 1)", "Utf8", "Int64"]),
+        (f.filter(col("k")), ["col(k)", "Int64", "Boolean"]),
+        (f.filter(col("s").gt(lit(3))), ["(col(s) > 3)", "Utf8", "Int64"]),
+        (
+            f.filter(col("k").starts_with("a")),
+            ["col(k).StartsWith", "Int64", "Int64"],
+        ),
+        (
+            f.join(&other, &["k"], &["s"], JoinType::Inner),
+            ["k = s", "Int64", "Utf8"],
+        ),
+        (
+            f.group_by([col("k")]).agg([col("s").sum()]),
+            ["col(s).sum()", "Utf8", "Utf8"],
+        ),
+        (
+            f.group_by([col("k")]).agg([col("s").mean()]),
+            ["col(s).mean()", "Utf8", "Utf8"],
+        ),
         (
             f.select([when(col("k").gt(lit(1))).then(lit("big")).otherwise(lit(0))]),
-            ["Utf8", "Int64"],
+            ["when((col(k) > 1))", "Utf8", "Int64"],
         ),
         (
             f.select([when(col("s")).then(lit(1)).otherwise(lit(0))]),
-            ["Utf8", "Boolean"],
+            ["when(col(s))", "Utf8", "Boolean"],
         ),
+        (f.select([!col("k")]), ["not(col(k))", "Int64", "Boolean"]),
+        (f.select([col("s").year()]), ["col(s).year()", "Utf8", "Utf8"]),
     ];
     for (i, (frame, names)) in mismatched.iter().enumerate() {
         let err = plan_error(frame);

@@ -17,7 +17,7 @@ use weft_frame::{Expr, Frames, JoinType, LazyFrame, PlanOptions, col, len, lit};
 mod common;
 
 /// Cases per property (each a fresh random frame).
-const CASES: u64 = 40;
+const CASES: u64 = 24;
 
 /// One cell of a result, comparable across the cluster's answer and the
 /// reference (floats by their total order; the data keeps sums exact).
