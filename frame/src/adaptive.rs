@@ -48,6 +48,7 @@ pub fn resolve<'a>(frames: &'a Frames, plan: &'a Arc<LogicalPlan>) -> Resolved<'
                 keys,
                 aggs,
                 split_out: None,
+                partial_input: false,
             } if !keys.is_empty() => Ok(choose(frames, input, keys, aggs).await?.unwrap_or(plan)),
             LogicalPlan::Distinct { input } => {
                 let keys: Vec<Expr> = input.schema()?.fields().iter().map(|f| col(f.name())).collect();
@@ -87,6 +88,7 @@ async fn choose(
         keys: keys.to_vec(),
         aggs: phases.partial.clone(),
         split_out: None,
+        partial_input: false,
     }
     .schema()?;
     let partials = LogicalPlan::Scan {
@@ -104,6 +106,7 @@ async fn choose(
         keys: key_names.iter().map(col).collect(),
         aggs: phases.merge,
         split_out: Some(split_out_for(rows, partitions, frames.options())),
+        partial_input: true,
     };
     Ok(Some(Arc::new(LogicalPlan::Select {
         input: Arc::new(merged),

@@ -177,6 +177,7 @@ impl GroupBy {
                 keys: self.keys,
                 aggs: specs?,
                 split_out: self.split_out,
+                partial_input: false,
             })
         })
     }

@@ -145,7 +145,7 @@ impl Lowering {
                     input: col("rows"),
                     name: "rows".into(),
                 }];
-                l.aggregate(written, &[], &sum, None)?
+                l.aggregate(written, &[], &sum, None, false)?
             }
         };
         l.finish(parts)
@@ -186,7 +186,7 @@ impl Lowering {
             input: Expr::Literal(crate::expr::Scalar::Null),
             name: "count".into(),
         }];
-        self.aggregate(parts, &[], &len, None)
+        self.aggregate(parts, &[], &len, None, false)
     }
 
     fn finish(mut self, parts: Vec<Part>) -> Result<Lowered> {
@@ -355,15 +355,16 @@ impl Lowering {
                 keys,
                 aggs,
                 split_out,
+                partial_input,
             } => {
                 let parts = self.plan(input)?;
-                self.aggregate(parts, keys, aggs, *split_out)
+                self.aggregate(parts, keys, aggs, *split_out, *partial_input)
             }
             LogicalPlan::Distinct { input } => {
                 let schema = input.schema()?;
                 let keys: Vec<Expr> = schema.fields().iter().map(|f| col(f.name())).collect();
                 let parts = self.plan(input)?;
-                self.aggregate(parts, &keys, &[], None)
+                self.aggregate(parts, &keys, &[], None, false)
             }
             LogicalPlan::Join { left, right, spec } => self.join(plan, left, right, spec),
             LogicalPlan::Sort { input, by, descending } => {
@@ -523,12 +524,15 @@ impl Lowering {
         })
     }
 
+    /// `group_by(keys).agg(aggs)` of `parts` into `split_out` partitions
+    /// (a tree when 1); `partial_input`: the parts are partial results.
     fn aggregate(
         &mut self,
         parts: Vec<Part>,
         keys: &[Expr],
         aggs: &[AggSpec],
         split_out: Option<usize>,
+        partial_input: bool,
     ) -> Result<Vec<Part>> {
         let key_names: Vec<String> = keys.iter().map(Expr::output_name).collect();
         let key_cols: Vec<Expr> = key_names.iter().map(col).collect();
@@ -558,7 +562,11 @@ impl Lowering {
             aggs: phases.merge.clone(),
         };
         let finals = Step::Select(phases.finals.clone());
-        let mut parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(partial.clone())).collect();
+        let mut parts: Vec<Part> = if partial_input {
+            parts
+        } else {
+            parts.into_iter().map(|p| p.with_step(partial.clone())).collect()
+        };
         if split_out > 1 {
             let split = Step::HashSplit {
                 keys: key_cols,
@@ -766,6 +774,7 @@ mod tests {
             keys: vec![col("key")],
             aggs: vec![AggSpec::from_expr(&col("value").sum().alias("s")).unwrap()],
             split_out: None,
+            partial_input: false,
         };
         let t = Instant::now();
         let lowered = Lowering::lower(&plan, "p", PlanOptions::default(), Action::Collect).unwrap();
