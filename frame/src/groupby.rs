@@ -480,6 +480,37 @@ mod tests {
     }
 
     #[test]
+    fn count_skips_nulls_of_every_kind() {
+        let b = batch(
+            vec![Some(1), Some(1), Some(2)],
+            vec!["a", "b", "c"],
+            vec![Some(1.0), None, None],
+        );
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                b.schema().field(0).clone(),
+                b.schema().field(2).clone(),
+                Field::new("nothing", DataType::Null, true),
+            ])),
+            vec![
+                b.column(0).clone(),
+                b.column(2).clone(),
+                arrow_array::new_null_array(&DataType::Null, 3),
+            ],
+        )
+        .unwrap();
+        let specs: Vec<AggSpec> = [col("v").count().alias("v"), col("nothing").count().alias("n")]
+            .iter()
+            .map(|e| AggSpec::from_expr(e).unwrap())
+            .collect();
+        let out = aggregate(&b, &[col("k")], &specs).unwrap();
+        let n = |i: usize| out.column(i).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(n(1), [1, 0]);
+        // A null-typed column has no validity bitmap, yet every value is null.
+        assert_eq!(n(2), [0, 0]);
+    }
+
+    #[test]
     fn global_aggregates_of_nothing_give_one_row() {
         let b = batch(vec![], vec![], vec![]);
         let out = aggregate(&b, &[], &specs()).unwrap();
