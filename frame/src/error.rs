@@ -67,6 +67,23 @@ fn schema_names(schema: &Schema) -> String {
 pub type Result<T, E = FrameError> = std::result::Result<T, E>;
 
 impl FrameError {
+    /// A type error (mismatch or unsupported type) restated as arising in
+    /// `expr`, so it names the columns involved; other errors unchanged.
+    pub fn in_expr(self, expr: &dyn std::fmt::Display) -> Self {
+        match self {
+            FrameError::TypeMismatch { left, right, .. } => FrameError::TypeMismatch {
+                op: expr.to_string(),
+                left,
+                right,
+            },
+            FrameError::Unsupported { data_type, .. } => FrameError::Unsupported {
+                op: expr.to_string(),
+                data_type,
+            },
+            other => other,
+        }
+    }
+
     /// A file error from anything displayable.
     pub fn file(path: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         FrameError::File {

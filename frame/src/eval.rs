@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar as ArrowScalar, new_null_array};
 use arrow_schema::DataType;
 
@@ -54,10 +55,27 @@ impl Columnar {
             return Ok(self);
         }
         Ok(match self {
-            Columnar::Array(a) => Columnar::Array(arrow_cast::cast(&a, to)?),
-            Columnar::Scalar(a) => Columnar::Scalar(arrow_cast::cast(&a, to)?),
+            Columnar::Array(a) => Columnar::Array(cast(&a, to)?),
+            Columnar::Scalar(a) => Columnar::Scalar(cast(&a, to)?),
         })
     }
+}
+
+/// `arrow_cast::cast`, with decimal128 to float64 converting each value
+/// through i64 where it fits (one instruction, not a 128-bit software
+/// conversion; the same value, as every decimal of up to 18 digits fits):
+/// TPC-H's prices and discounts go through it in every query.
+pub fn cast(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    if let (DataType::Decimal128(_, scale), DataType::Float64) = (array.data_type(), to) {
+        let div = 10f64.powi(i32::from(*scale));
+        let decimals = array.as_primitive::<arrow_array::types::Decimal128Type>();
+        let floats: arrow_array::Float64Array = decimals.unary(|v| match i64::try_from(v) {
+            Ok(v) => v as f64 / div,
+            Err(_) => v as f64 / div,
+        });
+        return Ok(Arc::new(floats));
+    }
+    Ok(arrow_cast::cast(array, to)?)
 }
 
 /// Evaluates `expr` on `batch` to an array of the batch's length.
@@ -511,6 +529,32 @@ mod tests {
         );
         let c = evaluate(&col("d").cast(DataType::Float64), &batch()).unwrap();
         assert_eq!(c.as_any().downcast_ref::<Float64Array>().unwrap().value(3), 24.0);
+    }
+
+    #[test]
+    fn decimals_cast_to_floats_as_arrow_casts_them() {
+        let values = [
+            0,
+            1,
+            -1,
+            2400,
+            -99_999_999_999_999,
+            i128::from(i64::MAX) + 7,
+            i128::MIN / 3,
+        ];
+        for scale in [0, 2, 6] {
+            let a: ArrayRef = Arc::new(
+                Decimal128Array::from_iter(values.iter().map(|v| Some(*v)).chain([None]))
+                    .with_precision_and_scale(38, scale)
+                    .unwrap(),
+            );
+            let ours = cast(&a, &DataType::Float64).unwrap();
+            assert_eq!(
+                &ours,
+                &arrow_cast::cast(&a, &DataType::Float64).unwrap(),
+                "scale {scale}"
+            );
+        }
     }
 
     #[test]

@@ -526,9 +526,9 @@ impl Expr {
             Expr::Literal(s) => Ok(s.data_type()),
             Expr::Binary { left, op, right } => {
                 let (l, r) = (left.data_type(schema)?, right.data_type(schema)?);
-                crate::eval::binary_type(*op, &l, &r)
+                crate::eval::binary_type(*op, &l, &r).map_err(|e| e.in_expr(self))
             }
-            Expr::Not(e) => expect_type(e, schema, "not", &DataType::Boolean),
+            Expr::Not(e) => expect_type(e, schema, "not", &DataType::Boolean).map_err(|err| err.in_expr(self)),
             Expr::IsNull(e) | Expr::IsNotNull(e) => e.data_type(schema).map(|_| DataType::Boolean),
             Expr::Cast(e, to) => {
                 let from = e.data_type(schema)?;
@@ -536,7 +536,7 @@ impl Expr {
                     Ok(to.clone())
                 } else {
                     Err(FrameError::TypeMismatch {
-                        op: "cast".into(),
+                        op: self.to_string(),
                         left: from,
                         right: to.clone(),
                     })
@@ -545,28 +545,30 @@ impl Expr {
             Expr::Year(e) => match e.data_type(schema)? {
                 DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => Ok(DataType::Int32),
                 other => Err(FrameError::Unsupported {
-                    op: "year()".into(),
+                    op: self.to_string(),
                     data_type: other,
                 }),
             },
-            Expr::Str(e, op, _) => match e.data_type(schema)? {
+            Expr::Str(e, _, _) => match e.data_type(schema)? {
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(DataType::Boolean),
                 other => Err(FrameError::Unsupported {
-                    op: format!("{op:?}"),
+                    op: self.to_string(),
                     data_type: other,
                 }),
             },
             Expr::When { cases, otherwise } => {
                 let mut out = otherwise.data_type(schema)?;
                 for (c, v) in cases {
-                    expect_type(c, schema, "when", &DataType::Boolean)?;
+                    expect_type(c, schema, "when", &DataType::Boolean).map_err(|e| e.in_expr(&format!("when({c})")))?;
                     let t = v.data_type(schema)?;
-                    out = crate::eval::common_type("when/then/otherwise", &t, &out)?;
+                    out = crate::eval::common_type("when/then/otherwise", &t, &out).map_err(|e| e.in_expr(self))?;
                 }
                 Ok(out)
             }
             Expr::Alias(e, _) => e.data_type(schema),
-            Expr::Agg(func, e) => crate::groupby::agg_type(*func, &e.data_type(schema)?),
+            Expr::Agg(func, e) => {
+                crate::groupby::agg_type(*func, &e.data_type(schema)?).map_err(|err| err.in_expr(self))
+            }
         }
     }
 

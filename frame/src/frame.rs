@@ -54,6 +54,11 @@ impl Frames {
         &self.client
     }
 
+    /// The planner's choices.
+    pub fn options(&self) -> &PlanOptions {
+        &self.options
+    }
+
     fn frame(&self, plan: LogicalPlan) -> LazyFrame {
         LazyFrame {
             frames: self.clone(),
@@ -172,6 +177,7 @@ impl GroupBy {
                 keys: self.keys,
                 aggs: specs?,
                 split_out: self.split_out,
+                partial_input: false,
             })
         })
     }
@@ -319,14 +325,21 @@ impl LazyFrame {
         })
     }
 
-    fn lower(&self, action: Action) -> Result<Lowered> {
+    /// The plan as it runs: optimised, each group-by's strategy chosen
+    /// (its partial results computed), lowered to one graph. The plan
+    /// returned holds the partial results: keep it until the graph is done.
+    async fn lower(&self, action: Action) -> Result<(Lowered, Arc<LogicalPlan>)> {
         self.check()?;
         let optimized = optimize(&self.plan)?;
+        let resolved = crate::adaptive::resolve(&self.frames, &optimized).await?;
         let prefix = self.frames.client.unique_key("frame");
-        Lowering::lower(&optimized, prefix.as_str(), self.frames.options.clone(), action)
+        let lowered = Lowering::lower(&resolved, prefix.as_str(), self.frames.options.clone(), action)?;
+        Ok((lowered, resolved))
     }
 
-    /// The logical plan, the optimised plan and the physical stages.
+    /// The logical plan, the optimised plan and the physical stages (a
+    /// group-by without `split_out` shows as a tree: the run chooses from
+    /// its partial results' sizes).
     pub fn explain(&self) -> Result<String> {
         self.check()?;
         let optimized = optimize(&self.plan)?;
@@ -341,18 +354,10 @@ impl LazyFrame {
     }
 
     async fn run_one(&self, action: Action) -> Result<RecordBatch> {
-        let lowered = self.lower(action)?;
+        let (lowered, _inputs) = self.lower(action).await?;
         let client = &self.frames.client;
         let futures = client.compute(lowered.graph).await?;
-        let values = client.gather(&futures).await?;
-        let value = values
-            .first()
-            .ok_or_else(|| FrameError::Partition("no result partition".into()))?;
-        let mut batches = partition::decode(value)?;
-        match batches.len() {
-            1 => Ok(batches.remove(0)),
-            _ => Err(FrameError::Partition(format!("{} pieces in a result", batches.len()))),
-        }
+        single_batch(&client.gather(&futures).await?)
     }
 
     /// Runs the plan and brings the result to this process as one batch.
@@ -394,7 +399,7 @@ impl LazyFrame {
     pub async fn persist(&self) -> Result<LazyFrame> {
         let schema = self.schema()?;
         let rows = self.plan.estimate_rows();
-        let lowered = self.lower(Action::Partitions)?;
+        let (lowered, _inputs) = self.lower(Action::Partitions).await?;
         let client = &self.frames.client;
         let futures = client.compute(lowered.graph).await?;
         client.wait(&futures).await;
@@ -405,7 +410,20 @@ impl LazyFrame {
     }
 }
 
-fn first_int(batch: &RecordBatch, name: &str) -> Result<u64> {
+/// The one batch of the first of `values` (a gathered result).
+pub(crate) fn single_batch(values: &[Value]) -> Result<RecordBatch> {
+    let value = values
+        .first()
+        .ok_or_else(|| FrameError::Partition("no result partition".into()))?;
+    let mut batches = partition::decode(value)?;
+    match batches.len() {
+        1 => Ok(batches.remove(0)),
+        _ => Err(FrameError::Partition(format!("{} pieces in a result", batches.len()))),
+    }
+}
+
+/// The integer in the first row of column `name` (0 when null or empty).
+pub(crate) fn first_int(batch: &RecordBatch, name: &str) -> Result<u64> {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     let c = batch

@@ -2,9 +2,8 @@
 //! into a partial step per partition, a merge of partial results and a
 //! final projection (so it runs as a tree or after a shuffle).
 //!
-//! Groups are numbered in order of first appearance: a single integer key
-//! goes through a table of `i64`s, any other key through arrow-row's
-//! byte encoding of the key columns.
+//! Groups are numbered in order of first appearance, one key column at a
+//! time (see [`group_rows`]).
 
 use std::sync::Arc;
 
@@ -89,50 +88,63 @@ impl Groups {
     }
 }
 
-/// Numbers the distinct key tuples of `keys` (all of `rows` rows).
+/// Numbers the distinct key tuples of `keys` (all of `rows` rows): each
+/// column's values are numbered on their own (integers and strings
+/// hashed as they are, other types through arrow-row's encoding), then
+/// the columns' numbers are combined pairwise as one `u64` each, so
+/// several keys cost a few integer hash passes rather than a row
+/// encoding of every tuple.
 pub fn group_rows(keys: &[ArrayRef], rows: usize) -> Result<Groups> {
-    if keys.is_empty() {
+    let Some((first, rest)) = keys.split_first() else {
         return Ok(Groups {
             ids: vec![0; rows],
             firsts: vec![0],
         });
+    };
+    let mut groups = column_groups(first)?;
+    for key in rest {
+        let next = column_groups(key)?;
+        let pairs = groups.ids.iter().zip(&next.ids);
+        groups = dense(pairs.map(|(&a, &b)| Some((u64::from(a) << 32) | u64::from(b))), rows);
     }
+    Ok(groups)
+}
+
+/// The distinct values of one key column, numbered (null is one value).
+fn column_groups(key: &ArrayRef) -> Result<Groups> {
+    let rows = key.len();
+    let t = key.data_type();
+    if t.is_integer() || *t == DataType::Date32 {
+        let ints = arrow_cast::cast(key, &DataType::Int64)?;
+        return Ok(dense(ints.as_primitive::<Int64Type>().iter(), rows));
+    }
+    if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        let strings = arrow_cast::cast(key, &DataType::Utf8)?;
+        return Ok(dense(strings.as_string::<i32>().iter(), rows));
+    }
+    let converter = RowConverter::new(vec![SortField::new(t.clone())])?;
+    let encoded = converter.convert_columns(std::slice::from_ref(key))?;
+    Ok(dense((0..rows).map(|row| Some(encoded.row(row).data())), rows))
+}
+
+/// Numbers `values` in order of first appearance (`None` is one value).
+fn dense<K: std::hash::Hash + Eq>(values: impl Iterator<Item = Option<K>>, rows: usize) -> Groups {
+    let mut table: HashMap<K, u32> = HashMap::with_capacity(1024);
+    let mut null_group = None;
     let mut ids = Vec::with_capacity(rows);
     let mut firsts = Vec::new();
-    if let [key] = keys
-        && (key.data_type().is_integer() || *key.data_type() == DataType::Date32)
-    {
-        let ints = arrow_cast::cast(key, &DataType::Int64)?;
-        let ints = ints.as_primitive::<Int64Type>();
-        let mut table: HashMap<i64, u32> = HashMap::with_capacity(1024);
-        let mut null_group = None;
-        for (row, v) in ints.iter().enumerate() {
-            let id = match v {
-                Some(v) => *table.entry(v).or_insert_with(|| {
-                    firsts.push(row as u32);
-                    (firsts.len() - 1) as u32
-                }),
-                None => *null_group.get_or_insert_with(|| {
-                    firsts.push(row as u32);
-                    (firsts.len() - 1) as u32
-                }),
-            };
-            ids.push(id);
-        }
-        return Ok(Groups { ids, firsts });
-    }
-    let converter = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
-    let encoded = converter.convert_columns(keys)?;
-    let mut table: HashMap<&[u8], u32> = HashMap::with_capacity(1024);
-    for row in 0..rows {
-        let bytes = encoded.row(row).data();
-        let id = *table.entry(bytes).or_insert_with(|| {
+    for (row, v) in values.enumerate() {
+        let new = || {
             firsts.push(row as u32);
             (firsts.len() - 1) as u32
-        });
+        };
+        let id = match v {
+            Some(v) => *table.entry(v).or_insert_with(new),
+            None => *null_group.get_or_insert_with(new),
+        };
         ids.push(id);
     }
-    Ok(Groups { ids, firsts })
+    Groups { ids, firsts }
 }
 
 /// `group_by(keys).agg(aggs)` of one batch: the key columns (first row of
@@ -171,9 +183,16 @@ fn accumulate(func: AggFunc, input: &ArrayRef, groups: &Groups) -> Result<ArrayR
     let out_type = agg_type(func, input.data_type())?;
     match func {
         AggFunc::Count => {
+            // The validity bitmap read directly (logical nulls: a null-typed
+            // input counts nothing), not one dynamic call per row.
             let mut counts = vec![0i64; n];
-            for (row, &g) in ids.iter().enumerate() {
-                counts[g as usize] += i64::from(input.is_valid(row));
+            match input.logical_nulls() {
+                None => ids.iter().for_each(|&g| counts[g as usize] += 1),
+                Some(nulls) => {
+                    for (&g, valid) in ids.iter().zip(nulls.iter()) {
+                        counts[g as usize] += i64::from(valid);
+                    }
+                }
             }
             Ok(Arc::new(Int64Array::from(counts)))
         }
@@ -191,7 +210,7 @@ fn accumulate(func: AggFunc, input: &ArrayRef, groups: &Groups) -> Result<ArrayR
             Ok(Arc::new(Int64Array::from(counts)))
         }
         AggFunc::Mean => {
-            let values = arrow_cast::cast(input, &DataType::Float64)?;
+            let values = crate::eval::cast(input, &DataType::Float64)?;
             let values = values.as_primitive::<Float64Type>();
             let (mut sums, mut counts) = (vec![0f64; n], vec![0u64; n]);
             fold(values, ids, |g, v| {
@@ -209,7 +228,7 @@ fn accumulate(func: AggFunc, input: &ArrayRef, groups: &Groups) -> Result<ArrayR
                 Ok(Arc::new(Int64Array::from(acc)))
             }
             DataType::Float64 => {
-                let values = arrow_cast::cast(input, &DataType::Float64)?;
+                let values = crate::eval::cast(input, &DataType::Float64)?;
                 let acc = reduce(values.as_primitive::<Float64Type>(), ids, n, func);
                 Ok(Arc::new(Float64Array::from(acc)))
             }
@@ -458,6 +477,37 @@ mod tests {
         };
         assert_eq!(as_map(&finals), as_map(reference.columns()));
         let _ = lit(1);
+    }
+
+    #[test]
+    fn count_skips_nulls_of_every_kind() {
+        let b = batch(
+            vec![Some(1), Some(1), Some(2)],
+            vec!["a", "b", "c"],
+            vec![Some(1.0), None, None],
+        );
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                b.schema().field(0).clone(),
+                b.schema().field(2).clone(),
+                Field::new("nothing", DataType::Null, true),
+            ])),
+            vec![
+                b.column(0).clone(),
+                b.column(2).clone(),
+                arrow_array::new_null_array(&DataType::Null, 3),
+            ],
+        )
+        .unwrap();
+        let specs: Vec<AggSpec> = [col("v").count().alias("v"), col("nothing").count().alias("n")]
+            .iter()
+            .map(|e| AggSpec::from_expr(e).unwrap())
+            .collect();
+        let out = aggregate(&b, &[col("k")], &specs).unwrap();
+        let n = |i: usize| out.column(i).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(n(1), [1, 0]);
+        // A null-typed column has no validity bitmap, yet every value is null.
+        assert_eq!(n(2), [0, 0]);
     }
 
     #[test]

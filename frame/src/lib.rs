@@ -4,11 +4,13 @@
 //! A [`LazyFrame`] builds a [`plan::LogicalPlan`]; an action (`collect`,
 //! `count`, `write_parquet`, `persist`) runs the [`optimize`] passes
 //! (constant folding, filter and projection pushdown into scans with
-//! row-group pruning), lowers the plan to one graph ([`physical`]) and
-//! submits it in one message. Workers run the ops of [`register`]: fused
-//! per-partition steps ([`ops`]) on arrow-rs compute, with our own hash
-//! group-by ([`groupby`]), hash join ([`join`]) and hash partitioning
-//! ([`shuffle`]); partitions travel as [`partition`] values.
+//! row-group pruning), chooses each group-by's strategy from the sizes of
+//! its partial results ([`adaptive`]), lowers the plan to one graph
+//! ([`physical`]) and submits it in one message. Workers run the ops of
+//! [`register`]: fused per-partition steps ([`ops`]) on arrow-rs compute,
+//! with our own hash group-by ([`groupby`]), hash join ([`join`]), hash
+//! partitioning ([`shuffle`]) and the range partitioning of sorts
+//! ([`range`]); partitions travel as [`partition`] values.
 //!
 //! ```rust,no_run
 //! # async fn example(client: weft_runtime::Client) -> weft_frame::Result<()> {
@@ -27,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod bench;
 pub mod error;
 pub mod eval;
@@ -39,6 +42,7 @@ pub mod optimize;
 pub mod partition;
 pub mod physical;
 pub mod plan;
+pub mod range;
 pub mod shuffle;
 pub mod tpch;
 

@@ -143,6 +143,31 @@ pub enum Step {
     },
     /// Splits into `n` contiguous slices (the last step).
     SliceSplit(usize),
+    /// The sort keys of a few evenly spaced rows ([`crate::range::sample`]).
+    SortSample {
+        /// Sort keys.
+        by: Vec<Expr>,
+        /// Rows sampled.
+        rows: usize,
+    },
+    /// Boundaries of `n` key ranges chosen among concatenated samples
+    /// ([`crate::range::boundaries`]).
+    SortBoundaries {
+        /// Descending, per key.
+        descending: Vec<bool>,
+        /// Ranges.
+        n: usize,
+    },
+    /// Splits into `n` key ranges by the boundaries in the task's last
+    /// input (the others are its data); the last step.
+    RangeSplit {
+        /// Sort keys.
+        by: Vec<Expr>,
+        /// Descending, per key.
+        descending: Vec<bool>,
+        /// Ranges.
+        n: usize,
+    },
     /// Writes the partition as a Parquet file; the result is its row count.
     WriteParquet(String),
 }
@@ -158,9 +183,21 @@ pub struct TaskArgs {
 
 /// Runs a task on its inputs; returns its pieces (one unless split).
 pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
+    let (inputs, boundaries) = match (args.steps.last(), inputs.split_last()) {
+        (Some(Step::RangeSplit { .. }), Some((last, data))) => (data, Some(last)),
+        (Some(Step::RangeSplit { .. }), None) => {
+            return Err(FrameError::Partition("a range split without its boundaries".into()));
+        }
+        _ => (inputs, None),
+    };
     let mut batch = start(&args.input, inputs)?;
     for (i, step) in args.steps.iter().enumerate() {
         match step {
+            Step::RangeSplit { by, descending, n } => {
+                check_last(i, args)?;
+                let boundaries = concat_inputs(boundaries.map(std::slice::from_ref).unwrap_or_default())?;
+                return crate::range::range_split(&batch, by, descending, &boundaries, *n);
+            }
             Step::HashSplit { keys, n } => {
                 check_last(i, args)?;
                 return crate::shuffle::hash_split(&batch, keys, *n);
@@ -287,7 +324,9 @@ pub fn apply(step: &Step, batch: RecordBatch) -> Result<RecordBatch> {
             let schema = Schema::new(vec![Field::new("rows", DataType::Int64, false)]);
             RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(vec![rows as i64]))])?
         }
-        Step::HashSplit { .. } | Step::SliceSplit(_) => {
+        Step::SortSample { by, rows } => crate::range::sample(&batch, by, *rows)?,
+        Step::SortBoundaries { descending, n } => crate::range::boundaries(&batch, descending, *n)?,
+        Step::HashSplit { .. } | Step::SliceSplit(_) | Step::RangeSplit { .. } => {
             return Err(FrameError::Plan("a split must be a task's last step".into()));
         }
     })

@@ -22,7 +22,7 @@ pub fn optimize(plan: &Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
 }
 
 /// A node with its inputs replaced (in the order of [`LogicalPlan::inputs`]).
-fn with_inputs(plan: &LogicalPlan, mut new: Vec<Arc<LogicalPlan>>) -> LogicalPlan {
+pub(crate) fn with_inputs(plan: &LogicalPlan, mut new: Vec<Arc<LogicalPlan>>) -> LogicalPlan {
     let mut next = || new.remove(0);
     match plan.clone() {
         LogicalPlan::Scan { .. } => plan.clone(),
@@ -33,12 +33,17 @@ fn with_inputs(plan: &LogicalPlan, mut new: Vec<Arc<LogicalPlan>>) -> LogicalPla
         LogicalPlan::Select { exprs, .. } => LogicalPlan::Select { input: next(), exprs },
         LogicalPlan::WithColumns { exprs, .. } => LogicalPlan::WithColumns { input: next(), exprs },
         LogicalPlan::Aggregate {
-            keys, aggs, split_out, ..
+            keys,
+            aggs,
+            split_out,
+            partial_input,
+            ..
         } => LogicalPlan::Aggregate {
             input: next(),
             keys,
             aggs,
             split_out,
+            partial_input,
         },
         LogicalPlan::Join { spec, .. } => {
             let left = next();
@@ -129,6 +134,7 @@ fn map_exprs(plan: &LogicalPlan, f: &impl Fn(Expr) -> Expr) -> LogicalPlan {
             keys,
             mut aggs,
             split_out,
+            partial_input,
         } => {
             for a in &mut aggs {
                 a.input = f(a.input.clone());
@@ -138,6 +144,7 @@ fn map_exprs(plan: &LogicalPlan, f: &impl Fn(Expr) -> Expr) -> LogicalPlan {
                 keys: all(&keys),
                 aggs,
                 split_out,
+                partial_input,
             }
         }
         other => other,

@@ -26,6 +26,11 @@ pub struct PlanOptions {
     pub broadcast_rows: u64,
     /// Partial results merged per task in a tree reduction.
     pub fan_in: usize,
+    /// A group-by without `split_out` merges its partial results in a tree
+    /// when they hold at most this many rows in all, else shuffles them
+    /// on the keys into partitions of about this many rows (see
+    /// [`crate::adaptive`]).
+    pub group_rows: u64,
 }
 
 impl Default for PlanOptions {
@@ -33,6 +38,7 @@ impl Default for PlanOptions {
         PlanOptions {
             broadcast_rows: 2_000_000,
             fan_in: 8,
+            group_rows: 1_000_000,
         }
     }
 }
@@ -127,14 +133,7 @@ impl Lowering {
         let parts = match action {
             Action::Collect => vec![l.gather(parts, "collect")?],
             Action::Partitions => parts,
-            Action::Count => {
-                let len = [AggSpec {
-                    func: crate::expr::AggFunc::Len,
-                    input: Expr::Literal(crate::expr::Scalar::Null),
-                    name: "count".into(),
-                }];
-                l.aggregate(parts, &[], &len, None)?
-            }
+            Action::Count => l.count(parts)?,
             Action::WriteParquet(dir) => {
                 let written: Vec<Part> = parts
                     .into_iter()
@@ -146,16 +145,58 @@ impl Lowering {
                     input: col("rows"),
                     name: "rows".into(),
                 }];
-                l.aggregate(written, &[], &sum, None)?
+                l.aggregate(written, &[], &sum, None, false)?
             }
         };
-        let outputs = l.emit(parts, "output")?;
+        l.finish(parts)
+    }
+
+    /// The first stage of a group-by whose strategy is chosen when it
+    /// runs: `group_by(keys)` of the `partial` aggregates on each partition
+    /// of `input`, every one an output, then one more output counting
+    /// their rows in all.
+    pub fn lower_partials(
+        input: &LogicalPlan,
+        keys: &[Expr],
+        partial: &[AggSpec],
+        prefix: &str,
+        options: PlanOptions,
+    ) -> Result<Lowered> {
+        let mut l = Lowering {
+            prefix: prefix.to_string(),
+            options,
+            ..Default::default()
+        };
+        let step = Step::Aggregate {
+            keys: keys.to_vec(),
+            aggs: partial.to_vec(),
+        };
+        let parts: Vec<Part> = l.plan(input)?.into_iter().map(|p| p.with_step(step.clone())).collect();
+        let partials = l.emit(parts, "partial")?;
+        let count = l.count(partials.iter().cloned().map(Part::Done).collect())?;
+        let mut outputs: Vec<Part> = partials.into_iter().map(Part::Done).collect();
+        outputs.extend(count);
+        l.finish(outputs)
+    }
+
+    /// One partition holding `count`, the rows of `parts`.
+    fn count(&mut self, parts: Vec<Part>) -> Result<Vec<Part>> {
+        let len = [AggSpec {
+            func: crate::expr::AggFunc::Len,
+            input: Expr::Literal(crate::expr::Scalar::Null),
+            name: "count".into(),
+        }];
+        self.aggregate(parts, &[], &len, None, false)
+    }
+
+    fn finish(mut self, parts: Vec<Part>) -> Result<Lowered> {
+        let outputs = self.emit(parts, "output")?;
         Ok(Lowered {
             graph: Graph {
-                tasks: l.tasks,
+                tasks: self.tasks,
                 outputs,
             },
-            stages: l.stages,
+            stages: self.stages,
         })
     }
 
@@ -194,6 +235,9 @@ impl Lowering {
                     Step::Limit(n) => format!("limit {n}"),
                     Step::HashSplit { n, .. } => format!("hash split {n}"),
                     Step::SliceSplit(n) => format!("slice split {n}"),
+                    Step::SortSample { rows, .. } => format!("sample {rows} sort keys"),
+                    Step::SortBoundaries { n, .. } => format!("boundaries of {n} ranges"),
+                    Step::RangeSplit { n, .. } => format!("range split {n} (the last input the boundaries)"),
                     Step::WriteParquet(_) => "write parquet".into(),
                 }
             );
@@ -247,7 +291,13 @@ impl Lowering {
     /// every part to output j.
     fn exchange(&mut self, parts: Vec<Part>, split: Step, n: usize, name: &str) -> Result<Vec<Part>> {
         let parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(split.clone())).collect();
-        let splits = self.emit(parts, &format!("{name}-split"))?;
+        self.route(parts, n, name)
+    }
+
+    /// Routes piece j of every split (parts ending in a split step of `n`
+    /// pieces) to output j.
+    fn route(&mut self, splits: Vec<Part>, n: usize, name: &str) -> Result<Vec<Part>> {
+        let splits = self.emit(splits, &format!("{name}-split"))?;
         let stage = self.stages.len();
         let mut outputs = vec![Vec::with_capacity(splits.len()); n];
         for (i, s) in splits.iter().enumerate() {
@@ -305,25 +355,30 @@ impl Lowering {
                 keys,
                 aggs,
                 split_out,
+                partial_input,
             } => {
                 let parts = self.plan(input)?;
-                self.aggregate(parts, keys, aggs, *split_out)
+                self.aggregate(parts, keys, aggs, *split_out, *partial_input)
             }
             LogicalPlan::Distinct { input } => {
                 let schema = input.schema()?;
                 let keys: Vec<Expr> = schema.fields().iter().map(|f| col(f.name())).collect();
                 let parts = self.plan(input)?;
-                self.aggregate(parts, &keys, &[], None)
+                self.aggregate(parts, &keys, &[], None, false)
             }
             LogicalPlan::Join { left, right, spec } => self.join(plan, left, right, spec),
             LogicalPlan::Sort { input, by, descending } => {
                 let parts = self.plan(input)?;
-                let one = self.gather(parts, "sort-gather")?;
-                Ok(vec![one.with_step(Step::Sort {
+                let local = Step::Sort {
                     by: by.clone(),
                     descending: descending.clone(),
                     limit: None,
-                })])
+                };
+                let parts = match parts.len() {
+                    1 => parts,
+                    _ => self.range_partition(parts, by, descending)?,
+                };
+                Ok(parts.into_iter().map(|p| p.with_step(local.clone())).collect())
             }
             LogicalPlan::Limit { input, n } => {
                 // Top-k: a limited sort per partition, then of their union.
@@ -469,12 +524,15 @@ impl Lowering {
         })
     }
 
+    /// `group_by(keys).agg(aggs)` of `parts` into `split_out` partitions
+    /// (a tree when 1); `partial_input`: the parts are partial results.
     fn aggregate(
         &mut self,
         parts: Vec<Part>,
         keys: &[Expr],
         aggs: &[AggSpec],
         split_out: Option<usize>,
+        partial_input: bool,
     ) -> Result<Vec<Part>> {
         let key_names: Vec<String> = keys.iter().map(Expr::output_name).collect();
         let key_cols: Vec<Expr> = key_names.iter().map(col).collect();
@@ -504,7 +562,11 @@ impl Lowering {
             aggs: phases.merge.clone(),
         };
         let finals = Step::Select(phases.finals.clone());
-        let mut parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(partial.clone())).collect();
+        let mut parts: Vec<Part> = if partial_input {
+            parts
+        } else {
+            parts.into_iter().map(|p| p.with_step(partial.clone())).collect()
+        };
         if split_out > 1 {
             let split = Step::HashSplit {
                 keys: key_cols,
@@ -601,6 +663,44 @@ impl Lowering {
         Ok(out)
     }
 
+    /// As many partitions as `parts`, partition j holding the j-th range
+    /// of the sort keys (see [`crate::range`]): each part is sampled, one
+    /// task picks the boundaries, each part splits by them.
+    fn range_partition(&mut self, parts: Vec<Part>, by: &[Expr], descending: &[bool]) -> Result<Vec<Part>> {
+        let n = parts.len();
+        let inputs = self.emit(parts, "sort-input")?;
+        let deps = |deps: Vec<Key>, step: Step| {
+            Part::Pending(Pending {
+                args: TaskArgs {
+                    input: Input::Deps,
+                    steps: vec![step],
+                },
+                deps,
+            })
+        };
+        let sample = Step::SortSample {
+            by: by.to_vec(),
+            rows: crate::range::SAMPLE_ROWS,
+        };
+        let samples: Vec<Part> = inputs.iter().map(|k| deps(vec![k.clone()], sample.clone())).collect();
+        let samples = self.emit(samples, "sort-sample")?;
+        let bounds = Step::SortBoundaries {
+            descending: descending.to_vec(),
+            n,
+        };
+        let bounds = self.emit(vec![deps(samples, bounds)], "sort-boundaries")?.remove(0);
+        let split = Step::RangeSplit {
+            by: by.to_vec(),
+            descending: descending.to_vec(),
+            n,
+        };
+        let splits = inputs
+            .into_iter()
+            .map(|k| deps(vec![k, bounds.clone()], split.clone()))
+            .collect();
+        self.route(splits, n, "sort")
+    }
+
     fn repartition(&mut self, parts: Vec<Part>, n: usize) -> Result<Vec<Part>> {
         let p = parts.len();
         if n == p {
@@ -674,6 +774,7 @@ mod tests {
             keys: vec![col("key")],
             aggs: vec![AggSpec::from_expr(&col("value").sum().alias("s")).unwrap()],
             split_out: None,
+            partial_input: false,
         };
         let t = Instant::now();
         let lowered = Lowering::lower(&plan, "p", PlanOptions::default(), Action::Collect).unwrap();
@@ -686,6 +787,33 @@ mod tests {
             lowered.graph.tasks.len()
         );
         assert!(took.as_millis() < 2000, "{took:?}");
+    }
+
+    #[test]
+    fn sorts_range_partition_and_keep_the_partition_count() {
+        let plan = LogicalPlan::Sort {
+            input: random(6),
+            by: vec![col("key"), col("value")],
+            descending: vec![true, false],
+        };
+        let lowered = Lowering::lower(&plan, "p", PlanOptions::default(), Action::Partitions).unwrap();
+        assert_eq!(lowered.graph.outputs.len(), 6);
+        for stage in ["sort-sample", "sort-boundaries", "sort-pieces"] {
+            assert!(
+                lowered.stages.iter().any(|s| s.contains(stage)),
+                "{stage}: {:?}",
+                lowered.stages
+            );
+        }
+        // Inputs, samples, one boundaries task, splits, 6 x 6 pieces, sorted outputs.
+        assert_eq!(lowered.graph.tasks.len(), 6 + 6 + 1 + 6 + 36 + 6);
+        let one = LogicalPlan::Sort {
+            input: random(1),
+            by: vec![col("key")],
+            descending: vec![false],
+        };
+        let lowered = Lowering::lower(&one, "p", PlanOptions::default(), Action::Partitions).unwrap();
+        assert_eq!(lowered.graph.tasks.len(), 1);
     }
 
     #[test]
@@ -703,7 +831,7 @@ mod tests {
         };
         let options = PlanOptions {
             broadcast_rows: 1000,
-            fan_in: 8,
+            ..PlanOptions::default()
         };
         let small = Lowering::lower(&join(20, 4), "p", options.clone(), Action::Partitions).unwrap();
         assert!(

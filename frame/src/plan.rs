@@ -112,8 +112,12 @@ pub enum LogicalPlan {
         keys: Vec<Expr>,
         /// Aggregates.
         aggs: Vec<AggSpec>,
-        /// Output partitions (None: chosen by the planner).
+        /// Output partitions (None: chosen when the plan runs, see
+        /// [`crate::adaptive`]).
         split_out: Option<usize>,
+        /// The input rows are partial results already (of the merge
+        /// aggregates `aggs`): no partial step runs on them.
+        partial_input: bool,
     },
     /// A hash join.
     Join {
@@ -235,7 +239,8 @@ impl LogicalPlan {
                 let s = input.schema()?;
                 let mut fields = fields_of(keys, &s)?;
                 for a in aggs {
-                    let t = crate::groupby::agg_type(a.func, &a.input.data_type(&s)?)?;
+                    let t = crate::groupby::agg_type(a.func, &a.input.data_type(&s)?)
+                        .map_err(|e| e.in_expr(&crate::expr::Expr::Agg(a.func, Box::new(a.input.clone()))))?;
                     if fields.iter().any(|f| f.name() == &a.name) {
                         return Err(FrameError::Plan(format!("the column name {:?} appears twice", a.name)));
                     }
@@ -326,8 +331,14 @@ impl LogicalPlan {
             LogicalPlan::Filter { predicate, .. } => format!("Filter {predicate}"),
             LogicalPlan::Select { exprs, .. } => format!("Select [{}]", list(exprs)),
             LogicalPlan::WithColumns { exprs, .. } => format!("WithColumns [{}]", list(exprs)),
-            LogicalPlan::Aggregate { keys, aggs, .. } => format!(
-                "Aggregate by [{}]: [{}]",
+            LogicalPlan::Aggregate {
+                keys,
+                aggs,
+                partial_input,
+                ..
+            } => format!(
+                "Aggregate{} by [{}]: [{}]",
+                if *partial_input { " of partial results" } else { "" },
                 list(keys),
                 aggs.iter()
                     .map(|a| format!("{:?}({}) as {}", a.func, a.input, a.name))

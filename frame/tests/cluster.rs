@@ -263,3 +263,68 @@ async fn parquet_and_csv_round_trip_with_pruning() {
     drop(frames);
     cluster.stop().await;
 }
+
+/// The partitions of a persisted frame.
+fn partitions(frame: &weft_frame::LazyFrame) -> usize {
+    match frame.plan().as_ref() {
+        weft_frame::plan::LogicalPlan::Scan {
+            source: weft_frame::plan::Source::Partitions { keys, .. },
+            ..
+        } => keys.len(),
+        other => panic!("not a persisted frame: {}", other.display_tree()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_bys_merge_few_groups_in_a_tree_and_shuffle_many() {
+    let (cluster, frames) = cluster().await;
+    let frames = frames.with_options(weft_frame::PlanOptions {
+        group_rows: 500,
+        ..Default::default()
+    });
+    let rows = orders(4000);
+    let o = frames.from_batches(vec![orders_batch(&rows)], 6).await.unwrap();
+    // Few groups (3 statuses x 6 partials): one partition, merged in a tree.
+    let few = o
+        .group_by([col("status")])
+        .agg([col("amount").sum().alias("total"), len().alias("n")])
+        .persist()
+        .await
+        .unwrap();
+    assert_eq!(partitions(&few), 1);
+    let few = few.sort([col("status")], &[false]).collect().await.unwrap();
+    let n: Vec<i64> = few.column(2).as_primitive::<Int64Type>().values().to_vec();
+    let count = |s: &str| rows.iter().filter(|r| r.status == s).count() as i64;
+    assert_eq!(n, [count("F"), count("O"), count("P")]);
+    // Many groups (4000 ids, 4000 partial rows): ceil(4000 / 500) = 8,
+    // at most one per partition: 6 partitions, merged in parallel.
+    let many = o
+        .group_by([col("id")])
+        .agg([col("amount").max().alias("top")])
+        .persist()
+        .await
+        .unwrap();
+    assert_eq!(partitions(&many), 6);
+    assert_eq!(many.count().await.unwrap(), 4000);
+    let top: f64 = many
+        .select([col("top").sum()])
+        .collect()
+        .await
+        .unwrap()
+        .column(0)
+        .as_primitive::<Float64Type>()
+        .value(0);
+    let total: f64 = rows.iter().map(|r| r.amount).sum();
+    assert!((top - total).abs() < 1e-6, "{top} {total}");
+    // distinct chooses the same way.
+    assert_eq!(
+        partitions(&o.select([col("cust")]).distinct().persist().await.unwrap()),
+        1
+    );
+    assert_eq!(
+        partitions(&o.select([col("id")]).distinct().persist().await.unwrap()),
+        6
+    );
+    drop(frames);
+    cluster.stop().await;
+}

@@ -12,15 +12,9 @@ use weft_frame::tpch::{QUERIES, checksum, query, same_answer};
 mod common;
 
 fn kit() -> Option<(PathBuf, PathBuf)> {
-    let venv = std::env::var("WEFT_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weft-peers/venv"));
-    let peers = std::env::var("WEFT_PEERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers"));
-    let python = venv.join("bin/python");
-    (python.exists() && venv.join("bin/tpchgen-cli").exists() && peers.join("tpch.py").exists())
-        .then_some((venv, peers))
+    let venv = common::peers::venv()?;
+    let peers = common::peers::kit()?;
+    venv.join("bin/tpchgen-cli").exists().then_some((venv, peers))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+pub mod peers;
+
 use weft_frame::Frames;
 use weft_runtime::{LocalCluster, LocalOptions, Registry, WorkerMode};
 
