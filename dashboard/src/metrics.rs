@@ -79,6 +79,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "gauge",
         "Seconds since the scheduler last heard from a worker.",
     ),
+    (
+        "weft_worker_cpu_ratio",
+        "gauge",
+        "A worker process's CPU use at its last heartbeat (1: one core busy).",
+    ),
+    (
+        "weft_worker_resident_bytes",
+        "gauge",
+        "A worker process's resident memory at its last heartbeat.",
+    ),
     ("weft_workers", "gauge", "Live workers, by status (running, paused)."),
     ("weft_clients", "gauge", "Connected clients."),
     (
@@ -297,6 +307,16 @@ pub fn encode(o: &Observation) -> String {
     out.family("weft_worker_last_seen_seconds");
     for (id, secs) in &o.last_seen_s {
         out.sample("weft_worker_last_seen_seconds", &[("worker", &name_of(*id))], *secs);
+    }
+    out.family("weft_worker_cpu_ratio");
+    for (id, vitals) in &o.vitals {
+        let ratio = f64::from(vitals.cpu_percent) / 100.0;
+        out.sample("weft_worker_cpu_ratio", &[("worker", &name_of(*id))], ratio);
+    }
+    out.family("weft_worker_resident_bytes");
+    for (id, vitals) in &o.vitals {
+        let rss = vitals.rss_bytes as f64;
+        out.sample("weft_worker_resident_bytes", &[("worker", &name_of(*id))], rss);
     }
     let paused = s.workers.iter().filter(|w| w.paused).count();
     out.family("weft_workers");

@@ -410,6 +410,12 @@ async fn the_scheduler_state_links_each_worker_page() {
         let workers = state["workers"].as_array().expect("workers");
         if workers.iter().all(|w| w["cpu_percent"].is_number()) {
             assert!(workers.iter().all(|w| w["rss_bytes"].as_u64().is_some_and(|b| b > 0)));
+            // The scheduler's /metrics carries the same figures.
+            let metrics = parse_strict(&get(dashboard.local_addr(), "/metrics").await.body);
+            for name in ["local-0", "local-1"] {
+                assert!(value(&metrics, "weft_worker_cpu_ratio", &[("worker", name)]) >= 0.0);
+                assert!(value(&metrics, "weft_worker_resident_bytes", &[("worker", name)]) > 0.0);
+            }
             break;
         }
         assert!(Instant::now() < deadline, "no CPU figures: {workers:?}");
