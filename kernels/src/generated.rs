@@ -6,19 +6,16 @@
 //! see at build time, so a caller that generates source also emulates what
 //! it generated there; [`launch_generated`] refuses emulated devices.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaModule, LaunchConfig, PushKernelArg};
-use weft_gpu::{Device, Gpu, GpuBackend};
+use weft_gpu::{Gpu, GpuBackend};
 
 use crate::KernelError;
+use crate::launch::{CudaLaunch, Modules};
 
 /// Loaded modules by (device ordinal, source text).
-type Modules = Mutex<HashMap<(u32, String), Arc<CudaModule>>>;
-
-fn modules() -> &'static Modules {
-    static MODULES: OnceLock<Modules> = OnceLock::new();
+fn modules() -> &'static Modules<String> {
+    static MODULES: OnceLock<Modules<String>> = OnceLock::new();
     MODULES.get_or_init(Mutex::default)
 }
 
@@ -43,55 +40,22 @@ pub fn launch_generated(
             ),
         });
     };
-    let device = gpu.device();
-    let ordinal = match device {
-        Device::Cuda(o) => o,
-        _ => 0,
+    let cuda_launch = CudaLaunch {
+        kernel,
+        device: gpu.device(),
     };
-    let drv = |op: &'static str| {
-        let kernel = kernel.to_string();
-        move |source| KernelError::Driver {
-            kernel,
-            device,
-            op,
-            source,
-        }
-    };
-    let ctx = cuda.context();
-    let module = {
-        let mut map = modules().lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&(ordinal, source.to_string())) {
-            Some(m) => m.clone(),
-            None => {
-                let (major, minor) = ctx.compute_capability().map_err(drv("query arch"))?;
-                let ptx = crate::nvrtc::compile_text(name, source, (major * 10 + minor) as u32)?;
-                let m = ctx
-                    .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                    .map_err(drv("load module"))?;
-                map.insert((ordinal, source.to_string()), m.clone());
-                m
-            }
-        }
-    };
-    let func = module.load_function(kernel).map_err(drv("load function"))?;
+    let func = cuda_launch.function(cuda.context(), modules(), source.to_string(), |major, minor| {
+        let ptx = crate::nvrtc::compile_text(name, source, (major * 10 + minor) as u32)?;
+        Ok(cudarc::nvrtc::Ptx::from_src(ptx))
+    })?;
     let stream = gpu.thread_stream()?;
     let cuda_stream = stream
         .cuda_stream()
         .ok_or_else(|| KernelError::NoSuchKernel(kernel.into()))?;
-    let mut builder = cuda_stream.launch_builder(&func);
-    for a in args {
-        builder.arg(a);
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (grid.max(1), 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: the caller generated `source` and passes one 64-bit slot per
     // parameter of `kernel`, in order; the buffers the pointers name are
     // kept alive by the caller until it has synchronised the stream.
-    unsafe { builder.launch(cfg) }.map_err(drv("launch"))?;
-    Ok(())
+    unsafe { cuda_launch.launch(cuda_stream, &func, (grid.max(1), 1), (block, 1), args) }
 }
 
 #[cfg(test)]

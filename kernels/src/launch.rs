@@ -114,7 +114,8 @@ pub(crate) fn opt_ptr(d: Option<&Buffer>) -> Result<Arg, KernelError> {
     }))
 }
 
-type ModuleKey = (u32, &'static str);
+/// Loaded CUDA modules by (device ordinal, what they were built from).
+pub(crate) type Modules<K> = Mutex<HashMap<(u32, K), Arc<CudaModule>>>;
 
 /// `$WEFT_CUBIN_DIR/<stem>.sm_<major><minor>.cubin`, as `ci/cuda-check.sh`
 /// builds them, when that file exists: SASS for the device's architecture
@@ -124,9 +125,89 @@ fn prebuilt_cubin(stem: &str, major: i32, minor: i32) -> Option<Vec<u8>> {
     std::fs::read(std::path::Path::new(&dir).join(format!("{stem}.sm_{major}{minor}.cubin"))).ok()
 }
 
-fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
-    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>> = OnceLock::new();
+fn modules() -> &'static Modules<&'static str> {
+    static MODULES: OnceLock<Modules<&'static str>> = OnceLock::new();
     MODULES.get_or_init(Mutex::default)
+}
+
+/// One kernel launch on a CUDA device: loads its module once per device
+/// and launches it; every driver error names the kernel, the device and
+/// the step.
+pub(crate) struct CudaLaunch<'a> {
+    pub(crate) kernel: &'a str,
+    pub(crate) device: Device,
+}
+
+impl CudaLaunch<'_> {
+    /// The driver error of step `op`.
+    fn error(&self, op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> KernelError + '_ {
+        move |source| KernelError::Driver {
+            kernel: self.kernel.to_string(),
+            device: self.device,
+            op,
+            source,
+        }
+    }
+
+    /// The kernel's function from the module `key` names in `cache`,
+    /// which `build` makes (given the device's compute capability) the
+    /// first time on this device.
+    pub(crate) fn function<K: Eq + std::hash::Hash>(
+        &self,
+        ctx: &Arc<cudarc::driver::CudaContext>,
+        cache: &Modules<K>,
+        key: K,
+        build: impl FnOnce(i32, i32) -> Result<cudarc::nvrtc::Ptx, KernelError>,
+    ) -> Result<cudarc::driver::CudaFunction, KernelError> {
+        let ordinal = match self.device {
+            Device::Cuda(o) => o,
+            _ => 0,
+        };
+        let module = {
+            let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (ordinal, key);
+            match map.get(&key) {
+                Some(m) => m.clone(),
+                None => {
+                    let (major, minor) = ctx.compute_capability().map_err(self.error("query arch"))?;
+                    let m = ctx
+                        .load_module(build(major, minor)?)
+                        .map_err(self.error("load module"))?;
+                    map.insert(key, m.clone());
+                    m
+                }
+            }
+        };
+        module.load_function(self.kernel).map_err(self.error("load function"))
+    }
+
+    /// Queues `func` on `stream` over `grid` blocks of `block` threads,
+    /// with one 64-bit slot per parameter.
+    ///
+    /// # Safety
+    /// `slots` must match the kernel's parameters, and every buffer they
+    /// point to must outlive the launch (until the stream is synchronised).
+    pub(crate) unsafe fn launch(
+        &self,
+        stream: &Arc<cudarc::driver::CudaStream>,
+        func: &cudarc::driver::CudaFunction,
+        grid: (u32, u32),
+        block: (u32, u32),
+        slots: &[u64],
+    ) -> Result<(), KernelError> {
+        let mut builder = stream.launch_builder(func);
+        for s in slots {
+            builder.arg(s);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block.0, block.1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as the caller promises.
+        unsafe { builder.launch(cfg) }.map_err(self.error("launch"))?;
+        Ok(())
+    }
 }
 
 /// A device, a stream on it, and the kernels' launch rules.
@@ -228,59 +309,27 @@ impl Exec {
                 Ok(())
             }
             GpuBackend::Cuda(cuda) => {
-                let device = self.device();
-                let ordinal = match device {
-                    Device::Cuda(o) => o,
-                    _ => 0,
+                let cuda_launch = CudaLaunch {
+                    kernel,
+                    device: self.device(),
                 };
-                let drv = |op: &'static str| {
-                    let kernel = kernel.to_string();
-                    move |source| KernelError::Driver {
-                        kernel,
-                        device,
-                        op,
-                        source,
-                    }
-                };
-                let ctx = cuda.context();
-                let module = {
-                    let mut map = modules().lock().unwrap_or_else(|e| e.into_inner());
-                    match map.get(&(ordinal, file)) {
-                        Some(m) => m.clone(),
+                let func = cuda_launch.function(cuda.context(), modules(), file, |major, minor| {
+                    Ok(match prebuilt_cubin(file, major, minor) {
+                        Some(cubin) => cudarc::nvrtc::Ptx::from_binary(cubin),
                         None => {
-                            let (major, minor) = ctx.compute_capability().map_err(drv("query arch"))?;
-                            let image = match prebuilt_cubin(file, major, minor) {
-                                Some(cubin) => cudarc::nvrtc::Ptx::from_binary(cubin),
-                                None => cudarc::nvrtc::Ptx::from_src(crate::nvrtc::compile_ptx(
-                                    file,
-                                    (major * 10 + minor) as u32,
-                                )?),
-                            };
-                            let m = ctx.load_module(image).map_err(drv("load module"))?;
-                            map.insert((ordinal, file), m.clone());
-                            m
+                            cudarc::nvrtc::Ptx::from_src(crate::nvrtc::compile_ptx(file, (major * 10 + minor) as u32)?)
                         }
-                    }
-                };
-                let func = module.load_function(kernel).map_err(drv("load function"))?;
+                    })
+                })?;
                 let stream = self
                     .stream
                     .cuda_stream()
                     .ok_or(KernelError::NoSuchKernel(kernel.into()))?;
-                let mut builder = stream.launch_builder(&func);
-                for s in &slots {
-                    builder.arg(s);
-                }
-                let cfg = LaunchConfig {
-                    grid_dim: (grid.0, grid.1, 1),
-                    block_dim: (block.0, block.1, 1),
-                    shared_mem_bytes: 0,
-                };
                 // SAFETY: the arguments match the kernel's parameters (each
                 // caller passes them in the order of the .cu signature), and
                 // every buffer they point to is kept alive by the caller until
                 // `finish` has synchronised the stream.
-                unsafe { builder.launch(cfg) }.map_err(drv("launch"))?;
+                unsafe { cuda_launch.launch(stream, &func, grid, block, &slots) }?;
                 note_launch(kernel, grid, block, None);
                 Ok(())
             }
