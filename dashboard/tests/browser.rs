@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{BOOM, MAP_TASKS, cluster, get, workload};
+use common::{BOOM, MAP_TASKS, cluster, cluster_of, get, workload};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -433,6 +433,71 @@ async fn every_page_shows_the_cluster_in_chromium() {
     }
     browser.close().await;
     drop(outcome);
+    drop(client);
+    dashboard.stop().await;
+    cluster.stop().await;
+}
+
+/// The status page under load: 100 workers and one graph of 10^5 tasks
+/// (each sleeping 5 ms, so that the run lasts seconds). The page keeps
+/// answering (every evaluation in it within 2 s) and its progress keeps
+/// moving. The scheduler spends at most about 3% of its time on snapshots,
+/// so under this load in a debug build on 2 cores updates come about 1.8
+/// times a second rather than the 4 its 250 ms period allows: the test asks
+/// for at least one a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_stays_live_with_a_hundred_workers_and_a_hundred_thousand_tasks() {
+    let Some(binary) = chromium() else {
+        println!("skipping: no chromium binary on PATH (ci/setup.sh installs Debian's chromium)");
+        return;
+    };
+    const TASKS: usize = 100_000;
+    let (cluster, dashboard) = cluster_of(100, Duration::from_millis(250)).await;
+    let client = cluster.client().await.expect("client");
+    let mut browser = Browser::launch(&binary).await;
+    browser.open(&format!("{}/status", dashboard.url())).await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#memory [data-worker]').length === 100",
+            "memory of 100 workers",
+            "document.querySelectorAll('#memory [data-worker]').length",
+        )
+        .await;
+    let mut graph = weft_runtime::graphs::map("load", TASKS);
+    for (i, task) in graph.tasks.iter_mut().enumerate() {
+        task.op = "delay".into();
+        task.args = weft_runtime::ops::args(&(5u64, i as i64)).expect("args");
+    }
+    let futures = client.compute(graph).await.expect("submitted");
+    let progress = "document.querySelector('#progress [data-group=\"load\"] .value')?.textContent ?? ''";
+    let started = Instant::now();
+    let (mut changes, mut last, mut slowest) = (Vec::new(), json!(""), Duration::ZERO);
+    loop {
+        let asked = Instant::now();
+        let now = browser.eval(progress).await;
+        slowest = slowest.max(asked.elapsed());
+        if now != last {
+            changes.push(started.elapsed());
+            last = now;
+        }
+        if last == json!(format!("{TASKS} / {TASKS}")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "progress stuck at {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    let rate = changes.len() as f64 / took.as_secs_f64();
+    println!(
+        "10^5 tasks on 100 workers in {took:.1?}: the page's progress changed {} times ({rate:.1}/s), slowest evaluation {slowest:?}",
+        changes.len()
+    );
+    assert!(slowest < Duration::from_secs(2), "the page hung for {slowest:?}");
+    assert!(took > Duration::from_secs(2), "too short to judge: {took:?}");
+    assert!(rate >= 1.0, "{} progress updates in {took:?}", changes.len());
+    browser.screenshot("status-load").await;
+    browser.close().await;
+    drop(futures);
     drop(client);
     dashboard.stop().await;
     cluster.stop().await;

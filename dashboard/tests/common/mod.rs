@@ -29,8 +29,13 @@ pub const MAP_TASKS: usize = 200;
 /// on a free loopback port), their scheduler publishing every `interval`,
 /// and a dashboard on a free loopback port.
 pub async fn cluster(interval: Duration) -> (LocalCluster, Dashboard) {
+    cluster_of(2, interval).await
+}
+
+/// [`cluster`] with `workers` workers.
+pub async fn cluster_of(workers: usize, interval: Duration) -> (LocalCluster, Dashboard) {
     let mut options = LocalOptions::for_this_machine();
-    options.workers = 2;
+    options.workers = workers;
     options.nthreads = 1;
     options.mode = WorkerMode::InProcess;
     options.memory.limit = 1 << 30;
