@@ -106,7 +106,7 @@ function renderSummary() {
 
 function renderStream() {
   const canvas = document.getElementById("task-stream");
-  const workers = state.workers.slice().sort((a, b) => a.name < b.name ? -1 : 1);
+  const workers = state.workers.slice().sort(byName);
   const rowsOf = new Map();
   let rows = 0;
   for (const w of workers) {
@@ -189,9 +189,14 @@ function renderProgress() {
     }).join("");
 }
 
+/** Orders workers by name, numbers by value: local-2 before local-10. */
+function byName(a, b) {
+  return a.name.localeCompare(b.name, undefined, { numeric: true });
+}
+
 function renderMemory() {
   const th = state.thresholds;
-  document.getElementById("memory").innerHTML = state.workers.map(w => {
+  document.getElementById("memory").innerHTML = state.workers.slice().sort(byName).map(w => {
     const m = w.memory, used = m.device + m.host + m.disk;
     const scale = Math.max(w.memory_limit || 0, used, 1);
     const marks = w.memory_limit ? `<span class="mark spill" style="left:${100 * th.spill * w.memory_limit / scale}%" title="spill"></span>

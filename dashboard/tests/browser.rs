@@ -495,6 +495,12 @@ async fn the_status_page_stays_live_with_a_hundred_workers_and_a_hundred_thousan
     assert!(slowest < Duration::from_secs(2), "the page hung for {slowest:?}");
     assert!(took > Duration::from_secs(2), "too short to judge: {took:?}");
     assert!(rate >= 1.0, "{} progress updates in {took:?}", changes.len());
+    // A hundred workers read in order of their numbers.
+    let order = browser
+        .eval("[...document.querySelectorAll('#memory [data-worker]')].map(r => r.dataset.worker)")
+        .await;
+    let expected: Vec<String> = (0..100).map(|i| format!("local-{i}")).collect();
+    assert_eq!(order, json!(expected));
     browser.screenshot("status-load").await;
     browser.close().await;
     drop(futures);
