@@ -429,8 +429,16 @@ impl WorkerState {
 
     fn compute(&mut self, request: Box<ComputeRequest>, out: &mut Vec<WorkerCommand>) {
         let task = request.task;
-        if self.tasks.contains_key(&task) {
-            debug!(%task, "duplicate compute request ignored");
+        if let Some(existing) = self.tasks.get_mut(&task) {
+            // Cancelled while running, then asked for again (the scheduler
+            // took it back and placed it here anew): the run under way is
+            // that same task, so its result is reported after all, not
+            // dropped with nobody left to compute it.
+            if existing.phase == Phase::Cancelled {
+                existing.phase = Phase::Running;
+            } else {
+                debug!(%task, "duplicate compute request ignored");
+            }
             return;
         }
         let mut missing = 0;
@@ -814,6 +822,32 @@ mod tests {
             matches!(&out[..], [WorkerCommand::Send(FromWorker::Failed { error, .. })] if error.to_string().contains("gpu = 1")),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_task_cancelled_while_running_then_asked_for_again_reports_its_result() {
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
+        let out = run(&mut state, WorkerEvent::Scheduler(request(4, &[])));
+        assert!(matches!(&out[..], [WorkerCommand::Execute { .. }]));
+        run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Cancel { task: TaskId::new(4) }),
+        );
+        // Placed here again while its op still runs: not started twice...
+        assert!(run(&mut state, WorkerEvent::Scheduler(request(4, &[]))).is_empty());
+        // ...and its result is reported when the op returns.
+        let out = run(&mut state, executed(4));
+        assert!(
+            matches!(&out[..], [WorkerCommand::Send(FromWorker::Finished { task, .. })] if *task == TaskId::new(4)),
+            "{out:?}"
+        );
+        // Cancelled and not asked for again: the result is dropped.
+        run(&mut state, WorkerEvent::Scheduler(request(5, &[])));
+        run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Cancel { task: TaskId::new(5) }),
+        );
+        assert!(matches!(&run(&mut state, executed(5))[..], [WorkerCommand::Release(_)]));
     }
 
     #[test]
