@@ -388,10 +388,9 @@ fn run(command: Command, settings: Settings) -> Result<()> {
                 memory.spill_dir = dir.into();
             }
             options.name = name;
-            options.listen = settings.get("worker.listen").unwrap_or_else(|| {
-                let scheme = options.scheduler.split_once("://").map_or("tcp", |(scheme, _)| scheme);
-                format!("{scheme}://0.0.0.0:0")
-            });
+            options.listen = settings
+                .get("worker.listen")
+                .unwrap_or_else(|| weft_runtime::worker::default_listen(&options.scheduler, "0.0.0.0"));
             options.contact = settings.get("worker.contact-address");
             options.transport = transport(&settings)?;
             if let Some(index) = gpu {

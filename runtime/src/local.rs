@@ -444,14 +444,7 @@ pub fn worker_main_with(registry: Registry, dashboard: Option<WorkerDashboard>) 
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    // Results are served on loopback, over the scheduler's scheme (TLS
-    // for a TLS cluster).
-    let scheme = scheduler
-        .split_once("://")
-        .map_or("tcp", |(scheme, _)| scheme)
-        .to_string();
     let mut options = WorkerOptions::new(scheduler, nthreads);
-    options.listen = format!("{scheme}://127.0.0.1:0");
     options.name = std::env::var(ENV_NAME).ok();
     options.registry = Arc::new(registry);
     if let Some(limit) = std::env::var(ENV_MEMORY_LIMIT).ok().and_then(|l| l.parse().ok()) {

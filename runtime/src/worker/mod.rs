@@ -83,12 +83,21 @@ pub struct WorkerOptions {
     pub dashboard: Option<WorkerDashboard>,
 }
 
+/// Where a worker of `scheduler` serves results unless told: a free port
+/// on `host`, over the scheduler's scheme (TLS for a TLS cluster).
+pub fn default_listen(scheduler: &str, host: &str) -> String {
+    let scheme = scheduler.split_once("://").map_or("tcp", |(scheme, _)| scheme);
+    format!("{scheme}://{host}:0")
+}
+
 impl WorkerOptions {
-    /// Defaults for a worker of `scheduler` with `nthreads` threads.
+    /// Defaults for a worker of `scheduler` with `nthreads` threads,
+    /// serving results on loopback.
     pub fn new(scheduler: impl Into<String>, nthreads: usize) -> Self {
+        let scheduler = scheduler.into();
         WorkerOptions {
-            scheduler: scheduler.into(),
-            listen: "tcp://127.0.0.1:0".into(),
+            listen: default_listen(&scheduler, "127.0.0.1"),
+            scheduler,
             contact: None,
             name: None,
             nthreads,
