@@ -180,6 +180,7 @@ fn report_memory() {
                     memory_limit: 0,
                     resources: Vec::new(),
                     dashboard: None,
+                    held: Vec::new(),
                 },
             },
             &mut sink,

@@ -11,18 +11,27 @@
 //! has each worker adopt its values. A push or a registration that fails
 //! fails the whole call, and what was put aside is dropped.
 //!
+//! A scheduler that goes away (killed, then restarted on the same
+//! address) does not end the client's work: the client reconnects for up
+//! to [`ClientOptions::reconnect_timeout`], waits for the workers that held
+//! its results to register again, and resubmits the graphs it still holds
+//! futures from (each kept, encoded, while it has live futures), so the
+//! new scheduler claims what the workers kept and computes only the rest.
+//! The futures stay the same and resolve as if nothing happened.
+//!
 //! [`gather`](Client::gather) and [`wait`](Client::wait) show a progress
 //! bar on a terminal (with the `progress-bar` feature); the blocking facade is in
 //! [`crate::blocking`].
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::debug;
-use weft_transport::{Config as TransportConfig, Receiver, Sender, connect};
+use tracing::{debug, info, warn};
+use weft_transport::{Config as TransportConfig, Connection, Message, Receiver, Sender, connect};
 
 use crate::codec::{self, ClientDown, ClientUp, DataRequest, Hello};
 use crate::data::PeerPool;
@@ -58,14 +67,25 @@ pub struct ClientOptions {
     /// terminal (default: on, unless `WEFT_PROGRESS=0`; only with the
     /// `progress-bar` feature, which the `weft` facade turns on).
     pub progress: bool,
+    /// How long to keep trying to reach a scheduler that went away (and
+    /// may restart on the same address) before failing the futures with
+    /// [`RuntimeError::SchedulerLost`]; zero fails them at once.
+    pub reconnect_timeout: Duration,
+    /// Once reconnected, how long to wait at most for the workers that
+    /// held this client's results to register again before resubmitting,
+    /// so that what they kept is claimed rather than computed again.
+    pub resume_wait: Duration,
 }
 
 impl ClientOptions {
-    /// Defaults with these transport settings.
+    /// Defaults with these transport settings: reconnect for 30 s, wait
+    /// up to 10 s for the workers.
     pub fn new(transport: TransportConfig) -> Self {
         ClientOptions {
             transport,
             progress: progress_by_env(),
+            reconnect_timeout: Duration::from_secs(30),
+            resume_wait: Duration::from_secs(10),
         }
     }
 }
@@ -93,8 +113,10 @@ pub struct Client {
 
 struct Inner {
     scheduler: String,
-    outbound: mpsc::UnboundedSender<FromClient>,
+    outbound: mpsc::UnboundedSender<Outgoing>,
     state: Mutex<State>,
+    /// Woken when a lost connection is replaced, or given up on.
+    reconnected: Notify,
     peers: PeerPool,
     /// Prefix that keeps generated keys unique across clients.
     prefix: String,
@@ -109,14 +131,31 @@ impl Drop for Inner {
     }
 }
 
+/// What the connection's writer sends.
+enum Outgoing {
+    /// Merged with the messages queued with it into one batch.
+    Message(FromClient),
+    /// Already encoded (a graph, kept for resubmission): sent as it is.
+    Encoded(Message),
+}
+
+/// Answers to a graph submission.
+type Accepted = oneshot::Sender<std::result::Result<(), String>>;
+
 #[derive(Default)]
 struct State {
     keys: FxHashMap<Key, Entry>,
-    submissions: VecDeque<oneshot::Sender<std::result::Result<(), String>>>,
+    /// Graphs submitted, by number, kept while futures they made live.
+    graphs: BTreeMap<u64, Kept>,
+    next_graph: u64,
+    /// Graphs sent on this connection and not answered yet, in order.
+    unanswered: VecDeque<u64>,
     /// Queries sent, by request number, waiting for their answer.
     queries: HashMap<u64, oneshot::Sender<ToClient>>,
     next_query: u64,
-    /// Why the scheduler connection ended, once it has.
+    /// False while the client reconnects to a scheduler that went away.
+    reconnecting: bool,
+    /// Why the scheduler connection ended for good, once it has.
     lost: Option<String>,
     generated: u64,
     /// Futures that left `Pending`, ever: progress bars count with it.
@@ -129,6 +168,26 @@ struct Entry {
     refs: usize,
     status: Status,
     changed: Arc<Notify>,
+    /// What made the future first: resubmitted with it after a reconnection.
+    origin: Origin,
+}
+
+/// Where a future came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The graph of this number (see [`State::graphs`]).
+    Graph(u64),
+    /// A scatter: no lineage.
+    Scatter,
+}
+
+/// A submitted graph, encoded, kept for resubmission.
+struct Kept {
+    message: Message,
+    /// Futures whose origin it is.
+    live: usize,
+    /// The submitter, until the scheduler answers.
+    accepted: Option<Accepted>,
 }
 
 #[derive(Clone)]
@@ -145,13 +204,20 @@ enum Status {
         worker: String,
         reason: String,
     },
+    /// Its graph could not be resubmitted to a restarted scheduler.
+    Abandoned(String),
 }
 
 impl Status {
     /// Whether the scheduler holds no future of ours on the key (so a
     /// release would be void).
     fn unknown_to_scheduler(&self) -> bool {
-        matches!(self, Status::Cancelled | Status::Rejected { .. })
+        matches!(self, Status::Cancelled | Status::Rejected { .. } | Status::Abandoned(_))
+    }
+
+    /// Whether a scheduler still has to settle it.
+    fn unsettled(&self) -> bool {
+        matches!(self, Status::Pending | Status::Lost | Status::Memory(..))
     }
 }
 
@@ -163,28 +229,19 @@ impl Client {
 
     /// Connects to the scheduler at `address` with these options.
     pub async fn connect_with(address: &str, options: &ClientOptions) -> Result<Client> {
-        let transport = &options.transport;
-        let connection = connect(address, transport).await?;
-        let hello = Hello::Client {
-            version: PROTOCOL_VERSION,
-            name: transport.name.clone(),
-        };
-        connection
-            .send(codec::encode(&hello).map_err(|reason| RuntimeError::protocol(address, reason))?)
-            .await?;
-        let (sender, receiver) = connection.split();
+        let connection = open(address, &options.transport).await?;
         let (outbound, queue) = mpsc::unbounded_channel();
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let writer = tokio::spawn(write(sender, queue));
-            let reader = tokio::spawn(read(receiver, weak.clone()));
+            let session = tokio::spawn(run(connection, queue, weak.clone(), options.clone()));
             Inner {
                 scheduler: address.to_string(),
                 outbound,
                 state: Mutex::new(State::default()),
-                peers: PeerPool::new(transport.clone()),
+                reconnected: Notify::new(),
+                peers: PeerPool::new(options.transport.clone()),
                 prefix: format!("{:016x}", fastrand::u64(..)),
                 progress: AtomicBool::new(options.progress),
-                tasks: vec![writer, reader],
+                tasks: vec![session],
             }
         });
         Ok(Client { inner })
@@ -215,16 +272,34 @@ impl Client {
     /// Sends a graph submission and returns futures on `outputs` once the
     /// scheduler accepted it.
     async fn send_graph(&self, outputs: &[Key], message: FromClient) -> Result<Vec<TaskFuture>> {
+        let message =
+            codec::encode(&vec![message]).map_err(|reason| RuntimeError::protocol(&self.inner.scheduler, reason))?;
         let (accepted, answer) = oneshot::channel();
         let (futures, sent) = {
             let mut state = self.inner.lock();
             if let Some(reason) = &state.lost {
                 return Err(self.inner.lost(reason));
             }
-            let futures: Vec<TaskFuture> = outputs.iter().map(|key| self.inner.want(&mut state, key)).collect();
-            state.submissions.push_back(accepted);
-            // Sent under the lock, so answers pair with submissions in order.
-            let sent = self.inner.outbound.send(message).is_ok();
+            let id = state.next_graph;
+            state.next_graph += 1;
+            state.graphs.insert(
+                id,
+                Kept {
+                    message: message.clone(),
+                    live: 0,
+                    accepted: Some(accepted),
+                },
+            );
+            let futures: Vec<TaskFuture> = outputs
+                .iter()
+                .map(|key| self.inner.want(&mut state, key, Origin::Graph(id)))
+                .collect();
+            // Sent under the lock, so answers pair with submissions in
+            // order; while reconnecting, the resubmission sends it.
+            let sent = state.reconnecting || {
+                state.unanswered.push_back(id);
+                self.inner.outbound.send(Outgoing::Encoded(message)).is_ok()
+            };
             (futures, sent)
         };
         // Checked once the lock is free: dropping the futures takes it.
@@ -255,7 +330,13 @@ impl Client {
     /// in memory or not known).
     pub async fn who_has(&self, keys: &[Key]) -> Result<Vec<Vec<Peer>>> {
         let keys = keys.to_vec();
-        match self.ask(move |request| FromClient::WhoHas { request, keys }).await? {
+        match self
+            .ask(move |request| FromClient::WhoHas {
+                request,
+                keys: keys.clone(),
+            })
+            .await?
+        {
             ToClient::WhoHas { who_has, .. } => Ok(who_has),
             other => Err(self.inner.unexpected(&other)),
         }
@@ -272,42 +353,50 @@ impl Client {
     pub(crate) fn observe(&self) -> Result<mpsc::UnboundedReceiver<ToClient>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.inner.lock();
-        if let Some(reason) = &state.lost {
-            return Err(self.inner.lost(reason));
-        }
+        self.inner.send(&state, FromClient::Observe { on: true })?;
         state.observed = Some(tx);
-        self.inner
-            .outbound
-            .send(FromClient::Observe { on: true })
-            .map_err(|_| self.inner.lost("the connection writer stopped"))?;
         Ok(rx)
     }
 
     /// Asks the scheduler to end the task stream (with one last batch).
     pub(crate) fn stop_observing(&self) -> Result<()> {
-        self.inner
-            .outbound
-            .send(FromClient::Observe { on: false })
-            .map_err(|_| self.inner.lost("the connection writer stopped"))
+        let state = self.inner.lock();
+        self.inner.send(&state, FromClient::Observe { on: false })
     }
 
-    /// Sends a query numbered by `make`'s argument and waits for its answer.
-    async fn ask(&self, make: impl FnOnce(u64) -> FromClient) -> Result<ToClient> {
-        let (answered, answer) = oneshot::channel();
-        {
-            let mut state = self.inner.lock();
-            if let Some(reason) = &state.lost {
-                return Err(self.inner.lost(reason));
+    /// Sends a query numbered by `make`'s argument and waits for its
+    /// answer; asks again once reconnected if the scheduler went away.
+    async fn ask(&self, make: impl Fn(u64) -> FromClient) -> Result<ToClient> {
+        loop {
+            let reconnected = self.inner.reconnected.notified();
+            tokio::pin!(reconnected);
+            reconnected.as_mut().enable();
+            let answer = {
+                let mut state = self.inner.lock();
+                if let Some(reason) = &state.lost {
+                    return Err(self.inner.lost(reason));
+                }
+                if state.reconnecting {
+                    None
+                } else {
+                    let (answered, answer) = oneshot::channel();
+                    state.next_query += 1;
+                    let request = state.next_query;
+                    state.queries.insert(request, answered);
+                    self.inner
+                        .outbound
+                        .send(Outgoing::Message(make(request)))
+                        .map_err(|_| self.inner.lost("the connection writer stopped"))?;
+                    Some(answer)
+                }
+            };
+            if let Some(answer) = answer
+                && let Ok(answer) = answer.await
+            {
+                return Ok(answer);
             }
-            state.next_query += 1;
-            let request = state.next_query;
-            state.queries.insert(request, answered);
-            self.inner
-                .outbound
-                .send(make(request))
-                .map_err(|_| self.inner.lost("the connection writer stopped"))?;
+            reconnected.await;
         }
-        answer.await.map_err(|_| self.inner.lost_now())
     }
 
     /// Puts values into the workers' memory and returns futures on them,
@@ -399,12 +488,18 @@ impl Client {
         }
         let registered = {
             let mut state = self.inner.lock();
-            state.lost.is_none().then(|| {
-                let futures: Vec<TaskFuture> = keys.iter().map(|(key, ..)| self.inner.want(&mut state, key)).collect();
+            (state.lost.is_none() && !state.reconnecting).then(|| {
+                let futures: Vec<TaskFuture> = keys
+                    .iter()
+                    .map(|(key, ..)| self.inner.want(&mut state, key, Origin::Scatter))
+                    .collect();
                 let sent = pushed.iter().all(|&i| {
                     let data = std::mem::take(&mut data[i]);
                     let worker = workers[i].worker;
-                    self.inner.outbound.send(FromClient::Scatter { worker, data }).is_ok()
+                    self.inner
+                        .outbound
+                        .send(Outgoing::Message(FromClient::Scatter { worker, data }))
+                        .is_ok()
                 });
                 (futures, sent)
             })
@@ -622,18 +717,23 @@ impl Client {
         let mut keys = Vec::with_capacity(failed.len());
         for (i, tried) in failed {
             let key = &futures[*i].key;
+            // Other statuses are newer than what failed (a reconnection
+            // reset them): the scheduler has nothing to learn.
             if let Some(entry) = state.keys.get_mut(key)
                 && matches!(&entry.status, Status::Memory(_, holders) if holders == tried)
             {
                 entry.status = Status::Lost;
+                keys.push((key.clone(), tried.iter().map(|p| p.worker).collect()));
             }
-            keys.push((key.clone(), tried.iter().map(|p| p.worker).collect()));
+        }
+        if keys.is_empty() {
+            return;
         }
         debug!(
             keys = keys.len(),
             "results missing from their holders; asking the scheduler to recompute them"
         );
-        let _ = self.inner.outbound.send(FromClient::MissingData { keys });
+        let _ = self.inner.send(&state, FromClient::MissingData { keys });
     }
 
     /// Waits until every future has a result or an error.
@@ -707,7 +807,7 @@ impl Client {
         }
         state.resolved += resolved;
         if !keys.is_empty() {
-            let _ = self.inner.outbound.send(FromClient::Release { keys });
+            let _ = self.inner.send(&state, FromClient::Release { keys });
         }
     }
 }
@@ -730,15 +830,38 @@ impl Inner {
         self.lost(self.lock().lost.as_deref().unwrap_or("connection lost"))
     }
 
+    /// Queues `message` for the scheduler; dropped while reconnecting
+    /// (what the client still holds is resubmitted then); an error once
+    /// the scheduler is lost for good.
+    fn send(&self, state: &State, message: FromClient) -> Result<()> {
+        if let Some(reason) = &state.lost {
+            return Err(self.lost(reason));
+        }
+        if state.reconnecting {
+            return Ok(());
+        }
+        self.outbound
+            .send(Outgoing::Message(message))
+            .map_err(|_| self.lost("the connection writer stopped"))
+    }
+
     fn unexpected(&self, answer: &ToClient) -> RuntimeError {
         RuntimeError::protocol(&self.scheduler, format!("unexpected answer {answer:?}"))
     }
 
-    fn want(self: &Arc<Self>, state: &mut State, key: &Key) -> TaskFuture {
-        let entry = state.keys.entry(key.clone()).or_insert_with(|| Entry {
-            refs: 0,
-            status: Status::Pending,
-            changed: Arc::new(Notify::new()),
+    fn want(self: &Arc<Self>, state: &mut State, key: &Key, origin: Origin) -> TaskFuture {
+        let entry = state.keys.entry(key.clone()).or_insert_with(|| {
+            if let Origin::Graph(id) = origin
+                && let Some(kept) = state.graphs.get_mut(&id)
+            {
+                kept.live += 1;
+            }
+            Entry {
+                refs: 0,
+                status: Status::Pending,
+                changed: Arc::new(Notify::new()),
+                origin,
+            }
         });
         entry.refs += 1;
         TaskFuture {
@@ -781,6 +904,7 @@ impl TaskFuture {
                         });
                     }
                     Some(Status::Cancelled) | None => return Err(RuntimeError::Cancelled { key: self.key.clone() }),
+                    Some(Status::Abandoned(reason)) => return Err(self.client.lost(reason)),
                     Some(Status::Pending | Status::Lost) => {}
                 }
                 if let Some(reason) = &state.lost {
@@ -843,12 +967,18 @@ impl Drop for TaskFuture {
         };
         entry.refs = entry.refs.saturating_sub(1);
         if entry.refs == 0 {
-            let unknown = entry.status.unknown_to_scheduler();
+            let (unknown, origin) = (entry.status.unknown_to_scheduler(), entry.origin);
             state.keys.remove(&self.key);
+            if let Origin::Graph(id) = origin {
+                state.forget_graph_future(id);
+            }
             if !unknown {
-                let _ = self.client.outbound.send(FromClient::Release {
-                    keys: vec![self.key.clone()],
-                });
+                let _ = self.client.send(
+                    &state,
+                    FromClient::Release {
+                        keys: vec![self.key.clone()],
+                    },
+                );
             }
         }
     }
@@ -860,58 +990,309 @@ impl std::fmt::Debug for TaskFuture {
     }
 }
 
-/// Sends the client's messages, merging those that queued up meanwhile.
-async fn write(sender: Sender, mut queue: mpsc::UnboundedReceiver<FromClient>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch: ClientUp = vec![first];
-        while let Ok(more) = queue.try_recv() {
-            batch.push(more);
-        }
-        let Ok(message) = codec::encode(&batch) else { return };
-        if sender.send(message).await.is_err() {
+/// Connects to the scheduler at `address` and says hello as a client.
+async fn open(address: &str, transport: &TransportConfig) -> Result<Connection> {
+    let connection = connect(address, transport).await?;
+    let hello = Hello::Client {
+        version: PROTOCOL_VERSION,
+        name: transport.name.clone(),
+    };
+    connection
+        .send(codec::encode(&hello).map_err(|reason| RuntimeError::protocol(address, reason))?)
+        .await?;
+    Ok(connection)
+}
+
+/// Runs the client's connection: sends what is queued, applies what comes
+/// back, and when the scheduler goes away, reconnects and resubmits (see
+/// the module docs), or fails every waiter once that is given up.
+async fn run(
+    connection: Connection,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    inner: std::sync::Weak<Inner>,
+    options: ClientOptions,
+) {
+    let (mut sender, mut receiver) = connection.split();
+    loop {
+        let reason = tokio::select! {
+            reason = read(&mut receiver, &inner) => reason,
+            () = write(&sender, &mut queue) => "the connection writer stopped".to_string(),
+        };
+        let Some(client) = inner.upgrade() else { return };
+        if options.reconnect_timeout.is_zero() {
+            client.give_up(reason);
             return;
         }
+        let holders = client.lock().outage();
+        let address = client.scheduler.clone();
+        drop(client);
+        warn!(scheduler = %address, %reason, "lost the scheduler; reconnecting");
+        let connection = match reconnect(&address, &options, holders).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                if let Some(client) = inner.upgrade() {
+                    client.give_up(format!(
+                        "{reason}; reconnecting for {:?} failed: {error}",
+                        options.reconnect_timeout
+                    ));
+                }
+                return;
+            }
+        };
+        // Queued before the outage was seen: superseded by the resubmission.
+        while queue.try_recv().is_ok() {}
+        let Some(client) = inner.upgrade() else { return };
+        client.resume();
+        (sender, receiver) = connection.split();
     }
 }
 
-/// Applies the scheduler's answers to the client's state.
-async fn read(mut receiver: Receiver, inner: std::sync::Weak<Inner>) {
-    let reason = loop {
+/// Connects again within the reconnect timeout, then waits (up to
+/// `resume_wait`) until the workers at `holders` have registered.
+async fn reconnect(address: &str, options: &ClientOptions, holders: BTreeSet<String>) -> Result<Connection> {
+    let transport = TransportConfig {
+        connect_timeout: options.reconnect_timeout,
+        ..options.transport.clone()
+    };
+    let mut connection = open(address, &transport).await?;
+    let deadline = tokio::time::Instant::now() + options.resume_wait;
+    let mut request = 0;
+    loop {
+        request += 1;
+        let ask: ClientUp = vec![FromClient::Workers { request }];
+        connection
+            .send(codec::encode(&ask).map_err(|reason| RuntimeError::protocol(address, reason))?)
+            .await?;
+        let reply = connection.recv().await?.ok_or_else(|| RuntimeError::SchedulerLost {
+            scheduler: address.to_string(),
+            reason: "closed the connection while the client resumed".into(),
+        })?;
+        let answers: ClientDown = codec::decode(&reply).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let back: BTreeSet<&str> = answers
+            .iter()
+            .filter_map(|answer| match answer {
+                ToClient::Workers { workers, .. } => Some(workers.iter().map(|w| w.address.as_str())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let missing = holders.iter().filter(|h| !back.contains(h.as_str())).count();
+        if missing == 0 || tokio::time::Instant::now() >= deadline {
+            info!(scheduler = %address, missing, "reconnected; resubmitting");
+            return Ok(connection);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends the client's messages, merging those that queued up meanwhile;
+/// returns when the connection fails.
+async fn write(sender: &Sender, queue: &mut mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch: ClientUp = Vec::new();
+        let mut encoded = None;
+        let mut next = Some(first);
+        while let Some(outgoing) = next.take() {
+            match outgoing {
+                Outgoing::Message(message) => batch.push(message),
+                Outgoing::Encoded(message) => {
+                    encoded = Some(message);
+                    break;
+                }
+            }
+            next = queue.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            let Ok(message) = codec::encode(&batch) else { return };
+            if sender.send(message).await.is_err() {
+                return;
+            }
+        }
+        if let Some(message) = encoded
+            && sender.send(message).await.is_err()
+        {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Applies the scheduler's answers to the client's state until the
+/// connection ends; returns why it did.
+async fn read(receiver: &mut Receiver, inner: &std::sync::Weak<Inner>) -> String {
+    loop {
         let message = match receiver.recv().await {
             Ok(Some(message)) => message,
-            Ok(None) => break "the scheduler closed the connection".to_string(),
-            Err(error) => break error.to_string(),
+            Ok(None) => return "the scheduler closed the connection".to_string(),
+            Err(error) => return error.to_string(),
         };
         let batch: ClientDown = match codec::decode(&message) {
             Ok(batch) => batch,
-            Err(reason) => break reason,
+            Err(reason) => return reason,
         };
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(inner) = inner.upgrade() else {
+            return "the client was dropped".to_string();
+        };
         let mut state = inner.lock();
         for message in batch {
             apply(&mut state, message);
         }
-    };
-    let Some(inner) = inner.upgrade() else { return };
-    let mut state = inner.lock();
-    state.lost = Some(reason);
-    state.submissions.clear();
-    state.queries.clear();
-    for entry in state.keys.values() {
-        entry.changed.notify_waiters();
+    }
+}
+
+impl Inner {
+    /// The scheduler is lost for good: every waiter fails.
+    fn give_up(&self, reason: String) {
+        warn!(scheduler = %self.scheduler, %reason, "scheduler lost");
+        let mut state = self.lock();
+        state.lost = Some(reason);
+        state.reconnecting = false;
+        state.unanswered.clear();
+        state.queries.clear();
+        for kept in state.graphs.values_mut() {
+            kept.accepted = None;
+        }
+        for entry in state.keys.values() {
+            entry.changed.notify_waiters();
+        }
+        drop(state);
+        self.reconnected.notify_waiters();
+    }
+
+    /// Reconnected: queues what the new scheduler must know (the scattered
+    /// keys held, then every kept graph, for the futures still unsettled)
+    /// ahead of anything else, and takes calls again.
+    fn resume(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut scattered = Vec::new();
+        let mut outputs: FxHashMap<u64, Vec<Key>> = FxHashMap::default();
+        for (key, entry) in &state.keys {
+            if !entry.status.unsettled() {
+                continue;
+            }
+            match entry.origin {
+                Origin::Scatter => scattered.push(key.clone()),
+                Origin::Graph(id) => outputs.entry(id).or_default().push(key.clone()),
+            }
+        }
+        if !scattered.is_empty() {
+            let _ = self
+                .outbound
+                .send(Outgoing::Message(FromClient::Reclaim { keys: scattered }));
+        }
+        let mut abandoned = Vec::new();
+        for (&id, kept) in &mut state.graphs {
+            let Some(keys) = outputs.remove(&id) else {
+                // Every future it made is another graph's: that one brings
+                // them back.
+                if let Some(waiter) = kept.accepted.take() {
+                    let _ = waiter.send(Ok(()));
+                }
+                continue;
+            };
+            match resubmission(&kept.message, keys) {
+                Ok(message) => {
+                    state.unanswered.push_back(id);
+                    let _ = self.outbound.send(Outgoing::Encoded(message));
+                }
+                Err(reason) => abandoned.push((id, reason)),
+            }
+        }
+        for (id, reason) in abandoned {
+            state.abandon(id, &reason);
+        }
+        state.reconnecting = false;
+        let n = state.unanswered.len();
+        drop(guard);
+        info!(scheduler = %self.scheduler, graphs = n, "resubmitted after reconnecting");
+        self.reconnected.notify_waiters();
+    }
+}
+
+/// `kept`, a submitted graph, with `outputs` as its only outputs.
+fn resubmission(kept: &Message, outputs: Vec<Key>) -> std::result::Result<Message, String> {
+    let mut batch: ClientUp = codec::decode(kept)?;
+    match batch.first_mut() {
+        Some(FromClient::SubmitGraph(graph)) => graph.outputs = outputs,
+        Some(FromClient::SubmitLayers(graph)) => {
+            graph.outputs = outputs;
+            graph.output_layers.clear();
+        }
+        _ => return Err("internal error: a kept graph is not a submission".into()),
+    }
+    codec::encode(&batch)
+}
+
+impl State {
+    /// The connection is gone: futures wait again (their results' ids and
+    /// holders were the old scheduler's), queries are void. Returns the
+    /// addresses of the workers that held results.
+    fn outage(&mut self) -> BTreeSet<String> {
+        self.reconnecting = true;
+        self.unanswered.clear();
+        self.queries.clear();
+        let mut holders = BTreeSet::new();
+        for entry in self.keys.values_mut() {
+            match &entry.status {
+                Status::Memory(_, peers) => {
+                    holders.extend(peers.iter().map(|p| p.address.to_string()));
+                    entry.status = Status::Pending;
+                }
+                Status::Lost => entry.status = Status::Pending,
+                _ => {}
+            }
+        }
+        holders
+    }
+
+    /// A future made by graph `id` is gone; so is the graph once it has
+    /// none left and its submitter has its answer.
+    fn forget_graph_future(&mut self, id: u64) {
+        if let Some(kept) = self.graphs.get_mut(&id) {
+            kept.live = kept.live.saturating_sub(1);
+            if kept.live == 0 && kept.accepted.is_none() {
+                self.graphs.remove(&id);
+            }
+        }
+    }
+
+    /// Graph `id` cannot be resubmitted: its unsettled futures fail.
+    fn abandon(&mut self, id: u64, reason: &str) {
+        self.graphs.remove(&id);
+        let why = format!("resubmitting its graph after a reconnection failed: {reason}");
+        for entry in self.keys.values_mut() {
+            if entry.origin == Origin::Graph(id) && entry.status.unsettled() {
+                entry.status = Status::Abandoned(why.clone());
+                entry.changed.notify_waiters();
+            }
+        }
     }
 }
 
 fn apply(state: &mut State, message: ToClient) {
     match message {
         ToClient::GraphAccepted { .. } => {
-            if let Some(waiter) = state.submissions.pop_front() {
-                let _ = waiter.send(Ok(()));
+            if let Some(id) = state.unanswered.pop_front()
+                && let Some(kept) = state.graphs.get_mut(&id)
+            {
+                if let Some(waiter) = kept.accepted.take() {
+                    let _ = waiter.send(Ok(()));
+                }
+                if kept.live == 0 {
+                    state.graphs.remove(&id);
+                }
             }
         }
         ToClient::GraphRejected { reason } => {
-            if let Some(waiter) = state.submissions.pop_front() {
-                let _ = waiter.send(Err(reason));
+            if let Some(id) = state.unanswered.pop_front() {
+                match state.graphs.get_mut(&id).and_then(|kept| kept.accepted.take()) {
+                    Some(waiter) => {
+                        state.graphs.remove(&id);
+                        let _ = waiter.send(Err(reason));
+                    }
+                    None => state.abandon(id, &reason),
+                }
             }
         }
         ToClient::InMemory { key, task, who_has, .. } => set(state, &key, Status::Memory(task, who_has)),

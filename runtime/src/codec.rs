@@ -321,6 +321,7 @@ mod tests {
             memory_limit: 0,
             resources: Vec::new(),
             dashboard: Some("http://10.0.0.1:41234".into()),
+            held: Vec::new(),
         };
         let hello = Hello::worker(info);
         assert_eq!(decode::<Hello>(&encode(&hello).unwrap()).unwrap(), hello);

@@ -109,6 +109,21 @@ impl TaskId {
     pub const fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
+    /// The generation no scheduler mints: a worker files the results it
+    /// keeps from a scheduler that went away under ids of this generation
+    /// until the next scheduler claims them, so they never collide with
+    /// that scheduler's ids.
+    pub const ORPHAN_GENERATION: u32 = u32::MAX;
+    /// The `n`th id of [`TaskId::ORPHAN_GENERATION`].
+    #[inline]
+    pub const fn orphan(n: u32) -> Self {
+        Self::from_parts(n, Self::ORPHAN_GENERATION)
+    }
+    /// Whether this id is of [`TaskId::ORPHAN_GENERATION`].
+    #[inline]
+    pub const fn is_orphan(self) -> bool {
+        self.generation() == Self::ORPHAN_GENERATION
+    }
 }
 
 /// An immutable, cheaply cloned string: keys, op names, worker names and

@@ -31,7 +31,8 @@ pub mod scheduler;
 pub use graph::{Annotations, Graph, TaskSpec};
 pub use ids::{ClientId, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 pub use protocol::{
-    FromClient, FromWorker, OpError, Peer, TaskError, Tier, ToClient, ToWorker, Vitals, WorkerInfo, WorkerStatus,
+    FromClient, FromWorker, HeldResult, OpError, Peer, TaskError, Tier, ToClient, ToWorker, Vitals, WorkerInfo,
+    WorkerStatus,
 };
 pub use scheduler::{Comm, Command, Config, Event, Scheduler, TaskState};
 

@@ -16,7 +16,7 @@ use crate::layer::LayerGraph;
 /// Bump on any incompatible change to these messages (or to the data plane's,
 /// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
@@ -77,6 +77,21 @@ pub struct WorkerInfo {
     pub resources: Vec<ResourceAmount>,
     /// The URL of its own status page and `/metrics`, if it serves one.
     pub dashboard: Option<SharedStr>,
+    /// Results it computed for an earlier scheduler (one that went away)
+    /// and still holds: a restarted scheduler claims them for the tasks
+    /// of the same keys instead of computing them again.
+    pub held: Vec<HeldResult>,
+}
+
+/// A result a worker kept across a change of scheduler, by key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldResult {
+    /// The key of the task that made it.
+    pub key: Key,
+    /// Its size.
+    pub nbytes: u64,
+    /// Where it is now.
+    pub tier: Tier,
 }
 
 /// How busy a worker's process is, sent with each heartbeat.
@@ -160,9 +175,9 @@ pub enum ToWorker {
         /// The task.
         task: TaskId,
     },
-    /// A client put a value into this worker's data server under `key`
-    /// (scatter) and the scheduler registered it: keep it as the result of
-    /// `task` from now on.
+    /// A value is held here under `key`, pushed by a client (scatter) or
+    /// kept from an earlier scheduler ([`WorkerInfo::held`]), and the
+    /// scheduler registered it: keep it as the result of `task` from now on.
     Adopt {
         /// The id the scheduler gave the scattered key.
         task: TaskId,
@@ -170,6 +185,12 @@ pub enum ToWorker {
         key: Key,
         /// Its size, as the client measured it.
         nbytes: u64,
+    },
+    /// Drop the values held under these keys that no task claimed (kept
+    /// from an earlier scheduler; see [`WorkerInfo::held`]).
+    Discard {
+        /// The keys.
+        keys: Vec<Key>,
     },
 }
 
@@ -291,6 +312,15 @@ pub enum FromClient {
     Observe {
         /// Start or stop.
         on: bool,
+    },
+    /// After a reconnection to a restarted scheduler: the client holds
+    /// futures on these keys, which have no lineage (scattered). Each is
+    /// registered again from a worker that kept it ([`WorkerInfo::held`])
+    /// and answered like a submitted key, or erred with
+    /// [`TaskError::DataLost`] when no worker did.
+    Reclaim {
+        /// The keys.
+        keys: Vec<Key>,
     },
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use weft_runtime::ops::args;
 use weft_runtime::{
-    Client, Graph, Key, LocalCluster, LocalOptions, Registry, RuntimeError, TaskError, TaskSpec, Value, WorkerMode,
+    Client, ClientOptions, Graph, Key, LocalCluster, LocalOptions, Registry, RuntimeError, TaskError, TaskSpec, Value,
+    WorkerMode,
 };
 
 async fn cluster(workers: usize) -> LocalCluster {
@@ -160,7 +161,13 @@ async fn short_ops_move_to_the_event_loop_and_still_fail_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_graphs_and_lost_schedulers_are_clear_errors() {
     let cluster = cluster(1).await;
-    let client = cluster.client().await.unwrap();
+    // Fails at once when the scheduler goes (by default it reconnects for
+    // 30 s: see restart.rs).
+    let options = ClientOptions {
+        reconnect_timeout: Duration::ZERO,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(cluster.address(), &options).await.unwrap();
     let graph = Graph {
         tasks: vec![TaskSpec::new("a", "sum", args(&0i64).unwrap(), vec!["missing".into()])],
         outputs: vec!["a".into()],

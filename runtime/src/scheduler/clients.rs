@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, WorkerId};
+use crate::ids::{ClientId, FxHashMap, Key, OpId, ResourceId, SharedStr, TaskId, WorkerId};
 use crate::protocol::{Peer, Priority, ResourceAmount, Tier, ToClient, ToWorker, WorkerStatus};
 
 use super::task::{QueueKind, Task, key_hash};
@@ -91,71 +91,85 @@ impl Scheduler {
             comm.to_client(client, ToClient::ScatterRejected { worker, keys, reason });
             return;
         }
-        let op = self.intern_op(&SharedStr::from("<scattered>"));
-        let address = self.workers[&worker].info.address.clone();
         for (key, nbytes) in data {
-            let id = self.tasks.reserve();
-            comm.to_worker(
-                worker,
-                ToWorker::Adopt {
-                    task: id,
-                    key: key.clone(),
-                    nbytes,
-                },
-            );
-            comm.to_client(
+            let id = self.insert_scattered(key.clone(), worker, nbytes, Tier::Host);
+            comm.to_worker(worker, ToWorker::Adopt { task: id, key, nbytes });
+            self.add_want(client, id, comm);
+        }
+    }
+
+    /// Enters a task without lineage whose result `worker` holds (a
+    /// scattered value): in memory there, wanted by nobody yet.
+    pub(super) fn insert_scattered(&mut self, key: Key, worker: WorkerId, nbytes: u64, tier: Tier) -> TaskId {
+        let op = self.intern_op(&SharedStr::from("<scattered>"));
+        let id = self.tasks.reserve();
+        self.tasks.insert(Task {
+            id,
+            key_hash: key_hash(&key),
+            key,
+            args: Bytes::new(),
+            deps: Box::default(),
+            dependents: Vec::new(),
+            who_has: vec![worker],
+            who_wants: Vec::new(),
+            restrictions: None,
+            priority: Priority {
+                user: 0,
+                seq: self.next_seq,
+            },
+            nbytes,
+            state: TaskState::Released,
+            op,
+            request: 0,
+            waiting_on: 0,
+            waiters: 0,
+            live_dependents: 0,
+            proc_idx: NOT_LISTED,
+            est: 0.0,
+            retries_left: 0,
+            deaths: 0,
+            queue: QueueKind::None,
+            scattered: true,
+            tier,
+        });
+        self.next_seq += 1;
+        self.set_state(id, TaskState::Memory);
+        let wk = self
+            .workers
+            .get_mut(&worker)
+            .expect("internal error: checked by caller");
+        wk.has_what.push(id);
+        wk.n_held += 1;
+        wk.nbytes_held += nbytes;
+        id
+    }
+
+    /// Gives `client` a future on `id` (if it has none) and tells it the
+    /// task's state when that is final.
+    pub(super) fn add_want(&mut self, client: ClientId, id: TaskId, comm: &mut impl Comm) {
+        let t = &mut self.tasks[id];
+        if t.who_wants.contains(&client) {
+            return;
+        }
+        t.who_wants.push(client);
+        let c = self
+            .clients
+            .get_mut(&client)
+            .expect("internal error: checked by handle");
+        c.wants.push(id);
+        c.n_wants += 1;
+        let t = &self.tasks[id];
+        match t.state {
+            TaskState::Memory => comm.to_client(client, self.in_memory(t)),
+            TaskState::Erred => comm.to_client(
                 client,
-                ToClient::InMemory {
-                    key: key.clone(),
-                    task: id,
-                    nbytes,
-                    who_has: vec![Peer {
-                        worker,
-                        address: address.clone(),
-                    }],
+                ToClient::Erred {
+                    key: t.key.clone(),
+                    error: self.errors[&id].clone(),
                 },
-            );
-            self.tasks.insert(Task {
-                id,
-                key_hash: key_hash(&key),
-                key,
-                args: Bytes::new(),
-                deps: Box::default(),
-                dependents: Vec::new(),
-                who_has: vec![worker],
-                who_wants: vec![client],
-                restrictions: None,
-                priority: Priority {
-                    user: 0,
-                    seq: self.next_seq,
-                },
-                nbytes,
-                state: TaskState::Released,
-                op,
-                request: 0,
-                waiting_on: 0,
-                waiters: 0,
-                live_dependents: 0,
-                proc_idx: NOT_LISTED,
-                est: 0.0,
-                retries_left: 0,
-                deaths: 0,
-                queue: QueueKind::None,
-                scattered: true,
-                tier: Tier::Host,
-            });
-            self.next_seq += 1;
-            self.set_state(id, TaskState::Memory);
-            let wk = self.workers.get_mut(&worker).expect("internal error: checked above");
-            wk.has_what.push(id);
-            wk.n_held += 1;
-            wk.nbytes_held += nbytes;
-            let c = self
-                .clients
-                .get_mut(&client)
-                .expect("internal error: checked by handle");
-            c.wants.push(id);
-            c.n_wants += 1;
+            ),
+            TaskState::Released => self.need(id, comm),
+            _ => {}
         }
     }
 

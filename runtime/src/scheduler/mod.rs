@@ -42,6 +42,7 @@
 mod check;
 mod clients;
 mod place;
+mod restart;
 mod snapshot;
 mod submit;
 mod task;
@@ -105,6 +106,10 @@ pub struct Config {
     /// Send the rest of a linear chain to the worker of its first link at
     /// once (see `pipeline`), so each link starts without a round trip.
     pub pipeline_chains: bool,
+    /// Results that workers kept from an earlier scheduler and that no
+    /// graph claimed within this many balance rounds are dropped (3000:
+    /// five minutes at the reactor's 100 ms rounds; see `restart`).
+    pub unclaimed_rounds: u64,
 }
 
 impl Default for Config {
@@ -118,6 +123,7 @@ impl Default for Config {
             steal_ratio: 2.0,
             record_touched: false,
             pipeline_chains: true,
+            unclaimed_rounds: 3000,
         }
     }
 }
@@ -211,6 +217,9 @@ pub struct Stats {
     pub pipelined: u64,
     /// Results recomputed after they were lost.
     pub recomputed: u64,
+    /// Results kept by workers from an earlier scheduler and claimed here
+    /// instead of being computed again.
+    pub reclaimed: u64,
 }
 
 #[derive(Debug)]
@@ -259,6 +268,11 @@ pub struct Scheduler {
     touched: Vec<TaskId>,
     cand: Vec<(WorkerId, u64)>,
     stats: Stats,
+    /// Results workers kept from an earlier scheduler, by key, that no
+    /// task has claimed yet (see `restart`).
+    staged: FxHashMap<Key, restart::Staged>,
+    /// Balance rounds so far: the clock of staged results.
+    rounds: u64,
 }
 
 impl Default for Scheduler {
@@ -296,6 +310,8 @@ impl Scheduler {
             touched: Vec::new(),
             cand: Vec::new(),
             stats: Stats::default(),
+            staged: FxHashMap::default(),
+            rounds: 0,
         }
     }
 
@@ -471,6 +487,7 @@ impl Scheduler {
                     FromClient::Release { keys } => self.client_release(client, keys),
                     FromClient::Scatter { worker, data } => self.scatter(client, worker, data, comm),
                     FromClient::MissingData { keys } => self.client_missing_data(client, keys, comm),
+                    FromClient::Reclaim { keys } => self.reclaim(client, keys, comm),
                     FromClient::Workers { request } => {
                         let workers = self.worker_statuses();
                         comm.to_client(client, ToClient::Workers { request, workers });
@@ -487,7 +504,10 @@ impl Scheduler {
                     }
                 }
             }
-            Event::Balance => self.balance(comm),
+            Event::Balance => {
+                self.expire_staged(comm);
+                self.balance(comm);
+            }
         }
         self.drain(comm);
     }

@@ -525,6 +525,7 @@ mod tests {
             memory_limit: 1000,
             resources: Vec::new(),
             dashboard: None,
+            held: Vec::new(),
         }
     }
 

@@ -245,6 +245,7 @@ impl Scheduler {
         // Valid: from here on nothing is rejected.
         drop(local);
         let ids = self.enter(&mut nodes, &included, &edges, &span, &new_of, &pos, &hashes);
+        self.claim_staged(&ids, comm);
         let wanted: Vec<TaskId> = wanted
             .iter()
             .map(|e| match *e {
@@ -374,23 +375,6 @@ impl Scheduler {
 
     /// Gives `client` futures on `outputs` and starts computing them.
     fn want(&mut self, client: ClientId, outputs: Vec<TaskId>, new_tasks: usize, culled: usize, comm: &mut impl Comm) {
-        let mut wanted = Vec::with_capacity(outputs.len());
-        for id in outputs {
-            let t = &mut self.tasks[id];
-            if t.who_wants.contains(&client) {
-                continue;
-            }
-            t.who_wants.push(client);
-            wanted.push(id);
-        }
-        {
-            let c = self
-                .clients
-                .get_mut(&client)
-                .expect("internal error: checked by handle");
-            c.n_wants += wanted.len() as u32;
-            c.wants.extend_from_slice(&wanted);
-        }
         comm.to_client(
             client,
             ToClient::GraphAccepted {
@@ -398,20 +382,8 @@ impl Scheduler {
                 culled: culled as u64,
             },
         );
-        for id in wanted {
-            let t = &self.tasks[id];
-            match t.state {
-                TaskState::Memory => comm.to_client(client, self.in_memory(t)),
-                TaskState::Erred => comm.to_client(
-                    client,
-                    ToClient::Erred {
-                        key: t.key.clone(),
-                        error: self.errors[&id].clone(),
-                    },
-                ),
-                TaskState::Released => self.need(id, comm),
-                _ => {}
-            }
+        for id in outputs {
+            self.add_want(client, id, comm);
         }
         let tasks = &self.tasks;
         self.ready.sort_by_cached_key(|&id| tasks.get(id).map(|t| t.priority));

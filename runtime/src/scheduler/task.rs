@@ -203,7 +203,11 @@ impl Tasks {
             return None;
         }
         let t = s.task.take()?;
-        s.generation = s.generation.wrapping_add(1);
+        // Orphan ids are the workers' (see `TaskId::ORPHAN_GENERATION`).
+        s.generation = match s.generation.wrapping_add(1) {
+            TaskId::ORPHAN_GENERATION => 0,
+            next => next,
+        };
         self.free.push(id.slot());
         self.len -= 1;
         if let Ok(entry) = self.by_key.find_entry(t.key_hash, |&x| x == id) {

@@ -21,6 +21,7 @@ fn info(name: &str, nthreads: u32) -> WorkerInfo {
         memory_limit: 0,
         resources: Vec::new(),
         dashboard: None,
+        held: Vec::new(),
     }
 }
 

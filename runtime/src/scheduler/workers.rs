@@ -9,7 +9,7 @@ use super::worker::{NOT_LISTED, Worker};
 use super::{Comm, MAX_SLOTS_PER_THREAD, QUEUE_TARGET_S, Scheduler, TaskState};
 
 impl Scheduler {
-    pub(super) fn worker_joined(&mut self, worker: WorkerId, info: WorkerInfo, comm: &mut impl Comm) {
+    pub(super) fn worker_joined(&mut self, worker: WorkerId, mut info: WorkerInfo, comm: &mut impl Comm) {
         if self.workers.contains_key(&worker) {
             tracing::warn!(%worker, "duplicate worker registration; ignored");
             self.stats.ignored += 1;
@@ -30,6 +30,7 @@ impl Scheduler {
             );
             return;
         }
+        let held = std::mem::take(&mut info.held);
         let mut resources = Vec::new();
         for r in &info.resources {
             let rid = self.intern_resource(&r.name);
@@ -70,6 +71,7 @@ impl Scheduler {
             },
         );
         comm.to_worker(worker, ToWorker::Registered { worker });
+        self.claim_held(worker, held, comm);
         self.freed.push(worker);
         // A new worker may be able to run what nobody could.
         self.retry_unrunnable(comm);
@@ -157,6 +159,7 @@ impl Scheduler {
             self.unlist_at(wk.unsat_idx);
         }
         self.resource_workers.retain(|&w| w != worker);
+        self.unstage(worker);
         // Steals towards this worker resolve on the victim's answer.
 
         // 1. Its tasks go back to waiting (ready again unless an input is
@@ -307,14 +310,31 @@ impl Scheduler {
         let secs = compute_us as f64 * 1e-6;
         self.adapt_slots(worker, secs);
         self.unassign(id);
-        let t = &mut self.tasks[id];
+        let t = &self.tasks[id];
         let op = &mut self.ops[t.op.index()];
         op.avg = if op.count == 0 { secs } else { 0.5 * op.avg + 0.5 * secs };
         op.count += 1;
+        self.put_in_memory(worker, id, nbytes, tier, comm);
+    }
+
+    /// A task's result is now held by `worker` (and nowhere else): the
+    /// clients that want it hear so, and its waiting dependents advance.
+    pub(super) fn put_in_memory(
+        &mut self,
+        worker: WorkerId,
+        id: TaskId,
+        nbytes: u64,
+        tier: Tier,
+        comm: &mut impl Comm,
+    ) {
+        let t = &mut self.tasks[id];
         t.nbytes = nbytes;
         t.tier = tier;
         t.who_has.push(worker);
-        let wk = self.workers.get_mut(&worker).expect("internal error: checked above");
+        let wk = self
+            .workers
+            .get_mut(&worker)
+            .expect("internal error: checked by caller");
         wk.has_what.push(id);
         wk.n_held += 1;
         wk.nbytes_held += nbytes;
@@ -474,26 +494,30 @@ impl Scheduler {
     }
 
     pub(super) fn acquired(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, comm: &mut impl Comm) {
-        match self.tasks.get_mut(id) {
-            Some(t) if t.state == TaskState::Memory => {
-                if t.who_has.contains(&worker) {
-                    return;
-                }
-                t.who_has.push(worker);
-                let wk = self
-                    .workers
-                    .get_mut(&worker)
-                    .expect("internal error: checked by handle");
-                wk.has_what.push(id);
-                wk.n_held += 1;
-                wk.nbytes_held += nbytes;
-                Self::compact_has_what(wk, &self.tasks);
-                self.touch(id);
-            }
+        match self.tasks.get(id) {
+            Some(t) if t.state == TaskState::Memory => self.add_replica(worker, id, nbytes),
             _ => {
                 // Released meanwhile (or never known): the replica is garbage.
                 comm.to_worker(worker, ToWorker::Free { task: id });
             }
         }
+    }
+
+    /// `worker`, live, now also holds the result of `id`, in memory.
+    pub(super) fn add_replica(&mut self, worker: WorkerId, id: TaskId, nbytes: u64) {
+        let t = &mut self.tasks[id];
+        if t.who_has.contains(&worker) {
+            return;
+        }
+        t.who_has.push(worker);
+        let wk = self
+            .workers
+            .get_mut(&worker)
+            .expect("internal error: checked by caller");
+        wk.has_what.push(id);
+        wk.n_held += 1;
+        wk.nbytes_held += nbytes;
+        Self::compact_has_what(wk, &self.tasks);
+        self.touch(id);
     }
 }

@@ -26,7 +26,7 @@ use weft_transport::{Buffer, BufferPool};
 pub use spill::{SpillDir, SpillFile};
 
 use crate::ids::{FxHashMap, Key, TaskId};
-use crate::protocol::Tier;
+use crate::protocol::{HeldResult, Tier};
 use crate::value::Value;
 
 /// Idle read buffers kept for results coming back from disk.
@@ -215,6 +215,10 @@ struct Inner {
     /// named a task for, with when they came; counted in host memory,
     /// never spilled.
     staged: FxHashMap<Key, (Instant, Arc<Value>)>,
+    /// Results kept from a scheduler that went away, by key, under orphan
+    /// ids (see [`Store::orphan`]) until the next one claims them.
+    orphans: FxHashMap<Key, TaskId>,
+    next_orphan: u32,
 }
 
 /// Results in one memory tier.
@@ -386,11 +390,17 @@ impl Store {
         self.publish(&inner);
     }
 
-    /// Makes the value staged under `key` the result of `task`; false when
-    /// nothing is staged under it.
+    /// Makes the value staged or kept (an orphan) under `key` the result
+    /// of `task`; false when nothing is held under it.
     pub fn adopt(&self, key: &Key, task: TaskId) -> bool {
         let value = {
             let mut inner = self.lock();
+            if let Some(orphan) = inner.orphans.remove(key) {
+                let found = self.rekey(&mut inner, orphan, task);
+                drop(inner);
+                self.adopted.notify_waiters();
+                return found;
+            }
             let Some((_, value)) = inner.staged.remove(key) else {
                 return false;
             };
@@ -402,7 +412,7 @@ impl Store {
         true
     }
 
-    /// Drops staged values; returns how many there were.
+    /// Drops staged values and orphans; returns how many there were.
     pub fn discard(&self, keys: &[Key]) -> usize {
         let mut inner = self.lock();
         let mut dropped = 0;
@@ -411,9 +421,88 @@ impl Store {
                 inner.host.bytes -= value.nbytes();
                 dropped += 1;
             }
+            if let Some(orphan) = inner.orphans.remove(key)
+                && let Some(entry) = inner.entries.remove(&orphan)
+            {
+                Self::forget(&mut inner, &entry);
+                dropped += 1;
+            }
         }
         self.publish(&inner);
         dropped
+    }
+
+    /// The scheduler went away: keeps the results in `keep` (task and key),
+    /// in whatever tier they are, as orphans filed by key until the next
+    /// scheduler claims them ([`Store::adopt`]) or drops them
+    /// ([`Store::discard`]); drops every other result and staged value.
+    /// Returns every orphan, those kept from earlier schedulers included.
+    pub fn orphan(&self, keep: Vec<(TaskId, Key)>) -> Vec<HeldResult> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        for (task, key) in keep {
+            if inner.orphans.contains_key(&key) {
+                continue;
+            }
+            let orphan = TaskId::orphan(inner.next_orphan);
+            if self.rekey(inner, task, orphan) {
+                inner.next_orphan = inner.next_orphan.wrapping_add(1);
+                inner.orphans.insert(key, orphan);
+            }
+        }
+        let dropped: Vec<TaskId> = inner.entries.keys().filter(|t| !t.is_orphan()).copied().collect();
+        for task in dropped {
+            if let Some(entry) = inner.entries.remove(&task) {
+                Self::forget(inner, &entry);
+            }
+        }
+        for (_, (_, value)) in inner.staged.drain() {
+            inner.host.bytes -= value.nbytes();
+        }
+        self.publish(inner);
+        inner
+            .orphans
+            .iter()
+            .filter_map(|(key, orphan)| {
+                let entry = inner.entries.get(orphan)?;
+                let tier = if matches!(entry.place, Place::Disk(_)) {
+                    Tier::Disk
+                } else {
+                    entry.tier
+                };
+                Some(HeldResult {
+                    key: key.clone(),
+                    nbytes: entry.nbytes,
+                    tier,
+                })
+            })
+            .collect()
+    }
+
+    /// Files `from`'s result under `to`; false when there is none. A
+    /// result on its way down a tier stays where it is: the mover finds
+    /// nothing under `from` when it is done and drops what it made.
+    fn rekey(&self, inner: &mut Inner, from: TaskId, to: TaskId) -> bool {
+        let Some(mut entry) = inner.entries.remove(&from) else {
+            return false;
+        };
+        let in_memory = match &entry.place {
+            Place::Spilling(value) => {
+                let value = value.clone();
+                inner.level(entry.tier).leaving -= entry.nbytes;
+                entry.place = Place::Memory(value);
+                true
+            }
+            Place::Memory(_) => true,
+            Place::Disk(_) => false,
+        };
+        if in_memory && self.spiller.is_some() {
+            inner.level(entry.tier).lru.insert(entry.used, to);
+        }
+        if let Some(old) = inner.entries.insert(to, entry) {
+            Self::forget(inner, &old);
+        }
+        true
     }
 
     /// Drops values staged before `now - ttl`: their scatter never
@@ -545,13 +634,6 @@ impl Store {
         self.stats.unspilled_bytes.fetch_add(nbytes, Ordering::Relaxed);
         // Keep the value just read: spill others first.
         self.settle(&mut inner);
-    }
-
-    /// Drops everything (the scheduler that knew of it is gone).
-    pub fn clear(&self) {
-        let mut inner = self.lock();
-        *inner = Inner::default();
-        self.publish(&inner);
     }
 
     /// Results held (staged values included) and the bytes of those in

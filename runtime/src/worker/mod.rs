@@ -126,9 +126,10 @@ impl WorkerOptions {
 }
 
 /// Runs a worker until `shutdown` resolves (or the scheduler stays away
-/// longer than `reconnect_timeout`). Results are kept while connected; a
-/// scheduler that restarts knows none of them, so they are dropped and
-/// the worker registers afresh.
+/// longer than `reconnect_timeout`). When the scheduler goes away, the
+/// results made here are kept, filed by key, and reported when the worker
+/// registers again, so that a restarted scheduler claims them instead of
+/// computing them again; replicas and unfinished work are dropped.
 pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // Shared-memory regions hold a descriptor each (see `shm`).
     if let Some(limit) = weft_transport::shm::raise_fd_limit() {
@@ -203,13 +204,14 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
                 source,
             }
         })?;
-    let info = WorkerInfo {
+    let mut info = WorkerInfo {
         name: name.clone().into(),
         address: address.clone().into(),
         nthreads: options.nthreads as u32,
         memory_limit: options.memory.limit,
         resources: options.resources.clone(),
         dashboard,
+        held: Vec::new(),
     };
     let mut link = Link {
         options: &options,
@@ -238,15 +240,19 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         info!(worker = %name, %id, %address, scheduler = %options.scheduler, "registered");
         let (sender, mut receiver) = connection.split();
         link.session += 1;
+        let limits = TransferLimits::for_memory(options.memory.limit);
+        let mut state = WorkerState::new(options.nthreads, limits).with_resources(&options.resources);
         tokio::select! {
             () = &mut shutdown => {
                 let _ = sender.close().await;
                 break Ok(());
             }
-            lost = link.serve(&sender, &mut receiver, early, &mut done, &mut moved, &mut count_requests) => match lost {
+            lost = link.serve(&mut state, &sender, &mut receiver, early, &mut done, &mut moved, &mut count_requests) => match lost {
                 Ok(reason) => {
-                    warn!(worker = %name, %reason, "lost the scheduler; reconnecting");
-                    link.store.clear();
+                    // What this worker made stays for the next scheduler
+                    // (a restarted one claims it); the rest is dropped.
+                    info.held = link.store.orphan(state.own_results());
+                    warn!(worker = %name, %reason, kept = info.held.len(), "lost the scheduler; reconnecting");
                 }
                 Err(error) => break Err(error),
             }
@@ -313,8 +319,11 @@ impl Link<'_> {
 
     /// Works for the scheduler until the connection ends; returns why, or
     /// an error when the worker must stop (out of memory).
+    // The connection's halves and the reactor's channels, passed apart.
+    #[allow(clippy::too_many_arguments)]
     async fn serve(
         &mut self,
+        state: &mut WorkerState,
         sender: &Sender,
         receiver: &mut Receiver,
         early: WorkerDown,
@@ -323,8 +332,6 @@ impl Link<'_> {
         count_requests: &mut mpsc::Receiver<oneshot::Sender<TaskCounts>>,
     ) -> Result<String> {
         let scheduler = self.options.scheduler.clone();
-        let limits = TransferLimits::for_memory(self.options.memory.limit);
-        let mut state = WorkerState::new(self.options.nthreads, limits).with_resources(&self.options.resources);
         let mut commands = Vec::new();
         let mut outbox: Vec<FromWorker> = Vec::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
@@ -383,10 +390,10 @@ impl Link<'_> {
                     state.handle(WorkerEvent::Moved { task, tier }, &mut commands);
                 }
                 Some(finished) = done.recv() => {
-                    self.complete(finished, &mut state, &mut commands);
+                    self.complete(finished, state, &mut commands);
                     // Take whatever else is ready, to answer in one batch.
                     while let Ok(finished) = done.try_recv() {
-                        self.complete(finished, &mut state, &mut commands);
+                        self.complete(finished, state, &mut commands);
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -470,11 +477,15 @@ impl Link<'_> {
             WorkerCommand::Send(message) => outbox.push(message),
             WorkerCommand::Release(task) => self.store.remove(task),
             WorkerCommand::Adopt { task, key } => {
-                // Only a bug or a store cleared meanwhile gets here; peers
+                // Only a bug or a value dropped meanwhile gets here; peers
                 // asking for it then hear that it is missing.
                 if !self.store.adopt(&key, task) {
-                    warn!(%key, %task, "told to adopt a scattered value that was never pushed here");
+                    warn!(%key, %task, "told to adopt a value that is not held here");
                 }
+            }
+            WorkerCommand::Discard(keys) => {
+                let dropped = self.store.discard(&keys);
+                debug!(dropped, "dropped results no scheduler claimed");
             }
             WorkerCommand::Execute {
                 task,

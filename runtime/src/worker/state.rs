@@ -77,13 +77,16 @@ pub enum WorkerCommand {
     },
     /// Drop a result from the store.
     Release(TaskId),
-    /// Keep the value a client pushed under `key` as `task`'s result.
+    /// Keep the value held under `key` (pushed by a client, or kept from
+    /// an earlier scheduler) as `task`'s result.
     Adopt {
         /// The task.
         task: TaskId,
         /// The key it was pushed under.
         key: Key,
     },
+    /// Drop the values held under these keys that no task claimed.
+    Discard(Vec<Key>),
     /// Tell the scheduler.
     Send(FromWorker),
 }
@@ -167,6 +170,15 @@ pub struct TaskCounts {
     pub paused: bool,
 }
 
+/// A result in the store.
+#[derive(Debug)]
+struct Held {
+    nbytes: u64,
+    /// Its key when it was made or adopted here (not for replicas): kept
+    /// for a scheduler that replaces the current one.
+    key: Option<Key>,
+}
+
 /// The worker's state.
 #[derive(Debug)]
 pub struct WorkerState {
@@ -184,8 +196,8 @@ pub struct WorkerState {
     /// Resources this worker offers, and how much of each running tasks
     /// hold.
     resources: Vec<(SharedStr, u32, u32)>,
-    /// Results in the store and their sizes.
-    memory: FxHashMap<TaskId, u64>,
+    /// Results in the store.
+    memory: FxHashMap<TaskId, Held>,
     transfers: FxHashMap<TaskId, Transfer>,
     /// Tasks waiting for the result of a task assigned here (links of a
     /// chain sent ahead), by that task.
@@ -270,6 +282,16 @@ impl WorkerState {
         self.memory.len()
     }
 
+    /// The results made or adopted here, with their keys: what a worker
+    /// keeps for the next scheduler when this one goes away (replicas
+    /// fetched from peers are not kept).
+    pub fn own_results(&self) -> Vec<(TaskId, Key)> {
+        self.memory
+            .iter()
+            .filter_map(|(&task, held)| Some((task, held.key.clone()?)))
+            .collect()
+    }
+
     /// Bytes being fetched from peers now.
     pub fn in_flight_bytes(&self) -> u64 {
         self.in_flight_bytes
@@ -307,7 +329,7 @@ impl WorkerState {
                     }
                 }
                 for (task, nbytes) in got {
-                    self.memory.insert(task, nbytes);
+                    self.memory.insert(task, Held { nbytes, key: None });
                     out.push(WorkerCommand::Send(FromWorker::Acquired { task, nbytes }));
                     if let Some(transfer) = self.transfers.remove(&task) {
                         for waiter in transfer.waiters {
@@ -332,11 +354,11 @@ impl WorkerState {
                 if let Some(t) = &finished {
                     self.hold(&t.request.resources, false);
                 }
-                match finished.map(|t| t.phase) {
-                    Some(Phase::Running) => match outcome {
+                match finished.map(|t| (t.phase, t.request.key)) {
+                    Some((Phase::Running, key)) => match outcome {
                         Ok((nbytes, tier)) => {
                             self.finished += 1;
-                            self.memory.insert(task, nbytes);
+                            self.memory.insert(task, Held { nbytes, key: Some(key) });
                             for waiter in waiters {
                                 self.input_arrived(waiter);
                             }
@@ -381,7 +403,7 @@ impl WorkerState {
             ToWorker::Compute(request) => {
                 // A result still held (a replica, or one the scheduler lost
                 // track of) answers at once.
-                if let Some(&nbytes) = self.memory.get(&request.task) {
+                if let Some(&Held { nbytes, .. }) = self.memory.get(&request.task) {
                     out.push(WorkerCommand::Send(FromWorker::Finished {
                         task: request.task,
                         nbytes,
@@ -398,9 +420,16 @@ impl WorkerState {
                 }
             }
             ToWorker::Adopt { task, key, nbytes } => {
-                self.memory.insert(task, nbytes);
+                self.memory.insert(
+                    task,
+                    Held {
+                        nbytes,
+                        key: Some(key.clone()),
+                    },
+                );
                 out.push(WorkerCommand::Adopt { task, key });
             }
+            ToWorker::Discard { keys } => out.push(WorkerCommand::Discard(keys)),
             ToWorker::Cancel { task } => {
                 if let Entry::Occupied(mut entry) = self.tasks.entry(task) {
                     match entry.get().phase {

@@ -178,6 +178,7 @@ impl Sim {
             memory_limit: 0,
             resources: resources(&spec),
             dashboard: None,
+            held: Vec::new(),
         };
         self.sched_event(Event::WorkerJoined { worker: id, info })?;
         Ok(id)
