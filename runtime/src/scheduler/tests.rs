@@ -1190,3 +1190,133 @@ fn pipelined_links_follow_their_input_through_failure_and_worker_loss() {
         "{out:?}"
     );
 }
+
+// ---- restart: results kept by workers from an earlier scheduler ----------
+
+impl H {
+    /// Worker `i` registers holding `held` (key, bytes) from an earlier
+    /// scheduler.
+    fn join_holding(&mut self, i: u32, held: &[(&str, u64)]) -> Vec<Command> {
+        let mut info = info(&format!("w{i}"), 1);
+        info.held = held
+            .iter()
+            .map(|&(key, nbytes)| crate::protocol::HeldResult {
+                key: key.into(),
+                nbytes,
+                tier: Tier::Host,
+            })
+            .collect();
+        self.ev(Event::WorkerJoined { worker: w(i), info })
+    }
+}
+
+/// (worker, key) of each Adopt.
+fn adopts(cmds: &[Command]) -> Vec<(WorkerId, String)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(w, ToWorker::Adopt { key, .. }) => Some((*w, key.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn discards(cmds: &[Command]) -> Vec<(WorkerId, Vec<Key>)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(w, ToWorker::Discard { keys }) => Some((*w, keys.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn held_results_are_staged_until_a_graph_claims_them() {
+    let mut h = H::new(Config::default());
+    let out = h.join_holding(0, &[("a", 8), ("stray", 4)]);
+    assert!(adopts(&out).is_empty(), "nothing to claim yet");
+    assert_eq!(h.s.n_staged(), 2);
+    h.join(1, 1);
+    let out = h.submit(vec![spec("a", &[]), spec("b", &["a"])], &["b"]);
+    assert_eq!(adopts(&out), vec![(w(0), "a".to_string())]);
+    assert_eq!(h.state("a"), TaskState::Memory);
+    assert_eq!(h.s.who_has("a"), &[w(0)]);
+    // Only `b` runs, next to its input.
+    assert_eq!(computes(&out), vec![(w(0), "b".to_string())]);
+    assert_eq!(h.s.stats().reclaimed, 1);
+    assert_eq!(h.s.n_staged(), 1);
+    let out = h.finish(0, "b", 8);
+    assert!(matches!(client_msgs(&out)[..], [ToClient::InMemory { key, .. }] if key.as_str() == "b"));
+}
+
+#[test]
+fn a_held_result_fills_a_task_that_waits_for_it() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("x", &[]), spec("a", &["x"]), spec("b", &["a"])], &["b"]);
+    assert_eq!(h.state("x"), TaskState::Processing(w(1)));
+    assert_eq!(h.state("a"), TaskState::Processing(w(1)), "a link sent ahead");
+    // The worker that made `a` before comes back: `a` is running (a link
+    // may wait on it there), so the copy is dropped.
+    let out = h.join_holding(0, &[("a", 8)]);
+    assert_eq!(discards(&out), vec![(w(0), vec![Key::from("a")])]);
+    // One that holds `x`, waited on by `a`: claimed, and `b`'s chain goes on.
+    h.finish(1, "x", 8);
+    let mut h = H::new(Config {
+        pipeline_chains: false,
+        ..Config::default()
+    });
+    h.join(1, 1);
+    h.submit(vec![spec("x", &[]), spec("a", &["x"]), spec("b", &["a"])], &["b"]);
+    assert_eq!(h.state("a"), TaskState::Waiting);
+    let out = h.join_holding(0, &[("a", 8)]);
+    assert_eq!(adopts(&out), vec![(w(0), "a".to_string())]);
+    assert_eq!(h.state("a"), TaskState::Memory);
+    assert_eq!(computes(&out), vec![(w(0), "b".to_string())]);
+    // `x` is needed by nobody now: cancelled on its worker.
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::ToWorker(w1, ToWorker::Cancel { .. }) if *w1 == w(1)))
+    );
+}
+
+#[test]
+fn unclaimed_held_results_are_dropped_after_the_configured_rounds() {
+    let mut h = H::new(Config {
+        unclaimed_rounds: 32,
+        ..Config::default()
+    });
+    h.join_holding(0, &[("z", 8)]);
+    let mut dropped = Vec::new();
+    for _ in 0..48 {
+        dropped.extend(discards(&h.ev(Event::Balance)));
+    }
+    assert_eq!(dropped, vec![(w(0), vec![Key::from("z")])]);
+    assert_eq!(h.s.n_staged(), 0);
+    // And a worker that goes takes its staged results with it.
+    h.join_holding(1, &[("y", 8)]);
+    h.ev(Event::WorkerLost { worker: w(1) });
+    assert_eq!(h.s.n_staged(), 0);
+}
+
+#[test]
+fn scattered_keys_are_reclaimed_or_reported_lost() {
+    let mut h = H::new(Config::default());
+    h.join_holding(0, &[("s", 8)]);
+    let out = h.ev(Event::Client {
+        client: C,
+        msg: FromClient::Reclaim {
+            keys: vec!["s".into(), "gone".into()],
+        },
+    });
+    assert_eq!(adopts(&out), vec![(w(0), "s".to_string())]);
+    let msgs = client_msgs(&out);
+    assert!(matches!(msgs[0], ToClient::InMemory { key, .. } if key.as_str() == "s"));
+    assert!(matches!(
+        msgs[1],
+        ToClient::Erred { key, error: TaskError::DataLost { .. } } if key.as_str() == "gone"
+    ));
+    assert_eq!(h.state("s"), TaskState::Memory);
+    // A graph on it runs as on any scattered value.
+    let out = h.submit(vec![spec("t", &["s"])], &["t"]);
+    assert_eq!(computes(&out), vec![(w(0), "t".to_string())]);
+}
