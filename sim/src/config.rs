@@ -100,6 +100,16 @@ pub struct SimStats {
     pub from_dead: u64,
     /// Workers killed by `crash` tasks.
     pub crashes: u64,
+    /// Scheduler crashes (and restarts).
+    pub scheduler_crashes: u64,
+    /// Results workers kept across a scheduler crash that the next
+    /// scheduler claimed (counted when that scheduler is replaced, and
+    /// by [`crate::Sim::reclaimed`]).
+    pub reclaimed: u64,
+    /// Runs of a key that a worker kept across the last scheduler crash
+    /// and registered with before the client resubmitted: zero unless
+    /// workers die after the crash.
+    pub kept_recomputed: u64,
 }
 
 /// A failed simulator check.

@@ -13,7 +13,7 @@ use weft_runtime::protocol::{FromClient, FromWorker, ToWorker};
 use weft_transport::Message;
 
 /// One direction of one connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Link {
     /// Scheduler to worker.
     Down(WorkerId),
@@ -29,6 +29,9 @@ pub(crate) struct Wire {
     down: Vec<VecDeque<Message>>,
     up: Vec<VecDeque<Message>>,
     client_up: VecDeque<Message>,
+    /// Per link, how many of the oldest messages were on a connection
+    /// that broke (the scheduler crashed): delivered as empty batches.
+    stale: FxHashMap<Link, usize>,
     /// Messages encoded (one per batch).
     pub sent: u64,
     /// Header bytes encoded.
@@ -102,8 +105,39 @@ impl Wire {
             .transpose()
     }
 
+    /// The oldest message on `link`; a stale one (see [`Wire::cut`]) is
+    /// dropped and read as an empty batch.
     fn take(&mut self, link: Link) -> Option<Message> {
-        self.mailbox(link).pop_front()
+        let message = self.mailbox(link).pop_front()?;
+        match self.stale.get_mut(&link) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                match link {
+                    Link::Up(_) => codec::encode(&WorkerUp::Batch(Vec::new())).ok(),
+                    Link::Down(_) | Link::ClientUp => codec::encode(&Vec::<ToWorker>::new()).ok(),
+                }
+            }
+            _ => Some(message),
+        }
+    }
+
+    /// Every connection to the scheduler broke: the messages on the wire
+    /// now are never read (each is still delivered, as nothing).
+    pub fn cut(&mut self) {
+        let mut links = vec![(Link::ClientUp, self.client_up.len())];
+        for (link, boxes) in [(Link::Down as fn(WorkerId) -> Link, &self.down), (Link::Up, &self.up)] {
+            links.extend(
+                boxes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (link(WorkerId::new(i as u32)), b.len())),
+            );
+        }
+        for (link, n) in links {
+            if n > 0 {
+                self.stale.insert(link, n);
+            }
+        }
     }
 
     /// Round-trips what the scheduler tells the client (delivered at once:

@@ -6,8 +6,8 @@
 //! lasts its bytes over the sim's bandwidth. What the state machine does
 //! with their completions is the product's own logic.
 
-use weft_runtime::ids::{FxHashMap, TaskId, WorkerId};
-use weft_runtime::protocol::{OpError, ResourceAmount, Tier};
+use weft_runtime::ids::{FxHashMap, Key, TaskId, WorkerId};
+use weft_runtime::protocol::{HeldResult, OpError, ResourceAmount, Tier};
 use weft_runtime::worker::{TransferLimits, WorkerEvent, WorkerState};
 
 use crate::config::WorkerSpec;
@@ -42,16 +42,71 @@ pub(crate) struct VWorker {
     pub state: WorkerState,
     /// Results held, mirroring what the state believes is in its store.
     pub store: FxHashMap<TaskId, Stored>,
+    /// Results kept from a scheduler that crashed, by key, until the next
+    /// one claims them (the real store's orphans).
+    pub orphans: FxHashMap<Key, Stored>,
+    /// Numbers its connections to a scheduler: effects started in an
+    /// earlier one are dropped, as the real reactor drops them.
+    pub session: u64,
+    spec: WorkerSpec,
 }
 
 impl VWorker {
     pub fn new(spec: &WorkerSpec) -> Self {
         VWorker {
             alive: true,
-            state: WorkerState::new(spec.nthreads as usize, TransferLimits::for_memory(0))
-                .with_resources(&resources(spec)),
+            state: Self::fresh_state(spec),
             store: FxHashMap::default(),
+            orphans: FxHashMap::default(),
+            session: 0,
+            spec: spec.clone(),
         }
+    }
+
+    fn fresh_state(spec: &WorkerSpec) -> WorkerState {
+        WorkerState::new(spec.nthreads as usize, TransferLimits::for_memory(0)).with_resources(&resources(spec))
+    }
+
+    /// The scheduler went away: keeps the results it made, by key, drops
+    /// the rest and its work, and returns what it keeps, for registering
+    /// again.
+    pub fn orphan(&mut self) -> Vec<HeldResult> {
+        for (task, key) in self.state.own_results() {
+            if let Some(stored) = self.store.remove(&task) {
+                self.orphans.insert(key, stored);
+            }
+        }
+        self.store.clear();
+        self.state = Self::fresh_state(&self.spec);
+        self.session += 1;
+        self.held()
+    }
+
+    /// What it keeps from an earlier scheduler.
+    pub fn held(&self) -> Vec<HeldResult> {
+        self.orphans
+            .iter()
+            .map(|(key, stored)| HeldResult {
+                key: key.clone(),
+                nbytes: stored.nbytes,
+                tier: Tier::Host,
+            })
+            .collect()
+    }
+
+    /// A result it holds: by task, or, while the scheduler's claim of a
+    /// kept one is on its way, by `key` (the real data server waits for
+    /// the claim).
+    pub fn get(&self, task: TaskId, key: Option<&Key>) -> Option<Stored> {
+        self.store
+            .get(&task)
+            .or_else(|| key.and_then(|k| self.orphans.get(k)))
+            .copied()
+    }
+
+    /// Its description.
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
     }
 
     /// Turns an ended effect into the event the real reactor would feed,
@@ -90,6 +145,7 @@ impl VWorker {
     pub fn kill(&mut self) {
         self.alive = false;
         self.store = FxHashMap::default();
+        self.orphans = FxHashMap::default();
         self.state = WorkerState::new(1, TransferLimits::for_memory(0));
     }
 }

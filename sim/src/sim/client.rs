@@ -2,6 +2,7 @@
 //! memory (checking the value against the reference), reports what it
 //! cannot read, and releases.
 
+use weft_runtime::graph::Graph;
 use weft_runtime::ids::{Key, WorkerId};
 use weft_runtime::protocol::{FromClient, TaskError, ToClient};
 use weft_runtime::scheduler::Event;
@@ -15,6 +16,7 @@ impl Sim {
     /// Submits a graph from the client now.
     pub fn submit(&mut self, g: SimGraph) -> Result<(), SimError> {
         self.expected.extend(g.expected);
+        self.graphs.push(g.graph.clone());
         let msg = self
             .wire
             .round_trip_client_up(FromClient::SubmitGraph(g.graph))
@@ -83,7 +85,7 @@ impl Sim {
         let value = holders.iter().find_map(|w| {
             let vw = &self.workers[w.index()];
             if vw.alive {
-                vw.store.get(&id).map(|s| s.value)
+                vw.get(id, Some(&key)).map(|s| s.value)
             } else {
                 None
             }
@@ -111,6 +113,41 @@ impl Sim {
             self.push(later, SimEvent::Gather(key, holders.to_vec()));
         }
         Ok(())
+    }
+
+    /// After a scheduler crash: resubmits each graph for the outputs still
+    /// expected (all of them while the client holds what it gathered, else
+    /// those not gathered yet), in the order first submitted.
+    pub(super) fn resubmit(&mut self) -> Result<(), SimError> {
+        let graphs = std::mem::take(&mut self.graphs);
+        let keep_held = !self.cfg.release_on_receipt;
+        let mut result = Ok(());
+        for graph in &graphs {
+            let outputs: Vec<Key> = graph
+                .outputs
+                .iter()
+                .filter(|k| self.expected.contains_key(*k) && (keep_held || !self.outcomes.contains_key(*k)))
+                .cloned()
+                .collect();
+            if outputs.is_empty() {
+                continue;
+            }
+            let graph = Graph {
+                tasks: graph.tasks.clone(),
+                outputs,
+            };
+            let client = self.client;
+            result = self
+                .wire
+                .round_trip_client_up(FromClient::SubmitGraph(graph))
+                .or_else(|e| self.err(e))
+                .and_then(|msg| self.sched_event(Event::Client { client, msg }));
+            if result.is_err() {
+                break;
+            }
+        }
+        self.graphs = graphs;
+        result
     }
 
     /// The client sends `msg` to the scheduler, arriving after the latency.

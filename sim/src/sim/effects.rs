@@ -43,8 +43,22 @@ impl Sim {
                     self.workers[w.index()].store.remove(&task);
                     Ok(())
                 }
-                WorkerCommand::Adopt { key, .. } => {
-                    self.err(format!("adopt of {key}, but the virtual client never scatters"))
+                WorkerCommand::Adopt { task, key } => {
+                    let vw = &mut self.workers[w.index()];
+                    match vw.orphans.remove(&key) {
+                        Some(stored) => {
+                            vw.store.insert(task, stored);
+                            Ok(())
+                        }
+                        None => self.err(format!("{w} told to adopt {key}, which it does not keep")),
+                    }
+                }
+                WorkerCommand::Discard(keys) => {
+                    let vw = &mut self.workers[w.index()];
+                    keys.iter().for_each(|key| {
+                        vw.orphans.remove(key);
+                    });
+                    Ok(())
                 }
             });
         }
@@ -69,6 +83,9 @@ impl Sim {
         inputs: &[TaskId],
     ) -> Result<(), SimError> {
         self.stats.runs += 1;
+        if self.kept.contains(key) {
+            self.stats.kept_recomputed += 1;
+        }
         let Some((seed, dur, nbytes)) = parse_args(args) else {
             return self.err(format!("{key}: bad sim args"));
         };
@@ -108,7 +125,8 @@ impl Sim {
             outcome,
             compute_us: u64::from(dur),
         };
-        self.push(self.now + u64::from(dur) + jitter, SimEvent::Effect(w, effect));
+        let session = self.workers[w.index()].session;
+        self.push(self.now + u64::from(dur) + jitter, SimEvent::Effect(w, session, effect));
         Ok(())
     }
 
@@ -118,8 +136,8 @@ impl Sim {
         let (mut got, mut missing, mut bytes) = (Vec::new(), Vec::new(), 0);
         let holder = self.workers.get(peer.index()).filter(|p| p.alive);
         for task in tasks {
-            match holder.and_then(|p| p.store.get(&task)) {
-                Some(&stored) => {
+            match holder.and_then(|p| p.get(task, self.sched.key_of(task))) {
+                Some(stored) => {
                     bytes += stored.nbytes;
                     got.push((task, stored));
                 }
@@ -127,7 +145,8 @@ impl Sim {
             }
         }
         let at = self.now + 2 * self.cfg.latency_us + bytes / self.cfg.bytes_per_us.max(1);
-        self.push(at, SimEvent::Effect(w, Effect::Fetched { peer, got, missing }));
+        let session = self.workers[w.index()].session;
+        self.push(at, SimEvent::Effect(w, session, Effect::Fetched { peer, got, missing }));
     }
 
     /// Delivers the oldest message on `link`.

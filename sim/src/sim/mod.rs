@@ -1,8 +1,10 @@
 //! The simulator: one real scheduler, virtual workers that are the real
 //! worker state machine (`crate::worker`), one virtual client (`client`),
 //! all on a logical clock, with message latency, fault injection (kill, add
-//! and pause workers at chosen or seeded-random moments) and invariant
-//! checks. Workers' effects and message delivery are in `effects`; every
+//! and pause workers at chosen or seeded-random moments; crash and restart
+//! the scheduler, after which workers register again with the results they
+//! kept and the client resubmits its graphs, as the real ones do) and
+//! invariant checks. Workers' effects and message delivery are in `effects`; every
 //! message crosses the production codec (`crate::wire`).
 //!
 //! Checks ([`crate::CheckMode`]): after every scheduler event the tasks it touched
@@ -17,10 +19,11 @@
 //! that neither the scheduler nor any worker holds anything.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
+use weft_runtime::graph::Graph;
 use weft_runtime::ids::{ClientId, FxHashMap, Key, TaskId, WorkerId};
-use weft_runtime::protocol::{TaskError, ToWorker, WorkerInfo};
+use weft_runtime::protocol::{HeldResult, TaskError, ToWorker, WorkerInfo};
 use weft_runtime::scheduler::{Command, Config, Event, Scheduler, TaskState};
 use weft_runtime::worker::{WorkerCommand, WorkerEvent};
 
@@ -37,8 +40,8 @@ mod effects;
 enum SimEvent {
     /// The oldest message on a link arrives.
     Deliver(Link),
-    /// An op or a fetch a worker started has ended.
-    Effect(WorkerId, Effect),
+    /// An op or a fetch a worker started (in this session) has ended.
+    Effect(WorkerId, u64, Effect),
     Kill(WorkerId),
     /// The scheduler learns that a killed worker is gone.
     LossDetected(WorkerId),
@@ -50,6 +53,15 @@ enum SimEvent {
     Resume(WorkerId),
     Add(WorkerSpec),
     Balance,
+    /// The scheduler crashes and restarts at once; `late` random workers
+    /// register again only after the client has resubmitted.
+    CrashScheduler {
+        late: u32,
+    },
+    /// A worker registers with the restarted scheduler.
+    Rejoin(WorkerId),
+    /// The client resubmits what it still waits for.
+    Resubmit,
 }
 
 /// The simulator. See the module docs.
@@ -74,6 +86,11 @@ pub struct Sim {
     /// When the client last gathered each output.
     arrivals: FxHashMap<Key, u64>,
     flaky_runs: FxHashMap<TaskId, u32>,
+    /// The graphs the client submitted, for resubmission.
+    graphs: Vec<Graph>,
+    /// Keys kept by workers that registered before the resubmission after
+    /// the last scheduler crash: running one again is a recomputation.
+    kept: HashSet<Key>,
     rng: Rng,
     out: Vec<Command>,
     worker_out: Vec<WorkerCommand>,
@@ -109,6 +126,8 @@ impl Sim {
             outcomes: FxHashMap::default(),
             arrivals: FxHashMap::default(),
             flaky_runs: FxHashMap::default(),
+            graphs: Vec::new(),
+            kept: Default::default(),
             out: Vec::new(),
             worker_out: Vec::new(),
             wire: Wire::default(),
@@ -134,6 +153,12 @@ impl Sim {
     /// [`SimConfig::record_events`]).
     pub fn take_recorded(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.recorded)
+    }
+
+    /// Results kept across scheduler crashes and claimed by the next
+    /// scheduler, over the whole run.
+    pub fn reclaimed(&self) -> u64 {
+        self.stats.reclaimed + self.sched.stats().reclaimed
     }
 
     /// Outcomes gathered by the client so far.
@@ -171,17 +196,64 @@ impl Sim {
         self.sched_alive.push(true);
         self.n_alive += 1;
         self.stats.adds += 1;
+        self.join(id, Vec::new())?;
+        Ok(id)
+    }
+
+    /// Worker `w` registers, holding `held` from an earlier scheduler.
+    fn join(&mut self, w: WorkerId, held: Vec<HeldResult>) -> Result<(), SimError> {
+        let spec = self.workers[w.index()].spec();
         let info = WorkerInfo {
-            name: format!("w{id}").into(),
-            address: format!("sim://w{id}").into(),
+            name: format!("w{w}").into(),
+            address: format!("sim://w{w}").into(),
             nthreads: spec.nthreads,
             memory_limit: 0,
-            resources: resources(&spec),
+            resources: resources(spec),
             dashboard: None,
-            held: Vec::new(),
+            held,
         };
-        self.sched_event(Event::WorkerJoined { worker: id, info })?;
-        Ok(id)
+        self.sched_alive[w.index()] = true;
+        self.sched_event(Event::WorkerJoined { worker: w, info })
+    }
+
+    /// Schedules a crash of the scheduler at time `at`: a fresh one takes
+    /// its place at once, every connection breaks (messages on the wire
+    /// are lost), workers keep the results they made and register again
+    /// one latency later (`late` of them, at random, three latencies
+    /// later, after the client resubmitted), and the client resubmits what
+    /// it still waits for two latencies later.
+    pub fn crash_scheduler_at(&mut self, at: u64, late: u32) {
+        self.push(at, SimEvent::CrashScheduler { late });
+    }
+
+    fn crash_scheduler(&mut self, late: u32) -> Result<(), SimError> {
+        self.stats.scheduler_crashes += 1;
+        self.stats.reclaimed += self.sched.stats().reclaimed;
+        self.sched = Scheduler::new(self.sched.config().clone());
+        self.wire.cut();
+        self.sched_alive.iter_mut().for_each(|known| *known = false);
+        if !self.cfg.release_on_receipt {
+            // Held outputs come back through the resubmission.
+            self.outcomes.clear();
+        }
+        let client = self.client;
+        self.sched_event(Event::ClientConnected { client })?;
+        let mut alive: Vec<usize> = (0..self.workers.len()).filter(|&i| self.workers[i].alive).collect();
+        let lat = self.cfg.latency_us.max(1);
+        self.kept.clear();
+        for n in 0..alive.len() {
+            let i = alive.swap_remove(self.rng.below(alive.len() as u64) as usize);
+            let held = self.workers[i].orphan();
+            let at = if (n as u32) < late {
+                self.now + 3 * lat
+            } else {
+                self.kept.extend(held.into_iter().map(|h| h.key));
+                self.now + lat
+            };
+            self.push(at, SimEvent::Rejoin(WorkerId::new(i as u32)));
+        }
+        self.push(self.now + 2 * lat, SimEvent::Resubmit);
+        Ok(())
     }
 
     /// Kills a worker now: its store and queue vanish and the scheduler is
@@ -358,9 +430,9 @@ impl Sim {
             self.free_events.push(idx);
             match ev {
                 SimEvent::Deliver(link) => self.deliver(link)?,
-                SimEvent::Effect(w, effect) => {
+                SimEvent::Effect(w, session, effect) => {
                     let vw = &mut self.workers[w.index()];
-                    if vw.alive {
+                    if vw.alive && vw.session == session {
                         let event = vw.complete(effect);
                         self.worker_event(w, event)?;
                     }
@@ -398,6 +470,15 @@ impl Sim {
                 SimEvent::Add(spec) => {
                     self.add_worker(spec)?;
                 }
+                SimEvent::CrashScheduler { late } => self.crash_scheduler(late)?,
+                SimEvent::Rejoin(w) => {
+                    let vw = &self.workers[w.index()];
+                    if vw.alive {
+                        let held = vw.held();
+                        self.join(w, held)?;
+                    }
+                }
+                SimEvent::Resubmit => self.resubmit()?,
                 SimEvent::Balance => {
                     self.sched_event(Event::Balance)?;
                     if !self.queue.is_empty() {
@@ -459,7 +540,11 @@ impl Sim {
             }
             let held: usize = self.workers.iter().map(|w| w.store.len() + w.state.n_results()).sum();
             if held != 0 {
-                return self.err(format!("workers still hold {held} results after release"));
+                let example = self.workers.iter().enumerate().find_map(|(i, w)| {
+                    let task = w.store.keys().next()?;
+                    Some(format!("w{i} holds {task:?}, {:?}", self.sched.key_of(*task)))
+                });
+                return self.err(format!("workers still hold {held} results after release ({example:?})"));
             }
         }
         self.workers_idle()?;
