@@ -44,6 +44,14 @@ pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
     Proc(command.stdout(Stdio::null()).stderr(logs).spawn().unwrap())
 }
 
+/// [`spawn`] with info-level logs written to `log`.
+pub fn spawn_logged(args: &[&str], log: &std::path::Path) -> Proc {
+    let file = std::fs::File::create(log).unwrap();
+    let mut command = weft(args);
+    command.env("WEFT_LOG", "info");
+    Proc(command.stdout(Stdio::null()).stderr(file).spawn().unwrap())
+}
+
 /// A free port below the kernel's ephemeral range (32768 and up by
 /// default), so that no worker's port-0 listener can take it over while a
 /// test has its scheduler down.
@@ -75,6 +83,33 @@ pub fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
         task.args = args(&(ms, i as i64)).unwrap();
     }
     graph
+}
+
+/// `leaves` tasks of `leaf_ms` (leaf `i` gives `i`), then one of
+/// `last_ms` that sums them: outputs the last, then the leaves.
+pub fn leaves_then_one(prefix: &str, leaves: usize, leaf_ms: u64, last_ms: u64) -> Graph {
+    use weft::TaskSpec;
+    let mut tasks: Vec<TaskSpec> = (0..leaves)
+        .map(|i| {
+            TaskSpec::new(
+                format!("{prefix}-{i}"),
+                "delay",
+                args(&(leaf_ms, i as i64)).unwrap(),
+                vec![],
+            )
+        })
+        .collect();
+    let keys: Vec<weft::Key> = tasks.iter().map(|t| t.key.clone()).collect();
+    let last = format!("{prefix}-last");
+    tasks.push(TaskSpec::new(
+        last.clone(),
+        "delay",
+        args(&(last_ms, 0i64)).unwrap(),
+        keys.clone(),
+    ));
+    let mut outputs = vec![last.into()];
+    outputs.extend(keys);
+    Graph { tasks, outputs }
 }
 
 /// The names of the scheduler's workers, sorted.
