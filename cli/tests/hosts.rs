@@ -478,17 +478,7 @@ async fn a_scheduler_killed_and_restarted_in_its_namespace_resumes_the_run() {
     let client = client(&address).await;
     workers_are(&client, &["h1", "h2", "h3"], Duration::from_secs(20)).await;
     let leaves = 6;
-    let futures = client
-        .compute(common::leaves_then_one("ns-resume", leaves, 3_000, 2_000))
-        .await
-        .unwrap();
-    for leaf in &futures[1..] {
-        tokio::time::timeout(Duration::from_secs(30), leaf.wait())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let futures = common::leaves_done_last_running(&client, "ns-resume", leaves).await;
     let _ = net.procs[scheduler].kill();
     let _ = net.procs[scheduler].wait();
     let restarted = Instant::now();

@@ -177,18 +177,8 @@ async fn a_scheduler_killed_and_restarted_resumes_the_run_without_recomputing() 
     let client = client(&address).await;
     joined(&client, 2).await;
     let leaves = 4;
-    let futures = client
-        .compute(common::leaves_then_one("resume", leaves, 3_000, 2_000))
-        .await
-        .unwrap();
-    for leaf in &futures[1..] {
-        tokio::time::timeout(Duration::from_secs(30), leaf.wait())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    // The last task starts; the scheduler dies under it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let futures = common::leaves_done_last_running(&client, "resume", leaves).await;
+    // The scheduler dies under the last task.
     scheduler.0.kill().unwrap();
     let _ = scheduler.0.wait();
 

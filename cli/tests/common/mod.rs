@@ -85,16 +85,17 @@ pub fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
     graph
 }
 
-/// `leaves` tasks of `leaf_ms` (leaf `i` gives `i`), then one of
-/// `last_ms` that sums them: outputs the last, then the leaves.
-pub fn leaves_then_one(prefix: &str, leaves: usize, leaf_ms: u64, last_ms: u64) -> Graph {
+/// Submits `leaves` tasks of 3 s (leaf `i` gives `i`) and a last one of
+/// 2 s that sums them; returns the futures (the last's first, then the
+/// leaves') once every leaf is done and the last has started.
+pub async fn leaves_done_last_running(client: &Client, prefix: &str, leaves: usize) -> Vec<weft::TaskFuture> {
     use weft::TaskSpec;
     let mut tasks: Vec<TaskSpec> = (0..leaves)
         .map(|i| {
             TaskSpec::new(
                 format!("{prefix}-{i}"),
                 "delay",
-                args(&(leaf_ms, i as i64)).unwrap(),
+                args(&(3_000u64, i as i64)).unwrap(),
                 vec![],
             )
         })
@@ -104,12 +105,20 @@ pub fn leaves_then_one(prefix: &str, leaves: usize, leaf_ms: u64, last_ms: u64) 
     tasks.push(TaskSpec::new(
         last.clone(),
         "delay",
-        args(&(last_ms, 0i64)).unwrap(),
+        args(&(2_000u64, 0i64)).unwrap(),
         keys.clone(),
     ));
     let mut outputs = vec![last.into()];
     outputs.extend(keys);
-    Graph { tasks, outputs }
+    let futures = client.compute(Graph { tasks, outputs }).await.unwrap();
+    for leaf in &futures[1..] {
+        tokio::time::timeout(Duration::from_secs(30), leaf.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    futures
 }
 
 /// The names of the scheduler's workers, sorted.

@@ -110,7 +110,7 @@ impl Scheduler {
             args: Bytes::new(),
             deps: Box::default(),
             dependents: Vec::new(),
-            who_has: vec![worker],
+            who_has: Vec::new(),
             who_wants: Vec::new(),
             restrictions: None,
             priority: Priority {
@@ -133,14 +133,8 @@ impl Scheduler {
             tier,
         });
         self.next_seq += 1;
+        self.add_replica(worker, id, nbytes);
         self.set_state(id, TaskState::Memory);
-        let wk = self
-            .workers
-            .get_mut(&worker)
-            .expect("internal error: checked by caller");
-        wk.has_what.push(id);
-        wk.n_held += 1;
-        wk.nbytes_held += nbytes;
         id
     }
 

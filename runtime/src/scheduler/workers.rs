@@ -330,15 +330,7 @@ impl Scheduler {
         let t = &mut self.tasks[id];
         t.nbytes = nbytes;
         t.tier = tier;
-        t.who_has.push(worker);
-        let wk = self
-            .workers
-            .get_mut(&worker)
-            .expect("internal error: checked by caller");
-        wk.has_what.push(id);
-        wk.n_held += 1;
-        wk.nbytes_held += nbytes;
-        Self::compact_has_what(wk, &self.tasks);
+        self.add_replica(worker, id, nbytes);
         self.set_state(id, TaskState::Memory);
         let t = &self.tasks[id];
         if !t.who_wants.is_empty() {
