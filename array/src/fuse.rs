@@ -247,6 +247,8 @@ struct Generated {
     offset: usize,
     shape: Vec<usize>,
     strides: Vec<usize>,
+    /// Whether the generated chunk is laid out as the output (untransposed).
+    aligned: bool,
 }
 
 const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -269,8 +271,15 @@ pub(crate) fn unit(seed: u64, k: usize) -> f64 {
 #[inline(always)]
 fn fill_uniform(out: &mut [f64], seed: u64, (start, step): (usize, usize), low: f64, high: f64) {
     let scale = high - low;
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = low + scale * unit(seed, start + i * step);
+    if step == 1 {
+        // The common, aligned case: consecutive counters, no multiply.
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = low + scale * unit(seed, start + i);
+        }
+    } else {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = low + scale * unit(seed, start + i * step);
+        }
     }
 }
 
@@ -348,9 +357,13 @@ impl Generated {
 impl Source for Generated {
     fn load(&mut self, tile: &Tile, out: &mut Buf) {
         for (start, at) in tile.runs() {
-            segments(&self.shape, &self.strides, start, tile.cols, |base, step, done, seg| {
-                self.fill(out, (at + done, seg), (base, step))
-            });
+            if self.aligned {
+                self.fill(out, (at, tile.cols), (start, 1));
+            } else {
+                segments(&self.shape, &self.strides, start, tile.cols, |base, step, done, seg| {
+                    self.fill(out, (at + done, seg), (base, step))
+                });
+            }
         }
     }
 }
@@ -373,12 +386,14 @@ pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<V
                 }));
             }
             LeafArg::Gen { generator, block, axes } => {
+                let st = gen_strides(axes, &args.shape)?;
                 leaves.push(Box::new(Generated {
                     generator: *generator,
                     seed: generator.chunk_seed(*block),
                     offset: args.offset.first().copied().unwrap_or(0),
+                    aligned: st == strides(&args.shape),
                     shape: args.shape.clone(),
-                    strides: gen_strides(axes, &args.shape)?,
+                    strides: st,
                 }));
             }
         }
