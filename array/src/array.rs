@@ -89,8 +89,8 @@ pub(crate) enum Leaf {
         chunks: Chunks,
         axes: Vec<usize>,
     },
-    /// Generated values, aligned with the expression's chunks.
-    Gen(Gen),
+    /// Generated values.
+    Gen(GenLeaf),
 }
 
 impl Leaf {
@@ -99,9 +99,52 @@ impl Leaf {
             (Leaf::Input { layer: a, axes: x, .. }, Leaf::Input { layer: b, axes: y, .. }) => {
                 a.name == b.name && x == y
             }
-            (Leaf::Gen(a), Leaf::Gen(b)) => a == b,
+            (Leaf::Gen(a), Leaf::Gen(b)) => a.generator == b.generator && a.chunks == b.chunks && a.axes == b.axes,
             _ => false,
         }
+    }
+}
+
+/// Generated values (random, ranges) with the generated array's chunk
+/// grid, its axis `a` running along the expression's axis `axes[a]`: a
+/// transpose generates the transposed chunk's values where they are read,
+/// without storing the array. Copies of the leaf share one lowering to a
+/// layer of the generated array's chunks, for readers that need chunks
+/// (matmul, broadcasts).
+#[derive(Debug, Clone)]
+pub(crate) struct GenLeaf {
+    pub(crate) generator: Gen,
+    chunks: Chunks,
+    pub(crate) axes: Vec<usize>,
+    lowered: Arc<OnceLock<Arc<Layer>>>,
+}
+
+impl GenLeaf {
+    /// A generator over `chunks`, aligned with them.
+    pub(crate) fn new(generator: Gen, chunks: Chunks) -> GenLeaf {
+        GenLeaf {
+            generator,
+            axes: (0..chunks.ndim()).collect(),
+            chunks,
+            lowered: Arc::default(),
+        }
+    }
+
+    fn aligned(&self) -> bool {
+        self.axes.iter().enumerate().all(|(a, &k)| a == k)
+    }
+
+    /// The layer of the generated array's chunks in its own axis order,
+    /// lowered once for all copies of this leaf.
+    fn layer(&self) -> Arc<Layer> {
+        self.lowered
+            .get_or_init(|| {
+                let own = GenLeaf::new(self.generator, self.chunks.clone());
+                let shape = self.chunks.shape();
+                let program = Program::leaf(self.generator.dtype());
+                lower(&program, &[Leaf::Gen(own)], &shape, &self.chunks, None, "fused").0
+            })
+            .clone()
     }
 }
 
@@ -234,7 +277,7 @@ impl Array {
     }
 
     /// Whether the plan generates values from positions (random, arange),
-    /// which only line up with this array's own chunks.
+    /// which only line up with this array's own chunks or their transpose.
     fn has_gen(&self) -> bool {
         match &*self.node {
             Node::Fused(f) => f.memo.get().is_none() && f.leaves.iter().any(|l| matches!(l, Leaf::Gen(_))),
@@ -242,8 +285,8 @@ impl Array {
         }
     }
 
-    /// The expression, safe to read through a view (transposed or
-    /// broadcast): generators are lowered to a layer first.
+    /// The expression, safe to read through a view that broadcasts or
+    /// drops axes: generators are lowered to a layer first.
     pub(crate) fn view_expr(&self) -> (Program, Vec<Leaf>) {
         if self.has_gen() {
             self.layer();
@@ -257,20 +300,26 @@ impl Array {
             Node::Layer(layer) => layer.clone(),
             Node::Fused(f) => f
                 .memo
-                .get_or_init(|| lower(&f.program, &f.leaves, &self.shape, &self.chunks, None, "fused").0)
+                .get_or_init(|| match (f.program.is_plain_leaf(), f.leaves.as_slice()) {
+                    // A generated array shares its views' lowering.
+                    (true, [Leaf::Gen(g)]) if g.aligned() => g.layer(),
+                    _ => lower(&f.program, &f.leaves, &self.shape, &self.chunks, None, "fused").0,
+                })
                 .clone(),
         }
     }
 
     /// Whether this array is a plain (possibly transposed) view of a
     /// layer: `Some((layer, axes))` where axis `a` of the layer's array is
-    /// axis `axes[a]` of this one.
+    /// axis `axes[a]` of this one. A (transposed) generated array is a view
+    /// of its generator's layer, lowered here.
     pub(crate) fn as_view(&self) -> Option<(Arc<Layer>, Vec<usize>)> {
         let (program, leaves) = self.expr();
         match (program.is_plain_leaf(), leaves.as_slice()) {
             (true, [Leaf::Input { layer, shape, axes, .. }]) if shape.len() == self.ndim() => {
                 Some((layer.clone(), axes.clone()))
             }
+            (true, [Leaf::Gen(g)]) => Some((g.layer(), g.axes.clone())),
             _ => None,
         }
     }
@@ -350,7 +399,7 @@ impl Array {
                 for (i, leaf) in f.leaves.iter().enumerate() {
                     match leaf {
                         Leaf::Input { layer, axes, .. } => s += &format!("leaf {i}: {} axes {axes:?}\n", layer.name),
-                        Leaf::Gen(g) => s += &format!("leaf {i}: {g:?}\n"),
+                        Leaf::Gen(g) => s += &format!("leaf {i}: {:?} axes {:?}\n", g.generator, g.axes),
                     }
                 }
                 s
@@ -557,12 +606,15 @@ impl Array {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        let (program, mut leaves) = self.view_expr();
+        // Generators stay fused: a transposed one generates in place.
+        let (program, mut leaves) = self.expr();
         for leaf in &mut leaves {
-            if let Leaf::Input { axes, .. } = leaf {
-                for x in axes.iter_mut().filter(|x| **x != crate::fuse::DROPPED) {
-                    *x = inv[*x];
-                }
+            let axes = match leaf {
+                Leaf::Input { axes, .. } => axes,
+                Leaf::Gen(g) => &mut g.axes,
+            };
+            for x in axes.iter_mut().filter(|x| **x != crate::fuse::DROPPED) {
+                *x = inv[*x];
             }
         }
         let shape = perm.iter().map(|&p| self.shape[p]).collect();
@@ -668,14 +720,20 @@ pub(crate) fn lower(
                         axes: axes.clone(),
                     }
                 }
-                Leaf::Gen(g) => LeafArg::Gen(*g),
+                Leaf::Gen(g) => {
+                    let sb: Vec<usize> = g.axes.iter().map(|&k| b[k]).collect();
+                    LeafArg::Gen {
+                        generator: g.generator,
+                        block: g.chunks.ravel(&sb) as u64,
+                        axes: g.axes.clone(),
+                    }
+                }
             })
             .collect();
         let fused = FusedArgs {
             program: program.clone(),
             leaves: args_leaves,
             shape: chunks.block_shape(&b),
-            block: i as u64,
             offset: chunks.block_offset(&b),
             global: shape.to_vec(),
             reduce: reduce.clone(),

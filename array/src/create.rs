@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use weft_runtime::{TaskSpec, ops::args};
 
-use crate::array::{Array, Layer, Leaf, chunk_key, unique_name};
+use crate::array::{Array, GenLeaf, Layer, Leaf, chunk_key, unique_name};
 use crate::chunks::{Chunks, strides, unravel};
 use crate::dtype::{DType, Element, Scalar};
 use crate::error::{ArrayError, Result};
@@ -37,7 +37,7 @@ fn generated(generator: Gen, shape: &[usize], chunk: &[usize]) -> Result<Array> 
     let chunks = Chunks::regular(shape, chunk)?;
     Ok(Array::from_fused(
         Program::leaf(generator.dtype()),
-        vec![Leaf::Gen(generator)],
+        vec![Leaf::Gen(GenLeaf::new(generator, chunks.clone()))],
         shape.to_vec(),
         chunks,
     ))

@@ -173,46 +173,55 @@ fn element(plan: &GridPlan, pad: &str) -> String {
 /// The expression loading leaf `l` at flat output position `i`.
 fn leaf(plan: &GridPlan, l: usize) -> String {
     match &plan.leaves[l] {
-        LeafPlan::Input { strides, .. } => {
-            let mut terms = Vec::new();
-            let mut div = 1usize;
-            for (&len, &st) in plan.shape.iter().zip(strides).rev() {
-                if st != 0 && len > 1 {
-                    terms.push(format!("((i / {div}ULL) % {len}ULL) * {st}ULL"));
+        LeafPlan::Input { strides, .. } => format!("in{l}[{}]", position(plan, strides)),
+        LeafPlan::Gen { generator, strides } => {
+            let k = position(plan, strides);
+            match *generator {
+                Gen::Uniform { low, high, .. } => format!(
+                    "({} + ({} - {}) * w_unit(in{l}, {k}))",
+                    constant(Scalar::Float(low), DType::F64),
+                    constant(Scalar::Float(high), DType::F64),
+                    constant(Scalar::Float(low), DType::F64)
+                ),
+                Gen::Normal { mean, std, .. } => format!(
+                    "({} + {} * w_normal(in{l}, {k}))",
+                    constant(Scalar::Float(mean), DType::F64),
+                    constant(Scalar::Float(std), DType::F64)
+                ),
+                Gen::RangeF64 { start, step } => format!(
+                    "({} + {} * (double)(offset + {k}))",
+                    constant(Scalar::Float(start), DType::F64),
+                    constant(Scalar::Float(step), DType::F64)
+                ),
+                Gen::RangeI64 { start, step } => {
+                    format!(
+                        "w_add((i64){:#x}ULL, w_mul((i64){:#x}ULL, (i64)(offset + {k})))",
+                        start as u64, step as u64
+                    )
                 }
-                div *= len;
             }
-            let off = if terms.is_empty() {
-                "0".into()
-            } else {
-                terms.join(" + ")
-            };
-            format!("in{l}[{off}]")
         }
-        LeafPlan::Gen(g) => match *g {
-            Gen::Uniform { low, high, .. } => format!(
-                "({} + ({} - {}) * w_unit(in{l}, i))",
-                constant(Scalar::Float(low), DType::F64),
-                constant(Scalar::Float(high), DType::F64),
-                constant(Scalar::Float(low), DType::F64)
-            ),
-            Gen::Normal { mean, std, .. } => format!(
-                "({} + {} * w_normal(in{l}, i))",
-                constant(Scalar::Float(mean), DType::F64),
-                constant(Scalar::Float(std), DType::F64)
-            ),
-            Gen::RangeF64 { start, step } => format!(
-                "({} + {} * (double)(offset + i))",
-                constant(Scalar::Float(start), DType::F64),
-                constant(Scalar::Float(step), DType::F64)
-            ),
-            Gen::RangeI64 { start, step } => {
-                format!(
-                    "w_add((i64){:#x}ULL, w_mul((i64){:#x}ULL, (i64)(offset + i)))",
-                    start as u64, step as u64
-                )
-            }
-        },
+    }
+}
+
+/// The offset of a leaf read with `strides` at flat output position `i`:
+/// `i` itself where the leaf is laid out as the output.
+fn position(plan: &GridPlan, strides: &[usize]) -> String {
+    if strides == crate::chunks::strides(&plan.shape) {
+        return "i".into();
+    }
+    let mut terms = Vec::new();
+    let mut div = 1usize;
+    for (&len, &st) in plan.shape.iter().zip(strides).rev() {
+        if st != 0 && len > 1 {
+            terms.push(format!("((i / {div}ULL) % {len}ULL) * {st}ULL"));
+        }
+        div *= len;
+    }
+    if terms.is_empty() {
+        "0".into()
+    } else {
+        format!("({})", terms.join(" + "))
     }
 }
 
@@ -268,7 +277,7 @@ pub fn source(plan: &GridPlan) -> String {
     for (l, leaf) in plan.leaves.iter().enumerate() {
         params.push(match leaf {
             LeafPlan::Input { dtype, .. } => format!("const {}* __restrict__ in{l}", ctype(*dtype)),
-            LeafPlan::Gen(_) => format!("u64 in{l}"),
+            LeafPlan::Gen { .. } => format!("u64 in{l}"),
         });
     }
     params.push("u64 offset".into());

@@ -143,7 +143,7 @@ pub(crate) fn fused(ctx: &OpContext<'_>, args: &FusedArgs, inputs: &[Arc<Value>]
         .iter()
         .map(|leaf| match leaf {
             LeafPlan::Input { dep, .. } => Ok(Some(ctx.to_device(&inputs[*dep].frames[0])?)),
-            LeafPlan::Gen(_) => Ok(None),
+            LeafPlan::Gen { .. } => Ok(None),
         })
         .collect::<Result<Vec<_>, OpError>>()?;
     let dtype = plan.program.dtype();

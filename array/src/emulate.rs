@@ -224,11 +224,12 @@ impl Eval<'_> {
             (LeafPlan::Input { dtype, strides, .. }, Slot::Input(bytes)) => {
                 Val::read(bytes, *dtype, self.plan.leaf_offset(strides, i))
             }
-            (LeafPlan::Gen(g), Slot::Seed(seed)) => {
-                let at = self.params.offset as usize + i;
-                Ok(match *g {
-                    Gen::Uniform { low, high, .. } => Val::F64(low + (high - low) * unit(*seed, i)),
-                    Gen::Normal { mean, std, .. } => Val::F64(mean + std * normal(*seed, i)),
+            (LeafPlan::Gen { generator, strides }, Slot::Seed(seed)) => {
+                let k = self.plan.leaf_offset(strides, i);
+                let at = self.params.offset as usize + k;
+                Ok(match *generator {
+                    Gen::Uniform { low, high, .. } => Val::F64(low + (high - low) * unit(*seed, k)),
+                    Gen::Normal { mean, std, .. } => Val::F64(mean + std * normal(*seed, k)),
                     Gen::RangeF64 { start, step } => Val::F64(start + step * at as f64),
                     Gen::RangeI64 { start, step } => Val::I64(start.wrapping_add(step.wrapping_mul(at as i64))),
                 })

@@ -60,6 +60,14 @@ impl Gen {
             _ => DType::F64,
         }
     }
+
+    /// The seed of the generated array's chunk `block` (0 for ranges).
+    pub fn chunk_seed(self, block: u64) -> u64 {
+        match self {
+            Gen::Uniform { seed, .. } | Gen::Normal { seed, .. } => chunk_seed(seed, block),
+            Gen::RangeF64 { .. } | Gen::RangeI64 { .. } => 0,
+        }
+    }
 }
 
 /// The seed of chunk `block`'s stream: a SplitMix64 mix of the array's
@@ -91,8 +99,17 @@ pub enum LeafArg {
         /// Output axis of each input axis.
         axes: Vec<usize>,
     },
-    /// Generated values over the output chunk.
-    Gen(Gen),
+    /// Generated values: chunk `block` of the generated array, its axis
+    /// `a` running along output axis `axes[a]` (a permutation: a transpose
+    /// generates the values of the transposed chunk, not a copy).
+    Gen {
+        /// What is generated.
+        generator: Gen,
+        /// The generated array's flat chunk number (its random stream).
+        block: u64,
+        /// Output axis of each generated axis.
+        axes: Vec<usize>,
+    },
 }
 
 /// The arguments of `array.fused`.
@@ -104,8 +121,6 @@ pub struct FusedArgs {
     pub leaves: Vec<LeafArg>,
     /// The output chunk's shape.
     pub shape: Vec<usize>,
-    /// The output chunk's flat number in the grid (random streams).
-    pub block: u64,
     /// Where the chunk starts in the array.
     pub offset: Vec<usize>,
     /// The whole array's shape.
@@ -132,30 +147,11 @@ impl Source for Strided<'_> {
 }
 
 /// Copies elements `start..start + out.len()` of a strided view into `out`,
-/// converting types as `as` does. Allocation-free: the position of each
-/// row's first element is found by division.
+/// converting types as `as` does.
 fn gather<S: crate::Element, T: crate::Element>(d: &[S], shape: &[usize], st: &[usize], start: usize, out: &mut [T]) {
-    let nd = shape.len();
-    if nd == 0 {
-        let n = out.len().min(1);
-        convert(&d[..n], &mut out[..n]);
-        return;
-    }
-    let last = nd - 1;
-    let row = shape[last].max(1);
-    let (s_last, mut done, mut pos) = (st[last], 0, start);
-    while done < out.len() {
-        let col = pos % row;
-        let seg = (row - col).min(out.len() - done);
-        // Offset of (row of `pos`, col), from the digits of `pos / row`.
-        let mut rest = pos / row;
-        let mut base = col * s_last;
-        for a in (0..last).rev() {
-            base += (rest % shape[a]) * st[a];
-            rest /= shape[a];
-        }
+    segments(shape, st, start, out.len(), |base, step, done, seg| {
         let dst = &mut out[done..done + seg];
-        match s_last {
+        match step {
             1 => convert(&d[base..base + seg], dst),
             0 => dst.fill(cast_one(d[base])),
             s => {
@@ -165,19 +161,94 @@ fn gather<S: crate::Element, T: crate::Element>(d: &[S], shape: &[usize], st: &[
                 }
             }
         }
+    })
+}
+
+/// Walks output positions `start..start + len` (C order over `shape`) in
+/// runs along the last axis: `f(base, step, done, seg)` for each, where the
+/// run's `seg` elements are at `base + j * step` of a view with strides
+/// `st` and at `done + j` of the output. Allocation-free: the offset of
+/// each run's first element is found by division.
+fn segments(shape: &[usize], st: &[usize], start: usize, len: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let Some(last) = shape.len().checked_sub(1) else {
+        if len > 0 {
+            f(0, 0, 0, 1);
+        }
+        return;
+    };
+    let row = shape[last].max(1);
+    let (s_last, mut done, mut pos) = (st[last], 0, start);
+    while done < len {
+        let col = pos % row;
+        let seg = (row - col).min(len - done);
+        // Offset of (row of `pos`, col), from the digits of `pos / row`.
+        let mut rest = pos / row;
+        let mut base = col * s_last;
+        for a in (0..last).rev() {
+            base += (rest % shape[a]) * st[a];
+            rest /= shape[a];
+        }
+        f(base, s_last, done, seg);
         done += seg;
         pos += seg;
     }
 }
 
+/// The strides, along each output axis, of a chunk of `src` read with
+/// its axis `a` along output axis `axes[a]` (0 where it broadcasts or does
+/// not reach); an error when it does not fit the output chunk `out`.
+pub(crate) fn view_strides(src: &[usize], axes: &[usize], out: &[usize]) -> Result<Vec<usize>> {
+    if axes.len() != src.len() {
+        return Err(ArrayError::Data(format!(
+            "an input chunk of shape {src:?} read along {} axes",
+            axes.len()
+        )));
+    }
+    let own = strides(src);
+    let mut st = vec![0; out.len()];
+    for (a, &k) in axes.iter().enumerate() {
+        if src[a] != 1 {
+            if out.get(k) != Some(&src[a]) {
+                return Err(ArrayError::Data(format!(
+                    "an input chunk of shape {src:?} does not fit the output chunk {out:?}"
+                )));
+            }
+            st[k] = own[a];
+        }
+    }
+    Ok(st)
+}
+
+/// The strides, along each output axis, of the positions in a generated
+/// chunk whose axis `a` runs along output axis `axes[a]` (a permutation).
+pub(crate) fn gen_strides(axes: &[usize], out: &[usize]) -> Result<Vec<usize>> {
+    let mut seen = vec![false; out.len()];
+    if axes.len() != out.len()
+        || axes
+            .iter()
+            .any(|&k| k >= out.len() || std::mem::replace(&mut seen[k], true))
+    {
+        return Err(ArrayError::Data(format!(
+            "a generated chunk read along axes {axes:?} of an output chunk of shape {out:?}"
+        )));
+    }
+    let src: Vec<usize> = axes.iter().map(|&k| out[k]).collect();
+    view_strides(&src, axes, out)
+}
+
 /// Generated values over the output chunk. Random values are
 /// counter-based: element `k` of a chunk is a function of the chunk's seed
 /// and `k` alone (SplitMix64 of `seed + (k + 1) * GAMMA`), so any tile can be
-/// generated in any order, and the loop vectorises.
+/// generated in any order, and the loop vectorises. A transposed generator
+/// reads position `k` of the generated chunk through `strides`.
 struct Generated {
     generator: Gen,
     seed: u64,
     offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    /// Whether the generated chunk is laid out as the output (untransposed).
+    aligned: bool,
 }
 
 const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -196,41 +267,49 @@ pub(crate) fn unit(seed: u64, k: usize) -> f64 {
     f64::from_bits(0x3ff0_0000_0000_0000 | (x >> 12)) - 1.0
 }
 
+/// Uniforms at positions `start, start + step, ..` into `out`.
 #[inline(always)]
-fn fill_uniform(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
+fn fill_uniform(out: &mut [f64], seed: u64, (start, step): (usize, usize), low: f64, high: f64) {
     let scale = high - low;
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = low + scale * unit(seed, start + i);
+    if step == 1 {
+        // The common, aligned case: consecutive counters, no multiply.
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = low + scale * unit(seed, start + i);
+        }
+    } else {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = low + scale * unit(seed, start + i * step);
+        }
     }
 }
 
 /// [`fill_uniform`] compiled for AVX-512 (64-bit vector multiplies).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn fill_uniform_avx512(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
-    fill_uniform(out, seed, start, low, high);
+fn fill_uniform_avx512(out: &mut [f64], seed: u64, at: (usize, usize), low: f64, high: f64) {
+    fill_uniform(out, seed, at, low, high);
 }
 
 /// [`fill_uniform`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn fill_uniform_avx2(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
-    fill_uniform(out, seed, start, low, high);
+fn fill_uniform_avx2(out: &mut [f64], seed: u64, at: (usize, usize), low: f64, high: f64) {
+    fill_uniform(out, seed, at, low, high);
 }
 
-fn uniform_into(out: &mut [f64], seed: u64, start: usize, low: f64, high: f64) {
+fn uniform_into(out: &mut [f64], seed: u64, at: (usize, usize), low: f64, high: f64) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the processor supports AVX-512F and DQ, checked just above.
-            return unsafe { fill_uniform_avx512(out, seed, start, low, high) };
+            return unsafe { fill_uniform_avx512(out, seed, at, low, high) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the processor supports AVX2, checked just above.
-            return unsafe { fill_uniform_avx2(out, seed, start, low, high) };
+            return unsafe { fill_uniform_avx2(out, seed, at, low, high) };
         }
     }
-    fill_uniform(out, seed, start, low, high);
+    fill_uniform(out, seed, at, low, high);
 }
 
 /// Standard normal at position `k`: Box-Muller on the pair of uniforms
@@ -245,31 +324,45 @@ pub(crate) fn normal(seed: u64, k: usize) -> f64 {
     if k & 1 == 0 { r * t.cos() } else { r * t.sin() }
 }
 
+impl Generated {
+    /// The values at generated positions `start, start + step, ..` into
+    /// `out[at..at + len]`.
+    fn fill(&self, out: &mut Buf, (at, len): (usize, usize), (start, step): (usize, usize)) {
+        let k = |i: usize| self.offset + start + i * step;
+        match (self.generator, out) {
+            (Gen::Uniform { low, high, .. }, Buf::F64(o)) => {
+                uniform_into(&mut o[at..at + len], self.seed, (start, step), low, high)
+            }
+            (Gen::Normal { mean, std, .. }, Buf::F64(o)) => {
+                for (i, x) in o[at..at + len].iter_mut().enumerate() {
+                    *x = mean + std * normal(self.seed, start + i * step);
+                }
+            }
+            (Gen::RangeF64 { start: a, step: d }, Buf::F64(o)) => {
+                for (i, x) in o[at..at + len].iter_mut().enumerate() {
+                    *x = a + d * k(i) as f64;
+                }
+            }
+            (Gen::RangeI64 { start: a, step: d }, Buf::I64(o)) => {
+                for (i, x) in o[at..at + len].iter_mut().enumerate() {
+                    *x = a.wrapping_add(d.wrapping_mul(k(i) as i64));
+                }
+            }
+            // The program types a generator's register by `Gen::dtype`.
+            _ => {}
+        }
+    }
+}
+
 impl Source for Generated {
     fn load(&mut self, tile: &Tile, out: &mut Buf) {
         for (start, at) in tile.runs() {
-            let len = tile.cols;
-            match (self.generator, &mut *out) {
-                (Gen::Uniform { low, high, .. }, Buf::F64(o)) => {
-                    uniform_into(&mut o[at..at + len], self.seed, start, low, high)
-                }
-                (Gen::Normal { mean, std, .. }, Buf::F64(o)) => {
-                    for (i, x) in o[at..at + len].iter_mut().enumerate() {
-                        *x = mean + std * normal(self.seed, start + i);
-                    }
-                }
-                (Gen::RangeF64 { start: a, step }, Buf::F64(o)) => {
-                    for (k, x) in o[at..at + len].iter_mut().enumerate() {
-                        *x = a + step * (self.offset + start + k) as f64;
-                    }
-                }
-                (Gen::RangeI64 { start: a, step }, Buf::I64(o)) => {
-                    for (k, x) in o[at..at + len].iter_mut().enumerate() {
-                        *x = a.wrapping_add(step.wrapping_mul((self.offset + start + k) as i64));
-                    }
-                }
-                // The program types a generator's register by `Gen::dtype`.
-                _ => {}
+            if self.aligned {
+                self.fill(out, (at, tile.cols), (start, 1));
+            } else {
+                segments(&self.shape, &self.strides, start, tile.cols, |base, step, done, seg| {
+                    self.fill(out, (at + done, seg), (base, step))
+                });
             }
         }
     }
@@ -286,42 +379,21 @@ pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<V
                 let view = views
                     .get(*dep as usize)
                     .ok_or_else(|| ArrayError::Data(format!("a fused task reads input {dep} of {}", views.len())))?;
-                if axes.len() != view.shape.len() {
-                    return Err(ArrayError::Data(format!(
-                        "an input chunk of shape {:?} read along {} axes",
-                        view.shape,
-                        axes.len()
-                    )));
-                }
-                let cs = strides(&view.shape);
-                let mut st = vec![0; args.shape.len()];
-                for (a, &k) in axes.iter().enumerate() {
-                    let len = view.shape[a];
-                    if len != 1 {
-                        if args.shape.get(k) != Some(&len) {
-                            return Err(ArrayError::Data(format!(
-                                "an input chunk of shape {:?} does not fit the output chunk {:?}",
-                                view.shape, args.shape
-                            )));
-                        }
-                        st[k] = cs[a];
-                    }
-                }
                 leaves.push(Box::new(Strided {
                     data: &view.data,
                     shape: args.shape.clone(),
-                    strides: st,
+                    strides: view_strides(&view.shape, axes, &args.shape)?,
                 }));
             }
-            LeafArg::Gen(generator) => {
-                let seed = match *generator {
-                    Gen::Uniform { seed, .. } | Gen::Normal { seed, .. } => chunk_seed(seed, args.block),
-                    _ => 0,
-                };
+            LeafArg::Gen { generator, block, axes } => {
+                let st = gen_strides(axes, &args.shape)?;
                 leaves.push(Box::new(Generated {
                     generator: *generator,
-                    seed,
+                    seed: generator.chunk_seed(*block),
                     offset: args.offset.first().copied().unwrap_or(0),
+                    aligned: st == strides(&args.shape),
+                    shape: args.shape.clone(),
+                    strides: st,
                 }));
             }
         }
@@ -331,7 +403,7 @@ pub fn run_fused(args: &FusedArgs, inputs: &[std::sync::Arc<Value>]) -> Result<V
     let square = args.shape.len() >= 2
         && args.leaves.iter().any(|l| match l {
             LeafArg::Input { axes, .. } => axes.last().is_some_and(|&k| k + 1 != args.shape.len()),
-            LeafArg::Gen(_) => false,
+            LeafArg::Gen { .. } => false,
         });
     let tiles = tiles(&args.shape, square);
     let write = |dst: &mut Buf, tile: &Tile, src: &Buf| {

@@ -13,7 +13,7 @@ use crate::chunks::strides;
 use crate::dtype::DType;
 use crate::error::{ArrayError, Result};
 use crate::expr::Program;
-use crate::fuse::{FusedArgs, Gen, LeafArg, chunk_seed};
+use crate::fuse::{FusedArgs, Gen, LeafArg, gen_strides, view_strides};
 use crate::reduce::ReduceOp;
 
 /// Threads per block of every generated kernel.
@@ -32,8 +32,14 @@ pub enum LeafPlan {
         /// Its stride along each output axis, in elements.
         strides: Vec<usize>,
     },
-    /// Values generated from the flat output position.
-    Gen(Gen),
+    /// Values generated at position `sum(coord[a] * strides[a])` of the
+    /// generated chunk (the flat output position unless transposed).
+    Gen {
+        /// What is generated.
+        generator: Gen,
+        /// The generated position's stride along each output axis.
+        strides: Vec<usize>,
+    },
 }
 
 /// How a reduction maps onto blocks: block `b` reduces kept position
@@ -123,38 +129,19 @@ impl GridPlan {
                     let (dtype, shape) = inputs.get(*dep as usize).ok_or_else(|| {
                         ArrayError::Data(format!("a fused task reads input {dep} of {}", inputs.len()))
                     })?;
-                    if axes.len() != shape.len() {
-                        return Err(ArrayError::Data(format!(
-                            "an input chunk of shape {shape:?} read along {} axes",
-                            axes.len()
-                        )));
-                    }
-                    let own = strides(shape);
-                    let mut st = vec![0; nd];
-                    for (a, &k) in axes.iter().enumerate() {
-                        if shape[a] != 1 {
-                            if args.shape.get(k) != Some(&shape[a]) {
-                                return Err(ArrayError::Data(format!(
-                                    "an input chunk of shape {shape:?} does not fit the output chunk {:?}",
-                                    args.shape
-                                )));
-                            }
-                            st[k] = own[a];
-                        }
-                    }
                     leaves.push(LeafPlan::Input {
                         dep: *dep as usize,
                         dtype: *dtype,
-                        strides: st,
+                        strides: view_strides(shape, axes, &args.shape)?,
                     });
                     seeds.push(0);
                 }
-                LeafArg::Gen(generator) => {
-                    leaves.push(LeafPlan::Gen(*generator));
-                    seeds.push(match *generator {
-                        Gen::Uniform { seed, .. } | Gen::Normal { seed, .. } => chunk_seed(seed, args.block),
-                        _ => 0,
+                LeafArg::Gen { generator, block, axes } => {
+                    leaves.push(LeafPlan::Gen {
+                        generator: *generator,
+                        strides: gen_strides(axes, &args.shape)?,
                     });
+                    seeds.push(generator.chunk_seed(*block));
                 }
             }
         }
@@ -257,8 +244,8 @@ impl GridPlan {
         (i, g)
     }
 
-    /// Leaf `leaf`'s offset for flat output position `i` (an input's
-    /// element index; ignored by generators).
+    /// The offset, for flat output position `i`, of a leaf read with
+    /// `strides` (an input's element index, a generator's position).
     pub fn leaf_offset(&self, strides: &[usize], i: usize) -> usize {
         let mut rest = i;
         let mut off = 0;
@@ -283,7 +270,6 @@ mod tests {
                 axes: vec![1, 0],
             }],
             shape: shape.to_vec(),
-            block: 3,
             offset: vec![10, 20],
             global: vec![40, 50],
             reduce,

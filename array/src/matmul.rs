@@ -2,7 +2,10 @@
 //! of `A[i, k] @ B[k, j]`. A task multiplies up to `split_every` pairs into
 //! one buffer (the `gemm` crate, accumulating in place); more pairs are
 //! summed in a tree of combine tasks. Transposed operands (`y @ y.T`) are
-//! read through strides, never copied.
+//! read through strides, never copied. A product of an array and its own
+//! transpose is symmetric: its blocks below the diagonal are the
+//! transposes of those above (BLAS's `syrk`, which NumPy calls for
+//! `y @ y.T`), so only `m (m + 1) / 2` blocks are multiplied.
 
 use std::sync::Arc;
 
@@ -14,6 +17,8 @@ use crate::block::{Out, decode_one};
 use crate::chunks::Chunks;
 use crate::dtype::DType;
 use crate::error::{ArrayError, Result};
+use crate::expr::Program;
+use crate::fuse::{FusedArgs, LeafArg};
 use crate::reduce::ReduceOp;
 use crate::tree::{DEFAULT_SPLIT_EVERY, combine_tree};
 
@@ -82,10 +87,18 @@ impl Array {
         let (gm, gk, gn) = (ca.axis(0).len(), ca.axis(1).len(), cb.axis(1).len());
         let split_every = split_every.max(2);
         let name = unique_name("matmul");
+        // `X @ X.T` or `X.T @ X`: one layer, read once each way.
+        let symmetric = la.name == lb.name && ta != tb;
+        let out_chunks = Chunks(vec![ca.axis(0).to_vec(), cb.axis(1).to_vec()]);
+        let out_shape = vec![self.shape[0], other.shape[1]];
         let mut tasks = Vec::new();
         for i in 0..gm {
             for j in 0..gn {
                 let o = i * gn + j;
+                if symmetric && j < i {
+                    tasks.push(mirror(&name, &out_chunks, &out_shape, (i, j), dtype));
+                    continue;
+                }
                 let mut level: Vec<Key> = Vec::new();
                 let ks: Vec<usize> = (0..gk).collect();
                 let groups: Vec<&[usize]> = ks.chunks(split_every).collect();
@@ -121,14 +134,31 @@ impl Array {
             deps.push(lb);
         }
         let layer = Layer::new(name, tasks, deps, gm * gn);
-        let chunks = Chunks(vec![ca.axis(0).to_vec(), cb.axis(1).to_vec()]);
-        Ok(Array::from_layer(
-            layer,
-            dtype,
-            vec![self.shape[0], other.shape[1]],
-            chunks,
-        ))
+        Ok(Array::from_layer(layer, dtype, out_shape, out_chunks))
     }
+}
+
+/// The task making block `(i, j)` of a symmetric product in the layer
+/// `name`: block `(j, i)` transposed (a fused task reading it across rows).
+fn mirror(name: &str, chunks: &Chunks, global: &[usize], (i, j): (usize, usize), dtype: DType) -> TaskSpec {
+    let fused = FusedArgs {
+        program: Program::leaf(dtype),
+        leaves: vec![LeafArg::Input {
+            dep: 0,
+            axes: vec![1, 0],
+        }],
+        shape: chunks.block_shape(&[i, j]),
+        offset: chunks.block_offset(&[i, j]),
+        global: global.to_vec(),
+        reduce: None,
+    };
+    TaskSpec::new(
+        chunk_key(name, chunks.ravel(&[i, j])),
+        "array.fused",
+        // Plain data always serializes.
+        args(&fused).unwrap_or_default(),
+        vec![chunk_key(name, chunks.ravel(&[j, i]))],
+    )
 }
 
 /// Runs an `array.matmul` task.

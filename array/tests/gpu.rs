@@ -198,6 +198,11 @@ fn generated_sources_compile_with_nvrtc() {
         (&random::random(1, &[9, 9], &[4, 4]).unwrap() + &random::normal(2, &[9, 9], &[4, 4], 0.0, 1.0).unwrap())
             .unwrap(),
         weft_array::arange(0i64, 10i64, 3i64, 4).unwrap(),
+        // Transposed generators read the generated position through strides.
+        (&random::random(3, &[9, 9], &[4, 4]).unwrap().t() + &random::normal(4, &[9, 9], &[4, 4], 0.0, 1.0).unwrap())
+            .unwrap()
+            .sum(None)
+            .unwrap(),
     ];
     for dtype in DTYPES {
         let y = awkward(dtype);

@@ -252,11 +252,58 @@ fn transposes_fuse_with_arithmetic_and_reductions() {
         })
         .collect();
     assert_eq!(host(&z), expected);
-    // Random arrays transposed are lowered once and read through a view.
+    // Random arrays transposed generate the transposed chunks' values.
     let r = random::random(3, &[10, 10], &[4, 4]).unwrap();
     let rv = host(&r);
     let sum_t = host(&(&r + &r.t()).unwrap().sum(None).unwrap())[0];
     assert!((sum_t - 2.0 * rv.iter().sum::<f64>()).abs() < 1e-9);
+}
+
+#[test]
+fn transposed_generators_give_the_generated_values_transposed() {
+    // Ragged chunks, 2-d and 3-d, uniform and normal: a permuted generator
+    // reads exactly the values of the stored array, permuted.
+    let cases: [(Array, &[usize]); 4] = [
+        (random::random(7, &[10, 10], &[4, 3]).unwrap(), &[1, 0]),
+        (random::normal(8, &[9, 6], &[4, 4], 1.0, 2.0).unwrap(), &[1, 0]),
+        (
+            random::uniform(9, &[3, 4, 5], &[2, 3, 2], -1.0, 1.0).unwrap(),
+            &[2, 0, 1],
+        ),
+        (random::random(10, &[1, 7], &[1, 3]).unwrap(), &[1, 0]),
+    ];
+    for (r, perm) in cases {
+        let stored = host(&r);
+        let view = r.permute(perm).unwrap();
+        let shape = view.shape().to_vec();
+        let expected: Vec<f64> = (0..stored.len())
+            .map(|i| {
+                let idx = unravel(i, &shape);
+                let mut src = vec![0; perm.len()];
+                for (k, &p) in perm.iter().enumerate() {
+                    src[p] = idx[k];
+                }
+                stored[ravel(&src, r.shape())]
+            })
+            .collect();
+        assert_eq!(host(&view), expected, "permute {perm:?} of {}", r.explain());
+        // Fused with the untransposed values: no task stores the array.
+        let both = (&(&view * 2.0).unwrap() + &view).unwrap();
+        assert!(both.graph().tasks.iter().all(|t| &*t.op == "array.fused"));
+        close(&host(&both), &expected.iter().map(|x| 3.0 * x).collect::<Vec<_>>());
+    }
+    // A transposed generator as a matmul operand shares its generator's
+    // chunks with the untransposed one: one layer of generated chunks.
+    let y = random::random(11, &[6, 5], &[4, 2]).unwrap();
+    let g = y.matmul(&y.t()).unwrap();
+    let graph = g.graph();
+    let generated = graph.tasks.iter().filter(|t| t.deps.is_empty()).count();
+    assert_eq!(generated, y.chunks().nblocks());
+    let v = host(&y);
+    let expected: Vec<f64> = (0..36)
+        .map(|i| (0..5).map(|l| v[(i / 6) * 5 + l] * v[(i % 6) * 5 + l]).sum())
+        .collect();
+    close(&host(&g), &expected);
 }
 
 #[test]
@@ -286,6 +333,42 @@ fn matmul_of_ragged_non_square_blocks_matches_loops() {
 }
 
 #[test]
+fn a_product_with_its_own_transpose_multiplies_the_upper_blocks_only() {
+    let mut rng = fastrand::Rng::with_seed(6);
+    let (m, k) = (7, 5);
+    let v = data(&mut rng, &[m, k]);
+    let x = from_slice(&v, &[m, k], &[3, 2]).unwrap();
+    let count = |a: &Array, op: &str| a.graph().tasks.iter().filter(|t| &*t.op == op).count();
+    // 3 x 3 output blocks: 6 on and above the diagonal multiplied, the 3
+    // below mirrored; with split_every 2, each of the 6 sums its 3 products
+    // in a tree.
+    for split in [8, 2] {
+        let g = x.matmul_with(&x.t(), split).unwrap();
+        let groups = if split == 8 { 1 } else { 2 };
+        assert_eq!(count(&g, "array.matmul"), 6 * groups);
+        let got = host(&g);
+        let expected: Vec<f64> = (0..m * m)
+            .map(|i| (0..k).map(|l| v[(i / m) * k + l] * v[(i % m) * k + l]).sum())
+            .collect();
+        close(&got, &expected);
+        // Exactly symmetric, as syrk's result.
+        for i in 0..m * m {
+            assert_eq!(got[i], got[(i % m) * m + i / m]);
+        }
+    }
+    // X.T @ X too (2 x 2 + ragged: 3 x 3 blocks of 5 x 5).
+    let h = x.t().matmul(&x).unwrap();
+    assert_eq!(count(&h, "array.matmul"), 6);
+    let expected: Vec<f64> = (0..k * k)
+        .map(|i| (0..m).map(|l| v[l * k + i / k] * v[l * k + i % k]).sum())
+        .collect();
+    close(&host(&h), &expected);
+    // Another array's transpose is no mirror.
+    let y = from_slice(&data(&mut rng, &[m, k]), &[m, k], &[3, 2]).unwrap();
+    assert_eq!(count(&x.matmul(&y.t()).unwrap(), "array.matmul"), 9);
+}
+
+#[test]
 fn fusion_makes_one_task_per_chunk_plus_the_tree() {
     // 4 x 4 chunks.
     let x = from_slice(&vec![1.0f64; 64], &[8, 8], &[2, 2]).unwrap();
@@ -303,9 +386,15 @@ fn fusion_makes_one_task_per_chunk_plus_the_tree() {
         .unwrap();
     assert_eq!(chain.graph().tasks.len(), 16 + 16);
     close(&host(&chain), &vec![(3.0f64).exp().sqrt(); 64]);
-    // Generated inputs fuse too: random(..).sum() never stores the array.
-    let r = random::random(1, &[8, 8], &[2, 2]).unwrap().sum(None).unwrap();
-    assert_eq!(r.graph().tasks.len(), 16 + 2 + 1);
+    // Generated inputs fuse too: random(..).sum() never stores the array,
+    // nor does (r + r.T).sum(), whose tasks generate both their chunk and
+    // the transposed one (the generation is cheaper than storing and
+    // reading back the array).
+    let r = random::random(1, &[8, 8], &[2, 2]).unwrap();
+    assert_eq!(r.sum(None).unwrap().graph().tasks.len(), 16 + 2 + 1);
+    let rt = (&r + &r.t()).unwrap().sum(None).unwrap();
+    assert_eq!(rt.graph().tasks.len(), 16 + 2 + 1);
+    close(&host(&rt), &[2.0 * host(&r.sum(None).unwrap())[0]]);
 }
 
 #[test]
