@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 
-use weft_runtime::shuffle::{self, Call, ShuffleSpec};
+use weft_runtime::shuffle::{Call, ShuffleSpec};
 use weft_runtime::{Graph, Key, SharedStr, TaskSpec};
 
 use crate::error::{FrameError, Result};
@@ -369,11 +369,11 @@ impl Lowering {
         })
         .map_err(plan)?;
         let prefix = format!("{}-{stage}-{name}", self.prefix);
-        let combine = |_| Call {
+        let combine = |_: u32| Call {
             op: TASK_OP.into(),
             args: concat.clone(),
         };
-        let tasks = shuffle::tasks(&prefix, &spec, inputs, PIECE_OP, combine).map_err(plan)?;
+        let tasks = weft_runtime::shuffle::tasks(&prefix, &spec, inputs, PIECE_OP, combine).map_err(plan)?;
         self.tasks.extend(tasks.tasks);
         self.stages.push(format!(
             "stage {stage} {name}-pieces: p2p shuffle of {} inputs ({}) into {n} outputs: \

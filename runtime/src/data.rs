@@ -494,17 +494,34 @@ mod tests {
         short.frames.clear();
         assert!(answer(short, &store, &shm::host_id(), &served, &shuffle).await.is_err());
         assert!(
-            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None, &served)
+            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None, &served, &shuffle)
                 .await
                 .is_err()
         );
         assert!(
-            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None, &served)
+            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None, &served, &shuffle)
                 .await
                 .is_err()
         );
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
         let ack: DataAck = codec::decode(&answer(discard, &store, &shm::host_id(), &served, &shuffle).await.unwrap()).unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
+        // Shuffle pieces for another worker are refused, saying why; the
+        // connection stays up.
+        let push = crate::shuffle::Push {
+            id: 3,
+            run: 0,
+            inputs: 1,
+            outputs: 1,
+            input: 0,
+            to: "tcp://elsewhere:9".into(),
+            pieces: vec![(0, bytes::Bytes::from_static(b"h"), 1)],
+        };
+        let mut message = codec::encode(&ask(DataRequest::Push(push))).unwrap();
+        message.frames = vec![Buffer::host(vec![1u8; 4])];
+        let reply: PushReply =
+            codec::decode(&answer(message, &store, &None, &served, &shuffle).await.unwrap()).unwrap();
+        let refused = reply.0.unwrap_err();
+        assert!(refused.contains("meant for tcp://elsewhere:9 reached tcp://here:1"), "{refused}");
     }
 }

@@ -63,18 +63,19 @@ pub async fn compute<E: From<RuntimeError>>(
             done.await?;
             return Ok(futures);
         }
-        let lost = tokio::select! {
-            result = done => match result {
-                Ok(()) => return Ok(futures),
-                Err(error) if !from_shuffle(&error) => return Err(error.into()),
-                Err(error) => {
-                    match tokio::time::timeout(LOSS_GRACE, owner_lost(client, &workers, WATCH_EVERY)).await {
-                        Ok(lost) => (lost?, error.to_string()),
-                        Err(_) => return Err(error.into()),
-                    }
-                }
+        // Ok: the outputs are done (or failed); Err: an owner was lost.
+        let outcome = tokio::select! {
+            result = done => Ok(result),
+            lost = owner_lost(client, &workers, WATCH_EVERY) => Err(lost),
+        };
+        let lost = match outcome {
+            Ok(Ok(())) => return Ok(futures),
+            Ok(Err(error)) if !from_shuffle(&error) => return Err(error.into()),
+            Ok(Err(error)) => match tokio::time::timeout(LOSS_GRACE, owner_lost(client, &workers, WATCH_EVERY)).await {
+                Ok(lost) => (lost?, error.to_string()),
+                Err(_) => return Err(error.into()),
             },
-            lost = owner_lost(client, &workers, WATCH_EVERY) => (lost?, "its outputs cannot finish".to_string()),
+            Err(lost) => (lost?, "its outputs cannot finish".to_string()),
         };
         warn!(run, lost = %lost.0, reason = %lost.1, "a shuffle's worker was lost; restarting it");
         client.cancel(&futures);

@@ -139,23 +139,29 @@ impl Service {
     /// owner, a few messages in flight at once; returns once every piece
     /// is acknowledged. Called on a compute thread.
     pub(super) fn push(&self, spec: &ShuffleSpec, input: u32, pieces: Vec<Value>) -> Result<Pushed, OpError> {
-        let mut by_owner: BTreeMap<SharedStr, Vec<Vec<(u32, Value)>>> = BTreeMap::new();
+        if spec.workers.is_empty() {
+            return Err(OpError::BadInput(format!(
+                "shuffle {} names no workers to own its outputs",
+                spec.id
+            )));
+        }
+        // Per owner (by its index in the spec), batches of pieces.
+        let mut by_owner: Vec<Vec<Vec<(u32, Value)>>> = spec.workers.iter().map(|_| Vec::new()).collect();
         let mut pushed = Pushed { pieces: 0, bytes: 0 };
+        let bytes = |b: &Vec<(u32, Value)>| b.iter().map(|(_, v)| v.nbytes()).sum::<u64>();
         for (output, piece) in (0u32..).zip(pieces) {
-            let owner = spec.owner(output).ok_or_else(|| {
-                OpError::BadInput(format!("shuffle {} names no workers to own its outputs", spec.id))
-            })?;
             pushed.pieces += 1;
             pushed.bytes += piece.nbytes();
-            let batches = by_owner.entry(owner.clone()).or_default();
-            let bytes = |b: &Vec<(u32, Value)>| b.iter().map(|(_, v)| v.nbytes()).sum::<u64>();
+            let batches = &mut by_owner[output as usize % spec.workers.len()];
             match batches.last_mut() {
                 Some(last) if bytes(last) + piece.nbytes() <= MAX_PUSH_BYTES => last.push((output, piece)),
                 _ => batches.push(vec![(output, piece)]),
             }
         }
-        let messages: Vec<(SharedStr, Push, Vec<Buffer>)> = by_owner
-            .into_iter()
+        let messages: Vec<(SharedStr, Push, Vec<Buffer>)> = spec
+            .workers
+            .iter()
+            .zip(by_owner)
             .flat_map(|(to, batches)| batches.into_iter().map(move |batch| (to.clone(), batch)))
             .map(|(to, batch)| {
                 let mut frames = Vec::new();
@@ -200,7 +206,7 @@ impl Service {
                 self.receive(push, frames)
                     .await
                     .0
-                    .map_err(|reason| push_error(id, run, input, count, &to, &reason))?;
+                    .map_err(|reason| push_error(id, run, input, count, to.as_str(), &reason))?;
                 continue;
             }
             if in_flight.len() >= PUSHES_IN_FLIGHT
@@ -211,7 +217,7 @@ impl Service {
             let peers = self.peers.clone();
             in_flight.spawn(async move {
                 let (id, run, input, count) = (push.id, push.run, push.input, push.pieces.len());
-                let reply = tokio::time::timeout(PUSH_TIMEOUT, peers.push(&to, push, frames)).await;
+                let reply = tokio::time::timeout(PUSH_TIMEOUT, peers.push(to.as_str(), push, frames)).await;
                 let reason = match reply {
                     Ok(Ok(PushReply(Ok(kept)))) if kept as usize == count => return Ok(()),
                     Ok(Ok(PushReply(Ok(kept)))) => format!("it kept {kept}"),
@@ -219,7 +225,7 @@ impl Service {
                     Ok(Err(error)) => error.to_string(),
                     Err(_) => format!("no answer within {PUSH_TIMEOUT:?}"),
                 };
-                Err(push_error(id, run, input, count, &to, &reason))
+                Err(push_error(id, run, input, count, to.as_str(), &reason))
             });
         }
         while let Some(done) = in_flight.join_next().await {
@@ -270,23 +276,27 @@ impl Service {
                 ));
             }
         }
-        let run = match runs.get(&push.id) {
-            Some(held) if held.run == push.run => runs.get_mut(&push.id),
-            _ => {
-                if let Some(stale) = runs.remove(&push.id) {
-                    tracing::info!(shuffle = push.id, run = stale.run, pieces = stale.pieces.len(), "a newer run: dropping the pieces of the old one");
-                    stale.pieces.values().for_each(|t| self.store.remove(*t));
-                }
-                let fresh = Run {
-                    run: push.run,
-                    inputs: push.inputs,
-                    outputs: push.outputs,
-                    pieces: BTreeMap::new(),
-                };
-                Some(runs.entry(push.id).or_insert(fresh))
+        if !runs.get(&push.id).is_some_and(|held| held.run == push.run) {
+            if let Some(stale) = runs.remove(&push.id) {
+                tracing::info!(
+                    shuffle = push.id,
+                    run = stale.run,
+                    pieces = stale.pieces.len(),
+                    "a newer run: dropping the pieces of the old one"
+                );
+                stale.pieces.values().for_each(|t| self.store.remove(*t));
             }
+            let fresh = Run {
+                run: push.run,
+                inputs: push.inputs,
+                outputs: push.outputs,
+                pieces: BTreeMap::new(),
+            };
+            runs.insert(push.id, fresh);
         }
-        .ok_or_else(|| format!("{what}: no run to keep it in"))?;
+        let run = runs
+            .get_mut(&push.id)
+            .ok_or_else(|| format!("{what}: no run to keep it in"))?;
         let mut frames = frames.into_iter();
         let count = push.pieces.len() as u32;
         for (output, header, n) in push.pieces {

@@ -22,7 +22,6 @@ pub use state::{TransferLimits, WorkerCommand, WorkerEvent, WorkerState};
 
 use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
 use crate::data::{PeerPool, STAGED_TTL, serve};
-use crate::shuffle;
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
 use crate::ids::{SharedStr, TaskId, WorkerId};
@@ -164,7 +163,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         let _ = moved_tx.send((task, tier));
     });
     let peers = PeerPool::new(options.transport.clone());
-    let shuffle = Arc::new(shuffle::Service::new(
+    let shuffle = Arc::new(crate::shuffle::Service::new(
         address.clone().into(),
         store.clone(),
         peers.clone(),
