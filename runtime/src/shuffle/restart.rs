@@ -90,5 +90,10 @@ pub async fn compute<E: From<RuntimeError>>(
 
 /// Whether `error` is a shuffle op's failure (which a lost worker causes).
 fn from_shuffle(error: &RuntimeError) -> bool {
-    matches!(error, RuntimeError::Task(TaskError::OpFailed { op, .. }) if op.as_str().starts_with(OP_PREFIX))
+    match error {
+        RuntimeError::Task(error) => {
+            matches!(error.root_cause(), TaskError::OpFailed { op, .. } if op.as_str().starts_with(OP_PREFIX))
+        }
+        _ => false,
+    }
 }
