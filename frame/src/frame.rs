@@ -337,19 +337,9 @@ impl LazyFrame {
         let resolved = crate::adaptive::resolve(&self.frames, &optimized).await?;
         let client = &self.frames.client;
         let base = client.unique_key("frame");
-        let plan = {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            base.as_str().hash(&mut hasher);
-            hasher.finish()
-        };
         let futures = weft_runtime::shuffle::compute(client, |workers, run| {
             let prefix = format!("{base}-r{run}");
-            let shuffles = ShuffleRun {
-                workers: workers.to_vec(),
-                run,
-                plan,
-            };
+            let shuffles = ShuffleRun::new(workers, run, base.as_str());
             let options = self.frames.options.clone();
             Ok::<_, FrameError>(Lowering::lower_run(&resolved, &prefix, options, action.clone(), shuffles)?.graph)
         })

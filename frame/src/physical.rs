@@ -66,6 +66,21 @@ pub struct ShuffleRun {
     pub plan: u64,
 }
 
+impl ShuffleRun {
+    /// Run `run` over `workers` of the plan whose keys all runs share
+    /// `base`.
+    pub fn new(workers: &[SharedStr], run: u64, base: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        base.hash(&mut hasher);
+        ShuffleRun {
+            workers: workers.to_vec(),
+            run,
+            plan: hasher.finish(),
+        }
+    }
+}
+
 /// A task being built: more steps can still fuse into it.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -192,17 +207,19 @@ impl Lowering {
     /// The first stage of a group-by whose strategy is chosen when it
     /// runs: `group_by(keys)` of the `partial` aggregates on each partition
     /// of `input`, every one an output, then one more output counting
-    /// their rows in all.
+    /// their rows in all; `input`'s P2P shuffles as run `shuffles`.
     pub fn lower_partials(
         input: &LogicalPlan,
         keys: &[Expr],
         partial: &[AggSpec],
         prefix: &str,
         options: PlanOptions,
+        shuffles: ShuffleRun,
     ) -> Result<Lowered> {
         let mut l = Lowering {
             prefix: prefix.to_string(),
             options,
+            shuffles,
             ..Default::default()
         };
         let step = Step::Aggregate {
