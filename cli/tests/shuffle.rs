@@ -33,7 +33,10 @@ async fn a_worker_killed_mid_shuffle_restarts_it_and_the_answer_stays_right() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let statuses = watcher.workers().await.unwrap();
-        let w0 = statuses.iter().find(|w| w.name.as_str() == "w0").expect("w0 registered");
+        let w0 = statuses
+            .iter()
+            .find(|w| w.name.as_str() == "w0")
+            .expect("w0 registered");
         if w0.processing > 0 {
             break;
         }

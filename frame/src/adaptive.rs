@@ -77,13 +77,21 @@ async fn choose(
     let lower = |workers: &[weft_runtime::SharedStr], run| {
         let prefix = format!("{base}-r{run}");
         let shuffles = ShuffleRun::new(workers, run, base.as_str());
-        Lowering::lower_partials(input, keys, &phases.partial, &prefix, frames.options().clone(), shuffles)
+        Lowering::lower_partials(
+            input,
+            keys,
+            &phases.partial,
+            &prefix,
+            frames.options().clone(),
+            shuffles,
+        )
     };
     let partitions = lower(&[], 0)?.graph.outputs.len() - 1;
     if partitions <= 1 {
         return Ok(None);
     }
-    let mut futures = weft_runtime::shuffle::compute(client, |workers, run| Ok::<_, FrameError>(lower(workers, run)?.graph)).await?;
+    let mut futures =
+        weft_runtime::shuffle::compute(client, |workers, run| Ok::<_, FrameError>(lower(workers, run)?.graph)).await?;
     let count = futures.pop().expect("the count follows the partials");
     let counted = client.gather(std::slice::from_ref(&count)).await?;
     let rows = crate::frame::first_int(&crate::frame::single_batch(&counted)?, "count")?;

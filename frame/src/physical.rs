@@ -37,7 +37,8 @@ pub struct PlanOptions {
     /// [`crate::adaptive`]).
     pub group_rows: u64,
     /// A hash shuffle of at least this many pieces (inputs times outputs)
-    /// uses the P2P shuffle service; a smaller one is a task shuffle.
+    /// uses the P2P shuffle service; a smaller one is a task shuffle
+    /// (64, or `WEFT_P2P_MIN_PIECES`).
     pub p2p_min_pieces: usize,
 }
 
@@ -47,7 +48,10 @@ impl Default for PlanOptions {
             broadcast_rows: 2_000_000,
             fan_in: 8,
             group_rows: 1_000_000,
-            p2p_min_pieces: 64,
+            p2p_min_pieces: std::env::var("WEFT_P2P_MIN_PIECES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64),
         }
     }
 }

@@ -72,7 +72,14 @@ async fn p2p_shuffles_and_joins_answer_as_the_task_shuffle_does() {
     let shuffled = |f: &Frames| f.random(20_000, 8, 300).shuffle([col("key")], 6);
     let explained = shuffled(&frames).explain().unwrap();
     assert!(explained.contains("p2p shuffle of 8 inputs"), "{explained}");
-    assert!(!task_shuffles(&frames).random(20_000, 8, 300).shuffle([col("key")], 6).explain().unwrap().contains("p2p"));
+    assert!(
+        !task_shuffles(&frames)
+            .random(20_000, 8, 300)
+            .shuffle([col("key")], 6)
+            .explain()
+            .unwrap()
+            .contains("p2p")
+    );
     assert_same(&per_key(&shuffled(&frames)).await, &per_key(&shuffled(&tasks)).await);
     // A join that shuffles both sides, and a group-by split over outputs.
     let joined = |f: &Frames| {
@@ -81,12 +88,17 @@ async fn p2p_shuffles_and_joins_answer_as_the_task_shuffle_does() {
             ..f.options().clone()
         });
         let left = f.random(6_000, 5, 200);
-        let right = f.random(4_000, 7, 200).select([col("key").alias("k"), col("value").alias("v")]);
+        let right = f
+            .random(4_000, 7, 200)
+            .select([col("key").alias("k"), col("value").alias("v")]);
         left.join(&right, &["key"], &["k"], JoinType::Inner)
     };
     let explained = joined(&frames).explain().unwrap();
     assert!(explained.contains("join-left-pieces: p2p shuffle"), "{explained}");
-    assert_eq!(joined(&frames).count().await.unwrap(), joined(&tasks).count().await.unwrap());
+    assert_eq!(
+        joined(&frames).count().await.unwrap(),
+        joined(&tasks).count().await.unwrap()
+    );
     let split = |f: &Frames| {
         f.random(20_000, 8, 5_000)
             .group_by([col("key")])
@@ -113,7 +125,14 @@ async fn a_shuffle_of_twice_the_memory_limit_spills_and_completes() {
     let input = frames.random(rows, 16, 1_000);
     let key_sum = |f: &LazyFrame| {
         let f = f.select([col("key").sum()]);
-        async move { f.collect().await.unwrap().column(0).as_primitive::<Int64Type>().value(0) }
+        async move {
+            f.collect()
+                .await
+                .unwrap()
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .value(0)
+        }
     };
     let expected = key_sum(&input).await;
     let shuffled = input.shuffle([col("key")], 16).persist().await.unwrap();

@@ -467,14 +467,20 @@ mod tests {
             frames: vec![Buffer::host(vec![7u8; 16])],
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
-        let ack: DataAck =
-            codec::decode(&answer(put.clone(), &store, &shm::host_id(), &served, &shuffle).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(
+            &answer(put.clone(), &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(ack, DataAck { items: 1 });
         // Put aside: not served until adopted as a task's result.
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
             codec::decode_reply(
-                answer(keys.clone(), &store, &shm::host_id(), &served, &shuffle).await.unwrap(),
+                answer(keys.clone(), &store, &shm::host_id(), &served, &shuffle)
+                    .await
+                    .unwrap(),
                 shm::import
             )
             .unwrap(),
@@ -494,17 +500,34 @@ mod tests {
         short.frames.clear();
         assert!(answer(short, &store, &shm::host_id(), &served, &shuffle).await.is_err());
         assert!(
-            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None, &served, &shuffle)
-                .await
-                .is_err()
+            answer(
+                Message::new(vec![42u8, 0], Vec::new()),
+                &store,
+                &None,
+                &served,
+                &shuffle
+            )
+            .await
+            .is_err()
         );
         assert!(
-            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None, &served, &shuffle)
-                .await
-                .is_err()
+            answer(
+                Message::new(Vec::<u8>::new(), Vec::new()),
+                &store,
+                &None,
+                &served,
+                &shuffle
+            )
+            .await
+            .is_err()
         );
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
-        let ack: DataAck = codec::decode(&answer(discard, &store, &shm::host_id(), &served, &shuffle).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(
+            &answer(discard, &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
         // Shuffle pieces for another worker are refused, saying why; the
         // connection stays up.
@@ -522,6 +545,9 @@ mod tests {
         let reply: PushReply =
             codec::decode(&answer(message, &store, &None, &served, &shuffle).await.unwrap()).unwrap();
         let refused = reply.0.unwrap_err();
-        assert!(refused.contains("meant for tcp://elsewhere:9 reached tcp://here:1"), "{refused}");
+        assert!(
+            refused.contains("meant for tcp://elsewhere:9 reached tcp://here:1"),
+            "{refused}"
+        );
     }
 }

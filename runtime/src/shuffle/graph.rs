@@ -119,7 +119,10 @@ mod tests {
             .iter()
             .map(|t| t.annotations.workers[0].as_str())
             .collect();
-        assert_eq!(owners, ["tcp://a:1", "tcp://b:2", "tcp://a:1", "tcp://b:2", "tcp://a:1"]);
+        assert_eq!(
+            owners,
+            ["tcp://a:1", "tcp://b:2", "tcp://a:1", "tcp://b:2", "tcp://a:1"]
+        );
         assert!(shuffle.tasks[5..].iter().all(|t| !t.annotations.allow_other_workers));
         let barrier = &shuffle.tasks[4];
         assert_eq!(barrier.op.as_str(), BARRIER_OP);
@@ -137,6 +140,10 @@ mod tests {
         let shuffle = tasks("big", &spec, (0..n).map(split).collect(), "piece", combine).unwrap();
         assert_eq!(shuffle.tasks.len(), 2 * n as usize + 2);
         // Generous for a loaded debug build; a release build takes a few ms.
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -250,7 +250,10 @@ impl Service {
     /// Checks a push and stores its pieces; pieces of an older run of the
     /// shuffle are dropped first, pushes of an older run refused.
     fn accept(&self, push: Push, frames: Vec<Buffer>) -> Result<u32, String> {
-        let what = format!("a push of shuffle {} run {} from input {}", push.id, push.run, push.input);
+        let what = format!(
+            "a push of shuffle {} run {} from input {}",
+            push.id, push.run, push.input
+        );
         if push.to != self.address {
             return Err(format!("{what} meant for {} reached {}", push.to, self.address));
         }
@@ -259,7 +262,10 @@ impl Service {
         }
         let announced: u64 = push.pieces.iter().map(|(_, _, n)| u64::from(*n)).sum();
         if announced != frames.len() as u64 {
-            return Err(format!("{what} announces {announced} frames and carries {}", frames.len()));
+            return Err(format!(
+                "{what} announces {announced} frames and carries {}",
+                frames.len()
+            ));
         }
         if let Some((output, _, _)) = push.pieces.iter().find(|(o, _, _)| *o >= push.outputs) {
             return Err(format!("{what}: output {output} of {}", push.outputs));
@@ -276,7 +282,7 @@ impl Service {
                 ));
             }
         }
-        if !runs.get(&push.id).is_some_and(|held| held.run == push.run) {
+        if runs.get(&push.id).is_none_or(|held| held.run != push.run) {
             if let Some(stale) = runs.remove(&push.id) {
                 tracing::info!(
                     shuffle = push.id,
@@ -344,14 +350,16 @@ impl Service {
             )));
         }
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(OpError::Failed(format!("{what}: an unpack must run on a compute thread")));
+            return Err(OpError::Failed(format!(
+                "{what}: an unpack must run on a compute thread"
+            )));
         }
         pieces
             .into_iter()
             .map(|(input, task)| {
-                self.runtime
-                    .block_on(self.store.load(task))
-                    .ok_or_else(|| OpError::Failed(format!("{what}: the piece of input {input} could not be read back")))
+                self.runtime.block_on(self.store.load(task)).ok_or_else(|| {
+                    OpError::Failed(format!("{what}: the piece of input {input} could not be read back"))
+                })
             })
             .collect()
     }
@@ -363,7 +371,11 @@ impl Service {
         let Some(held) = runs.get_mut(&id).filter(|r| r.run == run) else {
             return;
         };
-        let taken: Vec<(u32, u32)> = held.pieces.range((output, 0)..=(output, u32::MAX)).map(|(k, _)| *k).collect();
+        let taken: Vec<(u32, u32)> = held
+            .pieces
+            .range((output, 0)..=(output, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         for key in taken {
             if let Some(task) = held.pieces.remove(&key) {
                 self.store.remove(task);
@@ -421,6 +433,13 @@ mod tests {
         (push, frames)
     }
 
+    /// Output 1 of run `run` of shuffle 1 (of 3 inputs), taken on a thread
+    /// outside the runtime, as a compute thread does.
+    fn take_on_a_thread(service: &Arc<Service>, run: u64) -> Result<Vec<Arc<Value>>, OpError> {
+        let service = service.clone();
+        std::thread::spawn(move || service.take(1, run, 3, 1)).join().unwrap()
+    }
+
     async fn receive(service: &Service, (push, frames): (Push, Vec<Buffer>)) -> Result<u32, String> {
         service.receive(push, frames).await.0
     }
@@ -473,18 +492,20 @@ mod tests {
         // A transfer run again sends the same pieces: they replace the old.
         assert_eq!(receive(&service, push(0, 0, &[(1, 0), (3, 100)])).await, Ok(2));
         assert_eq!(store.usage().0, 4);
-        let on_thread = |f: Box<dyn FnOnce(&Service) -> Result<Vec<Arc<Value>>, OpError> + Send>| {
-            let service = service.clone();
-            std::thread::spawn(move || f(&service)).join().unwrap()
-        };
-        let error = on_thread(Box::new(|s| s.take(1, 0, 3, 1))).unwrap_err();
-        assert!(error.to_string().contains("2 of 3 pieces arrived (missing inputs 1)"), "{error}");
+        let error = take_on_a_thread(&service, 0).unwrap_err();
+        assert!(
+            error.to_string().contains("2 of 3 pieces arrived (missing inputs 1)"),
+            "{error}"
+        );
         assert_eq!(receive(&service, push(0, 1, &[(1, 1), (3, 101)])).await, Ok(2));
-        let pieces = on_thread(Box::new(|s| s.take(1, 0, 3, 1))).unwrap();
+        let pieces = take_on_a_thread(&service, 0).unwrap();
         let firsts: Vec<u8> = pieces.iter().map(|p| p.frames[0].as_host().unwrap()[0]).collect();
         assert_eq!(firsts, [0, 1, 2]);
-        let error = on_thread(Box::new(|s| s.take(1, 7, 3, 1))).unwrap_err();
-        assert!(error.to_string().contains("no pieces arrived here (held: run 0)"), "{error}");
+        let error = take_on_a_thread(&service, 7).unwrap_err();
+        assert!(
+            error.to_string().contains("no pieces arrived here (held: run 0)"),
+            "{error}"
+        );
         service.release(1, 0, 1);
         assert_eq!(service.held(), [(1, 0, 3)]);
         service.release(1, 0, 3);

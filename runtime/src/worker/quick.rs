@@ -55,7 +55,7 @@ impl QuickOps {
         !op.starts_with(crate::shuffle::OP_PREFIX)
             && self
                 .ops
-            .get(op)
+                .get(op)
                 .is_some_and(|runs| runs.count >= MIN_RUNS && runs.average_us <= MAX_INLINE_US)
     }
 }
