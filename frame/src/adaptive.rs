@@ -10,12 +10,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{FrameError, Result};
 use crate::expr::{Expr, col};
 use crate::frame::Frames;
 use crate::groupby::two_phase;
 use crate::optimize::with_inputs;
-use crate::physical::{Lowering, PlanOptions};
+use crate::physical::{Lowering, PlanOptions, ShuffleRun};
 use crate::plan::{LogicalPlan, Source};
 
 /// Output partitions of a group-by whose partial results hold
@@ -73,13 +73,25 @@ async fn choose(
         return Ok(None);
     };
     let client = frames.client();
-    let prefix = client.unique_key("frame-partial");
-    let lowered = Lowering::lower_partials(input, keys, &phases.partial, prefix.as_str(), frames.options().clone())?;
-    let partitions = lowered.graph.outputs.len() - 1;
+    let base = client.unique_key("frame-partial");
+    let lower = |workers: &[weft_runtime::SharedStr], run| {
+        let prefix = format!("{base}-r{run}");
+        let shuffles = ShuffleRun::new(workers, run, base.as_str());
+        Lowering::lower_partials(
+            input,
+            keys,
+            &phases.partial,
+            &prefix,
+            frames.options().clone(),
+            shuffles,
+        )
+    };
+    let partitions = lower(&[], 0)?.graph.outputs.len() - 1;
     if partitions <= 1 {
         return Ok(None);
     }
-    let mut futures = client.compute(lowered.graph).await?;
+    let mut futures =
+        weft_runtime::shuffle::compute(client, |workers, run| Ok::<_, FrameError>(lower(workers, run)?.graph)).await?;
     let count = futures.pop().expect("the count follows the partials");
     let counted = client.gather(std::slice::from_ref(&count)).await?;
     let rows = crate::frame::first_int(&crate::frame::single_batch(&counted)?, "count")?;

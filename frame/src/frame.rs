@@ -15,7 +15,7 @@ use crate::groupby::AggSpec;
 use crate::join::{JoinSpec, JoinType};
 use crate::optimize::optimize;
 use crate::partition;
-use crate::physical::{Action, Lowered, Lowering, PlanOptions};
+use crate::physical::{Action, Lowering, PlanOptions, ShuffleRun};
 use crate::plan::{LogicalPlan, Source};
 
 /// Dataframes on one cluster: where frames start.
@@ -325,16 +325,26 @@ impl LazyFrame {
         })
     }
 
-    /// The plan as it runs: optimised, each group-by's strategy chosen
-    /// (its partial results computed), lowered to one graph. The plan
-    /// returned holds the partial results: keep it until the graph is done.
-    async fn lower(&self, action: Action) -> Result<(Lowered, Arc<LogicalPlan>)> {
+    /// Runs the plan: optimised, each group-by's strategy chosen (its
+    /// partial results computed), lowered to one graph and computed, as a
+    /// new run of its shuffles over the workers still there whenever one
+    /// owning a shuffle's outputs is lost. Returns the outputs' futures,
+    /// all done, and the plan, which holds the partial results: keep it
+    /// while the futures are used.
+    async fn compute(&self, action: Action) -> Result<(Vec<TaskFuture>, Arc<LogicalPlan>)> {
         self.check()?;
         let optimized = optimize(&self.plan)?;
         let resolved = crate::adaptive::resolve(&self.frames, &optimized).await?;
-        let prefix = self.frames.client.unique_key("frame");
-        let lowered = Lowering::lower(&resolved, prefix.as_str(), self.frames.options.clone(), action)?;
-        Ok((lowered, resolved))
+        let client = &self.frames.client;
+        let base = client.unique_key("frame");
+        let futures = weft_runtime::shuffle::compute(client, |workers, run| {
+            let prefix = format!("{base}-r{run}");
+            let shuffles = ShuffleRun::new(workers, run, base.as_str());
+            let options = self.frames.options.clone();
+            Ok::<_, FrameError>(Lowering::lower_run(&resolved, &prefix, options, action.clone(), shuffles)?.graph)
+        })
+        .await?;
+        Ok((futures, resolved))
     }
 
     /// The logical plan, the optimised plan and the physical stages (a
@@ -354,10 +364,8 @@ impl LazyFrame {
     }
 
     async fn run_one(&self, action: Action) -> Result<RecordBatch> {
-        let (lowered, _inputs) = self.lower(action).await?;
-        let client = &self.frames.client;
-        let futures = client.compute(lowered.graph).await?;
-        single_batch(&client.gather(&futures).await?)
+        let (futures, _inputs) = self.compute(action).await?;
+        single_batch(&self.frames.client.gather(&futures).await?)
     }
 
     /// Runs the plan and brings the result to this process as one batch.
@@ -399,13 +407,7 @@ impl LazyFrame {
     pub async fn persist(&self) -> Result<LazyFrame> {
         let schema = self.schema()?;
         let rows = self.plan.estimate_rows();
-        let (lowered, _inputs) = self.lower(Action::Partitions).await?;
-        let client = &self.frames.client;
-        let futures = client.compute(lowered.graph).await?;
-        client.wait(&futures).await;
-        for f in &futures {
-            f.wait().await?;
-        }
+        let (futures, _inputs) = self.compute(Action::Partitions).await?;
         Ok(self.frames.persisted(futures, schema, rows))
     }
 }

@@ -3,13 +3,18 @@
 //! filter, projection and partial aggregation are one task); exchanges
 //! between partitions are patterns of tasks: a tree of merges, a gather
 //! into one partition, a broadcast of a small side, or a hash shuffle
+//! ([`Lowering::exchange`]). A hash shuffle goes through the runtime's P2P
+//! shuffle service ([`weft_runtime::shuffle`]: `n + m + 2` tasks, pieces
+//! pushed worker to worker), except a small one, below
+//! [`PlanOptions::p2p_min_pieces`] pieces, which stays Dask's task shuffle
 //! (split tasks, one `frame.piece` task per (split, output) pair, concat
-//! tasks: Dask's task shuffle, kept behind [`Lowering::exchange`] so a
-//! peer-to-peer shuffle service can take its place).
+//! tasks): a few tasks cost less than the P2P shuffle's barrier and
+//! pushes. Sorts and repartitions route their pieces as tasks.
 
 use std::fmt::Write as _;
 
-use weft_runtime::{Graph, Key, TaskSpec};
+use weft_runtime::shuffle::{Call, ShuffleSpec};
+use weft_runtime::{Graph, Key, SharedStr, TaskSpec};
 
 use crate::error::{FrameError, Result};
 use crate::expr::{Expr, col};
@@ -31,6 +36,11 @@ pub struct PlanOptions {
     /// on the keys into partitions of about this many rows (see
     /// [`crate::adaptive`]).
     pub group_rows: u64,
+    /// A hash shuffle of at least this many pieces (inputs times outputs)
+    /// uses the P2P shuffle service; a smaller one is a task shuffle
+    /// (1024, or `WEFT_P2P_MIN_PIECES`: on two local workers a 16 x 16
+    /// task shuffle ran as fast or faster, a 64 x 64 one 1.3x slower).
+    pub p2p_min_pieces: usize,
 }
 
 impl Default for PlanOptions {
@@ -39,6 +49,39 @@ impl Default for PlanOptions {
             broadcast_rows: 2_000_000,
             fan_in: 8,
             group_rows: 1_000_000,
+            p2p_min_pieces: std::env::var("WEFT_P2P_MIN_PIECES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
+        }
+    }
+}
+
+/// Where a lowering's P2P shuffles run: one run of them over these
+/// workers (see [`weft_runtime::shuffle::compute`]).
+#[derive(Debug, Clone, Default)]
+pub struct ShuffleRun {
+    /// Data addresses of the workers owning the outputs (none in a plan
+    /// lowered only to be shown).
+    pub workers: Vec<SharedStr>,
+    /// The run: 0, then one more at each restart.
+    pub run: u64,
+    /// Identifies the lowered plan across its runs; each shuffle's id is
+    /// made from it and the shuffle's stage.
+    pub plan: u64,
+}
+
+impl ShuffleRun {
+    /// Run `run` over `workers` of the plan whose keys all runs share
+    /// `base`.
+    pub fn new(workers: &[SharedStr], run: u64, base: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        base.hash(&mut hasher);
+        ShuffleRun {
+            workers: workers.to_vec(),
+            run,
+            plan: hasher.finish(),
         }
     }
 }
@@ -95,6 +138,7 @@ impl Part {
 pub struct Lowering {
     prefix: String,
     options: PlanOptions,
+    shuffles: ShuffleRun,
     tasks: Vec<TaskSpec>,
     stages: Vec<String>,
 }
@@ -122,11 +166,25 @@ pub enum Action {
 }
 
 impl Lowering {
-    /// Lowers `plan` (optimised) with keys starting `prefix`.
+    /// Lowers `plan` (optimised) with keys starting `prefix`, its P2P
+    /// shuffles owned by no worker (to be shown, not run).
     pub fn lower(plan: &LogicalPlan, prefix: &str, options: PlanOptions, action: Action) -> Result<Lowered> {
+        Self::lower_run(plan, prefix, options, action, ShuffleRun::default())
+    }
+
+    /// Lowers `plan` (optimised) with keys starting `prefix`, as run
+    /// `shuffles` of its P2P shuffles.
+    pub fn lower_run(
+        plan: &LogicalPlan,
+        prefix: &str,
+        options: PlanOptions,
+        action: Action,
+        shuffles: ShuffleRun,
+    ) -> Result<Lowered> {
         let mut l = Lowering {
             prefix: prefix.to_string(),
             options,
+            shuffles,
             ..Default::default()
         };
         let parts = l.plan(plan)?;
@@ -154,17 +212,19 @@ impl Lowering {
     /// The first stage of a group-by whose strategy is chosen when it
     /// runs: `group_by(keys)` of the `partial` aggregates on each partition
     /// of `input`, every one an output, then one more output counting
-    /// their rows in all.
+    /// their rows in all; `input`'s P2P shuffles as run `shuffles`.
     pub fn lower_partials(
         input: &LogicalPlan,
         keys: &[Expr],
         partial: &[AggSpec],
         prefix: &str,
         options: PlanOptions,
+        shuffles: ShuffleRun,
     ) -> Result<Lowered> {
         let mut l = Lowering {
             prefix: prefix.to_string(),
             options,
+            shuffles,
             ..Default::default()
         };
         let step = Step::Aggregate {
@@ -288,10 +348,63 @@ impl Lowering {
     }
 
     /// Splits every part with `split` (n pieces each) and routes piece j of
-    /// every part to output j.
+    /// every part to output j: through the P2P shuffle service, or as a
+    /// task shuffle when it has few pieces.
     fn exchange(&mut self, parts: Vec<Part>, split: Step, n: usize, name: &str) -> Result<Vec<Part>> {
         let parts: Vec<Part> = parts.into_iter().map(|p| p.with_step(split.clone())).collect();
-        self.route(parts, n, name)
+        if parts.len() * n < self.options.p2p_min_pieces {
+            return self.route(parts, n, name);
+        }
+        self.p2p(parts, n, name)
+    }
+
+    /// Routes piece j of every split to output j through the P2P shuffle
+    /// service: each split is a transfer task (running the split, pushing
+    /// its pieces), each output an unpack task concatenating its pieces.
+    fn p2p(&mut self, splits: Vec<Part>, n: usize, name: &str) -> Result<Vec<Part>> {
+        let stage = self.stages.len();
+        let plan = |e: String| FrameError::Plan(e);
+        let mut inputs = Vec::with_capacity(splits.len());
+        let mut described = None;
+        for part in splits {
+            let p = part.into_pending();
+            described.get_or_insert_with(|| Self::describe(&p));
+            let args = weft_runtime::ops::args(&p.args).map_err(plan)?;
+            inputs.push((
+                Call {
+                    op: TASK_OP.into(),
+                    args,
+                },
+                p.deps,
+            ));
+        }
+        let spec = ShuffleSpec {
+            id: shuffle_id(self.shuffles.plan, stage),
+            run: self.shuffles.run,
+            inputs: inputs.len() as u32,
+            outputs: n as u32,
+            workers: self.shuffles.workers.clone(),
+        };
+        let concat = weft_runtime::ops::args(&TaskArgs {
+            input: Input::Deps,
+            steps: Vec::new(),
+        })
+        .map_err(plan)?;
+        let prefix = format!("{}-{stage}-{name}", self.prefix);
+        let combine = |_: u32| Call {
+            op: TASK_OP.into(),
+            args: concat.clone(),
+        };
+        let tasks = weft_runtime::shuffle::tasks(&prefix, &spec, inputs, PIECE_OP, combine).map_err(plan)?;
+        self.tasks.extend(tasks.tasks);
+        self.stages.push(format!(
+            "stage {stage} {name}-pieces: p2p shuffle of {} inputs ({}) into {n} outputs: \
+             {} transfers push piece j to the worker owning output j, a barrier, {n} unpacks concatenate",
+            spec.inputs,
+            described.unwrap_or_default(),
+            spec.inputs
+        ));
+        Ok(tasks.outputs.into_iter().map(Part::Done).collect())
     }
 
     /// Routes piece j of every split (parts ending in a split step of `n`
@@ -742,6 +855,15 @@ impl Lowering {
         self.stages.push(format!("stage {stage} repartition-pieces: {n} tasks"));
         Ok(out)
     }
+}
+
+/// The id of the shuffle at `stage` of the plan `plan`: the same in every
+/// run of the plan.
+fn shuffle_id(plan: u64, stage: usize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (plan, stage).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

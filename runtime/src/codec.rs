@@ -82,6 +82,9 @@ pub enum DataRequest {
     /// Drop values put aside by [`DataRequest::Put`] and never adopted (a
     /// scatter that failed); answered with a [`DataAck`].
     Discard(Vec<Key>),
+    /// Pieces of a shuffle for this worker, their frames following the
+    /// envelope; answered with a [`crate::shuffle::PushReply`].
+    Push(crate::shuffle::Push),
 }
 
 impl DataRequest {
@@ -91,6 +94,7 @@ impl DataRequest {
             DataRequest::Tasks(tasks) => tasks.len(),
             DataRequest::Discard(keys) => keys.len(),
             DataRequest::Put(items) => items.len(),
+            DataRequest::Push(push) => push.pieces.len(),
         }
     }
 

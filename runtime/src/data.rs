@@ -23,6 +23,7 @@ use weft_transport::{Buffer, Config, Connection, Listener, Message, TransportErr
 use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError};
 use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
+use crate::shuffle::{Push, PushReply, Service};
 use crate::store::Store;
 use crate::value::Value;
 use crate::worker::probe::TransferCounters;
@@ -39,13 +40,15 @@ pub(crate) async fn serve(
     store: Arc<Store>,
     host: Option<HostId>,
     served: Arc<TransferCounters>,
+    shuffle: Arc<Service>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(connection) => {
-                    connections.spawn(serve_connection(connection, store.clone(), host.clone(), served.clone()));
+                    let (store, host, served, shuffle) = (store.clone(), host.clone(), served.clone(), shuffle.clone());
+                    connections.spawn(serve_connection(connection, store, host, served, shuffle));
                 }
                 Err(TransportError::ListenerClosed { .. }) => return,
                 Err(error) => debug!(%error, "data connection refused"),
@@ -61,6 +64,7 @@ async fn serve_connection(
     store: Arc<Store>,
     host: Option<HostId>,
     served: Arc<TransferCounters>,
+    shuffle: Arc<Service>,
 ) {
     loop {
         let message = match connection.recv().await {
@@ -71,7 +75,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let reply = match answer(message, &store, &host, &served).await {
+        let reply = match answer(message, &store, &host, &served, &shuffle).await {
             Ok(reply) => reply,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "bad data request; closing");
@@ -92,6 +96,7 @@ async fn answer(
     store: &Arc<Store>,
     host: &Option<HostId>,
     served: &TransferCounters,
+    shuffle: &Service,
 ) -> std::result::Result<Message, String> {
     let ask: DataAsk = codec::decode(&message)?;
     let same_host = ask.host.is_some() && ask.host == *host;
@@ -115,6 +120,7 @@ async fn answer(
         DataRequest::Discard(keys) => codec::encode(&DataAck {
             items: store.discard(&keys) as u32,
         }),
+        DataRequest::Push(push) => codec::encode(&shuffle.receive(push, message.frames).await),
     }
 }
 
@@ -215,6 +221,19 @@ impl PeerPool {
             ));
         }
         Ok(())
+    }
+
+    /// Pushes shuffle pieces (the frames of `push`'s pieces, in order) to
+    /// the data server at `address`; its reply says whether it kept them.
+    pub async fn push(&self, address: &str, push: Push, frames: Vec<Buffer>) -> Result<PushReply> {
+        let mut message = codec::encode(&DataAsk {
+            request: DataRequest::Push(push),
+            host: None,
+        })
+        .map_err(|reason| RuntimeError::protocol(address, reason))?;
+        message.frames = frames;
+        let reply = self.round_trip(address, message).await?;
+        codec::decode(&reply).map_err(|reason| RuntimeError::protocol(address, reason))
     }
 
     /// Drops values put aside by [`PeerPool::put`] and never adopted.
@@ -436,19 +455,32 @@ mod tests {
     async fn the_server_answers_puts_and_refuses_bad_ones() {
         let store = Store::unlimited();
         let served = TransferCounters::default();
+        let shuffle = crate::shuffle::Service::new(
+            "tcp://here:1".into(),
+            store.clone(),
+            PeerPool::new(Config::default()),
+            tokio::runtime::Handle::current(),
+            Arc::new(crate::ops::Registry::builtin()),
+        );
         let framed = Value {
             header: bytes::Bytes::from_static(b"h"),
             frames: vec![Buffer::host(vec![7u8; 16])],
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
-        let ack: DataAck =
-            codec::decode(&answer(put.clone(), &store, &shm::host_id(), &served).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(
+            &answer(put.clone(), &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(ack, DataAck { items: 1 });
         // Put aside: not served until adopted as a task's result.
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
             codec::decode_reply(
-                answer(keys.clone(), &store, &shm::host_id(), &served).await.unwrap(),
+                answer(keys.clone(), &store, &shm::host_id(), &served, &shuffle)
+                    .await
+                    .unwrap(),
                 shm::import
             )
             .unwrap(),
@@ -457,7 +489,7 @@ mod tests {
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
             codec::decode_reply(
-                answer(keys, &store, &shm::host_id(), &served).await.unwrap(),
+                answer(keys, &store, &shm::host_id(), &served, &shuffle).await.unwrap(),
                 shm::import
             )
             .unwrap(),
@@ -466,19 +498,56 @@ mod tests {
         // Frames that do not add up, unknown requests, garbage: refused.
         let mut short = put;
         short.frames.clear();
-        assert!(answer(short, &store, &shm::host_id(), &served).await.is_err());
+        assert!(answer(short, &store, &shm::host_id(), &served, &shuffle).await.is_err());
         assert!(
-            answer(Message::new(vec![42u8, 0], Vec::new()), &store, &None, &served)
-                .await
-                .is_err()
+            answer(
+                Message::new(vec![42u8, 0], Vec::new()),
+                &store,
+                &None,
+                &served,
+                &shuffle
+            )
+            .await
+            .is_err()
         );
         assert!(
-            answer(Message::new(Vec::<u8>::new(), Vec::new()), &store, &None, &served)
-                .await
-                .is_err()
+            answer(
+                Message::new(Vec::<u8>::new(), Vec::new()),
+                &store,
+                &None,
+                &served,
+                &shuffle
+            )
+            .await
+            .is_err()
         );
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
-        let ack: DataAck = codec::decode(&answer(discard, &store, &shm::host_id(), &served).await.unwrap()).unwrap();
+        let ack: DataAck = codec::decode(
+            &answer(discard, &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
+        // Shuffle pieces for another worker are refused, saying why; the
+        // connection stays up.
+        let push = crate::shuffle::Push {
+            id: 3,
+            run: 0,
+            inputs: 1,
+            outputs: 1,
+            input: 0,
+            to: "tcp://elsewhere:9".into(),
+            pieces: vec![(0, bytes::Bytes::from_static(b"h"), 1)],
+        };
+        let mut message = codec::encode(&ask(DataRequest::Push(push))).unwrap();
+        message.frames = vec![Buffer::host(vec![1u8; 4])];
+        let reply: PushReply =
+            codec::decode(&answer(message, &store, &None, &served, &shuffle).await.unwrap()).unwrap();
+        let refused = reply.0.unwrap_err();
+        assert!(
+            refused.contains("meant for tcp://elsewhere:9 reached tcp://here:1"),
+            "{refused}"
+        );
     }
 }

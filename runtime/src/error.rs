@@ -31,6 +31,9 @@ pub enum RuntimeError {
         /// Its reason.
         reason: String,
     },
+    /// A shuffle could not finish (see [`crate::shuffle`]).
+    #[error("{0}")]
+    Shuffle(String),
     /// The graph was refused as a whole.
     #[error("graph rejected: {0}")]
     GraphRejected(String),

@@ -15,7 +15,8 @@
 //!   without an async runtime; `progress`: progress bars of long calls (feature
 //!   `progress-bar`); [`observe`]: snapshots
 //!   and events of a running scheduler for dashboards; [`recording`]: a client's
-//!   recording of them over a block of work. Large host buffers live in shared memory
+//!   recording of them over a block of work; [`shuffle`]: the P2P shuffle
+//!   service collections use to move pieces of partitions worker to worker. Large host buffers live in shared memory
 //!   (`weft_transport::shm`), which a worker on the same host maps instead of copying.
 //!
 //! The state machines do no I/O, read no clock and spawn no thread.
@@ -53,6 +54,7 @@ pub mod ops;
 pub(crate) mod progress;
 pub mod recording;
 pub mod server;
+pub mod shuffle;
 pub mod store;
 pub mod value;
 pub mod worker;

@@ -57,6 +57,8 @@ pub struct Site {
     pub memory_limit: u64,
     /// Device memory the worker keeps results in, in bytes (0: none).
     pub device_limit: u64,
+    /// The worker's shuffle service (`None` outside a worker).
+    pub shuffle: Option<Arc<crate::shuffle::Service>>,
 }
 
 impl<'a> OpContext<'a> {
@@ -93,6 +95,17 @@ impl<'a> OpContext<'a> {
     /// Device memory the worker keeps results in, in bytes (0: no GPU).
     pub fn device_limit(&self) -> u64 {
         self.site.device_limit
+    }
+
+    /// The worker's shuffle service; an error outside a worker.
+    pub fn shuffle(&self) -> Result<&crate::shuffle::Service, OpError> {
+        self.site.shuffle.as_deref().ok_or_else(|| {
+            OpError::Failed(format!(
+                "task {} is a shuffle's and {} has no shuffle service (it is not a worker)",
+                self.key,
+                self.worker()
+            ))
+        })
     }
 
     fn need_gpu(&self) -> Result<&Arc<Gpu>, OpError> {
@@ -298,7 +311,10 @@ pub mod builtin {
     /// | `arange_f64` | `u64` n | none | the float64s 0, 1, .., n-1 as one frame (in shared memory when large); header: n |
     /// | `sum_f64` | none | one value whose first frame is float64s | their sum as an `f64` |
     /// | `nbytes` | none | any | the inputs' total size as a `u64`, reading none of their frames |
+    ///
+    /// and the shuffle's ops ([`crate::shuffle::register`]).
     pub fn register(registry: &mut Registry) {
+        crate::shuffle::register(registry);
         registry
             .raw_op("arange_f64", arange_f64)
             .raw_op("sum_f64", sum_f64)
@@ -487,6 +503,10 @@ mod tests {
                 "fail",
                 "nbytes",
                 "panic",
+                "shuffle.barrier",
+                "shuffle.plan",
+                "shuffle.transfer",
+                "shuffle.unpack",
                 "sum",
                 "sum_f64"
             ]

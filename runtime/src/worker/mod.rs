@@ -146,12 +146,6 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         memory.device_limit = gpu.capacity() as u64 / 5 * 4;
     }
     let (moved_tx, mut moved) = mpsc::unbounded_channel();
-    let site = Arc::new(Site {
-        worker: name.clone(),
-        gpu: options.gpu.clone(),
-        memory_limit: memory.limit,
-        device_limit: memory.device_limit,
-    });
     let (probe, mut count_requests, transfers) = WorkerProbe::new(
         WorkerDescription {
             name: name.clone(),
@@ -165,8 +159,24 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         },
         options.memory_stats.clone(),
     );
+    let (memory_limit, device_limit) = (memory.limit, memory.device_limit);
     let store = Store::new(memory, &name, options.memory_stats.clone(), move |task, tier| {
         let _ = moved_tx.send((task, tier));
+    });
+    let peers = PeerPool::new(options.transport.clone());
+    let shuffle = Arc::new(crate::shuffle::Service::new(
+        address.clone().into(),
+        store.clone(),
+        peers.clone(),
+        tokio::runtime::Handle::current(),
+        options.registry.clone(),
+    ));
+    let site = Arc::new(Site {
+        worker: name.clone(),
+        gpu: options.gpu.clone(),
+        memory_limit,
+        device_limit,
+        shuffle: Some(shuffle.clone()),
     });
     if let Some(gpu) = &options.gpu {
         // Every allocation on the GPU (ops', kernels', copies') that finds
@@ -182,6 +192,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         store.clone(),
         weft_transport::shm::offered(&options.transport),
         transfers.clone(),
+        shuffle,
     ));
     let dashboard = match &options.dashboard {
         Some(dashboard) => {
@@ -219,7 +230,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         site,
         store,
         executor,
-        peers: PeerPool::new(options.transport.clone()),
+        peers,
         done_tx,
         session: 0,
         quick: QuickOps::default(),

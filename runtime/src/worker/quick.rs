@@ -51,9 +51,12 @@ impl QuickOps {
 
     /// Whether `op` may run inline.
     pub fn is_quick(&self, op: &str) -> bool {
-        self.ops
-            .get(op)
-            .is_some_and(|runs| runs.count >= MIN_RUNS && runs.average_us <= MAX_INLINE_US)
+        // Shuffle ops wait on peers and the disk from a compute thread.
+        !op.starts_with(crate::shuffle::OP_PREFIX)
+            && self
+                .ops
+                .get(op)
+                .is_some_and(|runs| runs.count >= MIN_RUNS && runs.average_us <= MAX_INLINE_US)
     }
 }
 
