@@ -124,6 +124,14 @@ impl TaskId {
     pub const fn is_orphan(self) -> bool {
         self.generation() == Self::ORPHAN_GENERATION
     }
+    /// The other generation no scheduler mints: a worker keeps the pieces
+    /// of shuffles it receives (`crate::shuffle`) under ids of it.
+    pub const PIECE_GENERATION: u32 = u32::MAX - 1;
+    /// The `n`th id of [`TaskId::PIECE_GENERATION`].
+    #[inline]
+    pub const fn piece(n: u32) -> Self {
+        Self::from_parts(n, Self::PIECE_GENERATION)
+    }
 }
 
 /// An immutable, cheaply cloned string: keys, op names, worker names and

@@ -203,9 +203,9 @@ impl Tasks {
             return None;
         }
         let t = s.task.take()?;
-        // Orphan ids are the workers' (see `TaskId::ORPHAN_GENERATION`).
-        s.generation = match s.generation.wrapping_add(1) {
-            TaskId::ORPHAN_GENERATION => 0,
+        // The last generations are the workers' (orphans and pieces).
+        s.generation = match s.generation + 1 {
+            next if next >= TaskId::PIECE_GENERATION => 0,
             next => next,
         };
         self.free.push(id.slot());

@@ -37,10 +37,6 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// pushers), at most.
 pub const BACKPRESSURE_WAIT: Duration = Duration::from_secs(10);
 
-/// Received pieces are kept in the store under task ids of this
-/// generation, one the scheduler's task table never reaches.
-const PIECE_GENERATION: u32 = u32::MAX;
-
 /// Pieces for one worker, from one input of one shuffle run: sent to the
 /// worker's data server, the pieces' frames following the envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,7 +306,8 @@ impl Service {
                 header,
                 frames: frames.by_ref().take(n as usize).collect(),
             };
-            let id = TaskId::from_parts(self.next_piece.fetch_add(1, Ordering::Relaxed), PIECE_GENERATION);
+            // Ids of a generation the scheduler never mints.
+            let id = TaskId::piece(self.next_piece.fetch_add(1, Ordering::Relaxed));
             self.store.insert(id, Arc::new(value));
             // A transfer run again (its worker was lost) sends the same piece.
             if let Some(old) = run.pieces.insert((output, push.input), id) {
@@ -384,6 +381,12 @@ impl Service {
         if held.pieces.is_empty() {
             runs.remove(&id);
         }
+    }
+
+    /// The scheduler went away, and the store dropped every piece with it
+    /// (`Store::orphan`): forgets them; a resubmitted shuffle starts over.
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     /// Shuffles with pieces here, and how many pieces each holds.

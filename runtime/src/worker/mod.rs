@@ -192,7 +192,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         store.clone(),
         weft_transport::shm::offered(&options.transport),
         transfers.clone(),
-        shuffle,
+        shuffle.clone(),
     ));
     let dashboard = match &options.dashboard {
         Some(dashboard) => {
@@ -263,6 +263,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
                     // What this worker made stays for the next scheduler
                     // (a restarted one claims it); the rest is dropped.
                     info.held = link.store.orphan(state.own_results());
+                    shuffle.clear();
                     warn!(worker = %name, %reason, kept = info.held.len(), "lost the scheduler; reconnecting");
                 }
                 Err(error) => break Err(error),
