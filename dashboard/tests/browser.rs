@@ -258,6 +258,11 @@ async fn every_page_shows_the_cluster_in_chromium() {
         .eval("Number(document.getElementById('task-stream').dataset.failed)")
         .await;
     assert_eq!(failed, json!(1));
+    // Two workers of one thread each: both labelled in the task stream.
+    let labels = browser
+        .eval("Number(document.getElementById('task-stream').dataset.labels)")
+        .await;
+    assert_eq!(labels, json!(2));
     let live = browser.eval("document.getElementById('live').className").await;
     assert_eq!(live, json!("live on"));
     let transfers = browser.eval("document.getElementById('transfers').innerText").await;
@@ -399,6 +404,11 @@ async fn every_page_shows_the_cluster_in_chromium() {
         .eval("document.querySelector('#process tr[data-key=bytes_in] td.n').textContent")
         .await;
     assert_eq!(received, json!("8.0 MiB"), "local-1 fetched the large input");
+    // Two workers of one thread each: both labelled in the task stream.
+    let labels = browser
+        .eval("Number(document.getElementById('task-stream').dataset.labels)")
+        .await;
+    assert_eq!(labels, json!(2));
     let live = browser.eval("document.getElementById('live').className").await;
     assert_eq!(live, json!("live on"));
     shots.push(browser.screenshot("worker").await);
@@ -500,7 +510,17 @@ async fn the_status_page_stays_live_with_a_hundred_workers_and_a_hundred_thousan
         .await;
     let expected: Vec<String> = (0..100).map(|i| format!("local-{i}")).collect();
     assert_eq!(order, json!(expected));
-    browser.screenshot("status-load").await;
+    // The task stream fits 100 rows in under 500 px, and its labels are
+    // thinned to one per 13 px (no two overlap) rather than one per row.
+    let layout = browser
+        .eval("(c => [Number(c.dataset.labels), Number(c.dataset.rowHeight)])(document.getElementById('task-stream'))")
+        .await;
+    let (labels, row) = (layout[0].as_f64().unwrap_or(0.0), layout[1].as_f64().unwrap_or(0.0));
+    assert!((3.0..=5.0).contains(&row), "row height {row} px for 100 rows");
+    let (room, every) = ((100.0 * row / 13.0).ceil(), (13.0 / row).ceil());
+    assert!(labels <= room && labels >= 100.0 / every, "{labels} labels in {} px", 100.0 * row);
+    let shot = browser.screenshot("status-load").await;
+    println!("screenshot: {}", shot.display());
     browser.close().await;
     drop(futures);
     drop(client);
