@@ -513,7 +513,11 @@ async fn the_status_page_stays_live_with_a_hundred_workers_and_a_hundred_thousan
     let (labels, row) = (layout[0].as_f64().unwrap_or(0.0), layout[1].as_f64().unwrap_or(0.0));
     assert!((3.0..=5.0).contains(&row), "row height {row} px for 100 rows");
     let (room, every) = ((100.0 * row / 13.0).ceil(), (13.0 / row).ceil());
-    assert!(labels <= room && labels >= 100.0 / every, "{labels} labels in {} px", 100.0 * row);
+    assert!(
+        labels <= room && labels >= 100.0 / every,
+        "{labels} labels in {} px",
+        100.0 * row
+    );
     let shot = browser.screenshot("status-load").await;
     println!("screenshot: {}", shot.display());
     browser.close().await;
