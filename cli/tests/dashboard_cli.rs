@@ -235,11 +235,17 @@ fn the_worker_processes_of_weft_local_serve_their_pages_too() {
 fn weft_report_writes_a_standalone_file_from_the_dashboard() {
     let address = format!("127.0.0.1:{}", free_port());
     let mut scheduler = Killed(
-        weft(&["scheduler", "--listen", "tcp://127.0.0.1:0", "--dashboard-address", &address])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+        weft(&[
+            "scheduler",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--dashboard-address",
+            &address,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&address, "/health").is_none() {
