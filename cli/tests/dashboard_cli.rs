@@ -1,7 +1,8 @@
 //! `weft scheduler` with its dashboard: served where asked, a taken
 //! address asked for is a clear error, `--no-dashboard` serves nothing;
 //! `weft worker` serves its own page where asked, linked from the
-//! scheduler's, or none with `--no-dashboard`.
+//! scheduler's, or none with `--no-dashboard`; `weft report` writes the
+//! scheduler's performance report from its dashboard.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -225,4 +226,54 @@ fn the_worker_processes_of_weft_local_serve_their_pages_too() {
         let metrics = get(address, "/metrics").expect("the worker's /metrics");
         assert!(metrics.contains("weft_worker_info{worker=\"local-"), "{metrics}");
     }
+}
+
+/// `weft report` writes the running scheduler's report (one standalone
+/// HTML file: nothing fetched from the network); a dashboard that is not
+/// there is a clear error and writes nothing.
+#[test]
+fn weft_report_writes_a_standalone_file_from_the_dashboard() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Killed(
+        weft(&[
+            "scheduler",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--dashboard-address",
+            &address,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&address, "/health").is_none() {
+        assert!(Instant::now() < deadline, "no dashboard at {address}");
+        assert!(scheduler.0.try_wait().unwrap().is_none(), "the scheduler exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("report.html");
+    let out = weft(&["report", "--dashboard", &address, "--seconds", "10", "-o"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&output).unwrap();
+    assert!(html.starts_with("<!doctype html>"), "{}", &html[..html.len().min(200)]);
+    assert!(html.contains("<title>Weft performance report</title>"));
+    assert!(html.contains("const DATA = "));
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+
+    drop(scheduler);
+    let missing = dir.path().join("missing.html");
+    let out = weft(&["report", "--dashboard", &address, "-o"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the dashboard at"), "{stderr}");
+    assert!(!missing.exists());
 }

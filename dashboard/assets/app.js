@@ -5,6 +5,8 @@
 "use strict";
 
 const MAX_BARS = 20000;
+const LABEL_FONT = "11px system-ui, sans-serif";
+const LABEL_H = 13;            // px between two worker labels in the task stream, at least
 const STATES = ["memory", "processing", "queued", "waiting", "erred", "released"];
 const page = (location.pathname.replace(/^\//, "") || "status");
 let state = null;           // latest /api/state
@@ -116,10 +118,14 @@ function renderStream() {
   }
   const dpr = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 800;
-  const labelW = 90, rowH = Math.max(6, Math.min(22, 200 / Math.max(rows, 1)));
+  // Rows shrink as workers grow (at least 3 px a thread), so the stream
+  // stays under about 500 px; labels keep LABEL_H apart (thinned when the
+  // workers' rows are lower) and hovering names the row.
+  const labelW = 90, rowH = Math.max(3, Math.min(22, 480 / Math.max(rows, 1)));
   const height = Math.max(60, rows * rowH + 24);
   canvas.style.height = height + "px";
   canvas.width = width * dpr; canvas.height = height * dpr;
+  canvas.rowsOf = rowsOf; canvas.rowH = rowH;
   const ctx = canvas.getContext("2d");
   ctx.scale(dpr, dpr);
   ctx.clearRect(0, 0, width, height);
@@ -127,14 +133,29 @@ function renderStream() {
   const now = Date.now() + clockSkew - panMs;
   const t0 = now - windowMs;
   const x = t => labelW + (t - t0) / windowMs * (width - labelW);
-  ctx.font = "11px system-ui, sans-serif";
-  ctx.fillStyle = "#6b7080";
-  for (const [id, r] of rowsOf) {
-    ctx.fillText(r.name, 4, r.first * rowH + Math.min(rowH, 14));
-    ctx.fillStyle = "#eef0f3";
-    ctx.fillRect(labelW, (r.first + r.n) * rowH - 1, width - labelW, 1);
-    ctx.fillStyle = "#6b7080";
+  ctx.font = LABEL_FONT;
+  ctx.textBaseline = "top";
+  let nextLabel = 0, labels = 0, band = 0;
+  for (const r of rowsOf.values()) {
+    const top = r.first * rowH, h = r.n * rowH;
+    if (h >= 8) {
+      ctx.fillStyle = "#eef0f3";
+      ctx.fillRect(labelW, top + h - 1, width - labelW, 1);
+    } else if (band++ % 2) {
+      // Too low for a rule: alternate bands tell the workers apart.
+      ctx.fillStyle = "#f4f5f8";
+      ctx.fillRect(labelW, top, width - labelW, h);
+    }
+    if (top >= nextLabel) {
+      ctx.fillStyle = "#6b7080";
+      ctx.fillText(r.name, 4, top + 1, labelW - 8);
+      nextLabel = top + LABEL_H;
+      labels++;
+    }
   }
+  canvas.dataset.labels = String(labels);
+  canvas.dataset.rowHeight = rowH.toFixed(1);
+  ctx.textBaseline = "alphabetic";
   let drawn = 0, failed = 0;
   const ops = new Set();
   for (const b of bars) {
@@ -343,6 +364,13 @@ function render() {
   const canvas = document.getElementById("task-stream");
   let dragX = null;
   canvas.addEventListener("mousedown", e => { dragX = e.clientX; });
+  // Hovering names the worker and thread of the row under the pointer.
+  canvas.addEventListener("mousemove", e => {
+    if (!canvas.rowsOf) return;
+    const row = Math.floor((e.clientY - canvas.getBoundingClientRect().top) / canvas.rowH);
+    const r = [...canvas.rowsOf.values()].find(r => row >= r.first && row < r.first + r.n);
+    canvas.title = r ? `${r.name}, thread ${row - r.first + 1} of ${r.n}` : "";
+  });
   window.addEventListener("mouseup", () => { dragX = null; });
   window.addEventListener("mousemove", e => {
     if (dragX == null) return;

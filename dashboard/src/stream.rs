@@ -124,14 +124,31 @@ impl Feed {
             }
         }
         let (events, thinned) = thin(&batches);
-        let message = serde_json::json!({
-            "state": crate::state::to_json(&observation),
-            "events": events,
-            "thinned": thinned,
-            "lost_batches": lost,
-        });
-        Some(message.to_string())
+        let message = Message {
+            state: crate::state::to_json(&observation),
+            events,
+            thinned,
+            lost_batches: lost,
+        };
+        // Written straight to text: the events (up to a few thousand)
+        // never become a JSON tree.
+        Some(serde_json::to_string(&message).unwrap_or_else(|error| {
+            serde_json::json!({ "error": format!("cannot encode the update: {error}") }).to_string()
+        }))
     }
+}
+
+/// One event-stream message.
+#[derive(serde::Serialize)]
+struct Message<'a> {
+    /// `/api/state` of the observation.
+    state: serde_json::Value,
+    /// The task stream since the previous message, thinned.
+    events: Vec<&'a ObsEvent>,
+    /// One task bar in `thinned` is sent.
+    thinned: usize,
+    /// Event batches this stream fell behind by and lost.
+    lost_batches: u64,
 }
 
 /// Keeps at most [`MAX_TASKS_PER_MESSAGE`] task bars (every k-th) and

@@ -258,6 +258,11 @@ async fn every_page_shows_the_cluster_in_chromium() {
         .eval("Number(document.getElementById('task-stream').dataset.failed)")
         .await;
     assert_eq!(failed, json!(1));
+    // Two workers of one thread each: both labelled in the task stream.
+    let labels = browser
+        .eval("Number(document.getElementById('task-stream').dataset.labels)")
+        .await;
+    assert_eq!(labels, json!(2));
     let live = browser.eval("document.getElementById('live').className").await;
     assert_eq!(live, json!("live on"));
     let transfers = browser.eval("document.getElementById('transfers').innerText").await;
@@ -441,11 +446,12 @@ async fn every_page_shows_the_cluster_in_chromium() {
 /// The status page under load: 100 workers and one graph of 10^5 tasks
 /// (each sleeping 5 ms, so that the run lasts seconds). The page keeps
 /// answering (every evaluation in it within 2 s), reaches the end of the
-/// graph and lists the workers in order. How often its progress moved is
-/// printed, not asserted: the scheduler spends at most about 3% of its time
-/// on snapshots, so a loaded debug build publishes far fewer than the 4 a
-/// second its 250 ms period allows (0.4 to 2 a second here; 3.7 in a
-/// release build).
+/// graph and lists the workers in order; the task stream fits its 100
+/// rows and thins their labels. How often its progress moved is printed,
+/// not asserted: the scheduler spends at most about 3% of its time on
+/// snapshots, so a loaded debug build publishes far fewer than the 4 a
+/// second its 250 ms period allows (1.2 a second here; 3.2-3.5 in a
+/// release build, `cargo test --release -p weft-dashboard --test browser`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_stays_live_with_a_hundred_workers_and_a_hundred_thousand_tasks() {
     let Some(binary) = chromium() else {
@@ -500,7 +506,21 @@ async fn the_status_page_stays_live_with_a_hundred_workers_and_a_hundred_thousan
         .await;
     let expected: Vec<String> = (0..100).map(|i| format!("local-{i}")).collect();
     assert_eq!(order, json!(expected));
-    browser.screenshot("status-load").await;
+    // The task stream fits 100 rows in under 500 px, and its labels are
+    // thinned to one per 13 px (no two overlap) rather than one per row.
+    let layout = browser
+        .eval("(c => [Number(c.dataset.labels), Number(c.dataset.rowHeight)])(document.getElementById('task-stream'))")
+        .await;
+    let (labels, row) = (layout[0].as_f64().unwrap_or(0.0), layout[1].as_f64().unwrap_or(0.0));
+    assert!((3.0..=5.0).contains(&row), "row height {row} px for 100 rows");
+    let (room, every) = ((100.0 * row / 13.0).ceil(), (13.0 / row).ceil());
+    assert!(
+        labels <= room && labels >= 100.0 / every,
+        "{labels} labels in {} px",
+        100.0 * row
+    );
+    let shot = browser.screenshot("status-load").await;
+    println!("screenshot: {}", shot.display());
     browser.close().await;
     drop(futures);
     drop(client);
