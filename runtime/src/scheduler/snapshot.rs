@@ -541,7 +541,7 @@ mod tests {
     use crate::protocol::{FromClient, FromWorker, ToWorker, WorkerInfo};
     use crate::scheduler::{Command, Event};
 
-    fn info(name: &str) -> WorkerInfo {
+    pub(super) fn info(name: &str) -> WorkerInfo {
         WorkerInfo {
             name: name.into(),
             address: format!("tcp://{name}:1").into(),
@@ -696,10 +696,11 @@ mod tests {
 
 #[cfg(test)]
 mod cost {
+    use super::tests::info;
     use super::*;
     use crate::graphs;
     use crate::ids::ClientId;
-    use crate::protocol::{FromClient, FromWorker, ToWorker, WorkerInfo};
+    use crate::protocol::{FromClient, FromWorker, ToWorker};
     use crate::scheduler::{Command, Event};
 
     /// How long a snapshot of 10^5 tasks takes: a map whose results sit
@@ -712,17 +713,9 @@ mod cost {
         let client = ClientId::new(0);
         s.handle_to_vec(Event::ClientConnected { client });
         for i in 0..2 {
-            let info = WorkerInfo {
-                name: format!("w{i}").into(),
-                address: format!("tcp://w{i}:1").into(),
-                nthreads: 1,
-                memory_limit: 0,
-                resources: Vec::new(),
-                dashboard: None,
-            };
             s.handle_to_vec(Event::WorkerJoined {
                 worker: WorkerId::new(i),
-                info,
+                info: info(&format!("w{i}")),
             });
         }
         let mut out = s.handle_to_vec(Event::Client {
