@@ -265,35 +265,32 @@ impl PeerPool {
             .or_default()
             .clone();
         let mut slot = slot.lock().await;
-        let result = self.exchange(&mut slot, address, message).await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
-    }
-
-    async fn exchange(&self, slot: &mut Option<Connection>, address: &str, message: Message) -> Result<Message> {
-        let connection = match slot {
+        // Out of the slot while in use: a request given up halfway (its
+        // future dropped after sending) takes the connection with it, so
+        // the next request never reads the answer meant for this one.
+        let mut connection = match slot.take() {
             Some(connection) => connection,
-            None => {
-                // Found dead lately (perhaps by a request we queued behind).
-                self.check_reachable(address)?;
-                match connect(address, &self.config).await {
-                    Ok(connection) => slot.insert(connection),
-                    Err(error) => {
-                        warn!(address, %error, "cannot reach a worker's data server; taken for dead for {UNREACHABLE_FOR:?}");
-                        self.lock_unreachable()
-                            .insert(address.to_string(), (Instant::now(), error.to_string()));
-                        return Err(error.into());
-                    }
-                }
-            }
+            None => self.open(address).await?,
         };
         connection.send(message).await?;
-        connection
+        let reply = connection
             .recv()
             .await?
-            .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))
+            .ok_or_else(|| RuntimeError::protocol(address, "closed the connection before replying"))?;
+        *slot = Some(connection);
+        Ok(reply)
+    }
+
+    /// Connects to the data server at `address`, unless it was found dead
+    /// lately (perhaps by a request queued before this one).
+    async fn open(&self, address: &str) -> Result<Connection> {
+        self.check_reachable(address)?;
+        connect(address, &self.config).await.map_err(|error| {
+            warn!(address, %error, "cannot reach a worker's data server; taken for dead for {UNREACHABLE_FOR:?}");
+            self.lock_unreachable()
+                .insert(address.to_string(), (Instant::now(), error.to_string()));
+            error.into()
+        })
     }
 
     /// Tries `address` again at the next request, even if connecting to
@@ -409,6 +406,35 @@ mod tests {
             vec![true, false, false],
             "asks for the bytes once mapping failed, and from then on"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_halfway_never_hands_its_answer_to_the_next() {
+        let config = Config::default();
+        let mut listener = listen("tcp://127.0.0.1:0", &config).await.unwrap();
+        let address = listener.local_addr().to_string();
+        // Echoes each message's header, 100 ms later, on every connection.
+        let server = tokio::spawn(async move {
+            while let Ok(mut connection) = listener.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(Some(message)) = connection.recv().await {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if connection.send(Message::new(message.header, Vec::new())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = PeerPool::new(config);
+        let first = pool.round_trip(&address, Message::new(&b"first"[..], Vec::new()));
+        assert!(tokio::time::timeout(Duration::from_millis(20), first).await.is_err());
+        let reply = pool
+            .round_trip(&address, Message::new(&b"second"[..], Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(&reply.header[..], b"second");
+        server.abort();
     }
 
     #[tokio::test]
