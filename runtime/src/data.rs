@@ -525,28 +525,10 @@ mod tests {
         let mut short = put;
         short.frames.clear();
         assert!(answer(short, &store, &shm::host_id(), &served, &shuffle).await.is_err());
-        assert!(
-            answer(
-                Message::new(vec![42u8, 0], Vec::new()),
-                &store,
-                &None,
-                &served,
-                &shuffle
-            )
-            .await
-            .is_err()
-        );
-        assert!(
-            answer(
-                Message::new(Vec::<u8>::new(), Vec::new()),
-                &store,
-                &None,
-                &served,
-                &shuffle
-            )
-            .await
-            .is_err()
-        );
+        for garbage in [vec![42u8, 0], Vec::new()] {
+            let message = Message::new(garbage, Vec::new());
+            assert!(answer(message, &store, &None, &served, &shuffle).await.is_err());
+        }
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
         let ack: DataAck = codec::decode(
             &answer(discard, &store, &shm::host_id(), &served, &shuffle)

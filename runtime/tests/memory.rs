@@ -4,13 +4,13 @@
 //! and resumes.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use weft_runtime::ops::{args, decode_args};
 use weft_runtime::store::{MemoryConfig, MemorySnapshot};
-use weft_runtime::{Graph, LocalCluster, LocalOptions, Registry, TaskFuture, TaskSpec, Value, WorkerMode};
+use weft_runtime::{Graph, LocalCluster, Registry, TaskFuture, TaskSpec, Value};
 use weft_transport::Buffer;
 
 const KIB: u64 = 1024;
@@ -47,21 +47,7 @@ fn registry() -> Registry {
 }
 
 async fn cluster(workers: usize, memory: MemoryConfig) -> LocalCluster {
-    let mut options = LocalOptions::for_this_machine();
-    options.workers = workers;
-    options.nthreads = 1;
-    options.mode = WorkerMode::InProcess;
-    options.registry = Arc::new(registry());
-    options.memory = memory;
-    LocalCluster::start(options).await.unwrap()
-}
-
-fn memory(limit: u64, spill_dir: PathBuf) -> MemoryConfig {
-    MemoryConfig {
-        limit,
-        spill_dir,
-        ..MemoryConfig::default()
-    }
+    common::cluster(workers, memory, registry()).await
 }
 
 fn blobs(n: u64, len: u64) -> Graph {
@@ -94,7 +80,7 @@ async fn a_working_set_three_times_the_memory_spills_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     // Two workers of 4 MiB; 48 blobs of 512 KiB are 24 MiB, three times both.
     let (n, len) = (48, 512 * KIB);
-    let cluster = cluster(2, memory(4 * MIB, dir.path().into())).await;
+    let cluster = cluster(2, common::spill_to(4 * MIB, dir.path().into())).await;
     let client = cluster.client().await.unwrap();
     let futures = client.compute(blobs(n, len)).await.unwrap();
     client.wait(&futures).await;
@@ -142,7 +128,7 @@ impl SmallDisk {
     fn memory(&self, limit: u64) -> MemoryConfig {
         MemoryConfig {
             max_spill: if self.mounted { 0 } else { MIB },
-            ..memory(limit, self.dir.path().into())
+            ..common::spill_to(limit, self.dir.path().into())
         }
     }
 }
@@ -181,7 +167,7 @@ async fn a_worker_out_of_memory_pauses_and_resumes_when_memory_falls() {
     std::fs::write(&blocker, b"").unwrap();
     // Spilling cannot help (the directory cannot be made), so 4 MiB of
     // results on a 4 MiB worker pass the pause threshold and stay there.
-    let cluster = cluster(1, memory(4 * MIB, blocker.join("spill"))).await;
+    let cluster = cluster(1, common::spill_to(4 * MIB, blocker.join("spill"))).await;
     let client = cluster.client().await.unwrap();
     let held = client.compute(blobs(8, 512 * KIB)).await.unwrap();
     client.wait(&held).await;

@@ -4,15 +4,15 @@
 //! memory limit spill.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use weft_runtime::ops::{args, decode_args};
 use weft_runtime::shuffle::{self, Call, ShuffleSpec};
 use weft_runtime::store::MemoryConfig;
-use weft_runtime::{Client, Graph, LocalCluster, LocalOptions, Registry, SharedStr, TaskSpec, Value, WorkerMode};
+use weft_runtime::{Client, Graph, LocalCluster, Registry, SharedStr, TaskSpec, Value};
 use weft_transport::Buffer;
 
 /// The numbers input `i` holds: `len` of them, `i * 1_000_000 + k`.
@@ -73,13 +73,7 @@ fn registry() -> Registry {
 }
 
 async fn cluster(workers: usize, memory: MemoryConfig) -> LocalCluster {
-    let mut options = LocalOptions::for_this_machine();
-    options.workers = workers;
-    options.nthreads = 1;
-    options.mode = WorkerMode::InProcess;
-    options.registry = Arc::new(registry());
-    options.memory = memory;
-    LocalCluster::start(options).await.unwrap()
+    common::cluster(workers, memory, registry()).await
 }
 
 /// What one shuffle of `n` inputs into `m` outputs looks like.
@@ -195,19 +189,11 @@ async fn many_partitions_shuffle_in_linear_tasks() {
     cluster.stop().await;
 }
 
-fn spill_to(limit: u64, spill_dir: PathBuf) -> MemoryConfig {
-    MemoryConfig {
-        limit,
-        spill_dir,
-        ..MemoryConfig::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pieces_past_the_memory_limit_spill_and_come_back() {
     let dir = tempfile::tempdir().unwrap();
     // Two workers of 4 MiB; 16 inputs of 1 MiB are twice both.
-    let cluster = cluster(2, spill_to(4 << 20, dir.path().into())).await;
+    let cluster = cluster(2, common::spill_to(4 << 20, dir.path().into())).await;
     let client = cluster.client().await.unwrap();
     let shape = Shape {
         n: 16,
