@@ -155,6 +155,10 @@ struct State {
     next_query: u64,
     /// False while the client reconnects to a scheduler that went away.
     reconnecting: bool,
+    /// Data addresses of the workers last seen (the last list of workers
+    /// asked for, and every holder named since): after a reconnection the
+    /// client waits for them, as they hold what it needs.
+    workers_seen: BTreeSet<String>,
     /// Why the scheduler connection ended for good, once it has.
     lost: Option<String>,
     generated: u64,
@@ -1047,16 +1051,59 @@ async fn run(
     }
 }
 
-/// Connects again within the reconnect timeout, then waits (up to
-/// `resume_wait`) until the workers at `holders` have registered.
-async fn reconnect(address: &str, options: &ClientOptions, holders: BTreeSet<String>) -> Result<Connection> {
-    let transport = TransportConfig {
-        connect_timeout: options.reconnect_timeout,
-        ..options.transport.clone()
+/// How long the set of workers registered with a restarted scheduler must
+/// stay the same before a client that still misses some it saw (they may
+/// be gone for good) resubmits anyway: workers retry at least every
+/// second.
+const RESUME_QUIET: Duration = Duration::from_secs(2);
+
+/// Connects again within the reconnect timeout (a connection that fails
+/// while the client resumes, such as one the old scheduler accepted as it
+/// went, is tried again), then waits until the workers at `seen` have
+/// registered again, or no more have come for [`RESUME_QUIET`] (or, with
+/// none seen, for half that), or `resume_wait` is over.
+async fn reconnect(address: &str, options: &ClientOptions, seen: BTreeSet<String>) -> Result<Connection> {
+    let deadline = tokio::time::Instant::now() + options.reconnect_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let transport = TransportConfig {
+            connect_timeout: left,
+            ..options.transport.clone()
+        };
+        let attempt = async {
+            let mut connection = open(address, &transport).await?;
+            wait_for_workers(&mut connection, address, options.resume_wait, &seen).await?;
+            Ok::<_, RuntimeError>(connection)
+        };
+        match attempt.await {
+            Ok(connection) => return Ok(connection),
+            Err(error) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                debug!(scheduler = %address, %error, "resuming failed; connecting again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The pause before connecting again after a failed resume.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Asks a restarted scheduler for its workers until those at `seen` are
+/// back (see [`reconnect`]).
+async fn wait_for_workers(
+    connection: &mut Connection,
+    address: &str,
+    wait: Duration,
+    seen: &BTreeSet<String>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let quiet = if seen.is_empty() {
+        RESUME_QUIET / 2
+    } else {
+        RESUME_QUIET
     };
-    let mut connection = open(address, &transport).await?;
-    let deadline = tokio::time::Instant::now() + options.resume_wait;
-    let mut request = 0;
+    let (mut request, mut registered, mut since) = (0, 0, tokio::time::Instant::now());
     loop {
         request += 1;
         let ask: ClientUp = vec![FromClient::Workers { request }];
@@ -1076,10 +1123,15 @@ async fn reconnect(address: &str, options: &ClientOptions, holders: BTreeSet<Str
             })
             .flatten()
             .collect();
-        let missing = holders.iter().filter(|h| !back.contains(h.as_str())).count();
-        if missing == 0 || tokio::time::Instant::now() >= deadline {
-            info!(scheduler = %address, missing, "reconnected; resubmitting");
-            return Ok(connection);
+        let now = tokio::time::Instant::now();
+        if back.len() != registered {
+            (registered, since) = (back.len(), now);
+        }
+        let missing = seen.iter().filter(|h| !back.contains(h.as_str())).count();
+        let settled = registered > 0 && now - since >= quiet;
+        if (missing == 0 && !seen.is_empty()) || settled || now >= deadline {
+            info!(scheduler = %address, registered, missing, "reconnected; resubmitting");
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1227,23 +1279,18 @@ fn resubmission(kept: &Message, outputs: Vec<Key>) -> std::result::Result<Messag
 impl State {
     /// The connection is gone: futures wait again (their results' ids and
     /// holders were the old scheduler's), queries are void. Returns the
-    /// addresses of the workers that held results.
+    /// addresses of the workers seen last, which hold the results made so
+    /// far (intermediate ones included).
     fn outage(&mut self) -> BTreeSet<String> {
         self.reconnecting = true;
         self.unanswered.clear();
         self.queries.clear();
-        let mut holders = BTreeSet::new();
         for entry in self.keys.values_mut() {
-            match &entry.status {
-                Status::Memory(_, peers) => {
-                    holders.extend(peers.iter().map(|p| p.address.to_string()));
-                    entry.status = Status::Pending;
-                }
-                Status::Lost => entry.status = Status::Pending,
-                _ => {}
+            if matches!(entry.status, Status::Memory(..) | Status::Lost) {
+                entry.status = Status::Pending;
             }
         }
-        holders
+        self.workers_seen.clone()
     }
 
     /// A future made by graph `id` is gone; so is the graph once it has
@@ -1295,7 +1342,14 @@ fn apply(state: &mut State, message: ToClient) {
                 }
             }
         }
-        ToClient::InMemory { key, task, who_has, .. } => set(state, &key, Status::Memory(task, who_has)),
+        ToClient::InMemory { key, task, who_has, .. } => {
+            for peer in &who_has {
+                if !state.workers_seen.contains(peer.address.as_str()) {
+                    state.workers_seen.insert(peer.address.to_string());
+                }
+            }
+            set(state, &key, Status::Memory(task, who_has));
+        }
         ToClient::Erred { key, error } => set(state, &key, Status::Erred(error)),
         ToClient::Lost { key } => set(state, &key, Status::Lost),
         ToClient::ScatterRejected { worker, keys, reason } => {
@@ -1308,6 +1362,9 @@ fn apply(state: &mut State, message: ToClient) {
             }
         }
         ToClient::Workers { request, .. } | ToClient::WhoHas { request, .. } => {
+            if let ToClient::Workers { workers, .. } = &message {
+                state.workers_seen = workers.iter().map(|w| w.address.to_string()).collect();
+            }
             if let Some(waiter) = state.queries.remove(&request) {
                 let _ = waiter.send(message);
             }

@@ -242,7 +242,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let result = loop {
         let session = tokio::select! {
             () = &mut shutdown => break Ok(()),
-            session = link.register(&info) => session,
+            session = link.register_retrying(&info) => session,
         };
         let (connection, id, early) = match session {
             Ok(session) => session,
@@ -294,7 +294,27 @@ struct Link<'a> {
     cpu: CpuMeter,
 }
 
+/// The pause before registering again after a handshake failed on the way.
+const REGISTER_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 impl Link<'_> {
+    /// [`Link::register`], tried again within `reconnect_timeout` while it
+    /// fails for a reason that may pass (a connection reset during the
+    /// handshake, as when a scheduler going down accepted it); a refusal
+    /// or a protocol error ends it.
+    async fn register_retrying(&self, info: &WorkerInfo) -> Result<(Connection, WorkerId, WorkerDown)> {
+        let deadline = Instant::now() + self.options.reconnect_timeout;
+        loop {
+            match self.register(info).await {
+                Err(error) if transient(&error) && Instant::now() + REGISTER_RETRY_PAUSE < deadline => {
+                    debug!(worker = %self.name, %error, "registering failed on the way; trying again");
+                    tokio::time::sleep(REGISTER_RETRY_PAUSE).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Connects to the scheduler and registers.
     /// Returns the connection, our id, and what else the scheduler sent in
     /// the same batch (work queued before we joined).
@@ -711,5 +731,14 @@ async fn fetch(
                 missing: tasks,
             }
         }
+    }
+}
+
+/// Whether registering may succeed if tried again.
+fn transient(error: &RuntimeError) -> bool {
+    match error {
+        RuntimeError::Transport(error) => error.is_retryable(),
+        RuntimeError::SchedulerLost { .. } => true,
+        _ => false,
     }
 }
