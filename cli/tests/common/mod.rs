@@ -85,8 +85,8 @@ pub fn slow_tree(prefix: &str, leaves: usize, ms: u64) -> Graph {
     graph
 }
 
-/// Submits `leaves` tasks of 3 s (leaf `i` gives `i`) and a last one of
-/// 2 s that sums them; returns the futures (the last's first, then the
+/// Submits `leaves` tasks of 5 s (leaf `i` gives `i`) and a last one of
+/// 1 s that sums them; returns the futures (the last's first, then the
 /// leaves') once every leaf is done and the last has started.
 pub async fn leaves_done_last_running(client: &Client, prefix: &str, leaves: usize) -> Vec<weft::TaskFuture> {
     use weft::TaskSpec;
@@ -95,7 +95,7 @@ pub async fn leaves_done_last_running(client: &Client, prefix: &str, leaves: usi
             TaskSpec::new(
                 format!("{prefix}-{i}"),
                 "delay",
-                args(&(3_000u64, i as i64)).unwrap(),
+                args(&(5_000u64, i as i64)).unwrap(),
                 vec![],
             )
         })
@@ -105,7 +105,7 @@ pub async fn leaves_done_last_running(client: &Client, prefix: &str, leaves: usi
     tasks.push(TaskSpec::new(
         last.clone(),
         "delay",
-        args(&(2_000u64, 0i64)).unwrap(),
+        args(&(1_000u64, 0i64)).unwrap(),
         keys.clone(),
     ));
     let mut outputs = vec![last.into()];
