@@ -155,9 +155,9 @@ struct State {
     next_query: u64,
     /// False while the client reconnects to a scheduler that went away.
     reconnecting: bool,
-    /// Data addresses of the workers last seen (the last list of workers
-    /// asked for, and every holder named since): after a reconnection the
-    /// client waits for them, as they hold what it needs.
+    /// Data addresses in the last list of workers asked for: after a
+    /// reconnection the client waits for them (and for the holders of its
+    /// results), as they hold what it needs.
     workers_seen: BTreeSet<String>,
     /// Why the scheduler connection ended for good, once it has.
     lost: Option<String>,
@@ -1279,18 +1279,24 @@ fn resubmission(kept: &Message, outputs: Vec<Key>) -> std::result::Result<Messag
 impl State {
     /// The connection is gone: futures wait again (their results' ids and
     /// holders were the old scheduler's), queries are void. Returns the
-    /// addresses of the workers seen last, which hold the results made so
-    /// far (intermediate ones included).
+    /// addresses of the workers seen last and of the holders of results,
+    /// which hold what was made so far (intermediate results included).
     fn outage(&mut self) -> BTreeSet<String> {
         self.reconnecting = true;
         self.unanswered.clear();
         self.queries.clear();
+        let mut seen = self.workers_seen.clone();
         for entry in self.keys.values_mut() {
-            if matches!(entry.status, Status::Memory(..) | Status::Lost) {
-                entry.status = Status::Pending;
+            match &entry.status {
+                Status::Memory(_, holders) => {
+                    seen.extend(holders.iter().map(|p| p.address.to_string()));
+                    entry.status = Status::Pending;
+                }
+                Status::Lost => entry.status = Status::Pending,
+                _ => {}
             }
         }
-        self.workers_seen.clone()
+        seen
     }
 
     /// A future made by graph `id` is gone; so is the graph once it has
@@ -1342,14 +1348,7 @@ fn apply(state: &mut State, message: ToClient) {
                 }
             }
         }
-        ToClient::InMemory { key, task, who_has, .. } => {
-            for peer in &who_has {
-                if !state.workers_seen.contains(peer.address.as_str()) {
-                    state.workers_seen.insert(peer.address.to_string());
-                }
-            }
-            set(state, &key, Status::Memory(task, who_has));
-        }
+        ToClient::InMemory { key, task, who_has, .. } => set(state, &key, Status::Memory(task, who_has)),
         ToClient::Erred { key, error } => set(state, &key, Status::Erred(error)),
         ToClient::Lost { key } => set(state, &key, Status::Lost),
         ToClient::ScatterRejected { worker, keys, reason } => {
