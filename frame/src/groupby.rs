@@ -18,7 +18,7 @@ use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FrameError, Result};
-use crate::eval::evaluate;
+use crate::eval::Evaluator;
 use crate::expr::{AggFunc, Expr, col};
 
 /// One aggregate of a group-by: `func(input) as name`.
@@ -151,7 +151,8 @@ fn dense<K: std::hash::Hash + Eq>(values: impl Iterator<Item = Option<K>>, rows:
 /// each group, in order of first appearance) then one column per aggregate.
 pub fn aggregate(batch: &RecordBatch, keys: &[Expr], aggs: &[AggSpec]) -> Result<RecordBatch> {
     let rows = batch.num_rows();
-    let key_arrays = keys.iter().map(|k| evaluate(k, batch)).collect::<Result<Vec<_>>>()?;
+    let mut evaluator = Evaluator::new(batch);
+    let key_arrays = keys.iter().map(|k| evaluator.evaluate(k)).collect::<Result<Vec<_>>>()?;
     let groups = group_rows(&key_arrays, rows)?;
     let firsts = UInt32Array::from(groups.firsts.clone());
     let mut fields = Vec::new();
@@ -168,7 +169,7 @@ pub fn aggregate(batch: &RecordBatch, keys: &[Expr], aggs: &[AggSpec]) -> Result
             }
             Arc::new(Int64Array::from(counts)) as ArrayRef
         } else {
-            let input = evaluate(&agg.input, batch)?;
+            let input = evaluator.evaluate(&agg.input)?;
             accumulate(agg.func, &input, &groups)?
         };
         fields.push(Field::new(agg.name.clone(), out.data_type().clone(), true));
@@ -461,7 +462,11 @@ mod tests {
             &phases.merge,
         )
         .unwrap();
-        let finals: Vec<ArrayRef> = phases.finals.iter().map(|e| evaluate(e, &merged).unwrap()).collect();
+        let finals: Vec<ArrayRef> = phases
+            .finals
+            .iter()
+            .map(|e| crate::eval::evaluate(e, &merged).unwrap())
+            .collect();
         // Compare as maps keyed by the group key (orders differ).
         let as_map = |cols: &[ArrayRef]| {
             let mut m = BTreeMap::new();

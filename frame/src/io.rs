@@ -350,7 +350,7 @@ mod tests {
         // Three row groups: 0..100, 100..200, 200..300.
         let file = File::create(&path).unwrap();
         let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_size(100)
+            .set_max_row_group_row_count(Some(100))
             .build();
         let mut w = parquet::arrow::ArrowWriter::try_new(file, batch(0..1).schema(), Some(props)).unwrap();
         w.write(&batch(0..300)).unwrap();

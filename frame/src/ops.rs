@@ -18,7 +18,7 @@ use weft_runtime::ops::OpError;
 use weft_runtime::{Registry, Value};
 
 use crate::error::{FrameError, Result};
-use crate::eval::evaluate;
+use crate::eval::{Evaluator, evaluate};
 use crate::expr::Expr;
 use crate::groupby::{AggSpec, aggregate};
 use crate::join::{JoinSpec, hash_join};
@@ -306,8 +306,9 @@ pub fn apply(step: &Step, batch: RecordBatch) -> Result<RecordBatch> {
         Step::WithColumns(exprs) => {
             let schema = crate::plan::with_columns_schema(batch.schema_ref(), exprs)?;
             let mut columns = batch.columns().to_vec();
+            let mut evaluator = Evaluator::new(&batch);
             for e in exprs {
-                let a = evaluate(e, &batch)?;
+                let a = evaluator.evaluate(e)?;
                 let name = e.output_name();
                 match batch.schema_ref().index_of(&name) {
                     Ok(i) => columns[i] = a,
@@ -336,8 +337,9 @@ pub fn apply(step: &Step, batch: RecordBatch) -> Result<RecordBatch> {
 pub fn select(batch: &RecordBatch, exprs: &[Expr]) -> Result<RecordBatch> {
     let mut fields = Vec::with_capacity(exprs.len());
     let mut columns = Vec::with_capacity(exprs.len());
+    let mut evaluator = Evaluator::new(batch);
     for e in exprs {
-        let a = evaluate(e, batch)?;
+        let a = evaluator.evaluate(e)?;
         let nullable = match e.unaliased() {
             Expr::Column(c) => batch
                 .schema_ref()

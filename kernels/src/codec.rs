@@ -135,7 +135,7 @@ fn compact(data: ArrayData) -> Result<ArrayData, KernelError> {
         return Ok(data);
     }
     let mut copy = MutableArrayData::new(vec![&data], false, data.len());
-    copy.extend(0, 0, data.len());
+    copy.try_extend(0, 0, data.len())?;
     Ok(copy.freeze())
 }
 
