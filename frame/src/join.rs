@@ -143,14 +143,46 @@ impl<K: std::hash::Hash + Eq> Table<K> {
     }
 }
 
-/// Matching (probe row, build row) pairs.
-fn matches(build: &[ArrayRef], probe: &[ArrayRef]) -> Result<(Vec<u32>, Vec<u32>)> {
+/// The hash table over a build side with one integer (or date) key, built
+/// once and probed by every batch joined with it: a broadcast side is
+/// probed by each partition of the other side ([`crate::broadcast`]).
+pub struct IntIndex(Table<i64>);
+
+impl IntIndex {
+    /// The table over `batch`'s key column `key`, if it is one integer or
+    /// date column (the keys every join brings to int64); `None` otherwise.
+    pub fn build(batch: &RecordBatch, key: &[String]) -> Result<Option<IntIndex>> {
+        let [name] = key else { return Ok(None) };
+        let Some(column) = batch.column_by_name(name) else {
+            return Ok(None);
+        };
+        let t = column.data_type();
+        if !(t.is_integer() || *t == DataType::Date32) {
+            return Ok(None);
+        }
+        let keys = arrow_cast::cast(column, &DataType::Int64)?;
+        let keys = keys.as_primitive::<Int64Type>();
+        Ok(Some(IntIndex(Table::build(keys.iter(), keys.len()))))
+    }
+}
+
+/// Matching (probe row, build row) pairs; `index` is the build side's
+/// table when it was built before.
+fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> Result<(Vec<u32>, Vec<u32>)> {
     let (mut p_idx, mut b_idx) = (Vec::new(), Vec::new());
     if let ([b], [p]) = (build, probe)
         && *b.data_type() == DataType::Int64
     {
-        let (b, p) = (b.as_primitive::<Int64Type>(), p.as_primitive::<Int64Type>());
-        let table = Table::build(b.iter(), b.len());
+        let p = p.as_primitive::<Int64Type>();
+        let built;
+        let table = match index {
+            Some(IntIndex(table)) => table,
+            None => {
+                let b = b.as_primitive::<Int64Type>();
+                built = Table::build(b.iter(), b.len());
+                &built
+            }
+        };
         for (row, key) in p.iter().enumerate() {
             if let Some(key) = key {
                 table.probe(&key, |m| {
@@ -182,15 +214,23 @@ fn matches(build: &[ArrayRef], probe: &[ArrayRef]) -> Result<(Vec<u32>, Vec<u32>
     Ok((p_idx, b_idx))
 }
 
-/// Joins two batches as `spec` says, into `schema` (from [`join_schema`]).
-pub fn hash_join(left: &RecordBatch, right: &RecordBatch, spec: &JoinSpec, schema: SchemaRef) -> Result<RecordBatch> {
+/// Joins two batches as `spec` says, into `schema` (from [`join_schema`]);
+/// `index` is the build side's table when it was built before (from the
+/// same batch and keys).
+pub fn hash_join(
+    left: &RecordBatch,
+    right: &RecordBatch,
+    spec: &JoinSpec,
+    schema: SchemaRef,
+    index: Option<&IntIndex>,
+) -> Result<RecordBatch> {
     let (lk, rk) = unify(key_columns(left, &spec.left_on)?, key_columns(right, &spec.right_on)?)?;
     let build_left = spec.build_left && spec.how == JoinType::Inner;
     let (l_idx, r_idx): (Vec<u32>, Vec<Option<u32>>) = if build_left {
-        let (r, l) = matches(&lk, &rk)?;
+        let (r, l) = matches(&lk, &rk, index)?;
         (l, r.into_iter().map(Some).collect())
     } else {
-        let (l, r) = matches(&rk, &lk)?;
+        let (l, r) = matches(&rk, &lk, index)?;
         match spec.how {
             JoinType::Inner => (l, r.into_iter().map(Some).collect()),
             JoinType::Left => {
@@ -250,7 +290,7 @@ pub fn hash_join(left: &RecordBatch, right: &RecordBatch, spec: &JoinSpec, schem
 /// [`hash_join`] computing the schema itself.
 pub fn join_batches(left: &RecordBatch, right: &RecordBatch, spec: &JoinSpec) -> Result<RecordBatch> {
     let schema = Arc::new(join_schema(left.schema_ref(), right.schema_ref(), spec)?);
-    hash_join(left, right, spec, schema)
+    hash_join(left, right, spec, schema, None)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::error::{FrameError, Result};
 use crate::eval::{Evaluator, evaluate};
 use crate::expr::Expr;
 use crate::groupby::{AggSpec, aggregate};
-use crate::join::{JoinSpec, hash_join};
+use crate::join::{JoinSpec, JoinType, hash_join};
 use crate::partition;
 
 /// The op that runs a partition task.
@@ -183,6 +183,7 @@ pub struct TaskArgs {
 
 /// Runs a task on its inputs; returns its pieces (one unless split).
 pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
+    crate::broadcast::forget_released();
     let (inputs, boundaries) = match (args.steps.last(), inputs.split_last()) {
         (Some(Step::RangeSplit { .. }), Some((last, data))) => (data, Some(last)),
         (Some(Step::RangeSplit { .. }), None) => {
@@ -270,12 +271,18 @@ fn start(input: &Input, inputs: &[Arc<Value>]) -> Result<RecordBatch> {
             let probed = probed
                 .pop()
                 .ok_or_else(|| FrameError::Plan("a join's probe side is split".into()))?;
-            let built = concat_inputs(&inputs[*probe_deps..])?;
+            // The table goes on the built side when the spec says so (as
+            // the planner does for broadcasts); only then is it kept.
+            let build_left = spec.build_left && spec.how == JoinType::Inner;
+            let table_on_built = build_left != *probe_is_left;
+            let key = if *probe_is_left { &spec.right_on } else { &spec.left_on };
+            let built = crate::broadcast::build_side(&inputs[*probe_deps..], key, concat_inputs)?;
+            let index = built.index.as_ref().filter(|_| table_on_built);
             let schema = Arc::new(schema.clone());
             if *probe_is_left {
-                hash_join(&probed, &built, spec, schema)
+                hash_join(&probed, &built.batch, spec, schema, index)
             } else {
-                hash_join(&built, &probed, spec, schema)
+                hash_join(&built.batch, &probed, spec, schema, index)
             }
         }
     }
