@@ -120,11 +120,43 @@ fn column_groups(key: &ArrayRef) -> Result<Groups> {
     }
     if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
         let strings = arrow_cast::cast(key, &DataType::Utf8)?;
-        return Ok(dense(strings.as_string::<i32>().iter(), rows));
+        let strings = strings.as_string::<i32>();
+        if let Some(packed) = packed(strings) {
+            let valid = |row: usize| strings.is_valid(row);
+            return Ok(dense(
+                packed.into_iter().enumerate().map(|(row, k)| valid(row).then_some(k)),
+                rows,
+            ));
+        }
+        return Ok(dense(strings.iter(), rows));
     }
     let converter = RowConverter::new(vec![SortField::new(t.clone())])?;
     let encoded = converter.convert_columns(std::slice::from_ref(key))?;
     Ok(dense((0..rows).map(|row| Some(encoded.row(row).data())), rows))
+}
+
+/// Strings of at most 7 bytes as one `u64` each (the bytes, and the length
+/// in the top byte, so no two strings share one), to be numbered as
+/// integers are: flags and codes such as TPC-H's `l_returnflag`. `None`
+/// when a string is longer.
+fn packed(strings: &arrow_array::StringArray) -> Option<Vec<u64>> {
+    let offsets = strings.value_offsets();
+    if offsets.windows(2).any(|w| w[1] - w[0] > 7) {
+        return None;
+    }
+    let bytes = strings.value_data();
+    Some(
+        offsets
+            .windows(2)
+            .map(|w| {
+                let value = &bytes[w[0] as usize..w[1] as usize];
+                let mut word = [0u8; 8];
+                word[..value.len()].copy_from_slice(value);
+                word[7] = value.len() as u8;
+                u64::from_le_bytes(word)
+            })
+            .collect(),
+    )
 }
 
 /// Numbers `values` in order of first appearance (`None` is one value).
@@ -433,6 +465,29 @@ mod tests {
         assert_eq!(f(5), [Some(1.0), Some(2.0), Some(4.0)]);
         assert_eq!(f(6), [Some(6.0), Some(5.0), Some(4.0)]);
         assert_eq!(n(7), [Some(2), Some(2), Some(1)]);
+    }
+
+    #[test]
+    fn short_and_long_string_keys_group_alike() {
+        // Short strings are packed into integers: prefixes, empty strings,
+        // embedded zero bytes and nulls stay distinct.
+        let short = vec![
+            Some("a"),
+            Some(""),
+            Some("a\0"),
+            None,
+            Some("ab"),
+            Some("a"),
+            Some(""),
+            None,
+        ];
+        let long: Vec<Option<String>> = short.iter().map(|s| s.map(|s| format!("{s}-a-long-tail"))).collect();
+        let short = Arc::new(StringArray::from(short)) as ArrayRef;
+        let long = Arc::new(StringArray::from(long)) as ArrayRef;
+        let (a, b) = (column_groups(&short).unwrap(), column_groups(&long).unwrap());
+        assert!(packed(short.as_string::<i32>()).is_some() && packed(long.as_string::<i32>()).is_none());
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.ids, [0, 1, 2, 3, 4, 0, 1, 3]);
     }
 
     #[test]
