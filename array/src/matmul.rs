@@ -69,7 +69,7 @@ impl Array {
         let rechunked;
         let other = if self.chunks.axis(1) != other.chunks.axis(0) {
             let want = Chunks(vec![self.chunks.axis(1).to_vec(), other.chunks.axis(1).to_vec()]);
-            rechunked = other.rechunk_to(want, crate::rechunk::DEFAULT_MAX_FANIN)?;
+            rechunked = other.rechunk_to(want, &crate::rechunk::RechunkOptions::default())?;
             &rechunked
         } else {
             other
