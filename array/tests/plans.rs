@@ -356,6 +356,20 @@ fn a_product_with_its_own_transpose_multiplies_the_upper_blocks_only() {
             assert_eq!(got[i], got[(i % m) * m + i / m]);
         }
     }
+    // A diagonal block larger than a strip of its upper triangle (128
+    // rows), summing two products.
+    let (m, k) = (160, 3);
+    let v = data(&mut rng, &[m, k]);
+    let x = from_slice(&v, &[m, k], &[m, 2]).unwrap();
+    let got = host(&x.matmul(&x.t()).unwrap());
+    let expected: Vec<f64> = (0..m * m)
+        .map(|i| (0..k).map(|l| v[(i / m) * k + l] * v[(i % m) * k + l]).sum())
+        .collect();
+    close(&got, &expected);
+    assert!((0..m * m).all(|i| got[i] == got[(i % m) * m + i / m]));
+    let (m, k) = (7, 5);
+    let v = data(&mut rng, &[m, k]);
+    let x = from_slice(&v, &[m, k], &[3, 2]).unwrap();
     // X.T @ X too (2 x 2 + ragged: 3 x 3 blocks of 5 x 5).
     let h = x.t().matmul(&x).unwrap();
     assert_eq!(count(&h, "array.matmul"), 6);
