@@ -376,7 +376,10 @@ impl Array {
     }
 
     /// The tasks of every layer the array reads, each lowered by `tasks`.
-    fn graph_with<E>(&self, mut tasks: impl FnMut(&Layer) -> std::result::Result<Vec<TaskSpec>, E>) -> std::result::Result<Graph, E> {
+    fn graph_with<E>(
+        &self,
+        mut tasks: impl FnMut(&Layer) -> std::result::Result<Vec<TaskSpec>, E>,
+    ) -> std::result::Result<Graph, E> {
         let layer = self.layer();
         let mut all = Vec::new();
         let mut seen = HashSet::new();

@@ -191,7 +191,9 @@ pub fn run_matmul(args: &MatmulArgs, inputs: &[Arc<Value>]) -> Result<Value> {
     let (_, n) = dims(&views[args.pairs].shape, args.trans_b)?;
     let dtype = views[0].dtype();
     if args.symmetric && m != n {
-        return Err(ArrayError::Data(format!("matmul: a symmetric product of shape [{m}, {n}]")));
+        return Err(ArrayError::Data(format!(
+            "matmul: a symmetric product of shape [{m}, {n}]"
+        )));
     }
     let mut out = Out::new(dtype, &[m, n]);
     for p in 0..args.pairs {

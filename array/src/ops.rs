@@ -73,14 +73,20 @@ pub fn register(registry: &mut Registry) -> &mut Registry {
         .raw_op(SPLIT_OP, |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: SplitArgs = decode_args(a)?;
             let [input] = inputs else {
-                return Err(OpError::BadInput(format!("{SPLIT_OP} takes one chunk, not {}", inputs.len())));
+                return Err(OpError::BadInput(format!(
+                    "{SPLIT_OP} takes one chunk, not {}",
+                    inputs.len()
+                )));
             };
             Ok(run_split(&args, input)?)
         })
         .raw_op(PIECE_OP, |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let output: u32 = decode_args(a)?;
             let [split] = inputs else {
-                return Err(OpError::BadInput(format!("{PIECE_OP} takes one split, not {}", inputs.len())));
+                return Err(OpError::BadInput(format!(
+                    "{PIECE_OP} takes one split, not {}",
+                    inputs.len()
+                )));
             };
             Ok(run_piece(output, split)?)
         })

@@ -162,10 +162,12 @@ impl Shuffle {
         let combine = self
             .outputs
             .iter()
-            .map(|a| args(a).map(|args| Call {
-                op: "array.assemble".into(),
-                args,
-            }))
+            .map(|a| {
+                args(a).map(|args| Call {
+                    op: "array.assemble".into(),
+                    args,
+                })
+            })
             .collect::<std::result::Result<Vec<_>, String>>()
             .map_err(ArrayError::Data)?;
         let shuffle = weft_runtime::shuffle::tasks(name, &spec, inputs, PIECE_OP, |j| combine[j as usize].clone())
@@ -189,7 +191,12 @@ impl Shuffle {
             for (d, piece) in assemble.pieces.iter_mut().enumerate() {
                 let key = Key::from(format!("{name}-piece-{}-{j}", piece.dep));
                 let a = args(&(j as u32)).map_err(ArrayError::Data)?;
-                tasks.push(TaskSpec::new(key.clone(), PIECE_OP, a, vec![split_key(piece.dep as usize)]));
+                tasks.push(TaskSpec::new(
+                    key.clone(),
+                    PIECE_OP,
+                    a,
+                    vec![split_key(piece.dep as usize)],
+                ));
                 deps.push(key);
                 piece.dep = d as u32;
             }
@@ -320,7 +327,10 @@ mod tests {
         assert_eq!(one.shape, [2, 3]);
         assert_eq!(one.data.as_slice::<f64>().unwrap(), [7., 8., 9., 12., 13., 14.]);
         let three = piece(3);
-        assert_eq!(decode_one(&three).unwrap().data.as_slice::<f64>().unwrap(), [0., 5., 10., 15.]);
+        assert_eq!(
+            decode_one(&three).unwrap().data.as_slice::<f64>().unwrap(),
+            [0., 5., 10., 15.]
+        );
         let none = piece(2);
         let none = decode_one(&none).unwrap();
         assert_eq!((none.shape.as_slice(), none.data.len()), ([0, 0].as_slice(), 0));

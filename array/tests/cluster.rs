@@ -190,7 +190,9 @@ async fn a_p2p_rechunk_gives_the_assemble_paths_values_on_cpus_and_gpus() {
     let mut rng = fastrand::Rng::with_seed(5);
     while cases.len() < 7 {
         let nd = 2 + cases.len() % 2;
-        let shape: Vec<usize> = (0..nd).map(|_| rng.usize(1..=(if nd == 2 { 40 } else { 12 }))).collect();
+        let shape: Vec<usize> = (0..nd)
+            .map(|_| rng.usize(1..=(if nd == 2 { 40 } else { 12 })))
+            .collect();
         let (from, to) = (chunking(&mut rng, &shape), chunking(&mut rng, &shape));
         if Chunks::regular(&shape, &from).unwrap() != Chunks::regular(&shape, &to).unwrap() {
             cases.push((shape, from, to));
@@ -202,7 +204,11 @@ async fn a_p2p_rechunk_gives_the_assemble_paths_values_on_cpus_and_gpus() {
         for (i, (shape, from, to)) in cases.iter().enumerate() {
             let x = random::random(30 + i as u64, shape, from).unwrap();
             // An integer array too, for one case.
-            let x = if i == 1 { (&x * 100.0).unwrap().astype(DType::I32) } else { x };
+            let x = if i == 1 {
+                (&x * 100.0).unwrap().astype(DType::I32)
+            } else {
+                x
+            };
             let chunks = Chunks::regular(shape, to).unwrap();
             let y = x.rechunk_to(chunks.clone(), &p2p).unwrap();
             assert!(y.explain().contains("p2p rechunk"), "{}", y.explain());

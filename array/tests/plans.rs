@@ -7,7 +7,9 @@
 mod common;
 
 use weft_array::chunks::{ravel, strides, unravel};
-use weft_array::{Array, ArrayError, BinaryOp, DType, RechunkOptions, ReduceOp, arange, from_slice, full, linspace, random, registry};
+use weft_array::{
+    Array, ArrayError, BinaryOp, DType, RechunkOptions, ReduceOp, arange, from_slice, full, linspace, random, registry,
+};
 
 /// Computed on the CPU and on GPUs (emulated, and CUDA when present),
 /// which must agree.
@@ -629,7 +631,11 @@ fn a_p2p_rechunk_is_linear_in_the_chunks_and_gives_the_assemble_paths_values() {
     // Per transfer the plan and its chunk, the barrier every transfer, per
     // unpack the barrier.
     assert_eq!(deps, 2 * n + n + n);
-    assert!(y.explain().contains("p2p rechunk: 40 transfers push 1600 pieces"), "{}", y.explain());
+    assert!(
+        y.explain().contains("p2p rechunk: 40 transfers push 1600 pieces"),
+        "{}",
+        y.explain()
+    );
     assert_eq!(host(&y), values);
     // The assemble path reads every piece as a task input: n * m edges.
     let assembled = x
