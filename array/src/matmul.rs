@@ -5,7 +5,8 @@
 //! read through strides, never copied. A product of an array and its own
 //! transpose is symmetric: its blocks below the diagonal are the
 //! transposes of those above (BLAS's `syrk`, which NumPy calls for
-//! `y @ y.T`), so only `m (m + 1) / 2` blocks are multiplied.
+//! `y @ y.T`), so only `m (m + 1) / 2` blocks are multiplied, and of a
+//! diagonal block only its upper triangle, then mirrored.
 
 use std::sync::Arc;
 
