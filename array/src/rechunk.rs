@@ -320,8 +320,11 @@ pub struct RechunkOptions {
 }
 
 /// Pieces from which a rechunk goes through the P2P shuffle, unless told
-/// otherwise.
-pub const DEFAULT_P2P_MIN_PIECES: usize = 1024;
+/// otherwise: on two local workers, rechunking 8000 x 8000 float64s from
+/// row to column blocks, assemble tasks were as fast or faster up to 50 x
+/// 50 blocks (2500 pieces), the P2P shuffle 1.3-1.6x faster from 80 x 80
+/// (6400).
+pub const DEFAULT_P2P_MIN_PIECES: usize = 4096;
 
 impl Default for RechunkOptions {
     fn default() -> Self {
