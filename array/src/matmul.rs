@@ -127,13 +127,12 @@ impl Array {
                     } else {
                         Key::from(format!("{name}-g-{o}-{g}"))
                     };
-                    let mut task = TaskSpec::new(k.clone(), "array.matmul", args(&margs).unwrap_or_default(), deps);
-                    if margs.symmetric {
-                        // Half the work of the others: run last, so that
-                        // the workers' last tasks end closer together.
-                        task.annotations.priority = -1;
-                    }
-                    tasks.push(task);
+                    tasks.push(TaskSpec::new(
+                        k.clone(),
+                        "array.matmul",
+                        args(&margs).unwrap_or_default(),
+                        deps,
+                    ));
                     level.push(k);
                 }
                 if !single {
