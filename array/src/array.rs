@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use weft_runtime::{Client, Graph, Key, TaskSpec, ops::args};
+use weft_runtime::{Client, Graph, Key, SharedStr, TaskFuture, TaskSpec, ops::args};
 
 use crate::block::{Buf, decode_one};
 use crate::chunks::{Chunks, strides, unravel};
@@ -15,6 +15,7 @@ use crate::dtype::{DType, Element, Scalar};
 use crate::error::{ArrayError, Result};
 use crate::expr::{BinaryOp, Program, UnaryOp};
 use crate::fuse::{FusedArgs, Gen, LeafArg};
+use crate::p2p::Shuffle;
 use crate::with_typed;
 
 /// A layer of tasks: the keys of an array's chunks (flat chunk order;
@@ -33,6 +34,9 @@ pub struct Layer {
     /// Chunks put into the workers' memory by [`crate::scatter()`], kept
     /// there while this layer lives.
     pub held: Held,
+    /// A P2P rechunk's plan, lowered again for each run over the cluster's
+    /// workers; its `tasks` are the plan as shown, naming no workers.
+    pub shuffle: Option<Arc<Shuffle>>,
 }
 
 /// Futures on scattered chunks: the workers keep a scattered value while a
@@ -56,6 +60,26 @@ impl Layer {
             deps,
             keys,
             held: Held::default(),
+            shuffle: None,
+        })
+    }
+
+    /// A P2P rechunk's layer over `src`: its chunks are `keys`, `tasks`
+    /// the shuffle as shown.
+    pub(crate) fn shuffled(
+        name: String,
+        tasks: Vec<TaskSpec>,
+        src: Arc<Layer>,
+        keys: Vec<Key>,
+        shuffle: Arc<Shuffle>,
+    ) -> Arc<Layer> {
+        Arc::new(Layer {
+            name,
+            tasks,
+            deps: vec![src],
+            keys,
+            held: Held::default(),
+            shuffle: Some(shuffle),
         })
     }
 
@@ -325,26 +349,62 @@ impl Array {
     }
 
     /// The task graph computing this array, its chunks as outputs (flat
-    /// chunk order).
+    /// chunk order), with P2P rechunks as shown, naming no workers: a
+    /// cluster runs [`Array::graph_on`].
     pub fn graph(&self) -> Graph {
+        match self.graph_with(|l| Ok::<_, std::convert::Infallible>(l.tasks.clone())) {
+            Ok(graph) => graph,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The graph of run `run` over `workers` (their data addresses) of the
+    /// P2P rechunks in the plan (see [`weft_runtime::shuffle::compute`]).
+    pub fn graph_on(&self, workers: &[SharedStr], run: u64) -> Result<Graph> {
+        self.graph_with(|l| match &l.shuffle {
+            Some(s) => s.tasks(&l.name, workers, run),
+            None => Ok(l.tasks.clone()),
+        })
+    }
+
+    /// The graph computed in this process: P2P rechunks as plain tasks.
+    pub(crate) fn local_graph(&self) -> Result<Graph> {
+        self.graph_with(|l| match &l.shuffle {
+            Some(s) => s.local_tasks(&l.name),
+            None => Ok(l.tasks.clone()),
+        })
+    }
+
+    /// The tasks of every layer the array reads, each lowered by `tasks`.
+    fn graph_with<E>(
+        &self,
+        mut tasks: impl FnMut(&Layer) -> std::result::Result<Vec<TaskSpec>, E>,
+    ) -> std::result::Result<Graph, E> {
         let layer = self.layer();
-        let mut tasks = Vec::new();
+        let mut all = Vec::new();
         let mut seen = HashSet::new();
         let mut stack = vec![layer.clone()];
         while let Some(l) = stack.pop() {
             if !seen.insert(l.name.clone()) {
                 continue;
             }
-            tasks.extend(l.tasks.iter().cloned());
+            all.extend(tasks(&l)?);
             stack.extend(l.deps.iter().cloned());
         }
         let outputs = (0..self.chunks.nblocks()).map(|i| layer.key(i)).collect();
-        Graph { tasks, outputs }
+        Ok(Graph { tasks: all, outputs })
+    }
+
+    /// Computes the array's chunks on the cluster (a P2P rechunk whose
+    /// worker is lost runs again over the workers left); their futures,
+    /// done.
+    pub async fn compute(&self, client: &Client) -> Result<Vec<TaskFuture>> {
+        weft_runtime::shuffle::compute(client, |workers, run| self.graph_on(workers, run)).await
     }
 
     /// Computes the array on the cluster and gathers it into one buffer.
     pub async fn to_host(&self, client: &Client) -> Result<HostArray> {
-        let futures = client.compute(self.graph()).await?;
+        let futures = self.compute(client).await?;
         let values = client.gather(&futures).await?;
         self.assemble(&values)
     }
@@ -406,13 +466,21 @@ impl Array {
             }
             _ => {
                 let layer = self.layer();
-                format!(
+                let mut s = format!(
                     "layer {} of {} tasks, {} {:?}\n",
                     layer.name,
                     layer.tasks.len(),
                     self.dtype,
                     self.shape
-                )
+                );
+                if let Some(shuffle) = &layer.shuffle {
+                    let (n, m, pieces) = shuffle.size();
+                    s += &format!(
+                        "p2p rechunk: {n} transfers push {pieces} pieces of {n} chunks worker to worker, \
+                         a barrier, {m} unpacks assemble the output chunks\n"
+                    );
+                }
+                s
             }
         }
     }
@@ -470,7 +538,7 @@ impl Array {
             aligned.push(if want == a.chunks.0 {
                 (*a).clone()
             } else {
-                a.rechunk_to(Chunks(want), crate::rechunk::DEFAULT_MAX_FANIN)?
+                a.rechunk_to(Chunks(want), &crate::rechunk::RechunkOptions::default())?
             });
         }
         let mut leaves: Vec<Leaf> = Vec::new();

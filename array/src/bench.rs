@@ -2,7 +2,9 @@
 //! (`x.sum()`), `array_add_t` (`(x + x.T).sum()`) and `matmul`
 //! (`(y @ y.T).sum()`), with `x`, `y` random `n x n` float64 in
 //! `chunk x chunk` blocks generated on the workers inside the timing, and
-//! the peers' checks.
+//! the peers' checks; and `rechunk` (`x.rechunk((n, chunk)).sum()`, `x` in
+//! row blocks of `chunk` rows; the peers have no such workload), checked
+//! against `x.sum()`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,12 +16,14 @@ use crate::create::random;
 use crate::error::{ArrayError, Result};
 
 /// The workloads this module runs.
-pub const WORKLOADS: [&str; 3] = ["array_sum", "array_add_t", "matmul"];
+pub const WORKLOADS: [&str; 4] = ["array_sum", "array_add_t", "matmul", "rechunk"];
 
 /// The peers' default `(n, chunk)` of a workload.
 pub fn defaults(workload: &str) -> (usize, usize) {
     if workload == "matmul" {
         (8_000, 1_000)
+    } else if workload == "rechunk" {
+        (8_000, 200)
     } else {
         (20_000, 2_000)
     }
@@ -95,13 +99,15 @@ impl ArrayBench {
     }
 
     fn input(&self, seed: u64, n: usize) -> Result<Array> {
-        random::random(seed, &[n, n], &[self.chunk, self.chunk])
+        let rows = if self.workload == "rechunk" { n } else { self.chunk };
+        random::random(seed, &[n, n], &[self.chunk, rows])
     }
 
     fn expr(&self, x: &Array) -> Result<Array> {
         match self.workload.as_str() {
             "array_sum" => x.sum(None),
             "array_add_t" => (x + &x.t())?.sum(None),
+            "rechunk" => x.rechunk(&[x.shape()[0], self.chunk])?.sum(None),
             _ => x.matmul(&x.t())?.sum(None),
         }
     }
@@ -148,11 +154,13 @@ impl ArrayBench {
             // E = n^2 / 2, sd = n / sqrt(12); allow 8 sd.
             return Ok(ok_if((r - n * n / 2.0).abs() <= 8.0 * n / 12f64.sqrt(), n * n / 2.0));
         }
-        // Independent identities: sum(x + x.T) = 2 sum(x); sum(y @ y.T) =
-        // |column sums of y|^2.
+        // Independent identities: sum(x + x.T) = 2 sum(x); a rechunk keeps
+        // the sum; sum(y @ y.T) = |column sums of y|^2.
         let x = self.input(seed, self.n)?;
         let want = if self.workload == "array_add_t" {
             2.0 * self.scalar(&x.sum(None)?).await?
+        } else if self.workload == "rechunk" {
+            self.scalar(&x.sum(None)?).await?
         } else {
             self.scalar(&x.sum(Some(&[0]))?.powf(2.0)?.sum(None)?).await?
         };

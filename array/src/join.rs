@@ -84,6 +84,7 @@ pub fn concatenate(arrays: &[&Array], axis: isize) -> Result<Array> {
         deps: layers,
         keys,
         held: Default::default(),
+        shuffle: None,
     });
     Ok(Array::from_layer(layer, dtype, shape, chunks))
 }

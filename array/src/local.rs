@@ -21,7 +21,7 @@ impl Array {
     /// Computes the array here as a worker of `site` would (on its GPU,
     /// when it has one), and gathers it.
     pub fn compute_on(&self, registry: &Registry, site: &Site) -> Result<HostArray> {
-        let graph = self.graph();
+        let graph = self.local_graph()?;
         let specs: HashMap<&Key, &weft_runtime::TaskSpec> = graph.tasks.iter().map(|t| (&t.key, t)).collect();
         let mut done: HashMap<Key, Arc<Value>> = HashMap::new();
         for output in &graph.outputs {

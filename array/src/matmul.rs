@@ -5,7 +5,8 @@
 //! read through strides, never copied. A product of an array and its own
 //! transpose is symmetric: its blocks below the diagonal are the
 //! transposes of those above (BLAS's `syrk`, which NumPy calls for
-//! `y @ y.T`), so only `m (m + 1) / 2` blocks are multiplied.
+//! `y @ y.T`), so only `m (m + 1) / 2` blocks are multiplied, and of a
+//! diagonal block only its upper triangle, then mirrored.
 
 use std::sync::Arc;
 
@@ -32,7 +33,16 @@ pub struct MatmulArgs {
     pub trans_a: bool,
     /// B's blocks are stored transposed.
     pub trans_b: bool,
+    /// Every product is symmetric (a diagonal block of `X @ X.T`): on the
+    /// CPU only its upper triangle is multiplied, then mirrored (half the
+    /// work, as BLAS's `syrk`); a GPU multiplies it whole.
+    #[serde(default)]
+    pub symmetric: bool,
 }
+
+/// Rows per strip of a symmetric product: strip `s` is multiplied from
+/// its diagonal on, so the strips do `(1 + 1 / strips) / 2` of the work.
+const SYMMETRIC_STRIP: usize = 128;
 
 /// An operand: its layer and whether the layer holds it transposed.
 fn operand(x: &Array, dtype: DType) -> (Arc<Layer>, bool, Chunks) {
@@ -69,7 +79,7 @@ impl Array {
         let rechunked;
         let other = if self.chunks.axis(1) != other.chunks.axis(0) {
             let want = Chunks(vec![self.chunks.axis(1).to_vec(), other.chunks.axis(1).to_vec()]);
-            rechunked = other.rechunk_to(want, crate::rechunk::DEFAULT_MAX_FANIN)?;
+            rechunked = other.rechunk_to(want, &crate::rechunk::RechunkOptions::default())?;
             &rechunked
         } else {
             other
@@ -110,6 +120,7 @@ impl Array {
                         pairs: group.len(),
                         trans_a: ta,
                         trans_b: tb,
+                        symmetric: symmetric && i == j,
                     };
                     let k = if single {
                         chunk_key(&name, o)
@@ -180,6 +191,11 @@ pub fn run_matmul(args: &MatmulArgs, inputs: &[Arc<Value>]) -> Result<Value> {
     let (m, _) = dims(&views[0].shape, args.trans_a)?;
     let (_, n) = dims(&views[args.pairs].shape, args.trans_b)?;
     let dtype = views[0].dtype();
+    if args.symmetric && m != n {
+        return Err(ArrayError::Data(format!(
+            "matmul: a symmetric product of shape [{m}, {n}]"
+        )));
+    }
     let mut out = Out::new(dtype, &[m, n]);
     for p in 0..args.pairs {
         let (a, b) = (&views[p], &views[args.pairs + p]);
@@ -201,14 +217,16 @@ pub fn run_matmul(args: &MatmulArgs, inputs: &[Arc<Value>]) -> Result<Value> {
                 let (x, y) = (a.data.as_slice::<f64>(), b.data.as_slice::<f64>());
                 let dst = out.as_mut::<f64>()?;
                 if let (Some(x), Some(y)) = (x, y) {
-                    gemm_into(dst, x, y, (m, ak, n), (ars, acs), (brs, bcs), read_dst, 1.0f64);
+                    let upper = args.symmetric;
+                    product(dst, x, y, (m, ak, n), (ars, acs), (brs, bcs), read_dst, upper, 1.0f64);
                 }
             }
             DType::F32 => {
                 let (x, y) = (a.data.as_slice::<f32>(), b.data.as_slice::<f32>());
                 let dst = out.as_mut::<f32>()?;
                 if let (Some(x), Some(y)) = (x, y) {
-                    gemm_into(dst, x, y, (m, ak, n), (ars, acs), (brs, bcs), read_dst, 1.0f32);
+                    let upper = args.symmetric;
+                    product(dst, x, y, (m, ak, n), (ars, acs), (brs, bcs), read_dst, upper, 1.0f32);
                 }
             }
             other => {
@@ -219,13 +237,71 @@ pub fn run_matmul(args: &MatmulArgs, inputs: &[Arc<Value>]) -> Result<Value> {
             }
         }
     }
+    if args.symmetric {
+        match dtype {
+            DType::F64 => mirror_upper(out.as_mut::<f64>()?, n),
+            _ => mirror_upper(out.as_mut::<f32>()?, n),
+        }
+    }
     out.finish()
 }
 
-/// `dst (+)= a @ b` through the `gemm` crate on this thread.
+/// `dst (+)= a @ b` (`dst` row-major `m x n`); with `upper`, only the
+/// upper triangle and the strips' corners below it, in row strips of
+/// [`SYMMETRIC_STRIP`] from their diagonal on.
+#[allow(clippy::too_many_arguments)]
+fn product<T: 'static + Copy + Default>(
+    dst: &mut [T],
+    a: &[T],
+    b: &[T],
+    (m, k, n): (usize, usize, usize),
+    (ars, acs): (usize, usize),
+    (brs, bcs): (usize, usize),
+    read_dst: bool,
+    upper: bool,
+    one: T,
+) {
+    if !upper {
+        gemm_into(dst, n, a, b, (m, k, n), (ars, acs), (brs, bcs), read_dst, one);
+        return;
+    }
+    for r in (0..m.min(n)).step_by(SYMMETRIC_STRIP) {
+        let rows = SYMMETRIC_STRIP.min(m - r);
+        gemm_into(
+            &mut dst[r * n + r..],
+            n,
+            &a[r * ars..],
+            &b[r * bcs..],
+            (rows, k, n - r),
+            (ars, acs),
+            (brs, bcs),
+            read_dst,
+            one,
+        );
+    }
+}
+
+/// Copies the upper triangle of the square row-major `n x n` `dst` onto
+/// its lower triangle, in tiles.
+fn mirror_upper<T: Copy>(dst: &mut [T], n: usize) {
+    const TILE: usize = 32;
+    for i0 in (0..n).step_by(TILE) {
+        for j0 in (0..=i0).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(n) {
+                for j in j0..(j0 + TILE).min(i) {
+                    dst[i * n + j] = dst[j * n + i];
+                }
+            }
+        }
+    }
+}
+
+/// `dst (+)= a @ b` through the `gemm` crate on this thread; `dst`'s rows
+/// are `ldd` apart.
 #[allow(clippy::too_many_arguments)]
 fn gemm_into<T: 'static + Copy + Default>(
     dst: &mut [T],
+    ldd: usize,
     a: &[T],
     b: &[T],
     (m, k, n): (usize, usize, usize),
@@ -239,15 +315,21 @@ fn gemm_into<T: 'static + Copy + Default>(
     }
     if k == 0 {
         if !read_dst {
-            dst.fill(T::default());
+            for row in dst.chunks_mut(ldd).take(m) {
+                row[..n].fill(T::default());
+            }
         }
         return;
     }
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // The last element each operand reads, by its strides.
+    let end = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
+    assert!(
+        ldd >= n && dst.len() >= end(m, ldd, n, 1) && a.len() >= end(m, ars, k, acs) && b.len() >= end(k, brs, n, bcs)
+    );
     // SAFETY: the lengths were checked just above against the shapes and
-    // strides (row-major `dst`, `a` and `b` each within their slices for
-    // the strides given, which describe a stored or transposed dense
-    // block); `dst` is a fresh output buffer aliasing neither input. With
+    // strides (`dst`, `a` and `b` each read or written within their slices
+    // at the strides given); `dst` is an output buffer aliasing neither
+    // input, and its rows, `ldd >= n` apart, do not overlap. With
     // `read_dst` false, `dst` is only written: dst = 1 * a * b.
     unsafe {
         gemm::gemm(
@@ -256,7 +338,7 @@ fn gemm_into<T: 'static + Copy + Default>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            ldd as isize,
             read_dst,
             a.as_ptr(),
             acs as isize,

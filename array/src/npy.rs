@@ -335,12 +335,18 @@ impl Array {
         write(path, &self.to_host(client).await?)
     }
 
-    /// The tasks writing every chunk as `dir/i.j.npy` (on the workers);
-    /// compute and wait for it with [`Array::to_npy_dir`].
+    /// The tasks writing every chunk as `dir/i.j.npy` (on the workers),
+    /// P2P rechunks shown naming no workers; [`Array::to_npy_dir`] computes
+    /// them over the cluster's.
     pub fn npy_dir_graph(&self, dir: &Path) -> weft_runtime::Graph {
+        self.with_npy_writes(self.graph(), dir)
+    }
+
+    /// `graph` (this array's) with its outputs replaced by tasks writing
+    /// every chunk as `dir/i.j.npy`.
+    fn with_npy_writes(&self, mut graph: weft_runtime::Graph, dir: &Path) -> weft_runtime::Graph {
         let src = self.layer();
         let name = unique_name("write-npy");
-        let mut graph = self.graph();
         graph.outputs.clear();
         for i in 0..self.chunks.nblocks() {
             let b = self.chunks.unravel(i);
@@ -363,7 +369,10 @@ impl Array {
     /// Writes every chunk as `dir/i.j.npy` from the worker holding it.
     pub async fn to_npy_dir(&self, client: &Client, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let futures = client.compute(self.npy_dir_graph(dir)).await?;
+        let futures = weft_runtime::shuffle::compute(client, |workers, run| {
+            Ok::<_, ArrayError>(self.with_npy_writes(self.graph_on(workers, run)?, dir))
+        })
+        .await?;
         client.gather(&futures).await?;
         Ok(())
     }

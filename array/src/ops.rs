@@ -10,6 +10,8 @@
 //! | `array.from_bytes` | [`FromBytes`] | none | the chunk in the arguments |
 //! | `array.matmul` | [`MatmulArgs`] | blocks of A and B | the sum of their products |
 //! | `array.assemble` | [`AssembleArgs`] | chunks holding the pieces | the chunk they make up |
+//! | `array.rechunk_split` | [`SplitArgs`] | one chunk | its regions for the output chunks, one frame each |
+//! | `array.rechunk_piece` | an output index (`u32`) | a split | that output's region, a chunk |
 //! | `array.reshape` | [`ReshapeArgs`] | one chunk | the same frame under a new shape |
 //! | `array.write_npy` | [`WriteNpy`] | one chunk | writes it as a `.npy` file; its byte count |
 //! | `array.read_npy` | [`ReadNpy`] | none | the chunk read from a `.npy` file |
@@ -26,6 +28,7 @@ use crate::error::ArrayError;
 use crate::fuse::{FusedArgs, from_bytes, run_fused};
 use crate::matmul::{MatmulArgs, run_matmul};
 use crate::npy::{ReadNpy, WriteNpy};
+use crate::p2p::{PIECE_OP, SPLIT_OP, SplitArgs, run_piece, run_split};
 use crate::rechunk::{AssembleArgs, run_assemble};
 use crate::reduce::combine;
 use crate::reshape::{ReshapeArgs, run_reshape};
@@ -67,6 +70,26 @@ pub fn register(registry: &mut Registry) -> &mut Registry {
                 Ok(run_assemble(&args, inputs)?)
             },
         )
+        .raw_op(SPLIT_OP, |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
+            let args: SplitArgs = decode_args(a)?;
+            let [input] = inputs else {
+                return Err(OpError::BadInput(format!(
+                    "{SPLIT_OP} takes one chunk, not {}",
+                    inputs.len()
+                )));
+            };
+            Ok(run_split(&args, input)?)
+        })
+        .raw_op(PIECE_OP, |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
+            let output: u32 = decode_args(a)?;
+            let [split] = inputs else {
+                return Err(OpError::BadInput(format!(
+                    "{PIECE_OP} takes one split, not {}",
+                    inputs.len()
+                )));
+            };
+            Ok(run_piece(output, split)?)
+        })
         .raw_op("array.reshape", |_: &OpContext<'_>, a: &[u8], inputs: &[Arc<Value>]| {
             let args: ReshapeArgs = decode_args(a)?;
             let input = inputs

@@ -47,6 +47,7 @@ where
         deps: Vec::new(),
         keys: futures.iter().map(|f| f.key().clone()).collect(),
         held: Held(futures),
+        shuffle: None,
     });
     Ok(Array::from_layer(layer, T::DTYPE, shape.to_vec(), chunks))
 }

@@ -7,7 +7,9 @@
 mod common;
 
 use weft_array::chunks::{ravel, strides, unravel};
-use weft_array::{Array, ArrayError, BinaryOp, DType, ReduceOp, arange, from_slice, full, linspace, random, registry};
+use weft_array::{
+    Array, ArrayError, BinaryOp, DType, RechunkOptions, ReduceOp, arange, from_slice, full, linspace, random, registry,
+};
 
 /// Computed on the CPU and on GPUs (emulated, and CUDA when present),
 /// which must agree.
@@ -356,6 +358,20 @@ fn a_product_with_its_own_transpose_multiplies_the_upper_blocks_only() {
             assert_eq!(got[i], got[(i % m) * m + i / m]);
         }
     }
+    // A diagonal block larger than a strip of its upper triangle (128
+    // rows), summing two products.
+    let (m, k) = (160, 3);
+    let v = data(&mut rng, &[m, k]);
+    let x = from_slice(&v, &[m, k], &[m, 2]).unwrap();
+    let got = host(&x.matmul(&x.t()).unwrap());
+    let expected: Vec<f64> = (0..m * m)
+        .map(|i| (0..k).map(|l| v[(i / m) * k + l] * v[(i % m) * k + l]).sum())
+        .collect();
+    close(&got, &expected);
+    assert!((0..m * m).all(|i| got[i] == got[(i % m) * m + i / m]));
+    let (m, k) = (7, 5);
+    let v = data(&mut rng, &[m, k]);
+    let x = from_slice(&v, &[m, k], &[3, 2]).unwrap();
     // X.T @ X too (2 x 2 + ragged: 3 x 3 blocks of 5 x 5).
     let h = x.t().matmul(&x).unwrap();
     assert_eq!(count(&h, "array.matmul"), 6);
@@ -596,6 +612,65 @@ fn want_sum(x: &Array, rows: &[isize]) -> f64 {
 }
 
 #[test]
+fn a_p2p_rechunk_is_linear_in_the_chunks_and_gives_the_assemble_paths_values() {
+    let p2p = RechunkOptions {
+        p2p_min_pieces: 0,
+        ..RechunkOptions::default()
+    };
+    let mut rng = fastrand::Rng::with_seed(11);
+    // 40 row blocks to 40 column blocks: 1600 pieces.
+    let n = 40;
+    let values = data(&mut rng, &[n, n]);
+    let x = from_slice(&values, &[n, n], &[1, n]).unwrap();
+    let to = weft_array::Chunks::regular(&[n, n], &[n, 1]).unwrap();
+    let y = x.rechunk_to(to.clone(), &p2p).unwrap();
+    let graph = y.graph();
+    let deps: usize = graph.tasks.iter().map(|t| t.deps.len()).sum();
+    // 40 input chunks; 40 transfers, a plan, a barrier and 40 unpacks.
+    assert_eq!(graph.tasks.len(), n + (n + n + 2));
+    // Per transfer the plan and its chunk, the barrier every transfer, per
+    // unpack the barrier.
+    assert_eq!(deps, 2 * n + n + n);
+    assert!(
+        y.explain().contains("p2p rechunk: 40 transfers push 1600 pieces"),
+        "{}",
+        y.explain()
+    );
+    assert_eq!(host(&y), values);
+    // The assemble path reads every piece as a task input: n * m edges.
+    let assembled = x
+        .rechunk_to(
+            to,
+            &RechunkOptions {
+                p2p_min_pieces: usize::MAX,
+                ..RechunkOptions::default()
+            },
+        )
+        .unwrap();
+    let deps: usize = assembled.graph().tasks.iter().map(|t| t.deps.len()).sum();
+    assert!(deps >= n * n, "{deps}");
+    let by_default = x.rechunk(&[n, 1]).unwrap().explain();
+    assert_eq!(
+        by_default.contains("p2p rechunk"),
+        n * n >= RechunkOptions::default().p2p_min_pieces,
+        "{by_default}"
+    );
+    assert!(x.rechunk(&[n, n / 2]).unwrap().explain().contains("rechunk-assemble"));
+    // Random shapes and chunkings, 1 to 3 axes, ragged edges.
+    for case in 0..12 {
+        let nd = 1 + case % 3;
+        let shape: Vec<usize> = (0..nd).map(|_| rng.usize(1..=(30 / nd))).collect();
+        let values = data(&mut rng, &shape);
+        let x = from_slice(&values, &shape, &chunking(&mut rng, &shape)).unwrap();
+        let to = chunking(&mut rng, &shape);
+        let y = x
+            .rechunk_to(weft_array::Chunks::regular(&shape, &to).unwrap(), &p2p)
+            .unwrap();
+        assert_eq!(host(&y), values, "{shape:?} in {:?} to {to:?}", x.chunks().0);
+    }
+}
+
+#[test]
 fn rechunk_moves_pieces_with_bounded_fan_in() {
     let mut rng = fastrand::Rng::with_seed(7);
     let shape = [23, 17];
@@ -606,7 +681,13 @@ fn rechunk_moves_pieces_with_bounded_fan_in() {
     assert_eq!(y.chunks().0, vec![vec![23], vec![3, 3, 3, 3, 3, 2]]);
     assert_eq!(host(&y), values);
     let bounded = x
-        .rechunk_to(weft_array::Chunks::regular(&shape, &[23, 3]).unwrap(), 4)
+        .rechunk_to(
+            weft_array::Chunks::regular(&shape, &[23, 3]).unwrap(),
+            &RechunkOptions {
+                max_fanin: 4,
+                p2p_min_pieces: usize::MAX,
+            },
+        )
         .unwrap();
     assert!(bounded.graph().tasks.iter().all(|t| t.deps.len() <= 4));
     assert_eq!(host(&bounded), values);
