@@ -31,6 +31,7 @@
 
 pub mod adaptive;
 pub mod bench;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod expr;

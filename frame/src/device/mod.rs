@@ -1,0 +1,199 @@
+//! Partitions on a GPU worker: a task's batch lives in device memory as
+//! `weft-kernels` columns ([`DeviceBatch`]) and its steps run there
+//! ([`steps`], expressions in [`eval`]); its result stays on the device as
+//! a value of device frames ([`crate::partition::Layout::Columns`]), which
+//! `collect()` (and any CPU worker) decodes to a host batch.
+//!
+//! What runs on the host instead, explicitly, and why (each is reported as
+//! a [`Placement::Host`] with its reason, and the batch goes back to the
+//! device after it where its types allow):
+//! - inputs: Parquet, CSV and random partitions are made on the host and
+//!   uploaded once; several input pieces are concatenated on the host
+//!   (there is no device concatenation kernel yet); a join's probe and
+//!   build run on the host (no device hash-join kernel yet);
+//! - steps: aggregation (no device hash group-by kernel yet), range
+//!   splits and their samples and boundaries, slice splits and Parquet
+//!   writes; and any filter, select, sort, limit or hash split whose
+//!   expression or column types the kernels lack (see [`eval`], [`steps`]);
+//! - a partition with a type the kernels lack (decimals, timestamps, nested
+//!   types; [`storage_type`]) stays on the host for the task.
+
+mod batch;
+pub mod eval;
+pub mod steps;
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use weft_gpu::Gpu;
+use weft_runtime::Value;
+
+pub use batch::{DeviceBatch, storage_type};
+use eval::Outcome;
+
+use crate::error::{FrameError, Result};
+use crate::ops::{Input, Step, TaskArgs};
+use crate::partition::{Header, Layout, Piece};
+
+/// Where one stage of a task ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On the device.
+    Device,
+    /// On the host, for this reason.
+    Host(String),
+}
+
+/// A task's batch between steps.
+enum Part {
+    Host(RecordBatch),
+    Device(DeviceBatch),
+}
+
+impl Part {
+    fn host(&self) -> Result<RecordBatch> {
+        match self {
+            Part::Host(b) => Ok(b.clone()),
+            Part::Device(d) => d.download(),
+        }
+    }
+}
+
+/// `batch` on the device where its types allow (the reason otherwise).
+fn upload(batch: RecordBatch, gpu: &Arc<Gpu>) -> Result<(Part, Option<String>)> {
+    let schema = batch.schema();
+    for f in schema.fields() {
+        if let Err(e) = storage_type(f.data_type()) {
+            return Ok((Part::Host(batch), Some(format!("column {:?}: {e}", f.name()))));
+        }
+    }
+    Ok((Part::Device(DeviceBatch::upload(&batch, gpu)?), None))
+}
+
+/// Runs a task on `gpu`: its result value (device pieces where they ran on
+/// the device) and where the input and each step ran.
+pub fn run(gpu: &Arc<Gpu>, args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<(Value, Vec<Placement>)> {
+    let (data, boundaries) = crate::ops::split_boundaries(args, inputs)?;
+    let mut placements = Vec::with_capacity(args.steps.len() + 1);
+    let mut part = match (&args.input, data) {
+        (Input::Deps, [one]) if single_device_piece(one)? => {
+            placements.push(Placement::Device);
+            Part::Device(device_piece(one, gpu)?)
+        }
+        (input, data) => {
+            let why = match input {
+                Input::Deps => "host or several input pieces, concatenated on the host",
+                Input::Join { .. } => "a join runs on the host",
+                _ => "input read on the host",
+            };
+            let (part, unsupported) = upload(crate::ops::start(input, data)?, gpu)?;
+            placements.push(Placement::Host(unsupported.unwrap_or_else(|| why.to_string())));
+            part
+        }
+    };
+    for (i, step) in args.steps.iter().enumerate() {
+        let last = i + 1 == args.steps.len();
+        if matches!(
+            step,
+            Step::HashSplit { .. } | Step::RangeSplit { .. } | Step::SliceSplit(_)
+        ) {
+            crate::ops::check_last(i, args)?;
+            let why = match (&part, step) {
+                (Part::Device(d), Step::HashSplit { keys, n }) => match steps::hash_split(d, keys, *n) {
+                    Ok(pieces) => {
+                        placements.push(Placement::Device);
+                        return Ok((encode(pieces.into_iter().map(Part::Device).collect())?, placements));
+                    }
+                    Err(Outcome::Host(why)) => why,
+                    Err(Outcome::Failed(e)) => return Err(e),
+                },
+                (Part::Device(_), _) => "range and slice splits run on the host".into(),
+                (Part::Host(_), _) => "a split of a host batch".into(),
+            };
+            placements.push(Placement::Host(why));
+            let pieces = crate::ops::split(step, &part.host()?, boundaries)?;
+            return Ok((encode(pieces.into_iter().map(Part::Host).collect())?, placements));
+        }
+        let on_device = match &part {
+            Part::Device(d) => device_step(step, d),
+            Part::Host(_) => Err(Outcome::Host("the batch is on the host".into())),
+        };
+        part = match on_device {
+            Ok(d) => {
+                placements.push(Placement::Device);
+                Part::Device(d)
+            }
+            Err(Outcome::Failed(e)) => return Err(e),
+            Err(Outcome::Host(why)) => {
+                let out = crate::ops::apply(step, part.host()?)?;
+                placements.push(Placement::Host(why));
+                if last && matches!(step, Step::WriteParquet(_)) {
+                    Part::Host(out)
+                } else {
+                    upload(out, gpu)?.0
+                }
+            }
+        };
+    }
+    Ok((encode(vec![part])?, placements))
+}
+
+/// A step on the device, or why it must run on the host.
+fn device_step(step: &Step, d: &DeviceBatch) -> eval::Eval<DeviceBatch> {
+    match step {
+        Step::Filter(p) => steps::filter_rows(d, p),
+        Step::Select(exprs) => steps::select(d, exprs),
+        Step::WithColumns(exprs) => steps::with_columns(d, exprs),
+        Step::Limit(n) => steps::limit(d, *n),
+        Step::Sort { by, descending, limit } => steps::sort_rows(d, by, descending, *limit),
+        Step::Aggregate { .. } => Err(Outcome::Host("aggregation (no device group-by kernel)".into())),
+        Step::SortSample { .. } | Step::SortBoundaries { .. } => {
+            Err(Outcome::Host("sort sampling works on small host batches".into()))
+        }
+        Step::WriteParquet(_) => Err(Outcome::Host("Parquet is written from host memory".into())),
+        Step::HashSplit { .. } | Step::RangeSplit { .. } | Step::SliceSplit(_) => Err(Outcome::Failed(
+            FrameError::Plan("a split must be a task's last step".into()),
+        )),
+    }
+}
+
+/// Whether `value` is one piece in the column layout.
+fn single_device_piece(value: &Value) -> Result<bool> {
+    let h = crate::partition::header(value)?;
+    Ok(matches!(h.pieces.as_slice(), [p] if p.layout == Layout::Columns))
+}
+
+/// The one column-layout piece of `value`, on `gpu`.
+fn device_piece(value: &Value, gpu: &Arc<Gpu>) -> Result<DeviceBatch> {
+    let h = crate::partition::header(value)?;
+    DeviceBatch::decode(&h.pieces[0].batch, &value.frames)?.to_device(gpu)
+}
+
+/// A partition value of `parts`: device pieces in the column layout, host
+/// pieces as Arrow arrays.
+fn encode(parts: Vec<Part>) -> Result<Value> {
+    let mut header = Header { pieces: Vec::new() };
+    let mut frames = Vec::new();
+    for part in parts {
+        let (rows, batch, f, layout) = match part {
+            Part::Device(d) => {
+                let (h, f) = d.encode()?;
+                (d.num_rows(), h, f, Layout::Columns)
+            }
+            Part::Host(b) => {
+                let (h, f) = weft_kernels::codec::encode_batch(&b).map_err(|e| FrameError::Partition(e.to_string()))?;
+                (b.num_rows(), h.to_vec(), f, Layout::Arrow)
+            }
+        };
+        header.pieces.push(Piece {
+            rows: rows as u64,
+            batch,
+            frames: f.len() as u32,
+            layout,
+        });
+        frames.extend(f);
+    }
+    let mut value = Value::encode(&header).map_err(FrameError::Partition)?;
+    value.frames = frames;
+    Ok(value)
+}
