@@ -1,0 +1,192 @@
+//! The dataframe's kernels on every device: Kleene logic, null tests, row
+//! masks and literal columns (`logic`), and the shuffle's row hash
+//! (`frame_hash`): the CPU implementation against a plain reference, the
+//! device against the CPU, at sizes around the block and grid edges, with
+//! and without nulls.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use arrow_array::StringArray;
+use common::{Dut, SIZES, V, assert_rows, column, rows};
+use weft_kernels::{Column, DType, frame_hash, logic};
+
+/// A boolean column with some nulls (`nulls`) from a seed.
+fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
+    let v: Vec<Option<bool>> = (0..n)
+        .map(|_| (!nulls || rng.u8(..4) != 0).then(|| rng.bool()))
+        .collect();
+    let array = arrow_array::BooleanArray::from(v.clone());
+    (Column::from_arrow(&array).unwrap(), v)
+}
+
+fn as_rows(v: &[Option<bool>]) -> Vec<Option<V>> {
+    v.iter().map(|b| b.map(V::B)).collect()
+}
+
+/// Runs `kernel` on the CPU (checked against `want`) and on `d` (checked
+/// against the CPU).
+fn check(d: &Dut, what: &str, inputs: &[&Column], kernel: impl Fn(&[Column]) -> Column, want: &[Option<V>]) {
+    let host: Vec<Column> = inputs.iter().map(|c| (*c).clone()).collect();
+    let cpu = rows(&kernel(&host));
+    assert_rows(&format!("{what}: cpu vs reference"), &cpu, want, 0.0);
+    let out = kernel(&inputs.iter().map(|c| d.put(c)).collect::<Vec<_>>());
+    if let Dut::Gpu(g) = d {
+        assert_eq!(out.device(), g.device(), "{what}: the result stays on the device");
+    }
+    assert_rows(&format!("{what}: device vs cpu"), &rows(&out), &cpu, 0.0);
+}
+
+fn kleene_and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    }
+}
+
+fn kleene_or(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (Some(false), Some(false)) => Some(false),
+        _ => None,
+    }
+}
+
+fn logic_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(11);
+    for &n in SIZES {
+        for nulls in [false, true] {
+            let (a, av) = bools(&mut rng, n, nulls);
+            let (b, bv) = bools(&mut rng, n, !nulls);
+            let what = |k: &str| format!("{k} n={n} nulls={nulls}");
+            let want: Vec<_> = av.iter().zip(&bv).map(|(x, y)| kleene_and(*x, *y)).collect();
+            check(
+                d,
+                &what("and"),
+                &[&a, &b],
+                |c| logic::and(&c[0], &c[1]).unwrap(),
+                &as_rows(&want),
+            );
+            let want: Vec<_> = av.iter().zip(&bv).map(|(x, y)| kleene_or(*x, *y)).collect();
+            check(
+                d,
+                &what("or"),
+                &[&a, &b],
+                |c| logic::or(&c[0], &c[1]).unwrap(),
+                &as_rows(&want),
+            );
+            let want: Vec<_> = av.iter().map(|x| x.map(|x| !x)).collect();
+            check(d, &what("not"), &[&a], |c| logic::not(&c[0]).unwrap(), &as_rows(&want));
+            for negate in [false, true] {
+                let want: Vec<_> = av.iter().map(|x| Some(x.is_some() == negate)).collect();
+                check(
+                    d,
+                    &what("is_null"),
+                    &[&a],
+                    |c| logic::is_null(&c[0], negate).unwrap(),
+                    &as_rows(&want),
+                );
+            }
+            let k = n / 3;
+            let want: Vec<_> = (0..n).map(|i| Some(i < k)).collect();
+            check(
+                d,
+                &what("prefix"),
+                &[&a],
+                |c| logic::prefix_mask(&c[0], k).unwrap(),
+                &as_rows(&want),
+            );
+            let ids: Vec<u32> = (0..n).map(|_| rng.u32(..5)).collect();
+            let want: Vec<_> = ids.iter().map(|i| Some(*i == 3)).collect();
+            let idc = Column::from_vec(ids);
+            check(
+                d,
+                &what("eq_mask"),
+                &[&idc],
+                |c| logic::eq_mask(&c[0], 3).unwrap(),
+                &as_rows(&want),
+            );
+            let want: Vec<_> = (0..n).map(|_| Some(V::I(-7))).collect();
+            check(
+                d,
+                &what("fill i64"),
+                &[&a],
+                |c| logic::fill(&c[0], DType::I64, -7i64 as u64).unwrap(),
+                &want,
+            );
+            let want: Vec<_> = (0..n).map(|_| Some(V::F(2.5))).collect();
+            check(
+                d,
+                &what("fill f32"),
+                &[&a],
+                |c| logic::fill(&c[0], DType::F32, u64::from(2.5f32.to_bits())).unwrap(),
+                &want,
+            );
+        }
+    }
+}
+
+/// The reference: the CPU shuffle's fold over value words (see
+/// `weft-frame`'s shuffle.rs), written out row by row.
+fn reference_hash(words: &[Vec<u64>]) -> Vec<u64> {
+    (0..words[0].len())
+        .map(|i| words.iter().fold(0u64, |h, w| frame_hash::combine(h, w[i])))
+        .collect()
+}
+
+fn frame_hash_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(5);
+    for &n in SIZES {
+        let ints: Vec<Option<i64>> = (0..n).map(|_| (rng.u8(..8) != 0).then(|| rng.i64(-50..50))).collect();
+        let small: Vec<Option<i32>> = ints.iter().map(|v| v.map(|v| v as i32)).collect();
+        let floats: Vec<Option<f64>> = (0..n)
+            .map(|i| (i % 7 != 3).then(|| if i % 5 == 0 { -0.0 } else { rng.f64() * 100.0 }))
+            .collect();
+        let strings: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 9 != 4).then(|| "k".repeat(rng.usize(..20)) + &format!("{}", i % 13)))
+            .collect();
+        let s = Column::from_arrow(&StringArray::from(strings.clone())).unwrap();
+        let (i64c, i32c, f64c) = (column(&ints), column(&small), column(&floats));
+        let word_i = |v: &Option<i64>| v.map_or(0, |v| v as u64);
+        let words = vec![
+            ints.iter().map(word_i).collect::<Vec<_>>(),
+            floats.iter().map(|v| v.map_or(0, frame_hash::float_word)).collect(),
+            strings
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |v| frame_hash::bytes_word(v.as_bytes())))
+                .collect(),
+        ];
+        let want: Vec<_> = reference_hash(&words).into_iter().map(|h| Some(V::U(h))).collect();
+        check(
+            d,
+            &format!("row hash n={n}"),
+            &[&i64c, &f64c, &s],
+            |c| frame_hash::row_hash(&[&c[0], &c[1], &c[2]]).unwrap(),
+            &want,
+        );
+        // int32 keys hash as the int64 of the same value.
+        let want64 = rows(&frame_hash::row_hash(&[&i64c]).unwrap());
+        check(
+            d,
+            &format!("int32 as int64 n={n}"),
+            &[&i32c],
+            |c| frame_hash::row_hash(&[&c[0]]).unwrap(),
+            &want64,
+        );
+        let hashes: Vec<u64> = (0..n).map(|_| rng.u64(..)).collect();
+        let want: Vec<_> = hashes
+            .iter()
+            .map(|h| Some(V::U(u64::from(frame_hash::bucket(*h, 7)))))
+            .collect();
+        check(
+            d,
+            &format!("buckets n={n}"),
+            &[&Column::from_vec(hashes)],
+            |c| frame_hash::buckets(&c[0], 7).unwrap(),
+            &want,
+        );
+    }
+}
+
+test_device!(logic_kernels, frame_hash_kernels);
