@@ -1,0 +1,446 @@
+//! Partitions on GPU workers: every step kind and expression kind run by
+//! the `frame.task` op on an emulated GPU site (and on a CUDA GPU when
+//! there is one) gives the CPU's answer on random small frames (nulls,
+//! an empty partition, skewed int keys, utf8 keys, dates); hash-split
+//! pieces are the CPU's piece for piece (so a mixed cluster routes rows
+//! alike); the steps the kernels cover run on the device and the others
+//! say why they fall back; and a device partition feeds the next task
+//! without coming back to the host.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray,
+};
+use arrow_schema::{DataType, Field, Schema};
+use weft_frame::device::{self, Placement};
+use weft_frame::groupby::AggSpec;
+use weft_frame::ops::{Input, Step, TaskArgs};
+use weft_frame::{Expr, col, lit, lit_date, partition, when};
+use weft_gpu::Gpu;
+use weft_runtime::ops::{OpContext, Site};
+use weft_runtime::{Key, Registry, Value};
+
+/// The GPU sites: an emulated GPU, and a CUDA GPU if there is one.
+fn gpu_sites() -> &'static [(String, Site)] {
+    static SITES: OnceLock<Vec<(String, Site)>> = OnceLock::new();
+    SITES.get_or_init(|| {
+        let site = |gpu: Arc<Gpu>| Site {
+            worker: format!("test-{}", gpu.device()),
+            gpu: Some(gpu),
+            ..Site::default()
+        };
+        let mut sites = vec![("emulated GPU".to_string(), site(Gpu::emulated(0, 1 << 30, true)))];
+        let probe = weft_gpu::probe_cuda();
+        if probe.count > 0 {
+            let devices = weft_gpu::Devices::open(&weft_gpu::DeviceConfig::default()).unwrap();
+            sites.push(("CUDA GPU".to_string(), site(devices.gpus()[0].clone())));
+        } else {
+            let why = probe.reason.unwrap_or_else(|| "no CUDA device".into());
+            weft_gpu::testing::skip_without_cuda("the frame tests on a CUDA GPU", &why);
+        }
+        sites
+    })
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut r = Registry::empty();
+        weft_frame::register(&mut r);
+        r
+    })
+}
+
+fn copies(gpu: &Gpu) -> weft_gpu::CopyCounters {
+    match gpu.backend() {
+        weft_gpu::GpuBackend::Emulated(e) => e.copies(),
+        other => panic!("not an emulated GPU: {other:?}"),
+    }
+}
+
+/// Runs `frame.task` with `args` on `site`.
+fn task(site: &Site, args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Value, String> {
+    let key = Key::from("t");
+    let ctx = OpContext::new(site, &key);
+    let op = registry().get(weft_frame::ops::TASK_OP).unwrap();
+    op(&ctx, &weft_runtime::ops::args(args).unwrap(), inputs).map_err(|e| e.to_string())
+}
+
+/// A random frame of `rows` rows: `id` (unique), `k` (skewed int64 keys
+/// with nulls), `i` (int32), `x` (float64 with nulls), `d` (dates), `s`
+/// (utf8 keys with nulls).
+fn frame(rows: usize, seed: u64) -> RecordBatch {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let k: Int64Array = (0..rows)
+        .map(|_| (rng.u8(..10) != 0).then(|| if rng.bool() { 7 } else { rng.i64(-20..20) }))
+        .collect();
+    let i: Int32Array = (0..rows).map(|_| Some(rng.i32(-100..100))).collect();
+    let x: Float64Array = (0..rows)
+        .map(|_| (rng.u8(..8) != 0).then(|| (rng.f64() * 200.0 - 100.0).round() / 4.0))
+        .collect();
+    let d: Date32Array = (0..rows).map(|_| Some(rng.i32(9000..11000))).collect();
+    let s: StringArray = (0..rows)
+        .map(|_| (rng.u8(..9) != 0).then(|| format!("{}key{}", ["a", "b", "ab"][rng.usize(..3)], rng.u8(..6))))
+        .collect();
+    let id: Int64Array = (0..rows as i64).map(Some).collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id),
+        Arc::new(k),
+        Arc::new(i),
+        Arc::new(x),
+        Arc::new(d),
+        Arc::new(s),
+    ];
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("k", DataType::Int64, true),
+        Field::new("i", DataType::Int32, false),
+        Field::new("x", DataType::Float64, true),
+        Field::new("d", DataType::Date32, false),
+        Field::new("s", DataType::Utf8, true),
+    ]);
+    RecordBatch::try_new(Arc::new(schema), columns).unwrap()
+}
+
+/// The frame without its utf8 column (every step of it fits the kernels).
+fn numeric(rows: usize, seed: u64) -> RecordBatch {
+    let b = frame(rows, seed);
+    b.project(&[0, 1, 2, 3, 4]).unwrap()
+}
+
+/// One cell, comparable across devices (floats to 1e-9 relative).
+#[derive(Clone, Debug, PartialEq, PartialOrd)]
+enum Cell {
+    Null,
+    B(bool),
+    I(i64),
+    F(f64),
+    S(String),
+}
+
+fn cells(b: &RecordBatch) -> Vec<Vec<Cell>> {
+    let cell = |a: &ArrayRef, r: usize| -> Cell {
+        if a.is_null(r) {
+            return Cell::Null;
+        }
+        match a.data_type() {
+            DataType::Boolean => Cell::B(a.as_boolean().value(r)),
+            DataType::Int32 => Cell::I(i64::from(a.as_primitive::<Int32Type>().value(r))),
+            DataType::Int64 => Cell::I(a.as_primitive::<Int64Type>().value(r)),
+            DataType::Date32 => Cell::I(i64::from(a.as_primitive::<Date32Type>().value(r))),
+            DataType::Float64 => Cell::F(a.as_primitive::<Float64Type>().value(r)),
+            _ => Cell::S(arrow_cast::display::array_value_to_string(a, r).unwrap()),
+        }
+    };
+    let mut rows: Vec<Vec<Cell>> = (0..b.num_rows())
+        .map(|r| b.columns().iter().map(|a| cell(a, r)).collect())
+        .collect();
+    rows.sort_by(|x, y| x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal));
+    rows
+}
+
+fn assert_same(what: &str, got: &RecordBatch, want: &RecordBatch) {
+    let names = |b: &RecordBatch| -> Vec<(String, DataType)> {
+        b.schema()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect()
+    };
+    assert_eq!(names(got), names(want), "{what}: schema");
+    let (g, w) = (cells(got), cells(want));
+    assert_eq!(g.len(), w.len(), "{what}: rows");
+    for (r, (gr, wr)) in g.iter().zip(&w).enumerate() {
+        for (gc, wc) in gr.iter().zip(wr) {
+            let ok = match (gc, wc) {
+                (Cell::F(a), Cell::F(b)) => a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
+                _ => gc == wc,
+            };
+            assert!(ok, "{what}: row {r}: {gr:?} vs {wr:?} on the CPU");
+        }
+    }
+}
+
+/// The task on the CPU and on every GPU site over `batches` (one input
+/// value each); the pieces agree one by one. Returns the GPU results.
+fn agree(what: &str, batches: &[RecordBatch], steps: Vec<Step>) -> Vec<Value> {
+    let inputs: Vec<Arc<Value>> = batches
+        .iter()
+        .map(|b| Arc::new(partition::encode(&[b.clone()]).unwrap()))
+        .collect();
+    let args = TaskArgs {
+        input: Input::Deps,
+        steps,
+    };
+    let cpu = task(&Site::default(), &args, &inputs);
+    let mut out = Vec::new();
+    for (name, site) in gpu_sites() {
+        let gpu = task(site, &args, &inputs);
+        match (&cpu, gpu) {
+            (Ok(c), Ok(g)) => {
+                let (c, gd) = (partition::decode(c).unwrap(), partition::decode(&g).unwrap());
+                assert_eq!(gd.len(), c.len(), "{what} on the {name}: pieces");
+                for (j, (x, y)) in gd.iter().zip(&c).enumerate() {
+                    assert_same(&format!("{what} on the {name}, piece {j}"), x, y);
+                }
+                out.push(g);
+            }
+            (Err(c), Err(g)) => assert_eq!(&g, c, "{what} on the {name}: the same error"),
+            (c, g) => panic!("{what} on the {name}: {g:?} vs {c:?} on the CPU"),
+        }
+    }
+    out
+}
+
+/// Random frames: small, one row, empty, and one with only utf8 keys skewed.
+fn frames() -> Vec<RecordBatch> {
+    vec![frame(300, 1), frame(1, 2), frame(0, 3), frame(1000, 4)]
+}
+
+fn predicates() -> Vec<Expr> {
+    vec![
+        col("k").gt(lit(3)),
+        col("k").eq(lit(7)).or(col("x").lt(lit(0.5))),
+        col("x").gt_eq(lit(-10)).and(!col("k").is_null()),
+        col("k").is_not_null().and(col("i").lt_eq(col("i") * lit(1))),
+        col("d").lt(lit_date("1997-06-01").unwrap()),
+        col("d").gt_eq(lit("1995-01-01")),
+        col("i").neq(lit(12)),
+        col("x").is_null().or(col("x").gt(col("x") * lit(0.5))),
+        // The host's share: strings, casts, year(), when/then.
+        col("s").starts_with("ab"),
+        col("s").ends_with("3").or(col("s").contains("key1")),
+        col("s").eq(lit("akey2")),
+        col("i").cast(DataType::Float64).gt(lit(10.5)),
+        col("d").year().eq(lit(1996)),
+        when(col("k").gt(lit(0))).then(lit(true)).otherwise(col("x").lt(lit(0))),
+    ]
+}
+
+#[test]
+fn filters_agree_with_the_cpu() {
+    for b in frames() {
+        for p in predicates() {
+            agree(
+                &format!("filter {p} of {} rows", b.num_rows()),
+                &[b.clone()],
+                vec![Step::Filter(p)],
+            );
+        }
+    }
+}
+
+#[test]
+fn selects_and_with_columns_agree_with_the_cpu() {
+    let exprs = vec![
+        col("id"),
+        (col("k") + lit(5)).alias("k5"),
+        (col("k") * col("k") - col("id")).alias("kk"),
+        (col("x") / lit(3)).alias("x3"),
+        (col("x") * col("x") + lit(1.5)).alias("xx"),
+        col("k").lt(col("id")).alias("lt"),
+        col("s").is_null().alias("snull"),
+        (col("i") + lit(1)).alias("i1"),
+        (col("k") / lit(2)).alias("kdiv"),
+        col("s"),
+    ];
+    for b in frames() {
+        agree("select", &[b.clone()], vec![Step::Select(exprs.clone())]);
+        agree("with_columns", &[b.clone()], vec![Step::WithColumns(exprs.clone())]);
+    }
+}
+
+#[test]
+fn sorts_limits_and_splits_agree_with_the_cpu() {
+    for b in frames() {
+        let n = b.num_rows();
+        agree("limit", &[b.clone()], vec![Step::Limit(n / 2)]);
+        for (by, desc) in [
+            (vec![col("k"), col("id")], vec![false, false]),
+            (vec![col("x"), col("k"), col("id")], vec![false, false, false]),
+            (vec![col("k"), col("id")], vec![true, false]),
+            (vec![col("s"), col("id")], vec![false, false]),
+        ] {
+            agree(
+                "sort",
+                &[b.clone()],
+                vec![Step::Sort {
+                    by: by.clone(),
+                    descending: desc.clone(),
+                    limit: Some(n / 3),
+                }],
+            );
+        }
+        for keys in [
+            vec![col("k")],
+            vec![col("s"), col("k")],
+            vec![col("x"), col("d"), col("i")],
+        ] {
+            agree("hash split", &[b.clone()], vec![Step::HashSplit { keys, n: 5 }]);
+        }
+        agree("slice split", &[b.clone()], vec![Step::SliceSplit(3)]);
+    }
+}
+
+#[test]
+fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
+    let aggs = [
+        col("x").sum().alias("sx"),
+        col("x").mean().alias("mx"),
+        col("i").min().alias("mi"),
+        col("k").max().alias("mk"),
+        col("x").count().alias("cx"),
+        col("i").n_unique().alias("ui"),
+    ]
+    .iter()
+    .map(|e| AggSpec::from_expr(e).unwrap())
+    .collect::<Vec<_>>();
+    let steps = vec![
+        Step::Filter(col("id").gt(lit(3))),
+        Step::Aggregate {
+            keys: vec![col("s"), col("k")],
+            aggs: aggs.clone(),
+        },
+    ];
+    agree("aggregate", &frames(), steps);
+}
+
+#[test]
+fn covered_steps_run_on_the_device_and_the_rest_say_why() {
+    let gpu = Gpu::emulated(1, 1 << 28, true);
+    let input = Arc::new(partition::encode(&[numeric(400, 9)]).unwrap());
+    let args = TaskArgs {
+        input: Input::Deps,
+        steps: vec![
+            Step::Filter(col("k").gt(lit(-5)).and(col("x").is_not_null())),
+            Step::WithColumns(vec![(col("x") * lit(2.0)).alias("x2")]),
+            Step::Sort {
+                by: vec![col("k"), col("x2")],
+                descending: vec![false, false],
+                limit: Some(100),
+            },
+            Step::Select(vec![col("k"), col("x2"), col("d")]),
+            Step::HashSplit {
+                keys: vec![col("k")],
+                n: 4,
+            },
+        ],
+    };
+    let (value, placements) = device::run(&gpu, &args, &[input.clone()]).unwrap();
+    // The input was a host piece: decoded and uploaded once.
+    assert!(matches!(&placements[0], Placement::Host(_)), "{placements:?}");
+    assert!(
+        placements[1..].iter().all(|p| *p == Placement::Device),
+        "{placements:?}"
+    );
+    let h = partition::header(&value).unwrap();
+    assert_eq!(h.pieces.len(), 4);
+    assert!(h.pieces.iter().all(|p| p.layout == partition::Layout::Columns));
+    assert!(value.frames.iter().all(|f| f.location() == gpu.device()));
+
+    let agg = TaskArgs {
+        input: Input::Deps,
+        steps: vec![Step::Aggregate {
+            keys: vec![col("k")],
+            aggs: vec![AggSpec::from_expr(&col("x").sum().alias("sx")).unwrap()],
+        }],
+    };
+    let (_, placements) = device::run(&gpu, &agg, &[input]).unwrap();
+    assert!(
+        matches!(&placements[1], Placement::Host(why) if why.contains("group-by")),
+        "{placements:?}"
+    );
+}
+
+#[test]
+fn a_device_partition_feeds_the_next_task_without_leaving_the_device() {
+    let gpu = Gpu::emulated(2, 1 << 28, true);
+    let site = Site {
+        worker: "gpu".into(),
+        gpu: Some(gpu.clone()),
+        ..Site::default()
+    };
+    let rows = 20_000;
+    let first = TaskArgs {
+        input: Input::Random {
+            rows,
+            keys: 50,
+            seed: 4,
+        },
+        steps: vec![Step::Filter(col("key").lt(lit(40)))],
+    };
+    let value = Arc::new(task(&site, &first, &[]).unwrap());
+    assert!(value.frames.iter().all(|f| f.location() == gpu.device()));
+    let before = copies(&gpu);
+    let second = TaskArgs {
+        input: Input::Deps,
+        steps: vec![
+            Step::Filter(col("value").gt(lit(0.25))),
+            Step::WithColumns(vec![(col("value") * col("value")).alias("sq")]),
+            Step::Sort {
+                by: vec![col("key"), col("sq")],
+                descending: vec![false, false],
+                limit: None,
+            },
+        ],
+    };
+    let out = task(&site, &second, std::slice::from_ref(&value)).unwrap();
+    let after = copies(&gpu);
+    // Only control words cross (the filters' kept-row counts, the radix
+    // sort's digit histograms, about 25 KB whatever the rows): the input's
+    // 2 x 8 bytes x 16,000 rows stay put.
+    let data = value.frames.iter().map(|f| f.len() as u64).sum::<u64>();
+    assert!(
+        after.bytes - before.bytes < data / 4,
+        "{before:?} -> {after:?} for {data} bytes"
+    );
+    let want = weft_frame::ops::run(
+        &second,
+        &[Arc::new(
+            partition::encode(&partition::decode(&value).unwrap()).unwrap(),
+        )],
+    )
+    .unwrap();
+    assert_same("chained tasks", &partition::decode(&out).unwrap()[0], &want[0]);
+}
+
+#[test]
+fn types_the_kernels_lack_stay_on_the_host_with_the_right_answer() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("p", DataType::Decimal128(15, 2), false),
+        Field::new("b", DataType::Boolean, true),
+    ]));
+    let b = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(
+                Decimal128Array::from(vec![150, -20, 99_999, 0])
+                    .with_precision_and_scale(15, 2)
+                    .unwrap(),
+            ),
+            Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true)])),
+        ],
+    )
+    .unwrap();
+    agree("decimal filter", &[b.clone()], vec![Step::Filter(col("p").gt(lit(1)))]);
+    let gpu = Gpu::emulated(3, 1 << 26, true);
+    let input = Arc::new(partition::encode(&[b]).unwrap());
+    let args = TaskArgs {
+        input: Input::Deps,
+        steps: vec![Step::Filter(col("b"))],
+    };
+    let (value, placements) = device::run(&gpu, &args, &[input]).unwrap();
+    assert!(
+        matches!(&placements[0], Placement::Host(why) if why.contains("Decimal128")),
+        "{placements:?}"
+    );
+    assert_eq!(
+        partition::header(&value).unwrap().pieces[0].layout,
+        partition::Layout::Arrow
+    );
+}
