@@ -199,11 +199,11 @@ pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
     Ok(vec![batch])
 }
 
+/// A task's data inputs, and the boundaries input of a range split.
+pub(crate) type Inputs<'a> = (&'a [Arc<Value>], Option<&'a Arc<Value>>);
+
 /// The task's data inputs, and the boundaries input of a range split (its last).
-pub(crate) fn split_boundaries<'a>(
-    args: &TaskArgs,
-    inputs: &'a [Arc<Value>],
-) -> Result<(&'a [Arc<Value>], Option<&'a Arc<Value>>)> {
+pub(crate) fn split_boundaries<'a>(args: &TaskArgs, inputs: &'a [Arc<Value>]) -> Result<Inputs<'a>> {
     match (args.steps.last(), inputs.split_last()) {
         (Some(Step::RangeSplit { .. }), Some((last, data))) => Ok((data, Some(last))),
         (Some(Step::RangeSplit { .. }), None) => {

@@ -171,7 +171,7 @@ fn assert_same(what: &str, got: &RecordBatch, want: &RecordBatch) {
 fn agree(what: &str, batches: &[RecordBatch], steps: Vec<Step>) -> Vec<Value> {
     let inputs: Vec<Arc<Value>> = batches
         .iter()
-        .map(|b| Arc::new(partition::encode(&[b.clone()]).unwrap()))
+        .map(|b| Arc::new(partition::encode(std::slice::from_ref(b)).unwrap()))
         .collect();
     let args = TaskArgs {
         input: Input::Deps,
@@ -228,7 +228,7 @@ fn filters_agree_with_the_cpu() {
         for p in predicates() {
             agree(
                 &format!("filter {p} of {} rows", b.num_rows()),
-                &[b.clone()],
+                std::slice::from_ref(&b),
                 vec![Step::Filter(p)],
             );
         }
@@ -250,8 +250,12 @@ fn selects_and_with_columns_agree_with_the_cpu() {
         col("s"),
     ];
     for b in frames() {
-        agree("select", &[b.clone()], vec![Step::Select(exprs.clone())]);
-        agree("with_columns", &[b.clone()], vec![Step::WithColumns(exprs.clone())]);
+        agree("select", std::slice::from_ref(&b), vec![Step::Select(exprs.clone())]);
+        agree(
+            "with_columns",
+            std::slice::from_ref(&b),
+            vec![Step::WithColumns(exprs.clone())],
+        );
     }
 }
 
@@ -259,7 +263,7 @@ fn selects_and_with_columns_agree_with_the_cpu() {
 fn sorts_limits_and_splits_agree_with_the_cpu() {
     for b in frames() {
         let n = b.num_rows();
-        agree("limit", &[b.clone()], vec![Step::Limit(n / 2)]);
+        agree("limit", std::slice::from_ref(&b), vec![Step::Limit(n / 2)]);
         for (by, desc) in [
             (vec![col("k"), col("id")], vec![false, false]),
             (vec![col("x"), col("k"), col("id")], vec![false, false, false]),
@@ -268,7 +272,7 @@ fn sorts_limits_and_splits_agree_with_the_cpu() {
         ] {
             agree(
                 "sort",
-                &[b.clone()],
+                std::slice::from_ref(&b),
                 vec![Step::Sort {
                     by: by.clone(),
                     descending: desc.clone(),
@@ -281,9 +285,13 @@ fn sorts_limits_and_splits_agree_with_the_cpu() {
             vec![col("s"), col("k")],
             vec![col("x"), col("d"), col("i")],
         ] {
-            agree("hash split", &[b.clone()], vec![Step::HashSplit { keys, n: 5 }]);
+            agree(
+                "hash split",
+                std::slice::from_ref(&b),
+                vec![Step::HashSplit { keys, n: 5 }],
+            );
         }
-        agree("slice split", &[b.clone()], vec![Step::SliceSplit(3)]);
+        agree("slice split", std::slice::from_ref(&b), vec![Step::SliceSplit(3)]);
     }
 }
 
@@ -331,7 +339,7 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
             },
         ],
     };
-    let (value, placements) = device::run(&gpu, &args, &[input.clone()]).unwrap();
+    let (value, placements) = device::run(&gpu, &args, std::slice::from_ref(&input)).unwrap();
     // The input was a host piece: decoded and uploaded once.
     assert!(matches!(&placements[0], Placement::Host(_)), "{placements:?}");
     assert!(
@@ -427,7 +435,11 @@ fn types_the_kernels_lack_stay_on_the_host_with_the_right_answer() {
         ],
     )
     .unwrap();
-    agree("decimal filter", &[b.clone()], vec![Step::Filter(col("p").gt(lit(1)))]);
+    agree(
+        "decimal filter",
+        std::slice::from_ref(&b),
+        vec![Step::Filter(col("p").gt(lit(1)))],
+    );
     let gpu = Gpu::emulated(3, 1 << 26, true);
     let input = Arc::new(partition::encode(&[b]).unwrap());
     let args = TaskArgs {
