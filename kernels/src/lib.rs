@@ -25,6 +25,7 @@ mod launch;
 pub mod logic;
 pub mod nvrtc;
 pub mod reduce;
+pub mod segment;
 pub mod sort;
 pub mod take;
 

@@ -9,6 +9,7 @@ mod common;
 
 use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
+use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
 use weft_kernels::{Column, DType, frame_hash, logic};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
@@ -189,4 +190,83 @@ fn frame_hash_kernels(d: &Dut) {
     }
 }
 
-test_device!(logic_kernels, frame_hash_kernels);
+fn segment_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(8);
+    for &n in SIZES {
+        // Sorted keys with runs (nulls last), a second key splitting runs.
+        let mut a: Vec<Option<i64>> = (0..n).map(|_| (rng.u8(..9) != 0).then(|| rng.i64(0..6))).collect();
+        a.sort_by_key(|v| (v.is_none(), *v));
+        let b: Vec<Option<f64>> = (0..n).map(|i| Some(((i / 7) % 2) as f64)).collect();
+        let (ac, bc) = (column(&a), column(&b));
+        let mut want_starts = Vec::new();
+        for i in 0..n {
+            if i == 0 || a[i] != a[i - 1] || b[i] != b[i - 1] {
+                want_starts.push(i);
+            }
+        }
+        let want: Vec<_> = want_starts.iter().map(|&i| Some(V::U(i as u64))).collect();
+        check(
+            d,
+            &format!("segments n={n}"),
+            &[&ac, &bc],
+            |c| segments(&[&c[0], &c[1]]).unwrap(),
+            &want,
+        );
+        let starts = segments(&[&ac, &bc]).unwrap();
+        let ints: Vec<Option<i32>> = (0..n)
+            .map(|_| (rng.u8(..4) != 0).then(|| rng.i32(-1000..1000)))
+            .collect();
+        let floats: Vec<Option<f64>> = (0..n).map(|_| (rng.u8(..4) != 0).then(|| rng.f64() - 0.5)).collect();
+        let bounds = |g: usize| (want_starts[g], want_starts.get(g + 1).copied().unwrap_or(n));
+        for op in [
+            SegmentOp::Sum,
+            SegmentOp::Min,
+            SegmentOp::Max,
+            SegmentOp::Count,
+            SegmentOp::Rows,
+            SegmentOp::Mean,
+        ] {
+            let reference = |vals: Vec<Option<f64>>, g: usize| -> Option<V> {
+                let (lo, hi) = bounds(g);
+                let valid: Vec<f64> = vals[lo..hi].iter().flatten().copied().collect();
+                match op {
+                    SegmentOp::Count => Some(V::I(valid.len() as i64)),
+                    SegmentOp::Rows => Some(V::I((hi - lo) as i64)),
+                    _ if valid.is_empty() => None,
+                    SegmentOp::Sum => Some(V::F(valid[1..].iter().fold(valid[0], |s, v| s + v))),
+                    SegmentOp::Min => Some(V::F(valid.iter().copied().fold(f64::INFINITY, f64::min))),
+                    SegmentOp::Max => Some(V::F(valid.iter().copied().fold(f64::NEG_INFINITY, f64::max))),
+                    SegmentOp::Mean => Some(V::F(valid.iter().sum::<f64>() / valid.len() as f64)),
+                }
+            };
+            let as_int = |v: Option<V>| match (op, v) {
+                (SegmentOp::Mean, v) => v,
+                (_, Some(V::F(x))) => Some(V::I(x as i64)),
+                (_, v) => v,
+            };
+            let iv: Vec<Option<f64>> = ints.iter().map(|v| v.map(f64::from)).collect();
+            let want: Vec<_> = (0..want_starts.len())
+                .map(|g| as_int(reference(iv.clone(), g)))
+                .collect();
+            let ic = column(&ints);
+            check(
+                d,
+                &format!("{op:?} i32 n={n}"),
+                &[&ic, &starts],
+                |c| segment_reduce(&c[0], &c[1], op).unwrap(),
+                &want,
+            );
+            let want: Vec<_> = (0..want_starts.len()).map(|g| reference(floats.clone(), g)).collect();
+            let fc = column(&floats);
+            check(
+                d,
+                &format!("{op:?} f64 n={n}"),
+                &[&fc, &starts],
+                |c| segment_reduce(&c[0], &c[1], op).unwrap(),
+                &want,
+            );
+        }
+    }
+}
+
+test_device!(logic_kernels, frame_hash_kernels, segment_kernels);
