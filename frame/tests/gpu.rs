@@ -20,7 +20,7 @@ use arrow_schema::{DataType, Field, Schema};
 use weft_frame::device::{self, Placement};
 use weft_frame::groupby::AggSpec;
 use weft_frame::ops::{Input, Step, TaskArgs};
-use weft_frame::{Expr, col, lit, lit_date, partition, when};
+use weft_frame::{AggFunc, Expr, col, lit, lit_date, partition, when};
 use weft_gpu::Gpu;
 use weft_runtime::ops::{OpContext, Site};
 use weft_runtime::{Key, Registry, Value};
@@ -315,7 +315,32 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             aggs: aggs.clone(),
         },
     ];
-    agree("aggregate", &frames(), steps);
+    agree("aggregate by utf8 keys", &frames(), steps);
+    let numeric_aggs: Vec<AggSpec> = aggs
+        .into_iter()
+        .filter(|a| a.func != AggFunc::NUnique)
+        .chain([AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap()])
+        .collect();
+    for keys in [vec![col("k")], vec![col("x"), col("id")], vec![col("k"), col("x")]] {
+        for b in frames() {
+            agree(
+                "aggregate by numeric keys",
+                std::slice::from_ref(&b),
+                vec![Step::Aggregate {
+                    keys: keys.clone(),
+                    aggs: numeric_aggs.clone(),
+                }],
+            );
+        }
+        agree(
+            "aggregate of several inputs",
+            &frames(),
+            vec![Step::Aggregate {
+                keys: keys.clone(),
+                aggs: numeric_aggs.clone(),
+            }],
+        );
+    }
 }
 
 #[test]
@@ -351,16 +376,18 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
     assert!(h.pieces.iter().all(|p| p.layout == partition::Layout::Columns));
     assert!(value.frames.iter().all(|f| f.location() == gpu.device()));
 
-    let agg = TaskArgs {
+    let agg = |e: Expr| TaskArgs {
         input: Input::Deps,
         steps: vec![Step::Aggregate {
             keys: vec![col("k")],
-            aggs: vec![AggSpec::from_expr(&col("x").sum().alias("sx")).unwrap()],
+            aggs: vec![AggSpec::from_expr(&e).unwrap()],
         }],
     };
-    let (_, placements) = device::run(&gpu, &agg, &[input]).unwrap();
+    let (_, placements) = device::run(&gpu, &agg(col("x").sum().alias("sx")), std::slice::from_ref(&input)).unwrap();
+    assert_eq!(placements[1], Placement::Device);
+    let (_, placements) = device::run(&gpu, &agg(col("x").n_unique().alias("ux")), &[input]).unwrap();
     assert!(
-        matches!(&placements[1], Placement::Host(why) if why.contains("group-by")),
+        matches!(&placements[1], Placement::Host(why) if why.contains("n_unique")),
         "{placements:?}"
     );
 }

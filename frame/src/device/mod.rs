@@ -11,10 +11,11 @@
 //!   uploaded once; several input pieces are concatenated on the host
 //!   (there is no device concatenation kernel yet); a join's probe and
 //!   build run on the host (no device hash-join kernel yet);
-//! - steps: aggregation (no device hash group-by kernel yet), range
-//!   splits and their samples and boundaries, slice splits and Parquet
-//!   writes; and any filter, select, sort, limit or hash split whose
-//!   expression or column types the kernels lack (see [`eval`], [`steps`]);
+//! - steps: range splits and their samples and boundaries, slice splits
+//!   and Parquet writes; and any filter, select, sort, limit, aggregation
+//!   or hash split whose expression, key, aggregate or column types the
+//!   kernels lack (see [`eval`], [`steps`]: for instance utf8 columns in a
+//!   filter, descending sorts, `n_unique`);
 //! - a partition with a type the kernels lack (decimals, timestamps, nested
 //!   types; [`storage_type`]) stays on the host for the task.
 
@@ -146,7 +147,7 @@ fn device_step(step: &Step, d: &DeviceBatch) -> eval::Eval<DeviceBatch> {
         Step::WithColumns(exprs) => steps::with_columns(d, exprs),
         Step::Limit(n) => steps::limit(d, *n),
         Step::Sort { by, descending, limit } => steps::sort_rows(d, by, descending, *limit),
-        Step::Aggregate { .. } => Err(Outcome::Host("aggregation (no device group-by kernel)".into())),
+        Step::Aggregate { keys, aggs } => steps::aggregate(d, keys, aggs),
         Step::SortSample { .. } | Step::SortBoundaries { .. } => {
             Err(Outcome::Host("sort sampling works on small host batches".into()))
         }

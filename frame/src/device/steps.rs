@@ -1,18 +1,21 @@
 //! The per-partition steps that run on device columns: filter (mask and
 //! compaction), select, with_columns, limit, sort (ascending int64/float64
-//! keys, by successive stable radix sorts) and hash split (the CPU's row
-//! hash, so pieces match a CPU worker's). Each returns
+//! keys, by successive stable radix sorts), group-by aggregation (sorted
+//! runs) and hash split (the CPU's row hash, so pieces match a CPU
+//! worker's). Each returns
 //! [`Outcome::Host`] with the reason where a kernel is missing.
 
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema};
+use weft_kernels::segment::{self, SegmentOp};
 use weft_kernels::{Column, DType, filter, frame_hash, logic, sort, take};
 
 use super::batch::DeviceBatch;
 use super::eval::{Eval, Outcome, evaluate};
 use crate::error::FrameError;
-use crate::expr::Expr;
+use crate::expr::{AggFunc, Expr};
+use crate::groupby::AggSpec;
 
 fn host<T>(why: impl Into<String>) -> Eval<T> {
     Err(Outcome::Host(why.into()))
@@ -122,15 +125,9 @@ pub fn sort_rows(
         }
         keys.push(c);
     }
-    let Some((last, rest)) = keys.split_last() else {
+    let Some(perm) = sort_perm(&keys)? else {
         return Ok(batch.clone());
     };
-    // Least significant key first; each later stable pass keeps its order.
-    let mut perm = sort::argsort(last)?;
-    for key in rest.iter().rev() {
-        let pass = sort::argsort(&take::take(key, &perm)?)?;
-        perm = take::take(&perm, &pass)?;
-    }
     let columns = batch
         .columns()
         .iter()
@@ -141,6 +138,89 @@ pub fn sort_rows(
         Some(n) => limit(&sorted, n),
         None => Ok(sorted),
     }
+}
+
+/// The stable ascending order of the key columns (int64 or float64, nulls
+/// last), or none without keys: the least significant key first, each
+/// later stable pass keeping its order.
+fn sort_perm(keys: &[Column]) -> Eval<Option<Column>> {
+    let Some((last, rest)) = keys.split_last() else {
+        return Ok(None);
+    };
+    let mut perm = sort::argsort(last)?;
+    for key in rest.iter().rev() {
+        let pass = sort::argsort(&take::take(key, &perm)?)?;
+        perm = take::take(&perm, &pass)?;
+    }
+    Ok(Some(perm))
+}
+
+/// Group-by aggregation, sort-based: rows ordered by the keys (int64 or
+/// float64), runs of equal keys ([`segment::segments`]), one value per run
+/// ([`segment::segment_reduce`]) for sum, min, max, count, len and mean of
+/// int32, int64 or float64 inputs. `n_unique`, other key or input types, and
+/// an aggregate without keys run on the host.
+pub fn aggregate(batch: &DeviceBatch, keys: &[Expr], aggs: &[AggSpec]) -> Eval<DeviceBatch> {
+    if keys.is_empty() {
+        return host("an aggregate without keys");
+    }
+    let mut key_columns = Vec::with_capacity(keys.len());
+    let mut fields = Vec::with_capacity(keys.len() + aggs.len());
+    for k in keys {
+        let (c, t) = evaluate(k, batch)?;
+        if !matches!(t, DataType::Int64 | DataType::Float64) {
+            return host(format!(
+                "a group-by key of type {t} (the argsort takes int64 and float64)"
+            ));
+        }
+        fields.push(Field::new(k.output_name(), t, true));
+        key_columns.push(c);
+    }
+    let mut inputs = Vec::with_capacity(aggs.len());
+    for a in aggs {
+        let op = match a.func {
+            AggFunc::Sum => SegmentOp::Sum,
+            AggFunc::Min => SegmentOp::Min,
+            AggFunc::Max => SegmentOp::Max,
+            AggFunc::Count => SegmentOp::Count,
+            AggFunc::Len => SegmentOp::Rows,
+            AggFunc::Mean => SegmentOp::Mean,
+            AggFunc::NUnique => return host("n_unique (no device kernel)"),
+        };
+        let input = match a.func {
+            AggFunc::Len => key_columns[0].clone(),
+            _ => {
+                let (c, t) = evaluate(&a.input, batch)?;
+                if !matches!(t, DataType::Int32 | DataType::Int64 | DataType::Float64) {
+                    return host(format!("{:?} of {t}", a.func));
+                }
+                c
+            }
+        };
+        inputs.push((op, input));
+    }
+    let Some(perm) = sort_perm(&key_columns)? else {
+        return host("an aggregate without keys");
+    };
+    let sorted = key_columns
+        .iter()
+        .map(|k| take::take(k, &perm))
+        .collect::<Result<Vec<_>, _>>()?;
+    let starts = segment::segments(&sorted.iter().collect::<Vec<_>>())?;
+    let mut columns = sorted
+        .iter()
+        .map(|k| take::take(k, &starts))
+        .collect::<Result<Vec<_>, _>>()?;
+    for ((op, input), a) in inputs.iter().zip(aggs) {
+        let out = segment::segment_reduce(&take::take(input, &perm)?, &starts, *op)?;
+        let t = match out.dtype() {
+            DType::I64 => DataType::Int64,
+            _ => DataType::Float64,
+        };
+        fields.push(Field::new(a.name.clone(), t, true));
+        columns.push(out);
+    }
+    Ok(DeviceBatch::new(Arc::new(Schema::new(fields)), columns, starts.len())?)
 }
 
 /// `n` pieces by the hash of `keys`, rows in their order within each.
