@@ -21,6 +21,7 @@ pub mod frame_hash;
 pub mod gemm;
 pub mod generated;
 pub mod hash;
+pub mod join;
 mod launch;
 pub mod logic;
 pub mod nvrtc;

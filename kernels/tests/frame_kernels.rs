@@ -10,7 +10,7 @@ mod common;
 use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
-use weft_kernels::{Column, DType, frame_hash, logic};
+use weft_kernels::{Column, DType, frame_hash, join, logic};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
 fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
@@ -269,4 +269,87 @@ fn segment_kernels(d: &Dut) {
     }
 }
 
-test_device!(logic_kernels, frame_hash_kernels, segment_kernels);
+fn join_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(21);
+    for &n in SIZES {
+        let nb = n / 2 + rng.usize(..3);
+        let build: Vec<Option<i64>> = (0..nb).map(|_| (rng.u8(..6) != 0).then(|| rng.i64(-10..10))).collect();
+        let probe: Vec<Option<i64>> = (0..n).map(|_| (rng.u8(..6) != 0).then(|| rng.i64(-12..12))).collect();
+        let (bc, pc) = (column(&build), column(&probe));
+        let hits = |k: &Option<i64>| -> Vec<u32> {
+            (0..nb as u32)
+                .filter(|&r| k.is_some() && build[r as usize] == *k)
+                .collect()
+        };
+        let want: Vec<_> = probe.iter().map(|k| Some(V::U(hits(k).len() as u64))).collect();
+        check(
+            d,
+            &format!("join counts n={n}"),
+            &[&bc, &pc],
+            |c| join::counts(&c[0], &c[1]).unwrap(),
+            &want,
+        );
+        for keep in [false, true] {
+            let mut wp = Vec::new();
+            let mut wb = Vec::new();
+            for (i, k) in probe.iter().enumerate() {
+                let h = hits(k);
+                if h.is_empty() && keep {
+                    wp.push(Some(V::U(i as u64)));
+                    wb.push(Some(V::U(u64::from(join::NO_ROW))));
+                }
+                for r in h {
+                    wp.push(Some(V::U(i as u64)));
+                    wb.push(Some(V::U(u64::from(r))));
+                }
+            }
+            let what = format!("join pairs n={n} left={keep}");
+            check(
+                d,
+                &format!("{what} probe rows"),
+                &[&bc, &pc],
+                |c| join::pairs(&c[0], &c[1], keep).unwrap().0,
+                &wp,
+            );
+            check(
+                d,
+                &format!("{what} build rows"),
+                &[&bc, &pc],
+                |c| join::pairs(&c[0], &c[1], keep).unwrap().1,
+                &wb,
+            );
+        }
+        let idx: Vec<u32> = (0..n)
+            .map(|_| {
+                if rng.u8(..5) == 0 {
+                    join::NO_ROW
+                } else {
+                    rng.u32(..nb.max(1) as u32)
+                }
+            })
+            .collect();
+        if nb > 0 {
+            let vals: Vec<Option<f64>> = (0..nb).map(|_| (rng.u8(..4) != 0).then(|| rng.f64())).collect();
+            let want: Vec<_> = idx
+                .iter()
+                .map(|&r| {
+                    if r == join::NO_ROW {
+                        None
+                    } else {
+                        vals[r as usize].map(V::F)
+                    }
+                })
+                .collect();
+            let (vc, ic) = (column(&vals), Column::from_vec(idx));
+            check(
+                d,
+                &format!("take_or_null n={n}"),
+                &[&vc, &ic],
+                |c| join::take_or_null(&c[0], &c[1]).unwrap(),
+                &want,
+            );
+        }
+    }
+}
+
+test_device!(logic_kernels, frame_hash_kernels, segment_kernels, join_kernels);
