@@ -19,8 +19,9 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema};
 use weft_frame::device::{self, Placement};
 use weft_frame::groupby::AggSpec;
+use weft_frame::join::{JoinSpec, join_schema};
 use weft_frame::ops::{Input, Step, TaskArgs};
-use weft_frame::{AggFunc, Expr, col, lit, lit_date, partition, when};
+use weft_frame::{AggFunc, Expr, JoinType, col, lit, lit_date, partition, when};
 use weft_gpu::Gpu;
 use weft_runtime::ops::{OpContext, Site};
 use weft_runtime::{Key, Registry, Value};
@@ -340,6 +341,95 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
                 aggs: numeric_aggs.clone(),
             }],
         );
+    }
+}
+
+/// The right side of the joins: `rk` (int64 keys with duplicates and
+/// nulls), `id` (a name the left side has too), `rv` (float64).
+fn right_side(rows: usize, seed: u64) -> RecordBatch {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let rk: Int64Array = (0..rows)
+        .map(|_| (rng.u8(..8) != 0).then(|| rng.i64(-20..20)))
+        .collect();
+    let id: Int64Array = (0..rows as i64).map(|i| Some(1000 + i)).collect();
+    let rv: Float64Array = (0..rows).map(|_| (rng.u8(..5) != 0).then(|| rng.f64())).collect();
+    let schema = Schema::new(vec![
+        Field::new("rk", DataType::Int64, true),
+        Field::new("id", DataType::Int64, false),
+        Field::new("rv", DataType::Float64, true),
+    ]);
+    RecordBatch::try_new(Arc::new(schema), vec![Arc::new(rk), Arc::new(id), Arc::new(rv)]).unwrap()
+}
+
+fn join_args(
+    left: &RecordBatch,
+    right: &RecordBatch,
+    on: (&str, &str),
+    how: JoinType,
+    probe_is_left: bool,
+) -> TaskArgs {
+    let spec = JoinSpec {
+        left_on: vec![on.0.into()],
+        right_on: vec![on.1.into()],
+        how,
+        build_left: !probe_is_left,
+    };
+    let schema = join_schema(left.schema_ref(), right.schema_ref(), &spec).unwrap();
+    TaskArgs {
+        input: Input::Join {
+            probe: Box::new(TaskArgs {
+                input: Input::Deps,
+                steps: vec![],
+            }),
+            probe_deps: 1,
+            probe_is_left,
+            spec,
+            schema,
+        },
+        steps: vec![],
+    }
+}
+
+#[test]
+fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
+    let gpu = Gpu::emulated(4, 1 << 28, true);
+    for (l_rows, r_rows) in [(300, 40), (0, 10), (50, 0), (700, 300)] {
+        for how in [JoinType::Inner, JoinType::Left, JoinType::Semi, JoinType::Anti] {
+            for probe_is_left in [true, false] {
+                if !probe_is_left && how != JoinType::Inner {
+                    continue;
+                }
+                for (left, on, on_device) in [
+                    (numeric(l_rows, 5), ("k", "rk"), true),
+                    (frame(l_rows, 6), ("k", "rk"), false),
+                    (numeric(l_rows, 7), ("i", "rk"), false),
+                ] {
+                    let right = right_side(r_rows, 8);
+                    let args = join_args(&left, &right, on, how, probe_is_left);
+                    let (probe, build) = if probe_is_left {
+                        (&left, &right)
+                    } else {
+                        (&right, &left)
+                    };
+                    let what = format!("{how:?} join of {l_rows} x {r_rows} on {on:?}, probe left {probe_is_left}");
+                    let inputs: Vec<Arc<Value>> = [probe, build]
+                        .iter()
+                        .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
+                        .collect();
+                    let cpu = task(&Site::default(), &args, &inputs).unwrap();
+                    for (name, site) in gpu_sites() {
+                        let got = task(site, &args, &inputs).unwrap();
+                        assert_same(
+                            &format!("{what} on the {name}"),
+                            &partition::decode(&got).unwrap()[0],
+                            &partition::decode(&cpu).unwrap()[0],
+                        );
+                    }
+                    let (_, placements) = device::run(&gpu, &args, &inputs).unwrap();
+                    assert_eq!(placements[0] == Placement::Device, on_device, "{what}: {placements:?}");
+                }
+            }
+        }
     }
 }
 

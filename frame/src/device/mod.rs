@@ -9,8 +9,9 @@
 //! device after it where its types allow):
 //! - inputs: Parquet, CSV and random partitions are made on the host and
 //!   uploaded once; several input pieces are concatenated on the host
-//!   (there is no device concatenation kernel yet); a join's probe and
-//!   build run on the host (no device hash-join kernel yet);
+//!   (there is no device concatenation kernel yet); a join runs on the
+//!   device when both sides are device batches joined on one int64 key
+//!   with fixed-width columns ([`steps::join`]), otherwise on the host;
 //! - steps: range splits and their samples and boundaries, slice splits
 //!   and Parquet writes; and any filter, select, sort, limit, aggregation
 //!   or hash split whose expression, key, aggregate or column types the
@@ -74,24 +75,20 @@ fn upload(batch: RecordBatch, gpu: &Arc<Gpu>) -> Result<(Part, Option<String>)> 
 /// Runs a task on `gpu`: its result value (device pieces where they ran on
 /// the device) and where the input and each step ran.
 pub fn run(gpu: &Arc<Gpu>, args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<(Value, Vec<Placement>)> {
-    let (data, boundaries) = crate::ops::split_boundaries(args, inputs)?;
     let mut placements = Vec::with_capacity(args.steps.len() + 1);
-    let mut part = match (&args.input, data) {
-        (Input::Deps, [one]) if single_device_piece(one)? => {
-            placements.push(Placement::Device);
-            Part::Device(device_piece(one, gpu)?)
-        }
-        (input, data) => {
-            let why = match input {
-                Input::Deps => "host or several input pieces, concatenated on the host",
-                Input::Join { .. } => "a join runs on the host",
-                _ => "input read on the host",
-            };
-            let (part, unsupported) = upload(crate::ops::start(input, data)?, gpu)?;
-            placements.push(Placement::Host(unsupported.unwrap_or_else(|| why.to_string())));
-            part
-        }
-    };
+    let parts = run_parts(gpu, args, inputs, &mut placements)?;
+    Ok((encode(parts)?, placements))
+}
+
+/// [`run`] before encoding: the task's pieces.
+fn run_parts(
+    gpu: &Arc<Gpu>,
+    args: &TaskArgs,
+    inputs: &[Arc<Value>],
+    placements: &mut Vec<Placement>,
+) -> Result<Vec<Part>> {
+    let (data, boundaries) = crate::ops::split_boundaries(args, inputs)?;
+    let mut part = start(gpu, &args.input, data, placements)?;
     for (i, step) in args.steps.iter().enumerate() {
         let last = i + 1 == args.steps.len();
         if matches!(
@@ -103,7 +100,7 @@ pub fn run(gpu: &Arc<Gpu>, args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<(Va
                 (Part::Device(d), Step::HashSplit { keys, n }) => match steps::hash_split(d, keys, *n) {
                     Ok(pieces) => {
                         placements.push(Placement::Device);
-                        return Ok((encode(pieces.into_iter().map(Part::Device).collect())?, placements));
+                        return Ok(pieces.into_iter().map(Part::Device).collect());
                     }
                     Err(Outcome::Host(why)) => why,
                     Err(Outcome::Failed(e)) => return Err(e),
@@ -113,7 +110,7 @@ pub fn run(gpu: &Arc<Gpu>, args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<(Va
             };
             placements.push(Placement::Host(why));
             let pieces = crate::ops::split(step, &part.host()?, boundaries)?;
-            return Ok((encode(pieces.into_iter().map(Part::Host).collect())?, placements));
+            return Ok(pieces.into_iter().map(Part::Host).collect());
         }
         let on_device = match &part {
             Part::Device(d) => device_step(step, d),
@@ -136,7 +133,67 @@ pub fn run(gpu: &Arc<Gpu>, args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<(Va
             }
         };
     }
-    Ok((encode(vec![part])?, placements))
+    Ok(vec![part])
+}
+
+/// The task's first batch: a device input piece as it is; a join of two
+/// device batches on the device where the kernels allow; anything else
+/// made on the host and uploaded.
+fn start(gpu: &Arc<Gpu>, input: &Input, data: &[Arc<Value>], placements: &mut Vec<Placement>) -> Result<Part> {
+    match (input, data) {
+        (Input::Deps, [one]) if single_device_piece(one)? => {
+            placements.push(Placement::Device);
+            Ok(Part::Device(device_piece(one, gpu)?))
+        }
+        (
+            Input::Join {
+                probe,
+                probe_deps,
+                probe_is_left,
+                spec,
+                schema,
+            },
+            data,
+        ) if *probe_deps < data.len() => {
+            // The two sides' own placements are not the task's stages.
+            let mut sides = Vec::new();
+            let mut probed = run_parts(gpu, probe, &data[..*probe_deps], &mut sides)?;
+            let probed = match (probed.pop(), probed.is_empty()) {
+                (Some(p), true) => p,
+                _ => return Err(FrameError::Plan("a join's probe side is split".into())),
+            };
+            let built = start(gpu, &Input::Deps, &data[*probe_deps..], &mut sides)?;
+            let (left, right) = if *probe_is_left {
+                (probed, built)
+            } else {
+                (built, probed)
+            };
+            let why = match (&left, &right) {
+                (Part::Device(l), Part::Device(r)) => match steps::join(l, r, spec, schema) {
+                    Ok(d) => {
+                        placements.push(Placement::Device);
+                        return Ok(Part::Device(d));
+                    }
+                    Err(Outcome::Host(why)) => why,
+                    Err(Outcome::Failed(e)) => return Err(e),
+                },
+                _ => "a join of a host batch".into(),
+            };
+            let joined = crate::join::hash_join(&left.host()?, &right.host()?, spec, Arc::new(schema.clone()))?;
+            let (part, unsupported) = upload(joined, gpu)?;
+            placements.push(Placement::Host(unsupported.unwrap_or(why)));
+            Ok(part)
+        }
+        (input, data) => {
+            let why = match input {
+                Input::Deps => "host or several input pieces, concatenated on the host",
+                _ => "input read on the host",
+            };
+            let (part, unsupported) = upload(crate::ops::start(input, data)?, gpu)?;
+            placements.push(Placement::Host(unsupported.unwrap_or_else(|| why.to_string())));
+            Ok(part)
+        }
+    }
 }
 
 /// A step on the device, or why it must run on the host.

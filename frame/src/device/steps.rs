@@ -1,7 +1,7 @@
 //! The per-partition steps that run on device columns: filter (mask and
 //! compaction), select, with_columns, limit, sort (ascending int64/float64
 //! keys, by successive stable radix sorts), group-by aggregation (sorted
-//! runs) and hash split (the CPU's row hash, so pieces match a CPU
+//! runs), int64 equi-joins (sorted search) and hash split (the CPU's row hash, so pieces match a CPU
 //! worker's). Each returns
 //! [`Outcome::Host`] with the reason where a kernel is missing.
 
@@ -16,6 +16,7 @@ use super::eval::{Eval, Outcome, evaluate};
 use crate::error::FrameError;
 use crate::expr::{AggFunc, Expr};
 use crate::groupby::AggSpec;
+use crate::join::{JoinSpec, JoinType};
 
 fn host<T>(why: impl Into<String>) -> Eval<T> {
     Err(Outcome::Host(why.into()))
@@ -245,4 +246,66 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     let parts = u32::try_from(n).map_err(|_| Outcome::Failed(FrameError::Plan(format!("{n} pieces"))))?;
     let ids = frame_hash::buckets(&hashes, parts)?;
     (0..parts).map(|j| compact(batch, &logic::eq_mask(&ids, j)?)).collect()
+}
+
+/// Every column of `batch` but those in `skip` can be gathered by row
+/// (int32, int64, float32 or float64).
+fn check_gatherable(batch: &DeviceBatch, skip: &[String], what: &str) -> Eval<()> {
+    for (c, f) in batch.columns().iter().zip(batch.schema().fields()) {
+        if !skip.contains(f.name()) && !matches!(c.dtype(), DType::I32 | DType::I64 | DType::F32 | DType::F64) {
+            return host(format!("{what} of the {} column {:?}", f.data_type(), f.name()));
+        }
+    }
+    Ok(())
+}
+
+/// An equi-join on one int64 key, as [`crate::join::hash_join`] into
+/// `schema`: the right side sorted and searched ([`weft_kernels::join`]);
+/// left columns gathered by the pairs' left rows, right non-key columns by
+/// their right rows (null for a left join's unmatched rows); semi and anti
+/// joins compact the left side by its match counts. Several keys, keys of
+/// other types, and utf8 or boolean columns run on the host.
+pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
+    let ([l], [r]) = (spec.left_on.as_slice(), spec.right_on.as_slice()) else {
+        return host("a join on several keys");
+    };
+    let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
+    let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
+    if lt != DataType::Int64 || rt != DataType::Int64 {
+        return host(format!(
+            "a join key of types {lt} and {rt} (the device joins int64 keys)"
+        ));
+    }
+    let schema = Arc::new(schema.clone());
+    if matches!(spec.how, JoinType::Semi | JoinType::Anti) {
+        check_compactable(left, "a semi or anti join")?;
+        let unmatched = logic::eq_mask(&weft_kernels::join::counts(&rk, &lk)?, 0)?;
+        let keep = if spec.how == JoinType::Anti {
+            unmatched
+        } else {
+            logic::not(&unmatched)?
+        };
+        let out = compact(left, &keep)?;
+        return Ok(DeviceBatch::new(schema, out.columns().to_vec(), out.num_rows())?);
+    }
+    check_gatherable(left, &[], "a join")?;
+    check_gatherable(right, &spec.right_on, "a join")?;
+    let keep_unmatched = spec.how == JoinType::Left;
+    let (p, b) = weft_kernels::join::pairs(&rk, &lk, keep_unmatched)?;
+    let mut columns = left
+        .columns()
+        .iter()
+        .map(|c| take::take(c, &p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (c, f) in right.columns().iter().zip(right.schema().fields()) {
+        if spec.right_on.contains(f.name()) {
+            continue;
+        }
+        columns.push(if keep_unmatched {
+            weft_kernels::join::take_or_null(c, &b)?
+        } else {
+            take::take(c, &b)?
+        });
+    }
+    Ok(DeviceBatch::new(schema, columns, p.len())?)
 }
