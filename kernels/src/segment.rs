@@ -158,11 +158,11 @@ fn cpu_reduce<T: crate::Native>(
         let end = starts.get(s + 1).map_or(n, |e| *e as usize);
         let mut acc: Option<Acc> = None;
         let (mut sum, mut count) = (0f64, 0u64);
-        for i in begin as usize..end {
+        for (i, &value) in vals.iter().enumerate().take(end).skip(begin as usize) {
             if !x.is_valid(i)? {
                 continue;
             }
-            let v = wide(vals[i]);
+            let v = wide(value);
             acc = Some(match acc {
                 None => v,
                 Some(a) => a.fold(v, op),
