@@ -573,3 +573,105 @@ fn types_the_kernels_lack_stay_on_the_host_with_the_right_answer() {
         partition::Layout::Arrow
     );
 }
+
+/// Two in-process workers with the frame's ops: on the CPU, or each on an
+/// emulated GPU.
+async fn cluster(gpus: bool) -> weft_runtime::LocalCluster {
+    let mut options = weft_runtime::LocalOptions::for_this_machine();
+    options.workers = 2;
+    options.nthreads = 1;
+    options.mode = weft_runtime::WorkerMode::InProcess;
+    if gpus {
+        options.in_process_gpus = (10..12).map(|i| Gpu::emulated(i, 256 << 20, true)).collect();
+    }
+    let mut registry = Registry::builtin();
+    weft_frame::register(&mut registry);
+    options.registry = Arc::new(registry);
+    weft_runtime::LocalCluster::start(options).await.unwrap()
+}
+
+/// Orders (`id`, `cust`, `amount`, `day`) and customers (`c_id`, `region`;
+/// a fifth of the orders' customers missing).
+fn orders_and_customers() -> (RecordBatch, RecordBatch) {
+    let mut rng = fastrand::Rng::with_seed(77);
+    let n = 6000;
+    let orders = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef),
+        (
+            "cust",
+            Arc::new(Int64Array::from_iter_values((0..n).map(|_| rng.i64(0..60)))) as _,
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|_| f64::from(rng.u32(0..10_000)) / 100.0),
+            )) as _,
+        ),
+        (
+            "day",
+            Arc::new(Date32Array::from_iter_values((0..n).map(|_| 8766 + rng.i32(0..730)))) as _,
+        ),
+    ])
+    .unwrap();
+    let customers = RecordBatch::try_from_iter([
+        ("c_id", Arc::new(Int64Array::from_iter_values(0..48)) as ArrayRef),
+        (
+            "region",
+            Arc::new(Int64Array::from_iter_values((0..48).map(|c| c % 5))) as _,
+        ),
+    ])
+    .unwrap();
+    (orders, customers)
+}
+
+/// A filter, join, group-by and sort pipeline gives the CPU cluster's
+/// answer on a cluster of emulated GPU workers, and a persisted frame's
+/// partitions stay in device memory there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_on_gpu_workers_gives_the_cpu_clusters_answer() {
+    let (orders, customers) = orders_and_customers();
+    let mut answers = Vec::new();
+    for gpus in [false, true] {
+        let cluster = cluster(gpus).await;
+        let client = cluster.client().await.unwrap();
+        client.set_progress(false);
+        let frames = weft_frame::Frames::new(client);
+        let o = frames.from_batches(vec![orders.clone()], 6).await.unwrap();
+        let c = frames.from_batches(vec![customers.clone()], 2).await.unwrap();
+        let kept = o
+            .filter(
+                col("day")
+                    .gt_eq(lit_date("1994-06-01").unwrap())
+                    .and(col("amount").gt(lit(5))),
+            )
+            .persist()
+            .await
+            .unwrap();
+        let on_device: u64 = cluster.memory().iter().map(|m| m.on_device).sum();
+        if gpus {
+            // About 4,700 kept rows x 4 columns x 8 bytes, less the int32 days' half.
+            assert!(
+                on_device > 100_000,
+                "persisted partitions in device memory: {on_device} bytes"
+            );
+        } else {
+            assert_eq!(on_device, 0);
+        }
+        let q = kept
+            .join(&c, &["cust"], &["c_id"], JoinType::Inner)
+            .with_columns([(col("amount") * lit(2)).alias("twice")])
+            .group_by([col("region")])
+            .agg([
+                col("twice").sum().alias("total"),
+                weft_frame::len().alias("n"),
+                col("amount").max().alias("top"),
+                col("amount").mean().alias("avg"),
+            ])
+            .sort([col("region")], &[false]);
+        answers.push(q.collect().await.unwrap());
+        drop(frames);
+        cluster.stop().await;
+    }
+    assert_eq!(answers[0].num_rows(), 5);
+    assert_same("the pipeline on GPU workers", &answers[1], &answers[0]);
+}
