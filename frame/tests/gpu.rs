@@ -535,6 +535,57 @@ fn a_device_partition_feeds_the_next_task_without_leaving_the_device() {
 }
 
 #[test]
+fn device_pieces_concatenate_on_the_device() {
+    let gpu = Gpu::emulated(5, 1 << 28, true);
+    // Split on the device (utf8 columns too), then one task over all pieces.
+    let split = TaskArgs {
+        input: Input::Deps,
+        steps: vec![Step::HashSplit {
+            keys: vec![col("k")],
+            n: 3,
+        }],
+    };
+    let both = [frame(500, 12), frame(0, 13)];
+    let mut values = Vec::new();
+    for b in &both {
+        let input = Arc::new(partition::encode(std::slice::from_ref(b)).unwrap());
+        // A frame with utf8 columns is split on the host, then uploaded.
+        let (v, _) = device::run(&gpu, &split, &[input]).unwrap();
+        values.push(Arc::new(v));
+    }
+    let numeric_input = Arc::new(partition::encode(&[numeric(300, 14)]).unwrap());
+    let (v, placements) = device::run(&gpu, &split, &[numeric_input]).unwrap();
+    assert_eq!(placements.last(), Some(&Placement::Device));
+    let concat = TaskArgs {
+        input: Input::Deps,
+        steps: vec![Step::Sort {
+            by: vec![col("id")],
+            descending: vec![false],
+            limit: None,
+        }],
+    };
+    let numeric_value = Arc::new(v);
+    for inputs in [values.clone(), vec![numeric_value.clone(), numeric_value.clone()]] {
+        let (out, _) = device::run(&gpu, &concat, &inputs).unwrap();
+        let host_inputs: Vec<Arc<Value>> = inputs
+            .iter()
+            .map(|v| Arc::new(partition::encode(&partition::decode(v).unwrap()).unwrap()))
+            .collect();
+        let want = weft_frame::ops::run(&concat, &host_inputs).unwrap();
+        assert_same("concatenated pieces", &partition::decode(&out).unwrap()[0], &want[0]);
+    }
+    // Three device pieces: concatenated without leaving the device.
+    let (_, placements) = device::run(&gpu, &concat, &[numeric_value]).unwrap();
+    assert_eq!(placements[0], Placement::Device);
+    // Host pieces (a split on the host, for its utf8 column): uploaded.
+    let (_, placements) = device::run(&gpu, &concat, &values[..1]).unwrap();
+    assert!(
+        matches!(&placements[0], Placement::Host(why) if why.contains("uploaded")),
+        "{placements:?}"
+    );
+}
+
+#[test]
 fn types_the_kernels_lack_stay_on_the_host_with_the_right_answer() {
     let schema = Arc::new(Schema::new(vec![
         Field::new("p", DataType::Decimal128(15, 2), false),

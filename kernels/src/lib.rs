@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod codec;
 mod column;
+pub mod concat;
 pub mod cudalibs;
 mod dispatch;
 pub mod elementwise;

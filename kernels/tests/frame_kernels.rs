@@ -10,7 +10,7 @@ mod common;
 use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
-use weft_kernels::{Column, DType, frame_hash, join, logic};
+use weft_kernels::{Column, DType, concat, frame_hash, join, logic};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
 fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
@@ -352,4 +352,90 @@ fn join_kernels(d: &Dut) {
     }
 }
 
-test_device!(logic_kernels, frame_hash_kernels, segment_kernels, join_kernels);
+fn concat_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(31);
+    // Pieces of awkward lengths (empty, one row, across word edges).
+    let lens = [0usize, 1, 31, 33, 70, 0, 257];
+    let ints: Vec<Vec<Option<i64>>> = lens
+        .iter()
+        .map(|&n| (0..n).map(|_| (rng.u8(..5) != 0).then(|| rng.i64(..))).collect())
+        .collect();
+    let dense: Vec<Vec<Option<i32>>> = lens
+        .iter()
+        .map(|&n| (0..n).map(|_| Some(rng.i32(..))).collect())
+        .collect();
+    let flags: Vec<Vec<Option<bool>>> = lens
+        .iter()
+        .map(|&n| (0..n).map(|_| (rng.u8(..4) != 0).then(|| rng.bool())).collect())
+        .collect();
+    let want: Vec<_> = ints.iter().flatten().map(|v| v.map(V::I)).collect();
+    let cols: Vec<Column> = ints.iter().map(|v| column(v)).collect();
+    check(
+        d,
+        "concat i64",
+        &cols.iter().collect::<Vec<_>>(),
+        |c| concat::concat(&c.iter().collect::<Vec<_>>()).unwrap(),
+        &want,
+    );
+    let want: Vec<_> = dense.iter().flatten().map(|v| v.map(|x| V::I(i64::from(x)))).collect();
+    let cols: Vec<Column> = dense.iter().map(|v| column(v)).collect();
+    check(
+        d,
+        "concat i32",
+        &cols.iter().collect::<Vec<_>>(),
+        |c| concat::concat(&c.iter().collect::<Vec<_>>()).unwrap(),
+        &want,
+    );
+    let want: Vec<_> = flags.iter().flatten().map(|v| v.map(V::B)).collect();
+    let cols: Vec<Column> = flags
+        .iter()
+        .map(|v| Column::from_arrow(&arrow_array::BooleanArray::from(v.clone())).unwrap())
+        .collect();
+    check(
+        d,
+        "concat bool",
+        &cols.iter().collect::<Vec<_>>(),
+        |c| concat::concat(&c.iter().collect::<Vec<_>>()).unwrap(),
+        &want,
+    );
+    // Utf8, one piece a slice that starts mid-buffer: compared as arrow arrays.
+    let strings: Vec<Vec<Option<String>>> = lens
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|i| (i % 6 != 2).then(|| "x".repeat(rng.usize(..9))))
+                .collect()
+        })
+        .collect();
+    let mut cols: Vec<Column> = strings
+        .iter()
+        .map(|v| Column::from_arrow(&StringArray::from(v.clone())).unwrap())
+        .collect();
+    let sliced = StringArray::from(vec![Some("skip"), Some("kept"), None, Some("also")]).slice(1, 3);
+    cols.push(Column::from_arrow(&sliced).unwrap());
+    let want: Vec<Option<String>> = strings
+        .iter()
+        .flatten()
+        .cloned()
+        .chain([Some("kept".to_string()), None, Some("also".to_string())])
+        .collect();
+    let dev: Vec<Column> = cols.iter().map(|c| d.put(c)).collect();
+    let out = concat::concat(&dev.iter().collect::<Vec<_>>())
+        .unwrap()
+        .to_host()
+        .unwrap();
+    let got = out.to_arrow().unwrap();
+    assert_eq!(
+        got.as_ref(),
+        &StringArray::from(want) as &dyn arrow_array::Array,
+        "concat utf8"
+    );
+}
+
+test_device!(
+    logic_kernels,
+    frame_hash_kernels,
+    segment_kernels,
+    join_kernels,
+    concat_kernels
+);

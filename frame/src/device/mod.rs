@@ -8,8 +8,8 @@
 //! a [`Placement::Host`] with its reason, and the batch goes back to the
 //! device after it where its types allow):
 //! - inputs: Parquet, CSV and random partitions are made on the host and
-//!   uploaded once; several input pieces are concatenated on the host
-//!   (there is no device concatenation kernel yet); a join runs on the
+//!   uploaded once; input pieces are concatenated on the device, unless one
+//!   has a type the kernels lack or their schemas differ; a join runs on the
 //!   device when both sides are device batches joined on one int64 key
 //!   with fixed-width columns ([`steps::join`]), otherwise on the host;
 //! - steps: range splits and their samples and boundaries, slice splits
@@ -141,10 +141,21 @@ fn run_parts(
 /// made on the host and uploaded.
 fn start(gpu: &Arc<Gpu>, input: &Input, data: &[Arc<Value>], placements: &mut Vec<Placement>) -> Result<Part> {
     match (input, data) {
-        (Input::Deps, [one]) if single_device_piece(one)? => {
-            placements.push(Placement::Device);
-            Ok(Part::Device(device_piece(one, gpu)?))
-        }
+        (Input::Deps, data) if !data.is_empty() => match device_pieces(data, gpu)? {
+            Some((batch, uploaded)) => {
+                placements.push(match uploaded {
+                    true => Placement::Host("input pieces from the host, uploaded".into()),
+                    false => Placement::Device,
+                });
+                Ok(Part::Device(batch))
+            }
+            None => {
+                let (part, unsupported) = upload(crate::ops::start(input, data)?, gpu)?;
+                let why = "input pieces of types the kernels lack or of different schemas, concatenated on the host";
+                placements.push(Placement::Host(unsupported.unwrap_or_else(|| why.into())));
+                Ok(part)
+            }
+        },
         (
             Input::Join {
                 probe,
@@ -215,16 +226,55 @@ fn device_step(step: &Step, d: &DeviceBatch) -> eval::Eval<DeviceBatch> {
     }
 }
 
-/// Whether `value` is one piece in the column layout.
-fn single_device_piece(value: &Value) -> Result<bool> {
-    let h = crate::partition::header(value)?;
-    Ok(matches!(h.pieces.as_slice(), [p] if p.layout == Layout::Columns))
-}
-
-/// The one column-layout piece of `value`, on `gpu`.
-fn device_piece(value: &Value, gpu: &Arc<Gpu>) -> Result<DeviceBatch> {
-    let h = crate::partition::header(value)?;
-    DeviceBatch::decode(&h.pieces[0].batch, &value.frames)?.to_device(gpu)
+/// Every piece of `inputs` on `gpu`, concatenated there, and whether any
+/// was a host piece (uploaded); none where a piece has a type the kernels
+/// lack or the pieces' schemas differ.
+fn device_pieces(inputs: &[Arc<Value>], gpu: &Arc<Gpu>) -> Result<Option<(DeviceBatch, bool)>> {
+    let mut pieces = Vec::new();
+    let mut uploaded = false;
+    for value in inputs {
+        let h = crate::partition::header(value)?;
+        let mut at = 0usize;
+        for p in &h.pieces {
+            let end = at + p.frames as usize;
+            let frames = value.frames.get(at..end).ok_or_else(|| {
+                FrameError::Partition(format!("{} frames, a piece needs {at}..{end}", value.frames.len()))
+            })?;
+            at = end;
+            pieces.push(match p.layout {
+                Layout::Columns => DeviceBatch::decode(&p.batch, frames)?.to_device(gpu)?,
+                Layout::Arrow => {
+                    let batch = weft_kernels::codec::decode_batch(&p.batch, frames)
+                        .map_err(|e| FrameError::Partition(e.to_string()))?;
+                    match upload(batch, gpu)?.0 {
+                        Part::Device(d) => {
+                            uploaded = true;
+                            d
+                        }
+                        Part::Host(_) => return Ok(None),
+                    }
+                }
+            });
+        }
+    }
+    let Some(first) = pieces.first() else {
+        return Ok(None);
+    };
+    let schema = first.schema().clone();
+    if pieces.len() == 1 {
+        return Ok(pieces.pop().map(|p| (p, uploaded)));
+    }
+    if pieces.iter().any(|p| p.schema().fields() != schema.fields()) {
+        return Ok(None);
+    }
+    let columns = (0..schema.fields().len())
+        .map(|i| {
+            let parts: Vec<&weft_kernels::Column> = pieces.iter().map(|p| &p.columns()[i]).collect();
+            weft_kernels::concat::concat(&parts).map_err(batch::kernel_error)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rows = pieces.iter().map(DeviceBatch::num_rows).sum();
+    Ok(Some((DeviceBatch::new(schema, columns, rows)?, uploaded)))
 }
 
 /// A partition value of `parts`: device pieces in the column layout, host
