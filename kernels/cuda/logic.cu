@@ -73,3 +73,21 @@ WEFT_KERNEL(fill_32, u32 value, u32 *out, u64 n) {
 WEFT_KERNEL(fill_64, u64 value, u64 *out, u64 n) {
     for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) weft_store(&out[i], value);
 }
+
+// 0, 1, ..., n - 1 (row numbers, for gathers).
+WEFT_KERNEL(iota_32, u32 *out, u64 n) {
+    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) weft_store(&out[i], (u32)i);
+}
+
+// Bits of src (null: all set) at rows idx, one thread per 32-row word.
+WEFT_KERNEL(take_bits, const u32 *src, const u32 *idx, u64 n, u32 *out) {
+    u64 words = (n + 31) / 32;
+    for (u64 w = weft_global_id(); w < words; w += weft_grid_size()) {
+        u32 bits = 0;
+        u64 end = w * 32 + 32 < n ? w * 32 + 32 : n;
+        for (u64 i = w * 32; i < end; ++i) {
+            if (weft_valid(src, weft_load(&idx[i]))) bits |= 1u << (u32)(i - w * 32);
+        }
+        out[w] = bits;
+    }
+}

@@ -27,8 +27,10 @@ mod launch;
 pub mod logic;
 pub mod nvrtc;
 pub mod reduce;
+pub mod rows;
 pub mod segment;
 pub mod sort;
+pub mod strings;
 pub mod take;
 
 pub use column::{Column, DType, Native, bitmap_bytes};

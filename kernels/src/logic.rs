@@ -239,3 +239,50 @@ pub fn fill(like: &Column, dtype: DType, value: u64) -> Result<Column, KernelErr
         }
     }
 }
+
+/// Row numbers `0..n` as a U32 column on `like`'s device.
+pub fn iota(like: &Column, n: usize) -> Result<Column, KernelError> {
+    match target("iota_32", &[like])? {
+        Target::Cpu => Ok(Column::from_vec((0..n as u32).collect::<Vec<u32>>())),
+        Target::Gpu(exec) => {
+            let out = exec.alloc(n.max(1) * 4)?;
+            exec.launch1(
+                "logic",
+                "iota_32",
+                exec.grid(n as u64),
+                &[ptr(&out), Arg::U64(n as u64)],
+            )?;
+            exec.finish()?;
+            Column::new(DType::U32, n, Buffer::device(out), None, None)
+        }
+    }
+}
+
+/// The bits of `bits` (a bitmap over `like`'s rows; none: all set) at the
+/// rows `idx` (U32, no nulls), as a bitmap buffer of `idx.len()` rows.
+pub fn take_bits(like: &Column, bits: Option<&Buffer>, idx: &Column) -> Result<Buffer, KernelError> {
+    let n = idx.len();
+    match target("take_bits", &[like, idx])? {
+        Target::Cpu => {
+            let src = bits.map(|b| b.host()).transpose()?;
+            let rows = idx.host_values::<u32>()?;
+            Ok(host_bits(n, |i| src.is_none_or(|s| host_bit(s, rows[i] as usize))))
+        }
+        Target::Gpu(exec) => {
+            let out = words(&exec, n)?;
+            exec.launch1(
+                "logic",
+                "take_bits",
+                exec.grid(n.div_ceil(32) as u64),
+                &[
+                    opt_ptr(bits)?,
+                    opt_ptr(Some(idx.values()))?,
+                    Arg::U64(n as u64),
+                    ptr(&out),
+                ],
+            )?;
+            exec.finish()?;
+            Ok(Buffer::device(out))
+        }
+    }
+}

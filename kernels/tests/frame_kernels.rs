@@ -10,7 +10,8 @@ mod common;
 use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
-use weft_kernels::{Column, DType, concat, frame_hash, join, logic};
+use weft_kernels::strings::{self, StrOp};
+use weft_kernels::{Column, DType, concat, frame_hash, join, logic, rows as select};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
 fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
@@ -432,10 +433,113 @@ fn concat_kernels(d: &Dut) {
     );
 }
 
+/// The year of a day count, counting years from 1970 (the reference).
+fn year_of(mut days: i64) -> i64 {
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let len = |y: i64| if leap(y) { 366 } else { 365 };
+    let mut y = 1970;
+    while days < 0 {
+        y -= 1;
+        days += len(y);
+    }
+    while days >= len(y) {
+        days -= len(y);
+        y += 1;
+    }
+    y
+}
+
+fn string_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(41);
+    for &n in SIZES {
+        let words = ["", "a", "ab", "abc", "bab", "zzab", "héllo", "ab ab"];
+        let v: Vec<Option<&str>> = (0..n)
+            .map(|_| (rng.u8(..6) != 0).then(|| words[rng.usize(..words.len())]))
+            .collect();
+        let x = Column::from_arrow(&StringArray::from(v.clone())).unwrap();
+        for (op, pattern) in [
+            (StrOp::Eq, "ab"),
+            (StrOp::StartsWith, "ab"),
+            (StrOp::EndsWith, "ab"),
+            (StrOp::Contains, "b a"),
+            (StrOp::Contains, ""),
+            (StrOp::Eq, "héllo"),
+        ] {
+            let want: Vec<_> = v
+                .iter()
+                .map(|s| {
+                    s.map(|s| {
+                        V::B(match op {
+                            StrOp::Eq => s == pattern,
+                            StrOp::StartsWith => s.starts_with(pattern),
+                            StrOp::EndsWith => s.ends_with(pattern),
+                            StrOp::Contains => s.contains(pattern),
+                        })
+                    })
+                })
+                .collect();
+            let what = format!("{op:?} {pattern:?} n={n}");
+            check(
+                d,
+                &what,
+                &[&x],
+                |c| strings::matches(&c[0], op, pattern).unwrap(),
+                &want,
+            );
+        }
+        let days: Vec<Option<i32>> = (0..n)
+            .map(|_| (rng.u8(..7) != 0).then(|| rng.i32(-800_000..800_000)))
+            .collect();
+        let want: Vec<_> = days.iter().map(|d| d.map(|d| V::I(year_of(i64::from(d))))).collect();
+        check(
+            d,
+            &format!("year n={n}"),
+            &[&column(&days)],
+            |c| strings::year(&c[0]).unwrap(),
+            &want,
+        );
+        // Compaction of utf8, boolean and u32 columns by a mask with nulls.
+        let (mask, mv) = bools(&mut rng, n, true);
+        let keep: Vec<bool> = mv.iter().map(|m| *m == Some(true)).collect();
+        let dev_mask = d.put(&mask);
+        let want: Vec<Option<&str>> = v.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| *s).collect();
+        let got = select::compact(&d.put(&x), &dev_mask)
+            .unwrap()
+            .to_host()
+            .unwrap()
+            .to_arrow()
+            .unwrap();
+        assert_eq!(
+            got.as_ref(),
+            &StringArray::from(want) as &dyn arrow_array::Array,
+            "compact utf8 n={n}"
+        );
+        let (b, bv) = bools(&mut rng, n, true);
+        let want: Vec<_> = bv
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(x, _)| x.map(V::B))
+            .collect();
+        let got = select::compact(&d.put(&b), &dev_mask).unwrap();
+        assert_rows(&format!("compact bool n={n}"), &rows(&got), &want, 0.0);
+        let ids: Vec<u32> = (0..n as u32).map(|i| i * 3).collect();
+        let want: Vec<_> = ids
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(x, _)| Some(V::U(u64::from(*x))))
+            .collect();
+        let got = select::compact(&d.put(&Column::from_vec(ids)), &dev_mask).unwrap();
+        assert_rows(&format!("compact u32 n={n}"), &rows(&got), &want, 0.0);
+    }
+}
+
 test_device!(
     logic_kernels,
     frame_hash_kernels,
     segment_kernels,
     join_kernels,
-    concat_kernels
+    concat_kernels,
+    string_kernels
 );
