@@ -184,7 +184,8 @@ fn agree(what: &str, batches: &[RecordBatch], steps: Vec<Step>) -> Vec<Value> {
         let gpu = task(site, &args, &inputs);
         match (&cpu, gpu) {
             (Ok(c), Ok(g)) => {
-                let (c, gd) = (partition::decode(c).unwrap(), partition::decode(&g).unwrap());
+                let c = partition::decode(c).unwrap();
+                let gd = partition::decode(&g).unwrap_or_else(|e| panic!("{what} on the {name}: {e}"));
                 assert_eq!(gd.len(), c.len(), "{what} on the {name}: pieces");
                 for (j, (x, y)) in gd.iter().zip(&c).enumerate() {
                     assert_same(&format!("{what} on the {name}, piece {j}"), x, y);
@@ -401,7 +402,7 @@ fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
                 }
                 for (left, on, on_device) in [
                     (numeric(l_rows, 5), ("k", "rk"), true),
-                    (frame(l_rows, 6), ("k", "rk"), false),
+                    (frame(l_rows, 6), ("k", "rk"), true),
                     (numeric(l_rows, 7), ("i", "rk"), false),
                 ] {
                     let right = right_side(r_rows, 8);
@@ -465,6 +466,30 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
     assert_eq!(h.pieces.len(), 4);
     assert!(h.pieces.iter().all(|p| p.layout == partition::Layout::Columns));
     assert!(value.frames.iter().all(|f| f.location() == gpu.device()));
+
+    // Strings and dates: utf8 predicates, year(), utf8 columns compacted.
+    let strings = TaskArgs {
+        input: Input::Deps,
+        steps: vec![
+            Step::Filter(
+                col("s")
+                    .starts_with("ab")
+                    .or(col("s").eq(lit("akey2")))
+                    .and(col("d").year().gt_eq(lit(1996))),
+            ),
+            Step::Sort {
+                by: vec![col("k"), col("id")],
+                descending: vec![false, false],
+                limit: Some(50),
+            },
+        ],
+    };
+    let with_strings = Arc::new(partition::encode(&[frame(400, 10)]).unwrap());
+    let (_, placements) = device::run(&gpu, &strings, &[with_strings]).unwrap();
+    assert!(
+        placements[1..].iter().all(|p| *p == Placement::Device),
+        "{placements:?}"
+    );
 
     let agg = |e: Expr| TaskArgs {
         input: Input::Deps,
@@ -549,7 +574,6 @@ fn device_pieces_concatenate_on_the_device() {
     let mut values = Vec::new();
     for b in &both {
         let input = Arc::new(partition::encode(std::slice::from_ref(b)).unwrap());
-        // A frame with utf8 columns is split on the host, then uploaded.
         let (v, _) = device::run(&gpu, &split, &[input]).unwrap();
         values.push(Arc::new(v));
     }
@@ -577,8 +601,9 @@ fn device_pieces_concatenate_on_the_device() {
     // Three device pieces: concatenated without leaving the device.
     let (_, placements) = device::run(&gpu, &concat, &[numeric_value]).unwrap();
     assert_eq!(placements[0], Placement::Device);
-    // Host pieces (a split on the host, for its utf8 column): uploaded.
-    let (_, placements) = device::run(&gpu, &concat, &values[..1]).unwrap();
+    // Host pieces: uploaded, then concatenated on the device.
+    let host_pieces = Arc::new(partition::encode(&[frame(50, 15), frame(30, 16)]).unwrap());
+    let (_, placements) = device::run(&gpu, &concat, &[host_pieces]).unwrap();
     assert!(
         matches!(&placements[0], Placement::Host(why) if why.contains("uploaded")),
         "{placements:?}"

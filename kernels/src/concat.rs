@@ -61,7 +61,13 @@ pub fn concat(columns: &[&Column]) -> Result<Column, KernelError> {
                         .collect::<Result<Vec<_>, _>>()?;
                     let bytes: usize = ranges.iter().map(|(a, b)| (b - a) as usize).sum();
                     let offsets = exec.alloc((n + 1) * 4)?;
-                    (exec.alloc(bytes.max(1))?, Some((offsets, ranges)))
+                    // No bytes: one zeroed byte, as arrow checks the whole buffer is UTF-8.
+                    let data = if bytes == 0 {
+                        exec.zeroed(1)?
+                    } else {
+                        exec.alloc(bytes)?
+                    };
+                    (data, Some((offsets, ranges)))
                 }
                 _ => (exec.alloc(n.max(1) * dtype.width().unwrap_or(1))?, None),
             };

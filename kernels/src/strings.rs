@@ -90,7 +90,13 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
             )?;
             exec.finish()?;
             let bytes = exec.download::<u32>(&offsets, n + 1)?[n] as usize;
-            let data = exec.alloc(bytes.max(1))?;
+            // An empty column still has a byte of data, zeroed: arrow checks
+            // that the whole buffer is UTF-8.
+            let data = if bytes == 0 {
+                exec.zeroed(1)?
+            } else {
+                exec.alloc(bytes)?
+            };
             exec.launch1(
                 "strings",
                 "utf8_gather",

@@ -2,11 +2,12 @@
 //! ([`crate::eval`]): columns, literals, `and`/`or`/`not` (Kleene),
 //! `is_null`/`is_not_null`, comparisons of two values of one numeric or
 //! date type (a literal taking the other side's type where it converts
-//! exactly, as on the CPU), and `+ - *` on int64 or float64 and `/` on
-//! float64. Anything else (casts, `year()`, string predicates,
-//! `when/then/otherwise`, integer division and remainder, operands that
-//! the CPU would cast as whole arrays) is [`Outcome::Host`]: the caller
-//! runs that step on the host. Integer `+ - *` wrap on overflow where
+//! exactly, as on the CPU), utf8 columns equal or not to a literal,
+//! `starts_with`/`ends_with`/`contains` of utf8 columns, `year()` of dates,
+//! and `+ - *` on int64 or float64 and `/` on float64. Anything else
+//! (casts, `when/then/otherwise`, integer division and remainder, utf8
+//! ordering, operands that the CPU would cast as whole arrays) is
+//! [`Outcome::Host`]: the caller runs that step on the host. Integer `+ - *` wrap on overflow where
 //! arrow-rs reports an error.
 
 use std::sync::Arc;
@@ -16,11 +17,12 @@ use arrow_array::types::{Date32Type, Float32Type, Float64Type, Int32Type, Int64T
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use weft_kernels::elementwise::{self, CmpOp};
+use weft_kernels::strings::{self, StrOp};
 use weft_kernels::{Column, DType, logic};
 
 use super::batch::{DeviceBatch, kernel_error};
 use crate::error::FrameError;
-use crate::expr::{BinaryOp, Expr, Scalar};
+use crate::expr::{BinaryOp, Expr, Scalar, StringOp};
 
 /// Why an expression did not evaluate on the device.
 #[derive(Debug)]
@@ -126,6 +128,21 @@ fn eval(expr: &Expr, batch: &DeviceBatch) -> Eval<Value> {
             Value::Scalar(_) => return host("is_null of a literal"),
         },
         Expr::Binary { left, op, right } => binary(eval(left, batch)?, *op, eval(right, batch)?, batch)?,
+        Expr::Str(e, op, pattern) => match eval(e, batch)? {
+            Value::Array(c, DataType::Utf8) => {
+                let op = match op {
+                    StringOp::StartsWith => StrOp::StartsWith,
+                    StringOp::EndsWith => StrOp::EndsWith,
+                    StringOp::Contains => StrOp::Contains,
+                };
+                Value::Array(strings::matches(&c, op, pattern)?, DataType::Boolean)
+            }
+            _ => return host(format!("{expr} of a value that is not a utf8 column")),
+        },
+        Expr::Year(e) => match eval(e, batch)? {
+            Value::Array(c, DataType::Date32) => Value::Array(strings::year(&c)?, DataType::Int32),
+            _ => return host(format!("{expr} of a value that is not a date column")),
+        },
         other => return host(format!("{other}")),
     })
 }
@@ -186,6 +203,19 @@ fn to_column(v: Value, to: &DataType, batch: &DeviceBatch) -> Eval<Column> {
     }
 }
 
+/// A utf8 column compared with a utf8 literal for (in)equality.
+fn utf8_equals(l: Value, r: Value, negate: bool) -> Eval<Value> {
+    let ((Value::Array(c, _), Value::Scalar(s)) | (Value::Scalar(s), Value::Array(c, _))) = (l, r) else {
+        return host("a comparison of two utf8 columns");
+    };
+    if s.is_null(0) {
+        return host("a comparison with a null literal");
+    }
+    let eq = strings::matches(&c, StrOp::Eq, s.as_string::<i32>().value(0))?;
+    let out = if negate { logic::not(&eq)? } else { eq };
+    Ok(Value::Array(out, DataType::Boolean))
+}
+
 fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> {
     if matches!(op, BinaryOp::And | BinaryOp::Or) {
         let (a, b) = (boolean(l, batch)?, boolean(r, batch)?);
@@ -218,6 +248,9 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
             pair => pair,
         };
         let target = crate::eval::common_type(&format!("{op:?}"), &ty(&l), &ty(&r))?;
+        if target == DataType::Utf8 && matches!(cmp, CmpOp::Eq | CmpOp::Ne) {
+            return utf8_equals(l, r, cmp == CmpOp::Ne);
+        }
         if !matches!(
             target,
             DataType::Int32 | DataType::Int64 | DataType::Float32 | DataType::Float64 | DataType::Date32

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema};
 use weft_kernels::segment::{self, SegmentOp};
-use weft_kernels::{Column, DType, filter, frame_hash, logic, sort, take};
+use weft_kernels::{Column, DType, frame_hash, logic, rows, sort, take};
 
 use super::batch::DeviceBatch;
 use super::eval::{Eval, Outcome, evaluate};
@@ -22,13 +22,8 @@ fn host<T>(why: impl Into<String>) -> Eval<T> {
     Err(Outcome::Host(why.into()))
 }
 
-/// Filter and gather kernels take fixed-width numeric columns only.
-fn check_compactable(batch: &DeviceBatch, what: &str) -> Eval<()> {
-    for (c, f) in batch.columns().iter().zip(batch.schema().fields()) {
-        if !matches!(c.dtype(), DType::I32 | DType::I64 | DType::F32 | DType::F64) {
-            return host(format!("{what} of the {} column {:?}", f.data_type(), f.name()));
-        }
-    }
+/// A batch without columns has rows the kernels cannot count from a mask.
+fn check_has_columns(batch: &DeviceBatch, what: &str) -> Eval<()> {
     if batch.columns().is_empty() {
         return host(format!("{what} of a batch without columns"));
     }
@@ -40,7 +35,7 @@ fn compact(batch: &DeviceBatch, mask: &Column) -> Eval<DeviceBatch> {
     let columns = batch
         .columns()
         .iter()
-        .map(|c| filter::filter(c, mask))
+        .map(|c| rows::compact(c, mask))
         .collect::<Result<Vec<_>, _>>()?;
     let rows = columns.first().map_or(0, Column::len);
     Ok(DeviceBatch::new(batch.schema().clone(), columns, rows)?)
@@ -48,7 +43,7 @@ fn compact(batch: &DeviceBatch, mask: &Column) -> Eval<DeviceBatch> {
 
 /// Rows where `predicate` holds.
 pub fn filter_rows(batch: &DeviceBatch, predicate: &Expr) -> Eval<DeviceBatch> {
-    check_compactable(batch, "a filter")?;
+    check_has_columns(batch, "a filter")?;
     let (mask, t) = evaluate(predicate, batch)?;
     if t != DataType::Boolean {
         return Err(Outcome::Failed(FrameError::TypeMismatch {
@@ -103,7 +98,7 @@ pub fn limit(batch: &DeviceBatch, n: usize) -> Eval<DeviceBatch> {
     if n >= batch.num_rows() {
         return Ok(batch.clone());
     }
-    check_compactable(batch, "a limit")?;
+    check_has_columns(batch, "a limit")?;
     compact(batch, &logic::prefix_mask(&batch.columns()[0], n)?)
 }
 
@@ -117,7 +112,7 @@ pub fn sort_rows(
     if descending.iter().any(|d| *d) {
         return host("a descending sort (the radix argsort is ascending)");
     }
-    check_compactable(batch, "a sort")?;
+    check_has_columns(batch, "a sort")?;
     let mut keys = Vec::with_capacity(by.len());
     for e in by {
         let (c, t) = evaluate(e, batch)?;
@@ -132,7 +127,7 @@ pub fn sort_rows(
     let columns = batch
         .columns()
         .iter()
-        .map(|c| take::take(c, &perm))
+        .map(|c| rows::gather(c, &perm))
         .collect::<Result<Vec<_>, _>>()?;
     let sorted = DeviceBatch::new(batch.schema().clone(), columns, batch.num_rows())?;
     match limit_rows {
@@ -229,7 +224,7 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     if n <= 1 {
         return Ok(vec![batch.clone()]);
     }
-    check_compactable(batch, "a hash split")?;
+    check_has_columns(batch, "a hash split")?;
     let mut columns = Vec::with_capacity(keys.len());
     for k in keys {
         let (c, t) = evaluate(k, batch)?;
@@ -248,12 +243,16 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     (0..parts).map(|j| compact(batch, &logic::eq_mask(&ids, j)?)).collect()
 }
 
-/// Every column of `batch` but those in `skip` can be gathered by row
-/// (int32, int64, float32 or float64).
-fn check_gatherable(batch: &DeviceBatch, skip: &[String], what: &str) -> Eval<()> {
-    for (c, f) in batch.columns().iter().zip(batch.schema().fields()) {
-        if !skip.contains(f.name()) && !matches!(c.dtype(), DType::I32 | DType::I64 | DType::F32 | DType::F64) {
-            return host(format!("{what} of the {} column {:?}", f.data_type(), f.name()));
+/// A left join's right columns (but its keys) gather with nulls for
+/// unmatched rows: fixed-width columns only.
+fn check_nullable_gather(right: &DeviceBatch, keys: &[String]) -> Eval<()> {
+    for (c, f) in right.columns().iter().zip(right.schema().fields()) {
+        if !keys.contains(f.name()) && matches!(c.dtype(), DType::Bool | DType::Utf8) {
+            return host(format!(
+                "a left join of the right {} column {:?}",
+                f.data_type(),
+                f.name()
+            ));
         }
     }
     Ok(())
@@ -264,7 +263,8 @@ fn check_gatherable(batch: &DeviceBatch, skip: &[String], what: &str) -> Eval<()
 /// left columns gathered by the pairs' left rows, right non-key columns by
 /// their right rows (null for a left join's unmatched rows); semi and anti
 /// joins compact the left side by its match counts. Several keys, keys of
-/// other types, and utf8 or boolean columns run on the host.
+/// other types, and a left join's utf8 or boolean right columns run on the
+/// host.
 pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
     let ([l], [r]) = (spec.left_on.as_slice(), spec.right_on.as_slice()) else {
         return host("a join on several keys");
@@ -278,7 +278,7 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
     }
     let schema = Arc::new(schema.clone());
     if matches!(spec.how, JoinType::Semi | JoinType::Anti) {
-        check_compactable(left, "a semi or anti join")?;
+        check_has_columns(left, "a semi or anti join")?;
         let unmatched = logic::eq_mask(&weft_kernels::join::counts(&rk, &lk)?, 0)?;
         let keep = if spec.how == JoinType::Anti {
             unmatched
@@ -288,14 +288,15 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
         let out = compact(left, &keep)?;
         return Ok(DeviceBatch::new(schema, out.columns().to_vec(), out.num_rows())?);
     }
-    check_gatherable(left, &[], "a join")?;
-    check_gatherable(right, &spec.right_on, "a join")?;
     let keep_unmatched = spec.how == JoinType::Left;
+    if keep_unmatched {
+        check_nullable_gather(right, &spec.right_on)?;
+    }
     let (p, b) = weft_kernels::join::pairs(&rk, &lk, keep_unmatched)?;
     let mut columns = left
         .columns()
         .iter()
-        .map(|c| take::take(c, &p))
+        .map(|c| rows::gather(c, &p))
         .collect::<Result<Vec<_>, _>>()?;
     for (c, f) in right.columns().iter().zip(right.schema().fields()) {
         if spec.right_on.contains(f.name()) {
@@ -304,7 +305,7 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
         columns.push(if keep_unmatched {
             weft_kernels::join::take_or_null(c, &b)?
         } else {
-            take::take(c, &b)?
+            rows::gather(c, &b)?
         });
     }
     Ok(DeviceBatch::new(schema, columns, p.len())?)
