@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cast;
 pub mod codec;
 mod column;
 pub mod concat;

@@ -11,7 +11,7 @@ use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
 use weft_kernels::strings::{self, StrOp};
-use weft_kernels::{Column, DType, concat, frame_hash, join, logic, rows as select};
+use weft_kernels::{Column, DType, cast, concat, frame_hash, join, logic, rows as select};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
 fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
@@ -535,7 +535,42 @@ fn string_kernels(d: &Dut) {
     }
 }
 
+fn cast_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(51);
+    for &n in SIZES {
+        let small: Vec<Option<i32>> = (0..n).map(|_| (rng.u8(..5) != 0).then(|| rng.i32(..))).collect();
+        let big: Vec<Option<i64>> = (0..n)
+            .map(|_| (rng.u8(..5) != 0).then(|| rng.i64(-(1 << 60)..1 << 60)))
+            .collect();
+        let want: Vec<_> = small.iter().map(|v| v.map(|v| V::I(i64::from(v)))).collect();
+        check(
+            d,
+            &format!("widen n={n}"),
+            &[&column(&small)],
+            |c| cast::widen(&c[0]).unwrap(),
+            &want,
+        );
+        let want: Vec<_> = small.iter().map(|v| v.map(|v| V::F(f64::from(v)))).collect();
+        check(
+            d,
+            &format!("i32 to f64 n={n}"),
+            &[&column(&small)],
+            |c| cast::to_f64(&c[0], 1.0).unwrap(),
+            &want,
+        );
+        let want: Vec<_> = big.iter().map(|v| v.map(|v| V::F(v as f64 / 100.0))).collect();
+        check(
+            d,
+            &format!("decimal to f64 n={n}"),
+            &[&column(&big)],
+            |c| cast::to_f64(&c[0], 100.0).unwrap(),
+            &want,
+        );
+    }
+}
+
 test_device!(
+    cast_kernels,
     logic_kernels,
     frame_hash_kernels,
     segment_kernels,
