@@ -13,8 +13,7 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringArray,
+    Array, ArrayRef, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow_schema::{DataType, Field, Schema};
 use weft_frame::device::{self, Placement};
@@ -610,44 +609,98 @@ fn device_pieces_concatenate_on_the_device() {
     );
 }
 
+/// Decimals of up to 18 digits (TPC-H's prices) and a wider one, with
+/// nulls, and a discount column.
+fn decimals(rows: usize, seed: u64) -> RecordBatch {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dec = |p: u8, v: Vec<Option<i128>>| Arc::new(Decimal128Array::from(v).with_precision_and_scale(p, 2).unwrap());
+    let price: Vec<Option<i128>> = (0..rows)
+        .map(|_| (rng.u8(..8) != 0).then(|| i128::from(rng.i64(-99_999..9_999_999))))
+        .collect();
+    let disc: Vec<Option<i128>> = (0..rows).map(|_| Some(i128::from(rng.i64(0..11)))).collect();
+    let wide: Vec<Option<i128>> = (0..rows).map(|_| Some(i128::from(rng.i64(..)))).collect();
+    let k: Int32Array = (0..rows).map(|_| Some(rng.i32(0..7))).collect();
+    RecordBatch::try_from_iter([
+        ("price", dec(15, price) as ArrayRef),
+        ("disc", dec(15, disc) as ArrayRef),
+        ("k", Arc::new(k) as ArrayRef),
+        ("wide", dec(38, wide) as ArrayRef),
+    ])
+    .unwrap()
+}
+
 #[test]
-fn types_the_kernels_lack_stay_on_the_host_with_the_right_answer() {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("p", DataType::Decimal128(15, 2), false),
-        Field::new("b", DataType::Boolean, true),
-    ]));
-    let b = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(
-                Decimal128Array::from(vec![150, -20, 99_999, 0])
-                    .with_precision_and_scale(15, 2)
-                    .unwrap(),
-            ),
-            Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true)])),
-        ],
-    )
-    .unwrap();
-    agree(
-        "decimal filter",
-        std::slice::from_ref(&b),
-        vec![Step::Filter(col("p").gt(lit(1)))],
-    );
+fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
     let gpu = Gpu::emulated(3, 1 << 26, true);
-    let input = Arc::new(partition::encode(&[b]).unwrap());
-    let args = TaskArgs {
-        input: Input::Deps,
-        steps: vec![Step::Filter(col("b"))],
-    };
-    let (value, placements) = device::run(&gpu, &args, &[input]).unwrap();
-    assert!(
-        matches!(&placements[0], Placement::Host(why) if why.contains("Decimal128")),
-        "{placements:?}"
-    );
-    assert_eq!(
-        partition::header(&value).unwrap().pieces[0].layout,
-        partition::Layout::Arrow
-    );
+    for rows in [0, 1, 300] {
+        let b = decimals(rows, rows as u64);
+        let narrow = b.project(&[0, 1, 2]).unwrap();
+        let steps = [
+            Step::Filter(col("price").gt(lit(1)).and(col("disc").lt_eq(lit(0.05)))),
+            Step::Filter(col("price").lt(col("disc"))),
+            Step::WithColumns(vec![
+                (col("price") * (lit(1) - col("disc"))).alias("net"),
+                col("price").cast(DataType::Float64).alias("f"),
+                (col("k") + col("k")).alias("kk"),
+                col("k").cast(DataType::Float64).alias("kf"),
+            ]),
+            Step::Sort {
+                by: vec![col("price"), col("k")],
+                descending: vec![false, false],
+                limit: Some(rows / 2),
+            },
+            Step::HashSplit {
+                keys: vec![col("price")],
+                n: 3,
+            },
+            Step::Aggregate {
+                keys: vec![col("k").cast(DataType::Int64).alias("k64")],
+                aggs: vec![
+                    AggSpec::from_expr(&col("price").sum().alias("s")).unwrap(),
+                    AggSpec::from_expr(&(col("price") * col("disc")).mean().alias("m")).unwrap(),
+                ],
+            },
+        ];
+        for step in steps {
+            agree(
+                &format!("{step:?} of {rows} decimal rows"),
+                std::slice::from_ref(&narrow),
+                vec![step.clone()],
+            );
+        }
+        // Up to 18 digits on the device; the wider one keeps its partition on the host.
+        let input = |b: &RecordBatch| Arc::new(partition::encode(std::slice::from_ref(b)).unwrap());
+        let filter = TaskArgs {
+            input: Input::Deps,
+            steps: vec![Step::Filter(col("price").gt(lit(1)))],
+        };
+        let arithmetic = TaskArgs {
+            input: Input::Deps,
+            steps: vec![
+                Step::Filter(col("price").gt(lit(1))),
+                Step::WithColumns(vec![(col("price") * (lit(1) - col("disc"))).alias("net")]),
+            ],
+        };
+        let (_, placements) = device::run(&gpu, &arithmetic, &[input(&narrow)]).unwrap();
+        assert!(
+            placements[1..].iter().all(|p| *p == Placement::Device),
+            "{placements:?}"
+        );
+        agree(
+            "a filter of a wide decimal",
+            std::slice::from_ref(&b),
+            filter.steps.clone(),
+        );
+        let (value, placements) = device::run(&gpu, &filter, &[input(&b)]).unwrap();
+        assert!(
+            matches!(&placements[0], Placement::Host(why) if why.contains("Decimal128(38, 2)")),
+            "{placements:?}"
+        );
+        assert_eq!(
+            partition::header(&value).unwrap().pieces[0].layout,
+            partition::Layout::Arrow
+        );
+    }
 }
 
 /// Two in-process workers with the frame's ops: on the CPU, or each on an

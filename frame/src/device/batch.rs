@@ -1,14 +1,18 @@
 //! A partition in device memory: the schema and one `weft-kernels` column
 //! per field, and its `Value` form (the codec's column frames, which stay
 //! device buffers). Arrow types map to kernel columns one to one, except
-//! Date32, held as its int32 days with the arrow type kept in the schema;
-//! any other type (decimals, timestamps, nested types) is an
+//! Date32, held as its int32 days, and Decimal128 of up to 18 digits, held
+//! as its unscaled int64 values, each with the arrow type kept in the
+//! schema; any other type (wider decimals, timestamps, nested types) is an
 //! [`FrameError::Unsupported`] error, which [`super::run`] answers by
 //! keeping that partition on the host.
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions, make_array};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Decimal128Type, Int64Type};
+use arrow_array::{ArrayRef, Decimal128Array, Int64Array, RecordBatch, RecordBatchOptions, make_array};
+use arrow_schema::ArrowError;
 use arrow_schema::{DataType, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use weft_kernels::{Buffer, Column};
@@ -48,6 +52,7 @@ pub fn storage_type(t: &DataType) -> Result<DataType> {
         | DataType::Float64
         | DataType::Utf8 => Ok(t.clone()),
         DataType::Date32 => Ok(DataType::Int32),
+        DataType::Decimal128(p, _) if *p <= 18 => Ok(DataType::Int64),
         other => Err(FrameError::Unsupported {
             op: "a partition in GPU memory".into(),
             data_type: other.clone(),
@@ -55,13 +60,31 @@ pub fn storage_type(t: &DataType) -> Result<DataType> {
     }
 }
 
-/// `array` relabelled as type `to` (same layout, no copy).
+/// `array` as type `to`: a decimal and its unscaled int64 values convert
+/// (every decimal of up to 18 digits fits); other types are relabelled
+/// (same layout, no copy).
 fn relabel(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     if array.data_type() == to {
         return Ok(array.clone());
     }
-    let data = array.to_data().into_builder().data_type(to.clone()).build()?;
-    Ok(make_array(data))
+    match (array.data_type(), to) {
+        (DataType::Decimal128(..), DataType::Int64) => {
+            let d = array.as_primitive::<Decimal128Type>();
+            let ints: Int64Array = d.try_unary(|v| {
+                i64::try_from(v).map_err(|_| ArrowError::InvalidArgumentError(format!("decimal {v} out of range")))
+            })?;
+            Ok(Arc::new(ints))
+        }
+        (DataType::Int64, DataType::Decimal128(p, s)) => {
+            let ints = array.as_primitive::<Int64Type>();
+            let d: Decimal128Array = ints.unary(i128::from);
+            Ok(Arc::new(d.with_precision_and_scale(*p, *s)?))
+        }
+        _ => {
+            let data = array.to_data().into_builder().data_type(to.clone()).build()?;
+            Ok(make_array(data))
+        }
+    }
 }
 
 impl DeviceBatch {

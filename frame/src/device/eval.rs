@@ -1,24 +1,25 @@
 //! Expressions on device columns, with the CPU's types and coercions
 //! ([`crate::eval`]): columns, literals, `and`/`or`/`not` (Kleene),
 //! `is_null`/`is_not_null`, comparisons of two values of one numeric or
-//! date type (a literal taking the other side's type where it converts
-//! exactly, as on the CPU), utf8 columns equal or not to a literal,
-//! `starts_with`/`ends_with`/`contains` of utf8 columns, `year()` of dates,
-//! and `+ - *` on int64 or float64 and `/` on float64. Anything else
-//! (casts, `when/then/otherwise`, integer division and remainder, utf8
-//! ordering, operands that the CPU would cast as whole arrays) is
-//! [`Outcome::Host`]: the caller runs that step on the host. Integer `+ - *` wrap on overflow where
+//! date or decimal type (a literal taking the other side's type where it
+//! converts exactly, as on the CPU), utf8 columns equal or not to a
+//! literal, `starts_with`/`ends_with`/`contains` of utf8 columns, `year()`
+//! of dates, `+ - *` on int64 or float64 and `/` on float64, and the casts
+//! these need (int32 to int64; integers and decimals to float64, also as
+//! `cast()`). Anything else (`when/then/otherwise`, other casts, integer
+//! division and remainder, utf8 ordering) is [`Outcome::Host`]: the caller
+//! runs that step on the host. Integer `+ - *` wrap on overflow where
 //! arrow-rs reports an error.
 
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::types::{Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use weft_kernels::elementwise::{self, CmpOp};
 use weft_kernels::strings::{self, StrOp};
-use weft_kernels::{Column, DType, logic};
+use weft_kernels::{Column, DType, cast, logic};
 
 use super::batch::{DeviceBatch, kernel_error};
 use crate::error::FrameError;
@@ -104,6 +105,10 @@ fn broadcast(s: &ArrayRef, batch: &DeviceBatch) -> Eval<Column> {
             u64::from(s.as_primitive::<Float32Type>().value(0).to_bits()),
         )?,
         DataType::Float64 => logic::fill(like, DType::F64, s.as_primitive::<Float64Type>().value(0).to_bits())?,
+        DataType::Decimal128(..) => match i64::try_from(s.as_primitive::<Decimal128Type>().value(0)) {
+            Ok(v) => logic::fill(like, DType::I64, v as u64)?,
+            Err(_) => return host("a decimal literal beyond 18 digits"),
+        },
         other => return host(format!("a literal of type {other}")),
     })
 }
@@ -138,6 +143,10 @@ fn eval(expr: &Expr, batch: &DeviceBatch) -> Eval<Value> {
                 Value::Array(strings::matches(&c, op, pattern)?, DataType::Boolean)
             }
             _ => return host(format!("{expr} of a value that is not a utf8 column")),
+        },
+        Expr::Cast(e, to) => match eval(e, batch)? {
+            Value::Scalar(s) => Value::Scalar(crate::eval::cast(&s, to)?),
+            v => Value::Array(to_column(v, to, batch)?, to.clone()),
         },
         Expr::Year(e) => match eval(e, batch)? {
             Value::Array(c, DataType::Date32) => Value::Array(strings::year(&c)?, DataType::Int32),
@@ -187,11 +196,17 @@ fn cmp_op(op: BinaryOp) -> Option<CmpOp> {
 }
 
 /// Brings a value to type `to`: a literal is cast on the host; a column
-/// must already have it (casting arrays is not a device kernel).
+/// keeps its type, or goes from int32 to int64, or from an integer or a
+/// decimal to float64 ([`weft_kernels::cast`], as [`crate::eval::cast`]).
 fn to_column(v: Value, to: &DataType, batch: &DeviceBatch) -> Eval<Column> {
     match v {
         Value::Array(c, t) if &t == to => Ok(c),
-        Value::Array(_, t) => host(format!("a cast of a column from {t} to {to}")),
+        Value::Array(c, t) => Ok(match (&t, to) {
+            (DataType::Int32, DataType::Int64) => cast::widen(&c)?,
+            (DataType::Int32 | DataType::Int64, DataType::Float64) => cast::to_f64(&c, 1.0)?,
+            (DataType::Decimal128(_, scale), DataType::Float64) => cast::to_f64(&c, 10f64.powi(i32::from(*scale)))?,
+            _ => return host(format!("a cast of a column from {t} to {to}")),
+        }),
         Value::Scalar(s) => {
             let s = if s.data_type() == to {
                 s
@@ -253,7 +268,12 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
         }
         if !matches!(
             target,
-            DataType::Int32 | DataType::Int64 | DataType::Float32 | DataType::Float64 | DataType::Date32
+            DataType::Int32
+                | DataType::Int64
+                | DataType::Float32
+                | DataType::Float64
+                | DataType::Date32
+                | DataType::Decimal128(..)
         ) {
             return host(format!("a comparison of {target}"));
         }
