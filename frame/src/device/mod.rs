@@ -11,14 +11,17 @@
 //!   uploaded once; input pieces are concatenated on the device, unless one
 //!   has a type the kernels lack or their schemas differ; a join runs on the
 //!   device when both sides are device batches joined on one int64 key
-//!   with fixed-width columns ([`steps::join`]), otherwise on the host;
+//!   ([`steps::join`]; a left join's utf8 or boolean right columns aside),
+//!   otherwise on the host;
 //! - steps: range splits and their samples and boundaries, slice splits
-//!   and Parquet writes; and any filter, select, sort, limit, aggregation
-//!   or hash split whose expression, key, aggregate or column types the
-//!   kernels lack (see [`eval`], [`steps`]: for instance utf8 columns in a
-//!   filter, descending sorts, `n_unique`);
-//! - a partition with a type the kernels lack (decimals, timestamps, nested
-//!   types; [`storage_type`]) stays on the host for the task.
+//!   and Parquet writes (small or host-bound work); and any filter, select,
+//!   sort, limit, aggregation or hash split whose expression, key or
+//!   aggregate the kernels lack (see [`eval`], [`steps`]: for instance
+//!   `when/then/otherwise`, descending sorts, utf8 group-by keys,
+//!   `n_unique`, decimal sums, decimal hash keys);
+//! - a partition with a type the kernels lack (decimals over 18 digits,
+//!   timestamps, nested types; [`storage_type`]) stays on the host for the
+//!   task.
 
 mod batch;
 pub mod eval;
