@@ -25,6 +25,8 @@ use weft_gpu::Gpu;
 use weft_runtime::ops::{OpContext, Site};
 use weft_runtime::{Key, Registry, Value};
 
+mod common;
+
 /// The GPU sites: an emulated GPU, and a CUDA GPU if there is one.
 fn gpu_sites() -> &'static [(String, Site)] {
     static SITES: OnceLock<Vec<(String, Site)>> = OnceLock::new();
@@ -705,18 +707,11 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
 
 /// Two in-process workers with the frame's ops: on the CPU, or each on an
 /// emulated GPU.
-async fn cluster(gpus: bool) -> weft_runtime::LocalCluster {
-    let mut options = weft_runtime::LocalOptions::for_this_machine();
-    options.workers = 2;
-    options.nthreads = 1;
-    options.mode = weft_runtime::WorkerMode::InProcess;
-    if gpus {
-        options.in_process_gpus = (10..12).map(|i| Gpu::emulated(i, 256 << 20, true)).collect();
+async fn cluster(gpus: bool) -> (weft_runtime::LocalCluster, weft_frame::Frames) {
+    match gpus {
+        false => common::cluster().await,
+        true => common::cluster_on((10..12).map(|i| Gpu::emulated(i, 256 << 20, true)).collect()).await,
     }
-    let mut registry = Registry::builtin();
-    weft_frame::register(&mut registry);
-    options.registry = Arc::new(registry);
-    weft_runtime::LocalCluster::start(options).await.unwrap()
 }
 
 /// Orders (`id`, `cust`, `amount`, `day`) and customers (`c_id`, `region`;
@@ -761,10 +756,7 @@ async fn a_pipeline_on_gpu_workers_gives_the_cpu_clusters_answer() {
     let (orders, customers) = orders_and_customers();
     let mut answers = Vec::new();
     for gpus in [false, true] {
-        let cluster = cluster(gpus).await;
-        let client = cluster.client().await.unwrap();
-        client.set_progress(false);
-        let frames = weft_frame::Frames::new(client);
+        let (cluster, frames) = cluster(gpus).await;
         let o = frames.from_batches(vec![orders.clone()], 6).await.unwrap();
         let c = frames.from_batches(vec![customers.clone()], 2).await.unwrap();
         let kept = o
@@ -803,4 +795,55 @@ async fn a_pipeline_on_gpu_workers_gives_the_cpu_clusters_answer() {
     }
     assert_eq!(answers[0].num_rows(), 5);
     assert_same("the pipeline on GPU workers", &answers[1], &answers[0]);
+}
+
+/// TPC-H at scale factor 0.01 (the peers' kit's data, decimals and utf8
+/// columns as Parquet has them) gives the same answers on emulated GPU
+/// workers as on CPU workers; without the kit the test says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_on_gpu_workers_gives_the_cpu_clusters_answers() {
+    use weft_frame::tpch::{QUERIES, checksum, query, same_answer};
+    let (Some(venv), Some(peers)) = (common::peers::venv(), common::peers::kit()) else {
+        println!("skipped: no peers' kit (venv with tpchgen-cli, ../shared/peers/tpch.py)");
+        return;
+    };
+    if !venv.join("bin/tpchgen-cli").exists() {
+        println!("skipped: no tpchgen-cli in the peers' venv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let generated = std::process::Command::new(venv.join("bin/tpchgen-cli"))
+        .args(["parquet", "-s", "0.01", "--parts", "2", "-o", &d])
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    let script = format!(
+        "import sys; sys.path.insert(0, {peers:?}); import tpch\ntpch.plain_strings({d:?})\n",
+        peers = peers.display().to_string(),
+    );
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for gpus in [false, true] {
+        let (cluster, frames) = cluster(gpus).await;
+        let mut sums = Vec::new();
+        for q in QUERIES {
+            let result = query(&frames, &d, q).unwrap().collect().await.unwrap();
+            sums.push(checksum(&result).unwrap());
+        }
+        answers.push(sums);
+        drop(frames);
+        cluster.stop().await;
+    }
+    for ((q, cpu), gpu) in QUERIES.iter().zip(&answers[0]).zip(&answers[1]) {
+        println!("{q}: CPU workers {cpu} | emulated GPU workers {gpu}");
+        assert!(
+            same_answer(gpu, cpu, 1e-9),
+            "{q}: {gpu} on GPU workers, {cpu} on CPU workers"
+        );
+    }
 }
