@@ -32,10 +32,12 @@ pub const PIECE_OP: &str = "frame.piece";
 /// Registers the frame's ops.
 pub fn register(registry: &mut Registry) -> &mut Registry {
     registry
-        .raw_op(TASK_OP, |_, args, inputs| {
+        .raw_op(TASK_OP, |ctx, args, inputs| {
             let args: TaskArgs = weft_runtime::ops::decode_args(args)?;
-            let pieces = run(&args, inputs).map_err(op_error)?;
-            partition::encode(&pieces).map_err(op_error)
+            match ctx.gpu() {
+                Some(gpu) => Ok(crate::device::run(gpu, &args, inputs).map_err(op_error)?.0),
+                None => partition::encode(&run(&args, inputs).map_err(op_error)?).map_err(op_error),
+            }
         })
         .raw_op(PIECE_OP, |_, args, inputs| {
             let i: u32 = weft_runtime::ops::decode_args(args)?;
@@ -183,36 +185,13 @@ pub struct TaskArgs {
 
 /// Runs a task on its inputs; returns its pieces (one unless split).
 pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
-    crate::broadcast::forget_released();
-    let (inputs, boundaries) = match (args.steps.last(), inputs.split_last()) {
-        (Some(Step::RangeSplit { .. }), Some((last, data))) => (data, Some(last)),
-        (Some(Step::RangeSplit { .. }), None) => {
-            return Err(FrameError::Partition("a range split without its boundaries".into()));
-        }
-        _ => (inputs, None),
-    };
+    let (inputs, boundaries) = split_boundaries(args, inputs)?;
     let mut batch = start(&args.input, inputs)?;
     for (i, step) in args.steps.iter().enumerate() {
         match step {
-            Step::RangeSplit { by, descending, n } => {
+            Step::RangeSplit { .. } | Step::HashSplit { .. } | Step::SliceSplit(_) => {
                 check_last(i, args)?;
-                let boundaries = concat_inputs(boundaries.map(std::slice::from_ref).unwrap_or_default())?;
-                return crate::range::range_split(&batch, by, descending, &boundaries, *n);
-            }
-            Step::HashSplit { keys, n } => {
-                check_last(i, args)?;
-                return crate::shuffle::hash_split(&batch, keys, *n);
-            }
-            Step::SliceSplit(n) => {
-                check_last(i, args)?;
-                let n = (*n).max(1);
-                let rows = batch.num_rows();
-                return Ok((0..n)
-                    .map(|j| {
-                        let (lo, hi) = (j * rows / n, (j + 1) * rows / n);
-                        batch.slice(lo, hi - lo)
-                    })
-                    .collect());
+                return split(step, &batch, boundaries);
             }
             step => batch = apply(step, batch)?,
         }
@@ -220,7 +199,43 @@ pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
     Ok(vec![batch])
 }
 
-fn check_last(i: usize, args: &TaskArgs) -> Result<()> {
+/// A task's data inputs, and the boundaries input of a range split.
+pub(crate) type Inputs<'a> = (&'a [Arc<Value>], Option<&'a Arc<Value>>);
+
+/// The task's data inputs, and the boundaries input of a range split (its last).
+pub(crate) fn split_boundaries<'a>(args: &TaskArgs, inputs: &'a [Arc<Value>]) -> Result<Inputs<'a>> {
+    match (args.steps.last(), inputs.split_last()) {
+        (Some(Step::RangeSplit { .. }), Some((last, data))) => Ok((data, Some(last))),
+        (Some(Step::RangeSplit { .. }), None) => {
+            Err(FrameError::Partition("a range split without its boundaries".into()))
+        }
+        _ => Ok((inputs, None)),
+    }
+}
+
+/// The pieces of a splitting step (the task's last).
+pub(crate) fn split(step: &Step, batch: &RecordBatch, boundaries: Option<&Arc<Value>>) -> Result<Vec<RecordBatch>> {
+    match step {
+        Step::RangeSplit { by, descending, n } => {
+            let boundaries = concat_inputs(boundaries.map(std::slice::from_ref).unwrap_or_default())?;
+            crate::range::range_split(batch, by, descending, &boundaries, *n)
+        }
+        Step::HashSplit { keys, n } => crate::shuffle::hash_split(batch, keys, *n),
+        Step::SliceSplit(n) => {
+            let n = (*n).max(1);
+            let rows = batch.num_rows();
+            Ok((0..n)
+                .map(|j| {
+                    let (lo, hi) = (j * rows / n, (j + 1) * rows / n);
+                    batch.slice(lo, hi - lo)
+                })
+                .collect())
+        }
+        _ => Err(FrameError::Plan("not a split step".into())),
+    }
+}
+
+pub(crate) fn check_last(i: usize, args: &TaskArgs) -> Result<()> {
     if i + 1 == args.steps.len() {
         Ok(())
     } else {
@@ -243,7 +258,8 @@ fn concat_inputs(inputs: &[Arc<Value>]) -> Result<RecordBatch> {
     }
 }
 
-fn start(input: &Input, inputs: &[Arc<Value>]) -> Result<RecordBatch> {
+pub(crate) fn start(input: &Input, inputs: &[Arc<Value>]) -> Result<RecordBatch> {
+    crate::broadcast::forget_released();
     match input {
         Input::Deps => concat_inputs(inputs),
         Input::Parquet {

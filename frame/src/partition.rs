@@ -20,6 +20,18 @@ pub struct Piece {
     pub batch: Vec<u8>,
     /// How many of the value's frames are its buffers.
     pub frames: u32,
+    /// How the frames hold the columns.
+    pub layout: Layout,
+}
+
+/// How a piece's frames hold its columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// Arrow arrays (`weft_kernels::codec::encode_batch`), on the host.
+    Arrow,
+    /// Kernel columns ([`crate::device::DeviceBatch`]), as a GPU worker
+    /// keeps them: device buffers there, host buffers once fetched.
+    Columns,
 }
 
 /// The header of a partition value.
@@ -50,6 +62,7 @@ pub fn encode(pieces: &[RecordBatch]) -> Result<Value> {
             rows: batch.num_rows() as u64,
             batch: h.to_vec(),
             frames: f.len() as u32,
+            layout: Layout::Arrow,
         });
         frames.extend(f);
     }
@@ -73,7 +86,10 @@ pub fn decode(value: &Value) -> Result<Vec<RecordBatch>> {
         let frames = value.frames.get(at..end).ok_or_else(|| {
             FrameError::Partition(format!("{} frames, a piece needs {at}..{end}", value.frames.len()))
         })?;
-        out.push(weft_kernels::codec::decode_batch(&p.batch, frames).map_err(codec)?);
+        out.push(match p.layout {
+            Layout::Arrow => weft_kernels::codec::decode_batch(&p.batch, frames).map_err(codec)?,
+            Layout::Columns => crate::device::DeviceBatch::decode(&p.batch, frames)?.download()?,
+        });
         at = end;
     }
     Ok(out)

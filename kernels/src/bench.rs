@@ -1,4 +1,5 @@
-//! `weft bench kernels`: the kernels at sizes given on the command line, on
+//! `weft bench kernels`: the kernels (the dataframe's group-by, join and
+//! shuffle hash among them) at sizes given on the command line, on
 //! one device, one JSON line each in the schema of the peers kit
 //! (`shared/peers/README.md`), `check` against the CPU result. On a CUDA
 //! device the same operations also run through CuPy, when `python3` can
@@ -9,7 +10,8 @@ use std::time::Instant;
 
 use weft_gpu::{DeviceConfig, Devices, Gpu};
 
-use crate::{Column, KernelError, hash, reduce, sort};
+use crate::segment::{SegmentOp, segment_reduce, segments};
+use crate::{Column, KernelError, frame_hash, hash, join, reduce, sort, take};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -278,9 +280,91 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<String>, String> {
         );
     }
 
+    lines.extend(frame_lines(opts, &put)?);
+
     if opts.cupy && opts.device == "cuda" {
         lines.extend(cupy_lines(opts));
     }
+    Ok(lines)
+}
+
+/// Sum of f64 values per int64 key, sort-based (the dataframe's device
+/// group-by): the per-group sums and their keys.
+fn group_sum(keys: &Column, values: &Column) -> Result<(Column, Column), KernelError> {
+    let perm = sort::argsort(keys)?;
+    let sorted = take::take(keys, &perm)?;
+    let starts = segments(&[&sorted])?;
+    let sums = segment_reduce(&take::take(values, &perm)?, &starts, SegmentOp::Sum)?;
+    Ok((take::take(&sorted, &starts)?, sums))
+}
+
+/// The dataframe's kernels: group-by sum over `parts` keys, an int64 join
+/// of n probe rows against n/8 build rows, and the shuffle's row hash and
+/// buckets; each checked against the CPU.
+fn frame_lines(opts: &BenchOptions, put: &dyn Fn(Column) -> Result<Column, String>) -> Result<Vec<String>, String> {
+    let e = |e: KernelError| e.to_string();
+    let n = opts.rows;
+    let reps = opts.reps.max(1);
+    let parts = i64::from(opts.parts.max(1));
+    let mut lines = Vec::new();
+    let host = |c: &Column| c.to_host().map_err(e);
+    let line = |workload, times, ok: bool| {
+        Line {
+            opts,
+            workload,
+            work: n as f64,
+            unit: "rows",
+            times,
+            check: if ok {
+                "ok".into()
+            } else {
+                "mismatch: differs from the CPU's".into()
+            },
+        }
+        .json()
+    };
+
+    let keys = Column::from_vec(
+        random_i64(n, 0xfeed)
+            .iter()
+            .map(|k| k.rem_euclid(parts))
+            .collect::<Vec<_>>(),
+    );
+    let values = Column::from_vec((0..n).map(|i| (i % 1000) as f64 * 0.25).collect::<Vec<f64>>());
+    let (want_keys, want_sums) = group_sum(&keys, &values).map_err(e)?;
+    let (k, v) = (put(keys.clone())?, put(values)?);
+    let (times, (got_keys, got_sums)) = time(reps, || group_sum(&k, &v)).map_err(e)?;
+    let ok = host(&got_keys)?.host_values::<i64>().map_err(e)? == want_keys.host_values::<i64>().map_err(e)?
+        && host(&got_sums)?.host_values::<f64>().map_err(e)? == want_sums.host_values::<f64>().map_err(e)?;
+    lines.push(line("kernel_groupby_sum_i64", times, ok));
+    drop((k, v));
+
+    let build = Column::from_vec(
+        random_i64(n / 8, 0xbeef)
+            .iter()
+            .map(|k| k.rem_euclid(n as i64))
+            .collect::<Vec<_>>(),
+    );
+    let probe = Column::from_vec(
+        random_i64(n, 0xcafe)
+            .iter()
+            .map(|k| k.rem_euclid(n as i64))
+            .collect::<Vec<_>>(),
+    );
+    let want = join::pairs(&build, &probe, false).map_err(e)?;
+    let (b, p) = (put(build)?, put(probe)?);
+    let (times, got) = time(reps, || join::pairs(&b, &p, false)).map_err(e)?;
+    let ok = host(&got.0)?.host_values::<u32>().map_err(e)? == want.0.host_values::<u32>().map_err(e)?
+        && host(&got.1)?.host_values::<u32>().map_err(e)? == want.1.host_values::<u32>().map_err(e)?;
+    lines.push(line("kernel_join_i64", times, ok));
+    drop((b, p));
+
+    let split = |k: &Column| frame_hash::buckets(&frame_hash::row_hash(&[k])?, opts.parts);
+    let want = split(&keys).map_err(e)?;
+    let k = put(keys)?;
+    let (times, got) = time(reps, || split(&k)).map_err(e)?;
+    let ok = host(&got)?.host_values::<u32>().map_err(e)? == want.host_values::<u32>().map_err(e)?;
+    lines.push(line("kernel_frame_hash_buckets_i64", times, ok));
     Ok(lines)
 }
 
@@ -321,6 +405,26 @@ def partition():
     return ids, cp.argsort(ids), cp.bincount(ids, minlength=parts)
 line("kernel_hash_partition_i64", rows, "rows", timed(partition))
 del k
+g = cp.asarray(rng.integers(0, max(parts, 1), rows, dtype=np.int64))
+v = cp.asarray((np.arange(rows) % 1000) * 0.25)
+def group_sum():
+    order = cp.argsort(g, kind="stable"); sk = g[order]
+    starts = cp.flatnonzero(cp.concatenate((cp.ones(1, dtype=cp.bool_), sk[1:] != sk[:-1])))
+    return sk[starts], cp.add.reduceat(v[order], starts)
+line("kernel_groupby_sum_i64", rows, "rows", timed(group_sum))
+del g, v
+b = cp.asarray(rng.integers(0, rows, rows // 8, dtype=np.int64))
+p = cp.asarray(rng.integers(0, rows, rows, dtype=np.int64))
+def join():
+    order = cp.argsort(b, kind="stable"); sb = b[order]
+    lo = cp.searchsorted(sb, p, "left"); hi = cp.searchsorted(sb, p, "right")
+    counts = hi - lo; ends = cp.cumsum(counts); total = int(ends[-1])
+    out = cp.arange(total)
+    probe_rows = cp.searchsorted(ends, out, "right")
+    within = out - (ends - counts)[probe_rows]
+    return probe_rows, order[lo[probe_rows] + within]
+line("kernel_join_i64", rows, "rows", timed(join))
+del b, p
 if copy_bytes > 0:
     h = np.arange(copy_bytes // 8, dtype=np.uint64)
     line("copy_h2d", h.nbytes, "bytes", timed(lambda: cp.asarray(h)))

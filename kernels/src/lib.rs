@@ -10,20 +10,28 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cast;
 pub mod codec;
 mod column;
+pub mod concat;
 pub mod cudalibs;
 mod dispatch;
 pub mod elementwise;
 mod error;
 pub mod filter;
+pub mod frame_hash;
 pub mod gemm;
 pub mod generated;
 pub mod hash;
+pub mod join;
 mod launch;
+pub mod logic;
 pub mod nvrtc;
 pub mod reduce;
+pub mod rows;
+pub mod segment;
 pub mod sort;
+pub mod strings;
 pub mod take;
 
 pub use column::{Column, DType, Native, bitmap_bytes};

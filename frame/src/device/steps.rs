@@ -1,0 +1,315 @@
+//! The per-partition steps that run on device columns: filter (mask and
+//! compaction), select, with_columns, limit, sort (ascending int64/float64
+//! keys, by successive stable radix sorts), group-by aggregation (sorted
+//! runs), int64 equi-joins (sorted search) and hash split (the CPU's row hash, so pieces match a CPU
+//! worker's). Each returns
+//! [`Outcome::Host`] with the reason where a kernel is missing.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema};
+use weft_kernels::segment::{self, SegmentOp};
+use weft_kernels::{Column, DType, frame_hash, logic, rows, sort, take};
+
+use super::batch::DeviceBatch;
+use super::eval::{Eval, Outcome, evaluate};
+use crate::error::FrameError;
+use crate::expr::{AggFunc, Expr};
+use crate::groupby::AggSpec;
+use crate::join::{JoinSpec, JoinType};
+
+fn host<T>(why: impl Into<String>) -> Eval<T> {
+    Err(Outcome::Host(why.into()))
+}
+
+/// A batch without columns has rows the kernels cannot count from a mask.
+fn check_has_columns(batch: &DeviceBatch, what: &str) -> Eval<()> {
+    if batch.columns().is_empty() {
+        return host(format!("{what} of a batch without columns"));
+    }
+    Ok(())
+}
+
+/// The rows where `mask` is true (null counts as false).
+fn compact(batch: &DeviceBatch, mask: &Column) -> Eval<DeviceBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| rows::compact(c, mask))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = columns.first().map_or(0, Column::len);
+    Ok(DeviceBatch::new(batch.schema().clone(), columns, rows)?)
+}
+
+/// Rows where `predicate` holds.
+pub fn filter_rows(batch: &DeviceBatch, predicate: &Expr) -> Eval<DeviceBatch> {
+    check_has_columns(batch, "a filter")?;
+    let (mask, t) = evaluate(predicate, batch)?;
+    if t != DataType::Boolean {
+        return Err(Outcome::Failed(FrameError::TypeMismatch {
+            op: format!("filter {predicate}"),
+            left: t,
+            right: DataType::Boolean,
+        }));
+    }
+    compact(batch, &mask)
+}
+
+/// The columns computed by `exprs` (nullability as [`crate::ops::select`]).
+pub fn select(batch: &DeviceBatch, exprs: &[Expr]) -> Eval<DeviceBatch> {
+    let mut fields = Vec::with_capacity(exprs.len());
+    let mut columns = Vec::with_capacity(exprs.len());
+    for e in exprs {
+        let (c, t) = evaluate(e, batch)?;
+        let nullable = match e.unaliased() {
+            Expr::Column(name) => batch
+                .schema()
+                .field_with_name(name)
+                .map(|f| f.is_nullable())
+                .unwrap_or(true),
+            _ => true,
+        };
+        fields.push(Field::new(e.output_name(), t, nullable));
+        columns.push(c);
+    }
+    Ok(DeviceBatch::new(
+        Arc::new(Schema::new(fields)),
+        columns,
+        batch.num_rows(),
+    )?)
+}
+
+/// The columns, replaced or extended by `exprs`.
+pub fn with_columns(batch: &DeviceBatch, exprs: &[Expr]) -> Eval<DeviceBatch> {
+    let schema = crate::plan::with_columns_schema(batch.schema(), exprs)?;
+    let mut columns = batch.columns().to_vec();
+    for e in exprs {
+        let (c, _) = evaluate(e, batch)?;
+        match batch.schema().index_of(&e.output_name()) {
+            Ok(i) => columns[i] = c,
+            Err(_) => columns.push(c),
+        }
+    }
+    Ok(DeviceBatch::new(Arc::new(schema), columns, batch.num_rows())?)
+}
+
+/// The first `n` rows.
+pub fn limit(batch: &DeviceBatch, n: usize) -> Eval<DeviceBatch> {
+    if n >= batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    check_has_columns(batch, "a limit")?;
+    compact(batch, &logic::prefix_mask(&batch.columns()[0], n)?)
+}
+
+/// Sorted by `by` (ascending, nulls last, stable), cut to `limit` rows.
+pub fn sort_rows(
+    batch: &DeviceBatch,
+    by: &[Expr],
+    descending: &[bool],
+    limit_rows: Option<usize>,
+) -> Eval<DeviceBatch> {
+    if descending.iter().any(|d| *d) {
+        return host("a descending sort (the radix argsort is ascending)");
+    }
+    check_has_columns(batch, "a sort")?;
+    let mut keys = Vec::with_capacity(by.len());
+    for e in by {
+        let (c, t) = evaluate(e, batch)?;
+        if !matches!(c.dtype(), DType::I64 | DType::F64) {
+            return host(format!("a sort key of type {t} (the argsort takes int64 and float64)"));
+        }
+        keys.push(c);
+    }
+    let Some(perm) = sort_perm(&keys)? else {
+        return Ok(batch.clone());
+    };
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| rows::gather(c, &perm))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sorted = DeviceBatch::new(batch.schema().clone(), columns, batch.num_rows())?;
+    match limit_rows {
+        Some(n) => limit(&sorted, n),
+        None => Ok(sorted),
+    }
+}
+
+/// The stable ascending order of the key columns (int64 or float64, nulls
+/// last), or none without keys: the least significant key first, each
+/// later stable pass keeping its order.
+fn sort_perm(keys: &[Column]) -> Eval<Option<Column>> {
+    let Some((last, rest)) = keys.split_last() else {
+        return Ok(None);
+    };
+    let mut perm = sort::argsort(last)?;
+    for key in rest.iter().rev() {
+        let pass = sort::argsort(&take::take(key, &perm)?)?;
+        perm = take::take(&perm, &pass)?;
+    }
+    Ok(Some(perm))
+}
+
+/// Group-by aggregation, sort-based: rows ordered by the keys (int64 or
+/// float64), runs of equal keys ([`segment::segments`]), one value per run
+/// ([`segment::segment_reduce`]) for sum, min, max, count, len and mean of
+/// int32, int64 or float64 inputs. `n_unique`, other key or input types, and
+/// an aggregate without keys run on the host.
+pub fn aggregate(batch: &DeviceBatch, keys: &[Expr], aggs: &[AggSpec]) -> Eval<DeviceBatch> {
+    if keys.is_empty() {
+        return host("an aggregate without keys");
+    }
+    let mut key_columns = Vec::with_capacity(keys.len());
+    let mut fields = Vec::with_capacity(keys.len() + aggs.len());
+    for k in keys {
+        let (c, t) = evaluate(k, batch)?;
+        if !matches!(t, DataType::Int64 | DataType::Float64) {
+            return host(format!(
+                "a group-by key of type {t} (the argsort takes int64 and float64)"
+            ));
+        }
+        fields.push(Field::new(k.output_name(), t, true));
+        key_columns.push(c);
+    }
+    let mut inputs = Vec::with_capacity(aggs.len());
+    for a in aggs {
+        let op = match a.func {
+            AggFunc::Sum => SegmentOp::Sum,
+            AggFunc::Min => SegmentOp::Min,
+            AggFunc::Max => SegmentOp::Max,
+            AggFunc::Count => SegmentOp::Count,
+            AggFunc::Len => SegmentOp::Rows,
+            AggFunc::Mean => SegmentOp::Mean,
+            AggFunc::NUnique => return host("n_unique (no device kernel)"),
+        };
+        let input = match a.func {
+            AggFunc::Len => key_columns[0].clone(),
+            _ => {
+                let (c, t) = evaluate(&a.input, batch)?;
+                if !matches!(t, DataType::Int32 | DataType::Int64 | DataType::Float64) {
+                    return host(format!("{:?} of {t}", a.func));
+                }
+                c
+            }
+        };
+        inputs.push((op, input));
+    }
+    let Some(perm) = sort_perm(&key_columns)? else {
+        return host("an aggregate without keys");
+    };
+    let sorted = key_columns
+        .iter()
+        .map(|k| take::take(k, &perm))
+        .collect::<Result<Vec<_>, _>>()?;
+    let starts = segment::segments(&sorted.iter().collect::<Vec<_>>())?;
+    let mut columns = sorted
+        .iter()
+        .map(|k| take::take(k, &starts))
+        .collect::<Result<Vec<_>, _>>()?;
+    for ((op, input), a) in inputs.iter().zip(aggs) {
+        let out = segment::segment_reduce(&take::take(input, &perm)?, &starts, *op)?;
+        let t = match out.dtype() {
+            DType::I64 => DataType::Int64,
+            _ => DataType::Float64,
+        };
+        fields.push(Field::new(a.name.clone(), t, true));
+        columns.push(out);
+    }
+    Ok(DeviceBatch::new(Arc::new(Schema::new(fields)), columns, starts.len())?)
+}
+
+/// `n` pieces by the hash of `keys`, rows in their order within each.
+pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<DeviceBatch>> {
+    if n <= 1 {
+        return Ok(vec![batch.clone()]);
+    }
+    check_has_columns(batch, "a hash split")?;
+    let mut columns = Vec::with_capacity(keys.len());
+    for k in keys {
+        let (c, t) = evaluate(k, batch)?;
+        // Decimals hash by their 128-bit values on the CPU.
+        if matches!(t, DataType::Decimal128(..))
+            || !matches!(
+                c.dtype(),
+                DType::I32 | DType::I64 | DType::F32 | DType::F64 | DType::Bool | DType::Utf8
+            )
+        {
+            return host(format!("hashing a key of type {t}"));
+        }
+        columns.push(c);
+    }
+    let refs: Vec<&Column> = columns.iter().collect();
+    let hashes = frame_hash::row_hash(&refs)?;
+    let parts = u32::try_from(n).map_err(|_| Outcome::Failed(FrameError::Plan(format!("{n} pieces"))))?;
+    let ids = frame_hash::buckets(&hashes, parts)?;
+    (0..parts).map(|j| compact(batch, &logic::eq_mask(&ids, j)?)).collect()
+}
+
+/// A left join's right columns (but its keys) gather with nulls for
+/// unmatched rows: fixed-width columns only.
+fn check_nullable_gather(right: &DeviceBatch, keys: &[String]) -> Eval<()> {
+    for (c, f) in right.columns().iter().zip(right.schema().fields()) {
+        if !keys.contains(f.name()) && matches!(c.dtype(), DType::Bool | DType::Utf8) {
+            return host(format!(
+                "a left join of the right {} column {:?}",
+                f.data_type(),
+                f.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An equi-join on one int64 key, as [`crate::join::hash_join`] into
+/// `schema`: the right side sorted and searched ([`weft_kernels::join`]);
+/// left columns gathered by the pairs' left rows, right non-key columns by
+/// their right rows (null for a left join's unmatched rows); semi and anti
+/// joins compact the left side by its match counts. Several keys, keys of
+/// other types, and a left join's utf8 or boolean right columns run on the
+/// host.
+pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
+    let ([l], [r]) = (spec.left_on.as_slice(), spec.right_on.as_slice()) else {
+        return host("a join on several keys");
+    };
+    let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
+    let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
+    if lt != DataType::Int64 || rt != DataType::Int64 {
+        return host(format!(
+            "a join key of types {lt} and {rt} (the device joins int64 keys)"
+        ));
+    }
+    let schema = Arc::new(schema.clone());
+    if matches!(spec.how, JoinType::Semi | JoinType::Anti) {
+        check_has_columns(left, "a semi or anti join")?;
+        let unmatched = logic::eq_mask(&weft_kernels::join::counts(&rk, &lk)?, 0)?;
+        let keep = if spec.how == JoinType::Anti {
+            unmatched
+        } else {
+            logic::not(&unmatched)?
+        };
+        let out = compact(left, &keep)?;
+        return Ok(DeviceBatch::new(schema, out.columns().to_vec(), out.num_rows())?);
+    }
+    let keep_unmatched = spec.how == JoinType::Left;
+    if keep_unmatched {
+        check_nullable_gather(right, &spec.right_on)?;
+    }
+    let (p, b) = weft_kernels::join::pairs(&rk, &lk, keep_unmatched)?;
+    let mut columns = left
+        .columns()
+        .iter()
+        .map(|c| rows::gather(c, &p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (c, f) in right.columns().iter().zip(right.schema().fields()) {
+        if spec.right_on.contains(f.name()) {
+            continue;
+        }
+        columns.push(if keep_unmatched {
+            weft_kernels::join::take_or_null(c, &b)?
+        } else {
+            rows::gather(c, &b)?
+        });
+    }
+    Ok(DeviceBatch::new(schema, columns, p.len())?)
+}
