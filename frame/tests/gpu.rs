@@ -31,21 +31,10 @@ mod common;
 fn gpu_sites() -> &'static [(String, Site)] {
     static SITES: OnceLock<Vec<(String, Site)>> = OnceLock::new();
     SITES.get_or_init(|| {
-        let site = |gpu: Arc<Gpu>| Site {
-            worker: format!("test-{}", gpu.device()),
-            gpu: Some(gpu),
-            ..Site::default()
-        };
-        let mut sites = vec![("emulated GPU".to_string(), site(Gpu::emulated(0, 1 << 30, true)))];
-        let probe = weft_gpu::probe_cuda();
-        if probe.count > 0 {
-            let devices = weft_gpu::Devices::open(&weft_gpu::DeviceConfig::default()).unwrap();
-            sites.push(("CUDA GPU".to_string(), site(devices.gpus()[0].clone())));
-        } else {
-            let why = probe.reason.unwrap_or_else(|| "no CUDA device".into());
-            weft_gpu::testing::skip_without_cuda("the frame tests on a CUDA GPU", &why);
-        }
-        sites
+        weft_gpu::testing::test_gpus("the frame tests")
+            .into_iter()
+            .map(|(name, gpu)| (name, Site::with_gpu(gpu)))
+            .collect()
     })
 }
 

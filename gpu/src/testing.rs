@@ -9,3 +9,21 @@ pub fn skip_without_cuda(test: &str, reason: &str) {
     }
     println!("skipping {test}: {reason}");
 }
+
+/// The GPUs a test of device code runs on, by name: an emulated GPU with
+/// 1 GiB, and the first CUDA GPU when this machine has one (otherwise
+/// [`skip_without_cuda`] says why `test` skips it).
+pub fn test_gpus(test: &str) -> Vec<(String, std::sync::Arc<crate::Gpu>)> {
+    let mut gpus = vec![("emulated GPU".to_string(), crate::Gpu::emulated(0, 1 << 30, true))];
+    let probe = crate::probe_cuda();
+    if probe.count > 0 {
+        match crate::Devices::open(&crate::DeviceConfig::default()) {
+            Ok(devices) => gpus.push(("CUDA GPU".to_string(), devices.gpus()[0].clone())),
+            Err(e) => panic!("{test}: CUDA reports {} devices but they do not open: {e}", probe.count),
+        }
+    } else {
+        let why = probe.reason.unwrap_or_else(|| "no CUDA device".into());
+        skip_without_cuda(&format!("{test} on a CUDA GPU"), &why);
+    }
+    gpus
+}

@@ -9,7 +9,7 @@ use weft_gpu::Buffer;
 
 use crate::column::bitmap_bytes;
 use crate::dispatch::{Target, and_validity, same_len, target, with_numeric};
-use crate::launch::{Arg, Exec, opt_ptr, ptr};
+use crate::launch::{Arg, Exec, binary_args, opt_ptr, ptr};
 use crate::{Column, DType, KernelError, Native};
 
 /// Unary operations.
@@ -237,15 +237,7 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
                 "elementwise",
                 &kernel,
                 exec.grid(n.div_ceil(32) as u64),
-                &[
-                    opt_ptr(Some(a.values()))?,
-                    opt_ptr(a.validity())?,
-                    opt_ptr(Some(b.values()))?,
-                    opt_ptr(b.validity())?,
-                    ptr(&out),
-                    Arg::Ptr(out_valid.as_ref().map_or(0, |v| v.device_ptr())),
-                    Arg::U64(n as u64),
-                ],
+                &binary_args(a, b, &out, out_valid.as_ref(), n)?,
             )?;
             exec.finish()?;
             Column::new(a.dtype(), n, Buffer::device(out), out_valid.map(Buffer::device), None)
@@ -300,15 +292,7 @@ fn launch_cmp(
         "elementwise",
         kernel,
         exec.grid(n.div_ceil(32) as u64),
-        &[
-            opt_ptr(Some(a.values()))?,
-            opt_ptr(a.validity())?,
-            opt_ptr(Some(b.values()))?,
-            opt_ptr(b.validity())?,
-            ptr(out),
-            Arg::Ptr(out_valid.map_or(0, |v| v.device_ptr())),
-            Arg::U64(n as u64),
-        ],
+        &binary_args(a, b, out, out_valid, n)?,
     )?;
     exec.finish()
 }

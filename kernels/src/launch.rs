@@ -114,6 +114,27 @@ pub(crate) fn opt_ptr(d: Option<&Buffer>) -> Result<Arg, KernelError> {
     }))
 }
 
+/// The arguments of a kernel over two columns that writes `out` (and its
+/// validity words, when there are any) for `n` rows: each input's values
+/// and validity, the outputs, `n`.
+pub(crate) fn binary_args(
+    a: &crate::Column,
+    b: &crate::Column,
+    out: &DeviceBuffer,
+    out_valid: Option<&DeviceBuffer>,
+    n: usize,
+) -> Result<[Arg; 7], KernelError> {
+    Ok([
+        opt_ptr(Some(a.values()))?,
+        opt_ptr(a.validity())?,
+        opt_ptr(Some(b.values()))?,
+        opt_ptr(b.validity())?,
+        ptr(out),
+        Arg::Ptr(out_valid.map_or(0, |v| v.device_ptr())),
+        Arg::U64(n as u64),
+    ])
+}
+
 /// Loaded CUDA modules by (device ordinal, what they were built from).
 pub(crate) type Modules<K> = Mutex<HashMap<(u32, K), Arc<CudaModule>>>;
 

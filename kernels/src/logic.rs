@@ -9,7 +9,7 @@ use weft_gpu::Buffer;
 
 use crate::column::{Place, bitmap_bytes};
 use crate::dispatch::{Target, same_len, target};
-use crate::launch::{Arg, Exec, opt_ptr, ptr};
+use crate::launch::{Arg, Exec, binary_args, opt_ptr, ptr};
 use crate::{Column, DType, KernelError};
 
 fn check_bool(kernel: &'static str, c: &Column) -> Result<(), KernelError> {
@@ -73,15 +73,7 @@ fn kleene(a: &Column, b: &Column, is_and: bool) -> Result<Column, KernelError> {
                 "logic",
                 kernel,
                 exec.grid(n.div_ceil(32) as u64),
-                &[
-                    opt_ptr(Some(a.values()))?,
-                    opt_ptr(a.validity())?,
-                    opt_ptr(Some(b.values()))?,
-                    opt_ptr(b.validity())?,
-                    ptr(&out),
-                    Arg::Ptr(out_valid.as_ref().map_or(0, |v| v.device_ptr())),
-                    Arg::U64(n as u64),
-                ],
+                &binary_args(a, b, &out, out_valid.as_ref(), n)?,
             )?;
             exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), out_valid.map(Buffer::device), None)

@@ -61,6 +61,18 @@ pub struct Site {
     pub shuffle: Option<Arc<crate::shuffle::Service>>,
 }
 
+impl Site {
+    /// A site with `gpu` and nothing else, named after its device: where
+    /// ops run outside a worker (tests, local evaluation).
+    pub fn with_gpu(gpu: Arc<Gpu>) -> Site {
+        Site {
+            worker: gpu.device().to_string(),
+            gpu: Some(gpu),
+            ..Site::default()
+        }
+    }
+}
+
 impl<'a> OpContext<'a> {
     /// The context of the task `key` on `site`.
     pub fn new(site: &'a Site, key: &'a Key) -> Self {

@@ -4,31 +4,19 @@
 //! [`compute`] runs an array on each and checks they agree with the CPU.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use weft_array::{Array, HostArray, registry};
-use weft_gpu::Gpu;
 use weft_runtime::ops::Site;
 
 /// The GPU sites: an emulated GPU, and a CUDA GPU if there is one.
 pub fn gpu_sites() -> &'static [(String, Site)] {
     static SITES: OnceLock<Vec<(String, Site)>> = OnceLock::new();
     SITES.get_or_init(|| {
-        let site = |gpu: Arc<Gpu>| Site {
-            worker: format!("test-{}", gpu.device()),
-            gpu: Some(gpu),
-            ..Site::default()
-        };
-        let mut sites = vec![("emulated GPU".to_string(), site(Gpu::emulated(0, 1 << 30, true)))];
-        let probe = weft_gpu::probe_cuda();
-        if probe.count > 0 {
-            let devices = weft_gpu::Devices::open(&weft_gpu::DeviceConfig::default()).unwrap();
-            sites.push(("CUDA GPU".to_string(), site(devices.gpus()[0].clone())));
-        } else {
-            let why = probe.reason.unwrap_or_else(|| "no CUDA device".into());
-            weft_gpu::testing::skip_without_cuda("the array tests on a CUDA GPU", &why);
-        }
-        sites
+        weft_gpu::testing::test_gpus("the array tests")
+            .into_iter()
+            .map(|(name, gpu)| (name, Site::with_gpu(gpu)))
+            .collect()
     })
 }
 
