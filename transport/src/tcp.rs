@@ -276,17 +276,30 @@ pub(crate) async fn connect(addr: &Address, config: &Config) -> Result<Connectio
     }
 }
 
-/// No Nagle delay for small control messages, and keepalive probes so a
-/// peer whose host vanished is noticed even between messages.
+/// How long a connection lives with nothing heard from its peer: keepalive
+/// probes start after half of it, and data left unacknowledged for all of
+/// it closes the connection.
+const SILENT_PEER: Duration = Duration::from_secs(60);
+
+/// No Nagle delay for small control messages; keepalive probes so a peer
+/// whose host vanished is noticed between messages, and a user timeout so
+/// it is noticed while a message to it goes unacknowledged (without one, a
+/// request sent to a peer cut off the network waits for the kernel's
+/// retransmissions to give up, about 15 minutes, and a reply never comes).
 fn tune(stream: &TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "cannot set TCP_NODELAY");
     }
     let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
+        .with_time(SILENT_PEER / 2)
+        .with_interval(SILENT_PEER / 6)
         .with_retries(3);
-    if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+    let socket = SockRef::from(stream);
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
         debug!(%error, "cannot enable TCP keepalive");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(SILENT_PEER)) {
+        debug!(%error, "cannot set TCP_USER_TIMEOUT");
     }
 }
