@@ -17,12 +17,6 @@ use weft_runtime::local::{open_gpu, run_worker_process};
 use weft_runtime::observe::{ObserveConfig, Observer};
 use weft_runtime::protocol::ResourceAmount;
 
-/// mimalloc keeps freed memory for reuse: a worker decoding partition after
-/// partition would otherwise fault in fresh pages for each one (glibc hands
-/// large blocks back to the kernel on every free).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Weft: distributed execution for GPU clusters.
 #[derive(Parser)]
 #[command(name = "weft", version, about)]
