@@ -36,6 +36,11 @@ pub struct PlanOptions {
     /// on the keys into partitions of about this many rows (see
     /// [`crate::adaptive`]).
     pub group_rows: u64,
+    /// A join that shuffles both sides does so into partitions of about
+    /// this many rows (both sides, estimated), at most one per input
+    /// partition: 528 lineitem row groups are not 528 joins of a few
+    /// thousand rows each.
+    pub join_rows: u64,
     /// A hash shuffle of at least this many pieces (inputs times outputs)
     /// uses the P2P shuffle service; a smaller one is a task shuffle
     /// (1024, or `WEFT_P2P_MIN_PIECES`: on two local workers a 16 x 16
@@ -49,6 +54,7 @@ impl Default for PlanOptions {
             broadcast_rows: 2_000_000,
             fan_in: 8,
             group_rows: 1_000_000,
+            join_rows: 2_000_000,
             p2p_min_pieces: std::env::var("WEFT_P2P_MIN_PIECES")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -763,7 +769,10 @@ impl Lowering {
                 .collect());
         }
         // Shuffle both sides on the keys; join partition j with partition j.
-        let n = lparts.len().max(rparts.len());
+        let most = lparts.len().max(rparts.len());
+        let n = usize::try_from(l_rows.saturating_add(r_rows).div_ceil(self.options.join_rows.max(1)))
+            .unwrap_or(most)
+            .clamp(1, most);
         let lkeys: Vec<Expr> = spec.left_on.iter().map(col).collect();
         let rkeys: Vec<Expr> = spec.right_on.iter().map(col).collect();
         let louts = self.exchange(lparts, Step::HashSplit { keys: lkeys, n }, n, "join-left")?;
@@ -962,12 +971,21 @@ mod tests {
             small.stages
         );
         assert_eq!(small.graph.outputs.len(), 20);
-        let big = Lowering::lower(&join(20, 30), "p", options, Action::Partitions).unwrap();
+        let big = Lowering::lower(&join(20, 30), "p", options.clone(), Action::Partitions).unwrap();
         assert!(
             big.stages.iter().any(|s| s.contains("join-left-pieces")),
             "{:?}",
             big.stages
         );
-        assert_eq!(big.graph.outputs.len(), 30);
+        // 5000 rows in partitions of about 2000 rows: 3 of them.
+        let sized = |join_rows| PlanOptions {
+            join_rows,
+            ..options.clone()
+        };
+        assert_eq!(big.graph.outputs.len(), 1, "5000 rows fit one partition by default");
+        let three = Lowering::lower(&join(20, 30), "p", sized(2000), Action::Partitions).unwrap();
+        assert_eq!(three.graph.outputs.len(), 3);
+        let most = Lowering::lower(&join(20, 30), "p", sized(1), Action::Partitions).unwrap();
+        assert_eq!(most.graph.outputs.len(), 30, "at most one per input partition");
     }
 }

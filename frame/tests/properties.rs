@@ -452,8 +452,10 @@ async fn joins_match_nested_loops_broadcast_and_shuffled() {
         ("broadcast", frames.clone()),
         (
             "shuffle",
+            // Into as many partitions as the inputs have, so pieces are routed.
             frames.clone().with_options(PlanOptions {
                 broadcast_rows: 0,
+                join_rows: 1,
                 ..PlanOptions::default()
             }),
         ),
