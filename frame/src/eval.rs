@@ -119,7 +119,8 @@ pub fn filter(batch: &RecordBatch, expr: &Expr) -> Result<RecordBatch> {
     Ok(arrow_select::filter::filter_record_batch(batch, &mask)?)
 }
 
-fn scalar_array(s: &Scalar) -> ArrayRef {
+/// A literal as a one-row array.
+pub(crate) fn scalar_array(s: &Scalar) -> ArrayRef {
     use arrow_array::{Date32Array, Float64Array, Int64Array, StringArray};
     match s {
         Scalar::Null => new_null_array(&DataType::Null, 1),
@@ -334,7 +335,7 @@ pub fn binary_type(op: BinaryOp, l: &DataType, r: &DataType) -> Result<DataType>
 
 /// A literal cast to `to` when it converts back to the same value (so
 /// `decimal < 24` compares decimals, not floats).
-fn literal_as(lit: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+pub(crate) fn literal_as(lit: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
     let cast = arrow_cast::cast(lit, to).ok()?;
     if cast.is_null(0) != lit.is_null(0) {
         return None;

@@ -11,7 +11,6 @@
 //! runs that step on the host. Integer `+ - *` wrap on overflow where
 //! arrow-rs reports an error.
 
-use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type};
@@ -67,17 +66,13 @@ pub fn evaluate(expr: &Expr, batch: &DeviceBatch) -> Eval<(Column, DataType)> {
     }
 }
 
+/// A literal as a one-row array (the CPU's); a null literal has no type
+/// the kernels can hold.
 fn scalar_array(s: &Scalar) -> Eval<ArrayRef> {
-    use arrow_array::{BooleanArray, Date32Array, Float64Array, Int64Array, StringArray};
-    Ok(match s {
-        Scalar::Boolean(b) => Arc::new(BooleanArray::from(vec![*b])),
-        Scalar::Int64(i) => Arc::new(Int64Array::from(vec![*i])),
-        Scalar::Float64(x) => Arc::new(Float64Array::from(vec![*x])),
-        Scalar::Date32(d) => Arc::new(Date32Array::from(vec![*d])),
-        // A date string compared with a date becomes a date (`to_column`).
-        Scalar::Utf8(x) => Arc::new(StringArray::from(vec![x.as_str()])),
-        Scalar::Null => return host("a null literal"),
-    })
+    match s {
+        Scalar::Null => host("a null literal"),
+        s => Ok(crate::eval::scalar_array(s)),
+    }
 }
 
 /// Any column of the batch, to take its length and device.
@@ -175,14 +170,6 @@ fn boolean(v: Value, batch: &DeviceBatch) -> Eval<Column> {
     }
 }
 
-/// A literal as type `to` when it converts back to the same value (the
-/// CPU's rule for a literal compared with a column).
-fn literal_as(lit: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
-    let cast = arrow_cast::cast(lit, to).ok()?;
-    let back = arrow_cast::cast(&cast, lit.data_type()).ok()?;
-    (cast.is_null(0) == lit.is_null(0) && back.to_data() == lit.to_data()).then_some(cast)
-}
-
 fn cmp_op(op: BinaryOp) -> Option<CmpOp> {
     Some(match op {
         BinaryOp::Eq => CmpOp::Eq,
@@ -253,11 +240,11 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
         // A literal takes the column's type where exact, as on the CPU.
         let (l, r) = match (l, r) {
             (Value::Array(c, t), Value::Scalar(s)) if lt != rt => {
-                let s = literal_as(&s, &t).map_or(Value::Scalar(s), Value::Scalar);
+                let s = crate::eval::literal_as(&s, &t).map_or(Value::Scalar(s), Value::Scalar);
                 (Value::Array(c, t), s)
             }
             (Value::Scalar(s), Value::Array(c, t)) if lt != rt => {
-                let s = literal_as(&s, &t).map_or(Value::Scalar(s), Value::Scalar);
+                let s = crate::eval::literal_as(&s, &t).map_or(Value::Scalar(s), Value::Scalar);
                 (s, Value::Array(c, t))
             }
             pair => pair,
