@@ -11,7 +11,6 @@
 //! runs that step on the host. Integer `+ - *` wrap on overflow where
 //! arrow-rs reports an error.
 
-
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef};
