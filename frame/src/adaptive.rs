@@ -1,10 +1,21 @@
-//! Group-by strategies chosen when the plan runs, from the sizes of the
-//! partial results (as Dask's `split_out`). A group-by (or `distinct`)
-//! without an explicit `split_out` first computes its partial aggregates,
-//! one per partition, and keeps them on the workers; the same graph
-//! counts their rows. Few rows in all: a tree merges them. Many: they are
+//! Strategies chosen when the plan runs, from the sizes of results
+//! computed first.
+//!
+//! Group-bys, from their partial results (as Dask's `split_out`): a
+//! group-by (or `distinct`) without an explicit `split_out` first computes
+//! its partial aggregates, one per partition, and keeps them on the
+//! workers; the same graph counts their rows. Few rows in all: a tree merges them. Many: they are
 //! shuffled on the keys into partitions of about
 //! [`PlanOptions::group_rows`] rows, merged in parallel.
+//!
+//! Joins likewise: a join the lowering would shuffle because a side's row
+//! estimate (an upper bound from file metadata) is above
+//! [`PlanOptions::broadcast_rows`], where that side is filtered, joined or
+//! aggregated so the bound is loose, first computes that side and counts
+//! its rows. Small enough: it is broadcast; else it is shuffled from the
+//! computed partitions. (TPC-H q5 at SF10: one year's orders of Asia's
+//! customers, bounded by the 15M rows of `orders`, are broadcast, so the
+//! 60M `lineitem` rows are probed where they are read, not shuffled.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +25,8 @@ use crate::error::{FrameError, Result};
 use crate::expr::{Expr, col};
 use crate::frame::Frames;
 use crate::groupby::two_phase;
+use crate::join::{JoinSpec, JoinType};
+use crate::ops::Step;
 use crate::optimize::with_inputs;
 use crate::physical::{Lowering, PlanOptions, ShuffleRun};
 use crate::plan::{LogicalPlan, Source};
@@ -50,6 +63,9 @@ pub fn resolve<'a>(frames: &'a Frames, plan: &'a Arc<LogicalPlan>) -> Resolved<'
                 split_out: None,
                 partial_input: false,
             } if !keys.is_empty() => Ok(choose(frames, input, keys, aggs).await?.unwrap_or(plan)),
+            LogicalPlan::Join { left, right, spec } => {
+                Ok(measured_join(frames, left, right, spec).await?.unwrap_or(plan))
+            }
             LogicalPlan::Distinct { input } => {
                 let keys: Vec<Expr> = input.schema()?.fields().iter().map(|f| col(f.name())).collect();
                 Ok(choose(frames, input, &keys, &[]).await?.unwrap_or(plan))
@@ -72,29 +88,10 @@ async fn choose(
     let Some(phases) = two_phase(&key_names, aggs) else {
         return Ok(None);
     };
-    let client = frames.client();
-    let base = client.unique_key("frame-partial");
-    let lower = |workers: &[weft_runtime::SharedStr], run| {
-        let prefix = format!("{base}-r{run}");
-        let shuffles = ShuffleRun::new(workers, run, base.as_str());
-        Lowering::lower_partials(
-            input,
-            keys,
-            &phases.partial,
-            &prefix,
-            frames.options().clone(),
-            shuffles,
-        )
+    let step = Step::Aggregate {
+        keys: keys.to_vec(),
+        aggs: phases.partial.clone(),
     };
-    let partitions = lower(&[], 0)?.graph.outputs.len() - 1;
-    if partitions <= 1 {
-        return Ok(None);
-    }
-    let mut futures =
-        weft_runtime::shuffle::compute(client, |workers, run| Ok::<_, FrameError>(lower(workers, run)?.graph)).await?;
-    let count = futures.pop().expect("the count follows the partials");
-    let counted = client.gather(std::slice::from_ref(&count)).await?;
-    let rows = crate::frame::first_int(&crate::frame::single_batch(&counted)?, "count")?;
     let partial_schema = LogicalPlan::Aggregate {
         input: input.clone(),
         keys: keys.to_vec(),
@@ -103,18 +100,12 @@ async fn choose(
         partial_input: false,
     }
     .schema()?;
-    let partials = LogicalPlan::Scan {
-        source: Source::Partitions {
-            keys: futures.iter().map(|f| f.key().clone()).collect(),
-            rows,
-            hold: Arc::new(futures),
-        },
-        schema: partial_schema,
-        projection: None,
-        filters: Vec::new(),
+    let Some((partials, rows, partitions)) = computed(frames, input, &[step], partial_schema, "frame-partial").await?
+    else {
+        return Ok(None);
     };
     let merged = LogicalPlan::Aggregate {
-        input: Arc::new(partials),
+        input: partials,
         keys: key_names.iter().map(col).collect(),
         aggs: phases.merge,
         split_out: Some(split_out_for(rows, partitions, frames.options())),
@@ -123,6 +114,105 @@ async fn choose(
     Ok(Some(Arc::new(LogicalPlan::Select {
         input: Arc::new(merged),
         exprs: phases.finals,
+    })))
+}
+
+/// `input` with `steps` run on each partition, computed now and kept on
+/// the workers: a scan of those partitions (of `schema`), their rows in
+/// all, and how many there are; `None` for one partition or none, where
+/// computing ahead gains nothing.
+async fn computed(
+    frames: &Frames,
+    input: &LogicalPlan,
+    steps: &[Step],
+    schema: arrow_schema::SchemaRef,
+    name: &str,
+) -> Result<Option<(Arc<LogicalPlan>, u64, usize)>> {
+    let client = frames.client();
+    let base = client.unique_key(name);
+    let lower = |workers: &[weft_runtime::SharedStr], run| {
+        let prefix = format!("{base}-r{run}");
+        let shuffles = ShuffleRun::new(workers, run, base.as_str());
+        Lowering::lower_counted(input, steps, &prefix, frames.options().clone(), shuffles)
+    };
+    let partitions = lower(&[], 0)?.graph.outputs.len() - 1;
+    if partitions <= 1 {
+        return Ok(None);
+    }
+    let mut futures =
+        weft_runtime::shuffle::compute(client, |workers, run| Ok::<_, FrameError>(lower(workers, run)?.graph)).await?;
+    let count = futures.pop().expect("the count follows the partitions");
+    let counted = client.gather(std::slice::from_ref(&count)).await?;
+    let rows = crate::frame::first_int(&crate::frame::single_batch(&counted)?, "count")?;
+    let scan = LogicalPlan::Scan {
+        source: Source::Partitions {
+            keys: futures.iter().map(|f| f.key().clone()).collect(),
+            rows,
+            hold: Arc::new(futures),
+        },
+        schema,
+        projection: None,
+        filters: Vec::new(),
+    };
+    Ok(Some((Arc::new(scan), rows, partitions)))
+}
+
+/// Which side of a join to compute ahead, if any: one the lowering would
+/// not broadcast by its row estimate, an upper bound that filters, joins
+/// and aggregates below it leave loose, so that its true size decides
+/// (broadcast when small, else shuffled from the computed partitions).
+/// For inner joins the looser side with the smaller estimate; otherwise
+/// only the right side, the one a broadcast builds.
+fn side_to_measure(left: &LogicalPlan, right: &LogicalPlan, spec: &JoinSpec, options: &PlanOptions) -> Option<Side> {
+    let limit = options.broadcast_rows;
+    let (l, r) = (left.estimate_rows(), right.estimate_rows());
+    let inner = spec.how == JoinType::Inner;
+    if r <= limit || (inner && l <= limit) {
+        return None;
+    }
+    let loose_right = !right.estimate_is_exact();
+    let loose_left = inner && !left.estimate_is_exact();
+    match (loose_left, loose_right) {
+        (true, true) if l < r => Some(Side::Left),
+        (_, true) => Some(Side::Right),
+        (true, false) => Some(Side::Left),
+        (false, false) => None,
+    }
+}
+
+/// A side of a join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The left input.
+    Left,
+    /// The right input.
+    Right,
+}
+
+/// The join with the side [`side_to_measure`] names computed now; `None`
+/// where no side is, or where it has one partition.
+async fn measured_join(
+    frames: &Frames,
+    left: &Arc<LogicalPlan>,
+    right: &Arc<LogicalPlan>,
+    spec: &JoinSpec,
+) -> Result<Option<Arc<LogicalPlan>>> {
+    let Some(side) = side_to_measure(left, right, spec, frames.options()) else {
+        return Ok(None);
+    };
+    let input = if side == Side::Left { left } else { right };
+    let Some((scan, _, _)) = computed(frames, input, &[], input.schema()?, "frame-join-side").await? else {
+        return Ok(None);
+    };
+    let (left, right) = if side == Side::Left {
+        (scan, right.clone())
+    } else {
+        (left.clone(), scan)
+    };
+    Ok(Some(Arc::new(LogicalPlan::Join {
+        left,
+        right,
+        spec: spec.clone(),
     })))
 }
 
@@ -142,5 +232,53 @@ mod tests {
         assert_eq!(split_out_for(7500, 16, &options), 8);
         assert_eq!(split_out_for(1_000_000, 16, &options), 16);
         assert_eq!(split_out_for(1_000_000, 1, &options), 1);
+    }
+
+    fn random(rows: u64) -> Arc<LogicalPlan> {
+        Arc::new(LogicalPlan::Scan {
+            source: Source::Random {
+                rows,
+                parts: 4,
+                keys: 10,
+            },
+            schema: crate::ops::random_batch(0, 1, 0).schema(),
+            projection: None,
+            filters: Vec::new(),
+        })
+    }
+
+    fn filtered(rows: u64) -> Arc<LogicalPlan> {
+        Arc::new(LogicalPlan::Filter {
+            input: random(rows),
+            predicate: col("key").lt(crate::expr::lit(1i64)),
+        })
+    }
+
+    #[test]
+    fn a_join_measures_the_loose_side_that_could_be_broadcast() {
+        let options = PlanOptions {
+            broadcast_rows: 100,
+            ..PlanOptions::default()
+        };
+        let spec = |how| JoinSpec {
+            left_on: vec!["key".into()],
+            right_on: vec!["key".into()],
+            how,
+            build_left: false,
+        };
+        let side = |l: Arc<LogicalPlan>, r: Arc<LogicalPlan>, how| side_to_measure(&l, &r, &spec(how), &options);
+        // Known small: broadcast as planned.
+        assert_eq!(side(filtered(1000), random(100), JoinType::Inner), None);
+        assert_eq!(side(random(50), filtered(1000), JoinType::Inner), None);
+        // Exact estimates above the limit: nothing to learn.
+        assert_eq!(side(random(1000), random(1000), JoinType::Inner), None);
+        // The loose side, the smaller of two loose ones.
+        assert_eq!(side(filtered(1000), random(500), JoinType::Inner), Some(Side::Left));
+        assert_eq!(side(random(500), filtered(1000), JoinType::Inner), Some(Side::Right));
+        assert_eq!(side(filtered(500), filtered(1000), JoinType::Inner), Some(Side::Left));
+        assert_eq!(side(filtered(1000), filtered(500), JoinType::Inner), Some(Side::Right));
+        // Only the right side of other joins is ever broadcast.
+        assert_eq!(side(filtered(500), random(1000), JoinType::Left), None);
+        assert_eq!(side(random(500), filtered(1000), JoinType::Semi), Some(Side::Right));
     }
 }

@@ -348,8 +348,9 @@ impl LazyFrame {
     }
 
     /// The logical plan, the optimised plan and the physical stages (a
-    /// group-by without `split_out` shows as a tree: the run chooses from
-    /// its partial results' sizes).
+    /// group-by without `split_out` shows as a tree and a join as its row
+    /// estimates choose: the run chooses from sizes it computes first, see
+    /// [`crate::adaptive`]).
     pub fn explain(&self) -> Result<String> {
         self.check()?;
         let optimized = optimize(&self.plan)?;

@@ -5,7 +5,8 @@
 //! `count`, `write_parquet`, `persist`) runs the [`optimize`] passes
 //! (constant folding, filter and projection pushdown into scans with
 //! row-group pruning), chooses each group-by's strategy from the sizes of
-//! its partial results ([`adaptive`]), lowers the plan to one graph
+//! its partial results and each join's from the size of a side it could
+//! broadcast ([`adaptive`]), lowers the plan to one graph
 //! ([`physical`]) and submits it in one message. Workers run the ops of
 //! [`register`]: fused per-partition steps ([`ops`]) on arrow-rs compute,
 //! with our own hash group-by ([`groupby`]), hash join ([`join`]), hash

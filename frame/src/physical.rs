@@ -27,7 +27,9 @@ use crate::plan::{LogicalPlan, Source};
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
     /// A join side with at most this many rows (estimated from file
-    /// metadata, an upper bound) is broadcast to every partition of the other.
+    /// metadata, an upper bound, or counted when the run computes a loose
+    /// side first: see [`crate::adaptive`]) is broadcast to every partition
+    /// of the other.
     pub broadcast_rows: u64,
     /// Partial results merged per task in a tree reduction.
     pub fan_in: usize,
@@ -215,14 +217,13 @@ impl Lowering {
         l.finish(parts)
     }
 
-    /// The first stage of a group-by whose strategy is chosen when it
-    /// runs: `group_by(keys)` of the `partial` aggregates on each partition
-    /// of `input`, every one an output, then one more output counting
-    /// their rows in all; `input`'s P2P shuffles as run `shuffles`.
-    pub fn lower_partials(
+    /// A stage computed ahead of the rest of its plan, so the rest is
+    /// chosen from its size: each partition of `input` with `steps` run on
+    /// it, every one an output, then one more output counting their rows
+    /// in all; `input`'s P2P shuffles as run `shuffles`.
+    pub fn lower_counted(
         input: &LogicalPlan,
-        keys: &[Expr],
-        partial: &[AggSpec],
+        steps: &[Step],
         prefix: &str,
         options: PlanOptions,
         shuffles: ShuffleRun,
@@ -233,14 +234,14 @@ impl Lowering {
             shuffles,
             ..Default::default()
         };
-        let step = Step::Aggregate {
-            keys: keys.to_vec(),
-            aggs: partial.to_vec(),
-        };
-        let parts: Vec<Part> = l.plan(input)?.into_iter().map(|p| p.with_step(step.clone())).collect();
-        let partials = l.emit(parts, "partial")?;
-        let count = l.count(partials.iter().cloned().map(Part::Done).collect())?;
-        let mut outputs: Vec<Part> = partials.into_iter().map(Part::Done).collect();
+        let parts: Vec<Part> = l
+            .plan(input)?
+            .into_iter()
+            .map(|p| steps.iter().fold(p, |p, s| p.with_step(s.clone())))
+            .collect();
+        let computed = l.emit(parts, "counted")?;
+        let count = l.count(computed.iter().cloned().map(Part::Done).collect())?;
+        let mut outputs: Vec<Part> = computed.into_iter().map(Part::Done).collect();
         outputs.extend(count);
         l.finish(outputs)
     }

@@ -371,6 +371,19 @@ impl LogicalPlan {
         }
     }
 
+    /// Whether [`LogicalPlan::estimate_rows`] is the exact row count: no
+    /// filter, join, aggregate or CSV source below.
+    pub fn estimate_is_exact(&self) -> bool {
+        match self {
+            LogicalPlan::Scan { source, filters, .. } => filters.is_empty() && !matches!(source, Source::Csv { .. }),
+            LogicalPlan::Filter { .. }
+            | LogicalPlan::Join { .. }
+            | LogicalPlan::Aggregate { .. }
+            | LogicalPlan::Distinct { .. } => false,
+            other => other.inputs().iter().all(|i| i.estimate_is_exact()),
+        }
+    }
+
     /// An upper bound on the rows, where known (for choosing broadcast
     /// joins); `u64::MAX` when unknown.
     pub fn estimate_rows(&self) -> u64 {

@@ -490,6 +490,62 @@ async fn joins_match_nested_loops_broadcast_and_shuffled() {
     cluster.stop().await;
 }
 
+/// A join whose right side is filtered, so its row estimate (the
+/// unfiltered count) is loose: the run computes that side first and
+/// broadcasts it when it is small enough, else shuffles it from the
+/// computed partitions. Both give the nested loops' answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_of_a_side_measured_first_match_nested_loops() {
+    let (cluster, frames) = common::cluster().await;
+    for seed in 0..CASES {
+        let case = Case::new(seed);
+        let left = case.rows();
+        let right = right_rows(seed);
+        // Even rows of the right side: the filter halves it.
+        let kept: Vec<RightRow> = right.iter().filter(|r| r.w % 2 == 0).cloned().collect();
+        let strategies = [
+            (
+                "measured, then broadcast",
+                frames.clone().with_options(PlanOptions {
+                    broadcast_rows: kept.len() as u64,
+                    ..PlanOptions::default()
+                }),
+            ),
+            (
+                "measured, then shuffled",
+                frames.clone().with_options(PlanOptions {
+                    broadcast_rows: 0,
+                    join_rows: 1,
+                    ..PlanOptions::default()
+                }),
+            ),
+        ];
+        for (strategy, frames) in &strategies {
+            let l = case.frame(frames).await;
+            let r = frames
+                .from_batches(vec![right_batch(&right)], 1 + seed as usize % 3)
+                .await
+                .unwrap()
+                .filter((col("w") % lit(2i64)).eq(lit(0i64)));
+            for on in JOIN_KEYS {
+                let lon: Vec<&str> = on.iter().map(|k| k.0).collect();
+                let ron: Vec<&str> = on.iter().map(|k| k.1).collect();
+                for how in [JoinType::Inner, JoinType::Left, JoinType::Semi, JoinType::Anti] {
+                    let what = format!("{strategy} {how:?} join on {on:?}");
+                    let got = sorted(cells(&collect(&l.join(&r, &lon, &ron, how), &what, seed).await));
+                    assert_eq!(
+                        got,
+                        sorted(reference_join(&left, &kept, on, how)),
+                        "case {seed}, {what}"
+                    );
+                }
+            }
+        }
+    }
+    drop(frames);
+    cluster.stop().await;
+}
+
 /// Filters above joins, group-bys and new columns, which the optimizer
 /// moves down where they stay correct (not below a left join's nulls,
 /// not below an aggregate they read).
