@@ -7,12 +7,17 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch};
-use arrow_schema::{Field, Schema, SchemaRef};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::ArrowError;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowFilter,
+};
 use parquet::file::metadata::ParquetMetaData;
+use parquet::schema::types::SchemaDescriptor;
 
 use crate::error::{FrameError, Result};
 use crate::expr::{BinaryOp, Expr};
@@ -76,13 +81,12 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 /// A schema without field or schema metadata (so schemas from files and
 /// from computed batches compare equal).
 pub fn plain_schema(schema: &Schema) -> Schema {
-    Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| Field::new(f.name(), f.data_type().clone(), f.is_nullable()))
-            .collect::<Vec<_>>(),
-    )
+    Schema::new(schema.fields().iter().map(|f| plain_field(f)).collect::<Vec<_>>())
+}
+
+/// `field` without metadata.
+fn plain_field(field: &Field) -> Field {
+    Field::new(field.name(), field.data_type().clone(), field.is_nullable())
 }
 
 /// One Parquet file as the planner sees it.
@@ -200,8 +204,15 @@ pub fn prune_row_groups(file: &ParquetFile, schema: &Schema, conjuncts: &[Expr])
 }
 
 /// Reads row groups `row_groups` of the Parquet file at `path`: the
-/// `columns` (all when `None`) plus those `predicate` reads, the rows
-/// where it holds, then only `columns`.
+/// `columns` (all when `None`) of the rows where `predicate` holds.
+///
+/// Decimals stored as fixed-size binary are decoded by [`crate::flba`];
+/// when some are read, every column is decoded in full and the predicate
+/// applied after. Otherwise the predicate is applied while decoding (late
+/// materialisation, as DuckDB's scan does): its conjuncts, grouped by the
+/// columns they read, are evaluated one group after the other, each
+/// decoding its columns only for the rows the groups before it kept; the
+/// output columns are then decoded for the rows that passed them all.
 pub fn read_parquet(
     path: &str,
     row_groups: &[usize],
@@ -209,55 +220,147 @@ pub fn read_parquet(
     predicate: Option<&Expr>,
 ) -> Result<RecordBatch> {
     let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
+    let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| FrameError::file(path, format!("not a readable Parquet file: {e}")))?;
     let file_schema = builder.schema().clone();
-    let mut wanted: Vec<String> = match columns {
+    let index = |name: &String| {
+        file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
+            name: name.clone(),
+            schema: plain_schema(&file_schema),
+        })
+    };
+    let wanted: Vec<String> = match columns {
         Some(c) => c.to_vec(),
         None => file_schema.fields().iter().map(|f| f.name().clone()).collect(),
     };
-    if let Some(p) = predicate {
-        for c in p.columns() {
-            if !wanted.contains(&c) {
-                wanted.push(c);
-            }
+    let conjuncts = predicate.cloned().map(Expr::conjuncts).unwrap_or_default();
+    let mut read = wanted.clone();
+    for c in conjuncts.iter().flat_map(Expr::columns) {
+        if !read.contains(&c) {
+            read.push(c);
         }
     }
-    let mut indices = Vec::with_capacity(wanted.len());
-    for name in &wanted {
-        indices.push(file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
-            name: name.clone(),
-            schema: plain_schema(&file_schema),
-        })?);
-    }
-    let rows: i64 = row_groups
+    let read = read.iter().map(index).collect::<Result<Vec<_>>>()?;
+    let meta = builder.metadata().clone();
+    let fast: Vec<(usize, usize)> = read
         .iter()
-        .filter_map(|&g| builder.metadata().row_groups().get(g))
-        .map(|g| g.num_rows())
-        .sum();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-    let reader = builder
-        .with_projection(mask)
-        .with_row_groups(row_groups.to_vec())
-        .with_batch_size(usize::try_from(rows).unwrap_or(1 << 20).clamp(1, 1 << 20))
-        .build()
-        .map_err(|e| FrameError::file(path, e))?;
+        .filter_map(|&root| crate::flba::leaf(&meta, root, file_schema.field(root).data_type()).map(|l| (root, l)))
+        .collect();
+    let rows = |b: ParquetRecordBatchReaderBuilder<File>| {
+        let rows: i64 = row_groups
+            .iter()
+            .filter_map(|&g| meta.row_groups().get(g))
+            .map(|g| g.num_rows())
+            .sum();
+        b.with_row_groups(row_groups.to_vec())
+            .with_batch_size(usize::try_from(rows).unwrap_or(1 << 20).clamp(1, 1 << 20))
+    };
+    if fast.is_empty() {
+        let (filter, rest) = row_filter(&conjuncts, builder.parquet_schema(), index)?;
+        // A batch needs a column to count its rows: with none wanted, the
+        // first one the predicate reads (or the file's first) is decoded.
+        let mut indices = wanted.iter().map(index).collect::<Result<Vec<_>>>()?;
+        if indices.is_empty() {
+            indices.push(read.first().copied().unwrap_or(0));
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let mut builder = rows(builder.with_projection(mask));
+        if let Some(filter) = filter {
+            builder = builder.with_row_filter(filter);
+        }
+        let batch = decode(path, builder)?;
+        let batch = match rest.into_iter().reduce(Expr::and) {
+            Some(p) => crate::eval::filter(&batch, &p)?,
+            None => batch,
+        };
+        return project_names(&batch, &wanted);
+    }
+    let others: Vec<usize> = read
+        .iter()
+        .copied()
+        .filter(|r| fast.iter().all(|f| f.0 != *r))
+        .collect();
+    let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
+    if !others.is_empty() {
+        let mask = ProjectionMask::roots(builder.parquet_schema(), others.iter().copied());
+        let batch = decode(path, rows(builder.with_projection(mask)))?;
+        let mut sorted = others.clone();
+        sorted.sort_unstable();
+        columns.extend(sorted.into_iter().zip(batch.columns().iter().cloned()));
+    }
+    for (root, leaf) in fast {
+        let DataType::Decimal128(p, s) = *file_schema.field(root).data_type() else {
+            unreachable!("flba::leaf takes Decimal128 fields only")
+        };
+        let array = crate::flba::read(&handle, &meta, row_groups, leaf, p, s)
+            .map_err(|e| FrameError::file(path, format!("column {}: {e}", file_schema.field(root).name())))?;
+        columns.push((root, Arc::new(array)));
+    }
+    columns.sort_unstable_by_key(|c| c.0);
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(r, _)| plain_field(file_schema.field(*r)))
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|c| c.1).collect(),
+    )?;
+    let batch = match conjuncts.into_iter().reduce(Expr::and) {
+        Some(p) => crate::eval::filter(&batch, &p)?,
+        None => batch,
+    };
+    project_names(&batch, &wanted)
+}
+
+/// `conjuncts` as a parquet-rs row filter (grouped by the columns they
+/// read, in order of appearance), and those reading no column.
+fn row_filter(
+    conjuncts: &[Expr],
+    schema: &SchemaDescriptor,
+    index: impl Fn(&String) -> Result<usize>,
+) -> Result<(Option<RowFilter>, Vec<Expr>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<Expr>)> = Vec::new();
+    let mut rest = Vec::new();
+    for conjunct in conjuncts {
+        let mut read = conjunct.columns().iter().map(&index).collect::<Result<Vec<_>>>()?;
+        read.sort_unstable();
+        read.dedup();
+        if read.is_empty() {
+            rest.push(conjunct.clone());
+        } else if let Some(g) = groups.iter_mut().find(|g| g.0 == read) {
+            g.1.push(conjunct.clone());
+        } else {
+            groups.push((read, vec![conjunct.clone()]));
+        }
+    }
+    let predicates: Vec<Box<dyn ArrowPredicate>> = groups
+        .into_iter()
+        .map(|(read, conjuncts)| {
+            let mask = ProjectionMask::roots(schema, read);
+            let expr = conjuncts
+                .into_iter()
+                .reduce(Expr::and)
+                .expect("a group holds a conjunct");
+            Box::new(ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+                crate::eval::predicate(&expr, &batch).map_err(|e| ArrowError::ComputeError(e.to_string()))
+            })) as Box<dyn ArrowPredicate>
+        })
+        .collect();
+    Ok(((!predicates.is_empty()).then(|| RowFilter::new(predicates)), rest))
+}
+
+/// Every batch `builder` reads, as one.
+fn decode(path: &str, builder: ParquetRecordBatchReaderBuilder<File>) -> Result<RecordBatch> {
+    let reader = builder.build().map_err(|e| FrameError::file(path, e))?;
     let schema = Arc::new(plain_schema(&arrow_array::RecordBatchReader::schema(&reader)));
     let batches = reader
         .map(|b| b.map_err(|e| FrameError::file(path, e)))
         .collect::<Result<Vec<_>>>()?;
-    let batch = match batches.len() {
+    Ok(match batches.len() {
         1 => RecordBatch::try_new(schema.clone(), batches[0].columns().to_vec())?,
         _ => arrow_select::concat::concat_batches(&schema, &batches)?,
-    };
-    let batch = match predicate {
-        Some(p) => crate::eval::filter(&batch, p)?,
-        None => batch,
-    };
-    match columns {
-        Some(c) => project_names(&batch, c),
-        None => Ok(batch),
-    }
+    })
 }
 
 /// The named columns of `batch`, in that order.
@@ -372,6 +475,28 @@ mod tests {
         let b = read_parquet(&path, &keep, Some(&["s".to_string()]), Some(&pred)).unwrap();
         assert_eq!(b.num_columns(), 1);
         assert_eq!(b.num_rows(), 150);
+        // Conjuncts on two columns, one on none, applied while decoding;
+        // the output in the asked order, a predicate column among it.
+        let s_ends_in_7 = col("s").ends_with("7");
+        let pred = col("a")
+            .lt(lit(120))
+            .and(s_ends_in_7)
+            .and(lit(true))
+            .and(col("a").gt(lit(5)));
+        let all = [0, 1, 2];
+        let b = read_parquet(&path, &all, Some(&["s".to_string(), "a".to_string()]), Some(&pred)).unwrap();
+        let a: Vec<i64> = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        assert_eq!(a, [7, 17, 27, 37, 47, 57, 67, 77, 87, 97, 107, 117]);
+        assert_eq!(b.schema().field(0).name(), "s");
+        // No column read: only the count of the rows kept.
+        let b = read_parquet(&path, &all, Some(&[]), Some(&col("a").lt(lit(42)))).unwrap();
+        assert_eq!((b.num_columns(), b.num_rows()), (0, 42));
         let err = read_parquet(&path, &[0], Some(&["zz".to_string()]), None)
             .unwrap_err()
             .to_string();

@@ -37,6 +37,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod expr;
+mod flba;
 pub mod groupby;
 pub mod io;
 pub mod join;
