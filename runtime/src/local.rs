@@ -528,8 +528,10 @@ pub fn gpu_count() -> usize {
 }
 
 /// Runs a worker on its own runtime until Ctrl-C or until its scheduler
-/// stays away.
+/// stays away, its process's allocator keeping freed memory for reuse
+/// ([`crate::store::allocator`]).
 pub fn run_worker_process(options: WorkerOptions) -> Result<()> {
+    crate::store::allocator::keep_freed_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -12,6 +12,7 @@
 //! fails (full disk, unwritable directory, over the spill quota) leaves
 //! the result in memory: nothing is lost by spilling.
 
+pub mod allocator;
 mod spill;
 
 use std::collections::BTreeMap;
@@ -644,12 +645,18 @@ impl Store {
     }
 
     /// What memory asks of the worker now. With `watch_process`, also
-    /// spills when the process is past the spill threshold.
+    /// spills when the process is past the spill threshold once the
+    /// allocator has handed its free memory back.
     pub fn pressure(&self) -> Pressure {
         if self.config.limit == 0 {
             return Pressure::Normal;
         }
-        let process = if self.config.watch_process { process_memory() } else { 0 };
+        let mut process = if self.config.watch_process { process_memory() } else { 0 };
+        if process > self.config.bytes(self.config.spill) {
+            // What the allocator keeps for reuse goes back first.
+            allocator::release_freed_memory();
+            process = process_memory();
+        }
         let mut inner = self.lock();
         if process > self.config.bytes(self.config.spill) {
             // Memory the allocator holds is not ours to free: spill what
