@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use hashbrown::HashMap;
@@ -143,10 +143,10 @@ impl<K: std::hash::Hash + Eq> Table<K> {
     }
 }
 
-/// The hash table over a build side with one integer (or date) key, built
+/// The table over a build side with one integer (or date) key, built
 /// once and probed by every batch joined with it: a broadcast side is
 /// probed by each partition of the other side ([`crate::broadcast`]).
-pub struct IntIndex(Table<i64>);
+pub struct IntIndex(IntTable);
 
 impl IntIndex {
     /// The table over `batch`'s key column `key`, if it is one integer or
@@ -161,8 +161,61 @@ impl IntIndex {
             return Ok(None);
         }
         let keys = arrow_cast::cast(column, &DataType::Int64)?;
-        let keys = keys.as_primitive::<Int64Type>();
-        Ok(Some(IntIndex(Table::build(keys.iter(), keys.len()))))
+        Ok(Some(IntIndex(IntTable::build(keys.as_primitive::<Int64Type>()))))
+    }
+}
+
+/// A table over int64 build keys: indexed by `key - min` where the keys
+/// are dense (at most [`DIRECT_SPREAD`] slots per row, as TPC-H's keys
+/// are), so a probe is an array read rather than a hash lookup; else
+/// hashed.
+enum IntTable {
+    Direct { min: i64, heads: Vec<u32>, next: Vec<u32> },
+    Hashed(Table<i64>),
+}
+
+/// Most slots per build row of a direct table.
+const DIRECT_SPREAD: u64 = 4;
+
+impl IntTable {
+    fn build(keys: &Int64Array) -> Self {
+        let (min, max) = keys
+            .iter()
+            .flatten()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), k| (lo.min(k), hi.max(k)));
+        let slots = (max as i128 - min as i128 + 1).max(0) as u64;
+        if min > max || slots > DIRECT_SPREAD * keys.len() as u64 + 1024 {
+            return IntTable::Hashed(Table::build(keys.iter(), keys.len()));
+        }
+        let mut heads = vec![u32::MAX; slots as usize];
+        let mut next = vec![u32::MAX; keys.len()];
+        for (row, key) in keys.iter().enumerate() {
+            if let Some(key) = key {
+                let slot = &mut heads[(key - min) as usize];
+                next[row] = *slot;
+                *slot = row as u32;
+            }
+        }
+        IntTable::Direct { min, heads, next }
+    }
+
+    /// Calls `f(build_row)` for each build row matching `key`.
+    fn probe(&self, key: i64, mut f: impl FnMut(u32)) {
+        match self {
+            IntTable::Hashed(table) => table.probe(&key, f),
+            IntTable::Direct { min, heads, next } => {
+                let slot = (key as i128 - *min as i128) as u128;
+                let mut row = if slot < heads.len() as u128 {
+                    heads[slot as usize]
+                } else {
+                    u32::MAX
+                };
+                while row != u32::MAX {
+                    f(row);
+                    row = next[row as usize];
+                }
+            }
+        }
     }
 }
 
@@ -178,14 +231,13 @@ fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> 
         let table = match index {
             Some(IntIndex(table)) => table,
             None => {
-                let b = b.as_primitive::<Int64Type>();
-                built = Table::build(b.iter(), b.len());
+                built = IntTable::build(b.as_primitive::<Int64Type>());
                 &built
             }
         };
         for (row, key) in p.iter().enumerate() {
             if let Some(key) = key {
-                table.probe(&key, |m| {
+                table.probe(key, |m| {
                     p_idx.push(row as u32);
                     b_idx.push(m);
                 });
@@ -391,6 +443,33 @@ mod tests {
                 assert!(out.schema().field_with_name("rk").is_err());
             }
         }
+    }
+
+    #[test]
+    fn dense_keys_index_directly_and_match_as_hashed_ones() {
+        let all = |t: &IntTable, key| {
+            let mut rows = Vec::new();
+            t.probe(key, |r| rows.push(r));
+            rows
+        };
+        // Dense keys with repeats, a null and negatives: a direct table;
+        // one far key makes the same rows hashed.
+        let dense = Int64Array::from(vec![Some(-3), Some(5), None, Some(-3), Some(0), Some(5), Some(5)]);
+        let mut sparse: Vec<Option<i64>> = dense.iter().collect();
+        sparse.push(Some(i64::MAX));
+        let sparse = Int64Array::from(sparse);
+        let (direct, hashed) = (IntTable::build(&dense), IntTable::build(&sparse));
+        assert!(matches!(direct, IntTable::Direct { .. }));
+        assert!(matches!(hashed, IntTable::Hashed(_)));
+        for key in [-4, -3, 0, 1, 5, 6, i64::MIN, i64::MAX - 1] {
+            assert_eq!(all(&direct, key), all(&hashed, key), "key {key}");
+        }
+        assert_eq!(all(&direct, 5), [6, 5, 1]);
+        assert_eq!(all(&hashed, i64::MAX), [7]);
+        assert!(matches!(
+            IntTable::build(&Int64Array::from(vec![None, None])),
+            IntTable::Hashed(_)
+        ));
     }
 
     #[test]
