@@ -143,25 +143,121 @@ impl<K: std::hash::Hash + Eq> Table<K> {
     }
 }
 
-/// The table over a build side with one integer (or date) key, built
+/// The table over a build side whose keys are integers (or dates), built
 /// once and probed by every batch joined with it: a broadcast side is
 /// probed by each partition of the other side ([`crate::broadcast`]).
-pub struct IntIndex(IntTable);
+/// Several keys are combined into one (see [`Radix`]).
+pub struct IntIndex {
+    radix: Option<Radix>,
+    table: IntTable,
+}
 
 impl IntIndex {
-    /// The table over `batch`'s key column `key`, if it is one integer or
-    /// date column (the keys every join brings to int64); `None` otherwise.
+    /// The table over `batch`'s key columns `key`, if they are integer or
+    /// date columns (the keys every join brings to int64) whose ranges
+    /// combine into one int64; `None` otherwise.
     pub fn build(batch: &RecordBatch, key: &[String]) -> Result<Option<IntIndex>> {
-        let [name] = key else { return Ok(None) };
-        let Some(column) = batch.column_by_name(name) else {
-            return Ok(None);
-        };
-        let t = column.data_type();
-        if !(t.is_integer() || *t == DataType::Date32) {
-            return Ok(None);
+        let mut columns = Vec::with_capacity(key.len());
+        for name in key {
+            let Some(column) = batch.column_by_name(name) else {
+                return Ok(None);
+            };
+            let t = column.data_type();
+            if !(t.is_integer() || *t == DataType::Date32) {
+                return Ok(None);
+            }
+            columns.push(arrow_cast::cast(column, &DataType::Int64)?);
         }
-        let keys = arrow_cast::cast(column, &DataType::Int64)?;
-        Ok(Some(IntIndex(IntTable::build(keys.as_primitive::<Int64Type>()))))
+        Ok(IntIndex::over(&columns, None))
+    }
+
+    /// The index over int64 key columns `keys`, with `radix` when it is
+    /// known; `None` where several keys' ranges do not combine.
+    fn over(keys: &[ArrayRef], radix: Option<Radix>) -> Option<IntIndex> {
+        let columns: Vec<&Int64Array> = keys.iter().map(|k| k.as_primitive::<Int64Type>()).collect();
+        match columns[..] {
+            [] => None,
+            [one] => Some(IntIndex {
+                radix: None,
+                table: IntTable::build(one),
+            }),
+            _ => {
+                let radix = radix.or_else(|| Radix::of(&columns))?;
+                let table = IntTable::build(&radix.combine(&columns));
+                Some(IntIndex {
+                    radix: Some(radix),
+                    table,
+                })
+            }
+        }
+    }
+
+    /// The probe side's keys as this index numbers them.
+    fn probe_keys(&self, keys: &[ArrayRef]) -> Int64Array {
+        let columns: Vec<&Int64Array> = keys.iter().map(|k| k.as_primitive::<Int64Type>()).collect();
+        match &self.radix {
+            Some(radix) => radix.combine(&columns),
+            None => columns[0].clone(),
+        }
+    }
+}
+
+/// Several int64 keys as one: each key's offset from the build side's
+/// least value, digits of a mixed radix whose bases are the build side's
+/// ranges (TPC-H q5's supplier key and nation key: suppkey * 25 + nation).
+/// A probe key outside the build side's range cannot match and combines
+/// to null.
+#[derive(Clone, Debug)]
+struct Radix {
+    mins: Vec<i64>,
+    spans: Vec<i64>,
+}
+
+impl Radix {
+    /// The radix of build keys `columns`; `None` when the product of their
+    /// ranges passes 2^62.
+    fn of(columns: &[&Int64Array]) -> Option<Radix> {
+        let mut product: i128 = 1;
+        let (mut mins, mut spans) = (Vec::new(), Vec::new());
+        for c in columns {
+            let (min, max) = c
+                .iter()
+                .flatten()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), k| (lo.min(k), hi.max(k)));
+            let span = if min > max {
+                0
+            } else {
+                i128::from(max) - i128::from(min) + 1
+            };
+            product *= span.max(1);
+            if product > 1 << 62 {
+                return None;
+            }
+            mins.push(min);
+            spans.push(span as i64);
+        }
+        Some(Radix { mins, spans })
+    }
+
+    /// Each row's keys combined; null where one is null or out of range.
+    fn combine(&self, columns: &[&Int64Array]) -> Int64Array {
+        let rows = columns.first().map_or(0, |c| c.len());
+        (0..rows)
+            .map(|row| {
+                let mut combined = 0i64;
+                for ((c, &min), &span) in columns.iter().zip(&self.mins).zip(&self.spans) {
+                    if c.is_null(row) {
+                        return None;
+                    }
+                    let digit = i128::from(c.value(row)) - i128::from(min);
+                    if digit < 0 || digit >= i128::from(span) {
+                        return None;
+                    }
+                    combined = combined * span + digit as i64;
+                }
+                Some(combined)
+            })
+            .collect()
     }
 }
 
@@ -223,27 +319,27 @@ impl IntTable {
 /// table when it was built before.
 fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> Result<(Vec<u32>, Vec<u32>)> {
     let (mut p_idx, mut b_idx) = (Vec::new(), Vec::new());
-    if let ([b], [p]) = (build, probe)
-        && *b.data_type() == DataType::Int64
-    {
-        let p = p.as_primitive::<Int64Type>();
+    let ints = |keys: &[ArrayRef]| keys.iter().all(|k| *k.data_type() == DataType::Int64);
+    if ints(build) && ints(probe) {
         let built;
-        let table = match index {
-            Some(IntIndex(table)) => table,
+        let index = match index {
+            Some(index) => Some(index),
             None => {
-                built = IntTable::build(b.as_primitive::<Int64Type>());
-                &built
+                built = IntIndex::over(build, None);
+                built.as_ref()
             }
         };
-        for (row, key) in p.iter().enumerate() {
-            if let Some(key) = key {
-                table.probe(key, |m| {
-                    p_idx.push(row as u32);
-                    b_idx.push(m);
-                });
+        if let Some(index) = index {
+            for (row, key) in index.probe_keys(probe).iter().enumerate() {
+                if let Some(key) = key {
+                    index.table.probe(key, |m| {
+                        p_idx.push(row as u32);
+                        b_idx.push(m);
+                    });
+                }
             }
+            return Ok((p_idx, b_idx));
         }
-        return Ok((p_idx, b_idx));
     }
     let converter = RowConverter::new(build.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
     let b_rows = converter.convert_columns(build)?;
@@ -470,6 +566,54 @@ mod tests {
             IntTable::build(&Int64Array::from(vec![None, None])),
             IntTable::Hashed(_)
         ));
+    }
+
+    #[test]
+    fn several_integer_keys_combine_into_one() {
+        let batch = |names: [&str; 2], a: Vec<Option<i64>>, b: Vec<i32>| {
+            let v: Vec<i64> = (0..a.len() as i64).map(|i| i * 10).collect();
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new(names[0], DataType::Int64, true),
+                    Field::new(names[1], DataType::Int32, false),
+                    Field::new("v", DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(Int64Array::from(a)),
+                    Arc::new(Int32Array::from(b)),
+                    Arc::new(Int64Array::from(v)),
+                ],
+            )
+            .unwrap()
+        };
+        let l = batch(
+            ["a", "b"],
+            vec![Some(1), Some(2), None, Some(3), Some(1), Some(-7), Some(1)],
+            vec![5, 6, 5, 5, 5, 5, 1000],
+        );
+        let r = batch(
+            ["ra", "rb"],
+            vec![Some(1), Some(1), Some(3), None, Some(9), Some(1)],
+            vec![5, 6, 5, 5, 5, 99],
+        );
+        let keys = [("a", "ra"), ("b", "rb")];
+        let index = IntIndex::build(&r, &["ra".into(), "rb".into()]).unwrap().unwrap();
+        assert!(index.radix.is_some());
+        for how in [JoinType::Inner, JoinType::Left, JoinType::Semi, JoinType::Anti] {
+            let s = spec(how, &keys);
+            let schema = Arc::new(join_schema(l.schema_ref(), r.schema_ref(), &s).unwrap());
+            let plain = join_batches(&l, &r, &s).unwrap();
+            let indexed = hash_join(&l, &r, &s, schema, Some(&index)).unwrap();
+            assert_eq!(plain, indexed, "{how:?}");
+            if how == JoinType::Inner {
+                assert_eq!(pairs(&plain), reference(&keys, &l, &r));
+            }
+        }
+        // Ranges whose product passes 2^62 are not combined.
+        let wide = batch(["ra", "rb"], vec![Some(i64::MIN), Some(i64::MAX)], vec![0, 1]);
+        assert!(IntIndex::build(&wide, &["ra".into(), "rb".into()]).unwrap().is_none());
+        let s = spec(JoinType::Inner, &keys);
+        assert_eq!(pairs(&join_batches(&l, &wide, &s).unwrap()), Vec::<(i64, i64)>::new());
     }
 
     #[test]
