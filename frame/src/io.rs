@@ -221,8 +221,7 @@ pub fn read_parquet(
 ) -> Result<RecordBatch> {
     let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
     let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| FrameError::file(path, format!("not a readable Parquet file: {e}")))?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer(path, &handle)?);
     let file_schema = builder.schema().clone();
     let index = |name: &String| {
         file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
@@ -311,6 +310,31 @@ pub fn read_parquet(
         None => batch,
     };
     project_names(&batch, &wanted)
+}
+
+/// Footers kept by [`footer`]: a file's are parsed once per process, not
+/// once per task (a task reads a few of its row groups).
+const FOOTERS_KEPT: usize = 64;
+
+/// The footer of the file at `path`, open as `file`: kept from an earlier
+/// read while the file's length and modification time are unchanged.
+fn footer(path: &str, file: &File) -> Result<ArrowReaderMetadata> {
+    type Footers = Vec<(String, (u64, std::time::SystemTime), ArrowReaderMetadata)>;
+    static KEPT: std::sync::Mutex<Footers> = std::sync::Mutex::new(Vec::new());
+    let stat = file.metadata().map_err(|e| FrameError::file(path, e))?;
+    let version = (stat.len(), stat.modified().map_err(|e| FrameError::file(path, e))?);
+    let mut kept = KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, _, meta)) = kept.iter().find(|(p, v, _)| p == path && *v == version) {
+        return Ok(meta.clone());
+    }
+    let meta = ArrowReaderMetadata::load(file, ArrowReaderOptions::new())
+        .map_err(|e| FrameError::file(path, format!("not a readable Parquet file: {e}")))?;
+    kept.retain(|(p, _, _)| p != path);
+    if kept.len() >= FOOTERS_KEPT {
+        kept.remove(0);
+    }
+    kept.push((path.to_string(), version, meta.clone()));
+    Ok(meta)
 }
 
 /// `conjuncts` as a parquet-rs row filter (grouped by the columns they
