@@ -68,7 +68,12 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
             )
         }
         Target::Gpu(exec) => {
-            let offsets = exec.alloc((n + 1) * 4)?;
+            // Zeroed when empty: the scan leaves the total of no rows unwritten.
+            let offsets = if n == 0 {
+                exec.zeroed(4)?
+            } else {
+                exec.alloc((n + 1) * 4)?
+            };
             exec.launch1(
                 "strings",
                 "utf8_lengths",
@@ -82,13 +87,7 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
             )?;
             // The exclusive scan leaves the total in the last offset.
             let total = Arg::Ptr(offsets.device_ptr() + (n * 4) as u64);
-            exec.launch1(
-                "scan",
-                "scan_exclusive_u32",
-                1,
-                &[ptr(&offsets), Arg::U64(n as u64), total],
-            )?;
-            exec.finish()?;
+            crate::scan::exclusive_sum_u32(&exec, ptr(&offsets), ptr(&offsets), n, total)?;
             let bytes = exec.download::<u32>(&offsets, n + 1)?[n] as usize;
             // An empty column still has a byte of data, zeroed: arrow checks
             // that the whole buffer is UTF-8.

@@ -11,7 +11,7 @@ use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
 use weft_kernels::strings::{self, StrOp};
-use weft_kernels::{Column, DType, cast, concat, frame_hash, join, logic, rows as select};
+use weft_kernels::{Column, DType, cast, concat, frame_hash, join, keys, logic, rows as select, scan, sort, take};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
 fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
@@ -188,6 +188,117 @@ fn frame_hash_kernels(d: &Dut) {
             |c| frame_hash::buckets(&c[0], 7).unwrap(),
             &want,
         );
+    }
+}
+
+/// The exclusive scan at sizes spanning many of its tiles (256 counts on
+/// small emulated inputs, 2048 past 8192 counts), with counts large enough
+/// to wrap.
+fn scan_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(31);
+    for &n in SIZES.iter().chain(&[5000, 8192, 12_289]) {
+        for max in [3u32, u32::MAX] {
+            let counts: Vec<u32> = (0..n).map(|_| rng.u32(..=max)).collect();
+            let mut run = 0u32;
+            let want: Vec<Option<V>> = counts
+                .iter()
+                .map(|c| {
+                    let s = run;
+                    run = run.wrapping_add(*c);
+                    Some(V::U(u64::from(s)))
+                })
+                .collect();
+            let x = Column::from_vec(counts);
+            let (sums, total) = scan::exclusive_sum(&d.put(&x)).unwrap();
+            assert_rows(&format!("scan n={n} max={max}"), &rows(&sums), &want, 0.0);
+            assert_eq!(total, run, "scan n={n} max={max}: total");
+        }
+    }
+}
+
+/// The permutation that sorts by the order keys of `x` (every utf8
+/// chunk), least significant chunk first, each pass stable.
+fn order_perm(x: &Column, descending: bool) -> Column {
+    let chunks = if x.dtype() == DType::Utf8 {
+        keys::utf8_chunks(x).unwrap()
+    } else {
+        1
+    };
+    let mut perm: Option<Column> = None;
+    for j in (0..chunks).rev() {
+        let key = keys::order_key(x, j, descending).unwrap();
+        let key = match &perm {
+            Some(p) => take::take(&key, p).unwrap(),
+            None => key,
+        };
+        let pass = sort::argsort(&key).unwrap();
+        perm = Some(match perm {
+            Some(p) => take::take(&p, &pass).unwrap(),
+            None => pass,
+        });
+    }
+    perm.unwrap()
+}
+
+/// Order keys sort int32, int64, float64 and utf8 columns (strings of
+/// several chunks, prefixes, empty strings, zero bytes) ascending and
+/// descending, stable, nulls last, as a plain sort does.
+fn order_key_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(41);
+    for &n in SIZES {
+        let ints: Vec<Option<i32>> = common::random_options(&mut rng, n, common::Nulls::Some);
+        let longs: Vec<Option<i64>> = common::random_options(&mut rng, n, common::Nulls::Some);
+        let floats: Vec<Option<f64>> = (0..n)
+            .map(|_| (rng.u8(..5) != 0).then(|| [-0.0, 0.0, 1.5, -2.0, f64::INFINITY][rng.usize(..5)]))
+            .collect();
+        let words: Vec<Option<String>> = (0..n)
+            .map(|_| {
+                (rng.u8(..6) != 0).then(|| {
+                    let stem = ["", "a", "a\0", "ab", "abcdefg", "abcdefgh", "abcdefghijklmno"][rng.usize(..7)];
+                    format!("{stem}{}", ["", "x", "\u{e9}"][rng.usize(..3)])
+                })
+            })
+            .collect();
+        let strings = Column::from_arrow(&StringArray::from(words.clone())).unwrap();
+        for descending in [false, true] {
+            let check_order = |what: &str,
+                               x: &Column,
+                               cmp: &dyn Fn(usize, usize) -> std::cmp::Ordering,
+                               valid: &dyn Fn(usize) -> bool| {
+                let mut want: Vec<u32> = (0..n as u32).collect();
+                want.sort_by(|&a, &b| {
+                    let (a, b) = (a as usize, b as usize);
+                    match (valid(a), valid(b)) {
+                        (true, true) if descending => cmp(b, a),
+                        (true, true) => cmp(a, b),
+                        (va, vb) => vb.cmp(&va),
+                    }
+                });
+                let want: Vec<Option<V>> = want.iter().map(|r| Some(V::U(u64::from(*r)))).collect();
+                let got = order_perm(&d.put(x), descending);
+                assert_rows(
+                    &format!("{what} n={n} descending={descending}"),
+                    &rows(&got),
+                    &want,
+                    0.0,
+                );
+            };
+            check_order("int32", &column(&ints), &|a, b| ints[a].cmp(&ints[b]), &|i| {
+                ints[i].is_some()
+            });
+            check_order("int64", &column(&longs), &|a, b| longs[a].cmp(&longs[b]), &|i| {
+                longs[i].is_some()
+            });
+            check_order(
+                "float64",
+                &column(&floats),
+                &|a, b| floats[a].unwrap().total_cmp(&floats[b].unwrap()),
+                &|i| floats[i].is_some(),
+            );
+            check_order("utf8", &strings, &|a, b| words[a].cmp(&words[b]), &|i| {
+                words[i].is_some()
+            });
+        }
     }
 }
 
@@ -573,6 +684,8 @@ test_device!(
     cast_kernels,
     logic_kernels,
     frame_hash_kernels,
+    scan_kernels,
+    order_key_kernels,
     segment_kernels,
     join_kernels,
     concat_kernels,
