@@ -261,6 +261,8 @@ fn sorts_limits_and_splits_agree_with_the_cpu() {
             (vec![col("x"), col("k"), col("id")], vec![false, false, false]),
             (vec![col("k"), col("id")], vec![true, false]),
             (vec![col("s"), col("id")], vec![false, false]),
+            (vec![col("s"), col("x"), col("id")], vec![true, true, false]),
+            (vec![col("d"), col("i"), col("id")], vec![true, false, true]),
         ] {
             agree(
                 "sort",
@@ -307,12 +309,25 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             aggs: aggs.clone(),
         },
     ];
-    agree("aggregate by utf8 keys", &frames(), steps);
+    agree("aggregate by utf8 keys, n_unique", &frames(), steps);
     let numeric_aggs: Vec<AggSpec> = aggs
         .into_iter()
         .filter(|a| a.func != AggFunc::NUnique)
-        .chain([AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap()])
+        .chain([
+            AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap(),
+            AggSpec::from_expr(&col("s").count().alias("cs")).unwrap(),
+        ])
         .collect();
+    for keys in [vec![col("s"), col("k")], vec![col("d"), col("s")], vec![]] {
+        agree(
+            &format!("aggregate by {keys:?}"),
+            &frames(),
+            vec![Step::Aggregate {
+                keys,
+                aggs: numeric_aggs.clone(),
+            }],
+        );
+    }
     for keys in [vec![col("k")], vec![col("x"), col("id")], vec![col("k"), col("x")]] {
         for b in frames() {
             agree(
@@ -495,6 +510,49 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
         matches!(&placements[1], Placement::Host(why) if why.contains("n_unique")),
         "{placements:?}"
     );
+
+    // Utf8 and several keys, no keys, decimals, descending sorts by utf8
+    // and numbers: on the device.
+    let with_strings = Arc::new(partition::encode(&[frame(300, 11)]).unwrap());
+    let aggs = |list: &[Expr]| list.iter().map(|e| AggSpec::from_expr(e).unwrap()).collect::<Vec<_>>();
+    let on_device = TaskArgs {
+        input: Input::Deps,
+        steps: vec![
+            Step::Aggregate {
+                keys: vec![col("s"), col("k"), col("d")],
+                aggs: aggs(&[
+                    col("x").sum().alias("sx"),
+                    col("s").count().alias("cs"),
+                    col("i").mean().alias("mi"),
+                    weft_frame::len().alias("n"),
+                ]),
+            },
+            Step::Sort {
+                by: vec![col("s"), col("sx"), col("k"), col("d")],
+                descending: vec![true, false, true, false],
+                limit: Some(40),
+            },
+            Step::Aggregate {
+                keys: vec![],
+                aggs: aggs(&[col("sx").sum().alias("total"), col("n").max().alias("most")]),
+            },
+        ],
+    };
+    let (_, placements) = device::run(&gpu, &on_device, &[with_strings]).unwrap();
+    assert!(
+        placements[1..].iter().all(|p| *p == Placement::Device),
+        "{placements:?}"
+    );
+    let priced = Arc::new(partition::encode(&[decimals(200, 3).project(&[0, 1, 2]).unwrap()]).unwrap());
+    let by_decimal = TaskArgs {
+        input: Input::Deps,
+        steps: vec![Step::Aggregate {
+            keys: vec![col("disc")],
+            aggs: decimal_aggs(),
+        }],
+    };
+    let (_, placements) = device::run(&gpu, &by_decimal, &[priced]).unwrap();
+    assert_eq!(placements[1], Placement::Device, "{placements:?}");
 }
 
 #[test]
@@ -620,6 +678,22 @@ fn decimals(rows: usize, seed: u64) -> RecordBatch {
     .unwrap()
 }
 
+/// Decimal aggregates: sums (decimal128(38, s)), min and max (the input's
+/// type), means (float64) and counts.
+fn decimal_aggs() -> Vec<AggSpec> {
+    [
+        col("price").sum().alias("s"),
+        col("price").min().alias("lo"),
+        col("disc").max().alias("hi"),
+        col("price").mean().alias("mp"),
+        (col("price") * col("disc")).mean().alias("m"),
+        col("price").count().alias("c"),
+    ]
+    .iter()
+    .map(|e| AggSpec::from_expr(e).unwrap())
+    .collect()
+}
+
 #[test]
 fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
     let gpu = Gpu::emulated(3, 1 << 26, true);
@@ -646,10 +720,15 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
             },
             Step::Aggregate {
                 keys: vec![col("k").cast(DataType::Int64).alias("k64")],
-                aggs: vec![
-                    AggSpec::from_expr(&col("price").sum().alias("s")).unwrap(),
-                    AggSpec::from_expr(&(col("price") * col("disc")).mean().alias("m")).unwrap(),
-                ],
+                aggs: decimal_aggs(),
+            },
+            Step::Aggregate {
+                keys: vec![col("disc"), col("k")],
+                aggs: decimal_aggs(),
+            },
+            Step::Aggregate {
+                keys: vec![],
+                aggs: decimal_aggs(),
             },
         ];
         for step in steps {

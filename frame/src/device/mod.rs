@@ -23,8 +23,10 @@
 //!   timestamps, nested types; [`storage_type`]) stays on the host for the
 //!   task.
 
+pub mod aggregate;
 mod batch;
 pub mod eval;
+mod order;
 pub mod steps;
 
 use std::sync::Arc;
@@ -116,7 +118,7 @@ fn run_parts(
             return Ok(pieces.into_iter().map(Part::Host).collect());
         }
         let on_device = match &part {
-            Part::Device(d) => device_step(step, d),
+            Part::Device(d) => device_step(step, d, gpu),
             Part::Host(_) => Err(Outcome::Host("the batch is on the host".into())),
         };
         part = match on_device {
@@ -211,14 +213,14 @@ fn start(gpu: &Arc<Gpu>, input: &Input, data: &[Arc<Value>], placements: &mut Ve
 }
 
 /// A step on the device, or why it must run on the host.
-fn device_step(step: &Step, d: &DeviceBatch) -> eval::Eval<DeviceBatch> {
+fn device_step(step: &Step, d: &DeviceBatch, gpu: &Arc<Gpu>) -> eval::Eval<DeviceBatch> {
     match step {
         Step::Filter(p) => steps::filter_rows(d, p),
         Step::Select(exprs) => steps::select(d, exprs),
         Step::WithColumns(exprs) => steps::with_columns(d, exprs),
         Step::Limit(n) => steps::limit(d, *n),
         Step::Sort { by, descending, limit } => steps::sort_rows(d, by, descending, *limit),
-        Step::Aggregate { keys, aggs } => steps::aggregate(d, keys, aggs),
+        Step::Aggregate { keys, aggs } => aggregate::aggregate(d, keys, aggs, gpu),
         Step::SortSample { .. } | Step::SortBoundaries { .. } => {
             Err(Outcome::Host("sort sampling works on small host batches".into()))
         }

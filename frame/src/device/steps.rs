@@ -1,21 +1,20 @@
 //! The per-partition steps that run on device columns: filter (mask and
-//! compaction), select, with_columns, limit, sort (ascending int64/float64
-//! keys, by successive stable radix sorts), group-by aggregation (sorted
-//! runs), int64 equi-joins (sorted search) and hash split (the CPU's row hash, so pieces match a CPU
-//! worker's). Each returns
+//! compaction), select, with_columns, limit, sort (order keys, by
+//! successive stable radix sorts), int64 equi-joins (sorted search) and
+//! hash split (the CPU's row hash, so pieces match a CPU worker's);
+//! aggregation is in [`super::aggregate`]. Each returns
 //! [`Outcome::Host`] with the reason where a kernel is missing.
 
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema};
-use weft_kernels::segment::{self, SegmentOp};
-use weft_kernels::{Column, DType, frame_hash, logic, rows, sort, take};
+use weft_kernels::{Column, DType, frame_hash, logic, rows};
 
 use super::batch::DeviceBatch;
 use super::eval::{Eval, Outcome, evaluate};
+use super::order::{order_keys, sort_perm};
 use crate::error::FrameError;
-use crate::expr::{AggFunc, Expr};
-use crate::groupby::AggSpec;
+use crate::expr::Expr;
 use crate::join::{JoinSpec, JoinType};
 
 fn host<T>(why: impl Into<String>) -> Eval<T> {
@@ -102,26 +101,17 @@ pub fn limit(batch: &DeviceBatch, n: usize) -> Eval<DeviceBatch> {
     compact(batch, &logic::prefix_mask(&batch.columns()[0], n)?)
 }
 
-/// Sorted by `by` (ascending, nulls last, stable), cut to `limit` rows.
+/// Sorted by `by` (each key ascending or descending, nulls last, stable;
+/// see [`super::order`]), cut to `limit` rows.
 pub fn sort_rows(
     batch: &DeviceBatch,
     by: &[Expr],
     descending: &[bool],
     limit_rows: Option<usize>,
 ) -> Eval<DeviceBatch> {
-    if descending.iter().any(|d| *d) {
-        return host("a descending sort (the radix argsort is ascending)");
-    }
     check_has_columns(batch, "a sort")?;
-    let mut keys = Vec::with_capacity(by.len());
-    for e in by {
-        let (c, t) = evaluate(e, batch)?;
-        if !matches!(c.dtype(), DType::I64 | DType::F64) {
-            return host(format!("a sort key of type {t} (the argsort takes int64 and float64)"));
-        }
-        keys.push(c);
-    }
-    let Some(perm) = sort_perm(&keys)? else {
+    let order = order_keys(batch, by, descending)?;
+    let Some(perm) = sort_perm(&order.keys)? else {
         return Ok(batch.clone());
     };
     let columns = batch
@@ -134,89 +124,6 @@ pub fn sort_rows(
         Some(n) => limit(&sorted, n),
         None => Ok(sorted),
     }
-}
-
-/// The stable ascending order of the key columns (int64 or float64, nulls
-/// last), or none without keys: the least significant key first, each
-/// later stable pass keeping its order.
-fn sort_perm(keys: &[Column]) -> Eval<Option<Column>> {
-    let Some((last, rest)) = keys.split_last() else {
-        return Ok(None);
-    };
-    let mut perm = sort::argsort(last)?;
-    for key in rest.iter().rev() {
-        let pass = sort::argsort(&take::take(key, &perm)?)?;
-        perm = take::take(&perm, &pass)?;
-    }
-    Ok(Some(perm))
-}
-
-/// Group-by aggregation, sort-based: rows ordered by the keys (int64 or
-/// float64), runs of equal keys ([`segment::segments`]), one value per run
-/// ([`segment::segment_reduce`]) for sum, min, max, count, len and mean of
-/// int32, int64 or float64 inputs. `n_unique`, other key or input types, and
-/// an aggregate without keys run on the host.
-pub fn aggregate(batch: &DeviceBatch, keys: &[Expr], aggs: &[AggSpec]) -> Eval<DeviceBatch> {
-    if keys.is_empty() {
-        return host("an aggregate without keys");
-    }
-    let mut key_columns = Vec::with_capacity(keys.len());
-    let mut fields = Vec::with_capacity(keys.len() + aggs.len());
-    for k in keys {
-        let (c, t) = evaluate(k, batch)?;
-        if !matches!(t, DataType::Int64 | DataType::Float64) {
-            return host(format!(
-                "a group-by key of type {t} (the argsort takes int64 and float64)"
-            ));
-        }
-        fields.push(Field::new(k.output_name(), t, true));
-        key_columns.push(c);
-    }
-    let mut inputs = Vec::with_capacity(aggs.len());
-    for a in aggs {
-        let op = match a.func {
-            AggFunc::Sum => SegmentOp::Sum,
-            AggFunc::Min => SegmentOp::Min,
-            AggFunc::Max => SegmentOp::Max,
-            AggFunc::Count => SegmentOp::Count,
-            AggFunc::Len => SegmentOp::Rows,
-            AggFunc::Mean => SegmentOp::Mean,
-            AggFunc::NUnique => return host("n_unique (no device kernel)"),
-        };
-        let input = match a.func {
-            AggFunc::Len => key_columns[0].clone(),
-            _ => {
-                let (c, t) = evaluate(&a.input, batch)?;
-                if !matches!(t, DataType::Int32 | DataType::Int64 | DataType::Float64) {
-                    return host(format!("{:?} of {t}", a.func));
-                }
-                c
-            }
-        };
-        inputs.push((op, input));
-    }
-    let Some(perm) = sort_perm(&key_columns)? else {
-        return host("an aggregate without keys");
-    };
-    let sorted = key_columns
-        .iter()
-        .map(|k| take::take(k, &perm))
-        .collect::<Result<Vec<_>, _>>()?;
-    let starts = segment::segments(&sorted.iter().collect::<Vec<_>>())?;
-    let mut columns = sorted
-        .iter()
-        .map(|k| take::take(k, &starts))
-        .collect::<Result<Vec<_>, _>>()?;
-    for ((op, input), a) in inputs.iter().zip(aggs) {
-        let out = segment::segment_reduce(&take::take(input, &perm)?, &starts, *op)?;
-        let t = match out.dtype() {
-            DType::I64 => DataType::Int64,
-            _ => DataType::Float64,
-        };
-        fields.push(Field::new(a.name.clone(), t, true));
-        columns.push(out);
-    }
-    Ok(DeviceBatch::new(Arc::new(Schema::new(fields)), columns, starts.len())?)
 }
 
 /// `n` pieces by the hash of `keys`, rows in their order within each.
