@@ -865,6 +865,31 @@ async fn a_pipeline_on_gpu_workers_gives_the_cpu_clusters_answer() {
     assert_same("the pipeline on GPU workers", &answers[1], &answers[0]);
 }
 
+/// Runs the tasks of `frame`'s plan one by one on `gpu`, each once its
+/// inputs are done, and returns where each task's stages ran.
+fn task_placements(gpu: &Arc<Gpu>, frame: &weft_frame::LazyFrame) -> Vec<(String, Vec<Placement>)> {
+    use weft_frame::physical::{Action, Lowering};
+    let plan = weft_frame::optimize::optimize(frame.plan()).unwrap();
+    let lowered = Lowering::lower(&plan, "q", weft_frame::PlanOptions::default(), Action::Collect).unwrap();
+    let mut pending = lowered.graph.tasks;
+    let mut done: std::collections::HashMap<Key, Arc<Value>> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        let i = pending
+            .iter()
+            .position(|t| t.deps.iter().all(|d| done.contains_key(d)))
+            .expect("a task whose inputs are done");
+        let t = pending.remove(i);
+        assert_eq!(&*t.op, weft_frame::ops::TASK_OP, "{:?}", t.key);
+        let args: TaskArgs = weft_runtime::ops::decode_args(&t.args).unwrap();
+        let inputs: Vec<Arc<Value>> = t.deps.iter().map(|d| done[d].clone()).collect();
+        let (value, placements) = device::run(gpu, &args, &inputs).unwrap();
+        out.push((t.key.to_string(), placements));
+        done.insert(t.key, Arc::new(value));
+    }
+    out
+}
+
 /// TPC-H at scale factor 0.01 (the peers' kit's data, decimals and utf8
 /// columns as Parquet has them) gives the same answers on emulated GPU
 /// workers as on CPU workers; without the kit the test says so and passes.
@@ -907,6 +932,21 @@ async fn tpch_on_gpu_workers_gives_the_cpu_clusters_answers() {
         drop(frames);
         cluster.stop().await;
     }
+    // q1 (utf8 keys, decimal sums, means) and q6 (no keys), task by task
+    // on an emulated GPU: every step after the Parquet read on the device.
+    let (cluster, frames) = cluster(false).await;
+    let gpu = Gpu::emulated(20, 256 << 20, true);
+    for q in ["tpch_q1", "tpch_q6"] {
+        for (task, placements) in task_placements(&gpu, &query(&frames, &d, q).unwrap()) {
+            println!("{q} {task}: {placements:?}");
+            assert!(
+                placements[1..].iter().all(|p| *p == Placement::Device),
+                "{q} {task}: {placements:?}"
+            );
+        }
+    }
+    drop(frames);
+    cluster.stop().await;
     for ((q, cpu), gpu) in QUERIES.iter().zip(&answers[0]).zip(&answers[1]) {
         println!("{q}: CPU workers {cpu} | emulated GPU workers {gpu}");
         assert!(
