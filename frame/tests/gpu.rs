@@ -240,7 +240,25 @@ fn selects_and_with_columns_agree_with_the_cpu() {
         (col("i") + lit(1)).alias("i1"),
         (col("k") / lit(2)).alias("kdiv"),
         col("s"),
+        when(col("k").gt(lit(3)))
+            .then(col("x"))
+            .when(col("i").lt(lit(0)))
+            .then(lit(1.5))
+            .otherwise(col("x") * lit(2))
+            .alias("w"),
+        when(col("s").eq(lit("akey1")))
+            .then(col("i"))
+            .otherwise(col("k"))
+            .alias("wi"),
+        when(col("x").is_null())
+            .then(col("d"))
+            .otherwise(lit_date("1996-01-01").unwrap())
+            .alias("wd"),
     ];
+    // Integer division runs on the host, and with it its whole step: the
+    // rest once more, as one step on the device.
+    let on_device: Vec<Expr> = exprs.iter().filter(|e| e.output_name() != "kdiv").cloned().collect();
+    let gpu = Gpu::emulated(6, 1 << 26, true);
     for b in frames() {
         agree("select", std::slice::from_ref(&b), vec![Step::Select(exprs.clone())]);
         agree(
@@ -248,6 +266,18 @@ fn selects_and_with_columns_agree_with_the_cpu() {
             std::slice::from_ref(&b),
             vec![Step::WithColumns(exprs.clone())],
         );
+        let args = TaskArgs {
+            input: Input::Deps,
+            steps: vec![Step::WithColumns(on_device.clone())],
+        };
+        agree(
+            "with_columns on the device",
+            std::slice::from_ref(&b),
+            args.steps.clone(),
+        );
+        let input = Arc::new(partition::encode(std::slice::from_ref(&b)).unwrap());
+        let (_, placements) = device::run(&gpu, &args, &[input]).unwrap();
+        assert_eq!(placements[1], Placement::Device, "{placements:?}");
     }
 }
 
@@ -518,10 +548,13 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
     let on_device = TaskArgs {
         input: Input::Deps,
         steps: vec![
+            Step::WithColumns(vec![
+                when(col("k").gt(lit(0))).then(col("x")).otherwise(lit(0.0)).alias("wx"),
+            ]),
             Step::Aggregate {
                 keys: vec![col("s"), col("k"), col("d")],
                 aggs: aggs(&[
-                    col("x").sum().alias("sx"),
+                    col("wx").sum().alias("sx"),
                     col("s").count().alias("cs"),
                     col("i").mean().alias("mi"),
                     weft_frame::len().alias("n"),

@@ -32,6 +32,7 @@ pub mod reduce;
 pub mod rows;
 pub mod scan;
 pub mod segment;
+pub mod select;
 pub mod sort;
 pub mod strings;
 pub mod take;

@@ -10,6 +10,7 @@ mod common;
 use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
+use weft_kernels::select::select as when;
 use weft_kernels::strings::{self, StrOp};
 use weft_kernels::{Column, DType, cast, concat, frame_hash, join, keys, logic, rows as select, scan, sort, take};
 
@@ -298,6 +299,52 @@ fn order_key_kernels(d: &Dut) {
             check_order("utf8", &strings, &|a, b| words[a].cmp(&words[b]), &|i| {
                 words[i].is_some()
             });
+        }
+    }
+}
+
+/// when/then/otherwise: a row from the first column where the mask is
+/// true, from the second where it is false or null, with that side's
+/// validity; int32, int64 and boolean values.
+fn select_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(51);
+    for &n in SIZES {
+        for nulls in [common::Nulls::None, common::Nulls::Some] {
+            let (mask, mv) = bools(&mut rng, n, nulls == common::Nulls::Some);
+            let pick = |i: usize| mv[i] == Some(true);
+            let what = |t: &str| format!("select {t} n={n} nulls={nulls:?}");
+            let a: Vec<Option<i64>> = common::random_options(&mut rng, n, nulls);
+            let b: Vec<Option<i64>> = common::random_options(&mut rng, n, common::Nulls::Some);
+            let want: Vec<_> = (0..n).map(|i| if pick(i) { a[i] } else { b[i] }.map(V::I)).collect();
+            check(
+                d,
+                &what("i64"),
+                &[&mask, &column(&a), &column(&b)],
+                |c| when(&c[0], &c[1], &c[2]).unwrap(),
+                &want,
+            );
+            let a: Vec<Option<i32>> = common::random_options(&mut rng, n, common::Nulls::Some);
+            let b: Vec<Option<i32>> = common::random_options(&mut rng, n, nulls);
+            let want: Vec<_> = (0..n)
+                .map(|i| if pick(i) { a[i] } else { b[i] }.map(|v| V::I(i64::from(v))))
+                .collect();
+            check(
+                d,
+                &what("i32"),
+                &[&mask, &column(&a), &column(&b)],
+                |c| when(&c[0], &c[1], &c[2]).unwrap(),
+                &want,
+            );
+            let (a, av) = bools(&mut rng, n, true);
+            let (b, bv) = bools(&mut rng, n, nulls == common::Nulls::Some);
+            let want: Vec<_> = (0..n).map(|i| if pick(i) { av[i] } else { bv[i] }).collect();
+            check(
+                d,
+                &what("bool"),
+                &[&mask, &a, &b],
+                |c| when(&c[0], &c[1], &c[2]).unwrap(),
+                &as_rows(&want),
+            );
         }
     }
 }
@@ -686,6 +733,7 @@ test_device!(
     frame_hash_kernels,
     scan_kernels,
     order_key_kernels,
+    select_kernels,
     segment_kernels,
     join_kernels,
     concat_kernels,

@@ -4,11 +4,12 @@
 //! date or decimal type (a literal taking the other side's type where it
 //! converts exactly, as on the CPU), utf8 columns equal or not to a
 //! literal, `starts_with`/`ends_with`/`contains` of utf8 columns, `year()`
-//! of dates, `+ - *` on int64 or float64 and `/` on float64, and the casts
-//! these need (int32 to int64; integers and decimals to float64, also as
-//! `cast()`). Anything else (`when/then/otherwise`, other casts, integer
-//! division and remainder, utf8 ordering) is [`Outcome::Host`]: the caller
-//! runs that step on the host. Integer `+ - *` wrap on overflow where
+//! of dates, `+ - *` on int64 or float64 and `/` on float64,
+//! `when/then/otherwise` of booleans, integers, float64, dates and
+//! decimals, and the casts these need (int32 to int64; integers and
+//! decimals to float64, also as `cast()`). Anything else (other casts,
+//! integer division and remainder, utf8 ordering, utf8 results of
+//! `when`) is [`Outcome::Host`]: the caller runs that step on the host. Integer `+ - *` wrap on overflow where
 //! arrow-rs reports an error.
 
 use arrow_array::cast::AsArray;
@@ -17,7 +18,7 @@ use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use weft_kernels::elementwise::{self, CmpOp};
 use weft_kernels::strings::{self, StrOp};
-use weft_kernels::{Column, DType, cast, logic};
+use weft_kernels::{Column, DType, cast, logic, select};
 
 use super::batch::{DeviceBatch, kernel_error};
 use crate::error::FrameError;
@@ -146,6 +147,28 @@ fn eval(expr: &Expr, batch: &DeviceBatch) -> Eval<Value> {
             Value::Array(c, DataType::Date32) => Value::Array(strings::year(&c)?, DataType::Int32),
             _ => return host(format!("{expr} of a value that is not a date column")),
         },
+        Expr::When { cases, otherwise } => {
+            let out = expr.data_type(batch.schema())?;
+            if !matches!(
+                out,
+                DataType::Boolean
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::Float64
+                    | DataType::Date32
+                    | DataType::Decimal128(..)
+            ) {
+                return host(format!("when/then/otherwise of {out}"));
+            }
+            // The last case first, as the CPU: an earlier case wins.
+            let mut result = to_column(eval(otherwise, batch)?, &out, batch)?;
+            for (condition, value) in cases.iter().rev() {
+                let mask = boolean(eval(condition, batch)?, batch)?;
+                let value = to_column(eval(value, batch)?, &out, batch)?;
+                result = select::select(&mask, &value, &result)?;
+            }
+            Value::Array(result, out)
+        }
         other => return host(format!("{other}")),
     })
 }
