@@ -381,7 +381,8 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
 }
 
 /// The right side of the joins: `rk` (int64 keys with duplicates and
-/// nulls), `id` (a name the left side has too), `rv` (float64).
+/// nulls), `id` (a name the left side has too), `rv` (float64), `rk2`
+/// (int32 keys in a small range, with nulls).
 fn right_side(rows: usize, seed: u64) -> RecordBatch {
     let mut rng = fastrand::Rng::with_seed(seed);
     let rk: Int64Array = (0..rows)
@@ -389,24 +390,27 @@ fn right_side(rows: usize, seed: u64) -> RecordBatch {
         .collect();
     let id: Int64Array = (0..rows as i64).map(|i| Some(1000 + i)).collect();
     let rv: Float64Array = (0..rows).map(|_| (rng.u8(..5) != 0).then(|| rng.f64())).collect();
+    let rk2: Int32Array = (0..rows).map(|_| (rng.u8(..9) != 0).then(|| rng.i32(-3..3))).collect();
     let schema = Schema::new(vec![
         Field::new("rk", DataType::Int64, true),
         Field::new("id", DataType::Int64, false),
         Field::new("rv", DataType::Float64, true),
+        Field::new("rk2", DataType::Int32, true),
     ]);
-    RecordBatch::try_new(Arc::new(schema), vec![Arc::new(rk), Arc::new(id), Arc::new(rv)]).unwrap()
+    let columns: Vec<ArrayRef> = vec![Arc::new(rk), Arc::new(id), Arc::new(rv), Arc::new(rk2)];
+    RecordBatch::try_new(Arc::new(schema), columns).unwrap()
 }
 
 fn join_args(
     left: &RecordBatch,
     right: &RecordBatch,
-    on: (&str, &str),
+    on: (&[&str], &[&str]),
     how: JoinType,
     probe_is_left: bool,
 ) -> TaskArgs {
     let spec = JoinSpec {
-        left_on: vec![on.0.into()],
-        right_on: vec![on.1.into()],
+        left_on: on.0.iter().map(|s| s.to_string()).collect(),
+        right_on: on.1.iter().map(|s| s.to_string()).collect(),
         how,
         build_left: !probe_is_left,
     };
@@ -427,7 +431,7 @@ fn join_args(
 }
 
 #[test]
-fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
+fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
     let gpu = Gpu::emulated(4, 1 << 28, true);
     for (l_rows, r_rows) in [(300, 40), (0, 10), (50, 0), (700, 300)] {
         for how in [JoinType::Inner, JoinType::Left, JoinType::Semi, JoinType::Anti] {
@@ -435,11 +439,19 @@ fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
                 if !probe_is_left && how != JoinType::Inner {
                     continue;
                 }
-                for (left, on, on_device) in [
-                    (numeric(l_rows, 5), ("k", "rk"), true),
-                    (frame(l_rows, 6), ("k", "rk"), true),
-                    (numeric(l_rows, 7), ("i", "rk"), false),
-                ] {
+                let on_k: (&[&str], &[&str]) = (&["k"], &["rk"]);
+                let on_two: (&[&str], &[&str]) = (&["k", "i"], &["rk", "rk2"]);
+                let on_float: (&[&str], &[&str]) = (&["x"], &["rv"]);
+                let mut cases = vec![(numeric(l_rows, 5), on_k, true), (frame(l_rows, 6), on_k, true)];
+                // Other keys at two sizes (the emulated joins are slow).
+                if l_rows <= 300 && r_rows > 0 {
+                    cases.extend([
+                        (numeric(l_rows, 7), (&["i"][..], &["rk"][..]), true),
+                        (frame(l_rows, 8), on_two, true),
+                        (numeric(l_rows, 9), on_float, false),
+                    ]);
+                }
+                for (left, on, on_device) in cases {
                     let right = right_side(r_rows, 8);
                     let args = join_args(&left, &right, on, how, probe_is_left);
                     let (probe, build) = if probe_is_left {
@@ -467,6 +479,27 @@ fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
             }
         }
     }
+    // Two int64 keys whose ranges multiply past int64: on the host, saying why.
+    let wide = |a: Vec<i64>, b: Vec<i64>, names: [&str; 2]| {
+        RecordBatch::try_from_iter([
+            (names[0], Arc::new(Int64Array::from(a)) as ArrayRef),
+            (names[1], Arc::new(Int64Array::from(b)) as ArrayRef),
+        ])
+        .unwrap()
+    };
+    let left = wide(vec![i64::MIN, 0, i64::MAX], vec![0, 1, 2], ["a", "b"]);
+    let right = wide(vec![0, i64::MAX], vec![1, 2], ["ra", "rb"]);
+    let args = join_args(&left, &right, (&["a", "b"], &["ra", "rb"]), JoinType::Inner, true);
+    let inputs: Vec<Arc<Value>> = [&left, &right]
+        .iter()
+        .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
+        .collect();
+    let (value, placements) = device::run(&gpu, &args, &inputs).unwrap();
+    assert!(
+        matches!(&placements[0], Placement::Host(why) if why.contains("ranges")),
+        "{placements:?}"
+    );
+    assert_eq!(partition::decode(&value).unwrap()[0].num_rows(), 2);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The per-partition steps that run on device columns: filter (mask and
 //! compaction), select, with_columns, limit, sort (order keys, by
-//! successive stable radix sorts), int64 equi-joins (sorted search) and
+//! successive stable radix sorts), equi-joins on integer keys (one int64
+//! key, or several combined into one; sorted search) and
 //! hash split (the CPU's row hash, so pieces match a CPU worker's);
 //! aggregation is in [`super::aggregate`]. Each returns
 //! [`Outcome::Host`] with the reason where a kernel is missing.
@@ -8,7 +9,9 @@
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema};
-use weft_kernels::{Column, DType, frame_hash, logic, rows};
+use weft_kernels::elementwise::{self, BinaryOp};
+use weft_kernels::reduce::{self, Scalar};
+use weft_kernels::{Column, DType, cast, frame_hash, logic, rows};
 
 use super::batch::DeviceBatch;
 use super::eval::{Eval, Outcome, evaluate};
@@ -168,24 +171,86 @@ fn check_nullable_gather(right: &DeviceBatch, keys: &[String]) -> Eval<()> {
     Ok(())
 }
 
-/// An equi-join on one int64 key, as [`crate::join::hash_join`] into
-/// `schema`: the right side sorted and searched ([`weft_kernels::join`]);
-/// left columns gathered by the pairs' left rows, right non-key columns by
-/// their right rows (null for a left join's unmatched rows); semi and anti
-/// joins compact the left side by its match counts. Several keys, keys of
-/// other types, and a left join's utf8 or boolean right columns run on the
-/// host.
-pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
-    let ([l], [r]) = (spec.left_on.as_slice(), spec.right_on.as_slice()) else {
-        return host("a join on several keys");
-    };
-    let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
-    let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
-    if lt != DataType::Int64 || rt != DataType::Int64 {
-        return host(format!(
-            "a join key of types {lt} and {rt} (the device joins int64 keys)"
-        ));
+/// A join key as int64: integer and date keys widen (the CPU joins them
+/// as int64); other types run on the host.
+fn int64_key(c: Column, t: &DataType) -> Eval<Column> {
+    match t {
+        DataType::Int64 => Ok(c),
+        DataType::Int32 | DataType::Date32 => Ok(cast::widen(&c)?),
+        t => host(format!(
+            "a join key of type {t} (the device joins integer and date keys)"
+        )),
     }
+}
+
+/// The join keys of each side as one int64 column: one key as it is;
+/// several as `sum((k_i - lo_i) * stride_i)`, a mixed-radix number over
+/// each key's range on both sides, where the ranges' product fits int64
+/// (otherwise the join runs on the host). A null in any key stays null,
+/// and null keys match nothing, as on the CPU.
+fn join_keys(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec) -> Eval<(Column, Column)> {
+    let mut pairs = Vec::with_capacity(spec.left_on.len());
+    for (l, r) in spec.left_on.iter().zip(&spec.right_on) {
+        let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
+        let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
+        pairs.push((int64_key(lk, &lt)?, int64_key(rk, &rt)?));
+    }
+    if pairs.len() == 1 {
+        return Ok(pairs.swap_remove(0));
+    }
+    let mut ranges = Vec::with_capacity(pairs.len());
+    let mut product: u128 = 1;
+    for (lk, rk) in &pairs {
+        let (a, b) = (reduce::reduce(lk)?, reduce::reduce(rk)?);
+        let ints = |v: [Option<Scalar>; 2]| {
+            v.into_iter().flatten().filter_map(|s| match s {
+                Scalar::Int(i) => Some(i),
+                Scalar::Float(_) => None,
+            })
+        };
+        let lo = ints([a.min, b.min]).min().unwrap_or(0);
+        let hi = ints([a.max, b.max]).max().unwrap_or(0);
+        let range = (i128::from(hi) - i128::from(lo) + 1) as u128;
+        product = product.saturating_mul(range);
+        ranges.push((lo, range));
+    }
+    if product > i64::MAX as u128 {
+        return host("a join on several keys whose value ranges do not fit one int64 together");
+    }
+    let mut stride: u128 = 1;
+    let mut combined: Option<(Column, Column)> = None;
+    for ((lk, rk), (lo, range)) in pairs.iter().zip(&ranges).rev() {
+        let digit = |k: &Column| -> Eval<Column> {
+            let shifted = elementwise::binary(k, &logic::fill(k, DType::I64, *lo as u64)?, BinaryOp::Sub)?;
+            Ok(elementwise::binary(
+                &shifted,
+                &logic::fill(k, DType::I64, stride as u64)?,
+                BinaryOp::Mul,
+            )?)
+        };
+        let (l, r) = (digit(lk)?, digit(rk)?);
+        combined = Some(match combined {
+            None => (l, r),
+            Some((al, ar)) => (
+                elementwise::binary(&al, &l, BinaryOp::Add)?,
+                elementwise::binary(&ar, &r, BinaryOp::Add)?,
+            ),
+        });
+        stride *= range;
+    }
+    combined.ok_or_else(|| Outcome::Failed(FrameError::Plan("a join without keys".into())))
+}
+
+/// An equi-join, as [`crate::join::hash_join`] into `schema`, on integer or
+/// date keys made one int64 key ([`join_keys`]): the right side sorted and
+/// searched ([`weft_kernels::join`]); left columns gathered by the pairs'
+/// left rows, right non-key columns by their right rows (null for a left
+/// join's unmatched rows); semi and anti joins compact the left side by
+/// its match counts. Keys of other types, several keys whose ranges do not
+/// fit one int64, and a left join's utf8 or boolean right columns run on
+/// the host.
+pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
+    let (lk, rk) = join_keys(left, right, spec)?;
     let schema = Arc::new(schema.clone());
     if matches!(spec.how, JoinType::Semi | JoinType::Anti) {
         check_has_columns(left, "a semi or anti join")?;
