@@ -822,6 +822,15 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
             placements[1..].iter().all(|p| *p == Placement::Device),
             "{placements:?}"
         );
+        let split = TaskArgs {
+            input: Input::Deps,
+            steps: vec![Step::HashSplit {
+                keys: vec![col("price"), col("k")],
+                n: 4,
+            }],
+        };
+        let (_, placements) = device::run(&gpu, &split, &[input(&narrow)]).unwrap();
+        assert_eq!(placements[1], Placement::Device, "{placements:?}");
         agree(
             "a filter of a wide decimal",
             std::slice::from_ref(&b),

@@ -177,6 +177,30 @@ fn frame_hash_kernels(d: &Dut) {
             |c| frame_hash::row_hash(&[&c[0]]).unwrap(),
             &want64,
         );
+        // Decimals (unscaled int64) hash by their 128-bit values, negative
+        // ones sign-extended.
+        let unscaled: Vec<Option<i64>> = (0..n)
+            .map(|_| (rng.u8(..6) != 0).then(|| rng.i64(-(1 << 40)..1 << 40)))
+            .collect();
+        let words = vec![
+            unscaled
+                .iter()
+                .map(|v| {
+                    v.map_or(0, |v| {
+                        let wide = i128::from(v) as u128;
+                        frame_hash::mix(wide as u64) ^ (wide >> 64) as u64
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ];
+        let want: Vec<_> = reference_hash(&words).into_iter().map(|h| Some(V::U(h))).collect();
+        check(
+            d,
+            &format!("decimal row hash n={n}"),
+            &[&column(&unscaled)],
+            |c| frame_hash::row_hash(&[&frame_hash::decimal_words(&c[0]).unwrap()]).unwrap(),
+            &want,
+        );
         let hashes: Vec<u64> = (0..n).map(|_| rng.u64(..)).collect();
         let want: Vec<_> = hashes
             .iter()

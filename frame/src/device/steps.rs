@@ -138,16 +138,17 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     let mut columns = Vec::with_capacity(keys.len());
     for k in keys {
         let (c, t) = evaluate(k, batch)?;
-        // Decimals hash by their 128-bit values on the CPU.
-        if matches!(t, DataType::Decimal128(..))
-            || !matches!(
-                c.dtype(),
-                DType::I32 | DType::I64 | DType::F32 | DType::F64 | DType::Bool | DType::Utf8
-            )
-        {
+        if !matches!(
+            c.dtype(),
+            DType::I32 | DType::I64 | DType::F32 | DType::F64 | DType::Bool | DType::Utf8
+        ) {
             return host(format!("hashing a key of type {t}"));
         }
-        columns.push(c);
+        // Decimals hash by their 128-bit values, as on the CPU.
+        columns.push(match t {
+            DataType::Decimal128(..) => frame_hash::decimal_words(&c)?,
+            _ => c,
+        });
     }
     let refs: Vec<&Column> = columns.iter().collect();
     let hashes = frame_hash::row_hash(&refs)?;
