@@ -239,6 +239,9 @@ fn selects_and_with_columns_agree_with_the_cpu() {
         col("s").is_null().alias("snull"),
         (col("i") + lit(1)).alias("i1"),
         (col("k") / lit(2)).alias("kdiv"),
+        (col("k") % lit(3)).alias("kmod"),
+        (col("x") % lit(1.5)).alias("xmod"),
+        col("s").lt(lit("b")).alias("sb"),
         col("s"),
         when(col("k").gt(lit(3)))
             .then(col("x"))
@@ -255,9 +258,9 @@ fn selects_and_with_columns_agree_with_the_cpu() {
             .otherwise(lit_date("1996-01-01").unwrap())
             .alias("wd"),
     ];
-    // Integer division runs on the host, and with it its whole step: the
+    // Utf8 ordering runs on the host, and with it its whole step: the
     // rest once more, as one step on the device.
-    let on_device: Vec<Expr> = exprs.iter().filter(|e| e.output_name() != "kdiv").cloned().collect();
+    let on_device: Vec<Expr> = exprs.iter().filter(|e| e.output_name() != "sb").cloned().collect();
     let gpu = Gpu::emulated(6, 1 << 26, true);
     for b in frames() {
         agree("select", std::slice::from_ref(&b), vec![Step::Select(exprs.clone())]);
@@ -276,8 +279,18 @@ fn selects_and_with_columns_agree_with_the_cpu() {
             args.steps.clone(),
         );
         let input = Arc::new(partition::encode(std::slice::from_ref(&b)).unwrap());
-        let (_, placements) = device::run(&gpu, &args, &[input]).unwrap();
+        let (_, placements) = device::run(&gpu, &args, std::slice::from_ref(&input)).unwrap();
         assert_eq!(placements[1], Placement::Device, "{placements:?}");
+        // A zero divisor: the CPU's error, from the host.
+        let by_zero = vec![Step::Select(vec![(col("k") / (col("i") - col("i"))).alias("z")])];
+        agree("integer division by zero", std::slice::from_ref(&b), by_zero.clone());
+        let args = TaskArgs {
+            input: Input::Deps,
+            steps: by_zero,
+        };
+        if b.num_rows() > 0 {
+            assert!(device::run(&gpu, &args, &[input]).is_err());
+        }
     }
 }
 

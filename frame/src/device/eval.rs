@@ -4,13 +4,14 @@
 //! date or decimal type (a literal taking the other side's type where it
 //! converts exactly, as on the CPU), utf8 columns equal or not to a
 //! literal, `starts_with`/`ends_with`/`contains` of utf8 columns, `year()`
-//! of dates, `+ - *` on int64 or float64 and `/` on float64,
+//! of dates, `+ - * / %` on int64 or float64 (an integer division by
+//! zero runs on the host, which reports it),
 //! `when/then/otherwise` of booleans, integers, float64, dates and
 //! decimals, and the casts these need (int32 to int64; integers and
 //! decimals to float64, also as `cast()`). Anything else (other casts,
-//! integer division and remainder, utf8 ordering, utf8 results of
-//! `when`) is [`Outcome::Host`]: the caller runs that step on the host. Integer `+ - *` wrap on overflow where
-//! arrow-rs reports an error.
+//! utf8 ordering, utf8 results of `when`) is [`Outcome::Host`]: the caller
+//! runs that step on the host. Integer `+ - *` wrap on overflow, and
+//! `i64::MIN / -1` gives `i64::MIN`, where arrow-rs reports an error.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type};
@@ -294,12 +295,27 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
         (BinaryOp::Add, _) => elementwise::BinaryOp::Add,
         (BinaryOp::Sub, _) => elementwise::BinaryOp::Sub,
         (BinaryOp::Mul, _) => elementwise::BinaryOp::Mul,
-        (BinaryOp::Div, DataType::Float64) => elementwise::BinaryOp::Div,
+        (BinaryOp::Div, _) => elementwise::BinaryOp::Div,
+        (BinaryOp::Rem, _) => elementwise::BinaryOp::Rem,
         _ => return host(format!("{op:?} on {target}")),
     };
     if !matches!(target, DataType::Int64 | DataType::Float64) {
         return host(format!("arithmetic on {target}"));
     }
     let (a, b) = (to_column(l, &target, batch)?, to_column(r, &target, batch)?);
+    if target == DataType::Int64 && matches!(kernel_op, elementwise::BinaryOp::Div | elementwise::BinaryOp::Rem) {
+        check_no_zero_divisor(&b)?;
+    }
     Ok(Value::Array(elementwise::binary(&a, &b, kernel_op)?, target))
+}
+
+/// The CPU reports an integer division by zero as an error, where the
+/// kernel gives null: with a zero divisor, the step runs on the host.
+fn check_no_zero_divisor(divisor: &Column) -> Eval<()> {
+    let zero = logic::fill(divisor, DType::I64, 0)?;
+    let is_zero = elementwise::compare(divisor, &zero, CmpOp::Eq)?;
+    if !weft_kernels::rows::kept_rows(&is_zero)?.is_empty() {
+        return host("an integer division by zero (the CPU reports it)");
+    }
+    Ok(())
 }
