@@ -20,7 +20,7 @@ use weft_frame::device::{self, Placement};
 use weft_frame::groupby::AggSpec;
 use weft_frame::join::{JoinSpec, join_schema};
 use weft_frame::ops::{Input, Step, TaskArgs};
-use weft_frame::{AggFunc, Expr, JoinType, col, lit, lit_date, partition, when};
+use weft_frame::{Expr, JoinType, col, lit, lit_date, partition, when};
 use weft_gpu::Gpu;
 use weft_runtime::ops::{OpContext, Site};
 use weft_runtime::{Key, Registry, Value};
@@ -355,8 +355,8 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
     agree("aggregate by utf8 keys, n_unique", &frames(), steps);
     let numeric_aggs: Vec<AggSpec> = aggs
         .into_iter()
-        .filter(|a| a.func != AggFunc::NUnique)
         .chain([
+            AggSpec::from_expr(&col("s").n_unique().alias("us")).unwrap(),
             AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap(),
             AggSpec::from_expr(&col("s").count().alias("cs")).unwrap(),
         ])
@@ -581,9 +581,16 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
     };
     let (_, placements) = device::run(&gpu, &agg(col("x").sum().alias("sx")), std::slice::from_ref(&input)).unwrap();
     assert_eq!(placements[1], Placement::Device);
-    let (_, placements) = device::run(&gpu, &agg(col("x").n_unique().alias("ux")), &[input]).unwrap();
+    let (_, placements) = device::run(
+        &gpu,
+        &agg(col("x").n_unique().alias("ux")),
+        std::slice::from_ref(&input),
+    )
+    .unwrap();
+    assert_eq!(placements[1], Placement::Device);
+    let (_, placements) = device::run(&gpu, &agg(col("d").max().alias("last")), &[input]).unwrap();
     assert!(
-        matches!(&placements[1], Placement::Host(why) if why.contains("n_unique")),
+        matches!(&placements[1], Placement::Host(why) if why.contains("Date32")),
         "{placements:?}"
     );
 

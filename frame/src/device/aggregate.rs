@@ -8,7 +8,9 @@
 //! they may differ from the CPU's in the last bits). Decimals aggregate
 //! their unscaled int64 values: sum, min and max exactly (a sum that could
 //! pass 18 digits runs on the host), mean through float64 as on the CPU.
-//! `n_unique` and inputs of other types run on the host.
+//! `n_unique` sorts by the keys and the value and counts the distinct
+//! pairs per group. Inputs of other types (booleans, unsigned, float32;
+//! dates but for `count` and `n_unique`) run on the host.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use weft_kernels::{Column, DType, cast, logic, rows, take};
 
 use super::batch::{DeviceBatch, kernel_error};
 use super::eval::{Eval, Outcome, evaluate};
-use super::order::{order_keys, sort_perm};
+use super::order::{column_keys, order_keys, sort_perm};
 use crate::error::FrameError;
 use crate::expr::{AggFunc, Expr};
 use crate::groupby::{AggSpec, agg_type};
@@ -40,12 +42,17 @@ enum Prepared {
         column: Column,
         out: DataType,
     },
+    /// `n_unique`: distinct values (null is one) by these order keys.
+    Distinct(Vec<Column>),
 }
 
 /// `agg`'s input on the device, or why it runs on the host.
 fn prepare(batch: &DeviceBatch, agg: &AggSpec) -> Eval<Prepared> {
     let op = match agg.func {
-        AggFunc::NUnique => return host("n_unique (no device kernel)"),
+        AggFunc::NUnique => {
+            let (c, t) = evaluate(&agg.input, batch)?;
+            return Ok(Prepared::Distinct(column_keys(&c, &t, false)?));
+        }
         AggFunc::Len => return Ok(Prepared::Rows),
         AggFunc::Sum => SegmentOp::Sum,
         AggFunc::Min => SegmentOp::Min,
@@ -131,11 +138,43 @@ pub fn aggregate(batch: &DeviceBatch, keys: &[Expr], aggs: &[AggSpec], gpu: &Arc
             Prepared::Values { op, column, out } => {
                 (segment::segment_reduce(&take::take(&column, &perm)?, &starts, op)?, out)
             }
+            Prepared::Distinct(value_keys) => (distinct_per_group(&order.keys, value_keys)?, DataType::Int64),
         };
         fields.push(Field::new(a.name.clone(), t, true));
         columns.push(column);
     }
     Ok(DeviceBatch::new(Arc::new(Schema::new(fields)), columns, starts.len())?)
+}
+
+/// Where each run of equal rows starts once sorted by `keys` (order keys),
+/// and the keys sorted; none without keys.
+fn sorted_runs(keys: &[Column]) -> Eval<Option<(Column, Vec<Column>)>> {
+    let Some(perm) = sort_perm(keys)? else {
+        return Ok(None);
+    };
+    let sorted = keys
+        .iter()
+        .map(|k| take::take(k, &perm))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((segment::segments(&sorted.iter().collect::<Vec<_>>())?, sorted)))
+}
+
+/// `n_unique` per group: the distinct (group, value) pairs, sorted by the
+/// group keys then the value, counted per group. Both sorts order the
+/// groups by their keys, so the counts line up with the other aggregates.
+fn distinct_per_group(group_keys: &[Column], value_keys: Vec<Column>) -> Eval<Column> {
+    let groups = group_keys.len();
+    let mut all = group_keys.to_vec();
+    all.extend(value_keys);
+    let Some((pairs, sorted)) = sorted_runs(&all)? else {
+        return host("n_unique without keys or value");
+    };
+    let pair_groups = sorted[..groups]
+        .iter()
+        .map(|k| take::take(k, &pairs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let starts = segment::segments(&pair_groups.iter().collect::<Vec<_>>())?;
+    Ok(segment::segment_reduce(&pair_groups[0], &starts, SegmentOp::Rows)?)
 }
 
 /// The aggregates of the whole batch: one row.
@@ -156,6 +195,10 @@ fn global(batch: &DeviceBatch, aggs: &[AggSpec], prepared: Vec<Prepared>, gpu: &
                     SegmentOp::Rows => Some(Scalar::Int(column.len() as i64)),
                 };
                 (value, out)
+            }
+            Prepared::Distinct(value_keys) => {
+                let runs = sorted_runs(&value_keys)?.map_or(0, |(starts, _)| starts.len());
+                (Some(Scalar::Int(runs as i64)), DataType::Int64)
             }
         };
         let host = match (&t, value) {

@@ -31,31 +31,36 @@ pub(super) fn order_keys(batch: &DeviceBatch, exprs: &[Expr], descending: &[bool
     };
     for (i, e) in exprs.iter().enumerate() {
         let (c, t) = evaluate(e, batch)?;
-        let desc = descending.get(i).copied().unwrap_or(false);
-        let supported = matches!(
-            t,
-            DataType::Int32
-                | DataType::Int64
-                | DataType::Float64
-                | DataType::Date32
-                | DataType::Decimal128(..)
-                | DataType::Utf8
-        );
-        if !supported {
-            return Err(Outcome::Host(format!(
-                "a sort or group-by key of type {t} (order keys take integers, float64, dates, decimals and utf8)"
-            )));
-        }
-        let chunks = match c.dtype() {
-            DType::Utf8 => keys::utf8_chunks(&c)?,
-            _ => 1,
-        };
-        for chunk in 0..chunks {
-            out.keys.push(keys::order_key(&c, chunk, desc)?);
-        }
+        out.keys
+            .extend(column_keys(&c, &t, descending.get(i).copied().unwrap_or(false))?);
         out.values.push((c, t));
     }
     Ok(out)
+}
+
+/// The order keys of one value `c` of arrow type `t`.
+pub(super) fn column_keys(c: &Column, t: &DataType, descending: bool) -> Eval<Vec<Column>> {
+    let supported = matches!(
+        t,
+        DataType::Int32
+            | DataType::Int64
+            | DataType::Float64
+            | DataType::Date32
+            | DataType::Decimal128(..)
+            | DataType::Utf8
+    );
+    if !supported {
+        return Err(Outcome::Host(format!(
+            "a sort or group-by key of type {t} (order keys take integers, float64, dates, decimals and utf8)"
+        )));
+    }
+    let chunks = match c.dtype() {
+        DType::Utf8 => keys::utf8_chunks(c)?,
+        _ => 1,
+    };
+    Ok((0..chunks)
+        .map(|chunk| keys::order_key(c, chunk, descending))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// The stable order of the order keys (most significant first), or none
