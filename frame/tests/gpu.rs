@@ -492,6 +492,27 @@ fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
             }
         }
     }
+    // A left join's utf8 right column: nulls for the unmatched rows, on the
+    // device; from an empty right side, on the host.
+    for (l_rows, r_rows) in [(300, 40), (40, 1), (50, 0)] {
+        let (left, right) = (numeric(l_rows, 10), frame(r_rows, 11));
+        let args = join_args(&left, &right, (&["k"], &["k"]), JoinType::Left, true);
+        let inputs: Vec<Arc<Value>> = [&left, &right]
+            .iter()
+            .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
+            .collect();
+        let cpu = task(&Site::default(), &args, &inputs).unwrap();
+        for (name, site) in gpu_sites() {
+            let got = task(site, &args, &inputs).unwrap();
+            assert_same(
+                &format!("left join of utf8 columns, {l_rows} x {r_rows}, on the {name}"),
+                &partition::decode(&got).unwrap()[0],
+                &partition::decode(&cpu).unwrap()[0],
+            );
+        }
+        let (_, placements) = device::run(&gpu, &args, &inputs).unwrap();
+        assert_eq!(placements[0] == Placement::Device, r_rows > 0, "{placements:?}");
+    }
     // Two int64 keys whose ranges multiply past int64: on the host, saying why.
     let wide = |a: Vec<i64>, b: Vec<i64>, names: [&str; 2]| {
         RecordBatch::try_from_iter([

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema};
 use weft_kernels::elementwise::{self, BinaryOp};
 use weft_kernels::reduce::{self, Scalar};
-use weft_kernels::{Column, DType, cast, frame_hash, logic, rows};
+use weft_kernels::{Column, DType, cast, frame_hash, logic, rows, select};
 
 use super::batch::DeviceBatch;
 use super::eval::{Eval, Outcome, evaluate};
@@ -157,19 +157,30 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     (0..parts).map(|j| compact(batch, &logic::eq_mask(&ids, j)?)).collect()
 }
 
-/// A left join's right columns (but its keys) gather with nulls for
-/// unmatched rows: fixed-width columns only.
-fn check_nullable_gather(right: &DeviceBatch, keys: &[String]) -> Eval<()> {
-    for (c, f) in right.columns().iter().zip(right.schema().fields()) {
-        if !keys.contains(f.name()) && matches!(c.dtype(), DType::Bool | DType::Utf8) {
-            return host(format!(
-                "a left join of the right {} column {:?}",
-                f.data_type(),
-                f.name()
-            ));
-        }
+/// A left join's right column `c` at the rows `idx`, null where a row is
+/// [`weft_kernels::join::NO_ROW`] (unmatched): fixed-width columns
+/// through `take_or_null`; utf8 and booleans gathered with row 0 standing
+/// in for the missing rows, then masked (an empty right side has no row 0:
+/// that join runs on the host).
+fn take_right(c: &Column, idx: &Column) -> Eval<Column> {
+    if !matches!(c.dtype(), DType::Bool | DType::Utf8) {
+        return Ok(weft_kernels::join::take_or_null(c, idx)?);
     }
-    Ok(())
+    if c.is_empty() {
+        return host("a left join's utf8 or boolean columns of an empty right side");
+    }
+    let unmatched = logic::eq_mask(idx, weft_kernels::join::NO_ROW)?;
+    let some_row = select::select(&unmatched, &logic::fill(idx, DType::U32, 0)?, idx)?;
+    let got = rows::gather(c, &some_row)?;
+    let valid = logic::and(&logic::is_null(&got, true)?, &logic::not(&unmatched)?)?;
+    Ok(Column::new(
+        c.dtype(),
+        idx.len(),
+        got.values().clone(),
+        Some(valid.values().clone()),
+        got.offsets().cloned(),
+    )
+    .map_err(super::batch::kernel_error)?)
 }
 
 /// A join key as int64: integer and date keys widen (the CPU joins them
@@ -247,9 +258,8 @@ fn join_keys(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec) -> Eval<(
 /// searched ([`weft_kernels::join`]); left columns gathered by the pairs'
 /// left rows, right non-key columns by their right rows (null for a left
 /// join's unmatched rows); semi and anti joins compact the left side by
-/// its match counts. Keys of other types, several keys whose ranges do not
-/// fit one int64, and a left join's utf8 or boolean right columns run on
-/// the host.
+/// its match counts. Keys of other types and several keys whose ranges do
+/// not fit one int64 run on the host.
 pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
     let (lk, rk) = join_keys(left, right, spec)?;
     let schema = Arc::new(schema.clone());
@@ -265,9 +275,6 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
         return Ok(DeviceBatch::new(schema, out.columns().to_vec(), out.num_rows())?);
     }
     let keep_unmatched = spec.how == JoinType::Left;
-    if keep_unmatched {
-        check_nullable_gather(right, &spec.right_on)?;
-    }
     let (p, b) = weft_kernels::join::pairs(&rk, &lk, keep_unmatched)?;
     let mut columns = left
         .columns()
@@ -279,7 +286,7 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
             continue;
         }
         columns.push(if keep_unmatched {
-            weft_kernels::join::take_or_null(c, &b)?
+            take_right(c, &b)?
         } else {
             rows::gather(c, &b)?
         });
