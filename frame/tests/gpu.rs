@@ -208,6 +208,7 @@ fn predicates() -> Vec<Expr> {
         col("s").starts_with("ab"),
         col("s").ends_with("3").or(col("s").contains("key1")),
         col("s").eq(lit("akey2")),
+        col("s").lt_eq(lit("akey3")).and(lit("ab").gt(col("s"))),
         col("i").cast(DataType::Float64).gt(lit(10.5)),
         col("d").year().eq(lit(1996)),
         when(col("k").gt(lit(0))).then(lit(true)).otherwise(col("x").lt(lit(0))),
@@ -241,7 +242,9 @@ fn selects_and_with_columns_agree_with_the_cpu() {
         (col("k") / lit(2)).alias("kdiv"),
         (col("k") % lit(3)).alias("kmod"),
         (col("x") % lit(1.5)).alias("xmod"),
-        col("s").lt(lit("b")).alias("sb"),
+        col("s").gt_eq(col("s")).alias("sb"),
+        col("s").lt(lit("b")).alias("slt"),
+        lit("akey3").lt(col("s")).alias("sgt"),
         col("s"),
         when(col("k").gt(lit(3)))
             .then(col("x"))
@@ -258,8 +261,8 @@ fn selects_and_with_columns_agree_with_the_cpu() {
             .otherwise(lit_date("1996-01-01").unwrap())
             .alias("wd"),
     ];
-    // Utf8 ordering runs on the host, and with it its whole step: the
-    // rest once more, as one step on the device.
+    // Comparing two utf8 columns runs on the host, and with it its whole
+    // step: the rest once more, as one step on the device.
     let on_device: Vec<Expr> = exprs.iter().filter(|e| e.output_name() != "sb").cloned().collect();
     let gpu = Gpu::emulated(6, 1 << 26, true);
     for b in frames() {

@@ -646,6 +646,11 @@ fn string_kernels(d: &Dut) {
             (StrOp::Contains, "b a"),
             (StrOp::Contains, ""),
             (StrOp::Eq, "héllo"),
+            (StrOp::Lt, "ab"),
+            (StrOp::Le, "ab"),
+            (StrOp::Gt, "h"),
+            (StrOp::Ge, ""),
+            (StrOp::Lt, "hé"),
         ] {
             let want: Vec<_> = v
                 .iter()
@@ -656,6 +661,10 @@ fn string_kernels(d: &Dut) {
                             StrOp::StartsWith => s.starts_with(pattern),
                             StrOp::EndsWith => s.ends_with(pattern),
                             StrOp::Contains => s.contains(pattern),
+                            StrOp::Lt => s < pattern,
+                            StrOp::Le => s <= pattern,
+                            StrOp::Gt => s > pattern,
+                            StrOp::Ge => s >= pattern,
                         })
                     })
                 })

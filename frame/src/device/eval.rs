@@ -2,15 +2,15 @@
 //! ([`crate::eval`]): columns, literals, `and`/`or`/`not` (Kleene),
 //! `is_null`/`is_not_null`, comparisons of two values of one numeric or
 //! date or decimal type (a literal taking the other side's type where it
-//! converts exactly, as on the CPU), utf8 columns equal or not to a
+//! converts exactly, as on the CPU), utf8 columns compared with a
 //! literal, `starts_with`/`ends_with`/`contains` of utf8 columns, `year()`
 //! of dates, `+ - * / %` on int64 or float64 (an integer division by
 //! zero runs on the host, which reports it),
 //! `when/then/otherwise` of booleans, integers, float64, dates and
 //! decimals, and the casts these need (int32 to int64; integers and
 //! decimals to float64, also as `cast()`). Anything else (other casts,
-//! utf8 ordering, utf8 results of `when`) is [`Outcome::Host`]: the caller
-//! runs that step on the host. Integer `+ - *` wrap on overflow, and
+//! comparisons of two utf8 columns, utf8 results of `when`) is
+//! [`Outcome::Host`]: the caller runs that step on the host. Integer `+ - *` wrap on overflow, and
 //! `i64::MIN / -1` gives `i64::MIN`, where arrow-rs reports an error.
 
 use arrow_array::cast::AsArray;
@@ -228,16 +228,38 @@ fn to_column(v: Value, to: &DataType, batch: &DeviceBatch) -> Eval<Column> {
     }
 }
 
-/// A utf8 column compared with a utf8 literal for (in)equality.
-fn utf8_equals(l: Value, r: Value, negate: bool) -> Eval<Value> {
-    let ((Value::Array(c, _), Value::Scalar(s)) | (Value::Scalar(s), Value::Array(c, _))) = (l, r) else {
-        return host("a comparison of two utf8 columns");
+/// A utf8 column compared with a utf8 literal (byte-wise, as the CPU
+/// orders strings); two utf8 columns run on the host.
+fn utf8_compare(l: Value, cmp: CmpOp, r: Value) -> Eval<Value> {
+    let (c, s, cmp) = match (l, r) {
+        (Value::Array(c, _), Value::Scalar(s)) => (c, s, cmp),
+        // `literal < column` is `column > literal`.
+        (Value::Scalar(s), Value::Array(c, _)) => (
+            c,
+            s,
+            match cmp {
+                CmpOp::Lt => CmpOp::Gt,
+                CmpOp::Le => CmpOp::Ge,
+                CmpOp::Gt => CmpOp::Lt,
+                CmpOp::Ge => CmpOp::Le,
+                same => same,
+            },
+        ),
+        _ => return host("a comparison of two utf8 columns"),
     };
     if s.is_null(0) {
         return host("a comparison with a null literal");
     }
-    let eq = strings::matches(&c, StrOp::Eq, s.as_string::<i32>().value(0))?;
-    let out = if negate { logic::not(&eq)? } else { eq };
+    let pattern = s.as_string::<i32>().value(0);
+    let op = match cmp {
+        CmpOp::Eq | CmpOp::Ne => StrOp::Eq,
+        CmpOp::Lt => StrOp::Lt,
+        CmpOp::Le => StrOp::Le,
+        CmpOp::Gt => StrOp::Gt,
+        CmpOp::Ge => StrOp::Ge,
+    };
+    let out = strings::matches(&c, op, pattern)?;
+    let out = if cmp == CmpOp::Ne { logic::not(&out)? } else { out };
     Ok(Value::Array(out, DataType::Boolean))
 }
 
@@ -273,8 +295,8 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
             pair => pair,
         };
         let target = crate::eval::common_type(&format!("{op:?}"), &ty(&l), &ty(&r))?;
-        if target == DataType::Utf8 && matches!(cmp, CmpOp::Eq | CmpOp::Ne) {
-            return utf8_equals(l, r, cmp == CmpOp::Ne);
+        if target == DataType::Utf8 {
+            return utf8_compare(l, cmp, r);
         }
         if !matches!(
             target,
