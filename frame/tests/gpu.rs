@@ -875,6 +875,21 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
         };
         let (_, placements) = device::run(&gpu, &split, &[input(&narrow)]).unwrap();
         assert_eq!(placements[1], Placement::Device, "{placements:?}");
+        // A join on decimal keys of one scale, by their unscaled values.
+        let right = decimals(20, 99).project(&[1, 2]).unwrap();
+        let join = join_args(&narrow, &right, (&["disc"], &["disc"]), JoinType::Inner, true);
+        let inputs = [input(&narrow), input(&right)];
+        let cpu = task(&Site::default(), &join, &inputs).unwrap();
+        for (name, site) in gpu_sites() {
+            let got = task(site, &join, &inputs).unwrap();
+            assert_same(
+                &format!("a join on decimals of {rows} rows on the {name}"),
+                &partition::decode(&got).unwrap()[0],
+                &partition::decode(&cpu).unwrap()[0],
+            );
+        }
+        let (_, placements) = device::run(&gpu, &join, &inputs).unwrap();
+        assert_eq!(placements[0], Placement::Device, "{placements:?}");
         agree(
             "a filter of a wide decimal",
             std::slice::from_ref(&b),

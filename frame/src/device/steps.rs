@@ -184,13 +184,15 @@ fn take_right(c: &Column, idx: &Column) -> Eval<Column> {
 }
 
 /// A join key as int64: integer and date keys widen (the CPU joins them
-/// as int64); other types run on the host.
-fn int64_key(c: Column, t: &DataType) -> Eval<Column> {
-    match t {
-        DataType::Int64 => Ok(c),
-        DataType::Int32 | DataType::Date32 => Ok(cast::widen(&c)?),
-        t => host(format!(
-            "a join key of type {t} (the device joins integer and date keys)"
+/// as int64); decimals of one scale on both sides (`other`) join by their
+/// unscaled values; other types run on the host.
+fn int64_key(c: Column, t: &DataType, other: &DataType) -> Eval<Column> {
+    match (t, other) {
+        (DataType::Int64, _) => Ok(c),
+        (DataType::Int32 | DataType::Date32, _) => Ok(cast::widen(&c)?),
+        (DataType::Decimal128(_, s), DataType::Decimal128(_, o)) if s == o => Ok(c),
+        (t, other) => host(format!(
+            "a join key of types {t} and {other} (the device joins integer, date and same-scale decimal keys)"
         )),
     }
 }
@@ -205,7 +207,7 @@ fn join_keys(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec) -> Eval<(
     for (l, r) in spec.left_on.iter().zip(&spec.right_on) {
         let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
         let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
-        pairs.push((int64_key(lk, &lt)?, int64_key(rk, &rt)?));
+        pairs.push((int64_key(lk, &lt, &rt)?, int64_key(rk, &rt, &lt)?));
     }
     if pairs.len() == 1 {
         return Ok(pairs.swap_remove(0));
@@ -253,8 +255,8 @@ fn join_keys(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec) -> Eval<(
     combined.ok_or_else(|| Outcome::Failed(FrameError::Plan("a join without keys".into())))
 }
 
-/// An equi-join, as [`crate::join::hash_join`] into `schema`, on integer or
-/// date keys made one int64 key ([`join_keys`]): the right side sorted and
+/// An equi-join, as [`crate::join::hash_join`] into `schema`, on integer,
+/// date or decimal keys made one int64 key ([`join_keys`]): the right side sorted and
 /// searched ([`weft_kernels::join`]); left columns gathered by the pairs'
 /// left rows, right non-key columns by their right rows (null for a left
 /// join's unmatched rows); semi and anti joins compact the left side by
