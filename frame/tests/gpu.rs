@@ -374,6 +374,12 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             }],
         );
     }
+    // Numeric keys, partition by partition and over all of them (without
+    // n_unique, whose extra sorts the emulation makes slow).
+    let simple: Vec<AggSpec> = numeric_aggs
+        .into_iter()
+        .filter(|a| a.func != weft_frame::AggFunc::NUnique)
+        .collect();
     for keys in [vec![col("k")], vec![col("x"), col("id")], vec![col("k"), col("x")]] {
         for b in frames() {
             agree(
@@ -381,7 +387,7 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
                 std::slice::from_ref(&b),
                 vec![Step::Aggregate {
                     keys: keys.clone(),
-                    aggs: numeric_aggs.clone(),
+                    aggs: simple.clone(),
                 }],
             );
         }
@@ -390,7 +396,7 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             &frames(),
             vec![Step::Aggregate {
                 keys: keys.clone(),
-                aggs: numeric_aggs.clone(),
+                aggs: simple.clone(),
             }],
         );
     }

@@ -1,5 +1,5 @@
 //! Utf8 columns and dates: gathering utf8 rows ([`take_utf8`]), predicates
-//! of a utf8 column against one pattern ([`matches`]: equals, starts with,
+//! of a utf8 column against one pattern ([`matches()`]: equals, starts with,
 //! ends with, contains, ordering; byte-wise, so equal to arrow-rs on valid
 //! UTF-8),
 //! and the year of Date32 days ([`year`]).

@@ -1,6 +1,6 @@
 //! Group-by aggregation on the device, with the CPU's result types
 //! ([`crate::groupby::agg_type`]). With keys it is sort-based: rows ordered
-//! by the keys' order keys ([`super::order`]: integers, float64, dates,
+//! by the keys' order keys (`super::order`: integers, float64, dates,
 //! decimals, utf8, several of them), runs of equal keys
 //! ([`segment::segments`]), one value per run ([`segment::segment_reduce`],
 //! rows in their order, so float sums add as the CPU's do). Without keys

@@ -105,7 +105,7 @@ pub fn limit(batch: &DeviceBatch, n: usize) -> Eval<DeviceBatch> {
 }
 
 /// Sorted by `by` (each key ascending or descending, nulls last, stable;
-/// see [`super::order`]), cut to `limit` rows.
+/// see `super::order`), cut to `limit` rows.
 pub fn sort_rows(
     batch: &DeviceBatch,
     by: &[Expr],
@@ -256,9 +256,9 @@ fn join_keys(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec) -> Eval<(
 }
 
 /// An equi-join, as [`crate::join::hash_join`] into `schema`, on integer,
-/// date or decimal keys made one int64 key ([`join_keys`]): the right side sorted and
-/// searched ([`weft_kernels::join`]); left columns gathered by the pairs'
-/// left rows, right non-key columns by their right rows (null for a left
+/// date or decimal keys made one int64 key (`join_keys`): the right side
+/// sorted and searched ([`weft_kernels::join`]); left columns gathered by
+/// the pairs' left rows, right non-key columns by their right rows (null for a left
 /// join's unmatched rows); semi and anti joins compact the left side by
 /// its match counts. Keys of other types and several keys whose ranges do
 /// not fit one int64 run on the host.
