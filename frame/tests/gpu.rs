@@ -362,6 +362,8 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             AggSpec::from_expr(&col("s").n_unique().alias("us")).unwrap(),
             AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap(),
             AggSpec::from_expr(&col("s").count().alias("cs")).unwrap(),
+            AggSpec::from_expr(&col("d").min().alias("first")).unwrap(),
+            AggSpec::from_expr(&col("d").max().alias("last")).unwrap(),
         ])
         .collect();
     for keys in [vec![col("s"), col("k")], vec![col("d"), col("s")], vec![]] {
@@ -618,9 +620,14 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
     )
     .unwrap();
     assert_eq!(placements[1], Placement::Device);
-    let (_, placements) = device::run(&gpu, &agg(col("d").max().alias("last")), &[input]).unwrap();
+    let (_, placements) = device::run(
+        &gpu,
+        &agg(col("x").cast(DataType::Float32).sum().alias("x32")),
+        &[input],
+    )
+    .unwrap();
     assert!(
-        matches!(&placements[1], Placement::Host(why) if why.contains("Date32")),
+        matches!(&placements[1], Placement::Host(why) if why.contains("Float32")),
         "{placements:?}"
     );
 

@@ -741,6 +741,23 @@ fn cast_kernels(d: &Dut) {
             |c| cast::widen(&c[0]).unwrap(),
             &want,
         );
+        let wide: Vec<Option<i64>> = small.iter().map(|v| v.map(i64::from)).collect();
+        let want: Vec<_> = small.iter().map(|v| v.map(|v| V::I(i64::from(v)))).collect();
+        check(
+            d,
+            &format!("narrow n={n}"),
+            &[&column(&wide)],
+            |c| cast::narrow(&c[0]).unwrap(),
+            &want,
+        );
+        if n > 0 {
+            let mut past = wide.clone();
+            past[n / 2] = Some(1 << 40);
+            assert!(
+                cast::narrow(&d.put(&column(&past))).is_err(),
+                "narrow n={n}: 2^40 does not fit"
+            );
+        }
         let want: Vec<_> = small.iter().map(|v| v.map(|v| V::F(f64::from(v)))).collect();
         check(
             d,

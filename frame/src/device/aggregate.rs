@@ -9,8 +9,8 @@
 //! their unscaled int64 values: sum, min and max exactly (a sum that could
 //! pass 18 digits runs on the host), mean through float64 as on the CPU.
 //! `n_unique` sorts by the keys and the value and counts the distinct
-//! pairs per group. Inputs of other types (booleans, unsigned, float32;
-//! dates but for `count` and `n_unique`) run on the host.
+//! pairs per group. Dates take min, max, count and `n_unique`; inputs of
+//! other types (booleans, unsigned, float32) run on the host.
 
 use std::sync::Arc;
 
@@ -74,6 +74,7 @@ fn prepare(batch: &DeviceBatch, agg: &AggSpec) -> Eval<Prepared> {
             c
         }
         (_, DataType::Int32 | DataType::Int64 | DataType::Float64 | DataType::Decimal128(..)) => c,
+        (SegmentOp::Min | SegmentOp::Max, DataType::Date32) => c,
         _ => return host(format!("{:?} of {t} on the device", agg.func)),
     };
     Ok(Prepared::Values { op, column, out })
@@ -136,7 +137,12 @@ pub fn aggregate(batch: &DeviceBatch, keys: &[Expr], aggs: &[AggSpec], gpu: &Arc
                 DataType::Int64,
             ),
             Prepared::Values { op, column, out } => {
-                (segment::segment_reduce(&take::take(&column, &perm)?, &starts, op)?, out)
+                let reduced = segment::segment_reduce(&take::take(&column, &perm)?, &starts, op)?;
+                // Min and max of dates come back as int64 days.
+                match out {
+                    DataType::Date32 => (cast::narrow(&reduced)?, out),
+                    _ => (reduced, out),
+                }
             }
             Prepared::Distinct(value_keys) => (distinct_per_group(&order.keys, value_keys)?, DataType::Int64),
         };
@@ -203,6 +209,9 @@ fn global(batch: &DeviceBatch, aggs: &[AggSpec], prepared: Vec<Prepared>, gpu: &
         };
         let host = match (&t, value) {
             (DataType::Float64, v) => Column::from_options(&[v.map(Scalar::as_f64)]),
+            // The min or max of int32 days.
+            (DataType::Date32, Some(Scalar::Int(i))) => Column::from_options(&[Some(i as i32)]),
+            (DataType::Date32, None) => Column::from_options::<i32>(&[None]),
             (_, None) => Column::from_options::<i64>(&[None]),
             (_, Some(Scalar::Int(i))) => Column::from_options(&[Some(i)]),
             (_, Some(Scalar::Float(_))) => {

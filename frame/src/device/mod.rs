@@ -24,8 +24,8 @@
 //!   `when/then/otherwise`, casts other than to int64 or float64, an
 //!   integer division by a zero divisor (the host reports the error);
 //!   boolean, unsigned or float32 sort and group keys; aggregates of
-//!   booleans, unsigned or float32 values, min/max/sum of dates; a decimal
-//!   sum that could pass 18 digits;
+//!   booleans, unsigned or float32 values; a decimal sum that could pass
+//!   18 digits;
 //! - a partition with a type the kernels lack (decimals over 18 digits,
 //!   timestamps, nested types; [`storage_type`]) stays on the host for the
 //!   task.
