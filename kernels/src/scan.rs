@@ -55,7 +55,11 @@ pub fn exclusive_sum(x: &Column) -> Result<(Column, u32), KernelError> {
     if x.dtype() != DType::U32 || x.validity().is_some() {
         return Err(KernelError::InvalidArgument {
             kernel: "scan",
-            reason: format!("{:?} counts with nulls {}", x.dtype(), x.validity().is_some()),
+            reason: format!(
+                "counts must be a U32 column without nulls, not {:?}{}",
+                x.dtype(),
+                if x.validity().is_some() { " with nulls" } else { "" }
+            ),
         });
     }
     let n = x.len();
