@@ -365,7 +365,7 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             AggSpec::from_expr(&col("d").max().alias("last")).unwrap(),
         ])
         .collect();
-    for keys in [vec![col("s"), col("k")], vec![col("d"), col("s")], vec![]] {
+    for keys in [vec![col("s"), col("k"), col("d")], vec![]] {
         agree(
             &format!("aggregate by {keys:?}"),
             &frames(),
@@ -466,8 +466,8 @@ fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
                 let on_two: (&[&str], &[&str]) = (&["k", "i"], &["rk", "rk2"]);
                 let on_float: (&[&str], &[&str]) = (&["x"], &["rv"]);
                 let mut cases = vec![(numeric(l_rows, 5), on_k, true), (frame(l_rows, 6), on_k, true)];
-                // Other keys at two sizes (the emulated joins are slow).
-                if l_rows <= 300 && r_rows > 0 {
+                // Other keys at one size (the emulated joins are slow).
+                if l_rows == 300 {
                     cases.extend([
                         (numeric(l_rows, 7), (&["i"][..], &["rk"][..]), true),
                         (frame(l_rows, 8), on_two, true),
@@ -504,7 +504,7 @@ fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
     }
     // A left join's utf8 right column: nulls for the unmatched rows, on the
     // device; from an empty right side, on the host.
-    for (l_rows, r_rows) in [(300, 40), (40, 1), (50, 0)] {
+    for (l_rows, r_rows) in [(300, 40), (50, 0)] {
         let (left, right) = (numeric(l_rows, 10), frame(r_rows, 11));
         let args = join_args(&left, &right, (&["k"], &["k"]), JoinType::Left, true);
         let inputs: Vec<Arc<Value>> = [&left, &right]
