@@ -20,7 +20,7 @@ use weft_frame::device::{self, Placement};
 use weft_frame::groupby::AggSpec;
 use weft_frame::join::{JoinSpec, join_schema};
 use weft_frame::ops::{Input, Step, TaskArgs};
-use weft_frame::{AggFunc, Expr, JoinType, col, lit, lit_date, partition, when};
+use weft_frame::{Expr, JoinType, col, lit, lit_date, partition, when};
 use weft_gpu::Gpu;
 use weft_runtime::ops::{OpContext, Site};
 use weft_runtime::{Key, Registry, Value};
@@ -208,6 +208,7 @@ fn predicates() -> Vec<Expr> {
         col("s").starts_with("ab"),
         col("s").ends_with("3").or(col("s").contains("key1")),
         col("s").eq(lit("akey2")),
+        col("s").lt_eq(lit("akey3")).and(lit("ab").gt(col("s"))),
         col("i").cast(DataType::Float64).gt(lit(10.5)),
         col("d").year().eq(lit(1996)),
         when(col("k").gt(lit(0))).then(lit(true)).otherwise(col("x").lt(lit(0))),
@@ -239,8 +240,31 @@ fn selects_and_with_columns_agree_with_the_cpu() {
         col("s").is_null().alias("snull"),
         (col("i") + lit(1)).alias("i1"),
         (col("k") / lit(2)).alias("kdiv"),
+        (col("k") % lit(3)).alias("kmod"),
+        (col("x") % lit(1.5)).alias("xmod"),
+        col("s").gt_eq(col("s")).alias("sb"),
+        col("s").lt(lit("b")).alias("slt"),
+        lit("akey3").lt(col("s")).alias("sgt"),
         col("s"),
+        when(col("k").gt(lit(3)))
+            .then(col("x"))
+            .when(col("i").lt(lit(0)))
+            .then(lit(1.5))
+            .otherwise(col("x") * lit(2))
+            .alias("w"),
+        when(col("s").eq(lit("akey1")))
+            .then(col("i"))
+            .otherwise(col("k"))
+            .alias("wi"),
+        when(col("x").is_null())
+            .then(col("d"))
+            .otherwise(lit_date("1996-01-01").unwrap())
+            .alias("wd"),
     ];
+    // Comparing two utf8 columns runs on the host, and with it its whole
+    // step: the rest once more, as one step on the device.
+    let on_device: Vec<Expr> = exprs.iter().filter(|e| e.output_name() != "sb").cloned().collect();
+    let gpu = Gpu::emulated(6, 1 << 26, true);
     for b in frames() {
         agree("select", std::slice::from_ref(&b), vec![Step::Select(exprs.clone())]);
         agree(
@@ -248,6 +272,28 @@ fn selects_and_with_columns_agree_with_the_cpu() {
             std::slice::from_ref(&b),
             vec![Step::WithColumns(exprs.clone())],
         );
+        let args = TaskArgs {
+            input: Input::Deps,
+            steps: vec![Step::WithColumns(on_device.clone())],
+        };
+        agree(
+            "with_columns on the device",
+            std::slice::from_ref(&b),
+            args.steps.clone(),
+        );
+        let input = Arc::new(partition::encode(std::slice::from_ref(&b)).unwrap());
+        let (_, placements) = device::run(&gpu, &args, std::slice::from_ref(&input)).unwrap();
+        assert_eq!(placements[1], Placement::Device, "{placements:?}");
+        // A zero divisor: the CPU's error, from the host.
+        let by_zero = vec![Step::Select(vec![(col("k") / (col("i") - col("i"))).alias("z")])];
+        agree("integer division by zero", std::slice::from_ref(&b), by_zero.clone());
+        let args = TaskArgs {
+            input: Input::Deps,
+            steps: by_zero,
+        };
+        if b.num_rows() > 0 {
+            assert!(device::run(&gpu, &args, &[input]).is_err());
+        }
     }
 }
 
@@ -261,6 +307,7 @@ fn sorts_limits_and_splits_agree_with_the_cpu() {
             (vec![col("x"), col("k"), col("id")], vec![false, false, false]),
             (vec![col("k"), col("id")], vec![true, false]),
             (vec![col("s"), col("id")], vec![false, false]),
+            (vec![col("s"), col("d"), col("id")], vec![true, false, true]),
         ] {
             agree(
                 "sort",
@@ -307,11 +354,32 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             aggs: aggs.clone(),
         },
     ];
-    agree("aggregate by utf8 keys", &frames(), steps);
+    agree("aggregate by utf8 keys, n_unique", &frames(), steps);
     let numeric_aggs: Vec<AggSpec> = aggs
         .into_iter()
-        .filter(|a| a.func != AggFunc::NUnique)
-        .chain([AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap()])
+        .chain([
+            AggSpec::from_expr(&col("s").n_unique().alias("us")).unwrap(),
+            AggSpec::from_expr(&weft_frame::len().alias("n")).unwrap(),
+            AggSpec::from_expr(&col("s").count().alias("cs")).unwrap(),
+            AggSpec::from_expr(&col("d").min().alias("first")).unwrap(),
+            AggSpec::from_expr(&col("d").max().alias("last")).unwrap(),
+        ])
+        .collect();
+    for keys in [vec![col("s"), col("k"), col("d")], vec![]] {
+        agree(
+            &format!("aggregate by {keys:?}"),
+            &frames(),
+            vec![Step::Aggregate {
+                keys,
+                aggs: numeric_aggs.clone(),
+            }],
+        );
+    }
+    // Numeric keys, partition by partition and over all of them (without
+    // n_unique, whose extra sorts the emulation makes slow).
+    let simple: Vec<AggSpec> = numeric_aggs
+        .into_iter()
+        .filter(|a| a.func != weft_frame::AggFunc::NUnique)
         .collect();
     for keys in [vec![col("k")], vec![col("x"), col("id")], vec![col("k"), col("x")]] {
         for b in frames() {
@@ -320,7 +388,7 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
                 std::slice::from_ref(&b),
                 vec![Step::Aggregate {
                     keys: keys.clone(),
-                    aggs: numeric_aggs.clone(),
+                    aggs: simple.clone(),
                 }],
             );
         }
@@ -329,14 +397,15 @@ fn aggregates_and_multi_input_tasks_agree_with_the_cpu() {
             &frames(),
             vec![Step::Aggregate {
                 keys: keys.clone(),
-                aggs: numeric_aggs.clone(),
+                aggs: simple.clone(),
             }],
         );
     }
 }
 
 /// The right side of the joins: `rk` (int64 keys with duplicates and
-/// nulls), `id` (a name the left side has too), `rv` (float64).
+/// nulls), `id` (a name the left side has too), `rv` (float64), `rk2`
+/// (int32 keys in a small range, with nulls).
 fn right_side(rows: usize, seed: u64) -> RecordBatch {
     let mut rng = fastrand::Rng::with_seed(seed);
     let rk: Int64Array = (0..rows)
@@ -344,24 +413,27 @@ fn right_side(rows: usize, seed: u64) -> RecordBatch {
         .collect();
     let id: Int64Array = (0..rows as i64).map(|i| Some(1000 + i)).collect();
     let rv: Float64Array = (0..rows).map(|_| (rng.u8(..5) != 0).then(|| rng.f64())).collect();
+    let rk2: Int32Array = (0..rows).map(|_| (rng.u8(..9) != 0).then(|| rng.i32(-3..3))).collect();
     let schema = Schema::new(vec![
         Field::new("rk", DataType::Int64, true),
         Field::new("id", DataType::Int64, false),
         Field::new("rv", DataType::Float64, true),
+        Field::new("rk2", DataType::Int32, true),
     ]);
-    RecordBatch::try_new(Arc::new(schema), vec![Arc::new(rk), Arc::new(id), Arc::new(rv)]).unwrap()
+    let columns: Vec<ArrayRef> = vec![Arc::new(rk), Arc::new(id), Arc::new(rv), Arc::new(rk2)];
+    RecordBatch::try_new(Arc::new(schema), columns).unwrap()
 }
 
 fn join_args(
     left: &RecordBatch,
     right: &RecordBatch,
-    on: (&str, &str),
+    on: (&[&str], &[&str]),
     how: JoinType,
     probe_is_left: bool,
 ) -> TaskArgs {
     let spec = JoinSpec {
-        left_on: vec![on.0.into()],
-        right_on: vec![on.1.into()],
+        left_on: on.0.iter().map(|s| s.to_string()).collect(),
+        right_on: on.1.iter().map(|s| s.to_string()).collect(),
         how,
         build_left: !probe_is_left,
     };
@@ -382,7 +454,7 @@ fn join_args(
 }
 
 #[test]
-fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
+fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
     let gpu = Gpu::emulated(4, 1 << 28, true);
     for (l_rows, r_rows) in [(300, 40), (0, 10), (50, 0), (700, 300)] {
         for how in [JoinType::Inner, JoinType::Left, JoinType::Semi, JoinType::Anti] {
@@ -390,11 +462,19 @@ fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
                 if !probe_is_left && how != JoinType::Inner {
                     continue;
                 }
-                for (left, on, on_device) in [
-                    (numeric(l_rows, 5), ("k", "rk"), true),
-                    (frame(l_rows, 6), ("k", "rk"), true),
-                    (numeric(l_rows, 7), ("i", "rk"), false),
-                ] {
+                let on_k: (&[&str], &[&str]) = (&["k"], &["rk"]);
+                let on_two: (&[&str], &[&str]) = (&["k", "i"], &["rk", "rk2"]);
+                let on_float: (&[&str], &[&str]) = (&["x"], &["rv"]);
+                let mut cases = vec![(numeric(l_rows, 5), on_k, true), (frame(l_rows, 6), on_k, true)];
+                // Other keys at one size (the emulated joins are slow).
+                if l_rows == 300 {
+                    cases.extend([
+                        (numeric(l_rows, 7), (&["i"][..], &["rk"][..]), true),
+                        (frame(l_rows, 8), on_two, true),
+                        (numeric(l_rows, 9), on_float, false),
+                    ]);
+                }
+                for (left, on, on_device) in cases {
                     let right = right_side(r_rows, 8);
                     let args = join_args(&left, &right, on, how, probe_is_left);
                     let (probe, build) = if probe_is_left {
@@ -422,6 +502,48 @@ fn joins_agree_with_the_cpu_and_int64_keys_join_on_the_device() {
             }
         }
     }
+    // A left join's utf8 right column: nulls for the unmatched rows, on the
+    // device; from an empty right side, on the host.
+    for (l_rows, r_rows) in [(300, 40), (50, 0)] {
+        let (left, right) = (numeric(l_rows, 10), frame(r_rows, 11));
+        let args = join_args(&left, &right, (&["k"], &["k"]), JoinType::Left, true);
+        let inputs: Vec<Arc<Value>> = [&left, &right]
+            .iter()
+            .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
+            .collect();
+        let cpu = task(&Site::default(), &args, &inputs).unwrap();
+        for (name, site) in gpu_sites() {
+            let got = task(site, &args, &inputs).unwrap();
+            assert_same(
+                &format!("left join of utf8 columns, {l_rows} x {r_rows}, on the {name}"),
+                &partition::decode(&got).unwrap()[0],
+                &partition::decode(&cpu).unwrap()[0],
+            );
+        }
+        let (_, placements) = device::run(&gpu, &args, &inputs).unwrap();
+        assert_eq!(placements[0] == Placement::Device, r_rows > 0, "{placements:?}");
+    }
+    // Two int64 keys whose ranges multiply past int64: on the host, saying why.
+    let wide = |a: Vec<i64>, b: Vec<i64>, names: [&str; 2]| {
+        RecordBatch::try_from_iter([
+            (names[0], Arc::new(Int64Array::from(a)) as ArrayRef),
+            (names[1], Arc::new(Int64Array::from(b)) as ArrayRef),
+        ])
+        .unwrap()
+    };
+    let left = wide(vec![i64::MIN, 0, i64::MAX], vec![0, 1, 2], ["a", "b"]);
+    let right = wide(vec![0, i64::MAX], vec![1, 2], ["ra", "rb"]);
+    let args = join_args(&left, &right, (&["a", "b"], &["ra", "rb"]), JoinType::Inner, true);
+    let inputs: Vec<Arc<Value>> = [&left, &right]
+        .iter()
+        .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
+        .collect();
+    let (value, placements) = device::run(&gpu, &args, &inputs).unwrap();
+    assert!(
+        matches!(&placements[0], Placement::Host(why) if why.contains("ranges")),
+        "{placements:?}"
+    );
+    assert_eq!(partition::decode(&value).unwrap()[0].num_rows(), 2);
 }
 
 #[test]
@@ -490,11 +612,69 @@ fn covered_steps_run_on_the_device_and_the_rest_say_why() {
     };
     let (_, placements) = device::run(&gpu, &agg(col("x").sum().alias("sx")), std::slice::from_ref(&input)).unwrap();
     assert_eq!(placements[1], Placement::Device);
-    let (_, placements) = device::run(&gpu, &agg(col("x").n_unique().alias("ux")), &[input]).unwrap();
+    let (_, placements) = device::run(
+        &gpu,
+        &agg(col("x").n_unique().alias("ux")),
+        std::slice::from_ref(&input),
+    )
+    .unwrap();
+    assert_eq!(placements[1], Placement::Device);
+    let (_, placements) = device::run(
+        &gpu,
+        &agg(col("x").cast(DataType::Float32).sum().alias("x32")),
+        &[input],
+    )
+    .unwrap();
     assert!(
-        matches!(&placements[1], Placement::Host(why) if why.contains("n_unique")),
+        matches!(&placements[1], Placement::Host(why) if why.contains("Float32")),
         "{placements:?}"
     );
+
+    // Utf8 and several keys, no keys, decimals, descending sorts by utf8
+    // and numbers: on the device.
+    let with_strings = Arc::new(partition::encode(&[frame(300, 11)]).unwrap());
+    let aggs = |list: &[Expr]| list.iter().map(|e| AggSpec::from_expr(e).unwrap()).collect::<Vec<_>>();
+    let on_device = TaskArgs {
+        input: Input::Deps,
+        steps: vec![
+            Step::WithColumns(vec![
+                when(col("k").gt(lit(0))).then(col("x")).otherwise(lit(0.0)).alias("wx"),
+            ]),
+            Step::Aggregate {
+                keys: vec![col("s"), col("k"), col("d")],
+                aggs: aggs(&[
+                    col("wx").sum().alias("sx"),
+                    col("s").count().alias("cs"),
+                    col("i").mean().alias("mi"),
+                    weft_frame::len().alias("n"),
+                ]),
+            },
+            Step::Sort {
+                by: vec![col("s"), col("sx"), col("k"), col("d")],
+                descending: vec![true, false, true, false],
+                limit: Some(40),
+            },
+            Step::Aggregate {
+                keys: vec![],
+                aggs: aggs(&[col("sx").sum().alias("total"), col("n").max().alias("most")]),
+            },
+        ],
+    };
+    let (_, placements) = device::run(&gpu, &on_device, &[with_strings]).unwrap();
+    assert!(
+        placements[1..].iter().all(|p| *p == Placement::Device),
+        "{placements:?}"
+    );
+    let priced = Arc::new(partition::encode(&[decimals(200, 3).project(&[0, 1, 2]).unwrap()]).unwrap());
+    let by_decimal = TaskArgs {
+        input: Input::Deps,
+        steps: vec![Step::Aggregate {
+            keys: vec![col("disc")],
+            aggs: decimal_aggs(),
+        }],
+    };
+    let (_, placements) = device::run(&gpu, &by_decimal, &[priced]).unwrap();
+    assert_eq!(placements[1], Placement::Device, "{placements:?}");
 }
 
 #[test]
@@ -620,6 +800,22 @@ fn decimals(rows: usize, seed: u64) -> RecordBatch {
     .unwrap()
 }
 
+/// Decimal aggregates: sums (decimal128(38, s)), min and max (the input's
+/// type), means (float64) and counts.
+fn decimal_aggs() -> Vec<AggSpec> {
+    [
+        col("price").sum().alias("s"),
+        col("price").min().alias("lo"),
+        col("disc").max().alias("hi"),
+        col("price").mean().alias("mp"),
+        (col("price") * col("disc")).mean().alias("m"),
+        col("price").count().alias("c"),
+    ]
+    .iter()
+    .map(|e| AggSpec::from_expr(e).unwrap())
+    .collect()
+}
+
 #[test]
 fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
     let gpu = Gpu::emulated(3, 1 << 26, true);
@@ -646,10 +842,15 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
             },
             Step::Aggregate {
                 keys: vec![col("k").cast(DataType::Int64).alias("k64")],
-                aggs: vec![
-                    AggSpec::from_expr(&col("price").sum().alias("s")).unwrap(),
-                    AggSpec::from_expr(&(col("price") * col("disc")).mean().alias("m")).unwrap(),
-                ],
+                aggs: decimal_aggs(),
+            },
+            Step::Aggregate {
+                keys: vec![col("disc"), col("k")],
+                aggs: decimal_aggs(),
+            },
+            Step::Aggregate {
+                keys: vec![],
+                aggs: decimal_aggs(),
             },
         ];
         for step in steps {
@@ -677,6 +878,30 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
             placements[1..].iter().all(|p| *p == Placement::Device),
             "{placements:?}"
         );
+        let split = TaskArgs {
+            input: Input::Deps,
+            steps: vec![Step::HashSplit {
+                keys: vec![col("price"), col("k")],
+                n: 4,
+            }],
+        };
+        let (_, placements) = device::run(&gpu, &split, &[input(&narrow)]).unwrap();
+        assert_eq!(placements[1], Placement::Device, "{placements:?}");
+        // A join on decimal keys of one scale, by their unscaled values.
+        let right = decimals(20, 99).project(&[1, 2]).unwrap();
+        let join = join_args(&narrow, &right, (&["disc"], &["disc"]), JoinType::Inner, true);
+        let inputs = [input(&narrow), input(&right)];
+        let cpu = task(&Site::default(), &join, &inputs).unwrap();
+        for (name, site) in gpu_sites() {
+            let got = task(site, &join, &inputs).unwrap();
+            assert_same(
+                &format!("a join on decimals of {rows} rows on the {name}"),
+                &partition::decode(&got).unwrap()[0],
+                &partition::decode(&cpu).unwrap()[0],
+            );
+        }
+        let (_, placements) = device::run(&gpu, &join, &inputs).unwrap();
+        assert_eq!(placements[0], Placement::Device, "{placements:?}");
         agree(
             "a filter of a wide decimal",
             std::slice::from_ref(&b),
@@ -786,6 +1011,31 @@ async fn a_pipeline_on_gpu_workers_gives_the_cpu_clusters_answer() {
     assert_same("the pipeline on GPU workers", &answers[1], &answers[0]);
 }
 
+/// Runs the tasks of `frame`'s plan one by one on `gpu`, each once its
+/// inputs are done, and returns where each task's stages ran.
+fn task_placements(gpu: &Arc<Gpu>, frame: &weft_frame::LazyFrame) -> Vec<(String, Vec<Placement>)> {
+    use weft_frame::physical::{Action, Lowering};
+    let plan = weft_frame::optimize::optimize(frame.plan()).unwrap();
+    let lowered = Lowering::lower(&plan, "q", weft_frame::PlanOptions::default(), Action::Collect).unwrap();
+    let mut pending = lowered.graph.tasks;
+    let mut done: std::collections::HashMap<Key, Arc<Value>> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        let i = pending
+            .iter()
+            .position(|t| t.deps.iter().all(|d| done.contains_key(d)))
+            .expect("a task whose inputs are done");
+        let t = pending.remove(i);
+        assert_eq!(&*t.op, weft_frame::ops::TASK_OP, "{:?}", t.key);
+        let args: TaskArgs = weft_runtime::ops::decode_args(&t.args).unwrap();
+        let inputs: Vec<Arc<Value>> = t.deps.iter().map(|d| done[d].clone()).collect();
+        let (value, placements) = device::run(gpu, &args, &inputs).unwrap();
+        out.push((t.key.to_string(), placements));
+        done.insert(t.key, Arc::new(value));
+    }
+    out
+}
+
 /// TPC-H at scale factor 0.01 (the peers' kit's data, decimals and utf8
 /// columns as Parquet has them) gives the same answers on emulated GPU
 /// workers as on CPU workers; without the kit the test says so and passes.
@@ -828,6 +1078,21 @@ async fn tpch_on_gpu_workers_gives_the_cpu_clusters_answers() {
         drop(frames);
         cluster.stop().await;
     }
+    // q1 (utf8 keys, decimal sums, means) and q6 (no keys), task by task
+    // on an emulated GPU: every step after the Parquet read on the device.
+    let (cluster, frames) = cluster(false).await;
+    let gpu = Gpu::emulated(20, 256 << 20, true);
+    for q in ["tpch_q1", "tpch_q6"] {
+        for (task, placements) in task_placements(&gpu, &query(&frames, &d, q).unwrap()) {
+            println!("{q} {task}: {placements:?}");
+            assert!(
+                placements[1..].iter().all(|p| *p == Placement::Device),
+                "{q} {task}: {placements:?}"
+            );
+        }
+    }
+    drop(frames);
+    cluster.stop().await;
     for ((q, cpu), gpu) in QUERIES.iter().zip(&answers[0]).zip(&answers[1]) {
         println!("{q}: CPU workers {cpu} | emulated GPU workers {gpu}");
         assert!(

@@ -55,6 +55,32 @@ __device__ __forceinline__ void weft_store_volatile(u64 *p, u64 v) {
 #endif
 }
 
+// A global atomic add, counted as a read and a write by the emulation.
+__device__ __forceinline__ u32 weft_atomic_add(u32 *p, u32 v) {
+#ifdef WEFT_EMU
+    weft_emu::bytes_read += 4;
+    weft_emu::bytes_written += 4;
+#endif
+    return atomicAdd(p, v);
+}
+
+// Exclusive sum over the block's threads (WEFT_BLOCK of them): warp scans by
+// shuffles, then the warp totals. `warp_sums` holds WEFT_BLOCK / 32 values; the
+// caller syncs before reusing it.
+__device__ __forceinline__ u32 weft_block_exclusive_sum(u32 v, u32 *warp_sums) {
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    u32 inc = v;
+    for (u32 o = 1; o < 32; o <<= 1) {
+        u32 y = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += y;
+    }
+    if (lane == 31) warp_sums[warp] = inc;
+    __syncthreads();
+    u32 before = 0;
+    for (u32 w = 0; w < warp; ++w) before += warp_sums[w];
+    return before + inc - v;
+}
+
 // Validity bitmaps are Arrow's (LSB first), read as little-endian 32-bit
 // words; a null pointer means "no nulls".
 __device__ __forceinline__ bool weft_valid(const u32 *validity, u64 i) {

@@ -2,7 +2,8 @@
 // Binary kernels give each thread one 32-row word, so it can write the output
 // validity (and comparison bits) as whole words without atomics.
 
-// Integer arithmetic wraps (done in unsigned); division by zero gives null.
+// Integer arithmetic wraps (done in unsigned); division and remainder by
+// zero give null. A float remainder is fmod (Rust's %).
 #define WEFT_INT_BINARY(T, U, SUF)                                                    \
     __device__ __forceinline__ T weft_add_##SUF(T a, T b) { return (T)((U)a + (U)b); } \
     __device__ __forceinline__ T weft_sub_##SUF(T a, T b) { return (T)((U)a - (U)b); } \
@@ -12,6 +13,11 @@
         if (b == (T)-1) return (T)((U)0 - (U)a);                                      \
         return a / b;                                                                 \
     }                                                                                 \
+    __device__ __forceinline__ T weft_rem_##SUF(T a, T b, bool *ok) {                 \
+        if (b == 0) { *ok = false; return 0; }                                        \
+        if (b == (T)-1) return 0;                                                     \
+        return a % b;                                                                 \
+    }                                                                                 \
     __device__ __forceinline__ T weft_neg_##SUF(T a) { return (T)((U)0 - (U)a); }    \
     __device__ __forceinline__ T weft_abs_##SUF(T a) { return a < 0 ? (T)((U)0 - (U)a) : a; }
 
@@ -20,6 +26,7 @@
     __device__ __forceinline__ T weft_sub_##SUF(T a, T b) { return a - b; }            \
     __device__ __forceinline__ T weft_mul_##SUF(T a, T b) { return a * b; }            \
     __device__ __forceinline__ T weft_div_##SUF(T a, T b, bool *ok) { return a / b; }  \
+    __device__ __forceinline__ T weft_rem_##SUF(T a, T b, bool *ok) { return fmod(a, b); } \
     __device__ __forceinline__ T weft_neg_##SUF(T a) { return -a; }                    \
     __device__ __forceinline__ T weft_abs_##SUF(T a) { return a < 0 ? -a : a; }
 
@@ -79,6 +86,7 @@ WEFT_UNARY(double, f64, sqrt, sqrt(a))
     WEFT_BINARY(T, SUF, sub, weft_sub_##SUF(x, y))           \
     WEFT_BINARY(T, SUF, mul, weft_mul_##SUF(x, y))           \
     WEFT_BINARY(T, SUF, div, weft_div_##SUF(x, y, &ok))      \
+    WEFT_BINARY(T, SUF, rem, weft_rem_##SUF(x, y, &ok))      \
     WEFT_BINARY(T, SUF, min, weft_min_##SUF(x, y))           \
     WEFT_BINARY(T, SUF, max, weft_max_##SUF(x, y))
 

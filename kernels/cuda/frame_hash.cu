@@ -70,6 +70,17 @@ WEFT_KERNEL(frame_hash_utf8, const i32 *offsets, const unsigned char *data, cons
     }
 }
 
+// Decimals (held as unscaled int64) hash by their 128-bit value: the word
+// is mix(low 64 bits) ^ high 64 bits (the sign extension). Written as an
+// int64 column, frame_hash_i64 folds it as the CPU folds the decimal (a
+// null row, whose validity the caller keeps, folds 0 either way).
+WEFT_KERNEL(frame_decimal_word, const i64 *x, u64 n, i64 *out) {
+    for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {
+        i64 v = weft_load(&x[i]);
+        weft_store(&out[i], (i64)(frame_mix((u64)v) ^ (v < 0 ? ~0ULL : 0ULL)));
+    }
+}
+
 // Partition of each hash among `parts`: (h >> 16) % parts.
 WEFT_KERNEL(frame_bucket, const u64 *h, u32 parts, u64 n, u32 *out) {
     for (u64 i = weft_global_id(); i < n; i += weft_grid_size()) {

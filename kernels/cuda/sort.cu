@@ -49,15 +49,6 @@ __device__ __forceinline__ u64 sort_key(u32 mode, const void *src, const u32 *va
     }
 }
 
-// A global atomic add, counted as a read and a write by the emulation.
-__device__ __forceinline__ u32 weft_atomic_add(u32 *p, u32 v) {
-#ifdef WEFT_EMU
-    weft_emu::bytes_read += 4;
-    weft_emu::bytes_written += 4;
-#endif
-    return atomicAdd(p, v);
-}
-
 // The digit counts of `passes` digit positions of every key, in one read:
 // hist[p * RADIX + d] += rows whose digit p is d; hist[passes * RADIX] +=
 // null rows. `hist` is zeroed by the caller; any grid size works.
@@ -79,23 +70,6 @@ WEFT_KERNEL(radix_histogram, u32 mode, const void *src, const u32 *validity, u64
         if (counts[k]) weft_atomic_add(&hist[k], counts[k]);
     }
     if (threadIdx.x == 0 && nulls) weft_atomic_add(&hist[passes * RADIX], nulls);
-}
-
-// Exclusive sum over the block's threads (WEFT_BLOCK of them): warp scans by
-// shuffles, then the warp totals. `warp_sums` holds SORT_WARPS values; the
-// caller syncs before reusing it.
-__device__ __forceinline__ u32 block_exclusive_sum(u32 v, u32 *warp_sums) {
-    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    u32 inc = v;
-    for (u32 o = 1; o < 32; o <<= 1) {
-        u32 y = __shfl_up_sync(0xffffffffu, inc, o);
-        if (lane >= o) inc += y;
-    }
-    if (lane == 31) warp_sums[warp] = inc;
-    __syncthreads();
-    u32 before = 0;
-    for (u32 w = 0; w < warp; ++w) before += warp_sums[w];
-    return before + inc - v;
 }
 
 // One stable counting pass over the digit (key >> shift) & 0xff. Row i of
@@ -209,7 +183,7 @@ __device__ void onesweep(u32 mode, const void *src, const u32 *validity, const u
 #endif
             weft_store_volatile(my_status, (inc_tag << 32) | (prefix + mine));
     }
-    u32 tile_start = block_exclusive_sum(count, s_sums);
+    u32 tile_start = weft_block_exclusive_sum(count, s_sums);
     for (u32 w = 0; w < SORT_WARPS; ++w) s_warp[w][d] += tile_start;
     // Global place = s_base[digit] + place in the tile (wrapping u32 sums).
     s_base[d] = weft_load(&bin_start[d]) + prefix - tile_start;
@@ -308,7 +282,7 @@ WEFT_KERNEL(partition_starts, const u32 *hist, u32 parts, u64 n, u32 *starts, u3
     __shared__ u32 sums[SORT_WARPS];
     u32 d = threadIdx.x;
     u32 c = d < parts ? weft_load(&hist[d]) : 0;
-    u32 s = block_exclusive_sum(c, sums);
+    u32 s = weft_block_exclusive_sum(c, sums);
     weft_store(&starts[d], d < parts ? s : (u32)n);
     if (d < parts) weft_store(&offsets[d], s);
     if (d == 0) weft_store(&offsets[parts], (u32)n);

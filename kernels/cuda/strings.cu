@@ -1,6 +1,7 @@
 // Utf8 columns: gathering rows (lengths, scanned into offsets, then bytes)
 // and predicates against one pattern (equals, starts with, ends with,
-// contains), byte by byte; a predicate's validity is the column's.
+// contains, ordering), byte by byte; a predicate's validity is the
+// column's.
 
 // lens[i] = byte length of row idx[i].
 WEFT_KERNEL(utf8_lengths, const i32 *offsets, const u32 *idx, u64 n, u32 *lens) {
@@ -27,8 +28,19 @@ __device__ __forceinline__ bool weft_bytes_at(const unsigned char *s, i32 at, co
     return true;
 }
 
-// op: 0 equals, 1 starts with, 2 ends with, 3 contains. One thread per
-// 32-row word of the result bits.
+// The byte-wise order of s against p: -1, 0 or 1 (a prefix first), as
+// Rust orders str.
+__device__ __forceinline__ int weft_bytes_cmp(const unsigned char *s, i32 len, const unsigned char *p, i32 plen) {
+    i32 m = len < plen ? len : plen;
+    for (i32 b = 0; b < m; ++b) {
+        if (s[b] != p[b]) return s[b] < p[b] ? -1 : 1;
+    }
+    return len < plen ? -1 : (len > plen ? 1 : 0);
+}
+
+// op: 0 equals, 1 starts with, 2 ends with, 3 contains, 4 less than,
+// 5 at most, 6 greater than, 7 at least (the value against the pattern,
+// byte by byte). One thread per 32-row word of the result bits.
 WEFT_KERNEL(utf8_match, const i32 *offsets, const unsigned char *data, u64 n, const unsigned char *pattern,
             u64 plen64, u32 op, u32 *out) {
     i32 plen = (i32)plen64;
@@ -43,8 +55,11 @@ WEFT_KERNEL(utf8_match, const i32 *offsets, const unsigned char *data, u64 n, co
             if (op == 0) hit = len == plen && weft_bytes_at(s, 0, pattern, plen);
             else if (op == 1) hit = len >= plen && weft_bytes_at(s, 0, pattern, plen);
             else if (op == 2) hit = len >= plen && weft_bytes_at(s, len - plen, pattern, plen);
-            else {
+            else if (op == 3) {
                 for (i32 at = 0; at + plen <= len && !hit; ++at) hit = weft_bytes_at(s, at, pattern, plen);
+            } else {
+                int c = weft_bytes_cmp(s, len, pattern, plen);
+                hit = op == 4 ? c < 0 : op == 5 ? c <= 0 : op == 6 ? c > 0 : c >= 0;
             }
             if (hit) bits |= 1u << (u32)(i - w * 32);
         }

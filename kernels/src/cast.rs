@@ -1,4 +1,5 @@
-//! Numeric casts for dataframe expressions: int32 to int64 ([`widen`]),
+//! Numeric casts for dataframe expressions: int32 to int64 ([`widen`])
+//! and back where the values fit ([`narrow`]),
 //! and int32 or int64 to float64 divided by a power of ten ([`to_f64`]; 1
 //! for integers, `10^scale` for a decimal's unscaled values), converting
 //! then dividing as the CPU's decimal cast does.
@@ -33,6 +34,56 @@ pub fn widen(x: &Column) -> Result<Column, KernelError> {
             )?;
             exec.finish()?;
             Column::new(DType::I64, n, Buffer::device(out), x.validity().cloned(), None)
+        }
+    }
+}
+
+/// An int64 column as int32: an error naming the first value that does
+/// not fit, where one does (nulls are not looked at).
+pub fn narrow(x: &Column) -> Result<Column, KernelError> {
+    if x.dtype() != DType::I64 {
+        return Err(KernelError::UnsupportedType {
+            kernel: "cast_i64_i32",
+            dtype: x.dtype(),
+        });
+    }
+    let n = x.len();
+    let too_wide = |v: String| KernelError::InvalidArgument {
+        kernel: "cast_i64_i32",
+        reason: format!("{v} does not fit int32"),
+    };
+    match target("cast_i64_i32", &[x])? {
+        Target::Cpu => {
+            let mut v = Vec::with_capacity(n);
+            for (i, w) in x.host_values::<i64>()?.iter().enumerate() {
+                match i32::try_from(*w) {
+                    Ok(w) => v.push(w),
+                    Err(_) if !x.is_valid(i)? => v.push(0),
+                    Err(_) => return Err(too_wide(w.to_string())),
+                }
+            }
+            Column::new(DType::I32, n, Buffer::from_vec(v), x.validity().cloned(), None)
+        }
+        Target::Gpu(exec) => {
+            let out = exec.alloc(n.max(1) * 4)?;
+            let overflow = exec.zeroed(4)?;
+            exec.launch1(
+                "cast",
+                "cast_i64_i32",
+                exec.grid(n as u64),
+                &[
+                    opt_ptr(Some(x.values()))?,
+                    opt_ptr(x.validity())?,
+                    Arg::U64(n as u64),
+                    ptr(&out),
+                    ptr(&overflow),
+                ],
+            )?;
+            exec.finish()?;
+            if exec.download::<u32>(&overflow, 1)?[0] != 0 {
+                return Err(too_wide("a value".into()));
+            }
+            Column::new(DType::I32, n, Buffer::device(out), x.validity().cloned(), None)
         }
     }
 }

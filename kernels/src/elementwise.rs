@@ -34,6 +34,9 @@ pub enum BinaryOp {
     Mul,
     /// `a / b` (null where an integer divisor is 0).
     Div,
+    /// The remainder of `a / b`, with `a`'s sign (null where an integer
+    /// divisor is 0; fmod for floats).
+    Rem,
     /// The smaller.
     Min,
     /// The larger.
@@ -74,6 +77,7 @@ impl BinaryOp {
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
             BinaryOp::Div => "div",
+            BinaryOp::Rem => "rem",
             BinaryOp::Min => "min",
             BinaryOp::Max => "max",
         }
@@ -130,6 +134,8 @@ macro_rules! int_arith {
                     BinaryOp::Mul => (self.wrapping_mul(b), true),
                     BinaryOp::Div if b == 0 => (0, false),
                     BinaryOp::Div => (self.wrapping_div(b), true),
+                    BinaryOp::Rem if b == 0 => (0, false),
+                    BinaryOp::Rem => (self.wrapping_rem(b), true),
                     BinaryOp::Min => (self.min(b), true),
                     BinaryOp::Max => (self.max(b), true),
                 }
@@ -155,6 +161,7 @@ macro_rules! float_arith {
                     BinaryOp::Sub => self - b,
                     BinaryOp::Mul => self * b,
                     BinaryOp::Div => self / b,
+                    BinaryOp::Rem => self % b,
                     // As the CUDA source: b wins if smaller, or if a is NaN.
                     BinaryOp::Min => if b < self || self.is_nan() { b } else { self },
                     BinaryOp::Max => if b > self || self.is_nan() { b } else { self },
@@ -212,7 +219,7 @@ fn check_pair(kernel: &'static str, a: &Column, b: &Column) -> Result<(), Kernel
 pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelError> {
     check_pair("binary", a, b)?;
     let n = a.len();
-    let int_div = op == BinaryOp::Div && matches!(a.dtype(), DType::I32 | DType::I64);
+    let int_div = matches!(op, BinaryOp::Div | BinaryOp::Rem) && matches!(a.dtype(), DType::I32 | DType::I64);
     match target("binary", &[a, b])? {
         Target::Cpu => with_numeric!("binary", a.dtype(), |T| {
             let (xs, ys) = (a.host_values::<T>()?, b.host_values::<T>()?);

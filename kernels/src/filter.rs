@@ -58,14 +58,8 @@ pub fn filter(x: &Column, mask: &Column) -> Result<Column, KernelError> {
                 blocks,
                 &[m, mv, Arg::U64(n as u64), Arg::U64(words_per_block), ptr(&counts)],
             )?;
-            let total = exec.alloc(4)?;
-            exec.launch1(
-                "scan",
-                "scan_exclusive_u32",
-                1,
-                &[ptr(&counts), Arg::U64(u64::from(blocks)), ptr(&total)],
-            )?;
-            exec.finish()?;
+            let total = exec.zeroed(4)?;
+            crate::scan::exclusive_sum_u32(&exec, ptr(&counts), ptr(&counts), blocks as usize, ptr(&total))?;
             let kept = exec.download::<u32>(&total, 1)?[0] as usize;
             let out = exec.alloc(kept * std::mem::size_of::<T>())?;
             let out_valid = x.validity().map(|_| exec.zeroed(kept.div_ceil(32) * 4)).transpose()?;

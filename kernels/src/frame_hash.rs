@@ -139,6 +139,47 @@ pub fn row_hash(keys: &[&Column]) -> Result<Column, KernelError> {
     }
 }
 
+/// The value word of a decimal's unscaled value: its 128-bit value's low
+/// 64 bits mixed, xor its high 64 bits (as the CPU shuffle hashes decimals).
+pub fn decimal_word(v: i128) -> u64 {
+    let v = v as u128;
+    mix(v as u64) ^ (v >> 64) as u64
+}
+
+/// Decimal128 values held as unscaled int64 (`x`), as the int64 column of
+/// their value words ([`decimal_word`], nulls kept), so that [`row_hash`]
+/// of it folds each decimal as the CPU does.
+pub fn decimal_words(x: &Column) -> Result<Column, KernelError> {
+    if x.dtype() != DType::I64 {
+        return Err(KernelError::UnsupportedType {
+            kernel: "frame_decimal_word",
+            dtype: x.dtype(),
+        });
+    }
+    let n = x.len();
+    match target("frame_decimal_word", &[x])? {
+        Target::Cpu => {
+            let words: Vec<i64> = x
+                .host_values::<i64>()?
+                .iter()
+                .map(|v| decimal_word(i128::from(*v)) as i64)
+                .collect();
+            Column::new(DType::I64, n, Buffer::from_vec(words), x.validity().cloned(), None)
+        }
+        Target::Gpu(exec) => {
+            let out = exec.alloc(n.max(1) * 8)?;
+            exec.launch1(
+                "frame_hash",
+                "frame_decimal_word",
+                exec.grid(n as u64),
+                &[opt_ptr(Some(x.values()))?, Arg::U64(n as u64), ptr(&out)],
+            )?;
+            exec.finish()?;
+            Column::new(DType::I64, n, Buffer::device(out), x.validity().cloned(), None)
+        }
+    }
+}
+
 /// Each hash's partition among `parts` (a U32 column).
 pub fn buckets(hashes: &Column, parts: u32) -> Result<Column, KernelError> {
     if hashes.dtype() != DType::U64 {

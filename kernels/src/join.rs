@@ -131,15 +131,8 @@ pub fn pairs(build: &Column, probe: &Column, keep_unmatched: bool) -> Result<(Co
             let np = probe.len();
             let r = gpu_ranges(&exec, build, probe, keep_unmatched)?;
             let offsets = exec.alloc(np.max(1) * 4)?;
-            exec.stream.copy_d2d(&r.counts, &offsets)?;
-            let total = exec.alloc(4)?;
-            exec.launch1(
-                "scan",
-                "scan_exclusive_u32",
-                1,
-                &[ptr(&offsets), Arg::U64(np as u64), ptr(&total)],
-            )?;
-            exec.finish()?;
+            let total = exec.zeroed(4)?;
+            crate::scan::exclusive_sum_u32(&exec, ptr(&r.counts), ptr(&offsets), np, ptr(&total))?;
             let m = if np == 0 {
                 0
             } else {

@@ -116,15 +116,8 @@ pub fn segments(sorted: &[&Column]) -> Result<Column, KernelError> {
                 )?;
             }
             let pos = exec.alloc(n.max(1) * 4)?;
-            exec.stream.copy_d2d(&flags, &pos)?;
-            let total = exec.alloc(4)?;
-            exec.launch1(
-                "scan",
-                "scan_exclusive_u32",
-                1,
-                &[ptr(&pos), Arg::U64(n as u64), ptr(&total)],
-            )?;
-            exec.finish()?;
+            let total = exec.zeroed(4)?;
+            crate::scan::exclusive_sum_u32(&exec, ptr(&flags), ptr(&pos), n, ptr(&total))?;
             let groups = if n == 0 {
                 0
             } else {

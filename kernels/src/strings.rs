@@ -1,6 +1,7 @@
 //! Utf8 columns and dates: gathering utf8 rows ([`take_utf8`]), predicates
-//! of a utf8 column against one pattern ([`matches`]: equals, starts with,
-//! ends with, contains; byte-wise, so equal to arrow-rs on valid UTF-8),
+//! of a utf8 column against one pattern ([`matches()`]: equals, starts with,
+//! ends with, contains, ordering; byte-wise, so equal to arrow-rs on valid
+//! UTF-8),
 //! and the year of Date32 days ([`year`]).
 
 use weft_gpu::Buffer;
@@ -21,6 +22,14 @@ pub enum StrOp {
     EndsWith,
     /// The value contains the pattern.
     Contains,
+    /// The value sorts before the pattern (byte-wise, as `str`'s order).
+    Lt,
+    /// The value sorts before the pattern or equals it.
+    Le,
+    /// The value sorts after the pattern.
+    Gt,
+    /// The value sorts after the pattern or equals it.
+    Ge,
 }
 
 fn check(kernel: &'static str, x: &Column, dtype: DType) -> Result<(), KernelError> {
@@ -68,7 +77,12 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
             )
         }
         Target::Gpu(exec) => {
-            let offsets = exec.alloc((n + 1) * 4)?;
+            // Zeroed when empty: the scan leaves the total of no rows unwritten.
+            let offsets = if n == 0 {
+                exec.zeroed(4)?
+            } else {
+                exec.alloc((n + 1) * 4)?
+            };
             exec.launch1(
                 "strings",
                 "utf8_lengths",
@@ -82,13 +96,7 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
             )?;
             // The exclusive scan leaves the total in the last offset.
             let total = Arg::Ptr(offsets.device_ptr() + (n * 4) as u64);
-            exec.launch1(
-                "scan",
-                "scan_exclusive_u32",
-                1,
-                &[ptr(&offsets), Arg::U64(n as u64), total],
-            )?;
-            exec.finish()?;
+            crate::scan::exclusive_sum_u32(&exec, ptr(&offsets), ptr(&offsets), n, total)?;
             let bytes = exec.download::<u32>(&offsets, n + 1)?[n] as usize;
             // An empty column still has a byte of data, zeroed: arrow checks
             // that the whole buffer is UTF-8.
@@ -139,6 +147,10 @@ pub fn matches(x: &Column, op: StrOp, pattern: &str) -> Result<Column, KernelErr
                     StrOp::StartsWith => s.starts_with(p),
                     StrOp::EndsWith => s.ends_with(p),
                     StrOp::Contains => p.is_empty() || s.windows(p.len()).any(|w| w == p),
+                    StrOp::Lt => s < p,
+                    StrOp::Le => s <= p,
+                    StrOp::Gt => s > p,
+                    StrOp::Ge => s >= p,
                 };
                 if hit {
                     arrow_buffer::bit_util::set_bit(&mut bits, i);
@@ -154,6 +166,10 @@ pub fn matches(x: &Column, op: StrOp, pattern: &str) -> Result<Column, KernelErr
                 StrOp::StartsWith => 1,
                 StrOp::EndsWith => 2,
                 StrOp::Contains => 3,
+                StrOp::Lt => 4,
+                StrOp::Le => 5,
+                StrOp::Gt => 6,
+                StrOp::Ge => 7,
             };
             exec.launch1(
                 "strings",

@@ -74,6 +74,7 @@ macro_rules! int_num {
                     BinaryOp::Sub => Some(a.wrapping_sub(b)),
                     BinaryOp::Mul => Some(a.wrapping_mul(b)),
                     BinaryOp::Div => a.checked_div(b).or_else(|| (b == -1).then(|| a.wrapping_neg())),
+                    BinaryOp::Rem => a.checked_rem(b).or_else(|| (b == -1).then_some(0)),
                     BinaryOp::Min => Some(if b < a { b } else { a }),
                     BinaryOp::Max => Some(if b > a { b } else { a }),
                 }
@@ -98,6 +99,7 @@ macro_rules! float_num {
                     BinaryOp::Sub => a - b,
                     BinaryOp::Mul => a * b,
                     BinaryOp::Div => a / b,
+                    BinaryOp::Rem => a % b,
                     BinaryOp::Min => a.min(b),
                     BinaryOp::Max => a.max(b),
                 })
@@ -114,11 +116,12 @@ macro_rules! float_num {
 }
 float_num!(f32, f64);
 
-const BINARY: [BinaryOp; 6] = [
+const BINARY: [BinaryOp; 7] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
     BinaryOp::Div,
+    BinaryOp::Rem,
     BinaryOp::Min,
     BinaryOp::Max,
 ];

@@ -10,8 +10,9 @@ mod common;
 use arrow_array::StringArray;
 use common::{Dut, SIZES, V, assert_rows, column, rows};
 use weft_kernels::segment::{SegmentOp, segment_reduce, segments};
+use weft_kernels::select::select as when;
 use weft_kernels::strings::{self, StrOp};
-use weft_kernels::{Column, DType, cast, concat, frame_hash, join, logic, rows as select};
+use weft_kernels::{Column, DType, cast, concat, frame_hash, join, keys, logic, rows as select, scan, sort, take};
 
 /// A boolean column with some nulls (`nulls`) from a seed.
 fn bools(rng: &mut fastrand::Rng, n: usize, nulls: bool) -> (Column, Vec<Option<bool>>) {
@@ -176,6 +177,30 @@ fn frame_hash_kernels(d: &Dut) {
             |c| frame_hash::row_hash(&[&c[0]]).unwrap(),
             &want64,
         );
+        // Decimals (unscaled int64) hash by their 128-bit values, negative
+        // ones sign-extended.
+        let unscaled: Vec<Option<i64>> = (0..n)
+            .map(|_| (rng.u8(..6) != 0).then(|| rng.i64(-(1 << 40)..1 << 40)))
+            .collect();
+        let words = vec![
+            unscaled
+                .iter()
+                .map(|v| {
+                    v.map_or(0, |v| {
+                        let wide = i128::from(v) as u128;
+                        frame_hash::mix(wide as u64) ^ (wide >> 64) as u64
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ];
+        let want: Vec<_> = reference_hash(&words).into_iter().map(|h| Some(V::U(h))).collect();
+        check(
+            d,
+            &format!("decimal row hash n={n}"),
+            &[&column(&unscaled)],
+            |c| frame_hash::row_hash(&[&frame_hash::decimal_words(&c[0]).unwrap()]).unwrap(),
+            &want,
+        );
         let hashes: Vec<u64> = (0..n).map(|_| rng.u64(..)).collect();
         let want: Vec<_> = hashes
             .iter()
@@ -188,6 +213,163 @@ fn frame_hash_kernels(d: &Dut) {
             |c| frame_hash::buckets(&c[0], 7).unwrap(),
             &want,
         );
+    }
+}
+
+/// The exclusive scan at sizes spanning many of its tiles (256 counts on
+/// small emulated inputs, 2048 past 8192 counts), with counts large enough
+/// to wrap.
+fn scan_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(31);
+    for &n in SIZES.iter().chain(&[5000, 8192, 12_289]) {
+        for max in [3u32, u32::MAX] {
+            let counts: Vec<u32> = (0..n).map(|_| rng.u32(..=max)).collect();
+            let mut run = 0u32;
+            let want: Vec<Option<V>> = counts
+                .iter()
+                .map(|c| {
+                    let s = run;
+                    run = run.wrapping_add(*c);
+                    Some(V::U(u64::from(s)))
+                })
+                .collect();
+            let x = Column::from_vec(counts);
+            let (sums, total) = scan::exclusive_sum(&d.put(&x)).unwrap();
+            assert_rows(&format!("scan n={n} max={max}"), &rows(&sums), &want, 0.0);
+            assert_eq!(total, run, "scan n={n} max={max}: total");
+        }
+    }
+}
+
+/// The permutation that sorts by the order keys of `x` (every utf8
+/// chunk), least significant chunk first, each pass stable.
+fn order_perm(x: &Column, descending: bool) -> Column {
+    let chunks = if x.dtype() == DType::Utf8 {
+        keys::utf8_chunks(x).unwrap()
+    } else {
+        1
+    };
+    let mut perm: Option<Column> = None;
+    for j in (0..chunks).rev() {
+        let key = keys::order_key(x, j, descending).unwrap();
+        let key = match &perm {
+            Some(p) => take::take(&key, p).unwrap(),
+            None => key,
+        };
+        let pass = sort::argsort(&key).unwrap();
+        perm = Some(match perm {
+            Some(p) => take::take(&p, &pass).unwrap(),
+            None => pass,
+        });
+    }
+    perm.unwrap()
+}
+
+/// Order keys sort int32, int64, float64 and utf8 columns (strings of
+/// several chunks, prefixes, empty strings, zero bytes) ascending and
+/// descending, stable, nulls last, as a plain sort does.
+fn order_key_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(41);
+    for &n in SIZES {
+        let ints: Vec<Option<i32>> = common::random_options(&mut rng, n, common::Nulls::Some);
+        let longs: Vec<Option<i64>> = common::random_options(&mut rng, n, common::Nulls::Some);
+        let floats: Vec<Option<f64>> = (0..n)
+            .map(|_| (rng.u8(..5) != 0).then(|| [-0.0, 0.0, 1.5, -2.0, f64::INFINITY][rng.usize(..5)]))
+            .collect();
+        let words: Vec<Option<String>> = (0..n)
+            .map(|_| {
+                (rng.u8(..6) != 0).then(|| {
+                    let stem = ["", "a", "a\0", "ab", "abcdefg", "abcdefgh", "abcdefghijklmno"][rng.usize(..7)];
+                    format!("{stem}{}", ["", "x", "\u{e9}"][rng.usize(..3)])
+                })
+            })
+            .collect();
+        let strings = Column::from_arrow(&StringArray::from(words.clone())).unwrap();
+        for descending in [false, true] {
+            let check_order = |what: &str,
+                               x: &Column,
+                               cmp: &dyn Fn(usize, usize) -> std::cmp::Ordering,
+                               valid: &dyn Fn(usize) -> bool| {
+                let mut want: Vec<u32> = (0..n as u32).collect();
+                want.sort_by(|&a, &b| {
+                    let (a, b) = (a as usize, b as usize);
+                    match (valid(a), valid(b)) {
+                        (true, true) if descending => cmp(b, a),
+                        (true, true) => cmp(a, b),
+                        (va, vb) => vb.cmp(&va),
+                    }
+                });
+                let want: Vec<Option<V>> = want.iter().map(|r| Some(V::U(u64::from(*r)))).collect();
+                let got = order_perm(&d.put(x), descending);
+                assert_rows(
+                    &format!("{what} n={n} descending={descending}"),
+                    &rows(&got),
+                    &want,
+                    0.0,
+                );
+            };
+            check_order("int32", &column(&ints), &|a, b| ints[a].cmp(&ints[b]), &|i| {
+                ints[i].is_some()
+            });
+            check_order("int64", &column(&longs), &|a, b| longs[a].cmp(&longs[b]), &|i| {
+                longs[i].is_some()
+            });
+            check_order(
+                "float64",
+                &column(&floats),
+                &|a, b| floats[a].unwrap().total_cmp(&floats[b].unwrap()),
+                &|i| floats[i].is_some(),
+            );
+            check_order("utf8", &strings, &|a, b| words[a].cmp(&words[b]), &|i| {
+                words[i].is_some()
+            });
+        }
+    }
+}
+
+/// when/then/otherwise: a row from the first column where the mask is
+/// true, from the second where it is false or null, with that side's
+/// validity; int32, int64 and boolean values.
+fn select_kernels(d: &Dut) {
+    let mut rng = fastrand::Rng::with_seed(51);
+    for &n in SIZES {
+        for nulls in [common::Nulls::None, common::Nulls::Some] {
+            let (mask, mv) = bools(&mut rng, n, nulls == common::Nulls::Some);
+            let pick = |i: usize| mv[i] == Some(true);
+            let what = |t: &str| format!("select {t} n={n} nulls={nulls:?}");
+            let a: Vec<Option<i64>> = common::random_options(&mut rng, n, nulls);
+            let b: Vec<Option<i64>> = common::random_options(&mut rng, n, common::Nulls::Some);
+            let want: Vec<_> = (0..n).map(|i| if pick(i) { a[i] } else { b[i] }.map(V::I)).collect();
+            check(
+                d,
+                &what("i64"),
+                &[&mask, &column(&a), &column(&b)],
+                |c| when(&c[0], &c[1], &c[2]).unwrap(),
+                &want,
+            );
+            let a: Vec<Option<i32>> = common::random_options(&mut rng, n, common::Nulls::Some);
+            let b: Vec<Option<i32>> = common::random_options(&mut rng, n, nulls);
+            let want: Vec<_> = (0..n)
+                .map(|i| if pick(i) { a[i] } else { b[i] }.map(|v| V::I(i64::from(v))))
+                .collect();
+            check(
+                d,
+                &what("i32"),
+                &[&mask, &column(&a), &column(&b)],
+                |c| when(&c[0], &c[1], &c[2]).unwrap(),
+                &want,
+            );
+            let (a, av) = bools(&mut rng, n, true);
+            let (b, bv) = bools(&mut rng, n, nulls == common::Nulls::Some);
+            let want: Vec<_> = (0..n).map(|i| if pick(i) { av[i] } else { bv[i] }).collect();
+            check(
+                d,
+                &what("bool"),
+                &[&mask, &a, &b],
+                |c| when(&c[0], &c[1], &c[2]).unwrap(),
+                &as_rows(&want),
+            );
+        }
     }
 }
 
@@ -464,6 +646,11 @@ fn string_kernels(d: &Dut) {
             (StrOp::Contains, "b a"),
             (StrOp::Contains, ""),
             (StrOp::Eq, "héllo"),
+            (StrOp::Lt, "ab"),
+            (StrOp::Le, "ab"),
+            (StrOp::Gt, "h"),
+            (StrOp::Ge, ""),
+            (StrOp::Lt, "hé"),
         ] {
             let want: Vec<_> = v
                 .iter()
@@ -474,6 +661,10 @@ fn string_kernels(d: &Dut) {
                             StrOp::StartsWith => s.starts_with(pattern),
                             StrOp::EndsWith => s.ends_with(pattern),
                             StrOp::Contains => s.contains(pattern),
+                            StrOp::Lt => s < pattern,
+                            StrOp::Le => s <= pattern,
+                            StrOp::Gt => s > pattern,
+                            StrOp::Ge => s >= pattern,
                         })
                     })
                 })
@@ -550,6 +741,23 @@ fn cast_kernels(d: &Dut) {
             |c| cast::widen(&c[0]).unwrap(),
             &want,
         );
+        let wide: Vec<Option<i64>> = small.iter().map(|v| v.map(i64::from)).collect();
+        let want: Vec<_> = small.iter().map(|v| v.map(|v| V::I(i64::from(v)))).collect();
+        check(
+            d,
+            &format!("narrow n={n}"),
+            &[&column(&wide)],
+            |c| cast::narrow(&c[0]).unwrap(),
+            &want,
+        );
+        if n > 0 {
+            let mut past = wide.clone();
+            past[n / 2] = Some(1 << 40);
+            assert!(
+                cast::narrow(&d.put(&column(&past))).is_err(),
+                "narrow n={n}: 2^40 does not fit"
+            );
+        }
         let want: Vec<_> = small.iter().map(|v| v.map(|v| V::F(f64::from(v)))).collect();
         check(
             d,
@@ -573,6 +781,9 @@ test_device!(
     cast_kernels,
     logic_kernels,
     frame_hash_kernels,
+    scan_kernels,
+    order_key_kernels,
+    select_kernels,
     segment_kernels,
     join_kernels,
     concat_kernels,

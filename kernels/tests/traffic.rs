@@ -7,7 +7,7 @@
 
 mod common;
 
-use weft_kernels::{Column, LaunchRecord, filter, hash, record_launches, reduce, sort};
+use weft_kernels::{Column, LaunchRecord, filter, hash, record_launches, reduce, scan, sort};
 
 /// Launches and bytes per row of one kernel call.
 struct Traffic {
@@ -204,4 +204,77 @@ fn filter_traffic() {
     assert_eq!(t.launches.len(), 3);
     let moved = (16 * kept) as f64 / N as f64;
     assert!(t.bytes_per_row() <= moved + 0.1, "{:.2} bytes/row", t.bytes_per_row());
+}
+
+#[test]
+fn scan_traffic() {
+    let gpu = common::emulated();
+    let x = Column::from_vec((0..N as u32).map(|i| i % 5).collect::<Vec<_>>())
+        .to_device(&gpu)
+        .unwrap();
+    let t = Traffic::of(N, || {
+        scan::exclusive_sum(&x).unwrap();
+    });
+    t.report("exclusive scan u32");
+    // One pass: each count read once and each sum written once (4 + 4
+    // bytes), plus per 2048-count tile a status word written twice and
+    // read by the tiles after it, and the tile counter.
+    assert_eq!(t.count("scan_exclusive_u32_8"), 1);
+    assert_eq!(t.launches.len(), 1, "one launch");
+    assert!(t.bytes_per_row() <= 8.0 + 0.1, "{:.2} bytes/row", t.bytes_per_row());
+}
+
+/// The scan's share of a call: one launch, moving about 8 bytes per count.
+fn check_one_scan(t: &Traffic, what: &str, counts: usize) {
+    let scans: Vec<&LaunchRecord> = t
+        .launches
+        .iter()
+        .filter(|l| l.kernel.starts_with("scan_exclusive_u32"))
+        .collect();
+    assert_eq!(scans.len(), 1, "{what}: one scan launch");
+    let moved = scans[0].bytes_read.unwrap() + scans[0].bytes_written.unwrap();
+    assert!(
+        moved as f64 <= 8.1 * counts as f64,
+        "{what}: the scan moves {moved} bytes for {counts} counts"
+    );
+}
+
+#[test]
+fn segments_joins_and_utf8_gathers_scan_in_one_pass() {
+    let gpu = common::emulated();
+    let sorted: Vec<i64> = (0..N as i64).map(|i| i / 3).collect();
+    let keys = Column::from_vec(sorted).to_device(&gpu).unwrap();
+    let t = Traffic::of(N, || {
+        weft_kernels::segment::segments(&[&keys]).unwrap();
+    });
+    t.report("segments of one int64 key");
+    // Flags (two keys read, a flag written), the scan, the starts.
+    assert_eq!(t.launches.len(), 3);
+    check_one_scan(&t, "segments", N);
+    assert!(t.bytes_per_row() <= 16.0 + 4.0 + 8.1 + 8.0 + 4.0 / 3.0 + 0.1);
+
+    let build = Column::from_vec((0..N as i64 / 4).collect::<Vec<_>>())
+        .to_device(&gpu)
+        .unwrap();
+    let probe = Column::from_vec(random_i64(N, 6).into_iter().map(|v| v & 0x3fff).collect::<Vec<_>>())
+        .to_device(&gpu)
+        .unwrap();
+    let t = Traffic::of(N, || {
+        weft_kernels::join::pairs(&build, &probe, true).unwrap();
+    });
+    t.report("join pairs, left");
+    check_one_scan(&t, "join pairs", N);
+
+    let words = arrow_array::StringArray::from_iter_values((0..N).map(|i| format!("w{}", i % 97)));
+    let utf8 = Column::from_arrow(&words).unwrap().to_device(&gpu).unwrap();
+    let idx = Column::from_vec((0..N as u32).rev().collect::<Vec<_>>())
+        .to_device(&gpu)
+        .unwrap();
+    let t = Traffic::of(N, || {
+        weft_kernels::rows::gather(&utf8, &idx).unwrap();
+    });
+    t.report("utf8 gather");
+    // Lengths, the scan into offsets, the bytes.
+    assert_eq!(t.launches.len(), 3);
+    check_one_scan(&t, "utf8 gather", N);
 }

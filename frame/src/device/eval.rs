@@ -2,14 +2,16 @@
 //! ([`crate::eval`]): columns, literals, `and`/`or`/`not` (Kleene),
 //! `is_null`/`is_not_null`, comparisons of two values of one numeric or
 //! date or decimal type (a literal taking the other side's type where it
-//! converts exactly, as on the CPU), utf8 columns equal or not to a
+//! converts exactly, as on the CPU), utf8 columns compared with a
 //! literal, `starts_with`/`ends_with`/`contains` of utf8 columns, `year()`
-//! of dates, `+ - *` on int64 or float64 and `/` on float64, and the casts
-//! these need (int32 to int64; integers and decimals to float64, also as
-//! `cast()`). Anything else (`when/then/otherwise`, other casts, integer
-//! division and remainder, utf8 ordering) is [`Outcome::Host`]: the caller
-//! runs that step on the host. Integer `+ - *` wrap on overflow where
-//! arrow-rs reports an error.
+//! of dates, `+ - * / %` on int64 or float64 (an integer division by
+//! zero runs on the host, which reports it),
+//! `when/then/otherwise` of booleans, integers, float64, dates and
+//! decimals, and the casts these need (int32 to int64; integers and
+//! decimals to float64, also as `cast()`). Anything else (other casts,
+//! comparisons of two utf8 columns, utf8 results of `when`) is
+//! [`Outcome::Host`]: the caller runs that step on the host. Integer `+ - *` wrap on overflow, and
+//! `i64::MIN / -1` gives `i64::MIN`, where arrow-rs reports an error.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type};
@@ -17,7 +19,7 @@ use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use weft_kernels::elementwise::{self, CmpOp};
 use weft_kernels::strings::{self, StrOp};
-use weft_kernels::{Column, DType, cast, logic};
+use weft_kernels::{Column, DType, cast, logic, select};
 
 use super::batch::{DeviceBatch, kernel_error};
 use crate::error::FrameError;
@@ -146,6 +148,28 @@ fn eval(expr: &Expr, batch: &DeviceBatch) -> Eval<Value> {
             Value::Array(c, DataType::Date32) => Value::Array(strings::year(&c)?, DataType::Int32),
             _ => return host(format!("{expr} of a value that is not a date column")),
         },
+        Expr::When { cases, otherwise } => {
+            let out = expr.data_type(batch.schema())?;
+            if !matches!(
+                out,
+                DataType::Boolean
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::Float64
+                    | DataType::Date32
+                    | DataType::Decimal128(..)
+            ) {
+                return host(format!("when/then/otherwise of {out}"));
+            }
+            // The last case first, as the CPU: an earlier case wins.
+            let mut result = to_column(eval(otherwise, batch)?, &out, batch)?;
+            for (condition, value) in cases.iter().rev() {
+                let mask = boolean(eval(condition, batch)?, batch)?;
+                let value = to_column(eval(value, batch)?, &out, batch)?;
+                result = select::select(&mask, &value, &result)?;
+            }
+            Value::Array(result, out)
+        }
         other => return host(format!("{other}")),
     })
 }
@@ -204,16 +228,38 @@ fn to_column(v: Value, to: &DataType, batch: &DeviceBatch) -> Eval<Column> {
     }
 }
 
-/// A utf8 column compared with a utf8 literal for (in)equality.
-fn utf8_equals(l: Value, r: Value, negate: bool) -> Eval<Value> {
-    let ((Value::Array(c, _), Value::Scalar(s)) | (Value::Scalar(s), Value::Array(c, _))) = (l, r) else {
-        return host("a comparison of two utf8 columns");
+/// A utf8 column compared with a utf8 literal (byte-wise, as the CPU
+/// orders strings); two utf8 columns run on the host.
+fn utf8_compare(l: Value, cmp: CmpOp, r: Value) -> Eval<Value> {
+    let (c, s, cmp) = match (l, r) {
+        (Value::Array(c, _), Value::Scalar(s)) => (c, s, cmp),
+        // `literal < column` is `column > literal`.
+        (Value::Scalar(s), Value::Array(c, _)) => (
+            c,
+            s,
+            match cmp {
+                CmpOp::Lt => CmpOp::Gt,
+                CmpOp::Le => CmpOp::Ge,
+                CmpOp::Gt => CmpOp::Lt,
+                CmpOp::Ge => CmpOp::Le,
+                same => same,
+            },
+        ),
+        _ => return host("a comparison of two utf8 columns"),
     };
     if s.is_null(0) {
         return host("a comparison with a null literal");
     }
-    let eq = strings::matches(&c, StrOp::Eq, s.as_string::<i32>().value(0))?;
-    let out = if negate { logic::not(&eq)? } else { eq };
+    let pattern = s.as_string::<i32>().value(0);
+    let op = match cmp {
+        CmpOp::Eq | CmpOp::Ne => StrOp::Eq,
+        CmpOp::Lt => StrOp::Lt,
+        CmpOp::Le => StrOp::Le,
+        CmpOp::Gt => StrOp::Gt,
+        CmpOp::Ge => StrOp::Ge,
+    };
+    let out = strings::matches(&c, op, pattern)?;
+    let out = if cmp == CmpOp::Ne { logic::not(&out)? } else { out };
     Ok(Value::Array(out, DataType::Boolean))
 }
 
@@ -249,8 +295,8 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
             pair => pair,
         };
         let target = crate::eval::common_type(&format!("{op:?}"), &ty(&l), &ty(&r))?;
-        if target == DataType::Utf8 && matches!(cmp, CmpOp::Eq | CmpOp::Ne) {
-            return utf8_equals(l, r, cmp == CmpOp::Ne);
+        if target == DataType::Utf8 {
+            return utf8_compare(l, cmp, r);
         }
         if !matches!(
             target,
@@ -271,12 +317,27 @@ fn binary(l: Value, op: BinaryOp, r: Value, batch: &DeviceBatch) -> Eval<Value> 
         (BinaryOp::Add, _) => elementwise::BinaryOp::Add,
         (BinaryOp::Sub, _) => elementwise::BinaryOp::Sub,
         (BinaryOp::Mul, _) => elementwise::BinaryOp::Mul,
-        (BinaryOp::Div, DataType::Float64) => elementwise::BinaryOp::Div,
+        (BinaryOp::Div, _) => elementwise::BinaryOp::Div,
+        (BinaryOp::Rem, _) => elementwise::BinaryOp::Rem,
         _ => return host(format!("{op:?} on {target}")),
     };
     if !matches!(target, DataType::Int64 | DataType::Float64) {
         return host(format!("arithmetic on {target}"));
     }
     let (a, b) = (to_column(l, &target, batch)?, to_column(r, &target, batch)?);
+    if target == DataType::Int64 && matches!(kernel_op, elementwise::BinaryOp::Div | elementwise::BinaryOp::Rem) {
+        check_no_zero_divisor(&b)?;
+    }
     Ok(Value::Array(elementwise::binary(&a, &b, kernel_op)?, target))
+}
+
+/// The CPU reports an integer division by zero as an error, where the
+/// kernel gives null: with a zero divisor, the step runs on the host.
+fn check_no_zero_divisor(divisor: &Column) -> Eval<()> {
+    let zero = logic::fill(divisor, DType::I64, 0)?;
+    let is_zero = elementwise::compare(divisor, &zero, CmpOp::Eq)?;
+    if !weft_kernels::rows::kept_rows(&is_zero)?.is_empty() {
+        return host("an integer division by zero (the CPU reports it)");
+    }
+    Ok(())
 }

@@ -1,8 +1,9 @@
 //! Partitions on a GPU worker: a task's batch lives in device memory as
 //! `weft-kernels` columns ([`DeviceBatch`]) and its steps run there
-//! ([`steps`], expressions in [`eval`]); its result stays on the device as
-//! a value of device frames ([`crate::partition::Layout::Columns`]), which
-//! `collect()` (and any CPU worker) decodes to a host batch.
+//! ([`steps`], group-by in [`aggregate`], expressions in [`eval`]); its
+//! result stays on the device as a value of device frames
+//! ([`crate::partition::Layout::Columns`]), which `collect()` (and any CPU
+//! worker) decodes to a host batch.
 //!
 //! What runs on the host instead, explicitly, and why (each is reported as
 //! a [`Placement::Host`] with its reason, and the batch goes back to the
@@ -10,21 +11,29 @@
 //! - inputs: Parquet, CSV and random partitions are made on the host and
 //!   uploaded once; input pieces are concatenated on the device, unless one
 //!   has a type the kernels lack or their schemas differ; a join runs on the
-//!   device when both sides are device batches joined on one int64 key
-//!   ([`steps::join`]; a left join's utf8 or boolean right columns aside),
-//!   otherwise on the host;
+//!   device when both sides are device batches joined on integer, date or
+//!   same-scale decimal keys ([`steps::join`]; several keys whose value
+//!   ranges do not fit one int64 together, and a left join's utf8 or
+//!   boolean columns from an empty right side, aside), otherwise on the
+//!   host;
 //! - steps: range splits and their samples and boundaries, slice splits
 //!   and Parquet writes (small or host-bound work); and any filter, select,
 //!   sort, limit, aggregation or hash split whose expression, key or
-//!   aggregate the kernels lack (see [`eval`], [`steps`]: for instance
-//!   `when/then/otherwise`, descending sorts, utf8 group-by keys,
-//!   `n_unique`, decimal sums, decimal hash keys);
+//!   aggregate the kernels lack (see [`eval`], [`steps`], [`aggregate`]):
+//!   comparisons of two utf8 columns, utf8 results of
+//!   `when/then/otherwise`, casts other than to int64 or float64, an
+//!   integer division by a zero divisor (the host reports the error);
+//!   boolean, unsigned or float32 sort and group keys; aggregates of
+//!   booleans, unsigned or float32 values; a decimal sum that could pass
+//!   18 digits;
 //! - a partition with a type the kernels lack (decimals over 18 digits,
 //!   timestamps, nested types; [`storage_type`]) stays on the host for the
 //!   task.
 
+pub mod aggregate;
 mod batch;
 pub mod eval;
+mod order;
 pub mod steps;
 
 use std::sync::Arc;
@@ -116,7 +125,7 @@ fn run_parts(
             return Ok(pieces.into_iter().map(Part::Host).collect());
         }
         let on_device = match &part {
-            Part::Device(d) => device_step(step, d),
+            Part::Device(d) => device_step(step, d, gpu),
             Part::Host(_) => Err(Outcome::Host("the batch is on the host".into())),
         };
         part = match on_device {
@@ -211,14 +220,14 @@ fn start(gpu: &Arc<Gpu>, input: &Input, data: &[Arc<Value>], placements: &mut Ve
 }
 
 /// A step on the device, or why it must run on the host.
-fn device_step(step: &Step, d: &DeviceBatch) -> eval::Eval<DeviceBatch> {
+fn device_step(step: &Step, d: &DeviceBatch, gpu: &Arc<Gpu>) -> eval::Eval<DeviceBatch> {
     match step {
         Step::Filter(p) => steps::filter_rows(d, p),
         Step::Select(exprs) => steps::select(d, exprs),
         Step::WithColumns(exprs) => steps::with_columns(d, exprs),
         Step::Limit(n) => steps::limit(d, *n),
         Step::Sort { by, descending, limit } => steps::sort_rows(d, by, descending, *limit),
-        Step::Aggregate { keys, aggs } => steps::aggregate(d, keys, aggs),
+        Step::Aggregate { keys, aggs } => aggregate::aggregate(d, keys, aggs, gpu),
         Step::SortSample { .. } | Step::SortBoundaries { .. } => {
             Err(Outcome::Host("sort sampling works on small host batches".into()))
         }

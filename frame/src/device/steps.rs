@@ -1,21 +1,23 @@
 //! The per-partition steps that run on device columns: filter (mask and
-//! compaction), select, with_columns, limit, sort (ascending int64/float64
-//! keys, by successive stable radix sorts), group-by aggregation (sorted
-//! runs), int64 equi-joins (sorted search) and hash split (the CPU's row hash, so pieces match a CPU
-//! worker's). Each returns
+//! compaction), select, with_columns, limit, sort (order keys, by
+//! successive stable radix sorts), equi-joins on integer keys (one int64
+//! key, or several combined into one; sorted search) and
+//! hash split (the CPU's row hash, so pieces match a CPU worker's);
+//! aggregation is in [`super::aggregate`]. Each returns
 //! [`Outcome::Host`] with the reason where a kernel is missing.
 
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema};
-use weft_kernels::segment::{self, SegmentOp};
-use weft_kernels::{Column, DType, frame_hash, logic, rows, sort, take};
+use weft_kernels::elementwise::{self, BinaryOp};
+use weft_kernels::reduce::{self, Scalar};
+use weft_kernels::{Column, DType, cast, frame_hash, logic, rows, select};
 
 use super::batch::DeviceBatch;
 use super::eval::{Eval, Outcome, evaluate};
+use super::order::{order_keys, sort_perm};
 use crate::error::FrameError;
-use crate::expr::{AggFunc, Expr};
-use crate::groupby::AggSpec;
+use crate::expr::Expr;
 use crate::join::{JoinSpec, JoinType};
 
 fn host<T>(why: impl Into<String>) -> Eval<T> {
@@ -102,26 +104,17 @@ pub fn limit(batch: &DeviceBatch, n: usize) -> Eval<DeviceBatch> {
     compact(batch, &logic::prefix_mask(&batch.columns()[0], n)?)
 }
 
-/// Sorted by `by` (ascending, nulls last, stable), cut to `limit` rows.
+/// Sorted by `by` (each key ascending or descending, nulls last, stable;
+/// see `super::order`), cut to `limit` rows.
 pub fn sort_rows(
     batch: &DeviceBatch,
     by: &[Expr],
     descending: &[bool],
     limit_rows: Option<usize>,
 ) -> Eval<DeviceBatch> {
-    if descending.iter().any(|d| *d) {
-        return host("a descending sort (the radix argsort is ascending)");
-    }
     check_has_columns(batch, "a sort")?;
-    let mut keys = Vec::with_capacity(by.len());
-    for e in by {
-        let (c, t) = evaluate(e, batch)?;
-        if !matches!(c.dtype(), DType::I64 | DType::F64) {
-            return host(format!("a sort key of type {t} (the argsort takes int64 and float64)"));
-        }
-        keys.push(c);
-    }
-    let Some(perm) = sort_perm(&keys)? else {
+    let order = order_keys(batch, by, descending)?;
+    let Some(perm) = sort_perm(&order.keys)? else {
         return Ok(batch.clone());
     };
     let columns = batch
@@ -136,89 +129,6 @@ pub fn sort_rows(
     }
 }
 
-/// The stable ascending order of the key columns (int64 or float64, nulls
-/// last), or none without keys: the least significant key first, each
-/// later stable pass keeping its order.
-fn sort_perm(keys: &[Column]) -> Eval<Option<Column>> {
-    let Some((last, rest)) = keys.split_last() else {
-        return Ok(None);
-    };
-    let mut perm = sort::argsort(last)?;
-    for key in rest.iter().rev() {
-        let pass = sort::argsort(&take::take(key, &perm)?)?;
-        perm = take::take(&perm, &pass)?;
-    }
-    Ok(Some(perm))
-}
-
-/// Group-by aggregation, sort-based: rows ordered by the keys (int64 or
-/// float64), runs of equal keys ([`segment::segments`]), one value per run
-/// ([`segment::segment_reduce`]) for sum, min, max, count, len and mean of
-/// int32, int64 or float64 inputs. `n_unique`, other key or input types, and
-/// an aggregate without keys run on the host.
-pub fn aggregate(batch: &DeviceBatch, keys: &[Expr], aggs: &[AggSpec]) -> Eval<DeviceBatch> {
-    if keys.is_empty() {
-        return host("an aggregate without keys");
-    }
-    let mut key_columns = Vec::with_capacity(keys.len());
-    let mut fields = Vec::with_capacity(keys.len() + aggs.len());
-    for k in keys {
-        let (c, t) = evaluate(k, batch)?;
-        if !matches!(t, DataType::Int64 | DataType::Float64) {
-            return host(format!(
-                "a group-by key of type {t} (the argsort takes int64 and float64)"
-            ));
-        }
-        fields.push(Field::new(k.output_name(), t, true));
-        key_columns.push(c);
-    }
-    let mut inputs = Vec::with_capacity(aggs.len());
-    for a in aggs {
-        let op = match a.func {
-            AggFunc::Sum => SegmentOp::Sum,
-            AggFunc::Min => SegmentOp::Min,
-            AggFunc::Max => SegmentOp::Max,
-            AggFunc::Count => SegmentOp::Count,
-            AggFunc::Len => SegmentOp::Rows,
-            AggFunc::Mean => SegmentOp::Mean,
-            AggFunc::NUnique => return host("n_unique (no device kernel)"),
-        };
-        let input = match a.func {
-            AggFunc::Len => key_columns[0].clone(),
-            _ => {
-                let (c, t) = evaluate(&a.input, batch)?;
-                if !matches!(t, DataType::Int32 | DataType::Int64 | DataType::Float64) {
-                    return host(format!("{:?} of {t}", a.func));
-                }
-                c
-            }
-        };
-        inputs.push((op, input));
-    }
-    let Some(perm) = sort_perm(&key_columns)? else {
-        return host("an aggregate without keys");
-    };
-    let sorted = key_columns
-        .iter()
-        .map(|k| take::take(k, &perm))
-        .collect::<Result<Vec<_>, _>>()?;
-    let starts = segment::segments(&sorted.iter().collect::<Vec<_>>())?;
-    let mut columns = sorted
-        .iter()
-        .map(|k| take::take(k, &starts))
-        .collect::<Result<Vec<_>, _>>()?;
-    for ((op, input), a) in inputs.iter().zip(aggs) {
-        let out = segment::segment_reduce(&take::take(input, &perm)?, &starts, *op)?;
-        let t = match out.dtype() {
-            DType::I64 => DataType::Int64,
-            _ => DataType::Float64,
-        };
-        fields.push(Field::new(a.name.clone(), t, true));
-        columns.push(out);
-    }
-    Ok(DeviceBatch::new(Arc::new(Schema::new(fields)), columns, starts.len())?)
-}
-
 /// `n` pieces by the hash of `keys`, rows in their order within each.
 pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<DeviceBatch>> {
     if n <= 1 {
@@ -228,16 +138,17 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     let mut columns = Vec::with_capacity(keys.len());
     for k in keys {
         let (c, t) = evaluate(k, batch)?;
-        // Decimals hash by their 128-bit values on the CPU.
-        if matches!(t, DataType::Decimal128(..))
-            || !matches!(
-                c.dtype(),
-                DType::I32 | DType::I64 | DType::F32 | DType::F64 | DType::Bool | DType::Utf8
-            )
-        {
+        if !matches!(
+            c.dtype(),
+            DType::I32 | DType::I64 | DType::F32 | DType::F64 | DType::Bool | DType::Utf8
+        ) {
             return host(format!("hashing a key of type {t}"));
         }
-        columns.push(c);
+        // Decimals hash by their 128-bit values, as on the CPU.
+        columns.push(match t {
+            DataType::Decimal128(..) => frame_hash::decimal_words(&c)?,
+            _ => c,
+        });
     }
     let refs: Vec<&Column> = columns.iter().collect();
     let hashes = frame_hash::row_hash(&refs)?;
@@ -246,39 +157,113 @@ pub fn hash_split(batch: &DeviceBatch, keys: &[Expr], n: usize) -> Eval<Vec<Devi
     (0..parts).map(|j| compact(batch, &logic::eq_mask(&ids, j)?)).collect()
 }
 
-/// A left join's right columns (but its keys) gather with nulls for
-/// unmatched rows: fixed-width columns only.
-fn check_nullable_gather(right: &DeviceBatch, keys: &[String]) -> Eval<()> {
-    for (c, f) in right.columns().iter().zip(right.schema().fields()) {
-        if !keys.contains(f.name()) && matches!(c.dtype(), DType::Bool | DType::Utf8) {
-            return host(format!(
-                "a left join of the right {} column {:?}",
-                f.data_type(),
-                f.name()
-            ));
-        }
+/// A left join's right column `c` at the rows `idx`, null where a row is
+/// [`weft_kernels::join::NO_ROW`] (unmatched): fixed-width columns
+/// through `take_or_null`; utf8 and booleans gathered with row 0 standing
+/// in for the missing rows, then masked (an empty right side has no row 0:
+/// that join runs on the host).
+fn take_right(c: &Column, idx: &Column) -> Eval<Column> {
+    if !matches!(c.dtype(), DType::Bool | DType::Utf8) {
+        return Ok(weft_kernels::join::take_or_null(c, idx)?);
     }
-    Ok(())
+    if c.is_empty() {
+        return host("a left join's utf8 or boolean columns of an empty right side");
+    }
+    let unmatched = logic::eq_mask(idx, weft_kernels::join::NO_ROW)?;
+    let some_row = select::select(&unmatched, &logic::fill(idx, DType::U32, 0)?, idx)?;
+    let got = rows::gather(c, &some_row)?;
+    let valid = logic::and(&logic::is_null(&got, true)?, &logic::not(&unmatched)?)?;
+    Ok(Column::new(
+        c.dtype(),
+        idx.len(),
+        got.values().clone(),
+        Some(valid.values().clone()),
+        got.offsets().cloned(),
+    )
+    .map_err(super::batch::kernel_error)?)
 }
 
-/// An equi-join on one int64 key, as [`crate::join::hash_join`] into
-/// `schema`: the right side sorted and searched ([`weft_kernels::join`]);
-/// left columns gathered by the pairs' left rows, right non-key columns by
-/// their right rows (null for a left join's unmatched rows); semi and anti
-/// joins compact the left side by its match counts. Several keys, keys of
-/// other types, and a left join's utf8 or boolean right columns run on the
-/// host.
-pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
-    let ([l], [r]) = (spec.left_on.as_slice(), spec.right_on.as_slice()) else {
-        return host("a join on several keys");
-    };
-    let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
-    let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
-    if lt != DataType::Int64 || rt != DataType::Int64 {
-        return host(format!(
-            "a join key of types {lt} and {rt} (the device joins int64 keys)"
-        ));
+/// A join key as int64: integer and date keys widen (the CPU joins them
+/// as int64); decimals of one scale on both sides (`other`) join by their
+/// unscaled values; other types run on the host.
+fn int64_key(c: Column, t: &DataType, other: &DataType) -> Eval<Column> {
+    match (t, other) {
+        (DataType::Int64, _) => Ok(c),
+        (DataType::Int32 | DataType::Date32, _) => Ok(cast::widen(&c)?),
+        (DataType::Decimal128(_, s), DataType::Decimal128(_, o)) if s == o => Ok(c),
+        (t, other) => host(format!(
+            "a join key of types {t} and {other} (the device joins integer, date and same-scale decimal keys)"
+        )),
     }
+}
+
+/// The join keys of each side as one int64 column: one key as it is;
+/// several as `sum((k_i - lo_i) * stride_i)`, a mixed-radix number over
+/// each key's range on both sides, where the ranges' product fits int64
+/// (otherwise the join runs on the host). A null in any key stays null,
+/// and null keys match nothing, as on the CPU.
+fn join_keys(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec) -> Eval<(Column, Column)> {
+    let mut pairs = Vec::with_capacity(spec.left_on.len());
+    for (l, r) in spec.left_on.iter().zip(&spec.right_on) {
+        let (lk, lt) = evaluate(&Expr::Column(l.clone()), left)?;
+        let (rk, rt) = evaluate(&Expr::Column(r.clone()), right)?;
+        pairs.push((int64_key(lk, &lt, &rt)?, int64_key(rk, &rt, &lt)?));
+    }
+    if pairs.len() == 1 {
+        return Ok(pairs.swap_remove(0));
+    }
+    let mut ranges = Vec::with_capacity(pairs.len());
+    let mut product: u128 = 1;
+    for (lk, rk) in &pairs {
+        let (a, b) = (reduce::reduce(lk)?, reduce::reduce(rk)?);
+        let ints = |v: [Option<Scalar>; 2]| {
+            v.into_iter().flatten().filter_map(|s| match s {
+                Scalar::Int(i) => Some(i),
+                Scalar::Float(_) => None,
+            })
+        };
+        let lo = ints([a.min, b.min]).min().unwrap_or(0);
+        let hi = ints([a.max, b.max]).max().unwrap_or(0);
+        let range = (i128::from(hi) - i128::from(lo) + 1) as u128;
+        product = product.saturating_mul(range);
+        ranges.push((lo, range));
+    }
+    if product > i64::MAX as u128 {
+        return host("a join on several keys whose value ranges do not fit one int64 together");
+    }
+    let mut stride: u128 = 1;
+    let mut combined: Option<(Column, Column)> = None;
+    for ((lk, rk), (lo, range)) in pairs.iter().zip(&ranges).rev() {
+        let digit = |k: &Column| -> Eval<Column> {
+            let shifted = elementwise::binary(k, &logic::fill(k, DType::I64, *lo as u64)?, BinaryOp::Sub)?;
+            Ok(elementwise::binary(
+                &shifted,
+                &logic::fill(k, DType::I64, stride as u64)?,
+                BinaryOp::Mul,
+            )?)
+        };
+        let (l, r) = (digit(lk)?, digit(rk)?);
+        combined = Some(match combined {
+            None => (l, r),
+            Some((al, ar)) => (
+                elementwise::binary(&al, &l, BinaryOp::Add)?,
+                elementwise::binary(&ar, &r, BinaryOp::Add)?,
+            ),
+        });
+        stride *= range;
+    }
+    combined.ok_or_else(|| Outcome::Failed(FrameError::Plan("a join without keys".into())))
+}
+
+/// An equi-join, as [`crate::join::hash_join`] into `schema`, on integer,
+/// date or decimal keys made one int64 key (`join_keys`): the right side
+/// sorted and searched ([`weft_kernels::join`]); left columns gathered by
+/// the pairs' left rows, right non-key columns by their right rows (null for a left
+/// join's unmatched rows); semi and anti joins compact the left side by
+/// its match counts. Keys of other types and several keys whose ranges do
+/// not fit one int64 run on the host.
+pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &Schema) -> Eval<DeviceBatch> {
+    let (lk, rk) = join_keys(left, right, spec)?;
     let schema = Arc::new(schema.clone());
     if matches!(spec.how, JoinType::Semi | JoinType::Anti) {
         check_has_columns(left, "a semi or anti join")?;
@@ -292,9 +277,6 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
         return Ok(DeviceBatch::new(schema, out.columns().to_vec(), out.num_rows())?);
     }
     let keep_unmatched = spec.how == JoinType::Left;
-    if keep_unmatched {
-        check_nullable_gather(right, &spec.right_on)?;
-    }
     let (p, b) = weft_kernels::join::pairs(&rk, &lk, keep_unmatched)?;
     let mut columns = left
         .columns()
@@ -306,7 +288,7 @@ pub fn join(left: &DeviceBatch, right: &DeviceBatch, spec: &JoinSpec, schema: &S
             continue;
         }
         columns.push(if keep_unmatched {
-            weft_kernels::join::take_or_null(c, &b)?
+            take_right(c, &b)?
         } else {
             rows::gather(c, &b)?
         });
