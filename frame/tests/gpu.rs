@@ -168,10 +168,16 @@ fn agree(what: &str, batches: &[RecordBatch], steps: Vec<Step>) -> Vec<Value> {
         input: Input::Deps,
         steps,
     };
-    let cpu = task(&Site::default(), &args, &inputs);
+    agree_task(what, &args, &inputs)
+}
+
+/// Task `args` over `inputs` on the CPU and on every GPU site; the pieces
+/// agree one by one. Returns the GPU results.
+fn agree_task(what: &str, args: &TaskArgs, inputs: &[Arc<Value>]) -> Vec<Value> {
+    let cpu = task(&Site::default(), args, inputs);
     let mut out = Vec::new();
     for (name, site) in gpu_sites() {
-        let gpu = task(site, &args, &inputs);
+        let gpu = task(site, args, inputs);
         match (&cpu, gpu) {
             (Ok(c), Ok(g)) => {
                 let c = partition::decode(c).unwrap();
@@ -487,15 +493,7 @@ fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
                         .iter()
                         .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
                         .collect();
-                    let cpu = task(&Site::default(), &args, &inputs).unwrap();
-                    for (name, site) in gpu_sites() {
-                        let got = task(site, &args, &inputs).unwrap();
-                        assert_same(
-                            &format!("{what} on the {name}"),
-                            &partition::decode(&got).unwrap()[0],
-                            &partition::decode(&cpu).unwrap()[0],
-                        );
-                    }
+                    agree_task(&what, &args, &inputs);
                     let (_, placements) = device::run(&gpu, &args, &inputs).unwrap();
                     assert_eq!(placements[0] == Placement::Device, on_device, "{what}: {placements:?}");
                 }
@@ -511,15 +509,11 @@ fn joins_agree_with_the_cpu_and_integer_keys_join_on_the_device() {
             .iter()
             .map(|b| Arc::new(partition::encode(std::slice::from_ref(*b)).unwrap()))
             .collect();
-        let cpu = task(&Site::default(), &args, &inputs).unwrap();
-        for (name, site) in gpu_sites() {
-            let got = task(site, &args, &inputs).unwrap();
-            assert_same(
-                &format!("left join of utf8 columns, {l_rows} x {r_rows}, on the {name}"),
-                &partition::decode(&got).unwrap()[0],
-                &partition::decode(&cpu).unwrap()[0],
-            );
-        }
+        agree_task(
+            &format!("left join of utf8 columns, {l_rows} x {r_rows}"),
+            &args,
+            &inputs,
+        );
         let (_, placements) = device::run(&gpu, &args, &inputs).unwrap();
         assert_eq!(placements[0] == Placement::Device, r_rows > 0, "{placements:?}");
     }
@@ -891,15 +885,7 @@ fn decimals_agree_with_the_cpu_and_wide_ones_stay_on_the_host() {
         let right = decimals(20, 99).project(&[1, 2]).unwrap();
         let join = join_args(&narrow, &right, (&["disc"], &["disc"]), JoinType::Inner, true);
         let inputs = [input(&narrow), input(&right)];
-        let cpu = task(&Site::default(), &join, &inputs).unwrap();
-        for (name, site) in gpu_sites() {
-            let got = task(site, &join, &inputs).unwrap();
-            assert_same(
-                &format!("a join on decimals of {rows} rows on the {name}"),
-                &partition::decode(&got).unwrap()[0],
-                &partition::decode(&cpu).unwrap()[0],
-            );
-        }
+        agree_task(&format!("a join on decimals of {rows} rows"), &join, &inputs);
         let (_, placements) = device::run(&gpu, &join, &inputs).unwrap();
         assert_eq!(placements[0], Placement::Device, "{placements:?}");
         agree(
