@@ -18,7 +18,7 @@ use crate::units::{parse_bool, parse_size};
 use crate::{GpuError, Result};
 
 /// Where data lives and where kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Device {
     /// Host memory and CPU kernels.
     Cpu,

@@ -98,11 +98,74 @@ async fn device_frames_arrive_as_their_bytes(addr: &str) {
     assert_eq!((staging.allocated, staging.in_use), (1, 0), "{staging:?}");
 }
 
+/// A receiver with a GPU gets a frame the sender held on a GPU in its own
+/// GPU's memory (over `tcp://` through its pinned staging pool, chunk by
+/// chunk; over a UCX without CUDA received into host memory, then copied
+/// up), host frames in host memory; a receiver without a GPU gets host
+/// memory for both.
+async fn device_frames_land_in_the_receivers_gpu(addr: &str) {
+    let (sender_gpu, receiver_gpu) = (
+        weft_gpu::Gpu::emulated(0, 64 * MIB, true),
+        weft_gpu::Gpu::emulated(1, 64 * MIB, true),
+    );
+    let bytes: Vec<u8> = (0..9 * MIB + 5).map(|i| (i % 253) as u8).collect();
+    let buffer = sender_gpu.stream().unwrap().upload(&bytes).unwrap();
+    let server_config = Config {
+        gpu: Some(receiver_gpu.clone()),
+        ..config("server")
+    };
+    let mut listener = listen(addr, &server_config).await.unwrap();
+    let at = listener.local_addr().to_string();
+    let server = tokio::spawn(async move {
+        let mut connection = listener.accept().await.unwrap();
+        let got = connection.recv().await.unwrap().expect("a message");
+        // Sent back as it landed: from the receiver's GPU, to a client without one.
+        connection.send(got.clone()).await.unwrap();
+        assert!(connection.recv().await.unwrap().is_none());
+        got
+    });
+    let mut connection = connect(&at, &config("client")).await.unwrap();
+    let sent = Message::new(
+        &b"device"[..],
+        vec![Buffer::device(buffer), Buffer::host(vec![1u8; 10])],
+    );
+    let h2d_before = emulated(&receiver_gpu).copies().h2d;
+    connection.send(sent).await.unwrap();
+    let echoed = connection.recv().await.unwrap().expect("echo");
+    connection.close().await.unwrap();
+    let landed = server.await.unwrap();
+
+    let device = landed.frames[0].as_device().expect("lands in device memory");
+    assert_eq!(device.device(), receiver_gpu.device());
+    assert!(std::sync::Arc::ptr_eq(device.gpu(), &receiver_gpu));
+    assert_eq!(receiver_gpu.stream().unwrap().download(device).unwrap(), bytes);
+    assert_eq!(
+        landed.frames[1].location(),
+        weft_gpu::Device::Cpu,
+        "a host frame stays on the host"
+    );
+    let uploads = emulated(&receiver_gpu).copies().h2d - h2d_before;
+    let expected = if addr.starts_with("ucx") { 1 } else { 3 }; // 9 MiB in 4 MiB chunks
+    assert_eq!(uploads, expected, "copies up to the receiver's GPU");
+    assert_eq!(receiver_gpu.staging_stats().in_use, 0);
+
+    assert_eq!(echoed.frames[0].as_host().expect("no GPU: host memory")[..], bytes[..]);
+    assert_eq!(echoed.frames[1].as_host().unwrap()[..], [1u8; 10]);
+}
+
+fn emulated(gpu: &weft_gpu::Gpu) -> &weft_gpu::EmulatedGpu {
+    match gpu.backend() {
+        weft_gpu::GpuBackend::Emulated(e) => e,
+        weft_gpu::GpuBackend::Cuda(_) => unreachable!("an emulated GPU"),
+    }
+}
+
 socket_tests!(
     socket_round_trip,
     tokens_that_match_are_accepted,
     halves_send_and_receive_concurrently,
-    device_frames_arrive_as_their_bytes
+    device_frames_arrive_as_their_bytes,
+    device_frames_land_in_the_receivers_gpu
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,11 @@ use super::link::{Datagram, Handle, Keep, Op, Ops};
 use crate::config::Config;
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
+use crate::landing;
 use crate::pool::{BufferPool, PooledBuf};
 use crate::wire::{self, Limits, Part, WireError};
 use crate::{Buffer, Message};
+use weft_gpu::{Device, Gpu};
 
 /// The sending half's writer.
 pub(crate) struct UcxWriter {
@@ -36,7 +38,7 @@ impl UcxWriter {
     /// parts: until the peer has fetched them).
     pub(crate) async fn send(&self, message: &Message, peer: &Peer) -> Result<()> {
         let header = &message.header;
-        let head = wire::encode_head(header, message.frames.iter().map(Buffer::len));
+        let head = wire::encode_head(header, message.frame_table());
         let large_header = (header.len() > wire::INLINE_HEADER_MAX).then(|| header.clone());
         let frames = parts(message, peer)?;
         let mut ops = Ops::new(&self.link, Vec::with_capacity(message.frames.len() + 2));
@@ -104,6 +106,8 @@ pub(crate) struct UcxReceiver {
     link: Arc<Handle>,
     limits: Limits,
     pool: BufferPool,
+    /// Where frames the sender held on a GPU go (see [`Config::gpu`]).
+    gpu: Option<Arc<Gpu>>,
     io_timeout: Duration,
     /// The datagram being received.
     op: Option<Op>,
@@ -116,8 +120,9 @@ pub(crate) struct UcxReceiver {
 struct Partial {
     header_len: usize,
     frame_lens: Vec<usize>,
+    frame_devices: Vec<Device>,
     header: Option<Bytes>,
-    frames: Vec<Bytes>,
+    frames: Vec<Buffer>,
     /// When waiting for the next part fails with a timeout.
     deadline: Instant,
 }
@@ -133,16 +138,13 @@ impl Partial {
             if len > 0 {
                 return Some((Part::Frame(self.frames.len()), len));
             }
-            self.frames.push(Bytes::new());
+            self.frames.push(Buffer::host(Bytes::new()));
         }
         None
     }
 
     fn finish(self) -> Message {
-        Message::new(
-            self.header.unwrap_or_default(),
-            self.frames.into_iter().map(Buffer::host).collect(),
-        )
+        Message::new(self.header.unwrap_or_default(), self.frames)
     }
 }
 
@@ -152,6 +154,7 @@ impl UcxReceiver {
             link,
             limits: config.limits,
             pool: config.pool.clone(),
+            gpu: config.gpu.clone(),
             io_timeout: config.io_timeout,
             op: None,
             message: None,
@@ -240,6 +243,7 @@ impl UcxReceiver {
                     header_len: head.layout.header_len,
                     frames: Vec::with_capacity(head.layout.frame_lens.len()),
                     frame_lens: head.layout.frame_lens,
+                    frame_devices: head.layout.frame_devices,
                     header: head.inline_header.map(|range| bytes.slice(range)),
                     deadline,
                 });
@@ -253,7 +257,13 @@ impl UcxReceiver {
                 wire::check_part(part, bytes.len(), expected)?;
                 match part {
                     Part::Header => partial.header = Some(bytes),
-                    _ => partial.frames.push(bytes),
+                    // Received into host memory; a device frame then moves
+                    // up to this receiver's GPU, if it has one.
+                    Part::Frame(index) => {
+                        let from = partial.frame_devices[index];
+                        partial.frames.push(landing::upload(bytes, from, self.gpu.as_ref()));
+                    }
+                    _ => {}
                 }
                 partial.deadline = deadline;
             }
