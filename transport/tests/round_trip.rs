@@ -160,7 +160,46 @@ fn emulated(gpu: &weft_gpu::Gpu) -> &weft_gpu::EmulatedGpu {
     }
 }
 
+/// Closes and drops a connection without reading the peer's answering
+/// close: over UCX that close datagram arrives with no receive posted.
+async fn closing_without_reading_the_peers_close(addr: &str) {
+    let mut listener = listen(addr, &config("server")).await.unwrap();
+    let at = listener.local_addr().to_string();
+    let server = tokio::spawn(async move { echo(listener.accept().await.unwrap()).await });
+    let mut connection = connect(&at, &config("client")).await.unwrap();
+    connection.send(message(1, 8, &[100, 70_000])).await.unwrap();
+    assert_same(
+        &connection.recv().await.unwrap().expect("echo"),
+        &message(1, 8, &[100, 70_000]),
+    );
+    connection.close().await.unwrap();
+    drop(connection);
+    server.await.unwrap();
+}
+
+/// UCX prints `unexpected tag-receive descriptor ... was not matched` when
+/// a worker is destroyed with a datagram nobody received (the peer's close
+/// crossing ours). Runs the scenario in a child process, whose stderr is
+/// where UCX writes, and checks that UCX had nothing to say.
+#[cfg(feature = "ucx")]
+#[test]
+fn ucx_leaves_no_unmatched_receive_at_close() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "closing_without_reading_the_peers_close::ucx", "--nocapture"])
+        .env("UCX_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "the scenario ran"
+    );
+    assert!(!stderr.contains("was not matched"), "{stderr}");
+}
+
 socket_tests!(
+    closing_without_reading_the_peers_close,
     socket_round_trip,
     tokens_that_match_are_accepted,
     halves_send_and_receive_concurrently,

@@ -47,8 +47,17 @@
 //!   process's UCX context reports CUDA memory support (UCX finds the
 //!   pointer's memory type itself; see `message::parts` and the README);
 //!   otherwise, and for emulated GPUs, it is staged through host memory.
-//!   Receiving: every frame lands in host memory (the pool's buffers),
-//!   device frames included.
+//!   The head's frame table says which frames the sender held on a GPU.
+//!   Receiving: every datagram lands in host memory (the pool's buffers);
+//!   a device frame then moves up to the receiver's GPU when it has one
+//!   ([`crate::Config::gpu`]; one host-to-device copy), else stays there.
+//!   Posting the receive on device memory itself, for a UCX with CUDA
+//!   support, is not done yet: it needs a CUDA GPU to be tested on.
+//! - Closing: once both halves are gone, datagrams that arrived with no
+//!   one to receive them (typically the peer's close crossing ours) are
+//!   received into scratch and dropped, up to the worker's destruction;
+//!   UCX 1.13 otherwise warns `unexpected tag-receive descriptor ... was
+//!   not matched` for each.
 
 #[cfg(feature = "ucx")]
 mod context;
