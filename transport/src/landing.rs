@@ -110,6 +110,7 @@ impl DeviceFill {
 
 /// A frame received whole into host memory (`bytes`), moved to `gpu` when
 /// the sender held it on a GPU and the device has room; else as it is.
+#[cfg_attr(not(feature = "ucx"), allow(dead_code))]
 pub(crate) fn upload(bytes: bytes::Bytes, sent_from: Device, gpu: Option<&Arc<Gpu>>) -> Buffer {
     if let Some(gpu) = gpu.filter(|_| sent_from.is_gpu() && !bytes.is_empty()) {
         let moved = gpu
