@@ -120,6 +120,14 @@ impl Gpu {
             return Err(refused("the handle is this process's own".into()));
         }
         let len = usize::try_from(handle.len).map_err(|e| refused(e.to_string()))?;
+        let copied = self.copy_in(handle, len)?;
+        self.count_ipc_copy();
+        Ok(copied)
+    }
+
+    fn copy_in(self: &Arc<Self>, handle: &IpcHandle, len: usize) -> Result<DeviceBuffer> {
+        let device = self.device();
+        let refused = |reason: String| GpuError::Ipc { device, reason };
         match (self.backend(), &handle.memory) {
             (GpuBackend::Emulated(gpu), IpcMemory::Emulated { fd, ino, size }) => {
                 let end = handle.offset.checked_add(handle.len);
