@@ -106,6 +106,9 @@ impl Drop for Handle {
 pub(crate) enum Datagram {
     /// It arrived whole, in this buffer.
     Got(PooledBuf),
+    /// It arrived whole, in this device memory (asked for by passing a GPU
+    /// to [`State::next_datagram`]).
+    GotDevice(weft_gpu::DeviceBuffer),
     /// It is longer than allowed (this long) and was left unreceived.
     TooLong(usize),
     /// The endpoint failed (the peer closed or vanished) with nothing more
@@ -130,8 +133,9 @@ pub(crate) enum Keep {
     Bytes(#[expect(dead_code, reason = "held, not read: UCX reads it")] Bytes),
     /// An encoded head or handshake being sent.
     Vec(#[expect(dead_code, reason = "held, not read: UCX reads it")] Vec<u8>),
-    /// Device memory being sent by a UCX that reads CUDA memory.
-    Device(#[expect(dead_code, reason = "held, not read: UCX reads it")] weft_gpu::DeviceBuffer),
+    /// Device memory being sent or received by a UCX that handles CUDA
+    /// memory.
+    Device(weft_gpu::DeviceBuffer),
 }
 
 /// A send or receive, finished or in flight, with its memory.
@@ -144,10 +148,11 @@ pub(crate) struct Op {
 }
 
 impl Op {
-    /// The received buffer, once the receive finished.
-    pub(crate) fn into_buf(self) -> Option<PooledBuf> {
+    /// What was received, once the receive finished.
+    pub(crate) fn into_received(self) -> Option<Datagram> {
         match (self.request, self.keep) {
-            (None, Keep::Buf(buf)) => Some(buf),
+            (None, Keep::Buf(buf)) => Some(Datagram::Got(buf)),
+            (None, Keep::Device(buffer)) => Some(Datagram::GotDevice(buffer)),
             _ => None,
         }
     }
@@ -307,7 +312,7 @@ impl Link {
         let mut op = None;
         let result = self
             .wait(deadline, |state| {
-                state.next_datagram(&mut op, max, pool, self.failure().is_some())
+                state.next_datagram(&mut op, max, pool, None, self.failure().is_some())
             })
             .await;
         if let Some(op) = op {
@@ -415,12 +420,15 @@ impl State {
 
     /// One step of receiving the next datagram of at most `max` bytes into
     /// `op` (which keeps the receive in flight between steps, so waiting
-    /// for it can be cancelled and resumed). `failed`: the endpoint failed.
+    /// for it can be cancelled and resumed): into memory of `device` when
+    /// given and it has room (for a UCX that handles CUDA memory), else of
+    /// `pool`. `failed`: the endpoint failed.
     pub(crate) fn next_datagram(
         &mut self,
         op: &mut Option<Op>,
         max: usize,
         pool: &BufferPool,
+        device: Option<&Arc<weft_gpu::Gpu>>,
         failed: bool,
     ) -> Poll<Datagram> {
         let current = match op {
@@ -429,20 +437,27 @@ impl State {
                 None if failed => return Poll::Ready(Datagram::Gone),
                 None => return Poll::Pending,
                 Some(len) if len > max => return Poll::Ready(Datagram::TooLong(len)),
-                Some(len) => match self.recv(pool.take(len)) {
-                    Ok(started) => op.insert(started),
-                    Err(_) => return Poll::Ready(Datagram::Gone),
-                },
+                Some(len) => {
+                    let posted = match device.and_then(|gpu| gpu.alloc(len).ok()) {
+                        Some(buffer) => {
+                            // UCX finds the pointer's memory type (CUDA) itself.
+                            let ptr = buffer.device_ptr() as *mut u8;
+                            self.post_recv(ptr, len, Keep::Device(buffer))
+                        }
+                        None => self.recv(pool.take(len)),
+                    };
+                    match posted {
+                        Ok(started) => op.insert(started),
+                        Err(_) => return Poll::Ready(Datagram::Gone),
+                    }
+                }
             },
         };
         match self.poll(current) {
             Poll::Pending if failed => Poll::Ready(Datagram::Gone),
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => Poll::Ready(Datagram::Gone),
-            Poll::Ready(Ok(())) => match op.take().and_then(Op::into_buf) {
-                Some(buf) => Poll::Ready(Datagram::Got(buf)),
-                None => Poll::Ready(Datagram::Gone),
-            },
+            Poll::Ready(Ok(())) => Poll::Ready(op.take().and_then(Op::into_received).unwrap_or(Datagram::Gone)),
         }
     }
 

@@ -180,10 +180,11 @@ impl UcxReceiver {
                 },
             };
             let deadline = self.message.as_ref().map(|partial| partial.deadline);
+            let device = self.device_for(part, peer)?;
             let (link, op, pool) = (&self.link, &mut self.op, &self.pool);
             let datagram = link
                 .wait(deadline, |state| {
-                    state.next_datagram(op, max, pool, link.failure().is_some())
+                    state.next_datagram(op, max, pool, device.as_ref(), link.failure().is_some())
                 })
                 .await
                 .map_err(|_| TransportError::Timeout {
@@ -201,6 +202,13 @@ impl UcxReceiver {
                         peer: peer.to_string(),
                         source,
                     })?;
+                }
+                Datagram::GotDevice(buffer) => {
+                    self.accept_device(part, buffer)
+                        .map_err(|source| TransportError::Malformed {
+                            peer: peer.to_string(),
+                            source,
+                        })?;
                 }
                 Datagram::TooLong(len) => {
                     let min = if part == Part::Head { wire::PRELUDE_LEN } else { max };
@@ -230,6 +238,34 @@ impl UcxReceiver {
                 }
             }
         }
+    }
+
+    /// The GPU to post the receive of `part` on: this receiver's, for a
+    /// frame the sender held on a GPU, when it is a CUDA GPU and UCX here
+    /// handles CUDA memory (no host hop); else none (host memory, copied
+    /// up after, see `accept`).
+    fn device_for(&self, part: Part, peer: &Peer) -> Result<Option<Arc<Gpu>>> {
+        let (Part::Frame(index), Some(gpu), Some(partial)) = (part, &self.gpu, &self.message) else {
+            return Ok(None);
+        };
+        let cuda = matches!(gpu.device(), Device::Cuda(_)) && partial.frame_devices[index].is_gpu();
+        Ok((cuda && super::context::context(&peer.to_string())?.cuda()).then(|| gpu.clone()))
+    }
+
+    /// Takes in a frame received straight into device memory.
+    fn accept_device(&mut self, part: Part, buffer: weft_gpu::DeviceBuffer) -> Result<(), WireError> {
+        let (Part::Frame(index), Some(partial)) = (part, &mut self.message) else {
+            return Err(WireError::PartLength {
+                part,
+                found: buffer.len() as u64,
+                min: 0,
+                max: 0,
+            });
+        };
+        wire::check_part(part, buffer.len(), partial.frame_lens[index])?;
+        partial.frames.push(Buffer::device(buffer));
+        partial.deadline = Instant::now() + self.io_timeout;
+        Ok(())
     }
 
     /// Takes in one received part: decodes a head, or checks a part's length.

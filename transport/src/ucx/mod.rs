@@ -48,11 +48,14 @@
 //!   pointer's memory type itself; see `message::parts` and the README);
 //!   otherwise, and for emulated GPUs, it is staged through host memory.
 //!   The head's frame table says which frames the sender held on a GPU.
-//!   Receiving: every datagram lands in host memory (the pool's buffers);
-//!   a device frame then moves up to the receiver's GPU when it has one
-//!   ([`crate::Config::gpu`]; one host-to-device copy), else stays there.
-//!   Posting the receive on device memory itself, for a UCX with CUDA
-//!   support, is not done yet: it needs a CUDA GPU to be tested on.
+//!   Receiving: a frame the sender held on a GPU, at a receiver whose GPU
+//!   ([`crate::Config::gpu`]) is a CUDA GPU and whose UCX handles CUDA
+//!   memory, is received straight into a buffer of that GPU's pool (UCX
+//!   picks `cuda_ipc`, `cuda_copy` or the network, with no host hop). Every
+//!   other datagram lands in host memory (the pool's buffers), and a device
+//!   frame then moves up to the receiver's GPU when it has one (one
+//!   host-to-device copy), else stays there; so does a frame the device
+//!   has no room for.
 //! - Closing: once both halves are gone, datagrams that arrived with no
 //!   one to receive them (typically the peer's close crossing ours) are
 //!   received into scratch and dropped, up to the worker's destruction;
