@@ -594,14 +594,18 @@ mod tests {
     }
 
     /// The producer, run only as the child: serves task 1, a value with
-    /// one frame on its emulated GPU, prints its address, and on `drop`
-    /// removes the value and prints how much of its GPU's pool is in use.
+    /// one frame on its GPU (`emulated` or `cuda`, as the variable says),
+    /// prints its address, and on `drop` removes the value and prints how
+    /// much of its GPU's pool is in use.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ipc_producer_child() {
-        if std::env::var(IPC_PRODUCER).is_err() {
+        let Ok(kind) = std::env::var(IPC_PRODUCER) else {
             return;
-        }
-        let gpu = Gpu::emulated(0, 1 << 30, true);
+        };
+        let gpu = match kind.as_str() {
+            "cuda" => weft_gpu::testing::test_gpus("ipc producer").pop().unwrap().1,
+            _ => Gpu::emulated(0, 1 << 30, true),
+        };
         let frame = gpu.stream().unwrap().upload(&ipc_pattern()).unwrap();
         let store = Store::unlimited();
         let value = Value {
@@ -647,10 +651,10 @@ mod tests {
     }
 
     impl Producer {
-        fn start() -> Producer {
+        fn start(kind: &str) -> Producer {
             let mut child = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "data::tests::ipc_producer_child", "--nocapture"])
-                .env(IPC_PRODUCER, "1")
+                .env(IPC_PRODUCER, kind)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -688,10 +692,10 @@ mod tests {
         }
     }
 
-    fn emulated(gpu: &Gpu) -> &weft_gpu::EmulatedGpu {
+    fn emulated(gpu: &Gpu) -> Option<&weft_gpu::EmulatedGpu> {
         match gpu.backend() {
-            weft_gpu::GpuBackend::Emulated(e) => e,
-            weft_gpu::GpuBackend::Cuda(_) => unreachable!("an emulated GPU"),
+            weft_gpu::GpuBackend::Emulated(e) => Some(e),
+            weft_gpu::GpuBackend::Cuda(_) => None,
         }
     }
 
@@ -699,44 +703,50 @@ mod tests {
     /// the asker's GPU (no bytes over the socket, no upload) and released
     /// at once, so the producer frees it when it drops it; an asker whose
     /// copy is refused gets the bytes over the socket; a producer killed
-    /// fails the request, never answers wrongly.
+    /// fails the request, never answers wrongly. The IPC part runs on an
+    /// emulated GPU and on a CUDA GPU where present.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn device_results_move_between_processes_by_ipc_and_fall_back_to_the_socket() {
         if shm::host_id().is_none() {
             return; // no same-host sharing here: nothing to test
         }
-        let mut producer = Producer::start();
-        let address = producer.address.clone();
         let request = DataRequest::Tasks(vec![TaskId::new(1)]);
-
-        let gpu = Gpu::emulated(0, 1 << 30, true);
-        let pool = PeerPool::new(Config {
-            gpu: Some(gpu.clone()),
-            ..Config::default()
-        });
-        let value = pool.request(&address, &request).await.unwrap().remove(0).expect("held");
-        let frame = value.frames[0].as_device().expect("device-resident");
-        assert!(Arc::ptr_eq(frame.gpu(), &gpu), "on the asker's own GPU");
-        assert_eq!(gpu.stream().unwrap().download(frame).unwrap(), ipc_pattern());
-        let copies = emulated(&gpu).copies();
-        assert_eq!(
-            (copies.ipc, copies.h2d),
-            (1, 0),
-            "copied device to device, nothing uploaded"
-        );
-
-        // Released: once the producer drops its result, its memory is free.
-        writeln!(producer.child.stdin.as_mut().unwrap(), "drop").unwrap();
-        assert_eq!(
-            producer.expect("IN_USE"),
-            "0",
-            "the producer holds nothing after the release"
-        );
-        drop(producer);
+        for (name, gpu) in weft_gpu::testing::test_gpus("device results move by IPC") {
+            let kind = if emulated(&gpu).is_some() { "emulated" } else { "cuda" };
+            let mut producer = Producer::start(kind);
+            let pool = PeerPool::new(Config {
+                gpu: Some(gpu.clone()),
+                ..Config::default()
+            });
+            let value = pool
+                .request(&producer.address, &request)
+                .await
+                .unwrap()
+                .remove(0)
+                .expect("held");
+            let frame = value.frames[0].as_device().expect("device-resident");
+            assert!(Arc::ptr_eq(frame.gpu(), &gpu), "{name}: on the asker's own GPU");
+            assert_eq!(gpu.stream().unwrap().download(frame).unwrap(), ipc_pattern(), "{name}");
+            assert_eq!(gpu.ipc_copies(), 1, "{name}: copied by IPC");
+            if let Some(e) = emulated(&gpu) {
+                assert_eq!(
+                    (e.copies().ipc, e.copies().h2d),
+                    (1, 0),
+                    "device to device, nothing uploaded"
+                );
+            }
+            // Released: once the producer drops its result, its memory is free.
+            writeln!(producer.child.stdin.as_mut().unwrap(), "drop").unwrap();
+            assert_eq!(
+                producer.expect("IN_USE"),
+                "0",
+                "{name}: the producer holds nothing after the release"
+            );
+        }
 
         // A copy refused (here: no room on the asker's GPU) falls back to the
         // socket; the device frame then lands in host memory, bytes intact.
-        let producer = Producer::start();
+        let producer = Producer::start("emulated");
         let small = Gpu::emulated(0, 1 << 20, true);
         let pool = PeerPool::new(Config {
             gpu: Some(small.clone()),
@@ -749,13 +759,13 @@ mod tests {
             .remove(0)
             .expect("held");
         assert_eq!(value.frames[0].as_host().expect("host memory")[..], ipc_pattern()[..]);
-        assert_eq!(emulated(&small).copies().ipc, 0);
+        assert_eq!(small.ipc_copies(), 0);
 
         // A producer killed: the request fails; nothing wrong is delivered.
         let address = producer.address.clone();
         drop(producer);
         let pool = PeerPool::new(Config {
-            gpu: Some(gpu.clone()),
+            gpu: Some(Gpu::emulated(0, 1 << 30, true)),
             ..Config::default()
         });
         assert!(pool.request(&address, &request).await.is_err());

@@ -101,13 +101,17 @@ async fn device_frames_arrive_as_their_bytes(addr: &str) {
 /// A receiver with a GPU gets a frame the sender held on a GPU in its own
 /// GPU's memory (over `tcp://` through its pinned staging pool, chunk by
 /// chunk; over a UCX without CUDA received into host memory, then copied
-/// up), host frames in host memory; a receiver without a GPU gets host
-/// memory for both.
+/// up; over a UCX with CUDA straight into the device), host frames in host
+/// memory; a receiver without a GPU gets host memory for both. Run with an
+/// emulated receiving GPU, and a CUDA one where present.
 async fn device_frames_land_in_the_receivers_gpu(addr: &str) {
-    let (sender_gpu, receiver_gpu) = (
-        weft_gpu::Gpu::emulated(0, 64 * MIB, true),
-        weft_gpu::Gpu::emulated(1, 64 * MIB, true),
-    );
+    for (name, receiver_gpu) in weft_gpu::testing::test_gpus("device frames land in the receiver's GPU") {
+        device_frames_land_in(addr, &name, receiver_gpu).await;
+    }
+}
+
+async fn device_frames_land_in(addr: &str, name: &str, receiver_gpu: std::sync::Arc<weft_gpu::Gpu>) {
+    let sender_gpu = weft_gpu::Gpu::emulated(0, 64 * MIB, true);
     let bytes: Vec<u8> = (0..9 * MIB + 5).map(|i| (i % 253) as u8).collect();
     let buffer = sender_gpu.stream().unwrap().upload(&bytes).unwrap();
     let server_config = Config {
@@ -129,34 +133,38 @@ async fn device_frames_land_in_the_receivers_gpu(addr: &str) {
         &b"device"[..],
         vec![Buffer::device(buffer), Buffer::host(vec![1u8; 10])],
     );
-    let h2d_before = emulated(&receiver_gpu).copies().h2d;
+    let h2d_before = emulated(&receiver_gpu).map(|e| e.copies().h2d);
     connection.send(sent).await.unwrap();
     let echoed = connection.recv().await.unwrap().expect("echo");
     connection.close().await.unwrap();
     let landed = server.await.unwrap();
 
     let device = landed.frames[0].as_device().expect("lands in device memory");
-    assert_eq!(device.device(), receiver_gpu.device());
-    assert!(std::sync::Arc::ptr_eq(device.gpu(), &receiver_gpu));
-    assert_eq!(receiver_gpu.stream().unwrap().download(device).unwrap(), bytes);
+    assert!(std::sync::Arc::ptr_eq(device.gpu(), &receiver_gpu), "{name}");
+    assert_eq!(
+        receiver_gpu.stream().unwrap().download(device).unwrap(),
+        bytes,
+        "{name}"
+    );
     assert_eq!(
         landed.frames[1].location(),
         weft_gpu::Device::Cpu,
         "a host frame stays on the host"
     );
-    let uploads = emulated(&receiver_gpu).copies().h2d - h2d_before;
-    let expected = if addr.starts_with("ucx") { 1 } else { 3 }; // 9 MiB in 4 MiB chunks
-    assert_eq!(uploads, expected, "copies up to the receiver's GPU");
-    assert_eq!(receiver_gpu.staging_stats().in_use, 0);
+    if let (Some(before), Some(e)) = (h2d_before, emulated(&receiver_gpu)) {
+        let expected = if addr.starts_with("ucx") { 1 } else { 3 }; // 9 MiB in 4 MiB chunks
+        assert_eq!(e.copies().h2d - before, expected, "copies up to the receiver's GPU");
+    }
+    assert_eq!(receiver_gpu.staging_stats().in_use, 0, "{name}");
 
     assert_eq!(echoed.frames[0].as_host().expect("no GPU: host memory")[..], bytes[..]);
     assert_eq!(echoed.frames[1].as_host().unwrap()[..], [1u8; 10]);
 }
 
-fn emulated(gpu: &weft_gpu::Gpu) -> &weft_gpu::EmulatedGpu {
+fn emulated(gpu: &weft_gpu::Gpu) -> Option<&weft_gpu::EmulatedGpu> {
     match gpu.backend() {
-        weft_gpu::GpuBackend::Emulated(e) => e,
-        weft_gpu::GpuBackend::Cuda(_) => unreachable!("an emulated GPU"),
+        weft_gpu::GpuBackend::Emulated(e) => Some(e),
+        weft_gpu::GpuBackend::Cuda(_) => None,
     }
 }
 
