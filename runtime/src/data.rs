@@ -43,7 +43,7 @@ use crate::shuffle::{Push, PushReply, Service};
 use crate::store::Store;
 use crate::value::Value;
 use crate::worker::probe::TransferCounters;
-use weft_gpu::{Device, Gpu};
+use weft_gpu::{Device, GpuError};
 use weft_transport::shm::{self, HostId};
 
 /// Serves results from `store` to every peer that connects to `listener`,
@@ -211,11 +211,8 @@ pub struct PeerPool {
 /// One address's connection, once made; requests over it take turns.
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
-/// A device frame a same-host peer lent by IPC handle, copied into `gpu`.
-fn import_device(gpu: Option<&Arc<Gpu>>, handle: &weft_gpu::IpcHandle) -> std::result::Result<Buffer, String> {
-    let gpu = gpu.ok_or("a device IPC handle, and no GPU here to copy it to")?;
-    gpu.ipc_copy(handle).map(Buffer::device).map_err(|e| e.to_string())
-}
+/// Values read from a data reply, or why they could not be.
+type ReplyResult = std::result::Result<Vec<Option<Value>>, ReplyError>;
 
 impl PeerPool {
     /// A pool that connects with these settings, except that it gives up
@@ -247,9 +244,10 @@ impl PeerPool {
             host,
         };
         let values = match self.fetch(address, &ask).await? {
-            Ok(values) => values,
-            Err(ReplyError::Unmapped(reason)) => {
-                if self.lock_unmappable().insert(address.to_string()) {
+            (Ok(values), _) => values,
+            (Err(ReplyError::Unmapped(reason)), full) => {
+                // A full GPU is asked around once; anything else for good.
+                if !full && self.lock_unmappable().insert(address.to_string()) {
                     debug!(
                         address,
                         reason, "cannot map a same-host peer's memory; its data comes over the socket"
@@ -258,9 +256,10 @@ impl PeerPool {
                 (ask.host, ask.gpu) = (None, None);
                 self.fetch(address, &ask)
                     .await?
+                    .0
                     .map_err(|error| RuntimeError::protocol(address, error.to_string()))?
             }
-            Err(error) => return Err(RuntimeError::protocol(address, error.to_string())),
+            (Err(error), _) => return Err(RuntimeError::protocol(address, error.to_string())),
         };
         if values.len() != request.len() {
             return Err(RuntimeError::protocol(
@@ -275,15 +274,24 @@ impl PeerPool {
     /// frames and copying device frames by IPC while the connection is
     /// still held (no other request may release them on the server
     /// before), then tells the server it may let go of them.
-    async fn fetch(&self, address: &str, ask: &DataAsk) -> Result<std::result::Result<Vec<Option<Value>>, ReplyError>> {
+    /// Also says whether a device frame was refused only because this
+    /// GPU was full (a passing condition, unlike a handle that cannot be
+    /// opened here).
+    async fn fetch(&self, address: &str, ask: &DataAsk) -> Result<(ReplyResult, bool)> {
         let message = codec::encode(ask).map_err(|reason| RuntimeError::protocol(address, reason))?;
         let gpu = self.config.gpu.clone();
-        let mut copied = false;
+        let (mut copied, mut full) = (false, false);
         let mut import = |shared: &Shared| match shared {
             Shared::Host(frame) => shm::import(frame).map(Buffer::host),
             Shared::Device(handle) => {
                 copied = true;
-                import_device(gpu.as_ref(), handle)
+                let gpu = gpu
+                    .as_ref()
+                    .ok_or("a device IPC handle, and no GPU here to copy it to")?;
+                gpu.ipc_copy(handle).map(Buffer::device).map_err(|error| {
+                    full |= matches!(error, GpuError::OutOfMemory { .. });
+                    error.to_string()
+                })
             }
         };
         let mut slot = self.slot(address).await;
@@ -299,7 +307,7 @@ impl PeerPool {
             let ack = self.exchange(&mut slot, address, release).await?;
             codec::decode::<DataAck>(&ack).map_err(|reason| RuntimeError::protocol(address, reason))?;
         }
-        Ok(values)
+        Ok((values, full))
     }
 
     /// Pushes values to the data server at `address`, which keeps them
@@ -450,6 +458,7 @@ mod tests {
     use std::io::Write;
 
     use bytes::Bytes;
+    use weft_gpu::Gpu;
     use weft_transport::{Buffer, listen};
 
     use super::*;
