@@ -1,6 +1,7 @@
 //! `weft bench`: the workloads of `../shared/peers`, on a local cluster of
 //! worker processes, printed as one JSON line in the peers' schema.
 
+pub mod device_transfer;
 mod transfer;
 
 use std::time::{Duration, Instant};
@@ -49,9 +50,10 @@ pub struct Args {
     /// Threads per worker (the peers use 1).
     #[arg(long, default_value_t = 1)]
     nthreads: usize,
-    /// kernels: cpu, emulated or cuda.
-    #[arg(long, default_value = "cuda")]
-    device: String,
+    /// kernels: cpu, emulated or cuda (default cuda); transfer: where the
+    /// result is made and consumed: cpu (default), emulated or cuda.
+    #[arg(long)]
+    device: Option<String>,
     /// kernels: rows of the sum, argsort and partition inputs; groupby,
     /// join, shuffle: rows of the frame.
     #[arg(long)]
@@ -86,7 +88,7 @@ pub struct Args {
 fn kernels(args: &Args) -> Result<()> {
     let defaults = weft_kernels::bench::BenchOptions::default();
     let opts = weft_kernels::bench::BenchOptions {
-        device: args.device.clone(),
+        device: args.device.clone().unwrap_or_else(|| "cuda".into()),
         rows: args.rows.unwrap_or(defaults.rows),
         parts: args.parts.unwrap_or(defaults.parts),
         copy_bytes: args.copy_mib.map_or(defaults.copy_bytes, |m| m << 20),
@@ -180,7 +182,13 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let plan = plan(&args)?;
     let mut report = match &plan {
-        Plan::Transfer(mib) => Report::new("transfer", json!({ "mib": mib }), args.reps, mib << 20, "bytes"),
+        Plan::Transfer(mib) => {
+            let params = match args.device.as_deref() {
+                None | Some("cpu") => json!({ "mib": mib }),
+                Some(device) => json!({ "mib": mib, "device": device }),
+            };
+            Report::new("transfer", params, args.reps, mib << 20, "bytes")
+        }
         Plan::Tasks(workload, size) => {
             let work = if workload.name == "tree" { 2 * size - 1 } else { *size };
             Report::new(workload.name, json!({ workload.param: size }), args.reps, work, "tasks")
@@ -189,7 +197,10 @@ pub async fn run(args: Args) -> Result<()> {
     let limit = Duration::from_secs_f64(args.timeout);
     let outcome = tokio::time::timeout(limit, async {
         match plan {
-            Plan::Transfer(mib) => transfer::measure(&args, mib, &mut report).await,
+            Plan::Transfer(mib) => match args.device.as_deref() {
+                None | Some("cpu") => transfer::measure(&args, mib, &mut report).await,
+                Some(device) => device_transfer::measure(&args, device, mib, &mut report).await,
+            },
             Plan::Tasks(workload, size) => measure(&args, workload.name, size, &mut report).await,
         }
     })

@@ -232,8 +232,16 @@ impl DashboardArgs {
     }
 }
 
+/// Every op a `weft` process runs: the library's, and the benches' own
+/// (their workers are processes of this binary).
+fn registry() -> weft::Registry {
+    let mut registry = weft::registry();
+    bench::device_transfer::register(&mut registry);
+    registry
+}
+
 fn main() {
-    worker_main(weft::registry());
+    worker_main(registry());
     let cli = Cli::parse();
     let result = Settings::load(cli.config.as_deref()).and_then(|mut settings| {
         record_flags(&cli.command, &mut settings)?;
@@ -373,7 +381,7 @@ fn run(command: Command, settings: Settings) -> Result<()> {
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut options = WorkerOptions::new(scheduler, settings.count("worker.nthreads").unwrap_or(cores));
-            options.registry = std::sync::Arc::new(weft::registry());
+            options.registry = std::sync::Arc::new(registry());
             let memory = &mut options.memory;
             memory.limit = settings
                 .size("worker.memory-limit")
@@ -621,7 +629,7 @@ fn parse_resources(text: &str) -> Result<Resources, String> {
 /// The machine's default layout, with overrides.
 fn local_options(workers: Option<usize>, nthreads: Option<usize>) -> LocalOptions {
     let mut options = LocalOptions::for_this_machine();
-    options.registry = std::sync::Arc::new(weft::registry());
+    options.registry = std::sync::Arc::new(registry());
     options.workers = workers.unwrap_or(options.workers);
     options.nthreads = nthreads.unwrap_or(options.nthreads);
     options.startup_timeout = Duration::from_secs(60);

@@ -647,3 +647,39 @@ async fn weft_worker_processes_run_dataframe_and_array_ops() {
     let total = x.sum(None).unwrap().to_host(&client).await.unwrap().to_f64()[0];
     assert_eq!(total, 90_000.0);
 }
+
+/// `weft bench transfer --device emulated`: a device result made on one
+/// worker process is summed on the other from its own (emulated) device
+/// memory, copied there by device IPC; with same-host sharing off it comes
+/// over the socket, still into device memory, and the check says it was
+/// not the IPC path.
+#[test]
+fn the_device_transfer_bench_moves_a_device_result_by_ipc() {
+    let run = |env: &[(&str, &str)]| {
+        let output = weft(&[
+            "bench",
+            "transfer",
+            "--device",
+            "emulated",
+            "--mib",
+            "4",
+            "--reps",
+            "2",
+            "--timeout",
+            "120",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+        (line, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (line, stderr) = run(&[]);
+    assert_eq!(line["check"], "ok", "{line}\n{stderr}");
+    assert_eq!(line["params"]["device"], "emulated");
+    assert!(stderr.contains("path ipc copy"), "{stderr}");
+    let (line, stderr) = run(&[("WEFT_SAME_HOST_SHM", "0")]);
+    assert!(stderr.contains("path socket into device memory"), "{stderr}");
+    assert_eq!(line["check"], "moved by socket into device memory, not by device IPC");
+}

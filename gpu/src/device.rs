@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::buffer::{DeviceBuffer, PinnedBuffer};
@@ -18,7 +19,7 @@ use crate::units::{parse_bool, parse_size};
 use crate::{GpuError, Result};
 
 /// Where data lives and where kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Device {
     /// Host memory and CPU kernels.
     Cpu,
@@ -194,6 +195,8 @@ pub struct Gpu {
     pool: Pool,
     staging: StagingPool,
     reclaim: RwLock<Option<Reclaim>>,
+    /// Buffers copied in from other processes ([`Gpu::ipc_copy`]).
+    ipc_copies: AtomicU64,
 }
 
 impl fmt::Debug for Gpu {
@@ -214,6 +217,7 @@ impl Gpu {
             pool: Pool::new(),
             staging: StagingPool::default(),
             reclaim: RwLock::new(None),
+            ipc_copies: AtomicU64::new(0),
         })
     }
 
@@ -297,6 +301,16 @@ impl Gpu {
     /// dropped.
     pub fn staging(self: &Arc<Self>, len: usize) -> Result<StagingBuffer> {
         StagingPool::take(self, len)
+    }
+
+    /// How many buffers were copied into this device from other processes
+    /// by [`Gpu::ipc_copy`].
+    pub fn ipc_copies(&self) -> u64 {
+        self.ipc_copies.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_ipc_copy(&self) {
+        self.ipc_copies.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counters of this device's staging pool.

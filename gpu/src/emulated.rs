@@ -3,6 +3,11 @@
 //! Each emulated GPU keeps its own allocations (its address space), enforces
 //! its capacity, and counts the copies into, out of and between devices so
 //! tests can check that data moved the way it should.
+//!
+//! Blocks of [`IPC_MIN`] bytes or more live in a Linux memfd of their own,
+//! as CUDA allocations live in memory the driver can share: another process
+//! on this host then reads them through `/proc/PID/fd/FD` (see
+//! [`crate::ipc`]), which exercises the device IPC protocol without a GPU.
 
 use std::alloc::Layout;
 use std::collections::HashMap;
@@ -13,6 +18,9 @@ use crate::{Device, GpuError, Result};
 
 /// Device blocks are aligned like `cudaMalloc`'s.
 const ALIGN: usize = 256;
+
+/// Blocks from this size up live in a memfd, readable by other processes.
+pub const IPC_MIN: usize = 1 << 20;
 
 /// Copies counted on one emulated device (as source for device-to-host and
 /// peer copies, as destination for host-to-device copies).
@@ -28,6 +36,9 @@ pub struct CopyCounters {
     pub peer: u64,
     /// Peer copies out of this device staged through pinned host memory.
     pub staged: u64,
+    /// Copies into this device out of another process's device memory
+    /// (device IPC, see [`crate::ipc`]).
+    pub ipc: u64,
     /// Bytes moved by all of the above.
     pub bytes: u64,
 }
@@ -39,6 +50,7 @@ struct Counters {
     d2d: AtomicU64,
     peer: AtomicU64,
     staged: AtomicU64,
+    ipc: AtomicU64,
     bytes: AtomicU64,
 }
 
@@ -50,6 +62,7 @@ pub(crate) enum CopyKind {
     D2d,
     Peer,
     Staged,
+    Ipc,
 }
 
 /// An emulated GPU.
@@ -65,7 +78,45 @@ pub struct EmulatedGpu {
 #[derive(Debug, Default)]
 struct Blocks {
     used: usize,
-    live: HashMap<u64, usize>,
+    live: HashMap<u64, Block>,
+}
+
+/// One allocation: heap memory, or a memfd mapping from [`IPC_MIN`] bytes up.
+#[derive(Debug)]
+enum Block {
+    Heap(usize),
+    Shared(SharedBlock),
+}
+
+impl Block {
+    fn size(&self) -> usize {
+        match self {
+            Block::Heap(size) => *size,
+            Block::Shared(shared) => shared.size,
+        }
+    }
+
+    /// Gives the memory back.
+    fn free(self, ptr: u64) {
+        match self {
+            Block::Heap(size) => {
+                if let Ok(layout) = Layout::from_size_align(size.max(1), ALIGN) {
+                    // SAFETY: `ptr` was allocated by `raw_alloc` with this
+                    // layout and is freed once (its entry was taken out).
+                    unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
+                }
+            }
+            Block::Shared(shared) => crate::ipc::sys::unmap(ptr, shared.size),
+        }
+    }
+}
+
+/// A block in a memfd of its own, mapped read-write here.
+#[derive(Debug)]
+pub(crate) struct SharedBlock {
+    pub(crate) file: std::fs::File,
+    pub(crate) ino: u64,
+    pub(crate) size: usize,
 }
 
 impl EmulatedGpu {
@@ -103,46 +154,53 @@ impl EmulatedGpu {
 
     pub(crate) fn raw_alloc(&self, device: Device, bytes: usize) -> Result<u64> {
         let mut blocks = self.lock();
-        if blocks.used.saturating_add(bytes) > self.capacity {
-            return Err(GpuError::OutOfMemory {
-                device,
-                requested: bytes,
-                in_use: blocks.used,
-                capacity: self.capacity,
-            });
-        }
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| GpuError::OutOfMemory {
+        let out_of_memory = |in_use| GpuError::OutOfMemory {
             device,
             requested: bytes,
-            in_use: blocks.used,
+            in_use,
             capacity: self.capacity,
-        })?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(GpuError::OutOfMemory {
-                device,
-                requested: bytes,
-                in_use: blocks.used,
-                capacity: self.capacity,
-            });
+        };
+        if blocks.used.saturating_add(bytes) > self.capacity {
+            return Err(out_of_memory(blocks.used));
         }
+        // Large blocks in a memfd, so that other processes can read them;
+        // where memfds fail, on the heap (they are then not shareable).
+        let shared = (bytes >= IPC_MIN)
+            .then(|| crate::ipc::sys::shared_block(bytes))
+            .and_then(std::result::Result::ok);
+        let (ptr, block) = match shared {
+            Some((ptr, shared)) => (ptr, Block::Shared(shared)),
+            None => {
+                let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| out_of_memory(blocks.used))?;
+                // SAFETY: the layout has a non-zero size.
+                let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+                if ptr.is_null() {
+                    return Err(out_of_memory(blocks.used));
+                }
+                (ptr as u64, Block::Heap(bytes))
+            }
+        };
         blocks.used += bytes;
-        blocks.live.insert(ptr as u64, bytes);
-        Ok(ptr as u64)
+        blocks.live.insert(ptr, block);
+        Ok(ptr)
     }
 
     pub(crate) fn raw_free(&self, ptr: u64) {
         let mut blocks = self.lock();
         // A pointer this device did not hand out is ignored rather than freed:
         // a drop handler must not panic, and freeing it would be unsound.
-        if let Some(size) = blocks.live.remove(&ptr) {
-            blocks.used -= size;
-            if let Ok(layout) = Layout::from_size_align(size.max(1), ALIGN) {
-                // SAFETY: `ptr` was allocated by `raw_alloc` with this layout
-                // and was live until just now.
-                unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
-            }
+        if let Some(block) = blocks.live.remove(&ptr) {
+            blocks.used -= block.size();
+            block.free(ptr);
+        }
+    }
+
+    /// What another process needs to read the block at `ptr` (the start of
+    /// a block, as device buffers are): its memfd and inode and its size.
+    pub(crate) fn shared_block(&self, ptr: u64) -> Option<(i32, u64, usize)> {
+        match self.lock().live.get(&ptr)? {
+            Block::Shared(shared) => Some((crate::ipc::sys::raw_fd(&shared.file), shared.ino, shared.size)),
+            Block::Heap(_) => None,
         }
     }
 
@@ -154,6 +212,7 @@ impl EmulatedGpu {
             CopyKind::D2d => &c.d2d,
             CopyKind::Peer => &c.peer,
             CopyKind::Staged => &c.staged,
+            CopyKind::Ipc => &c.ipc,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -168,6 +227,7 @@ impl EmulatedGpu {
             d2d: c.d2d.load(Ordering::Relaxed),
             peer: c.peer.load(Ordering::Relaxed),
             staged: c.staged.load(Ordering::Relaxed),
+            ipc: c.ipc.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
         }
     }
@@ -176,11 +236,8 @@ impl EmulatedGpu {
 impl Drop for EmulatedGpu {
     fn drop(&mut self) {
         let blocks = std::mem::take(&mut *self.lock());
-        for (ptr, size) in blocks.live {
-            if let Ok(layout) = Layout::from_size_align(size.max(1), ALIGN) {
-                // SAFETY: every live block was allocated with this layout.
-                unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
-            }
+        for (ptr, block) in blocks.live {
+            block.free(ptr);
         }
     }
 }

@@ -47,6 +47,15 @@ pub enum GpuError {
         /// Destination length in bytes.
         dst: usize,
     },
+    /// Device memory could not be shared with, or opened from, another
+    /// process (see [`crate::IpcHandle`]).
+    #[error("device IPC on {device}: {reason}")]
+    Ipc {
+        /// The device that shares or opens.
+        device: Device,
+        /// Why it failed.
+        reason: String,
+    },
     /// No such device was opened.
     #[error("no device {0}")]
     NoSuchDevice(Device),

@@ -7,6 +7,8 @@
 //! [`Stream`]s carry copies between host, device and peer devices. The CUDA
 //! driver is loaded at run time: without it, [`probe_cuda`] reports zero GPUs
 //! and a reason, and everything still works on the CPU and emulated devices.
+//! Another process on the node reads a device buffer through an
+//! [`IpcHandle`] (CUDA IPC, or memfd-backed blocks on emulated GPUs).
 
 #![warn(missing_docs)]
 
@@ -16,6 +18,7 @@ mod device;
 mod emulated;
 mod error;
 mod host;
+mod ipc;
 pub mod pool;
 mod staging;
 mod stream;
@@ -25,9 +28,10 @@ pub mod units;
 pub use buffer::{Buffer, DeviceBuffer, HOST_ALIGN, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
 pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend};
-pub use emulated::{CopyCounters, EmulatedGpu};
+pub use emulated::{CopyCounters, EmulatedGpu, IPC_MIN};
 pub use error::GpuError;
 pub use host::{advise_huge_pages, zeroed_words};
+pub use ipc::{IpcHandle, IpcMemory};
 pub use pool::PoolStats;
 pub use staging::{StagingBuffer, StagingStats};
 pub use stream::{Event, Stream};

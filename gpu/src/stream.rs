@@ -273,22 +273,30 @@ impl Stream {
 
     /// Copies `src` to the start of `dst`; done when this returns.
     pub fn copy_h2d(&self, src: &[u8], dst: &DeviceBuffer) -> Result<()> {
+        self.copy_h2d_at(src, dst, 0)
+    }
+
+    /// Copies `src` into `dst` from byte `offset` on (a frame filled piece
+    /// by piece); done when this returns.
+    pub fn copy_h2d_at(&self, src: &[u8], dst: &DeviceBuffer, offset: usize) -> Result<()> {
         check("copy destination", self.device(), dst.device())?;
-        fits(src.len(), dst.len())?;
+        fits(offset.saturating_add(src.len()), dst.len())?;
+        let to = dst.device_ptr() + offset as u64;
         match &self.inner {
-            Inner::Cuda(s) if src.len() >= STAGED_MIN => self.h2d_staged(s, src, dst.device_ptr())?,
+            Inner::Cuda(s) if src.len() >= STAGED_MIN => self.h2d_staged(s, src, to)?,
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
-                // SAFETY: `dst` holds at least `src.len()` bytes on this
-                // device; the stream is synchronised before `src`'s borrow ends.
-                unsafe { result::memcpy_htod_async(dst.device_ptr(), src, s.cu_stream()) }
+                // SAFETY: `dst` holds at least `offset + src.len()` bytes on
+                // this device; the stream is synchronised before `src`'s
+                // borrow ends.
+                unsafe { result::memcpy_htod_async(to, src, s.cu_stream()) }
                     .map_err(self.driver("cuMemcpyHtoDAsync"))?;
                 s.synchronize().map_err(self.driver("stream synchronize"))?;
             }
             Inner::Emulated => {
                 // SAFETY: `dst` is a live emulated allocation of at least
-                // `src.len()` bytes, distinct from host memory in `src`.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.device_ptr() as *mut u8, src.len()) };
+                // `offset + src.len()` bytes, distinct from host memory in `src`.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), to as *mut u8, src.len()) };
             }
         }
         self.count(CopyKind::H2d, src.len());

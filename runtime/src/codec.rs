@@ -15,6 +15,7 @@ use weft_transport::{Buffer, Message};
 use crate::ids::{Key, TaskId};
 use crate::protocol::{FromClient, FromWorker, PROTOCOL_VERSION, ToClient, ToWorker, Vitals, WorkerInfo};
 use crate::value::Value;
+use weft_gpu::{Device, IpcHandle};
 use weft_transport::shm::{HostId, ShmRef};
 
 /// The first message on a connection to the scheduler.
@@ -85,6 +86,10 @@ pub enum DataRequest {
     /// Pieces of a shuffle for this worker, their frames following the
     /// envelope; answered with a [`crate::shuffle::PushReply`].
     Push(crate::shuffle::Push),
+    /// The asker has copied the device frames of the last reply on this
+    /// connection (see [`Shared::Device`]): the server may let them go.
+    /// Answered with a [`DataAck`] of how many it held.
+    Release,
 }
 
 impl DataRequest {
@@ -95,6 +100,7 @@ impl DataRequest {
             DataRequest::Discard(keys) => keys.len(),
             DataRequest::Put(items) => items.len(),
             DataRequest::Push(push) => push.pieces.len(),
+            DataRequest::Release => 0,
         }
     }
 
@@ -114,13 +120,28 @@ pub struct DataAck {
 
 /// What a data server is sent: a request, and where the asker runs. An
 /// asker on the server's own host (equal [`HostId`]s) gets frames that lie
-/// in shared memory as descriptions to map instead of bytes.
+/// in shared memory as descriptions to map instead of bytes, and, if it
+/// names a GPU of the same kind as the server's, device frames as IPC
+/// handles to copy from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataAsk {
     /// What is asked for.
     pub request: DataRequest,
     /// The asker's host, if it can map this host's shared memory.
     pub host: Option<HostId>,
+    /// The asker's GPU, if it can copy device frames of this host by IPC.
+    pub gpu: Option<Device>,
+}
+
+/// A frame described instead of sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shared {
+    /// Host memory in a shared region, mapped by the asker.
+    Host(ShmRef),
+    /// Device memory, copied by the asker device to device; the server
+    /// holds the frame until the asker's next request on the connection
+    /// ([`DataRequest::Release`] or any other) or until it closes.
+    Device(IpcHandle),
 }
 
 /// The answer of a data server, item by item in the order asked: `None`
@@ -132,8 +153,9 @@ pub struct DataAsk {
 pub struct DataReply {
     /// Per item: the value's header and frame count, or `None`.
     pub items: Vec<Option<(Bytes, u32)>>,
-    /// Frames passed as shared memory, by index, in increasing order.
-    pub shared: Vec<(u32, ShmRef)>,
+    /// Frames passed as shared memory or device IPC handles, by index, in
+    /// increasing order.
+    pub shared: Vec<(u32, Shared)>,
 }
 
 /// Encodes an envelope as a transport message without frames.
@@ -157,7 +179,7 @@ pub fn decode<T: DeserializeOwned>(message: &Message) -> Result<T, String> {
 /// that `share` describes goes as that description instead of its bytes.
 pub fn encode_reply(
     values: &[Option<Arc<Value>>],
-    mut share: impl FnMut(&Buffer) -> Option<ShmRef>,
+    mut share: impl FnMut(&Buffer) -> Option<Shared>,
 ) -> Result<Message, String> {
     let items = values
         .iter()
@@ -175,11 +197,11 @@ pub fn encode_reply(
     Ok(message)
 }
 
-/// Splits a data reply back into values, turning shared frames into bytes
-/// with `import`; checks that the frames add up.
+/// Splits a data reply back into values, turning shared frames into
+/// buffers with `import`; checks that the frames add up.
 pub fn decode_reply(
     message: Message,
-    mut import: impl FnMut(&ShmRef) -> Result<Bytes, String>,
+    mut import: impl FnMut(&Shared) -> Result<Buffer, String>,
 ) -> Result<Vec<Option<Value>>, ReplyError> {
     let reply: DataReply = decode(&message).map_err(ReplyError::Malformed)?;
     let mut inline = message.frames.into_iter();
@@ -194,7 +216,7 @@ pub fn decode_reply(
         let mut frames = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let frame = match shared.next_if(|(at, _)| *at == index) {
-                Some((_, description)) => Buffer::host(import(description).map_err(ReplyError::Unmapped)?),
+                Some((_, description)) => import(description).map_err(ReplyError::Unmapped)?,
                 None => inline
                     .next()
                     .ok_or_else(|| ReplyError::Malformed("data reply has fewer frames than it announces".into()))?,
@@ -239,6 +261,7 @@ pub fn encode_put(values: &[(Key, Value)]) -> Result<Message, String> {
     let mut message = encode(&DataAsk {
         request: DataRequest::Put(items),
         host: None,
+        gpu: None,
     })?;
     message.frames = values.iter().flat_map(|(_, v)| v.frames.iter().cloned()).collect();
     Ok(message)
@@ -276,7 +299,7 @@ fn no_frames_left(mut frames: std::vec::IntoIter<Buffer>) -> Result<(), String> 
 mod tests {
     use super::*;
 
-    fn no_import(_: &ShmRef) -> Result<Bytes, String> {
+    fn no_import(_: &Shared) -> Result<Buffer, String> {
         Err("no shared frames expected".into())
     }
 
@@ -352,7 +375,7 @@ mod tests {
         });
         // The second frame is "shared": described by its length.
         let describe = |frame: &Buffer| {
-            (frame.len() == 20).then_some(ShmRef {
+            (frame.len() == 20).then_some(Shared::Host(ShmRef {
                 pid: 1,
                 fd: 3,
                 ino: 4,
@@ -360,11 +383,15 @@ mod tests {
                 capacity: 20,
                 offset: 0,
                 len: 20,
-            })
+            }))
         };
         let message = encode_reply(&[None, Some(a.clone())], describe).unwrap();
         assert_eq!(message.frames.len(), 2, "only the other frames go inline");
-        let values = decode_reply(message.clone(), |d| Ok(Bytes::from(vec![2u8; d.len as usize]))).unwrap();
+        let values = decode_reply(message.clone(), |d| match d {
+            Shared::Host(d) => Ok(Buffer::host(vec![2u8; d.len as usize])),
+            Shared::Device(_) => Err("no device frames here".into()),
+        })
+        .unwrap();
         assert_eq!(values, vec![None, Some((*a).clone())]);
         let failed = decode_reply(message, |_| Err("gone".into())).unwrap_err();
         assert_eq!(failed, ReplyError::Unmapped("gone".into()));

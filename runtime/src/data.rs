@@ -8,10 +8,26 @@
 //! task's result (or the client discards it, or it expires).
 //!
 //! Between processes on one host, frames that lie in shared memory (see
-//! [`crate::shm`]) are not sent at all: every request carries the asker's
-//! host identity, and a server on the same host describes such frames so
-//! that the asker maps them. Where mapping fails the pool asks again for
-//! the bytes, once per address, so the choice is automatic and invisible.
+//! [`weft_transport::shm`]) are not sent at all: every request carries the
+//! asker's host identity, and a server on the same host describes such
+//! frames so that the asker maps them. Where mapping fails the pool asks
+//! again for the bytes, once per address, so the choice is automatic and
+//! invisible.
+//!
+//! Device frames go the same way between GPU workers of one host: an asker
+//! with a GPU names it, and a server on the same host whose frame lies on a
+//! GPU of the same kind (CUDA and CUDA, emulated and emulated) describes it
+//! as an IPC handle ([`weft_gpu::IpcHandle`]). The asker copies it device
+//! to device into its own GPU's pool at once, while still holding the
+//! connection, then sends [`DataRequest::Release`]; the server holds each
+//! such frame (a clone: its memory is neither freed nor reused) until the
+//! asker's next request on that connection or until the connection ends.
+//! Where the copy is refused (another node or pid namespace, a producer
+//! gone) the pool asks again for the bytes, as for shared memory; they then
+//! arrive over the socket as device frames and land on the asker's GPU
+//! (see [`weft_transport::Config::gpu`]). A worker's own data connections
+//! (its listener and its [`PeerPool`]) receive into its GPU: the worker
+//! sets `gpu` on the transport configuration it is given.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,13 +36,14 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use weft_transport::{Buffer, Config, Connection, Listener, Message, TransportError, connect};
 
-use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError};
+use crate::codec::{self, DataAck, DataAsk, DataRequest, ReplyError, Shared};
 use crate::error::{Result, RuntimeError};
 use crate::ids::Key;
 use crate::shuffle::{Push, PushReply, Service};
 use crate::store::Store;
 use crate::value::Value;
 use crate::worker::probe::TransferCounters;
+use weft_gpu::{Device, GpuError};
 use weft_transport::shm::{self, HostId};
 
 /// Serves results from `store` to every peer that connects to `listener`,
@@ -66,6 +83,9 @@ async fn serve_connection(
     served: Arc<TransferCounters>,
     shuffle: Arc<Service>,
 ) {
+    // Device frames of the last reply that the asker copies by IPC: held
+    // until its next request (it copies before sending anything else).
+    let mut lent: Vec<Buffer> = Vec::new();
     loop {
         let message = match connection.recv().await {
             Ok(Some(message)) => message,
@@ -75,7 +95,8 @@ async fn serve_connection(
                 return;
             }
         };
-        let reply = match answer(message, &store, &host, &served, &shuffle).await {
+        let released = std::mem::take(&mut lent);
+        let reply = match answer(message, &store, &host, &served, &shuffle, released, &mut lent).await {
             Ok(reply) => reply,
             Err(reason) => {
                 warn!(peer = %connection.peer(), reason, "bad data request; closing");
@@ -90,17 +111,38 @@ async fn serve_connection(
 
 /// The reply to one request, or why the request is refused. Results on
 /// disk are read back first; an asker on this host gets frames in shared
-/// memory as descriptions to map.
+/// memory as descriptions to map, and device frames on a GPU of its kind
+/// as IPC handles, each added to `lent` to be held until its next request.
+/// `released` are the frames the previous reply lent.
 async fn answer(
     message: Message,
     store: &Arc<Store>,
     host: &Option<HostId>,
     served: &TransferCounters,
     shuffle: &Service,
+    released: Vec<Buffer>,
+    lent: &mut Vec<Buffer>,
 ) -> std::result::Result<Message, String> {
     let ask: DataAsk = codec::decode(&message)?;
     let same_host = ask.host.is_some() && ask.host == *host;
-    let share = |frame: &Buffer| frame.as_host().filter(|_| same_host).and_then(shm::export);
+    let ipc_to = ask.gpu.filter(|_| same_host);
+    let share = |frame: &Buffer| -> Option<Shared> {
+        if !same_host {
+            return None;
+        }
+        match frame.as_device() {
+            Some(device) if ipc_to.is_some_and(|to| same_kind(to, device.device())) => {
+                let handle = device
+                    .ipc_handle()
+                    .inspect_err(|error| debug!(%error, "a device frame goes over the socket"))
+                    .ok()?;
+                lent.push(frame.clone());
+                Some(Shared::Device(handle))
+            }
+            Some(_) => None,
+            None => frame.as_host().and_then(shm::export).map(Shared::Host),
+        }
+    };
     match ask.request {
         DataRequest::Tasks(tasks) => {
             let values = store.load_all_adopting(tasks, ADOPT_PATIENCE).await;
@@ -121,7 +163,19 @@ async fn answer(
             items: store.discard(&keys) as u32,
         }),
         DataRequest::Push(push) => codec::encode(&shuffle.receive(push, message.frames).await),
+        DataRequest::Release => codec::encode(&DataAck {
+            items: released.len() as u32,
+        }),
     }
+}
+
+/// Whether a device IPC handle of `from` opens on `to`: CUDA on CUDA,
+/// emulated on emulated.
+fn same_kind(to: Device, from: Device) -> bool {
+    matches!(
+        (to, from),
+        (Device::Cuda(_), Device::Cuda(_)) | (Device::Emulated(_), Device::Emulated(_))
+    )
 }
 
 /// How long a request for results waits for scattered values on their way
@@ -157,6 +211,9 @@ pub struct PeerPool {
 /// One address's connection, once made; requests over it take turns.
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
+/// Values read from a data reply, or why they could not be.
+type ReplyResult = std::result::Result<Vec<Option<Value>>, ReplyError>;
+
 impl PeerPool {
     /// A pool that connects with these settings, except that it gives up
     /// on a peer after [`PEER_CONNECT_TIMEOUT`]: a peer named as a holder
@@ -180,24 +237,29 @@ impl PeerPool {
     /// failed connection is dropped and the next request reconnects.
     pub async fn request(&self, address: &str, request: &DataRequest) -> Result<Vec<Option<Value>>> {
         let mappable = self.host.is_some() && !self.lock_unmappable().contains(address);
+        let host = if mappable { self.host.clone() } else { None };
         let mut ask = DataAsk {
             request: request.clone(),
-            host: if mappable { self.host.clone() } else { None },
+            gpu: host.as_ref().and(self.config.gpu.as_ref()).map(|g| g.device()),
+            host,
         };
-        let values = match codec::decode_reply(self.ask(address, &ask).await?, shm::import) {
-            Ok(values) => values,
-            Err(ReplyError::Unmapped(reason)) => {
-                if self.lock_unmappable().insert(address.to_string()) {
+        let values = match self.fetch(address, &ask).await? {
+            (Ok(values), _) => values,
+            (Err(ReplyError::Unmapped(reason)), full) => {
+                // A full GPU is asked around once; anything else for good.
+                if !full && self.lock_unmappable().insert(address.to_string()) {
                     debug!(
                         address,
                         reason, "cannot map a same-host peer's memory; its data comes over the socket"
                     );
                 }
-                ask.host = None;
-                codec::decode_reply(self.ask(address, &ask).await?, shm::import)
+                (ask.host, ask.gpu) = (None, None);
+                self.fetch(address, &ask)
+                    .await?
+                    .0
                     .map_err(|error| RuntimeError::protocol(address, error.to_string()))?
             }
-            Err(error) => return Err(RuntimeError::protocol(address, error.to_string())),
+            (Err(error), _) => return Err(RuntimeError::protocol(address, error.to_string())),
         };
         if values.len() != request.len() {
             return Err(RuntimeError::protocol(
@@ -206,6 +268,46 @@ impl PeerPool {
             ));
         }
         Ok(values)
+    }
+
+    /// Sends `ask` and reads the reply into values, mapping shared host
+    /// frames and copying device frames by IPC while the connection is
+    /// still held (no other request may release them on the server
+    /// before), then tells the server it may let go of them.
+    /// Also says whether a device frame was refused only because this
+    /// GPU was full (a passing condition, unlike a handle that cannot be
+    /// opened here).
+    async fn fetch(&self, address: &str, ask: &DataAsk) -> Result<(ReplyResult, bool)> {
+        let message = codec::encode(ask).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        let gpu = self.config.gpu.clone();
+        let (mut copied, mut full) = (false, false);
+        let mut import = |shared: &Shared| match shared {
+            Shared::Host(frame) => shm::import(frame).map(Buffer::host),
+            Shared::Device(handle) => {
+                copied = true;
+                let gpu = gpu
+                    .as_ref()
+                    .ok_or("a device IPC handle, and no GPU here to copy it to")?;
+                gpu.ipc_copy(handle).map(Buffer::device).map_err(|error| {
+                    full |= matches!(error, GpuError::OutOfMemory { .. });
+                    error.to_string()
+                })
+            }
+        };
+        let mut slot = self.slot(address).await;
+        let reply = self.exchange(&mut slot, address, message).await?;
+        let values = codec::decode_reply(reply, &mut import);
+        if copied {
+            let release = codec::encode(&DataAsk {
+                request: DataRequest::Release,
+                host: None,
+                gpu: None,
+            })
+            .map_err(|reason| RuntimeError::protocol(address, reason))?;
+            let ack = self.exchange(&mut slot, address, release).await?;
+            codec::decode::<DataAck>(&ack).map_err(|reason| RuntimeError::protocol(address, reason))?;
+        }
+        Ok((values, full))
     }
 
     /// Pushes values to the data server at `address`, which keeps them
@@ -229,6 +331,7 @@ impl PeerPool {
         let mut message = codec::encode(&DataAsk {
             request: DataRequest::Push(push),
             host: None,
+            gpu: None,
         })
         .map_err(|reason| RuntimeError::protocol(address, reason))?;
         message.frames = frames;
@@ -241,6 +344,7 @@ impl PeerPool {
         let ask = DataAsk {
             request: DataRequest::Discard(keys),
             host: None,
+            gpu: None,
         };
         let ack = self.ask(address, &ask).await?;
         codec::decode::<DataAck>(&ack).map_err(|reason| RuntimeError::protocol(address, reason))?;
@@ -257,6 +361,12 @@ impl PeerPool {
     /// without a connection that could not be connected to within
     /// [`UNREACHABLE_FOR`] fails at once (see `exchange`).
     async fn round_trip(&self, address: &str, message: Message) -> Result<Message> {
+        let mut slot = self.slot(address).await;
+        self.exchange(&mut slot, address, message).await
+    }
+
+    /// The connection slot of `address`, held: requests to it take turns.
+    async fn slot(&self, address: &str) -> tokio::sync::OwnedMutexGuard<Option<Connection>> {
         let slot = self
             .connections
             .lock()
@@ -264,7 +374,12 @@ impl PeerPool {
             .entry(address.to_string())
             .or_default()
             .clone();
-        let mut slot = slot.lock().await;
+        slot.lock_owned().await
+    }
+
+    /// Sends one message over the held slot's connection (made first if
+    /// there is none) and returns the reply.
+    async fn exchange(&self, slot: &mut Option<Connection>, address: &str, message: Message) -> Result<Message> {
         // Out of the slot while in use: a request given up halfway (its
         // future dropped after sending) takes the connection with it, so
         // the next request never reads the answer meant for this one.
@@ -340,7 +455,10 @@ impl PeerPool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use bytes::Bytes;
+    use weft_gpu::Gpu;
     use weft_transport::{Buffer, listen};
 
     use super::*;
@@ -377,7 +495,7 @@ mod tests {
                     };
                     codec::encode(&DataReply {
                         items: vec![Some((header, 1))],
-                        shared: vec![(0, unreachable)],
+                        shared: vec![(0, Shared::Host(unreachable))],
                     })
                     .unwrap()
                 } else {
@@ -473,8 +591,208 @@ mod tests {
         assert!(matches!(again, RuntimeError::Transport(_)), "{again}");
     }
 
+    /// Set in the child process of the device IPC test: it runs a data
+    /// server holding one device result.
+    const IPC_PRODUCER: &str = "WEFT_TEST_DATA_IPC_PRODUCER";
+
+    /// Bytes of the device result: large enough for a memfd block.
+    const IPC_LEN: usize = weft_gpu::IPC_MIN + 4096;
+
+    fn ipc_pattern() -> Vec<u8> {
+        (0..IPC_LEN).map(|i| (i % 249) as u8).collect()
+    }
+
+    /// The producer, run only as the child: serves task 1, a value with
+    /// one frame on its GPU (`emulated` or `cuda`, as the variable says),
+    /// prints its address, and on `drop` removes the value and prints how
+    /// much of its GPU's pool is in use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ipc_producer_child() {
+        let Ok(kind) = std::env::var(IPC_PRODUCER) else {
+            return;
+        };
+        let gpu = match kind.as_str() {
+            "cuda" => weft_gpu::testing::test_gpus("ipc producer").pop().unwrap().1,
+            _ => Gpu::emulated(0, 1 << 30, true),
+        };
+        let frame = gpu.stream().unwrap().upload(&ipc_pattern()).unwrap();
+        let store = Store::unlimited();
+        let value = Value {
+            header: bytes::Bytes::from_static(b"device"),
+            frames: vec![Buffer::device(frame)],
+        };
+        store.stage("k".into(), Arc::new(value), Instant::now());
+        assert!(store.adopt(&"k".into(), TaskId::new(1)));
+        let listener = listen("tcp://127.0.0.1:0", &Config::default()).await.unwrap();
+        println!("\nADDR {}", listener.local_addr());
+        let shuffle = crate::shuffle::Service::new(
+            "tcp://here:1".into(),
+            store.clone(),
+            PeerPool::new(Config::default()),
+            tokio::runtime::Handle::current(),
+            Arc::new(crate::ops::Registry::builtin()),
+        );
+        let served = Arc::new(TransferCounters::default());
+        tokio::spawn(serve(
+            listener,
+            store.clone(),
+            shm::host_id(),
+            served,
+            Arc::new(shuffle),
+        ));
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                if line.unwrap() == "drop" {
+                    store.remove(TaskId::new(1));
+                    println!("\nIN_USE {}", gpu.pool_stats().in_use);
+                }
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    struct Producer {
+        child: std::process::Child,
+        out: std::io::BufReader<std::process::ChildStdout>,
+        address: String,
+    }
+
+    impl Producer {
+        fn start(kind: &str) -> Producer {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "data::tests::ipc_producer_child", "--nocapture"])
+                .env(IPC_PRODUCER, kind)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut producer = Producer {
+                child,
+                out,
+                address: String::new(),
+            };
+            producer.address = producer.expect("ADDR");
+            producer
+        }
+
+        fn expect(&mut self, tag: &str) -> String {
+            use std::io::BufRead;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                assert!(
+                    self.out.read_line(&mut line).unwrap() > 0,
+                    "the producer ended before {tag}"
+                );
+                if let Some(rest) = line.trim().strip_prefix(tag) {
+                    return rest.trim().to_string();
+                }
+            }
+        }
+    }
+
+    impl Drop for Producer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn emulated(gpu: &Gpu) -> Option<&weft_gpu::EmulatedGpu> {
+        match gpu.backend() {
+            weft_gpu::GpuBackend::Emulated(e) => Some(e),
+            weft_gpu::GpuBackend::Cuda(_) => None,
+        }
+    }
+
+    /// A device result on a same-host worker process is copied by IPC into
+    /// the asker's GPU (no bytes over the socket, no upload) and released
+    /// at once, so the producer frees it when it drops it; an asker whose
+    /// copy is refused gets the bytes over the socket; a producer killed
+    /// fails the request, never answers wrongly. The IPC part runs on an
+    /// emulated GPU and on a CUDA GPU where present.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn device_results_move_between_processes_by_ipc_and_fall_back_to_the_socket() {
+        if shm::host_id().is_none() {
+            return; // no same-host sharing here: nothing to test
+        }
+        let request = DataRequest::Tasks(vec![TaskId::new(1)]);
+        for (name, gpu) in weft_gpu::testing::test_gpus("device results move by IPC") {
+            let kind = if emulated(&gpu).is_some() { "emulated" } else { "cuda" };
+            let mut producer = Producer::start(kind);
+            let pool = PeerPool::new(Config {
+                gpu: Some(gpu.clone()),
+                ..Config::default()
+            });
+            let value = pool
+                .request(&producer.address, &request)
+                .await
+                .unwrap()
+                .remove(0)
+                .expect("held");
+            let frame = value.frames[0].as_device().expect("device-resident");
+            assert!(Arc::ptr_eq(frame.gpu(), &gpu), "{name}: on the asker's own GPU");
+            assert_eq!(gpu.stream().unwrap().download(frame).unwrap(), ipc_pattern(), "{name}");
+            assert_eq!(gpu.ipc_copies(), 1, "{name}: copied by IPC");
+            if let Some(e) = emulated(&gpu) {
+                assert_eq!(
+                    (e.copies().ipc, e.copies().h2d),
+                    (1, 0),
+                    "device to device, nothing uploaded"
+                );
+            }
+            // Released: once the producer drops its result, its memory is free.
+            writeln!(producer.child.stdin.as_mut().unwrap(), "drop").unwrap();
+            assert_eq!(
+                producer.expect("IN_USE"),
+                "0",
+                "{name}: the producer holds nothing after the release"
+            );
+        }
+
+        // A copy refused (here: no room on the asker's GPU) falls back to the
+        // socket; the device frame then lands in host memory, bytes intact.
+        let producer = Producer::start("emulated");
+        let small = Gpu::emulated(0, 1 << 20, true);
+        let pool = PeerPool::new(Config {
+            gpu: Some(small.clone()),
+            ..Config::default()
+        });
+        let value = pool
+            .request(&producer.address, &request)
+            .await
+            .unwrap()
+            .remove(0)
+            .expect("held");
+        assert_eq!(value.frames[0].as_host().expect("host memory")[..], ipc_pattern()[..]);
+        assert_eq!(small.ipc_copies(), 0);
+
+        // A producer killed: the request fails; nothing wrong is delivered.
+        let address = producer.address.clone();
+        drop(producer);
+        let pool = PeerPool::new(Config {
+            gpu: Some(Gpu::emulated(0, 1 << 30, true)),
+            ..Config::default()
+        });
+        assert!(pool.request(&address, &request).await.is_err());
+    }
+
+    fn import_host(shared: &Shared) -> std::result::Result<Buffer, String> {
+        match shared {
+            Shared::Host(frame) => shm::import(frame).map(Buffer::host),
+            Shared::Device(_) => Err("no device frames expected".into()),
+        }
+    }
+
     fn ask(request: DataRequest) -> DataAsk {
-        DataAsk { request, host: None }
+        DataAsk {
+            request,
+            host: None,
+            gpu: None,
+        }
     }
 
     #[tokio::test]
@@ -494,9 +812,17 @@ mod tests {
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
         let ack: DataAck = codec::decode(
-            &answer(put.clone(), &store, &shm::host_id(), &served, &shuffle)
-                .await
-                .unwrap(),
+            &answer(
+                put.clone(),
+                &store,
+                &shm::host_id(),
+                &served,
+                &shuffle,
+                Vec::new(),
+                &mut Vec::new(),
+            )
+            .await
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(ack, DataAck { items: 1 });
@@ -504,10 +830,18 @@ mod tests {
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
             codec::decode_reply(
-                answer(keys.clone(), &store, &shm::host_id(), &served, &shuffle)
-                    .await
-                    .unwrap(),
-                shm::import
+                answer(
+                    keys.clone(),
+                    &store,
+                    &shm::host_id(),
+                    &served,
+                    &shuffle,
+                    Vec::new(),
+                    &mut Vec::new()
+                )
+                .await
+                .unwrap(),
+                import_host
             )
             .unwrap(),
             vec![None]
@@ -515,8 +849,18 @@ mod tests {
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
             codec::decode_reply(
-                answer(keys, &store, &shm::host_id(), &served, &shuffle).await.unwrap(),
-                shm::import
+                answer(
+                    keys,
+                    &store,
+                    &shm::host_id(),
+                    &served,
+                    &shuffle,
+                    Vec::new(),
+                    &mut Vec::new()
+                )
+                .await
+                .unwrap(),
+                import_host
             )
             .unwrap(),
             vec![Some(framed)]
@@ -524,16 +868,40 @@ mod tests {
         // Frames that do not add up, unknown requests, garbage: refused.
         let mut short = put;
         short.frames.clear();
-        assert!(answer(short, &store, &shm::host_id(), &served, &shuffle).await.is_err());
+        assert!(
+            answer(
+                short,
+                &store,
+                &shm::host_id(),
+                &served,
+                &shuffle,
+                Vec::new(),
+                &mut Vec::new()
+            )
+            .await
+            .is_err()
+        );
         for garbage in [vec![42u8, 0], Vec::new()] {
             let message = Message::new(garbage, Vec::new());
-            assert!(answer(message, &store, &None, &served, &shuffle).await.is_err());
+            assert!(
+                answer(message, &store, &None, &served, &shuffle, Vec::new(), &mut Vec::new())
+                    .await
+                    .is_err()
+            );
         }
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
         let ack: DataAck = codec::decode(
-            &answer(discard, &store, &shm::host_id(), &served, &shuffle)
-                .await
-                .unwrap(),
+            &answer(
+                discard,
+                &store,
+                &shm::host_id(),
+                &served,
+                &shuffle,
+                Vec::new(),
+                &mut Vec::new(),
+            )
+            .await
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
@@ -550,8 +918,12 @@ mod tests {
         };
         let mut message = codec::encode(&ask(DataRequest::Push(push))).unwrap();
         message.frames = vec![Buffer::host(vec![1u8; 4])];
-        let reply: PushReply =
-            codec::decode(&answer(message, &store, &None, &served, &shuffle).await.unwrap()).unwrap();
+        let reply: PushReply = codec::decode(
+            &answer(message, &store, &None, &served, &shuffle, Vec::new(), &mut Vec::new())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         let refused = reply.0.unwrap_err();
         assert!(
             refused.contains("meant for tcp://elsewhere:9 reached tcp://here:1"),

@@ -30,7 +30,9 @@ const ENV_NAME: &str = "WEFT_WORKER_NAME";
 const ENV_NTHREADS: &str = "WEFT_WORKER_NTHREADS";
 const ENV_MEMORY_LIMIT: &str = "WEFT_WORKER_MEMORY_LIMIT";
 const ENV_SPILL_DIR: &str = "WEFT_WORKER_SPILL_DIR";
-const ENV_GPU: &str = "WEFT_WORKER_GPU";
+/// The GPU (index among this machine's, as [`open_gpu`] counts) a worker
+/// process of a local cluster is pinned to.
+pub const ENV_GPU: &str = "WEFT_WORKER_GPU";
 /// The TLS files and shared secret of a local cluster's worker processes
 /// (the `weft` command's own names for them).
 const ENV_TLS_CA: &str = "WEFT_SECURITY_TLS_CA_FILE";

@@ -1,6 +1,9 @@
 //! Settings shared by listeners and connections.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use weft_gpu::Gpu;
 
 use crate::pool::BufferPool;
 use crate::tls::TlsConfig;
@@ -45,6 +48,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where received frames are allocated.
     pub pool: BufferPool,
+    /// The GPU that frames a peer sent from device memory are received
+    /// into (a GPU worker's own); `None` receives them into host memory.
+    /// Host frames always land in host memory.
+    pub gpu: Option<Arc<Gpu>>,
     /// Whether peers on this host exchange large host frames through
     /// shared memory (mapped, not copied) instead of the socket.
     pub shared_memory: bool,
@@ -66,6 +73,7 @@ impl Default for Config {
             inproc_max_in_flight_bytes: 1 << 30,
             tls: None,
             pool: BufferPool::default(),
+            gpu: None,
             shared_memory: true,
         }
     }
@@ -83,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("io_timeout", &self.io_timeout)
             .field("tls", &self.tls)
+            .field("gpu", &self.gpu.as_ref().map(|g| g.device()))
             .field("shared_memory", &self.shared_memory)
             .finish_non_exhaustive()
     }

@@ -49,6 +49,7 @@ mod config;
 mod connection;
 mod error;
 mod inproc;
+mod landing;
 mod message;
 mod pool;
 mod sender;

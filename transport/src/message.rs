@@ -29,6 +29,11 @@ impl Message {
         self.header.len() + self.frames.iter().map(Buffer::len).sum::<usize>()
     }
 
+    /// Each frame's length and where it is held, for the frame table.
+    pub(crate) fn frame_table(&self) -> impl ExactSizeIterator<Item = (usize, weft_gpu::Device)> + '_ {
+        self.frames.iter().map(|f| (f.len(), f.location()))
+    }
+
     /// Every frame in host memory, device frames staged through a copy, for
     /// a transport that writes host bytes only.
     pub(crate) fn host_frames(&self, peer: &str) -> crate::Result<Vec<Bytes>> {

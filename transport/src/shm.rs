@@ -26,6 +26,12 @@
 //! views), and an import checks the generation it was told. Consumers keep
 //! their mappings of a producer's regions (dropping those retired), so
 //! fetching from a region seen before costs no system call at all.
+//!
+//! Device frames have a same-host path of their own, device IPC
+//! ([`weft_gpu::IpcHandle`]: CUDA IPC handles, or the memfd blocks of
+//! emulated GPUs): the consumer copies them device to device at once and
+//! the producer holds them only until told so, instead of the view counts
+//! here (the runtime's data plane runs that protocol).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -2,17 +2,20 @@
 //! vectored writes, and a cancel-safe reader that fills pooled buffers.
 
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
+use weft_gpu::{Buffer, Device, Gpu};
 
 use crate::config::Config;
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
+use crate::landing::Target;
 use crate::message::Message;
-use crate::pool::{BufferPool, PooledBuf};
+use crate::pool::BufferPool;
 use crate::wire::{self, Ack, Hello, Limits, Status, WireError};
 
 /// A boxed read half of a stream.
@@ -197,7 +200,7 @@ pub(crate) async fn write_message(
     io_timeout: Duration,
     peer: &Peer,
 ) -> Result<()> {
-    let layout = wire::encode_layout(message.header.len(), frames.iter().map(Bytes::len));
+    let layout = wire::encode_layout(message.header.len(), message.frame_table());
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(message.frames.len() + 2);
     slices.push(IoSlice::new(&layout));
     let parts = std::iter::once(&message.header).chain(frames);
@@ -230,7 +233,9 @@ pub(crate) async fn shutdown(writer: &mut BoxWrite, io_timeout: Duration, peer: 
     .await
 }
 
-/// Reads messages from a stream into buffers from a pool.
+/// Reads messages from a stream into buffers from a pool, and frames the
+/// sender held in device memory into [`Config::gpu`] where there is one
+/// (see [`crate::landing`]).
 ///
 /// `recv` is cancel-safe: what has been read of a message is kept here,
 /// and a new call goes on where the dropped one stopped.
@@ -238,8 +243,10 @@ pub(crate) struct StreamReceiver {
     reader: BufReader<BoxRead>,
     limits: Limits,
     pool: BufferPool,
+    gpu: Option<Arc<Gpu>>,
     io_timeout: Duration,
     partial: Partial,
+    /// Bytes read of the prelude or the frame table.
     filled: usize,
 }
 
@@ -252,9 +259,10 @@ enum Partial {
     },
     /// The header and then each frame, in order.
     Parts {
-        lens: Vec<usize>,
-        done: Vec<Bytes>,
-        current: PooledBuf,
+        layout: wire::Layout,
+        header: Option<Bytes>,
+        done: Vec<Buffer>,
+        current: Target,
     },
 }
 
@@ -264,6 +272,7 @@ impl StreamReceiver {
             reader: BufReader::with_capacity(READ_BUFFER, reader),
             limits: config.limits,
             pool: config.pool.clone(),
+            gpu: config.gpu.clone(),
             io_timeout: config.io_timeout,
             partial: Partial::Prelude([0; wire::PRELUDE_LEN]),
             filled: 0,
@@ -278,7 +287,7 @@ impl StreamReceiver {
             let target = match &mut self.partial {
                 Partial::Prelude(prelude) => &mut prelude[self.filled..],
                 Partial::Table { table, .. } => &mut table[self.filled..],
-                Partial::Parts { current, .. } => &mut current.as_mut_slice()[self.filled..],
+                Partial::Parts { current, .. } => current.unfilled(),
             };
             if target.is_empty() {
                 if let Some(message) = self.advance().map_err(|source| TransportError::Malformed {
@@ -314,7 +323,13 @@ impl StreamReceiver {
                     Ok(None)
                 };
             }
-            self.filled += read;
+            match &mut self.partial {
+                Partial::Parts { current, .. } => current.filled(read).map_err(|source| TransportError::Device {
+                    peer: peer.to_string(),
+                    source,
+                })?,
+                _ => self.filled += read,
+            }
         }
     }
 
@@ -332,24 +347,35 @@ impl StreamReceiver {
             }
             Partial::Table { header_len, table } => {
                 let layout = wire::decode_frame_table(*header_len, table, &self.limits)?;
-                let mut lens = layout.frame_lens;
-                lens.insert(0, layout.header_len);
-                let current = self.pool.take(lens[0]);
+                let current = Target::new(layout.header_len, Device::Cpu, None, &self.pool);
                 self.partial = Partial::Parts {
-                    done: Vec::with_capacity(lens.len()),
-                    lens,
+                    done: Vec::with_capacity(layout.frame_lens.len()),
+                    header: None,
+                    layout,
                     current,
                 };
             }
-            Partial::Parts { lens, done, current } => {
-                let next = lens.get(done.len() + 1).map(|&len| self.pool.take(len));
-                let filled = std::mem::replace(current, next.unwrap_or_else(|| self.pool.take(0)));
-                done.push(filled.freeze());
-                if done.len() == lens.len() {
-                    let mut parts = std::mem::take(done).into_iter();
-                    let header = parts.next().unwrap_or_default();
+            Partial::Parts {
+                layout,
+                header,
+                done,
+                current,
+            } => {
+                let index = if header.is_none() { 0 } else { done.len() + 1 };
+                let next = match (layout.frame_lens.get(index), layout.frame_devices.get(index)) {
+                    (Some(&len), Some(&device)) => Target::new(len, device, self.gpu.as_ref(), &self.pool),
+                    _ => Target::new(0, Device::Cpu, None, &self.pool),
+                };
+                let filled = std::mem::replace(current, next).finish();
+                match header {
+                    None => *header = filled.as_host().cloned(),
+                    Some(_) => done.push(filled),
+                }
+                if done.len() == layout.frame_lens.len() {
+                    let header = header.take().unwrap_or_default();
+                    let frames = std::mem::take(done);
                     self.partial = Partial::Prelude([0; wire::PRELUDE_LEN]);
-                    return Ok(Some(Message::new(header, parts.map(Into::into).collect())));
+                    return Ok(Some(Message::new(header, frames)));
                 }
             }
         }

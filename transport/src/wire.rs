@@ -10,13 +10,21 @@
 //! hello (client -> server)     ack (server -> client)       message (both ways)
 //! magic      [u8; 4] "WEFT"    magic   [u8; 4] "WEFT"       header_len   u64
 //! version    u16               version u16                  frame_count  u32
-//! flags      u16 (zero)        status  u8 (Status)          frame_len    u64 x frame_count
+//! flags      u16 (zero)        status  u8 (Status)          frame_entry  u64 x frame_count
 //! token_len  u16               zero    u8                   header       [u8; header_len]
 //! name_len   u16               text_len u16                 frames       [u8; frame_len] each
 //! token      [u8; token_len]   text    [u8; text_len]
 //! name       [u8; name_len]      (server name, or the
 //!                                 reason of a rejection)
 //! ```
+//!
+//! A frame entry is the frame's length in its low 48 bits, and where the
+//! sender held the frame in its top 16: bits 56..63 the device kind
+//! ([`FRAME_HOST`], [`FRAME_CUDA`], [`FRAME_EMULATED`]), bits 48..55 the
+//! device's ordinal (saturated at 255). A host frame's entry is its plain
+//! length, so messages without device frames are laid out as before this
+//! field existed; a receiver that has a GPU allocates device frames there
+//! (see [`crate::Config::gpu`]), any other receiver in host memory.
 //!
 //! Lengths are checked against [`Limits`] before anything of the announced
 //! size is allocated.
@@ -35,6 +43,7 @@
 //! [`check_part`] refuse any length that differs from the announced one.
 
 use thiserror::Error;
+use weft_gpu::Device;
 
 /// Four bytes that open every handshake.
 pub const MAGIC: [u8; 4] = *b"WEFT";
@@ -48,6 +57,15 @@ pub const ACK_FIXED_LEN: usize = 10;
 pub const PRELUDE_LEN: usize = 12;
 /// Longest token or peer name a handshake may carry.
 pub const MAX_HANDSHAKE_FIELD: usize = 4096;
+
+/// Frame kind of host memory (the top byte of a frame entry).
+pub const FRAME_HOST: u8 = 0;
+/// Frame kind of a CUDA GPU's memory.
+pub const FRAME_CUDA: u8 = 1;
+/// Frame kind of an emulated GPU's memory.
+pub const FRAME_EMULATED: u8 = 2;
+/// Bits of a frame entry that hold its length.
+const FRAME_LEN_BITS: u32 = 48;
 
 /// Largest header carried inside a message-oriented transport's head;
 /// larger headers travel as a datagram of their own, so they land aligned
@@ -157,6 +175,14 @@ pub enum WireError {
         /// Longest length allowed.
         max: u64,
     },
+    /// A frame entry names a device kind this version does not know.
+    #[error("frame {index} is of unknown device kind {kind}")]
+    UnknownFrameKind {
+        /// Position of the frame in its message.
+        index: usize,
+        /// The kind byte.
+        kind: u8,
+    },
     /// Header plus frames above [`Limits::max_message_bytes`].
     #[error("message of {total} bytes or more exceeds the limit of {max}")]
     MessageTooLarge {
@@ -257,6 +283,32 @@ pub struct Layout {
     pub header_len: usize,
     /// Bytes of each data frame, in order.
     pub frame_lens: Vec<usize>,
+    /// Where the sender held each frame ([`Device::Cpu`] for host memory).
+    pub frame_devices: Vec<Device>,
+}
+
+/// The frame-table entry of a frame of `len` bytes held on `device`.
+pub fn frame_entry(len: usize, device: Device) -> u64 {
+    let (kind, ordinal) = match device {
+        Device::Cpu => (FRAME_HOST, 0),
+        Device::Cuda(i) => (FRAME_CUDA, i),
+        Device::Emulated(i) => (FRAME_EMULATED, i),
+    };
+    let tag = (u64::from(kind) << 8) | u64::from(ordinal.min(255));
+    (tag << FRAME_LEN_BITS) | len as u64
+}
+
+/// Splits a frame-table entry into the frame's length and device.
+pub fn decode_frame_entry(index: usize, entry: u64) -> Result<(u64, Device), WireError> {
+    let len = entry & ((1 << FRAME_LEN_BITS) - 1);
+    let ordinal = ((entry >> FRAME_LEN_BITS) & 0xff) as u32;
+    let device = match (entry >> (FRAME_LEN_BITS + 8)) as u8 {
+        FRAME_HOST => Device::Cpu,
+        FRAME_CUDA => Device::Cuda(ordinal),
+        FRAME_EMULATED => Device::Emulated(ordinal),
+        kind => return Err(WireError::UnknownFrameKind { index, kind }),
+    };
+    Ok((len, device))
 }
 
 /// Bytes the frame-length table of `frame_count` frames takes.
@@ -354,14 +406,15 @@ pub fn decode_ack(fixed: &[u8; ACK_FIXED_LEN], text: &[u8]) -> Result<Ack, WireE
 }
 
 /// Encodes a message's prelude and frame table for a header of
-/// `header_len` bytes and frames of `frame_lens` bytes.
-pub fn encode_layout(header_len: usize, frame_lens: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
-    let count = frame_lens.len();
+/// `header_len` bytes and `frames` of (length, device where the sender
+/// holds it).
+pub fn encode_layout(header_len: usize, frames: impl ExactSizeIterator<Item = (usize, Device)>) -> Vec<u8> {
+    let count = frames.len();
     let mut out = Vec::with_capacity(PRELUDE_LEN + count * 8);
     out.extend_from_slice(&(header_len as u64).to_le_bytes());
     out.extend_from_slice(&(count as u32).to_le_bytes());
-    for len in frame_lens {
-        out.extend_from_slice(&(len as u64).to_le_bytes());
+    for (len, device) in frames {
+        out.extend_from_slice(&frame_entry(len, device).to_le_bytes());
     }
     out
 }
@@ -392,8 +445,9 @@ pub fn decode_prelude(prelude: &[u8; PRELUDE_LEN], limits: &Limits) -> Result<(u
 pub fn decode_frame_table(header_len: usize, table: &[u8], limits: &Limits) -> Result<Layout, WireError> {
     let mut total = header_len as u64;
     let mut frame_lens = Vec::with_capacity(table.len() / 8);
+    let mut frame_devices = Vec::with_capacity(table.len() / 8);
     for (index, chunk) in table.chunks_exact(8).enumerate() {
-        let len = u64::from_le_bytes(array_at(chunk, 0));
+        let (len, device) = decode_frame_entry(index, u64::from_le_bytes(array_at(chunk, 0)))?;
         if len > limits.max_frame_bytes {
             return Err(WireError::FrameTooLarge {
                 index,
@@ -404,8 +458,13 @@ pub fn decode_frame_table(header_len: usize, table: &[u8], limits: &Limits) -> R
         total = total.saturating_add(len);
         check_total(total, limits)?;
         frame_lens.push(usize_from(len));
+        frame_devices.push(device);
     }
-    Ok(Layout { header_len, frame_lens })
+    Ok(Layout {
+        header_len,
+        frame_lens,
+        frame_devices,
+    })
 }
 
 /// Decodes one whole message from the front of `buf`, for transports that
@@ -452,8 +511,8 @@ pub struct Decoded {
 /// Encodes a message's head for a message-oriented transport: the
 /// prelude and frame table, and the header itself when it is at most
 /// [`INLINE_HEADER_MAX`] bytes.
-pub fn encode_head(header: &[u8], frame_lens: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
-    let mut head = encode_layout(header.len(), frame_lens);
+pub fn encode_head(header: &[u8], frames: impl ExactSizeIterator<Item = (usize, Device)>) -> Vec<u8> {
+    let mut head = encode_layout(header.len(), frames);
     if header.len() <= INLINE_HEADER_MAX {
         head.extend_from_slice(header);
     }
@@ -605,6 +664,33 @@ fn array_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Host frames of these lengths, for the frame table.
+    fn host(lens: &[usize]) -> impl ExactSizeIterator<Item = (usize, Device)> + '_ {
+        lens.iter().map(|&len| (len, Device::Cpu))
+    }
+
+    #[test]
+    fn frame_entries_carry_the_senders_device_and_host_entries_are_plain_lengths() {
+        assert_eq!(frame_entry(12345, Device::Cpu), 12345);
+        for device in [Device::Cpu, Device::Cuda(0), Device::Cuda(7), Device::Emulated(3)] {
+            let entry = frame_entry(1 << 40, device);
+            assert_eq!(decode_frame_entry(0, entry), Ok((1 << 40, device)));
+        }
+        assert_eq!(
+            decode_frame_entry(0, frame_entry(9, Device::Cuda(1000))),
+            Ok((9, Device::Cuda(255))),
+            "ordinals saturate"
+        );
+        assert_eq!(
+            decode_frame_entry(4, (9u64 << 56) | 5),
+            Err(WireError::UnknownFrameKind { index: 4, kind: 9 })
+        );
+        let table = encode_layout(3, [(10, Device::Cpu), (20, Device::Emulated(1))].into_iter());
+        let layout = decode_frame_table(3, &table[PRELUDE_LEN..], &Limits::default()).unwrap();
+        assert_eq!(layout.frame_lens, vec![10, 20]);
+        assert_eq!(layout.frame_devices, vec![Device::Cpu, Device::Emulated(1)]);
+    }
     use proptest::prelude::*;
 
     fn hello(token: &[u8], name: &str) -> Vec<u8> {
@@ -695,12 +781,12 @@ mod tests {
             decode_prelude(&prelude(0, 5), &limits),
             Err(WireError::TooManyFrames { count: 5, max: 4 })
         );
-        let table = encode_layout(0, [1000usize, 1000].into_iter());
+        let table = encode_layout(0, host(&[1000, 1000]));
         assert_eq!(
             decode_frame_table(10, &table[PRELUDE_LEN..], &limits),
             Err(WireError::MessageTooLarge { total: 2010, max: 1500 })
         );
-        let table = encode_layout(0, [1001usize].into_iter());
+        let table = encode_layout(0, host(&[1001]));
         assert_eq!(
             decode_frame_table(10, &table[PRELUDE_LEN..], &limits),
             Err(WireError::FrameTooLarge {
@@ -712,7 +798,7 @@ mod tests {
     }
 
     fn encode_message(header: &[u8], frames: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = encode_layout(header.len(), frames.iter().map(Vec::len));
+        let mut out = encode_layout(header.len(), frames.iter().map(|f| (f.len(), Device::Cpu)));
         out.extend_from_slice(header);
         for frame in frames {
             out.extend_from_slice(frame);
@@ -723,18 +809,18 @@ mod tests {
     #[test]
     fn heads_carry_small_headers_inline_and_check_their_length() {
         let limits = Limits::default();
-        let head = encode_head(b"header", [5usize, 0].into_iter());
+        let head = encode_head(b"header", host(&[5, 0]));
         let decoded = decode_head(&head, &limits).unwrap();
         assert_eq!(decoded.layout.frame_lens, vec![5, 0]);
         assert_eq!(&head[decoded.inline_header.unwrap()], b"header");
 
         let big = vec![1u8; INLINE_HEADER_MAX + 1];
-        let head = encode_head(&big, [].into_iter());
+        let head = encode_head(&big, host(&[]));
         assert_eq!(head.len(), PRELUDE_LEN);
         let decoded = decode_head(&head, &limits).unwrap();
         assert_eq!((decoded.layout.header_len, decoded.inline_header), (big.len(), None));
 
-        let mut long = encode_head(b"header", [5usize].into_iter());
+        let mut long = encode_head(b"header", host(&[5]));
         long.push(0);
         assert!(matches!(
             decode_head(&long, &limits),

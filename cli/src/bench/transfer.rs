@@ -36,7 +36,7 @@ const WARM_ELEMENTS: u64 = 1 << 17;
 /// Untimed pause after each repetition, so the releases of its results
 /// reach both workers before the next array is made (its memory is then
 /// reused, as it would be in a steady stream of transfers).
-const SETTLE: Duration = Duration::from_millis(100);
+pub(super) const SETTLE: Duration = Duration::from_millis(100);
 
 /// Runs the workload; fills `report` and returns the check.
 pub(super) async fn measure(args: &Args, mib: usize, report: &mut Report) -> Result<String> {

@@ -135,7 +135,12 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     if let Some(limit) = weft_transport::shm::raise_fd_limit() {
         debug!(limit, "open file limit");
     }
-    let listener = listen(&options.listen, &options.transport).await?;
+    // Frames that peers send from device memory land on this worker's GPU.
+    let transport = TransportConfig {
+        gpu: options.gpu.clone(),
+        ..options.transport.clone()
+    };
+    let listener = listen(&options.listen, &transport).await?;
     let address =
         crate::contact::contact_address(&listener.local_addr(), &options.scheduler, options.contact.as_deref())?;
     let name = options.name.clone().unwrap_or_else(|| format!("worker-{address}"));
@@ -163,7 +168,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
     let store = Store::new(memory, &name, options.memory_stats.clone(), move |task, tier| {
         let _ = moved_tx.send((task, tier));
     });
-    let peers = PeerPool::new(options.transport.clone());
+    let peers = PeerPool::new(transport);
     let shuffle = Arc::new(crate::shuffle::Service::new(
         address.clone().into(),
         store.clone(),

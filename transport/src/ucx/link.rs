@@ -44,6 +44,8 @@ const TAG_MASK: sys::ucp_tag_t = u64::MAX;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the memory of abandoned sends outlives their connection.
 const ABANDONED_GRACE: Duration = Duration::from_secs(30);
+/// Bytes of scratch a datagram nobody will read is received into.
+const DISCARD_SCRATCH: usize = 64;
 
 /// A connection's worker and endpoint, shared by its halves and its driver.
 pub(crate) struct Link {
@@ -104,6 +106,9 @@ impl Drop for Handle {
 pub(crate) enum Datagram {
     /// It arrived whole, in this buffer.
     Got(PooledBuf),
+    /// It arrived whole, in this device memory (asked for by passing a GPU
+    /// to [`State::next_datagram`]).
+    GotDevice(weft_gpu::DeviceBuffer),
     /// It is longer than allowed (this long) and was left unreceived.
     TooLong(usize),
     /// The endpoint failed (the peer closed or vanished) with nothing more
@@ -128,8 +133,9 @@ pub(crate) enum Keep {
     Bytes(#[expect(dead_code, reason = "held, not read: UCX reads it")] Bytes),
     /// An encoded head or handshake being sent.
     Vec(#[expect(dead_code, reason = "held, not read: UCX reads it")] Vec<u8>),
-    /// Device memory being sent by a UCX that reads CUDA memory.
-    Device(#[expect(dead_code, reason = "held, not read: UCX reads it")] weft_gpu::DeviceBuffer),
+    /// Device memory being sent or received by a UCX that handles CUDA
+    /// memory.
+    Device(weft_gpu::DeviceBuffer),
 }
 
 /// A send or receive, finished or in flight, with its memory.
@@ -142,10 +148,11 @@ pub(crate) struct Op {
 }
 
 impl Op {
-    /// The received buffer, once the receive finished.
-    pub(crate) fn into_buf(self) -> Option<PooledBuf> {
+    /// What was received, once the receive finished.
+    pub(crate) fn into_received(self) -> Option<Datagram> {
         match (self.request, self.keep) {
-            (None, Keep::Buf(buf)) => Some(buf),
+            (None, Keep::Buf(buf)) => Some(Datagram::Got(buf)),
+            (None, Keep::Device(buffer)) => Some(Datagram::GotDevice(buffer)),
             _ => None,
         }
     }
@@ -305,7 +312,7 @@ impl Link {
         let mut op = None;
         let result = self
             .wait(deadline, |state| {
-                state.next_datagram(&mut op, max, pool, self.failure().is_some())
+                state.next_datagram(&mut op, max, pool, None, self.failure().is_some())
             })
             .await;
         if let Some(op) = op {
@@ -375,26 +382,53 @@ impl State {
     /// long as [`State::probe`] said: the receive matches the datagram
     /// probed, the first in line, since the lock is held in between.
     fn recv(&mut self, mut buf: PooledBuf) -> io::Result<Op> {
-        let worker = self.worker()?.handle;
         let slice = buf.as_mut_slice();
         let (ptr, len) = (slice.as_mut_ptr(), slice.len());
+        self.post_recv(ptr, len, Keep::Buf(buf))
+    }
+
+    /// Starts receiving the next datagram into `len` bytes at `ptr`, which
+    /// `keep` owns.
+    fn post_recv(&mut self, ptr: *mut u8, len: usize, keep: Keep) -> io::Result<Op> {
+        let worker = self.worker()?.handle;
         // SAFETY: all-zero parameters are valid.
         let param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a live worker under the lock; the buffer is owned by the
-        // returned `Op` (or parked with the link) until the request is done,
-        // and UCX writes into it only while this worker progresses.
+        // SAFETY: a live worker under the lock; the memory is owned by
+        // `keep`, in the returned `Op` (or parked with the link) until the
+        // request is done, and UCX writes into it only while this worker
+        // progresses.
         let request = unsafe { sys::ucp_tag_recv_nbx(worker, ptr.cast(), len, TAG, TAG_MASK, &param) };
-        self.started(request, Keep::Buf(buf))
+        self.started(request, keep)
+    }
+
+    /// Receives and drops every datagram that arrived with no one left to
+    /// receive it (the peer's close datagram crossing ours, say): UCX 1.13
+    /// warns `unexpected tag-receive descriptor ... was not matched` for
+    /// each one still queued when the worker is destroyed. Only called
+    /// once both halves are gone. Each lands in a few bytes of scratch; a
+    /// longer one completes truncated, which frees it as well.
+    fn discard_unexpected(&mut self) {
+        while self.probe().is_some() {
+            let mut scratch = vec![0u8; DISCARD_SCRATCH];
+            let ptr = scratch.as_mut_ptr();
+            match self.post_recv(ptr, DISCARD_SCRATCH, Keep::Vec(scratch)) {
+                Ok(op) => self.parked.push(op),
+                Err(_) => return,
+            }
+        }
     }
 
     /// One step of receiving the next datagram of at most `max` bytes into
     /// `op` (which keeps the receive in flight between steps, so waiting
-    /// for it can be cancelled and resumed). `failed`: the endpoint failed.
+    /// for it can be cancelled and resumed): into memory of `device` when
+    /// given and it has room (for a UCX that handles CUDA memory), else of
+    /// `pool`. `failed`: the endpoint failed.
     pub(crate) fn next_datagram(
         &mut self,
         op: &mut Option<Op>,
         max: usize,
         pool: &BufferPool,
+        device: Option<&Arc<weft_gpu::Gpu>>,
         failed: bool,
     ) -> Poll<Datagram> {
         let current = match op {
@@ -403,20 +437,27 @@ impl State {
                 None if failed => return Poll::Ready(Datagram::Gone),
                 None => return Poll::Pending,
                 Some(len) if len > max => return Poll::Ready(Datagram::TooLong(len)),
-                Some(len) => match self.recv(pool.take(len)) {
-                    Ok(started) => op.insert(started),
-                    Err(_) => return Poll::Ready(Datagram::Gone),
-                },
+                Some(len) => {
+                    let posted = match device.and_then(|gpu| gpu.alloc(len).ok()) {
+                        Some(buffer) => {
+                            // UCX finds the pointer's memory type (CUDA) itself.
+                            let ptr = buffer.device_ptr() as *mut u8;
+                            self.post_recv(ptr, len, Keep::Device(buffer))
+                        }
+                        None => self.recv(pool.take(len)),
+                    };
+                    match posted {
+                        Ok(started) => op.insert(started),
+                        Err(_) => return Poll::Ready(Datagram::Gone),
+                    }
+                }
             },
         };
         match self.poll(current) {
             Poll::Pending if failed => Poll::Ready(Datagram::Gone),
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => Poll::Ready(Datagram::Gone),
-            Poll::Ready(Ok(())) => match op.take().and_then(Op::into_buf) {
-                Some(buf) => Poll::Ready(Datagram::Got(buf)),
-                None => Poll::Ready(Datagram::Gone),
-            },
+            Poll::Ready(Ok(())) => Poll::Ready(op.take().and_then(Op::into_received).unwrap_or(Datagram::Gone)),
         }
     }
 
@@ -528,20 +569,26 @@ impl Drop for State {
             return;
         }
         self.start_close(true);
-        let Some(mut worker) = self.worker.take() else {
+        self.discard_unexpected();
+        // The worker stays in `self` until the end, so that datagrams
+        // arriving while it progresses are discarded too.
+        let Some(handle) = self.worker.as_ref().map(|w| w.handle) else {
             return;
         };
         for op in &self.parked {
             if let Some(request) = &op.request {
                 // SAFETY: a live request of this worker; cancelling a send
                 // is a no-op (the forced close fails it).
-                unsafe { sys::ucp_request_cancel(worker.handle, request.0.as_ptr()) };
+                unsafe { sys::ucp_request_cancel(handle, request.0.as_ptr()) };
             }
         }
         // Bounded: this runs in a drop.
         let deadline = std::time::Instant::now() + Duration::from_millis(200);
         loop {
-            worker.progress();
+            if let Some(worker) = self.worker.as_mut() {
+                worker.progress();
+            }
+            self.discard_unexpected();
             self.parked.retain_mut(|op| poll_op(op).is_pending());
             let closing = self.closing.as_ref().is_some_and(|request| {
                 // SAFETY: a live request of this worker.
@@ -563,7 +610,7 @@ impl Drop for State {
                     parked = self.parked.len(),
                     "UCX endpoint did not close in time; leaking its worker"
                 );
-                std::mem::forget(worker);
+                std::mem::forget(self.worker.take());
                 std::mem::forget(std::mem::take(&mut self.parked));
                 std::mem::forget(std::mem::take(&mut self.abandoned));
                 self.closing = None;
@@ -582,7 +629,7 @@ impl Drop for State {
             // completes or with the worker.
             unsafe { sys::ucp_request_free(request.0.as_ptr()) };
         }
-        drop(worker);
+        drop(self.worker.take());
         // Only now, with the worker gone, can nothing use these.
         self.parked.clear();
         let abandoned = std::mem::take(&mut self.abandoned);
@@ -653,7 +700,11 @@ async fn drive(driver: Driver) {
         }
     }
     let failed = link.failure().is_some();
-    link.lock().start_close(failed);
+    {
+        let mut state = link.lock();
+        state.discard_unexpected();
+        state.start_close(failed);
+    }
     // Closing is driven by progress callbacks as much as by events, so poll
     // (briefly: a close takes a round trip, or nothing when forced).
     let deadline = Instant::now() + CLOSE_TIMEOUT;
@@ -661,6 +712,7 @@ async fn drive(driver: Driver) {
         let done = {
             let mut state = link.lock();
             state.progress_and_arm();
+            state.discard_unexpected();
             state.close_done()
         };
         if done || Instant::now() > deadline {

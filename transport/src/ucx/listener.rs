@@ -293,7 +293,8 @@ async fn recv_handshake(link: &Link, config: &Config, max: usize, part: Part, ad
                 max: max as u64,
             },
         )),
-        Ok(Datagram::Gone) => Err(link.gone("handshake")),
+        // Handshakes are received into host memory, never a device's.
+        Ok(Datagram::Gone | Datagram::GotDevice(_)) => Err(link.gone("handshake")),
         Err(_) => Err(TransportError::Timeout {
             peer: addr.to_string(),
             after: config.handshake_timeout,

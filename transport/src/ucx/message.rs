@@ -13,9 +13,11 @@ use super::link::{Datagram, Handle, Keep, Op, Ops};
 use crate::config::Config;
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
+use crate::landing;
 use crate::pool::{BufferPool, PooledBuf};
 use crate::wire::{self, Limits, Part, WireError};
 use crate::{Buffer, Message};
+use weft_gpu::{Device, Gpu};
 
 /// The sending half's writer.
 pub(crate) struct UcxWriter {
@@ -36,7 +38,7 @@ impl UcxWriter {
     /// parts: until the peer has fetched them).
     pub(crate) async fn send(&self, message: &Message, peer: &Peer) -> Result<()> {
         let header = &message.header;
-        let head = wire::encode_head(header, message.frames.iter().map(Buffer::len));
+        let head = wire::encode_head(header, message.frame_table());
         let large_header = (header.len() > wire::INLINE_HEADER_MAX).then(|| header.clone());
         let frames = parts(message, peer)?;
         let mut ops = Ops::new(&self.link, Vec::with_capacity(message.frames.len() + 2));
@@ -104,6 +106,8 @@ pub(crate) struct UcxReceiver {
     link: Arc<Handle>,
     limits: Limits,
     pool: BufferPool,
+    /// Where frames the sender held on a GPU go (see [`Config::gpu`]).
+    gpu: Option<Arc<Gpu>>,
     io_timeout: Duration,
     /// The datagram being received.
     op: Option<Op>,
@@ -116,8 +120,9 @@ pub(crate) struct UcxReceiver {
 struct Partial {
     header_len: usize,
     frame_lens: Vec<usize>,
+    frame_devices: Vec<Device>,
     header: Option<Bytes>,
-    frames: Vec<Bytes>,
+    frames: Vec<Buffer>,
     /// When waiting for the next part fails with a timeout.
     deadline: Instant,
 }
@@ -133,16 +138,13 @@ impl Partial {
             if len > 0 {
                 return Some((Part::Frame(self.frames.len()), len));
             }
-            self.frames.push(Bytes::new());
+            self.frames.push(Buffer::host(Bytes::new()));
         }
         None
     }
 
     fn finish(self) -> Message {
-        Message::new(
-            self.header.unwrap_or_default(),
-            self.frames.into_iter().map(Buffer::host).collect(),
-        )
+        Message::new(self.header.unwrap_or_default(), self.frames)
     }
 }
 
@@ -152,6 +154,7 @@ impl UcxReceiver {
             link,
             limits: config.limits,
             pool: config.pool.clone(),
+            gpu: config.gpu.clone(),
             io_timeout: config.io_timeout,
             op: None,
             message: None,
@@ -177,10 +180,11 @@ impl UcxReceiver {
                 },
             };
             let deadline = self.message.as_ref().map(|partial| partial.deadline);
+            let device = self.device_for(part, peer)?;
             let (link, op, pool) = (&self.link, &mut self.op, &self.pool);
             let datagram = link
                 .wait(deadline, |state| {
-                    state.next_datagram(op, max, pool, link.failure().is_some())
+                    state.next_datagram(op, max, pool, device.as_ref(), link.failure().is_some())
                 })
                 .await
                 .map_err(|_| TransportError::Timeout {
@@ -198,6 +202,13 @@ impl UcxReceiver {
                         peer: peer.to_string(),
                         source,
                     })?;
+                }
+                Datagram::GotDevice(buffer) => {
+                    self.accept_device(part, buffer)
+                        .map_err(|source| TransportError::Malformed {
+                            peer: peer.to_string(),
+                            source,
+                        })?;
                 }
                 Datagram::TooLong(len) => {
                     let min = if part == Part::Head { wire::PRELUDE_LEN } else { max };
@@ -229,6 +240,34 @@ impl UcxReceiver {
         }
     }
 
+    /// The GPU to post the receive of `part` on: this receiver's, for a
+    /// frame the sender held on a GPU, when it is a CUDA GPU and UCX here
+    /// handles CUDA memory (no host hop); else none (host memory, copied
+    /// up after, see `accept`).
+    fn device_for(&self, part: Part, peer: &Peer) -> Result<Option<Arc<Gpu>>> {
+        let (Part::Frame(index), Some(gpu), Some(partial)) = (part, &self.gpu, &self.message) else {
+            return Ok(None);
+        };
+        let cuda = matches!(gpu.device(), Device::Cuda(_)) && partial.frame_devices[index].is_gpu();
+        Ok((cuda && super::context::context(&peer.to_string())?.cuda()).then(|| gpu.clone()))
+    }
+
+    /// Takes in a frame received straight into device memory.
+    fn accept_device(&mut self, part: Part, buffer: weft_gpu::DeviceBuffer) -> Result<(), WireError> {
+        let (Part::Frame(index), Some(partial)) = (part, &mut self.message) else {
+            return Err(WireError::PartLength {
+                part,
+                found: buffer.len() as u64,
+                min: 0,
+                max: 0,
+            });
+        };
+        wire::check_part(part, buffer.len(), partial.frame_lens[index])?;
+        partial.frames.push(Buffer::device(buffer));
+        partial.deadline = Instant::now() + self.io_timeout;
+        Ok(())
+    }
+
     /// Takes in one received part: decodes a head, or checks a part's length.
     fn accept(&mut self, part: Part, buf: PooledBuf) -> Result<(), WireError> {
         let bytes = buf.freeze();
@@ -240,6 +279,7 @@ impl UcxReceiver {
                     header_len: head.layout.header_len,
                     frames: Vec::with_capacity(head.layout.frame_lens.len()),
                     frame_lens: head.layout.frame_lens,
+                    frame_devices: head.layout.frame_devices,
                     header: head.inline_header.map(|range| bytes.slice(range)),
                     deadline,
                 });
@@ -253,7 +293,13 @@ impl UcxReceiver {
                 wire::check_part(part, bytes.len(), expected)?;
                 match part {
                     Part::Header => partial.header = Some(bytes),
-                    _ => partial.frames.push(bytes),
+                    // Received into host memory; a device frame then moves
+                    // up to this receiver's GPU, if it has one.
+                    Part::Frame(index) => {
+                        let from = partial.frame_devices[index];
+                        partial.frames.push(landing::upload(bytes, from, self.gpu.as_ref()));
+                    }
+                    _ => {}
                 }
                 partial.deadline = deadline;
             }

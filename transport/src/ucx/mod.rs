@@ -47,8 +47,20 @@
 //!   process's UCX context reports CUDA memory support (UCX finds the
 //!   pointer's memory type itself; see `message::parts` and the README);
 //!   otherwise, and for emulated GPUs, it is staged through host memory.
-//!   Receiving: every frame lands in host memory (the pool's buffers),
-//!   device frames included.
+//!   The head's frame table says which frames the sender held on a GPU.
+//!   Receiving: a frame the sender held on a GPU, at a receiver whose GPU
+//!   ([`crate::Config::gpu`]) is a CUDA GPU and whose UCX handles CUDA
+//!   memory, is received straight into a buffer of that GPU's pool (UCX
+//!   picks `cuda_ipc`, `cuda_copy` or the network, with no host hop). Every
+//!   other datagram lands in host memory (the pool's buffers), and a device
+//!   frame then moves up to the receiver's GPU when it has one (one
+//!   host-to-device copy), else stays there; so does a frame the device
+//!   has no room for.
+//! - Closing: once both halves are gone, datagrams that arrived with no
+//!   one to receive them (typically the peer's close crossing ours) are
+//!   received into scratch and dropped, up to the worker's destruction;
+//!   UCX 1.13 otherwise warns `unexpected tag-receive descriptor ... was
+//!   not matched` for each.
 
 #[cfg(feature = "ucx")]
 mod context;

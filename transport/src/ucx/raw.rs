@@ -60,7 +60,7 @@ impl RawPeer {
             })?;
         Ok(match datagram {
             Datagram::Got(buf) => Some(buf.as_ref().to_vec()),
-            Datagram::TooLong(_) | Datagram::Gone => None,
+            Datagram::TooLong(_) | Datagram::Gone | Datagram::GotDevice(_) => None,
         })
     }
 }
