@@ -15,7 +15,9 @@
 //! its rows. Small enough: it is broadcast; else it is shuffled from the
 //! computed partitions. (TPC-H q5 at SF10: one year's orders of Asia's
 //! customers, bounded by the 15M rows of `orders`, are broadcast, so the
-//! 60M `lineitem` rows are probed where they are read, not shuffled.)
+//! 60M `lineitem` rows are probed where they are read, not shuffled.) An
+//! inner join that would broadcast a large exact side first computes a
+//! loose other side, and the smaller of the two is broadcast.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -157,22 +159,33 @@ async fn computed(
     Ok(Some((Arc::new(scan), rows, partitions)))
 }
 
-/// Which side of a join to compute ahead, if any: one the lowering would
-/// not broadcast by its row estimate, an upper bound that filters, joins
-/// and aggregates below it leave loose, so that its true size decides
-/// (broadcast when small, else shuffled from the computed partitions).
-/// For inner joins the looser side with the smaller estimate; otherwise
-/// only the right side, the one a broadcast builds.
+/// Which side of a join to compute ahead, if any, so that its true size
+/// decides: row estimates are upper bounds, which filters, joins and
+/// aggregates below a side leave loose.
+/// - A join the lowering would shuffle: the side that could be broadcast
+///   if it were small (broadcast when it is, else shuffled from the
+///   computed partitions). For inner joins the loose side with the
+///   smaller estimate; otherwise only the right side, the one a broadcast
+///   builds.
+/// - An inner join that would broadcast an exact side of more than a
+///   sixteenth of the limit: the other side when it is loose, so that the
+///   smaller of the two is broadcast (TPC-H q10: three months of orders,
+///   bounded by all of them, hold fewer rows than the customers).
 fn side_to_measure(left: &LogicalPlan, right: &LogicalPlan, spec: &JoinSpec, options: &PlanOptions) -> Option<Side> {
     let limit = options.broadcast_rows;
     let (l, r) = (left.estimate_rows(), right.estimate_rows());
     let inner = spec.how == JoinType::Inner;
-    if r <= limit || (inner && l <= limit) {
-        return None;
+    let (loose_left, loose_right) = (!left.estimate_is_exact(), !right.estimate_is_exact());
+    let broadcast_left = inner && l < r && l <= limit;
+    if broadcast_left || r <= limit {
+        let (rows, exact, other, other_loose) = if broadcast_left {
+            (l, !loose_left, Side::Right, loose_right)
+        } else {
+            (r, !loose_right, Side::Left, loose_left)
+        };
+        return (inner && exact && other_loose && rows > limit / 16).then_some(other);
     }
-    let loose_right = !right.estimate_is_exact();
-    let loose_left = inner && !left.estimate_is_exact();
-    match (loose_left, loose_right) {
+    match (inner && loose_left, loose_right) {
         (true, true) if l < r => Some(Side::Left),
         (_, true) => Some(Side::Right),
         (true, false) => Some(Side::Left),
@@ -268,8 +281,15 @@ mod tests {
         };
         let side = |l: Arc<LogicalPlan>, r: Arc<LogicalPlan>, how| side_to_measure(&l, &r, &spec(how), &options);
         // Known small: broadcast as planned.
-        assert_eq!(side(filtered(1000), random(100), JoinType::Inner), None);
-        assert_eq!(side(random(50), filtered(1000), JoinType::Inner), None);
+        assert_eq!(side(filtered(1000), random(5), JoinType::Inner), None);
+        assert_eq!(side(random(5), filtered(1000), JoinType::Inner), None);
+        // An exact side of more than a sixteenth of the limit, to be
+        // broadcast: the loose other side may be smaller.
+        assert_eq!(side(filtered(1000), random(100), JoinType::Inner), Some(Side::Left));
+        assert_eq!(side(random(50), filtered(1000), JoinType::Inner), Some(Side::Right));
+        assert_eq!(side(random(50), random(1000), JoinType::Inner), None);
+        assert_eq!(side(filtered(50), filtered(1000), JoinType::Inner), None);
+        assert_eq!(side(filtered(1000), random(100), JoinType::Left), None);
         // Exact estimates above the limit: nothing to learn.
         assert_eq!(side(random(1000), random(1000), JoinType::Inner), None);
         // The loose side, the smaller of two loose ones.
