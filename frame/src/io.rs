@@ -7,7 +7,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StringViewArray};
+use arrow_buffer::OffsetBuffer;
+use arrow_data::ByteView;
 use arrow_schema::ArrowError;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ProjectionMask;
@@ -221,8 +224,8 @@ pub fn read_parquet(
 ) -> Result<RecordBatch> {
     let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
     let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer(path, &handle)?);
-    let file_schema = builder.schema().clone();
+    let footer = footer(path, &handle)?;
+    let file_schema = footer.schema().clone();
     let index = |name: &String| {
         file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
             name: name.clone(),
@@ -234,6 +237,23 @@ pub fn read_parquet(
         None => file_schema.fields().iter().map(|f| f.name().clone()).collect(),
     };
     let conjuncts = predicate.cloned().map(Expr::conjuncts).unwrap_or_default();
+    // Strings the predicate does not read are decoded as views and made
+    // plain strings once the predicate has dropped its rows: one copy of
+    // their bytes instead of two (decoding, then filtering).
+    let predicate_reads: Vec<String> = conjuncts.iter().flat_map(Expr::columns).collect();
+    let views: Vec<usize> = wanted
+        .iter()
+        .filter(|name| !predicate_reads.contains(name))
+        .filter_map(|name| file_schema.index_of(name).ok())
+        .filter(|&i| *file_schema.field(i).data_type() == DataType::Utf8)
+        .collect();
+    let footer = if views.is_empty() {
+        footer
+    } else {
+        with_views(path, &footer, &views)?
+    };
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer);
+    let read_schema = builder.schema().clone();
     let mut read = wanted.clone();
     for c in conjuncts.iter().flat_map(Expr::columns) {
         if !read.contains(&c) {
@@ -273,7 +293,7 @@ pub fn read_parquet(
             Some(p) => crate::eval::filter(&batch, &p)?,
             None => batch,
         };
-        return project_names(&batch, &wanted);
+        return project_names(&plain_strings(batch)?, &wanted);
     }
     let others: Vec<usize> = read
         .iter()
@@ -299,7 +319,7 @@ pub fn read_parquet(
     columns.sort_unstable_by_key(|c| c.0);
     let fields: Vec<Field> = columns
         .iter()
-        .map(|(r, _)| plain_field(file_schema.field(*r)))
+        .map(|(r, _)| plain_field(read_schema.field(*r)))
         .collect();
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
@@ -309,7 +329,97 @@ pub fn read_parquet(
         Some(p) => crate::eval::filter(&batch, &p)?,
         None => batch,
     };
-    project_names(&batch, &wanted)
+    project_names(&plain_strings(batch)?, &wanted)
+}
+
+/// `footer` reading columns `views` (utf8) as string views.
+fn with_views(path: &str, footer: &ArrowReaderMetadata, views: &[usize]) -> Result<ArrowReaderMetadata> {
+    let fields: Vec<Field> = footer
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let f = f.as_ref().clone();
+            if views.contains(&i) {
+                f.with_data_type(DataType::Utf8View)
+            } else {
+                f
+            }
+        })
+        .collect();
+    let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
+    ArrowReaderMetadata::try_new(footer.metadata().clone(), options).map_err(|e| FrameError::file(path, e))
+}
+
+/// `batch` with its string-view columns as plain strings.
+fn plain_strings(batch: RecordBatch) -> Result<RecordBatch> {
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| *f.data_type() == DataType::Utf8View)
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        match c.as_any().downcast_ref::<StringViewArray>() {
+            Some(views) => {
+                fields.push(f.as_ref().clone().with_data_type(DataType::Utf8));
+                columns.push(Arc::new(strings_of_views(views)?) as ArrayRef);
+            }
+            None => {
+                fields.push(f.as_ref().clone());
+                columns.push(c.clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+/// String views as plain strings. A string of up to 12 bytes lies in its
+/// view; it is copied as a fixed 12 bytes (the next string overwrites the
+/// excess), without a copy call of its own length per row.
+fn strings_of_views(views: &StringViewArray) -> Result<StringArray> {
+    let nulls = views.nulls().filter(|n| n.null_count() > 0);
+    let len = |row: usize, view: u128| {
+        if nulls.is_some_and(|n| n.is_null(row)) {
+            0
+        } else {
+            view as u32 as usize
+        }
+    };
+    let total: usize = views.views().iter().enumerate().map(|(row, &v)| len(row, v)).sum();
+    if i32::try_from(total).is_err() {
+        return Ok(arrow_cast::cast(views, &DataType::Utf8)?.as_string::<i32>().clone());
+    }
+    let mut bytes = vec![0u8; total + 12];
+    let mut offsets = Vec::with_capacity(views.len() + 1);
+    offsets.push(0i32);
+    let mut at = 0;
+    for (row, &view) in views.views().iter().enumerate() {
+        let n = len(row, view);
+        if n <= 12 {
+            let inline: [u8; 12] = view.to_le_bytes()[4..].try_into().expect("12 bytes");
+            let slot: &mut [u8; 12] = (&mut bytes[at..at + 12]).try_into().expect("12 bytes");
+            *slot = inline;
+        } else {
+            let view = ByteView::from(view);
+            let buffer = &views.data_buffers()[view.buffer_index as usize];
+            bytes[at..at + n].copy_from_slice(&buffer[view.offset as usize..][..n]);
+        }
+        at += n;
+        offsets.push(at as i32);
+    }
+    bytes.truncate(total);
+    let offsets = OffsetBuffer::new(offsets.into());
+    // SAFETY: the offsets rise from 0 to the bytes' length, and the bytes
+    // between two offsets are one value of a string-view array, valid
+    // UTF-8 (arrow checks that when a view array is made), so every value
+    // is valid UTF-8; the nulls are the views' own, of the same length.
+    Ok(unsafe { StringArray::new_unchecked(offsets, bytes.into(), views.nulls().cloned()) })
 }
 
 /// Footers kept by [`footer`]: a file's are parsed once per process, not
@@ -499,6 +609,12 @@ mod tests {
         let b = read_parquet(&path, &keep, Some(&["s".to_string()]), Some(&pred)).unwrap();
         assert_eq!(b.num_columns(), 1);
         assert_eq!(b.num_rows(), 150);
+        // Read as views (the predicate does not read it), returned as utf8.
+        let want: Vec<String> = (150..300).map(|i| format!("v{i}")).collect();
+        assert_eq!(
+            b.column(0).as_string::<i32>().iter().flatten().collect::<Vec<_>>(),
+            want
+        );
         // Conjuncts on two columns, one on none, applied while decoding;
         // the output in the asked order, a predicate column among it.
         let s_ends_in_7 = col("s").ends_with("7");
@@ -532,6 +648,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("bad.parquet") && bad.contains("Parquet"), "{bad}");
+    }
+
+    #[test]
+    fn string_views_become_plain_strings() {
+        let values = [
+            Some("a"),
+            None,
+            Some(""),
+            Some("twelve bytes"),
+            Some("thirteen byte"),
+            Some("a string well past the inline twelve bytes"),
+            Some("é ü"),
+        ];
+        let views = StringViewArray::from_iter(values);
+        let plain = strings_of_views(&views).unwrap();
+        assert_eq!(plain, StringArray::from_iter(values));
+        let sliced = strings_of_views(&views.slice(3, 3)).unwrap();
+        assert_eq!(sliced, StringArray::from_iter(values[3..6].iter().copied()));
     }
 
     #[test]
