@@ -18,20 +18,18 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use weft::gpu::{Buffer, DeviceConfig, Devices, Gpu};
-use weft::ops::{OpContext, args};
-use weft::{Client, OpError, Registry, TaskSpec, Value};
+use weft::ops::OpContext;
+use weft::{Client, OpError, Registry, Value};
 use weft_benches::median;
 use weft_kernels::{Column, DType};
 
+use super::transfer::WORKER_A;
 use super::{Args, CpuWindow, Report, start};
 
 /// Makes `n` float64s on the worker's GPU.
 const ARANGE: &str = "bench_arange_f64_device";
 /// Sums a device-resident input on the worker's GPU.
 const SUM: &str = "bench_sum_f64_device";
-
-const WORKER_A: &str = "local-0";
-const WORKER_B: &str = "local-1";
 
 /// Registers the ops this workload runs on its workers (processes of this
 /// binary, so the CLI's registry has them).
@@ -173,30 +171,8 @@ impl Pair<'_> {
     /// Makes `n` float64s on A's GPU (untimed), then times their sum on B.
     /// Returns the seconds, the check and the path the input took.
     async fn rep(&self, n: u64) -> Result<(f64, String, String)> {
-        let mut make = TaskSpec::new(
-            self.client.unique_key("arange-device"),
-            ARANGE,
-            args(&n).map_err(anyhow::Error::msg)?,
-            Vec::new(),
-        );
-        make.annotations.workers = vec![WORKER_A.into()];
-        let made = self.client.submit(make).await?;
-        let producers = made.wait().await?;
-        let mut consume = TaskSpec::new(
-            self.client.unique_key("sum-device"),
-            SUM,
-            Default::default(),
-            vec![made.key().clone()],
-        );
-        consume.annotations.workers = vec![WORKER_B.into()];
-
-        let started = Instant::now();
-        let done = self.client.submit(consume).await?;
-        let value = done.result().await?;
-        let seconds = started.elapsed().as_secs_f64();
-
-        let consumers = done.wait().await?;
-        let (sum, on_device, ipc_copies): Summed = value.decode().map_err(anyhow::Error::msg)?;
+        let moved = super::transfer::a_to_b(self.client, "arange-device", ARANGE, n, SUM).await?;
+        let (sum, on_device, ipc_copies): Summed = moved.value.decode().map_err(anyhow::Error::msg)?;
         let path = if ipc_copies > self.ipc_seen.replace(ipc_copies) {
             "ipc copy"
         } else if on_device {
@@ -206,10 +182,7 @@ impl Pair<'_> {
         }
         .to_string();
         let expected = (n * n.saturating_sub(1) / 2) as f64;
-        let verdict = if consumers
-            .iter()
-            .any(|c| producers.iter().any(|p| p.address == c.address))
-        {
+        let verdict = if moved.same_worker {
             format!("consumer ran on the producer's worker {WORKER_A}, not on worker B")
         } else if !on_device {
             "the input reached B in host memory, not in its device memory".to_string()
@@ -218,8 +191,6 @@ impl Pair<'_> {
         } else {
             "ok".to_string()
         };
-        drop((done, made));
-        tokio::time::sleep(super::transfer::SETTLE).await;
-        Ok((seconds, verdict, path))
+        Ok((moved.seconds, verdict, path))
     }
 }

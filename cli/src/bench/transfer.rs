@@ -27,7 +27,7 @@ use super::{Args, CpuWindow, Report, start};
 pub const DEFAULT_MIB: usize = 256;
 
 /// Names of the workers a local cluster starts first and second.
-const WORKER_A: &str = "local-0";
+pub(super) const WORKER_A: &str = "local-0";
 const WORKER_B: &str = "local-1";
 
 /// Elements of the untimed warm-up (the peers' 2^17).
@@ -36,7 +36,7 @@ const WARM_ELEMENTS: u64 = 1 << 17;
 /// Untimed pause after each repetition, so the releases of its results
 /// reach both workers before the next array is made (its memory is then
 /// reused, as it would be in a steady stream of transfers).
-pub(super) const SETTLE: Duration = Duration::from_millis(100);
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// Runs the workload; fills `report` and returns the check.
 pub(super) async fn measure(args: &Args, mib: usize, report: &mut Report) -> Result<String> {
@@ -141,37 +141,12 @@ impl Pair<'_> {
     /// Makes `n` float64s on A (untimed), then times `op` on B over them
     /// until its result is here. Returns the seconds and the check.
     async fn rep(&self, n: u64, op: &str) -> Result<(f64, String)> {
-        let mut make = TaskSpec::new(
-            self.client.unique_key("arange"),
-            "arange_f64",
-            args(&n).map_err(anyhow::Error::msg)?,
-            Vec::new(),
-        );
-        make.annotations.workers = vec![WORKER_A.into()];
-        let made = self.client.submit(make).await?;
-        let producers = made.wait().await?;
-        let mut consume = TaskSpec::new(
-            self.client.unique_key(op),
-            op,
-            Default::default(),
-            vec![made.key().clone()],
-        );
-        consume.annotations.workers = vec![WORKER_B.into()];
-
-        let started = Instant::now();
-        let done = self.client.submit(consume).await?;
-        let value = done.result().await?;
-        let seconds = started.elapsed().as_secs_f64();
-
-        let consumers = done.wait().await?;
-        let verdict = if consumers
-            .iter()
-            .any(|c| producers.iter().any(|p| p.address == c.address))
-        {
+        let moved = a_to_b(self.client, "arange", "arange_f64", n, op).await?;
+        let verdict = if moved.same_worker {
             format!("consumer ran on the producer's worker {WORKER_A}, not on worker B")
         } else if op == "sum_f64" {
             let (got, expected) = (
-                value.decode::<f64>().map_err(anyhow::Error::msg)?,
+                moved.value.decode::<f64>().map_err(anyhow::Error::msg)?,
                 (n * n.saturating_sub(1) / 2) as f64,
             );
             if got == expected {
@@ -180,15 +155,62 @@ impl Pair<'_> {
                 format!("mismatch: got {got}, expected {expected}")
             }
         } else {
-            let got = value.decode::<u64>().map_err(anyhow::Error::msg)?;
+            let got = moved.value.decode::<u64>().map_err(anyhow::Error::msg)?;
             if got >= 8 * n {
                 "ok".to_string()
             } else {
                 format!("mismatch: moved {got} bytes of {}", 8 * n)
             }
         };
-        drop((done, made));
-        tokio::time::sleep(SETTLE).await;
-        Ok((seconds, verdict))
+        Ok((moved.seconds, verdict))
     }
+}
+
+/// What [`a_to_b`] timed.
+pub(super) struct Moved {
+    /// The consumer's result.
+    pub value: weft::Value,
+    /// Seconds from submitting the consumer to its result being here.
+    pub seconds: f64,
+    /// The consumer ran on the producer's worker, not on worker B.
+    pub same_worker: bool,
+}
+
+/// Op `make` (keys named `name`) of `n` made on worker A, untimed, then op
+/// `consume` on worker B over its result, timed until that result is
+/// here; both released and let settle before returning.
+pub(super) async fn a_to_b(client: &Client, name: &str, make: &str, n: u64, consume: &str) -> Result<Moved> {
+    let mut made = TaskSpec::new(
+        client.unique_key(name),
+        make,
+        args(&n).map_err(anyhow::Error::msg)?,
+        Vec::new(),
+    );
+    made.annotations.workers = vec![WORKER_A.into()];
+    let made = client.submit(made).await?;
+    let producers = made.wait().await?;
+    let mut consumer = TaskSpec::new(
+        client.unique_key(consume),
+        consume,
+        Default::default(),
+        vec![made.key().clone()],
+    );
+    consumer.annotations.workers = vec![WORKER_B.into()];
+
+    let started = Instant::now();
+    let done = client.submit(consumer).await?;
+    let value = done.result().await?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let consumers = done.wait().await?;
+    let same_worker = consumers
+        .iter()
+        .any(|c| producers.iter().any(|p| p.address == c.address));
+    drop((done, made));
+    tokio::time::sleep(SETTLE).await;
+    Ok(Moved {
+        value,
+        seconds,
+        same_worker,
+    })
 }
