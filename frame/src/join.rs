@@ -261,30 +261,39 @@ impl Radix {
     }
 }
 
-/// A table over int64 build keys: indexed by `key - min` where the keys
-/// are dense (at most [`DIRECT_SPREAD`] slots per row, as TPC-H's keys
-/// are), so a probe is an array read rather than a hash lookup; else
-/// hashed, behind a bitmap of the keys' range where that range is at most
-/// [`BITMAP_SPREAD`] bits per row. Most probes of a selective join miss,
-/// and the bitmap answers them: a probe side in key order (TPC-H's
-/// `lineitem` by order key) reads it in order, where a hash table that
-/// outgrew the cache costs a miss per probe.
+/// A table over int64 build keys, by how densely they fill their range:
+/// - at most [`DIRECT_SPREAD`] slots per row (TPC-H's keys): an array
+///   indexed by `key - min`;
+/// - at most [`BITMAP_SPREAD`] bits per row (TPC-H's keys after a filter):
+///   a bitmap of the range, where a key's rank among the set bits indexes
+///   an array of rows. A probe that misses reads one bit; one that hits,
+///   one prefix count and one slot. A probe side in key order (`lineitem`
+///   by order key) reads all three in order, where a hash table that
+///   outgrew the cache costs a miss per hit;
+/// - sparser: hashed.
 enum IntTable {
     Direct {
         min: i64,
         heads: Vec<u32>,
         next: Vec<u32>,
     },
-    Hashed {
-        table: Table<i64>,
-        present: Option<(i64, Vec<u64>)>,
+    Ranked {
+        min: i64,
+        /// Bit `k - min` set for each key `k`.
+        bits: Vec<u64>,
+        /// Set bits before each word.
+        before: Vec<u32>,
+        /// The last row of each key, in key order.
+        heads: Vec<u32>,
+        next: Vec<u32>,
     },
+    Hashed(Table<i64>),
 }
 
 /// Most slots per build row of a direct table.
 const DIRECT_SPREAD: u64 = 4;
 
-/// Most bits per build row of a hashed table's bitmap.
+/// Most bits per build row of a ranked table.
 const BITMAP_SPREAD: u64 = 256;
 
 impl IntTable {
@@ -295,60 +304,87 @@ impl IntTable {
             .fold((i64::MAX, i64::MIN), |(lo, hi), k| (lo.min(k), hi.max(k)));
         let slots = (max as i128 - min as i128 + 1).max(0) as u64;
         let rows = keys.len() as u64;
-        if min > max || slots > DIRECT_SPREAD * rows + 1024 {
-            let present = (min <= max && slots <= BITMAP_SPREAD * rows + 1024).then(|| {
-                let mut bits = vec![0u64; slots.div_ceil(64) as usize];
-                for k in keys.iter().flatten() {
-                    let slot = (k - min) as usize;
-                    bits[slot / 64] |= 1 << (slot % 64);
-                }
-                (min, bits)
-            });
-            return IntTable::Hashed {
-                table: Table::build(keys.iter(), keys.len()),
-                present,
-            };
+        if min > max || slots > BITMAP_SPREAD * rows + 1024 {
+            return IntTable::Hashed(Table::build(keys.iter(), keys.len()));
         }
-        let mut heads = vec![u32::MAX; slots as usize];
         let mut next = vec![u32::MAX; keys.len()];
+        if slots <= DIRECT_SPREAD * rows + 1024 {
+            let mut heads = vec![u32::MAX; slots as usize];
+            for (row, key) in keys.iter().enumerate() {
+                if let Some(key) = key {
+                    let slot = &mut heads[(key - min) as usize];
+                    next[row] = *slot;
+                    *slot = row as u32;
+                }
+            }
+            return IntTable::Direct { min, heads, next };
+        }
+        let mut bits = vec![0u64; slots.div_ceil(64) as usize];
+        for k in keys.iter().flatten() {
+            let slot = (k - min) as usize;
+            bits[slot / 64] |= 1 << (slot % 64);
+        }
+        let mut before = Vec::with_capacity(bits.len());
+        let mut set = 0u32;
+        for w in &bits {
+            before.push(set);
+            set += w.count_ones();
+        }
+        let mut heads = vec![u32::MAX; set as usize];
         for (row, key) in keys.iter().enumerate() {
             if let Some(key) = key {
-                let slot = &mut heads[(key - min) as usize];
-                next[row] = *slot;
-                *slot = row as u32;
+                let slot = (key - min) as usize;
+                let rank = rank(&bits, &before, slot);
+                next[row] = heads[rank];
+                heads[rank] = row as u32;
             }
         }
-        IntTable::Direct { min, heads, next }
+        IntTable::Ranked {
+            min,
+            bits,
+            before,
+            heads,
+            next,
+        }
     }
 
     /// Calls `f(build_row)` for each build row matching `key`.
     fn probe(&self, key: i64, mut f: impl FnMut(u32)) {
         let slot = |min: i64| (key as i128 - min as i128) as u128;
-        match self {
-            IntTable::Hashed { table, present } => {
-                if let Some((min, bits)) = present {
-                    let slot = slot(*min);
-                    let word = bits.get((slot / 64).min(usize::MAX as u128) as usize);
-                    if word.is_none_or(|w| w & (1 << (slot % 64)) == 0) {
-                        return;
-                    }
-                }
-                table.probe(&key, f)
+        let mut chain = |mut row: u32, next: &[u32]| {
+            while row != u32::MAX {
+                f(row);
+                row = next[row as usize];
             }
+        };
+        match self {
+            IntTable::Hashed(table) => table.probe(&key, f),
             IntTable::Direct { min, heads, next } => {
                 let slot = slot(*min);
-                let mut row = if slot < heads.len() as u128 {
-                    heads[slot as usize]
-                } else {
-                    u32::MAX
-                };
-                while row != u32::MAX {
-                    f(row);
-                    row = next[row as usize];
+                if slot < heads.len() as u128 {
+                    chain(heads[slot as usize], next);
+                }
+            }
+            IntTable::Ranked {
+                min,
+                bits,
+                before,
+                heads,
+                next,
+            } => {
+                let slot = slot(*min);
+                if slot < bits.len() as u128 * 64 && bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0 {
+                    chain(heads[rank(bits, before, slot as usize)], next);
                 }
             }
         }
     }
+}
+
+/// The number of set bits of `bits` before bit `slot`.
+fn rank(bits: &[u64], before: &[u32], slot: usize) -> usize {
+    let below = bits[slot / 64] & ((1u64 << (slot % 64)) - 1);
+    before[slot / 64] as usize + below.count_ones() as usize
 }
 
 /// Matching (probe row, build row) pairs; `index` is the build side's
@@ -592,7 +628,7 @@ mod tests {
         let sparse = Int64Array::from(sparse);
         let (direct, hashed) = (IntTable::build(&dense), IntTable::build(&sparse));
         assert!(matches!(direct, IntTable::Direct { .. }));
-        assert!(matches!(hashed, IntTable::Hashed { present: None, .. }));
+        assert!(matches!(hashed, IntTable::Hashed(_)));
         for key in [-4, -3, 0, 1, 5, 6, i64::MIN, i64::MAX - 1] {
             assert_eq!(all(&direct, key), all(&hashed, key), "key {key}");
         }
@@ -600,14 +636,16 @@ mod tests {
         assert_eq!(all(&hashed, i64::MAX), [7]);
         assert!(matches!(
             IntTable::build(&Int64Array::from(vec![None, None])),
-            IntTable::Hashed { present: None, .. }
+            IntTable::Hashed(_)
         ));
-        // Keys 100 apart: hashed, behind a bitmap of their range.
-        let spread = Int64Array::from_iter_values((0..50).map(|k| k * 100 - 2000));
+        // Keys 100 apart, one repeated: ranked in a bitmap of their range.
+        let spread = Int64Array::from_iter_values((0..50).map(|k| k * 100 - 2000).chain([900]));
         let table = IntTable::build(&spread);
-        assert!(matches!(table, IntTable::Hashed { present: Some(_), .. }));
-        for key in [-2100, -2000, -1999, 0, 100, 2900, 2901, 3000, i64::MIN, i64::MAX] {
+        assert!(matches!(table, IntTable::Ranked { .. }));
+        assert_eq!(all(&table, 900), [50, 29]);
+        for key in [-2100, -2000, -1999, 0, 100, 900, 2900, 2901, 3000, i64::MIN, i64::MAX] {
             let want: Vec<u32> = (0..50).filter(|k| k * 100 - 2000 == key).map(|k| k as u32).collect();
+            let want = if key == 900 { vec![50, 29] } else { want };
             assert_eq!(all(&table, key), want, "key {key}");
         }
     }
