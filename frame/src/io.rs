@@ -253,9 +253,8 @@ pub fn read_parquet(
         with_views(path, &footer, &views)?
     };
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer);
-    let read_schema = builder.schema().clone();
     let mut read = wanted.clone();
-    for c in conjuncts.iter().flat_map(Expr::columns) {
+    for c in predicate_reads {
         if !read.contains(&c) {
             read.push(c);
         }
@@ -266,16 +265,8 @@ pub fn read_parquet(
         .iter()
         .filter_map(|&root| crate::flba::leaf(&meta, root, file_schema.field(root).data_type()).map(|l| (root, l)))
         .collect();
-    let rows = |b: ParquetRecordBatchReaderBuilder<File>| {
-        let rows: i64 = row_groups
-            .iter()
-            .filter_map(|&g| meta.row_groups().get(g))
-            .map(|g| g.num_rows())
-            .sum();
-        b.with_row_groups(row_groups.to_vec())
-            .with_batch_size(usize::try_from(rows).unwrap_or(1 << 20).clamp(1, 1 << 20))
-    };
-    if fast.is_empty() {
+    // The batch read, and the conjuncts still to apply to it.
+    let (batch, after) = if fast.is_empty() {
         let (filter, rest) = row_filter(&conjuncts, builder.parquet_schema(), index)?;
         // A batch needs a column to count its rows: with none wanted, the
         // first one the predicate reads (or the file's first) is decoded.
@@ -284,52 +275,76 @@ pub fn read_parquet(
             indices.push(read.first().copied().unwrap_or(0));
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let mut builder = rows(builder.with_projection(mask));
+        let mut builder = of_row_groups(builder.with_projection(mask), row_groups);
         if let Some(filter) = filter {
             builder = builder.with_row_filter(filter);
         }
-        let batch = decode(path, builder)?;
-        let batch = match rest.into_iter().reduce(Expr::and) {
-            Some(p) => crate::eval::filter(&batch, &p)?,
-            None => batch,
-        };
-        return project_names(&plain_strings(batch)?, &wanted);
-    }
-    let others: Vec<usize> = read
-        .iter()
-        .copied()
-        .filter(|r| fast.iter().all(|f| f.0 != *r))
-        .collect();
-    let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
-    if !others.is_empty() {
-        let mask = ProjectionMask::roots(builder.parquet_schema(), others.iter().copied());
-        let batch = decode(path, rows(builder.with_projection(mask)))?;
-        let mut sorted = others.clone();
-        sorted.sort_unstable();
-        columns.extend(sorted.into_iter().zip(batch.columns().iter().cloned()));
-    }
-    for (root, leaf) in fast {
-        let DataType::Decimal128(p, s) = *file_schema.field(root).data_type() else {
-            unreachable!("flba::leaf takes Decimal128 fields only")
-        };
-        let array = crate::flba::read(&handle, &meta, row_groups, leaf, p, s)
-            .map_err(|e| FrameError::file(path, format!("column {}: {e}", file_schema.field(root).name())))?;
-        columns.push((root, Arc::new(array)));
-    }
-    columns.sort_unstable_by_key(|c| c.0);
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(r, _)| plain_field(read_schema.field(*r)))
-        .collect();
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns.into_iter().map(|c| c.1).collect(),
-    )?;
-    let batch = match conjuncts.into_iter().reduce(Expr::and) {
+        (decode(path, builder)?, rest)
+    } else {
+        let batch = read_decimals_apart(path, &handle, builder, row_groups, &read, &fast)?;
+        (batch, conjuncts)
+    };
+    let batch = match after.into_iter().reduce(Expr::and) {
         Some(p) => crate::eval::filter(&batch, &p)?,
         None => batch,
     };
     project_names(&plain_strings(batch)?, &wanted)
+}
+
+/// `builder` reading row groups `row_groups`, in one batch where it can.
+fn of_row_groups(
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    row_groups: &[usize],
+) -> ParquetRecordBatchReaderBuilder<File> {
+    let rows: i64 = row_groups
+        .iter()
+        .filter_map(|&g| builder.metadata().row_groups().get(g))
+        .map(|g| g.num_rows())
+        .sum();
+    builder
+        .with_row_groups(row_groups.to_vec())
+        .with_batch_size(usize::try_from(rows).unwrap_or(1 << 20).clamp(1, 1 << 20))
+}
+
+/// Root columns `read` of row groups `row_groups`, in the file's order:
+/// those of `fast` (root, leaf) decoded by [`crate::flba`], the others by
+/// `builder`.
+fn read_decimals_apart(
+    path: &str,
+    file: &Arc<File>,
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    row_groups: &[usize],
+    read: &[usize],
+    fast: &[(usize, usize)],
+) -> Result<RecordBatch> {
+    let schema = builder.schema().clone();
+    let meta = builder.metadata().clone();
+    let mut others: Vec<usize> = read
+        .iter()
+        .copied()
+        .filter(|r| fast.iter().all(|f| f.0 != *r))
+        .collect();
+    others.sort_unstable();
+    let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
+    if !others.is_empty() {
+        let mask = ProjectionMask::roots(builder.parquet_schema(), others.iter().copied());
+        let batch = decode(path, of_row_groups(builder.with_projection(mask), row_groups))?;
+        columns.extend(others.into_iter().zip(batch.columns().iter().cloned()));
+    }
+    for &(root, leaf) in fast {
+        let DataType::Decimal128(p, s) = *schema.field(root).data_type() else {
+            unreachable!("flba::leaf takes Decimal128 fields only")
+        };
+        let array = crate::flba::read(file, &meta, row_groups, leaf, p, s)
+            .map_err(|e| FrameError::file(path, format!("column {}: {e}", schema.field(root).name())))?;
+        columns.push((root, Arc::new(array)));
+    }
+    columns.sort_unstable_by_key(|c| c.0);
+    let fields: Vec<Field> = columns.iter().map(|(r, _)| plain_field(schema.field(*r))).collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|c| c.1).collect(),
+    )?)
 }
 
 /// `footer` reading columns `views` (utf8) as string views.

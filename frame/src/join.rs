@@ -134,13 +134,53 @@ impl<K: std::hash::Hash + Eq> Table<K> {
     }
 
     /// Calls `f(build_row)` for each build row matching `key`.
-    fn probe(&self, key: &K, mut f: impl FnMut(u32)) {
-        let mut row = self.heads.get(key).copied().unwrap_or(u32::MAX);
-        while row != u32::MAX {
-            f(row);
-            row = self.next[row as usize];
-        }
+    fn probe(&self, key: &K, f: impl FnMut(u32)) {
+        walk(&self.next, self.heads.get(key).copied().unwrap_or(u32::MAX), f);
     }
+}
+
+/// Calls `f` for `row` and each row chained before it in `next`.
+fn walk(next: &[u32], mut row: u32, mut f: impl FnMut(u32)) {
+    while row != u32::MAX {
+        f(row);
+        row = next[row as usize];
+    }
+}
+
+/// Build rows chained by slot: `heads[slot]` is the last row in it,
+/// `next[row]` the one before (`u32::MAX` ends a chain), so a slot's rows
+/// come last first, as from [`Table`].
+struct Chains {
+    heads: Vec<u32>,
+    next: Vec<u32>,
+}
+
+impl Chains {
+    /// The rows of `slots` slots, each row in the slot it maps to (none
+    /// for a null key).
+    fn build(slots: usize, rows: impl ExactSizeIterator<Item = Option<usize>>) -> Self {
+        let mut heads = vec![u32::MAX; slots];
+        let mut next = vec![u32::MAX; rows.len()];
+        for (row, slot) in rows.enumerate() {
+            if let Some(slot) = slot {
+                next[row] = std::mem::replace(&mut heads[slot], row as u32);
+            }
+        }
+        Chains { heads, next }
+    }
+
+    /// Calls `f` for each row in `slot`.
+    fn each(&self, slot: usize, f: impl FnMut(u32)) {
+        walk(&self.next, self.heads[slot], f);
+    }
+}
+
+/// The least and greatest of `keys`, `None` when all are null.
+fn key_range(keys: &Int64Array) -> Option<(i64, i64)> {
+    keys.iter().flatten().fold(None, |range, k| match range {
+        None => Some((k, k)),
+        Some((lo, hi)) => Some((k.min(lo), k.max(hi))),
+    })
 }
 
 /// The table over a build side whose keys are integers (or dates), built
@@ -220,14 +260,9 @@ impl Radix {
         let mut product: i128 = 1;
         let (mut mins, mut spans) = (Vec::new(), Vec::new());
         for c in columns {
-            let (min, max) = c
-                .iter()
-                .flatten()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), k| (lo.min(k), hi.max(k)));
-            let span = if min > max {
-                0
-            } else {
-                i128::from(max) - i128::from(min) + 1
+            let (min, span) = match key_range(c) {
+                Some((min, max)) => (min, i128::from(max) - i128::from(min) + 1),
+                None => (i64::MAX, 0),
             };
             product *= span.max(1);
             if product > 1 << 62 {
@@ -274,8 +309,8 @@ impl Radix {
 enum IntTable {
     Direct {
         min: i64,
-        heads: Vec<u32>,
-        next: Vec<u32>,
+        /// Slot `k - min` for key `k`.
+        chains: Chains,
     },
     Ranked {
         min: i64,
@@ -283,9 +318,8 @@ enum IntTable {
         bits: Vec<u64>,
         /// Set bits before each word.
         before: Vec<u32>,
-        /// The last row of each key, in key order.
-        heads: Vec<u32>,
-        next: Vec<u32>,
+        /// Slot: a key's rank among the set bits.
+        chains: Chains,
     },
     Hashed(Table<i64>),
 }
@@ -298,30 +332,22 @@ const BITMAP_SPREAD: u64 = 256;
 
 impl IntTable {
     fn build(keys: &Int64Array) -> Self {
-        let (min, max) = keys
-            .iter()
-            .flatten()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), k| (lo.min(k), hi.max(k)));
-        let slots = (max as i128 - min as i128 + 1).max(0) as u64;
         let rows = keys.len() as u64;
-        if min > max || slots > BITMAP_SPREAD * rows + 1024 {
+        let Some((min, slots)) = key_range(keys)
+            .map(|(min, max)| (min, (i128::from(max) - i128::from(min) + 1) as u64))
+            .filter(|&(_, slots)| slots <= BITMAP_SPREAD * rows + 1024)
+        else {
             return IntTable::Hashed(Table::build(keys.iter(), keys.len()));
-        }
-        let mut next = vec![u32::MAX; keys.len()];
+        };
+        let offsets = keys.iter().map(|k| k.map(|k| (k - min) as usize));
         if slots <= DIRECT_SPREAD * rows + 1024 {
-            let mut heads = vec![u32::MAX; slots as usize];
-            for (row, key) in keys.iter().enumerate() {
-                if let Some(key) = key {
-                    let slot = &mut heads[(key - min) as usize];
-                    next[row] = *slot;
-                    *slot = row as u32;
-                }
-            }
-            return IntTable::Direct { min, heads, next };
+            return IntTable::Direct {
+                min,
+                chains: Chains::build(slots as usize, offsets),
+            };
         }
         let mut bits = vec![0u64; slots.div_ceil(64) as usize];
-        for k in keys.iter().flatten() {
-            let slot = (k - min) as usize;
+        for slot in offsets.clone().flatten() {
             bits[slot / 64] |= 1 << (slot % 64);
         }
         let mut before = Vec::with_capacity(bits.len());
@@ -330,51 +356,35 @@ impl IntTable {
             before.push(set);
             set += w.count_ones();
         }
-        let mut heads = vec![u32::MAX; set as usize];
-        for (row, key) in keys.iter().enumerate() {
-            if let Some(key) = key {
-                let slot = (key - min) as usize;
-                let rank = rank(&bits, &before, slot);
-                next[row] = heads[rank];
-                heads[rank] = row as u32;
-            }
-        }
+        let chains = Chains::build(set as usize, offsets.map(|o| o.map(|slot| rank(&bits, &before, slot))));
         IntTable::Ranked {
             min,
             bits,
             before,
-            heads,
-            next,
+            chains,
         }
     }
 
     /// Calls `f(build_row)` for each build row matching `key`.
-    fn probe(&self, key: i64, mut f: impl FnMut(u32)) {
-        let slot = |min: i64| (key as i128 - min as i128) as u128;
-        let mut chain = |mut row: u32, next: &[u32]| {
-            while row != u32::MAX {
-                f(row);
-                row = next[row as usize];
-            }
-        };
+    fn probe(&self, key: i64, f: impl FnMut(u32)) {
+        let offset = |min: i64| (i128::from(key) - i128::from(min)) as u128;
         match self {
             IntTable::Hashed(table) => table.probe(&key, f),
-            IntTable::Direct { min, heads, next } => {
-                let slot = slot(*min);
-                if slot < heads.len() as u128 {
-                    chain(heads[slot as usize], next);
+            IntTable::Direct { min, chains } => {
+                let slot = offset(*min);
+                if slot < chains.heads.len() as u128 {
+                    chains.each(slot as usize, f);
                 }
             }
             IntTable::Ranked {
                 min,
                 bits,
                 before,
-                heads,
-                next,
+                chains,
             } => {
-                let slot = slot(*min);
+                let slot = offset(*min);
                 if slot < bits.len() as u128 * 64 && bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0 {
-                    chain(heads[rank(bits, before, slot as usize)], next);
+                    chains.each(rank(bits, before, slot as usize), f);
                 }
             }
         }

@@ -723,16 +723,7 @@ mod tests {
         for (name, gpu) in weft_gpu::testing::test_gpus("device results move by IPC") {
             let kind = if emulated(&gpu).is_some() { "emulated" } else { "cuda" };
             let mut producer = Producer::start(kind);
-            let pool = PeerPool::new(Config {
-                gpu: Some(gpu.clone()),
-                ..Config::default()
-            });
-            let value = pool
-                .request(&producer.address, &request)
-                .await
-                .unwrap()
-                .remove(0)
-                .expect("held");
+            let value = fetch_into(&gpu, &producer.address, &request).await.unwrap();
             let frame = value.frames[0].as_device().expect("device-resident");
             assert!(Arc::ptr_eq(frame.gpu(), &gpu), "{name}: on the asker's own GPU");
             assert_eq!(gpu.stream().unwrap().download(frame).unwrap(), ipc_pattern(), "{name}");
@@ -757,27 +748,39 @@ mod tests {
         // socket; the device frame then lands in host memory, bytes intact.
         let producer = Producer::start("emulated");
         let small = Gpu::emulated(0, 1 << 20, true);
-        let pool = PeerPool::new(Config {
-            gpu: Some(small.clone()),
-            ..Config::default()
-        });
-        let value = pool
-            .request(&producer.address, &request)
-            .await
-            .unwrap()
-            .remove(0)
-            .expect("held");
+        let value = fetch_into(&small, &producer.address, &request).await.unwrap();
         assert_eq!(value.frames[0].as_host().expect("host memory")[..], ipc_pattern()[..]);
         assert_eq!(small.ipc_copies(), 0);
 
         // A producer killed: the request fails; nothing wrong is delivered.
         let address = producer.address.clone();
         drop(producer);
+        assert!(
+            fetch_into(&Gpu::emulated(0, 1 << 30, true), &address, &request)
+                .await
+                .is_err()
+        );
+    }
+
+    /// The one result `request` asks of the worker at `address`, fetched by
+    /// a peer pool whose GPU is `gpu`.
+    async fn fetch_into(gpu: &Arc<Gpu>, address: &str, request: &DataRequest) -> Result<Value> {
         let pool = PeerPool::new(Config {
-            gpu: Some(Gpu::emulated(0, 1 << 30, true)),
+            gpu: Some(gpu.clone()),
             ..Config::default()
         });
-        assert!(pool.request(&address, &request).await.is_err());
+        Ok(pool.request(address, request).await?.remove(0).expect("held"))
+    }
+
+    /// [`answer`] to `message`, with no frames released or lent.
+    async fn answer_one(
+        message: Message,
+        store: &Arc<Store>,
+        host: &Option<HostId>,
+        served: &TransferCounters,
+        shuffle: &Service,
+    ) -> std::result::Result<Message, String> {
+        answer(message, store, host, served, shuffle, Vec::new(), &mut Vec::new()).await
     }
 
     fn import_host(shared: &Shared) -> std::result::Result<Buffer, String> {
@@ -812,17 +815,9 @@ mod tests {
         };
         let put = codec::encode_put(&[("k".into(), framed.clone())]).unwrap();
         let ack: DataAck = codec::decode(
-            &answer(
-                put.clone(),
-                &store,
-                &shm::host_id(),
-                &served,
-                &shuffle,
-                Vec::new(),
-                &mut Vec::new(),
-            )
-            .await
-            .unwrap(),
+            &answer_one(put.clone(), &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(ack, DataAck { items: 1 });
@@ -830,17 +825,9 @@ mod tests {
         let keys = codec::encode(&ask(DataRequest::Tasks(vec![TaskId::new(4)]))).unwrap();
         assert_eq!(
             codec::decode_reply(
-                answer(
-                    keys.clone(),
-                    &store,
-                    &shm::host_id(),
-                    &served,
-                    &shuffle,
-                    Vec::new(),
-                    &mut Vec::new()
-                )
-                .await
-                .unwrap(),
+                answer_one(keys.clone(), &store, &shm::host_id(), &served, &shuffle)
+                    .await
+                    .unwrap(),
                 import_host
             )
             .unwrap(),
@@ -849,17 +836,9 @@ mod tests {
         assert!(store.adopt(&"k".into(), TaskId::new(4)));
         assert_eq!(
             codec::decode_reply(
-                answer(
-                    keys,
-                    &store,
-                    &shm::host_id(),
-                    &served,
-                    &shuffle,
-                    Vec::new(),
-                    &mut Vec::new()
-                )
-                .await
-                .unwrap(),
+                answer_one(keys, &store, &shm::host_id(), &served, &shuffle)
+                    .await
+                    .unwrap(),
                 import_host
             )
             .unwrap(),
@@ -869,39 +848,19 @@ mod tests {
         let mut short = put;
         short.frames.clear();
         assert!(
-            answer(
-                short,
-                &store,
-                &shm::host_id(),
-                &served,
-                &shuffle,
-                Vec::new(),
-                &mut Vec::new()
-            )
-            .await
-            .is_err()
+            answer_one(short, &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .is_err()
         );
         for garbage in [vec![42u8, 0], Vec::new()] {
             let message = Message::new(garbage, Vec::new());
-            assert!(
-                answer(message, &store, &None, &served, &shuffle, Vec::new(), &mut Vec::new())
-                    .await
-                    .is_err()
-            );
+            assert!(answer_one(message, &store, &None, &served, &shuffle).await.is_err());
         }
         let discard = codec::encode(&ask(DataRequest::Discard(vec!["k".into()]))).unwrap();
         let ack: DataAck = codec::decode(
-            &answer(
-                discard,
-                &store,
-                &shm::host_id(),
-                &served,
-                &shuffle,
-                Vec::new(),
-                &mut Vec::new(),
-            )
-            .await
-            .unwrap(),
+            &answer_one(discard, &store, &shm::host_id(), &served, &shuffle)
+                .await
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(ack, DataAck { items: 0 }, "adopted values are not discarded");
@@ -918,12 +877,8 @@ mod tests {
         };
         let mut message = codec::encode(&ask(DataRequest::Push(push))).unwrap();
         message.frames = vec![Buffer::host(vec![1u8; 4])];
-        let reply: PushReply = codec::decode(
-            &answer(message, &store, &None, &served, &shuffle, Vec::new(), &mut Vec::new())
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let reply: PushReply =
+            codec::decode(&answer_one(message, &store, &None, &served, &shuffle).await.unwrap()).unwrap();
         let refused = reply.0.unwrap_err();
         assert!(
             refused.contains("meant for tcp://elsewhere:9 reached tcp://here:1"),
