@@ -456,7 +456,7 @@ impl Recorder {
                     message: error.to_string(),
                 });
             }
-            FromWorker::Acquired { task, nbytes } => {
+            FromWorker::Acquired { task, nbytes, .. } => {
                 let Some(t) = scheduler.task_view(*task) else {
                     return;
                 };

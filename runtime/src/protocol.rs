@@ -16,7 +16,7 @@ use crate::layer::LayerGraph;
 /// Bump on any incompatible change to these messages (or to the data plane's,
 /// `codec::DataAsk` and `codec::DataReply`); the reactor checks it in
 /// its handshake.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Scheduling priority: smaller runs first. Higher user priority wins, then
 /// the submission sequence (earlier graphs first, then `dask.order`-style
@@ -252,6 +252,9 @@ pub enum FromWorker {
         task: TaskId,
         /// Its size.
         nbytes: u64,
+        /// Its share, by size, of the time the fetch that brought it took
+        /// (the scheduler measures the bandwidth from it).
+        micros: u64,
     },
 }
 

@@ -33,6 +33,7 @@ pub(crate) enum Effect {
         peer: WorkerId,
         got: Vec<(TaskId, Stored)>,
         missing: Vec<TaskId>,
+        micros: u64,
     },
 }
 
@@ -128,7 +129,12 @@ impl VWorker {
                     compute_us,
                 }
             }
-            Effect::Fetched { peer, got, missing } => {
+            Effect::Fetched {
+                peer,
+                got,
+                missing,
+                micros,
+            } => {
                 let got = got
                     .into_iter()
                     .map(|(task, stored)| {
@@ -136,7 +142,12 @@ impl VWorker {
                         (task, stored.nbytes)
                     })
                     .collect();
-                WorkerEvent::Fetched { peer, got, missing }
+                WorkerEvent::Fetched {
+                    peer,
+                    got,
+                    missing,
+                    micros,
+                }
             }
         }
     }

@@ -34,8 +34,10 @@
 //! task state.
 //!
 //! Per-task work is O(1) amortized plus O(edges); placement looks at the
-//! workers that hold a task's inputs (at most [`MAX_CANDIDATES`]) or takes
-//! the next unsaturated worker in round-robin order. The root-task queue is a
+//! workers that hold a task's inputs (at most [`MAX_CANDIDATES`]) and, when
+//! the best of them is busy, at the less loaded of two others, the inputs'
+//! transfer counted at the bandwidth fetches measure; a task without inputs
+//! takes the next unsaturated worker in round-robin order. The root-task queue is a
 //! binary heap (O(log queued)); stealing scans all workers once per
 //! `Balance`.
 
@@ -76,6 +78,14 @@ pub const MAX_CANDIDATES: usize = 32;
 /// covering the round trip to the scheduler (see `adapt_slots`).
 pub const QUEUE_TARGET_S: f64 = 0.002;
 
+/// Fetches smaller than this do not measure the bandwidth (their time is
+/// mostly latency).
+pub const BANDWIDTH_MIN_BYTES: u64 = 1 << 20;
+
+/// The measured bandwidth is the mean of the first this many fetches, then
+/// a moving average weighing the latest by one over this.
+const BANDWIDTH_WINDOW: u32 = 16;
+
 /// Most root-task slots per thread, however short the tasks.
 pub const MAX_SLOTS_PER_THREAD: f64 = 256.0;
 
@@ -90,7 +100,8 @@ pub struct Config {
     pub worker_saturation: Option<f64>,
     /// Duration estimate of an op never seen finishing, in seconds.
     pub unknown_duration: f64,
-    /// Assumed network bandwidth between workers, bytes per second.
+    /// Bandwidth between workers in bytes per second, assumed until
+    /// fetches of at least [`BANDWIDTH_MIN_BYTES`] measure it.
     pub bandwidth: f64,
     /// Assumed cost of fetching a task's inputs from other workers beyond
     /// their bytes (a round trip and the wake-ups on both ends), in
@@ -241,6 +252,11 @@ struct Client {
 /// The scheduler state machine. See the module docs.
 pub struct Scheduler {
     config: Config,
+    /// Bandwidth between workers in bytes per second: `config.bandwidth`
+    /// until fetches measure it (`learn_bandwidth`).
+    bandwidth: f64,
+    /// Measured fetches it averages so far (at most `BANDWIDTH_WINDOW`).
+    bandwidth_samples: u32,
     tasks: Tasks,
     workers: FxHashMap<WorkerId, Worker>,
     /// Live workers by name and by address (restrictions use either).
@@ -285,6 +301,8 @@ impl Scheduler {
     /// A scheduler with no workers, clients or tasks.
     pub fn new(config: Config) -> Self {
         Self {
+            bandwidth: config.bandwidth,
+            bandwidth_samples: 0,
             config,
             tasks: Tasks::default(),
             workers: FxHashMap::default(),
@@ -461,7 +479,10 @@ impl Scheduler {
                     FromWorker::Failed { task, error } => self.task_failed(worker, task, error, comm),
                     FromWorker::StealResponse { task, stolen } => self.steal_response(worker, task, stolen, comm),
                     FromWorker::MissingData { task, dep, tried } => self.missing_data(worker, task, dep, tried, comm),
-                    FromWorker::Acquired { task, nbytes } => self.acquired(worker, task, nbytes, comm),
+                    FromWorker::Acquired { task, nbytes, micros } => {
+                        self.learn_bandwidth(nbytes, micros);
+                        self.acquired(worker, task, nbytes, comm)
+                    }
                     FromWorker::Moved { task, tier } => self.moved(worker, task, tier),
                     FromWorker::Paused { paused } => self.worker_paused(worker, paused, comm),
                 }
@@ -558,6 +579,18 @@ impl Scheduler {
         if self.config.record_touched {
             self.touched.push(id);
         }
+    }
+
+    /// Takes a fetch of `nbytes` in `micros` into the bandwidth: the mean of
+    /// the assumption and the first `BANDWIDTH_WINDOW` measured fetches,
+    /// then a moving average.
+    fn learn_bandwidth(&mut self, nbytes: u64, micros: u64) {
+        if nbytes < BANDWIDTH_MIN_BYTES || micros == 0 {
+            return;
+        }
+        let rate = nbytes as f64 * 1e6 / micros as f64;
+        self.bandwidth_samples = (self.bandwidth_samples + 1).min(BANDWIDTH_WINDOW);
+        self.bandwidth += (rate - self.bandwidth) / (self.bandwidth_samples + 1) as f64;
     }
 
     fn estimate(&self, op: OpId) -> f64 {

@@ -65,7 +65,7 @@ impl Scheduler {
             }
         }
         if missing {
-            bytes as f64 / self.config.bandwidth + self.config.fetch_latency
+            bytes as f64 / self.bandwidth + self.config.fetch_latency
         } else {
             0.0
         }
@@ -76,7 +76,7 @@ impl Scheduler {
     /// hold inputs, else the allowed workers, else any (round robin over
     /// unsaturated workers first). `None` when no live worker may run it.
     pub(super) fn decide_worker(&mut self, id: TaskId) -> Option<WorkerId> {
-        let bw = self.config.bandwidth;
+        let bw = self.bandwidth;
         let mut cand = std::mem::take(&mut self.cand);
         cand.clear();
         let mut total = 0u64;
@@ -105,8 +105,21 @@ impl Scheduler {
             }
         }
         self.cand = cand;
-        if let Some((_, w)) = best {
-            return Some(w);
+        if let Some((cost, holder)) = best {
+            // The holders may be busy: the less loaded of two other workers
+            // may start it sooner, inputs fetched. (Stealing would move such
+            // a task only once its thief is idle, one per idle thread per
+            // round, so a burst of tasks on one input would queue behind
+            // its holder.)
+            if cost > 0.0
+                && let Some(w) = self.less_loaded_of_two()
+                && w != holder
+                && self.valid_worker(id, w, true)
+            {
+                let cost = self.workers[&w].load() + self.fetch_time(id, w) + self.resource_wait(id, w);
+                consider(cost, w, &mut best);
+            }
+            return best.map(|(_, w)| w);
         }
         let t = &self.tasks[id];
         if let Some(r) = &t.restrictions {
@@ -136,8 +149,13 @@ impl Scheduler {
         if let Some(w) = self.unsat.next() {
             return Some(w);
         }
-        // Everyone is saturated (or paused): the less loaded of the next
-        // two that are not paused.
+        // Everyone is saturated (or paused).
+        self.less_loaded_of_two()
+    }
+
+    /// The less loaded of the next two workers in round-robin order that
+    /// are not paused.
+    fn less_loaded_of_two(&mut self) -> Option<WorkerId> {
         let mut picks = [None, None];
         let mut found = 0;
         for _ in 0..self.all.len() {

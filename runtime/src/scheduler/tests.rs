@@ -429,7 +429,11 @@ fn malformed_and_out_of_order_messages_are_ignored() {
     // Unknown senders and keys.
     h.ev(Event::Worker {
         worker: w(77),
-        msg: FromWorker::Acquired { task: a, nbytes: 1 },
+        msg: FromWorker::Acquired {
+            task: a,
+            nbytes: 1,
+            micros: 0,
+        },
     });
     h.ev(Event::Client {
         client: ClientId(9),
@@ -638,7 +642,14 @@ fn a_client_that_cannot_gather_has_the_result_recomputed_or_told_where_else() {
     h.join(2, 1);
     // w2 fetched a replica of `a` (held by task id only).
     let a = h.id("a");
-    h.worker_msg(2, FromWorker::Acquired { task: a, nbytes: 10 });
+    h.worker_msg(
+        2,
+        FromWorker::Acquired {
+            task: a,
+            nbytes: 10,
+            micros: 0,
+        },
+    );
     assert_eq!(h.s.who_has("a"), [w(1), w(2)]);
     let missing = |key: &str, tried: Vec<WorkerId>| Event::Client {
         client: C,
@@ -684,7 +695,14 @@ fn a_dead_workers_results_are_reported_lost_to_the_clients_holding_them() {
     // With a replica left, the client hears of the holders left.
     h.join(3, 1);
     let a = h.id("a");
-    h.worker_msg(3, FromWorker::Acquired { task: a, nbytes: 10 });
+    h.worker_msg(
+        3,
+        FromWorker::Acquired {
+            task: a,
+            nbytes: 10,
+            micros: 0,
+        },
+    );
     let out = h.ev(Event::WorkerLost { worker: w(2) });
     assert_eq!(told(&out, "a"), [format!("memory@{}", w(3))]);
     assert!(computes(&out).is_empty());
@@ -1049,6 +1067,7 @@ fn random_garbage_never_corrupts_state() {
                     msg: FromWorker::Acquired {
                         task: pick_task(&mut rng, &ids),
                         nbytes: 5,
+                        micros: 1,
                     },
                 },
                 11 => Event::Worker {
@@ -1319,4 +1338,94 @@ fn scattered_keys_are_reclaimed_or_reported_lost() {
     // A graph on it runs as on any scattered value.
     let out = h.submit(vec![spec("t", &["s"])], &["t"]);
     assert_eq!(computes(&out), vec![(w(0), "t".to_string())]);
+}
+
+#[test]
+fn a_burst_of_tasks_on_one_input_spreads_beyond_its_busy_holder() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.submit(vec![spec("big", &[])], &["big"]);
+    let TaskState::Processing(holder) = h.state("big") else {
+        panic!("big not processing");
+    };
+    h.finish(holder.index() as u32, "big", 10_000_000);
+    let keys: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+    let tasks = keys
+        .iter()
+        .map(|k| TaskSpec::new(k.as_str(), "slow", Bytes::new(), vec![Key::from("big")]))
+        .collect();
+    let out = h.submit(tasks, &keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let sent = computes(&out);
+    assert_eq!(sent.len(), 40);
+    let on_holder = sent.iter().filter(|(worker, _)| *worker == holder).count();
+    // A task of an op not seen yet is taken to last 0.5 s, the input 0.1 s
+    // to fetch: the other worker takes every other task from the second on.
+    assert!((20..=21).contains(&on_holder), "{on_holder} of 40 on the holder");
+}
+
+#[test]
+fn fetches_of_a_mebibyte_or_more_measure_the_bandwidth() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.submit(vec![spec("a", &[]), spec("b", &[])], &["a", "b"]);
+    for key in ["a", "b"] {
+        let TaskState::Processing(on) = h.state(key) else {
+            panic!("{key} not processing");
+        };
+        h.finish(on.index() as u32, key, 4 << 20);
+    }
+    let (a, b) = (h.id("a"), h.id("b"));
+    // A small fetch is mostly latency: it measures nothing.
+    h.worker_msg(
+        1,
+        FromWorker::Acquired {
+            task: b,
+            nbytes: 1000,
+            micros: 1000,
+        },
+    );
+    assert_eq!(h.s.bandwidth, 100e6);
+    // 4 MiB in 2 ms: about 2.1 GB/s, averaged with the assumed 100 MB/s.
+    h.worker_msg(
+        2,
+        FromWorker::Acquired {
+            task: a,
+            nbytes: 4 << 20,
+            micros: 2000,
+        },
+    );
+    let measured = (4 << 20) as f64 / 2e-3;
+    assert!(
+        (h.s.bandwidth - (100e6 + measured) / 2.0).abs() < 1.0,
+        "{}",
+        h.s.bandwidth
+    );
+}
+
+#[test]
+fn a_replica_fetched_by_the_worker_now_recomputing_it_is_kept() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    h.finish(1, "a", 10);
+    h.join(2, 1);
+    // w2 fetched `a` from w1, which dies before the scheduler hears of it:
+    // `a` is computed again, on w2.
+    let out = h.ev(Event::WorkerLost { worker: w(1) });
+    assert_eq!(computes(&out), [(w(2), "a".to_string())]);
+    let a = h.id("a");
+    let out = h.worker_msg(
+        2,
+        FromWorker::Acquired {
+            task: a,
+            nbytes: 10,
+            micros: 0,
+        },
+    );
+    assert!(frees(&out).is_empty(), "{out:?}");
+    assert_eq!(h.state("a"), TaskState::Processing(w(2)));
+    h.finish(2, "a", 10);
+    assert_eq!(h.s.who_has("a"), [w(2)]);
 }

@@ -488,6 +488,10 @@ impl Scheduler {
     pub(super) fn acquired(&mut self, worker: WorkerId, id: TaskId, nbytes: u64, comm: &mut impl Comm) {
         match self.tasks.get(id) {
             Some(t) if t.state == TaskState::Memory => self.add_replica(worker, id, nbytes),
+            // Lost meanwhile and being computed again by this same worker:
+            // it answers from the replica (freeing it here would take an
+            // input from the tasks waiting there for it).
+            Some(t) if t.state == TaskState::Processing(worker) => {}
             _ => {
                 // Released meanwhile (or never known): the replica is garbage.
                 comm.to_worker(worker, ToWorker::Free { task: id });

@@ -493,7 +493,12 @@ impl Link<'_> {
                     compute_us,
                 }
             }
-            Completed::Fetched { peer, got, missing } => {
+            Completed::Fetched {
+                peer,
+                got,
+                missing,
+                micros,
+            } => {
                 let got: Vec<(TaskId, u64)> = got
                     .into_iter()
                     .map(|(task, value)| {
@@ -503,7 +508,12 @@ impl Link<'_> {
                     })
                     .collect();
                 self.transfers.fetched(got.len(), got.iter().map(|(_, n)| n).sum());
-                WorkerEvent::Fetched { peer, got, missing }
+                WorkerEvent::Fetched {
+                    peer,
+                    got,
+                    missing,
+                    micros,
+                }
             }
         };
         state.handle(event, commands);
@@ -669,6 +679,7 @@ enum Completed {
         peer: WorkerId,
         got: Vec<(TaskId, Value)>,
         missing: Vec<TaskId>,
+        micros: u64,
     },
 }
 
@@ -701,6 +712,7 @@ async fn fetch(
     tasks: Vec<TaskId>,
     gpu: Option<Arc<Gpu>>,
 ) -> Completed {
+    let started = Instant::now();
     match peers.request(address, &DataRequest::Tasks(tasks.clone())).await {
         Ok(values) => {
             let (mut got, mut missing) = (Vec::new(), Vec::new());
@@ -725,7 +737,12 @@ async fn fetch(
                     }
                 };
             }
-            Completed::Fetched { peer, got, missing }
+            Completed::Fetched {
+                peer,
+                got,
+                missing,
+                micros: started.elapsed().as_micros() as u64,
+            }
         }
         Err(error) => {
             debug!(%peer, address, %error, "fetch failed");
@@ -734,6 +751,7 @@ async fn fetch(
                 peer,
                 got: Vec::new(),
                 missing: tasks,
+                micros: 0,
             }
         }
     }

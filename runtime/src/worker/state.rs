@@ -27,6 +27,8 @@ pub enum WorkerEvent {
         got: Vec<(TaskId, u64)>,
         /// Results the peer did not deliver.
         missing: Vec<TaskId>,
+        /// How long the fetch took.
+        micros: u64,
     },
     /// An op finished: its result is in the store (`Ok((nbytes, tier))`),
     /// or it failed with a message.
@@ -321,16 +323,24 @@ impl WorkerState {
     pub fn handle(&mut self, event: WorkerEvent, out: &mut Vec<WorkerCommand>) {
         match event {
             WorkerEvent::Scheduler(message) => self.scheduler_message(message, out),
-            WorkerEvent::Fetched { peer, got, missing } => {
+            WorkerEvent::Fetched {
+                peer,
+                got,
+                missing,
+                micros,
+            } => {
                 self.fetches = self.fetches.saturating_sub(1);
                 for task in got.iter().map(|(t, _)| t).chain(&missing) {
                     if let Some(nbytes) = self.in_flight.remove(task) {
                         self.in_flight_bytes -= nbytes;
                     }
                 }
+                let total = got.iter().map(|(_, n)| n).sum::<u64>().max(1);
                 for (task, nbytes) in got {
                     self.memory.insert(task, Held { nbytes, key: None });
-                    out.push(WorkerCommand::Send(FromWorker::Acquired { task, nbytes }));
+                    // Each result's share of the fetch's time, by size.
+                    let micros = (micros as u128 * nbytes as u128 / total as u128) as u64;
+                    out.push(WorkerCommand::Send(FromWorker::Acquired { task, nbytes, micros }));
                     if let Some(transfer) = self.transfers.remove(&task) {
                         for waiter in transfer.waiters {
                             self.input_arrived(waiter);
@@ -907,6 +917,7 @@ mod tests {
             peer: WorkerId::new(peer),
             got: got.iter().map(|&t| (TaskId::new(t), nbytes)).collect(),
             missing: vec![],
+            micros: 0,
         }
     }
 
@@ -974,6 +985,7 @@ mod tests {
                 peer: WorkerId::new(7),
                 got: vec![(TaskId::new(2), 8)],
                 missing: vec![TaskId::new(1)],
+                micros: 0,
             },
         );
         assert!(
@@ -986,6 +998,7 @@ mod tests {
                 peer: WorkerId::new(8),
                 got: vec![(TaskId::new(1), 8)],
                 missing: vec![],
+                micros: 0,
             },
         );
         assert!(matches!(out.last(), Some(WorkerCommand::Execute { inputs, .. }) if inputs.len() == 2));
@@ -1001,6 +1014,7 @@ mod tests {
                 peer: WorkerId::new(7),
                 got: vec![],
                 missing: vec![TaskId::new(1)],
+                micros: 0,
             },
         );
         assert_eq!(

@@ -144,9 +144,15 @@ impl Sim {
                 None => missing.push(task),
             }
         }
-        let at = self.now + 2 * self.cfg.latency_us + bytes / self.cfg.bytes_per_us.max(1);
+        let micros = 2 * self.cfg.latency_us + bytes / self.cfg.bytes_per_us.max(1);
         let session = self.workers[w.index()].session;
-        self.push(at, SimEvent::Effect(w, session, Effect::Fetched { peer, got, missing }));
+        let effect = Effect::Fetched {
+            peer,
+            got,
+            missing,
+            micros,
+        };
+        self.push(self.now + micros, SimEvent::Effect(w, session, effect));
     }
 
     /// Delivers the oldest message on `link`.
