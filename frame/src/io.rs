@@ -222,6 +222,39 @@ pub fn read_parquet(
     columns: Option<&[String]>,
     predicate: Option<&Expr>,
 ) -> Result<RecordBatch> {
+    let scanned = scan(path, row_groups, columns, predicate)?;
+    let batch = match scanned.filter {
+        Some(p) => crate::eval::filter(&scanned.batch, &p)?,
+        None => scanned.batch,
+    };
+    project_names(&plain_strings(batch)?, &scanned.wanted)
+}
+
+/// As [`read_parquet`], for a caller that applies the predicate itself
+/// (an aggregate that skips the rows it drops rather than copying those
+/// it keeps): every row read, the columns the predicate reads too, and
+/// the part of the predicate not applied yet.
+pub fn read_parquet_unfiltered(
+    path: &str,
+    row_groups: &[usize],
+    columns: Option<&[String]>,
+    predicate: &Expr,
+) -> Result<(RecordBatch, Option<Expr>)> {
+    let scanned = scan(path, row_groups, columns, Some(predicate))?;
+    Ok((plain_strings(scanned.batch)?, scanned.filter))
+}
+
+/// What [`scan`] read.
+struct Scanned {
+    /// The columns wanted and those the predicate reads.
+    batch: RecordBatch,
+    /// The conjuncts of the predicate not applied while reading.
+    filter: Option<Expr>,
+    /// The columns wanted.
+    wanted: Vec<String>,
+}
+
+fn scan(path: &str, row_groups: &[usize], columns: Option<&[String]>, predicate: Option<&Expr>) -> Result<Scanned> {
     let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
     let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
     let footer = footer(path, &handle)?;
@@ -284,11 +317,11 @@ pub fn read_parquet(
         let batch = read_decimals_apart(path, &handle, builder, row_groups, &read, &fast)?;
         (batch, conjuncts)
     };
-    let batch = match after.into_iter().reduce(Expr::and) {
-        Some(p) => crate::eval::filter(&batch, &p)?,
-        None => batch,
-    };
-    project_names(&plain_strings(batch)?, &wanted)
+    Ok(Scanned {
+        batch,
+        filter: after.into_iter().reduce(Expr::and),
+        wanted,
+    })
 }
 
 /// `builder` reading row groups `row_groups`, in one batch where it can.

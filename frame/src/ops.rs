@@ -186,8 +186,30 @@ pub struct TaskArgs {
 /// Runs a task on its inputs; returns its pieces (one unless split).
 pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
     let (inputs, boundaries) = split_boundaries(args, inputs)?;
-    let mut batch = start(&args.input, inputs)?;
-    for (i, step) in args.steps.iter().enumerate() {
+    let mut steps = args.steps.iter().enumerate();
+    let mut batch = match (&args.input, args.steps.first()) {
+        // A filtering scan, then an aggregate: the aggregate applies the
+        // filter (see `aggregate_where`).
+        (
+            Input::Parquet {
+                path,
+                row_groups,
+                columns,
+                predicate: Some(predicate),
+            },
+            Some(Step::Aggregate { keys, aggs }),
+        ) => {
+            steps.next();
+            crate::broadcast::forget_released();
+            let (batch, filter) = crate::io::read_parquet_unfiltered(path, row_groups, columns.as_deref(), predicate)?;
+            match filter {
+                Some(p) => crate::groupby::aggregate_where(&batch, &p, keys, aggs)?,
+                None => aggregate(&batch, keys, aggs)?,
+            }
+        }
+        (input, _) => start(input, inputs)?,
+    };
+    for (i, step) in steps {
         match step {
             Step::RangeSplit { .. } | Step::HashSplit { .. } | Step::SliceSplit(_) => {
                 check_last(i, args)?;
