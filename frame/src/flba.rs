@@ -197,8 +197,21 @@ fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i128>) -> Result<()
         .get(..n * width)
         .ok_or_else(|| format!("a page of {} bytes holding {n} values of {width} bytes", bytes.len()))?;
     if width <= 8 {
-        // Sign from the first byte, then the rest shifted in, in an i64.
-        out.extend(bytes.chunks_exact(width).map(|b| {
+        // Eight bytes read at once where the page has them: the value's
+        // big-endian bytes on top, sign-extended by the shift down.
+        let shift = 64 - 8 * width as u32;
+        let whole = if bytes.len() >= 8 {
+            (bytes.len() - 8) / width + 1
+        } else {
+            0
+        }
+        .min(n);
+        out.extend((0..whole).map(|i| {
+            let word = u64::from_be_bytes(bytes[i * width..i * width + 8].try_into().expect("8 bytes"));
+            i128::from((word as i64) >> shift)
+        }));
+        // The last few: sign from the first byte, the rest shifted in.
+        out.extend(bytes[whole * width..].chunks_exact(width).map(|b| {
             let v = b[1..]
                 .iter()
                 .fold(i64::from(b[0] as i8), |v, &x| (v << 8) | i64::from(x));
@@ -404,5 +417,22 @@ mod tests {
         plain(&[0xff, 0xfe, 0x00, 0x01, 0x80, 0x00], 2, 3, &mut out).unwrap();
         assert_eq!(out, [-2, 1, -32768]);
         assert!(plain(&[0; 5], 2, 3, &mut out).unwrap_err().contains("5 bytes"));
+        // Long pages, read eight bytes at a time but for the last values.
+        let mut rng = fastrand::Rng::with_seed(3);
+        for width in 1..=8usize {
+            let bits = 8 * width as u32;
+            let values: Vec<i64> = (0..100).map(|_| rng.i64(..) >> (64 - bits)).collect();
+            let bytes: Vec<u8> = values
+                .iter()
+                .flat_map(|v| v.to_be_bytes()[8 - width..].to_vec())
+                .collect();
+            let mut out = Vec::new();
+            plain(&bytes, width, values.len(), &mut out).unwrap();
+            assert_eq!(
+                out,
+                values.iter().map(|&v| i128::from(v)).collect::<Vec<_>>(),
+                "width {width}"
+            );
+        }
     }
 }

@@ -215,21 +215,16 @@ pub fn aggregate(batch: &RecordBatch, keys: &[Expr], aggs: &[AggSpec]) -> Result
 /// (TPC-H q1 keeps 98% of `lineitem`). Should an expression fail on a
 /// dropped row, the kept rows are aggregated alone.
 pub fn aggregate_where(batch: &RecordBatch, predicate: &Expr, keys: &[Expr], aggs: &[AggSpec]) -> Result<RecordBatch> {
-    let mask = crate::eval::predicate(predicate, batch)?;
-    let mask = match mask.null_count() {
-        0 => mask,
-        _ => arrow_select::filter::prep_null_mask_filter(&mask),
+    let (batch, mask) = crate::eval::narrow(batch, predicate)?;
+    let Some(mask) = mask else {
+        return aggregate(&batch, keys, aggs);
     };
-    let kept = mask.true_count();
-    if kept == mask.len() {
-        return aggregate(batch, keys, aggs);
-    }
-    if kept * 2 >= mask.len()
-        && let Ok(out) = aggregate_selected(batch, Some(&mask), keys, aggs)
+    if mask.true_count() * 2 >= mask.len()
+        && let Ok(out) = aggregate_selected(&batch, Some(&mask), keys, aggs)
     {
         return Ok(out);
     }
-    aggregate(&arrow_select::filter::filter_record_batch(batch, &mask)?, keys, aggs)
+    aggregate(&arrow_select::filter::filter_record_batch(&batch, &mask)?, keys, aggs)
 }
 
 /// `groups` of every row renumbered over the rows `selection` keeps, in
@@ -690,9 +685,25 @@ mod tests {
         let keys = [col("k"), col("n")];
         // Keeping most rows (aggregated in place), few, all, none; a null
         // where `v` is null drops the row.
-        for predicate in [col("v").gt(lit(10.0)), col("v").gt(lit(90.0)), lit(true), lit(false)] {
+        // A conjunction narrowed after its first conjunct, or not.
+        let predicates = [
+            col("v").gt(lit(10.0)),
+            col("v").gt(lit(90.0)),
+            lit(true),
+            lit(false),
+            col("v").gt(lit(90.0)).and(col("k").gt(lit(2))),
+            col("v").gt(lit(5.0)).and(col("k").gt(lit(2))),
+        ];
+        for predicate in predicates {
             let fused = aggregate_where(&b, &predicate, &keys, &aggs).unwrap();
-            let filtered = crate::eval::filter(&b, &predicate).unwrap();
+            // The reference: the whole predicate at once, nulls false.
+            let mask = crate::eval::predicate(&predicate, &b).unwrap();
+            let mask = match mask.null_count() {
+                0 => mask,
+                _ => arrow_select::filter::prep_null_mask_filter(&mask),
+            };
+            let filtered = arrow_select::filter::filter_record_batch(&b, &mask).unwrap();
+            assert_eq!(crate::eval::filter(&b, &predicate).unwrap(), filtered, "{predicate}");
             assert_eq!(fused, aggregate(&filtered, &keys, &aggs).unwrap(), "{predicate}");
         }
         // An input that fails on a dropped row: the kept rows alone.
