@@ -1,6 +1,7 @@
 //! Placement (which worker runs a ready task) and work stealing.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
 
 use super::{MAX_CANDIDATES, Scheduler, TaskState};
 use crate::ids::{TaskId, WorkerId};
@@ -178,20 +179,24 @@ impl Scheduler {
     /// Work stealing: moves tasks that have not started from workers with
     /// more tasks than threads to workers with idle threads, when the move
     /// pays (the thief finishes it sooner, transfer included) and the
-    /// transfer is cheap relative to the compute (`steal_ratio`). Sends
+    /// transfer is cheap relative to the compute (`steal_ratio`). Each
+    /// steal goes to the least loaded thief, and thieves take tasks until
+    /// the estimated loads balance, not one per idle thread, so a backlog
+    /// left on one worker spreads within a round. Sends
     /// [`ToWorker::Steal`]; the task moves on the victim's confirmation.
     pub(super) fn balance(&mut self, comm: &mut impl super::Comm) {
         if self.workers.len() < 2 {
             return;
         }
-        let mut thieves = Vec::new();
+        // Thieves by load (non-negative, so its bits order as it does).
+        let mut thieves = BinaryHeap::new();
         let mut victims = Vec::new();
         for &w in &self.all.items {
             let wk = &self.workers[&w];
             let n = wk.processing.len();
             let threads = wk.info.nthreads.max(1) as usize;
             if n < threads && !wk.paused {
-                thieves.push((wk.load(), w, threads - n));
+                thieves.push(Reverse((wk.load().to_bits(), w)));
             } else if n > threads {
                 victims.push((wk.load(), w, n - threads));
             }
@@ -199,57 +204,52 @@ impl Scheduler {
         if thieves.is_empty() || victims.is_empty() {
             return;
         }
-        thieves.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
         victims.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
         let ratio = self.config.steal_ratio;
-        // One pass: thieves from least loaded, victims from most loaded. A
-        // victim that has nothing worth moving to the current thief is
-        // skipped for good (the following thieves are more loaded), so a
-        // pass costs O(workers + victims * STEAL_SCAN).
-        let (mut ti, mut vi) = (0, 0);
-        while ti < thieves.len() && vi < victims.len() {
-            let (thief_load, thief, free) = thieves[ti];
-            if free == 0 {
-                ti += 1;
-                continue;
-            }
-            let (victim_load, victim, spare) = victims[vi];
-            if spare == 0 {
-                vi += 1;
-                continue;
-            }
-            let thief_threads = self.workers[&thief].info.nthreads.max(1) as f64;
-            let vk = &self.workers[&victim];
-            let victim_threads = vk.info.nthreads.max(1) as f64;
-            let mut chosen = None;
-            for &id in vk.processing.iter().rev().take(STEAL_SCAN) {
-                if self.stealing.contains_key(&id) || self.pipelined(id) || !self.valid_worker(id, thief, true) {
-                    continue;
+        // Victims from most loaded; each gives to the least loaded thief
+        // until none gains from its next task. A pass costs
+        // O(workers + steals * log thieves + victims * STEAL_SCAN).
+        for (mut victim_load, victim, mut spare) in victims {
+            while spare > 0 {
+                let Some(Reverse((bits, thief))) = thieves.pop() else {
+                    return;
+                };
+                let thief_load = f64::from_bits(bits);
+                let thief_threads = self.workers[&thief].info.nthreads.max(1) as f64;
+                let vk = &self.workers[&victim];
+                let victim_threads = vk.info.nthreads.max(1) as f64;
+                let mut chosen = None;
+                let not_asked = vk.processing.iter().rev().filter(|id| !self.stealing.contains_key(id));
+                for &id in not_asked.take(STEAL_SCAN) {
+                    if self.pipelined(id) || !self.valid_worker(id, thief, true) {
+                        continue;
+                    }
+                    let est = self.tasks[id].est as f64;
+                    let transfer = self.fetch_time(id, thief);
+                    if transfer > est * ratio {
+                        continue;
+                    }
+                    let after_victim = victim_load - est / victim_threads;
+                    let after_thief = thief_load + (est + transfer) / thief_threads;
+                    if after_thief < after_victim {
+                        chosen = Some((id, est, after_thief));
+                        break;
+                    }
                 }
-                let est = self.tasks[id].est as f64;
-                let transfer = self.fetch_time(id, thief);
-                if transfer > est * ratio {
-                    continue;
-                }
-                let after_victim = victim_load - est / victim_threads;
-                let after_thief = thief_load + (est + transfer) / thief_threads;
-                if after_thief < after_victim {
-                    chosen = Some((id, est, transfer));
+                let Some((id, est, after_thief)) = chosen else {
+                    // Nothing of this victim pays for the least loaded
+                    // thief: on to the next victim.
+                    thieves.push(Reverse((bits, thief)));
                     break;
-                }
+                };
+                debug_assert_eq!(self.tasks[id].state, TaskState::Processing(victim));
+                self.stealing.insert(id, thief);
+                self.stats.steal_requests += 1;
+                comm.to_worker(victim, ToWorker::Steal { task: id });
+                victim_load -= est / victim_threads;
+                spare -= 1;
+                thieves.push(Reverse((after_thief.to_bits(), thief)));
             }
-            let Some((id, est, transfer)) = chosen else {
-                vi += 1;
-                continue;
-            };
-            debug_assert_eq!(self.tasks[id].state, TaskState::Processing(victim));
-            self.stealing.insert(id, thief);
-            self.stats.steal_requests += 1;
-            comm.to_worker(victim, ToWorker::Steal { task: id });
-            victims[vi].0 -= est / victim_threads;
-            victims[vi].2 -= 1;
-            thieves[ti].0 += (est + transfer) / thief_threads;
-            thieves[ti].2 -= 1;
         }
     }
 }
