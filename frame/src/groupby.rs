@@ -109,7 +109,13 @@ pub fn group_rows(keys: &[ArrayRef], rows: usize) -> Result<Groups> {
         }
         let next = column_groups(key)?;
         let pairs = groups.ids.iter().zip(&next.ids);
-        groups = dense(pairs.map(|(&a, &b)| Some((u64::from(a) << 32) | u64::from(b))), rows);
+        let (n, m) = (groups.len(), next.len());
+        groups = if n * m <= 1 << 16 {
+            // Few pairs possible: numbered through a table of them all.
+            first_appearance(pairs.map(|(&a, &b)| a as usize * m + b as usize), n * m)
+        } else {
+            dense(pairs.map(|(&a, &b)| Some((u64::from(a) << 32) | u64::from(b))), rows)
+        };
     }
     Ok(groups)
 }
@@ -132,6 +138,25 @@ fn determined(key: &ArrayRef, groups: &Groups) -> Result<bool> {
 fn column_groups(key: &ArrayRef) -> Result<Groups> {
     let rows = key.len();
     let t = key.data_type();
+    if let Some(dictionary) = key.as_any_dictionary_opt() {
+        // The dictionary's values numbered once, then each row's by its
+        // index (nulls, of index or value, after them).
+        let values = column_groups(dictionary.values())?;
+        let null = values.len();
+        let nulls = key.logical_nulls();
+        let codes = dictionary
+            .normalized_keys()
+            .into_iter()
+            .enumerate()
+            .map(|(row, index)| {
+                if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+                    null
+                } else {
+                    values.ids[index] as usize
+                }
+            });
+        return Ok(first_appearance(codes, null + 1));
+    }
     if t.is_integer() || *t == DataType::Date32 {
         let ints = arrow_cast::cast(key, &DataType::Int64)?;
         return Ok(dense(ints.as_primitive::<Int64Type>().iter(), rows));
@@ -181,6 +206,25 @@ fn packed(strings: &arrow_array::StringArray) -> Option<Vec<u64>> {
             })
             .collect(),
     )
+}
+
+/// Numbers `codes`, each below `range`, in order of first appearance,
+/// through a table rather than a hash.
+fn first_appearance(codes: impl Iterator<Item = usize>, range: usize) -> Groups {
+    let mut numbers = vec![u32::MAX; range];
+    let mut firsts = Vec::new();
+    let ids = codes
+        .enumerate()
+        .map(|(row, code)| {
+            let number = &mut numbers[code];
+            if *number == u32::MAX {
+                *number = firsts.len() as u32;
+                firsts.push(row as u32);
+            }
+            *number
+        })
+        .collect();
+    Groups { ids, firsts }
 }
 
 /// Numbers `values` in order of first appearance (`None` is one value).
@@ -277,8 +321,13 @@ fn aggregate_selected(
     let mut fields = Vec::new();
     let mut columns = Vec::new();
     for (k, a) in keys.iter().zip(&key_arrays) {
-        fields.push(Field::new(k.output_name(), a.data_type().clone(), true));
-        columns.push(arrow_select::take::take(a, &firsts, None)?);
+        let mut column = arrow_select::take::take(a, &firsts, None)?;
+        // Keys read as dictionaries leave as the values they stand for.
+        if let DataType::Dictionary(_, values) = column.data_type() {
+            column = arrow_cast::cast(&column, values)?;
+        }
+        fields.push(Field::new(k.output_name(), column.data_type().clone(), true));
+        columns.push(column);
     }
     // Rows per group, counted once: `len()` and the counts of inputs
     // without nulls.
@@ -713,6 +762,34 @@ mod tests {
         let fused = aggregate_where(&b, &nonzero, &[col("n")], &inverse).unwrap();
         let filtered = crate::eval::filter(&b, &nonzero).unwrap();
         assert_eq!(fused, aggregate(&filtered, &[col("n")], &inverse).unwrap());
+    }
+
+    #[test]
+    fn keys_read_as_dictionaries_group_as_their_values() {
+        let names = StringArray::from(vec![Some("x"), None, Some("y"), Some("x"), Some("z"), None, Some("y")]);
+        let as_dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let dictionary = arrow_cast::cast(&names, &as_dictionary).unwrap();
+        let mut plain = batch(
+            vec![Some(1), Some(1), Some(2), Some(1), None, Some(1), Some(2)],
+            vec![""; 7],
+            vec![Some(1.0); 7],
+        );
+        let mut columns = plain.columns().to_vec();
+        columns[1] = Arc::new(names);
+        plain = RecordBatch::try_new(plain.schema(), columns.clone()).unwrap();
+        columns[1] = dictionary;
+        let fields = vec![
+            plain.schema().field(0).clone(),
+            Field::new("n", as_dictionary, true),
+            plain.schema().field(2).clone(),
+        ];
+        let coded = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let keys = [col("n"), col("k")];
+        let aggs = [AggSpec::from_expr(&col("v").sum().alias("s")).unwrap()];
+        assert_eq!(
+            aggregate(&coded, &keys, &aggs).unwrap(),
+            aggregate(&plain, &keys, &aggs).unwrap()
+        );
     }
 
     #[test]

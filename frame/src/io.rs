@@ -222,7 +222,7 @@ pub fn read_parquet(
     columns: Option<&[String]>,
     predicate: Option<&Expr>,
 ) -> Result<RecordBatch> {
-    let scanned = scan(path, row_groups, columns, predicate)?;
+    let scanned = scan(path, row_groups, columns, predicate, &[])?;
     let batch = match scanned.filter {
         Some(p) => crate::eval::filter(&scanned.batch, &p)?,
         None => scanned.batch,
@@ -230,17 +230,20 @@ pub fn read_parquet(
     project_names(&plain_strings(batch)?, &scanned.wanted)
 }
 
-/// As [`read_parquet`], for a caller that applies the predicate itself
-/// (an aggregate that skips the rows it drops rather than copying those
-/// it keeps): every row read, the columns the predicate reads too, and
-/// the part of the predicate not applied yet.
+/// As [`read_parquet`], for an aggregate that applies the predicate itself
+/// (skipping the rows it drops rather than copying those it keeps): every
+/// row read, the columns the predicate reads too, and the part of the
+/// predicate not applied yet. String columns named in `dictionaries` that
+/// the predicate does not read come as dictionaries of their Parquet
+/// pages (group keys: TPC-H q1's flags, numbered by their few values).
 pub fn read_parquet_unfiltered(
     path: &str,
     row_groups: &[usize],
     columns: Option<&[String]>,
-    predicate: &Expr,
+    predicate: Option<&Expr>,
+    dictionaries: &[String],
 ) -> Result<(RecordBatch, Option<Expr>)> {
-    let scanned = scan(path, row_groups, columns, Some(predicate))?;
+    let scanned = scan(path, row_groups, columns, predicate, dictionaries)?;
     Ok((plain_strings(scanned.batch)?, scanned.filter))
 }
 
@@ -254,7 +257,13 @@ struct Scanned {
     wanted: Vec<String>,
 }
 
-fn scan(path: &str, row_groups: &[usize], columns: Option<&[String]>, predicate: Option<&Expr>) -> Result<Scanned> {
+fn scan(
+    path: &str,
+    row_groups: &[usize],
+    columns: Option<&[String]>,
+    predicate: Option<&Expr>,
+    dictionaries: &[String],
+) -> Result<Scanned> {
     let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
     let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
     let footer = footer(path, &handle)?;
@@ -274,16 +283,18 @@ fn scan(path: &str, row_groups: &[usize], columns: Option<&[String]>, predicate:
     // plain strings once the predicate has dropped its rows: one copy of
     // their bytes instead of two (decoding, then filtering).
     let predicate_reads: Vec<String> = conjuncts.iter().flat_map(Expr::columns).collect();
-    let views: Vec<usize> = wanted
+    let strings: Vec<(usize, &String)> = wanted
         .iter()
         .filter(|name| !predicate_reads.contains(name))
-        .filter_map(|name| file_schema.index_of(name).ok())
-        .filter(|&i| *file_schema.field(i).data_type() == DataType::Utf8)
+        .filter_map(|name| file_schema.index_of(name).ok().map(|i| (i, name)))
+        .filter(|&(i, _)| *file_schema.field(i).data_type() == DataType::Utf8)
         .collect();
-    let footer = if views.is_empty() {
+    let (dictionaries, views): (Vec<_>, Vec<_>) = strings.into_iter().partition(|(_, n)| dictionaries.contains(n));
+    let footer = if views.is_empty() && dictionaries.is_empty() {
         footer
     } else {
-        with_views(path, &footer, &views)?
+        let indices = |columns: Vec<(usize, &String)>| columns.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        decoded_as(path, &footer, &indices(views), &indices(dictionaries))?
     };
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer);
     let mut read = wanted.clone();
@@ -380,8 +391,14 @@ fn read_decimals_apart(
     )?)
 }
 
-/// `footer` reading columns `views` (utf8) as string views.
-fn with_views(path: &str, footer: &ArrowReaderMetadata, views: &[usize]) -> Result<ArrowReaderMetadata> {
+/// `footer` reading columns `views` (utf8) as string views and columns
+/// `dictionaries` (utf8) as dictionaries.
+fn decoded_as(
+    path: &str,
+    footer: &ArrowReaderMetadata,
+    views: &[usize],
+    dictionaries: &[usize],
+) -> Result<ArrowReaderMetadata> {
     let fields: Vec<Field> = footer
         .schema()
         .fields()
@@ -391,6 +408,11 @@ fn with_views(path: &str, footer: &ArrowReaderMetadata, views: &[usize]) -> Resu
             let f = f.as_ref().clone();
             if views.contains(&i) {
                 f.with_data_type(DataType::Utf8View)
+            } else if dictionaries.contains(&i) {
+                f.with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
             } else {
                 f
             }

@@ -188,20 +188,35 @@ pub fn run(args: &TaskArgs, inputs: &[Arc<Value>]) -> Result<Vec<RecordBatch>> {
     let (inputs, boundaries) = split_boundaries(args, inputs)?;
     let mut steps = args.steps.iter().enumerate();
     let mut batch = match (&args.input, args.steps.first()) {
-        // A filtering scan, then an aggregate: the aggregate applies the
-        // filter (see `aggregate_where`).
+        // A scan, then an aggregate: the aggregate applies the scan's
+        // filter (see `aggregate_where`), and its string keys are read as
+        // dictionaries.
         (
             Input::Parquet {
                 path,
                 row_groups,
                 columns,
-                predicate: Some(predicate),
+                predicate,
             },
             Some(Step::Aggregate { keys, aggs }),
         ) => {
             steps.next();
             crate::broadcast::forget_released();
-            let (batch, filter) = crate::io::read_parquet_unfiltered(path, row_groups, columns.as_deref(), predicate)?;
+            let inputs: Vec<String> = aggs.iter().flat_map(|a| a.input.columns()).collect();
+            let dictionaries: Vec<String> = keys
+                .iter()
+                .filter_map(|k| match k {
+                    Expr::Column(name) if !inputs.contains(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            let (batch, filter) = crate::io::read_parquet_unfiltered(
+                path,
+                row_groups,
+                columns.as_deref(),
+                predicate.as_ref(),
+                &dictionaries,
+            )?;
             match filter {
                 Some(p) => crate::groupby::aggregate_where(&batch, &p, keys, aggs)?,
                 None => aggregate(&batch, keys, aggs)?,
