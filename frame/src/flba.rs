@@ -165,11 +165,14 @@ impl Column {
                 let (&bits, indices) = values.split_first().ok_or("an empty dictionary-encoded page")?;
                 self.indices.clear();
                 hybrid(indices, bits, defined, &mut self.indices)?;
-                let size = self.dictionary.len();
-                if self.indices.iter().any(|&i| i as usize >= size) {
-                    return Err(format!("a dictionary index past its {size} entries"));
+                // A slice, not the vector, so that its address stays in a
+                // register while the values grow; the largest index checked
+                // in one pass that vectorises, not one early exit per index.
+                let dictionary: &[i128] = &self.dictionary;
+                let largest = self.indices.iter().copied().max().unwrap_or(0) as usize;
+                if !self.indices.is_empty() && largest >= dictionary.len() {
+                    return Err(format!("a dictionary index past its {} entries", dictionary.len()));
                 }
-                let dictionary = &self.dictionary;
                 self.values.extend(self.indices.iter().map(|&i| dictionary[i as usize]));
             }
             other => return Err(format!("values encoded as {other}")),
@@ -255,6 +258,24 @@ fn hybrid(mut data: &[u8], bits: u8, n: usize, out: &mut Vec<u32>) -> Result<(),
             let packed = data.get(..len).ok_or("bit-packed values past the data's end")?;
             data = &data[len..];
             let count = (groups * 8).min(want);
+            if bits <= 8 {
+                // A group of 8 values fits one word: one load per group.
+                for (g, first) in (0..count).step_by(8).enumerate() {
+                    let from = g * bits;
+                    let word = match packed.get(from..from + 8) {
+                        Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")),
+                        None => {
+                            let mut w = [0u8; 8];
+                            let rest = &packed[from.min(packed.len())..];
+                            w[..rest.len().min(8)].copy_from_slice(&rest[..rest.len().min(8)]);
+                            u64::from_le_bytes(w)
+                        }
+                    };
+                    let take = (count - first).min(8);
+                    out.extend((0..take).map(|j| (word >> (j * bits)) as u32 & mask));
+                }
+                continue;
+            }
             out.extend((0..count).map(|i| {
                 let bit = i * bits;
                 let from = bit / 8;
@@ -409,6 +430,24 @@ mod tests {
         assert_eq!(out, [0, 1, 2, 3, 4, 5]);
         assert!(hybrid(&[(1 << 1) | 1, 0], 3, 8, &mut out).unwrap_err().contains("past"));
         assert!(hybrid(&[0x80], 3, 1, &mut out).unwrap_err().contains("past"));
+        // Many groups at each width, some values of the last group not asked.
+        let mut rng = fastrand::Rng::with_seed(5);
+        for bits in 0..=12u8 {
+            let values: Vec<u32> = (0..77).map(|_| rng.u32(..) & ((1u32 << bits) - 1)).collect();
+            let groups = values.len().div_ceil(8);
+            let mut packed = vec![0u8; groups * usize::from(bits)];
+            for (i, &v) in values.iter().enumerate() {
+                for b in 0..usize::from(bits) {
+                    let at = i * usize::from(bits) + b;
+                    packed[at / 8] |= (((v >> b) & 1) as u8) << (at % 8);
+                }
+            }
+            let mut data = vec![((groups as u8) << 1) | 1];
+            data.extend(packed);
+            let mut out = Vec::new();
+            hybrid(&data, bits, values.len(), &mut out).unwrap();
+            assert_eq!(out, values, "{bits} bits");
+        }
     }
 
     #[test]
