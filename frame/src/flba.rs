@@ -15,7 +15,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use arrow_array::Decimal128Array;
-use arrow_buffer::{BooleanBufferBuilder, NullBuffer};
+use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder, NullBuffer};
 use arrow_schema::DataType;
 use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
@@ -48,14 +48,17 @@ pub fn leaf(meta: &ParquetMetaData, root: usize, data_type: &DataType) -> Option
 }
 
 /// Leaf column `leaf` (see [`leaf`]) of row groups `row_groups` of the
-/// file, as decimals of `precision` and `scale`.
+/// file, as decimals of `precision` and `scale`: the rows `selection`
+/// keeps (all when `None`). A page's values are decoded next to those kept
+/// so far and only the kept ones stay, so the dropped rows never leave the
+/// cache (TPC-H q6 keeps 2% of the prices it reads).
 pub fn read(
     file: &Arc<File>,
     meta: &ParquetMetaData,
     row_groups: &[usize],
     leaf: usize,
-    precision: u8,
-    scale: i8,
+    (precision, scale): (u8, i8),
+    selection: Option<&BooleanBuffer>,
 ) -> Result<Decimal128Array, String> {
     let column = meta.file_metadata().schema_descr().column(leaf);
     let width = usize::try_from(column.type_length()).map_err(|_| "negative width".to_string())?;
@@ -63,14 +66,23 @@ pub fn read(
         .iter()
         .map(|&g| meta.row_group(g).num_rows().max(0) as usize)
         .sum();
+    if selection.is_some_and(|s| s.len() != rows) {
+        return Err(format!(
+            "a selection of {} rows for {rows}",
+            selection.map_or(0, |s| s.len())
+        ));
+    }
+    let kept = selection.map_or(rows, |s| s.count_set_bits());
     let mut out = Column {
         width,
         nullable: column.max_def_level() == 1,
-        values: Vec::with_capacity(rows),
-        valid: BooleanBufferBuilder::new(if column.max_def_level() == 1 { rows } else { 0 }),
+        values: Vec::with_capacity(kept),
+        valid: BooleanBufferBuilder::new(if column.max_def_level() == 1 { kept } else { 0 }),
         dictionary: Vec::new(),
         levels: Vec::new(),
         indices: Vec::new(),
+        selection,
+        row: 0,
     };
     for &g in row_groups {
         let group = meta.row_group(g);
@@ -89,11 +101,15 @@ pub fn read(
 }
 
 /// A column being decoded.
-struct Column {
+struct Column<'a> {
     width: usize,
     nullable: bool,
     values: Vec<i128>,
     valid: BooleanBufferBuilder,
+    /// The rows to keep (all when `None`), and the first row of the next
+    /// page.
+    selection: Option<&'a BooleanBuffer>,
+    row: usize,
     /// The current row group's dictionary, converted.
     dictionary: Vec<i128>,
     /// One page's definition levels.
@@ -102,7 +118,7 @@ struct Column {
     indices: Vec<u32>,
 }
 
-impl Column {
+impl Column<'_> {
     fn page(&mut self, page: Page) -> Result<(), String> {
         match page {
             Page::DictionaryPage { buf, num_values, .. } => {
@@ -151,16 +167,36 @@ impl Column {
     /// columns), `values` the values of the defined ones.
     fn data(&mut self, n: usize, levels: &[u8], values: &[u8], encoding: Encoding) -> Result<(), String> {
         let start = self.values.len();
+        let first = self.row;
+        self.row += n;
+        let kept = |slot: usize| self.selection.is_none_or(|s| s.value(first + slot));
         let defined = if self.nullable {
             self.levels.clear();
             hybrid(levels, 1, n, &mut self.levels)?;
-            self.levels.iter().for_each(|&l| self.valid.append(l == 1));
+            for (slot, &l) in self.levels.iter().enumerate() {
+                if kept(slot) {
+                    self.valid.append(l == 1);
+                }
+            }
             self.levels.iter().filter(|&&l| l == 1).count()
         } else {
             n
         };
         match encoding {
-            Encoding::PLAIN => plain(values, self.width, defined, &mut self.values)?,
+            Encoding::PLAIN => match self.selection {
+                // Every slot defined: only the kept ones converted.
+                Some(selection) if defined == n => {
+                    let width = self.width;
+                    let bytes = values.get(..n * width).ok_or_else(|| {
+                        format!("a page of {} bytes holding {n} values of {width} bytes", values.len())
+                    })?;
+                    for slot in selection.slice(first, n).set_indices() {
+                        plain(&bytes[slot * width..(slot + 1) * width], width, 1, &mut self.values)?;
+                    }
+                    return Ok(());
+                }
+                _ => plain(values, self.width, defined, &mut self.values)?,
+            },
             Encoding::PLAIN_DICTIONARY | Encoding::RLE_DICTIONARY => {
                 let (&bits, indices) = values.split_first().ok_or("an empty dictionary-encoded page")?;
                 self.indices.clear();
@@ -173,7 +209,17 @@ impl Column {
                 if !self.indices.is_empty() && largest >= dictionary.len() {
                     return Err(format!("a dictionary index past its {} entries", dictionary.len()));
                 }
-                self.values.extend(self.indices.iter().map(|&i| dictionary[i as usize]));
+                match self.selection {
+                    // Every slot defined: only the kept ones looked up.
+                    Some(selection) if defined == n => {
+                        let slots = selection.slice(first, n);
+                        let indices = &self.indices;
+                        self.values
+                            .extend(slots.set_indices().map(|slot| dictionary[indices[slot] as usize]));
+                        return Ok(());
+                    }
+                    _ => self.values.extend(self.indices.iter().map(|&i| dictionary[i as usize])),
+                }
             }
             other => return Err(format!("values encoded as {other}")),
         }
@@ -189,6 +235,15 @@ impl Column {
                     self.values[start + slot] = 0;
                 }
             }
+        }
+        if let Some(selection) = self.selection {
+            // Keep the selected slots, moved down over the others.
+            let mut to = start;
+            for slot in selection.slice(first, n).set_indices() {
+                self.values[to] = self.values[start + slot];
+                to += 1;
+            }
+            self.values.truncate(to);
         }
         Ok(())
     }
@@ -401,14 +456,22 @@ mod tests {
                     let DataType::Decimal128(p, s) = *field.data_type() else {
                         panic!("{field:?}")
                     };
-                    let got = read(&file, &meta, &[0, 1], leaf, p, s).unwrap();
+                    let got = read(&file, &meta, &[0, 1], leaf, (p, s), None).unwrap();
                     assert_eq!(
                         &got as &dyn Array,
                         want.column(c).as_ref(),
                         "{dictionary} {version:?} {c}"
                     );
-                    let second = read(&file, &meta, &[1], leaf, p, s).unwrap();
+                    let second = read(&file, &meta, &[1], leaf, (p, s), None).unwrap();
                     assert_eq!(&second as &dyn Array, want.column(c).slice(4000, 1000).as_ref());
+                    // Every third row, and a selection of the wrong length.
+                    let selection = BooleanBuffer::from_iter((0..want.num_rows()).map(|i| i % 3 == 1));
+                    let some = read(&file, &meta, &[0, 1], leaf, (p, s), Some(&selection)).unwrap();
+                    let mask = arrow_array::BooleanArray::new(selection.clone(), None);
+                    let filtered = arrow_select::filter::filter(want.column(c), &mask).unwrap();
+                    assert_eq!(&some as &dyn Array, filtered.as_ref(), "{dictionary} {version:?} {c}");
+                    let short = BooleanBuffer::new_set(3);
+                    assert!(read(&file, &meta, &[0, 1], leaf, (p, s), Some(&short)).is_err());
                 }
             }
         }

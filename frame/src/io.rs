@@ -325,8 +325,7 @@ fn scan(
         }
         (decode(path, builder)?, rest)
     } else {
-        let batch = read_decimals_apart(path, &handle, builder, row_groups, &read, &fast)?;
-        (batch, conjuncts)
+        read_decimals_apart(path, &handle, builder, (row_groups, &read, &fast), conjuncts)?
     };
     Ok(Scanned {
         batch,
@@ -352,15 +351,16 @@ fn of_row_groups(
 
 /// Root columns `read` of row groups `row_groups`, in the file's order:
 /// those of `fast` (root, leaf) decoded by [`crate::flba`], the others by
-/// `builder`.
+/// `builder`; and the `conjuncts` still to apply. Where the conjuncts that
+/// read only the others keep under half the rows, those rows alone are
+/// decoded as decimals.
 fn read_decimals_apart(
     path: &str,
     file: &Arc<File>,
     builder: ParquetRecordBatchReaderBuilder<File>,
-    row_groups: &[usize],
-    read: &[usize],
-    fast: &[(usize, usize)],
-) -> Result<RecordBatch> {
+    (row_groups, read, fast): (&[usize], &[usize], &[(usize, usize)]),
+    conjuncts: Vec<Expr>,
+) -> Result<(RecordBatch, Vec<Expr>)> {
     let schema = builder.schema().clone();
     let meta = builder.metadata().clone();
     let mut others: Vec<usize> = read
@@ -370,25 +370,45 @@ fn read_decimals_apart(
         .collect();
     others.sort_unstable();
     let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
+    let (mut selection, mut after) = (None, conjuncts);
     if !others.is_empty() {
         let mask = ProjectionMask::roots(builder.parquet_schema(), others.iter().copied());
-        let batch = decode(path, of_row_groups(builder.with_projection(mask), row_groups))?;
+        let mut batch = decode(path, of_row_groups(builder.with_projection(mask), row_groups))?;
+        let names: Vec<&String> = batch.schema_ref().fields().iter().map(|f| f.name()).collect();
+        let (early, late): (Vec<Expr>, Vec<Expr>) = after
+            .into_iter()
+            .partition(|c| c.columns().iter().all(|n| names.contains(&n)));
+        after = late;
+        if let Some(test) = early.iter().cloned().reduce(Expr::and) {
+            let keep = crate::eval::predicate(&test, &batch)?;
+            let keep = match keep.null_count() {
+                0 => keep,
+                _ => arrow_select::filter::prep_null_mask_filter(&keep),
+            };
+            if keep.true_count() * 2 < keep.len() {
+                batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
+                selection = Some(keep.values().clone());
+            } else {
+                after.extend(early);
+            }
+        }
         columns.extend(others.into_iter().zip(batch.columns().iter().cloned()));
     }
     for &(root, leaf) in fast {
         let DataType::Decimal128(p, s) = *schema.field(root).data_type() else {
             unreachable!("flba::leaf takes Decimal128 fields only")
         };
-        let array = crate::flba::read(file, &meta, row_groups, leaf, p, s)
+        let array = crate::flba::read(file, &meta, row_groups, leaf, (p, s), selection.as_ref())
             .map_err(|e| FrameError::file(path, format!("column {}: {e}", schema.field(root).name())))?;
         columns.push((root, Arc::new(array)));
     }
     columns.sort_unstable_by_key(|c| c.0);
     let fields: Vec<Field> = columns.iter().map(|(r, _)| plain_field(schema.field(*r))).collect();
-    Ok(RecordBatch::try_new(
+    let batch = RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
         columns.into_iter().map(|c| c.1).collect(),
-    )?)
+    )?;
+    Ok((batch, after))
 }
 
 /// `footer` reading columns `views` (utf8) as string views and columns
