@@ -78,6 +78,16 @@ impl H {
         out
     }
 
+    /// `a` computed on w1 (one thread), then w2 (one thread) joined.
+    fn a_on_w1_then_w2() -> Self {
+        let mut h = H::new(Config::default());
+        h.join(1, 1);
+        h.submit(vec![spec("a", &[])], &["a"]);
+        h.finish(1, "a", 10);
+        h.join(2, 1);
+        h
+    }
+
     fn join(&mut self, i: u32, nthreads: u32) -> Vec<Command> {
         self.ev(Event::WorkerJoined {
             worker: w(i),
@@ -594,11 +604,7 @@ fn idle_workers_steal_queued_work() {
 
 #[test]
 fn missing_data_drops_the_holder_and_recomputes() {
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.submit(vec![spec("a", &[])], &["a"]);
-    h.finish(1, "a", 10);
-    h.join(2, 1);
+    let mut h = H::a_on_w1_then_w2();
     // Keep w1 busy so `b` is not forced onto it... it holds `a`, so it wins.
     let out = h.submit(vec![spec("b", &["a"])], &["b"]);
     let (on, _) = computes(&out)[0].clone();
@@ -637,11 +643,7 @@ fn told(cmds: &[Command], key: &str) -> Vec<String> {
 
 #[test]
 fn a_client_that_cannot_gather_has_the_result_recomputed_or_told_where_else() {
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.submit(vec![spec("a", &[])], &["a"]);
-    h.finish(1, "a", 10);
-    h.join(2, 1);
+    let mut h = H::a_on_w1_then_w2();
     // w2 fetched a replica of `a` (held by task id only).
     let a = h.id("a");
     h.worker_msg(
@@ -684,11 +686,7 @@ fn a_client_that_cannot_gather_has_the_result_recomputed_or_told_where_else() {
 
 #[test]
 fn a_dead_workers_results_are_reported_lost_to_the_clients_holding_them() {
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.submit(vec![spec("a", &[])], &["a"]);
-    h.finish(1, "a", 10);
-    h.join(2, 1);
+    let mut h = H::a_on_w1_then_w2();
     let out = h.ev(Event::WorkerLost { worker: w(1) });
     assert_eq!(told(&out, "a"), ["lost"]);
     assert_eq!(computes(&out), [(w(2), "a".to_string())]);
@@ -1408,11 +1406,7 @@ fn fetches_of_a_mebibyte_or_more_measure_the_bandwidth() {
 
 #[test]
 fn a_replica_fetched_by_the_worker_now_recomputing_it_is_kept() {
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.submit(vec![spec("a", &[])], &["a"]);
-    h.finish(1, "a", 10);
-    h.join(2, 1);
+    let mut h = H::a_on_w1_then_w2();
     // w2 fetched `a` from w1, which dies before the scheduler hears of it:
     // `a` is computed again, on w2.
     let out = h.ev(Event::WorkerLost { worker: w(1) });
