@@ -663,6 +663,39 @@ mod tests {
     }
 
     #[test]
+    fn strings_read_as_dictionaries_with_or_without_dictionary_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        for dictionary in [true, false] {
+            let path = dir.path().join(format!("d-{dictionary}.parquet")).display().to_string();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_dictionary_enabled(dictionary)
+                .set_max_row_group_row_count(Some(100))
+                .build();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch(0..1).schema(), Some(props))
+                    .unwrap();
+            w.write(&batch(0..300)).unwrap();
+            w.close().unwrap();
+            let names = ["s".to_string()];
+            let predicate = col("a").lt(lit(250));
+            let (read, filter) = read_parquet_unfiltered(&path, &[0, 1, 2], None, Some(&predicate), &names).unwrap();
+            assert!(matches!(
+                read.schema().field_with_name("s").unwrap().data_type(),
+                DataType::Dictionary(..)
+            ));
+            let plain = arrow_cast::cast(read.column_by_name("s").unwrap(), &DataType::Utf8).unwrap();
+            let kept = match filter {
+                Some(p) => crate::eval::predicate(&p, &read).unwrap().true_count(),
+                None => read.num_rows(),
+            };
+            assert_eq!(kept, 250, "dictionary pages: {dictionary}");
+            let want: Vec<String> = (0..read.num_rows() as i64).map(|i| format!("v{i}")).collect();
+            let got: Vec<&str> = plain.as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+            assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
     fn globs_match() {
         assert!(glob_match("*.parquet", "a.1.parquet"));
         assert!(glob_match("a.*.parquet", "a.1.parquet"));
