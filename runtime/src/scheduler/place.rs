@@ -74,7 +74,8 @@ impl Scheduler {
 
     /// Picks the worker for a ready task: the one minimising occupancy per
     /// thread plus the time to fetch missing inputs, among the workers that
-    /// hold inputs, else the allowed workers, else any (round robin over
+    /// hold inputs and, when the best of them is busy, the less loaded of
+    /// two others; else the allowed workers, else any (round robin over
     /// unsaturated workers first). `None` when no live worker may run it.
     pub(super) fn decide_worker(&mut self, id: TaskId) -> Option<WorkerId> {
         let bw = self.bandwidth;
@@ -208,7 +209,8 @@ impl Scheduler {
         let ratio = self.config.steal_ratio;
         // Victims from most loaded; each gives to the least loaded thief
         // until none gains from its next task. A pass costs
-        // O(workers + steals * log thieves + victims * STEAL_SCAN).
+        // O(workers + steals * log thieves + victims * STEAL_SCAN), plus
+        // skipping a victim's tasks already asked for.
         for (mut victim_load, victim, mut spare) in victims {
             while spare > 0 {
                 let Some(Reverse((bits, thief))) = thieves.pop() else {
