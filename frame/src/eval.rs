@@ -110,6 +110,15 @@ pub fn predicate(expr: &Expr, batch: &RecordBatch) -> Result<BooleanArray> {
         })
 }
 
+/// Which rows of `batch` `expr` keeps: [`predicate`] with nulls false.
+pub fn keeps(expr: &Expr, batch: &RecordBatch) -> Result<BooleanArray> {
+    let mask = predicate(expr, batch)?;
+    Ok(match mask.null_count() {
+        0 => mask,
+        _ => arrow_select::filter::prep_null_mask_filter(&mask),
+    })
+}
+
 /// The batch's rows where `expr` is true.
 pub fn filter(batch: &RecordBatch, expr: &Expr) -> Result<RecordBatch> {
     let (batch, mask) = narrow(batch, expr)?;
@@ -129,10 +138,7 @@ pub fn narrow(batch: &RecordBatch, expr: &Expr) -> Result<(RecordBatch, Option<B
     let mut batch = batch.clone();
     let mut mask: Option<BooleanArray> = None;
     for conjunct in expr.clone().conjuncts() {
-        let mut test = predicate(&conjunct, &batch)?;
-        if test.null_count() > 0 {
-            test = arrow_select::filter::prep_null_mask_filter(&test);
-        }
+        let mut test = keeps(&conjunct, &batch)?;
         if let Some(before) = mask.take() {
             test = arrow_arith::boolean::and(&before, &test)?;
         }

@@ -187,9 +187,7 @@ impl Column<'_> {
                 // Every slot defined: only the kept ones converted.
                 Some(selection) if defined == n => {
                     let width = self.width;
-                    let bytes = values.get(..n * width).ok_or_else(|| {
-                        format!("a page of {} bytes holding {n} values of {width} bytes", values.len())
-                    })?;
+                    let bytes = page_values(values, width, n)?;
                     for slot in selection.slice(first, n).set_indices() {
                         plain(&bytes[slot * width..(slot + 1) * width], width, 1, &mut self.values)?;
                     }
@@ -251,9 +249,7 @@ impl Column<'_> {
 
 /// Appends `n` big-endian two's complement values of `width` bytes.
 fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i128>) -> Result<(), String> {
-    let bytes = bytes
-        .get(..n * width)
-        .ok_or_else(|| format!("a page of {} bytes holding {n} values of {width} bytes", bytes.len()))?;
+    let bytes = page_values(bytes, width, n)?;
     if width <= 8 {
         // Eight bytes read at once where the page has them: the value's
         // big-endian bytes on top, sign-extended by the shift down.
@@ -283,6 +279,13 @@ fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i128>) -> Result<()
         }));
     }
     Ok(())
+}
+
+/// The first `n` values of `width` bytes of a page's `bytes`.
+fn page_values(bytes: &[u8], width: usize, n: usize) -> Result<&[u8], String> {
+    bytes
+        .get(..n * width)
+        .ok_or_else(|| format!("a page of {} bytes holding {n} values of {width} bytes", bytes.len()))
 }
 
 /// Appends `n` values of `bits` bits from Parquet's RLE / bit-packing

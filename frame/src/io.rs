@@ -380,11 +380,7 @@ fn read_decimals_apart(
             .partition(|c| c.columns().iter().all(|n| names.contains(&n)));
         after = late;
         if let Some(test) = early.iter().cloned().reduce(Expr::and) {
-            let keep = crate::eval::predicate(&test, &batch)?;
-            let keep = match keep.null_count() {
-                0 => keep,
-                _ => arrow_select::filter::prep_null_mask_filter(&keep),
-            };
+            let keep = crate::eval::keeps(&test, &batch)?;
             if keep.true_count() * 2 < keep.len() {
                 batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
                 selection = Some(keep.values().clone());
