@@ -7,7 +7,11 @@
 //! |---|---|---|---|
 //! | `frame.task` | [`TaskArgs`] | partition values | a partition value |
 //! | `frame.piece` | `u32` i | one split value | its piece `i` |
+//!
+//! Graphs name `frame.task` with a label of what the task does
+//! ([`task_op`]), so that each kind has its own duration statistics.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow_array::{Float64Array, Int64Array, RecordBatch};
@@ -181,6 +185,57 @@ pub struct TaskArgs {
     pub input: Input,
     /// The steps, in order.
     pub steps: Vec<Step>,
+}
+
+/// The op name of a task running `args`: [`TASK_OP`] labelled with what it
+/// does (`frame.task#join(scan lineitem)|agg`), so that the scheduler
+/// estimates, and the worker decides whether to run inline, each kind of
+/// task from its own durations (see `weft_runtime::Registry`).
+pub fn task_op(args: &TaskArgs) -> String {
+    let mut op = format!("{TASK_OP}#");
+    label(args, &mut op);
+    op
+}
+
+/// Appends what a task does: its input (the table a file is in), then its
+/// steps that cost more than a pass over the batch.
+fn label(args: &TaskArgs, out: &mut String) {
+    let table = |path: &str| {
+        let path = std::path::Path::new(path);
+        let dir = path.parent().and_then(|d| d.file_name());
+        dir.or_else(|| path.file_stem())
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    match &args.input {
+        Input::Deps => out.push_str("concat"),
+        Input::Parquet { path, .. } => {
+            let _ = write!(out, "scan {}", table(path));
+        }
+        Input::Csv { path, .. } => {
+            let _ = write!(out, "csv {}", table(path));
+        }
+        Input::Random { .. } => out.push_str("random"),
+        Input::Join { probe, .. } => {
+            out.push_str("join(");
+            label(probe, out);
+            out.push(')');
+        }
+    }
+    for step in &args.steps {
+        let name = match step {
+            Step::Filter(_) => "filter",
+            Step::Aggregate { .. } => "agg",
+            Step::Sort { .. } => "sort",
+            Step::HashSplit { .. } | Step::SliceSplit(_) | Step::RangeSplit { .. } => "split",
+            Step::SortSample { .. } => "sample",
+            Step::SortBoundaries { .. } => "bounds",
+            Step::WriteParquet(_) => "write",
+            Step::Select(_) | Step::WithColumns(_) | Step::Limit(_) => continue,
+        };
+        out.push('|');
+        out.push_str(name);
+    }
 }
 
 /// Runs a task on its inputs; returns its pieces (one unless split).
@@ -444,6 +499,41 @@ mod tests {
     use crate::expr::{col, lit};
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int64Type;
+
+    #[test]
+    fn a_task_is_labelled_by_its_input_and_costly_steps() {
+        let scan = TaskArgs {
+            input: Input::Parquet {
+                path: "/data/lineitem/lineitem.1.parquet".into(),
+                row_groups: vec![0],
+                columns: None,
+                predicate: None,
+            },
+            steps: vec![Step::Filter(lit(true)), Step::Limit(3)],
+        };
+        assert_eq!(task_op(&scan), "frame.task#scan lineitem|filter");
+        let join = TaskArgs {
+            input: Input::Join {
+                probe: Box::new(scan),
+                probe_deps: 0,
+                probe_is_left: true,
+                spec: JoinSpec {
+                    left_on: vec!["k".into()],
+                    right_on: vec!["k".into()],
+                    how: JoinType::Inner,
+                    build_left: false,
+                },
+                schema: Schema::empty(),
+            },
+            steps: vec![Step::HashSplit { keys: vec![], n: 4 }],
+        };
+        assert_eq!(task_op(&join), "frame.task#join(scan lineitem|filter)|split");
+        let concat = TaskArgs {
+            input: Input::Deps,
+            steps: vec![],
+        };
+        assert_eq!(task_op(&concat), "frame.task#concat");
+    }
 
     #[test]
     fn steps_fuse_in_one_task() {

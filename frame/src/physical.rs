@@ -20,7 +20,7 @@ use crate::error::{FrameError, Result};
 use crate::expr::{Expr, col};
 use crate::groupby::{AggSpec, two_phase};
 use crate::join::{JoinSpec, JoinType};
-use crate::ops::{Input, PIECE_OP, Step, TASK_OP, TaskArgs};
+use crate::ops::{Input, PIECE_OP, Step, TASK_OP, TaskArgs, task_op};
 use crate::plan::{LogicalPlan, Source};
 
 /// Choices the planner makes.
@@ -319,6 +319,7 @@ impl Lowering {
         let stage = self.stages.len();
         let mut keys = Vec::with_capacity(parts.len());
         let mut described = None;
+        let mut op: Option<SharedStr> = None;
         let mut count = 0;
         for (i, part) in parts.into_iter().enumerate() {
             match part {
@@ -327,10 +328,12 @@ impl Lowering {
                     if described.is_none() {
                         described = Some(Self::describe(&p));
                     }
+                    // One label per stage: its tasks do the same work.
+                    let op = op.get_or_insert_with(|| task_op(&p.args).into()).clone();
                     count += 1;
                     let key: Key = format!("{}-{stage}-{name}-{i}", self.prefix).into();
                     let args = weft_runtime::ops::args(&p.args).map_err(FrameError::Plan)?;
-                    self.tasks.push(TaskSpec::new(key.clone(), TASK_OP, args, p.deps));
+                    self.tasks.push(TaskSpec::new(key.clone(), op, args, p.deps));
                     keys.push(key);
                 }
             }
