@@ -239,9 +239,11 @@ impl Scheduler {
         );
         let mut listed = 0usize;
         let mut unsat = 0usize;
+        let mut backlogged = 0u32;
         for (&w, wk) in &self.workers {
             ensure!(wk.id == w, "worker {w} stored as {}", wk.id);
             listed += wk.processing.len();
+            backlogged += u32::from(wk.processing.len() > wk.info.nthreads.max(1) as usize);
             let mut occ = 0.0;
             for (i, &id) in wk.processing.iter().enumerate() {
                 let t = &self.tasks.get(id);
@@ -295,6 +297,11 @@ impl Scheduler {
             }
         }
         ensure!(listed == processing, "{processing} tasks processing, {listed} listed");
+        ensure!(
+            backlogged == self.backlogged,
+            "{backlogged} workers with more tasks than threads, {} counted",
+            self.backlogged
+        );
         ensure!(self.all.len() == self.workers.len(), "worker list size");
         ensure!(self.unsat.len() == unsat, "unsaturated list size");
         for (&id, &thief) in &self.stealing {

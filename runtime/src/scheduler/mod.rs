@@ -39,7 +39,8 @@
 //! transfer counted at the bandwidth fetches measure; a task without inputs
 //! takes the next unsaturated worker in round-robin order. The root-task queue is a
 //! binary heap (O(log queued)); stealing scans all workers once per
-//! `Balance`.
+//! `Balance`, and at the end of an event that left a worker with an idle
+//! thread while another has more tasks than threads.
 
 mod check;
 mod clients;
@@ -282,13 +283,18 @@ pub struct Scheduler {
     recheck: Vec<TaskId>,
     freed: Vec<WorkerId>,
     touched: Vec<TaskId>,
-    cand: Vec<(WorkerId, u64)>,
+    cand: Vec<(WorkerId, f64)>,
     stats: Stats,
     /// Results workers kept from an earlier scheduler, by key, that no
     /// task has claimed yet (see `restart`).
     staged: FxHashMap<Key, restart::Staged>,
     /// Balance rounds so far: the clock of staged results.
     rounds: u64,
+    /// Workers with more tasks than threads.
+    backlogged: u32,
+    /// A worker has an idle thread while another has a backlog: stealing
+    /// runs at the end of this event, not at the next `Balance`.
+    idle_thief: bool,
 }
 
 impl Default for Scheduler {
@@ -330,6 +336,8 @@ impl Scheduler {
             stats: Stats::default(),
             staged: FxHashMap::default(),
             rounds: 0,
+            backlogged: 0,
+            idle_thief: false,
         }
     }
 
@@ -531,6 +539,9 @@ impl Scheduler {
             }
         }
         self.drain(comm);
+        if std::mem::take(&mut self.idle_thief) {
+            self.balance(comm);
+        }
     }
 
     /// [`Scheduler::handle`] returning the messages as a list.
@@ -715,6 +726,13 @@ impl Scheduler {
         if let Some(&moved) = wk.processing.get(idx as usize) {
             self.tasks[moved].proc_idx = idx;
         }
+        let threads = wk.info.nthreads.max(1) as usize;
+        if wk.processing.len() == threads {
+            self.backlogged -= 1;
+        }
+        if wk.processing.len() < threads && self.backlogged > 0 {
+            self.idle_thief = true;
+        }
         wk.occupancy = if wk.processing.is_empty() {
             0.0
         } else {
@@ -778,6 +796,9 @@ impl Scheduler {
         t.est = est as f32;
         t.queue = QueueKind::None;
         wk.processing.push(id);
+        if wk.processing.len() == wk.info.nthreads.max(1) as usize + 1 {
+            self.backlogged += 1;
+        }
         wk.occupancy += est;
         for &(r, amount) in self.requests[t.request as usize].iter() {
             if let Some(used) = wk.used.get_mut(r.index()) {

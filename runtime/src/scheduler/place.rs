@@ -54,19 +54,39 @@ impl Scheduler {
         ahead * self.estimate(t.op)
     }
 
+    /// Bytes of input `d` that a task of `est` seconds is charged for
+    /// fetching it: all of them, except for an input that more tasks than
+    /// there are workers still wait for, whose transfer their work
+    /// outweighs (a broadcast): each worker fetches it once for its share
+    /// of those tasks, so each task pays its share. Otherwise a burst of
+    /// tasks on a large broadcast would all queue on its holder, every
+    /// other worker looking a whole transfer away.
+    fn charged_bytes(&self, d: TaskId, est: f64) -> f64 {
+        let dt = &self.tasks[d];
+        let bytes = dt.transfer_bytes() as f64;
+        let (waiters, workers) = (f64::from(dt.waiters), self.workers.len() as f64);
+        if waiters > workers && waiters * est > bytes / self.bandwidth {
+            bytes * workers / waiters
+        } else {
+            bytes
+        }
+    }
+
     /// Seconds `w` would spend fetching the inputs of `id` it lacks: their
-    /// bytes over the bandwidth, plus the fetch latency if it lacks any.
+    /// charged bytes over the bandwidth, plus the fetch latency if it
+    /// lacks any.
     fn fetch_time(&self, id: TaskId, w: WorkerId) -> f64 {
-        let (mut missing, mut bytes) = (false, 0);
-        for &d in &self.tasks[id].deps {
-            let dt = &self.tasks[d];
-            if !dt.who_has.contains(&w) {
+        let t = &self.tasks[id];
+        let est = self.estimate(t.op);
+        let (mut missing, mut bytes) = (false, 0.0);
+        for &d in &t.deps {
+            if !self.tasks[d].who_has.contains(&w) {
                 missing = true;
-                bytes += dt.transfer_bytes();
+                bytes += self.charged_bytes(d, est);
             }
         }
         if missing {
-            bytes as f64 / self.bandwidth + self.config.fetch_latency
+            bytes / self.bandwidth + self.config.fetch_latency
         } else {
             0.0
         }
@@ -79,14 +99,14 @@ impl Scheduler {
     /// unsaturated workers first). `None` when no live worker may run it.
     pub(super) fn decide_worker(&mut self, id: TaskId) -> Option<WorkerId> {
         let bw = self.bandwidth;
+        let est = self.estimate(self.tasks[id].op);
         let mut cand = std::mem::take(&mut self.cand);
         cand.clear();
-        let mut total = 0u64;
+        let mut total = 0.0;
         for &d in self.tasks[id].deps.iter() {
-            let dt = &self.tasks[d];
-            let bytes = dt.transfer_bytes();
+            let bytes = self.charged_bytes(d, est);
             total += bytes;
-            for &w in &dt.who_has {
+            for &w in &self.tasks[d].who_has {
                 if let Some(e) = cand.iter_mut().find(|e| e.0 == w) {
                     e.1 += bytes;
                 } else if cand.len() < MAX_CANDIDATES {
@@ -102,7 +122,7 @@ impl Scheduler {
         };
         for &(w, local) in &cand {
             if self.valid_worker(id, w, true) {
-                let cost = self.workers[&w].load() + (total - local) as f64 / bw + self.resource_wait(id, w);
+                let cost = self.workers[&w].load() + (total - local) / bw + self.resource_wait(id, w);
                 consider(cost, w, &mut best);
             }
         }
@@ -129,7 +149,7 @@ impl Scheduler {
                 if let Some(&w) = self.names.get(name)
                     && self.valid_worker(id, w, true)
                 {
-                    consider(self.workers[&w].load() + total as f64 / bw, w, &mut best);
+                    consider(self.workers[&w].load() + total / bw, w, &mut best);
                 }
             }
             if let Some((_, w)) = best {

@@ -1364,6 +1364,59 @@ fn a_burst_of_tasks_on_one_input_spreads_beyond_its_busy_holder() {
     assert!((20..=21).contains(&on_holder), "{on_holder} of 40 on the holder");
 }
 
+/// Where 400 tasks of 1 ms on one input of `nbytes` held by one of two
+/// workers go: how many run on its holder.
+fn on_holder_of(nbytes: u64) -> usize {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.join(2, 1);
+    h.submit(vec![spec("big", &[])], &["big"]);
+    let TaskState::Processing(holder) = h.state("big") else {
+        panic!("big not processing");
+    };
+    h.finish(holder.index() as u32, "big", nbytes);
+    let keys: Vec<String> = (0..400).map(|i| format!("p{i}")).collect();
+    let tasks = keys.iter().map(|k| spec(k, &["big"])).collect();
+    let out = h.submit(tasks, &keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let sent = computes(&out);
+    assert_eq!(sent.len(), 400);
+    sent.iter().filter(|(worker, _)| *worker == holder).count()
+}
+
+#[test]
+fn a_broadcast_spreads_its_tasks_when_their_work_outweighs_moving_it() {
+    // 10 MB (0.1 s at the assumed 100 MB/s) for 0.4 s of work: each
+    // worker fetches it once, each task pays its share.
+    let spread = on_holder_of(10_000_000);
+    assert!((195..=205).contains(&spread), "{spread} of 400 on the holder");
+    // 100 MB (1 s) for the same 0.4 s: cheaper where it is.
+    assert_eq!(on_holder_of(100_000_000), 400);
+}
+
+#[test]
+fn a_worker_left_idle_steals_from_a_backlog_at_once() {
+    // Four tasks on a's holder, the only worker when they were placed...
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    h.submit(vec![spec("a", &[])], &["a"]);
+    h.finish(1, "a", 10);
+    let keys = ["p0", "p1", "p2", "p3"];
+    let out = h.submit(keys.iter().map(|k| spec(k, &["a"])).collect(), &keys);
+    assert!(computes(&out).iter().all(|(worker, _)| *worker == w(1)));
+    // ...and one on a worker that joined since.
+    h.join(2, 1);
+    let out = h.submit(vec![spec("r", &[])], &["r"]);
+    assert_eq!(computes(&out), [(w(2), "r".to_string())]);
+    // Its finish leaves it idle beside a backlog: it steals now, not at
+    // the next balance round.
+    let out = h.finish(2, "r", 10);
+    let steals = out
+        .iter()
+        .filter(|c| matches!(c, Command::ToWorker(v, ToWorker::Steal { .. }) if *v == w(1)))
+        .count();
+    assert_eq!(steals, 1, "{out:?}");
+}
+
 #[test]
 fn fetches_of_a_mebibyte_or_more_measure_the_bandwidth() {
     let mut h = H::new(Config::default());

@@ -147,6 +147,9 @@ impl Scheduler {
         };
         tracing::info!(%worker, name = %wk.info.name, running = wk.processing.len(),
             held = wk.n_held, "worker removed (its running tasks are rescheduled)");
+        if wk.processing.len() > wk.info.nthreads.max(1) as usize {
+            self.backlogged -= 1;
+        }
         self.names.remove(&wk.info.name);
         self.names.remove(&wk.info.address);
         if let Some(moved) = self.all.swap_remove(wk.all_idx) {
