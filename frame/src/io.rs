@@ -352,8 +352,11 @@ fn of_row_groups(
 /// Root columns `read` of row groups `row_groups`, in the file's order:
 /// those of `fast` (root, leaf) decoded by [`crate::flba`], the others by
 /// `builder`; and the `conjuncts` still to apply. Where the conjuncts that
-/// read only the others keep under half the rows, those rows alone are
-/// decoded as decimals.
+/// read only the others keep under nine tenths of the rows, those rows
+/// alone are decoded as decimals: picking them from the dictionary or the
+/// page costs less than decoding every row and copying the kept ones
+/// afterwards (TPC-H q3's `lineitem` keeps 54%: 6-8% less CPU than with
+/// the half this was before).
 fn read_decimals_apart(
     path: &str,
     file: &Arc<File>,
@@ -381,7 +384,7 @@ fn read_decimals_apart(
         after = late;
         if let Some(test) = early.iter().cloned().reduce(Expr::and) {
             let keep = crate::eval::keeps(&test, &batch)?;
-            if keep.true_count() * 2 < keep.len() {
+            if keep.true_count() * 10 < keep.len() * 9 {
                 batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
                 selection = Some(keep.values().clone());
             } else {
