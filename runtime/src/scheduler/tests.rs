@@ -79,11 +79,17 @@ impl H {
     }
 
     /// `a` computed on w1 (one thread), then w2 (one thread) joined.
-    fn a_on_w1_then_w2() -> Self {
+    /// One worker, w1, holding `a` (10 bytes).
+    fn a_on_w1() -> Self {
         let mut h = H::new(Config::default());
         h.join(1, 1);
         h.submit(vec![spec("a", &[])], &["a"]);
         h.finish(1, "a", 10);
+        h
+    }
+
+    fn a_on_w1_then_w2() -> Self {
+        let mut h = H::a_on_w1();
         h.join(2, 1);
         h
     }
@@ -491,10 +497,7 @@ fn bad_graphs_are_rejected_whole() {
 
 #[test]
 fn known_keys_are_culled() {
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.submit(vec![spec("a", &[])], &["a"]);
-    h.finish(1, "a", 5);
+    let mut h = H::a_on_w1();
     let out = h.submit(vec![spec("a", &[]), spec("b", &["a"]), spec("unused", &[])], &["b"]);
     assert!(client_msgs(&out).contains(&&ToClient::GraphAccepted {
         new_tasks: 1,
@@ -1340,66 +1343,51 @@ fn scattered_keys_are_reclaimed_or_reported_lost() {
     assert_eq!(computes(&out), vec![(w(0), "t".to_string())]);
 }
 
-#[test]
-fn a_burst_of_tasks_on_one_input_spreads_beyond_its_busy_holder() {
+/// How many of `n` tasks of `op` on one input of `nbytes`, held by one of
+/// two workers, are placed on its holder.
+fn burst_on_holder(nbytes: u64, n: usize, op: &str) -> usize {
     let mut h = H::new(Config::default());
     h.join(1, 1);
     h.join(2, 1);
-    h.submit(vec![spec("big", &[])], &["big"]);
-    let TaskState::Processing(holder) = h.state("big") else {
-        panic!("big not processing");
-    };
-    h.finish(holder.index() as u32, "big", 10_000_000);
-    let keys: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
-    let tasks = keys
-        .iter()
-        .map(|k| TaskSpec::new(k.as_str(), "slow", Bytes::new(), vec![Key::from("big")]))
-        .collect();
-    let out = h.submit(tasks, &keys.iter().map(String::as_str).collect::<Vec<_>>());
-    let sent = computes(&out);
-    assert_eq!(sent.len(), 40);
-    let on_holder = sent.iter().filter(|(worker, _)| *worker == holder).count();
-    // A task of an op not seen yet is taken to last 0.5 s, the input 0.1 s
-    // to fetch: the other worker takes every other task from the second on.
-    assert!((20..=21).contains(&on_holder), "{on_holder} of 40 on the holder");
-}
-
-/// Where 400 tasks of 1 ms on one input of `nbytes` held by one of two
-/// workers go: how many run on its holder.
-fn on_holder_of(nbytes: u64) -> usize {
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.join(2, 1);
+    // `big` runs op "op": tasks of that op are taken to last its 1 ms.
     h.submit(vec![spec("big", &[])], &["big"]);
     let TaskState::Processing(holder) = h.state("big") else {
         panic!("big not processing");
     };
     h.finish(holder.index() as u32, "big", nbytes);
-    let keys: Vec<String> = (0..400).map(|i| format!("p{i}")).collect();
-    let tasks = keys.iter().map(|k| spec(k, &["big"])).collect();
+    let keys: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let tasks = keys
+        .iter()
+        .map(|k| TaskSpec::new(k.as_str(), op, Bytes::new(), vec![Key::from("big")]))
+        .collect();
     let out = h.submit(tasks, &keys.iter().map(String::as_str).collect::<Vec<_>>());
     let sent = computes(&out);
-    assert_eq!(sent.len(), 400);
+    assert_eq!(sent.len(), n);
     sent.iter().filter(|(worker, _)| *worker == holder).count()
+}
+
+#[test]
+fn a_burst_of_tasks_on_one_input_spreads_beyond_its_busy_holder() {
+    // A task of an op not seen yet is taken to last 0.5 s, the input 0.1 s
+    // to fetch: the other worker takes every other task from the second on.
+    let on_holder = burst_on_holder(10_000_000, 40, "slow");
+    assert!((20..=21).contains(&on_holder), "{on_holder} of 40 on the holder");
 }
 
 #[test]
 fn a_broadcast_spreads_its_tasks_when_their_work_outweighs_moving_it() {
     // 10 MB (0.1 s at the assumed 100 MB/s) for 0.4 s of work: each
     // worker fetches it once, each task pays its share.
-    let spread = on_holder_of(10_000_000);
+    let spread = burst_on_holder(10_000_000, 400, "op");
     assert!((195..=205).contains(&spread), "{spread} of 400 on the holder");
     // 100 MB (1 s) for the same 0.4 s: cheaper where it is.
-    assert_eq!(on_holder_of(100_000_000), 400);
+    assert_eq!(burst_on_holder(100_000_000, 400, "op"), 400);
 }
 
 #[test]
 fn a_worker_left_idle_steals_from_a_backlog_at_once() {
     // Four tasks on a's holder, the only worker when they were placed...
-    let mut h = H::new(Config::default());
-    h.join(1, 1);
-    h.submit(vec![spec("a", &[])], &["a"]);
-    h.finish(1, "a", 10);
+    let mut h = H::a_on_w1();
     let keys = ["p0", "p1", "p2", "p3"];
     let out = h.submit(keys.iter().map(|k| spec(k, &["a"])).collect(), &keys);
     assert!(computes(&out).iter().all(|(worker, _)| *worker == w(1)));
