@@ -78,8 +78,7 @@ impl H {
         out
     }
 
-    /// `a` computed on w1 (one thread), then w2 (one thread) joined.
-    /// One worker, w1, holding `a` (10 bytes).
+    /// One worker, w1 (one thread), holding `a` (10 bytes).
     fn a_on_w1() -> Self {
         let mut h = H::new(Config::default());
         h.join(1, 1);
@@ -88,6 +87,7 @@ impl H {
         h
     }
 
+    /// `a` computed on w1, then w2 (one thread) joined.
     fn a_on_w1_then_w2() -> Self {
         let mut h = H::a_on_w1();
         h.join(2, 1);
