@@ -9,7 +9,9 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use arrow_array::RecordBatch;
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_buffer::BooleanBuffer;
+use arrow_schema::DataType;
 use weft_runtime::Value;
 
 use crate::error::Result;
@@ -24,6 +26,42 @@ pub struct Built {
     pub batch: RecordBatch,
     /// The table over its key, when it is one integer or date column.
     pub index: Option<IntIndex>,
+}
+
+/// A runtime join filter: the probe rows a build side can match, tested
+/// while the probe side is scanned (as Polars and DuckDB do), so that the
+/// scan decodes the other columns of those rows only. TPC-H q3, q5 and
+/// q10 keep 1-5% of `lineitem` this way, where their filters keep 25-100%.
+#[derive(Clone)]
+pub struct KeyFilter {
+    /// The probe side's key columns.
+    pub columns: Vec<String>,
+    built: Arc<Built>,
+}
+
+impl KeyFilter {
+    /// The filter of `built` on the probe side's key columns `columns`,
+    /// when the build side's keys are integers or dates in a table.
+    pub fn new(built: &Arc<Built>, columns: &[String]) -> Option<KeyFilter> {
+        built.index.as_ref().map(|_| KeyFilter {
+            columns: columns.to_vec(),
+            built: built.clone(),
+        })
+    }
+
+    /// Which rows of `batch` (holding the key columns) have keys the build
+    /// side holds, among the rows `among` keeps (all when `None`).
+    pub fn keeps(&self, batch: &RecordBatch, among: Option<&BooleanBuffer>) -> Result<BooleanArray> {
+        let index = self.built.index.as_ref().expect("a key filter has a table");
+        let mut keys = Vec::with_capacity(self.columns.len());
+        for name in &self.columns {
+            let column = crate::io::project_names(batch, std::slice::from_ref(name))?
+                .column(0)
+                .clone();
+            keys.push(arrow_cast::cast(&column, &DataType::Int64)?);
+        }
+        Ok(BooleanArray::new(index.holds(&keys, among), None))
+    }
 }
 
 struct Entry {

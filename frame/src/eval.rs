@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
+use arrow_array::types::Int32Type;
 use arrow_array::{Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar as ArrowScalar, new_null_array};
 use arrow_schema::DataType;
 
@@ -387,6 +388,31 @@ fn binary(l: Columnar, op: BinaryOp, r: Columnar, rows: usize) -> Result<Columna
         };
         return Ok(Columnar::Array(Arc::new(out)));
     }
+    if op.is_comparison() {
+        // A dictionary against one value: compared once per dictionary
+        // value, then looked up by each row's key.
+        let dictionary = |c: &Columnar| match c {
+            Columnar::Array(a) => a
+                .as_dictionary_opt::<Int32Type>()
+                .map(|d| (d.values().clone(), d.keys().clone())),
+            Columnar::Scalar(_) => None,
+        };
+        let compared = match (&l, &r) {
+            (_, Columnar::Scalar(_)) => dictionary(&l).map(|(values, keys)| {
+                let n = values.len();
+                (binary(Columnar::Array(values), op, r.clone(), n), keys)
+            }),
+            (Columnar::Scalar(_), _) => dictionary(&r).map(|(values, keys)| {
+                let n = values.len();
+                (binary(l.clone(), op, Columnar::Array(values), n), keys)
+            }),
+            _ => None,
+        };
+        if let Some((on_values, keys)) = compared {
+            let on_values = on_values?.into_array(0)?;
+            return Ok(Columnar::Array(arrow_select::take::take(&on_values, &keys, None)?));
+        }
+    }
     let (lt, rt) = (l.data_type().clone(), r.data_type().clone());
     // A literal against a column: the literal takes the column's type where exact.
     let (l, r) = match (&l, &r) {
@@ -480,6 +506,22 @@ mod tests {
     use crate::expr::{col, lit, lit_date, when};
     use arrow_array::{Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
     use arrow_schema::{Field, Schema};
+
+    #[test]
+    fn a_dictionary_compares_as_its_values() {
+        let plain = StringArray::from(vec![Some("R"), None, Some("A"), Some("R"), Some("N")]);
+        let as_dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let dictionary = arrow_cast::cast(&plain, &as_dictionary).unwrap();
+        let batch = |a: ArrayRef| RecordBatch::try_from_iter([("f", a)]).unwrap();
+        for e in [col("f").eq(lit("R")), col("f").gt(lit("B")), lit("N").lt_eq(col("f"))] {
+            let on_dictionary = predicate(&e, &batch(dictionary.clone())).unwrap();
+            assert_eq!(
+                on_dictionary,
+                predicate(&e, &batch(Arc::new(plain.clone()))).unwrap(),
+                "{e:?}"
+            );
+        }
+    }
 
     fn batch() -> RecordBatch {
         let schema = Schema::new(vec![

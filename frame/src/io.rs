@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StringViewArray};
-use arrow_buffer::OffsetBuffer;
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringViewArray};
+use arrow_buffer::{BooleanBuffer, OffsetBuffer};
 use arrow_data::ByteView;
 use arrow_schema::ArrowError;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -17,11 +17,12 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
     ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-    RowFilter,
+    RowFilter, RowSelection,
 };
 use parquet::file::metadata::ParquetMetaData;
 use parquet::schema::types::SchemaDescriptor;
 
+use crate::broadcast::KeyFilter;
 use crate::error::{FrameError, Result};
 use crate::expr::{BinaryOp, Expr};
 
@@ -221,8 +222,9 @@ pub fn read_parquet(
     row_groups: &[usize],
     columns: Option<&[String]>,
     predicate: Option<&Expr>,
+    keys: Option<&KeyFilter>,
 ) -> Result<RecordBatch> {
-    let scanned = scan(path, row_groups, columns, predicate, &[])?;
+    let scanned = scan(path, row_groups, columns, predicate, &[], keys)?;
     let batch = match scanned.filter {
         Some(p) => crate::eval::filter(&scanned.batch, &p)?,
         None => scanned.batch,
@@ -243,7 +245,7 @@ pub fn read_parquet_unfiltered(
     predicate: Option<&Expr>,
     dictionaries: &[String],
 ) -> Result<(RecordBatch, Option<Expr>)> {
-    let scanned = scan(path, row_groups, columns, predicate, dictionaries)?;
+    let scanned = scan(path, row_groups, columns, predicate, dictionaries, None)?;
     Ok((plain_strings(scanned.batch)?, scanned.filter))
 }
 
@@ -263,6 +265,7 @@ fn scan(
     columns: Option<&[String]>,
     predicate: Option<&Expr>,
     dictionaries: &[String],
+    keys: Option<&KeyFilter>,
 ) -> Result<Scanned> {
     let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
     let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
@@ -278,6 +281,15 @@ fn scan(
         Some(c) => c.to_vec(),
         None => file_schema.fields().iter().map(|f| f.name().clone()).collect(),
     };
+    // A key filter tests integer (or date) columns the scan returns.
+    let keys = keys.filter(|k| {
+        k.columns.iter().all(|c| {
+            wanted.contains(c)
+                && file_schema
+                    .field_with_name(c)
+                    .is_ok_and(|f| f.data_type().is_integer() || *f.data_type() == DataType::Date32)
+        })
+    });
     let conjuncts = predicate.cloned().map(Expr::conjuncts).unwrap_or_default();
     // Strings the predicate does not read are decoded as views and made
     // plain strings once the predicate has dropped its rows: one copy of
@@ -289,14 +301,32 @@ fn scan(
         .filter_map(|name| file_schema.index_of(name).ok().map(|i| (i, name)))
         .filter(|&(i, _)| *file_schema.field(i).data_type() == DataType::Utf8)
         .collect();
-    let (dictionaries, views): (Vec<_>, Vec<_>) = strings.into_iter().partition(|(_, n)| dictionaries.contains(n));
+    let (mut dictionaries, views): (Vec<_>, Vec<_>) = strings.into_iter().partition(|(_, n)| dictionaries.contains(n));
+    // Strings the predicate only compares with a value, and that are not
+    // wanted, come as dictionaries too: compared once per distinct value
+    // (TPC-H q10's return flag, 6M rows and three values at SF1).
+    for (i, field) in file_schema.fields().iter().enumerate() {
+        let name = field.name();
+        let compared = || {
+            conjuncts
+                .iter()
+                .filter(|c| c.columns().contains(name))
+                .all(|c| compares_with_value(c, name))
+        };
+        if *field.data_type() == DataType::Utf8
+            && predicate_reads.contains(name)
+            && !wanted.contains(name)
+            && compared()
+        {
+            dictionaries.push((i, name));
+        }
+    }
     let footer = if views.is_empty() && dictionaries.is_empty() {
         footer
     } else {
         let indices = |columns: Vec<(usize, &String)>| columns.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
         decoded_as(path, &footer, &indices(views), &indices(dictionaries))?
     };
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer);
     let mut read = wanted.clone();
     for c in predicate_reads {
         if !read.contains(&c) {
@@ -304,14 +334,15 @@ fn scan(
         }
     }
     let read = read.iter().map(index).collect::<Result<Vec<_>>>()?;
-    let meta = builder.metadata().clone();
+    let meta = footer.metadata().clone();
     let fast: Vec<(usize, usize)> = read
         .iter()
         .filter_map(|&root| crate::flba::leaf(&meta, root, file_schema.field(root).data_type()).map(|l| (root, l)))
         .collect();
     // The batch read, and the conjuncts still to apply to it.
     let (batch, after) = if fast.is_empty() {
-        let (filter, rest) = row_filter(&conjuncts, builder.parquet_schema(), index)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer);
+        let (filter, rest) = row_filter(&conjuncts, keys, builder.parquet_schema(), index)?;
         // A batch needs a column to count its rows: with none wanted, the
         // first one the predicate reads (or the file's first) is decoded.
         let mut indices = wanted.iter().map(index).collect::<Result<Vec<_>>>()?;
@@ -325,13 +356,29 @@ fn scan(
         }
         (decode(path, builder)?, rest)
     } else {
-        read_decimals_apart(path, &handle, builder, (row_groups, &read, &fast), conjuncts)?
+        let reading = Reading {
+            path,
+            file: &handle,
+            footer: &footer,
+            row_groups,
+        };
+        reading.decimals_apart(&read, &fast, conjuncts, keys)?
     };
     Ok(Scanned {
         batch,
         filter: after.into_iter().reduce(Expr::and),
         wanted,
     })
+}
+
+/// Whether `conjunct` compares column `name` with a value.
+fn compares_with_value(conjunct: &Expr, name: &str) -> bool {
+    let Expr::Binary { left, op, right } = conjunct else {
+        return false;
+    };
+    let column = |e: &Expr| matches!(e, Expr::Column(n) if n == name);
+    let value = |e: &Expr| matches!(e, Expr::Literal(_));
+    op.is_comparison() && ((column(left) && value(right)) || (value(left) && column(right)))
 }
 
 /// `builder` reading row groups `row_groups`, in one batch where it can.
@@ -349,65 +396,102 @@ fn of_row_groups(
         .with_batch_size(usize::try_from(rows).unwrap_or(1 << 20).clamp(1, 1 << 20))
 }
 
-/// Root columns `read` of row groups `row_groups`, in the file's order:
-/// those of `fast` (root, leaf) decoded by [`crate::flba`], the others by
-/// `builder`; and the `conjuncts` still to apply. Where the conjuncts that
-/// read only the others keep under nine tenths of the rows, those rows
-/// alone are decoded as decimals: picking them from the dictionary or the
-/// page costs less than decoding every row and copying the kept ones
-/// afterwards (TPC-H q3's `lineitem` keeps 54%: 6-8% less CPU than with
-/// the half this was before).
-fn read_decimals_apart(
-    path: &str,
-    file: &Arc<File>,
-    builder: ParquetRecordBatchReaderBuilder<File>,
-    (row_groups, read, fast): (&[usize], &[usize], &[(usize, usize)]),
-    conjuncts: Vec<Expr>,
-) -> Result<(RecordBatch, Vec<Expr>)> {
-    let schema = builder.schema().clone();
-    let meta = builder.metadata().clone();
-    let mut others: Vec<usize> = read
-        .iter()
-        .copied()
-        .filter(|r| fast.iter().all(|f| f.0 != *r))
-        .collect();
-    others.sort_unstable();
-    let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
-    let (mut selection, mut after) = (None, conjuncts);
-    if !others.is_empty() {
-        let mask = ProjectionMask::roots(builder.parquet_schema(), others.iter().copied());
-        let mut batch = decode(path, of_row_groups(builder.with_projection(mask), row_groups))?;
-        let names: Vec<&String> = batch.schema_ref().fields().iter().map(|f| f.name()).collect();
-        let (early, late): (Vec<Expr>, Vec<Expr>) = after
+/// Row groups of one Parquet file being read.
+struct Reading<'a> {
+    path: &'a str,
+    file: &'a Arc<File>,
+    footer: &'a ArrowReaderMetadata,
+    row_groups: &'a [usize],
+}
+
+impl Reading<'_> {
+    /// Root columns `roots` decoded by parquet-rs, of the rows `selection`
+    /// keeps (all when `None`).
+    fn decode(&self, roots: &[usize], selection: Option<&BooleanBuffer>) -> Result<RecordBatch> {
+        let file = self.file.try_clone().map_err(|e| FrameError::file(self.path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.footer.clone());
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let mut builder = of_row_groups(builder.with_projection(mask), self.row_groups);
+        if let Some(selection) = selection {
+            let keep = BooleanArray::new(selection.clone(), None);
+            builder = builder.with_row_selection(RowSelection::from_filters(&[keep]));
+        }
+        decode(self.path, builder)
+    }
+
+    /// Root columns `read`, in the file's order: those of `fast` (root,
+    /// leaf) decoded by [`crate::flba`], the others by parquet-rs; and the
+    /// `conjuncts` still to apply. The conjuncts that read only the others,
+    /// and the key filter `keys`, are applied first, on their columns
+    /// alone; where they keep under nine tenths of the rows, the other
+    /// columns are decoded for the kept rows only: picking them from the
+    /// dictionary or the page costs less than decoding every row and
+    /// copying the kept ones afterwards (TPC-H q3's `lineitem` keeps 54% by
+    /// its date and 3% once its orders are known).
+    fn decimals_apart(
+        &self,
+        read: &[usize],
+        fast: &[(usize, usize)],
+        conjuncts: Vec<Expr>,
+        keys: Option<&KeyFilter>,
+    ) -> Result<(RecordBatch, Vec<Expr>)> {
+        let schema = self.footer.schema().clone();
+        let name = |root: usize| schema.field(root).name();
+        let mut others: Vec<usize> = read
+            .iter()
+            .copied()
+            .filter(|r| fast.iter().all(|f| f.0 != *r))
+            .collect();
+        others.sort_unstable();
+        let (early, mut after): (Vec<Expr>, Vec<Expr>) = conjuncts
             .into_iter()
-            .partition(|c| c.columns().iter().all(|n| names.contains(&n)));
-        after = late;
-        if let Some(test) = early.iter().cloned().reduce(Expr::and) {
-            let keep = crate::eval::keeps(&test, &batch)?;
-            if keep.true_count() * 10 < keep.len() * 9 {
-                batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
-                selection = Some(keep.values().clone());
+            .partition(|c| c.columns().iter().all(|n| others.iter().any(|&r| name(r) == n)));
+        let keys = keys.filter(|k| k.columns.iter().all(|c| others.iter().any(|&r| name(r) == c)));
+        // The columns that decide which rows are kept, then the rest.
+        let (first, rest): (Vec<usize>, Vec<usize>) = others.iter().partition(|&&r| {
+            early.iter().any(|c| c.columns().contains(name(r))) || keys.is_some_and(|k| k.columns.contains(name(r)))
+        });
+        let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
+        let mut selection = None;
+        if !first.is_empty() {
+            let mut batch = self.decode(&first, None)?;
+            let mut keep = match early.iter().cloned().reduce(Expr::and) {
+                Some(test) => Some(crate::eval::keeps(&test, &batch)?.values().clone()),
+                None => None,
+            };
+            if let Some(keys) = keys {
+                keep = Some(keys.keeps(&batch, keep.as_ref())?.values().clone());
+            }
+            let keep = keep.expect("a conjunct or a key filter decides");
+            if keep.count_set_bits() * 10 < keep.len() * 9 {
+                batch = arrow_select::filter::filter_record_batch(&batch, &BooleanArray::new(keep.clone(), None))?;
+                selection = Some(keep);
             } else {
                 after.extend(early);
             }
+            columns.extend(first.into_iter().zip(batch.columns().iter().cloned()));
         }
-        columns.extend(others.into_iter().zip(batch.columns().iter().cloned()));
+        if !rest.is_empty() {
+            let batch = self.decode(&rest, selection.as_ref())?;
+            columns.extend(rest.into_iter().zip(batch.columns().iter().cloned()));
+        }
+        let meta = self.footer.metadata();
+        for &(root, leaf) in fast {
+            let DataType::Decimal128(p, s) = *schema.field(root).data_type() else {
+                unreachable!("flba::leaf takes Decimal128 fields only")
+            };
+            let array = crate::flba::read(self.file, meta, self.row_groups, leaf, (p, s), selection.as_ref())
+                .map_err(|e| FrameError::file(self.path, format!("column {}: {e}", name(root))))?;
+            columns.push((root, Arc::new(array)));
+        }
+        columns.sort_unstable_by_key(|c| c.0);
+        let fields: Vec<Field> = columns.iter().map(|(r, _)| plain_field(schema.field(*r))).collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|c| c.1).collect(),
+        )?;
+        Ok((batch, after))
     }
-    for &(root, leaf) in fast {
-        let DataType::Decimal128(p, s) = *schema.field(root).data_type() else {
-            unreachable!("flba::leaf takes Decimal128 fields only")
-        };
-        let array = crate::flba::read(file, &meta, row_groups, leaf, (p, s), selection.as_ref())
-            .map_err(|e| FrameError::file(path, format!("column {}: {e}", schema.field(root).name())))?;
-        columns.push((root, Arc::new(array)));
-    }
-    columns.sort_unstable_by_key(|c| c.0);
-    let fields: Vec<Field> = columns.iter().map(|(r, _)| plain_field(schema.field(*r))).collect();
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns.into_iter().map(|c| c.1).collect(),
-    )?;
-    Ok((batch, after))
 }
 
 /// `footer` reading columns `views` (utf8) as string views and columns
@@ -537,9 +621,11 @@ fn footer(path: &str, file: &File) -> Result<ArrowReaderMetadata> {
 }
 
 /// `conjuncts` as a parquet-rs row filter (grouped by the columns they
-/// read, in order of appearance), and those reading no column.
+/// read, in order of appearance), then the key filter `keys`; and the
+/// conjuncts reading no column.
 fn row_filter(
     conjuncts: &[Expr],
+    keys: Option<&KeyFilter>,
     schema: &SchemaDescriptor,
     index: impl Fn(&String) -> Result<usize>,
 ) -> Result<(Option<RowFilter>, Vec<Expr>)> {
@@ -557,7 +643,7 @@ fn row_filter(
             groups.push((read, vec![conjunct.clone()]));
         }
     }
-    let predicates: Vec<Box<dyn ArrowPredicate>> = groups
+    let mut predicates: Vec<Box<dyn ArrowPredicate>> = groups
         .into_iter()
         .map(|(read, conjuncts)| {
             let mask = ProjectionMask::roots(schema, read);
@@ -570,6 +656,17 @@ fn row_filter(
             })) as Box<dyn ArrowPredicate>
         })
         .collect();
+    if let Some(keys) = keys {
+        let read = keys.columns.iter().map(&index).collect::<Result<Vec<_>>>()?;
+        let keys = keys.clone();
+        predicates.push(Box::new(ArrowPredicateFn::new(
+            ProjectionMask::roots(schema, read),
+            move |batch: RecordBatch| {
+                keys.keeps(&batch, None)
+                    .map_err(|e| ArrowError::ComputeError(e.to_string()))
+            },
+        )));
+    }
     Ok(((!predicates.is_empty()).then(|| RowFilter::new(predicates)), rest))
 }
 
@@ -695,6 +792,58 @@ mod tests {
     }
 
     #[test]
+    fn a_key_filter_keeps_the_rows_a_build_side_can_match() {
+        use crate::broadcast::Built;
+        use crate::join::IntIndex;
+        use arrow_array::{Decimal128Array, Int32Array};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.parquet").display().to_string();
+        let n = 1000i64;
+        let keys = Int64Array::from_iter((0..n).map(|i| (i % 13 != 0).then_some(i / 3)));
+        // Precision 20: stored as fixed-size binary, read by `crate::flba`.
+        let prices = Decimal128Array::from_iter_values((0..n).map(|i| i128::from(i) * 7))
+            .with_precision_and_scale(20, 2)
+            .unwrap();
+        let flags = StringArray::from_iter_values((0..n).map(|i| ["A", "N", "R"][i as usize % 3]));
+        let batch = RecordBatch::try_from_iter([
+            ("k", Arc::new(keys) as ArrayRef),
+            ("p", Arc::new(prices) as _),
+            ("f", Arc::new(flags) as _),
+        ])
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(300))
+            .build();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let build = RecordBatch::try_from_iter([(
+            "b",
+            Arc::new(Int32Array::from(vec![1, 2, 50, 51, 52, 300, 1000])) as ArrayRef,
+        )])
+        .unwrap();
+        let index = IntIndex::build(&build, &["b".to_string()]).unwrap();
+        let built = Arc::new(Built { batch: build, index });
+        let filter = KeyFilter::new(&built, &["k".to_string()]).unwrap();
+        let groups = [0, 1, 2, 3];
+        for columns in [vec!["k"], vec!["k", "p"]] {
+            for predicate in [None, Some(col("f").neq(lit("R")))] {
+                let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+                let all = read_parquet(&path, &groups, Some(&columns), predicate.as_ref(), None).unwrap();
+                let got = read_parquet(&path, &groups, Some(&columns), predicate.as_ref(), Some(&filter)).unwrap();
+                let want = arrow_select::filter::filter_record_batch(&all, &filter.keeps(&all, None).unwrap()).unwrap();
+                assert_eq!(got, want, "{columns:?} where {predicate:?}");
+                assert!(
+                    (1..all.num_rows() / 10).contains(&got.num_rows()),
+                    "{} rows",
+                    got.num_rows()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn globs_match() {
         assert!(glob_match("*.parquet", "a.1.parquet"));
         assert!(glob_match("a.*.parquet", "a.1.parquet"));
@@ -728,7 +877,7 @@ mod tests {
             Vec::<usize>::new()
         );
         let pred = col("a").gt_eq(lit(150));
-        let b = read_parquet(&path, &keep, Some(&["s".to_string()]), Some(&pred)).unwrap();
+        let b = read_parquet(&path, &keep, Some(&["s".to_string()]), Some(&pred), None).unwrap();
         assert_eq!(b.num_columns(), 1);
         assert_eq!(b.num_rows(), 150);
         // Read as views (the predicate does not read it), returned as utf8.
@@ -746,7 +895,14 @@ mod tests {
             .and(lit(true))
             .and(col("a").gt(lit(5)));
         let all = [0, 1, 2];
-        let b = read_parquet(&path, &all, Some(&["s".to_string(), "a".to_string()]), Some(&pred)).unwrap();
+        let b = read_parquet(
+            &path,
+            &all,
+            Some(&["s".to_string(), "a".to_string()]),
+            Some(&pred),
+            None,
+        )
+        .unwrap();
         let a: Vec<i64> = b
             .column(1)
             .as_any()
@@ -757,9 +913,9 @@ mod tests {
         assert_eq!(a, [7, 17, 27, 37, 47, 57, 67, 77, 87, 97, 107, 117]);
         assert_eq!(b.schema().field(0).name(), "s");
         // No column read: only the count of the rows kept.
-        let b = read_parquet(&path, &all, Some(&[]), Some(&col("a").lt(lit(42)))).unwrap();
+        let b = read_parquet(&path, &all, Some(&[]), Some(&col("a").lt(lit(42))), None).unwrap();
         assert_eq!((b.num_columns(), b.num_rows()), (0, 42));
-        let err = read_parquet(&path, &[0], Some(&["zz".to_string()]), None)
+        let err = read_parquet(&path, &[0], Some(&["zz".to_string()]), None, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("zz") && err.contains("a: Int64"), "{err}");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use hashbrown::HashMap;
@@ -232,6 +233,29 @@ impl IntIndex {
         }
     }
 
+    /// Which rows of the probe side's int64 key columns `keys` have a
+    /// match (null keys never do), among the rows `among` keeps (all when
+    /// `None`).
+    pub fn holds(&self, keys: &[ArrayRef], among: Option<&BooleanBuffer>) -> BooleanBuffer {
+        let keys = self.probe_keys(keys);
+        let values = keys.values();
+        let held = match among {
+            None => BooleanBuffer::collect_bool(keys.len(), |row| self.table.contains(values[row])),
+            Some(among) => {
+                let mut held = BooleanBufferBuilder::new(keys.len());
+                held.append_n(keys.len(), false);
+                for row in among.set_indices().filter(|&row| self.table.contains(values[row])) {
+                    held.set_bit(row, true);
+                }
+                held.finish()
+            }
+        };
+        match keys.nulls() {
+            Some(nulls) => &held & nulls.inner(),
+            None => held,
+        }
+    }
+
     /// The probe side's keys as this index numbers them.
     fn probe_keys(&self, keys: &[ArrayRef]) -> Int64Array {
         let columns: Vec<&Int64Array> = keys.iter().map(|k| k.as_primitive::<Int64Type>()).collect();
@@ -362,6 +386,22 @@ impl IntTable {
             bits,
             before,
             chains,
+        }
+    }
+
+    /// Whether a build row has key `key`.
+    fn contains(&self, key: i64) -> bool {
+        let offset = |min: i64| (i128::from(key) - i128::from(min)) as u128;
+        match self {
+            IntTable::Hashed(table) => table.heads.contains_key(&key),
+            IntTable::Direct { min, chains } => {
+                let slot = offset(*min);
+                slot < chains.heads.len() as u128 && chains.heads[slot as usize] != u32::MAX
+            }
+            IntTable::Ranked { min, bits, .. } => {
+                let slot = offset(*min);
+                slot < bits.len() as u128 * 64 && bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0
+            }
         }
     }
 

@@ -359,7 +359,7 @@ pub(crate) fn start(input: &Input, inputs: &[Arc<Value>]) -> Result<RecordBatch>
             row_groups,
             columns,
             predicate,
-        } => crate::io::read_parquet(path, row_groups, columns.as_deref(), predicate.as_ref()),
+        } => crate::io::read_parquet(path, row_groups, columns.as_deref(), predicate.as_ref(), None),
         Input::Csv { path, schema } => crate::io::read_csv(path, Arc::new(schema.clone())),
         Input::Random { rows, keys, seed } => Ok(random_batch(*rows, *keys, *seed)),
         Input::Join {
@@ -375,17 +375,34 @@ pub(crate) fn start(input: &Input, inputs: &[Arc<Value>]) -> Result<RecordBatch>
                     inputs.len()
                 )));
             }
-            let mut probed = run(probe, &inputs[..*probe_deps])?;
-            let probed = probed
-                .pop()
-                .ok_or_else(|| FrameError::Plan("a join's probe side is split".into()))?;
             // The table goes on the built side when the spec says so (as
             // the planner does for broadcasts); only then is it kept.
             let build_left = spec.build_left && spec.how == JoinType::Inner;
             let table_on_built = build_left != *probe_is_left;
-            let key = if *probe_is_left { &spec.right_on } else { &spec.left_on };
+            let (key, probe_key) = match probe_is_left {
+                true => (&spec.right_on, &spec.left_on),
+                false => (&spec.left_on, &spec.right_on),
+            };
             let built = crate::broadcast::build_side(&inputs[*probe_deps..], key, concat_inputs)?;
             let index = built.index.as_ref().filter(|_| table_on_built);
+            let probed = match &probe.input {
+                // A scan whose rows without a match the join drops skips
+                // them while reading.
+                Input::Parquet {
+                    path,
+                    row_groups,
+                    columns,
+                    predicate,
+                } if probe.steps.is_empty()
+                    && (spec.how == JoinType::Inner || (spec.how == JoinType::Semi && *probe_is_left)) =>
+                {
+                    let keys = crate::broadcast::KeyFilter::new(&built, probe_key);
+                    crate::io::read_parquet(path, row_groups, columns.as_deref(), predicate.as_ref(), keys.as_ref())?
+                }
+                _ => run(probe, &inputs[..*probe_deps])?
+                    .pop()
+                    .ok_or_else(|| FrameError::Plan("a join's probe side is split".into()))?,
+            };
             let schema = Arc::new(schema.clone());
             if *probe_is_left {
                 hash_join(&probed, &built.batch, spec, schema, index)
