@@ -11,16 +11,13 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringViewArray};
 use arrow_buffer::{BooleanBuffer, OffsetBuffer};
 use arrow_data::ByteView;
-use arrow_schema::ArrowError;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
-    ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-    RowFilter, RowSelection,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::file::metadata::ParquetMetaData;
-use parquet::schema::types::SchemaDescriptor;
 
 use crate::broadcast::KeyFilter;
 use crate::error::{FrameError, Result};
@@ -208,15 +205,14 @@ pub fn prune_row_groups(file: &ParquetFile, schema: &Schema, conjuncts: &[Expr])
 }
 
 /// Reads row groups `row_groups` of the Parquet file at `path`: the
-/// `columns` (all when `None`) of the rows where `predicate` holds.
+/// `columns` (all when `None`) of the rows where `predicate` holds and
+/// whose keys `keys` (a join's build side) holds.
 ///
-/// Decimals stored as fixed-size binary are decoded by [`crate::flba`];
-/// when some are read, every column is decoded in full and the predicate
-/// applied after. Otherwise the predicate is applied while decoding (late
-/// materialisation, as DuckDB's scan does): its conjuncts, grouped by the
-/// columns they read, are evaluated one group after the other, each
-/// decoding its columns only for the rows the groups before it kept; the
-/// output columns are then decoded for the rows that passed them all.
+/// The predicate is applied while decoding (late materialisation, as
+/// DuckDB's scan does): the columns its conjuncts read, and the key
+/// columns, are decoded first, and the other columns only for the rows
+/// they keep. Integer, date and decimal columns are decoded by
+/// [`crate::fixed`], the others by parquet-rs.
 pub fn read_parquet(
     path: &str,
     row_groups: &[usize],
@@ -267,9 +263,8 @@ fn scan(
     dictionaries: &[String],
     keys: Option<&KeyFilter>,
 ) -> Result<Scanned> {
-    let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
-    let handle = Arc::new(file.try_clone().map_err(|e| FrameError::file(path, e))?);
-    let footer = footer(path, &handle)?;
+    let file = Arc::new(File::open(path).map_err(|e| FrameError::file(path, e))?);
+    let footer = footer(path, &file)?;
     let file_schema = footer.schema().clone();
     let index = |name: &String| {
         file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
@@ -333,37 +328,24 @@ fn scan(
             read.push(c);
         }
     }
-    let read = read.iter().map(index).collect::<Result<Vec<_>>>()?;
+    let mut read = read.iter().map(index).collect::<Result<Vec<_>>>()?;
     let meta = footer.metadata().clone();
     let fast: Vec<(usize, usize)> = read
         .iter()
-        .filter_map(|&root| crate::flba::leaf(&meta, root, file_schema.field(root).data_type()).map(|l| (root, l)))
+        .filter_map(|&root| crate::fixed::leaf(&meta, root, file_schema.field(root).data_type()).map(|l| (root, l)))
         .collect();
-    // The batch read, and the conjuncts still to apply to it.
-    let (batch, after) = if fast.is_empty() {
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer);
-        let (filter, rest) = row_filter(&conjuncts, keys, builder.parquet_schema(), index)?;
-        // A batch needs a column to count its rows: with none wanted, the
-        // first one the predicate reads (or the file's first) is decoded.
-        let mut indices = wanted.iter().map(index).collect::<Result<Vec<_>>>()?;
-        if indices.is_empty() {
-            indices.push(read.first().copied().unwrap_or(0));
-        }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let mut builder = of_row_groups(builder.with_projection(mask), row_groups);
-        if let Some(filter) = filter {
-            builder = builder.with_row_filter(filter);
-        }
-        (decode(path, builder)?, rest)
-    } else {
-        let reading = Reading {
-            path,
-            file: &handle,
-            footer: &footer,
-            row_groups,
-        };
-        reading.decimals_apart(&read, &fast, conjuncts, keys)?
+    // A batch needs a column to count its rows: with none read, the
+    // file's first is decoded.
+    if read.is_empty() {
+        read.push(0);
+    }
+    let reading = Reading {
+        path,
+        file: &file,
+        footer: &footer,
+        row_groups,
     };
+    let (batch, after) = reading.columns(&read, &fast, conjuncts, keys)?;
     Ok(Scanned {
         batch,
         filter: after.into_iter().reduce(Expr::and),
@@ -405,30 +387,74 @@ struct Reading<'a> {
 }
 
 impl Reading<'_> {
-    /// Root columns `roots` decoded by parquet-rs, of the rows `selection`
-    /// keeps (all when `None`).
-    fn decode(&self, roots: &[usize], selection: Option<&BooleanBuffer>) -> Result<RecordBatch> {
-        let file = self.file.try_clone().map_err(|e| FrameError::file(self.path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.footer.clone());
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-        let mut builder = of_row_groups(builder.with_projection(mask), self.row_groups);
-        if let Some(selection) = selection {
-            let keep = BooleanArray::new(selection.clone(), None);
-            builder = builder.with_row_selection(RowSelection::from_filters(&[keep]));
+    /// Root columns `roots` of the rows `selection` keeps (all when
+    /// `None`), in the file's order: those of `fast` (root, leaf) decoded
+    /// by [`crate::fixed`], the others by parquet-rs.
+    fn decode(
+        &self,
+        roots: &[usize],
+        fast: &[(usize, usize)],
+        selection: Option<&BooleanBuffer>,
+    ) -> Result<Vec<(usize, ArrayRef)>> {
+        let leaf = |root: usize| fast.iter().find(|f| f.0 == root).map(|f| f.1);
+        let (own, theirs): (Vec<usize>, Vec<usize>) = roots.iter().partition(|&&r| leaf(r).is_some());
+        let mut columns = Vec::with_capacity(roots.len());
+        if !theirs.is_empty() {
+            let file = self.file.try_clone().map_err(|e| FrameError::file(self.path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.footer.clone());
+            let mask = ProjectionMask::roots(builder.parquet_schema(), theirs.iter().copied());
+            let mut builder = of_row_groups(builder.with_projection(mask), self.row_groups);
+            if let Some(selection) = selection {
+                let keep = BooleanArray::new(selection.clone(), None);
+                builder = builder.with_row_selection(RowSelection::from_filters(&[keep]));
+            }
+            let mut theirs = theirs;
+            theirs.sort_unstable();
+            let batch = decode(self.path, builder)?;
+            columns.extend(theirs.into_iter().zip(batch.columns().iter().cloned()));
         }
-        decode(self.path, builder)
+        let schema = self.footer.schema();
+        for root in own {
+            let leaf = leaf(root).expect("one of fast");
+            let field = schema.field(root);
+            let array = crate::fixed::read(
+                self.file,
+                self.footer.metadata(),
+                self.row_groups,
+                leaf,
+                field.data_type(),
+                selection,
+            )
+            .map_err(|e| FrameError::file(self.path, format!("column {}: {e}", field.name())))?;
+            columns.push((root, array));
+        }
+        columns.sort_unstable_by_key(|c| c.0);
+        Ok(columns)
     }
 
-    /// Root columns `read`, in the file's order: those of `fast` (root,
-    /// leaf) decoded by [`crate::flba`], the others by parquet-rs; and the
-    /// `conjuncts` still to apply. The conjuncts that read only the others,
-    /// and the key filter `keys`, are applied first, on their columns
-    /// alone; where they keep under nine tenths of the rows, the other
-    /// columns are decoded for the kept rows only: picking them from the
-    /// dictionary or the page costs less than decoding every row and
-    /// copying the kept ones afterwards (TPC-H q3's `lineitem` keeps 54% by
-    /// its date and 3% once its orders are known).
-    fn decimals_apart(
+    /// Root columns `columns` (in the file's order) as a batch.
+    fn batch(&self, columns: Vec<(usize, ArrayRef)>) -> Result<RecordBatch> {
+        let schema = self.footer.schema();
+        let fields: Vec<Field> = columns.iter().map(|(r, _)| plain_field(schema.field(*r))).collect();
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|c| c.1).collect(),
+        )?)
+    }
+
+    /// Root columns `read` (those of `fast` decoded by [`crate::fixed`]),
+    /// and the `conjuncts` still to apply. The conjuncts that read no
+    /// decimal, and the key filter `keys`, are applied first, on their
+    /// columns alone, each decoded once; where they keep under nine tenths
+    /// of the rows, the other columns are decoded for the kept rows only:
+    /// picking them from the dictionary or the page costs less than
+    /// decoding every row and copying the kept ones afterwards (TPC-H q3's
+    /// `lineitem` keeps 54% by its date and 3% once its orders are known).
+    /// The conjuncts on decimals are left to apply to the kept rows (q6's
+    /// discount and quantity, on the 15% of rows its dates keep).
+    /// parquet-rs' own row filter decodes a column twice when the predicate
+    /// reads it and the output has it, as `orders`' dates in q3.
+    fn columns(
         &self,
         read: &[usize],
         fast: &[(usize, usize)],
@@ -437,24 +463,25 @@ impl Reading<'_> {
     ) -> Result<(RecordBatch, Vec<Expr>)> {
         let schema = self.footer.schema().clone();
         let name = |root: usize| schema.field(root).name();
-        let mut others: Vec<usize> = read
-            .iter()
-            .copied()
-            .filter(|r| fast.iter().all(|f| f.0 != *r))
-            .collect();
-        others.sort_unstable();
-        let (early, mut after): (Vec<Expr>, Vec<Expr>) = conjuncts
-            .into_iter()
-            .partition(|c| c.columns().iter().all(|n| others.iter().any(|&r| name(r) == n)));
-        let keys = keys.filter(|k| k.columns.iter().all(|c| others.iter().any(|&r| name(r) == c)));
+        let decimal = |n: &String| {
+            fast.iter()
+                .any(|&(r, _)| name(r) == n && matches!(schema.field(r).data_type(), DataType::Decimal128(..)))
+        };
+        let (early, mut after): (Vec<Expr>, Vec<Expr>) = conjuncts.into_iter().partition(|c| {
+            let read = c.columns();
+            !read.is_empty() && !read.iter().any(decimal)
+        });
+        let keys = keys.filter(|k| !k.columns.iter().any(decimal));
         // The columns that decide which rows are kept, then the rest.
-        let (first, rest): (Vec<usize>, Vec<usize>) = others.iter().partition(|&&r| {
+        let (first, rest): (Vec<usize>, Vec<usize>) = read.iter().partition(|&&r| {
             early.iter().any(|c| c.columns().contains(name(r))) || keys.is_some_and(|k| k.columns.contains(name(r)))
         });
         let mut columns: Vec<(usize, ArrayRef)> = Vec::with_capacity(read.len());
         let mut selection = None;
         if !first.is_empty() {
-            let mut batch = self.decode(&first, None)?;
+            let decoded = self.decode(&first, fast, None)?;
+            let roots: Vec<usize> = decoded.iter().map(|c| c.0).collect();
+            let mut batch = self.batch(decoded)?;
             let mut keep = match early.iter().cloned().reduce(Expr::and) {
                 Some(test) => Some(crate::eval::keeps(&test, &batch)?.values().clone()),
                 None => None,
@@ -469,28 +496,13 @@ impl Reading<'_> {
             } else {
                 after.extend(early);
             }
-            columns.extend(first.into_iter().zip(batch.columns().iter().cloned()));
+            columns.extend(roots.into_iter().zip(batch.columns().iter().cloned()));
         }
         if !rest.is_empty() {
-            let batch = self.decode(&rest, selection.as_ref())?;
-            columns.extend(rest.into_iter().zip(batch.columns().iter().cloned()));
+            columns.extend(self.decode(&rest, fast, selection.as_ref())?);
+            columns.sort_unstable_by_key(|c| c.0);
         }
-        let meta = self.footer.metadata();
-        for &(root, leaf) in fast {
-            let DataType::Decimal128(p, s) = *schema.field(root).data_type() else {
-                unreachable!("flba::leaf takes Decimal128 fields only")
-            };
-            let array = crate::flba::read(self.file, meta, self.row_groups, leaf, (p, s), selection.as_ref())
-                .map_err(|e| FrameError::file(self.path, format!("column {}: {e}", name(root))))?;
-            columns.push((root, Arc::new(array)));
-        }
-        columns.sort_unstable_by_key(|c| c.0);
-        let fields: Vec<Field> = columns.iter().map(|(r, _)| plain_field(schema.field(*r))).collect();
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(fields)),
-            columns.into_iter().map(|c| c.1).collect(),
-        )?;
-        Ok((batch, after))
+        Ok((self.batch(columns)?, after))
     }
 }
 
@@ -618,56 +630,6 @@ fn footer(path: &str, file: &File) -> Result<ArrowReaderMetadata> {
     }
     kept.push((path.to_string(), version, meta.clone()));
     Ok(meta)
-}
-
-/// `conjuncts` as a parquet-rs row filter (grouped by the columns they
-/// read, in order of appearance), then the key filter `keys`; and the
-/// conjuncts reading no column.
-fn row_filter(
-    conjuncts: &[Expr],
-    keys: Option<&KeyFilter>,
-    schema: &SchemaDescriptor,
-    index: impl Fn(&String) -> Result<usize>,
-) -> Result<(Option<RowFilter>, Vec<Expr>)> {
-    let mut groups: Vec<(Vec<usize>, Vec<Expr>)> = Vec::new();
-    let mut rest = Vec::new();
-    for conjunct in conjuncts {
-        let mut read = conjunct.columns().iter().map(&index).collect::<Result<Vec<_>>>()?;
-        read.sort_unstable();
-        read.dedup();
-        if read.is_empty() {
-            rest.push(conjunct.clone());
-        } else if let Some(g) = groups.iter_mut().find(|g| g.0 == read) {
-            g.1.push(conjunct.clone());
-        } else {
-            groups.push((read, vec![conjunct.clone()]));
-        }
-    }
-    let mut predicates: Vec<Box<dyn ArrowPredicate>> = groups
-        .into_iter()
-        .map(|(read, conjuncts)| {
-            let mask = ProjectionMask::roots(schema, read);
-            let expr = conjuncts
-                .into_iter()
-                .reduce(Expr::and)
-                .expect("a group holds a conjunct");
-            Box::new(ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
-                crate::eval::predicate(&expr, &batch).map_err(|e| ArrowError::ComputeError(e.to_string()))
-            })) as Box<dyn ArrowPredicate>
-        })
-        .collect();
-    if let Some(keys) = keys {
-        let read = keys.columns.iter().map(&index).collect::<Result<Vec<_>>>()?;
-        let keys = keys.clone();
-        predicates.push(Box::new(ArrowPredicateFn::new(
-            ProjectionMask::roots(schema, read),
-            move |batch: RecordBatch| {
-                keys.keeps(&batch, None)
-                    .map_err(|e| ArrowError::ComputeError(e.to_string()))
-            },
-        )));
-    }
-    Ok(((!predicates.is_empty()).then(|| RowFilter::new(predicates)), rest))
 }
 
 /// Every batch `builder` reads, as one.
@@ -800,7 +762,7 @@ mod tests {
         let path = dir.path().join("k.parquet").display().to_string();
         let n = 1000i64;
         let keys = Int64Array::from_iter((0..n).map(|i| (i % 13 != 0).then_some(i / 3)));
-        // Precision 20: stored as fixed-size binary, read by `crate::flba`.
+        // Precision 20: stored as fixed-size binary, read by `crate::fixed`.
         let prices = Decimal128Array::from_iter_values((0..n).map(|i| i128::from(i) * 7))
             .with_precision_and_scale(20, 2)
             .unwrap();

@@ -37,7 +37,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod expr;
-mod flba;
+mod fixed;
 pub mod groupby;
 pub mod io;
 pub mod join;

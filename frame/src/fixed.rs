@@ -1,41 +1,48 @@
-//! Parquet decimals stored as `FIXED_LEN_BYTE_ARRAY` (as TPC-H's files,
-//! Spark and Hive write them), decoded straight into a `Decimal128Array`.
+//! Parquet columns of fixed-width values decoded straight into Arrow
+//! arrays, for the rows a selection keeps: `INT32` (as int32 or date32),
+//! `INT64` (as int64) and decimals stored as `FIXED_LEN_BYTE_ARRAY` (as
+//! TPC-H's files, Spark and Hive write them).
 //!
-//! parquet-rs expands every dictionary index into a fixed-size binary value
-//! and then converts each value byte by byte: on TPC-H's `lineitem` its
-//! four decimal columns took 7x as long as a date column of the same rows
-//! each, half of what q1 and q6 cost. Here a dictionary is converted once
-//! and its indices unpacked and gathered; plain pages convert each value
-//! with integer shifts. This covers flat columns (no repetition, at most
-//! one definition level), PLAIN and dictionary encodings, v1 and v2 data
-//! pages and widths up to 16 bytes; [`leaf`] says when it applies, and
-//! everything else is read by parquet-rs.
+//! parquet-rs expands every dictionary index into a value for every row
+//! and, for decimals, converts each value byte by byte: on TPC-H's
+//! `lineitem` its four decimal columns took 7x as long as a date column of
+//! the same rows each. Here a dictionary is converted once and its indices
+//! unpacked and gathered for the kept rows only; plain pages convert each
+//! kept value with integer shifts. This covers flat columns (no
+//! repetition, at most one definition level), PLAIN and dictionary
+//! encodings, v1 and v2 data pages and decimals up to 16 bytes wide;
+//! [`leaf`] says when it applies, and everything else is read by
+//! parquet-rs.
 
 use std::fs::File;
 use std::sync::Arc;
 
-use arrow_array::Decimal128Array;
-use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder, NullBuffer};
+use arrow_array::types::{Date32Type, Int32Type, Int64Type};
+use arrow_array::{ArrayRef, ArrowPrimitiveType, Decimal128Array, PrimitiveArray};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, BooleanBufferBuilder, NullBuffer};
 use arrow_schema::DataType;
 use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::serialized_reader::SerializedPageReader;
 
-/// The leaf column of root field `root` when this module decodes it: a
-/// flat `FIXED_LEN_BYTE_ARRAY` of 1 to 16 bytes read as `Decimal128`, with
-/// only the encodings decoded here.
+/// The leaf column of root field `root` when this module decodes it as
+/// `data_type`: a flat column of the physical type that type comes from
+/// (decimals 1 to 16 bytes wide), with only the encodings decoded here.
 pub fn leaf(meta: &ParquetMetaData, root: usize, data_type: &DataType) -> Option<usize> {
-    if !matches!(data_type, DataType::Decimal128(..)) {
-        return None;
-    }
+    let physical = match data_type {
+        DataType::Decimal128(..) => PhysicalType::FIXED_LEN_BYTE_ARRAY,
+        DataType::Int32 | DataType::Date32 => PhysicalType::INT32,
+        DataType::Int64 => PhysicalType::INT64,
+        _ => return None,
+    };
     let schema = meta.file_metadata().schema_descr();
     let mut leaves = (0..schema.num_columns()).filter(|&i| schema.get_column_root_idx(i) == root);
     let leaf = leaves.next()?;
     let column = schema.column(leaf);
     let flat = leaves.next().is_none() && column.max_rep_level() == 0 && column.max_def_level() <= 1;
-    let fixed =
-        column.physical_type() == PhysicalType::FIXED_LEN_BYTE_ARRAY && (1..=16).contains(&column.type_length());
+    let fixed = column.physical_type() == physical
+        && (physical != PhysicalType::FIXED_LEN_BYTE_ARRAY || (1..=16).contains(&column.type_length()));
     let encodings = meta.row_groups().iter().all(|g| {
         g.column(leaf).encodings().all(|e| {
             matches!(
@@ -48,20 +55,65 @@ pub fn leaf(meta: &ParquetMetaData, root: usize, data_type: &DataType) -> Option
 }
 
 /// Leaf column `leaf` (see [`leaf`]) of row groups `row_groups` of the
-/// file, as decimals of `precision` and `scale`: the rows `selection`
-/// keeps (all when `None`). A page's values are decoded next to those kept
-/// so far and only the kept ones stay, so the dropped rows never leave the
-/// cache (TPC-H q6 keeps 2% of the prices it reads).
+/// file, as `data_type`: the rows `selection` keeps (all when `None`). A
+/// page's values are decoded next to those kept so far and only the kept
+/// ones stay, so the dropped rows never leave the cache (TPC-H q6 keeps 2%
+/// of the prices it reads).
 pub fn read(
     file: &Arc<File>,
     meta: &ParquetMetaData,
     row_groups: &[usize],
     leaf: usize,
-    (precision, scale): (u8, i8),
+    data_type: &DataType,
     selection: Option<&BooleanBuffer>,
-) -> Result<Decimal128Array, String> {
+) -> Result<ArrayRef, String> {
+    let column = (file, meta, row_groups, leaf, selection);
+    match *data_type {
+        DataType::Decimal128(precision, scale) => {
+            let (values, nulls) = values::<i128>(column)?;
+            let array = Decimal128Array::try_new(values.into(), nulls)
+                .and_then(|a| a.with_precision_and_scale(precision, scale))
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(array))
+        }
+        DataType::Int32 => array::<Int32Type>(column),
+        DataType::Date32 => array::<Date32Type>(column),
+        DataType::Int64 => array::<Int64Type>(column),
+        ref other => Err(format!("{other} is not decoded here")),
+    }
+}
+
+/// Where [`read`] reads: the file, its footer, the row groups, the leaf
+/// column and the selection.
+type Source<'a> = (
+    &'a Arc<File>,
+    &'a ParquetMetaData,
+    &'a [usize],
+    usize,
+    Option<&'a BooleanBuffer>,
+);
+
+/// [`values`] as an array of `P`.
+fn array<P: ArrowPrimitiveType>(column: Source) -> Result<ArrayRef, String>
+where
+    P::Native: Physical,
+{
+    let (values, nulls) = values::<P::Native>(column)?;
+    Ok(Arc::new(
+        PrimitiveArray::<P>::try_new(values.into(), nulls).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// The values of the kept rows, and their nulls.
+fn values<T: Physical>(
+    (file, meta, row_groups, leaf, selection): Source,
+) -> Result<(Vec<T>, Option<NullBuffer>), String> {
     let column = meta.file_metadata().schema_descr().column(leaf);
-    let width = usize::try_from(column.type_length()).map_err(|_| "negative width".to_string())?;
+    let width = match column.physical_type() {
+        PhysicalType::INT32 => 4,
+        PhysicalType::INT64 => 8,
+        _ => usize::try_from(column.type_length()).map_err(|_| "negative width".to_string())?,
+    };
     let rows: usize = row_groups
         .iter()
         .map(|&g| meta.row_group(g).num_rows().max(0) as usize)
@@ -95,35 +147,33 @@ pub fn read(
         }
     }
     let nulls = out.nullable.then(|| NullBuffer::new(out.valid.finish()));
-    Decimal128Array::try_new(out.values.into(), nulls)
-        .and_then(|a| a.with_precision_and_scale(precision, scale))
-        .map_err(|e| e.to_string())
+    Ok((out.values, nulls))
 }
 
 /// A column being decoded.
-struct Column<'a> {
+struct Column<'a, T> {
     width: usize,
     nullable: bool,
-    values: Vec<i128>,
+    values: Vec<T>,
     valid: BooleanBufferBuilder,
     /// The rows to keep (all when `None`), and the first row of the next
     /// page.
     selection: Option<&'a BooleanBuffer>,
     row: usize,
     /// The current row group's dictionary, converted.
-    dictionary: Vec<i128>,
+    dictionary: Vec<T>,
     /// One page's definition levels.
     levels: Vec<u32>,
     /// One page's dictionary indices.
     indices: Vec<u32>,
 }
 
-impl Column<'_> {
+impl<T: Physical> Column<'_, T> {
     fn page(&mut self, page: Page) -> Result<(), String> {
         match page {
             Page::DictionaryPage { buf, num_values, .. } => {
                 self.dictionary.clear();
-                plain(&buf, self.width, num_values as usize, &mut self.dictionary)
+                T::plain(&buf, self.width, num_values as usize, &mut self.dictionary)
             }
             Page::DataPage {
                 buf,
@@ -189,11 +239,11 @@ impl Column<'_> {
                     let width = self.width;
                     let bytes = page_values(values, width, n)?;
                     for slot in selection.slice(first, n).set_indices() {
-                        plain(&bytes[slot * width..(slot + 1) * width], width, 1, &mut self.values)?;
+                        T::plain(&bytes[slot * width..(slot + 1) * width], width, 1, &mut self.values)?;
                     }
                     return Ok(());
                 }
-                _ => plain(values, self.width, defined, &mut self.values)?,
+                _ => T::plain(values, self.width, defined, &mut self.values)?,
             },
             Encoding::PLAIN_DICTIONARY | Encoding::RLE_DICTIONARY => {
                 let (&bits, indices) = values.split_first().ok_or("an empty dictionary-encoded page")?;
@@ -202,7 +252,7 @@ impl Column<'_> {
                 // A slice, not the vector, so that its address stays in a
                 // register while the values grow; the largest index checked
                 // in one pass that vectorises, not one early exit per index.
-                let dictionary: &[i128] = &self.dictionary;
+                let dictionary: &[T] = &self.dictionary;
                 let largest = self.indices.iter().copied().max().unwrap_or(0) as usize;
                 if !self.indices.is_empty() && largest >= dictionary.len() {
                     return Err(format!("a dictionary index past its {} entries", dictionary.len()));
@@ -223,14 +273,14 @@ impl Column<'_> {
         }
         if defined < n {
             // Spread the defined values over the page's slots, nulls as 0.
-            self.values.resize(start + n, 0);
+            self.values.resize(start + n, T::default());
             let mut next = start + defined;
             for slot in (0..n).rev() {
                 if self.levels[slot] == 1 {
                     next -= 1;
                     self.values[start + slot] = self.values[next];
                 } else {
-                    self.values[start + slot] = 0;
+                    self.values[start + slot] = T::default();
                 }
             }
         }
@@ -247,38 +297,72 @@ impl Column<'_> {
     }
 }
 
-/// Appends `n` big-endian two's complement values of `width` bytes.
-fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i128>) -> Result<(), String> {
-    let bytes = page_values(bytes, width, n)?;
-    if width <= 8 {
-        // Eight bytes read at once where the page has them: the value's
-        // big-endian bytes on top, sign-extended by the shift down.
-        let shift = 64 - 8 * width as u32;
-        let whole = if bytes.len() >= 8 {
-            (bytes.len() - 8) / width + 1
-        } else {
-            0
-        }
-        .min(n);
-        out.extend((0..whole).map(|i| {
-            let word = u64::from_be_bytes(bytes[i * width..i * width + 8].try_into().expect("8 bytes"));
-            i128::from((word as i64) >> shift)
-        }));
-        // The last few: sign from the first byte, the rest shifted in.
-        out.extend(bytes[whole * width..].chunks_exact(width).map(|b| {
-            let v = b[1..]
-                .iter()
-                .fold(i64::from(b[0] as i8), |v, &x| (v << 8) | i64::from(x));
-            i128::from(v)
-        }));
-    } else {
-        out.extend(bytes.chunks_exact(width).map(|b| {
-            b[1..]
-                .iter()
-                .fold(i128::from(b[0] as i8), |v, &x| (v << 8) | i128::from(x))
-        }));
+/// A Parquet physical type decoded here, as the Arrow native type it
+/// becomes.
+trait Physical: ArrowNativeType {
+    /// Appends the first `n` plain-encoded values of `width` bytes of
+    /// `bytes`.
+    fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<Self>) -> Result<(), String>;
+}
+
+impl Physical for i32 {
+    fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i32>) -> Result<(), String> {
+        let bytes = page_values(bytes, width, n)?;
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        );
+        Ok(())
     }
-    Ok(())
+}
+
+impl Physical for i64 {
+    fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i64>) -> Result<(), String> {
+        let bytes = page_values(bytes, width, n)?;
+        out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        );
+        Ok(())
+    }
+}
+
+/// Decimals: big-endian two's complement values of `width` bytes.
+impl Physical for i128 {
+    fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i128>) -> Result<(), String> {
+        let bytes = page_values(bytes, width, n)?;
+        if width <= 8 {
+            // Eight bytes read at once where the page has them: the value's
+            // big-endian bytes on top, sign-extended by the shift down.
+            let shift = 64 - 8 * width as u32;
+            let whole = if bytes.len() >= 8 {
+                (bytes.len() - 8) / width + 1
+            } else {
+                0
+            }
+            .min(n);
+            out.extend((0..whole).map(|i| {
+                let word = u64::from_be_bytes(bytes[i * width..i * width + 8].try_into().expect("8 bytes"));
+                i128::from((word as i64) >> shift)
+            }));
+            // The last few: sign from the first byte, the rest shifted in.
+            out.extend(bytes[whole * width..].chunks_exact(width).map(|b| {
+                let v = b[1..]
+                    .iter()
+                    .fold(i64::from(b[0] as i8), |v, &x| (v << 8) | i64::from(x));
+                i128::from(v)
+            }));
+        } else {
+            out.extend(bytes.chunks_exact(width).map(|b| {
+                b[1..]
+                    .iter()
+                    .fold(i128::from(b[0] as i8), |v, &x| (v << 8) | i128::from(x))
+            }));
+        }
+        Ok(())
+    }
 }
 
 /// The first `n` values of `width` bytes of a page's `bytes`.
@@ -456,30 +540,95 @@ mod tests {
                         continue;
                     };
                     decoded += 1;
-                    let DataType::Decimal128(p, s) = *field.data_type() else {
-                        panic!("{field:?}")
-                    };
-                    let got = read(&file, &meta, &[0, 1], leaf, (p, s), None).unwrap();
-                    assert_eq!(
-                        &got as &dyn Array,
-                        want.column(c).as_ref(),
-                        "{dictionary} {version:?} {c}"
-                    );
-                    let second = read(&file, &meta, &[1], leaf, (p, s), None).unwrap();
-                    assert_eq!(&second as &dyn Array, want.column(c).slice(4000, 1000).as_ref());
+                    let got = read(&file, &meta, &[0, 1], leaf, field.data_type(), None).unwrap();
+                    assert_eq!(got.as_ref(), want.column(c).as_ref(), "{dictionary} {version:?} {c}");
+                    let second = read(&file, &meta, &[1], leaf, field.data_type(), None).unwrap();
+                    assert_eq!(second.as_ref(), want.column(c).slice(4000, 1000).as_ref());
                     // Every third row, and a selection of the wrong length.
                     let selection = BooleanBuffer::from_iter((0..want.num_rows()).map(|i| i % 3 == 1));
-                    let some = read(&file, &meta, &[0, 1], leaf, (p, s), Some(&selection)).unwrap();
+                    let some = read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&selection)).unwrap();
                     let mask = arrow_array::BooleanArray::new(selection.clone(), None);
                     let filtered = arrow_select::filter::filter(want.column(c), &mask).unwrap();
-                    assert_eq!(&some as &dyn Array, filtered.as_ref(), "{dictionary} {version:?} {c}");
+                    assert_eq!(some.as_ref(), filtered.as_ref(), "{dictionary} {version:?} {c}");
                     let short = BooleanBuffer::new_set(3);
-                    assert!(read(&file, &meta, &[0, 1], leaf, (p, s), Some(&short)).is_err());
+                    assert!(read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&short)).is_err());
                 }
             }
         }
         // Both version 1 files, and the version 2 columns without fallback.
         assert!(decoded >= 8, "{decoded} columns decoded");
+    }
+
+    #[test]
+    fn integers_and_dates_decode_as_parquet_rs_decodes_them() {
+        use arrow_array::{Date32Array, Int32Array, Int64Array, RecordBatch};
+        let n = 5000;
+        // Few distinct values first (dictionary pages), then many (the
+        // writer falls back to plain); nulls in the optional columns.
+        let value = |i: i64| if i < 3000 { i % 41 - 20 } else { i * 7919 - 50_000_000 };
+        let batch = RecordBatch::try_from_iter([
+            (
+                "i",
+                Arc::new(Int32Array::from_iter_values((0..n).map(|i| value(i) as i32))) as ArrayRef,
+            ),
+            (
+                "d",
+                Arc::new(Date32Array::from_iter(
+                    (0..n).map(|i| (i % 3 != 0).then_some(value(i) as i32)),
+                )) as _,
+            ),
+            (
+                "l",
+                Arc::new(Int64Array::from_iter(
+                    (0..n).map(|i| (i % 5 != 0).then_some(value(i) << 20)),
+                )) as _,
+            ),
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut decoded = 0;
+        for dictionary in [true, false] {
+            for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
+                let path = dir.path().join(format!("i-{dictionary}-{version:?}.parquet"));
+                let props = WriterProperties::builder()
+                    .set_writer_version(version)
+                    .set_dictionary_enabled(dictionary)
+                    .set_dictionary_page_size_limit(512)
+                    .set_data_page_row_count_limit(300)
+                    .set_write_batch_size(100)
+                    .set_max_row_group_row_count(Some(4000))
+                    .build();
+                let mut w =
+                    parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props))
+                        .unwrap();
+                w.write(&batch).unwrap();
+                w.close().unwrap();
+                let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                    .unwrap()
+                    .metadata()
+                    .clone();
+                let file = Arc::new(File::open(&path).unwrap());
+                let selection = BooleanBuffer::from_iter((0..n).map(|i| i % 4 == 1));
+                let mask = arrow_array::BooleanArray::new(selection.clone(), None);
+                for (c, field) in batch.schema().fields().iter().enumerate() {
+                    let Some(leaf) = leaf(&meta, c, field.data_type()) else {
+                        // Version 2 falls back to DELTA_BINARY_PACKED, left to parquet-rs.
+                        let mut encodings = meta.row_groups().iter().flat_map(|g| g.column(c).encodings());
+                        assert!(encodings.any(|e| e == Encoding::DELTA_BINARY_PACKED));
+                        continue;
+                    };
+                    decoded += 1;
+                    let got = read(&file, &meta, &[0, 1], leaf, field.data_type(), None).unwrap();
+                    assert_eq!(got.as_ref(), batch.column(c).as_ref(), "{dictionary} {version:?} {c}");
+                    let some = read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&selection)).unwrap();
+                    let filtered = arrow_select::filter::filter(batch.column(c), &mask).unwrap();
+                    assert_eq!(some.as_ref(), filtered.as_ref(), "{dictionary} {version:?} {c}");
+                }
+                // An int32 column is not read as int64.
+                assert_eq!(leaf(&meta, 0, &DataType::Int64), None);
+            }
+        }
+        assert!(decoded >= 6, "{decoded} columns decoded");
     }
 
     #[test]
@@ -519,9 +668,9 @@ mod tests {
     #[test]
     fn plain_values_sign_extend() {
         let mut out = Vec::new();
-        plain(&[0xff, 0xfe, 0x00, 0x01, 0x80, 0x00], 2, 3, &mut out).unwrap();
+        i128::plain(&[0xff, 0xfe, 0x00, 0x01, 0x80, 0x00], 2, 3, &mut out).unwrap();
         assert_eq!(out, [-2, 1, -32768]);
-        assert!(plain(&[0; 5], 2, 3, &mut out).unwrap_err().contains("5 bytes"));
+        assert!(i128::plain(&[0; 5], 2, 3, &mut out).unwrap_err().contains("5 bytes"));
         // Long pages, read eight bytes at a time but for the last values.
         let mut rng = fastrand::Rng::with_seed(3);
         for width in 1..=8usize {
@@ -532,7 +681,7 @@ mod tests {
                 .flat_map(|v| v.to_be_bytes()[8 - width..].to_vec())
                 .collect();
             let mut out = Vec::new();
-            plain(&bytes, width, values.len(), &mut out).unwrap();
+            i128::plain(&bytes, width, values.len(), &mut out).unwrap();
             assert_eq!(
                 out,
                 values.iter().map(|&v| i128::from(v)).collect::<Vec<_>>(),
