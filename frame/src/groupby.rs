@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Decimal128Type, Float64Type, Int64Type};
+use arrow_array::types::{Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
     UInt32Array,
@@ -144,6 +144,16 @@ fn column_groups(key: &ArrayRef) -> Result<Groups> {
         let values = column_groups(dictionary.values())?;
         let null = values.len();
         let nulls = key.logical_nulls();
+        if let (None, Some(dictionary)) = (&nulls, key.as_dictionary_opt::<Int32Type>()) {
+            // Parquet's dictionaries without nulls: each row's index read
+            // as it is (TPC-H q1's flags, 6M rows at SF1).
+            let codes = dictionary
+                .keys()
+                .values()
+                .iter()
+                .map(|&i| values.ids[i as usize] as usize);
+            return Ok(first_appearance(codes, null));
+        }
         let codes = dictionary
             .normalized_keys()
             .into_iter()
@@ -780,7 +790,7 @@ mod tests {
         columns[1] = dictionary;
         let fields = vec![
             plain.schema().field(0).clone(),
-            Field::new("n", as_dictionary, true),
+            Field::new("n", as_dictionary.clone(), true),
             plain.schema().field(2).clone(),
         ];
         let coded = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
@@ -790,6 +800,14 @@ mod tests {
             aggregate(&coded, &keys, &aggs).unwrap(),
             aggregate(&plain, &keys, &aggs).unwrap()
         );
+        // Without nulls, the indices are read as they are.
+        let names = StringArray::from(vec!["x", "y", "x", "z", "y", "y"]);
+        let dictionary = arrow_cast::cast(&names, &as_dictionary).unwrap();
+        let (by_name, by_index) = (
+            group_rows(&[Arc::new(names)], 6).unwrap(),
+            group_rows(&[dictionary], 6).unwrap(),
+        );
+        assert_eq!((by_index.ids, by_index.firsts), (by_name.ids, by_name.firsts));
     }
 
     #[test]

@@ -391,16 +391,15 @@ impl IntTable {
 
     /// Whether a build row has key `key`.
     fn contains(&self, key: i64) -> bool {
-        let offset = |min: i64| (i128::from(key) - i128::from(min)) as u128;
+        // `key - min` as an unsigned offset: a key below `min` wraps past
+        // every slot (the difference of two i64s is under 2^64 apart).
+        let offset = |min: i64| key.wrapping_sub(min) as u64 as usize;
         match self {
             IntTable::Hashed(table) => table.heads.contains_key(&key),
-            IntTable::Direct { min, chains } => {
-                let slot = offset(*min);
-                slot < chains.heads.len() as u128 && chains.heads[slot as usize] != u32::MAX
-            }
+            IntTable::Direct { min, chains } => chains.heads.get(offset(*min)).is_some_and(|&h| h != u32::MAX),
             IntTable::Ranked { min, bits, .. } => {
                 let slot = offset(*min);
-                slot < bits.len() as u128 * 64 && bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0
+                bits.get(slot / 64).is_some_and(|w| w & (1 << (slot % 64)) != 0)
             }
         }
     }
