@@ -135,6 +135,8 @@ fn values<T: Physical>(
         indices: Vec::new(),
         selection,
         row: 0,
+        kept_in_group: 0,
+        raw_dictionary: None,
     };
     for &g in row_groups {
         let group = meta.row_group(g);
@@ -142,6 +144,9 @@ fn values<T: Physical>(
         let mut pages = SerializedPageReader::new(file.clone(), chunk, group.num_rows().max(0) as usize, None)
             .map_err(|e| e.to_string())?;
         out.dictionary.clear();
+        out.raw_dictionary = None;
+        let rows = group.num_rows().max(0) as usize;
+        out.kept_in_group = selection.map_or(rows, |s| s.slice(out.row, rows.min(s.len() - out.row)).count_set_bits());
         while let Some(page) = pages.get_next_page().map_err(|e| e.to_string())? {
             out.page(page)?;
         }
@@ -160,8 +165,14 @@ struct Column<'a, T> {
     /// page.
     selection: Option<&'a BooleanBuffer>,
     row: usize,
+    /// Rows of the current row group kept.
+    kept_in_group: usize,
     /// The current row group's dictionary, converted.
     dictionary: Vec<T>,
+    /// Or its page, where the row group keeps fewer rows than half its
+    /// entries: only the entries kept rows use are converted (TPC-H's
+    /// prices, about one entry per row).
+    raw_dictionary: Option<(bytes::Bytes, usize)>,
     /// One page's definition levels.
     levels: Vec<u32>,
     /// One page's dictionary indices.
@@ -173,7 +184,14 @@ impl<T: Physical> Column<'_, T> {
         match page {
             Page::DictionaryPage { buf, num_values, .. } => {
                 self.dictionary.clear();
-                T::plain(&buf, self.width, num_values as usize, &mut self.dictionary)
+                self.raw_dictionary = None;
+                let entries = num_values as usize;
+                if self.kept_in_group * 2 < entries {
+                    page_values(&buf, self.width, entries)?;
+                    self.raw_dictionary = Some((buf, entries));
+                    return Ok(());
+                }
+                T::plain(&buf, self.width, entries, &mut self.dictionary)
             }
             Page::DataPage {
                 buf,
@@ -258,11 +276,21 @@ impl<T: Physical> Column<'_, T> {
                 // register while the values grow; the largest index checked
                 // in one pass that vectorises, not one early exit per index.
                 let dictionary: &[T] = &self.dictionary;
+                let entries = self.raw_dictionary.as_ref().map_or(dictionary.len(), |d| d.1);
                 let largest = self.indices.iter().copied().max().unwrap_or(0) as usize;
-                if !self.indices.is_empty() && largest >= dictionary.len() {
-                    return Err(format!("a dictionary index past its {} entries", dictionary.len()));
+                if !self.indices.is_empty() && largest >= entries {
+                    return Err(format!("a dictionary index past its {entries} entries"));
                 }
-                self.values.extend(self.indices.iter().map(|&i| dictionary[i as usize]));
+                match &self.raw_dictionary {
+                    Some((raw, _)) => {
+                        let width = self.width;
+                        for &i in &self.indices {
+                            let at = i as usize * width;
+                            T::plain(&raw[at..at + width], width, 1, &mut self.values)?;
+                        }
+                    }
+                    None => self.values.extend(self.indices.iter().map(|&i| dictionary[i as usize])),
+                }
                 if kept.is_some() {
                     return Ok(());
                 }
@@ -611,12 +639,16 @@ mod tests {
                     assert_eq!(got.as_ref(), want.column(c).as_ref(), "{dictionary} {version:?} {c}");
                     let second = read(&file, &meta, &[1], leaf, field.data_type(), None).unwrap();
                     assert_eq!(second.as_ref(), want.column(c).slice(4000, 1000).as_ref());
-                    // Every third row, and a selection of the wrong length.
-                    let selection = BooleanBuffer::from_iter((0..want.num_rows()).map(|i| i % 3 == 1));
-                    let some = read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&selection)).unwrap();
-                    let mask = arrow_array::BooleanArray::new(selection.clone(), None);
-                    let filtered = arrow_select::filter::filter(want.column(c), &mask).unwrap();
-                    assert_eq!(some.as_ref(), filtered.as_ref(), "{dictionary} {version:?} {c}");
+                    // Every third row, every 50th (fewer rows than dictionary
+                    // entries: the entries converted as rows use them), and a
+                    // selection of the wrong length.
+                    for every in [3, 50] {
+                        let selection = BooleanBuffer::from_iter((0..want.num_rows()).map(|i| i % every == 1));
+                        let some = read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&selection)).unwrap();
+                        let mask = arrow_array::BooleanArray::new(selection.clone(), None);
+                        let filtered = arrow_select::filter::filter(want.column(c), &mask).unwrap();
+                        assert_eq!(some.as_ref(), filtered.as_ref(), "{dictionary} {version:?} {c} {every}");
+                    }
                     let short = BooleanBuffer::new_set(3);
                     assert!(read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&short)).is_err());
                 }
@@ -696,6 +728,43 @@ mod tests {
             }
         }
         assert!(decoded >= 6, "{decoded} columns decoded");
+    }
+
+    #[test]
+    fn a_few_rows_convert_only_the_dictionary_entries_they_use() {
+        use arrow_array::RecordBatch;
+        let n = 2000;
+        let prices = Decimal128Array::from_iter_values((0..n).map(|i| (i * 7919 % 1999) - 900))
+            .with_precision_and_scale(20, 2)
+            .unwrap();
+        let batch = RecordBatch::try_from_iter([("p", Arc::new(prices) as ArrayRef)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.parquet");
+        let mut w = parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .metadata()
+            .clone();
+        assert!(meta.row_group(0).column(0).dictionary_page_offset().is_some());
+        let file = Arc::new(File::open(&path).unwrap());
+        let data_type = batch.schema().field(0).data_type().clone();
+        let selection = BooleanBuffer::from_iter((0..n).map(|i| i % 97 == 5));
+        let some = read(
+            &file,
+            &meta,
+            &[0],
+            leaf(&meta, 0, &data_type).unwrap(),
+            &data_type,
+            Some(&selection),
+        )
+        .unwrap();
+        let mask = arrow_array::BooleanArray::new(selection, None);
+        assert_eq!(
+            some.as_ref(),
+            arrow_select::filter::filter(batch.column(0), &mask).unwrap().as_ref()
+        );
     }
 
     #[test]
