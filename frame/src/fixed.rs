@@ -331,29 +331,24 @@ trait Physical: ArrowNativeType {
     fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<Self>) -> Result<(), String>;
 }
 
-impl Physical for i32 {
-    fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i32>) -> Result<(), String> {
-        let bytes = page_values(bytes, width, n)?;
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes"))),
-        );
-        Ok(())
-    }
+/// Integers: little-endian values of their own width.
+macro_rules! little_endian {
+    ($($t:ty),*) => {$(
+        impl Physical for $t {
+            fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<$t>) -> Result<(), String> {
+                let bytes = page_values(bytes, width, n)?;
+                out.extend(
+                    bytes
+                        .chunks_exact(std::mem::size_of::<$t>())
+                        .map(|b| <$t>::from_le_bytes(b.try_into().expect("the type's width"))),
+                );
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl Physical for i64 {
-    fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i64>) -> Result<(), String> {
-        let bytes = page_values(bytes, width, n)?;
-        out.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))),
-        );
-        Ok(())
-    }
-}
+little_endian!(i32, i64);
 
 /// Decimals: big-endian two's complement values of `width` bytes.
 impl Physical for i128 {
@@ -574,14 +569,19 @@ mod tests {
         (c == 0 || i % (c as i128 + 2) != 0).then_some(v)
     }
 
-    fn write(path: &std::path::Path, dictionary: bool, version: WriterVersion) {
-        let props = WriterProperties::builder()
+    /// Small pages and dictionaries, so that the writer falls back to
+    /// plain pages after a few distinct values.
+    fn small_pages(dictionary: bool, version: WriterVersion) -> parquet::file::properties::WriterPropertiesBuilder {
+        WriterProperties::builder()
             .set_writer_version(version)
             .set_dictionary_enabled(dictionary)
             .set_dictionary_page_size_limit(512)
             .set_data_page_row_count_limit(300)
             .set_write_batch_size(100)
-            .build();
+    }
+
+    fn write(path: &std::path::Path, dictionary: bool, version: WriterVersion) {
+        let props = small_pages(dictionary, version).build();
         let schema = Arc::new(parse_message_type(SCHEMA).unwrap());
         let mut w = SerializedFileWriter::new(File::create(path).unwrap(), schema, Arc::new(props)).unwrap();
         for rows in [0..4000i128, 4000..5000] {
@@ -608,6 +608,51 @@ mod tests {
         w.close().unwrap();
     }
 
+    /// `batch` written to `path` by parquet-rs with `props`: the file and
+    /// its footer.
+    fn written(
+        path: &std::path::Path,
+        batch: &arrow_array::RecordBatch,
+        props: Option<WriterProperties>,
+    ) -> (Arc<File>, Arc<ParquetMetaData>) {
+        let mut w = parquet::arrow::ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), props).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .metadata()
+            .clone();
+        (Arc::new(File::open(path).unwrap()), meta)
+    }
+
+    /// Whether column `c` of the file, read as `data_type`, is `want`:
+    /// every row, every third and every 50th (fewer rows than dictionary
+    /// entries: the entries converted as rows use them); its leaf, or
+    /// `None` where it is left to parquet-rs for `fallback` pages.
+    fn agrees(
+        file: &Arc<File>,
+        meta: &ParquetMetaData,
+        (c, data_type): (usize, &DataType),
+        want: &ArrayRef,
+        fallback: Encoding,
+    ) -> Option<usize> {
+        let Some(leaf) = leaf(meta, c, data_type) else {
+            let mut encodings = meta.row_groups().iter().flat_map(|g| g.column(c).encodings());
+            assert!(encodings.any(|e| e == fallback), "column {c}");
+            return None;
+        };
+        let got = read(file, meta, &[0, 1], leaf, data_type, None).unwrap();
+        assert_eq!(got.as_ref(), want.as_ref(), "column {c}");
+        for every in [3, 50] {
+            let selection = BooleanBuffer::from_iter((0..want.len()).map(|i| i % every == 1));
+            let some = read(file, meta, &[0, 1], leaf, data_type, Some(&selection)).unwrap();
+            let mask = arrow_array::BooleanArray::new(selection, None);
+            let filtered = arrow_select::filter::filter(want, &mask).unwrap();
+            assert_eq!(some.as_ref(), filtered.as_ref(), "column {c}, every {every}th row");
+        }
+        Some(leaf)
+    }
+
     #[test]
     fn decimals_decode_as_parquet_rs_decodes_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -628,27 +673,14 @@ mod tests {
                     .unwrap();
                 let file = Arc::new(File::open(&path).unwrap());
                 for (c, field) in schema.fields().iter().enumerate() {
-                    let Some(leaf) = leaf(&meta, c, field.data_type()) else {
-                        // Version 2 falls back to DELTA_BYTE_ARRAY, left to parquet-rs.
-                        let mut encodings = meta.row_groups().iter().flat_map(|g| g.column(c).encodings());
-                        assert!(encodings.any(|e| e == Encoding::DELTA_BYTE_ARRAY));
+                    // Version 2 falls back to DELTA_BYTE_ARRAY, left to parquet-rs.
+                    let fallback = Encoding::DELTA_BYTE_ARRAY;
+                    let Some(leaf) = agrees(&file, &meta, (c, field.data_type()), want.column(c), fallback) else {
                         continue;
                     };
                     decoded += 1;
-                    let got = read(&file, &meta, &[0, 1], leaf, field.data_type(), None).unwrap();
-                    assert_eq!(got.as_ref(), want.column(c).as_ref(), "{dictionary} {version:?} {c}");
                     let second = read(&file, &meta, &[1], leaf, field.data_type(), None).unwrap();
                     assert_eq!(second.as_ref(), want.column(c).slice(4000, 1000).as_ref());
-                    // Every third row, every 50th (fewer rows than dictionary
-                    // entries: the entries converted as rows use them), and a
-                    // selection of the wrong length.
-                    for every in [3, 50] {
-                        let selection = BooleanBuffer::from_iter((0..want.num_rows()).map(|i| i % every == 1));
-                        let some = read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&selection)).unwrap();
-                        let mask = arrow_array::BooleanArray::new(selection.clone(), None);
-                        let filtered = arrow_select::filter::filter(want.column(c), &mask).unwrap();
-                        assert_eq!(some.as_ref(), filtered.as_ref(), "{dictionary} {version:?} {c} {every}");
-                    }
                     let short = BooleanBuffer::new_set(3);
                     assert!(read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&short)).is_err());
                 }
@@ -689,39 +721,15 @@ mod tests {
         for dictionary in [true, false] {
             for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
                 let path = dir.path().join(format!("i-{dictionary}-{version:?}.parquet"));
-                let props = WriterProperties::builder()
-                    .set_writer_version(version)
-                    .set_dictionary_enabled(dictionary)
-                    .set_dictionary_page_size_limit(512)
-                    .set_data_page_row_count_limit(300)
-                    .set_write_batch_size(100)
+                let props = small_pages(dictionary, version)
                     .set_max_row_group_row_count(Some(4000))
                     .build();
-                let mut w =
-                    parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props))
-                        .unwrap();
-                w.write(&batch).unwrap();
-                w.close().unwrap();
-                let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-                    .unwrap()
-                    .metadata()
-                    .clone();
-                let file = Arc::new(File::open(&path).unwrap());
-                let selection = BooleanBuffer::from_iter((0..n).map(|i| i % 4 == 1));
-                let mask = arrow_array::BooleanArray::new(selection.clone(), None);
+                let (file, meta) = written(&path, &batch, Some(props));
                 for (c, field) in batch.schema().fields().iter().enumerate() {
-                    let Some(leaf) = leaf(&meta, c, field.data_type()) else {
-                        // Version 2 falls back to DELTA_BINARY_PACKED, left to parquet-rs.
-                        let mut encodings = meta.row_groups().iter().flat_map(|g| g.column(c).encodings());
-                        assert!(encodings.any(|e| e == Encoding::DELTA_BINARY_PACKED));
-                        continue;
-                    };
-                    decoded += 1;
-                    let got = read(&file, &meta, &[0, 1], leaf, field.data_type(), None).unwrap();
-                    assert_eq!(got.as_ref(), batch.column(c).as_ref(), "{dictionary} {version:?} {c}");
-                    let some = read(&file, &meta, &[0, 1], leaf, field.data_type(), Some(&selection)).unwrap();
-                    let filtered = arrow_select::filter::filter(batch.column(c), &mask).unwrap();
-                    assert_eq!(some.as_ref(), filtered.as_ref(), "{dictionary} {version:?} {c}");
+                    // Version 2 falls back to DELTA_BINARY_PACKED, left to parquet-rs.
+                    let fallback = Encoding::DELTA_BINARY_PACKED;
+                    decoded +=
+                        usize::from(agrees(&file, &meta, (c, field.data_type()), batch.column(c), fallback).is_some());
                 }
                 // An int32 column is not read as int64.
                 assert_eq!(leaf(&meta, 0, &DataType::Int64), None);
@@ -740,15 +748,8 @@ mod tests {
         let batch = RecordBatch::try_from_iter([("p", Arc::new(prices) as ArrayRef)]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.parquet");
-        let mut w = parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-            .unwrap()
-            .metadata()
-            .clone();
+        let (file, meta) = written(&path, &batch, None);
         assert!(meta.row_group(0).column(0).dictionary_page_offset().is_some());
-        let file = Arc::new(File::open(&path).unwrap());
         let data_type = batch.schema().field(0).data_type().clone();
         let selection = BooleanBuffer::from_iter((0..n).map(|i| i % 97 == 5));
         let some = read(
