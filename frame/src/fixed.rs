@@ -421,45 +421,48 @@ fn hybrid(mut data: &[u8], bits: u8, n: usize, out: &mut Vec<u32>) -> Result<(),
             let packed = data.get(..len).ok_or("bit-packed values past the data's end")?;
             data = &data[len..];
             let count = (groups * 8).min(want);
-            if bits <= 8 {
-                // A group of 8 values fits one word: one load per group.
-                for (g, first) in (0..count).step_by(8).enumerate() {
-                    let from = g * bits;
-                    let word = match packed.get(from..from + 8) {
-                        Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")),
-                        None => {
-                            let mut w = [0u8; 8];
-                            let rest = &packed[from.min(packed.len())..];
-                            w[..rest.len().min(8)].copy_from_slice(&rest[..rest.len().min(8)]);
-                            u64::from_le_bytes(w)
-                        }
-                    };
-                    let take = (count - first).min(8);
-                    out.extend((0..take).map(|j| (word >> (j * bits)) as u32 & mask));
-                }
-                continue;
-            }
-            // Wider values: a group of 8 takes `bits` bytes, read as two
-            // 16-byte words of 4 values each where the page has them.
-            let fast = (0..count / 8)
-                .take_while(|g| g * bits + bits / 2 + 16 <= packed.len())
-                .count();
-            for g in 0..fast {
-                let mut group = [0u32; 8];
-                for (half, values) in group.chunks_exact_mut(4).enumerate() {
-                    let bit = g * 8 * bits + half * 4 * bits;
-                    let from = bit / 8;
-                    let word = u128::from_le_bytes(packed[from..from + 16].try_into().expect("16 bytes")) >> (bit % 8);
-                    for (j, v) in values.iter_mut().enumerate() {
-                        *v = (word >> (j * bits)) as u32 & mask;
-                    }
-                }
-                out.extend_from_slice(&group);
-            }
+            // Whole groups while the page holds 8 bytes past them, with
+            // each width's offsets and shifts known to the compiler.
+            let fast = match bits {
+                0 => count / 8,
+                _ => (packed.len().saturating_sub(8) / bits).min(count / 8),
+            };
+            unpack_groups(packed, bits, fast, out);
             out.extend((fast * 8..count).map(|i| packed_value(packed, i * bits, mask)));
         }
     }
     Ok(())
+}
+
+/// Appends the first `groups` groups of 8 bit-packed values of `bits` bits
+/// (1 to 32; 0 for zeros) of `packed`, which holds 8 bytes past them.
+fn unpack_groups(packed: &[u8], bits: usize, groups: usize, out: &mut Vec<u32>) {
+    macro_rules! widths {
+        ($($b:literal)*) => {
+            match bits {
+                $($b => unpack::<$b>(packed, groups, out),)*
+                _ => out.extend(std::iter::repeat_n(0, groups * 8)),
+            }
+        };
+    }
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
+}
+
+/// [`unpack_groups`] for values of `B` bits: each value one 8-byte load at
+/// a constant offset from its group's start, shifted and masked.
+fn unpack<const B: usize>(packed: &[u8], groups: usize, out: &mut Vec<u32>) {
+    let mask = if B == 32 { u32::MAX } else { (1u32 << B) - 1 };
+    for g in 0..groups {
+        // The group's B bytes and 8 more: one bounds check per group.
+        let bytes = &packed[g * B..g * B + B + 8];
+        let mut group = [0u32; 8];
+        for (j, v) in group.iter_mut().enumerate() {
+            let bit = j * B;
+            let word = u64::from_le_bytes(bytes[bit / 8..bit / 8 + 8].try_into().expect("8 bytes"));
+            *v = (word >> (bit % 8)) as u32 & mask;
+        }
+        out.extend_from_slice(&group);
+    }
 }
 
 /// The value at bit `bit` of bit-packed `packed`, `mask` its width's bits.
