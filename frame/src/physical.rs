@@ -38,7 +38,10 @@ pub struct PlanOptions {
     /// on the keys into partitions of about this many rows (see
     /// [`crate::adaptive`]). A tree merges every row once per level, its
     /// last levels on one worker: TPC-H q10's 420K partial rows at SF10
-    /// took 3.6-4.0 s through a tree (1M here), 2.7-2.8 s shuffled.
+    /// took 3.6-4.0 s through a tree (1M here), 2.7-2.8 s shuffled; its
+    /// 160K at SF1 took 5 ms in the last merge, on one worker while the
+    /// other waited (250K here; at 100K q10 is 3% faster at SF1 and 9% at
+    /// SF10, q3 4-5%).
     pub group_rows: u64,
     /// A join that shuffles both sides does so into partitions of about
     /// this many rows (both sides, estimated), at most one per input
@@ -57,7 +60,7 @@ impl Default for PlanOptions {
         PlanOptions {
             broadcast_rows: 2_000_000,
             fan_in: 8,
-            group_rows: 250_000,
+            group_rows: 100_000,
             join_rows: 2_000_000,
             p2p_min_pieces: std::env::var("WEFT_P2P_MIN_PIECES")
                 .ok()
