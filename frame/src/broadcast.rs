@@ -53,13 +53,10 @@ impl KeyFilter {
     /// side holds, among the rows `among` keeps (all when `None`).
     pub fn keeps(&self, batch: &RecordBatch, among: Option<&BooleanBuffer>) -> Result<BooleanArray> {
         let index = self.built.index.as_ref().expect("a key filter has a table");
-        let mut keys = Vec::with_capacity(self.columns.len());
-        for name in &self.columns {
-            let column = crate::io::project_names(batch, std::slice::from_ref(name))?
-                .column(0)
-                .clone();
-            keys.push(arrow_cast::cast(&column, &DataType::Int64)?);
-        }
+        let keys = crate::join::key_columns(batch, &self.columns)?
+            .iter()
+            .map(|k| arrow_cast::cast(k, &DataType::Int64))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(BooleanArray::new(index.holds(&keys, among), None))
     }
 }

@@ -138,15 +138,17 @@ fn values<T: Physical>(
         kept_in_group: 0,
         raw_dictionary: None,
     };
+    // The first row of the current row group.
+    let mut start = 0;
     for &g in row_groups {
         let group = meta.row_group(g);
-        let chunk = group.column(leaf);
-        let mut pages = SerializedPageReader::new(file.clone(), chunk, group.num_rows().max(0) as usize, None)
-            .map_err(|e| e.to_string())?;
+        let rows = group.num_rows().max(0) as usize;
+        let mut pages =
+            SerializedPageReader::new(file.clone(), group.column(leaf), rows, None).map_err(|e| e.to_string())?;
         out.dictionary.clear();
         out.raw_dictionary = None;
-        let rows = group.num_rows().max(0) as usize;
-        out.kept_in_group = selection.map_or(rows, |s| s.slice(out.row, rows.min(s.len() - out.row)).count_set_bits());
+        out.kept_in_group = selection.map_or(rows, |s| s.slice(start, rows).count_set_bits());
+        start += rows;
         while let Some(page) = pages.get_next_page().map_err(|e| e.to_string())? {
             out.page(page)?;
         }

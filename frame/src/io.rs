@@ -471,7 +471,6 @@ impl Reading<'_> {
             let read = c.columns();
             !read.is_empty() && !read.iter().any(decimal)
         });
-        let keys = keys.filter(|k| !k.columns.iter().any(decimal));
         // The columns that decide which rows are kept, then the rest.
         let (first, rest): (Vec<usize>, Vec<usize>) = read.iter().partition(|&&r| {
             early.iter().any(|c| c.columns().contains(name(r))) || keys.is_some_and(|k| k.columns.contains(name(r)))

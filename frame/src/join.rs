@@ -82,7 +82,8 @@ fn field<'a>(schema: &'a Schema, name: &str) -> Result<&'a Field> {
     })
 }
 
-fn key_columns(batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>> {
+/// The columns `names` of `batch`.
+pub(crate) fn key_columns(batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>> {
     names
         .iter()
         .map(|n| {
