@@ -34,6 +34,7 @@ pub mod adaptive;
 pub mod bench;
 pub mod broadcast;
 pub mod device;
+pub mod eager;
 pub mod error;
 pub mod eval;
 pub mod expr;

@@ -1,7 +1,8 @@
 //! Optimizer passes over a [`LogicalPlan`], each small and tested apart:
 //! [`fold_constants`], [`push_down_filters`] (which also combines filters
-//! and moves them into scans, where they prune row groups) and
-//! [`push_down_projections`] (scans read only the columns used).
+//! and moves them into scans, where they prune row groups),
+//! [`crate::eager::eager_aggregation`] (group-bys computed in part below
+//! joins) and [`push_down_projections`] (scans read only the columns used).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::plan::LogicalPlan;
 pub fn optimize(plan: &Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
     let plan = fold_constants(plan);
     let plan = push_down_filters(&plan, Vec::new())?;
+    let plan = crate::eager::eager_aggregation(&plan)?;
     push_down_projections(&plan, None)
 }
 

@@ -328,3 +328,141 @@ async fn group_bys_merge_few_groups_in_a_tree_and_shuffle_many() {
     drop(frames);
     cluster.stop().await;
 }
+
+fn int_batch(columns: &[(&str, Vec<Option<i64>>)]) -> RecordBatch {
+    RecordBatch::try_from_iter(columns.iter().map(|(name, values)| {
+        (
+            *name,
+            Arc::new(Int64Array::from(values.clone())) as arrow_array::ArrayRef,
+        )
+    }))
+    .unwrap()
+}
+
+/// TPC-H q10's shape, where the optimizer pre-aggregates the lines of the
+/// kept orders per customer before meeting the customers: the answer is the
+/// one joining everything first gives, with a customer listed twice, lines
+/// and orders that meet nothing, a nation missing and null quantities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_bys_over_joins_pre_aggregate_and_match_a_reference() {
+    let (cluster, frames) = cluster().await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    // Customers 0..30, customer 5 twice; nation = id % 4, and nation 3 is missing.
+    let custs: Vec<i64> = (0..30).chain([5]).collect();
+    let customers = RecordBatch::try_from_iter([
+        (
+            "c_id",
+            Arc::new(Int64Array::from_iter_values(custs.clone())) as arrow_array::ArrayRef,
+        ),
+        (
+            "c_name",
+            Arc::new(StringArray::from_iter_values(
+                custs.iter().map(|c| format!("customer {c}")),
+            )),
+        ),
+        (
+            "c_nation",
+            Arc::new(Int64Array::from_iter_values(custs.iter().map(|c| c % 4))),
+        ),
+    ])
+    .unwrap();
+    let nations = RecordBatch::try_from_iter([
+        (
+            "n_id",
+            Arc::new(Int64Array::from_iter_values(0..3)) as arrow_array::ArrayRef,
+        ),
+        ("n_name", Arc::new(StringArray::from_iter_values(["N0", "N1", "N2"]))),
+    ])
+    .unwrap();
+    let orders: Vec<(i64, i64, i64)> = (0..400).map(|id| (id, rng.i64(0..35), rng.i64(0..10))).collect();
+    let lines: Vec<(i64, f64, Option<i64>)> = (0..3000)
+        .map(|i| {
+            (
+                rng.i64(0..450),
+                f64::from(rng.u32(0..1000)) / 8.0,
+                (i % 7 != 0).then(|| rng.i64(1..50)),
+            )
+        })
+        .collect();
+    let o = int_batch(&[
+        ("o_id", orders.iter().map(|o| Some(o.0)).collect()),
+        ("o_cust", orders.iter().map(|o| Some(o.1)).collect()),
+        ("o_day", orders.iter().map(|o| Some(o.2)).collect()),
+    ]);
+    let l = RecordBatch::try_from_iter([
+        (
+            "l_order",
+            Arc::new(Int64Array::from_iter_values(lines.iter().map(|l| l.0))) as arrow_array::ArrayRef,
+        ),
+        (
+            "l_amount",
+            Arc::new(Float64Array::from_iter_values(lines.iter().map(|l| l.1))),
+        ),
+        (
+            "l_qty",
+            Arc::new(Int64Array::from(lines.iter().map(|l| l.2).collect::<Vec<_>>())),
+        ),
+    ])
+    .unwrap();
+    let c = frames.from_batches(vec![customers], 2).await.unwrap();
+    let n = frames.from_batches(vec![nations], 1).await.unwrap();
+    let o = frames.from_batches(vec![o], 3).await.unwrap();
+    let l = frames.from_batches(vec![l], 5).await.unwrap();
+    let q = c
+        .join(
+            &o.filter(col("o_day").gt_eq(lit(4))),
+            &["c_id"],
+            &["o_cust"],
+            JoinType::Inner,
+        )
+        .join(&l, &["o_id"], &["l_order"], JoinType::Inner)
+        .join(&n, &["c_nation"], &["n_id"], JoinType::Inner)
+        .group_by([col("c_id"), col("c_name"), col("n_name")])
+        .agg([
+            (col("l_amount") * lit(2)).sum().alias("total"),
+            len().alias("n"),
+            col("l_qty").count().alias("qtys"),
+            col("l_qty").mean().alias("avg_qty"),
+            col("l_amount").min().alias("low"),
+        ])
+        .sort([col("c_id")], &[false]);
+    let explain = q.explain().unwrap();
+    assert!(explain.contains("Aggregate by [col(o_cust)]"), "{explain}");
+    let out = q.collect().await.unwrap();
+
+    // Joined first, then grouped: customer 5's rows count twice.
+    let mut want: BTreeMap<i64, (f64, i64, i64, i64, f64)> = BTreeMap::new();
+    for &cust in custs.iter().filter(|c| *c % 4 != 3) {
+        for order in orders.iter().filter(|o| o.1 == cust && o.2 >= 4) {
+            for line in lines.iter().filter(|l| l.0 == order.0) {
+                let e = want.entry(cust).or_insert((0.0, 0, 0, 0, f64::MAX));
+                e.0 += line.1 * 2.0;
+                e.1 += 1;
+                e.2 += i64::from(line.2.is_some());
+                e.3 += line.2.unwrap_or(0);
+                e.4 = e.4.min(line.1);
+            }
+        }
+    }
+    assert!(want.len() > 10 && want.contains_key(&5));
+    assert_eq!(out.num_rows(), want.len());
+    let schema = out.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        ["c_id", "c_name", "n_name", "total", "n", "qtys", "avg_qty", "low"]
+    );
+    for (i, (cust, (total, rows, qtys, qty_sum, low))) in want.iter().enumerate() {
+        assert_eq!(out.column(0).as_primitive::<Int64Type>().value(i), *cust);
+        assert_eq!(out.column(1).as_string::<i32>().value(i), format!("customer {cust}"));
+        assert_eq!(out.column(2).as_string::<i32>().value(i), format!("N{}", cust % 4));
+        assert!((out.column(3).as_primitive::<Float64Type>().value(i) - total).abs() < 1e-9);
+        assert_eq!(out.column(4).as_primitive::<Int64Type>().value(i), *rows);
+        assert_eq!(out.column(5).as_primitive::<Int64Type>().value(i), *qtys);
+        let avg = out.column(6).as_primitive::<Float64Type>().value(i);
+        assert!((avg - *qty_sum as f64 / *qtys as f64).abs() < 1e-9, "{avg}");
+        assert_eq!(out.column(7).as_primitive::<Float64Type>().value(i), *low);
+    }
+    drop(frames);
+    cluster.stop().await;
+}
