@@ -110,6 +110,14 @@ fn rewrite(
     let phases = two_phase(&key_names, aggs)?;
     let (mut joins, mut leaves) = (Vec::new(), Vec::new());
     walk(input, &mut joins, &mut leaves);
+    // Leaves are told apart by identity: a frame joined with itself is left alone.
+    if leaves
+        .iter()
+        .enumerate()
+        .any(|(i, l)| leaves[..i].iter().any(|m| Arc::ptr_eq(l, m)))
+    {
+        return None;
+    }
     // Columns keep their names through every join (no `_right` suffixes),
     // so a name means the same column before and after the rewrite.
     for join in &joins {
