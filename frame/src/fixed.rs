@@ -258,9 +258,9 @@ impl<T: Physical> Column<'_, T> {
                 Some(selection) if defined == n => {
                     let width = self.width;
                     let bytes = page_values(values, width, n)?;
-                    for slot in selection.slice(first, n).set_indices() {
-                        T::plain(&bytes[slot * width..(slot + 1) * width], width, 1, &mut self.values)?;
-                    }
+                    let slots = selection.slice(first, n);
+                    self.values
+                        .extend(slots.set_indices().map(|slot| T::plain_at(bytes, slot, width)));
                     return Ok(());
                 }
                 _ => T::plain(values, self.width, defined, &mut self.values)?,
@@ -286,10 +286,9 @@ impl<T: Physical> Column<'_, T> {
                 match &self.raw_dictionary {
                     Some((raw, _)) => {
                         let width = self.width;
-                        for &i in &self.indices {
-                            let at = i as usize * width;
-                            T::plain(&raw[at..at + width], width, 1, &mut self.values)?;
-                        }
+                        let raw: &[u8] = raw;
+                        self.values
+                            .extend(self.indices.iter().map(|&i| T::plain_at(raw, i as usize, width)));
                     }
                     None => self.values.extend(self.indices.iter().map(|&i| dictionary[i as usize])),
                 }
@@ -331,6 +330,10 @@ trait Physical: ArrowNativeType {
     /// Appends the first `n` plain-encoded values of `width` bytes of
     /// `bytes`.
     fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<Self>) -> Result<(), String>;
+
+    /// Plain-encoded value `index` of `width` bytes of `bytes`, which the
+    /// caller has checked holds it.
+    fn plain_at(bytes: &[u8], index: usize, width: usize) -> Self;
 }
 
 /// Integers: little-endian values of their own width.
@@ -345,6 +348,11 @@ macro_rules! little_endian {
                         .map(|b| <$t>::from_le_bytes(b.try_into().expect("the type's width"))),
                 );
                 Ok(())
+            }
+
+            fn plain_at(bytes: &[u8], index: usize, width: usize) -> $t {
+                let at = index * width;
+                <$t>::from_le_bytes(bytes[at..at + std::mem::size_of::<$t>()].try_into().expect("the type's width"))
             }
         }
     )*};
@@ -378,14 +386,30 @@ impl Physical for i128 {
                 i128::from(v)
             }));
         } else {
-            out.extend(bytes.chunks_exact(width).map(|b| {
-                b[1..]
-                    .iter()
-                    .fold(i128::from(b[0] as i8), |v, &x| (v << 8) | i128::from(x))
-            }));
+            out.extend(bytes.chunks_exact(width).map(big_endian));
         }
         Ok(())
     }
+
+    fn plain_at(bytes: &[u8], index: usize, width: usize) -> i128 {
+        let end = (index + 1) * width;
+        if width <= 8 && end >= 8 {
+            // The eight bytes that end with the value: its bytes at the
+            // bottom, sign-extended by the shifts.
+            let word = u64::from_be_bytes(bytes[end - 8..end].try_into().expect("8 bytes"));
+            let shift = 64 - 8 * width as u32;
+            i128::from(((word << shift) as i64) >> shift)
+        } else {
+            big_endian(&bytes[end - width..end])
+        }
+    }
+}
+
+/// A big-endian two's complement value.
+fn big_endian(b: &[u8]) -> i128 {
+    b[1..]
+        .iter()
+        .fold(i128::from(b[0] as i8), |v, &x| (v << 8) | i128::from(x))
 }
 
 /// The first `n` values of `width` bytes of a page's `bytes`.
@@ -841,11 +865,14 @@ mod tests {
                 .collect();
             let mut out = Vec::new();
             i128::plain(&bytes, width, values.len(), &mut out).unwrap();
-            assert_eq!(
-                out,
-                values.iter().map(|&v| i128::from(v)).collect::<Vec<_>>(),
-                "width {width}"
-            );
+            let want: Vec<i128> = values.iter().map(|&v| i128::from(v)).collect();
+            assert_eq!(out, want, "width {width}");
+            // One value at a time, the first ones from fewer than eight bytes.
+            let one: Vec<i128> = (0..values.len()).map(|i| i128::plain_at(&bytes, i, width)).collect();
+            assert_eq!(one, want, "width {width}");
         }
+        let ints: Vec<u8> = [-5i64, 7, i64::MIN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(i64::plain_at(&ints, 2, 8), i64::MIN);
+        assert_eq!(i128::plain_at(&[0xff, 0xfe, 0x00, 0x01, 0x80, 0x00], 2, 2), -32768);
     }
 }
