@@ -316,6 +316,29 @@ async fn group_bys_merge_few_groups_in_a_tree_and_shuffle_many() {
         .value(0);
     let total: f64 = rows.iter().map(|r| r.amount).sum();
     assert!((top - total).abs() < 1e-6, "{top} {total}");
+    // 64 partials of ~62 rows (4000 rows, group_rows 2000): concatenated
+    // into 8 partitions where they lie, then shuffled into 2.
+    let coarse = frames.clone().with_options(weft_frame::PlanOptions {
+        group_rows: 2000,
+        ..Default::default()
+    });
+    assert_eq!(weft_frame::adaptive::coalesce_to(4000, 64, coarse.options()), Some(8));
+    let spread = coarse.from_batches(vec![orders_batch(&rows)], 64).await.unwrap();
+    let per_id = spread
+        .group_by([col("id")])
+        .agg([col("amount").sum().alias("total"), len().alias("n")])
+        .persist()
+        .await
+        .unwrap();
+    assert_eq!(partitions(&per_id), 2);
+    let sums = per_id
+        .select([col("total").sum(), col("n").sum()])
+        .collect()
+        .await
+        .unwrap();
+    assert!((sums.column(0).as_primitive::<Float64Type>().value(0) - total).abs() < 1e-6);
+    assert_eq!(sums.column(1).as_primitive::<Int64Type>().value(0), 4000);
+    assert_eq!(per_id.count().await.unwrap(), 4000);
     // distinct chooses the same way.
     assert_eq!(
         partitions(&o.select([col("cust")]).distinct().persist().await.unwrap()),
