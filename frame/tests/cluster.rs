@@ -284,13 +284,17 @@ async fn group_bys_merge_few_groups_in_a_tree_and_shuffle_many() {
     });
     let rows = orders(4000);
     let o = frames.from_batches(vec![orders_batch(&rows)], 6).await.unwrap();
+    // Amount totals and row counts per `key`, kept on the workers.
+    let totals = |frame: weft_frame::LazyFrame, key: &'static str| async move {
+        frame
+            .group_by([col(key)])
+            .agg([col("amount").sum().alias("total"), len().alias("n")])
+            .persist()
+            .await
+            .unwrap()
+    };
     // Few groups (3 statuses x 6 partials): one partition, merged in a tree.
-    let few = o
-        .group_by([col("status")])
-        .agg([col("amount").sum().alias("total"), len().alias("n")])
-        .persist()
-        .await
-        .unwrap();
+    let few = totals(o.clone(), "status").await;
     assert_eq!(partitions(&few), 1);
     let few = few.sort([col("status")], &[false]).collect().await.unwrap();
     let n: Vec<i64> = few.column(2).as_primitive::<Int64Type>().values().to_vec();
@@ -324,12 +328,7 @@ async fn group_bys_merge_few_groups_in_a_tree_and_shuffle_many() {
     });
     assert_eq!(weft_frame::adaptive::coalesce_to(4000, 64, coarse.options()), Some(8));
     let spread = coarse.from_batches(vec![orders_batch(&rows)], 64).await.unwrap();
-    let per_id = spread
-        .group_by([col("id")])
-        .agg([col("amount").sum().alias("total"), len().alias("n")])
-        .persist()
-        .await
-        .unwrap();
+    let per_id = totals(spread, "id").await;
     assert_eq!(partitions(&per_id), 2);
     let sums = per_id
         .select([col("total").sum(), col("n").sum()])
