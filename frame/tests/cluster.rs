@@ -488,3 +488,24 @@ async fn group_bys_over_joins_pre_aggregate_and_match_a_reference() {
     drop(frames);
     cluster.stop().await;
 }
+
+/// `weft demo`'s check, in CI: a group-by of a filtered frame gives, bit
+/// for bit, the rows the unfiltered group-by gives for the kept keys (float
+/// sums keep the rows' order whatever the number of groups).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtering_first_gives_the_same_float_sums() {
+    let (cluster, frames) = cluster().await;
+    let data = frames.random(200_000, 8, 1_000);
+    let by_key = |frame: &weft_frame::LazyFrame| {
+        frame
+            .group_by([col("key")])
+            .agg([col("value").sum().alias("total"), len().alias("rows")])
+            .sort([col("key")], &[false])
+    };
+    let all = by_key(&data).collect().await.unwrap();
+    assert_eq!(all.num_rows(), 1_000);
+    let few = by_key(&data.filter(col("key").lt(lit(10i64)))).collect().await.unwrap();
+    assert_eq!(few, all.slice(0, 10));
+    drop(frames);
+    cluster.stop().await;
+}
