@@ -108,7 +108,7 @@ async fn choose(
     };
     let split_out = split_out_for(rows, partitions, frames.options());
     let partials = if split_out > 1 {
-        coalesced(frames, partials, rows, partitions).await?
+        coalesced(frames, partials).await?
     } else {
         partials
     };
@@ -125,28 +125,23 @@ async fn choose(
     })))
 }
 
-/// Partial results `partials` (a scan of `partitions` computed ones,
-/// `rows` in all) about to be shuffled, concatenated where they lie into
+/// Partial results `partials` (a scan of computed partitions) about to be
+/// shuffled, concatenated where they lie into
 /// partitions of about a quarter of [`PlanOptions::group_rows`] rows each,
 /// so that a few tasks split and send them rather than one per partial
 /// (TPC-H q3 at SF10: 528 partials of a few hundred rows, sent by 528
 /// tasks, 8% of the query). Partials are ordered by the worker holding
 /// them, so each concatenation reads its inputs where it runs.
-async fn coalesced(
-    frames: &Frames,
-    partials: Arc<LogicalPlan>,
-    rows: u64,
-    partitions: usize,
-) -> Result<Arc<LogicalPlan>> {
-    let (
-        Some(n),
-        LogicalPlan::Scan {
-            source: Source::Partitions { keys, rows, hold },
-            schema,
-            ..
-        },
-    ) = (coalesce_to(rows, partitions, frames.options()), partials.as_ref())
+async fn coalesced(frames: &Frames, partials: Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
+    let LogicalPlan::Scan {
+        source: Source::Partitions { keys, rows, hold },
+        schema,
+        ..
+    } = partials.as_ref()
     else {
+        return Ok(partials);
+    };
+    let Some(n) = coalesce_to(*rows, keys.len(), frames.options()) else {
         return Ok(partials);
     };
     let holders = frames.client().who_has(keys).await?;

@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use arrow_schema::DataType;
 
-use crate::error::Result;
 use crate::expr::{Expr, col};
 use crate::groupby::{AggSpec, two_phase};
 use crate::join::{JoinSpec, JoinType};
@@ -31,12 +30,8 @@ use crate::optimize::with_inputs;
 use crate::plan::LogicalPlan;
 
 /// Applies the rewrite to every group-by of `plan` where it pays.
-pub fn eager_aggregation(plan: &Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
-    let inputs = plan
-        .inputs()
-        .into_iter()
-        .map(eager_aggregation)
-        .collect::<Result<_>>()?;
+pub fn eager_aggregation(plan: &Arc<LogicalPlan>) -> Arc<LogicalPlan> {
+    let inputs = plan.inputs().into_iter().map(eager_aggregation).collect();
     let plan = Arc::new(with_inputs(plan, inputs));
     if let LogicalPlan::Aggregate {
         input,
@@ -47,9 +42,9 @@ pub fn eager_aggregation(plan: &Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
     } = plan.as_ref()
         && let Some(rewritten) = rewrite(input, keys, aggs, *split_out)
     {
-        return Ok(rewritten);
+        return rewritten;
     }
-    Ok(plan)
+    plan
 }
 
 /// The sides and spec of an inner join.
@@ -60,17 +55,25 @@ fn inner(plan: &LogicalPlan) -> Option<(&Arc<LogicalPlan>, &Arc<LogicalPlan>, &J
     }
 }
 
+/// Nodes of a tree of inner joins.
+type Nodes<'a> = Vec<&'a Arc<LogicalPlan>>;
+
 /// The inner joins of the tree under `plan` (`plan` included) and its
 /// leaves (every input that is not an inner join).
-fn walk<'a>(plan: &'a Arc<LogicalPlan>, joins: &mut Vec<&'a Arc<LogicalPlan>>, leaves: &mut Vec<&'a Arc<LogicalPlan>>) {
-    match inner(plan) {
-        Some((left, right, _)) => {
-            joins.push(plan);
-            walk(left, joins, leaves);
-            walk(right, joins, leaves);
+fn tree(plan: &Arc<LogicalPlan>) -> (Nodes<'_>, Nodes<'_>) {
+    fn walk<'a>(plan: &'a Arc<LogicalPlan>, joins: &mut Nodes<'a>, leaves: &mut Nodes<'a>) {
+        match inner(plan) {
+            Some((left, right, _)) => {
+                joins.push(plan);
+                walk(left, joins, leaves);
+                walk(right, joins, leaves);
+            }
+            None => leaves.push(plan),
         }
-        None => leaves.push(plan),
     }
+    let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+    walk(plan, &mut joins, &mut leaves);
+    (joins, leaves)
 }
 
 /// `tree` with the node `target` replaced by `with` (searched through
@@ -108,8 +111,7 @@ fn rewrite(
     }
     let key_names: Vec<String> = keys.iter().map(Expr::output_name).collect();
     let phases = two_phase(&key_names, aggs)?;
-    let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-    walk(input, &mut joins, &mut leaves);
+    let (joins, leaves) = tree(input);
     // Leaves are told apart by identity: a frame joined with itself is left alone.
     if leaves
         .iter()
@@ -131,26 +133,26 @@ fn rewrite(
         }
     }
     // The join of F, a leaf holding every aggregated column, with X, the
-    // side its keys meet.
-    let (j_f, f, x, x_on) = joins.iter().find_map(|j| {
+    // side its keys meet; whether F is its right side.
+    let (j_f, spec, f, x, f_right) = joins.iter().find_map(|j| {
         let (left, right, spec) = inner(j)?;
         let holds =
             |side: &Arc<LogicalPlan>| inner(side).is_none() && names(side).is_some_and(|n| aggregated.is_subset(&n));
         if holds(right) {
-            Some((*j, right, left, &spec.left_on))
+            Some((*j, spec, right, left, true))
         } else if holds(left) {
-            Some((*j, left, right, &spec.right_on))
+            Some((*j, spec, left, right, false))
         } else {
             None
         }
     })?;
+    let x_on = if f_right { &spec.left_on } else { &spec.right_on };
     if Arc::ptr_eq(j_f, input) {
         return None; // no join is left above the pre-aggregation
     }
     // P: the leaf of X holding those keys; X's other leaves must be
     // unfiltered scans.
-    let (mut x_joins, mut x_leaves) = (Vec::new(), Vec::new());
-    walk(x, &mut x_joins, &mut x_leaves);
+    let (_, x_leaves) = tree(x);
     let p = *x_leaves
         .iter()
         .find(|l| names(l).is_some_and(|n| x_on.iter().all(|k| n.contains(k))))?;
@@ -161,18 +163,11 @@ fn rewrite(
     }
     // S = P ⋈ F, grouped by its columns used above it: the group keys and
     // the other joins' keys.
-    let s = Arc::new(match j_f.as_ref() {
-        LogicalPlan::Join { left, spec, .. } if Arc::ptr_eq(left, x) => LogicalPlan::Join {
-            left: p.clone(),
-            right: f.clone(),
-            spec: spec.clone(),
-        },
-        LogicalPlan::Join { spec, .. } => LogicalPlan::Join {
-            left: f.clone(),
-            right: p.clone(),
-            spec: spec.clone(),
-        },
-        _ => return None,
+    let (left, right) = if f_right { (p, f) } else { (f, p) };
+    let s = Arc::new(LogicalPlan::Join {
+        left: left.clone(),
+        right: right.clone(),
+        spec: spec.clone(),
     });
     let mut used: BTreeSet<String> = keys.iter().flat_map(Expr::columns).collect();
     for j in joins.iter().filter(|j| !Arc::ptr_eq(j, j_f)) {
@@ -224,21 +219,10 @@ fn rewrite(
         split_out,
         partial_input: false,
     });
-    let out = merged.schema().ok()?;
-    let same = phases.finals.len() == out.fields().len()
-        && phases
-            .finals
-            .iter()
-            .zip(out.fields())
-            .all(|(e, f)| matches!(e, Expr::Column(c) if c == f.name()));
-    let plan = if same {
-        merged
-    } else {
-        Arc::new(LogicalPlan::Select {
-            input: merged,
-            exprs: phases.finals,
-        })
-    };
+    let plan = Arc::new(LogicalPlan::Select {
+        input: merged,
+        exprs: phases.finals,
+    });
     plan.schema().ok()?;
     Some(plan)
 }

@@ -364,30 +364,21 @@ little_endian!(i32, i64);
 impl Physical for i128 {
     fn plain(bytes: &[u8], width: usize, n: usize, out: &mut Vec<i128>) -> Result<(), String> {
         let bytes = page_values(bytes, width, n)?;
-        if width <= 8 {
-            // Eight bytes read at once where the page has them: the value's
-            // big-endian bytes on top, sign-extended by the shift down.
-            let shift = 64 - 8 * width as u32;
-            let whole = if bytes.len() >= 8 {
-                (bytes.len() - 8) / width + 1
-            } else {
-                0
-            }
-            .min(n);
-            out.extend((0..whole).map(|i| {
-                let word = u64::from_be_bytes(bytes[i * width..i * width + 8].try_into().expect("8 bytes"));
-                i128::from((word as i64) >> shift)
-            }));
-            // The last few: sign from the first byte, the rest shifted in.
-            out.extend(bytes[whole * width..].chunks_exact(width).map(|b| {
-                let v = b[1..]
-                    .iter()
-                    .fold(i64::from(b[0] as i8), |v, &x| (v << 8) | i64::from(x));
-                i128::from(v)
-            }));
+        // Values of at most eight bytes: eight bytes read at once where the
+        // page has them, the value's big-endian bytes on top, sign-extended
+        // by the shift down.
+        let whole = if width <= 8 && bytes.len() >= 8 {
+            ((bytes.len() - 8) / width + 1).min(n)
         } else {
-            out.extend(bytes.chunks_exact(width).map(big_endian));
-        }
+            0
+        };
+        let shift = 64u32.saturating_sub(8 * width as u32);
+        out.extend((0..whole).map(|i| {
+            let word = u64::from_be_bytes(bytes[i * width..i * width + 8].try_into().expect("8 bytes"));
+            i128::from((word as i64) >> shift)
+        }));
+        // The rest (the last few, or wider values) byte by byte.
+        out.extend(bytes[whole * width..].chunks_exact(width).map(big_endian));
         Ok(())
     }
 

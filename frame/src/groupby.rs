@@ -510,15 +510,22 @@ fn lanes<'a, T: arrow_array::ArrowPrimitiveType, S: Copy>(
     n: usize,
     zero: S,
 ) -> Option<Lanes<'a, T::Native, S>> {
-    (n <= LANE_GROUPS && !ids.is_empty() && values.null_count() == 0).then(|| Lanes {
-        ids,
-        values: values.values(),
-        n,
-        states: vec![zero; LANES * n],
-    })
+    (values.null_count() == 0)
+        .then(|| Lanes::new(ids, values.values(), n, zero))
+        .flatten()
 }
 
-impl<V: Copy, S: Copy> Lanes<'_, V, S> {
+impl<'a, V: Copy, S: Copy> Lanes<'a, V, S> {
+    /// Lanes over `values` grouped by `ids`; `None` for many groups or no rows.
+    fn new(ids: &'a [u32], values: &'a [V], n: usize, zero: S) -> Option<Self> {
+        (n <= LANE_GROUPS && !ids.is_empty()).then(|| Lanes {
+            ids,
+            values,
+            n,
+            states: vec![zero; LANES * n],
+        })
+    }
+
     /// Calls `f(state, group, value)` for each row, row `i` on copy `i % LANES`.
     fn fold(&mut self, mut f: impl FnMut(&mut S, usize, V)) {
         let n = self.n;
@@ -549,19 +556,25 @@ impl<V: Copy, S: Copy> Lanes<'_, V, S> {
 
 /// Rows per group.
 fn row_counts(ids: &[u32], n: usize) -> Vec<i64> {
-    if n > LANE_GROUPS {
+    let Some(mut lanes) = Lanes::new(ids, ids, n, 0i64) else {
         let mut counts = vec![0i64; n];
         ids.iter().for_each(|&g| counts[g as usize] += 1);
         return counts;
-    }
-    let mut lanes = Lanes {
-        ids,
-        values: ids,
-        n,
-        states: vec![0i64; LANES * n],
     };
     lanes.fold(|count, _, _| *count += 1);
     lanes.merged(|a, b| a + b, |c| c)
+}
+
+/// Adds `v` to a group's 64-bit `sum`, moved into `carried` first where
+/// the add would overflow.
+fn add_carrying(sum: &mut i64, carried: &mut i128, v: i64) {
+    match sum.checked_add(v) {
+        Some(s) => *sum = s,
+        None => {
+            *carried += i128::from(*sum) + i128::from(v);
+            *sum = 0;
+        }
+    }
 }
 
 /// Sums per group of decimals of at most 18 digits (each fits an i64):
@@ -570,16 +583,7 @@ fn row_counts(ids: &[u32], n: usize) -> Vec<i64> {
 fn narrow_sum(values: &Decimal128Array, ids: &[u32], n: usize) -> Vec<Option<i128>> {
     if let Some(mut lanes) = lanes(values, ids, n, 0i64) {
         let mut carried = vec![0i128; n];
-        lanes.fold(|sum, g, v| {
-            let v = v as i64;
-            match sum.checked_add(v) {
-                Some(s) => *sum = s,
-                None => {
-                    carried[g] += i128::from(*sum) + i128::from(v);
-                    *sum = 0;
-                }
-            }
-        });
+        lanes.fold(|sum, g, v| add_carrying(sum, &mut carried[g], v as i64));
         for (g, sum) in lanes.merged(|a, b| a + b, i128::from).into_iter().enumerate() {
             carried[g] += sum;
         }
@@ -589,14 +593,7 @@ fn narrow_sum(values: &Decimal128Array, ids: &[u32], n: usize) -> Vec<Option<i12
     let mut carried = vec![0i128; n];
     let mut seen = vec![false; n];
     fold(values, ids, |g, v| {
-        let v = v as i64;
-        match sums[g].checked_add(v) {
-            Some(sum) => sums[g] = sum,
-            None => {
-                carried[g] += i128::from(sums[g]) + i128::from(v);
-                sums[g] = 0;
-            }
-        }
+        add_carrying(&mut sums[g], &mut carried[g], v as i64);
         seen[g] = true;
     });
     (0..n)

@@ -19,7 +19,7 @@ use crate::plan::LogicalPlan;
 pub fn optimize(plan: &Arc<LogicalPlan>) -> Result<Arc<LogicalPlan>> {
     let plan = fold_constants(plan);
     let plan = push_down_filters(&plan, Vec::new())?;
-    let plan = crate::eager::eager_aggregation(&plan)?;
+    let plan = crate::eager::eager_aggregation(&plan);
     push_down_projections(&plan, None)
 }
 

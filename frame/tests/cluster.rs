@@ -351,16 +351,6 @@ async fn group_bys_merge_few_groups_in_a_tree_and_shuffle_many() {
     cluster.stop().await;
 }
 
-fn int_batch(columns: &[(&str, Vec<Option<i64>>)]) -> RecordBatch {
-    RecordBatch::try_from_iter(columns.iter().map(|(name, values)| {
-        (
-            *name,
-            Arc::new(Int64Array::from(values.clone())) as arrow_array::ArrayRef,
-        )
-    }))
-    .unwrap()
-}
-
 /// TPC-H q10's shape, where the optimizer pre-aggregates the lines of the
 /// kept orders per customer before meeting the customers: the answer is the
 /// one joining everything first gives, with a customer listed twice, lines
@@ -406,11 +396,15 @@ async fn group_bys_over_joins_pre_aggregate_and_match_a_reference() {
             )
         })
         .collect();
-    let o = int_batch(&[
-        ("o_id", orders.iter().map(|o| Some(o.0)).collect()),
-        ("o_cust", orders.iter().map(|o| Some(o.1)).collect()),
-        ("o_day", orders.iter().map(|o| Some(o.2)).collect()),
-    ]);
+    let ints = |f: fn(&(i64, i64, i64)) -> i64| {
+        Arc::new(Int64Array::from_iter_values(orders.iter().map(f))) as arrow_array::ArrayRef
+    };
+    let o = RecordBatch::try_from_iter([
+        ("o_id", ints(|o| o.0)),
+        ("o_cust", ints(|o| o.1)),
+        ("o_day", ints(|o| o.2)),
+    ])
+    .unwrap();
     let l = RecordBatch::try_from_iter([
         (
             "l_order",
