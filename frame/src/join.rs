@@ -2,15 +2,19 @@
 //! row by row. One integer key goes through a table of `i64`s; any other
 //! key through arrow-row's encoding of both sides (converted with one
 //! converter, so equal keys encode equally). Null keys never match.
+//! Where the build keys are unique (a dimension table's), each probe row
+//! finds at most one build row: the probe side's columns are kept as they
+//! are, or filtered, instead of gathered row by row.
 
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
-use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder};
+use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder, NullBuffer};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_select::filter::FilterBuilder;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -120,24 +124,33 @@ fn unify(left: Vec<ArrayRef>, right: Vec<ArrayRef>) -> Result<(Vec<ArrayRef>, Ve
 struct Table<K> {
     heads: HashMap<K, u32>,
     next: Vec<u32>,
+    /// No key is on two rows.
+    unique: bool,
 }
 
 impl<K: std::hash::Hash + Eq> Table<K> {
     fn build(keys: impl Iterator<Item = Option<K>>, rows: usize) -> Self {
         let mut heads = HashMap::with_capacity(rows);
         let mut next = vec![u32::MAX; rows];
+        let mut unique = true;
         for (row, key) in keys.enumerate() {
             if let Some(key) = key {
                 let prev = heads.insert(key, row as u32);
+                unique &= prev.is_none();
                 next[row] = prev.unwrap_or(u32::MAX);
             }
         }
-        Table { heads, next }
+        Table { heads, next, unique }
+    }
+
+    /// The last build row with `key` (`u32::MAX`: none).
+    fn last(&self, key: &K) -> u32 {
+        self.heads.get(key).copied().unwrap_or(u32::MAX)
     }
 
     /// Calls `f(build_row)` for each build row matching `key`.
     fn probe(&self, key: &K, f: impl FnMut(u32)) {
-        walk(&self.next, self.heads.get(key).copied().unwrap_or(u32::MAX), f);
+        walk(&self.next, self.last(key), f);
     }
 }
 
@@ -155,6 +168,8 @@ fn walk(next: &[u32], mut row: u32, mut f: impl FnMut(u32)) {
 struct Chains {
     heads: Vec<u32>,
     next: Vec<u32>,
+    /// No slot holds two rows.
+    unique: bool,
 }
 
 impl Chains {
@@ -163,17 +178,14 @@ impl Chains {
     fn build(slots: usize, rows: impl ExactSizeIterator<Item = Option<usize>>) -> Self {
         let mut heads = vec![u32::MAX; slots];
         let mut next = vec![u32::MAX; rows.len()];
+        let mut unique = true;
         for (row, slot) in rows.enumerate() {
             if let Some(slot) = slot {
                 next[row] = std::mem::replace(&mut heads[slot], row as u32);
+                unique &= next[row] == u32::MAX;
             }
         }
-        Chains { heads, next }
-    }
-
-    /// Calls `f` for each row in `slot`.
-    fn each(&self, slot: usize, f: impl FnMut(u32)) {
-        walk(&self.next, self.heads[slot], f);
+        Chains { heads, next, unique }
     }
 }
 
@@ -405,17 +417,12 @@ impl IntTable {
         }
     }
 
-    /// Calls `f(build_row)` for each build row matching `key`.
-    fn probe(&self, key: i64, f: impl FnMut(u32)) {
-        let offset = |min: i64| (i128::from(key) - i128::from(min)) as u128;
+    /// The last build row with key `key` (`u32::MAX`: none).
+    fn last(&self, key: i64) -> u32 {
+        let offset = |min: i64| key.wrapping_sub(min) as u64 as usize;
         match self {
-            IntTable::Hashed(table) => table.probe(&key, f),
-            IntTable::Direct { min, chains } => {
-                let slot = offset(*min);
-                if slot < chains.heads.len() as u128 {
-                    chains.each(slot as usize, f);
-                }
-            }
+            IntTable::Hashed(table) => table.last(&key),
+            IntTable::Direct { min, chains } => chains.heads.get(offset(*min)).copied().unwrap_or(u32::MAX),
             IntTable::Ranked {
                 min,
                 bits,
@@ -423,10 +430,28 @@ impl IntTable {
                 chains,
             } => {
                 let slot = offset(*min);
-                if slot < bits.len() as u128 * 64 && bits[(slot / 64) as usize] & (1 << (slot % 64)) != 0 {
-                    chains.each(rank(bits, before, slot as usize), f);
+                match bits.get(slot / 64) {
+                    Some(w) if w & (1 << (slot % 64)) != 0 => chains.heads[rank(bits, before, slot)],
+                    _ => u32::MAX,
                 }
             }
+        }
+    }
+
+    /// Calls `f(build_row)` for each build row matching `key`.
+    fn probe(&self, key: i64, f: impl FnMut(u32)) {
+        let next = match self {
+            IntTable::Hashed(table) => &table.next,
+            IntTable::Direct { chains, .. } | IntTable::Ranked { chains, .. } => &chains.next,
+        };
+        walk(next, self.last(key), f);
+    }
+
+    /// No key is on two build rows.
+    fn unique(&self) -> bool {
+        match self {
+            IntTable::Hashed(table) => table.unique,
+            IntTable::Direct { chains, .. } | IntTable::Ranked { chains, .. } => chains.unique,
         }
     }
 }
@@ -437,10 +462,18 @@ fn rank(bits: &[u64], before: &[u32], slot: usize) -> usize {
     before[slot / 64] as usize + below.count_ones() as usize
 }
 
-/// Matching (probe row, build row) pairs; `index` is the build side's
-/// table when it was built before.
-fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> Result<(Vec<u32>, Vec<u32>)> {
-    let (mut p_idx, mut b_idx) = (Vec::new(), Vec::new());
+/// The build rows matching each probe row.
+enum Matches {
+    /// The build keys are unique: each probe row's build row (`u32::MAX`
+    /// for none).
+    Each(Vec<u32>),
+    /// Matching (probe row, build row) pairs, in probe order.
+    Pairs(Vec<u32>, Vec<u32>),
+}
+
+/// The matches of `probe`'s keys among `build`'s; `index` is the build
+/// side's table when it was built before.
+fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> Result<Matches> {
     let ints = |keys: &[ArrayRef]| keys.iter().all(|k| *k.data_type() == DataType::Int64);
     if ints(build) && ints(probe) {
         let built;
@@ -452,15 +485,22 @@ fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> 
             }
         };
         if let Some(index) = index {
-            for (row, key) in index.probe_keys(probe).iter().enumerate() {
+            let keys = index.probe_keys(probe);
+            let table = &index.table;
+            if table.unique() {
+                let each = keys.values().iter().map(|&k| table.last(k)).collect();
+                return Ok(Matches::Each(unmatch_nulls(each, keys.nulls())));
+            }
+            let (mut p_idx, mut b_idx) = (Vec::new(), Vec::new());
+            for (row, key) in keys.iter().enumerate() {
                 if let Some(key) = key {
-                    index.table.probe(key, |m| {
+                    table.probe(key, |m| {
                         p_idx.push(row as u32);
                         b_idx.push(m);
                     });
                 }
             }
-            return Ok((p_idx, b_idx));
+            return Ok(Matches::Pairs(p_idx, b_idx));
         }
     }
     let converter = RowConverter::new(build.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
@@ -473,15 +513,136 @@ fn matches(build: &[ArrayRef], probe: &[ArrayRef], index: Option<&IntIndex>) -> 
         b_len,
     );
     let p_len = probe.first().map_or(0, |c| c.len());
-    for row in 0..p_len {
-        if valid(probe, row) {
-            table.probe(&p_rows.row(row).data(), |m| {
-                p_idx.push(row as u32);
-                b_idx.push(m);
-            });
+    if table.unique {
+        let each = (0..p_len)
+            .map(|row| {
+                if valid(probe, row) {
+                    table.last(&p_rows.row(row).data())
+                } else {
+                    u32::MAX
+                }
+            })
+            .collect();
+        return Ok(Matches::Each(each));
+    }
+    let (mut p_idx, mut b_idx) = (Vec::new(), Vec::new());
+    for row in (0..p_len).filter(|&row| valid(probe, row)) {
+        table.probe(&p_rows.row(row).data(), |m| {
+            p_idx.push(row as u32);
+            b_idx.push(m);
+        });
+    }
+    Ok(Matches::Pairs(p_idx, b_idx))
+}
+
+/// `each` with no match where `nulls` says the probe key is null.
+fn unmatch_nulls(mut each: Vec<u32>, nulls: Option<&NullBuffer>) -> Vec<u32> {
+    for row in nulls
+        .into_iter()
+        .flat_map(|n| n.iter().enumerate().filter(|&(_, valid)| !valid))
+    {
+        each[row.0] = u32::MAX;
+    }
+    each
+}
+
+/// The rows of one side a join's output holds, in order.
+enum Rows {
+    /// Every row, as it is.
+    All,
+    /// The rows whose bit is set.
+    Kept(BooleanBuffer),
+    /// These rows (a null index: a row of nulls).
+    Taken(UInt32Array),
+}
+
+impl Rows {
+    /// `columns` cut to these rows.
+    fn of(&self, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+        Ok(match self {
+            Rows::All => columns.to_vec(),
+            Rows::Kept(bits) => {
+                let filter = FilterBuilder::new(&BooleanArray::new(bits.clone(), None))
+                    .optimize()
+                    .build();
+                columns
+                    .iter()
+                    .map(|c| filter.filter(c))
+                    .collect::<std::result::Result<_, _>>()?
+            }
+            Rows::Taken(idx) => columns
+                .iter()
+                .map(|c| arrow_select::take::take(c, idx, None))
+                .collect::<std::result::Result<_, _>>()?,
+        })
+    }
+
+    fn len(&self, all: usize) -> usize {
+        match self {
+            Rows::All => all,
+            Rows::Kept(bits) => bits.count_set_bits(),
+            Rows::Taken(idx) => idx.len(),
         }
     }
-    Ok((p_idx, b_idx))
+}
+
+/// The probe side's rows and the build side's rows (none for semi and
+/// anti joins) that a `how` join of `matches` outputs, for `probe_rows`
+/// probe rows.
+fn output_rows(matches: Matches, how: JoinType, probe_rows: usize) -> (Rows, Option<Rows>) {
+    let all_or = |hit: BooleanBuffer, set: usize| if set == probe_rows { Rows::All } else { Rows::Kept(hit) };
+    match matches {
+        Matches::Each(each) => {
+            let hit = BooleanBuffer::collect_bool(probe_rows, |row| each[row] != u32::MAX);
+            let set = hit.count_set_bits();
+            match how {
+                JoinType::Inner if set == probe_rows => (Rows::All, Some(Rows::Taken(each.into()))),
+                JoinType::Inner => {
+                    let found: Vec<u32> = each.into_iter().filter(|&b| b != u32::MAX).collect();
+                    (Rows::Kept(hit), Some(Rows::Taken(found.into())))
+                }
+                JoinType::Left => {
+                    let nulls = (set < probe_rows).then(|| NullBuffer::new(hit));
+                    (Rows::All, Some(Rows::Taken(UInt32Array::new(each.into(), nulls))))
+                }
+                JoinType::Semi => (all_or(hit, set), None),
+                JoinType::Anti => (all_or(!&hit, probe_rows - set), None),
+            }
+        }
+        Matches::Pairs(probe, build) => match how {
+            JoinType::Inner => (Rows::Taken(probe.into()), Some(Rows::Taken(build.into()))),
+            JoinType::Left => {
+                // Pairs come in probe order: fill in the probe rows without one.
+                let mut li = Vec::with_capacity(probe.len());
+                let mut ri = Vec::with_capacity(probe.len());
+                let mut next = 0usize;
+                for row in 0..probe_rows as u32 {
+                    let start = next;
+                    while next < probe.len() && probe[next] == row {
+                        li.push(row);
+                        ri.push(Some(build[next]));
+                        next += 1;
+                    }
+                    if start == next {
+                        li.push(row);
+                        ri.push(None);
+                    }
+                }
+                (Rows::Taken(li.into()), Some(Rows::Taken(ri.into())))
+            }
+            JoinType::Semi | JoinType::Anti => {
+                let mut hit = BooleanBufferBuilder::new(probe_rows);
+                hit.append_n(probe_rows, false);
+                for &row in &probe {
+                    hit.set_bit(row as usize, true);
+                }
+                let hit = hit.finish();
+                let hit = if how == JoinType::Semi { hit } else { !&hit };
+                let set = hit.count_set_bits();
+                (all_or(hit, set), None)
+            }
+        },
+    }
 }
 
 /// Joins two batches as `spec` says, into `schema` (from [`join_schema`]);
@@ -496,64 +657,24 @@ pub fn hash_join(
 ) -> Result<RecordBatch> {
     let (lk, rk) = unify(key_columns(left, &spec.left_on)?, key_columns(right, &spec.right_on)?)?;
     let build_left = spec.build_left && spec.how == JoinType::Inner;
-    let (l_idx, r_idx): (Vec<u32>, Vec<Option<u32>>) = if build_left {
-        let (r, l) = matches(&lk, &rk, index)?;
-        (l, r.into_iter().map(Some).collect())
+    let (probe, build) = if build_left {
+        output_rows(matches(&lk, &rk, index)?, spec.how, right.num_rows())
     } else {
-        let (l, r) = matches(&rk, &lk, index)?;
-        match spec.how {
-            JoinType::Inner => (l, r.into_iter().map(Some).collect()),
-            JoinType::Left => {
-                // Matches come in probe order: fill in the left rows without one.
-                let mut li = Vec::with_capacity(l.len());
-                let mut ri = Vec::with_capacity(l.len());
-                let mut next = 0usize;
-                for row in 0..left.num_rows() as u32 {
-                    let mut any = false;
-                    while next < l.len() && l[next] == row {
-                        li.push(row);
-                        ri.push(Some(r[next]));
-                        next += 1;
-                        any = true;
-                    }
-                    if !any {
-                        li.push(row);
-                        ri.push(None);
-                    }
-                }
-                (li, ri)
-            }
-            JoinType::Semi | JoinType::Anti => {
-                let mut hit = vec![false; left.num_rows()];
-                for &row in &l {
-                    hit[row as usize] = true;
-                }
-                let keep = spec.how == JoinType::Semi;
-                let rows: Vec<u32> = (0..left.num_rows() as u32)
-                    .filter(|&r| hit[r as usize] == keep)
-                    .collect();
-                let idx = UInt32Array::from(rows);
-                let columns = left
-                    .columns()
-                    .iter()
-                    .map(|c| arrow_select::take::take(c, &idx, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                return Ok(RecordBatch::try_new(schema, columns)?);
-            }
-        }
+        output_rows(matches(&rk, &lk, index)?, spec.how, left.num_rows())
     };
-    let l_idx = UInt32Array::from(l_idx);
-    let r_idx = UInt32Array::from(r_idx);
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for c in left.columns() {
-        columns.push(arrow_select::take::take(c, &l_idx, None)?);
+    let (l_rows, r_rows) = match build {
+        Some(build) if build_left => (build, Some(probe)),
+        build => (probe, build),
+    };
+    let mut columns = l_rows.of(left.columns())?;
+    if let Some(r_rows) = r_rows {
+        let kept: Vec<ArrayRef> = (right.schema_ref().fields().iter().zip(right.columns()))
+            .filter(|(f, _)| !spec.right_on.contains(f.name()))
+            .map(|(_, c)| c.clone())
+            .collect();
+        columns.extend(r_rows.of(&kept)?);
     }
-    for (f, c) in right.schema_ref().fields().iter().zip(right.columns()) {
-        if !spec.right_on.contains(f.name()) {
-            columns.push(arrow_select::take::take(c, &r_idx, None)?);
-        }
-    }
-    let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(l_idx.len()));
+    let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(l_rows.len(left.num_rows())));
     Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
 }
 
@@ -770,6 +891,37 @@ mod tests {
         let anti = join_batches(&left(), &right(), &spec(JoinType::Anti, &keys)).unwrap();
         assert_eq!(v(&anti), [20, 30]);
         assert_eq!(anti.num_columns(), 3);
+    }
+
+    #[test]
+    fn unique_build_keys_join_as_repeated_ones() {
+        // Unique right keys 1, 3, null, 9; `repeated` adds key 1000 twice,
+        // matching nothing, so it joins through pairs of rows instead.
+        let unique = arrow_select::take::take_record_batch(&right(), &UInt32Array::from(vec![0, 2, 3, 4])).unwrap();
+        let extra = arrow_select::take::take_record_batch(&right(), &UInt32Array::from(vec![4, 4])).unwrap();
+        let mut extra = extra.columns().to_vec();
+        extra[0] = Arc::new(Int32Array::from(vec![1000, 1000]));
+        extra[1] = Arc::new(StringArray::from(vec!["z", "z"]));
+        let extra = RecordBatch::try_new(unique.schema(), extra).unwrap();
+        let repeated = arrow_select::concat::concat_batches(&unique.schema(), [&unique, &extra]).unwrap();
+        let rows = |rows: Vec<u32>| arrow_select::take::take_record_batch(&left(), &UInt32Array::from(rows)).unwrap();
+        // All of left (key 1 twice), its rows that all match, its unique keys.
+        for l in [left(), rows(vec![3, 0]), rows(vec![0, 1, 2, 3])] {
+            for keys in [vec![("k", "rk")], vec![("k", "rk"), ("s", "rs")]] {
+                for how in [JoinType::Inner, JoinType::Left, JoinType::Semi, JoinType::Anti] {
+                    for build_left in [false, true] {
+                        let mut s = spec(how, &keys);
+                        s.build_left = build_left;
+                        let (got, want) = (join_batches(&l, &unique, &s), join_batches(&l, &repeated, &s));
+                        let got = got.unwrap();
+                        if how == JoinType::Inner {
+                            assert_eq!(pairs(&got), reference(&keys, &l, &unique), "{keys:?} {build_left}");
+                        }
+                        assert_eq!(got, want.unwrap(), "{keys:?} {how:?} {build_left} {l:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
