@@ -14,7 +14,7 @@
 //! [`leaf`] says when it applies, and everything else is read by
 //! parquet-rs.
 
-use std::fs::File;
+use bytes::Bytes;
 use std::sync::Arc;
 
 use arrow_array::types::{Date32Type, Int32Type, Int64Type};
@@ -60,7 +60,7 @@ pub fn leaf(meta: &ParquetMetaData, root: usize, data_type: &DataType) -> Option
 /// ones stay, so the dropped rows never leave the cache (TPC-H q6 keeps 2%
 /// of the prices it reads).
 pub fn read(
-    file: &Arc<File>,
+    file: &Arc<Bytes>,
     meta: &ParquetMetaData,
     row_groups: &[usize],
     leaf: usize,
@@ -86,7 +86,7 @@ pub fn read(
 /// Where [`read`] reads: the file, its footer, the row groups, the leaf
 /// column and the selection.
 type Source<'a> = (
-    &'a Arc<File>,
+    &'a Arc<Bytes>,
     &'a ParquetMetaData,
     &'a [usize],
     usize,
@@ -567,6 +567,7 @@ mod tests {
     use parquet::file::properties::{WriterProperties, WriterVersion};
     use parquet::file::writer::SerializedFileWriter;
     use parquet::schema::parser::parse_message_type;
+    use std::fs::File;
 
     const SCHEMA: &str = "message m {
         required fixed_len_byte_array(7) a (DECIMAL(15, 2));
@@ -634,7 +635,7 @@ mod tests {
         path: &std::path::Path,
         batch: &arrow_array::RecordBatch,
         props: Option<WriterProperties>,
-    ) -> (Arc<File>, Arc<ParquetMetaData>) {
+    ) -> (Arc<Bytes>, Arc<ParquetMetaData>) {
         let mut w = parquet::arrow::ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), props).unwrap();
         w.write(batch).unwrap();
         w.close().unwrap();
@@ -642,7 +643,7 @@ mod tests {
             .unwrap()
             .metadata()
             .clone();
-        (Arc::new(File::open(path).unwrap()), meta)
+        (Arc::new(Bytes::from(std::fs::read(path).unwrap())), meta)
     }
 
     /// Whether column `c` of the file, read as `data_type`, is `want`:
@@ -650,7 +651,7 @@ mod tests {
     /// entries: the entries converted as rows use them); its leaf, or
     /// `None` where it is left to parquet-rs for `fallback` pages.
     fn agrees(
-        file: &Arc<File>,
+        file: &Arc<Bytes>,
         meta: &ParquetMetaData,
         (c, data_type): (usize, &DataType),
         want: &ArrayRef,
@@ -691,7 +692,7 @@ mod tests {
                     .next()
                     .unwrap()
                     .unwrap();
-                let file = Arc::new(File::open(&path).unwrap());
+                let file = Arc::new(Bytes::from(std::fs::read(&path).unwrap()));
                 for (c, field) in schema.fields().iter().enumerate() {
                     // Version 2 falls back to DELTA_BYTE_ARRAY, left to parquet-rs.
                     let fallback = Encoding::DELTA_BYTE_ARRAY;

@@ -12,12 +12,14 @@ use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, Strin
 use arrow_buffer::{BooleanBuffer, OffsetBuffer};
 use arrow_data::ByteView;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::ChunkReader;
 
 use crate::broadcast::KeyFilter;
 use crate::error::{FrameError, Result};
@@ -263,8 +265,9 @@ fn scan(
     dictionaries: &[String],
     keys: Option<&KeyFilter>,
 ) -> Result<Scanned> {
-    let file = Arc::new(File::open(path).map_err(|e| FrameError::file(path, e))?);
+    let file = File::open(path).map_err(|e| FrameError::file(path, e))?;
     let footer = footer(path, &file)?;
+    let file = Arc::new(mapped(path, &file)?);
     let file_schema = footer.schema().clone();
     let index = |name: &String| {
         file_schema.index_of(name).map_err(|_| FrameError::ColumnNotFound {
@@ -364,10 +367,10 @@ fn compares_with_value(conjunct: &Expr, name: &str) -> bool {
 }
 
 /// `builder` reading row groups `row_groups`, in one batch where it can.
-fn of_row_groups(
-    builder: ParquetRecordBatchReaderBuilder<File>,
+fn of_row_groups<R: ChunkReader>(
+    builder: ParquetRecordBatchReaderBuilder<R>,
     row_groups: &[usize],
-) -> ParquetRecordBatchReaderBuilder<File> {
+) -> ParquetRecordBatchReaderBuilder<R> {
     let rows: i64 = row_groups
         .iter()
         .filter_map(|&g| builder.metadata().row_groups().get(g))
@@ -381,7 +384,7 @@ fn of_row_groups(
 /// Row groups of one Parquet file being read.
 struct Reading<'a> {
     path: &'a str,
-    file: &'a Arc<File>,
+    file: &'a Arc<Bytes>,
     footer: &'a ArrowReaderMetadata,
     row_groups: &'a [usize],
 }
@@ -400,8 +403,8 @@ impl Reading<'_> {
         let (own, theirs): (Vec<usize>, Vec<usize>) = roots.iter().partition(|&&r| leaf(r).is_some());
         let mut columns = Vec::with_capacity(roots.len());
         if !theirs.is_empty() {
-            let file = self.file.try_clone().map_err(|e| FrameError::file(self.path, e))?;
-            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.footer.clone());
+            let builder =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(self.file.as_ref().clone(), self.footer.clone());
             let mask = ProjectionMask::roots(builder.parquet_schema(), theirs.iter().copied());
             let mut builder = of_row_groups(builder.with_projection(mask), self.row_groups);
             if let Some(selection) = selection {
@@ -631,8 +634,17 @@ fn footer(path: &str, file: &File) -> Result<ArrowReaderMetadata> {
     Ok(meta)
 }
 
+/// The bytes of `file` (at `path`), mapped: its pages are read where the
+/// page cache holds them, without a copy.
+fn mapped(path: &str, file: &File) -> Result<Bytes> {
+    // SAFETY: the map is read only. A file truncated while mapped would
+    // fault on the lost pages (as with every reader that maps its input).
+    let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| FrameError::file(path, e))?;
+    Ok(Bytes::from_owner(map))
+}
+
 /// Every batch `builder` reads, as one.
-fn decode(path: &str, builder: ParquetRecordBatchReaderBuilder<File>) -> Result<RecordBatch> {
+fn decode<R: ChunkReader + 'static>(path: &str, builder: ParquetRecordBatchReaderBuilder<R>) -> Result<RecordBatch> {
     let reader = builder.build().map_err(|e| FrameError::file(path, e))?;
     let schema = Arc::new(plain_schema(&arrow_array::RecordBatchReader::schema(&reader)));
     let batches = reader
