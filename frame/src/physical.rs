@@ -23,6 +23,14 @@ use crate::join::{JoinSpec, JoinType};
 use crate::ops::{Input, PIECE_OP, Step, TASK_OP, TaskArgs, task_op};
 use crate::plan::{LogicalPlan, Source};
 
+/// A broadcast side of at most this many partitions reaches every probe
+/// task as it is: each worker fetches the partitions it lacks once and
+/// concatenates them where it probes ([`crate::broadcast`]), in parallel
+/// with the other workers. More partitions are first concatenated by one
+/// task (whose worker fetches them all, then every other worker fetches
+/// its result), so that a probe task does not wait on each of them.
+pub const BROADCAST_INPUTS: usize = 32;
+
 /// Choices the planner makes.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
@@ -741,11 +749,11 @@ impl Lowering {
         let limit = self.options.broadcast_rows;
         let lparts = self.plan(left)?;
         let rparts = self.plan(right)?;
-        let probe = |p: Part, build: &Key, probe_is_left: bool, spec: &JoinSpec| {
+        let probe = |p: Part, build: &[Key], probe_is_left: bool, spec: &JoinSpec| {
             let p = p.into_pending();
             let probe_deps = p.deps.len();
             let mut deps = p.deps;
-            deps.push(build.clone());
+            deps.extend_from_slice(build);
             Part::Pending(Pending {
                 args: TaskArgs {
                     input: Input::Join {
@@ -770,8 +778,12 @@ impl Lowering {
             };
             let mut spec = spec.clone();
             spec.build_left = !probe_is_left;
-            let built = self.gather(build_parts, "join-build")?;
-            let built = self.emit(vec![built], "join-build")?.remove(0);
+            let built = if build_parts.len() <= BROADCAST_INPUTS {
+                self.emit(build_parts, "join-build")?
+            } else {
+                let built = self.gather(build_parts, "join-build")?;
+                self.emit(vec![built], "join-build")?
+            };
             return Ok(probe_parts
                 .into_iter()
                 .map(|p| probe(p, &built, probe_is_left, &spec))
@@ -789,7 +801,7 @@ impl Lowering {
         let mut out = Vec::with_capacity(n);
         for (l, r) in louts.into_iter().zip(routs) {
             let r = self.emit(vec![r], "join-right-concat")?.remove(0);
-            out.push(probe(l, &r, true, spec));
+            out.push(probe(l, &[r], true, spec));
         }
         Ok(out)
     }
