@@ -6,8 +6,7 @@
 //! its partial aggregates, one per partition, and keeps them on the
 //! workers; the same graph counts their rows. Few rows in all: one task
 //! merges them (up to a quarter of [`PlanOptions::group_rows`]), else a
-//! tree. Many: they are
-//! shuffled on the keys into partitions of about
+//! tree. Many: they are shuffled on the keys into partitions of about
 //! [`PlanOptions::group_rows`] rows, merged in parallel.
 //!
 //! Joins likewise: a join the lowering would shuffle because a side's row
