@@ -110,7 +110,7 @@ async fn choose(
     let split_out = split_out_for(rows, partitions, frames.options());
     let partials = if split_out > 1 {
         coalesced(frames, partials).await?
-    } else if rows <= frames.options().group_rows / 4 {
+    } else if rows <= merge_rows(frames.options()) {
         // Few rows in all: one task merges every partial, a round of
         // fetches and a task less than a tree (TPC-H q3 at SF1: 11,620
         // rows over 56 partials).
@@ -169,13 +169,20 @@ async fn coalesced(frames: &Frames, partials: Arc<LogicalPlan>) -> Result<Arc<Lo
     }))
 }
 
+/// Partial results' rows one task is given to concatenate or merge: a
+/// quarter of [`PlanOptions::group_rows`].
+fn merge_rows(options: &PlanOptions) -> u64 {
+    (options.group_rows / 4).max(1)
+}
+
 /// How many partitions `partitions` partial results of `rows` rows in all
 /// are concatenated into before a shuffle: about a quarter of
 /// `group_rows` rows each; `None` where that would not divide the tasks
 /// by at least four.
 pub fn coalesce_to(rows: u64, partitions: usize, options: &PlanOptions) -> Option<usize> {
-    let target = (options.group_rows / 4).max(1);
-    let n = usize::try_from(rows.div_ceil(target)).unwrap_or(usize::MAX).max(1);
+    let n = usize::try_from(rows.div_ceil(merge_rows(options)))
+        .unwrap_or(usize::MAX)
+        .max(1);
     (n.saturating_mul(4) <= partitions).then_some(n)
 }
 

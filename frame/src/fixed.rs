@@ -14,13 +14,13 @@
 //! [`leaf`] says when it applies, and everything else is read by
 //! parquet-rs.
 
-use bytes::Bytes;
 use std::sync::Arc;
 
 use arrow_array::types::{Date32Type, Int32Type, Int64Type};
 use arrow_array::{ArrayRef, ArrowPrimitiveType, Decimal128Array, PrimitiveArray};
 use arrow_buffer::{ArrowNativeType, BooleanBuffer, BooleanBufferBuilder, NullBuffer};
 use arrow_schema::DataType;
+use bytes::Bytes;
 use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
 use parquet::file::metadata::ParquetMetaData;

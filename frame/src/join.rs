@@ -577,6 +577,7 @@ impl Rows {
         })
     }
 
+    /// How many rows these are of `all`.
     fn len(&self, all: usize) -> usize {
         match self {
             Rows::All => all,
@@ -898,11 +899,15 @@ mod tests {
         // Unique right keys 1, 3, null, 9; `repeated` adds key 1000 twice,
         // matching nothing, so it joins through pairs of rows instead.
         let unique = arrow_select::take::take_record_batch(&right(), &UInt32Array::from(vec![0, 2, 3, 4])).unwrap();
-        let extra = arrow_select::take::take_record_batch(&right(), &UInt32Array::from(vec![4, 4])).unwrap();
-        let mut extra = extra.columns().to_vec();
-        extra[0] = Arc::new(Int32Array::from(vec![1000, 1000]));
-        extra[1] = Arc::new(StringArray::from(vec!["z", "z"]));
-        let extra = RecordBatch::try_new(unique.schema(), extra).unwrap();
+        let extra = RecordBatch::try_new(
+            unique.schema(),
+            vec![
+                Arc::new(Int32Array::from(vec![1000, 1000])),
+                Arc::new(StringArray::from(vec!["z", "z"])),
+                Arc::new(Int64Array::from(vec![500, 500])),
+            ],
+        )
+        .unwrap();
         let repeated = arrow_select::concat::concat_batches(&unique.schema(), [&unique, &extra]).unwrap();
         let rows = |rows: Vec<u32>| arrow_select::take::take_record_batch(&left(), &UInt32Array::from(rows)).unwrap();
         // All of left (key 1 twice), its rows that all match, its unique keys.
