@@ -281,33 +281,40 @@ pub fn aggregate_where(batch: &RecordBatch, predicate: &Expr, keys: &[Expr], agg
     aggregate(&arrow_select::filter::filter_record_batch(&batch, &mask)?, keys, aggs)
 }
 
-/// `groups` of every row renumbered over the rows `selection` keeps, in
-/// order of first appearance, and the rows it drops put in one more group,
-/// the last.
-fn select_groups(groups: Groups, selection: &BooleanArray) -> Groups {
-    let mut renumbered = vec![u32::MAX; groups.len()];
-    let mut firsts = Vec::new();
-    let mut dropped_first = None;
-    for (row, (&id, keep)) in groups.ids.iter().zip(selection.values().iter()).enumerate() {
-        if !keep {
-            dropped_first.get_or_insert(row as u32);
-            continue;
-        }
-        let new = &mut renumbered[id as usize];
-        if *new == u32::MAX {
-            *new = firsts.len() as u32;
-            firsts.push(row as u32);
+/// The groups of the rows `selection` keeps (some rows dropped): `groups`
+/// with the dropped rows moved into one more group, the last, in one
+/// branch-free pass; the rows per group; and the groups with a kept row, in
+/// order of their first kept row (the order a group-by of the kept rows
+/// alone gives), with that row. Renumbering the groups instead would look
+/// up every row's new number (TPC-H q1 drops 2% of its rows).
+fn select_groups(mut groups: Groups, selection: &BooleanArray) -> (Groups, Vec<i64>, Vec<(u32, u32)>) {
+    let keep = selection.values();
+    let dropped = groups.len() as u32;
+    for (ids, word) in groups.ids.chunks_mut(64).zip(keep.bit_chunks().iter_padded()) {
+        for (j, id) in ids.iter_mut().enumerate() {
+            *id = if word >> j & 1 == 1 { *id } else { dropped };
         }
     }
-    let dropped = firsts.len() as u32;
-    firsts.extend(dropped_first);
-    let ids = groups
-        .ids
-        .iter()
-        .zip(selection.values().iter())
-        .map(|(&id, keep)| if keep { renumbered[id as usize] } else { dropped })
+    let counts = row_counts(&groups.ids, groups.len() + 1);
+    let mut kept: Vec<(u32, u32)> = (0..dropped)
+        .filter(|&g| counts[g as usize] > 0)
+        .map(|g| {
+            let first = groups.firsts[g as usize];
+            // A group's first row is its first kept one unless dropped.
+            let row = match keep.value(first as usize) {
+                true => first,
+                false => groups.ids[first as usize..]
+                    .iter()
+                    .position(|&id| id == g)
+                    .map_or(first, |at| first + at as u32),
+            };
+            (g, row)
+        })
         .collect();
-    Groups { ids, firsts }
+    kept.sort_unstable_by_key(|&(_, row)| row);
+    let first_dropped = keep.iter().position(|k| !k).unwrap_or(0) as u32;
+    groups.firsts.push(first_dropped);
+    (groups, counts, kept)
 }
 
 /// [`aggregate`] over the rows `selection` keeps (all when `None`).
@@ -321,13 +328,28 @@ fn aggregate_selected(
     let mut evaluator = Evaluator::new(batch);
     let key_arrays = keys.iter().map(|k| evaluator.evaluate(k)).collect::<Result<Vec<_>>>()?;
     let mut groups = group_rows(&key_arrays, rows)?;
-    // The groups of kept rows, before the dropped rows' group if any.
-    let mut kept = groups.len();
-    if let Some(selection) = selection {
-        groups = select_groups(groups, selection);
-        kept = groups.len() - usize::from(selection.true_count() < rows);
+    // The groups with kept rows, in the order a group-by of them alone
+    // gives: all of them, or those `select_groups` picks.
+    let (mut picked, mut lens) = (None, None);
+    if let Some(selection) = selection.filter(|s| s.true_count() < rows) {
+        let (counts, kept);
+        (groups, counts, kept) = select_groups(groups, selection);
+        lens = Some(Arc::new(Int64Array::from(counts)) as ArrayRef);
+        picked = Some(kept);
     }
-    let firsts = UInt32Array::from(groups.firsts[..kept].to_vec());
+    let (order, firsts): (Vec<u32>, Vec<u32>) = match &picked {
+        Some(kept) => kept.iter().copied().unzip(),
+        None => ((0..groups.len() as u32).collect(), groups.firsts.clone()),
+    };
+    let identity = order.iter().enumerate().all(|(i, &g)| i as u32 == g);
+    let order = UInt32Array::from(order);
+    let pick = |out: &ArrayRef| -> Result<ArrayRef> {
+        Ok(match identity {
+            true => out.slice(0, order.len()),
+            false => arrow_select::take::take(out, &order, None)?,
+        })
+    };
+    let firsts = UInt32Array::from(firsts);
     let mut fields = Vec::new();
     let mut columns = Vec::new();
     for (k, a) in keys.iter().zip(&key_arrays) {
@@ -339,9 +361,8 @@ fn aggregate_selected(
         fields.push(Field::new(k.output_name(), column.data_type().clone(), true));
         columns.push(column);
     }
-    // Rows per group, counted once: `len()` and the counts of inputs
-    // without nulls.
-    let mut lens: Option<ArrayRef> = None;
+    // Rows per group, counted once (by `select_groups` where it ran):
+    // `len()` and the counts of inputs without nulls.
     let mut rows_per_group = || {
         lens.get_or_insert_with(|| Arc::new(Int64Array::from(row_counts(&groups.ids, groups.len()))))
             .clone()
@@ -358,7 +379,7 @@ fn aggregate_selected(
             }
         };
         fields.push(Field::new(agg.name.clone(), out.data_type().clone(), true));
-        columns.push(out.slice(0, kept));
+        columns.push(pick(&out)?);
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
