@@ -802,6 +802,17 @@ mod tests {
         }
     }
 
+    /// `batch` written to `path` in row groups of `rows` rows.
+    fn write_row_groups(path: &str, batch: &RecordBatch, rows: usize) {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(rows))
+            .build();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+    }
+
     #[test]
     fn a_key_filter_keeps_the_rows_a_build_side_can_match() {
         use crate::broadcast::Built;
@@ -822,13 +833,7 @@ mod tests {
             ("f", Arc::new(flags) as _),
         ])
         .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(300))
-            .build();
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        write_row_groups(&path, &batch, 300);
         let build = RecordBatch::try_from_iter([(
             "b",
             Arc::new(Int32Array::from(vec![1, 2, 50, 51, 52, 300, 1000])) as ArrayRef,
@@ -878,13 +883,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(700))
-            .build();
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        write_row_groups(&path, &batch, 700);
         // The key keeps a quarter, the decimals a fifth of those: the
         // prices and strings are decoded for the rows all three keep.
         let predicate = (col("k") % lit(4))
