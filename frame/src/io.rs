@@ -118,8 +118,7 @@ pub fn open_parquet(pattern: &str) -> Result<ParquetDataset> {
     let mut schema: Option<SchemaRef> = None;
     for path in list_files(pattern, ".parquet")? {
         let file = File::open(&path).map_err(|e| FrameError::file(&path, e))?;
-        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| FrameError::file(&path, format!("not a readable Parquet file: {e}")))?;
+        let meta = footer(&path, &file)?;
         let this = Arc::new(plain_schema(meta.schema()));
         match &schema {
             None => schema = Some(this),
@@ -648,7 +647,9 @@ fn strings_of_views(views: &StringViewArray) -> Result<StringArray> {
 }
 
 /// Footers kept by [`footer`]: a file's are parsed once per process, not
-/// once per task (a task reads a few of its row groups).
+/// once per task (a task reads a few of its row groups) nor once per query
+/// planned (TPC-H q5 at SF1 names 34 files: 1.25 ms of planning, 0.3 with
+/// their footers kept).
 const FOOTERS_KEPT: usize = 64;
 
 /// The footer of the file at `path`, open as `file`: kept from an earlier
@@ -904,6 +905,22 @@ mod tests {
                 project_names(&want, &columns).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn a_rewritten_file_is_planned_from_its_new_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.parquet").display().to_string();
+        let rows =
+            |n: i64| RecordBatch::try_from_iter([("k", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef)]);
+        write_row_groups(&path, &rows(10).unwrap(), 4);
+        let planned = |p: &str| open_parquet(p).unwrap().files[0].metadata.file_metadata().num_rows();
+        assert_eq!(planned(&path), 10);
+        assert_eq!(planned(&path), 10, "kept");
+        write_row_groups(&path, &rows(25).unwrap(), 4);
+        assert_eq!(planned(&path), 25);
+        let read = read_parquet(&path, &[0, 1, 2, 3, 4, 5, 6], None, None, None).unwrap();
+        assert_eq!(read.num_rows(), 25);
     }
 
     #[test]
