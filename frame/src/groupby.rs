@@ -329,16 +329,15 @@ fn aggregate_selected(
     let key_arrays = keys.iter().map(|k| evaluator.evaluate(k)).collect::<Result<Vec<_>>>()?;
     let mut groups = group_rows(&key_arrays, rows)?;
     // The groups with kept rows, in the order a group-by of them alone
-    // gives: all of them, or those `select_groups` picks.
-    let (mut picked, mut lens) = (None, None);
-    if let Some(selection) = selection.filter(|s| s.true_count() < rows) {
-        let (counts, kept);
-        (groups, counts, kept) = select_groups(groups, selection);
-        lens = Some(Arc::new(Int64Array::from(counts)) as ArrayRef);
-        picked = Some(kept);
-    }
-    let (order, firsts): (Vec<u32>, Vec<u32>) = match &picked {
-        Some(kept) => kept.iter().copied().unzip(),
+    // gives (all of them, or those `select_groups` picks), and a row of each.
+    let mut lens: Option<ArrayRef> = None;
+    let (order, firsts): (Vec<u32>, Vec<u32>) = match selection.filter(|s| s.true_count() < rows) {
+        Some(selection) => {
+            let (selected, counts, kept) = select_groups(groups, selection);
+            groups = selected;
+            lens = Some(Arc::new(Int64Array::from(counts)));
+            kept.into_iter().unzip()
+        }
         None => ((0..groups.len() as u32).collect(), groups.firsts.clone()),
     };
     let identity = order.iter().enumerate().all(|(i, &g)| i as u32 == g);
