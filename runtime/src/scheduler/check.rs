@@ -266,6 +266,16 @@ impl Scheduler {
                 "worker {w}: resources in use {:?} but its tasks ask for {used:?}",
                 wk.used
             );
+            let ahead = wk
+                .processing
+                .iter()
+                .filter(|&&id| self.tasks[id].waiting_on > 0)
+                .count();
+            ensure!(
+                ahead == wk.ahead as usize,
+                "worker {w}: {} links sent ahead counted, {ahead} processing wait on an input",
+                wk.ahead
+            );
             let tolerance = 1e-6 * (1.0 + occ.abs()) + 1e-9 * wk.processing.len() as f64;
             let close = (occ - wk.occupancy).abs() <= tolerance;
             ensure!(

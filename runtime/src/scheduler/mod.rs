@@ -97,7 +97,10 @@ pub struct Config {
     /// fails (Dask's `allowed-failures`, default 2: the third death fails it).
     pub allowed_failures: u32,
     /// Root tasks are held in the scheduler once every worker has
-    /// `ceil(nthreads * saturation)` tasks; `None` sends them all at once.
+    /// `ceil(nthreads * saturation)` tasks, links sent ahead not counted
+    /// (a partition's count, sent with it, would otherwise hold the slot of
+    /// the next partition, and the worker would wait a round trip for each
+    /// one); `None` sends them all at once.
     pub worker_saturation: Option<f64>,
     /// Duration estimate of an op never seen finishing, in seconds.
     pub unknown_duration: f64,
@@ -716,13 +719,16 @@ impl Scheduler {
         };
         let idx = t.proc_idx;
         t.proc_idx = NOT_LISTED;
-        let (est, request) = (t.est as f64, t.request);
+        let (est, request, ahead) = (t.est as f64, t.request, t.waiting_on > 0);
         let wk = self
             .workers
             .get_mut(&w)
             .expect("internal error: processing on a dead worker");
         let was_open = wk.open();
         wk.processing.swap_remove(idx as usize);
+        if ahead {
+            wk.ahead -= 1;
+        }
         if let Some(&moved) = wk.processing.get(idx as usize) {
             self.tasks[moved].proc_idx = idx;
         }
@@ -796,6 +802,9 @@ impl Scheduler {
         t.est = est as f32;
         t.queue = QueueKind::None;
         wk.processing.push(id);
+        if t.waiting_on > 0 {
+            wk.ahead += 1;
+        }
         if wk.processing.len() == wk.info.nthreads.max(1) as usize + 1 {
             self.backlogged += 1;
         }

@@ -240,6 +240,34 @@ fn root_tasks_are_queued_past_saturation() {
 }
 
 #[test]
+fn links_sent_ahead_take_no_root_slot() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    // Four roots, each the input of one link (a partition and its count).
+    let names: Vec<(String, String)> = (0..4).map(|i| (format!("r{i}"), format!("l{i}"))).collect();
+    let tasks = names
+        .iter()
+        .flat_map(|(r, l)| [spec(r, &[]), spec(l, &[r.as_str()])])
+        .collect();
+    let outputs: Vec<&str> = names.iter().map(|(_, l)| l.as_str()).collect();
+    let sent = |out: &[Command]| {
+        let mut keys: Vec<String> = computes(out).into_iter().map(|(_, k)| k).collect();
+        keys.sort();
+        keys
+    };
+    // Two root slots: two roots go out, each with its link sent ahead.
+    let out = h.submit(tasks, &outputs);
+    assert_eq!(sent(&out), ["l0", "l1", "r0", "r1"]);
+    assert_eq!(h.state("r2"), TaskState::Queued);
+    // r0's link can start now: it takes the slot r0 had.
+    let out = h.finish(1, "r0", 1);
+    assert!(sent(&out).is_empty(), "{out:?}");
+    // Done, it frees a slot: the next root goes out with its link.
+    let out = h.finish(1, "l0", 1);
+    assert_eq!(sent(&out), ["l2", "r2"]);
+}
+
+#[test]
 fn short_root_tasks_go_out_in_runs_per_worker_long_ones_one_each() {
     let mut h = H::new(Config::default());
     h.join(1, 1);

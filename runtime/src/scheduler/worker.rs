@@ -31,6 +31,9 @@ pub(crate) struct Worker {
     pub all_idx: u32,
     /// Task slots before the worker counts as saturated for root tasks.
     pub slots: u32,
+    /// Links sent ahead among `processing` (waiting for an input still
+    /// running there): they take no slot.
+    pub ahead: u32,
     /// Moving average of its task durations in seconds (negative: none
     /// finished yet); sets `slots`.
     pub avg_task_s: f64,
@@ -47,7 +50,7 @@ impl Worker {
 
     #[inline]
     pub fn saturated(&self) -> bool {
-        self.processing.len() as u32 >= self.slots
+        self.processing.len() as u32 - self.ahead >= self.slots
     }
 
     /// Root-task slots it has whatever the length of its tasks.

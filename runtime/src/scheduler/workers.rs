@@ -66,6 +66,7 @@ impl Scheduler {
                 unsat_idx,
                 all_idx,
                 slots,
+                ahead: 0,
                 avg_task_s: -1.0,
                 paused: false,
             },
@@ -355,9 +356,18 @@ impl Scheduler {
                     }
                     self.touch(d);
                 }
-                // A link sent ahead: its input is now in memory.
-                TaskState::Processing(_) if dt.waiting_on > 0 => {
+                // A link sent ahead: its input is now in memory, and it
+                // takes a slot once it can start.
+                TaskState::Processing(w) if dt.waiting_on > 0 => {
                     dt.waiting_on -= 1;
+                    if dt.waiting_on == 0
+                        && let Some(wk) = self.workers.get_mut(&w)
+                    {
+                        wk.ahead -= 1;
+                        if !wk.open() && wk.unsat_idx != NOT_LISTED {
+                            self.relist(w);
+                        }
+                    }
                     self.touch(d);
                 }
                 _ => {}
