@@ -266,15 +266,17 @@ impl Scheduler {
                 "worker {w}: resources in use {:?} but its tasks ask for {used:?}",
                 wk.used
             );
-            let ahead = wk
-                .processing
-                .iter()
-                .filter(|&&id| self.tasks[id].waiting_on > 0)
-                .count();
+            let ahead = wk.processing.iter().filter(|&&id| self.tasks[id].ahead).count();
             ensure!(
                 ahead == wk.ahead as usize,
-                "worker {w}: {} links sent ahead counted, {ahead} processing wait on an input",
+                "worker {w}: {} links sent ahead counted, {ahead} marked",
                 wk.ahead
+            );
+            ensure!(
+                wk.processing
+                    .iter()
+                    .all(|&id| !self.tasks[id].ahead || self.tasks[id].waiting_on > 0),
+                "worker {w}: a link marked ahead waits on nothing"
             );
             let tolerance = 1e-6 * (1.0 + occ.abs()) + 1e-9 * wk.processing.len() as f64;
             let close = (occ - wk.occupancy).abs() <= tolerance;

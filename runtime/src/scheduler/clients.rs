@@ -130,6 +130,7 @@ impl Scheduler {
             deaths: 0,
             queue: QueueKind::None,
             scattered: true,
+            ahead: false,
             tier,
         });
         self.next_seq += 1;

@@ -97,10 +97,11 @@ pub struct Config {
     /// fails (Dask's `allowed-failures`, default 2: the third death fails it).
     pub allowed_failures: u32,
     /// Root tasks are held in the scheduler once every worker has
-    /// `ceil(nthreads * saturation)` tasks, links sent ahead not counted
-    /// (a partition's count, sent with it, would otherwise hold the slot of
-    /// the next partition, and the worker would wait a round trip for each
-    /// one); `None` sends them all at once.
+    /// `ceil(nthreads * saturation)` tasks, not counting the links sent
+    /// ahead behind root tasks (a partition's count, sent with it, would
+    /// otherwise hold the slot of the next partition, and the worker would
+    /// wait a round trip for each one; a chain's further links count);
+    /// `None` sends them all at once.
     pub worker_saturation: Option<f64>,
     /// Duration estimate of an op never seen finishing, in seconds.
     pub unknown_duration: f64,
@@ -719,7 +720,7 @@ impl Scheduler {
         };
         let idx = t.proc_idx;
         t.proc_idx = NOT_LISTED;
-        let (est, request, ahead) = (t.est as f64, t.request, t.waiting_on > 0);
+        let (est, request, ahead) = (t.est as f64, t.request, std::mem::take(&mut t.ahead));
         let wk = self
             .workers
             .get_mut(&w)
@@ -802,7 +803,7 @@ impl Scheduler {
         t.est = est as f32;
         t.queue = QueueKind::None;
         wk.processing.push(id);
-        if t.waiting_on > 0 {
+        if t.ahead {
             wk.ahead += 1;
         }
         if wk.processing.len() == wk.info.nthreads.max(1) as usize + 1 {
@@ -881,6 +882,7 @@ impl Scheduler {
             if !local || !self.valid_worker(next, w, true) {
                 return;
             }
+            self.tasks[next].ahead = self.tasks[id].deps.is_empty();
             self.assign(next, w, comm);
             self.stats.pipelined += 1;
             id = next;

@@ -356,6 +356,7 @@ impl Scheduler {
                 deaths: 0,
                 queue: QueueKind::None,
                 scattered: false,
+                ahead: false,
                 tier: Tier::Host,
             });
             self.touch(id);

@@ -96,6 +96,9 @@ pub(crate) struct Task {
     pub queue: QueueKind,
     /// Put in memory by a client (scatter): no lineage.
     pub scattered: bool,
+    /// A link sent ahead behind a root task, waiting for it: it takes no
+    /// root-task slot on its worker (see [`super::worker::Worker::ahead`]).
+    pub ahead: bool,
     /// Where the result lives (Memory only).
     pub tier: Tier,
 }

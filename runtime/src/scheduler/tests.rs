@@ -268,6 +268,22 @@ fn links_sent_ahead_take_no_root_slot() {
 }
 
 #[test]
+fn links_behind_links_take_root_slots() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    // A chain r -> a -> b, and another root: the chain's second link holds
+    // the second slot, so the other root waits.
+    let out = h.submit(
+        vec![spec("r", &[]), spec("a", &["r"]), spec("b", &["a"]), spec("other", &[])],
+        &["b", "other"],
+    );
+    let mut keys: Vec<String> = computes(&out).into_iter().map(|(_, k)| k).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "r"]);
+    assert_eq!(h.state("other"), TaskState::Queued);
+}
+
+#[test]
 fn short_root_tasks_go_out_in_runs_per_worker_long_ones_one_each() {
     let mut h = H::new(Config::default());
     h.join(1, 1);

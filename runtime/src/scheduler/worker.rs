@@ -31,8 +31,10 @@ pub(crate) struct Worker {
     pub all_idx: u32,
     /// Task slots before the worker counts as saturated for root tasks.
     pub slots: u32,
-    /// Links sent ahead among `processing` (waiting for an input still
-    /// running there): they take no slot.
+    /// Links sent ahead behind a root task among `processing` (waiting
+    /// for it to finish there): they take no root-task slot, their root
+    /// holds one. (A chain's further links do: a worker running a chain
+    /// stays saturated.)
     pub ahead: u32,
     /// Moving average of its task durations in seconds (negative: none
     /// finished yet); sets `slots`.

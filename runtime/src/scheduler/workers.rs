@@ -173,6 +173,7 @@ impl Scheduler {
         for &id in &wk.processing {
             let t = &mut self.tasks[id];
             t.proc_idx = NOT_LISTED;
+            t.ahead = false;
             // A link sent ahead had not started: its input was still running.
             let started = t.waiting_on == 0;
             if started {
@@ -361,6 +362,7 @@ impl Scheduler {
                 TaskState::Processing(w) if dt.waiting_on > 0 => {
                     dt.waiting_on -= 1;
                     if dt.waiting_on == 0
+                        && std::mem::take(&mut dt.ahead)
                         && let Some(wk) = self.workers.get_mut(&w)
                     {
                         wk.ahead -= 1;
