@@ -204,15 +204,17 @@ async fn computed(
         let shuffles = ShuffleRun::new(workers, run, base.as_str());
         Lowering::lower_counted(input, steps, &prefix, frames.options().clone(), shuffles)
     };
-    let partitions = lower(&[], 0)?.graph.outputs.len() - 1;
+    let partitions = lower(&[], 0)?.graph.outputs.len() / 2;
     if partitions <= 1 {
         return Ok(None);
     }
     let mut futures =
         weft_runtime::shuffle::compute(client, |workers, run| Ok::<_, FrameError>(lower(workers, run)?.graph)).await?;
-    let count = futures.pop().expect("the count follows the partitions");
-    let counted = client.gather(std::slice::from_ref(&count)).await?;
-    let rows = crate::frame::first_int(&crate::frame::single_batch(&counted)?, "count")?;
+    let counts = futures.split_off(partitions);
+    let mut rows = 0;
+    for count in client.gather(&counts).await? {
+        rows += crate::frame::first_int(&crate::frame::single_batch(std::slice::from_ref(&count))?, "count")?;
+    }
     let scan = LogicalPlan::Scan {
         source: Source::Partitions {
             keys: futures.iter().map(|f| f.key().clone()).collect(),

@@ -232,8 +232,10 @@ impl Lowering {
 
     /// A stage computed ahead of the rest of its plan, so the rest is
     /// chosen from its size: each partition of `input` with `steps` run on
-    /// it, every one an output, then one more output counting their rows
-    /// in all; `input`'s P2P shuffles as run `shuffles`.
+    /// it, every one an output, then as many outputs more, each counting
+    /// the rows of one (the client sums them: no tree of tasks between
+    /// the last partition and the size); `input`'s P2P shuffles as run
+    /// `shuffles`.
     pub fn lower_counted(
         input: &LogicalPlan,
         steps: &[Step],
@@ -253,20 +255,31 @@ impl Lowering {
             .map(|p| steps.iter().fold(p, |p, s| p.with_step(s.clone())))
             .collect();
         let computed = l.emit(parts, "counted")?;
-        let count = l.count(computed.iter().cloned().map(Part::Done).collect())?;
+        let len = Step::Aggregate {
+            keys: Vec::new(),
+            aggs: vec![Self::len("count")],
+        };
+        let counts: Vec<Part> = computed
+            .iter()
+            .map(|k| Part::Done(k.clone()).with_step(len.clone()))
+            .collect();
         let mut outputs: Vec<Part> = computed.into_iter().map(Part::Done).collect();
-        outputs.extend(count);
+        outputs.extend(counts);
         l.finish(outputs)
+    }
+
+    /// The row count `name`.
+    fn len(name: &str) -> AggSpec {
+        AggSpec {
+            func: crate::expr::AggFunc::Len,
+            input: Expr::Literal(crate::expr::Scalar::Null),
+            name: name.into(),
+        }
     }
 
     /// One partition holding `count`, the rows of `parts`.
     fn count(&mut self, parts: Vec<Part>) -> Result<Vec<Part>> {
-        let len = [AggSpec {
-            func: crate::expr::AggFunc::Len,
-            input: Expr::Literal(crate::expr::Scalar::Null),
-            name: "count".into(),
-        }];
-        self.aggregate(parts, &[], &len, None, false)
+        self.aggregate(parts, &[], &[Self::len("count")], None, false)
     }
 
     fn finish(mut self, parts: Vec<Part>) -> Result<Lowered> {

@@ -35,8 +35,6 @@ pub struct Done {
     pub session: u64,
     /// The task.
     pub task: TaskId,
-    /// The op that ran.
-    pub op: SharedStr,
     /// The result, or the failure as the client will read it.
     pub outcome: Result<Value, OpError>,
     /// How long the op ran.
@@ -92,7 +90,6 @@ pub fn run(registry: &Registry, site: &Site, job: Job) -> Done {
     Done {
         session: job.session,
         task: job.task,
-        op: job.op,
         outcome,
         compute_us: started.elapsed().as_micros() as u64,
     }

@@ -858,9 +858,10 @@ impl Scheduler {
     /// memory is the previous one, which has no other dependent, and whose
     /// other inputs are on `w`. The
     /// worker starts a link as soon as the one before it finishes there,
-    /// without waiting for the scheduler; the scheduler never steals a
-    /// link sent ahead (nor the task it waits on).
-    fn pipeline(&mut self, mut id: TaskId, w: WorkerId, comm: &mut impl Comm) {
+    /// without waiting for the scheduler. The scheduler never steals a
+    /// link sent ahead; the task it waits on moves with its links (see
+    /// [`Scheduler::steal_response`]).
+    pub(super) fn pipeline(&mut self, mut id: TaskId, w: WorkerId, comm: &mut impl Comm) {
         if !self.config.pipeline_chains {
             return;
         }
@@ -887,14 +888,6 @@ impl Scheduler {
             self.stats.pipelined += 1;
             id = next;
         }
-    }
-
-    /// Whether `id` is a link sent ahead, or the task such a link waits on:
-    /// neither may move to another worker.
-    pub(super) fn pipelined(&self, id: TaskId) -> bool {
-        let t = &self.tasks[id];
-        t.waiting_on > 0
-            || matches!(t.dependents[..], [d] if self.tasks.get(d).is_some_and(|d| matches!(d.state, TaskState::Processing(_))))
     }
 
     /// Calls back the links sent ahead behind `id`, which stopped

@@ -197,8 +197,24 @@ impl Scheduler {
         Some(if lb < la { b } else { a })
     }
 
-    /// Work stealing: moves tasks that have not started from workers with
-    /// more tasks than threads to workers with idle threads, when the move
+    /// The estimated run time of `id` and of the links sent ahead behind
+    /// it, which move with it when it is stolen.
+    fn chain_estimate(&self, mut id: TaskId) -> f64 {
+        let mut est = self.tasks[id].est as f64;
+        while let [next] = self.tasks[id].dependents[..]
+            && let Some(n) = self.tasks.get(next)
+            && matches!(n.state, TaskState::Processing(_))
+            && n.waiting_on > 0
+        {
+            est += n.est as f64;
+            id = next;
+        }
+        est
+    }
+
+    /// Work stealing: moves tasks that have not started (with the links
+    /// sent ahead behind them) from workers with more tasks than threads
+    /// to workers with idle threads, when the move
     /// pays (the thief finishes it sooner, transfer included) and the
     /// transfer is cheap relative to the compute (`steal_ratio`). Each
     /// steal goes to the least loaded thief, and thieves take tasks until
@@ -243,10 +259,11 @@ impl Scheduler {
                 let mut chosen = None;
                 let not_asked = vk.processing.iter().rev().filter(|id| !self.stealing.contains_key(id));
                 for &id in not_asked.take(STEAL_SCAN) {
-                    if self.pipelined(id) || !self.valid_worker(id, thief, true) {
+                    // A link sent ahead waits here for its input.
+                    if self.tasks[id].waiting_on > 0 || !self.valid_worker(id, thief, true) {
                         continue;
                     }
-                    let est = self.tasks[id].est as f64;
+                    let est = self.chain_estimate(id);
                     let transfer = self.fetch_time(id, thief);
                     if transfer > est * ratio {
                         continue;

@@ -229,9 +229,23 @@ impl Scheduler {
         for (j, &i) in included.iter().enumerate() {
             new_of[i as usize] = j as u32;
         }
+        // Exact dependents capacity for the new tasks (one entry per edge).
+        let mut n_dependents = vec![0u32; m];
+        for &i in &included {
+            let (a, b) = span[i as usize];
+            for e in &edges[a as usize..b as usize] {
+                if let Err(l) = e {
+                    n_dependents[new_of[*l as usize] as usize] += 1;
+                }
+            }
+        }
+        // The walk starts at the outputs nothing here depends on, so that
+        // an output another one reads (a partition and its row count) is
+        // ordered right before its user, depth first.
         let sinks: Vec<u32> = wanted
             .iter()
             .filter_map(|e| e.err().map(|i| new_of[i as usize]))
+            .filter(|&j| n_dependents[j as usize] == 0)
             .collect();
         let pos = graph::order(m, sinks, |j, out| {
             let (a, b) = span[included[j as usize] as usize];
@@ -244,7 +258,16 @@ impl Scheduler {
         .map_err(|graph::Cycle(j)| format!("graph has a cycle through {}", nodes.key(included[j as usize])))?;
         // Valid: from here on nothing is rejected.
         drop(local);
-        let ids = self.enter(&mut nodes, &included, &edges, &span, &new_of, &pos, &hashes);
+        let ids = self.enter(
+            &mut nodes,
+            &included,
+            &edges,
+            &span,
+            &new_of,
+            &pos,
+            &hashes,
+            &n_dependents,
+        );
         self.claim_staged(&ids, comm);
         let wanted: Vec<TaskId> = wanted
             .iter()
@@ -258,7 +281,8 @@ impl Scheduler {
     }
 
     /// Enters the included nodes into the task table, in `dask.order`
-    /// positions `pos`, and links their dependents; returns their ids.
+    /// positions `pos`, and links their dependents (`n_dependents` each
+    /// among them); returns their ids.
     // The tables of one submission, passed apart to keep them borrowed.
     #[allow(clippy::too_many_arguments)]
     fn enter(
@@ -270,20 +294,11 @@ impl Scheduler {
         new_of: &[u32],
         pos: &[u32],
         hashes: &[u64],
+        n_dependents: &[u32],
     ) -> Vec<TaskId> {
         let m = included.len();
         self.tasks.reserve_capacity(m);
         let ids: Vec<TaskId> = (0..m).map(|_| self.tasks.reserve()).collect();
-        // Exact dependents capacity for the new tasks (one entry per edge).
-        let mut n_dependents = vec![0u32; m];
-        for &i in included {
-            let (a, b) = span[i as usize];
-            for e in &edges[a as usize..b as usize] {
-                if let Err(l) = e {
-                    n_dependents[new_of[*l as usize] as usize] += 1;
-                }
-            }
-        }
         let seq0 = self.next_seq;
         self.next_seq += m as u64;
         // A layer's op and resources are interned once.

@@ -650,6 +650,53 @@ fn idle_workers_steal_queued_work() {
 }
 
 #[test]
+fn a_task_moves_with_the_link_sent_ahead_behind_it() {
+    let mut h = H::new(Config {
+        worker_saturation: None,
+        ..Config::default()
+    });
+    h.join(1, 1);
+    // Partitions, each with its row count sent ahead behind it.
+    let names: Vec<(String, String)> = (0..4).map(|i| (format!("p{i}"), format!("n{i}"))).collect();
+    let tasks = names
+        .iter()
+        .flat_map(|(p, n)| [spec(p, &[]), spec(n, &[p.as_str()])])
+        .collect();
+    let outputs: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+    let out = h.submit(tasks, &outputs);
+    assert_eq!(computes(&out).len(), 8);
+    // A worker joins: the partitions are stolen, their counts are not.
+    h.join(2, 1);
+    let out = h.ev(Event::Balance);
+    let steals: Vec<TaskId> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(x, ToWorker::Steal { task }) if *x == w(1) => Some(*task),
+            _ => None,
+        })
+        .collect();
+    assert!(!steals.is_empty(), "{out:?}");
+    assert!(steals.iter().all(|t| h.s.tasks[*t].key.starts_with('p')), "{out:?}");
+    // Stolen: its count is called back from the victim and goes ahead to
+    // the thief with it.
+    let (p, n) = (steals[0], h.s.tasks[steals[0]].dependents[0]);
+    let out = h.worker_msg(1, FromWorker::StealResponse { task: p, stolen: true });
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::ToWorker(x, ToWorker::Cancel { task }) if *x == w(1) && *task == n)),
+        "{out:?}"
+    );
+    let (p, n) = (h.s.tasks[p].key.to_string(), h.s.tasks[n].key.to_string());
+    assert_eq!(computes(&out), [(w(2), p.clone()), (w(2), n.clone())]);
+    assert_eq!(h.state(&n), TaskState::Processing(w(2)));
+    // Its count then runs on the thief without the scheduler.
+    let out = h.finish(2, &p, 1);
+    assert!(computes(&out).is_empty(), "{out:?}");
+    h.finish(2, &n, 1);
+    assert_eq!(h.state(&n), TaskState::Memory);
+}
+
+#[test]
 fn missing_data_drops_the_holder_and_recomputes() {
     let mut h = H::a_on_w1_then_w2();
     // Keep w1 busy so `b` is not forced onto it... it holds `a`, so it wins.
@@ -996,6 +1043,27 @@ fn order_is_depth_first_and_user_priority_wins() {
     assert!(n0 < l2, "{n0:?} vs {l2:?}");
 }
 
+#[test]
+fn an_output_read_by_another_comes_right_before_it() {
+    let mut h = H::new(Config::default());
+    h.join(1, 1);
+    // Partitions and their row counts, all outputs, partitions first.
+    h.submit(
+        vec![
+            spec("p0", &[]),
+            spec("p1", &[]),
+            spec("n0", &["p0"]),
+            spec("n1", &["p1"]),
+        ],
+        &["p0", "p1", "n0", "n1"],
+    );
+    let mut by_priority = ["p0", "p1", "n0", "n1"];
+    by_priority.sort_by_key(|k| h.s.tasks[h.id(k)].priority);
+    // Depth first from the outputs nothing reads: a count right after its
+    // partition, not after every partition.
+    assert_eq!(by_priority, ["p0", "n0", "p1", "n1"]);
+}
+
 /// Random, mostly nonsensical input: reports for random (live, stale or
 /// made-up) tasks from random (live, dead or unknown) workers, joins,
 /// losses, pauses, releases, graphs with unknown inputs, disconnects. The
@@ -1247,7 +1315,8 @@ fn pipelined_links_follow_their_input_through_failure_and_worker_loss() {
     assert!(matches!(h.state("ya"), TaskState::Processing(x) if x == w(2)));
     assert_eq!(h.state("yc"), TaskState::Processing(w(2)));
     h.s.check_all().unwrap();
-    // Nothing sent ahead is stolen: a busy chain on w2, an idle w3.
+    // A chain does not move to an idle worker: it would take all its
+    // links' work there.
     h.join(3, 1);
     let out = h.ev(Event::Balance);
     assert!(

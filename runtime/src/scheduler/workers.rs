@@ -430,12 +430,15 @@ impl Scheduler {
         }
         self.stats.steals += 1;
         self.unassign(id);
+        // Its links sent ahead come back from the victim and, where the
+        // thief takes it, go ahead to the thief.
+        self.recall_links(id, comm);
         let valid = self.workers.contains_key(&thief) && self.valid_worker(id, thief, true);
         if valid {
             self.assign(id, thief, comm);
+            self.pipeline(id, thief, comm);
         } else {
             self.requeue(id);
-            self.recall_links(id, comm);
         }
     }
 

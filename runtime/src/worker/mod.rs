@@ -24,13 +24,12 @@ use crate::codec::{self, DataRequest, Hello, WorkerDown, WorkerUp};
 use crate::data::{PeerPool, STAGED_TTL, serve};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{self, Executor, Job};
-use crate::ids::{SharedStr, TaskId, WorkerId};
+use crate::ids::{TaskId, WorkerId};
 use crate::ops::{Registry, Site};
 use crate::protocol::{FromWorker, OpError, ResourceAmount, Tier, ToWorker, WorkerInfo};
 use crate::store::{MemoryConfig, MemoryStats, Pressure, Store};
 use crate::value::Value;
 use probe::{CpuMeter, TransferCounters};
-use quick::QuickOps;
 
 /// Longest a report to the scheduler waits for others to join its batch
 /// while ops are still running.
@@ -238,7 +237,7 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         peers,
         done_tx,
         session: 0,
-        quick: QuickOps::default(),
+        inline: Vec::new(),
         probe,
         transfers,
         cpu: CpuMeter::default(),
@@ -258,6 +257,10 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         link.session += 1;
         let limits = TransferLimits::for_memory(options.memory.limit);
         let mut state = WorkerState::new(options.nthreads, limits).with_resources(&options.resources);
+        if options.gpu.is_none() {
+            // A GPU worker's ops run on its compute threads' streams.
+            state = state.with_quick_ops();
+        }
         tokio::select! {
             () = &mut shutdown => {
                 let _ = sender.close().await;
@@ -291,8 +294,9 @@ struct Link<'a> {
     /// Numbers the connections to a scheduler; work of an earlier one is
     /// void once it ends.
     session: u64,
-    /// Run times of ops, to run the shortest inline.
-    quick: QuickOps,
+    /// Quick ops to run on the event loop once the commands that go to
+    /// the compute threads are out.
+    inline: Vec<Job>,
     /// What the status page reads.
     probe: WorkerProbe,
     transfers: Arc<TransferCounters>,
@@ -387,6 +391,11 @@ impl Link<'_> {
             for command in commands.drain(..) {
                 self.carry_out(command, &mut outbox);
             }
+            for job in std::mem::take(&mut self.inline) {
+                let done = executor::run(&self.options.registry, &self.site, job);
+                // Handled with the others on the next turn of the loop.
+                let _ = self.done_tx.send(Done::executed(done));
+            }
             let due = flush_by.is_some_and(|t| t <= Instant::now());
             if !outbox.is_empty() && (state.running() == 0 || outbox.len() >= MAX_BATCH || due) {
                 flush_by = None;
@@ -478,21 +487,17 @@ impl Link<'_> {
         let event = match done.what {
             Completed::Executed {
                 task,
-                op,
                 outcome,
                 compute_us,
-            } => {
-                self.quick.record(&op, compute_us);
-                WorkerEvent::Executed {
-                    task,
-                    outcome: outcome.map(|value| {
-                        let placed = (value.nbytes(), value.tier());
-                        self.store.insert(task, Arc::new(value));
-                        placed
-                    }),
-                    compute_us,
-                }
-            }
+            } => WorkerEvent::Executed {
+                task,
+                outcome: outcome.map(|value| {
+                    let placed = (value.nbytes(), value.tier());
+                    self.store.insert(task, Arc::new(value));
+                    placed
+                }),
+                compute_us,
+            },
             Completed::Fetched {
                 peer,
                 got,
@@ -519,7 +524,7 @@ impl Link<'_> {
         state.handle(event, commands);
     }
 
-    fn carry_out(&self, command: WorkerCommand, outbox: &mut Vec<FromWorker>) {
+    fn carry_out(&mut self, command: WorkerCommand, outbox: &mut Vec<FromWorker>) {
         match command {
             WorkerCommand::Send(message) => outbox.push(message),
             WorkerCommand::Release(task) => self.store.remove(task),
@@ -540,6 +545,7 @@ impl Link<'_> {
                 op,
                 args,
                 inputs,
+                inline,
             } => {
                 let job = Job {
                     session: self.session,
@@ -550,15 +556,10 @@ impl Link<'_> {
                     inputs: Vec::new(),
                 };
                 // Inputs in memory go straight to a compute thread (or run
-                // here, for a quick op on a worker without a GPU); one on
-                // disk is read back first, off the event loop.
+                // here, for a quick op, once the rest is out); one on disk
+                // is read back first, off the event loop.
                 match inputs.iter().map(|t| self.store.get(*t)).collect() {
-                    Some(values) if self.options.gpu.is_none() && self.quick.is_quick(&job.op) => {
-                        let job = Job { inputs: values, ..job };
-                        let done = executor::run(&self.options.registry, &self.site, job);
-                        // Handled with the others on the next turn of the loop.
-                        let _ = self.done_tx.send(Done::executed(done));
-                    }
+                    Some(values) if inline => self.inline.push(Job { inputs: values, ..job }),
                     Some(values) => self.executor.submit(Job { inputs: values, ..job }),
                     None => {
                         let (store, executor, done) = (self.store.clone(), self.executor.clone(), self.done_tx.clone());
@@ -571,7 +572,6 @@ impl Link<'_> {
                                         session: job.session,
                                         what: Completed::Executed {
                                             task: job.task,
-                                            op: job.op,
                                             outcome: Err(OpError::Failed(
                                                 "an input vanished from the store before the op ran".into(),
                                             )),
@@ -671,7 +671,6 @@ fn localize(values: Vec<(TaskId, Value)>, gpu: Option<&Arc<Gpu>>) -> std::result
 enum Completed {
     Executed {
         task: TaskId,
-        op: SharedStr,
         outcome: Result<Value, OpError>,
         compute_us: u64,
     },
@@ -695,7 +694,6 @@ impl Done {
             session: job.session,
             what: Completed::Executed {
                 task: job.task,
-                op: job.op,
                 outcome: job.outcome,
                 compute_us: job.compute_us,
             },

@@ -10,6 +10,7 @@ use std::collections::{BinaryHeap, VecDeque, hash_map::Entry};
 use bytes::Bytes;
 use tracing::debug;
 
+use super::quick::QuickOps;
 use crate::ids::{FxHashMap, Key, SharedStr, TaskId, WorkerId};
 use crate::protocol::{ComputeRequest, FromWorker, OpError, Peer, Priority, ResourceAmount, Tier, ToWorker};
 
@@ -51,10 +52,14 @@ pub enum WorkerEvent {
     },
 }
 
+/// Quick ops started inline by one event at most.
+pub const MAX_INLINE: usize = 64;
+
 /// Something the reactor must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerCommand {
-    /// Run an op on a compute thread; its inputs are in the store.
+    /// Run an op on a compute thread, or on the event loop where `inline`;
+    /// its inputs are in the store.
     Execute {
         /// The task.
         task: TaskId,
@@ -66,6 +71,8 @@ pub enum WorkerCommand {
         args: Bytes,
         /// Input results, in the op's order.
         inputs: Vec<TaskId>,
+        /// A quick op: run it on the event loop; it holds no thread.
+        inline: bool,
     },
     /// Fetch results from a peer into the store, then report
     /// [`WorkerEvent::Fetched`].
@@ -99,6 +106,8 @@ struct Task {
     /// Inputs not yet in the store.
     missing: usize,
     phase: Phase,
+    /// Started inline (see [`WorkerCommand::Execute`]): it holds no thread.
+    inline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +195,9 @@ struct Held {
 pub struct WorkerState {
     nthreads: usize,
     running: usize,
+    /// Run times of ops, to start the shortest inline, beside the threads;
+    /// `None` where ops never run inline (a GPU worker).
+    quick: Option<QuickOps>,
     /// Ops finished and failed (for the status page).
     finished: u64,
     failed: u64,
@@ -225,6 +237,7 @@ impl WorkerState {
         WorkerState {
             nthreads: nthreads.max(1),
             running: 0,
+            quick: None,
             finished: 0,
             failed: 0,
             tasks: FxHashMap::default(),
@@ -256,6 +269,15 @@ impl WorkerState {
         self
     }
 
+    /// Ops seen to be short (see [`QuickOps`]) start on the event loop as
+    /// soon as they are ready, without waiting for a thread: a row count
+    /// behind each partition runs between two partitions instead of after
+    /// all of them.
+    pub fn with_quick_ops(mut self) -> Self {
+        self.quick = Some(QuickOps::default());
+        self
+    }
+
     /// How much of `name` running tasks hold now.
     pub fn resource_in_use(&self, name: &str) -> u32 {
         self.resources
@@ -274,7 +296,8 @@ impl WorkerState {
         self.tasks.len()
     }
 
-    /// Ops handed to the compute threads and not yet finished.
+    /// Ops handed to the compute threads and not yet finished (quick ops
+    /// run inline are not counted).
     pub fn running(&self) -> usize {
         self.running
     }
@@ -356,13 +379,21 @@ impl WorkerState {
                 outcome,
                 compute_us,
             } => {
-                self.running = self.running.saturating_sub(1);
                 // Those waiting here start now, or are cancelled by the
                 // scheduler if this failed.
                 let waiters = self.local_waiters.remove(&task).unwrap_or_default();
                 let finished = self.tasks.remove(&task);
-                if let Some(t) = &finished {
-                    self.hold(&t.request.resources, false);
+                match &finished {
+                    Some(t) => {
+                        if !t.inline {
+                            self.running = self.running.saturating_sub(1);
+                        }
+                        self.hold(&t.request.resources, false);
+                        if let Some(quick) = &mut self.quick {
+                            quick.record(&t.request.op, compute_us);
+                        }
+                    }
+                    None => self.running = self.running.saturating_sub(1),
                 }
                 match finished.map(|t| (t.phase, t.request.key)) {
                     Some((Phase::Running, key)) => match outcome {
@@ -454,6 +485,9 @@ impl WorkerState {
                 let stolen = match self.tasks.get(&task).map(|t| t.phase) {
                     Some(Phase::Waiting | Phase::Ready) => {
                         self.tasks.remove(&task);
+                        // Links sent ahead behind it are called back by
+                        // the scheduler.
+                        self.local_waiters.remove(&task);
                         true
                     }
                     _ => false,
@@ -536,6 +570,7 @@ impl WorkerState {
                 request,
                 missing,
                 phase,
+                inline: false,
             },
         );
     }
@@ -682,11 +717,17 @@ impl WorkerState {
         self.tasks.get(&task).is_some_and(|t| t.phase == Phase::Ready)
     }
 
-    /// The next task to start: the more urgent of the first ready task and
-    /// the first constrained one, if its resources are free. A ready entry
-    /// may be stale (cancelled, stolen or started since): the caller skips
-    /// it. Constrained entries are checked here, to look at their needs.
-    fn next_ready(&mut self) -> Option<TaskId> {
+    /// The next task to start, left queued: the more urgent of the first
+    /// ready task and the first constrained one, if its resources are
+    /// free; with whether it is the constrained one. Stale entries
+    /// (cancelled, stolen or started since they were queued) are dropped
+    /// on the way.
+    fn next_ready(&mut self) -> Option<(TaskId, bool)> {
+        while let Some(&Reverse((_, task))) = self.ready.peek()
+            && !self.still_ready(task)
+        {
+            self.ready.pop();
+        }
         while let Some(&Reverse((_, task))) = self.constrained.peek()
             && !self.still_ready(task)
         {
@@ -697,28 +738,38 @@ impl WorkerState {
             .peek()
             .filter(|Reverse((_, task))| self.free(&self.tasks[task].request.resources))
             .copied();
-        let heap = match (self.ready.peek(), constrained) {
+        match (self.ready.peek(), constrained) {
             // Reversed: the greater entry is the more urgent task.
-            (Some(r), Some(c)) if c > *r => &mut self.constrained,
-            (Some(_), _) => &mut self.ready,
-            (None, Some(_)) => &mut self.constrained,
-            (None, None) => return None,
-        };
-        heap.pop().map(|Reverse((_, task))| task)
+            (Some(r), Some(c)) if c > *r => Some((c.0.1, true)),
+            (Some(r), _) => Some((r.0.1, false)),
+            (None, Some(c)) => Some((c.0.1, true)),
+            (None, None) => None,
+        }
     }
 
+    /// Starts ready tasks, most urgent first, while threads are free; a
+    /// quick op without resources starts inline whatever the threads do
+    /// (at most [`MAX_INLINE`] per call, so the event loop turns).
     fn dispatch(&mut self, out: &mut Vec<WorkerCommand>) {
-        while self.running < self.nthreads && !self.paused {
-            let Some(task) = self.next_ready() else {
+        let mut inline_left = MAX_INLINE;
+        while !self.paused {
+            let Some((task, constrained)) = self.next_ready() else {
                 return;
             };
-            let Some(t) = self.tasks.get_mut(&task) else {
-                continue; // cancelled or stolen while ready
-            };
-            if t.phase != Phase::Ready {
-                continue;
+            let t = &self.tasks[&task];
+            let inline =
+                !constrained && inline_left > 0 && self.quick.as_ref().is_some_and(|q| q.is_quick(&t.request.op));
+            if !inline && self.running >= self.nthreads {
+                return;
             }
+            if constrained {
+                self.constrained.pop();
+            } else {
+                self.ready.pop();
+            }
+            let t = self.tasks.get_mut(&task).expect("a ready task is known");
             t.phase = Phase::Running;
+            t.inline = inline;
             let request = &t.request;
             let needs = (!request.resources.is_empty()).then(|| request.resources.clone());
             out.push(WorkerCommand::Execute {
@@ -727,8 +778,13 @@ impl WorkerState {
                 op: request.op.clone(),
                 args: request.args.clone(),
                 inputs: request.deps.iter().map(|d| d.task).collect(),
+                inline,
             });
-            self.running += 1;
+            if inline {
+                inline_left -= 1;
+            } else {
+                self.running += 1;
+            }
             if let Some(needs) = needs {
                 self.hold(&needs, true);
             }
@@ -899,6 +955,56 @@ mod tests {
         let out = run(&mut state, executed(2));
         assert!(matches!(&out[0], WorkerCommand::Send(FromWorker::Finished { task, .. }) if *task == TaskId::new(2)));
         assert!(matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(5)));
+    }
+
+    #[test]
+    fn quick_ops_start_inline_beside_a_busy_thread() {
+        let with_op = |task: u64, deps: &[(u64, &[u32])], op: &str| {
+            let mut r = request(task, deps);
+            if let ToWorker::Compute(c) = &mut r {
+                c.op = op.into();
+            }
+            WorkerEvent::Scheduler(r)
+        };
+        let done = |task: u64, compute_us: u64| WorkerEvent::Executed {
+            task: TaskId::new(task),
+            outcome: Ok((8, Tier::Host)),
+            compute_us,
+        };
+        let executes = |out: &[WorkerCommand]| -> Vec<(u64, bool)> {
+            out.iter()
+                .filter_map(|c| match c {
+                    WorkerCommand::Execute { task, inline, .. } => Some((task.as_num(), *inline)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for quick in [true, false] {
+            let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
+            if quick {
+                state = state.with_quick_ops();
+            }
+            // Three runs of 5 us make `count` a quick op here.
+            for t in 1..=3 {
+                assert_eq!(executes(&run(&mut state, with_op(t, &[], "count"))), [(t, false)]);
+                run(&mut state, done(t, 5));
+            }
+            // A partition, its count (a link sent ahead), the next partition.
+            assert_eq!(executes(&run(&mut state, with_op(10, &[], "scan"))), [(10, false)]);
+            assert!(run(&mut state, with_op(11, &[(10, &[])], "count")).is_empty());
+            assert!(run(&mut state, with_op(12, &[], "scan")).is_empty());
+            let out = run(&mut state, done(10, 2000));
+            if quick {
+                // The count runs inline, and the next partition takes the
+                // thread at once.
+                assert_eq!(executes(&out), [(11, true), (12, false)]);
+                assert_eq!(state.running(), 1);
+                run(&mut state, done(11, 5));
+                assert_eq!(state.running(), 1, "an inline op held no thread");
+            } else {
+                assert_eq!(executes(&out), [(11, false)]);
+            }
+        }
     }
 
     fn fetches(out: &[WorkerCommand]) -> Vec<(u32, Vec<u64>)> {

@@ -34,6 +34,8 @@ impl Sim {
                     op,
                     args,
                     inputs,
+                    // Never set: simulated workers run every op on a thread.
+                    inline: _,
                 } => self.execute(w, task, &key, &op, &args, &inputs),
                 WorkerCommand::Fetch { peer, tasks, .. } => {
                     self.fetch(w, peer, tasks);
