@@ -10,6 +10,10 @@ use crate::protocol::ToWorker;
 /// Most tasks looked at per victim when stealing.
 const STEAL_SCAN: usize = 8;
 
+/// Most links sent ahead behind a task that move with it when it is
+/// stolen.
+const STEAL_LINKS: usize = 4;
+
 impl Scheduler {
     /// Can `w` run task `id`? Resources are checked against capacity (the
     /// worker enforces concurrency); restrictions are binding when `strict`
@@ -198,18 +202,26 @@ impl Scheduler {
     }
 
     /// The estimated run time of `id` and of the links sent ahead behind
-    /// it, which move with it when it is stolen.
-    fn chain_estimate(&self, mut id: TaskId) -> f64 {
+    /// it, which move with it when it is stolen; `None` past
+    /// [`STEAL_LINKS`] links (a long chain stays where it runs, and
+    /// stealing does not walk it at every turn).
+    fn chain_estimate(&self, mut id: TaskId) -> Option<f64> {
         let mut est = self.tasks[id].est as f64;
-        while let [next] = self.tasks[id].dependents[..]
-            && let Some(n) = self.tasks.get(next)
-            && matches!(n.state, TaskState::Processing(_))
-            && n.waiting_on > 0
-        {
-            est += n.est as f64;
-            id = next;
+        for _ in 0..=STEAL_LINKS {
+            match self.tasks[id].dependents[..] {
+                [next]
+                    if self
+                        .tasks
+                        .get(next)
+                        .is_some_and(|n| matches!(n.state, TaskState::Processing(_)) && n.waiting_on > 0) =>
+                {
+                    est += self.tasks[next].est as f64;
+                    id = next;
+                }
+                _ => return Some(est),
+            }
         }
-        est
+        None
     }
 
     /// Work stealing: moves tasks that have not started (with the links
@@ -263,7 +275,9 @@ impl Scheduler {
                     if self.tasks[id].waiting_on > 0 || !self.valid_worker(id, thief, true) {
                         continue;
                     }
-                    let est = self.chain_estimate(id);
+                    let Some(est) = self.chain_estimate(id) else {
+                        continue;
+                    };
                     let transfer = self.fetch_time(id, thief);
                     if transfer > est * ratio {
                         continue;

@@ -391,13 +391,17 @@ impl Link<'_> {
             for command in commands.drain(..) {
                 self.carry_out(command, &mut outbox);
             }
+            // Ops run inline count as running until their results are
+            // handled, on the next turn: a chain of quick links answers in
+            // batches, not once per link.
+            let ran_inline = !self.inline.is_empty();
             for job in std::mem::take(&mut self.inline) {
                 let done = executor::run(&self.options.registry, &self.site, job);
-                // Handled with the others on the next turn of the loop.
                 let _ = self.done_tx.send(Done::executed(done));
             }
+            let idle = state.running() == 0 && !ran_inline;
             let due = flush_by.is_some_and(|t| t <= Instant::now());
-            if !outbox.is_empty() && (state.running() == 0 || outbox.len() >= MAX_BATCH || due) {
+            if !outbox.is_empty() && (idle || outbox.len() >= MAX_BATCH || due) {
                 flush_by = None;
                 let batch = WorkerUp::Batch(std::mem::take(&mut outbox));
                 let message = match codec::encode(&batch) {
