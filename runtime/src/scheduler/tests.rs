@@ -147,6 +147,39 @@ fn computes(cmds: &[Command]) -> Vec<(WorkerId, String)> {
         .collect()
 }
 
+/// The tasks the scheduler asks `victim` to give up.
+fn steals(cmds: &[Command], victim: u32) -> Vec<TaskId> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ToWorker(x, ToWorker::Steal { task }) if *x == w(victim) => Some(*task),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `n` roots `{root}i`, each the only input of a link `{link}i`; and the
+/// links' keys, the outputs.
+fn roots_with_links(n: usize, root: &str, link: &str) -> (Vec<TaskSpec>, Vec<String>) {
+    let links: Vec<String> = (0..n).map(|i| format!("{link}{i}")).collect();
+    let tasks = (0..n)
+        .flat_map(|i| {
+            let r = format!("{root}{i}");
+            [spec(&r, &[]), spec(&links[i], &[r.as_str()])]
+        })
+        .collect();
+    (tasks, links)
+}
+
+/// A scheduler without root-task saturation, one 1-thread worker.
+fn unsaturated() -> H {
+    let mut h = H::new(Config {
+        worker_saturation: None,
+        ..Config::default()
+    });
+    h.join(1, 1);
+    h
+}
+
 fn frees(cmds: &[Command]) -> Vec<(WorkerId, TaskId)> {
     cmds.iter()
         .filter_map(|c| match c {
@@ -244,12 +277,8 @@ fn links_sent_ahead_take_no_root_slot() {
     let mut h = H::new(Config::default());
     h.join(1, 1);
     // Four roots, each the input of one link (a partition and its count).
-    let names: Vec<(String, String)> = (0..4).map(|i| (format!("r{i}"), format!("l{i}"))).collect();
-    let tasks = names
-        .iter()
-        .flat_map(|(r, l)| [spec(r, &[]), spec(l, &[r.as_str()])])
-        .collect();
-    let outputs: Vec<&str> = names.iter().map(|(_, l)| l.as_str()).collect();
+    let (tasks, outputs) = roots_with_links(4, "r", "l");
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let sent = |out: &[Command]| {
         let mut keys: Vec<String> = computes(out).into_iter().map(|(_, k)| k).collect();
         keys.sort();
@@ -615,11 +644,7 @@ fn resources_in_use_are_counted_and_spread_the_tasks_that_need_them() {
 
 #[test]
 fn idle_workers_steal_queued_work() {
-    let mut h = H::new(Config {
-        worker_saturation: None,
-        ..Config::default()
-    });
-    h.join(1, 1);
+    let mut h = unsaturated();
     let tasks: Vec<_> = (0..8).map(|i| spec(&format!("t{i}"), &[])).collect();
     let keys: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
@@ -627,13 +652,7 @@ fn idle_workers_steal_queued_work() {
     assert_eq!(computes(&out).len(), 8);
     h.join(2, 1);
     let out = h.ev(Event::Balance);
-    let steals: Vec<TaskId> = out
-        .iter()
-        .filter_map(|c| match c {
-            Command::ToWorker(x, ToWorker::Steal { task }) if *x == w(1) => Some(*task),
-            _ => None,
-        })
-        .collect();
+    let steals = steals(&out, 1);
     // Tasks of 0.5 s (an op not seen yet): the thief takes three, then it
     // would finish no sooner than the victim.
     assert_eq!(steals.len(), 3, "until the loads balance: {out:?}");
@@ -651,30 +670,16 @@ fn idle_workers_steal_queued_work() {
 
 #[test]
 fn a_task_moves_with_the_link_sent_ahead_behind_it() {
-    let mut h = H::new(Config {
-        worker_saturation: None,
-        ..Config::default()
-    });
-    h.join(1, 1);
+    let mut h = unsaturated();
     // Partitions, each with its row count sent ahead behind it.
-    let names: Vec<(String, String)> = (0..4).map(|i| (format!("p{i}"), format!("n{i}"))).collect();
-    let tasks = names
-        .iter()
-        .flat_map(|(p, n)| [spec(p, &[]), spec(n, &[p.as_str()])])
-        .collect();
-    let outputs: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+    let (tasks, outputs) = roots_with_links(4, "p", "n");
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let out = h.submit(tasks, &outputs);
     assert_eq!(computes(&out).len(), 8);
     // A worker joins: the partitions are stolen, their counts are not.
     h.join(2, 1);
     let out = h.ev(Event::Balance);
-    let steals: Vec<TaskId> = out
-        .iter()
-        .filter_map(|c| match c {
-            Command::ToWorker(x, ToWorker::Steal { task }) if *x == w(1) => Some(*task),
-            _ => None,
-        })
-        .collect();
+    let steals = steals(&out, 1);
     assert!(!steals.is_empty(), "{out:?}");
     assert!(steals.iter().all(|t| h.s.tasks[*t].key.starts_with('p')), "{out:?}");
     // Stolen: its count is called back from the victim and goes ahead to
@@ -1511,11 +1516,7 @@ fn a_worker_left_idle_steals_from_a_backlog_at_once() {
     // Its finish leaves it idle beside a backlog: it steals now, not at
     // the next balance round.
     let out = h.finish(2, "r", 10);
-    let steals = out
-        .iter()
-        .filter(|c| matches!(c, Command::ToWorker(v, ToWorker::Steal { .. }) if *v == w(1)))
-        .count();
-    assert_eq!(steals, 1, "{out:?}");
+    assert_eq!(steals(&out, 1).len(), 1, "{out:?}");
 }
 
 #[test]
