@@ -49,14 +49,16 @@ impl QuickOps {
         runs.count = runs.count.saturating_add(1);
     }
 
-    /// Whether `op` may run inline.
-    pub fn is_quick(&self, op: &str) -> bool {
+    /// The average run, in microseconds, of `op` where it may run inline.
+    pub fn inline_us(&self, op: &str) -> Option<f64> {
         // Shuffle ops wait on peers and the disk from a compute thread.
-        !op.starts_with(crate::shuffle::OP_PREFIX)
-            && self
-                .ops
-                .get(op)
-                .is_some_and(|runs| runs.count >= MIN_RUNS && runs.average_us <= MAX_INLINE_US)
+        if op.starts_with(crate::shuffle::OP_PREFIX) {
+            return None;
+        }
+        self.ops
+            .get(op)
+            .filter(|runs| runs.count >= MIN_RUNS && runs.average_us <= MAX_INLINE_US)
+            .map(|runs| runs.average_us)
     }
 }
 
@@ -68,26 +70,27 @@ mod tests {
     fn short_ops_run_inline_after_a_few_runs_and_stop_while_slow() {
         let mut quick = QuickOps::default();
         let op = SharedStr::from("add");
-        assert!(!quick.is_quick("add"), "never seen");
+        let is_quick = |quick: &QuickOps, op: &str| quick.inline_us(op).is_some();
+        assert!(!is_quick(&quick, "add"), "never seen");
         for _ in 0..MIN_RUNS - 1 {
             quick.record(&op, 3);
         }
-        assert!(!quick.is_quick("add"), "too few runs");
+        assert!(!is_quick(&quick, "add"), "too few runs");
         quick.record(&op, 3);
-        assert!(quick.is_quick("add"));
+        assert_eq!(quick.inline_us("add"), Some(3.0));
         // A preempted run: a blip, not a verdict.
         quick.record(&op, 200);
-        assert!(quick.is_quick("add"));
+        assert!(is_quick(&quick, "add"));
         // A run that turned slow sends it to the compute threads ...
         quick.record(&op, 20_000);
-        assert!(!quick.is_quick("add"));
+        assert!(!is_quick(&quick, "add"));
         // ... until fast runs there bring the average back down.
         let mut runs = 0;
-        while !quick.is_quick("add") {
+        while !is_quick(&quick, "add") {
             quick.record(&op, 3);
             runs += 1;
         }
         assert!((20..60).contains(&runs), "{runs} runs");
-        assert!(!quick.is_quick("sum"), "other ops are their own");
+        assert!(!is_quick(&quick, "sum"), "other ops are their own");
     }
 }

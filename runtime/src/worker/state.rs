@@ -52,8 +52,9 @@ pub enum WorkerEvent {
     },
 }
 
-/// Quick ops started inline by one event at most.
-pub const MAX_INLINE: usize = 64;
+/// The run time, in microseconds, of the quick ops one event starts
+/// inline at most (by their averages): the event loop turns between them.
+pub const INLINE_BUDGET_US: f64 = 250.0;
 
 /// Something the reactor must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -749,16 +750,21 @@ impl WorkerState {
 
     /// Starts ready tasks, most urgent first, while threads are free; a
     /// quick op without resources starts inline whatever the threads do
-    /// (at most [`MAX_INLINE`] per call, so the event loop turns).
+    /// (within [`INLINE_BUDGET_US`] per call).
     fn dispatch(&mut self, out: &mut Vec<WorkerCommand>) {
-        let mut inline_left = MAX_INLINE;
+        let mut budget_us = INLINE_BUDGET_US;
         while !self.paused {
             let Some((task, constrained)) = self.next_ready() else {
                 return;
             };
             let t = &self.tasks[&task];
-            let inline =
-                !constrained && inline_left > 0 && self.quick.as_ref().is_some_and(|q| q.is_quick(&t.request.op));
+            // Each counts at least 1 us, so one event starts a bounded number.
+            let inline_us = (!constrained)
+                .then(|| self.quick.as_ref()?.inline_us(&t.request.op))
+                .flatten()
+                .map(|us| us.max(1.0))
+                .filter(|&us| us <= budget_us);
+            let inline = inline_us.is_some();
             if !inline && self.running >= self.nthreads {
                 return;
             }
@@ -780,10 +786,9 @@ impl WorkerState {
                 inputs: request.deps.iter().map(|d| d.task).collect(),
                 inline,
             });
-            if inline {
-                inline_left -= 1;
-            } else {
-                self.running += 1;
+            match inline_us {
+                Some(us) => budget_us -= us,
+                None => self.running += 1,
             }
             if let Some(needs) = needs {
                 self.hold(&needs, true);
@@ -1001,6 +1006,16 @@ mod tests {
                 assert_eq!(state.running(), 1);
                 run(&mut state, done(11, 5));
                 assert_eq!(state.running(), 1, "an inline op held no thread");
+                // A hundred counts ready at once: one event starts those
+                // that fit its budget (5 us each), the next ones the rest.
+                for t in 20..120 {
+                    run(&mut state, with_op(t, &[(12, &[])], "count"));
+                }
+                let started = executes(&run(&mut state, done(12, 2000)));
+                let inline = started.iter().filter(|&&(_, inline)| inline).count();
+                assert_eq!(inline, (INLINE_BUDGET_US / 5.0) as usize);
+                assert_eq!(started.len(), inline + 1, "and one on the thread");
+                assert_eq!(executes(&run(&mut state, done(20, 5))).len(), 100 - started.len());
             } else {
                 assert_eq!(executes(&out), [(11, false)]);
             }
