@@ -883,7 +883,7 @@ impl Scheduler {
             if !local || !self.valid_worker(next, w, true) {
                 return;
             }
-            self.tasks[next].ahead = self.tasks[id].deps.is_empty();
+            self.tasks[next].ahead = self.rationed(id);
             self.assign(next, w, comm);
             self.stats.pipelined += 1;
             id = next;
@@ -928,11 +928,18 @@ impl Scheduler {
         }
     }
 
+    /// Whether `id` is a root task that worker saturation rations (no
+    /// inputs, restrictions or resources): one waits for a free slot, and
+    /// the link sent ahead behind it takes none.
+    fn rationed(&self, id: TaskId) -> bool {
+        let t = &self.tasks[id];
+        t.deps.is_empty() && t.restrictions.is_none() && t.request == 0 && self.config.worker_saturation.is_some()
+    }
+
     /// Places a ready task, queues it, or parks it as unrunnable.
     fn schedule(&mut self, id: TaskId, comm: &mut impl Comm) {
         let t = &self.tasks[id];
-        let rootish = t.deps.is_empty() && t.restrictions.is_none() && t.request == 0;
-        if rootish && self.config.worker_saturation.is_some() {
+        if self.rationed(id) {
             let (workers, saturation) = (&self.workers, self.config.worker_saturation.unwrap_or(1.0));
             if let Some(w) = self.unsat.next_in_runs(|w| workers[&w].root_run(saturation)) {
                 self.assign(id, w, comm);

@@ -520,10 +520,16 @@ impl WorkerState {
             if self.memory.contains_key(&dep.task) {
                 continue;
             }
+            // A waiter is listed once per input: an entry left by an
+            // earlier request for this task (cancelled or stolen while it
+            // waited) counts for this one, not twice.
             if self.tasks.contains_key(&dep.task) {
                 // A chain link sent ahead: its input is computed here.
                 missing += 1;
-                self.local_waiters.entry(dep.task).or_default().push(task);
+                let waiters = self.local_waiters.entry(dep.task).or_default();
+                if !waiters.contains(&task) {
+                    waiters.push(task);
+                }
                 continue;
             }
             if dep.who_has.is_empty() && !self.transfers.contains_key(&dep.task) {
@@ -537,7 +543,12 @@ impl WorkerState {
             }
             missing += 1;
             match self.transfers.entry(dep.task) {
-                Entry::Occupied(mut entry) => entry.get_mut().waiters.push(task),
+                Entry::Occupied(mut entry) => {
+                    let waiters = &mut entry.get_mut().waiters;
+                    if !waiters.contains(&task) {
+                        waiters.push(task);
+                    }
+                }
                 Entry::Vacant(entry) => {
                     let mut candidates = dep.who_has.clone();
                     candidates.reverse(); // pop() then tries them in the given order
@@ -1187,6 +1198,35 @@ mod tests {
             WorkerEvent::Scheduler(ToWorker::Free { task: TaskId::new(3) }),
         );
         assert_eq!(out, vec![WorkerCommand::Release(TaskId::new(3))]);
+    }
+
+    #[test]
+    fn a_task_asked_for_again_waits_for_every_input_once() {
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0));
+        // 1 runs here; 2 waits on 1 (a link) and on 9 and 8 from a peer.
+        run(&mut state, WorkerEvent::Scheduler(request(1, &[])));
+        let two = || request(2, &[(1, &[]), (9, &[5]), (8, &[5])]);
+        run(&mut state, WorkerEvent::Scheduler(two()));
+        // Stolen while it waits, then placed here again: its inputs are
+        // each waited for once, not once per request.
+        run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Steal { task: TaskId::new(2) }),
+        );
+        run(&mut state, WorkerEvent::Scheduler(two()));
+        run(&mut state, fetched(5, &[9], 8));
+        let out = run(&mut state, executed(1));
+        assert!(
+            !out.iter()
+                .any(|c| matches!(c, WorkerCommand::Execute { task, .. } if task.as_num() == 2)),
+            "8 is still missing: {out:?}"
+        );
+        let out = run(&mut state, fetched(5, &[8], 8));
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, WorkerCommand::Execute { task, .. } if task.as_num() == 2)),
+            "{out:?}"
+        );
     }
 
     #[test]
