@@ -477,7 +477,8 @@ impl WorkerState {
                     match entry.get().phase {
                         Phase::Running | Phase::Cancelled => entry.get_mut().phase = Phase::Cancelled,
                         Phase::Waiting | Phase::Ready => {
-                            entry.remove();
+                            let removed = entry.remove();
+                            self.forget_waiter(task, &removed.request);
                         }
                     }
                 }
@@ -485,7 +486,9 @@ impl WorkerState {
             ToWorker::Steal { task } => {
                 let stolen = match self.tasks.get(&task).map(|t| t.phase) {
                     Some(Phase::Waiting | Phase::Ready) => {
-                        self.tasks.remove(&task);
+                        if let Some(removed) = self.tasks.remove(&task) {
+                            self.forget_waiter(task, &removed.request);
+                        }
                         // Links sent ahead behind it are called back by
                         // the scheduler.
                         self.local_waiters.remove(&task);
@@ -515,40 +518,44 @@ impl WorkerState {
             }
             return;
         }
+        // Refused before any input is waited for: a waiter listed for a
+        // task that is not here would count for its next request too.
+        if let Some(dep) = request.deps.iter().find(|d| {
+            d.who_has.is_empty()
+                && !self.memory.contains_key(&d.task)
+                && !self.tasks.contains_key(&d.task)
+                && !self.transfers.contains_key(&d.task)
+        }) {
+            // Neither here nor anywhere: the scheduler must sort it out.
+            out.push(WorkerCommand::Send(FromWorker::MissingData {
+                task,
+                dep: dep.task,
+                tried: Vec::new(),
+            }));
+            return;
+        }
+        if let Some(short) = self.lacking(&request.resources) {
+            // The scheduler placed it where it can never run.
+            out.push(WorkerCommand::Send(FromWorker::Failed {
+                task,
+                error: OpError::Failed(format!("needs {short}, which this worker does not have")),
+            }));
+            return;
+        }
         let mut missing = 0;
         for dep in &request.deps {
             if self.memory.contains_key(&dep.task) {
                 continue;
             }
-            // A waiter is listed once per input: an entry left by an
-            // earlier request for this task (cancelled or stolen while it
-            // waited) counts for this one, not twice.
             if self.tasks.contains_key(&dep.task) {
                 // A chain link sent ahead: its input is computed here.
                 missing += 1;
-                let waiters = self.local_waiters.entry(dep.task).or_default();
-                if !waiters.contains(&task) {
-                    waiters.push(task);
-                }
+                self.local_waiters.entry(dep.task).or_default().push(task);
                 continue;
-            }
-            if dep.who_has.is_empty() && !self.transfers.contains_key(&dep.task) {
-                // Neither here nor anywhere: the scheduler must sort it out.
-                out.push(WorkerCommand::Send(FromWorker::MissingData {
-                    task,
-                    dep: dep.task,
-                    tried: Vec::new(),
-                }));
-                return;
             }
             missing += 1;
             match self.transfers.entry(dep.task) {
-                Entry::Occupied(mut entry) => {
-                    let waiters = &mut entry.get_mut().waiters;
-                    if !waiters.contains(&task) {
-                        waiters.push(task);
-                    }
-                }
+                Entry::Occupied(mut entry) => entry.get_mut().waiters.push(task),
                 Entry::Vacant(entry) => {
                     let mut candidates = dep.who_has.clone();
                     candidates.reverse(); // pop() then tries them in the given order
@@ -564,14 +571,6 @@ impl WorkerState {
                 }
             }
         }
-        if let Some(short) = self.lacking(&request.resources) {
-            // The scheduler placed it where it can never run.
-            out.push(WorkerCommand::Send(FromWorker::Failed {
-                task,
-                error: OpError::Failed(format!("needs {short}, which this worker does not have")),
-            }));
-            return;
-        }
         let phase = if missing == 0 { Phase::Ready } else { Phase::Waiting };
         if phase == Phase::Ready {
             self.make_ready(request.priority, !request.resources.is_empty(), task);
@@ -585,6 +584,20 @@ impl WorkerState {
                 inline: false,
             },
         );
+    }
+
+    /// Takes `task` (removed while it waited) off the waiter lists of its
+    /// inputs: an entry left there would count for its next request too,
+    /// which could then start without an input.
+    fn forget_waiter(&mut self, task: TaskId, request: &ComputeRequest) {
+        for dep in &request.deps {
+            if let Some(waiters) = self.local_waiters.get_mut(&dep.task) {
+                waiters.retain(|&w| w != task);
+            }
+            if let Some(transfer) = self.transfers.get_mut(&dep.task) {
+                transfer.waiters.retain(|&w| w != task);
+            }
+        }
     }
 
     fn input_arrived(&mut self, task: TaskId) {
@@ -613,7 +626,8 @@ impl WorkerState {
             return;
         };
         for waiter in transfer.waiters {
-            if self.tasks.remove(&waiter).is_some() {
+            if let Some(removed) = self.tasks.remove(&waiter) {
+                self.forget_waiter(waiter, &removed.request);
                 out.push(WorkerCommand::Send(FromWorker::MissingData {
                     task: waiter,
                     dep,
