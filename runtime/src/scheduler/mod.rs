@@ -890,26 +890,33 @@ impl Scheduler {
         }
     }
 
+    /// The links sent ahead behind `id`, in chain order: each the only
+    /// dependent of the one before, processing and waiting for it.
+    pub(super) fn links_ahead(&self, id: TaskId) -> impl Iterator<Item = TaskId> + '_ {
+        std::iter::successors(Some(id), |&prev| match self.tasks[prev].dependents[..] {
+            [next]
+                if self
+                    .tasks
+                    .get(next)
+                    .is_some_and(|n| matches!(n.state, TaskState::Processing(_)) && n.waiting_on > 0) =>
+            {
+                Some(next)
+            }
+            _ => None,
+        })
+        .skip(1)
+    }
+
     /// Calls back the links sent ahead behind `id`, which stopped
     /// processing without a result: they wait again, for its next run.
-    pub(super) fn recall_links(&mut self, mut id: TaskId, comm: &mut impl Comm) {
-        loop {
-            let [next] = self.tasks[id].dependents[..] else {
-                return;
-            };
-            let Some(n) = self.tasks.get(next) else {
-                return;
-            };
-            let TaskState::Processing(w) = n.state else {
-                return;
-            };
-            if n.waiting_on == 0 {
-                return;
+    pub(super) fn recall_links(&mut self, id: TaskId, comm: &mut impl Comm) {
+        let links: Vec<TaskId> = self.links_ahead(id).collect();
+        for next in links {
+            if let TaskState::Processing(w) = self.tasks[next].state {
+                self.unassign(next);
+                comm.to_worker(w, ToWorker::Cancel { task: next });
+                self.requeue(next);
             }
-            self.unassign(next);
-            comm.to_worker(w, ToWorker::Cancel { task: next });
-            self.requeue(next);
-            id = next;
         }
     }
 

@@ -205,23 +205,15 @@ impl Scheduler {
     /// it, which move with it when it is stolen; `None` past
     /// [`STEAL_LINKS`] links (a long chain stays where it runs, and
     /// stealing does not walk it at every turn).
-    fn chain_estimate(&self, mut id: TaskId) -> Option<f64> {
+    fn chain_estimate(&self, id: TaskId) -> Option<f64> {
         let mut est = self.tasks[id].est as f64;
-        for _ in 0..=STEAL_LINKS {
-            match self.tasks[id].dependents[..] {
-                [next]
-                    if self
-                        .tasks
-                        .get(next)
-                        .is_some_and(|n| matches!(n.state, TaskState::Processing(_)) && n.waiting_on > 0) =>
-                {
-                    est += self.tasks[next].est as f64;
-                    id = next;
-                }
-                _ => return Some(est),
+        for (n, link) in self.links_ahead(id).enumerate() {
+            if n == STEAL_LINKS {
+                return None;
             }
+            est += self.tasks[link].est as f64;
         }
-        None
+        Some(est)
     }
 
     /// Work stealing: moves tasks that have not started (with the links
