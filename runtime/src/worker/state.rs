@@ -472,23 +472,17 @@ impl WorkerState {
                 out.push(WorkerCommand::Adopt { task, key });
             }
             ToWorker::Discard { keys } => out.push(WorkerCommand::Discard(keys)),
-            ToWorker::Cancel { task } => {
-                if let Entry::Occupied(mut entry) = self.tasks.entry(task) {
-                    match entry.get().phase {
-                        Phase::Running | Phase::Cancelled => entry.get_mut().phase = Phase::Cancelled,
-                        Phase::Waiting | Phase::Ready => {
-                            let removed = entry.remove();
-                            self.forget_waiter(task, &removed.request);
-                        }
-                    }
+            ToWorker::Cancel { task } => match self.tasks.get_mut(&task).map(|t| &mut t.phase) {
+                Some(phase @ (Phase::Running | Phase::Cancelled)) => *phase = Phase::Cancelled,
+                Some(Phase::Waiting | Phase::Ready) => {
+                    self.remove_waiting(task);
                 }
-            }
+                None => {}
+            },
             ToWorker::Steal { task } => {
                 let stolen = match self.tasks.get(&task).map(|t| t.phase) {
                     Some(Phase::Waiting | Phase::Ready) => {
-                        if let Some(removed) = self.tasks.remove(&task) {
-                            self.forget_waiter(task, &removed.request);
-                        }
+                        self.remove_waiting(task);
                         // Links sent ahead behind it are called back by
                         // the scheduler.
                         self.local_waiters.remove(&task);
@@ -586,11 +580,15 @@ impl WorkerState {
         );
     }
 
-    /// Takes `task` (removed while it waited) off the waiter lists of its
-    /// inputs: an entry left there would count for its next request too,
-    /// which could then start without an input.
-    fn forget_waiter(&mut self, task: TaskId, request: &ComputeRequest) {
-        for dep in &request.deps {
+    /// Removes `task`, which has not started (cancelled, stolen, or its
+    /// input lost), and takes it off the waiter lists of its inputs: an
+    /// entry left there would count for its next request too, which could
+    /// then start without an input. False where it was not here.
+    fn remove_waiting(&mut self, task: TaskId) -> bool {
+        let Some(removed) = self.tasks.remove(&task) else {
+            return false;
+        };
+        for dep in &removed.request.deps {
             if let Some(waiters) = self.local_waiters.get_mut(&dep.task) {
                 waiters.retain(|&w| w != task);
             }
@@ -598,6 +596,7 @@ impl WorkerState {
                 transfer.waiters.retain(|&w| w != task);
             }
         }
+        true
     }
 
     fn input_arrived(&mut self, task: TaskId) {
@@ -626,8 +625,7 @@ impl WorkerState {
             return;
         };
         for waiter in transfer.waiters {
-            if let Some(removed) = self.tasks.remove(&waiter) {
-                self.forget_waiter(waiter, &removed.request);
+            if self.remove_waiting(waiter) {
                 out.push(WorkerCommand::Send(FromWorker::MissingData {
                     task: waiter,
                     dep,
