@@ -25,7 +25,6 @@ mkdir -p "$OUT"
 LOG="$OUT/run.log"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
-exec > >(tee -a "$LOG") 2>&1
 START=$SECONDS
 
 BIN=/tmp/weft-gpu-kit
@@ -73,39 +72,46 @@ tests() { # tests BINARY...
     done
 }
 
-for s in "${STEPS[@]}"; do
-    case "$s" in
-    info)
-        echo "kit built from $(cat "$KIT/COMMIT" 2>/dev/null || echo "an unknown commit")"
-        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-        python3 -c 'import cupy; print("cupy", cupy.__version__)' || echo "no cupy"
-        ;;
-    tests-core)
-        tests weft-gpu-gpu weft-gpu-ipc weft-kernels-devices weft-kernels-frame_kernels weft-kernels-arrow
-        ;;
-    bench)
-        step "bench kernels" bash -o pipefail -c "./weft bench kernels --json --device cuda --rows 33554432 --parts 64 --copy-mib 1024 | tee -a '$OUT/bench.jsonl'"
-        step "bench transfer" bash -o pipefail -c "./weft bench transfer --json --device cuda --mib 256 | tee -a '$OUT/bench.jsonl'"
-        ;;
-    sanitizer)
-        if command -v compute-sanitizer >/dev/null; then
-            step "compute-sanitizer memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 ./weft-kernels-devices --test-threads=1
-        else
-            echo "compute-sanitizer: not found" | tee -a "$SUMMARY"
-        fi
-        ;;
-    tests-runtime)
-        tests weft-runtime-gpu weft-transport-round_trip
-        ;;
-    tests-frame)
-        tests weft-frame-gpu weft-array-gpu
-        ;;
-    *)
-        echo "unknown step $s (info tests-core bench sanitizer tests-runtime tests-frame)" >&2
-        exit 2
-        ;;
-    esac
-done
-echo "--- summary ($((SECONDS - START))s)"
-cat "$SUMMARY"
-! grep -qE "FAILED|TIMED OUT" "$SUMMARY"
+# The steps, in order, then the summary; fails if a step did.
+run() {
+    for s in "${STEPS[@]}"; do
+        case "$s" in
+        info)
+            echo "kit built from $(cat "$KIT/COMMIT" 2>/dev/null || echo "an unknown commit")"
+            nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+            python3 -c 'import cupy; print("cupy", cupy.__version__)' || echo "no cupy"
+            ;;
+        tests-core)
+            tests weft-gpu-gpu weft-gpu-ipc weft-kernels-devices weft-kernels-frame_kernels weft-kernels-arrow
+            ;;
+        bench)
+            step "bench kernels" bash -o pipefail -c "./weft bench kernels --json --device cuda --rows 33554432 --parts 64 --copy-mib 1024 | tee -a '$OUT/bench.jsonl'"
+            step "bench transfer" bash -o pipefail -c "./weft bench transfer --json --device cuda --mib 256 | tee -a '$OUT/bench.jsonl'"
+            ;;
+        sanitizer)
+            if command -v compute-sanitizer >/dev/null; then
+                step "compute-sanitizer memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 ./weft-kernels-devices --test-threads=1
+            else
+                echo "compute-sanitizer: not found" | tee -a "$SUMMARY"
+            fi
+            ;;
+        tests-runtime)
+            tests weft-runtime-gpu weft-transport-round_trip
+            ;;
+        tests-frame)
+            tests weft-frame-gpu weft-array-gpu
+            ;;
+        *)
+            echo "unknown step $s (info tests-core bench sanitizer tests-runtime tests-frame)" >&2
+            exit 2
+            ;;
+        esac
+    done
+    echo "--- summary ($((SECONDS - START))s)"
+    cat "$SUMMARY"
+    ! grep -qE "FAILED|TIMED OUT" "$SUMMARY"
+}
+
+# Everything into the log too; the log is whole when the script returns.
+run 2>&1 | tee -a "$LOG"
+exit "${PIPESTATUS[0]}"
