@@ -53,7 +53,7 @@ pack target/release/weft weft
 pack target/release/weft-kernel-bench weft-kernel-bench
 for spec in "${TESTS[@]}"; do
     read -r package test <<<"$spec"
-    exe="$(cargo test --release --no-run -p "$package" --test "$test" --message-format=json 2>/dev/null | executables | tail -1)"
+    exe="$(cargo test --release --no-run -p "$package" --test "$test" --message-format=json | executables | tail -1)"
     [ -x "$exe" ] || { echo "no test binary for $package --test $test" >&2; exit 1; }
     pack "$exe" "$package-$test"
 done

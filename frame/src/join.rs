@@ -361,23 +361,6 @@ enum IntTable {
     Hashed(Table<i64>),
 }
 
-/// `test` of each of `keys`, as bits, 64 keys to a word.
-fn bits_of(keys: &[i64], test: impl Fn(i64) -> bool) -> BooleanBuffer {
-    let word = |chunk: &[i64]| {
-        chunk
-            .iter()
-            .enumerate()
-            .fold(0u64, |w, (j, &k)| w | (u64::from(test(k)) << j))
-    };
-    let chunks = keys.chunks_exact(64);
-    let rest = chunks.remainder();
-    let mut words: Vec<u64> = chunks.map(word).collect();
-    if !rest.is_empty() {
-        words.push(word(rest));
-    }
-    BooleanBuffer::new(words.into(), 0, keys.len())
-}
-
 /// Most slots per build row of a direct table.
 const DIRECT_SPREAD: u64 = 4;
 
@@ -439,29 +422,30 @@ impl IntTable {
     /// in the direct and ranked tables (TPC-H q5 tests every order key of
     /// `lineitem`).
     fn contains_each(&self, keys: &[i64]) -> BooleanBuffer {
-        // The slot of `key`, clamped to slot 0 of a non-empty table (the
-        // caller masks it out) where it falls outside: a select, not a jump.
+        // The slot of `key`, clamped to slot 0 where it falls outside (the
+        // caller masks it out): a select, not a jump. A direct or ranked
+        // table has at least one slot (`build` makes them from a range).
         let slot = |key: i64, min: i64, slots: usize| {
             let slot = key.wrapping_sub(min) as u64 as usize;
             (slot < slots, if slot < slots { slot } else { 0 })
         };
+        let n = keys.len();
         match self {
-            IntTable::Hashed(table) => bits_of(keys, |k| table.heads.contains_key(&k)),
-            IntTable::Direct { min, chains } if !chains.heads.is_empty() => {
+            IntTable::Hashed(table) => BooleanBuffer::collect_bool(n, |i| table.heads.contains_key(&keys[i])),
+            IntTable::Direct { min, chains } => {
                 let (min, heads) = (*min, &chains.heads[..]);
-                bits_of(keys, |k| {
-                    let (inside, s) = slot(k, min, heads.len());
+                BooleanBuffer::collect_bool(n, |i| {
+                    let (inside, s) = slot(keys[i], min, heads.len());
                     inside & (heads[s] != u32::MAX)
                 })
             }
-            IntTable::Ranked { min, bits, .. } if !bits.is_empty() => {
+            IntTable::Ranked { min, bits, .. } => {
                 let (min, bits) = (*min, &bits[..]);
-                bits_of(keys, |k| {
-                    let (inside, s) = slot(k, min, bits.len() * 64);
+                BooleanBuffer::collect_bool(n, |i| {
+                    let (inside, s) = slot(keys[i], min, bits.len() * 64);
                     inside & ((bits[s / 64] >> (s % 64)) & 1 != 0)
                 })
             }
-            IntTable::Direct { .. } | IntTable::Ranked { .. } => BooleanBuffer::new_unset(keys.len()),
         }
     }
 
