@@ -75,8 +75,8 @@ impl Executor {
         Ok(Executor { jobs })
     }
 
-    /// Queues a job; the state machine never queues more than there are
-    /// threads.
+    /// Queues a job; the state machine queues at most a few more than
+    /// there are threads (`WorkerState::with_queued_ahead`).
     pub fn submit(&self, job: Job) {
         // Only fails once every thread has exited, i.e. at shutdown.
         let _ = self.jobs.send(job);

@@ -321,7 +321,7 @@ impl Scheduler {
                 self.tasks
                     .get(id)
                     .is_some_and(|t| matches!(t.state, TaskState::Processing(_))),
-                "steal of {id:?} (to {thief}) pending for a task not processing"
+                "steal of {id:?} (to {thief:?}) pending for a task not processing"
             );
         }
         for (&c, client) in &self.clients {

@@ -277,8 +277,10 @@ pub struct Scheduler {
     requests: Vec<Box<[(ResourceId, u32)]>>,
     request_ids: FxHashMap<Box<[(ResourceId, u32)]>, u32>,
     errors: FxHashMap<TaskId, TaskError>,
-    /// Pending steals: task -> thief.
-    stealing: FxHashMap<TaskId, WorkerId>,
+    /// Steals asked for: task -> thief while the victim's answer is
+    /// pending, `None` once the victim refused (the task had started), so
+    /// it is not asked for again while it runs there.
+    stealing: FxHashMap<TaskId, Option<WorkerId>>,
     root_queue: BinaryHeap<Reverse<(Priority, TaskId)>>,
     unrunnable: Vec<TaskId>,
     next_seq: u64,

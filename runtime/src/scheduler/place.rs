@@ -288,7 +288,7 @@ impl Scheduler {
                     break;
                 };
                 debug_assert_eq!(self.tasks[id].state, TaskState::Processing(victim));
-                self.stealing.insert(id, thief);
+                self.stealing.insert(id, Some(thief));
                 self.stats.steal_requests += 1;
                 comm.to_worker(victim, ToWorker::Steal { task: id });
                 victim_load -= est / victim_threads;

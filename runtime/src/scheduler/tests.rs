@@ -1580,3 +1580,27 @@ fn a_replica_fetched_by_the_worker_now_recomputing_it_is_kept() {
     h.finish(2, "a", 10);
     assert_eq!(h.s.who_has("a"), [w(2)]);
 }
+
+#[test]
+fn a_refused_steal_asks_at_once_for_another_task_and_never_again_for_it() {
+    let mut h = H::a_on_w1();
+    let keys = ["p0", "p1", "p2", "p3", "p4", "p5"];
+    h.submit(keys.iter().map(|k| spec(k, &["a"])).collect(), &keys);
+    h.join(2, 1);
+    h.submit(vec![spec("r", &[])], &["r"]);
+    let out = h.finish(2, "r", 10);
+    let asked = steals(&out, 1);
+    assert!(!asked.is_empty(), "{out:?}");
+    // The victim had started each task asked for: the idle thief asks at
+    // once for others, never for those again.
+    let mut refused = Vec::new();
+    for &task in &asked {
+        let out = h.worker_msg(1, FromWorker::StealResponse { task, stolen: false });
+        refused.push(task);
+        let again = steals(&out, 1);
+        assert!(again.iter().all(|t| !refused.contains(t)), "asked again: {out:?}");
+        if task == *asked.last().unwrap() {
+            assert!(!again.is_empty(), "an idle thief waits for the next round: {out:?}");
+        }
+    }
+}

@@ -416,7 +416,7 @@ impl Scheduler {
     }
 
     pub(super) fn steal_response(&mut self, worker: WorkerId, id: TaskId, stolen: bool, comm: &mut impl Comm) {
-        let Some(&thief) = self.stealing.get(&id) else {
+        let Some(&Some(thief)) = self.stealing.get(&id) else {
             tracing::debug!(%worker, task = ?id, "steal response without a pending steal; ignored");
             self.stats.ignored += 1;
             return;
@@ -424,10 +424,17 @@ impl Scheduler {
         if self.processing_task(worker, id, "steal response").is_none() {
             return;
         }
-        self.stealing.remove(&id);
         if !stolen {
+            // It had started. A thief still idle beside a backlog asks
+            // again now, for another task, not at the next balance round.
+            self.stealing.insert(id, None);
+            let idle = |tk: &super::Worker| tk.processing.len() < tk.info.nthreads.max(1) as usize;
+            if self.backlogged > 0 && self.workers.get(&thief).is_some_and(idle) {
+                self.idle_thief = true;
+            }
             return;
         }
+        self.stealing.remove(&id);
         self.stats.steals += 1;
         self.unassign(id);
         // Its links sent ahead come back from the victim and, where the

@@ -35,6 +35,10 @@ use probe::{CpuMeter, TransferCounters};
 /// while ops are still running.
 const LINGER: Duration = Duration::from_micros(500);
 
+/// Ops queued for the compute threads beyond one per thread (see
+/// [`WorkerState::with_queued_ahead`]).
+const QUEUED_AHEAD: usize = 1;
+
 /// Reports that go out at once whatever else is running.
 const MAX_BATCH: usize = 1024;
 
@@ -256,7 +260,9 @@ pub async fn run_worker(options: WorkerOptions, shutdown: impl std::future::Futu
         let (sender, mut receiver) = connection.split();
         link.session += 1;
         let limits = TransferLimits::for_memory(options.memory.limit);
-        let mut state = WorkerState::new(options.nthreads, limits).with_resources(&options.resources);
+        let mut state = WorkerState::new(options.nthreads, limits)
+            .with_resources(&options.resources)
+            .with_queued_ahead(QUEUED_AHEAD);
         if options.gpu.is_none() {
             // A GPU worker's ops run on its compute threads' streams.
             state = state.with_quick_ops();

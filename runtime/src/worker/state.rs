@@ -195,6 +195,8 @@ struct Held {
 #[derive(Debug)]
 pub struct WorkerState {
     nthreads: usize,
+    /// Ops started beyond the threads, queued for the next free one.
+    ahead: usize,
     running: usize,
     /// Run times of ops, to start the shortest inline, beside the threads;
     /// `None` where ops never run inline (a GPU worker).
@@ -237,6 +239,7 @@ impl WorkerState {
     pub fn new(nthreads: usize, limits: TransferLimits) -> Self {
         WorkerState {
             nthreads: nthreads.max(1),
+            ahead: 0,
             running: 0,
             quick: None,
             finished: 0,
@@ -276,6 +279,17 @@ impl WorkerState {
     /// all of them.
     pub fn with_quick_ops(mut self) -> Self {
         self.quick = Some(QuickOps::default());
+        self
+    }
+
+    /// Starts up to `n` ops more than there are threads: they wait in the
+    /// compute threads' queue, so a thread that finishes an op takes the
+    /// next at once instead of waiting for the event loop to hear of it
+    /// (on a busy machine that wake-up costs a tenth of a millisecond or
+    /// more per op). A queued op counts as running: it cannot be stolen,
+    /// and it holds the resources it asks for.
+    pub fn with_queued_ahead(mut self, n: usize) -> Self {
+        self.ahead = n;
         self
     }
 
@@ -771,7 +785,8 @@ impl WorkerState {
         }
     }
 
-    /// Starts ready tasks, most urgent first, while threads are free; a
+    /// Starts ready tasks, most urgent first, while threads (or places in
+    /// their queue, see [`WorkerState::with_queued_ahead`]) are free; a
     /// quick op without resources starts inline whatever the threads do
     /// (within [`INLINE_BUDGET_US`] per call).
     fn dispatch(&mut self, out: &mut Vec<WorkerCommand>) {
@@ -788,7 +803,7 @@ impl WorkerState {
                 .map(|us| us.max(1.0))
                 .filter(|&us| us <= budget_us);
             let inline = inline_us.is_some();
-            if !inline && self.running >= self.nthreads {
+            if !inline && self.running >= self.nthreads + self.ahead {
                 return;
             }
             if constrained {
@@ -983,6 +998,39 @@ mod tests {
         let out = run(&mut state, executed(2));
         assert!(matches!(&out[0], WorkerCommand::Send(FromWorker::Finished { task, .. }) if *task == TaskId::new(2)));
         assert!(matches!(&out[1], WorkerCommand::Execute { task, .. } if *task == TaskId::new(5)));
+    }
+
+    #[test]
+    fn ops_queued_ahead_start_beyond_the_threads_and_cannot_be_stolen() {
+        let mut state = WorkerState::new(1, TransferLimits::for_memory(0)).with_queued_ahead(1);
+        for task in [2, 9, 5] {
+            run(&mut state, WorkerEvent::Scheduler(request(task, &[])));
+        }
+        // 2 started with the first request; 5 (more urgent than 9) can
+        // not, since 9 took the place in the queue before it came.
+        assert_eq!(state.running(), 2);
+        let out = run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Steal { task: TaskId::new(9) }),
+        );
+        assert!(matches!(
+            &out[..],
+            [WorkerCommand::Send(FromWorker::StealResponse { stolen: false, .. })]
+        ));
+        let out = run(
+            &mut state,
+            WorkerEvent::Scheduler(ToWorker::Steal { task: TaskId::new(5) }),
+        );
+        assert!(matches!(
+            &out[..],
+            [WorkerCommand::Send(FromWorker::StealResponse { stolen: true, .. })]
+        ));
+        let out = run(&mut state, executed(2));
+        assert!(
+            matches!(&out[..], [WorkerCommand::Send(FromWorker::Finished { .. })]),
+            "{out:?}"
+        );
+        assert_eq!(state.running(), 1);
     }
 
     #[test]
