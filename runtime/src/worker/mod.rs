@@ -35,7 +35,7 @@ use probe::{CpuMeter, TransferCounters};
 /// while ops are still running.
 const LINGER: Duration = Duration::from_micros(500);
 
-/// Ops queued for the compute threads beyond one per thread (see
+/// Ops a worker queues for its compute threads beyond those they run (see
 /// [`WorkerState::with_queued_ahead`]).
 const QUEUED_AHEAD: usize = 1;
 
