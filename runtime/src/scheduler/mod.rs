@@ -739,7 +739,7 @@ impl Scheduler {
         if wk.processing.len() == threads {
             self.backlogged -= 1;
         }
-        if wk.processing.len() < threads && self.backlogged > 0 {
+        if wk.has_idle_thread() && self.backlogged > 0 {
             self.idle_thief = true;
         }
         wk.occupancy = if wk.processing.is_empty() {

@@ -236,7 +236,7 @@ impl Scheduler {
             let wk = &self.workers[&w];
             let n = wk.processing.len();
             let threads = wk.info.nthreads.max(1) as usize;
-            if n < threads && !wk.paused {
+            if wk.has_idle_thread() && !wk.paused {
                 thieves.push(Reverse((wk.load().to_bits(), w)));
             } else if n > threads {
                 victims.push((wk.load(), w, n - threads));

@@ -1583,16 +1583,18 @@ fn a_replica_fetched_by_the_worker_now_recomputing_it_is_kept() {
 
 #[test]
 fn a_refused_steal_asks_at_once_for_another_task_and_never_again_for_it() {
-    let mut h = H::a_on_w1();
-    let keys = ["p0", "p1", "p2", "p3", "p4", "p5"];
-    h.submit(keys.iter().map(|k| spec(k, &["a"])).collect(), &keys);
+    // Eight tasks on w1, then an idle w2 asks for three (as in
+    // `idle_workers_steal_queued_work`).
+    let mut h = unsaturated();
+    let keys: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    h.submit(key_refs.iter().map(|k| spec(k, &[])).collect(), &key_refs);
     h.join(2, 1);
-    h.submit(vec![spec("r", &[])], &["r"]);
-    let out = h.finish(2, "r", 10);
+    let out = h.ev(Event::Balance);
     let asked = steals(&out, 1);
-    assert!(!asked.is_empty(), "{out:?}");
-    // The victim had started each task asked for: the idle thief asks at
-    // once for others, never for those again.
+    assert!(asked.len() >= 2, "{out:?}");
+    // The victim had started each task asked for: once the last answer is
+    // in, the idle thief asks at once for others, never for those again.
     let mut refused = Vec::new();
     for &task in &asked {
         let out = h.worker_msg(1, FromWorker::StealResponse { task, stolen: false });
@@ -1601,6 +1603,8 @@ fn a_refused_steal_asks_at_once_for_another_task_and_never_again_for_it() {
         assert!(again.iter().all(|t| !refused.contains(t)), "asked again: {out:?}");
         if task == *asked.last().unwrap() {
             assert!(!again.is_empty(), "an idle thief waits for the next round: {out:?}");
+        } else {
+            assert!(again.is_empty(), "asked more while answers were pending: {out:?}");
         }
     }
 }

@@ -50,6 +50,12 @@ impl Worker {
         self.occupancy / self.info.nthreads.max(1) as f64
     }
 
+    /// Fewer tasks than threads: a thread has nothing to run.
+    #[inline]
+    pub fn has_idle_thread(&self) -> bool {
+        self.processing.len() < self.info.nthreads.max(1) as usize
+    }
+
     #[inline]
     pub fn saturated(&self) -> bool {
         self.processing.len() as u32 - self.ahead >= self.slots

@@ -426,10 +426,14 @@ impl Scheduler {
         }
         if !stolen {
             // It had started. A thief still idle beside a backlog asks
-            // again now, for another task, not at the next balance round.
+            // again now, not at the next balance round, once no other
+            // answer to it is pending (balancing does not count asks in
+            // flight, so asking sooner would ask for too many).
             self.stealing.insert(id, None);
-            let idle = |tk: &super::Worker| tk.processing.len() < tk.info.nthreads.max(1) as usize;
-            if self.backlogged > 0 && self.workers.get(&thief).is_some_and(idle) {
+            if self.backlogged > 0
+                && self.workers.get(&thief).is_some_and(super::Worker::has_idle_thread)
+                && !self.stealing.values().any(|t| *t == Some(thief))
+            {
                 self.idle_thief = true;
             }
             return;
