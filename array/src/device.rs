@@ -44,17 +44,19 @@ fn max_blocks(ctx: &OpContext<'_>) -> Result<usize, OpError> {
     Ok(ctx.stream()?.gpu().geometry().resident_blocks(BLOCK as u32) as usize)
 }
 
-/// The bytes of emulated device memory.
+/// The bytes of emulated device memory (its stream synchronised first).
 fn emulated(buffer: &DeviceBuffer) -> &[u8] {
     // SAFETY: on an emulated device a device pointer is the address of a
     // host allocation of at least `len` bytes (its pool's block), live as
-    // long as `buffer`, which this borrow cannot outlive; emulated kernels
-    // run synchronously, so no copy writes it meanwhile.
+    // long as `buffer`, which this borrow cannot outlive; `launch` drained
+    // the thread's stream first, and nothing else queues work on it while
+    // this borrow lives.
     unsafe { std::slice::from_raw_parts(buffer.device_ptr() as *const u8, buffer.len()) }
 }
 
 /// Launches the kernel of `plan` with `leaves` (per leaf: its device
-/// buffer, or none for a generator) writing `outs`; returns when done.
+/// buffer, or none for a generator) writing `outs`, on the op's stream:
+/// done on return on an emulated device, queued on a CUDA one.
 fn launch(
     ctx: &OpContext<'_>,
     plan: &GridPlan,
@@ -67,6 +69,9 @@ fn launch(
     let blocks = plan.blocks(max_blocks(ctx)?);
     match gpu.backend() {
         GpuBackend::Emulated(_) => {
+            // The emulation reads and writes device memory from the host:
+            // the work queued before it runs first.
+            stream.synchronize()?;
             let slots: Vec<Slot<'_>> = leaves
                 .iter()
                 .zip(&params.seeds)
@@ -104,7 +109,6 @@ fn launch(
                 &args,
             )
             .map_err(kernel_failed("array.fused"))?;
-            stream.synchronize()?;
         }
     }
     Ok(())

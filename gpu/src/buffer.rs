@@ -309,8 +309,9 @@ impl Buffer {
     }
 
     /// The bytes in host memory: shared for host memory, copied from the
-    /// device (synchronously, on a stream of its own) into a pinned buffer
-    /// of the device's staging pool for device memory.
+    /// device (synchronously, on the calling thread's stream, after the work
+    /// queued there) into a pinned buffer of the device's staging pool for
+    /// device memory.
     pub fn to_host(&self) -> Result<Bytes> {
         match &self.repr {
             Repr::Host { bytes, .. } => Ok(bytes.clone()),
@@ -318,7 +319,7 @@ impl Buffer {
                 // Pinned memory from the device's staging pool, back there
                 // when the last `Bytes` over it drops.
                 let mut staged = buffer.gpu().staging(buffer.len())?;
-                buffer.gpu().stream()?.copy_d2h(buffer, staged.as_mut_slice())?;
+                buffer.gpu().thread_stream()?.copy_d2h(buffer, staged.as_mut_slice())?;
                 Ok(Bytes::from_owner(staged))
             }
         }

@@ -58,6 +58,9 @@ pub struct DeviceConfig {
     /// (`WEFT_EMULATED_PEER_ACCESS`); without it peer copies are staged
     /// through pinned host memory, as on GPUs without peer access.
     pub emulated_peer_access: bool,
+    /// Whether emulated GPUs queue stream work until it is synchronised, as
+    /// a real GPU runs it later (`WEFT_EMULATED_ASYNC`; see [`Stream`]).
+    pub emulated_async: bool,
     /// Whether to look for CUDA GPUs at all (`WEFT_DISABLE_CUDA=1` turns it off).
     pub use_cuda: bool,
 }
@@ -68,6 +71,7 @@ impl Default for DeviceConfig {
             emulated_gpus: 0,
             emulated_memory: 1 << 30,
             emulated_peer_access: true,
+            emulated_async: false,
             use_cuda: true,
         }
     }
@@ -103,6 +107,13 @@ impl DeviceConfig {
         if let Some(v) = lookup("WEFT_EMULATED_PEER_ACCESS") {
             config.emulated_peer_access = parse_bool(&v).map_err(|_| GpuError::Config {
                 name: "WEFT_EMULATED_PEER_ACCESS",
+                value: v.clone(),
+                reason: "expected 1/true/yes/on or 0/false/no/off",
+            })?;
+        }
+        if let Some(v) = lookup("WEFT_EMULATED_ASYNC") {
+            config.emulated_async = parse_bool(&v).map_err(|_| GpuError::Config {
+                name: "WEFT_EMULATED_ASYNC",
                 value: v.clone(),
                 reason: "expected 1/true/yes/on or 0/false/no/off",
             })?;
@@ -225,7 +236,16 @@ impl Gpu {
     pub fn emulated(ordinal: u32, capacity: usize, peer_access: bool) -> Arc<Self> {
         Gpu::new(
             Device::Emulated(ordinal),
-            GpuBackend::Emulated(EmulatedGpu::new(ordinal, capacity, peer_access)),
+            GpuBackend::Emulated(EmulatedGpu::new(ordinal, capacity, peer_access, false)),
+        )
+    }
+
+    /// Opens a lone emulated GPU whose streams queue their work until they
+    /// are synchronised (see [`Stream`]), with peer access.
+    pub fn emulated_asynchronous(ordinal: u32, capacity: usize) -> Arc<Self> {
+        Gpu::new(
+            Device::Emulated(ordinal),
+            GpuBackend::Emulated(EmulatedGpu::new(ordinal, capacity, true, true)),
         )
     }
 
@@ -258,11 +278,21 @@ impl Gpu {
     /// it can and the allocation is tried again (a few times at most), as
     /// RMM's failure-callback adaptor does; every allocation (kernels',
     /// copies', ops') goes through here.
+    ///
+    /// Blocks dropped while their stream's work is pending are not handed
+    /// out here (see [`Stream::alloc`]); when the device is full, the
+    /// calling thread's stream is synchronised first, which gives its
+    /// dropped blocks back.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer> {
         let mut tries = 0;
+        let mut synced = false;
         loop {
             match self.pool.alloc(&self.backend, self.device, len) {
                 Ok((ptr, class)) => return Ok(DeviceBuffer::new(self.clone(), ptr, len, class)),
+                Err(GpuError::OutOfMemory { .. }) if !synced && self.thread_stream_busy() => {
+                    synced = true;
+                    self.sync_thread_stream()?;
+                }
                 Err(GpuError::OutOfMemory { .. }) if tries < RECLAIM_TRIES && self.reclaim(len) => tries += 1,
                 Err(e) => return Err(e),
             }
@@ -283,8 +313,49 @@ impl Gpu {
         reclaim.is_some_and(|reclaim| reclaim(len))
     }
 
+    /// Takes back a dropped block: onto the calling thread's stream's list
+    /// while that stream has work pending (the work may still read it),
+    /// else straight onto the pool's free list.
     pub(crate) fn release(&self, ptr: u64, class: usize, len: usize) {
-        self.pool.release(ptr, class, len);
+        let deferred = self
+            .with_thread_stream(|s| s.defer_free(ptr, class, len))
+            .unwrap_or(false);
+        if !deferred {
+            self.pool.release(ptr, class, len);
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `f` of the calling thread's stream on this device, if it has one
+    /// (never during the thread's teardown or from inside `thread_stream`).
+    fn with_thread_stream<R>(&self, f: impl FnOnce(&Stream) -> R) -> Option<R> {
+        THREAD_STREAMS
+            .try_with(|streams| {
+                let streams = streams.try_borrow().ok()?;
+                let s = streams.iter().find(|s| std::ptr::eq(Arc::as_ptr(s.gpu()), self))?;
+                Some(f(s))
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn thread_stream_busy(&self) -> bool {
+        self.with_thread_stream(Stream::is_busy).unwrap_or(false)
+    }
+
+    /// Waits for the work the calling thread queued on this device (an
+    /// op's kernels, launched asynchronously on its thread stream) and
+    /// gives the blocks it dropped meanwhile back to the pool. A worker
+    /// calls it when an op ends, before its result leaves the thread;
+    /// nothing to do on a thread that queued nothing.
+    pub fn sync_thread_stream(&self) -> Result<()> {
+        match self.with_thread_stream(|s| s.is_busy().then(|| s.clone())).flatten() {
+            Some(s) => s.synchronize(),
+            None => Ok(()),
+        }
     }
 
     /// Pinned (page-locked) host memory for staging copies to and from this
@@ -401,10 +472,14 @@ impl Devices {
             gpus.push(Gpu::new(Device::Cuda(ordinal), GpuBackend::Cuda(gpu)));
         }
         for ordinal in 0..config.emulated_gpus {
-            gpus.push(Gpu::emulated(
-                ordinal,
-                config.emulated_memory,
-                config.emulated_peer_access,
+            gpus.push(Gpu::new(
+                Device::Emulated(ordinal),
+                GpuBackend::Emulated(EmulatedGpu::new(
+                    ordinal,
+                    config.emulated_memory,
+                    config.emulated_peer_access,
+                    config.emulated_async,
+                )),
             ));
         }
         Ok(Devices { gpus, cuda })

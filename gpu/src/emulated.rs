@@ -71,6 +71,7 @@ pub struct EmulatedGpu {
     ordinal: u32,
     capacity: usize,
     peer_access: bool,
+    asynchronous: bool,
     blocks: Mutex<Blocks>,
     counters: Counters,
 }
@@ -120,11 +121,12 @@ pub(crate) struct SharedBlock {
 }
 
 impl EmulatedGpu {
-    pub(crate) fn new(ordinal: u32, capacity: usize, peer_access: bool) -> Self {
+    pub(crate) fn new(ordinal: u32, capacity: usize, peer_access: bool, asynchronous: bool) -> Self {
         EmulatedGpu {
             ordinal,
             capacity,
             peer_access,
+            asynchronous,
             blocks: Mutex::new(Blocks::default()),
             counters: Counters::default(),
         }
@@ -133,6 +135,13 @@ impl EmulatedGpu {
     /// The ordinal among emulated GPUs.
     pub fn ordinal(&self) -> u32 {
         self.ordinal
+    }
+
+    /// Whether its streams queue kernels, memsets and device copies until
+    /// they are synchronised (see [`crate::Stream`]) instead of running them
+    /// at once.
+    pub fn asynchronous(&self) -> bool {
+        self.asynchronous
     }
 
     pub(crate) fn capacity(&self) -> usize {

@@ -56,6 +56,15 @@ pub enum GpuError {
         /// Why it failed.
         reason: String,
     },
+    /// Work queued on a stream failed (an emulated kernel, reported when the
+    /// stream was synchronised).
+    #[error("work queued on {device} failed: {message}")]
+    Queued {
+        /// The device the stream runs on.
+        device: Device,
+        /// What went wrong.
+        message: String,
+    },
     /// No such device was opened.
     #[error("no device {0}")]
     NoSuchDevice(Device),

@@ -34,6 +34,10 @@ pub struct PoolStats {
     pub in_use: usize,
     /// Bytes the callers asked for, of the blocks handed out.
     pub requested: usize,
+    /// Bytes of `in_use` that were dropped while their stream still had
+    /// work queued: reused by that stream, back on the free lists once it
+    /// is synchronised.
+    pub deferred: usize,
     /// Highest `in_use` seen.
     pub peak_in_use: usize,
     /// Bytes taken from the device: handed out plus cached.
@@ -121,6 +125,26 @@ impl Pool {
         st.stats.requested -= len;
         st.stats.free += class;
         st.free.entry(class).or_default().push(ptr);
+    }
+
+    /// Counts a block dropped while its stream had work pending (it stays
+    /// in use until [`Pool::release_deferred`]).
+    pub(crate) fn defer(&self, class: usize) {
+        self.lock().stats.deferred += class;
+    }
+
+    /// A deferred block handed out again by its stream for `len` bytes.
+    pub(crate) fn reuse_deferred(&self, class: usize, old_len: usize, len: usize) {
+        let mut st = self.lock();
+        st.stats.deferred -= class;
+        st.stats.requested = st.stats.requested - old_len + len;
+        st.stats.reused += 1;
+    }
+
+    /// A deferred block back on its free list, its stream's work done.
+    pub(crate) fn release_deferred(&self, ptr: u64, class: usize, len: usize) {
+        self.lock().stats.deferred -= class;
+        self.release(ptr, class, len);
     }
 
     /// Gives every cached block back to the device.

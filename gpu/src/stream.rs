@@ -2,44 +2,131 @@
 //! `weft-kernels`) on one device.
 //!
 //! CUDA streams are the driver's. Emulated streams carry out each operation
-//! when it is enqueued, which is one valid schedule of an in-order stream; an
-//! emulated event is therefore complete as soon as it is recorded.
+//! when it is enqueued, which is one valid schedule of an in-order stream,
+//! unless the device is *asynchronous* ([`Gpu::emulated_asynchronous`],
+//! `WEFT_EMULATED_ASYNC=1`): then kernels, memsets and device-to-device
+//! copies wait in the stream's queue until something synchronises it, so
+//! code that reads a result without synchronising, or reuses memory that
+//! queued work still reads, gets wrong answers in CI as it would on a GPU.
 //!
 //! Copies that touch caller-owned host slices complete before they return
 //! (the slice's borrow ends there). Device-to-device and peer copies are
 //! asynchronous: they return an [`Event`] that keeps both buffers alive until
 //! the copy has finished.
+//!
+//! **Stream-ordered frees.** A kernel's temporaries may be dropped while the
+//! kernel is still queued: a block dropped on a thread whose
+//! [thread stream](Gpu::thread_stream) has pending work is kept on that
+//! stream's list of freed blocks. [`Stream::alloc`] hands those out again
+//! at once (later work on the same stream runs after the work that read
+//! them); the pool gets them back, for every other user, when the stream
+//! is next synchronised. Work queued on a thread stream may therefore
+//! reference only buffers that are dropped on that thread, or after the
+//! stream is synchronised; a worker synchronises it when each op ends.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaEvent, CudaStream, DriverError, result};
 
 use crate::device::GpuBackend;
 use crate::emulated::CopyKind;
+use crate::pool::size_class;
 use crate::{Device, DeviceBuffer, Gpu, GpuError, Result};
 
-#[derive(Clone)]
 enum Inner {
     Cuda(Arc<CudaStream>),
     Emulated,
 }
 
+/// Work queued on an asynchronous emulated stream. Its error is kept and
+/// returned by the next synchronisation, as CUDA reports a failed launch.
+type Work = Box<dyn FnOnce() -> std::result::Result<(), String> + Send>;
+
+/// A block dropped while its stream had work pending.
+struct Freed {
+    ptr: u64,
+    class: usize,
+    len: usize,
+}
+
+/// What the clones of a stream share.
+struct Shared {
+    gpu: Arc<Gpu>,
+    inner: Inner,
+    /// Work was queued that may not be done yet; cleared by a synchronisation.
+    pending: AtomicBool,
+    /// Deferred work of an asynchronous emulated device.
+    queue: Mutex<Vec<Work>>,
+    /// Blocks dropped while work was pending (see the module's doc).
+    freed: Mutex<Vec<Freed>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.drain();
+        for f in std::mem::take(self.freed.get_mut().unwrap_or_else(|e| e.into_inner())) {
+            self.gpu.pool().release(f.ptr, f.class, f.len);
+        }
+    }
+}
+
+impl Shared {
+    /// Blocks until every queued operation is done, running the deferred
+    /// work of an asynchronous emulated device.
+    fn drain(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Cuda(s) => s.synchronize().map_err(|source| GpuError::Driver {
+                device: self.gpu.device(),
+                op: "stream synchronize",
+                source,
+            }),
+            Inner::Emulated => {
+                let mut failed = None;
+                loop {
+                    let work = std::mem::take(&mut *lock(&self.queue));
+                    if work.is_empty() {
+                        break;
+                    }
+                    for w in work {
+                        if let Err(e) = w() {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                match failed {
+                    Some(message) => Err(GpuError::Queued {
+                        device: self.gpu.device(),
+                        message,
+                    }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An ordered queue of work on one device. Clones are the same queue.
 #[derive(Clone)]
 pub struct Stream {
-    gpu: Arc<Gpu>,
-    inner: Inner,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("device", &self.gpu.device()).finish()
+        f.debug_struct("Stream").field("device", &self.device()).finish()
     }
 }
 
 enum EventInner {
     Cuda(CudaEvent),
     Done,
+    /// On an asynchronous emulated device: done once its stream is drained.
+    Queued(Stream),
 }
 
 /// A point in a stream's work. Dropping an event that guards buffers waits
@@ -67,6 +154,7 @@ impl Event {
                 source,
             }),
             EventInner::Done => Ok(()),
+            EventInner::Queued(s) => s.synchronize(),
         }
     }
 
@@ -75,16 +163,22 @@ impl Event {
         match &self.inner {
             EventInner::Cuda(e) => e.is_complete(),
             EventInner::Done => true,
+            EventInner::Queued(s) => !s.shared.pending.load(Ordering::Acquire),
         }
     }
 }
 
 impl Drop for Event {
     fn drop(&mut self) {
-        if let EventInner::Cuda(e) = &self.inner
-            && !self.keep_alive.is_empty()
-        {
-            e.context().record_err(e.synchronize());
+        if self.keep_alive.is_empty() {
+            return;
+        }
+        match &self.inner {
+            EventInner::Cuda(e) => e.context().record_err(e.synchronize()),
+            // An error here is the stream's, reported by its own next
+            // synchronisation too.
+            EventInner::Queued(s) => drop(s.synchronize()),
+            EventInner::Done => {}
         }
     }
 }
@@ -139,7 +233,7 @@ impl Stream {
     /// the DMA of one chunk runs, the host fills the other. Done on return.
     fn h2d_staged(&self, s: &Arc<CudaStream>, src: &[u8], dst: u64) -> Result<()> {
         s.context().bind_to_thread().map_err(self.driver("bind context"))?;
-        let mut bufs = [self.gpu.staging(STAGE_CHUNK)?, self.gpu.staging(STAGE_CHUNK)?];
+        let mut bufs = [self.shared.gpu.staging(STAGE_CHUNK)?, self.shared.gpu.staging(STAGE_CHUNK)?];
         let mut in_flight: [Option<Event>; 2] = [None, None];
         for (k, chunk) in src.chunks(STAGE_CHUNK).enumerate() {
             let b = k % 2;
@@ -157,14 +251,14 @@ impl Stream {
                 .map_err(self.driver("cuMemcpyHtoDAsync"))?;
             in_flight[b] = Some(self.record()?);
         }
-        s.synchronize().map_err(self.driver("stream synchronize"))
+        self.synchronize()
     }
 
     /// A large device-to-host copy through two pinned staging buffers: while
     /// the DMA fills one, the host empties the other. Done on return.
     fn d2h_staged(&self, s: &Arc<CudaStream>, src: u64, dst: &mut [u8]) -> Result<()> {
         s.context().bind_to_thread().map_err(self.driver("bind context"))?;
-        let mut bufs = [self.gpu.staging(STAGE_CHUNK)?, self.gpu.staging(STAGE_CHUNK)?];
+        let mut bufs = [self.shared.gpu.staging(STAGE_CHUNK)?, self.shared.gpu.staging(STAGE_CHUNK)?];
         let mut pending: Option<(Event, usize, usize)> = None;
         let chunks = dst.len().div_ceil(STAGE_CHUNK);
         for k in 0..=chunks {
@@ -189,7 +283,7 @@ impl Stream {
                 parallel_copy(&mut dst[prev * STAGE_CHUNK..prev * STAGE_CHUNK + plen], from);
             }
         }
-        s.synchronize().map_err(self.driver("stream synchronize"))
+        self.synchronize()
     }
 
     pub(crate) fn new(gpu: Arc<Gpu>) -> Result<Self> {
@@ -201,22 +295,30 @@ impl Stream {
             })?),
             GpuBackend::Emulated(_) => Inner::Emulated,
         };
-        Ok(Stream { gpu, inner })
+        Ok(Stream {
+            shared: Arc::new(Shared {
+                gpu,
+                inner,
+                pending: AtomicBool::new(false),
+                queue: Mutex::default(),
+                freed: Mutex::default(),
+            }),
+        })
     }
 
     /// The device the stream runs on.
     pub fn device(&self) -> Device {
-        self.gpu.device()
+        self.shared.gpu.device()
     }
 
     /// The opened GPU the stream runs on.
     pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
+        &self.shared.gpu
     }
 
     /// The cudarc stream, for kernel launches on CUDA devices.
     pub fn cuda_stream(&self) -> Option<&Arc<CudaStream>> {
-        match &self.inner {
+        match &self.shared.inner {
             Inner::Cuda(s) => Some(s),
             Inner::Emulated => None,
         }
@@ -228,17 +330,86 @@ impl Stream {
     }
 
     fn count(&self, kind: CopyKind, bytes: usize) {
-        if let GpuBackend::Emulated(e) = self.gpu.backend() {
+        if let GpuBackend::Emulated(e) = self.shared.gpu.backend() {
             e.count(kind, bytes);
         }
     }
 
-    /// Blocks until all work queued on the stream is done.
+    /// Blocks until all work queued on the stream is done, and gives the
+    /// blocks freed meanwhile back to the pool. An error is the first that
+    /// queued work met (on CUDA, the context's sticky error).
     pub fn synchronize(&self) -> Result<()> {
-        match &self.inner {
-            Inner::Cuda(s) => s.synchronize().map_err(self.driver("stream synchronize")),
-            Inner::Emulated => Ok(()),
+        let shared = &self.shared;
+        // Cleared before draining: work queued meanwhile sets it again.
+        shared.pending.store(false, Ordering::Release);
+        let freed = std::mem::take(&mut *lock(&shared.freed));
+        let drained = shared.drain();
+        for f in freed {
+            shared.gpu.pool().release_deferred(f.ptr, f.class, f.len);
         }
+        drained
+    }
+
+    /// Runs `work` in this stream's order: at once, or, on an asynchronous
+    /// emulated device, when the stream is next synchronised (which then
+    /// returns its error). Kernel launchers run emulated kernels through
+    /// it; on a CUDA stream the work runs on the host after the stream.
+    pub fn emulate(&self, work: impl FnOnce() -> std::result::Result<(), String> + Send + 'static) -> Result<()> {
+        let device = self.device();
+        match self.shared.gpu.backend() {
+            GpuBackend::Emulated(e) if e.asynchronous() => {
+                lock(&self.shared.queue).push(Box::new(work));
+                self.shared.pending.store(true, Ordering::Release);
+                Ok(())
+            }
+            _ => {
+                self.synchronize()?;
+                work().map_err(|message| GpuError::Queued { device, message })
+            }
+        }
+    }
+
+    /// Notes that work was queued on the CUDA stream behind this type's
+    /// back (a kernel launched through cudarc), so that buffers dropped on
+    /// this thread wait for it before the pool hands them to others.
+    pub fn mark_pending(&self) {
+        self.shared.pending.store(true, Ordering::Release);
+    }
+
+    /// `len` bytes of this device's memory for work on this stream: a block
+    /// dropped while this stream's work was pending when one of its size
+    /// class is there (stream order makes that safe), else from the pool.
+    pub fn alloc(&self, len: usize) -> Result<DeviceBuffer> {
+        let class = size_class(len);
+        let reused = {
+            let mut freed = lock(&self.shared.freed);
+            freed.iter().rposition(|f| f.class == class).map(|i| freed.swap_remove(i))
+        };
+        let gpu = &self.shared.gpu;
+        match reused {
+            Some(f) => {
+                gpu.pool().reuse_deferred(class, f.len, len);
+                Ok(DeviceBuffer::new(gpu.clone(), f.ptr, len, class))
+            }
+            None => gpu.alloc(len),
+        }
+    }
+
+    /// Keeps a block dropped on this stream's thread until the stream's
+    /// pending work is done; false when nothing is pending (the caller
+    /// gives it back to the pool at once).
+    pub(crate) fn defer_free(&self, ptr: u64, class: usize, len: usize) -> bool {
+        if !self.shared.pending.load(Ordering::Acquire) {
+            return false;
+        }
+        lock(&self.shared.freed).push(Freed { ptr, class, len });
+        self.shared.gpu.pool().defer(class);
+        true
+    }
+
+    /// Whether work may be pending or freed blocks wait for it.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.shared.pending.load(Ordering::Acquire) || !lock(&self.shared.freed).is_empty()
     }
 
     /// Records an event after the work queued so far.
@@ -247,8 +418,9 @@ impl Stream {
     }
 
     fn record_guarding(&self, keep_alive: Vec<DeviceBuffer>) -> Result<Event> {
-        let inner = match &self.inner {
+        let inner = match &self.shared.inner {
             Inner::Cuda(s) => EventInner::Cuda(s.record_event(None).map_err(self.driver("record event"))?),
+            Inner::Emulated if self.shared.pending.load(Ordering::Acquire) => EventInner::Queued(self.clone()),
             Inner::Emulated => EventInner::Done,
         };
         Ok(Event { inner, keep_alive })
@@ -256,17 +428,17 @@ impl Stream {
 
     /// Makes later work on this stream wait for `event` (from any stream).
     pub fn wait(&self, event: &Event) -> Result<()> {
-        match (&self.inner, &event.inner) {
+        match (&self.shared.inner, &event.inner) {
             (Inner::Cuda(s), EventInner::Cuda(e)) => s.wait(e).map_err(self.driver("wait event")),
-            // Emulated events are complete when recorded; a CUDA event seen
-            // from an emulated stream is waited for on the host.
-            (Inner::Emulated, _) | (_, EventInner::Done) => event.synchronize(),
+            // An emulated event is waited for on the host (its stream
+            // drained), as is a CUDA event seen from an emulated stream.
+            (Inner::Emulated, _) | (_, EventInner::Done | EventInner::Queued(_)) => event.synchronize(),
         }
     }
 
     /// Allocates `src.len()` bytes on this device and copies `src` there.
     pub fn upload(&self, src: &[u8]) -> Result<DeviceBuffer> {
-        let dst = self.gpu.alloc(src.len())?;
+        let dst = self.alloc(src.len())?;
         self.copy_h2d(src, &dst)?;
         Ok(dst)
     }
@@ -282,7 +454,7 @@ impl Stream {
         check("copy destination", self.device(), dst.device())?;
         fits(offset.saturating_add(src.len()), dst.len())?;
         let to = dst.device_ptr() + offset as u64;
-        match &self.inner {
+        match &self.shared.inner {
             Inner::Cuda(s) if src.len() >= STAGED_MIN => self.h2d_staged(s, src, to)?,
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
@@ -291,9 +463,11 @@ impl Stream {
                 // borrow ends.
                 unsafe { result::memcpy_htod_async(to, src, s.cu_stream()) }
                     .map_err(self.driver("cuMemcpyHtoDAsync"))?;
-                s.synchronize().map_err(self.driver("stream synchronize"))?;
+                self.synchronize()?;
             }
             Inner::Emulated => {
+                // Stream order: what was queued before runs first.
+                self.synchronize()?;
                 // SAFETY: `dst` is a live emulated allocation of at least
                 // `offset + src.len()` bytes, distinct from host memory in `src`.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), to as *mut u8, src.len()) };
@@ -307,7 +481,7 @@ impl Stream {
     pub fn copy_d2h(&self, src: &DeviceBuffer, dst: &mut [u8]) -> Result<()> {
         check("copy source", self.device(), src.device())?;
         fits(dst.len(), src.len())?;
-        match &self.inner {
+        match &self.shared.inner {
             Inner::Cuda(s) if dst.len() >= STAGED_MIN => self.d2h_staged(s, src.device_ptr(), dst)?,
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
@@ -315,9 +489,10 @@ impl Stream {
                 // device; the stream is synchronised before `dst`'s borrow ends.
                 unsafe { result::memcpy_dtoh_async(dst, src.device_ptr(), s.cu_stream()) }
                     .map_err(self.driver("cuMemcpyDtoHAsync"))?;
-                s.synchronize().map_err(self.driver("stream synchronize"))?;
+                self.synchronize()?;
             }
             Inner::Emulated => {
+                self.synchronize()?;
                 // SAFETY: `src` is a live emulated allocation of at least
                 // `dst.len()` bytes, distinct from `dst`.
                 unsafe { std::ptr::copy_nonoverlapping(src.device_ptr() as *const u8, dst.as_mut_ptr(), dst.len()) };
@@ -338,19 +513,26 @@ impl Stream {
     pub fn memset_zero(&self, dst: &DeviceBuffer, len: usize) -> Result<()> {
         check("memset destination", self.device(), dst.device())?;
         fits(len, dst.len())?;
-        match &self.inner {
+        match &self.shared.inner {
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: `dst` holds at least `len` bytes on this device and
-                // stays allocated: pool reuse happens only after the buffer is
-                // dropped, and callers synchronise before dropping.
+                // stays allocated: dropped on this thread, it waits for the
+                // stream (stream-ordered frees); elsewhere, only after the
+                // stream is synchronised.
                 unsafe { result::memset_d8_async(dst.device_ptr(), 0, len, s.cu_stream()) }
-                    .map_err(self.driver("cuMemsetD8Async"))
+                    .map_err(self.driver("cuMemsetD8Async"))?;
+                self.mark_pending();
+                Ok(())
             }
             Inner::Emulated => {
-                // SAFETY: `dst` is a live emulated allocation of at least `len` bytes.
-                unsafe { std::ptr::write_bytes(dst.device_ptr() as *mut u8, 0, len) };
-                Ok(())
+                let ptr = dst.device_ptr();
+                self.emulate(move || {
+                    // SAFETY: `dst` was a live emulated allocation of at
+                    // least `len` bytes, kept until this runs (as above).
+                    unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, len) };
+                    Ok(())
+                })
             }
         }
     }
@@ -360,18 +542,24 @@ impl Stream {
         check("copy source", self.device(), src.device())?;
         check("copy destination", self.device(), dst.device())?;
         fits(src.len(), dst.len())?;
-        match &self.inner {
+        match &self.shared.inner {
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: both buffers are on this device and big enough; the
                 // returned event keeps them alive until the copy is done.
                 unsafe { result::memcpy_dtod_async(dst.device_ptr(), src.device_ptr(), src.len(), s.cu_stream()) }
                     .map_err(self.driver("cuMemcpyDtoDAsync"))?;
+                self.mark_pending();
             }
             Inner::Emulated => {
-                // SAFETY: both are live allocations of this device, big
-                // enough; `copy` allows them to be the same buffer.
-                unsafe { std::ptr::copy(src.device_ptr() as *const u8, dst.device_ptr() as *mut u8, src.len()) };
+                let (from, to, len) = (src.device_ptr(), dst.device_ptr(), src.len());
+                self.emulate(move || {
+                    // SAFETY: both are live allocations of this device, big
+                    // enough, kept alive by the returned event until this
+                    // has run; `copy` allows them to be the same buffer.
+                    unsafe { std::ptr::copy(from as *const u8, to as *mut u8, len) };
+                    Ok(())
+                })?;
             }
         }
         self.count(CopyKind::D2d, src.len());
@@ -387,8 +575,8 @@ impl Stream {
         if dst.device() == self.device() {
             return self.copy_d2d(src, dst);
         }
-        let peer = self.gpu.can_access_peer(dst.gpu());
-        match (&self.inner, dst.gpu().backend(), peer) {
+        let peer = self.shared.gpu.can_access_peer(dst.gpu());
+        match (&self.shared.inner, dst.gpu().backend(), peer) {
             (Inner::Cuda(s), GpuBackend::Cuda(d), true) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
                 // SAFETY: both buffers are live on their devices, big enough;
@@ -404,9 +592,11 @@ impl Stream {
                     )
                 }
                 .map_err(self.driver("cuMemcpyPeerAsync"))?;
+                self.mark_pending();
                 self.record_guarding(vec![src.clone(), dst.clone()])
             }
             (Inner::Emulated, GpuBackend::Emulated(_), true) => {
+                self.synchronize()?;
                 // SAFETY: distinct live allocations of two emulated devices,
                 // both at least `src.len()` bytes.
                 unsafe {
@@ -416,9 +606,9 @@ impl Stream {
                 self.record()
             }
             _ => {
-                let mut staging = self.gpu.staging(src.len())?;
+                let mut staging = self.shared.gpu.staging(src.len())?;
                 self.copy_d2h(src, staging.as_mut_slice())?;
-                let dst_stream = dst.gpu().stream()?;
+                let dst_stream = dst.gpu().thread_stream()?;
                 dst_stream.copy_h2d(staging.as_slice(), dst)?;
                 self.count(CopyKind::Staged, src.len());
                 self.record()

@@ -35,9 +35,11 @@ fn config_reads_the_environment_variables() {
         "WEFT_EMULATED_GPU_MEMORY" => Some("64MiB".into()),
         "WEFT_EMULATED_PEER_ACCESS" => Some("0".into()),
         "WEFT_DISABLE_CUDA" => Some("1".into()),
+        "WEFT_EMULATED_ASYNC" => Some("yes".into()),
         _ => None,
     })
     .unwrap();
+    assert!(config.emulated_async);
     assert_eq!(config.emulated_gpus, 3);
     assert_eq!(config.emulated_memory, 64 << 20);
     assert!(!config.emulated_peer_access);
@@ -168,6 +170,7 @@ fn peer_copy(peer_access: bool) {
         emulated_memory: 1 << 20,
         emulated_peer_access: peer_access,
         use_cuda: false,
+        ..DeviceConfig::default()
     };
     let devices = Devices::open(&config).unwrap();
     let g0 = devices.get(Device::Emulated(0)).unwrap();

@@ -32,7 +32,6 @@ pub fn widen(x: &Column) -> Result<Column, KernelError> {
                 exec.grid(n as u64),
                 &[opt_ptr(Some(x.values()))?, Arg::U64(n as u64), ptr(&out)],
             )?;
-            exec.finish()?;
             Column::new(DType::I64, n, Buffer::device(out), x.validity().cloned(), None)
         }
     }
@@ -79,7 +78,6 @@ pub fn narrow(x: &Column) -> Result<Column, KernelError> {
                     ptr(&overflow),
                 ],
             )?;
-            exec.finish()?;
             if exec.download::<u32>(&overflow, 1)?[0] != 0 {
                 return Err(too_wide("a value".into()));
             }
@@ -122,7 +120,6 @@ pub fn to_f64(x: &Column, div: f64) -> Result<Column, KernelError> {
                     ptr(&out),
                 ],
             )?;
-            exec.finish()?;
             Column::new(DType::F64, n, Buffer::device(out), x.validity().cloned(), None)
         }
     }

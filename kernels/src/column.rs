@@ -284,7 +284,7 @@ impl Column {
 
     /// Copies the column to `gpu`.
     pub fn to_device(&self, gpu: &Arc<Gpu>) -> Result<Column, KernelError> {
-        let stream = gpu.stream()?;
+        let stream = gpu.thread_stream()?;
         let up = |d: &Buffer| -> Result<Buffer, KernelError> {
             match d.as_host() {
                 Some(b) => Ok(Buffer::device(stream.upload(b)?)),
@@ -308,7 +308,7 @@ impl Column {
         let Some(values) = self.values.as_device() else {
             return Ok(self.clone());
         };
-        let stream = values.gpu().stream()?;
+        let stream = values.gpu().thread_stream()?;
         let down = |d: &Buffer, bytes: usize| -> Result<Buffer, KernelError> {
             let mut words = weft_gpu::zeroed_words(bytes.div_ceil(8));
             let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes];

@@ -143,7 +143,6 @@ pub fn concat(columns: &[&Column]) -> Result<Column, KernelError> {
                 }
                 row += len;
             }
-            exec.finish()?;
             let offsets = offsets.map(|(o, _)| Buffer::device(o));
             Column::new(dtype, n, Buffer::device(values), validity.map(Buffer::device), offsets)
         }

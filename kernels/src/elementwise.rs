@@ -202,7 +202,6 @@ pub fn unary(x: &Column, op: UnaryOp) -> Result<Column, KernelError> {
                 exec.grid(n as u64),
                 &[opt_ptr(Some(x.values()))?, ptr(&out), Arg::U64(n as u64)],
             )?;
-            exec.finish()?;
             Column::new(x.dtype(), n, Buffer::device(out), x.validity().cloned(), None)
         }),
     }
@@ -246,7 +245,6 @@ pub fn binary(a: &Column, b: &Column, op: BinaryOp) -> Result<Column, KernelErro
                 exec.grid(n.div_ceil(32) as u64),
                 &binary_args(a, b, &out, out_valid.as_ref(), n)?,
             )?;
-            exec.finish()?;
             Column::new(a.dtype(), n, Buffer::device(out), out_valid.map(Buffer::device), None)
         }),
     }
@@ -301,5 +299,5 @@ fn launch_cmp(
         exec.grid(n.div_ceil(32) as u64),
         &binary_args(a, b, out, out_valid, n)?,
     )?;
-    exec.finish()
+    Ok(())
 }

@@ -79,7 +79,6 @@ pub fn filter(x: &Column, mask: &Column) -> Result<Column, KernelError> {
                     Arg::Ptr(out_valid.as_ref().map_or(0, |v| v.device_ptr())),
                 ],
             )?;
-            exec.finish()?;
             Column::new(
                 x.dtype(),
                 kept,

@@ -133,7 +133,6 @@ pub fn row_hash(keys: &[&Column]) -> Result<Column, KernelError> {
                 args.extend([opt_ptr(k.validity())?, Arg::U64(n as u64), ptr(&h)]);
                 exec.launch1("frame_hash", kernel, exec.grid(n as u64), &args)?;
             }
-            exec.finish()?;
             Column::new(DType::U64, n, Buffer::device(h), None, None)
         }
     }
@@ -174,7 +173,6 @@ pub fn decimal_words(x: &Column) -> Result<Column, KernelError> {
                 exec.grid(n as u64),
                 &[opt_ptr(Some(x.values()))?, Arg::U64(n as u64), ptr(&out)],
             )?;
-            exec.finish()?;
             Column::new(DType::I64, n, Buffer::device(out), x.validity().cloned(), None)
         }
     }
@@ -211,7 +209,6 @@ pub fn buckets(hashes: &Column, parts: u32) -> Result<Column, KernelError> {
                     ptr(&out),
                 ],
             )?;
-            exec.finish()?;
             Column::new(DType::U32, n, Buffer::device(out), None, None)
         }
     }

@@ -60,7 +60,6 @@ pub fn gemm(a: &Column, b: &Column, m: usize, k: usize, n: usize) -> Result<Colu
                 }
                 GpuBackend::Cuda(_) => cublas_gemm(&exec, f64s, da, db, &c, m, k, n)?,
             }
-            exec.finish()?;
             Column::new(a.dtype(), m * n, Buffer::device(c), None, None)
         }
     }

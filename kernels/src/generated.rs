@@ -54,8 +54,11 @@ pub fn launch_generated(
         .ok_or_else(|| KernelError::NoSuchKernel(kernel.into()))?;
     // SAFETY: the caller generated `source` and passes one 64-bit slot per
     // parameter of `kernel`, in order; the buffers the pointers name are
-    // kept alive by the caller until it has synchronised the stream.
-    unsafe { cuda_launch.launch(cuda_stream, &func, (grid.max(1), 1), (block, 1), args) }
+    // kept alive by the caller: dropped on this thread (stream-ordered
+    // frees) or after the stream is synchronised.
+    unsafe { cuda_launch.launch(cuda_stream, &func, (grid.max(1), 1), (block, 1), args) }?;
+    stream.mark_pending();
+    Ok(())
 }
 
 #[cfg(test)]

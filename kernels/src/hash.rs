@@ -155,7 +155,6 @@ pub fn hash(x: &Column, seed: u64) -> Result<Column, KernelError> {
         }
         Target::Gpu(exec) => {
             let out = gpu_hashes(&exec, x, seed)?;
-            exec.finish()?;
             Column::new(DType::U64, x.len(), Buffer::device(out), None, None)
         }
     }
@@ -290,7 +289,6 @@ fn gpu_partition(
         };
         let passes: &[Pass] = if parts > 1 { &[pass] } else { &[] };
         let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), passes)?;
-        exec.finish()?;
         return Ok((ids, offsets, rows));
     }
     let counts: Vec<u32> = exec.download(&hist, parts as usize)?;
@@ -330,7 +328,6 @@ fn gpu_partition(
     }
     let rows = crate::sort::onesweep(exec, n, ptr(&ids), Arg::Ptr(0), &passes)?;
     let offsets = exec.upload(&offsets)?;
-    exec.finish()?;
     Ok((ids, offsets, rows))
 }
 

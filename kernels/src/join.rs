@@ -101,7 +101,6 @@ pub fn counts(build: &Column, probe: &Column) -> Result<Column, KernelError> {
         )),
         Target::Gpu(exec) => {
             let r = gpu_ranges(&exec, build, probe, false)?;
-            exec.finish()?;
             Column::new(DType::U32, probe.len(), Buffer::device(r.counts), None, None)
         }
     }
@@ -158,7 +157,6 @@ pub fn pairs(build: &Column, probe: &Column, keep_unmatched: bool) -> Result<(Co
                     ptr(&out_b),
                 ],
             )?;
-            exec.finish()?;
             Ok((
                 Column::new(DType::U32, m, Buffer::device(out_p), None, None)?,
                 Column::new(DType::U32, m, Buffer::device(out_b), None, None)?,
@@ -220,7 +218,6 @@ pub fn take_or_null(x: &Column, idx: &Column) -> Result<Column, KernelError> {
                     ptr(&valid),
                 ],
             )?;
-            exec.finish()?;
             Column::new(x.dtype(), n, Buffer::device(out), Some(Buffer::device(valid)), None)
         }
     }

@@ -70,7 +70,6 @@ pub fn utf8_chunks(x: &Column) -> Result<usize, KernelError> {
                 exec.grid(n as u64),
                 &[opt_ptr(x.offsets())?, Arg::U64(n as u64), ptr(&out)],
             )?;
-            exec.finish()?;
             Column::new(DType::I32, n, Buffer::device(out), None, None)?
         }
     };
@@ -131,7 +130,6 @@ pub fn order_key(x: &Column, chunk: usize, descending: bool) -> Result<Column, K
                     ptr(&out),
                 ],
             )?;
-            exec.finish()?;
             Column::new(DType::I64, n, Buffer::device(out), validity, None)
         }
     }

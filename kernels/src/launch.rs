@@ -52,9 +52,10 @@ thread_local! {
 
 /// Runs `f` and returns what it returned with every kernel it launched from
 /// this thread, in order: the proof, without a GPU, of how many passes a
-/// kernel makes and how many bytes it moves per row. Launches are
-/// synchronous on emulated devices, so the counts are complete when `f`
-/// returns.
+/// kernel makes and how many bytes it moves per row. Launches on a
+/// synchronous emulated device run at once, so the counts are complete
+/// when `f` returns (an asynchronous one records them where its stream is
+/// synchronised).
 pub fn record_launches<R>(f: impl FnOnce() -> R) -> (R, Vec<LaunchRecord>) {
     let outer = LAUNCHES.with(|l| l.borrow_mut().replace(Vec::new()));
     let r = f();
@@ -249,12 +250,13 @@ impl Exec {
         self.gpu.device()
     }
 
+    /// Device memory for this call's work (see [`weft_gpu::Stream::alloc`]).
     pub(crate) fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, KernelError> {
-        Ok(self.gpu.alloc(bytes)?)
+        Ok(self.stream.alloc(bytes)?)
     }
 
     pub(crate) fn zeroed(&self, bytes: usize) -> Result<DeviceBuffer, KernelError> {
-        let b = self.gpu.alloc(bytes)?;
+        let b = self.stream.alloc(bytes)?;
         self.stream.memset_zero(&b, bytes)?;
         Ok(b)
     }
@@ -277,7 +279,7 @@ impl Exec {
         let bytes = std::mem::size_of_val(values);
         // SAFETY: plain-old-data values, `bytes` long in all.
         let src = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), bytes) };
-        let b = self.gpu.alloc(bytes)?;
+        let b = self.stream.alloc(bytes)?;
         self.stream.copy_h2d(src, &b)?;
         Ok(b)
     }
@@ -304,30 +306,37 @@ impl Exec {
         match self.gpu.backend() {
             GpuBackend::Emulated(_) => {
                 let name = CString::new(kernel).map_err(|_| KernelError::NoSuchKernel(kernel.into()))?;
-                let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
-                let mut bytes = [0u64; 2];
-                // SAFETY: every pointer argument is a live allocation of this
-                // emulated device (host memory) sized by the caller for the
-                // kernel; `ptrs` points at `slots` and `bytes` at two u64s,
-                // all of which outlive the call, and the launch is synchronous.
-                let r = unsafe {
-                    weft_emu_launch(
-                        name.as_ptr(),
-                        grid.0,
-                        grid.1,
-                        1,
-                        block.0,
-                        block.1,
-                        1,
-                        ptrs.as_mut_ptr(),
-                        bytes.as_mut_ptr(),
-                    )
-                };
-                if r != 0 {
-                    return Err(KernelError::NoSuchKernel(kernel.into()));
-                }
-                note_launch(kernel, grid, block, Some(bytes));
-                Ok(())
+                // In stream order: at once, or when the stream is
+                // synchronised on an asynchronous emulated device.
+                Ok(self.stream.emulate(move || {
+                    let mut ptrs: Vec<*mut c_void> =
+                        slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
+                    let mut bytes = [0u64; 2];
+                    // SAFETY: every pointer argument is a live allocation of
+                    // this emulated device (host memory) sized by the caller
+                    // for the kernel, kept until the stream has run this
+                    // (stream-ordered frees); `ptrs` points at `slots` and
+                    // `bytes` at two u64s, all of which outlive the call,
+                    // which runs the whole grid before it returns.
+                    let r = unsafe {
+                        weft_emu_launch(
+                            name.as_ptr(),
+                            grid.0,
+                            grid.1,
+                            1,
+                            block.0,
+                            block.1,
+                            1,
+                            ptrs.as_mut_ptr(),
+                            bytes.as_mut_ptr(),
+                        )
+                    };
+                    if r != 0 {
+                        return Err(format!("no emulated kernel {:?}", name));
+                    }
+                    note_launch(&name.to_string_lossy(), grid, block, Some(bytes));
+                    Ok(())
+                })?)
             }
             GpuBackend::Cuda(cuda) => {
                 let cuda_launch = CudaLaunch {
@@ -348,9 +357,11 @@ impl Exec {
                     .ok_or(KernelError::NoSuchKernel(kernel.into()))?;
                 // SAFETY: the arguments match the kernel's parameters (each
                 // caller passes them in the order of the .cu signature), and
-                // every buffer they point to is kept alive by the caller until
-                // `finish` has synchronised the stream.
+                // every buffer they point to stays allocated until the launch
+                // has run: the caller drops them on this thread, where the
+                // stream keeps them until it is synchronised.
                 unsafe { cuda_launch.launch(stream, &func, grid, block, &slots) }?;
+                self.stream.mark_pending();
                 note_launch(kernel, grid, block, None);
                 Ok(())
             }
@@ -360,10 +371,5 @@ impl Exec {
     /// One-dimensional launch of `kernel` with `grid` blocks.
     pub(crate) fn launch1(&self, file: &'static str, kernel: &str, grid: u32, args: &[Arg]) -> Result<(), KernelError> {
         self.launch(file, kernel, (grid, 1), (BLOCK, 1), args)
-    }
-
-    /// Waits for everything launched; kernels return only finished results.
-    pub(crate) fn finish(&self) -> Result<(), KernelError> {
-        Ok(self.stream.synchronize()?)
     }
 }

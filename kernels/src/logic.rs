@@ -75,7 +75,6 @@ fn kleene(a: &Column, b: &Column, is_and: bool) -> Result<Column, KernelError> {
                 exec.grid(n.div_ceil(32) as u64),
                 &binary_args(a, b, &out, out_valid.as_ref(), n)?,
             )?;
-            exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), out_valid.map(Buffer::device), None)
         }
     }
@@ -116,7 +115,6 @@ pub fn not(a: &Column) -> Result<Column, KernelError> {
                 exec.grid(n.div_ceil(32) as u64),
                 &[opt_ptr(Some(a.values()))?, ptr(&out), Arg::U64(n as u64)],
             )?;
-            exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), a.validity().cloned(), None)
         }
     }
@@ -144,7 +142,6 @@ pub fn is_null(x: &Column, negate: bool) -> Result<Column, KernelError> {
                     Arg::U64(n as u64),
                 ],
             )?;
-            exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), None, None)
         }
     }
@@ -163,7 +160,6 @@ pub fn prefix_mask(like: &Column, k: usize) -> Result<Column, KernelError> {
                 exec.grid(n.div_ceil(32) as u64),
                 &[Arg::U64(k as u64), ptr(&out), Arg::U64(n as u64)],
             )?;
-            exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), None, None)
         }
     }
@@ -191,7 +187,6 @@ pub fn eq_mask(ids: &Column, j: u32) -> Result<Column, KernelError> {
                 exec.grid(n.div_ceil(32) as u64),
                 &[opt_ptr(Some(ids.values()))?, Arg::U32(j), ptr(&out), Arg::U64(n as u64)],
             )?;
-            exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), None, None)
         }
     }
@@ -226,7 +221,6 @@ pub fn fill(like: &Column, dtype: DType, value: u64) -> Result<Column, KernelErr
                 exec.grid(n as u64),
                 &[arg, ptr(&out), Arg::U64(n as u64)],
             )?;
-            exec.finish()?;
             Column::new(dtype, n, Buffer::device(out), None, None)
         }
     }
@@ -244,7 +238,6 @@ pub fn iota(like: &Column, n: usize) -> Result<Column, KernelError> {
                 exec.grid(n as u64),
                 &[ptr(&out), Arg::U64(n as u64)],
             )?;
-            exec.finish()?;
             Column::new(DType::U32, n, Buffer::device(out), None, None)
         }
     }
@@ -273,7 +266,6 @@ pub fn take_bits(like: &Column, bits: Option<&Buffer>, idx: &Column) -> Result<B
                     ptr(&out),
                 ],
             )?;
-            exec.finish()?;
             Ok(Buffer::device(out))
         }
     }

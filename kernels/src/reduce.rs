@@ -168,7 +168,6 @@ pub fn reduce(x: &Column) -> Result<Stats, KernelError> {
                     at(3),
                 ],
             )?;
-            exec.finish()?;
             let r: Vec<u64> = exec.download(&out, 4)?;
             let scalar = |bits: u64| {
                 if is_int {
@@ -316,7 +315,6 @@ pub fn reduce_axis(x: &Column, rows: usize, cols: usize, axis: usize, op: AxisOp
                     ptr(&out),
                 ],
             )?;
-            exec.finish()?;
             Column::new(out_type, outputs, Buffer::device(out), None, None)
         }),
     }

@@ -130,7 +130,6 @@ pub fn segments(sorted: &[&Column]) -> Result<Column, KernelError> {
                 exec.grid(n as u64),
                 &[ptr(&flags), ptr(&pos), Arg::U64(n as u64), ptr(&starts)],
             )?;
-            exec.finish()?;
             Column::new(DType::U32, groups, Buffer::device(starts), None, None)
         }
     }
@@ -273,7 +272,6 @@ pub fn segment_reduce(x: &Column, starts: &Column, op: SegmentOp) -> Result<Colu
                     ptr(&valid),
                 ],
             )?;
-            exec.finish()?;
             Column::new(out_type, g, Buffer::device(out), Some(Buffer::device(valid)), None)
         }
     }

@@ -90,7 +90,6 @@ pub fn select(mask: &Column, a: &Column, b: &Column) -> Result<Column, KernelErr
                     Arg::Ptr(out_valid.as_ref().map_or(0, |v| v.device_ptr())),
                 ],
             )?;
-            exec.finish()?;
             Column::new(dtype, n, Buffer::device(out), out_valid.map(Buffer::device), None)
         }
     }

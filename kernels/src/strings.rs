@@ -118,7 +118,6 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
                     ptr(&data),
                 ],
             )?;
-            exec.finish()?;
             Column::new(
                 DType::Utf8,
                 n,
@@ -185,7 +184,6 @@ pub fn matches(x: &Column, op: StrOp, pattern: &str) -> Result<Column, KernelErr
                     ptr(&out),
                 ],
             )?;
-            exec.finish()?;
             Column::new(DType::Bool, n, Buffer::device(out), x.validity().cloned(), None)
         }
     }
@@ -220,7 +218,6 @@ pub fn year(days: &Column) -> Result<Column, KernelError> {
                 exec.grid(n as u64),
                 &[opt_ptr(Some(days.values()))?, Arg::U64(n as u64), ptr(&out)],
             )?;
-            exec.finish()?;
             Column::new(DType::I32, n, Buffer::device(out), days.validity().cloned(), None)
         }
     }

@@ -91,7 +91,6 @@ pub fn take(x: &Column, indices: &Column) -> Result<Column, KernelError> {
                     ptr(&oob),
                 ],
             )?;
-            exec.finish()?;
             if exec.download::<u32>(&oob, 1)?[0] != 0 {
                 return Err(KernelError::IndexOutOfBounds { len: x.len() });
             }

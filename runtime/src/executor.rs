@@ -95,8 +95,19 @@ pub fn run(registry: &Registry, site: &Site, job: Job) -> Done {
     }
 }
 
-/// Runs one op; a panic becomes an error naming it.
+/// Runs one op; a panic becomes an error naming it. On a GPU worker the
+/// op's kernels run asynchronously on this thread's stream: it is
+/// synchronised before the result (or the inputs, which the job holds)
+/// leaves this thread, and a failure found there fails the op.
 fn run_op(registry: &Registry, site: &Site, job: &Job) -> Result<Value, OpError> {
+    let result = call_op(registry, site, job);
+    match site.gpu.as_ref().map(|gpu| gpu.sync_thread_stream()) {
+        Some(Err(e)) if result.is_ok() => Err(e.into()),
+        _ => result,
+    }
+}
+
+fn call_op(registry: &Registry, site: &Site, job: &Job) -> Result<Value, OpError> {
     let Some(op) = registry.get(&job.op) else {
         return Err(OpError::Failed(format!(
             "unknown op {:?} on worker {} (it has: {})",
