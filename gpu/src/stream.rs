@@ -233,7 +233,10 @@ impl Stream {
     /// the DMA of one chunk runs, the host fills the other. Done on return.
     fn h2d_staged(&self, s: &Arc<CudaStream>, src: &[u8], dst: u64) -> Result<()> {
         s.context().bind_to_thread().map_err(self.driver("bind context"))?;
-        let mut bufs = [self.shared.gpu.staging(STAGE_CHUNK)?, self.shared.gpu.staging(STAGE_CHUNK)?];
+        let mut bufs = [
+            self.shared.gpu.staging(STAGE_CHUNK)?,
+            self.shared.gpu.staging(STAGE_CHUNK)?,
+        ];
         let mut in_flight: [Option<Event>; 2] = [None, None];
         for (k, chunk) in src.chunks(STAGE_CHUNK).enumerate() {
             let b = k % 2;
@@ -258,7 +261,10 @@ impl Stream {
     /// the DMA fills one, the host empties the other. Done on return.
     fn d2h_staged(&self, s: &Arc<CudaStream>, src: u64, dst: &mut [u8]) -> Result<()> {
         s.context().bind_to_thread().map_err(self.driver("bind context"))?;
-        let mut bufs = [self.shared.gpu.staging(STAGE_CHUNK)?, self.shared.gpu.staging(STAGE_CHUNK)?];
+        let mut bufs = [
+            self.shared.gpu.staging(STAGE_CHUNK)?,
+            self.shared.gpu.staging(STAGE_CHUNK)?,
+        ];
         let mut pending: Option<(Event, usize, usize)> = None;
         let chunks = dst.len().div_ceil(STAGE_CHUNK);
         for k in 0..=chunks {
@@ -383,7 +389,10 @@ impl Stream {
         let class = size_class(len);
         let reused = {
             let mut freed = lock(&self.shared.freed);
-            freed.iter().rposition(|f| f.class == class).map(|i| freed.swap_remove(i))
+            freed
+                .iter()
+                .rposition(|f| f.class == class)
+                .map(|i| freed.swap_remove(i))
         };
         let gpu = &self.shared.gpu;
         match reused {

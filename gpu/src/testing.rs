@@ -11,10 +11,18 @@ pub fn skip_without_cuda(test: &str, reason: &str) {
 }
 
 /// The GPUs a test of device code runs on, by name: an emulated GPU with
-/// 1 GiB, and the first CUDA GPU when this machine has one (otherwise
-/// [`skip_without_cuda`] says why `test` skips it).
+/// 1 GiB, an asynchronous one (its streams run queued work only when
+/// synchronised, as a real GPU runs it later), and last the first CUDA GPU
+/// when this machine has one (otherwise [`skip_without_cuda`] says why
+/// `test` skips it).
 pub fn test_gpus(test: &str) -> Vec<(String, std::sync::Arc<crate::Gpu>)> {
-    let mut gpus = vec![("emulated GPU".to_string(), crate::Gpu::emulated(0, 1 << 30, true))];
+    let mut gpus = vec![
+        ("emulated GPU".to_string(), crate::Gpu::emulated(0, 1 << 30, true)),
+        (
+            "asynchronous emulated GPU".to_string(),
+            crate::Gpu::emulated_asynchronous(1, 1 << 30),
+        ),
+    ];
     let probe = crate::probe_cuda();
     if probe.count > 0 {
         match crate::Devices::open(&crate::DeviceConfig::default()) {

@@ -73,7 +73,10 @@ fn a_failure_in_queued_work_is_reported_by_the_next_synchronisation() {
     let s = gpu.thread_stream().unwrap();
     s.emulate(|| Err("bad launch".into())).unwrap();
     let err = s.synchronize().unwrap_err();
-    assert!(matches!(&err, GpuError::Queued { message, .. } if message == "bad launch"), "{err}");
+    assert!(
+        matches!(&err, GpuError::Queued { message, .. } if message == "bad launch"),
+        "{err}"
+    );
     s.synchronize().unwrap();
     // A synchronous device reports it at once.
     let sync = Gpu::emulated(1, 1 << 20, true).thread_stream().unwrap();

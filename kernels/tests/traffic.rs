@@ -278,3 +278,24 @@ fn segments_joins_and_utf8_gathers_scan_in_one_pass() {
     assert_eq!(t.launches.len(), 3);
     check_one_scan(&t, "utf8 gather", N);
 }
+
+#[test]
+fn a_kernel_call_queues_its_work_and_returns_without_waiting() {
+    // On an asynchronous emulated device queued work runs only when the
+    // stream is synchronised, as a GPU runs it after the launch returns.
+    let gpu = common::emulated_async();
+    let keys = random_i64(N, 3);
+    let x = Column::from_vec(keys.clone()).to_device(&gpu).unwrap();
+    let (rows, launches) = record_launches(|| sort::argsort(&x).unwrap());
+    // Only the histogram has run (its counts choose the passes); the
+    // passes are queued, and the temporaries they read wait for them.
+    let ran: Vec<&str> = launches.iter().map(|l| l.kernel.as_str()).collect();
+    assert_eq!(ran, ["radix_histogram"], "ran before the call returned");
+    assert!(gpu.pool_stats().deferred > 0, "{:?}", gpu.pool_stats());
+    // Reading the result waits for the queued passes (same thread, same stream).
+    let got: Vec<u32> = rows.to_host().unwrap().host_values::<u32>().unwrap().to_vec();
+    let mut want: Vec<u32> = (0..N as u32).collect();
+    want.sort_by_key(|&i| keys[i as usize]);
+    assert_eq!(got, want);
+    assert_eq!(gpu.pool_stats().deferred, 0, "the temporaries went back to the pool");
+}

@@ -22,6 +22,8 @@ fn byte(seed: u64, i: usize) -> u8 {
 
 /// `gpu_fill (seed, len)`: a device buffer made on the worker's GPU.
 /// `gpu_copy`: its input copied into a new buffer on this worker's GPU.
+/// `gpu_half_zero (seed, len)`: like `gpu_fill`, then its first half zeroed
+/// by a memset left queued on the op's stream when the op returns.
 /// `gpu_sum`: the sum of every byte of its inputs, wherever they are.
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
@@ -33,6 +35,17 @@ fn registry() -> Registry {
             let stream = ctx.stream()?;
             stream.copy_h2d(&host, &buffer)?;
             stream.synchronize()?;
+            Ok(Value {
+                header: Default::default(),
+                frames: vec![Buffer::device(buffer)],
+            })
+        })
+        .raw_op("gpu_half_zero", |ctx, a, _| {
+            let (seed, len): (u64, usize) = decode_args(a)?;
+            let host: Vec<u8> = (0..len).map(|i| byte(seed, i)).collect();
+            let stream = ctx.stream()?;
+            let buffer = stream.upload(&host)?;
+            stream.memset_zero(&buffer, len / 2)?;
             Ok(Value {
                 header: Default::default(),
                 frames: vec![Buffer::device(buffer)],
@@ -232,5 +245,39 @@ async fn an_op_out_of_device_memory_spills_and_retries_once() {
         "{err}"
     );
     drop(blobs);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ops_queued_work_is_done_before_its_result_leaves_the_worker() {
+    // Asynchronous emulated GPUs run queued work only when its stream is
+    // synchronised: without the worker's synchronisation at the op's end,
+    // the consumer on the other GPU and the client would read the bytes
+    // from before the memset.
+    let gpus: Vec<Arc<Gpu>> = (0..2).map(|i| Gpu::emulated_asynchronous(i, 64 << 20)).collect();
+    let cluster = cluster(&gpus, MemoryConfig::default()).await;
+    let client = cluster.client().await.unwrap();
+    let len = 256 * KIB;
+    let graph = Graph {
+        tasks: vec![
+            on(
+                0,
+                TaskSpec::new("half", "gpu_half_zero", args(&(3u64, len)).unwrap(), vec![]),
+            ),
+            on(
+                1,
+                TaskSpec::new("copy", "gpu_copy", args(&()).unwrap(), vec!["half".into()]),
+            ),
+        ],
+        outputs: vec!["half".into(), "copy".into()],
+    };
+    let futures = client.compute(graph).await.unwrap();
+    for future in &futures {
+        let value = future.result().await.unwrap();
+        let bytes = value.frames[0].to_host().unwrap();
+        let (zeroed, kept) = bytes.split_at(len / 2);
+        assert!(zeroed.iter().all(|&b| b == 0), "the memset ran first");
+        assert!(kept.iter().enumerate().all(|(i, &b)| b == byte(3, len / 2 + i)));
+    }
     cluster.stop().await;
 }

@@ -35,6 +35,14 @@ pub fn emulated() -> Arc<Gpu> {
     GPU.get_or_init(|| Gpu::emulated(0, 512 << 20, true)).clone()
 }
 
+/// An emulated GPU whose streams queue kernels until they are synchronised,
+/// as a real GPU runs them later: a kernel that reads a result without
+/// waiting for it, or reuses memory its queued work still reads, fails here.
+pub fn emulated_async() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::emulated_asynchronous(1, 512 << 20)).clone()
+}
+
 /// The first CUDA GPU, or why there is none.
 pub fn cuda() -> Result<Arc<Gpu>, String> {
     let devices = Devices::open(&DeviceConfig::default()).map_err(|e| e.to_string())?;
@@ -46,8 +54,8 @@ pub fn cuda() -> Result<Arc<Gpu>, String> {
         .ok_or_else(|| devices.cuda().reason.clone().unwrap_or_else(|| "no CUDA GPU".into()))
 }
 
-/// Generates `cpu`, `emulated` and `cuda` tests from `fn name(&Dut)`; the
-/// CUDA one prints why it skips when there is no GPU.
+/// Generates `cpu`, `emulated`, `emulated_async` and `cuda` tests from
+/// `fn name(&Dut)`; the CUDA one prints why it skips when there is no GPU.
 #[macro_export]
 macro_rules! test_device {
     ($($name:ident),* $(,)?) => {$(
@@ -60,6 +68,10 @@ macro_rules! test_device {
             #[test]
             fn emulated() {
                 super::$name(&Dut::Gpu(super::common::emulated()))
+            }
+            #[test]
+            fn emulated_async() {
+                super::$name(&Dut::Gpu(super::common::emulated_async()))
             }
             #[test]
             fn cuda() {
