@@ -74,6 +74,10 @@ pub struct Args {
     /// kernels: MiB of the host<->device copies (0: none).
     #[arg(long)]
     copy_mib: Option<usize>,
+    /// kernels: side of the square f64 matrices of the GEMM (0: none;
+    /// default 4096 on CUDA, 128 elsewhere).
+    #[arg(long)]
+    gemm: Option<usize>,
     /// kernels: skip the CuPy lines on a CUDA device.
     #[arg(long)]
     no_cupy: bool,
@@ -86,12 +90,14 @@ pub struct Args {
 
 /// `weft bench kernels`: one JSON line per kernel (and CuPy's, on CUDA).
 fn kernels(args: &Args) -> Result<()> {
-    let defaults = weft_kernels::bench::BenchOptions::default();
+    let device = args.device.clone().unwrap_or_else(|| "cuda".into());
+    let defaults = weft_kernels::bench::BenchOptions::for_device(&device);
     let opts = weft_kernels::bench::BenchOptions {
-        device: args.device.clone().unwrap_or_else(|| "cuda".into()),
+        device,
         rows: args.rows.unwrap_or(defaults.rows),
         parts: args.parts.unwrap_or(defaults.parts),
         copy_bytes: args.copy_mib.map_or(defaults.copy_bytes, |m| m << 20),
+        gemm: args.gemm.unwrap_or(defaults.gemm),
         reps: args.reps,
         cupy: !args.no_cupy,
     };

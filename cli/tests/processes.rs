@@ -683,3 +683,51 @@ fn the_device_transfer_bench_moves_a_device_result_by_ipc() {
     assert!(stderr.contains("path socket into device memory"), "{stderr}");
     assert_eq!(line["check"], "moved by socket into device memory, not by device IPC");
 }
+
+/// `weft bench kernels --device emulated`: every kernel line (the GEMM
+/// among them) agrees with the CPU, and each names its work and rate.
+#[test]
+fn the_kernel_bench_checks_every_kernel_against_the_cpu() {
+    let output = weft(&[
+        "bench",
+        "kernels",
+        "--json",
+        "--device",
+        "emulated",
+        "--rows",
+        "3000",
+        "--parts",
+        "8",
+        "--copy-mib",
+        "1",
+        "--gemm",
+        "48",
+        "--reps",
+        "1",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let workloads: Vec<&str> = lines.iter().map(|l| l["workload"].as_str().unwrap()).collect();
+    for w in [
+        "kernel_sum_f64",
+        "kernel_argsort_i64",
+        "kernel_gemm_f64",
+        "copy_h2d",
+        "copy_d2h",
+    ] {
+        assert!(workloads.contains(&w), "{w} missing from {workloads:?}");
+    }
+    for l in &lines {
+        assert_eq!(l["check"], "ok", "{l}");
+        assert!(l["rate"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    let gemm = lines.iter().find(|l| l["workload"] == "kernel_gemm_f64").unwrap();
+    assert_eq!(gemm["work"], 2.0 * 48f64.powi(3));
+}

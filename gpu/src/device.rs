@@ -440,6 +440,16 @@ impl Drop for Gpu {
     }
 }
 
+/// Waits for the work the calling thread queued on any device, as
+/// [`Gpu::sync_thread_stream`] does for one (a benchmark's timed region
+/// ends here, not when the launches return).
+pub fn sync_thread_streams() -> Result<()> {
+    let busy: Vec<Stream> = THREAD_STREAMS
+        .try_with(|streams| streams.borrow().iter().filter(|s| s.is_busy()).cloned().collect())
+        .unwrap_or_default();
+    busy.iter().try_for_each(Stream::synchronize)
+}
+
 /// Every GPU opened under one configuration, plus what the CUDA probe said.
 #[derive(Debug)]
 pub struct Devices {

@@ -27,7 +27,7 @@ pub mod units;
 
 pub use buffer::{Buffer, DeviceBuffer, HOST_ALIGN, PinnedBuffer};
 pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
-pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend};
+pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend, sync_thread_streams};
 pub use emulated::{CopyCounters, EmulatedGpu, IPC_MIN};
 pub use error::GpuError;
 pub use host::{advise_huge_pages, zeroed_words};

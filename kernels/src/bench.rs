@@ -24,6 +24,8 @@ pub struct BenchOptions {
     pub parts: u32,
     /// Bytes of the host<->device copies (0: none).
     pub copy_bytes: usize,
+    /// Side of the square f64 matrices of the GEMM (0: none).
+    pub gemm: usize,
     /// Timed repetitions of each (after one untimed warm-up).
     pub reps: usize,
     /// Also run the CuPy equivalents when the device is CUDA.
@@ -32,11 +34,20 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
+        BenchOptions::for_device("cuda")
+    }
+}
+
+impl BenchOptions {
+    /// The defaults on `device`: a GEMM of 4096^2 matrices on CUDA, of
+    /// 128^2 elsewhere (the CPU emulation of a GPU is slow at it).
+    pub fn for_device(device: &str) -> Self {
         BenchOptions {
-            device: "cuda".into(),
+            device: device.into(),
             rows: 1 << 25,
             parts: 64,
             copy_bytes: 1 << 30,
+            gemm: if device == "cuda" { 4096 } else { 128 },
             reps: 10,
             cupy: true,
         }
@@ -63,7 +74,7 @@ impl Line<'_> {
         format!(
             concat!(
                 "{{\"system\": \"weft\", \"workload\": \"{}\", \"params\": {{\"rows\": {}, \"parts\": {}, ",
-                "\"copy_bytes\": {}, \"device\": \"{}\"}}, \"reps\": {}, \"median_s\": {}, \"min_s\": {}, ",
+                "\"copy_bytes\": {}, \"gemm\": {}, \"device\": \"{}\"}}, \"reps\": {}, \"median_s\": {}, \"min_s\": {}, ",
                 "\"max_s\": {}, \"all_s\": [{}], \"work\": {}, \"unit\": \"{}\", \"rate\": {}, ",
                 "\"startup_s\": null, \"check\": \"{}\", \"foreign_cpu_s\": null, ",
                 "\"versions\": {{\"weft\": \"{}\", \"machine\": \"{}\", \"nvrtc\": \"{}\"}}}}"
@@ -72,6 +83,7 @@ impl Line<'_> {
             self.opts.rows,
             self.opts.parts,
             self.opts.copy_bytes,
+            self.opts.gemm,
             self.opts.device,
             self.opts.reps,
             num(median),
@@ -93,12 +105,19 @@ impl Line<'_> {
     }
 }
 
+/// Times `reps` runs of `f` after one warm-up, each until the device work
+/// it queued is done (kernels return while their launches are queued).
 fn time<R>(reps: usize, mut f: impl FnMut() -> Result<R, KernelError>) -> Result<(Vec<f64>, R), KernelError> {
-    let mut last = f()?;
+    let mut run = || -> Result<R, KernelError> {
+        let r = f()?;
+        weft_gpu::sync_thread_streams()?;
+        Ok(r)
+    };
+    let mut last = run()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
-        last = f()?;
+        last = run()?;
         times.push(t.elapsed().as_secs_f64());
     }
     Ok((times, last))
@@ -280,12 +299,43 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<String>, String> {
         );
     }
 
+    if opts.gemm > 0 {
+        lines.push(gemm_line(opts, &put)?);
+    }
+
     lines.extend(frame_lines(opts, &put)?);
 
     if opts.cupy && opts.device == "cuda" {
         lines.extend(cupy_lines(opts));
     }
     Ok(lines)
+}
+
+/// `a * b` of two `gemm x gemm` f64 matrices of small integers, so that
+/// every product and sum is exact and the device's result must equal the
+/// CPU's bit for bit.
+fn gemm_line(opts: &BenchOptions, put: &dyn Fn(Column) -> Result<Column, String>) -> Result<String, String> {
+    let e = |e: KernelError| e.to_string();
+    let n = opts.gemm;
+    let a = Column::from_vec((0..n * n).map(|i| (i % 7) as f64 - 3.0).collect::<Vec<f64>>());
+    let b = Column::from_vec((0..n * n).map(|i| (i % 5) as f64 - 2.0).collect::<Vec<f64>>());
+    let want = crate::gemm::gemm(&a, &b, n, n, n).map_err(e)?;
+    let (da, db) = (put(a)?, put(b)?);
+    let (times, got) = time(opts.reps.max(1), || crate::gemm::gemm(&da, &db, n, n, n)).map_err(e)?;
+    let same = got.to_host().map_err(e)?.host_values::<f64>().map_err(e)? == want.host_values::<f64>().map_err(e)?;
+    Ok(Line {
+        opts,
+        workload: "kernel_gemm_f64",
+        work: 2.0 * (n as f64).powi(3),
+        unit: "flop",
+        times,
+        check: if same {
+            "ok".into()
+        } else {
+            "mismatch: product differs from the CPU's".into()
+        },
+    }
+    .json())
 }
 
 /// Sum of f64 values per int64 key, sort-based (the dataframe's device
@@ -372,11 +422,11 @@ fn frame_lines(opts: &BenchOptions, put: &dyn Fn(Column) -> Result<Column, Strin
 const CUPY: &str = r#"
 import json, sys, time, platform
 import numpy as np, cupy as cp
-rows, parts, copy_bytes, reps = (int(a) for a in sys.argv[1:5])
+rows, parts, copy_bytes, reps, gemm = (int(a) for a in sys.argv[1:6])
 def line(workload, work, unit, times, check="ok"):
     t = sorted(times); med = t[len(t) // 2]
     print(json.dumps({"system": "cupy", "workload": workload,
-        "params": {"rows": rows, "parts": parts, "copy_bytes": copy_bytes, "device": "cuda"},
+        "params": {"rows": rows, "parts": parts, "copy_bytes": copy_bytes, "gemm": gemm, "device": "cuda"},
         "reps": reps, "median_s": med, "min_s": t[0], "max_s": t[-1], "all_s": times,
         "work": work, "unit": unit, "rate": work / med, "startup_s": None, "check": check,
         "foreign_cpu_s": None, "versions": {"cupy": cp.__version__, "numpy": np.__version__,
@@ -425,6 +475,11 @@ def join():
     return probe_rows, order[lo[probe_rows] + within]
 line("kernel_join_i64", rows, "rows", timed(join))
 del b, p
+if gemm > 0:
+    i = np.arange(gemm * gemm).reshape(gemm, gemm)
+    a = cp.asarray(i % 7 - 3.0); b = cp.asarray(i % 5 - 2.0)
+    line("kernel_gemm_f64", 2 * gemm ** 3, "flop", timed(lambda: a @ b))
+    del a, b
 if copy_bytes > 0:
     h = np.arange(copy_bytes // 8, dtype=np.uint64)
     line("copy_h2d", h.nbytes, "bytes", timed(lambda: cp.asarray(h)))
@@ -443,6 +498,7 @@ fn cupy_lines(opts: &BenchOptions) -> Vec<String> {
         .arg(opts.parts.to_string())
         .arg(opts.copy_bytes.to_string())
         .arg(opts.reps.max(1).to_string())
+        .arg(opts.gemm.to_string())
         .output();
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect(),

@@ -1,15 +1,15 @@
-//! Finding NVRTC where CUDA 12 and 13 install it.
+//! Finding NVRTC and cuBLAS where CUDA 12 and 13 install them.
 //!
 //! cudarc's loader tries `libnvrtc.so`, `.so.12` and older names on the
 //! loader's path only, so a node whose CUDA 13 comes from the PyPI wheels
 //! (`libnvrtc.so.13`, no unversioned link, in site-packages) has no NVRTC for
-//! it. This module opens the library itself, from the first of:
-//! `$WEFT_CUDA_LIBS`, the loader's own path (`LD_LIBRARY_PATH`, ld.so's
-//! cache), the toolkit (`$CUDA_HOME`, `$CUDA_PATH`, `/usr/local/cuda*`), and
-//! the NVIDIA wheels of the Python environments it can see; each under the
-//! names `libnvrtc.so`, `libnvrtc.so.13` and `libnvrtc.so.12`. Which one
-//! was loaded is logged once and reported by [`nvrtc_library`].
-//! (cuBLAS is still loaded by cudarc.)
+//! it, and likewise no cuBLAS. This module opens both libraries itself, each
+//! from the first of: `$WEFT_CUDA_LIBS`, the loader's own path
+//! (`LD_LIBRARY_PATH`, ld.so's cache), the toolkit (`$CUDA_HOME`,
+//! `$CUDA_PATH`, `/usr/local/cuda*`), and the NVIDIA wheels of the Python
+//! environments it can see; under the names `lib<name>.so`, `.so.13` and
+//! `.so.12`. Which one was loaded is logged once and reported by
+//! [`nvrtc_library`] and [`cublas_library`].
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -50,46 +50,69 @@ unsafe impl Send for Nvrtc {}
 // SAFETY: as above.
 unsafe impl Sync for Nvrtc {}
 
-const NAMES: [&str; 3] = ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
+/// A CUDA library: its file names, newest CUDA last but unversioned first,
+/// and the folder of its CUDA 12 wheel (`nvidia/<wheel>/lib`; CUDA 13
+/// wheels put every library in `nvidia/cu13/lib`).
+struct Library {
+    names: [&'static str; 3],
+    wheel: &'static str,
+}
 
-/// Directories of the Python environments' NVIDIA wheels: `nvidia/cu13/lib`
-/// (CUDA 13 wheels) and `nvidia/cuda_nvrtc/lib` (CUDA 12 wheels).
-fn wheel_dirs() -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    let mut lib_dirs = |base: PathBuf| {
-        // <base>/lib/python3.X/{site,dist}-packages
-        if let Ok(entries) = std::fs::read_dir(base.join("lib")) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("python3") {
-                    roots.push(e.path().join("site-packages"));
-                    roots.push(e.path().join("dist-packages"));
-                }
-            }
-        }
+const NVRTC: Library = Library {
+    names: ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"],
+    wheel: "cuda_nvrtc",
+};
+
+const CUBLAS: Library = Library {
+    names: ["libcublas.so", "libcublas.so.13", "libcublas.so.12"],
+    wheel: "cublas",
+};
+
+/// `lib`'s folders in one `site-packages`: `nvidia/cu13/lib` (CUDA 13
+/// wheels) and `nvidia/<lib.wheel>/lib` (CUDA 12), those that exist.
+fn nvidia_dirs(site: &Path, lib: &Library) -> Vec<PathBuf> {
+    [
+        site.join("nvidia/cu13/lib"),
+        site.join("nvidia").join(lib.wheel).join("lib"),
+    ]
+    .into_iter()
+    .filter(|d| d.is_dir())
+    .collect()
+}
+
+/// `lib`'s wheel folders in the Python environment at `base`
+/// (`<base>/lib/python3.X/{site,dist}-packages`).
+fn wheel_dirs_under(base: &Path, lib: &Library) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base.join("lib")) else {
+        return Vec::new();
     };
-    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Some(v) = std::env::var_os(var) {
-            lib_dirs(PathBuf::from(v));
-        }
-    }
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .flat_map(|e| ["site-packages", "dist-packages"].map(|s| e.path().join(s)))
+        .flat_map(|site| nvidia_dirs(&site, lib))
+        .collect()
+}
+
+/// `lib`'s wheel folders in the Python environments this process can see.
+fn wheel_dirs(lib: &Library) -> Vec<PathBuf> {
+    let mut bases: Vec<PathBuf> = ["VIRTUAL_ENV", "CONDA_PREFIX"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .collect();
     if let Some(home) = std::env::var_os("HOME") {
-        lib_dirs(PathBuf::from(&home).join(".local"));
-        lib_dirs(PathBuf::from(home).join(".cache/weft/cuda-venv"));
+        bases.push(PathBuf::from(&home).join(".local"));
+        bases.push(PathBuf::from(home).join(".cache/weft/cuda-venv"));
     }
-    lib_dirs(PathBuf::from("/usr/local"));
-    lib_dirs(PathBuf::from("/usr"));
+    bases.extend(["/usr/local", "/usr"].map(PathBuf::from));
     // Images that keep their Python in /opt/<name>/.venv.
     if let Ok(entries) = std::fs::read_dir("/opt") {
-        for e in entries.flatten() {
-            lib_dirs(e.path().join(".venv"));
-        }
+        bases.extend(entries.flatten().map(|e| e.path().join(".venv")));
     }
-    roots.push(PathBuf::from("/usr/lib/python3/dist-packages"));
-    roots
-        .into_iter()
-        .flat_map(|r| [r.join("nvidia/cu13/lib"), r.join("nvidia/cuda_nvrtc/lib")])
-        .filter(|d| d.is_dir())
-        .collect()
+    let mut dirs: Vec<PathBuf> = bases.iter().flat_map(|b| wheel_dirs_under(b, lib)).collect();
+    dirs.extend(nvidia_dirs(Path::new("/usr/lib/python3/dist-packages"), lib));
+    dirs
 }
 
 /// Toolkit library directories, newest first among `/usr/local/cuda-*`.
@@ -115,11 +138,12 @@ fn toolkit_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Every place tried, in order: (a path, or a bare name for the loader's search).
-fn candidates() -> Vec<String> {
+/// Every place tried for `lib`, in order: a path, or a bare name for the
+/// loader's search.
+fn candidates(lib: &Library) -> Vec<String> {
     let mut out = Vec::new();
     let in_dir = |out: &mut Vec<String>, dir: &Path| {
-        for n in NAMES {
+        for n in lib.names {
             let p = dir.join(n);
             if p.exists() {
                 out.push(p.to_string_lossy().into_owned());
@@ -129,27 +153,44 @@ fn candidates() -> Vec<String> {
     if let Some(d) = std::env::var_os("WEFT_CUDA_LIBS") {
         in_dir(&mut out, Path::new(&d));
     }
-    out.extend(NAMES.iter().map(|n| n.to_string()));
-    for d in toolkit_dirs().iter().chain(wheel_dirs().iter()) {
+    out.extend(lib.names.iter().map(|n| n.to_string()));
+    for d in toolkit_dirs().iter().chain(wheel_dirs(lib).iter()) {
         in_dir(&mut out, d);
     }
     out
 }
 
-/// dlopen + dlsym of every entry point; None when any is missing.
-fn open(name: &str) -> Option<Nvrtc> {
+/// The library at `name` (a path or a bare name), opened for good, and a
+/// lookup of its symbols (null-free). None when it does not open.
+fn dlopen(name: &str) -> Option<impl Fn(&CStr) -> Option<*mut c_void>> {
     let c = CString::new(name).ok()?;
-    // SAFETY: dlopen of a library by name or path; NVRTC's initialisers
-    // have no preconditions. The handle is kept for the process's life.
+    // SAFETY: dlopen of a library by name or path; NVRTC's and cuBLAS's
+    // initialisers have no preconditions. The handle is kept for the
+    // process's life.
     let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return None;
-    }
-    let sym = |s: &CStr| {
+    (!handle.is_null()).then_some(move |s: &CStr| {
         // SAFETY: `handle` is a live library handle; a missing symbol is null.
         let p = unsafe { libc::dlsym(handle, s.as_ptr()) };
         (!p.is_null()).then_some(p)
-    };
+    })
+}
+
+/// The first of `lib`'s candidates that `open` accepts, opened once and
+/// logged; Err lists where it was looked for.
+fn load<T>(lib: &Library, what: &str, open: impl Fn(&str) -> Option<T>) -> Result<T, String> {
+    let tried = candidates(lib);
+    match tried.iter().find_map(|c| open(c).map(|t| (c, t))) {
+        Some((path, t)) => {
+            tracing::info!(%path, "{what} loaded");
+            Ok(t)
+        }
+        None => Err(format!("{what} not found (tried {})", tried.join(", "))),
+    }
+}
+
+/// NVRTC's entry points from the library at `name`; None when any is missing.
+fn open_nvrtc(name: &str) -> Option<Nvrtc> {
+    let sym = dlopen(name)?;
     // SAFETY (each transmute): the symbols are NVRTC's C functions with the
     // signatures of nvrtc.h, which these function pointer types spell out.
     unsafe {
@@ -171,18 +212,96 @@ fn open(name: &str) -> Option<Nvrtc> {
 pub(crate) fn nvrtc() -> Result<&'static Nvrtc, String> {
     static LIB: OnceLock<Result<Nvrtc, String>> = OnceLock::new();
     LIB.get_or_init(|| {
-        let tried = candidates();
-        match tried.iter().find_map(|c| open(c)) {
-            Some(lib) => {
-                let (major, minor) = lib.version().unwrap_or((0, 0));
-                tracing::info!(path = %lib.path, major, minor, "NVRTC loaded");
-                Ok(lib)
-            }
-            None => Err(format!("NVRTC not found (tried {})", tried.join(", "))),
-        }
+        load(&NVRTC, "NVRTC", open_nvrtc).inspect(|lib| {
+            let (major, minor) = lib.version().unwrap_or((0, 0));
+            tracing::info!(major, minor, "NVRTC version");
+        })
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+/// cuBLAS's C types, as `cublas_api.h` declares them: opaque handles and
+/// streams, and enums (`int`-sized).
+pub(crate) mod blas {
+    /// `cublasHandle_t`.
+    pub(crate) type Handle = *mut std::ffi::c_void;
+    /// `cudaStream_t` (the driver's `CUstream`).
+    pub(crate) type Stream = *mut std::ffi::c_void;
+    /// `cublasStatus_t`: 0 is `CUBLAS_STATUS_SUCCESS`.
+    pub(crate) type Status = std::ffi::c_int;
+    /// `cublasOperation_t`.
+    pub(crate) type Op = std::ffi::c_int;
+    /// `CUBLAS_OP_N`: no transpose.
+    pub(crate) const OP_N: Op = 0;
+}
+
+/// The cuBLAS entry points GEMM uses (the `_v2` API of `cublas_api.h`),
+/// from one loaded library.
+pub(crate) struct Cublas {
+    path: String,
+    pub(crate) create: unsafe extern "C" fn(*mut blas::Handle) -> blas::Status,
+    pub(crate) destroy: unsafe extern "C" fn(blas::Handle) -> blas::Status,
+    pub(crate) set_stream: unsafe extern "C" fn(blas::Handle, blas::Stream) -> blas::Status,
+    pub(crate) dgemm: GemmFn<f64>,
+    pub(crate) sgemm: GemmFn<f32>,
+}
+
+/// `cublas{D,S}gemm_v2`: handle, transa, transb, m, n, k, alpha, A, lda, B,
+/// ldb, beta, C, ldc.
+pub(crate) type GemmFn<T> = unsafe extern "C" fn(
+    blas::Handle,
+    blas::Op,
+    blas::Op,
+    c_int,
+    c_int,
+    c_int,
+    *const T,
+    *const T,
+    c_int,
+    *const T,
+    c_int,
+    *const T,
+    *mut T,
+    c_int,
+) -> blas::Status;
+
+// SAFETY: the library handle is never closed; cuBLAS's entry points are
+// thread-safe for distinct handles, and each thread uses its own.
+unsafe impl Send for Cublas {}
+// SAFETY: as above.
+unsafe impl Sync for Cublas {}
+
+/// cuBLAS's entry points from the library at `name`; None when any is missing.
+fn open_cublas(name: &str) -> Option<Cublas> {
+    let sym = dlopen(name)?;
+    // SAFETY (each transmute): the symbols are cuBLAS's C functions with
+    // the signatures of cublas_api.h, which these function pointer types
+    // spell out.
+    unsafe {
+        Some(Cublas {
+            path: name.to_string(),
+            create: std::mem::transmute::<*mut c_void, _>(sym(c"cublasCreate_v2")?),
+            destroy: std::mem::transmute::<*mut c_void, _>(sym(c"cublasDestroy_v2")?),
+            set_stream: std::mem::transmute::<*mut c_void, _>(sym(c"cublasSetStream_v2")?),
+            dgemm: std::mem::transmute::<*mut c_void, GemmFn<f64>>(sym(c"cublasDgemm_v2")?),
+            sgemm: std::mem::transmute::<*mut c_void, GemmFn<f32>>(sym(c"cublasSgemm_v2")?),
+        })
+    }
+}
+
+/// cuBLAS, opened once; Err lists where it was looked for.
+pub(crate) fn cublas() -> Result<&'static Cublas, String> {
+    static LIB: OnceLock<Result<Cublas, String>> = OnceLock::new();
+    LIB.get_or_init(|| load(&CUBLAS, "cuBLAS", open_cublas))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Which cuBLAS library GEMM uses (a path, or the name the loader found),
+/// or why there is none.
+pub fn cublas_library() -> Result<String, String> {
+    cublas().map(|l| l.path.clone())
 }
 
 /// Which NVRTC library kernels are compiled with (a path, or the name the
@@ -269,11 +388,43 @@ mod tests {
 
     #[test]
     fn the_search_names_every_place_once_asked() {
-        let c = candidates();
-        for n in NAMES {
-            assert!(c.iter().any(|x| x == n), "bare name {n} is tried");
+        for lib in [&NVRTC, &CUBLAS] {
+            let c = candidates(lib);
+            for n in lib.names {
+                assert!(c.iter().any(|x| x == n), "bare name {n} is tried");
+            }
         }
         // A missing library is an error naming the places tried, not a panic.
-        assert!(open("/nonexistent/libnvrtc.so.13").is_none());
+        assert!(open_nvrtc("/nonexistent/libnvrtc.so.13").is_none());
+        assert!(open_cublas("/nonexistent/libcublas.so.13").is_none());
+    }
+
+    #[test]
+    fn wheels_are_searched_in_each_librarys_own_folder() {
+        let venv = std::env::temp_dir().join(format!("weft-cudalibs-{}", std::process::id()));
+        let site = venv.join("lib/python3.12/site-packages/nvidia");
+        for dir in ["cu13/lib", "cublas/lib", "cuda_nvrtc/lib"] {
+            std::fs::create_dir_all(site.join(dir)).unwrap();
+        }
+        std::fs::write(site.join("cu13/lib/libcublas.so.13"), b"").unwrap();
+        std::fs::write(site.join("cublas/lib/libcublas.so.12"), b"").unwrap();
+        std::fs::write(site.join("cuda_nvrtc/lib/libnvrtc.so.12"), b"").unwrap();
+        let found = |lib: &Library| {
+            let dirs = wheel_dirs_under(&venv, lib);
+            let mut names: Vec<String> = dirs
+                .iter()
+                .flat_map(|d| lib.names.iter().map(move |n| d.join(n)))
+                .filter(|p| p.exists())
+                .map(|p| p.strip_prefix(&site).unwrap().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            found(&CUBLAS),
+            ["cu13/lib/libcublas.so.13", "cublas/lib/libcublas.so.12"]
+        );
+        assert_eq!(found(&NVRTC), ["cuda_nvrtc/lib/libnvrtc.so.12"]);
+        std::fs::remove_dir_all(&venv).unwrap();
     }
 }

@@ -2,11 +2,15 @@
 //! the `gemm` crate (threaded, AVX-512 where the CPU has it). CUDA: cuBLAS. Emulated GPUs: the tiled
 //! kernel in `gemm.cu`.
 
-use cudarc::cublas::{result as blas, sys as blas_sys};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use cudarc::driver::CudaContext;
 use weft_gpu::Buffer;
 use weft_gpu::{DeviceBuffer, GpuBackend};
 
 use crate::column::{Native, Place};
+use crate::cudalibs::{self, Cublas, blas};
 use crate::dispatch::{Target, target};
 use crate::launch::{Arg, Exec, ptr};
 use crate::{Column, DType, KernelError};
@@ -108,6 +112,53 @@ fn cpu_gemm<T: Native + Default>(
     Ok(Buffer::from_vec(c))
 }
 
+/// A cuBLAS handle of this thread for one CUDA context, destroyed (with its
+/// context current) when the thread exits.
+struct Handle {
+    ctx: Arc<CudaContext>,
+    handle: blas::Handle,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Ok(lib) = cudalibs::cublas()
+            && self.ctx.bind_to_thread().is_ok()
+        {
+            // SAFETY: made by cublasCreate_v2 in this context, destroyed once.
+            unsafe { (lib.destroy)(self.handle) };
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's cuBLAS handles, one per context: creating one costs
+    /// far more than a small GEMM, and a handle is not for two threads at once.
+    static HANDLES: RefCell<Vec<Handle>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's handle for `ctx` (current on this thread), made on first use.
+fn thread_handle(lib: &Cublas, ctx: &Arc<CudaContext>) -> Result<blas::Handle, String> {
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        if let Some(h) = handles.iter().find(|h| Arc::ptr_eq(&h.ctx, ctx)) {
+            return Ok(h.handle);
+        }
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: a plain out-parameter; the context is current.
+        let status = unsafe { (lib.create)(&mut handle) };
+        if status != 0 {
+            return Err(format!("cublasCreate_v2 failed (status {status})"));
+        }
+        handles.push(Handle {
+            ctx: ctx.clone(),
+            handle,
+        });
+        Ok(handle)
+    })
+}
+
+/// `c = a * b` queued on the call's stream with this thread's handle (no
+/// synchronisation: the worker synchronises when the op ends).
 #[allow(clippy::too_many_arguments)]
 fn cublas_gemm(
     exec: &Exec,
@@ -121,10 +172,7 @@ fn cublas_gemm(
 ) -> Result<(), KernelError> {
     let device = exec.device();
     let fail = |reason: String| KernelError::Cublas { device, reason };
-    // SAFETY: only tries to dlopen libcublas by its usual names.
-    if !unsafe { blas_sys::is_culib_present() } {
-        return Err(fail("cuBLAS library (libcublas.so) not found".into()));
-    }
+    let lib = cudalibs::cublas().map_err(fail)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -134,62 +182,55 @@ fn cublas_gemm(
         .stream
         .cuda_stream()
         .ok_or_else(|| fail("not a CUDA stream".into()))?;
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(|e| fail(format!("bind context: {e}")))?;
-    let handle = blas::create_handle().map_err(|e| fail(format!("create handle: {e:?}")))?;
+    let ctx = stream.context();
+    ctx.bind_to_thread().map_err(|e| fail(format!("bind context: {e}")))?;
+    let handle = thread_handle(lib, ctx).map_err(fail)?;
     // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-    let op = blas_sys::cublasOperation_t::CUBLAS_OP_N;
-    // SAFETY: the handle is fresh; the stream belongs to the current
-    // context; a, b and c are device buffers of k*n, m*k and m*n elements
-    // that outlive the call (the caller synchronises before dropping them).
-    let r = unsafe {
-        blas::set_stream(handle, stream.cu_stream() as blas_sys::cudaStream_t).and_then(|_| {
-            if f64s {
-                let (one, zero) = (1.0f64, 0.0f64);
-                blas::dgemm(
-                    handle,
-                    op,
-                    op,
-                    ni,
-                    mi,
-                    ki,
-                    &one,
-                    b.device_ptr() as *const f64,
-                    ni,
-                    a.device_ptr() as *const f64,
-                    ki,
-                    &zero,
-                    c.device_ptr() as *mut f64,
-                    ni,
-                )
-            } else {
-                let (one, zero) = (1.0f32, 0.0f32);
-                blas::sgemm(
-                    handle,
-                    op,
-                    op,
-                    ni,
-                    mi,
-                    ki,
-                    &one,
-                    b.device_ptr() as *const f32,
-                    ni,
-                    a.device_ptr() as *const f32,
-                    ki,
-                    &zero,
-                    c.device_ptr() as *mut f32,
-                    ni,
-                )
-            }
-        })
+    let op = blas::OP_N;
+    // SAFETY: the handle is this thread's for the current context; the
+    // stream belongs to it; a, b and c are device buffers of m*k, k*n and
+    // m*n elements that stay allocated until the queued GEMM has run
+    // (dropped on this thread, they wait for the stream).
+    let status = unsafe {
+        match (lib.set_stream)(handle, stream.cu_stream() as blas::Stream) {
+            0 if f64s => (lib.dgemm)(
+                handle,
+                op,
+                op,
+                ni,
+                mi,
+                ki,
+                &1.0,
+                b.device_ptr() as *const f64,
+                ni,
+                a.device_ptr() as *const f64,
+                ki,
+                &0.0,
+                c.device_ptr() as *mut f64,
+                ni,
+            ),
+            0 => (lib.sgemm)(
+                handle,
+                op,
+                op,
+                ni,
+                mi,
+                ki,
+                &1.0,
+                b.device_ptr() as *const f32,
+                ni,
+                a.device_ptr() as *const f32,
+                ki,
+                &0.0,
+                c.device_ptr() as *mut f32,
+                ni,
+            ),
+            failed => failed,
+        }
     };
-    // The launch is queued; wait before the handle goes.
-    let synced = stream.synchronize();
-    // SAFETY: created above and destroyed once.
-    let destroyed = unsafe { blas::destroy_handle(handle) };
-    r.map_err(|e| fail(format!("gemm: {e:?}")))?;
-    synced.map_err(|e| fail(format!("synchronize: {e}")))?;
-    destroyed.map_err(|e| fail(format!("destroy handle: {e:?}")))
+    if status != 0 {
+        return Err(fail(format!("gemm failed (cuBLAS status {status})")));
+    }
+    exec.stream.mark_pending();
+    Ok(())
 }

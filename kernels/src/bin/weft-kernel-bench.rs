@@ -1,13 +1,14 @@
 //! `weft-kernel-bench [--device cpu|emulated|cuda] [--rows N] [--parts P]
-//! [--copy-mib M] [--reps R] [--no-cupy]`: the kernel benchmarks of
+//! [--copy-mib M] [--gemm N] [--reps R] [--no-cupy]`: the kernel benchmarks of
 //! `weft bench kernels`, without the rest of Weft (one JSON line each).
 
 use weft_kernels::bench::{BenchOptions, run};
 
 fn main() {
     let mut opts = BenchOptions::default();
+    let mut gemm = None;
     let mut args = std::env::args().skip(1);
-    let usage = "usage: weft-kernel-bench [--json] [--device cpu|emulated|cuda] [--rows N] [--parts P] [--copy-mib M] [--reps R] [--no-cupy]";
+    let usage = "usage: weft-kernel-bench [--json] [--device cpu|emulated|cuda] [--rows N] [--parts P] [--copy-mib M] [--gemm N] [--reps R] [--no-cupy]";
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> String {
             args.next().unwrap_or_else(|| {
@@ -27,6 +28,7 @@ fn main() {
             "--rows" => opts.rows = num(value("--rows")),
             "--parts" => opts.parts = num(value("--parts")) as u32,
             "--copy-mib" => opts.copy_bytes = num(value("--copy-mib")) << 20,
+            "--gemm" => gemm = Some(num(value("--gemm"))),
             "--reps" => opts.reps = num(value("--reps")),
             "--no-cupy" => opts.cupy = false,
             _ => {
@@ -35,6 +37,7 @@ fn main() {
             }
         }
     }
+    opts.gemm = gemm.unwrap_or(BenchOptions::for_device(&opts.device).gemm);
     match run(&opts) {
         Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
         Err(e) => {
