@@ -240,12 +240,19 @@ pub(crate) mod blas {
 /// from one loaded library.
 pub(crate) struct Cublas {
     path: String,
-    pub(crate) create: unsafe extern "C" fn(*mut blas::Handle) -> blas::Status,
-    pub(crate) destroy: unsafe extern "C" fn(blas::Handle) -> blas::Status,
-    pub(crate) set_stream: unsafe extern "C" fn(blas::Handle, blas::Stream) -> blas::Status,
+    pub(crate) create: CreateHandleFn,
+    pub(crate) destroy: HandleFn,
+    pub(crate) set_stream: SetStreamFn,
     pub(crate) dgemm: GemmFn<f64>,
     pub(crate) sgemm: GemmFn<f32>,
 }
+
+/// `cublasCreate_v2`.
+pub(crate) type CreateHandleFn = unsafe extern "C" fn(*mut blas::Handle) -> blas::Status;
+/// `cublasDestroy_v2`.
+pub(crate) type HandleFn = unsafe extern "C" fn(blas::Handle) -> blas::Status;
+/// `cublasSetStream_v2`.
+pub(crate) type SetStreamFn = unsafe extern "C" fn(blas::Handle, blas::Stream) -> blas::Status;
 
 /// `cublas{D,S}gemm_v2`: handle, transa, transb, m, n, k, alpha, A, lda, B,
 /// ldb, beta, C, ldc.
@@ -281,9 +288,9 @@ fn open_cublas(name: &str) -> Option<Cublas> {
     unsafe {
         Some(Cublas {
             path: name.to_string(),
-            create: std::mem::transmute::<*mut c_void, _>(sym(c"cublasCreate_v2")?),
-            destroy: std::mem::transmute::<*mut c_void, _>(sym(c"cublasDestroy_v2")?),
-            set_stream: std::mem::transmute::<*mut c_void, _>(sym(c"cublasSetStream_v2")?),
+            create: std::mem::transmute::<*mut c_void, CreateHandleFn>(sym(c"cublasCreate_v2")?),
+            destroy: std::mem::transmute::<*mut c_void, HandleFn>(sym(c"cublasDestroy_v2")?),
+            set_stream: std::mem::transmute::<*mut c_void, SetStreamFn>(sym(c"cublasSetStream_v2")?),
             dgemm: std::mem::transmute::<*mut c_void, GemmFn<f64>>(sym(c"cublasDgemm_v2")?),
             sgemm: std::mem::transmute::<*mut c_void, GemmFn<f32>>(sym(c"cublasSgemm_v2")?),
         })
