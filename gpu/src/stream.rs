@@ -488,23 +488,31 @@ impl Stream {
 
     /// Fills `dst` from the start of `src`; done when this returns.
     pub fn copy_d2h(&self, src: &DeviceBuffer, dst: &mut [u8]) -> Result<()> {
+        self.copy_d2h_at(src, 0, dst)
+    }
+
+    /// Fills `dst` from byte `offset` of `src` on (a frame sent piece by
+    /// piece); done when this returns.
+    pub fn copy_d2h_at(&self, src: &DeviceBuffer, offset: usize, dst: &mut [u8]) -> Result<()> {
         check("copy source", self.device(), src.device())?;
-        fits(dst.len(), src.len())?;
+        fits(offset.saturating_add(dst.len()), src.len())?;
+        let from = src.device_ptr() + offset as u64;
         match &self.shared.inner {
-            Inner::Cuda(s) if dst.len() >= STAGED_MIN => self.d2h_staged(s, src.device_ptr(), dst)?,
+            Inner::Cuda(s) if dst.len() >= STAGED_MIN => self.d2h_staged(s, from, dst)?,
             Inner::Cuda(s) => {
                 s.context().bind_to_thread().map_err(self.driver("bind context"))?;
-                // SAFETY: `src` holds at least `dst.len()` bytes on this
-                // device; the stream is synchronised before `dst`'s borrow ends.
-                unsafe { result::memcpy_dtoh_async(dst, src.device_ptr(), s.cu_stream()) }
+                // SAFETY: `src` holds at least `offset + dst.len()` bytes on
+                // this device; the stream is synchronised before `dst`'s
+                // borrow ends.
+                unsafe { result::memcpy_dtoh_async(dst, from, s.cu_stream()) }
                     .map_err(self.driver("cuMemcpyDtoHAsync"))?;
                 self.synchronize()?;
             }
             Inner::Emulated => {
                 self.synchronize()?;
                 // SAFETY: `src` is a live emulated allocation of at least
-                // `dst.len()` bytes, distinct from `dst`.
-                unsafe { std::ptr::copy_nonoverlapping(src.device_ptr() as *const u8, dst.as_mut_ptr(), dst.len()) };
+                // `offset + dst.len()` bytes, distinct from `dst`.
+                unsafe { std::ptr::copy_nonoverlapping(from as *const u8, dst.as_mut_ptr(), dst.len()) };
             }
         }
         self.count(CopyKind::D2h, dst.len());

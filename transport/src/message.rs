@@ -33,18 +33,4 @@ impl Message {
     pub(crate) fn frame_table(&self) -> impl ExactSizeIterator<Item = (usize, weft_gpu::Device)> + '_ {
         self.frames.iter().map(|f| (f.len(), f.location()))
     }
-
-    /// Every frame in host memory, device frames staged through a copy, for
-    /// a transport that writes host bytes only.
-    pub(crate) fn host_frames(&self, peer: &str) -> crate::Result<Vec<Bytes>> {
-        self.frames
-            .iter()
-            .map(|f| {
-                f.to_host().map_err(|source| crate::TransportError::Device {
-                    peer: peer.to_string(),
-                    source,
-                })
-            })
-            .collect()
-    }
 }

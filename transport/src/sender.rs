@@ -162,10 +162,7 @@ impl Shared {
 
 async fn write(writer: &mut Writer, peer: &Peer, message: Message) -> Result<()> {
     match writer {
-        Writer::Stream(writer, io_timeout) => {
-            let frames = message.host_frames(&peer.to_string())?;
-            stream::write_message(writer, &message, &frames, *io_timeout, peer).await
-        }
+        Writer::Stream(writer, io_timeout) => stream::write_message(writer, &message, *io_timeout, peer).await,
         Writer::Inproc(Some(tx)) => tx.send(message, peer).await,
         Writer::Inproc(None) => Err(TransportError::Closed { peer: peer.to_string() }),
         Writer::Ucx(writer) => writer.send(&message, peer).await,

@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
-use weft_gpu::{Buffer, Device, Gpu};
+use weft_gpu::{Buffer, Device, DeviceBuffer, Gpu};
 
 use crate::config::Config;
 use crate::connection::Peer;
 use crate::error::{Result, TransportError};
-use crate::landing::Target;
+use crate::landing::{CHUNK, Target};
 use crate::message::Message;
 use crate::pool::BufferPool;
 use crate::wire::{self, Ack, Hello, Limits, Status, WireError};
@@ -190,21 +190,74 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Writes one message with vectored I/O: the prelude and frame table,
-/// the header and every frame, straight from where they lie (`frames` are
-/// the message's frames in host memory, see [`Message::host_frames`]).
+/// What a message puts on a byte stream, in order.
+enum Part {
+    /// Bytes in host memory (the prelude, the header, host frames, small
+    /// device frames copied down).
+    Host(Bytes),
+    /// A device frame larger than a chunk, copied down piece by piece.
+    Device(DeviceBuffer),
+}
+
+/// Writes one message: the prelude and frame table, the header and every
+/// frame. Host bytes go out with vectored I/O straight from where they lie;
+/// a device frame of more than [`CHUNK`] bytes is copied down in chunks
+/// through the device's pinned staging pool by a blocking thread while the
+/// chunk before it is written, so host memory holds a few chunks of it, not
+/// all of it, and the event loop never waits on the device.
 pub(crate) async fn write_message(
     writer: &mut BoxWrite,
     message: &Message,
-    frames: &[Bytes],
     io_timeout: Duration,
     peer: &Peer,
 ) -> Result<()> {
-    let layout = wire::encode_layout(message.header.len(), message.frame_table());
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(message.frames.len() + 2);
-    slices.push(IoSlice::new(&layout));
-    let parts = std::iter::once(&message.header).chain(frames);
-    slices.extend(parts.filter(|b| !b.is_empty()).map(|b| IoSlice::new(b)));
+    let device_error = |source| TransportError::Device {
+        peer: peer.to_string(),
+        source,
+    };
+    let mut parts = vec![
+        Part::Host(wire::encode_layout(message.header.len(), message.frame_table()).into()),
+        Part::Host(message.header.clone()),
+    ];
+    for frame in &message.frames {
+        parts.push(match frame.as_device() {
+            Some(device) if device.len() > CHUNK => Part::Device(device.clone()),
+            _ => Part::Host(frame.to_host().map_err(device_error)?),
+        });
+    }
+    let mut rest = &parts[..];
+    while !rest.is_empty() {
+        let hosts = rest.iter().take_while(|p| matches!(p, Part::Host(_))).count();
+        let (host, after) = rest.split_at(hosts);
+        let bytes: Vec<&Bytes> = host
+            .iter()
+            .filter_map(|p| match p {
+                Part::Host(b) => Some(b),
+                Part::Device(_) => None,
+            })
+            .collect();
+        write_vectored_all(writer, &bytes, io_timeout, peer).await?;
+        rest = match after.split_first() {
+            Some((Part::Device(device), after)) => {
+                write_device_frame(writer, device, io_timeout, peer).await?;
+                after
+            }
+            _ => after,
+        };
+    }
+    with_timeout(io_timeout, peer, "message", async {
+        writer.flush().await.map_err(|e| io_error(&peer.to_string(), e))
+    })
+    .await
+}
+
+/// Writes every byte of `parts` with vectored I/O.
+async fn write_vectored_all(writer: &mut BoxWrite, parts: &[&Bytes], io_timeout: Duration, peer: &Peer) -> Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
         let written = with_timeout(io_timeout, peer, "message", async {
@@ -219,10 +272,61 @@ pub(crate) async fn write_message(
         }
         IoSlice::advance_slices(&mut slices, written);
     }
-    with_timeout(io_timeout, peer, "message", async {
-        writer.flush().await.map_err(|e| io_error(&peer.to_string(), e))
-    })
-    .await
+    Ok(())
+}
+
+/// Writes a device frame chunk by chunk: a blocking thread copies each
+/// [`CHUNK`] into a pinned staging buffer, at most two ahead of the one
+/// being written. A failed write stops the copies; a failed copy fails the
+/// write.
+async fn write_device_frame(
+    writer: &mut BoxWrite,
+    device: &DeviceBuffer,
+    io_timeout: Duration,
+    peer: &Peer,
+) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let src = device.clone();
+    let copier = tokio::task::spawn_blocking(move || {
+        let gpu = src.gpu().clone();
+        let copy = |offset: usize| -> weft_gpu::Result<(weft_gpu::StagingBuffer, usize)> {
+            let len = CHUNK.min(src.len() - offset);
+            // Every chunk of one class, so the pool reuses them.
+            let mut stage = gpu.staging(CHUNK)?;
+            gpu.thread_stream()?
+                .copy_d2h_at(&src, offset, &mut stage.as_mut_slice()[..len])?;
+            Ok((stage, len))
+        };
+        for offset in (0..src.len()).step_by(CHUNK) {
+            let chunk = copy(offset);
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    while let Some(chunk) = rx.recv().await {
+        let (stage, len) = chunk.map_err(|source| TransportError::Device {
+            peer: peer.to_string(),
+            source,
+        })?;
+        let bytes = &stage.as_slice()[..len];
+        with_timeout(io_timeout, peer, "message", async {
+            writer
+                .write_all(bytes)
+                .await
+                .map_err(|e| io_error(&peer.to_string(), e))
+        })
+        .await?;
+    }
+    // Every chunk was written: the copier has returned, or panicked (a bug,
+    // passed on rather than sending a short frame).
+    if let Err(e) = copier.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    Ok(())
 }
 
 /// Flushes and shuts down the write side: the peer reads end-of-stream.

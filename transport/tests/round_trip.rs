@@ -206,6 +206,45 @@ fn ucx_leaves_no_unmatched_receive_at_close() {
     assert!(!stderr.contains("was not matched"), "{stderr}");
 }
 
+/// Over a byte stream a device frame larger than a chunk goes out chunk
+/// by chunk through the sender's staging pool, a few chunks at a time, not
+/// staged whole; its bytes arrive in order between the frames around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_device_frames_are_sent_a_few_chunks_at_a_time() {
+    let gpu = weft_gpu::Gpu::emulated(0, 64 * MIB, true);
+    let bytes: Vec<u8> = (0..21 * MIB + 7).map(|i| (i % 247) as u8).collect();
+    let buffer = gpu.stream().unwrap().upload(&bytes).unwrap();
+    let mut listener = listen("tcp://127.0.0.1:0", &config("server")).await.unwrap();
+    let at = listener.local_addr().to_string();
+    let server = tokio::spawn(async move { echo(listener.accept().await.unwrap()).await });
+    let mut connection = connect(&at, &config("client")).await.unwrap();
+    let sent = Message::new(
+        &b"device"[..],
+        vec![
+            Buffer::host(vec![1u8; 10]),
+            Buffer::device(buffer),
+            Buffer::host(vec![2u8; 3]),
+        ],
+    );
+    connection.send(sent).await.unwrap();
+    let got = connection.recv().await.unwrap().expect("echo");
+    assert_eq!(got.frames[0].as_host().unwrap()[..], [1u8; 10]);
+    assert!(
+        got.frames[1].as_host().unwrap()[..] == bytes[..],
+        "the device frame's bytes"
+    );
+    assert_eq!(got.frames[2].as_host().unwrap()[..], [2u8; 3]);
+    connection.close().await.unwrap();
+    server.await.unwrap();
+    let staging = gpu.staging_stats();
+    let chunk = weft_gpu::pool::size_class(4 * MIB);
+    assert_eq!(staging.in_use, 0, "{staging:?}");
+    assert!(
+        staging.cached <= 3 * chunk && staging.allocated <= 3,
+        "at most three 4 MiB chunks staged at once, not 21 MiB: {staging:?}"
+    );
+}
+
 socket_tests!(
     closing_without_reading_the_peers_close,
     socket_round_trip,
