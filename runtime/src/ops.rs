@@ -26,7 +26,9 @@ pub type OpFn = Arc<dyn Fn(&OpContext, &[u8], &[Arc<Value>]) -> Result<Value, Op
 /// limits. Device memory taken through [`alloc`](Self::alloc) (or by
 /// kernels, which allocate from the same pool) spills other results off
 /// the device when it is full, so an op sees out-of-memory only when
-/// spilling could not make room.
+/// spilling could not make room. Kernels and copies queue on the op's
+/// stream and need not be waited for: the worker synchronises it when the
+/// op returns, before the result leaves the compute thread.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -131,7 +133,8 @@ impl<'a> OpContext<'a> {
     }
 
     /// This compute thread's stream on the worker's GPU: an op's kernels
-    /// and copies queue on it in order.
+    /// and copies queue on it in order, and the worker synchronises it when
+    /// the op returns.
     pub fn stream(&self) -> Result<Stream, OpError> {
         Ok(self.need_gpu()?.thread_stream()?)
     }
