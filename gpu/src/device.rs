@@ -104,26 +104,25 @@ impl DeviceConfig {
                         reason: "expected a size such as 512MiB, 2GB or 4096",
                     })?;
         }
-        if let Some(v) = lookup("WEFT_EMULATED_PEER_ACCESS") {
-            config.emulated_peer_access = parse_bool(&v).map_err(|_| GpuError::Config {
-                name: "WEFT_EMULATED_PEER_ACCESS",
-                value: v.clone(),
-                reason: "expected 1/true/yes/on or 0/false/no/off",
-            })?;
+        let switch = |name: &'static str| -> Result<Option<bool>> {
+            lookup(name)
+                .map(|v| {
+                    parse_bool(&v).map_err(|_| GpuError::Config {
+                        name,
+                        value: v.clone(),
+                        reason: "expected 1/true/yes/on or 0/false/no/off",
+                    })
+                })
+                .transpose()
+        };
+        if let Some(on) = switch("WEFT_EMULATED_PEER_ACCESS")? {
+            config.emulated_peer_access = on;
         }
-        if let Some(v) = lookup("WEFT_EMULATED_ASYNC") {
-            config.emulated_async = parse_bool(&v).map_err(|_| GpuError::Config {
-                name: "WEFT_EMULATED_ASYNC",
-                value: v.clone(),
-                reason: "expected 1/true/yes/on or 0/false/no/off",
-            })?;
+        if let Some(on) = switch("WEFT_EMULATED_ASYNC")? {
+            config.emulated_async = on;
         }
-        if let Some(v) = lookup("WEFT_DISABLE_CUDA") {
-            config.use_cuda = !parse_bool(&v).map_err(|_| GpuError::Config {
-                name: "WEFT_DISABLE_CUDA",
-                value: v.clone(),
-                reason: "expected 1/true/yes/on or 0/false/no/off",
-            })?;
+        if let Some(off) = switch("WEFT_DISABLE_CUDA")? {
+            config.use_cuda = !off;
         }
         Ok(config)
     }

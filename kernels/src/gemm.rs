@@ -10,7 +10,7 @@ use weft_gpu::Buffer;
 use weft_gpu::{DeviceBuffer, GpuBackend};
 
 use crate::column::{Native, Place};
-use crate::cudalibs::{self, Cublas, blas};
+use crate::cudalibs::{self, Cublas, GemmFn, blas};
 use crate::dispatch::{Target, target};
 use crate::launch::{Arg, Exec, ptr};
 use crate::{Column, DType, KernelError};
@@ -157,6 +157,43 @@ fn thread_handle(lib: &Cublas, ctx: &Arc<CudaContext>) -> Result<blas::Handle, S
     })
 }
 
+/// Row-major `c = a * b` (`m x k` by `k x n`) as cuBLAS's column-major
+/// `c^T = b^T a^T`: the operands swap, nothing is transposed.
+///
+/// # Safety
+/// `handle`'s context is current; `a`, `b` and `c` hold `m*k`, `k*n` and
+/// `m*n` elements of `T` and stay allocated until the GEMM has run.
+unsafe fn column_major_gemm<T>(
+    gemm: GemmFn<T>,
+    handle: blas::Handle,
+    (m, k, n): (i32, i32, i32),
+    (one, zero): (T, T),
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    c: &DeviceBuffer,
+) -> blas::Status {
+    let op = blas::OP_N;
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm(
+            handle,
+            op,
+            op,
+            n,
+            m,
+            k,
+            &one,
+            b.device_ptr() as *const T,
+            n,
+            a.device_ptr() as *const T,
+            k,
+            &zero,
+            c.device_ptr() as *mut T,
+            n,
+        )
+    }
+}
+
 /// `c = a * b` queued on the call's stream with this thread's handle (no
 /// synchronisation: the worker synchronises when the op ends).
 #[allow(clippy::too_many_arguments)]
@@ -185,46 +222,14 @@ fn cublas_gemm(
     let ctx = stream.context();
     ctx.bind_to_thread().map_err(|e| fail(format!("bind context: {e}")))?;
     let handle = thread_handle(lib, ctx).map_err(fail)?;
-    // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-    let op = blas::OP_N;
     // SAFETY: the handle is this thread's for the current context; the
     // stream belongs to it; a, b and c are device buffers of m*k, k*n and
     // m*n elements that stay allocated until the queued GEMM has run
     // (dropped on this thread, they wait for the stream).
     let status = unsafe {
         match (lib.set_stream)(handle, stream.cu_stream() as blas::Stream) {
-            0 if f64s => (lib.dgemm)(
-                handle,
-                op,
-                op,
-                ni,
-                mi,
-                ki,
-                &1.0,
-                b.device_ptr() as *const f64,
-                ni,
-                a.device_ptr() as *const f64,
-                ki,
-                &0.0,
-                c.device_ptr() as *mut f64,
-                ni,
-            ),
-            0 => (lib.sgemm)(
-                handle,
-                op,
-                op,
-                ni,
-                mi,
-                ki,
-                &1.0,
-                b.device_ptr() as *const f32,
-                ni,
-                a.device_ptr() as *const f32,
-                ki,
-                &0.0,
-                c.device_ptr() as *mut f32,
-                ni,
-            ),
+            0 if f64s => column_major_gemm(lib.dgemm, handle, (mi, ki, ni), (1.0, 0.0), a, b, c),
+            0 => column_major_gemm(lib.sgemm, handle, (mi, ki, ni), (1.0, 0.0), a, b, c),
             failed => failed,
         }
     };
