@@ -17,6 +17,7 @@ KIT="${1:-gpu-kit}"
 TESTS=(
     "weft-gpu gpu"
     "weft-gpu ipc"
+    "weft-gpu stream_order"
     "weft-kernels devices"
     "weft-kernels frame_kernels"
     "weft-kernels arrow"

@@ -82,7 +82,7 @@ run() {
             python3 -c 'import cupy; print("cupy", cupy.__version__)' || echo "no cupy"
             ;;
         tests-core)
-            tests weft-gpu-gpu weft-gpu-ipc weft-kernels-devices weft-kernels-frame_kernels weft-kernels-arrow
+            tests weft-gpu-gpu weft-gpu-ipc weft-gpu-stream_order weft-kernels-devices weft-kernels-frame_kernels weft-kernels-arrow
             ;;
         bench)
             step "bench kernels" bash -o pipefail -c "./weft bench kernels --json --device cuda --rows 33554432 --parts 64 --copy-mib 1024 | tee -a '$OUT/bench.jsonl'"

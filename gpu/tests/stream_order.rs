@@ -1,6 +1,7 @@
 //! Stream order on an asynchronous emulated GPU, where queued work runs
 //! only when its stream is synchronised: what a real GPU does later, made
-//! visible in CI. Blocks dropped under pending work wait for their stream.
+//! visible in CI. Blocks dropped under pending work wait for their stream
+//! (checked on a CUDA GPU too, where there is one).
 #![allow(clippy::unwrap_used)]
 
 use weft_gpu::pool::size_class;
@@ -94,4 +95,27 @@ fn an_event_waits_for_the_work_before_it() {
     done.synchronize().unwrap();
     assert!(done.is_complete());
     assert_eq!(gpu.stream().unwrap().download(&dst).unwrap(), vec![3u8; 512]);
+}
+
+#[test]
+fn stream_ordered_frees_on_every_gpu_that_queues() {
+    // Every test GPU but the synchronous emulated one (its work never waits).
+    for (name, gpu) in weft_gpu::testing::test_gpus("stream-ordered frees").into_iter().skip(1) {
+        let s = gpu.thread_stream().unwrap();
+        let class = size_class(1 << 20);
+        let temp = s.upload(&vec![5u8; 1 << 20]).unwrap();
+        let ptr = temp.device_ptr();
+        s.memset_zero(&temp, 1 << 20).unwrap();
+        drop(temp);
+        assert_eq!(gpu.pool_stats().deferred, class, "{name}");
+        let again = s.alloc(1 << 20).unwrap();
+        assert_eq!(again.device_ptr(), ptr, "{name}: reused by its own stream");
+        s.memset_zero(&again, 1 << 19).unwrap();
+        let got = s.download(&again).unwrap();
+        assert!(got[..1 << 19].iter().all(|&b| b == 0), "{name}");
+        drop(again);
+        gpu.sync_thread_stream().unwrap();
+        let stats = gpu.pool_stats();
+        assert_eq!((stats.deferred, stats.in_use), (0, 0), "{name}: {stats:?}");
+    }
 }
