@@ -66,7 +66,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let _ = self.drain();
         for f in std::mem::take(self.freed.get_mut().unwrap_or_else(|e| e.into_inner())) {
-            self.gpu.pool().release(f.ptr, f.class, f.len);
+            self.gpu.pool().release_deferred(f.ptr, f.class, f.len);
         }
     }
 }

@@ -64,7 +64,9 @@ pub fn record_launches<R>(f: impl FnOnce() -> R) -> (R, Vec<LaunchRecord>) {
 }
 
 fn note_launch(kernel: &str, grid: (u32, u32), block: (u32, u32), bytes: Option<[u64; 2]>) {
-    LAUNCHES.with(|l| {
+    // `try_with`: queued emulated work may run while the thread exits (its
+    // stream drained as it drops), after this record is gone.
+    let _ = LAUNCHES.try_with(|l| {
         if let Some(log) = l.borrow_mut().as_mut() {
             log.push(LaunchRecord {
                 kernel: kernel.to_string(),

@@ -299,3 +299,22 @@ fn a_kernel_call_queues_its_work_and_returns_without_waiting() {
     assert_eq!(got, want);
     assert_eq!(gpu.pool_stats().deferred, 0, "the temporaries went back to the pool");
 }
+
+#[test]
+fn a_thread_that_exits_with_queued_kernels_runs_them_and_frees_their_memory() {
+    // Its stream drains as the thread's streams drop: no abort at exit, no
+    // block left deferred.
+    let gpu = weft_gpu::Gpu::emulated_asynchronous(7, 64 << 20);
+    let rows = 4096;
+    let x = Column::from_vec(random_i64(rows, 4)).to_device(&gpu).unwrap();
+    std::thread::scope(|t| {
+        t.spawn(|| drop(sort::argsort(&x).unwrap())).join().unwrap();
+    });
+    let stats = gpu.pool_stats();
+    assert_eq!(stats.deferred, 0, "{stats:?}");
+    assert_eq!(
+        stats.in_use,
+        weft_gpu::pool::size_class(rows * 8),
+        "only the keys are held: {stats:?}"
+    );
+}
