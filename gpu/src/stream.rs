@@ -58,6 +58,9 @@ struct Shared {
     pending: AtomicBool,
     /// Deferred work of an asynchronous emulated device.
     queue: Mutex<Vec<Work>>,
+    /// Held while deferred work runs, so that two threads draining one
+    /// stream run its work in order, not side by side.
+    running: Mutex<()>,
     /// Blocks dropped while work was pending (see the module's doc).
     freed: Mutex<Vec<Freed>>,
 }
@@ -82,6 +85,7 @@ impl Shared {
                 source,
             }),
             Inner::Emulated => {
+                let _running = lock(&self.running);
                 let mut failed = None;
                 loop {
                     let work = std::mem::take(&mut *lock(&self.queue));
@@ -307,6 +311,7 @@ impl Stream {
                 inner,
                 pending: AtomicBool::new(false),
                 queue: Mutex::default(),
+                running: Mutex::default(),
                 freed: Mutex::default(),
             }),
         })
