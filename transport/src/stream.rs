@@ -190,15 +190,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// What a message puts on a byte stream, in order.
-enum Part {
-    /// Bytes in host memory (the prelude, the header, host frames, small
-    /// device frames copied down).
-    Host(Bytes),
-    /// A device frame larger than a chunk, copied down piece by piece.
-    Device(DeviceBuffer),
-}
-
 /// Writes one message: the prelude and frame table, the header and every
 /// frame. Host bytes go out with vectored I/O straight from where they lie;
 /// a device frame of more than [`CHUNK`] bytes is copied down in chunks
@@ -211,48 +202,36 @@ pub(crate) async fn write_message(
     io_timeout: Duration,
     peer: &Peer,
 ) -> Result<()> {
-    let device_error = |source| TransportError::Device {
-        peer: peer.to_string(),
-        source,
-    };
-    let mut parts = vec![
-        Part::Host(wire::encode_layout(message.header.len(), message.frame_table()).into()),
-        Part::Host(message.header.clone()),
-    ];
+    let layout = wire::encode_layout(message.header.len(), message.frame_table());
+    // Host bytes not yet written, in order.
+    let mut pending: Vec<Bytes> = vec![layout.into(), message.header.clone()];
     for frame in &message.frames {
-        parts.push(match frame.as_device() {
-            Some(device) if device.len() > CHUNK => Part::Device(device.clone()),
-            _ => Part::Host(frame.to_host().map_err(device_error)?),
-        });
-    }
-    let mut rest = &parts[..];
-    while !rest.is_empty() {
-        let hosts = rest.iter().take_while(|p| matches!(p, Part::Host(_))).count();
-        let (host, after) = rest.split_at(hosts);
-        let bytes: Vec<&Bytes> = host
-            .iter()
-            .filter_map(|p| match p {
-                Part::Host(b) => Some(b),
-                Part::Device(_) => None,
-            })
-            .collect();
-        write_vectored_all(writer, &bytes, io_timeout, peer).await?;
-        rest = match after.split_first() {
-            Some((Part::Device(device), after)) => {
+        match frame.as_device() {
+            Some(device) if device.len() > CHUNK => {
+                write_vectored_all(writer, &pending, io_timeout, peer).await?;
+                pending.clear();
                 write_device_frame(writer, device, io_timeout, peer).await?;
-                after
             }
-            _ => after,
-        };
+            _ => pending.push(frame.to_host().map_err(device_error(peer))?),
+        }
     }
+    write_vectored_all(writer, &pending, io_timeout, peer).await?;
     with_timeout(io_timeout, peer, "message", async {
         writer.flush().await.map_err(|e| io_error(&peer.to_string(), e))
     })
     .await
 }
 
+/// A device copy's failure, sending to `peer`.
+fn device_error(peer: &Peer) -> impl Fn(weft_gpu::GpuError) -> TransportError + '_ {
+    move |source| TransportError::Device {
+        peer: peer.to_string(),
+        source,
+    }
+}
+
 /// Writes every byte of `parts` with vectored I/O.
-async fn write_vectored_all(writer: &mut BoxWrite, parts: &[&Bytes], io_timeout: Duration, peer: &Peer) -> Result<()> {
+async fn write_vectored_all(writer: &mut BoxWrite, parts: &[Bytes], io_timeout: Duration, peer: &Peer) -> Result<()> {
     let mut slices: Vec<IoSlice<'_>> = parts
         .iter()
         .filter(|b| !b.is_empty())
@@ -306,10 +285,7 @@ async fn write_device_frame(
         }
     });
     while let Some(chunk) = rx.recv().await {
-        let (stage, len) = chunk.map_err(|source| TransportError::Device {
-            peer: peer.to_string(),
-            source,
-        })?;
+        let (stage, len) = chunk.map_err(device_error(peer))?;
         let bytes = &stage.as_slice()[..len];
         with_timeout(io_timeout, peer, "message", async {
             writer
