@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile every kernels/cuda/*.cu for real GPU architectures without a GPU:
-# NVRTC (from PyPI) turns each source into PTX for compute_80 and compute_90,
-# then ptxas (from PyPI) assembles that PTX into cubins for sm_80 and sm_90.
+# NVRTC (from PyPI) turns each source into PTX for compute_80 and compute_90
+# (and, as a GPU node does at run time, into cubins), then ptxas (from PyPI)
+# assembles that PTX into cubins for sm_80 and sm_90.
 # A kernel that fails either step fails this script. Idempotent: the venv is
 # created once under the user's cache dir and reused.
 set -euo pipefail
@@ -33,17 +34,23 @@ PTXAS="$SITE/nvidia/cuda_nvcc/bin/ptxas"
 
 OUT="${WEFT_CUDA_OUT:-target/cuda-check}"
 mkdir -p "$OUT"
+# Only this source's builds (their names carry its hash).
+rm -f "$OUT"/*.ptx "$OUT"/*.cubin
 export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 # NVRTC step: the same compile path and options the runtime uses.
 cargo run --quiet -p weft-kernels --bin weft-nvrtc-check -- --out "$OUT" --arch 80 --arch 90
+
+# Generated array kernels compile to machine code too (the test fails,
+# rather than skips, when NVRTC is not found).
+WEFT_REQUIRE_CUDA=1 cargo test --quiet -p weft-array --test gpu generated_sources_compile_with_nvrtc
 
 fail=0
 for ptx in "$OUT"/*.compute_*.ptx; do
     base="${ptx%.ptx}"
     arch="${base##*.compute_}"
     stem="${base%.compute_*}"
-    # <stem>.sm_<arch>.cubin is what WEFT_CUBIN_DIR serves at run time.
+    # <stem>-<source hash>.sm_<arch>.cubin is what WEFT_CUBIN_DIR serves at run time.
     if "$PTXAS" -arch="sm_$arch" -O3 -o "$stem.sm_$arch.cubin" "$ptx"; then
         echo "ptxas ok    sm_$arch $(basename "$ptx")"
     else

@@ -12,6 +12,7 @@ use weft_array::cuda::source;
 use weft_array::grid::GridPlan;
 use weft_array::{Array, BinaryOp, DType, ReduceOp, UnaryOp, from_slice, random, registry};
 use weft_gpu::{Gpu, GpuBackend};
+use weft_kernels::nvrtc::Output;
 use weft_runtime::ops::Site;
 
 /// Awkward values of every type, 12 of each, as a 3 x 4 array in 2 x 3 chunks.
@@ -238,8 +239,9 @@ fn generated_sources_compile_with_nvrtc() {
         for plan in plans(a) {
             let src = source(&plan);
             for arch in [80, 90] {
-                weft_kernels::nvrtc::compile_text("array_fused_test", &src, arch)
+                let cubin = weft_kernels::nvrtc::compile("array_fused_test", &src, arch, Output::Cubin)
                     .unwrap_or_else(|e| panic!("{e}\n{src}"));
+                assert!(cubin.starts_with(b"\x7fELF"), "not a cubin");
                 compiled += 1;
             }
         }

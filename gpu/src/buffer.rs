@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cudarc::driver::{CudaContext, result};
 
+use crate::cuda::{bind_context, log_failure};
 use crate::{Device, Gpu, Result};
 
 struct Allocation {
@@ -77,6 +78,17 @@ impl DeviceBuffer {
     /// emulated device's own allocations on emulated GPUs.
     pub fn device_ptr(&self) -> u64 {
         self.alloc.ptr
+    }
+
+    /// The first `len` bytes, copied into fresh pageable host memory on
+    /// the calling thread's stream, after the work queued there; large
+    /// copies go through the device's pinned staging chunks, so no pinned
+    /// memory of the buffer's size is made or kept.
+    pub fn download(&self, len: usize) -> Result<Bytes> {
+        let mut words = crate::zeroed_words(len.div_ceil(8));
+        let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len];
+        self.gpu().thread_stream()?.copy_d2h(self, out)?;
+        Ok(Bytes::from_owner(PodVec(words)).slice(..len))
     }
 }
 
@@ -169,9 +181,12 @@ impl Drop for PinnedBuffer {
     fn drop(&mut self) {
         match &self.kind {
             PinnedKind::Cuda(ctx) => {
-                ctx.record_err(ctx.bind_to_thread());
+                let device = Device::Cuda(u32::try_from(ctx.ordinal()).unwrap_or(u32::MAX));
+                if let Err(error) = bind_context(ctx, device) {
+                    tracing::warn!(%error, "freeing pinned memory anyway");
+                }
                 // SAFETY: `ptr` came from cuMemHostAlloc and is freed once.
-                ctx.record_err(unsafe { result::free_host(self.ptr.cast()) });
+                log_failure(device, "cuMemFreeHost", unsafe { result::free_host(self.ptr.cast()) });
             }
             // SAFETY: allocated in `host` with this layout.
             PinnedKind::Host(layout) => unsafe { std::alloc::dealloc(self.ptr, *layout) },
@@ -308,20 +323,12 @@ impl Buffer {
         }
     }
 
-    /// The bytes in host memory: shared for host memory, copied from the
-    /// device (synchronously, on the calling thread's stream, after the work
-    /// queued there) into a pinned buffer of the device's staging pool for
-    /// device memory.
+    /// The bytes in host memory: shared for host memory, downloaded for
+    /// device memory ([`DeviceBuffer::download`]).
     pub fn to_host(&self) -> Result<Bytes> {
         match &self.repr {
             Repr::Host { bytes, .. } => Ok(bytes.clone()),
-            Repr::Device(buffer) => {
-                // Pinned memory from the device's staging pool, back there
-                // when the last `Bytes` over it drops.
-                let mut staged = buffer.gpu().staging(buffer.len())?;
-                buffer.gpu().thread_stream()?.copy_d2h(buffer, staged.as_mut_slice())?;
-                Ok(Bytes::from_owner(staged))
-            }
+            Repr::Device(buffer) => buffer.download(buffer.len()),
         }
     }
 

@@ -49,12 +49,6 @@ pub fn probe_cuda() -> CudaProbe {
     }
 }
 
-/// Whether NVRTC (the run-time CUDA compiler) can be loaded, without panicking.
-pub fn nvrtc_present() -> bool {
-    // SAFETY: only tries to dlopen the NVRTC library by its usual names.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
-}
-
 /// An opened CUDA device: its primary context.
 #[derive(Debug)]
 pub struct CudaGpu {
@@ -65,6 +59,33 @@ pub struct CudaGpu {
 
 fn driver(device: Device, op: &'static str) -> impl FnOnce(DriverError) -> GpuError {
     move |source| GpuError::Driver { device, op, source }
+}
+
+/// Logs and clears the error cudarc keeps for `ctx` from a call that had no
+/// caller to tell (a failed free in a destructor). cudarc returns that
+/// error from whichever call next binds the context, on any thread,
+/// *instead of* doing the call: a synchronisation would then return
+/// without waiting. Every binding and every cudarc call that binds goes
+/// through here first, so a stale error is logged once and never skips
+/// work or fails an unrelated op.
+pub fn clear_stored_error(ctx: &CudaContext, device: Device) {
+    if let Err(error) = ctx.check_err() {
+        tracing::warn!(%device, %error, "an earlier CUDA call failed where no caller could be told");
+    }
+}
+
+/// Makes `ctx` current on the calling thread (see [`clear_stored_error`]).
+pub fn bind_context(ctx: &CudaContext, device: Device) -> Result<()> {
+    clear_stored_error(ctx, device);
+    ctx.bind_to_thread().map_err(driver(device, "bind context"))
+}
+
+/// Logs the failure of a call made where no error can be returned (a
+/// destructor).
+pub(crate) fn log_failure(device: Device, op: &'static str, result: std::result::Result<(), DriverError>) {
+    if let Err(error) = result {
+        tracing::warn!(%device, %error, "{op} failed");
+    }
 }
 
 impl CudaGpu {
@@ -86,6 +107,10 @@ impl CudaGpu {
         Ok(CudaGpu { ctx, total, geometry })
     }
 
+    fn device(&self) -> Device {
+        Device::Cuda(u32::try_from(self.ctx.ordinal()).unwrap_or(u32::MAX))
+    }
+
     /// The cudarc context, for kernel launchers and cuBLAS.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
@@ -100,7 +125,7 @@ impl CudaGpu {
     }
 
     pub(crate) fn raw_alloc(&self, device: Device, bytes: usize) -> Result<u64> {
-        self.ctx.bind_to_thread().map_err(driver(device, "bind context"))?;
+        bind_context(&self.ctx, device)?;
         // SAFETY: the context is current; the pool owns the block and frees it
         // exactly once through `raw_free`.
         match unsafe { result::malloc_sync(bytes) } {
@@ -116,14 +141,17 @@ impl CudaGpu {
     }
 
     pub(crate) fn raw_free(&self, ptr: u64) {
-        self.ctx.record_err(self.ctx.bind_to_thread());
+        let device = self.device();
+        if let Err(error) = bind_context(&self.ctx, device) {
+            tracing::warn!(%error, "freeing device memory anyway");
+        }
         // SAFETY: `ptr` came from `raw_alloc` on this context and the pool
         // frees each block once.
-        self.ctx.record_err(unsafe { result::free_sync(ptr) });
+        log_failure(device, "cuMemFree", unsafe { result::free_sync(ptr) });
     }
 
     pub(crate) fn alloc_pinned(&self, device: Device, len: usize) -> Result<PinnedBuffer> {
-        self.ctx.bind_to_thread().map_err(driver(device, "bind context"))?;
+        bind_context(&self.ctx, device)?;
         // SAFETY: the context is current; the buffer frees it with cuMemFreeHost.
         let ptr = unsafe { result::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
             .map_err(driver(device, "cuMemHostAlloc"))?;
@@ -134,7 +162,7 @@ impl CudaGpu {
     /// Lets this context read and write `other`'s memory directly, where
     /// the hardware allows. Returns whether peer access is on.
     pub(crate) fn enable_peer_access(&self, other: &CudaGpu) -> bool {
-        if !self.can_access_peer(other) || self.ctx.bind_to_thread().is_err() {
+        if !self.can_access_peer(other) || bind_context(&self.ctx, self.device()).is_err() {
             return false;
         }
         // SAFETY: this context is current and `other`'s context is live.

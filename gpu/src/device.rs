@@ -298,6 +298,15 @@ impl Gpu {
         }
     }
 
+    /// `len` bytes of this device's memory only if they are free now:
+    /// nothing is spilled and no stream is waited for (the transport's
+    /// receives, on I/O threads that must not block, land in host memory
+    /// instead).
+    pub fn alloc_if_free(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer> {
+        let (ptr, class) = self.pool.alloc(&self.backend, self.device, len)?;
+        Ok(DeviceBuffer::new(self.clone(), ptr, len, class))
+    }
+
     /// Sets what to call when an allocation finds the device full: it gets
     /// the bytes wanted, frees what it can (a worker spills results to host
     /// memory) and returns whether it freed anything. Replaces an earlier
@@ -410,16 +419,20 @@ impl Gpu {
     /// The calling thread's stream on this device, made on first use and
     /// the same queue after: an op's kernels and copies on one compute
     /// thread queue in order on it, without creating a stream per call.
+    /// On a thread that is exiting (a destructor of its thread-locals),
+    /// it is a new stream of its own.
     pub fn thread_stream(self: &Arc<Self>) -> Result<Stream> {
-        THREAD_STREAMS.with(|streams| {
-            let mut streams = streams.borrow_mut();
-            if let Some(s) = streams.iter().find(|s| Arc::ptr_eq(s.gpu(), self)) {
-                return Ok(s.clone());
-            }
-            let stream = self.stream()?;
-            streams.push(stream.clone());
-            Ok(stream)
-        })
+        THREAD_STREAMS
+            .try_with(|streams| {
+                let mut streams = streams.borrow_mut();
+                if let Some(s) = streams.iter().find(|s| Arc::ptr_eq(s.gpu(), self)) {
+                    return Ok(s.clone());
+                }
+                let stream = self.stream()?;
+                streams.push(stream.clone());
+                Ok(stream)
+            })
+            .unwrap_or_else(|_| self.stream())
     }
 
     /// Whether this device can read and write `other`'s memory directly.
@@ -449,6 +462,28 @@ pub fn sync_thread_streams() -> Result<()> {
     busy.iter().try_for_each(Stream::synchronize)
 }
 
+/// The CUDA probe, unless the configuration turns CUDA off.
+fn probe(config: &DeviceConfig) -> CudaProbe {
+    if config.use_cuda {
+        probe_cuda()
+    } else {
+        CudaProbe::none("CUDA disabled by configuration (WEFT_DISABLE_CUDA)")
+    }
+}
+
+/// Emulated GPU `ordinal` as `config` describes it.
+fn emulated(config: &DeviceConfig, ordinal: u32) -> Arc<Gpu> {
+    Gpu::new(
+        Device::Emulated(ordinal),
+        GpuBackend::Emulated(EmulatedGpu::new(
+            ordinal,
+            config.emulated_memory,
+            config.emulated_peer_access,
+            config.emulated_async,
+        )),
+    )
+}
+
 /// Every GPU opened under one configuration, plus what the CUDA probe said.
 #[derive(Debug)]
 pub struct Devices {
@@ -460,38 +495,54 @@ impl Devices {
     /// Opens the CUDA GPUs the driver reports (never panicking when there is
     /// no driver) followed by the configured emulated GPUs.
     pub fn open(config: &DeviceConfig) -> Result<Self> {
-        let cuda = if config.use_cuda {
-            probe_cuda()
-        } else {
-            CudaProbe::none("CUDA disabled by configuration (WEFT_DISABLE_CUDA)")
-        };
-        let mut gpus = Vec::new();
-        let cuda_gpus = (0..cuda.count).map(CudaGpu::open).collect::<Result<Vec<_>>>()?;
+        let cuda = probe(config);
+        // A device that fails to open (in use by an exclusive-process
+        // context, fallen off the bus) costs only itself.
+        let cuda_gpus: Vec<(u32, CudaGpu)> = (0..cuda.count)
+            .filter_map(|ordinal| match CudaGpu::open(ordinal) {
+                Ok(gpu) => Some((ordinal, gpu)),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping CUDA GPU {ordinal}");
+                    None
+                }
+            })
+            .collect();
         // Peer access is turned on once, for every pair that supports it;
         // copy_peer then goes device to device, and stages through pinned
         // host memory between the others.
-        for a in &cuda_gpus {
-            for b in &cuda_gpus {
+        for (_, a) in &cuda_gpus {
+            for (_, b) in &cuda_gpus {
                 if !std::ptr::eq(a, b) {
                     a.enable_peer_access(b);
                 }
             }
         }
-        for (ordinal, gpu) in (0..).zip(cuda_gpus) {
-            gpus.push(Gpu::new(Device::Cuda(ordinal), GpuBackend::Cuda(gpu)));
-        }
-        for ordinal in 0..config.emulated_gpus {
-            gpus.push(Gpu::new(
-                Device::Emulated(ordinal),
-                GpuBackend::Emulated(EmulatedGpu::new(
-                    ordinal,
-                    config.emulated_memory,
-                    config.emulated_peer_access,
-                    config.emulated_async,
-                )),
-            ));
-        }
+        let mut gpus: Vec<Arc<Gpu>> = cuda_gpus
+            .into_iter()
+            .map(|(ordinal, gpu)| Gpu::new(Device::Cuda(ordinal), GpuBackend::Cuda(gpu)))
+            .collect();
+        gpus.extend((0..config.emulated_gpus).map(|ordinal| emulated(config, ordinal)));
         Ok(Devices { gpus, cuda })
+    }
+
+    /// Opens only GPU `index` of this machine, counting CUDA GPUs first and
+    /// the configured emulated ones after them: a worker pinned to one GPU
+    /// makes no context on the others (each costs device memory, and an
+    /// exclusive-process GPU refuses a second process).
+    pub fn open_one(config: &DeviceConfig, index: u32) -> Result<Arc<Gpu>> {
+        let cuda = probe(config);
+        if index < cuda.count {
+            let gpu = CudaGpu::open(index)?;
+            return Ok(Gpu::new(Device::Cuda(index), GpuBackend::Cuda(gpu)));
+        }
+        match index - cuda.count {
+            ordinal if ordinal < config.emulated_gpus => Ok(emulated(config, ordinal)),
+            _ => Err(GpuError::NoSuchGpu {
+                index,
+                found: cuda.count + config.emulated_gpus,
+                cuda: cuda.reason,
+            }),
+        }
     }
 
     /// Opens what the `WEFT_*` environment asks for.

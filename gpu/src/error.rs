@@ -68,6 +68,16 @@ pub enum GpuError {
     /// No such device was opened.
     #[error("no device {0}")]
     NoSuchDevice(Device),
+    /// A GPU index past the GPUs this machine has.
+    #[error("there is no GPU {index}: {found} found{}", cuda.as_deref().map_or_else(String::new, |why| format!(" (CUDA: {why})")))]
+    NoSuchGpu {
+        /// The index asked for (CUDA GPUs first, then emulated ones).
+        index: u32,
+        /// How many GPUs there are.
+        found: u32,
+        /// Why CUDA found none, when it did not.
+        cuda: Option<String>,
+    },
     /// A configuration value could not be parsed.
     #[error("bad configuration {name}={value:?}: {reason}")]
     Config {

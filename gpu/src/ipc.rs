@@ -21,6 +21,7 @@ use cudarc::driver::sys as cu;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::DeviceBuffer;
+use crate::cuda::bind_context;
 use crate::device::{Gpu, GpuBackend};
 use crate::emulated::CopyKind;
 use crate::{Device, GpuError, Result};
@@ -83,7 +84,7 @@ impl DeviceBuffer {
                 )
             }
             GpuBackend::Cuda(gpu) => {
-                gpu.context().bind_to_thread().map_err(driver(device, "bind context"))?;
+                bind_context(gpu.context(), device)?;
                 let (mut base, mut size) = (0, 0);
                 // SAFETY: the context is current; out-pointers are writable.
                 let r = unsafe { cu::cuMemGetAddressRange_v2(&mut base, &mut size, self.device_ptr()) };
@@ -153,7 +154,7 @@ impl Gpu {
                     *to = *from as _;
                 }
                 let ctx = gpu.context();
-                ctx.bind_to_thread().map_err(driver(device, "bind context"))?;
+                bind_context(ctx, device)?;
                 let mut base = 0;
                 // SAFETY: the context is current; `base` is writable.
                 unsafe {
@@ -165,28 +166,49 @@ impl Gpu {
                 }
                 .result()
                 .map_err(|e| refused(format!("cuIpcOpenMemHandle: {e}")))?;
-                let copied = self.alloc(len).and_then(|dst| {
-                    let stream = self.stream()?;
-                    let s = stream.cuda_stream().ok_or_else(|| refused("no CUDA stream".into()))?;
-                    // SAFETY: `base + offset` holds `len` bytes of the
-                    // producer's allocation, mapped until the close below;
-                    // `dst` holds `len` bytes; the stream is synchronised
-                    // before the mapping is closed.
-                    unsafe {
-                        cudarc::driver::result::memcpy_dtod_async(
-                            dst.device_ptr(),
-                            base + handle.offset,
-                            len,
-                            s.cu_stream(),
-                        )
-                    }
-                    .map_err(driver(device, "cuMemcpyDtoDAsync"))?;
-                    stream.synchronize()?;
-                    Ok(dst)
+                let copied = mapped_size(base)
+                    .map_err(driver(device, "cuMemGetAddressRange"))
+                    .and_then(|size| {
+                        // The offset and length came over the wire: a copy past
+                        // the mapping would fault the copy engine and leave
+                        // this context unusable.
+                        let end = handle.offset.checked_add(handle.len);
+                        if end.is_none_or(|end| end > size as u64) {
+                            return Err(refused(format!(
+                                "{len} bytes at {} overrun the mapped allocation of {size} bytes",
+                                handle.offset
+                            )));
+                        }
+                        let dst = self.alloc(len)?;
+                        let stream = self.thread_stream()?;
+                        let s = stream.cuda_stream().ok_or_else(|| refused("no CUDA stream".into()))?;
+                        bind_context(ctx, device)?;
+                        // SAFETY: `base + offset` holds `len` bytes of the
+                        // producer's allocation (checked above), mapped until
+                        // the close below; `dst` holds `len` bytes; the stream
+                        // is synchronised before the mapping is closed.
+                        unsafe {
+                            cudarc::driver::result::memcpy_dtod_async(
+                                dst.device_ptr(),
+                                base + handle.offset,
+                                len,
+                                s.cu_stream(),
+                            )
+                        }
+                        .map_err(driver(device, "cuMemcpyDtoDAsync"))?;
+                        stream.synchronize()?;
+                        Ok(dst)
+                    });
+                // The producer frees its block once told the copy is done:
+                // the mapping must be closed by then (and in this context,
+                // which an allocation's reclaim may have unbound).
+                let closed = bind_context(ctx, device).and_then(|()| {
+                    // SAFETY: `base` was opened above and is closed once.
+                    unsafe { cu::cuIpcCloseMemHandle(base) }
+                        .result()
+                        .map_err(driver(device, "cuIpcCloseMemHandle"))
                 });
-                // SAFETY: `base` was opened above and is closed once.
-                ctx.record_err(unsafe { cu::cuIpcCloseMemHandle(base) }.result());
-                copied
+                copied.and_then(|dst| closed.map(|()| dst))
             }
             _ => Err(refused(format!(
                 "a handle to {} memory cannot be opened on {device}",
@@ -194,6 +216,14 @@ impl Gpu {
             ))),
         }
     }
+}
+
+/// The size of the allocation mapped at `base` (the current context's).
+fn mapped_size(base: u64) -> std::result::Result<usize, cudarc::driver::DriverError> {
+    let (mut start, mut size) = (0, 0);
+    // SAFETY: out-pointers are writable; `base` is a mapping of the current context.
+    unsafe { cu::cuMemGetAddressRange_v2(&mut start, &mut size, base) }.result()?;
+    Ok(size)
 }
 
 fn driver(device: Device, op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> GpuError {

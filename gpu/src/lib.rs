@@ -26,7 +26,7 @@ pub mod testing;
 pub mod units;
 
 pub use buffer::{Buffer, DeviceBuffer, HOST_ALIGN, PinnedBuffer};
-pub use cuda::{CudaGpu, CudaProbe, nvrtc_present, probe_cuda};
+pub use cuda::{CudaGpu, CudaProbe, bind_context, clear_stored_error, probe_cuda};
 pub use device::{Device, DeviceConfig, Devices, Geometry, Gpu, GpuBackend, sync_thread_streams};
 pub use emulated::{CopyCounters, EmulatedGpu, IPC_MIN};
 pub use error::GpuError;

@@ -24,7 +24,8 @@ pub fn size_class(bytes: usize) -> usize {
     // Four classes per power of two: step is a quarter of the power below.
     let pow = 1usize << (usize::BITS - 1 - bytes.leading_zeros());
     let step = pow / 4;
-    bytes.div_ceil(step) * step
+    // Saturating: a length past every device (off the wire) fails as out of memory.
+    bytes.div_ceil(step).saturating_mul(step)
 }
 
 /// What a pool holds and has handed out.
@@ -196,6 +197,8 @@ mod tests {
         assert_eq!(size_class(1025), 1280);
         assert_eq!(size_class(1 << 20), 1 << 20);
         assert_eq!(size_class((1 << 20) + 1), (1 << 20) + (1 << 18));
+        // A length off the wire past any device does not overflow.
+        assert_eq!(size_class(usize::MAX - 1), usize::MAX);
     }
 
     proptest! {

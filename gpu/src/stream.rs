@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaEvent, CudaStream, DriverError, result};
 
+use crate::cuda::{bind_context, clear_stored_error};
 use crate::device::GpuBackend;
 use crate::emulated::CopyKind;
 use crate::pool::size_class;
@@ -79,11 +80,14 @@ impl Shared {
     /// work of an asynchronous emulated device.
     fn drain(&self) -> Result<()> {
         match &self.inner {
-            Inner::Cuda(s) => s.synchronize().map_err(|source| GpuError::Driver {
-                device: self.gpu.device(),
-                op: "stream synchronize",
-                source,
-            }),
+            Inner::Cuda(s) => {
+                clear_stored_error(s.context(), self.gpu.device());
+                s.synchronize().map_err(|source| GpuError::Driver {
+                    device: self.gpu.device(),
+                    op: "stream synchronize",
+                    source,
+                })
+            }
             Inner::Emulated => {
                 let _running = lock(&self.running);
                 let mut failed = None;
@@ -152,20 +156,25 @@ impl Event {
     /// Blocks until the work before the event is done.
     pub fn synchronize(&self) -> Result<()> {
         match &self.inner {
-            EventInner::Cuda(e) => e.synchronize().map_err(|source| GpuError::Driver {
-                device: Device::Cuda(e.context().ordinal() as u32),
-                op: "event synchronize",
-                source,
-            }),
+            EventInner::Cuda(e) => {
+                let device = Device::Cuda(e.context().ordinal() as u32);
+                clear_stored_error(e.context(), device);
+                e.synchronize().map_err(|source| GpuError::Driver {
+                    device,
+                    op: "event synchronize",
+                    source,
+                })
+            }
             EventInner::Done => Ok(()),
             EventInner::Queued(s) => s.synchronize(),
         }
     }
 
-    /// True when the work before the event is done.
+    /// True when the work before the event is done, or failed
+    /// ([`Event::synchronize`] says how): a poller never spins on an error.
     pub fn is_complete(&self) -> bool {
         match &self.inner {
-            EventInner::Cuda(e) => e.is_complete(),
+            EventInner::Cuda(e) => e.try_is_complete().unwrap_or(true),
             EventInner::Done => true,
             EventInner::Queued(s) => !s.shared.pending.load(Ordering::Acquire),
         }
@@ -178,7 +187,11 @@ impl Drop for Event {
             return;
         }
         match &self.inner {
-            EventInner::Cuda(e) => e.context().record_err(e.synchronize()),
+            EventInner::Cuda(_) => {
+                if let Err(error) = self.synchronize() {
+                    tracing::warn!(%error, "waiting for a copy before freeing its buffers");
+                }
+            }
             // An error here is the stream's, reported by its own next
             // synchronisation too.
             EventInner::Queued(s) => drop(s.synchronize()),
@@ -236,73 +249,89 @@ impl Stream {
     /// A large host-to-device copy through two pinned staging buffers: while
     /// the DMA of one chunk runs, the host fills the other. Done on return.
     fn h2d_staged(&self, s: &Arc<CudaStream>, src: &[u8], dst: u64) -> Result<()> {
-        s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+        bind_context(s.context(), self.device())?;
         let mut bufs = [
             self.shared.gpu.staging(STAGE_CHUNK)?,
             self.shared.gpu.staging(STAGE_CHUNK)?,
         ];
-        let mut in_flight: [Option<Event>; 2] = [None, None];
-        for (k, chunk) in src.chunks(STAGE_CHUNK).enumerate() {
-            let b = k % 2;
-            // The DMA that last read this buffer must be done before it is refilled.
-            if let Some(e) = in_flight[b].take() {
-                e.synchronize()?;
+        let mut copy = || -> Result<()> {
+            let mut in_flight: [Option<Event>; 2] = [None, None];
+            for (k, chunk) in src.chunks(STAGE_CHUNK).enumerate() {
+                let b = k % 2;
+                // The DMA that last read this buffer must be done before it is refilled.
+                if let Some(e) = in_flight[b].take() {
+                    e.synchronize()?;
+                }
+                let staged = &mut bufs[b].as_mut_slice()[..chunk.len()];
+                parallel_copy(staged, chunk);
+                // SAFETY: the device range lies inside the destination (the
+                // caller checked the lengths); the pinned chunk is not written
+                // again before the event recorded after this copy completes,
+                // and the stream is synchronised before the buffers drop.
+                unsafe { result::memcpy_htod_async(dst + (k * STAGE_CHUNK) as u64, &*staged, s.cu_stream()) }
+                    .map_err(self.driver("cuMemcpyHtoDAsync"))?;
+                in_flight[b] = Some(self.record()?);
             }
-            let staged = &mut bufs[b].as_mut_slice()[..chunk.len()];
-            parallel_copy(staged, chunk);
-            // SAFETY: the device range lies inside the destination (the
-            // caller checked the lengths); the pinned chunk is not written
-            // again before the event recorded after this copy completes,
-            // and the stream is synchronised before the buffers drop.
-            unsafe { result::memcpy_htod_async(dst + (k * STAGE_CHUNK) as u64, &*staged, s.cu_stream()) }
-                .map_err(self.driver("cuMemcpyHtoDAsync"))?;
-            in_flight[b] = Some(self.record()?);
-        }
-        self.synchronize()
+            Ok(())
+        };
+        let copied = copy();
+        // Also after a failure: a DMA may still read a staging buffer, which
+        // goes back to the shared staging pool when it drops.
+        let synced = self.synchronize();
+        copied.and(synced)
     }
 
     /// A large device-to-host copy through two pinned staging buffers: while
     /// the DMA fills one, the host empties the other. Done on return.
     fn d2h_staged(&self, s: &Arc<CudaStream>, src: u64, dst: &mut [u8]) -> Result<()> {
-        s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+        bind_context(s.context(), self.device())?;
         let mut bufs = [
             self.shared.gpu.staging(STAGE_CHUNK)?,
             self.shared.gpu.staging(STAGE_CHUNK)?,
         ];
-        let mut pending: Option<(Event, usize, usize)> = None;
-        let chunks = dst.len().div_ceil(STAGE_CHUNK);
-        for k in 0..=chunks {
-            if k < chunks {
-                let (off, len) = (k * STAGE_CHUNK, STAGE_CHUNK.min(dst.len() - k * STAGE_CHUNK));
-                let staged = &mut bufs[k % 2].as_mut_slice()[..len];
-                // SAFETY: the source range lies inside the source buffer;
-                // the host reads this chunk only after the event recorded
-                // after the copy, and writes the buffer again only after
-                // emptying it, so the DMA never races the host.
-                unsafe { result::memcpy_dtoh_async(staged, src + off as u64, s.cu_stream()) }
-                    .map_err(self.driver("cuMemcpyDtoHAsync"))?;
-                let done = self.record()?;
-                if let Some((e, prev, plen)) = pending.replace((done, k, len)) {
+        let mut copy = || -> Result<()> {
+            let mut pending: Option<(Event, usize, usize)> = None;
+            let chunks = dst.len().div_ceil(STAGE_CHUNK);
+            for k in 0..=chunks {
+                if k < chunks {
+                    let (off, len) = (k * STAGE_CHUNK, STAGE_CHUNK.min(dst.len() - k * STAGE_CHUNK));
+                    let staged = &mut bufs[k % 2].as_mut_slice()[..len];
+                    // SAFETY: the source range lies inside the source buffer;
+                    // the host reads this chunk only after the event recorded
+                    // after the copy, and writes the buffer again only after
+                    // emptying it, so the DMA never races the host.
+                    unsafe { result::memcpy_dtoh_async(staged, src + off as u64, s.cu_stream()) }
+                        .map_err(self.driver("cuMemcpyDtoHAsync"))?;
+                    let done = self.record()?;
+                    if let Some((e, prev, plen)) = pending.replace((done, k, len)) {
+                        e.synchronize()?;
+                        let from = &bufs[prev % 2].as_slice()[..plen];
+                        parallel_copy(&mut dst[prev * STAGE_CHUNK..prev * STAGE_CHUNK + plen], from);
+                    }
+                } else if let Some((e, prev, plen)) = pending.take() {
                     e.synchronize()?;
                     let from = &bufs[prev % 2].as_slice()[..plen];
                     parallel_copy(&mut dst[prev * STAGE_CHUNK..prev * STAGE_CHUNK + plen], from);
                 }
-            } else if let Some((e, prev, plen)) = pending.take() {
-                e.synchronize()?;
-                let from = &bufs[prev % 2].as_slice()[..plen];
-                parallel_copy(&mut dst[prev * STAGE_CHUNK..prev * STAGE_CHUNK + plen], from);
             }
-        }
-        self.synchronize()
+            Ok(())
+        };
+        let copied = copy();
+        // As in `h2d_staged`: no staging buffer returns under a running DMA.
+        let synced = self.synchronize();
+        copied.and(synced)
     }
 
     pub(crate) fn new(gpu: Arc<Gpu>) -> Result<Self> {
         let inner = match gpu.backend() {
-            GpuBackend::Cuda(c) => Inner::Cuda(c.context().new_stream().map_err(|source| GpuError::Driver {
-                device: gpu.device(),
-                op: "create stream",
-                source,
-            })?),
+            GpuBackend::Cuda(c) => {
+                clear_stored_error(c.context(), gpu.device());
+                Inner::Cuda(c.context().new_stream().map_err(|source| GpuError::Driver {
+                    device: gpu.device(),
+                    op: "create stream",
+                    source,
+                })?)
+            }
             GpuBackend::Emulated(_) => Inner::Emulated,
         };
         Ok(Stream {
@@ -433,7 +462,10 @@ impl Stream {
 
     fn record_guarding(&self, keep_alive: Vec<DeviceBuffer>) -> Result<Event> {
         let inner = match &self.shared.inner {
-            Inner::Cuda(s) => EventInner::Cuda(s.record_event(None).map_err(self.driver("record event"))?),
+            Inner::Cuda(s) => {
+                clear_stored_error(s.context(), self.device());
+                EventInner::Cuda(s.record_event(None).map_err(self.driver("record event"))?)
+            }
             Inner::Emulated if self.shared.pending.load(Ordering::Acquire) => EventInner::Queued(self.clone()),
             Inner::Emulated => EventInner::Done,
         };
@@ -471,7 +503,7 @@ impl Stream {
         match &self.shared.inner {
             Inner::Cuda(s) if src.len() >= STAGED_MIN => self.h2d_staged(s, src, to)?,
             Inner::Cuda(s) => {
-                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+                bind_context(s.context(), self.device())?;
                 // SAFETY: `dst` holds at least `offset + src.len()` bytes on
                 // this device; the stream is synchronised before `src`'s
                 // borrow ends.
@@ -505,7 +537,7 @@ impl Stream {
         match &self.shared.inner {
             Inner::Cuda(s) if dst.len() >= STAGED_MIN => self.d2h_staged(s, from, dst)?,
             Inner::Cuda(s) => {
-                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+                bind_context(s.context(), self.device())?;
                 // SAFETY: `src` holds at least `offset + dst.len()` bytes on
                 // this device; the stream is synchronised before `dst`'s
                 // borrow ends.
@@ -537,7 +569,7 @@ impl Stream {
         fits(len, dst.len())?;
         match &self.shared.inner {
             Inner::Cuda(s) => {
-                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+                bind_context(s.context(), self.device())?;
                 // SAFETY: `dst` holds at least `len` bytes on this device and
                 // stays allocated: dropped on this thread, it waits for the
                 // stream (stream-ordered frees); elsewhere, only after the
@@ -566,7 +598,7 @@ impl Stream {
         fits(src.len(), dst.len())?;
         match &self.shared.inner {
             Inner::Cuda(s) => {
-                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+                bind_context(s.context(), self.device())?;
                 // SAFETY: both buffers are on this device and big enough; the
                 // returned event keeps them alive until the copy is done.
                 unsafe { result::memcpy_dtod_async(dst.device_ptr(), src.device_ptr(), src.len(), s.cu_stream()) }
@@ -600,7 +632,7 @@ impl Stream {
         let peer = self.shared.gpu.can_access_peer(dst.gpu());
         match (&self.shared.inner, dst.gpu().backend(), peer) {
             (Inner::Cuda(s), GpuBackend::Cuda(d), true) => {
-                s.context().bind_to_thread().map_err(self.driver("bind context"))?;
+                bind_context(s.context(), self.device())?;
                 // SAFETY: both buffers are live on their devices, big enough;
                 // the event keeps them alive until the copy is done.
                 unsafe {

@@ -29,6 +29,34 @@ fn no_cuda_driver_reports_zero_gpus_with_a_reason() {
 }
 
 #[test]
+fn one_gpu_opens_alone_counting_cuda_gpus_first() {
+    let config = DeviceConfig {
+        emulated_gpus: 2,
+        emulated_async: true,
+        ..DeviceConfig::default()
+    };
+    let cuda = probe_cuda().count;
+    let last = Devices::open_one(&config, cuda + 1).unwrap();
+    assert_eq!(last.device(), Device::Emulated(1));
+    // The configuration reaches the one GPU opened.
+    assert!(matches!(last.backend(), weft_gpu::GpuBackend::Emulated(e) if e.asynchronous()));
+    let err = Devices::open_one(&config, cuda + 2).unwrap_err();
+    assert!(
+        matches!(err, GpuError::NoSuchGpu { found, .. } if found == cuda + 2),
+        "{err}"
+    );
+    let none = DeviceConfig {
+        use_cuda: false,
+        ..DeviceConfig::default()
+    };
+    let message = Devices::open_one(&none, 0).unwrap_err().to_string();
+    assert!(
+        message.starts_with("there is no GPU 0: 0 found (CUDA: CUDA disabled"),
+        "{message}"
+    );
+}
+
+#[test]
 fn config_reads_the_environment_variables() {
     let config = DeviceConfig::from_lookup(|k| match k {
         "WEFT_EMULATED_GPUS" => Some("3".into()),

@@ -305,16 +305,11 @@ impl Column {
 
     /// Copies the column to the host (a no-op clone for host columns).
     pub fn to_host(&self) -> Result<Column, KernelError> {
-        let Some(values) = self.values.as_device() else {
+        if self.values.as_device().is_none() {
             return Ok(self.clone());
-        };
-        let stream = values.gpu().thread_stream()?;
-        let down = |d: &Buffer, bytes: usize| -> Result<Buffer, KernelError> {
-            let mut words = weft_gpu::zeroed_words(bytes.div_ceil(8));
-            let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes];
-            stream.copy_d2h(d.dev()?, out)?;
-            Ok(Buffer::host(Buffer::from_vec(words).to_host()?.slice(..bytes)))
-        };
+        }
+        let down =
+            |d: &Buffer, bytes: usize| -> Result<Buffer, KernelError> { Ok(Buffer::host(d.dev()?.download(bytes)?)) };
         let value_bytes = match (self.dtype.width(), &self.offsets) {
             (Some(w), _) => self.len * w,
             (None, Some(_)) => self.values.len(),

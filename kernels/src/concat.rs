@@ -29,8 +29,10 @@ fn byte_range(exec: &Exec, c: &Column) -> Result<(i32, i32), KernelError> {
         kernel: "concat",
         reason: "utf8 column without offsets".into(),
     })?;
-    let all = exec.download::<i32>(offsets.dev()?, c.len() + 1)?;
-    Ok((all[0], all[c.len()]))
+    let offsets = offsets.dev()?;
+    let first = exec.download_at::<i32>(offsets, 0, 1)?[0];
+    let end = exec.download_at::<i32>(offsets, c.len(), 1)?[0];
+    Ok((first, end))
 }
 
 /// `columns` (at least one, one type, on one device) one after another.

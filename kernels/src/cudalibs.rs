@@ -15,6 +15,8 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::nvrtc::Output;
+
 type Prog = *mut c_void;
 
 type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
@@ -39,6 +41,8 @@ pub(crate) struct Nvrtc {
     compile: CompileFn,
     ptx_size: SizeFn,
     ptx: TextFn,
+    cubin_size: SizeFn,
+    cubin: TextFn,
     log_size: SizeFn,
     log: TextFn,
     destroy: DestroyFn,
@@ -115,6 +119,19 @@ fn wheel_dirs(lib: &Library) -> Vec<PathBuf> {
     dirs
 }
 
+/// The (major, minor) of a `cuda-X.Y` folder, (0, 0) when unreadable.
+fn toolkit_version(dir: &Path) -> (u32, u32) {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = name
+        .trim_start_matches("cuda-")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// Toolkit library directories, newest first among `/usr/local/cuda-*`.
 fn toolkit_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -133,7 +150,8 @@ fn toolkit_dirs() -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    versioned.sort();
+    // By version, not by text: cuda-12.10 is newer than cuda-12.9.
+    versioned.sort_by_key(|p| toolkit_version(p));
     dirs.extend(versioned.into_iter().rev().map(|p| p.join("lib64")));
     dirs
 }
@@ -175,16 +193,69 @@ fn dlopen(name: &str) -> Option<impl Fn(&CStr) -> Option<*mut c_void>> {
     })
 }
 
-/// The first of `lib`'s candidates that `open` accepts, opened once and
-/// logged; Err lists where it was looked for.
-fn load<T>(lib: &Library, what: &str, open: impl Fn(&str) -> Option<T>) -> Result<T, String> {
+/// The CUDA major version the installed driver supports (12 for a 12.x
+/// driver); None without a driver.
+fn driver_major() -> Option<i32> {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return None;
+    }
+    let mut version = 0;
+    // SAFETY: a plain out-parameter; cuDriverGetVersion needs no cuInit.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && version > 0).then_some(version / 1000)
+}
+
+/// Whether a library of CUDA `major` works with a driver of
+/// `driver` (unknown: yes): a newer major version needs a newer driver
+/// (cuBLAS 13 fails to create a handle on a 12.x driver, NVRTC 13's code
+/// does not load there).
+fn usable(major: Option<i32>, driver: Option<i32>) -> bool {
+    match (major, driver) {
+        (Some(lib), Some(driver)) => lib <= driver,
+        _ => true,
+    }
+}
+
+/// The first of `lib`'s candidates that `open` accepts and whose CUDA
+/// major version (`major`) the driver supports, opened once and logged;
+/// Err lists where it was looked for.
+fn load<T>(
+    lib: &Library,
+    what: &str,
+    open: impl Fn(&str) -> Option<T>,
+    major: impl Fn(&T) -> Option<i32>,
+) -> Result<T, String> {
     let tried = candidates(lib);
-    match tried.iter().find_map(|c| open(c).map(|t| (c, t))) {
-        Some((path, t)) => {
-            tracing::info!(%path, "{what} loaded");
-            Ok(t)
+    let driver = driver_major();
+    let mut too_new = Vec::new();
+    for candidate in &tried {
+        let Some(t) = open(candidate) else { continue };
+        if !usable(major(&t), driver) {
+            too_new.push(format!("{candidate} (CUDA {})", major(&t).unwrap_or(0)));
+            continue;
         }
-        None => Err(format!("{what} not found (tried {})", tried.join(", "))),
+        tracing::info!(path = %candidate, "{what} loaded");
+        return Ok(t);
+    }
+    let skipped = match (too_new.is_empty(), driver) {
+        (false, Some(driver)) => format!("; skipped, newer than the CUDA {driver} driver: {}", too_new.join(", ")),
+        _ => String::new(),
+    };
+    Err(format!("{what} not found (tried {}){skipped}", tried.join(", ")))
+}
+
+/// Loads `libnvrtc-builtins.so.<major>.<minor>` from NVRTC's own folder:
+/// NVRTC opens it by name when it compiles, and a library opened by path
+/// from a folder outside the loader's search (a CUDA 13 wheel, whose NVRTC
+/// has no `$ORIGIN` search path) would not find it otherwise.
+fn preload_builtins(nvrtc: &str, (major, minor): (i32, i32)) {
+    let Some(dir) = Path::new(nvrtc).parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return;
+    };
+    let builtins = dir.join(format!("libnvrtc-builtins.so.{major}.{minor}"));
+    if builtins.exists() && dlopen(&builtins.to_string_lossy()).is_none() {
+        tracing::warn!(path = %builtins.display(), "cannot load NVRTC's builtins");
     }
 }
 
@@ -201,6 +272,8 @@ fn open_nvrtc(name: &str) -> Option<Nvrtc> {
             compile: std::mem::transmute::<*mut c_void, CompileFn>(sym(c"nvrtcCompileProgram")?),
             ptx_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(c"nvrtcGetPTXSize")?),
             ptx: std::mem::transmute::<*mut c_void, TextFn>(sym(c"nvrtcGetPTX")?),
+            cubin_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(c"nvrtcGetCUBINSize")?),
+            cubin: std::mem::transmute::<*mut c_void, TextFn>(sym(c"nvrtcGetCUBIN")?),
             log_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(c"nvrtcGetProgramLogSize")?),
             log: std::mem::transmute::<*mut c_void, TextFn>(sym(c"nvrtcGetProgramLog")?),
             destroy: std::mem::transmute::<*mut c_void, DestroyFn>(sym(c"nvrtcDestroyProgram")?),
@@ -212,9 +285,10 @@ fn open_nvrtc(name: &str) -> Option<Nvrtc> {
 pub(crate) fn nvrtc() -> Result<&'static Nvrtc, String> {
     static LIB: OnceLock<Result<Nvrtc, String>> = OnceLock::new();
     LIB.get_or_init(|| {
-        load(&NVRTC, "NVRTC", open_nvrtc).inspect(|lib| {
-            let (major, minor) = lib.version().unwrap_or((0, 0));
-            tracing::info!(major, minor, "NVRTC version");
+        load(&NVRTC, "NVRTC", open_nvrtc, |lib| lib.version().ok().map(|v| v.0)).inspect(|lib| {
+            let version = lib.version().unwrap_or((0, 0));
+            tracing::info!(major = version.0, minor = version.1, "NVRTC version");
+            preload_builtins(&lib.path, version);
         })
     })
     .as_ref()
@@ -240,12 +314,19 @@ pub(crate) mod blas {
 /// from one loaded library.
 pub(crate) struct Cublas {
     path: String,
+    /// The library's CUDA major version (`cublasGetProperty`), if it says.
+    major: Option<i32>,
     pub(crate) create: CreateHandleFn,
     pub(crate) destroy: HandleFn,
     pub(crate) set_stream: SetStreamFn,
     pub(crate) dgemm: GemmFn<f64>,
     pub(crate) sgemm: GemmFn<f32>,
 }
+
+/// `cublasGetProperty(libraryPropertyType, int*)`.
+type GetPropertyFn = unsafe extern "C" fn(c_int, *mut c_int) -> blas::Status;
+/// `MAJOR_VERSION` of `libraryPropertyType`.
+const MAJOR_VERSION: c_int = 0;
 
 /// `cublasCreate_v2`.
 pub(crate) type CreateHandleFn = unsafe extern "C" fn(*mut blas::Handle) -> blas::Status;
@@ -286,8 +367,14 @@ fn open_cublas(name: &str) -> Option<Cublas> {
     // the signatures of cublas_api.h, which these function pointer types
     // spell out.
     unsafe {
+        let major = sym(c"cublasGetProperty").and_then(|f| {
+            let get = std::mem::transmute::<*mut c_void, GetPropertyFn>(f);
+            let mut value = 0;
+            (get(MAJOR_VERSION, &mut value) == 0).then_some(value)
+        });
         Some(Cublas {
             path: name.to_string(),
+            major,
             create: std::mem::transmute::<*mut c_void, CreateHandleFn>(sym(c"cublasCreate_v2")?),
             destroy: std::mem::transmute::<*mut c_void, HandleFn>(sym(c"cublasDestroy_v2")?),
             set_stream: std::mem::transmute::<*mut c_void, SetStreamFn>(sym(c"cublasSetStream_v2")?),
@@ -300,7 +387,7 @@ fn open_cublas(name: &str) -> Option<Cublas> {
 /// cuBLAS, opened once; Err lists where it was looked for.
 pub(crate) fn cublas() -> Result<&'static Cublas, String> {
     static LIB: OnceLock<Result<Cublas, String>> = OnceLock::new();
-    LIB.get_or_init(|| load(&CUBLAS, "cuBLAS", open_cublas))
+    LIB.get_or_init(|| load(&CUBLAS, "cuBLAS", open_cublas, |lib| lib.major))
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -330,9 +417,9 @@ impl Nvrtc {
         }
     }
 
-    /// Compiles `src` (named `name` in messages) with `options` to PTX; Err
-    /// carries NVRTC's log.
-    pub(crate) fn compile(&self, src: &str, name: &str, options: &[String]) -> Result<String, String> {
+    /// Compiles `src` (named `name` in messages) with `options` to
+    /// `output`; Err carries NVRTC's log.
+    pub(crate) fn compile(&self, src: &str, name: &str, options: &[String], output: Output) -> Result<Vec<u8>, String> {
         let src = CString::new(src).map_err(|e| e.to_string())?;
         let name = CString::new(name).map_err(|e| e.to_string())?;
         let opts: Vec<CString> = options
@@ -356,36 +443,46 @@ impl Nvrtc {
         if r != 0 {
             return Err(format!("nvrtcCreateProgram failed ({r})"));
         }
-        let result = self.compile_program(prog, &opt_ptrs);
+        let result = self.compile_program(prog, &opt_ptrs, output);
         // SAFETY: `prog` came from nvrtcCreateProgram and is destroyed once.
         unsafe { (self.destroy)(&mut prog) };
         result
     }
 
-    fn compile_program(&self, prog: Prog, opts: &[*const c_char]) -> Result<String, String> {
-        let text = |size: SizeFn, get: TextFn| -> String {
+    fn compile_program(&self, prog: Prog, opts: &[*const c_char], output: Output) -> Result<Vec<u8>, String> {
+        let bytes = |size: SizeFn, get: TextFn| -> Vec<u8> {
             let mut len = 0usize;
-            // SAFETY: `prog` is live; the buffer holds the `len` bytes NVRTC
-            // reports (NUL included).
+            // SAFETY: `prog` is live; the buffer holds the `len` bytes NVRTC reports.
             unsafe {
                 if size(prog, &mut len) != 0 || len == 0 {
-                    return String::new();
+                    return Vec::new();
                 }
                 let mut buf = vec![0u8; len];
                 if get(prog, buf.as_mut_ptr().cast()) != 0 {
-                    return String::new();
+                    return Vec::new();
                 }
-                buf.truncate(len - 1);
-                String::from_utf8_lossy(&buf).into_owned()
+                buf
             }
+        };
+        // NVRTC's text (the log, PTX) ends with a NUL.
+        let text = |mut t: Vec<u8>| {
+            t.pop_if(|b| *b == 0);
+            t
         };
         // SAFETY: `prog` is live and `opts` points at NUL-terminated strings
         // that outlive the call.
         let r = unsafe { (self.compile)(prog, opts.len() as c_int, opts.as_ptr()) };
         if r != 0 {
-            return Err(text(self.log_size, self.log));
+            return Err(String::from_utf8_lossy(&text(bytes(self.log_size, self.log))).into_owned());
         }
-        Ok(text(self.ptx_size, self.ptx))
+        let built = match output {
+            Output::Ptx => text(bytes(self.ptx_size, self.ptx)),
+            Output::Cubin => bytes(self.cubin_size, self.cubin),
+        };
+        if built.is_empty() {
+            return Err(format!("NVRTC compiled but returned no {output:?}"));
+        }
+        Ok(built)
     }
 }
 
@@ -404,6 +501,30 @@ mod tests {
         // A missing library is an error naming the places tried, not a panic.
         assert!(open_nvrtc("/nonexistent/libnvrtc.so.13").is_none());
         assert!(open_cublas("/nonexistent/libcublas.so.13").is_none());
+    }
+
+    #[test]
+    fn libraries_newer_than_the_driver_are_skipped() {
+        assert!(usable(Some(12), Some(12)));
+        assert!(usable(Some(12), Some(13)));
+        assert!(!usable(Some(13), Some(12)));
+        // Unknown either way: try it.
+        assert!(usable(None, Some(12)));
+        assert!(usable(Some(13), None));
+    }
+
+    #[test]
+    fn toolkits_sort_by_version() {
+        let mut dirs: Vec<PathBuf> = ["cuda-12.9", "cuda-12.10", "cuda-13.0", "cuda-x"]
+            .iter()
+            .map(|n| Path::new("/usr/local").join(n))
+            .collect();
+        dirs.sort_by_key(|p| toolkit_version(p));
+        let names: Vec<_> = dirs
+            .iter()
+            .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["cuda-x", "cuda-12.9", "cuda-12.10", "cuda-13.0"]);
     }
 
     #[test]

@@ -213,6 +213,11 @@ fn cublas_gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    if k == 0 {
+        // An empty sum; cuBLAS would refuse the leading dimension 0.
+        exec.stream.memset_zero(c, c.len())?;
+        return Ok(());
+    }
     let dim = |v: usize| i32::try_from(v).map_err(|_| fail(format!("dimension {v} too large")));
     let (mi, ki, ni) = (dim(m)?, dim(k)?, dim(n)?);
     let stream = exec

@@ -1,6 +1,6 @@
 //! Kernels whose CUDA C source is generated at run time (the array's fused
 //! elementwise chains): compiled by NVRTC once per device and source text
-//! (PTX cached on disk as for the built-in sources), launched on the
+//! (cubins cached on disk as for the built-in sources), launched on the
 //! calling thread's stream. Every parameter is a 64-bit slot (a device
 //! pointer or an integer). An emulated device cannot run text it did not
 //! see at build time, so a caller that generates source also emulates what
@@ -12,6 +12,7 @@ use weft_gpu::{Gpu, GpuBackend};
 
 use crate::KernelError;
 use crate::launch::{CudaLaunch, Modules};
+use crate::nvrtc::Output;
 
 /// Loaded modules by (device ordinal, source text).
 fn modules() -> &'static Modules<String> {
@@ -45,8 +46,8 @@ pub fn launch_generated(
         device: gpu.device(),
     };
     let func = cuda_launch.function(cuda.context(), modules(), source.to_string(), |major, minor| {
-        let ptx = crate::nvrtc::compile_text(name, source, (major * 10 + minor) as u32)?;
-        Ok(cudarc::nvrtc::Ptx::from_src(ptx))
+        let cubin = crate::nvrtc::compile(name, source, (major * 10 + minor) as u32, Output::Cubin)?;
+        Ok(cudarc::nvrtc::Ptx::from_binary(cubin))
     })?;
     let stream = gpu.thread_stream()?;
     let cuda_stream = stream

@@ -10,6 +10,7 @@ use weft_gpu::{Device, DeviceBuffer, Gpu, GpuBackend, Stream};
 
 use crate::KernelError;
 use crate::column::Place;
+use crate::nvrtc::Output;
 use weft_gpu::Buffer;
 
 // SAFETY: the declaration matches `weft_emu_launch` in cuda/emu_runtime.cpp,
@@ -141,12 +142,14 @@ pub(crate) fn binary_args(
 /// Loaded CUDA modules by (device ordinal, what they were built from).
 pub(crate) type Modules<K> = Mutex<HashMap<(u32, K), Arc<CudaModule>>>;
 
-/// `$WEFT_CUBIN_DIR/<stem>.sm_<major><minor>.cubin`, as `ci/cuda-check.sh`
-/// builds them, when that file exists: SASS for the device's architecture
-/// loads without NVRTC and without JIT.
+/// `$WEFT_CUBIN_DIR/<stem>-<source hash>.sm_<major><minor>.cubin`, as
+/// `ci/cuda-check.sh` builds them, when that file exists: SASS for the
+/// device's architecture, built from this very source (the hash,
+/// [`crate::nvrtc::source_key`]), loads without NVRTC and without JIT.
 fn prebuilt_cubin(stem: &str, major: i32, minor: i32) -> Option<Vec<u8>> {
     let dir = std::env::var_os("WEFT_CUBIN_DIR")?;
-    std::fs::read(std::path::Path::new(&dir).join(format!("{stem}.sm_{major}{minor}.cubin"))).ok()
+    let key = crate::nvrtc::source_key(stem)?;
+    std::fs::read(std::path::Path::new(&dir).join(format!("{key}.sm_{major}{minor}.cubin"))).ok()
 }
 
 fn modules() -> &'static Modules<&'static str> {
@@ -268,11 +271,22 @@ impl Exec {
         b: &DeviceBuffer,
         len: usize,
     ) -> Result<Vec<T>, KernelError> {
+        self.download_at(b, 0, len)
+    }
+
+    /// Values `first..first + len` of `b` (done when this returns): a
+    /// count or an offset read without copying the whole column.
+    pub(crate) fn download_at<T: arrow_buffer::ArrowNativeType>(
+        &self,
+        b: &DeviceBuffer,
+        first: usize,
+        len: usize,
+    ) -> Result<Vec<T>, KernelError> {
         let mut out = vec![T::default(); len];
-        let bytes = len * std::mem::size_of::<T>();
-        // SAFETY: `out` holds `len` plain-old-data values, `bytes` long in all.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes) };
-        self.stream.copy_d2h(b, dst)?;
+        let size = std::mem::size_of::<T>();
+        // SAFETY: `out` holds `len` plain-old-data values, `len * size` bytes in all.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), len * size) };
+        self.stream.copy_d2h_at(b, first * size, dst)?;
         Ok(out)
     }
 
@@ -346,12 +360,11 @@ impl Exec {
                     device: self.device(),
                 };
                 let func = cuda_launch.function(cuda.context(), modules(), file, |major, minor| {
-                    Ok(match prebuilt_cubin(file, major, minor) {
-                        Some(cubin) => cudarc::nvrtc::Ptx::from_binary(cubin),
-                        None => {
-                            cudarc::nvrtc::Ptx::from_src(crate::nvrtc::compile_ptx(file, (major * 10 + minor) as u32)?)
-                        }
-                    })
+                    let cubin = match prebuilt_cubin(file, major, minor) {
+                        Some(cubin) => cubin,
+                        None => crate::nvrtc::compile_source(file, (major * 10 + minor) as u32, Output::Cubin)?,
+                    };
+                    Ok(cudarc::nvrtc::Ptx::from_binary(cubin))
                 })?;
                 let stream = self
                     .stream

@@ -97,7 +97,7 @@ pub fn take_utf8(x: &Column, idx: &Column) -> Result<Column, KernelError> {
             // The exclusive scan leaves the total in the last offset.
             let total = Arg::Ptr(offsets.device_ptr() + (n * 4) as u64);
             crate::scan::exclusive_sum_u32(&exec, ptr(&offsets), ptr(&offsets), n, total)?;
-            let bytes = exec.download::<u32>(&offsets, n + 1)?[n] as usize;
+            let bytes = exec.download_at::<u32>(&offsets, n, 1)?[0] as usize;
             // An empty column still has a byte of data, zeroed: arrow checks
             // that the whole buffer is UTF-8.
             let data = if bytes == 0 {

@@ -15,14 +15,12 @@ pub fn to_gpu(frame: &Buffer, gpu: &Arc<Gpu>) -> Result<Buffer, GpuError> {
         Some(src) if src.device() == gpu.device() => return Ok(frame.clone()),
         Some(src) => {
             let dst = gpu.alloc(src.len())?;
-            src.gpu().stream()?.copy_peer(src, &dst)?.synchronize()?;
+            src.gpu().thread_stream()?.copy_peer(src, &dst)?.synchronize()?;
             dst
         }
         None => {
-            let stream = gpu.stream()?;
-            let dst = stream.upload(&frame.to_host()?)?;
-            stream.synchronize()?;
-            dst
+            // Done on return: the upload waits for its copy.
+            gpu.thread_stream()?.upload(&frame.to_host()?)?
         }
     };
     Ok(Buffer::device(copy))

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use weft_gpu::{DeviceConfig, Devices, Gpu, probe_cuda};
+use weft_gpu::{DeviceConfig, Devices, Gpu, GpuError, probe_cuda};
 use weft_transport::{Config as TransportConfig, TlsConfig, TlsFiles};
 
 use crate::client::Client;
@@ -500,18 +500,12 @@ pub fn worker_main_with(registry: Registry, dashboard: Option<WorkerDashboard>) 
 /// [`WorkerOptions::pin_gpu`]); `weft worker --gpu` and the workers of a
 /// local cluster both start so.
 pub fn open_gpu(index: usize) -> Result<Arc<Gpu>> {
-    let devices =
-        Devices::from_env().map_err(|error| RuntimeError::Config(format!("cannot open GPU {index}: {error}")))?;
-    let found = devices.gpus().len();
-    devices.gpus().get(index).cloned().ok_or_else(|| {
-        RuntimeError::Config(format!(
-            "there is no GPU {index}: {found} found{}",
-            devices
-                .cuda()
-                .reason
-                .as_deref()
-                .map_or_else(String::new, |why| format!(" (CUDA: {why})"))
-        ))
+    let config =
+        DeviceConfig::from_env().map_err(|error| RuntimeError::Config(format!("cannot open GPU {index}: {error}")))?;
+    let index = u32::try_from(index).map_err(|_| RuntimeError::Config(format!("there is no GPU {index}")))?;
+    Devices::open_one(&config, index).map_err(|error| match error {
+        error @ GpuError::NoSuchGpu { .. } => RuntimeError::Config(error.to_string()),
+        error => RuntimeError::Config(format!("cannot open GPU {index}: {error}")),
     })
 }
 

@@ -5,8 +5,11 @@
 //! A byte stream fills a device frame through the GPU's pinned staging
 //! pool, [`CHUNK`] bytes at a time (socket -> pinned chunk -> device), so
 //! receiving a frame of any size holds one chunk of host memory. Where the
-//! device cannot take the frame (full even after spilling) it lands in
-//! host memory instead: slower to use, never lost.
+//! device has no free room for the frame it lands in host memory instead:
+//! slower to use, never lost. The receive never spills other results to
+//! make room (`Gpu::alloc_if_free`): it runs on an I/O thread, which a
+//! spill's copies would block; an op that needs the frame on its GPU moves
+//! it there later, spilling as any allocation does.
 
 use std::sync::Arc;
 
@@ -96,7 +99,7 @@ impl Target {
 
 impl DeviceFill {
     fn new(gpu: &Arc<Gpu>, len: usize) -> Result<DeviceFill, GpuError> {
-        let buffer = gpu.alloc(len)?;
+        let buffer = gpu.alloc_if_free(len)?;
         let stage = gpu.staging(len.min(CHUNK))?;
         Ok(DeviceFill {
             buffer,
@@ -114,7 +117,7 @@ impl DeviceFill {
 pub(crate) fn upload(bytes: bytes::Bytes, sent_from: Device, gpu: Option<&Arc<Gpu>>) -> Buffer {
     if let Some(gpu) = gpu.filter(|_| sent_from.is_gpu() && !bytes.is_empty()) {
         let moved = gpu
-            .alloc(bytes.len())
+            .alloc_if_free(bytes.len())
             .and_then(|dst| gpu.thread_stream()?.copy_h2d(&bytes, &dst).map(|()| dst));
         match moved {
             Ok(dst) => return Buffer::device(dst),
@@ -180,6 +183,13 @@ mod tests {
     #[test]
     fn a_full_device_takes_the_frame_in_host_memory() {
         let gpu = Gpu::emulated(0, 1 << 20, true);
+        // A receive never spills others (it runs on an I/O thread).
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = asked.clone();
+        gpu.on_out_of_memory(move |_| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            false
+        });
         let pool = BufferPool::new(0);
         let mut target = Target::new(2 << 20, Device::Emulated(0), Some(&gpu), &pool);
         feed(&mut target, &pattern(2 << 20), 1 << 20);
@@ -188,5 +198,9 @@ mod tests {
         assert_eq!(landed.location(), Device::Cpu);
         let small = upload(bytes::Bytes::from(pattern(100)), Device::Emulated(0), Some(&gpu));
         assert_eq!(small.location(), gpu.device());
+        assert!(
+            !asked.load(std::sync::atomic::Ordering::Relaxed),
+            "the receive asked to spill"
+        );
     }
 }

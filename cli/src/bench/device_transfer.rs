@@ -137,18 +137,11 @@ pub(super) async fn measure(args: &Args, device: &str, mib: usize, report: &mut 
 /// `device`'s kind, median of `reps`, measured in this process.
 fn d2d_bandwidth(device: &str, bytes: usize, reps: usize) -> Result<f64> {
     let gpu = if device == "cuda" {
-        let devices = Devices::open(&DeviceConfig::default()).context("opening the CUDA GPUs")?;
-        match devices.gpus().first() {
-            Some(gpu) => gpu.clone(),
-            None => bail!(
-                "--device cuda: no CUDA GPU ({})",
-                devices.cuda().reason.as_deref().unwrap_or("none found")
-            ),
-        }
+        Devices::open_one(&DeviceConfig::default(), 0).context("--device cuda")?
     } else {
         Gpu::emulated(0, 2 * bytes + (1 << 20), true)
     };
-    let stream = gpu.stream()?;
+    let stream = gpu.thread_stream()?;
     let (src, dst) = (gpu.alloc(bytes)?, gpu.alloc(bytes)?);
     stream.memset_zero(&src, bytes)?;
     let mut times = Vec::with_capacity(reps);

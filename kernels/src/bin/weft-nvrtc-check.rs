@@ -1,9 +1,12 @@
-//! Compiles every kernel source with NVRTC for the given architectures and
-//! writes `<stem>.compute_<arch>.ptx` files (for ptxas in ci/cuda-check.sh).
+//! Compiles every kernel source with NVRTC for the given architectures:
+//! writes `<stem>-<source hash>.compute_<arch>.ptx` files (for ptxas in
+//! ci/cuda-check.sh) and checks that each also compiles to a cubin.
 //! Exits non-zero if any source fails to compile.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use weft_kernels::nvrtc::{Output, compile_source};
 
 fn main() -> ExitCode {
     let mut out = PathBuf::from("target/cuda-check");
@@ -38,10 +41,12 @@ fn main() -> ExitCode {
     unsafe { std::env::set_var("WEFT_KERNEL_CACHE", &cache) };
     let mut failed = 0;
     for (stem, _) in weft_kernels::sources::SOURCES {
+        let key = weft_kernels::nvrtc::source_key(stem).expect("a listed source");
         for &arch in &archs {
-            match weft_kernels::nvrtc::compile_ptx(stem, arch) {
+            // PTX for ptxas, named as the cubins it becomes are looked up.
+            match compile_source(stem, arch, Output::Ptx) {
                 Ok(ptx) => {
-                    let path = out.join(format!("{stem}.compute_{arch}.ptx"));
+                    let path = out.join(format!("{key}.compute_{arch}.ptx"));
                     if let Err(e) = std::fs::write(&path, ptx) {
                         eprintln!("cannot write {}: {e}", path.display());
                         failed += 1;
@@ -51,6 +56,18 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("nvrtc FAIL  compute_{arch} {stem}.cu\n{e}");
+                    failed += 1;
+                }
+            }
+            // Machine code, as a GPU node without prebuilt cubins compiles it.
+            match compile_source(stem, arch, Output::Cubin) {
+                Ok(cubin) if cubin.starts_with(b"\x7fELF") => println!("nvrtc ok    sm_{arch} {stem}.cu (cubin)"),
+                Ok(_) => {
+                    eprintln!("nvrtc FAIL  sm_{arch} {stem}.cu: the cubin is not an ELF image");
+                    failed += 1;
+                }
+                Err(e) => {
+                    eprintln!("nvrtc FAIL  sm_{arch} {stem}.cu\n{e}");
                     failed += 1;
                 }
             }

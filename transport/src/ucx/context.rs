@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use socket2::SockAddr;
 use tokio::io::Interest;
@@ -66,8 +67,23 @@ impl Context {
         let mut attr: sys::ucp_context_attr_t = unsafe { std::mem::zeroed() };
         attr.field_mask = sys::UCP_ATTR_FIELD_MEMORY_TYPES as u64;
         // SAFETY: a live context and a writable attribute block.
-        let cuda = check(unsafe { sys::ucp_context_query(context, &mut attr) }).is_ok()
+        let reads_cuda = check(unsafe { sys::ucp_context_query(context, &mut attr) }).is_ok()
             && attr.memory_types & (1 << sys::UCS_MEMORY_TYPE_CUDA) != 0;
+        let (mut major, mut minor, mut release) = (0, 0, 0);
+        // SAFETY: three writable integers.
+        unsafe { sys::ucp_get_version(&mut major, &mut minor, &mut release) };
+        // Before 1.19 UCX's CUDA transports use the CUDA context current on
+        // the thread that posts or progresses (and fail without one), and
+        // that is any tokio thread here: device frames then go through host
+        // memory. 1.19 and later make the device's primary context current
+        // themselves.
+        let cuda = reads_cuda && (major, minor) >= (1, 19);
+        if reads_cuda && !cuda {
+            tracing::info!(
+                "UCX {major}.{minor}.{release} reads CUDA memory but needs a current CUDA context on the \
+                 thread that progresses it (UCX 1.19 makes its own): device frames go through host memory"
+            );
+        }
         Ok(Context(context, cuda))
     }
 
@@ -82,6 +98,38 @@ impl Context {
 pub(crate) struct Worker {
     pub(crate) handle: sys::ucp_worker_h,
     efd: RawFd,
+    /// Arming failed once (and was logged).
+    arm_failed: bool,
+}
+
+/// What arming a worker's event fd found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Armed {
+    /// The fd signals the next event.
+    Yes,
+    /// Events are pending: progress again.
+    Busy,
+    /// Arming failed (an interface that cannot signal, such as a CUDA one
+    /// whose host callback failed): progress on a timer as well.
+    Failed,
+}
+
+/// How often a worker whose event fd cannot be armed is progressed.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Waits until the worker may have work after arming found `armed`: at
+/// once when busy, on the event fd when armed, else on the fd or
+/// [`POLL_INTERVAL`], whichever comes first. Err when the fd fails.
+pub(crate) async fn wait_for_events(fd: &AsyncFd<EventFd>, armed: Armed) -> io::Result<()> {
+    match armed {
+        Armed::Busy => tokio::task::yield_now().await,
+        Armed::Yes => fd.readable().await?.clear_ready(),
+        Armed::Failed => tokio::select! {
+            ready = fd.readable() => ready?.clear_ready(),
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+        },
+    }
+    Ok(())
 }
 
 // SAFETY: the worker is created in `UCS_THREAD_MODE_SERIALIZED`: any thread
@@ -102,7 +150,11 @@ impl Worker {
         let mut efd = -1;
         // SAFETY: `handle` is the worker just created; `efd` is writable.
         let status = unsafe { sys::ucp_worker_get_efd(handle, &mut efd) };
-        let worker = Worker { handle, efd };
+        let worker = Worker {
+            handle,
+            efd,
+            arm_failed: false,
+        };
         check(status).map_err(|source| io_error(addr, source))?;
         Ok(worker)
     }
@@ -117,12 +169,23 @@ impl Worker {
         any
     }
 
-    /// Arms the event fd: `true` when it will signal the next event, `false`
-    /// when events are pending and the caller should progress again.
-    pub(crate) fn arm(&mut self) -> bool {
+    /// Arms the event fd (see [`Armed`]).
+    pub(crate) fn arm(&mut self) -> Armed {
         // SAFETY: a live worker, used by one thread at a time.
-        let status = unsafe { sys::ucp_worker_arm(self.handle) };
-        status == sys::UCS_OK
+        match unsafe { sys::ucp_worker_arm(self.handle) } {
+            sys::UCS_OK => Armed::Yes,
+            sys::UCS_ERR_BUSY => Armed::Busy,
+            status => {
+                if !self.arm_failed {
+                    self.arm_failed = true;
+                    tracing::warn!(
+                        error = %status_error(status),
+                        "cannot arm a UCX worker's event fd; progressing it every {POLL_INTERVAL:?} instead"
+                    );
+                }
+                Armed::Failed
+            }
+        }
     }
 
     /// Makes the event fd readable, so that whoever waits on it progresses.

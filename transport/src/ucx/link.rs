@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tracing::debug;
 use ucx_sys as sys;
 
-use super::context::{EventFd, Worker, io_error, status_error};
+use super::context::{Armed, EventFd, Worker, io_error, status_error, wait_for_events};
 use crate::error::{Result, TransportError};
 use crate::pool::{BufferPool, PooledBuf};
 
@@ -74,7 +74,8 @@ pub(crate) struct State {
     /// Memory of sends abandoned half-way. Over shared memory the peer may
     /// still copy a large part straight out of it (CMA) after this side
     /// has closed, so it is freed only [`ABANDONED_GRACE`] after the worker
-    /// is gone, never while the peer could read it as a message.
+    /// is gone, never while the peer could read it as a message. Device
+    /// memory of receives left unfinished waits here too (see `Drop`).
     abandoned: Vec<Keep>,
 }
 
@@ -136,6 +137,20 @@ pub(crate) enum Keep {
     /// Device memory being sent or received by a UCX that handles CUDA
     /// memory.
     Device(weft_gpu::DeviceBuffer),
+}
+
+/// Parameters of a send or receive of memory `keep` owns: contiguous
+/// bytes, no callback, and for device memory its type, so that UCX need
+/// not detect it (its memory-type cache can take GPU memory for host
+/// memory, UCX's FAQ warns).
+fn request_params(keep: &Keep) -> sys::ucp_request_param_t {
+    // SAFETY: all-zero parameters (no callback, contiguous bytes) are valid.
+    let mut param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
+    if matches!(keep, Keep::Device(_)) {
+        param.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+        param.memory_type = sys::UCS_MEMORY_TYPE_CUDA;
+    }
+    param
 }
 
 /// A send or receive, finished or in flight, with its memory.
@@ -336,15 +351,13 @@ impl State {
 
     /// Starts sending `len` bytes at `ptr`, which `keep` holds alive:
     /// host memory, or CUDA device memory when the context reports CUDA
-    /// support (no `memory_type` is set: UCX detects it from the pointer).
+    /// support.
     pub(crate) fn send(&mut self, ptr: *const u8, len: usize, keep: Keep) -> io::Result<Op> {
         self.worker()?;
         if self.ep.is_null() {
             return Err(status_error(sys::UCS_ERR_CANCELED));
         }
-        // SAFETY: all-zero parameters (no callback, contiguous bytes, host
-        // memory) are valid.
-        let param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
+        let param = request_params(&keep);
         // SAFETY: a live endpoint under the lock; `ptr..ptr+len` is owned by
         // `keep`, which lives until the request completes (in the returned
         // `Op`, or parked with the link until then).
@@ -391,8 +404,7 @@ impl State {
     /// `keep` owns.
     fn post_recv(&mut self, ptr: *mut u8, len: usize, keep: Keep) -> io::Result<Op> {
         let worker = self.worker()?.handle;
-        // SAFETY: all-zero parameters are valid.
-        let param: sys::ucp_request_param_t = unsafe { std::mem::zeroed() };
+        let param = request_params(&keep);
         // SAFETY: a live worker under the lock; the memory is owned by
         // `keep`, in the returned `Op` (or parked with the link) until the
         // request is done, and UCX writes into it only while this worker
@@ -438,9 +450,8 @@ impl State {
                 None => return Poll::Pending,
                 Some(len) if len > max => return Poll::Ready(Datagram::TooLong(len)),
                 Some(len) => {
-                    let posted = match device.and_then(|gpu| gpu.alloc(len).ok()) {
+                    let posted = match device.and_then(|gpu| gpu.alloc_if_free(len).ok()) {
                         Some(buffer) => {
-                            // UCX finds the pointer's memory type (CUDA) itself.
                             let ptr = buffer.device_ptr() as *mut u8;
                             self.post_recv(ptr, len, Keep::Device(buffer))
                         }
@@ -508,13 +519,13 @@ impl State {
 
     /// Progresses, frees parked requests that finished, and re-arms the
     /// event fd: `false` when there is more to do at once.
-    fn progress_and_arm(&mut self) -> bool {
+    fn progress_and_arm(&mut self) -> Armed {
         let Some(worker) = self.worker.as_mut() else {
-            return true;
+            return Armed::Yes;
         };
         worker.progress();
         self.parked.retain_mut(|op| poll_op(op).is_pending());
-        self.worker.as_mut().is_none_or(Worker::arm)
+        self.worker.as_mut().map_or(Armed::Yes, Worker::arm)
     }
 
     /// Starts closing the endpoint: flushing what was sent, or at once when
@@ -630,8 +641,15 @@ impl Drop for State {
             unsafe { sys::ucp_request_free(request.0.as_ptr()) };
         }
         drop(self.worker.take());
-        // Only now, with the worker gone, can nothing use these.
-        self.parked.clear();
+        // Only now, with the worker gone, can nothing use these; except
+        // device memory, which a copy UCX queued on its own CUDA streams
+        // (not waited for when they are destroyed) or a peer's `cuda_ipc`
+        // put may still write: it waits with the abandoned sends' memory.
+        for op in std::mem::take(&mut self.parked) {
+            if let Keep::Device(_) = op.keep {
+                self.abandoned.push(op.keep);
+            }
+        }
         let abandoned = std::mem::take(&mut self.abandoned);
         if !abandoned.is_empty() {
             match tokio::runtime::Handle::try_current() {
@@ -683,19 +701,16 @@ async fn drive(driver: Driver) {
     loop {
         let armed = link.lock().progress_and_arm();
         link.progressed.notify_waiters();
-        if !armed {
+        if armed == Armed::Busy {
             tokio::task::yield_now().await;
             continue;
         }
         tokio::select! {
             biased;
             () = link.shutdown.notified() => break,
-            ready = fd.readable() => match ready {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(error) => {
-                    debug!(addr = link.addr, %error, "UCX event fd failed");
-                    break;
-                }
+            woke = wait_for_events(fd, armed) => if let Err(error) = woke {
+                debug!(addr = link.addr, %error, "UCX event fd failed");
+                break;
             },
         }
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use ucx_sys as sys;
 
-use super::context::{EventFd, Worker, io_error, socket_addr, status_error, ucs_sock_addr};
+use super::context::{EventFd, Worker, io_error, socket_addr, status_error, ucs_sock_addr, wait_for_events};
 use super::link::{Datagram, Handle, Link};
 use super::message::{UcxReceiver, UcxWriter};
 use crate::addr::Address;
@@ -149,16 +149,10 @@ impl Listening {
             if !requests.is_empty() {
                 return Some(requests);
             }
-            if !self.worker.arm() {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            match self.fd.readable().await {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(error) => {
-                    warn!(%error, "UCX listener event fd failed");
-                    return None;
-                }
+            let armed = self.worker.arm();
+            if let Err(error) = wait_for_events(&self.fd, armed).await {
+                warn!(%error, "UCX listener event fd failed");
+                return None;
             }
         }
     }
