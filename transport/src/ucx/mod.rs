@@ -50,8 +50,9 @@
 //!   The head's frame table says which frames the sender held on a GPU.
 //!   Receiving: a frame the sender held on a GPU, at a receiver whose GPU
 //!   ([`crate::Config::gpu`]) is a CUDA GPU and whose UCX handles CUDA
-//!   memory, is received straight into a buffer of that GPU's pool (UCX
-//!   picks `cuda_ipc`, `cuda_copy` or the network, with no host hop). Every
+//!   memory, is received straight into a free buffer of that GPU's pool
+//!   (UCX picks `cuda_ipc`, `cuda_copy` or the network, with no host hop;
+//!   a receive never spills other results to make room). Every
 //!   other datagram lands in host memory (the pool's buffers), and a device
 //!   frame then moves up to the receiver's GPU when it has one (one
 //!   host-to-device copy), else stays there; so does a frame the device
