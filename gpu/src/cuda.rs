@@ -159,6 +159,18 @@ impl CudaGpu {
         Ok(unsafe { PinnedBuffer::from_cuda(self.ctx.clone(), ptr.cast(), len) })
     }
 
+    /// Why the context can no longer be used, if it cannot: the error a
+    /// synchronisation of the whole context returns. Launches report only
+    /// bad arguments themselves; a fault while running (an illegal address,
+    /// a failed launch) is sticky and returned by every synchronisation
+    /// until the process exits.
+    pub(crate) fn lost(&self) -> Option<String> {
+        if let Err(error) = bind_context(&self.ctx, self.device()) {
+            return Some(error.to_string());
+        }
+        result::ctx::synchronize().err().map(|error| error.to_string())
+    }
+
     /// Lets this context read and write `other`'s memory directly, where
     /// the hardware allows. Returns whether peer access is on.
     pub(crate) fn enable_peer_access(&self, other: &CudaGpu) -> bool {

@@ -298,6 +298,17 @@ impl Gpu {
         }
     }
 
+    /// Why this device can no longer be used, if it cannot (after a CUDA
+    /// sticky error; see [`EmulatedGpu::lose`] for emulated devices). On
+    /// CUDA this waits for all the work queued on the device: call it when
+    /// something failed, not on every op.
+    pub fn lost(&self) -> Option<String> {
+        match &self.backend {
+            GpuBackend::Cuda(g) => g.lost(),
+            GpuBackend::Emulated(g) => g.lost(),
+        }
+    }
+
     /// `len` bytes of this device's memory only if they are free now:
     /// nothing is spilled and no stream is waited for (the transport's
     /// receives, on I/O threads that must not block, land in host memory

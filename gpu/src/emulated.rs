@@ -74,6 +74,8 @@ pub struct EmulatedGpu {
     asynchronous: bool,
     blocks: Mutex<Blocks>,
     counters: Counters,
+    /// Why the device was lost ([`EmulatedGpu::lose`]).
+    lost: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -129,7 +131,19 @@ impl EmulatedGpu {
             asynchronous,
             blocks: Mutex::new(Blocks::default()),
             counters: Counters::default(),
+            lost: Mutex::new(None),
         }
+    }
+
+    /// Fault injection: from now on the device reports itself lost (see
+    /// [`crate::Gpu::lost`]), as a CUDA device does after a sticky error
+    /// (an illegal address, a failed launch) until its process exits.
+    pub fn lose(&self, reason: impl Into<String>) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.into());
+    }
+
+    pub(crate) fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The ordinal among emulated GPUs.

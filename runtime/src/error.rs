@@ -94,6 +94,17 @@ pub enum RuntimeError {
         /// Its limit in bytes.
         limit: u64,
     },
+    /// The worker's GPU can no longer be used (a CUDA sticky error, such
+    /// as an illegal address, leaves it so until the process exits).
+    #[error("worker {worker} stopped: its GPU {device} cannot be used any more ({reason}); its tasks run elsewhere")]
+    GpuLost {
+        /// The worker.
+        worker: String,
+        /// The GPU.
+        device: String,
+        /// What the device reported.
+        reason: String,
+    },
     /// Scattering values to workers failed; none of them were kept.
     #[error("could not scatter to worker {worker}: {reason}")]
     Scatter {

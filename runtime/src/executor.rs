@@ -39,6 +39,10 @@ pub struct Done {
     pub outcome: Result<Value, OpError>,
     /// How long the op ran.
     pub compute_us: u64,
+    /// The op failed and the worker's GPU can no longer be used (a CUDA
+    /// sticky error): why. The worker then stops, so that its tasks run
+    /// elsewhere, instead of failing every task it is given.
+    pub device_lost: Option<String>,
 }
 
 /// A fixed pool of compute threads. Dropping it lets each thread finish
@@ -87,11 +91,17 @@ impl Executor {
 pub fn run(registry: &Registry, site: &Site, job: Job) -> Done {
     let started = Instant::now();
     let outcome = run_op(registry, site, &job);
+    let compute_us = started.elapsed().as_micros() as u64;
+    let device_lost = match (&outcome, &site.gpu) {
+        (Err(_), Some(gpu)) => gpu.lost(),
+        _ => None,
+    };
     Done {
         session: job.session,
         task: job.task,
         outcome,
-        compute_us: started.elapsed().as_micros() as u64,
+        compute_us,
+        device_lost,
     }
 }
 

@@ -25,6 +25,8 @@ fn byte(seed: u64, i: usize) -> u8 {
 /// `gpu_half_zero (seed, len)`: like `gpu_fill`, then its first half zeroed
 /// by a memset left queued on the op's stream when the op returns.
 /// `gpu_sum`: the sum of every byte of its inputs, wherever they are.
+/// `gpu_sum_breaking_gpu_0`: the sum of its input's bytes, except on
+/// emulated GPU 0, which it breaks (the device reports itself lost).
 fn registry() -> Registry {
     let mut registry = Registry::builtin();
     registry
@@ -61,6 +63,19 @@ fn registry() -> Registry {
                 header: Default::default(),
                 frames: vec![Buffer::device(dst)],
             })
+        })
+        .raw_op("gpu_sum_breaking_gpu_0", |ctx, _, inputs| {
+            // On emulated GPU 0: a fault that leaves the device unusable,
+            // as an illegal address leaves a CUDA context.
+            if let Some(GpuBackend::Emulated(gpu)) = ctx.gpu().map(|g| g.backend())
+                && gpu.ordinal() == 0
+            {
+                gpu.lose("an illegal memory access was encountered (injected)");
+                return Err(OpError::Failed("the kernel faulted".into()));
+            }
+            let bytes = ctx.to_device(&inputs[0].frames[0])?;
+            let host = ctx.stream()?.download(&bytes)?;
+            Ok(Value::encode(&host.iter().map(|&b| u64::from(b)).sum::<u64>())?)
         })
         .raw_op("gpu_sum", |_, _, inputs| {
             let mut sum = 0u64;
@@ -279,5 +294,58 @@ async fn an_ops_queued_work_is_done_before_its_result_leaves_the_worker() {
         assert!(zeroed.iter().all(|&b| b == 0), "the memset ran first");
         assert!(kept.iter().enumerate().all(|(i, &b)| b == byte(3, len / 2 + i)));
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_gpu_is_lost_stops_and_its_work_is_done_elsewhere() {
+    let gpus: Vec<Arc<Gpu>> = (0..2).map(|i| Gpu::emulated_asynchronous(i, 64 << 20)).collect();
+    let cluster = cluster(&gpus, MemoryConfig::default()).await;
+    let client = cluster.client().await.unwrap();
+    let len = 64 * KIB;
+    let loose = |worker, task| {
+        let mut task = on(worker, task);
+        task.annotations.allow_other_workers = true;
+        task
+    };
+    // A result held only on GPU 0's worker.
+    let made = client
+        .compute(Graph {
+            tasks: vec![loose(
+                0,
+                TaskSpec::new("made", "gpu_fill", args(&(5u64, len)).unwrap(), vec![]),
+            )],
+            outputs: vec!["made".into()],
+        })
+        .await
+        .unwrap();
+    made[0].result().await.unwrap();
+    // Its consumer breaks GPU 0: the worker stops instead of failing the
+    // task (and every later one); the result it held is made again on the
+    // other worker, where the consumer runs too.
+    let summed = client
+        .compute(Graph {
+            tasks: vec![loose(
+                0,
+                TaskSpec::new(
+                    "summed",
+                    "gpu_sum_breaking_gpu_0",
+                    args(&()).unwrap(),
+                    vec!["made".into()],
+                ),
+            )],
+            outputs: vec!["summed".into()],
+        })
+        .await
+        .unwrap();
+    let sum: u64 = summed[0].result().await.unwrap().decode().unwrap();
+    assert_eq!(sum, sum_of(5, len));
+    assert!(gpus[0].lost().is_some() && gpus[1].lost().is_none());
+    let workers = client.workers().await.unwrap();
+    let names: Vec<&str> = workers.iter().map(|w| &*w.name).collect();
+    assert_eq!(names, ["local-1"], "the broken GPU's worker left");
+    // The first result is still there, made again where it could be.
+    let bytes = made[0].result().await.unwrap().frames[0].to_host().unwrap();
+    assert_eq!(bytes.iter().map(|&b| u64::from(b)).sum::<u64>(), sum_of(5, len));
     cluster.stop().await;
 }

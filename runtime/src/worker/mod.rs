@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
-use weft_gpu::Gpu;
+use tracing::{debug, error, info, warn};
+use weft_gpu::{Device, Gpu};
 use weft_transport::{Buffer, Config as TransportConfig, Connection, Receiver, Sender, connect, listen};
 
 pub use probe::{
@@ -446,10 +446,10 @@ impl Link<'_> {
                     state.handle(WorkerEvent::Moved { task, tier }, &mut commands);
                 }
                 Some(finished) = done.recv() => {
-                    self.complete(finished, state, &mut commands);
+                    self.complete(finished, state, &mut commands)?;
                     // Take whatever else is ready, to answer in one batch.
                     while let Ok(finished) = done.try_recv() {
-                        self.complete(finished, state, &mut commands);
+                        self.complete(finished, state, &mut commands)?;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -490,11 +490,24 @@ impl Link<'_> {
 
     /// Stores what a job or fetch of this session produced and tells the
     /// state machine; drops what an earlier session left behind.
-    fn complete(&mut self, done: Done, state: &mut WorkerState, commands: &mut Vec<WorkerCommand>) {
+    /// Err when the worker must stop: its GPU was lost. The task is not
+    /// reported failed: the scheduler runs it again elsewhere once this
+    /// worker is gone (up to its allowed failures, so an op that breaks
+    /// every GPU it runs on still fails in the end).
+    fn complete(&mut self, done: Done, state: &mut WorkerState, commands: &mut Vec<WorkerCommand>) -> Result<()> {
         if done.session != self.session {
-            return;
+            return Ok(());
         }
         let event = match done.what {
+            Completed::DeviceLost { task, reason } => {
+                let device = self.site.gpu.as_ref().map_or(Device::Cpu, |gpu| gpu.device());
+                error!(worker = %self.name, %task, %device, %reason, "the GPU cannot be used any more; stopping");
+                return Err(RuntimeError::GpuLost {
+                    worker: self.name.clone(),
+                    device: device.to_string(),
+                    reason,
+                });
+            }
             Completed::Executed {
                 task,
                 outcome,
@@ -532,6 +545,7 @@ impl Link<'_> {
             }
         };
         state.handle(event, commands);
+        Ok(())
     }
 
     fn carry_out(&mut self, command: WorkerCommand, outbox: &mut Vec<FromWorker>) {
@@ -690,6 +704,9 @@ enum Completed {
         missing: Vec<TaskId>,
         micros: u64,
     },
+    /// An op failed and left the GPU unusable (see
+    /// [`executor::Done::device_lost`]).
+    DeviceLost { task: TaskId, reason: String },
 }
 
 /// A job or fetch that finished, tagged with its session.
@@ -700,13 +717,17 @@ struct Done {
 
 impl Done {
     fn executed(job: executor::Done) -> Self {
-        Done {
-            session: job.session,
-            what: Completed::Executed {
+        let what = match job.device_lost {
+            Some(reason) => Completed::DeviceLost { task: job.task, reason },
+            None => Completed::Executed {
                 task: job.task,
                 outcome: job.outcome,
                 compute_us: job.compute_us,
             },
+        };
+        Done {
+            session: job.session,
+            what,
         }
     }
 }
