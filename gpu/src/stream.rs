@@ -621,8 +621,10 @@ impl Stream {
     }
 
     /// Copies `src` (on this stream's device) to the start of `dst` on another
-    /// device: directly where the two devices have peer access, otherwise
-    /// staged through pinned host memory.
+    /// device: between CUDA GPUs with `cuMemcpyPeerAsync` (device to device
+    /// where they have peer access; the driver stages it otherwise), between
+    /// emulated GPUs directly where they have peer access, otherwise staged
+    /// through pinned host memory.
     pub fn copy_peer(&self, src: &DeviceBuffer, dst: &DeviceBuffer) -> Result<Event> {
         check("copy source", self.device(), src.device())?;
         fits(src.len(), dst.len())?;
@@ -631,7 +633,7 @@ impl Stream {
         }
         let peer = self.shared.gpu.can_access_peer(dst.gpu());
         match (&self.shared.inner, dst.gpu().backend(), peer) {
-            (Inner::Cuda(s), GpuBackend::Cuda(d), true) => {
+            (Inner::Cuda(s), GpuBackend::Cuda(d), _) => {
                 bind_context(s.context(), self.device())?;
                 // SAFETY: both buffers are live on their devices, big enough;
                 // the event keeps them alive until the copy is done.
