@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cudarc::driver::{CudaContext, result};
 
-use crate::cuda::{bind_context, log_failure};
+use crate::cuda::{bind_context, cuda_device, log_failure};
 use crate::{Device, Gpu, Result};
 
 struct Allocation {
@@ -181,7 +181,7 @@ impl Drop for PinnedBuffer {
     fn drop(&mut self) {
         match &self.kind {
             PinnedKind::Cuda(ctx) => {
-                let device = Device::Cuda(u32::try_from(ctx.ordinal()).unwrap_or(u32::MAX));
+                let device = cuda_device(ctx);
                 if let Err(error) = bind_context(ctx, device) {
                     tracing::warn!(%error, "freeing pinned memory anyway");
                 }

@@ -57,8 +57,23 @@ pub struct CudaGpu {
     geometry: Geometry,
 }
 
-fn driver(device: Device, op: &'static str) -> impl FnOnce(DriverError) -> GpuError {
+/// A driver error of `op` on `device`.
+pub(crate) fn driver(device: Device, op: &'static str) -> impl FnOnce(DriverError) -> GpuError {
     move |source| GpuError::Driver { device, op, source }
+}
+
+/// The device a cudarc context belongs to.
+pub(crate) fn cuda_device(ctx: &CudaContext) -> Device {
+    Device::Cuda(u32::try_from(ctx.ordinal()).unwrap_or(u32::MAX))
+}
+
+/// The start and size of the allocation holding `ptr`, a device address
+/// of the current context.
+pub(crate) fn address_range(ptr: u64) -> std::result::Result<(u64, usize), DriverError> {
+    let (mut base, mut size) = (0, 0);
+    // SAFETY: out-pointers are writable; the driver checks `ptr`.
+    unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr) }.result()?;
+    Ok((base, size))
 }
 
 /// Logs and clears the error cudarc keeps for `ctx` from a call that had no
@@ -107,10 +122,6 @@ impl CudaGpu {
         Ok(CudaGpu { ctx, total, geometry })
     }
 
-    fn device(&self) -> Device {
-        Device::Cuda(u32::try_from(self.ctx.ordinal()).unwrap_or(u32::MAX))
-    }
-
     /// The cudarc context, for kernel launchers and cuBLAS.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
@@ -141,7 +152,7 @@ impl CudaGpu {
     }
 
     pub(crate) fn raw_free(&self, ptr: u64) {
-        let device = self.device();
+        let device = cuda_device(&self.ctx);
         if let Err(error) = bind_context(&self.ctx, device) {
             tracing::warn!(%error, "freeing device memory anyway");
         }
@@ -165,7 +176,7 @@ impl CudaGpu {
     /// a failed launch) is sticky and returned by every synchronisation
     /// until the process exits.
     pub(crate) fn lost(&self) -> Option<String> {
-        if let Err(error) = bind_context(&self.ctx, self.device()) {
+        if let Err(error) = bind_context(&self.ctx, cuda_device(&self.ctx)) {
             return Some(error.to_string());
         }
         result::ctx::synchronize().err().map(|error| error.to_string())
@@ -174,7 +185,7 @@ impl CudaGpu {
     /// Lets this context read and write `other`'s memory directly, where
     /// the hardware allows. Returns whether peer access is on.
     pub(crate) fn enable_peer_access(&self, other: &CudaGpu) -> bool {
-        if !self.can_access_peer(other) || bind_context(&self.ctx, self.device()).is_err() {
+        if !self.can_access_peer(other) || bind_context(&self.ctx, cuda_device(&self.ctx)).is_err() {
             return false;
         }
         // SAFETY: this context is current and `other`'s context is live.

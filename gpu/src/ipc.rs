@@ -21,7 +21,7 @@ use cudarc::driver::sys as cu;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::DeviceBuffer;
-use crate::cuda::bind_context;
+use crate::cuda::{address_range, bind_context, driver};
 use crate::device::{Gpu, GpuBackend};
 use crate::emulated::CopyKind;
 use crate::{Device, GpuError, Result};
@@ -85,10 +85,7 @@ impl DeviceBuffer {
             }
             GpuBackend::Cuda(gpu) => {
                 bind_context(gpu.context(), device)?;
-                let (mut base, mut size) = (0, 0);
-                // SAFETY: the context is current; out-pointers are writable.
-                let r = unsafe { cu::cuMemGetAddressRange_v2(&mut base, &mut size, self.device_ptr()) };
-                r.result().map_err(driver(device, "cuMemGetAddressRange"))?;
+                let (base, _) = address_range(self.device_ptr()).map_err(driver(device, "cuMemGetAddressRange"))?;
                 // SAFETY: an all-zero handle is a valid out-value.
                 let mut handle: cu::CUipcMemHandle = unsafe { std::mem::zeroed() };
                 // SAFETY: `base` is a live allocation of this context.
@@ -166,9 +163,9 @@ impl Gpu {
                 }
                 .result()
                 .map_err(|e| refused(format!("cuIpcOpenMemHandle: {e}")))?;
-                let copied = mapped_size(base)
+                let copied = address_range(base)
                     .map_err(driver(device, "cuMemGetAddressRange"))
-                    .and_then(|size| {
+                    .and_then(|(_, size)| {
                         // The offset and length came over the wire: a copy past
                         // the mapping would fault the copy engine and leave
                         // this context unusable.
@@ -216,18 +213,6 @@ impl Gpu {
             ))),
         }
     }
-}
-
-/// The size of the allocation mapped at `base` (the current context's).
-fn mapped_size(base: u64) -> std::result::Result<usize, cudarc::driver::DriverError> {
-    let (mut start, mut size) = (0, 0);
-    // SAFETY: out-pointers are writable; `base` is a mapping of the current context.
-    unsafe { cu::cuMemGetAddressRange_v2(&mut start, &mut size, base) }.result()?;
-    Ok(size)
-}
-
-fn driver(device: Device, op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> GpuError {
-    move |source| GpuError::Driver { device, op, source }
 }
 
 #[cfg(target_os = "linux")]

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaEvent, CudaStream, DriverError, result};
 
-use crate::cuda::{bind_context, clear_stored_error};
+use crate::cuda::{bind_context, clear_stored_error, cuda_device};
 use crate::device::GpuBackend;
 use crate::emulated::CopyKind;
 use crate::pool::size_class;
@@ -157,7 +157,7 @@ impl Event {
     pub fn synchronize(&self) -> Result<()> {
         match &self.inner {
             EventInner::Cuda(e) => {
-                let device = Device::Cuda(e.context().ordinal() as u32);
+                let device = cuda_device(e.context());
                 clear_stored_error(e.context(), device);
                 e.synchronize().map_err(|source| GpuError::Driver {
                     device,
@@ -631,9 +631,8 @@ impl Stream {
         if dst.device() == self.device() {
             return self.copy_d2d(src, dst);
         }
-        let peer = self.shared.gpu.can_access_peer(dst.gpu());
-        match (&self.shared.inner, dst.gpu().backend(), peer) {
-            (Inner::Cuda(s), GpuBackend::Cuda(d), _) => {
+        match (&self.shared.inner, dst.gpu().backend()) {
+            (Inner::Cuda(s), GpuBackend::Cuda(d)) => {
                 bind_context(s.context(), self.device())?;
                 // SAFETY: both buffers are live on their devices, big enough;
                 // the event keeps them alive until the copy is done.
@@ -651,7 +650,7 @@ impl Stream {
                 self.mark_pending();
                 self.record_guarding(vec![src.clone(), dst.clone()])
             }
-            (Inner::Emulated, GpuBackend::Emulated(_), true) => {
+            (Inner::Emulated, GpuBackend::Emulated(_)) if self.shared.gpu.can_access_peer(dst.gpu()) => {
                 self.synchronize()?;
                 // SAFETY: distinct live allocations of two emulated devices,
                 // both at least `src.len()` bytes.

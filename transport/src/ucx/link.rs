@@ -701,10 +701,6 @@ async fn drive(driver: Driver) {
     loop {
         let armed = link.lock().progress_and_arm();
         link.progressed.notify_waiters();
-        if armed == Armed::Busy {
-            tokio::task::yield_now().await;
-            continue;
-        }
         tokio::select! {
             biased;
             () = link.shutdown.notified() => break,
